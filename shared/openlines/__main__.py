@@ -1,0 +1,5 @@
+import sys
+
+from openlines.cli import main
+
+sys.exit(main())

@@ -1,0 +1,233 @@
+"""Connecting to NATS, creating the streams and buckets, and small JetStream helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+
+from openlines import subjects
+
+log = logging.getLogger("openlines.bus")
+
+T = TypeVar("T")
+
+DAY = 24 * 3600.0
+
+# Per stream: how long messages live and the dedup window. The dedup window
+# covers messenger retries and widget reconnects; after it, consumers dedup
+# on the envelope id themselves.
+STREAM_SETTINGS: dict[str, dict[str, Any]] = {
+    subjects.STREAM_IN: {"max_age": 7 * DAY, "duplicate_window": 15 * 60.0},
+    subjects.STREAM_OUT: {"max_age": 30 * DAY, "duplicate_window": 15 * 60.0},
+    subjects.STREAM_EVT: {"max_age": 30 * DAY, "duplicate_window": 15 * 60.0},
+    subjects.STREAM_HIST: {"max_age": 0.0, "duplicate_window": 15 * 60.0},
+}
+
+
+def stream_config(name: str, replicas: int = 1) -> js_api.StreamConfig:
+    s = STREAM_SETTINGS[name]
+    return js_api.StreamConfig(
+        name=name,
+        subjects=subjects.STREAM_SUBJECTS[name],
+        retention=js_api.RetentionPolicy.LIMITS,
+        storage=js_api.StorageType.FILE,
+        num_replicas=replicas,
+        max_age=s["max_age"],
+        duplicate_window=s["duplicate_window"],
+        allow_direct=True,
+    )
+
+
+async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
+    """Connect, reconnecting forever once connected.
+
+    ``first_attempts`` = 0 retries the first connection forever (services wait
+    for NATS to come up); a positive number gives up after that many tries.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                connect_timeout=2,
+                ping_interval=10,
+                max_outstanding_pings=3,
+                allow_reconnect=True,
+                error_cb=_log_error,
+                disconnected_cb=_log_disconnect,
+                reconnected_cb=_log_reconnect,
+            )
+        except Exception as exc:  # nats raises several unrelated types here
+            if first_attempts and attempt >= first_attempts:
+                raise
+            log.warning("nats not reachable, retrying", extra={"url": url, "attempt": attempt, "error": str(exc)})
+            await asyncio.sleep(min(5.0, 0.2 * attempt))
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats error", extra={"error": str(exc)})
+
+
+async def _log_disconnect() -> None:
+    log.warning("nats disconnected")
+
+
+async def _log_reconnect() -> None:
+    log.info("nats reconnected")
+
+
+async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[str], None] | None = None) -> None:
+    """Create or update every stream and bucket. Safe to run any number of times."""
+    say = report or (lambda _m: None)
+    for name in subjects.STREAMS:
+        cfg = stream_config(name, replicas)
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(cfg)
+            say(f"stream {name}: created")
+            continue
+        await js.update_stream(cfg)
+        say(f"stream {name}: up to date")
+    for bucket in subjects.KV_BUCKETS:
+        try:
+            await js.key_value(bucket)
+            say(f"bucket {bucket}: present")
+        except (NotFoundError, BadRequestError):
+            await js.create_key_value(bucket=bucket, history=5, replicas=replicas, storage=js_api.StorageType.FILE)
+            say(f"bucket {bucket}: created")
+
+
+async def missing_streams(js: JetStreamContext) -> list[str]:
+    """Names of streams and buckets that do not exist (readiness check)."""
+    missing: list[str] = []
+    for name in subjects.STREAMS:
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            missing.append(name)
+    return missing
+
+
+class Buckets:
+    """The KV buckets, opened once."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self.lines: KeyValue
+        self.accounts: KeyValue
+        self.operators: KeyValue
+        self.sessions: KeyValue
+        self.clients: KeyValue
+
+    async def open(self) -> Buckets:
+        self.lines = await self.js.key_value(subjects.KV_LINES)
+        self.accounts = await self.js.key_value(subjects.KV_ACCOUNTS)
+        self.operators = await self.js.key_value(subjects.KV_OPERATORS)
+        self.sessions = await self.js.key_value(subjects.KV_SESSIONS)
+        self.clients = await self.js.key_value(subjects.KV_CLIENTS)
+        return self
+
+
+async def kv_get(kv: KeyValue, key: str, typ: type[T]) -> tuple[T | None, int | None]:
+    """(value, revision), or (None, None) when the key is absent or deleted."""
+    try:
+        entry = await kv.get(key)
+    except KeyNotFoundError:
+        return None, None
+    if entry.value is None or entry.operation in ("DEL", "PURGE"):
+        return None, entry.revision
+    return msgspec.json.decode(entry.value, type=typ), entry.revision
+
+
+async def kv_update(
+    kv: KeyValue,
+    key: str,
+    typ: type[T],
+    change: Callable[[T | None], T | None] | Callable[[T | None], Awaitable[T | None]],
+    *,
+    attempts: int = 50,
+) -> T | None:
+    """Read-modify-write one key with compare-and-set, retrying on conflict.
+
+    ``change`` gets the current value (None if absent) and returns the new
+    one, or None to leave the key as it is. Returns what is stored after.
+    """
+    for _ in range(attempts):
+        current, revision = await kv_get(kv, key, typ)
+        result = change(current)
+        new = await result if asyncio.iscoroutine(result) else result
+        if new is None:
+            return current
+        data = msgspec.json.encode(new)
+        try:
+            if revision is None:
+                await kv.create(key, data)
+            else:
+                await kv.update(key, data, last=revision)
+        except KeyWrongLastSequenceError:
+            continue
+        except BadRequestError as exc:
+            # create() on a key that exists (or was deleted) answers "wrong last sequence"
+            if "wrong last sequence" in str(exc).lower():
+                continue
+            raise
+        return new  # type: ignore[return-value]
+    raise RuntimeError(f"kv {key}: too much contention, gave up after {attempts} attempts")
+
+
+async def read_subject(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    start_seq: int = 0,
+    limit: int = 10_000,
+) -> list[tuple[int, bytes]]:
+    """All messages of one subject from ``start_seq`` on, as (stream seq, data).
+
+    Uses an ephemeral ordered consumer; stops when the stream has nothing
+    more for the subject at the time of the call.
+    """
+    cfg = js_api.ConsumerConfig(
+        filter_subject=subject,
+        deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 0 else js_api.DeliverPolicy.ALL,
+        opt_start_seq=start_seq if start_seq > 0 else None,
+        ack_policy=js_api.AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    out: list[tuple[int, bytes]] = []
+    try:
+        last = await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return out
+    if last.seq is None or last.seq < start_seq:
+        return out
+    psub = await js.pull_subscribe(subject, stream=stream, config=cfg)
+    try:
+        while len(out) < limit:
+            msgs = await psub.fetch(batch=min(256, limit - len(out)), timeout=2.0)
+            for m in msgs:
+                seq = m.metadata.sequence.stream
+                out.append((seq, m.data))
+                if seq >= last.seq:
+                    return out
+    finally:
+        await psub.unsubscribe()
+    return out

@@ -1,0 +1,100 @@
+"""The ``openlines`` command: bootstrap JetStream, validate and apply lines."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+
+from openlines import apply as apply_mod
+from openlines import bus
+from openlines.lines import ConfigError, load
+
+
+def _nats_url(args: argparse.Namespace) -> str:
+    return str(args.nats or os.environ.get("OPENLINES_NATS_URL", "nats://127.0.0.1:4222"))
+
+
+async def _bootstrap(args: argparse.Namespace) -> int:
+    nc = await bus.connect(_nats_url(args), "openlines-cli", first_attempts=args.attempts)
+    try:
+        await bus.bootstrap(nc.jetstream(), replicas=args.replicas, report=print)
+    finally:
+        await nc.close()
+    print("bootstrap: done")
+    return 0
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    cfg = load(args.file)
+    nc = await bus.connect(_nats_url(args), "openlines-cli", first_attempts=args.attempts)
+    try:
+        js = nc.jetstream()
+        await bus.bootstrap(js)
+        buckets = await bus.Buckets(js).open()
+        for change in await apply_mod.apply(buckets, cfg):
+            print(change)
+    finally:
+        await nc.close()
+    print(f"applied {len(cfg.lines)} line(s) and {len(cfg.operators)} operator(s) from {args.file}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cfg = load(args.file)
+    print(f"{args.file}: valid ({len(cfg.lines)} line(s), {len(cfg.operators)} operator(s))")
+    return 0
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    from argon2 import PasswordHasher
+
+    pw = args.password if args.password is not None else getpass.getpass("password: ")
+    print(PasswordHasher().hash(pw))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="openlines", description="openlines administration")
+    p.add_argument("--nats", help="NATS URL (default: $OPENLINES_NATS_URL or nats://127.0.0.1:4222)")
+    p.add_argument("--attempts", type=int, default=10, help="connection attempts before giving up (0 = forever)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    b = sub.add_parser("bootstrap", help="create or update the JetStream streams and KV buckets")
+    b.add_argument("--replicas", type=int, default=int(os.environ.get("OPENLINES_REPLICAS", "1")))
+    b.set_defaults(run=_bootstrap, is_async=True)
+
+    lines = sub.add_parser("lines", help="line configuration").add_subparsers(dest="lines_cmd", required=True)
+    v = lines.add_parser("validate", help="check a lines TOML file")
+    v.add_argument("file")
+    v.set_defaults(run=_validate, is_async=False)
+    a = lines.add_parser("apply", help="validate a lines TOML file and make it live")
+    a.add_argument("file")
+    a.set_defaults(run=_apply, is_async=True)
+
+    h = sub.add_parser("hash-password", help="print an argon2 hash for an operator password")
+    h.add_argument("--password", help="the password (prompted when omitted)")
+    h.set_defaults(run=_hash_password, is_async=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.is_async:
+            return int(asyncio.run(args.run(args)))
+        return int(args.run(args))
+    except ConfigError as exc:
+        print("invalid line configuration:", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  - {err}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"openlines: cannot reach NATS at {_nats_url(args)}: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Operator and admin commands: request/reply to the router's ``ol.cmd.*`` service.
+
+The router is the single writer of session state; the desk (or any script)
+asks it to act and gets a :class:`Result` back.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from openlines import subjects
+from openlines.state import OperatorStatus, Session
+
+COMMAND_TIMEOUT = 5.0
+
+
+class _Cmd(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    operator_id: str
+
+
+class SetStatus(_Cmd):
+    status: OperatorStatus
+
+
+class Accept(_Cmd):
+    session_id: str
+
+
+class Reply(_Cmd):
+    session_id: str
+    text: str
+    client_msg_id: str  # makes a retried reply idempotent
+
+
+class Close(_Cmd):
+    session_id: str
+
+
+CommandName = Literal["status", "accept", "reply", "close"]
+COMMANDS: dict[str, type[_Cmd]] = {"status": SetStatus, "accept": Accept, "reply": Reply, "close": Close}
+
+
+class Result(msgspec.Struct, kw_only=True, omit_defaults=True):
+    ok: bool
+    error: str = ""  # machine code: not_found, forbidden, invalid, conflict, unavailable
+    detail: str = ""
+    session: Session | None = None
+    message_id: str = ""
+
+
+class CommandFailed(Exception):
+    def __init__(self, result: Result) -> None:
+        super().__init__(f"{result.error}: {result.detail}")
+        self.result = result
+
+
+async def call(nc: NATS, name: CommandName, cmd: _Cmd, timeout: float = COMMAND_TIMEOUT) -> Result:
+    """Send a command and decode the router's answer; raises CommandFailed when not ok."""
+    msg = await nc.request(subjects.command(name), msgspec.json.encode(cmd), timeout=timeout)
+    result = msgspec.json.decode(msg.data, type=Result)
+    if not result.ok:
+        raise CommandFailed(result)
+    return result

@@ -1,0 +1,196 @@
+"""What every service shares: NATS connection, HTTP with /healthz /readyz
+/metrics, background tasks, and a graceful stop on SIGTERM.
+
+A service is a ``setup(service)`` coroutine that adds routes and tasks. The
+same object runs under ``python -m <service>`` (via :func:`main`) and inside
+tests (via :func:`launch` / :meth:`Service.stop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+import prometheus_client
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from openlines import bus, logs
+from openlines.settings import BaseSettings, SettingsError, load_settings
+
+S = TypeVar("S", bound=BaseSettings)
+
+log = logging.getLogger("openlines.runner")
+
+
+def json_error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The one error shape every HTTP edge answers with."""
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """No traceback ever reaches a client; HTTP errors keep the JSON shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return json_error(500, "internal", "internal error; see the service log")
+
+
+class Service(Generic[S]):
+    def __init__(self, name: str, settings: S) -> None:
+        self.name = name
+        self.settings = settings
+        self.nc: NATS
+        self.js: JetStreamContext
+        self.app = web.Application(middlewares=[error_middleware], client_max_size=2 * 1024 * 1024)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.started_at = time.time()
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._runner: web.AppRunner | None = None
+        self._ready_checks: list[Callable[[], Awaitable[str | None]]] = []
+        self.port = settings.http_port
+
+    # -- wiring ---------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run a background task for the life of the service; a crash is logged and stops the service."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background task failed; stopping", extra={"task": task.get_name(), "error": repr(exc)})
+            self.stopping.set()
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn`` when stopping, before NATS is drained (in reverse order of registration)."""
+        self._on_stop.append(fn)
+
+    def ready_check(self, fn: Callable[[], Awaitable[str | None]]) -> None:
+        """Add a readiness check returning None when fine or a reason when not."""
+        self._ready_checks.append(fn)
+
+    # -- life cycle -----------------------------------------------------
+
+    async def connect(self, first_attempts: int = 0) -> None:
+        self.nc = await bus.connect(self.settings.nats_url, self.name, first_attempts=first_attempts)
+        self.js = self.nc.jetstream(timeout=5.0)
+        if self.settings.bootstrap:
+            await bus.bootstrap(self.js, replicas=self.settings.replicas)
+
+    async def start_http(self) -> None:
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=self.settings.shutdown_timeout
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("listening", extra={"host": self.settings.http_host, "port": self.port})
+
+    async def stop(self) -> None:
+        """Stop accepting work, finish what is in flight, then disconnect."""
+        self.stopping.set()
+        for fn in reversed(self._on_stop):
+            try:
+                await fn()
+            except Exception:
+                log.exception("error while stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), timeout=self.settings.shutdown_timeout)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        log.info("stopped")
+
+    # -- health ---------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "service": self.name, "uptime_s": round(time.time() - self.started_at, 1)})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        reasons: list[str] = []
+        if self.stopping.is_set():
+            reasons.append("shutting down")
+        elif not self.nc.is_connected:
+            reasons.append("nats not connected")
+        else:
+            try:
+                missing = await bus.missing_streams(self.js)
+                if missing:
+                    reasons.append("missing streams: " + ", ".join(missing))
+            except Exception as exc:
+                reasons.append(f"jetstream not answering: {exc.__class__.__name__}")
+            for check in self._ready_checks:
+                reason = await check()
+                if reason:
+                    reasons.append(reason)
+        if reasons:
+            return web.json_response({"status": "not ready", "service": self.name, "reasons": reasons}, status=503)
+        return web.json_response({"status": "ready", "service": self.name})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = prometheus_client.generate_latest()
+        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+async def launch(name: str, settings: S, setup: Callable[[Service[S]], Awaitable[None]], *, first_attempts: int = 0) -> Service[S]:
+    """Connect, set the service up and start serving HTTP. Returns the running service."""
+    svc = Service(name, settings)
+    await svc.connect(first_attempts=first_attempts)
+    await setup(svc)
+    await svc.start_http()
+    return svc
+
+
+def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitable[None]]) -> None:
+    """Entry point of ``python -m <service>``."""
+    try:
+        settings = load_settings(settings_cls)
+    except SettingsError as exc:
+        raise SystemExit(f"{name}: configuration error: {exc}") from None
+    logs.setup(name, settings.log_level)
+    log.info("starting", extra={"settings": settings.public()})
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        svc = await launch(name, settings, setup)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, svc.stopping.set)
+        await svc.stopping.wait()
+        log.info("stopping: draining in-flight work")
+        await svc.stop()
+
+    asyncio.run(run())

@@ -1,0 +1,66 @@
+"""Settings from ``OPENLINES_*`` environment variables, parsed once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TypeVar
+
+import msgspec
+
+PREFIX = "OPENLINES_"
+
+S = TypeVar("S", bound="BaseSettings")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class BaseSettings(msgspec.Struct, kw_only=True):
+    """What every service reads. Subclass to add a service's own settings."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    log_level: str = "info"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    replicas: int = 1  # JetStream replicas for streams and buckets a service creates
+    bootstrap: bool = True  # create missing streams/buckets at start-up
+    shutdown_timeout: float = 10.0
+
+    def public(self) -> dict[str, object]:
+        """The settings without secrets, for the start-up log line."""
+        out: dict[str, object] = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            secret = any(word in name for word in ("secret", "password", "token", "key"))
+            out[name] = "***" if secret and value else value
+        return out
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def load_settings(cls: type[S], env: Mapping[str, str] | None = None, **overrides: object) -> S:
+    """Build ``cls`` from the environment; an error names the variable at fault."""
+    source = os.environ if env is None else env
+    raw: dict[str, object] = {}
+    for field in cls.__struct_fields__:
+        name = env_name(field)
+        if name in source:
+            raw[field] = source[name]
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        for field in cls.__struct_fields__:
+            if f"`$.{field}`" in text:
+                got = source.get(env_name(field), "")
+                shown = "***" if any(w in field for w in ("secret", "password", "token", "key")) else repr(got)
+                raise SettingsError(f"{env_name(field)}={shown}: {text.split(' - at ')[0]}") from None
+        missing = text.split("`")[1] if "required field" in text and "`" in text else ""
+        if missing:
+            raise SettingsError(f"{env_name(missing)} must be set") from None
+        raise SettingsError(text) from None

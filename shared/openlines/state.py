@@ -1,0 +1,80 @@
+"""Records kept in the KV buckets. The router writes sessions, clients and
+operator presence; everyone else only reads them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from openlines.envelopes import ClientProfile
+
+SessionStatus = Literal["waiting", "assigned", "answered", "closed"]
+OperatorStatus = Literal["online", "away", "offline"]
+OPEN_STATUSES: tuple[str, ...] = ("waiting", "assigned", "answered")
+
+RECENT_IDS_KEPT = 64
+
+
+class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    line_id: str
+    client_id: str
+    channel: str
+    account: str
+    chat_id: str
+    chat_key: str
+    client_name: str = ""
+    status: SessionStatus = "waiting"
+    operator_id: str = ""
+    opened_at: datetime
+    assigned_at: datetime | None = None
+    answered_at: datetime | None = None
+    closed_at: datetime | None = None
+    closed_by: str = ""
+    last_message_at: datetime | None = None
+    messages_in: int = 0
+    messages_out: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+class ClientRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One external chat (a Telegram chat, a website visitor...) as the router knows it."""
+
+    client_id: str
+    channel: str
+    account: str
+    chat_id: str
+    profile: ClientProfile = msgspec.field(default_factory=ClientProfile)
+    open_sessions: dict[str, str] = {}  # line id -> session id
+    recent_msg_ids: list[str] = []  # inbound ids already applied, newest last
+    sessions_total: int = 0
+
+
+class OperatorState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Presence and load of one operator, claimed by compare-and-set."""
+
+    id: str
+    status: OperatorStatus = "offline"
+    sessions: list[str] = []  # open sessions assigned to this operator
+    last_assigned_at: float = 0.0  # epoch seconds; round robin picks the oldest
+    status_changed_at: datetime | None = None
+
+
+class OperatorAccount(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A person who can log into the desk."""
+
+    id: str
+    name: str
+    password_hash: str = ""
+    roles: list[str] = msgspec.field(default_factory=lambda: ["operator"])
+    permissions: list[str] = msgspec.field(default_factory=lambda: ["openlines"])
+
+
+def client_key(channel: str, account: str, chat_key: str) -> str:
+    """KV key of a client record."""
+    return f"{channel}.{account}.{chat_key}"

@@ -1,0 +1,116 @@
+"""Every NATS subject, stream and bucket name of openlines, spelled once.
+
+Services never build a subject string themselves; they call these helpers so
+that a rename is one change here (and one in docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# Streams
+STREAM_IN = "OL_IN"
+STREAM_OUT = "OL_OUT"
+STREAM_EVT = "OL_EVT"
+STREAM_HIST = "OL_HIST"
+STREAMS = (STREAM_IN, STREAM_OUT, STREAM_EVT, STREAM_HIST)
+
+# Key-value buckets
+KV_LINES = "ol-lines"
+KV_ACCOUNTS = "ol-accounts"
+KV_OPERATORS = "ol-operators"
+KV_SESSIONS = "ol-sessions"
+KV_CLIENTS = "ol-clients"
+KV_BUCKETS = (KV_LINES, KV_ACCOUNTS, KV_OPERATORS, KV_SESSIONS, KV_CLIENTS)
+
+# Subject roots, with the wildcard each stream captures
+IN_ROOT = "ol.in"
+OUT_ROOT = "ol.out"
+EVT_ROOT = "ol.evt"
+HIST_ROOT = "ol.hist"
+CMD_ROOT = "ol.cmd"
+
+STREAM_SUBJECTS = {
+    STREAM_IN: [f"{IN_ROOT}.>"],
+    STREAM_OUT: [f"{OUT_ROOT}.>"],
+    STREAM_EVT: [f"{EVT_ROOT}.>"],
+    STREAM_HIST: [f"{HIST_ROOT}.>"],
+}
+
+# The router's request/reply service
+ROUTER_SERVICE = "openlines-router"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class BadToken(ValueError):
+    """A value that must be one subject token is not."""
+
+
+def token(value: str, what: str) -> str:
+    """Check that ``value`` is usable as one subject token and return it."""
+    if not _TOKEN.match(value):
+        raise BadToken(f"{what} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+def chat_key(channel: str, account: str, chat_id: str) -> str:
+    """A subject-safe, stable key for one external chat.
+
+    External chat ids may contain dots or '@' (e-mail addresses), so they
+    never go into a subject as they are.
+    """
+    digest = hashlib.blake2b(f"{channel}\x1f{account}\x1f{chat_id}".encode(), digest_size=12)
+    return digest.hexdigest()
+
+
+def inbound(channel: str, account: str) -> str:
+    return f"{IN_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}"
+
+
+def inbound_all() -> str:
+    return f"{IN_ROOT}.>"
+
+
+def outbound(channel: str, account: str, chat: str) -> str:
+    """Outbound messages for one chat; ``chat`` is a :func:`chat_key`."""
+    return f"{OUT_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}.{chat}"
+
+
+def outbound_account(channel: str, account: str) -> str:
+    """Everything a gateway must deliver for one channel account."""
+    return f"{OUT_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}.>"
+
+
+def outbound_channel(channel: str) -> str:
+    """Everything a gateway must deliver for every account of its channel."""
+    return f"{OUT_ROOT}.{token(channel, 'channel')}.>"
+
+
+def parse_outbound(subject: str) -> tuple[str, str, str]:
+    """``ol.out.<channel>.<account>.<chat>`` -> (channel, account, chat)."""
+    parts = subject.split(".")
+    if len(parts) != 5 or f"{parts[0]}.{parts[1]}" != OUT_ROOT:
+        raise BadToken(f"not an outbound subject: {subject!r}")
+    return parts[2], parts[3], parts[4]
+
+
+def event(kind: str) -> str:
+    return f"{EVT_ROOT}.{token(kind, 'event kind')}"
+
+
+def events_all() -> str:
+    return f"{EVT_ROOT}.>"
+
+
+def history(session_id: str) -> str:
+    return f"{HIST_ROOT}.{token(session_id, 'session id')}"
+
+
+def history_all() -> str:
+    return f"{HIST_ROOT}.>"
+
+
+def command(name: str) -> str:
+    return f"{CMD_ROOT}.{token(name, 'command')}"

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+
+from openlines import bus, subjects
+from openlines.apply import apply, load_lines
+from openlines.lines import load
+from openlines.state import OperatorState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "openlines", *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_cli_bootstrap_is_idempotent(nats_server) -> None:  # type: ignore[no-untyped-def]
+    first = run_cli("--nats", nats_server.url, "bootstrap")
+    assert first.returncode == 0, first.stderr
+    assert "stream OL_IN: created" in first.stdout
+    second = run_cli("--nats", nats_server.url, "bootstrap")
+    assert second.returncode == 0, second.stderr
+    assert "stream OL_IN: up to date" in second.stdout
+    nc = await bus.connect(nats_server.url, "t", first_attempts=3)
+    js = nc.jetstream()
+    for name in subjects.STREAMS:
+        info = await js.stream_info(name)
+        assert info.config.duplicate_window == 900
+    assert await bus.missing_streams(js) == []
+    await nc.close()
+
+
+async def test_cli_apply_reports_changes_and_prunes(nats_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    done = run_cli("--nats", nats_server.url, "lines", "apply", str(ROOT / "deploy/lines.example.toml"))
+    assert done.returncode == 0, done.stderr
+    assert "line support: created" in done.stdout
+    again = run_cli("--nats", nats_server.url, "lines", "apply", str(ROOT / "deploy/lines.example.toml"))
+    assert "line support: unchanged" in again.stdout
+    other = tmp_path / "l.toml"
+    other.write_text('[operators.x]\nname = "X"\n[[lines]]\nid = "sales"\nname = "Sales"\n')
+    pruned = run_cli("--nats", nats_server.url, "lines", "apply", str(other))
+    assert "line support: removed" in pruned.stdout and "line sales: created" in pruned.stdout
+    nc = await bus.connect(nats_server.url, "t", first_attempts=3)
+    b = await bus.Buckets(nc.jetstream()).open()
+    assert [line.id for line in await load_lines(b.lines)] == ["sales"]
+    await nc.close()
+
+
+async def test_cli_rejects_invalid_file_and_changes_nothing(nats_server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[lines]]\nid = "x"\nname = "X"\ncolour = "red"\n')
+    done = run_cli("--nats", nats_server.url, "lines", "apply", str(bad))
+    assert done.returncode == 2
+    assert "colour" in done.stderr
+    nc = await bus.connect(nats_server.url, "t", first_attempts=3)
+    js = nc.jetstream()
+    await bus.bootstrap(js)
+    b = await bus.Buckets(js).open()
+    assert await load_lines(b.lines) == []
+    await nc.close()
+
+
+async def test_kv_update_compare_and_set_never_loses_an_increment(nc) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    b = await bus.Buckets(nc.jetstream()).open()
+
+    def bump(cur: OperatorState | None) -> OperatorState:
+        cur = cur or OperatorState(id="anna")
+        return msgspec.structs.replace(cur, last_assigned_at=cur.last_assigned_at + 1)
+
+    await asyncio.gather(*(bus.kv_update(b.operators, "anna", OperatorState, bump) for _ in range(20)))
+    value, _ = await bus.kv_get(b.operators, "anna", OperatorState)
+    assert value is not None and value.last_assigned_at == 20
+
+
+async def test_apply_in_process_matches_file(nc) -> None:  # type: ignore[no-untyped-def]
+    b = await bus.Buckets(nc.jetstream()).open()
+    cfg = load(ROOT / "deploy/lines.example.toml")
+    changes = await apply(b, cfg)
+    assert "operator anna: created" in changes
+    lines = await load_lines(b.lines)
+    assert lines == cfg.lines

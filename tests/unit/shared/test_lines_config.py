@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from openlines.lines import ConfigError, binding_index, load, parse
+
+ROOT = Path(__file__).resolve().parents[3]
+
+BASE = """
+[operators.anna]
+name = "Anna"
+
+[[lines]]
+id = "support"
+name = "Support"
+channels = [{ channel = "webchat", account = "demo" }]
+[lines.queue]
+operators = ["anna"]
+"""
+
+
+def test_example_file_is_valid_and_binds_the_demo_widget() -> None:
+    cfg = load(ROOT / "deploy" / "lines.example.toml")
+    index = binding_index(cfg.lines)
+    assert index[("webchat", "demo")].id == "support"
+    assert cfg.lines[0].queue.wait_seconds == 45
+
+
+def test_defaults_follow_the_recommended_values() -> None:
+    cfg = parse(BASE)
+    q = cfg.lines[0].queue
+    assert (q.mode, q.wait_seconds, q.max_chats_per_operator, q.skip_offline) == ("round_robin", 45, 4, True)
+
+
+def test_unknown_key_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(BASE + "wait_secnds = 30\n")
+    assert "wait_secnds" in str(err.value)
+    assert "lines[0].queue" in str(err.value)
+
+
+def test_wrong_type_names_the_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(BASE.replace('operators = ["anna"]', 'operators = ["anna"]\nwait_seconds = "soon"'))
+    assert "wait_seconds" in str(err.value)
+
+
+def test_operator_without_permission_is_refused_with_the_reason() -> None:
+    text = BASE.replace('name = "Anna"', 'name = "Anna"\npermissions = []')
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert "lacks the 'openlines' permission" in str(err.value)
+
+
+def test_undeclared_operator_and_unknown_channel_are_both_reported() -> None:
+    text = BASE.replace('operators = ["anna"]', 'operators = ["anna", "ghost"]').replace('"webchat"', '"fax"')
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert len(err.value.errors) == 2
+    assert any("'ghost' is not declared" in e for e in err.value.errors)
+    assert any("unknown channel 'fax'" in e for e in err.value.errors)
+
+
+def test_one_channel_account_feeds_one_line() -> None:
+    text = BASE + '\n[[lines]]\nid = "sales"\nname = "Sales"\nchannels = [{ channel = "webchat", account = "demo" }]\n'
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert "already feeds line 'support'" in str(err.value)
+
+
+def test_broken_toml_is_reported_with_the_file_name() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse("[[lines]\n", "my.toml")
+    assert "my.toml: not valid TOML" in str(err.value)
