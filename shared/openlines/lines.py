@@ -127,7 +127,8 @@ def check(cfg: LinesFile) -> list[str]:
             other = bound.get((ch.channel, ch.account))
             if other is not None and other != line.id:
                 errors.append(
-                    f"{where}.channels[{j}]: {ch.channel}/{ch.account} already feeds line {other!r}; a channel account feeds one line"
+                    f"{where}.channels[{j}]: {ch.channel}/{ch.account} already feeds line {other!r};"
+                    " a channel account feeds one line"
                 )
             bound[(ch.channel, ch.account)] = line.id
         q = line.queue
@@ -136,10 +137,10 @@ def check(cfg: LinesFile) -> list[str]:
         if q.max_chats_per_operator < 1:
             errors.append(f"{where}.queue.max_chats_per_operator: must be at least 1")
         for op_id in q.operators:
-            op = cfg.operators.get(op_id)
-            if op is None:
+            member = cfg.operators.get(op_id)
+            if member is None:
                 errors.append(f"{where}.queue.operators: {op_id!r} is not declared under [operators]")
-            elif PERMISSION_OPENLINES not in op.permissions:
+            elif PERMISSION_OPENLINES not in member.permissions:
                 errors.append(
                     f"{where}.queue.operators: {op_id!r} lacks the {PERMISSION_OPENLINES!r} permission and would never see a chat"
                 )

@@ -35,7 +35,9 @@ def json_error(status: int, code: str, detail: str, headers: dict[str, str] | No
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """No traceback ever reaches a client; HTTP errors keep the JSON shape."""
     try:
         return await handler(request)
@@ -166,7 +168,9 @@ class Service(Generic[S]):
         return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
-async def launch(name: str, settings: S, setup: Callable[[Service[S]], Awaitable[None]], *, first_attempts: int = 0) -> Service[S]:
+async def launch(
+    name: str, settings: S, setup: Callable[[Service[S]], Awaitable[None]], *, first_attempts: int = 0
+) -> Service[S]:
     """Connect, set the service up and start serving HTTP. Returns the running service."""
     svc = Service(name, settings)
     await svc.connect(first_attempts=first_attempts)

@@ -34,8 +34,7 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     closed_at: datetime | None = None
     closed_by: str = ""
     last_message_at: datetime | None = None
-    messages_in: int = 0
-    messages_out: int = 0
+    assignments: int = 0  # how many times the chat was given to an operator
 
     @property
     def is_open(self) -> bool:
@@ -73,6 +72,22 @@ class OperatorAccount(msgspec.Struct, kw_only=True, omit_defaults=True):
     password_hash: str = ""
     roles: list[str] = msgspec.field(default_factory=lambda: ["operator"])
     permissions: list[str] = msgspec.field(default_factory=lambda: ["openlines"])
+
+
+class QueuedChat(msgspec.Struct, kw_only=True, frozen=True):
+    session_id: str
+    since: float  # epoch seconds the chat started waiting; the queue is ordered by it
+
+
+class WaitingQueue(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Chats of one line that no operator could take yet, oldest first."""
+
+    chats: list[QueuedChat] = []
+
+
+def queue_key(line_id: str) -> str:
+    """Key of a line's waiting queue in the sessions bucket."""
+    return f"queue.{line_id}"
 
 
 def client_key(channel: str, account: str, chat_key: str) -> str:

@@ -1,0 +1,1 @@
+"""openlines router: the single writer of session state."""

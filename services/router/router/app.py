@@ -1,0 +1,41 @@
+"""Wiring of the router service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from openlines.bus import Buckets
+from openlines.runner import Service
+from router import commands, inbound
+from router.engine import Engine
+from router.lines_cache import LinesCache
+from router.settings import Settings
+
+
+async def setup(svc: Service[Settings]) -> None:
+    buckets = await Buckets(svc.js).open()
+    lines = LinesCache(buckets.lines)
+    svc.spawn(lines.run(), "lines-watch")
+    await asyncio.wait_for(lines.loaded.wait(), timeout=30)
+    engine = Engine(svc.js, buckets, lines)
+    micro = await commands.serve(svc.nc, engine)
+    stop_consuming = asyncio.Event()
+    consumer = svc.spawn(
+        inbound.consume(svc.js, engine, svc.settings.consumer, svc.settings.batch, svc.settings.ack_wait, stop_consuming),
+        "inbound",
+    )
+
+    async def ready() -> str | None:
+        return None if lines.loaded.is_set() else "line configs not loaded yet"
+
+    async def drain() -> None:
+        # Finish the message in hand, take no new one, stop answering commands.
+        stop_consuming.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(consumer), timeout=svc.settings.shutdown_timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            pass
+        await micro.stop()
+
+    svc.ready_check(ready)
+    svc.on_stop(drain)

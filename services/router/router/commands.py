@@ -1,0 +1,82 @@
+"""The router's request/reply service: operator commands on ``ol.cmd.*``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from prometheus_client import Counter
+
+from openlines import commands as cmds
+from openlines import subjects
+from openlines.commands import Result
+from router.engine import Engine, Refused
+
+log = logging.getLogger("router.commands")
+
+COMMANDS = Counter("openlines_router_commands_total", "Operator commands", ["command", "result"])
+
+
+def _answer(result: Result) -> bytes:
+    return msgspec.json.encode(result)
+
+
+async def serve(nc: NATS, engine: Engine) -> Service:
+    svc = await add_service(nc, name=subjects.ROUTER_SERVICE, version="0.1.0", description="openlines line rules")
+
+    async def status(c: cmds.SetStatus) -> Result:
+        await engine.set_status(c.operator_id, c.status)
+        return Result(ok=True)
+
+    async def accept(c: cmds.Accept) -> Result:
+        return Result(ok=True, session=await engine.accept(c.operator_id, c.session_id))
+
+    async def reply(c: cmds.Reply) -> Result:
+        session, out_id = await engine.reply(c.operator_id, c.session_id, c.text, c.client_msg_id)
+        return Result(ok=True, session=session, message_id=out_id)
+
+    async def close(c: cmds.Close) -> Result:
+        return Result(ok=True, session=await engine.close(c.operator_id, c.session_id))
+
+    handlers: dict[str, Callable[..., Awaitable[Result]]] = {"status": status, "accept": accept, "reply": reply, "close": close}
+    for name, fn in handlers.items():
+        await svc.add_endpoint(name=name, subject=subjects.command(name), handler=_endpoint(name, cmds.COMMANDS[name], fn))
+    return svc
+
+
+def _endpoint(name: str, typ: type[msgspec.Struct], fn: Callable[..., Awaitable[Result]]) -> Callable[[Request], Awaitable[None]]:
+    decoder = msgspec.json.Decoder(typ)
+
+    async def handle(req: Request) -> None:
+        try:
+            cmd = decoder.decode(req.data)
+        except msgspec.DecodeError as exc:
+            COMMANDS.labels(name, "invalid").inc()
+            await req.respond(_answer(Result(ok=False, error="invalid", detail=str(exc))))
+            return
+        try:
+            result = await fn(cmd)
+        except Refused as exc:
+            COMMANDS.labels(name, exc.code).inc()
+            await req.respond(_answer(Result(ok=False, error=exc.code, detail=exc.detail)))
+            return
+        except subjects.BadToken as exc:
+            COMMANDS.labels(name, "invalid").inc()
+            await req.respond(_answer(Result(ok=False, error="invalid", detail=str(exc))))
+            return
+        except Exception:
+            log.exception("command failed", extra={"command": name})
+            COMMANDS.labels(name, "unavailable").inc()
+            await req.respond(
+                _answer(Result(ok=False, error="unavailable", detail="the router could not complete the command; retry"))
+            )
+            return
+        COMMANDS.labels(name, "ok").inc()
+        await req.respond(_answer(result))
+
+    return handle

@@ -1,0 +1,1 @@
+"""Pure decisions of the router: (config, state, now) -> decision. No I/O here."""

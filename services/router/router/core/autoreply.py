@@ -1,0 +1,32 @@
+"""Auto-reply texts: templates filled with the client's and the line's names."""
+
+from __future__ import annotations
+
+import string
+
+from openlines.lines import LineConfig
+
+
+class _Keep(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def render(template: str, *, client_name: str, line_name: str) -> str:
+    """Fill ``{client_name}`` and ``{line_name}``; unknown fields stay as written."""
+    values = _Keep(client_name=client_name or "there", line_name=line_name)
+    try:
+        return string.Formatter().vformat(template, (), values)
+    except (ValueError, IndexError):
+        # A stray brace in an admin's text must not stop the auto-reply.
+        return template
+
+
+def welcome(line: LineConfig, client_name: str) -> str:
+    t = line.auto_replies.welcome
+    return render(t, client_name=client_name, line_name=line.name) if t else ""
+
+
+def closing(line: LineConfig, client_name: str) -> str:
+    t = line.auto_replies.closing
+    return render(t, client_name=client_name, line_name=line.name) if t else ""

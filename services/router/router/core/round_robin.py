@@ -1,0 +1,18 @@
+"""Round robin (Bitrix24 "evenly"): the free operator assigned longest ago."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from openlines.lines import QueueConfig
+from router.core.distribution import OperatorView, available
+
+
+class RoundRobin:
+    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], exclude: frozenset[str]) -> str | None:
+        free = available(queue, operators, exclude)
+        if not free:
+            return None
+        order = {op_id: i for i, op_id in enumerate(queue.operators)}
+        best = min(free, key=lambda op: (op.last_assigned_at, order[op.id]))
+        return best.id

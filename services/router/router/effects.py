@@ -1,0 +1,64 @@
+"""Publishing what the router decided: transcript, events, outbound messages.
+
+Every publish carries a deterministic Nats-Msg-Id, so redoing the work after
+a crash publishes nothing twice.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import JetStreamContext
+from prometheus_client import Counter
+
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, Outbound, SessionEvent, encode, utcnow
+from openlines.state import Session
+
+EVENTS = Counter("openlines_router_events_total", "Session events published", ["kind"])
+OUTBOUND = Counter("openlines_router_outbound_total", "Outbound messages published", ["channel", "auto"])
+
+
+class Effects:
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def _publish(self, subject: str, msg_id: str, obj: msgspec.Struct) -> None:
+        await self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id})
+
+    async def event(self, event_id: str, kind: str, session: Session | None = None, **fields: str) -> None:
+        base: dict[str, str] = {}
+        if session is not None:
+            base = {
+                "session_id": session.id,
+                "line_id": session.line_id,
+                "client_id": session.client_id,
+                "operator_id": session.operator_id,
+                "channel": session.channel,
+                "account": session.account,
+                "chat_id": session.chat_id,
+            }
+        base.update(fields)
+        evt = msgspec.convert({"id": event_id, "kind": kind, "at": utcnow(), **base}, SessionEvent)
+        await self._publish(subjects.event(kind), event_id, evt)
+        EVENTS.labels(kind).inc()
+
+    async def history(self, entry: HistoryEntry) -> None:
+        await self._publish(subjects.history(entry.session_id), entry.id, entry)
+
+    async def send(self, session: Session, out: Outbound) -> None:
+        """Queue a message for the client's channel gateway and record it in the transcript."""
+        subject = subjects.outbound(session.channel, session.account, session.chat_key)
+        await self._publish(subject, out.id, out)
+        await self.history(
+            HistoryEntry(
+                id=out.id,
+                session_id=session.id,
+                direction="out",
+                text=out.text,
+                attachments=out.attachments,
+                author_id=out.operator_id or "auto",
+                author_name=out.operator_name,
+                at=out.created_at,
+            )
+        )
+        OUTBOUND.labels(session.channel, str(out.auto).lower()).inc()

@@ -1,0 +1,73 @@
+"""Helpers for tests: start services in-process, publish client messages, read streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from openlines import bus, subjects
+from openlines.apply import apply
+from openlines.envelopes import MSG_ID_HEADER, ClientProfile, HistoryEntry, Inbound, Outbound, SessionEvent, encode, utcnow
+from openlines.lines import load, parse
+from openlines.runner import Service, launch
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_LINES = ROOT / "deploy" / "lines.example.toml"
+
+
+async def apply_lines(nc: NATS, text: str | None = None) -> None:
+    cfg = parse(text) if text is not None else load(EXAMPLE_LINES)
+    await apply(await bus.Buckets(nc.jetstream()).open(), cfg)
+
+
+@asynccontextmanager
+async def running_router(url: str, **overrides: Any) -> AsyncIterator[Service[Any]]:
+    from router.app import setup
+    from router.settings import Settings
+
+    svc = await launch("router", Settings(nats_url=url, http_port=0, **overrides), setup, first_attempts=5)
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+def inbound(visitor: str, text: str, msg: str, account: str = "demo", name: str = "") -> Inbound:
+    return Inbound(
+        id=f"webchat:{account}:{visitor}:{msg}",
+        channel="webchat",
+        account=account,
+        chat_id=visitor,
+        user_id=visitor,
+        profile=ClientProfile(name=name),
+        text=text,
+        channel_msg_id=msg,
+        received_at=utcnow(),
+    )
+
+
+async def publish(nc: NATS, env: Inbound) -> bool:
+    """Publish like a gateway does; returns PubAck.duplicate."""
+    ack = await nc.jetstream().publish(subjects.inbound(env.channel, env.account), encode(env), headers={MSG_ID_HEADER: env.id})
+    return bool(ack.duplicate)
+
+
+async def history(nc: NATS, session_id: str) -> list[HistoryEntry]:
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_HIST, subjects.history(session_id))
+    return [msgspec.json.decode(data, type=HistoryEntry) for _, data in rows]
+
+
+async def outbound_for(nc: NATS, visitor: str, account: str = "demo") -> list[Outbound]:
+    subject = subjects.outbound("webchat", account, subjects.chat_key("webchat", account, visitor))
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_OUT, subject)
+    return [msgspec.json.decode(data, type=Outbound) for _, data in rows]
+
+
+async def events(nc: NATS, kind: str) -> list[SessionEvent]:
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_EVT, subjects.event(kind))
+    return [msgspec.json.decode(data, type=SessionEvent) for _, data in rows]
