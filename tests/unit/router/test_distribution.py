@@ -1,0 +1,93 @@
+"""Property tests of the pure distribution and queue decisions."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from openlines.lines import QueueConfig
+from openlines.state import QueuedChat, WaitingQueue
+from router.core import queue as waitq
+from router.core.autoreply import render
+from router.core.distribution import OperatorView, pick
+
+IDS = [f"op{i}" for i in range(8)]
+
+operator_views = st.lists(
+    st.builds(
+        OperatorView,
+        id=st.sampled_from(IDS),
+        status=st.sampled_from(["online", "away", "offline"]),
+        open_chats=st.integers(0, 6),
+        last_assigned_at=st.floats(0, 1e6, allow_nan=False),
+    ),
+    unique_by=lambda v: v.id,
+)
+queues = st.builds(
+    QueueConfig,
+    operators=st.lists(st.sampled_from(IDS), unique=True),
+    max_chats_per_operator=st.integers(1, 5),
+    skip_offline=st.just(True),
+)
+
+
+@given(queues, operator_views, st.frozensets(st.sampled_from(IDS)))
+def test_never_an_absent_full_excluded_or_foreign_operator(
+    queue: QueueConfig, ops: list[OperatorView], exclude: frozenset[str]
+) -> None:
+    chosen = pick(queue, ops, exclude)
+    if chosen is None:
+        return
+    view = next(v for v in ops if v.id == chosen)
+    assert chosen in queue.operators
+    assert chosen not in exclude
+    assert view.status == "online"
+    assert view.open_chats < queue.max_chats_per_operator
+
+
+@given(queues, operator_views)
+def test_someone_is_chosen_whenever_someone_can_take_it(queue: QueueConfig, ops: list[OperatorView]) -> None:
+    can = [v for v in ops if v.id in queue.operators and v.status == "online" and v.open_chats < queue.max_chats_per_operator]
+    chosen = pick(queue, ops)
+    assert (chosen is None) == (not can)
+    if can:
+        oldest = min(v.last_assigned_at for v in can)
+        assert next(v for v in ops if v.id == chosen).last_assigned_at == oldest
+
+
+def test_round_robin_alternates_when_assignments_are_recorded() -> None:
+    queue = QueueConfig(operators=["anna", "boris", "vera"])
+    state = {op: 0.0 for op in queue.operators}
+    got = []
+    for t in range(1, 7):
+        views = [OperatorView(id=k, status="online", open_chats=0, last_assigned_at=v) for k, v in state.items()]
+        chosen = pick(queue, views)
+        assert chosen is not None
+        state[chosen] = float(t)
+        got.append(chosen)
+    assert got == ["anna", "boris", "vera", "anna", "boris", "vera"]
+
+
+@given(st.lists(st.tuples(st.text("abcdef", min_size=1, max_size=4), st.floats(0, 1e6, allow_nan=False)), max_size=30))
+def test_waiting_queue_is_fifo_and_holds_each_chat_once(items: list[tuple[str, float]]) -> None:
+    q = WaitingQueue()
+    first_since: dict[str, float] = {}
+    for sid, since in items:
+        nxt = waitq.enqueue(q, QueuedChat(session_id=sid, since=since))
+        if sid in first_since:
+            assert nxt is None
+            continue
+        assert nxt is not None
+        q = nxt
+        first_since[sid] = since
+    assert [c.session_id for c in q.chats] == sorted(first_since, key=lambda s: (first_since[s], s))
+    for sid in list(first_since):
+        assert waitq.position(q, sid) >= 1
+        removed = waitq.remove(q, sid)
+        assert removed is not None and waitq.position(removed, sid) == 0
+
+
+def test_auto_reply_templates() -> None:
+    assert render("Hi {client_name}, this is {line_name}", client_name="Ilze", line_name="Support") == "Hi Ilze, this is Support"
+    assert render("Hi {client_name}", client_name="", line_name="S") == "Hi there"
+    assert render("Keep {unknown} and {", client_name="x", line_name="y") == "Keep {unknown} and {"
