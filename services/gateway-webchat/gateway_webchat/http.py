@@ -1,0 +1,218 @@
+"""The edge: ``/ws/{account}`` (visitor protocol), ``/widget.js`` and ``/demo``.
+
+A visitor frame is handled top to bottom: parse -> normalise -> publish with
+``Nats-Msg-Id`` -> answer ``ack`` only after JetStream acknowledged it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from gateway_webchat import metrics, token
+from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, parse_frame, to_inbound
+from gateway_webchat.push import Hub, Socket, frame, replay
+from gateway_webchat.settings import Settings
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, encode, utcnow
+
+log = logging.getLogger("gateway_webchat.http")
+
+WS_MAX_MSG = 1024 * 1024  # aiohttp's own limit; max_frame is enforced per frame with a clear error
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_LATER = 1013
+CLOSE_BAD_TOKEN = 4401
+CLOSE_BAD_ACCOUNT = 4404
+STATIC = Path(str(resources.files("gateway_webchat") / "static"))
+WIDGET_CACHE = "public, max-age=300"  # short: a fixed widget reaches every site within minutes
+
+
+class WebchatHttp:
+    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, hub: Hub) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.hub = hub
+        self.allowed = settings.allowed_accounts()
+        self.stopping = False
+        self._demo = (STATIC / "demo.html").read_text(encoding="utf-8")
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/ws/{account}", self.websocket)
+        app.router.add_get("/widget.js", self.widget)
+        app.router.add_get("/demo", self.demo)
+
+    # -- static -----------------------------------------------------------
+
+    async def widget(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(
+            STATIC / "widget.js",
+            headers={
+                "Content-Type": "application/javascript; charset=utf-8",
+                "Cache-Control": WIDGET_CACHE,
+                "X-Content-Type-Options": "nosniff",
+                "Access-Control-Allow-Origin": "*",
+            },
+        )
+
+    async def demo(self, request: web.Request) -> web.Response:
+        base = self.settings.public_url.rstrip("/")
+        src = f"{base}/widget.js" if base else "/widget.js"
+        account = request.query.get("account", self.settings.demo_account)
+        body = self._demo.replace("{{WIDGET_SRC}}", html.escape(src)).replace("{{ACCOUNT}}", html.escape(account))
+        return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    # -- the visitor socket ------------------------------------------------
+
+    def _account_ok(self, account: str) -> bool:
+        try:
+            subjects.token(account, "account")
+        except subjects.BadToken:
+            return False
+        return not self.allowed or account in self.allowed
+
+    async def _refuse(self, ws: web.WebSocketResponse, code: str, detail: str, close_code: int) -> web.WebSocketResponse:
+        # Browsers cannot read the HTTP status of a failed handshake: accept,
+        # say why in a frame, and close with a code the widget acts on.
+        metrics.REFUSED_SOCKETS.labels(code).inc()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(frame(type="error", code=code, detail=detail))
+            await ws.close(code=close_code, message=f"{code}: {detail}".encode()[:120])
+        return ws
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG, heartbeat=self.settings.ws_heartbeat, autoping=True)
+        await ws.prepare(request)
+        account = request.match_info["account"]
+        if self.stopping:
+            return await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
+        if not self._account_ok(account):
+            return await self._refuse(ws, "bad_account", "unknown widget account", CLOSE_BAD_ACCOUNT)
+        raw_token = request.query.get("token", "")
+        if raw_token:
+            try:
+                visitor = token.verify(self.settings.webchat_secret, raw_token, account)
+            except token.TokenError as exc:
+                log.info("visitor token refused", extra={"channel": CHANNEL, "account": account, "reason": str(exc)})
+                return await self._refuse(ws, "bad_token", f"{exc}; start a new visit without a token", CLOSE_BAD_TOKEN)
+            issued = raw_token
+        else:
+            issued, visitor = token.issue(self.settings.webchat_secret, account, time.time())
+        since = request.query.get("since", "")
+        sock = Socket(
+            ws,
+            account,
+            visitor.visitor,
+            since=int(since) if since.isascii() and since.isdigit() and len(since) < 20 else 0,
+            max_queue=self.settings.send_queue,
+        )
+        self.hub.add(sock)
+        try:
+            sock.send(
+                frame(type="welcome", token=issued, visitor=visitor.visitor, new=not raw_token, max_text=self.settings.max_text)
+            )
+            try:
+                await replay(self.js, sock)
+            except Exception as exc:  # NATS down or slow: the widget reconnects with backoff
+                log.warning("replay failed", extra={"channel": CHANNEL, "account": account, "error": repr(exc)})
+                sock.send(frame(type="error", code="unavailable", detail="history not available, reconnecting"))
+                sock.close(CLOSE_TRY_LATER, "try again later")
+                return ws
+            await self._read(sock)
+        finally:
+            self.hub.remove(sock)
+            sock.close(1000, "bye")
+            # asyncio.wait: a writer cancelled for being too slow must not look like our own cancellation.
+            await asyncio.wait({sock.writer}, timeout=self.settings.shutdown_timeout)
+            sock.writer.cancel()
+        return ws
+
+    async def _read(self, sock: Socket) -> None:
+        async for msg in sock.ws:
+            if msg.type == WSMsgType.TEXT:
+                await self._on_text(sock, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                metrics.REJECTED_FRAMES.labels("bad_frame").inc()
+                sock.send(frame(type="error", code="bad_frame", detail="binary frames are not supported; send JSON text"))
+            elif msg.type == WSMsgType.ERROR:
+                log.info("visitor socket error", extra={"channel": CHANNEL, "error": repr(sock.ws.exception())})
+                return
+
+    async def _on_text(self, sock: Socket, data: str) -> None:
+        try:
+            msg = parse_frame(data, max_text=self.settings.max_text, max_frame=self.settings.max_frame)
+        except FrameError as exc:
+            metrics.REJECTED_FRAMES.labels(exc.code).inc()
+            err: dict[str, str] = {"type": "error", "code": exc.code, "detail": exc.detail}
+            if exc.client_id:
+                err["id"] = exc.client_id
+            sock.send(frame(**err))
+            return
+        sock.idle.clear()
+        try:
+            sock.send(await self._publish(sock, msg))
+        finally:
+            sock.idle.set()
+
+    async def _publish(self, sock: Socket, msg: ClientMessage) -> str:
+        """The frame answering ``msg``: ``ack`` only once JetStream holds it."""
+        failed = frame(type="error", id=msg.id, code="unavailable", detail="message not sent, please retry")
+        if self.stopping:
+            metrics.PUBLISH_FAILURES.labels("stopping").inc()
+            return failed
+        # A disconnected client would buffer the publish and we would wait for
+        # nothing: fail fast so the visitor sees "not sent" at once.
+        if not self.nc.is_connected:
+            metrics.PUBLISH_FAILURES.labels("disconnected").inc()
+            return failed
+        inbound = to_inbound(sock.account, sock.visitor, msg, utcnow())
+        timeout = self.settings.publish_timeout
+        try:
+            ack = await asyncio.wait_for(
+                self.js.publish(
+                    subjects.inbound(CHANNEL, sock.account),
+                    encode(inbound),
+                    timeout=timeout,
+                    stream=subjects.STREAM_IN,
+                    headers={MSG_ID_HEADER: inbound.id},
+                ),
+                timeout=timeout + 0.5,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # timeout, no responders, connection lost, stream errors
+            metrics.PUBLISH_FAILURES.labels(type(exc).__name__).inc()
+            log.warning(
+                "publish failed",
+                extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "error": repr(exc)},
+            )
+            return failed
+        duplicate = bool(ack.duplicate)
+        metrics.MESSAGES_PUBLISHED.labels(str(duplicate).lower()).inc()
+        log.info(
+            "message published",
+            extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},
+        )
+        return frame(type="ack", id=msg.id, status="sent", duplicate=duplicate)
+
+    # -- stopping ---------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Let in-flight publishes answer, then close every socket with 1001 so widgets reconnect elsewhere."""
+        self.stopping = True
+        sockets = self.hub.sockets()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(s.idle.wait() for s in sockets)), timeout=self.settings.publish_timeout + 1)
+        for sock in sockets:
+            sock.close(CLOSE_GOING_AWAY, "going away")
+        if sockets:
+            await asyncio.wait({s.writer for s in sockets}, timeout=self.settings.shutdown_timeout)

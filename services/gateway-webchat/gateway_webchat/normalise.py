@@ -1,0 +1,95 @@
+"""A visitor's WebSocket frame -> :class:`openlines.envelopes.Inbound`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from openlines.envelopes import ClientProfile, Inbound
+
+CHANNEL = "webchat"
+MAX_NAME = 100
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class FrameError(Exception):
+    """A frame we refuse; the socket stays open. ``code`` is ``bad_frame`` or ``too_large``."""
+
+    def __init__(self, code: str, detail: str, client_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.client_id = client_id
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    id: str
+    text: str
+    name: str
+
+
+def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
+    """Validate one text frame of the visitor protocol."""
+    too_big = len(data.encode("utf-8")) > max_frame
+    try:
+        obj: Any = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        if too_big:
+            raise FrameError("too_large", f"frame is larger than {max_frame} bytes") from None
+        raise FrameError("bad_frame", "frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise FrameError("bad_frame", "frame must be a JSON object")
+    raw_id = obj.get("id")
+    client_id = raw_id if isinstance(raw_id, str) and _CLIENT_ID.match(raw_id) else None
+    if too_big:
+        raise FrameError("too_large", f"frame is larger than {max_frame} bytes", client_id)
+    if obj.get("type") != "message":
+        raise FrameError("bad_frame", 'unknown or missing "type" (expected "message")', client_id)
+    if client_id is None:
+        raise FrameError("bad_frame", '"id" must be 1-64 characters of A-Z a-z 0-9 _ -')
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise FrameError("bad_frame", '"text" must be a non-empty string', client_id)
+    if not _encodable(text):
+        raise FrameError("bad_frame", '"text" is not valid Unicode', client_id)
+    if len(text) > max_text:
+        raise FrameError("too_large", f"text is longer than {max_text} characters", client_id)
+    name = obj.get("name", "")
+    if name is None:
+        name = ""
+    if not isinstance(name, str) or not _encodable(name):
+        raise FrameError("bad_frame", '"name" must be a string', client_id)
+    return ClientMessage(id=client_id, text=text, name=" ".join(name.split())[:MAX_NAME])
+
+
+def _encodable(value: str) -> bool:
+    # JSON escapes can smuggle lone surrogates in, which no UTF-8 consumer accepts.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def inbound_id(account: str, visitor: str, client_id: str) -> str:
+    """Deterministic: a resend of the same client message id is the same envelope."""
+    return f"{CHANNEL}:{account}:{visitor}:{client_id}"
+
+
+def to_inbound(account: str, visitor: str, msg: ClientMessage, now: datetime) -> Inbound:
+    return Inbound(
+        id=inbound_id(account, visitor, msg.id),
+        channel=CHANNEL,
+        account=account,
+        chat_id=visitor,
+        user_id=visitor,
+        profile=ClientProfile(name=msg.name),
+        text=msg.text,
+        channel_msg_id=msg.id,
+        received_at=now,
+    )

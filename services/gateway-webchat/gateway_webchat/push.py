@@ -1,0 +1,240 @@
+"""Operator replies to visitors: the per-replica outbound consumer, the socket
+registry, and the replay of missed replies on (re)connect.
+
+Every replica sees every webchat outbound message (one ordered push consumer
+per replica, deliver policy NEW) and pushes it to the sockets of that visitor
+it holds. A socket that connects with ``since=N`` first gets the visitor's
+replies with stream seq > N read from ``OL_OUT``; live pushes that arrive
+meanwhile are held and released afterwards, skipping what the replay already
+sent, so nothing is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from gateway_webchat import metrics
+from gateway_webchat.normalise import CHANNEL
+from openlines import bus, subjects
+from openlines.envelopes import Outbound, decoder
+
+log = logging.getLogger("gateway_webchat.push")
+
+_outbound = decoder(Outbound)
+_encode = msgspec.json.Encoder().encode
+
+
+def frame(**fields: Any) -> str:
+    return _encode(fields).decode()
+
+
+def reply_frame(seq: int, out: Outbound) -> str:
+    fields: dict[str, Any] = {
+        "type": "reply",
+        "seq": seq,
+        "id": out.id,
+        "text": out.text,
+        "operator": out.operator_name,
+        "auto": out.auto,
+        "at": out.created_at,
+    }
+    if out.attachments:
+        fields["attachments"] = [{"kind": a.kind, "name": a.name, "url": a.url, "mime": a.mime} for a in out.attachments]
+    return _encode(fields).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+class Socket:
+    """One open visitor WebSocket. All writes go through one queue and one
+    writer task, so frames keep their order and a slow browser never blocks
+    the outbound consumer."""
+
+    def __init__(self, ws: web.WebSocketResponse, account: str, visitor: str, *, since: int, max_queue: int) -> None:
+        self.ws = ws
+        self.account = account
+        self.visitor = visitor
+        self.chat = subjects.chat_key(CHANNEL, account, visitor)
+        self.last_seq = since  # highest reply seq sent (or known to the browser)
+        self.replaying = True
+        self.idle = asyncio.Event()  # set while no publish is in flight
+        self.idle.set()
+        self._held: list[tuple[int, str]] = []
+        self._queue: asyncio.Queue[str | Close] = asyncio.Queue()
+        self._max_queue = max_queue
+        self._closing = False
+        self._stuck_close: asyncio.Task[Any] | None = None
+        self.writer = asyncio.create_task(self._write(), name=f"ws-writer-{visitor}")
+
+    # -- writes -----------------------------------------------------------
+
+    def send(self, data: str) -> None:
+        if self._closing:
+            return
+        if self._queue.qsize() >= self._max_queue:
+            log.warning("visitor socket too slow; closing it", extra={"channel": CHANNEL, "account": self.account})
+            self._closing = True
+            self.writer.cancel()
+            self._stuck_close = asyncio.create_task(self.ws.close(code=1013, message=b"too slow, reconnect"))
+            return
+        self._queue.put_nowait(data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Send what is queued, then close with ``code``."""
+        if not self._closing:
+            self._closing = True
+            self._queue.put_nowait(Close(code, reason))
+
+    async def _write(self) -> None:
+        while True:
+            item = await self._queue.get()
+            try:
+                if isinstance(item, Close):
+                    await self.ws.close(code=item.code, message=item.reason.encode()[:120])
+                    return
+                await self.ws.send_str(item)
+            except (ConnectionError, RuntimeError):
+                return  # the browser is gone; the reader side notices and cleans up
+
+    # -- replies ----------------------------------------------------------
+
+    def push_reply(self, seq: int, data: str) -> bool:
+        if self.replaying:
+            self._held.append((seq, data))
+            return False
+        if seq <= self.last_seq:
+            return False
+        self.last_seq = seq
+        self.send(data)
+        metrics.REPLIES_PUSHED.inc()
+        return True
+
+    def finish_replay(self, replayed: list[tuple[int, str]]) -> None:
+        """Send the replayed replies, then the held live ones not already sent; go live."""
+        self.replaying = False
+        for seq, data in sorted(replayed + self._held, key=lambda item: item[0]):
+            self.push_reply(seq, data)
+        self._held.clear()
+
+
+class Hub:
+    """The sockets of this replica, by visitor chat key."""
+
+    def __init__(self) -> None:
+        self._by_chat: dict[str, set[Socket]] = defaultdict(set)
+
+    def add(self, sock: Socket) -> None:
+        self._by_chat[sock.chat].add(sock)
+        metrics.OPEN_SOCKETS.inc()
+
+    def remove(self, sock: Socket) -> None:
+        group = self._by_chat.get(sock.chat)
+        if group is None or sock not in group:
+            return
+        group.discard(sock)
+        if not group:
+            del self._by_chat[sock.chat]
+        metrics.OPEN_SOCKETS.dec()
+
+    def sockets(self) -> list[Socket]:
+        return [s for group in self._by_chat.values() for s in group]
+
+    def push(self, chat: str, seq: int, data: str) -> int:
+        return sum(sock.push_reply(seq, data) for sock in list(self._by_chat.get(chat, ())))
+
+
+async def replay(js: JetStreamContext, sock: Socket) -> int:
+    """Send ``sock`` the visitor's replies after ``sock.last_seq``, then go live."""
+    subject = subjects.outbound(CHANNEL, sock.account, sock.chat)
+    replayed: list[tuple[int, str]] = []
+    for seq, data in await bus.read_subject(js, subjects.STREAM_OUT, subject, start_seq=sock.last_seq + 1):
+        try:
+            replayed.append((seq, reply_frame(seq, _outbound.decode(data))))
+        except msgspec.DecodeError:
+            log.warning("undecodable outbound message skipped", extra={"channel": CHANNEL, "seq": seq})
+    sock.finish_replay(replayed)
+    return len(replayed)
+
+
+class OutboundConsumer:
+    """One ordered push consumer per replica on ``ol.out.webchat.>``."""
+
+    def __init__(self, js: JetStreamContext, hub: Hub) -> None:
+        self.js = js
+        self.hub = hub
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._floor = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Subscribe, retrying until the stream exists and NATS answers."""
+        attempt = 0
+        while not stopping.is_set():
+            try:
+                await self._subscribe()
+                log.info("outbound consumer running", extra={"channel": CHANNEL})
+                return
+            except Exception as exc:  # nats raises several unrelated types
+                attempt += 1
+                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
+
+    async def _subscribe(self) -> None:
+        # Start right after the stream's current end rather than with deliver
+        # policy NEW: a message published between reading the end and creating
+        # the consumer would otherwise be missed by live pushes.
+        info = await self.js.stream_info(subjects.STREAM_OUT)
+        self._floor = info.state.last_seq
+        config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._floor + 1)
+        self._sub = await self.js.subscribe(
+            subjects.outbound_channel(CHANNEL),
+            stream=subjects.STREAM_OUT,
+            cb=self._on_msg,
+            config=config,
+            ordered_consumer=True,
+            idle_heartbeat=2.0,
+        )
+        # nats-py restarts an ordered consumer that lost its heartbeats (e.g.
+        # after a NATS restart) at "last seen + 1", which is seq 1 before the
+        # first message arrives: start its bookkeeping at our floor instead of
+        # replaying 30 days of replies.
+        jsi = getattr(self._sub._sub, "_jsi", None)
+        if jsi is not None and getattr(jsi, "_sseq", None) == 0:
+            jsi._sseq = self._floor
+
+    def ready(self) -> str | None:
+        return None if self._sub is not None else "outbound consumer not running"
+
+    async def _on_msg(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq <= self._floor:
+            return
+        try:
+            _channel, account, chat = subjects.parse_outbound(msg.subject)
+            out = _outbound.decode(msg.data)
+        except (subjects.BadToken, msgspec.DecodeError) as exc:
+            log.warning("bad outbound message skipped", extra={"channel": CHANNEL, "seq": seq, "error": str(exc)})
+            return
+        pushed = self.hub.push(chat, seq, reply_frame(seq, out))
+        log.debug("reply pushed", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "sockets": pushed})
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None

@@ -1,0 +1,29 @@
+"""Settings of the webchat gateway (``OPENLINES_*`` environment variables)."""
+
+from __future__ import annotations
+
+from openlines.settings import BaseSettings
+
+MIN_SECRET = 16
+
+
+class Settings(BaseSettings, kw_only=True):
+    webchat_secret: str  # HMAC key of visitor tokens; every replica needs the same one
+    http_port: int = 8081
+    max_text: int = 4000  # characters of one visitor message
+    max_frame: int = 16384  # bytes of one WebSocket frame
+    public_url: str = ""  # how browsers reach this gateway (for /demo); empty = the request's own origin
+    accounts: str = ""  # comma-separated allow-list of widget accounts; empty = any subject-safe token
+    demo_account: str = "demo"
+    publish_timeout: float = 5.0
+    ws_heartbeat: float = 25.0  # WebSocket ping interval; finds dead sockets behind NAT/proxies
+    send_queue: int = 512  # frames queued for one socket before it counts as stuck and is closed
+
+    def __post_init__(self) -> None:
+        if len(self.webchat_secret) < MIN_SECRET:
+            raise ValueError(f"OPENLINES_WEBCHAT_SECRET must be at least {MIN_SECRET} characters (an HMAC key)")
+        if self.max_text < 1 or self.max_frame < 64:
+            raise ValueError("OPENLINES_MAX_TEXT must be >= 1 and OPENLINES_MAX_FRAME >= 64")
+
+    def allowed_accounts(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.accounts.split(",") if a.strip())

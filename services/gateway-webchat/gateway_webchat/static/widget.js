@@ -1,0 +1,357 @@
+/*! openlines web chat widget — plain JS, no build step.
+ * Embed with ONE tag:
+ *   <script src="https://chat.example.com/widget.js" data-account="demo" async></script>
+ * Optional attributes: data-title, data-color, data-greeting.
+ * Protocol: docs/channels/webchat.md
+ */
+(function () {
+  "use strict";
+  if (window.openlinesWidget && window.openlinesWidget.__loaded) return;
+
+  var script = document.currentScript || document.querySelector('script[src*="widget.js"][data-account]');
+  if (!script) return;
+  var account = script.getAttribute("data-account") || "";
+  var title = script.getAttribute("data-title") || "Chat with us";
+  var color = script.getAttribute("data-color") || "#2563eb";
+  var greeting = script.getAttribute("data-greeting") || "Hi! Send us a message — we usually reply within minutes.";
+  var src = new URL(script.src, document.baseURI);
+  var wsBase = (src.protocol === "https:" ? "wss:" : "ws:") + "//" + src.host + "/ws/" + encodeURIComponent(account);
+  var storeKey = "openlines:" + src.host + ":" + account;
+  var MAX_TRANSCRIPT = 200;
+
+  // ---- state kept in localStorage: token, last reply seq, transcript, name ----
+  function load() {
+    try {
+      var raw = window.localStorage.getItem(storeKey);
+      if (raw) return JSON.parse(raw);
+    } catch (e) { /* private mode or bad JSON: start fresh */ }
+    return {};
+  }
+  var saved = load();
+  var state = {
+    token: saved.token || "",
+    visitor: saved.visitor || "",
+    lastSeq: saved.lastSeq || 0,
+    name: saved.name || "",
+    items: Array.isArray(saved.items) ? saved.items : [],
+    open: !!saved.open
+  };
+  function save() {
+    state.items = state.items.slice(-MAX_TRANSCRIPT);
+    try {
+      window.localStorage.setItem(storeKey, JSON.stringify({
+        token: state.token, visitor: state.visitor, lastSeq: state.lastSeq,
+        name: state.name, items: state.items, open: state.open
+      }));
+    } catch (e) { /* storage full or blocked: the chat still works for this page */ }
+  }
+
+  // ---- DOM (in a shadow root so the host page's CSS cannot break it) ----
+  var host = document.createElement("div");
+  host.id = "openlines-widget";
+  host.setAttribute("data-testid", "ol-widget");
+  var root = host.attachShadow ? host.attachShadow({ mode: "open" }) : host;
+  var css = [
+    ":host{all:initial}",
+    "*{box-sizing:border-box;font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}",
+    ".launcher{position:fixed;right:20px;bottom:20px;width:60px;height:60px;border-radius:50%;border:0;cursor:pointer;",
+    "background:var(--ol-color);color:#fff;box-shadow:0 6px 20px rgba(0,0,0,.25);display:flex;align-items:center;",
+    "justify-content:center;z-index:2147483000;transition:transform .15s}",
+    ".launcher:hover{transform:scale(1.06)}.launcher:focus-visible{outline:3px solid #111;outline-offset:3px}",
+    ".badge{position:absolute;top:-2px;right:-2px;min-width:20px;height:20px;border-radius:10px;background:#dc2626;",
+    "color:#fff;font-size:12px;line-height:20px;text-align:center;padding:0 5px;font-weight:600}",
+    ".panel{position:fixed;right:20px;bottom:92px;width:370px;max-width:calc(100vw - 40px);height:560px;",
+    "max-height:calc(100vh - 120px);background:#fff;border-radius:16px;box-shadow:0 12px 40px rgba(0,0,0,.25);",
+    "display:flex;flex-direction:column;overflow:hidden;z-index:2147483000;color:#111827;font-size:14px}",
+    ".panel[hidden]{display:none}",
+    "header{background:var(--ol-color);color:#fff;padding:14px 16px;display:flex;align-items:center;gap:10px}",
+    "header h2{font-size:16px;margin:0;font-weight:600;flex:1}",
+    ".conn{font-size:12px;opacity:.9;display:flex;align-items:center;gap:6px}",
+    ".dot{width:8px;height:8px;border-radius:50%;background:#fbbf24}.dot.on{background:#4ade80}",
+    ".x{background:transparent;border:0;color:#fff;font-size:22px;cursor:pointer;line-height:1;padding:4px 8px;border-radius:6px}",
+    ".x:focus-visible{outline:2px solid #fff}",
+    ".namebar{display:flex;gap:6px;padding:8px 12px;border-bottom:1px solid #e5e7eb;background:#f9fafb;align-items:center}",
+    ".namebar label{font-size:12px;color:#4b5563;white-space:nowrap}",
+    ".namebar input{flex:1;border:1px solid #d1d5db;border-radius:8px;padding:6px 8px;font-size:13px;min-width:0}",
+    ".log{flex:1;overflow-y:auto;padding:14px 12px;display:flex;flex-direction:column;gap:8px;background:#f3f4f6}",
+    ".greet{align-self:center;text-align:center;color:#6b7280;font-size:13px;padding:6px 12px}",
+    ".msg{max-width:80%;display:flex;flex-direction:column;gap:2px}",
+    ".msg .bubble{padding:8px 12px;border-radius:14px;white-space:pre-wrap;word-wrap:break-word;overflow-wrap:anywhere;line-height:1.4}",
+    ".msg.out{align-self:flex-end;align-items:flex-end}.msg.out .bubble{background:var(--ol-color);color:#fff;border-bottom-right-radius:4px}",
+    ".msg.in{align-self:flex-start}.msg.in .bubble{background:#fff;border:1px solid #e5e7eb;border-bottom-left-radius:4px}",
+    ".meta{font-size:11px;color:#6b7280;display:flex;gap:6px;align-items:center}",
+    ".msg.failed .bubble{opacity:.7}.msg.failed .meta{color:#b91c1c}",
+    ".retry{border:1px solid #b91c1c;background:#fff;color:#b91c1c;border-radius:6px;font-size:11px;padding:1px 8px;cursor:pointer}",
+    ".notice{font-size:12px;color:#b91c1c;padding:4px 12px;background:#fef2f2}.notice:empty{display:none}",
+    "form{display:flex;gap:8px;padding:10px 12px;border-top:1px solid #e5e7eb;background:#fff;align-items:flex-end}",
+    "textarea{flex:1;resize:none;border:1px solid #d1d5db;border-radius:10px;padding:9px 10px;font-size:14px;",
+    "max-height:120px;min-height:40px;line-height:1.35}",
+    "textarea:focus,.namebar input:focus{outline:2px solid var(--ol-color);outline-offset:0;border-color:transparent}",
+    ".send{background:var(--ol-color);color:#fff;border:0;border-radius:10px;padding:0 16px;height:40px;font-size:14px;",
+    "font-weight:600;cursor:pointer}.send:disabled{opacity:.5;cursor:default}",
+    ".send:focus-visible{outline:3px solid #111;outline-offset:2px}",
+    ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
+    "@media (max-width:480px){.panel{right:0;bottom:0;width:100vw;max-width:100vw;height:100%;max-height:100%;border-radius:0}",
+    ".launcher{right:14px;bottom:14px}}"
+  ].join("");
+  root.innerHTML =
+    '<style>' + css + '</style>' +
+    '<button class="launcher" id="ol-launcher" data-testid="ol-launcher" type="button" aria-haspopup="dialog" aria-expanded="false" aria-controls="ol-panel" aria-label="Open chat">' +
+    '<svg width="28" height="28" viewBox="0 0 24 24" fill="none" aria-hidden="true"><path d="M4 5.5A2.5 2.5 0 0 1 6.5 3h11A2.5 2.5 0 0 1 20 5.5v8a2.5 2.5 0 0 1-2.5 2.5H10l-4.2 3.6c-.5.4-1.3.1-1.3-.6V16A2.5 2.5 0 0 1 4 13.5v-8Z" fill="currentColor"/></svg>' +
+    '<span class="badge" id="ol-badge" data-testid="ol-badge" hidden></span></button>' +
+    '<section class="panel" id="ol-panel" data-testid="ol-panel" role="dialog" aria-modal="false" aria-labelledby="ol-title" hidden>' +
+    '<header><h2 id="ol-title"></h2><span class="conn" id="ol-conn" data-testid="ol-conn" aria-live="polite"><span class="dot" id="ol-dot"></span><span id="ol-conn-text">Connecting…</span></span>' +
+    '<button class="x" id="ol-close" data-testid="ol-close" type="button" aria-label="Close chat">×</button></header>' +
+    '<div class="namebar"><label for="ol-name">Your name</label><input id="ol-name" data-testid="ol-name" type="text" maxlength="100" autocomplete="name" placeholder="optional"></div>' +
+    '<div class="log" id="ol-log" data-testid="ol-log" role="log" aria-live="polite" aria-relevant="additions"><div class="greet" id="ol-greet"></div></div>' +
+    '<div class="notice" id="ol-notice" data-testid="ol-notice" role="status"></div>' +
+    '<form id="ol-form" data-testid="ol-form"><label class="sr" for="ol-input">Message</label>' +
+    '<textarea id="ol-input" data-testid="ol-input" rows="1" placeholder="Type a message…" maxlength="4000"></textarea>' +
+    '<button class="send" id="ol-send" data-testid="ol-send" type="submit">Send</button></form></section>';
+  host.style.setProperty("--ol-color", color);
+  function $(id) { return root.getElementById ? root.getElementById(id) : root.querySelector("#" + id); }
+  var el = {
+    launcher: $("ol-launcher"), badge: $("ol-badge"), panel: $("ol-panel"), title: $("ol-title"),
+    dot: $("ol-dot"), connText: $("ol-conn-text"), close: $("ol-close"), name: $("ol-name"),
+    log: $("ol-log"), greet: $("ol-greet"), notice: $("ol-notice"), form: $("ol-form"),
+    input: $("ol-input"), send: $("ol-send")
+  };
+  el.title.textContent = title;
+  el.greet.textContent = greeting;
+  el.name.value = state.name;
+
+  // ---- rendering ----
+  var STATUS_TEXT = { sending: "sending…", sent: "sent", failed: "not sent – retry" };
+  var unread = 0;
+  function fmtTime(at) {
+    var d = new Date(at);
+    return isNaN(d.getTime()) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+  function render(item) {
+    var node = el.log.querySelector('[data-key="' + item.kind + ":" + item.id + '"]');
+    if (!node) {
+      node = document.createElement("div");
+      node.setAttribute("data-key", item.kind + ":" + item.id);
+      node.setAttribute("data-id", item.id);
+      node.setAttribute("data-testid", item.kind === "out" ? "ol-msg-out" : "ol-msg-in");
+      node.innerHTML = '<div class="bubble"></div><div class="meta"></div>';
+      el.log.appendChild(node);
+    }
+    node.className = "msg " + item.kind + (item.status === "failed" ? " failed" : "");
+    node.querySelector(".bubble").textContent = item.text;
+    var meta = node.querySelector(".meta");
+    meta.textContent = "";
+    if (item.kind === "out") {
+      node.setAttribute("data-status", item.status);
+      var st = document.createElement("span");
+      st.className = "status";
+      st.setAttribute("data-testid", "ol-status");
+      st.textContent = STATUS_TEXT[item.status] || item.status;
+      meta.appendChild(st);
+      if (item.status === "failed" && item.retryable !== false) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.className = "retry";
+        b.setAttribute("data-testid", "ol-retry");
+        b.textContent = "Retry";
+        b.addEventListener("click", function () { retry(item.id); });
+        meta.appendChild(b);
+      }
+      if (item.error) node.setAttribute("title", item.error);
+    } else {
+      var who = document.createElement("span");
+      who.textContent = (item.operator || (item.auto ? "Auto-reply" : "Support")) + (item.at ? " · " + fmtTime(item.at) : "");
+      meta.appendChild(who);
+    }
+    return node;
+  }
+  function scrollDown() { el.log.scrollTop = el.log.scrollHeight; }
+  function renderAll() { state.items.forEach(render); scrollDown(); }
+  function find(kind, id) {
+    for (var i = state.items.length - 1; i >= 0; i--) {
+      if (state.items[i].kind === kind && state.items[i].id === id) return state.items[i];
+    }
+    return null;
+  }
+  function setNotice(text) { el.notice.textContent = text || ""; }
+  function setBadge() {
+    el.badge.hidden = unread === 0;
+    el.badge.textContent = String(unread);
+    el.launcher.setAttribute("aria-label", unread ? "Open chat (" + unread + " new)" : "Open chat");
+  }
+
+  // ---- connection ----
+  var ws = null;
+  var connected = false;
+  var attempts = 0;
+  var timer = null;
+  var stopped = false;
+  var maxText = 4000;
+  function setConnected(on, text) {
+    connected = on;
+    el.dot.className = "dot" + (on ? " on" : "");
+    el.connText.textContent = text || (on ? "Online" : "Connecting…");
+    host.setAttribute("data-connected", on ? "true" : "false");
+  }
+  function schedule(delay) {
+    if (stopped || timer) return;
+    timer = setTimeout(function () { timer = null; connect(); }, delay);
+  }
+  function backoff() {
+    attempts += 1;
+    var base = Math.min(15000, 500 * Math.pow(2, attempts - 1));
+    return Math.round(base / 2 + Math.random() * base / 2);
+  }
+  function connect() {
+    if (stopped || (ws && ws.readyState <= 1)) return;
+    var url = wsBase;
+    if (state.token) url += "?token=" + encodeURIComponent(state.token) + "&since=" + encodeURIComponent(String(state.lastSeq || 0));
+    var sock;
+    try { sock = new WebSocket(url); } catch (e) { schedule(backoff()); return; }
+    ws = sock;
+    sock.onmessage = function (ev) { if (ws === sock) onFrame(ev.data); };
+    sock.onclose = function (ev) {
+      if (ws !== sock) return;
+      ws = null;
+      setConnected(false, "Reconnecting…");
+      // Messages still "sending" may have reached the server: they are resent
+      // with the same id on the next connection, and the server deduplicates.
+      if (ev.code === 4401) {
+        // Token refused (other account, bad signature): start as a new visitor.
+        state.token = ""; state.visitor = ""; state.lastSeq = 0; state.items = [];
+        el.log.querySelectorAll(".msg").forEach(function (n) { n.remove(); });
+        save();
+        schedule(0);
+      } else if (ev.code === 4404) {
+        stopped = true;
+        setConnected(false, "Unavailable");
+        setNotice("This chat is not available.");
+      } else if (ev.code === 1001) {
+        schedule(Math.round(200 + Math.random() * 800));  // a replica is stopping: go to another one now
+      } else {
+        schedule(backoff());
+      }
+    };
+  }
+  function sendFrame(obj) {
+    if (!ws || ws.readyState !== 1 || !connected) return false;
+    ws.send(JSON.stringify(obj));
+    return true;
+  }
+  function onFrame(data) {
+    var f;
+    try { f = JSON.parse(data); } catch (e) { return; }
+    if (f.type === "welcome") {
+      attempts = 0;
+      if (f.visitor !== state.visitor) {
+        state.lastSeq = 0;
+      }
+      state.token = f.token; state.visitor = f.visitor;
+      if (f.max_text) { maxText = f.max_text; el.input.maxLength = maxText; }
+      save();
+      setConnected(true);
+      setNotice("");
+      state.items.forEach(function (it) { if (it.kind === "out" && it.status === "sending") transmit(it); });
+    } else if (f.type === "ack") {
+      var it = find("out", f.id);
+      if (it) { it.status = "sent"; it.error = ""; save(); render(it); }
+    } else if (f.type === "reply") {
+      if (f.seq <= state.lastSeq || find("in", f.id)) { state.lastSeq = Math.max(state.lastSeq, f.seq); save(); return; }
+      var item = { kind: "in", id: f.id, text: f.text, operator: f.operator, auto: !!f.auto, at: f.at, seq: f.seq };
+      state.items.push(item);
+      state.lastSeq = f.seq;
+      save();
+      render(item);
+      scrollDown();
+      if (!state.open) { unread += 1; setBadge(); }
+    } else if (f.type === "error") {
+      var failed = f.id ? find("out", f.id) : null;
+      if (failed) {
+        failed.status = "failed";
+        failed.error = f.detail || f.code;
+        failed.retryable = f.code === "unavailable";
+        save(); render(failed);
+      } else if (f.code !== "bad_token") {
+        setNotice(f.detail || f.code);
+      }
+    }
+  }
+  function newId() {
+    var a = new Uint8Array(12);
+    (window.crypto || window.msCrypto).getRandomValues(a);
+    return "m" + Date.now().toString(36) + Array.prototype.map.call(a, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+  }
+  function transmit(item) {
+    var frame = { type: "message", id: item.id, text: item.text };
+    if (state.name) frame.name = state.name;
+    return sendFrame(frame);
+  }
+  function send(text) {
+    text = String(text || "");
+    if (!text.trim()) return null;
+    if (text.length > maxText) { setNotice("Message is too long (max " + maxText + " characters)."); return null; }
+    var item = { kind: "out", id: newId(), text: text, status: "sending", at: new Date().toISOString() };
+    state.items.push(item);
+    save();
+    render(item);
+    scrollDown();
+    transmit(item);  // if offline it stays "sending" and goes out on reconnect
+    return item.id;
+  }
+  function retry(id) {
+    var it = find("out", id);
+    if (!it) return;
+    it.status = "sending"; it.error = "";
+    save(); render(it);
+    transmit(it);  // the SAME id: the server and the router deduplicate
+  }
+
+  // ---- UI events ----
+  function setOpen(open) {
+    state.open = open;
+    el.panel.hidden = !open;
+    el.launcher.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) { unread = 0; setBadge(); scrollDown(); el.input.focus(); }
+    save();
+  }
+  el.launcher.addEventListener("click", function () { setOpen(el.panel.hidden); });
+  el.close.addEventListener("click", function () { setOpen(false); el.launcher.focus(); });
+  el.panel.addEventListener("keydown", function (e) { if (e.key === "Escape") { setOpen(false); el.launcher.focus(); } });
+  el.form.addEventListener("submit", function (e) {
+    e.preventDefault();
+    if (send(el.input.value)) { el.input.value = ""; autosize(); }
+    el.input.focus();
+  });
+  el.input.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); el.form.requestSubmit ? el.form.requestSubmit() : el.send.click(); }
+  });
+  function autosize() { el.input.style.height = "auto"; el.input.style.height = Math.min(120, el.input.scrollHeight) + "px"; }
+  el.input.addEventListener("input", autosize);
+  el.name.addEventListener("input", function () { state.name = el.name.value.trim().slice(0, 100); save(); });
+
+  function start() {
+    document.body.appendChild(host);
+    renderAll();
+    if (state.open) setOpen(true);
+    setConnected(false);
+    connect();
+  }
+  if (document.body) start(); else document.addEventListener("DOMContentLoaded", start);
+  // A tab coming back from sleep or the network returning: reconnect now, not after the backoff.
+  window.addEventListener("online", function () { if (timer) { clearTimeout(timer); timer = null; } attempts = 0; connect(); });
+
+  window.openlinesWidget = {
+    __loaded: true,
+    get connected() { return connected; },
+    get visitor() { return state.visitor; },
+    get token() { return state.token; },
+    get lastSeq() { return state.lastSeq; },
+    get transcript() { return state.items.slice(); },
+    open: function () { setOpen(true); },
+    close: function () { setOpen(false); },
+    send: send,
+    retry: retry,
+    setName: function (n) { state.name = String(n || "").trim().slice(0, 100); el.name.value = state.name; save(); },
+    disconnect: function () { if (ws) ws.close(); }
+  };
+})();

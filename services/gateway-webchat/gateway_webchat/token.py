@@ -1,0 +1,73 @@
+"""Signed visitor tokens: who a browser is, across reloads, reconnects and replicas.
+
+Format (URL-safe, no padding): ``v1.<account>.<visitor>.<issued_at>.<sig>`` where
+``sig`` is base64url(HMAC-SHA256(secret, "v1.<account>.<visitor>.<issued_at>")).
+Account and visitor are subject-safe tokens, so ``.`` separates fields unambiguously.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+VERSION = "v1"
+MAX_TOKEN = 512
+_ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_VISITOR = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+class TokenError(ValueError):
+    """The token is not one we issued for this account."""
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorToken:
+    account: str
+    visitor: str
+    issued_at: int
+
+
+def new_visitor_id() -> str:
+    """128 random bits, URL- and subject-safe."""
+    return secrets.token_urlsafe(16)
+
+
+def _signature(secret: str, payload: str) -> str:
+    mac = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def sign(secret: str, tok: VisitorToken) -> str:
+    if not _ACCOUNT.match(tok.account) or not _VISITOR.match(tok.visitor) or tok.issued_at < 0:
+        raise ValueError("account and visitor must be subject-safe tokens, issued_at non-negative")
+    payload = f"{VERSION}.{tok.account}.{tok.visitor}.{tok.issued_at}"
+    return f"{payload}.{_signature(secret, payload)}"
+
+
+def issue(secret: str, account: str, now: float) -> tuple[str, VisitorToken]:
+    """A token for a brand-new visitor of ``account``."""
+    tok = VisitorToken(account=account, visitor=new_visitor_id(), issued_at=int(now))
+    return sign(secret, tok), tok
+
+
+def verify(secret: str, token: str, account: str) -> VisitorToken:
+    """The visitor of a token we issued for ``account``; :class:`TokenError` otherwise."""
+    if not token or len(token) > MAX_TOKEN or not token.isascii():
+        raise TokenError("token is empty, too long or not ASCII")
+    parts = token.split(".")
+    if len(parts) != 5 or parts[0] != VERSION:
+        raise TokenError("token is malformed")
+    _, tok_account, visitor, issued, sig = parts
+    payload = token[: -len(sig) - 1]
+    # Compare the signature before anything derived from the payload, in constant time.
+    if not hmac.compare_digest(_signature(secret, payload).encode(), sig.encode()):
+        raise TokenError("token signature is invalid")
+    if tok_account != account:
+        raise TokenError("token belongs to another account")
+    if not _VISITOR.match(visitor) or not issued.isdigit():
+        raise TokenError("token is malformed")
+    return VisitorToken(account=tok_account, visitor=visitor, issued_at=int(issued))

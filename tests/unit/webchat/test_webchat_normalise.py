@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway_webchat.normalise import ClientMessage, FrameError, inbound_id, parse_frame, to_inbound
+
+
+def parse(obj: object, *, max_text: int = 50, max_frame: int = 512) -> ClientMessage:
+    data = obj if isinstance(obj, str) else json.dumps(obj)
+    return parse_frame(data, max_text=max_text, max_frame=max_frame)
+
+
+def test_a_valid_message_is_parsed_and_the_name_is_tidied() -> None:
+    msg = parse({"type": "message", "id": "a-1_B", "text": " hi \n there ", "name": "  Ann \t Lee  ", "extra": 1})
+    assert msg == ClientMessage(id="a-1_B", text=" hi \n there ", name="Ann Lee")
+    assert parse({"type": "message", "id": "x", "text": "t", "name": None}).name == ""
+
+
+@pytest.mark.parametrize(
+    ("obj", "code", "client_id"),
+    [
+        ("{not json", "bad_frame", None),
+        ("[]", "bad_frame", None),
+        ({"id": "a", "text": "t"}, "bad_frame", "a"),
+        ({"type": "message", "text": "t"}, "bad_frame", None),
+        ({"type": "message", "id": "", "text": "t"}, "bad_frame", None),
+        ({"type": "message", "id": "a.b", "text": "t"}, "bad_frame", None),
+        ({"type": "message", "id": 7, "text": "t"}, "bad_frame", None),
+        ({"type": "message", "id": "a", "text": ""}, "bad_frame", "a"),
+        ({"type": "message", "id": "a", "text": " \n "}, "bad_frame", "a"),
+        ({"type": "message", "id": "a", "text": ["t"]}, "bad_frame", "a"),
+        ({"type": "message", "id": "a", "text": "t", "name": 3}, "bad_frame", "a"),
+        ('{"type":"message","id":"a","text":"\\ud800"}', "bad_frame", None),  # lone surrogate
+        ({"type": "message", "id": "a", "text": "x" * 51}, "too_large", "a"),
+        ({"type": "message", "id": "a", "text": "x" * 49, "pad": "y" * 600}, "too_large", "a"),
+        ("z" * 600, "too_large", None),
+    ],
+)
+def test_bad_frames_are_refused_with_a_code_and_the_id_when_known(obj: object, code: str, client_id: str | None) -> None:
+    with pytest.raises(FrameError) as err:
+        parse(obj)
+    assert (err.value.code, err.value.client_id) == (code, client_id)
+    assert err.value.detail
+
+
+def test_max_text_counts_characters_and_max_frame_counts_bytes() -> None:
+    assert parse({"type": "message", "id": "a", "text": "ё" * 50}, max_frame=512).text == "ё" * 50
+    with pytest.raises(FrameError) as err:
+        parse({"type": "message", "id": "a", "text": "ё" * 50}, max_frame=100)
+    assert err.value.code == "too_large"
+
+
+def test_inbound_envelope_is_deterministic_from_account_visitor_and_client_id() -> None:
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    env = to_inbound("demo", "V" * 22, ClientMessage(id="c1", text="hello", name="Ann"), now)
+    assert env.id == inbound_id("demo", "V" * 22, "c1") == f"webchat:demo:{'V' * 22}:c1"
+    assert (env.channel, env.account, env.chat_id, env.user_id) == ("webchat", "demo", "V" * 22, "V" * 22)
+    assert (env.text, env.channel_msg_id, env.profile.name, env.received_at) == ("hello", "c1", "Ann", now)
