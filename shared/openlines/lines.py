@@ -10,6 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -19,6 +20,7 @@ PERMISSION_OPENLINES = "openlines"
 ROLES = ("admin", "supervisor", "operator")
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOLIDAY = re.compile(r"^(\d{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
 
 
 class ConfigError(ValueError):
@@ -38,17 +40,58 @@ class ChannelBinding(_Strict):
     account: str
 
 
+Mode = Literal["round_robin", "strict", "all", "crm_responsible"]
+FallbackMode = Literal["round_robin", "strict", "all"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
 class QueueConfig(_Strict):
-    mode: Literal["round_robin"] = "round_robin"
+    mode: Mode = "round_robin"
+    fallback_mode: FallbackMode = "round_robin"  # crm_responsible: when the responsible cannot take the chat
     operators: list[str] = []
     wait_seconds: int = 45  # Bitrix24 recommends 30-60
     max_chats_per_operator: int = 4  # Bitrix24 recommends 3-5
+    count: Literal["open", "unanswered"] = "open"  # which chats count toward max_chats_per_operator
     skip_offline: bool = True
+    reassign_on_status: Literal["unanswered", "all", "none"] = "unanswered"  # when an operator goes away/offline
+    presence_grace_seconds: int = 60  # desk connection lost this long = offline
+    tell_position: bool = False  # tell a waiting client their place in the queue
+
+
+class HoursConfig(_Strict):
+    enabled: bool = False  # off = the line is always open
+    timezone: str = "UTC"
+    weekly: dict[str, list[str]] = {}  # {"mon": ["09:00-13:00", "14:00-18:00"], ...}; a day not listed is closed
+    days_off: list[str] = []  # weekday names closed whatever weekly says, e.g. ["sun"]
+    holidays: list[str] = []  # "2026-12-31" (that date) or "12-31" (every year)
+    outside: Literal["queue", "hold_until_open", "redirect"] = "queue"
+    redirect_line: str = ""  # for outside = "redirect"
 
 
 class AutoReplies(_Strict):
     welcome: str = ""
+    welcome_each_session: bool = False  # false = only on the client's first contact ever
+    outside_hours: str = ""
+    queue_position: str = ""  # e.g. "You are number {position} in the queue."
     closing: str = ""
+    rating_request: str = ""  # sent on close when session.rating is on
+
+
+class SessionConfig(_Strict):
+    auto_close_minutes: int = 0  # close after this many minutes without a message; 0 = never
+    rating: bool = False  # ask the client to rate the conversation on close
+
+
+class CrmConfig(_Strict):
+    enabled: bool = False
+    create: Literal["lead", "deal", "none"] = "lead"
+    lead_stage: str = "NEW"
+    deal_pipeline: str = "0"
+    deal_stage: str = "NEW"
+    identified_client: Literal["deal", "lead", "none"] = "deal"  # known contact -> this instead of a new lead
+    link_repeat_contacts: bool = True  # find existing contacts by phone / e-mail
+    source_ids: dict[str, str] = {}  # channel -> SOURCE_ID; defaults per channel in docs/lines.md
+    responsible: str = ""  # operator id when nobody answered
 
 
 class LineConfig(_Strict):
@@ -56,7 +99,10 @@ class LineConfig(_Strict):
     name: str
     channels: list[ChannelBinding] = []
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    hours: HoursConfig = msgspec.field(default_factory=HoursConfig)
     auto_replies: AutoReplies = msgspec.field(default_factory=AutoReplies)
+    session: SessionConfig = msgspec.field(default_factory=SessionConfig)
+    crm: CrmConfig = msgspec.field(default_factory=CrmConfig)
 
 
 class OperatorConfig(_Strict):
@@ -136,6 +182,14 @@ def check(cfg: LinesFile) -> list[str]:
             errors.append(f"{where}.queue.wait_seconds: {q.wait_seconds} is outside 5-3600")
         if q.max_chats_per_operator < 1:
             errors.append(f"{where}.queue.max_chats_per_operator: must be at least 1")
+        if q.presence_grace_seconds < 0:
+            errors.append(f"{where}.queue.presence_grace_seconds: must not be negative")
+        errors += _check_hours(where, line.hours)
+        if line.session.auto_close_minutes < 0:
+            errors.append(f"{where}.session.auto_close_minutes: must not be negative (0 = never)")
+        for ch_name in line.crm.source_ids:
+            if ch_name not in CHANNELS:
+                errors.append(f"{where}.crm.source_ids: unknown channel {ch_name!r}")
         for op_id in q.operators:
             member = cfg.operators.get(op_id)
             if member is None:
@@ -144,6 +198,60 @@ def check(cfg: LinesFile) -> list[str]:
                 errors.append(
                     f"{where}.queue.operators: {op_id!r} lacks the {PERMISSION_OPENLINES!r} permission and would never see a chat"
                 )
+    line_ids = {line.id for line in cfg.lines}
+    for i, line in enumerate(cfg.lines):
+        h = line.hours
+        if h.enabled and h.outside == "redirect":
+            if not h.redirect_line:
+                errors.append(f'lines[{i}] ({line.id}).hours.redirect_line: required when outside = "redirect"')
+            elif h.redirect_line not in line_ids:
+                errors.append(f"lines[{i}] ({line.id}).hours.redirect_line: no line {h.redirect_line!r}")
+            elif h.redirect_line == line.id:
+                errors.append(f"lines[{i}] ({line.id}).hours.redirect_line: a line cannot redirect to itself")
+    return errors
+
+
+def parse_span(span: str) -> tuple[int, int]:
+    """ "09:00-18:00" -> (540, 1080) minutes of the day; "22:00-24:00" allowed. ValueError if malformed."""
+    try:
+        start, end = span.split("-")
+        a = _minutes(start)
+        b = _minutes(end)
+    except ValueError:
+        raise ValueError(f"{span!r} is not HH:MM-HH:MM") from None
+    if not a < b:
+        raise ValueError(f"{span!r} ends before it starts (split a span that crosses midnight in two)")
+    return a, b
+
+
+def _minutes(hhmm: str) -> int:
+    hh, mm = hhmm.strip().split(":")
+    h, m = int(hh), int(mm)
+    if not (0 <= h <= 24 and 0 <= m < 60) or (h == 24 and m != 0):
+        raise ValueError(hhmm)
+    return h * 60 + m
+
+
+def _check_hours(where: str, h: HoursConfig) -> list[str]:
+    errors: list[str] = []
+    try:
+        ZoneInfo(h.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        errors.append(f"{where}.hours.timezone: unknown time zone {h.timezone!r} (use an IANA name like Europe/Riga)")
+    for day, spans in h.weekly.items():
+        if day not in WEEKDAYS:
+            errors.append(f"{where}.hours.weekly: unknown day {day!r} (one of {', '.join(WEEKDAYS)})")
+        for span in spans:
+            try:
+                parse_span(span)
+            except ValueError as exc:
+                errors.append(f"{where}.hours.weekly.{day}: {exc}")
+    for day in h.days_off:
+        if day not in WEEKDAYS:
+            errors.append(f"{where}.hours.days_off: unknown day {day!r} (one of {', '.join(WEEKDAYS)})")
+    for hol in h.holidays:
+        if not _HOLIDAY.match(hol):
+            errors.append(f"{where}.hours.holidays: {hol!r} is not YYYY-MM-DD or MM-DD")
     return errors
 
 
