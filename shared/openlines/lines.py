@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -250,8 +251,12 @@ def _check_hours(where: str, h: HoursConfig) -> list[str]:
         if day not in WEEKDAYS:
             errors.append(f"{where}.hours.days_off: unknown day {day!r} (one of {', '.join(WEEKDAYS)})")
     for hol in h.holidays:
-        if not _HOLIDAY.match(hol):
-            errors.append(f"{where}.hours.holidays: {hol!r} is not YYYY-MM-DD or MM-DD")
+        try:
+            if not _HOLIDAY.match(hol):
+                raise ValueError
+            date.fromisoformat(hol if len(hol) == 10 else f"2000-{hol}")  # 2000: a leap year, so 02-29 is fine
+        except ValueError:
+            errors.append(f"{where}.hours.holidays: {hol!r} is not a date as YYYY-MM-DD or MM-DD")
     return errors
 
 

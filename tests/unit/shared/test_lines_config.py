@@ -74,3 +74,19 @@ def test_broken_toml_is_reported_with_the_file_name() -> None:
     with pytest.raises(ConfigError) as err:
         parse("[[lines]\n", "my.toml")
     assert "my.toml: not valid TOML" in str(err.value)
+
+
+def test_hours_are_checked_key_by_key() -> None:
+    text = BASE + (
+        '[lines.hours]\nenabled = true\ntimezone = "Mars/Olympus"\nholidays = ["2026-02-30", "12-31", "02-29"]\n'
+        'days_off = ["sunday"]\noutside = "redirect"\n[lines.hours.weekly]\nmon = ["18:00-09:00"]\nfun = ["09:00-10:00"]\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    msgs = "\n".join(err.value.errors)
+    assert "unknown time zone 'Mars/Olympus'" in msgs
+    assert "'2026-02-30' is not a date" in msgs
+    assert "'12-31'" not in msgs and "'02-29'" not in msgs
+    assert "unknown day 'sunday'" in msgs and "unknown day 'fun'" in msgs
+    assert "ends before it starts" in msgs
+    assert "redirect_line: required" in msgs
