@@ -8,8 +8,10 @@ import getpass
 import os
 import sys
 
+import msgspec
+
 from openlines import apply as apply_mod
-from openlines import bus
+from openlines import bus, doctor
 from openlines.lines import ConfigError, load
 
 
@@ -48,6 +50,30 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    cfg = load(args.file)
+    findings = doctor.diagnose(cfg)
+    totals = doctor.count(findings)
+    if args.json:
+        print(msgspec.json.encode(findings).decode())
+        return 1 if totals["error"] else 0
+    names = {line.id: line.name for line in cfg.lines}
+    groups: dict[str, list[doctor.Finding]] = {}
+    for f in findings:
+        groups.setdefault(f.line, []).append(f)
+    rank = {sev: i for i, sev in enumerate(doctor.SEVERITIES)}
+    for line_id, group in groups.items():
+        print(f"line {line_id} ({names.get(line_id, '?')})" if line_id else "operators")
+        for f in sorted(group, key=lambda f: rank[f.severity]):  # errors first; stable, so file order within one
+            print(f"  {f.severity:<8} {f.key}  [{f.code}]")
+            print(f"           {f.problem}")
+            print(f"           fix: {f.fix}")
+        print()
+    summary = ", ".join(f"{n} {sev}" + ("s" if n != 1 and sev != "info" else "") for sev, n in totals.items())
+    print(f"{args.file}: {summary} ({len(cfg.lines)} line(s), {len(cfg.operators)} operator(s))")
+    return 1 if totals["error"] else 0
+
+
 def _hash_password(args: argparse.Namespace) -> int:
     from argon2 import PasswordHasher
 
@@ -73,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = lines.add_parser("apply", help="validate a lines TOML file and make it live")
     a.add_argument("file")
     a.set_defaults(run=_apply, is_async=True)
+    d = lines.add_parser("doctor", help="flag setup mistakes and values outside the recommended ranges")
+    d.add_argument("file")
+    d.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    d.set_defaults(run=_doctor, is_async=False)
 
     h = sub.add_parser("hash-password", help="print an argon2 hash for an operator password")
     h.add_argument("--password", help="the password (prompted when omitted)")

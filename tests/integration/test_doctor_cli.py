@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "deploy" / "lines.example.toml"
+
+# Valid (validate accepts it) yet badly set up: an empty queue is an error, the rest warns.
+BROKEN = """
+[operators.anna]
+name = "Anna"
+
+[[lines]]
+id = "sales"
+name = "Sales"
+channels = [{ channel = "telegram", account = "bot" }]
+[lines.queue]
+wait_seconds = 120
+[lines.crm]
+enabled = true
+create = "none"
+"""
+
+
+def doctor(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "openlines", "lines", "doctor", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_example_file_passes_with_exit_0() -> None:
+    done = doctor(str(EXAMPLE))
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"{EXAMPLE}: 0 errors")
+
+
+def test_error_finding_exits_1_and_prints_findings_grouped_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "lines.toml"
+    path.write_text(BROKEN, encoding="utf-8")
+    done = doctor(str(path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert "line sales (Sales)" in out
+    assert "error    lines[0].queue.operators" in out
+    assert "warning  lines[0].queue.wait_seconds" in out
+    assert "warning  lines[0].crm.create" in out
+    assert "leads will not be created automatically" in out
+    assert "fix: set wait_seconds between 30 and 60" in out
+    # file-wide findings come in their own group after the lines
+    assert out.index("line sales") < out.index("\noperators\n") < out.index("operators.anna.password_hash")
+    assert "1 error, " in out.strip().splitlines()[-1]
+
+
+def test_json_lists_every_finding(tmp_path: Path) -> None:
+    path = tmp_path / "lines.toml"
+    path.write_text(BROKEN, encoding="utf-8")
+    done = doctor(str(path), "--json")
+    assert done.returncode == 1, done.stderr
+    findings = json.loads(done.stdout)
+    assert isinstance(findings, list)
+    assert set(findings[0]) == {"severity", "code", "line", "key", "problem", "fix"}
+    by_key = {(f["key"], f["code"]): f for f in findings}
+    assert by_key[("lines[0].queue.operators", "queue-empty")]["severity"] == "error"
+    assert by_key[("lines[0].crm.source_ids", "crm-default-source-id")]["line"] == "sales"
+    assert "'TELEGRAM'" in by_key[("lines[0].crm.source_ids", "crm-default-source-id")]["problem"]
+
+    clean = doctor(str(EXAMPLE), "--json")
+    assert clean.returncode == 0
+    assert all(f["severity"] != "error" for f in json.loads(clean.stdout))
+
+
+def test_invalid_file_is_reported_as_validate_does_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "lines.toml"
+    path.write_text(BROKEN.replace("wait_seconds", "wait_secnds"), encoding="utf-8")
+    done = doctor(str(path))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "invalid line configuration:" in done.stderr
+    assert "wait_secnds" in done.stderr
+
+    path.write_text("[[lines]\n", encoding="utf-8")
+    done = doctor(str(path), "--json")
+    assert done.returncode == 2
+    assert "not valid TOML" in done.stderr
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    done = doctor(str(tmp_path / "nope.toml"))
+    assert done.returncode == 2
+    assert "cannot read" in done.stderr
+
+
+def test_lines_keep_file_order_and_errors_come_first_within_a_line(tmp_path: Path) -> None:
+    two = BROKEN.replace('id = "sales"', 'id = "first"').replace('[lines.crm]\nenabled = true\ncreate = "none"\n', "")
+    two += '\n[[lines]]\nid = "second"\nname = "Second"\n[lines.queue]\noperators = ["anna"]\nskip_offline = false\n'
+    path = tmp_path / "lines.toml"
+    path.write_text(two, encoding="utf-8")
+    out = doctor(str(path)).stdout
+    assert out.index("line first") < out.index("line second") < out.index("\noperators\n")
+    first = out[out.index("line first") : out.index("line second")]
+    assert first.index("  error ") < first.index("  warning ") < first.index("  info ")

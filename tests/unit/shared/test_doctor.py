@@ -1,0 +1,408 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from openlines.doctor import Finding, count, diagnose
+from openlines.lines import LinesFile, load, parse
+
+ROOT = Path(__file__).resolve().parents[3]
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"
+
+OPERATORS = f"""
+[operators.anna]
+name = "Anna"
+password_hash = "{HASH}"
+
+[operators.boris]
+name = "Boris"
+password_hash = "{HASH}"
+"""
+
+
+def line(
+    *,
+    id: str = "support",
+    channels: str = '[{ channel = "webchat", account = "demo" }]',
+    queue: str = "",
+    hours: str = "",
+    replies: str = "",
+    session: str = "",
+    auto_close: int = 1440,
+    welcome: str = "Hello {client_name}, this is {line_name}.",
+    crm: str = "",
+    operators: str = '["anna", "boris"]',
+) -> str:
+    """One [[lines]] block that is clean unless a section is overridden."""
+    return f"""
+[[lines]]
+id = "{id}"
+name = "Line {id}"
+channels = {channels}
+[lines.queue]
+operators = {operators}
+{queue}
+[lines.hours]
+{hours}
+[lines.auto_replies]
+welcome = "{welcome}"
+{replies}
+[lines.session]
+auto_close_minutes = {auto_close}
+{session}
+[lines.crm]
+{crm}
+"""
+
+
+def doctor(*lines: str, operators: str = OPERATORS) -> list[Finding]:
+    return diagnose(parse(operators + "".join(lines or (line(),))))
+
+
+def only(findings: list[Finding], code: str) -> Finding:
+    hits = [f for f in findings if f.code == code]
+    assert len(hits) == 1, f"expected one {code}, got {findings}"
+    return hits[0]
+
+
+def codes(findings: list[Finding]) -> set[str]:
+    return {f.code for f in findings}
+
+
+def unchecked(queue: dict[str, Any], operators: dict[str, Any] | None = None, **line_keys: Any) -> LinesFile:
+    """A config validation would refuse: msgspec.convert alone, as a caller that skips check() gets it."""
+    if operators is None:
+        operators = {"a": {"name": "A", "password_hash": HASH}, "b": {"name": "B", "password_hash": HASH}}
+    raw = {"operators": operators, "lines": [{"id": "s", "name": "S", "queue": queue, **line_keys}]}
+    return msgspec.convert(raw, LinesFile)
+
+
+def test_clean_config_has_no_finding() -> None:
+    assert doctor() == []
+
+
+def test_example_file_has_no_error() -> None:
+    findings = diagnose(load(ROOT / "deploy" / "lines.example.toml"))
+    assert count(findings)["error"] == 0, findings
+
+
+def test_every_finding_has_a_problem_and_a_fix() -> None:
+    findings = doctor(
+        line(queue="wait_seconds = 200\nskip_offline = false", crm="enabled = true\ncreate = 'none'", session="rating = true")
+    )
+    assert findings
+    for f in findings:
+        assert f.problem and f.fix and f.key
+
+
+# operators and queue membership
+
+
+def test_queue_operator_without_permission_is_an_error_on_the_operator() -> None:
+    ops = {"a": {"name": "A", "password_hash": HASH}, "boris": {"name": "B", "password_hash": HASH, "permissions": []}}
+    f = only(diagnose(unchecked({"operators": ["a", "boris"]}, ops)), "operator-no-permission")
+    assert (f.severity, f.line, f.key) == ("error", "s", "operators.boris.permissions")
+    assert "openlines" in f.fix
+
+
+def test_queue_operator_not_declared_is_an_error() -> None:
+    f = only(diagnose(unchecked({"operators": ["a", "b", "ghost"]})), "queue-operator-unknown")
+    assert (f.severity, f.key) == ("error", "lines[0].queue.operators")
+    assert "ghost" in f.problem
+
+
+def test_queue_operator_without_a_desk_role_never_answers() -> None:
+    ops = {"a": {"name": "A", "password_hash": HASH}, "b": {"name": "B", "password_hash": HASH, "roles": ["admin"]}}
+    f = only(diagnose(unchecked({"operators": ["a", "b"]}, ops)), "operator-no-desk-role")
+    assert (f.severity, f.key) == ("warning", "operators.b.roles")
+
+
+def test_supervisor_in_a_queue_is_fine() -> None:
+    ops = OPERATORS.replace('name = "Boris"', 'name = "Boris"\nroles = ["supervisor"]')
+    assert doctor(operators=ops) == []
+
+
+def test_operator_with_permission_in_no_queue_sees_no_chats() -> None:
+    extra = '\n[operators.vera]\nname = "Vera"\npassword_hash = "' + HASH + '"\n'
+    f = only(doctor(operators=OPERATORS + extra), "operator-in-no-queue")
+    assert (f.severity, f.line, f.key) == ("info", "", "operators.vera")
+    assert "sees no chats" in f.problem or "see no chats" in f.problem
+
+
+def test_admin_without_permission_outside_queues_is_fine() -> None:
+    extra = '\n[operators.root]\nname = "Root"\npassword_hash = "' + HASH + '"\nroles = ["admin"]\npermissions = []\n'
+    assert doctor(operators=OPERATORS + extra) == []
+
+
+def test_operator_without_password_cannot_log_in() -> None:
+    ops = OPERATORS.replace(f'password_hash = "{HASH}"', "", 1)
+    f = only(doctor(operators=ops), "operator-no-password")
+    assert (f.severity, f.key) == ("warning", "operators.anna.password_hash")
+    assert "cannot log in" in f.problem
+    assert "hash-password" in f.fix
+
+
+def test_plain_text_password_is_flagged() -> None:
+    ops = OPERATORS.replace(HASH, "hunter2", 1)
+    f = only(doctor(operators=ops), "operator-password-not-hashed")
+    assert f.key == "operators.anna.password_hash"
+
+
+def test_empty_queue_is_an_error() -> None:
+    findings = doctor(line(operators="[]"), operators='[operators.anna]\nname = "A"\npassword_hash = "' + HASH + '"\n')
+    f = only(findings, "queue-empty")
+    assert (f.severity, f.line, f.key) == ("error", "support", "lines[0].queue.operators")
+
+
+def test_line_without_channels_is_a_warning() -> None:
+    f = only(doctor(line(channels="[]")), "line-no-channels")
+    assert (f.severity, f.key) == ("warning", "lines[0].channels")
+
+
+def test_one_operator_queue_has_no_one_to_reassign_to() -> None:
+    ops = OPERATORS.split("[operators.boris]")[0]
+    f = only(doctor(line(operators='["anna"]'), operators=ops), "queue-one-operator")
+    assert (f.severity, f.key) == ("warning", "lines[0].queue.operators")
+
+
+# queue values
+
+
+@pytest.mark.parametrize(("seconds", "flagged"), [(29, True), (30, False), (45, False), (60, False), (61, True), (600, True)])
+def test_wait_seconds_outside_30_60_is_a_warning(seconds: int, flagged: bool) -> None:
+    findings = doctor(line(queue=f"wait_seconds = {seconds}"))
+    assert ("queue-wait-seconds" in codes(findings)) is flagged
+    if flagged:
+        f = only(findings, "queue-wait-seconds")
+        assert (f.severity, f.key) == ("warning", "lines[0].queue.wait_seconds")
+        assert "30" in f.fix and "60" in f.fix
+
+
+def test_no_wait_time_is_an_error() -> None:
+    cfg = unchecked({"operators": ["a", "b"], "wait_seconds": 0})
+    f = only(diagnose(cfg), "queue-wait-seconds")
+    assert f.severity == "error"
+    assert "no wait time" in f.problem
+
+
+@pytest.mark.parametrize(("chats", "flagged"), [(1, True), (2, True), (3, False), (5, False), (6, True)])
+def test_max_chats_outside_3_5_is_a_warning(chats: int, flagged: bool) -> None:
+    findings = doctor(line(queue=f"max_chats_per_operator = {chats}"))
+    assert ("queue-max-chats" in codes(findings)) is flagged
+    if flagged:
+        assert only(findings, "queue-max-chats").key == "lines[0].queue.max_chats_per_operator"
+
+
+def test_max_chats_zero_is_an_error() -> None:
+    cfg = unchecked({"operators": ["a", "b"], "max_chats_per_operator": 0})
+    assert only(diagnose(cfg), "queue-max-chats").severity == "error"
+
+
+def test_no_reassignment_on_status_change_leaves_chats_hanging() -> None:
+    f = only(doctor(line(queue='reassign_on_status = "none"')), "queue-no-reassign")
+    assert (f.severity, f.key) == ("warning", "lines[0].queue.reassign_on_status")
+    assert "hang" in f.problem
+
+
+def test_offline_operators_not_skipped_is_a_warning() -> None:
+    f = only(doctor(line(queue="skip_offline = false")), "queue-offline-not-skipped")
+    assert f.key == "lines[0].queue.skip_offline"
+
+
+@pytest.mark.parametrize(("grace", "flagged"), [(0, False), (300, False), (301, True)])
+def test_presence_grace_over_five_minutes_is_a_warning(grace: int, flagged: bool) -> None:
+    findings = doctor(line(queue=f"presence_grace_seconds = {grace}"))
+    assert ("queue-presence-grace" in codes(findings)) is flagged
+
+
+def test_crm_responsible_mode_without_crm_always_falls_back() -> None:
+    f = only(doctor(line(queue='mode = "crm_responsible"')), "queue-crm-responsible-without-crm")
+    assert f.key == "lines[0].queue.mode"
+
+
+# hours
+
+OPEN = 'enabled = true\ntimezone = "Europe/Riga"\nweekly = { mon = ["09:00-18:00"] }'
+CLOSED_TEXT = 'outside_hours = "We are closed."'
+
+
+def test_hours_set_up_well_have_no_finding() -> None:
+    assert doctor(line(hours=OPEN, replies=CLOSED_TEXT)) == []
+
+
+def test_outside_hours_text_with_hours_disabled_is_never_sent() -> None:
+    f = only(doctor(line(replies=CLOSED_TEXT)), "hours-text-but-disabled")
+    assert (f.severity, f.key) == ("warning", "lines[0].auto_replies.outside_hours")
+    assert "never sent" in f.problem
+
+
+def test_schedule_with_hours_disabled_is_ignored() -> None:
+    f = only(doctor(line(hours='weekly = { mon = ["09:00-18:00"] }')), "hours-schedule-but-disabled")
+    assert f.key == "lines[0].hours.enabled"
+
+
+def test_hours_without_outside_text_leave_clients_in_silence() -> None:
+    f = only(doctor(line(hours=OPEN)), "hours-no-outside-text")
+    assert (f.severity, f.key) == ("warning", "lines[0].auto_replies.outside_hours")
+    assert "silence" in f.problem
+
+
+def test_hours_without_weekly_spans_never_open() -> None:
+    f = only(doctor(line(hours='enabled = true\ntimezone = "Europe/Riga"', replies=CLOSED_TEXT)), "hours-never-open")
+    assert (f.severity, f.key) == ("error", "lines[0].hours.weekly")
+
+
+def test_hours_whose_only_days_are_off_never_open() -> None:
+    f = only(doctor(line(hours=OPEN + '\ndays_off = ["mon"]', replies=CLOSED_TEXT)), "hours-never-open")
+    assert f.key == "lines[0].hours.days_off"
+
+
+def test_hours_in_default_utc_are_pointed_out() -> None:
+    hours = 'enabled = true\nweekly = { mon = ["09:00-18:00"] }'
+    f = only(doctor(line(hours=hours, replies=CLOSED_TEXT)), "hours-timezone-utc")
+    assert (f.severity, f.key) == ("info", "lines[0].hours.timezone")
+
+
+def test_redirect_to_a_line_with_hours_is_a_chain() -> None:
+    first = line(id="sales", hours=OPEN + '\noutside = "redirect"\nredirect_line = "support"', replies=CLOSED_TEXT)
+    second = line(id="support", channels='[{ channel = "webchat", account = "other" }]', hours=OPEN, replies=CLOSED_TEXT)
+    f = only(doctor(first, second), "hours-redirect-chain")
+    assert (f.severity, f.line, f.key) == ("warning", "sales", "lines[0].hours.redirect_line")
+
+
+def test_redirect_to_an_always_open_line_is_fine() -> None:
+    first = line(id="sales", hours=OPEN + '\noutside = "redirect"\nredirect_line = "support"', replies=CLOSED_TEXT)
+    second = line(id="support", channels='[{ channel = "webchat", account = "other" }]')
+    assert doctor(first, second) == []
+
+
+def test_redirect_to_a_missing_line_is_an_error() -> None:
+    hours = {"enabled": True, "weekly": {"mon": ["09:00-18:00"]}, "outside": "redirect", "redirect_line": "nope"}
+    f = only(diagnose(unchecked({"operators": ["a", "b"]}, hours=hours)), "hours-redirect-target")
+    assert (f.severity, f.key) == ("error", "lines[0].hours.redirect_line")
+
+
+def test_hold_until_open_without_any_text_holds_in_silence() -> None:
+    findings = doctor(line(hours=OPEN + '\noutside = "hold_until_open"', welcome=""))
+    f = only(findings, "hours-hold-without-text")
+    assert (f.severity, f.key) == ("warning", "lines[0].hours.outside")
+
+
+def test_hold_until_open_with_outside_text_is_fine() -> None:
+    assert doctor(line(hours=OPEN + '\noutside = "hold_until_open"', replies=CLOSED_TEXT)) == []
+
+
+# auto-replies
+
+
+def test_no_welcome_means_no_answer_at_once() -> None:
+    f = only(doctor(line(welcome="")), "auto-reply-no-welcome")
+    assert (f.severity, f.key) == ("warning", "lines[0].auto_replies.welcome")
+    assert "{client_name}" in f.fix
+
+
+def test_tell_position_without_text_is_a_warning() -> None:
+    f = only(doctor(line(queue="tell_position = true")), "auto-reply-no-queue-position")
+    assert (f.severity, f.key) == ("warning", "lines[0].auto_replies.queue_position")
+    assert "{position}" in f.fix
+
+
+def test_tell_position_with_text_is_fine() -> None:
+    assert doctor(line(queue="tell_position = true", replies='queue_position = "You are number {position}."')) == []
+
+
+def test_rating_without_request_text_is_a_warning() -> None:
+    f = only(doctor(line(session="rating = true")), "auto-reply-no-rating-request")
+    assert (f.severity, f.key) == ("warning", "lines[0].auto_replies.rating_request")
+
+
+def test_rating_request_without_rating_is_never_sent() -> None:
+    f = only(doctor(line(replies='rating_request = "Rate us"')), "auto-reply-rating-request-unused")
+    assert f.severity == "info"
+
+
+def test_unknown_template_field_is_sent_as_written() -> None:
+    f = only(doctor(line(replies='closing = "Bye {clientname}"')), "auto-reply-template")
+    assert (f.severity, f.key) == ("warning", "lines[0].auto_replies.closing")
+    assert "{clientname}" in f.problem
+
+
+def test_position_field_belongs_to_queue_position_only() -> None:
+    f = only(doctor(line(replies='closing = "You were number {position}"')), "auto-reply-template")
+    assert f.key == "lines[0].auto_replies.closing"
+
+
+def test_stray_brace_in_template_is_flagged() -> None:
+    f = only(doctor(line(replies='closing = "Bye :-{"')), "auto-reply-template")
+    assert "brace" in f.problem
+
+
+# session
+
+
+def test_sessions_that_never_close_are_info() -> None:
+    f = only(doctor(line(auto_close=0)), "session-never-closes")
+    assert (f.severity, f.key) == ("info", "lines[0].session.auto_close_minutes")
+
+
+@pytest.mark.parametrize(("minutes", "flagged"), [(1, True), (9, True), (10, False)])
+def test_auto_close_under_ten_minutes_is_a_warning(minutes: int, flagged: bool) -> None:
+    findings = doctor(line(auto_close=minutes))
+    assert ("session-auto-close" in codes(findings)) is flagged
+    if flagged:
+        assert only(findings, "session-auto-close").severity == "warning"
+
+
+# crm
+
+CRM_OK = 'enabled = true\nsource_ids = { webchat = "OPENLINE" }'
+
+
+def test_crm_set_up_well_has_no_finding() -> None:
+    assert doctor(line(crm=CRM_OK)) == []
+
+
+def test_crm_disabled_ignores_crm_settings() -> None:
+    assert doctor(line(crm='create = "none"\nlink_repeat_contacts = false')) == []
+
+
+def test_crm_on_but_creation_off() -> None:
+    f = only(doctor(line(crm=CRM_OK + '\ncreate = "none"')), "crm-create-none")
+    assert (f.severity, f.key) == ("warning", "lines[0].crm.create")
+    assert "leads will not be created automatically" in f.problem
+
+
+def test_repeat_contact_linking_off_creates_duplicates() -> None:
+    f = only(doctor(line(crm=CRM_OK + "\nlink_repeat_contacts = false")), "crm-no-repeat-linking")
+    assert (f.severity, f.key) == ("warning", "lines[0].crm.link_repeat_contacts")
+    assert "duplicate" in f.problem
+
+
+@pytest.mark.parametrize(
+    ("channel", "source"),
+    [("telegram", "TELEGRAM"), ("vk", "VK"), ("webchat", "OPENLINE"), ("email", "EMAIL"), ("whatsapp", "WHATSAPP")],
+)
+def test_crm_without_explicit_source_id_names_the_default(channel: str, source: str) -> None:
+    findings = doctor(line(channels=f'[{{ channel = "{channel}", account = "main" }}]', crm="enabled = true"))
+    f = only(findings, "crm-default-source-id")
+    assert (f.severity, f.key) == ("info", "lines[0].crm.source_ids")
+    assert f"'{source}'" in f.problem and channel in f.problem
+
+
+def test_source_id_for_an_unbound_channel_is_unused() -> None:
+    f = only(doctor(line(crm='enabled = true\nsource_ids = { webchat = "OPENLINE", vk = "VK" }')), "crm-source-id-unused")
+    assert f.key == "lines[0].crm.source_ids.vk"
+
+
+def test_crm_responsible_not_declared() -> None:
+    f = only(doctor(line(crm=CRM_OK + '\nresponsible = "ghost"')), "crm-responsible-unknown")
+    assert f.key == "lines[0].crm.responsible"
+
+
+def test_findings_come_line_by_line_then_operators() -> None:
+    extra = '\n[operators.vera]\nname = "Vera"\n'
+    findings = doctor(line(id="a", queue="skip_offline = false"), line(id="b", channels="[]"), operators=OPERATORS + extra)
+    assert [f.line for f in findings] == ["a", "b", "", ""]
