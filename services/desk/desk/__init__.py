@@ -1,0 +1,1 @@
+"""The operator workspace: login, chat list, transcript, reply, live over a WebSocket."""

@@ -1,0 +1,32 @@
+"""Wiring: KV buckets, the live hub, routes and static files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from desk.http import DESK, Desk, add_routes, api_errors, security_headers
+from desk.live import Hub
+from desk.reads import Reader
+from desk.settings import Settings
+from openlines.bus import Buckets
+from openlines.runner import Service
+
+STATIC = Path(__file__).parent / "static"
+
+
+async def setup(svc: Service[Settings]) -> None:
+    buckets = await Buckets(svc.js).open()
+    reader = Reader(svc.js, buckets)
+    hub = Hub(svc.nc, reader)
+    await hub.start()
+    svc.on_stop(hub.stop)
+
+    async def live_subscribed() -> str | None:
+        return None if hub.subscribed else "not subscribed to session events"
+
+    svc.ready_check(live_subscribed)
+    svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub)
+    svc.app.middlewares.append(api_errors)
+    svc.app.on_response_prepare.append(security_headers)
+    add_routes(svc.app)
+    svc.app.router.add_static("/static", STATIC, append_version=False)

@@ -1,0 +1,407 @@
+"""The HTTP edge of the desk: login, the workspace page, the JSON API, the WebSocket.
+
+Every handler reads top to bottom: who is asking → is the request allowed →
+parse → ask the router (commands) or read KV → answer. Errors leave as
+``{"error", "detail"}`` JSON with the status the router's error code maps to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+from aiohttp import WSMsgType, web
+from nats.aio.client import Client as NATS
+from prometheus_client import Counter
+
+from desk import views
+from desk.auth import (
+    COOKIE_NAME,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    LOGIN_COOKIE_NAME,
+    DeskSession,
+    PasswordChecker,
+    Signer,
+    access_problem,
+    same_origin,
+)
+from desk.live import Connection, Hub
+from desk.reads import Reader, is_token
+from desk.settings import Settings
+from openlines import commands
+from openlines.commands import Accept, Close, CommandFailed, CommandName, Reply, Result, SetStatus
+from openlines.runner import json_error
+from openlines.state import OperatorAccount
+
+log = logging.getLogger("desk.http")
+
+MAX_TEXT = 4000
+MAX_JSON_BODY = 64 * 1024
+MAX_PASSWORD = 1024
+STATUSES = ("online", "away", "offline")
+LOGIN_FORM_TTL = 3600
+
+# The router's error codes and the HTTP status each one becomes.
+HTTP_STATUS_OF = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "unavailable": 503}
+
+LOGINS = Counter("openlines_desk_logins_total", "Desk sign-in attempts", ["result"])
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Authed:
+    account: OperatorAccount
+    session: DeskSession
+    problem: str | None  # why the account may not use the desk, if it may not
+
+    @property
+    def operator_id(self) -> str:
+        return self.account.id
+
+
+class Desk:
+    """Everything the handlers share, built once per service."""
+
+    def __init__(self, settings: Settings, nc: NATS, reader: Reader, hub: Hub) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.reader = reader
+        self.hub = hub
+        self.signer = Signer(settings.cookie_secret)
+        self.passwords = PasswordChecker()
+
+    # -- who is asking ----------------------------------------------------
+
+    async def authed(self, request: web.Request) -> Authed | None:
+        session = self.signer.read(request.cookies.get(COOKIE_NAME), time.time())
+        if session is None:
+            return None
+        account = await self.reader.account(session.operator_id)
+        if account is None:
+            return None
+        return Authed(account=account, session=session, problem=access_problem(account))
+
+    async def api_user(self, request: web.Request, *, changes: bool) -> Authed:
+        """The operator behind an API request; state-changing requests must carry the CSRF header."""
+        user = await self.authed(request)
+        if user is None:
+            raise ApiError(401, "unauthenticated", "sign in first")
+        if user.problem:
+            raise ApiError(403, "forbidden", user.problem)
+        if changes and not self.signer.csrf_ok(user.session.nonce, request.headers.get(CSRF_HEADER)):
+            raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header; reload the page")
+        return user
+
+    def form_csrf_ok(self, request: web.Request, user: Authed, form: Any) -> bool:
+        if self.signer.csrf_ok(user.session.nonce, request.headers.get(CSRF_HEADER)):
+            return True
+        token = form.get(CSRF_FIELD)
+        return (
+            isinstance(token, str)
+            and self.signer.csrf_ok(user.session.nonce, token)
+            and same_origin(request.headers.get("Origin"), request.headers.get("Referer"), request.host)
+        )
+
+    # -- cookies ----------------------------------------------------------
+
+    def set_session_cookie(self, response: web.StreamResponse, value: str) -> None:
+        response.set_cookie(
+            COOKIE_NAME,
+            value,
+            max_age=self.settings.session_hours * 3600,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=self.settings.cookie_secure,
+        )
+
+    def login_response(self, request: web.Request, *, status: int = 200, error: str = "", login: str = "") -> web.Response:
+        nonce = request.cookies.get(LOGIN_COOKIE_NAME) or ""
+        if not is_token(nonce):
+            nonce = secrets.token_urlsafe(18)
+        response = html(views.login_page(self.signer.login_token(nonce), error=error, login=login), status=status)
+        response.set_cookie(
+            LOGIN_COOKIE_NAME,
+            nonce,
+            max_age=LOGIN_FORM_TTL,
+            path="/login",
+            httponly=True,
+            samesite="Lax",
+            secure=self.settings.cookie_secure,
+        )
+        return response
+
+    # -- commands -----------------------------------------------------------
+
+    async def command(self, name: CommandName, cmd: Any) -> Result:
+        try:
+            return await commands.call(self.nc, name, cmd)
+        except CommandFailed as exc:
+            code = exc.result.error or "failed"
+            raise ApiError(HTTP_STATUS_OF.get(code, 502), code, exc.result.detail or code) from None
+        except (TimeoutError, nats.errors.Error):
+            raise ApiError(503, "unavailable", "router unavailable") from None
+
+
+DESK = web.AppKey("desk", Desk)
+
+
+def html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+def redirect(location: str) -> web.Response:
+    """A 303 that can carry cookies (after a form post the browser GETs ``location``)."""
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as exc:
+        return json_error(exc.status, exc.code, exc.detail)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if response.content_type == "text/html":
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        )
+
+
+# -- pages ------------------------------------------------------------------
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.authed(request)
+    if user is not None and not user.problem:
+        raise web.HTTPSeeOther("/")
+    return desk.login_response(request)
+
+
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    form = await request.post()
+    token = form.get(CSRF_FIELD)
+    origin_ok = same_origin(request.headers.get("Origin"), request.headers.get("Referer"), request.host)
+    token_ok = desk.signer.login_token_ok(request.cookies.get(LOGIN_COOKIE_NAME), token if isinstance(token, str) else None)
+    if not origin_ok or not token_ok:
+        LOGINS.labels("csrf").inc()
+        return desk.login_response(request, status=403, error="The sign-in form expired. Please try again.")
+    login = form.get("login")
+    password = form.get("password")
+    login = login.strip() if isinstance(login, str) else ""
+    password = password if isinstance(password, str) else ""
+    if not login or not password:
+        return desk.login_response(request, status=400, error="Enter your login and password.", login=login)
+    account = await desk.reader.account(login)
+    stored = account.password_hash if account is not None and len(password) <= MAX_PASSWORD else None
+    # argon2 takes tens of milliseconds of CPU: keep the event loop free meanwhile.
+    ok = await asyncio.get_running_loop().run_in_executor(None, desk.passwords.verify, stored, password[:MAX_PASSWORD])
+    if not ok or account is None:
+        LOGINS.labels("wrong").inc()
+        log.info("sign-in refused", extra={"reason": "wrong login or password"})
+        return desk.login_response(request, status=401, error="Wrong login or password.", login=login)
+    problem = access_problem(account)
+    if problem:
+        LOGINS.labels("denied").inc()
+        log.info("sign-in refused", extra={"operator": account.id, "reason": problem})
+        return html(views.denied_page(account.name, problem), status=403)
+    value, _ = desk.signer.issue(account.id, time.time(), desk.settings.session_hours * 3600)
+    LOGINS.labels("ok").inc()
+    log.info("signed in", extra={"operator": account.id})
+    response = redirect("/")
+    desk.set_session_cookie(response, value)
+    response.del_cookie(LOGIN_COOKIE_NAME, path="/login")
+    return response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.authed(request)
+    form = await request.post()
+    if user is not None and not desk.form_csrf_ok(request, user, form):
+        raise ApiError(403, "csrf", "missing or wrong CSRF token; reload the page")
+    if user is not None:
+        log.info("signed out", extra={"operator": user.operator_id})
+    response = redirect("/login")
+    response.del_cookie(COOKIE_NAME, path="/")
+    return response
+
+
+async def workspace(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.authed(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    if user.problem:
+        return html(views.denied_page(user.account.name, user.problem), status=403)
+    return html(views.workspace_page(user.operator_id, user.account.name, desk.signer.csrf_token(user.session.nonce)))
+
+
+# -- live -------------------------------------------------------------------
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
+    # Browsers send cookies on cross-site WebSocket handshakes too; only our own pages may connect.
+    if not same_origin(request.headers.get("Origin"), None, request.host):
+        raise ApiError(403, "forbidden", "WebSocket from another origin")
+    ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4096)
+    await ws.prepare(request)
+    conn = Connection(ws, user.operator_id)
+    # Register before reading the snapshot: whatever changes meanwhile is queued
+    # behind it, so the page misses nothing (duplicates are idempotent upserts).
+    desk.hub.add(conn)
+    writer: asyncio.Task[None] | None = None
+    try:
+        snapshot = await desk.reader.snapshot(user.operator_id)
+        conn.shown.update(str(chat["id"]) for chat in snapshot["chats"])
+        await ws.send_json(snapshot)
+        writer = asyncio.create_task(conn.write_forever(), name=f"ws-writer-{user.operator_id}")
+        async for msg in ws:
+            if msg.type == WSMsgType.ERROR:
+                break
+            # The page only listens; whatever it sends is ignored.
+    finally:
+        desk.hub.remove(conn)
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+# -- JSON API ---------------------------------------------------------------
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"the body is over {MAX_JSON_BODY} bytes")
+    raw = await request.read()
+    if len(raw) > MAX_JSON_BODY:
+        raise ApiError(413, "too_large", f"the body is over {MAX_JSON_BODY} bytes")
+    try:
+        data = msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    return data
+
+
+def _session_id(request: web.Request) -> str:
+    sid = request.match_info["session_id"]
+    if not is_token(sid):
+        raise ApiError(404, "not_found", "no such session")
+    return sid
+
+
+async def _result(desk: Desk, result: Result) -> web.Response:
+    chat = await desk.reader.chat(result.session) if result.session is not None else None
+    return web.json_response({"ok": True, "session": chat, "message_id": result.message_id})
+
+
+async def api_status(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    body = await _body(request)
+    status = body.get("status")
+    if status not in STATUSES:
+        raise ApiError(400, "invalid", f"status must be one of {', '.join(STATUSES)}")
+    await desk.command("status", SetStatus(operator_id=user.operator_id, status=status))
+    state = await desk.reader.operator(user.operator_id)
+    return web.json_response({"ok": True, "status": state.status})
+
+
+async def api_chats(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
+    snapshot = await desk.reader.snapshot(user.operator_id)
+    return web.json_response({"operator": snapshot["operator"], "chats": snapshot["chats"]})
+
+
+async def api_history(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
+    sid = _session_id(request)
+    session = await desk.reader.session(sid)
+    if session is None:
+        raise ApiError(404, "not_found", "no such session")
+    entries = await desk.reader.history(sid)
+    me = user.operator_id
+    was_mine = session.operator_id == me or session.closed_by == me or any(e.author_id == me for e in entries)
+    if not was_mine:
+        raise ApiError(403, "forbidden", "this session is not yours")
+    return web.json_response({"session": await desk.reader.chat(session), "entries": msgspec.to_builtins(entries)})
+
+
+async def api_accept(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    return await _result(desk, await desk.command("accept", Accept(operator_id=user.operator_id, session_id=sid)))
+
+
+async def api_reply(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    body = await _body(request)
+    text = body.get("text")
+    client_msg_id = body.get("client_msg_id")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "invalid", "text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise ApiError(413, "too_large", f"text is {len(text)} characters; at most {MAX_TEXT}")
+    if not isinstance(client_msg_id, str) or not is_token(client_msg_id):
+        raise ApiError(400, "invalid", "client_msg_id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    cmd = Reply(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id)
+    return await _result(desk, await desk.command("reply", cmd))
+
+
+async def api_close(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    return await _result(desk, await desk.command("close", Close(operator_id=user.operator_id, session_id=sid)))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", workspace)
+    app.router.add_get("/login", login_form)
+    app.router.add_post("/login", login_submit)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/ws", websocket)
+    app.router.add_post("/api/status", api_status)
+    app.router.add_get("/api/chats", api_chats)
+    app.router.add_get("/api/sessions/{session_id}/history", api_history)
+    app.router.add_post("/api/sessions/{session_id}/accept", api_accept)
+    app.router.add_post("/api/sessions/{session_id}/reply", api_reply)
+    app.router.add_post("/api/sessions/{session_id}/close", api_close)

@@ -1,0 +1,196 @@
+"""Live push to operators' WebSockets.
+
+The router publishes session events on ``ol.evt.>`` and transcript entries on
+``ol.hist.>``; every desk replica listens to all of them (plain core NATS
+subscriptions) and forwards what concerns the operators connected to *it*.
+A missed push is harmless: a page re-reads the snapshot from KV whenever it
+reconnects, and KV, not this hub, is the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import WSCloseCode, web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from prometheus_client import Counter, Gauge
+
+from desk.reads import Reader, holder_of
+from openlines import subjects
+from openlines.envelopes import HistoryEntry, SessionEvent
+
+log = logging.getLogger("desk.live")
+
+HOLDER_TTL = 2.0  # seconds a session -> operator lookup is trusted for transcript pushes
+QUEUE_LIMIT = 1000  # frames waiting for one slow socket before we drop it (it reconnects and re-snapshots)
+
+SOCKETS = Gauge("openlines_desk_websockets", "Open operator WebSockets on this replica")
+PUSHED = Counter("openlines_desk_frames_pushed_total", "Frames pushed to operator WebSockets", ["type"])
+
+SESSION_KINDS = ("session_opened", "session_assigned", "session_answered", "session_closed", "session_waiting")
+
+_event_decoder = msgspec.json.Decoder(SessionEvent)
+_history_decoder = msgspec.json.Decoder(HistoryEntry)
+
+
+class Connection:
+    """One operator WebSocket: frames are queued and written by one task, in order."""
+
+    def __init__(self, ws: web.WebSocketResponse, operator_id: str) -> None:
+        self.ws = ws
+        self.operator_id = operator_id
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self.shown: set[str] = set()  # sessions this page lists
+        self.overflowed = False
+
+    def push(self, frame: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            log.warning("websocket too slow; closing it so it re-reads the snapshot", extra={"operator": self.operator_id})
+            asyncio.get_running_loop().create_task(self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow"))
+            return
+        kind = frame.get("type")
+        if kind == "chat":
+            self.shown.add(str(frame["chat"]["id"]))
+        elif kind == "closed":
+            self.shown.discard(str(frame["session_id"]))
+
+    async def write_forever(self) -> None:
+        while True:
+            frame = await self.queue.get()
+            if self.ws.closed:
+                return
+            await self.ws.send_json(frame)
+            PUSHED.labels(str(frame.get("type"))).inc()
+
+
+class Hub:
+    def __init__(self, nc: NATS, reader: Reader) -> None:
+        self.nc = nc
+        self.reader = reader
+        self.conns: dict[str, set[Connection]] = {}
+        self._holders: dict[str, tuple[str, float]] = {}
+        self._subs: list[Subscription] = []
+
+    @property
+    def subscribed(self) -> bool:
+        return len(self._subs) == 2
+
+    async def start(self) -> None:
+        self._subs.append(await self.nc.subscribe(subjects.events_all(), cb=self._on_event))
+        self._subs.append(await self.nc.subscribe(subjects.history_all(), cb=self._on_history))
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        # Pages reconnect (to another replica, or to us after the restart).
+        for conn in [c for group in self.conns.values() for c in group]:
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"desk restarting")
+
+    # -- sockets ----------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.conns.setdefault(conn.operator_id, set()).add(conn)
+        SOCKETS.inc()
+
+    def remove(self, conn: Connection) -> None:
+        group = self.conns.get(conn.operator_id)
+        if group is None or conn not in group:
+            return
+        group.discard(conn)
+        SOCKETS.dec()
+        if not group:
+            del self.conns[conn.operator_id]
+            # The operator's status is left as it is; presence grace handling
+            # (going away after a while without a page) is a later issue.
+            log.info("last desk page of operator closed", extra={"operator": conn.operator_id})
+
+    def _send(self, operator_id: str, frame: dict[str, Any]) -> None:
+        for conn in self.conns.get(operator_id, ()):
+            conn.push(frame)
+
+    # -- NATS -------------------------------------------------------------
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            event = _event_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable event", extra={"subject": msg.subject})
+            return
+        try:
+            if event.kind == "operator_status" and event.operator_id:
+                if event.operator_id in self.conns:
+                    state = await self.reader.operator(event.operator_id)
+                    self._send(event.operator_id, {"type": "status", "status": state.status})
+            elif event.kind in SESSION_KINDS and event.session_id:
+                await self._session_changed(event)
+        except Exception:
+            # A failed push is repaired by the next snapshot; never kill the subscription.
+            log.exception("could not push event", extra={"session": event.session_id, "kind": event.kind})
+
+    async def _session_changed(self, event: SessionEvent) -> None:
+        sid = event.session_id
+        self._holders.pop(sid, None)
+        if not self.conns:
+            return  # nobody on this replica to tell; the next transcript entry re-reads KV
+        session = await self.reader.session(sid)
+        holder = holder_of(session)
+        self._remember(sid, holder)
+        if holder and holder in self.conns and session is not None:
+            self._send(holder, {"type": "chat", "chat": await self.reader.chat(session)})
+        # Everyone else who lists this session loses it: closed, back in the queue, or given to another.
+        reason = "closed" if session is None or session.status == "closed" else "reassigned"
+        concerned = {event.operator_id, session.operator_id if session else ""}
+        for operator_id, group in list(self.conns.items()):
+            if operator_id == holder:
+                continue
+            for conn in list(group):
+                if sid in conn.shown or operator_id in concerned:
+                    conn.push({"type": "closed", "session_id": sid, "reason": reason})
+
+    async def _holder(self, session_id: str) -> str:
+        cached = self._holders.get(session_id)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        session = await self.reader.session(session_id)
+        holder = holder_of(session)
+        self._remember(session_id, holder)
+        return holder
+
+    def _remember(self, session_id: str, holder: str) -> None:
+        now = time.monotonic()
+        if len(self._holders) > 10_000:
+            self._holders = {k: v for k, v in self._holders.items() if v[1] > now}
+        self._holders[session_id] = (holder, now + HOLDER_TTL)
+
+    async def _on_history(self, msg: Msg) -> None:
+        if not self.conns:
+            return
+        try:
+            entry = _history_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable transcript entry", extra={"subject": msg.subject})
+            return
+        try:
+            holder = await self._holder(entry.session_id)
+        except Exception:
+            log.exception("could not look up the session of a transcript entry", extra={"session": entry.session_id})
+            return
+        if holder:
+            frame: dict[str, Any] = {"type": "message", **msgspec.to_builtins(entry)}
+            self._send(holder, frame)

@@ -1,0 +1,108 @@
+"""What the desk shows, read straight from KV and the transcript stream.
+
+The desk never writes these; the router does. Everything here is a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+
+from openlines import subjects
+from openlines.apply import line_key
+from openlines.bus import Buckets, kv_get, read_subject
+from openlines.envelopes import HistoryEntry
+from openlines.lines import LineConfig
+from openlines.state import OperatorAccount, OperatorState, Session
+
+LINE_NAME_TTL = 30.0
+
+_history_decoder = msgspec.json.Decoder(HistoryEntry)
+
+
+def is_token(value: str) -> bool:
+    """Whether ``value`` can be a KV key / subject token (ids come from URLs and cookies)."""
+    try:
+        subjects.token(value, "id")
+    except subjects.BadToken:
+        return False
+    return True
+
+
+def holder_of(session: Session | None) -> str:
+    """The operator whose desk shows this session now ("" when none: waiting, closed or gone)."""
+    if session is None or session.status not in ("assigned", "answered"):
+        return ""
+    return session.operator_id
+
+
+class Reader:
+    def __init__(self, js: JetStreamContext, buckets: Buckets) -> None:
+        self.js = js
+        self.b = buckets
+        self._line_names: dict[str, tuple[str, float]] = {}
+
+    async def account(self, operator_id: str) -> OperatorAccount | None:
+        if not is_token(operator_id):
+            return None
+        account, _ = await kv_get(self.b.accounts, operator_id, OperatorAccount)
+        return account
+
+    async def operator(self, operator_id: str) -> OperatorState:
+        state, _ = await kv_get(self.b.operators, operator_id, OperatorState)
+        return state or OperatorState(id=operator_id)
+
+    async def session(self, session_id: str) -> Session | None:
+        if not is_token(session_id):
+            return None
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        return session
+
+    async def history(self, session_id: str) -> list[HistoryEntry]:
+        raw = await read_subject(self.js, subjects.STREAM_HIST, subjects.history(session_id))
+        out: list[HistoryEntry] = []
+        for _seq, data in raw:
+            try:
+                out.append(_history_decoder.decode(data))
+            except msgspec.DecodeError:
+                continue  # one bad entry must not hide the rest of the transcript
+        return out
+
+    async def line_name(self, line_id: str) -> str:
+        cached = self._line_names.get(line_id)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        name = line_id
+        if line_id:
+            line, _ = await kv_get(self.b.lines, line_key(line_id), LineConfig)
+            if line is not None:
+                name = line.name or line_id
+        self._line_names[line_id] = (name, now + LINE_NAME_TTL)
+        return name
+
+    async def chat(self, session: Session) -> dict[str, Any]:
+        """A session as the page shows it."""
+        out: dict[str, Any] = msgspec.to_builtins(session)
+        out["line_name"] = await self.line_name(session.line_id)
+        return out
+
+    async def my_chats(self, operator_id: str, state: OperatorState | None = None) -> list[dict[str, Any]]:
+        """The operator's open sessions, oldest first."""
+        state = state or await self.operator(operator_id)
+        found = await asyncio.gather(*(self.session(sid) for sid in dict.fromkeys(state.sessions)))
+        mine = [s for s in found if s is not None and holder_of(s) == operator_id]
+        mine.sort(key=lambda s: s.opened_at)
+        return [await self.chat(s) for s in mine]
+
+    async def snapshot(self, operator_id: str) -> dict[str, Any]:
+        state = await self.operator(operator_id)
+        return {
+            "type": "snapshot",
+            "operator": {"id": operator_id, "status": state.status},
+            "chats": await self.my_chats(operator_id, state),
+        }

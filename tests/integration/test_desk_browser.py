@@ -1,0 +1,189 @@
+"""The workspace in headless Chromium, against the real desk and router."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+from desk.app import setup
+from desk.settings import Settings
+from openlines import bus, subjects
+from openlines.apply import apply
+from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
+from openlines.lines import load
+from openlines.runner import Service, launch
+from openlines.state import OperatorState
+from router.app import setup as router_setup
+from router.settings import Settings as RouterSettings
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
+]
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+
+
+class Desk:
+    """The desk under test; can be stopped and started again on the same port."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.port = 0
+        self.svc: Service[Settings] | None = None
+
+    async def start(self) -> None:
+        settings = Settings(nats_url=self.nats_url, http_port=self.port, cookie_secret="browser-test-cookie-secret-01")
+        self.svc = await launch("desk", settings, setup)
+        self.port = self.svc.port
+
+    async def stop(self) -> None:
+        if self.svc is not None:
+            await self.svc.stop()
+            self.svc = None
+
+
+@pytest.fixture
+async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Desk]:
+    buckets = await bus.Buckets(nc.jetstream()).open()
+    await apply(buckets, load(ROOT / "deploy/lines.example.toml"))
+    router = await launch("router", RouterSettings(nats_url=nats_server.url, http_port=0), router_setup)
+    desk = Desk(nats_server.url)
+    await desk.start()
+    yield desk
+    await desk.stop()
+    await router.stop()
+
+
+@pytest.fixture
+def console_errors() -> list[str]:
+    """Errors the browser logged (CSP violations, failed requests...)."""
+    return []
+
+
+@pytest.fixture
+async def page(desk: Desk, console_errors: list[str]) -> AsyncIterator[Any]:
+    desk_url = f"http://127.0.0.1:{desk.port}"
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = await browser.new_context(base_url=desk_url, viewport={"width": 1280, "height": 760})
+        pg = await context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+        yield pg
+        await browser.close()
+        assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+async def client_writes(js: Any, msg_id: str, text: str, name: str, visitor: str) -> None:
+    inbound = Inbound(
+        id=msg_id,
+        channel="webchat",
+        account="demo",
+        chat_id=visitor,
+        user_id=visitor,
+        profile=ClientProfile(name=name),
+        text=text,
+        received_at=utcnow(),
+    )
+    await js.publish(subjects.inbound("webchat", "demo"), encode(inbound), headers={MSG_ID_HEADER: msg_id})
+
+
+async def sign_in(page: Any) -> None:
+    await page.goto("/login")
+    await page.get_by_test_id("login-user").fill("anna")
+    await page.get_by_test_id("login-password").fill("demo")
+    await page.get_by_test_id("login-submit").click()
+    await playwright_api.expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+
+
+async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, nc: Any, console_errors: list[str]) -> None:
+    expect = playwright_api.expect
+    js = nc.jetstream()
+
+    await page.goto("/login")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "desk-login.png"))
+    await sign_in(page)
+    await expect(page.get_by_test_id("operator-name")).to_have_text("Anna Petrova")
+
+    await page.get_by_test_id("status-online").click()
+    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+
+    await client_writes(js, "b-1", "Hello! My parcel has not arrived.", "Maria Client", "visitor-b1")
+    item = page.locator('[data-testid="chat-item"]').filter(has_text="Maria Client")
+    await expect(item).to_be_visible()
+    await expect(page.get_by_test_id("new-chat-toast")).to_contain_text("New chat: Maria Client")
+    await expect(page).to_have_title("(1) New chat · openlines desk")
+    sid = await item.get_attribute("data-session-id")
+    assert sid
+
+    await item.click()
+    transcript = page.get_by_test_id("transcript")
+    await expect(transcript.locator('[data-testid="transcript-entry"][data-direction="in"]')).to_contain_text(
+        "Hello! My parcel has not arrived."
+    )
+    await expect(page).to_have_title("openlines desk")
+
+    await page.get_by_test_id("accept").click()
+    await expect(page.get_by_test_id("accept")).to_be_hidden()
+    await expect(item.get_by_test_id("chat-status")).to_have_text("in progress")
+
+    await page.get_by_test_id("reply-input").fill("Hello Maria! Let me look up your parcel.")
+    await page.get_by_test_id("reply-input").press("Enter")
+    await expect(transcript.locator('[data-testid="transcript-entry"][data-direction="out"]').last).to_contain_text(
+        "Hello Maria! Let me look up your parcel."
+    )
+    await expect(page.get_by_test_id("reply-input")).to_have_value("")
+
+    # A second client shows up while the first chat is open: a live push to the list.
+    await client_writes(js, "b-2", "Hi, a question about prices", "Oleg Buyer", "visitor-b2")
+    await expect(page.locator('[data-testid="chat-item"]').filter(has_text="Oleg Buyer")).to_be_visible()
+    await client_writes(js, "b-3", "The tracking number is 42", "Maria Client", "visitor-b1")
+    await expect(transcript).to_contain_text("The tracking number is 42")
+
+    await page.screenshot(path=str(ARTIFACTS / "desk-workspace.png"))
+
+    await page.get_by_test_id("close").click()
+    await page.get_by_test_id("close-confirm").click()
+    await expect(page.locator(f'[data-testid="chat-item"][data-session-id="{sid}"]')).to_have_count(0)
+    await expect(page.get_by_test_id("placeholder")).to_contain_text("closed")
+    await expect(page.get_by_test_id("chat-count")).to_have_text("1")
+    assert console_errors == []
+
+
+async def test_a_chat_that_arrives_while_the_desk_is_down_shows_after_the_reconnect(page: Any, nc: Any, desk: Desk) -> None:
+    expect = playwright_api.expect
+    js = nc.jetstream()
+    await sign_in(page)
+    await page.get_by_test_id("status-online").click()
+    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+
+    await desk.stop()
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "down")
+    await client_writes(js, "r-1", "Anyone there?", "Vera Late", "visitor-r1")
+    buckets = await bus.Buckets(js).open()
+
+    async def assigned_to_anna() -> bool:
+        state, _ = await bus.kv_get(buckets.operators, "anna", OperatorState)
+        return state is not None and len(state.sessions) == 1
+
+    await wait_for(assigned_to_anna, what="the router giving the chat to anna")
+    await desk.start()
+
+    item = page.locator('[data-testid="chat-item"]').filter(has_text="Vera Late")
+    await expect(item).to_be_visible(timeout=20_000)
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    await item.click()
+    await expect(page.get_by_test_id("transcript")).to_contain_text("Anyone there?")
