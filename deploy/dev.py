@@ -66,9 +66,7 @@ def start_nats() -> subprocess.Popen[bytes]:
         binary = Path(found)
     for port in (NATS_PORT, NATS_MONITOR, *PORTS.values()):
         if port_busy(port):
-            raise SystemExit(
-                f"port {port} is already in use - is another `make dev` running? Stop it, or free the port."
-            )
+            raise SystemExit(f"port {port} is already in use - is another `make dev` running? Stop it, or free the port.")
     store = DATA / "nats"
     store.mkdir(parents=True, exist_ok=True)
     log = open(DATA / "nats.log", "ab")  # noqa: SIM115 - owned by the child
