@@ -31,6 +31,9 @@ STREAM_SETTINGS: dict[str, dict[str, Any]] = {
     subjects.STREAM_OUT: {"max_age": 30 * DAY, "duplicate_window": 15 * 60.0},
     subjects.STREAM_EVT: {"max_age": 30 * DAY, "duplicate_window": 15 * 60.0},
     subjects.STREAM_HIST: {"max_age": 0.0, "duplicate_window": 15 * 60.0},
+    # Timers wait in a work queue: the router's consumer naks each with a
+    # delay until it is due, then acks it (which removes it).
+    subjects.STREAM_TIMER: {"max_age": 0.0, "duplicate_window": 15 * 60.0, "retention": js_api.RetentionPolicy.WORK_QUEUE},
 }
 
 
@@ -39,7 +42,7 @@ def stream_config(name: str, replicas: int = 1) -> js_api.StreamConfig:
     return js_api.StreamConfig(
         name=name,
         subjects=subjects.STREAM_SUBJECTS[name],
-        retention=js_api.RetentionPolicy.LIMITS,
+        retention=s.get("retention", js_api.RetentionPolicy.LIMITS),
         storage=js_api.StorageType.FILE,
         num_replicas=replicas,
         max_age=s["max_age"],

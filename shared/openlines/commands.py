@@ -39,8 +39,52 @@ class Close(_Cmd):
     session_id: str
 
 
-CommandName = Literal["status", "accept", "reply", "close"]
-COMMANDS: dict[str, type[_Cmd]] = {"status": SetStatus, "accept": Accept, "reply": Reply, "close": Close}
+class Skip(_Cmd):
+    """Let an offered chat pass to the next operator."""
+
+    session_id: str
+
+
+class Transfer(_Cmd):
+    """Give a chat to another operator (who must accept it) or put it in another line's queue."""
+
+    session_id: str
+    to_operator: str = ""
+    to_line: str = ""
+
+
+class Pin(_Cmd):
+    """Pinned chats stay with their operator when the operator goes away."""
+
+    session_id: str
+    pinned: bool = True
+
+
+class Spam(_Cmd):
+    """Close the chat and drop the client's further messages."""
+
+    session_id: str
+
+
+class Presence(_Cmd):
+    """A desk replica reports whether the operator has a page open on it (grace handling is the router's)."""
+
+    connected: bool
+    desk: str  # the reporting desk replica
+
+
+CommandName = Literal["status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence"]
+COMMANDS: dict[str, type[_Cmd]] = {
+    "status": SetStatus,
+    "accept": Accept,
+    "reply": Reply,
+    "close": Close,
+    "skip": Skip,
+    "transfer": Transfer,
+    "pin": Pin,
+    "spam": Spam,
+    "presence": Presence,
+}
 
 
 class Result(msgspec.Struct, kw_only=True, omit_defaults=True):

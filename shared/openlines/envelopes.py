@@ -88,23 +88,29 @@ class HistoryEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     at: datetime
 
 
-EventKind = Literal[
-    "session_opened",
-    "session_assigned",
-    "session_answered",
-    "session_closed",
-    "session_waiting",
-    "operator_status",
-    "dead_letter",
-    "delivery_failed",
-]
+# The kinds of SessionEvent the router publishes. Consumers must accept
+# kinds they do not know (new ones get added), so the field is a plain str.
+EVENT_KINDS: tuple[str, ...] = (
+    "session_opened",  # a client's first message opened a session
+    "session_waiting",  # no operator could take it: it waits in the line's queue
+    "session_held",  # outside business hours, held until the line opens
+    "session_assigned",  # offered to an operator (who must accept or reply)
+    "offer_declined",  # the operator let it pass (skipped, or no answer in wait_seconds)
+    "session_answered",  # the operator accepted or replied
+    "session_transferred",  # given to another operator or line
+    "session_pinned",  # pinned / unpinned by its operator
+    "session_closed",  # by the operator, auto-close, or spam
+    "operator_status",  # online / away / offline
+    "dead_letter",  # an inbound message that could not be handled, with the reason
+    "delivery_failed",  # a gateway could not deliver an outbound message
+)
 
 
 class SessionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Session lifecycle and other facts, on ``ol.evt.<kind>``."""
 
     id: str
-    kind: EventKind
+    kind: str  # one of EVENT_KINDS
     at: datetime
     session_id: str = ""
     line_id: str = ""

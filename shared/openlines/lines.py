@@ -79,7 +79,7 @@ class AutoReplies(_Strict):
 
 
 class SessionConfig(_Strict):
-    auto_close_minutes: int = 0  # close after this many minutes without a message; 0 = never
+    auto_close_minutes: float = 0  # close after this many minutes without a message (fractions allowed); 0 = never
     rating: bool = False  # ask the client to rate the conversation on close
 
 
@@ -179,8 +179,8 @@ def check(cfg: LinesFile) -> list[str]:
                 )
             bound[(ch.channel, ch.account)] = line.id
         q = line.queue
-        if q.wait_seconds < 5 or q.wait_seconds > 3600:
-            errors.append(f"{where}.queue.wait_seconds: {q.wait_seconds} is outside 5-3600")
+        if q.wait_seconds < 1 or q.wait_seconds > 3600:
+            errors.append(f"{where}.queue.wait_seconds: {q.wait_seconds} is outside 1-3600")
         if q.max_chats_per_operator < 1:
             errors.append(f"{where}.queue.max_chats_per_operator: must be at least 1")
         if q.presence_grace_seconds < 0:

@@ -19,7 +19,8 @@ RECENT_IDS_KEPT = 64
 
 class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
-    line_id: str
+    line_id: str  # the line the session is on now
+    entry_line_id: str = ""  # the line the client's channel feeds (differs after a redirect or transfer)
     client_id: str
     channel: str
     account: str
@@ -34,7 +35,12 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     closed_at: datetime | None = None
     closed_by: str = ""
     last_message_at: datetime | None = None
+    messages_in: int = 0  # client messages so far (the desk's unread count builds on it)
     assignments: int = 0  # how many times the chat was given to an operator
+    declined_by: list[str] = []  # operators who let the current offer pass (skip or no answer)
+    pinned: bool = False  # kept by its operator when they go away
+    held: bool = False  # waiting for the line to open (outside hours, hold_until_open)
+    close_reason: str = ""  # operator | auto_close | spam | transfer
 
     @property
     def is_open(self) -> bool:
@@ -52,6 +58,7 @@ class ClientRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     open_sessions: dict[str, str] = {}  # line id -> session id
     recent_msg_ids: list[str] = []  # inbound ids already applied, newest last
     sessions_total: int = 0
+    spam: bool = False  # marked as spam by an operator: further messages are dead-lettered
 
 
 class OperatorState(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -60,8 +67,11 @@ class OperatorState(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     status: OperatorStatus = "offline"
     sessions: list[str] = []  # open sessions assigned to this operator
+    answered: list[str] = []  # the ones of them the operator has answered
     last_assigned_at: float = 0.0  # epoch seconds; round robin picks the oldest
     status_changed_at: datetime | None = None
+    desks: list[str] = []  # desk replicas where the operator has a page open
+    disconnected_at: float = 0.0  # epoch seconds the last desk page closed
 
 
 class OperatorAccount(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -14,7 +14,8 @@ STREAM_IN = "OL_IN"
 STREAM_OUT = "OL_OUT"
 STREAM_EVT = "OL_EVT"
 STREAM_HIST = "OL_HIST"
-STREAMS = (STREAM_IN, STREAM_OUT, STREAM_EVT, STREAM_HIST)
+STREAM_TIMER = "OL_TIMER"
+STREAMS = (STREAM_IN, STREAM_OUT, STREAM_EVT, STREAM_HIST, STREAM_TIMER)
 
 # Key-value buckets
 KV_LINES = "ol-lines"
@@ -29,6 +30,7 @@ IN_ROOT = "ol.in"
 OUT_ROOT = "ol.out"
 EVT_ROOT = "ol.evt"
 HIST_ROOT = "ol.hist"
+TIMER_ROOT = "ol.timer"
 CMD_ROOT = "ol.cmd"
 
 STREAM_SUBJECTS = {
@@ -36,10 +38,13 @@ STREAM_SUBJECTS = {
     STREAM_OUT: [f"{OUT_ROOT}.>"],
     STREAM_EVT: [f"{EVT_ROOT}.>"],
     STREAM_HIST: [f"{HIST_ROOT}.>"],
+    STREAM_TIMER: [f"{TIMER_ROOT}.>"],
 }
 
 # The router's request/reply service
 ROUTER_SERVICE = "openlines-router"
+# crm-sync answers "who is this client's responsible manager" here
+CRM_RESPONSIBLE = "ol.crm.responsible"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -110,6 +115,15 @@ def history(session_id: str) -> str:
 
 def history_all() -> str:
     return f"{HIST_ROOT}.>"
+
+
+def timer(kind: str, target: str) -> str:
+    """A durable timer of the router (no-answer, auto-close, opening hours)."""
+    return f"{TIMER_ROOT}.{token(kind, 'timer kind')}.{token(target, 'timer target')}"
+
+
+def timers_all() -> str:
+    return f"{TIMER_ROOT}.>"
 
 
 def command(name: str) -> str:

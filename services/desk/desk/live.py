@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import WSCloseCode, web
+from nats import nuid
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -24,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from desk.reads import Reader, holder_of
 from openlines import subjects
+from openlines.commands import Presence, call
 from openlines.envelopes import HistoryEntry, SessionEvent
 
 log = logging.getLogger("desk.live")
@@ -33,8 +35,6 @@ QUEUE_LIMIT = 1000  # frames waiting for one slow socket before we drop it (it r
 
 SOCKETS = Gauge("openlines_desk_websockets", "Open operator WebSockets on this replica")
 PUSHED = Counter("openlines_desk_frames_pushed_total", "Frames pushed to operator WebSockets", ["type"])
-
-SESSION_KINDS = ("session_opened", "session_assigned", "session_answered", "session_closed", "session_waiting")
 
 _event_decoder = msgspec.json.Decoder(SessionEvent)
 _history_decoder = msgspec.json.Decoder(HistoryEntry)
@@ -82,6 +82,8 @@ class Hub:
         self.conns: dict[str, set[Connection]] = {}
         self._holders: dict[str, tuple[str, float]] = {}
         self._subs: list[Subscription] = []
+        self._reports: set[asyncio.Task[None]] = set()
+        self.desk_id = nuid.NUID().next().decode()  # this replica, for the router's presence tracking
 
     @property
     def subscribed(self) -> bool:
@@ -104,8 +106,11 @@ class Hub:
     # -- sockets ----------------------------------------------------------
 
     def add(self, conn: Connection) -> None:
+        first = conn.operator_id not in self.conns
         self.conns.setdefault(conn.operator_id, set()).add(conn)
         SOCKETS.inc()
+        if first:
+            self._report_presence(conn.operator_id, connected=True)
 
     def remove(self, conn: Connection) -> None:
         group = self.conns.get(conn.operator_id)
@@ -115,9 +120,21 @@ class Hub:
         SOCKETS.dec()
         if not group:
             del self.conns[conn.operator_id]
-            # The operator's status is left as it is; presence grace handling
-            # (going away after a while without a page) is a later issue.
+            # The router starts the line's grace period; if no page comes back
+            # in time, the operator goes offline and their chats move on.
             log.info("last desk page of operator closed", extra={"operator": conn.operator_id})
+            self._report_presence(conn.operator_id, connected=False)
+
+    def _report_presence(self, operator_id: str, *, connected: bool) -> None:
+        async def report() -> None:
+            try:
+                await call(self.nc, "presence", Presence(operator_id=operator_id, connected=connected, desk=self.desk_id))
+            except Exception as exc:  # the router may be restarting; the next page (re)connect reports again
+                log.warning("could not report presence", extra={"operator": operator_id, "error": repr(exc)})
+
+        task = asyncio.get_running_loop().create_task(report())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     def _send(self, operator_id: str, frame: dict[str, Any]) -> None:
         for conn in self.conns.get(operator_id, ()):
@@ -136,7 +153,7 @@ class Hub:
                 if event.operator_id in self.conns:
                     state = await self.reader.operator(event.operator_id)
                     self._send(event.operator_id, {"type": "status", "status": state.status})
-            elif event.kind in SESSION_KINDS and event.session_id:
+            elif event.session_id:  # any session event: re-read the session from KV
                 await self._session_changed(event)
         except Exception:
             # A failed push is repaired by the next snapshot; never kill the subscription.

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from openlines.bus import Buckets
 from openlines.runner import Service
-from router import commands, inbound
+from router import commands, inbound, timers
 from router.engine import Engine
 from router.lines_cache import LinesCache
 from router.settings import Settings
+
+log = logging.getLogger("router.app")
 
 
 async def setup(svc: Service[Settings]) -> None:
@@ -21,9 +24,24 @@ async def setup(svc: Service[Settings]) -> None:
     micro = await commands.serve(svc.nc, engine)
     stop_consuming = asyncio.Event()
     consumer = svc.spawn(
-        inbound.consume(svc.js, engine, svc.settings.consumer, svc.settings.batch, svc.settings.ack_wait, stop_consuming),
+        inbound.consume(svc.js, engine, svc.settings.consumer, svc.settings.ack_wait, stop_consuming),
         "inbound",
     )
+
+    async def offer_after_reload() -> None:
+        # A changed line (more operators, hours now open, higher capacity) may
+        # be able to take chats that wait: offer them at once.
+        while True:
+            line_id = await lines.changed.get()
+            line = lines.lines.get(line_id)
+            if line is not None:
+                try:
+                    await engine.drain(line)
+                except Exception as exc:
+                    log.warning("drain after reload failed", extra={"line": line_id, "error": repr(exc)})
+
+    svc.spawn(offer_after_reload(), "reload-drain")
+    timer_loop = svc.spawn(timers.consume(svc.js, engine.fire, svc.settings.timer_consumer, stop_consuming), "timers")
 
     async def ready() -> str | None:
         return None if lines.loaded.is_set() else "line configs not loaded yet"
@@ -32,7 +50,7 @@ async def setup(svc: Service[Settings]) -> None:
         # Finish the message in hand, take no new one, stop answering commands.
         stop_consuming.set()
         try:
-            await asyncio.wait_for(asyncio.shield(consumer), timeout=svc.settings.shutdown_timeout)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(consumer, timer_loop)), timeout=svc.settings.shutdown_timeout)
         except (TimeoutError, asyncio.CancelledError):
             pass
         await micro.stop()

@@ -43,7 +43,34 @@ async def serve(nc: NATS, engine: Engine) -> Service:
     async def close(c: cmds.Close) -> Result:
         return Result(ok=True, session=await engine.close(c.operator_id, c.session_id))
 
-    handlers: dict[str, Callable[..., Awaitable[Result]]] = {"status": status, "accept": accept, "reply": reply, "close": close}
+    async def skip(c: cmds.Skip) -> Result:
+        await engine.skip(c.operator_id, c.session_id)
+        return Result(ok=True)
+
+    async def transfer(c: cmds.Transfer) -> Result:
+        return Result(ok=True, session=await engine.transfer(c.operator_id, c.session_id, c.to_operator, c.to_line))
+
+    async def pin(c: cmds.Pin) -> Result:
+        return Result(ok=True, session=await engine.pin(c.operator_id, c.session_id, c.pinned))
+
+    async def spam(c: cmds.Spam) -> Result:
+        return Result(ok=True, session=await engine.spam(c.operator_id, c.session_id))
+
+    async def presence(c: cmds.Presence) -> Result:
+        await engine.presence(c.operator_id, c.connected, c.desk)
+        return Result(ok=True)
+
+    handlers: dict[str, Callable[..., Awaitable[Result]]] = {
+        "status": status,
+        "accept": accept,
+        "reply": reply,
+        "close": close,
+        "skip": skip,
+        "transfer": transfer,
+        "pin": pin,
+        "spam": spam,
+        "presence": presence,
+    }
     for name, fn in handlers.items():
         await svc.add_endpoint(name=name, subject=subjects.command(name), handler=_endpoint(name, cmds.COMMANDS[name], fn))
     return svc

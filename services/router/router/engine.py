@@ -1,24 +1,28 @@
 """The imperative shell of the router: load state, ask the core, apply the result.
 
 All state lives in KV and is changed by compare-and-set, so the same work can
-be redone after a crash (inbound redelivery, command retry) without doubling
-anything: session ids and message ids are derived from the triggering id.
+be redone after a crash (inbound redelivery, command retry, timer refire)
+without doubling anything: session ids and message ids are derived from the
+triggering id, and every publish carries its id as Nats-Msg-Id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 
 import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from openlines import subjects
 from openlines.bus import Buckets, kv_get, kv_update
 from openlines.envelopes import ClientProfile, HistoryEntry, Inbound, Outbound, utcnow
-from openlines.lines import LineConfig
+from openlines.lines import LineConfig, QueueConfig
 from openlines.state import (
     RECENT_IDS_KEPT,
     ClientRecord,
@@ -31,12 +35,15 @@ from openlines.state import (
     client_key,
     queue_key,
 )
-from router.core import autoreply, distribution
+from router.core import autoreply, distribution, hours
 from router.core import queue as waitq
 from router.effects import Effects
 from router.lines_cache import LinesCache
+from router.timers import Timer, schedule
 
 log = logging.getLogger("router.engine")
+
+CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
 
 
 class Refused(Exception):
@@ -57,9 +64,22 @@ def session_id_for(inbound_id: str, line_id: str) -> str:
     return "s" + _short_hash(line_id, inbound_id)
 
 
+def client_id_for(channel: str, account: str, chat_id: str) -> str:
+    return "c" + _short_hash(channel, account, chat_id)
+
+
+def load_of(st: OperatorState, queue: QueueConfig) -> int:
+    """The chats that count toward the operator's capacity on this line."""
+    if queue.count == "unanswered":
+        answered = set(st.answered)
+        return sum(1 for s in st.sessions if s not in answered)
+    return len(st.sessions)
+
+
 class Engine:
     def __init__(self, js: JetStreamContext, buckets: Buckets, lines: LinesCache) -> None:
         self.js = js
+        self.nc = js._nc
         self.b = buckets
         self.lines = lines
         self.fx = Effects(js)
@@ -67,8 +87,8 @@ class Engine:
     # ------------------------------------------------------------------ inbound
 
     async def handle_inbound(self, msg: Inbound) -> None:
-        line = self.lines.line_for(msg.channel, msg.account)
-        if line is None:
+        entry_line = self.lines.line_for(msg.channel, msg.account)
+        if entry_line is None:
             await self.fx.event(
                 f"dead:{msg.id}",
                 "dead_letter",
@@ -85,9 +105,48 @@ class Engine:
         if client is not None and msg.id in client.recent_msg_ids:
             log.info("duplicate inbound ignored", extra={"msg_id": msg.id})
             return
+        if client is not None and client.spam:
+            await self.fx.event(
+                f"dead:{msg.id}",
+                "dead_letter",
+                channel=msg.channel,
+                account=msg.account,
+                chat_id=msg.chat_id,
+                reason="the client is marked as spam",
+            )
+        else:
+            await self._take_message(msg, entry_line, client, ck)
 
-        session = await self._open_session(msg, line, client, ck)
+        def remember(cur: ClientRecord | None) -> ClientRecord:
+            rec = cur or ClientRecord(
+                client_id=client_id_for(msg.channel, msg.account, msg.chat_id),
+                channel=msg.channel,
+                account=msg.account,
+                chat_id=msg.chat_id,
+            )
+            return msgspec.structs.replace(
+                rec,
+                profile=_merge_profile(rec.profile, msg.profile),
+                recent_msg_ids=[*rec.recent_msg_ids, msg.id][-RECENT_IDS_KEPT:],
+            )
+
+        await kv_update(self.b.clients, ckey, ClientRecord, remember)
+
+    async def _take_message(self, msg: Inbound, entry_line: LineConfig, client: ClientRecord | None, ck: str) -> None:
         now = utcnow()
+        own_sid = session_id_for(msg.id, entry_line.id)
+        session = await self._open_session_of(client, entry_line)
+        # A session this very message opened is "new" even when found again
+        # after a crash, so whatever its start did not finish is done now.
+        is_new = session is None or session.id == own_sid
+        first_contact = (
+            client is None
+            or client.sessions_total == 0
+            or (client.sessions_total == 1 and client.open_sessions.get(entry_line.id) == own_sid)
+        )
+        if session is None:
+            line = self._route_line(entry_line, now)
+            session = await self._create_session(msg, line, entry_line, client, ck)
         await self.fx.history(
             HistoryEntry(
                 id=msg.id,
@@ -100,39 +159,40 @@ class Engine:
                 at=msg.received_at,
             )
         )
-        await kv_update(self.b.sessions, session.id, Session, lambda s: _touch(s, now))
+        touched = await kv_update(self.b.sessions, session.id, Session, lambda s: _touch(s, now, inbound=True))
+        if touched is not None:
+            session = touched
+        await self._arm_idle(session)
+        if is_new:
+            await self._start(session, first_contact, now)
 
-        def remember(cur: ClientRecord | None) -> ClientRecord:
-            rec = cur or ClientRecord(
-                client_id="c" + _short_hash(msg.channel, msg.account, msg.chat_id),
-                channel=msg.channel,
-                account=msg.account,
-                chat_id=msg.chat_id,
-            )
-            opened = rec.open_sessions.get(line.id) != session.id
-            return msgspec.structs.replace(
-                rec,
-                profile=_merge_profile(rec.profile, msg.profile),
-                open_sessions={**rec.open_sessions, line.id: session.id},
-                recent_msg_ids=[*rec.recent_msg_ids, msg.id][-RECENT_IDS_KEPT:],
-                sessions_total=rec.sessions_total + (1 if opened else 0),
-            )
+    async def _open_session_of(self, client: ClientRecord | None, entry_line: LineConfig) -> Session | None:
+        if client is None:
+            return None
+        sid = client.open_sessions.get(entry_line.id)
+        if not sid:
+            return None
+        current, _ = await kv_get(self.b.sessions, sid, Session)
+        return current if current is not None and current.is_open else None
 
-        await kv_update(self.b.clients, ckey, ClientRecord, remember)
+    def _route_line(self, line: LineConfig, now: datetime) -> LineConfig:
+        """The line a new chat goes to: the redirect target when this one is closed and says so."""
+        h = line.hours
+        if h.enabled and h.outside == "redirect" and not hours.is_open(h, now):
+            target = self.lines.lines.get(h.redirect_line)
+            if target is not None:
+                return target
+        return line
 
-    async def _open_session(self, msg: Inbound, line: LineConfig, client: ClientRecord | None, ck: str) -> Session:
-        """The client's open session on this line, or a new one (queued, offered, welcomed)."""
-        if client is not None:
-            sid = client.open_sessions.get(line.id)
-            if sid:
-                current, _ = await kv_get(self.b.sessions, sid, Session)
-                if current is not None and current.is_open:
-                    return current
-        sid = session_id_for(msg.id, line.id)
+    async def _create_session(
+        self, msg: Inbound, line: LineConfig, entry_line: LineConfig, client: ClientRecord | None, ck: str
+    ) -> Session:
+        sid = session_id_for(msg.id, entry_line.id)
         fresh = Session(
             id=sid,
             line_id=line.id,
-            client_id=client.client_id if client else "c" + _short_hash(msg.channel, msg.account, msg.chat_id),
+            entry_line_id=entry_line.id,
+            client_id=client.client_id if client else client_id_for(msg.channel, msg.account, msg.chat_id),
             channel=msg.channel,
             account=msg.account,
             chat_id=msg.chat_id,
@@ -140,37 +200,103 @@ class Engine:
             client_name=msg.profile.name or (client.profile.name if client else ""),
             opened_at=msg.received_at,
         )
-
-        def create(cur: Session | None) -> Session | None:
-            return fresh if cur is None else None
-
-        session = await kv_update(self.b.sessions, sid, Session, create)
+        session = await kv_update(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None)
         assert session is not None
-        await self.fx.event(f"opened:{sid}", "session_opened", session)
-        text = autoreply.welcome(line, session.client_name)
-        if text:
-            await self.fx.send(
-                session,
-                Outbound(
-                    id=f"welcome:{sid}",
-                    session_id=sid,
-                    channel=session.channel,
-                    account=session.account,
-                    chat_id=session.chat_id,
-                    text=text,
-                    auto=True,
-                    created_at=msg.received_at,
-                ),
+
+        # The client points at its open session before anything is offered, so
+        # a message that follows finds it even if this one is still in hand.
+        def link(cur: ClientRecord | None) -> ClientRecord:
+            rec = cur or ClientRecord(client_id=session.client_id, channel=msg.channel, account=msg.account, chat_id=msg.chat_id)
+            if rec.open_sessions.get(entry_line.id) == sid:
+                return rec
+            return msgspec.structs.replace(
+                rec, open_sessions={**rec.open_sessions, entry_line.id: sid}, sessions_total=rec.sessions_total + 1
             )
+
+        await kv_update(self.b.clients, client_key(msg.channel, msg.account, ck), ClientRecord, link)
+        return session
+
+    async def _start(self, session: Session, first_contact: bool, now: datetime) -> None:
+        """What a new session gets: the opening event, the right auto-reply, a place in the queue."""
+        line = self.lines.lines.get(session.line_id)
+        if line is None:
+            return
+        await self.fx.event(f"opened:{session.id}", "session_opened", session)
+        if session.line_id != session.entry_line_id:
+            await self._note(session, f"redirect:{session.id}", f"Outside business hours: redirected to {line.name}")
+        closed = line.hours.enabled and not hours.is_open(line.hours, now)
+        entry = self.lines.lines.get(session.entry_line_id, line)
+        if closed and line.auto_replies.outside_hours:
+            await self._auto(session, f"outside:{session.id}", autoreply.outside_hours(line, session.client_name), now)
+        elif session.line_id != session.entry_line_id and entry.auto_replies.outside_hours:
+            await self._auto(session, f"outside:{session.id}", autoreply.outside_hours(entry, session.client_name), now)
+        elif line.auto_replies.welcome and (first_contact or line.auto_replies.welcome_each_session):
+            await self._auto(session, f"welcome:{session.id}", autoreply.welcome(line, session.client_name), now)
+        if closed and line.hours.outside == "hold_until_open":
+            session = await self._hold(line, session, now)
         if session.status == "waiting":
             await self._enqueue(line, session, session.opened_at.timestamp())
             await self.drain(line)
-            after, _ = await kv_get(self.b.sessions, sid, Session)
-            if after is not None:
-                session = after
-            if session.status == "waiting":
-                await self.fx.event(f"waiting:{sid}:{session.assignments}", "session_waiting", session)
+            after, _ = await kv_get(self.b.sessions, session.id, Session)
+            if after is not None and after.status == "waiting":
+                await self.fx.event(f"waiting:{session.id}:{after.assignments}", "session_waiting", after)
+                await self._tell_position(line, after, now)
+
+    async def _hold(self, line: LineConfig, session: Session, now: datetime) -> Session:
+        opening = hours.next_opening(line.hours, now)
+        held = await kv_update(
+            self.b.sessions, session.id, Session, lambda s: msgspec.structs.replace(s, held=True) if s and not s.held else None
+        )
+        session = held or session
+        await self.fx.event(f"held:{session.id}", "session_held", session)
+        await self._note(session, f"held:{session.id}", "Outside business hours: held until the line opens")
+        if opening is not None:
+            await schedule(
+                self.js, Timer(kind="opening", target=line.id, due=opening.timestamp(), token=opening.strftime("%Y%m%dT%H%M%S"))
+            )
         return session
+
+    async def _tell_position(self, line: LineConfig, session: Session, now: datetime) -> None:
+        if not (line.queue.tell_position and line.auto_replies.queue_position):
+            return
+        q, _ = await kv_get(self.b.sessions, queue_key(line.id), WaitingQueue)
+        pos = waitq.position(q, session.id) if q else 0
+        if pos:
+            text = autoreply.queue_position(line, session.client_name, pos)
+            await self._auto(session, f"position:{session.id}:{session.assignments}", text, now)
+
+    async def _auto(self, session: Session, out_id: str, text: str, now: datetime) -> None:
+        if not text:
+            return
+        await self.fx.send(
+            session,
+            Outbound(
+                id=out_id,
+                session_id=session.id,
+                channel=session.channel,
+                account=session.account,
+                chat_id=session.chat_id,
+                text=text,
+                auto=True,
+                created_at=now,
+            ),
+        )
+
+    async def _note(self, session: Session, note_id: str, text: str) -> None:
+        """A line in the transcript for a transition (who got the chat, why it moved)."""
+        await self.fx.history(
+            HistoryEntry(id=f"note:{note_id}", session_id=session.id, direction="system", text=text, at=utcnow())
+        )
+
+    async def _arm_idle(self, session: Session) -> None:
+        line = self.lines.lines.get(session.line_id)
+        if line is None or line.session.auto_close_minutes <= 0 or session.last_message_at is None:
+            return
+        due = session.last_message_at + timedelta(minutes=line.session.auto_close_minutes)
+        await schedule(
+            self.js,
+            Timer(kind="idle", target=session.id, due=due.timestamp(), token=str(session.last_message_at.timestamp())),
+        )
 
     # --------------------------------------------------------------- distribution
 
@@ -182,12 +308,12 @@ class Engine:
                 continue
             views.append(
                 distribution.OperatorView(
-                    id=op_id, status=st.status, open_chats=len(st.sessions), last_assigned_at=st.last_assigned_at
+                    id=op_id, status=st.status, open_chats=load_of(st, line.queue), last_assigned_at=st.last_assigned_at
                 )
             )
         return views
 
-    async def _claim(self, op_id: str, sid: str, line: LineConfig, now: datetime) -> bool:
+    async def _claim(self, op_id: str, sid: str, queue: QueueConfig, now: datetime, *, any_status: bool = False) -> bool:
         """Reserve capacity on an operator by compare-and-set; False if they can no longer take it."""
         for _ in range(20):
             st, rev = await kv_get(self.b.operators, op_id, OperatorState)
@@ -195,9 +321,9 @@ class Engine:
                 return False
             if sid in st.sessions:
                 return True
-            if st.status != "online" and line.queue.skip_offline:
+            if not any_status and st.status != "online" and queue.skip_offline:
                 return False
-            if len(st.sessions) >= line.queue.max_chats_per_operator:
+            if load_of(st, queue) >= queue.max_chats_per_operator:
                 return False
             new = msgspec.structs.replace(st, sessions=[*st.sessions, sid], last_assigned_at=now.timestamp())
             try:
@@ -208,36 +334,39 @@ class Engine:
         return False
 
     async def _release(self, op_id: str, sid: str) -> None:
+        if not op_id:
+            return
+
         def drop(st: OperatorState | None) -> OperatorState | None:
-            if st is None or sid not in st.sessions:
+            if st is None or (sid not in st.sessions and sid not in st.answered):
                 return None
-            return msgspec.structs.replace(st, sessions=[s for s in st.sessions if s != sid])
+            return msgspec.structs.replace(
+                st, sessions=[s for s in st.sessions if s != sid], answered=[s for s in st.answered if s != sid]
+            )
 
         await kv_update(self.b.operators, op_id, OperatorState, drop)
 
     async def _enqueue(self, line: LineConfig, session: Session, since: float) -> None:
         chat = QueuedChat(session_id=session.id, since=since)
-
-        def add(q: WaitingQueue | None) -> WaitingQueue | None:
-            return waitq.enqueue(q or WaitingQueue(), chat)
-
-        await kv_update(self.b.sessions, queue_key(line.id), WaitingQueue, add)
+        await kv_update(self.b.sessions, queue_key(line.id), WaitingQueue, lambda q: waitq.enqueue(q or WaitingQueue(), chat))
 
     async def _dequeue(self, line_id: str, sid: str) -> None:
-        def rm(q: WaitingQueue | None) -> WaitingQueue | None:
-            return waitq.remove(q, sid) if q is not None else None
-
-        await kv_update(self.b.sessions, queue_key(line_id), WaitingQueue, rm)
+        await kv_update(
+            self.b.sessions, queue_key(line_id), WaitingQueue, lambda q: waitq.remove(q, sid) if q is not None else None
+        )
 
     async def drain(self, line: LineConfig) -> None:
         """Offer waiting chats of a line, oldest first, while operators have room."""
+        now = utcnow()
+        if line.hours.enabled and line.hours.outside == "hold_until_open" and not hours.is_open(line.hours, now):
+            return  # held chats wait for the opening timer
         while True:
             q, _ = await kv_get(self.b.sessions, queue_key(line.id), WaitingQueue)
             if q is None or not q.chats:
                 return
             head = q.chats[0]
             session, _ = await kv_get(self.b.sessions, head.session_id, Session)
-            if session is None or session.status != "waiting":
+            if session is None or session.status != "waiting" or session.line_id != line.id:
                 await self._dequeue(line.id, head.session_id)
                 continue
             assigned = await self._assign(line, session)
@@ -245,32 +374,131 @@ class Engine:
                 return
             await self._dequeue(line.id, head.session_id)
 
+    async def _responsible(self, session: Session) -> str | None:
+        """The client's responsible manager from crm-sync, or None (quickly) when unknown or unreachable."""
+        payload = msgspec.json.encode(
+            {"client_id": session.client_id, "channel": session.channel, "account": session.account, "chat_id": session.chat_id}
+        )
+        try:
+            reply = await self.nc.request(subjects.CRM_RESPONSIBLE, payload, timeout=CRM_LOOKUP_TIMEOUT)
+            answer = msgspec.json.decode(reply.data)
+        except (NoRespondersError, NatsTimeout, msgspec.DecodeError):
+            return None
+        op = answer.get("operator_id") if isinstance(answer, dict) else None
+        return op if isinstance(op, str) and op else None
+
     async def _assign(self, line: LineConfig, session: Session, exclude: frozenset[str] = frozenset()) -> Session | None:
-        """Give a waiting chat to an operator, or None if nobody can take it now."""
+        """Offer a waiting chat to the operator the line's mode picks, or None if nobody can take it now."""
         now = utcnow()
+        preferred = await self._responsible(session) if line.queue.mode == "crm_responsible" else None
         for _ in range(10):
-            op_id = distribution.pick(line.queue, await self._views(line), exclude)
-            if op_id is None:
+            ctx = distribution.Context(exclude=exclude | frozenset(session.declined_by), preferred=preferred)
+            chosen_ops = distribution.pick_many(line.queue, await self._views(line), ctx)
+            if not chosen_ops and session.declined_by:
+                # Everyone free has let it pass once: start a new round rather than let it hang.
+                ctx = distribution.Context(exclude=exclude, preferred=preferred)
+                chosen_ops = distribution.pick_many(line.queue, await self._views(line), ctx)
+            if not chosen_ops:
                 return None
-            if not await self._claim(op_id, session.id, line, now):
+            op_id = chosen_ops[0]
+            if not await self._claim(op_id, session.id, line.queue, now):
                 continue  # their state changed under us: decide again on fresh state
-            chosen = op_id
-
-            def give(s: Session | None, chosen: str = chosen) -> Session | None:
-                if s is None or s.status != "waiting":
-                    return None
-                return msgspec.structs.replace(
-                    s, status="assigned", operator_id=chosen, assigned_at=now, assignments=s.assignments + 1
-                )
-
-            updated = await kv_update(self.b.sessions, session.id, Session, give)
-            if updated is None or updated.operator_id != chosen or updated.status != "assigned":
-                await self._release(chosen, session.id)  # closed or taken meanwhile
+            updated = await self._give(session.id, op_id, now, from_status="waiting")
+            if updated is None:
+                await self._release(op_id, session.id)  # closed or taken meanwhile
                 return None
-            await self.fx.event(f"assigned:{session.id}:{updated.assignments}", "session_assigned", updated)
-            log.info("chat assigned", extra={"session": session.id, "line": line.id, "operator": chosen})
             return updated
         return None
+
+    async def _give(self, sid: str, op_id: str, now: datetime, *, from_status: str) -> Session | None:
+        """Record the offer on the session, announce it and start the no-answer timer."""
+
+        def give(s: Session | None) -> Session | None:
+            if s is None or s.status != from_status:
+                return None
+            restart = not [d for d in s.declined_by if d != op_id] or op_id in s.declined_by
+            return msgspec.structs.replace(
+                s,
+                status="assigned",
+                operator_id=op_id,
+                assigned_at=now,
+                assignments=s.assignments + 1,
+                declined_by=[] if restart else s.declined_by,
+                held=False,
+            )
+
+        updated = await kv_update(self.b.sessions, sid, Session, give)
+        if updated is None or updated.operator_id != op_id or updated.status != "assigned":
+            return None
+        acc, _ = await kv_get(self.b.accounts, op_id, OperatorAccount)
+        await self.fx.event(f"assigned:{sid}:{updated.assignments}", "session_assigned", updated)
+        await self._note(updated, f"assigned:{sid}:{updated.assignments}", f"Offered to {acc.name if acc else op_id}")
+        line = self.lines.lines.get(updated.line_id)
+        if line is not None:
+            await schedule(
+                self.js,
+                Timer(
+                    kind="offer",
+                    target=sid,
+                    due=now.timestamp() + line.queue.wait_seconds,
+                    token=str(updated.assignments),
+                ),
+            )
+        log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
+        return updated
+
+    async def _pass_on(self, session: Session, reason: str) -> None:
+        """The operator let an offer pass: give it to the next one (never straight back while others are free)."""
+        op_id = session.operator_id
+        assignments = session.assignments
+
+        def back(s: Session | None) -> Session | None:
+            if s is None or s.status != "assigned" or s.assignments != assignments:
+                return None
+            return msgspec.structs.replace(
+                s, status="waiting", operator_id="", assigned_at=None, declined_by=[*s.declined_by, op_id]
+            )
+
+        requeued = await kv_update(self.b.sessions, session.id, Session, back)
+        if requeued is None or requeued.status != "waiting" or requeued.assignments != assignments:
+            return
+        await self._release(op_id, session.id)
+        await self.fx.event(f"declined:{session.id}:{assignments}", "offer_declined", session, reason=reason)
+        await self._note(session, f"declined:{session.id}:{assignments}", f"Passed on: {reason}")
+        line = self.lines.lines.get(requeued.line_id)
+        if line is None:
+            return
+        await self._enqueue(line, requeued, requeued.opened_at.timestamp())
+        await self.drain(line)
+        after, _ = await kv_get(self.b.sessions, session.id, Session)
+        if after is not None and after.status == "waiting":
+            await self.fx.event(f"waiting:{session.id}:{after.assignments}:{op_id}", "session_waiting", after, reason=reason)
+
+    # -------------------------------------------------------------------- timers
+
+    async def fire(self, timer: Timer) -> None:
+        if timer.kind == "offer":
+            session, _ = await kv_get(self.b.sessions, timer.target, Session)
+            if session is not None and session.status == "assigned" and str(session.assignments) == timer.token:
+                await self._pass_on(session, "no answer")
+        elif timer.kind == "idle":
+            session, _ = await kv_get(self.b.sessions, timer.target, Session)
+            if (
+                session is not None
+                and session.is_open
+                and session.last_message_at is not None
+                and str(session.last_message_at.timestamp()) == timer.token
+            ):
+                await self._close(session, closed_by="auto", reason="auto_close")
+        elif timer.kind == "opening":
+            line = self.lines.lines.get(timer.target)
+            if line is not None:
+                await self.drain(line)
+        elif timer.kind == "presence":
+            st, _ = await kv_get(self.b.operators, timer.target, OperatorState)
+            if st is not None and not st.desks and str(st.disconnected_at) == timer.token and st.status != "offline":
+                log.info("operator's desk gone past the grace period: offline", extra={"operator": timer.target})
+                await self.set_status(timer.target, "offline")
 
     # ------------------------------------------------------------------ commands
 
@@ -314,25 +542,59 @@ class Engine:
         return final or state
 
     async def _hand_over(self, operator_id: str, state: OperatorState) -> None:
-        """An absent operator keeps no unanswered chat: each goes back to the line's queue at once."""
+        """An absent operator keeps no unanswered chat (and, if the line says so, no open one)."""
         for sid in list(state.sessions):
             session, _ = await kv_get(self.b.sessions, sid, Session)
-            if session is None or session.status != "assigned" or session.operator_id != operator_id:
+            if session is None or session.operator_id != operator_id or not session.is_open:
                 continue
-
-            def back(s: Session | None) -> Session | None:
-                if s is None or s.status != "assigned" or s.operator_id != operator_id:
-                    return None
-                return msgspec.structs.replace(s, status="waiting", operator_id="", assigned_at=None)
-
-            requeued = await kv_update(self.b.sessions, sid, Session, back)
-            await self._release(operator_id, sid)
             line = self.lines.lines.get(session.line_id)
-            if requeued is None or line is None or requeued.status != "waiting":
-                continue
-            await self._enqueue(line, requeued, session.opened_at.timestamp())
-            await self.fx.event(f"waiting:{sid}:{requeued.assignments}", "session_waiting", requeued, reason="operator away")
+            policy = line.queue.reassign_on_status if line else "unanswered"
+            if session.status == "assigned" and policy in ("unanswered", "all"):
+                await self._pass_on(session, "operator away")
+            elif session.status == "answered" and policy == "all" and not session.pinned:
+                await self._move_answered(session, "operator away")
+
+    async def _move_answered(self, session: Session, reason: str) -> None:
+        op_id = session.operator_id
+
+        def back(s: Session | None) -> Session | None:
+            if s is None or s.status != "answered" or s.operator_id != op_id:
+                return None
+            return msgspec.structs.replace(s, status="waiting", operator_id="", assigned_at=None, declined_by=[op_id])
+
+        requeued = await kv_update(self.b.sessions, session.id, Session, back)
+        if requeued is None or requeued.status != "waiting":
+            return
+        await self._release(op_id, session.id)
+        await self._note(session, f"moved:{session.id}:{session.assignments}", f"Moved on: {reason}")
+        line = self.lines.lines.get(requeued.line_id)
+        if line is not None:
+            await self._enqueue(line, requeued, requeued.opened_at.timestamp())
             await self.drain(line)
+
+    async def presence(self, operator_id: str, connected: bool, desk: str) -> None:
+        """A desk replica says whether the operator has a page open on it; after the grace
+        period with no page anywhere, the operator goes offline and their chats move on."""
+        await self._account(operator_id)
+        now = time.time()
+
+        def mark(st: OperatorState | None) -> OperatorState | None:
+            cur = st or OperatorState(id=operator_id)
+            desks = sorted({*cur.desks, desk}) if connected else [d for d in cur.desks if d != desk]
+            if desks == cur.desks and st is not None:
+                return None
+            gone = bool(cur.desks) and not desks
+            return msgspec.structs.replace(cur, desks=desks, disconnected_at=now if gone else cur.disconnected_at)
+
+        state = await kv_update(self.b.operators, operator_id, OperatorState, mark)
+        if connected or state is None or state.desks or state.status == "offline" or state.disconnected_at != now:
+            return
+        lines = self.lines.lines_of(operator_id)
+        grace = min((line.queue.presence_grace_seconds for line in lines), default=60)
+        await schedule(
+            self.js,
+            Timer(kind="presence", target=operator_id, due=now + grace, token=str(now)),
+        )
 
     async def accept(self, operator_id: str, session_id: str) -> Session:
         await self._account(operator_id)
@@ -347,12 +609,23 @@ class Engine:
         def mark(s: Session | None) -> Session | None:
             if s is None or s.status != "assigned" or s.operator_id != session.operator_id:
                 return None
-            return msgspec.structs.replace(s, status="answered", answered_at=now)
+            return msgspec.structs.replace(s, status="answered", answered_at=now, declined_by=[])
 
         updated = await kv_update(self.b.sessions, session.id, Session, mark)
         assert updated is not None
+
+        def count(st: OperatorState | None) -> OperatorState | None:
+            if st is None or session.id in st.answered:
+                return None
+            return msgspec.structs.replace(st, answered=[*st.answered, session.id])
+
+        await kv_update(self.b.operators, session.operator_id, OperatorState, count)
         if updated.status == "answered" and updated.answered_at == now:
-            await self.fx.event(f"answered:{session.id}", "session_answered", updated)
+            await self.fx.event(f"answered:{session.id}:{updated.assignments}", "session_answered", updated)
+            # Where only unanswered chats count, answering frees a place.
+            for line in self.lines.lines_of(session.operator_id):
+                if line.queue.count == "unanswered":
+                    await self.drain(line)
         return updated
 
     async def reply(self, operator_id: str, session_id: str, text: str, client_msg_id: str) -> tuple[Session, str]:
@@ -362,6 +635,7 @@ class Engine:
             raise Refused("invalid", "reply text is empty")
         session = await self._own_session(operator_id, session_id)
         out_id = f"out:{session_id}:{subjects.token(client_msg_id, 'client_msg_id')}"
+        now = utcnow()
         await self.fx.send(
             session,
             Outbound(
@@ -373,62 +647,157 @@ class Engine:
                 text=text,
                 operator_id=operator_id,
                 operator_name=acc.name,
-                created_at=utcnow(),
+                created_at=now,
             ),
         )
         session = await self._answered(session)
+        touched = await kv_update(self.b.sessions, session_id, Session, lambda s: _touch(s, now, inbound=False))
+        if touched is not None:
+            session = touched
+            await self._arm_idle(session)
         return session, out_id
+
+    async def skip(self, operator_id: str, session_id: str) -> None:
+        await self._account(operator_id)
+        session = await self._own_session(operator_id, session_id)
+        if session.status != "assigned":
+            raise Refused("conflict", "only an offered chat can be skipped; transfer an answered one")
+        await self._pass_on(session, "skipped")
+
+    async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str) -> Session:
+        acc = await self._account(operator_id)
+        session = await self._own_session(operator_id, session_id)
+        if bool(to_operator) == bool(to_line):
+            raise Refused("invalid", "give exactly one of to_operator or to_line")
+        now = utcnow()
+        if to_operator:
+            return await self._transfer_to_operator(acc, session, to_operator, now)
+        target = self.lines.lines.get(to_line)
+        if target is None:
+            raise Refused("not_found", f"line {to_line!r} does not exist")
+
+        def move(s: Session | None) -> Session | None:
+            if s is None or not s.is_open or s.operator_id != operator_id:
+                return None
+            return msgspec.structs.replace(s, line_id=to_line, status="waiting", operator_id="", assigned_at=None, declined_by=[])
+
+        moved = await kv_update(self.b.sessions, session_id, Session, move)
+        if moved is None or moved.line_id != to_line or moved.status != "waiting":
+            raise Refused("conflict", "the chat changed meanwhile; reload it")
+        await self._release(operator_id, session_id)
+        await self.fx.event(
+            f"transferred-line:{session_id}:{session.assignments}", "session_transferred", moved, reason=f"line {to_line}"
+        )
+        await self._note(
+            moved, f"transferred-line:{session_id}:{session.assignments}", f"{acc.name} transferred the chat to {target.name}"
+        )
+        await self._enqueue(target, moved, moved.opened_at.timestamp())
+        await self.drain(target)
+        final, _ = await kv_get(self.b.sessions, session_id, Session)
+        return final or moved
+
+    async def _transfer_to_operator(self, acc: OperatorAccount, session: Session, to_operator: str, now: datetime) -> Session:
+        if to_operator == acc.id:
+            raise Refused("invalid", "the chat is already yours")
+        target = await self._account(to_operator)
+        line = self.lines.lines.get(session.line_id)
+        queue = line.queue if line else QueueConfig()
+        st, _ = await kv_get(self.b.operators, to_operator, OperatorState)
+        if st is None or st.status != "online":
+            raise Refused("conflict", f"{target.name} is not online")
+        if not await self._claim(to_operator, session.id, queue, now):
+            raise Refused("conflict", f"{target.name} has no room for another chat")
+        from_status = session.status
+
+        def reoffer(s: Session | None) -> Session | None:
+            if s is None or s.operator_id != acc.id or s.status != from_status:
+                return None
+            return msgspec.structs.replace(s, status="waiting")
+
+        if await kv_update(self.b.sessions, session.id, Session, reoffer) is None:
+            await self._release(to_operator, session.id)
+            raise Refused("conflict", "the chat changed meanwhile; reload it")
+        await self._release(acc.id, session.id)
+        given = await self._give(session.id, to_operator, now, from_status="waiting")
+        if given is None:
+            await self._release(to_operator, session.id)
+            raise Refused("conflict", "the chat changed meanwhile; reload it")
+        await self.fx.event(
+            f"transferred-op:{session.id}:{given.assignments}", "session_transferred", given, reason=f"operator {to_operator}"
+        )
+        await self._note(
+            given, f"transferred-op:{session.id}:{given.assignments}", f"{acc.name} transferred the chat to {target.name}"
+        )
+        return given
+
+    async def pin(self, operator_id: str, session_id: str, pinned: bool) -> Session:
+        await self._account(operator_id)
+        session = await self._own_session(operator_id, session_id)
+        updated = await kv_update(
+            self.b.sessions,
+            session_id,
+            Session,
+            lambda s: msgspec.structs.replace(s, pinned=pinned) if s is not None and s.pinned != pinned else None,
+        )
+        if updated is not None and updated.pinned == pinned and session.pinned != pinned:
+            await self.fx.event(f"pinned:{session_id}:{time.time()}", "session_pinned", updated, reason=str(pinned).lower())
+        return updated or session
+
+    async def spam(self, operator_id: str, session_id: str) -> Session:
+        await self._account(operator_id)
+        session = await self._own_session(operator_id, session_id)
+
+        def flag(c: ClientRecord | None) -> ClientRecord | None:
+            return msgspec.structs.replace(c, spam=True) if c is not None and not c.spam else None
+
+        await kv_update(self.b.clients, client_key(session.channel, session.account, session.chat_key), ClientRecord, flag)
+        return await self._close(session, closed_by=operator_id, reason="spam", auto_reply=False)
 
     async def close(self, operator_id: str, session_id: str) -> Session:
         await self._account(operator_id)
-        await self._own_session(operator_id, session_id)
+        session = await self._own_session(operator_id, session_id)
+        return await self._close(session, closed_by=operator_id, reason="operator")
+
+    async def _close(self, session: Session, *, closed_by: str, reason: str, auto_reply: bool = True) -> Session:
         now = utcnow()
 
         def shut(s: Session | None) -> Session | None:
             if s is None or not s.is_open:
                 return None
-            return msgspec.structs.replace(s, status="closed", closed_at=now, closed_by=operator_id)
+            return msgspec.structs.replace(s, status="closed", closed_at=now, closed_by=closed_by, close_reason=reason)
 
-        closed = await kv_update(self.b.sessions, session_id, Session, shut)
+        closed = await kv_update(self.b.sessions, session.id, Session, shut)
         assert closed is not None
-        await self._release(operator_id, session_id)
+        await self._release(closed.operator_id or session.operator_id, session.id)
         await self._forget_open(closed)
+        await self._dequeue(closed.line_id, closed.id)
         line = self.lines.lines.get(closed.line_id)
-        if line is not None:
-            text = autoreply.closing(line, closed.client_name)
-            if text:
-                await self.fx.send(
-                    closed,
-                    Outbound(
-                        id=f"closing:{session_id}",
-                        session_id=session_id,
-                        channel=closed.channel,
-                        account=closed.account,
-                        chat_id=closed.chat_id,
-                        text=text,
-                        auto=True,
-                        created_at=now,
-                    ),
-                )
-        await self.fx.event(f"closed:{session_id}", "session_closed", closed, reason=f"closed by {operator_id}")
+        if line is not None and auto_reply:
+            await self._auto(closed, f"closing:{session.id}", autoreply.closing(line, closed.client_name), now)
+            if line.session.rating:
+                await self._auto(closed, f"rating:{session.id}", autoreply.rating_request(line, closed.client_name), now)
+        what = {"operator": f"closed by {closed_by}", "auto_close": "closed after no activity", "spam": "marked as spam"}
+        await self.fx.event(f"closed:{session.id}", "session_closed", closed, reason=what.get(reason, reason))
+        await self._note(closed, f"closed:{session.id}", what.get(reason, reason).capitalize())
         if line is not None:
             await self.drain(line)
         return closed
 
     async def _forget_open(self, session: Session) -> None:
+        entry = session.entry_line_id or session.line_id
+
         def forget(c: ClientRecord | None) -> ClientRecord | None:
-            if c is None or c.open_sessions.get(session.line_id) != session.id:
+            if c is None or c.open_sessions.get(entry) != session.id:
                 return None
-            rest = {k: v for k, v in c.open_sessions.items() if k != session.line_id}
-            return msgspec.structs.replace(c, open_sessions=rest)
+            return msgspec.structs.replace(c, open_sessions={k: v for k, v in c.open_sessions.items() if k != entry})
 
         await kv_update(self.b.clients, client_key(session.channel, session.account, session.chat_key), ClientRecord, forget)
 
 
-def _touch(s: Session | None, now: datetime) -> Session | None:
+def _touch(s: Session | None, now: datetime, *, inbound: bool) -> Session | None:
     if s is None:
         return None
-    return msgspec.structs.replace(s, last_message_at=now)
+    return msgspec.structs.replace(s, last_message_at=now, messages_in=s.messages_in + (1 if inbound else 0))
 
 
 def _merge_profile(old: ClientProfile, new: ClientProfile) -> ClientProfile:

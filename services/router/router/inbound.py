@@ -1,5 +1,14 @@
-"""The inbound consumer: OL_IN messages handled one at a time, in order, acked
-only after their effects are durable."""
+"""The inbound consumer: OL_IN messages handled one at a time, in stream order,
+acked only after their effects are durable.
+
+Order matters more than speed here: a client's second message must never be
+handled before their first. So the consumer allows one unacknowledged
+message at a time, and a message that fails is retried *in place* (not
+nak'ed to the back) — forever while the failure is NATS being unreachable,
+a few times for anything else before it is dead-lettered with the reason.
+After a crash the unacknowledged message is redelivered after ``ack_wait``,
+before anything newer.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +16,12 @@ import asyncio
 import logging
 
 import msgspec
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import FetchTimeoutError, NoStreamResponseError, ServiceUnavailableError
 from prometheus_client import Counter, Histogram
 
 from openlines import subjects
@@ -22,24 +33,31 @@ log = logging.getLogger("router.inbound")
 HANDLED = Counter("openlines_router_inbound_total", "Inbound messages handled", ["result"])
 LATENCY = Histogram("openlines_router_inbound_seconds", "Time to handle one inbound message")
 
+# Failures that say "the bus is not there right now", not "this message is bad".
+TRANSIENT = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError, ConnectionClosedError, TimeoutError)
+MAX_OTHER_FAILURES = 5
+
 _decode = msgspec.json.Decoder(Inbound)
 
 
-async def consume(js: JetStreamContext, engine: Engine, durable: str, batch: int, ack_wait: float, stop: asyncio.Event) -> None:
+async def consume(js: JetStreamContext, engine: Engine, durable: str, ack_wait: float, stop: asyncio.Event) -> None:
     config = js_api.ConsumerConfig(
+        name=durable,
         durable_name=durable,
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_deliver=-1,
-        max_ack_pending=1000,
+        max_ack_pending=1,  # strict order: nothing newer is delivered while one is in hand
         deliver_policy=js_api.DeliverPolicy.ALL,
+        filter_subject=subjects.inbound_all(),
     )
-    psub = await js.pull_subscribe(subjects.inbound_all(), durable=durable, stream=subjects.STREAM_IN, config=config)
+    await js.add_consumer(subjects.STREAM_IN, config)  # creates it, or updates an older config
+    psub = await js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_IN)
     log.info("consuming inbound", extra={"consumer": durable})
     try:
         while not stop.is_set():
             try:
-                msgs = await psub.fetch(batch=batch, timeout=1.0)
+                msgs = await psub.fetch(batch=1, timeout=1.0)
             except (FetchTimeoutError, NatsTimeout):
                 continue
             except Exception as exc:  # disconnected: the client reconnects by itself
@@ -47,38 +65,51 @@ async def consume(js: JetStreamContext, engine: Engine, durable: str, batch: int
                 await asyncio.sleep(0.5)
                 continue
             for m in msgs:
-                await _handle(engine, m)
+                await _handle(engine, m, stop)
     finally:
         # unsubscribe, not drain: a late fetch answer would hold a drain forever
         await psub.unsubscribe()
 
 
-async def _handle(engine: Engine, m: object) -> None:
-    from nats.aio.msg import Msg
-
-    assert isinstance(m, Msg)
+async def _handle(engine: Engine, m: Msg, stop: asyncio.Event) -> None:
     try:
         envelope = _decode.decode(m.data)
     except msgspec.ValidationError as exc:
-        await engine.fx.event(
-            f"dead:{m.metadata.stream}:{m.metadata.sequence.stream}",
-            "dead_letter",
-            reason=f"malformed inbound envelope on {m.subject}: {exc}",
-        )
-        await m.term()
-        HANDLED.labels("dead_letter").inc()
+        await _dead_letter(engine, m, f"malformed inbound envelope on {m.subject}: {exc}")
         return
-    with LATENCY.time():
+    failures = 0
+    delay = 0.2
+    while True:
         try:
-            await engine.handle_inbound(envelope)
-        except Exception as exc:
-            delay = min(30.0, 0.5 * (2 ** min(m.metadata.num_delivered, 6)))
-            log.warning("inbound failed, will retry", extra={"msg_id": envelope.id, "error": repr(exc), "retry_in_s": delay})
-            HANDLED.labels("retry").inc()
-            try:
-                await m.nak(delay=delay)
-            except Exception:
-                pass  # not acked: redelivered after ack_wait anyway
+            with LATENCY.time():
+                await engine.handle_inbound(envelope)
+            await m.ack_sync()
+            HANDLED.labels("ok").inc()
             return
-    await m.ack_sync()
-    HANDLED.labels("ok").inc()
+        except Exception as exc:
+            transient = isinstance(exc, TRANSIENT)
+            failures += 0 if transient else 1
+            HANDLED.labels("retry").inc()
+            log.warning(
+                "inbound failed, retrying in place",
+                extra={"msg_id": envelope.id, "error": repr(exc), "transient": transient, "retry_in_s": delay},
+            )
+            if failures >= MAX_OTHER_FAILURES:
+                await _dead_letter(engine, m, f"could not handle inbound {envelope.id}: {exc!r}")
+                return
+        if stop.is_set():
+            return  # not acked: redelivered to the next router before anything newer
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+        try:
+            await m.in_progress()  # keep it ours while we retry
+        except Exception:
+            pass
+
+
+async def _dead_letter(engine: Engine, m: Msg, reason: str) -> None:
+    meta = m.metadata
+    await engine.fx.event(f"dead:{meta.stream}:{meta.sequence.stream}", "dead_letter", reason=reason[:1000])
+    await m.term()
+    HANDLED.labels("dead_letter").inc()
+    log.error("inbound dead-lettered", extra={"reason": reason[:300]})

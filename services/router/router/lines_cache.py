@@ -22,6 +22,7 @@ class LinesCache:
         self.by_binding: dict[tuple[str, str], LineConfig] = {}
         self.loaded = asyncio.Event()
         self.version = 0
+        self.changed: asyncio.Queue[str] = asyncio.Queue()  # ids of lines changed after the initial load
 
     def line_for(self, channel: str, account: str) -> LineConfig | None:
         return self.by_binding.get((channel, account))
@@ -55,5 +56,6 @@ class LinesCache:
                 self._reindex()
                 if self.loaded.is_set():
                     log.info("line config reloaded", extra={"line": line_id})
+                    self.changed.put_nowait(line_id)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]

@@ -6,5 +6,5 @@ from openlines.settings import BaseSettings
 class Settings(BaseSettings, kw_only=True):
     http_port: int = 8082  # health and metrics only
     consumer: str = "router"  # durable consumer name on OL_IN
-    batch: int = 32  # inbound messages fetched at once (handled one by one, in order)
-    ack_wait: float = 30.0  # seconds before an unacknowledged inbound message is redelivered
+    timer_consumer: str = "router-timers"  # durable consumer name on OL_TIMER
+    ack_wait: float = 10.0  # seconds before an unacknowledged inbound message is redelivered (after a crash)

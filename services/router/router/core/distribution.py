@@ -19,13 +19,20 @@ class OperatorView(msgspec.Struct, frozen=True, kw_only=True):
 
     id: str
     status: str  # online | away | offline
-    open_chats: int
+    open_chats: int  # the chats that count toward capacity (open or unanswered, per the line)
     last_assigned_at: float
 
 
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    """Facts about the chat that some strategies use."""
+
+    exclude: frozenset[str] = frozenset()  # operators who must not get this chat now
+    preferred: str | None = None  # the client's responsible manager from the CRM, if known
+
+
 class Strategy(Protocol):
-    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], exclude: frozenset[str]) -> str | None:
-        """The operator to offer the chat to, or None when nobody can take it now."""
+    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> list[str]:
+        """The operators to offer the chat to (one, or several for "all"); empty when nobody can take it now."""
         ...
 
 
@@ -46,13 +53,23 @@ def available(queue: QueueConfig, operators: Sequence[OperatorView], exclude: fr
 
 
 def strategies() -> dict[str, Strategy]:
+    from router.core.crm_responsible import CrmResponsible
+    from router.core.offer_all import OfferAll
     from router.core.round_robin import RoundRobin
+    from router.core.strict import Strict
 
-    return {"round_robin": RoundRobin()}
+    return {"round_robin": RoundRobin(), "strict": Strict(), "all": OfferAll(), "crm_responsible": CrmResponsible()}
 
 
 STRATEGIES: dict[str, Strategy] = strategies()
 
 
+def pick_many(queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context = Context()) -> list[str]:
+    """Everyone the chat is offered to, per the line's mode."""
+    return STRATEGIES[queue.mode].pick(queue, operators, ctx)
+
+
 def pick(queue: QueueConfig, operators: Sequence[OperatorView], exclude: frozenset[str] = frozenset()) -> str | None:
-    return STRATEGIES[queue.mode].pick(queue, operators, exclude)
+    """The single operator a one-at-a-time mode chooses (first of :func:`pick_many`)."""
+    chosen = pick_many(queue, operators, Context(exclude=exclude))
+    return chosen[0] if chosen else None

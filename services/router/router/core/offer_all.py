@@ -1,0 +1,13 @@
+"""All: offer to every free operator at once; the first to accept takes the chat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from openlines.lines import QueueConfig
+from router.core.distribution import Context, OperatorView, available
+
+
+class OfferAll:
+    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> list[str]:
+        return [op.id for op in available(queue, operators, ctx.exclude)]

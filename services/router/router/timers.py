@@ -1,0 +1,98 @@
+"""Durable timers: no-answer reassignment, auto-close, line openings.
+
+A timer is a message on ``ol.timer.<kind>.<target>`` in the work-queue
+stream OL_TIMER. The router's consumer naks it with a delay until it is due,
+then fires it and acks (which removes it). Because the timer lives in
+JetStream, it fires after a router restart; because it carries a ``token`` of
+the state it was set for, a timer that became stale (the chat was accepted,
+the client wrote again) does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import FetchTimeoutError
+from prometheus_client import Counter
+
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER
+
+log = logging.getLogger("router.timers")
+
+FIRED = Counter("openlines_router_timers_fired_total", "Timers fired", ["kind"])
+
+TimerKind = Literal["offer", "idle", "opening", "presence"]
+
+
+class Timer(msgspec.Struct, kw_only=True, frozen=True):
+    kind: TimerKind
+    target: str  # session id (offer, idle), line id (opening) or operator id (presence)
+    due: float  # epoch seconds
+    token: str  # the state the timer was set for
+
+    @property
+    def id(self) -> str:
+        return f"timer:{self.kind}:{self.target}:{self.token}"
+
+
+_decode = msgspec.json.Decoder(Timer)
+
+
+async def schedule(js: JetStreamContext, timer: Timer) -> None:
+    await js.publish(subjects.timer(timer.kind, timer.target), msgspec.json.encode(timer), headers={MSG_ID_HEADER: timer.id})
+
+
+async def consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]], durable: str, stop: asyncio.Event) -> None:
+    config = js_api.ConsumerConfig(
+        durable_name=durable,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        max_deliver=-1,
+        max_ack_pending=-1,  # every pending timer is "in flight" between its naks
+    )
+    psub = await js.pull_subscribe(subjects.timers_all(), durable=durable, stream=subjects.STREAM_TIMER, config=config)
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(batch=256, timeout=1.0)
+            except (FetchTimeoutError, NatsTimeout):
+                continue
+            except Exception as exc:
+                log.warning("timer fetch failed", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            for m in msgs:
+                await _handle(m, fire)
+    finally:
+        await psub.unsubscribe()
+
+
+async def _handle(m: Msg, fire: Callable[[Timer], Awaitable[None]]) -> None:
+    try:
+        timer = _decode.decode(m.data)
+    except msgspec.ValidationError:
+        log.error("dropping malformed timer", extra={"subject": m.subject})
+        await m.term()
+        return
+    wait = timer.due - time.time()
+    if wait > 0.005:
+        await m.nak(delay=wait)
+        return
+    try:
+        await fire(timer)
+    except Exception as exc:
+        log.warning("timer failed, retrying", extra={"timer": timer.id, "error": repr(exc)})
+        await m.nak(delay=1.0)
+        return
+    await m.ack_sync()
+    FIRED.labels(timer.kind).inc()

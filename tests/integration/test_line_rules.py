@@ -1,0 +1,330 @@
+"""The line rules end to end in the router, against a real nats-server.
+
+Each test declares a line in TOML (short waits so nothing takes long) and
+drives it with client messages and operator commands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import wait_for
+from support import apply_lines, events, history, inbound, outbound_for, publish, running_router
+
+from openlines import bus, subjects
+from openlines.commands import Accept, CommandFailed, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
+from openlines.state import ClientRecord, OperatorState, Session, client_key
+
+OPS = """
+[operators.anna]
+name = "Anna"
+[operators.boris]
+name = "Boris"
+[operators.vera]
+name = "Vera"
+"""
+
+
+def line(
+    queue: str = "", extra: str = "", *, line_id: str = "support", account: str = "demo", ops: str = '"anna", "boris"'
+) -> str:
+    return (
+        f'[[lines]]\nid = "{line_id}"\nname = "Line {line_id}"\n'
+        f'channels = [{{ channel = "webchat", account = "{account}" }}]\n'
+        f"[lines.queue]\noperators = [{ops}]\n{queue}\n{extra}\n"
+    )
+
+
+async def online(nc: Any, *ops: str) -> None:
+    for op in ops:
+        await call(nc, "status", SetStatus(operator_id=op, status="online"))
+
+
+async def session_of(nc: Any, visitor: str, account: str = "demo", entry: str = "support") -> Session | None:
+    b = await bus.Buckets(nc.jetstream()).open()
+    rec, _ = await bus.kv_get(
+        b.clients, client_key("webchat", account, subjects.chat_key("webchat", account, visitor)), ClientRecord
+    )
+    if rec is None or entry not in rec.open_sessions:
+        return None
+    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[entry], Session)
+    return s
+
+
+async def held_by(nc: Any, visitor: str, *, status: str = "assigned", **kw: Any) -> Session:
+    async def probe() -> Session | None:
+        s = await session_of(nc, visitor, **kw)
+        return s if s is not None and s.status == status and (s.operator_id or status == "waiting") else None
+
+    return await wait_for(probe, timeout=15, what=f"{visitor} {status}")
+
+
+async def operator(nc: Any, op: str) -> OperatorState:
+    b = await bus.Buckets(nc.jetstream()).open()
+    st, _ = await bus.kv_get(b.operators, op, OperatorState)
+    assert st is not None
+    return st
+
+
+async def test_unanswered_offer_passes_to_the_next_operator_after_wait_seconds(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line("wait_seconds = 1"))
+    async with running_router(nats_server.url):
+        await online(nc, "anna", "boris")
+        await publish(nc, inbound("v", "hello?", "m1"))
+        first = await held_by(nc, "v")
+
+        async def moved() -> Session | None:
+            s = await session_of(nc, "v")
+            return s if s is not None and s.operator_id not in ("", first.operator_id) else None
+
+        second = await wait_for(moved, timeout=15, what="offer passed on")
+        assert second.status == "assigned" and second.assignments == first.assignments + 1
+        assert first.id not in (await operator(nc, first.operator_id)).sessions
+        declined = await events(nc, "offer_declined")
+        assert (declined[0].operator_id, declined[0].reason) == (first.operator_id, "no answer")
+        # An accepted chat stays put: its timer is stale.
+        await call(nc, "accept", Accept(operator_id=second.operator_id, session_id=second.id))
+        notes = [h.text for h in await history(nc, second.id) if h.direction == "system"]
+        assert "Passed on: no answer" in notes
+
+
+async def test_strict_mode_always_offers_to_the_first_free_operator(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line('mode = "strict"\nmax_chats_per_operator = 2', ops='"boris", "anna"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna", "boris")
+        owners = []
+        for i in range(4):
+            await publish(nc, inbound(f"v{i}", "hi", "m1"))
+            owners.append((await held_by(nc, f"v{i}")).operator_id)
+        assert owners == ["boris", "boris", "anna", "anna"]
+
+
+async def test_capacity_counts_only_unanswered_chats_when_the_line_says_so(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line('max_chats_per_operator = 1\ncount = "unanswered"', ops='"anna"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("a", "hi", "m1"))
+        a = await held_by(nc, "a")
+        await publish(nc, inbound("b", "hi", "m1"))
+        await held_by(nc, "b", status="waiting")
+        await call(nc, "accept", Accept(operator_id="anna", session_id=a.id))
+        b = await held_by(nc, "b")  # answering freed the unanswered slot
+        assert b.operator_id == "anna" and len((await operator(nc, "anna")).sessions) == 2
+
+
+async def test_crm_responsible_gets_the_chat_else_the_fallback_mode(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line('mode = "crm_responsible"\nfallback_mode = "strict"', ops='"anna", "boris"'))
+
+    async def responsible(msg: Any) -> None:
+        asked = msgspec.json.decode(msg.data)
+        await msg.respond(msgspec.json.encode({"operator_id": "boris" if asked["chat_id"] == "known" else ""}))
+
+    async with running_router(nats_server.url):
+        await online(nc, "anna", "boris")
+        # No CRM answering at all: the fallback decides, quickly.
+        await publish(nc, inbound("early", "hi", "m1"))
+        assert (await held_by(nc, "early")).operator_id == "anna"
+        sub = await nc.subscribe(subjects.CRM_RESPONSIBLE, cb=responsible)
+        await publish(nc, inbound("known", "hi", "m1"))
+        assert (await held_by(nc, "known")).operator_id == "boris"
+        await publish(nc, inbound("stranger", "hi", "m1"))
+        assert (await held_by(nc, "stranger")).operator_id == "anna"
+        # The responsible manager away: the fallback takes over.
+        await call(nc, "status", SetStatus(operator_id="boris", status="away"))
+        await publish(nc, inbound("known2", "hi", "m1"))
+        assert (await held_by(nc, "known2")).operator_id == "anna"
+        await sub.unsubscribe()
+
+
+async def test_outside_hours_reply_and_hold_until_the_line_opens(nc: Any, nats_server: Any) -> None:
+    closed = '[lines.hours]\nenabled = true\ntimezone = "Europe/Riga"\noutside = "hold_until_open"\n'
+    texts = '[lines.auto_replies]\noutside_hours = "We are closed, {client_name}."\nwelcome = "Welcome!"\n'
+    await apply_lines(nc, OPS + line("", closed + texts, ops='"anna"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("night", "hello", "m1", name="Owl"))
+        await held_by(nc, "night", status="waiting")
+
+        async def is_held() -> Session | None:
+            s = await session_of(nc, "night")
+            return s if s is not None and s.held else None
+
+        held = await wait_for(is_held, what="chat held until opening")
+        outs = await wait_for(lambda: outbound_for(nc, "night"), what="outside-hours reply")
+        assert [o.text for o in outs] == ["We are closed, Owl."]
+        assert [e.session_id for e in await events(nc, "session_held")] == [held.id]
+        # The line opens (here: the admin switches the hours off) and the held chat is offered.
+        await apply_lines(nc, OPS + line("", texts, ops='"anna"'))
+        opened = await held_by(nc, "night")
+        assert opened.operator_id == "anna" and not opened.held
+
+
+async def test_outside_hours_redirect_to_another_line(nc: Any, nats_server: Any) -> None:
+    closed = '[lines.hours]\nenabled = true\noutside = "redirect"\nredirect_line = "night"\n'
+    text = '[lines.auto_replies]\noutside_hours = "Our night team will answer."\n'
+    cfg = OPS + line("", closed + text, ops='"anna"') + line("", "", line_id="night", account="night-widget", ops='"vera"')
+    await apply_lines(nc, cfg)
+    async with running_router(nats_server.url):
+        await online(nc, "anna", "vera")
+        await publish(nc, inbound("v", "help", "m1"))
+        s = await held_by(nc, "v")
+        assert (s.line_id, s.entry_line_id, s.operator_id) == ("night", "support", "vera")
+        assert [o.text for o in await outbound_for(nc, "v")] == ["Our night team will answer."]
+        # The next message continues the same session.
+        await publish(nc, inbound("v", "still there?", "m2"))
+
+        async def two_in() -> bool:
+            return len([h for h in await history(nc, s.id) if h.direction == "in"]) == 2
+
+        await wait_for(two_in, what="second message on the redirected session")
+
+
+async def test_welcome_only_on_first_contact_and_queue_position(nc: Any, nats_server: Any) -> None:
+    extra = '[lines.auto_replies]\nwelcome = "Hi {client_name}"\nqueue_position = "You are number {position}."\n'
+    await apply_lines(nc, OPS + line("tell_position = true\nmax_chats_per_operator = 1", extra, ops='"anna"'))
+    async with running_router(nats_server.url):
+        await publish(nc, inbound("w1", "first", "m1", name="Ann"))
+        await publish(nc, inbound("w2", "second", "m1", name="Bob"))
+        await held_by(nc, "w2", status="waiting")
+        assert [o.text for o in await wait_for(lambda: _two(outbound_for(nc, "w2")), what="w2 replies")] == [
+            "Hi Bob",
+            "You are number 2.",
+        ]
+        await online(nc, "anna")
+        s1 = await held_by(nc, "w1")
+        await call(nc, "close", _close("anna", s1.id))
+        # A returning client starts a new session without a second welcome.
+        await held_by(nc, "w2")
+        await publish(nc, inbound("w1", "back again", "m2", name="Ann"))
+        s1b = await held_by(nc, "w1", status="waiting")
+        assert s1b.id != s1.id
+        assert [o.text for o in await outbound_for(nc, "w1")].count("Hi Ann") == 1
+
+
+async def _two(coro: Any) -> Any:
+    got = await coro
+    return got if len(got) >= 2 else None
+
+
+def _close(op: str, sid: str) -> Any:
+    from openlines.commands import Close
+
+    return Close(operator_id=op, session_id=sid)
+
+
+async def test_skip_and_transfer_to_an_operator_and_to_a_line(nc: Any, nats_server: Any) -> None:
+    cfg = OPS + line('mode = "strict"') + line("", "", line_id="sales", account="sales-widget", ops='"vera"')
+    await apply_lines(nc, cfg)
+    async with running_router(nats_server.url):
+        await online(nc, "anna", "boris", "vera")
+        await publish(nc, inbound("v", "hi", "m1"))
+        s = await held_by(nc, "v")
+        assert s.operator_id == "anna"
+        await call(nc, "skip", Skip(operator_id="anna", session_id=s.id))
+        s = await held_by(nc, "v")
+        assert s.operator_id == "boris"
+        await call(nc, "accept", Accept(operator_id="boris", session_id=s.id))
+        with pytest.raises(CommandFailed) as err:
+            await call(nc, "skip", Skip(operator_id="boris", session_id=s.id))
+        assert err.value.result.error == "conflict"
+        # Boris hands it to Anna, who must accept it.
+        res = await call(nc, "transfer", Transfer(operator_id="boris", session_id=s.id, to_operator="anna"))
+        assert res.session is not None and (res.session.operator_id, res.session.status) == ("anna", "assigned")
+        assert s.id not in (await operator(nc, "boris")).sessions
+        # Anna sends it to the sales line, where Vera gets it.
+        await call(nc, "transfer", Transfer(operator_id="anna", session_id=s.id, to_line="sales"))
+        moved = await held_by(nc, "v")
+        assert (moved.line_id, moved.operator_id) == ("sales", "vera")
+        kinds = [e.reason for e in await events(nc, "session_transferred")]
+        assert kinds == ["operator anna", "line sales"]
+        with pytest.raises(CommandFailed) as err:
+            await call(nc, "transfer", Transfer(operator_id="vera", session_id=s.id, to_line="nowhere"))
+        assert err.value.result.error == "not_found"
+
+
+async def test_going_away_moves_open_chats_except_pinned_ones(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line('mode = "strict"\nreassign_on_status = "all"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        for v in ("p", "q"):
+            await publish(nc, inbound(v, "hi", "m1"))
+            s = await held_by(nc, v)
+            await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="hello", client_msg_id="r1"))
+        pinned = await held_by(nc, "p", status="answered")
+        await call(nc, "pin", Pin(operator_id="anna", session_id=pinned.id))
+        await online(nc, "boris")
+        await call(nc, "status", SetStatus(operator_id="anna", status="away"))
+        assert (await held_by(nc, "q")).operator_id == "boris"
+        kept = await session_of(nc, "p")
+        assert kept is not None and (kept.operator_id, kept.status, kept.pinned) == ("anna", "answered", True)
+
+
+async def test_spam_closes_and_drops_further_messages(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line())
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("spammer", "BUY NOW", "m1"))
+        s = await held_by(nc, "spammer")
+        await call(nc, "spam", Spam(operator_id=s.operator_id, session_id=s.id))
+        await publish(nc, inbound("spammer", "BUY MORE", "m2"))
+        dead = await wait_for(lambda: events(nc, "dead_letter"), what="dead letter")
+        assert dead[0].reason == "the client is marked as spam"
+        assert await session_of(nc, "spammer") is None
+        closed = (await events(nc, "session_closed"))[0]
+        assert closed.reason == "marked as spam"
+
+
+async def test_idle_session_closes_itself_with_the_closing_text(nc: Any, nats_server: Any) -> None:
+    extra = '[lines.session]\nauto_close_minutes = 0.02\n[lines.auto_replies]\nclosing = "Bye {client_name}"\n'
+    await apply_lines(nc, OPS + line("", extra))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("idle", "hi", "m1", name="Ida"))
+        s = await held_by(nc, "idle")
+
+        async def closed() -> list[Any] | None:
+            evts = [e for e in await events(nc, "session_closed") if e.session_id == s.id]
+            return evts or None
+
+        evt = (await wait_for(closed, timeout=15, what="auto-close"))[0]
+        assert evt.reason == "closed after no activity"
+        assert (await outbound_for(nc, "idle"))[-1].text == "Bye Ida"
+        assert s.id not in (await operator(nc, "anna")).sessions
+
+
+async def test_operator_whose_desk_is_gone_past_the_grace_goes_offline(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line("presence_grace_seconds = 1\nwait_seconds = 600"))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await call(nc, "presence", Presence(operator_id="anna", connected=True, desk="d1"))
+        await publish(nc, inbound("v", "hi", "m1"))
+        s = await held_by(nc, "v")
+        assert s.operator_id == "anna"
+        await online(nc, "boris")
+        await call(nc, "presence", Presence(operator_id="anna", connected=False, desk="d1"))
+
+        async def offline() -> bool:
+            return (await operator(nc, "anna")).status == "offline"
+
+        await wait_for(offline, timeout=15, what="anna offline after the grace period")
+        assert (await held_by(nc, "v")).operator_id == "boris"
+
+
+async def test_a_desk_page_back_within_the_grace_keeps_the_operator_online(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line("presence_grace_seconds = 1"))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await call(nc, "presence", Presence(operator_id="anna", connected=True, desk="d1"))
+        await call(nc, "presence", Presence(operator_id="anna", connected=False, desk="d1"))
+        await call(nc, "presence", Presence(operator_id="anna", connected=True, desk="d2"))
+        # The stale timer fires and must do nothing: wait for it to leave the timer stream.
+        js = nc.jetstream()
+
+        async def timers_done() -> bool:
+            info = await js.stream_info(subjects.STREAM_TIMER)
+            return info.state.messages == 0
+
+        await wait_for(timers_done, timeout=15, what="presence timer fired")
+        assert (await operator(nc, "anna")).status == "online"

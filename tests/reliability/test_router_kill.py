@@ -1,0 +1,114 @@
+"""The router killed with SIGKILL: pending timers still fire, nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import free_port, wait_for
+from support import apply_lines, history, inbound, outbound_for, publish
+
+from openlines import bus, subjects
+from openlines.commands import SetStatus, call
+from openlines.state import ClientRecord, Session, client_key
+
+LINES = """
+[operators.anna]
+name = "Anna"
+[operators.boris]
+name = "Boris"
+[[lines]]
+id = "support"
+name = "Support"
+channels = [{ channel = "webchat", account = "demo" }]
+[lines.queue]
+mode = "strict"
+operators = ["anna", "boris"]
+wait_seconds = 3
+[lines.auto_replies]
+welcome = "Welcome!"
+"""
+
+
+class RouterProcess:
+    def __init__(self, nats_url: str, log_dir: Any) -> None:
+        self.nats_url = nats_url
+        self.log = open(log_dir / "router.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "OPENLINES_NATS_URL": self.nats_url, "OPENLINES_HTTP_PORT": str(free_port())}
+        self.proc = subprocess.Popen([sys.executable, "-m", "router"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+        self.log.close()
+
+
+@pytest.fixture
+def router_process(nats_server: Any, tmp_path: Any) -> Iterator[RouterProcess]:
+    r = RouterProcess(nats_server.url, tmp_path)
+    yield r
+    r.stop()
+
+
+async def session_of(nc: Any, visitor: str) -> Session | None:
+    b = await bus.Buckets(nc.jetstream()).open()
+    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
+    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+    if rec is None or "support" not in rec.open_sessions:
+        return None
+    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["support"], Session)
+    return s
+
+
+async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any, router_process: RouterProcess) -> None:
+    await apply_lines(nc, LINES)
+    router_process.start()
+    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+    await call(nc, "status", SetStatus(operator_id="boris", status="online"))
+    visitors = [f"k{i}" for i in range(5)]
+    for v in visitors:
+        await publish(nc, inbound(v, "hello", "m1"))
+
+    async def all_offered() -> bool:
+        sessions = [await session_of(nc, v) for v in visitors]
+        return all(s is not None and s.status == "assigned" for s in sessions)
+
+    await wait_for(all_offered, what="every chat offered")
+    router_process.kill()  # with five no-answer timers pending
+    for v in visitors:  # and messages arriving while it is down
+        await publish(nc, inbound(v, "anyone?", "m2"))
+    router_process.start()
+
+    async def all_passed_on() -> bool:
+        sessions = [await session_of(nc, v) for v in visitors]
+        return all(s is not None and s.assignments >= 2 for s in sessions)
+
+    await wait_for(all_passed_on, timeout=60, what="every unanswered offer passed on after the restart")
+    for v in visitors:
+        s = await session_of(nc, v)
+        assert s is not None
+        texts = [h.text for h in await history(nc, s.id) if h.direction == "in"]
+        assert texts == ["hello", "anyone?"], f"{v}: {texts}"
+        assert [o.text for o in await outbound_for(nc, v)] == ["Welcome!"]
+
+
+async def _router_up(nc: Any) -> bool:
+    try:
+        await nc.request(subjects.command("status"), b"{}", timeout=0.5)
+    except Exception:
+        return False
+    return True
