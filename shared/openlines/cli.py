@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import os
 import sys
+from importlib.metadata import entry_points
 
 import msgspec
 
@@ -107,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hash-password", help="print an argon2 hash for an operator password")
     h.add_argument("--password", help="the password (prompted when omitted)")
     h.set_defaults(run=_hash_password, is_async=False)
+    for ep in entry_points(group="openlines.cli"):
+        # Services add their own subcommands (e.g. `openlines telegram ...`):
+        # the entry point is a function register(subparsers) -> None.
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            print(f"openlines: could not load the {ep.name!r} commands: {exc}", file=sys.stderr)
     return p
 
 
