@@ -54,7 +54,8 @@ class NatsServer:
         self.store.mkdir(parents=True, exist_ok=True)
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
+            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+            + (os.environ.get("OPENLINES_TEST_NATS_DEBUG", "").split()),
             stdout=logf,
             stderr=subprocess.STDOUT,
         )

@@ -57,6 +57,16 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
     ``first_attempts`` = 0 retries the first connection forever (services wait
     for NATS to come up); a positive number gives up after that many tries.
     """
+
+    async def on_error(exc: Exception) -> None:
+        log.warning(f"nats error ({name})", extra={"connection": name, "error": repr(exc)})
+
+    async def on_disconnect() -> None:
+        log.warning(f"nats disconnected ({name})", extra={"connection": name})
+
+    async def on_reconnect() -> None:
+        log.info(f"nats reconnected ({name})", extra={"connection": name})
+
     attempt = 0
     while True:
         attempt += 1
@@ -70,27 +80,15 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
                 ping_interval=10,
                 max_outstanding_pings=3,
                 allow_reconnect=True,
-                error_cb=_log_error,
-                disconnected_cb=_log_disconnect,
-                reconnected_cb=_log_reconnect,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
             )
         except Exception as exc:  # nats raises several unrelated types here
             if first_attempts and attempt >= first_attempts:
                 raise
             log.warning("nats not reachable, retrying", extra={"url": url, "attempt": attempt, "error": str(exc)})
             await asyncio.sleep(min(5.0, 0.2 * attempt))
-
-
-async def _log_error(exc: Exception) -> None:
-    log.warning("nats error", extra={"error": str(exc)})
-
-
-async def _log_disconnect() -> None:
-    log.warning("nats disconnected")
-
-
-async def _log_reconnect() -> None:
-    log.info("nats reconnected")
 
 
 async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[str], None] | None = None) -> None:

@@ -6,10 +6,13 @@ asks it to act and gets a :class:`Result` back.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Literal
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 
 from openlines import subjects
 from openlines.state import OperatorStatus, Session
@@ -101,9 +104,28 @@ class CommandFailed(Exception):
         self.result = result
 
 
+NO_RESPONDERS_PATIENCE = 2.0  # seconds a command waits for a router that is (re)starting
+
+
 async def call(nc: NATS, name: CommandName, cmd: _Cmd, timeout: float = COMMAND_TIMEOUT) -> Result:
-    """Send a command and decode the router's answer; raises CommandFailed when not ok."""
-    msg = await nc.request(subjects.command(name), msgspec.json.encode(cmd), timeout=timeout)
+    """Send a command and decode the router's answer; raises CommandFailed when not ok.
+
+    "No responders" is retried briefly: during a router (re)start or a rolling
+    update the command subscriptions can be missing for a moment, and the
+    server has been seen to answer so even right after a router subscribed.
+    """
+    payload = msgspec.json.encode(cmd)
+    deadline = time.monotonic() + NO_RESPONDERS_PATIENCE
+    delay = 0.02
+    while True:
+        try:
+            msg = await nc.request(subjects.command(name), payload, timeout=timeout)
+            break
+        except NoRespondersError:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
     result = msgspec.json.decode(msg.data, type=Result)
     if not result.ok:
         raise CommandFailed(result)

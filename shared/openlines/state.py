@@ -38,6 +38,7 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     messages_in: int = 0  # client messages so far (the desk's unread count builds on it)
     assignments: int = 0  # how many times the chat was given to an operator
     declined_by: list[str] = []  # operators who let the current offer pass (skip or no answer)
+    offered_to: list[str] = []  # mode "all": everyone the chat is offered to; the first to accept takes it
     pinned: bool = False  # kept by its operator when they go away
     held: bool = False  # waiting for the line to open (outside hours, hold_until_open)
     close_reason: str = ""  # operator | auto_close | spam | transfer
@@ -68,6 +69,7 @@ class OperatorState(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: OperatorStatus = "offline"
     sessions: list[str] = []  # open sessions assigned to this operator
     answered: list[str] = []  # the ones of them the operator has answered
+    offers: list[str] = []  # mode "all": chats offered to this operator among others (no capacity taken yet)
     last_assigned_at: float = 0.0  # epoch seconds; round robin picks the oldest
     status_changed_at: datetime | None = None
     desks: list[str] = []  # desk replicas where the operator has a page open

@@ -328,3 +328,53 @@ async def test_a_desk_page_back_within_the_grace_keeps_the_operator_online(nc: A
 
         await wait_for(timers_done, timeout=15, what="presence timer fired")
         assert (await operator(nc, "anna")).status == "online"
+
+
+async def test_mode_all_offers_to_every_free_operator_and_the_first_to_accept_takes_it(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line('mode = "all"\nwait_seconds = 600', ops='"anna", "boris", "vera"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna", "boris", "vera")
+        await publish(nc, inbound("v", "who is there?", "m1"))
+
+        async def offered() -> Session | None:
+            s = await session_of(nc, "v")
+            return s if s is not None and s.status == "assigned" and len(s.offered_to) == 3 else None
+
+        s = await wait_for(offered, what="offer to all three")
+        assert s.operator_id == ""
+        for op in ("anna", "boris", "vera"):
+            st = await operator(nc, op)
+            assert s.id in st.offers and s.id not in st.sessions  # no capacity taken by an offer
+        res = await call(nc, "accept", Accept(operator_id="boris", session_id=s.id))
+        assert res.session is not None and (res.session.operator_id, res.session.status) == ("boris", "answered")
+        with pytest.raises(CommandFailed) as err:
+            await call(nc, "accept", Accept(operator_id="anna", session_id=s.id))
+        assert err.value.result.error == "forbidden"
+        for op in ("anna", "vera"):
+            assert s.id not in (await operator(nc, op)).offers  # withdrawn
+        boris = await operator(nc, "boris")
+        assert s.id in boris.sessions and s.id not in boris.offers
+
+
+async def test_mode_all_offer_nobody_accepts_is_offered_again_and_declines_pass_it_on(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line('mode = "all"\nwait_seconds = 1', ops='"anna", "boris"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna", "boris")
+        await publish(nc, inbound("v", "hello", "m1"))
+
+        async def round_(n: int) -> Session | None:
+            s = await session_of(nc, "v")
+            return s if s is not None and s.assignments >= n and s.status == "assigned" else None
+
+        first = await wait_for(lambda: round_(1), what="first offer")
+        again = await wait_for(lambda: round_(first.assignments + 1), timeout=15, what="offered again after no answer")
+        assert sorted(again.offered_to) == ["anna", "boris"]
+        # Both decline in turn: the offer moves on rather than hanging on them.
+        await call(nc, "skip", Skip(operator_id="anna", session_id=again.id))
+        after_one = await session_of(nc, "v")
+        assert after_one is not None and after_one.offered_to == ["boris"]
+        assert again.id not in (await operator(nc, "anna")).offers
+        # A reply from Boris takes the chat and answers it in one step.
+        await call(nc, "reply", Reply(operator_id="boris", session_id=again.id, text="Here!", client_msg_id="r1"))
+        taken = await session_of(nc, "v")
+        assert taken is not None and (taken.operator_id, taken.status) == ("boris", "answered")

@@ -356,7 +356,12 @@ async def api_history(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", "no such session")
     entries = await desk.reader.history(sid)
     me = user.operator_id
-    was_mine = session.operator_id == me or session.closed_by == me or any(e.author_id == me for e in entries)
+    was_mine = (
+        session.operator_id == me
+        or me in session.offered_to
+        or session.closed_by == me
+        or any(e.author_id == me for e in entries)
+    )
     if not was_mine:
         raise ApiError(403, "forbidden", "this session is not yours")
     return web.json_response({"session": await desk.reader.chat(session), "entries": msgspec.to_builtins(entries)})

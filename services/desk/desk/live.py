@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge
 
-from desk.reads import Reader, holder_of
+from desk.reads import Reader, holders_of
 from openlines import subjects
 from openlines.commands import Presence, call
 from openlines.envelopes import HistoryEntry, SessionEvent
@@ -80,7 +80,7 @@ class Hub:
         self.nc = nc
         self.reader = reader
         self.conns: dict[str, set[Connection]] = {}
-        self._holders: dict[str, tuple[str, float]] = {}
+        self._holders: dict[str, tuple[frozenset[str], float]] = {}
         self._subs: list[Subscription] = []
         self._reports: set[asyncio.Task[None]] = set()
         self.desk_id = nuid.NUID().next().decode()  # this replica, for the router's presence tracking
@@ -165,35 +165,39 @@ class Hub:
         if not self.conns:
             return  # nobody on this replica to tell; the next transcript entry re-reads KV
         session = await self.reader.session(sid)
-        holder = holder_of(session)
-        self._remember(sid, holder)
-        if holder and holder in self.conns and session is not None:
-            self._send(holder, {"type": "chat", "chat": await self.reader.chat(session)})
+        holders = holders_of(session)
+        self._remember(sid, holders)
+        if session is not None:
+            present = [h for h in holders if h in self.conns]
+            if present:
+                chat = await self.reader.chat(session)
+                for holder in present:
+                    self._send(holder, {"type": "chat", "chat": chat})
         # Everyone else who lists this session loses it: closed, back in the queue, or given to another.
         reason = "closed" if session is None or session.status == "closed" else "reassigned"
         concerned = {event.operator_id, session.operator_id if session else ""}
         for operator_id, group in list(self.conns.items()):
-            if operator_id == holder:
+            if operator_id in holders:
                 continue
             for conn in list(group):
                 if sid in conn.shown or operator_id in concerned:
                     conn.push({"type": "closed", "session_id": sid, "reason": reason})
 
-    async def _holder(self, session_id: str) -> str:
+    async def _holders_of(self, session_id: str) -> frozenset[str]:
         cached = self._holders.get(session_id)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
         session = await self.reader.session(session_id)
-        holder = holder_of(session)
-        self._remember(session_id, holder)
-        return holder
+        holders = holders_of(session)
+        self._remember(session_id, holders)
+        return holders
 
-    def _remember(self, session_id: str, holder: str) -> None:
+    def _remember(self, session_id: str, holders: frozenset[str]) -> None:
         now = time.monotonic()
         if len(self._holders) > 10_000:
             self._holders = {k: v for k, v in self._holders.items() if v[1] > now}
-        self._holders[session_id] = (holder, now + HOLDER_TTL)
+        self._holders[session_id] = (holders, now + HOLDER_TTL)
 
     async def _on_history(self, msg: Msg) -> None:
         if not self.conns:
@@ -204,10 +208,11 @@ class Hub:
             log.warning("undecodable transcript entry", extra={"subject": msg.subject})
             return
         try:
-            holder = await self._holder(entry.session_id)
+            holders = await self._holders_of(entry.session_id)
         except Exception:
             log.exception("could not look up the session of a transcript entry", extra={"session": entry.session_id})
             return
-        if holder:
+        if holders:
             frame: dict[str, Any] = {"type": "message", **msgspec.to_builtins(entry)}
-            self._send(holder, frame)
+            for holder in holders:
+                self._send(holder, frame)

@@ -33,11 +33,14 @@ def is_token(value: str) -> bool:
     return True
 
 
-def holder_of(session: Session | None) -> str:
-    """The operator whose desk shows this session now ("" when none: waiting, closed or gone)."""
+def holders_of(session: Session | None) -> frozenset[str]:
+    """The operators whose desks show this session now: its operator, or everyone
+    it is offered to (a line in mode "all"); none when waiting, closed or gone."""
     if session is None or session.status not in ("assigned", "answered"):
-        return ""
-    return session.operator_id
+        return frozenset()
+    if session.operator_id:
+        return frozenset({session.operator_id})
+    return frozenset(session.offered_to)
 
 
 class Reader:
@@ -92,10 +95,10 @@ class Reader:
         return out
 
     async def my_chats(self, operator_id: str, state: OperatorState | None = None) -> list[dict[str, Any]]:
-        """The operator's open sessions, oldest first."""
+        """The operator's open sessions and the offers made to them, oldest first."""
         state = state or await self.operator(operator_id)
-        found = await asyncio.gather(*(self.session(sid) for sid in dict.fromkeys(state.sessions)))
-        mine = [s for s in found if s is not None and holder_of(s) == operator_id]
+        found = await asyncio.gather(*(self.session(sid) for sid in dict.fromkeys([*state.sessions, *state.offers])))
+        mine = [s for s in found if s is not None and operator_id in holders_of(s)]
         mine.sort(key=lambda s: s.opened_at)
         return [await self.chat(s) for s in mine]
 

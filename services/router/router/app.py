@@ -22,6 +22,7 @@ async def setup(svc: Service[Settings]) -> None:
     await asyncio.wait_for(lines.loaded.wait(), timeout=30)
     engine = Engine(svc.js, buckets, lines)
     micro = await commands.serve(svc.nc, engine)
+    await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()
     consumer = svc.spawn(
         inbound.consume(svc.js, engine, svc.settings.consumer, svc.settings.ack_wait, stop_consuming),

@@ -338,10 +338,13 @@ class Engine:
             return
 
         def drop(st: OperatorState | None) -> OperatorState | None:
-            if st is None or (sid not in st.sessions and sid not in st.answered):
+            if st is None or (sid not in st.sessions and sid not in st.answered and sid not in st.offers):
                 return None
             return msgspec.structs.replace(
-                st, sessions=[s for s in st.sessions if s != sid], answered=[s for s in st.answered if s != sid]
+                st,
+                sessions=[s for s in st.sessions if s != sid],
+                answered=[s for s in st.answered if s != sid],
+                offers=[s for s in st.offers if s != sid],
             )
 
         await kv_update(self.b.operators, op_id, OperatorState, drop)
@@ -400,6 +403,8 @@ class Engine:
                 chosen_ops = distribution.pick_many(line.queue, await self._views(line), ctx)
             if not chosen_ops:
                 return None
+            if line.queue.mode == "all":
+                return await self._offer_all(line, session, chosen_ops, now)
             op_id = chosen_ops[0]
             if not await self._claim(op_id, session.id, line.queue, now):
                 continue  # their state changed under us: decide again on fresh state
@@ -447,22 +452,93 @@ class Engine:
         log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
         return updated
 
+    async def _offer_all(self, line: LineConfig, session: Session, ops: list[str], now: datetime) -> Session | None:
+        """Mode "all": offer to every free operator at once; capacity is claimed by whoever accepts."""
+
+        def offer(s: Session | None) -> Session | None:
+            if s is None or s.status != "waiting":
+                return None
+            return msgspec.structs.replace(
+                s, status="assigned", operator_id="", offered_to=ops, assigned_at=now, assignments=s.assignments + 1, held=False
+            )
+
+        updated = await kv_update(self.b.sessions, session.id, Session, offer)
+        if updated is None or updated.status != "assigned" or updated.offered_to != ops:
+            return None
+        for op_id in ops:
+            await kv_update(
+                self.b.operators,
+                op_id,
+                OperatorState,
+                lambda st: (
+                    msgspec.structs.replace(st, offers=[*st.offers, session.id]) if st and session.id not in st.offers else None
+                ),
+            )
+        names = [await self._name(op) for op in ops]
+        await self.fx.event(f"assigned:{session.id}:{updated.assignments}", "session_assigned", updated, reason="offered to all")
+        await self._note(updated, f"assigned:{session.id}:{updated.assignments}", "Offered to " + ", ".join(names))
+        await schedule(
+            self.js,
+            Timer(kind="offer", target=session.id, due=now.timestamp() + line.queue.wait_seconds, token=str(updated.assignments)),
+        )
+        return updated
+
+    async def _name(self, op_id: str) -> str:
+        acc, _ = await kv_get(self.b.accounts, op_id, OperatorAccount)
+        return acc.name if acc else op_id
+
+    async def _take(self, op_id: str, session: Session) -> Session:
+        """The first operator to accept an offer made to all takes the chat; the others' offers are withdrawn."""
+        line = self.lines.lines.get(session.line_id)
+        queue = line.queue if line else QueueConfig()
+        now = utcnow()
+        if not await self._claim(op_id, session.id, queue, now, any_status=True):
+            raise Refused("conflict", "you have no room for another chat; close one first")
+        assignments = session.assignments
+
+        def take(s: Session | None) -> Session | None:
+            if s is None or s.status != "assigned" or s.operator_id or op_id not in s.offered_to or s.assignments != assignments:
+                return None
+            return msgspec.structs.replace(s, operator_id=op_id, offered_to=[])
+
+        updated = await kv_update(self.b.sessions, session.id, Session, take)
+        if updated is None or updated.operator_id != op_id:
+            await self._release(op_id, session.id)
+            raise Refused("conflict", "another operator has taken this chat")
+        for other in session.offered_to:
+            await self._withdraw(other, session.id)
+        await self.fx.event(f"taken:{session.id}:{assignments}", "session_assigned", updated, reason="accepted first")
+        await self._note(updated, f"taken:{session.id}:{assignments}", f"Taken by {await self._name(op_id)}")
+        return updated
+
+    async def _withdraw(self, op_id: str, sid: str) -> None:
+        await kv_update(
+            self.b.operators,
+            op_id,
+            OperatorState,
+            lambda st: (
+                msgspec.structs.replace(st, offers=[o for o in st.offers if o != sid]) if st and sid in st.offers else None
+            ),
+        )
+
     async def _pass_on(self, session: Session, reason: str) -> None:
         """The operator let an offer pass: give it to the next one (never straight back while others are free)."""
         op_id = session.operator_id
+        passing = [op_id] if op_id else list(session.offered_to)
         assignments = session.assignments
 
         def back(s: Session | None) -> Session | None:
             if s is None or s.status != "assigned" or s.assignments != assignments:
                 return None
             return msgspec.structs.replace(
-                s, status="waiting", operator_id="", assigned_at=None, declined_by=[*s.declined_by, op_id]
+                s, status="waiting", operator_id="", offered_to=[], assigned_at=None, declined_by=[*s.declined_by, *passing]
             )
 
         requeued = await kv_update(self.b.sessions, session.id, Session, back)
         if requeued is None or requeued.status != "waiting" or requeued.assignments != assignments:
             return
-        await self._release(op_id, session.id)
+        for op in passing:
+            await self._release(op, session.id)
         await self.fx.event(f"declined:{session.id}:{assignments}", "offer_declined", session, reason=reason)
         await self._note(session, f"declined:{session.id}:{assignments}", f"Passed on: {reason}")
         line = self.lines.lines.get(requeued.line_id)
@@ -510,10 +586,12 @@ class Engine:
             raise Refused("forbidden", f"operator {operator_id!r} lacks the 'openlines' permission")
         return acc
 
-    async def _own_session(self, operator_id: str, session_id: str) -> Session:
+    async def _own_session(self, operator_id: str, session_id: str, *, take: bool = False) -> Session:
         session, _ = await kv_get(self.b.sessions, session_id, Session)
         if session is None:
             raise Refused("not_found", f"session {session_id!r} does not exist")
+        if take and session.status == "assigned" and not session.operator_id and operator_id in session.offered_to:
+            return await self._take(operator_id, session)
         if session.operator_id != operator_id:
             raise Refused("forbidden", f"session {session_id!r} is not assigned to {operator_id!r}")
         if not session.is_open:
@@ -543,6 +621,12 @@ class Engine:
 
     async def _hand_over(self, operator_id: str, state: OperatorState) -> None:
         """An absent operator keeps no unanswered chat (and, if the line says so, no open one)."""
+        for sid in list(state.offers):
+            offered, _ = await kv_get(self.b.sessions, sid, Session)
+            if offered is not None and offered.status == "assigned" and operator_id in offered.offered_to:
+                await self._decline_offer(operator_id, offered, "operator away")
+            else:
+                await self._withdraw(operator_id, sid)
         for sid in list(state.sessions):
             session, _ = await kv_get(self.b.sessions, sid, Session)
             if session is None or session.operator_id != operator_id or not session.is_open:
@@ -598,7 +682,7 @@ class Engine:
 
     async def accept(self, operator_id: str, session_id: str) -> Session:
         await self._account(operator_id)
-        session = await self._own_session(operator_id, session_id)
+        session = await self._own_session(operator_id, session_id, take=True)
         return await self._answered(session)
 
     async def _answered(self, session: Session) -> Session:
@@ -633,7 +717,7 @@ class Engine:
         text = text.strip()
         if not text:
             raise Refused("invalid", "reply text is empty")
-        session = await self._own_session(operator_id, session_id)
+        session = await self._own_session(operator_id, session_id, take=True)
         out_id = f"out:{session_id}:{subjects.token(client_msg_id, 'client_msg_id')}"
         now = utcnow()
         await self.fx.send(
@@ -659,10 +743,30 @@ class Engine:
 
     async def skip(self, operator_id: str, session_id: str) -> None:
         await self._account(operator_id)
+        offered, _ = await kv_get(self.b.sessions, session_id, Session)
+        if offered is not None and offered.status == "assigned" and not offered.operator_id and operator_id in offered.offered_to:
+            await self._decline_offer(operator_id, offered, "skipped")
+            return
         session = await self._own_session(operator_id, session_id)
         if session.status != "assigned":
             raise Refused("conflict", "only an offered chat can be skipped; transfer an answered one")
         await self._pass_on(session, "skipped")
+
+    async def _decline_offer(self, operator_id: str, session: Session, reason: str) -> None:
+        """One of several operators declines an offer made to all; when nobody is left, it passes on."""
+        assignments = session.assignments
+
+        def drop(s: Session | None) -> Session | None:
+            if s is None or s.assignments != assignments or operator_id not in s.offered_to or s.operator_id:
+                return None
+            return msgspec.structs.replace(
+                s, offered_to=[o for o in s.offered_to if o != operator_id], declined_by=[*s.declined_by, operator_id]
+            )
+
+        updated = await kv_update(self.b.sessions, session.id, Session, drop)
+        await self._withdraw(operator_id, session.id)
+        if updated is not None and updated.status == "assigned" and not updated.operator_id and not updated.offered_to:
+            await self._pass_on(updated, reason)
 
     async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str) -> Session:
         acc = await self._account(operator_id)
@@ -769,6 +873,8 @@ class Engine:
         closed = await kv_update(self.b.sessions, session.id, Session, shut)
         assert closed is not None
         await self._release(closed.operator_id or session.operator_id, session.id)
+        for op in session.offered_to:
+            await self._withdraw(op, session.id)
         await self._forget_open(closed)
         await self._dequeue(closed.line_id, closed.id)
         line = self.lines.lines.get(closed.line_id)
@@ -792,6 +898,14 @@ class Engine:
             return msgspec.structs.replace(c, open_sessions={k: v for k, v in c.open_sessions.items() if k != entry})
 
         await kv_update(self.b.clients, client_key(session.channel, session.account, session.chat_key), ClientRecord, forget)
+
+
+def _with_offer(st: OperatorState | None, sid: str) -> OperatorState | None:
+    return msgspec.structs.replace(st, offers=[*st.offers, sid]) if st is not None and sid not in st.offers else None
+
+
+def _without_offer(st: OperatorState | None, sid: str) -> OperatorState | None:
+    return msgspec.structs.replace(st, offers=[o for o in st.offers if o != sid]) if st is not None and sid in st.offers else None
 
 
 def _touch(s: Session | None, now: datetime, *, inbound: bool) -> Session | None:
