@@ -53,9 +53,10 @@ class NatsServer:
     def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        # OPENLINES_TEST_NATS_DEBUG="-DV" logs the protocol of every test's server (in its tmp dir).
+        debug = os.environ.get("OPENLINES_TEST_NATS_DEBUG", "").split()
         self.proc = subprocess.Popen(
-            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
-            + (os.environ.get("OPENLINES_TEST_NATS_DEBUG", "").split()),
+            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store), *debug],
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
