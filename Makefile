@@ -2,6 +2,9 @@
 #   make dev    run the whole system locally (NATS + every service), print the URLs
 #   make test   lint, type-check and run the whole test suite
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip and setuptools repeat the same harmless notices for every editable package
+QUIET_PIP := { grep -vE 'WARNING: Location|BuildBackendWarning|^ *!!|\*{20}|careful with folders|name as your package|with strategy, WheelFile|^ *$$' || true; }
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,8 +16,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): constraints.txt requirements-dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
 	@echo "== creating $(VENV) and installing openlines, its services and tools (pinned by constraints.txt)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e shared $(addprefix -e ,$(SERVICES))
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e shared $(addprefix -e ,$(SERVICES)) 2>&1 | $(QUIET_PIP)
 	@touch $@
 
 install: $(STAMP)

@@ -2,7 +2,8 @@
 
 Starts an embedded nats-server with JetStream (data under .data/), creates the
 streams and buckets, applies the example lines, then runs every service from
-deploy/Procfile.dev with honcho and prints where to look. Ctrl-C stops all.
+honcho (the core services always, each channel gateway when its accounts
+are configured) and prints where to look. Ctrl-C stops all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,37 @@ NATS_PORT = int(os.environ.get("OPENLINES_DEV_NATS_PORT", "4222"))
 NATS_MONITOR = int(os.environ.get("OPENLINES_DEV_NATS_MONITOR_PORT", "8222"))
 LINES = Path(os.environ.get("OPENLINES_LINES_FILE", ROOT / "deploy" / "lines.example.toml"))
 HOST = os.environ.get("OPENLINES_DEV_HOST", "127.0.0.1")
-PORTS = {"desk": 8080, "gateway-webchat": 8081, "router": 8082}
+PORTS = {
+    "desk": 8080,
+    "gateway-webchat": 8081,
+    "router": 8082,
+    "gateway-telegram": 8083,
+    "gateway-vk": 8084,
+    "gateway-email": 8085,
+    "crm-sync": 8087,
+}
+# Always run: the core of the product and the built-in CRM.
+CORE = {
+    "router": "python -m router",
+    "webchat": "env OPENLINES_PUBLIC_URL=http://$OPENLINES_HTTP_HOST:$OPENLINES_WEBCHAT_PORT python -m gateway_webchat",
+    "desk": "python -m desk",
+    "crm": "python -m crm_sync",
+}
+# Run when their channel accounts are configured (see docs/channels/*.md).
+CHANNELS = {
+    "telegram": ("OPENLINES_TELEGRAM_BOTS", "python -m gateway_telegram"),
+    "vk": ("OPENLINES_VK_GROUPS", "python -m gateway_vk"),
+    "email": ("OPENLINES_EMAIL_MAILBOXES", "python -m gateway_email"),
+}
+PORT_OF = {
+    "router": "router",
+    "webchat": "gateway-webchat",
+    "desk": "desk",
+    "crm": "crm-sync",
+    "telegram": "gateway-telegram",
+    "vk": "gateway-vk",
+    "email": "gateway-email",
+}
 
 
 def say(msg: str) -> None:
@@ -99,7 +130,24 @@ async def prepare(url: str) -> None:
         await nc.close()
 
 
-def banner() -> None:
+def procfile() -> tuple[Path, list[str]]:
+    """The Procfile for this run: the core services, plus each channel gateway that is configured."""
+    lines = []
+    skipped = []
+    entries = dict(CORE)
+    for name, (var, cmd) in CHANNELS.items():
+        if os.environ.get(var):
+            entries[name] = cmd
+        else:
+            skipped.append(f"{name} (set {var} to run it)")
+    for name, cmd in entries.items():
+        lines.append(f"{name}: env OPENLINES_HTTP_PORT={PORTS[PORT_OF[name]]} {cmd}")
+    path = DATA / "Procfile"
+    path.write_text("\n".join(lines) + "\n")
+    return path, skipped
+
+
+def banner(skipped: list[str]) -> None:
     web = f"http://{HOST}:{PORTS['gateway-webchat']}"
     desk = f"http://{HOST}:{PORTS['desk']}"
     print(
@@ -112,7 +160,9 @@ def banner() -> None:
      log in as  anna / demo   or  boris / demo
    NATS monitoring:               http://127.0.0.1:{NATS_MONITOR}/jsz
 
+ Built-in CRM (leads, contacts): http://{HOST}:{PORTS["crm-sync"]}/crm/leads
  Lines: {LINES.relative_to(ROOT) if LINES.is_relative_to(ROOT) else LINES}
+ Not started: {", ".join(skipped) or "-"}
  Ctrl-C stops everything; data stays in .data/
 ================================================================
 """,
@@ -131,17 +181,14 @@ def main() -> int:
             **dev_secrets(),
             "OPENLINES_NATS_URL": url,
             "OPENLINES_HTTP_HOST": HOST,
-            "OPENLINES_DESK_PORT": str(PORTS["desk"]),
             "OPENLINES_WEBCHAT_PORT": str(PORTS["gateway-webchat"]),
-            "OPENLINES_ROUTER_PORT": str(PORTS["router"]),
             "OPENLINES_BOOTSTRAP": "true",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
         }
-        banner()
-        honcho = subprocess.Popen(
-            [str(BIN / "honcho"), "-f", str(ROOT / "deploy" / "Procfile.dev"), "-d", str(ROOT), "start"], env=env
-        )
+        path, skipped = procfile()
+        banner(skipped)
+        honcho = subprocess.Popen([str(BIN / "honcho"), "-f", str(path), "-d", str(ROOT), "start"], env=env)
         signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
         try:
             return honcho.wait()

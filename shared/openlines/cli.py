@@ -83,7 +83,9 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``only``, service plugins other than that command are not imported
+    (some pull in heavy libraries, and `openlines lines validate` should start at once)."""
     p = argparse.ArgumentParser(prog="openlines", description="openlines administration")
     p.add_argument("--nats", help="NATS URL (default: $OPENLINES_NATS_URL or nats://127.0.0.1:4222)")
     p.add_argument("--attempts", type=int, default=10, help="connection attempts before giving up (0 = forever)")
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--password", help="the password (prompted when omitted)")
     h.set_defaults(run=_hash_password, is_async=False)
     for ep in entry_points(group="openlines.cli"):
+        if only is not None and ep.name != only:
+            continue
         # Services add their own subcommands (e.g. `openlines telegram ...`):
         # the entry point is a function register(subparsers) -> None.
         try:
@@ -118,8 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BUILTIN_COMMANDS = ("bootstrap", "lines", "hash-password")
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line, if it is a built-in or an installed plugin."""
+    plugins = {ep.name for ep in entry_points(group="openlines.cli")}
+    for word in argv:
+        if word in BUILTIN_COMMANDS or word in plugins:
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    command = _command_of(words)
+    # Import only the plugin that is asked for; all of them when they must be listed.
+    parser = build_parser(only=command if command is not None else None)
+    args = parser.parse_args(argv)
     try:
         if args.is_async:
             return int(asyncio.run(args.run(args)))

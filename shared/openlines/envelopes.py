@@ -57,6 +57,11 @@ class Inbound(msgspec.Struct, kw_only=True, omit_defaults=True):
     attachments: list[Attachment] = []
     channel_msg_id: str = ""
     received_at: datetime
+    # RFC 3834 and the like: never answer this message automatically (mail
+    # loops, mailing lists, robots). The router then sends no auto-reply.
+    no_auto_reply: bool = False
+    no_auto_reply_reason: str = ""
+    subject: str = ""  # e-mail subject, for threading and the operator's view
 
 
 class Outbound(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -103,6 +108,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "operator_status",  # online / away / offline
     "dead_letter",  # an inbound message that could not be handled, with the reason
     "delivery_failed",  # a gateway could not deliver an outbound message
+    "crm_linked",  # crm-sync bound the session to CRM records (reason: ids, source)
 )
 
 

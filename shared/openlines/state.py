@@ -42,6 +42,7 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     pinned: bool = False  # kept by its operator when they go away
     held: bool = False  # waiting for the line to open (outside hours, hold_until_open)
     close_reason: str = ""  # operator | auto_close | spam | transfer
+    no_auto_reply: bool = False  # opened by a message that must get no automatic answer (robot, list, loop)
 
     @property
     def is_open(self) -> bool:

@@ -25,6 +25,19 @@ KV_SESSIONS = "ol-sessions"
 KV_CLIENTS = "ol-clients"
 KV_BUCKETS = (KV_LINES, KV_ACCOUNTS, KV_OPERATORS, KV_SESSIONS, KV_CLIENTS)
 
+# Buckets a service owns and creates itself (with its own TTLs), not part of the bootstrap.
+KV_TELEGRAM_SENT = "ol-tg-sent"  # gateway-telegram: delivered outbound ids
+KV_EMAIL_STATE = "ol-email"  # gateway-email: IMAP cursors, chat threading, sent records
+KV_EMAIL_MESSAGES = "ol-email-messages"  # gateway-email: Message-ID -> chat and session
+KV_EMAIL_LEASES = "ol-email-leases"  # gateway-email: which replica owns a mailbox
+OBJ_EMAIL_FILES = "ol-email-files"  # gateway-email: attachment contents (object store)
+KV_CRM_LINKS = "ol-crm-links"  # crm-sync: client/session -> CRM records, intents done
+KV_CRM_CONTACTS = "ol-crm-contacts"  # crm-sync built-in CRM
+KV_CRM_LEADS = "ol-crm-leads"
+KV_CRM_DEALS = "ol-crm-deals"
+KV_CRM_ACTIVITIES = "ol-crm-activities"
+KV_CRM_INDEX = "ol-crm-index"  # crm-sync built-in CRM: id counters, origin and phone/e-mail index
+
 # Subject roots, with the wildcard each stream captures
 IN_ROOT = "ol.in"
 OUT_ROOT = "ol.out"

@@ -309,7 +309,12 @@ async def test_operator_whose_desk_is_gone_past_the_grace_goes_offline(nc: Any, 
             return (await operator(nc, "anna")).status == "offline"
 
         await wait_for(offline, timeout=15, what="anna offline after the grace period")
-        assert (await held_by(nc, "v")).operator_id == "boris"
+
+        async def with_boris() -> Session | None:
+            s = await session_of(nc, "v")
+            return s if s is not None and s.operator_id == "boris" else None
+
+        assert (await wait_for(with_boris, what="the chat handed to boris")).status == "assigned"
 
 
 async def test_a_desk_page_back_within_the_grace_keeps_the_operator_online(nc: Any, nats_server: Any) -> None:
@@ -378,3 +383,22 @@ async def test_mode_all_offer_nobody_accepts_is_offered_again_and_declines_pass_
         await call(nc, "reply", Reply(operator_id="boris", session_id=again.id, text="Here!", client_msg_id="r1"))
         taken = await session_of(nc, "v")
         assert taken is not None and (taken.operator_id, taken.status) == ("boris", "answered")
+
+
+async def test_a_message_that_must_get_no_auto_reply_gets_none_but_reaches_the_operator(nc: Any, nats_server: Any) -> None:
+    extra = '[lines.auto_replies]\nwelcome = "Hello!"\nclosing = "Bye"\n'
+    await apply_lines(nc, OPS + line("", extra))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        robot = msgspec.structs.replace(
+            inbound("robot", "Out of office", "m1"), no_auto_reply=True, no_auto_reply_reason="auto-submitted"
+        )
+        await publish(nc, robot)
+        await publish(nc, inbound("person", "hi", "m1"))
+        s = await held_by(nc, "robot")
+        assert s.no_auto_reply
+        await held_by(nc, "person")
+        await wait_for(lambda: outbound_for(nc, "person"), what="the person's welcome")
+        await call(nc, "close", _close(s.operator_id, s.id))
+        assert [h.text for h in await history(nc, s.id) if h.direction == "in"] == ["Out of office"]
+        assert await outbound_for(nc, "robot") == []

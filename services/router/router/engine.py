@@ -199,6 +199,7 @@ class Engine:
             chat_key=ck,
             client_name=msg.profile.name or (client.profile.name if client else ""),
             opened_at=msg.received_at,
+            no_auto_reply=msg.no_auto_reply,
         )
         session = await kv_update(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None)
         assert session is not None
@@ -209,8 +210,13 @@ class Engine:
             rec = cur or ClientRecord(client_id=session.client_id, channel=msg.channel, account=msg.account, chat_id=msg.chat_id)
             if rec.open_sessions.get(entry_line.id) == sid:
                 return rec
+            # The profile is stored before the session is announced, so whoever
+            # reacts to session_opened (crm-sync) reads the phone/e-mail of this message.
             return msgspec.structs.replace(
-                rec, open_sessions={**rec.open_sessions, entry_line.id: sid}, sessions_total=rec.sessions_total + 1
+                rec,
+                profile=_merge_profile(rec.profile, msg.profile),
+                open_sessions={**rec.open_sessions, entry_line.id: sid},
+                sessions_total=rec.sessions_total + 1,
             )
 
         await kv_update(self.b.clients, client_key(msg.channel, msg.account, ck), ClientRecord, link)
@@ -266,8 +272,8 @@ class Engine:
             await self._auto(session, f"position:{session.id}:{session.assignments}", text, now)
 
     async def _auto(self, session: Session, out_id: str, text: str, now: datetime) -> None:
-        if not text:
-            return
+        if not text or session.no_auto_reply:
+            return  # nothing to say, or a robot / mailing list / loop that must get no automatic answer
         await self.fx.send(
             session,
             Outbound(
@@ -403,7 +409,7 @@ class Engine:
                 chosen_ops = distribution.pick_many(line.queue, await self._views(line), ctx)
             if not chosen_ops:
                 return None
-            if line.queue.mode == "all":
+            if line.queue.mode == "all" or len(chosen_ops) > 1:  # "all", or "all" as crm_responsible's fallback
                 return await self._offer_all(line, session, chosen_ops, now)
             op_id = chosen_ops[0]
             if not await self._claim(op_id, session.id, line.queue, now):

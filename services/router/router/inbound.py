@@ -58,7 +58,7 @@ async def consume(js: JetStreamContext, engine: Engine, durable: str, ack_wait: 
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(batch=1, timeout=1.0)
-            except (FetchTimeoutError, NatsTimeout):
+            except (FetchTimeoutError, NatsTimeout, TimeoutError):
                 continue
             except Exception as exc:  # disconnected: the client reconnects by itself
                 log.warning("fetch failed", extra={"error": repr(exc)})

@@ -65,7 +65,7 @@ async def consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]]
         while not stop.is_set():
             try:
                 msgs = await psub.fetch(batch=256, timeout=1.0)
-            except (FetchTimeoutError, NatsTimeout):
+            except (FetchTimeoutError, NatsTimeout, TimeoutError):
                 continue
             except Exception as exc:
                 log.warning("timer fetch failed", extra={"error": repr(exc)})

@@ -1,0 +1,1 @@
+"""crm-sync: makes the CRM reflect every conversation of the open lines."""

@@ -1,0 +1,111 @@
+"""The one interface every CRM backend implements, and the records it speaks in.
+
+Records are the CRM's own concepts (contact, lead, deal, activity) with the
+Bitrix24 field meanings; a backend maps them to its storage or API. Every
+create takes an ``origin`` - our deterministic key of the intent - that the
+backend stores (Bitrix24 ``ORIGIN_ID``) and can search by, so a create redone
+after a crash finds the first one instead of making a second.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, Protocol
+
+import msgspec
+
+Kind = Literal["contact", "lead", "deal"]
+KINDS: tuple[Kind, ...] = ("contact", "lead", "deal")
+
+
+class CrmUnavailable(Exception):
+    """The CRM cannot be reached or asks us to slow down: retry the same work later."""
+
+
+class CrmRejected(Exception):
+    """The CRM refused the request itself (bad field, no permission): retrying will not help."""
+
+
+class Entity(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A contact, lead or deal. Empty fields are left as they are on update."""
+
+    kind: Kind
+    id: str = ""
+    title: str = ""  # TITLE of a lead or deal
+    name: str = ""  # NAME of a contact or lead
+    phones: list[str] = []  # E.164
+    emails: list[str] = []  # lower case
+    im: list[str] = []  # channel identities, imol|<channel>|<account>|<chat id>
+    source_id: str = ""  # SOURCE_ID
+    source_description: str = ""  # SOURCE_DESCRIPTION
+    stage: str = ""  # STATUS_ID of a lead, STAGE_ID of a deal
+    pipeline: str = ""  # CATEGORY_ID of a deal
+    contact_id: str = ""  # CONTACT_ID of a lead or deal
+    assigned_by: str = ""  # ASSIGNED_BY_ID: a CRM user id
+    origin: str = ""  # ORIGIN_ID: our idempotency key
+    comments: str = ""
+    created_at: datetime | None = None
+
+
+class Activity(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One conversation (session) as a CRM activity on its owner record."""
+
+    id: str = ""
+    owner_kind: Kind
+    owner_id: str
+    session_id: str
+    subject: str = ""
+    description: str = ""  # the transcript, plain text
+    completed: bool = False
+    responsible: str = ""  # RESPONSIBLE_ID: a CRM user id
+    channel: str = ""
+    client_code: str = ""  # the channel identity, for COMMUNICATIONS
+    client_name: str = ""
+    origin: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class Matches(msgspec.Struct, kw_only=True, frozen=True):
+    """Records found by phone / e-mail, ids as strings (Bitrix24 crm.duplicate.findbycomm)."""
+
+    contacts: list[str] = []
+    leads: list[str] = []
+
+
+class CrmBackend(Protocol):
+    name: str
+
+    async def find_by_origin(self, kind: Kind, origin: str) -> Entity | None:
+        """The record created with this origin (our intent key / channel identity), if any."""
+        ...
+
+    async def find_by_comm(self, phones: list[str], emails: list[str]) -> Matches:
+        """Contacts and leads having any of these phones or e-mail addresses."""
+        ...
+
+    async def get(self, kind: Kind, entity_id: str) -> Entity | None: ...
+
+    async def create(self, entity: Entity) -> str:
+        """Create the record; returns its id."""
+        ...
+
+    async def update(self, entity: Entity) -> None:
+        """Set the non-empty fields of ``entity`` (phones/e-mails/im are added, not replaced)."""
+        ...
+
+    async def find_activity(self, origin: str) -> str | None: ...
+
+    async def add_activity(self, activity: Activity) -> str: ...
+
+    async def update_activity(self, activity: Activity) -> None: ...
+
+    async def check(self) -> list[str]:
+        """Verify the connection and permissions; one line per check, raise on failure."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def sources(self) -> list[str] | None:
+        """The SOURCE_IDs the CRM knows, or None when any value is accepted."""
+        ...

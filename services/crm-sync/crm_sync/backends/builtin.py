@@ -1,0 +1,217 @@
+"""The built-in CRM: contacts, leads, deals and activities in JetStream KV
+buckets of crm-sync's own, so the system is useful with no external CRM.
+
+Ids are small integers per kind (like Bitrix24's), allocated by
+compare-and-set on a counter. A create with an origin first claims
+``origin.<kind>.<hash>`` with ``kv.create`` (which fails when the key
+exists), so two attempts at the same intent - a retry after a crash - end
+on the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+from crm_sync.backends.base import KINDS, Activity, Entity, Kind, Matches
+from openlines import subjects
+from openlines.bus import kv_get, kv_update
+from openlines.envelopes import utcnow
+
+KV_CONTACTS = subjects.KV_CRM_CONTACTS
+KV_LEADS = subjects.KV_CRM_LEADS
+KV_DEALS = subjects.KV_CRM_DEALS
+KV_ACTIVITIES = subjects.KV_CRM_ACTIVITIES
+KV_INDEX = subjects.KV_CRM_INDEX  # id counters, origin -> id, phone/e-mail -> records
+BUCKETS = {"contact": KV_CONTACTS, "lead": KV_LEADS, "deal": KV_DEALS, "activity": KV_ACTIVITIES, "index": KV_INDEX}
+
+
+def _h(value: str) -> str:
+    return hashlib.blake2b(value.encode(), digest_size=12).hexdigest()
+
+
+class Counter(msgspec.Struct):
+    last: int = 0
+
+
+class CommRefs(msgspec.Struct):
+    refs: list[str] = []  # "<kind>:<id>"
+
+
+async def open_buckets(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyValue]:
+    out: dict[str, KeyValue] = {}
+    for role, name in BUCKETS.items():
+        try:
+            out[role] = await js.key_value(name)
+        except (NotFoundError, BadRequestError):
+            out[role] = await js.create_key_value(bucket=name, history=1, replicas=replicas, storage=js_api.StorageType.FILE)
+    return out
+
+
+async def _all(kv: KeyValue) -> list[bytes]:
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return []
+    out: list[bytes] = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except Exception:
+            continue
+        if entry.value:
+            out.append(entry.value)
+    return out
+
+
+class BuiltinBackend:
+    name = "builtin"
+
+    def __init__(self, buckets: dict[str, KeyValue]) -> None:
+        self.kv = buckets
+        self.index = buckets["index"]
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, replicas: int = 1) -> BuiltinBackend:
+        return cls(await open_buckets(js, replicas))
+
+    # -- ids and indexes ------------------------------------------------
+
+    async def _next_id(self, kind: str) -> str:
+        def bump(c: Counter | None) -> Counter:
+            return Counter(last=(c.last if c else 0) + 1)
+
+        c = await kv_update(self.index, f"seq.{kind}", Counter, bump)
+        assert c is not None
+        return str(c.last)
+
+    async def _claim_origin(self, kind: str, origin: str, new_id: str) -> str:
+        """The id this origin belongs to: ``new_id`` if we got there first, else the earlier one."""
+        key = f"origin.{kind}.{_h(origin)}"
+        try:
+            await self.index.create(key, new_id.encode())
+            return new_id
+        except (KeyWrongLastSequenceError, BadRequestError):
+            entry = await self.index.get(key)
+            return (entry.value or b"").decode()
+
+    async def _origin_id(self, kind: str, origin: str) -> str | None:
+        try:
+            entry = await self.index.get(f"origin.{kind}.{_h(origin)}")
+        except Exception:
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def _index_comms(self, ref: str, values: list[str]) -> None:
+        for value in values:
+
+            def add(c: CommRefs | None) -> CommRefs | None:
+                refs = c.refs if c else []
+                return None if ref in refs else CommRefs(refs=[*refs, ref])
+
+            await kv_update(self.index, f"comm.{_h(value)}", CommRefs, add)
+
+    # -- records ----------------------------------------------------------
+
+    async def find_by_origin(self, kind: Kind, origin: str) -> Entity | None:
+        entity_id = await self._origin_id(kind, origin)
+        return await self.get(kind, entity_id) if entity_id else None
+
+    async def find_by_comm(self, phones: list[str], emails: list[str]) -> Matches:
+        contacts: list[str] = []
+        leads: list[str] = []
+        for value in [*phones, *emails]:
+            refs, _ = await kv_get(self.index, f"comm.{_h(value)}", CommRefs)
+            for ref in refs.refs if refs else []:
+                kind, _, entity_id = ref.partition(":")
+                target = contacts if kind == "contact" else leads if kind == "lead" else None
+                if target is not None and entity_id not in target:
+                    target.append(entity_id)
+        return Matches(contacts=contacts, leads=leads)
+
+    async def get(self, kind: Kind, entity_id: str) -> Entity | None:
+        entity, _ = await kv_get(self.kv[kind], entity_id, Entity)
+        return entity
+
+    async def create(self, entity: Entity) -> str:
+        candidate = await self._next_id(entity.kind)
+        entity_id = await self._claim_origin(entity.kind, entity.origin, candidate) if entity.origin else candidate
+        stored = msgspec.structs.replace(entity, id=entity_id, created_at=entity.created_at or utcnow())
+        await kv_update(self.kv[entity.kind], entity_id, Entity, lambda cur: stored if cur is None else None)
+        await self._index_comms(f"{entity.kind}:{entity_id}", [*entity.phones, *entity.emails])
+        return entity_id
+
+    async def update(self, entity: Entity) -> None:
+        def merge(cur: Entity | None) -> Entity | None:
+            if cur is None:
+                return None
+            changes: dict[str, object] = {}
+            for field in entity.__struct_fields__:
+                if field in ("kind", "id", "created_at"):
+                    continue
+                new = getattr(entity, field)
+                old = getattr(cur, field)
+                if isinstance(new, list):
+                    merged = [*old, *(v for v in new if v not in old)]
+                    if merged != old:
+                        changes[field] = merged
+                elif new and new != old:
+                    changes[field] = new
+            return msgspec.structs.replace(cur, **changes) if changes else None
+
+        await kv_update(self.kv[entity.kind], entity.id, Entity, merge)
+        await self._index_comms(f"{entity.kind}:{entity.id}", [*entity.phones, *entity.emails])
+
+    async def entities(self, kind: Kind) -> list[Entity]:
+        rows = [msgspec.json.decode(v, type=Entity) for v in await _all(self.kv[kind])]
+        return sorted(rows, key=lambda e: int(e.id) if e.id.isdigit() else 0)
+
+    # -- activities -------------------------------------------------------
+
+    async def find_activity(self, origin: str) -> str | None:
+        return await self._origin_id("activity", origin)
+
+    async def add_activity(self, activity: Activity) -> str:
+        candidate = await self._next_id("activity")
+        act_id = await self._claim_origin("activity", activity.origin, candidate) if activity.origin else candidate
+        stored = msgspec.structs.replace(activity, id=act_id)
+        await kv_update(self.kv["activity"], act_id, Activity, lambda cur: stored if cur is None else None)
+        return act_id
+
+    async def update_activity(self, activity: Activity) -> None:
+        def merge(cur: Activity | None) -> Activity | None:
+            if cur is None:
+                return None
+            changes = {
+                f: getattr(activity, f)
+                for f in ("subject", "description", "responsible", "end", "client_name")
+                if getattr(activity, f) and getattr(activity, f) != getattr(cur, f)
+            }
+            if activity.completed and not cur.completed:
+                changes["completed"] = True
+            return msgspec.structs.replace(cur, **changes) if changes else None
+
+        await kv_update(self.kv["activity"], activity.id, Activity, merge)
+
+    async def activities(self, session_id: str = "") -> list[Activity]:
+        rows = [msgspec.json.decode(v, type=Activity) for v in await _all(self.kv["activity"])]
+        return sorted(
+            (a for a in rows if not session_id or a.session_id == session_id), key=lambda a: int(a.id) if a.id.isdigit() else 0
+        )
+
+    async def check(self) -> list[str]:
+        out = []
+        for kind in KINDS:
+            out.append(f"built-in CRM: {len(await self.entities(kind))} {kind}(s) in {BUCKETS[kind]}")
+        return out
+
+    async def close(self) -> None:
+        return None
+
+    async def sources(self) -> list[str] | None:
+        return None  # the built-in CRM takes any SOURCE_ID

@@ -1,0 +1,149 @@
+"""The event consumer: OL_EVT session events applied one at a time, in stream
+order, acked only after the CRM and the links bucket reflect them.
+
+Like the router's inbound consumer: one unacknowledged event at a time, and
+an event that fails is retried *in place* - forever while the CRM or NATS is
+unreachable or rate-limiting us (the events wait, in order, nothing lost), a
+few times for a refusal before it is dead-lettered with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import FetchTimeoutError, NoStreamResponseError, ServiceUnavailableError
+from prometheus_client import Counter, Gauge
+
+from crm_sync.backends.base import CrmUnavailable
+from crm_sync.sync import HANDLED_KINDS, Syncer
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode, utcnow
+
+log = logging.getLogger("crm_sync.consumer")
+
+HANDLED = Counter("openlines_crm_events_total", "Session events handled by crm-sync", ["result"])
+WAITING = Gauge("openlines_crm_waiting", "1 while an event waits for the CRM to come back")
+
+TRANSIENT = (
+    CrmUnavailable,
+    NatsTimeout,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ConnectionClosedError,
+    TimeoutError,
+)
+MAX_OTHER_FAILURES = 5
+MAX_DELAY = 10.0
+
+_decode = msgspec.json.Decoder(SessionEvent)
+
+
+class EventConsumer:
+    def __init__(self, js: JetStreamContext, syncer: Syncer, durable: str, ack_wait: float) -> None:
+        self.js = js
+        self.syncer = syncer
+        self.durable = durable
+        self.ack_wait = ack_wait
+        self.stop_event = asyncio.Event()
+        self.waiting_reason = ""
+
+    async def run(self) -> None:
+        config = js_api.ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=1,  # strict order: a client's close never overtakes its opening
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            filter_subjects=[subjects.event(k) for k in HANDLED_KINDS],
+        )
+        await self.js.add_consumer(subjects.STREAM_EVT, config)
+        psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVT)
+        log.info("consuming session events", extra={"consumer": self.durable})
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    msgs = await psub.fetch(batch=1, timeout=1.0)
+                except (FetchTimeoutError, NatsTimeout):
+                    continue
+                except Exception as exc:
+                    log.warning("fetch failed", extra={"error": repr(exc)})
+                    await asyncio.sleep(0.5)
+                    continue
+                for m in msgs:
+                    await self._handle(m)
+        finally:
+            await psub.unsubscribe()
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+
+    async def _handle(self, m: Msg) -> None:
+        try:
+            evt = _decode.decode(m.data)
+        except msgspec.ValidationError as exc:
+            await self._dead_letter(m, f"malformed session event on {m.subject}: {exc}")
+            return
+        failures = 0
+        delay = 0.2
+        while True:
+            try:
+                await self.syncer.handle(evt)
+                await m.ack_sync()
+                HANDLED.labels("ok").inc()
+                if self.waiting_reason:
+                    log.info("crm reachable again", extra={"session": evt.session_id})
+                self.waiting_reason = ""
+                WAITING.set(0)
+                return
+            except Exception as exc:
+                transient = isinstance(exc, TRANSIENT)
+                failures += 0 if transient else 1
+                HANDLED.labels("retry").inc()
+                self.waiting_reason = str(exc)[:200]
+                WAITING.set(1)
+                log.warning(
+                    "crm sync failed, retrying in place",
+                    extra={
+                        "session": evt.session_id,
+                        "kind": evt.kind,
+                        "error": repr(exc)[:300],
+                        "transient": transient,
+                        "retry_in_s": delay,
+                    },
+                )
+                if failures >= MAX_OTHER_FAILURES:
+                    await self._dead_letter(m, f"crm-sync could not apply {evt.kind} of {evt.session_id}: {exc!r}"[:1000])
+                    self.waiting_reason = ""
+                    WAITING.set(0)
+                    return
+            if self.stop_event.is_set():
+                return  # not acked: redelivered before anything newer
+            try:  # back-off between attempts at the CRM, cut short by a stop
+                await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+                return
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, MAX_DELAY)
+            try:
+                await m.in_progress()
+            except Exception:
+                pass
+
+    async def _dead_letter(self, m: Msg, reason: str) -> None:
+        meta = m.metadata
+        evt_id = f"crm-dead:{meta.stream}:{meta.sequence.stream}"
+        dead = SessionEvent(id=evt_id, kind="dead_letter", at=utcnow(), reason=reason)
+        await self.js.publish(subjects.event("dead_letter"), encode(dead), headers={MSG_ID_HEADER: evt_id})
+        await m.term()
+        HANDLED.labels("dead_letter").inc()
+        log.error("session event dead-lettered", extra={"reason": reason[:300]})

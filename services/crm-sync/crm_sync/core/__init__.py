@@ -1,0 +1,1 @@
+"""Pure decisions of crm-sync: no I/O, no clock reads."""

@@ -1,0 +1,75 @@
+"""The CRM create/link decision for a client's conversation: a pure function
+of (line crm config, channel, what is linked already, what the CRM found)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from openlines.lines import CrmConfig
+
+DEFAULT_SOURCE_IDS: dict[str, str] = {
+    "telegram": "TELEGRAM",
+    "vk": "VK",
+    "webchat": "OPENLINE",
+    "email": "EMAIL",
+    "whatsapp": "WHATSAPP",
+}
+FALLBACK_SOURCE_ID = "OTHER"
+
+Create = Literal["lead", "deal", "contact_deal", "none"]
+
+
+class Known(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """CRM records that already belong to this client: linked before, or found now
+    by channel identity, phone or e-mail. Ids are the CRM's own, as strings."""
+
+    contact_id: str = ""
+    lead_id: str = ""
+    deal_id: str = ""
+
+
+class Plan(msgspec.Struct, kw_only=True, frozen=True):
+    """What to do for a client's new conversation."""
+
+    create: Create  # lead; deal (for a known contact); contact_deal (a new contact and its deal); none
+    link: Known  # what the client ends up linked to before anything is created
+    reason: str  # one line for the crm_linked event and the log
+
+
+def source_id(crm: CrmConfig, channel: str) -> str:
+    """The SOURCE_ID written into leads and deals of this channel."""
+    return crm.source_ids.get(channel) or DEFAULT_SOURCE_IDS.get(channel, FALLBACK_SOURCE_ID)
+
+
+def decide(crm: CrmConfig, known: Known) -> Plan:
+    """Create nothing twice: a client linked to (or found as) a lead or deal keeps
+    it; a known contact gets what ``identified_client`` says; a stranger gets
+    what ``create`` says."""
+    if not crm.enabled:
+        return Plan(create="none", link=Known(), reason="crm disabled on the line")
+    if known.deal_id:
+        return Plan(create="none", link=known, reason=f"linked to deal {known.deal_id}")
+    if known.contact_id:
+        if crm.create == "none" or crm.identified_client == "none":
+            return Plan(create="none", link=known, reason=f"linked to contact {known.contact_id}")
+        if crm.identified_client == "lead":
+            if known.lead_id:
+                return Plan(create="none", link=known, reason=f"linked to lead {known.lead_id}")
+            return Plan(create="lead", link=known, reason=f"known contact {known.contact_id}: new lead")
+        return Plan(create="deal", link=known, reason=f"known contact {known.contact_id}: new deal")
+    if known.lead_id:
+        return Plan(create="none", link=known, reason=f"linked to lead {known.lead_id}")
+    if crm.create == "lead":
+        return Plan(create="lead", link=known, reason="new client: new lead")
+    if crm.create == "deal":
+        return Plan(create="contact_deal", link=known, reason="new client: new contact and deal")
+    return Plan(create="none", link=known, reason="new client: nothing created (create = none)")
+
+
+def pick(ids: list[str]) -> str:
+    """Of several matching records, the oldest (lowest numeric id): the one a person would keep."""
+    if not ids:
+        return ""
+    return min(ids, key=lambda i: (0, int(i)) if i.isdigit() else (1, 0))

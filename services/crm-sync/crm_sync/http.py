@@ -1,0 +1,62 @@
+"""The built-in CRM's read API: what crm-sync wrote, as JSON.
+
+``GET /crm/contacts``, ``/crm/leads``, ``/crm/deals``, ``/crm/activities?session=<id>``
+and ``/crm/links/<client id>``.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+from nats.js.kv import KeyValue
+
+from crm_sync.backends.base import Kind
+from crm_sync.backends.builtin import BuiltinBackend
+from crm_sync.links import ClientLink, client_key
+from openlines import subjects
+from openlines.bus import kv_get
+from openlines.runner import json_error
+
+
+def _json(obj: object) -> web.Response:
+    return web.Response(body=msgspec.json.encode(obj), content_type="application/json")
+
+
+class ReadApi:
+    def __init__(self, backend: BuiltinBackend | None, links: KeyValue) -> None:
+        self.backend = backend
+        self.links = links
+
+    def routes(self, app: web.Application) -> None:
+        for kind in ("contacts", "leads", "deals"):
+            app.router.add_get(f"/crm/{kind}", self._entities)
+        app.router.add_get("/crm/activities", self._activities)
+        app.router.add_get("/crm/links/{client_id}", self._link)
+
+    async def _entities(self, request: web.Request) -> web.Response:
+        if self.backend is None:
+            return json_error(404, "not_builtin", "the read API serves the built-in CRM; this crm-sync writes to an external CRM")
+        kind: Kind = {"contacts": "contact", "leads": "lead", "deals": "deal"}[request.path.rsplit("/", 1)[1]]  # type: ignore[assignment]
+        return _json(await self.backend.entities(kind))
+
+    async def _activities(self, request: web.Request) -> web.Response:
+        if self.backend is None:
+            return json_error(404, "not_builtin", "the read API serves the built-in CRM; this crm-sync writes to an external CRM")
+        session = request.query.get("session", "")
+        if session:
+            try:
+                subjects.token(session, "session")
+            except subjects.BadToken as exc:
+                return json_error(400, "invalid", str(exc))
+        return _json(await self.backend.activities(session))
+
+    async def _link(self, request: web.Request) -> web.Response:
+        client_id = request.match_info["client_id"]
+        try:
+            subjects.token(client_id, "client id")
+        except subjects.BadToken as exc:
+            return json_error(400, "invalid", str(exc))
+        link, _ = await kv_get(self.links, client_key(client_id), ClientLink)
+        if link is None:
+            return json_error(404, "not_found", f"client {client_id} is not linked to the CRM")
+        return _json(link)

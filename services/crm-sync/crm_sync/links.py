@@ -1,0 +1,66 @@
+"""crm-sync's own bucket ``ol-crm-links``: which CRM records a client and a
+session are bound to, and which intents are done or in flight.
+
+| key | record |
+|---|---|
+| ``client.<client id>`` | :class:`ClientLink` - contact / lead / deal ids, identities pushed, responsible |
+| ``session.<session id>`` | :class:`SessionLink` - activity id, owner record, intents done |
+| ``oauth.bitrix24`` | the current Bitrix24 OAuth tokens (they rotate on refresh) |
+
+``pending`` holds the origins (idempotency keys) of creates that were sent
+but not yet recorded: after a crash, a create whose origin is pending is
+searched for in the CRM before it is sent again.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from openlines import subjects
+
+KV_LINKS = subjects.KV_CRM_LINKS
+OAUTH_KEY = "oauth.bitrix24"
+
+
+class ClientLink(msgspec.Struct, kw_only=True, omit_defaults=True):
+    client_id: str
+    code: str = ""  # imol|<channel>|<account>|<chat id>
+    contact_id: str = ""
+    lead_id: str = ""
+    deal_id: str = ""
+    phones: list[str] = []  # identities already written to the CRM
+    emails: list[str] = []
+    assigned_by: str = ""  # the CRM user responsible for the client (ASSIGNED_BY_ID)
+    created_in: str = ""  # the session whose conversation created the lead / deal
+    pending: list[str] = []
+
+
+class SessionLink(msgspec.Struct, kw_only=True, omit_defaults=True):
+    session_id: str
+    client_id: str = ""
+    owner_kind: str = ""  # contact | lead | deal
+    owner_id: str = ""
+    activity_id: str = ""
+    linked: bool = False  # the client is linked and crm_linked was published
+    reason: str = ""
+    done: list[str] = []  # intents applied: answered:<operator>, closed
+    pending: list[str] = []
+
+
+def client_key(client_id: str) -> str:
+    return f"client.{client_id}"
+
+
+def session_key(session_id: str) -> str:
+    return f"session.{session_id}"
+
+
+async def open_links(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    try:
+        return await js.key_value(KV_LINKS)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(bucket=KV_LINKS, history=5, replicas=replicas, storage=js_api.StorageType.FILE)

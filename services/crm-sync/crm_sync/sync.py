@@ -1,0 +1,482 @@
+"""The imperative shell of crm-sync: one session event in, the CRM brought in line.
+
+Load (line config, client record, transcript, links) → ask the core
+(``core.decide``) → apply through the backend → record in ``ol-crm-links``.
+Every create carries a deterministic origin and is marked pending in the
+links bucket before it is sent, so a redelivered event finds what a crashed
+attempt created instead of creating it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from crm_sync.backends.base import Activity, CrmBackend, Entity, Kind
+from crm_sync.core import identity
+from crm_sync.core.decide import Known, decide, pick, source_id
+from crm_sync.links import ClientLink, SessionLink, client_key, session_key
+from openlines import subjects
+from openlines.apply import line_key
+from openlines.bus import Buckets, kv_get, kv_update, read_subject
+from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, SessionEvent, encode, utcnow
+from openlines.lines import CrmConfig, LineConfig
+from openlines.state import ClientRecord
+from openlines.state import client_key as router_client_key
+
+log = logging.getLogger("crm_sync.sync")
+
+HANDLED_KINDS = ("session_opened", "session_assigned", "session_answered", "session_transferred", "session_closed")
+LINKED_KIND = "crm_linked"
+SETTLE_SECONDS = 3.0  # longest wait for the router to store the opening message's profile
+CREATED = Counter("openlines_crm_created_total", "CRM records created", ["kind"])
+LINKED = Counter("openlines_crm_linked_total", "Sessions linked to the CRM", ["outcome"])
+
+L = TypeVar("L", ClientLink, SessionLink)
+_hist = msgspec.json.Decoder(HistoryEntry)
+
+
+class Users:
+    """CRM user ids <-> operator ids. With no map, they are the same (the built-in CRM)."""
+
+    def __init__(self, crm_to_operator: dict[str, str], identity_when_unmapped: bool) -> None:
+        self.to_operator = dict(crm_to_operator)
+        self.to_crm = {op: crm for crm, op in crm_to_operator.items()}
+        self.identity = identity_when_unmapped
+
+    def crm_user(self, operator_id: str) -> str:
+        if not operator_id:
+            return ""
+        return self.to_crm.get(operator_id, operator_id if self.identity else "")
+
+    def operator(self, crm_user: str) -> str:
+        if not crm_user:
+            return ""
+        return self.to_operator.get(crm_user, crm_user if self.identity else "")
+
+
+def deal_stage(crm: CrmConfig) -> str:
+    """STAGE_ID of a new deal: stages of pipelines other than the default are spelled C<id>:<stage>."""
+    if crm.deal_pipeline in ("", "0") or ":" in crm.deal_stage:
+        return crm.deal_stage
+    return f"C{crm.deal_pipeline}:{crm.deal_stage}"
+
+
+def transcript(entries: list[HistoryEntry], client_name: str) -> str:
+    lines: list[str] = []
+    for h in entries:
+        who = {"in": h.author_name or client_name or "Client", "system": "system"}.get(
+            h.direction, h.author_name or ("auto-reply" if h.author_id == "auto" else h.author_id or "operator")
+        )
+        text = h.text
+        for a in h.attachments:
+            text += f" [{a.kind}: {a.name or a.url or a.ref}]"
+        lines.append(f"[{h.at.strftime('%Y-%m-%d %H:%M:%S')}] {who}: {text.strip()}")
+    return "\n".join(lines)
+
+
+class Syncer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        buckets: Buckets,
+        links: KeyValue,
+        backend: CrmBackend,
+        users: Users,
+        phone_region: str = "",
+    ) -> None:
+        self.js = js
+        self.b = buckets
+        self.links = links
+        self.crm = backend
+        self.users = users
+        self.region = phone_region
+
+    # ----------------------------------------------------------- helpers
+
+    async def _line(self, line_id: str) -> LineConfig | None:
+        line, _ = await kv_get(self.b.lines, line_key(line_id), LineConfig)
+        return line
+
+    async def _client_record(self, evt: SessionEvent) -> ClientRecord | None:
+        ck = subjects.chat_key(evt.channel, evt.account, evt.chat_id)
+        rec, _ = await kv_get(self.b.clients, router_client_key(evt.channel, evt.account, ck), ClientRecord)
+        return rec
+
+    async def _settled_client_record(self, evt: SessionEvent, history: list[HistoryEntry]) -> ClientRecord | None:
+        """The client record once the router has stored the profile of the message that opened the session.
+
+        The router publishes session_opened before it merges that message's profile
+        (name, shared phone) into the record; waiting a moment here means a phone
+        shared in the very first message is matched at once.
+        """
+        first = next((h.id for h in history if h.direction == "in"), "")
+        deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+        while True:
+            record = await self._client_record(evt)
+            settled = record is not None and (not first or first in record.recent_msg_ids)
+            if settled or asyncio.get_running_loop().time() > deadline:
+                return record
+            await asyncio.sleep(0.05)
+
+    async def _history(self, session_id: str) -> list[HistoryEntry]:
+        rows = await read_subject(self.js, subjects.STREAM_HIST, subjects.history(session_id))
+        return [_hist.decode(data) for _, data in rows]
+
+    async def _save(self, key: str, typ: type[L], change: Callable[[L], L]) -> L:
+        def apply(cur: L | None) -> L:
+            if cur is None:
+                raise RuntimeError(f"link {key} vanished")
+            return change(cur)
+
+        out = await kv_update(self.links, key, typ, apply)
+        assert out is not None
+        return out
+
+    async def _once(
+        self,
+        key: str,
+        typ: type[L],
+        origin: str,
+        find: Callable[[], Awaitable[str | None]],
+        make: Callable[[], Awaitable[str]],
+    ) -> tuple[str, bool]:
+        """Create something exactly once per origin: (id, created now).
+
+        The origin is marked pending before the call; if it is pending already,
+        an earlier attempt may have created it (and crashed before recording
+        the id), so the CRM is searched first.
+        """
+        cur, _ = await kv_get(self.links, key, typ)
+        if cur is not None and origin in cur.pending:
+            found = await find()
+            if found:
+                log.info("create found after a retry, not redone", extra={"origin": origin, "id": found})
+                return found, False
+        else:
+            await self._save(key, typ, lambda link: msgspec.structs.replace(link, pending=[*link.pending, origin]))
+        return await make(), True
+
+    @staticmethod
+    def _done(link: L, origin: str) -> L:
+        return msgspec.structs.replace(link, pending=[p for p in link.pending if p != origin])
+
+    async def _publish_linked(self, evt: SessionEvent, reason: str) -> None:
+        out = SessionEvent(
+            id=f"crm_linked:{evt.session_id}",
+            kind=LINKED_KIND,
+            at=utcnow(),
+            session_id=evt.session_id,
+            line_id=evt.line_id,
+            client_id=evt.client_id,
+            operator_id=evt.operator_id,
+            channel=evt.channel,
+            account=evt.account,
+            chat_id=evt.chat_id,
+            reason=reason,
+        )
+        await self.js.publish(subjects.event(LINKED_KIND), encode(out), headers={MSG_ID_HEADER: out.id})
+
+    # ------------------------------------------------------------ events
+
+    async def handle(self, evt: SessionEvent) -> None:
+        if evt.kind not in HANDLED_KINDS or not evt.session_id or not evt.client_id:
+            return
+        line = await self._line(evt.line_id)
+        if line is None or not line.crm.enabled:
+            return
+        if evt.kind == "session_assigned":
+            return  # nothing for the CRM until someone answers
+        sl = await self._link(evt, line)
+        if evt.kind in ("session_answered", "session_transferred") and evt.operator_id:
+            await self._answered(evt, sl)
+        elif evt.kind == "session_closed":
+            await self._closed(evt, line, sl)
+
+    async def _link(self, evt: SessionEvent, line: LineConfig) -> SessionLink:
+        """Bind the session's client to CRM records and open the activity (idempotent)."""
+        skey = session_key(evt.session_id)
+        sl = await kv_update(
+            self.links,
+            skey,
+            SessionLink,
+            lambda cur: SessionLink(session_id=evt.session_id, client_id=evt.client_id) if cur is None else None,
+        )
+        assert sl is not None
+        if sl.linked:
+            return sl
+        crm = line.crm
+        code = identity.external_code(evt.channel, evt.account, evt.chat_id)
+        ckey = client_key(evt.client_id)
+        cl = await kv_update(
+            self.links, ckey, ClientLink, lambda cur: ClientLink(client_id=evt.client_id, code=code) if cur is None else None
+        )
+        assert cl is not None
+        history = await self._history(evt.session_id)
+        record = await self._settled_client_record(evt, history)
+        profile = record.profile if record else None
+        ids = identity.of_profile(profile.phone, profile.email, self.region) if profile else identity.Identities()
+        ids = ids.merge(identity.in_texts((h.text for h in history if h.direction == "in"), self.region))
+        name = (profile.name if profile else "") or next((h.author_name for h in history if h.direction == "in"), "")
+
+        known = Known(contact_id=cl.contact_id, lead_id=cl.lead_id, deal_id=cl.deal_id)
+        assigned = cl.assigned_by
+        if not (known.contact_id or known.lead_id or known.deal_id):
+            # 1. the channel identity: this very chat may be in the CRM already (links lost, or written by Bitrix24 itself)
+            contact = await self.crm.find_by_origin("contact", code)
+            lead = None if contact else await self.crm.find_by_origin("lead", code)
+            found = contact or lead
+            if found is not None:
+                known = Known(contact_id=contact.id if contact else "", lead_id=lead.id if lead else "")
+                assigned = found.assigned_by
+            # 2. phone / e-mail: the same person from another channel
+            elif crm.link_repeat_contacts and ids:
+                matches = await self.crm.find_by_comm(list(ids.phones), list(ids.emails))
+                contact_id = pick(matches.contacts)
+                lead_id = "" if contact_id else pick(matches.leads)
+                if contact_id or lead_id:
+                    known = Known(contact_id=contact_id, lead_id=lead_id)
+                    existing = await self.crm.get("contact" if contact_id else "lead", contact_id or lead_id)
+                    assigned = existing.assigned_by if existing else ""
+        plan = decide(crm, known)
+        # Who owns what is created: the operator already on the chat, else the known
+        # client's own manager, else the line's default.
+        responsible = self.users.crm_user(evt.operator_id) or assigned or self.users.crm_user(crm.responsible)
+        source = source_id(crm, evt.channel)
+        title = f"{name or code} ({line.name}, {evt.channel})"
+        base = Entity(
+            kind="lead",
+            name=name,
+            phones=list(ids.phones),
+            emails=list(ids.emails),
+            im=[code],
+            source_id=source,
+            source_description=f"openlines: line {line.name} ({line.id}), {evt.channel}/{evt.account}",
+            assigned_by=responsible,
+            origin=code,
+        )
+        link = plan.link
+        created: list[str] = []
+        if plan.create == "contact_deal":
+            contact = msgspec.structs.replace(base, kind="contact", source_description="")
+            cid, new = await self._create(ckey, contact)
+            link = msgspec.structs.replace(link, contact_id=cid)
+            created += ["contact"] if new else []
+        if plan.create in ("deal", "contact_deal"):
+            deal = msgspec.structs.replace(
+                base,
+                kind="deal",
+                name="",
+                phones=[],
+                emails=[],
+                im=[],
+                title=title,
+                stage=deal_stage(crm),
+                pipeline=crm.deal_pipeline,
+                contact_id=link.contact_id,
+            )
+            did, new = await self._create(ckey, deal)
+            link = msgspec.structs.replace(link, deal_id=did)
+            created += ["deal"] if new else []
+        elif plan.create == "lead":
+            lead_e = msgspec.structs.replace(base, title=title, stage=crm.lead_stage, contact_id=link.contact_id)
+            lid, new = await self._create(ckey, lead_e)
+            link = msgspec.structs.replace(link, lead_id=lid)
+            created += ["lead"] if new else []
+        if created:
+            assigned = responsible
+        final_link = link
+
+        def record_client(cur: ClientLink) -> ClientLink:
+            return msgspec.structs.replace(
+                cur,
+                contact_id=final_link.contact_id or cur.contact_id,
+                lead_id=final_link.lead_id or cur.lead_id,
+                deal_id=final_link.deal_id or cur.deal_id,
+                assigned_by=assigned or cur.assigned_by,
+                created_in=evt.session_id if plan.create != "none" else cur.created_in,
+            )
+
+        cl = await self._save(ckey, ClientLink, record_client)
+        if plan.create == "none":
+            await self._learn(cl, ids, code)  # a repeat contact updates the record it is linked to
+        else:
+            cl = await self._save(
+                ckey,
+                ClientLink,
+                lambda cur: msgspec.structs.replace(
+                    cur,
+                    phones=sorted({*cur.phones, *ids.phones}),
+                    emails=sorted({*cur.emails, *ids.emails}),
+                ),
+            )
+        owner_kind, owner_id = self._owner(cl)
+        activity_id = ""
+        if owner_id:
+            act = Activity(
+                owner_kind=owner_kind,
+                owner_id=owner_id,
+                session_id=evt.session_id,
+                subject=f"{evt.channel} conversation with {name or 'a client'} ({line.name})",
+                description=transcript(history, name),
+                responsible=responsible,
+                channel=evt.channel,
+                client_code=code,
+                client_name=name,
+                origin=f"ol-session|{evt.session_id}",
+                start=history[0].at if history else evt.at,
+            )
+            activity_id, _ = await self._once(
+                skey,
+                SessionLink,
+                act.origin,
+                lambda: self.crm.find_activity(act.origin),
+                lambda: self.crm.add_activity(act),
+            )
+        ids_text = ", ".join(f"{k} {v}" for k, v in (("contact", cl.contact_id), ("lead", cl.lead_id), ("deal", cl.deal_id)) if v)
+        reason = plan.reason + (f" [{ids_text}]" if ids_text else "") + (f"; source {source}" if created else "")
+        origin = f"ol-session|{evt.session_id}"
+        sl = await self._save(
+            skey,
+            SessionLink,
+            lambda cur: msgspec.structs.replace(
+                self._done(cur, origin), owner_kind=owner_kind, owner_id=owner_id, activity_id=activity_id, reason=reason
+            ),
+        )
+        await self._publish_linked(evt, reason)
+        sl = await self._save(skey, SessionLink, lambda cur: msgspec.structs.replace(cur, linked=True))
+        LINKED.labels("created" if created else "linked" if owner_id else "none").inc()
+        log.info(
+            "session linked to the CRM",
+            extra={"session": evt.session_id, "line": line.id, "channel": evt.channel, "reason": reason},
+        )
+        return sl
+
+    async def _create(self, ckey: str, entity: Entity) -> tuple[str, bool]:
+        kind: Kind = entity.kind
+
+        async def find() -> str | None:
+            hit = await self.crm.find_by_origin(kind, entity.origin)
+            return hit.id if hit else None
+
+        origin = f"{kind}|{entity.origin}"
+        new_id, created = await self._once(ckey, ClientLink, origin, find, lambda: self.crm.create(entity))
+        field = {"contact": "contact_id", "lead": "lead_id", "deal": "deal_id"}[kind]
+        await self._save(ckey, ClientLink, lambda cur: msgspec.structs.replace(self._done(cur, origin), **{field: new_id}))
+        if created:
+            CREATED.labels(kind).inc()
+        return new_id, created
+
+    @staticmethod
+    def _owner(cl: ClientLink) -> tuple[Kind, str]:
+        """The record a conversation is filed on: the deal, else the lead, else the contact."""
+        if cl.deal_id:
+            return "deal", cl.deal_id
+        if cl.lead_id:
+            return "lead", cl.lead_id
+        return "contact", cl.contact_id
+
+    async def _learn(self, cl: ClientLink, ids: identity.Identities, code: str) -> ClientLink:
+        """Write identities the CRM does not have yet (a phone shared later, an e-mail in the chat) into
+        the linked record; if they belong to a contact we were not linked to, link it."""
+        new = ids.minus(identity.Identities(phones=tuple(cl.phones), emails=tuple(cl.emails)))
+        if not new:
+            return cl
+        contact_id = cl.contact_id
+        if not contact_id:
+            matches = await self.crm.find_by_comm(list(new.phones), list(new.emails))
+            contact_id = pick(matches.contacts)
+        if contact_id:
+            await self.crm.update(
+                Entity(kind="contact", id=contact_id, phones=list(new.phones), emails=list(new.emails), im=[code])
+            )
+        for kind, entity_id in (("lead", cl.lead_id), ("deal", cl.deal_id)):
+            if not entity_id:
+                continue
+            attach = contact_id if contact_id and not cl.contact_id else ""
+            if kind == "lead":
+                await self.crm.update(
+                    Entity(
+                        kind="lead",
+                        id=entity_id,
+                        phones=list(new.phones),
+                        emails=list(new.emails),
+                        im=[code],
+                        contact_id=attach,
+                    )
+                )
+            elif attach:
+                await self.crm.update(Entity(kind="deal", id=entity_id, contact_id=attach))
+        return await self._save(
+            client_key(cl.client_id),
+            ClientLink,
+            lambda cur: msgspec.structs.replace(
+                cur,
+                contact_id=cur.contact_id or contact_id,
+                phones=sorted({*cur.phones, *new.phones}),
+                emails=sorted({*cur.emails, *new.emails}),
+            ),
+        )
+
+    async def _answered(self, evt: SessionEvent, sl: SessionLink) -> None:
+        intent = f"answered:{evt.operator_id}"
+        if intent in sl.done:
+            return
+        user = self.users.crm_user(evt.operator_id)
+        if user:
+            if sl.activity_id:
+                await self.crm.update_activity(
+                    Activity(
+                        id=sl.activity_id, owner_kind="lead", owner_id=sl.owner_id, session_id=sl.session_id, responsible=user
+                    )
+                )
+            cl, _ = await kv_get(self.links, client_key(evt.client_id), ClientLink)
+            if cl is not None and cl.created_in == evt.session_id and sl.owner_kind in ("lead", "deal") and sl.owner_id:
+                # The record this conversation created belongs to whoever answered it.
+                kind: Kind = "deal" if sl.owner_kind == "deal" else "lead"
+                await self.crm.update(Entity(kind=kind, id=sl.owner_id, assigned_by=user))
+                await self._save(
+                    client_key(evt.client_id), ClientLink, lambda cur: msgspec.structs.replace(cur, assigned_by=user)
+                )
+        await self._save(
+            session_key(evt.session_id), SessionLink, lambda cur: msgspec.structs.replace(cur, done=[*cur.done, intent])
+        )
+
+    async def _closed(self, evt: SessionEvent, line: LineConfig, sl: SessionLink) -> None:
+        if "closed" in sl.done:
+            return
+        history = await self._history(evt.session_id)
+        cl, _ = await kv_get(self.links, client_key(evt.client_id), ClientLink)
+        if cl is not None and line.crm.link_repeat_contacts:
+            learnt = identity.in_texts((h.text for h in history if h.direction == "in"), self.region)
+            record = await self._client_record(evt)
+            if record is not None:
+                learnt = learnt.merge(identity.of_profile(record.profile.phone, record.profile.email, self.region))
+            code = identity.external_code(evt.channel, evt.account, evt.chat_id)
+            await self._learn(cl, learnt, code)
+        if sl.activity_id:
+            name = next((h.author_name for h in history if h.direction == "in" and h.author_name), "")
+            end: datetime = evt.at
+            await self.crm.update_activity(
+                Activity(
+                    id=sl.activity_id,
+                    owner_kind="lead",
+                    owner_id=sl.owner_id,
+                    session_id=sl.session_id,
+                    description=transcript(history, name),
+                    completed=True,
+                    responsible=self.users.crm_user(evt.operator_id),
+                    end=end,
+                )
+            )
+        await self._save(
+            session_key(evt.session_id), SessionLink, lambda cur: msgspec.structs.replace(cur, done=[*cur.done, "closed"])
+        )

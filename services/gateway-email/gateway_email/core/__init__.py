@@ -1,0 +1,1 @@
+"""Pure decisions of the e-mail gateway: no I/O, no clock, no randomness."""

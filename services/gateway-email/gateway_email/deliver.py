@@ -1,0 +1,255 @@
+"""Operator replies out: a durable consumer on ``ol.out.email.>`` sending over SMTP.
+
+Each message is acked only when it is sent (and recorded), or known to be
+undeliverable (``delivery_failed`` published), or deliberately not sent (an
+automatic reply to a sender that must get none, RFC 3834). Temporary failures
+(4xx, connection trouble) are retried with a growing delay through
+``nak(delay)``; after ``smtp_attempts`` tries they count as failed.
+
+Exactly-once is not possible over SMTP; what we do: the Message-ID is derived
+from the outbound id, the ``sent.<id>`` KV record is written right after the
+server accepted the mail and before the ack, and a redelivered message with
+that record is acked without sending. The remaining window is a crash (or
+NATS outage) between the server's "250 accepted" and that KV write: the mail
+is then sent a second time, with the same Message-ID, which mail clients show
+as one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+
+import aiosmtplib
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import FetchTimeoutError
+
+from gateway_email import metrics
+from gateway_email.core import loopguard, replies
+from gateway_email.mailboxes import Mailbox
+from gateway_email.normalise import CHANNEL
+from gateway_email.settings import Settings
+from gateway_email.store import ChatState, MessageRef, SentRecord, Store
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+
+log = logging.getLogger("gateway_email.deliver")
+
+_outbound = decoder(Outbound)
+
+
+class Temporary(Exception):
+    """Worth another try later (4xx, connection trouble)."""
+
+
+class Permanent(Exception):
+    """The server refused the mail for good (5xx)."""
+
+
+def compose(mb: Mailbox, out: Outbound, chat: ChatState | None) -> EmailMessage:
+    """The mail for one outbound message, threaded onto the client's last mail. Pure."""
+    msg = EmailMessage()
+    msg["From"] = formataddr((mb.from_name, mb.from_address)) if mb.from_name else mb.from_address
+    msg["To"] = out.chat_id
+    msg["Subject"] = replies.reply_subject(chat.subject if chat else "")
+    msg["Date"] = format_datetime(out.created_at)
+    msg["Message-ID"] = replies.our_message_id(out.id, mb.domain)
+    if chat is not None and chat.last_message_id:
+        msg["In-Reply-To"] = chat.last_message_id
+        msg["References"] = " ".join(replies.references(chat.references, chat.last_message_id))
+    if out.auto:
+        # RFC 3834 §5: mark our automatic answers so other robots do not answer them.
+        msg["Auto-Submitted"] = "auto-replied"
+        msg["X-Auto-Response-Suppress"] = "All"
+    text = out.text
+    links = [f"{a.name or 'file'}: {a.url}" for a in out.attachments if a.url]
+    if links:
+        text = "\n\n".join([text, *links]) if text else "\n".join(links)
+    msg.set_content(text or " ")
+    return msg
+
+
+def classify(exc: BaseException) -> Exception:
+    """An aiosmtplib error as :class:`Temporary` or :class:`Permanent`, with the server's reply."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        reply = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+        return Permanent(reply) if codes and all(c >= 500 for c in codes) else Temporary(reply)
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # Our configuration, not the mail: retried, so a fixed password still sends it.
+        return Temporary(f"authentication failed: {exc.code} {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        reply = f"{exc.code} {exc.message}"
+        return Permanent(reply) if exc.code >= 500 else Temporary(reply)
+    return Temporary(f"{exc.__class__.__name__}: {exc}")
+
+
+class Outgoing:
+    def __init__(self, js: JetStreamContext, store: Store, mailboxes: dict[str, Mailbox], settings: Settings) -> None:
+        self.js = js
+        self.store = store
+        self.mailboxes = mailboxes
+        self.settings = settings
+        self.running = False
+
+    def ready(self) -> str | None:
+        return None if self.running else "outbound consumer not running"
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        s = self.settings
+        config = js_api.ConsumerConfig(
+            name=s.outbound_consumer,
+            durable_name=s.outbound_consumer,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=s.smtp_timeout * 3 + 30,
+            max_deliver=-1,
+            max_ack_pending=256,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            filter_subject=subjects.outbound_channel(CHANNEL),
+        )
+        attempt = 0
+        while not stopping.is_set():
+            try:
+                await self.js.add_consumer(subjects.STREAM_OUT, config)
+                psub = await self.js.pull_subscribe_bind(durable=s.outbound_consumer, stream=subjects.STREAM_OUT)
+                break
+            except Exception as exc:
+                attempt += 1
+                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
+        else:
+            return
+        self.running = True
+        log.info("consuming outbound", extra={"consumer": s.outbound_consumer})
+        try:
+            while not stopping.is_set():
+                try:
+                    msgs = await psub.fetch(batch=16, timeout=1.0)
+                except (FetchTimeoutError, NatsTimeout):
+                    continue
+                except Exception as exc:  # disconnected: the client reconnects by itself
+                    log.warning("outbound fetch failed", extra={"error": repr(exc)})
+                    await asyncio.sleep(0.5)
+                    continue
+                for m in msgs:
+                    try:
+                        await self.handle(m)
+                    except Exception as exc:  # NATS trouble while recording: redelivered after ack_wait
+                        log.warning("outbound message left for redelivery", extra={"error": repr(exc)})
+        finally:
+            self.running = False
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def handle(self, m: Msg) -> str:
+        try:
+            out = _outbound.decode(m.data)
+        except msgspec.DecodeError as exc:
+            log.error("undecodable outbound message dropped", extra={"subject": m.subject, "error": str(exc)})
+            await m.term()
+            return "bad"
+        result = await self._handle(m, out)
+        metrics.SENT.labels(out.account, result).inc()
+        return result
+
+    async def _handle(self, m: Msg, out: Outbound) -> str:
+        mb = self.mailboxes.get(out.account)
+        if mb is None:
+            await self._failed(out, f"no mailbox is configured for e-mail account {out.account!r}")
+            await m.ack_sync()
+            return "failed"
+        done = await self.store.sent(out.id)
+        if done is not None:
+            await m.ack_sync()
+            return "duplicate"
+        chat = await self.store.chat(mb.account, out.chat_id)
+        message_id = replies.our_message_id(out.id, mb.domain)
+        if out.auto:
+            reason = (chat.no_auto_reply_reason if chat and chat.no_auto_reply else "") or loopguard.robot_address(out.chat_id)
+            if reason:
+                await self.store.record_sent(
+                    SentRecord(out_id=out.id, message_id=message_id, status="suppressed", detail=reason, at=utcnow())
+                )
+                await m.ack_sync()
+                log.info("automatic reply not sent (RFC 3834)", extra={"account": mb.account, "msg_id": out.id, "reason": reason})
+                return "suppressed"
+        mail = compose(mb, out, chat)
+        try:
+            await self._send(mb, mail)
+        except Temporary as exc:
+            tries = m.metadata.num_delivered
+            if tries >= self.settings.smtp_attempts:
+                await self._failed(out, f"gave up after {tries} attempts: {exc}")
+                await self.store.record_sent(
+                    SentRecord(out_id=out.id, message_id=message_id, status="failed", detail=str(exc)[:500], at=utcnow())
+                )
+                await m.ack_sync()
+                return "failed"
+            delay = min(self.settings.smtp_backoff * 2 ** (tries - 1), self.settings.smtp_backoff_max)
+            log.warning(
+                "smtp temporary failure, will retry",
+                extra={"account": mb.account, "msg_id": out.id, "retry_in_s": delay, "error": str(exc)[:300]},
+            )
+            await m.nak(delay=delay)
+            return "retry"
+        except Permanent as exc:
+            await self._failed(out, f"refused by the mail server: {exc}")
+            await self.store.record_sent(
+                SentRecord(out_id=out.id, message_id=message_id, status="failed", detail=str(exc)[:500], at=utcnow())
+            )
+            await m.ack_sync()
+            return "failed"
+        # Recorded before the ack: a redelivery after this point sends nothing.
+        await self.store.record_sent(SentRecord(out_id=out.id, message_id=message_id, status="sent", at=utcnow()))
+        await self.store.remember_message(
+            MessageRef(
+                message_id=message_id,
+                account=mb.account,
+                chat_id=out.chat_id,
+                direction="out",
+                session_id=out.session_id,
+                out_id=out.id,
+            )
+        )
+        await m.ack_sync()
+        log.info("mail sent", extra={"channel": CHANNEL, "account": mb.account, "msg_id": out.id, "session": out.session_id})
+        return "sent"
+
+    async def _send(self, mb: Mailbox, mail: EmailMessage) -> None:
+        login = mb.smtp_login
+        try:
+            await aiosmtplib.send(
+                mail,
+                hostname=mb.smtp_host_,
+                port=mb.smtp_port_,
+                username=login[0] if login else None,
+                password=login[1] if login else None,
+                use_tls=mb.smtp_tls == "ssl",
+                start_tls=mb.smtp_tls == "starttls",
+                tls_context=mb.ssl_context() if mb.smtp_tls != "none" else None,
+                timeout=self.settings.smtp_timeout,
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise classify(exc) from None
+
+    async def _failed(self, out: Outbound, reason: str) -> None:
+        evt = SessionEvent(
+            id=f"failed:{out.id}",
+            kind="delivery_failed",
+            at=utcnow(),
+            session_id=out.session_id,
+            channel=CHANNEL,
+            account=out.account,
+            chat_id=out.chat_id,
+            reason=reason[:1000],
+        )
+        await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+        log.warning("delivery failed", extra={"account": out.account, "msg_id": out.id, "reason": reason[:300]})

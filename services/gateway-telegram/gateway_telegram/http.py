@@ -1,0 +1,176 @@
+"""The webhook edge: ``POST /telegram/{account}``, one path per bot.
+
+A request is handled top to bottom: find the bot -> check the secret header
+-> read at most ``max_body`` bytes -> parse (aiogram ``Update``) -> normalise
+-> publish with ``Nats-Msg-Id`` -> answer 200 **only after the PubAck**.
+NATS unreachable -> 503, so Telegram keeps the update and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from gateway_telegram import metrics
+from gateway_telegram.api import BotPool
+from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
+from gateway_telegram.settings import Settings
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, Inbound, encode, utcnow
+from openlines.runner import json_error
+
+log = logging.getLogger("gateway_telegram.http")
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+WEBHOOK_PATH = "/telegram/{account}"
+
+
+def webhook_path(account: str) -> str:
+    return WEBHOOK_PATH.format(account=account)
+
+
+class TooLarge(Exception):
+    pass
+
+
+class TelegramHttp:
+    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, pool: BotPool) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.pool = pool
+        self.stopping = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(WEBHOOK_PATH, self.webhook)
+
+    def _refuse(self, status: int, code: str, detail: str, account: str) -> web.Response:
+        metrics.REJECTED.labels(code).inc()
+        log.info("webhook refused", extra={"channel": CHANNEL, "account": account, "status": status, "code": code})
+        return json_error(status, code, detail)
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(65536):
+            body += chunk
+            if len(body) > limit:
+                raise TooLarge
+        return bytes(body)
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        account = request.match_info["account"]
+        bot = self.pool.account(account)
+        if bot is None:
+            return self._refuse(404, "unknown_bot", "no bot is configured for this webhook path", account)
+        got = request.headers.get(SECRET_HEADER, "")
+        if not secrets.compare_digest(got.encode("utf-8", "surrogateescape"), bot.secret.encode()):
+            return self._refuse(401, "bad_secret", f"missing or wrong {SECRET_HEADER} header", account)
+        try:
+            body = await self._body(request)
+        except TooLarge:
+            return self._refuse(413, "too_large", f"body is larger than {self.settings.max_body} bytes", account)
+        try:
+            update = parse_update(body)
+            result = normalise(account, bot.bot_id, update, utcnow())
+        except BadUpdate as exc:
+            return self._refuse(400, "bad_update", exc.detail, account)
+        except Exception:  # a body aiogram's types or our mapping choke on: refuse it, never a 500
+            log.exception("update could not be normalised", extra={"channel": CHANNEL, "account": account})
+            return self._refuse(400, "bad_update", "the update could not be read", account)
+        duplicate = False
+        if result.inbound is not None:
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                duplicate = await self._publish(result.inbound)
+            except Unavailable as exc:
+                return self._refuse(503, "unavailable", str(exc), account)
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()
+        else:
+            log.debug("update dropped", extra={"channel": CHANNEL, "account": account, "kind": result.kind})
+        if result.callback_query_id:
+            self._answer_callback(account, result.callback_query_id)
+        metrics.UPDATES.labels(account, result.kind.split(":")[0]).inc()
+        return web.json_response({"ok": True, "duplicate": duplicate})
+
+    async def _publish(self, inbound: Inbound) -> bool:
+        """Store the update in OL_IN; True when JetStream already had it."""
+        if self.stopping:
+            raise Unavailable("gateway is stopping; retry")
+        # A disconnected client would buffer the publish and time out later:
+        # answer 503 at once so Telegram retries.
+        if not self.nc.is_connected:
+            metrics.REJECTED.labels("nats_disconnected").inc()
+            raise Unavailable("message bus unavailable; retry")
+        timeout = self.settings.publish_timeout
+        try:
+            ack = await asyncio.wait_for(
+                self.js.publish(
+                    subjects.inbound(CHANNEL, inbound.account),
+                    encode(inbound),
+                    timeout=timeout,
+                    stream=subjects.STREAM_IN,
+                    headers={MSG_ID_HEADER: inbound.id},
+                ),
+                timeout=timeout + 0.5,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # timeout, no responders, connection lost, stream errors
+            log.warning(
+                "publish failed",
+                extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "error": repr(exc)},
+            )
+            raise Unavailable("message not stored; retry") from None
+        duplicate = bool(ack.duplicate)
+        metrics.PUBLISHED.labels(str(duplicate).lower()).inc()
+        log.info(
+            "update published",
+            extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},
+        )
+        return duplicate
+
+    def _answer_callback(self, account: str, query_id: str) -> None:
+        """Stop the client's button spinner; best effort, off the webhook's path."""
+        bot = self.pool.bot(account)
+        if bot is None:
+            return
+
+        async def answer() -> None:
+            try:
+                await bot.answer_callback_query(query_id, request_timeout=10)
+            except Exception as exc:  # too old, network: the client's spinner times out by itself
+                log.info("answerCallbackQuery failed", extra={"channel": CHANNEL, "account": account, "error": repr(exc)})
+
+        task = asyncio.create_task(answer(), name=f"tg-answer-{query_id}")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def shutdown(self) -> None:
+        """Refuse new updates (503: Telegram retries them elsewhere), let the in-flight ones answer."""
+        self.stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + 1)
+        if self._side_tasks:
+            await asyncio.wait(self._side_tasks, timeout=5)
+
+
+class Unavailable(Exception):
+    """Nothing was stored: answer 503 so Telegram retries."""

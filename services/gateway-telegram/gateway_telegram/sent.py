@@ -1,0 +1,55 @@
+"""What has been delivered: the ``ol-tg-sent`` KV bucket (this service's own).
+
+One key per outbound message (a digest of its id; ids contain ``:``, which
+KV keys do not allow), written after every delivered part and before the
+JetStream ack, so a redelivered outbound resumes after the last part that
+Telegram accepted instead of sending it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from openlines import bus, subjects
+
+# Would live in openlines.subjects (the one place names are spelled); kept here until shared/ has it.
+KV_TELEGRAM_SENT = subjects.KV_TELEGRAM_SENT
+
+
+class SentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str  # the outbound id
+    parts: int = 0  # parts delivered so far (text chunks, then attachments)
+    message_ids: list[int] = []  # Telegram message ids of the delivered parts
+    done: bool = False  # every part delivered, or given up (failed)
+    failed: str = ""  # the reason when given up
+
+
+def sent_key(outbound_id: str) -> str:
+    return "o" + hashlib.blake2b(outbound_id.encode(), digest_size=16).hexdigest()
+
+
+async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(KV_TELEGRAM_SENT)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(
+            bucket=KV_TELEGRAM_SENT, history=1, ttl=ttl, replicas=replicas, storage=js_api.StorageType.FILE
+        )
+
+
+class Sent:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, outbound_id: str) -> SentRecord:
+        rec, _ = await bus.kv_get(self.kv, sent_key(outbound_id), SentRecord)
+        return rec if rec is not None else SentRecord(id=outbound_id)
+
+    async def put(self, rec: SentRecord) -> None:
+        await self.kv.put(sent_key(rec.id), msgspec.json.encode(rec))

@@ -1,0 +1,255 @@
+"""Operator replies to VK: a durable pull consumer on ``ol.out.vk.>`` and ``messages.send``.
+
+The consumer is shared by every replica (work-queue style). A message is
+acked only when every part of it reached VK, or when VK refused it for good
+(then a ``delivery_failed`` event says why). Each part carries a
+``random_id`` derived from the outbound id, so a redelivery never doubles a
+message: VK drops a send whose ``random_id`` it has already seen.
+
+Messages of one chat are sent in stream order within a replica (one lock per
+chat); different chats and communities go in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from gateway_vk import metrics
+from gateway_vk.core.outbound import backoff, random_id, split_text
+from gateway_vk.normalise import CHANNEL
+from gateway_vk.settings import Settings
+from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+
+log = logging.getLogger("gateway_vk.deliver")
+
+_outbound = decoder(Outbound)
+FETCH_BATCH = 32
+MAX_IN_FLIGHT = 64
+
+
+class Permanent(Exception):
+    """VK will not take this message whatever we do; the reason goes into ``delivery_failed``."""
+
+
+class Transient(Exception):
+    """VK did not take it now; it may later."""
+
+
+def message_text(out: Outbound) -> str:
+    """The text VK gets: attachments (which VK only takes as uploaded media) become links."""
+    lines = [out.text] if out.text.strip() else []
+    for a in out.attachments:
+        if a.url:
+            lines.append(f"{a.name}: {a.url}" if a.name else a.url)
+    return "\n".join(lines)
+
+
+class Deliverer:
+    def __init__(self, settings: Settings, js: JetStreamContext, apis: dict[str, CommunityApi]) -> None:
+        self.settings = settings
+        self.js = js
+        self.apis = apis
+        self.stopping = asyncio.Event()
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._chat_locks: dict[str, asyncio.Lock] = {}
+        self._chat_users: defaultdict[str, int] = defaultdict(int)
+
+    # -- consumer -------------------------------------------------------------
+
+    def consumer_config(self) -> js_api.ConsumerConfig:
+        return js_api.ConsumerConfig(
+            durable_name=self.settings.consumer,
+            filter_subject=subjects.outbound_channel(CHANNEL),
+            # ALL: when the durable is first created, whatever waits for VK has
+            # never been delivered by anyone; afterwards the durable's position rules.
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=1000,
+        )
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self.stopping.is_set() and self._psub is None:
+            try:
+                self._psub = await self.js.pull_subscribe(
+                    subjects.outbound_channel(CHANNEL),
+                    durable=self.settings.consumer,
+                    stream=subjects.STREAM_OUT,
+                    config=self.consumer_config(),
+                )
+            except Exception as exc:  # nats raises several unrelated types
+                attempt += 1
+                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                await self._pause(min(5.0, 0.2 * attempt))
+        log.info("outbound consumer running", extra={"channel": CHANNEL, "consumer": self.settings.consumer})
+        failures = 0
+        while not self.stopping.is_set() and self._psub is not None:
+            try:
+                msgs = await self._psub.fetch(batch=FETCH_BATCH, timeout=1.0)
+                failures = 0
+            except TimeoutError:
+                continue
+            except Exception as exc:  # NATS down or restarting: keep trying
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    log.warning("fetching outbound failed, retrying", extra={"error": repr(exc), "failures": failures})
+                await self._pause(min(2.0, 0.1 * failures))
+                continue
+            for msg in msgs:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._handle(msg), name="vk-deliver")
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", extra={"error": repr(task.exception())})
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    def ready(self) -> str | None:
+        return None if self._psub is not None else "outbound consumer not running"
+
+    async def stop(self) -> None:
+        """Stop fetching; let deliveries in hand finish (a backoff wait hands its message back at once)."""
+        self.stopping.set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_timeout)
+            for task in pending:
+                task.cancel()  # unacked: JetStream redelivers it after ack_wait; random_id stops doubles
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+            self._psub = None
+
+    # -- one message ------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        lock = self._chat_locks.setdefault(msg.subject, asyncio.Lock())
+        self._chat_users[msg.subject] += 1
+        try:
+            async with lock:
+                await self._deliver(msg)
+        finally:
+            self._chat_users[msg.subject] -= 1
+            if self._chat_users[msg.subject] == 0:
+                del self._chat_users[msg.subject]
+                self._chat_locks.pop(msg.subject, None)
+
+    async def _deliver(self, msg: Msg) -> None:
+        try:
+            _channel, account, _chat = subjects.parse_outbound(msg.subject)
+            out = _outbound.decode(msg.data)
+        except (subjects.BadToken, msgspec.DecodeError) as exc:
+            # Nothing to deliver and nobody to tell: drop it, loudly.
+            log.error("undecodable outbound message dropped", extra={"subject": msg.subject, "error": str(exc)})
+            await msg.ack()
+            return
+        delivered = msg.metadata.num_delivered or 1
+        try:
+            await self._send(account, out, msg)
+        except Permanent as exc:
+            await self._fail(out, account, str(exc), msg)
+            return
+        except Transient as exc:
+            if delivered >= self.settings.max_deliveries:
+                await self._fail(out, account, f"gave up after {delivered} deliveries: {exc}", msg)
+                return
+            delay = 0.0 if self.stopping.is_set() else self.settings.redeliver_delay
+            log.warning(
+                "delivery postponed",
+                extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "error": str(exc), "delay": delay},
+            )
+            await msg.nak(delay=delay)
+            return
+        await msg.ack()
+        log.info("reply delivered", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "session": out.session_id})
+
+    async def _send(self, account: str, out: Outbound, msg: Msg) -> None:
+        api = self.apis.get(account)
+        if api is None:
+            raise Permanent(f"no VK community is configured for account {account!r}")
+        try:
+            peer_id = int(out.chat_id)
+        except ValueError:
+            raise Permanent(f"chat id {out.chat_id!r} is not a VK peer id") from None
+        text = message_text(out)
+        if not text.strip():
+            log.warning("empty outbound message skipped", extra={"channel": CHANNEL, "account": account, "msg_id": out.id})
+            return
+        parts = split_text(text, self.settings.vk_max_text)
+        for index, part in enumerate(parts):
+            values = {"peer_id": str(peer_id), "random_id": str(random_id(out.id, index)), "message": part}
+            try:
+                await self._call_with_retries(api, values, msg)
+            except Permanent as exc:
+                where = f" (part {index + 1} of {len(parts)})" if len(parts) > 1 else ""
+                raise Permanent(f"{exc}{where}") from None
+            metrics.SENT.labels(account).inc()
+
+    async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> None:
+        last: Exception | None = None
+        for attempt in range(1, self.settings.retry_attempts + 1):
+            try:
+                await api.call("messages.send", values)
+                return
+            except VkError as exc:
+                if not exc.retryable:
+                    raise Permanent(str(exc)) from None
+                last = exc
+                code = str(exc.code)
+            except VkUnreachable as exc:
+                last = exc
+                code = "unreachable"
+            metrics.API_RETRIES.labels(api.community.account, code).inc()
+            if attempt == self.settings.retry_attempts or self.stopping.is_set():
+                break
+            with contextlib.suppress(Exception):
+                await msg.in_progress()  # the backoff must not outlast ack_wait
+            await self._pause(backoff(attempt, self.settings.retry_base, self.settings.retry_max))
+            if self.stopping.is_set():
+                break
+        raise Transient(str(last))
+
+    async def _fail(self, out: Outbound, account: str, reason: str, msg: Msg) -> None:
+        metrics.DELIVERY_FAILED.labels(account, reason.split(":")[0][:40]).inc()
+        log.warning(
+            "delivery failed",
+            extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "session": out.session_id, "reason": reason},
+        )
+        event = SessionEvent(
+            id=f"delivery_failed:{out.id}",
+            kind="delivery_failed",
+            at=utcnow(),
+            session_id=out.session_id,
+            channel=CHANNEL,
+            account=account,
+            chat_id=out.chat_id,
+            operator_id=out.operator_id,
+            reason=reason,
+        )
+        try:
+            await self.js.publish(subjects.event("delivery_failed"), encode(event), headers={MSG_ID_HEADER: event.id})
+        except Exception as exc:  # NATS trouble: keep the message, tell later
+            log.warning("delivery_failed event not published; will retry", extra={"msg_id": out.id, "error": repr(exc)})
+            await msg.nak(delay=self.settings.redeliver_delay)
+            return
+        await msg.ack()

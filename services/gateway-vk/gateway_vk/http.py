@@ -1,0 +1,204 @@
+"""The edge: ``POST /vk/{account}``, the Callback API endpoint of one community.
+
+A request is handled top to bottom: read (1 MiB at most) -> parse the
+envelope -> verify group and secret -> confirmation or event -> normalise ->
+publish with ``Nats-Msg-Id`` -> answer ``ok`` only after the PubAck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from gateway_vk import metrics
+from gateway_vk.normalise import CHANNEL, Callback, CallbackError, VkMessage, parse_callback, parse_message_new, to_inbound
+from gateway_vk.profiles import Profiles
+from gateway_vk.settings import Community, Settings
+from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, encode, utcnow
+from openlines.runner import json_error
+
+log = logging.getLogger("gateway_vk.http")
+
+RETRY_HEADER = "X-Retry-Counter"
+CONFIRMATION_TIMEOUT = 5.0
+OK = "ok"
+
+
+class CallbackHttp:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        js: JetStreamContext,
+        communities: dict[str, Community],
+        lookups: dict[str, CommunityApi],
+        profiles: Profiles,
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.communities = communities
+        self.lookups = lookups
+        self.profiles = profiles
+        self.stopping = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._confirmations: dict[str, str] = {}
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/vk/{account}", self.callback)
+
+    async def callback(self, request: web.Request) -> web.StreamResponse:
+        account = request.match_info["account"]
+        community = self.communities.get(account)
+        if community is None:
+            return self._refuse(404, "unknown_account", "no VK community is configured for this URL")
+        try:
+            body = await self._read(request)
+            event = parse_callback(body)
+            self._verify(community, event)
+        except CallbackError as exc:
+            log.info(
+                "callback refused", extra={"channel": CHANNEL, "account": account, "status": exc.status, "reason": exc.detail}
+            )
+            return self._refuse(exc.status, exc.code, exc.detail)
+        retry = request.headers.get(RETRY_HEADER, "")
+        if retry:
+            metrics.RETRIED_EVENTS.inc()
+        if event.type == "confirmation":
+            return await self._confirm(community)
+        if event.type != "message_new":
+            # message_reply / message_edit echo our own sends; typing, read, allow/deny... are not messages.
+            metrics.EVENTS.labels(account, "ignored").inc()
+            log.debug("event ignored", extra={"channel": CHANNEL, "account": account, "type": event.type})
+            return web.Response(text=OK)
+        try:
+            message = parse_message_new(event.object)
+        except CallbackError as exc:
+            return self._refuse(exc.status, exc.code, exc.detail)
+        if message is None:
+            metrics.EVENTS.labels(account, "ignored").inc()
+            return web.Response(text=OK)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._publish(community, event, message, retry)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    # -- steps ----------------------------------------------------------------
+
+    async def _read(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body
+        too_large = CallbackError(413, "too_large", f"body is larger than {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _verify(self, community: Community, event: Callback) -> None:
+        if event.group_id != community.group_id:
+            raise CallbackError(403, "forbidden", "group_id does not belong to this URL")
+        # The confirmation request may come without the secret; every event must carry it.
+        if event.secret is None and event.type == "confirmation":
+            return
+        given = (event.secret or "").encode("utf-8")
+        if not hmac.compare_digest(given, community.secret.encode("utf-8")):
+            raise CallbackError(403, "forbidden", "wrong or missing secret")
+
+    async def _confirm(self, community: Community) -> web.Response:
+        code = community.confirmation or self._confirmations.get(community.account, "")
+        if not code:
+            api = self.lookups[community.account]
+            try:
+                answer = await asyncio.wait_for(
+                    api.call("groups.getCallbackConfirmationCode", {"group_id": str(community.group_id)}),
+                    timeout=CONFIRMATION_TIMEOUT,
+                )
+                code = str(answer["code"]) if isinstance(answer, dict) and answer.get("code") else ""
+            except (TimeoutError, VkError, VkUnreachable) as exc:
+                log.warning(
+                    "confirmation code not available",
+                    extra={"channel": CHANNEL, "account": community.account, "error": str(exc) or "timeout"},
+                )
+            if not code:
+                metrics.EVENTS.labels(community.account, "unavailable").inc()
+                return json_error(503, "unavailable", "confirmation string not available; set it in OPENLINES_VK_GROUPS")
+            self._confirmations[community.account] = code
+        metrics.EVENTS.labels(community.account, "confirmation").inc()
+        log.info("confirmation answered", extra={"channel": CHANNEL, "account": community.account})
+        return web.Response(text=code)
+
+    async def _publish(self, community: Community, event: Callback, message: VkMessage, retry: str) -> web.StreamResponse:
+        account = community.account
+        unavailable = json_error(503, "unavailable", "message not stored; retry later")
+        # A disconnected client would buffer the publish and we would wait for
+        # nothing: fail fast so VK retries (10 s, 3 min, 10 min, ...).
+        if self.stopping or not self.nc.is_connected:
+            metrics.EVENTS.labels(account, "unavailable").inc()
+            return unavailable
+        name = await self.profiles.name(self.lookups[account], message.from_id)
+        inbound = to_inbound(account, event.event_id, message, name, utcnow())
+        timeout = self.settings.publish_timeout
+        try:
+            ack = await asyncio.wait_for(
+                self.js.publish(
+                    subjects.inbound(CHANNEL, account),
+                    encode(inbound),
+                    timeout=timeout,
+                    stream=subjects.STREAM_IN,
+                    headers={MSG_ID_HEADER: inbound.id},
+                ),
+                timeout=timeout + 0.5,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # timeout, no responders, connection lost, stream errors
+            metrics.EVENTS.labels(account, "unavailable").inc()
+            log.warning(
+                "publish failed; answering 503 so VK retries",
+                extra={"channel": CHANNEL, "account": account, "msg_id": inbound.id, "error": repr(exc)},
+            )
+            return unavailable
+        duplicate = bool(ack.duplicate)
+        metrics.EVENTS.labels(account, "duplicate" if duplicate else "published").inc()
+        log.info(
+            "message published",
+            extra={
+                "channel": CHANNEL,
+                "account": account,
+                "msg_id": inbound.id,
+                "seq": ack.seq,
+                "duplicate": duplicate,
+                "retry_counter": retry or "0",
+            },
+        )
+        return web.Response(text=OK)
+
+    def _refuse(self, status: int, code: str, detail: str) -> web.Response:
+        metrics.REFUSED.labels(str(status), code).inc()
+        return json_error(status, code, detail)
+
+    async def shutdown(self) -> None:
+        """Answer 503 to new events (VK retries them elsewhere or later) and let in-flight publishes finish."""
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + self.settings.profile_timeout + 1)
+        except TimeoutError:
+            log.warning("stopping with callback requests still in flight")

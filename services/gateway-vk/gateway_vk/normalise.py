@@ -1,0 +1,289 @@
+"""A VK Callback API request body -> :class:`openlines.envelopes.Inbound`.
+
+Only the shape is checked here (the sender is verified in ``http.py``). Every
+refusal is a :class:`CallbackError` with the HTTP status and a reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from openlines.envelopes import Attachment, ClientProfile, Inbound
+
+CHANNEL = "vk"
+MAX_FORWARDED = 10  # forwarded messages quoted into the text
+MAX_QUOTE = 1000  # characters of one quoted forwarded message
+INT64 = 2**63
+_EVENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: it goes into Nats-Msg-Id
+
+
+class CallbackError(Exception):
+    """A request we refuse; nothing is published."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _bad(detail: str) -> CallbackError:
+    return CallbackError(400, "bad_request", detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """The envelope every Callback API request shares."""
+
+    type: str
+    group_id: int
+    event_id: str  # "" only for type=confirmation
+    secret: str | None
+    object: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VkMessage:
+    """The parts of ``message_new.object.message`` we use."""
+
+    id: int
+    conversation_message_id: int
+    date: int
+    peer_id: int
+    from_id: int
+    text: str
+    attachments: list[Attachment]
+
+    @property
+    def channel_msg_id(self) -> str:
+        # Community bots in group chats get id 0; the conversation id is what identifies it there.
+        return str(self.id) if self.id else f"{self.peer_id}_{self.conversation_message_id}"
+
+
+def _int(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> int:
+    value = obj.get(key)
+    if value is None and not required:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not -INT64 <= value < INT64:
+        raise _bad(f'"{where}{key}" must be an integer')
+    return value
+
+
+def parse_callback(body: bytes) -> Callback:
+    try:
+        obj: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise _bad("body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad("body must be a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise _bad('"type" must be a non-empty string')
+    group_id = _int(obj, "group_id", "")
+    secret = obj.get("secret")
+    if secret is not None and not isinstance(secret, str):
+        raise _bad('"secret" must be a string')
+    event_id = obj.get("event_id", "")
+    if kind != "confirmation" and not (isinstance(event_id, str) and _EVENT_ID.match(event_id)):
+        raise _bad('"event_id" must be 1-128 printable ASCII characters')
+    payload = obj.get("object", {})
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise _bad('"object" must be a JSON object')
+    return Callback(
+        type=kind,
+        group_id=group_id,
+        event_id=event_id if isinstance(event_id, str) else "",
+        secret=secret,
+        object=payload,
+    )
+
+
+def parse_message_new(payload: dict[str, Any]) -> VkMessage | None:
+    """``message_new.object`` -> the message, or None when there is nothing to hand to an operator."""
+    msg = payload.get("message")
+    if not isinstance(msg, dict):
+        raise _bad('"object.message" must be a JSON object')
+    where = "object.message."
+    text = msg.get("text")
+    if not isinstance(text, str):
+        raise _bad(f'"{where}text" must be a string')
+    if not _encodable(text):
+        raise _bad(f'"{where}text" is not valid Unicode')
+    raw_attachments = msg.get("attachments", [])
+    if raw_attachments is None:
+        raw_attachments = []
+    if not isinstance(raw_attachments, list):
+        raise _bad(f'"{where}attachments" must be a list')
+    message = VkMessage(
+        id=_int(msg, "id", where),
+        conversation_message_id=_int(msg, "conversation_message_id", where, required=False),
+        date=_int(msg, "date", where),
+        peer_id=_int(msg, "peer_id", where),
+        from_id=_int(msg, "from_id", where),
+        text=_with_forwarded(text, msg.get("fwd_messages")),
+        attachments=[a for raw in raw_attachments if (a := attachment(raw)) is not None] + _geo(msg.get("geo")),
+    )
+    if message.peer_id == 0 or message.from_id == 0:
+        raise _bad(f'"{where}peer_id" and "{where}from_id" must not be 0')
+    if "action" in msg or (not message.text.strip() and not message.attachments):
+        return None  # service messages (chat invites, pins...) and empty messages
+    return message
+
+
+def inbound_id(account: str, event_id: str) -> str:
+    """Deterministic: VK resends an event with the same event_id."""
+    return f"{CHANNEL}:{account}:{event_id}"
+
+
+def to_inbound(account: str, event_id: str, msg: VkMessage, name: str, now: datetime) -> Inbound:
+    return Inbound(
+        id=inbound_id(account, event_id),
+        channel=CHANNEL,
+        account=account,
+        chat_id=str(msg.peer_id),
+        user_id=str(msg.from_id),
+        profile=ClientProfile(name=name),
+        text=msg.text,
+        attachments=msg.attachments,
+        channel_msg_id=msg.channel_msg_id,
+        received_at=now,
+    )
+
+
+# -- attachments ------------------------------------------------------------
+
+
+def _s(obj: Any, key: str) -> str:
+    if not isinstance(obj, dict):
+        return ""
+    value = obj.get(key)
+    if isinstance(value, bool):
+        return ""
+    if isinstance(value, str):
+        return value if _encodable(value) else ""
+    if isinstance(value, int | float):
+        return str(value)
+    return ""
+
+
+def _ref(kind: str, item: dict[str, Any]) -> str:
+    """VK's own attachment string (``photo-1_2_key``), usable again in messages.send."""
+    owner, ident = _s(item, "owner_id"), _s(item, "id")
+    if not owner or not ident:
+        return ""
+    key = _s(item, "access_key")
+    return f"{kind}{owner}_{ident}" + (f"_{key}" if key else "")
+
+
+def _largest_url(images: Any) -> str:
+    if not isinstance(images, list):
+        return ""
+    best, area = "", -1
+    for img in images:
+        url = _s(img, "url") or _s(img, "src")
+        if not url:
+            continue
+        try:
+            size = int(_s(img, "width") or 0) * int(_s(img, "height") or 0)
+        except ValueError:
+            size = 0
+        if size >= area:
+            best, area = url, size
+    return best
+
+
+def attachment(raw: Any) -> Attachment | None:
+    """One item of ``message.attachments``; unknown or garbled items are kept as a typed file reference or dropped."""
+    if not isinstance(raw, dict):
+        return None
+    kind = raw.get("type")
+    if not isinstance(kind, str) or not kind or not _encodable(kind):
+        return None
+    item = raw.get(kind)
+    if not isinstance(item, dict):
+        item = {}
+    extra = {"vk_type": kind}
+    if kind == "photo":
+        url = _s(item.get("orig_photo"), "url") or _largest_url(item.get("sizes"))
+        return Attachment(kind="image", ref=_ref(kind, item), url=url, name=_s(item, "text"), extra=extra)
+    if kind == "graffiti":
+        return Attachment(kind="image", ref=_ref(kind, item), url=_s(item, "url"), extra=extra)
+    if kind == "doc":
+        if _s(item, "ext"):
+            extra["ext"] = _s(item, "ext")
+        size = item.get("size")
+        return Attachment(
+            kind="file",
+            name=_s(item, "title"),
+            size=size if isinstance(size, int) and not isinstance(size, bool) and 0 <= size < INT64 else 0,
+            ref=_ref(kind, item),
+            url=_s(item, "url"),
+            extra=extra,
+        )
+    if kind == "audio_message":
+        if _s(item, "duration"):
+            extra["duration"] = _s(item, "duration")
+        return Attachment(
+            kind="voice",
+            mime="audio/ogg" if _s(item, "link_ogg") else "audio/mpeg",
+            ref=_ref(kind, item),
+            url=_s(item, "link_ogg") or _s(item, "link_mp3"),
+            extra=extra,
+        )
+    if kind == "audio":
+        name = " - ".join(p for p in (_s(item, "artist"), _s(item, "title")) if p)
+        return Attachment(kind="audio", name=name, ref=_ref(kind, item), url=_s(item, "url"), extra=extra)
+    if kind == "video":
+        return Attachment(kind="video", name=_s(item, "title"), ref=_ref(kind, item), extra=extra)
+    if kind == "sticker":
+        return Attachment(
+            kind="sticker",
+            ref=_s(item, "sticker_id"),
+            url=_largest_url(item.get("images")),
+            extra={**extra, "product_id": _s(item, "product_id")} if _s(item, "product_id") else extra,
+        )
+    if kind == "link":
+        return Attachment(kind="file", name=_s(item, "title"), url=_s(item, "url"), extra=extra)
+    # wall, market, poll, gift, story, call, article...: a reference the operator can look up
+    return Attachment(kind="file", ref=_ref(kind, item), url=_s(item, "url"), extra=extra)
+
+
+def _geo(raw: Any) -> list[Attachment]:
+    if not isinstance(raw, dict):
+        return []
+    coords = raw.get("coordinates")
+    lat, lon = _s(coords, "latitude"), _s(coords, "longitude")
+    if not lat or not lon:
+        return []
+    return [Attachment(kind="location", name=_s(raw.get("place"), "title"), extra={"latitude": lat, "longitude": lon})]
+
+
+def _with_forwarded(text: str, raw: Any) -> str:
+    """Forwarded messages become quoted lines, so the operator sees what the client forwarded."""
+    if not isinstance(raw, list):
+        return text
+    lines = []
+    for item in raw[:MAX_FORWARDED]:
+        quote = _s(item, "text")
+        if quote.strip():
+            quoted = quote[:MAX_QUOTE].replace("\n", "\n» ")
+            lines.append(f"» {quoted}")
+    if not lines:
+        return text
+    return "\n".join([text, *lines]) if text else "\n".join(lines)
+
+
+def _encodable(value: str) -> bool:
+    # JSON escapes can smuggle lone surrogates in, which no UTF-8 consumer accepts.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

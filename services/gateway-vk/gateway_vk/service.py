@@ -1,0 +1,60 @@
+"""Wiring: what ``setup(service)`` adds to the shared runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway_vk.deliver import Deliverer
+from gateway_vk.http import CallbackHttp
+from gateway_vk.profiles import Profiles
+from gateway_vk.settings import Community, Settings
+from gateway_vk.vkapi import CommunityApi
+from openlines.runner import Service
+
+
+@dataclass(frozen=True, slots=True)
+class Vk:
+    """The parts of a running gateway (tests and operators' debugging look at them)."""
+
+    communities: dict[str, Community]
+    senders: dict[str, CommunityApi]
+    lookups: dict[str, CommunityApi]
+    edge: CallbackHttp
+    deliverer: Deliverer
+
+
+VK = web.AppKey("vk", Vk)
+
+
+async def setup(svc: Service[Settings]) -> None:
+    settings = svc.settings
+    communities = settings.communities()
+    senders: dict[str, CommunityApi] = {}
+    lookups: dict[str, CommunityApi] = {}
+    for account, community in communities.items():
+        senders[account] = CommunityApi(community, settings, name="send")
+        # Lookups (users.get, confirmation code) have their own threads and a
+        # short HTTP timeout, so a busy send queue never delays a webhook answer.
+        lookups[account] = CommunityApi(community, settings, name="lookup", timeout=max(1.0, 2 * settings.profile_timeout))
+        lookups[account].share_bucket(senders[account])
+    profiles = Profiles(ttl=settings.profile_ttl, timeout=settings.profile_timeout)
+    edge = CallbackHttp(settings, svc.nc, svc.js, communities, lookups, profiles)
+    edge.routes(svc.app)
+    deliverer = Deliverer(settings, svc.js, senders)
+    svc.app[VK] = Vk(communities=communities, senders=senders, lookups=lookups, edge=edge, deliverer=deliverer)
+    svc.spawn(deliverer.run(), name="vk-outbound")
+
+    async def ready() -> str | None:
+        return deliverer.ready()
+
+    async def close_pools() -> None:
+        for api in (*senders.values(), *lookups.values()):
+            api.close()
+
+    svc.ready_check(ready)
+    # on_stop runs in reverse order: refuse new callbacks, finish deliveries, then drop the threads.
+    svc.on_stop(close_pools)
+    svc.on_stop(deliverer.stop)
+    svc.on_stop(edge.shutdown)

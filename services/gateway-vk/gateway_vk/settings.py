@@ -1,0 +1,126 @@
+"""Settings of the VK gateway (``OPENLINES_*`` environment variables) and the community list.
+
+The communities come from ``OPENLINES_VK_GROUPS``: either inline JSON (starts
+with ``[`` or ``{``) or the path of a ``.json`` / ``.toml`` file. Each entry is
+``{account, group_id, token, secret, confirmation}``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from openlines import subjects
+from openlines.settings import BaseSettings
+
+DEFAULT_API_URL = "https://api.vk.ru"
+GROUPS_VAR = "OPENLINES_VK_GROUPS"
+
+
+class Community(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One VK community (group) served by this gateway."""
+
+    account: str  # our channel account: the line binding and the URL path /vk/<account>
+    group_id: int  # VK's positive community id
+    token: str  # community access token with the "messages" permission
+    secret: str  # the Callback API "secret key"; every event must carry it
+    confirmation: str = ""  # confirmation string; empty = ask groups.getCallbackConfirmationCode
+
+    def __repr__(self) -> str:  # tokens and secrets stay out of logs and tracebacks
+        return f"Community(account={self.account!r}, group_id={self.group_id})"
+
+
+class _GroupsFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    groups: list[Community]
+
+
+class GroupsError(ValueError):
+    pass
+
+
+def parse_groups(value: str, *, base: Path | None = None) -> dict[str, Community]:
+    """``OPENLINES_VK_GROUPS`` -> {account: community}, validated."""
+    text = value.strip()
+    raw: Any
+    try:
+        if not text:
+            return {}
+        if text[0] in "[{":
+            raw = msgspec.json.decode(text)
+        else:
+            path = Path(text)
+            if base is not None and not path.is_absolute():
+                path = base / path
+            content = path.read_bytes()
+            raw = tomllib.loads(content.decode("utf-8")) if path.suffix == ".toml" else msgspec.json.decode(content)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, msgspec.DecodeError) as exc:
+        raise GroupsError(f"{GROUPS_VAR}: cannot read the community list: {exc}") from None
+    try:
+        groups = msgspec.convert(raw, list[Community]) if isinstance(raw, list) else msgspec.convert(raw, _GroupsFile).groups
+    except msgspec.ValidationError as exc:
+        raise GroupsError(f"{GROUPS_VAR}: {exc}") from None
+    out: dict[str, Community] = {}
+    seen_groups: set[int] = set()
+    for i, g in enumerate(groups):
+        where = f"{GROUPS_VAR}: groups[{i}]"
+        try:
+            subjects.token(g.account, "account")
+        except subjects.BadToken as exc:
+            raise GroupsError(f"{where}: {exc}") from None
+        if g.account in out:
+            raise GroupsError(f"{where}: account {g.account!r} is listed twice")
+        if g.group_id <= 0:
+            raise GroupsError(f"{where}: group_id must be the community's positive id")
+        if g.group_id in seen_groups:
+            raise GroupsError(f"{where}: group_id {g.group_id} is listed twice")
+        if not g.token:
+            raise GroupsError(f"{where}: token must be set (a community token with the messages permission)")
+        if not g.secret:
+            raise GroupsError(f"{where}: secret must be set (the Callback API secret key of the community)")
+        seen_groups.add(g.group_id)
+        out[g.account] = g
+    return out
+
+
+class Settings(BaseSettings, kw_only=True):
+    http_port: int = 8084
+    vk_groups: str = ""  # inline JSON or a .json/.toml path; see docs/channels/vk.md
+    vk_api_url: str = DEFAULT_API_URL  # base URL of the VK API (a local peer in tests)
+    vk_api_version: str = "5.199"
+    vk_rate: float = 20.0  # API requests per second per community token
+    vk_concurrency: int = 4  # API calls in flight per community = its threads for the synchronous vk_api
+    vk_timeout: float = 15.0  # seconds for one API HTTP request
+    vk_max_text: int = 9000  # characters per messages.send; longer replies are split
+    max_body: int = 1024 * 1024  # bytes of one Callback API request (413 above)
+    publish_timeout: float = 5.0
+    profile_timeout: float = 1.5  # the webhook answer waits at most this long for users.get
+    profile_ttl: float = 6 * 3600.0  # seconds a looked-up name is kept in memory
+    consumer: str = "gateway-vk"  # durable consumer on OL_OUT (shared by the replicas)
+    ack_wait: float = 60.0
+    retry_base: float = 0.5  # first backoff of a retryable API error, doubled per attempt
+    retry_max: float = 30.0  # longest backoff inside one delivery attempt
+    retry_attempts: int = 5  # API tries inside one delivery before the message is handed back to JetStream
+    redeliver_delay: float = 60.0  # ...which redelivers it after this many seconds
+    max_deliveries: int = 10  # JetStream deliveries before a retryable failure counts as permanent
+
+    def __post_init__(self) -> None:
+        if self.vk_rate <= 0 or self.vk_concurrency < 1:
+            raise ValueError("OPENLINES_VK_RATE must be > 0 and OPENLINES_VK_CONCURRENCY >= 1")
+        if self.vk_max_text < 100:
+            raise ValueError("OPENLINES_VK_MAX_TEXT must be >= 100")
+        if not self.vk_api_url.startswith(("http://", "https://")):
+            raise ValueError("OPENLINES_VK_API_URL must be an http(s) URL")
+        # Parsed here so a bad list stops the start with the variable named.
+        parse_groups(self.vk_groups)
+
+    def communities(self) -> dict[str, Community]:
+        return parse_groups(self.vk_groups)
+
+    def public(self) -> dict[str, object]:
+        out = super().public()
+        # Inline JSON carries tokens and secrets: show only what is not secret.
+        out["vk_groups"] = {a: c.group_id for a, c in self.communities().items()}
+        return out

@@ -1,0 +1,270 @@
+"""The e-mail gateway with the real router, a real Dovecot and a real SMTP server.
+
+A client mail is APPENDed to the mailbox over IMAP (as an MTA's delivery
+agent would), the gateway reads it, the router opens a session, an operator
+replies with the real ``reply`` command and the reply arrives at the SMTP
+server threaded onto the client's mail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import wait_for
+from peers.mailservers import (
+    Dovecot,
+    SmtpSink,
+    append,
+    client_mail,
+    dovecot_server,
+    mailbox_config,
+    running_gateway,
+    smtp_server,
+)
+from support import apply_lines, events, history, running_router
+
+from openlines import bus, subjects
+from openlines.commands import Reply, SetStatus, call
+from openlines.envelopes import Inbound, Outbound
+from openlines.state import ClientRecord, Session, client_key
+
+pytestmark = pytest.mark.mail
+
+LINES = """
+[operators.anna]
+name = "Anna"
+
+[[lines]]
+id = "mail"
+name = "Support by mail"
+channels = [{ channel = "email", account = "support" }]
+[lines.queue]
+operators = ["anna"]
+[lines.auto_replies]
+welcome = "Thank you for writing, we answer within a day."
+"""
+
+
+@pytest.fixture
+def imap() -> Iterator[Dovecot]:
+    with dovecot_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpSink]:
+    async with smtp_server() as sink:
+        yield sink
+
+
+async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
+    b = await bus.Buckets(nc.jetstream()).open()
+    rec, _ = await bus.kv_get(b.clients, client_key("email", account, subjects.chat_key("email", account, address)), ClientRecord)
+    if rec is None or line not in rec.open_sessions:
+        return None
+    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
+    return s
+
+
+async def assigned_session(nc: Any, address: str) -> Session | None:
+    """The client's session once it is offered to an operator (only then may they reply)."""
+    s = await session_of(nc, address)
+    return s if s is not None and s.status in ("assigned", "answered") and s.operator_id else None
+
+
+async def inbound_mails(nc: Any, account: str = "support") -> list[dict[str, Any]]:
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound("email", account))
+    return [msgspec.json.decode(data) for _, data in rows]
+
+
+async def outbound_to(nc: Any, address: str, account: str = "support") -> list[Outbound]:
+    subject = subjects.outbound("email", account, subjects.chat_key("email", account, address))
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_OUT, subject)
+    return [msgspec.json.decode(data, type=Outbound) for _, data in rows]
+
+
+async def consumer_done(nc: Any, name: str = "gateway-email") -> bool:
+    """The gateway's outbound consumer has handled everything in OL_OUT for e-mail."""
+    info = await nc.jetstream().consumer_info(subjects.STREAM_OUT, name)
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_client_mail_reaches_operator_clean_and_reply_is_threaded_and_answer_continues_session(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    await apply_lines(nc, LINES)
+    mbox = mailbox_config(imap, smtp)
+    async with running_router(nats_server.url), running_gateway(nats_server.url, [mbox]):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        first = client_mail(
+            "Ann Client <Ann@Client.Example.TEST>",
+            "My order 42 has not arrived.\n\n"
+            "On Mon, 6 Jan 2025 at 10:00, Acme <support@example.test> wrote:\n> Your order shipped.\n",
+            subject="Where is order 42?",
+            message_id="<first-42@client.example.test>",
+            html="<p>My order 42 has <b>not</b> arrived.<script>alert('x')</script></p>"
+            "<blockquote>Your order shipped.</blockquote>",
+        )
+        await append(imap, first)
+
+        session = await wait_for(lambda: assigned_session(nc, "ann@client.example.test"), timeout=20, what="session offered")
+        entries = await wait_for(
+            lambda: _with_direction(history(nc, session.id), "in"), timeout=10, what="client mail in the transcript"
+        )
+        seen = entries[0].text
+        assert "My order 42 has not arrived." in seen
+        assert "Where is order 42?" in seen  # a new conversation starts with its subject
+        assert "Your order shipped" not in seen and "wrote:" not in seen  # the quote is stripped
+        assert "<" not in seen and "alert" not in seen
+        env = (await inbound_mails(nc))[0]
+        assert env["id"] == "email:support:first-42@client.example.test"
+        assert env["chat_id"] == "ann@client.example.test" and env["profile"]["email"] == "ann@client.example.test"
+        assert env["profile"]["name"] == "Ann Client" and not env.get("no_auto_reply", False)
+
+        # The welcome auto-reply is sent, marked as automatic.
+        welcome = await wait_for(lambda: smtp.to("ann@client.example.test"), timeout=15, what="welcome mail")
+        assert welcome[0].message["Auto-Submitted"] == "auto-replied"
+
+        result = await call(
+            nc, "reply", Reply(operator_id="anna", session_id=session.id, text="It ships today.", client_msg_id="r1")
+        )
+        out_id = result.message_id
+
+        async def reply_mail() -> list[Any]:
+            return [r for r in smtp.to("ann@client.example.test") if "It ships today." in r.message.get_content()]
+
+        got = (await wait_for(reply_mail, timeout=15, what="operator reply at the SMTP server"))[0].message
+        assert got["In-Reply-To"] == "<first-42@client.example.test>"
+        assert "<first-42@client.example.test>" in got["References"]
+        assert got["Subject"] == "Re: Where is order 42?"
+        assert got["Auto-Submitted"] is None
+        assert got["From"].addresses[0].addr_spec == "support@example.test"
+        our_id = got["Message-ID"]
+        assert our_id.startswith("<out-") and our_id.endswith("@mail.example.test>")
+        assert out_id
+
+        # The client answers our mail: same session, nothing new opened.
+        answer = client_mail(
+            "ann@client.example.test",
+            "Great, thanks!\n\nOn Tue, Acme Support wrote:\n> It ships today.\n",
+            subject="Re: Where is order 42?",
+            message_id="<second-42@client.example.test>",
+            headers={"In-Reply-To": our_id, "References": f"<first-42@client.example.test> {our_id}"},
+        )
+        await append(imap, answer)
+
+        async def answered() -> list[Any]:
+            return [h for h in await history(nc, session.id) if h.direction == "in" and "Great, thanks!" in h.text]
+
+        entry = (await wait_for(answered, timeout=20, what="client answer in the same session"))[0]
+        assert "It ships today" not in entry.text and "Re:" not in entry.text
+        still = await session_of(nc, "ann@client.example.test")
+        assert still is not None and still.id == session.id
+        assert len(await events(nc, "session_opened")) == 1
+
+
+async def _with_direction(entries: Any, direction: str) -> list[Any]:
+    return [h for h in await entries if h.direction == direction]
+
+
+async def test_auto_submitted_and_list_mail_get_no_auto_reply_while_a_person_does(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+        await append(imap, client_mail("vacation@client.example.test", "I am away.", headers={"Auto-Submitted": "auto-replied"}))
+        await append(
+            imap,
+            client_mail(
+                "news@lists.example.test",
+                "Our newsletter",
+                headers={"List-Id": "<news.lists.example.test>", "List-Unsubscribe": "<mailto:u@lists.example.test>"},
+            ),
+        )
+        await append(imap, client_mail("bulk@promo.example.test", "Sale!", headers={"Precedence": "bulk"}))
+        await append(imap, client_mail("person@client.example.test", "Hello, a question."))
+
+        await wait_for(lambda: smtp.to("person@client.example.test"), timeout=20, what="welcome for the person")
+
+        async def router_done() -> bool:
+            info = await nc.jetstream().consumer_info(subjects.STREAM_IN, "router")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await wait_for(router_done, timeout=20, what="the router has handled every mail")
+        # The router honours the loop-guard flag: no auto-reply is even queued for the robots...
+        for robot in ("vacation@client.example.test", "news@lists.example.test", "bulk@promo.example.test"):
+            assert await outbound_to(nc, robot) == []
+        # ...and the gateway would drop one anyway (its second safety net).
+        assert smtp.to("vacation@client.example.test") == []
+        assert smtp.to("news@lists.example.test") == []
+        assert smtp.to("bulk@promo.example.test") == []
+        flags = {e["chat_id"]: e.get("no_auto_reply", False) for e in await inbound_mails(nc)}
+        assert flags == {
+            "vacation@client.example.test": True,
+            "news@lists.example.test": True,
+            "bulk@promo.example.test": True,
+            "person@client.example.test": False,
+        }
+        # The router still sees them as plain Inbound (the marker is an extra field).
+        for e in await inbound_mails(nc):
+            msgspec.convert(e, Inbound)
+
+
+async def test_bounce_of_our_reply_becomes_delivery_failed_on_its_session(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    await apply_lines(nc, LINES.replace('welcome = "Thank you for writing, we answer within a day."', ""))
+    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await append(imap, client_mail("gone@client.example.test", "Please call me."))
+        session = await wait_for(lambda: assigned_session(nc, "gone@client.example.test"), timeout=20, what="session")
+        await call(nc, "reply", Reply(operator_id="anna", session_id=session.id, text="Calling now.", client_msg_id="r1"))
+        sent = (await wait_for(lambda: smtp.to("gone@client.example.test"), timeout=15, what="reply sent"))[0].message
+        dsn = (
+            "From: MAILER-DAEMON@mx.example.test\r\n"
+            "To: support@example.test\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            "Auto-Submitted: auto-replied\r\n"
+            "Message-ID: <dsn-1@mx.example.test>\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+            "--B\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+            "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.example.test\r\n\r\n"
+            "Final-Recipient: rfc822; gone@client.example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            "Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n"
+            "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            f"From: support@example.test\r\nTo: gone@client.example.test\r\nMessage-ID: {sent['Message-ID']}\r\n\r\n"
+            "--B--\r\n"
+        )
+        await append(imap, dsn.encode())
+        failed = await wait_for(lambda: events(nc, "delivery_failed"), timeout=20, what="delivery_failed from the bounce")
+        assert failed[0].session_id == session.id
+        assert "550 5.1.1 user unknown" in failed[0].reason
+        # The bounce is not a client message.
+        assert all("could not be delivered" not in h.text for h in await history(nc, session.id))
+
+
+async def test_smtp_5xx_reports_delivery_failed_and_4xx_is_retried_then_sent_once(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    await apply_lines(nc, LINES.replace('welcome = "Thank you for writing, we answer within a day."', ""))
+    smtp.answers["nobody@client.example.test"] = ["550 5.1.1 no such user"]
+    smtp.answers["busy@client.example.test"] = ["451 4.3.0 try again later", "421 4.7.0 busy"]
+    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        for who in ("nobody", "busy"):
+            await append(imap, client_mail(f"{who}@client.example.test", "Hi"))
+        for who in ("nobody", "busy"):
+            s = await wait_for(lambda who=who: assigned_session(nc, f"{who}@client.example.test"), timeout=20, what=who)
+            await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text=f"Hello {who}", client_msg_id="r1"))
+        await wait_for(lambda: smtp.to("busy@client.example.test"), timeout=20, what="retried mail delivered")
+        failed = await wait_for(lambda: events(nc, "delivery_failed"), timeout=10, what="delivery_failed")
+        assert [f.chat_id for f in failed] == ["nobody@client.example.test"]
+        assert "550 5.1.1 no such user" in failed[0].reason
+        await wait_for(lambda: consumer_done(nc), timeout=10, what="outbound settled")
+        assert smtp.attempts["busy@client.example.test"] == 3 and len(smtp.to("busy@client.example.test")) == 1
+        assert smtp.to("nobody@client.example.test") == []

@@ -1,0 +1,124 @@
+"""Operator replies to VK: the gateway's durable consumer, messages.send on the fake VK API, retries and failures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from peers.vk_api import FakeVk
+from vk_support import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, failures, fake_vk, running_gateway
+
+from gateway_vk.core.outbound import random_id
+from gateway_vk.service import VK
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, Attachment, Outbound, encode, utcnow
+
+
+@pytest.fixture
+async def vk() -> AsyncIterator[FakeVk]:
+    fake = fake_vk()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def reply(out_id: str, peer: int, text: str, account: str = ACCOUNT, **kw: Any) -> Outbound:
+    return Outbound(
+        id=out_id,
+        session_id="s-1",
+        channel="vk",
+        account=account,
+        chat_id=str(peer),
+        text=text,
+        operator_id="anna",
+        operator_name="Anna",
+        created_at=utcnow(),
+        **kw,
+    )
+
+
+async def put(nc: Any, out: Outbound, *, msg_id: str | None = None) -> None:
+    subject = subjects.outbound("vk", out.account, subjects.chat_key("vk", out.account, out.chat_id))
+    await nc.jetstream().publish(subject, encode(out), headers={MSG_ID_HEADER: msg_id or out.id})
+
+
+async def test_a_reply_is_sent_once_with_a_random_id_derived_from_its_id(nats_server: Any, nc: Any, vk: FakeVk) -> None:
+    async with running_gateway(nats_server.url, vk.url):
+        await put(nc, reply("out:s-1:r1", 1001, "Your order ships today"))
+        sent = await wait_for(lambda: vk.sent_to(1001), what="message sent")
+        assert [(s.group_id, s.random_id, s.message) for s in sent] == [
+            (GROUP_ID, random_id("out:s-1:r1", 0), "Your order ships today")
+        ]
+        [call] = vk.calls_of("messages.send")
+        assert call.params["v"] == "5.199" and call.params["peer_id"] == "1001"
+        # The same reply again (a redelivery after the dedup window, another replica...) is not a second message.
+        await put(nc, reply("out:s-1:r1", 1001, "Your order ships today"), msg_id="again")
+        await wait_for(lambda: len(vk.calls_of("messages.send")) == 2, what="second send attempt")
+        assert len(vk.sent_to(1001)) == 1
+
+
+async def test_too_many_requests_is_retried_and_delivered_once(nats_server: Any, nc: Any, vk: FakeVk) -> None:
+    vk.fail_next("messages.send", 6, times=3)
+    async with running_gateway(nats_server.url, vk.url, retry_attempts=2):
+        await put(nc, reply("out:s-1:r2", 1001, "hello"))
+        await wait_for(lambda: vk.sent_to(1001), what="delivered after retries")
+        assert len(vk.calls_of("messages.send")) == 4  # 3 refusals (one redelivery in between), then the send
+        assert [s.random_id for s in vk.sent_to(1001)] == [random_id("out:s-1:r2", 0)]
+        assert {c.params["random_id"] for c in vk.calls_of("messages.send")} == {str(random_id("out:s-1:r2", 0))}
+    assert await failures(nc) == []
+
+
+async def test_a_peer_without_permission_gives_a_delivery_failed_event(nats_server: Any, nc: Any, vk: FakeVk) -> None:
+    vk.deny_peer(2002, 901)
+    async with running_gateway(nats_server.url, vk.url):
+        await put(nc, reply("out:s-1:r3", 2002, "hello"))
+        [event] = await wait_for(lambda: failures(nc), what="delivery_failed event")
+        assert (event.kind, event.session_id, event.channel, event.account, event.chat_id) == (
+            "delivery_failed",
+            "s-1",
+            "vk",
+            ACCOUNT,
+            "2002",
+        )
+        assert "901" in event.reason and "permission" in event.reason
+        # acked: a later reply to someone else is not stuck behind it
+        await put(nc, reply("out:s-2:r1", 1001, "next"))
+        await wait_for(lambda: vk.sent_to(1001), what="next reply")
+        assert len(vk.calls_of("messages.send")) == 2
+
+
+async def test_a_long_reply_is_split_and_each_part_has_its_own_random_id(nats_server: Any, nc: Any, vk: FakeVk) -> None:
+    text = ("word " * 2500).strip()  # 12 499 characters
+    async with running_gateway(nats_server.url, vk.url):
+        await put(
+            nc,
+            reply("out:s-1:long", 1001, text, attachments=[Attachment(kind="file", name="invoice.pdf", url="https://x/i.pdf")]),
+        )
+        sent = await wait_for(lambda: len(vk.sent_to(1001)) == 2 and vk.sent_to(1001), what="two parts")
+    assert all(len(s.message) <= 9000 for s in sent)
+    assert " ".join(s.message for s in sent) == text + "\ninvoice.pdf: https://x/i.pdf"
+    assert [s.random_id for s in sent] == [random_id("out:s-1:long", 0), random_id("out:s-1:long", 1)]
+
+
+async def test_a_throttled_community_does_not_hold_up_another(nats_server: Any, nc: Any, vk: FakeVk) -> None:
+    vk.failing_groups[GROUP_ID] = 6  # the first community is refused for as long as the test runs
+    async with running_gateway(nats_server.url, vk.url, retry_base=30.0, retry_max=30.0) as svc:
+        await put(nc, reply("out:a:1", 1001, "to the busy one"))
+        await wait_for(lambda: vk.calls_of("messages.send"), what="first community trying")
+        await put(nc, reply("out:b:1", 3003, "to the other one", account=OTHER_ACCOUNT))
+        sent = await wait_for(lambda: vk.sent_to(3003), timeout=5, what="other community delivered")
+        assert sent[0].group_id == OTHER_GROUP and vk.sent_to(1001) == []
+        assert svc.app[VK].deliverer.ready() is None
+
+
+async def test_the_rate_per_token_is_honoured(nats_server: Any, nc: Any, vk: FakeVk) -> None:
+    async with running_gateway(nats_server.url, vk.url, vk_rate=10.0) as svc:
+        for i in range(15):
+            await put(nc, reply(f"out:s-{i}:r", 4000 + i, f"m{i}"))
+        await wait_for(lambda: len(vk.sent) == 15, timeout=10, what="all sent")
+        assert svc.app[VK].deliverer.ready() is None
+    stamps = sorted(c.at for c in vk.calls_of("messages.send"))
+    # a burst of 10, then 10 per second: 15 calls take at least 0.5 s
+    assert stamps[-1] - stamps[0] >= 0.45

@@ -1,0 +1,361 @@
+"""A local Telegram Bot API for tests (aiohttp), following the documented shapes.
+
+- ``POST|GET /bot<token>/<method>`` with parameters as a query string,
+  ``application/x-www-form-urlencoded``, JSON or ``multipart/form-data``
+  (files), like the real API; answers ``{"ok": true, "result": ...}`` or
+  ``{"ok": false, "error_code": N, "description": "...", "parameters": {...}}``.
+- Methods: getMe, sendMessage, sendPhoto, sendDocument (and the other send*
+  methods the gateway uses), setWebhook, deleteWebhook, getWebhookInfo,
+  answerCallbackQuery. Unknown token -> 401, unknown method -> 404.
+- Records every call (:attr:`FakeTelegram.calls`); can be told to answer 429
+  with ``retry_after`` for a chat, 403 "bot was blocked by the user", 400
+  "chat not found" or 500 for a chat.
+- :meth:`FakeTelegram.deliver` POSTs an update to the bot's webhook with the
+  ``X-Telegram-Bot-Api-Secret-Token`` header, as Telegram does, and keeps
+  ``pending_update_count`` / ``last_error_message`` like getWebhookInfo shows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+SEND_METHODS = {
+    "sendmessage": "text",
+    "sendphoto": "photo",
+    "senddocument": "document",
+    "sendvoice": "voice",
+    "sendaudio": "audio",
+    "sendvideo": "video",
+    "sendsticker": "sticker",
+    "sendlocation": "location",
+    "sendcontact": "contact",
+}
+JSON_PARAMS = {"allowed_updates", "reply_markup", "entities", "caption_entities", "link_preview_options", "reply_parameters"}
+
+
+@dataclass
+class UploadedFile:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass
+class Call:
+    token: str
+    method: str  # as documented, e.g. "sendMessage"
+    params: dict[str, Any]
+    files: dict[str, UploadedFile]
+    at: float  # time.monotonic() when received
+    status: int = 200
+
+    @property
+    def chat_id(self) -> str:
+        return str(self.params.get("chat_id", ""))
+
+
+@dataclass
+class Webhook:
+    url: str = ""
+    secret: str = ""
+    allowed_updates: list[str] = field(default_factory=list)
+    max_connections: int = 40
+    pending: int = 0
+    last_error_date: int = 0
+    last_error_message: str = ""
+
+
+@dataclass
+class ChatRule:
+    status: int
+    description: str
+    times: int  # how many sends it applies to; -1 = until cleared
+    retry_after: int = 0
+
+
+def _utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _error(status: int, description: str, **parameters: Any) -> web.Response:
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if parameters:
+        body["parameters"] = parameters
+    return web.json_response(body, status=status)
+
+
+class FakeTelegram:
+    def __init__(self) -> None:
+        self.app = web.Application(client_max_size=60 * 1024 * 1024)
+        self.app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        self.calls: list[Call] = []
+        self.webhooks: dict[str, Webhook] = {}
+        self._tokens: set[str] = set()
+        self._rules: dict[str, ChatRule] = {}
+        self._message_ids = itertools.count(1000)
+        self._file_ids = itertools.count(1)
+        self._update_ids = itertools.count(500_000)
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self.base = ""
+
+    # -- life -------------------------------------------------------------
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base = f"http://127.0.0.1:{port}"
+        return self.base
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def add_bot(self, token: str) -> None:
+        self._tokens.add(token)
+        self.webhooks.setdefault(token, Webhook())
+
+    # -- test controls ----------------------------------------------------
+
+    def rate_limit(self, chat_id: int | str, retry_after: int, times: int = 1) -> None:
+        """The next ``times`` sends to the chat get 429 with ``parameters.retry_after``."""
+        self._rules[str(chat_id)] = ChatRule(429, f"Too Many Requests: retry after {retry_after}", times, retry_after)
+
+    def block(self, chat_id: int | str) -> None:
+        self._rules[str(chat_id)] = ChatRule(403, "Forbidden: bot was blocked by the user", -1)
+
+    def chat_not_found(self, chat_id: int | str) -> None:
+        self._rules[str(chat_id)] = ChatRule(400, "Bad Request: chat not found", -1)
+
+    def fail(self, chat_id: int | str, times: int = 1, status: int = 500) -> None:
+        self._rules[str(chat_id)] = ChatRule(status, "Internal Server Error", times)
+
+    def clear(self, chat_id: int | str) -> None:
+        self._rules.pop(str(chat_id), None)
+
+    def sent(self, chat_id: int | str | None = None, method: str | None = None, *, ok_only: bool = True) -> list[Call]:
+        """send* calls (to one chat / of one method), those answered 200 by default."""
+        return [
+            c
+            for c in self.calls
+            if c.method.lower() in SEND_METHODS
+            and (chat_id is None or c.chat_id == str(chat_id))
+            and (method is None or c.method == method)
+            and (not ok_only or c.status == 200)
+        ]
+
+    def called(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method.lower() == method.lower()]
+
+    # -- Telegram -> the bot's webhook -------------------------------------
+
+    def next_update_id(self) -> int:
+        return next(self._update_ids)
+
+    async def deliver(self, token: str, update: dict[str, Any] | bytes, *, secret: str | None = None) -> tuple[int, Any]:
+        """POST one update to the bot's webhook as Telegram does; (status, decoded body)."""
+        hook = self.webhooks[token]
+        if not hook.url:
+            raise AssertionError("no webhook set for this bot (call setWebhook first)")
+        if self._client is None:
+            self._client = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json"}
+        sec = hook.secret if secret is None else secret
+        if sec:
+            headers[SECRET_HEADER] = sec
+        data = update if isinstance(update, bytes) else json.dumps(update).encode()
+        hook.pending += 1
+        async with self._client.post(hook.url, data=data, headers=headers) as resp:
+            text = await resp.text()
+            status = resp.status
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        if 200 <= status < 300:
+            hook.pending -= 1
+        else:
+            hook.last_error_date = int(time.time())
+            hook.last_error_message = f"Wrong response from the webhook: {status} {resp.reason}"
+        return status, body
+
+    # -- the API ------------------------------------------------------------
+
+    async def _params(self, request: web.Request) -> tuple[dict[str, Any], dict[str, UploadedFile]]:
+        params: dict[str, Any] = dict(request.query)
+        files: dict[str, UploadedFile] = {}
+        if request.method == "POST" and request.can_read_body:
+            if request.content_type == "application/json":
+                params.update(await request.json())
+            else:
+                form = await request.post()
+                for key, value in form.items():
+                    if isinstance(value, web.FileField):
+                        files[key] = UploadedFile(value.filename, value.content_type, value.file.read())
+                    else:
+                        params[key] = value
+        # multipart uploads may name their file part: "document": "attach://<part name>"
+        for key, value in list(params.items()):
+            if isinstance(value, str) and value.startswith("attach://") and value[9:] in files:
+                files[key] = files.pop(value[9:])
+                del params[key]
+        for key in JSON_PARAMS & params.keys():
+            if isinstance(params[key], str):
+                params[key] = json.loads(params[key])
+        return params, files
+
+    def _bot_user(self, token: str) -> dict[str, Any]:
+        bot_id = int(token.split(":", 1)[0])
+        return {"id": bot_id, "is_bot": True, "first_name": f"Bot {bot_id}", "username": f"bot{bot_id}_bot"}
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        method = request.match_info["method"]
+        params, files = await self._params(request)
+        call = Call(token=token, method=method, params=params, files=files, at=time.monotonic())
+        self.calls.append(call)
+        response = self._answer(token, method, params, files)
+        call.status = response.status
+        return response
+
+    def _answer(self, token: str, method: str, params: dict[str, Any], files: dict[str, UploadedFile]) -> web.Response:
+        if token not in self._tokens:
+            return _error(401, "Unauthorized")
+        name = method.lower()
+        hook = self.webhooks[token]
+        if name == "getme":
+            return web.json_response({"ok": True, "result": self._bot_user(token)})
+        if name == "setwebhook":
+            url = str(params.get("url", ""))
+            hook.url = url
+            hook.secret = str(params.get("secret_token", ""))
+            hook.allowed_updates = list(params.get("allowed_updates") or [])
+            hook.max_connections = int(params.get("max_connections", 40))
+            if str(params.get("drop_pending_updates", "")).lower() == "true":
+                hook.pending = 0
+            return web.json_response({"ok": True, "result": True, "description": "Webhook was set"})
+        if name == "deletewebhook":
+            hook.url = ""
+            hook.secret = ""
+            if str(params.get("drop_pending_updates", "")).lower() == "true":
+                hook.pending = 0
+            return web.json_response({"ok": True, "result": True, "description": "Webhook was deleted"})
+        if name == "getwebhookinfo":
+            info: dict[str, Any] = {
+                "url": hook.url,
+                "has_custom_certificate": False,
+                "pending_update_count": hook.pending,
+                "max_connections": hook.max_connections,
+            }
+            if hook.allowed_updates:
+                info["allowed_updates"] = hook.allowed_updates
+            if hook.last_error_date:
+                info["last_error_date"] = hook.last_error_date
+                info["last_error_message"] = hook.last_error_message
+            return web.json_response({"ok": True, "result": info})
+        if name == "answercallbackquery":
+            if not params.get("callback_query_id"):
+                return _error(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+            return web.json_response({"ok": True, "result": True})
+        if name in SEND_METHODS:
+            return self._send(token, name, params, files)
+        return _error(404, "Not Found: method not found")
+
+    def _send(self, token: str, name: str, params: dict[str, Any], files: dict[str, UploadedFile]) -> web.Response:
+        chat_id = str(params.get("chat_id", ""))
+        if not chat_id:
+            return _error(400, "Bad Request: chat_id is empty")
+        rule = self._rules.get(chat_id)
+        if rule is not None:
+            if rule.times > 0:
+                rule.times -= 1
+                if rule.times == 0:
+                    del self._rules[chat_id]
+            if rule.status == 429:
+                return _error(429, rule.description, retry_after=rule.retry_after)
+            return _error(rule.status, rule.description)
+        field_name = SEND_METHODS[name]
+        chat_type = "private" if not chat_id.startswith("-") else "supergroup"
+        message: dict[str, Any] = {
+            "message_id": next(self._message_ids),
+            "date": int(time.time()),
+            "chat": {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else 0, "type": chat_type},
+            "from": self._bot_user(token),
+        }
+        if name == "sendmessage":
+            text = str(params.get("text", ""))
+            if not text.strip():
+                return _error(400, "Bad Request: message text is empty")
+            if _utf16(text) > 4096:
+                return _error(400, "Bad Request: message is too long")
+            message["text"] = text
+        elif name == "sendlocation":
+            message["location"] = {"latitude": float(params["latitude"]), "longitude": float(params["longitude"])}
+        elif name == "sendcontact":
+            message["contact"] = {"phone_number": params["phone_number"], "first_name": params["first_name"]}
+        else:
+            upload = files.get(field_name)
+            ref = params.get(field_name)
+            if upload is None and not ref:
+                return _error(400, f"Bad Request: there is no {field_name} in the request")
+            file_id = str(ref) if ref else f"FILE{next(self._file_ids)}"
+            meta = {"file_id": file_id, "file_unique_id": f"U{file_id}"}
+            if upload is not None:
+                meta["file_size"] = len(upload.data)
+            if name == "sendphoto":
+                message["photo"] = [{**meta, "width": 90, "height": 90}]
+            elif name == "sendsticker":
+                message["sticker"] = {
+                    **meta,
+                    "type": "regular",
+                    "width": 512,
+                    "height": 512,
+                    "is_animated": False,
+                    "is_video": False,
+                }
+            elif name in ("sendvideo",):
+                message["video"] = {**meta, "width": 640, "height": 480, "duration": 1}
+            elif name in ("sendvoice", "sendaudio"):
+                message[field_name] = {**meta, "duration": 1}
+            else:
+                if upload is not None:
+                    meta["file_name"] = upload.filename
+                message["document"] = meta
+        return web.json_response({"ok": True, "result": message})
+
+
+# -- building updates ------------------------------------------------------
+
+
+def user(user_id: int, first_name: str = "Ivan", **more: Any) -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": first_name, **more}
+
+
+def message_update(
+    update_id: int, chat_id: int, text: str | None = "hello", *, message_id: int = 1, **more: Any
+) -> dict[str, Any]:
+    """A private-chat ``message`` update from user ``chat_id``; ``more`` adds message fields."""
+    sender = more.pop("from_user", user(chat_id))
+    msg: dict[str, Any] = {
+        "message_id": message_id,
+        "date": int(time.time()),
+        "chat": {"id": chat_id, "type": "private", "first_name": sender.get("first_name", "")},
+        "from": sender,
+        **more,
+    }
+    if text is not None:
+        msg["text"] = text
+    return {"update_id": update_id, "message": msg}
