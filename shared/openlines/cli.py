@@ -110,6 +110,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     h = sub.add_parser("hash-password", help="print an argon2 hash for an operator password")
     h.add_argument("--password", help="the password (prompted when omitted)")
     h.set_defaults(run=_hash_password, is_async=False)
+    if only in (None, "lines"):
+        # `openlines lines <x>` commands from services (the router's `simulate`):
+        # register(lines_subparsers) -> None, in the entry-point group openlines.cli.lines.
+        for ep in entry_points(group="openlines.cli.lines"):
+            try:
+                ep.load()(lines)
+            except Exception as exc:
+                print(f"openlines: could not load the 'lines {ep.name}' command: {exc}", file=sys.stderr)
     for ep in entry_points(group="openlines.cli"):
         if only is not None and ep.name != only:
             continue
@@ -138,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     command = _command_of(words)
     # Import only the plugin that is asked for; all of them when they must be listed.
-    parser = build_parser(only=command if command is not None else None)
+    parser = build_parser(only=command)
     args = parser.parse_args(argv)
     try:
         if args.is_async:
