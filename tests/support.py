@@ -53,7 +53,9 @@ def inbound(visitor: str, text: str, msg: str, account: str = "demo", name: str 
 
 async def publish(nc: NATS, env: Inbound) -> bool:
     """Publish like a gateway does; returns PubAck.duplicate."""
-    ack = await nc.jetstream().publish(subjects.inbound(env.channel, env.account), encode(env), headers={MSG_ID_HEADER: env.id})
+    ack = await nc.jetstream().publish(
+        subjects.inbound(env.channel, env.account, env.chat_id), encode(env), headers={MSG_ID_HEADER: env.id}
+    )
     return bool(ack.duplicate)
 
 

@@ -80,7 +80,7 @@ async def running_gateway(
 
 
 async def inbound_of(nc: NATS, account: str = "support_bot") -> list[Inbound]:
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound("telegram", account))
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("telegram", account))
     return [msgspec.json.decode(data, type=Inbound) for _, data in rows]
 
 

@@ -72,7 +72,7 @@ def sender(http: aiohttp.ClientSession, svc: runner.Service[Settings], account: 
 
 
 async def published(nc: NATS, account: str = ACCOUNT) -> list[Inbound]:
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound("vk", account))
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("vk", account))
     return [msgspec.json.decode(data, type=Inbound) for _, data in rows]
 
 

@@ -4,10 +4,9 @@ CLI and the admin API. The router hot-reloads from the ``ol-lines`` watch."""
 from __future__ import annotations
 
 import msgspec
-from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from openlines.bus import Buckets
+from openlines.bus import Buckets, kv_entries
 from openlines.lines import LineConfig, LinesFile
 from openlines.state import OperatorAccount
 
@@ -19,10 +18,7 @@ def line_key(line_id: str) -> str:
 
 
 async def _keys(kv: KeyValue) -> list[str]:
-    try:
-        return list(await kv.keys())
-    except NoKeysError:
-        return []
+    return list(await kv_entries(kv._js, kv._name))  # the bucket's own context and name
 
 
 async def _sync(kv: KeyValue, wanted: dict[str, bytes], managed_prefix: str, kind: str) -> list[str]:
@@ -60,10 +56,7 @@ async def apply(buckets: Buckets, cfg: LinesFile) -> list[str]:
 
 
 async def load_lines(kv: KeyValue) -> list[LineConfig]:
-    out: list[LineConfig] = []
-    for key in await _keys(kv):
-        if key.startswith(LINE_PREFIX):
-            entry = await kv.get(key)
-            if entry.value:
-                out.append(msgspec.json.decode(entry.value, type=LineConfig))
-    return out
+    entries = await kv_entries(kv._js, kv._name)
+    return [
+        msgspec.json.decode(value, type=LineConfig) for key, (_, value) in sorted(entries.items()) if key.startswith(LINE_PREFIX)
+    ]

@@ -191,6 +191,40 @@ async def kv_update(
     raise RuntimeError(f"kv {key}: too much contention, gave up after {attempts} attempts")
 
 
+async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, bytes]]:
+    """Every live key of a bucket: key -> (revision, value).
+
+    A pull consumer knows exactly how much it has to read, unlike
+    ``KeyValue.keys()`` / ``watchall()`` whose "initial values done" marker can
+    come before values already on their way (seen under load: an empty
+    answer for a full bucket).
+    """
+    prefix = f"$KV.{bucket}."
+    cfg = js_api.ConsumerConfig(
+        deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=js_api.AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    psub = await js.pull_subscribe(prefix + ">", stream=f"KV_{bucket}", config=cfg)
+    out: dict[str, tuple[int, bytes]] = {}
+    try:
+        remaining = (await psub.consumer_info()).num_pending or 0
+        while remaining > 0:
+            for m in await psub.fetch(batch=min(256, remaining), timeout=5.0):
+                key = m.subject[len(prefix) :]
+                headers = m.headers or {}
+                if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+                    out.pop(key, None)
+                else:
+                    out[key] = (m.metadata.sequence.stream, m.data)
+                remaining = m.metadata.num_pending or 0
+    finally:
+        await psub.unsubscribe()
+    return out
+
+
 async def read_subject(
     js: JetStreamContext,
     stream: str,

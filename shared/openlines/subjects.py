@@ -24,6 +24,7 @@ KV_OPERATORS = "ol-operators"
 KV_SESSIONS = "ol-sessions"
 KV_CLIENTS = "ol-clients"
 KV_BUCKETS = (KV_LINES, KV_ACCOUNTS, KV_OPERATORS, KV_SESSIONS, KV_CLIENTS)
+KV_ROUTER = "ol-router"  # router replicas: membership and partition leases (created by the router, with a TTL)
 
 # Buckets a service owns and creates itself (with its own TTLs), not part of the bootstrap.
 KV_TELEGRAM_SENT = "ol-tg-sent"  # gateway-telegram: delivered outbound ids
@@ -83,8 +84,33 @@ def chat_key(channel: str, account: str, chat_id: str) -> str:
     return digest.hexdigest()
 
 
-def inbound(channel: str, account: str) -> str:
-    return f"{IN_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}"
+# Inbound messages are spread over a fixed number of partitions by client, so
+# the router can run as several replicas while each client's messages stay in
+# order (one consumer per partition, one message in hand at a time). Changing
+# the number re-partitions clients: drain OL_IN first (docs/operations.md).
+PARTITIONS = 16
+
+
+def partition_of(channel: str, account: str, chat_id: str) -> int:
+    """The partition of one external chat: stable, and the same in every gateway and router."""
+    return int(chat_key(channel, account, chat_id)[:8], 16) % PARTITIONS
+
+
+def inbound(channel: str, account: str, chat_id: str) -> str:
+    """Where a gateway publishes a client's message: ``ol.in.<channel>.<account>.<partition>``."""
+    return f"{IN_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}.{partition_of(channel, account, chat_id)}"
+
+
+def inbound_account(channel: str, account: str) -> str:
+    """Every inbound message of one channel account (a filter, for reading)."""
+    return f"{IN_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}.*"
+
+
+def inbound_partition(partition: int) -> str:
+    """The filter of one router partition consumer."""
+    if not 0 <= partition < PARTITIONS:
+        raise BadToken(f"partition {partition} is outside 0-{PARTITIONS - 1}")
+    return f"{IN_ROOT}.*.*.{partition}"
 
 
 def inbound_all() -> str:

@@ -97,7 +97,7 @@ async def client_writes(js: Any, msg_id: str, text: str, name: str, visitor: str
         text=text,
         received_at=utcnow(),
     )
-    await js.publish(subjects.inbound("webchat", "demo"), encode(inbound), headers={MSG_ID_HEADER: msg_id})
+    await js.publish(subjects.inbound("webchat", "demo", inbound.chat_id), encode(inbound), headers={MSG_ID_HEADER: msg_id})
 
 
 async def sign_in(page: Any) -> None:

@@ -79,7 +79,7 @@ async def client_writes(js: Any, msg_id: str, text: str, visitor: str = "visitor
         text=text,
         received_at=utcnow(),
     )
-    ack = await js.publish(subjects.inbound("webchat", "demo"), encode(inbound), headers={MSG_ID_HEADER: msg_id})
+    ack = await js.publish(subjects.inbound("webchat", "demo", inbound.chat_id), encode(inbound), headers={MSG_ID_HEADER: msg_id})
     assert ack.seq
 
 

@@ -76,7 +76,7 @@ async def assigned_session(nc: Any, address: str) -> Session | None:
 
 
 async def inbound_mails(nc: Any, account: str = "support") -> list[dict[str, Any]]:
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound("email", account))
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("email", account))
     return [msgspec.json.decode(data) for _, data in rows]
 
 
@@ -190,8 +190,15 @@ async def test_auto_submitted_and_list_mail_get_no_auto_reply_while_a_person_doe
         await wait_for(lambda: smtp.to("person@client.example.test"), timeout=20, what="welcome for the person")
 
         async def router_done() -> bool:
-            info = await nc.jetstream().consumer_info(subjects.STREAM_IN, "router")
-            return info.num_pending == 0 and info.num_ack_pending == 0
+            for robot in ("news@lists.example.test", "bulk@promo.example.test", "vacation@client.example.test"):
+                p = subjects.partition_of("email", "support", robot)
+                try:
+                    info = await nc.jetstream().consumer_info(subjects.STREAM_IN, f"router-p{p}")
+                except Exception:
+                    return False
+                if info.num_pending or info.num_ack_pending:
+                    return False
+            return True
 
         await wait_for(router_done, timeout=20, what="the router has handled every mail")
         # The router honours the loop-guard flag: no auto-reply is even queued for the robots...

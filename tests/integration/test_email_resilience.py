@@ -49,13 +49,13 @@ async def smtp() -> AsyncIterator[SmtpSink]:
 
 
 async def published(nc: Any, account: str = "support") -> list[dict[str, Any]]:
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound("email", account))
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("email", account))
     return [msgspec.json.decode(data) for _, data in rows]
 
 
 async def count_published(nc: Any, account: str = "support") -> int:
     try:
-        info = await nc.jetstream().stream_info(subjects.STREAM_IN, subjects_filter=subjects.inbound("email", account))
+        info = await nc.jetstream().stream_info(subjects.STREAM_IN, subjects_filter=subjects.inbound_account("email", account))
     except Exception:
         return 0
     return sum((info.state.subjects or {}).values())

@@ -77,7 +77,7 @@ async def test_same_message_id_after_dedup_window_reaches_transcript_once(nc, na
         # Past JetStream's dedup window the stream stores a resend again: play that
         # by publishing the same envelope without its Nats-Msg-Id.
         again = inbound("dup", "once", "m1")
-        await nc.jetstream().publish(subjects.inbound("webchat", "demo"), encode(again))
+        await nc.jetstream().publish(subjects.inbound("webchat", "demo", again.chat_id), encode(again))
         await publish(nc, inbound("dup", "marker", "m2"))
         await wait_for(lambda: _count_in(nc, s.id, 2), what="marker message")
         texts = [h.text for h in await history(nc, s.id) if h.direction == "in"]

@@ -10,6 +10,8 @@ from conftest import wait_for
 from peers.telegram_api import message_update, user
 from telegram_support import SALES, SUPPORT, fake_telegram, inbound_of, running_gateway, stream_size
 
+from openlines import subjects
+
 TOKEN = SUPPORT["token"]
 
 
@@ -34,7 +36,7 @@ async def test_text_message_is_published_with_the_update_id_as_msg_id_and_answer
         assert (env.channel, env.account, env.chat_id, env.user_id) == ("telegram", "support_bot", "777", "777")
         assert env.text == "Where is my order?"
         assert (env.profile.name, env.profile.username, env.profile.language) == ("Olga P", "olga_p", "ru")
-        msg = await nc.jetstream().get_last_msg("OL_IN", "ol.in.telegram.support_bot")
+        msg = await nc.jetstream().get_last_msg("OL_IN", subjects.inbound("telegram", "support_bot", "777"))
         assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == env.id
 
 

@@ -48,7 +48,7 @@ async def page() -> AsyncIterator[Any]:
 
 async def in_ol_in(js: Any, envelope_id: str) -> list[Inbound]:
     dec = decoder(Inbound)
-    msgs = await bus.read_subject(js, subjects.STREAM_IN, subjects.inbound("webchat", "demo"))
+    msgs = await bus.read_subject(js, subjects.STREAM_IN, subjects.inbound_account("webchat", "demo"))
     return [env for env in (dec.decode(data) for _, data in msgs) if env.id == envelope_id]
 
 

@@ -93,7 +93,7 @@ async def say(ws: WS, msg_id: str, text: str = "hello", **extra: Any) -> Frame:
 
 async def inbound_with_id(js: JetStreamContext, envelope_id: str, account: str = "demo") -> list[Inbound]:
     dec = decoder(Inbound)
-    msgs = await bus.read_subject(js, subjects.STREAM_IN, subjects.inbound("webchat", account))
+    msgs = await bus.read_subject(js, subjects.STREAM_IN, subjects.inbound_account("webchat", account))
     return [env for env in (dec.decode(data) for _, data in msgs) if env.id == envelope_id]
 
 
@@ -172,7 +172,7 @@ async def test_message_is_acked_sent_only_once_it_is_in_ol_in(svc: Any, http: An
     ack = await say(ws, "c-1", "Where is my order?", name="  Ann   Lee ")
     assert ack == {"type": "ack", "id": "c-1", "status": "sent", "duplicate": False}
     js = nc.jetstream()
-    last = await js.get_last_msg(subjects.STREAM_IN, subjects.inbound("webchat", "demo"))
+    last = await js.get_last_msg(subjects.STREAM_IN, subjects.inbound_account("webchat", "demo"))
     assert last.headers is not None and last.headers[MSG_ID_HEADER] == f"webchat:demo:{visitor}:c-1"
     env = decoder(Inbound).decode(last.data)
     assert (env.channel, env.account, env.chat_id, env.user_id) == ("webchat", "demo", visitor, visitor)

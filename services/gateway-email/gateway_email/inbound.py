@@ -233,7 +233,10 @@ class MailboxWorker:
         )
         env = to_inbound(self.account, mail, attachments, now)
         ack = await self.js.publish(
-            subjects.inbound(CHANNEL, self.account), encode(env), headers={MSG_ID_HEADER: env.id}, stream=subjects.STREAM_IN
+            subjects.inbound(CHANNEL, self.account, env.chat_id),
+            encode(env),
+            headers={MSG_ID_HEADER: env.id},
+            stream=subjects.STREAM_IN,
         )
         await self.store.remember_message(
             MessageRef(message_id=mail.key, account=self.account, chat_id=mail.sender, direction="in")

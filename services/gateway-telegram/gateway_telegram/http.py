@@ -123,7 +123,7 @@ class TelegramHttp:
         try:
             ack = await asyncio.wait_for(
                 self.js.publish(
-                    subjects.inbound(CHANNEL, inbound.account),
+                    subjects.inbound(CHANNEL, inbound.account, inbound.chat_id),
                     encode(inbound),
                     timeout=timeout,
                     stream=subjects.STREAM_IN,

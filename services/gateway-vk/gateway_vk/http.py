@@ -159,7 +159,7 @@ class CallbackHttp:
         try:
             ack = await asyncio.wait_for(
                 self.js.publish(
-                    subjects.inbound(CHANNEL, account),
+                    subjects.inbound(CHANNEL, account, inbound.chat_id),
                     encode(inbound),
                     timeout=timeout,
                     stream=subjects.STREAM_IN,

@@ -179,7 +179,7 @@ class WebchatHttp:
         try:
             ack = await asyncio.wait_for(
                 self.js.publish(
-                    subjects.inbound(CHANNEL, sock.account),
+                    subjects.inbound(CHANNEL, sock.account, inbound.chat_id),
                     encode(inbound),
                     timeout=timeout,
                     stream=subjects.STREAM_IN,

@@ -7,9 +7,10 @@ import logging
 
 from openlines.bus import Buckets
 from openlines.runner import Service
-from router import commands, inbound, timers
+from router import commands, timers
 from router.engine import Engine
 from router.lines_cache import LinesCache
+from router.partitions import Partitions
 from router.settings import Settings
 
 log = logging.getLogger("router.app")
@@ -24,10 +25,9 @@ async def setup(svc: Service[Settings]) -> None:
     micro = await commands.serve(svc.nc, engine)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()
-    consumer = svc.spawn(
-        inbound.consume(svc.js, engine, svc.settings.consumer, svc.settings.ack_wait, stop_consuming),
-        "inbound",
-    )
+    partitions = Partitions(svc.js, engine, lease_seconds=svc.settings.partition_lease_seconds, ack_wait=svc.settings.ack_wait)
+    await partitions.open()
+    consumer = svc.spawn(partitions.run(), "partitions")
 
     async def offer_after_reload() -> None:
         # A changed line (more operators, hours now open, higher capacity) may
@@ -45,11 +45,14 @@ async def setup(svc: Service[Settings]) -> None:
     timer_loop = svc.spawn(timers.consume(svc.js, engine.fire, svc.settings.timer_consumer, stop_consuming), "timers")
 
     async def ready() -> str | None:
-        return None if lines.loaded.is_set() else "line configs not loaded yet"
+        if not lines.loaded.is_set():
+            return "line configs not loaded yet"
+        return None if partitions.balanced.is_set() else "inbound partitions not taken yet"
 
     async def drain() -> None:
         # Finish the message in hand, take no new one, stop answering commands.
         stop_consuming.set()
+        partitions.stop()
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.gather(consumer, timer_loop)), timeout=svc.settings.shutdown_timeout)
         except (TimeoutError, asyncio.CancelledError):

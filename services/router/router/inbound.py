@@ -40,7 +40,9 @@ MAX_OTHER_FAILURES = 5
 _decode = msgspec.json.Decoder(Inbound)
 
 
-async def consume(js: JetStreamContext, engine: Engine, durable: str, ack_wait: float, stop: asyncio.Event) -> None:
+async def consume(
+    js: JetStreamContext, engine: Engine, *, durable: str, filter_subject: str, ack_wait: float, stop: asyncio.Event
+) -> None:
     config = js_api.ConsumerConfig(
         name=durable,
         durable_name=durable,
@@ -49,11 +51,11 @@ async def consume(js: JetStreamContext, engine: Engine, durable: str, ack_wait: 
         max_deliver=-1,
         max_ack_pending=1,  # strict order: nothing newer is delivered while one is in hand
         deliver_policy=js_api.DeliverPolicy.ALL,
-        filter_subject=subjects.inbound_all(),
+        filter_subject=filter_subject,
     )
     await js.add_consumer(subjects.STREAM_IN, config)  # creates it, or updates an older config
     psub = await js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_IN)
-    log.info("consuming inbound", extra={"consumer": durable})
+    log.debug("consuming inbound", extra={"consumer": durable})
     try:
         while not stop.is_set():
             try:

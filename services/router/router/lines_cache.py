@@ -35,27 +35,44 @@ class LinesCache:
         self.version += 1
 
     async def run(self) -> None:
+        # "Loaded" means: every entry written before the watch began has been
+        # seen. The watcher's own end-of-initial-values marker can come before
+        # values already on their way, and a router that believes a line does
+        # not exist dead-letters its messages - so count by revision instead.
+        info = await self.kv._js.stream_info(f"KV_{self.kv._name}")
+        target = info.state.last_seq or 0
+        if target == 0:
+            self._mark_loaded()
         watcher = await self.kv.watchall()
         try:
             async for entry in watcher:
-                if entry is None:  # initial values delivered
-                    self.loaded.set()
-                    log.info("lines loaded", extra={"lines": sorted(self.lines)})
+                if entry is None:
                     continue
-                if not entry.key.startswith(LINE_PREFIX):
+                if not self.loaded.is_set() and entry.revision >= target:
+                    self._apply(entry)
+                    self._mark_loaded()
                     continue
-                line_id = entry.key.removeprefix(LINE_PREFIX)
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self.lines.pop(line_id, None)
-                else:
-                    try:
-                        self.lines[line_id] = msgspec.json.decode(entry.value, type=LineConfig)
-                    except msgspec.ValidationError as exc:
-                        log.error("ignoring invalid line config in KV", extra={"line": line_id, "error": str(exc)})
-                        continue
-                self._reindex()
-                if self.loaded.is_set():
-                    log.info("line config reloaded", extra={"line": line_id})
-                    self.changed.put_nowait(line_id)
+                self._apply(entry)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _mark_loaded(self) -> None:
+        self.loaded.set()
+        log.info("lines loaded", extra={"lines": sorted(self.lines)})
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        if not entry.key.startswith(LINE_PREFIX):
+            return
+        line_id = entry.key.removeprefix(LINE_PREFIX)
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.lines.pop(line_id, None)
+        else:
+            try:
+                self.lines[line_id] = msgspec.json.decode(entry.value, type=LineConfig)
+            except msgspec.ValidationError as exc:
+                log.error("ignoring invalid line config in KV", extra={"line": line_id, "error": str(exc)})
+                return
+        self._reindex()
+        if self.loaded.is_set():
+            log.info("line config reloaded", extra={"line": line_id})
+            self.changed.put_nowait(line_id)

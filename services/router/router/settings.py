@@ -5,6 +5,6 @@ from openlines.settings import BaseSettings
 
 class Settings(BaseSettings, kw_only=True):
     http_port: int = 8082  # health and metrics only
-    consumer: str = "router"  # durable consumer name on OL_IN
+    partition_lease_seconds: float = 10.0  # a dead replica's inbound partitions move to the others after this
     timer_consumer: str = "router-timers"  # durable consumer name on OL_TIMER
     ack_wait: float = 10.0  # seconds before an unacknowledged inbound message is redelivered (after a crash)

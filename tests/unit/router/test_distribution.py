@@ -91,3 +91,17 @@ def test_auto_reply_templates() -> None:
     assert render("Hi {client_name}, this is {line_name}", client_name="Ilze", line_name="Support") == "Hi Ilze, this is Support"
     assert render("Hi {client_name}", client_name="", line_name="S") == "Hi there"
     assert render("Keep {unknown} and {", client_name="x", line_name="y") == "Keep {unknown} and {"
+
+
+@given(st.integers(1, 8), st.integers(1, 200))
+def test_round_robin_is_fair_within_one_over_many_chats(n_ops: int, chats: int) -> None:
+    queue = QueueConfig(operators=IDS[:n_ops])
+    last = dict.fromkeys(queue.operators, 0.0)
+    got = dict.fromkeys(queue.operators, 0)
+    for t in range(1, chats + 1):
+        views = [OperatorView(id=k, status="online", open_chats=0, last_assigned_at=v) for k, v in last.items()]
+        chosen = pick(queue, views)
+        assert chosen is not None
+        last[chosen] = float(t)
+        got[chosen] += 1
+    assert max(got.values()) - min(got.values()) <= 1

@@ -1,0 +1,117 @@
+"""Two router replicas under a burst of new clients on one line.
+
+Checks the promises of partitioned routing: no operator ever holds more than
+max_chats_per_operator, every client is served exactly once, and each
+client's messages reach the transcript in the order they were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import AsyncExitStack
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import wait_for
+from support import apply_lines, history, inbound, publish, running_router
+
+from openlines import bus, subjects
+from openlines.commands import Close, CommandFailed, Reply, SetStatus, call
+from openlines.state import ClientRecord, OperatorState, Session, client_key
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = int(os.environ.get("OPENLINES_BURST_CLIENTS", "1000"))
+OPERATORS = [f"op{i}" for i in range(1, 6)]
+MAX_CHATS = 3
+
+LINES = (
+    "".join(f'[operators.{op}]\nname = "Operator {op}"\n' for op in OPERATORS)
+    + '[[lines]]\nid = "support"\nname = "Support"\nchannels = [{ channel = "webchat", account = "demo" }]\n'
+    + f"[lines.queue]\noperators = {msgspec.json.encode(OPERATORS).decode()}\n"
+    + f"max_chats_per_operator = {MAX_CHATS}\nwait_seconds = 3600\n"
+)
+
+
+async def test_two_replicas_burst_of_new_clients_capacity_order_and_exactly_once(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, LINES)
+    b = await bus.Buckets(nc.jetstream()).open()
+    most = {op: 0 for op in OPERATORS}
+    changed = {op: asyncio.Event() for op in OPERATORS}
+
+    watcher = await b.operators.watchall()
+
+    async def watch() -> None:
+        async for entry in watcher:
+            if entry is None or not entry.value:
+                continue
+            st = msgspec.json.decode(entry.value, type=OperatorState)
+            most[st.id] = max(most[st.id], len(st.sessions))
+            changed[st.id].set()
+
+    closed: set[str] = set()
+
+    async def operator(op: str) -> None:
+        while len(closed) < CLIENTS:
+            changed[op].clear()
+            st, _ = await bus.kv_get(b.operators, op, OperatorState)
+            for sid in st.sessions if st else []:
+                session, _ = await bus.kv_get(b.sessions, sid, Session)
+                if session is None:
+                    continue
+                try:
+                    if session.status == "assigned":
+                        await call(nc, "reply", Reply(operator_id=op, session_id=sid, text="hello", client_msg_id="r1"))
+                    if session.messages_in >= 2:  # the client has said all it will: done
+                        await call(nc, "close", Close(operator_id=op, session_id=sid))
+                        closed.add(sid)
+                except CommandFailed:
+                    pass  # moved on meanwhile
+            try:
+                await asyncio.wait_for(changed[op].wait(), timeout=0.2)
+            except TimeoutError:
+                pass
+
+    async with AsyncExitStack() as stack:
+        for _ in range(2):
+            await stack.enter_async_context(running_router(nats_server.url))
+        leases = await nc.jetstream().key_value(subjects.KV_ROUTER)
+
+        async def split() -> bool:
+            owners = []
+            for p in range(subjects.PARTITIONS):
+                try:
+                    owners.append((await leases.get(f"lease.{p}")).value)
+                except Exception:
+                    return False
+            return len(set(owners)) == 2 and max(owners.count(o) for o in set(owners)) == subjects.PARTITIONS // 2
+
+        await wait_for(split, timeout=60, what="the partitions split evenly between the two replicas")
+        for op in OPERATORS:
+            await call(nc, "status", SetStatus(operator_id=op, status="online"))
+        tasks = [asyncio.create_task(watch())] + [asyncio.create_task(operator(op)) for op in OPERATORS]
+        # The burst: every client writes twice, all at once.
+        visitors = [f"burst{i}" for i in range(CLIENTS)]
+        for start in range(0, CLIENTS, 100):
+            chunk = visitors[start : start + 100]
+            await asyncio.gather(*(publish(nc, inbound(v, "first", "m1")) for v in chunk))
+            await asyncio.gather(*(publish(nc, inbound(v, "second", "m2")) for v in chunk))
+
+        await wait_for(lambda: len(closed) >= CLIENTS, timeout=600, interval=0.5, what=f"all {CLIENTS} chats answered")
+        for t in tasks:
+            t.cancel()
+        await watcher.stop()
+
+    assert max(most.values()) <= MAX_CHATS, most
+    assert all(most[op] > 0 for op in OPERATORS), most  # everyone took part
+    for v in visitors:
+        rec, _ = await bus.kv_get(b.clients, client_key("webchat", "demo", subjects.chat_key("webchat", "demo", v)), ClientRecord)
+        assert rec is not None and rec.sessions_total == 1, (v, rec)
+    assert len(closed) == CLIENTS
+    for sid in closed:
+        s, _ = await bus.kv_get(b.sessions, sid, Session)
+        assert s is not None and s.status == "closed"
+        texts = [h.text for h in await history(nc, s.id) if h.direction == "in"]
+        assert texts == ["first", "second"], (s.chat_id, texts)
