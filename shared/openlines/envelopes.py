@@ -105,6 +105,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "session_transferred",  # given to another operator or line
     "session_pinned",  # pinned / unpinned by its operator
     "session_closed",  # by the operator, auto-close, or spam
+    "session_rated",  # the client answered the rating request (reason: "1".."5")
     "operator_status",  # online / away / offline
     "dead_letter",  # an inbound message that could not be handled, with the reason
     "delivery_failed",  # a gateway could not deliver an outbound message

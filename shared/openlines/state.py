@@ -43,6 +43,7 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     held: bool = False  # waiting for the line to open (outside hours, hold_until_open)
     close_reason: str = ""  # operator | auto_close | spam | transfer
     no_auto_reply: bool = False  # opened by a message that must get no automatic answer (robot, list, loop)
+    rating: int = 0  # 1-5 from the client after the close, 0 = none
 
     @property
     def is_open(self) -> bool:
@@ -61,6 +62,8 @@ class ClientRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     recent_msg_ids: list[str] = []  # inbound ids already applied, newest last
     sessions_total: int = 0
     spam: bool = False  # marked as spam by an operator: further messages are dead-lettered
+    rating_for: str = ""  # a closed session whose rating request is open: a reply "1".."5" rates it
+    rating_until: float = 0.0  # epoch seconds the rating request stays open
 
 
 class OperatorState(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -402,3 +402,32 @@ async def test_a_message_that_must_get_no_auto_reply_gets_none_but_reaches_the_o
         await call(nc, "close", _close(s.operator_id, s.id))
         assert [h.text for h in await history(nc, s.id) if h.direction == "in"] == ["Out of office"]
         assert await outbound_for(nc, "robot") == []
+
+
+async def test_rating_request_on_close_and_the_clients_mark_is_recorded(nc: Any, nats_server: Any) -> None:
+    extra = '[lines.session]\nrating = true\n[lines.auto_replies]\nrating_request = "Rate us from 1 to 5, {client_name}"\n'
+    await apply_lines(nc, OPS + line("", extra))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("r", "help", "m1", name="Rita"))
+        s = await held_by(nc, "r")
+        await call(nc, "close", _close("anna", s.id))
+        assert (await wait_for(lambda: outbound_for(nc, "r"), what="rating request"))[-1].text == "Rate us from 1 to 5, Rita"
+        await publish(nc, inbound("r", "5/5", "m2"))
+        rated = await wait_for(lambda: events(nc, "session_rated"), what="rating recorded")
+        assert (rated[0].session_id, rated[0].reason) == (s.id, "5")
+        b = await bus.Buckets(nc.jetstream()).open()
+        stored, _ = await bus.kv_get(b.sessions, s.id, Session)
+        assert stored is not None and stored.rating == 5
+        assert await session_of(nc, "r") is None  # a mark opens no new conversation
+        # Anything after that is a new conversation, and a bare "4" then is just text.
+        await publish(nc, inbound("r", "one more question", "m3"))
+        await publish(nc, inbound("r", "4", "m4"))
+        again = await held_by(nc, "r")
+
+        async def both() -> list[str] | None:
+            texts = [h.text for h in await history(nc, again.id) if h.direction == "in"]
+            return texts if len(texts) == 2 else None
+
+        assert await wait_for(both, what="new session transcript") == ["one more question", "4"]
+        assert len(await events(nc, "session_rated")) == 1

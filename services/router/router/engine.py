@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from datetime import datetime, timedelta
 
@@ -44,6 +45,7 @@ from router.timers import Timer, schedule
 log = logging.getLogger("router.engine")
 
 CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
+RATING_WINDOW = 24 * 3600.0  # seconds a rating request stays open after the close
 
 
 class Refused(Exception):
@@ -105,7 +107,10 @@ class Engine:
         if client is not None and msg.id in client.recent_msg_ids:
             log.info("duplicate inbound ignored", extra={"msg_id": msg.id})
             return
-        if client is not None and client.spam:
+        rating = _rating_in(msg.text) if client is not None and client.rating_for and time.time() < client.rating_until else None
+        if client is not None and rating is not None:
+            await self._rate(client.rating_for, rating, msg)
+        elif client is not None and client.spam:
             await self.fx.event(
                 f"dead:{msg.id}",
                 "dead_letter",
@@ -128,6 +133,8 @@ class Engine:
                 rec,
                 profile=_merge_profile(rec.profile, msg.profile),
                 recent_msg_ids=[*rec.recent_msg_ids, msg.id][-RECENT_IDS_KEPT:],
+                rating_for="",  # answered (a rating) or moved on (anything else): the request is over
+                rating_until=0.0,
             )
 
         await kv_update(self.b.clients, ckey, ClientRecord, remember)
@@ -886,14 +893,48 @@ class Engine:
         line = self.lines.lines.get(closed.line_id)
         if line is not None and auto_reply:
             await self._auto(closed, f"closing:{session.id}", autoreply.closing(line, closed.client_name), now)
-            if line.session.rating:
+            if line.session.rating and not closed.no_auto_reply:
                 await self._auto(closed, f"rating:{session.id}", autoreply.rating_request(line, closed.client_name), now)
+                await self._await_rating(closed)
         what = {"operator": f"closed by {closed_by}", "auto_close": "closed after no activity", "spam": "marked as spam"}
         await self.fx.event(f"closed:{session.id}", "session_closed", closed, reason=what.get(reason, reason))
         await self._note(closed, f"closed:{session.id}", what.get(reason, reason).capitalize())
         if line is not None:
             await self.drain(line)
         return closed
+
+    async def _await_rating(self, session: Session) -> None:
+        """The client's next message, if it is a mark 1-5 within a day, rates this session."""
+        until = time.time() + RATING_WINDOW
+
+        def expect(c: ClientRecord | None) -> ClientRecord | None:
+            return msgspec.structs.replace(c, rating_for=session.id, rating_until=until) if c is not None else None
+
+        await kv_update(self.b.clients, client_key(session.channel, session.account, session.chat_key), ClientRecord, expect)
+
+    async def _rate(self, session_id: str, rating: int, msg: Inbound) -> None:
+        """Record the client's mark on the closed session; it opens no new conversation."""
+        rated = await kv_update(
+            self.b.sessions,
+            session_id,
+            Session,
+            lambda s: msgspec.structs.replace(s, rating=rating) if s is not None and s.rating != rating else None,
+        )
+        if rated is None:
+            return
+        await self.fx.history(
+            HistoryEntry(
+                id=msg.id,
+                session_id=session_id,
+                direction="in",
+                text=msg.text,
+                author_id=msg.user_id,
+                author_name=msg.profile.name,
+                at=msg.received_at,
+            )
+        )
+        await self._note(rated, f"rated:{session_id}", f"Rated {rating} of 5 by the client")
+        await self.fx.event(f"rated:{session_id}", "session_rated", rated, reason=str(rating))
 
     async def _forget_open(self, session: Session) -> None:
         entry = session.entry_line_id or session.line_id
@@ -912,6 +953,15 @@ def _with_offer(st: OperatorState | None, sid: str) -> OperatorState | None:
 
 def _without_offer(st: OperatorState | None, sid: str) -> OperatorState | None:
     return msgspec.structs.replace(st, offers=[o for o in st.offers if o != sid]) if st is not None and sid in st.offers else None
+
+
+_RATING = re.compile(r"^\s*([1-5])\s*(?:/\s*5|of\s*5|\*+|⭐+)?\s*[.!]?\s*$", re.IGNORECASE)
+
+
+def _rating_in(text: str) -> int | None:
+    """A reply that is just a mark from 1 to 5 ("5", "4/5", "3 of 5", "5!"), else None."""
+    m = _RATING.match(text)
+    return int(m.group(1)) if m else None
 
 
 def _touch(s: Session | None, now: datetime, *, inbound: bool) -> Session | None:
