@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 SERVICES := $(sort $(dir $(wildcard services/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck pytest install lock clean
+.PHONY: dev test lint typecheck pytest install lock clean chaos bench images
 
 $(STAMP): constraints.txt requirements-dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
 	@echo "== creating $(VENV) and installing openlines, its services and tools (pinned by constraints.txt)"
@@ -36,6 +36,18 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The fault suite at full size: 20,000 visitors while every process is killed.
+chaos: $(STAMP)
+	OPENLINES_CHAOS_CLIENTS=20000 OPENLINES_BURST_CLIENTS=1000 $(BIN)/pytest -s -m slow tests/reliability
+
+# Benchmarks against their bare ceilings; writes bench/results/*.json and bench/RESULTS.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+# One container image per service (podman; builds a local Debian base image first).
+images:
+	bash deploy/images.sh
 
 # Re-pin every third-party package to what is installed now.
 lock: $(STAMP)
