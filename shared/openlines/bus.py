@@ -16,6 +16,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KeyValue
 
 from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, Inbound, encode
 
 log = logging.getLogger("openlines.bus")
 
@@ -89,6 +90,42 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
                 raise
             log.warning("nats not reachable, retrying", extra={"url": url, "attempt": attempt, "error": str(exc)})
             await asyncio.sleep(min(5.0, 0.2 * attempt))
+
+
+class BusUnavailable(Exception):
+    """A message could not be stored: the sender must retry (a webhook answers 5xx, a widget says "not sent")."""
+
+    def __init__(self, reason: str, error: Exception | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason  # "disconnected" or the type of the failure
+        self.error = error
+
+
+async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeout: float) -> js_api.PubAck:
+    """Store one client message in OL_IN, deduplicated by its id (``ack.duplicate``: it was already there).
+
+    The gateways' one way in. A disconnected client would buffer the publish
+    and send it later, so a failure is reported at once instead: the sender
+    retries with the same id, and JetStream keeps one copy.
+    """
+    if not nc.is_connected:
+        raise BusUnavailable("disconnected")
+    try:
+        ack = await asyncio.wait_for(
+            js.publish(
+                subjects.inbound(env.channel, env.account, env.chat_id),
+                encode(env),
+                timeout=timeout,
+                stream=subjects.STREAM_IN,
+                headers={MSG_ID_HEADER: env.id},
+            ),
+            timeout=timeout + 0.5,
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # timeout, no responders, connection lost, stream errors
+        raise BusUnavailable(type(exc).__name__, exc) from None
+    return ack
 
 
 async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[str], None] | None = None) -> None:

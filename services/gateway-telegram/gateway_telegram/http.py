@@ -22,8 +22,8 @@ from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
 from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
 from gateway_telegram.settings import Settings
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, Inbound, encode, utcnow
+from openlines import bus
+from openlines.envelopes import Inbound, utcnow
 from openlines.runner import json_error
 
 log = logging.getLogger("gateway_telegram.http")
@@ -114,29 +114,15 @@ class TelegramHttp:
         """Store the update in OL_IN; True when JetStream already had it."""
         if self.stopping:
             raise Unavailable("gateway is stopping; retry")
-        # A disconnected client would buffer the publish and time out later:
-        # answer 503 at once so Telegram retries.
-        if not self.nc.is_connected:
-            metrics.REJECTED.labels("nats_disconnected").inc()
-            raise Unavailable("message bus unavailable; retry")
-        timeout = self.settings.publish_timeout
         try:
-            ack = await asyncio.wait_for(
-                self.js.publish(
-                    subjects.inbound(CHANNEL, inbound.account, inbound.chat_id),
-                    encode(inbound),
-                    timeout=timeout,
-                    stream=subjects.STREAM_IN,
-                    headers={MSG_ID_HEADER: inbound.id},
-                ),
-                timeout=timeout + 0.5,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # timeout, no responders, connection lost, stream errors
+            ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
+        except bus.BusUnavailable as exc:
+            if exc.reason == "disconnected":  # Telegram retries on the 503
+                metrics.REJECTED.labels("nats_disconnected").inc()
+                raise Unavailable("message bus unavailable; retry") from None
             log.warning(
                 "publish failed",
-                extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "error": repr(exc)},
+                extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "error": repr(exc.error)},
             )
             raise Unavailable("message not stored; retry") from None
         duplicate = bool(ack.duplicate)

@@ -20,8 +20,8 @@ from gateway_vk.normalise import CHANNEL, Callback, CallbackError, VkMessage, pa
 from gateway_vk.profiles import Profiles
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, encode, utcnow
+from openlines import bus
+from openlines.envelopes import utcnow
 from openlines.runner import json_error
 
 log = logging.getLogger("gateway_vk.http")
@@ -155,25 +155,13 @@ class CallbackHttp:
             return unavailable
         name = await self.profiles.name(self.lookups[account], message.from_id)
         inbound = to_inbound(account, event.event_id, message, name, utcnow())
-        timeout = self.settings.publish_timeout
         try:
-            ack = await asyncio.wait_for(
-                self.js.publish(
-                    subjects.inbound(CHANNEL, account, inbound.chat_id),
-                    encode(inbound),
-                    timeout=timeout,
-                    stream=subjects.STREAM_IN,
-                    headers={MSG_ID_HEADER: inbound.id},
-                ),
-                timeout=timeout + 0.5,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # timeout, no responders, connection lost, stream errors
+            ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
+        except bus.BusUnavailable as exc:
             metrics.EVENTS.labels(account, "unavailable").inc()
             log.warning(
                 "publish failed; answering 503 so VK retries",
-                extra={"channel": CHANNEL, "account": account, "msg_id": inbound.id, "error": repr(exc)},
+                extra={"channel": CHANNEL, "account": account, "msg_id": inbound.id, "error": repr(exc.error or exc.reason)},
             )
             return unavailable
         duplicate = bool(ack.duplicate)

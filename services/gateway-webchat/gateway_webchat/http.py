@@ -22,8 +22,8 @@ from gateway_webchat import metrics, token
 from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, parse_frame, to_inbound
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, encode, utcnow
+from openlines import bus, subjects
+from openlines.envelopes import utcnow
 
 log = logging.getLogger("gateway_webchat.http")
 
@@ -169,32 +169,16 @@ class WebchatHttp:
         if self.stopping:
             metrics.PUBLISH_FAILURES.labels("stopping").inc()
             return failed
-        # A disconnected client would buffer the publish and we would wait for
-        # nothing: fail fast so the visitor sees "not sent" at once.
-        if not self.nc.is_connected:
-            metrics.PUBLISH_FAILURES.labels("disconnected").inc()
-            return failed
         inbound = to_inbound(sock.account, sock.visitor, msg, utcnow())
-        timeout = self.settings.publish_timeout
         try:
-            ack = await asyncio.wait_for(
-                self.js.publish(
-                    subjects.inbound(CHANNEL, sock.account, inbound.chat_id),
-                    encode(inbound),
-                    timeout=timeout,
-                    stream=subjects.STREAM_IN,
-                    headers={MSG_ID_HEADER: inbound.id},
-                ),
-                timeout=timeout + 0.5,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # timeout, no responders, connection lost, stream errors
-            metrics.PUBLISH_FAILURES.labels(type(exc).__name__).inc()
-            log.warning(
-                "publish failed",
-                extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "error": repr(exc)},
-            )
+            ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
+        except bus.BusUnavailable as exc:  # the visitor sees "not sent" at once and may retry
+            metrics.PUBLISH_FAILURES.labels(exc.reason).inc()
+            if exc.error is not None:
+                log.warning(
+                    "publish failed",
+                    extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "error": repr(exc.error)},
+                )
             return failed
         duplicate = bool(ack.duplicate)
         metrics.MESSAGES_PUBLISHED.labels(str(duplicate).lower()).inc()
