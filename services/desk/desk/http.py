@@ -33,13 +33,16 @@ from desk.auth import (
     access_problem,
     same_origin,
 )
+from desk.crm import MAX_QUERY, CrmReader, parse_ref, record_ref
 from desk.live import Connection, Hub
-from desk.reads import Reader, is_token
+from desk.reads import PREVIOUS_SCAN_EVENTS, PREVIOUS_SHOWN, Reader, client_record, holds_client, is_token, previous_sessions
 from desk.settings import Settings
+from desk.supervise import overview, supervisor_problem
 from openlines import commands
 from openlines.commands import Accept, Close, CommandFailed, CommandName, Reply, Result, SetStatus
+from openlines.envelopes import HistoryEntry
 from openlines.runner import json_error
-from openlines.state import OperatorAccount
+from openlines.state import OperatorAccount, Session
 
 log = logging.getLogger("desk.http")
 
@@ -82,6 +85,7 @@ class Desk:
         self.nc = nc
         self.reader = reader
         self.hub = hub
+        self.crm = CrmReader(reader.js)
         self.signer = Signer(settings.cookie_secret)
         self.passwords = PasswordChecker()
 
@@ -106,6 +110,37 @@ class Desk:
         if changes and not self.signer.csrf_ok(user.session.nonce, request.headers.get(CSRF_HEADER)):
             raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header; reload the page")
         return user
+
+    async def may_read(self, user: Authed, session: Session, entries: list[HistoryEntry] | None = None) -> bool:
+        """Whether this user may read the session's transcript and client card.
+
+        Its operators (now or before) may; so may whoever holds an open chat of
+        the same client (the earlier conversations are that chat's context).
+        Supervisors get no wider reading right yet (see docs/operators.md).
+        """
+        me = user.operator_id
+        if session.operator_id == me or me in session.offered_to or session.closed_by == me:
+            return True
+        if entries is not None and any(e.author_id == me for e in entries):
+            return True
+        return await holds_client(self.reader, me, session.client_id)
+
+    def crm_refs(self, link: dict[str, Any]) -> list[dict[str, str]]:
+        """The CRM records a client is linked to, each with where to open it."""
+        out: list[dict[str, str]] = []
+        portal = self.settings.bitrix24_portal.rstrip("/")
+        for kind in ("contact", "lead", "deal"):
+            record_id = str(link.get(f"{kind}_id") or "")
+            if not record_id:
+                continue
+            if self.settings.crm_backend == "builtin":
+                url = f"/crm?record={record_ref(kind, record_id)}#{record_ref(kind, record_id)}"
+            elif portal:
+                url = f"{portal}/crm/{kind}/details/{record_id}/"
+            else:
+                url = ""
+            out.append({"kind": kind, "id": record_id, "url": url})
+        return out
 
     def form_csrf_ok(self, request: web.Request, user: Authed, form: Any) -> bool:
         if self.signer.csrf_ok(user.session.nonce, request.headers.get(CSRF_HEADER)):
@@ -259,7 +294,98 @@ async def workspace(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/login")
     if user.problem:
         return html(views.denied_page(user.account.name, user.problem), status=403)
-    return html(views.workspace_page(user.operator_id, user.account.name, desk.signer.csrf_token(user.session.nonce)))
+    return html(
+        views.workspace_page(
+            user.operator_id,
+            user.account.name,
+            desk.signer.csrf_token(user.session.nonce),
+            supervisor=supervisor_problem(user.account.roles) is None,
+        )
+    )
+
+
+async def page_user(request: web.Request) -> Authed | web.Response:
+    """The signed-in user of a page, or the answer to give instead (sign in / no access)."""
+    desk = request.app[DESK]
+    user = await desk.authed(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    if user.problem:
+        return html(views.denied_page(user.account.name, user.problem), status=403)
+    return user
+
+
+def _query(request: web.Request) -> tuple[str, str]:
+    query = request.query.get("q", "").strip()
+    if len(query) > MAX_QUERY:
+        raise ApiError(400, "invalid", f"the search is {len(query)} characters; at most {MAX_QUERY}")
+    record = request.query.get("record", "")
+    if record and parse_ref(record) is None:
+        raise ApiError(400, "invalid", "record must look like lead-5, deal-2 or contact-7")
+    return query, record
+
+
+async def _names(desk: Desk, ids: set[str]) -> dict[str, str]:
+    accounts = await asyncio.gather(*(desk.reader.account(i) for i in sorted(ids) if i))
+    return {a.id: a.name for a in accounts if a is not None}
+
+
+async def crm_page(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await page_user(request)
+    if isinstance(user, web.Response):
+        return user
+    query, record = _query(request)
+    view = await desk.crm.view(query, parse_ref(record) if record else None) if desk.settings.crm_backend == "builtin" else None
+    names = await _names(desk, {str(r.get("assigned_by", "")) for rows in (view.records.values() if view else []) for r in rows})
+    return html(
+        views.crm_page(
+            user.account.name,
+            desk.signer.csrf_token(user.session.nonce),
+            supervisor=supervisor_problem(user.account.roles) is None,
+            backend=desk.settings.crm_backend,
+            portal=desk.settings.bitrix24_portal.rstrip("/"),
+            query=query,
+            record=record,
+            view=view,
+            names=names,
+        )
+    )
+
+
+async def supervisor_page(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await page_user(request)
+    if isinstance(user, web.Response):
+        return user
+    problem = supervisor_problem(user.account.roles)
+    if problem:
+        return html(views.denied_page(user.account.name, problem, "the supervisor view"), status=403)
+    return html(views.supervisor_page(user.account.name, desk.signer.csrf_token(user.session.nonce)))
+
+
+async def transcript_page(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await page_user(request)
+    if isinstance(user, web.Response):
+        return user
+    session = await desk.reader.session(_session_id(request))
+    if session is None:
+        raise ApiError(404, "not_found", "no such session")
+    entries = await desk.reader.history(session.id)
+    # Conversations filed in the built-in CRM are readable by whoever may open the CRM page.
+    filed = desk.settings.crm_backend == "builtin" and await desk.crm.session_filed(session.id)
+    if not filed and not await desk.may_read(user, session, entries):
+        raise ApiError(403, "forbidden", "this conversation is not yours")
+    return html(
+        views.transcript_page(
+            user.account.name,
+            desk.signer.csrf_token(user.session.nonce),
+            supervisor=supervisor_problem(user.account.roles) is None,
+            session=await desk.reader.chat(session),
+            entries=msgspec.to_builtins(entries),
+        )
+    )
 
 
 # -- live -------------------------------------------------------------------
@@ -355,16 +481,74 @@ async def api_history(request: web.Request) -> web.StreamResponse:
     if session is None:
         raise ApiError(404, "not_found", "no such session")
     entries = await desk.reader.history(sid)
-    me = user.operator_id
-    was_mine = (
-        session.operator_id == me
-        or me in session.offered_to
-        or session.closed_by == me
-        or any(e.author_id == me for e in entries)
-    )
-    if not was_mine:
+    if not await desk.may_read(user, session, entries):
         raise ApiError(403, "forbidden", "this session is not yours")
     return web.json_response({"session": await desk.reader.chat(session), "entries": msgspec.to_builtins(entries)})
+
+
+async def api_client(request: web.Request) -> web.StreamResponse:
+    """The client card of a session: profile, CRM link, earlier conversations."""
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
+    session = await desk.reader.session(_session_id(request))
+    if session is None:
+        raise ApiError(404, "not_found", "no such session")
+    if not await desk.may_read(user, session):
+        raise ApiError(403, "forbidden", "this session is not yours")
+    record, link, earlier = await asyncio.gather(
+        client_record(desk.reader, session),
+        desk.crm.client_link(session.client_id),
+        previous_sessions(desk.reader, session.client_id, exclude=session.id),
+    )
+    profile = record.profile if record is not None else None
+    crm: dict[str, Any] = {"backend": desk.settings.crm_backend, "linked": False, "records": []}
+    if link is not None:
+        crm.update(linked=True, records=desk.crm_refs(link), responsible=str(link.get("assigned_by", "")))
+    return web.json_response(
+        {
+            "client": {
+                "id": session.client_id,
+                "name": (profile.name if profile else "") or session.client_name,
+                "username": profile.username if profile else "",
+                "phone": profile.phone if profile else "",
+                "email": profile.email if profile else "",
+                "channel": session.channel,
+                "account": session.account,
+                "sessions_total": record.sessions_total if record is not None else 0,
+            },
+            "crm": crm,
+            "previous": [await desk.reader.chat(s) for s in earlier],
+            "previous_limit": {"events_scanned": PREVIOUS_SCAN_EVENTS, "shown": PREVIOUS_SHOWN},
+        }
+    )
+
+
+async def api_crm(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    await desk.api_user(request, changes=False)
+    if desk.settings.crm_backend != "builtin":
+        portal = desk.settings.bitrix24_portal.rstrip("/")
+        return web.json_response({"backend": desk.settings.crm_backend, "portal": portal, "records": None})
+    query, record = _query(request)
+    view = await desk.crm.view(query, parse_ref(record) if record else None)
+    return web.json_response(
+        {
+            "backend": "builtin",
+            "present": view.present,
+            "records": view.records,
+            "totals": view.totals,
+            "activities": view.activities,
+        }
+    )
+
+
+async def api_supervisor(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
+    problem = supervisor_problem(user.account.roles)
+    if problem:
+        raise ApiError(403, "forbidden", problem)
+    return web.json_response(await overview(desk.reader))
 
 
 async def api_accept(request: web.Request) -> web.StreamResponse:
@@ -406,6 +590,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ws", websocket)
     app.router.add_post("/api/status", api_status)
     app.router.add_get("/api/chats", api_chats)
+    app.router.add_get("/crm", crm_page)
+    app.router.add_get("/api/crm", api_crm)
+    app.router.add_get("/supervisor", supervisor_page)
+    app.router.add_get("/api/supervisor", api_supervisor)
+    app.router.add_get("/transcript/{session_id}", transcript_page)
+    app.router.add_get("/api/sessions/{session_id}/client", api_client)
     app.router.add_get("/api/sessions/{session_id}/history", api_history)
     app.router.add_post("/api/sessions/{session_id}/accept", api_accept)
     app.router.add_post("/api/sessions/{session_id}/reply", api_reply)

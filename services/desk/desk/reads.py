@@ -11,13 +11,14 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from openlines import subjects
 from openlines.apply import line_key
 from openlines.bus import Buckets, kv_get, read_subject
-from openlines.envelopes import HistoryEntry
+from openlines.envelopes import HistoryEntry, SessionEvent
 from openlines.lines import LineConfig
-from openlines.state import OperatorAccount, OperatorState, Session
+from openlines.state import ClientRecord, OperatorAccount, OperatorState, Session, client_key
 
 LINE_NAME_TTL = 30.0
 
@@ -109,3 +110,51 @@ class Reader:
             "operator": {"id": operator_id, "status": state.status},
             "chats": await self.my_chats(operator_id, state),
         }
+
+
+# -- the client card and the client's earlier sessions ------------------------------------------
+
+# The client's earlier sessions are found by scanning the newest events of
+# OL_EVT (session_closed carries the client id). The scan is bounded: a client
+# whose last visit is older than this many events ago shows no earlier sessions.
+PREVIOUS_SCAN_EVENTS = 20_000
+PREVIOUS_SHOWN = 10
+
+_event_decoder = msgspec.json.Decoder(SessionEvent)
+
+
+async def client_record(reader: Reader, session: Session) -> ClientRecord | None:
+    record, _ = await kv_get(reader.b.clients, client_key(session.channel, session.account, session.chat_key), ClientRecord)
+    return record
+
+
+async def previous_sessions(reader: Reader, client_id: str, *, exclude: str = "") -> list[Session]:
+    """The client's closed sessions, newest first, among the last PREVIOUS_SCAN_EVENTS events."""
+    try:
+        info = await reader.js.stream_info(subjects.STREAM_EVT)
+    except NotFoundError:
+        return []
+    last = info.state.last_seq or 0
+    start = max(1, last - PREVIOUS_SCAN_EVENTS + 1)
+    rows = await read_subject(
+        reader.js, subjects.STREAM_EVT, subjects.event("session_closed"), start_seq=start, limit=PREVIOUS_SCAN_EVENTS
+    )
+    found: list[str] = []
+    for _seq, data in reversed(rows):
+        try:
+            event = _event_decoder.decode(data)
+        except msgspec.DecodeError:
+            continue
+        if event.client_id == client_id and event.session_id != exclude and event.session_id not in found:
+            found.append(event.session_id)
+        if len(found) >= PREVIOUS_SHOWN:
+            break
+    sessions = await asyncio.gather(*(reader.session(sid) for sid in found))
+    return [s for s in sessions if s is not None]
+
+
+async def holds_client(reader: Reader, operator_id: str, client_id: str) -> bool:
+    """Whether the operator holds (or is offered) an open chat of this client now."""
+    state = await reader.operator(operator_id)
+    sessions = await asyncio.gather(*(reader.session(sid) for sid in dict.fromkeys([*state.sessions, *state.offers])))
+    return any(s is not None and s.client_id == client_id and operator_id in holders_of(s) for s in sessions)

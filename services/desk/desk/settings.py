@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from openlines.settings import BaseSettings
 
 MIN_SECRET_CHARS = 16
@@ -16,6 +18,11 @@ class Settings(BaseSettings, kw_only=True):
     # TLS-terminating proxy): the browser then only sends the cookie over HTTPS.
     cookie_secure: bool = False
     session_hours: int = 12
+    # The same variables crm-sync reads: which CRM holds the clients' records.
+    # "builtin": the desk's CRM page lists crm-sync's KV buckets; "bitrix24":
+    # the page says the records live in the portal (linked when the portal URL is set).
+    crm_backend: Literal["builtin", "bitrix24"] = "builtin"
+    bitrix24_portal: str = ""  # https://<portal>.bitrix24.com - shown as a link, never a secret
 
     def __post_init__(self) -> None:
         if len(self.cookie_secret) < MIN_SECRET_CHARS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 from desk.auth import CSRF_FIELD
 
@@ -42,15 +43,16 @@ def login_page(token: str, *, error: str = "", login: str = "") -> str:
     )
 
 
-def denied_page(name: str, reason: str) -> str:
+def denied_page(name: str, reason: str, what: str = "the workspace") -> str:
+    back = '<a href="/" data-testid="back-to-chats">Back to my chats</a> · ' if what != "the workspace" else ""
     return (
         _HEAD.format(title="No access · openlines desk", extra="")
         + f"""<body class="login-body">
 <main class="login-card">
   <h1 class="brand">openlines <span>desk</span></h1>
-  <h2>{escape(name)}, you cannot open the workspace</h2>
+  <h2>{escape(name)}, you cannot open {escape(what)}</h2>
   <p class="form-error" role="alert" data-testid="denied-reason">{escape(reason[:1].upper() + reason[1:])}.</p>
-  <p><a href="/login">Sign in with another account</a></p>
+  <p>{back}<a href="/login">Sign in with another account</a></p>
 </main>
 </body>
 </html>
@@ -58,13 +60,19 @@ def denied_page(name: str, reason: str) -> str:
     )
 
 
-def workspace_page(operator_id: str, name: str, csrf: str) -> str:
+def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool = False) -> str:
     extra = f'<meta name="csrf-token" content="{escape(csrf)}">\n<script src="/static/desk.js" defer></script>\n'
+    # New tabs: leaving this page would close its WebSocket, and the router counts that as leaving the desk.
+    supervisor_link = '<a href="/supervisor" target="_blank" data-testid="nav-supervisor">Supervisor</a>' if supervisor else ""
     return (
         _HEAD.format(title="openlines desk", extra=extra)
         + f"""<body class="desk" data-operator-id="{escape(operator_id)}" data-operator-name="{escape(name)}">
 <header class="topbar">
   <div class="brand">openlines <span>desk</span></div>
+  <nav class="nav" aria-label="Pages">
+    <a href="/" aria-current="page" data-testid="nav-chats">Chats</a>
+    <a href="/crm" target="_blank" data-testid="nav-crm">CRM</a>{supervisor_link}
+  </nav>
   <div class="status-switch" role="group" aria-label="My status" data-testid="status-switch">
     <button type="button" data-status="online" data-testid="status-online" aria-pressed="false">Online</button>
     <button type="button" data-status="away" data-testid="status-away" aria-pressed="false">Away</button>
@@ -100,7 +108,22 @@ def workspace_page(operator_id: str, name: str, csrf: str) -> str:
           <button type="button" class="danger" id="close-confirm" data-testid="close-confirm" hidden>Confirm close</button>
         </div>
       </div>
+      <div class="chat-body">
       <ol class="transcript" id="transcript" data-testid="transcript" aria-live="polite"></ol>
+      <aside class="client-card" id="client-card" data-testid="client-card" aria-label="Client">
+        <h3 id="card-name" data-testid="card-name"></h3>
+        <dl class="card-fields">
+          <dt>Channel</dt><dd id="card-channel" data-testid="card-channel"></dd>
+          <dt>Phone</dt><dd id="card-phone" data-testid="card-phone"></dd>
+          <dt>E-mail</dt><dd id="card-email" data-testid="card-email"></dd>
+        </dl>
+        <h4>CRM</h4>
+        <div id="card-crm" data-testid="card-crm" class="card-crm"></div>
+        <h4>Previous conversations</h4>
+        <ul id="card-previous" data-testid="card-previous" class="card-previous"></ul>
+        <p id="card-previous-note" class="muted small" data-testid="card-previous-note"></p>
+      </aside>
+      </div>
       <form class="composer" id="composer">
         <textarea id="reply" data-testid="reply-input" rows="3" maxlength="4000"
           placeholder="Write a reply — Enter sends, Shift+Enter for a new line"></textarea>
@@ -113,3 +136,179 @@ def workspace_page(operator_id: str, name: str, csrf: str) -> str:
 </html>
 """
     )
+
+
+# -- pages beside the workspace: CRM, supervisor, transcript --------------------------------------
+
+
+def _topbar(name: str, csrf: str, current: str, *, supervisor: bool) -> str:
+    links = [("/", "Chats", "nav-chats"), ("/crm", "CRM", "nav-crm")]
+    if supervisor:
+        links.append(("/supervisor", "Supervisor", "nav-supervisor"))
+    here = ' aria-current="page"'
+    nav = "".join(
+        f'<a href="{href}" data-testid="{tid}"{here if href == current else ""}>{label}</a>' for href, label, tid in links
+    )
+    return f"""<header class="topbar">
+  <div class="brand">openlines <span>desk</span></div>
+  <nav class="nav" aria-label="Pages">{nav}</nav>
+  <div class="spacer"></div>
+  <span class="me" data-testid="operator-name">{escape(name)}</span>
+  <form method="post" action="/logout" class="logout">
+    <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+    <button type="submit" data-testid="logout">Sign out</button>
+  </form>
+</header>
+"""
+
+
+def _page(title: str, body_class: str, topbar: str, main: str, extra: str = "") -> str:
+    return (
+        _HEAD.format(title=f"{escape(title)} · openlines desk", extra=extra)
+        + f'<body class="{body_class}">\n{topbar}<main class="page">\n{main}\n</main>\n</body>\n</html>\n'
+    )
+
+
+def _when(value: Any) -> str:
+    text = str(value or "")
+    return escape(text[:16].replace("T", " ")) if text else ""
+
+
+def _list(values: Any) -> str:
+    return escape(", ".join(str(v) for v in values or []))
+
+
+CRM_TITLES = {"lead": "Leads", "deal": "Deals", "contact": "Contacts"}
+
+
+def _crm_record(kind: str, r: dict[str, Any], acts: list[dict[str, Any]], names: dict[str, str], selected: bool) -> str:
+    rid = str(r.get("id", ""))
+    who = str(r.get("assigned_by", ""))
+    title = r.get("title") or r.get("name") or f"{kind} {rid}"
+    stage = r.get("stage", "") if kind != "contact" else ""
+    pipeline = f" (pipeline {escape(str(r['pipeline']))})" if kind == "deal" and r.get("pipeline") not in (None, "", "0") else ""
+    contact = (
+        f'<a href="/crm?record=contact-{escape(str(r["contact_id"]))}">contact {escape(str(r["contact_id"]))}</a>'
+        if r.get("contact_id")
+        else ""
+    )
+    act_items = "".join(
+        f'<li data-testid="crm-activity">{escape(str(a.get("subject") or "conversation"))} · '
+        f"{'completed' if a.get('completed') else 'open'} · {_when(a.get('start'))} · "
+        f'<a href="/transcript/{escape(str(a.get("session_id", "")))}" data-testid="crm-transcript-link">transcript</a></li>'
+        for a in acts
+    )
+    chosen = ' class="selected"' if selected else ""
+    person = f'<br><span class="muted">{escape(str(r["name"]))}</span>' if r.get("title") and r.get("name") else ""
+    return f"""<tr id="{kind}-{escape(rid)}" data-testid="crm-{kind}" data-record-id="{escape(rid)}"{chosen}>
+  <td class="num">{escape(rid)}</td>
+  <td><strong>{escape(str(title))}</strong>{person}</td>
+  <td data-testid="crm-source">{escape(str(r.get("source_id", "")))}</td>
+  <td data-testid="crm-stage">{escape(str(stage))}{pipeline}</td>
+  <td data-testid="crm-responsible">{escape(names.get(who, who))}</td>
+  <td>{_list(r.get("phones"))}<br>{_list(r.get("emails"))}<br>{contact}</td>
+  <td class="muted">{_when(r.get("created_at"))}</td>
+  <td>{f'<ul class="acts">{act_items}</ul>' if act_items else '<span class="muted">none</span>'}</td>
+</tr>"""
+
+
+def crm_page(
+    name: str,
+    csrf: str,
+    *,
+    supervisor: bool,
+    backend: str,
+    portal: str,
+    query: str,
+    record: str,
+    view: Any,
+    names: dict[str, str],
+) -> str:
+    top = _topbar(name, csrf, "/crm", supervisor=supervisor)
+    if backend != "builtin":
+        where = (
+            f'<a href="{escape(portal)}/crm/" data-testid="crm-portal" rel="noopener">{escape(portal)}</a>'
+            if portal
+            else "your Bitrix24 portal"
+        )
+        main = f"""<h1>CRM</h1>
+<p class="notice" data-testid="crm-elsewhere">This desk's conversations are written to Bitrix24: the leads, deals and
+contacts live in {where}. Open them there; each chat's client card links to its records.</p>"""
+        return _page("CRM", "subpage", top, main)
+    form = f"""<form method="get" action="/crm" class="search" role="search">
+  <input name="q" value="{escape(query)}" maxlength="100" placeholder="Name, phone or e-mail"
+    data-testid="crm-search" aria-label="Search">
+  <button type="submit" class="primary" data-testid="crm-search-submit">Search</button>
+  {'<a href="/crm" data-testid="crm-clear">Show all</a>' if query or record else ""}
+</form>"""
+    if not view.present:
+        body = (
+            '<p class="notice" data-testid="crm-empty">The built-in CRM has no records yet: crm-sync writes them '
+            "when clients write to a line with <code>crm.enabled</code>.</p>"
+        )
+        return _page("CRM", "subpage", top, "<h1>CRM</h1>" + form + body)
+    sections = []
+    for kind in ("lead", "deal", "contact"):
+        rows = view.records.get(kind, [])
+        shown = len(rows)
+        total = view.totals.get(kind, 0)
+        more = f' <span class="muted">(newest {shown} of {total})</span>' if total > shown else ""
+        body_rows = "".join(
+            _crm_record(
+                kind, r, view.activities.get(f"{kind}-{r.get('id', '')}", []), names, record == f"{kind}-{r.get('id', '')}"
+            )
+            for r in rows
+        )
+        table = (
+            f"""<table class="grid" data-testid="crm-{kind}s">
+<thead><tr><th>#</th><th>{"Title" if kind != "contact" else "Name"}</th><th>SOURCE_ID</th>
+<th>{"Stage" if kind != "contact" else ""}</th><th>Responsible</th><th>Phone / e-mail</th><th>Created (UTC)</th>
+<th>Conversations</th></tr></thead>
+<tbody>{body_rows}</tbody></table>"""
+            if rows
+            else f'<p class="muted" data-testid="crm-{kind}s-empty">No {CRM_TITLES[kind].lower()}{" match" if query else ""}.</p>'
+        )
+        sections.append(
+            f'<section class="crm-kind"><h2>{CRM_TITLES[kind]} <span class="count">{total}</span>{more}</h2>{table}</section>'
+        )
+    heading = "<h1>CRM <span class=muted>built-in</span></h1>"
+    return _page("CRM", "subpage", top, heading + form + "".join(sections))
+
+
+def supervisor_page(name: str, csrf: str) -> str:
+    extra = f'<meta name="csrf-token" content="{escape(csrf)}">\n<script src="/static/supervisor.js" defer></script>\n'
+    top = _topbar(name, csrf, "/supervisor", supervisor=True)
+    main = """<h1>Supervisor <span class="conn" id="conn" data-testid="connection" data-state="connecting">loading…</span></h1>
+<p class="muted">Refreshes every 3 seconds. <span id="updated" data-testid="updated"></span></p>
+<div class="error-bar" id="error" data-testid="error" role="alert" hidden></div>
+<div id="lines" data-testid="supervisor-lines"></div>"""
+    return _page("Supervisor", "subpage", top, main, extra)
+
+
+def transcript_page(name: str, csrf: str, *, supervisor: bool, session: dict[str, Any], entries: list[dict[str, Any]]) -> str:
+    top = _topbar(name, csrf, "", supervisor=supervisor)
+    items = []
+    for e in entries:
+        direction = str(e.get("direction", ""))
+        who = (
+            session.get("client_name") or "Client"
+            if direction == "in"
+            else ""
+            if direction == "system"
+            else e.get("author_name") or ("Auto-reply" if e.get("author_id") == "auto" else "Operator")
+        )
+        items.append(
+            f'<li class="entry {escape(direction)}" data-testid="transcript-entry" data-direction="{escape(direction)}">'
+            f'<div class="entry-head"><span class="who">{escape(str(who))}</span>'
+            f'<time class="at">{_when(e.get("at"))}</time></div>'
+            f'<div class="text">{escape(str(e.get("text", "")))}</div></li>'
+        )
+    meta = (
+        f"{escape(str(session.get('channel', '')))} · {escape(str(session.get('line_name', '')))} · "
+        f"{escape(str(session.get('status', '')))} · opened {_when(session.get('opened_at'))}"
+        + (f" · closed {_when(session.get('closed_at'))}" if session.get("closed_at") else "")
+    )
+    main = f"""<h1 data-testid="transcript-title">{escape(str(session.get("client_name") or "Client"))}</h1>
+<p class="muted" data-testid="transcript-meta">{meta}</p>
+<ol class="transcript static" data-testid="transcript">{"".join(items) or '<li class="muted">No messages.</li>'}</ol>"""
+    return _page("Conversation", "subpage", top, main)

@@ -14,6 +14,8 @@
     accept: $("accept"), close: $("close"), closeConfirm: $("close-confirm"),
     transcript: $("transcript"), composer: $("composer"), reply: $("reply"), send: $("send"),
     conn: $("conn"), toast: $("toast"), error: $("error"),
+    cardName: $("card-name"), cardChannel: $("card-channel"), cardPhone: $("card-phone"), cardEmail: $("card-email"),
+    cardCrm: $("card-crm"), cardPrevious: $("card-previous"), cardPreviousNote: $("card-previous-note"),
   };
   const statusButtons = Array.from(document.querySelectorAll(".status-switch button"));
 
@@ -252,6 +254,56 @@
     }
   }
 
+  // -- client card -------------------------------------------------------------
+
+  const CRM_KIND = { contact: "Contact", lead: "Lead", deal: "Deal" };
+
+  function renderCard(id, data) {
+    if (id !== state.selected) return;
+    const c = data.client;
+    el.cardName.textContent = c.name || "Client";
+    el.cardChannel.textContent = c.username ? `${c.channel} · @${c.username}` : c.channel;
+    el.cardPhone.textContent = c.phone || "—";
+    el.cardEmail.textContent = c.email || "—";
+    el.cardCrm.replaceChildren();
+    if (!data.crm.linked || !data.crm.records.length) {
+      el.cardCrm.append(node("span", "muted", data.crm.linked ? "linked, no record created" : "not linked yet"));
+    }
+    for (const r of data.crm.records) {
+      const label = `${CRM_KIND[r.kind] || r.kind} #${r.id}`;
+      const item = r.url ? node("a", "crm-ref", label) : node("span", "crm-ref", label);
+      if (r.url) {
+        item.href = r.url;
+        item.target = "_blank"; // never leave the workspace: its WebSocket is the operator's presence
+        item.rel = "noopener";
+      }
+      item.dataset.testid = "card-crm-record";
+      item.dataset.kind = r.kind;
+      el.cardCrm.append(item);
+    }
+    el.cardPrevious.replaceChildren();
+    for (const p of data.previous) {
+      const li = node("li");
+      li.dataset.testid = "card-previous-item";
+      const a = node("a", "", `${clock(p.opened_at)} ${new Date(p.opened_at).toLocaleDateString()} · ${p.line_name || p.line_id}`);
+      a.href = `/transcript/${encodeURIComponent(p.id)}`;
+      a.target = "_blank";
+      li.append(a, node("span", "muted", ` · ${p.close_reason || p.status}`));
+      el.cardPrevious.append(li);
+    }
+    if (!data.previous.length) el.cardPrevious.append(node("li", "muted", "none found"));
+    el.cardPreviousNote.textContent =
+      `Closed conversations among the last ${data.previous_limit.events_scanned.toLocaleString()} events; at most ${data.previous_limit.shown} shown.`;
+  }
+
+  async function loadCard(id) {
+    try {
+      renderCard(id, await api("GET", `/api/sessions/${encodeURIComponent(id)}/client`));
+    } catch (err) {
+      if (id === state.selected) el.cardCrm.textContent = `Could not load the client card: ${err.message}`;
+    }
+  }
+
   function select(id) {
     if (!state.chats.has(id)) return;
     const changed = state.selected !== id;
@@ -261,6 +313,7 @@
     render();
     if (changed) {
       renderTranscript();
+      loadCard(id);
       if (!el.reply.disabled) el.reply.focus();
     }
     loadHistory(id);
@@ -284,6 +337,8 @@
       case "chat":
         upsertChat(frame.chat, { notify: true });
         render();
+        // crm_linked and other events re-push the chat: the card may have news.
+        if (frame.chat.id === state.selected) loadCard(frame.chat.id);
         break;
       case "message": {
         const id = frame.session_id;

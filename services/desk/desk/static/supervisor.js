@@ -1,0 +1,127 @@
+// openlines desk: the supervisor view. Polls /api/supervisor every few seconds
+// (the numbers are read from KV each time, so a missed poll loses nothing).
+(() => {
+  "use strict";
+
+  const POLL_MS = 3000;
+  const $ = (id) => document.getElementById(id);
+  const el = { lines: $("lines"), conn: $("conn"), updated: $("updated"), error: $("error") };
+
+  function node(tag, cls, text) {
+    const n = document.createElement(tag);
+    if (cls) n.className = cls;
+    if (text !== undefined) n.textContent = text;
+    return n;
+  }
+  function dur(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  }
+  function table(testid, head, rows) {
+    const t = node("table", "grid");
+    t.dataset.testid = testid;
+    const tr = node("tr");
+    for (const h of head) tr.append(node("th", "", h));
+    const thead = node("thead");
+    thead.append(tr);
+    const tbody = node("tbody");
+    for (const r of rows) tbody.append(r);
+    t.append(thead, tbody);
+    return t;
+  }
+  function row(testid, cells, data) {
+    const tr = node("tr");
+    tr.dataset.testid = testid;
+    for (const [k, v] of Object.entries(data || {})) tr.dataset[k] = v;
+    for (const c of cells) {
+      const td = node("td");
+      if (c instanceof Node) td.append(c); else td.textContent = c;
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  const STATUS = { waiting: "waiting", assigned: "offered", answered: "in progress" };
+
+  function render(data) {
+    el.lines.replaceChildren();
+    for (const line of data.lines) {
+      const sec = node("section", "sup-line");
+      sec.dataset.testid = "sup-line";
+      sec.dataset.lineId = line.id;
+      const h = node("h2", "", line.name);
+      const meta = node("span", "muted", ` ${line.mode.replace("_", " ")} · answer within ${line.wait_seconds} s`);
+      h.append(meta);
+      sec.append(h);
+
+      const q = node("h3", "", "Waiting ");
+      const qc = node("span", "count", String(line.waiting.length));
+      qc.dataset.testid = "sup-waiting-count";
+      q.append(qc);
+      sec.append(q);
+      if (line.waiting.length) {
+        sec.append(table("sup-waiting", ["#", "Client", "Channel", "Waiting for"], line.waiting.map((w, i) =>
+          row("sup-waiting-item", [String(i + 1), w.client_name + (w.held ? " (held: line closed)" : ""), w.channel, dur(w.wait_seconds)],
+            { sessionId: w.session_id }))));
+      } else {
+        sec.append(node("p", "muted", "Nobody is waiting."));
+      }
+
+      sec.append(node("h3", "", "Operators"));
+      sec.append(table("sup-operators", ["Operator", "Status", "Load", "Offers", "Desk"], line.operators.map((o) => {
+        const st = node("span", `st-dot st-${o.status}`, o.status);
+        st.dataset.testid = "sup-operator-status";
+        return row("sup-operator", [
+          o.name + (o.in_queue ? "" : " (not in the queue)"), st, `${o.load} / ${o.max_chats}` + (o.unanswered ? ` (${o.unanswered} unanswered)` : ""),
+          String(o.offers), o.connected ? "open" : "closed",
+        ], { operatorId: o.id });
+      })));
+
+      sec.append(node("h3", "", `Live conversations (${line.sessions.length})`));
+      if (line.sessions.length) {
+        sec.append(table("sup-sessions", ["Client", "Channel", "State", "Operator", "Open for", "Messages", ""], line.sessions.map((s) => {
+          const intercept = node("button", "", "Intercept");
+          intercept.type = "button";
+          intercept.disabled = true;
+          intercept.title = data.intercept;
+          intercept.dataset.testid = "sup-intercept";
+          const who = s.operator_name || (s.offered_to.length ? `offered to ${s.offered_to.join(", ")}` : "—");
+          return row("sup-session", [s.client_name, s.channel, STATUS[s.status] || s.status, who, dur(s.open_seconds), String(s.messages_in), intercept],
+            { sessionId: s.id });
+        })));
+      } else {
+        sec.append(node("p", "muted", "No live conversations."));
+      }
+      el.lines.append(sec);
+    }
+    const note = node("p", "muted small", data.intercept);
+    note.dataset.testid = "sup-intercept-note";
+    el.lines.append(note);
+  }
+
+  let timer = null;
+  async function poll() {
+    clearTimeout(timer);
+    try {
+      const res = await fetch("/api/supervisor", { credentials: "same-origin" });
+      if (res.status === 401) { location.href = "/login"; return; }
+      const data = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(data.detail || `request failed (${res.status})`);
+      render(data);
+      el.conn.dataset.state = "live";
+      el.conn.textContent = "live";
+      el.updated.textContent = `Updated ${new Date().toLocaleTimeString()}.`;
+      el.error.hidden = true;
+    } catch (err) {
+      el.conn.dataset.state = "down";
+      el.conn.textContent = "not updating";
+      el.error.textContent = `Could not refresh: ${err.message}`;
+      el.error.hidden = false;
+    }
+    timer = setTimeout(poll, document.visibilityState === "visible" ? POLL_MS : POLL_MS * 5);
+  }
+  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") poll(); });
+  poll();
+})();

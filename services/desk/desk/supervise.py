@@ -1,0 +1,130 @@
+"""The supervisor view: per line, who waits, who works, what is live. Reads only.
+
+Everything comes from KV: line configs (``ol-lines``), the waiting queues
+(``ol-sessions`` ``queue.<line>``), operator presence and load
+(``ol-operators``), names (``ol-accounts``) and the sessions themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+
+from desk.reads import Reader
+from openlines import subjects
+from openlines.apply import load_lines
+from openlines.bus import kv_entries, kv_get
+from openlines.state import OperatorAccount, OperatorState, Session, WaitingQueue, queue_key
+
+SUPERVISOR_ROLES = ("supervisor", "admin")
+
+
+def supervisor_problem(roles: list[str]) -> str | None:
+    """Why this account may not open the supervisor view, or None when it may."""
+    if any(role in SUPERVISOR_ROLES for role in roles):
+        return None
+    have = ", ".join(roles) or "none"
+    return f"the supervisor view needs the supervisor or admin role (your roles: {have}): ask an administrator"
+
+
+def _session_row(s: Session, names: dict[str, str], now: float) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "client_name": s.client_name or "Client",
+        "channel": s.channel,
+        "status": s.status,
+        "operator_id": s.operator_id,
+        "operator_name": names.get(s.operator_id, s.operator_id),
+        "offered_to": list(s.offered_to),
+        "opened_at": s.opened_at.isoformat(),
+        "open_seconds": max(0, int(now - s.opened_at.timestamp())),
+        "messages_in": s.messages_in,
+        "held": s.held,
+    }
+
+
+async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
+    """Every line with its waiting queue, its operators (status, load) and its live sessions."""
+    now = time.time() if now is None else now
+    b = reader.b
+    lines = await load_lines(b.lines)
+    states: dict[str, OperatorState] = {}
+    for key, (_rev, data) in (await kv_entries(reader.js, subjects.KV_OPERATORS)).items():
+        try:
+            states[key] = msgspec.json.decode(data, type=OperatorState)
+        except msgspec.DecodeError:
+            continue
+    names: dict[str, str] = {}
+    for key, (_rev, data) in (await kv_entries(reader.js, subjects.KV_ACCOUNTS)).items():
+        try:
+            names[key] = msgspec.json.decode(data, type=OperatorAccount).name
+        except msgspec.DecodeError:
+            continue
+    queues = await asyncio.gather(*(kv_get(b.sessions, queue_key(line.id), WaitingQueue) for line in lines))
+    # Every open session someone holds or is offered, plus every waiting one: the live set.
+    wanted = {sid for st in states.values() for sid in (*st.sessions, *st.offers)}
+    wanted |= {c.session_id for q, _ in queues if q is not None for c in q.chats}
+    loaded = await asyncio.gather(*(reader.session(sid) for sid in sorted(wanted)))
+    sessions = {s.id: s for s in loaded if s is not None and s.is_open}
+
+    out_lines: list[dict[str, Any]] = []
+    for line, (queue, _) in zip(lines, queues, strict=True):
+        waiting = []
+        for chat in queue.chats if queue is not None else []:
+            s = sessions.get(chat.session_id)
+            waiting.append(
+                {
+                    "session_id": chat.session_id,
+                    "client_name": (s.client_name if s else "") or "Client",
+                    "channel": s.channel if s else "",
+                    "held": bool(s and s.held),
+                    "since": chat.since,
+                    "wait_seconds": max(0, int(now - chat.since)),
+                }
+            )
+        members = list(
+            dict.fromkeys(
+                [*line.queue.operators, *(s.operator_id for s in sessions.values() if s.line_id == line.id and s.operator_id)]
+            )
+        )
+        operators = []
+        for op_id in members:
+            st = states.get(op_id) or OperatorState(id=op_id)
+            on_line = [sid for sid in st.sessions if sid in sessions and sessions[sid].line_id == line.id]
+            operators.append(
+                {
+                    "id": op_id,
+                    "name": names.get(op_id, op_id),
+                    "status": st.status,
+                    "in_queue": op_id in line.queue.operators,
+                    "load": len(st.sessions),
+                    "load_on_line": len(on_line),
+                    "unanswered": len([sid for sid in st.sessions if sid not in set(st.answered)]),
+                    "offers": len(st.offers),
+                    "max_chats": line.queue.max_chats_per_operator,
+                    "connected": bool(st.desks),
+                }
+            )
+        live = [_session_row(s, names, now) for s in sessions.values() if s.line_id == line.id]
+        live.sort(key=lambda r: r["opened_at"])
+        out_lines.append(
+            {
+                "id": line.id,
+                "name": line.name,
+                "mode": line.queue.mode,
+                "wait_seconds": line.queue.wait_seconds,
+                "waiting": waiting,
+                "operators": operators,
+                "sessions": live,
+            }
+        )
+    return {"type": "supervisor", "at": now, "lines": out_lines, "intercept": INTERCEPT_NOTE}
+
+
+INTERCEPT_NOTE = (
+    "Intercepting a chat needs a router command that does not exist yet (ol.cmd.intercept); "
+    "until then, ask the operator to transfer the chat to you."
+)

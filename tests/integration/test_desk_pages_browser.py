@@ -1,0 +1,161 @@
+"""The client card, the CRM page and the supervisor view in headless Chromium,
+against the real desk, router and crm-sync (built-in CRM)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crm_support import linked, running_crm_sync
+from support import apply_lines, running_router
+
+from desk.app import setup
+from desk.settings import Settings
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
+from openlines.runner import Service, launch
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
+]
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+
+
+@pytest.fixture
+async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
+    await apply_lines(nc)  # deploy/lines.example.toml
+    async with running_router(nats_server.url), running_crm_sync(nats_server.url):
+        svc = await launch(
+            "desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret="browser-test-cookie-secret-02"), setup
+        )
+        yield svc
+        await svc.stop()
+
+
+@pytest.fixture
+async def browser(desk: Service[Settings]) -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+async def new_page(browser: Any, desk: Service[Settings], errors: list[str]) -> Any:
+    context = await browser.new_context(base_url=f"http://127.0.0.1:{desk.port}", viewport={"width": 1360, "height": 800})
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "403" not in m.text else None)
+    return page
+
+
+async def sign_in(page: Any, login: str) -> None:
+    await page.goto("/login")
+    await page.get_by_test_id("login-user").fill(login)
+    await page.get_by_test_id("login-password").fill("demo")
+    await page.get_by_test_id("login-submit").click()
+    await playwright_api.expect(page.get_by_test_id("operator-name")).to_be_visible()
+
+
+async def visitor_writes(nc: Any, visitor: str, msg: str, text: str, **profile: str) -> None:
+    env = Inbound(
+        id=f"webchat:demo:{visitor}:{msg}",
+        channel="webchat",
+        account="demo",
+        chat_id=visitor,
+        user_id=visitor,
+        profile=ClientProfile(**profile),
+        text=text,
+        received_at=utcnow(),
+    )
+    await nc.jetstream().publish(subjects.inbound("webchat", "demo", visitor), encode(env), headers={MSG_ID_HEADER: env.id})
+
+
+async def test_client_card_crm_page_and_supervisor_view_in_a_browser(nc: Any, browser: Any, desk: Service[Settings]) -> None:
+    expect = playwright_api.expect
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    page = await new_page(browser, desk, errors)
+    await sign_in(page, "anna")
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    await page.get_by_test_id("status-online").click()
+    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+
+    await visitor_writes(nc, "v-br1", "1", "Hello, I want to order 3 chairs", name="Marta Ozola", email="marta@example.com")
+    item = page.locator('[data-testid="chat-item"]').filter(has_text="Marta Ozola")
+    await expect(item).to_be_visible()
+    sid = await item.get_attribute("data-session-id")
+    assert sid
+    await linked(nc, sid)
+    await item.click()
+
+    card = page.get_by_test_id("client-card")
+    await expect(card.get_by_test_id("card-name")).to_have_text("Marta Ozola")
+    await expect(card.get_by_test_id("card-email")).to_have_text("marta@example.com")
+    await expect(card.get_by_test_id("card-channel")).to_have_text("webchat")
+    lead = card.locator('[data-testid="card-crm-record"][data-kind="lead"]')
+    await expect(lead).to_have_text("Lead #1")
+    await expect(card.get_by_test_id("card-previous-note")).to_contain_text("20,000 events")
+    await page.get_by_test_id("accept").click()  # answered chats stay with anna when she steps away
+    await expect(page.get_by_test_id("accept")).to_be_hidden()
+    await page.screenshot(path=str(ARTIFACTS / "desk-client-card.png"))
+
+    # The lead on the CRM page, found from the card (in a new tab: the workspace stays connected).
+    workspace = page
+    async with page.context.expect_page() as opened:
+        await lead.click()
+    page = await opened.value
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await expect(page).to_have_url(f"http://127.0.0.1:{desk.port}/crm?record=lead-1#lead-1")
+    row = page.locator('[data-testid="crm-lead"][data-record-id="1"]')
+    await expect(row.get_by_test_id("crm-source")).to_have_text("OPENLINE")
+    await expect(row.get_by_test_id("crm-stage")).to_have_text("NEW")
+    await expect(row.get_by_test_id("crm-transcript-link")).to_have_attribute("href", f"/transcript/{sid}")
+    await page.get_by_test_id("crm-clear").click()
+    await page.get_by_test_id("crm-search").fill("MARTA@example")
+    await page.get_by_test_id("crm-search-submit").click()
+    await expect(page.locator('[data-testid="crm-lead"]')).to_have_count(1)
+    await page.screenshot(path=str(ARTIFACTS / "desk-crm.png"), full_page=True)
+    await page.get_by_test_id("crm-search").fill("nobody at all")
+    await page.get_by_test_id("crm-search-submit").click()
+    await expect(page.get_by_test_id("crm-leads-empty")).to_be_visible()
+
+    # Anna steps away: the next client waits in the queue, and the supervisor view shows it live.
+    await workspace.get_by_test_id("status-away").click()
+    await expect(workspace.get_by_test_id("status-away")).to_have_attribute("aria-pressed", "true")
+    async with workspace.context.expect_page() as opened:
+        await workspace.get_by_test_id("nav-supervisor").click()
+    page = await opened.value
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    line = page.locator('[data-testid="sup-line"][data-line-id="support"]')
+    await expect(line.get_by_test_id("sup-waiting-count")).to_have_text("0")
+    await expect(line.locator('[data-testid="sup-session"]')).to_have_count(1)
+    await visitor_writes(nc, "v-br2", "1", "Hi, are you open today?", name="Liga Waiting")
+    await expect(line.get_by_test_id("sup-waiting-count")).to_have_text("1", timeout=10_000)
+    await expect(line.locator('[data-testid="sup-waiting-item"]')).to_contain_text("Liga Waiting")
+    anna_row = line.locator('[data-testid="sup-operator"][data-operator-id="anna"]')
+    await expect(anna_row.get_by_test_id("sup-operator-status")).to_have_text("away")
+    await expect(anna_row).to_contain_text("1 / 4")
+    await expect(anna_row).to_contain_text("open")  # the workspace tab is still connected
+    await expect(line.locator('[data-testid="sup-intercept"]').first).to_be_disabled()
+    await expect(page.get_by_test_id("sup-intercept-note")).to_contain_text("ol.cmd.intercept")
+    await page.screenshot(path=str(ARTIFACTS / "desk-supervisor.png"), full_page=True)
+
+    # A plain operator is refused the supervisor view, with the reason.
+    boris = await new_page(browser, desk, errors)
+    await sign_in(boris, "boris")
+    await expect(boris.get_by_test_id("nav-supervisor")).to_have_count(0)
+    response = await boris.goto("/supervisor")
+    assert response is not None and response.status == 403
+    await expect(boris.get_by_test_id("denied-reason")).to_contain_text("needs the supervisor or admin role")
+    await boris.screenshot(path=str(ARTIFACTS / "desk-supervisor-refused.png"))
+    assert errors == [], errors
