@@ -69,6 +69,12 @@ class Spam(_Cmd):
     session_id: str
 
 
+class Intercept(_Cmd):
+    """A supervisor takes over an open chat: it becomes theirs and answered, whoever held or was offered it."""
+
+    session_id: str
+
+
 class Presence(_Cmd):
     """A desk replica reports whether the operator has a page open on it (grace handling is the router's)."""
 
@@ -76,7 +82,7 @@ class Presence(_Cmd):
     desk: str  # the reporting desk replica
 
 
-CommandName = Literal["status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence"]
+CommandName = Literal["status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence", "intercept"]
 COMMANDS: dict[str, type[_Cmd]] = {
     "status": SetStatus,
     "accept": Accept,
@@ -87,6 +93,7 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "pin": Pin,
     "spam": Spam,
     "presence": Presence,
+    "intercept": Intercept,
 }
 
 

@@ -202,7 +202,7 @@ async def test_supervisor_sees_the_queue_grow_then_the_operator_take_the_chat(nc
         [line] = [x for x in data["lines"] if x["id"] == "support"]
         assert {o["id"]: o["status"] for o in line["operators"]} == {"anna": "offline", "boris": "offline"}
         assert [s["id"] for s in line["sessions"]] == [w["session_id"]]
-        assert "ol.cmd.intercept" in data["intercept"]
+        assert "Intercept takes a chat over" in data["intercept"]
 
         await call(nc, "status", SetStatus(operator_id="boris", status="online"))
 

@@ -146,9 +146,15 @@ async def test_client_card_crm_page_and_supervisor_view_in_a_browser(nc: Any, br
     await expect(anna_row.get_by_test_id("sup-operator-status")).to_have_text("away")
     await expect(anna_row).to_contain_text("1 / 4")
     await expect(anna_row).to_contain_text("open")  # the workspace tab is still connected
-    await expect(line.locator('[data-testid="sup-intercept"]').first).to_be_disabled()
-    await expect(page.get_by_test_id("sup-intercept-note")).to_contain_text("ol.cmd.intercept")
+    await expect(page.get_by_test_id("sup-intercept-note")).to_contain_text("Intercept takes a chat over")
     await page.screenshot(path=str(ARTIFACTS / "desk-supervisor.png"), full_page=True)
+    # The supervisor takes the waiting chat over: it opens in her workspace, answered.
+    waiting_row = line.locator('[data-testid="sup-session"]').filter(has_text="Liga Waiting")
+    await waiting_row.get_by_test_id("sup-intercept").click()
+    await expect(line.get_by_test_id("sup-waiting-count")).to_have_text("0", timeout=10_000)
+    taken = workspace.locator('[data-testid="chat-item"]').filter(has_text="Liga Waiting")
+    await expect(taken).to_be_visible()
+    await expect(taken.get_by_test_id("chat-status")).to_have_text("in progress")
 
     # A plain operator is refused the supervisor view, with the reason.
     boris = await new_page(browser, desk, errors)

@@ -14,7 +14,7 @@ from conftest import wait_for
 from support import apply_lines, events, history, inbound, outbound_for, publish, running_router
 
 from openlines import bus, subjects
-from openlines.commands import Accept, CommandFailed, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
+from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
 from openlines.state import ClientRecord, OperatorState, Session, client_key
 
 OPS = """
@@ -431,3 +431,23 @@ async def test_rating_request_on_close_and_the_clients_mark_is_recorded(nc: Any,
 
         assert await wait_for(both, what="new session transcript") == ["one more question", "4"]
         assert len(await events(nc, "session_rated")) == 1
+
+
+async def test_a_supervisor_intercepts_a_chat_and_an_operator_may_not(nc: Any, nats_server: Any) -> None:
+    ops = OPS + '[operators.sue]\nname = "Sue"\nroles = ["supervisor"]\n'
+    await apply_lines(nc, ops + line('mode = "strict"', ops='"boris", "anna"'))
+    async with running_router(nats_server.url):
+        await online(nc, "boris")
+        await publish(nc, inbound("v", "help", "m1"))
+        s = await held_by(nc, "v")
+        assert s.operator_id == "boris"
+        with pytest.raises(CommandFailed) as err:
+            await call(nc, "intercept", Intercept(operator_id="anna", session_id=s.id))
+        assert err.value.result.error == "forbidden"
+        res = await call(nc, "intercept", Intercept(operator_id="sue", session_id=s.id))
+        assert res.session is not None and (res.session.operator_id, res.session.status) == ("sue", "answered")
+        assert s.id not in (await operator(nc, "boris")).sessions
+        assert s.id in (await operator(nc, "sue")).sessions
+        assert [e.reason for e in await events(nc, "session_transferred")] == ["intercepted by sue"]
+        await call(nc, "reply", Reply(operator_id="sue", session_id=s.id, text="I am the supervisor", client_msg_id="x1"))
+        assert (await outbound_for(nc, "v"))[-1].operator_name == "Sue"

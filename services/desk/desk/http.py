@@ -39,7 +39,7 @@ from desk.reads import PREVIOUS_SCAN_EVENTS, PREVIOUS_SHOWN, Reader, client_reco
 from desk.settings import Settings
 from desk.supervise import overview, supervisor_problem
 from openlines import commands
-from openlines.commands import Accept, Close, CommandFailed, CommandName, Reply, Result, SetStatus
+from openlines.commands import Accept, Close, CommandFailed, CommandName, Intercept, Reply, Result, SetStatus
 from openlines.envelopes import HistoryEntry
 from openlines.runner import json_error
 from openlines.state import OperatorAccount, Session
@@ -551,6 +551,16 @@ async def api_supervisor(request: web.Request) -> web.StreamResponse:
     return web.json_response(await overview(desk.reader))
 
 
+async def api_intercept(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    problem = supervisor_problem(user.account.roles)
+    if problem:
+        raise ApiError(403, "forbidden", problem)
+    sid = _session_id(request)
+    return await _result(desk, await desk.command("intercept", Intercept(operator_id=user.operator_id, session_id=sid)))
+
+
 async def api_accept(request: web.Request) -> web.StreamResponse:
     desk = request.app[DESK]
     user = await desk.api_user(request, changes=True)
@@ -600,3 +610,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/sessions/{session_id}/accept", api_accept)
     app.router.add_post("/api/sessions/{session_id}/reply", api_reply)
     app.router.add_post("/api/sessions/{session_id}/close", api_close)
+    app.router.add_post("/api/sessions/{session_id}/intercept", api_intercept)

@@ -124,7 +124,4 @@ async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
     return {"type": "supervisor", "at": now, "lines": out_lines, "intercept": INTERCEPT_NOTE}
 
 
-INTERCEPT_NOTE = (
-    "Intercepting a chat needs a router command that does not exist yet (ol.cmd.intercept); "
-    "until then, ask the operator to transfer the chat to you."
-)
+INTERCEPT_NOTE = "Intercept takes a chat over: it leaves its operator (or the queue) and opens in your workspace, answered."

@@ -60,7 +60,11 @@ async def serve(nc: NATS, engine: Engine) -> Service:
         await engine.presence(c.operator_id, c.connected, c.desk)
         return Result(ok=True)
 
+    async def intercept(c: cmds.Intercept) -> Result:
+        return Result(ok=True, session=await engine.intercept(c.operator_id, c.session_id))
+
     handlers: dict[str, Callable[..., Awaitable[Result]]] = {
+        "intercept": intercept,
         "status": status,
         "accept": accept,
         "reply": reply,

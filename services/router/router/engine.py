@@ -847,6 +847,55 @@ class Engine:
         )
         return given
 
+    async def intercept(self, operator_id: str, session_id: str) -> Session:
+        """A supervisor takes a chat over, whoever holds it or is offered it; capacity limits do not apply."""
+        acc = await self._account(operator_id)
+        if not {"supervisor", "admin"} & set(acc.roles):
+            raise Refused("forbidden", f"{acc.name} is not a supervisor: only supervisors may intercept chats")
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None:
+            raise Refused("not_found", f"session {session_id!r} does not exist")
+        if not session.is_open:
+            raise Refused("conflict", f"session {session_id!r} is closed")
+        if session.operator_id == operator_id:
+            return session
+        now = utcnow()
+        previous, offered = session.operator_id, list(session.offered_to)
+
+        def take(s: Session | None) -> Session | None:
+            if s is None or not s.is_open:
+                return None
+            return msgspec.structs.replace(
+                s,
+                status="answered",
+                operator_id=operator_id,
+                offered_to=[],
+                declined_by=[],
+                assigned_at=s.assigned_at or now,
+                answered_at=s.answered_at or now,
+                assignments=s.assignments + 1,
+                held=False,
+            )
+
+        taken = await kv_update(self.b.sessions, session_id, Session, take)
+        if taken is None or taken.operator_id != operator_id:
+            raise Refused("conflict", "the chat changed meanwhile; reload it")
+
+        def hold(st: OperatorState | None) -> OperatorState:
+            cur = st or OperatorState(id=operator_id)
+            if session_id in cur.sessions:
+                return cur
+            return msgspec.structs.replace(cur, sessions=[*cur.sessions, session_id], answered=[*cur.answered, session_id])
+
+        await kv_update(self.b.operators, operator_id, OperatorState, hold)
+        for op in {previous, *offered} - {"", operator_id}:
+            await self._release(op, session_id)
+        await self._dequeue(taken.line_id, session_id)
+        tid = f"intercepted:{session_id}:{taken.assignments}"
+        await self.fx.event(tid, "session_transferred", taken, reason=f"intercepted by {operator_id}")
+        await self._note(taken, tid, f"Taken over by {acc.name}")
+        return taken
+
     async def pin(self, operator_id: str, session_id: str, pinned: bool) -> Session:
         await self._account(operator_id)
         session = await self._own_session(operator_id, session_id)

@@ -84,9 +84,9 @@
         sec.append(table("sup-sessions", ["Client", "Channel", "State", "Operator", "Open for", "Messages", ""], line.sessions.map((s) => {
           const intercept = node("button", "", "Intercept");
           intercept.type = "button";
-          intercept.disabled = true;
           intercept.title = data.intercept;
           intercept.dataset.testid = "sup-intercept";
+          intercept.addEventListener("click", () => takeOver(s.id, intercept));
           const who = s.operator_name || (s.offered_to.length ? `offered to ${s.offered_to.join(", ")}` : "—");
           return row("sup-session", [s.client_name, s.channel, STATUS[s.status] || s.status, who, dur(s.open_seconds), String(s.messages_in), intercept],
             { sessionId: s.id });
@@ -99,6 +99,24 @@
     const note = node("p", "muted small", data.intercept);
     note.dataset.testid = "sup-intercept-note";
     el.lines.append(note);
+  }
+
+  async function takeOver(sessionId, button) {
+    button.disabled = true;
+    const csrf = document.querySelector('meta[name="csrf-token"]').content;
+    try {
+      const res = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}/intercept`, {
+        method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf },
+      });
+      const body = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(body.detail || `intercept failed (${res.status})`);
+      button.textContent = "Yours";
+      poll();
+    } catch (err) {
+      el.error.textContent = err.message;
+      el.error.hidden = false;
+      button.disabled = false;
+    }
   }
 
   let timer = null;
