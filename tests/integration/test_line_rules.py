@@ -451,3 +451,17 @@ async def test_a_supervisor_intercepts_a_chat_and_an_operator_may_not(nc: Any, n
         assert [e.reason for e in await events(nc, "session_transferred")] == ["intercepted by sue"]
         await call(nc, "reply", Reply(operator_id="sue", session_id=s.id, text="I am the supervisor", client_msg_id="x1"))
         assert (await outbound_for(nc, "v"))[-1].operator_name == "Sue"
+
+
+async def test_welcome_each_session_greets_a_returning_client_again(nc: Any, nats_server: Any) -> None:
+    extra = '[lines.auto_replies]\nwelcome = "Hi {client_name}"\nwelcome_each_session = true\n'
+    await apply_lines(nc, OPS + line("", extra, ops='"anna"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("w", "first", "m1", name="Ann"))
+        s1 = await held_by(nc, "w")
+        await call(nc, "close", _close("anna", s1.id))
+        await publish(nc, inbound("w", "again", "m2", name="Ann"))
+        s2 = await held_by(nc, "w")
+        assert s2.id != s1.id
+        assert [o.text for o in await wait_for(lambda: _two(outbound_for(nc, "w")), what="two welcomes")] == ["Hi Ann", "Hi Ann"]
