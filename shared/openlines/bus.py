@@ -73,7 +73,7 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
         attempt += 1
         try:
             return await nats.connect(
-                url,
+                [u.strip() for u in url.split(",")] if "," in url else url,  # "nats://a:4222,nats://b:4222"
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
@@ -134,11 +134,14 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[s
     for name in subjects.STREAMS:
         cfg = stream_config(name, replicas)
         try:
-            await js.stream_info(name)
+            info = await js.stream_info(name)
         except NotFoundError:
             await js.add_stream(cfg)
             say(f"stream {name}: created")
             continue
+        current = info.config.num_replicas or 1
+        if current > replicas:  # never shrink a cluster's replication by running a tool with the default
+            cfg.num_replicas = current
         await js.update_stream(cfg)
         say(f"stream {name}: up to date")
     for bucket in subjects.KV_BUCKETS:

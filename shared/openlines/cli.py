@@ -35,7 +35,7 @@ async def _apply(args: argparse.Namespace) -> int:
     nc = await bus.connect(_nats_url(args), "openlines-cli", first_attempts=args.attempts)
     try:
         js = nc.jetstream()
-        await bus.bootstrap(js)
+        await bus.bootstrap(js, replicas=int(os.environ.get("OPENLINES_REPLICAS", "1")))
         buckets = await bus.Buckets(js).open()
         for change in await apply_mod.apply(buckets, cfg):
             print(change)

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Build the openlines container images with podman (no Docker daemon needed).
+#
+#   deploy/images.sh                 base image (if missing) + every service + nats
+#   deploy/images.sh router desk     only these images
+#
+# Public registries may be unreachable, so the base image is made locally:
+# debootstrap a minimal Debian bookworm with python3 + python3-venv from the
+# Debian mirror apt already uses, then `podman import` it as
+# localhost/openlines-base:bookworm (skipped when it already exists).
+# Every Dockerfile keeps its public default (BASE_IMAGE=python:3.12-slim); this
+# script passes --build-arg BASE_IMAGE=<the local base> instead.
+#
+# Environment:
+#   OPENLINES_BASE_IMAGE   base to build on (default localhost/openlines-base:bookworm;
+#                          set python:3.12-slim where registries are reachable)
+#   OPENLINES_IMAGE_PREFIX image names (default localhost/openlines-)  -> localhost/openlines-router
+#   OPENLINES_IMAGE_TAG    tag (default latest)
+#   OPENLINES_REBUILD_BASE=1  re-create the base image
+#   DEBIAN_MIRROR          mirror for debootstrap (default: read from /etc/apt/sources*)
+#   CONTAINERS_CONF        podman config (default: .data/containers.conf, written here)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BASE_IMAGE="${OPENLINES_BASE_IMAGE:-localhost/openlines-base:bookworm}"
+PREFIX="${OPENLINES_IMAGE_PREFIX:-localhost/openlines-}"
+TAG="${OPENLINES_IMAGE_TAG:-latest}"
+DATA="$ROOT/.data"
+
+say() { printf '[images] %s\n' "$*" >&2; }
+die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- tools -------------------------------------------------------------------
+need_pkgs=()
+command -v podman >/dev/null 2>&1 || need_pkgs+=(podman)
+command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
+if [[ "$BASE_IMAGE" == localhost/openlines-base:* ]]; then
+  command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+fi
+if ((${#need_pkgs[@]})); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${need_pkgs[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 || die "apt-get update failed"
+    apt-get install -y -qq "${need_pkgs[@]}" >&2 || die "apt-get install ${need_pkgs[*]} failed"
+  else
+    die "missing ${need_pkgs[*]}: install them (Debian/Ubuntu: sudo apt-get install -y ${need_pkgs[*]}) and run again"
+  fi
+fi
+command -v podman >/dev/null 2>&1 || die "podman is not installed (apt-get install -y podman runc)"
+
+# crun fails in some sandboxes (setrlimit, hybrid cgroups): use runc and cgroupfs.
+mkdir -p "$DATA"
+if [[ -z "${CONTAINERS_CONF:-}" ]]; then
+  export CONTAINERS_CONF="$DATA/containers.conf"
+  if [[ ! -f "$CONTAINERS_CONF" ]]; then
+    cat >"$CONTAINERS_CONF" <<'CONF'
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"
+CONF
+  fi
+fi
+PODMAN=(podman --runtime runc)
+
+# --- base image --------------------------------------------------------------
+debian_mirror() {
+  if [[ -n "${DEBIAN_MIRROR:-}" ]]; then echo "$DEBIAN_MIRROR"; return; fi
+  local m
+  m=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+  [[ -z "$m" ]] && m=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+build_base() {
+  if [[ "$BASE_IMAGE" != localhost/openlines-base:* ]]; then
+    say "using base image $BASE_IMAGE (not built here)"
+    return
+  fi
+  if [[ "${OPENLINES_REBUILD_BASE:-0}" != 1 ]] && "${PODMAN[@]}" image exists "$BASE_IMAGE"; then
+    say "base image $BASE_IMAGE present (OPENLINES_REBUILD_BASE=1 re-creates it)"
+    return
+  fi
+  [[ $(id -u) -eq 0 ]] || die "debootstrap needs root to create $BASE_IMAGE (or set OPENLINES_BASE_IMAGE=python:3.12-slim)"
+  local mirror rootfs
+  mirror=$(debian_mirror)
+  rootfs=$(mktemp -d "$DATA/base-rootfs.XXXXXX")
+  trap 'rm -rf "$rootfs"' RETURN
+  say "debootstrap bookworm (minbase + python3, python3-venv) from $mirror - about a minute"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" \
+    >"$DATA/debootstrap.log" 2>&1 || die "debootstrap failed; see $DATA/debootstrap.log"
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  # Trust the CAs this host added locally (a company TLS proxy in front of PyPI, say),
+  # so `pip install` inside the builds works wherever it works on the host.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    say "adding this host's local CA certificates to the base image"
+    cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
+    chroot "$rootfs" update-ca-certificates >>"$DATA/debootstrap.log" 2>&1 || die "update-ca-certificates failed"
+  fi
+  say "importing the root filesystem as $BASE_IMAGE"
+  tar -C "$rootfs" -c . | "${PODMAN[@]}" import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' \
+    --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
+    --change 'CMD ["python3"]' \
+    - "$BASE_IMAGE" >/dev/null || die "podman import failed"
+}
+
+# --- service images ----------------------------------------------------------
+# name -> Dockerfile; services/*/Dockerfile plus the NATS server image.
+declare -A FILES=()
+for f in services/*/Dockerfile; do
+  FILES["$(basename "$(dirname "$f")")"]="$f"
+done
+FILES[nats]="deploy/nats/Dockerfile"
+
+targets=("$@")
+if ((${#targets[@]} == 0)); then
+  mapfile -t targets < <(printf '%s\n' "${!FILES[@]}" | sort)
+fi
+for t in "${targets[@]}"; do
+  [[ -n "${FILES[$t]:-}" ]] || die "unknown image '$t' (known: $(printf '%s\n' "${!FILES[@]}" | sort | tr '\n' ' '))"
+done
+
+build_base
+
+i=0
+start=$SECONDS
+for t in "${targets[@]}"; do
+  i=$((i + 1))
+  image="${PREFIX}${t}:${TAG}"
+  log="$DATA/build-$t.log"
+  say "[$i/${#targets[@]}] $image  (from ${FILES[$t]}, log $log)"
+  t0=$SECONDS
+  # --format docker keeps HEALTHCHECK and STOPSIGNAL (OCI image config has no HEALTHCHECK).
+  if ! "${PODMAN[@]}" build --network host --format docker \
+      --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+      -f "${FILES[$t]}" -t "$image" . >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    die "building $image failed; full log: $log"
+  fi
+  say "    done in $((SECONDS - t0)) s"
+done
+say "built ${#targets[@]} image(s) in $((SECONDS - start)) s"
