@@ -465,3 +465,35 @@ async def test_welcome_each_session_greets_a_returning_client_again(nc: Any, nat
         s2 = await held_by(nc, "w")
         assert s2.id != s1.id
         assert [o.text for o in await wait_for(lambda: _two(outbound_for(nc, "w")), what="two welcomes")] == ["Hi Ann", "Hi Ann"]
+
+
+@pytest.mark.slow
+async def test_a_held_chat_is_offered_when_the_line_opens_by_its_durable_timer(nc: Any, nats_server: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    opens = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    if (opens - now).total_seconds() < 5:  # too close to call: take the minute after
+        opens += timedelta(minutes=1)
+    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[opens.weekday()]
+    end = "24:00" if opens.hour == 23 else f"{opens.hour + 1:02d}:{opens.minute:02d}"
+    hours = (
+        f'[lines.hours]\nenabled = true\ntimezone = "UTC"\noutside = "hold_until_open"\n'
+        f'[lines.hours.weekly]\n{day} = ["{opens:%H:%M}-{end}"]\n'
+    )
+    await apply_lines(nc, OPS + line("", hours, ops='"anna"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        for v in ("early", "later"):
+            await publish(nc, inbound(v, "are you open?", "m1"))
+            await held_by(nc, v, status="waiting")
+
+        # Nothing happens until the opening; then the held chats are offered, oldest first.
+        async def offered(v: str) -> Session | None:
+            s = await session_of(nc, v)
+            return s if s is not None and s.status == "assigned" else None
+
+        first = await wait_for(lambda: offered("early"), timeout=90, interval=0.2, what="the opening")
+        second = await wait_for(lambda: offered("later"), timeout=10, what="the second held chat")
+        assert first.assigned_at is not None and second.assigned_at is not None
+        assert first.assigned_at >= opens and first.assigned_at <= second.assigned_at
