@@ -127,7 +127,7 @@ class TelegramHttp:
             raise Unavailable("message not stored; retry") from None
         duplicate = bool(ack.duplicate)
         metrics.PUBLISHED.labels(str(duplicate).lower()).inc()
-        log.info(
+        log.debug(  # hot path: the published counter counts these
             "update published",
             extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},
         )

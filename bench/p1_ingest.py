@@ -1,0 +1,135 @@
+"""P1: ingest req/s of the webchat gateway vs a bare aiohttp WebSocket handler doing one acked JetStream publish.
+
+The same load generator (aiohttp, CONNS concurrent WebSockets, each sends a
+message and waits for its ack before the next) drives both servers, each a
+subprocess against the same nats-server; the rounds alternate so background
+load on the machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from common import WEBCHAT_SECRET, Proc, Progress, bare, nats_server, pct, service, ticker
+
+from openlines import bus
+
+CONNS = 32
+SECONDS = 6.0
+WARMUP = 1.0
+ROUNDS = 2
+
+
+async def load(url: str, label: str, tag: str) -> dict[str, Any]:
+    """Drive ``url`` with CONNS sockets for WARMUP + SECONDS; count acks in the measured window."""
+    progress = Progress(label)
+    acked = 0
+    errors = 0
+    lat: list[float] = []
+    t_start = time.monotonic()
+    t_measure = t_start + WARMUP
+    t_end = t_measure + SECONDS
+
+    async def one(i: int, http: aiohttp.ClientSession) -> None:
+        nonlocal acked, errors
+        async with http.ws_connect(f"{url}?v=v{tag}{i}") as ws:
+            first = json.loads((await ws.receive()).data)
+            assert first["type"] == "welcome", first
+            n = 0
+            while time.monotonic() < t_end:
+                n += 1
+                mid = f"{tag}-{i}-{n}"
+                t0 = time.monotonic()
+                await ws.send_str(json.dumps({"type": "message", "id": mid, "text": f"hello number {n} from {i}"}))
+                while True:
+                    frame = json.loads((await ws.receive(timeout=10)).data)
+                    if frame.get("id") == mid:
+                        break
+                t1 = time.monotonic()
+                if t0 >= t_measure and t1 <= t_end:
+                    if frame.get("status") == "sent":
+                        acked += 1
+                        lat.append(t1 - t0)
+                    else:
+                        errors += 1
+
+    stop = asyncio.Event()
+
+    def render() -> str:
+        el = time.monotonic() - t_measure
+        return f"{acked} acked, {acked / el:,.0f} msg/s" if el > 0 else "warming up"
+
+    tick = asyncio.create_task(ticker(progress, render, stop))
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        await asyncio.gather(*(one(i, http) for i in range(CONNS)))
+    stop.set()
+    await tick
+    rate = acked / SECONDS
+    progress.done(f"{rate:,.0f} msg/s (p50 {pct(lat, 50) * 1e3:.1f} ms, p99 {pct(lat, 99) * 1e3:.1f} ms, errors {errors})")
+    return {"msgs_per_s": rate, "acked": acked, "errors": errors, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
+
+
+async def run(workdir: Path) -> dict[str, Any]:
+    with nats_server(workdir, "p1") as ns:
+        nc = await bus.connect(ns.url, "bench-p1", first_attempts=5)
+        await bus.bootstrap(nc.jetstream())
+        await nc.close()
+        gw = service("gateway-webchat", "gateway_webchat", ns.url, workdir, webchat_secret=WEBCHAT_SECRET)
+        # Diagnostic: the same gateway with OPENLINES_LOG_LEVEL=warning (no per-message INFO line).
+        quiet = service(
+            "gateway-webchat-quiet", "gateway_webchat", ns.url, workdir, webchat_secret=WEBCHAT_SECRET, log_level="warning"
+        )
+        ceiling = bare("ws-publish", ns.url, workdir)
+        procs: list[Proc] = [gw, quiet, ceiling]
+        try:
+            await asyncio.gather(*(p.ready() for p in procs))
+            ours: list[dict[str, Any]] = []
+            quiets: list[dict[str, Any]] = []
+            bares: list[dict[str, Any]] = []
+            for r in range(ROUNDS):
+                bares.append(
+                    await load(f"http://127.0.0.1:{ceiling.port}/ws/bench", f"P1 bare            round {r + 1}", f"b{r}")
+                )
+                ours.append(await load(f"http://127.0.0.1:{gw.port}/ws/bench", f"P1 gateway         round {r + 1}", f"g{r}"))
+                quiets.append(await load(f"http://127.0.0.1:{quiet.port}/ws/bench", f"P1 gateway (quiet) round {r + 1}", f"q{r}"))
+        finally:
+            for p in procs:
+                p.stop()
+    best_ours = max(ours, key=lambda x: x["msgs_per_s"])
+    best_bare = max(bares, key=lambda x: x["msgs_per_s"])
+    best_quiet = max(quiets, key=lambda x: x["msgs_per_s"])
+    return {
+        "name": "p1_ingest",
+        "what": "webchat gateway: WebSocket message -> acked JetStream publish -> ack frame",
+        "setup": {"connections": CONNS, "seconds": SECONDS, "rounds": ROUNDS, "servers": "subprocesses, log level info"},
+        "ours": best_ours,
+        "ceiling": best_bare,
+        "quiet": best_quiet,
+        "rounds": {"ours": ours, "quiet": quiets, "ceiling": bares},
+        "rows": [
+            {
+                "what": "webchat ingest msg/s (WebSocket message -> acked publish -> ack), log level info",
+                "ours_text": f"{best_ours['msgs_per_s']:,.0f} msg/s (p99 {best_ours['p99_ms']:.1f} ms)",
+                "ceiling_text": f"{best_bare['msgs_per_s']:,.0f} msg/s (p99 {best_bare['p99_ms']:.1f} ms)",
+                "ratio": best_ours["msgs_per_s"] / best_bare["msgs_per_s"],
+                "target": ">= 0.85x",
+            },
+            {
+                "what": "the same, gateway at log level warning (diagnostic)",
+                "ours_text": f"{best_quiet['msgs_per_s']:,.0f} msg/s (p99 {best_quiet['p99_ms']:.1f} ms)",
+                "ceiling_text": f"{best_bare['msgs_per_s']:,.0f} msg/s",
+                "ratio": best_quiet["msgs_per_s"] / best_bare["msgs_per_s"],
+                "target": "",
+            },
+        ],
+        "ratio": best_ours["msgs_per_s"] / best_bare["msgs_per_s"] if best_bare["msgs_per_s"] else None,
+        "target": ">= 0.85x ceiling",
+        "ours_text": f"{best_ours['msgs_per_s']:,.0f} msg/s (p99 {best_ours['p99_ms']:.1f} ms)",
+        "ceiling_text": f"{best_bare['msgs_per_s']:,.0f} msg/s (p99 {best_bare['p99_ms']:.1f} ms)",
+    }

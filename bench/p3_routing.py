@@ -1,0 +1,273 @@
+"""P3: routing decisions/s per router replica, and the speed-up with 2 replicas.
+
+50 lines x 20 operators (all online, capacity 10 each). N new-client Inbound
+envelopes (spread over the 50 lines) are published as gateways would; the
+clock runs until every session has been assigned (``session_assigned``
+events). Routers run as subprocesses (``bench/router_counted.py`` = ``python
+-m router`` plus a count of its KV operations), against a fresh nats-server
+per configuration.
+
+Ceiling: a bare KV compare-and-set loop (get + update, 16 in flight as the
+router has 16 partitions) in one process, converted to decisions/s with the
+number of KV operations the router needed per decision in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from common import BENCH, PY, Proc, Progress, cpu_seconds, free_port, nats_server, wait_until
+
+from openlines import bus, subjects
+from openlines.apply import apply
+from openlines.commands import SetStatus, call
+from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, SessionEvent, encode, utcnow
+from openlines.lines import parse
+
+LINES_N = 50
+OPS_PER_LINE = 20
+CAPACITY = 10
+N = 1000
+TIMEOUT = 60.0
+CAS_SECONDS = 4.0
+CAS_INFLIGHT = 16
+
+
+def lines_toml() -> str:
+    out = []
+    for i in range(LINES_N * OPS_PER_LINE):
+        out.append(f'[operators.op{i:04d}]\nname = "Operator {i}"\n')
+    for ln in range(LINES_N):
+        ops = ", ".join(f'"op{ln * OPS_PER_LINE + k:04d}"' for k in range(OPS_PER_LINE))
+        out.append(
+            f'[[lines]]\nid = "l{ln:02d}"\nname = "Line {ln}"\n'
+            f'channels = [{{ channel = "webchat", account = "a{ln:02d}" }}]\n'
+            f'[lines.queue]\nmode = "round_robin"\noperators = [{ops}]\nmax_chats_per_operator = {CAPACITY}\n'
+        )
+    return "\n".join(out)
+
+
+def router(url: str, workdir: Path, idx: int) -> Proc:
+    port = free_port()
+    env = {
+        "OPENLINES_NATS_URL": url,
+        "OPENLINES_HTTP_PORT": str(port),
+        "BENCH_COUNT_FILE": str(workdir / f"router{idx}.counts"),
+    }
+    return Proc(f"router{idx}", [PY, str(BENCH / "router_counted.py")], env, port, workdir / f"router{idx}-{port}.log")
+
+
+def kv_ops(counts: dict[str, int]) -> int:
+    return sum(v for k, v in counts.items() if k.split(":")[0] in ("get", "put", "update", "create", "delete"))
+
+
+def diff(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b) if b.get(k, 0) - a.get(k, 0)}
+
+
+async def snapshot(procs: list[Proc], workdir: Path, n: int) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for i, p in enumerate(procs):
+        path = workdir / f"router{i}.counts.{n}"
+        p.proc.send_signal(10)  # SIGUSR1
+        await wait_until(path.exists, 10, f"counts of router{i}")
+        await asyncio.sleep(0.05)  # the file is written in one go; give it a moment to be closed
+        for k, v in json.loads(path.read_text()).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+async def owned(procs: list[Proc]) -> list[int]:
+    """Inbound partitions each replica consumes, from its /metrics."""
+    out = []
+    async with aiohttp.ClientSession() as http:
+        for p in procs:
+            async with http.get(f"http://127.0.0.1:{p.port}/metrics") as r:
+                text = await r.text()
+            m = re.search(r"^openlines_router_partitions_owned (\S+)$", text, re.M)
+            out.append(int(float(m.group(1))) if m else -1)
+    return out
+
+
+async def settled(procs: list[Proc], progress: Progress, stable_for: float = 5.0, timeout: float = 45.0) -> float:
+    """Wait until the partitions are split evenly and stay so for ``stable_for`` s (see the P3 note on
+    partitions.py: a joining replica makes the first lose its leases ~14 s later). Returns seconds waited."""
+    t0 = time.monotonic()
+    fair = subjects.PARTITIONS // len(procs)
+    since: float | None = None
+    while time.monotonic() - t0 < timeout:
+        shares = await owned(procs)
+        now = time.monotonic()
+        if all(x == fair for x in shares):
+            since = since or now
+            if now - since >= stable_for:
+                return now - t0
+        else:
+            since = None
+        progress.show(f"waiting for the partitions to settle: {shares}", force=True)
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"router partitions did not settle in {timeout}s")
+
+
+async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any work
+    progress = Progress(f"P3 {replicas} router replica{'s' if replicas > 1 else ''}")
+    with nats_server(workdir, f"p3-{replicas}") as ns:
+        nc = await bus.connect(ns.url, "bench-p3", first_attempts=5)
+        js = nc.jetstream()
+        await bus.bootstrap(js)
+        await apply(await bus.Buckets(js).open(), parse(lines_toml()))
+        procs = [router(ns.url, workdir, i) for i in range(replicas)]
+        try:
+            await asyncio.gather(*(p.ready(timeout=60) for p in procs))
+            progress.show("setting 1,000 operators online", force=True)
+            ops = [f"op{i:04d}" for i in range(LINES_N * OPS_PER_LINE)]
+            for k in range(0, len(ops), 50):
+                await asyncio.gather(*(call(nc, "status", SetStatus(operator_id=o, status="online")) for o in ops[k : k + 50]))
+            settle = await settled(procs, progress) if replicas > 1 else 0.0
+            assigned: set[str] = set()
+            done = asyncio.Event()
+            dec = msgspec.json.Decoder(SessionEvent)
+
+            async def on_event(msg: Any) -> None:
+                ev = dec.decode(msg.data)
+                if ev.session_id:
+                    assigned.add(ev.session_id)
+                if len(assigned) >= N:
+                    done.set()
+
+            await nc.subscribe(subjects.event("session_assigned"), cb=on_event)
+            await nc.flush()
+            before = await snapshot(procs, workdir, 1)
+            envs = []
+            for i in range(N):
+                acc = f"a{i % LINES_N:02d}"
+                visitor = f"v{i:06d}"
+                envs.append(
+                    Inbound(
+                        id=f"webchat:{acc}:{visitor}:1",
+                        channel="webchat",
+                        account=acc,
+                        chat_id=visitor,
+                        user_id=visitor,
+                        profile=ClientProfile(name=f"Client {i}"),
+                        text="hello",
+                        channel_msg_id="1",
+                        received_at=utcnow(),
+                    )
+                )
+            pids = {"nats-server": ns.proc.pid if ns.proc else 0, **{p.name: p.pid for p in procs}}
+            cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
+            t0 = time.monotonic()
+            for k in range(0, N, 200):
+                await asyncio.gather(
+                    *(
+                        js.publish(subjects.inbound(e.channel, e.account, e.chat_id), encode(e), headers={MSG_ID_HEADER: e.id})
+                        for e in envs[k : k + 200]
+                    )
+                )
+            published = time.monotonic() - t0
+            deadline = t0 + TIMEOUT
+            while not done.is_set() and time.monotonic() < deadline:
+                el = time.monotonic() - t0
+                progress.show(f"{len(assigned)}/{N} assigned, {len(assigned) / el:,.0f} decisions/s")
+                try:
+                    await asyncio.wait_for(done.wait(), timeout=0.25)
+                except TimeoutError:
+                    pass
+            elapsed = time.monotonic() - t0
+            cpu = {k: round((cpu_seconds(v) - cpu0[k]) / elapsed, 2) for k, v in pids.items()}
+            got = len(assigned)
+            after = await snapshot(procs, workdir, 2)
+        finally:
+            for p in procs:
+                p.stop()
+            await nc.close()
+    counts = diff(before, after)
+    rate = got / elapsed
+    per = kv_ops(counts) / max(got, 1)
+    progress.done(
+        f"{rate:,.0f} decisions/s ({got}/{N} in {elapsed:.1f} s; publish took {published:.1f} s; "
+        f"{per:.1f} KV ops/decision; CPU {cpu})"
+    )
+    return {
+        "replicas": replicas,
+        "decisions": got,
+        "wanted": N,
+        "seconds": elapsed,
+        "publish_seconds": published,
+        "decisions_per_s": rate,
+        "settle_seconds": settle,
+        "cpu_cores_used": cpu,
+        "kv_ops_per_decision": per,
+        "ops_per_decision": {k: round(v / max(got, 1), 2) for k, v in sorted(counts.items())},
+    }
+
+
+async def cas_loop(workdir: Path) -> dict[str, Any]:
+    """Ops/s of get + update (compare-and-set) on a KV bucket, CAS_INFLIGHT at a time on distinct keys."""
+    progress = Progress("P3 bare KV CAS loop")
+    with nats_server(workdir, "p3-cas") as ns:
+        nc = await bus.connect(ns.url, "bench-p3-cas", first_attempts=5)
+        js = nc.jetstream()
+        kv = await js.create_key_value(bucket="benchcas", history=1)
+        ops = 0
+        t_end = time.monotonic() + CAS_SECONDS
+
+        async def worker(w: int) -> None:
+            nonlocal ops
+            key = f"k{w}"
+            await kv.put(key, b'{"n":0}')
+            n = 0
+            while time.monotonic() < t_end:
+                entry = await kv.get(key)
+                n += 1
+                await kv.update(key, b'{"n":%d,"pad":"' % n + b"x" * 200 + b'"}', last=entry.revision)
+                ops += 2
+                progress.show(f"{ops:,} ops")
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker(w) for w in range(CAS_INFLIGHT)))
+        el = time.monotonic() - t0
+        await nc.close()
+    progress.done(f"{ops / el:,.0f} KV ops/s (get+update, {CAS_INFLIGHT} in flight)")
+    return {"kv_ops_per_s": ops / el, "inflight": CAS_INFLIGHT, "seconds": el}
+
+
+async def run(workdir: Path) -> dict[str, Any]:
+    one = await routing(1, workdir / "r1")
+    two = await routing(2, workdir / "r2")
+    cas = await cas_loop(workdir)
+    ceiling = cas["kv_ops_per_s"] / one["kv_ops_per_decision"]
+    speedup = two["decisions_per_s"] / one["decisions_per_s"]
+    return {
+        "name": "p3_routing",
+        "what": "routing decisions/s, 50 lines x 20 operators",
+        "setup": {"lines": LINES_N, "operators_per_line": OPS_PER_LINE, "capacity": CAPACITY, "new_clients": N},
+        "one_replica": one,
+        "two_replicas": two,
+        "kv_cas": cas,
+        "rows": [
+            {
+                "what": "decisions/s, 1 replica vs KV-CAS loop at the same KV ops/decision",
+                "ours_text": f"{one['decisions_per_s']:,.0f}/s ({one['kv_ops_per_decision']:.1f} KV ops/decision)",
+                "ceiling_text": f"{ceiling:,.0f}/s ({cas['kv_ops_per_s']:,.0f} KV ops/s)",
+                "ratio": one["decisions_per_s"] / ceiling,
+                "target": ">= 0.5x",
+            },
+            {
+                "what": "decisions/s, 2 replicas vs 1",
+                "ours_text": f"{two['decisions_per_s']:,.0f}/s",
+                "ceiling_text": f"{one['decisions_per_s']:,.0f}/s",
+                "ratio": speedup,
+                "target": ">= 1.7x",
+            },
+        ],
+    }

@@ -1,0 +1,69 @@
+"""``python -m router`` with a count of its KV operations and JetStream publishes.
+
+The counts (no change to what the router does) are written to
+``$BENCH_COUNT_FILE`` when the process exits, so P3 can give its KV-CAS
+ceiling the same number of KV operations per routing decision.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+from collections import Counter
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+COUNTS: Counter[str] = Counter()
+
+
+def _counted(cls: Any, name: str) -> None:
+    orig = getattr(cls, name)
+
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bucket = getattr(self, "_name", "?")
+        COUNTS[f"{name}:{bucket}"] += 1
+        return await orig(self, *args, **kwargs)
+
+    setattr(cls, name, wrapper)
+
+
+for _m in ("get", "put", "update", "create", "delete"):
+    _counted(KeyValue, _m)
+_publish = JetStreamContext.publish
+
+
+async def _publish_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
+    if not subject.startswith("$KV."):  # KV writes are counted above
+        COUNTS[f"publish:{subject.split('.')[1] if '.' in subject else subject}"] += 1
+    return await _publish(self, subject, *args, **kwargs)
+
+
+JetStreamContext.publish = _publish_counted  # type: ignore[method-assign]
+
+
+_snap = 0
+
+
+def _dump(*_: Any) -> None:
+    """On SIGUSR1: write a numbered snapshot; at exit: the final counts."""
+    global _snap
+    path = os.environ.get("BENCH_COUNT_FILE")
+    if path:
+        _snap += 1
+        with open(f"{path}.{_snap}" if _ else path, "w") as f:
+            json.dump(dict(COUNTS), f)
+
+
+atexit.register(_dump)
+signal.signal(signal.SIGUSR1, _dump)
+
+
+from openlines.runner import main  # noqa: E402
+from router.app import setup  # noqa: E402
+from router.settings import Settings  # noqa: E402
+
+main("router", Settings, setup)

@@ -1,0 +1,123 @@
+"""Run the benchmarks of issue 10 and write bench/results/<name>.json and bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py            # all of them (about 5 minutes)
+    .venv/bin/python bench/run.py p1 p5      # some of them
+
+Each benchmark measures our path and its bare ceiling in the same run, on
+the same machine, over loopback only, and reports the ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import machine  # noqa: E402
+
+BENCHES = {
+    "p1": "p1_ingest",
+    "p2": "p2_latency",
+    "p3": "p3_routing",
+    "p4": "p4_sockets",
+    "p5": "p5_core",
+}
+RESULTS = HERE / "results"
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def write_report(facts: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`bench/run.py`). Every ceiling is measured in the same run, "
+        "on the same machine, over loopback.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {facts['cpu']} ({facts['cores']} cores), {facts['mem_mib']:,} MiB RAM",
+        f"- Python {facts['python']}, {facts['nats_server']}",
+        f"- {facts['platform']}; load average at start {', '.join(f'{x:.2f}' for x in facts['load_avg_at_start'])}, "
+        f"at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())} (2-core machines are noisy: compare ratios, not figures)",
+        f"- Date: {facts['date']}",
+        "",
+        "## Figures",
+        "",
+        "| bench | what | ours | ceiling | ratio | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, res in results.items():
+        if "error" in res:
+            lines.append(f"| {key.upper()} | {res.get('what', '')} | failed: {res['error'][:120]} | | | |")
+            continue
+        for row in res.get("rows", [res]):
+            lines.append(
+                f"| {key.upper()} | {row.get('what', res.get('what', ''))} | {row.get('ours_text', '')} | "
+                f"{row.get('ceiling_text', '')} | {fmt(row['ratio']) if row.get('ratio') is not None else ''} | "
+                f"{row.get('target', res.get('target', ''))} |"
+            )
+    lines += ["", "## Notes", ""]
+    for key, res in results.items():
+        for note in res.get("notes", []):
+            lines.append(f"- **{key.upper()}**: {note}")
+    notes_file = HERE / "FINDINGS.md"
+    if notes_file.exists():
+        lines += ["", notes_file.read_text().strip()]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+async def main(selected: list[str]) -> int:
+    RESULTS.mkdir(exist_ok=True)
+    facts = machine()
+    sys.stderr.write(f"bench: {facts['cpu']} x{facts['cores']}, Python {facts['python']}, {facts['nats_server']}\n")
+    results: dict[str, dict[str, Any]] = {}
+    # Keep results of benchmarks not run this time, so a partial run still gives a full table.
+    for key, mod in BENCHES.items():
+        old = RESULTS / f"{mod}.json"
+        if key not in selected and old.exists():
+            results[key] = json.loads(old.read_text())
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="openlines-bench-") as tmp:
+        for key in selected:
+            mod_name = BENCHES[key]
+            sys.stderr.write(f"== {key.upper()} ({mod_name})\n")
+            t0 = time.monotonic()
+            try:
+                module = importlib.import_module(mod_name)
+                res = await module.run(Path(tmp) / key)
+            except Exception as exc:
+                failed += 1
+                traceback.print_exc()
+                res = {"name": mod_name, "error": f"{type(exc).__name__}: {exc}"}
+            res["seconds"] = round(time.monotonic() - t0, 1)
+            res["machine"] = facts
+            results[key] = res
+            (RESULTS / f"{mod_name}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+            sys.stderr.write(f"   {key.upper()} took {res['seconds']} s\n")
+    ordered = {k: results[k] for k in BENCHES if k in results}
+    write_report(facts, ordered)
+    sys.stderr.write(f"wrote {RESULTS}/*.json and {HERE / 'RESULTS.md'}\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    args = [a.lower() for a in sys.argv[1:]] or list(BENCHES)
+    unknown = [a for a in args if a not in BENCHES]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    raise SystemExit(asyncio.run(main(args)))
