@@ -497,3 +497,20 @@ async def test_a_held_chat_is_offered_when_the_line_opens_by_its_durable_timer(n
         second = await wait_for(lambda: offered("later"), timeout=10, what="the second held chat")
         assert first.assigned_at is not None and second.assigned_at is not None
         assert first.assigned_at >= opens and first.assigned_at <= second.assigned_at
+
+
+async def test_a_capacity_claim_left_by_a_crash_does_not_block_the_operator(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line("max_chats_per_operator = 1", ops='"anna"'))
+    b = await bus.Buckets(nc.jetstream()).open()
+    async with running_router(nats_server.url, sweep_seconds=3600):
+        await online(nc, "anna")
+        await publish(nc, inbound("old", "hi", "m1"))
+        old = await held_by(nc, "old")
+        await call(nc, "close", _close("anna", old.id))
+        # A router killed between claiming anna's capacity and recording the offer leaves this behind:
+        st = await operator(nc, "anna")
+        await b.operators.put("anna", msgspec.json.encode(msgspec.structs.replace(st, sessions=[old.id])))
+        await publish(nc, inbound("new", "hello", "m1"))
+        s = await held_by(nc, "new")
+        assert s.operator_id == "anna"
+        assert (await operator(nc, "anna")).sessions == [s.id]

@@ -21,7 +21,7 @@ from openlines import bus, subjects
 from openlines.commands import Close, CommandFailed, Reply, SetStatus, call
 from openlines.state import ClientRecord, OperatorState, Session, client_key
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLIENTS = int(os.environ.get("OPENLINES_BURST_CLIENTS", "1000"))
 OPERATORS = [f"op{i}" for i in range(1, 6)]

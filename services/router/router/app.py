@@ -42,6 +42,21 @@ async def setup(svc: Service[Settings]) -> None:
                     log.warning("drain after reload failed", extra={"line": line_id, "error": repr(exc)})
 
     svc.spawn(offer_after_reload(), "reload-drain")
+
+    async def sweep() -> None:
+        # A replica killed mid-offer can leave a capacity claim behind; never let it block an operator for long.
+        while True:
+            try:
+                await engine.sweep_stale_claims()
+            except Exception as exc:
+                log.warning("stale-claim sweep failed", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(stop_consuming.wait(), timeout=svc.settings.sweep_seconds)
+                return
+            except TimeoutError:
+                pass
+
+    svc.spawn(sweep(), "sweep")
     timer_loop = svc.spawn(timers.consume(svc.js, engine.fire, svc.settings.timer_consumer, stop_consuming), "timers")
 
     async def ready() -> str | None:

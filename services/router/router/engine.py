@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from openlines import subjects
-from openlines.bus import Buckets, kv_get, kv_update
+from openlines.bus import Buckets, kv_entries, kv_get, kv_update
 from openlines.envelopes import ClientProfile, HistoryEntry, Inbound, Outbound, utcnow
 from openlines.lines import LineConfig, QueueConfig
 from openlines.state import (
@@ -339,7 +339,13 @@ class Engine:
             if not any_status and st.status != "online" and queue.skip_offline:
                 return False
             if load_of(st, queue) >= queue.max_chats_per_operator:
-                return False
+                stale = await self._stale_claims(op_id, st)
+                if not stale:
+                    return False
+                st = _without(st, stale)  # a crash left claims behind: they do not count
+                if load_of(st, queue) >= queue.max_chats_per_operator:
+                    await self._drop_stale(op_id, stale)
+                    return False
             new = msgspec.structs.replace(st, sessions=[*st.sessions, sid], last_assigned_at=now.timestamp())
             try:
                 await self.b.operators.update(op_id, msgspec.json.encode(new), last=rev)
@@ -347,6 +353,51 @@ class Engine:
             except (KeyWrongLastSequenceError, BadRequestError):
                 continue
         return False
+
+    async def _stale_claims(self, op_id: str, st: OperatorState) -> set[str]:
+        """Sessions on an operator's list that are no longer theirs (closed, or held by someone else).
+
+        A router killed between claiming capacity and recording the offer
+        leaves such an entry; a chat still waiting may be a claim in flight
+        and is kept.
+        """
+        found = await asyncio.gather(*(kv_get(self.b.sessions, sid, Session) for sid in st.sessions))
+        stale: set[str] = set()
+        for sid, (session, _) in zip(st.sessions, found, strict=True):
+            if session is None or not session.is_open or (session.operator_id and session.operator_id != op_id):
+                stale.add(sid)
+        return stale
+
+    async def _prune_full(self, line: LineConfig) -> bool:
+        """Nobody can take a chat: drop stale claims of the line's online operators who look full. True if any."""
+        dropped = False
+        for op_id in line.queue.operators:
+            st, _ = await kv_get(self.b.operators, op_id, OperatorState)
+            if st is None or st.status != "online" or load_of(st, line.queue) < line.queue.max_chats_per_operator:
+                continue
+            stale = await self._stale_claims(op_id, st)
+            if stale:
+                log.warning("dropping stale capacity claims", extra={"operator": op_id, "sessions": sorted(stale)})
+                await self._drop_stale(op_id, stale)
+                dropped = True
+        return dropped
+
+    async def _drop_stale(self, op_id: str, stale: set[str]) -> None:
+        await kv_update(self.b.operators, op_id, OperatorState, lambda st: _without(st, stale) if st else None)
+
+    async def sweep_stale_claims(self) -> int:
+        """Drop every operator's stale claims (run now and then); returns how many were dropped."""
+        dropped = 0
+        for op_id, (_, data) in (await kv_entries(self.js, subjects.KV_OPERATORS)).items():
+            st = msgspec.json.decode(data, type=OperatorState)
+            stale = await self._stale_claims(op_id, st)
+            if stale:
+                log.warning("dropping stale capacity claims", extra={"operator": op_id, "sessions": sorted(stale)})
+                await self._drop_stale(op_id, stale)
+                dropped += len(stale)
+                for line in self.lines.lines_of(op_id):
+                    await self.drain(line)
+        return dropped
 
     async def _release(self, op_id: str, sid: str) -> None:
         if not op_id:
@@ -417,6 +468,8 @@ class Engine:
                 ctx = distribution.Context(exclude=exclude, preferred=preferred)
                 chosen_ops = distribution.pick_many(line.queue, await self._views(line), ctx)
             if not chosen_ops:
+                if await self._prune_full(line):
+                    continue  # someone only looked full: decide again
                 return None
             if line.queue.mode == "all" or len(chosen_ops) > 1:  # "all", or "all" as crm_responsible's fallback
                 return await self._offer_all(line, session, chosen_ops, now)
@@ -996,6 +1049,12 @@ class Engine:
             return msgspec.structs.replace(c, open_sessions={k: v for k, v in c.open_sessions.items() if k != entry})
 
         await kv_update(self.b.clients, client_key(session.channel, session.account, session.chat_key), ClientRecord, forget)
+
+
+def _without(st: OperatorState, stale: set[str]) -> OperatorState:
+    return msgspec.structs.replace(
+        st, sessions=[x for x in st.sessions if x not in stale], answered=[x for x in st.answered if x not in stale]
+    )
 
 
 def _with_offer(st: OperatorState | None, sid: str) -> OperatorState | None:
