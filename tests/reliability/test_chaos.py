@@ -36,7 +36,7 @@ from openlines.commands import Close, CommandFailed, Reply, SetStatus, call
 from openlines.envelopes import HistoryEntry, Outbound
 from openlines.state import ClientRecord, OperatorState
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.chaos, pytest.mark.timeout(900)]
 
 CLIENTS = int(os.environ.get("OPENLINES_CHAOS_CLIENTS", "150"))
 OPERATORS = [f"op{i}" for i in range(1, 6)]
@@ -67,6 +67,11 @@ class Proc:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
             self.kills += 1
+        self.proc = None  # ours: the orchestrator does not count it, chaos() starts it again
+
+    def exited(self) -> int | None:
+        """The exit code if the process ended by itself (not by our kill), else None."""
+        return None if self.proc is None else self.proc.poll()
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -166,6 +171,21 @@ async def test_kill_9_everything_nothing_lost_nothing_doubled(tmp_path: Path) ->
         random.shuffle(plan)
         started = time.monotonic()
 
+        unexpected: list[str] = []
+
+        async def orchestrator() -> None:
+            # Like a container runtime with restart=always: a process that ends by itself is started again.
+            while not done.is_set():
+                for name, p in procs.items():
+                    code = p.exited()
+                    if code is not None:
+                        unexpected.append(f"{name} exited with {code}")
+                        p.start()
+                try:
+                    await asyncio.wait_for(done.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+
         async def chaos() -> None:
             for target in plan:
                 await asyncio.sleep(random.uniform(0.5, 2.0))
@@ -180,6 +200,7 @@ async def test_kill_9_everything_nothing_lost_nothing_doubled(tmp_path: Path) ->
 
         async with aiohttp.ClientSession() as http:
             work = asyncio.create_task(operators_work(nc, b, done, answered))
+            watchdog = asyncio.create_task(orchestrator())
             sem = asyncio.Semaphore(50)
 
             async def limited(n: int) -> None:
@@ -199,10 +220,12 @@ async def test_kill_9_everything_nothing_lost_nothing_doubled(tmp_path: Path) ->
             await wait_for(all_answered, timeout=300, interval=1.0, what="every visitor's chat answered and closed")
             done.set()
             await work
+            await watchdog
 
         report = await _check(nc, b, sent)
         report["kills"] = {name: p.kills for name, p in procs.items()} | {"nats": 1}
         report["seconds"] = round(time.monotonic() - started, 1)
+        report["processes_that_ended_by_themselves"] = unexpected  # restarted, as an orchestrator would
         print("\nchaos report:", json.dumps(report, indent=2))
         assert len(sent) == CLIENTS
         assert report["messages_lost"] == 0
