@@ -104,6 +104,11 @@ class LineConfig(_Strict):
     auto_replies: AutoReplies = msgspec.field(default_factory=AutoReplies)
     session: SessionConfig = msgspec.field(default_factory=SessionConfig)
     crm: CrmConfig = msgspec.field(default_factory=CrmConfig)
+    quick_answers: list[str] = []  # canned replies operators pick in the desk's reply box
+
+
+MAX_QUICK_ANSWERS = 50
+MAX_QUICK_ANSWER_CHARS = 4000  # the longest reply the desk sends
 
 
 class OperatorConfig(_Strict):
@@ -188,6 +193,7 @@ def check(cfg: LinesFile) -> list[str]:
         errors += _check_hours(where, line.hours)
         if line.session.auto_close_minutes < 0:
             errors.append(f"{where}.session.auto_close_minutes: must not be negative (0 = never)")
+        errors += _check_quick_answers(where, line.quick_answers)
         for ch_name in line.crm.source_ids:
             if ch_name not in CHANNELS:
                 errors.append(f"{where}.crm.source_ids: unknown channel {ch_name!r}")
@@ -209,6 +215,20 @@ def check(cfg: LinesFile) -> list[str]:
                 errors.append(f"lines[{i}] ({line.id}).hours.redirect_line: no line {h.redirect_line!r}")
             elif h.redirect_line == line.id:
                 errors.append(f"lines[{i}] ({line.id}).hours.redirect_line: a line cannot redirect to itself")
+    return errors
+
+
+def _check_quick_answers(where: str, answers: list[str]) -> list[str]:
+    errors: list[str] = []
+    if len(answers) > MAX_QUICK_ANSWERS:
+        errors.append(f"{where}.quick_answers: {len(answers)} answers; at most {MAX_QUICK_ANSWERS}")
+    for k, text in enumerate(answers):
+        if not text.strip():
+            errors.append(f"{where}.quick_answers[{k}]: must not be empty")
+        elif len(text) > MAX_QUICK_ANSWER_CHARS:
+            errors.append(f"{where}.quick_answers[{k}]: {len(text)} characters; at most {MAX_QUICK_ANSWER_CHARS}")
+    if len(set(answers)) != len(answers):
+        errors.append(f"{where}.quick_answers: the same answer is listed twice")
     return errors
 
 

@@ -38,6 +38,10 @@ KV_CRM_LEADS = "ol-crm-leads"
 KV_CRM_DEALS = "ol-crm-deals"
 KV_CRM_ACTIVITIES = "ol-crm-activities"
 KV_CRM_INDEX = "ol-crm-index"  # crm-sync built-in CRM: id counters, origin and phone/e-mail index
+KV_DESK_TOKENS = "ol-desk-tokens"  # desk: API tokens for scripts (hashed), written by `openlines desk token`
+KV_DESK_REVOKED = "ol-desk-revoked"  # desk: signed-out sessions (cookie nonce -> revoked), kept as long as a cookie lives
+KV_DESK_LOGINS = "ol-desk-logins"  # desk: failed sign-ins per login and per client address (rate limiting)
+OBJ_DESK_FILES = "ol-desk-files"  # desk: files operators attach to replies (object store)
 
 # Subject roots, with the wildcard each stream captures
 IN_ROOT = "ol.in"
@@ -59,6 +63,8 @@ STREAM_SUBJECTS = {
 ROUTER_SERVICE = "openlines-router"
 # crm-sync answers "who is this client's responsible manager" here
 CRM_RESPONSIBLE = "ol.crm.responsible"
+# A desk replica announces a sign-out here (core NATS) so every replica closes that login's live pages
+DESK_SIGNED_OUT = "ol.desk.signed_out"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

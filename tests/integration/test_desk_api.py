@@ -116,20 +116,36 @@ async def test_wrong_password_and_unknown_user_get_the_same_answer(http: aiohttp
     assert (await http.get("/", allow_redirects=False)).headers["Location"] == "/login"
 
 
-async def test_account_without_the_permission_is_told_why(http: aiohttp.ClientSession) -> None:
-    done = await sign_in(http, "admin", "demo")
+async def test_operator_without_the_permission_is_told_why(nc: Any, http: aiohttp.ClientSession) -> None:
+    buckets = await bus.Buckets(nc.jetstream()).open()
+    anna, _ = await bus.kv_get(buckets.accounts, "anna", OperatorAccount)
+    assert anna is not None
+    dora = OperatorAccount(id="dora", name="Dora", password_hash=anna.password_hash, roles=["operator"], permissions=[])
+    await put(buckets.accounts, "dora", dora)
+    done = await sign_in(http, "dora", "demo")
     assert done.status == 403
     assert "lacks the open-lines permission: ask an administrator" in await done.text()
+    assert not any(c.startswith("ol_desk=") for c in done.headers.getall("Set-Cookie", []))
     assert (await http.get("/", allow_redirects=False)).status == 303
+    assert (await http.get("/api/chats")).status == 401
+
+
+async def test_an_admin_only_account_signs_in_and_lands_on_the_admin_pages(http: aiohttp.ClientSession) -> None:
+    done = await sign_in(http, "admin", "demo")  # roles = ["admin"], no open-lines permission
+    assert done.status == 303 and done.headers["Location"] == "/admin"
+    # The workspace sends it on to /admin instead of a refusal; the chats API still refuses it, and says why.
+    assert (await http.get("/", allow_redirects=False)).headers["Location"] == "/admin"
+    assert (await http.get("/login", allow_redirects=False)).headers["Location"] == "/admin"
+    chats = await http.get("/api/chats")
+    assert chats.status == 403
+    assert "lacks the open-lines permission" in (await chats.json())["detail"]
 
 
 async def test_account_without_an_operator_role_is_told_why(nc: Any, http: aiohttp.ClientSession) -> None:
     buckets = await bus.Buckets(nc.jetstream()).open()
     anna, _ = await bus.kv_get(buckets.accounts, "anna", OperatorAccount)
     assert anna is not None
-    await put(
-        buckets.accounts, "carl", OperatorAccount(id="carl", name="Carl", password_hash=anna.password_hash, roles=["admin"])
-    )
+    await put(buckets.accounts, "carl", OperatorAccount(id="carl", name="Carl", password_hash=anna.password_hash, roles=[]))
     done = await sign_in(http, "carl", "demo")
     assert done.status == 403
     assert "neither the operator nor the supervisor role" in await done.text()
@@ -242,7 +258,9 @@ async def test_snapshot_lists_my_open_chats_from_kv(nc: Any, http: aiohttp.Clien
     assert [c["id"] for c in chats["chats"]] == ["s-mine", "s-offered"]
 
 
-async def test_history_of_my_session_and_not_of_someone_elses(nc: Any, http: aiohttp.ClientSession) -> None:
+async def test_history_of_my_session_and_not_of_someone_elses(
+    nc: Any, http: aiohttp.ClientSession, desk: Service[Settings]
+) -> None:
     await seed_chats(nc)
     js = nc.jetstream()
     entry = HistoryEntry(id="h1", session_id="s-mine", direction="in", text="Hello?", at=T0)
@@ -251,8 +269,16 @@ async def test_history_of_my_session_and_not_of_someone_elses(nc: Any, http: aio
     mine = await http.get("/api/sessions/s-mine/history")
     assert mine.status == 200
     assert [e["text"] for e in (await mine.json())["entries"]] == ["Hello?"]
-    others = await http.get("/api/sessions/s-boris/history")
-    assert others.status == 403 and (await others.json())["error"] == "forbidden"
+    # Anna is a supervisor: she may read Boris's live chat (before intercepting it).
+    assert (await http.get("/api/sessions/s-boris/history")).status == 200
+    assert (await http.get("/api/sessions/s-boris/client")).status == 200
+    # Boris is not: Anna's chat stays hers.
+    async with aiohttp.ClientSession(
+        base_url=f"http://127.0.0.1:{desk.port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as boris:
+        await sign_in(boris, "boris", "demo")
+        others = await boris.get("/api/sessions/s-mine/history")
+        assert others.status == 403 and (await others.json())["error"] == "forbidden"
     assert (await http.get("/api/sessions/nope/history")).status == 404
     assert (await http.get("/api/sessions/bad.id/history")).status == 404
 

@@ -27,6 +27,8 @@ LOGIN_COOKIE_NAME = "ol_desk_login"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 DESK_ROLES = ("operator", "supervisor")
+ADMIN_ROLE = "admin"
+ADMIN_HOME = "/admin"
 
 _VERSION = "v1"
 
@@ -147,4 +149,13 @@ def access_problem(account: OperatorAccount) -> str | None:
         return "your account lacks the open-lines permission: ask an administrator"
     if not any(role in DESK_ROLES for role in account.roles):
         return "your account has neither the operator nor the supervisor role: ask an administrator"
+    return None
+
+
+def landing(account: OperatorAccount) -> str | None:
+    """Where this account goes after signing in: the workspace, the admin pages, or nowhere (None)."""
+    if access_problem(account) is None:
+        return "/"
+    if ADMIN_ROLE in account.roles:
+        return ADMIN_HOME
     return None

@@ -14,15 +14,17 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import nats.errors
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 
 from desk import views
 from desk.auth import (
+    ADMIN_HOME,
     COOKIE_NAME,
     CSRF_FIELD,
     CSRF_HEADER,
@@ -31,18 +33,36 @@ from desk.auth import (
     PasswordChecker,
     Signer,
     access_problem,
+    landing,
     same_origin,
 )
 from desk.crm import MAX_QUERY, CrmReader, parse_ref, record_ref
+from desk.files import FileRefused, FileStore, clean_name
+from desk.guard import Limits, LoginLimiter, Revocations, open_guards
 from desk.live import Connection, Hub
 from desk.reads import PREVIOUS_SCAN_EVENTS, PREVIOUS_SHOWN, Reader, client_record, holds_client, is_token, previous_sessions
 from desk.settings import Settings
 from desk.supervise import overview, supervisor_problem
-from openlines import commands
-from openlines.commands import Accept, Close, CommandFailed, CommandName, Intercept, Reply, Result, SetStatus
-from openlines.envelopes import HistoryEntry
+from openlines import commands, subjects
+from openlines.apply import load_lines
+from openlines.bus import kv_entries
+from openlines.commands import (
+    Accept,
+    Close,
+    CommandFailed,
+    CommandName,
+    Intercept,
+    Pin,
+    Reply,
+    Result,
+    SetStatus,
+    Skip,
+    Spam,
+    Transfer,
+)
+from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, Outbound, encode, utcnow
 from openlines.runner import json_error
-from openlines.state import OperatorAccount, Session
+from openlines.state import OperatorAccount, OperatorState, Session
 
 log = logging.getLogger("desk.http")
 
@@ -51,6 +71,7 @@ MAX_JSON_BODY = 64 * 1024
 MAX_PASSWORD = 1024
 STATUSES = ("online", "away", "offline")
 LOGIN_FORM_TTL = 3600
+MAX_FILES_PER_REPLY = 10
 
 # The router's error codes and the HTTP status each one becomes.
 HTTP_STATUS_OF = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "unavailable": 503}
@@ -88,6 +109,36 @@ class Desk:
         self.crm = CrmReader(reader.js)
         self.signer = Signer(settings.cookie_secret)
         self.passwords = PasswordChecker()
+        # The desk's own buckets, opened (or created) on first use.
+        self._guards: tuple[LoginLimiter, Revocations] | None = None
+        self._files: FileStore | None = None
+        self._opening = asyncio.Lock()
+
+    async def guards(self) -> tuple[LoginLimiter, Revocations]:
+        if self._guards is None:
+            async with self._opening:
+                if self._guards is None:
+                    s = self.settings
+                    limits = Limits(s.login_window_seconds, s.login_failures_per_login, s.login_failures_per_address)
+                    self._guards = await open_guards(self.reader.js, limits)
+        return self._guards
+
+    async def files(self) -> FileStore:
+        if self._files is None:
+            async with self._opening:
+                if self._files is None:
+                    self._files = await FileStore.open(self.reader.js)
+        return self._files
+
+    def client_address(self, request: web.Request) -> str:
+        if self.settings.trust_forwarded_for:
+            last = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+            if last:
+                return last
+        return request.remote or "unknown"
+
+    def public_base(self, request: web.Request) -> str:
+        return self.settings.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
 
     # -- who is asking ----------------------------------------------------
 
@@ -95,6 +146,9 @@ class Desk:
         session = self.signer.read(request.cookies.get(COOKIE_NAME), time.time())
         if session is None:
             return None
+        _, revocations = await self.guards()
+        if await revocations.revoked(session.nonce):
+            return None  # signed out: a copy of the cookie is worth nothing
         account = await self.reader.account(session.operator_id)
         if account is None:
             return None
@@ -115,10 +169,12 @@ class Desk:
         """Whether this user may read the session's transcript and client card.
 
         Its operators (now or before) may; so may whoever holds an open chat of
-        the same client (the earlier conversations are that chat's context).
-        Supervisors get no wider reading right yet (see docs/operators.md).
+        the same client (the earlier conversations are that chat's context);
+        so may supervisors (they read a live chat before intercepting it).
         """
         me = user.operator_id
+        if supervisor_problem(user.account.roles) is None:
+            return True
         if session.operator_id == me or me in session.offered_to or session.closed_by == me:
             return True
         if entries is not None and any(e.author_id == me for e in entries):
@@ -232,8 +288,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 async def login_form(request: web.Request) -> web.StreamResponse:
     desk = request.app[DESK]
     user = await desk.authed(request)
-    if user is not None and not user.problem:
-        raise web.HTTPSeeOther("/")
+    home = landing(user.account) if user is not None else None
+    if home is not None:
+        raise web.HTTPSeeOther(home)
     return desk.login_response(request)
 
 
@@ -252,6 +309,17 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     password = password if isinstance(password, str) else ""
     if not login or not password:
         return desk.login_response(request, status=400, error="Enter your login and password.", login=login)
+    limiter, _ = await desk.guards()
+    address = desk.client_address(request)
+    wait = await limiter.retry_after(login, address, time.time())
+    if wait:
+        LOGINS.labels("limited").inc()
+        log.warning("sign-in rate limited", extra={"login": login[:64], "address": address, "retry_after": wait})
+        minutes = max(1, -(-wait // 60))
+        error = f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
+        response = desk.login_response(request, status=429, error=error, login=login)
+        response.headers["Retry-After"] = str(wait)
+        return response
     account = await desk.reader.account(login)
     stored = account.password_hash if account is not None and len(password) <= MAX_PASSWORD else None
     # argon2 takes tens of milliseconds of CPU: keep the event loop free meanwhile.
@@ -259,16 +327,19 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if not ok or account is None:
         LOGINS.labels("wrong").inc()
         log.info("sign-in refused", extra={"reason": "wrong login or password"})
+        await limiter.failed(login, address, time.time())
         return desk.login_response(request, status=401, error="Wrong login or password.", login=login)
-    problem = access_problem(account)
-    if problem:
+    await limiter.succeeded(login)
+    home = landing(account)
+    if home is None:
+        problem = access_problem(account) or "no access"
         LOGINS.labels("denied").inc()
         log.info("sign-in refused", extra={"operator": account.id, "reason": problem})
         return html(views.denied_page(account.name, problem), status=403)
     value, _ = desk.signer.issue(account.id, time.time(), desk.settings.session_hours * 3600)
     LOGINS.labels("ok").inc()
-    log.info("signed in", extra={"operator": account.id})
-    response = redirect("/")
+    log.info("signed in", extra={"operator": account.id, "home": home})
+    response = redirect(home)
     desk.set_session_cookie(response, value)
     response.del_cookie(LOGIN_COOKIE_NAME, path="/login")
     return response
@@ -281,6 +352,11 @@ async def logout(request: web.Request) -> web.StreamResponse:
     if user is not None and not desk.form_csrf_ok(request, user, form):
         raise ApiError(403, "csrf", "missing or wrong CSRF token; reload the page")
     if user is not None:
+        # Revoked server-side: every replica refuses this cookie from now on, and closes its live pages.
+        _, revocations = await desk.guards()
+        await revocations.revoke(user.session.nonce)
+        with contextlib.suppress(nats.errors.Error):
+            await desk.nc.publish(subjects.DESK_SIGNED_OUT, user.session.nonce.encode())
         log.info("signed out", extra={"operator": user.operator_id})
     response = redirect("/login")
     response.del_cookie(COOKIE_NAME, path="/")
@@ -292,6 +368,8 @@ async def workspace(request: web.Request) -> web.StreamResponse:
     user = await desk.authed(request)
     if user is None:
         raise web.HTTPSeeOther("/login")
+    if user.problem and landing(user.account) == ADMIN_HOME:
+        raise web.HTTPSeeOther(ADMIN_HOME)
     if user.problem:
         return html(views.denied_page(user.account.name, user.problem), status=403)
     return html(
@@ -399,7 +477,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise ApiError(403, "forbidden", "WebSocket from another origin")
     ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4096)
     await ws.prepare(request)
-    conn = Connection(ws, user.operator_id)
+    conn = Connection(ws, user.operator_id, user.session.nonce)
     # Register before reading the snapshot: whatever changes meanwhile is queued
     # behind it, so the page misses nothing (duplicates are idempotent upserts).
     desk.hub.add(conn)
@@ -573,16 +651,238 @@ async def api_reply(request: web.Request) -> web.StreamResponse:
     user = await desk.api_user(request, changes=True)
     sid = _session_id(request)
     body = await _body(request)
-    text = body.get("text")
+    text = body.get("text", "")
     client_msg_id = body.get("client_msg_id")
-    if not isinstance(text, str) or not text.strip():
-        raise ApiError(400, "invalid", "text must be a non-empty string")
+    file_ids = body.get("files", [])
+    if not isinstance(file_ids, list) or not all(isinstance(f, str) and is_token(f) for f in file_ids):
+        raise ApiError(400, "invalid", "files must be a list of file ids returned by the upload")
+    if len(file_ids) > MAX_FILES_PER_REPLY:
+        raise ApiError(400, "invalid", f"{len(file_ids)} files; at most {MAX_FILES_PER_REPLY} per reply")
+    if not isinstance(text, str) or (not text.strip() and not file_ids):
+        raise ApiError(400, "invalid", "text must be a non-empty string (or attach a file)")
     if len(text) > MAX_TEXT:
         raise ApiError(413, "too_large", f"text is {len(text)} characters; at most {MAX_TEXT}")
     if not isinstance(client_msg_id, str) or not is_token(client_msg_id):
         raise ApiError(400, "invalid", "client_msg_id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    if file_ids:
+        return await _reply_with_files(request, desk, user, sid, text, client_msg_id, list(dict.fromkeys(file_ids)))
     cmd = Reply(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id)
     return await _result(desk, await desk.command("reply", cmd))
+
+
+async def _reply_with_files(
+    request: web.Request, desk: Desk, user: Authed, sid: str, text: str, client_msg_id: str, file_ids: list[str]
+) -> web.StreamResponse:
+    """A reply carrying files: the text goes through the router, the files follow as their own message.
+
+    The router's reply command carries text only, so the router first checks
+    that the chat is this operator's (and marks it answered); then the desk
+    queues the files for the client's gateway and records them in the
+    transcript, with ids derived from ``client_msg_id`` so a retried send
+    is deduplicated by JetStream like a retried text reply.
+    """
+    store = await desk.files()
+    found = await asyncio.gather(*(store.info(sid, fid) for fid in file_ids))
+    missing = [fid for fid, f in zip(file_ids, found, strict=True) if f is None]
+    if missing:
+        raise ApiError(400, "invalid", f"no uploaded file {missing[0]!r} in this chat; upload it again")
+    if text.strip():
+        result = await desk.command(
+            "reply", Reply(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id)
+        )
+    else:
+        result = await desk.command("accept", Accept(operator_id=user.operator_id, session_id=sid))
+    session = result.session
+    if session is None:
+        raise ApiError(503, "unavailable", "the router did not return the chat; retry")
+    base = desk.public_base(request)
+    out = Outbound(
+        id=f"out:{sid}:{client_msg_id}-files",
+        session_id=sid,
+        channel=session.channel,
+        account=session.account,
+        chat_id=session.chat_id,
+        attachments=[f.attachment(base) for f in found if f is not None],
+        operator_id=user.operator_id,
+        operator_name=user.account.name,
+        created_at=utcnow(),
+    )
+    entry = HistoryEntry(
+        id=out.id,
+        session_id=sid,
+        direction="out",
+        attachments=out.attachments,
+        author_id=user.operator_id,
+        author_name=user.account.name,
+        at=out.created_at,
+    )
+    js = desk.reader.js
+    try:
+        subject = subjects.outbound(session.channel, session.account, session.chat_key)
+        await js.publish(subject, encode(out), stream=subjects.STREAM_OUT, headers={MSG_ID_HEADER: out.id})
+        await js.publish(subjects.history(sid), encode(entry), stream=subjects.STREAM_HIST, headers={MSG_ID_HEADER: out.id})
+    except (TimeoutError, nats.errors.Error):
+        raise ApiError(503, "unavailable", "the files could not be queued; send again") from None
+    chat = await desk.reader.chat(session)
+    return web.json_response({"ok": True, "session": chat, "message_id": result.message_id, "files_message_id": out.id})
+
+
+async def api_skip(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    await desk.command("skip", Skip(operator_id=user.operator_id, session_id=sid))
+    return web.json_response({"ok": True, "session": None, "message_id": ""})
+
+
+async def api_transfer(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    body = await _body(request)
+    to_operator = body.get("to_operator", "")
+    to_line = body.get("to_line", "")
+    if not isinstance(to_operator, str) or not isinstance(to_line, str) or bool(to_operator) == bool(to_line):
+        raise ApiError(400, "invalid", "give exactly one of to_operator (an operator id) or to_line (a line id)")
+    target = to_operator or to_line
+    if not is_token(target):
+        raise ApiError(400, "invalid", "the operator or line id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    cmd = Transfer(operator_id=user.operator_id, session_id=sid, to_operator=to_operator, to_line=to_line)
+    return await _result(desk, await desk.command("transfer", cmd))
+
+
+async def api_pin(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    body = await _body(request)
+    pinned = body.get("pinned", True)
+    if not isinstance(pinned, bool):
+        raise ApiError(400, "invalid", "pinned must be true or false")
+    return await _result(desk, await desk.command("pin", Pin(operator_id=user.operator_id, session_id=sid, pinned=pinned)))
+
+
+async def api_spam(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    return await _result(desk, await desk.command("spam", Spam(operator_id=user.operator_id, session_id=sid)))
+
+
+async def api_directory(request: web.Request) -> web.StreamResponse:
+    """What the workspace's pickers offer: lines (with quick answers) and operators to transfer to."""
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
+    b = desk.reader.b
+    lines, accounts, states = await asyncio.gather(
+        load_lines(b.lines),
+        kv_entries(desk.reader.js, subjects.KV_ACCOUNTS),
+        kv_entries(desk.reader.js, subjects.KV_OPERATORS),
+    )
+    operators = []
+    for key, (_rev, data) in sorted(accounts.items()):
+        try:
+            account = msgspec.json.decode(data, type=OperatorAccount)
+        except msgspec.DecodeError:
+            continue
+        if key == user.operator_id or access_problem(account) is not None:
+            continue
+        status = "offline"
+        if key in states:
+            with contextlib.suppress(msgspec.DecodeError):
+                status = msgspec.json.decode(states[key][1], type=OperatorState).status
+        operators.append({"id": account.id, "name": account.name, "status": status})
+    return web.json_response(
+        {
+            "lines": [
+                {"id": line.id, "name": line.name, "wait_seconds": line.queue.wait_seconds, "quick_answers": line.quick_answers}
+                for line in lines
+            ],
+            "operators": operators,
+        }
+    )
+
+
+async def api_upload(request: web.Request) -> web.StreamResponse:
+    """One file for a reply (multipart field ``file``); answers its id to send with the reply."""
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    sid = _session_id(request)
+    limit = desk.settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise ApiError(413, "too_large", f"the file is over {limit} bytes")
+    session = await desk.reader.session(sid)
+    me = user.operator_id
+    if session is None:
+        raise ApiError(404, "not_found", "no such session")
+    if not session.is_open or (session.operator_id != me and me not in session.offered_to):
+        raise ApiError(403, "forbidden", "files can only be sent in your own open chats")
+    if not request.content_type.startswith("multipart/form-data"):
+        raise ApiError(400, "invalid", "send the file as multipart/form-data in a field named file")
+    name, mime, data = await _read_file_part(request, limit)
+    try:
+        stored = await (await desk.files()).put(sid, name, mime, data)
+    except FileRefused as exc:
+        raise ApiError(415, "unsupported", str(exc)) from None
+    except (TimeoutError, nats.errors.Error):
+        raise ApiError(503, "unavailable", "the file could not be stored; try again") from None
+    log.info("file uploaded", extra={"operator": me, "session": sid, "bytes": stored.size, "mime": mime})
+    return web.json_response(
+        {
+            "ok": True,
+            "file": {
+                "id": stored.file_id,
+                "name": stored.name,
+                "mime": stored.mime,
+                "size": stored.size,
+                "kind": stored.attachment("").kind,
+                "url": stored.path,
+            },
+        }
+    )
+
+
+async def _read_file_part(request: web.Request, limit: int) -> tuple[str, str, bytes]:
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name != "file":
+                continue
+            data = bytearray()
+            while chunk := await part.read_chunk(65536):
+                data += chunk
+                if len(data) > limit:
+                    raise ApiError(413, "too_large", f"the file is over {limit} bytes")
+            mime = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            return clean_name(part.filename), mime, bytes(data)
+    except (ValueError, AssertionError):
+        raise ApiError(400, "invalid", "the upload is not valid multipart/form-data") from None
+    raise ApiError(400, "invalid", "no multipart field named file")
+
+
+async def file_download(request: web.Request) -> web.StreamResponse:
+    """A file an operator sent; the link is the capability (clients' channels fetch it unsigned)."""
+    desk = request.app[DESK]
+    sid = request.match_info["session_id"]
+    fid = request.match_info["file_id"]
+    if not is_token(sid) or not is_token(fid):
+        raise ApiError(404, "not_found", "no such file")
+    got = await (await desk.files()).get(sid, fid)
+    if got is None:
+        raise ApiError(404, "not_found", "no such file")
+    stored, data = got
+    inline = stored.mime.startswith("image/")
+    disposition = f"{'inline' if inline else 'attachment'}; filename*=UTF-8''{quote(stored.name, safe='')}"
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": stored.mime,
+            "Content-Disposition": disposition,
+            "Cache-Control": "private, max-age=86400",
+            # Never run as a page of the desk, whatever the bytes are.
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+        },
+    )
 
 
 async def api_close(request: web.Request) -> web.StreamResponse:
@@ -611,3 +911,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/sessions/{session_id}/reply", api_reply)
     app.router.add_post("/api/sessions/{session_id}/close", api_close)
     app.router.add_post("/api/sessions/{session_id}/intercept", api_intercept)
+    app.router.add_post("/api/sessions/{session_id}/skip", api_skip)
+    app.router.add_post("/api/sessions/{session_id}/transfer", api_transfer)
+    app.router.add_post("/api/sessions/{session_id}/pin", api_pin)
+    app.router.add_post("/api/sessions/{session_id}/spam", api_spam)
+    app.router.add_post("/api/sessions/{session_id}/files", api_upload)
+    app.router.add_get("/api/directory", api_directory)
+    app.router.add_get("/files/{session_id}/{file_id}/{name}", file_download)

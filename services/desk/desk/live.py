@@ -43,9 +43,10 @@ _history_decoder = msgspec.json.Decoder(HistoryEntry)
 class Connection:
     """One operator WebSocket: frames are queued and written by one task, in order."""
 
-    def __init__(self, ws: web.WebSocketResponse, operator_id: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, operator_id: str, nonce: str = "") -> None:
         self.ws = ws
         self.operator_id = operator_id
+        self.nonce = nonce  # the sign-in this page belongs to: a sign-out closes it
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self.shown: set[str] = set()  # sessions this page lists
         self.overflowed = False
@@ -87,11 +88,12 @@ class Hub:
 
     @property
     def subscribed(self) -> bool:
-        return len(self._subs) == 2
+        return len(self._subs) == 3
 
     async def start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.events_all(), cb=self._on_event))
         self._subs.append(await self.nc.subscribe(subjects.history_all(), cb=self._on_history))
+        self._subs.append(await self.nc.subscribe(subjects.DESK_SIGNED_OUT, cb=self._on_signed_out))
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -141,6 +143,13 @@ class Hub:
             conn.push(frame)
 
     # -- NATS -------------------------------------------------------------
+
+    async def _on_signed_out(self, msg: Msg) -> None:
+        """A sign-out on any replica closes that login's live pages here (the cookie is already refused)."""
+        nonce = msg.data.decode(errors="replace")
+        for conn in [c for group in self.conns.values() for c in group if c.nonce and c.nonce == nonce]:
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"signed out")
 
     async def _on_event(self, msg: Msg) -> None:
         try:

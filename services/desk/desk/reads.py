@@ -48,7 +48,7 @@ class Reader:
     def __init__(self, js: JetStreamContext, buckets: Buckets) -> None:
         self.js = js
         self.b = buckets
-        self._line_names: dict[str, tuple[str, float]] = {}
+        self._lines: dict[str, tuple[LineConfig | None, float]] = {}
 
     async def account(self, operator_id: str) -> OperatorAccount | None:
         if not is_token(operator_id):
@@ -76,23 +76,29 @@ class Reader:
                 continue  # one bad entry must not hide the rest of the transcript
         return out
 
-    async def line_name(self, line_id: str) -> str:
-        cached = self._line_names.get(line_id)
+    async def line(self, line_id: str) -> LineConfig | None:
+        """A line's configuration, cached for LINE_NAME_TTL seconds."""
+        cached = self._lines.get(line_id)
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        name = line_id
-        if line_id:
+        line = None
+        if line_id and is_token(line_id):
             line, _ = await kv_get(self.b.lines, line_key(line_id), LineConfig)
-            if line is not None:
-                name = line.name or line_id
-        self._line_names[line_id] = (name, now + LINE_NAME_TTL)
-        return name
+        self._lines[line_id] = (line, now + LINE_NAME_TTL)
+        return line
+
+    async def line_name(self, line_id: str) -> str:
+        line = await self.line(line_id)
+        return (line.name if line is not None else "") or line_id
 
     async def chat(self, session: Session) -> dict[str, Any]:
-        """A session as the page shows it."""
+        """A session as the page shows it, with what the page needs of its line."""
         out: dict[str, Any] = msgspec.to_builtins(session)
-        out["line_name"] = await self.line_name(session.line_id)
+        line = await self.line(session.line_id)
+        out["line_name"] = (line.name if line is not None else "") or session.line_id
+        # The no-answer timeout: the page counts an offer down from assigned_at.
+        out["wait_seconds"] = line.queue.wait_seconds if line is not None else 0
         return out
 
     async def my_chats(self, operator_id: str, state: OperatorState | None = None) -> list[dict[str, Any]]:

@@ -23,6 +23,18 @@ class Settings(BaseSettings, kw_only=True):
     # the page says the records live in the portal (linked when the portal URL is set).
     crm_backend: Literal["builtin", "bitrix24"] = "builtin"
     bitrix24_portal: str = ""  # https://<portal>.bitrix24.com - shown as a link, never a secret
+    # Where clients' channels fetch the files operators attach (https://desk.example.com).
+    # Empty: the address the operator's browser used. Gateways (Telegram downloads the
+    # file to re-upload it) and visitors must be able to reach it.
+    public_url: str = ""
+    max_upload_bytes: int = 10 * 1024 * 1024
+    # Sign-in rate limiting: failed attempts within the window, per login and per client address.
+    login_window_seconds: int = 900
+    login_failures_per_login: int = 5
+    login_failures_per_address: int = 20
+    # Behind a reverse proxy every request comes from the proxy: set to true to take the
+    # client address from the last X-Forwarded-For entry (the one our proxy added).
+    trust_forwarded_for: bool = False
 
     def __post_init__(self) -> None:
         if len(self.cookie_secret) < MIN_SECRET_CHARS:
@@ -32,3 +44,9 @@ class Settings(BaseSettings, kw_only=True):
             )
         if not 1 <= self.session_hours <= 24 * 31:
             raise ValueError("OPENLINES_SESSION_HOURS must be between 1 and 744")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("OPENLINES_PUBLIC_URL must start with http:// or https://")
+        if self.max_upload_bytes < 1:
+            raise ValueError("OPENLINES_MAX_UPLOAD_BYTES must be positive")
+        if self.login_window_seconds < 1 or self.login_failures_per_login < 1 or self.login_failures_per_address < 1:
+            raise ValueError("OPENLINES_LOGIN_WINDOW_SECONDS and OPENLINES_LOGIN_FAILURES_PER_* must be positive")

@@ -1,0 +1,178 @@
+"""Files operators attach to replies: checked, kept in a NATS object store, served by link.
+
+A file is stored as ``<session>/<file id>`` in the ``ol-desk-files`` object
+store (file storage, so it survives restarts of NATS and the desk). Its link,
+``/files/<session>/<file id>/<name>``, is what goes into the Outbound
+``attachments``: the webchat widget shows it, Telegram's gateway downloads it
+to upload it again, VK and e-mail send it as a link. The random 144-bit file
+id makes the link unguessable; it needs no sign-in because the client's
+channel must fetch it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectDeletedError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from openlines import subjects
+from openlines.envelopes import Attachment
+
+Kind = Literal["image", "file", "audio", "video"]
+
+# What operators may send, and how channels should treat it.
+ALLOWED_TYPES: dict[str, Kind] = {
+    "image/png": "image",
+    "image/jpeg": "image",
+    "image/gif": "image",
+    "image/webp": "image",
+    "application/pdf": "file",
+    "text/plain": "file",
+    "text/csv": "file",
+    "application/zip": "file",
+    "application/msword": "file",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "file",
+    "application/vnd.ms-excel": "file",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "file",
+    "application/vnd.oasis.opendocument.text": "file",
+    "application/vnd.oasis.opendocument.spreadsheet": "file",
+    "audio/mpeg": "audio",
+    "audio/ogg": "audio",
+    "video/mp4": "video",
+}
+
+# Images are shown inline by browsers, so their bytes must be what the type says.
+_MAGIC: dict[str, tuple[bytes, ...]] = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+
+MAX_NAME = 120
+_UNSAFE = re.compile(r"[^\w.\- ()+,]", re.UNICODE)
+
+
+class FileRefused(ValueError):
+    """The upload is not acceptable; the message says why (shown to the operator)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    session_id: str
+    file_id: str
+    name: str
+    mime: str
+    size: int
+
+    @property
+    def path(self) -> str:
+        return f"/files/{self.session_id}/{self.file_id}/{_url_name(self.name)}"
+
+    def attachment(self, base_url: str) -> Attachment:
+        return Attachment(
+            kind=ALLOWED_TYPES.get(self.mime, "file"),
+            name=self.name,
+            mime=self.mime,
+            size=self.size,
+            ref=f"{subjects.OBJ_DESK_FILES}:{self.session_id}/{self.file_id}",
+            url=base_url.rstrip("/") + self.path,
+        )
+
+
+class _Meta(msgspec.Struct, kw_only=True):
+    name: str
+    mime: str
+    session: str
+
+
+def _url_name(name: str) -> str:
+    return quote(name, safe="")
+
+
+def clean_name(raw: str | None) -> str:
+    """A file name safe to show and to put in a header: no path, no control characters."""
+    name = unicodedata.normalize("NFC", (raw or "").replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    name = _UNSAFE.sub("_", name).strip(". ")
+    if len(name) > MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: MAX_NAME - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else name[:MAX_NAME]
+    return name or "file"
+
+
+def check(mime: str, head: bytes) -> None:
+    if mime not in ALLOWED_TYPES:
+        allowed = ", ".join(sorted(ALLOWED_TYPES))
+        raise FileRefused(f"files of type {mime or 'unknown'!r} cannot be sent; allowed: {allowed}")
+    magic = _MAGIC.get(mime)
+    if magic and not head.startswith(magic):
+        raise FileRefused(f"the file says it is {mime} but its content is not")
+    if not head:
+        raise FileRefused("the file is empty")
+
+
+class FileStore:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> FileStore:
+        try:
+            store = await js.object_store(subjects.OBJ_DESK_FILES)
+        except (BucketNotFoundError, NotFoundError, BadRequestError):
+            store = await js.create_object_store(
+                subjects.OBJ_DESK_FILES,
+                config=js_api.ObjectStoreConfig(
+                    storage=js_api.StorageType.FILE,
+                    description="files operators attach to replies",
+                ),
+            )
+        return cls(store)
+
+    async def put(self, session_id: str, name: str, mime: str, data: bytes) -> StoredFile:
+        check(mime, data[:16])
+        file_id = secrets.token_urlsafe(18)
+        meta = js_api.ObjectMeta(
+            name=f"{session_id}/{file_id}",
+            description=msgspec.json.encode(_Meta(name=name, mime=mime, session=session_id)).decode(),
+        )
+        await self.store.put(meta.name or "", data, meta=meta)
+        return StoredFile(session_id=session_id, file_id=file_id, name=name, mime=mime, size=len(data))
+
+    async def info(self, session_id: str, file_id: str) -> StoredFile | None:
+        try:
+            info = await self.store.get_info(f"{session_id}/{file_id}")
+        except (ObjectNotFoundError, ObjectDeletedError, NotFoundError):
+            return None
+        return _stored(session_id, file_id, info)
+
+    async def get(self, session_id: str, file_id: str) -> tuple[StoredFile, bytes] | None:
+        try:
+            result = await self.store.get(f"{session_id}/{file_id}")
+        except (ObjectNotFoundError, ObjectDeletedError, NotFoundError):
+            return None
+        stored = _stored(session_id, file_id, result.info)
+        if stored is None or result.data is None:
+            return None
+        return stored, result.data
+
+
+def _stored(session_id: str, file_id: str, info: js_api.ObjectInfo) -> StoredFile | None:
+    if info.deleted:
+        return None
+    try:
+        meta = msgspec.json.decode(info.description or "", type=_Meta)
+    except msgspec.DecodeError:
+        return None
+    if meta.session != session_id:
+        return None
+    return StoredFile(session_id=session_id, file_id=file_id, name=meta.name, mime=meta.mime, size=info.size or 0)
