@@ -4,6 +4,9 @@ A request is handled top to bottom: find the bot -> check the secret header
 -> read at most ``max_body`` bytes -> parse (aiogram ``Update``) -> normalise
 -> publish with ``Nats-Msg-Id`` -> answer 200 **only after the PubAck**.
 NATS unreachable -> 503, so Telegram keeps the update and retries.
+More requests than the replica takes at once (``OPENLINES_MAX_IN_FLIGHT``
+being handled, ``OPENLINES_MAX_WAITING`` waiting) -> 503 with ``Retry-After``
+before the body is read: nothing is stored and Telegram delivers it again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
 from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
 from gateway_telegram.settings import Settings
-from openlines import bus
+from openlines import admission, bus
 from openlines.envelopes import Inbound, utcnow
 from openlines.runner import json_error
 
@@ -51,6 +54,7 @@ class TelegramHttp:
         self._idle = asyncio.Event()
         self._idle.set()
         self._side_tasks: set[asyncio.Task[Any]] = set()
+        self.admission = admission.Admission("telegram", settings.limits())
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(WEBHOOK_PATH, self.webhook)
@@ -80,12 +84,21 @@ class TelegramHttp:
         if not secrets.compare_digest(got.encode("utf-8", "surrogateescape"), bot.secret.encode()):
             return self._refuse(401, "bad_secret", f"missing or wrong {SECRET_HEADER} header", account)
         try:
+            async with self.admission.slot():
+                return await self._handle(request, account, bot.bot_id)
+        except admission.Overloaded as exc:
+            metrics.REJECTED.labels("overloaded").inc()
+            log.debug("webhook refused: at capacity", extra={"channel": CHANNEL, "account": account, "reason": exc.reason})
+            return admission.overloaded_response(exc)
+
+    async def _handle(self, request: web.Request, account: str, bot_id: int) -> web.Response:
+        try:
             body = await self._body(request)
         except TooLarge:
             return self._refuse(413, "too_large", f"body is larger than {self.settings.max_body} bytes", account)
         try:
             update = parse_update(body)
-            result = normalise(account, bot.bot_id, update, utcnow())
+            result = normalise(account, bot_id, update, utcnow())
         except BadUpdate as exc:
             return self._refuse(400, "bad_update", exc.detail, account)
         except Exception:  # a body aiogram's types or our mapping choke on: refuse it, never a 500

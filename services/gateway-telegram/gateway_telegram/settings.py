@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from openlines import admission
 from openlines.settings import BaseSettings
 
 DEFAULT_API_BASE = "https://api.telegram.org"
@@ -13,6 +14,11 @@ class Settings(BaseSettings, kw_only=True):
     http_port: int = 8083
     max_body: int = 1024 * 1024  # bytes of one webhook request; larger -> 413
     publish_timeout: float = 5.0  # seconds to wait for the PubAck before answering 503
+    # Admission at the webhook edge (docs/channels/telegram.md, "Overload"): beyond these, 503 + Retry-After.
+    max_in_flight: int = admission.DEFAULT_MAX_IN_FLIGHT  # webhook requests being handled at once per replica
+    max_waiting: int = admission.DEFAULT_MAX_WAITING  # more that may wait for a slot
+    admission_wait: float = admission.DEFAULT_WAIT  # seconds one may wait
+    retry_after: int = admission.DEFAULT_RETRY_AFTER  # seconds, the Retry-After of a refusal
     telegram_timeout: float = 30.0  # seconds per Bot API request
     # Outbound
     telegram_consumer: str = "gateway-telegram"  # durable consumer name, shared by all replicas
@@ -37,6 +43,10 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_TELEGRAM_*_RATE must be > 0 and OPENLINES_TELEGRAM_CHAT_BURST >= 1")
         if self.telegram_in_flight < 1 or self.telegram_max_attempts < 1:
             raise ValueError("OPENLINES_TELEGRAM_IN_FLIGHT and OPENLINES_TELEGRAM_MAX_ATTEMPTS must be >= 1")
+        self.limits()  # raises with the variables named
+
+    def limits(self) -> admission.Limits:
+        return admission.Limits(self.max_in_flight, self.max_waiting, self.admission_wait, self.retry_after)
 
     def public(self) -> dict[str, object]:
         out = super().public()

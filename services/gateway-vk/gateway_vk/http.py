@@ -3,6 +3,11 @@
 A request is handled top to bottom: read (1 MiB at most) -> parse the
 envelope -> verify group and secret -> confirmation or event -> normalise ->
 publish with ``Nats-Msg-Id`` -> answer ``ok`` only after the PubAck.
+
+Anything but ``ok`` makes VK send the event again (with ``X-Retry-Counter``),
+so a replica at capacity (``OPENLINES_MAX_IN_FLIGHT`` being handled,
+``OPENLINES_MAX_WAITING`` waiting) answers 503 with ``Retry-After`` before it
+reads the body: nothing is stored and VK retries later.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from gateway_vk.normalise import CHANNEL, Callback, CallbackError, VkMessage, pa
 from gateway_vk.profiles import Profiles
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import bus
+from openlines import admission, bus
 from openlines.envelopes import utcnow
 from openlines.runner import json_error
 
@@ -52,6 +57,7 @@ class CallbackHttp:
         self._idle = asyncio.Event()
         self._idle.set()
         self._confirmations: dict[str, str] = {}
+        self.admission = admission.Admission("vk", settings.limits())
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/vk/{account}", self.callback)
@@ -61,6 +67,16 @@ class CallbackHttp:
         community = self.communities.get(account)
         if community is None:
             return self._refuse(404, "unknown_account", "no VK community is configured for this URL")
+        try:
+            async with self.admission.slot():
+                return await self._handle(request, community)
+        except admission.Overloaded as exc:
+            metrics.REFUSED.labels("503", "overloaded").inc()
+            log.debug("callback refused: at capacity", extra={"channel": CHANNEL, "account": account, "reason": exc.reason})
+            return admission.overloaded_response(exc)
+
+    async def _handle(self, request: web.Request, community: Community) -> web.StreamResponse:
+        account = community.account
         try:
             body = await self._read(request)
             event = parse_callback(body)

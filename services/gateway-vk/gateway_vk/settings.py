@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from openlines import subjects
+from openlines import admission, subjects
 from openlines.settings import BaseSettings
 
 DEFAULT_API_URL = "https://api.vk.ru"
@@ -96,6 +96,11 @@ class Settings(BaseSettings, kw_only=True):
     vk_max_text: int = 9000  # characters per messages.send; longer replies are split
     max_body: int = 1024 * 1024  # bytes of one Callback API request (413 above)
     publish_timeout: float = 5.0
+    # Admission at the Callback API edge (docs/channels/vk.md, "Overload"): beyond these, 503 + Retry-After.
+    max_in_flight: int = admission.DEFAULT_MAX_IN_FLIGHT  # callback requests being handled at once per replica
+    max_waiting: int = admission.DEFAULT_MAX_WAITING  # more that may wait for a slot
+    admission_wait: float = admission.DEFAULT_WAIT  # seconds one may wait
+    retry_after: int = admission.DEFAULT_RETRY_AFTER  # seconds, the Retry-After of a refusal
     profile_timeout: float = 1.5  # the webhook answer waits at most this long for users.get
     profile_ttl: float = 6 * 3600.0  # seconds a looked-up name is kept in memory
     consumer: str = "gateway-vk"  # durable consumer on OL_OUT (shared by the replicas)
@@ -113,8 +118,12 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_VK_MAX_TEXT must be >= 100")
         if not self.vk_api_url.startswith(("http://", "https://")):
             raise ValueError("OPENLINES_VK_API_URL must be an http(s) URL")
+        self.limits()  # raises with the variables named
         # Parsed here so a bad list stops the start with the variable named.
         parse_groups(self.vk_groups)
+
+    def limits(self) -> admission.Limits:
+        return admission.Limits(self.max_in_flight, self.max_waiting, self.admission_wait, self.retry_after)
 
     def communities(self) -> dict[str, Community]:
         return parse_groups(self.vk_groups)

@@ -2,6 +2,13 @@
 
 A visitor frame is handled top to bottom: parse -> normalise -> publish with
 ``Nats-Msg-Id`` -> answer ``ack`` only after JetStream acknowledged it.
+
+Overload: a replica holds at most ``OPENLINES_MAX_SOCKETS`` sockets (more
+handshakes get HTTP 503 with ``Retry-After``) and publishes at most
+``OPENLINES_MAX_IN_FLIGHT`` messages at once (``OPENLINES_MAX_WAITING`` more
+wait a moment); a message beyond that is answered with an ``error`` frame
+``{"code": "unavailable", "retry_after": N}`` and not published: the widget
+sends it again, with the same id, after N seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from gateway_webchat import metrics, token
 from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, parse_frame, to_inbound
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
-from openlines import bus, subjects
+from openlines import admission, bus, subjects
 from openlines.envelopes import utcnow
 
 log = logging.getLogger("gateway_webchat.http")
@@ -44,6 +51,11 @@ class WebchatHttp:
         self.hub = hub
         self.allowed = settings.allowed_accounts()
         self.stopping = False
+        self.admission = admission.Admission("webchat", settings.limits())
+        self._sockets = 0  # handshakes under way + open sockets
+        self._publishing = 0
+        self._idle = asyncio.Event()  # set while no publish is in flight
+        self._idle.set()
         self._demo = (STATIC / "demo.html").read_text(encoding="utf-8")
 
     def routes(self, app: web.Application) -> None:
@@ -90,6 +102,18 @@ class WebchatHttp:
         return ws
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if self._sockets >= self.settings.max_sockets:
+            # Refused before the upgrade: nothing is allocated for it. A browser
+            # sees a failed connection and the widget reconnects with backoff.
+            metrics.REFUSED_SOCKETS.labels("overloaded").inc()
+            return admission.overloaded_response(self.admission.refuse("sockets"), "too many open chats on this server")
+        self._sockets += 1
+        try:
+            return await self._websocket(request)
+        finally:
+            self._sockets -= 1
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG, heartbeat=self.settings.ws_heartbeat, autoping=True)
         await ws.prepare(request)
         account = request.match_info["account"]
@@ -117,7 +141,7 @@ class WebchatHttp:
         )
         self.hub.add(sock)
         try:
-            sock.send(
+            await sock.write(
                 frame(type="welcome", token=issued, visitor=visitor.visitor, new=not raw_token, max_text=self.settings.max_text)
             )
             try:
@@ -131,9 +155,7 @@ class WebchatHttp:
         finally:
             self.hub.remove(sock)
             sock.close(1000, "bye")
-            # asyncio.wait: a writer cancelled for being too slow must not look like our own cancellation.
-            await asyncio.wait({sock.writer}, timeout=self.settings.shutdown_timeout)
-            sock.writer.cancel()
+            await sock.drained(self.settings.shutdown_timeout)
         return ws
 
     async def _read(self, sock: Socket) -> None:
@@ -142,7 +164,7 @@ class WebchatHttp:
                 await self._on_text(sock, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 metrics.REJECTED_FRAMES.labels("bad_frame").inc()
-                sock.send(frame(type="error", code="bad_frame", detail="binary frames are not supported; send JSON text"))
+                await sock.write(frame(type="error", code="bad_frame", detail="binary frames are not supported; send JSON text"))
             elif msg.type == WSMsgType.ERROR:
                 log.info("visitor socket error", extra={"channel": CHANNEL, "error": repr(sock.ws.exception())})
                 return
@@ -155,13 +177,25 @@ class WebchatHttp:
             err: dict[str, str] = {"type": "error", "code": exc.code, "detail": exc.detail}
             if exc.client_id:
                 err["id"] = exc.client_id
-            sock.send(frame(**err))
+            await sock.write(frame(**err))
             return
-        sock.idle.clear()
         try:
-            sock.send(await self._publish(sock, msg))
+            await self.admission.acquire()
+        except admission.Overloaded as exc:
+            # Nothing published: the widget sends the same id again after retry_after seconds.
+            detail = "server busy, sending again shortly"
+            await sock.write(frame(type="error", id=msg.id, code="unavailable", detail=detail, retry_after=exc.retry_after))
+            return
+        self._publishing += 1
+        self._idle.clear()
+        try:
+            answer = await self._publish(sock, msg)
         finally:
-            sock.idle.set()
+            self.admission.release()
+            self._publishing -= 1
+            if not self._publishing:
+                self._idle.set()
+        await sock.write(answer)
 
     async def _publish(self, sock: Socket, msg: ClientMessage) -> str:
         """The frame answering ``msg``: ``ack`` only once JetStream holds it."""
@@ -193,10 +227,10 @@ class WebchatHttp:
     async def shutdown(self) -> None:
         """Let in-flight publishes answer, then close every socket with 1001 so widgets reconnect elsewhere."""
         self.stopping = True
-        sockets = self.hub.sockets()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(s.idle.wait() for s in sockets)), timeout=self.settings.publish_timeout + 1)
+            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + 1)
+        sockets = self.hub.sockets()
         for sock in sockets:
             sock.close(CLOSE_GOING_AWAY, "going away")
         if sockets:
-            await asyncio.wait({s.writer for s in sockets}, timeout=self.settings.shutdown_timeout)
+            await asyncio.gather(*(s.drained(self.settings.shutdown_timeout) for s in sockets))

@@ -12,9 +12,9 @@ sent, so nothing is lost or doubled.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +61,32 @@ class Close:
 
 
 class Socket:
-    """One open visitor WebSocket. All writes go through one queue and one
-    writer task, so frames keep their order and a slow browser never blocks
-    the outbound consumer."""
+    """One open visitor WebSocket.
+
+    Frames go out one at a time, in the order they were sent, and a slow
+    browser never blocks the outbound consumer: :meth:`send` only appends to
+    the socket's pending frames and, when nothing is being written, starts a
+    short-lived writer task that exits once they are out. The socket's own
+    reader writes its answers inline (:meth:`write`) when nothing is pending.
+    An idle socket therefore holds no task, queue or event: only these slots.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_closing",
+        "_drained",
+        "_held",
+        "_max_queue",
+        "_pending",
+        "_stuck_close",
+        "_writer",
+        "account",
+        "chat",
+        "last_seq",
+        "replaying",
+        "visitor",
+        "ws",
+    )
 
     def __init__(self, ws: web.WebSocketResponse, account: str, visitor: str, *, since: int, max_queue: int) -> None:
         self.ws = ws
@@ -72,49 +95,98 @@ class Socket:
         self.chat = subjects.chat_key(CHANNEL, account, visitor)
         self.last_seq = since  # highest reply seq sent (or known to the browser)
         self.replaying = True
-        self.idle = asyncio.Event()  # set while no publish is in flight
-        self.idle.set()
-        self._held: list[tuple[int, str]] = []
-        self._queue: asyncio.Queue[str | Close] = asyncio.Queue()
+        self._held: list[tuple[int, str]] | None = None  # live replies that arrived during the replay
+        self._pending: collections.deque[str | Close] | None = None  # frames not yet written, only while there are any
+        self._busy = False  # a write is in progress (inline or by the writer task)
+        self._writer: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None  # only while someone waits in drained()
         self._max_queue = max_queue
         self._closing = False
         self._stuck_close: asyncio.Task[Any] | None = None
-        self.writer = asyncio.create_task(self._write(), name=f"ws-writer-{visitor}")
 
     # -- writes -----------------------------------------------------------
 
     def send(self, data: str) -> None:
+        """Queue ``data`` behind what is pending; never waits."""
         if self._closing:
             return
-        if self._queue.qsize() >= self._max_queue:
-            log.warning("visitor socket too slow; closing it", extra={"channel": CHANNEL, "account": self.account})
-            self._closing = True
-            self.writer.cancel()
-            self._stuck_close = asyncio.create_task(self.ws.close(code=1013, message=b"too slow, reconnect"))
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = collections.deque()
+        elif len(pending) >= self._max_queue:
+            self._too_slow()
             return
-        self._queue.put_nowait(data)
+        pending.append(data)
+        if not self._busy:
+            self._busy = True
+            self._writer = asyncio.create_task(self._drain(), name=f"ws-writer-{self.visitor}")
+
+    async def write(self, data: str) -> None:
+        """Send ``data`` from the socket's own reader: inline when nothing is pending, else behind it."""
+        if self._busy or self._closing:
+            self.send(data)
+            return
+        self._pending = collections.deque((data,))
+        self._busy = True
+        await self._drain()
 
     def close(self, code: int, reason: str) -> None:
-        """Send what is queued, then close with ``code``."""
-        if not self._closing:
-            self._closing = True
-            self._queue.put_nowait(Close(code, reason))
+        """Send what is pending, then close with ``code``."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._pending is None:
+            self._pending = collections.deque()
+        self._pending.append(Close(code, reason))
+        if not self._busy:
+            self._busy = True
+            self._writer = asyncio.create_task(self._drain(), name=f"ws-close-{self.visitor}")
 
-    async def _write(self) -> None:
-        while True:
-            item = await self._queue.get()
-            try:
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every pending frame is written; then stop trying."""
+        if self._busy:
+            if self._drained is None:
+                self._drained = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+        if self._writer is not None:
+            self._writer.cancel()
+
+    def _too_slow(self) -> None:
+        log.warning("visitor socket too slow; closing it", extra={"channel": CHANNEL, "account": self.account})
+        self._closing = True
+        self._pending = None
+        if self._writer is not None:
+            self._writer.cancel()
+        self._stuck_close = asyncio.create_task(self.ws.close(code=1013, message=b"too slow, reconnect"))
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                item = self._pending.popleft()
                 if isinstance(item, Close):
+                    self._pending = None
                     await self.ws.close(code=item.code, message=item.reason.encode()[:120])
                     return
                 await self.ws.send_str(item)
-            except (ConnectionError, RuntimeError):
-                return  # the browser is gone; the reader side notices and cleans up
+        except (ConnectionError, RuntimeError):
+            self._pending = None  # the browser is gone; the reader side notices and cleans up
+        finally:
+            self._busy = False
+            self._writer = None
+            if self._pending is not None and not self._pending:
+                self._pending = None
+            if self._drained is not None:
+                if not self._drained.done():
+                    self._drained.set_result(None)
+                self._drained = None
 
     # -- replies ----------------------------------------------------------
 
     def push_reply(self, seq: int, data: str) -> bool:
         if self.replaying:
+            if self._held is None:
+                self._held = []
             self._held.append((seq, data))
             return False
         if seq <= self.last_seq:
@@ -127,28 +199,37 @@ class Socket:
     def finish_replay(self, replayed: list[tuple[int, str]]) -> None:
         """Send the replayed replies, then the held live ones not already sent; go live."""
         self.replaying = False
-        for seq, data in sorted(replayed + self._held, key=lambda item: item[0]):
+        held, self._held = self._held or [], None
+        for seq, data in sorted(replayed + held, key=lambda item: item[0]):
             self.push_reply(seq, data)
-        self._held.clear()
 
 
 class Hub:
     """The sockets of this replica, by visitor chat key."""
 
     def __init__(self) -> None:
-        self._by_chat: dict[str, set[Socket]] = defaultdict(set)
+        self._by_chat: dict[str, list[Socket]] = {}
+        self.count = 0
 
     def add(self, sock: Socket) -> None:
-        self._by_chat[sock.chat].add(sock)
+        group = self._by_chat.get(sock.chat)
+        if group is None:
+            self._by_chat[sock.chat] = [sock]
+        elif sock not in group:
+            group.append(sock)
+        else:
+            return
+        self.count += 1
         metrics.OPEN_SOCKETS.inc()
 
     def remove(self, sock: Socket) -> None:
         group = self._by_chat.get(sock.chat)
         if group is None or sock not in group:
             return
-        group.discard(sock)
+        group.remove(sock)
         if not group:
             del self._by_chat[sock.chat]
+        self.count -= 1
         metrics.OPEN_SOCKETS.dec()
 
     def sockets(self) -> list[Socket]:

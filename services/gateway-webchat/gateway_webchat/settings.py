@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from openlines import admission
 from openlines.settings import BaseSettings
 
 MIN_SECRET = 16
@@ -18,12 +19,24 @@ class Settings(BaseSettings, kw_only=True):
     publish_timeout: float = 5.0
     ws_heartbeat: float = 25.0  # WebSocket ping interval; finds dead sockets behind NAT/proxies
     send_queue: int = 512  # frames queued for one socket before it counts as stuck and is closed
+    # Admission (docs/channels/webchat.md, "Overload"): beyond these, 503 + Retry-After / an error frame with retry_after.
+    max_sockets: int = 10_000  # open visitor sockets per replica; more handshakes get 503
+    max_in_flight: int = admission.DEFAULT_MAX_IN_FLIGHT  # visitor messages being published at once per replica
+    max_waiting: int = admission.DEFAULT_MAX_WAITING  # more that may wait for a slot
+    admission_wait: float = admission.DEFAULT_WAIT  # seconds one may wait
+    retry_after: int = admission.DEFAULT_RETRY_AFTER  # seconds, the retry_after of a refusal
 
     def __post_init__(self) -> None:
         if len(self.webchat_secret) < MIN_SECRET:
             raise ValueError(f"OPENLINES_WEBCHAT_SECRET must be at least {MIN_SECRET} characters (an HMAC key)")
         if self.max_text < 1 or self.max_frame < 64:
             raise ValueError("OPENLINES_MAX_TEXT must be >= 1 and OPENLINES_MAX_FRAME >= 64")
+        if self.max_sockets < 1:
+            raise ValueError("OPENLINES_MAX_SOCKETS must be >= 1")
+        self.limits()  # raises with the variables named
+
+    def limits(self) -> admission.Limits:
+        return admission.Limits(self.max_in_flight, self.max_waiting, self.admission_wait, self.retry_after)
 
     def allowed_accounts(self) -> frozenset[str]:
         return frozenset(a.strip() for a in self.accounts.split(",") if a.strip())

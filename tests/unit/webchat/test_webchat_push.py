@@ -60,7 +60,7 @@ async def test_live_pushes_during_replay_are_held_then_sent_once_in_order() -> N
     assert await sent_seqs(ws, 6) == [4, 5, 6, 7, 8, 9]
     hub.remove(sock)
     sock.close(1000, "bye")
-    await sock.writer
+    await sock.drained(5)
 
 
 async def test_replies_at_or_below_since_are_never_sent() -> None:
@@ -72,7 +72,7 @@ async def test_replies_at_or_below_since_are_never_sent() -> None:
     sock.push_reply(11, reply(11))
     assert await sent_seqs(ws, 1) == [11]
     sock.close(1000, "bye")
-    await sock.writer
+    await sock.drained(5)
 
 
 async def test_pushes_go_only_to_that_visitors_sockets() -> None:
@@ -89,7 +89,7 @@ async def test_pushes_go_only_to_that_visitors_sockets() -> None:
     for s in (a1, a2, b):
         hub.remove(s)
         s.close(1000, "bye")
-        await s.writer
+        await s.drained(5)
     assert hub.sockets() == []
 
 
@@ -100,7 +100,7 @@ async def test_close_sends_queued_frames_first() -> None:
     sock.send("b")
     sock.close(1001, "going away")
     sock.send("after close is dropped")
-    await sock.writer
+    await sock.drained(5)
     assert ws.sent == ["a", "b"] and ws.closed == (1001, b"going away")
 
 
@@ -114,3 +114,50 @@ async def test_a_socket_that_cannot_keep_up_is_closed_instead_of_queueing_foreve
             ws.changed.clear()
             await ws.changed.wait()
     assert ws.closed[0] == 1013
+
+
+async def test_an_idle_socket_holds_no_writer_task_and_no_queue() -> None:
+    ws = RecordingWs()
+    sock = make(ws)
+    sock.finish_replay([(1, reply(1))])
+    await sock.drained(5)
+    assert ws.sent == [reply(1)]
+    before = {t for t in asyncio.all_tasks() if t.get_name().startswith("ws-")}
+    assert before == set()
+    assert sock._pending is None and sock._writer is None and sock._held is None  # what an idle socket keeps
+
+
+async def test_the_readers_own_answers_queue_behind_pending_pushes_in_order() -> None:
+    ws = RecordingWs()
+    sock = make(ws)
+    sock.finish_replay([])
+    sock.push_reply(1, reply(1))  # a writer task now owns the socket
+    sock.push_reply(2, reply(2))
+    await sock.write(json.dumps({"type": "ack", "seq": 3}))  # must not overtake 1 and 2
+    sock.push_reply(4, reply(4))
+    await sock.drained(5)
+    assert [json.loads(s)["seq"] for s in ws.sent] == [1, 2, 3, 4]
+
+
+async def test_an_inline_write_in_progress_keeps_pushes_behind_it() -> None:
+    class SlowWs(RecordingWs):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def send_str(self, data: str) -> None:
+            if not self.sent:
+                await self.gate.wait()  # the first frame is slow to go out
+            await super().send_str(data)
+
+    ws = SlowWs()
+    sock = make(ws)
+    sock.finish_replay([])
+    inline = asyncio.create_task(sock.write(json.dumps({"type": "ack", "seq": 1})))
+    await asyncio.sleep(0)  # the inline write is now waiting on the wire
+    sock.push_reply(2, reply(2))
+    sock.close(1000, "bye")
+    ws.gate.set()
+    await inline
+    await sock.drained(5)
+    assert [json.loads(s)["seq"] for s in ws.sent] == [1, 2] and ws.closed == (1000, b"bye")

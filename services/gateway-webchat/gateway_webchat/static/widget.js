@@ -266,7 +266,11 @@
       if (!state.open) { unread += 1; setBadge(); }
     } else if (f.type === "error") {
       var failed = f.id ? find("out", f.id) : null;
-      if (failed) {
+      if (failed && f.code === "unavailable" && f.retry_after > 0) {
+        // The server is busy and stored nothing: stay "sending" and send the
+        // same id again after retry_after seconds (+ jitter, so widgets spread out).
+        resendLater(failed, f.retry_after);
+      } else if (failed) {
         failed.status = "failed";
         failed.error = f.detail || f.code;
         failed.retryable = f.code === "unavailable";
@@ -297,6 +301,10 @@
     scrollDown();
     transmit(item);  // if offline it stays "sending" and goes out on reconnect
     return item.id;
+  }
+  function resendLater(item, seconds) {
+    var delay = Math.round(seconds * 1000 * (1 + Math.random() / 2));
+    setTimeout(function () { if (item.status === "sending") transmit(item); }, delay);
   }
   function retry(id) {
     var it = find("out", id);
