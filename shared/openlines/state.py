@@ -44,6 +44,7 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     close_reason: str = ""  # operator | auto_close | spam | transfer
     no_auto_reply: bool = False  # opened by a message that must get no automatic answer (robot, list, loop)
     rating: int = 0  # 1-5 from the client after the close, 0 = none
+    close_finished: bool = False  # everything a close entails is done (releases, goodbye, event)
 
     @property
     def is_open(self) -> bool:

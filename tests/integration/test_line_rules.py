@@ -6,6 +6,7 @@ drives it with client messages and operator commands.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -15,7 +16,9 @@ from support import apply_lines, events, history, inbound, outbound_for, publish
 
 from openlines import bus, subjects
 from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
+from openlines.envelopes import utcnow
 from openlines.state import ClientRecord, OperatorState, Session, client_key
+from router.timers import Timer, schedule
 
 OPS = """
 [operators.anna]
@@ -514,3 +517,39 @@ async def test_a_capacity_claim_left_by_a_crash_does_not_block_the_operator(nc: 
         s = await held_by(nc, "new")
         assert s.operator_id == "anna"
         assert (await operator(nc, "anna")).sessions == [s.id]
+
+
+async def test_a_close_cut_short_by_a_crash_is_finished_by_its_timer(nc: Any, nats_server: Any) -> None:
+    extra = '[lines.auto_replies]\nclosing = "Bye {client_name}"\n'
+    await apply_lines(nc, OPS + line("", extra, ops='"anna"'))
+    b = await bus.Buckets(nc.jetstream()).open()
+    async with running_router(nats_server.url, sweep_seconds=3600):
+        await online(nc, "anna")
+        await publish(nc, inbound("whole", "hi", "m1", name="Wanda"))
+        whole = await held_by(nc, "whole")
+        await call(nc, "close", _close("anna", whole.id))
+        done, _ = await bus.kv_get(b.sessions, whole.id, Session)
+        assert done is not None and done.status == "closed" and done.close_finished
+        await publish(nc, inbound("cut", "hi", "m1", name="Cora"))
+        s = await held_by(nc, "cut")
+    # A router killed right after the first write of a close leaves this behind:
+    # the close timer set, the session closed, everything else undone.
+    await schedule(nc.jetstream(), Timer(kind="close", target=s.id, due=time.time(), token="close"))
+    await bus.kv_update(
+        b.sessions,
+        s.id,
+        Session,
+        lambda cur: msgspec.structs.replace(cur, status="closed", closed_at=utcnow(), closed_by="anna", close_reason="operator"),
+    )
+    assert s.id in (await operator(nc, "anna")).sessions
+    async with running_router(nats_server.url, sweep_seconds=3600):
+
+        async def finished() -> Session | None:
+            cur, _ = await bus.kv_get(b.sessions, s.id, Session)
+            return cur if cur is not None and cur.close_finished else None
+
+        await wait_for(finished, timeout=15, what="the close finished by its timer")
+        assert await session_of(nc, "cut") is None  # the client no longer points at the closed chat
+        assert s.id not in (await operator(nc, "anna")).sessions
+        assert [e.reason for e in await events(nc, "session_closed") if e.session_id == s.id] == ["closed by anna"]
+        assert [o.text for o in await outbound_for(nc, "cut") if o.text.startswith("Bye")] == ["Bye Cora"]

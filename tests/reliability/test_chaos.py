@@ -132,7 +132,7 @@ async def test_kill_9_everything_nothing_lost_nothing_doubled(tmp_path: Path) ->
     base = {
         **os.environ,
         "OPENLINES_NATS_URL": nats.url,
-        "OPENLINES_LOG_LEVEL": "warning",
+        "OPENLINES_LOG_LEVEL": os.environ.get("OPENLINES_CHAOS_LOG_LEVEL", "warning"),
         "OPENLINES_PARTITION_LEASE_SECONDS": "3",
     }
     web_port = free_port()

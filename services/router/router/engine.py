@@ -47,6 +47,7 @@ log = logging.getLogger("router.engine")
 
 CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
 RATING_WINDOW = 24 * 3600.0  # seconds a rating request stays open after the close
+CLOSE_FINISH_AFTER = 10.0  # seconds after which the "close" timer completes a close cut short
 
 
 class Refused(Exception):
@@ -634,6 +635,11 @@ class Engine:
                 and str(session.last_message_at.timestamp()) == timer.token
             ):
                 await self._close(session, closed_by="auto", reason="auto_close")
+        elif timer.kind == "close":
+            session, _ = await kv_get(self.b.sessions, timer.target, Session)
+            if session is not None and session.status == "closed" and not session.close_finished:
+                log.warning("finishing a close that was cut short", extra={"session": session.id})
+                await self._finish_close(session)
         elif timer.kind == "opening":
             line = self.lines.lines.get(timer.target)
             if line is not None:
@@ -972,15 +978,23 @@ class Engine:
             return msgspec.structs.replace(c, spam=True) if c is not None and not c.spam else None
 
         await kv_update(self.b.clients, client_key(session.channel, session.account, session.chat_key), ClientRecord, flag)
-        return await self._close(session, closed_by=operator_id, reason="spam", auto_reply=False)
+        return await self._close(session, closed_by=operator_id, reason="spam")
 
     async def close(self, operator_id: str, session_id: str) -> Session:
         await self._account(operator_id)
         session = await self._own_session(operator_id, session_id)
         return await self._close(session, closed_by=operator_id, reason="operator")
 
-    async def _close(self, session: Session, *, closed_by: str, reason: str, auto_reply: bool = True) -> Session:
+    async def _close(self, session: Session, *, closed_by: str, reason: str) -> Session:
+        """Close the chat, then do what a close entails (see ``_finish_close``).
+
+        A close is many writes. The "close" timer is set before the first one,
+        so if this process dies (or NATS goes away) half way, the timer finishes
+        the close: nothing is left with a client still pointing at a closed chat,
+        an operator still holding it, or the CRM never told.
+        """
         now = utcnow()
+        await schedule(self.js, Timer(kind="close", target=session.id, due=time.time() + CLOSE_FINISH_AFTER, token="close"))
 
         def shut(s: Session | None) -> Session | None:
             if s is None or not s.is_open:
@@ -988,24 +1002,37 @@ class Engine:
             return msgspec.structs.replace(s, status="closed", closed_at=now, closed_by=closed_by, close_reason=reason)
 
         closed = await kv_update(self.b.sessions, session.id, Session, shut)
-        assert closed is not None
-        await self._release(closed.operator_id or session.operator_id, session.id)
-        for op in session.offered_to:
-            await self._withdraw(op, session.id)
+        if closed is None or closed.close_finished:
+            return closed or session
+        return await self._finish_close(closed)
+
+    async def _finish_close(self, closed: Session) -> Session:
+        """Everything that follows a close; each step is idempotent, so a retry completes a close cut short."""
+        now = closed.closed_at or utcnow()
+        await self._release(closed.operator_id, closed.id)
+        for op in closed.offered_to:
+            await self._withdraw(op, closed.id)
         await self._forget_open(closed)
         await self._dequeue(closed.line_id, closed.id)
         line = self.lines.lines.get(closed.line_id)
-        if line is not None and auto_reply:
-            await self._auto(closed, f"closing:{session.id}", autoreply.closing(line, closed.client_name), now)
+        if line is not None and closed.close_reason != "spam":  # a spammer gets no goodbye
+            await self._auto(closed, f"closing:{closed.id}", autoreply.closing(line, closed.client_name), now)
             if line.session.rating and not closed.no_auto_reply:
-                await self._auto(closed, f"rating:{session.id}", autoreply.rating_request(line, closed.client_name), now)
+                await self._auto(closed, f"rating:{closed.id}", autoreply.rating_request(line, closed.client_name), now)
                 await self._await_rating(closed)
-        what = {"operator": f"closed by {closed_by}", "auto_close": "closed after no activity", "spam": "marked as spam"}
-        await self.fx.event(f"closed:{session.id}", "session_closed", closed, reason=what.get(reason, reason))
-        await self._note(closed, f"closed:{session.id}", what.get(reason, reason).capitalize())
+        what = {"operator": f"closed by {closed.closed_by}", "auto_close": "closed after no activity", "spam": "marked as spam"}
+        reason = closed.close_reason
+        await self.fx.event(f"closed:{closed.id}", "session_closed", closed, reason=what.get(reason, reason))
+        await self._note(closed, f"closed:{closed.id}", what.get(reason, reason).capitalize())
+        finished = await kv_update(
+            self.b.sessions,
+            closed.id,
+            Session,
+            lambda s: msgspec.structs.replace(s, close_finished=True) if s is not None and not s.close_finished else None,
+        )
         if line is not None:
             await self.drain(line)
-        return closed
+        return finished or closed
 
     async def _await_rating(self, session: Session) -> None:
         """The client's next message, if it is a mark 1-5 within a day, rates this session."""
