@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from desk import admin
 from desk.http import DESK, Desk, add_routes, api_errors, security_headers
 from desk.live import Hub
 from desk.reads import Reader
@@ -29,4 +30,5 @@ async def setup(svc: Service[Settings]) -> None:
     svc.app.middlewares.append(api_errors)
     svc.app.on_response_prepare.append(security_headers)
     add_routes(svc.app)
+    await admin.setup(svc)  # admin pages, /api/v1 and /stats
     svc.app.router.add_static("/static", STATIC, append_version=False)

@@ -1,0 +1,281 @@
+"""The admin and statistics pages. Plain templates: every value from outside goes through ``escape``."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from desk.auth import CSRF_FIELD
+from openlines.doctor import Finding
+from openlines.lines import PERMISSION_OPENLINES, ROLES
+
+ROLE_TEXT = {
+    "admin": "Configures lines, operators and roles (these pages and the API); may open the supervisor view and statistics.",
+    "supervisor": "Watches every line live, intercepts chats, reads statistics; answers chats like an operator.",
+    "operator": "Answers the chats of the lines whose queue lists them.",
+}
+
+
+def _shell(title: str, name: str, csrf: str, current: str, main: str, *, admin: bool) -> str:
+    links = [("/", "Chats", "nav-chats"), ("/supervisor", "Supervisor", "nav-supervisor"), ("/stats", "Statistics", "nav-stats")]
+    if admin:
+        links += [
+            ("/admin/lines", "Lines", "nav-admin-lines"),
+            ("/admin/operators", "Operators", "nav-admin-operators"),
+            ("/admin/roles", "Roles", "nav-admin-roles"),
+        ]
+    here = ' aria-current="page"'
+    nav = "".join(
+        f'<a href="{href}" data-testid="{tid}"{here if href == current else ""}>{label}</a>' for href, label, tid in links
+    )
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)} · openlines desk</title>
+<link rel="stylesheet" href="/static/desk.css">
+<link rel="stylesheet" href="/static/admin.css">
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
+</head>
+<body class="subpage admin">
+<header class="topbar">
+  <div class="brand">openlines <span>desk</span></div>
+  <nav class="nav" aria-label="Pages">{nav}</nav>
+  <div class="spacer"></div>
+  <span class="me" data-testid="operator-name">{escape(name)}</span>
+  <form method="post" action="/logout" class="logout">
+    <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+    <button type="submit" data-testid="logout">Sign out</button>
+  </form>
+</header>
+<main class="page">
+{main}
+</main>
+</body>
+</html>
+"""
+
+
+def _notice(kind: str, text: str, testid: str) -> str:
+    return f'<p class="notice {kind}" role="{"alert" if kind == "error" else "status"}" data-testid="{testid}">{escape(text)}</p>'
+
+
+def _errors(errors: list[str]) -> str:
+    if not errors:
+        return ""
+    items = "".join(f'<li data-testid="config-error">{escape(e)}</li>' for e in errors)
+    return (
+        f'<div class="notice error" role="alert"><strong>Not saved: the configuration is invalid.</strong><ul>{items}</ul></div>'
+    )
+
+
+def findings_html(findings: list[Finding], *, title: str = "Doctor") -> str:
+    if not findings:
+        none = '<p class="muted">No findings.</p>'
+        return f'<section class="findings" data-testid="findings"><h2>{escape(title)}</h2>{none}</section>'
+    rows = "".join(
+        f'<li class="finding {escape(f.severity)}" data-testid="finding" data-code="{escape(f.code)}">'
+        f'<span class="sev">{escape(f.severity)}</span> <code>{escape(f.key)}</code> '
+        f'<span class="problem">{escape(f.problem)}</span><br><span class="fix">Fix: {escape(f.fix)}</span></li>'
+        for f in findings
+    )
+    return f'<section class="findings" data-testid="findings"><h2>{escape(title)}</h2><ul>{rows}</ul></section>'
+
+
+def lines_page(
+    name: str,
+    csrf: str,
+    *,
+    text: str,
+    version: str,
+    findings: list[Finding],
+    errors: list[str] | None = None,
+    message: str = "",
+    conflict: str = "",
+    confirm: str = "",
+) -> str:
+    notices = ""
+    if message:
+        notices += _notice("ok", message, "admin-message")
+    if conflict:
+        notices += _notice("error", conflict, "admin-conflict")
+    notices += _errors(errors or [])
+    confirm_html = ""
+    if confirm:
+        confirm_html = (
+            f'<input type="hidden" name="confirm" value="{escape(confirm)}">'
+            '<p class="notice warn" data-testid="confirm-note">The doctor has findings for this configuration (below). '
+            "Save anyway, or change it and check again.</p>"
+        )
+    save_label = "Save anyway" if confirm else "Save"
+    main = f"""<h1>Lines</h1>
+<p class="muted">The whole line configuration as TOML (every key: docs/lines.md). Operators are edited on the
+<a href="/admin/operators">Operators</a> page.
+Saving validates it, runs the doctor and makes it live: the router reloads at once.</p>
+{notices}
+<form method="post" action="/admin/lines" class="editor" data-testid="lines-form">
+  <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+  <input type="hidden" name="version" value="{escape(version)}" data-testid="config-version">
+  <textarea name="toml" rows="30" spellcheck="false" data-testid="lines-toml" aria-label="Lines TOML">{escape(text)}</textarea>
+  {confirm_html}
+  <div class="actions">
+    <button type="submit" name="action" value="check" data-testid="lines-check">Check</button>
+    <button type="submit" name="action" value="save" class="primary" data-testid="lines-save">{save_label}</button>
+  </div>
+</form>
+{findings_html(findings)}"""
+    return _shell("Lines", name, csrf, "/admin/lines", main, admin=True)
+
+
+def _reasons(op: dict[str, Any]) -> str:
+    if not op["takes_chats"]:
+        return '<span class="muted" data-testid="operator-no-chats-expected">takes no chats (not an operator)</span>'
+    if not op["no_chats"]:
+        return '<span class="ok" data-testid="operator-sees-chats">sees the chats of its lines</span>'
+    items = "".join(f"<li>{escape(r)}</li>" for r in op["no_chats"])
+    return f'<div class="why" data-testid="operator-why"><strong>Sees no chats:</strong><ul>{items}</ul></div>'
+
+
+NO_PASSWORD = '<span class="warn">no</span>'
+
+
+def operators_page(
+    name: str,
+    csrf: str,
+    *,
+    operators: list[dict[str, Any]],
+    version: str,
+    message: str = "",
+    form_errors: list[str] | None = None,
+) -> str:
+    rows = "".join(
+        f'<tr data-testid="operator-row" data-operator="{escape(op["id"])}">'
+        f'<td><a href="/admin/operators/{escape(op["id"])}" data-testid="operator-edit">{escape(op["id"])}</a></td>'
+        f"<td>{escape(op['name'])}</td><td>{escape(', '.join(op['lines'])) or '—'}</td>"
+        f"<td>{escape(', '.join(op['roles'])) or '—'}</td><td>{escape(', '.join(op['permissions'])) or '—'}</td>"
+        f"<td>{'yes' if op['has_password'] else NO_PASSWORD}</td><td>{_reasons(op)}</td></tr>"
+        for op in operators
+    )
+    notice = _notice("ok", message, "admin-message") if message else ""
+    main = f"""<h1>Operators</h1>
+{notice}
+<table class="grid" data-testid="operators-table">
+<thead><tr><th>Login</th><th>Name</th><th>Lines (queues)</th><th>Roles</th><th>Permissions</th><th>Password</th>
+<th>Chats</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<h2>New operator</h2>
+{operator_form(csrf, None, version=version, errors=form_errors)}"""
+    return _shell("Operators", name, csrf, "/admin/operators", main, admin=True)
+
+
+def operator_form(csrf: str, op: dict[str, Any] | None, *, version: str, errors: list[str] | None = None) -> str:
+    new = op is None
+    roles = set(op["roles"]) if op else {"operator"}
+    perms = set(op["permissions"]) if op else {PERMISSION_OPENLINES}
+    action = "/admin/operators" if op is None else f"/admin/operators/{escape(op['id'])}"
+    login = (
+        '<label for="op-id">Login</label><input id="op-id" name="id" required pattern="[A-Za-z0-9_-]{1,64}" data-testid="op-id">'
+        if new
+        else ""
+    )
+    role_boxes = "".join(
+        f'<label class="check"><input type="checkbox" name="roles" value="{r}" data-testid="op-role-{r}"'
+        f"{' checked' if r in roles else ''}> {r}</label>"
+        for r in ROLES
+    )
+    perm_box = (
+        f'<label class="check"><input type="checkbox" name="permissions" value="{PERMISSION_OPENLINES}" '
+        f'data-testid="op-perm-openlines"{" checked" if PERMISSION_OPENLINES in perms else ""}> {PERMISSION_OPENLINES} '
+        "(open lines: may be offered chats)</label>"
+    )
+    pw_label = "Password" if new else "New password (leave empty to keep the current one)"
+    return f"""{_errors(errors or [])}<form method="post" action="{action}" class="op-form" data-testid="operator-form">
+  <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+  <input type="hidden" name="version" value="{escape(version)}">
+  {login}
+  <label for="op-name">Name</label>
+  <input id="op-name" name="name" required value="{escape(op["name"]) if op else ""}" data-testid="op-name">
+  <fieldset><legend>Roles</legend>{role_boxes}</fieldset>
+  <fieldset><legend>Permissions</legend>{perm_box}</fieldset>
+  <label for="op-password">{pw_label}</label>
+  <input id="op-password" name="password" type="password" autocomplete="new-password" data-testid="op-password">
+  <div class="actions"><button type="submit" class="primary" data-testid="op-save">Save</button></div>
+</form>"""
+
+
+def operator_page(name: str, csrf: str, *, op: dict[str, Any], version: str, errors: list[str] | None = None) -> str:
+    notice = ""
+    main = f"""<h1>Operator {escape(op["id"])}</h1>
+{notice}
+<p>Lines (queues): {escape(", ".join(op["lines"])) or "none"} — change them on the <a href="/admin/lines">Lines</a> page
+(queue.operators).</p>
+<p data-testid="operator-chats">{_reasons(op)}</p>
+{operator_form(csrf, op, version=version, errors=errors)}
+<form method="post" action="/admin/operators/{escape(op["id"])}/delete" class="danger-zone">
+  <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+  <input type="hidden" name="version" value="{escape(version)}">
+  <button type="submit" class="danger-outline" data-testid="op-delete">Remove this operator</button>
+</form>"""
+    return _shell(f"Operator {op['id']}", name, csrf, "/admin/operators", main, admin=True)
+
+
+def roles_page(name: str, csrf: str, *, holders: dict[str, list[str]]) -> str:
+    rows = "".join(
+        f'<tr data-testid="role-row" data-role="{r}"><td><strong>{r}</strong></td><td>{escape(ROLE_TEXT[r])}</td>'
+        f"<td>{escape(', '.join(holders.get(r, []))) or '—'}</td></tr>"
+        for r in ROLES
+    )
+    main = f"""<h1>Roles</h1>
+<p class="muted">Roles are given on each <a href="/admin/operators">operator's page</a>. Answering chats also needs the
+<code>{PERMISSION_OPENLINES}</code> permission and a place in a line's queue. API tokens act as one role
+(<code>openlines desk token create</code>, see docs/admin.md).</p>
+<table class="grid" data-testid="roles-table"><thead><tr><th>Role</th><th>May</th><th>Held by</th></tr></thead>
+<tbody>{rows}</tbody></table>"""
+    return _shell("Roles", name, csrf, "/admin/roles", main, admin=True)
+
+
+def _num(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
+def stats_page(
+    name: str, csrf: str, *, admin: bool, start: str, end: str, rows: list[dict[str, Any]], names: dict[str, str], complete: bool
+) -> str:
+    body = "".join(
+        f'<tr data-testid="stats-row" data-line="{escape(r["line_id"])}">'
+        f"<td>{escape(names.get(r['line_id'], r['line_id']))}</td>"
+        f'<td data-testid="stat-sessions">{r["sessions"]}</td><td data-testid="stat-answered">{r["answered"]}</td>'
+        f'<td data-testid="stat-missed">{r["missed"]}</td><td>{r["open_unanswered"]}</td>'
+        f'<td data-testid="stat-frt-avg">{_num(r["first_response_avg_seconds"], " s")}</td>'
+        f'<td data-testid="stat-frt-p50">{_num(r["first_response_p50_seconds"], " s")}</td>'
+        f'<td data-testid="stat-rating">{_num(r["rating_avg"])}</td><td>{r["rated"]}</td></tr>'
+        for r in rows
+    )
+    partial = (
+        ""
+        if complete
+        else _notice("warn", "Too many events in this range: the figures cover its beginning only.", "stats-partial")
+    )
+    main = f"""<h1>Statistics</h1>
+<form method="get" action="/stats" class="range" data-testid="stats-form">
+  <label>From <input type="date" name="from" value="{escape(start)}" data-testid="stats-from"></label>
+  <label>To (including) <input type="date" name="to" value="{escape(end)}" data-testid="stats-to"></label>
+  <button type="submit" data-testid="stats-show">Show</button>
+</form>
+{partial}
+<table class="grid" data-testid="stats-table">
+<thead><tr><th>Line</th><th>Sessions</th><th>Answered</th><th>Missed</th><th>Open, unanswered</th>
+<th>First response (avg)</th><th>First response (median)</th><th>Rating (avg)</th><th>Rated</th></tr></thead>
+<tbody>{body}</tbody></table>
+<p class="muted">Sessions opened in the range, on the line they were opened on. First response: from the client's first
+message to the operator's acceptance or first reply. Missed: closed (by anyone, or after no activity) before any operator
+answered; spam is not counted. Rating: the client's mark, 1-5. Events are kept 30 days. Definitions: docs/admin.md.</p>"""
+    return _shell("Statistics", name, csrf, "/stats", main, admin=admin)
+
+
+def denied(name: str, reason: str) -> str:
+    main = f'<h1>No access</h1><p class="notice error" role="alert" data-testid="denied-reason">{escape(reason)}</p>'
+    return _shell("No access", name, "", "", main, admin=False)

@@ -1,0 +1,105 @@
+"""API tokens for scripts: ``Authorization: Bearer olt_<id>_<secret>`` on /api/v1.
+
+A token is created with ``openlines desk token create`` and shown once; the
+desk keeps only the SHA-256 of its secret in the ``ol-desk-tokens`` bucket,
+keyed by its public id, with the role it acts as. The secret is 32 random
+bytes, so a fast hash is enough (argon2's slowness protects guessable human
+passwords, and would cost every API call tens of milliseconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import datetime
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from openlines import subjects
+from openlines.bus import kv_entries, kv_get
+from openlines.envelopes import utcnow
+
+TOKEN_ROLES = ("admin", "supervisor")
+PREFIX = "olt_"
+_TOKEN = re.compile(r"^olt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_NAME = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
+
+
+class ApiToken(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    name: str  # what it is for, e.g. "nightly report"
+    role: str  # one of TOKEN_ROLES
+    secret_sha256: str
+    created_at: datetime
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token(name: str, role: str) -> tuple[str, ApiToken]:
+    """A fresh token: the string to hand out (once) and the record to store."""
+    if role not in TOKEN_ROLES:
+        raise ValueError(f"role must be one of {', '.join(TOKEN_ROLES)}")
+    if not _NAME.match(name):
+        raise ValueError("name must be 1-64 characters of letters, digits, space . _ -")
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    record = ApiToken(id=token_id, name=name, role=role, secret_sha256=_digest(secret), created_at=utcnow())
+    return f"{PREFIX}{token_id}_{secret}", record
+
+
+def split(token: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed token string, else None."""
+    m = _TOKEN.match(token)
+    return (m.group(1), m.group(2)) if m else None
+
+
+async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The tokens bucket; created on first use (the desk owns it)."""
+    try:
+        return await js.key_value(subjects.KV_DESK_TOKENS)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(
+            bucket=subjects.KV_DESK_TOKENS, history=1, replicas=replicas, storage=js_api.StorageType.FILE
+        )
+
+
+class TokenStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def add(self, record: ApiToken) -> None:
+        await self.kv.create(record.id, msgspec.json.encode(record))
+
+    async def all(self) -> list[ApiToken]:
+        out = []
+        for _key, (_rev, data) in (await kv_entries(self.kv._js, self.kv._name)).items():
+            try:
+                out.append(msgspec.json.decode(data, type=ApiToken))
+            except msgspec.DecodeError:
+                continue
+        return sorted(out, key=lambda t: t.created_at)
+
+    async def revoke(self, token_id: str) -> bool:
+        record, _ = await kv_get(self.kv, token_id, ApiToken) if re.fullmatch(r"[0-9a-f]{12}", token_id) else (None, None)
+        if record is None:
+            return False
+        await self.kv.delete(token_id)
+        return True
+
+    async def verify(self, token: str) -> ApiToken | None:
+        """The token's record when the string is a live token, else None."""
+        parts = split(token)
+        if parts is None:
+            return None
+        record, _ = await kv_get(self.kv, parts[0], ApiToken)
+        if record is None or not hmac.compare_digest(record.secret_sha256, _digest(parts[1])):
+            return None
+        return record
