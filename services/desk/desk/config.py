@@ -66,7 +66,12 @@ def valid_version(value: str | None) -> bool:
 
 def lines_toml(lines: list[LineConfig]) -> str:
     """The lines as the TOML editor shows them (defaults left out, like a hand-written file)."""
-    return tomli_w.dumps({"lines": [msgspec.to_builtins(line) for line in lines]})
+    return tomli_w.dumps({"lines": [_pruned(msgspec.to_builtins(line)) for line in lines]})
+
+
+def _pruned(table: dict[str, Any]) -> dict[str, Any]:
+    """Without the sub-tables left at all their defaults (they would show as empty headers)."""
+    return {k: v for k, v in table.items() if v != {}}
 
 
 def parse_lines_toml(text: str) -> list[LineConfig]:
