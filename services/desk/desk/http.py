@@ -378,6 +378,7 @@ async def workspace(request: web.Request) -> web.StreamResponse:
             user.account.name,
             desk.signer.csrf_token(user.session.nonce),
             supervisor=supervisor_problem(user.account.roles) is None,
+            max_upload=desk.settings.max_upload_bytes,
         )
     )
 
@@ -796,7 +797,7 @@ async def api_directory(request: web.Request) -> web.StreamResponse:
         {
             "lines": [
                 {"id": line.id, "name": line.name, "wait_seconds": line.queue.wait_seconds, "quick_answers": line.quick_answers}
-                for line in lines
+                for line in sorted(lines, key=lambda x: (x.name.lower(), x.id))
             ],
             "operators": operators,
         }

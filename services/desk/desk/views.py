@@ -60,8 +60,11 @@ def denied_page(name: str, reason: str, what: str = "the workspace") -> str:
     )
 
 
-def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool = False) -> str:
-    extra = f'<meta name="csrf-token" content="{escape(csrf)}">\n<script src="/static/desk.js" defer></script>\n'
+def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool = False, max_upload: int = 0) -> str:
+    extra = (
+        f'<meta name="csrf-token" content="{escape(csrf)}">\n<meta name="max-upload" content="{max_upload}">\n'
+        '<script src="/static/desk.js" defer></script>\n'
+    )
     # New tabs: leaving this page would close its WebSocket, and the router counts that as leaving the desk.
     supervisor_link = '<a href="/supervisor" target="_blank" data-testid="nav-supervisor">Supervisor</a>' if supervisor else ""
     return (
@@ -103,11 +106,27 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
           <div class="chat-meta" id="chat-meta" data-testid="chat-meta"></div>
         </div>
         <div class="chat-actions">
+          <span class="offer-countdown" id="offer-countdown" data-testid="offer-countdown" hidden></span>
           <button type="button" class="primary" id="accept" data-testid="accept" hidden>Accept</button>
+          <button type="button" id="skip" data-testid="skip" hidden title="Let the chat pass to the next operator">Skip</button>
+          <button type="button" id="transfer" data-testid="transfer"
+            title="Give the chat to another operator or line">Transfer…</button>
+          <button type="button" id="pin" data-testid="pin" aria-pressed="false"
+            title="A pinned chat stays yours when you go away">Pin</button>
+          <button type="button" class="danger-outline" id="spam" data-testid="spam"
+            title="Close the chat and ignore this client's further messages">Spam</button>
+          <button type="button" class="danger" id="spam-confirm" data-testid="spam-confirm" hidden>Confirm spam</button>
           <button type="button" class="danger-outline" id="close" data-testid="close">Close chat</button>
           <button type="button" class="danger" id="close-confirm" data-testid="close-confirm" hidden>Confirm close</button>
         </div>
       </div>
+      <form class="transfer-panel" id="transfer-panel" data-testid="transfer-panel" hidden>
+        <label for="transfer-target">Transfer to</label>
+        <select id="transfer-target" data-testid="transfer-target" required></select>
+        <button type="submit" class="primary" id="transfer-go" data-testid="transfer-go">Transfer</button>
+        <button type="button" id="transfer-cancel" data-testid="transfer-cancel">Cancel</button>
+        <span class="muted small">An operator must be online and accept it; a line puts it in that line's queue.</span>
+      </form>
       <div class="chat-body">
       <ol class="transcript" id="transcript" data-testid="transcript" aria-live="polite"></ol>
       <aside class="client-card" id="client-card" data-testid="client-card" aria-label="Client">
@@ -125,9 +144,19 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
       </aside>
       </div>
       <form class="composer" id="composer">
-        <textarea id="reply" data-testid="reply-input" rows="3" maxlength="4000"
-          placeholder="Write a reply — Enter sends, Shift+Enter for a new line"></textarea>
-        <button type="submit" class="primary" id="send" data-testid="reply-send">Send</button>
+        <div class="composer-tools">
+          <select id="quick-answers" data-testid="quick-answers" aria-label="Quick answers" hidden>
+            <option value="">Quick answers…</option>
+          </select>
+          <label class="button" for="attach-input" id="attach-label" data-testid="attach">Attach file</label>
+          <input type="file" id="attach-input" data-testid="attach-input" multiple hidden>
+          <ul class="attachments" id="attachments" data-testid="attachments"></ul>
+        </div>
+        <div class="composer-main">
+          <textarea id="reply" data-testid="reply-input" rows="3" maxlength="4000"
+            placeholder="Write a reply — Enter sends, Shift+Enter for a new line"></textarea>
+          <button type="submit" class="primary" id="send" data-testid="reply-send">Send</button>
+        </div>
       </form>
     </div>
   </section>
@@ -281,6 +310,13 @@ def supervisor_page(name: str, csrf: str) -> str:
     main = """<h1>Supervisor <span class="conn" id="conn" data-testid="connection" data-state="connecting">loading…</span></h1>
 <p class="muted">Refreshes every 3 seconds. <span id="updated" data-testid="updated"></span></p>
 <div class="error-bar" id="error" data-testid="error" role="alert" hidden></div>
+<section class="sup-watch" id="watch" data-testid="sup-watch" hidden aria-live="polite">
+  <h2><span id="watch-title" data-testid="sup-watch-title"></span>
+    <button type="button" id="watch-intercept" data-testid="sup-watch-intercept">Intercept</button>
+    <button type="button" id="watch-close" data-testid="sup-watch-close">Stop reading</button></h2>
+  <p class="muted small">Read only: the client and the operator do not see that you read along.</p>
+  <ol class="transcript static" id="watch-transcript" data-testid="sup-watch-transcript"></ol>
+</section>
 <div id="lines" data-testid="supervisor-lines"></div>"""
     return _page("Supervisor", "subpage", top, main, extra)
 
@@ -301,7 +337,7 @@ def transcript_page(name: str, csrf: str, *, supervisor: bool, session: dict[str
             f'<li class="entry {escape(direction)}" data-testid="transcript-entry" data-direction="{escape(direction)}">'
             f'<div class="entry-head"><span class="who">{escape(str(who))}</span>'
             f'<time class="at">{_when(e.get("at"))}</time></div>'
-            f'<div class="text">{escape(str(e.get("text", "")))}</div></li>'
+            f'<div class="text">{escape(str(e.get("text", "")))}</div>{_attachment_links(e)}</li>'
         )
     meta = (
         f"{escape(str(session.get('channel', '')))} · {escape(str(session.get('line_name', '')))} · "
@@ -312,3 +348,15 @@ def transcript_page(name: str, csrf: str, *, supervisor: bool, session: dict[str
 <p class="muted" data-testid="transcript-meta">{meta}</p>
 <ol class="transcript static" data-testid="transcript">{"".join(items) or '<li class="muted">No messages.</li>'}</ol>"""
     return _page("Conversation", "subpage", top, main)
+
+
+def _attachment_links(entry: dict[str, Any]) -> str:
+    links = []
+    for a in entry.get("attachments") or []:
+        label = escape(str(a.get("name") or a.get("kind") or "file"))
+        url = str(a.get("url") or "")
+        if url.startswith(("http://", "https://", "/")):
+            links.append(f'<a class="attachment" href="{escape(url)}" target="_blank" rel="noopener">{label}</a>')
+        else:
+            links.append(f'<span class="attachment">{label}</span>')
+    return f'<div class="attachments">{"".join(links)}</div>' if links else ""

@@ -7,11 +7,17 @@
   "use strict";
 
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const maxUpload = Number((document.querySelector('meta[name="max-upload"]') || {}).content || 0);
+  const me = document.body.dataset.operatorId;
   const $ = (id) => document.getElementById(id);
   const el = {
     list: $("chat-list"), listEmpty: $("list-empty"), count: $("chat-count"),
     placeholder: $("placeholder"), main: $("chat-main"), title: $("chat-title"), meta: $("chat-meta"),
     accept: $("accept"), close: $("close"), closeConfirm: $("close-confirm"),
+    skip: $("skip"), countdown: $("offer-countdown"), pin: $("pin"), spam: $("spam"), spamConfirm: $("spam-confirm"),
+    transfer: $("transfer"), transferPanel: $("transfer-panel"), transferTarget: $("transfer-target"),
+    transferCancel: $("transfer-cancel"), transferGo: $("transfer-go"),
+    quick: $("quick-answers"), attachLabel: $("attach-label"), attachInput: $("attach-input"), files: $("attachments"),
     transcript: $("transcript"), composer: $("composer"), reply: $("reply"), send: $("send"),
     conn: $("conn"), toast: $("toast"), error: $("error"),
     cardName: $("card-name"), cardChannel: $("card-channel"), cardPhone: $("card-phone"), cardEmail: $("card-email"),
@@ -31,7 +37,9 @@
     newChats: new Set(),
     seen: loadSeen(), // session id -> messages_in the operator has seen
     snapshots: 0,
-    pendingReply: null, // {text, id}: a retried send reuses the id, so the router dedups it
+    pendingReply: null, // {key, session, id}: a retried send reuses the id, so the router dedups it
+    directory: { lines: new Map(), operators: [] }, // from /api/directory: lines (quick answers), operators
+    files: [], // attachments of the reply being written: {local, session, name, id (once uploaded)}
   };
 
   // -- helpers ---------------------------------------------------------------
@@ -74,6 +82,12 @@
     return n;
   }
   function clientName(chat) { return chat.client_name || "Client"; }
+  // Seconds left to answer an offer before the line's no-answer timeout (wait_seconds) passes it on.
+  function offerLeft(chat) {
+    if (chat.status !== "assigned" || !chat.assigned_at || !chat.wait_seconds) return null;
+    const left = Math.ceil((Date.parse(chat.assigned_at) + chat.wait_seconds * 1000 - Date.now()) / 1000);
+    return Math.max(0, Math.min(chat.wait_seconds, left));
+  }
   function unread(chat) {
     if (chat.id === state.selected && document.visibilityState === "visible") return 0;
     return Math.max(0, (chat.messages_in || 0) - (state.seen[chat.id] || 0));
@@ -93,10 +107,67 @@
     showError.timer = setTimeout(() => { el.error.hidden = true; }, 8000);
   }
 
+  // -- new-offer notification: a short beep (Web Audio) and a flashing title --
+  // The audio context can only start after a user gesture (browsers' autoplay
+  // rule); any click or key press on the page (e.g. "Online") unlocks it.
+  const sound = { ctx: null };
+  function unlockSound() {
+    const AC = window.AudioContext || window.webkitAudioContext;
+    if (!AC) return;
+    try {
+      if (!sound.ctx) sound.ctx = new AC();
+      if (sound.ctx.state === "suspended") sound.ctx.resume().catch(() => {});
+    } catch { sound.ctx = null; }
+  }
+  document.addEventListener("pointerdown", unlockSound);
+  document.addEventListener("keydown", unlockSound);
+
+  function beep() {
+    if (!sound.ctx) unlockSound();
+    const ctx = sound.ctx;
+    if (!ctx) return;
+    const t = ctx.currentTime;
+    for (const [freq, start] of [[880, 0], [660, 0.18]]) {
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.type = "sine";
+      osc.frequency.value = freq;
+      gain.gain.setValueAtTime(0.0001, t + start);
+      gain.gain.exponentialRampToValueAtTime(0.25, t + start + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, t + start + 0.16);
+      osc.connect(gain).connect(ctx.destination);
+      osc.start(t + start);
+      osc.stop(t + start + 0.17);
+    }
+    // What the page did, for anyone checking it (the browser tests read these).
+    document.body.dataset.beeps = String(Number(document.body.dataset.beeps || 0) + 1);
+    document.body.dataset.soundState = ctx.state;
+  }
+
+  const flash = { timer: null, on: false, text: "" };
+  function flashTitle(chat) {
+    flash.text = `● New chat: ${clientName(chat)}`;
+    if (flash.timer) return;
+    flash.timer = setInterval(() => {
+      flash.on = !flash.on;
+      document.title = flash.on ? flash.text : state.title || BASE_TITLE;
+    }, 1000);
+  }
+  function stopFlash() {
+    clearInterval(flash.timer);
+    flash.timer = null;
+    flash.on = false;
+  }
+
   function toast(chat) {
     el.toast.textContent = `New chat: ${clientName(chat)} (${chat.channel}, ${chat.line_name || chat.line_id})`;
     el.toast.dataset.sessionId = chat.id;
     el.toast.hidden = false;
+    el.toast.classList.remove("flash");
+    void el.toast.offsetWidth; // restart the animation
+    el.toast.classList.add("flash");
+    beep();
+    flashTitle(chat);
     clearTimeout(toast.timer);
     toast.timer = setTimeout(() => { el.toast.hidden = true; }, 8000);
     if (window.Notification && Notification.permission === "granted" && document.visibilityState !== "visible") {
@@ -106,7 +177,9 @@
 
   async function api(method, path, body) {
     const opts = { method, credentials: "same-origin", headers: { "X-CSRF-Token": csrf } };
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      opts.body = body;
+    } else if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
     }
@@ -132,7 +205,10 @@
   function renderTitle() {
     let n = state.newChats.size;
     for (const chat of state.chats.values()) if (!state.newChats.has(chat.id)) n += unread(chat) > 0 ? 1 : 0;
-    document.title = state.newChats.size ? `(${n}) New chat · ${BASE_TITLE}` : n ? `(${n}) ${BASE_TITLE}` : BASE_TITLE;
+    state.title = state.newChats.size ? `(${n}) New chat · ${BASE_TITLE}` : n ? `(${n}) ${BASE_TITLE}` : BASE_TITLE;
+    if (!state.newChats.size) stopFlash();
+    document.body.classList.toggle("offer-alert", state.newChats.size > 0);
+    document.title = flash.on ? flash.text : state.title;
   }
 
   function renderList() {
@@ -149,6 +225,11 @@
       if (state.newChats.has(chat.id)) li.classList.add("new");
       const top = node("div", "row");
       top.append(node("span", "name", clientName(chat)));
+      if (chat.pinned) {
+        const pin = node("span", "pin-mark", "pinned");
+        pin.dataset.testid = "chat-pinned";
+        top.append(pin);
+      }
       const count = unread(chat);
       if (count) {
         const badge = node("span", "unread", String(count));
@@ -162,6 +243,11 @@
       st.dataset.testid = "chat-status";
       const since = chat.status === "assigned" ? chat.assigned_at || chat.opened_at : chat.opened_at;
       bottom.append(st, node("span", "age", (chat.status === "assigned" ? "waiting " : "open ") + ago(since)));
+      if (offerLeft(chat) !== null) {
+        const left = node("span", "countdown-small");
+        left.dataset.countdown = chat.id;
+        bottom.append(left);
+      }
       li.append(top, mid, bottom);
       li.addEventListener("click", () => select(chat.id));
       li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(chat.id); } });
@@ -181,9 +267,76 @@
     el.main.dataset.sessionId = chat.id;
     el.title.textContent = clientName(chat);
     el.meta.textContent = `${chat.channel} · ${chat.line_name || chat.line_id} · ${STATUS_LABEL[chat.status] || chat.status} · opened ${agoText(chat.opened_at)}`;
-    el.accept.hidden = chat.status !== "assigned";
+    const offered = chat.status === "assigned";
+    const mine = chat.operator_id === me && (chat.status === "assigned" || chat.status === "answered");
+    el.accept.hidden = el.skip.hidden = !offered;
+    el.transfer.hidden = el.pin.hidden = !mine;
+    el.spam.hidden = !mine || !el.spamConfirm.hidden;
+    if (!mine) el.transferPanel.hidden = true;
+    el.pin.setAttribute("aria-pressed", String(Boolean(chat.pinned)));
+    el.pin.textContent = chat.pinned ? "Pinned" : "Pin";
     const canReply = chat.status === "assigned" || chat.status === "answered";
     el.reply.disabled = el.send.disabled = !canReply;
+    el.quick.disabled = !canReply;
+    el.attachLabel.classList.toggle("disabled", !canReply);
+    el.attachInput.disabled = !canReply;
+    renderQuick();
+    renderFiles();
+    tick();
+  }
+
+  // Once a second: the offers' countdowns.
+  function tick() {
+    const chat = state.chats.get(state.selected);
+    const left = chat ? offerLeft(chat) : null;
+    el.countdown.hidden = left === null;
+    if (left !== null) {
+      el.countdown.textContent = left > 0 ? `answer within ${left} s` : "passing on…";
+      el.countdown.classList.toggle("urgent", left <= 10);
+    }
+    for (const span of el.list.querySelectorAll("[data-countdown]")) {
+      const c = state.chats.get(span.dataset.countdown);
+      const l = c ? offerLeft(c) : null;
+      span.textContent = l === null ? "" : `${l} s`;
+    }
+  }
+
+  function renderQuick() {
+    const chat = state.chats.get(state.selected);
+    const line = chat ? state.directory.lines.get(chat.line_id) : null;
+    const answers = (line && line.quick_answers) || [];
+    if (el.quick.dataset.line === (chat ? chat.line_id : "") && el.quick.options.length === answers.length + 1) {
+      el.quick.hidden = !answers.length;
+      return;
+    }
+    el.quick.dataset.line = chat ? chat.line_id : "";
+    const first = node("option", "", answers.length ? `Quick answers (${answers.length})…` : "Quick answers…");
+    first.value = "";
+    el.quick.replaceChildren(first);
+    answers.forEach((text, i) => {
+      const opt = node("option", "", text.length > 70 ? `${text.slice(0, 67)}…` : text);
+      opt.value = String(i);
+      el.quick.append(opt);
+    });
+    el.quick.hidden = !answers.length;
+  }
+
+  function renderFiles() {
+    const mineNow = state.files.filter((f) => f.session === state.selected);
+    el.files.replaceChildren();
+    for (const f of mineNow) {
+      const li = node("li", f.id ? "" : "uploading");
+      li.dataset.testid = "attachment-chip";
+      li.dataset.ready = String(Boolean(f.id));
+      li.append(node("span", "", f.id ? f.name : `${f.name} (uploading…)`));
+      const x = node("button", "", "×");
+      x.type = "button";
+      x.title = `Remove ${f.name}`;
+      x.dataset.testid = "attachment-remove";
+      x.addEventListener("click", () => { state.files = state.files.filter((g) => g !== f); renderFiles(); });
+      li.append(x);
+      el.files.append(li);
+    }
   }
 
   function renderTranscript() {
@@ -201,12 +354,39 @@
       const head = node("div", "entry-head");
       if (who) head.append(node("span", "who", who));
       head.append(node("time", "at", clock(e.at)));
-      const text = node("div", "text", e.text || (e.attachments && e.attachments.length ? `[${e.attachments.map((a) => a.kind).join(", ")}]` : ""));
+      const files = e.attachments || [];
+      const text = node("div", "text", e.text || (files.length && !files.some((a) => a.url) ? `[${files.map((a) => a.kind).join(", ")}]` : ""));
       text.dataset.testid = "entry-text";
       li.append(head, text);
+      for (const a of files) if (a.url) li.append(attachmentNode(a));
       el.transcript.append(li);
     }
     if (atBottom || entries.length < 30) el.transcript.scrollTop = el.transcript.scrollHeight;
+  }
+
+  // The desk's own files are loaded from this origin whatever public address the link carries.
+  function localUrl(url) {
+    try {
+      const u = new URL(url, location.href);
+      return u.pathname.startsWith("/files/") ? u.pathname : u.href;
+    } catch { return ""; }
+  }
+  function attachmentNode(a) {
+    const href = localUrl(a.url);
+    const link = node("a", "attachment", a.kind === "image" ? "" : a.name || a.kind);
+    link.href = href;
+    link.target = "_blank";
+    link.rel = "noopener";
+    link.dataset.testid = "entry-attachment";
+    if (a.kind === "image" && href.startsWith("/files/")) {
+      const img = node("img", "attachment-image");
+      img.src = href;
+      img.alt = a.name || "image";
+      link.append(img);
+    } else if (a.kind === "image") {
+      link.textContent = a.name || "image";
+    }
+    return link;
   }
 
   function render() { renderStatus(); renderList(); renderHead(); }
@@ -310,6 +490,8 @@
     state.selected = id;
     markSeen(id);
     cancelClose();
+    cancelSpam();
+    if (changed) el.transferPanel.hidden = true;
     render();
     if (changed) {
       renderTranscript();
@@ -416,7 +598,176 @@
   });
   window.addEventListener("online", () => { if (!socket) connect(); });
 
+  async function loadDirectory() {
+    try {
+      const data = await api("GET", "/api/directory");
+      state.directory = { lines: new Map(data.lines.map((l) => [l.id, l])), operators: data.operators };
+      renderQuick();
+    } catch (err) {
+      showError(`Could not load the lines and operators: ${err.message}`);
+    }
+  }
+
   // -- actions ---------------------------------------------------------------
+
+  // After skip, transfer, spam: the chat is no longer this operator's; the live
+  // push says so too, this only spares the wait.
+  function leave(id, session) {
+    if (session && session.operator_id === me && session.status !== "closed") {
+      upsertChat(session, { notify: false });
+    } else {
+      removeChat(id);
+      state.files = state.files.filter((f) => f.session !== id);
+    }
+    render();
+  }
+
+  el.skip.addEventListener("click", async () => {
+    const id = state.selected;
+    if (!id) return;
+    el.skip.disabled = true;
+    try {
+      await api("POST", `/api/sessions/${encodeURIComponent(id)}/skip`);
+      leave(id, null);
+      el.placeholder.textContent = "You skipped the chat: it went to the next operator.";
+    } catch (err) {
+      showError(`Could not skip the chat: ${err.message}`);
+    } finally {
+      el.skip.disabled = false;
+    }
+  });
+
+  el.pin.addEventListener("click", async () => {
+    const id = state.selected;
+    const chat = state.chats.get(id);
+    if (!chat) return;
+    el.pin.disabled = true;
+    try {
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/pin`, { pinned: !chat.pinned });
+      if (data.session) upsertChat(data.session, { notify: false });
+      render();
+    } catch (err) {
+      showError(`Could not pin the chat: ${err.message}`);
+    } finally {
+      el.pin.disabled = false;
+    }
+  });
+
+  function cancelSpam() {
+    clearTimeout(cancelSpam.timer);
+    el.spamConfirm.hidden = true;
+    const chat = state.chats.get(state.selected);
+    el.spam.hidden = !(chat && chat.operator_id === me);
+  }
+  el.spam.addEventListener("click", () => {
+    el.spam.hidden = true;
+    el.spamConfirm.hidden = false;
+    el.spamConfirm.focus();
+    clearTimeout(cancelSpam.timer);
+    cancelSpam.timer = setTimeout(cancelSpam, 5000);
+  });
+  el.spamConfirm.addEventListener("click", async () => {
+    const id = state.selected;
+    cancelSpam();
+    if (!id) return;
+    try {
+      await api("POST", `/api/sessions/${encodeURIComponent(id)}/spam`);
+      leave(id, null);
+      el.placeholder.textContent = "Marked as spam: the chat is closed and the client's further messages are ignored.";
+    } catch (err) {
+      showError(`Could not mark the chat as spam: ${err.message}`);
+    }
+  });
+
+  el.transfer.addEventListener("click", async () => {
+    if (!el.transferPanel.hidden) { el.transferPanel.hidden = true; return; }
+    await loadDirectory();
+    const chat = state.chats.get(state.selected);
+    if (!chat) return;
+    el.transferTarget.replaceChildren();
+    const ops = node("optgroup");
+    ops.label = "Operators";
+    for (const o of state.directory.operators) {
+      const opt = node("option", "", `${o.name} (${o.status})`);
+      opt.value = `op:${o.id}`;
+      opt.disabled = o.status !== "online";
+      ops.append(opt);
+    }
+    const lines = node("optgroup");
+    lines.label = "Lines (the chat waits in the line's queue)";
+    for (const l of state.directory.lines.values()) {
+      const opt = node("option", "", l.id === chat.line_id ? `${l.name} (this line)` : l.name);
+      opt.value = `line:${l.id}`;
+      lines.append(opt);
+    }
+    el.transferTarget.append(ops, lines);
+    const firstOnline = el.transferTarget.querySelector("option:not([disabled])");
+    if (firstOnline) firstOnline.selected = true;
+    el.transferPanel.hidden = false;
+    el.transferTarget.focus();
+  });
+  el.transferCancel.addEventListener("click", () => { el.transferPanel.hidden = true; });
+  el.transferPanel.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = state.selected;
+    const value = el.transferTarget.value;
+    if (!id || !value) return;
+    const [kind, target] = [value.slice(0, value.indexOf(":")), value.slice(value.indexOf(":") + 1)];
+    const label = el.transferTarget.selectedOptions[0] ? el.transferTarget.selectedOptions[0].textContent : target;
+    el.transferGo.disabled = true;
+    try {
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/transfer`,
+        kind === "op" ? { to_operator: target } : { to_line: target });
+      el.transferPanel.hidden = true;
+      leave(id, data.session);
+      el.placeholder.textContent = `Transferred to ${label}.`;
+    } catch (err) {
+      showError(`Could not transfer the chat: ${err.message}`);
+    } finally {
+      el.transferGo.disabled = false;
+    }
+  });
+
+  el.quick.addEventListener("change", () => {
+    const chat = state.chats.get(state.selected);
+    const line = chat ? state.directory.lines.get(chat.line_id) : null;
+    const text = line && el.quick.value !== "" ? line.quick_answers[Number(el.quick.value)] : null;
+    el.quick.value = "";
+    if (!text) return;
+    const r = el.reply;
+    const at = r.selectionStart ?? r.value.length;
+    r.value = r.value.slice(0, at) + text + r.value.slice(r.selectionEnd ?? at);
+    r.focus();
+    r.selectionStart = r.selectionEnd = at + text.length;
+  });
+
+  async function upload(file) {
+    const id = state.selected;
+    if (!id) return;
+    if (maxUpload && file.size > maxUpload) {
+      showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; at most ${(maxUpload / 1048576).toFixed(1)} MB.`);
+      return;
+    }
+    const item = { local: newId(), session: id, name: file.name, id: null };
+    state.files.push(item);
+    renderFiles();
+    const form = new FormData();
+    form.append("file", file, file.name);
+    try {
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/files`, form);
+      item.id = data.file.id;
+      item.name = data.file.name;
+    } catch (err) {
+      state.files = state.files.filter((f) => f !== item);
+      showError(`${file.name} was not attached: ${err.message}`);
+    }
+    renderFiles();
+  }
+  el.attachInput.addEventListener("change", () => {
+    const picked = Array.from(el.attachInput.files || []);
+    el.attachInput.value = "";
+    for (const f of picked) upload(f);
+  });
 
   for (const b of statusButtons) {
     b.addEventListener("click", async () => {
@@ -483,15 +834,22 @@
   async function sendReply() {
     const id = state.selected;
     const text = el.reply.value.trim();
-    if (!id || !text || el.send.disabled) return;
+    const files = state.files.filter((f) => f.session === id);
+    if (!id || (!text && !files.length) || el.send.disabled) return;
+    if (files.some((f) => !f.id)) { showError("Wait until the files are uploaded."); return; }
     if (text.length > 4000) { showError(`The reply is ${text.length} characters; at most 4000.`); return; }
-    if (!state.pendingReply || state.pendingReply.text !== text || state.pendingReply.session !== id) {
-      state.pendingReply = { text, session: id, id: newId() };
+    const ids = files.map((f) => f.id);
+    const key = `${text}\u0000${ids.join(",")}`;
+    if (!state.pendingReply || state.pendingReply.key !== key || state.pendingReply.session !== id) {
+      state.pendingReply = { key, session: id, id: newId() };
     }
     el.send.disabled = true;
     try {
-      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/reply`, { text, client_msg_id: state.pendingReply.id });
+      const body = { text, client_msg_id: state.pendingReply.id };
+      if (ids.length) body.files = ids;
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/reply`, body);
       state.pendingReply = null;
+      state.files = state.files.filter((f) => !files.includes(f));
       if (el.reply.value.trim() === text) el.reply.value = "";
       if (data.session) upsertChat(data.session, { notify: false });
       render();
@@ -513,6 +871,8 @@
   });
 
   setInterval(() => { renderList(); renderHead(); }, 15000);
+  setInterval(tick, 1000);
   render();
   connect();
+  loadDirectory();
 })();

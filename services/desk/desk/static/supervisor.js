@@ -5,7 +5,12 @@
 
   const POLL_MS = 3000;
   const $ = (id) => document.getElementById(id);
-  const el = { lines: $("lines"), conn: $("conn"), updated: $("updated"), error: $("error") };
+  const el = {
+    lines: $("lines"), conn: $("conn"), updated: $("updated"), error: $("error"),
+    watch: $("watch"), watchTitle: $("watch-title"), watchTranscript: $("watch-transcript"),
+    watchIntercept: $("watch-intercept"), watchClose: $("watch-close"),
+  };
+  let watching = null; // the session whose transcript is open, read again on every poll
 
   function node(tag, cls, text) {
     const n = document.createElement(tag);
@@ -87,8 +92,15 @@
           intercept.title = data.intercept;
           intercept.dataset.testid = "sup-intercept";
           intercept.addEventListener("click", () => takeOver(s.id, intercept));
+          const read = node("button", "", "Read");
+          read.type = "button";
+          read.title = "Read the conversation as it goes, before deciding to intercept";
+          read.dataset.testid = "sup-read";
+          read.addEventListener("click", () => { watching = s.id; readTranscript(); });
+          const acts = node("span");
+          acts.append(read, " ", intercept);
           const who = s.operator_name || (s.offered_to.length ? `offered to ${s.offered_to.join(", ")}` : "—");
-          return row("sup-session", [s.client_name, s.channel, STATUS[s.status] || s.status, who, dur(s.open_seconds), String(s.messages_in), intercept],
+          return row("sup-session", [s.client_name, s.channel, STATUS[s.status] || s.status, who, dur(s.open_seconds), String(s.messages_in), acts],
             { sessionId: s.id });
         })));
       } else {
@@ -100,6 +112,41 @@
     note.dataset.testid = "sup-intercept-note";
     el.lines.append(note);
   }
+
+  const WHO = { in: "Client", system: "" };
+  async function readTranscript() {
+    const id = watching;
+    if (!id) { el.watch.hidden = true; return; }
+    try {
+      const res = await fetch(`/api/sessions/${encodeURIComponent(id)}/history`, { credentials: "same-origin" });
+      const data = await res.json().catch(() => ({}));
+      if (!res.ok) throw new Error(data.detail || `request failed (${res.status})`);
+      if (watching !== id) return;
+      const chat = data.session;
+      el.watchTitle.textContent = `${chat.client_name || "Client"} · ${chat.channel} · ${chat.line_name || chat.line_id} · ${STATUS[chat.status] || chat.status}`;
+      el.watch.dataset.sessionId = id;
+      el.watchIntercept.hidden = chat.status === "closed";
+      el.watchTranscript.replaceChildren();
+      for (const e of data.entries) {
+        const li = node("li", `entry ${e.direction}`);
+        li.dataset.testid = "sup-watch-entry";
+        li.dataset.direction = e.direction;
+        const who = e.direction in WHO ? (e.direction === "in" ? chat.client_name || WHO.in : "") : e.author_name || "Operator";
+        const head = node("div", "entry-head");
+        if (who) head.append(node("span", "who", who));
+        head.append(node("time", "at", new Date(e.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+        const files = (e.attachments || []).map((a) => a.name || a.kind).join(", ");
+        li.append(head, node("div", "text", e.text || (files ? `[${files}]` : "")));
+        el.watchTranscript.append(li);
+      }
+      el.watch.hidden = false;
+    } catch (err) {
+      el.error.textContent = `Could not read the conversation: ${err.message}`;
+      el.error.hidden = false;
+    }
+  }
+  el.watchClose.addEventListener("click", () => { watching = null; el.watch.hidden = true; });
+  el.watchIntercept.addEventListener("click", () => { if (watching) takeOver(watching, el.watchIntercept); });
 
   async function takeOver(sessionId, button) {
     button.disabled = true;
@@ -128,6 +175,7 @@
       const data = await res.json().catch(() => ({}));
       if (!res.ok) throw new Error(data.detail || `request failed (${res.status})`);
       render(data);
+      if (watching) readTranscript();
       el.conn.dataset.state = "live";
       el.conn.textContent = "live";
       el.updated.textContent = `Updated ${new Date().toLocaleTimeString()}.`;

@@ -79,6 +79,8 @@
     ".msg .bubble{padding:8px 12px;border-radius:14px;white-space:pre-wrap;word-wrap:break-word;overflow-wrap:anywhere;line-height:1.4}",
     ".msg.out{align-self:flex-end;align-items:flex-end}.msg.out .bubble{background:var(--ol-color);color:#fff;border-bottom-right-radius:4px}",
     ".msg.in{align-self:flex-start}.msg.in .bubble{background:#fff;border:1px solid #e5e7eb;border-bottom-left-radius:4px}",
+    ".files{display:flex;flex-direction:column;gap:4px;margin-top:4px}.files a{color:inherit;font-weight:600}",
+    ".files img{display:block;max-width:220px;max-height:160px;border-radius:8px}",
     ".meta{font-size:11px;color:#6b7280;display:flex;gap:6px;align-items:center}",
     ".msg.failed .bubble{opacity:.7}.msg.failed .meta{color:#b91c1c}",
     ".retry{border:1px solid #b91c1c;background:#fff;color:#b91c1c;border-radius:6px;font-size:11px;padding:1px 8px;cursor:pointer}",
@@ -138,7 +140,9 @@
       el.log.appendChild(node);
     }
     node.className = "msg " + item.kind + (item.status === "failed" ? " failed" : "");
-    node.querySelector(".bubble").textContent = item.text;
+    var bubble = node.querySelector(".bubble");
+    bubble.textContent = item.text || "";
+    renderFiles(bubble, item.attachments);
     var meta = node.querySelector(".meta");
     meta.textContent = "";
     if (item.kind === "out") {
@@ -164,6 +168,30 @@
       meta.appendChild(who);
     }
     return node;
+  }
+  // Files an operator sent: links (images shown small), only http(s) addresses.
+  function renderFiles(bubble, files) {
+    if (!files || !files.length) return;
+    var box = document.createElement("div");
+    box.className = "files";
+    files.forEach(function (a) {
+      if (!/^https?:\/\//i.test(a.url || "")) return;
+      var link = document.createElement("a");
+      link.href = a.url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.setAttribute("data-testid", "ol-attachment");
+      if (a.kind === "image") {
+        var img = document.createElement("img");
+        img.src = a.url;
+        img.alt = a.name || "image";
+        link.appendChild(img);
+      } else {
+        link.textContent = "\uD83D\uDCCE " + (a.name || "file");
+      }
+      box.appendChild(link);
+    });
+    if (box.childNodes.length) bubble.appendChild(box);
   }
   function scrollDown() { el.log.scrollTop = el.log.scrollHeight; }
   function renderAll() { state.items.forEach(render); scrollDown(); }
@@ -257,7 +285,8 @@
       if (it) { it.status = "sent"; it.error = ""; save(); render(it); }
     } else if (f.type === "reply") {
       if (f.seq <= state.lastSeq || find("in", f.id)) { state.lastSeq = Math.max(state.lastSeq, f.seq); save(); return; }
-      var item = { kind: "in", id: f.id, text: f.text, operator: f.operator, auto: !!f.auto, at: f.at, seq: f.seq };
+      var item = { kind: "in", id: f.id, text: f.text, operator: f.operator, auto: !!f.auto, at: f.at, seq: f.seq,
+        attachments: f.attachments || [] };
       state.items.push(item);
       state.lastSeq = f.seq;
       save();
