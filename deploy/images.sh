@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build the openlines container images with podman (no Docker daemon needed).
 #
-#   deploy/images.sh                 base image (if missing) + every service + nats
+#   deploy/images.sh                 base image (if missing) + nats + every service
 #   deploy/images.sh router desk     only these images
 #
 # Public registries may be unreachable, so the base image is made locally:
 # debootstrap a minimal Debian bookworm with python3 + python3-venv from the
 # Debian mirror apt already uses, then `podman import` it as
 # localhost/openlines-base:bookworm (skipped when it already exists).
-# Every Dockerfile keeps its public default (BASE_IMAGE=python:3.12-slim); this
+# deploy/Dockerfile keeps its public default (BASE_IMAGE=python:3.12-slim); this
 # script passes --build-arg BASE_IMAGE=<the local base> instead.
 #
 # Environment:
@@ -35,6 +35,8 @@ die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
 need_pkgs=()
 command -v podman >/dev/null 2>&1 || need_pkgs+=(podman)
 command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
+# container name resolution on compose networks (service names, the "nats" alias)
+[[ -x /usr/lib/podman/aardvark-dns || -x /usr/libexec/podman/aardvark-dns ]] || need_pkgs+=(netavark aardvark-dns)
 if [[ "$BASE_IMAGE" == localhost/openlines-base:* ]]; then
   command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 fi
@@ -109,20 +111,21 @@ build_base() {
     - "$BASE_IMAGE" >/dev/null || die "podman import failed"
 }
 
-# --- service images ----------------------------------------------------------
-# name -> Dockerfile; services/*/Dockerfile plus the NATS server image.
-declare -A FILES=()
-for f in services/*/Dockerfile; do
-  FILES["$(basename "$(dirname "$f")")"]="$f"
+# --- images --------------------------------------------------------------------
+# Every image comes from deploy/Dockerfile: one per services/<name> (the default
+# target, --build-arg SERVICE=<name>) plus the NATS node (--target nats).
+DOCKERFILE=deploy/Dockerfile
+known=(nats)
+for f in services/*/pyproject.toml; do
+  known+=("$(basename "$(dirname "$f")")")
 done
-FILES[nats]="deploy/nats/Dockerfile"
 
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  mapfile -t targets < <(printf '%s\n' "${!FILES[@]}" | sort)
+  targets=("${known[@]}")
 fi
 for t in "${targets[@]}"; do
-  [[ -n "${FILES[$t]:-}" ]] || die "unknown image '$t' (known: $(printf '%s\n' "${!FILES[@]}" | sort | tr '\n' ' '))"
+  [[ " ${known[*]} " == *" $t "* ]] || die "unknown image '$t' (known: ${known[*]})"
 done
 
 build_base
@@ -133,12 +136,17 @@ for t in "${targets[@]}"; do
   i=$((i + 1))
   image="${PREFIX}${t}:${TAG}"
   log="$DATA/build-$t.log"
-  say "[$i/${#targets[@]}] $image  (from ${FILES[$t]}, log $log)"
+  if [[ "$t" == nats ]]; then
+    what=(--target nats)
+  else
+    what=(--target service --build-arg "SERVICE=$t")
+  fi
+  say "[$i/${#targets[@]}] $image  (${what[*]}, log $log)"
   t0=$SECONDS
   # --format docker keeps HEALTHCHECK and STOPSIGNAL (OCI image config has no HEALTHCHECK).
   if ! "${PODMAN[@]}" build --network host --format docker \
-      --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-      -f "${FILES[$t]}" -t "$image" . >"$log" 2>&1; then
+      --build-arg "BASE_IMAGE=$BASE_IMAGE" "${what[@]}" \
+      -f "$DOCKERFILE" -t "$image" . >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     die "building $image failed; full log: $log"
   fi
