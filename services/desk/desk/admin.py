@@ -45,7 +45,7 @@ async def staff_user(request: web.Request, roles: tuple[str, ...]) -> Authed | w
     if not any(role in roles for role in user.account.roles):
         held = ", ".join(user.account.roles) or "none"
         reason = f"This page needs the {' or '.join(roles)} role (your roles: {held}): ask an administrator."
-        return html(views.denied(user.account.name, reason), status=403)
+        return html(views.denied(user.account, reason), status=403)
     return user
 
 
@@ -74,7 +74,7 @@ async def lines_get(request: web.Request) -> web.StreamResponse:
     desk, staff = request.app[DESK], request.app[STAFF_KEY]
     snap = await staff.store.snapshot()
     page = views.lines_page(
-        user.account.name,
+        user.account,
         _csrf(desk, user),
         text=lines_toml(snap.cfg.lines),
         version=snap.version,
@@ -98,7 +98,7 @@ async def lines_post(request: web.Request) -> web.StreamResponse:
 
     def again(status: int, **kw: Any) -> web.Response:
         kw.setdefault("findings", [])
-        return html(views.lines_page(user.account.name, csrf, text=text, version=version, **kw), status=status)
+        return html(views.lines_page(user.account, csrf, text=text, version=version, **kw), status=status)
 
     try:
         cfg = LinesFile(operators=snap.cfg.operators, lines=parse_lines_toml(text))
@@ -143,7 +143,7 @@ async def operators_get(request: web.Request) -> web.StreamResponse:
     found = diagnose(snap.cfg)
     ops = [operator_view(snap.cfg, op_id, found) for op_id in sorted(snap.cfg.operators)]
     message = "Saved." if request.query.get("saved") else "Removed." if request.query.get("removed") else ""
-    return html(views.operators_page(user.account.name, _csrf(desk, user), operators=ops, version=snap.version, message=message))
+    return html(views.operators_page(user.account, _csrf(desk, user), operators=ops, version=snap.version, message=message))
 
 
 async def operator_get(request: web.Request) -> web.StreamResponse:
@@ -156,7 +156,7 @@ async def operator_get(request: web.Request) -> web.StreamResponse:
     if op_id not in snap.cfg.operators:
         raise web.HTTPNotFound(text="no such operator")
     view = operator_view(snap.cfg, op_id, diagnose(snap.cfg))
-    return html(views.operator_page(user.account.name, _csrf(desk, user), op=view, version=snap.version))
+    return html(views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version))
 
 
 async def _save_operator(request: web.Request, op_id: str | None) -> web.StreamResponse:
@@ -204,10 +204,10 @@ async def _save_operator(request: web.Request, op_id: str | None) -> web.StreamR
     found = diagnose(snap.cfg)
     if new:
         ops = [operator_view(snap.cfg, o, found) for o in sorted(snap.cfg.operators)]
-        page = views.operators_page(user.account.name, csrf, operators=ops, version=snap.version, form_errors=errors)
+        page = views.operators_page(user.account, csrf, operators=ops, version=snap.version, form_errors=errors)
         return html(page, status=400)
     shown = operator_view(snap.cfg, op_id, found) | {"name": body.name, "roles": body.roles, "permissions": body.permissions}
-    return html(views.operator_page(user.account.name, csrf, op=shown, version=snap.version, errors=errors), status=400)
+    return html(views.operator_page(user.account, csrf, op=shown, version=snap.version, errors=errors), status=400)
 
 
 async def operator_create(request: web.Request) -> web.StreamResponse:
@@ -233,11 +233,11 @@ async def operator_delete(request: web.Request) -> web.StreamResponse:
     try:
         await staff.store.save(cfg, str(form.get("version", "")), user.operator_id)
     except ConfigError as exc:
-        page = views.operator_page(user.account.name, _csrf(desk, user), op=view, version=snap.version, errors=list(exc.errors))
+        page = views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version, errors=list(exc.errors))
         return html(page, status=400)
     except Conflict:
         conflict = "Someone else changed the configuration since this page was loaded; nothing was removed."
-        page = views.operator_page(user.account.name, _csrf(desk, user), op=view, version=snap.version, errors=[conflict])
+        page = views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version, errors=[conflict])
         return html(page, status=409)
     log.info("operator removed from the admin page", extra={"operator": op_id, "by": user.operator_id})
     raise web.HTTPSeeOther("/admin/operators?removed=1")
@@ -250,7 +250,7 @@ async def roles_get(request: web.Request) -> web.StreamResponse:
     desk, staff = request.app[DESK], request.app[STAFF_KEY]
     snap = await staff.store.snapshot()
     holders = {r: sorted(op_id for op_id, op in snap.cfg.operators.items() if r in op.roles) for r in ROLES}
-    return html(views.roles_page(user.account.name, _csrf(desk, user), holders=holders))
+    return html(views.roles_page(user.account, _csrf(desk, user), holders=holders))
 
 
 async def admin_home(request: web.Request) -> web.StreamResponse:
@@ -276,15 +276,14 @@ async def stats_get(request: web.Request) -> web.StreamResponse:
             )
         )
     except Problem as exc:
-        return html(views.denied(user.account.name, exc.detail), status=400)
+        return html(views.denied(user.account, exc.detail), status=400)
     snap = await staff.store.snapshot()
     report = await line_stats(staff.reader.js, start, end, [line.id for line in snap.cfg.lines])
     names = {line.id: line.name for line in snap.cfg.lines}
     last_day = (end - timedelta(microseconds=1)).date()
     page = views.stats_page(
-        user.account.name,
+        user.account,
         _csrf(desk, user),
-        admin="admin" in user.account.roles,
         start=start.date().isoformat(),
         end=last_day.isoformat(),
         rows=[{"line_id": s.line_id, **_row(s)} for s in report.lines.values()],

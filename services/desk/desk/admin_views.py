@@ -5,9 +5,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from desk.auth import CSRF_FIELD
+from desk.auth import CSRF_FIELD, access_problem
 from openlines.doctor import Finding
 from openlines.lines import PERMISSION_OPENLINES, ROLES
+from openlines.state import OperatorAccount
 
 ROLE_TEXT = {
     "admin": "Configures lines, operators and roles (these pages and the API); may open the supervisor view and statistics.",
@@ -16,14 +17,26 @@ ROLE_TEXT = {
 }
 
 
-def _shell(title: str, name: str, csrf: str, current: str, main: str, *, admin: bool) -> str:
-    links = [("/", "Chats", "nav-chats"), ("/supervisor", "Supervisor", "nav-supervisor"), ("/stats", "Statistics", "nav-stats")]
-    if admin:
+def _links(who: OperatorAccount) -> list[tuple[str, str, str]]:
+    """The pages this account may open."""
+    links = []
+    if access_problem(who) is None:
+        links.append(("/", "Chats", "nav-chats"))
+        if any(r in ("supervisor", "admin") for r in who.roles):
+            links.append(("/supervisor", "Supervisor", "nav-supervisor"))
+    if any(r in ("supervisor", "admin") for r in who.roles):
+        links.append(("/stats", "Statistics", "nav-stats"))
+    if "admin" in who.roles:
         links += [
             ("/admin/lines", "Lines", "nav-admin-lines"),
             ("/admin/operators", "Operators", "nav-admin-operators"),
             ("/admin/roles", "Roles", "nav-admin-roles"),
         ]
+    return links
+
+
+def _shell(title: str, who: OperatorAccount, csrf: str, current: str, main: str) -> str:
+    links = _links(who)
     here = ' aria-current="page"'
     nav = "".join(
         f'<a href="{href}" data-testid="{tid}"{here if href == current else ""}>{label}</a>' for href, label, tid in links
@@ -43,7 +56,7 @@ def _shell(title: str, name: str, csrf: str, current: str, main: str, *, admin: 
   <div class="brand">openlines <span>desk</span></div>
   <nav class="nav" aria-label="Pages">{nav}</nav>
   <div class="spacer"></div>
-  <span class="me" data-testid="operator-name">{escape(name)}</span>
+  <span class="me" data-testid="operator-name">{escape(who.name)}</span>
   <form method="post" action="/logout" class="logout">
     <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
     <button type="submit" data-testid="logout">Sign out</button>
@@ -84,7 +97,7 @@ def findings_html(findings: list[Finding], *, title: str = "Doctor") -> str:
 
 
 def lines_page(
-    name: str,
+    who: OperatorAccount,
     csrf: str,
     *,
     text: str,
@@ -125,7 +138,7 @@ Saving validates it, runs the doctor and makes it live: the router reloads at on
   </div>
 </form>
 {findings_html(findings)}"""
-    return _shell("Lines", name, csrf, "/admin/lines", main, admin=True)
+    return _shell("Lines", who, csrf, "/admin/lines", main)
 
 
 def _reasons(op: dict[str, Any]) -> str:
@@ -141,7 +154,7 @@ NO_PASSWORD = '<span class="warn">no</span>'
 
 
 def operators_page(
-    name: str,
+    who: OperatorAccount,
     csrf: str,
     *,
     operators: list[dict[str, Any]],
@@ -166,7 +179,7 @@ def operators_page(
 <tbody>{rows}</tbody></table>
 <h2>New operator</h2>
 {operator_form(csrf, None, version=version, errors=form_errors)}"""
-    return _shell("Operators", name, csrf, "/admin/operators", main, admin=True)
+    return _shell("Operators", who, csrf, "/admin/operators", main)
 
 
 def operator_form(csrf: str, op: dict[str, Any] | None, *, version: str, errors: list[str] | None = None) -> str:
@@ -204,7 +217,7 @@ def operator_form(csrf: str, op: dict[str, Any] | None, *, version: str, errors:
 </form>"""
 
 
-def operator_page(name: str, csrf: str, *, op: dict[str, Any], version: str, errors: list[str] | None = None) -> str:
+def operator_page(who: OperatorAccount, csrf: str, *, op: dict[str, Any], version: str, errors: list[str] | None = None) -> str:
     notice = ""
     main = f"""<h1>Operator {escape(op["id"])}</h1>
 {notice}
@@ -217,10 +230,10 @@ def operator_page(name: str, csrf: str, *, op: dict[str, Any], version: str, err
   <input type="hidden" name="version" value="{escape(version)}">
   <button type="submit" class="danger-outline" data-testid="op-delete">Remove this operator</button>
 </form>"""
-    return _shell(f"Operator {op['id']}", name, csrf, "/admin/operators", main, admin=True)
+    return _shell(f"Operator {op['id']}", who, csrf, "/admin/operators", main)
 
 
-def roles_page(name: str, csrf: str, *, holders: dict[str, list[str]]) -> str:
+def roles_page(who: OperatorAccount, csrf: str, *, holders: dict[str, list[str]]) -> str:
     rows = "".join(
         f'<tr data-testid="role-row" data-role="{r}"><td><strong>{r}</strong></td><td>{escape(ROLE_TEXT[r])}</td>'
         f"<td>{escape(', '.join(holders.get(r, []))) or '—'}</td></tr>"
@@ -232,7 +245,7 @@ def roles_page(name: str, csrf: str, *, holders: dict[str, list[str]]) -> str:
 (<code>openlines desk token create</code>, see docs/admin.md).</p>
 <table class="grid" data-testid="roles-table"><thead><tr><th>Role</th><th>May</th><th>Held by</th></tr></thead>
 <tbody>{rows}</tbody></table>"""
-    return _shell("Roles", name, csrf, "/admin/roles", main, admin=True)
+    return _shell("Roles", who, csrf, "/admin/roles", main)
 
 
 def _num(value: Any, unit: str = "") -> str:
@@ -242,7 +255,7 @@ def _num(value: Any, unit: str = "") -> str:
 
 
 def stats_page(
-    name: str, csrf: str, *, admin: bool, start: str, end: str, rows: list[dict[str, Any]], names: dict[str, str], complete: bool
+    who: OperatorAccount, csrf: str, *, start: str, end: str, rows: list[dict[str, Any]], names: dict[str, str], complete: bool
 ) -> str:
     body = "".join(
         f'<tr data-testid="stats-row" data-line="{escape(r["line_id"])}">'
@@ -273,9 +286,9 @@ def stats_page(
 <p class="muted">Sessions opened in the range, on the line they were opened on. First response: from the client's first
 message to the operator's acceptance or first reply. Missed: closed (by anyone, or after no activity) before any operator
 answered; spam is not counted. Rating: the client's mark, 1-5. Events are kept 30 days. Definitions: docs/admin.md.</p>"""
-    return _shell("Statistics", name, csrf, "/stats", main, admin=admin)
+    return _shell("Statistics", who, csrf, "/stats", main)
 
 
-def denied(name: str, reason: str) -> str:
+def denied(who: OperatorAccount, reason: str) -> str:
     main = f'<h1>No access</h1><p class="notice error" role="alert" data-testid="denied-reason">{escape(reason)}</p>'
-    return _shell("No access", name, "", "", main, admin=False)
+    return _shell("No access", who, "", "", main)

@@ -1,0 +1,133 @@
+"""The admin pages in headless Chromium with the real desk and router: an admin edits a line, sees the
+doctor's finding before saving, saves, and the running router uses the change; the operators page says why
+an operator sees no chats, and fixing the permission there changes that."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from desk_admin_support import DEMO_HASH, LINES, running_desk, visitor_writes
+from support import apply_lines, outbound_for, running_router
+
+from openlines.runner import Service
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
+]
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+
+# An admin-only account: no operator role, no open-lines permission. The desk sends it to the admin pages.
+WITH_ADMIN_ONLY = (
+    LINES
+    + f"""
+[operators.ada]
+name = "Ada Admin"
+password_hash = "{DEMO_HASH}"
+roles = ["admin"]
+permissions = []
+"""
+)
+
+
+@pytest.fixture
+async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Any]]:
+    await apply_lines(nc, WITH_ADMIN_ONLY)
+    async with running_router(nats_server.url), running_desk(nats_server.url) as svc:
+        yield svc
+
+
+@pytest.fixture
+async def browser(desk: Service[Any]) -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+def _in_line(text: str, line_id: str, old: str, new: str) -> str:
+    blocks = text.split("[[lines]]")
+    for i, block in enumerate(blocks):
+        if f'id = "{line_id}"' in block:
+            assert old in block, (old, block)
+            blocks[i] = block.replace(old, new, 1)
+    return "[[lines]]".join(blocks)
+
+
+async def test_an_admin_edits_a_line_sees_the_doctor_saves_and_the_router_uses_it(
+    nc: Any, browser: Any, desk: Service[Any]
+) -> None:
+    expect = playwright_api.expect
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    context = await browser.new_context(base_url=f"http://127.0.0.1:{desk.port}", viewport={"width": 1360, "height": 900})
+    page = await context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+    await page.goto("/login")
+    await page.get_by_test_id("login-user").fill("ada")
+    await page.get_by_test_id("login-password").fill("demo")
+    await page.get_by_test_id("login-submit").click()
+    await expect(page).to_have_url(f"http://127.0.0.1:{desk.port}/admin/lines")
+
+    editor = page.get_by_test_id("lines-toml")
+    text = await editor.input_value()
+    text = _in_line(
+        text, "support", 'welcome = "Hello {client_name}, this is support."', 'welcome = "Good day {client_name}, support here."'
+    )
+    text = _in_line(text, "support", "[lines.queue]\n", "[lines.queue]\nwait_seconds = 5\n")
+    await editor.fill(text)
+    await page.get_by_test_id("lines-check").click()
+    finding = page.locator('[data-testid="finding"][data-code="queue-wait-seconds"]')
+    await expect(finding).to_be_visible()
+    await expect(finding).to_contain_text("lines[")
+    await expect(page.get_by_test_id("admin-message")).to_contain_text("nothing is saved yet")
+
+    await page.get_by_test_id("lines-save").click()
+    await expect(page.get_by_test_id("confirm-note")).to_be_visible()
+    await expect(page.get_by_test_id("lines-save")).to_have_text("Save anyway")
+    await page.screenshot(path=str(ARTIFACTS / "admin-lines-doctor.png"), full_page=True)
+    await page.get_by_test_id("lines-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_contain_text("Saved")
+    await expect(page.get_by_test_id("lines-toml")).to_contain_text("Good day {client_name}, support here.")
+
+    # The running router reloaded the line: a new client gets the new welcome.
+    await visitor_writes(nc, "browser-visitor", "m1", "Hello?", name="Ilze")
+
+    async def welcomed() -> bool:
+        return any(o.text == "Good day Ilze, support here." for o in await outbound_for(nc, "browser-visitor"))
+
+    await wait_for(welcomed, timeout=15, what="the new welcome from the router")
+
+    # Carl lacks the open-lines permission and sits in no queue: the operators page says so.
+    await page.get_by_test_id("nav-admin-operators").click()
+    carl = page.locator('[data-testid="operator-row"][data-operator="carl"]')
+    why = carl.get_by_test_id("operator-why")
+    await expect(why).to_contain_text("lacks the 'openlines' (open lines) permission")
+    await expect(why).to_contain_text("not a member of any line's queue")
+    ada = page.locator('[data-testid="operator-row"][data-operator="ada"]')
+    await expect(ada.get_by_test_id("operator-no-chats-expected")).to_be_visible()
+    await page.screenshot(path=str(ARTIFACTS / "admin-operators.png"), full_page=True)
+
+    # Giving carl the permission leaves one reason: the queue.
+    await carl.get_by_test_id("operator-edit").click()
+    await page.get_by_test_id("op-perm-openlines").check()
+    await page.get_by_test_id("op-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_have_text("Saved.")
+    why = page.locator('[data-testid="operator-row"][data-operator="carl"]').get_by_test_id("operator-why")
+    await expect(why).not_to_contain_text("permission")
+    await expect(why).to_contain_text("not a member of any line's queue")
+    assert errors == []
+    await context.close()
