@@ -1,0 +1,382 @@
+"""Overload at 3x capacity: the gateways refuse with 503 + Retry-After (the
+widget: an error frame with retry_after), store every accepted message exactly
+once, store every refused one exactly once after its resend, and keep their
+memory bounded.
+
+Each gateway runs as its own process (``python -m ...``) with a tiny capacity
+(OPENLINES_MAX_IN_FLIGHT=4, OPENLINES_MAX_WAITING=4), so the test is small.
+The shape is made exact, not timed: while nats-server is paused (SIGSTOP) no
+publish can finish, so of a wave of 3x capacity exactly capacity requests are
+taken and the rest must be refused at once; after SIGCONT the taken ones are
+stored and the refused ones are resent after Retry-After until accepted. Then a
+flood (OPENLINES_OVERLOAD_MESSAGES per gateway, from 3x capacity concurrent
+senders that honour Retry-After) runs with NATS up, while the gateway's VmRSS
+is sampled from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from conftest import ROOT, free_port, wait_for
+from peers.telegram_api import FakeTelegram, message_update
+from peers.vk_api import CallbackSender
+from telegram_support import SUPPORT, bots_json
+from vk_support import ACCOUNT as VK_ACCOUNT
+from vk_support import GROUP_ID, SECRET, fake_vk, groups_json
+
+from openlines import bus, subjects
+from openlines.envelopes import Inbound
+
+pytestmark = pytest.mark.slow
+
+IN_FLIGHT = 4
+WAITING = 4
+CAPACITY = IN_FLIGHT + WAITING  # what one replica takes at once
+SENDERS = 3 * CAPACITY
+MAX_SOCKETS = 3 * CAPACITY + 6
+FLOOD = int(os.environ.get("OPENLINES_OVERLOAD_MESSAGES", "240"))  # per gateway; larger in `make chaos`
+# VmRSS may grow while the flood runs (allocator arenas, caches warming up), but
+# not with the number of requests: a generous multiple of the start.
+RSS_BOUND = 2.0
+
+LIMITS = {
+    "OPENLINES_MAX_IN_FLIGHT": str(IN_FLIGHT),
+    "OPENLINES_MAX_WAITING": str(WAITING),
+    "OPENLINES_ADMISSION_WAIT": "60",  # longer than the pause: the waiting ones are taken, not timed out
+    "OPENLINES_RETRY_AFTER": "1",
+    "OPENLINES_PUBLISH_TIMEOUT": "60",
+}
+
+
+# -- the gateway process ------------------------------------------------------
+
+
+class GatewayProcess:
+    def __init__(self, module: str, nats_url: str, log: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        full = {
+            **os.environ,
+            "OPENLINES_NATS_URL": nats_url,
+            "OPENLINES_HTTP_HOST": "127.0.0.1",
+            "OPENLINES_HTTP_PORT": str(self.port),
+            "OPENLINES_LOG_LEVEL": "warning",
+            **LIMITS,
+            **env,
+        }
+        self.log = log
+        self._logf = open(log, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module], env=full, stdout=self._logf, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
+
+    async def ready(self) -> None:
+        async with aiohttp.ClientSession() as http:
+
+            async def probe() -> bool:
+                assert self.proc.poll() is None, self.log.read_text()[-3000:]
+                try:
+                    async with http.get(f"{self.url}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(probe, timeout=60, what=f"{self.log.name} ready")
+
+    async def metric(self, name: str, **labels: str) -> float:
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/metrics") as resp:
+            text = await resp.text()
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+            if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+                return float(m.group(2))
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._logf.close()
+
+
+@asynccontextmanager
+async def gateway(module: str, nats_url: str, tmp_path: Path, **env: str) -> AsyncIterator[GatewayProcess]:
+    proc = GatewayProcess(module, nats_url, tmp_path / f"{module}.log", env)
+    try:
+        await proc.ready()
+        yield proc
+    finally:
+        proc.stop()
+    # No traceback, nothing unhandled, while overloaded.
+    assert "Traceback" not in proc.log.read_text(), proc.log.read_text()[-3000:]
+
+
+@contextmanager
+def nats_paused(nats_server: Any) -> Iterator[None]:
+    """Freeze nats-server: no publish can complete until the block ends."""
+    os.kill(nats_server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(nats_server.proc.pid, signal.SIGCONT)
+
+
+@asynccontextmanager
+async def rss_bounded(gw: GatewayProcess) -> AsyncIterator[None]:
+    """Sample the gateway's VmRSS from now until the block ends; then assert it stayed bounded."""
+    start = peak = gw.rss_kib()
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, gw.rss_kib())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.05)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+    peak = max(peak, gw.rss_kib())
+    print(f"{gw.log.stem}: VmRSS {start:,} KiB at the start, {peak:,} KiB at the peak")
+    assert peak <= RSS_BOUND * start, f"gateway VmRSS grew from {start:,} KiB to {peak:,} KiB"
+
+
+# -- the stream ----------------------------------------------------------------
+
+
+async def stored_texts(nc: Any, channel: str, account: str) -> Counter[str]:
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account(channel, account))
+    return Counter(msgspec.json.decode(data, type=Inbound).text for _, data in rows)
+
+
+async def assert_stored_once(nc: Any, channel: str, account: str, texts: list[str]) -> None:
+    async def all_there() -> Counter[str] | None:
+        got = await stored_texts(nc, channel, account)
+        return got if all(t in got for t in texts) else None
+
+    got = await wait_for(all_there, timeout=30, what=f"every {channel} message stored")
+    assert set(got) == set(texts), "stored messages that were never sent"
+    doubled = {t: n for t, n in got.items() if n != 1}
+    assert not doubled, f"stored more than once: {list(doubled.items())[:5]}"
+
+
+# -- HTTP webhooks (Telegram, VK) --------------------------------------------
+
+
+Post = Callable[[aiohttp.ClientSession, int], Awaitable[aiohttp.ClientResponse]]
+
+
+async def answer(post: Post, http: aiohttp.ClientSession, n: int) -> tuple[int, int | None]:
+    """One request: (status, Retry-After). Only 200 or a 503/429 with Retry-After are allowed."""
+    async with await post(http, n) as resp:
+        body = await resp.read()
+        retry_after = resp.headers.get("Retry-After")
+    assert resp.status in (200, 429, 503), (resp.status, body[:300])
+    assert b"Traceback" not in body
+    if resp.status == 200:
+        return 200, None
+    assert retry_after is not None and retry_after.isdigit() and int(retry_after) >= 1, (resp.status, resp.headers)
+    assert json.loads(body)["error"] in ("overloaded", "unavailable"), body
+    return resp.status, int(retry_after)
+
+
+async def until_accepted(post: Post, http: aiohttp.ClientSession, n: int) -> int:
+    """Send ``n`` and resend it after each Retry-After until it is taken; returns the refusals."""
+    refused = 0
+    while True:
+        status, retry_after = await answer(post, http, n)
+        if status == 200:
+            return refused
+        refused += 1
+        assert retry_after is not None
+        await asyncio.sleep(retry_after)  # what the platform does: wait as told, then deliver again
+
+
+async def overload_webhook(nats_server: Any, gw: GatewayProcess, edge: str, post: Post) -> None:
+    """The exact wave (NATS paused), then the flood, memory watched throughout."""
+    async with rss_bounded(gw), aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        # The wave: 3x capacity at once while no publish can finish.
+        with nats_paused(nats_server):
+            wave = [asyncio.create_task(answer(post, http, n)) for n in range(SENDERS)]
+            await wait_for(lambda: sum(t.done() for t in wave) >= SENDERS - CAPACITY, timeout=30, what="the refusals")
+            early = [t.result() for t in wave if t.done()]
+            assert len(early) == SENDERS - CAPACITY and {s for s, _ in early} == {503}, early
+        results = await asyncio.gather(*wave)
+        refused_in_wave = [n for n, (status, _) in enumerate(results) if status != 200]
+        assert len(refused_in_wave) == SENDERS - CAPACITY
+        assert await gw.metric("openlines_admission_refused_total", edge=edge, reason="full") == SENDERS - CAPACITY
+        for n in refused_in_wave:
+            assert await until_accepted(post, http, n) == 0  # NATS is back: taken at the first resend
+
+        # The flood: 3x capacity senders, each resending what is refused.
+        queue = list(range(SENDERS, SENDERS + FLOOD))
+
+        async def sender() -> None:
+            while queue:
+                await until_accepted(post, http, queue.pop())
+
+        await asyncio.gather(*(sender() for _ in range(SENDERS)))
+
+
+async def test_telegram_webhook_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path) -> None:
+    peer = FakeTelegram()
+    peer.add_bot(SUPPORT["token"])
+    await peer.start()
+    try:
+        env = {"OPENLINES_TELEGRAM_BOTS": bots_json(), "OPENLINES_TELEGRAM_API_BASE": peer.base}
+        async with gateway("gateway_telegram", nats_server.url, tmp_path, **env) as gw:
+            url = f"{gw.url}/telegram/{SUPPORT['account']}"
+            headers = {"X-Telegram-Bot-Api-Secret-Token": SUPPORT["secret"]}
+
+            async def post(http: aiohttp.ClientSession, n: int) -> aiohttp.ClientResponse:
+                update = message_update(700_000 + n, 5000 + n % 50, f"tg overload {n}", message_id=n + 1)
+                return await http.post(url, json=update, headers=headers)
+
+            await overload_webhook(nats_server, gw, "telegram", post)
+            await assert_stored_once(nc, "telegram", SUPPORT["account"], [f"tg overload {n}" for n in range(SENDERS + FLOOD)])
+    finally:
+        await peer.stop()
+
+
+async def test_vk_callback_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path) -> None:
+    peer = fake_vk()
+    await peer.start()
+    try:
+        env = {"OPENLINES_VK_GROUPS": groups_json(), "OPENLINES_VK_API_URL": peer.url}
+        async with gateway("gateway_vk", nats_server.url, tmp_path, **env) as gw:
+            url = f"{gw.url}/vk/{VK_ACCOUNT}"
+
+            async def post(http: aiohttp.ClientSession, n: int) -> aiohttp.ClientResponse:
+                sender = CallbackSender(http, url, GROUP_ID, SECRET)
+                event = sender.message_new(f"vk overload {n}", from_id=9000 + n % 50, event_id=f"overload{n:06d}")
+                return await http.post(url, json=event)
+
+            await overload_webhook(nats_server, gw, "vk", post)
+            await assert_stored_once(nc, "vk", VK_ACCOUNT, [f"vk overload {n}" for n in range(SENDERS + FLOOD)])
+    finally:
+        await peer.stop()
+
+
+# -- the widget socket ---------------------------------------------------------
+
+
+class Visitor:
+    """A widget's behaviour: send, and on an error frame with retry_after send the same id again after it."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def frame_for(self, msg_id: str) -> dict[str, Any]:
+        while True:
+            raw = await self.ws.receive(timeout=90)
+            assert raw.type == aiohttp.WSMsgType.TEXT, raw
+            frame = json.loads(raw.data)
+            if frame.get("id") == msg_id:
+                return frame
+
+    async def send(self, msg_id: str, text: str) -> None:
+        await self.ws.send_str(json.dumps({"type": "message", "id": msg_id, "text": text}))
+
+    def check(self, frame: dict[str, Any]) -> bool:
+        """True when acked; a refusal must be 'unavailable' with a retry_after."""
+        if frame["type"] == "ack":
+            assert frame["status"] == "sent"
+            return True
+        assert frame["type"] == "error" and frame["code"] == "unavailable", frame
+        assert isinstance(frame.get("retry_after"), int) and frame["retry_after"] >= 1, frame
+        return False
+
+    async def until_acked(self, msg_id: str, text: str) -> int:
+        refused = 0
+        while True:
+            await self.send(msg_id, text)
+            frame = await self.frame_for(msg_id)
+            if self.check(frame):
+                return refused
+            refused += 1
+            await asyncio.sleep(frame["retry_after"])  # what widget.js does
+
+
+async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path) -> None:
+    env = {"OPENLINES_WEBCHAT_SECRET": "overload-secret-0123456789", "OPENLINES_MAX_SOCKETS": str(MAX_SOCKETS)}
+    async with (
+        gateway("gateway_webchat", nats_server.url, tmp_path, **env) as gw,
+        rss_bounded(gw),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+    ):
+        ws_url = f"{gw.url}/ws/demo"
+        sockets = [await http.ws_connect(ws_url) for _ in range(MAX_SOCKETS)]
+        try:
+            for ws in sockets:
+                assert json.loads((await ws.receive(timeout=30)).data)["type"] == "welcome"
+            visitors = [Visitor(ws) for ws in sockets[:SENDERS]]
+
+            # Sockets beyond the limit: 503 + Retry-After on the handshake, nothing opened.
+            for _ in range(3 * MAX_SOCKETS):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(ws_url)
+                assert refused.value.status == 503
+                assert int(refused.value.headers["Retry-After"]) >= 1  # type: ignore[index]
+            assert await gw.metric("openlines_webchat_refused_sockets_total", reason="overloaded") == 3 * MAX_SOCKETS
+            assert await gw.metric("openlines_webchat_open_sockets") == MAX_SOCKETS
+
+            # The wave: one message from each of 3x capacity visitors while no publish can finish.
+            with nats_paused(nats_server):
+                for i, v in enumerate(visitors):
+                    await v.send(f"w{i}", f"web overload w{i}")
+                waves = [asyncio.create_task(v.frame_for(f"w{i}")) for i, v in enumerate(visitors)]
+                await wait_for(lambda: sum(t.done() for t in waves) >= SENDERS - CAPACITY, timeout=30, what="the refusals")
+                early = [t.result() for t in waves if t.done()]
+                assert len(early) == SENDERS - CAPACITY and not any(visitors[0].check(f) for f in early), early
+            frames = await asyncio.gather(*waves)
+            refused = [i for i, f in enumerate(frames) if not visitors[i].check(f)]
+            assert len(refused) == SENDERS - CAPACITY
+            assert await gw.metric("openlines_admission_refused_total", edge="webchat", reason="full") == SENDERS - CAPACITY
+            for i in refused:
+                await asyncio.sleep(frames[i]["retry_after"])
+                assert await visitors[i].until_acked(f"w{i}", f"web overload w{i}") == 0
+
+            # The flood: every visitor sends its share, resending what is refused.
+            async def visit(i: int, v: Visitor) -> None:
+                for k in range(FLOOD // SENDERS):
+                    await v.until_acked(f"f{i}-{k}", f"web overload f{i}-{k}")
+
+            await asyncio.gather(*(visit(i, v) for i, v in enumerate(visitors)))
+        finally:
+            for ws in sockets:
+                await ws.close()
+    texts = [f"web overload w{i}" for i in range(SENDERS)]
+    texts += [f"web overload f{i}-{k}" for i in range(SENDERS) for k in range(FLOOD // SENDERS)]
+    stored = await stored_texts(nc, "webchat", "demo")
+    assert set(stored) == set(texts) and all(n == 1 for n in stored.values()), stored.most_common(3)
