@@ -519,7 +519,7 @@ async def test_a_capacity_claim_left_by_a_crash_does_not_block_the_operator(nc: 
         assert (await operator(nc, "anna")).sessions == [s.id]
 
 
-async def test_a_close_cut_short_by_a_crash_is_finished_by_its_timer(nc: Any, nats_server: Any) -> None:
+async def test_a_close_cut_short_by_a_crash_is_finished_by_the_settle_timer(nc: Any, nats_server: Any) -> None:
     extra = '[lines.auto_replies]\nclosing = "Bye {client_name}"\n'
     await apply_lines(nc, OPS + line("", extra, ops='"anna"'))
     b = await bus.Buckets(nc.jetstream()).open()
@@ -533,8 +533,8 @@ async def test_a_close_cut_short_by_a_crash_is_finished_by_its_timer(nc: Any, na
         await publish(nc, inbound("cut", "hi", "m1", name="Cora"))
         s = await held_by(nc, "cut")
     # A router killed right after the first write of a close leaves this behind:
-    # the close timer set, the session closed, everything else undone.
-    await schedule(nc.jetstream(), Timer(kind="close", target=s.id, due=time.time(), token="close"))
+    # the settle timer set, the session closed, everything else undone.
+    await schedule(nc.jetstream(), Timer(kind="settle", target=s.id, due=time.time(), token="t1"))
     await bus.kv_update(
         b.sessions,
         s.id,
@@ -553,3 +553,27 @@ async def test_a_close_cut_short_by_a_crash_is_finished_by_its_timer(nc: Any, na
         assert s.id not in (await operator(nc, "anna")).sessions
         assert [e.reason for e in await events(nc, "session_closed") if e.session_id == s.id] == ["closed by anna"]
         assert [o.text for o in await outbound_for(nc, "cut") if o.text.startswith("Bye")] == ["Bye Cora"]
+
+
+async def test_a_chat_passed_on_when_a_crash_cut_the_move_short_is_queued_and_offered(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line("wait_seconds = 600"))
+    b = await bus.Buckets(nc.jetstream()).open()
+    async with running_router(nats_server.url, sweep_seconds=3600):
+        await online(nc, "anna")
+        await publish(nc, inbound("moved", "hi", "m1"))
+        s = await held_by(nc, "moved")
+        await online(nc, "boris")
+    # A router killed right after putting the chat back to waiting (skip, no answer,
+    # transfer to a line) leaves it out of the queue: nothing would ever offer it again.
+    await schedule(nc.jetstream(), Timer(kind="settle", target=s.id, due=time.time(), token="t1"))
+    await bus.kv_update(
+        b.sessions,
+        s.id,
+        Session,
+        lambda cur: msgspec.structs.replace(cur, status="waiting", operator_id="", assigned_at=None, declined_by=["anna"]),
+    )
+    st = await operator(nc, "anna")
+    await b.operators.put("anna", msgspec.json.encode(msgspec.structs.replace(st, sessions=[])))
+    async with running_router(nats_server.url, sweep_seconds=3600):
+        again = await held_by(nc, "moved")
+        assert again.operator_id == "boris"  # anna let it pass; boris is free

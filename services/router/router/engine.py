@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import secrets
 import time
 from datetime import datetime, timedelta
 
@@ -47,7 +48,7 @@ log = logging.getLogger("router.engine")
 
 CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
 RATING_WINDOW = 24 * 3600.0  # seconds a rating request stays open after the close
-CLOSE_FINISH_AFTER = 10.0  # seconds after which the "close" timer completes a close cut short
+SETTLE_AFTER = 10.0  # seconds after which the "settle" timer completes a change cut short by a crash
 
 
 class Refused(Exception):
@@ -603,6 +604,7 @@ class Engine:
                 s, status="waiting", operator_id="", offered_to=[], assigned_at=None, declined_by=[*s.declined_by, *passing]
             )
 
+        await self._settle_later(session.id)
         requeued = await kv_update(self.b.sessions, session.id, Session, back)
         if requeued is None or requeued.status != "waiting" or requeued.assignments != assignments:
             return
@@ -635,11 +637,8 @@ class Engine:
                 and str(session.last_message_at.timestamp()) == timer.token
             ):
                 await self._close(session, closed_by="auto", reason="auto_close")
-        elif timer.kind == "close":
-            session, _ = await kv_get(self.b.sessions, timer.target, Session)
-            if session is not None and session.status == "closed" and not session.close_finished:
-                log.warning("finishing a close that was cut short", extra={"session": session.id})
-                await self._finish_close(session)
+        elif timer.kind == "settle":
+            await self.settle(timer.target)
         elif timer.kind == "opening":
             line = self.lines.lines.get(timer.target)
             if line is not None:
@@ -649,6 +648,34 @@ class Engine:
             if st is not None and not st.desks and str(st.disconnected_at) == timer.token and st.status != "offline":
                 log.info("operator's desk gone past the grace period: offline", extra={"operator": timer.target})
                 await self.set_status(timer.target, "offline")
+
+    async def _settle_later(self, session_id: str) -> None:
+        """Set before a change that takes several writes (close, pass on, move, transfer).
+
+        If this process dies or NATS goes away half way, the timer fires on
+        another replica and ``settle`` completes what the session's own record
+        says should have followed. Harmless when the change went through.
+        """
+        due = time.time() + SETTLE_AFTER
+        await schedule(self.js, Timer(kind="settle", target=session_id, due=due, token=secrets.token_hex(6)))
+
+    async def settle(self, session_id: str) -> None:
+        """Make what surrounds a session agree with its record: a closed one is finished, a waiting one is queued."""
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None:
+            return
+        if session.status == "closed" and not session.close_finished:
+            log.warning("finishing a close that was cut short", extra={"session": session.id})
+            await self._finish_close(session)
+            return
+        line = self.lines.lines.get(session.line_id)
+        if session.status != "waiting" or session.held or line is None:
+            return
+        q, _ = await kv_get(self.b.sessions, queue_key(line.id), WaitingQueue)
+        if q is None or not waitq.position(q, session.id):
+            log.warning("queueing a waiting chat whose move was cut short", extra={"session": session.id})
+            await self._enqueue(line, session, session.opened_at.timestamp())
+        await self.drain(line)
 
     # ------------------------------------------------------------------ commands
 
@@ -720,6 +747,7 @@ class Engine:
                 return None
             return msgspec.structs.replace(s, status="waiting", operator_id="", assigned_at=None, declined_by=[op_id])
 
+        await self._settle_later(session.id)
         requeued = await kv_update(self.b.sessions, session.id, Session, back)
         if requeued is None or requeued.status != "waiting":
             return
@@ -859,6 +887,7 @@ class Engine:
                 return None
             return msgspec.structs.replace(s, line_id=to_line, status="waiting", operator_id="", assigned_at=None, declined_by=[])
 
+        await self._settle_later(session_id)
         moved = await kv_update(self.b.sessions, session_id, Session, move)
         if moved is None or moved.line_id != to_line or moved.status != "waiting":
             raise Refused("conflict", "the chat changed meanwhile; reload it")
@@ -892,6 +921,7 @@ class Engine:
                 return None
             return msgspec.structs.replace(s, status="waiting")
 
+        await self._settle_later(session.id)
         if await kv_update(self.b.sessions, session.id, Session, reoffer) is None:
             await self._release(to_operator, session.id)
             raise Refused("conflict", "the chat changed meanwhile; reload it")
@@ -988,13 +1018,12 @@ class Engine:
     async def _close(self, session: Session, *, closed_by: str, reason: str) -> Session:
         """Close the chat, then do what a close entails (see ``_finish_close``).
 
-        A close is many writes. The "close" timer is set before the first one,
-        so if this process dies (or NATS goes away) half way, the timer finishes
-        the close: nothing is left with a client still pointing at a closed chat,
-        an operator still holding it, or the CRM never told.
+        A close is many writes; the settle timer finishes it if this process
+        dies (or NATS goes away) half way: no client is left pointing at a
+        closed chat, no operator holding it, no CRM never told.
         """
         now = utcnow()
-        await schedule(self.js, Timer(kind="close", target=session.id, due=time.time() + CLOSE_FINISH_AFTER, token="close"))
+        await self._settle_later(session.id)
 
         def shut(s: Session | None) -> Session | None:
             if s is None or not s.is_open:

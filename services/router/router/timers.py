@@ -31,12 +31,12 @@ log = logging.getLogger("router.timers")
 
 FIRED = Counter("openlines_router_timers_fired_total", "Timers fired", ["kind"])
 
-TimerKind = Literal["offer", "idle", "opening", "presence", "close"]
+TimerKind = Literal["offer", "idle", "opening", "presence", "settle"]
 
 
 class Timer(msgspec.Struct, kw_only=True, frozen=True):
     kind: TimerKind
-    target: str  # session id (offer, idle, close), line id (opening) or operator id (presence)
+    target: str  # session id (offer, idle, settle), line id (opening) or operator id (presence)
     due: float  # epoch seconds
     token: str  # the state the timer was set for
 
