@@ -16,7 +16,7 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import msgspec
 from nats.js import JetStreamContext
@@ -101,7 +101,9 @@ def _url_name(name: str) -> str:
 
 def clean_name(raw: str | None) -> str:
     """A file name safe to show and to put in a header: no path, no control characters."""
-    name = unicodedata.normalize("NFC", (raw or "").replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    # Browsers send the name as is (a quote as %22); some clients percent-encode all of it.
+    name = unquote(raw or "")
+    name = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
     name = _UNSAFE.sub("_", name).strip(". ")
     if len(name) > MAX_NAME:
         stem, dot, ext = name.rpartition(".")
