@@ -1,0 +1,110 @@
+"""Property-based fuzzing of the desk's /api/v1 from its own OpenAPI document (schemathesis).
+
+Requests that fit the document and requests that do not, with an admin token: the desk must never answer
+5xx and never show a traceback. Examples per operation: OPENLINES_FUZZ_EXAMPLES (50 by default; `make chaos`
+sets 10000). The desk runs as its own process against a real nats-server with a real line configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import NatsServer, free_port
+from desk_admin_support import LINES, SECRET, make_token
+from hypothesis import HealthCheck, settings
+from support import apply_lines
+
+from desk.openapi import document
+from openlines import bus
+
+schemathesis = pytest.importorskip("schemathesis")
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+
+EXAMPLES = int(os.environ.get("OPENLINES_FUZZ_EXAMPLES", "50"))
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(180, EXAMPLES))]
+
+
+async def _prepare(url: str) -> str:
+    nc = await bus.connect(url, "fuzz-setup", first_attempts=5)
+    try:
+        await bus.bootstrap(nc.jetstream())
+        await apply_lines(nc, LINES)
+        return await make_token(nc, "admin", "fuzz")
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(base URL, admin token) of a desk process."""
+    tmp = tmp_path_factory.mktemp("desk-fuzz")
+    nats = NatsServer(tmp / "nats")
+    nats.start()
+    token = asyncio.run(_prepare(nats.url))
+    port = free_port()
+    env = {
+        **os.environ,
+        "OPENLINES_NATS_URL": nats.url,
+        "OPENLINES_HTTP_PORT": str(port),
+        "OPENLINES_COOKIE_SECRET": SECRET,
+        "OPENLINES_LOG_LEVEL": "warning",
+    }
+    log = open(tmp / "desk.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "desk"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the desk did not get ready: {Path(tmp / 'desk.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    try:
+        yield base, token
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+        nats.stop()
+        desk_log = (tmp / "desk.log").read_text(errors="replace")
+        assert "Traceback" not in desk_log, desk_log[-3000:]
+
+
+# The document the desk serves (checked below); built in-process so the tests exist at collection time.
+schema = schemathesis.openapi.from_dict(document())
+schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=EXAMPLES)
+
+
+def test_the_fuzzed_document_is_the_one_the_desk_serves(desk: tuple[str, str]) -> None:
+    with urllib.request.urlopen(f"{desk[0]}/api/v1/openapi.json", timeout=10) as r:
+        assert json.loads(r.read()) == json.loads(json.dumps(document()))
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+def test_the_api_never_fails_with_a_server_error_or_a_traceback(case: Any, desk: tuple[str, str]) -> None:
+    base, token = desk
+    response = case.call(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    case.validate_response(response, checks=[not_a_server_error])
+    assert "Traceback" not in response.text
+    assert 'File "' not in response.text
+    if response.status_code >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
+        body = response.json()
+        assert isinstance(body, dict) and body.get("detail"), body
