@@ -1,0 +1,168 @@
+"""Who may do what, in headless Chromium against the real desk and router: an operator without the
+open-lines permission, an admin-only account, a supervisor reading a live chat before intercepting
+it, and a sign-out that makes a copied cookie worthless."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import wait_for
+
+from desk.app import setup
+from desk.settings import Settings
+from openlines import bus, subjects
+from openlines.apply import apply
+from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
+from openlines.lines import load
+from openlines.runner import Service, launch
+from openlines.state import OperatorAccount, Session
+from router.app import setup as router_setup
+from router.settings import Settings as RouterSettings
+
+CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
+]
+
+playwright_api = pytest.importorskip("playwright.async_api")
+expect = playwright_api.expect
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+
+
+@pytest.fixture
+async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
+    buckets = await bus.Buckets(nc.jetstream()).open()
+    await apply(buckets, load(ROOT / "deploy/lines.example.toml"))
+    anna, _ = await bus.kv_get(buckets.accounts, "anna", OperatorAccount)
+    assert anna is not None
+    # An operator whose account lacks the open-lines permission.
+    dora = OperatorAccount(id="dora", name="Dora Nowak", password_hash=anna.password_hash, roles=["operator"], permissions=[])
+    await buckets.accounts.put("dora", msgspec.json.encode(dora))
+    router = await launch("router", RouterSettings(nats_url=nats_server.url, http_port=0), router_setup)
+    svc = await launch("desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret="access-browser-secret-01"), setup)
+    yield svc
+    await svc.stop()
+    await router.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+async def page_of(browser: Any, desk: Service[Settings]) -> Any:
+    context = await browser.new_context(base_url=f"http://127.0.0.1:{desk.port}", viewport={"width": 1280, "height": 760})
+    return await context.new_page()
+
+
+async def sign_in(page: Any, login: str) -> None:
+    await page.goto("/login")
+    await page.get_by_test_id("login-user").fill(login)
+    await page.get_by_test_id("login-password").fill("demo")
+    await page.get_by_test_id("login-submit").click()
+
+
+async def client_writes(js: Any, msg_id: str, text: str, visitor: str) -> None:
+    inbound = Inbound(
+        id=msg_id,
+        channel="webchat",
+        account="demo",
+        chat_id=visitor,
+        user_id=visitor,
+        profile=ClientProfile(name="Maria Client"),
+        text=text,
+        received_at=utcnow(),
+    )
+    await js.publish(subjects.inbound("webchat", "demo", visitor), encode(inbound), headers={MSG_ID_HEADER: msg_id})
+
+
+async def test_an_operator_without_the_permission_sees_no_chats_and_is_told_why(desk: Service[Settings], browser: Any) -> None:
+    page = await page_of(browser, desk)
+    await sign_in(page, "dora")
+    await expect(page.get_by_test_id("denied-reason")).to_have_text(
+        "Your account lacks the open-lines permission: ask an administrator."
+    )
+    assert await page.get_by_test_id("chat-list").count() == 0
+    await page.goto("/")
+    assert page.url.endswith("/login")  # no session was opened
+
+
+async def test_an_admin_only_account_lands_on_the_admin_pages(desk: Service[Settings], browser: Any) -> None:
+    page = await page_of(browser, desk)
+    await sign_in(page, "admin")
+    await page.wait_for_url(re.compile(r"/admin(/[a-z]*)?$"))
+    await page.goto("/")
+    await page.wait_for_url(re.compile(r"/admin(/[a-z]*)?$"))
+
+
+async def test_a_supervisor_reads_a_live_chat_and_then_intercepts_it(nc: Any, desk: Service[Settings], browser: Any) -> None:
+    js = nc.jetstream()
+    boris = await page_of(browser, desk)
+    await sign_in(boris, "boris")
+    await boris.get_by_test_id("status-online").click()
+    await expect(boris.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+    await client_writes(js, "sup-1", "My order never came", "v-sup")
+    item = boris.get_by_test_id("chat-item").filter(has_text="Maria Client")
+    sid = await item.get_attribute("data-session-id")
+    assert sid
+    await item.click()
+    await boris.get_by_test_id("accept").click()
+    await boris.get_by_test_id("reply-input").fill("Let me look into it.")
+    await boris.get_by_test_id("reply-input").press("Enter")
+
+    anna = await page_of(browser, desk)  # a supervisor, not online herself
+    await sign_in(anna, "anna")
+    await anna.goto("/supervisor")
+    row = anna.locator(f'[data-testid="sup-session"][data-session-id="{sid}"]')
+    await row.get_by_test_id("sup-read").click()
+    watch = anna.get_by_test_id("sup-watch-transcript")
+    await expect(anna.get_by_test_id("sup-watch-title")).to_contain_text("Maria Client")
+    await expect(watch).to_contain_text("My order never came")
+    await expect(watch).to_contain_text("Let me look into it.")
+    # Live: what the client writes next shows while she reads.
+    await client_writes(js, "sup-2", "It has been two weeks!", "v-sup")
+    await expect(watch).to_contain_text("It has been two weeks!")
+
+    await anna.get_by_test_id("sup-watch-intercept").click()
+    await expect(anna.get_by_test_id("sup-watch-intercept")).to_have_text("Yours")
+    await expect(boris.locator(f'[data-testid="chat-item"][data-session-id="{sid}"]')).to_have_count(0)
+    buckets = await bus.Buckets(js).open()
+
+    async def anna_holds() -> bool:
+        s, _ = await bus.kv_get(buckets.sessions, sid, Session)
+        return s is not None and s.operator_id == "anna"
+
+    await wait_for(anna_holds, what="the intercepted chat held by anna")
+
+
+async def test_after_sign_out_a_copied_cookie_no_longer_opens_the_workspace(desk: Service[Settings], browser: Any) -> None:
+    page = await page_of(browser, desk)
+    await sign_in(page, "anna")
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    cookies = [c for c in await page.context.cookies() if c["name"] == "ol_desk"]
+    assert len(cookies) == 1
+
+    thief = await page_of(browser, desk)
+    await thief.context.add_cookies(cookies)
+    await thief.goto("/")
+    await expect(thief.get_by_test_id("operator-name")).to_have_text("Anna Petrova")
+    await expect(thief.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+
+    await page.get_by_test_id("logout").click()
+    await page.wait_for_url(re.compile(r"/login$"))
+    # The other page's live connection is closed and it finds itself signed out.
+    await thief.wait_for_url(re.compile(r"/login$"))
+    await thief.goto("/")
+    await thief.wait_for_url(re.compile(r"/login$"))
