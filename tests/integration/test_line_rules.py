@@ -16,7 +16,7 @@ from support import apply_lines, events, history, inbound, outbound_for, publish
 
 from openlines import bus, subjects
 from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
-from openlines.envelopes import utcnow
+from openlines.envelopes import MSG_ID_HEADER, utcnow
 from openlines.state import ClientRecord, OperatorState, Session, client_key
 from router.timers import Timer, schedule
 
@@ -577,3 +577,31 @@ async def test_a_chat_passed_on_when_a_crash_cut_the_move_short_is_queued_and_of
     async with running_router(nats_server.url, sweep_seconds=3600):
         again = await held_by(nc, "moved")
         assert again.operator_id == "boris"  # anna let it pass; boris is free
+
+
+async def test_the_opening_message_again_after_its_chat_closed_changes_nothing(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line(ops='"anna"'))
+    b = await bus.Buckets(nc.jetstream()).open()
+    ck = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", "again"))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        msg = inbound("again", "hi", "m1")
+        await publish(nc, msg)
+        s = await held_by(nc, "again")
+        await call(nc, "close", _close("anna", s.id))
+        # A router that handled the message but died before acknowledging it gets it again,
+        # not having recorded it among the client's recent messages (the last step).
+        rec, _ = await bus.kv_get(b.clients, ck, ClientRecord)
+        assert rec is not None and not rec.open_sessions
+        await b.clients.put(ck, msgspec.json.encode(msgspec.structs.replace(rec, recent_msg_ids=[])))
+        subject = subjects.inbound(msg.channel, msg.account, msg.chat_id)
+        await nc.jetstream().publish(subject, msgspec.json.encode(msg), headers={MSG_ID_HEADER: msg.id + ":again"})
+
+        async def remembered() -> ClientRecord | None:
+            cur, _ = await bus.kv_get(b.clients, ck, ClientRecord)
+            return cur if cur is not None and msg.id in cur.recent_msg_ids else None
+
+        after = await wait_for(remembered, timeout=15, what="the message handled again")
+        assert after.open_sessions == {} and after.sessions_total == 1
+        closed, _ = await bus.kv_get(b.sessions, s.id, Session)
+        assert closed is not None and closed.status == "closed" and closed.messages_in == 1

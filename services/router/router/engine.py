@@ -157,6 +157,11 @@ class Engine:
         if session is None:
             line = self._route_line(entry_line, now)
             session = await self._create_session(msg, line, entry_line, client, ck)
+            if not session.is_open:
+                # This message opened a chat that has been answered and closed since;
+                # it comes again because a crash kept it from being acknowledged.
+                log.info("inbound already handled: its chat is closed", extra={"msg_id": msg.id, "session": session.id})
+                return
         await self.fx.history(
             HistoryEntry(
                 id=msg.id,
@@ -213,6 +218,8 @@ class Engine:
         )
         session = await kv_update(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None)
         assert session is not None
+        if not session.is_open:
+            return session  # opened by this very message and closed since: nothing to link
 
         # The client points at its open session before anything is offered, so
         # a message that follows finds it even if this one is still in hand.
