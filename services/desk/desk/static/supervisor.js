@@ -96,7 +96,11 @@
           read.type = "button";
           read.title = "Read the conversation as it goes, before deciding to intercept";
           read.dataset.testid = "sup-read";
-          read.addEventListener("click", () => { watching = s.id; readTranscript(); });
+          read.addEventListener("click", async () => {
+            watching = s.id;
+            await readTranscript();
+            el.watch.scrollIntoView({ block: "start" });
+          });
           const acts = node("span");
           acts.append(read, " ", intercept);
           const who = s.operator_name || (s.offered_to.length ? `offered to ${s.offered_to.join(", ")}` : "—");
@@ -131,7 +135,7 @@
         const li = node("li", `entry ${e.direction}`);
         li.dataset.testid = "sup-watch-entry";
         li.dataset.direction = e.direction;
-        const who = e.direction in WHO ? (e.direction === "in" ? chat.client_name || WHO.in : "") : e.author_name || "Operator";
+        const who = e.direction in WHO ? (e.direction === "in" ? chat.client_name || WHO.in : "") : e.author_name || (e.author_id === "auto" ? "Auto-reply" : "Operator");
         const head = node("div", "entry-head");
         if (who) head.append(node("span", "who", who));
         head.append(node("time", "at", new Date(e.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
