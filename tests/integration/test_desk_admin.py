@@ -199,3 +199,18 @@ async def test_an_operator_created_on_the_page_gets_an_argon2_password(admin: tu
     )
     assert again.status == 400
     assert "exists already" in await again.text()
+
+
+async def test_an_admin_cannot_lock_themselves_out(admin: tuple[aiohttp.ClientSession, str], nc: Any) -> None:
+    http, csrf = admin
+    page = await (await http.get("/admin/operators/root")).text()
+    version = _field(page, "version")
+    demoted = await http.post(
+        "/admin/operators/root", data={"csrf_token": csrf, "version": version, "name": "Root Admin", "roles": "supervisor"}
+    )
+    assert demoted.status == 400
+    assert "cannot take the admin role from yourself" in await demoted.text()
+    removed = await http.post("/admin/operators/root/delete", data={"csrf_token": csrf, "version": version})
+    assert removed.status == 400
+    account, _ = await bus.kv_get((await bus.Buckets(nc.jetstream()).open()).accounts, "root", OperatorAccount)
+    assert account is not None and account.roles == ["admin", "supervisor"]

@@ -183,6 +183,8 @@ async def _save_operator(request: web.Request, op_id: str | None) -> web.StreamR
         errors.append(f"operators.{op_id}: an operator with this login exists already")
     if not new and old is None:
         raise web.HTTPNotFound(text="no such operator")
+    if op_id == user.operator_id and "admin" not in body.roles:
+        errors.append("roles: you cannot take the admin role from yourself (ask another admin)")
     if new and not password:
         errors.append(f"password: a new operator needs a password of at least {MIN_PASSWORD} characters")
     pw_hash = old.password_hash if old is not None else ""
@@ -228,6 +230,12 @@ async def operator_delete(request: web.Request) -> web.StreamResponse:
     snap = await staff.store.snapshot()
     if op_id not in snap.cfg.operators:
         raise web.HTTPNotFound(text="no such operator")
+    if op_id == user.operator_id:
+        yourself = ["you cannot remove your own account (ask another admin)"]
+        view = operator_view(snap.cfg, op_id, diagnose(snap.cfg))
+        return html(
+            views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version, errors=yourself), status=400
+        )
     cfg = LinesFile(operators={k: v for k, v in snap.cfg.operators.items() if k != op_id}, lines=snap.cfg.lines)
     view = operator_view(snap.cfg, op_id, diagnose(snap.cfg))
     try:
