@@ -30,6 +30,11 @@ from openlines import bus
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 EXAMPLES = int(os.environ.get("OPENLINES_FUZZ_EXAMPLES", "50"))
 
@@ -102,7 +107,9 @@ def test_the_fuzzed_document_is_the_one_the_desk_serves(desk: tuple[str, str]) -
 def test_the_api_never_fails_with_a_server_error_or_a_traceback(case: Any, desk: tuple[str, str]) -> None:
     base, token = desk
     response = case.call(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    case.validate_response(response, checks=[not_a_server_error])
+    case.validate_response(
+        response, checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    )
     assert "Traceback" not in response.text
     assert 'File "' not in response.text
     if response.status_code >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):
