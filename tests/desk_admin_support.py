@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import jsonschema
 from nats.aio.client import Client as NATS
 
 from desk.app import setup
@@ -91,7 +92,9 @@ async def sign_in(http: aiohttp.ClientSession, login: str, password: str = "demo
     form = await (await http.get("/login")).text()
     token = re.search(r'name="csrf_token" value="([^"]+)"', form)
     assert token
-    done = await http.post("/login", data={"login": login, "password": password, "csrf_token": token.group(1)}, allow_redirects=False)
+    done = await http.post(
+        "/login", data={"login": login, "password": password, "csrf_token": token.group(1)}, allow_redirects=False
+    )
     assert done.status == 303, await done.text()
     page = await (await http.get("/stats")).text()
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
@@ -110,9 +113,19 @@ async def visitor_writes(nc: NATS, visitor: str, msg: str, text: str, account: s
         text=text,
         received_at=utcnow(),
     )
-    ack = await nc.jetstream().publish(subjects.inbound("webchat", account, visitor), encode(env), headers={MSG_ID_HEADER: env.id})
+    ack = await nc.jetstream().publish(
+        subjects.inbound("webchat", account, visitor), encode(env), headers={MSG_ID_HEADER: env.id}
+    )
     assert ack.seq
 
 
 def http_session(svc: Service[Any]) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{svc.port}", cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def conforms(doc: dict[str, Any], operation_id: str, body: Any) -> None:
+    """``body`` matches what the document says ``operation_id`` answers on success."""
+    op = next(op for item in doc["paths"].values() for op in item.values() if op["operationId"] == operation_id)
+    ok = next(v for k, v in op["responses"].items() if k.startswith("2"))
+    schema = {**ok["content"]["application/json"]["schema"], "components": doc["components"]}
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(body)

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from argon2 import PasswordHasher
 from conftest import wait_for
-from desk_admin_support import LINES, bearer, http_session, make_token, running_desk, sign_in, visitor_writes
+from desk_admin_support import LINES, bearer, conforms, http_session, make_token, running_desk, sign_in, visitor_writes
 from support import apply_lines, outbound_for, running_router
 
 from desk.api import PREFIX
@@ -146,6 +146,11 @@ async def test_a_line_changed_through_the_api_is_used_by_the_running_router(
     assert saved["version"] != version
     assert "line support: updated" in saved["changes"]
     assert "queue-wait-seconds" in {f["code"] for f in saved["findings"]}
+    doc = await _doc(http)
+    conforms(doc, "get_line", body)
+    conforms(doc, "put_line", saved)
+    conforms(doc, "list_lines", await (await http.get(f"{PREFIX}/lines", headers=admin)).json())
+    conforms(doc, "doctor", await (await http.get(f"{PREFIX}/doctor", headers=admin)).json())
 
     await visitor_writes(nc, "new-visitor", "m1", "Hi there", name="Olga")
 
@@ -218,6 +223,7 @@ async def test_operators_show_why_one_sees_no_chats_and_a_password_is_stored_has
     admin = bearer(tokens["admin"])
     listed = await (await http.get(f"{PREFIX}/operators", headers=admin)).json()
     ops = {op["id"]: op for op in listed["operators"]}
+    conforms(await _doc(http), "list_operators", listed)
     assert "password_hash" not in str(listed)
     carl = ops["carl"]
     assert any("lacks the 'openlines'" in r for r in carl["no_chats"])
@@ -227,8 +233,11 @@ async def test_operators_show_why_one_sees_no_chats_and_a_password_is_stored_has
     change = {"name": "Carl Fixed", "roles": ["operator"], "permissions": ["openlines"], "password": "a new secret"}
     r = await http.put(f"{PREFIX}/operators/carl", headers={**admin, "If-Match": listed["version"]}, json=change)
     assert r.status == 200, await r.text()
+    conforms(await _doc(http), "put_operator", await r.json())
     view = (await r.json())["operator"]
-    assert view["name"] == "Carl Fixed" and view["no_chats"] == ["is not a member of any line's queue (queue.operators): no chat is ever offered to them"]
+    assert view["name"] == "Carl Fixed" and view["no_chats"] == [
+        "is not a member of any line's queue (queue.operators): no chat is ever offered to them"
+    ]
     account, _ = await bus.kv_get((await bus.Buckets(nc.jetstream()).open()).accounts, "carl", OperatorAccount)
     assert account is not None and account.password_hash.startswith("$argon2")
     assert PasswordHasher().verify(account.password_hash, "a new secret")
@@ -277,6 +286,8 @@ async def test_sessions_are_listed_filtered_and_read_with_their_transcript(
         return rows if len(rows) == 2 else None
 
     rows = await wait_for(both, what="two sessions")
+    doc = await _doc(http)
+    conforms(doc, "list_sessions", await (await http.get(f"{PREFIX}/sessions", headers=sup)).json())
     assert {r["line_id"] for r in rows} == {"support", "sales"}
     only = await (await http.get(f"{PREFIX}/sessions", headers=sup, params={"line": "sales"})).json()
     assert [s["line_id"] for s in only["sessions"]] == ["sales"] and only["total"] == 1
@@ -286,6 +297,7 @@ async def test_sessions_are_listed_filtered_and_read_with_their_transcript(
     one = await (await http.get(f"{PREFIX}/sessions/{sid}", headers=sup)).json()
     session, _ = await bus.kv_get(buckets.sessions, sid, Session)
     assert session is not None and one["session"]["id"] == sid and one["session"]["line_name"] == "Customer support"
+    conforms(doc, "get_session", one)
 
     async def transcript() -> list[str] | None:
         r = await http.get(f"{PREFIX}/sessions/{sid}/transcript", headers=sup)
@@ -293,6 +305,7 @@ async def test_sessions_are_listed_filtered_and_read_with_their_transcript(
         return texts if "Where is my parcel?" in texts else None
 
     await wait_for(transcript, what="the client's message in the transcript")
+    conforms(doc, "get_transcript", await (await http.get(f"{PREFIX}/sessions/{sid}/transcript", headers=sup)).json())
     assert (await http.get(f"{PREFIX}/sessions/nope", headers=sup)).status == 404
     for bad in ({"status": "sleeping"}, {"limit": "0"}, {"limit": "x"}, {"from": "yesterday"}, {"line": "a.b"}):
         r = await http.get(f"{PREFIX}/sessions", headers=sup, params=bad)

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import wait_for
-from desk_admin_support import LINES, bearer, http_session, make_token, running_desk, sign_in, visitor_writes
+from desk_admin_support import LINES, bearer, conforms, http_session, make_token, running_desk, sign_in, visitor_writes
 from support import apply_lines, events, running_router
 
 from desk.api import PREFIX
@@ -73,6 +73,8 @@ async def test_stats_count_answers_misses_and_ratings_of_real_sessions(nc: Any, 
 
         rows = await wait_for(settled, timeout=30, what="two ratings on support and a missed chat on sales")
         support, sales = rows["support"], rows["sales"]
+        doc = await (await http.get(f"{PREFIX}/openapi.json")).json()
+        conforms(doc, "stats", await (await http.get(f"{PREFIX}/stats", headers=bearer(token), params=query)).json())
         assert (support["sessions"], support["answered"], support["missed"], support["open_unanswered"]) == (2, 2, 0, 0)
         assert support["rating_avg"] == 4.0
         opened = {e.session_id: e.at for e in await events(nc, "session_opened")}

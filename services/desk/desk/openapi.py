@@ -9,7 +9,11 @@ from typing import Any
 import msgspec
 
 from desk.api import MAX_LIMIT, OPERATIONS, PREFIX, SESSION_STATUSES, Operation, OperatorBody
+from desk.stats import LineStats
+from openlines.doctor import Finding
+from openlines.envelopes import HistoryEntry
 from openlines.lines import LineConfig
+from openlines.state import Session
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 _WHEN = {"type": "string", "description": "a date (YYYY-MM-DD, a whole UTC day) or an ISO 8601 time (no zone = UTC)"}
@@ -53,6 +57,53 @@ def _error() -> dict[str, Any]:
     }
 
 
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(**props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": list(props), "properties": props}
+
+
+_STR = {"type": "string"}
+_STRS = {"type": "array", "items": _STR}
+_VERSION = {"type": "string", "description": "the configuration version; send it back as If-Match to change it"}
+_FINDINGS = {"type": "array", "items": _ref("Finding")}
+
+OPERATOR = _obj(
+    id=_STR,
+    name=_STR,
+    roles=_STRS,
+    permissions=_STRS,
+    lines={**_STRS, "description": "the lines whose queue lists the operator"},
+    has_password={"type": "boolean"},
+    takes_chats={"type": "boolean", "description": "false for an account not meant to answer clients (e.g. admin only)"},
+    no_chats={**_STRS, "description": "why the operator would see no chats; empty when they would see some"},
+)
+
+# What each operation answers with its success status (by operationId).
+ANSWERS: dict[str, dict[str, Any]] = {
+    "list_lines": _obj(version=_VERSION, lines={"type": "array", "items": _ref("LineConfig")}),
+    "get_line": _obj(version=_VERSION, line=_ref("LineConfig")),
+    "put_line": _obj(version=_VERSION, line=_ref("LineConfig"), changes=_STRS, findings=_FINDINGS),
+    "delete_line": _obj(version=_VERSION, changes=_STRS),
+    "doctor": _obj(version=_VERSION, findings=_FINDINGS),
+    "list_operators": _obj(version=_VERSION, operators={"type": "array", "items": _ref("Operator")}),
+    "get_operator": _obj(version=_VERSION, operator=_ref("Operator")),
+    "put_operator": _obj(version=_VERSION, operator=_ref("Operator"), changes=_STRS),
+    "delete_operator": _obj(version=_VERSION, changes=_STRS),
+    "list_sessions": _obj(total={"type": "integer"}, sessions={"type": "array", "items": _ref("Session")}),
+    "get_session": _obj(session={"allOf": [_ref("Session"), _obj(line_name=_STR)]}),
+    "get_transcript": _obj(session_id=_STR, entries={"type": "array", "items": _ref("HistoryEntry")}),
+    "stats": _obj(
+        **{"from": {**_STR, "format": "date-time"}, "to": {**_STR, "format": "date-time"}},
+        lines={"type": "array", "items": _ref("LineStats")},
+        events_read={"type": "integer"},
+        complete={"type": "boolean", "description": "false when the read stopped at its limit of events"},
+    ),
+}
+
+
 def _path_params(path: str) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
     return [{"name": n, "in": "path", "required": True, "schema": _ID} for n in names]
@@ -70,15 +121,11 @@ def _operation(op: Operation) -> dict[str, Any]:
                 "schema": {"type": "string"},
             }
         )
-    responses: dict[str, Any] = {
-        str(op.ok): {"description": STATUS_TEXT[op.ok], "content": {"application/json": {"schema": {"type": "object"}}}}
-    }
+    answer = {"application/json": {"schema": ANSWERS[op.handler.__name__]}}
+    responses: dict[str, Any] = {str(op.ok): {"description": STATUS_TEXT[op.ok], "content": answer}}
     for status in sorted({*op.responses, 401, 403}):
-        content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-        responses[str(status)] = {
-            "description": STATUS_TEXT[status],
-            "content": content if status >= 400 else {"application/json": {"schema": {"type": "object"}}},
-        }
+        error = {"application/json": {"schema": _ref("Error")}}
+        responses[str(status)] = {"description": STATUS_TEXT[status], "content": error if status >= 400 else answer}
     out: dict[str, Any] = {
         "operationId": op.handler.__name__,
         "summary": op.summary,
@@ -108,8 +155,10 @@ def document() -> dict[str, Any]:
             "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}},
         }
     }
-    (_, schemas) = msgspec.json.schema_components([LineConfig, OperatorBody], ref_template="#/components/schemas/{name}")
+    structs = [LineConfig, OperatorBody, Session, HistoryEntry, LineStats, Finding]
+    (_, schemas) = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     schemas["Error"] = _error()
+    schemas["Operator"] = OPERATOR
     return {
         "openapi": "3.1.0",
         "info": {
