@@ -88,8 +88,9 @@ class Admission:
         self.in_flight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._refused = {reason: REFUSED.labels(edge, reason) for reason in ("full", "wait_timeout")}
-        self._in_flight_gauge = IN_FLIGHT.labels(edge)
-        self._waiting_gauge = WAITING.labels(edge)
+        # Read when scraped: the hot path only moves an int.
+        IN_FLIGHT.labels(edge).set_function(lambda: self.in_flight)
+        WAITING.labels(edge).set_function(lambda: len(self._waiters))
 
     @property
     def waiting(self) -> int:
@@ -112,7 +113,6 @@ class Admission:
             raise self.refuse("full")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        self._waiting_gauge.set(len(self._waiters))
         try:
             async with asyncio.timeout(self.limits.wait):
                 await waiter  # release() hands its slot over by resolving this future
@@ -127,7 +127,6 @@ class Admission:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
-            self._waiting_gauge.set(len(self._waiters))
 
     def release(self) -> None:
         """Give the slot back: to the first one waiting, or to the pool."""
@@ -135,14 +134,11 @@ class Admission:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes on; in_flight stays the same
-                self._waiting_gauge.set(len(self._waiters))
                 return
         self.in_flight -= 1
-        self._in_flight_gauge.set(self.in_flight)
 
     def _take(self) -> None:
         self.in_flight += 1
-        self._in_flight_gauge.set(self.in_flight)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

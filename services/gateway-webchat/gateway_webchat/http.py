@@ -43,6 +43,14 @@ STATIC = Path(str(resources.files("gateway_webchat") / "static"))
 WIDGET_CACHE = "public, max-age=300"  # short: a fixed widget reaches every site within minutes
 
 
+_PUBLISHED_NEW = metrics.MESSAGES_PUBLISHED.labels("false")  # resolved once: the hot path counts every message
+_PUBLISHED_DUPLICATE = metrics.MESSAGES_PUBLISHED.labels("true")
+
+
+def _not_sent(client_id: str) -> str:
+    return frame(type="error", id=client_id, code="unavailable", detail="message not sent, please retry")
+
+
 class WebchatHttp:
     def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, hub: Hub) -> None:
         self.settings = settings
@@ -107,27 +115,51 @@ class WebchatHttp:
             # sees a failed connection and the widget reconnects with backoff.
             metrics.REFUSED_SOCKETS.labels("overloaded").inc()
             return admission.overloaded_response(self.admission.refuse("sockets"), "too many open chats on this server")
+        # One coroutine frame per open socket (this one): it is what an idle socket costs.
         self._sockets += 1
+        sock: Socket | None = None
         try:
-            return await self._websocket(request)
+            ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG, heartbeat=self.settings.ws_heartbeat, autoping=True)
+            await ws.prepare(request)
+            admitted = await self._admit(ws, request)
+            if admitted is None:
+                return ws
+            sock, welcome = admitted
+            self.hub.add(sock)
+            await sock.write(welcome)
+            try:
+                await replay(self.js, sock)
+            except Exception as exc:  # NATS down or slow: the widget reconnects with backoff
+                log.warning("replay failed", extra={"channel": CHANNEL, "account": sock.account, "error": repr(exc)})
+                sock.send(frame(type="error", code="unavailable", detail="history not available, reconnecting"))
+                sock.close(CLOSE_TRY_LATER, "try again later")
+                return ws
+            await self._read(sock)
+            return ws
         finally:
             self._sockets -= 1
+            if sock is not None:
+                self.hub.remove(sock)
+                sock.close(1000, "bye")
+                await sock.drained(self.settings.shutdown_timeout)
 
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG, heartbeat=self.settings.ws_heartbeat, autoping=True)
-        await ws.prepare(request)
+    async def _admit(self, ws: web.WebSocketResponse, request: web.Request) -> tuple[Socket, str] | None:
+        """Check the account and token: the visitor's socket and its welcome frame, or None when refused."""
         account = request.match_info["account"]
         if self.stopping:
-            return await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
+            await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
+            return None
         if not self._account_ok(account):
-            return await self._refuse(ws, "bad_account", "unknown widget account", CLOSE_BAD_ACCOUNT)
+            await self._refuse(ws, "bad_account", "unknown widget account", CLOSE_BAD_ACCOUNT)
+            return None
         raw_token = request.query.get("token", "")
         if raw_token:
             try:
                 visitor = token.verify(self.settings.webchat_secret, raw_token, account)
             except token.TokenError as exc:
                 log.info("visitor token refused", extra={"channel": CHANNEL, "account": account, "reason": str(exc)})
-                return await self._refuse(ws, "bad_token", f"{exc}; start a new visit without a token", CLOSE_BAD_TOKEN)
+                await self._refuse(ws, "bad_token", f"{exc}; start a new visit without a token", CLOSE_BAD_TOKEN)
+                return None
             issued = raw_token
         else:
             issued, visitor = token.issue(self.settings.webchat_secret, account, time.time())
@@ -139,24 +171,8 @@ class WebchatHttp:
             since=int(since) if since.isascii() and since.isdigit() and len(since) < 20 else 0,
             max_queue=self.settings.send_queue,
         )
-        self.hub.add(sock)
-        try:
-            await sock.write(
-                frame(type="welcome", token=issued, visitor=visitor.visitor, new=not raw_token, max_text=self.settings.max_text)
-            )
-            try:
-                await replay(self.js, sock)
-            except Exception as exc:  # NATS down or slow: the widget reconnects with backoff
-                log.warning("replay failed", extra={"channel": CHANNEL, "account": account, "error": repr(exc)})
-                sock.send(frame(type="error", code="unavailable", detail="history not available, reconnecting"))
-                sock.close(CLOSE_TRY_LATER, "try again later")
-                return ws
-            await self._read(sock)
-        finally:
-            self.hub.remove(sock)
-            sock.close(1000, "bye")
-            await sock.drained(self.settings.shutdown_timeout)
-        return ws
+        welcome = frame(type="welcome", token=issued, visitor=visitor.visitor, new=not raw_token, max_text=self.settings.max_text)
+        return sock, welcome
 
     async def _read(self, sock: Socket) -> None:
         async for msg in sock.ws:
@@ -199,10 +215,9 @@ class WebchatHttp:
 
     async def _publish(self, sock: Socket, msg: ClientMessage) -> str:
         """The frame answering ``msg``: ``ack`` only once JetStream holds it."""
-        failed = frame(type="error", id=msg.id, code="unavailable", detail="message not sent, please retry")
         if self.stopping:
             metrics.PUBLISH_FAILURES.labels("stopping").inc()
-            return failed
+            return _not_sent(msg.id)
         inbound = to_inbound(sock.account, sock.visitor, msg, utcnow())
         try:
             ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
@@ -213,9 +228,9 @@ class WebchatHttp:
                     "publish failed",
                     extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "error": repr(exc.error)},
                 )
-            return failed
+            return _not_sent(msg.id)
         duplicate = bool(ack.duplicate)
-        metrics.MESSAGES_PUBLISHED.labels(str(duplicate).lower()).inc()
+        (_PUBLISHED_DUPLICATE if duplicate else _PUBLISHED_NEW).inc()
         log.debug(  # hot path: the published counter counts these
             "message published",
             extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},
