@@ -2,7 +2,8 @@
 
 Requests that fit the document and requests that do not, with an admin token: the desk must never answer
 5xx and never show a traceback. Examples per operation: OPENLINES_FUZZ_EXAMPLES (50 by default; `make chaos`
-sets 10000). The desk runs as its own process against a real nats-server with a real line configuration.
+sets 10000). The desk runs as its own process against a real nats-server with a real line configuration and sessions
+the router opened.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NatsServer, free_port
-from desk_admin_support import LINES, SECRET, make_token
+from conftest import NatsServer, free_port, wait_for
+from desk_admin_support import LINES, SECRET, make_token, visitor_writes
 from hypothesis import HealthCheck, settings
-from support import apply_lines
+from support import apply_lines, running_router
 
 from desk.openapi import document
 from openlines import bus
@@ -46,6 +47,17 @@ async def _prepare(url: str) -> str:
     try:
         await bus.bootstrap(nc.jetstream())
         await apply_lines(nc, LINES)
+        # Real sessions for the session endpoints to return: one per line, opened by the router.
+        async with running_router(url):
+            await visitor_writes(nc, "fuzz-visitor", "m1", "Hello")
+            await visitor_writes(nc, "fuzz-buyer", "m1", "Prices?", account="shop")
+            buckets = await bus.Buckets(nc.jetstream()).open()
+
+            async def opened() -> bool:
+                keys = await bus.kv_entries(nc.jetstream(), buckets.sessions._name)
+                return len([k for k in keys if not k.startswith("queue.")]) == 2
+
+            await wait_for(opened, timeout=30, what="two sessions opened by the router")
         return await make_token(nc, "admin", "fuzz")
     finally:
         await nc.close()
