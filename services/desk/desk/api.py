@@ -33,7 +33,7 @@ from desk.tokens import ApiToken, TokenStore
 from openlines import subjects
 from openlines.bus import kv_entries
 from openlines.doctor import diagnose
-from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig
+from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
 from openlines.state import Session
 
 log = logging.getLogger("desk.api")
@@ -267,16 +267,24 @@ async def put_operator(request: web.Request, staff: Staff, token: ApiToken) -> w
     errors = operator_problems(body)
     if errors:
         raise Problem(400, "invalid", "; ".join(errors), errors)
+    expected = expected_version(request)
     snap = await staff.store.snapshot()
     old = snap.cfg.operators.get(op_id)
-    pw_hash = await staff.hash_password(body.password) if body.password is not None else (old.password_hash if old else "")
     updated = OperatorConfig(
         name=body.name.strip(),
-        password_hash=pw_hash,
+        password_hash=old.password_hash if old else "",
         roles=list(dict.fromkeys(body.roles)),
         permissions=list(dict.fromkeys(body.permissions)),
     )
     cfg = LinesFile(operators={**snap.cfg.operators, op_id: updated}, lines=snap.cfg.lines)
+    # Refuse what would fail anyway before paying for argon2.
+    invalid = check(cfg)
+    if invalid:
+        raise Problem(400, "invalid", "the configuration would be invalid; nothing changed", invalid)
+    if snap.version != expected:
+        raise Problem(412, "version_mismatch", f"the configuration changed meanwhile (now {snap.version}); GET it again")
+    if body.password is not None:
+        updated.password_hash = await staff.hash_password(body.password)
     changes, version = await save(staff, cfg, request, token)
     log.info("operator saved", extra={"operator": op_id, "by": f"token {token.id}"})
     view = operator_view(cfg, op_id, diagnose(cfg))
