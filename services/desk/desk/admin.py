@@ -110,21 +110,21 @@ async def lines_post(request: web.Request) -> web.StreamResponse:
         return again(400, errors=errors, findings=findings)
     if action != "save":
         return again(200, findings=findings, message="Valid. The doctor's findings are below; nothing is saved yet.")
-    serious = [f for f in findings if f.severity != "info"]
-    if serious and form.get("confirm") != _digest(text):
-        # The findings must be seen before this text is saved: show them and ask once more.
+    stale = (
+        "Someone else changed the configuration since this page was loaded; nothing was saved. "
+        "Copy your edit, reload the page and apply it again."
+    )
+    if not valid_version(version) or version != snap.version:
+        return again(409, findings=findings, conflict=stale)
+    live = {(f.code, f.key) for f in diagnose(snap.cfg)}
+    new = [f for f in findings if f.severity != "info" and (f.code, f.key) not in live]
+    if new and form.get("confirm") != _digest(text):
+        # Warnings this edit brings must be seen before it is saved: show them and ask once more.
         return again(200, findings=findings, confirm=_digest(text))
-    if not valid_version(version):
-        return again(409, findings=findings, conflict="The page is stale: reload it before saving.")
     try:
         changes, _ = await staff.store.save(cfg, version, user.operator_id)
     except Conflict:
-        return again(
-            409,
-            findings=findings,
-            conflict="Someone else changed the configuration since this page was loaded; nothing was saved. "
-            "Copy your edit, reload the page and apply it again.",
-        )
+        return again(409, findings=findings, conflict=stale)
     except ConfigError as exc:
         return again(400, errors=list(exc.errors), findings=findings)
     log.info("lines saved from the admin page", extra={"operator": user.operator_id, "changes": len(changes)})

@@ -118,7 +118,7 @@ def lines_page(
     if confirm:
         confirm_html = (
             f'<input type="hidden" name="confirm" value="{escape(confirm)}">'
-            '<p class="notice warn" data-testid="confirm-note">The doctor has findings for this configuration (below). '
+            '<p class="notice warn" data-testid="confirm-note">This change brings new doctor findings (below). '
             "Save anyway, or change it and check again.</p>"
         )
     save_label = "Save anyway" if confirm else "Save"
