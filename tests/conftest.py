@@ -40,9 +40,10 @@ def nats_binary() -> str:
 class NatsServer:
     """A real ``nats-server -js`` on a free port; can be stopped and restarted on the same port and store."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, args: list[str] | None = None) -> None:
         self.port = free_port()
         self.store = store
+        self.args = args or []  # more nats-server flags (a cluster node's name and routes)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = store.parent / f"nats-{self.port}.log"
 
@@ -56,7 +57,7 @@ class NatsServer:
         # OPENLINES_TEST_NATS_DEBUG="-DV" logs the protocol of every test's server (in its tmp dir).
         debug = os.environ.get("OPENLINES_TEST_NATS_DEBUG", "").split()
         self.proc = subprocess.Popen(
-            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store), *debug],
+            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store), *self.args, *debug],
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
@@ -84,6 +85,41 @@ class NatsServer:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+
+class NatsCluster:
+    """Three ``nats-server -js`` nodes routed into one JetStream cluster; any node can be killed and started again."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        routes = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(
+                root / f"node{i}",
+                [
+                    "-n",
+                    f"node{i}",
+                    "--cluster_name",
+                    "openlines",
+                    "--cluster",
+                    f"nats://127.0.0.1:{routes[i]}",
+                    "--routes",
+                    ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i),
+                ],
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> None:
+        for n in self.nodes:
+            n.start()
+
+    def stop(self, kill: bool = False) -> None:
+        for n in self.nodes:
+            n.stop(kill=kill)
 
 
 @pytest.fixture
