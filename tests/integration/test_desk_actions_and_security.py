@@ -261,7 +261,7 @@ async def test_uploads_that_are_refused_say_why(nc: Any, desks: Launch) -> None:
             (file_form("page.html", b"<script>alert(1)</script>", "text/html"), 415, "cannot be sent"),
             (file_form("fake.png", b"GIF89a not a png", "image/png"), 415, "its content is not"),
             (file_form("big.pdf", b"%PDF" + b"x" * 2000, "application/pdf"), 413, "over 1000 bytes"),
-            (file_form("empty.txt", b"", "text/plain"), 415, "empty"),
+            (file_form("empty.txt", b"", "text/plain"), 400, "empty"),
         ]
         for form, status, why in cases:
             r = await http.post(f"/api/sessions/{sid}/files", data=form, headers=h)

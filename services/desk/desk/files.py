@@ -65,6 +65,10 @@ _UNSAFE = re.compile(r"[^\w.\- ()+,]", re.UNICODE)
 class FileRefused(ValueError):
     """The upload is not acceptable; the message says why (shown to the operator)."""
 
+    def __init__(self, detail: str, status: int = 415) -> None:
+        super().__init__(detail)
+        self.status = status  # 415: a type we do not send; 400: nothing to send
+
 
 @dataclass(frozen=True, slots=True)
 class StoredFile:
@@ -112,14 +116,14 @@ def clean_name(raw: str | None) -> str:
 
 
 def check(mime: str, head: bytes) -> None:
+    if not head:
+        raise FileRefused("the file is empty", status=400)
     if mime not in ALLOWED_TYPES:
         allowed = ", ".join(sorted(ALLOWED_TYPES))
         raise FileRefused(f"files of type {mime or 'unknown'!r} cannot be sent; allowed: {allowed}")
     magic = _MAGIC.get(mime)
-    if magic and not head.startswith(magic):
+    if (magic and not head.startswith(magic)) or (mime == "image/webp" and head[8:12] != b"WEBP"):
         raise FileRefused(f"the file says it is {mime} but its content is not")
-    if not head:
-        raise FileRefused("the file is empty")
 
 
 class FileStore:

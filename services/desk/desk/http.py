@@ -824,7 +824,7 @@ async def api_upload(request: web.Request) -> web.StreamResponse:
     try:
         stored = await (await desk.files()).put(sid, name, mime, data)
     except FileRefused as exc:
-        raise ApiError(415, "unsupported", str(exc)) from None
+        raise ApiError(exc.status, "unsupported" if exc.status == 415 else "invalid", str(exc)) from None
     except (TimeoutError, nats.errors.Error):
         raise ApiError(503, "unavailable", "the file could not be stored; try again") from None
     log.info("file uploaded", extra={"operator": me, "session": sid, "bytes": stored.size, "mime": mime})

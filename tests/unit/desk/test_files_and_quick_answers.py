@@ -37,6 +37,9 @@ def test_a_long_name_keeps_its_extension() -> None:
 def test_allowed_types_and_content() -> None:
     check("image/png", PNG_HEAD)
     check("application/pdf", b"%PDF-1.7")
+    check("image/webp", b"RIFF\x24\x00\x00\x00WEBPVP8 ")
+    with pytest.raises(FileRefused, match="its content is not"):
+        check("image/webp", b"RIFF\x24\x00\x00\x00WAVEfmt ")
     with pytest.raises(FileRefused, match="cannot be sent"):
         check("text/html", b"<html>")
     with pytest.raises(FileRefused, match="its content is not"):
