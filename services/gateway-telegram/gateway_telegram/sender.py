@@ -35,7 +35,7 @@ from gateway_telegram.api import BotPool
 from gateway_telegram.core.ratelimit import Pace, backoff
 from gateway_telegram.deliver import Files, Part, Permanent, RetryAfter, Transient, plan, send_part
 from gateway_telegram.normalise import CHANNEL
-from gateway_telegram.sent import Sent, SentRecord, open_bucket
+from gateway_telegram.sent import UNCERTAIN_RESENDS, Sent, SentRecord, open_bucket
 from gateway_telegram.settings import Settings
 from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
@@ -250,15 +250,27 @@ class Sender:
         for index, part in enumerate(parts):
             if index < rec.parts:
                 continue  # delivered before a crash or a lost ack
+            if rec.attempting > index:
+                # Sent before a crash, never recorded: Telegram may have it. Resend (never lose a reply) and count it.
+                rec = msgspec.structs.replace(rec, uncertain=rec.uncertain + 1)
+                UNCERTAIN_RESENDS.labels(held.account).inc()
+                log.warning(
+                    "resending a part whose delivery is unknown after a crash; the client may see it twice",
+                    extra={"account": held.account, "msg_id": out.id, "part": index + 1},
+                )
+            rec = msgspec.structs.replace(rec, attempting=index + 1)
+            await self._record(rec)
             try:
                 message_id = await self._send(lane, held.account, bot, out, part)
             except Permanent as exc:
                 await self._fail(held, out, rec, exc.reason)
                 return
-            rec = msgspec.structs.replace(rec, parts=index + 1, message_ids=[*rec.message_ids, message_id])
+            last = index == len(parts) - 1
+            rec = msgspec.structs.replace(rec, parts=index + 1, message_ids=[*rec.message_ids, message_id], done=last)
             await self._record(rec)
-        rec = msgspec.structs.replace(rec, done=True)
-        await self._record(rec)
+        if not rec.done:  # nothing was left to send (all parts recorded before a crash)
+            rec = msgspec.structs.replace(rec, done=True)
+            await self._record(rec)
         await held.msg.ack_sync()
         metrics.DELIVERED.labels(held.account).inc()
         log.info("outbound delivered", extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "parts": len(parts)})

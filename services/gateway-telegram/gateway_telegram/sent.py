@@ -1,9 +1,15 @@
 """What has been delivered: the ``ol-tg-sent`` KV bucket (this service's own).
 
 One key per outbound message (a digest of its id; ids contain ``:``, which
-KV keys do not allow), written after every delivered part and before the
-JetStream ack, so a redelivered outbound resumes after the last part that
-Telegram accepted instead of sending it again.
+KV keys do not allow), written before each part is sent (``attempting``) and
+after it was delivered, before the JetStream ack, so a redelivered outbound
+resumes after the last part that Telegram accepted instead of sending it again.
+
+The Bot API has no idempotency key: a gateway killed after Telegram accepted a
+part but before recording it cannot know whether the client got it. It sends
+the part again (a reply is never lost) and counts that resend in ``uncertain``
+and in the ``openlines_telegram_uncertain_resends_total`` metric, so a double
+is never silent.
 """
 
 from __future__ import annotations
@@ -15,8 +21,15 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
 
 from openlines import bus, subjects
+
+UNCERTAIN_RESENDS = Counter(
+    "openlines_telegram_uncertain_resends_total",
+    "Parts sent again after a crash mid-send (the client may see them twice)",
+    ["account"],
+)
 
 # Would live in openlines.subjects (the one place names are spelled); kept here until shared/ has it.
 KV_TELEGRAM_SENT = subjects.KV_TELEGRAM_SENT
@@ -26,6 +39,8 @@ class SentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str  # the outbound id
     parts: int = 0  # parts delivered so far (text chunks, then attachments)
     message_ids: list[int] = []  # Telegram message ids of the delivered parts
+    attempting: int = 0  # 1-based index of the part whose send has started
+    uncertain: int = 0  # parts sent again because a crash left their delivery unknown
     done: bool = False  # every part delivered, or given up (failed)
     failed: str = ""  # the reason when given up
 
