@@ -67,6 +67,18 @@ LIMITS = {
 # -- the gateway process ------------------------------------------------------
 
 
+async def metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 when absent)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+            return float(m.group(2))
+    return 0.0
+
+
 class GatewayProcess:
     def __init__(self, module: str, nats_url: str, log: Path, env: dict[str, str]) -> None:
         self.port = free_port()
@@ -106,14 +118,7 @@ class GatewayProcess:
             await wait_for(probe, timeout=60, what=f"{self.log.name} ready")
 
     async def metric(self, name: str, **labels: str) -> float:
-        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/metrics") as resp:
-            text = await resp.text()
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-            if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
-                return float(m.group(2))
-        return 0.0
+        return await metric(self.url, name, **labels)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -380,3 +385,68 @@ async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path)
     texts += [f"web overload f{i}-{k}" for i in range(SENDERS) for k in range(FLOOD // SENDERS)]
     stored = await stored_texts(nc, "webchat", "demo")
     assert set(stored) == set(texts) and all(n == 1 for n in stored.values()), stored.most_common(3)
+
+
+# -- the widget in a browser -----------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+
+
+@pytest.mark.browser
+async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, nats_server: Any) -> None:
+    if not HAVE_CHROMIUM:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    from playwright.async_api import async_playwright
+
+    from gateway_webchat import Settings, setup
+    from gateway_webchat.service import WEBCHAT
+    from openlines.runner import launch
+
+    settings = Settings(
+        nats_url=nats_server.url,
+        http_port=0,
+        webchat_secret="overload-secret-0123456789",
+        max_in_flight=1,
+        max_waiting=0,
+        retry_after=1,
+        publish_timeout=60.0,
+        shutdown_timeout=3.0,
+    )
+    svc = await launch("gateway-webchat", settings, setup, first_attempts=5)
+    try:
+        edge = svc.app[WEBCHAT].edge
+        base = f"http://127.0.0.1:{svc.port}"
+        async with (
+            async_playwright() as p,
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"http://127.0.0.1:{svc.port}/ws/demo") as other,
+        ):
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{svc.port}/demo")
+            await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+            assert json.loads((await other.receive(timeout=30)).data)["type"] == "welcome"
+            refused_before = await metric(base, "openlines_admission_refused_total", edge="webchat", reason="full")
+            with nats_paused(nats_server):
+                # Another visitor's message takes the replica's only slot and cannot finish.
+                await other.send_str(json.dumps({"type": "message", "id": "other1", "text": "the slot holder"}))
+                await wait_for(lambda: edge.admission.in_flight == 1, what="the slot taken")
+                msg_id = await page.evaluate("window.openlinesWidget.send('sent while the server is busy')")
+
+                async def refused() -> bool:
+                    return await metric(base, "openlines_admission_refused_total", edge="webchat", reason="full") > refused_before
+
+                await wait_for(refused, timeout=30, what="the refusal")
+                # Refused with retry_after: still "sending", no "not sent – retry" button.
+                mine = page.locator(f'[data-testid="ol-msg-out"][data-id="{msg_id}"]')
+                assert await mine.get_attribute("data-status") == "sending"
+                assert await page.get_by_test_id("ol-retry").count() == 0
+            await mine.and_(page.locator('[data-status="sent"]')).wait_for(state="attached", timeout=30_000)
+            visitor = await page.evaluate("window.openlinesWidget.visitor")
+            await browser.close()
+        stored = await stored_texts(nc, "webchat", "demo")
+        assert stored["sent while the server is busy"] == 1 and stored["the slot holder"] == 1
+        assert visitor
+    finally:
+        await svc.stop()
