@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
 from openlines import subjects
+from openlines.envelopes import Attachment
 from openlines.state import OperatorStatus, Session
 
 COMMAND_TIMEOUT = 5.0
@@ -36,6 +37,7 @@ class Reply(_Cmd):
     session_id: str
     text: str
     client_msg_id: str  # makes a retried reply idempotent
+    attachments: list[Attachment] = []  # files already stored (the desk's file store); text may then be empty
 
 
 class Close(_Cmd):

@@ -16,7 +16,7 @@ from support import apply_lines, events, history, inbound, outbound_for, publish
 
 from openlines import bus, subjects
 from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
-from openlines.envelopes import MSG_ID_HEADER, utcnow
+from openlines.envelopes import MSG_ID_HEADER, Attachment, utcnow
 from openlines.state import ClientRecord, OperatorState, Session, client_key
 from router.timers import Timer, schedule
 
@@ -605,3 +605,19 @@ async def test_the_opening_message_again_after_its_chat_closed_changes_nothing(n
         assert after.open_sessions == {} and after.sessions_total == 1
         closed, _ = await bus.kv_get(b.sessions, s.id, Session)
         assert closed is not None and closed.status == "closed" and closed.messages_in == 1
+
+
+async def test_a_reply_may_carry_files_and_no_text(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, OPS + line(ops='"anna"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("files", "send me the invoice", "m1"))
+        s = await held_by(nc, "files")
+        pdf = Attachment(kind="file", name="invoice.pdf", mime="application/pdf", size=1234, url="https://desk.example/f/1")
+        await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="", client_msg_id="r1", attachments=[pdf]))
+        sent = await wait_for(lambda: outbound_for(nc, "files"), what="the reply with the file")
+        assert sent[-1].attachments == [pdf] and sent[-1].text == ""
+        out = [h for h in await history(nc, s.id) if h.direction == "out"]
+        assert out[-1].attachments == [pdf]
+        with pytest.raises(CommandFailed, match="empty"):
+            await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="  ", client_msg_id="r2"))

@@ -24,7 +24,7 @@ from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from openlines import subjects
 from openlines.bus import Buckets, kv_entries, kv_get, kv_update
-from openlines.envelopes import ClientProfile, HistoryEntry, Inbound, Outbound, utcnow
+from openlines.envelopes import Attachment, ClientProfile, HistoryEntry, Inbound, Outbound, utcnow
 from openlines.lines import LineConfig, QueueConfig
 from openlines.state import (
     RECENT_IDS_KEPT,
@@ -821,10 +821,12 @@ class Engine:
                     await self.drain(line)
         return updated
 
-    async def reply(self, operator_id: str, session_id: str, text: str, client_msg_id: str) -> tuple[Session, str]:
+    async def reply(
+        self, operator_id: str, session_id: str, text: str, client_msg_id: str, attachments: list[Attachment] | None = None
+    ) -> tuple[Session, str]:
         acc = await self._account(operator_id)
         text = text.strip()
-        if not text:
+        if not text and not attachments:
             raise Refused("invalid", "reply text is empty")
         session = await self._own_session(operator_id, session_id, take=True)
         out_id = f"out:{session_id}:{subjects.token(client_msg_id, 'client_msg_id')}"
@@ -838,6 +840,7 @@ class Engine:
                 account=session.account,
                 chat_id=session.chat_id,
                 text=text,
+                attachments=list(attachments or []),
                 operator_id=operator_id,
                 operator_name=acc.name,
                 created_at=now,
