@@ -23,6 +23,7 @@ from openlines.runner import Service, launch
 from openlines.state import ClientRecord, Session, client_key
 from router.app import setup as router_setup
 from router.settings import Settings as RouterSettings
+from router.timers import Timer
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "actions-test-cookie-secret-0123"
@@ -132,6 +133,21 @@ async def outbound_of(nc: Any, visitor: str) -> list[Outbound]:
     return [msgspec.json.decode(d, type=Outbound) for _, d in rows]
 
 
+async def sent(nc: Any, visitor: str, out_id: str) -> Outbound | None:
+    return next((o for o in await outbound_of(nc, visitor) if o.id == out_id), None)
+
+
+async def transcript_of(nc: Any, sid: str) -> list[HistoryEntry]:
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_HIST, subjects.history(sid))
+    return [msgspec.json.decode(d, type=HistoryEntry) for _, d in rows]
+
+
+async def idle_timer_of(nc: Any, sid: str) -> Timer:
+    """The newest auto-close timer the router set for the session (its token is the last message's time)."""
+    msg = await nc.jetstream().get_last_msg(subjects.STREAM_TIMER, subjects.timer("idle", sid))
+    return msgspec.json.decode(msg.data, type=Timer)
+
+
 def file_form(name: str, data: bytes, mime: str) -> aiohttp.FormData:
     form = aiohttp.FormData()
     form.add_field("file", data, filename=name, content_type=mime)
@@ -225,20 +241,41 @@ async def test_a_file_goes_to_the_channel_and_the_transcript_once(nc: Any, desks
         file = (await up.json())["file"]
         assert file["name"] == "price list.pdf" and file["kind"] == "file" and file["size"] == 12
 
-        body = {"text": "", "client_msg_id": "files-1", "files": [file["id"]]}
-        for _ in range(2):  # a retried send is deduplicated
+        # Text and file are one reply command: the router sends them as one message, and a retry is that same message.
+        body = {"text": "Here is the price list", "client_msg_id": "files-1", "files": [file["id"]]}
+        ids = set()
+        for _ in range(2):
             r = await http.post(f"/api/sessions/{sid}/reply", json=body, headers=h)
             assert r.status == 200, await r.text()
-        outs = await wait_for(lambda: outbound_of(nc, "v-file"), what="the file on ol.out")
-        with_files = [o for o in outs if o.attachments]
-        assert len(with_files) == 1
-        att = with_files[0].attachments[0]
+            ids.add((await r.json())["message_id"])
+        assert ids == {f"out:{sid}:files-1"}
+        outs = await wait_for(lambda: outbound_of(nc, "v-file"), what="the reply on ol.out")
+        mine = [o for o in outs if not o.auto]
+        assert [(o.id, o.text, len(o.attachments)) for o in mine] == [(f"out:{sid}:files-1", "Here is the price list", 1)]
+        att = mine[0].attachments[0]
         assert att.kind == "file" and att.name == "price list.pdf" and att.mime == "application/pdf" and att.size == 12
         assert att.url == f"https://desk.example.com/files/{sid}/{file['id']}/price%20list.pdf"
-        assert with_files[0].operator_id == "anna" and with_files[0].operator_name == "Anna Petrova"
-        rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_HIST, subjects.history(sid))
-        entries = [msgspec.json.decode(d, type=HistoryEntry) for _, d in rows]
-        assert [e.attachments[0].name for e in entries if e.attachments] == ["price list.pdf"]
+        assert mine[0].operator_id == "anna" and mine[0].operator_name == "Anna Petrova"
+        entries = await transcript_of(nc, sid)
+        assert [(e.text, [a.name for a in e.attachments]) for e in entries if e.direction == "out" and e.author_id == "anna"] == [
+            ("Here is the price list", ["price list.pdf"])
+        ]
+        after_text = await session_of(nc, sid)
+
+        # Files alone are a reply too: the chat's last message moves, so the auto-close timer starts again.
+        up = await http.post(f"/api/sessions/{sid}/files", data=file_form("label.png", PNG, "image/png"), headers=h)
+        png = (await up.json())["file"]
+        r = await http.post(
+            f"/api/sessions/{sid}/reply", json={"text": "", "client_msg_id": "files-2", "files": [png["id"]]}, headers=h
+        )
+        assert r.status == 200, await r.text()
+        alone = await wait_for(lambda: sent(nc, "v-file", f"out:{sid}:files-2"), what="the file alone on ol.out")
+        assert [(a.kind, a.name) for a in alone.attachments] == [("image", "label.png")] and alone.text == ""
+        touched = await session_of(nc, sid)
+        assert touched.last_message_at is not None and after_text.last_message_at is not None
+        assert touched.last_message_at > after_text.last_message_at
+        timer = await idle_timer_of(nc, sid)
+        assert timer.token == str(touched.last_message_at.timestamp())
 
         # The link needs no sign-in (the client's channel fetches it) and never runs as a page.
         async with aiohttp.ClientSession() as anyone:
@@ -250,6 +287,42 @@ async def test_a_file_goes_to_the_channel_and_the_transcript_once(nc: Any, desks
             assert got.headers["X-Content-Type-Options"] == "nosniff"
             assert (await anyone.get(f"http://127.0.0.1:{desk.port}/files/{sid}/AAAAAAAAAAAAAAAAAAAAAAAA/x")).status == 404
             assert (await anyone.get(f"http://127.0.0.1:{desk.port}/files/other/{file['id']}/x")).status == 404
+
+
+async def test_files_are_kept_for_the_configured_age_then_nats_deletes_them(nc: Any, desks: Launch) -> None:
+    js = nc.jetstream()
+    stream = f"OBJ_{subjects.OBJ_DESK_FILES}"
+    await desks()
+    assert (await js.stream_info(stream)).config.max_age == 90 * 86400  # the default: 90 days
+
+    # A replica with another age brings the store to it; here two seconds, so the test sees a file go.
+    desk = await desks(files_max_age_days=2 / 86400)
+    assert (await js.stream_info(stream)).config.max_age == 2
+    async with client_for(desk) as http:
+        h = await sign_in(http, "anna")
+        sid = await a_chat_of(http, h, nc, "v-old-file")
+        before = (await js.stream_info(stream)).state.last_seq
+        form = file_form("old.pdf", b"%PDF-1.4 old", "application/pdf")
+        up = await http.post(f"/api/sessions/{sid}/files", data=form, headers=h)
+        assert up.status == 200, await up.text()
+        file = (await up.json())["file"]
+        assert (await js.stream_info(stream)).state.last_seq > before  # stored (metadata and chunk)
+
+        async def gone() -> bool:
+            return (await js.stream_info(stream)).state.messages == 0
+
+        await wait_for(gone, timeout=60, what="NATS deleting the file past its age")
+        async with aiohttp.ClientSession() as anyone:
+            assert (await anyone.get(f"http://127.0.0.1:{desk.port}/files/{sid}/{file['id']}/old.pdf")).status == 404
+        body = {"text": "", "client_msg_id": "old-1", "files": [file["id"]]}
+        r = await http.post(f"/api/sessions/{sid}/reply", json=body, headers=h)
+        assert r.status == 400 and "upload it again" in (await r.json())["detail"]
+        assert not [o for o in await outbound_of(nc, "v-old-file") if o.attachments]
+
+
+def test_the_age_of_files_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="OPENLINES_FILES_MAX_AGE_DAYS"):
+        Settings(cookie_secret=SECRET, files_max_age_days=-1)
 
 
 async def test_uploads_that_are_refused_say_why(nc: Any, desks: Launch) -> None:

@@ -26,7 +26,8 @@ async def setup(svc: Service[Settings]) -> None:
         return None if hub.subscribed else "not subscribed to session events"
 
     svc.ready_check(live_subscribed)
-    svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub)
+    desk = svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub)
+    await desk.files()  # creates the file store, or brings it to the configured age
     svc.app.middlewares.append(api_errors)
     svc.app.on_response_prepare.append(security_headers)
     add_routes(svc.app)

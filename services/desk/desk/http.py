@@ -60,7 +60,7 @@ from openlines.commands import (
     Spam,
     Transfer,
 )
-from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, Outbound, encode, utcnow
+from openlines.envelopes import Attachment, HistoryEntry
 from openlines.runner import json_error
 from openlines.state import OperatorAccount, OperatorState, Session
 
@@ -127,7 +127,8 @@ class Desk:
         if self._files is None:
             async with self._opening:
                 if self._files is None:
-                    self._files = await FileStore.open(self.reader.js)
+                    s = self.settings
+                    self._files = await FileStore.open(self.reader.js, max_age=s.files_max_age_days * 86400, replicas=s.replicas)
         return self._files
 
     def client_address(self, request: web.Request) -> str:
@@ -665,67 +666,30 @@ async def api_reply(request: web.Request) -> web.StreamResponse:
         raise ApiError(413, "too_large", f"text is {len(text)} characters; at most {MAX_TEXT}")
     if not isinstance(client_msg_id, str) or not is_token(client_msg_id):
         raise ApiError(400, "invalid", "client_msg_id must be 1-64 characters of A-Z a-z 0-9 _ -")
-    if file_ids:
-        return await _reply_with_files(request, desk, user, sid, text, client_msg_id, list(dict.fromkeys(file_ids)))
-    cmd = Reply(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id)
+    attachments = await _attachments(request, desk, sid, list(dict.fromkeys(file_ids)))
+    cmd = Reply(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id, attachments=attachments)
     return await _result(desk, await desk.command("reply", cmd))
 
 
-async def _reply_with_files(
-    request: web.Request, desk: Desk, user: Authed, sid: str, text: str, client_msg_id: str, file_ids: list[str]
-) -> web.StreamResponse:
-    """A reply carrying files: the text goes through the router, the files follow as their own message.
+async def _attachments(request: web.Request, desk: Desk, sid: str, file_ids: list[str]) -> list[Attachment]:
+    """The uploaded files a reply names, as the router sends them: each must be in this chat's store.
 
-    The router's reply command carries text only, so the router first checks
-    that the chat is this operator's (and marks it answered); then the desk
-    queues the files for the client's gateway and records them in the
-    transcript, with ids derived from ``client_msg_id`` so a retried send
-    is deduplicated by JetStream like a retried text reply.
+    The router checks that the chat is this operator's and sends text and files
+    as one message (and one transcript entry); a retried reply with the same
+    ``client_msg_id`` is the same message, so it is delivered once.
     """
+    if not file_ids:
+        return []
     store = await desk.files()
-    found = await asyncio.gather(*(store.info(sid, fid) for fid in file_ids))
+    try:
+        found = await asyncio.gather(*(store.info(sid, fid) for fid in file_ids))
+    except (TimeoutError, nats.errors.Error):
+        raise ApiError(503, "unavailable", "the files could not be read; send again") from None
     missing = [fid for fid, f in zip(file_ids, found, strict=True) if f is None]
     if missing:
         raise ApiError(400, "invalid", f"no uploaded file {missing[0]!r} in this chat; upload it again")
-    if text.strip():
-        result = await desk.command(
-            "reply", Reply(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id)
-        )
-    else:
-        result = await desk.command("accept", Accept(operator_id=user.operator_id, session_id=sid))
-    session = result.session
-    if session is None:
-        raise ApiError(503, "unavailable", "the router did not return the chat; retry")
     base = desk.public_base(request)
-    out = Outbound(
-        id=f"out:{sid}:{client_msg_id}-files",
-        session_id=sid,
-        channel=session.channel,
-        account=session.account,
-        chat_id=session.chat_id,
-        attachments=[f.attachment(base) for f in found if f is not None],
-        operator_id=user.operator_id,
-        operator_name=user.account.name,
-        created_at=utcnow(),
-    )
-    entry = HistoryEntry(
-        id=out.id,
-        session_id=sid,
-        direction="out",
-        attachments=out.attachments,
-        author_id=user.operator_id,
-        author_name=user.account.name,
-        at=out.created_at,
-    )
-    js = desk.reader.js
-    try:
-        subject = subjects.outbound(session.channel, session.account, session.chat_key)
-        await js.publish(subject, encode(out), stream=subjects.STREAM_OUT, headers={MSG_ID_HEADER: out.id})
-        await js.publish(subjects.history(sid), encode(entry), stream=subjects.STREAM_HIST, headers={MSG_ID_HEADER: out.id})
-    except (TimeoutError, nats.errors.Error):
-        raise ApiError(503, "unavailable", "the files could not be queued; send again") from None
-    chat = await desk.reader.chat(session)
-    return web.json_response({"ok": True, "session": chat, "message_id": result.message_id, "files_message_id": out.id})
+    return [f.attachment(base) for f in found if f is not None]
 
 
 async def api_skip(request: web.Request) -> web.StreamResponse:

@@ -28,6 +28,9 @@ class Settings(BaseSettings, kw_only=True):
     # file to re-upload it) and visitors must be able to reach it.
     public_url: str = ""
     max_upload_bytes: int = 10 * 1024 * 1024
+    # How long files operators send are kept (and their links work); NATS deletes older ones. 0 = forever.
+    # Every desk replica must have the same value: each brings the store to its own on start-up.
+    files_max_age_days: float = 90
     # Sign-in rate limiting: failed attempts within the window, per login and per client address.
     login_window_seconds: int = 900
     login_failures_per_login: int = 5
@@ -48,5 +51,7 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_PUBLIC_URL must start with http:// or https://")
         if self.max_upload_bytes < 1:
             raise ValueError("OPENLINES_MAX_UPLOAD_BYTES must be positive")
+        if self.files_max_age_days < 0:
+            raise ValueError("OPENLINES_FILES_MAX_AGE_DAYS must be 0 (keep forever) or more")
         if self.login_window_seconds < 1 or self.login_failures_per_login < 1 or self.login_failures_per_address < 1:
             raise ValueError("OPENLINES_LOGIN_WINDOW_SECONDS and OPENLINES_LOGIN_FAILURES_PER_* must be positive")
