@@ -216,7 +216,11 @@ async def test_supervisor_sees_the_queue_grow_then_the_operator_take_the_chat(nc
         assert (boris["status"], boris["load"], boris["max_chats"], boris["name"]) == ("online", 1, 4, "Boris Ivanov")
         assert line["sessions"][0]["status"] == "assigned" and line["sessions"][0]["operator_name"] == "Boris Ivanov"
         page = await anna.get("/supervisor")
-        assert page.status == 200 and "/static/supervisor.js" in await page.text()
+        text = await page.text()
+        assert page.status == 200 and "/static/supervisor.js" in text
+        # A supervisor finds the statistics from every top bar: the supervisor view, the workspace, the CRM page.
+        for html in (text, await (await anna.get("/")).text(), await (await anna.get("/crm")).text()):
+            assert '<a href="/stats"' in html and 'data-testid="nav-stats"' in html
 
 
 async def test_a_plain_operator_is_refused_the_supervisor_view_with_the_reason(desk: Service[Settings]) -> None:
@@ -229,5 +233,6 @@ async def test_a_plain_operator_is_refused_the_supervisor_view_with_the_reason(d
         api = await boris.get("/api/supervisor")
         assert api.status == 403
         assert (await api.json())["detail"].startswith("the supervisor view needs the supervisor or admin role")
-        # No link to it in the workspace either.
-        assert 'data-testid="nav-supervisor"' not in await (await boris.get("/")).text()
+        # No link to it (nor to the statistics) in the workspace or on the CRM page either.
+        for html in (await (await boris.get("/")).text(), await (await boris.get("/crm")).text()):
+            assert 'data-testid="nav-supervisor"' not in html and "/stats" not in html

@@ -155,11 +155,17 @@ async def test_client_card_crm_page_and_supervisor_view_in_a_browser(nc: Any, br
     taken = workspace.locator('[data-testid="chat-item"]').filter(has_text="Liga Waiting")
     await expect(taken).to_be_visible()
     await expect(taken.get_by_test_id("chat-status")).to_have_text("in progress")
+    # Statistics are one click away for a supervisor, from the workspace and from the supervisor view.
+    await expect(workspace.get_by_test_id("nav-stats")).to_have_attribute("href", "/stats")
+    await page.get_by_test_id("nav-stats").click()
+    await expect(page.get_by_test_id("stats-table")).to_be_visible()
+    await expect(page.locator('[data-testid="stats-row"][data-line="support"]')).to_have_count(1)
 
     # A plain operator is refused the supervisor view, with the reason.
     boris = await new_page(browser, desk, errors)
     await sign_in(boris, "boris")
     await expect(boris.get_by_test_id("nav-supervisor")).to_have_count(0)
+    await expect(boris.get_by_test_id("nav-stats")).to_have_count(0)
     response = await boris.goto("/supervisor")
     assert response is not None and response.status == 403
     await expect(boris.get_by_test_id("denied-reason")).to_contain_text("needs the supervisor or admin role")

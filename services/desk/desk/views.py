@@ -66,7 +66,12 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
         '<script src="/static/desk.js" defer></script>\n'
     )
     # New tabs: leaving this page would close its WebSocket, and the router counts that as leaving the desk.
-    supervisor_link = '<a href="/supervisor" target="_blank" data-testid="nav-supervisor">Supervisor</a>' if supervisor else ""
+    supervisor_link = (
+        '<a href="/supervisor" target="_blank" data-testid="nav-supervisor">Supervisor</a>'
+        '<a href="/stats" target="_blank" data-testid="nav-stats">Statistics</a>'
+        if supervisor
+        else ""
+    )
     return (
         _HEAD.format(title="openlines desk", extra=extra)
         + f"""<body class="desk" data-operator-id="{escape(operator_id)}" data-operator-name="{escape(name)}">
@@ -173,7 +178,7 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
 def _topbar(name: str, csrf: str, current: str, *, supervisor: bool) -> str:
     links = [("/", "Chats", "nav-chats"), ("/crm", "CRM", "nav-crm")]
     if supervisor:
-        links.append(("/supervisor", "Supervisor", "nav-supervisor"))
+        links += [("/supervisor", "Supervisor", "nav-supervisor"), ("/stats", "Statistics", "nav-stats")]
     here = ' aria-current="page"'
     nav = "".join(
         f'<a href="{href}" data-testid="{tid}"{here if href == current else ""}>{label}</a>' for href, label, tid in links
