@@ -392,10 +392,13 @@ async def run_chaos(
 
             async def all_closed() -> bool:
                 closed = 0
-                for key in await _client_keys(nc):
-                    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-                    if rec is not None and not rec.open_sessions and rec.sessions_total >= 1:
-                        closed += 1
+                try:
+                    for key in await _client_keys(nc):
+                        rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+                        if rec is not None and not rec.open_sessions and rec.sessions_total >= 1:
+                            closed += 1
+                except Exception:  # a cluster node just restarted: ask again
+                    return False
                 return closed >= total
 
             await wait_for(all_closed, timeout=600, interval=1.0, what="every client's chat answered and closed")
