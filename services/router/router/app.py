@@ -10,6 +10,7 @@ from openlines.runner import Service
 from router import commands, timers
 from router.engine import Engine
 from router.lines_cache import LinesCache
+from router.operators_cache import OperatorsCache
 from router.partitions import Partitions
 from router.settings import Settings
 
@@ -21,7 +22,9 @@ async def setup(svc: Service[Settings]) -> None:
     lines = LinesCache(buckets.lines)
     svc.spawn(lines.run(), "lines-watch")
     await asyncio.wait_for(lines.loaded.wait(), timeout=30)
-    engine = Engine(svc.js, buckets, lines)
+    operators = OperatorsCache(buckets.operators)
+    svc.spawn(operators.run(), "operators-watch")
+    engine = Engine(svc.js, buckets, lines, operators)
     micro = await commands.serve(svc.nc, engine)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()

@@ -42,6 +42,7 @@ from router.core import autoreply, distribution, hours
 from router.core import queue as waitq
 from router.effects import Effects
 from router.lines_cache import LinesCache
+from router.operators_cache import OperatorsCache
 from router.timers import Timer, schedule
 
 log = logging.getLogger("router.engine")
@@ -82,11 +83,14 @@ def load_of(st: OperatorState, queue: QueueConfig) -> int:
 
 
 class Engine:
-    def __init__(self, js: JetStreamContext, buckets: Buckets, lines: LinesCache) -> None:
+    def __init__(
+        self, js: JetStreamContext, buckets: Buckets, lines: LinesCache, operators: OperatorsCache | None = None
+    ) -> None:
         self.js = js
         self.nc = js._nc
         self.b = buckets
         self.lines = lines
+        self.operators = operators  # a watch-fed copy of ol-operators; None = read KV for every decision
         self.fx = Effects(js)
 
     # ------------------------------------------------------------------ inbound
@@ -323,24 +327,31 @@ class Engine:
 
     # --------------------------------------------------------------- distribution
 
-    async def _views(self, line: LineConfig) -> list[distribution.OperatorView]:
-        views: list[distribution.OperatorView] = []
-        # One round trip for the whole queue, not one per operator: the claim re-checks by compare-and-set.
-        states = await asyncio.gather(*(kv_get(self.b.operators, op_id, OperatorState) for op_id in line.queue.operators))
-        for op_id, (st, _) in zip(line.queue.operators, states, strict=True):
-            if st is None:
-                continue
-            views.append(
-                distribution.OperatorView(
-                    id=op_id, status=st.status, open_chats=load_of(st, line.queue), last_assigned_at=st.last_assigned_at
-                )
+    async def _views(self, line: LineConfig, *, live: bool = False) -> list[distribution.OperatorView]:
+        """The line's operators as routing sees them: from the watch-fed copy, or ``live`` from KV."""
+        if live or self.operators is None or not self.operators.loaded.is_set():
+            # One round trip for the whole queue, not one per operator: the claim re-checks by compare-and-set.
+            found = await asyncio.gather(*(kv_get(self.b.operators, op_id, OperatorState) for op_id in line.queue.operators))
+            if self.operators is not None:
+                for op_id, (st, rev) in zip(line.queue.operators, found, strict=True):
+                    self.operators.put(op_id, st, rev)
+            states = [st for st, _ in found]
+        else:
+            states = [self.operators.get(op_id) for op_id in line.queue.operators]
+        return [
+            distribution.OperatorView(
+                id=op_id, status=st.status, open_chats=load_of(st, line.queue), last_assigned_at=st.last_assigned_at
             )
-        return views
+            for op_id, st in zip(line.queue.operators, states, strict=True)
+            if st is not None
+        ]
 
     async def _claim(self, op_id: str, sid: str, queue: QueueConfig, now: datetime, *, any_status: bool = False) -> bool:
         """Reserve capacity on an operator by compare-and-set; False if they can no longer take it."""
         for _ in range(20):
             st, rev = await kv_get(self.b.operators, op_id, OperatorState)
+            if self.operators is not None:
+                self.operators.put(op_id, st, rev)  # the next decision sees what this claim saw
             if st is None or rev is None:
                 return False
             if sid in st.sessions:
@@ -357,7 +368,9 @@ class Engine:
                     return False
             new = msgspec.structs.replace(st, sessions=[*st.sessions, sid], last_assigned_at=now.timestamp())
             try:
-                await self.b.operators.update(op_id, msgspec.json.encode(new), last=rev)
+                written = await self.b.operators.update(op_id, msgspec.json.encode(new), last=rev)
+                if self.operators is not None:
+                    self.operators.put(op_id, new, written)
                 return True
             except (KeyWrongLastSequenceError, BadRequestError):
                 continue
@@ -469,14 +482,19 @@ class Engine:
         """Offer a waiting chat to the operator the line's mode picks, or None if nobody can take it now."""
         now = utcnow()
         preferred = await self._responsible(session) if line.queue.mode == "crm_responsible" else None
+        live = False
         for _ in range(10):
+            views = await self._views(line, live=live)
             ctx = distribution.Context(exclude=exclude | frozenset(session.declined_by), preferred=preferred)
-            chosen_ops = distribution.pick_many(line.queue, await self._views(line), ctx)
+            chosen_ops = distribution.pick_many(line.queue, views, ctx)
             if not chosen_ops and session.declined_by:
                 # Everyone free has let it pass once: start a new round rather than let it hang.
                 ctx = distribution.Context(exclude=exclude, preferred=preferred)
-                chosen_ops = distribution.pick_many(line.queue, await self._views(line), ctx)
+                chosen_ops = distribution.pick_many(line.queue, views, ctx)
             if not chosen_ops:
+                if not live:
+                    live = True  # the copy may be a moment behind: decide once more on the live values
+                    continue
                 if await self._prune_full(line):
                     continue  # someone only looked full: decide again
                 return None
