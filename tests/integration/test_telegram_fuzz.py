@@ -4,6 +4,7 @@ never a 500, and a body that is not a complete update never publishes."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from telegram_support import SUPPORT, fake_telegram, running_gateway, stream_size
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# OPENLINES_FUZZ_EXAMPLES: make chaos runs 10,000 per test.
+FUZZ = settings(
+    max_examples=int(os.environ.get("OPENLINES_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
