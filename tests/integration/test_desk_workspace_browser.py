@@ -182,6 +182,8 @@ async def test_offer_accept_quick_answer_file_transfer_and_close_across_two_oper
     await anna.get_by_test_id("reply-input").press("Enter")
     await expect(anna.get_by_test_id("attachment-chip")).to_have_count(0)
     await expect(anna.get_by_test_id("entry-attachment")).to_have_count(1)
+    mine = anna.get_by_test_id("transcript-entry").filter(has_text="Here is your shipping label.")
+    await expect(mine.get_by_test_id("entry-attachment")).to_have_count(1)
     shown = visitor.get_by_test_id("ol-attachment")
     await expect(shown).to_have_count(1)
     url = await shown.get_attribute("href")
@@ -190,6 +192,8 @@ async def test_offer_accept_quick_answer_file_transfer_and_close_across_two_oper
         assert got.status == 200 and got.headers["Content-Type"] == "image/png"
         assert await got.read() == PNG
     await expect(visitor.get_by_test_id("ol-msg-in").filter(has_text="Here is your shipping label.")).to_be_visible()
+    captioned = visitor.get_by_test_id("ol-msg-in").filter(has_text="Here is your shipping label.")
+    await expect(captioned.get_by_test_id("ol-attachment")).to_have_count(1)  # the file in the caption's bubble
 
     # Pin, so it would stay hers if she went away.
     await anna.get_by_test_id("pin").click()
@@ -234,8 +238,7 @@ async def test_offer_accept_quick_answer_file_transfer_and_close_across_two_oper
     by = [(o.operator_id, o.text, [a.name for a in o.attachments]) for o in outs if not o.auto]
     assert by == [
         ("anna", QUICK[0], []),
-        ("anna", "Here is your shipping label.", []),
-        ("anna", "", ["label.png"]),
+        ("anna", "Here is your shipping label.", ["label.png"]),  # the caption and its file are one message
         ("boris", "Boris here: your parcel arrives tomorrow.", []),
     ]
     assert errors == [], f"JavaScript errors on the pages: {errors}"
