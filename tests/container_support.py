@@ -236,7 +236,8 @@ class Operator:
         return [e["text"] for e in (await r.json())["entries"] if e["direction"] == "in"]
 
     async def has(self, sid: str, text: str) -> bool:
-        return text in await self.transcript(sid)
+        """Whether a client message of the session contains ``text`` (an e-mail's text also carries its subject)."""
+        return any(text in entry for entry in await self.transcript(sid))
 
     async def chat_with(self, channel: str, text: str, timeout: float = 60) -> str:
         """The id of the chat (of this channel) whose transcript holds ``text``, once it is there."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import Any
 
 import pytest
 from container_support import DEPLOY, IMAGES, ROOT, podman_missing
@@ -23,3 +24,14 @@ def images() -> dict[str, str]:
         pytest.fail(f"deploy/images.sh failed:\n{done.stderr[-4000:]}")
     conf = os.environ.get("CONTAINERS_CONF") or str(ROOT / ".data" / "containers.conf")
     return {**os.environ, "CONTAINERS_CONF": conf}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        stack = getattr(item, "funcargs", {}).get("channels") or getattr(item, "funcargs", {}).get("stack")
+        stack = getattr(stack, "stack", stack)
+        if stack is not None and hasattr(stack, "logs"):
+            report.sections.append(("containers", stack.logs()))
+    return report
