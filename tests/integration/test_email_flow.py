@@ -8,7 +8,6 @@ server threaded onto the client's mail.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
@@ -19,10 +18,8 @@ from peers.mailservers import (
     SmtpSink,
     append,
     client_mail,
-    dovecot_server,
     mailbox_config,
     running_gateway,
-    smtp_server,
 )
 from support import apply_lines, events, history, running_router
 
@@ -46,18 +43,6 @@ operators = ["anna"]
 [lines.auto_replies]
 welcome = "Thank you for writing, we answer within a day."
 """
-
-
-@pytest.fixture
-def imap() -> Iterator[Dovecot]:
-    with dovecot_server() as server:
-        yield server
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpSink]:
-    async with smtp_server() as sink:
-        yield sink
 
 
 async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:

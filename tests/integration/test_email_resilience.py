@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
@@ -27,25 +26,12 @@ from peers.mailservers import (
     imap_client,
     mailbox_config,
     running_gateway,
-    smtp_server,
 )
 from support import events
 
 from openlines import bus, subjects
 
 pytestmark = pytest.mark.mail
-
-
-@pytest.fixture
-def imap() -> Iterator[Dovecot]:
-    with dovecot_server() as server:
-        yield server
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpSink]:
-    async with smtp_server() as sink:
-        yield sink
 
 
 async def published(nc: Any, account: str = "support") -> list[dict[str, Any]]:

@@ -33,16 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import free_port, stop_process
 
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None)
 DOVEADM = shutil.which("doveadm") or ("/usr/bin/doveadm" if Path("/usr/bin/doveadm").exists() else None)
 PASSWORD = "test-password"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -65,9 +60,9 @@ class Dovecot:
     def __init__(self, directory: Path, users: tuple[str, ...] = ("support@example.test",), *, tls: bool = False) -> None:
         self.dir = directory
         self.users = users
-        self.port = _free_port()
+        self.port = free_port()
         self.tls = tls
-        self.ssl_port = _free_port() if tls else 0
+        self.ssl_port = free_port() if tls else 0
         self.cert: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -145,12 +140,7 @@ service anvil {{
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -195,7 +185,7 @@ class SmtpSink:
     """A real SMTP server; ``answers[address]`` is a list of replies given (one per attempt) before accepting."""
 
     host: str = "127.0.0.1"
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     answers: dict[str, list[str]] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)

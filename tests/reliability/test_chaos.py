@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -37,7 +37,7 @@ import aiohttp
 import msgspec
 import pytest
 from conftest import NatsCluster, NatsServer, free_port, wait_for
-from peers.mailservers import SmtpSink, append, client_mail, dovecot_server, gateway_env, mailbox_config, smtp_server
+from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender, FakeVk
 from support import apply_lines
@@ -248,18 +248,6 @@ async def _bootstrap(nats: Nats) -> Any:
 
     await wait_for(ready, timeout=60, interval=0.5, what="JetStream ready for the streams")
     return nc
-
-
-@pytest.fixture
-def imap() -> Iterator[Any]:
-    with dovecot_server() as server:
-        yield server
-
-
-@pytest.fixture
-async def smtp() -> AsyncIterator[SmtpSink]:
-    async with smtp_server() as sink:
-        yield sink
 
 
 def split(n: int) -> dict[str, int]:

