@@ -1,10 +1,12 @@
-"""File-name cleaning and type checks of operator uploads; the quick_answers key of a line."""
+"""File-name cleaning, type checks and the age of operator uploads; the quick_answers key of a line."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
+from nats.js import api as js_api
 
-from desk.files import FileRefused, check, clean_name
+from desk.files import FileRefused, _Meta, _stored, check, clean_name
 from openlines.lines import ConfigError, parse
 
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -79,3 +81,15 @@ def test_bad_quick_answers_are_named(answers: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse(LINE.format(answers=answers))
     assert problem in str(caught.value)
+
+
+def _info(session: str, uploaded_at: float | None) -> js_api.ObjectInfo:
+    meta = _Meta(name="a.pdf", mime="application/pdf", session=session, uploaded_at=uploaded_at)
+    return js_api.ObjectInfo(name=f"{session}/f1", bucket="b", nuid="n", size=3, description=msgspec.json.encode(meta).decode())
+
+
+def test_a_file_past_its_age_or_of_another_chat_is_not_found() -> None:
+    assert _stored("s1", "f1", _info("s1", 1000.0), oldest=999.0) is not None
+    assert _stored("s1", "f1", _info("s1", 1000.0), oldest=1001.0) is None  # NATS deletes it about now
+    assert _stored("s1", "f1", _info("s1", None), oldest=1001.0) is not None  # stored before ages were recorded
+    assert _stored("s2", "f1", _info("s1", 1000.0)) is None
