@@ -46,7 +46,8 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# One container image per service (podman; builds a local Debian base image first).
+# The container images from deploy/Dockerfile: nats + one per service (podman; a local Debian base
+# image first when registries are unreachable - see docs/operations.md).
 images:
 	bash deploy/images.sh
 
