@@ -122,3 +122,39 @@ class NatsCluster:
     def stop(self, kill: bool = False) -> None:
         for n in self.nodes:
             n.stop(kill=kill)
+
+
+class ServiceProcess:
+    """One openlines service (``python -m <module>``) as a real process: started, killed with SIGKILL, started again.
+
+    Its output goes to ``<log_dir>/<name>.log``, kept across restarts.
+    """
+
+    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.module = name, module
+        self.env = {**os.environ, **env}
+        self.log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self, **env: str) -> None:
+        """Start it (again); ``env`` adds to or overrides its environment from now on."""
+        self.env.update(env)
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye, as a crash or an OOM kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc, kill=True)
+            self.kills += 1
+        self.proc = None
+
+    def exited(self) -> int | None:
+        """The exit code if the process ended by itself (not by our kill), else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc, timeout=15)
+        self.proc = None
+        self.log.close()

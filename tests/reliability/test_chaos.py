@@ -22,9 +22,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -40,6 +37,7 @@ from conftest import NatsCluster, NatsServer, free_port, wait_for
 from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender, FakeVk
+from servers import ServiceProcess
 from support import apply_lines
 from telegram_support import SUPPORT as TG_BOT
 from vk_support import ACCOUNT as VK_ACCOUNT
@@ -68,39 +66,6 @@ LINES = (
     + '[lines.auto_replies]\nwelcome = "Hello {client_name}"\n'
     + '[lines.crm]\nenabled = true\ncreate = "lead"\n'
 )
-
-
-class Proc:
-    """One service as a real process, killed with SIGKILL and started again."""
-
-    def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.module, self.env = name, module, env
-        self.log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.kills += 1
-        self.proc = None  # ours: the orchestrator does not count it, chaos() starts it again
-
-    def exited(self) -> int | None:
-        """The exit code if the process ended by itself (not by our kill), else None."""
-        return None if self.proc is None else self.proc.poll()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 @dataclass
@@ -275,15 +240,15 @@ async def run_chaos(
     }
     ports = {name: free_port() for name in ("webchat", "telegram", "vk", "email")}
     procs = {
-        "router-a": Proc("router-a", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
-        "router-b": Proc("router-b", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
-        "webchat": Proc(
+        "router-a": ServiceProcess("router-a", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
+        "router-b": ServiceProcess("router-b", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
+        "webchat": ServiceProcess(
             "webchat",
             "gateway_webchat",
             {**base, "OPENLINES_HTTP_PORT": str(ports["webchat"]), "OPENLINES_WEBCHAT_SECRET": SECRET},
             tmp_path,
         ),
-        "telegram": Proc(
+        "telegram": ServiceProcess(
             "telegram",
             "gateway_telegram",
             {
@@ -297,7 +262,7 @@ async def run_chaos(
             },
             tmp_path,
         ),
-        "vk": Proc(
+        "vk": ServiceProcess(
             "vk",
             "gateway_vk",
             {
@@ -308,13 +273,13 @@ async def run_chaos(
             },
             tmp_path,
         ),
-        "email": Proc(
+        "email": ServiceProcess(
             "email",
             "gateway_email",
             {**base, **gateway_env(nats.url, [mailbox_config(imap, smtp)]), "OPENLINES_HTTP_PORT": str(ports["email"])},
             tmp_path,
         ),
-        "crm": Proc("crm", "crm_sync", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
+        "crm": ServiceProcess("crm", "crm_sync", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
     }
     hook = tg.webhooks[TG_BOT["token"]]
     hook.url, hook.secret = f"http://127.0.0.1:{ports['telegram']}/telegram/{TG_BOT['account']}", TG_BOT["secret"]
@@ -411,7 +376,7 @@ async def run_chaos(
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         for p in procs.values():
-            p.close()
+            p.stop()
         await nc.close()
         await tg.stop()
         await vk.stop()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import free_port, wait_for
+from servers import ServiceProcess
 from support import apply_lines, history, inbound, outbound_for, publish
 
 from openlines import bus, subjects
@@ -34,37 +32,15 @@ welcome = "Welcome!"
 """
 
 
-class RouterProcess:
-    def __init__(self, nats_url: str, log_dir: Any) -> None:
-        self.nats_url = nats_url
-        self.log = open(log_dir / "router.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "OPENLINES_NATS_URL": self.nats_url,
-            "OPENLINES_HTTP_PORT": str(free_port()),
-            # a killed replica's inbound partitions are taken over after this
-            "OPENLINES_PARTITION_LEASE_SECONDS": "3",
-        }
-        self.proc = subprocess.Popen([sys.executable, "-m", "router"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
-        self.log.close()
-
-
 @pytest.fixture
-def router_process(nats_server: Any, tmp_path: Any) -> Iterator[RouterProcess]:
-    r = RouterProcess(nats_server.url, tmp_path)
+def router_process(nats_server: Any, tmp_path: Any) -> Iterator[ServiceProcess]:
+    # a killed replica's inbound partitions are taken over after the lease
+    env = {
+        "OPENLINES_NATS_URL": nats_server.url,
+        "OPENLINES_HTTP_PORT": str(free_port()),
+        "OPENLINES_PARTITION_LEASE_SECONDS": "3",
+    }
+    r = ServiceProcess("router", "router", env, tmp_path)
     yield r
     r.stop()
 
@@ -79,7 +55,7 @@ async def session_of(nc: Any, visitor: str) -> Session | None:
     return s
 
 
-async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any, router_process: RouterProcess) -> None:
+async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any, router_process: ServiceProcess) -> None:
     await apply_lines(nc, LINES)
     router_process.start()
     await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
