@@ -228,16 +228,26 @@ class Operator:
         chats: list[dict[str, Any]] = (await (await self.http.get("/api/chats")).json())["chats"]
         return [c for c in chats if channel is None or c["channel"] == channel]
 
-    async def transcript(self, sid: str) -> list[str]:
-        """The client's messages in the session, oldest first."""
+    async def read_history(self, sid: str) -> list[str] | None:
+        """The client's messages in the session, oldest first; None when the desk could not read them this time."""
         r = await self.http.get(f"/api/sessions/{sid}/history")
         if r.status != 200:
-            return []
+            # Seen against a NATS cluster: the desk's history read sometimes fails (500, ServiceUnavailableError).
+            return None
         return [e["text"] for e in (await r.json())["entries"] if e["direction"] == "in"]
+
+    async def transcript(self, sid: str) -> list[str]:
+        """The client's messages in the session, oldest first (asking again when a read fails)."""
+
+        async def probe() -> tuple[list[str]] | None:
+            got = await self.read_history(sid)
+            return None if got is None else (got,)  # an empty history is an answer too
+
+        return (await wait_for(probe, timeout=30, interval=0.3, what=f"the history of {sid}"))[0]
 
     async def has(self, sid: str, text: str) -> bool:
         """Whether a client message of the session contains ``text`` (an e-mail's text also carries its subject)."""
-        return any(text in entry for entry in await self.transcript(sid))
+        return any(text in entry for entry in await self.read_history(sid) or [])
 
     async def chat_with(self, channel: str, text: str, timeout: float = 60) -> str:
         """The id of the chat (of this channel) whose transcript holds ``text``, once it is there."""
