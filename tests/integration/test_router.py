@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import wait_for
 from support import apply_lines, events, history, inbound, outbound_for, publish, running_router
@@ -189,3 +191,26 @@ async def test_line_config_hot_reloads(nc, nats_server) -> None:  # type: ignore
             return rec is not None
 
         await wait_for(probe, what="message on the newly bound account handled")
+
+
+async def test_a_partition_whose_consumer_vanished_is_consumed_again(nc: Any, nats_server: Any) -> None:
+    """A cluster that lost a durable consumer (or a consumer deleted by hand) must not leave a partition unread."""
+    await apply_lines(nc)
+    js = nc.jetstream()
+    async with running_router(nats_server.url):
+        p = subjects.partition_of("webchat", "demo", "lost-visitor")
+
+        async def consuming() -> bool:
+            try:
+                return (await js.consumer_info(subjects.STREAM_IN, f"router-p{p}")).num_waiting > 0
+            except Exception:
+                return False
+
+        await wait_for(consuming, timeout=15, what=f"partition {p} consumed")
+        await js.delete_consumer(subjects.STREAM_IN, f"router-p{p}")
+        await publish(nc, inbound("lost-visitor", "anyone there?", "m1"))
+
+        async def routed() -> bool:
+            return bool(await events(nc, "session_opened"))
+
+        await wait_for(routed, timeout=30, what="the message routed after the consumer came back")

@@ -79,6 +79,7 @@ class Partitions:
             await self._release_all()
 
     async def _round(self) -> None:
+        self._revive()
         await self.kv.put(f"member.{self.me}", b"1")
         members = await self._members()
         share = math.ceil(subjects.PARTITIONS / max(1, len(members)))
@@ -114,6 +115,11 @@ class Partitions:
         except (KeyWrongLastSequenceError, BadRequestError):
             return  # someone else holds it
         held = _Held(revision=revision)
+        self._consume(p, held)
+        self.held[p] = held
+        log.info("partition taken", extra={"partition": p, "replica": self.me})
+
+    def _consume(self, p: int, held: _Held) -> None:
         held.task = asyncio.create_task(
             inbound.consume(
                 self.js,
@@ -125,8 +131,16 @@ class Partitions:
             ),
             name=f"inbound-p{p}",
         )
-        self.held[p] = held
-        log.info("partition taken", extra={"partition": p, "replica": self.me})
+
+    def _revive(self) -> None:
+        """A partition we hold must never sit without its consumer: start again any that ended."""
+        for p, held in self.held.items():
+            task = held.task
+            if task is None or not task.done() or held.stop.is_set():
+                continue
+            error = None if task.cancelled() else task.exception()
+            log.error("inbound consumer ended; starting it again", extra={"partition": p, "error": repr(error)})
+            self._consume(p, held)
 
     async def _renew(self, p: int) -> None:
         held = self.held[p]
