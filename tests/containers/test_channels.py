@@ -276,6 +276,7 @@ async def test_two_telegram_containers_share_the_webhooks_and_none_is_lost_when_
         await asyncio.gather(killer(), *(client(http, u) for u in users))
 
     expected = [t for u in users for t in sent[u]]
+    print(f"{len(expected)} updates; 200s per container {dict(served)}, before the kill {dict(served_before_kill)}; failed {dict(failed)}")
     assert served_before_kill["telegram-a"] > 0 and served_before_kill["telegram-b"] > 0, served_before_kill
     assert sum(served.values()) == len(expected)
     assert served["telegram-b"] > served_before_kill["telegram-b"], "the survivor took over"
@@ -291,15 +292,23 @@ async def test_two_telegram_containers_share_the_webhooks_and_none_is_lost_when_
             return seen if set(expected) <= set(seen) else None
 
         seen = await wait_for(everything_in_the_desk, timeout=120, interval=1, what="every update in the desk")
-    assert all(seen[t] == 1 for t in expected), {t: n for t, n in seen.items() if n != 1}
-    assert sorted(seen) == sorted(expected)
+        assert all(seen[t] == 1 for t in expected), {t: n for t, n in seen.items() if n != 1}
+        assert sorted(seen) == sorted(expected)
+
+        # and replies still go out, through the surviving container, once
+        sid = await anna.chat_with("telegram", f"sales question 0 from {users[0]}")
+        await anna.accept(sid)
+        await anna.reply(sid, "Our sales team answers: yes.")
+        await wait_for(lambda: ch.telegram.sent(users[0], "sendMessage"), timeout=60, what="the reply after the kill")
+        await wait_for(lambda: all_delivered(ch, "gateway-telegram"), timeout=90, what="the Telegram gateway done delivering")
+        assert [c.params["text"] for c in ch.telegram.sent(users[0], "sendMessage")] == ["Our sales team answers: yes."]
 
     import nats
 
     nc = await nats.connect(s.nats_urls)
     try:
         info = await nc.jetstream().stream_info(
-            subjects.STREAM_IN, subjects_filter=subjects.inbound_account("telegram", "sales_bot")
+            subjects.STREAM_IN, subjects_filter=subjects.inbound_account("telegram", SALES["account"])
         )
         assert sum((info.state.subjects or {}).values()) == len(expected), "each update published once"
     finally:
