@@ -276,7 +276,7 @@ async def test_two_telegram_containers_share_the_webhooks_and_none_is_lost_when_
         await asyncio.gather(killer(), *(client(http, u) for u in users))
 
     expected = [t for u in users for t in sent[u]]
-    print(f"{len(expected)} updates; 200s per container {dict(served)}, before the kill {dict(served_before_kill)}; failed {dict(failed)}")
+    print(f"{len(expected)} updates; 200s {dict(served)}, before the kill {dict(served_before_kill)}; failed {dict(failed)}")
     assert served_before_kill["telegram-a"] > 0 and served_before_kill["telegram-b"] > 0, served_before_kill
     assert sum(served.values()) == len(expected)
     assert served["telegram-b"] > served_before_kill["telegram-b"], "the survivor took over"
