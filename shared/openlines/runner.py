@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+import nats.errors
 import prometheus_client
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -101,7 +102,25 @@ class Service(Generic[S]):
         self.nc = await bus.connect(self.settings.nats_url, self.name, first_attempts=first_attempts)
         self.js = self.nc.jetstream(timeout=5.0)
         if self.settings.bootstrap:
-            await bus.bootstrap(self.js, replicas=self.settings.replicas)
+            await self._bootstrap(first_attempts)
+
+    async def _bootstrap(self, first_attempts: int) -> None:
+        """Create the streams and buckets; while JetStream cannot answer yet (a cluster electing its
+        leaders, a node restarting), wait and try again - forever unless ``first_attempts`` says otherwise."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await bus.bootstrap(self.js, replicas=self.settings.replicas)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                if first_attempts and attempt >= first_attempts:
+                    raise
+                log.warning(
+                    "JetStream not ready for the streams yet, retrying",
+                    extra={"attempt": attempt, "error": repr(exc), "replicas": self.settings.replicas},
+                )
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
 
     async def start_http(self) -> None:
         self._runner = web.AppRunner(

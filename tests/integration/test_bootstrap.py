@@ -85,3 +85,36 @@ async def test_apply_in_process_matches_file(nc) -> None:  # type: ignore[no-unt
     assert "operator anna: created" in changes
     lines = await load_lines(b.lines)
     assert lines == cfg.lines
+
+
+async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tmp_path: Path) -> None:
+    """One node of three is up: JetStream has no leader, so R3 streams cannot be made. A service started
+    now waits and retries (it neither crashes nor gives up), and is up once the cluster is whole."""
+    import asyncio
+
+    from conftest import NatsCluster, wait_for
+
+    from openlines.runner import launch
+    from openlines.settings import BaseSettings
+
+    cluster = NatsCluster(tmp_path)
+    cluster.nodes[0].start()
+    try:
+        settings = BaseSettings(nats_url=cluster.url, http_port=0, replicas=3)
+
+        async def setup(svc: object) -> None:
+            return None
+
+        starting = asyncio.create_task(launch("waiting-service", settings, setup))
+        done, _ = await asyncio.wait({starting}, timeout=8)
+        assert not done, "the service must keep waiting while the streams cannot be made"
+        cluster.nodes[1].start()
+        cluster.nodes[2].start()
+        svc = await asyncio.wait_for(starting, timeout=120)
+        try:
+            info = await wait_for(lambda: svc.js.stream_info(subjects.STREAM_IN), timeout=30, what="OL_IN")
+            assert info.config.num_replicas == 3
+        finally:
+            await svc.stop()
+    finally:
+        cluster.stop()
