@@ -62,6 +62,10 @@ def write_report(facts: dict[str, Any], results: dict[str, dict[str, Any]]) -> N
         "|---|---|---|---|---|---|",
     ]
     for key, res in results.items():
+        when = res.get("machine", {}).get("date", "")
+        if when and when != facts["date"]:
+            res = {**res, "what": f"{res.get('what', '')} (measured {when})"}
+            res["rows"] = [{**row, "what": f"{row.get('what', '')} (measured {when})"} for row in res.get("rows", [])]
         if "error" in res:
             lines.append(f"| {key.upper()} | {res.get('what', '')} | failed: {res['error'][:120]} | | | |")
             continue
