@@ -31,6 +31,7 @@ BENCHES = {
     "p3": "p3_routing",
     "p4": "p4_sockets",
     "p5": "p5_core",
+    "p5r": "p5_router",  # P5 end to end in a running router
 }
 RESULTS = HERE / "results"
 
