@@ -450,3 +450,38 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
         assert visitor
     finally:
         await svc.stop()
+
+
+# -- the declared 503 (NATS down) says when to come back too -----------------
+
+
+async def test_the_nats_down_503_of_both_webhooks_carries_retry_after(nc: Any, nats_server: Any) -> None:
+    from telegram_support import fake_telegram
+    from telegram_support import running_gateway as telegram_gateway
+    from vk_support import running_gateway as vk_gateway
+
+    vk_peer = fake_vk()
+    await vk_peer.start()
+    try:
+        async with (
+            fake_telegram() as tg_peer,
+            telegram_gateway(nats_server.url, tg_peer, retry_after=7) as tg,
+            vk_gateway(nats_server.url, vk_peer.url, retry_after=7) as vk,
+            aiohttp.ClientSession() as http,
+        ):
+            nats_server.stop()
+            await wait_for(lambda: not tg.nc.is_connected and not vk.nc.is_connected, what="the gateways notice NATS is gone")
+            update = message_update(990_001, 4242, "while NATS is down")
+            headers = {"X-Telegram-Bot-Api-Secret-Token": SUPPORT["secret"]}
+            tg_url = f"http://127.0.0.1:{tg.port}/telegram/{SUPPORT['account']}"
+            async with http.post(tg_url, json=update, headers=headers) as resp:
+                assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+                assert (await resp.json())["error"] == "unavailable"
+            vk_url = f"http://127.0.0.1:{vk.port}/vk/{VK_ACCOUNT}"
+            event = CallbackSender(http, vk_url, GROUP_ID, SECRET).message_new("while NATS is down", event_id="down0001")
+            async with http.post(vk_url, json=event) as resp:
+                assert resp.status == 503 and resp.headers["Retry-After"] == "7"
+                assert (await resp.json())["error"] == "unavailable"
+            nats_server.start()
+    finally:
+        await vk_peer.stop()

@@ -59,10 +59,10 @@ class TelegramHttp:
     def routes(self, app: web.Application) -> None:
         app.router.add_post(WEBHOOK_PATH, self.webhook)
 
-    def _refuse(self, status: int, code: str, detail: str, account: str) -> web.Response:
+    def _refuse(self, status: int, code: str, detail: str, account: str, headers: dict[str, str] | None = None) -> web.Response:
         metrics.REJECTED.labels(code).inc()
         log.info("webhook refused", extra={"channel": CHANNEL, "account": account, "status": status, "code": code})
-        return json_error(status, code, detail)
+        return json_error(status, code, detail, headers)
 
     async def _body(self, request: web.Request) -> bytes:
         limit = self.settings.max_body
@@ -111,7 +111,8 @@ class TelegramHttp:
             try:
                 duplicate = await self._publish(result.inbound)
             except Unavailable as exc:
-                return self._refuse(503, "unavailable", str(exc), account)
+                retry_after = admission.retry_after_header(self.settings.retry_after)
+                return self._refuse(503, "unavailable", str(exc), account, retry_after)
             finally:
                 self._in_flight -= 1
                 if not self._in_flight:

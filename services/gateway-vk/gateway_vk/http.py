@@ -155,7 +155,8 @@ class CallbackHttp:
                 )
             if not code:
                 metrics.EVENTS.labels(community.account, "unavailable").inc()
-                return json_error(503, "unavailable", "confirmation string not available; set it in OPENLINES_VK_GROUPS")
+                detail = "confirmation string not available; set it in OPENLINES_VK_GROUPS"
+                return json_error(503, "unavailable", detail, admission.retry_after_header(self.settings.retry_after))
             self._confirmations[community.account] = code
         metrics.EVENTS.labels(community.account, "confirmation").inc()
         log.info("confirmation answered", extra={"channel": CHANNEL, "account": community.account})
@@ -163,7 +164,8 @@ class CallbackHttp:
 
     async def _publish(self, community: Community, event: Callback, message: VkMessage, retry: str) -> web.StreamResponse:
         account = community.account
-        unavailable = json_error(503, "unavailable", "message not stored; retry later")
+        retry_after = admission.retry_after_header(self.settings.retry_after)
+        unavailable = json_error(503, "unavailable", "message not stored; retry later", retry_after)
         # A disconnected client would buffer the publish and we would wait for
         # nothing: fail fast so VK retries (10 s, 3 min, 10 min, ...).
         if self.stopping or not self.nc.is_connected:
