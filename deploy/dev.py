@@ -157,7 +157,9 @@ def banner(skipped: list[str]) -> None:
 
    Website with the chat widget:  {web}/demo
    Operator desk:                 {desk}/
-     log in as  anna / demo   or  boris / demo
+     log in as  anna / demo (supervisor)   or  boris / demo (operator)
+   Admin pages (lines, operators): {desk}/admin   log in as  admin / demo
+   Admin REST API:                {desk}/api/v1/openapi.json  (tokens: openlines desk token create)
    NATS monitoring:               http://127.0.0.1:{NATS_MONITOR}/jsz
 
  Built-in CRM (leads, contacts): http://{HOST}:{PORTS["crm-sync"]}/crm/leads
