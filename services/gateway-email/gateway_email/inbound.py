@@ -35,10 +35,12 @@ from gateway_email.normalise import (
 )
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, Cursor, Lease, MessageRef, Store
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.envelopes import MSG_ID_HEADER, Attachment, SessionEvent, encode, utcnow
 
 log = logging.getLogger("gateway_email.inbound")
+
+PUBLISH_TIMEOUT = 5.0  # seconds to wait for the PubAck of one mail
 
 
 async def _pause(stopping: asyncio.Event, seconds: float) -> None:
@@ -232,12 +234,9 @@ class MailboxWorker:
             ),
         )
         env = to_inbound(self.account, mail, attachments, now)
-        ack = await self.js.publish(
-            subjects.inbound(CHANNEL, self.account, env.chat_id),
-            encode(env),
-            headers={MSG_ID_HEADER: env.id},
-            stream=subjects.STREAM_IN,
-        )
+        # The gateways' one way in: fails at once when NATS is away (the mailbox
+        # loop retries the mail from its cursor), deduplicated by the mail's id.
+        ack = await bus.publish_inbound(self.js._nc, self.js, env, timeout=PUBLISH_TIMEOUT)
         await self.store.remember_message(
             MessageRef(message_id=mail.key, account=self.account, chat_id=mail.sender, direction="in")
         )
