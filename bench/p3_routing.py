@@ -23,12 +23,12 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from common import BENCH, PY, Proc, Progress, cpu_seconds, free_port, nats_server, wait_until
+from common import BENCH, PY, Proc, Progress, cpu_seconds, first_message, free_port, nats_server, wait_until
 
 from openlines import bus, subjects
 from openlines.apply import apply
 from openlines.commands import SetStatus, call
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, SessionEvent, encode, utcnow
+from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode
 from openlines.lines import parse
 
 LINES_N = 50
@@ -150,19 +150,7 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
             for i in range(N):
                 acc = f"a{i % LINES_N:02d}"
                 visitor = f"v{i:06d}"
-                envs.append(
-                    Inbound(
-                        id=f"webchat:{acc}:{visitor}:1",
-                        channel="webchat",
-                        account=acc,
-                        chat_id=visitor,
-                        user_id=visitor,
-                        profile=ClientProfile(name=f"Client {i}"),
-                        text="hello",
-                        channel_msg_id="1",
-                        received_at=utcnow(),
-                    )
-                )
+                envs.append(first_message(acc, visitor, f"Client {i}"))
             pids = {"nats-server": ns.proc.pid if ns.proc else 0, **{p.name: p.pid for p in procs}}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
             t0 = time.monotonic()

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from common import PY, Proc, Progress, free_port, nats_server, pct
+from common import PY, Proc, Progress, first_message, free_port, nats_server, pct
 
 from openlines import bus, subjects
 from openlines.apply import apply
 from openlines.commands import SetStatus, call
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, SessionEvent, encode, utcnow
+from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode, utcnow
 from openlines.lines import parse
 from openlines.state import Session
 
@@ -64,17 +64,7 @@ async def decide(nc: Any, js: Any, line: str, tag: str, progress: Progress) -> l
     try:
         for i in range(DECISIONS):
             visitor = f"{tag}-{line}-{i:04d}"
-            env = Inbound(
-                id=f"webchat:{line}:{visitor}:1",
-                channel="webchat",
-                account=line,
-                chat_id=visitor,
-                user_id=visitor,
-                profile=ClientProfile(name=f"Client {i}"),
-                text="hello",
-                channel_msg_id="1",
-                received_at=utcnow(),
-            )
+            env = first_message(line, visitor, f"Client {i}")
             fut = assigned[visitor] = asyncio.get_running_loop().create_future()
             t0 = time.perf_counter()
             await js.publish(subjects.inbound("webchat", line, visitor), encode(env), headers={MSG_ID_HEADER: env.id})
