@@ -178,9 +178,11 @@ class Engine:
                 at=msg.received_at,
             )
         )
-        touched = await kv_update(self.b.sessions, session.id, Session, lambda s: _touch(s, now, inbound=True))
-        if touched is not None:
-            session = touched
+        counted = session.id == own_sid and session.messages_in >= 1  # opened by this message, counted on creation
+        if not counted:
+            touched = await kv_update(self.b.sessions, session.id, Session, lambda s: _touch(s, now, inbound=True))
+            if touched is not None:
+                session = touched
         await self._arm_idle(session)
         if is_new:
             await self._start(session, first_contact, now)
@@ -219,6 +221,8 @@ class Engine:
             client_name=msg.profile.name or (client.profile.name if client else ""),
             opened_at=msg.received_at,
             no_auto_reply=msg.no_auto_reply,
+            last_message_at=utcnow(),  # this first message is counted here: no separate touch for a new session
+            messages_in=1,
         )
         session = await kv_update(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None)
         assert session is not None
