@@ -107,10 +107,12 @@ class Stack:
         return {"OPENLINES_NATS_URL": self.nats_urls[0], "OPENLINES_REPLICAS": "3", "OPENLINES_HTTP_HOST": "127.0.0.1"}
 
     def logs(self) -> str:
+        """The end of every container's log (OPENLINES_TEST_LOG_TAIL lines, OPENLINES_TEST_LOG_CHARS characters)."""
         out = []
         for c in self.containers:
-            done = self.podman("logs", "--tail", "40", c, check=False)
-            out.append(f"--- {c}\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
+            done = self.podman("logs", "--tail", os.environ.get("OPENLINES_TEST_LOG_TAIL", "40"), c, check=False)
+            keep = int(os.environ.get("OPENLINES_TEST_LOG_CHARS", "4000"))
+            out.append(f"--- {c}\n{done.stdout[-keep:]}{done.stderr[-keep:]}")
         return "\n".join(out)
 
     def remove(self) -> None:
