@@ -25,8 +25,9 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +144,22 @@ async def gateway(module: str, nats_url: str, tmp_path: Path, **env: str) -> Asy
     assert "Traceback" not in proc.log.read_text(), proc.log.read_text()[-3000:]
 
 
-@contextmanager
-def nats_paused(nats_server: Any) -> Iterator[None]:
+def process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (R, S, T = stopped, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@asynccontextmanager
+async def nats_paused(nats_server: Any) -> AsyncIterator[None]:
     """Freeze nats-server: no publish can complete until the block ends."""
-    os.kill(nats_server.proc.pid, signal.SIGSTOP)
+    pid = nats_server.proc.pid
+    os.kill(pid, signal.SIGSTOP)
     try:
+        # The signal takes effect a moment later: until then a publish may still be acked.
+        await wait_for(lambda: process_state(pid) == "T", what="nats-server stopped")
         yield
     finally:
-        os.kill(nats_server.proc.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
 
 
 @asynccontextmanager
@@ -228,11 +237,16 @@ async def until_accepted(post: Post, http: aiohttp.ClientSession, n: int) -> int
         await asyncio.sleep(retry_after)  # what the platform does: wait as told, then deliver again
 
 
-async def overload_webhook(nats_server: Any, gw: GatewayProcess, edge: str, post: Post) -> None:
+Stored = Callable[[], Awaitable[Counter[str]]]
+
+
+async def overload_webhook(
+    nats_server: Any, gw: GatewayProcess, edge: str, post: Post, stored: Stored, text: Callable[[int], str]
+) -> None:
     """The exact wave (NATS paused), then the flood, memory watched throughout."""
     async with rss_bounded(gw), aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         # The wave: 3x capacity at once while no publish can finish.
-        with nats_paused(nats_server):
+        async with nats_paused(nats_server):
             wave = [asyncio.create_task(answer(post, http, n)) for n in range(SENDERS)]
             await wait_for(lambda: sum(t.done() for t in wave) >= SENDERS - CAPACITY, timeout=30, what="the refusals")
             early = [t.result() for t in wave if t.done()]
@@ -240,6 +254,8 @@ async def overload_webhook(nats_server: Any, gw: GatewayProcess, edge: str, post
         results = await asyncio.gather(*wave)
         refused_in_wave = [n for n, (status, _) in enumerate(results) if status != 200]
         assert len(refused_in_wave) == SENDERS - CAPACITY
+        # A refusal changed nothing: only the accepted ones are in the stream.
+        assert await stored() == Counter(text(n) for n in range(SENDERS) if n not in refused_in_wave)
         assert await gw.metric("openlines_admission_refused_total", edge=edge, reason="full") == SENDERS - CAPACITY
         for n in refused_in_wave:
             assert await until_accepted(post, http, n) == 0  # NATS is back: taken at the first resend
@@ -268,7 +284,8 @@ async def test_telegram_webhook_at_3x_capacity(nc: Any, nats_server: Any, tmp_pa
                 update = message_update(700_000 + n, 5000 + n % 50, f"tg overload {n}", message_id=n + 1)
                 return await http.post(url, json=update, headers=headers)
 
-            await overload_webhook(nats_server, gw, "telegram", post)
+            stored = partial(stored_texts, nc, "telegram", SUPPORT["account"])
+            await overload_webhook(nats_server, gw, "telegram", post, stored, lambda n: f"tg overload {n}")
             await assert_stored_once(nc, "telegram", SUPPORT["account"], [f"tg overload {n}" for n in range(SENDERS + FLOOD)])
     finally:
         await peer.stop()
@@ -287,7 +304,8 @@ async def test_vk_callback_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: P
                 event = sender.message_new(f"vk overload {n}", from_id=9000 + n % 50, event_id=f"overload{n:06d}")
                 return await http.post(url, json=event)
 
-            await overload_webhook(nats_server, gw, "vk", post)
+            stored = partial(stored_texts, nc, "vk", VK_ACCOUNT)
+            await overload_webhook(nats_server, gw, "vk", post, stored, lambda n: f"vk overload {n}")
             await assert_stored_once(nc, "vk", VK_ACCOUNT, [f"vk overload {n}" for n in range(SENDERS + FLOOD)])
     finally:
         await peer.stop()
@@ -357,7 +375,7 @@ async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path)
             assert await gw.metric("openlines_webchat_open_sockets") == MAX_SOCKETS
 
             # The wave: one message from each of 3x capacity visitors while no publish can finish.
-            with nats_paused(nats_server):
+            async with nats_paused(nats_server):
                 for i, v in enumerate(visitors):
                     await v.send(f"w{i}", f"web overload w{i}")
                 waves = [asyncio.create_task(v.frame_for(f"w{i}")) for i, v in enumerate(visitors)]
@@ -367,6 +385,9 @@ async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path)
             frames = await asyncio.gather(*waves)
             refused = [i for i, f in enumerate(frames) if not visitors[i].check(f)]
             assert len(refused) == SENDERS - CAPACITY
+            # A refusal changed nothing: only the acked ones are in the stream.
+            accepted = Counter(f"web overload w{i}" for i in range(SENDERS) if i not in refused)
+            assert await stored_texts(nc, "webchat", "demo") == accepted
             assert await gw.metric("openlines_admission_refused_total", edge="webchat", reason="full") == SENDERS - CAPACITY
             for i in refused:
                 await asyncio.sleep(frames[i]["retry_after"])
@@ -427,11 +448,17 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
             await page.goto(f"http://127.0.0.1:{svc.port}/demo")
             await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
             assert json.loads((await other.receive(timeout=30)).data)["type"] == "welcome"
+            # Both sockets are past their replay (it reads NATS) before NATS is paused.
+            await wait_for(lambda: edge.hub.count == 2 and not any(s.replaying for s in edge.hub.sockets()), what="both live")
             refused_before = await metric(base, "openlines_admission_refused_total", edge="webchat", reason="full")
-            with nats_paused(nats_server):
+            async with nats_paused(nats_server):
                 # Another visitor's message takes the replica's only slot and cannot finish.
                 await other.send_str(json.dumps({"type": "message", "id": "other1", "text": "the slot holder"}))
-                await wait_for(lambda: edge.admission.in_flight == 1, what="the slot taken")
+                await wait_for(
+                    lambda: edge.admission.in_flight == 1,
+                    timeout=30,
+                    what=f"the slot taken (nats connected: {svc.nc.is_connected}, sockets: {edge.hub.count})",
+                )
                 msg_id = await page.evaluate("window.openlinesWidget.send('sent while the server is busy')")
 
                 async def refused() -> bool:
