@@ -21,3 +21,23 @@ def test_a_short_secret_refuses_to_start_with_a_clear_error() -> None:
 def test_a_missing_secret_is_named() -> None:
     with pytest.raises(SettingsError, match="OPENLINES_WEBCHAT_SECRET must be set"):
         load_settings(Settings, {})
+
+
+def test_admission_limits_come_from_the_environment() -> None:
+    env = {"OPENLINES_WEBCHAT_SECRET": "s" * 16, "OPENLINES_MAX_IN_FLIGHT": "8", "OPENLINES_MAX_SOCKETS": "100"}
+    s = load_settings(Settings, {**env, "OPENLINES_MAX_WAITING": "0", "OPENLINES_RETRY_AFTER": "5"})
+    limits = s.limits()
+    assert (limits.max_in_flight, limits.max_waiting, limits.retry_after, s.max_sockets) == (8, 0, 5, 100)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "named"),
+    [
+        ("OPENLINES_MAX_IN_FLIGHT", "0", "OPENLINES_MAX_IN_FLIGHT"),
+        ("OPENLINES_RETRY_AFTER", "0", "OPENLINES_RETRY_AFTER"),
+        ("OPENLINES_MAX_SOCKETS", "0", "OPENLINES_MAX_SOCKETS"),
+    ],
+)
+def test_nonsense_admission_limits_refuse_to_start(var: str, value: str, named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": "s" * 16, var: value})
