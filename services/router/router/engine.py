@@ -445,8 +445,9 @@ class Engine:
         chat = QueuedChat(session_id=session.id, since=since)
         await kv_update(self.b.sessions, queue_key(line.id), WaitingQueue, lambda q: waitq.enqueue(q or WaitingQueue(), chat))
 
-    async def _dequeue(self, line_id: str, sid: str) -> None:
-        await kv_update(
+    async def _dequeue(self, line_id: str, sid: str) -> WaitingQueue | None:
+        """Take a chat out of the line's queue; returns the queue as it is after."""
+        return await kv_update(
             self.b.sessions, queue_key(line_id), WaitingQueue, lambda q: waitq.remove(q, sid) if q is not None else None
         )
 
@@ -467,7 +468,9 @@ class Engine:
             assigned = await self._assign(line, session)
             if assigned is None:
                 return
-            await self._dequeue(line.id, head.session_id)
+            after = await self._dequeue(line.id, head.session_id)
+            if after is None or not after.chats:
+                return  # nobody else waits: no need to read the queue again
 
     async def _responsible(self, session: Session) -> str | None:
         """The client's responsible manager from crm-sync, or None (quickly) when unknown or unreachable."""
