@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import jsonschema
+from desk_support import SECRET as SECRET  # re-exported for the admin, API and fuzz tests
+from desk_support import http_session as http_session
+from desk_support import running_desk as running_desk
+from desk_support import try_sign_in
+from desk_support import visitor_writes as visitor_writes
 from nats.aio.client import Client as NATS
 
-from desk.app import setup
-from desk.settings import Settings
 from desk.tokens import TokenStore, new_token, open_bucket
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
-from openlines.runner import Service, launch
 
-SECRET = "admin-test-cookie-secret-0123456"
 # argon2 hash of "demo" (as in deploy/lines.example.toml)
 DEMO_HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"
 
@@ -68,15 +65,6 @@ auto_close_minutes = 0.02
 """
 
 
-@asynccontextmanager
-async def running_desk(url: str) -> AsyncIterator[Service[Settings]]:
-    svc = await launch("desk", Settings(nats_url=url, http_port=0, cookie_secret=SECRET), setup, first_attempts=5)
-    try:
-        yield svc
-    finally:
-        await svc.stop()
-
-
 async def make_token(nc: NATS, role: str, name: str = "test") -> str:
     token, record = new_token(name, role)
     await TokenStore(await open_bucket(nc.jetstream())).add(record)
@@ -89,38 +77,12 @@ def bearer(token: str) -> dict[str, str]:
 
 async def sign_in(http: aiohttp.ClientSession, login: str, password: str = "demo") -> str:
     """Sign in through the login form; returns the CSRF token of the session."""
-    form = await (await http.get("/login")).text()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-    assert token
-    done = await http.post(
-        "/login", data={"login": login, "password": password, "csrf_token": token.group(1)}, allow_redirects=False
-    )
+    done = await try_sign_in(http, login, password)
     assert done.status == 303, await done.text()
     page = await (await http.get("/stats")).text()
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert csrf, page[:500]
     return csrf.group(1)
-
-
-async def visitor_writes(nc: NATS, visitor: str, msg: str, text: str, account: str = "demo", name: str = "") -> None:
-    env = Inbound(
-        id=f"webchat:{account}:{visitor}:{msg}",
-        channel="webchat",
-        account=account,
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(name=name or visitor),
-        text=text,
-        received_at=utcnow(),
-    )
-    ack = await nc.jetstream().publish(
-        subjects.inbound("webchat", account, visitor), encode(env), headers={MSG_ID_HEADER: env.id}
-    )
-    assert ack.seq
-
-
-def http_session(svc: Service[Any]) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{svc.port}", cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
 def conforms(doc: dict[str, Any], operation_id: str, body: Any) -> None:
@@ -129,3 +91,13 @@ def conforms(doc: dict[str, Any], operation_id: str, body: Any) -> None:
     ok = next(v for k, v in op["responses"].items() if k.startswith("2"))
     schema = {**ok["content"]["application/json"]["schema"], "components": doc["components"]}
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(body)
+
+
+def in_line(text: str, line_id: str, old: str, new: str) -> str:
+    """``text`` with ``old`` replaced by ``new`` inside the [[lines]] block of ``line_id``."""
+    blocks = text.split("[[lines]]")
+    for i, block in enumerate(blocks):
+        if f'id = "{line_id}"' in block:
+            assert old in block, (old, block)
+            blocks[i] = block.replace(old, new, 1)
+    return "[[lines]]".join(blocks)

@@ -25,6 +25,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import NatsServer, wait_for  # noqa: E402
+from desk_support import CHROMIUM, sign_in_live  # noqa: E402
 
 from desk.app import setup as desk_setup  # noqa: E402
 from desk.settings import Settings as DeskSettings  # noqa: E402
@@ -38,7 +39,6 @@ from openlines.runner import launch  # noqa: E402
 from router.app import setup as router_setup  # noqa: E402
 from router.settings import Settings as RouterSettings  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1180, "height": 640}
 QUICK = ["Thank you for waiting! Let me check that for you.", "Could you send me your order number, please?"]
 
@@ -64,14 +64,6 @@ async def shot(page: Any, name: str, clip: dict[str, float] | None = None) -> No
     print(f"docs/img/{name}: {(HERE / name).stat().st_size // 1024} KiB")
 
 
-async def sign_in(page: Any, login: str) -> None:
-    await page.goto("/login")
-    await page.get_by_test_id("login-user").fill(login)
-    await page.get_by_test_id("login-password").fill("demo")
-    await page.get_by_test_id("login-submit").click()
-    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
-
-
 async def play(desk_url: str, webchat_url: str) -> None:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
@@ -82,7 +74,7 @@ async def play(desk_url: str, webchat_url: str) -> None:
         await anna.goto("/login")
         await anna.get_by_test_id("login-user").fill("anna")
         await shot(anna, "desk-login.png")
-        await sign_in(anna, "anna")
+        await sign_in_live(anna, "anna")
         await anna.get_by_test_id("status-online").click()
 
         await visitor.goto("/demo")
@@ -115,7 +107,7 @@ async def play(desk_url: str, webchat_url: str) -> None:
         await visitor.get_by_test_id("ol-attachment").scroll_into_view_if_needed()
         await shot(visitor, "webchat-attachment.png", clip={"x": 780, "y": 20, "width": 390, "height": 540})
 
-        await sign_in(boris, "boris")
+        await sign_in_live(boris, "boris")
         await boris.get_by_test_id("status-online").click()
         await anna.get_by_test_id("transfer").click()
         await expect(anna.get_by_test_id("transfer-panel")).to_be_visible()

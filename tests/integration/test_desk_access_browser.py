@@ -6,91 +6,51 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 from conftest import wait_for
+from desk_support import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, submit_login
+from support import apply_lines, running_router
 
-from desk.app import setup
 from desk.settings import Settings
-from openlines import bus, subjects
-from openlines.apply import apply
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
-from openlines.lines import load
-from openlines.runner import Service, launch
+from openlines import bus
+from openlines.runner import Service
 from openlines.state import OperatorAccount, Session
-from router.app import setup as router_setup
-from router.settings import Settings as RouterSettings
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
-]
+pytestmark = BROWSER_MARKS
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
-
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
+    await apply_lines(nc)  # deploy/lines.example.toml
     buckets = await bus.Buckets(nc.jetstream()).open()
-    await apply(buckets, load(ROOT / "deploy/lines.example.toml"))
     anna, _ = await bus.kv_get(buckets.accounts, "anna", OperatorAccount)
     assert anna is not None
     # An operator whose account lacks the open-lines permission.
     dora = OperatorAccount(id="dora", name="Dora Nowak", password_hash=anna.password_hash, roles=["operator"], permissions=[])
     await buckets.accounts.put("dora", msgspec.json.encode(dora))
-    router = await launch("router", RouterSettings(nats_url=nats_server.url, http_port=0), router_setup)
-    svc = await launch("desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret="access-browser-secret-01"), setup)
-    yield svc
-    await svc.stop()
-    await router.stop()
+    async with running_router(nats_server.url), running_desk(nats_server.url, "access-browser-secret-01") as svc:
+        yield svc
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    async with chromium() as b:
         yield b
-        await b.close()
 
 
 async def page_of(browser: Any, desk: Service[Settings]) -> Any:
-    context = await browser.new_context(base_url=f"http://127.0.0.1:{desk.port}", viewport={"width": 1280, "height": 760})
-    return await context.new_page()
-
-
-async def sign_in(page: Any, login: str) -> None:
-    await page.goto("/login")
-    await page.get_by_test_id("login-user").fill(login)
-    await page.get_by_test_id("login-password").fill("demo")
-    await page.get_by_test_id("login-submit").click()
-
-
-async def client_writes(js: Any, msg_id: str, text: str, visitor: str) -> None:
-    inbound = Inbound(
-        id=msg_id,
-        channel="webchat",
-        account="demo",
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(name="Maria Client"),
-        text=text,
-        received_at=utcnow(),
-    )
-    await js.publish(subjects.inbound("webchat", "demo", visitor), encode(inbound), headers={MSG_ID_HEADER: msg_id})
+    return await new_page(browser, desk_url(desk))
 
 
 async def test_an_operator_without_the_permission_sees_no_chats_and_is_told_why(desk: Service[Settings], browser: Any) -> None:
     page = await page_of(browser, desk)
-    await sign_in(page, "dora")
+    await submit_login(page, "dora")
     await expect(page.get_by_test_id("denied-reason")).to_have_text(
         "Your account lacks the open-lines permission: ask an administrator."
     )
@@ -101,7 +61,7 @@ async def test_an_operator_without_the_permission_sees_no_chats_and_is_told_why(
 
 async def test_an_admin_only_account_lands_on_the_admin_pages(desk: Service[Settings], browser: Any) -> None:
     page = await page_of(browser, desk)
-    await sign_in(page, "admin")
+    await submit_login(page, "admin")
     await page.wait_for_url(re.compile(r"/admin(/[a-z]*)?$"))
     await page.goto("/")
     await page.wait_for_url(re.compile(r"/admin(/[a-z]*)?$"))
@@ -110,9 +70,8 @@ async def test_an_admin_only_account_lands_on_the_admin_pages(desk: Service[Sett
 async def test_a_supervisor_reads_a_live_chat_and_then_intercepts_it(nc: Any, desk: Service[Settings], browser: Any) -> None:
     js = nc.jetstream()
     boris = await page_of(browser, desk)
-    await sign_in(boris, "boris")
-    await boris.get_by_test_id("status-online").click()
-    await expect(boris.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+    await submit_login(boris, "boris")
+    await go_online(boris)
     await client_writes(js, "sup-1", "My order never came", "v-sup")
     item = boris.get_by_test_id("chat-item").filter(has_text="Maria Client")
     sid = await item.get_attribute("data-session-id")
@@ -123,7 +82,7 @@ async def test_a_supervisor_reads_a_live_chat_and_then_intercepts_it(nc: Any, de
     await boris.get_by_test_id("reply-input").press("Enter")
 
     anna = await page_of(browser, desk)  # a supervisor, not online herself
-    await sign_in(anna, "anna")
+    await submit_login(anna, "anna")
     await anna.goto("/supervisor")
     row = anna.locator(f'[data-testid="sup-session"][data-session-id="{sid}"]')
     await row.get_by_test_id("sup-read").click()
@@ -149,7 +108,7 @@ async def test_a_supervisor_reads_a_live_chat_and_then_intercepts_it(nc: Any, de
 
 async def test_after_sign_out_a_copied_cookie_no_longer_opens_the_workspace(desk: Service[Settings], browser: Any) -> None:
     page = await page_of(browser, desk)
-    await sign_in(page, "anna")
+    await submit_login(page, "anna")
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
     cookies = [c for c in await page.context.cookies() if c["name"] == "ol_desk"]
     assert len(cookies) == 1

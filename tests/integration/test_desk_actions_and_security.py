@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,16 @@ import aiohttp
 import msgspec
 import pytest
 from conftest import wait_for
+from desk_support import client_writes, http_session, running_desk, sign_in, try_sign_in
+from support import running_router
 
-from desk.app import setup
 from desk.settings import Settings
 from openlines import bus, subjects
 from openlines.apply import apply
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, HistoryEntry, Inbound, Outbound, encode, utcnow
+from openlines.envelopes import HistoryEntry, Outbound
 from openlines.lines import LineConfig, QueueConfig, load
-from openlines.runner import Service, launch
+from openlines.runner import Service
 from openlines.state import ClientRecord, Session, client_key
-from router.app import setup as router_setup
-from router.settings import Settings as RouterSettings
 from router.timers import Timer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,66 +42,24 @@ async def router(nc: Any, nats_server: Any) -> AsyncIterator[None]:
     support = msgspec.structs.replace(cfg.lines[0], quick_answers=["Hello!", "One moment, please."])
     sales = LineConfig(id="sales", name="Sales", queue=QueueConfig(operators=["boris"]))
     await apply(await bus.Buckets(nc.jetstream()).open(), msgspec.structs.replace(cfg, lines=[support, sales]))
-    svc = await launch("router", RouterSettings(nats_url=nats_server.url, http_port=0), router_setup)
-    yield
-    await svc.stop()
+    async with running_router(nats_server.url):
+        yield
 
 
 @pytest.fixture
 async def desks(nats_server: Any, router: None) -> AsyncIterator[Launch]:
     """Starts desk replicas (same secret, same NATS) with settings overrides."""
-    started: list[Service[Settings]] = []
+    async with AsyncExitStack() as started:
 
-    async def start(**overrides: Any) -> Service[Settings]:
-        settings = Settings(nats_url=nats_server.url, http_port=0, cookie_secret=SECRET, **overrides)
-        svc = await launch("desk", settings, setup)
-        started.append(svc)
-        return svc
+        async def start(**overrides: Any) -> Service[Settings]:
+            return await started.enter_async_context(running_desk(nats_server.url, SECRET, **overrides))
 
-    yield start
-    for svc in started:
-        await svc.stop()
+        yield start
 
 
 @pytest.fixture
 async def desk(desks: Launch) -> Service[Settings]:
     return await desks()
-
-
-def client_for(svc: Service[Settings]) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{svc.port}", cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-
-async def try_sign_in(http: aiohttp.ClientSession, login: str, password: str = "demo") -> aiohttp.ClientResponse:
-    form = await (await http.get("/login")).text()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-    assert token, form
-    return await http.post(
-        "/login", data={"login": login, "password": password, "csrf_token": token.group(1)}, allow_redirects=False
-    )
-
-
-async def sign_in(http: aiohttp.ClientSession, login: str) -> dict[str, str]:
-    done = await try_sign_in(http, login)
-    assert done.status == 303, await done.text()
-    page = await (await http.get("/")).text()
-    csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
-    assert csrf
-    return {"X-CSRF-Token": csrf.group(1)}
-
-
-async def client_writes(js: Any, msg_id: str, text: str, visitor: str) -> None:
-    inbound = Inbound(
-        id=msg_id,
-        channel="webchat",
-        account="demo",
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(name="Maria Client"),
-        text=text,
-        received_at=utcnow(),
-    )
-    await js.publish(subjects.inbound("webchat", "demo", visitor), encode(inbound), headers={MSG_ID_HEADER: msg_id})
 
 
 async def a_chat_of(http: aiohttp.ClientSession, h: dict[str, str], nc: Any, visitor: str) -> str:
@@ -158,7 +116,7 @@ def file_form(name: str, data: bytes, mime: str) -> aiohttp.FormData:
 
 
 async def test_transfer_to_a_line_and_the_bad_requests(nc: Any, desk: Service[Settings]) -> None:
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-line")
         for body, status in (
@@ -181,7 +139,7 @@ async def test_transfer_to_a_line_and_the_bad_requests(nc: Any, desk: Service[Se
 
 
 async def test_pin_and_unpin(nc: Any, desk: Service[Settings]) -> None:
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-pin")
         assert (await http.post(f"/api/sessions/{sid}/pin", json={"pinned": "yes"}, headers=h)).status == 400
@@ -194,7 +152,7 @@ async def test_pin_and_unpin(nc: Any, desk: Service[Settings]) -> None:
 
 
 async def test_spam_closes_the_chat_and_marks_the_client(nc: Any, desk: Service[Settings]) -> None:
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-spam")
         r = await http.post(f"/api/sessions/{sid}/spam", headers=h)
@@ -207,7 +165,7 @@ async def test_spam_closes_the_chat_and_marks_the_client(nc: Any, desk: Service[
 
 
 async def test_skip_of_an_answered_chat_is_refused_with_the_reason(nc: Any, desk: Service[Settings]) -> None:
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-skip")
         r = await http.post(f"/api/sessions/{sid}/skip", headers=h)
@@ -215,7 +173,7 @@ async def test_skip_of_an_answered_chat_is_refused_with_the_reason(nc: Any, desk
 
 
 async def test_directory_lists_lines_with_quick_answers_and_other_operators(desk: Service[Settings]) -> None:
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         await sign_in(http, "anna")
         data = await (await http.get("/api/directory")).json()
         assert data["lines"] == [
@@ -231,7 +189,7 @@ async def test_directory_lists_lines_with_quick_answers_and_other_operators(desk
 
 async def test_a_file_goes_to_the_channel_and_the_transcript_once(nc: Any, desks: Launch) -> None:
     desk = await desks(public_url="https://desk.example.com/")
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-file")
         up = await http.post(
@@ -298,7 +256,7 @@ async def test_files_are_kept_for_the_configured_age_then_nats_deletes_them(nc: 
     # A replica with another age brings the store to it; here two seconds, so the test sees a file go.
     desk = await desks(files_max_age_days=2 / 86400)
     assert (await js.stream_info(stream)).config.max_age == 2
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-old-file")
         before = (await js.stream_info(stream)).state.last_seq
@@ -327,7 +285,7 @@ def test_the_age_of_files_must_not_be_negative() -> None:
 
 async def test_uploads_that_are_refused_say_why(nc: Any, desks: Launch) -> None:
     desk = await desks(max_upload_bytes=1000)
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-bad-file")
         cases = [
@@ -351,7 +309,7 @@ async def test_uploads_that_are_refused_say_why(nc: Any, desks: Launch) -> None:
         assert not [o for o in await outbound_of(nc, "v-bad-file") if o.attachments]
 
     # Someone else's chat: no upload.
-    async with client_for(desk) as boris:
+    async with http_session(desk) as boris:
         hb = await sign_in(boris, "boris")
         r = await boris.post(f"/api/sessions/{sid}/files", data=file_form("a.png", PNG, "image/png"), headers=hb)
         assert r.status == 403 and "your own open chats" in (await r.json())["detail"]
@@ -362,7 +320,7 @@ async def test_uploads_that_are_refused_say_why(nc: Any, desks: Launch) -> None:
 
 async def test_failed_sign_ins_are_limited_per_login_on_every_replica(desks: Launch) -> None:
     one, two = await desks(), await desks()
-    async with client_for(one) as a, client_for(two) as b:
+    async with http_session(one) as a, http_session(two) as b:
         for _ in range(5):
             assert (await try_sign_in(a, "boris", "wrong")).status == 401
         # The sixth try, even with the right password and on the other replica, waits.
@@ -376,7 +334,7 @@ async def test_failed_sign_ins_are_limited_per_login_on_every_replica(desks: Lau
 
 
 async def test_a_right_password_clears_the_logins_failures(desk: Service[Settings]) -> None:
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         for _ in range(4):
             assert (await try_sign_in(http, "anna", "wrong")).status == 401
         assert (await try_sign_in(http, "anna")).status == 303
@@ -388,7 +346,7 @@ async def test_a_right_password_clears_the_logins_failures(desk: Service[Setting
 
 async def test_failed_sign_ins_are_limited_per_client_address(desks: Launch) -> None:
     desk = await desks(login_failures_per_address=3)
-    async with client_for(desk) as http:
+    async with http_session(desk) as http:
         for login in ("x1", "x2", "x3"):
             assert (await try_sign_in(http, login, "guess")).status == 401
         r = await try_sign_in(http, "anna")
@@ -397,15 +355,15 @@ async def test_failed_sign_ins_are_limited_per_client_address(desks: Launch) -> 
 
 async def test_sign_out_revokes_the_cookie_on_every_replica_and_closes_live_pages(desks: Launch) -> None:
     one, two = await desks(), await desks()
-    async with client_for(one) as http:
+    async with http_session(one) as http:
         h = await sign_in(http, "anna")
         cookie = next(c for c in http.cookie_jar if c.key == "ol_desk").value
-    async with client_for(two) as copy:
+    async with http_session(two) as copy:
         copy.cookie_jar.update_cookies({"ol_desk": cookie})
         assert (await copy.get("/api/chats")).status == 200
         async with copy.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{two.port}"}) as ws:
             assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
-            async with client_for(one) as again:
+            async with http_session(one) as again:
                 again.cookie_jar.update_cookies({"ol_desk": cookie})
                 out = await again.post("/logout", data={"csrf_token": h["X-CSRF-Token"]}, allow_redirects=False)
                 assert out.status == 303 and out.headers["Location"] == "/login"
@@ -414,7 +372,7 @@ async def test_sign_out_revokes_the_cookie_on_every_replica_and_closes_live_page
         # The copied cookie is worth nothing now, on either replica.
         assert (await copy.get("/api/chats")).status == 401
         assert (await copy.get("/", allow_redirects=False)).headers["Location"] == "/login"
-    async with client_for(one) as http:
+    async with http_session(one) as http:
         http.cookie_jar.update_cookies({"ol_desk": cookie})
         assert (await http.get("/api/chats")).status == 401
         # Signing in again works and gives a new, valid cookie.

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from argon2 import PasswordHasher
-from desk_admin_support import LINES, http_session, running_desk, sign_in
+from desk_admin_support import LINES, http_session, in_line, running_desk, sign_in
 from support import apply_lines
 
 from openlines import bus
@@ -47,16 +47,6 @@ def _textarea(page: str) -> str:
     return html.unescape(m.group(1))
 
 
-def _in_line(text: str, line_id: str, old: str, new: str) -> str:
-    """``text`` with ``old`` replaced by ``new`` inside the [[lines]] block of ``line_id``."""
-    blocks = text.split("[[lines]]")
-    for i, block in enumerate(blocks):
-        if f'id = "{line_id}"' in block:
-            assert old in block, (old, block)
-            blocks[i] = block.replace(old, new, 1)
-    return "[[lines]]".join(blocks)
-
-
 async def _line(nc: Any, line_id: str) -> LineConfig | None:
     line, _ = await bus.kv_get((await bus.Buckets(nc.jetstream()).open()).lines, line_key(line_id), LineConfig)
     return line
@@ -78,9 +68,9 @@ async def test_a_save_shows_the_doctor_first_then_goes_live(admin: tuple[aiohttp
     http, csrf = admin
     page = await (await http.get("/admin/lines")).text()
     text = _textarea(page)
-    text = _in_line(text, "support", 'welcome = "Hello {client_name}, this is support."', 'welcome = "Hi {client_name}!"')
+    text = in_line(text, "support", 'welcome = "Hello {client_name}, this is support."', 'welcome = "Hi {client_name}!"')
     # Five seconds to accept: the doctor recommends 30-60.
-    text = _in_line(text, "support", "[lines.queue]\n", "[lines.queue]\nwait_seconds = 5\n")
+    text = in_line(text, "support", "[lines.queue]\n", "[lines.queue]\nwait_seconds = 5\n")
     assert "wait_seconds = 5" in text
     form = {"csrf_token": csrf, "version": _field(page, "version"), "toml": text, "action": "save"}
     first = await http.post("/admin/lines", data=form)
@@ -101,7 +91,7 @@ async def test_an_invalid_config_is_refused_per_key_and_changes_nothing(
 ) -> None:
     http, csrf = admin
     page = await (await http.get("/admin/lines")).text()
-    text = _in_line(_textarea(page), "sales", '"boris",\n]', '"boris",\n    "ghost",\n]')
+    text = in_line(_textarea(page), "sales", '"boris",\n]', '"boris",\n    "ghost",\n]')
     form = {"csrf_token": csrf, "version": _field(page, "version"), "toml": text, "action": "save"}
     r = await http.post("/admin/lines", data=form)
     assert r.status == 400

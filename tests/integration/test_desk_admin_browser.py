@@ -10,23 +10,18 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from desk_admin_support import DEMO_HASH, LINES, running_desk, visitor_writes
+from desk_admin_support import DEMO_HASH, LINES, in_line, running_desk, visitor_writes
+from desk_support import BROWSER_MARKS, chromium, desk_url, new_page, submit_login
 from support import apply_lines, outbound_for, running_router
 
 from openlines.runner import Service
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
-]
+pytestmark = BROWSER_MARKS
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
 # An admin-only account: no operator role, no open-lines permission. The desk sends it to the admin pages.
 WITH_ADMIN_ONLY = (
@@ -50,19 +45,8 @@ async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Any]]:
 
 @pytest.fixture
 async def browser(desk: Service[Any]) -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    async with chromium() as b:
         yield b
-        await b.close()
-
-
-def _in_line(text: str, line_id: str, old: str, new: str) -> str:
-    blocks = text.split("[[lines]]")
-    for i, block in enumerate(blocks):
-        if f'id = "{line_id}"' in block:
-            assert old in block, (old, block)
-            blocks[i] = block.replace(old, new, 1)
-    return "[[lines]]".join(blocks)
 
 
 async def test_an_admin_edits_a_line_sees_the_doctor_saves_and_the_router_uses_it(
@@ -71,23 +55,18 @@ async def test_an_admin_edits_a_line_sees_the_doctor_saves_and_the_router_uses_i
     expect = playwright_api.expect
     ARTIFACTS.mkdir(exist_ok=True)
     errors: list[str] = []
-    context = await browser.new_context(base_url=f"http://127.0.0.1:{desk.port}", viewport={"width": 1360, "height": 900})
-    page = await context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page = await new_page(browser, desk_url(desk), errors, width=1360, height=900)
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
 
-    await page.goto("/login")
-    await page.get_by_test_id("login-user").fill("ada")
-    await page.get_by_test_id("login-password").fill("demo")
-    await page.get_by_test_id("login-submit").click()
+    await submit_login(page, "ada")
     await expect(page).to_have_url(f"http://127.0.0.1:{desk.port}/admin/lines")
 
     editor = page.get_by_test_id("lines-toml")
     text = await editor.input_value()
-    text = _in_line(
+    text = in_line(
         text, "support", 'welcome = "Hello {client_name}, this is support."', 'welcome = "Good day {client_name}, support here."'
     )
-    text = _in_line(text, "support", "[lines.queue]\n", "[lines.queue]\nwait_seconds = 5\n")
+    text = in_line(text, "support", "[lines.queue]\n", "[lines.queue]\nwait_seconds = 5\n")
     await editor.fill(text)
     await page.get_by_test_id("lines-check").click()
     finding = page.locator('[data-testid="finding"][data-code="queue-wait-seconds"]')
@@ -130,4 +109,4 @@ async def test_an_admin_edits_a_line_sees_the_doctor_saves_and_the_router_uses_i
     await expect(why).not_to_contain_text("permission")
     await expect(why).to_contain_text("not a member of any line's queue")
     assert errors == []
-    await context.close()
+    await page.context.close()

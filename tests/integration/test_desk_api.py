@@ -9,54 +9,38 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
+from desk_support import http_session, running_desk, try_sign_in
+from support import apply_lines
 
-from desk.app import setup
 from desk.settings import Settings
 from openlines import bus, subjects
-from openlines.apply import apply
 from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, SessionEvent, encode
-from openlines.lines import load
-from openlines.runner import Service, launch
+from openlines.runner import Service
 from openlines.state import OperatorAccount, OperatorState, Session
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-test-cookie-secret-0123"
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
-# -- harness (kept in this file; the same few lines are in the other desk tests) ---------------
+# -- harness ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
-    buckets = await bus.Buckets(nc.jetstream()).open()
-    await apply(buckets, load(ROOT / "deploy/lines.example.toml"))
-    svc = await launch("desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret=SECRET), setup)
-    yield svc
-    await svc.stop()
+    await apply_lines(nc)  # deploy/lines.example.toml
+    async with running_desk(nats_server.url, SECRET) as svc:
+        yield svc
 
 
 @pytest.fixture
 async def http(desk: Service[Settings]) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{desk.port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
-    ) as session:
+    async with http_session(desk) as session:
         yield session
-
-
-async def sign_in(http: aiohttp.ClientSession, login: str, password: str) -> aiohttp.ClientResponse:
-    form = await (await http.get("/login")).text()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-    assert token, form
-    return await http.post(
-        "/login", data={"login": login, "password": password, "csrf_token": token.group(1)}, allow_redirects=False
-    )
 
 
 async def csrf_of_workspace(http: aiohttp.ClientSession) -> str:
@@ -93,7 +77,7 @@ async def put(kv: Any, key: str, obj: msgspec.Struct) -> None:
 
 
 async def test_sign_in_with_the_right_password_opens_the_workspace(http: aiohttp.ClientSession) -> None:
-    done = await sign_in(http, "anna", "demo")
+    done = await try_sign_in(http, "anna", "demo")
     assert done.status == 303 and done.headers["Location"] == "/"
     cookie = done.headers.getall("Set-Cookie")
     session_cookie = next(c for c in cookie if c.startswith("ol_desk="))
@@ -107,8 +91,8 @@ async def test_sign_in_with_the_right_password_opens_the_workspace(http: aiohttp
 
 
 async def test_wrong_password_and_unknown_user_get_the_same_answer(http: aiohttp.ClientSession) -> None:
-    wrong = await sign_in(http, "anna", "not-demo")
-    unknown = await sign_in(http, "nobody", "demo")
+    wrong = await try_sign_in(http, "anna", "not-demo")
+    unknown = await try_sign_in(http, "nobody", "demo")
     for r in (wrong, unknown):
         assert r.status == 401
         assert "Wrong login or password." in await r.text()
@@ -122,7 +106,7 @@ async def test_operator_without_the_permission_is_told_why(nc: Any, http: aiohtt
     assert anna is not None
     dora = OperatorAccount(id="dora", name="Dora", password_hash=anna.password_hash, roles=["operator"], permissions=[])
     await put(buckets.accounts, "dora", dora)
-    done = await sign_in(http, "dora", "demo")
+    done = await try_sign_in(http, "dora", "demo")
     assert done.status == 403
     assert "lacks the open-lines permission: ask an administrator" in await done.text()
     assert not any(c.startswith("ol_desk=") for c in done.headers.getall("Set-Cookie", []))
@@ -131,7 +115,7 @@ async def test_operator_without_the_permission_is_told_why(nc: Any, http: aiohtt
 
 
 async def test_an_admin_only_account_signs_in_and_lands_on_the_admin_pages(http: aiohttp.ClientSession) -> None:
-    done = await sign_in(http, "admin", "demo")  # roles = ["admin"], no open-lines permission
+    done = await try_sign_in(http, "admin", "demo")  # roles = ["admin"], no open-lines permission
     assert done.status == 303 and done.headers["Location"] == "/admin"
     # The workspace sends it on to /admin instead of a refusal; the chats API still refuses it, and says why.
     assert (await http.get("/", allow_redirects=False)).headers["Location"] == "/admin"
@@ -146,7 +130,7 @@ async def test_account_without_an_operator_role_is_told_why(nc: Any, http: aioht
     anna, _ = await bus.kv_get(buckets.accounts, "anna", OperatorAccount)
     assert anna is not None
     await put(buckets.accounts, "carl", OperatorAccount(id="carl", name="Carl", password_hash=anna.password_hash, roles=[]))
-    done = await sign_in(http, "carl", "demo")
+    done = await try_sign_in(http, "carl", "demo")
     assert done.status == 403
     assert "neither the operator nor the supervisor role" in await done.text()
 
@@ -165,7 +149,7 @@ async def test_sign_in_form_without_its_token_is_refused(http: aiohttp.ClientSes
 
 
 async def test_sign_out_needs_the_token_and_clears_the_cookie(http: aiohttp.ClientSession) -> None:
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     token = await csrf_of_workspace(http)
     refused = await http.post("/logout", allow_redirects=False)
     assert refused.status == 403
@@ -186,7 +170,7 @@ async def test_api_refuses_without_cookie(http: aiohttp.ClientSession) -> None:
 
 
 async def test_api_refuses_state_changes_without_the_csrf_header(http: aiohttp.ClientSession) -> None:
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     token = await csrf_of_workspace(http)
     missing = await http.post("/api/status", json={"status": "online"})
     assert missing.status == 403 and (await missing.json())["error"] == "csrf"
@@ -197,7 +181,7 @@ async def test_api_refuses_state_changes_without_the_csrf_header(http: aiohttp.C
 
 
 async def test_bad_bodies_get_400_and_413_with_the_reason(http: aiohttp.ClientSession) -> None:
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     h = {"X-CSRF-Token": await csrf_of_workspace(http)}
     cases: list[tuple[str, Any, int, str]] = [
         ("/api/status", b"{not json", 400, "not valid JSON"),
@@ -218,7 +202,7 @@ async def test_bad_bodies_get_400_and_413_with_the_reason(http: aiohttp.ClientSe
 
 
 async def test_commands_answer_503_when_no_router_listens(http: aiohttp.ClientSession) -> None:
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     h = {"X-CSRF-Token": await csrf_of_workspace(http)}
     r = await http.post("/api/status", json={"status": "online"}, headers=h)
     assert r.status == 503
@@ -226,7 +210,7 @@ async def test_commands_answer_503_when_no_router_listens(http: aiohttp.ClientSe
 
 
 async def test_websocket_from_another_origin_is_refused(http: aiohttp.ClientSession) -> None:
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         await http.ws_connect("/ws", headers={"Origin": "https://evil.example"})
     assert err.value.status == 403
@@ -247,7 +231,7 @@ async def seed_chats(nc: Any) -> None:
 
 async def test_snapshot_lists_my_open_chats_from_kv(nc: Any, http: aiohttp.ClientSession) -> None:
     await seed_chats(nc)
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     async with http.ws_connect("/ws") as ws:
         snap = await ws.receive_json(timeout=5)
     assert snap["type"] == "snapshot"
@@ -265,7 +249,7 @@ async def test_history_of_my_session_and_not_of_someone_elses(
     js = nc.jetstream()
     entry = HistoryEntry(id="h1", session_id="s-mine", direction="in", text="Hello?", at=T0)
     await js.publish(subjects.history("s-mine"), encode(entry), headers={MSG_ID_HEADER: "h1"})
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     mine = await http.get("/api/sessions/s-mine/history")
     assert mine.status == 200
     assert [e["text"] for e in (await mine.json())["entries"]] == ["Hello?"]
@@ -273,10 +257,8 @@ async def test_history_of_my_session_and_not_of_someone_elses(
     assert (await http.get("/api/sessions/s-boris/history")).status == 200
     assert (await http.get("/api/sessions/s-boris/client")).status == 200
     # Boris is not: Anna's chat stays hers.
-    async with aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{desk.port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
-    ) as boris:
-        await sign_in(boris, "boris", "demo")
+    async with http_session(desk) as boris:
+        await try_sign_in(boris, "boris", "demo")
         others = await boris.get("/api/sessions/s-mine/history")
         assert others.status == 403 and (await others.json())["error"] == "forbidden"
     assert (await http.get("/api/sessions/nope/history")).status == 404
@@ -290,7 +272,7 @@ async def test_events_and_transcript_reach_the_operator_holding_the_chat(nc: Any
     await seed_chats(nc)
     js = nc.jetstream()
     buckets = await bus.Buckets(js).open()
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     async with http.ws_connect("/ws") as ws:
         assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
 
@@ -325,7 +307,7 @@ async def test_a_chat_given_to_another_operator_leaves_my_list(nc: Any, http: ai
     await seed_chats(nc)
     js = nc.jetstream()
     buckets = await bus.Buckets(js).open()
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     async with http.ws_connect("/ws") as ws:
         snap = await ws.receive_json(timeout=5)
         assert "s-offered" in [c["id"] for c in snap["chats"]]
@@ -336,7 +318,7 @@ async def test_a_chat_given_to_another_operator_leaves_my_list(nc: Any, http: ai
 
 
 async def test_stopping_the_desk_closes_sockets_so_pages_reconnect(desk: Service[Settings], http: aiohttp.ClientSession) -> None:
-    await sign_in(http, "anna", "demo")
+    await try_sign_in(http, "anna", "demo")
     ws = await http.ws_connect("/ws")
     assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
     await desk.stop()

@@ -8,30 +8,21 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
+from desk_support import BROWSER_MARKS, chromium, client_writes, go_online, new_page, sign_in_live
+from support import apply_lines, running_router
 
 from desk.app import setup
 from desk.settings import Settings
-from openlines import bus, subjects
-from openlines.apply import apply
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
-from openlines.lines import load
+from openlines import bus
 from openlines.runner import Service, launch
 from openlines.state import OperatorState
-from router.app import setup as router_setup
-from router.settings import Settings as RouterSettings
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
-]
+pytestmark = BROWSER_MARKS
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
 
 class Desk:
@@ -55,14 +46,12 @@ class Desk:
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Desk]:
-    buckets = await bus.Buckets(nc.jetstream()).open()
-    await apply(buckets, load(ROOT / "deploy/lines.example.toml"))
-    router = await launch("router", RouterSettings(nats_url=nats_server.url, http_port=0), router_setup)
-    desk = Desk(nats_server.url)
-    await desk.start()
-    yield desk
-    await desk.stop()
-    await router.stop()
+    await apply_lines(nc)  # deploy/lines.example.toml
+    async with running_router(nats_server.url):
+        desk = Desk(nats_server.url)
+        await desk.start()
+        yield desk
+        await desk.stop()
 
 
 @pytest.fixture
@@ -73,39 +62,12 @@ def console_errors() -> list[str]:
 
 @pytest.fixture
 async def page(desk: Desk, console_errors: list[str]) -> AsyncIterator[Any]:
-    desk_url = f"http://127.0.0.1:{desk.port}"
-    async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = await browser.new_context(base_url=desk_url, viewport={"width": 1280, "height": 760})
-        pg = await context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    errors: list[str] = []
+    async with chromium() as browser:
+        pg = await new_page(browser, f"http://127.0.0.1:{desk.port}", errors)
         pg.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
         yield pg
-        await browser.close()
-        assert errors == [], f"JavaScript errors on the page: {errors}"
-
-
-async def client_writes(js: Any, msg_id: str, text: str, name: str, visitor: str) -> None:
-    inbound = Inbound(
-        id=msg_id,
-        channel="webchat",
-        account="demo",
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(name=name),
-        text=text,
-        received_at=utcnow(),
-    )
-    await js.publish(subjects.inbound("webchat", "demo", inbound.chat_id), encode(inbound), headers={MSG_ID_HEADER: msg_id})
-
-
-async def sign_in(page: Any) -> None:
-    await page.goto("/login")
-    await page.get_by_test_id("login-user").fill("anna")
-    await page.get_by_test_id("login-password").fill("demo")
-    await page.get_by_test_id("login-submit").click()
-    await playwright_api.expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
 async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, nc: Any, console_errors: list[str]) -> None:
@@ -115,13 +77,12 @@ async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, n
     await page.goto("/login")
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "desk-login.png"))
-    await sign_in(page)
+    await sign_in_live(page, "anna")
     await expect(page.get_by_test_id("operator-name")).to_have_text("Anna Petrova")
 
-    await page.get_by_test_id("status-online").click()
-    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+    await go_online(page)
 
-    await client_writes(js, "b-1", "Hello! My parcel has not arrived.", "Maria Client", "visitor-b1")
+    await client_writes(js, "b-1", "Hello! My parcel has not arrived.", "visitor-b1", name="Maria Client")
     item = page.locator('[data-testid="chat-item"]').filter(has_text="Maria Client")
     await expect(item).to_be_visible()
     await expect(page.get_by_test_id("new-chat-toast")).to_contain_text("New chat: Maria Client")
@@ -148,9 +109,9 @@ async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, n
     await expect(page.get_by_test_id("reply-input")).to_have_value("")
 
     # A second client shows up while the first chat is open: a live push to the list.
-    await client_writes(js, "b-2", "Hi, a question about prices", "Oleg Buyer", "visitor-b2")
+    await client_writes(js, "b-2", "Hi, a question about prices", "visitor-b2", name="Oleg Buyer")
     await expect(page.locator('[data-testid="chat-item"]').filter(has_text="Oleg Buyer")).to_be_visible()
-    await client_writes(js, "b-3", "The tracking number is 42", "Maria Client", "visitor-b1")
+    await client_writes(js, "b-3", "The tracking number is 42", "visitor-b1", name="Maria Client")
     await expect(transcript).to_contain_text("The tracking number is 42")
 
     await page.screenshot(path=str(ARTIFACTS / "desk-workspace.png"))
@@ -166,13 +127,12 @@ async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, n
 async def test_a_chat_that_arrives_while_the_desk_is_down_shows_after_the_reconnect(page: Any, nc: Any, desk: Desk) -> None:
     expect = playwright_api.expect
     js = nc.jetstream()
-    await sign_in(page)
-    await page.get_by_test_id("status-online").click()
-    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+    await sign_in_live(page, "anna")
+    await go_online(page)
 
     await desk.stop()
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "down")
-    await client_writes(js, "r-1", "Anyone there?", "Vera Late", "visitor-r1")
+    await client_writes(js, "r-1", "Anyone there?", "visitor-r1", name="Vera Late")
     buckets = await bus.Buckets(js).open()
 
     async def assigned_to_anna() -> bool:

@@ -3,65 +3,27 @@ real router, the real crm-sync (built-in CRM) and a real nats-server."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from conftest import wait_for
 from crm_support import linked, running_crm_sync
-from support import apply_lines, running_router
+from desk_support import desk_with_router, http_session, running_desk, sign_in, visitor_writes
+from support import apply_lines
 
-from desk.app import setup
 from desk.settings import Settings
 from openlines import bus, subjects
 from openlines.commands import Accept, Close, SetStatus, call
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
-from openlines.runner import Service, launch
+from openlines.runner import Service
 from openlines.state import ClientRecord, Session, WaitingQueue, client_key, queue_key
-
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = "integration-test-cookie-secret-0123"
 
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
-    await apply_lines(nc)  # deploy/lines.example.toml: line "support", anna (operator + supervisor), boris (operator)
-    async with running_router(nats_server.url):
-        svc = await launch("desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret=SECRET), setup)
+    # deploy/lines.example.toml: line "support", anna (operator + supervisor), boris (operator)
+    async with desk_with_router(nc, nats_server.url) as svc:
         yield svc
-        await svc.stop()
-
-
-async def client(desk: Service[Settings]) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(base_url=f"http://127.0.0.1:{desk.port}", cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-
-async def sign_in(http: aiohttp.ClientSession, login: str) -> None:
-    form = await (await http.get("/login")).text()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-    assert token
-    done = await http.post(
-        "/login", data={"login": login, "password": "demo", "csrf_token": token.group(1)}, allow_redirects=False
-    )
-    assert done.status == 303, await done.text()
-
-
-async def visitor_writes(nc: Any, visitor: str, msg: str, text: str, **profile: str) -> None:
-    env = Inbound(
-        id=f"webchat:demo:{visitor}:{msg}",
-        channel="webchat",
-        account="demo",
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(**profile),
-        text=text,
-        channel_msg_id=msg,
-        received_at=utcnow(),
-    )
-    await nc.jetstream().publish(subjects.inbound("webchat", "demo", visitor), encode(env), headers={MSG_ID_HEADER: env.id})
 
 
 async def open_session(nc: Any, visitor: str, other_than: str = "") -> Session:
@@ -83,7 +45,7 @@ async def open_session(nc: Any, visitor: str, other_than: str = "") -> Session:
 async def test_client_card_shows_profile_crm_lead_and_the_earlier_conversation(
     nc: Any, nats_server: Any, desk: Service[Settings]
 ) -> None:
-    async with running_crm_sync(nats_server.url), await client(desk) as anna, await client(desk) as boris:
+    async with running_crm_sync(nats_server.url), http_session(desk) as anna, http_session(desk) as boris:
         await sign_in(anna, "anna")
         await sign_in(boris, "boris")
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
@@ -141,7 +103,7 @@ async def test_client_card_shows_profile_crm_lead_and_the_earlier_conversation(
 
 
 async def test_a_plain_operator_gets_no_card_of_a_chat_that_is_not_theirs(nc: Any, desk: Service[Settings]) -> None:
-    async with await client(desk) as boris:
+    async with http_session(desk) as boris:
         await sign_in(boris, "boris")
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await visitor_writes(nc, "v-other", "1", "hi", name="Ivo")
@@ -154,7 +116,7 @@ async def test_a_plain_operator_gets_no_card_of_a_chat_that_is_not_theirs(nc: An
 
 
 async def test_crm_page_without_crm_sync_says_there_are_no_records_yet(desk: Service[Settings]) -> None:
-    async with await client(desk) as anna:
+    async with http_session(desk) as anna:
         await sign_in(anna, "anna")
         page = await anna.get("/crm")
         assert page.status == 200
@@ -164,28 +126,18 @@ async def test_crm_page_without_crm_sync_says_there_are_no_records_yet(desk: Ser
 
 async def test_crm_page_with_bitrix24_says_where_the_records_live(nc: Any, nats_server: Any) -> None:
     await apply_lines(nc)
-    settings = Settings(
-        nats_url=nats_server.url,
-        http_port=0,
-        cookie_secret=SECRET,
-        crm_backend="bitrix24",
-        bitrix24_portal="https://shop.bitrix24.com/",
-    )
-    svc = await launch("desk", settings, setup)
-    try:
-        async with await client(svc) as anna:
-            await sign_in(anna, "anna")
-            text = await (await anna.get("/crm")).text()
-            assert 'data-testid="crm-elsewhere"' in text and 'href="https://shop.bitrix24.com/crm/"' in text
-            api = await (await anna.get("/api/crm")).json()
-            assert api == {"backend": "bitrix24", "portal": "https://shop.bitrix24.com", "records": None}
-    finally:
-        await svc.stop()
+    bitrix24 = running_desk(nats_server.url, crm_backend="bitrix24", bitrix24_portal="https://shop.bitrix24.com/")
+    async with bitrix24 as svc, http_session(svc) as anna:
+        await sign_in(anna, "anna")
+        text = await (await anna.get("/crm")).text()
+        assert 'data-testid="crm-elsewhere"' in text and 'href="https://shop.bitrix24.com/crm/"' in text
+        api = await (await anna.get("/api/crm")).json()
+        assert api == {"backend": "bitrix24", "portal": "https://shop.bitrix24.com", "records": None}
 
 
 async def test_supervisor_sees_the_queue_grow_then_the_operator_take_the_chat(nc: Any, desk: Service[Settings]) -> None:
     b = await bus.Buckets(nc.jetstream()).open()
-    async with await client(desk) as anna:
+    async with http_session(desk) as anna:
         await sign_in(anna, "anna")
         await visitor_writes(nc, "v-wait", "1", "Is anyone there?", name="Liga Waiting")
 
@@ -224,7 +176,7 @@ async def test_supervisor_sees_the_queue_grow_then_the_operator_take_the_chat(nc
 
 
 async def test_a_plain_operator_is_refused_the_supervisor_view_with_the_reason(desk: Service[Settings]) -> None:
-    async with await client(desk) as boris:
+    async with http_session(desk) as boris:
         assert (await boris.get("/api/supervisor")).status == 401
         await sign_in(boris, "boris")
         page = await boris.get("/supervisor")

@@ -9,75 +9,52 @@ from typing import Any
 
 import pytest
 from crm_support import linked, running_crm_sync
+from desk_support import (
+    BROWSER_MARKS,
+    chromium,
+    desk_url,
+    go_online,
+    running_desk,
+    submit_login,
+    visitor_writes,
+)
+from desk_support import new_page as blank_page
 from support import apply_lines, running_router
 
-from desk.app import setup
 from desk.settings import Settings
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
-from openlines.runner import Service, launch
+from openlines.runner import Service
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
-]
+pytestmark = BROWSER_MARKS
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
     await apply_lines(nc)  # deploy/lines.example.toml
-    async with running_router(nats_server.url), running_crm_sync(nats_server.url):
-        svc = await launch(
-            "desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret="browser-test-cookie-secret-02"), setup
-        )
+    url = nats_server.url
+    async with running_router(url), running_crm_sync(url), running_desk(url, "browser-test-cookie-secret-02") as svc:
         yield svc
-        await svc.stop()
 
 
 @pytest.fixture
 async def browser(desk: Service[Settings]) -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    async with chromium() as b:
         yield b
-        await b.close()
 
 
 async def new_page(browser: Any, desk: Service[Settings], errors: list[str]) -> Any:
-    context = await browser.new_context(base_url=f"http://127.0.0.1:{desk.port}", viewport={"width": 1360, "height": 800})
-    page = await context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page = await blank_page(browser, desk_url(desk), errors, width=1360, height=800)
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "403" not in m.text else None)
     return page
 
 
 async def sign_in(page: Any, login: str) -> None:
-    await page.goto("/login")
-    await page.get_by_test_id("login-user").fill(login)
-    await page.get_by_test_id("login-password").fill("demo")
-    await page.get_by_test_id("login-submit").click()
+    await submit_login(page, login)
     await playwright_api.expect(page.get_by_test_id("operator-name")).to_be_visible()
-
-
-async def visitor_writes(nc: Any, visitor: str, msg: str, text: str, **profile: str) -> None:
-    env = Inbound(
-        id=f"webchat:demo:{visitor}:{msg}",
-        channel="webchat",
-        account="demo",
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(**profile),
-        text=text,
-        received_at=utcnow(),
-    )
-    await nc.jetstream().publish(subjects.inbound("webchat", "demo", visitor), encode(env), headers={MSG_ID_HEADER: env.id})
 
 
 async def test_client_card_crm_page_and_supervisor_view_in_a_browser(nc: Any, browser: Any, desk: Service[Settings]) -> None:
@@ -87,8 +64,7 @@ async def test_client_card_crm_page_and_supervisor_view_in_a_browser(nc: Any, br
     page = await new_page(browser, desk, errors)
     await sign_in(page, "anna")
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
-    await page.get_by_test_id("status-online").click()
-    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+    await go_online(page)
 
     await visitor_writes(nc, "v-br1", "1", "Hello, I want to order 3 chairs", name="Marta Ozola", email="marta@example.com")
     item = page.locator('[data-testid="chat-item"]').filter(has_text="Marta Ozola")

@@ -2,62 +2,34 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
 from conftest import wait_for
+from desk_support import client_writes, desk_with_router, http_session, sign_in
 
-from desk.app import setup
 from desk.settings import Settings
 from openlines import bus, subjects
-from openlines.apply import apply
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, Outbound, encode, utcnow
-from openlines.lines import load
-from openlines.runner import Service, launch
+from openlines.envelopes import Outbound
+from openlines.runner import Service
 from openlines.state import OperatorState, Session
-from router.app import setup as router_setup
-from router.settings import Settings as RouterSettings
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-test-cookie-secret-0123"
 
 
 @pytest.fixture
 async def services(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
-    buckets = await bus.Buckets(nc.jetstream()).open()
-    await apply(buckets, load(ROOT / "deploy/lines.example.toml"))
-    router = await launch("router", RouterSettings(nats_url=nats_server.url, http_port=0), router_setup)
-    desk = await launch("desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret=SECRET), setup)
-    yield desk
-    await desk.stop()
-    await router.stop()
+    async with desk_with_router(nc, nats_server.url, SECRET) as desk:
+        yield desk
 
 
 @pytest.fixture
 async def http(services: Service[Settings]) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{services.port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
-    ) as session:
+    async with http_session(services) as session:
         yield session
-
-
-async def sign_in(http: aiohttp.ClientSession, login: str) -> dict[str, str]:
-    form = await (await http.get("/login")).text()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-    assert token
-    done = await http.post(
-        "/login", data={"login": login, "password": "demo", "csrf_token": token.group(1)}, allow_redirects=False
-    )
-    assert done.status == 303
-    page = await (await http.get("/")).text()
-    csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
-    assert csrf
-    return {"X-CSRF-Token": csrf.group(1)}
 
 
 async def frame_where(ws: aiohttp.ClientWebSocketResponse, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
@@ -66,21 +38,6 @@ async def frame_where(ws: aiohttp.ClientWebSocketResponse, match: Callable[[dict
         frame: dict[str, Any] = await ws.receive_json(timeout=10)
         if match(frame):
             return frame
-
-
-async def client_writes(js: Any, msg_id: str, text: str, visitor: str = "visitor-1") -> None:
-    inbound = Inbound(
-        id=msg_id,
-        channel="webchat",
-        account="demo",
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(name="Maria Client"),
-        text=text,
-        received_at=utcnow(),
-    )
-    ack = await js.publish(subjects.inbound("webchat", "demo", inbound.chat_id), encode(inbound), headers={MSG_ID_HEADER: msg_id})
-    assert ack.seq
 
 
 async def outbound_texts(js: Any, visitor: str = "visitor-1") -> list[Outbound]:
@@ -172,9 +129,7 @@ async def test_someone_elses_chat_cannot_be_touched(nc: Any, http: aiohttp.Clien
         await ws.receive_json(timeout=5)
         await client_writes(js, "wc-9", "Hi")
         sid = (await frame_where(ws, lambda f: f["type"] == "chat"))["chat"]["id"]
-    async with aiohttp.ClientSession(
-        base_url=f"http://127.0.0.1:{services.port}", cookie_jar=aiohttp.CookieJar(unsafe=True)
-    ) as boris:
+    async with http_session(services) as boris:
         hb = await sign_in(boris, "boris")
         assert (await boris.get(f"/api/sessions/{sid}/history")).status == 403
         r = await boris.post(f"/api/sessions/{sid}/reply", json={"text": "mine now", "client_msg_id": "b1"}, headers=hb)

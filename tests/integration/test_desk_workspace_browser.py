@@ -16,8 +16,9 @@ import aiohttp
 import msgspec
 import pytest
 from conftest import wait_for
+from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from support import running_router
 
-from desk.app import setup
 from desk.settings import Settings
 from gateway_webchat import Settings as WebchatSettings
 from gateway_webchat import setup as webchat_setup
@@ -28,21 +29,13 @@ from openlines.envelopes import Outbound
 from openlines.lines import LineConfig, LinesFile, QueueConfig, load
 from openlines.runner import Service, launch
 from openlines.state import Session
-from router.app import setup as router_setup
-from router.settings import Settings as RouterSettings
 
-CHROMIUM = "/usr/bin/chromium"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
-]
+pytestmark = BROWSER_MARKS
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 WAIT = 300
 QUICK = ["Thank you for waiting! Let me check that for you.", "Could you send me your order number, please?"]
 # A 1x1 PNG.
@@ -70,56 +63,35 @@ class Stack:
 
     @property
     def desk_url(self) -> str:
-        return f"http://127.0.0.1:{self.desk.port}"
+        return desk_url(self.desk)
 
 
 @pytest.fixture
 async def stack(nc: Any, nats_server: Any) -> AsyncIterator[Stack]:
     await apply(await bus.Buckets(nc.jetstream()).open(), lines_config())
-    router = await launch("router", RouterSettings(nats_url=nats_server.url, http_port=0), router_setup)
-    desk = await launch(
-        "desk", Settings(nats_url=nats_server.url, http_port=0, cookie_secret="workspace-test-secret-0123"), setup
-    )
-    webchat = await launch(
-        "gateway-webchat",
-        WebchatSettings(
-            nats_url=nats_server.url, http_port=0, webchat_secret="workspace-widget-secret-0123", shutdown_timeout=3.0
-        ),
-        webchat_setup,
-        first_attempts=5,
-    )
-    await wait_for(lambda: webchat.app[WEBCHAT].consumer.ready() is None, what="webchat outbound consumer")
-    yield Stack(desk, webchat)
-    await webchat.stop()
-    await desk.stop()
-    await router.stop()
+    async with running_router(nats_server.url), running_desk(nats_server.url, "workspace-test-secret-0123") as desk:
+        webchat = await launch(
+            "gateway-webchat",
+            WebchatSettings(
+                nats_url=nats_server.url, http_port=0, webchat_secret="workspace-widget-secret-0123", shutdown_timeout=3.0
+            ),
+            webchat_setup,
+            first_attempts=5,
+        )
+        await wait_for(lambda: webchat.app[WEBCHAT].consumer.ready() is None, what="webchat outbound consumer")
+        yield Stack(desk, webchat)
+        await webchat.stop()
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"]
-        )
+    async with chromium("--autoplay-policy=no-user-gesture-required") as b:
         yield b
-        await b.close()
-
-
-async def new_page(browser: Any, base_url: str, errors: list[str]) -> Any:
-    context = await browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 760})
-    page = await context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    return page
 
 
 async def sign_in(page: Any, login: str) -> None:
-    await page.goto("/login")
-    await page.get_by_test_id("login-user").fill(login)
-    await page.get_by_test_id("login-password").fill("demo")
-    await page.get_by_test_id("login-submit").click()
-    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
-    await page.get_by_test_id("status-online").click()
-    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+    await sign_in_live(page, login)
+    await go_online(page)
 
 
 async def outbound_of(js: Any, visitor: str) -> list[Outbound]:
