@@ -10,8 +10,11 @@ from: an edit based on a stale page is refused, never merged silently.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +24,7 @@ from argon2 import PasswordHasher
 
 from desk import admin_views as views
 from desk.api import MIN_PASSWORD, STAFF_KEY, OperatorBody, Problem, Staff, add_api_routes, date_range, operator_problems
-from desk.config import ConfigStore, Conflict, lines_toml, operator_view, parse_lines_toml, valid_version
+from desk.config import ConfigStore, Conflict, Snapshot, lines_toml, operator_view, parse_lines_toml, valid_version
 from desk.http import DESK, Authed, Desk, html
 from desk.stats import line_stats
 from desk.tokens import TokenStore, open_bucket
@@ -49,15 +52,49 @@ async def staff_user(request: web.Request, roles: tuple[str, ...]) -> Authed | w
     return user
 
 
-async def _form(request: web.Request, desk: Desk, user: Authed) -> Any:
-    form = await request.post()
-    if not desk.form_csrf_ok(request, user, form):
-        raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
-    return form
+@dataclass(frozen=True)
+class _Page:
+    """A request for an admin or statistics page from a user holding the page's role."""
+
+    request: web.Request
+    user: Authed
+    desk: Desk
+    staff: Staff
+
+    @property
+    def csrf(self) -> str:
+        return self.desk.signer.csrf_token(self.user.session.nonce)
+
+    async def form(self) -> Any:
+        form = await self.request.post()
+        if not self.desk.form_csrf_ok(self.request, self.user, form):
+            raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
+        return form
+
+    def operator_page(
+        self, snap: Snapshot, op: dict[str, Any], errors: list[str] | None = None, status: int = 200
+    ) -> web.Response:
+        page = views.operator_page(self.user.account, self.csrf, op=op, version=snap.version, errors=errors)
+        return html(page, status=status)
 
 
-def _csrf(desk: Desk, user: Authed) -> str:
-    return desk.signer.csrf_token(user.session.nonce)
+PageHandler = Callable[[_Page], Awaitable[web.StreamResponse]]
+
+
+def _staff_page(roles: tuple[str, ...]) -> Callable[[PageHandler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    """Makes ``page`` a request handler that answers only users holding one of ``roles`` (see :func:`staff_user`)."""
+
+    def wrap(page: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        @functools.wraps(page)
+        async def handler(request: web.Request) -> web.StreamResponse:
+            user = await staff_user(request, roles)
+            if isinstance(user, web.Response):
+                return user
+            return await page(_Page(request, user, request.app[DESK], request.app[STAFF_KEY]))
+
+        return handler
+
+    return wrap
 
 
 def _digest(text: str) -> str:
@@ -67,38 +104,32 @@ def _digest(text: str) -> str:
 # -- lines ----------------------------------------------------------------------------------------
 
 
-async def lines_get(request: web.Request) -> web.StreamResponse:
-    user = await staff_user(request, ADMIN_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
-    snap = await staff.store.snapshot()
+@_staff_page(ADMIN_ROLES)
+async def lines_get(p: _Page) -> web.StreamResponse:
+    snap = await p.staff.store.snapshot()
     page = views.lines_page(
-        user.account,
-        _csrf(desk, user),
+        p.user.account,
+        p.csrf,
         text=lines_toml(snap.cfg.lines),
         version=snap.version,
         findings=diagnose(snap.cfg),
-        message=request.query.get("saved", "") and "Saved: the router uses the new configuration now.",
+        message=p.request.query.get("saved", "") and "Saved: the router uses the new configuration now.",
     )
     return html(page)
 
 
-async def lines_post(request: web.Request) -> web.StreamResponse:
-    user = await staff_user(request, ADMIN_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
-    form = await _form(request, desk, user)
+@_staff_page(ADMIN_ROLES)
+async def lines_post(p: _Page) -> web.StreamResponse:
+    form = await p.form()
     text = str(form.get("toml", ""))
     version = str(form.get("version", ""))
     action = form.get("action")
-    csrf = _csrf(desk, user)
-    snap = await staff.store.snapshot()
+    csrf = p.csrf
+    snap = await p.staff.store.snapshot()
 
     def again(status: int, **kw: Any) -> web.Response:
         kw.setdefault("findings", [])
-        return html(views.lines_page(user.account, csrf, text=text, version=version, **kw), status=status)
+        return html(views.lines_page(p.user.account, csrf, text=text, version=version, **kw), status=status)
 
     try:
         cfg = LinesFile(operators=snap.cfg.operators, lines=parse_lines_toml(text))
@@ -122,50 +153,39 @@ async def lines_post(request: web.Request) -> web.StreamResponse:
         # Warnings this edit brings must be seen before it is saved: show them and ask once more.
         return again(200, findings=findings, confirm=_digest(text))
     try:
-        changes, _ = await staff.store.save(cfg, version, user.operator_id)
+        changes, _ = await p.staff.store.save(cfg, version, p.user.operator_id)
     except Conflict:
         return again(409, findings=findings, conflict=stale)
     except ConfigError as exc:
         return again(400, errors=list(exc.errors), findings=findings)
-    log.info("lines saved from the admin page", extra={"operator": user.operator_id, "changes": len(changes)})
+    log.info("lines saved from the admin page", extra={"operator": p.user.operator_id, "changes": len(changes)})
     raise web.HTTPSeeOther("/admin/lines?saved=1")
 
 
 # -- operators ------------------------------------------------------------------------------------
 
 
-async def operators_get(request: web.Request) -> web.StreamResponse:
-    user = await staff_user(request, ADMIN_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
-    snap = await staff.store.snapshot()
+@_staff_page(ADMIN_ROLES)
+async def operators_get(p: _Page) -> web.StreamResponse:
+    snap = await p.staff.store.snapshot()
     found = diagnose(snap.cfg)
     ops = [operator_view(snap.cfg, op_id, found) for op_id in sorted(snap.cfg.operators)]
-    message = "Saved." if request.query.get("saved") else "Removed." if request.query.get("removed") else ""
-    return html(views.operators_page(user.account, _csrf(desk, user), operators=ops, version=snap.version, message=message))
+    message = "Saved." if p.request.query.get("saved") else "Removed." if p.request.query.get("removed") else ""
+    return html(views.operators_page(p.user.account, p.csrf, operators=ops, version=snap.version, message=message))
 
 
-async def operator_get(request: web.Request) -> web.StreamResponse:
-    user = await staff_user(request, ADMIN_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
-    snap = await staff.store.snapshot()
-    op_id = request.match_info["operator_id"]
+@_staff_page(ADMIN_ROLES)
+async def operator_get(p: _Page) -> web.StreamResponse:
+    snap = await p.staff.store.snapshot()
+    op_id = p.request.match_info["operator_id"]
     if op_id not in snap.cfg.operators:
         raise web.HTTPNotFound(text="no such operator")
-    view = operator_view(snap.cfg, op_id, diagnose(snap.cfg))
-    return html(views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version))
+    return p.operator_page(snap, operator_view(snap.cfg, op_id, diagnose(snap.cfg)))
 
 
-async def _save_operator(request: web.Request, op_id: str | None) -> web.StreamResponse:
-    user = await staff_user(request, ADMIN_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
-    form = await _form(request, desk, user)
-    csrf = _csrf(desk, user)
+async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
+    form = await p.form()
+    csrf = p.csrf
     new = op_id is None
     op_id = str(form.get("id", "")).strip() if op_id is None else op_id
     version = str(form.get("version", ""))
@@ -173,92 +193,82 @@ async def _save_operator(request: web.Request, op_id: str | None) -> web.StreamR
     body = OperatorBody(
         name=str(form.get("name", "")),
         roles=[str(r) for r in form.getall("roles", [])],
-        permissions=[str(p) for p in form.getall("permissions", [])],
+        permissions=[str(perm) for perm in form.getall("permissions", [])],
         password=password or None,
     )
-    snap = await staff.store.snapshot()
+    snap = await p.staff.store.snapshot()
     old = snap.cfg.operators.get(op_id)
     errors = operator_problems(body)
     if new and old is not None:
         errors.append(f"operators.{op_id}: an operator with this login exists already")
     if not new and old is None:
         raise web.HTTPNotFound(text="no such operator")
-    if op_id == user.operator_id and "admin" not in body.roles:
+    if op_id == p.user.operator_id and "admin" not in body.roles:
         errors.append("roles: you cannot take the admin role from yourself (ask another admin)")
     if new and not password:
         errors.append(f"password: a new operator needs a password of at least {MIN_PASSWORD} characters")
     pw_hash = old.password_hash if old is not None else ""
     if not errors and password:
-        pw_hash = await staff.hash_password(password)
+        pw_hash = await p.staff.hash_password(password)
     updated = OperatorConfig(name=body.name.strip(), password_hash=pw_hash, roles=body.roles, permissions=body.permissions)
     cfg = LinesFile(operators={**snap.cfg.operators, op_id: updated}, lines=snap.cfg.lines)
     if not errors:
         try:
-            await staff.store.save(cfg, version, user.operator_id)
+            await p.staff.store.save(cfg, version, p.user.operator_id)
         except ConfigError as exc:
             errors = list(exc.errors)
         except Conflict:
             stale = "Someone else changed the configuration since this page was loaded; nothing was saved. Reload and try again."
             errors = [stale]
         else:
-            log.info("operator saved from the admin page", extra={"operator": op_id, "by": user.operator_id})
+            log.info("operator saved from the admin page", extra={"operator": op_id, "by": p.user.operator_id})
             raise web.HTTPSeeOther("/admin/operators?saved=1")
     found = diagnose(snap.cfg)
     if new:
         ops = [operator_view(snap.cfg, o, found) for o in sorted(snap.cfg.operators)]
-        page = views.operators_page(user.account, csrf, operators=ops, version=snap.version, form_errors=errors)
+        page = views.operators_page(p.user.account, csrf, operators=ops, version=snap.version, form_errors=errors)
         return html(page, status=400)
     shown = operator_view(snap.cfg, op_id, found) | {"name": body.name, "roles": body.roles, "permissions": body.permissions}
-    return html(views.operator_page(user.account, csrf, op=shown, version=snap.version, errors=errors), status=400)
+    return p.operator_page(snap, shown, errors, status=400)
 
 
-async def operator_create(request: web.Request) -> web.StreamResponse:
-    return await _save_operator(request, None)
+@_staff_page(ADMIN_ROLES)
+async def operator_create(p: _Page) -> web.StreamResponse:
+    return await _save_operator(p, None)
 
 
-async def operator_update(request: web.Request) -> web.StreamResponse:
-    return await _save_operator(request, request.match_info["operator_id"])
+@_staff_page(ADMIN_ROLES)
+async def operator_update(p: _Page) -> web.StreamResponse:
+    return await _save_operator(p, p.request.match_info["operator_id"])
 
 
-async def operator_delete(request: web.Request) -> web.StreamResponse:
-    user = await staff_user(request, ADMIN_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
-    form = await _form(request, desk, user)
-    op_id = request.match_info["operator_id"]
-    snap = await staff.store.snapshot()
+@_staff_page(ADMIN_ROLES)
+async def operator_delete(p: _Page) -> web.StreamResponse:
+    form = await p.form()
+    op_id = p.request.match_info["operator_id"]
+    snap = await p.staff.store.snapshot()
     if op_id not in snap.cfg.operators:
         raise web.HTTPNotFound(text="no such operator")
-    if op_id == user.operator_id:
-        yourself = ["you cannot remove your own account (ask another admin)"]
-        view = operator_view(snap.cfg, op_id, diagnose(snap.cfg))
-        return html(
-            views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version, errors=yourself), status=400
-        )
-    cfg = LinesFile(operators={k: v for k, v in snap.cfg.operators.items() if k != op_id}, lines=snap.cfg.lines)
     view = operator_view(snap.cfg, op_id, diagnose(snap.cfg))
+    if op_id == p.user.operator_id:
+        return p.operator_page(snap, view, ["you cannot remove your own account (ask another admin)"], status=400)
+    cfg = LinesFile(operators={k: v for k, v in snap.cfg.operators.items() if k != op_id}, lines=snap.cfg.lines)
     try:
-        await staff.store.save(cfg, str(form.get("version", "")), user.operator_id)
+        await p.staff.store.save(cfg, str(form.get("version", "")), p.user.operator_id)
     except ConfigError as exc:
-        page = views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version, errors=list(exc.errors))
-        return html(page, status=400)
+        return p.operator_page(snap, view, list(exc.errors), status=400)
     except Conflict:
         conflict = "Someone else changed the configuration since this page was loaded; nothing was removed."
-        page = views.operator_page(user.account, _csrf(desk, user), op=view, version=snap.version, errors=[conflict])
-        return html(page, status=409)
-    log.info("operator removed from the admin page", extra={"operator": op_id, "by": user.operator_id})
+        return p.operator_page(snap, view, [conflict], status=409)
+    log.info("operator removed from the admin page", extra={"operator": op_id, "by": p.user.operator_id})
     raise web.HTTPSeeOther("/admin/operators?removed=1")
 
 
-async def roles_get(request: web.Request) -> web.StreamResponse:
-    user = await staff_user(request, ADMIN_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
-    snap = await staff.store.snapshot()
+@_staff_page(ADMIN_ROLES)
+async def roles_get(p: _Page) -> web.StreamResponse:
+    snap = await p.staff.store.snapshot()
     holders = {r: sorted(op_id for op_id, op in snap.cfg.operators.items() if r in op.roles) for r in ROLES}
-    return html(views.roles_page(user.account, _csrf(desk, user), holders=holders))
+    return html(views.roles_page(p.user.account, p.csrf, holders=holders))
 
 
 async def admin_home(request: web.Request) -> web.StreamResponse:
@@ -268,30 +278,27 @@ async def admin_home(request: web.Request) -> web.StreamResponse:
 # -- statistics -----------------------------------------------------------------------------------
 
 
-async def stats_get(request: web.Request) -> web.StreamResponse:
-    user = await staff_user(request, STATS_ROLES)
-    if isinstance(user, web.Response):
-        return user
-    desk, staff = request.app[DESK], request.app[STAFF_KEY]
+@_staff_page(STATS_ROLES)
+async def stats_get(p: _Page) -> web.StreamResponse:
     now = datetime.now(UTC)
     try:
         start, end = (
-            date_range(request, now, 7)
-            if request.query.get("from") or request.query.get("to")
+            date_range(p.request, now, 7)
+            if p.request.query.get("from") or p.request.query.get("to")
             else (
                 datetime.combine((now - timedelta(days=6)).date(), datetime.min.time(), tzinfo=UTC),
                 now,
             )
         )
     except Problem as exc:
-        return html(views.denied(user.account, exc.detail), status=400)
-    snap = await staff.store.snapshot()
-    report = await line_stats(staff.reader.js, start, end, [line.id for line in snap.cfg.lines])
+        return html(views.denied(p.user.account, exc.detail), status=400)
+    snap = await p.staff.store.snapshot()
+    report = await line_stats(p.staff.reader.js, start, end, [line.id for line in snap.cfg.lines])
     names = {line.id: line.name for line in snap.cfg.lines}
     last_day = (end - timedelta(microseconds=1)).date()
     page = views.stats_page(
-        user.account,
-        _csrf(desk, user),
+        p.user.account,
+        p.csrf,
         start=start.date().isoformat(),
         end=last_day.isoformat(),
         rows=[{"line_id": s.line_id, **_row(s)} for s in report.lines.values()],
