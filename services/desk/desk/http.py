@@ -529,6 +529,23 @@ def _session_id(request: web.Request) -> str:
     return sid
 
 
+async def _chat_action(request: web.Request) -> tuple[Desk, Authed, str]:
+    """The desk, the signed-in operator (a change: CSRF-checked) and the chat a chat action names."""
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=True)
+    return desk, user, _session_id(request)
+
+
+async def _supervisor(request: web.Request, *, changes: bool) -> tuple[Desk, Authed]:
+    """The desk and the signed-in user, who must be a supervisor (or admin): else 403 with the reason."""
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=changes)
+    problem = supervisor_problem(user.account.roles)
+    if problem:
+        raise ApiError(403, "forbidden", problem)
+    return desk, user
+
+
 async def _result(desk: Desk, result: Result) -> web.Response:
     chat = await desk.reader.chat(result.session) if result.session is not None else None
     return web.json_response({"ok": True, "session": chat, "message_id": result.message_id})
@@ -623,35 +640,23 @@ async def api_crm(request: web.Request) -> web.StreamResponse:
 
 
 async def api_supervisor(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=False)
-    problem = supervisor_problem(user.account.roles)
-    if problem:
-        raise ApiError(403, "forbidden", problem)
+    desk, _ = await _supervisor(request, changes=False)
     return web.json_response(await overview(desk.reader))
 
 
 async def api_intercept(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    problem = supervisor_problem(user.account.roles)
-    if problem:
-        raise ApiError(403, "forbidden", problem)
+    desk, user = await _supervisor(request, changes=True)
     sid = _session_id(request)
     return await _result(desk, await desk.command("intercept", Intercept(operator_id=user.operator_id, session_id=sid)))
 
 
 async def api_accept(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     return await _result(desk, await desk.command("accept", Accept(operator_id=user.operator_id, session_id=sid)))
 
 
 async def api_reply(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     body = await _body(request)
     text = body.get("text", "")
     client_msg_id = body.get("client_msg_id")
@@ -693,17 +698,13 @@ async def _attachments(request: web.Request, desk: Desk, sid: str, file_ids: lis
 
 
 async def api_skip(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     await desk.command("skip", Skip(operator_id=user.operator_id, session_id=sid))
     return web.json_response({"ok": True, "session": None, "message_id": ""})
 
 
 async def api_transfer(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     body = await _body(request)
     to_operator = body.get("to_operator", "")
     to_line = body.get("to_line", "")
@@ -717,9 +718,7 @@ async def api_transfer(request: web.Request) -> web.StreamResponse:
 
 
 async def api_pin(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     body = await _body(request)
     pinned = body.get("pinned", True)
     if not isinstance(pinned, bool):
@@ -728,9 +727,7 @@ async def api_pin(request: web.Request) -> web.StreamResponse:
 
 
 async def api_spam(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     return await _result(desk, await desk.command("spam", Spam(operator_id=user.operator_id, session_id=sid)))
 
 
@@ -770,9 +767,7 @@ async def api_directory(request: web.Request) -> web.StreamResponse:
 
 async def api_upload(request: web.Request) -> web.StreamResponse:
     """One file for a reply (multipart field ``file``); answers its id to send with the reply."""
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     limit = desk.settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise ApiError(413, "too_large", f"the file is over {limit} bytes")
@@ -851,9 +846,7 @@ async def file_download(request: web.Request) -> web.StreamResponse:
 
 
 async def api_close(request: web.Request) -> web.StreamResponse:
-    desk = request.app[DESK]
-    user = await desk.api_user(request, changes=True)
-    sid = _session_id(request)
+    desk, user, sid = await _chat_action(request)
     return await _result(desk, await desk.command("close", Close(operator_id=user.operator_id, session_id=sid)))
 
 
