@@ -417,34 +417,29 @@ async def stats(request: web.Request, staff: Staff, token: ApiToken) -> web.Stre
 
 # -- the table ----------------------------------------------------------------------------------
 
+PUT_RESPONSES = (201, 400, 404, 412, 413, 428, 503)
+
+
+def _put(path: str, handler: Handler, summary: str, body: str) -> Operation:
+    """An admin's create-or-replace of part of the configuration, under If-Match."""
+    return Operation("PUT", path, handler, ADMIN, summary, body=body, if_match=True, responses=PUT_RESPONSES)
+
+
 OPERATIONS: list[Operation] = [
     Operation("GET", "/lines", list_lines, ADMIN, "Every line and the configuration version", responses=(503,)),
     Operation("GET", "/lines/{line_id}", get_line, ADMIN, "One line", responses=(404, 503)),
-    Operation(
-        "PUT",
-        "/lines/{line_id}",
-        put_line,
-        ADMIN,
-        "Create or replace a line (validated; the router hot-reloads it)",
-        body="LineConfig",
-        if_match=True,
-        responses=(201, 400, 404, 412, 413, 428, 503),
-    ),
+    _put("/lines/{line_id}", put_line, "Create or replace a line (validated; the router hot-reloads it)", "LineConfig"),
     Operation(
         "DELETE", "/lines/{line_id}", delete_line, ADMIN, "Remove a line", if_match=True, responses=(400, 404, 412, 428, 503)
     ),
     Operation("GET", "/doctor", doctor, ADMIN, "Setup mistakes of the live configuration (`lines doctor`)", responses=(503,)),
     Operation("GET", "/operators", list_operators, ADMIN, "Every operator with lines, roles and why they see no chats"),
     Operation("GET", "/operators/{operator_id}", get_operator, ADMIN, "One operator", responses=(404,)),
-    Operation(
-        "PUT",
+    _put(
         "/operators/{operator_id}",
         put_operator,
-        ADMIN,
         "Create or change an operator; a password is stored as an argon2 hash",
-        body="OperatorBody",
-        if_match=True,
-        responses=(201, 400, 404, 412, 413, 428, 503),
+        "OperatorBody",
     ),
     Operation(
         "DELETE",
