@@ -178,9 +178,19 @@ class Stack:
         return port
 
     async def ready(self, *names: str) -> None:
+        """Wait for each service's /readyz; fail at once, with its log, when its container has exited."""
         for name in names or tuple(self.ports):
-            port = self.ports[name]
-            await wait_for(lambda port=port: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=90, what=f"{name} ready")
+
+            def probe(name: str = name) -> bool:
+                if http_ok(f"http://127.0.0.1:{self.ports[name]}/readyz"):
+                    return True
+                state = self.podman("inspect", "--format", "{{.State.Status}}", self.name(name), check=False).stdout.strip()
+                if state in ("exited", "stopped", "dead"):
+                    log = self.podman("logs", "--tail", "30", self.name(name), check=False)
+                    pytest.fail(f"the {name} container exited before it was ready:\n{log.stdout[-3000:]}{log.stderr[-3000:]}")
+                return False
+
+            await wait_for(probe, timeout=90, interval=0.5, what=f"{name} ready")
 
 
 class BackgroundLoop:
