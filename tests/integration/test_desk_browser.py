@@ -15,7 +15,7 @@ from desk.app import setup
 from desk.settings import Settings
 from openlines import bus
 from openlines.runner import Service, launch
-from openlines.state import OperatorState
+from openlines.state import OperatorState, Session
 
 pytestmark = BROWSER_MARKS
 
@@ -147,3 +147,34 @@ async def test_a_chat_that_arrives_while_the_desk_is_down_shows_after_the_reconn
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
     await item.click()
     await expect(page.get_by_test_id("transcript")).to_contain_text("Anyone there?")
+
+
+async def test_spam_needs_a_second_click_and_then_closes_the_chat(page: Any, nc: Any) -> None:
+    expect = playwright_api.expect
+    await sign_in_live(page, "anna")
+    await go_online(page)
+    await client_writes(nc.jetstream(), "s-1", "Buy cheap watches!", "visitor-s1", name="Spam Sender")
+    item = page.locator('[data-testid="chat-item"]').filter(has_text="Spam Sender")
+    await item.click()
+    await page.get_by_test_id("accept").click()
+    await expect(item.get_by_test_id("chat-status")).to_have_text("in progress")
+    sid = await item.get_attribute("data-session-id")
+    assert sid
+
+    # The first click only asks: the chat stays open until the confirm button is clicked.
+    await page.get_by_test_id("spam").click()
+    await expect(page.get_by_test_id("spam")).to_be_hidden()
+    await expect(page.get_by_test_id("spam-confirm")).to_be_visible()
+    await expect(page.get_by_test_id("spam-confirm")).to_be_focused()
+    await expect(item).to_have_count(1)
+
+    await page.get_by_test_id("spam-confirm").click()
+    await expect(page.locator(f'[data-testid="chat-item"][data-session-id="{sid}"]')).to_have_count(0)
+    await expect(page.get_by_test_id("placeholder")).to_contain_text("Marked as spam")
+    buckets = await bus.Buckets(nc.jetstream()).open()
+
+    async def closed() -> bool:
+        s, _ = await bus.kv_get(buckets.sessions, sid, Session)
+        return s is not None and s.status == "closed"
+
+    await wait_for(closed, what="the spam chat closed")
