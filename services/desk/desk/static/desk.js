@@ -653,19 +653,25 @@
     }
   });
 
+  // A button whose action cannot be undone first shows its confirm button; cancel() hides that again
+  // after five seconds.
+  function askTwice(button, confirm, cancel) {
+    button.addEventListener("click", () => {
+      button.hidden = true;
+      confirm.hidden = false;
+      confirm.focus();
+      clearTimeout(cancel.timer);
+      cancel.timer = setTimeout(cancel, 5000);
+    });
+  }
+
   function cancelSpam() {
     clearTimeout(cancelSpam.timer);
     el.spamConfirm.hidden = true;
     const chat = state.chats.get(state.selected);
     el.spam.hidden = !(chat && chat.operator_id === me);
   }
-  el.spam.addEventListener("click", () => {
-    el.spam.hidden = true;
-    el.spamConfirm.hidden = false;
-    el.spamConfirm.focus();
-    clearTimeout(cancelSpam.timer);
-    cancelSpam.timer = setTimeout(cancelSpam, 5000);
-  });
+  askTwice(el.spam, el.spamConfirm, cancelSpam);
   el.spamConfirm.addEventListener("click", async () => {
     const id = state.selected;
     cancelSpam();
@@ -810,14 +816,8 @@
     el.closeConfirm.hidden = true;
     el.close.hidden = false;
   }
-  el.close.addEventListener("click", () => {
-    // Two clicks: closing by accident ends the client's conversation.
-    el.close.hidden = true;
-    el.closeConfirm.hidden = false;
-    el.closeConfirm.focus();
-    clearTimeout(cancelClose.timer);
-    cancelClose.timer = setTimeout(cancelClose, 5000);
-  });
+  // Two clicks: closing by accident ends the client's conversation.
+  askTwice(el.close, el.closeConfirm, cancelClose);
   el.closeConfirm.addEventListener("click", async () => {
     const id = state.selected;
     cancelClose();
