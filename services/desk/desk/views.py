@@ -88,11 +88,7 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
   </div>
   <div class="spacer"></div>
   <span class="conn" id="conn" data-testid="connection" data-state="connecting">connecting…</span>
-  <span class="me" data-testid="operator-name">{escape(name)}</span>
-  <form method="post" action="/logout" class="logout">
-    <input type="hidden" name="csrf_token" value="{escape(csrf)}">
-    <button type="submit" data-testid="logout">Sign out</button>
-  </form>
+{_signed_in_as(name, csrf)}
 </header>
 <div class="toast" id="toast" data-testid="new-chat-toast" hidden></div>
 <div class="error-bar" id="error" data-testid="error" role="alert" hidden></div>
@@ -175,6 +171,15 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
 # -- pages beside the workspace: CRM, supervisor, transcript --------------------------------------
 
 
+def _signed_in_as(name: str, csrf: str) -> str:
+    """The end of every top bar: who is signed in, and the sign-out button."""
+    return f"""  <span class="me" data-testid="operator-name">{escape(name)}</span>
+  <form method="post" action="/logout" class="logout">
+    <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+    <button type="submit" data-testid="logout">Sign out</button>
+  </form>"""
+
+
 def _topbar(name: str, csrf: str, current: str, *, supervisor: bool) -> str:
     links = [("/", "Chats", "nav-chats"), ("/crm", "CRM", "nav-crm")]
     if supervisor:
@@ -187,11 +192,7 @@ def _topbar(name: str, csrf: str, current: str, *, supervisor: bool) -> str:
   <div class="brand">openlines <span>desk</span></div>
   <nav class="nav" aria-label="Pages">{nav}</nav>
   <div class="spacer"></div>
-  <span class="me" data-testid="operator-name">{escape(name)}</span>
-  <form method="post" action="/logout" class="logout">
-    <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
-    <button type="submit" data-testid="logout">Sign out</button>
-  </form>
+{_signed_in_as(name, csrf)}
 </header>
 """
 
