@@ -117,36 +117,26 @@ class CrmReader:
 
     async def client_link(self, client_id: str) -> dict[str, Any] | None:
         """crm-sync's ``client.<client id>`` record in ``ol-crm-links``, as JSON; None when not linked."""
+        value = await self._link(f"client.{client_id}")
+        return value if isinstance(value, dict) else None
+
+    async def session_filed(self, session_id: str) -> bool:
+        """Whether crm-sync filed this session on a CRM record (``session.<id>`` with an owner)."""
+        value = await self._link(f"session.{session_id}")
+        return isinstance(value, dict) and bool(value.get("owner_id"))
+
+    async def _link(self, key: str) -> Any:
+        """The JSON value of ``key`` in ``ol-crm-links``; None when the bucket or key is missing, empty or not JSON."""
         if self._links is None:
             try:
                 self._links = await self.js.key_value(subjects.KV_CRM_LINKS)
             except NotFoundError:
                 return None
         try:
-            entry = await self._links.get(f"client.{client_id}")
+            entry = await self._links.get(key)
         except NotFoundError:  # KeyNotFoundError and KeyDeletedError are NotFoundErrors
             return None
-        if not entry.value:
-            return None
         try:
-            value = msgspec.json.decode(entry.value)
+            return msgspec.json.decode(entry.value or b"null")
         except msgspec.DecodeError:
             return None
-        return value if isinstance(value, dict) else None
-
-    async def session_filed(self, session_id: str) -> bool:
-        """Whether crm-sync filed this session on a CRM record (``session.<id>`` with an owner)."""
-        if self._links is None:
-            try:
-                self._links = await self.js.key_value(subjects.KV_CRM_LINKS)
-            except NotFoundError:
-                return False
-        try:
-            entry = await self._links.get(f"session.{session_id}")
-        except NotFoundError:
-            return False
-        try:
-            value = msgspec.json.decode(entry.value or b"null")
-        except msgspec.DecodeError:
-            return False
-        return isinstance(value, dict) and bool(value.get("owner_id"))
