@@ -36,12 +36,12 @@ def _key(kind: str, value: str) -> str:
     return f"{kind}.{hashlib.blake2b(value.lower().encode(), digest_size=12).hexdigest()}"
 
 
-async def open_kv(js: JetStreamContext, bucket: str, ttl: float) -> KeyValue:
+async def open_kv(js: JetStreamContext, bucket: str, ttl: float, replicas: int) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except (NotFoundError, BadRequestError):
         return await js.create_key_value(
-            js_api.KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=js_api.StorageType.FILE)
+            js_api.KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=replicas, storage=js_api.StorageType.FILE)
         )
 
 
@@ -100,7 +100,8 @@ class Revocations:
         return value is not None
 
 
-async def open_guards(js: JetStreamContext, limits: Limits) -> tuple[LoginLimiter, Revocations]:
-    logins = await open_kv(js, subjects.KV_DESK_LOGINS, limits.window)
-    revoked = await open_kv(js, subjects.KV_DESK_REVOKED, REVOCATION_TTL)
+async def open_guards(js: JetStreamContext, limits: Limits, replicas: int) -> tuple[LoginLimiter, Revocations]:
+    """The sign-in counters and revoked logins; replicated like every bucket (a lost node must not sign everyone out)."""
+    logins = await open_kv(js, subjects.KV_DESK_LOGINS, limits.window, replicas)
+    revoked = await open_kv(js, subjects.KV_DESK_REVOKED, REVOCATION_TTL, replicas)
     return LoginLimiter(logins, limits), Revocations(revoked)

@@ -120,7 +120,7 @@ class Desk:
                 if self._guards is None:
                     s = self.settings
                     limits = Limits(s.login_window_seconds, s.login_failures_per_login, s.login_failures_per_address)
-                    self._guards = await open_guards(self.reader.js, limits)
+                    self._guards = await open_guards(self.reader.js, limits, s.replicas)
         return self._guards
 
     async def files(self) -> FileStore:

@@ -28,7 +28,13 @@ async def setup(svc: Service[Settings]) -> None:
     micro = await commands.serve(svc.nc, engine)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()
-    partitions = Partitions(svc.js, engine, lease_seconds=svc.settings.partition_lease_seconds, ack_wait=svc.settings.ack_wait)
+    partitions = Partitions(
+        svc.js,
+        engine,
+        lease_seconds=svc.settings.partition_lease_seconds,
+        ack_wait=svc.settings.ack_wait,
+        replicas=svc.settings.replicas,
+    )
     await partitions.open()
     consumer = svc.spawn(partitions.run(), "partitions")
 

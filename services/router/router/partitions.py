@@ -46,8 +46,9 @@ class _Held:
 
 
 class Partitions:
-    def __init__(self, js: JetStreamContext, engine: Engine, *, lease_seconds: float, ack_wait: float) -> None:
+    def __init__(self, js: JetStreamContext, engine: Engine, *, lease_seconds: float, ack_wait: float, replicas: int = 1) -> None:
         self.js = js
+        self.replicas = replicas
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.ack_wait = ack_wait
@@ -62,7 +63,11 @@ class Partitions:
             self.kv = await self.js.key_value(subjects.KV_ROUTER)
         except (NotFoundError, BadRequestError):
             self.kv = await self.js.create_key_value(
-                bucket=subjects.KV_ROUTER, history=1, ttl=self.lease_seconds, storage=js_api.StorageType.FILE
+                bucket=subjects.KV_ROUTER,
+                history=1,
+                ttl=self.lease_seconds,
+                replicas=self.replicas,  # a lost node must not stop the leases (and so all routing)
+                storage=js_api.StorageType.FILE,
             )
 
     async def run(self) -> None:
