@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from openlines import subjects
@@ -295,9 +296,19 @@ async def read_subject(
     if last.seq is None or last.seq < start_seq:
         return out
     psub = await js.pull_subscribe(subject, stream=stream, config=cfg)
+    unavailable = 0
     try:
         while len(out) < limit:
-            msgs = await psub.fetch(batch=min(256, limit - len(out)), timeout=2.0)
+            try:
+                msgs = await psub.fetch(batch=min(256, limit - len(out)), timeout=2.0)
+            except (ServiceUnavailableError, NoRespondersError):
+                # On a cluster a just-created consumer may not answer for a moment (its
+                # placement is still being made known): ask again, briefly.
+                unavailable += 1
+                if unavailable > 20:
+                    raise
+                await asyncio.sleep(0.05 * unavailable)
+                continue
             for m in msgs:
                 seq = m.metadata.sequence.stream
                 out.append((seq, m.data))
