@@ -41,9 +41,11 @@ async def running_desk(url: str, cookie_secret: str = SECRET, **overrides: Any) 
 
 
 @asynccontextmanager
-async def desk_with_router(nc: NATS, url: str, cookie_secret: str = SECRET) -> AsyncIterator[Service[Settings]]:
-    """deploy/lines.example.toml applied, the router and a desk running against ``url``."""
-    await apply_lines(nc)
+async def desk_with_router(
+    nc: NATS, url: str, cookie_secret: str = SECRET, lines: str | None = None
+) -> AsyncIterator[Service[Settings]]:
+    """``lines`` (TOML; by default deploy/lines.example.toml) applied, the router and a desk running against ``url``."""
+    await apply_lines(nc, lines)
     async with running_router(url), running_desk(url, cookie_secret) as desk:
         yield desk
 

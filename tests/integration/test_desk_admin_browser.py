@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from desk_admin_support import DEMO_HASH, LINES, in_line, running_desk, visitor_writes
-from desk_support import BROWSER_MARKS, chromium, desk_url, new_page, submit_login
-from support import apply_lines, outbound_for, running_router
+from desk_admin_support import DEMO_HASH, LINES, in_line, visitor_writes
+from desk_support import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login
+from support import outbound_for
 
 from openlines.runner import Service
 
@@ -38,8 +38,7 @@ permissions = []
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Any]]:
-    await apply_lines(nc, WITH_ADMIN_ONLY)
-    async with running_router(nats_server.url), running_desk(nats_server.url) as svc:
+    async with desk_with_router(nc, nats_server.url, lines=WITH_ADMIN_ONLY) as svc:
         yield svc
 
 

@@ -14,8 +14,9 @@ import msgspec
 import pytest
 from argon2 import PasswordHasher
 from conftest import wait_for
-from desk_admin_support import LINES, bearer, conforms, http_session, make_token, running_desk, sign_in, visitor_writes
-from support import apply_lines, outbound_for, running_router
+from desk_admin_support import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
+from desk_support import desk_with_router
+from support import outbound_for
 
 from desk.api import PREFIX
 from openlines import bus
@@ -26,8 +27,7 @@ ROLES = ("admin", "supervisor")
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Any]:
-    await apply_lines(nc, LINES)
-    async with running_router(nats_server.url), running_desk(nats_server.url) as svc:
+    async with desk_with_router(nc, nats_server.url, lines=LINES) as svc:
         yield svc
 
 

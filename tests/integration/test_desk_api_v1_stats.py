@@ -11,8 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import wait_for
-from desk_admin_support import LINES, bearer, conforms, http_session, make_token, running_desk, sign_in, visitor_writes
-from support import apply_lines, events, running_router
+from desk_admin_support import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
+from desk_support import desk_with_router
+from support import events
 
 from desk.api import PREFIX
 from openlines import commands
@@ -21,8 +22,7 @@ from openlines.commands import Accept, Close, Reply, SetStatus
 
 @pytest.fixture
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Any]:
-    await apply_lines(nc, LINES)
-    async with running_router(nats_server.url), running_desk(nats_server.url) as svc:
+    async with desk_with_router(nc, nats_server.url, lines=LINES) as svc:
         yield svc
 
 
