@@ -144,10 +144,14 @@ async def vk_user(cb: CallbackSender, n: int, sent: Sent) -> None:
     sent.vk_peers.append(peer)
 
 
-async def mail_client(imap: Any, n: int, sent: Sent) -> None:
+MTA_CONNECTIONS = 4  # Dovecot allows 10 connections per user and address; the gateway holds some
+
+
+async def mail_client(imap: Any, n: int, sent: Sent, mta: asyncio.Semaphore) -> None:
     """An e-mail client's mail is delivered into the mailbox (an MTA's delivery agent: IMAP APPEND)."""
     sender, text = f"client{n}@mail.example.test", f"mail question {n}"
-    await append(imap, client_mail(sender, text, subject=f"Question {n}"))
+    async with mta:  # a delivery agent keeps few connections open, whatever the traffic
+        await append(imap, client_mail(sender, text, subject=f"Question {n}"))
     sent.texts.add(text)
     sent.mail_senders.append(sender)
 
@@ -327,6 +331,7 @@ async def run_chaos(
             watchdog = asyncio.create_task(orchestrator())
             background += [work, watchdog]
             sem = asyncio.Semaphore(50)
+            mta = asyncio.Semaphore(MTA_CONNECTIONS)
             cb = CallbackSender(http, f"http://127.0.0.1:{ports['vk']}/vk/{VK_ACCOUNT}", VK_GROUP, VK_SECRET)
             web_url = f"http://127.0.0.1:{ports['webchat']}"
 
@@ -338,7 +343,7 @@ async def run_chaos(
                 [visitor(http, web_url, n, sent) for n in range(mix["webchat"])]
                 + [telegram_user(tg, n, sent) for n in range(mix["telegram"])]
                 + [vk_user(cb, n, sent) for n in range(mix["vk"])]
-                + [mail_client(imap, n, sent) for n in range(mix["email"])]
+                + [mail_client(imap, n, sent, mta) for n in range(mix["email"])]
             )
             random.shuffle(clients)
             await asyncio.gather(chaos(), *(limited(c) for c in clients))
