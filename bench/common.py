@@ -218,20 +218,3 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def first_message(account: str, visitor: str, name: str) -> Any:
-    """A new website visitor's first message, as the webchat gateway would publish it."""
-    from openlines.envelopes import ClientProfile, Inbound, utcnow
-
-    return Inbound(
-        id=f"webchat:{account}:{visitor}:1",
-        channel="webchat",
-        account=account,
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(name=name),
-        text="hello",
-        channel_msg_id="1",
-        received_at=utcnow(),
-    )

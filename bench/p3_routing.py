@@ -23,7 +23,8 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from common import BENCH, PY, Proc, Progress, cpu_seconds, first_message, free_port, nats_server, wait_until
+from common import BENCH, PY, Proc, Progress, cpu_seconds, free_port, nats_server, wait_until
+from support import inbound  # the same first message the tests publish
 
 from openlines import bus, subjects
 from openlines.apply import apply
@@ -150,7 +151,7 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
             for i in range(N):
                 acc = f"a{i % LINES_N:02d}"
                 visitor = f"v{i:06d}"
-                envs.append(first_message(acc, visitor, f"Client {i}"))
+                envs.append(inbound(visitor, "hello", "1", account=acc, name=f"Client {i}"))
             pids = {"nats-server": ns.proc.pid if ns.proc else 0, **{p.name: p.pid for p in procs}}
             cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
             t0 = time.monotonic()

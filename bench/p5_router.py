@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from common import PY, Proc, Progress, first_message, free_port, nats_server, pct
+from common import PY, Proc, Progress, free_port, nats_server, pct
+from support import inbound  # the same first message the tests publish
 
 from openlines import bus, subjects
 from openlines.apply import apply
@@ -64,7 +65,7 @@ async def decide(nc: Any, js: Any, line: str, tag: str, progress: Progress) -> l
     try:
         for i in range(DECISIONS):
             visitor = f"{tag}-{line}-{i:04d}"
-            env = first_message(line, visitor, f"Client {i}")
+            env = inbound(visitor, "hello", "1", account=line, name=f"Client {i}")
             fut = assigned[visitor] = asyncio.get_running_loop().create_future()
             t0 = time.perf_counter()
             await js.publish(subjects.inbound("webchat", line, visitor), encode(env), headers={MSG_ID_HEADER: env.id})

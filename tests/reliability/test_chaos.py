@@ -389,15 +389,15 @@ async def run_chaos(
 
 
 async def _settled(read: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-    """``read()``, retried while a restarted cluster node still answers "unavailable"."""
-    deadline = time.monotonic() + 60
-    while True:
+    """``read()``, asked again while a restarted cluster node still answers "unavailable"."""
+
+    async def attempt() -> dict[str, Any] | None:
         try:
             return await read()
         except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(1)
+            return None
+
+    return await wait_for(attempt, timeout=60, interval=1.0, what="the streams readable after the kills")
 
 
 def _assert_clean(report: dict[str, Any]) -> None:

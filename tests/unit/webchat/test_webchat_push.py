@@ -144,9 +144,11 @@ async def test_an_inline_write_in_progress_keeps_pushes_behind_it() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.gate = asyncio.Event()
+            self.blocked = asyncio.Event()
 
         async def send_str(self, data: str) -> None:
             if not self.sent:
+                self.blocked.set()
                 await self.gate.wait()  # the first frame is slow to go out
             await super().send_str(data)
 
@@ -154,7 +156,7 @@ async def test_an_inline_write_in_progress_keeps_pushes_behind_it() -> None:
     sock = make(ws)
     sock.finish_replay([])
     inline = asyncio.create_task(sock.write(json.dumps({"type": "ack", "seq": 1})))
-    await asyncio.sleep(0)  # the inline write is now waiting on the wire
+    await ws.blocked.wait()  # the inline write is now waiting on the wire
     sock.push_reply(2, reply(2))
     sock.close(1000, "bye")
     ws.gate.set()
