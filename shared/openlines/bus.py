@@ -150,7 +150,8 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[s
             await js.key_value(bucket)
             say(f"bucket {bucket}: present")
         except (NotFoundError, BadRequestError):
-            await js.create_key_value(bucket=bucket, history=5, replicas=replicas, storage=js_api.StorageType.FILE)
+            history = subjects.KV_HISTORY.get(bucket, 5)
+            await js.create_key_value(bucket=bucket, history=history, replicas=replicas, storage=js_api.StorageType.FILE)
             say(f"bucket {bucket}: created")
 
 
@@ -175,6 +176,7 @@ class Buckets:
         self.operators: KeyValue
         self.sessions: KeyValue
         self.clients: KeyValue
+        self.waiting: KeyValue
 
     async def open(self) -> Buckets:
         self.lines = await self.js.key_value(subjects.KV_LINES)
@@ -182,6 +184,7 @@ class Buckets:
         self.operators = await self.js.key_value(subjects.KV_OPERATORS)
         self.sessions = await self.js.key_value(subjects.KV_SESSIONS)
         self.clients = await self.js.key_value(subjects.KV_CLIENTS)
+        self.waiting = await self.js.key_value(subjects.KV_WAITING)
         return self
 
 

@@ -92,18 +92,26 @@ class OperatorAccount(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class QueuedChat(msgspec.Struct, kw_only=True, frozen=True):
+    """One chat waiting for an operator (``ol-waiting`` key ``<line>.<session>``)."""
+
     session_id: str
-    since: float  # epoch seconds the chat started waiting; the queue is ordered by it
+    since: float  # epoch seconds the chat started waiting; the line's queue is ordered by it
+    line_id: str = ""
+
+
+def waiting_key(line_id: str, session_id: str) -> str:
+    """Key of a waiting chat in the ``ol-waiting`` bucket."""
+    return f"{line_id}.{session_id}"
 
 
 class WaitingQueue(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Chats of one line that no operator could take yet, oldest first."""
+    """The earlier layout: a line's whole queue as one ``ol-sessions`` value (read once, to move it to ``ol-waiting``)."""
 
     chats: list[QueuedChat] = []
 
 
 def queue_key(line_id: str) -> str:
-    """Key of a line's waiting queue in the sessions bucket."""
+    """Key of a line's queue in the earlier layout (``ol-sessions``)."""
     return f"queue.{line_id}"
 
 

@@ -23,7 +23,9 @@ KV_ACCOUNTS = "ol-accounts"
 KV_OPERATORS = "ol-operators"
 KV_SESSIONS = "ol-sessions"
 KV_CLIENTS = "ol-clients"
-KV_BUCKETS = (KV_LINES, KV_ACCOUNTS, KV_OPERATORS, KV_SESSIONS, KV_CLIENTS)
+KV_WAITING = "ol-waiting"  # one key per chat waiting for an operator: <line>.<session> -> QueuedChat
+KV_BUCKETS = (KV_LINES, KV_ACCOUNTS, KV_OPERATORS, KV_SESSIONS, KV_CLIENTS, KV_WAITING)
+KV_HISTORY = {KV_WAITING: 1}  # revisions kept per key (default 5): a waiting chat's older places are of no use
 KV_ROUTER = "ol-router"  # router replicas: membership and partition leases (created by the router, with a TTL)
 
 # Buckets a service owns and creates itself (with its own TTLs), not part of the bootstrap.

@@ -16,7 +16,7 @@ from desk.settings import Settings
 from openlines import bus, subjects
 from openlines.commands import Accept, Close, SetStatus, call
 from openlines.runner import Service
-from openlines.state import ClientRecord, Session, WaitingQueue, client_key, queue_key
+from openlines.state import ClientRecord, QueuedChat, Session, client_key, waiting_key
 
 
 @pytest.fixture
@@ -148,8 +148,9 @@ async def test_supervisor_sees_the_queue_grow_then_the_operator_take_the_chat(nc
 
         [w] = await wait_for(waiting, what="the chat in the supervisor's queue")
         assert w["client_name"] == "Liga Waiting" and w["channel"] == "webchat" and w["wait_seconds"] >= 0
-        q, _ = await bus.kv_get(b.sessions, queue_key("support"), WaitingQueue)
-        assert q is not None and [c.session_id for c in q.chats] == [w["session_id"]]
+        chat, _ = await bus.kv_get(b.waiting, waiting_key("support", w["session_id"]), QueuedChat)
+        assert chat is not None and chat.session_id == w["session_id"] and chat.line_id == "support"
+        assert await b.waiting.keys() == [waiting_key("support", w["session_id"])]
         data = await (await anna.get("/api/supervisor")).json()
         [line] = [x for x in data["lines"] if x["id"] == "support"]
         assert {o["id"]: o["status"] for o in line["operators"]} == {"anna": "offline", "boris": "offline"}

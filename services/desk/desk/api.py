@@ -359,9 +359,7 @@ async def list_sessions(request: web.Request, staff: Staff, token: ApiToken) -> 
     start, end = date_range(request, datetime.now(UTC), MAX_RANGE_DAYS)
     limit = _limit(request)
     found: list[Session] = []
-    for key, (_rev, data) in (await kv_entries(staff.reader.js, subjects.KV_SESSIONS)).items():
-        if key.startswith("queue."):
-            continue
+    for _key, (_rev, data) in (await kv_entries(staff.reader.js, subjects.KV_SESSIONS)).items():
         try:
             s = msgspec.json.decode(data, type=Session)
         except msgspec.DecodeError:

@@ -1,7 +1,7 @@
 """The supervisor view: per line, who waits, who works, what is live. Reads only.
 
-Everything comes from KV: line configs (``ol-lines``), the waiting queues
-(``ol-sessions`` ``queue.<line>``), operator presence and load
+Everything comes from KV: line configs (``ol-lines``), the waiting chats
+(``ol-waiting``, one key per chat), operator presence and load
 (``ol-operators``), names (``ol-accounts``) and the sessions themselves.
 """
 
@@ -16,8 +16,8 @@ import msgspec
 from desk.reads import Reader
 from openlines import subjects
 from openlines.apply import load_lines
-from openlines.bus import kv_entries, kv_get
-from openlines.state import OperatorAccount, OperatorState, Session, WaitingQueue, queue_key
+from openlines.bus import kv_entries
+from openlines.state import OperatorAccount, OperatorState, QueuedChat, Session
 
 SUPERVISOR_ROLES = ("supervisor", "admin")
 
@@ -63,17 +63,25 @@ async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
             names[key] = msgspec.json.decode(data, type=OperatorAccount).name
         except msgspec.DecodeError:
             continue
-    queues = await asyncio.gather(*(kv_get(b.sessions, queue_key(line.id), WaitingQueue) for line in lines))
+    queues: dict[str, list[QueuedChat]] = {}
+    for key, (_rev, data) in (await kv_entries(reader.js, subjects.KV_WAITING)).items():
+        try:
+            chat = msgspec.json.decode(data, type=QueuedChat)
+        except msgspec.DecodeError:
+            continue
+        queues.setdefault(chat.line_id or key.partition(".")[0], []).append(chat)
+    for chats in queues.values():
+        chats.sort(key=lambda c: (c.since, c.session_id))
     # Every open session someone holds or is offered, plus every waiting one: the live set.
     wanted = {sid for st in states.values() for sid in (*st.sessions, *st.offers)}
-    wanted |= {c.session_id for q, _ in queues if q is not None for c in q.chats}
+    wanted |= {c.session_id for chats in queues.values() for c in chats}
     loaded = await asyncio.gather(*(reader.session(sid) for sid in sorted(wanted)))
     sessions = {s.id: s for s in loaded if s is not None and s.is_open}
 
     out_lines: list[dict[str, Any]] = []
-    for line, (queue, _) in zip(lines, queues, strict=True):
+    for line in lines:
         waiting = []
-        for chat in queue.chats if queue is not None else []:
+        for chat in queues.get(line.id, []):
             s = sessions.get(chat.session_id)
             waiting.append(
                 {

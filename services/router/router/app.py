@@ -13,6 +13,7 @@ from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
 from router.partitions import Partitions
 from router.settings import Settings
+from router.waiting import Waiting, move_old_queues
 
 log = logging.getLogger("router.app")
 
@@ -24,7 +25,13 @@ async def setup(svc: Service[Settings]) -> None:
     await asyncio.wait_for(lines.loaded.wait(), timeout=30)
     operators = OperatorsCache(buckets.operators)
     svc.spawn(operators.run(), "operators-watch")
-    engine = Engine(svc.js, buckets, lines, operators)
+    waiting = Waiting(svc.js, buckets.waiting)
+    svc.spawn(waiting.run(), "waiting-watch")
+    await asyncio.wait_for(waiting.loaded.wait(), timeout=60)
+    moved = await move_old_queues(buckets.sessions, waiting, list(lines.lines))
+    if moved:
+        log.info("waiting chats moved to ol-waiting", extra={"chats": moved})
+    engine = Engine(svc.js, buckets, lines, operators, waiting)
     micro = await commands.serve(svc.nc, engine)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()

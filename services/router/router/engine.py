@@ -32,18 +32,15 @@ from openlines.state import (
     OperatorAccount,
     OperatorState,
     OperatorStatus,
-    QueuedChat,
     Session,
-    WaitingQueue,
     client_key,
-    queue_key,
 )
 from router.core import autoreply, distribution, hours
-from router.core import queue as waitq
 from router.effects import Effects
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
 from router.timers import Timer, schedule
+from router.waiting import Waiting
 
 log = logging.getLogger("router.engine")
 
@@ -84,13 +81,19 @@ def load_of(st: OperatorState, queue: QueueConfig) -> int:
 
 class Engine:
     def __init__(
-        self, js: JetStreamContext, buckets: Buckets, lines: LinesCache, operators: OperatorsCache | None = None
+        self,
+        js: JetStreamContext,
+        buckets: Buckets,
+        lines: LinesCache,
+        operators: OperatorsCache | None,
+        waiting: Waiting,
     ) -> None:
         self.js = js
         self.nc = js._nc
         self.b = buckets
         self.lines = lines
         self.operators = operators  # a watch-fed copy of ol-operators; None = read KV for every decision
+        self.waiting = waiting  # every line's waiting queue (ol-waiting, one key per chat)
         self.fx = Effects(js)
 
     # ------------------------------------------------------------------ inbound
@@ -290,8 +293,7 @@ class Engine:
     async def _tell_position(self, line: LineConfig, session: Session, now: datetime) -> None:
         if not (line.queue.tell_position and line.auto_replies.queue_position):
             return
-        q, _ = await kv_get(self.b.sessions, queue_key(line.id), WaitingQueue)
-        pos = waitq.position(q, session.id) if q else 0
+        pos = self.waiting.position(line.id, session.id)
         if pos:
             text = autoreply.queue_position(line, session.client_name, pos)
             await self._auto(session, f"position:{session.id}:{session.assignments}", text, now)
@@ -442,14 +444,10 @@ class Engine:
         await kv_update(self.b.operators, op_id, OperatorState, drop)
 
     async def _enqueue(self, line: LineConfig, session: Session, since: float) -> None:
-        chat = QueuedChat(session_id=session.id, since=since)
-        await kv_update(self.b.sessions, queue_key(line.id), WaitingQueue, lambda q: waitq.enqueue(q or WaitingQueue(), chat))
+        await self.waiting.add(line.id, session.id, since)
 
-    async def _dequeue(self, line_id: str, sid: str) -> WaitingQueue | None:
-        """Take a chat out of the line's queue; returns the queue as it is after."""
-        return await kv_update(
-            self.b.sessions, queue_key(line_id), WaitingQueue, lambda q: waitq.remove(q, sid) if q is not None else None
-        )
+    async def _dequeue(self, line_id: str, sid: str) -> None:
+        await self.waiting.remove(line_id, sid)
 
     async def drain(self, line: LineConfig) -> None:
         """Offer waiting chats of a line, oldest first, while operators have room."""
@@ -457,10 +455,13 @@ class Engine:
         if line.hours.enabled and line.hours.outside == "hold_until_open" and not hours.is_open(line.hours, now):
             return  # held chats wait for the opening timer
         while True:
-            q, _ = await kv_get(self.b.sessions, queue_key(line.id), WaitingQueue)
-            if q is None or not q.chats:
-                return
-            head = q.chats[0]
+            head = self.waiting.head(line.id)
+            if head is None:
+                # Before saying nobody waits: a chat another replica queued a moment ago must be seen.
+                await self.waiting.sync()
+                head = self.waiting.head(line.id)
+                if head is None:
+                    return
             session, _ = await kv_get(self.b.sessions, head.session_id, Session)
             if session is None or session.status != "waiting" or session.line_id != line.id:
                 await self._dequeue(line.id, head.session_id)
@@ -468,9 +469,7 @@ class Engine:
             assigned = await self._assign(line, session)
             if assigned is None:
                 return
-            after = await self._dequeue(line.id, head.session_id)
-            if after is None or not after.chats:
-                return  # nobody else waits: no need to read the queue again
+            await self._dequeue(line.id, head.session_id)
 
     async def _responsible(self, session: Session) -> str | None:
         """The client's responsible manager from crm-sync, or None (quickly) when unknown or unreachable."""
@@ -703,8 +702,7 @@ class Engine:
         line = self.lines.lines.get(session.line_id)
         if session.status != "waiting" or session.held or line is None:
             return
-        q, _ = await kv_get(self.b.sessions, queue_key(line.id), WaitingQueue)
-        if q is None or not waitq.position(q, session.id):
+        if (line.id, session.id) not in self.waiting:
             log.warning("queueing a waiting chat whose move was cut short", extra={"session": session.id})
             await self._enqueue(line, session, session.opened_at.timestamp())
         await self.drain(line)

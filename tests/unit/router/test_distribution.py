@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from openlines.lines import QueueConfig
-from openlines.state import QueuedChat, WaitingQueue
-from router.core import queue as waitq
+from openlines.state import QueuedChat
 from router.core.autoreply import render
 from router.core.distribution import OperatorView, pick
+from router.core.queue import WaitingLine
 
 IDS = [f"op{i}" for i in range(8)]
 
@@ -68,23 +68,33 @@ def test_round_robin_alternates_when_assignments_are_recorded() -> None:
     assert got == ["anna", "boris", "vera", "anna", "boris", "vera"]
 
 
-@given(st.lists(st.tuples(st.text("abcdef", min_size=1, max_size=4), st.floats(0, 1e6, allow_nan=False)), max_size=30))
-def test_waiting_queue_is_fifo_and_holds_each_chat_once(items: list[tuple[str, float]]) -> None:
-    q = WaitingQueue()
-    first_since: dict[str, float] = {}
-    for sid, since in items:
-        nxt = waitq.enqueue(q, QueuedChat(session_id=sid, since=since))
-        if sid in first_since:
-            assert nxt is None
-            continue
-        assert nxt is not None
-        q = nxt
-        first_since[sid] = since
-    assert [c.session_id for c in q.chats] == sorted(first_since, key=lambda s: (first_since[s], s))
-    for sid in list(first_since):
-        assert waitq.position(q, sid) >= 1
-        removed = waitq.remove(q, sid)
-        assert removed is not None and waitq.position(removed, sid) == 0
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove"]), st.text("abcdef", min_size=1, max_size=4), st.floats(0, 1e6, allow_nan=False)
+        ),
+        max_size=40,
+    )
+)
+def test_waiting_queue_is_fifo_by_since_and_holds_each_chat_once(ops: list[tuple[str, str, float]]) -> None:
+    q = WaitingLine()
+    model: dict[str, float] = {}  # what the ol-waiting bucket would hold: the last write per chat wins
+    for op, sid, since in ops:
+        if op == "add":
+            changed = q.add(QueuedChat(session_id=sid, since=since))
+            assert changed == (model.get(sid) != since)
+            model[sid] = since
+        else:
+            assert q.remove(sid) == (sid in model)
+            model.pop(sid, None)
+    expected = sorted(model, key=lambda s: (model[s], s))
+    assert [c.session_id for c in q] == expected
+    assert len(q) == len(expected)
+    head = q.head()
+    assert (head.session_id if head else None) == (expected[0] if expected else None)
+    for i, sid in enumerate(expected, 1):
+        assert sid in q and q.position(sid) == i
+    assert q.position("zzzzz") == 0 and "zzzzz" not in q
 
 
 def test_auto_reply_templates() -> None:

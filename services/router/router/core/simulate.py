@@ -23,10 +23,10 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from openlines.lines import LineConfig, LinesFile, binding_index
-from openlines.state import QueuedChat, WaitingQueue
+from openlines.state import QueuedChat
 from router.core import autoreply, distribution, hours
-from router.core import queue as waitq
 from router.core.distribution import Context, OperatorView
+from router.core.queue import WaitingLine
 
 OperatorStatus = Literal["online", "away", "offline"]
 THIS_CHAT = "this"  # the simulated chat's id in the waiting queue
@@ -164,7 +164,7 @@ def simulate(
     if held or not mine:
         out.waits = True
         # Held: until the opening it waits behind every chat ahead of it.
-        out.position = waitq.position(_waiting_queue(waiting) if held else result.queue, THIS_CHAT)
+        out.position = (_waiting_queue(waiting) if held else result.queue).position(THIS_CHAT)
         msg = f"the chat waits in the queue at position {out.position}"
         if line.queue.tell_position and line.auto_replies.queue_position:
             told = autoreply.queue_position(line, client_name, out.position)
@@ -361,7 +361,7 @@ def _auto_close_text(line: LineConfig, client_name: str) -> str:
 
 
 class _Drain(msgspec.Struct, kw_only=True):
-    queue: WaitingQueue  # what is still waiting
+    queue: WaitingLine  # what is still waiting
     views: list[OperatorView]  # operator loads after the offers
     offers: dict[str, list[str]]  # queued chat -> who it was offered to
     turn_views: list[OperatorView]  # the operators as the simulated chat's turn found them
@@ -380,19 +380,17 @@ def _views(line: LineConfig, operators: list[OperatorSim]) -> list[OperatorView]
     return views
 
 
-def _waiting_queue(waiting: int) -> WaitingQueue:
-    q = WaitingQueue()
-    for i in range(1, waiting + 1):
-        q = waitq.enqueue(q, QueuedChat(session_id=f"ahead{i}", since=float(i))) or q
-    return waitq.enqueue(q, QueuedChat(session_id=THIS_CHAT, since=float(waiting + 1))) or q
+def _waiting_queue(waiting: int) -> WaitingLine:
+    ahead = [QueuedChat(session_id=f"ahead{i}", since=float(i)) for i in range(1, waiting + 1)]
+    return WaitingLine([*ahead, QueuedChat(session_id=THIS_CHAT, since=float(waiting + 1))])
 
 
-def _drain(line: LineConfig, views: list[OperatorView], queue: WaitingQueue, preferred: str | None, now: float) -> _Drain:
-    """Engine.drain: offer the waiting chats oldest first while somebody can take one."""
+def _drain(line: LineConfig, views: list[OperatorView], queue: WaitingLine, preferred: str | None, now: float) -> _Drain:
+    """Engine.drain: offer the waiting chats oldest first while somebody can take one (takes them out of ``queue``)."""
     offers: dict[str, list[str]] = {}
     turn_views = views
-    while queue.chats:
-        head = queue.chats[0].session_id
+    while (first := queue.head()) is not None:
+        head = first.session_id
         turn_views = views
         # Only the simulated chat's responsible manager is known; the others' fall back.
         ctx = Context(preferred=preferred if head == THIS_CHAT else None)
@@ -402,7 +400,7 @@ def _drain(line: LineConfig, views: list[OperatorView], queue: WaitingQueue, pre
         if not (line.queue.mode == "all" or len(chosen) > 1):
             views = _claimed(views, chosen[0], now)  # Engine._claim; "all" claims on accept
         offers[head] = chosen
-        queue = waitq.remove(queue, head) or queue
+        queue.remove(head)
     return _Drain(queue=queue, views=views, offers=offers, turn_views=turn_views)
 
 

@@ -1,0 +1,191 @@
+"""Every line's waiting queue: one ``ol-waiting`` key per chat, ordered in memory.
+
+Each waiting chat is its own KV entry (``<line>.<session>`` -> QueuedChat), so
+putting a chat in or taking one out writes a few dozen bytes whatever the
+queue's length, and no line has a ceiling on how many chats may wait. Every
+router replica keeps the queues in memory, sorted, fed by a KV watch: the head
+of a line is O(1), a chat's position O(log n).
+
+The copy may be a moment behind another replica's writes. That is safe:
+
+- a replica applies its own writes at once (with their revisions, so a late
+  watch event never undoes them);
+- whoever takes the head re-reads the session and claims it by compare-and-set,
+  so a chat already taken elsewhere is only dropped from the queue;
+- before saying "nobody waits" the copy catches up with the bucket
+  (``sync``): a chat queued by another replica just before an operator became
+  free is never left waiting for the next event.
+
+A chat leaves the queue by a purge whose marker expires after
+``MARKER_TTL`` (per-message TTL), so the bucket holds only the chats that wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from openlines import subjects
+from openlines.state import QueuedChat, WaitingQueue, queue_key, waiting_key
+from router.core.queue import WaitingLine
+
+log = logging.getLogger("router.waiting")
+
+MARKER_TTL = 15 * 60  # seconds a "this chat left the queue" marker stays for watchers that lag behind
+SYNC_TIMEOUT = 2.0  # longest wait for the copy to catch up before deciding on what it has
+
+_KV_OP = "KV-Operation"
+
+
+class Waiting:
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self.js = js
+        self.kv = kv
+        self._stream = f"KV_{subjects.KV_WAITING}"
+        self._prefix = f"$KV.{subjects.KV_WAITING}."
+        self._lines: dict[str, WaitingLine] = {}
+        self._revisions: dict[str, int] = {}  # key -> newest revision applied (put or removal)
+        self._seen = 0  # highest stream sequence the watch delivered
+        self._caught_up = asyncio.Condition()
+        self.loaded = asyncio.Event()
+
+    # ------------------------------------------------------------ reading
+
+    def head(self, line_id: str) -> QueuedChat | None:
+        line = self._lines.get(line_id)
+        return line.head() if line is not None else None
+
+    def position(self, line_id: str, session_id: str) -> int:
+        line = self._lines.get(line_id)
+        return line.position(session_id) if line is not None else 0
+
+    def count(self, line_id: str) -> int:
+        line = self._lines.get(line_id)
+        return len(line) if line is not None else 0
+
+    def __contains__(self, item: tuple[str, str]) -> bool:
+        line = self._lines.get(item[0])
+        return line is not None and item[1] in line
+
+    async def sync(self) -> None:
+        """Wait until the copy has seen every write made to the bucket before this call."""
+        info = await self.js.stream_info(self._stream)
+        target = info.state.last_seq or 0
+        if self._seen >= target:
+            return
+        try:
+            async with self._caught_up:
+                await asyncio.wait_for(self._caught_up.wait_for(lambda: self._seen >= target), timeout=SYNC_TIMEOUT)
+        except TimeoutError:
+            log.warning("waiting queues lag behind the bucket", extra={"seen": self._seen, "last": target})
+
+    # ------------------------------------------------------------ writing
+
+    async def add(self, line_id: str, session_id: str, since: float) -> None:
+        """Put a chat in its line's queue (again: it keeps its place, ``since`` being when it first waited)."""
+        chat = QueuedChat(session_id=session_id, since=since, line_id=line_id)
+        key = waiting_key(line_id, session_id)
+        ack = await self.js.publish(self._prefix + key, msgspec.json.encode(chat), stream=self._stream)
+        self._put(key, chat, ack.seq)
+
+    async def remove(self, line_id: str, session_id: str) -> None:
+        """Take a chat out of its line's queue (nothing happens when it was not there)."""
+        key = waiting_key(line_id, session_id)
+        ack = await self.js.publish(
+            self._prefix + key,
+            b"",
+            stream=self._stream,
+            headers={_KV_OP: "PURGE", "Nats-Rollup": "sub"},
+            msg_ttl=MARKER_TTL,
+        )
+        self._drop(key, line_id, session_id, ack.seq)
+
+    # ------------------------------------------------------------ the watch
+
+    async def run(self) -> None:
+        info = await self.js.stream_info(self._stream)
+        if not info.state.messages:
+            self.loaded.set()
+        watcher = await self.kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:  # nothing was there when the watch began
+                    self.loaded.set()
+                    continue
+                self._apply(entry)
+                if entry.delta == 0 and not self.loaded.is_set():
+                    self.loaded.set()
+                    log.info("waiting queues loaded", extra={"chats": sum(len(q) for q in self._lines.values())})
+                async with self._caught_up:
+                    self._seen = max(self._seen, entry.revision or 0)
+                    self._caught_up.notify_all()
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        key, revision = entry.key, entry.revision or 0
+        line_id, _, session_id = key.partition(".")
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._drop(key, line_id, session_id, revision, from_watch=True)
+            return
+        try:
+            chat = msgspec.json.decode(entry.value, type=QueuedChat)
+        except msgspec.ValidationError as exc:
+            log.error("ignoring an invalid waiting chat in KV", extra={"key": key, "error": str(exc)})
+            return
+        self._put(key, chat, revision)
+
+    def _put(self, key: str, chat: QueuedChat, revision: int) -> None:
+        if self._revisions.get(key, 0) >= revision:
+            return  # the copy already has something newer for this chat
+        self._revisions[key] = revision
+        line_id = chat.line_id or key.partition(".")[0]
+        self._lines.setdefault(line_id, WaitingLine()).add(chat)
+
+    def _drop(self, key: str, line_id: str, session_id: str, revision: int, *, from_watch: bool = False) -> None:
+        known = self._revisions.get(key, 0)
+        if known > revision:
+            return
+        if known == revision:
+            self._revisions.pop(key, None)  # the watch brought back our own removal: nothing newer can be undone now
+            return
+        line = self._lines.get(line_id)
+        if line is not None:
+            line.remove(session_id)
+            if not len(line):
+                del self._lines[line_id]
+        # A removal of our own is remembered until the watch passes it, so an older put
+        # arriving late is not re-applied; the watch itself delivers in order.
+        if not from_watch and revision > self._seen:
+            self._revisions[key] = revision
+        else:
+            self._revisions.pop(key, None)
+
+
+async def move_old_queues(sessions: KeyValue, waiting: Waiting, line_ids: list[str]) -> int:
+    """Move queues of the earlier layout (one ``queue.<line>`` value in ``ol-sessions``) to ``ol-waiting``."""
+    moved = 0
+    for line_id in line_ids:
+        try:
+            entry = await sessions.get(queue_key(line_id))
+        except KeyNotFoundError:  # absent (the usual case) or already moved
+            continue
+        if not entry.value:
+            continue
+        started = time.monotonic()
+        old = msgspec.json.decode(entry.value, type=WaitingQueue)
+        for chat in old.chats:
+            await waiting.add(line_id, chat.session_id, chat.since)
+        await sessions.purge(queue_key(line_id))
+        moved += len(old.chats)
+        log.info(
+            "moved a waiting queue to ol-waiting",
+            extra={"line": line_id, "chats": len(old.chats), "seconds": round(time.monotonic() - started, 2)},
+        )
+    return moved
