@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,41 @@ async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any,
     for v in visitors:
         assert seen[v] == ["hello", "anyone?"], f"{v}: {seen[v]}"
         assert [o.text for o in await outbound_for(nc, v)] == ["Welcome!"]
+
+
+async def test_a_nats_restart_with_timers_firing_does_not_stop_the_router(
+    nc: Any, nats_server: Any, router_process: ServiceProcess
+) -> None:
+    await apply_lines(nc, LINES.replace("wait_seconds = 3", "wait_seconds = 1"))
+    router_process.start()
+    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+    await call(nc, "status", SetStatus(operator_id="boris", status="online"))
+    visitors = [f"t{i}" for i in range(5)]
+    for v in visitors:
+        await publish(nc, inbound(v, "hello", "m1"))
+
+    async def offered_at_least(n: int) -> bool:
+        sessions = [await session_of(nc, v) for v in visitors]
+        return all(s is not None and s.assignments >= n for s in sessions)
+
+    # Nobody accepts: every second each chat's no-answer timer fires and passes it on.
+    await wait_for(lambda: offered_at_least(2), timeout=30, what="no-answer timers firing")
+    for _ in range(3):  # NATS goes away while timers are in the router's hands, and comes back
+        nats_server.stop(kill=True)
+        await asyncio.sleep(0.5)  # down for a moment
+        nats_server.start()
+        await asyncio.sleep(1.0)
+    assert router_process.exited() is None, "the router stopped when NATS went away"
+    readable = [await wait_for(lambda v=v: session_of(nc, v), timeout=30, what="session readable") for v in visitors]
+    before = {s.client_id: s.assignments for s in readable}
+
+    async def passed_on_again() -> bool:
+        sessions = [await session_of(nc, v) for v in visitors]
+        return all(s is not None and s.assignments > before[s.client_id] for s in sessions)
+
+    await wait_for(passed_on_again, timeout=60, what="no-answer timers firing again after the restarts")
+    assert router_process.exited() is None
 
 
 async def _router_up(nc: Any) -> bool:

@@ -47,6 +47,7 @@ log = logging.getLogger("router.engine")
 CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
 RATING_WINDOW = 24 * 3600.0  # seconds a rating request stays open after the close
 SETTLE_AFTER = 10.0  # seconds after which the "settle" timer completes a change cut short by a crash
+CLEAN_RECHECK_SECONDS = 10.0  # an operator found with no stale claim is not looked at again sooner, unless changed
 
 
 class Refused(Exception):
@@ -69,6 +70,13 @@ def session_id_for(inbound_id: str, line_id: str) -> str:
 
 def client_id_for(channel: str, account: str, chat_id: str) -> str:
     return "c" + _short_hash(channel, account, chat_id)
+
+
+def _closing(session: Session) -> bool:
+    """Closed a moment ago and the steps after it (the release first) not done yet."""
+    if session.status != "closed" or session.close_finished or session.closed_at is None:
+        return False
+    return time.time() - session.closed_at.timestamp() < 3 * SETTLE_AFTER
 
 
 def load_of(st: OperatorState, queue: QueueConfig) -> int:
@@ -94,6 +102,7 @@ class Engine:
         self.lines = lines
         self.operators = operators  # a watch-fed copy of ol-operators; None = read KV for every decision
         self.waiting = waiting  # every line's waiting queue (ol-waiting, one key per chat)
+        self._found_clean: dict[str, tuple[int, float]] = {}  # operator -> (revision, when) with no stale claim
         self.fx = Effects(js)
 
     # ------------------------------------------------------------------ inbound
@@ -270,7 +279,7 @@ class Engine:
             session = await self._hold(line, session, now)
         if session.status == "waiting":
             await self._enqueue(line, session, session.opened_at.timestamp())
-            await self.drain(line)
+            await self.drain(line, after_queueing=True)
             after, _ = await kv_get(self.b.sessions, session.id, Session)
             if after is not None and after.status == "waiting":
                 await self.fx.event(f"waiting:{session.id}:{after.assignments}", "session_waiting", after)
@@ -387,12 +396,14 @@ class Engine:
 
         A router killed between claiming capacity and recording the offer
         leaves such an entry; a chat still waiting may be a claim in flight
-        and is kept.
+        and is kept, and so is a chat whose close is still being finished
+        (the close, or its settle timer, releases it in a moment).
         """
         found = await asyncio.gather(*(kv_get(self.b.sessions, sid, Session) for sid in st.sessions))
         stale: set[str] = set()
         for sid, (session, _) in zip(st.sessions, found, strict=True):
-            if session is None or not session.is_open or (session.operator_id and session.operator_id != op_id):
+            gone = session is None or (not session.is_open and not _closing(session))
+            if gone or (session is not None and session.operator_id and session.operator_id != op_id):
                 stale.add(sid)
         return stale
 
@@ -400,10 +411,17 @@ class Engine:
         """Nobody can take a chat: drop stale claims of the line's online operators who look full. True if any."""
         dropped = False
         for op_id in line.queue.operators:
-            st, _ = await kv_get(self.b.operators, op_id, OperatorState)
+            st, rev = await kv_get(self.b.operators, op_id, OperatorState)
             if st is None or st.status != "online" or load_of(st, line.queue) < line.queue.max_chats_per_operator:
                 continue
+            # Looking at every chat an operator holds costs one read each: with a long queue every
+            # new chat would repeat it. An unchanged operator found clean a moment ago is not re-read.
+            checked = self._found_clean.get(op_id)
+            if checked is not None and checked[0] == rev and time.monotonic() - checked[1] < CLEAN_RECHECK_SECONDS:
+                continue
             stale = await self._stale_claims(op_id, st)
+            if not stale and rev is not None:
+                self._found_clean[op_id] = (rev, time.monotonic())
             if stale:
                 log.warning("dropping stale capacity claims", extra={"operator": op_id, "sessions": sorted(stale)})
                 await self._drop_stale(op_id, stale)
@@ -449,14 +467,21 @@ class Engine:
     async def _dequeue(self, line_id: str, sid: str) -> None:
         await self.waiting.remove(line_id, sid)
 
-    async def drain(self, line: LineConfig) -> None:
-        """Offer waiting chats of a line, oldest first, while operators have room."""
+    async def drain(self, line: LineConfig, *, after_queueing: bool = False) -> None:
+        """Offer waiting chats of a line, oldest first, while operators have room.
+
+        ``after_queueing``: the drain follows this replica queueing a new chat, and no
+        operator freed room meanwhile, so a chat another replica queued a moment ago
+        is that replica's to offer (it drained after queueing it); no need to catch up.
+        """
         now = utcnow()
         if line.hours.enabled and line.hours.outside == "hold_until_open" and not hours.is_open(line.hours, now):
             return  # held chats wait for the opening timer
         while True:
             head = self.waiting.head(line.id)
             if head is None:
+                if after_queueing:
+                    return
                 # Before saying nobody waits: a chat another replica queued a moment ago must be seen.
                 await self.waiting.sync()
                 head = self.waiting.head(line.id)

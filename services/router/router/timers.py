@@ -11,6 +11,7 @@ the client wrote again) does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -53,6 +54,23 @@ async def schedule(js: JetStreamContext, timer: Timer) -> None:
 
 
 async def consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]], durable: str, stop: asyncio.Event) -> None:
+    """Fire timers as they fall due until ``stop``; a NATS outage only pauses it."""
+    while not stop.is_set():
+        try:
+            await _consume(js, fire, durable, stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # NATS went away mid-ack, the consumer is being re-elected...: the timers are
+            # still in the stream (an unacked one comes back after ack_wait), open it again.
+            log.warning("timer consumer failed, opening it again", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+
+async def _consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]], durable: str, stop: asyncio.Event) -> None:
     config = js_api.ConsumerConfig(
         durable_name=durable,
         ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -74,7 +92,8 @@ async def consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]]
             for m in msgs:
                 await _handle(m, fire)
     finally:
-        await psub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await psub.unsubscribe()
 
 
 async def _handle(m: Msg, fire: Callable[[Timer], Awaitable[None]]) -> None:
