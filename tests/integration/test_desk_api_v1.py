@@ -70,7 +70,22 @@ async def test_the_openapi_document_lists_exactly_the_served_routes(http: aiohtt
     assert documented == served
     for _method, _path, op in _operations(doc):
         assert op["x-openlines-roles"] and set(op["x-openlines-roles"]) <= set(ROLES)
-        assert {"401", "403"} <= set(op["responses"])
+        assert {"401", "403", "503"} <= set(op["responses"])
+        assert "Retry-After" in op["responses"]["503"]["headers"]
+
+
+async def test_the_api_answers_the_declared_503_with_retry_after_while_nats_is_down(
+    http: aiohttp.ClientSession, desk: Any, nats_server: Any, tokens: dict[str, str]
+) -> None:
+    nats_server.stop(kill=True)
+    try:
+        for path in ("/lines", "/operators/anna", "/sessions"):  # each waits for NATS to time out
+            r = await http.get(PREFIX + path, headers=bearer(tokens["admin"]))
+            body = await r.json()
+            assert (r.status, body["error"]) == (503, "unavailable"), (path, r.status, body)
+            assert r.headers["Retry-After"].isdigit() and "Traceback" not in await r.text()
+    finally:
+        nats_server.start()
 
 
 def _concrete(path: str, session_id: str) -> str:

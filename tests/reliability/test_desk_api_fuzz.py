@@ -1,9 +1,9 @@
 """Property-based fuzzing of the desk's /api/v1 from its own OpenAPI document (schemathesis).
 
 Requests that fit the document and requests that do not, with an admin token: the desk must never answer
-5xx and never show a traceback. Examples per operation: OPENLINES_FUZZ_EXAMPLES (50 by default; `make chaos`
-sets 10000). The desk runs as its own process against a real nats-server with a real line configuration and sessions
-the router opened.
+5xx (except the declared 503 with Retry-After when NATS does not answer in time) and never show a traceback.
+Examples per operation: OPENLINES_FUZZ_EXAMPLES (50 by default; `make chaos` sets 10000). The desk runs as
+its own process against a real nats-server with a real line configuration and sessions the router opened.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from openlines import bus
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
     response_schema_conformance,
@@ -55,7 +54,7 @@ async def _prepare(url: str) -> str:
 
             async def opened() -> bool:
                 keys = await bus.kv_entries(nc.jetstream(), buckets.sessions._name)
-                return len([k for k in keys if not k.startswith("queue.")]) == 2
+                return len(keys) == 2
 
             await wait_for(opened, timeout=30, what="two sessions opened by the router")
         return await make_token(nc, "admin", "fuzz")
@@ -119,9 +118,11 @@ def test_the_fuzzed_document_is_the_one_the_desk_serves(desk: tuple[str, str]) -
 def test_the_api_never_fails_with_a_server_error_or_a_traceback(case: Any, desk: tuple[str, str]) -> None:
     base, token = desk
     response = case.call(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    case.validate_response(
-        response, checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-    )
+    case.validate_response(response, checks=[status_code_conformance, content_type_conformance, response_schema_conformance])
+    if response.status_code >= 500:
+        # The one 5xx allowed: NATS did not answer in time (declared on every operation), with Retry-After.
+        declared = response.status_code == 503 and response.headers.get("Retry-After", "").isdigit()
+        assert declared and response.json().get("error") == "unavailable", f"{response.status_code}: {response.text[:300]}"
     assert "Traceback" not in response.text
     assert 'File "' not in response.text
     if response.status_code >= 400 and response.headers.get("Content-Type", "").startswith("application/json"):

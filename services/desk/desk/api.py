@@ -61,11 +61,16 @@ class Problem(Exception):
         self.errors = errors
 
 
+UNAVAILABLE_RETRY_AFTER = 2  # seconds a script should wait when NATS did not answer
+
+
 def problem_response(exc: Problem) -> web.Response:
     body: dict[str, Any] = {"error": exc.code, "detail": exc.detail}
     if exc.errors is not None:
         body["errors"] = exc.errors
     headers = {"WWW-Authenticate": 'Bearer realm="openlines"'} if exc.status == 401 else None
+    if exc.status == 503:
+        headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
     return web.json_response(body, status=exc.status, headers=headers)
 
 

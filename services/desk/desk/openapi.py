@@ -123,9 +123,14 @@ def _operation(op: Operation) -> dict[str, Any]:
         )
     answer = {"application/json": {"schema": ANSWERS[op.handler.__name__]}}
     responses: dict[str, Any] = {str(op.ok): {"description": STATUS_TEXT[op.ok], "content": answer}}
-    for status in sorted({*op.responses, 401, 403}):
+    # Every operation checks its token in NATS first: any of them answers 503 (with Retry-After) when NATS does not.
+    for status in sorted({*op.responses, 401, 403, 503}):
         error = {"application/json": {"schema": _ref("Error")}}
         responses[str(status)] = {"description": STATUS_TEXT[status], "content": error if status >= 400 else answer}
+        if status == 503:
+            responses[str(status)]["headers"] = {
+                "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}
+            }
     out: dict[str, Any] = {
         "operationId": op.handler.__name__,
         "summary": op.summary,
