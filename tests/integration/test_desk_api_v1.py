@@ -202,6 +202,7 @@ async def test_two_writers_from_one_version_exactly_one_wins(http: aiohttp.Clien
 
 BAD_LINE_BODIES: list[tuple[str, Any]] = [
     ("not json", b"{nope"),
+    ("not utf-8", b'{"name": "\x8f"}'),
     ("a list", []),
     ("no name", {"id": "support"}),
     ("wrong type", {"name": "S", "queue": {"wait_seconds": "soon"}}),

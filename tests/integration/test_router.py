@@ -133,6 +133,8 @@ async def test_commands_are_validated(nc, nats_server) -> None:  # type: ignore[
         assert err.value.result.error == "invalid"
         raw = await nc.request("ol.cmd.reply", b'{"operator_id": 5}', timeout=5)
         assert b'"error":"invalid"' in raw.data
+        raw = await nc.request("ol.cmd.reply", b'{"operator_id": "\x8f"}', timeout=5)  # not UTF-8
+        assert b'"error":"invalid"' in raw.data
         assert [o.text for o in await outbound_for(nc, "v") if not o.auto] == []
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from telegram_support import SUPPORT, fake_telegram, running_gateway, stream_size
 
@@ -84,6 +84,8 @@ never_publishable = st.one_of(
     st.builds(lambda u, m: json.dumps({"update_id": u, "message": m}).encode(), bad_update_id, message),
     st.builds(lambda m: json.dumps({"message": m}).encode(), message),
     st.builds(lambda u, m: json.dumps({"update_id": u, "edited_message": m}).encode(), st.integers(0, 2**40), broken_message),
+    # bytes that are not UTF-8 inside a JSON string (the message also lacks its required fields)
+    st.binary(max_size=20).map(lambda b: b'{"update_id": 1, "message": {"text": "' + b + b'"}}'),
 )
 
 
@@ -101,6 +103,7 @@ async def post(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int,
 
 @FUZZ
 @given(body=never_publishable)
+@example(body=b'{"update_id": 1, "message": {"text": "\x8f"}}')
 async def test_fuzzed_broken_bodies_never_give_a_500_and_never_publish(
     webhook: tuple[aiohttp.ClientSession, str, Any], body: bytes
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import wait_for
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from peers.vk_api import FakeVk
 from vk_support import (
@@ -224,8 +224,12 @@ _envelope = st.dictionaries(_keys, _json, max_size=6).map(lambda d: d | {"group_
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
-    body=st.binary(max_size=300) | _envelope.map(lambda d: json.dumps(d).encode()) | _json.map(lambda v: json.dumps(v).encode())
+    body=st.binary(max_size=300)
+    | _envelope.map(lambda d: json.dumps(d).encode())
+    | _json.map(lambda v: json.dumps(v).encode())
+    | st.binary(max_size=20).map(lambda b: b'{"type": "' + b + b'"}')  # bytes that are not UTF-8 inside a JSON string
 )
+@example(body=b'{"type": "\x8f"}')  # found at 10,000 examples: it gave a 500
 async def test_fuzzed_bodies_never_get_a_500_and_never_publish(gw: Any, nc: Any, http: Any, body: bytes) -> None:
     status, text = await sender(http, gw).post(body)
     assert status in (200, 400, 403), status

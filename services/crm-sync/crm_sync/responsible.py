@@ -85,7 +85,7 @@ class Responsible:
         started = time.monotonic()
         try:
             ask = _ask.decode(msg.data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             await msg.respond(msgspec.json.encode({"operator_id": "", "error": "invalid request"}))
             return
         try:

@@ -137,7 +137,7 @@ async def json_body(request: web.Request) -> Any:
         raise Problem(413, "too_large", f"the body is over {MAX_BODY} bytes")
     try:
         return msgspec.json.decode(raw) if raw else None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise Problem(400, "bad_json", "the body is not valid JSON") from None
 
 

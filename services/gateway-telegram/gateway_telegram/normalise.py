@@ -52,7 +52,7 @@ class Parsed:
 def parse_update(body: bytes) -> Parsed:
     try:
         obj: Any = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadUpdate(f"body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BadUpdate("body must be a JSON object (a Telegram Update)")

@@ -77,7 +77,7 @@ def _int(obj: dict[str, Any], key: str, where: str, *, required: bool = True) ->
 def parse_callback(body: bytes) -> Callback:
     try:
         obj: Any = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise _bad("body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise _bad("body must be a JSON object")

@@ -86,7 +86,7 @@ def _endpoint(name: str, typ: type[msgspec.Struct], fn: Callable[..., Awaitable[
     async def handle(req: Request) -> None:
         try:
             cmd = decoder.decode(req.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             COMMANDS.labels(name, "invalid").inc()
             await req.respond(_answer(Result(ok=False, error="invalid", detail=str(exc))))
             return
