@@ -37,7 +37,9 @@ _publish = JetStreamContext.publish
 
 
 async def _publish_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
-    if not subject.startswith("$KV."):  # KV writes are counted above
+    if subject.startswith("$KV.ol-waiting."):  # the waiting queue writes its keys directly (put or purge)
+        COUNTS["put:ol-waiting"] += 1
+    elif not subject.startswith("$KV."):  # KV writes are counted above
         COUNTS[f"publish:{subject.split('.')[1] if '.' in subject else subject}"] += 1
     return await _publish(self, subject, *args, **kwargs)
 

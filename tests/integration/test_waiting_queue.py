@@ -9,7 +9,6 @@ from typing import Any
 
 import msgspec
 from conftest import wait_for
-from nats.js.kv import KeyValue
 
 from openlines import bus, subjects
 from openlines.state import QueuedChat, WaitingQueue, queue_key, waiting_key
@@ -94,18 +93,6 @@ async def test_a_chat_leaves_the_queue_by_a_marker_that_expires(nc: Any) -> None
     assert info.state.messages == 1  # the purge rolled up the chat's value: only the marker is left
 
 
-def _entry(key: str, revision: int, chat: QueuedChat | None) -> KeyValue.Entry:
-    return KeyValue.Entry(
-        bucket=subjects.KV_WAITING,
-        key=key,
-        value=msgspec.json.encode(chat) if chat else b"",
-        revision=revision,
-        delta=0,
-        created=None,
-        operation=None if chat else "PURGE",
-    )
-
-
 async def test_a_late_watch_event_never_undoes_a_newer_write_of_its_own(nc: Any) -> None:
     # The replica's own writes are applied at once; the watch may deliver older events afterwards.
     js = nc.jetstream()
@@ -113,12 +100,12 @@ async def test_a_late_watch_event_never_undoes_a_newer_write_of_its_own(nc: Any)
     await w.add("support", "s1", since=5.0)
     await w.remove("support", "s1")
     # The watch now brings the put that came before the removal: it must not queue the chat again.
-    w._apply(_entry(waiting_key("support", "s1"), 1, QueuedChat(session_id="s1", since=5.0, line_id="support")))
+    w._apply(waiting_key("support", "s1"), 1, msgspec.json.encode(QueuedChat(session_id="s1", since=5.0, line_id="support")))
     assert w.count("support") == 0
     await w.add("support", "s2", since=6.0)
-    w._apply(_entry(waiting_key("support", "s2"), 1, None))  # an older removal arriving late
+    w._apply(waiting_key("support", "s2"), 1, None)  # an older removal arriving late
     assert w.position("support", "s2") == 1
-    w._apply(_entry(waiting_key("support", "s2"), 10**9, None))  # a newer removal (another replica's) applies
+    w._apply(waiting_key("support", "s2"), 10**9, None)  # a newer removal (another replica's) applies
     assert w.position("support", "s2") == 0
 
 

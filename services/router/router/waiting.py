@@ -23,11 +23,14 @@ A chat leaves the queue by a purge whose marker expires after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js import api as js_api
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -52,7 +55,7 @@ class Waiting:
         self._lines: dict[str, WaitingLine] = {}
         self._revisions: dict[str, int] = {}  # key -> newest revision applied (put or removal)
         self._seen = 0  # highest stream sequence the watch delivered
-        self._caught_up = asyncio.Condition()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (sequence, woken when the watch reaches it)
         self.loaded = asyncio.Event()
 
     # ------------------------------------------------------------ reading
@@ -79,11 +82,14 @@ class Waiting:
         target = info.state.last_seq or 0
         if self._seen >= target:
             return
+        reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, reached))
         try:
-            async with self._caught_up:
-                await asyncio.wait_for(self._caught_up.wait_for(lambda: self._seen >= target), timeout=SYNC_TIMEOUT)
+            await asyncio.wait_for(reached, timeout=SYNC_TIMEOUT)
         except TimeoutError:
             log.warning("waiting queues lag behind the bucket", extra={"seen": self._seen, "last": target})
+        finally:
+            self._waiters = [(t, f) for t, f in self._waiters if f is not reached]
 
     # ------------------------------------------------------------ writing
 
@@ -112,31 +118,51 @@ class Waiting:
         info = await self.js.stream_info(self._stream)
         if not info.state.messages:
             self.loaded.set()
-        watcher = await self.kv.watchall()
+        # An ordered push consumer (what a KV watch is) read in its callback: every replica sees
+        # two changes per routed chat, so no per-change queue hop or entry object.
+        sub = await self.js.subscribe(
+            self._prefix + ">",
+            stream=self._stream,
+            cb=self._on_change,
+            ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=300.0,
+        )
+        with contextlib.suppress(Exception):
+            if not (await sub.consumer_info()).num_pending:
+                self.loaded.set()  # nothing (left) to deliver, e.g. every entry expired meanwhile
         try:
-            async for entry in watcher:
-                if entry is None:  # nothing was there when the watch began
-                    self.loaded.set()
-                    continue
-                self._apply(entry)
-                if entry.delta == 0 and not self.loaded.is_set():
-                    self.loaded.set()
-                    log.info("waiting queues loaded", extra={"chats": sum(len(q) for q in self._lines.values())})
-                async with self._caught_up:
-                    self._seen = max(self._seen, entry.revision or 0)
-                    self._caught_up.notify_all()
+            await asyncio.Future()  # until cancelled: the service stops
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
-    def _apply(self, entry: KeyValue.Entry) -> None:
-        key, revision = entry.key, entry.revision or 0
+    async def _on_change(self, msg: Msg) -> None:
+        meta = msg.metadata
+        revision = meta.sequence.stream
+        headers = msg.headers or {}
+        deleted = headers.get(_KV_OP) in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+        self._apply(msg.subject[len(self._prefix) :], revision, None if deleted else msg.data)
+        if not self.loaded.is_set() and not meta.num_pending:
+            self.loaded.set()
+            log.info("waiting queues loaded", extra={"chats": sum(len(q) for q in self._lines.values())})
+        self._seen = max(self._seen, revision)
+        if self._waiters:
+            for target, reached in self._waiters:
+                if target <= self._seen and not reached.done():
+                    reached.set_result(None)
+
+    def _apply(self, key: str, revision: int, value: bytes | None) -> None:
+        """A change the watch delivered: ``value`` None = the chat left the queue."""
         line_id, _, session_id = key.partition(".")
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
+        if not value:
             self._drop(key, line_id, session_id, revision, from_watch=True)
             return
+        if self._revisions.get(key, 0) >= revision:
+            return  # our own write coming back, or older than what the copy has
         try:
-            chat = msgspec.json.decode(entry.value, type=QueuedChat)
-        except msgspec.ValidationError as exc:
+            chat = msgspec.json.decode(value, type=QueuedChat)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             log.error("ignoring an invalid waiting chat in KV", extra={"key": key, "error": str(exc)})
             return
         self._put(key, chat, revision)
