@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -235,6 +236,22 @@ async def kv_update(
     raise RuntimeError(f"kv {key}: too much contention, gave up after {attempts} attempts")
 
 
+async def close_reader(js: JetStreamContext, psub: Any) -> None:
+    """Unsubscribe a one-off pull reader and delete its ephemeral consumer at once.
+
+    Left to its inactivity threshold, every read would keep a consumer alive for
+    that long; a burst of reads (an API script, a page reloaded by many people)
+    then reaches nats-server's limit of consumers per stream (error 10026,
+    "maximum consumers limit reached") and every further read fails.
+    """
+    with contextlib.suppress(Exception):
+        await psub.unsubscribe()
+    stream, consumer = getattr(psub, "_stream", None), getattr(psub, "_consumer", None)
+    if stream and consumer:
+        with contextlib.suppress(Exception):  # gone already, or NATS away: the threshold removes it
+            await js.delete_consumer(stream, consumer)
+
+
 async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, bytes]]:
     """Every live key of a bucket: key -> (revision, value).
 
@@ -265,7 +282,7 @@ async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, 
                     out[key] = (m.metadata.sequence.stream, m.data)
                 remaining = m.metadata.num_pending or 0
     finally:
-        await psub.unsubscribe()
+        await close_reader(js, psub)
     return out
 
 
@@ -318,5 +335,5 @@ async def read_subject(
                 if seq >= last.seq:
                     return out
     finally:
-        await psub.unsubscribe()
+        await close_reader(js, psub)
     return out

@@ -26,6 +26,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from openlines import subjects
+from openlines.bus import close_reader
 from openlines.envelopes import SessionEvent
 
 KINDS = ("session_opened", "session_answered", "session_closed", "session_rated")
@@ -141,7 +142,7 @@ async def read_events(js: JetStreamContext, start: datetime, *, limit: int = MAX
                     pending = 0
                     break
     finally:
-        await psub.unsubscribe()
+        await close_reader(js, psub)
     return out, pending == 0
 
 
