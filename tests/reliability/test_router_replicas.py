@@ -100,6 +100,10 @@ async def test_two_replicas_burst_of_new_clients_capacity_order_and_exactly_once
             await asyncio.gather(*(publish(nc, inbound(v, "second", "m2")) for v in chunk))
 
         await wait_for(lambda: len(closed) >= CLIENTS, timeout=600, interval=0.5, what=f"all {CLIENTS} chats answered")
+        # The replicas' lease rounds (every few seconds) read the members without leaving consumers behind:
+        # only the durable ones stay (nats-server refuses more than 1,000 per stream).
+        for stream in (f"KV_{subjects.KV_ROUTER}", f"KV_{subjects.KV_LINES}", f"KV_{subjects.KV_OPERATORS}"):
+            assert (await nc.jetstream().stream_info(stream)).state.consumer_count <= 4, stream
         for t in tasks:
             t.cancel()
         await watcher.stop()

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from nats import nuid
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
 from openlines import subjects
+from openlines.bus import kv_entries
 from router import inbound
 from router.engine import Engine
 
@@ -107,10 +108,8 @@ class Partitions:
             self.balanced.set()
 
     async def _members(self) -> list[str]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return [self.me]
+        # A one-off read that removes its consumer (keys() would leave one per round for 5 minutes).
+        keys = await kv_entries(self.js, subjects.KV_ROUTER)
         found = [k.removeprefix("member.") for k in keys if k.startswith("member.")]
         return found or [self.me]
 
