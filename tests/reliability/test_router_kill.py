@@ -57,14 +57,7 @@ async def session_of(nc: Any, visitor: str) -> Session | None:
 
 
 async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any, router_process: ServiceProcess) -> None:
-    await apply_lines(nc, LINES)
-    router_process.start()
-    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
-    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-    await call(nc, "status", SetStatus(operator_id="boris", status="online"))
-    visitors = [f"k{i}" for i in range(5)]
-    for v in visitors:
-        await publish(nc, inbound(v, "hello", "m1"))
+    visitors = await _five_chats_offered_to_two_operators(nc, router_process, LINES, "k")
 
     async def all_offered() -> bool:
         sessions = [await session_of(nc, v) for v in visitors]
@@ -100,14 +93,8 @@ async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any,
 async def test_a_nats_restart_with_timers_firing_does_not_stop_the_router(
     nc: Any, nats_server: Any, router_process: ServiceProcess
 ) -> None:
-    await apply_lines(nc, LINES.replace("wait_seconds = 3", "wait_seconds = 1"))
-    router_process.start()
-    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
-    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-    await call(nc, "status", SetStatus(operator_id="boris", status="online"))
-    visitors = [f"t{i}" for i in range(5)]
-    for v in visitors:
-        await publish(nc, inbound(v, "hello", "m1"))
+    lines = LINES.replace("wait_seconds = 3", "wait_seconds = 1")
+    visitors = await _five_chats_offered_to_two_operators(nc, router_process, lines, "t")
 
     async def offered_at_least(n: int) -> bool:
         sessions = [await session_of(nc, v) for v in visitors]
@@ -130,6 +117,19 @@ async def test_a_nats_restart_with_timers_firing_does_not_stop_the_router(
 
     await wait_for(passed_on_again, timeout=60, what="no-answer timers firing again after the restarts")
     assert router_process.exited() is None
+
+
+async def _five_chats_offered_to_two_operators(nc: Any, router: ServiceProcess, lines: str, prefix: str) -> list[str]:
+    """Start the router with ``lines``, put anna and boris online, and have five visitors write."""
+    await apply_lines(nc, lines)
+    router.start()
+    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+    await call(nc, "status", SetStatus(operator_id="boris", status="online"))
+    visitors = [f"{prefix}{i}" for i in range(5)]
+    for v in visitors:
+        await publish(nc, inbound(v, "hello", "m1"))
+    return visitors
 
 
 async def _router_up(nc: Any) -> bool:
