@@ -17,8 +17,10 @@ from router.waiting import Waiting, move_old_queues
 
 @contextlib.asynccontextmanager
 async def replica(nc: Any) -> AsyncIterator[Waiting]:
-    """One router replica's copy of the queues, fed by its own watch."""
-    js = nc.jetstream()
+    """One router replica's copy of the queues, fed by its own watch, on its own connection (as a replica has)."""
+    url = f"nats://{nc.connected_url.hostname}:{nc.connected_url.port}"
+    conn = await bus.connect(url, "replica", first_attempts=3)
+    js = conn.jetstream()
     w = Waiting(js, await js.key_value(subjects.KV_WAITING))
     task = asyncio.create_task(w.run())
     try:
@@ -26,8 +28,9 @@ async def replica(nc: Any) -> AsyncIterator[Waiting]:
         yield w
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, timeout=10)
+        await conn.close()
 
 
 async def test_replicas_share_each_line_queue_oldest_first_and_see_removals(nc: Any) -> None:

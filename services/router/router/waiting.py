@@ -128,14 +128,14 @@ class Waiting:
             deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
             inactive_threshold=300.0,
         )
-        with contextlib.suppress(Exception):
-            if not (await sub.consumer_info()).num_pending:
-                self.loaded.set()  # nothing (left) to deliver, e.g. every entry expired meanwhile
         try:
+            with contextlib.suppress(Exception):
+                if not (await sub.consumer_info()).num_pending:
+                    self.loaded.set()  # nothing (left) to deliver, e.g. every entry expired meanwhile
             await asyncio.Future()  # until cancelled: the service stops
         finally:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await asyncio.wait_for(sub.unsubscribe(), timeout=5)
 
     async def _on_change(self, msg: Msg) -> None:
         meta = msg.metadata
