@@ -11,18 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from conftest import NatsServer, free_port, wait_for
 from desk_admin_support import LINES, SECRET, make_token, visitor_writes
 from hypothesis import HealthCheck, settings
+from servers import ServiceProcess
 from support import apply_lines, running_router
 
 from desk.openapi import document
@@ -62,6 +60,16 @@ async def _prepare(url: str) -> str:
         await nc.close()
 
 
+async def _ready(base: str, proc: ServiceProcess) -> bool:
+    if proc.exited() is not None:
+        raise RuntimeError(f"the desk exited with {proc.exited()}")
+    try:
+        async with aiohttp.ClientSession() as h, h.get(f"{base}/readyz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(base URL, admin token) of a desk process."""
@@ -71,33 +79,19 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     token = asyncio.run(_prepare(nats.url))
     port = free_port()
     env = {
-        **os.environ,
         "OPENLINES_NATS_URL": nats.url,
         "OPENLINES_HTTP_PORT": str(port),
         "OPENLINES_COOKIE_SECRET": SECRET,
         "OPENLINES_LOG_LEVEL": "warning",
     }
-    log = open(tmp / "desk.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "desk"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = ServiceProcess("desk", "desk", env, tmp)
+    proc.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the desk did not get ready: {Path(tmp / 'desk.log').read_text()[-2000:]}")
-        time.sleep(0.1)
     try:
+        asyncio.run(wait_for(lambda: _ready(base, proc), timeout=30, what=f"the desk ready ({tmp / 'desk.log'})"))
         yield base, token
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
+        proc.stop()
         nats.stop()
         desk_log = (tmp / "desk.log").read_text(errors="replace")
         assert "Traceback" not in desk_log, desk_log[-3000:]

@@ -106,7 +106,7 @@ async def test_a_nats_restart_with_timers_firing_does_not_stop_the_router(
         nats_server.stop(kill=True)
         await asyncio.sleep(0.5)  # down for a moment
         nats_server.start()
-        await asyncio.sleep(1.0)
+        await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands again")
     assert router_process.exited() is None, "the router stopped when NATS went away"
     readable = [await wait_for(lambda v=v: session_of(nc, v), timeout=30, what="session readable") for v in visitors]
     before = {s.client_id: s.assignments for s in readable}
