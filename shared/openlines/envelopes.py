@@ -20,6 +20,11 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 T = TypeVar("T")
 
 
+# What decoding JSON from outside can raise: msgspec reports bytes that are not UTF-8
+# inside a string as UnicodeDecodeError, not as a DecodeError.
+BAD_JSON = (msgspec.DecodeError, UnicodeDecodeError)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

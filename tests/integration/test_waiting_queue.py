@@ -21,7 +21,7 @@ async def replica(nc: Any) -> AsyncIterator[Waiting]:
     url = f"nats://{nc.connected_url.hostname}:{nc.connected_url.port}"
     conn = await bus.connect(url, "replica", first_attempts=3)
     js = conn.jetstream()
-    w = Waiting(js, await js.key_value(subjects.KV_WAITING))
+    w = Waiting(js)
     task = asyncio.create_task(w.run())
     try:
         await asyncio.wait_for(w.loaded.wait(), timeout=30)
@@ -99,7 +99,7 @@ async def test_a_chat_leaves_the_queue_by_a_marker_that_expires(nc: Any) -> None
 async def test_a_late_watch_event_never_undoes_a_newer_write_of_its_own(nc: Any) -> None:
     # The replica's own writes are applied at once; the watch may deliver older events afterwards.
     js = nc.jetstream()
-    w = Waiting(js, await js.key_value(subjects.KV_WAITING))  # its watch not started: events are handed in below
+    w = Waiting(js)  # its watch not started: events are handed in below
     await w.add("support", "s1", since=5.0)
     await w.remove("support", "s1")
     # The watch now brings the put that came before the removal: it must not queue the chat again.

@@ -24,6 +24,7 @@ from crm_sync.links import ClientLink, client_key
 from crm_sync.sync import Users
 from openlines import subjects
 from openlines.bus import kv_get
+from openlines.envelopes import BAD_JSON
 
 log = logging.getLogger("crm_sync.responsible")
 
@@ -85,7 +86,7 @@ class Responsible:
         started = time.monotonic()
         try:
             ask = _ask.decode(msg.data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except BAD_JSON:
             await msg.respond(msgspec.json.encode({"operator_id": "", "error": "invalid request"}))
             return
         try:

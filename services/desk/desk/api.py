@@ -33,6 +33,7 @@ from desk.tokens import ApiToken, TokenStore
 from openlines import subjects
 from openlines.bus import kv_entries
 from openlines.doctor import diagnose
+from openlines.envelopes import BAD_JSON
 from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
 from openlines.state import Session
 
@@ -137,7 +138,7 @@ async def json_body(request: web.Request) -> Any:
         raise Problem(413, "too_large", f"the body is over {MAX_BODY} bytes")
     try:
         return msgspec.json.decode(raw) if raw else None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except BAD_JSON:
         raise Problem(400, "bad_json", "the body is not valid JSON") from None
 
 

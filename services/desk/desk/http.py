@@ -60,7 +60,7 @@ from openlines.commands import (
     Spam,
     Transfer,
 )
-from openlines.envelopes import Attachment, HistoryEntry
+from openlines.envelopes import BAD_JSON, Attachment, HistoryEntry
 from openlines.runner import json_error
 from openlines.state import OperatorAccount, OperatorState, Session
 
@@ -515,7 +515,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, "too_large", f"the body is over {MAX_JSON_BODY} bytes")
     try:
         data = msgspec.json.decode(raw) if raw else None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except BAD_JSON:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")

@@ -14,7 +14,7 @@ import msgspec
 from aiogram.types import CallbackQuery, Message, Update, User
 from pydantic import ValidationError
 
-from openlines.envelopes import Attachment, ClientProfile, Inbound
+from openlines.envelopes import BAD_JSON, Attachment, ClientProfile, Inbound
 
 CHANNEL = "telegram"
 EDITED_PREFIX = "(edited) "
@@ -52,7 +52,7 @@ class Parsed:
 def parse_update(body: bytes) -> Parsed:
     try:
         obj: Any = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except BAD_JSON as exc:
         raise BadUpdate(f"body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BadUpdate("body must be a JSON object (a Telegram Update)")

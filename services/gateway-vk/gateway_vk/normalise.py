@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from openlines.envelopes import Attachment, ClientProfile, Inbound
+from openlines.envelopes import BAD_JSON, Attachment, ClientProfile, Inbound
 
 CHANNEL = "vk"
 MAX_FORWARDED = 10  # forwarded messages quoted into the text
@@ -77,7 +77,7 @@ def _int(obj: dict[str, Any], key: str, where: str, *, required: bool = True) ->
 def parse_callback(body: bytes) -> Callback:
     try:
         obj: Any = msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except BAD_JSON:
         raise _bad("body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise _bad("body must be a JSON object")

@@ -25,7 +25,7 @@ async def setup(svc: Service[Settings]) -> None:
     await asyncio.wait_for(lines.loaded.wait(), timeout=30)
     operators = OperatorsCache(buckets.operators)
     svc.spawn(operators.run(), "operators-watch")
-    waiting = Waiting(svc.js, buckets.waiting)
+    waiting = Waiting(svc.js)
     svc.spawn(waiting.run(), "waiting-watch")
     await asyncio.wait_for(waiting.loaded.wait(), timeout=60)
     moved = await move_old_queues(buckets.sessions, waiting, list(lines.lines))

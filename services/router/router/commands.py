@@ -15,6 +15,7 @@ from prometheus_client import Counter
 from openlines import commands as cmds
 from openlines import subjects
 from openlines.commands import Result
+from openlines.envelopes import BAD_JSON
 from router.engine import Engine, Refused
 
 log = logging.getLogger("router.commands")
@@ -86,7 +87,7 @@ def _endpoint(name: str, typ: type[msgspec.Struct], fn: Callable[..., Awaitable[
     async def handle(req: Request) -> None:
         try:
             cmd = decoder.decode(req.data)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except BAD_JSON as exc:
             COMMANDS.labels(name, "invalid").inc()
             await req.respond(_answer(Result(ok=False, error="invalid", detail=str(exc))))
             return

@@ -35,6 +35,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from openlines import subjects
+from openlines.envelopes import BAD_JSON
 from openlines.state import QueuedChat, WaitingQueue, queue_key, waiting_key
 from router.core.queue import WaitingLine
 
@@ -47,9 +48,8 @@ _KV_OP = "KV-Operation"
 
 
 class Waiting:
-    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext) -> None:
         self.js = js
-        self.kv = kv
         self._stream = f"KV_{subjects.KV_WAITING}"
         self._prefix = f"$KV.{subjects.KV_WAITING}."
         self._lines: dict[str, WaitingLine] = {}
@@ -162,7 +162,7 @@ class Waiting:
             return  # our own write coming back, or older than what the copy has
         try:
             chat = msgspec.json.decode(value, type=QueuedChat)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except BAD_JSON as exc:
             log.error("ignoring an invalid waiting chat in KV", extra={"key": key, "error": str(exc)})
             return
         self._put(key, chat, revision)
