@@ -19,6 +19,10 @@
 #   OPENLINES_REBUILD_BASE=1  re-create the base image
 #   DEBIAN_MIRROR          mirror for debootstrap (default: read from /etc/apt/sources*)
 #   CONTAINERS_CONF        podman config (default: .data/containers.conf, written here)
+#
+#   deploy/images.sh --missing-packages   only print the Debian packages this host lacks
+#                                         for podman (one a line; .ci/run installs them together
+#                                         with its own, in one apt-get run)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,14 +36,33 @@ say() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- tools -------------------------------------------------------------------
-need_pkgs=()
-command -v podman >/dev/null 2>&1 || need_pkgs+=(podman)
-command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
-# container name resolution on compose networks (service names, the "nats" alias)
-[[ -x /usr/lib/podman/aardvark-dns || -x /usr/libexec/podman/aardvark-dns ]] || need_pkgs+=(netavark aardvark-dns)
-if [[ "$BASE_IMAGE" == localhost/openlines-base:* ]]; then
-  command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+# Everything podman needs on a bare Debian 12, each checked by a file test, with
+# the package that provides it (why each: docs/operations.md, "Host packages").
+# Listed one by one because apt may be set not to install Recommends, and
+# iptables is not even a Recommends of podman - yet netavark runs it for every
+# container on a bridge network ("netavark: No such file or directory").
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+helper() { [[ -x /usr/lib/podman/$1 || -x /usr/libexec/podman/$1 ]]; }
+missing_packages() {
+  have podman || echo podman
+  have runc || echo runc                      # the runtime we use (crun fails in some sandboxes)
+  have conmon || echo conmon                  # watches each container
+  helper netavark || echo netavark            # container networks (bridge, compose networks)
+  helper aardvark-dns || echo aardvark-dns    # name resolution on compose networks (service names, the "nats" alias)
+  have iptables || echo iptables              # netavark writes its NAT and forwarding rules with it
+  have slirp4netns || echo slirp4netns        # rootless podman's network
+  have newuidmap || echo uidmap               # rootless podman's user namespaces
+  have fuse-overlayfs || echo fuse-overlayfs  # overlay storage where the kernel's cannot be used (rootless, nested)
+  if [[ "$BASE_IMAGE" == localhost/openlines-base:* ]]; then
+    have debootstrap || echo debootstrap      # the local base image
+  fi
+}
+if [[ "${1:-}" == --missing-packages ]]; then
+  missing_packages
+  exit 0
 fi
+
+mapfile -t need_pkgs < <(missing_packages)
 if ((${#need_pkgs[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_pkgs[*]} with apt-get"
@@ -51,6 +74,18 @@ if ((${#need_pkgs[@]})); then
   fi
 fi
 command -v podman >/dev/null 2>&1 || die "podman is not installed (apt-get install -y podman runc)"
+
+# Debian's iptables is the nf_tables flavour; a kernel without nf_tables but
+# with the legacy tables (some VMs and CI runners) needs iptables-legacy.
+if [[ $(id -u) -eq 0 ]] && ! iptables -w -t nat -L -n >/dev/null 2>&1; then
+  if iptables-legacy -w -t nat -L -n >/dev/null 2>&1; then
+    say "iptables (nf_tables) does not work on this kernel: switching to iptables-legacy for netavark"
+    update-alternatives --set iptables /usr/sbin/iptables-legacy >&2
+    update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >&2
+  else
+    die "iptables cannot read the nat table (neither nf_tables nor legacy): netavark cannot set up container networks"
+  fi
+fi
 
 # crun fails in some sandboxes (setrlimit, hybrid cgroups): use runc and cgroupfs.
 mkdir -p "$DATA"
