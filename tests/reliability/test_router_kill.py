@@ -13,6 +13,7 @@ from support import apply_lines, history, inbound, outbound_for, publish
 
 from openlines import bus, subjects
 from openlines.commands import SetStatus, call
+from openlines.crashpoints import ENV as CRASH_ENV
 from openlines.state import ClientRecord, Session, client_key
 
 LINES = """
@@ -138,3 +139,37 @@ async def _router_up(nc: Any) -> bool:
     except Exception:
         return False
     return True
+
+
+async def test_a_crash_right_after_an_offer_is_recorded_still_passes_it_on(nc: Any, router_process: ServiceProcess) -> None:
+    """The router dies between writing "offered to Anna" and anything that follows (timer, event, transcript).
+
+    The chat must not stay offered for ever to an operator who does not answer:
+    after the restart the no-answer timer still passes it on, and the offer is in
+    the trail once.
+    """
+    await apply_lines(nc, LINES)
+    router_process.start(**{CRASH_ENV: "router.offer.recorded"})
+    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+    await publish(nc, inbound("c0", "hello", "m1"))
+    await wait_for(lambda: router_process.exited() is not None, timeout=60, what="the router dying at the crash point")
+    crashed = await session_of(nc, "c0")
+    assert crashed is not None and crashed.status == "assigned" and crashed.operator_id == "anna", crashed
+
+    router_process.start(**{CRASH_ENV: ""})
+
+    async def passed_on() -> Session | None:
+        s = await session_of(nc, "c0")
+        return s if s is not None and s.assignments >= 2 else None
+
+    after = await wait_for(passed_on, timeout=60, what="the unanswered offer passed on after the restart")
+    assert after.assignments == 2, after  # anna let it pass once; boris is offline, so it waits for her again
+
+    async def trail() -> list[str] | None:
+        notes = [h.text for h in await history(nc, after.id) if h.direction == "system"]
+        return notes if "Passed on: no answer" in notes else None
+
+    notes = await wait_for(trail, timeout=30, what="the pass-on in the transcript")
+    assert notes.count("Offered to Anna") >= 1, notes
+    assert [o.text for o in await outbound_for(nc, "c0")] == ["Welcome!"]

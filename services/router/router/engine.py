@@ -24,6 +24,7 @@ from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from openlines import subjects
 from openlines.bus import Buckets, kv_entries, kv_get, kv_update
+from openlines.crashpoints import crash_point
 from openlines.envelopes import Attachment, ClientProfile, HistoryEntry, Inbound, Outbound, utcnow
 from openlines.lines import LineConfig, QueueConfig
 from openlines.state import (
@@ -39,7 +40,7 @@ from router.core import autoreply, distribution, hours
 from router.effects import Effects
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
-from router.timers import Timer, schedule
+from router.timers import NotDue, Timer, schedule
 from router.waiting import Waiting
 
 log = logging.getLogger("router.engine")
@@ -47,6 +48,8 @@ log = logging.getLogger("router.engine")
 CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
 RATING_WINDOW = 24 * 3600.0  # seconds a rating request stays open after the close
 SETTLE_AFTER = 10.0  # seconds after which the "settle" timer completes a change cut short by a crash
+TIMER_SLACK = 0.05  # seconds a timer may fire early (clock granularity, the stream's delay rounding)
+REANNOUNCE_WITHIN = 600.0  # seconds after an offer its announcement may be repeated safely (streams dedupe 15 min)
 CLEAN_RECHECK_SECONDS = 10.0  # an operator found with no stale claim is not looked at again sooner, unless changed
 
 
@@ -534,63 +537,90 @@ class Engine:
             op_id = chosen_ops[0]
             if not await self._claim(op_id, session.id, line.queue, now):
                 continue  # their state changed under us: decide again on fresh state
-            updated = await self._give(session.id, op_id, now, from_status="waiting")
+            updated = await self._give(
+                session.id,
+                op_id,
+                now,
+                from_status="waiting",
+                assignments=session.assignments,
+                wait_seconds=line.queue.wait_seconds,
+            )
             if updated is None:
                 await self._release(op_id, session.id)  # closed or taken meanwhile
                 return None
             return updated
         return None
 
-    async def _give(self, sid: str, op_id: str, now: datetime, *, from_status: str) -> Session | None:
-        """Record the offer on the session, announce it and start the no-answer timer."""
+    async def _give(
+        self, sid: str, op_id: str, now: datetime, *, from_status: str, assignments: int, wait_seconds: float
+    ) -> Session | None:
+        """Record the offer on the session (its no-answer timer set first) and announce it.
 
-        def give(s: Session | None) -> Session | None:
-            if s is None or s.status != from_status:
+        ``assignments``: the session's count as the caller read it; the offer makes it one more.
+        """
+        expected = assignments + 1
+        for _ in range(10):
+            # The timer before the record: a crash right after the record must not leave the
+            # chat offered for ever to an operator who never answers (nothing else would
+            # notice: the message that opened it, redelivered, finds it no longer waiting).
+            await self._arm_offer(sid, expected, now, wait_seconds)
+
+            def give(s: Session | None, expected: int = expected) -> Session | None:
+                if s is None or s.status != from_status or s.assignments + 1 != expected:
+                    return None
+                restart = not [d for d in s.declined_by if d != op_id] or op_id in s.declined_by
+                return msgspec.structs.replace(
+                    s,
+                    status="assigned",
+                    operator_id=op_id,
+                    assigned_at=now,
+                    assignments=expected,
+                    declined_by=[] if restart else s.declined_by,
+                    held=False,
+                )
+
+            updated = await kv_update(self.b.sessions, sid, Session, give)
+            if updated is not None and updated.status == from_status and updated.assignments + 1 != expected:
+                expected = updated.assignments + 1  # offered and passed on meanwhile elsewhere: arm for the count now
+                continue
+            if updated is None or updated.operator_id != op_id or updated.status != "assigned" or updated.assignments != expected:
                 return None
-            restart = not [d for d in s.declined_by if d != op_id] or op_id in s.declined_by
-            return msgspec.structs.replace(
-                s,
-                status="assigned",
-                operator_id=op_id,
-                assigned_at=now,
-                assignments=s.assignments + 1,
-                declined_by=[] if restart else s.declined_by,
-                held=False,
-            )
+            crash_point("router.offer.recorded")
+            await self._announce_offer(updated, [op_id])
+            log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
+            return updated
+        return None
 
-        updated = await kv_update(self.b.sessions, sid, Session, give)
-        if updated is None or updated.operator_id != op_id or updated.status != "assigned":
-            return None
-        acc, _ = await kv_get(self.b.accounts, op_id, OperatorAccount)
-        await self.fx.event(f"assigned:{sid}:{updated.assignments}", "session_assigned", updated)
-        await self._note(updated, f"assigned:{sid}:{updated.assignments}", f"Offered to {acc.name if acc else op_id}")
-        line = self.lines.lines.get(updated.line_id)
-        if line is not None:
-            await schedule(
-                self.js,
-                Timer(
-                    kind="offer",
-                    target=sid,
-                    due=now.timestamp() + line.queue.wait_seconds,
-                    token=str(updated.assignments),
-                ),
-            )
-        log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
-        return updated
+    async def _arm_offer(self, sid: str, assignments: int, now: datetime, wait_seconds: float) -> None:
+        """The no-answer timer of a session's offer number ``assignments`` (stale, and harmless, if the offer is not made)."""
+        await schedule(self.js, Timer(kind="offer", target=sid, due=now.timestamp() + wait_seconds, token=str(assignments)))
+
+    async def _announce_offer(self, session: Session, ops: list[str]) -> None:
+        """The offer's event and transcript line (deterministic ids: announcing it again writes nothing twice)."""
+        key = f"assigned:{session.id}:{session.assignments}"
+        names = [await self._name(op) for op in ops]
+        if session.offered_to:
+            await self.fx.event(key, "session_assigned", session, reason="offered to all")
+        else:
+            await self.fx.event(key, "session_assigned", session)
+        await self._note(session, key, "Offered to " + ", ".join(names))
 
     async def _offer_all(self, line: LineConfig, session: Session, ops: list[str], now: datetime) -> Session | None:
         """Mode "all": offer to every free operator at once; capacity is claimed by whoever accepts."""
+        expected = session.assignments + 1
+        await self._arm_offer(session.id, expected, now, line.queue.wait_seconds)  # first, as in _give
 
         def offer(s: Session | None) -> Session | None:
-            if s is None or s.status != "waiting":
+            if s is None or s.status != "waiting" or s.assignments + 1 != expected:
                 return None
             return msgspec.structs.replace(
-                s, status="assigned", operator_id="", offered_to=ops, assigned_at=now, assignments=s.assignments + 1, held=False
+                s, status="assigned", operator_id="", offered_to=ops, assigned_at=now, assignments=expected, held=False
             )
 
         updated = await kv_update(self.b.sessions, session.id, Session, offer)
-        if updated is None or updated.status != "assigned" or updated.offered_to != ops:
+        if updated is None or updated.status != "assigned" or updated.offered_to != ops or updated.assignments != expected:
             return None
+        crash_point("router.offer.recorded")
         for op_id in ops:
             await kv_update(
                 self.b.operators,
@@ -600,13 +630,7 @@ class Engine:
                     msgspec.structs.replace(st, offers=[*st.offers, session.id]) if st and session.id not in st.offers else None
                 ),
             )
-        names = [await self._name(op) for op in ops]
-        await self.fx.event(f"assigned:{session.id}:{updated.assignments}", "session_assigned", updated, reason="offered to all")
-        await self._note(updated, f"assigned:{session.id}:{updated.assignments}", "Offered to " + ", ".join(names))
-        await schedule(
-            self.js,
-            Timer(kind="offer", target=session.id, due=now.timestamp() + line.queue.wait_seconds, token=str(updated.assignments)),
-        )
+        await self._announce_offer(updated, ops)
         return updated
 
     async def _name(self, op_id: str) -> str:
@@ -683,7 +707,7 @@ class Engine:
         if timer.kind == "offer":
             session, _ = await kv_get(self.b.sessions, timer.target, Session)
             if session is not None and session.status == "assigned" and str(session.assignments) == timer.token:
-                await self._pass_on(session, "no answer")
+                await self._no_answer(session)
         elif timer.kind == "idle":
             session, _ = await kv_get(self.b.sessions, timer.target, Session)
             if (
@@ -704,6 +728,20 @@ class Engine:
             if st is not None and not st.desks and str(st.disconnected_at) == timer.token and st.status != "offline":
                 log.info("operator's desk gone past the grace period: offline", extra={"operator": timer.target})
                 await self.set_status(timer.target, "offline")
+
+    async def _no_answer(self, session: Session) -> None:
+        """An offer's no-answer timer fired for it: pass the chat on (when the offer's time is really up)."""
+        line = self.lines.lines.get(session.line_id)
+        if session.assigned_at is not None and line is not None:
+            # A timer armed for an offer that a crash cut short, then made again later, comes early.
+            left = session.assigned_at.timestamp() + line.queue.wait_seconds - time.time()
+            if left > TIMER_SLACK:
+                raise NotDue(left)
+            if -left < REANNOUNCE_WITHIN - line.queue.wait_seconds:
+                # A crash right after the offer was recorded left it unannounced: the trail gets it
+                # now (the same ids: nothing twice while the streams' duplicate window remembers them).
+                await self._announce_offer(session, [session.operator_id] if session.operator_id else session.offered_to)
+        await self._pass_on(session, "no answer")
 
     async def _settle_later(self, session_id: str) -> None:
         """Set before a change that takes several writes (close, pass on, move, transfer).
@@ -984,7 +1022,9 @@ class Engine:
             await self._release(to_operator, session.id)
             raise Refused("conflict", "the chat changed meanwhile; reload it")
         await self._release(acc.id, session.id)
-        given = await self._give(session.id, to_operator, now, from_status="waiting")
+        given = await self._give(
+            session.id, to_operator, now, from_status="waiting", assignments=session.assignments, wait_seconds=queue.wait_seconds
+        )
         if given is None:
             await self._release(to_operator, session.id)
             raise Refused("conflict", "the chat changed meanwhile; reload it")

@@ -43,7 +43,19 @@ class Timer(msgspec.Struct, kw_only=True, frozen=True):
 
     @property
     def id(self) -> str:
-        return f"timer:{self.kind}:{self.target}:{self.token}"
+        # The due time is part of the id: a timer set again for the same state after a
+        # crash (an offer made once more) is a new timer, never dropped as a duplicate
+        # of one that already fired as stale. Extra copies are harmless: stale ones do
+        # nothing, early ones wait (NotDue).
+        return f"timer:{self.kind}:{self.target}:{self.token}:{self.due:.3f}"
+
+
+class NotDue(Exception):
+    """Raised by a timer's handler when what it guards is not due yet: it comes back after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"not due for {delay:.3f} s")
+        self.delay = delay
 
 
 _decode = msgspec.json.Decoder(Timer)
@@ -109,6 +121,9 @@ async def _handle(m: Msg, fire: Callable[[Timer], Awaitable[None]]) -> None:
         return
     try:
         await fire(timer)
+    except NotDue as early:
+        await m.nak(delay=early.delay)
+        return
     except Exception as exc:
         log.warning("timer failed, retrying", extra={"timer": timer.id, "error": repr(exc)})
         await m.nak(delay=1.0)
