@@ -7,9 +7,10 @@ records each delivered part so a redelivery resumes after it.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
-import aiohttp
+import nats.errors
 from aiogram import Bot
 from aiogram.exceptions import (
     ClientDecodeError,
@@ -20,8 +21,12 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.types import BufferedInputFile, InputFile, Message
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectDeletedError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
 
 from gateway_telegram.core.split import split_text
+from openlines import subjects
 from openlines.envelopes import Attachment, Outbound
 
 
@@ -104,35 +109,53 @@ def classify(exc: Exception) -> Exception:
 
 
 class Files:
-    """Downloads operator files (attachment ``url``) for re-upload."""
+    """Operator files for upload: read from the desk's object store by the attachment's ``ref``.
 
-    def __init__(self, max_bytes: int, timeout: float) -> None:
+    Never fetched by URL: a link is built by the desk for the client, and a
+    gateway that downloaded whatever URL an attachment names could be made to
+    fetch internal addresses (crm-sync, the NATS monitor) into a client's chat.
+    """
+
+    def __init__(self, js: JetStreamContext, max_bytes: int, timeout: float) -> None:
+        self.js = js
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._store: ObjectStore | None = None
 
     async def fetch(self, att: Attachment) -> InputFile:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        name = att.name or att.url.rstrip("/").rsplit("/", 1)[-1] or "file"
+        key = desk_file_key(att.ref)
+        name = att.name or "file"
+        if key is None:
+            raise Permanent(f"attachment {name!r}: not a file uploaded to the desk")
         try:
-            async with self._session.get(att.url) as resp:
-                if 400 <= resp.status < 500:
-                    raise Permanent(f"attachment {name!r}: the file store answered {resp.status}")
-                if resp.status >= 300:
-                    raise Transient(f"attachment {name!r}: the file store answered {resp.status}")
-                data = bytearray()
-                async for chunk in resp.content.iter_chunked(65536):
-                    data += chunk
-                    if len(data) > self.max_bytes:
-                        raise Permanent(f"attachment {name!r} is larger than {self.max_bytes} bytes")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            async with asyncio.timeout(self.timeout):
+                if self._store is None:
+                    self._store = await self.js.object_store(subjects.OBJ_DESK_FILES)
+                info = await self._store.get_info(key)
+                if (info.size or 0) > self.max_bytes:
+                    raise Permanent(f"attachment {name!r} is larger than {self.max_bytes} bytes")
+                result = await self._store.get(key)
+        except (ObjectNotFoundError, ObjectDeletedError, BucketNotFoundError, NotFoundError):
+            raise Permanent(f"attachment {name!r}: no longer in the desk's file store") from None
+        except (TimeoutError, nats.errors.Error) as exc:
             raise Transient(f"attachment {name!r}: {type(exc).__name__}") from None
-        return BufferedInputFile(bytes(data), filename=name)
+        if result.data is None:
+            raise Permanent(f"attachment {name!r}: no longer in the desk's file store")
+        return BufferedInputFile(result.data, filename=name)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._store = None
+
+
+def desk_file_key(ref: str) -> str | None:
+    """``<session>/<file id>`` of a file in the desk's store, from ``ol-desk-files:<session>/<file id>``; else None."""
+    store, sep, key = ref.partition(":")
+    if not sep or store != subjects.OBJ_DESK_FILES:
+        return None
+    session, slash, file_id = key.partition("/")
+    if not slash or not session or not file_id or "/" in file_id or ".." in key:
+        return None
+    return key
 
 
 async def send_part(bot: Bot, chat_id: str, part: Part, files: Files) -> int:
@@ -163,12 +186,13 @@ async def _call(bot: Bot, chat: int | str, part: Part, files: Files) -> Message:
         if not phone or not first:
             raise Permanent("contact attachment without phone and first_name")
         return await bot.send_contact(chat_id=chat, phone_number=phone, first_name=first, last_name=extra.get("last_name"))
-    if att.url:
+    if desk_file_key(att.ref) is not None:
         media: InputFile | str = await files.fetch(att)
     elif att.ref:
         media = att.ref  # a Telegram file id: Telegram reuses the stored file
     else:
-        raise Permanent(f"{att.kind} attachment has neither url nor file id")
+        name = att.name or att.kind
+        raise Permanent(f"attachment {name!r}: not a file uploaded to the desk nor a Telegram file id (links are never fetched)")
     if att.kind == "image":
         return await bot.send_photo(chat_id=chat, photo=media)
     if att.kind == "voice":

@@ -79,7 +79,7 @@ class Sender:
         self.js = js
         self.pool = pool
         self.clock = clock
-        self.files = Files(settings.telegram_max_download, settings.telegram_timeout)
+        self.files = Files(js, settings.telegram_max_download, settings.telegram_timeout)
         self.sent: Sent | None = None
         self.lanes: dict[str, Lane] = {}
         self.held: dict[int, Held] = {}
