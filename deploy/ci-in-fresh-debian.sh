@@ -53,16 +53,13 @@ debian_mirror() {
 mounted_under() { awk -v r="$ROOT/" 'index($2, r) == 1 {print $2}' /proc/mounts; }
 
 unmount_all() {
-  local m p
+  local p
   # what the run left running in the root (a container's conmon, a test's server) holds mounts
   for p in /proc/[0-9]*; do
     [[ "$(readlink "$p/root" 2>/dev/null)" == "$ROOT" ]] && kill -KILL "${p#/proc/}" 2>/dev/null
   done
-  for m in sys dev proc run; do
-    if mountpoint -q "$ROOT/$m"; then umount -R "$ROOT/$m" 2>/dev/null || umount -R -l "$ROOT/$m"; fi
-  done
-  # anything the run mounted inside (podman's overlays, netns, a container's /dev/shm)
-  for m in $(mounted_under | sort -r); do umount -l "$m" 2>/dev/null || true; done
+  if mountpoint -q "$ROOT"; then umount -R "$ROOT" 2>/dev/null || umount -R -l "$ROOT"; fi
+  [[ -z "$(mounted_under)" ]] || say "still mounted under $ROOT: $(mounted_under | tr '\n' ' ')"
 }
 
 # -- the bare root ----------------------------------------------------------------
@@ -72,7 +69,7 @@ if [[ ! -s "$PRISTINE" ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2 \
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2; }
   }
-  [[ -z "$(mounted_under)" ]] || die "something is still mounted under $ROOT: $(mounted_under | tr '\n' ' ')"
+  ! mountpoint -q "$ROOT" && [[ -z "$(mounted_under)" ]] || die "something is still mounted under $ROOT: $(mounted_under | tr '\n' ' ')"
   rm -rf "$ROOT"
   mirror=$(debian_mirror)
   say "debootstrap --variant=minbase bookworm $ROOT $mirror (about a minute)"
@@ -95,7 +92,7 @@ if [[ ! -s "$PRISTINE" ]]; then
   tar -C "$ROOT" -cf "$PRISTINE.tmp" . && mv "$PRISTINE.tmp" "$PRISTINE"
   say "bare root kept as $PRISTINE"
 elif [[ "${CI_KEEP:-0}" != 1 ]]; then
-  [[ -z "$(mounted_under)" ]] || die "something is still mounted under $ROOT (a run in progress?): $(mounted_under | tr '\n' ' ')"
+  ! mountpoint -q "$ROOT" && [[ -z "$(mounted_under)" ]] || die "something is still mounted on $ROOT (a run in progress?): $(mounted_under | tr '\n' ' ')"
   say "resetting $ROOT from $PRISTINE"
   rm -rf "$ROOT"
   mkdir -p "$ROOT"
@@ -113,6 +110,9 @@ say "cloned $BRANCH at $(git -C "$ROOT/ci" log -1 --format='%h %s' | cut -c1-100
 
 # -- mounts (removed again on exit) ------------------------------------------------------
 trap unmount_all EXIT
+# The root a mount point of its own, as / is on a machine: podman's storage remounts / private
+# inside its mount namespace before it unpacks a layer ("remount /, flags: 0x44000: invalid argument").
+mount --bind "$ROOT" "$ROOT" && mount --make-private "$ROOT"
 mount -t proc proc "$ROOT/proc"
 mount --rbind /sys "$ROOT/sys" && mount --make-rslave "$ROOT/sys"   # rbind: the cgroup mounts too
 mount --rbind /dev "$ROOT/dev" && mount --make-rslave "$ROOT/dev"   # with /dev/pts, /dev/shm
