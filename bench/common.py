@@ -210,8 +210,8 @@ def machine() -> dict[str, Any]:
 
 # An argon2 hash of "demo" (the one of deploy/lines.example.toml).
 DEMO_HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"
-WEBCHAT_SECRET = "bench-webchat-secret-0123456789"
-COOKIE_SECRET = "bench-cookie-secret-0123456789"
+WEBCHAT_SECRET = "bench-webchat-secret-0123456789-Kq7Zt9Wm3xRv"
+COOKIE_SECRET = "bench-cookie-secret-0123456789-Kq7Zt9Wm3xRv"
 
 
 def cpu_seconds(pid: int) -> float:

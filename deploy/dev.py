@@ -38,7 +38,7 @@ PORTS = {
 # Always run: the core of the product and the built-in CRM.
 CORE = {
     "router": "python -m router",
-    "webchat": "env OPENLINES_PUBLIC_URL=http://$OPENLINES_HTTP_HOST:$OPENLINES_WEBCHAT_PORT python -m gateway_webchat",
+    "webchat": "env OPENLINES_WIDGET_PUBLIC_URL=http://$OPENLINES_HTTP_HOST:$OPENLINES_WEBCHAT_PORT python -m gateway_webchat",
     "desk": "python -m desk",
     "crm": "python -m crm_sync",
 }

@@ -20,7 +20,7 @@ from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
 from openlines.runner import Service, launch
 
-SECRET = "desk-test-cookie-secret-0123456"
+SECRET = "desk-test-cookie-secret-0123456-Kq7Zt9Wm3xRv"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 # pytestmark of a module that drives the desk in Chromium.

@@ -16,8 +16,16 @@ from openlines.envelopes import Inbound
 from openlines.runner import Service, launch
 
 BOTS = [
-    {"account": "support_bot", "token": "111111:AAHfiqksKZ8WmR2zSjiQ7_v4TMAKdiHm9T0", "secret": "s3cret-support-0123456789"},
-    {"account": "sales_bot", "token": "222222:BBHfiqksKZ8WmR2zSjiQ7_v4TMAKdiHm9T0", "secret": "s3cret-sales-0123456789ab"},
+    {
+        "account": "support_bot",
+        "token": "111111:AAHfiqksKZ8WmR2zSjiQ7_v4TMAKdiHm9T0",
+        "secret": "s3cret-support-0123456789-Kq7Zt9Wm3xRv",
+    },
+    {
+        "account": "sales_bot",
+        "token": "222222:BBHfiqksKZ8WmR2zSjiQ7_v4TMAKdiHm9T0",
+        "secret": "s3cret-sales-0123456789ab-Kq7Zt9Wm3xRv",
+    },
 ]
 SUPPORT = BOTS[0]
 SALES = BOTS[1]

@@ -19,7 +19,7 @@ from openlines.envelopes import Inbound, SessionEvent
 ACCOUNT = "shop"
 GROUP_ID = 555
 TOKEN = "vk1.a.community-token-for-tests"
-SECRET = "callback-secret-0123"
+SECRET = "callback-secret-0123-Kq7Zt9Wm3xRv"
 CONFIRMATION = "3b1f9c7e"
 OTHER_ACCOUNT = "news"
 OTHER_GROUP = 777

@@ -78,9 +78,25 @@ def _doctor(args: argparse.Namespace) -> int:
 def _hash_password(args: argparse.Namespace) -> int:
     from argon2 import PasswordHasher
 
-    pw = args.password if args.password is not None else getpass.getpass("password: ")
+    if args.password is not None:
+        pw = args.password
+    else:
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            print("the two passwords differ; nothing printed", file=sys.stderr)
+            return 2
+    if pw.lower() in doctor.KNOWN_PASSWORDS or len(pw) < MIN_PASSWORD:
+        print(
+            f"refused: a password must be at least {MIN_PASSWORD} characters and not one published with openlines "
+            f"({', '.join(doctor.KNOWN_PASSWORDS)})",
+            file=sys.stderr,
+        )
+        return 2
     print(PasswordHasher().hash(pw))
     return 0
+
+
+MIN_PASSWORD = 10
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

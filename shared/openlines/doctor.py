@@ -11,11 +11,14 @@ a setup problem. Every check is listed in docs/lines.md, section "Doctor".
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 
 from openlines.lines import PERMISSION_OPENLINES, WEEKDAYS, LineConfig, LinesFile
 
@@ -642,6 +645,27 @@ def _crm(cfg: LinesFile, at: str, line: LineConfig) -> list[Finding]:
     return out
 
 
+# Passwords of the demo operators and the first ones anybody tries: an account with one is open to all.
+KNOWN_PASSWORDS = ("demo", "admin", "password", "openlines", "operator", "123456")
+
+
+@functools.lru_cache(maxsize=1024)
+def known_password(password_hash: str) -> str | None:
+    """The published password ``password_hash`` verifies, or None (argon2; each hash checked once per process)."""
+    if not password_hash.startswith("$argon2"):
+        return None
+    hasher = PasswordHasher()
+    for password in KNOWN_PASSWORDS:
+        try:
+            if hasher.verify(password_hash, password):
+                return password
+        except VerificationError:
+            continue
+        except InvalidHashError:
+            return None
+    return None
+
+
 def _operators(cfg: LinesFile) -> list[Finding]:
     out: list[Finding] = []
     queued = {op_id for line in cfg.lines for op_id in line.queue.operators}
@@ -656,6 +680,19 @@ def _operators(cfg: LinesFile) -> list[Finding]:
                     f"{key}.password_hash",
                     f"{op_id!r} has no password_hash and cannot log in to the desk",
                     f"run `openlines hash-password` and set operators.{op_id}.password_hash to its output",
+                )
+            )
+        elif known_password(op.password_hash):
+            out.append(
+                _f(
+                    "error",
+                    "operator-demo-password",
+                    "",
+                    f"{key}.password_hash",
+                    f"{op_id!r} signs in with a password published with openlines ({known_password(op.password_hash)!r}): "
+                    "anyone can sign in as them",
+                    f"run `openlines hash-password` with a password of their own and set operators.{op_id}.password_hash "
+                    "(demo logins belong on `make dev` only)",
                 )
             )
         elif not op.password_hash.startswith("$argon2"):

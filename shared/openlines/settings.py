@@ -42,9 +42,22 @@ def env_name(field: str) -> str:
     return PREFIX + field.upper()
 
 
+# Variables no longer read, and what replaced them: a deployment still setting one is told at start-up.
+RETIRED = {
+    "OPENLINES_PUBLIC_URL": (
+        "OPENLINES_PUBLIC_URL is no longer read: it meant one thing to the desk and another to the widget. "
+        "Set OPENLINES_DESK_PUBLIC_URL (desk: file links, its host name) and OPENLINES_WIDGET_PUBLIC_URL "
+        "(gateway-webchat: where browsers load the widget) instead"
+    ),
+}
+
+
 def load_settings(cls: type[S], env: Mapping[str, str] | None = None, **overrides: object) -> S:
     """Build ``cls`` from the environment; an error names the variable at fault."""
     source = os.environ if env is None else env
+    for name, why in RETIRED.items():
+        if source.get(name):
+            raise SettingsError(why)
     raw: dict[str, object] = {}
     for field in cls.__struct_fields__:
         name = env_name(field)

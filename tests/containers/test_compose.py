@@ -43,11 +43,14 @@ class Project:
     def __init__(self, images: dict[str, str], tmp: Path) -> None:
         self.name = f"oltest{uuid.uuid4().hex[:8]}"
         env_file = tmp / "openlines.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in SECRETS.items()))
         self.ports = {name: free_port() for name in ("NATS", "NATS_MONITOR", "DESK", "WEBCHAT", "CRM")}
+        site = {**SECRETS, "OPENLINES_DESK_PUBLIC_URL": f"http://127.0.0.1:{self.ports['DESK']}"}
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in site.items()))
         self.env = {
             **images,
             "OPENLINES_ENV_FILE": str(env_file),
+            # compose deploys the starter file with no operator; the test signs in with the demo ones
+            "OPENLINES_LINES": str(DEPLOY / "lines.example.toml"),
             **{f"OPENLINES_{name}_PORT": str(port) for name, port in self.ports.items()},
         }
         self.tool = podman_compose()

@@ -143,8 +143,13 @@ def test_every_service_has_a_probed_deployment_a_pdb_and_the_scaled_ones_an_hpa(
     assert config["OPENLINES_REPLICAS"] == "3"
 
 
-def test_k8s_lines_are_the_example_lines() -> None:
-    assert (K8S / "lines.toml").read_text() == (DEPLOY / "lines.example.toml").read_text()
+def test_the_deployed_lines_carry_no_operator_and_the_demo_logins_stay_in_the_demo_file() -> None:
+    """compose and Kubernetes deploy deploy/k8s/lines.toml: no operator, so no demo login reaches production."""
+    deployed = (K8S / "lines.toml").read_text()
+    assert "password_hash =" not in deployed.replace("#   password_hash", "")
+    assert "./k8s/lines.toml" in (DEPLOY / "compose.yaml").read_text()
+    done = run(tool("openlines"), "lines", "doctor", str(DEPLOY / "lines.example.toml"), check=False)
+    assert done.returncode == 1 and done.stdout.count("[operator-demo-password]") == 3, done.stdout
 
 
 def test_nats_helm_values_ask_for_three_nodes_with_file_storage() -> None:
@@ -179,8 +184,9 @@ def test_nats_conf_is_valid_for_nats_server() -> None:
 
 
 def test_lines_example_is_valid() -> None:
-    tomllib.loads((DEPLOY / "lines.example.toml").read_text())
-    run(tool("openlines"), "lines", "validate", str(DEPLOY / "lines.example.toml"))
+    for path in (DEPLOY / "lines.example.toml", K8S / "lines.toml"):
+        tomllib.loads(path.read_text())
+        run(tool("openlines"), "lines", "validate", str(path))
 
 
 # --- the images and a stack of them -------------------------------------------------

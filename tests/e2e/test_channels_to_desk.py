@@ -57,7 +57,9 @@ async def test_telegram_and_vk_clients_are_answered_from_the_desk_exactly_once(n
             aiohttp.ClientSession() as callbacks,
         ):
             desk = await launch(
-                "desk", DeskSettings(nats_url=nats_server.url, http_port=0, cookie_secret="e2e-desk-cookie-0123"), desk_setup
+                "desk",
+                DeskSettings(nats_url=nats_server.url, http_port=0, cookie_secret="e2e-desk-cookie-0123-Kq7Zt9Wm3xRv"),
+                desk_setup,
             )
             try:
                 async with aiohttp.ClientSession(

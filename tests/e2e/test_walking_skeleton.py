@@ -60,13 +60,15 @@ async def stack(nc: Any, nats_server: Any) -> AsyncIterator[Stack]:
     router = await launch("router", RouterSettings(nats_url=url, http_port=0), router_setup, first_attempts=5)
     webchat = await launch(
         "gateway-webchat",
-        WebchatSettings(nats_url=url, http_port=0, webchat_secret="e2e-webchat-secret-0123456789", shutdown_timeout=3.0),
+        WebchatSettings(
+            nats_url=url, http_port=0, webchat_secret="e2e-webchat-secret-0123456789-Kq7Zt9Wm3xRv", shutdown_timeout=3.0
+        ),
         webchat_setup,
         first_attempts=5,
     )
     desk = await launch(
         "desk",
-        DeskSettings(nats_url=url, http_port=0, cookie_secret="e2e-cookie-secret-0123456789"),
+        DeskSettings(nats_url=url, http_port=0, cookie_secret="e2e-cookie-secret-0123456789-Kq7Zt9Wm3xRv"),
         desk_setup,
         first_attempts=5,
     )

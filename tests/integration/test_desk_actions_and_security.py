@@ -26,7 +26,7 @@ from openlines.state import ClientRecord, Session, client_key
 from router.timers import Timer
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "actions-test-cookie-secret-0123"
+SECRET = "actions-test-cookie-secret-0123-Kq7Zt9Wm3xRv"
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2b2f1"
@@ -188,7 +188,7 @@ async def test_directory_lists_lines_with_quick_answers_and_other_operators(desk
 
 
 async def test_a_file_goes_to_the_channel_and_the_transcript_once(nc: Any, desks: Launch) -> None:
-    desk = await desks(public_url="https://desk.example.com/")
+    desk = await desks(desk_public_url="https://desk.example.com/")
     async with http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid = await a_chat_of(http, h, nc, "v-file")

@@ -34,7 +34,9 @@ class Desk:
         self.svc: Service[Settings] | None = None
 
     async def start(self) -> None:
-        settings = Settings(nats_url=self.nats_url, http_port=self.port, cookie_secret="browser-test-cookie-secret-01")
+        settings = Settings(
+            nats_url=self.nats_url, http_port=self.port, cookie_secret="browser-test-cookie-secret-01-Kq7Zt9Wm3xRv"
+        )
         self.svc = await launch("desk", settings, setup)
         self.port = self.svc.port
 

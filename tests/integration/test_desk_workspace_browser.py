@@ -73,7 +73,10 @@ async def stack(nc: Any, nats_server: Any) -> AsyncIterator[Stack]:
         webchat = await launch(
             "gateway-webchat",
             WebchatSettings(
-                nats_url=nats_server.url, http_port=0, webchat_secret="workspace-widget-secret-0123", shutdown_timeout=3.0
+                nats_url=nats_server.url,
+                http_port=0,
+                webchat_secret="workspace-widget-secret-0123-Kq7Zt9Wm3xRv",
+                shutdown_timeout=3.0,
             ),
             webchat_setup,
             first_attempts=5,

@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from argon2 import PasswordHasher
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "lines.example.toml"
 
@@ -31,11 +34,12 @@ def doctor(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_example_file_passes_with_exit_0() -> None:
+def test_the_demo_file_fails_on_its_demo_logins_only() -> None:
     done = doctor(str(EXAMPLE))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
     summary = done.stdout.strip().splitlines()[-1]
-    assert summary.startswith(f"{EXAMPLE}: 0 errors")
+    assert summary.startswith(f"{EXAMPLE}: 3 errors")
+    assert done.stdout.count("[operator-demo-password]") == 3
 
 
 def test_error_finding_exits_1_and_prints_findings_grouped_by_line(tmp_path: Path) -> None:
@@ -68,9 +72,9 @@ def test_json_lists_every_finding(tmp_path: Path) -> None:
     assert by_key[("lines[0].crm.source_ids", "crm-default-source-id")]["line"] == "sales"
     assert "'TELEGRAM'" in by_key[("lines[0].crm.source_ids", "crm-default-source-id")]["problem"]
 
-    clean = doctor(str(EXAMPLE), "--json")
-    assert clean.returncode == 0
-    assert all(f["severity"] != "error" for f in json.loads(clean.stdout))
+    demo = doctor(str(EXAMPLE), "--json")
+    assert demo.returncode == 1
+    assert {f["code"] for f in json.loads(demo.stdout) if f["severity"] == "error"} == {"operator-demo-password"}
 
 
 def test_invalid_file_is_reported_as_validate_does_and_exits_2(tmp_path: Path) -> None:
@@ -103,3 +107,22 @@ def test_lines_keep_file_order_and_errors_come_first_within_a_line(tmp_path: Pat
     assert out.index("line first") < out.index("line second") < out.index("\noperators\n")
     first = out[out.index("line first") : out.index("line second")]
     assert first.index("  error ") < first.index("  warning ") < first.index("  info ")
+
+
+@pytest.mark.parametrize("password", ["demo", "Admin", "short-pw"])
+def test_hash_password_refuses_published_and_short_passwords(password: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "openlines", "hash-password", "--password", password], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and done.stdout == "" and "refused" in done.stderr
+
+
+def test_hash_password_prints_a_hash_that_verifies() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "openlines", "hash-password", "--password", "lantern-harbour-93"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert PasswordHasher().verify(done.stdout.strip(), "lantern-harbour-93")

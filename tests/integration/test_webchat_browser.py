@@ -25,7 +25,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 
 @pytest.fixture
 async def svc(nats_server: Any) -> AsyncIterator[runner.Service[Settings]]:
-    settings = Settings(nats_url=nats_server.url, http_port=0, webchat_secret="browser-secret-0123456789", shutdown_timeout=3.0)
+    settings = Settings(
+        nats_url=nats_server.url, http_port=0, webchat_secret="browser-secret-0123456789-Kq7Zt9Wm3xRv", shutdown_timeout=3.0
+    )
     service = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
     yield service
     await service.stop()

@@ -18,7 +18,7 @@ from gateway_webchat.token import VisitorToken, sign
 from openlines import bus, runner, subjects
 from openlines.envelopes import MSG_ID_HEADER, Inbound, Outbound, decoder, encode
 
-SECRET = "test-secret-0123456789abcdef"
+SECRET = "test-secret-0123456789abcdef-Kq7Zt9Wm3xRv"
 MAX_TEXT = 100
 MAX_FRAME = 2048
 
@@ -352,8 +352,8 @@ async def test_demo_widget_and_service_endpoints_are_served(svc: Any, http: Any)
     await ws.close()
 
 
-async def test_demo_page_uses_public_url_when_set(nats_server: Any, http: Any) -> None:
-    service = await start(nats_server.url, public_url="https://chat.example.com/")
+async def test_demo_page_uses_the_widget_public_url_when_set(nats_server: Any, http: Any) -> None:
+    service = await start(nats_server.url, widget_public_url="https://chat.example.com/")
     try:
         async with http.get(f"{base(service)}/demo") as resp:
             assert '<script src="https://chat.example.com/widget.js"' in await resp.text()

@@ -53,7 +53,7 @@ from openlines.state import ClientRecord, OperatorState
 CLIENTS = int(os.environ.get("OPENLINES_CHAOS_CLIENTS", "200"))  # over all channels
 pytestmark = [pytest.mark.slow, pytest.mark.mail, pytest.mark.timeout(max(1800, int(CLIENTS * 0.3)))]
 OPERATORS = [f"op{i}" for i in range(1, 6)]
-SECRET = "chaos-webchat-secret-0123456789"
+SECRET = "chaos-webchat-secret-0123456789-Kq7Zt9Wm3xRv"
 ANSWER = "Answer"
 LINES = (
     "".join(f'[operators.{op}]\nname = "Operator {op}"\n' for op in OPERATORS)

@@ -352,7 +352,7 @@ class Visitor:
 
 
 async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path) -> None:
-    env = {"OPENLINES_WEBCHAT_SECRET": "overload-secret-0123456789", "OPENLINES_MAX_SOCKETS": str(MAX_SOCKETS)}
+    env = {"OPENLINES_WEBCHAT_SECRET": "overload-secret-0123456789-Kq7Zt9Wm3xRv", "OPENLINES_MAX_SOCKETS": str(MAX_SOCKETS)}
     async with (
         gateway("gateway_webchat", nats_server.url, tmp_path, **env) as gw,
         rss_bounded(gw),
@@ -427,7 +427,7 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
     settings = Settings(
         nats_url=nats_server.url,
         http_port=0,
-        webchat_secret="overload-secret-0123456789",
+        webchat_secret="overload-secret-0123456789-Kq7Zt9Wm3xRv",
         max_in_flight=1,
         max_waiting=0,
         retry_after=1,

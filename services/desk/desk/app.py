@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from desk import admin
-from desk.http import DESK, Desk, add_routes, api_errors, security_headers
+from desk.http import DESK, Desk, add_routes, api_errors, known_hosts, security_headers
 from desk.live import Hub
 from desk.reads import Reader
 from desk.settings import Settings
@@ -28,6 +28,7 @@ async def setup(svc: Service[Settings]) -> None:
     svc.ready_check(live_subscribed)
     desk = svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub)
     await desk.files()  # creates the file store, or brings it to the configured age
+    svc.app.middlewares.append(known_hosts)
     svc.app.middlewares.append(api_errors)
     svc.app.on_response_prepare.append(security_headers)
     add_routes(svc.app)

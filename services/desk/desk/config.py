@@ -103,6 +103,8 @@ def queues_of(cfg: LinesFile, operator_id: str) -> list[str]:
 
 # Doctor findings that no_chats_reasons already says in its own words.
 _COVERED = frozenset({"operator-no-permission", "operator-no-desk-role", "operator-in-no-queue"})
+# Findings about an operator that do not keep chats from them (the lines page shows them with the rest).
+_NOT_ABOUT_CHATS = frozenset({"operator-demo-password"})
 
 
 def takes_chats(cfg: LinesFile, operator_id: str) -> bool:
@@ -123,7 +125,7 @@ def no_chats_reasons(cfg: LinesFile, operator_id: str, findings: list[Finding]) 
         reasons.append("is not a member of any line's queue (queue.operators): no chat is ever offered to them")
     mine = f"operators.{operator_id}"
     for f in findings:
-        if f.code not in _COVERED and (f.key == mine or f.key.startswith(mine + ".")) and f.severity != "info":
+        if f.code not in _COVERED | _NOT_ABOUT_CHATS and (f.key == mine or f.key.startswith(mine + ".")) and f.severity != "info":
             reasons.append(f.problem)
     return reasons
 

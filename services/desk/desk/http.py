@@ -39,6 +39,7 @@ from desk.auth import (
 from desk.crm import MAX_QUERY, CrmReader, parse_ref, record_ref
 from desk.files import FileRefused, FileStore, clean_name
 from desk.guard import Limits, LoginLimiter, Revocations, open_guards
+from desk.hosts import UNCHECKED_PATHS, HostPolicy
 from desk.live import Connection, Hub
 from desk.reads import PREVIOUS_SCAN_EVENTS, PREVIOUS_SHOWN, Reader, client_record, holds_client, is_token, previous_sessions
 from desk.settings import Settings
@@ -108,6 +109,7 @@ class Desk:
         self.hub = hub
         self.crm = CrmReader(reader.js)
         self.signer = Signer(settings.cookie_secret)
+        self.hosts = HostPolicy(settings.desk_public_url, settings.allowed_hosts)
         self.passwords = PasswordChecker()
         # The desk's own buckets, opened (or created) on first use.
         self._guards: tuple[LoginLimiter, Revocations] | None = None
@@ -139,7 +141,7 @@ class Desk:
         return request.remote or "unknown"
 
     def public_base(self, request: web.Request) -> str:
-        return self.settings.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+        return self.hosts.base(request.scheme, request.host)
 
     # -- who is asking ----------------------------------------------------
 
@@ -260,6 +262,16 @@ def html(text: str, status: int = 200) -> web.Response:
 def redirect(location: str) -> web.Response:
     """A 303 that can carry cookies (after a form post the browser GETs ``location``)."""
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+@web.middleware
+async def known_hosts(request: web.Request, handler: Any) -> web.StreamResponse:
+    """400 for a Host the desk is not served as (DNS rebinding, links built from a forged Host)."""
+    if request.path not in UNCHECKED_PATHS and not request.app[DESK].hosts.allows(request.host):
+        why = "this desk is not served under that host name (see OPENLINES_DESK_PUBLIC_URL, OPENLINES_DESK_ALLOWED_HOSTS)"
+        return json_error(400, "unknown_host", why)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 @web.middleware

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from desk.hosts import check_public_url, is_loopback
+from openlines.secretcheck import check_secret
 from openlines.settings import BaseSettings
-
-MIN_SECRET_CHARS = 16
 
 
 class Settings(BaseSettings, kw_only=True):
@@ -23,10 +23,12 @@ class Settings(BaseSettings, kw_only=True):
     # the page says the records live in the portal (linked when the portal URL is set).
     crm_backend: Literal["builtin", "bitrix24"] = "builtin"
     bitrix24_portal: str = ""  # https://<portal>.bitrix24.com - shown as a link, never a secret
-    # Where clients' channels fetch the files operators attach (https://desk.example.com).
-    # Empty: the address the operator's browser used. Gateways (Telegram downloads the
-    # file to re-upload it) and visitors must be able to reach it.
-    public_url: str = ""
+    # How operators and clients reach the desk (https://desk.example.com): the address in the
+    # links of files operators send, and the Host the desk answers to. Required unless the desk
+    # listens on loopback only (make dev), where links use the loopback address of the request.
+    desk_public_url: str = ""
+    # More host names the desk answers to (comma-separated), besides its public URL's and loopback.
+    desk_allowed_hosts: str = ""
     max_upload_bytes: int = 10 * 1024 * 1024
     # How long files operators send are kept (and their links work); NATS deletes older ones. 0 = forever.
     # Every desk replica must have the same value: each brings the store to its own on start-up.
@@ -39,16 +41,21 @@ class Settings(BaseSettings, kw_only=True):
     # client address from the last X-Forwarded-For entry (the one our proxy added).
     trust_forwarded_for: bool = False
 
+    @property
+    def allowed_hosts(self) -> list[str]:
+        return [h.strip() for h in self.desk_allowed_hosts.split(",") if h.strip()]
+
     def __post_init__(self) -> None:
-        if len(self.cookie_secret) < MIN_SECRET_CHARS:
-            raise ValueError(
-                f"OPENLINES_COOKIE_SECRET must be at least {MIN_SECRET_CHARS} characters "
-                "(use a long random string, e.g. `openssl rand -hex 32`)"
-            )
+        check_secret("OPENLINES_COOKIE_SECRET", self.cookie_secret)
         if not 1 <= self.session_hours <= 24 * 31:
             raise ValueError("OPENLINES_SESSION_HOURS must be between 1 and 744")
-        if self.public_url and not self.public_url.startswith(("http://", "https://")):
-            raise ValueError("OPENLINES_PUBLIC_URL must start with http:// or https://")
+        if self.desk_public_url:
+            check_public_url(self.desk_public_url, "OPENLINES_DESK_PUBLIC_URL")
+        elif not is_loopback(self.http_host):
+            raise ValueError(
+                f"OPENLINES_DESK_PUBLIC_URL must be set when the desk listens on {self.http_host!r} (not loopback): "
+                "the address operators and clients reach it at, e.g. https://desk.example.com"
+            )
         if self.max_upload_bytes < 1:
             raise ValueError("OPENLINES_MAX_UPLOAD_BYTES must be positive")
         if self.files_max_age_days < 0:

@@ -23,6 +23,8 @@ from typing import Any
 
 import msgspec
 
+from openlines import secretcheck
+
 ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOKEN = re.compile(r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,}$")
 # Telegram's own rule for secret_token is 1-256 of these characters; we ask
@@ -97,6 +99,9 @@ def parse_bots(value: str) -> list[BotAccount]:
             raise BotsError(f"{where}.token: not a bot token as BotFather gives it (<digits>:<letters>)")
         if not isinstance(secret, str) or not SECRET.match(secret):
             raise BotsError(f"{where}.secret: must be 16-256 characters of A-Z a-z 0-9 _ -")
+        weak = secretcheck.problem(secret, secretcheck.MIN_WEBHOOK_CHARS)
+        if weak:
+            raise BotsError(f"{where}.secret: not a usable secret: {weak}; {secretcheck.MAKE_ONE}")
         bot = BotAccount(account=account, token=token, secret=secret)
         if account in seen_accounts:
             raise BotsError(f"{where}: account listed twice")

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from openlines import admission, subjects
+from openlines import admission, secretcheck, subjects
 from openlines.settings import BaseSettings
 
 DEFAULT_API_URL = "https://api.vk.ru"
@@ -80,6 +80,9 @@ def parse_groups(value: str, *, base: Path | None = None) -> dict[str, Community
             raise GroupsError(f"{where}: token must be set (a community token with the messages permission)")
         if not g.secret:
             raise GroupsError(f"{where}: secret must be set (the Callback API secret key of the community)")
+        weak = secretcheck.problem(g.secret, secretcheck.MIN_WEBHOOK_CHARS)
+        if weak:
+            raise GroupsError(f"{where}: secret is not a usable Callback API secret key: {weak}; {secretcheck.MAKE_ONE}")
         seen_groups.add(g.group_id)
         out[g.account] = g
     return out

@@ -85,7 +85,7 @@ class WebchatHttp:
         )
 
     async def demo(self, request: web.Request) -> web.Response:
-        base = self.settings.public_url.rstrip("/")
+        base = self.settings.widget_public_url.rstrip("/")
         src = f"{base}/widget.js" if base else "/widget.js"
         account = request.query.get("account", self.settings.demo_account)
         body = self._demo.replace("{{WIDGET_SRC}}", html.escape(src)).replace("{{ACCOUNT}}", html.escape(account))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from openlines import admission
+from openlines.secretcheck import check_secret
 from openlines.settings import BaseSettings
-
-MIN_SECRET = 16
 
 
 class Settings(BaseSettings, kw_only=True):
@@ -13,7 +12,7 @@ class Settings(BaseSettings, kw_only=True):
     http_port: int = 8081
     max_text: int = 4000  # characters of one visitor message
     max_frame: int = 16384  # bytes of one WebSocket frame
-    public_url: str = ""  # how browsers reach this gateway (for /demo); empty = the request's own origin
+    widget_public_url: str = ""  # how browsers reach this gateway (the widget script in /demo); empty = same origin
     accounts: str = ""  # comma-separated allow-list of widget accounts; empty = any subject-safe token
     demo_account: str = "demo"
     publish_timeout: float = 5.0
@@ -27,8 +26,7 @@ class Settings(BaseSettings, kw_only=True):
     retry_after: int = admission.DEFAULT_RETRY_AFTER  # seconds, the retry_after of a refusal
 
     def __post_init__(self) -> None:
-        if len(self.webchat_secret) < MIN_SECRET:
-            raise ValueError(f"OPENLINES_WEBCHAT_SECRET must be at least {MIN_SECRET} characters (an HMAC key)")
+        check_secret("OPENLINES_WEBCHAT_SECRET", self.webchat_secret)
         if self.max_text < 1 or self.max_frame < 64:
             raise ValueError("OPENLINES_MAX_TEXT must be >= 1 and OPENLINES_MAX_FRAME >= 64")
         if self.max_sockets < 1:

@@ -8,7 +8,7 @@ from desk.settings import Settings
 from openlines.settings import SettingsError, load_settings
 from openlines.state import OperatorAccount
 
-SECRET = "s3cret-for-tests-0123456789"
+SECRET = "s3cret-for-tests-0123456789-Kq7Zt9Wm3xRv"
 NOW = 1_800_000_000.0
 
 
@@ -123,8 +123,13 @@ def test_access_needs_the_permission_and_an_operator_role() -> None:
 def test_settings_require_a_long_cookie_secret() -> None:
     with pytest.raises(SettingsError, match="OPENLINES_COOKIE_SECRET must be set"):
         load_settings(Settings, env={})
-    with pytest.raises(SettingsError, match="OPENLINES_COOKIE_SECRET must be at least 16"):
+    with pytest.raises(SettingsError, match="OPENLINES_COOKIE_SECRET is not a usable secret: it is 5 characters"):
         load_settings(Settings, env={"OPENLINES_COOKIE_SECRET": "short"})
-    ok = load_settings(Settings, env={"OPENLINES_COOKIE_SECRET": "x" * 16, "OPENLINES_COOKIE_SECURE": "true"})
+    # What deploy/env.example and deploy/k8s/secrets.yaml once shipped: long enough, and public.
+    for placeholder in ("change-me-to-32-random-characters", "change-me-32-random-characters-please", "x" * 40):
+        with pytest.raises(SettingsError, match=r"OPENLINES_COOKIE_SECRET is not a usable secret.*openssl rand -hex 32"):
+            load_settings(Settings, env={"OPENLINES_COOKIE_SECRET": placeholder})
+    good = "0d6f2b8e4a1c9f7e3b5d0a2c4e6f8b1d"
+    ok = load_settings(Settings, env={"OPENLINES_COOKIE_SECRET": good, "OPENLINES_COOKIE_SECURE": "true"})
     assert ok.cookie_secure is True and ok.http_port == 8080 and ok.session_hours == 12
     assert ok.public()["cookie_secret"] == "***"

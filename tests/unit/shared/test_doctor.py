@@ -5,12 +5,14 @@ from typing import Any
 
 import msgspec
 import pytest
+from argon2 import PasswordHasher
 
-from openlines.doctor import Finding, count, diagnose
+from openlines.doctor import Finding, diagnose
 from openlines.lines import LinesFile, load, parse
 
 ROOT = Path(__file__).resolve().parents[3]
-HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"
+# the hash of a password of their own (not a demo one)
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$LdkE0NpE04uX5Rbm/0WWWA$+mVxxRXpVeaAQw1jYz0/H8OuHYrTnXQi0q7JXIwDCOk"
 
 OPERATORS = f"""
 [operators.anna]
@@ -84,9 +86,23 @@ def test_clean_config_has_no_finding() -> None:
     assert doctor() == []
 
 
-def test_example_file_has_no_error() -> None:
+def test_the_demo_file_errs_only_on_its_demo_logins_and_the_production_starter_has_no_operator() -> None:
     findings = diagnose(load(ROOT / "deploy" / "lines.example.toml"))
-    assert count(findings)["error"] == 0, findings
+    errors = [(f.code, f.key) for f in findings if f.severity == "error"]
+    assert errors == [("operator-demo-password", f"operators.{op}.password_hash") for op in ("anna", "boris", "admin")]
+    starter = load(ROOT / "deploy" / "k8s" / "lines.toml")  # what compose and Kubernetes deploy by default
+    assert starter.operators == {}
+
+
+def test_a_password_published_with_the_software_is_an_error_and_a_real_one_is_not() -> None:
+    hasher = PasswordHasher()
+    ops = {"demo": hasher.hash("demo"), "admin": hasher.hash("admin"), "real": hasher.hash("x7!Kq-lantern-93-harbour")}
+    extra = "\n".join(f'[operators.{k}]\nname = "{k}"\npassword_hash = "{v}"' for k, v in ops.items())
+    found = doctor(operators=OPERATORS + extra)
+    demo = {f.key: f for f in found if f.code == "operator-demo-password"}
+    assert set(demo) == {"operators.demo.password_hash", "operators.admin.password_hash"}
+    assert all(f.severity == "error" and "hash-password" in f.fix for f in demo.values())
+    assert "'admin'" in demo["operators.admin.password_hash"].problem
 
 
 def test_every_finding_has_a_problem_and_a_fix() -> None:

@@ -8,7 +8,7 @@ import pytest
 from gateway_vk.settings import Settings
 from openlines.settings import SettingsError, load_settings
 
-GROUP = {"account": "shop", "group_id": 1, "token": "tok-123", "secret": "sec-456", "confirmation": "abc"}
+GROUP = {"account": "shop", "group_id": 1, "token": "tok-123", "secret": "sec-456-Kq7Zt9Wm3xRv", "confirmation": "abc"}
 
 
 def test_communities_from_inline_json_and_secrets_stay_out_of_the_log_line() -> None:
@@ -21,7 +21,7 @@ def test_communities_from_inline_json_and_secrets_stay_out_of_the_log_line() -> 
 
 def test_communities_from_a_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "vk.toml"
-    path.write_text('[[groups]]\naccount = "shop"\ngroup_id = 1\ntoken = "t"\nsecret = "s"\n')
+    path.write_text('[[groups]]\naccount = "shop"\ngroup_id = 1\ntoken = "t"\nsecret = "5b0f3d9e7a1c4f6b"\n')
     assert list(load_settings(Settings, {"OPENLINES_VK_GROUPS": str(path)}).communities()) == ["shop"]
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from gateway_webchat.token import TokenError, VisitorToken, issue, sign, verify
 
-SECRET = "unit-secret-0123456789abcdef"
+SECRET = "unit-secret-0123456789abcdef-Kq7Zt9Wm3xRv"
 
 
 def test_issued_token_verifies_for_its_account() -> None:

@@ -5,17 +5,22 @@ import pytest
 from gateway_webchat.settings import Settings
 from openlines.settings import SettingsError, load_settings
 
+GOOD = "5b0f3d9e7a1c4f6b8d2e0a9c7b5d3f1e"  # a secret as `openssl rand -hex 16` makes one
+
 
 def test_defaults_and_env_parsing() -> None:
-    s = load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": "s" * 16, "OPENLINES_ACCOUNTS": "demo, shop,"})
+    s = load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": GOOD, "OPENLINES_ACCOUNTS": "demo, shop,"})
     assert (s.http_port, s.max_text, s.max_frame) == (8081, 4000, 16384)
     assert s.allowed_accounts() == {"demo", "shop"}
     assert s.public()["webchat_secret"] == "***"
 
 
 def test_a_short_secret_refuses_to_start_with_a_clear_error() -> None:
-    with pytest.raises(SettingsError, match="OPENLINES_WEBCHAT_SECRET must be at least 16 characters"):
+    with pytest.raises(SettingsError, match="OPENLINES_WEBCHAT_SECRET is not a usable secret: it is 5 characters"):
         load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": "short"})
+    for placeholder in ("change-me-to-32-random-characters", "s" * 40):
+        with pytest.raises(SettingsError, match=r"OPENLINES_WEBCHAT_SECRET is not a usable secret.*openssl rand -hex 32"):
+            load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": placeholder})
 
 
 def test_a_missing_secret_is_named() -> None:
@@ -24,7 +29,7 @@ def test_a_missing_secret_is_named() -> None:
 
 
 def test_admission_limits_come_from_the_environment() -> None:
-    env = {"OPENLINES_WEBCHAT_SECRET": "s" * 16, "OPENLINES_MAX_IN_FLIGHT": "8", "OPENLINES_MAX_SOCKETS": "100"}
+    env = {"OPENLINES_WEBCHAT_SECRET": GOOD, "OPENLINES_MAX_IN_FLIGHT": "8", "OPENLINES_MAX_SOCKETS": "100"}
     s = load_settings(Settings, {**env, "OPENLINES_MAX_WAITING": "0", "OPENLINES_RETRY_AFTER": "5"})
     limits = s.limits()
     assert (limits.max_in_flight, limits.max_waiting, limits.retry_after, s.max_sockets) == (8, 0, 5, 100)
@@ -40,4 +45,4 @@ def test_admission_limits_come_from_the_environment() -> None:
 )
 def test_nonsense_admission_limits_refuse_to_start(var: str, value: str, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
-        load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": "s" * 16, var: value})
+        load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": GOOD, var: value})
