@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import message_from_bytes, policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
 
@@ -111,8 +113,9 @@ def _header(msg: Message, name: str, problems: list[str]) -> str | None:
         value = msg.get(name)
     except Exception as exc:  # policy.default parses lazily; broken headers raise here
         problems.append(f"header {name} unreadable: {exc.__class__.__name__}")
-        raw = msg.get_all(name, failobj=None) if hasattr(msg, "get_all") else None
-        return str(raw[0]) if raw else ""
+        # The value as it came, not parsed (get_all would parse it again and raise again).
+        raw = next((str(v) for k, v in msg.raw_items() if k.lower() == name.lower()), "")
+        return " ".join(raw.split())
     if value is None:
         return None
     return " ".join(str(value).split()) if name.lower() != "subject" else str(value).strip()
@@ -127,8 +130,20 @@ def _sender(msg: Message, problems: list[str]) -> tuple[str, str]:
     for name, addr in pairs:
         norm = normalise_address(addr)
         if norm:
-            return norm, " ".join(name.split())[:100]
+            return norm, _display_name(name)
     return "", ""
+
+
+def _display_name(name: str) -> str:
+    """A display name as a person reads it: encoded words decoded (when the header was read raw),
+    control characters (an encoded CR/LF, say) turned into spaces, at most 100 characters."""
+    if "=?" in name:
+        try:
+            name = str(make_header(decode_header(name)))
+        except Exception:
+            pass  # keep it as written
+    name = "".join(" " if unicodedata.category(c) == "Cc" else c for c in name)
+    return " ".join(name.split())[:100]
 
 
 # ---------------------------------------------------------------- bodies
