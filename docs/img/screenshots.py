@@ -135,7 +135,9 @@ async def main() -> None:
             await apply(await bus.Buckets(js).open(), msgspec.structs.replace(cfg, lines=[support, sales]))
             router = await launch("router", RouterSettings(nats_url=server.url, http_port=0), router_setup)
             desk = await launch(
-                "desk", DeskSettings(nats_url=server.url, http_port=0, cookie_secret="screenshots-secret-0123-Kq7Zt9Wm3xRv"), desk_setup
+                "desk",
+                DeskSettings(nats_url=server.url, http_port=0, cookie_secret="screenshots-secret-0123-Kq7Zt9Wm3xRv"),
+                desk_setup,
             )
             webchat = await launch(
                 "gateway-webchat",
