@@ -13,7 +13,7 @@ import msgspec
 
 from openlines import apply as apply_mod
 from openlines import bus, doctor
-from openlines.lines import ConfigError, load
+from openlines.lines import ConfigError, load, parse_all
 
 
 def _nats_url(args: argparse.Namespace) -> str:
@@ -52,12 +52,25 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    cfg = load(args.file)
-    findings = doctor.diagnose(cfg)
+    """Every finding in one run: each invalid key, then what the doctor sees in the rest of the file."""
+    try:
+        text = open(args.file, encoding="utf-8").read()  # noqa: SIM115 - read at once
+    except OSError as exc:
+        raise ConfigError([f"{args.file}: cannot read: {exc.strerror}"]) from None
+    cfg, invalid = parse_all(text, args.file)
+    if invalid:
+        print("invalid line configuration:", file=sys.stderr)
+        for err in invalid:
+            print(f"  - {err}", file=sys.stderr)
+        if cfg is None:
+            return 2
+    assert cfg is not None
+    findings = doctor.diagnose(cfg, accounts=doctor.accounts_from_env(os.environ))
     totals = doctor.count(findings)
+    worst = 2 if invalid else 1 if totals["error"] else 0
     if args.json:
-        print(msgspec.json.encode(findings).decode())
-        return 1 if totals["error"] else 0
+        print(msgspec.json.encode([*doctor.invalid_findings(invalid, args.file), *findings]).decode())
+        return worst
     names = {line.id: line.name for line in cfg.lines}
     groups: dict[str, list[doctor.Finding]] = {}
     for f in findings:
@@ -71,8 +84,9 @@ def _doctor(args: argparse.Namespace) -> int:
             print(f"           fix: {f.fix}")
         print()
     summary = ", ".join(f"{n} {sev}" + ("s" if n != 1 and sev != "info" else "") for sev, n in totals.items())
-    print(f"{args.file}: {summary} ({len(cfg.lines)} line(s), {len(cfg.operators)} operator(s))")
-    return 1 if totals["error"] else 0
+    bad = f"{len(invalid)} invalid key(s) (above, on stderr), " if invalid else ""
+    print(f"{args.file}: {bad}{summary} ({len(cfg.lines)} line(s), {len(cfg.operators)} operator(s))")
+    return worst
 
 
 def _hash_password(args: argparse.Namespace) -> int:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import functools
 import string
-from collections.abc import Iterable
-from typing import Literal
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from openlines.lines import PERMISSION_OPENLINES, WEEKDAYS, LineConfig, LinesFile
+from openlines.lines import PERMISSION_OPENLINES, WEEKDAYS, LineConfig, LinesFile, OperatorConfig
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
@@ -56,21 +58,129 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True):
     fix: str
 
 
-def diagnose(cfg: LinesFile) -> list[Finding]:
-    """Every finding for ``cfg``: line by line in file order, then file-wide ones."""
+def diagnose(cfg: LinesFile, accounts: dict[str, set[str]] | None = None) -> list[Finding]:
+    """Every finding for ``cfg``: line by line in file order, then file-wide ones.
+
+    ``accounts``: the channel accounts the gateways are configured with (channel -> account ids),
+    when known; an account no line is bound to is an error (its clients' messages reach nobody).
+    """
     findings: list[Finding] = []
     by_id = {line.id: line for line in cfg.lines}
     for i, line in enumerate(cfg.lines):
         at = f"lines[{i}]"
         findings += _channels(at, line)
         findings += _queue_members(cfg, at, line)
+        findings += _nobody_answers(cfg, at, line)
         findings += _queue_values(at, line)
         findings += _hours(at, line, by_id)
         findings += _auto_replies(at, line)
         findings += _session(at, line)
         findings += _crm(cfg, at, line)
     findings += _operators(cfg)
+    findings += _unbound_accounts(cfg, accounts or {})
     return findings
+
+
+def _can_answer(op: OperatorConfig) -> str:
+    """Why this operator can never answer a chat, or "" if they can."""
+    if not op.password_hash or not op.password_hash.startswith("$argon2"):
+        return "has no usable password_hash (cannot sign in)"
+    if PERMISSION_OPENLINES not in op.permissions:
+        return f"lacks the {PERMISSION_OPENLINES!r} permission"
+    if not any(role in DESK_ROLES for role in op.roles):
+        return "has neither the operator nor the supervisor role (an admin-only account)"
+    return ""
+
+
+def _nobody_answers(cfg: LinesFile, at: str, line: LineConfig) -> list[Finding]:
+    members = [op_id for op_id in dict.fromkeys(line.queue.operators) if op_id in cfg.operators]
+    if not members:
+        return []  # an empty queue or unknown members are reported as such
+    why = {op_id: _can_answer(cfg.operators[op_id]) for op_id in members}
+    if any(not reason for reason in why.values()):
+        return []
+    return [
+        _f(
+            "error",
+            "line-nobody-can-answer",
+            line.id,
+            f"{at}.queue.operators",
+            "no operator of this queue can answer a chat: "
+            + "; ".join(f"{op_id!r} {reason}" for op_id, reason in why.items())
+            + " - every client of this line waits for ever",
+            "give at least one queue member a password_hash (openlines hash-password), the "
+            f"{PERMISSION_OPENLINES!r} permission and the operator role",
+        )
+    ]
+
+
+def _unbound_accounts(cfg: LinesFile, accounts: dict[str, set[str]]) -> list[Finding]:
+    bound = {(ch.channel, ch.account) for line in cfg.lines for ch in line.channels}
+    out: list[Finding] = []
+    for channel in sorted(accounts):
+        for account in sorted(accounts[channel]):
+            if (channel, account) not in bound:
+                out.append(
+                    _f(
+                        "error",
+                        "channel-account-unbound",
+                        "",
+                        f"{channel}/{account}",
+                        f"the {channel} account {account!r} is configured in the gateway but no line is bound to it:"
+                        " its clients' messages reach nobody",
+                        f'add {{ channel = "{channel}", account = "{account}" }} to a line\'s channels,'
+                        " or remove the account from the gateway's settings",
+                    )
+                )
+    return out
+
+
+# Where each gateway's accounts are configured (inline JSON, or a .json/.toml file path), and under which key.
+ACCOUNT_SETTINGS = {
+    "telegram": ("OPENLINES_TELEGRAM_BOTS", "bots"),
+    "vk": ("OPENLINES_VK_GROUPS", "groups"),
+    "email": ("OPENLINES_EMAIL_MAILBOXES", "mailboxes"),
+}
+
+
+def accounts_from_env(env: Mapping[str, str]) -> dict[str, set[str]]:
+    """The channel accounts the gateways' settings in ``env`` name (only the account ids are read).
+
+    The webchat gateway's ``OPENLINES_ACCOUNTS`` (comma-separated) counts too. A setting that
+    cannot be read is skipped: the gateway itself refuses it at start-up with the reason.
+    """
+    out: dict[str, set[str]] = {}
+    for channel, (variable, key) in ACCOUNT_SETTINGS.items():
+        value = env.get(variable, "").strip()
+        if not value:
+            continue
+        try:
+            if value[:1] in ("[", "{"):
+                data: Any = msgspec.json.decode(value)
+            elif value.endswith(".toml"):
+                data = tomllib.loads(Path(value).read_text(encoding="utf-8"))
+            else:
+                data = msgspec.json.decode(Path(value).read_bytes())
+        except (OSError, ValueError, msgspec.DecodeError):
+            continue
+        entries = data.get(key, []) if isinstance(data, dict) else data
+        names = {e["account"] for e in entries if isinstance(e, dict) and isinstance(e.get("account"), str)}
+        if names:
+            out[channel] = names
+    webchat = {a.strip() for a in env.get("OPENLINES_ACCOUNTS", "").split(",") if a.strip()}
+    if webchat:
+        out["webchat"] = webchat
+    return out
+
+
+def invalid_findings(errors: list[str], source: str) -> list[Finding]:
+    """Validation errors as findings (``--json``): one per bad key."""
+    out = []
+    for err in errors:
+        text = err.removeprefix(f"{source}: ")
+        key, _, problem = text.partition(": ")
+        out.append(_f("error", "invalid", "", key, problem or text, "correct the key as the problem says (docs/lines.md)"))
+    return out
 
 
 def count(findings: Iterable[Finding]) -> dict[Severity, int]:

@@ -10,7 +10,7 @@ import re
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -125,18 +125,75 @@ class LinesFile(_Strict):
 
 def parse(text: str, source: str = "<config>") -> LinesFile:
     """Parse and validate a lines TOML document; raise ConfigError with every problem."""
+    cfg, errors = parse_all(text, source)
+    if errors or cfg is None:
+        raise ConfigError(errors)
+    return cfg
+
+
+def parse_all(text: str, source: str = "<config>") -> tuple[LinesFile | None, list[str]]:
+    """Every problem of a lines TOML document at once, one per bad key, and what is left of it.
+
+    The configuration returned holds every key that is valid (a bad value or an
+    unknown key is left out, a line or operator missing a required key is left
+    out), so the doctor can still look at the rest. None only when the text is
+    not TOML at all.
+    """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+        return None, [f"{source}: not valid TOML: {exc}"]
+    errors: list[str] = []
+    kept = _keep_valid(raw, LinesFile, "", errors)
+    cfg = msgspec.convert(kept if isinstance(kept, dict) else {}, LinesFile)
+    errors += check(cfg)
+    return cfg, [f"{source}: {e}" for e in errors]
+
+
+_DROP = object()  # a value that cannot be kept (its struct misses a required key)
+
+
+def _keep_valid(raw: object, typ: Any, path: str, errors: list[str]) -> object:
+    """``raw`` without what does not fit ``typ``; each thing left out is one error naming its key."""
+    origin, args = get_origin(typ), get_args(typ)
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+        if not isinstance(raw, dict):
+            errors.append(f"{path or 'the top level'}: expected a table, got {type(raw).__name__}")
+            return _DROP
+        fields = {f.name: f for f in msgspec.structs.fields(typ)}
+        out: dict[str, object] = {}
+        for key, value in raw.items():
+            at = f"{path}.{key}" if path else str(key)
+            field = fields.get(key)
+            if field is None:
+                errors.append(f"{at}: unknown key (known here: {', '.join(fields)})")
+                continue
+            kept = _keep_valid(value, field.type, at, errors)
+            if kept is not _DROP:
+                out[key] = kept
+        missing = [name for name, f in fields.items() if f.required and name not in out]
+        if missing:
+            errors.append(f"{path or 'the top level'}: missing required key {', '.join(missing)}; left out")
+            return _DROP
+        return out
+    if origin is list and args and isinstance(args[0], type) and issubclass(args[0], msgspec.Struct):
+        if not isinstance(raw, list):
+            errors.append(f"{path}: expected an array of tables, got {type(raw).__name__}")
+            return _DROP
+        items = [_keep_valid(v, args[0], f"{path}[{i}]", errors) for i, v in enumerate(raw)]
+        return [v for v in items if v is not _DROP]
+    if origin is dict and len(args) == 2 and isinstance(args[1], type) and issubclass(args[1], msgspec.Struct):
+        if not isinstance(raw, dict):
+            errors.append(f"{path}: expected a table, got {type(raw).__name__}")
+            return _DROP
+        pairs = {k: _keep_valid(v, args[1], f"{path}.{k}", errors) for k, v in raw.items()}
+        return {k: v for k, v in pairs.items() if v is not _DROP}
     try:
-        cfg = msgspec.convert(raw, LinesFile)
+        msgspec.convert(raw, typ)
     except msgspec.ValidationError as exc:
-        raise ConfigError([f"{source}: {_readable(str(exc))}"]) from None
-    errors = check(cfg)
-    if errors:
-        raise ConfigError([f"{source}: {e}" for e in errors])
-    return cfg
+        errors.append(f"{path}: {_readable(str(exc)).split(' - at ')[0]}")
+        return _DROP
+    return raw
 
 
 def load(path: str | Path) -> LinesFile:

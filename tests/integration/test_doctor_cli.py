@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +83,69 @@ def test_invalid_file_is_reported_as_validate_does_and_exits_2(tmp_path: Path) -
     path.write_text(BROKEN.replace("wait_seconds", "wait_secnds"), encoding="utf-8")
     done = doctor(str(path))
     assert done.returncode == 2
-    assert done.stdout == ""
     assert "invalid line configuration:" in done.stderr
     assert "wait_secnds" in done.stderr
+    # ...and the rest of the file is still diagnosed in the same run.
+    assert "error    lines[0].queue.operators" in done.stdout
+
+
+def test_every_finding_in_one_run_one_per_bad_key(tmp_path: Path) -> None:
+    """An invalid key no longer hides the others, nor the doctor's findings on the rest of the file."""
+    path = tmp_path / "lines.toml"
+    path.write_text(
+        """
+[operators.anna]
+name = "Anna"
+permissions = []
+colour = "red"
+
+[operators.root]
+name = "Root"
+roles = ["admin"]
+password_hash = "$argon2id$v=19$m=65536,t=3,p=4$LdkE0NpE04uX5Rbm/0WWWA$+mVxxRXpVeaAQw1jYz0/H8OuHYrTnXQi0q7JXIwDCOk"
+
+[[lines]]
+id = "sales"
+name = "Sales"
+channels = [{ channel = "telegram", account = "bot" }]
+[lines.queue]
+operators = ["anna"]
+wait_secnds = 120
+max_chats_per_operator = "four"
+
+[[lines]]
+id = "admins"
+name = "Admins only"
+channels = [{ channel = "webchat", account = "site" }]
+[lines.queue]
+operators = ["root"]
+""",
+        encoding="utf-8",
+    )
+    bots = '[{"account": "bot", "token": "1:x", "secret": "s"}, {"account": "forgotten", "token": "2:y", "secret": "s"}]'
+    env = {**os.environ, "OPENLINES_TELEGRAM_BOTS": bots}
+    done = subprocess.run(
+        [sys.executable, "-m", "openlines", "lines", "doctor", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    findings = json.loads(done.stdout)
+    invalid = sorted(f["key"] for f in findings if f["code"] == "invalid")
+    assert invalid == [
+        "lines[0] (sales).queue.operators",  # anna lacks the permission (a cross-key rule)
+        "lines[0].queue.max_chats_per_operator",
+        "lines[0].queue.wait_secnds",
+        "operators.anna.colour",
+    ]
+    codes = {(f["code"], f["key"]) for f in findings}
+    # The admin-only queue: nobody there can answer (root cannot take chats).
+    assert ("line-nobody-can-answer", "lines[1].queue.operators") in codes
+    # A bot the gateway serves that no line is bound to.
+    assert ("channel-account-unbound", "telegram/forgotten") in codes
+    assert ("channel-account-unbound", "telegram/bot") not in codes
 
     path.write_text("[[lines]\n", encoding="utf-8")
     done = doctor(str(path), "--json")

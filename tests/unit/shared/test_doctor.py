@@ -7,7 +7,7 @@ import msgspec
 import pytest
 from argon2 import PasswordHasher
 
-from openlines.doctor import Finding, diagnose
+from openlines.doctor import Finding, accounts_from_env, diagnose
 from openlines.lines import LinesFile, load, parse
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -422,3 +422,34 @@ def test_findings_come_line_by_line_then_operators() -> None:
     extra = '\n[operators.vera]\nname = "Vera"\n'
     findings = doctor(line(id="a", queue="skip_offline = false"), line(id="b", channels="[]"), operators=OPERATORS + extra)
     assert [f.line for f in findings] == ["a", "b", "", ""]
+
+
+def test_a_line_whose_operators_cannot_sign_in_is_an_error_not_a_pass() -> None:
+    nobody = """
+[operators.anna]
+name = "Anna"
+
+[operators.boris]
+name = "Boris"
+password_hash = "not-a-hash"
+"""
+    f = only(doctor(operators=nobody), "line-nobody-can-answer")
+    assert f.severity == "error" and f.line == "support"
+    assert "'anna' has no usable password_hash" in f.problem and "'boris' has no usable password_hash" in f.problem
+    # One operator who can answer is enough.
+    assert "line-nobody-can-answer" not in codes(doctor())
+
+
+def test_accounts_the_gateways_serve_are_read_from_their_settings(tmp_path: Path) -> None:
+    mailboxes = tmp_path / "mailboxes.toml"
+    mailboxes.write_text('[[mailboxes]]\naccount = "support"\nimap_host = "x"\n')
+    env = {
+        "OPENLINES_TELEGRAM_BOTS": '{"bots": [{"account": "shop"}]}',
+        "OPENLINES_VK_GROUPS": "/nonexistent.json",  # unreadable: the gateway says why at its start
+        "OPENLINES_EMAIL_MAILBOXES": str(mailboxes),
+        "OPENLINES_ACCOUNTS": "demo, site",
+    }
+    assert accounts_from_env(env) == {"telegram": {"shop"}, "email": {"support"}, "webchat": {"demo", "site"}}
+    found = diagnose(parse(OPERATORS + line()), accounts=accounts_from_env(env))
+    unbound = sorted(f.key for f in found if f.code == "channel-account-unbound")
+    assert unbound == ["email/support", "telegram/shop", "webchat/site"]  # webchat/demo feeds the line
