@@ -21,12 +21,21 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from gateway_vk import metrics
-from gateway_vk.normalise import CHANNEL, Callback, CallbackError, VkMessage, parse_callback, parse_message_new, to_inbound
+from gateway_vk.normalise import (
+    CHANNEL,
+    Callback,
+    CallbackError,
+    VkMessage,
+    event_key,
+    parse_callback,
+    parse_message_new,
+    to_inbound,
+)
 from gateway_vk.profiles import Profiles
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import admission, bus
-from openlines.envelopes import utcnow
+from openlines import admission, bus, subjects
+from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode, utcnow
 from openlines.runner import json_error
 
 log = logging.getLogger("gateway_vk.http")
@@ -96,17 +105,21 @@ class CallbackHttp:
             metrics.EVENTS.labels(account, "ignored").inc()
             log.debug("event ignored", extra={"channel": CHANNEL, "account": account, "type": event.type})
             return web.Response(text=OK)
+        key = event_key(event, body)
         try:
             message = parse_message_new(event.object)
         except CallbackError as exc:
-            return self._refuse(exc.status, exc.code, exc.detail)
+            # Signed by VK (the secret matched) but not a message we can read: VK counts every
+            # answer but "ok" as a failure and switches a failing server off, so answer "ok" and
+            # keep the event, with the reason, as a dead letter for whoever looks after the gateway.
+            return await self._dead_letter(account, key, exc.detail, body)
         if message is None:
             metrics.EVENTS.labels(account, "ignored").inc()
             return web.Response(text=OK)
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self._publish(community, event, message, retry)
+            return await self._publish(community, key, message, retry)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -162,7 +175,30 @@ class CallbackHttp:
         log.info("confirmation answered", extra={"channel": CHANNEL, "account": community.account})
         return web.Response(text=code)
 
-    async def _publish(self, community: Community, event: Callback, message: VkMessage, retry: str) -> web.StreamResponse:
+    async def _dead_letter(self, account: str, key: str, reason: str, body: bytes) -> web.StreamResponse:
+        evt = SessionEvent(
+            id=f"dead:vk:{account}:{key}",
+            kind="dead_letter",
+            at=utcnow(),
+            channel=CHANNEL,
+            account=account,
+            reason=f"{reason}; body: {body[:600].decode('utf-8', 'replace')}"[:1000],
+        )
+        try:
+            await asyncio.wait_for(
+                self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}),
+                timeout=self.settings.publish_timeout,
+            )
+        except Exception as exc:  # not even the dead letter is stored: VK must send it again
+            log.warning("dead letter not stored", extra={"channel": CHANNEL, "account": account, "error": repr(exc)})
+            return json_error(
+                503, "unavailable", "not stored; retry later", admission.retry_after_header(self.settings.retry_after)
+            )
+        metrics.EVENTS.labels(account, "dead_letter").inc()
+        log.warning("unreadable event kept as a dead letter", extra={"channel": CHANNEL, "account": account, "reason": reason})
+        return web.Response(text=OK)
+
+    async def _publish(self, community: Community, key: str, message: VkMessage, retry: str) -> web.StreamResponse:
         account = community.account
         retry_after = admission.retry_after_header(self.settings.retry_after)
         unavailable = json_error(503, "unavailable", "message not stored; retry later", retry_after)
@@ -172,7 +208,7 @@ class CallbackHttp:
             metrics.EVENTS.labels(account, "unavailable").inc()
             return unavailable
         name = await self.profiles.name(self.lookups[account], message.from_id)
-        inbound = to_inbound(account, event.event_id, message, name, utcnow())
+        inbound = to_inbound(account, key, message, name, utcnow())
         try:
             ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
         except bus.BusUnavailable as exc:

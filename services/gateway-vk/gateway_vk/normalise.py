@@ -6,6 +6,7 @@ refusal is a :class:`CallbackError` with the HTTP status and a reason.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,9 +89,11 @@ def parse_callback(body: bytes) -> Callback:
     secret = obj.get("secret")
     if secret is not None and not isinstance(secret, str):
         raise _bad('"secret" must be a string')
+    # Older API versions send no event_id (group_join, wall_post_new, legacy message_new);
+    # those events are told apart by a digest of their body (event_key).
     event_id = obj.get("event_id", "")
-    if kind != "confirmation" and not (isinstance(event_id, str) and _EVENT_ID.match(event_id)):
-        raise _bad('"event_id" must be 1-128 printable ASCII characters')
+    if not (isinstance(event_id, str) and _EVENT_ID.match(event_id)):
+        event_id = ""
     payload = obj.get("object", {})
     if payload is None:
         payload = {}
@@ -105,12 +108,27 @@ def parse_callback(body: bytes) -> Callback:
     )
 
 
+def event_key(event: Callback, body: bytes) -> str:
+    """What tells one event from another: VK's event_id, or (older API versions send none) a digest of the body.
+
+    VK resends an undelivered event with the same body, so the digest stays the same across its retries.
+    """
+    return event.event_id or "sha256-" + hashlib.sha256(body).hexdigest()[:48]
+
+
 def parse_message_new(payload: dict[str, Any]) -> VkMessage | None:
-    """``message_new.object`` -> the message, or None when there is nothing to hand to an operator."""
+    """``message_new.object`` -> the message, or None when there is nothing to hand to an operator.
+
+    API 5.103 and later wrap the message (``object.message``, beside ``client_info``); earlier
+    versions send the message itself as ``object`` (and before 5.80 ``user_id``/``body`` for
+    ``from_id``/``text``). All are read.
+    """
     msg = payload.get("message")
+    where = "object.message."
+    if msg is None and any(k in payload for k in ("peer_id", "from_id", "user_id")):
+        msg, where = _legacy(payload), "object."
     if not isinstance(msg, dict):
         raise _bad('"object.message" must be a JSON object')
-    where = "object.message."
     text = msg.get("text")
     if not isinstance(text, str):
         raise _bad(f'"{where}text" must be a string')
@@ -135,6 +153,18 @@ def parse_message_new(payload: dict[str, Any]) -> VkMessage | None:
     if "action" in msg or (not message.text.strip() and not message.attachments):
         return None  # service messages (chat invites, pins...) and empty messages
     return message
+
+
+def _legacy(obj: dict[str, Any]) -> dict[str, Any]:
+    """A flat pre-5.103 message, with the names of 5.103 (pre-5.80 ``user_id``/``body`` too)."""
+    msg = dict(obj)
+    if "from_id" not in msg and "user_id" in msg:
+        msg["from_id"] = msg["user_id"]
+    if "peer_id" not in msg and "user_id" in msg:
+        msg["peer_id"] = msg["user_id"]
+    if "text" not in msg and "body" in msg:
+        msg["text"] = msg["body"]
+    return msg
 
 
 def inbound_id(account: str, event_id: str) -> str:

@@ -22,6 +22,9 @@ def test_the_envelope_is_parsed() -> None:
     assert (cb.type, cb.group_id, cb.event_id, cb.secret) == ("message_new", 1, "e1", "s")
     confirmation = parse_callback(b'{"type": "confirmation", "group_id": 7}')
     assert (confirmation.event_id, confirmation.secret) == ("", None)
+    # Older API versions send no event_id, or one we cannot put in a message id: told apart by the body instead.
+    for raw in (body(event_id=5), body(event_id="a b"), body(event_id=None)):
+        assert parse_callback(raw).event_id == ""
 
 
 @pytest.mark.parametrize(
@@ -33,8 +36,6 @@ def test_the_envelope_is_parsed() -> None:
         body(type=""),
         body(group_id="1"),
         body(group_id=True),
-        body(event_id=5),
-        body(event_id="a b"),
         body(object=[]),
     ],
 )
