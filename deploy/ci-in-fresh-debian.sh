@@ -26,8 +26,10 @@
 # start daemons (Dovecot's postinst would start a system Dovecot on the
 # host's network namespace).
 #
-# The chroot shares the host's network (ports, the podman0 bridge, iptables
-# rules): on a busy host, run it when no other container tests run.
+# The chroot shares the host's network namespace (ports, the podman0 bridge,
+# iptables rules): on a busy host, run it when no other container tests run.
+# Like any run of the container tests, it leaves net.ipv4.ip_forward=1 and
+# netavark's (empty) NETAVARK chains behind.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,20 +58,22 @@ unmount_all() {
   local p
   # what the run left running in the root (a container's conmon, a test's server) holds mounts
   for p in /proc/[0-9]*; do
-    [[ "$(readlink "$p/root" 2>/dev/null)" == "$ROOT" ]] && kill -KILL "${p#/proc/}" 2>/dev/null
+    if [[ "$(readlink "$p/root" 2>/dev/null)" == "$ROOT" ]]; then kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
   done
   if mountpoint -q "$ROOT"; then umount -R "$ROOT" 2>/dev/null || umount -R -l "$ROOT"; fi
   [[ -z "$(mounted_under)" ]] || say "still mounted under $ROOT: $(mounted_under | tr '\n' ' ')"
 }
 
 # -- the bare root ----------------------------------------------------------------
+if mountpoint -q "$ROOT" || [[ -n "$(mounted_under)" ]]; then
+  die "$ROOT is mounted (a run in progress?): $(mounted_under | tr '\n' ' ')"
+fi
 if [[ ! -s "$PRISTINE" ]]; then
   command -v debootstrap >/dev/null 2>&1 || {
     say "installing debootstrap"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2 \
       || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2; }
   }
-  ! mountpoint -q "$ROOT" && [[ -z "$(mounted_under)" ]] || die "something is still mounted under $ROOT: $(mounted_under | tr '\n' ' ')"
   rm -rf "$ROOT"
   mirror=$(debian_mirror)
   say "debootstrap --variant=minbase bookworm $ROOT $mirror (about a minute)"
@@ -92,7 +96,6 @@ if [[ ! -s "$PRISTINE" ]]; then
   tar -C "$ROOT" -cf "$PRISTINE.tmp" . && mv "$PRISTINE.tmp" "$PRISTINE"
   say "bare root kept as $PRISTINE"
 elif [[ "${CI_KEEP:-0}" != 1 ]]; then
-  ! mountpoint -q "$ROOT" && [[ -z "$(mounted_under)" ]] || die "something is still mounted on $ROOT (a run in progress?): $(mounted_under | tr '\n' ' ')"
   say "resetting $ROOT from $PRISTINE"
   rm -rf "$ROOT"
   mkdir -p "$ROOT"
@@ -121,7 +124,7 @@ mount -t tmpfs -o mode=755 tmpfs "$ROOT/run"                         # a fresh /
 # -- .ci/run, as CI runs it -----------------------------------------------------------
 envs=(HOME=/root LANG=C.UTF-8 TERM=dumb CI=true PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
 for v in SSL_CERT_FILE SSL_CERT_DIR PIP_CERT REQUESTS_CA_BUNDLE CURL_CA_BUNDLE NODE_EXTRA_CA_CERTS PIP_DEFAULT_TIMEOUT; do
-  [[ -n "${!v:-}" ]] && envs+=("$v=${!v}")
+  if [[ -n "${!v:-}" ]]; then envs+=("$v=${!v}"); fi
 done
 say "running .ci/run in the chroot; log: $LOG"
 start=$SECONDS
