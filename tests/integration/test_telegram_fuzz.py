@@ -53,12 +53,13 @@ message = st.fixed_dictionaries(
         "x_unknown": json_values,
     },
 )
+# What identifies the chat and the message: without these an update cannot be published (it is kept as a
+# dead letter). Fields the gateway does not need (the date, the chat type, is_bot...) are made up instead,
+# so a message broken there is published: test_fuzzed_complete_messages_are_published_exactly_once.
 BREAKS: dict[str, Any] = {
     "message_id": not_int,
-    "date": not_int,
     "chat": not_str | st.integers(),
     "chat.id": not_int,
-    "chat.type": not_str,
 }
 
 

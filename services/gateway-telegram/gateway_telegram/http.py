@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from typing import Any
@@ -25,8 +26,8 @@ from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
 from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
 from gateway_telegram.settings import Settings
-from openlines import admission, bus
-from openlines.envelopes import Inbound, utcnow
+from openlines import admission, bus, subjects
+from openlines.envelopes import MSG_ID_HEADER, Inbound, SessionEvent, encode, utcnow
 from openlines.runner import json_error
 
 log = logging.getLogger("gateway_telegram.http")
@@ -100,10 +101,10 @@ class TelegramHttp:
             update = parse_update(body)
             result = normalise(account, bot_id, update, utcnow())
         except BadUpdate as exc:
-            return self._refuse(400, "bad_update", exc.detail, account)
-        except Exception:  # a body aiogram's types or our mapping choke on: refuse it, never a 500
+            return await self._dead_letter(account, body, exc.detail)
+        except Exception:  # a body aiogram's types or our mapping choke on: kept, never a 500
             log.exception("update could not be normalised", extra={"channel": CHANNEL, "account": account})
-            return self._refuse(400, "bad_update", "the update could not be read", account)
+            return await self._dead_letter(account, body, "the update could not be read")
         duplicate = False
         if result.inbound is not None:
             self._in_flight += 1
@@ -118,11 +119,40 @@ class TelegramHttp:
                 if not self._in_flight:
                     self._idle.set()
         else:
-            log.debug("update dropped", extra={"channel": CHANNEL, "account": account, "kind": result.kind})
+            # Membership changes, reactions, join requests, polls, service messages: not a client's words.
+            log.info("update ignored", extra={"channel": CHANNEL, "account": account, "kind": result.kind})
         if result.callback_query_id:
             self._answer_callback(account, result.callback_query_id)
         metrics.UPDATES.labels(account, result.kind.split(":")[0]).inc()
         return web.json_response({"ok": True, "duplicate": duplicate})
+
+    async def _dead_letter(self, account: str, body: bytes, reason: str) -> web.Response:
+        """An update Telegram sent (the secret matched) that cannot be read: kept as a dead letter, answered 200.
+
+        A 4xx would make Telegram retry it for a day while the updates behind it wait; the
+        dead letter keeps the body (its start) and the reason for whoever looks after the gateway.
+        """
+        key = hashlib.sha256(body).hexdigest()[:48]
+        evt = SessionEvent(
+            id=f"dead:telegram:{account}:{key}",
+            kind="dead_letter",
+            at=utcnow(),
+            channel=CHANNEL,
+            account=account,
+            reason=f"{reason}; body: {body[:600].decode('utf-8', 'replace')}"[:1000],
+        )
+        try:
+            await asyncio.wait_for(
+                self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}),
+                timeout=self.settings.publish_timeout,
+            )
+        except Exception as exc:  # not even the dead letter is stored: Telegram must send it again
+            log.warning("dead letter not stored", extra={"channel": CHANNEL, "account": account, "error": repr(exc)})
+            retry_after = admission.retry_after_header(self.settings.retry_after)
+            return self._refuse(503, "unavailable", "not stored; retry", account, retry_after)
+        metrics.REJECTED.labels("dead_letter").inc()
+        log.warning("unreadable update kept as a dead letter", extra={"channel": CHANNEL, "account": account, "reason": reason})
+        return web.json_response({"ok": True, "dead_letter": reason})
 
     async def _publish(self, inbound: Inbound) -> bool:
         """Store the update in OL_IN; True when JetStream already had it."""

@@ -18,6 +18,7 @@ from openlines.envelopes import BAD_JSON, Attachment, ClientProfile, Inbound
 
 CHANNEL = "telegram"
 EDITED_PREFIX = "(edited) "
+FORWARDED_PREFIX = "(forwarded from {}) "
 # Update types the gateway asks Telegram for (setWebhook allowed_updates) and handles.
 ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
 
@@ -63,13 +64,93 @@ def parse_update(body: bytes) -> Parsed:
     # this aiogram) must not turn into a 400 that Telegram retries for a day.
     handled = {k: obj[k] for k in ALLOWED_UPDATES if obj.get(k) is not None}
     other = sorted(str(k) for k in obj if k != "update_id" and k not in handled)
-    try:
-        update = Update.model_validate({"update_id": update_id, **handled}) if handled else None
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise BadUpdate(f"{where}: {first.get('msg', 'invalid')}") from None
+    update = _validate({"update_id": update_id, **handled}) if handled else None
     return Parsed(update_id=update_id, update=update, types=(*handled, *other))
+
+
+# What a field that is missing or of the wrong type becomes, by pydantic's error type.
+_FILL: dict[str, object] = {
+    "bool_type": False,
+    "bool_parsing": False,
+    "int_type": 0,
+    "int_parsing": 0,
+    "int_from_float": 0,
+    "float_type": 0.0,
+    "float_parsing": 0.0,
+    "string_type": "",
+    "model_type": {},
+    "model_attributes_type": {},
+    "dict_type": {},
+    "list_type": [],
+}
+_REPAIRS = 64  # fields one update may have filled in before it counts as unreadable
+
+
+def _validate(body: dict[str, Any]) -> Update:
+    """The update as aiogram's types, with what they require but the gateway does not read made up.
+
+    Bot API objects carry required fields the gateway never looks at (``from.is_bot``,
+    ``chat_instance``, ``file_unique_id``, ``forward_from.first_name``). A body that lacks one,
+    or has one of another type, must not cost the customer the message: such a field gets a
+    neutral value of the type the model wants ("" first, then what the next error asks for).
+    Only when the fields the gateway does use cannot be read does it count as unreadable.
+    """
+    for _ in range(_REPAIRS):
+        try:
+            return Update.model_validate(body)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+        for err in errors:
+            loc = tuple(err.get("loc", ()))
+            if not loc or loc[1:] in _ESSENTIAL.get(str(loc[0]), ()) or not _fill(body, loc, err.get("type", "")):
+                where = ".".join(str(p) for p in loc) or "body"
+                raise BadUpdate(f"{where}: {err.get('msg', 'invalid')}")
+    raise BadUpdate("too many fields missing or of the wrong type")
+
+
+# Fields without which an update cannot be told apart or answered: never made up.
+_MESSAGE_ESSENTIAL = frozenset({("message_id",), ("chat",), ("chat", "id")})
+_ESSENTIAL: dict[str, frozenset[tuple[Any, ...]]] = {
+    "update_id": frozenset({()}),
+    "message": _MESSAGE_ESSENTIAL,
+    "edited_message": _MESSAGE_ESSENTIAL,
+    "callback_query": frozenset({("id",), ("from",), ("from", "id")}),
+}
+
+
+def _fill(body: Any, loc: tuple[Any, ...], kind: str) -> bool:
+    """Put a neutral value at ``loc`` (or drop a list item that cannot be read); False when impossible."""
+    *parents, last = loc
+    node = body
+    for step in parents:
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if kind == "missing":
+        if not isinstance(node, dict):
+            return False
+        node[last] = ""
+        return True
+    if kind.startswith(("datetime", "date_")):
+        kind = "int_type"  # a date the gateway does not read (it stamps received_at itself): the epoch
+    if kind in _FILL and isinstance(node, dict | list):
+        value = _FILL[kind]
+        if isinstance(node, dict):
+            if node.get(last) == value:
+                return False  # already tried: the model wants something else
+            node[last] = type(value)() if isinstance(value, dict | list) else value
+            return True
+        if isinstance(last, int) and 0 <= last < len(node):
+            node[last] = type(value)() if isinstance(value, dict | list) else value
+            return True
+    if isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
+        del node[last]  # one unreadable item of a list (a photo size, an entity): the rest still count
+        return True
+    if isinstance(node, dict) and last in node:
+        del node[last]
+        return True
+    return False
 
 
 def _s(value: object) -> str:
@@ -217,6 +298,44 @@ def attachments(msg: Message) -> list[Attachment]:
     return out
 
 
+def _name_of(user: Any) -> str:
+    if user is None:
+        return ""
+    title = getattr(user, "title", None)  # a channel in the legacy forward_from (older clients send it so)
+    if isinstance(title, str) and title:
+        return title
+    name = " ".join(p for p in (getattr(user, "first_name", ""), getattr(user, "last_name", "")) if p).strip()
+    username = getattr(user, "username", None)
+    return name or (f"@{username}" if username else "")
+
+
+def forwarded_from(msg: Message) -> str:
+    """Who a forwarded message came from, as the client's app shows it; "" when it was not forwarded.
+
+    Bot API 7.0+ sends ``forward_origin`` (a user, a hidden user, a chat or a channel); older
+    updates ``forward_from`` / ``forward_sender_name`` / ``forward_from_chat``.
+    """
+    origin = msg.forward_origin
+    if origin is not None:
+        for attr in ("sender_user", "sender_chat", "chat"):
+            who = _name_of(getattr(origin, attr, None))
+            if who:
+                signature = getattr(origin, "author_signature", None)
+                return f"{who} ({signature})" if signature else who
+        hidden = getattr(origin, "sender_user_name", None)
+        return hidden if isinstance(hidden, str) and hidden else "someone"
+    legacy = getattr(msg, "forward_from", None)
+    if legacy is not None:
+        return _name_of(legacy) or "someone"
+    hidden = getattr(msg, "forward_sender_name", None)
+    if isinstance(hidden, str) and hidden:
+        return hidden
+    chat = getattr(msg, "forward_from_chat", None)
+    if chat is not None:
+        return _name_of(chat) or "a channel"
+    return ""
+
+
 def _text(msg: Message) -> str:
     if msg.text:
         return msg.text
@@ -237,6 +356,9 @@ def _from_message(account: str, bot_id: int, update: Update, msg: Message, edite
     if not text and not files:
         # Service messages (members joined, pinned, chat photo changed ...) are not client words.
         return Normalised(kind="ignored:service_message")
+    origin = forwarded_from(msg)
+    if origin:
+        text = f"{FORWARDED_PREFIX.format(origin)}{text}"
     if edited:
         text = EDITED_PREFIX + text
     user = msg.from_user

@@ -150,3 +150,25 @@ def test_bad_bodies_are_refused_with_a_reason(body: bytes, reason: str) -> None:
     with pytest.raises(BadUpdate) as err:
         parse_update(body)
     assert reason in err.value.detail
+
+
+def test_fields_the_gateway_does_not_read_never_cost_the_client_the_message() -> None:
+    """Missing or mistyped nested fields (is_bot, file_unique_id, a size) are made up; what identifies the chat is not."""
+    body = {
+        "update_id": 40,
+        "message": {
+            "message_id": 1,
+            "chat": {"id": 5, "type": "private"},
+            "from": {"id": 5, "first_name": "Ann"},  # no is_bot, no date on the message
+            "caption": "my receipt",
+            "photo": [{"file_id": "AgAC", "width": "wide", "height": 1}],  # no file_unique_id, a width that is text
+            "forward_origin": {"type": "hidden_user", "date": 1, "sender_user_name": "Secret Sam"},
+        },
+    }
+    env = normalise("shop", 1, parse_update(json.dumps(body).encode()), NOW).inbound
+    assert env is not None
+    assert env.text == "(forwarded from Secret Sam) my receipt" and env.chat_id == "5" and env.profile.name == "Ann"
+    assert [(a.kind, a.ref) for a in env.attachments] == [("image", "AgAC")]
+    for broken in ({"message_id": 1, "text": "no chat"}, {"message_id": 1, "chat": {"type": "private"}, "text": "no chat id"}):
+        with pytest.raises(BadUpdate, match=r"message\.chat"):
+            parse_update(json.dumps({"update_id": 41, "message": broken}).encode())
