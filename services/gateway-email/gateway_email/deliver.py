@@ -58,6 +58,8 @@ def compose(mb: Mailbox, out: Outbound, chat: ChatState | None) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = formataddr((mb.from_name, mb.from_address)) if mb.from_name else mb.from_address
     msg["To"] = out.chat_id
+    if chat is not None and chat.cc and not out.auto:
+        msg["Cc"] = ", ".join(a for a in chat.cc if a != out.chat_id)
     msg["Subject"] = replies.reply_subject(chat.subject if chat else "")
     msg["Date"] = format_datetime(out.created_at)
     msg["Message-ID"] = replies.our_message_id(out.id, mb.domain)

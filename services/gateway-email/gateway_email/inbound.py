@@ -20,7 +20,7 @@ import time
 from nats.js import JetStreamContext
 
 from gateway_email import metrics
-from gateway_email.core.replies import digest
+from gateway_email.core import replies
 from gateway_email.imap import ImapConnection, Selected
 from gateway_email.mailboxes import Mailbox
 from gateway_email.normalise import (
@@ -41,6 +41,20 @@ from openlines.envelopes import MSG_ID_HEADER, Attachment, SessionEvent, encode,
 log = logging.getLogger("gateway_email.inbound")
 
 PUBLISH_TIMEOUT = 5.0  # seconds to wait for the PubAck of one mail
+THREAD_LOOKUPS = 10  # In-Reply-To / References ids looked up to find the conversation a mail belongs to
+MAX_CC = 10  # other people of a conversation copied on our replies
+
+# What a report about one of our mails becomes: the event kind on that mail's session.
+REPORT_EVENTS = {
+    "failed": "delivery_failed",
+    "delayed": "delivery_delayed",
+    "delivered": "delivery_confirmed",
+    "read": "message_read",
+    "disposition": "message_disposition",
+    "complaint": "spam_complaint",
+    "auto": "auto_reply_received",
+    "report": "report_received",
+}
 
 
 async def _pause(stopping: asyncio.Event, seconds: float) -> None:
@@ -212,34 +226,40 @@ class MailboxWorker:
         if seen is not None and seen.direction == "in":
             log.info("mail already handled", extra={"account": self.account, "msg_id": mail.key})
             return "duplicate"
-        if mail.bounce is not None:
-            await self._bounce(mail)
-            return "bounce"
+        if mail.report is not None:
+            await self._report(mail)
+            return "bounce" if mail.report.kind == "failed" else "report"
         now = utcnow()
         attachments = [await self._keep(att) for att in mail.attachments]
-        chat = await self.store.chat(self.account, mail.sender)
+        # A reply to a conversation we know (by In-Reply-To / References) from
+        # another address (an alias, a colleague in copy) joins that conversation.
+        chat_id = await self._thread_of(mail) or mail.sender
+        joined = chat_id != mail.sender
+        chat = await self.store.chat(self.account, chat_id)
+        cc = list(chat.cc) if chat is not None and (mail.in_reply_to or mail.references) else []
+        if joined and mail.sender not in cc:
+            cc = [*cc, mail.sender][-MAX_CC:]
         # Written before the publish: the welcome the router sends for this
         # very mail must already find the loop-guard flag.
         await self.store.put_chat(
             self.account,
             ChatState(
-                address=mail.sender,
-                name=mail.sender_name or (chat.name if chat else ""),
+                address=chat_id,
+                name=(chat.name if chat else "") if joined else (mail.sender_name or (chat.name if chat else "")),
                 subject=mail.subject or (chat.subject if chat else ""),
                 last_message_id=mail.message_id or (chat.last_message_id if chat else ""),
                 references=mail.references if mail.message_id else (chat.references if chat else []),
+                cc=cc,
                 no_auto_reply=bool(mail.no_auto_reply),
                 no_auto_reply_reason=mail.no_auto_reply,
                 updated_at=now,
             ),
         )
-        env = to_inbound(self.account, mail, attachments, now)
+        env = to_inbound(self.account, mail, attachments, now, chat_id=chat_id)
         # The gateways' one way in: fails at once when NATS is away (the mailbox
         # loop retries the mail from its cursor), deduplicated by the mail's id.
         ack = await bus.publish_inbound(self.js._nc, self.js, env, timeout=PUBLISH_TIMEOUT)
-        await self.store.remember_message(
-            MessageRef(message_id=mail.key, account=self.account, chat_id=mail.sender, direction="in")
-        )
+        await self.store.remember_message(MessageRef(message_id=mail.key, account=self.account, chat_id=chat_id, direction="in"))
         log.info(
             "mail published",
             extra={
@@ -248,9 +268,19 @@ class MailboxWorker:
                 "msg_id": env.id,
                 "duplicate": ack.duplicate,
                 "no_auto_reply": env.no_auto_reply,
+                "joined_thread": joined,
             },
         )
         return "published"
+
+    async def _thread_of(self, mail: Mail) -> str:
+        """The chat (client address) of the conversation this mail replies to, "" when none is known."""
+        ids = [mail.in_reply_to, *reversed(mail.references)] if mail.in_reply_to else list(reversed(mail.references))
+        for message_id in list(dict.fromkeys(i for i in ids if i))[:THREAD_LOOKUPS]:
+            ref = await self.store.message(self.account, message_id)
+            if ref is not None and ref.chat_id and "@" in ref.chat_id:
+                return ref.chat_id
+        return ""
 
     async def _keep(self, att: FileAttachment) -> Attachment:
         if att.data is None:
@@ -262,32 +292,47 @@ class MailboxWorker:
             await self.store.files.put(key, att.data)
         return attachment_envelope(att, ref=key)
 
-    async def _bounce(self, mail: Mail) -> None:
-        """A delivery status notification: a ``delivery_failed`` event on the session of the mail that bounced."""
-        assert mail.bounce is not None
-        b = mail.bounce
-        original = await self.store.message(self.account, b.original_message_id) if b.original_message_id else None
-        if original is not None and original.direction == "out" and original.session_id:
+    async def _report(self, mail: Mail) -> None:
+        """A machine's mail (bounce, read receipt, complaint, vacation reply, bulk): never a chat.
+
+        When it is about one of our mails it becomes an event on that mail's
+        session (``delivery_failed``, ``delivery_delayed``, ``message_read``,
+        ``spam_complaint``, ``auto_reply_received``...); otherwise a
+        ``dead_letter`` event saying what it was, so nothing vanishes silently.
+        """
+        assert mail.report is not None
+        r = mail.report
+        event_id = f"report:{self.account}:{replies.digest(mail.key)}"
+        about = None
+        for message_id in r.refers_to[:THREAD_LOOKUPS]:
+            ref = await self.store.message(self.account, message_id)
+            if ref is not None and ref.direction == "out" and ref.session_id:
+                about = ref
+                break
+        kind = REPORT_EVENTS[r.kind]
+        who = f" ({r.recipient})" if r.recipient else ""
+        if about is not None:
             evt = SessionEvent(
-                id=f"bounce:{self.account}:{digest(mail.key)}",
-                kind="delivery_failed",
+                id=event_id,
+                kind=kind,
                 at=utcnow(),
-                session_id=original.session_id,
+                session_id=about.session_id,
                 channel=CHANNEL,
                 account=self.account,
-                chat_id=original.chat_id,
-                reason=f"bounced: {b.reason}"[:1000],
+                chat_id=about.chat_id,
+                reason=(f"bounced{who}: {r.reason}" if r.kind == "failed" else f"{r.reason}{who}")[:1000],
             )
             await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
-            log.info("bounce reported", extra={"account": self.account, "session": original.session_id})
+            log.info("report on our mail", extra={"account": self.account, "session": about.session_id, "kind": kind})
         else:
+            what = {"failed": "bounce", "auto": "automatic mail"}.get(r.kind, kind.replace("_", " "))
             await self._event_dead(
-                f"bounce:{self.account}:{digest(mail.key)}",
-                f"bounce for a mail this gateway did not send ({b.original_message_id or 'no Message-ID found'}): {b.reason}",
+                event_id,
+                f"{what} from {mail.sender or 'an unknown sender'} not opened as a chat"
+                f" (about {r.original_message_id or 'no mail of ours'}): {r.reason}",
             )
-        await self.store.remember_message(
-            MessageRef(message_id=mail.key, account=self.account, chat_id=b.recipient, direction="in")
-        )
+        ref = MessageRef(message_id=mail.key, account=self.account, chat_id=r.recipient, direction="in")
+        await self.store.remember_message(ref)
 
     async def _dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None:
         metrics.MAILS.labels(self.account, "dead_letter").inc()

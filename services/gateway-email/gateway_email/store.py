@@ -48,6 +48,7 @@ class ChatState(msgspec.Struct, kw_only=True, omit_defaults=True):
     subject: str = ""  # the client's last subject (our reply says "Re: <it>")
     last_message_id: str = ""  # the client's last Message-ID (our reply's In-Reply-To)
     references: list[str] = []  # that mail's References (ours continue them)
+    cc: list[str] = []  # others who wrote in this conversation (a colleague in copy, an alias): copied on our replies
     no_auto_reply: bool = False  # the last mail must get no automatic answer (RFC 3834)
     no_auto_reply_reason: str = ""
     updated_at: datetime | None = None
