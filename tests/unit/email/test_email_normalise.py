@@ -172,9 +172,9 @@ def test_a_delivery_status_notification_names_the_bounced_mail_and_the_reason() 
         "--B\nContent-Type: message/rfc822\n\nFrom: s@example.test\nMessage-ID: <out-1@mail.example.test>\n\nhi\n--B--\n"
     )
     m = parse(raw)
-    assert m.bounce is not None and m.no_auto_reply == "delivery status notification"  # type: ignore[attr-defined]
-    assert m.bounce.original_message_id == "<out-1@mail.example.test>"  # type: ignore[attr-defined]
-    assert m.bounce.recipient == "gone@client.example.test" and "550 unknown" in m.bounce.reason  # type: ignore[attr-defined]
+    assert m.report is not None and m.no_auto_reply == "delivery status notification"  # type: ignore[attr-defined]
+    assert m.report.original_message_id == "<out-1@mail.example.test>"  # type: ignore[attr-defined]
+    assert m.report.recipient == "gone@client.example.test" and "550 unknown" in m.report.reason  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- the envelope
