@@ -155,7 +155,7 @@ async def _with_direction(entries: Any, direction: str) -> list[Any]:
     return [h for h in await entries if h.direction == direction]
 
 
-async def test_auto_submitted_and_list_mail_get_no_auto_reply_while_a_person_does(
+async def test_auto_submitted_and_bulk_mail_open_no_chat_list_mail_gets_no_auto_reply_while_a_person_does(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
     await apply_lines(nc, LINES)
@@ -194,12 +194,14 @@ async def test_auto_submitted_and_list_mail_get_no_auto_reply_while_a_person_doe
         assert smtp.to("news@lists.example.test") == []
         assert smtp.to("bulk@promo.example.test") == []
         flags = {e["chat_id"]: e.get("no_auto_reply", False) for e in await inbound_mails(nc)}
-        assert flags == {
-            "vacation@client.example.test": True,
-            "news@lists.example.test": True,
-            "bulk@promo.example.test": True,
-            "person@client.example.test": False,
-        }
+        # A program's mail (Auto-Submitted, Precedence: bulk) is no conversation: not published at all,
+        # only noted; a list relaying a person's mail is, without an auto-reply.
+        assert flags == {"news@lists.example.test": True, "person@client.example.test": False}
+        noted = " | ".join(e.reason for e in await events(nc, "dead_letter"))
+        assert "vacation@client.example.test not opened as a chat" in noted and "Auto-Submitted: auto-replied" in noted
+        assert "bulk@promo.example.test not opened as a chat" in noted and "Precedence: bulk" in noted
+        for robot in ("vacation@client.example.test", "bulk@promo.example.test"):
+            assert await session_of(nc, robot) is None
         # The router still sees them as plain Inbound (the marker is an extra field).
         for e in await inbound_mails(nc):
             msgspec.convert(e, Inbound)

@@ -49,7 +49,13 @@ EXPECTED: dict[str, Expect] = {
     "flanker__enclosed.eml": Expect(
         sender="bob@example.net",
         name="Bob Marley",
-        has=("Hello", "---- Forwarded message ----", "From: Kirk Douglas <dan@example.com>", "Subject: Thanks!", "you're kicking ass"),
+        has=(
+            "Hello",
+            "---- Forwarded message ----",
+            "From: Kirk Douglas <dan@example.com>",
+            "Subject: Thanks!",
+            "you're kicking ass",
+        ),
         attachments=(("thanks.eml", "message/rfc822"),),
     ),
     "flanker__encoded-header.eml": Expect(sender="foo.bar@example.com", name="Foo, Bar", has=("hello, world",)),

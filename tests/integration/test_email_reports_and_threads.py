@@ -1,0 +1,210 @@
+"""Reports, forwards and replies from another address, through a real Dovecot, the gateway and the router.
+
+- A read receipt and a spam complaint about our reply become events on its
+  session; they open no chat and get no auto-reply (nor does a complaint
+  about a mail we never sent, taken from the shared real-world corpus).
+- A forwarded mail arrives with its ``.eml`` attachment stored and its text readable.
+- A colleague in copy answering our reply joins the client's session, and
+  the operator's next reply is copied to them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import wait_for
+from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config, running_gateway
+from support import apply_lines, events, history, running_router
+
+from openlines import bus, subjects
+from openlines.commands import Reply, SetStatus, call
+from openlines.envelopes import Outbound
+from openlines.state import ClientRecord, Session, client_key
+
+pytestmark = pytest.mark.mail
+
+CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "email"
+
+LINES = """
+[operators.anna]
+name = "Anna"
+
+[[lines]]
+id = "mail"
+name = "Support by mail"
+channels = [{ channel = "email", account = "support" }]
+[lines.queue]
+operators = ["anna"]
+[lines.auto_replies]
+welcome = "Thank you for writing, we answer within a day."
+"""
+
+
+async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
+    b = await bus.Buckets(nc.jetstream()).open()
+    key = client_key("email", account, subjects.chat_key("email", account, address))
+    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+    if rec is None or line not in rec.open_sessions:
+        return None
+    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
+    return s
+
+
+async def assigned_session(nc: Any, address: str) -> Session | None:
+    s = await session_of(nc, address)
+    return s if s is not None and s.status in ("assigned", "answered") and s.operator_id else None
+
+
+async def inbound_mails(nc: Any, account: str = "support") -> list[dict[str, Any]]:
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("email", account))
+    return [msgspec.json.decode(data) for _, data in rows]
+
+
+async def outbound_to(nc: Any, address: str, account: str = "support") -> list[Outbound]:
+    subject = subjects.outbound("email", account, subjects.chat_key("email", account, address))
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_OUT, subject)
+    return [msgspec.json.decode(data, type=Outbound) for _, data in rows]
+
+
+async def _replied(nc: Any, smtp: SmtpSink, address: str, text: str) -> tuple[Any, Any]:
+    """The client's session and the operator's reply as it reached the SMTP server."""
+    session = await wait_for(lambda: assigned_session(nc, address), timeout=20, what=f"session of {address}")
+    await call(
+        nc, "reply", Reply(operator_id="anna", session_id=session.id, text=text, client_msg_id=re.sub(r"\W", "_", text)[:40])
+    )
+
+    def sent() -> list[Any]:
+        return [r for r in smtp.to(address) if text in r.message.get_content()]
+
+    return session, (await wait_for(sent, timeout=15, what="operator reply at the SMTP server"))[0].message
+
+
+def _report(sender: str, report_type: str, part: str, about: str, mid: str) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: support@example.test\r\nSubject: Report\r\nMessage-ID: {mid}\r\n"
+        f'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type={report_type}; boundary="R"\r\n\r\n'
+        "--R\r\nContent-Type: text/plain\r\n\r\nHuman readable part.\r\n"
+        f"--R\r\n{part}\r\n"
+        f"--R\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: support@example.test\r\nMessage-ID: {about}\r\n\r\n--R--\r\n"
+    ).encode()
+
+
+async def test_read_receipt_and_spam_complaint_open_no_chat_get_no_auto_reply_and_mark_our_mail(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await append(imap, client_mail("ann@client.example.test", "Where is my parcel?"))
+        session, reply = await _replied(nc, smtp, "ann@client.example.test", "It left today.")
+        ours = reply["Message-ID"]
+        mdn = (
+            "Content-Type: message/disposition-notification\r\n\r\nReporting-UA: pc.client.example.test; Thunderbird\r\n"
+            f"Final-Recipient: rfc822;ann@client.example.test\r\nOriginal-Message-ID: {ours}\r\n"
+            "Disposition: manual-action/MDN-sent-manually; displayed\r\n"
+        )
+        arf = (
+            "Content-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n"
+            "Original-Rcpt-To: ann@client.example.test\r\n"
+        )
+        await append(
+            imap, _report("ann@client.example.test", "disposition-notification", mdn, ours, "<mdn-1@client.example.test>")
+        )
+        await append(imap, _report("fbl@isp.example.test", "feedback-report", arf, ours, "<arf-1@isp.example.test>"))
+        foreign = CORPUS / "flanker__yahoo.eml"  # a complaint about a mail we never sent
+        if foreign.is_file():
+            await append(imap, foreign.read_bytes())
+
+        read = await wait_for(lambda: events(nc, "message_read"), timeout=20, what="message_read from the read receipt")
+        complaint = await wait_for(lambda: events(nc, "spam_complaint"), timeout=20, what="spam_complaint from the ARF")
+        assert read[0].session_id == session.id and "displayed" in read[0].reason
+        assert complaint[0].session_id == session.id and "abuse" in complaint[0].reason
+        if foreign.is_file():
+
+            async def foreign_noted() -> list[Any]:
+                return [e for e in await events(nc, "dead_letter") if "spam complaint" in e.reason]
+
+            noted = await wait_for(foreign_noted, timeout=20, what="the foreign complaint noted as a dead letter")
+            assert "<20120711015015.4A8BE2E088E@www.example.com>" in noted[0].reason
+
+        # Nothing of it reached the router as a message: one client mail, one session, one welcome.
+        assert [e["chat_id"] for e in await inbound_mails(nc)] == ["ann@client.example.test"]
+        assert len(await events(nc, "session_opened")) == 1
+        assert await session_of(nc, "fbl@isp.example.test") is None
+        assert await outbound_to(nc, "fbl@isp.example.test") == [] and smtp.to("fbl@isp.example.test") == []
+        assert [o.auto for o in await outbound_to(nc, "ann@client.example.test")] == [True, False]
+        assert all("Human readable part" not in h.text for h in await history(nc, session.id))
+
+
+async def test_forwarded_mail_arrives_with_its_eml_attachment_and_readable_text(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        forwarded = client_mail(
+            "Shop <orders@shop.example.test>", "Your order 42 was cancelled.", subject="Order 42 cancelled", to="ann@x.test"
+        )
+        mail = client_mail("ann@client.example.test", "Why was this cancelled?", subject="Fwd: Order 42 cancelled")
+        mail.add_attachment(forwarded)  # message/rfc822, as mail clients forward "as attachment"
+        await append(imap, mail)
+
+        session = await wait_for(lambda: assigned_session(nc, "ann@client.example.test"), timeout=20, what="session")
+
+        async def client_entries() -> list[Any]:
+            return [h for h in await history(nc, session.id) if h.direction == "in"]
+
+        entry = (await wait_for(client_entries, timeout=10, what="the mail in the transcript"))[0]
+        assert entry.text.startswith("Fwd: Order 42 cancelled\n\nWhy was this cancelled?")
+        assert "---- Forwarded message ----\nFrom: Shop <orders@shop.example.test>" in entry.text
+        assert "Subject: Order 42 cancelled" in entry.text and "Your order 42 was cancelled." in entry.text
+        [att] = entry.attachments
+        assert (att.name, att.mime, att.kind) == ("Order 42 cancelled.eml", "message/rfc822", "file")
+        stored = await (await nc.jetstream().object_store("ol-email-files")).get(att.ref)
+        assert stored.data is not None and b"Your order 42 was cancelled." in stored.data and len(stored.data) == att.size
+
+
+async def test_reply_from_a_colleague_in_copy_joins_the_clients_session_and_is_copied_on_the_answer(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        first = client_mail(
+            "Ann <ann@client.example.test>",
+            "Our invoice is wrong.",
+            subject="Invoice 7",
+            message_id="<inv-1@client.example.test>",
+            headers={"Cc": "Bob <bob@client.example.test>"},
+        )
+        await append(imap, first)
+        session, reply = await _replied(nc, smtp, "ann@client.example.test", "Which line is wrong?")
+        ours = reply["Message-ID"]
+        answer = client_mail(
+            "Bob Colleague <bob@client.example.test>",
+            "Line 3, the quantity.\n\nOn Tue, Acme Support wrote:\n> Which line is wrong?\n",
+            subject="Re: Invoice 7",
+            message_id="<inv-2@client.example.test>",
+            to="support@example.test, ann@client.example.test",
+            headers={"In-Reply-To": ours, "References": f"<inv-1@client.example.test> {ours}"},
+        )
+        await append(imap, answer)
+
+        async def bobs_answer() -> list[Any]:
+            return [h for h in await history(nc, session.id) if h.direction == "in" and "Line 3" in h.text]
+
+        entry = (await wait_for(bobs_answer, timeout=20, what="the colleague's answer in the client's session"))[0]
+        assert entry.text.startswith("[From Bob Colleague <bob@client.example.test>, in this conversation]")
+        assert "Which line is wrong" not in entry.text and entry.author_id == "bob@client.example.test"
+        assert len(await events(nc, "session_opened")) == 1 and await session_of(nc, "bob@client.example.test") is None
+        still = await session_of(nc, "ann@client.example.test")
+        assert still is not None and still.id == session.id and still.client_name == "Ann"
+
+        _, second = await _replied(nc, smtp, "ann@client.example.test", "Fixed, new invoice attached.")
+        assert second["To"] == "ann@client.example.test" and second["Cc"] == "bob@client.example.test"
+        assert second["In-Reply-To"] == "<inv-2@client.example.test>"
+        assert "<inv-1@client.example.test>" in second["References"]
