@@ -1,7 +1,8 @@
 """Reports, forwards and replies from another address, through a real Dovecot, the gateway and the router.
 
-- A read receipt and a spam complaint about our reply become events on its
-  session; they open no chat and get no auto-reply (nor does a complaint
+- A read receipt, a spam complaint, a delayed-delivery notice and a vacation
+  reply about our reply become events on its session; they open no chat and
+  get no auto-reply (nor does a complaint
   about a mail we never sent, taken from the shared real-world corpus).
 - A forwarded mail arrives with its ``.eml`` attachment stored and its text readable.
 - A colleague in copy answering our reply joins the client's session, and
@@ -93,7 +94,7 @@ def _report(sender: str, report_type: str, part: str, about: str, mid: str) -> b
     ).encode()
 
 
-async def test_read_receipt_and_spam_complaint_open_no_chat_get_no_auto_reply_and_mark_our_mail(
+async def test_read_receipt_complaint_delay_and_vacation_reply_open_no_chat_get_no_auto_reply_and_mark_our_mail(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
     await apply_lines(nc, LINES)
@@ -115,6 +116,19 @@ async def test_read_receipt_and_spam_complaint_open_no_chat_get_no_auto_reply_an
             imap, _report("ann@client.example.test", "disposition-notification", mdn, ours, "<mdn-1@client.example.test>")
         )
         await append(imap, _report("fbl@isp.example.test", "feedback-report", arf, ours, "<arf-1@isp.example.test>"))
+        delayed = (
+            "Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.client.example.test\r\n\r\n"
+            "Final-Recipient: rfc822; ann@client.example.test\r\nAction: delayed\r\nStatus: 4.2.2\r\n"
+            "Diagnostic-Code: smtp; 452 4.2.2 Mailbox full\r\n"
+        )
+        await append(imap, _report("MAILER-DAEMON@mx.client.example.test", "delivery-status", delayed, ours, "<dsn-1@mx>"))
+        vacation = client_mail(
+            "ann@client.example.test",
+            "I am away until Monday.",
+            subject="Automatic reply: Where is my parcel?",
+            headers={"Auto-Submitted": "auto-replied", "In-Reply-To": ours},
+        )
+        await append(imap, vacation)
         foreign = CORPUS / "flanker__yahoo.eml"  # a complaint about a mail we never sent
         if foreign.is_file():
             await append(imap, foreign.read_bytes())
@@ -123,6 +137,11 @@ async def test_read_receipt_and_spam_complaint_open_no_chat_get_no_auto_reply_an
         complaint = await wait_for(lambda: events(nc, "spam_complaint"), timeout=20, what="spam_complaint from the ARF")
         assert read[0].session_id == session.id and "displayed" in read[0].reason
         assert complaint[0].session_id == session.id and "abuse" in complaint[0].reason
+        late = await wait_for(lambda: events(nc, "delivery_delayed"), timeout=20, what="delivery_delayed from the DSN")
+        away = await wait_for(lambda: events(nc, "auto_reply_received"), timeout=20, what="auto_reply_received")
+        assert late[0].session_id == session.id and "452 4.2.2 Mailbox full" in late[0].reason
+        assert away[0].session_id == session.id and "away until Monday" in away[0].reason
+        assert await events(nc, "delivery_failed") == []  # a delay is not a failure
         if foreign.is_file():
 
             async def foreign_noted() -> list[Any]:
