@@ -253,15 +253,15 @@ def _decode_text(part: Message, problems: list[str]) -> str:
     ):
         # Labelled base64 but plainly text (a mailer's mistake): decoding it would only give noise.
         problems.append("text labelled base64 is not base64: read as it is")
-        payload = raw.encode("ascii", "surrogateescape")
+        payload = raw.encode("utf-8", "surrogateescape")
     declared = (part.get_content_charset() or "us-ascii").lower()
     for charset in dict.fromkeys([_SUPERSETS.get(declared, declared), "utf-8", "cp1252"]):
         try:
             text = payload.decode(charset)
-        except LookupError:
-            problems.append(f"unknown charset {declared!r}")
-            continue
         except UnicodeDecodeError:
+            continue
+        except (LookupError, ValueError):  # unknown, or not even a name (a NUL in it)
+            problems.append(f"unknown charset {declared!r}")
             continue
         if charset not in (declared, _SUPERSETS.get(declared)):
             problems.append(f"text declared as {declared!r} read as {charset}")

@@ -10,6 +10,7 @@ clear classification (a report, or no usable sender).
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,3 +217,31 @@ def test_outlook_reply_above_an_underscore_separator_keeps_only_the_answer() -> 
     seen = strip_quotes(text, ["en"])
     assert seen.startswith("Outlook with a reply directly above line")
     assert "A new comment has been added" not in seen
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"the shared mail corpus is not beside the repository ({CORPUS})")
+@pytest.mark.parametrize("name", FILES)
+def test_damaged_copies_of_a_real_mail_never_crash_the_parser(name: str) -> None:
+    """Cut short, bytes flipped, MIME syntax spliced in: a mail is published, classified or refused, never a crash.
+
+    (This found a declared charset with a NUL in it raising ValueError, and a U+FFFD in a
+    text labelled base64 raising UnicodeEncodeError.)
+    """
+    raw = (CORPUS / name).read_bytes()
+    rng = random.Random(name)
+    for i in range(30):
+        b = bytearray(raw)
+        if i % 3 == 0:
+            b = b[: rng.randrange(len(b))]
+        elif i % 3 == 1:
+            for _ in range(5):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        else:
+            at = rng.randrange(len(b))
+            b[at:at] = rng.choice([b"\r\n--", b'"', b"=?utf-8?b?", b"\x00", b"\n\n", b"boundary=", b"charset=\x00"])
+        try:
+            mail = parse_mail(bytes(b), max_attachment_bytes=2**20, languages=["en"])
+        except MailError:
+            continue
+        assert mail.sender or mail.report is not None
+        text_for_operator(mail)
