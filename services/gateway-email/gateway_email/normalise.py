@@ -8,7 +8,8 @@
   text (:mod:`gateway_email.htmltext`).
 - Quoted replies, reply headers ("On ... wrote:", "Von: ... Gesendet: ...")
   and signatures are stripped with ``mail-parser-reply`` for what the operator
-  sees (docs/decisions/007-email-gateway.md).
+  sees (docs/decisions/007-email-gateway.md), except where that would lose the
+  customer's words (answers between or below quotes, inline forwards).
 - Attachments are kept as attachments (bytes returned for the shell to store),
   larger ones are listed but not kept.
 - Broken MIME: a multipart whose boundary the default parser cannot find

@@ -162,13 +162,12 @@ def test_a_bounce_without_a_dsn_part_that_says_it_is_only_a_warning_is_delayed()
 @pytest.mark.parametrize(
     "headers",
     [
-        # Gmail's vacation responder: Auto-Submitted, replying to the mail.
+        # RFC 3834 marking (as Gmail's vacation responder does).
         "Subject: Re: Your order\nAuto-Submitted: auto-replied\n",
-        # Exchange / Microsoft 365 out-of-office.
+        # Outlook/Exchange-style out-of-office subject with Auto-Submitted and X-Auto-Response-Suppress.
         "Subject: Automatic reply: Your order\nAuto-Submitted: auto-generated\nX-Auto-Response-Suppress: All\n",
-        # Older Outlook servers: only the subject says it.
+        # Responders that mark themselves only by the subject or a non-standard header.
         "Subject: Out of Office: Your order\n",
-        # Russian providers' autoresponders (subject and the X-Autoreply header).
         "Subject: Автоответ: Your order\n",
         "Subject: Re: Your order\nX-Autoreply: yes\n",
         "Subject: Re: Your order\nPrecedence: junk\n",
