@@ -50,6 +50,8 @@ async def test_cli_reports_an_unknown_account_and_a_rejected_token(
         monkeypatch.setenv("OPENLINES_TELEGRAM_API_BASE", peer.base)
         assert await openlines("telegram", "info", "--account", "nobody") == 2
         assert "no bot with account 'nobody'" in capsys.readouterr().out
-        revoked: Any = [{"account": "old", "token": "333333:CCHfiqksKZ8WmR2zSjiQ7_v4TMAKdiHm9T0", "secret": "x" * 20}]
+        revoked: Any = [
+            {"account": "old", "token": "333333:CCHfiqksKZ8WmR2zSjiQ7_v4TMAKdiHm9T0", "secret": "rev0ked-bot-secret-7Kq9Zt"}
+        ]
         assert await openlines("telegram", "info", "--bots", bots_json(revoked)) == 1
         assert "old (bot 333333): FAILED" in capsys.readouterr().out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -99,7 +100,20 @@ async def test_two_replicas_burst_of_new_clients_capacity_order_and_exactly_once
             await asyncio.gather(*(publish(nc, inbound(v, "first", "m1")) for v in chunk))
             await asyncio.gather(*(publish(nc, inbound(v, "second", "m2")) for v in chunk))
 
-        await wait_for(lambda: len(closed) >= CLIENTS, timeout=600, interval=0.5, what=f"all {CLIENTS} chats answered")
+        try:
+            await wait_for(lambda: len(closed) >= CLIENTS, timeout=600, interval=0.5, what=f"all {CLIENTS} chats answered")
+        except AssertionError as exc:  # say whether it was slow or stuck: how far it got, and where the rest are
+            states: Counter[str] = Counter()
+            for v in visitors:
+                rec, _ = await bus.kv_get(
+                    b.clients, client_key("webchat", "demo", subjects.chat_key("webchat", "demo", v)), ClientRecord
+                )
+                sid = rec.open_sessions.get("support", "") if rec else ""
+                s, _ = await bus.kv_get(b.sessions, sid, Session) if sid else (None, None)
+                states[
+                    f"{s.status}/{s.operator_id or '-'}/in={s.messages_in}" if s else ("no client" if rec is None else "closed")
+                ] += 1
+            raise AssertionError(f"{exc}: {len(closed)} closed; the others: {states.most_common(8)}") from None
         # The replicas' lease rounds (every few seconds) read the members without leaving consumers behind:
         # only the durable ones stay (nats-server refuses more than 1,000 per stream).
         for stream in (f"KV_{subjects.KV_ROUTER}", f"KV_{subjects.KV_LINES}", f"KV_{subjects.KV_OPERATORS}"):
