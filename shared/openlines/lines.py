@@ -191,7 +191,8 @@ def _keep_valid(raw: object, typ: Any, path: str, errors: list[str]) -> object:
     try:
         msgspec.convert(raw, typ)
     except msgspec.ValidationError as exc:
-        errors.append(f"{path}: {_readable(str(exc)).split(' - at ')[0]}")
+        problem, _, inner = str(exc).partition(" - at `$")  # inner: where inside the value, e.g. "[0]`"
+        errors.append(f"{path}{inner.rstrip('`')}: {problem}")
         return _DROP
     return raw
 

@@ -74,7 +74,7 @@ def test_quick_answers_are_optional_and_kept_in_order() -> None:
         ('["Hi", "Hi"]', "lines[0] (support).quick_answers: the same answer is listed twice"),
         (f'["{"x" * 4001}"]', "lines[0] (support).quick_answers[0]: 4001 characters; at most 4000"),
         ("[" + ", ".join(f'"a{i}"' for i in range(51)) + "]", "lines[0] (support).quick_answers: 51 answers; at most 50"),
-        ("[1, 2]", "Expected `str`, got `int` - at `lines[0].quick_answers[0]`"),
+        ("[1, 2]", "lines[0].quick_answers[0]: Expected `str`, got `int`"),
     ],
 )
 def test_bad_quick_answers_are_named(answers: str, problem: str) -> None:
