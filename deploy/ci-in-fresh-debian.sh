@@ -16,6 +16,8 @@
 #   CI_LOG         the log (default $CI_ROOT.log)
 #   DEBIAN_MIRROR  the mirror for debootstrap (default: the one this host's apt uses)
 #
+# The clone is /ci in the root, with a copy of ../shared beside it (/shared), as CI lays them.
+#
 # What the root gets besides debootstrap's minbase, i.e. what a machine of this
 # workplace has before any project runs (not what .ci/run should install):
 # the host's apt sources (bookworm, -updates, -security), /etc/hosts and
@@ -110,6 +112,13 @@ cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
 rm -rf "$ROOT/ci"
 git clone -q --branch "$BRANCH" "$REPO" "$ROOT/ci"
 say "cloned $BRANCH at $(git -C "$ROOT/ci" log -1 --format='%h %s' | cut -c1-100)"
+# CI lays a copy of shared/ (the steering folder: conventions, the real-world corpus that
+# tests read from ../shared/corpus) beside the clone, without write bits: so does this.
+rm -rf "$ROOT/shared"
+if [[ -d "$REPO/../shared" ]]; then
+  cp -r "$REPO/../shared" "$ROOT/shared"
+  chmod -R a-w "$ROOT/shared"
+fi
 
 # -- mounts (removed again on exit) ------------------------------------------------------
 trap unmount_all EXIT
