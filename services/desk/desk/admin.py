@@ -25,13 +25,14 @@ from argon2 import PasswordHasher
 from desk import admin_views as views
 from desk.api import MIN_PASSWORD, STAFF_KEY, OperatorBody, Problem, Staff, add_api_routes, date_range, operator_problems
 from desk.config import ConfigStore, Conflict, Snapshot, lines_toml, operator_view, parse_lines_toml, valid_version
-from desk.http import DESK, Authed, Desk, html
+from desk.http import DESK, Authed, Desk, html, redirect
 from desk.stats import line_stats
 from desk.tokens import TokenStore, open_bucket
 from openlines.bus import Buckets
 from openlines.doctor import diagnose
 from openlines.lines import ROLES, ConfigError, LinesFile, OperatorConfig, check
 from openlines.runner import Service
+from openlines.state import OperatorAccount
 
 log = logging.getLogger("desk.admin")
 
@@ -95,6 +96,11 @@ def _staff_page(roles: tuple[str, ...]) -> Callable[[PageHandler], Callable[[web
         return handler
 
     return wrap
+
+
+def account_of(op_id: str, op: OperatorConfig) -> OperatorAccount:
+    """The account record ``openlines.apply`` writes for this operator."""
+    return OperatorAccount(id=op_id, name=op.name, password_hash=op.password_hash, roles=op.roles, permissions=op.permissions)
 
 
 def _digest(text: str) -> str:
@@ -222,7 +228,11 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
             errors = [stale]
         else:
             log.info("operator saved from the admin page", extra={"operator": op_id, "by": p.user.operator_id})
-            raise web.HTTPSeeOther("/admin/operators?saved=1")
+            done = redirect("/admin/operators?saved=1")
+            if op_id == p.user.operator_id:
+                # An admin editing their own account: its other sessions end (the stamp changed), this one goes on.
+                p.desk.carry_over(p.request, done, p.user, account_of(op_id, updated))
+            return done
     found = diagnose(snap.cfg)
     if new:
         ops = [operator_view(snap.cfg, o, found) for o in sorted(snap.cfg.operators)]
