@@ -25,7 +25,7 @@ async def setup(svc: Service[Settings]) -> None:
     svc.on_stop(hub.stop)
 
     async def live_subscribed() -> str | None:
-        return None if hub.subscribed else "not subscribed to session events"
+        return None if hub.subscribed else "not subscribed to session events or account changes"
 
     svc.ready_check(live_subscribed)
     desk = svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub)

@@ -87,6 +87,7 @@ class LoginLimiter:
         return sorted(t for t in (got.times if got else []) if t > now - self.limits.window)
 
     async def check(self, login: str, address: str, now: float) -> Verdict:
+        """May this login be tried from this address now (``retry_after`` 0), and must the attempt wait first?"""
         wait = 0.0
         slow = False
         for key, limit in self._keys(login, address).items():
@@ -98,10 +99,6 @@ class LoginLimiter:
             else:
                 wait = max(wait, recent[-limit] + self.limits.window - now)
         return Verdict(retry_after=math.ceil(wait), slow=slow)
-
-    async def retry_after(self, login: str, address: str, now: float) -> int:
-        """Seconds until this login may be tried again from this address; 0 = now."""
-        return (await self.check(login, address, now)).retry_after
 
     async def failed(self, login: str, address: str, now: float) -> None:
         for key, limit in self._keys(login, address).items():
