@@ -210,3 +210,57 @@ async def test_an_admin_changing_their_own_password_keeps_this_session_and_ends_
             page = await live_page(same, two)
             await page.close()
         assert (await save_operator_on_the_page(here, csrf, "root", name="Root A.", roles=["admin", "supervisor"])).status == 303
+
+
+async def change_own_password(
+    http: aiohttp.ClientSession, csrf: str | None, current: str, new: str, again: str | None = None
+) -> aiohttp.ClientResponse:
+    data = {"current": current, "new": new, "again": new if again is None else again}
+    if csrf is not None:
+        data["csrf_token"] = csrf
+    return await http.post("/account/password", data=data, allow_redirects=False)
+
+
+async def test_an_operator_changing_their_own_password_stays_signed_in_here_and_nowhere_else(desks: Launch) -> None:
+    one, two = await desks(login_failures_per_source=3), await desks(login_failures_per_source=3)
+    async with http_session(one) as here, http_session(two) as elsewhere:
+        csrf = (await sign_in_operator(here, "boris"))["X-CSRF-Token"]
+        await sign_in_operator(elsewhere, "boris")
+        other_page = await live_page(elsewhere, two)
+        page = await (await here.get("/account/password")).text()
+        assert 'data-testid="password-form"' in page and 'autocomplete="current-password"' in page
+
+        # Refusals, each saying why; nothing changes.
+        assert (await change_own_password(here, None, "demo", "a new secret")).status == 403  # no CSRF token
+        for current, new, again, why in [
+            ("wrong", "a new secret", None, "The current password is wrong."),
+            ("demo", "short", None, "The new password must be 8-1024 characters."),
+            ("demo", "a new secret", "another secret", "The two new passwords differ."),
+        ]:
+            refused = await change_own_password(here, csrf, current, new, again)
+            assert refused.status == 400 and why in await refused.text()
+        assert (await elsewhere.get("/api/chats")).status == 200  # nothing changed yet
+
+        changed = await change_own_password(here, csrf, "demo", "boris's new secret")
+        assert changed.status == 303 and changed.headers["Location"] == "/account/password?changed=1"
+        await closed_by_the_desk(other_page)
+        await signed_out_everywhere(cookie_of(elsewhere), one, two)
+        # This browser goes on, with the same CSRF token.
+        assert "Password changed" in await (await here.get("/account/password?changed=1")).text()
+        status = await here.post("/api/status", json={"status": "away"}, headers={"X-CSRF-Token": csrf})
+        assert status.status == 503  # session and CSRF token accepted; only the router is missing in this test
+        async with holding(two, cookie_of(here)) as same:
+            assert (await same.get("/api/chats")).status == 200
+    async with http_session(two) as fresh:
+        assert (await try_sign_in(fresh, "boris", "demo")).status == 401
+        assert (await try_sign_in(fresh, "boris", "boris's new secret")).status == 303
+
+
+async def test_guessing_the_current_password_in_a_left_open_session_runs_into_the_sign_in_limit(desks: Launch) -> None:
+    desk = await desks(login_failures_per_source=2)
+    async with http_session(desk) as http:
+        csrf = (await sign_in_operator(http, "boris"))["X-CSRF-Token"]
+        for _ in range(2):
+            assert (await change_own_password(http, csrf, "guess", "a new secret")).status == 400
+        limited = await change_own_password(http, csrf, "demo", "a new secret")  # even the right one, now
+        assert limited.status == 429 and "Too many wrong passwords" in await limited.text()
