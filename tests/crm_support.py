@@ -15,7 +15,7 @@ from openlines.envelopes import ClientProfile, Inbound, SessionEvent, utcnow
 from openlines.runner import Service, launch
 from openlines.state import ClientRecord, Session, client_key
 
-CRM_API_TOKEN = "crm-read-api-test-token-0123"  # what a caller of crm-sync's read API sends as Bearer
+CRM_API_TOKEN = "crm-read-api-test-token-0123-Kq7Zt9Wm3xRv"  # what a caller of crm-sync's read API sends as Bearer
 
 OPS = """
 [operators.anna]

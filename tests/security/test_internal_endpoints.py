@@ -37,7 +37,9 @@ async def running(name: str, nc: Any, url: str) -> AsyncIterator[Service[Any]]:
         async with running_desk(url) as desk:
             yield desk
         return
-    settings = WebchatSettings(nats_url=url, http_port=0, webchat_secret="w" * 32, shutdown_timeout=3.0)
+    settings = WebchatSettings(
+        nats_url=url, http_port=0, webchat_secret="internal-endpoints-test-0123456789-Kq7Zt9Wm3xRv", shutdown_timeout=3.0
+    )
     svc = await launch("gateway-webchat", settings, webchat_setup, first_attempts=5)
     try:
         yield svc
@@ -72,8 +74,9 @@ def test_the_metrics_port_defaults_to_the_http_port_plus_1000_and_must_differ_fr
     assert load_settings(CrmSettings, env={**env, "OPENLINES_METRICS_PORT": "9100"}).ops_port() == 9100
     same = load_settings(CrmSettings, env={**env, "OPENLINES_METRICS_PORT": "8087"})
     assert "must be a port (0-65535) other than OPENLINES_HTTP_PORT=8087" in (same.ports_problem() or "")
-    with pytest.raises(SettingsError, match="OPENLINES_CRM_API_TOKEN must be at least 16"):
-        load_settings(CrmSettings, env={"OPENLINES_CRM_API_TOKEN": "short"})
+    for weak in ("short", "change-me-to-a-crm-api-token-0123456789"):
+        with pytest.raises(SettingsError, match="OPENLINES_CRM_API_TOKEN is not a usable secret"):
+            load_settings(CrmSettings, env={"OPENLINES_CRM_API_TOKEN": weak})
 
 
 # -- crm-sync's read API ----------------------------------------------------------------------------
@@ -83,7 +86,11 @@ async def test_the_crm_read_api_needs_its_token(nats_server: Any) -> None:
     async with running_crm_sync(nats_server.url) as crm:
         base = f"http://127.0.0.1:{crm.port}"
         for path in ("/crm/leads", "/crm/contacts", "/crm/deals", "/crm/activities", "/crm/links/webchat-demo-x"):
-            for headers in (None, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": CRM_API_TOKEN}):
+            for headers in (
+                None,
+                {"Authorization": "Bearer wrong-token-0123456789-Zq7Kt9Wm3xRv"},
+                {"Authorization": CRM_API_TOKEN},
+            ):
                 status, text = await status_of(f"{base}{path}", headers)
                 assert status == 401, (path, headers, text)
                 assert '"unauthenticated"' in text

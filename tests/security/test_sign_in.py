@@ -169,11 +169,11 @@ def _set_cookie(resp: aiohttp.ClientResponse, name: str) -> str:
     ("settings", "headers", "secure"),
     [
         ({}, {}, False),  # development: plain http on this machine, no public URL
-        ({"public_url": "http://127.0.0.1:8080"}, {}, False),
-        ({"public_url": "https://desk.example.com"}, {}, True),
+        ({"desk_public_url": "http://127.0.0.1:8080"}, {}, False),
+        ({"desk_public_url": "https://desk.example.com"}, {}, True),
         ({"trust_forwarded_for": True}, {"X-Forwarded-Proto": "https"}, True),  # TLS ends at our proxy
         ({}, {"X-Forwarded-Proto": "https"}, False),  # the header counts only from a trusted proxy
-        ({"public_url": "https://desk.example.com", "cookie_secure": False}, {}, False),  # said explicitly
+        ({"desk_public_url": "https://desk.example.com", "cookie_secure": False}, {}, False),  # said explicitly
     ],
 )
 async def test_cookies_are_secure_unless_the_desk_is_plain_http_on_this_machine(
@@ -198,11 +198,11 @@ async def test_cookies_are_secure_unless_the_desk_is_plain_http_on_this_machine(
 
 
 def test_a_plain_http_public_url_on_another_host_is_refused_at_start_up() -> None:
-    env = {"OPENLINES_COOKIE_SECRET": "x" * 16, "OPENLINES_PUBLIC_URL": "http://desk.example.com"}
+    env = {"OPENLINES_COOKIE_SECRET": SECRET, "OPENLINES_DESK_PUBLIC_URL": "http://desk.example.com"}
     with pytest.raises(SettingsError, match="OPENLINES_COOKIE_SECURE=false"):
         load_settings(Settings, env=env)
     # Said on purpose: accepted, and not Secure.
     ok = load_settings(Settings, env={**env, "OPENLINES_COOKIE_SECURE": "false"})
     assert ok.secure_cookies(request_https=False) is False
     for url in ("http://localhost:8080", "http://127.0.0.1", "http://[::1]:8080"):
-        assert load_settings(Settings, env={**env, "OPENLINES_PUBLIC_URL": url}).secure_cookies(request_https=True) is False
+        assert load_settings(Settings, env={**env, "OPENLINES_DESK_PUBLIC_URL": url}).secure_cookies(request_https=True) is False
