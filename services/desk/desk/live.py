@@ -160,12 +160,26 @@ class Hub:
     async def watch_accounts(self) -> None:
         """Close the pages of an account whose password, roles or permissions changed, or that was removed.
 
-        Runs for the life of the desk (a failure stops the service: pages that should close must not stay open).
-        Only changes matter: the entries present when the watch starts are compared too, which is harmless.
+        Runs for the life of the desk. A watch that ends or fails (NATS gone a while) is started again;
+        the pages open meanwhile are then checked against the accounts as they are, so a change made
+        while no watch ran still closes them. (Their cookies are refused on every request meanwhile.)
         """
+        while True:
+            try:
+                await self._watch_accounts_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("account watch failed; starting it again", extra={"error": repr(exc)})
+            self.watching.clear()
+            await asyncio.sleep(1.0)
+
+    async def _watch_accounts_once(self) -> None:
         watcher = await self.reader.b.accounts.watchall()
         self.watching.set()
         try:
+            for operator_id in list(self.conns):
+                await self._account_changed(operator_id, await self.reader.account(operator_id))
             async for entry in watcher:
                 if entry is None or entry.key not in self.conns:
                     continue
@@ -175,8 +189,8 @@ class Hub:
                         account = _account_decoder.decode(entry.value)
                 await self._account_changed(entry.key, account)
         finally:
-            self.watching.clear()
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _account_changed(self, operator_id: str, account: OperatorAccount | None) -> None:
         stamp = self.stamp(account) if account is not None else None
