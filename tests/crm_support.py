@@ -15,6 +15,8 @@ from openlines.envelopes import ClientProfile, Inbound, SessionEvent, utcnow
 from openlines.runner import Service, launch
 from openlines.state import ClientRecord, Session, client_key
 
+CRM_API_TOKEN = "crm-read-api-test-token-0123-Kq7Zt9Wm3xRv"  # what a caller of crm-sync's read API sends as Bearer
+
 OPS = """
 [operators.anna]
 name = "Anna"
@@ -53,7 +55,7 @@ async def running_crm_sync(url: str, **overrides: Any) -> AsyncIterator[Service[
     from crm_sync.service import setup
     from crm_sync.settings import Settings
 
-    defaults: dict[str, Any] = {"crm_rate": 200.0, "crm_backoff": 0.05, "crm_limit_retries": 2}
+    defaults: dict[str, Any] = {"crm_rate": 200.0, "crm_backoff": 0.05, "crm_limit_retries": 2, "crm_api_token": CRM_API_TOKEN}
     svc = await launch("crm-sync", Settings(nats_url=url, http_port=0, **{**defaults, **overrides}), setup, first_attempts=5)
     try:
         yield svc

@@ -1,6 +1,12 @@
 """What every service shares: NATS connection, HTTP with /healthz /readyz
 /metrics, background tasks, and a graceful stop on SIGTERM.
 
+Two HTTP ports: the service's own (``OPENLINES_HTTP_PORT``: its routes plus
+/healthz and /readyz for load balancers) and an internal one
+(``OPENLINES_METRICS_PORT``, default the HTTP port + 1000) with /metrics,
+/healthz and /readyz, which the shipped ingress never routes: counters of
+sign-ins, refusals and queues are nobody's business outside the cluster.
+
 A service is a ``setup(service)`` coroutine that adds routes and tasks. The
 same object runs under ``python -m <service>`` (via :func:`main`) and inside
 tests (via :func:`launch` / :meth:`Service.stop`).
@@ -62,14 +68,19 @@ class Service(Generic[S]):
         self.app = web.Application(middlewares=[error_middleware], client_max_size=2 * 1024 * 1024)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
-        self.app.router.add_get("/metrics", self._metrics)
+        self.ops_app = web.Application(middlewares=[error_middleware])
+        self.ops_app.router.add_get("/metrics", self._metrics)
+        self.ops_app.router.add_get("/healthz", self._healthz)
+        self.ops_app.router.add_get("/readyz", self._readyz)
         self.started_at = time.time()
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._runner: web.AppRunner | None = None
+        self._ops_runner: web.AppRunner | None = None
         self._ready_checks: list[Callable[[], Awaitable[str | None]]] = []
         self.port = settings.http_port
+        self.metrics_port = settings.ops_port()
 
     # -- wiring ---------------------------------------------------------
 
@@ -127,12 +138,11 @@ class Service(Generic[S]):
             self.app, handle_signals=False, access_log=None, shutdown_timeout=self.settings.shutdown_timeout
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.http_host, self.settings.http_port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
-        log.info("listening", extra={"host": self.settings.http_host, "port": self.port})
+        self.port = await _serve(self._runner, self.settings.http_host, self.settings.http_port)
+        self._ops_runner = web.AppRunner(self.ops_app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await self._ops_runner.setup()
+        self.metrics_port = await _serve(self._ops_runner, self.settings.http_host, self.settings.ops_port())
+        log.info("listening", extra={"host": self.settings.http_host, "port": self.port, "metrics_port": self.metrics_port})
 
     async def stop(self) -> None:
         """Stop accepting work, finish what is in flight, then disconnect."""
@@ -144,6 +154,8 @@ class Service(Generic[S]):
                 log.exception("error while stopping")
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._ops_runner is not None:
+            await self._ops_runner.cleanup()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -187,6 +199,16 @@ class Service(Generic[S]):
         return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
+async def _serve(runner: web.AppRunner, host: str, port: int) -> int:
+    """Start serving ``runner`` on ``host:port``; the port bound (``port`` 0 = a free one)."""
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        return int(server.sockets[0].getsockname()[1])
+    return port
+
+
 async def launch(
     name: str, settings: S, setup: Callable[[Service[S]], Awaitable[None]], *, first_attempts: int = 0
 ) -> Service[S]:
@@ -204,6 +226,9 @@ def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitab
         settings = load_settings(settings_cls)
     except SettingsError as exc:
         raise SystemExit(f"{name}: configuration error: {exc}") from None
+    problem = settings.ports_problem()
+    if problem:
+        raise SystemExit(f"{name}: configuration error: {problem}")
     logs.setup(name, settings.log_level)
     log.info("starting", extra={"settings": settings.public()})
 

@@ -24,9 +24,25 @@ class BaseSettings(msgspec.Struct, kw_only=True):
     log_level: str = "info"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # The internal port of /metrics (and /healthz, /readyz again) that no ingress routes; unset: http_port + 1000
+    # (a free port when http_port is 0). Prometheus and the Kubernetes probes use it.
+    metrics_port: int | None = None
     replicas: int = 1  # JetStream replicas for streams and buckets a service creates
     bootstrap: bool = True  # create missing streams/buckets at start-up
     shutdown_timeout: float = 10.0
+
+    def ports_problem(self) -> str | None:
+        """Why the two ports cannot both be served, or None (checked at start-up by ``openlines.runner.main``)."""
+        port = self.ops_port()
+        if not 0 <= port <= 65535 or (port and port == self.http_port):
+            return f"OPENLINES_METRICS_PORT={port}: must be a port (0-65535) other than OPENLINES_HTTP_PORT={self.http_port}"
+        return None
+
+    def ops_port(self) -> int:
+        """The port of /metrics: ``metrics_port``, else ``http_port`` + 1000 (0, a free port, when http_port is 0)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return self.http_port + 1000 if self.http_port else 0
 
     def public(self) -> dict[str, object]:
         """The settings without secrets, for the start-up log line."""

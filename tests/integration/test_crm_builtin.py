@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from conftest import wait_for
-from crm_support import OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
+from crm_support import CRM_API_TOKEN, OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
 from support import apply_lines, history, inbound, publish, running_router
 
 from crm_sync.backends.base import Entity
@@ -19,7 +19,8 @@ from openlines.commands import Accept, Close, SetStatus, call
 
 
 async def get(port: int, path: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as resp:
+    auth = {"Authorization": f"Bearer {CRM_API_TOKEN}"}
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}", headers=auth) as resp:
         return resp.status, await resp.json()
 
 

@@ -44,7 +44,7 @@ async def record(nc: Any, out_id: str) -> SentRecord | None:
 
 async def test_a_part_whose_send_was_cut_short_is_sent_again_and_counted(nc: Any, nats_server: Any) -> None:
     async with fake_telegram() as tg, running_gateway(nats_server.url, tg) as gateway:
-        before = await _resends(gateway.port)
+        before = await _resends(gateway.metrics_port)
         # A clean delivery records the attempt and the result, and no resend.
         await publish(nc, reply("o-clean", 501, "First"))
         clean = await wait_for(lambda: _done(nc, "o-clean"), timeout=15, what="the clean reply recorded")
@@ -58,7 +58,7 @@ async def test_a_part_whose_send_was_cut_short_is_sent_again_and_counted(nc: Any
         cut = await wait_for(lambda: _done(nc, "o-cut"), timeout=15, what="the cut-short reply finished")
         assert cut.uncertain == 1 and cut.parts == 1
         assert [c.params["text"] for c in tg.sent(502, "sendMessage")] == ["Second"]  # never lost
-        assert await _resends(gateway.port) == before + 1
+        assert await _resends(gateway.metrics_port) == before + 1
 
 
 async def _done(nc: Any, out_id: str) -> SentRecord | None:
@@ -67,7 +67,7 @@ async def _done(nc: Any, out_id: str) -> SentRecord | None:
 
 
 async def _resends(port: int) -> float:
-    """The gateway's ``openlines_telegram_uncertain_resends_total`` for the account, from its /metrics."""
+    """The gateway's ``openlines_telegram_uncertain_resends_total`` for the account, from its /metrics (internal port)."""
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
     for line in text.splitlines():

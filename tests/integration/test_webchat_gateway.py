@@ -344,6 +344,8 @@ async def test_demo_widget_and_service_endpoints_are_served(svc: Any, http: Any)
     ws, _ = await open_ws(http, svc)
     await say(ws, "metric-1")
     async with http.get(f"{base(svc)}/metrics") as resp:
+        assert resp.status == 404  # not on the public port: the ingress routes it
+    async with http.get(f"http://127.0.0.1:{svc.metrics_port}/metrics") as resp:
         text = await resp.text()
         assert "openlines_webchat_messages_published_total" in text
         assert "openlines_webchat_open_sockets" in text

@@ -69,7 +69,7 @@ LIMITS = {
 
 
 async def metric(base_url: str, name: str, **labels: str) -> float:
-    """One sample of the gateway's /metrics (0 when absent)."""
+    """One sample of the gateway's /metrics (0 when absent); ``base_url`` is its internal (metrics) port."""
     async with aiohttp.ClientSession() as http, http.get(f"{base_url}/metrics") as resp:
         text = await resp.text()
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
@@ -83,11 +83,13 @@ async def metric(base_url: str, name: str, **labels: str) -> float:
 class GatewayProcess:
     def __init__(self, module: str, nats_url: str, log: Path, env: dict[str, str]) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         full = {
             **os.environ,
             "OPENLINES_NATS_URL": nats_url,
             "OPENLINES_HTTP_HOST": "127.0.0.1",
             "OPENLINES_HTTP_PORT": str(self.port),
+            "OPENLINES_METRICS_PORT": str(self.metrics_port),
             "OPENLINES_LOG_LEVEL": "warning",
             **LIMITS,
             **env,
@@ -119,7 +121,7 @@ class GatewayProcess:
             await wait_for(probe, timeout=60, what=f"{self.log.name} ready")
 
     async def metric(self, name: str, **labels: str) -> float:
-        return await metric(self.url, name, **labels)
+        return await metric(f"http://127.0.0.1:{self.metrics_port}", name, **labels)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -437,7 +439,6 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
     svc = await launch("gateway-webchat", settings, setup, first_attempts=5)
     try:
         edge = svc.app[WEBCHAT].edge
-        base = f"http://127.0.0.1:{svc.port}"
         async with (
             async_playwright() as p,
             aiohttp.ClientSession() as http,
@@ -450,7 +451,8 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
             assert json.loads((await other.receive(timeout=30)).data)["type"] == "welcome"
             # Both sockets are past their replay (it reads NATS) before NATS is paused.
             await wait_for(lambda: edge.hub.count == 2 and not any(s.replaying for s in edge.hub.sockets()), what="both live")
-            refused_before = await metric(base, "openlines_admission_refused_total", edge="webchat", reason="full")
+            ops = f"http://127.0.0.1:{svc.metrics_port}"  # /metrics is on the internal port
+            refused_before = await metric(ops, "openlines_admission_refused_total", edge="webchat", reason="full")
             async with nats_paused(nats_server):
                 # Another visitor's message takes the replica's only slot and cannot finish.
                 await other.send_str(json.dumps({"type": "message", "id": "other1", "text": "the slot holder"}))
@@ -462,7 +464,7 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
                 msg_id = await page.evaluate("window.openlinesWidget.send('sent while the server is busy')")
 
                 async def refused() -> bool:
-                    return await metric(base, "openlines_admission_refused_total", edge="webchat", reason="full") > refused_before
+                    return await metric(ops, "openlines_admission_refused_total", edge="webchat", reason="full") > refused_before
 
                 await wait_for(refused, timeout=30, what="the refusal")
                 # Refused with retry_after: still "sending", no "not sent – retry" button.

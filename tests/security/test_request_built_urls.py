@@ -84,7 +84,8 @@ async def test_a_reply_under_a_forged_host_is_refused_and_sends_nothing(
 
 
 async def test_links_come_from_the_public_url_whatever_host_the_request_names(nc: Any, nats_server: Any, router: None) -> None:
-    overrides = {"desk_public_url": "https://desk.example.com", "desk_allowed_hosts": "desk.internal"}
+    # cookie_secure=False: the test talks plain http to 127.0.0.1, and with an https public URL cookies are Secure.
+    overrides = {"desk_public_url": "https://desk.example.com", "desk_allowed_hosts": "desk.internal", "cookie_secure": False}
     async with running_desk(nats_server.url, **overrides) as desk, http_session(desk) as http:
         h = await sign_in(http, "anna")
         sid, file_id = await a_file_ready_to_send(http, h, nc, "v-public")

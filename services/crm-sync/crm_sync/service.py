@@ -40,7 +40,7 @@ async def setup(svc: Service[Settings]) -> None:
     consumer = EventConsumer(svc.js, syncer, s.consumer, s.ack_wait)
     responsible = Responsible(svc.nc, links, backend, users, s.responsible_timeout)
     await responsible.start()
-    ReadApi(backend if isinstance(backend, BuiltinBackend) else None, links).routes(svc.app)
+    ReadApi(backend if isinstance(backend, BuiltinBackend) else None, links, svc.settings.crm_api_token).routes(svc.app)
     svc.app[CRM_SYNC] = CrmSync(backend=backend, consumer=consumer, responsible=responsible)
     task = svc.spawn(consumer.run(), "crm-events")
 

@@ -6,13 +6,16 @@ from typing import Literal
 
 import msgspec
 
+from openlines.secretcheck import check_secret
 from openlines.settings import BaseSettings
 
 _SECRET_FIELDS = ("bitrix24_webhook", "bitrix24_access_token", "bitrix24_refresh_token", "bitrix24_client_secret")
 
 
 class Settings(BaseSettings, kw_only=True):
-    http_port: int = 8087  # health, metrics and the built-in CRM's read API
+    http_port: int = 8087  # health and the built-in CRM's read API (metrics: OPENLINES_METRICS_PORT, 9087)
+    # Bearer token the CRM read API (/crm/...) requires; empty = the read API is off.
+    crm_api_token: str = ""
     crm_backend: Literal["builtin", "bitrix24"] = "builtin"
     # Bitrix24: an inbound webhook URL https://<portal>/rest/<user>/<code>/ ...
     bitrix24_webhook: str = ""
@@ -45,6 +48,8 @@ class Settings(BaseSettings, kw_only=True):
                 "OPENLINES_CRM_BACKEND=bitrix24 needs OPENLINES_BITRIX24_WEBHOOK, or OPENLINES_BITRIX24_PORTAL"
                 " with OPENLINES_BITRIX24_ACCESS_TOKEN"
             )
+        if self.crm_api_token:  # empty: the read API is off
+            check_secret("OPENLINES_CRM_API_TOKEN", self.crm_api_token)
         if self.crm_rate <= 0 or self.crm_burst < 1:
             raise ValueError("OPENLINES_CRM_RATE must be > 0 and OPENLINES_CRM_BURST >= 1")
         self.users()  # fail at start-up, not at the first event

@@ -10,9 +10,11 @@ from: an edit based on a stale page is refused, never merged silently.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,15 +25,26 @@ from aiohttp import web
 from argon2 import PasswordHasher
 
 from desk import admin_views as views
-from desk.api import MIN_PASSWORD, STAFF_KEY, OperatorBody, Problem, Staff, add_api_routes, date_range, operator_problems
+from desk.api import (
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    STAFF_KEY,
+    OperatorBody,
+    Problem,
+    Staff,
+    add_api_routes,
+    date_range,
+    operator_problems,
+)
 from desk.config import ConfigStore, Conflict, Snapshot, lines_toml, operator_view, parse_lines_toml, valid_version
-from desk.http import DESK, Authed, Desk, html
+from desk.http import DESK, Authed, Desk, html, redirect
 from desk.stats import line_stats
 from desk.tokens import TokenStore, open_bucket
 from openlines.bus import Buckets
 from openlines.doctor import diagnose
 from openlines.lines import ROLES, ConfigError, LinesFile, OperatorConfig, check
 from openlines.runner import Service
+from openlines.state import OperatorAccount
 
 log = logging.getLogger("desk.admin")
 
@@ -95,6 +108,11 @@ def _staff_page(roles: tuple[str, ...]) -> Callable[[PageHandler], Callable[[web
         return handler
 
     return wrap
+
+
+def account_of(op_id: str, op: OperatorConfig) -> OperatorAccount:
+    """The account record ``openlines.apply`` writes for this operator."""
+    return OperatorAccount(id=op_id, name=op.name, password_hash=op.password_hash, roles=op.roles, permissions=op.permissions)
 
 
 def _digest(text: str) -> str:
@@ -222,7 +240,11 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
             errors = [stale]
         else:
             log.info("operator saved from the admin page", extra={"operator": op_id, "by": p.user.operator_id})
-            raise web.HTTPSeeOther("/admin/operators?saved=1")
+            done = redirect("/admin/operators?saved=1")
+            if op_id == p.user.operator_id:
+                # An admin editing their own account: its other sessions end (the stamp changed), this one goes on.
+                p.desk.carry_over(p.request, done, p.user, account_of(op_id, updated))
+            return done
     found = diagnose(snap.cfg)
     if new:
         ops = [operator_view(snap.cfg, o, found) for o in sorted(snap.cfg.operators)]
@@ -273,6 +295,72 @@ async def roles_get(p: _Page) -> web.StreamResponse:
 
 async def admin_home(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/admin/lines")
+
+
+# -- your own password ----------------------------------------------------------------------------
+
+PASSWORD_PAGE = "/account/password"
+
+
+async def password_get(request: web.Request) -> web.StreamResponse:
+    desk = request.app[DESK]
+    user = await desk.authed(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    message = "Password changed. Your other sessions have ended." if request.query.get("changed") else ""
+    return html(views.password_page(user.account, desk.signer.csrf_token(user.session.nonce), message=message))
+
+
+async def password_post(request: web.Request) -> web.StreamResponse:
+    """Any signed-in account changes its own password; the other sessions of the account end, this one goes on.
+
+    The current password is asked (a session left open on a shared computer must not be enough to take the
+    account over) and wrong answers count against the sign-in limits of this login and address.
+    """
+    desk = request.app[DESK]
+    staff = request.app[STAFF_KEY]
+    user = await desk.authed(request)
+    if user is None:
+        raise web.HTTPSeeOther("/login")
+    form = await request.post()
+    csrf = desk.signer.csrf_token(user.session.nonce)
+    if not desk.form_csrf_ok(request, user, form):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
+
+    def again(status: int, error: str) -> web.Response:
+        return html(views.password_page(user.account, csrf, errors=[error]), status=status)
+
+    current, new, repeated = (str(form.get(k, "")) for k in ("current", "new", "again"))
+    limiter, _ = await desk.guards()
+    address = desk.client_address(request)
+    wait = (await limiter.check(user.operator_id, address, time.time())).retry_after
+    if wait:
+        return again(429, f"Too many wrong passwords. Try again in {max(1, -(-wait // 60))} minutes.")
+    checked = current[:MAX_PASSWORD] if len(current) <= MAX_PASSWORD else ""
+    ok = await asyncio.get_running_loop().run_in_executor(None, desk.passwords.verify, user.account.password_hash, checked)
+    if not ok:
+        await limiter.failed(user.operator_id, address, time.time())
+        return again(400, "The current password is wrong.")
+    if not MIN_PASSWORD <= len(new) <= MAX_PASSWORD:
+        return again(400, f"The new password must be {MIN_PASSWORD}-{MAX_PASSWORD} characters.")
+    if new != repeated:
+        return again(400, "The two new passwords differ.")
+    if new == current:
+        return again(400, "The new password is the current one.")
+    snap = await staff.store.snapshot()
+    old = snap.cfg.operators.get(user.operator_id)
+    if old is None:
+        raise web.HTTPSeeOther("/login")
+    updated = msgspec.structs.replace(old, password_hash=await staff.hash_password(new))
+    cfg = LinesFile(operators={**snap.cfg.operators, user.operator_id: updated}, lines=snap.cfg.lines)
+    try:
+        await staff.store.save(cfg, snap.version, user.operator_id)
+    except (Conflict, ConfigError):
+        return again(409, "The configuration changed at this very moment; nothing was saved. Please try again.")
+    log.info("password changed by its operator", extra={"operator": user.operator_id})
+    done = redirect(f"{PASSWORD_PAGE}?changed=1")
+    desk.carry_over(request, done, user, account_of(user.operator_id, updated))
+    return done
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -336,3 +424,5 @@ async def setup(svc: Service[Any]) -> None:
     app.router.add_post("/admin/operators/{operator_id}/delete", operator_delete)
     app.router.add_get("/admin/roles", roles_get)
     app.router.add_get("/stats", stats_get)
+    app.router.add_get(PASSWORD_PAGE, password_get)
+    app.router.add_post(PASSWORD_PAGE, password_post)

@@ -41,6 +41,7 @@ def _shell(title: str, who: OperatorAccount, csrf: str, current: str, main: str)
     nav = "".join(
         f'<a href="{href}" data-testid="{tid}"{here if href == current else ""}>{label}</a>' for href, label, tid in links
     )
+    mine = here if current == "/account/password" else ""
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -57,6 +58,7 @@ def _shell(title: str, who: OperatorAccount, csrf: str, current: str, main: str)
   <nav class="nav" aria-label="Pages">{nav}</nav>
   <div class="spacer"></div>
   <span class="me" data-testid="operator-name">{escape(who.name)}</span>
+  <a class="account" href="/account/password" data-testid="nav-password"{mine}>Password</a>
   <form method="post" action="/logout" class="logout">
     <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
     <button type="submit" data-testid="logout">Sign out</button>
@@ -292,3 +294,23 @@ answered; spam is not counted. Rating: the client's mark, 1-5. Events are kept 3
 def denied(who: OperatorAccount, reason: str) -> str:
     main = f'<h1>No access</h1><p class="notice error" role="alert" data-testid="denied-reason">{escape(reason)}</p>'
     return _shell("No access", who, "", "", main)
+
+
+def password_page(who: OperatorAccount, csrf: str, *, errors: list[str] | None = None, message: str = "") -> str:
+    """An operator changes their own password: the current one, the new one twice."""
+    notice = _notice("ok", message, "password-saved") if message else ""
+    main = f"""<h1>Your password</h1>
+{notice}{_errors(errors or [])}
+<p>Changing it signs you out everywhere else (other browsers, other devices); this browser stays signed in.</p>
+<form method="post" action="/account/password" class="op-form" data-testid="password-form">
+  <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+  <label for="pw-current">Current password</label>
+  <input id="pw-current" name="current" type="password" autocomplete="current-password" required data-testid="pw-current">
+  <label for="pw-new">New password</label>
+  <input id="pw-new" name="new" type="password" autocomplete="new-password" minlength="8" required data-testid="pw-new">
+  <label for="pw-again">New password again</label>
+  <input id="pw-again" name="again" type="password" autocomplete="new-password" minlength="8" required data-testid="pw-again">
+  <div class="actions"><button type="submit" class="primary" data-testid="pw-save">Change password</button></div>
+</form>
+"""
+    return _shell("Your password", who, csrf, "/account/password", main)

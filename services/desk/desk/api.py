@@ -125,6 +125,9 @@ async def authenticate(request: web.Request, staff: Staff, roles: tuple[str, ...
     token = await staff.tokens.verify(value.strip())
     if token is None:
         raise Problem(401, "unauthenticated", "unknown or revoked token")
+    if token.expired(datetime.now(UTC)):
+        expired_at = token.expires_at.isoformat(timespec="seconds") if token.expires_at else ""
+        raise Problem(401, "token_expired", f"token {token.id} expired at {expired_at}; create a new one")
     if token.role not in roles:
         raise Problem(403, "forbidden", f"this needs a token with the {' or '.join(roles)} role; this one acts as {token.role}")
     return token

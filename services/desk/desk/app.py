@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from desk import admin
+from desk.auth import Signer
 from desk.http import DESK, Desk, add_routes, api_errors, known_hosts, security_headers
 from desk.live import Hub
 from desk.reads import Reader
@@ -18,12 +19,13 @@ STATIC = Path(__file__).parent / "static"
 async def setup(svc: Service[Settings]) -> None:
     buckets = await Buckets(svc.js).open()
     reader = Reader(svc.js, buckets)
-    hub = Hub(svc.nc, reader)
+    hub = Hub(svc.nc, reader, Signer(svc.settings.cookie_secret).stamp)
     await hub.start()
+    svc.spawn(hub.watch_accounts(), "desk-account-watch")
     svc.on_stop(hub.stop)
 
     async def live_subscribed() -> str | None:
-        return None if hub.subscribed else "not subscribed to session events"
+        return None if hub.subscribed else "not subscribed to session events or account changes"
 
     svc.ready_check(live_subscribed)
     desk = svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub)

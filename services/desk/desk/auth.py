@@ -3,7 +3,11 @@
 Pure functions and small classes, no I/O: the HTTP edge reads the request and
 asks these. The session cookie is stateless (HMAC-signed, with an expiry), so
 any desk replica can check it; the CSRF token is derived from the session's
-random nonce, so it is bound to that login and never stored.
+random nonce, so it is bound to that login and never stored. The cookie also
+carries the account's *credential stamp* (a keyed digest of its password hash,
+roles and permissions): when any of them changes - whoever writes the account,
+the admin pages, the API or ``openlines lines apply`` - the stamp no longer
+matches and every cookie issued before is refused by every replica.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ DESK_ROLES = ("operator", "supervisor")
 ADMIN_ROLE = "admin"
 ADMIN_HOME = "/admin"
 
-_VERSION = "v1"
+# v2: the payload carries the credential stamp; v1 cookies (without it) are refused.
+_VERSION = "v2"
 
 
 def _b64(data: bytes) -> str:
@@ -48,6 +53,7 @@ class DeskSession:
     operator_id: str
     nonce: str  # random per login; the CSRF token is derived from it
     expires: int  # epoch seconds
+    stamp: str  # the account's credential stamp when the cookie was issued (Signer.stamp)
 
 
 class Signer:
@@ -60,12 +66,38 @@ class Signer:
         # One key per purpose: a CSRF token can never pass as a cookie signature.
         self._cookie_key = hmac.new(root, b"openlines-desk/cookie", hashlib.sha256).digest()
         self._csrf_key = hmac.new(root, b"openlines-desk/csrf", hashlib.sha256).digest()
+        self._stamp_key = hmac.new(root, b"openlines-desk/stamp", hashlib.sha256).digest()
+
+    # -- credential stamp ---------------------------------------------------
+
+    def stamp(self, account: OperatorAccount) -> str:
+        """A digest of what a session may not outlive: the password hash, roles and permissions.
+
+        Keyed, so the cookie (readable by its holder) reveals nothing about the
+        password hash. The name is left out: renaming someone ends no session.
+        """
+        material = "\n".join([account.password_hash, ",".join(sorted(account.roles)), ",".join(sorted(account.permissions))])
+        return _b64(hmac.new(self._stamp_key, material.encode(), hashlib.sha256).digest()[:16])
+
+    def current(self, session: DeskSession, account: OperatorAccount) -> bool:
+        """Whether the session was issued for the account as it is now."""
+        return hmac.compare_digest(session.stamp, self.stamp(account))
 
     # -- session cookie ---------------------------------------------------
 
-    def issue(self, operator_id: str, now: float, ttl_seconds: int) -> tuple[str, DeskSession]:
-        session = DeskSession(operator_id=operator_id, nonce=secrets.token_urlsafe(18), expires=int(now) + ttl_seconds)
-        payload = json.dumps({"o": session.operator_id, "n": session.nonce, "e": session.expires}, separators=(",", ":"))
+    def issue(
+        self, account: OperatorAccount, now: float, ttl_seconds: int, *, nonce: str = "", expires: int = 0
+    ) -> tuple[str, DeskSession]:
+        """A session cookie for ``account``; ``nonce`` and ``expires`` carry an existing session over to a new stamp."""
+        session = DeskSession(
+            operator_id=account.id,
+            nonce=nonce or secrets.token_urlsafe(18),
+            expires=expires or int(now) + ttl_seconds,
+            stamp=self.stamp(account),
+        )
+        payload = json.dumps(
+            {"o": session.operator_id, "n": session.nonce, "e": session.expires, "s": session.stamp}, separators=(",", ":")
+        )
         body = f"{_VERSION}.{_b64(payload.encode())}"
         return f"{body}.{self._sign(body)}", session
 
@@ -78,10 +110,10 @@ class Signer:
             return None
         try:
             data = json.loads(_unb64(payload))
-            session = DeskSession(operator_id=str(data["o"]), nonce=str(data["n"]), expires=int(data["e"]))
+            session = DeskSession(operator_id=str(data["o"]), nonce=str(data["n"]), expires=int(data["e"]), stamp=str(data["s"]))
         except (ValueError, KeyError, TypeError):
             return None
-        if session.expires <= now or not session.operator_id or not session.nonce:
+        if session.expires <= now or not session.operator_id or not session.nonce or not session.stamp:
             return None
         return session
 

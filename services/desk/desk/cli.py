@@ -6,8 +6,9 @@ import argparse
 import os
 from typing import Any
 
-from desk.tokens import TOKEN_ROLES, TokenStore, new_token, open_bucket
+from desk.tokens import TOKEN_ROLES, TokenStore, new_token, open_bucket, parse_duration
 from openlines import bus
+from openlines.envelopes import utcnow
 
 
 async def _store(args: argparse.Namespace) -> tuple[Any, TokenStore]:
@@ -19,7 +20,8 @@ async def _store(args: argparse.Namespace) -> tuple[Any, TokenStore]:
 
 async def _create(args: argparse.Namespace) -> int:
     try:
-        token, record = new_token(args.name, args.role)
+        expires_in = parse_duration(args.expires_in) if args.expires_in else None
+        token, record = new_token(args.name, args.role, expires_in)
     except ValueError as exc:
         print(f"openlines desk token create: {exc}")
         return 2
@@ -28,7 +30,8 @@ async def _create(args: argparse.Namespace) -> int:
         await store.add(record)
     finally:
         await nc.close()
-    print(f"token {record.id} ({record.name!r}, role {record.role}) created. It is shown only now; keep it secret:")
+    until = f"expires {record.expires_at.isoformat(timespec='seconds')}" if record.expires_at else "no expiry"
+    print(f"token {record.id} ({record.name!r}, role {record.role}, {until}) created. It is shown only now; keep it secret:")
     print(token)
     return 0
 
@@ -39,8 +42,13 @@ async def _list(args: argparse.Namespace) -> int:
         tokens = await store.all()
     finally:
         await nc.close()
+    now = utcnow()
     for t in tokens:
-        print(f"{t.id}  {t.role:<10}  {t.created_at.isoformat(timespec='seconds')}  {t.name}")
+        if t.expires_at is None:
+            until = "never"
+        else:
+            until = t.expires_at.isoformat(timespec="seconds") + (" (expired)" if t.expired(now) else "")
+        print(f"{t.id}  {t.role:<10}  {t.created_at.isoformat(timespec='seconds')}  expires {until:<36}  {t.name}")
     if not tokens:
         print("no tokens")
     return 0
@@ -63,6 +71,7 @@ def register(sub: Any) -> None:
     c = tokens.add_parser("create", help="create a token and print it once")
     c.add_argument("name", help="what the token is for, e.g. 'nightly report'")
     c.add_argument("--role", choices=TOKEN_ROLES, required=True, help="the role the token acts as")
+    c.add_argument("--expires-in", metavar="DURATION", help="refuse the token after this long: 90m, 12h, 30d (default: never)")
     c.set_defaults(run=_create, is_async=True)
     ls = tokens.add_parser("list", help="list tokens (never their secrets)")
     ls.set_defaults(run=_list, is_async=True)

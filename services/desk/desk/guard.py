@@ -48,32 +48,60 @@ async def open_kv(js: JetStreamContext, bucket: str, ttl: float, replicas: int) 
 @dataclass(frozen=True, slots=True)
 class Limits:
     window: float
-    per_login: int
-    per_address: int
+    per_login: int  # failures of one login from everywhere before each attempt on it is slowed (never locked)
+    per_address: int  # failures of any logins from one address before that address is locked out
+    per_source: int = 5  # failures of one login from one address before that pair is locked out
+    slow_seconds: float = 3.0  # how long an attempt on a login past ``per_login`` waits before it is checked
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    retry_after: int  # seconds until this login may be tried from this address; 0 = now
+    slow: bool  # the login is under attack from many addresses: answer only after Limits.slow_seconds
 
 
 class LoginLimiter:
-    """A sliding window of failed sign-ins per login and per client address."""
+    """Sliding windows of failed sign-ins: per (login, address), per address, per login.
+
+    Locking a login out everywhere would let anyone lock out any account, an
+    admin's included, with a few wrong passwords. So a login is locked only
+    for the address its failures come from (and an address for every login
+    once it fails often); a login that fails from many addresses is merely
+    slowed, every attempt on it waiting a few seconds, which keeps the real
+    person able to sign in while it makes guessing from a crowd of addresses slow.
+    """
 
     def __init__(self, kv: KeyValue, limits: Limits) -> None:
         self.kv = kv
         self.limits = limits
 
-    async def retry_after(self, login: str, address: str, now: float) -> int:
-        """Seconds until this login may be tried again from this address; 0 = now."""
-        checks = [(_key("addr", address), self.limits.per_address)]
+    def _keys(self, login: str, address: str) -> dict[str, int]:
+        keys = {_key("addr", address): self.limits.per_address}
         if login:
-            checks.append((_key("login", login), self.limits.per_login))
+            keys[_key("pair", f"{login.lower()}\n{address}")] = self.limits.per_source
+            keys[_key("login", login)] = self.limits.per_login
+        return keys
+
+    async def _recent(self, key: str, now: float) -> list[float]:
+        got, _ = await kv_get(self.kv, key, Failures)
+        return sorted(t for t in (got.times if got else []) if t > now - self.limits.window)
+
+    async def check(self, login: str, address: str, now: float) -> Verdict:
+        """May this login be tried from this address now (``retry_after`` 0), and must the attempt wait first?"""
         wait = 0.0
-        for key, limit in checks:
-            got, _ = await kv_get(self.kv, key, Failures)
-            recent = sorted(t for t in (got.times if got else []) if t > now - self.limits.window)
-            if len(recent) >= limit:
+        slow = False
+        for key, limit in self._keys(login, address).items():
+            recent = await self._recent(key, now)
+            if len(recent) < limit:
+                continue
+            if key.startswith("login."):
+                slow = True
+            else:
                 wait = max(wait, recent[-limit] + self.limits.window - now)
-        return math.ceil(wait)
+        return Verdict(retry_after=math.ceil(wait), slow=slow)
 
     async def failed(self, login: str, address: str, now: float) -> None:
-        for key, limit in ((_key("addr", address), self.limits.per_address), (_key("login", login), self.limits.per_login)):
+        for key, limit in self._keys(login, address).items():
 
             def add(cur: Failures | None, limit: int = limit) -> Failures:
                 recent = [t for t in (cur.times if cur else []) if t > now - self.limits.window]
@@ -81,9 +109,10 @@ class LoginLimiter:
 
             await kv_update(self.kv, key, Failures, add)
 
-    async def succeeded(self, login: str) -> None:
-        """A right password clears the login's failures (the address keeps its own)."""
-        await self.kv.delete(_key("login", login))
+    async def succeeded(self, login: str, address: str) -> None:
+        """A right password clears this login's failures from this address (the address and the login keep theirs:
+        one success must not reset what a crowd of addresses is doing)."""
+        await self.kv.delete(_key("pair", f"{login.lower()}\n{address}"))
 
 
 class Revocations:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import msgspec
 import nats.errors
-from aiohttp import BodyPartReader, WSMsgType, web
+from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 
@@ -121,7 +121,13 @@ class Desk:
             async with self._opening:
                 if self._guards is None:
                     s = self.settings
-                    limits = Limits(s.login_window_seconds, s.login_failures_per_login, s.login_failures_per_address)
+                    limits = Limits(
+                        s.login_window_seconds,
+                        per_login=s.login_failures_per_login,
+                        per_address=s.login_failures_per_address,
+                        per_source=s.login_failures_per_source,
+                        slow_seconds=s.login_slow_seconds,
+                    )
                     self._guards = await open_guards(self.reader.js, limits, s.replicas)
         return self._guards
 
@@ -153,8 +159,8 @@ class Desk:
         if await revocations.revoked(session.nonce):
             return None  # signed out: a copy of the cookie is worth nothing
         account = await self.reader.account(session.operator_id)
-        if account is None:
-            return None
+        if account is None or not self.signer.current(session, account):
+            return None  # removed, or password / roles / permissions changed since the sign-in
         return Authed(account=account, session=session, problem=access_problem(account))
 
     async def api_user(self, request: web.Request, *, changes: bool) -> Authed:
@@ -213,7 +219,13 @@ class Desk:
 
     # -- cookies ----------------------------------------------------------
 
-    def set_session_cookie(self, response: web.StreamResponse, value: str) -> None:
+    def secure_cookies(self, request: web.Request) -> bool:
+        https = request.scheme == "https"
+        if self.settings.trust_forwarded_for:
+            https = https or request.headers.get("X-Forwarded-Proto", "").rsplit(",", 1)[-1].strip().lower() == "https"
+        return self.settings.secure_cookies(https)
+
+    def set_session_cookie(self, request: web.Request, response: web.StreamResponse, value: str) -> None:
         response.set_cookie(
             COOKIE_NAME,
             value,
@@ -221,8 +233,16 @@ class Desk:
             path="/",
             httponly=True,
             samesite="Lax",
-            secure=self.settings.cookie_secure,
+            secure=self.secure_cookies(request),
         )
+
+    def carry_over(self, request: web.Request, response: web.StreamResponse, user: Authed, account: OperatorAccount) -> None:
+        """Keep this browser's session after a change to its own account (other sessions of the account end).
+
+        Same nonce (its pages' CSRF tokens stay valid) and the same expiry, with the new credential stamp.
+        """
+        value, _ = self.signer.issue(account, time.time(), 0, nonce=user.session.nonce, expires=user.session.expires)
+        self.set_session_cookie(request, response, value)
 
     def login_response(self, request: web.Request, *, status: int = 200, error: str = "", login: str = "") -> web.Response:
         nonce = request.cookies.get(LOGIN_COOKIE_NAME) or ""
@@ -236,7 +256,7 @@ class Desk:
             path="/login",
             httponly=True,
             samesite="Lax",
-            secure=self.settings.cookie_secure,
+            secure=self.secure_cookies(request),
         )
         return response
 
@@ -324,15 +344,22 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return desk.login_response(request, status=400, error="Enter your login and password.", login=login)
     limiter, _ = await desk.guards()
     address = desk.client_address(request)
-    wait = await limiter.retry_after(login, address, time.time())
-    if wait:
+    verdict = await limiter.check(login, address, time.time())
+    if verdict.retry_after:
+        wait = verdict.retry_after
         LOGINS.labels("limited").inc()
-        log.warning("sign-in rate limited", extra={"login": login[:64], "address": address, "retry_after": wait})
+        # Never the submitted login: people type their password into it.
+        log.warning("sign-in rate limited", extra={"address": address, "retry_after": wait})
         minutes = max(1, -(-wait // 60))
         error = f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."
         response = desk.login_response(request, status=429, error=error, login=login)
         response.headers["Retry-After"] = str(wait)
         return response
+    if verdict.slow:
+        # This login fails from many addresses: every attempt on it waits, the right password too.
+        LOGINS.labels("slowed").inc()
+        log.warning("sign-in slowed: many failures for one login", extra={"address": address})
+        await asyncio.sleep(desk.settings.login_slow_seconds)
     account = await desk.reader.account(login)
     stored = account.password_hash if account is not None and len(password) <= MAX_PASSWORD else None
     # argon2 takes tens of milliseconds of CPU: keep the event loop free meanwhile.
@@ -342,18 +369,18 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         log.info("sign-in refused", extra={"reason": "wrong login or password"})
         await limiter.failed(login, address, time.time())
         return desk.login_response(request, status=401, error="Wrong login or password.", login=login)
-    await limiter.succeeded(login)
+    await limiter.succeeded(login, address)
     home = landing(account)
     if home is None:
         problem = access_problem(account) or "no access"
         LOGINS.labels("denied").inc()
         log.info("sign-in refused", extra={"operator": account.id, "reason": problem})
         return html(views.denied_page(account.name, problem), status=403)
-    value, _ = desk.signer.issue(account.id, time.time(), desk.settings.session_hours * 3600)
+    value, _ = desk.signer.issue(account, time.time(), desk.settings.session_hours * 3600)
     LOGINS.labels("ok").inc()
     log.info("signed in", extra={"operator": account.id, "home": home})
     response = redirect(home)
-    desk.set_session_cookie(response, value)
+    desk.set_session_cookie(request, response, value)
     response.del_cookie(LOGIN_COOKIE_NAME, path="/login")
     return response
 
@@ -491,12 +518,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise ApiError(403, "forbidden", "WebSocket from another origin")
     ws = web.WebSocketResponse(heartbeat=25.0, max_msg_size=4096)
     await ws.prepare(request)
-    conn = Connection(ws, user.operator_id, user.session.nonce)
+    conn = Connection(ws, user.operator_id, user.session.nonce, user.session.stamp)
     # Register before reading the snapshot: whatever changes meanwhile is queued
     # behind it, so the page misses nothing (duplicates are idempotent upserts).
     desk.hub.add(conn)
     writer: asyncio.Task[None] | None = None
     try:
+        # The account may have changed between the check above and the registration, when
+        # the hub's account watch could not see this page yet: look once more.
+        account = await desk.reader.account(user.operator_id)
+        if account is None or not desk.signer.current(user.session, account):
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"credentials changed")
+            return ws
         snapshot = await desk.reader.snapshot(user.operator_id)
         conn.shown.update(str(chat["id"]) for chat in snapshot["chats"])
         await ws.send_json(snapshot)

@@ -5,6 +5,11 @@ The router publishes session events on ``ol.evt.>`` and transcript entries on
 subscriptions) and forwards what concerns the operators connected to *it*.
 A missed push is harmless: a page re-reads the snapshot from KV whenever it
 reconnects, and KV, not this hub, is the truth.
+
+The hub also closes pages whose sign-in ended elsewhere: a sign-out on any
+replica (``ol.desk.signed_out``), and a change of the account's password,
+roles or permissions or its removal, seen through a watch of ``ol-accounts``
+(whoever wrote it: the admin pages, the API, ``openlines lines apply``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -27,6 +33,7 @@ from desk.reads import Reader, holders_of
 from openlines import subjects
 from openlines.commands import Presence, call
 from openlines.envelopes import HistoryEntry, SessionEvent
+from openlines.state import OperatorAccount
 
 log = logging.getLogger("desk.live")
 
@@ -38,15 +45,19 @@ PUSHED = Counter("openlines_desk_frames_pushed_total", "Frames pushed to operato
 
 _event_decoder = msgspec.json.Decoder(SessionEvent)
 _history_decoder = msgspec.json.Decoder(HistoryEntry)
+_account_decoder = msgspec.json.Decoder(OperatorAccount)
+
+Stamp = Callable[[OperatorAccount], str]
 
 
 class Connection:
     """One operator WebSocket: frames are queued and written by one task, in order."""
 
-    def __init__(self, ws: web.WebSocketResponse, operator_id: str, nonce: str = "") -> None:
+    def __init__(self, ws: web.WebSocketResponse, operator_id: str, nonce: str = "", stamp: str = "") -> None:
         self.ws = ws
         self.operator_id = operator_id
         self.nonce = nonce  # the sign-in this page belongs to: a sign-out closes it
+        self.stamp = stamp  # the account's credential stamp at that sign-in: a change of it closes the page
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self.shown: set[str] = set()  # sessions this page lists
         self.overflowed = False
@@ -77,9 +88,11 @@ class Connection:
 
 
 class Hub:
-    def __init__(self, nc: NATS, reader: Reader) -> None:
+    def __init__(self, nc: NATS, reader: Reader, stamp: Stamp) -> None:
         self.nc = nc
         self.reader = reader
+        self.stamp = stamp  # the credential stamp of an account as it is now (desk.auth.Signer.stamp)
+        self.watching = asyncio.Event()  # the account watch has started
         self.conns: dict[str, set[Connection]] = {}
         self._holders: dict[str, tuple[frozenset[str], float]] = {}
         self._subs: list[Subscription] = []
@@ -88,7 +101,7 @@ class Hub:
 
     @property
     def subscribed(self) -> bool:
-        return len(self._subs) == 3
+        return len(self._subs) == 3 and self.watching.is_set()
 
     async def start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.events_all(), cb=self._on_event))
@@ -143,6 +156,53 @@ class Hub:
             conn.push(frame)
 
     # -- NATS -------------------------------------------------------------
+
+    async def watch_accounts(self) -> None:
+        """Close the pages of an account whose password, roles or permissions changed, or that was removed.
+
+        Runs for the life of the desk. A watch that ends or fails (NATS gone a while) is started again;
+        the pages open meanwhile are then checked against the accounts as they are, so a change made
+        while no watch ran still closes them. (Their cookies are refused on every request meanwhile.)
+        """
+        while True:
+            try:
+                await self._watch_accounts_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("account watch failed; starting it again", extra={"error": repr(exc)})
+            self.watching.clear()
+            await asyncio.sleep(1.0)
+
+    async def _watch_accounts_once(self) -> None:
+        watcher = await self.reader.b.accounts.watchall()
+        self.watching.set()
+        try:
+            for operator_id in list(self.conns):
+                await self._account_changed(operator_id, await self.reader.account(operator_id))
+            async for entry in watcher:
+                if entry is None or entry.key not in self.conns:
+                    continue
+                account = None
+                if entry.operation not in ("DEL", "PURGE") and entry.value:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        account = _account_decoder.decode(entry.value)
+                await self._account_changed(entry.key, account)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def _account_changed(self, operator_id: str, account: OperatorAccount | None) -> None:
+        stamp = self.stamp(account) if account is not None else None
+        stale = [c for c in self.conns.get(operator_id, ()) if c.stamp != stamp]
+        if stale:
+            reason = "removed" if account is None else "password, roles or permissions changed"
+            log.info(
+                "closing live pages of a changed account", extra={"operator": operator_id, "reason": reason, "pages": len(stale)}
+            )
+        for conn in stale:
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"credentials changed")
 
     async def _on_signed_out(self, msg: Msg) -> None:
         """A sign-out on any replica closes that login's live pages here (the cookie is already refused)."""

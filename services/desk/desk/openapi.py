@@ -35,7 +35,7 @@ STATUS_TEXT = {
     200: "OK",
     201: "Created",
     400: "Bad request: the reason is in detail (and errors, per key); nothing changed",
-    401: "Missing, unknown or revoked token",
+    401: "Missing, unknown, revoked or expired token",
     403: "The token's role may not do this",
     404: "No such resource",
     412: "If-Match is not the current configuration version: someone changed it meanwhile",

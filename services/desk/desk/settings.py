@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from desk.hosts import check_public_url, is_loopback
 from openlines.secretcheck import check_secret
@@ -14,9 +15,11 @@ class Settings(BaseSettings, kw_only=True):
     # Signs the session cookie. Every desk replica must share it; changing it
     # logs every operator out.
     cookie_secret: str
-    # Set to true when the desk is served over HTTPS (directly or behind a
-    # TLS-terminating proxy): the browser then only sends the cookie over HTTPS.
-    cookie_secure: bool = False
+    # Whether the session cookie is marked Secure (the browser sends it over HTTPS only).
+    # Unset: decided from desk_public_url - https -> Secure; plain http on a loopback host
+    # (127.0.0.1, localhost, ::1) -> not; none set (a desk on loopback) -> Secure when the request
+    # came over HTTPS (X-Forwarded-Proto counts when trust_forwarded_for is set). true/false: as said.
+    cookie_secure: bool | None = None
     session_hours: int = 12
     # The same variables crm-sync reads: which CRM holds the clients' records.
     # "builtin": the desk's CRM page lists crm-sync's KV buckets; "bitrix24":
@@ -33,10 +36,14 @@ class Settings(BaseSettings, kw_only=True):
     # How long files operators send are kept (and their links work); NATS deletes older ones. 0 = forever.
     # Every desk replica must have the same value: each brings the store to its own on start-up.
     files_max_age_days: float = 90
-    # Sign-in rate limiting: failed attempts within the window, per login and per client address.
+    # Sign-in rate limiting, failed attempts within the window: one login from one client address is
+    # locked out after per_source; one address (any logins) after per_address; one login from everywhere
+    # is never locked, only slowed (each attempt waits login_slow_seconds) after per_login.
     login_window_seconds: int = 900
-    login_failures_per_login: int = 5
+    login_failures_per_source: int = 5
     login_failures_per_address: int = 20
+    login_failures_per_login: int = 50
+    login_slow_seconds: float = 3.0
     # Behind a reverse proxy every request comes from the proxy: set to true to take the
     # client address from the last X-Forwarded-For entry (the one our proxy added).
     trust_forwarded_for: bool = False
@@ -51,6 +58,16 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_SESSION_HOURS must be between 1 and 744")
         if self.desk_public_url:
             check_public_url(self.desk_public_url, "OPENLINES_DESK_PUBLIC_URL")
+            if (
+                self.cookie_secure is None
+                and urlsplit(self.desk_public_url).scheme == "http"
+                and not loopback_url(self.desk_public_url)
+            ):
+                raise ValueError(
+                    f"OPENLINES_DESK_PUBLIC_URL={self.desk_public_url} is plain http on a host other than this machine: "
+                    "session cookies would cross the network unencrypted. Serve the desk over https (or behind a TLS "
+                    "proxy) and give its https:// address, or set OPENLINES_COOKIE_SECURE=false to accept that risk"
+                )
         elif not is_loopback(self.http_host):
             raise ValueError(
                 f"OPENLINES_DESK_PUBLIC_URL must be set when the desk listens on {self.http_host!r} (not loopback): "
@@ -60,5 +77,25 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_MAX_UPLOAD_BYTES must be positive")
         if self.files_max_age_days < 0:
             raise ValueError("OPENLINES_FILES_MAX_AGE_DAYS must be 0 (keep forever) or more")
-        if self.login_window_seconds < 1 or self.login_failures_per_login < 1 or self.login_failures_per_address < 1:
+        if (
+            self.login_window_seconds < 1
+            or min(self.login_failures_per_login, self.login_failures_per_address, self.login_failures_per_source) < 1
+        ):
             raise ValueError("OPENLINES_LOGIN_WINDOW_SECONDS and OPENLINES_LOGIN_FAILURES_PER_* must be positive")
+        if not 0 <= self.login_slow_seconds <= 60:
+            raise ValueError("OPENLINES_LOGIN_SLOW_SECONDS must be between 0 and 60")
+
+    def secure_cookies(self, request_https: bool) -> bool:
+        """Whether to mark cookies Secure, for a request that came over HTTPS (``request_https``) or not."""
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        if self.desk_public_url:
+            return not loopback_url(self.desk_public_url)
+        return request_https
+
+
+def loopback_url(url: str) -> bool:
+    """A plain-http address on this machine (development): the only place cookies may go without TLS by default."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "http" and (is_loopback(host) or host.endswith(".localhost"))

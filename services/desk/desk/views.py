@@ -174,6 +174,7 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
 def _signed_in_as(name: str, csrf: str) -> str:
     """The end of every top bar: who is signed in, and the sign-out button."""
     return f"""  <span class="me" data-testid="operator-name">{escape(name)}</span>
+  <a class="account" href="/account/password" data-testid="nav-password">Password</a>
   <form method="post" action="/logout" class="logout">
     <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
     <button type="submit" data-testid="logout">Sign out</button>
