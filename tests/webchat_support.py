@@ -7,7 +7,6 @@ from typing import Any
 
 import aiohttp
 from nats.aio.client import Client as NATS
-
 from support import apply_lines
 
 Frame = dict[str, Any]
@@ -25,6 +24,9 @@ channels = [{ channel = "webchat", account = "demo" }, { channel = "webchat", ac
 [lines.queue]
 operators = ["anna"]
 """
+
+# For tests that measure something else (overload, chaos, benchmarks) with many visitors from one address.
+NO_ABUSE_LIMITS = {"OPENLINES_VISITOR_MESSAGES_PER_MINUTE": "0", "OPENLINES_NEW_VISITORS_PER_MINUTE": "0"}
 
 
 async def bind_widget_accounts(nc: NATS, text: str = WIDGET_LINES) -> None:

@@ -175,7 +175,7 @@ class WebchatHttp:
             return None
         if "token" in request.query:
             # URLs end up in proxy and server logs: a token there is a token given away.
-            detail = "a visitor token is not accepted in the URL; send it in the first frame: {\"type\":\"hello\",\"token\":...}"
+            detail = 'a visitor token is not accepted in the URL; send it in the first frame: {"type":"hello","token":...}'
             await self._refuse(ws, "token_in_url", detail, CLOSE_BAD_REQUEST)
             return None
         if not self._account_ok(account):
@@ -249,7 +249,9 @@ class WebchatHttp:
             new = True
         else:
             try:
-                visitor = token.verify(secret, raw, account, now=now, ttl=self.settings.visitor_ttl, grace=self.settings.visitor_grace)
+                visitor = token.verify(
+                    secret, raw, account, now=now, ttl=self.settings.visitor_ttl, grace=self.settings.visitor_grace
+                )
             except token.TokenExpired as exc:
                 if not renew:
                     metrics.REJECTED_FRAMES.labels("token_expired").inc()

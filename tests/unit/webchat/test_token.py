@@ -12,6 +12,7 @@ GRACE = 7 * 24 * 3600
 def verify(secret: str, tok: str, account: str, now: float = 1000.0) -> VisitorToken:
     return token.verify(secret, tok, account, now=now, ttl=TTL, grace=GRACE)
 
+
 SECRET = "unit-secret-0123456789abcdef-Kq7Zt9Wm3xRv"
 
 
