@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+from conftest import wait_for
 from nats.aio.client import Client as NATS
+from servers import ServiceProcess, free_port
 from support import apply_lines
+
+SECRET = "widget-secret-0123456789abcdef"
 
 Frame = dict[str, Any]
 WS = aiohttp.ClientWebSocketResponse
@@ -65,3 +72,50 @@ async def open_visitor(
     ws, welcome = await connect(http, base, token=token, since=since, account=account, **kw)
     assert welcome["type"] == "welcome", welcome
     return ws, welcome
+
+
+@asynccontextmanager
+async def webchat_process(nats_url: str, log_dir: Path, **env: str) -> AsyncIterator[str]:
+    """The gateway as a real process (``python -m gateway_webchat``) once /readyz says so; yields its base URL."""
+    port = free_port()
+    proc = ServiceProcess(
+        f"webchat-{port}",
+        "gateway_webchat",
+        {
+            "OPENLINES_NATS_URL": nats_url,
+            "OPENLINES_HTTP_PORT": str(port),
+            "OPENLINES_WEBCHAT_SECRET": SECRET,
+            "OPENLINES_SHUTDOWN_TIMEOUT": "3",
+            **env,
+        },
+        log_dir,
+    )
+    proc.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                assert proc.exited() is None, (log_dir / f"{proc.name}.log").read_text()[-3000:]
+                try:
+                    async with http.get(f"{url}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(ready, timeout=60, what="gateway-webchat ready")
+        yield url
+    finally:
+        proc.stop()
+    log = (log_dir / f"{proc.name}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+async def metric(base: str, name: str, **labels: str) -> float:
+    """One sample of the gateway's /metrics (0 when absent)."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+    return 0.0

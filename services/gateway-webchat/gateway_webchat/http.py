@@ -188,15 +188,13 @@ class WebchatHttp:
             await self._refuse(ws, "bad_account", "no line uses this widget account", CLOSE_BAD_ACCOUNT)
             return None
         deadline = time.monotonic() + self.settings.hello_timeout
-        for _ in range(MAX_AUTH_FRAMES):
+        for attempt in range(1, MAX_AUTH_FRAMES + 1):
             hello = await self._auth_frame(ws, deadline)
             if hello is None:
                 return None
-            admitted = await self._authenticate(ws, request, account, hello)
+            admitted = await self._authenticate(ws, request, account, hello, last=attempt == MAX_AUTH_FRAMES)
             if admitted is not _RENEW:
                 return admitted  # type: ignore[return-value]
-        # A second hello with the expired token instead of a renew.
-        await self._refuse(ws, "bad_token", "visitor token expired; renew it with a renew frame", CLOSE_BAD_TOKEN)
         return None
 
     async def _auth_frame(self, ws: web.WebSocketResponse, deadline: float) -> dict[str, object] | None:
@@ -224,7 +222,7 @@ class WebchatHttp:
         return obj
 
     async def _authenticate(
-        self, ws: web.WebSocketResponse, request: web.Request, account: str, hello: dict[str, object]
+        self, ws: web.WebSocketResponse, request: web.Request, account: str, hello: dict[str, object], *, last: bool
     ) -> tuple[Socket, str] | object | None:
         """A hello or renew frame: the socket and welcome; None when refused (and closed); ``_RENEW`` to read a renew."""
         raw = str(hello.get("token") or "")
@@ -253,6 +251,9 @@ class WebchatHttp:
                     secret, raw, account, now=now, ttl=self.settings.visitor_ttl, grace=self.settings.visitor_grace
                 )
             except token.TokenExpired as exc:
+                if not renew and last:
+                    await self._refuse(ws, "bad_token", "visitor token expired; renew it with a renew frame", CLOSE_BAD_TOKEN)
+                    return None
                 if not renew:
                     metrics.REJECTED_FRAMES.labels("token_expired").inc()
                     with contextlib.suppress(ConnectionError, RuntimeError):
