@@ -64,7 +64,7 @@ class BoundAccounts:
         try:
             while not stopping.is_set():
                 try:
-                    entry = await watcher.updates(timeout=1.0)
+                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
                 except TimeoutError:
                     continue
                 if entry is None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway_webchat.core import address, limits
+from gateway_webchat.core import address
+from gateway_webchat.core.limits import Rate
 from openlines import admission
 from openlines.secretcheck import check_secret
 from openlines.settings import BaseSettings
@@ -58,11 +59,11 @@ class Settings(BaseSettings, kw_only=True):
     def limits(self) -> admission.Limits:
         return admission.Limits(self.max_in_flight, self.max_waiting, self.admission_wait, self.retry_after)
 
-    def message_rate(self) -> limits.Rate:
-        return limits.Rate(self.visitor_messages_per_minute, self.visitor_message_burst)
+    def message_rate(self) -> Rate:
+        return Rate(self.visitor_messages_per_minute, self.visitor_message_burst)
 
-    def new_visitor_rate(self) -> limits.Rate:
-        return limits.Rate(self.new_visitors_per_minute, self.new_visitor_burst)
+    def new_visitor_rate(self) -> Rate:
+        return Rate(self.new_visitors_per_minute, self.new_visitor_burst)
 
     def proxies(self) -> tuple[address.Network, ...]:
         return address.parse_networks(self.trusted_proxies)
