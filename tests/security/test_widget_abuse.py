@@ -270,3 +270,14 @@ async def test_a_second_hello_with_an_expired_token_instead_of_a_renew_is_refuse
         await ws.send_json(hello_frame(expired))
         assert (await recv(ws))["code"] == "bad_token"
         assert (await closed_with(ws))[0] == 4401
+
+
+async def test_a_socket_waiting_for_its_hello_is_closed_at_once_when_the_gateway_stops(
+    nc: Any, nats_server: Any, tmp_path: Path, http: Any
+) -> None:
+    await bind_widget_accounts(nc)
+    async with webchat_process(nats_server.url, tmp_path, OPENLINES_HELLO_TIMEOUT="600") as base:
+        ws = await http.ws_connect(f"{base}/ws/demo")
+    # The process has stopped (the block waited for it): the socket was told to go elsewhere, not left hanging.
+    msg = await ws.receive(timeout=10)
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)

@@ -81,6 +81,7 @@ class WebchatHttp:
         self.stopping = False
         self.admission = admission.Admission("webchat", settings.limits())
         self._sockets = 0  # handshakes under way + open sockets
+        self._unauthenticated: set[web.WebSocketResponse] = set()  # sockets waiting for their hello
         self._publishing = 0
         self._idle = asyncio.Event()  # set while no publish is in flight
         self._idle.set()
@@ -188,14 +189,21 @@ class WebchatHttp:
             await self._refuse(ws, "bad_account", "no line uses this widget account", CLOSE_BAD_ACCOUNT)
             return None
         deadline = time.monotonic() + self.settings.hello_timeout
-        for attempt in range(1, MAX_AUTH_FRAMES + 1):
-            hello = await self._auth_frame(ws, deadline)
-            if hello is None:
-                return None
-            admitted = await self._authenticate(ws, request, account, hello, last=attempt == MAX_AUTH_FRAMES)
-            if admitted is not _RENEW:
-                return admitted  # type: ignore[return-value]
-        return None
+        self._unauthenticated.add(ws)
+        try:
+            for attempt in range(1, MAX_AUTH_FRAMES + 1):
+                hello = await self._auth_frame(ws, deadline)
+                if hello is None:
+                    return None
+                if self.stopping:
+                    await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
+                    return None
+                admitted = await self._authenticate(ws, request, account, hello, last=attempt == MAX_AUTH_FRAMES)
+                if admitted is not _RENEW:
+                    return admitted  # type: ignore[return-value]
+            return None
+        finally:
+            self._unauthenticated.discard(ws)
 
     async def _auth_frame(self, ws: web.WebSocketResponse, deadline: float) -> dict[str, object] | None:
         """The next frame before authentication, if it is a hello or renew; else refuse and None."""
@@ -370,6 +378,9 @@ class WebchatHttp:
         self.stopping = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + 1)
+        for waiting in list(self._unauthenticated):  # still before their hello: nothing to finish
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await waiting.close(code=CLOSE_GOING_AWAY, message=b"going away")
         sockets = self.hub.sockets()
         for sock in sockets:
             sock.close(CLOSE_GOING_AWAY, "going away")
