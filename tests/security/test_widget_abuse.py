@@ -118,7 +118,7 @@ async def test_a_flooding_socket_gets_rate_limited_frames_and_only_acked_message
     # 3 at once, then one every 100 minutes: nothing refills while this test runs.
     env = {"OPENLINES_VISITOR_MESSAGES_PER_MINUTE": "0.01", "OPENLINES_VISITOR_MESSAGE_BURST": "3"}
     async with webchat_process(nats_server.url, tmp_path, **env) as base:
-        ws, _ = await open_visitor(http, base)
+        ws, welcome = await open_visitor(http, base)
         frames = [await say(ws, f"flood-{i}", f"spam {i}") for i in range(200)]
         acked = [f for f in frames if f["type"] == "ack"]
         refused = [f for f in frames if f["type"] == "error"]
@@ -130,11 +130,16 @@ async def test_a_flooding_socket_gets_rate_limited_frames_and_only_acked_message
         assert await stored(nc) == 3  # a refused message is not stored
         assert await metric(base, "openlines_webchat_rate_limited_total", limit="messages") == 197
         assert not ws.closed  # refused, not disconnected: the widget resends later
-        # A reconnect does not reset the visitor's budget.
+        # A reconnect does not reset the visitor's budget; another visitor has its own.
         await ws.close()
-        again, welcome = await open_visitor(http, base, token=(await open_visitor(http, base))[1]["token"])
-        assert welcome["type"] == "welcome"
+        again, back = await open_visitor(http, base, token=welcome["token"])
+        assert back["visitor"] == welcome["visitor"]
+        assert (await say(again, "after-reconnect"))["code"] == "rate_limited"
+        other, _ = await open_visitor(http, base)
+        assert (await say(other, "someone-else"))["type"] == "ack"
+        assert await stored(nc) == 4
         await again.close()
+        await other.close()
 
 
 async def test_new_visitors_from_one_address_are_limited_and_refused_ones_get_no_token(
