@@ -169,8 +169,9 @@ async def test_the_operator_is_not_pushed_the_held_messages_and_the_supervisor_s
                     pushed.append(frame)
                 if frame["type"] == "message" and frame.get("text") == reply["text"]:
                     break
-            # Only the messages within the limit were pushed (the first one came with the offer).
-            assert [f["text"] for f in pushed] == [f"m{i}" for i in range(1, LIMIT)]
+            # Only the messages within the limit were pushed ("first" came with the offer, and may be pushed
+            # too when the desk looked the session up after the offer).
+            assert [f["text"] for f in pushed if f["text"] != "first"] == [f"m{i}" for i in range(1, LIMIT)]
             # The whole transcript is there when the operator (or a supervisor) opens the chat.
             got = await (await http.get(f"/api/sessions/{session.id}/history")).json()
             inbound = [e["text"] for e in got["entries"] if e["direction"] == "in"]
