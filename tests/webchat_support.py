@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from servers import ServiceProcess, free_port
 from support import apply_lines
 
-SECRET = "widget-secret-0123456789abcdef"
+SECRET = "widget-secret-0123456789abcdef-Kq7Zt9Wm3xRv"
 
 Frame = dict[str, Any]
 WS = aiohttp.ClientWebSocketResponse
