@@ -34,7 +34,7 @@ async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
     # An operator whose account lacks the open-lines permission.
     dora = OperatorAccount(id="dora", name="Dora Nowak", password_hash=anna.password_hash, roles=["operator"], permissions=[])
     await buckets.accounts.put("dora", msgspec.json.encode(dora))
-    async with running_router(nats_server.url), running_desk(nats_server.url, "access-browser-secret-01") as svc:
+    async with running_router(nats_server.url), running_desk(nats_server.url, "access-browser-secret-01-Kq7Zt9Wm3xRv") as svc:
         yield svc
 
 

@@ -36,7 +36,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
     await apply_lines(nc)  # deploy/lines.example.toml
     url = nats_server.url
-    async with running_router(url), running_crm_sync(url), running_desk(url, "browser-test-cookie-secret-02") as svc:
+    async with running_router(url), running_crm_sync(url), running_desk(url, "browser-test-cookie-secret-02-Kq7Zt9Wm3xRv") as svc:
         yield svc
 
 

@@ -69,7 +69,7 @@ class Stack:
 @pytest.fixture
 async def stack(nc: Any, nats_server: Any) -> AsyncIterator[Stack]:
     await apply(await bus.Buckets(nc.jetstream()).open(), lines_config())
-    async with running_router(nats_server.url), running_desk(nats_server.url, "workspace-test-secret-0123") as desk:
+    async with running_router(nats_server.url), running_desk(nats_server.url, "workspace-test-secret-0123-Kq7Zt9Wm3xRv") as desk:
         webchat = await launch(
             "gateway-webchat",
             WebchatSettings(
