@@ -35,6 +35,7 @@ async def main_app(mode: str, nats_url: str) -> web.Application:
         await ws.prepare(request)
         account = request.match_info["account"]
         visitor = request.query.get("v", "anon")
+        await ws.receive()  # the hello frame, as the gateway reads it
         await ws.send_str('{"type":"welcome"}')
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -66,6 +67,7 @@ async def main_app(mode: str, nats_url: str) -> web.Application:
     async def ws_idle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        await ws.receive()  # the hello frame
         await ws.send_str('{"type":"welcome"}')
         async for _ in ws:
             pass

@@ -98,6 +98,9 @@ def service(name: str, module: str, nats_url: str, workdir: Path, **settings: An
     port = free_port()
     env = {"OPENLINES_NATS_URL": nats_url, "OPENLINES_HTTP_PORT": str(port), "OPENLINES_HTTP_HOST": "127.0.0.1"}
     env["OPENLINES_LOG_LEVEL"] = "info"  # what production runs with, whatever the caller's environment says
+    if module == "gateway_webchat":
+        # Thousands of visitors from 127.0.0.1, as fast as they can: the abuse limits would measure themselves.
+        env.update(OPENLINES_VISITOR_MESSAGES_PER_MINUTE="0", OPENLINES_NEW_VISITORS_PER_MINUTE="0")
     env.update({f"OPENLINES_{k.upper()}": str(v) for k, v in settings.items()})
     return Proc(name, [PY, "-m", module], env, port, workdir / f"{name}-{port}.log")
 
@@ -214,6 +217,29 @@ def machine() -> dict[str, Any]:
 # An argon2 hash of "demo" (the one of deploy/lines.example.toml).
 DEMO_HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"
 WEBCHAT_SECRET = "bench-webchat-secret-0123456789-Kq7Zt9Wm3xRv"
+HELLO = '{"type":"hello"}'  # a widget socket's first frame (a new visitor)
+# The gateway serves only widget accounts a line is bound to.
+BENCH_LINES = """
+[operators.anna]
+name = "Anna"
+
+[[lines]]
+id = "bench"
+name = "Bench"
+channels = [{ channel = "webchat", account = "bench" }]
+[lines.queue]
+operators = ["anna"]
+"""
+
+
+async def bind_bench_account(nc: Any) -> None:
+    from openlines import bus
+    from openlines.apply import apply
+    from openlines.lines import parse
+
+    await apply(await bus.Buckets(nc.jetstream()).open(), parse(BENCH_LINES))
+
+
 COOKIE_SECRET = "bench-cookie-secret-0123456789-Kq7Zt9Wm3xRv"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import WEBCHAT_SECRET, Proc, Progress, bare, nats_server, pct, service, ticker
+from common import HELLO, WEBCHAT_SECRET, Proc, Progress, bare, bind_bench_account, nats_server, pct, service, ticker
 
 from openlines import bus
 
@@ -39,6 +39,7 @@ async def load(url: str, label: str, tag: str) -> dict[str, Any]:
     async def one(i: int, http: aiohttp.ClientSession) -> None:
         nonlocal acked, errors
         async with http.ws_connect(f"{url}?v=v{tag}{i}") as ws:
+            await ws.send_str(HELLO)
             first = json.loads((await ws.receive()).data)
             assert first["type"] == "welcome", first
             n = 0
@@ -80,6 +81,7 @@ async def run(workdir: Path) -> dict[str, Any]:
     with nats_server(workdir, "p1") as ns:
         nc = await bus.connect(ns.url, "bench-p1", first_attempts=5)
         await bus.bootstrap(nc.jetstream())
+        await bind_bench_account(nc)
         await nc.close()
         gw = service("gateway-webchat", "gateway_webchat", ns.url, workdir, webchat_secret=WEBCHAT_SECRET)
         # Diagnostic: the same gateway with OPENLINES_LOG_LEVEL=warning (no per-message INFO line).

@@ -148,6 +148,7 @@ async def ours(url: str, workdir: Path) -> dict[str, Any]:
             visitors = []
             for _ in range(VISITORS):
                 ws = await vis_http.ws_connect(f"http://127.0.0.1:{gw.port}/ws/bench")
+                await ws.send_str('{"type":"hello"}')
                 assert json.loads((await ws.receive()).data)["type"] == "welcome"
                 visitors.append(ws)
 

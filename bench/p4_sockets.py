@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import WEBCHAT_SECRET, Proc, Progress, bare, nats_server, raise_nofile, rss_kib, service
+from common import HELLO, WEBCHAT_SECRET, Proc, Progress, bare, bind_bench_account, nats_server, raise_nofile, rss_kib, service
 
 from openlines import bus
 
@@ -37,6 +37,7 @@ async def hold(proc: Proc, label: str, target: int) -> dict[str, Any]:
             nonlocal failed
             try:
                 ws = await http.ws_connect(url, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5))
+                await ws.send_str(HELLO)
                 await ws.receive(timeout=30)  # the welcome frame
                 sockets.append(ws)
             except (aiohttp.ClientError, OSError, TimeoutError):
@@ -84,6 +85,7 @@ async def run(workdir: Path) -> dict[str, Any]:
     with nats_server(workdir, "p4") as ns:
         nc = await bus.connect(ns.url, "bench-p4", first_attempts=5)
         await bus.bootstrap(nc.jetstream())
+        await bind_bench_account(nc)
         await nc.close()
         ceiling_proc = bare("ws-idle", ns.url, workdir)
         try:

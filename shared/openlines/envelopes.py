@@ -96,6 +96,7 @@ class HistoryEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     author_id: str = ""
     author_name: str = ""
     at: datetime
+    held: bool = False  # a client message beyond the flood limit: stored, not pushed to the operator
 
 
 # The kinds of SessionEvent the router publishes. Consumers must accept
@@ -104,6 +105,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "session_opened",  # a client's first message opened a session
     "session_waiting",  # no operator could take it: it waits in the line's queue
     "session_held",  # outside business hours, held until the line opens
+    "session_flagged",  # marked for a supervisor (reason: e.g. a flood of messages); the operator is not notified per message
     "session_assigned",  # offered to an operator (who must accept or reply)
     "offer_declined",  # the operator let it pass (skipped, or no answer in wait_seconds)
     "session_answered",  # the operator accepted or replied

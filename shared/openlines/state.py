@@ -45,6 +45,9 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     no_auto_reply: bool = False  # opened by a message that must get no automatic answer (robot, list, loop)
     rating: int = 0  # 1-5 from the client after the close, 0 = none
     close_finished: bool = False  # everything a close entails is done (releases, goodbye, event)
+    flood_window: float = 0.0  # epoch seconds the flood guard's current window began
+    flood_count: int = 0  # client messages in that window
+    flagged: str = ""  # marked for a supervisor, and why (e.g. "flood")
 
     @property
     def is_open(self) -> bool:

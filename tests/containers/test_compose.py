@@ -114,6 +114,7 @@ async def test_compose_up_passes_a_webchat_message_to_the_desk_and_back_and_down
         anna = Operator(http)
         await anna.sign_in("anna")
         ws = await vis.ws_connect(f"ws://127.0.0.1:{project.ports['WEBCHAT']}/ws/demo")
+        await ws.send_json({"type": "hello"})  # a new visitor
         assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
         await visitor_says(ws, "compose-1", "Hello from compose")
         sid = await anna.chat_with("webchat", "Hello from compose", timeout=90)

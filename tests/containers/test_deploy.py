@@ -244,6 +244,7 @@ async def test_webchat_conversation_through_containers_continues_with_nothing_lo
             anna = Operator(http)
             await anna.sign_in("anna")
             ws = await vis.ws_connect(web)
+            await ws.send_json({"type": "hello"})  # a new visitor
             assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
 
             await visitor_says(ws, "c-0", texts[0])

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import webchat_support
 from conftest import wait_for
 from support import apply_lines, history
 
@@ -143,10 +144,7 @@ async def test_visitor_writes_on_the_demo_page_operator_answers_in_the_desk(stac
 
 
 async def open_visitor(http: aiohttp.ClientSession, stack: Stack, token: str = "") -> tuple[Any, dict[str, Any]]:
-    ws = await http.ws_connect(f"{stack.web}/ws/demo" + (f"?token={token}" if token else ""))
-    welcome = json.loads((await ws.receive()).data)
-    assert welcome["type"] == "welcome"
-    return ws, welcome
+    return await webchat_support.open_visitor(http, stack.web, token=token)
 
 
 async def send(ws: Any, msg_id: str, text: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from conftest import wait_for
 from nats.js import JetStreamContext
+from webchat_support import bind_widget_accounts, hello_frame, open_visitor, recv
 
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT
@@ -40,7 +41,8 @@ async def start(url: str, **overrides: Any) -> runner.Service[Settings]:
 
 
 @pytest.fixture
-async def svc(nats_server: Any) -> AsyncIterator[runner.Service[Settings]]:
+async def svc(nats_server: Any, nc: Any) -> AsyncIterator[runner.Service[Settings]]:
+    await bind_widget_accounts(nc)
     service = await start(nats_server.url)
     yield service
     await service.stop()
@@ -60,13 +62,6 @@ def consumer_ready(svc: runner.Service[Settings]) -> bool:
     return svc.app[WEBCHAT].consumer.ready() is None
 
 
-async def recv(ws: WS) -> Frame:
-    msg = await ws.receive(timeout=10.0)
-    assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}"
-    frame: Frame = json.loads(msg.data)
-    return frame
-
-
 async def open_ws(
     http: aiohttp.ClientSession,
     svc: runner.Service[Settings],
@@ -75,15 +70,7 @@ async def open_ws(
     since: int | None = None,
     account: str = "demo",
 ) -> tuple[WS, Frame]:
-    params: dict[str, str] = {}
-    if token:
-        params["token"] = token
-    if since is not None:
-        params["since"] = str(since)
-    ws = await http.ws_connect(f"{base(svc)}/ws/{account}", params=params)
-    welcome = await recv(ws)
-    assert welcome["type"] == "welcome", welcome
-    return ws, welcome
+    return await open_visitor(http, base(svc), token=token, since=since, account=account)
 
 
 async def say(ws: WS, msg_id: str, text: str = "hello", **extra: Any) -> Frame:
@@ -123,7 +110,7 @@ async def test_new_visitor_gets_a_token_and_reconnecting_with_it_keeps_the_visit
     assert welcome["max_text"] == MAX_TEXT
     await ws.close()
     ws2, again = await open_ws(http, svc, token=welcome["token"])
-    assert again["visitor"] == welcome["visitor"] and again["token"] == welcome["token"] and again["new"] is False
+    assert again["visitor"] == welcome["visitor"] and again["new"] is False and again["token"]
     await ws2.close()
     ws3, other = await open_ws(http, svc)
     assert other["visitor"] != welcome["visitor"]
@@ -139,7 +126,8 @@ async def test_new_visitor_gets_a_token_and_reconnecting_with_it_keeps_the_visit
     ],
 )
 async def test_bad_token_gets_an_error_frame_and_close_4401(svc: Any, http: Any, make_token: Any) -> None:
-    ws = await http.ws_connect(f"{base(svc)}/ws/demo", params={"token": make_token("A" * 22)})
+    ws = await http.ws_connect(f"{base(svc)}/ws/demo")
+    await ws.send_json(hello_frame(make_token("A" * 22)))
     err = await recv(ws)
     assert err["type"] == "error" and err["code"] == "bad_token" and err["detail"]
     closing = await ws.receive(timeout=10)
@@ -148,7 +136,8 @@ async def test_bad_token_gets_an_error_frame_and_close_4401(svc: Any, http: Any,
     assert "bad_token" in closing.extra
 
 
-async def test_unknown_account_is_refused_with_4404(nats_server: Any, http: Any) -> None:
+async def test_unknown_account_is_refused_with_4404(nats_server: Any, nc: Any, http: Any) -> None:
+    await bind_widget_accounts(nc)
     service = await start(nats_server.url, accounts="demo,shop")
     try:
         ws = await http.ws_connect(f"{base(service)}/ws/nope")
@@ -314,7 +303,8 @@ async def test_every_replica_pushes_to_its_own_sockets_and_accepts_the_others_to
         await other.stop()
 
 
-async def test_stopping_closes_sockets_with_going_away(nats_server: Any, http: Any) -> None:
+async def test_stopping_closes_sockets_with_going_away(nats_server: Any, nc: Any, http: Any) -> None:
+    await bind_widget_accounts(nc)
     service = await start(nats_server.url)
     ws, _ = await open_ws(http, service)
     await service.stop()

@@ -40,6 +40,7 @@ from peers.vk_api import CallbackSender
 from telegram_support import SUPPORT, bots_json
 from vk_support import ACCOUNT as VK_ACCOUNT
 from vk_support import GROUP_ID, SECRET, fake_vk, groups_json
+from webchat_support import NO_ABUSE_LIMITS, bind_widget_accounts, hello_frame
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound
@@ -354,7 +355,13 @@ class Visitor:
 
 
 async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path) -> None:
-    env = {"OPENLINES_WEBCHAT_SECRET": "overload-secret-0123456789-Kq7Zt9Wm3xRv", "OPENLINES_MAX_SOCKETS": str(MAX_SOCKETS)}
+    await bind_widget_accounts(nc)
+    # The abuse limits (one address, many visitors, fast messages) are not what this measures: off.
+    env = {
+        "OPENLINES_WEBCHAT_SECRET": "overload-secret-0123456789-Kq7Zt9Wm3xRv",
+        "OPENLINES_MAX_SOCKETS": str(MAX_SOCKETS),
+        **NO_ABUSE_LIMITS,
+    }
     async with (
         gateway("gateway_webchat", nats_server.url, tmp_path, **env) as gw,
         rss_bounded(gw),
@@ -364,6 +371,7 @@ async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path)
         sockets = [await http.ws_connect(ws_url) for _ in range(MAX_SOCKETS)]
         try:
             for ws in sockets:
+                await ws.send_json(hello_frame())
                 assert json.loads((await ws.receive(timeout=30)).data)["type"] == "welcome"
             visitors = [Visitor(ws) for ws in sockets[:SENDERS]]
 
@@ -426,6 +434,7 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
     from gateway_webchat.service import WEBCHAT
     from openlines.runner import launch
 
+    await bind_widget_accounts(nc)
     settings = Settings(
         nats_url=nats_server.url,
         http_port=0,
@@ -448,6 +457,7 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
             page = await browser.new_page()
             await page.goto(f"http://127.0.0.1:{svc.port}/demo")
             await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+            await other.send_json(hello_frame())
             assert json.loads((await other.receive(timeout=30)).data)["type"] == "welcome"
             # Both sockets are past their replay (it reads NATS) before NATS is paused.
             await wait_for(lambda: edge.hub.count == 2 and not any(s.replaying for s in edge.hub.sockets()), what="both live")

@@ -22,7 +22,7 @@ from prometheus_client import Counter
 
 from crm_sync.backends.base import Activity, CrmBackend, Entity, Kind
 from crm_sync.core import identity
-from crm_sync.core.decide import Known, decide, pick, source_id
+from crm_sync.core.decide import Known, decide, pick, source_id, worth_a_record
 from crm_sync.links import ClientLink, SessionLink, client_key, session_key
 from openlines import subjects
 from openlines.apply import line_key
@@ -39,6 +39,9 @@ LINKED_KIND = "crm_linked"
 SETTLE_SECONDS = 3.0  # longest wait for the router to store the opening message's profile
 CREATED = Counter("openlines_crm_created_total", "CRM records created", ["kind"])
 LINKED = Counter("openlines_crm_linked_total", "Sessions linked to the CRM", ["outcome"])
+SILENT = Counter(
+    "openlines_crm_silent_sessions_total", "Events of anonymous (webchat) conversations left out of the CRM: nothing written yet"
+)
 
 L = TypeVar("L", ClientLink, SessionLink)
 _hist = msgspec.json.Decoder(HistoryEntry)
@@ -196,6 +199,8 @@ class Syncer:
         if evt.kind == "session_assigned":
             return  # nothing for the CRM until someone answers
         sl = await self._link(evt, line)
+        if not sl.linked:
+            return  # an anonymous visitor who has not written anything: nothing in the CRM (yet)
         if evt.kind in ("session_answered", "session_transferred") and evt.operator_id:
             await self._answered(evt, sl)
         elif evt.kind == "session_closed":
@@ -213,6 +218,12 @@ class Syncer:
         assert sl is not None
         if sl.linked:
             return sl
+        history = await self._history(evt.session_id)
+        wrote = any(h.direction == "in" and (h.text.strip() or h.attachments) for h in history)
+        if not worth_a_record(evt.channel, wrote):
+            SILENT.inc()
+            log.info("anonymous client has not written yet: no CRM record", extra={"session": evt.session_id})
+            return sl
         crm = line.crm
         code = identity.external_code(evt.channel, evt.account, evt.chat_id)
         ckey = client_key(evt.client_id)
@@ -220,7 +231,6 @@ class Syncer:
             self.links, ckey, ClientLink, lambda cur: ClientLink(client_id=evt.client_id, code=code) if cur is None else None
         )
         assert cl is not None
-        history = await self._history(evt.session_id)
         record = await self._settled_client_record(evt, history)
         profile = record.profile if record else None
         ids = identity.of_profile(profile.phone, profile.email, self.region) if profile else identity.Identities()

@@ -42,6 +42,7 @@ QUEUE_LIMIT = 1000  # frames waiting for one slow socket before we drop it (it r
 
 SOCKETS = Gauge("openlines_desk_websockets", "Open operator WebSockets on this replica")
 PUSHED = Counter("openlines_desk_frames_pushed_total", "Frames pushed to operator WebSockets", ["type"])
+HELD = Counter("openlines_desk_held_messages_total", "Client messages beyond the flood limit, not pushed to operators")
 
 _event_decoder = msgspec.json.Decoder(SessionEvent)
 _history_decoder = msgspec.json.Decoder(HistoryEntry)
@@ -275,6 +276,10 @@ class Hub:
             entry = _history_decoder.decode(msg.data)
         except msgspec.DecodeError:
             log.warning("undecodable transcript entry", extra={"subject": msg.subject})
+            return
+        if entry.held:
+            # Beyond the flood limit: stored in the transcript (shown when the chat is opened), not pushed.
+            HELD.inc()
             return
         try:
             holders = await self._holders_of(entry.session_id)

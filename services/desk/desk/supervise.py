@@ -43,6 +43,7 @@ def _session_row(s: Session, names: dict[str, str], now: float) -> dict[str, Any
         "open_seconds": max(0, int(now - s.opened_at.timestamp())),
         "messages_in": s.messages_in,
         "held": s.held,
+        "flagged": s.flagged,  # marked for a supervisor (e.g. "flood")
     }
 
 

@@ -9,6 +9,13 @@ handshakes get HTTP 503 with ``Retry-After``) and publishes at most
 wait a moment); a message beyond that is answered with an ``error`` frame
 ``{"code": "unavailable", "retry_after": N}`` and not published: the widget
 sends it again, with the same id, after N seconds.
+
+Abuse limits (docs/channels/webchat.md, "Abuse limits"): only widget accounts
+a line is bound to are served; a socket authenticates with its first frame
+(``hello``, never a token in the URL); visitor tokens expire and are renewed on
+every connection; each visitor may send so many messages a minute and each
+client address may start so many new visits a minute. A refusal stores
+nothing and says why (``rate_limited`` frames carry ``retry_after``).
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import msgspec
 from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from gateway_webchat import metrics, token
+from gateway_webchat.core import address, limits
+from gateway_webchat.lines import BoundAccounts
 from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, parse_frame, to_inbound
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
@@ -37,8 +47,13 @@ log = logging.getLogger("gateway_webchat.http")
 WS_MAX_MSG = 1024 * 1024  # aiohttp's own limit; max_frame is enforced per frame with a clear error
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_LATER = 1013
+CLOSE_BAD_REQUEST = 4400  # no hello first, or a token in the URL
 CLOSE_BAD_TOKEN = 4401
 CLOSE_BAD_ACCOUNT = 4404
+CLOSE_AUTH_TIMEOUT = 4408
+CLOSE_RATE_LIMITED = 4429  # too many new visitors from this address: come back after retry_after
+MAX_AUTH_FRAMES = 2  # a hello, and a renew after it was told its token expired
+_RENEW = object()  # "told the token expired: read the renew frame"
 STATIC = Path(str(resources.files("gateway_webchat") / "static"))
 WIDGET_CACHE = "public, max-age=300"  # short: a fixed widget reaches every site within minutes
 
@@ -52,15 +67,21 @@ def _not_sent(client_id: str) -> str:
 
 
 class WebchatHttp:
-    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, hub: Hub) -> None:
+    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, hub: Hub, bound: BoundAccounts) -> None:
         self.settings = settings
         self.nc = nc
         self.js = js
         self.hub = hub
+        self.bound = bound
         self.allowed = settings.allowed_accounts()
+        self.proxies = settings.proxies()
+        # Per replica, in memory (docs/channels/webchat.md, "Abuse limits", says why).
+        self.message_limit = limits.Buckets(settings.message_rate())
+        self.new_visitor_limit = limits.Buckets(settings.new_visitor_rate())
         self.stopping = False
         self.admission = admission.Admission("webchat", settings.limits())
         self._sockets = 0  # handshakes under way + open sockets
+        self._unauthenticated: set[web.WebSocketResponse] = set()  # sockets waiting for their hello
         self._publishing = 0
         self._idle = asyncio.Event()  # set while no publish is in flight
         self._idle.set()
@@ -99,6 +120,10 @@ class WebchatHttp:
         except subjects.BadToken:
             return False
         return not self.allowed or account in self.allowed
+
+    def client_key(self, request: web.Request) -> str:
+        """The client address (IPv6: its /64) new visits are counted against."""
+        return address.client_key(request.remote, request.headers.get(self.settings.client_ip_header), self.proxies)
 
     async def _refuse(self, ws: web.WebSocketResponse, code: str, detail: str, close_code: int) -> web.WebSocketResponse:
         # Browsers cannot read the HTTP status of a failed handshake: accept,
@@ -144,34 +169,129 @@ class WebchatHttp:
                 await sock.drained(self.settings.shutdown_timeout)
 
     async def _admit(self, ws: web.WebSocketResponse, request: web.Request) -> tuple[Socket, str] | None:
-        """Check the account and token: the visitor's socket and its welcome frame, or None when refused."""
+        """Check the account and the hello frame: the visitor's socket and its welcome frame, or None when refused."""
         account = request.match_info["account"]
         if self.stopping:
             await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
             return None
+        if "token" in request.query:
+            # URLs end up in proxy and server logs: a token there is a token given away.
+            detail = 'a visitor token is not accepted in the URL; send it in the first frame: {"type":"hello","token":...}'
+            await self._refuse(ws, "token_in_url", detail, CLOSE_BAD_REQUEST)
+            return None
         if not self._account_ok(account):
             await self._refuse(ws, "bad_account", "unknown widget account", CLOSE_BAD_ACCOUNT)
             return None
-        raw_token = request.query.get("token", "")
-        if raw_token:
+        if not self.bound.loaded.is_set():
+            await self._refuse(ws, "unavailable", "starting up, reconnect shortly", CLOSE_TRY_LATER)
+            return None
+        if account not in self.bound:
+            await self._refuse(ws, "bad_account", "no line uses this widget account", CLOSE_BAD_ACCOUNT)
+            return None
+        deadline = time.monotonic() + self.settings.hello_timeout
+        self._unauthenticated.add(ws)
+        try:
+            for attempt in range(1, MAX_AUTH_FRAMES + 1):
+                hello = await self._auth_frame(ws, deadline)
+                if hello is None:
+                    return None
+                if self.stopping:
+                    await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
+                    return None
+                admitted = await self._authenticate(ws, request, account, hello, last=attempt == MAX_AUTH_FRAMES)
+                if admitted is not _RENEW:
+                    return admitted  # type: ignore[return-value]
+            return None
+        finally:
+            self._unauthenticated.discard(ws)
+
+    async def _auth_frame(self, ws: web.WebSocketResponse, deadline: float) -> dict[str, object] | None:
+        """The next frame before authentication, if it is a hello or renew; else refuse and None."""
+        try:
+            msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            await self._refuse(ws, "auth_timeout", "no hello frame in time", CLOSE_AUTH_TIMEOUT)
+            return None
+        if msg.type != WSMsgType.TEXT:
+            if msg.type == WSMsgType.BINARY:
+                await self._refuse(ws, "auth_required", 'the first frame must be {"type":"hello"}', CLOSE_BAD_REQUEST)
+            return None
+        try:
+            obj = msgspec.json.decode(msg.data) if len(msg.data) <= self.settings.max_frame else None
+        except msgspec.DecodeError:
+            obj = None
+        if not isinstance(obj, dict) or obj.get("type") not in ("hello", "renew"):
+            await self._refuse(ws, "auth_required", 'the first frame must be {"type":"hello"[,"token":...]}', CLOSE_BAD_REQUEST)
+            return None
+        raw = obj.get("token", "")
+        if raw is not None and not isinstance(raw, str):
+            await self._refuse(ws, "bad_token", '"token" must be a string', CLOSE_BAD_TOKEN)
+            return None
+        return obj
+
+    async def _authenticate(
+        self, ws: web.WebSocketResponse, request: web.Request, account: str, hello: dict[str, object], *, last: bool
+    ) -> tuple[Socket, str] | object | None:
+        """A hello or renew frame: the socket and welcome; None when refused (and closed); ``_RENEW`` to read a renew."""
+        raw = str(hello.get("token") or "")
+        renew = hello.get("type") == "renew"
+        now = time.time()
+        secret = self.settings.webchat_secret
+        if not raw:
+            if renew:
+                await self._refuse(ws, "bad_token", "renew needs the expired token", CLOSE_BAD_TOKEN)
+                return None
+            verdict = self.new_visitor_limit.take(f"{account}|{self.client_key(request)}", time.monotonic())
+            if not verdict.allowed:
+                metrics.RATE_LIMITED.labels("new_visitor").inc()
+                log.info("new visitor refused: rate limit", extra={"channel": CHANNEL, "account": account})
+                metrics.REFUSED_SOCKETS.labels("rate_limited").inc()
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    detail = "too many new chats from your address; try again later"
+                    await ws.send_str(frame(type="error", code="rate_limited", detail=detail, retry_after=verdict.retry_after))
+                    await ws.close(code=CLOSE_RATE_LIMITED, message=b"rate_limited: too many new chats from your address")
+                return None
+            issued, visitor = token.issue(secret, account, now)
+            new = True
+        else:
             try:
-                visitor = token.verify(self.settings.webchat_secret, raw_token, account)
+                visitor = token.verify(
+                    secret, raw, account, now=now, ttl=self.settings.visitor_ttl, grace=self.settings.visitor_grace
+                )
+            except token.TokenExpired as exc:
+                if not renew and last:
+                    await self._refuse(ws, "bad_token", "visitor token expired; renew it with a renew frame", CLOSE_BAD_TOKEN)
+                    return None
+                if not renew:
+                    metrics.REJECTED_FRAMES.labels("token_expired").inc()
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_str(frame(type="error", code="token_expired", detail=str(exc), renewable=True))
+                    return _RENEW  # the widget answers with {"type":"renew","token":<the expired one>}
+                visitor = exc.token
+                log.info("expired visitor token renewed", extra={"channel": CHANNEL, "account": account})
             except token.TokenError as exc:
                 log.info("visitor token refused", extra={"channel": CHANNEL, "account": account, "reason": str(exc)})
                 await self._refuse(ws, "bad_token", f"{exc}; start a new visit without a token", CLOSE_BAD_TOKEN)
                 return None
-            issued = raw_token
-        else:
-            issued, visitor = token.issue(self.settings.webchat_secret, account, time.time())
-        since = request.query.get("since", "")
+            # Every connection renews the token: a visitor who comes back within the validity never sees it expire.
+            issued, visitor = token.issue(secret, account, now, visitor.visitor)
+            new = False
+        since = hello.get("since", 0)
         sock = Socket(
             ws,
             account,
             visitor.visitor,
-            since=int(since) if since.isascii() and since.isdigit() and len(since) < 20 else 0,
+            since=since if isinstance(since, int) and not isinstance(since, bool) and 0 <= since < 2**63 else 0,
             max_queue=self.settings.send_queue,
         )
-        welcome = frame(type="welcome", token=issued, visitor=visitor.visitor, new=not raw_token, max_text=self.settings.max_text)
+        welcome = frame(
+            type="welcome",
+            token=issued,
+            visitor=visitor.visitor,
+            new=new,
+            max_text=self.settings.max_text,
+            expires_at=visitor.issued_at + self.settings.visitor_ttl,
+        )
         return sock, welcome
 
     async def _read(self, sock: Socket) -> None:
@@ -194,6 +314,20 @@ class WebchatHttp:
             if exc.client_id:
                 err["id"] = exc.client_id
             await sock.write(frame(**err))
+            return
+        if sock.account not in self.bound:
+            # The line was unbound while this socket was open: nothing more is taken for it.
+            metrics.REJECTED_FRAMES.labels("bad_account").inc()
+            detail = "no line uses this widget account any more"
+            sock.send(frame(type="error", id=msg.id, code="bad_account", detail=detail))
+            sock.close(CLOSE_BAD_ACCOUNT, f"bad_account: {detail}")
+            return
+        verdict = self.message_limit.take(sock.chat, time.monotonic())
+        if not verdict.allowed:
+            # Not published: the widget shows it and sends the same id again after retry_after seconds.
+            metrics.RATE_LIMITED.labels("messages").inc()
+            detail = "you are sending messages too fast; sending again shortly"
+            await sock.write(frame(type="error", id=msg.id, code="rate_limited", detail=detail, retry_after=verdict.retry_after))
             return
         try:
             await self.admission.acquire()
@@ -244,6 +378,9 @@ class WebchatHttp:
         self.stopping = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + 1)
+        for waiting in list(self._unauthenticated):  # still before their hello: nothing to finish
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await waiting.close(code=CLOSE_GOING_AWAY, message=b"going away")
         sockets = self.hub.sockets()
         for sock in sockets:
             sock.close(CLOSE_GOING_AWAY, "going away")

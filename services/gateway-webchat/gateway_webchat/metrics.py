@@ -18,3 +18,8 @@ REJECTED_FRAMES = Counter("openlines_webchat_rejected_frames_total", "Visitor fr
 REFUSED_SOCKETS = Counter("openlines_webchat_refused_sockets_total", "WebSocket connections refused", ["reason"])
 OPEN_SOCKETS = Gauge("openlines_webchat_open_sockets", "Visitor WebSockets open on this replica")
 REPLIES_PUSHED = Counter("openlines_webchat_replies_pushed_total", "Reply frames queued to visitor sockets (live and replay)")
+RATE_LIMITED = Counter(
+    "openlines_webchat_rate_limited_total",
+    "Refusals by the abuse limits (limit = messages: a visitor's messages a minute; new_visitor: new visits per address)",
+    ["limit"],
+)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway_webchat.http import WebchatHttp
+from gateway_webchat.lines import BoundAccounts
+from gateway_webchat.normalise import CHANNEL
 from gateway_webchat.push import Hub, OutboundConsumer
 from gateway_webchat.settings import Settings
 from openlines.runner import Service
@@ -19,21 +23,29 @@ class Webchat:
     hub: Hub
     consumer: OutboundConsumer
     edge: WebchatHttp
+    bound: BoundAccounts
 
 
 WEBCHAT = web.AppKey("webchat", Webchat)
+LINES_WAIT = 10.0  # seconds start-up waits for the line configs before serving anyway
 
 
 async def setup(svc: Service[Settings]) -> None:
     hub = Hub()
     consumer = OutboundConsumer(svc.js, hub)
-    edge = WebchatHttp(svc.settings, svc.nc, svc.js, hub)
+    bound = BoundAccounts(svc.js, CHANNEL)
+    edge = WebchatHttp(svc.settings, svc.nc, svc.js, hub, bound)
     edge.routes(svc.app)
-    svc.app[WEBCHAT] = Webchat(hub=hub, consumer=consumer, edge=edge)
+    svc.app[WEBCHAT] = Webchat(hub=hub, consumer=consumer, edge=edge, bound=bound)
     svc.spawn(consumer.run(svc.stopping), name="webchat-outbound")
+    svc.spawn(bound.run(svc.stopping), name="webchat-lines")
+    # Serve sockets only once the bound accounts are known; a slow start is
+    # still served, with /readyz and a 1013 "reconnect shortly" until then.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(bound.loaded.wait(), timeout=LINES_WAIT)
 
     async def ready() -> str | None:
-        return consumer.ready()
+        return consumer.ready() or bound.ready()
 
     svc.ready_check(ready)
     # on_stop runs in reverse order: close the sockets first, then stop the consumer.

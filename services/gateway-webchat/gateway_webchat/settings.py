@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gateway_webchat.core import address
+from gateway_webchat.core.limits import Rate
 from openlines import admission
 from openlines.secretcheck import check_secret
 from openlines.settings import BaseSettings
@@ -24,6 +26,16 @@ class Settings(BaseSettings, kw_only=True):
     max_waiting: int = admission.DEFAULT_MAX_WAITING  # more that may wait for a slot
     admission_wait: float = admission.DEFAULT_WAIT  # seconds one may wait
     retry_after: int = admission.DEFAULT_RETRY_AFTER  # seconds, the retry_after of a refusal
+    # Abuse limits (docs/channels/webchat.md, "Abuse limits"), per replica; 0 per minute = no limit.
+    visitor_messages_per_minute: float = 20.0  # messages one visitor may send a minute, on average
+    visitor_message_burst: int = 5  # ... and at once, after a quiet while
+    new_visitors_per_minute: float = 10.0  # new visitors (tokens issued) per client address a minute
+    new_visitor_burst: int = 10
+    trusted_proxies: str = ""  # comma-separated addresses/networks of our reverse proxies; empty = trust no header
+    client_ip_header: str = "X-Forwarded-For"  # where a trusted proxy puts the client address
+    visitor_ttl: int = 24 * 3600  # seconds a visitor token is valid; every connection renews it
+    visitor_grace: int = 30 * 24 * 3600  # seconds after expiry an expired token may still be renewed
+    hello_timeout: float = 10.0  # seconds a new socket has to send its hello frame
 
     def __post_init__(self) -> None:
         check_secret("OPENLINES_WEBCHAT_SECRET", self.webchat_secret)
@@ -32,9 +44,29 @@ class Settings(BaseSettings, kw_only=True):
         if self.max_sockets < 1:
             raise ValueError("OPENLINES_MAX_SOCKETS must be >= 1")
         self.limits()  # raises with the variables named
+        for name in ("visitor_message", "new_visitor"):
+            if getattr(self, f"{name}_burst") < 1:
+                raise ValueError(f"OPENLINES_{name.upper()}_BURST must be >= 1")
+        if self.visitor_ttl < 60 or self.visitor_grace < 0:
+            raise ValueError("OPENLINES_VISITOR_TTL must be >= 60 (seconds) and OPENLINES_VISITOR_GRACE >= 0")
+        if self.hello_timeout <= 0:
+            raise ValueError("OPENLINES_HELLO_TIMEOUT must be > 0 (seconds)")
+        try:
+            self.proxies()
+        except ValueError as exc:
+            raise ValueError(f"OPENLINES_TRUSTED_PROXIES: {exc}") from None
 
     def limits(self) -> admission.Limits:
         return admission.Limits(self.max_in_flight, self.max_waiting, self.admission_wait, self.retry_after)
+
+    def message_rate(self) -> Rate:
+        return Rate(self.visitor_messages_per_minute, self.visitor_message_burst)
+
+    def new_visitor_rate(self) -> Rate:
+        return Rate(self.new_visitors_per_minute, self.new_visitor_burst)
+
+    def proxies(self) -> tuple[address.Network, ...]:
+        return address.parse_networks(self.trusted_proxies)
 
     def allowed_accounts(self) -> frozenset[str]:
         return frozenset(a.strip() for a in self.accounts.split(",") if a.strip())

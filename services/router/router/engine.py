@@ -36,7 +36,7 @@ from openlines.state import (
     Session,
     client_key,
 )
-from router.core import autoreply, distribution, hours
+from router.core import autoreply, distribution, flood, hours
 from router.effects import Effects
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
@@ -98,8 +98,10 @@ class Engine:
         lines: LinesCache,
         operators: OperatorsCache | None,
         waiting: Waiting,
+        flood_rule: flood.FloodRule | None = None,
     ) -> None:
         self.js = js
+        self.flood = flood_rule or flood.FloodRule(limit=0, window=60.0, channels=frozenset())
         self.nc = js._nc
         self.b = buckets
         self.lines = lines
@@ -181,6 +183,17 @@ class Engine:
                 # it comes again because a crash kept it from being acknowledged.
                 log.info("inbound already handled: its chat is closed", extra={"msg_id": msg.id, "session": session.id})
                 return
+        counted = session.id == own_sid and session.messages_in >= 1  # opened by this message, counted on creation
+        held = False
+        if not counted:
+            guarded = self.flood.guards(msg.channel)
+            touched = await kv_update(
+                self.b.sessions, session.id, Session, lambda s: _touch(s, now, inbound=True, rule=self.flood if guarded else None)
+            )
+            if touched is not None:
+                session = touched
+            if guarded:
+                held = await self._flood_check(session)
         await self.fx.history(
             HistoryEntry(
                 id=msg.id,
@@ -191,16 +204,27 @@ class Engine:
                 author_id=msg.user_id,
                 author_name=msg.profile.name,
                 at=msg.received_at,
+                held=held,
             )
         )
-        counted = session.id == own_sid and session.messages_in >= 1  # opened by this message, counted on creation
-        if not counted:
-            touched = await kv_update(self.b.sessions, session.id, Session, lambda s: _touch(s, now, inbound=True))
-            if touched is not None:
-                session = touched
         await self._arm_idle(session)
         if is_new:
             await self._start(session, first_contact, now)
+
+    async def _flood_check(self, session: Session) -> bool:
+        """Whether this message (already counted on ``session``) is held; flags the chat at the first one held."""
+        counted = flood.Count(window_start=session.flood_window, count=session.flood_count)
+        if counted.first_held(self.flood):
+            span = "a minute" if self.flood.window == 60 else f"{self.flood.window:g} seconds"
+            text = (
+                f"Flood: more than {self.flood.limit} messages in {span}, held for a supervisor "
+                "(stored; the operator is not notified of each one until it stops)"
+            )
+            window = int(counted.window_start)
+            await self.fx.event(f"flagged:{session.id}:{window}", "session_flagged", session, reason=text)
+            await self._note(session, f"flood:{session.id}:{window}", text)
+            log.warning("chat flooding: held for a supervisor", extra={"session": session.id, "channel": session.channel})
+        return counted.held(self.flood)
 
     async def _open_session_of(self, client: ClientRecord | None, entry_line: LineConfig) -> Session | None:
         if client is None:
@@ -238,6 +262,8 @@ class Engine:
             no_auto_reply=msg.no_auto_reply,
             last_message_at=utcnow(),  # this first message is counted here: no separate touch for a new session
             messages_in=1,
+            flood_window=msg.received_at.timestamp(),
+            flood_count=1,
         )
         session = await kv_update(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None)
         assert session is not None
@@ -1228,10 +1254,21 @@ def _rating_in(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _touch(s: Session | None, now: datetime, *, inbound: bool) -> Session | None:
+def _touch(s: Session | None, now: datetime, *, inbound: bool, rule: flood.FloodRule | None = None) -> Session | None:
     if s is None:
         return None
-    return msgspec.structs.replace(s, last_message_at=now, messages_in=s.messages_in + (1 if inbound else 0))
+    if rule is None or not inbound:
+        return msgspec.structs.replace(s, last_message_at=now, messages_in=s.messages_in + (1 if inbound else 0))
+    # A held message (beyond the flood limit) is not counted in messages_in: the operator's unread count stays put.
+    c = flood.count(rule, s.flood_window, s.flood_count, now.timestamp())
+    return msgspec.structs.replace(
+        s,
+        last_message_at=now,
+        messages_in=s.messages_in + (0 if c.held(rule) else 1),
+        flood_window=c.window_start,
+        flood_count=c.count,
+        flagged="flood" if c.first_held(rule) else s.flagged,
+    )
 
 
 def _merge_profile(old: ClientProfile, new: ClientProfile) -> ClientProfile:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from openlines.settings import BaseSettings
+from router.core.flood import FloodRule
 
 
 class Settings(BaseSettings, kw_only=True):
@@ -9,3 +10,16 @@ class Settings(BaseSettings, kw_only=True):
     timer_consumer: str = "router-timers"  # durable consumer name on OL_TIMER
     sweep_seconds: float = 30.0  # how often capacity claims left by a killed replica are looked for
     ack_wait: float = 10.0  # seconds before an unacknowledged inbound message is redelivered (after a crash)
+    # The flood guard (docs/security.md): beyond flood_limit client messages per chat per flood_window
+    # seconds the chat is flagged for a supervisor and its messages are stored but not pushed to the operator.
+    flood_limit: int = 30  # 0 = off
+    flood_window: float = 60.0
+    flood_channels: str = "telegram,vk"  # comma-separated channels it guards (webchat has its own limit per visitor)
+
+    def __post_init__(self) -> None:
+        if self.flood_limit < 0 or self.flood_window <= 0:
+            raise ValueError("OPENLINES_FLOOD_LIMIT must be >= 0 and OPENLINES_FLOOD_WINDOW > 0 (seconds)")
+
+    def flood_rule(self) -> FloodRule:
+        channels = frozenset(c.strip() for c in self.flood_channels.split(",") if c.strip())
+        return FloodRule(limit=self.flood_limit, window=self.flood_window, channels=channels)

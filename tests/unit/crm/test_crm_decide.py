@@ -68,3 +68,11 @@ def test_source_id_is_the_configured_one_else_the_channel_default() -> None:
 def test_of_several_matches_the_oldest_record_is_kept() -> None:
     assert pick(["17", "3", "120"]) == "3"
     assert pick([]) == ""
+
+
+def test_an_anonymous_channel_gets_a_record_only_once_the_client_wrote() -> None:
+    from crm_sync.core.decide import worth_a_record
+
+    assert not worth_a_record("webchat", client_wrote=False)
+    assert worth_a_record("webchat", client_wrote=True)
+    assert worth_a_record("telegram", client_wrote=False)  # a messenger account is someone, not an empty widget

@@ -46,3 +46,33 @@ def test_admission_limits_come_from_the_environment() -> None:
 def test_nonsense_admission_limits_refuse_to_start(var: str, value: str, named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": GOOD, var: value})
+
+
+def test_abuse_limits_have_sane_defaults_and_come_from_the_environment() -> None:
+    s = load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": GOOD})
+    assert (s.message_rate().per_minute, s.message_rate().burst) == (20.0, 5)
+    assert (s.new_visitor_rate().per_minute, s.new_visitor_rate().burst) == (10.0, 10)
+    assert (s.visitor_ttl, s.proxies()) == (24 * 3600, ())
+    env = {
+        "OPENLINES_WEBCHAT_SECRET": GOOD,
+        "OPENLINES_VISITOR_MESSAGES_PER_MINUTE": "6",
+        "OPENLINES_NEW_VISITORS_PER_MINUTE": "0",
+        "OPENLINES_TRUSTED_PROXIES": "10.0.0.0/8,::1",
+        "OPENLINES_VISITOR_TTL": "3600",
+    }
+    s = load_settings(Settings, env)
+    assert s.message_rate().per_minute == 6 and s.new_visitor_rate().unlimited
+    assert [str(n) for n in s.proxies()] == ["10.0.0.0/8", "::1/128"] and s.visitor_ttl == 3600
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("OPENLINES_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local", "OPENLINES_TRUSTED_PROXIES: 'proxy.local' is not an IP address"),
+        ("OPENLINES_VISITOR_MESSAGE_BURST", "0", "OPENLINES_VISITOR_MESSAGE_BURST must be >= 1"),
+        ("OPENLINES_VISITOR_TTL", "5", "OPENLINES_VISITOR_TTL must be >= 60"),
+    ],
+)
+def test_bad_abuse_limit_settings_are_named(variable: str, value: str, message: str) -> None:
+    with pytest.raises((SettingsError, ValueError), match=message):
+        load_settings(Settings, {"OPENLINES_WEBCHAT_SECRET": GOOD, variable: value})

@@ -17,6 +17,10 @@ DEFAULT_SOURCE_IDS: dict[str, str] = {
     "whatsapp": "WHATSAPP",
 }
 FALLBACK_SOURCE_ID = "OTHER"
+# Channels where anybody can start a conversation without any account: a record
+# is made only once the client has written something (docs/crm.md). Otherwise a
+# script opening widgets could fill the CRM with empty leads.
+ANONYMOUS_CHANNELS = frozenset({"webchat"})
 
 Create = Literal["lead", "deal", "contact_deal", "none"]
 
@@ -66,6 +70,11 @@ def decide(crm: CrmConfig, known: Known) -> Plan:
     if crm.create == "deal":
         return Plan(create="contact_deal", link=known, reason="new client: new contact and deal")
     return Plan(create="none", link=known, reason="new client: nothing created (create = none)")
+
+
+def worth_a_record(channel: str, client_wrote: bool) -> bool:
+    """Whether a conversation may create or link CRM records yet: on an anonymous channel only once the client wrote."""
+    return client_wrote or channel not in ANONYMOUS_CHANNELS
 
 
 def pick(ids: list[str]) -> str:

@@ -104,7 +104,14 @@
           const acts = node("span");
           acts.append(read, " ", intercept);
           const who = s.operator_name || (s.offered_to.length ? `offered to ${s.offered_to.join(", ")}` : "—");
-          return row("sup-session", [s.client_name, s.channel, STATUS[s.status] || s.status, who, dur(s.open_seconds), String(s.messages_in), acts],
+          const name = node("span", "", s.client_name);
+          if (s.flagged) {
+            const flag = node("span", "badge warn", s.flagged === "flood" ? "Flood" : s.flagged);
+            flag.dataset.testid = "sup-flagged";
+            flag.title = "Marked for a supervisor: messages beyond the flood limit are stored but not pushed to the operator";
+            name.append(" ", flag);
+          }
+          return row("sup-session", [name, s.channel, STATUS[s.status] || s.status, who, dur(s.open_seconds), String(s.messages_in), acts],
             { sessionId: s.id });
         })));
       } else {

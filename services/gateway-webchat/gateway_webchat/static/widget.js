@@ -230,13 +230,20 @@
     var base = Math.min(15000, 500 * Math.pow(2, attempts - 1));
     return Math.round(base / 2 + Math.random() * base / 2);
   }
+  var comeBackAfter = 0;  // seconds: the server said when a refused new visit may try again
   function connect() {
     if (stopped || (ws && ws.readyState <= 1)) return;
-    var url = wsBase;
-    if (state.token) url += "?token=" + encodeURIComponent(state.token) + "&since=" + encodeURIComponent(String(state.lastSeq || 0));
     var sock;
-    try { sock = new WebSocket(url); } catch (e) { schedule(backoff()); return; }
+    // The token never goes in the URL (URLs end up in logs): it is the first frame.
+    try { sock = new WebSocket(wsBase); } catch (e) { schedule(backoff()); return; }
     ws = sock;
+    comeBackAfter = 0;
+    sock.onopen = function () {
+      if (ws !== sock) return;
+      var hello = { type: "hello", since: state.lastSeq || 0 };
+      if (state.token) hello.token = state.token;
+      sock.send(JSON.stringify(hello));
+    };
     sock.onmessage = function (ev) { if (ws === sock) onFrame(ev.data); };
     sock.onclose = function (ev) {
       if (ws !== sock) return;
@@ -244,7 +251,10 @@
       setConnected(false, "Reconnecting…");
       // Messages still "sending" may have reached the server: they are resent
       // with the same id on the next connection, and the server deduplicates.
-      if (ev.code === 4401) {
+      if (ev.code === 4429 && comeBackAfter > 0) {
+        // Too many new chats from this address: come back when the server said.
+        schedule(Math.round(comeBackAfter * 1000 * (1 + Math.random() / 2)));
+      } else if (ev.code === 4401) {
         // Token refused (other account, bad signature): start as a new visitor.
         state.token = ""; state.visitor = ""; state.lastSeq = 0; state.items = [];
         el.log.querySelectorAll(".msg").forEach(function (n) { n.remove(); });
@@ -274,7 +284,7 @@
       if (f.visitor !== state.visitor) {
         state.lastSeq = 0;
       }
-      state.token = f.token; state.visitor = f.visitor;
+      state.token = f.token; state.visitor = f.visitor;  // a fresh token on every connection: it never runs out while used
       if (f.max_text) { maxText = f.max_text; el.input.maxLength = maxText; }
       save();
       setConnected(true);
@@ -283,6 +293,7 @@
     } else if (f.type === "ack") {
       var it = find("out", f.id);
       if (it) { it.status = "sent"; it.error = ""; save(); render(it); }
+      if (!state.items.some(function (x) { return x.kind === "out" && x.status === "sending"; })) setNotice("");
     } else if (f.type === "reply") {
       if (f.seq <= state.lastSeq || find("in", f.id)) { state.lastSeq = Math.max(state.lastSeq, f.seq); save(); return; }
       var item = { kind: "in", id: f.id, text: f.text, operator: f.operator, auto: !!f.auto, at: f.at, seq: f.seq,
@@ -295,7 +306,17 @@
       if (!state.open) { unread += 1; setBadge(); }
     } else if (f.type === "error") {
       var failed = f.id ? find("out", f.id) : null;
-      if (failed && f.code === "unavailable" && f.retry_after > 0) {
+      if (f.code === "token_expired" && f.renewable && ws) {
+        // Our token is past its validity: prove we hold it and get a fresh one, same visitor.
+        ws.send(JSON.stringify({ type: "renew", token: state.token }));
+      } else if (failed && f.code === "rate_limited" && f.retry_after > 0) {
+        // Too fast: nothing was stored. Say so, stay "sending" and send the same id after retry_after.
+        setNotice("You are sending messages too fast. Sending again in " + f.retry_after + " s…");
+        resendLater(failed, f.retry_after);
+      } else if (f.code === "rate_limited" && f.retry_after > 0) {
+        comeBackAfter = f.retry_after;
+        setNotice("Too many new chats from your network. Trying again in " + f.retry_after + " s…");
+      } else if (failed && f.code === "unavailable" && f.retry_after > 0) {
         // The server is busy and stored nothing: stay "sending" and send the
         // same id again after retry_after seconds (+ jitter, so widgets spread out).
         resendLater(failed, f.retry_after);
