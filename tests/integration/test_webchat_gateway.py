@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from conftest import wait_for
 from nats.js import JetStreamContext
+from servers import creds
 
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT
@@ -34,13 +35,14 @@ async def start(url: str, **overrides: Any) -> runner.Service[Settings]:
         max_text=MAX_TEXT,
         max_frame=MAX_FRAME,
         shutdown_timeout=3.0,
-        **overrides,
+        **{**creds("gateway-webchat"), **overrides},
     )
     return await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
 
 
 @pytest.fixture
-async def svc(nats_server: Any) -> AsyncIterator[runner.Service[Settings]]:
+async def svc(nats_server: Any, nc: Any) -> AsyncIterator[runner.Service[Settings]]:
+    # nc: the streams exist (made by the admin identity, as the bootstrap job does in a deployment)
     service = await start(nats_server.url)
     yield service
     await service.stop()
@@ -148,7 +150,7 @@ async def test_bad_token_gets_an_error_frame_and_close_4401(svc: Any, http: Any,
     assert "bad_token" in closing.extra
 
 
-async def test_unknown_account_is_refused_with_4404(nats_server: Any, http: Any) -> None:
+async def test_unknown_account_is_refused_with_4404(nats_server: Any, http: Any, nc: Any) -> None:
     service = await start(nats_server.url, accounts="demo,shop")
     try:
         ws = await http.ws_connect(f"{base(service)}/ws/nope")
@@ -314,7 +316,7 @@ async def test_every_replica_pushes_to_its_own_sockets_and_accepts_the_others_to
         await other.stop()
 
 
-async def test_stopping_closes_sockets_with_going_away(nats_server: Any, http: Any) -> None:
+async def test_stopping_closes_sockets_with_going_away(nats_server: Any, http: Any, nc: Any) -> None:
     service = await start(nats_server.url)
     ws, _ = await open_ws(http, service)
     await service.stop()
