@@ -77,13 +77,14 @@ async def open_visitor(
 @asynccontextmanager
 async def webchat_process(nats_url: str, log_dir: Path, **env: str) -> AsyncIterator[str]:
     """The gateway as a real process (``python -m gateway_webchat``) once /readyz says so; yields its base URL."""
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     proc = ServiceProcess(
         f"webchat-{port}",
         "gateway_webchat",
         {
             "OPENLINES_NATS_URL": nats_url,
             "OPENLINES_HTTP_PORT": str(port),
+            "OPENLINES_METRICS_PORT": str(metrics_port),
             "OPENLINES_WEBCHAT_SECRET": SECRET,
             "OPENLINES_SHUTDOWN_TIMEOUT": "3",
             **env,
@@ -92,6 +93,7 @@ async def webchat_process(nats_url: str, log_dir: Path, **env: str) -> AsyncIter
     )
     proc.start()
     url = f"http://127.0.0.1:{port}"
+    _METRICS[url] = f"http://127.0.0.1:{metrics_port}"  # /metrics is on the internal port, not the public one
     try:
         async with aiohttp.ClientSession() as http:
 
@@ -111,10 +113,14 @@ async def webchat_process(nats_url: str, log_dir: Path, **env: str) -> AsyncIter
     assert "Traceback" not in log, log[-3000:]
 
 
+_METRICS: dict[str, str] = {}  # a gateway process's public base URL -> its metrics port's
+
+
 async def metric(base: str, name: str, **labels: str) -> float:
-    """One sample of the gateway's /metrics (0 when absent)."""
+    """One sample of the gateway's /metrics (0 when absent), read from its internal metrics port."""
     want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+    async with aiohttp.ClientSession() as http, http.get(f"{_METRICS.get(base, base)}/metrics") as resp:
+        assert resp.status == 200, f"no /metrics at {_METRICS.get(base, base)}"
         for line in (await resp.text()).splitlines():
             if line.startswith(want + " "):
                 return float(line.split()[-1])

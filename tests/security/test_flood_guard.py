@@ -179,6 +179,7 @@ async def test_the_operator_is_not_pushed_the_held_messages_and_the_supervisor_s
         overview = await (await http.get("/api/supervisor")).json()
         flagged = [s for line in overview["lines"] for s in line["sessions"] if s["id"] == session.id]
         assert flagged and flagged[0]["flagged"] == "flood", overview
-        metrics = await (await http.get("/metrics")).text()
+        async with aiohttp.ClientSession() as ops:  # /metrics is on the desk's internal port
+            metrics = await (await ops.get(f"http://127.0.0.1:{desk.metrics_port}/metrics")).text()
         held = re.search(r"^openlines_desk_held_messages_total (\S+)$", metrics, re.MULTILINE)
         assert held and float(held.group(1)) >= FLOOD + 1 - LIMIT

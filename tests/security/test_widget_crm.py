@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 from conftest import wait_for
-from crm_support import OPS, crm_line, linked, opened, running_crm_sync, telegram
+from crm_support import CRM_API_TOKEN, OPS, crm_line, linked, opened, running_crm_sync, telegram
 from peers.bitrix24 import running_bitrix24
 from support import apply_lines, events, publish, running_router
 from webchat_support import connect, recv, webchat_process
@@ -23,7 +23,8 @@ from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, SessionEvent, encod
 
 
 async def leads(port: int) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/crm/leads") as resp:
+    auth = {"Authorization": f"Bearer {CRM_API_TOKEN}"}  # crm-sync's read API takes only its token
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/crm/leads", headers=auth) as resp:
         assert resp.status == 200
         found: list[dict[str, Any]] = await resp.json()
         return found
