@@ -18,7 +18,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 from nats.js.kv import KeyValue
 
 from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, Inbound, encode
+from openlines.envelopes import MSG_ID_HEADER, Inbound, SessionEvent, encode, utcnow
 
 log = logging.getLogger("openlines.bus")
 
@@ -101,6 +101,24 @@ class BusUnavailable(Exception):
         super().__init__(reason)
         self.reason = reason  # "disconnected" or the type of the failure
         self.error = error
+
+
+async def dead_letter(
+    js: JetStreamContext, channel: str, account: str, key: str, reason: str, body: bytes, *, timeout: float
+) -> None:
+    """Keep an input a gateway could not read (a signed webhook body) as a ``dead_letter`` event: reason and body's start.
+
+    ``key`` tells one input from another (the platform's id, or a digest of the body), so a resend is kept once.
+    """
+    evt = SessionEvent(
+        id=f"dead:{channel}:{account}:{key}",
+        kind="dead_letter",
+        at=utcnow(),
+        channel=channel,
+        account=account,
+        reason=f"{reason}; body: {body[:600].decode('utf-8', 'replace')}"[:1000],
+    )
+    await asyncio.wait_for(js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}), timeout=timeout)
 
 
 async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeout: float) -> js_api.PubAck:

@@ -26,8 +26,8 @@ from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
 from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
 from gateway_telegram.settings import Settings
-from openlines import admission, bus, subjects
-from openlines.envelopes import MSG_ID_HEADER, Inbound, SessionEvent, encode, utcnow
+from openlines import admission, bus
+from openlines.envelopes import Inbound, utcnow
 from openlines.runner import json_error
 
 log = logging.getLogger("gateway_telegram.http")
@@ -133,19 +133,8 @@ class TelegramHttp:
         dead letter keeps the body (its start) and the reason for whoever looks after the gateway.
         """
         key = hashlib.sha256(body).hexdigest()[:48]
-        evt = SessionEvent(
-            id=f"dead:telegram:{account}:{key}",
-            kind="dead_letter",
-            at=utcnow(),
-            channel=CHANNEL,
-            account=account,
-            reason=f"{reason}; body: {body[:600].decode('utf-8', 'replace')}"[:1000],
-        )
         try:
-            await asyncio.wait_for(
-                self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}),
-                timeout=self.settings.publish_timeout,
-            )
+            await bus.dead_letter(self.js, CHANNEL, account, key, reason, body, timeout=self.settings.publish_timeout)
         except Exception as exc:  # not even the dead letter is stored: Telegram must send it again
             log.warning("dead letter not stored", extra={"channel": CHANNEL, "account": account, "error": repr(exc)})
             retry_after = admission.retry_after_header(self.settings.retry_after)

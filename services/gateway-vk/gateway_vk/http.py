@@ -34,8 +34,8 @@ from gateway_vk.normalise import (
 from gateway_vk.profiles import Profiles
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import admission, bus, subjects
-from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode, utcnow
+from openlines import admission, bus
+from openlines.envelopes import utcnow
 from openlines.runner import json_error
 
 log = logging.getLogger("gateway_vk.http")
@@ -176,19 +176,8 @@ class CallbackHttp:
         return web.Response(text=code)
 
     async def _dead_letter(self, account: str, key: str, reason: str, body: bytes) -> web.StreamResponse:
-        evt = SessionEvent(
-            id=f"dead:vk:{account}:{key}",
-            kind="dead_letter",
-            at=utcnow(),
-            channel=CHANNEL,
-            account=account,
-            reason=f"{reason}; body: {body[:600].decode('utf-8', 'replace')}"[:1000],
-        )
         try:
-            await asyncio.wait_for(
-                self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}),
-                timeout=self.settings.publish_timeout,
-            )
+            await bus.dead_letter(self.js, CHANNEL, account, key, reason, body, timeout=self.settings.publish_timeout)
         except Exception as exc:  # not even the dead letter is stored: VK must send it again
             log.warning("dead letter not stored", extra={"channel": CHANNEL, "account": account, "error": repr(exc)})
             return json_error(
