@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from servers import NatsCluster, NatsServer, free_port, nats_binary  # noqa: E402
+from timing import MAX_TIME_SCALE, scaled, time_scale  # noqa: E402
 
-__all__ = ["NatsCluster", "NatsServer", "free_port", "nats_binary", "wait_for"]
+__all__ = ["MAX_TIME_SCALE", "NatsCluster", "NatsServer", "free_port", "nats_binary", "scaled", "time_scale", "wait_for"]
 
 
 @pytest.fixture
@@ -48,30 +49,15 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     server.stop()
 
 
-MAX_TIME_SCALE = 4.0
 PER_TEST_TIMEOUT = 180.0  # pyproject's pytest timeout, the hang guard on an idle machine
-
-
-def time_scale() -> float:
-    """How much longer than on an idle machine waiting may take now: the load per core (1 to 4).
-
-    A loaded machine (CI runners sharing their cores, a developer's builds) makes everything
-    slower, so every deadline in the tests is stretched by it instead of failing. Set
-    OPENLINES_TEST_TIME_SCALE to fix the factor.
-    """
-    fixed = os.environ.get("OPENLINES_TEST_TIME_SCALE")
-    if fixed:
-        return max(1.0, float(fixed))
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    return min(MAX_TIME_SCALE, max(1.0, load))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The per-test hang guard stretches with the machine's load as the deadlines inside tests do."""
-    scaled = pytest.mark.timeout(PER_TEST_TIMEOUT * time_scale())
+    guard = pytest.mark.timeout(scaled(PER_TEST_TIMEOUT))
     for item in items:
         if item.get_closest_marker("timeout") is None:
-            item.add_marker(scaled)
+            item.add_marker(guard)
 
 
 async def wait_for(

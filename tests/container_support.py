@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from conftest import free_port, wait_for
+from conftest import free_port, scaled, wait_for
 
 T = TypeVar("T")
 
@@ -291,7 +291,7 @@ async def visitor_says(ws: aiohttp.ClientWebSocketResponse, msg_id: str, text: s
     async def attempt() -> bool:
         await ws.send_json({"type": "message", "id": msg_id, "text": text})
         while True:
-            frame = json.loads((await ws.receive(timeout=20)).data)
+            frame = json.loads((await ws.receive(timeout=scaled(20))).data)
             if frame.get("id") == msg_id and frame["type"] == "ack":
                 return True
             if frame.get("id") == msg_id and frame["type"] == "error":
@@ -302,6 +302,6 @@ async def visitor_says(ws: aiohttp.ClientWebSocketResponse, msg_id: str, text: s
 
 async def visitor_gets_reply(ws: aiohttp.ClientWebSocketResponse, text: str) -> dict[str, Any]:
     while True:
-        frame: dict[str, Any] = json.loads((await ws.receive(timeout=30)).data)
+        frame: dict[str, Any] = json.loads((await ws.receive(timeout=scaled(30))).data)
         if frame["type"] == "reply" and frame["text"] == text:
             return frame

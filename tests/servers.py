@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import scaled
+
 
 class NatsNotInstalled(RuntimeError):
     pass
@@ -71,7 +73,8 @@ class NatsServer:
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
+        limit = scaled(10)
+        deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited: {self.log.read_text()[-2000:]}")
@@ -80,7 +83,7 @@ class NatsServer:
                     return
             except OSError:
                 time.sleep(0.02)
-        raise RuntimeError("nats-server did not start listening in 10 s")
+        raise RuntimeError(f"nats-server did not start listening in {limit:.0f} s")
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:

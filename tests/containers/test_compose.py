@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import free_port, wait_for
+from conftest import free_port, scaled, wait_for
 from container_support import DEPLOY, SECRETS, Operator, http_ok, run, visitor_gets_reply, visitor_says
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test may build the images
@@ -115,7 +115,7 @@ async def test_compose_up_passes_a_webchat_message_to_the_desk_and_back_and_down
         await anna.sign_in("anna")
         ws = await vis.ws_connect(f"ws://127.0.0.1:{project.ports['WEBCHAT']}/ws/demo")
         await ws.send_json({"type": "hello"})  # a new visitor
-        assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
+        assert json.loads((await ws.receive(timeout=scaled(10))).data)["type"] == "welcome"
         await visitor_says(ws, "compose-1", "Hello from compose")
         sid = await anna.chat_with("webchat", "Hello from compose", timeout=90)
         await anna.accept(sid)

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import wait_for
+from conftest import scaled, wait_for
 from container_support import (
     DEPLOY,
     ROOT,
@@ -245,7 +245,7 @@ async def test_webchat_conversation_through_containers_continues_with_nothing_lo
             await anna.sign_in("anna")
             ws = await vis.ws_connect(web)
             await ws.send_json({"type": "hello"})  # a new visitor
-            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
+            assert json.loads((await ws.receive(timeout=scaled(10))).data)["type"] == "welcome"
 
             await visitor_says(ws, "c-0", texts[0])
             sid = await anna.chat_with("webchat", texts[0])

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import webchat_support
-from conftest import wait_for
+from conftest import scaled, wait_for
 from support import apply_lines, history
 
 from openlines import bus
@@ -150,7 +150,7 @@ async def open_visitor(http: aiohttp.ClientSession, stack: Stack, token: str = "
 async def send(ws: Any, msg_id: str, text: str) -> dict[str, Any]:
     await ws.send_json({"type": "message", "id": msg_id, "text": text})
     while True:
-        frame = json.loads((await ws.receive(timeout=15)).data)
+        frame = json.loads((await ws.receive(timeout=scaled(15))).data)
         if frame.get("id") == msg_id and frame["type"] in ("ack", "error"):
             return frame  # type: ignore[no-any-return]
 

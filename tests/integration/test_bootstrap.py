@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import msgspec
+from conftest import scaled
 
 from openlines import bus, subjects
 from openlines.apply import apply, load_lines
@@ -110,7 +111,7 @@ async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tm
         assert not done, "the service must keep waiting while the streams cannot be made"
         cluster.nodes[1].start()
         cluster.nodes[2].start()
-        svc = await asyncio.wait_for(starting, timeout=120)
+        svc = await asyncio.wait_for(starting, timeout=scaled(120))
         try:
             info = await wait_for(lambda: svc.js.stream_info(subjects.STREAM_IN), timeout=30, what="OL_IN")
             assert info.config.num_replicas == 3

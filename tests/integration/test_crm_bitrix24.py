@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import msgspec
-from conftest import wait_for
+from conftest import scaled, wait_for
 from crm_support import OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
 from peers.bitrix24 import running_bitrix24
 from support import apply_lines, history, inbound, publish, running_router
@@ -173,11 +173,11 @@ async def test_responsible_lookup_answers_fast_and_the_router_offers_the_chat_to
         await linked(nc, first.id)
         ask = {"client_id": first.client_id, "channel": "telegram", "account": "shopbot", "chat_id": "42"}
         started = time.monotonic()
-        reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=0.5)
+        reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=scaled(0.5))
         assert time.monotonic() - started < 0.5
         assert msgspec.json.decode(reply.data) == {"operator_id": "anna"}
         unknown = {"client_id": "cnobody", "channel": "webchat", "account": "demo", "chat_id": "nobody"}
-        reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(unknown), timeout=0.5)
+        reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(unknown), timeout=scaled(0.5))
         assert msgspec.json.decode(reply.data) == {"operator_id": ""}
 
         await call(nc, "close", Close(operator_id="boris", session_id=first.id))

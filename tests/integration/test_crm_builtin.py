@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from conftest import wait_for
+from conftest import scaled, wait_for
 from crm_support import CRM_API_TOKEN, OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
 from support import apply_lines, history, inbound, publish, running_router
 
@@ -115,7 +115,7 @@ async def test_builtin_responsible_lookup_is_fast_and_steers_the_router(nc: Any,
 
         async def responsible() -> str:
             started = time.monotonic()
-            reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=0.5)
+            reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=scaled(0.5))
             assert time.monotonic() - started < 0.5
             return str(msgspec.json.decode(reply.data)["operator_id"])
 

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from conftest import scaled
 from crm_support import OPS, crm_line
 from peers.bitrix24 import running_bitrix24
 from support import apply_lines
@@ -22,7 +23,7 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=scaled(60))
     return proc.returncode or 0, out.decode()
 
 

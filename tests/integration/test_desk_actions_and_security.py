@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from desk_support import client_writes, http_session, running_desk, sign_in, try_sign_in
 from support import running_router
 
@@ -363,12 +363,12 @@ async def test_sign_out_revokes_the_cookie_on_every_replica_and_closes_live_page
         copy.cookie_jar.update_cookies({"ol_desk": cookie})
         assert (await copy.get("/api/chats")).status == 200
         async with copy.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{two.port}"}) as ws:
-            assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+            assert (await ws.receive_json(timeout=scaled(5)))["type"] == "snapshot"
             async with http_session(one) as again:
                 again.cookie_jar.update_cookies({"ol_desk": cookie})
                 out = await again.post("/logout", data={"csrf_token": h["X-CSRF-Token"]}, allow_redirects=False)
                 assert out.status == 303 and out.headers["Location"] == "/login"
-            closing = await ws.receive(timeout=10)
+            closing = await ws.receive(timeout=scaled(10))
             assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         # The copied cookie is worth nothing now, on either replica.
         assert (await copy.get("/api/chats")).status == 401

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from conftest import scaled
 from desk_support import http_session, running_desk, try_sign_in
 from support import apply_lines
 
@@ -233,7 +234,7 @@ async def test_snapshot_lists_my_open_chats_from_kv(nc: Any, http: aiohttp.Clien
     await seed_chats(nc)
     await try_sign_in(http, "anna", "demo")
     async with http.ws_connect("/ws") as ws:
-        snap = await ws.receive_json(timeout=5)
+        snap = await ws.receive_json(timeout=scaled(5))
     assert snap["type"] == "snapshot"
     assert snap["operator"] == {"id": "anna", "status": "away"}
     assert [c["id"] for c in snap["chats"]] == ["s-mine", "s-offered"]
@@ -274,18 +275,18 @@ async def test_events_and_transcript_reach_the_operator_holding_the_chat(nc: Any
     buckets = await bus.Buckets(js).open()
     await try_sign_in(http, "anna", "demo")
     async with http.ws_connect("/ws") as ws:
-        assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+        assert (await ws.receive_json(timeout=scaled(5)))["type"] == "snapshot"
 
         # The router writes KV first, then publishes the event.
         await put(buckets.sessions, "s-new", session_record("s-new", "anna", "assigned", "Nina"))
         event = SessionEvent(id="e1", kind="session_assigned", at=T0, session_id="s-new", operator_id="anna")
         await js.publish(subjects.event("session_assigned"), encode(event))
-        chat = await ws.receive_json(timeout=5)
+        chat = await ws.receive_json(timeout=scaled(5))
         assert chat["type"] == "chat" and chat["chat"]["id"] == "s-new" and chat["chat"]["client_name"] == "Nina"
 
         entry = HistoryEntry(id="h2", session_id="s-new", direction="in", text="Are you there?", at=T0)
         await js.publish(subjects.history("s-new"), encode(entry))
-        msg = await ws.receive_json(timeout=5)
+        msg = await ws.receive_json(timeout=scaled(5))
         assert msg == {"type": "message", **msgspec.to_builtins(entry)}
 
         # A chat of boris is not pushed to anna.
@@ -295,12 +296,12 @@ async def test_events_and_transcript_reach_the_operator_holding_the_chat(nc: Any
         await put(buckets.sessions, "s-new", session_record("s-new", "anna", "closed"))
         closed = SessionEvent(id="e2", kind="session_closed", at=T0, session_id="s-new", operator_id="anna")
         await js.publish(subjects.event("session_closed"), encode(closed))
-        assert await ws.receive_json(timeout=5) == {"type": "closed", "session_id": "s-new", "reason": "closed"}
+        assert await ws.receive_json(timeout=scaled(5)) == {"type": "closed", "session_id": "s-new", "reason": "closed"}
 
         await put(buckets.operators, "anna", OperatorState(id="anna", status="online"))
         status = SessionEvent(id="e3", kind="operator_status", at=T0, operator_id="anna")
         await js.publish(subjects.event("operator_status"), encode(status))
-        assert await ws.receive_json(timeout=5) == {"type": "status", "status": "online"}
+        assert await ws.receive_json(timeout=scaled(5)) == {"type": "status", "status": "online"}
 
 
 async def test_a_chat_given_to_another_operator_leaves_my_list(nc: Any, http: aiohttp.ClientSession) -> None:
@@ -309,20 +310,20 @@ async def test_a_chat_given_to_another_operator_leaves_my_list(nc: Any, http: ai
     buckets = await bus.Buckets(js).open()
     await try_sign_in(http, "anna", "demo")
     async with http.ws_connect("/ws") as ws:
-        snap = await ws.receive_json(timeout=5)
+        snap = await ws.receive_json(timeout=scaled(5))
         assert "s-offered" in [c["id"] for c in snap["chats"]]
         await put(buckets.sessions, "s-offered", session_record("s-offered", "boris", "assigned"))
         event = SessionEvent(id="e9", kind="session_assigned", at=T0, session_id="s-offered", operator_id="boris")
         await js.publish(subjects.event("session_assigned"), encode(event))
-        assert await ws.receive_json(timeout=5) == {"type": "closed", "session_id": "s-offered", "reason": "reassigned"}
+        assert await ws.receive_json(timeout=scaled(5)) == {"type": "closed", "session_id": "s-offered", "reason": "reassigned"}
 
 
 async def test_stopping_the_desk_closes_sockets_so_pages_reconnect(desk: Service[Settings], http: aiohttp.ClientSession) -> None:
     await try_sign_in(http, "anna", "demo")
     ws = await http.ws_connect("/ws")
-    assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+    assert (await ws.receive_json(timeout=scaled(5)))["type"] == "snapshot"
     await desk.stop()
-    msg = await ws.receive(timeout=5)
+    msg = await ws.receive(timeout=scaled(5))
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
 
 

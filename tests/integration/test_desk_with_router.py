@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from desk_support import client_writes, desk_with_router, http_session, sign_in
 
 from desk.settings import Settings
@@ -35,7 +35,7 @@ async def http(services: Service[Settings]) -> AsyncIterator[aiohttp.ClientSessi
 async def frame_where(ws: aiohttp.ClientWebSocketResponse, match: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """The next frame that matches, skipping others; fails after the receive timeout."""
     while True:
-        frame: dict[str, Any] = await ws.receive_json(timeout=10)
+        frame: dict[str, Any] = await ws.receive_json(timeout=scaled(10))
         if match(frame):
             return frame
 
@@ -64,7 +64,7 @@ async def test_a_client_message_arrives_live_and_the_operator_answers_and_closes
     buckets = await bus.Buckets(js).open()
     h = await sign_in(http, "anna")
     async with http.ws_connect("/ws") as ws:
-        snap = await ws.receive_json(timeout=5)
+        snap = await ws.receive_json(timeout=scaled(5))
         assert snap["type"] == "snapshot" and snap["chats"] == []
         assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
         await frame_where(ws, lambda f: f == {"type": "status", "status": "online"})
@@ -126,7 +126,7 @@ async def test_someone_elses_chat_cannot_be_touched(nc: Any, http: aiohttp.Clien
     h = await sign_in(http, "anna")
     assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
     async with http.ws_connect("/ws") as ws:
-        await ws.receive_json(timeout=5)
+        await ws.receive_json(timeout=scaled(5))
         await client_writes(js, "wc-9", "Hi")
         sid = (await frame_where(ws, lambda f: f["type"] == "chat"))["chat"]["id"]
     async with http_session(services) as boris:

@@ -7,6 +7,7 @@ Real Dovecot, real nats-server; the gateway runs in-process or as
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -240,3 +241,23 @@ async def test_implicit_tls_starttls_idle_renewal_and_polling_without_idle(nc: A
             await append(server, client_mail("y@client.example.test", "over STARTTLS"), user="sales@example.test")
             await wait_for(lambda: at_least(nc, 1, "ssl"), timeout=15, what="mail over implicit TLS")
             await wait_for(lambda: at_least(nc, 1, "starttls"), timeout=15, what="mail over STARTTLS, polled")
+
+
+async def test_mails_that_arrive_while_the_gateway_reads_others_are_not_left_waiting(
+    nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
+) -> None:
+    """A mail delivered while the gateway fetches an earlier one is announced to it inside that
+    command's answer, not while it idles: it must still be read now, not at the next mail."""
+    total = 30
+    async with running_gateway(nats_server.url, [mailbox_config(imap, smtp)]) as svc:
+        from gateway_email.service import EMAIL
+
+        worker = svc.app[EMAIL].workers["support"]
+        await wait_for(lambda: worker.state == "owner" and worker.idle, timeout=20, what="mailbox open")
+        async with imap_client(imap) as client:
+            for i in range(total):
+                mail = client_mail(f"c{i}@client.example.test", f"Mail {i}", message_id=f"<burst-{i}@client.example.test>")
+                assert (await client.append(mail.as_bytes(), mailbox="INBOX")).result == "OK"
+                await asyncio.sleep(0.003 * (i % 7))  # land at every point of the gateway's reading
+        got = await wait_for(lambda: at_least(nc, total), timeout=20, what=f"all {total} mails without a further one")
+    assert sorted(e["id"] for e in got) == sorted(f"email:support:burst-{i}@client.example.test" for i in range(total))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from support import apply_lines, events, history, inbound, outbound_for, publish, running_router
 
 from openlines import bus, subjects
@@ -131,9 +131,9 @@ async def test_commands_are_validated(nc, nats_server) -> None:  # type: ignore[
         with pytest.raises(CommandFailed) as err:
             await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="   ", client_msg_id="x"))
         assert err.value.result.error == "invalid"
-        raw = await nc.request("ol.cmd.reply", b'{"operator_id": 5}', timeout=5)
+        raw = await nc.request("ol.cmd.reply", b'{"operator_id": 5}', timeout=scaled(5))
         assert b'"error":"invalid"' in raw.data
-        raw = await nc.request("ol.cmd.reply", b'{"operator_id": "\x8f"}', timeout=5)  # not UTF-8
+        raw = await nc.request("ol.cmd.reply", b'{"operator_id": "\x8f"}', timeout=scaled(5))  # not UTF-8
         assert b'"error":"invalid"' in raw.data
         assert [o.text for o in await outbound_for(nc, "v") if not o.auto] == []
 

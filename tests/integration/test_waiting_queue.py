@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from conftest import wait_for
+from conftest import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.state import QueuedChat, WaitingQueue, queue_key, waiting_key
@@ -24,12 +24,12 @@ async def replica(nc: Any) -> AsyncIterator[Waiting]:
     w = Waiting(js)
     task = asyncio.create_task(w.run())
     try:
-        await asyncio.wait_for(w.loaded.wait(), timeout=30)
+        await asyncio.wait_for(w.loaded.wait(), timeout=scaled(30))
         yield w
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(task, timeout=10)
+            await asyncio.wait_for(task, timeout=scaled(10))
         await conn.close()
 
 

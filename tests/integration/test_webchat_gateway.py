@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from nats.js import JetStreamContext
 from webchat_support import bind_widget_accounts, hello_frame, open_visitor, recv
 
@@ -130,7 +130,7 @@ async def test_bad_token_gets_an_error_frame_and_close_4401(svc: Any, http: Any,
     await ws.send_json(hello_frame(make_token("A" * 22)))
     err = await recv(ws)
     assert err["type"] == "error" and err["code"] == "bad_token" and err["detail"]
-    closing = await ws.receive(timeout=10)
+    closing = await ws.receive(timeout=scaled(10))
     assert closing.type == aiohttp.WSMsgType.CLOSE
     assert ws.close_code == 4401
     assert "bad_token" in closing.extra
@@ -143,7 +143,7 @@ async def test_unknown_account_is_refused_with_4404(nats_server: Any, nc: Any, h
         ws = await http.ws_connect(f"{base(service)}/ws/nope")
         err = await recv(ws)
         assert err["code"] == "bad_account"
-        await ws.receive(timeout=10)
+        await ws.receive(timeout=scaled(10))
         assert ws.close_code == 4404
         ok, welcome = await open_ws(http, service, account="shop")
         assert welcome["visitor"]
@@ -232,7 +232,7 @@ async def test_nats_down_answers_unavailable_and_a_retry_after_restart_is_delive
         # The per-replica outbound consumer (its ephemeral consumer died with
         # the server) is recreated and live replies flow again.
         seq = await publish_reply(checker.jetstream(), welcome["visitor"], "back again")
-        msg = await ws.receive(timeout=30)
+        msg = await ws.receive(timeout=scaled(30))
         assert json.loads(msg.data)["seq"] == seq
     finally:
         await checker.close()
@@ -308,7 +308,7 @@ async def test_stopping_closes_sockets_with_going_away(nats_server: Any, nc: Any
     service = await start(nats_server.url)
     ws, _ = await open_ws(http, service)
     await service.stop()
-    msg = await ws.receive(timeout=10)
+    msg = await ws.receive(timeout=scaled(10))
     assert msg.type == aiohttp.WSMsgType.CLOSE
     assert (msg.data, msg.extra) == (1001, "going away")
 

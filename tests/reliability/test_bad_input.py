@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from conftest import scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import apply_lines
@@ -70,7 +71,7 @@ async def widget(nc: Any, nats_server: Any) -> AsyncIterator[Any]:
 async def test_widget_socket_survives_generated_frames_and_publishes_nothing_bad(nc: Any, widget: Any, frame: str) -> None:
     before = await stored_inbound(nc)
     await widget.send_str(frame)
-    answer = json.loads((await widget.receive(timeout=10)).data)
+    answer = json.loads((await widget.receive(timeout=scaled(10))).data)
     assert answer["type"] in ("ack", "error"), answer
     assert "Traceback" not in json.dumps(answer)
     if answer["type"] == "error":

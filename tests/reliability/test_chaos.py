@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import NatsCluster, NatsServer, free_port, wait_for
+from conftest import NatsCluster, NatsServer, free_port, scaled, wait_for
 from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender, FakeVk
@@ -95,11 +95,11 @@ async def visitor(http: aiohttp.ClientSession, url: str, n: int, sent: Sent) -> 
             ws_url = f"{url}/ws/demo"
             async with http.ws_connect(ws_url, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5)) as ws:
                 await ws.send_json(hello_frame(token))
-                welcome = json.loads((await ws.receive(timeout=10)).data)
+                welcome = json.loads((await ws.receive(timeout=scaled(10))).data)
                 token = welcome["token"]
                 await ws.send_json({"type": "message", "id": msg_id, "text": text, "name": f"Visitor {n}"})
                 while True:
-                    frame = json.loads((await ws.receive(timeout=15)).data)
+                    frame = json.loads((await ws.receive(timeout=scaled(15))).data)
                     if frame.get("id") == msg_id and frame["type"] == "ack":
                         sent.texts.add(text)
                         return True

@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import ROOT, free_port, wait_for
+from conftest import ROOT, free_port, scaled, wait_for
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender
 from telegram_support import SUPPORT, bots_json
@@ -325,7 +325,7 @@ class Visitor:
 
     async def frame_for(self, msg_id: str) -> dict[str, Any]:
         while True:
-            raw = await self.ws.receive(timeout=90)
+            raw = await self.ws.receive(timeout=scaled(90))
             assert raw.type == aiohttp.WSMsgType.TEXT, raw
             frame = json.loads(raw.data)
             if frame.get("id") == msg_id:
@@ -372,7 +372,7 @@ async def test_webchat_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path)
         try:
             for ws in sockets:
                 await ws.send_json(hello_frame())
-                assert json.loads((await ws.receive(timeout=30)).data)["type"] == "welcome"
+                assert json.loads((await ws.receive(timeout=scaled(30))).data)["type"] == "welcome"
             visitors = [Visitor(ws) for ws in sockets[:SENDERS]]
 
             # Sockets beyond the limit: 503 + Retry-After on the handshake, nothing opened.
@@ -458,7 +458,7 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
             await page.goto(f"http://127.0.0.1:{svc.port}/demo")
             await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
             await other.send_json(hello_frame())
-            assert json.loads((await other.receive(timeout=30)).data)["type"] == "welcome"
+            assert json.loads((await other.receive(timeout=scaled(30))).data)["type"] == "welcome"
             # Both sockets are past their replay (it reads NATS) before NATS is paused.
             await wait_for(lambda: edge.hub.count == 2 and not any(s.replaying for s in edge.hub.sockets()), what="both live")
             ops = f"http://127.0.0.1:{svc.metrics_port}"  # /metrics is on the internal port

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import free_port, wait_for
+from conftest import free_port, scaled, wait_for
 from servers import ServiceProcess
 from support import apply_lines, history, inbound, outbound_for, publish
 
@@ -135,7 +135,7 @@ async def _five_chats_offered_to_two_operators(nc: Any, router: ServiceProcess, 
 
 async def _router_up(nc: Any) -> bool:
     try:
-        await nc.request(subjects.command("status"), b"{}", timeout=0.5)
+        await nc.request(subjects.command("status"), b"{}", timeout=scaled(0.5))
     except Exception:
         return False
     return True

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from desk_support import http_session, running_desk, sign_in
 from peers.telegram_api import FakeTelegram, message_update
 from support import EXAMPLE_LINES, apply_lines, events, history, running_router
@@ -140,7 +140,7 @@ async def test_the_operator_is_not_pushed_the_held_messages_and_the_supervisor_s
     ):
         h = await sign_in(http, "anna")
         async with http.ws_connect("/ws") as ws:
-            assert (await ws.receive_json(timeout=10))["type"] == "snapshot"
+            assert (await ws.receive_json(timeout=scaled(10)))["type"] == "snapshot"
             assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
             pushed: list[dict[str, Any]] = []
 
@@ -151,7 +151,7 @@ async def test_the_operator_is_not_pushed_the_held_messages_and_the_supervisor_s
 
             await deliver(0, "first")
             while True:  # the chat is offered to anna
-                frame = await ws.receive_json(timeout=10)
+                frame = await ws.receive_json(timeout=scaled(10))
                 if frame["type"] == "chat":
                     break
             for i in range(1, FLOOD):
@@ -164,7 +164,7 @@ async def test_the_operator_is_not_pushed_the_held_messages_and_the_supervisor_s
             reply = {"text": "Please slow down", "client_msg_id": "r-flood"}
             assert (await http.post(f"/api/sessions/{session.id}/reply", json=reply, headers=h)).status == 200
             while True:
-                frame = await ws.receive_json(timeout=10)
+                frame = await ws.receive_json(timeout=scaled(10))
                 if frame["type"] == "message" and frame.get("direction") == "in":
                     pushed.append(frame)
                 if frame["type"] == "message" and frame.get("text") == reply["text"]:

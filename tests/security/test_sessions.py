@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from argon2 import PasswordHasher
+from conftest import scaled
 from desk_admin_support import LINES, bearer, make_token, running_desk, sign_in
 from desk_support import http_session, try_sign_in
 from desk_support import sign_in as sign_in_operator
@@ -56,13 +57,13 @@ async def holding(svc: Service[Any], cookie: str) -> AsyncIterator[aiohttp.Clien
 
 async def live_page(http: aiohttp.ClientSession, svc: Service[Any]) -> aiohttp.ClientWebSocketResponse:
     ws = await http.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{svc.port}"})
-    assert (await ws.receive_json(timeout=10))["type"] == "snapshot"
+    assert (await ws.receive_json(timeout=scaled(10)))["type"] == "snapshot"
     return ws
 
 
 async def closed_by_the_desk(ws: aiohttp.ClientWebSocketResponse) -> None:
     """The desk closes the page (the receive waits for it; nothing is sent to the page meanwhile)."""
-    msg = await ws.receive(timeout=10)
+    msg = await ws.receive(timeout=scaled(10))
     assert msg.type == aiohttp.WSMsgType.CLOSE, msg
     assert (msg.data, msg.extra) == (aiohttp.WSCloseCode.POLICY_VIOLATION, "credentials changed")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from webchat_support import (
     SECRET,
     WIDGET_LINES,
@@ -48,7 +48,7 @@ async def stored(nc: Any, account: str = "demo") -> int:
 
 
 async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
-    msg = await ws.receive(timeout=10)
+    msg = await ws.receive(timeout=scaled(10))
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
     return ws.close_code, str(msg.extra or "")
 
@@ -284,5 +284,5 @@ async def test_a_socket_waiting_for_its_hello_is_closed_at_once_when_the_gateway
     async with webchat_process(nats_server.url, tmp_path, OPENLINES_HELLO_TIMEOUT="600") as base:
         ws = await http.ws_connect(f"{base}/ws/demo")
     # The process has stopped (the block waited for it): the socket was told to go elsewhere, not left hanging.
-    msg = await ws.receive(timeout=10)
+    msg = await ws.receive(timeout=scaled(10))
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
