@@ -67,6 +67,21 @@ async def test_an_admin_only_account_lands_on_the_admin_pages(desk: Service[Sett
     await page.wait_for_url(re.compile(r"/admin(/[a-z]*)?$"))
 
 
+async def test_an_admin_without_the_open_lines_permission_opens_the_supervisor_view(
+    desk: Service[Settings], browser: Any
+) -> None:
+    """The Roles page and the docs say admins may watch the lines: the workspace's own
+    requirements (the open-lines permission, an operator role) are not theirs."""
+    page = await page_of(browser, desk)
+    await submit_login(page, "admin")
+    await page.wait_for_url(re.compile(r"/admin(/[a-z]*)?$"))
+    answer = await page.goto("/supervisor")
+    assert answer is not None and answer.status == 200
+    await expect(page.get_by_test_id("supervisor-lines")).to_contain_text("Customer support")
+    listing = await page.request.get(desk_url(desk) + "/api/supervisor")
+    assert listing.status == 200, await listing.text()
+
+
 async def test_a_supervisor_reads_a_live_chat_and_then_intercepts_it(nc: Any, desk: Service[Settings], browser: Any) -> None:
     js = nc.jetstream()
     boris = await page_of(browser, desk)

@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from desk import views
 from desk.auth import (
+    ADMIN_ROLE,
     ADMIN_HOME,
     COOKIE_NAME,
     CSRF_FIELD,
@@ -163,12 +164,15 @@ class Desk:
             return None  # removed, or password / roles / permissions changed since the sign-in
         return Authed(account=account, session=session, problem=access_problem(account))
 
-    async def api_user(self, request: web.Request, *, changes: bool) -> Authed:
-        """The operator behind an API request; state-changing requests must carry the CSRF header."""
+    async def api_user(self, request: web.Request, *, changes: bool, admin_may: bool = False) -> Authed:
+        """The operator behind an API request; state-changing requests must carry the CSRF header.
+
+        ``admin_may``: an administrator may use it without the workspace's own requirements.
+        """
         user = await self.authed(request)
         if user is None:
             raise ApiError(401, "unauthenticated", "sign in first")
-        if user.problem:
+        if user.problem and not (admin_may and ADMIN_ROLE in user.account.roles):
             raise ApiError(403, "forbidden", user.problem)
         if changes and not self.signer.csrf_ok(user.session.nonce, request.headers.get(CSRF_HEADER)):
             raise ApiError(403, "csrf", f"missing or wrong {CSRF_HEADER} header; reload the page")
@@ -423,13 +427,17 @@ async def workspace(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def page_user(request: web.Request) -> Authed | web.Response:
-    """The signed-in user of a page, or the answer to give instead (sign in / no access)."""
+async def page_user(request: web.Request, *, admin_may: bool = False) -> Authed | web.Response:
+    """The signed-in user of a page, or the answer to give instead (sign in / no access).
+
+    ``admin_may``: an administrator may open the page without the workspace's own requirements
+    (the open-lines permission, an operator or supervisor role).
+    """
     desk = request.app[DESK]
     user = await desk.authed(request)
     if user is None:
         raise web.HTTPSeeOther("/login")
-    if user.problem:
+    if user.problem and not (admin_may and ADMIN_ROLE in user.account.roles):
         return html(views.denied_page(user.account.name, user.problem), status=403)
     return user
 
@@ -474,7 +482,7 @@ async def crm_page(request: web.Request) -> web.StreamResponse:
 
 async def supervisor_page(request: web.Request) -> web.StreamResponse:
     desk = request.app[DESK]
-    user = await page_user(request)
+    user = await page_user(request, admin_may=True)
     if isinstance(user, web.Response):
         return user
     problem = supervisor_problem(user.account.roles)
@@ -584,7 +592,7 @@ async def _chat_action(request: web.Request) -> tuple[Desk, Authed, str]:
 async def _supervisor(request: web.Request, *, changes: bool) -> tuple[Desk, Authed]:
     """The desk and the signed-in user, who must be a supervisor (or admin): else 403 with the reason."""
     desk = request.app[DESK]
-    user = await desk.api_user(request, changes=changes)
+    user = await desk.api_user(request, changes=changes, admin_may=True)
     problem = supervisor_problem(user.account.roles)
     if problem:
         raise ApiError(403, "forbidden", problem)
