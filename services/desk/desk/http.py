@@ -24,8 +24,8 @@ from prometheus_client import Counter
 
 from desk import views
 from desk.auth import (
-    ADMIN_ROLE,
     ADMIN_HOME,
+    ADMIN_ROLE,
     COOKIE_NAME,
     CSRF_FIELD,
     CSRF_HEADER,
