@@ -1,7 +1,9 @@
 """``make dev``: the whole system on this machine.
 
 Starts an embedded nats-server with JetStream (data under .data/), creates the
-streams and buckets, applies the example lines, then runs every service from
+streams and buckets, applies the example lines to a new store (what admins
+changed later is kept; OPENLINES_DEV_APPLY_LINES=1 applies the file again),
+then runs every service from
 honcho (the core services always, each channel gateway when its accounts
 are configured) and prints where to look. Ctrl-C stops all.
 """
@@ -25,6 +27,8 @@ BIN = Path(sys.executable).parent
 NATS_PORT = int(os.environ.get("OPENLINES_DEV_NATS_PORT", "4222"))
 NATS_MONITOR = int(os.environ.get("OPENLINES_DEV_NATS_MONITOR_PORT", "8222"))
 LINES = Path(os.environ.get("OPENLINES_LINES_FILE", ROOT / "deploy" / "lines.example.toml"))
+# Apply LINES over what is stored even when an admin changed it since (their changes are lost).
+REAPPLY = os.environ.get("OPENLINES_DEV_APPLY_LINES", "") not in ("", "0")
 HOST = os.environ.get("OPENLINES_DEV_HOST", "127.0.0.1")
 PORTS = {
     "desk": 8080,
@@ -125,7 +129,15 @@ async def prepare(url: str) -> None:
     try:
         js = nc.jetstream()
         await bus.bootstrap(js, report=lambda m: say(m))
-        for change in await apply.apply(await bus.Buckets(js).open(), cfg):
+        buckets = await bus.Buckets(js).open()
+        if not REAPPLY and not await apply.is_empty(buckets):
+            have = await apply.live(buckets)
+            say(
+                f"lines: keeping the configuration in .data/ ({len(have.lines)} line(s), {len(have.operators)} operator(s)); "
+                f"OPENLINES_DEV_APPLY_LINES=1 make dev applies {LINES.name} again (and undoes changes made in the admin pages)"
+            )
+            return
+        for change in await apply.apply(buckets, cfg):
             say(change)
     finally:
         await nc.close()

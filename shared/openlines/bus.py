@@ -64,7 +64,12 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning(f"nats error ({name})", extra={"connection": name, "error": repr(exc)})
 
+    mine: list[NATS] = []
+
     async def on_disconnect() -> None:
+        if mine and mine[0].is_closed:  # our own close (a CLI command ending, a service stopping): not news
+            log.debug(f"nats connection closed ({name})", extra={"connection": name})
+            return
         log.warning(f"nats disconnected ({name})", extra={"connection": name})
 
     async def on_reconnect() -> None:
@@ -74,7 +79,7 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
     while True:
         attempt += 1
         try:
-            return await nats.connect(
+            nc = await nats.connect(
                 [u.strip() for u in url.split(",")] if "," in url else url,  # "nats://a:4222,nats://b:4222"
                 name=name,
                 max_reconnect_attempts=-1,
@@ -87,6 +92,8 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
             )
+            mine.append(nc)
+            return nc
         except Exception as exc:  # nats raises several unrelated types here
             if first_attempts and attempt >= first_attempts:
                 raise

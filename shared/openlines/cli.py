@@ -8,6 +8,7 @@ import getpass
 import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import msgspec
 
@@ -37,11 +38,33 @@ async def _apply(args: argparse.Namespace) -> int:
         js = nc.jetstream()
         await bus.bootstrap(js, replicas=int(os.environ.get("OPENLINES_REPLICAS", "1")))
         buckets = await bus.Buckets(js).open()
+        if args.if_empty and not await apply_mod.is_empty(buckets):
+            have = await apply_mod.live(buckets)
+            print(
+                f"kept the live configuration ({len(have.lines)} line(s), {len(have.operators)} operator(s)): "
+                f"{args.file} is applied only to an empty store with --if-empty"
+            )
+            return 0
         for change in await apply_mod.apply(buckets, cfg):
             print(change)
     finally:
         await nc.close()
     print(f"applied {len(cfg.lines)} line(s) and {len(cfg.operators)} operator(s) from {args.file}")
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    nc = await bus.connect(_nats_url(args), "openlines-cli", first_attempts=args.attempts)
+    try:
+        cfg = await apply_mod.live(await bus.Buckets(nc.jetstream()).open())
+    finally:
+        await nc.close()
+    text = apply_mod.to_toml(cfg)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")  # noqa: ASYNC240 - a CLI, nothing else runs meanwhile
+        print(f"wrote {len(cfg.lines)} line(s) and {len(cfg.operators)} operator(s) to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -131,7 +154,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     v.set_defaults(run=_validate, is_async=False)
     a = lines.add_parser("apply", help="validate a lines TOML file and make it live")
     a.add_argument("file")
+    a.add_argument("--if-empty", action="store_true", help="apply only when no line or operator is stored yet (first start)")
     a.set_defaults(run=_apply, is_async=True)
+    e = lines.add_parser("export", help="write the live configuration (lines and operators) as a lines TOML file")
+    e.add_argument("-o", "--output", help="file to write (default: standard output)")
+    e.set_defaults(run=_export, is_async=True)
     d = lines.add_parser("doctor", help="flag setup mistakes and values outside the recommended ranges")
     d.add_argument("file")
     d.add_argument("--json", action="store_true", help="print the findings as a JSON list")

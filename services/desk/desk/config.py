@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import tomli_w
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from openlines import subjects
-from openlines.apply import LINE_PREFIX, apply
+from openlines.apply import LINE_PREFIX, apply, to_toml
 from openlines.bus import Buckets, kv_entries
 from openlines.doctor import Finding
 from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
@@ -66,12 +65,7 @@ def valid_version(value: str | None) -> bool:
 
 def lines_toml(lines: list[LineConfig]) -> str:
     """The lines as the TOML editor shows them (defaults left out, like a hand-written file)."""
-    return tomli_w.dumps({"lines": [_pruned(msgspec.to_builtins(line)) for line in lines]})
-
-
-def _pruned(table: dict[str, Any]) -> dict[str, Any]:
-    """Without the sub-tables left at all their defaults (they would show as empty headers)."""
-    return {k: v for k, v in table.items() if v != {}}
+    return to_toml(LinesFile(lines=lines), operators=False)
 
 
 def parse_lines_toml(text: str) -> list[LineConfig]:
