@@ -117,9 +117,24 @@ def _hash_password(args: argparse.Namespace) -> int:
 
     if args.password is not None:
         pw = args.password
+    elif not sys.stdin.isatty():
+        # No one to ask (a script, a pipe): one line on standard input, e.g. from a secret store.
+        pw = sys.stdin.readline().rstrip("\r\n")
+        if not pw:
+            print(
+                "no password: type it at a terminal, or give it as one line on standard input "
+                "(printf '%s\\n' \"$PASSWORD\" | openlines hash-password); nothing printed",
+                file=sys.stderr,
+            )
+            return 2
     else:
-        pw = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != pw:
+        try:
+            pw = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except (EOFError, KeyboardInterrupt):
+            print("\ncancelled; nothing printed", file=sys.stderr)
+            return 1
+        if again != pw:
             print("the two passwords differ; nothing printed", file=sys.stderr)
             return 2
     if pw.lower() in doctor.KNOWN_PASSWORDS or len(pw) < MIN_PASSWORD:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from conftest import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "lines.example.toml"
@@ -187,3 +188,52 @@ def test_hash_password_prints_a_hash_that_verifies() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert PasswordHasher().verify(done.stdout.strip(), "lantern-harbour-93")
+
+
+def test_hash_password_without_a_terminal_reads_one_line_or_says_what_it_needs() -> None:
+    """A script or a CI job has no terminal: the password is one line on standard input, and
+    with none there a clear sentence (not a traceback) says how to give it."""
+    piped = subprocess.run(
+        [sys.executable, "-m", "openlines", "hash-password"],
+        input="lantern-harbour-93\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert PasswordHasher().verify(piped.stdout.strip(), "lantern-harbour-93")
+    empty = subprocess.run(
+        [sys.executable, "-m", "openlines", "hash-password"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    )
+    assert empty.returncode == 2 and empty.stdout == ""
+    assert "no password" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_hash_password_at_a_terminal_ended_with_ctrl_d_prints_nothing_and_no_traceback() -> None:
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openlines", "hash-password"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+    )
+    os.close(slave)
+    out = b""
+    try:
+        while b"password:" not in out:
+            out += os.read(master, 1024)
+        os.write(master, b"\x04")  # Ctrl-D at the prompt
+        assert proc.wait(timeout=scaled(60)) == 1
+        while True:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # the other end closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        proc.kill()
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert "cancelled; nothing printed" in text and "Traceback" not in text and "$argon2" not in text
