@@ -248,7 +248,10 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
     found = diagnose(snap.cfg)
     if new:
         ops = [operator_view(snap.cfg, o, found) for o in sorted(snap.cfg.operators)]
-        page = views.operators_page(p.user.account, csrf, operators=ops, version=snap.version, form_errors=errors)
+        entered = {"id": op_id, "name": body.name, "roles": body.roles, "permissions": body.permissions}
+        page = views.operators_page(
+            p.user.account, csrf, operators=ops, version=snap.version, form_errors=errors, entered=entered
+        )
         return html(page, status=400)
     shown = operator_view(snap.cfg, op_id, found) | {"name": body.name, "roles": body.roles, "permissions": body.permissions}
     return p.operator_page(snap, shown, errors, status=400)

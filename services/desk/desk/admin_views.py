@@ -163,7 +163,9 @@ def operators_page(
     version: str,
     message: str = "",
     form_errors: list[str] | None = None,
+    entered: dict[str, Any] | None = None,
 ) -> str:
+    """``entered``: what a refused "New operator" form held (login, name, roles, permissions), shown again."""
     rows = "".join(
         f'<tr data-testid="operator-row" data-operator="{escape(op["id"])}">'
         f'<td><a href="/admin/operators/{escape(op["id"])}" data-testid="operator-edit">{escape(op["id"])}</a></td>'
@@ -180,17 +182,27 @@ def operators_page(
 <th>Chats</th></tr></thead>
 <tbody>{rows}</tbody></table>
 <h2>New operator</h2>
-{operator_form(csrf, None, version=version, errors=form_errors)}"""
+{operator_form(csrf, None, version=version, errors=form_errors, entered=entered)}"""
     return _shell("Operators", who, csrf, "/admin/operators", main)
 
 
-def operator_form(csrf: str, op: dict[str, Any] | None, *, version: str, errors: list[str] | None = None) -> str:
+def operator_form(
+    csrf: str,
+    op: dict[str, Any] | None,
+    *,
+    version: str,
+    errors: list[str] | None = None,
+    entered: dict[str, Any] | None = None,
+) -> str:
     new = op is None
-    roles = set(op["roles"]) if op else {"operator"}
-    perms = set(op["permissions"]) if op else {PERMISSION_OPENLINES}
+    shown = op or entered  # the operator edited, or what a refused new-operator form held (never a password)
+    roles = set(shown["roles"]) if shown else {"operator"}
+    perms = set(shown["permissions"]) if shown else {PERMISSION_OPENLINES}
     action = "/admin/operators" if op is None else f"/admin/operators/{escape(op['id'])}"
+    # The pattern is compiled with the v flag (unicodeSets): a literal "-" in a class must be escaped.
     login = (
-        '<label for="op-id">Login</label><input id="op-id" name="id" required pattern="[A-Za-z0-9_-]{1,64}" data-testid="op-id">'
+        '<label for="op-id">Login</label><input id="op-id" name="id" required pattern="[A-Za-z0-9_\\-]{1,64}" '
+        f'value="{escape(str(entered.get("id", ""))) if entered else ""}" data-testid="op-id">'
         if new
         else ""
     )
@@ -210,7 +222,7 @@ def operator_form(csrf: str, op: dict[str, Any] | None, *, version: str, errors:
   <input type="hidden" name="version" value="{escape(version)}">
   {login}
   <label for="op-name">Name</label>
-  <input id="op-name" name="name" required value="{escape(op["name"]) if op else ""}" data-testid="op-name">
+  <input id="op-name" name="name" required value="{escape(str(shown["name"])) if shown else ""}" data-testid="op-name">
   <fieldset><legend>Roles</legend>{role_boxes}</fieldset>
   <fieldset><legend>Permissions</legend>{perm_box}</fieldset>
   <label for="op-password">{pw_label}</label>
