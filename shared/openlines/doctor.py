@@ -234,7 +234,8 @@ def _queue_members(cfg: LinesFile, at: str, line: LineConfig) -> list[Finding]:
                     line.id,
                     f"{at}.queue.operators",
                     f"{op_id!r} is not declared under [operators], so nobody can log in as this queue member",
-                    f"declare [operators.{op_id}] with a name and password_hash, or remove {op_id!r} from the queue",
+                    f"create the operator {op_id!r} (admin Operators page, or [operators.{op_id}] with a name and "
+                    f"password_hash in the lines file), or remove {op_id!r} from the queue",
                 )
             )
         elif PERMISSION_OPENLINES not in member.permissions:

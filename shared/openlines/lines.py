@@ -143,11 +143,16 @@ def parse_all(text: str, source: str = "<config>") -> tuple[LinesFile | None, li
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return None, [f"{source}: not valid TOML: {exc}"]
-    errors: list[str] = []
-    kept = _keep_valid(raw, LinesFile, "", errors)
-    cfg = msgspec.convert(kept if isinstance(kept, dict) else {}, LinesFile)
+    cfg, errors = convert_all(raw)
     errors += check(cfg)
     return cfg, [f"{source}: {e}" for e in errors]
+
+
+def convert_all(raw: dict[str, Any]) -> tuple[LinesFile, list[str]]:
+    """A parsed lines document as a LinesFile of every valid key, and one error per key left out."""
+    errors: list[str] = []
+    kept = _keep_valid(raw, LinesFile, "", errors)
+    return msgspec.convert(kept if isinstance(kept, dict) else {}, LinesFile), errors
 
 
 _DROP = object()  # a value that cannot be kept (its struct misses a required key)
@@ -192,9 +197,19 @@ def _keep_valid(raw: object, typ: Any, path: str, errors: list[str]) -> object:
         msgspec.convert(raw, typ)
     except msgspec.ValidationError as exc:
         problem, _, inner = str(exc).partition(" - at `$")  # inner: where inside the value, e.g. "[0]`"
+        allowed = _choices(typ)
+        if allowed:
+            problem += f" (one of: {', '.join(map(repr, allowed))})"
         errors.append(f"{path}{inner.rstrip('`')}: {problem}")
         return _DROP
     return raw
+
+
+def _choices(typ: Any) -> tuple[Any, ...]:
+    """The values a Literal setting allows (also inside an Optional or a list of them)."""
+    if get_origin(typ) is Literal:
+        return get_args(typ)
+    return tuple(v for arg in get_args(typ) for v in _choices(arg))
 
 
 def load(path: str | Path) -> LinesFile:
@@ -258,7 +273,10 @@ def check(cfg: LinesFile) -> list[str]:
         for op_id in q.operators:
             member = cfg.operators.get(op_id)
             if member is None:
-                errors.append(f"{where}.queue.operators: {op_id!r} is not declared under [operators]")
+                errors.append(
+                    f"{where}.queue.operators: {op_id!r} is not declared under [operators] "
+                    "(create the operator first: on the admin Operators page, or in the lines file)"
+                )
             elif PERMISSION_OPENLINES not in member.permissions:
                 errors.append(
                     f"{where}.queue.operators: {op_id!r} lacks the {PERMISSION_OPENLINES!r} permission and would never see a chat"

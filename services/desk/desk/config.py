@@ -30,7 +30,7 @@ from openlines import subjects
 from openlines.apply import LINE_PREFIX, apply, to_toml
 from openlines.bus import Buckets, kv_entries
 from openlines.doctor import Finding
-from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
+from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check, convert_all
 from openlines.state import OperatorAccount
 
 GUARD_KEY = "admin.version"
@@ -55,10 +55,6 @@ class Snapshot:
         return next((line for line in self.cfg.lines if line.id == line_id), None)
 
 
-def _readable(msg: str) -> str:
-    return msg.replace("`$.", "`").replace("`$`", "the top level")
-
-
 def valid_version(value: str | None) -> bool:
     return bool(value) and _VERSION.match(value or "") is not None
 
@@ -79,10 +75,10 @@ def parse_lines_toml(text: str) -> list[LineConfig]:
         raise ConfigError(
             [f"{key}: only [[lines]] tables belong here; operators are edited on the Operators page" for key in extra]
         )
-    try:
-        return msgspec.convert(raw, LinesFile).lines
-    except msgspec.ValidationError as exc:
-        raise ConfigError([_readable(str(exc))]) from None
+    cfg, errors = convert_all(raw)  # every bad key at once, one error each
+    if errors:
+        raise ConfigError(errors)
+    return cfg.lines
 
 
 def validate(cfg: LinesFile) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from desk.config import lines_toml, no_chats_reasons, parse_lines_toml, takes_chats
 from openlines.doctor import diagnose
-from openlines.lines import ConfigError, LinesFile, OperatorConfig, load
+from openlines.lines import ConfigError, LinesFile, OperatorConfig, check, load
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "deploy" / "lines.example.toml"
 
@@ -56,3 +56,21 @@ def test_reasons_an_operator_sees_no_chats() -> None:
     assert not takes_chats(cfg, "boss") and takes_chats(cfg, "ben")
     no_role = _cfg(ann=OperatorConfig(name="Ann", password_hash="$argon2id$x", roles=["admin"]))
     assert any("no operator role" in r for r in no_chats_reasons(no_role, "ann", diagnose(no_role)))
+
+
+def test_the_editor_reports_every_bad_key_at_once_and_the_values_a_setting_allows() -> None:
+    text = '[[lines]]\nid = "a"\nname = "A"\n[lines.queue]\nmode = "fastest"\nwait_secs = 3\nmax_chats_per_operator = "four"\n'
+    with pytest.raises(ConfigError) as err:
+        parse_lines_toml(text)
+    found = err.value.errors
+    assert len(found) == 3, found
+    mode = next(e for e in found if e.startswith("lines[0].queue.mode"))
+    for allowed in ("'round_robin'", "'strict'", "'all'", "'crm_responsible'"):
+        assert allowed in mode
+    assert any("wait_secs" in e for e in found) and any("max_chats_per_operator" in e for e in found)
+
+
+def test_an_undeclared_queue_member_says_where_to_create_the_operator() -> None:
+    cfg = _cfg()  # "ann" is in the queue but not an operator
+    problems = check(cfg)
+    assert any("'ann' is not declared" in p and "Operators page" in p for p in problems)
