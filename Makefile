@@ -15,9 +15,11 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): constraints.txt requirements-dev.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
 	@echo "== creating $(VENV) and installing openlines, its services and tools (pinned by constraints.txt)"
+	@echo "   the first time this downloads about 80 packages and takes a few minutes; each is listed as it comes"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements-dev.txt -e shared $(addprefix -e ,$(SERVICES)) 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --progress-bar off -c constraints.txt -r requirements-dev.txt -e shared $(addprefix -e ,$(SERVICES)) 2>&1 \
+	  | $(QUIET_PIP) | { grep --line-buffered -E '^(Collecting|Successfully|ERROR|error)|^ *(Building|Installing)' || true; }
 	@touch $@
 
 install: $(STAMP)

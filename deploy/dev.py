@@ -175,8 +175,8 @@ def banner(skipped: list[str], crm_token: str) -> None:
    Admin REST API:                {desk}/api/v1/openapi.json  (tokens: openlines desk token create)
    NATS monitoring:               http://127.0.0.1:{NATS_MONITOR}/jsz
 
- Built-in CRM (leads, contacts):
-   curl -H "Authorization: Bearer {crm_token}" http://{HOST}:{PORTS["crm-sync"]}/crm/leads
+ Built-in CRM (leads, contacts):  {desk}/crm   (in the desk; as JSON:
+   curl -H "Authorization: Bearer {crm_token}" http://{HOST}:{PORTS["crm-sync"]}/crm/leads)
  Metrics: each service's port + 1000, e.g. http://{HOST}:{PORTS["desk"] + 1000}/metrics
  Lines: {LINES.relative_to(ROOT) if LINES.is_relative_to(ROOT) else LINES}
  Not started: {", ".join(skipped) or "-"}
