@@ -40,9 +40,25 @@
     pendingReply: null, // {key, session, id}: a retried send reuses the id, so the router dedups it
     directory: { lines: new Map(), operators: [] }, // from /api/directory: lines (quick answers), operators
     files: [], // attachments of the reply being written: {local, session, name, id (once uploaded)}
+    drafts: loadDrafts(), // session id -> the reply being written in that chat (never shared between chats)
   };
 
   // -- helpers ---------------------------------------------------------------
+
+  // Each chat keeps its own unsent reply: text typed for one client never goes to another.
+  // Kept for this tab (sessionStorage), so a reload does not lose a half-written answer.
+  function loadDrafts() {
+    try { return new Map(Object.entries(JSON.parse(sessionStorage.getItem("ol-desk-drafts") || "{}"))); } catch { return new Map(); }
+  }
+  function saveDrafts() {
+    try { sessionStorage.setItem("ol-desk-drafts", JSON.stringify(Object.fromEntries(state.drafts))); } catch { /* private mode */ }
+  }
+  function keepDraft() {
+    if (!state.selected) return;
+    if (el.reply.value) state.drafts.set(state.selected, el.reply.value);
+    else state.drafts.delete(state.selected);
+    saveDrafts();
+  }
 
   function loadSeen() {
     try { return JSON.parse(localStorage.getItem("ol-desk-seen") || "{}"); } catch { return {}; }
@@ -408,8 +424,10 @@
     state.newChats.delete(id);
     state.transcripts.delete(id);
     state.countedIn.delete(id);
+    if (state.drafts.delete(id)) saveDrafts();
     if (state.selected === id) {
       state.selected = null;
+      el.reply.value = "";
       el.placeholder.textContent = "The chat was closed. Select another chat on the left.";
     }
     saveSeen();
@@ -487,6 +505,10 @@
   function select(id) {
     if (!state.chats.has(id)) return;
     const changed = state.selected !== id;
+    if (changed) {
+      keepDraft(); // what was typed stays with the chat it was typed for
+      el.reply.value = state.drafts.get(id) || "";
+    }
     state.selected = id;
     markSeen(id);
     cancelClose();
@@ -850,7 +872,11 @@
       const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/reply`, body);
       state.pendingReply = null;
       state.files = state.files.filter((f) => !files.includes(f));
-      if (el.reply.value.trim() === text) el.reply.value = "";
+      // Only the box of the chat it was sent to, and only if it still holds what was sent.
+      if (state.selected === id && el.reply.value.trim() === text) el.reply.value = "";
+      else if ((state.drafts.get(id) || "").trim() === text) state.drafts.delete(id);
+      if (state.selected === id) keepDraft();
+      else saveDrafts();
       if (data.session) upsertChat(data.session, { notify: false });
       render();
       loadHistory(id);
@@ -862,6 +888,7 @@
   }
 
   el.composer.addEventListener("submit", (e) => { e.preventDefault(); sendReply(); });
+  el.reply.addEventListener("input", keepDraft);
   el.reply.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); sendReply(); }
   });
