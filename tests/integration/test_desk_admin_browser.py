@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from conftest import wait_for
 from desk_admin_support import DEMO_HASH, LINES, in_line, visitor_writes
 from desk_support import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login
 from support import outbound_for
 
+from openlines import bus
+from openlines.apply import live
 from openlines.runner import Service
 
 pytestmark = BROWSER_MARKS
@@ -137,4 +140,80 @@ async def test_the_new_operator_form_checks_the_login_in_the_browser_and_keeps_w
     # The refused save is a 400 (Chromium logs it); nothing else, such as "Pattern attribute value ... is
     # not a valid regular expression" (then the browser checked nothing).
     assert [e for e in errors if "400 (Bad Request)" not in e] == []
+    await page.context.close()
+
+
+async def test_an_admin_manages_api_tokens_in_the_pages_and_a_script_uses_one_until_it_is_revoked(
+    browser: Any, desk: Service[Any]
+) -> None:
+    expect = playwright_api.expect
+    errors: list[str] = []
+    page = await new_page(browser, desk_url(desk), errors, width=1360, height=900)
+    await submit_login(page, "ada")  # admin only: the nav still offers the supervisor view and the CRM
+    for nav in ("nav-supervisor", "nav-crm", "nav-admin-tokens"):
+        await expect(page.get_by_test_id(nav)).to_be_visible()
+    await page.get_by_test_id("nav-crm").click()
+    await expect(page).to_have_url(f"{desk_url(desk)}/crm")
+    await page.get_by_test_id("nav-admin-tokens").click()
+    await expect(page.get_by_test_id("no-tokens")).to_be_visible()
+
+    # A bad expiry is refused and the form keeps what was typed.
+    await page.get_by_test_id("token-name").fill("nightly report")
+    await page.get_by_test_id("token-role").select_option("supervisor")
+    await page.get_by_test_id("token-expires-in").fill("soon")
+    await page.get_by_test_id("token-create").click()
+    await expect(page.get_by_test_id("token-error")).to_contain_text("expiry 'soon'")
+    await expect(page.get_by_test_id("token-name")).to_have_value("nightly report")
+    await page.get_by_test_id("token-expires-in").fill("30d")
+    await page.get_by_test_id("token-create").click()
+    token = await page.get_by_test_id("token-value").input_value()
+    assert token.startswith("olt_")
+    row = page.get_by_test_id("token-row").filter(has_text="nightly report")
+    await expect(row).to_contain_text("supervisor")
+    await expect(row.get_by_test_id("token-expires")).not_to_have_text("never")
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{desk_url(desk)}/api/v1/sessions", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 200, await r.text()
+        await page.reload()  # the browser sends the form again: no second token, and no secret shown
+        await expect(page.get_by_test_id("admin-message")).to_contain_text("sent before")
+        assert token not in await page.content()
+        await expect(page.get_by_test_id("token-row")).to_have_count(1)
+        await page.get_by_test_id("token-row").filter(has_text="nightly report").get_by_test_id("token-revoke").click()
+        await expect(page.get_by_test_id("admin-message")).to_have_text("Revoked.")
+        await expect(page.get_by_test_id("no-tokens")).to_be_visible()
+        async with http.get(f"{desk_url(desk)}/api/v1/sessions", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 401
+    assert errors == []
+    await page.context.close()
+
+
+async def test_an_admin_puts_an_operator_in_queues_from_the_operators_page(nc: Any, browser: Any, desk: Service[Any]) -> None:
+    expect = playwright_api.expect
+    page = await new_page(browser, desk_url(desk), width=1360, height=900)
+    await submit_login(page, "ada")
+    await page.get_by_test_id("nav-admin-operators").click()
+    await page.locator('[data-testid="operator-row"][data-operator="carl"]').get_by_test_id("operator-edit").click()
+    await expect(page.get_by_test_id("op-line-support")).not_to_be_checked()
+    await page.get_by_test_id("op-perm-openlines").check()
+    await page.get_by_test_id("op-line-support").check()
+    await page.get_by_test_id("op-line-sales").check()
+    await page.get_by_test_id("op-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_have_text("Saved.")
+    carl = page.locator('[data-testid="operator-row"][data-operator="carl"]')
+    await expect(carl).to_contain_text("sales, support")
+    live_cfg = await live(await bus.Buckets(nc.jetstream()).open())
+    queues = {line.id: line.queue.operators for line in live_cfg.lines}
+    assert queues == {"support": ["anna", "boris", "carl"], "sales": ["boris", "carl"]}
+
+    # Out of one queue again; the other members and their order stay.
+    await carl.get_by_test_id("operator-edit").click()
+    await page.get_by_test_id("op-line-support").uncheck()
+    await page.get_by_test_id("op-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_have_text("Saved.")
+    live_cfg = await live(await bus.Buckets(nc.jetstream()).open())
+    assert {line.id: line.queue.operators for line in live_cfg.lines} == {
+        "support": ["anna", "boris"],
+        "sales": ["boris", "carl"],
+    }
     await page.context.close()

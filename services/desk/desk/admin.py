@@ -39,10 +39,10 @@ from desk.api import (
 from desk.config import ConfigStore, Conflict, Snapshot, lines_toml, operator_view, parse_lines_toml, valid_version
 from desk.http import DESK, Authed, Desk, html, redirect
 from desk.stats import line_stats
-from desk.tokens import TokenStore, open_bucket
+from desk.tokens import TokenStore, new_token, open_bucket, parse_duration
 from openlines.bus import Buckets
 from openlines.doctor import diagnose
-from openlines.lines import ROLES, ConfigError, LinesFile, OperatorConfig, check
+from openlines.lines import ROLES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
 from openlines.runner import Service
 from openlines.state import OperatorAccount
 
@@ -87,11 +87,31 @@ class _Page:
     def operator_page(
         self, snap: Snapshot, op: dict[str, Any], errors: list[str] | None = None, status: int = 200
     ) -> web.Response:
-        page = views.operator_page(self.user.account, self.csrf, op=op, version=snap.version, errors=errors)
+        page = views.operator_page(
+            self.user.account, self.csrf, op=op, version=snap.version, errors=errors, lines=line_choices(snap)
+        )
         return html(page, status=status)
 
 
 PageHandler = Callable[[_Page], Awaitable[web.StreamResponse]]
+
+
+def line_choices(snap: Snapshot) -> list[tuple[str, str]]:
+    """(id, name) of every line, for the queue boxes of the operator forms."""
+    return [(line.id, line.name) for line in snap.cfg.lines]
+
+
+def with_queues(lines: list[LineConfig], op_id: str, wanted: set[str]) -> list[LineConfig]:
+    """The lines with ``op_id`` in the queue of exactly the ``wanted`` ones (joining at the end, order kept)."""
+    out = []
+    for line in lines:
+        members = [o for o in line.queue.operators if o != op_id]
+        if line.id in wanted:
+            members = line.queue.operators if op_id in line.queue.operators else [*members, op_id]
+        if members != line.queue.operators:
+            line = msgspec.structs.replace(line, queue=msgspec.structs.replace(line.queue, operators=members))
+        out.append(line)
+    return out
 
 
 def _staff_page(roles: tuple[str, ...]) -> Callable[[PageHandler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
@@ -189,7 +209,10 @@ async def operators_get(p: _Page) -> web.StreamResponse:
     found = diagnose(snap.cfg)
     ops = [operator_view(snap.cfg, op_id, found) for op_id in sorted(snap.cfg.operators)]
     message = "Saved." if p.request.query.get("saved") else "Removed." if p.request.query.get("removed") else ""
-    return html(views.operators_page(p.user.account, p.csrf, operators=ops, version=snap.version, message=message))
+    page = views.operators_page(
+        p.user.account, p.csrf, operators=ops, version=snap.version, message=message, lines=line_choices(snap)
+    )
+    return html(page)
 
 
 @_staff_page(ADMIN_ROLES)
@@ -229,7 +252,14 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
     if not errors and password:
         pw_hash = await p.staff.hash_password(password)
     updated = OperatorConfig(name=body.name.strip(), password_hash=pw_hash, roles=body.roles, permissions=body.permissions)
-    cfg = LinesFile(operators={**snap.cfg.operators, op_id: updated}, lines=snap.cfg.lines)
+    lines = snap.cfg.lines
+    queues = {str(v) for v in form.getall("lines", [])}
+    if form.get("lines-shown"):  # the form offered the queue boxes: what is ticked is what they are in
+        unknown = sorted(queues - {line.id for line in lines})
+        if unknown:
+            errors.append(f"lines: no such line {', '.join(map(repr, unknown))} (reload the page)")
+        lines = with_queues(lines, op_id, queues)
+    cfg = LinesFile(operators={**snap.cfg.operators, op_id: updated}, lines=lines)
     if not errors:
         try:
             await p.staff.store.save(cfg, version, p.user.operator_id)
@@ -248,12 +278,24 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
     found = diagnose(snap.cfg)
     if new:
         ops = [operator_view(snap.cfg, o, found) for o in sorted(snap.cfg.operators)]
-        entered = {"id": op_id, "name": body.name, "roles": body.roles, "permissions": body.permissions}
+        entered = {"id": op_id, "name": body.name, "roles": body.roles, "permissions": body.permissions, "lines": sorted(queues)}
         page = views.operators_page(
-            p.user.account, csrf, operators=ops, version=snap.version, form_errors=errors, entered=entered
+            p.user.account,
+            csrf,
+            operators=ops,
+            version=snap.version,
+            form_errors=errors,
+            entered=entered,
+            lines=line_choices(snap),
         )
         return html(page, status=400)
-    shown = operator_view(snap.cfg, op_id, found) | {"name": body.name, "roles": body.roles, "permissions": body.permissions}
+    view = operator_view(snap.cfg, op_id, found)
+    shown = view | {
+        "name": body.name,
+        "roles": body.roles,
+        "permissions": body.permissions,
+        "lines": sorted(queues) if form.get("lines-shown") else view["lines"],
+    }
     return p.operator_page(snap, shown, errors, status=400)
 
 
@@ -294,6 +336,56 @@ async def roles_get(p: _Page) -> web.StreamResponse:
     snap = await p.staff.store.snapshot()
     holders = {r: sorted(op_id for op_id, op in snap.cfg.operators.items() if r in op.roles) for r in ROLES}
     return html(views.roles_page(p.user.account, p.csrf, holders=holders))
+
+
+# -- API tokens -----------------------------------------------------------------------------------
+
+
+@_staff_page(ADMIN_ROLES)
+async def tokens_get(p: _Page) -> web.StreamResponse:
+    message = "Revoked." if p.request.query.get("revoked") else ""
+    return html(views.tokens_page(p.user.account, p.csrf, tokens=await p.staff.tokens.all(), now=_now(), message=message))
+
+
+@_staff_page(ADMIN_ROLES)
+async def token_create(p: _Page) -> web.StreamResponse:
+    form = await p.form()
+    name = str(form.get("name", "")).strip()
+    role = str(form.get("role", ""))
+    expires = str(form.get("expires_in", "")).strip()
+    once = str(form.get("form", ""))[:32]
+    entered = {"name": name, "role": role, "expires_in": expires}
+    tokens = await p.staff.tokens.all()
+    if once and any(t.form == once for t in tokens):
+        again = "This form was sent before and its token created then (shown once). Revoke it below if it was not copied."
+        return html(views.tokens_page(p.user.account, p.csrf, tokens=tokens, now=_now(), message=again))
+    try:
+        token, record = new_token(name, role, parse_duration(expires) if expires else None)
+        record = msgspec.structs.replace(record, form=once)
+    except ValueError as exc:
+        page = views.tokens_page(p.user.account, p.csrf, tokens=tokens, now=_now(), errors=[str(exc)], entered=entered)
+        return html(page, status=400)
+    await p.staff.tokens.add(record)
+    log.info("API token created from the admin page", extra={"token": record.id, "role": role, "by": p.user.operator_id})
+    # Shown in this answer only: the desk keeps the secret's digest, never the secret.
+    page = views.tokens_page(p.user.account, p.csrf, tokens=await p.staff.tokens.all(), now=_now(), created=(record.id, token))
+    resp = html(page)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@_staff_page(ADMIN_ROLES)
+async def token_revoke(p: _Page) -> web.StreamResponse:
+    await p.form()
+    token_id = p.request.match_info["token_id"]
+    if not await p.staff.tokens.revoke(token_id):
+        raise web.HTTPNotFound(text="no such token")
+    log.info("API token revoked from the admin page", extra={"token": token_id, "by": p.user.operator_id})
+    raise web.HTTPSeeOther("/admin/tokens?revoked=1")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def admin_home(request: web.Request) -> web.StreamResponse:
@@ -426,6 +518,9 @@ async def setup(svc: Service[Any]) -> None:
     app.router.add_post("/admin/operators/{operator_id}", operator_update)
     app.router.add_post("/admin/operators/{operator_id}/delete", operator_delete)
     app.router.add_get("/admin/roles", roles_get)
+    app.router.add_get("/admin/tokens", tokens_get)
+    app.router.add_post("/admin/tokens", token_create)
+    app.router.add_post("/admin/tokens/{token_id}/revoke", token_revoke)
     app.router.add_get("/stats", stats_get)
     app.router.add_get(PASSWORD_PAGE, password_get)
     app.router.add_post(PASSWORD_PAGE, password_post)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
+from datetime import datetime
 from html import escape
 from typing import Any
 
-from desk.auth import CSRF_FIELD, access_problem
+from desk.auth import CSRF_FIELD, nav_links
+from desk.tokens import TOKEN_ROLES, ApiToken
 from openlines.doctor import Finding
 from openlines.lines import PERMISSION_OPENLINES, ROLES
 from openlines.state import OperatorAccount
@@ -17,26 +20,8 @@ ROLE_TEXT = {
 }
 
 
-def _links(who: OperatorAccount) -> list[tuple[str, str, str]]:
-    """The pages this account may open."""
-    links = []
-    if access_problem(who) is None:
-        links.append(("/", "Chats", "nav-chats"))
-        if any(r in ("supervisor", "admin") for r in who.roles):
-            links.append(("/supervisor", "Supervisor", "nav-supervisor"))
-    if any(r in ("supervisor", "admin") for r in who.roles):
-        links.append(("/stats", "Statistics", "nav-stats"))
-    if "admin" in who.roles:
-        links += [
-            ("/admin/lines", "Lines", "nav-admin-lines"),
-            ("/admin/operators", "Operators", "nav-admin-operators"),
-            ("/admin/roles", "Roles", "nav-admin-roles"),
-        ]
-    return links
-
-
 def _shell(title: str, who: OperatorAccount, csrf: str, current: str, main: str) -> str:
-    links = _links(who)
+    links = nav_links(who)
     here = ' aria-current="page"'
     nav = "".join(
         f'<a href="{href}" data-testid="{tid}"{here if href == current else ""}>{label}</a>' for href, label, tid in links
@@ -164,8 +149,9 @@ def operators_page(
     message: str = "",
     form_errors: list[str] | None = None,
     entered: dict[str, Any] | None = None,
+    lines: list[tuple[str, str]] | None = None,
 ) -> str:
-    """``entered``: what a refused "New operator" form held (login, name, roles, permissions), shown again."""
+    """``entered``: what a refused "New operator" form held (login, name, roles, permissions, lines), shown again."""
     rows = "".join(
         f'<tr data-testid="operator-row" data-operator="{escape(op["id"])}">'
         f'<td><a href="/admin/operators/{escape(op["id"])}" data-testid="operator-edit">{escape(op["id"])}</a></td>'
@@ -182,7 +168,7 @@ def operators_page(
 <th>Chats</th></tr></thead>
 <tbody>{rows}</tbody></table>
 <h2>New operator</h2>
-{operator_form(csrf, None, version=version, errors=form_errors, entered=entered)}"""
+{operator_form(csrf, None, version=version, errors=form_errors, entered=entered, lines=lines)}"""
     return _shell("Operators", who, csrf, "/admin/operators", main)
 
 
@@ -193,7 +179,9 @@ def operator_form(
     version: str,
     errors: list[str] | None = None,
     entered: dict[str, Any] | None = None,
+    lines: list[tuple[str, str]] | None = None,
 ) -> str:
+    """``lines``: (id, name) of every line, offered as queue memberships."""
     new = op is None
     shown = op or entered  # the operator edited, or what a refused new-operator form held (never a password)
     roles = set(shown["roles"]) if shown else {"operator"}
@@ -216,6 +204,19 @@ def operator_form(
         f'data-testid="op-perm-openlines"{" checked" if PERMISSION_OPENLINES in perms else ""}> {PERMISSION_OPENLINES} '
         "(open lines: may be offered chats)</label>"
     )
+    member = set(shown.get("lines", [])) if shown else set()
+    queue_boxes = "".join(
+        f'<label class="check"><input type="checkbox" name="lines" value="{escape(line_id)}" '
+        f'data-testid="op-line-{escape(line_id)}"{" checked" if line_id in member else ""}> {escape(name)} '
+        f'<span class="muted">({escape(line_id)})</span></label>'
+        for line_id, name in lines or []
+    )
+    queues = (
+        '<input type="hidden" name="lines-shown" value="1">'
+        f"<fieldset><legend>Lines (member of the queue: chats of these lines are offered)</legend>{queue_boxes}</fieldset>"
+        if queue_boxes
+        else ""
+    )
     pw_label = "Password" if new else "New password (leave empty to keep the current one)"
     return f"""{_errors(errors or [])}<form method="post" action="{action}" class="op-form" data-testid="operator-form">
   <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
@@ -225,20 +226,29 @@ def operator_form(
   <input id="op-name" name="name" required value="{escape(str(shown["name"])) if shown else ""}" data-testid="op-name">
   <fieldset><legend>Roles</legend>{role_boxes}</fieldset>
   <fieldset><legend>Permissions</legend>{perm_box}</fieldset>
+  {queues}
   <label for="op-password">{pw_label}</label>
   <input id="op-password" name="password" type="password" autocomplete="new-password" data-testid="op-password">
   <div class="actions"><button type="submit" class="primary" data-testid="op-save">Save</button></div>
 </form>"""
 
 
-def operator_page(who: OperatorAccount, csrf: str, *, op: dict[str, Any], version: str, errors: list[str] | None = None) -> str:
+def operator_page(
+    who: OperatorAccount,
+    csrf: str,
+    *,
+    op: dict[str, Any],
+    version: str,
+    errors: list[str] | None = None,
+    lines: list[tuple[str, str]] | None = None,
+) -> str:
     notice = ""
     main = f"""<h1>Operator {escape(op["id"])}</h1>
 {notice}
-<p>Lines (queues): {escape(", ".join(op["lines"])) or "none"} — change them on the <a href="/admin/lines">Lines</a> page
-(queue.operators).</p>
+<p>Lines (queues): {escape(", ".join(op["lines"])) or "none"}. A line's other queue settings (order, limits) are on the
+<a href="/admin/lines">Lines</a> page.</p>
 <p data-testid="operator-chats">{_reasons(op)}</p>
-{operator_form(csrf, op, version=version, errors=errors)}
+{operator_form(csrf, op, version=version, errors=errors, lines=lines)}
 <form method="post" action="/admin/operators/{escape(op["id"])}/delete" class="danger-zone">
   <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
   <input type="hidden" name="version" value="{escape(version)}">
@@ -256,10 +266,81 @@ def roles_page(who: OperatorAccount, csrf: str, *, holders: dict[str, list[str]]
     main = f"""<h1>Roles</h1>
 <p class="muted">Roles are given on each <a href="/admin/operators">operator's page</a>. Answering chats also needs the
 <code>{PERMISSION_OPENLINES}</code> permission and a place in a line's queue. API tokens act as one role
-(<code>openlines desk token create</code>, see docs/admin.md).</p>
+(<a href="/admin/tokens">API tokens</a>, or <code>openlines desk token create</code>).</p>
 <table class="grid" data-testid="roles-table"><thead><tr><th>Role</th><th>May</th><th>Held by</th></tr></thead>
 <tbody>{rows}</tbody></table>"""
     return _shell("Roles", who, csrf, "/admin/roles", main)
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M UTC") if at is not None else "never"
+
+
+def tokens_page(
+    who: OperatorAccount,
+    csrf: str,
+    *,
+    tokens: list[ApiToken],
+    now: datetime,
+    message: str = "",
+    errors: list[str] | None = None,
+    entered: dict[str, str] | None = None,
+    created: tuple[str, str] | None = None,
+) -> str:
+    """API tokens for scripts: list, create (the token shown once, in ``created``), revoke."""
+    rows = "".join(
+        f'<tr data-testid="token-row" data-token="{escape(t.id)}"><td><code>{escape(t.id)}</code></td><td>{escape(t.name)}</td>'
+        f"<td>{escape(t.role)}</td><td>{_when(t.created_at)}</td>"
+        f'<td data-testid="token-expires">{_when(t.expires_at)}{" (expired)" if t.expired(now) else ""}</td>'
+        f'<td><form method="post" action="/admin/tokens/{escape(t.id)}/revoke">'
+        f'<input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">'
+        f'<button type="submit" class="danger-outline" data-testid="token-revoke">Revoke</button></form></td></tr>'
+        for t in tokens
+    )
+    table = (
+        '<table class="grid" data-testid="tokens-table"><thead><tr><th>Id</th><th>For</th><th>Role</th><th>Created</th>'
+        f"<th>Expires</th><th></th></tr></thead><tbody>{rows}</tbody></table>"
+        if tokens
+        else '<p class="muted" data-testid="no-tokens">No API tokens.</p>'
+    )
+    shown = ""
+    if created is not None:
+        shown = (
+            '<div class="notice ok" role="status" data-testid="token-created">'
+            f"<strong>Token {escape(created[0])} created.</strong> "
+            "Copy it now: it is shown only this once (the desk keeps a digest, not the token)."
+            f'<input readonly class="secret" value="{escape(created[1])}" data-testid="token-value" '
+            'onfocus="this.select()" aria-label="The new API token"></div>'
+        )
+    notice = _notice("ok", message, "admin-message") if message else ""
+    entered = entered or {}
+    role_options = "".join(
+        f'<option value="{r}"{" selected" if entered.get("role", "supervisor") == r else ""}>{r}</option>' for r in TOKEN_ROLES
+    )
+    problems = "".join(f'<li data-testid="token-error">{escape(e)}</li>' for e in errors or [])
+    problems = (
+        f'<div class="notice error" role="alert"><strong>Not created.</strong><ul>{problems}</ul></div>' if problems else ""
+    )
+    main = f"""<h1>API tokens</h1>
+<p class="muted">Scripts call <code>/api/v1</code> with <code>Authorization: Bearer &lt;token&gt;</code>
+(<a href="/api/v1/openapi.json">OpenAPI</a>). A token acts as one role: <code>admin</code> (everything) or
+<code>supervisor</code> (sessions and statistics).</p>
+{shown}{notice}
+{table}
+<h2>New token</h2>
+{problems}<form method="post" action="/admin/tokens" class="op-form" data-testid="token-form">
+  <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+  <input type="hidden" name="form" value="{secrets.token_hex(8)}">
+  <label for="token-name">What it is for</label>
+  <input id="token-name" name="name" required maxlength="64" value="{escape(entered.get("name", ""))}"
+    placeholder="nightly report" data-testid="token-name">
+  <label for="token-role">Role</label>
+  <select id="token-role" name="role" data-testid="token-role">{role_options}</select>
+  <label for="token-expires">Expires in (e.g. 90m, 12h, 30d; empty: until revoked)</label>
+  <input id="token-expires" name="expires_in" value="{escape(entered.get("expires_in", ""))}" data-testid="token-expires-in">
+  <div class="actions"><button type="submit" class="primary" data-testid="token-create">Create token</button></div>
+</form>"""
+    return _shell("API tokens", who, csrf, "/admin/tokens", main)
 
 
 def _num(value: Any, unit: str = "") -> str:

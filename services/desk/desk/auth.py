@@ -184,6 +184,29 @@ def access_problem(account: OperatorAccount) -> str | None:
     return None
 
 
+def nav_links(account: OperatorAccount) -> list[tuple[str, str, str]]:
+    """The pages this account may open, as (path, label, test id), for the top bar of every page."""
+    admin = ADMIN_ROLE in account.roles
+    desk = access_problem(account) is None
+    links = []
+    if desk:
+        links.append(("/", "Chats", "nav-chats"))
+    if desk or admin:
+        links.append(("/crm", "CRM", "nav-crm"))
+    if admin or (desk and "supervisor" in account.roles):
+        links.append(("/supervisor", "Supervisor", "nav-supervisor"))
+    if admin or "supervisor" in account.roles:
+        links.append(("/stats", "Statistics", "nav-stats"))
+    if admin:
+        links += [
+            ("/admin/lines", "Lines", "nav-admin-lines"),
+            ("/admin/operators", "Operators", "nav-admin-operators"),
+            ("/admin/roles", "Roles", "nav-admin-roles"),
+            ("/admin/tokens", "API tokens", "nav-admin-tokens"),
+        ]
+    return links
+
+
 def landing(account: OperatorAccount) -> str | None:
     """Where this account goes after signing in: the workspace, the admin pages, or nowhere (None)."""
     if access_problem(account) is None:

@@ -35,6 +35,7 @@ from desk.auth import (
     Signer,
     access_problem,
     landing,
+    nav_links,
     same_origin,
 )
 from desk.crm import MAX_QUERY, CrmReader, parse_ref, record_ref
@@ -421,7 +422,7 @@ async def workspace(request: web.Request) -> web.StreamResponse:
             user.operator_id,
             user.account.name,
             desk.signer.csrf_token(user.session.nonce),
-            supervisor=supervisor_problem(user.account.roles) is None,
+            nav=nav_links(user.account),
             max_upload=desk.settings.max_upload_bytes,
         )
     )
@@ -459,7 +460,7 @@ async def _names(desk: Desk, ids: set[str]) -> dict[str, str]:
 
 async def crm_page(request: web.Request) -> web.StreamResponse:
     desk = request.app[DESK]
-    user = await page_user(request)
+    user = await page_user(request, admin_may=True)
     if isinstance(user, web.Response):
         return user
     query, record = _query(request)
@@ -469,7 +470,7 @@ async def crm_page(request: web.Request) -> web.StreamResponse:
         views.crm_page(
             user.account.name,
             desk.signer.csrf_token(user.session.nonce),
-            supervisor=supervisor_problem(user.account.roles) is None,
+            nav=nav_links(user.account),
             backend=desk.settings.crm_backend,
             portal=desk.settings.bitrix24_portal.rstrip("/"),
             query=query,
@@ -488,7 +489,7 @@ async def supervisor_page(request: web.Request) -> web.StreamResponse:
     problem = supervisor_problem(user.account.roles)
     if problem:
         return html(views.denied_page(user.account.name, problem, "the supervisor view"), status=403)
-    return html(views.supervisor_page(user.account.name, desk.signer.csrf_token(user.session.nonce)))
+    return html(views.supervisor_page(user.account.name, desk.signer.csrf_token(user.session.nonce), nav=nav_links(user.account)))
 
 
 async def transcript_page(request: web.Request) -> web.StreamResponse:
@@ -508,7 +509,7 @@ async def transcript_page(request: web.Request) -> web.StreamResponse:
         views.transcript_page(
             user.account.name,
             desk.signer.csrf_token(user.session.nonce),
-            supervisor=supervisor_problem(user.account.roles) is None,
+            nav=nav_links(user.account),
             session=await desk.reader.chat(session),
             entries=msgspec.to_builtins(entries),
         )

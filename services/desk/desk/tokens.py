@@ -54,6 +54,7 @@ class ApiToken(msgspec.Struct, kw_only=True, omit_defaults=True):
     secret_sha256: str
     created_at: datetime
     expires_at: datetime | None = None  # None: until revoked
+    form: str = ""  # the admin page's form that created it: a re-sent form (reload, back) creates no second token
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now

@@ -19,6 +19,9 @@ _HEAD = """<!doctype html>
 """
 
 
+Nav = list[tuple[str, str, str]]  # (path, label, test id) of the pages the account may open: desk.auth.nav_links
+
+
 def login_page(token: str, *, error: str = "", login: str = "") -> str:
     error_html = f'<p class="form-error" role="alert" data-testid="login-error">{escape(error)}</p>' if error else ""
     return (
@@ -60,17 +63,15 @@ def denied_page(name: str, reason: str, what: str = "the workspace") -> str:
     )
 
 
-def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool = False, max_upload: int = 0) -> str:
+def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_upload: int = 0) -> str:
     extra = (
         f'<meta name="csrf-token" content="{escape(csrf)}">\n<meta name="max-upload" content="{max_upload}">\n'
         '<script src="/static/desk.js" defer></script>\n'
     )
-    # New tabs: leaving this page would close its WebSocket, and the router counts that as leaving the desk.
-    supervisor_link = (
-        '<a href="/supervisor" target="_blank" data-testid="nav-supervisor">Supervisor</a>'
-        '<a href="/stats" target="_blank" data-testid="nav-stats">Statistics</a>'
-        if supervisor
-        else ""
+    # The other pages open in new tabs: leaving this page would close its WebSocket, and the router
+    # counts that as leaving the desk.
+    links = "".join(
+        f'<a href="{href}" target="_blank" data-testid="{tid}">{label}</a>' for href, label, tid in nav if href != "/"
     )
     return (
         _HEAD.format(title="openlines desk", extra=extra)
@@ -78,8 +79,7 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, supervisor: bool =
 <header class="topbar">
   <div class="brand">openlines <span>desk</span></div>
   <nav class="nav" aria-label="Pages">
-    <a href="/" aria-current="page" data-testid="nav-chats">Chats</a>
-    <a href="/crm" target="_blank" data-testid="nav-crm">CRM</a>{supervisor_link}
+    <a href="/" aria-current="page" data-testid="nav-chats">Chats</a>{links}
   </nav>
   <div class="status-switch" role="group" aria-label="My status" data-testid="status-switch">
     <button type="button" data-status="online" data-testid="status-online" aria-pressed="false">Online</button>
@@ -181,10 +181,7 @@ def _signed_in_as(name: str, csrf: str) -> str:
   </form>"""
 
 
-def _topbar(name: str, csrf: str, current: str, *, supervisor: bool) -> str:
-    links = [("/", "Chats", "nav-chats"), ("/crm", "CRM", "nav-crm")]
-    if supervisor:
-        links += [("/supervisor", "Supervisor", "nav-supervisor"), ("/stats", "Statistics", "nav-stats")]
+def _topbar(name: str, csrf: str, current: str, *, links: Nav) -> str:
     here = ' aria-current="page"'
     nav = "".join(
         f'<a href="{href}" data-testid="{tid}"{here if href == current else ""}>{label}</a>' for href, label, tid in links
@@ -252,7 +249,7 @@ def crm_page(
     name: str,
     csrf: str,
     *,
-    supervisor: bool,
+    nav: Nav,
     backend: str,
     portal: str,
     query: str,
@@ -260,7 +257,7 @@ def crm_page(
     view: Any,
     names: dict[str, str],
 ) -> str:
-    top = _topbar(name, csrf, "/crm", supervisor=supervisor)
+    top = _topbar(name, csrf, "/crm", links=nav)
     if backend != "builtin":
         where = (
             f'<a href="{escape(portal)}/crm/" data-testid="crm-portal" rel="noopener">{escape(portal)}</a>'
@@ -311,9 +308,9 @@ contacts live in {where}. Open them there; each chat's client card links to its 
     return _page("CRM", "subpage", top, heading + form + "".join(sections))
 
 
-def supervisor_page(name: str, csrf: str) -> str:
+def supervisor_page(name: str, csrf: str, *, nav: Nav) -> str:
     extra = f'<meta name="csrf-token" content="{escape(csrf)}">\n<script src="/static/supervisor.js" defer></script>\n'
-    top = _topbar(name, csrf, "/supervisor", supervisor=True)
+    top = _topbar(name, csrf, "/supervisor", links=nav)
     main = """<h1>Supervisor <span class="conn" id="conn" data-testid="connection" data-state="connecting">loading…</span></h1>
 <p class="muted">Refreshes every 3 seconds. <span id="updated" data-testid="updated"></span></p>
 <div class="error-bar" id="error" data-testid="error" role="alert" hidden></div>
@@ -328,8 +325,8 @@ def supervisor_page(name: str, csrf: str) -> str:
     return _page("Supervisor", "subpage", top, main, extra)
 
 
-def transcript_page(name: str, csrf: str, *, supervisor: bool, session: dict[str, Any], entries: list[dict[str, Any]]) -> str:
-    top = _topbar(name, csrf, "", supervisor=supervisor)
+def transcript_page(name: str, csrf: str, *, nav: Nav, session: dict[str, Any], entries: list[dict[str, Any]]) -> str:
+    top = _topbar(name, csrf, "", links=nav)
     items = []
     for e in entries:
         direction = str(e.get("direction", ""))
