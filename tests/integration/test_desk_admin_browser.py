@@ -217,3 +217,44 @@ async def test_an_admin_puts_an_operator_in_queues_from_the_operators_page(nc: A
         "sales": ["boris", "carl"],
     }
     await page.context.close()
+
+
+async def test_a_supervisor_edits_the_quick_answers_of_her_lines_only(nc: Any, browser: Any, desk: Service[Any]) -> None:
+    expect = playwright_api.expect
+    page = await new_page(browser, desk_url(desk), width=1360, height=900)
+    await submit_login(page, "anna")  # supervisor, in the queue of "support" but not of "sales"
+    await page.goto("/supervisor")
+    await page.get_by_test_id("nav-quick-answers").click()
+    await expect(page.get_by_test_id("qa-line")).to_have_count(1)
+    support = page.locator('[data-testid="qa-line"][data-line="support"]')
+    await support.get_by_test_id("qa-new").fill("Thank you for waiting!\nLet me check.")
+    await support.get_by_test_id("qa-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_have_text("Saved.")
+    await support.get_by_test_id("qa-new").fill("Could you send me your order number, please?")
+    await support.get_by_test_id("qa-save").click()
+    await expect(support.get_by_test_id("qa-answer")).to_have_count(2)
+
+    async def quick(line_id: str) -> list[str]:
+        cfg = await live(await bus.Buckets(nc.jetstream()).open())
+        return next(line.quick_answers for line in cfg.lines if line.id == line_id)
+
+    assert await quick("support") == ["Thank you for waiting!\nLet me check.", "Could you send me your order number, please?"]
+    # Emptying a box drops that answer; a duplicate is refused with the key and nothing changes.
+    await support.get_by_test_id("qa-answer").first.fill("")
+    await support.get_by_test_id("qa-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_have_text("Saved.")
+    assert await quick("support") == ["Could you send me your order number, please?"]
+    await support.get_by_test_id("qa-new").fill("Could you send me your order number, please?")
+    await support.get_by_test_id("qa-save").click()
+    await expect(support.get_by_test_id("config-error")).to_contain_text("listed twice")
+    assert await quick("support") == ["Could you send me your order number, please?"]
+
+    # Not her line: refused, and the sales line keeps its answers.
+    csrf = await page.locator('input[name="csrf_token"]').first.input_value()
+    version = await page.locator('input[name="version"]').first.input_value()
+    answer = await page.request.post(
+        f"{desk_url(desk)}/quick-answers/sales", form={"csrf_token": csrf, "version": version, "answer": "Buy now!"}
+    )
+    assert answer.status == 403 and "lines whose queue lists them" in await answer.text()
+    assert await quick("sales") == []
+    await page.context.close()

@@ -338,6 +338,58 @@ async def roles_get(p: _Page) -> web.StreamResponse:
     return html(views.roles_page(p.user.account, p.csrf, holders=holders))
 
 
+# -- quick answers --------------------------------------------------------------------------------
+
+
+def editable_lines(snap: Snapshot, who: OperatorAccount) -> list[LineConfig]:
+    """The lines whose quick answers this account may change: every line for an admin; for a
+    supervisor, the lines whose queue lists them."""
+    if "admin" in who.roles:
+        return list(snap.cfg.lines)
+    return [line for line in snap.cfg.lines if who.id in line.queue.operators]
+
+
+@_staff_page(STATS_ROLES)
+async def quick_answers_get(p: _Page) -> web.StreamResponse:
+    snap = await p.staff.store.snapshot()
+    message = "Saved." if p.request.query.get("saved") else ""
+    page = views.quick_answers_page(
+        p.user.account, p.csrf, lines=editable_lines(snap, p.user.account), version=snap.version, message=message
+    )
+    return html(page)
+
+
+@_staff_page(STATS_ROLES)
+async def quick_answers_post(p: _Page) -> web.StreamResponse:
+    form = await p.form()
+    line_id = p.request.match_info["line_id"]
+    snap = await p.staff.store.snapshot()
+    mine = editable_lines(snap, p.user.account)
+    line = next((x for x in mine if x.id == line_id), None)
+    if line is None:
+        if snap.line(line_id) is None:
+            raise web.HTTPNotFound(text="no such line")
+        raise web.HTTPForbidden(text="a supervisor changes the quick answers of the lines whose queue lists them")
+    # One box per answer; an emptied box drops that answer, the last (empty) box adds one.
+    answers = [str(v).replace("\r\n", "\n").strip() for v in form.getall("answer", [])]
+    answers = [a for a in answers if a]
+    edited = msgspec.structs.replace(line, quick_answers=answers)
+    cfg = LinesFile(operators=snap.cfg.operators, lines=[edited if x.id == line_id else x for x in snap.cfg.lines])
+    errors: list[str] = []
+    try:
+        await p.staff.store.save(cfg, str(form.get("version", "")), p.user.operator_id)
+    except ConfigError as exc:
+        errors = list(exc.errors)
+    except Conflict:
+        errors = ["Someone else changed the configuration since this page was loaded; nothing was saved. Reload and try again."]
+    if not errors:
+        log.info("quick answers saved", extra={"line": line_id, "by": p.user.operator_id, "answers": len(answers)})
+        raise web.HTTPSeeOther(f"/quick-answers?saved=1#line-{line_id}")
+    shown = [edited if x.id == line_id else x for x in mine]
+    page = views.quick_answers_page(p.user.account, p.csrf, lines=shown, version=snap.version, errors={line_id: errors})
+    return html(page, status=409 if errors[0].startswith("Someone else") else 400)
+
+
 # -- API tokens -----------------------------------------------------------------------------------
 
 
@@ -518,6 +570,8 @@ async def setup(svc: Service[Any]) -> None:
     app.router.add_post("/admin/operators/{operator_id}", operator_update)
     app.router.add_post("/admin/operators/{operator_id}/delete", operator_delete)
     app.router.add_get("/admin/roles", roles_get)
+    app.router.add_get("/quick-answers", quick_answers_get)
+    app.router.add_post("/quick-answers/{line_id}", quick_answers_post)
     app.router.add_get("/admin/tokens", tokens_get)
     app.router.add_post("/admin/tokens", token_create)
     app.router.add_post("/admin/tokens/{token_id}/revoke", token_revoke)

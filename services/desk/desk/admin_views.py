@@ -10,7 +10,7 @@ from typing import Any
 from desk.auth import CSRF_FIELD, nav_links
 from desk.tokens import TOKEN_ROLES, ApiToken
 from openlines.doctor import Finding
-from openlines.lines import PERMISSION_OPENLINES, ROLES
+from openlines.lines import PERMISSION_OPENLINES, ROLES, LineConfig
 from openlines.state import OperatorAccount
 
 ROLE_TEXT = {
@@ -270,6 +270,50 @@ def roles_page(who: OperatorAccount, csrf: str, *, holders: dict[str, list[str]]
 <table class="grid" data-testid="roles-table"><thead><tr><th>Role</th><th>May</th><th>Held by</th></tr></thead>
 <tbody>{rows}</tbody></table>"""
     return _shell("Roles", who, csrf, "/admin/roles", main)
+
+
+def quick_answers_page(
+    who: OperatorAccount,
+    csrf: str,
+    *,
+    lines: list[LineConfig],
+    version: str,
+    message: str = "",
+    errors: dict[str, list[str]] | None = None,
+) -> str:
+    """Each line's quick answers, one box per answer (the last box adds one)."""
+    errors = errors or {}
+    sections = []
+    for line in lines:
+        boxes = "".join(
+            f'<textarea name="answer" rows="2" data-testid="qa-answer" aria-label="Quick answer {k + 1}">{escape(a)}</textarea>'
+            for k, a in enumerate(line.quick_answers)
+        )
+        boxes += (
+            '<textarea name="answer" rows="2" data-testid="qa-new" placeholder="A new quick answer" '
+            'aria-label="New quick answer"></textarea>'
+        )
+        problems = "".join(f'<li data-testid="config-error">{escape(e)}</li>' for e in errors.get(line.id, []))
+        problems = (
+            f'<div class="notice error" role="alert"><strong>Not saved.</strong><ul>{problems}</ul></div>' if problems else ""
+        )
+        sections.append(
+            f"""<section class="qa-line" id="line-{escape(line.id)}" data-testid="qa-line" data-line="{escape(line.id)}">
+<h2>{escape(line.name)} <span class="muted">({escape(line.id)})</span></h2>
+{problems}<form method="post" action="/quick-answers/{escape(line.id)}" class="op-form">
+  <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+  <input type="hidden" name="version" value="{escape(version)}">
+  {boxes}
+  <div class="actions"><button type="submit" class="primary" data-testid="qa-save">Save</button></div>
+</form></section>"""
+        )
+    body = "".join(sections) or '<p class="muted" data-testid="qa-none">None of the lines lists you in its queue.</p>'
+    notice = _notice("ok", message, "admin-message") if message else ""
+    main = f"""<h1>Quick answers</h1>
+<p class="muted">The canned replies operators pick in the reply box of a line's chats. Empty a box to drop an
+answer; write in the last one to add one. Supervisors change the lines whose queue lists them; admins every line.</p>
+{notice}{body}"""
+    return _shell("Quick answers", who, csrf, "/quick-answers", main)
 
 
 def _when(at: datetime | None) -> str:

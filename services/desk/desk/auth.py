@@ -197,6 +197,7 @@ def nav_links(account: OperatorAccount) -> list[tuple[str, str, str]]:
         links.append(("/supervisor", "Supervisor", "nav-supervisor"))
     if admin or "supervisor" in account.roles:
         links.append(("/stats", "Statistics", "nav-stats"))
+        links.append(("/quick-answers", "Quick answers", "nav-quick-answers"))
     if admin:
         links += [
             ("/admin/lines", "Lines", "nav-admin-lines"),
