@@ -16,7 +16,7 @@ from desk_support import BROWSER_MARKS, chromium, desk_url, desk_with_router, ne
 from support import outbound_for
 
 from openlines import bus
-from openlines.apply import live
+from openlines.apply import apply, live
 from openlines.runner import Service
 
 pytestmark = BROWSER_MARKS
@@ -257,4 +257,91 @@ async def test_a_supervisor_edits_the_quick_answers_of_her_lines_only(nc: Any, b
     )
     assert answer.status == 403 and "lines whose queue lists them" in await answer.text()
     assert await quick("sales") == []
+    await page.context.close()
+
+
+async def test_an_admin_edits_a_line_as_a_form_with_hours_grid_preview_and_doctor_and_adds_a_line(
+    nc: Any, browser: Any, desk: Service[Any]
+) -> None:
+    expect = playwright_api.expect
+    errors: list[str] = []
+    page = await new_page(browser, desk_url(desk), errors, width=1360, height=900)
+    await submit_login(page, "ada")
+    await page.locator('[data-testid="lf-edit"][data-line="support"]').click()
+    await expect(page.get_by_test_id("lf-id")).to_have_text("support")
+    await expect(page.get_by_test_id("lf-name")).to_have_value("Customer support")
+
+    # Auto-reply texts show what a client would read, as they are typed.
+    welcome = page.get_by_test_id("lf-auto_replies-welcome")
+    await welcome.fill("Hello {client_name}, welcome to {line_name}!")
+    await expect(page.get_by_test_id("lf-auto_replies-welcome-preview")).to_have_text(
+        "Maria reads: Hello Maria, welcome to Customer support!"
+    )
+    # Business hours as a weekly grid, days off and holidays.
+    await page.get_by_test_id("lf-hours-enabled").check()
+    await page.get_by_test_id("lf-hours-timezone").select_option("Europe/Riga")
+    await page.get_by_test_id("lf-weekly-mon").fill("09:00-13:00, 14:00-18:00")
+    await page.get_by_test_id("lf-weekly-tue").fill("09:00-18:00")
+    await page.get_by_test_id("lf-dayoff-sun").check()
+    await page.get_by_test_id("lf-hours-holidays").fill("12-31\n2027-01-01")
+    # Carl lacks the open-lines permission: the same refusal as a file gets, with the field marked.
+    await page.get_by_test_id("lf-queue-carl").check()
+    await page.get_by_test_id("lf-save").click()
+    await expect(page.get_by_test_id("config-error").first).to_contain_text("carl")
+    await expect(page.get_by_test_id("lf-weekly-mon")).to_have_value("09:00-13:00, 14:00-18:00")  # kept as typed
+    await page.get_by_test_id("lf-queue-carl").uncheck()
+    # A short no-answer time is valid but the doctor warns: seen before it goes live.
+    await page.get_by_test_id("lf-queue-wait_seconds").fill("5")
+    await page.get_by_test_id("lf-save").click()
+    await expect(page.locator('[data-testid="finding"][data-code="queue-wait-seconds"]')).to_be_visible()
+    await expect(page.get_by_test_id("lf-save")).to_have_text("Save anyway")
+    await page.get_by_test_id("lf-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_have_text("Saved.")
+
+    cfg = await live(await bus.Buckets(nc.jetstream()).open())
+    support = next(line for line in cfg.lines if line.id == "support")
+    assert support.queue.wait_seconds == 5 and support.queue.operators == ["anna", "boris"]
+    assert support.hours.enabled and support.hours.timezone == "Europe/Riga"
+    assert support.hours.weekly == {"mon": ["09:00-13:00", "14:00-18:00"], "tue": ["09:00-18:00"]}
+    assert support.hours.days_off == ["sun"] and support.hours.holidays == ["12-31", "2027-01-01"]
+    assert support.auto_replies.welcome == "Hello {client_name}, welcome to {line_name}!"
+    assert support.session.rating is True  # untouched settings stay as they were
+    # The TOML editor shows the same configuration.
+    await page.get_by_test_id("lf-toml-link").click()
+    await expect(page.get_by_test_id("lines-toml")).to_contain_text("wait_seconds = 5")
+
+    # A new line from the form.
+    await page.get_by_test_id("lf-new").click()
+    await page.get_by_test_id("lf-id").fill("billing")
+    await page.get_by_test_id("lf-name").fill("Billing")
+    await page.get_by_test_id("lf-channel-kind").last.select_option("webchat")
+    await page.get_by_test_id("lf-channel-account").last.fill("billing")
+    await page.get_by_test_id("lf-queue-boris").check()
+    await page.get_by_test_id("lf-save").click()
+    # A new line with the defaults brings doctor findings (no welcome text, ...): shown first.
+    await expect(page.get_by_test_id("confirm-note")).to_be_visible()
+    await page.get_by_test_id("lf-save").click()
+    await expect(page.get_by_test_id("admin-message")).to_have_text("Saved.")
+    cfg = await live(await bus.Buckets(nc.jetstream()).open())
+    billing = next(line for line in cfg.lines if line.id == "billing")
+    assert [(c.channel, c.account) for c in billing.channels] == [("webchat", "billing")]
+    assert billing.queue.operators == ["boris"]
+    assert errors == []
+    await page.context.close()
+
+
+async def test_the_line_form_refuses_a_save_over_a_change_made_meanwhile(nc: Any, browser: Any, desk: Service[Any]) -> None:
+    expect = playwright_api.expect
+    page = await new_page(browser, desk_url(desk), width=1360, height=900)
+    await submit_login(page, "ada")
+    await page.goto("/admin/lines/form/sales")
+    # Meanwhile someone else changes the configuration (another admin, `openlines lines apply`).
+    b = await bus.Buckets(nc.jetstream()).open()
+    cfg = await live(b)
+    cfg.lines[0].auto_replies.closing = "Bye"
+    await apply(b, cfg)
+    await page.get_by_test_id("lf-name").fill("Sales team")
+    await page.get_by_test_id("lf-save").click()
+    await expect(page.get_by_test_id("admin-conflict")).to_contain_text("changed the configuration")
+    assert next(line.name for line in (await live(b)).lines if line.id == "sales") == "Sales"
     await page.context.close()

@@ -25,6 +25,7 @@ from aiohttp import web
 from argon2 import PasswordHasher
 
 from desk import admin_views as views
+from desk import lineform
 from desk.api import (
     MAX_PASSWORD,
     MIN_PASSWORD,
@@ -149,6 +150,7 @@ async def lines_get(p: _Page) -> web.StreamResponse:
         p.user.account,
         p.csrf,
         text=lines_toml(snap.cfg.lines),
+        lines=line_choices(snap),
         version=snap.version,
         findings=diagnose(snap.cfg),
         message=p.request.query.get("saved", "") and "Saved: the router uses the new configuration now.",
@@ -167,7 +169,8 @@ async def lines_post(p: _Page) -> web.StreamResponse:
 
     def again(status: int, **kw: Any) -> web.Response:
         kw.setdefault("findings", [])
-        return html(views.lines_page(p.user.account, csrf, text=text, version=version, **kw), status=status)
+        page = views.lines_page(p.user.account, csrf, text=text, version=version, lines=line_choices(snap), **kw)
+        return html(page, status=status)
 
     try:
         cfg = LinesFile(operators=snap.cfg.operators, lines=parse_lines_toml(text))
@@ -198,6 +201,89 @@ async def lines_post(p: _Page) -> web.StreamResponse:
         return again(400, errors=list(exc.errors), findings=findings)
     log.info("lines saved from the admin page", extra={"operator": p.user.operator_id, "changes": len(changes)})
     raise web.HTTPSeeOther("/admin/lines?saved=1")
+
+
+# -- one line as a form ---------------------------------------------------------------------------
+
+
+def _form_context(snap: Snapshot, invalid: set[str] | None = None) -> lineform.Context:
+    return lineform.Context(
+        operators={k: op.name for k, op in snap.cfg.operators.items()},
+        lines=line_choices(snap),
+        invalid=invalid or set(),
+    )
+
+
+@_staff_page(ADMIN_ROLES)
+async def line_form_get(p: _Page) -> web.StreamResponse:
+    snap = await p.staff.store.snapshot()
+    line_id = p.request.match_info.get("line_id")
+    line = snap.line(line_id) if line_id else LineConfig(id="", name="")
+    if line is None:
+        raise web.HTTPNotFound(text="no such line")
+    findings = [f for f in diagnose(snap.cfg) if f.line == line.id] if line_id else []
+    page = views.line_form_page(
+        p.user.account,
+        p.csrf,
+        line_id=line_id,
+        name=line.name,
+        fields=lineform.render(line, _form_context(snap), new=line_id is None),
+        version=snap.version,
+        findings=findings,
+        message="Saved." if p.request.query.get("saved") else "",
+    )
+    return html(page)
+
+
+@_staff_page(ADMIN_ROLES)
+async def line_form_post(p: _Page) -> web.StreamResponse:
+    form = await p.form()
+    version = str(form.get("version", ""))
+    line_id = p.request.match_info.get("line_id")
+    snap = await p.staff.store.snapshot()
+    base = snap.line(line_id) if line_id else None
+    if line_id and base is None:
+        raise web.HTTPNotFound(text="no such line")
+    doc, errors = lineform.read(lineform.FormValues(form.getall), base)
+    full = None
+    if not errors:
+        full, errors = lineform.validate(doc, snap.cfg, line_id)
+    the_id = line_id or str(doc.get("id", ""))
+    findings = [f for f in diagnose(full) if f.line == the_id] if full is not None else []
+
+    def again(status: int, **kw: Any) -> web.Response:
+        page = views.line_form_page(
+            p.user.account,
+            p.csrf,
+            line_id=line_id,
+            name=str(doc.get("name", "")),
+            fields=lineform.render(doc, _form_context(snap, lineform.invalid_paths(kw.get("errors", []))), new=line_id is None),
+            version=version,
+            findings=findings,
+            **kw,
+        )
+        return html(page, status=status)
+
+    if errors or full is None:
+        return again(400, errors=errors)
+    if form.get("action") != "save":
+        return again(200, message="Valid. The doctor's findings for this line are below; nothing is saved yet.")
+    stale = "Someone else changed the configuration since this page was loaded; nothing was saved. Reload and apply it again."
+    if not valid_version(version) or version != snap.version:
+        return again(409, conflict=stale)
+    live = {(f.code, f.key) for f in diagnose(snap.cfg)}
+    fresh = [f for f in findings if f.severity != "info" and (f.code, f.key) not in live]
+    digest = _digest(msgspec.json.encode(doc).decode())
+    if fresh and form.get("confirm") != digest:
+        return again(200, confirm=digest)
+    try:
+        await p.staff.store.save(full, version, p.user.operator_id)
+    except Conflict:
+        return again(409, conflict=stale)
+    except ConfigError as exc:
+        return again(400, errors=list(exc.errors))
+    log.info("line saved from its form", extra={"line": the_id, "by": p.user.operator_id})
+    raise web.HTTPSeeOther(f"/admin/lines/form/{the_id}?saved=1")
 
 
 # -- operators ------------------------------------------------------------------------------------
@@ -564,6 +650,10 @@ async def setup(svc: Service[Any]) -> None:
     app.router.add_get("/admin", admin_home)
     app.router.add_get("/admin/lines", lines_get)
     app.router.add_post("/admin/lines", lines_post)
+    app.router.add_get("/admin/lines/form", line_form_get)
+    app.router.add_post("/admin/lines/form", line_form_post)
+    app.router.add_get("/admin/lines/form/{line_id}", line_form_get)
+    app.router.add_post("/admin/lines/form/{line_id}", line_form_post)
     app.router.add_get("/admin/operators", operators_get)
     app.router.add_post("/admin/operators", operator_create)
     app.router.add_get("/admin/operators/{operator_id}", operator_get)

@@ -88,6 +88,7 @@ def lines_page(
     csrf: str,
     *,
     text: str,
+    lines: list[tuple[str, str]] | None = None,
     version: str,
     findings: list[Finding],
     errors: list[str] | None = None,
@@ -109,7 +110,14 @@ def lines_page(
             "Save anyway, or change it and check again.</p>"
         )
     save_label = "Save anyway" if confirm else "Save"
+    forms = "".join(
+        f'<li><a href="/admin/lines/form/{escape(i)}" data-testid="lf-edit" data-line="{escape(i)}">{escape(n)}</a> '
+        f'<span class="muted">({escape(i)})</span></li>'
+        for i, n in lines or []
+    )
     main = f"""<h1>Lines</h1>
+<p>As forms: <ul class="lf-list" data-testid="lf-lines">{forms}
+<li><a href="/admin/lines/form" data-testid="lf-new">New line…</a></li></ul></p>
 <p class="muted">The whole line configuration as TOML (every key: docs/lines.md). Operators are edited on the
 <a href="/admin/operators">Operators</a> page.
 Saving validates it, runs the doctor and makes it live: the router reloads at once.</p>
@@ -126,6 +134,53 @@ Saving validates it, runs the doctor and makes it live: the router reloads at on
 </form>
 {findings_html(findings)}"""
     return _shell("Lines", who, csrf, "/admin/lines", main)
+
+
+def line_form_page(
+    who: OperatorAccount,
+    csrf: str,
+    *,
+    line_id: str | None,
+    name: str,
+    fields: str,
+    version: str,
+    findings: list[Finding],
+    errors: list[str] | None = None,
+    message: str = "",
+    conflict: str = "",
+    confirm: str = "",
+) -> str:
+    """One line's settings as a form (``fields`` from desk.lineform), beside the TOML editor."""
+    notices = _notice("ok", message, "admin-message") if message else ""
+    notices += _notice("error", conflict, "admin-conflict") if conflict else ""
+    notices += _errors(errors or [])
+    confirm_html = ""
+    if confirm:
+        confirm_html = (
+            f'<input type="hidden" name="confirm" value="{escape(confirm)}">'
+            '<p class="notice warn" data-testid="confirm-note">This change brings new doctor findings (below). '
+            "Save anyway, or change it and check again.</p>"
+        )
+    save_label = "Save anyway" if confirm else "Save"
+    action = f"/admin/lines/form/{escape(line_id)}" if line_id else "/admin/lines/form"
+    title = f"Line {name or line_id}" if line_id else "New line"
+    main = f"""<h1>{escape(title)}</h1>
+<p class="muted">Every setting of the line (docs/lines.md explains each key). The same configuration as the
+<a href="/admin/lines" data-testid="lf-toml-link">TOML editor</a>: both save under the same concurrent-edit guard.</p>
+{notices}
+<form method="post" action="{action}" class="line-form" data-testid="line-form">
+  <input type="hidden" name="{CSRF_FIELD}" value="{escape(csrf)}">
+  <input type="hidden" name="version" value="{escape(version)}">
+  {fields}
+  {confirm_html}
+  <div class="actions">
+    <button type="submit" name="action" value="check" data-testid="lf-check">Check</button>
+    <button type="submit" name="action" value="save" class="primary" data-testid="lf-save">{save_label}</button>
+  </div>
+</form>
+{findings_html(findings)}
+<script src="/static/lineform.js" defer></script>"""
+    return _shell(title, who, csrf, "/admin/lines", main)
 
 
 def _reasons(op: dict[str, Any]) -> str:
