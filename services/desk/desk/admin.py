@@ -37,12 +37,20 @@ from desk.api import (
     date_range,
     operator_problems,
 )
-from desk.config import ConfigStore, Conflict, Snapshot, lines_toml, operator_view, parse_lines_toml, valid_version
+from desk.config import (
+    ConfigStore,
+    Conflict,
+    Snapshot,
+    diagnosed,
+    lines_toml,
+    operator_view,
+    parse_lines_toml,
+    valid_version,
+)
 from desk.http import DESK, Authed, Desk, html, redirect
 from desk.stats import line_stats
 from desk.tokens import TokenStore, new_token, open_bucket, parse_duration
 from openlines.bus import Buckets
-from openlines.doctor import diagnose
 from openlines.lines import ROLES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
 from openlines.runner import Service
 from openlines.state import OperatorAccount
@@ -152,7 +160,7 @@ async def lines_get(p: _Page) -> web.StreamResponse:
         text=lines_toml(snap.cfg.lines),
         lines=line_choices(snap),
         version=snap.version,
-        findings=diagnose(snap.cfg),
+        findings=await diagnosed(snap.cfg),
         message=p.request.query.get("saved", "") and "Saved: the router uses the new configuration now.",
     )
     return html(page)
@@ -177,7 +185,7 @@ async def lines_post(p: _Page) -> web.StreamResponse:
         errors = check(cfg)
     except ConfigError as exc:
         return again(400, errors=list(exc.errors))
-    findings = diagnose(cfg)
+    findings = await diagnosed(cfg)
     if errors:
         return again(400, errors=errors, findings=findings)
     if action != "save":
@@ -188,7 +196,7 @@ async def lines_post(p: _Page) -> web.StreamResponse:
     )
     if not valid_version(version) or version != snap.version:
         return again(409, findings=findings, conflict=stale)
-    live = {(f.code, f.key) for f in diagnose(snap.cfg)}
+    live = {(f.code, f.key) for f in await diagnosed(snap.cfg)}
     new = [f for f in findings if f.severity != "info" and (f.code, f.key) not in live]
     if new and form.get("confirm") != _digest(text):
         # Warnings this edit brings must be seen before it is saved: show them and ask once more.
@@ -221,7 +229,7 @@ async def line_form_get(p: _Page) -> web.StreamResponse:
     line = snap.line(line_id) if line_id else LineConfig(id="", name="")
     if line is None:
         raise web.HTTPNotFound(text="no such line")
-    findings = [f for f in diagnose(snap.cfg) if f.line == line.id] if line_id else []
+    findings = [f for f in await diagnosed(snap.cfg) if f.line == line.id] if line_id else []
     page = views.line_form_page(
         p.user.account,
         p.csrf,
@@ -249,7 +257,7 @@ async def line_form_post(p: _Page) -> web.StreamResponse:
     if not errors:
         full, errors = lineform.validate(doc, snap.cfg, line_id)
     the_id = line_id or str(doc.get("id", ""))
-    findings = [f for f in diagnose(full) if f.line == the_id] if full is not None else []
+    findings = [f for f in await diagnosed(full) if f.line == the_id] if full is not None else []
 
     def again(status: int, **kw: Any) -> web.Response:
         page = views.line_form_page(
@@ -271,7 +279,7 @@ async def line_form_post(p: _Page) -> web.StreamResponse:
     stale = "Someone else changed the configuration since this page was loaded; nothing was saved. Reload and apply it again."
     if not valid_version(version) or version != snap.version:
         return again(409, conflict=stale)
-    live = {(f.code, f.key) for f in diagnose(snap.cfg)}
+    live = {(f.code, f.key) for f in await diagnosed(snap.cfg)}
     fresh = [f for f in findings if f.severity != "info" and (f.code, f.key) not in live]
     digest = _digest(msgspec.json.encode(doc).decode())
     if fresh and form.get("confirm") != digest:
@@ -292,7 +300,7 @@ async def line_form_post(p: _Page) -> web.StreamResponse:
 @_staff_page(ADMIN_ROLES)
 async def operators_get(p: _Page) -> web.StreamResponse:
     snap = await p.staff.store.snapshot()
-    found = diagnose(snap.cfg)
+    found = await diagnosed(snap.cfg)
     ops = [operator_view(snap.cfg, op_id, found) for op_id in sorted(snap.cfg.operators)]
     message = "Saved." if p.request.query.get("saved") else "Removed." if p.request.query.get("removed") else ""
     page = views.operators_page(
@@ -307,7 +315,7 @@ async def operator_get(p: _Page) -> web.StreamResponse:
     op_id = p.request.match_info["operator_id"]
     if op_id not in snap.cfg.operators:
         raise web.HTTPNotFound(text="no such operator")
-    return p.operator_page(snap, operator_view(snap.cfg, op_id, diagnose(snap.cfg)))
+    return p.operator_page(snap, operator_view(snap.cfg, op_id, await diagnosed(snap.cfg)))
 
 
 async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
@@ -361,7 +369,7 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
                 # An admin editing their own account: its other sessions end (the stamp changed), this one goes on.
                 p.desk.carry_over(p.request, done, p.user, account_of(op_id, updated))
             return done
-    found = diagnose(snap.cfg)
+    found = await diagnosed(snap.cfg)
     if new:
         ops = [operator_view(snap.cfg, o, found) for o in sorted(snap.cfg.operators)]
         entered = {"id": op_id, "name": body.name, "roles": body.roles, "permissions": body.permissions, "lines": sorted(queues)}
@@ -402,7 +410,7 @@ async def operator_delete(p: _Page) -> web.StreamResponse:
     snap = await p.staff.store.snapshot()
     if op_id not in snap.cfg.operators:
         raise web.HTTPNotFound(text="no such operator")
-    view = operator_view(snap.cfg, op_id, diagnose(snap.cfg))
+    view = operator_view(snap.cfg, op_id, await diagnosed(snap.cfg))
     if op_id == p.user.operator_id:
         return p.operator_page(snap, view, ["you cannot remove your own account (ask another admin)"], status=400)
     cfg = LinesFile(operators={k: v for k, v in snap.cfg.operators.items() if k != op_id}, lines=snap.cfg.lines)

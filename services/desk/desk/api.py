@@ -26,13 +26,12 @@ import msgspec
 import nats.errors
 from aiohttp import web
 
-from desk.config import ConfigStore, Conflict, Snapshot, operator_view, valid_version
+from desk.config import ConfigStore, Conflict, Snapshot, diagnosed, operator_view, valid_version
 from desk.reads import Reader, is_token
 from desk.stats import line_stats
 from desk.tokens import ApiToken, TokenStore
 from openlines import subjects
 from openlines.bus import kv_entries
-from openlines.doctor import diagnose
 from openlines.envelopes import BAD_JSON
 from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
 from openlines.state import Session
@@ -174,8 +173,8 @@ async def save(staff: Staff, cfg: LinesFile, request: web.Request, token: ApiTok
         raise Problem(412, "version_mismatch", f"the configuration changed meanwhile (now {exc.current}); GET it again") from None
 
 
-def findings_of(cfg: LinesFile) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(f) for f in diagnose(cfg)]
+async def findings_of(cfg: LinesFile) -> list[dict[str, Any]]:
+    return [msgspec.to_builtins(f) for f in await diagnosed(cfg)]
 
 
 # -- lines --------------------------------------------------------------------------------------
@@ -213,7 +212,9 @@ async def put_line(request: web.Request, staff: Staff, token: ApiToken) -> web.S
     changes, version = await save(staff, cfg, request, token)
     log.info("line saved", extra={"line": line_id, "by": f"token {token.id}"})
     return versioned(
-        {"line": msgspec.to_builtins(line), "changes": changes, "findings": findings_of(cfg)}, version, 200 if existed else 201
+        {"line": msgspec.to_builtins(line), "changes": changes, "findings": await findings_of(cfg)},
+        version,
+        200 if existed else 201,
     )
 
 
@@ -230,20 +231,20 @@ async def delete_line(request: web.Request, staff: Staff, token: ApiToken) -> we
 
 async def doctor(request: web.Request, staff: Staff, token: ApiToken) -> web.StreamResponse:
     snap = await staff.store.snapshot()
-    return versioned({"findings": findings_of(snap.cfg)}, snap.version)
+    return versioned({"findings": await findings_of(snap.cfg)}, snap.version)
 
 
 # -- operators ----------------------------------------------------------------------------------
 
 
-def _operators(snap: Snapshot) -> list[dict[str, Any]]:
-    found = diagnose(snap.cfg)
+async def _operators(snap: Snapshot) -> list[dict[str, Any]]:
+    found = await diagnosed(snap.cfg)
     return [operator_view(snap.cfg, op_id, found) for op_id in sorted(snap.cfg.operators)]
 
 
 async def list_operators(request: web.Request, staff: Staff, token: ApiToken) -> web.StreamResponse:
     snap = await staff.store.snapshot()
-    return versioned({"operators": _operators(snap)}, snap.version)
+    return versioned({"operators": await _operators(snap)}, snap.version)
 
 
 async def get_operator(request: web.Request, staff: Staff, token: ApiToken) -> web.StreamResponse:
@@ -251,7 +252,7 @@ async def get_operator(request: web.Request, staff: Staff, token: ApiToken) -> w
     snap = await staff.store.snapshot()
     if op_id not in snap.cfg.operators:
         raise Problem(404, "not_found", f"no operator {op_id!r}")
-    return versioned({"operator": operator_view(snap.cfg, op_id, diagnose(snap.cfg))}, snap.version)
+    return versioned({"operator": operator_view(snap.cfg, op_id, await diagnosed(snap.cfg))}, snap.version)
 
 
 def operator_problems(body: OperatorBody) -> list[str]:
@@ -296,7 +297,7 @@ async def put_operator(request: web.Request, staff: Staff, token: ApiToken) -> w
         updated.password_hash = await staff.hash_password(body.password)
     changes, version = await save(staff, cfg, request, token)
     log.info("operator saved", extra={"operator": op_id, "by": f"token {token.id}"})
-    view = operator_view(cfg, op_id, diagnose(cfg))
+    view = operator_view(cfg, op_id, await diagnosed(cfg))
     return versioned({"operator": view, "changes": changes}, version, 200 if old is not None else 201)
 
 

@@ -15,6 +15,7 @@ opened before it cannot overwrite it either.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -29,7 +30,7 @@ from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 from openlines import subjects
 from openlines.apply import LINE_PREFIX, apply, to_toml
 from openlines.bus import Buckets, kv_entries
-from openlines.doctor import Finding
+from openlines.doctor import Finding, diagnose
 from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check, convert_all
 from openlines.state import OperatorAccount
 
@@ -85,6 +86,13 @@ def validate(cfg: LinesFile) -> None:
     errors = check(cfg)
     if errors:
         raise ConfigError(errors)
+
+
+async def diagnosed(cfg: LinesFile) -> list[Finding]:
+    """The doctor's findings, worked out off the event loop: checking password hashes against the
+    published passwords costs argon2 time per new hash (tens of ms each), which must not stall
+    every operator's live page."""
+    return await asyncio.to_thread(diagnose, cfg)
 
 
 def queues_of(cfg: LinesFile, operator_id: str) -> list[str]:
