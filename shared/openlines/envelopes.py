@@ -108,8 +108,9 @@ EVENT_KINDS: tuple[str, ...] = (
     "session_flagged",  # marked for a supervisor (reason: e.g. a flood of messages); the operator is not notified per message
     "session_assigned",  # offered to an operator (who must accept or reply)
     "offer_declined",  # the operator let it pass (skipped, or no answer in wait_seconds)
-    "session_answered",  # the operator accepted or replied
-    "session_transferred",  # given to another operator or line
+    "session_answered",  # first answered in this offer: the operator accepted or replied, or a supervisor intercepted it
+    "session_transferred",  # given to another operator or line, or taken over by a supervisor (intercepted)
+    "session_moved",  # an answered chat moved off its absent operator back to the queue (reassign_on_status = "all")
     "session_pinned",  # pinned / unpinned by its operator
     "session_closed",  # by the operator, auto-close, or spam
     "session_rated",  # the client answered the rating request (reason: "1".."5")

@@ -84,6 +84,19 @@ class OperatorState(msgspec.Struct, kw_only=True, omit_defaults=True):
     disconnected_at: float = 0.0  # epoch seconds the last desk page closed
 
 
+class DeskHeartbeat(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A running desk replica (``ol-desk-presence`` key = its id): renewed every ``every`` seconds.
+
+    The key expires when the replica stops renewing it (the bucket's TTL); the router then
+    treats every page the replica held as closed.
+    """
+
+    id: str
+    operators: list[str] = []  # operators with a page open on this replica
+    at: float = 0.0  # epoch seconds of this renewal (for people reading the bucket; liveness is the TTL's)
+    every: float = 0.0  # seconds between renewals
+
+
 class OperatorAccount(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A person who can log into the desk."""
 

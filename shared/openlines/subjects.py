@@ -44,6 +44,9 @@ KV_DESK_TOKENS = "ol-desk-tokens"  # desk: API tokens for scripts (hashed), writ
 KV_DESK_REVOKED = "ol-desk-revoked"  # desk: signed-out sessions (cookie nonce -> revoked), kept as long as a cookie lives
 KV_DESK_LOGINS = "ol-desk-logins"  # desk: failed sign-ins per login and per client address (rate limiting)
 OBJ_DESK_FILES = "ol-desk-files"  # desk: files operators attach to replies (object store)
+# desk: one key per running replica (<desk id> -> DeskHeartbeat), renewed every few seconds and expiring
+# after a few missed renewals; the router reads it to find replicas that died without a word (kill -9)
+KV_DESK_PRESENCE = "ol-desk-presence"
 
 # Subject roots, with the wildcard each stream captures
 IN_ROOT = "ol.in"

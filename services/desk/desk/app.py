@@ -19,7 +19,13 @@ STATIC = Path(__file__).parent / "static"
 async def setup(svc: Service[Settings]) -> None:
     buckets = await Buckets(svc.js).open()
     reader = Reader(svc.js, buckets)
-    hub = Hub(svc.nc, reader, Signer(svc.settings.cookie_secret).stamp)
+    hub = Hub(
+        svc.nc,
+        reader,
+        Signer(svc.settings.cookie_secret).stamp,
+        heartbeat_seconds=svc.settings.desk_heartbeat_seconds,
+        replicas=svc.settings.replicas,
+    )
     await hub.start()
     svc.spawn(hub.watch_accounts(), "desk-account-watch")
     svc.on_stop(hub.stop)

@@ -6,6 +6,10 @@ subscriptions) and forwards what concerns the operators connected to *it*.
 A missed push is harmless: a page re-reads the snapshot from KV whenever it
 reconnects, and KV, not this hub, is the truth.
 
+Which operators have a page open here is reported to the router and kept
+alive by a heartbeat (``desk.presence``): the router counts an operator's pages
+closed when they close, or when this replica dies without a word.
+
 The hub also closes pages whose sign-in ended elsewhere: a sign-out on any
 replica (``ol.desk.signed_out``), and a change of the account's password,
 roles or permissions or its removal, seen through a watch of ``ol-accounts``
@@ -29,15 +33,16 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Gauge
 
+from desk.presence import Heartbeat, Reporter
 from desk.reads import Reader, holders_of
 from openlines import subjects
-from openlines.commands import Presence, call
 from openlines.envelopes import HistoryEntry, SessionEvent
 from openlines.state import OperatorAccount
 
 log = logging.getLogger("desk.live")
 
 HOLDER_TTL = 2.0  # seconds a session -> operator lookup is trusted for transcript pushes
+REPORTS_FLUSH_SECONDS = 3.0  # a stopping replica waits this long for its last presence reports to be heard
 QUEUE_LIMIT = 1000  # frames waiting for one slow socket before we drop it (it reconnects and re-snapshots)
 
 SOCKETS = Gauge("openlines_desk_websockets", "Open operator WebSockets on this replica")
@@ -89,7 +94,7 @@ class Connection:
 
 
 class Hub:
-    def __init__(self, nc: NATS, reader: Reader, stamp: Stamp) -> None:
+    def __init__(self, nc: NATS, reader: Reader, stamp: Stamp, *, heartbeat_seconds: float = 5.0, replicas: int = 1) -> None:
         self.nc = nc
         self.reader = reader
         self.stamp = stamp  # the credential stamp of an account as it is now (desk.auth.Signer.stamp)
@@ -97,8 +102,10 @@ class Hub:
         self.conns: dict[str, set[Connection]] = {}
         self._holders: dict[str, tuple[frozenset[str], float]] = {}
         self._subs: list[Subscription] = []
-        self._reports: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
         self.desk_id = nuid.NUID().next().decode()  # this replica, for the router's presence tracking
+        self.reporter = Reporter(nc, self.desk_id)
+        self.heartbeat = Heartbeat(reader.js, self.desk_id, heartbeat_seconds, replicas, lambda: sorted(self.conns))
 
     @property
     def subscribed(self) -> bool:
@@ -108,6 +115,10 @@ class Hub:
         self._subs.append(await self.nc.subscribe(subjects.events_all(), cb=self._on_event))
         self._subs.append(await self.nc.subscribe(subjects.history_all(), cb=self._on_history))
         self._subs.append(await self.nc.subscribe(subjects.DESK_SIGNED_OUT, cb=self._on_signed_out))
+        await self.heartbeat.open()  # before any page: the router never sees a page on a replica with no heartbeat
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.reporter.run(), name="desk-presence-reports"))
+        self._tasks.append(loop.create_task(self.heartbeat.run(self._report_all), name="desk-heartbeat"))
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -118,6 +129,16 @@ class Hub:
         for conn in [c for group in self.conns.values() for c in group]:
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"desk restarting")
+        # The reports of the pages just closed, then the heartbeat: whichever reaches the router first counts.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reporter.idle.wait(), timeout=REPORTS_FLUSH_SECONDS)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.heartbeat.remove()
 
     # -- sockets ----------------------------------------------------------
 
@@ -126,7 +147,7 @@ class Hub:
         self.conns.setdefault(conn.operator_id, set()).add(conn)
         SOCKETS.inc()
         if first:
-            self._report_presence(conn.operator_id, connected=True)
+            self.reporter.report(conn.operator_id, connected=True)
 
     def remove(self, conn: Connection) -> None:
         group = self.conns.get(conn.operator_id)
@@ -139,18 +160,12 @@ class Hub:
             # The router starts the line's grace period; if no page comes back
             # in time, the operator goes offline and their chats move on.
             log.info("last desk page of operator closed", extra={"operator": conn.operator_id})
-            self._report_presence(conn.operator_id, connected=False)
+            self.reporter.report(conn.operator_id, connected=False)
 
-    def _report_presence(self, operator_id: str, *, connected: bool) -> None:
-        async def report() -> None:
-            try:
-                await call(self.nc, "presence", Presence(operator_id=operator_id, connected=connected, desk=self.desk_id))
-            except Exception as exc:  # the router may be restarting; the next page (re)connect reports again
-                log.warning("could not report presence", extra={"operator": operator_id, "error": repr(exc)})
-
-        task = asyncio.get_running_loop().create_task(report())
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+    def _report_all(self) -> None:
+        """Our heartbeat had run out, so the router counted our pages closed: report the open ones again."""
+        for operator_id in list(self.conns):
+            self.reporter.report(operator_id, connected=True)
 
     def _send(self, operator_id: str, frame: dict[str, Any]) -> None:
         for conn in self.conns.get(operator_id, ()):

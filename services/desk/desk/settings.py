@@ -47,6 +47,9 @@ class Settings(BaseSettings, kw_only=True):
     # Behind a reverse proxy every request comes from the proxy: set to true to take the
     # client address from the last X-Forwarded-For entry (the one our proxy added).
     trust_forwarded_for: bool = False
+    # How often this replica renews its key in ol-desk-presence. Three renewals missed (killed -9, cut off
+    # from NATS) and the router counts its operators' pages closed; every replica should use the same value.
+    desk_heartbeat_seconds: float = 5.0
 
     @property
     def allowed_hosts(self) -> list[str]:
@@ -82,6 +85,8 @@ class Settings(BaseSettings, kw_only=True):
             or min(self.login_failures_per_login, self.login_failures_per_address, self.login_failures_per_source) < 1
         ):
             raise ValueError("OPENLINES_LOGIN_WINDOW_SECONDS and OPENLINES_LOGIN_FAILURES_PER_* must be positive")
+        if not 0.1 <= self.desk_heartbeat_seconds <= 60:
+            raise ValueError("OPENLINES_DESK_HEARTBEAT_SECONDS must be between 0.1 and 60 (seconds)")
         if not 0 <= self.login_slow_seconds <= 60:
             raise ValueError("OPENLINES_LOGIN_SLOW_SECONDS must be between 0 and 60")
 

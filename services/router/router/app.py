@@ -12,6 +12,7 @@ from router.engine import Engine
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
 from router.partitions import Partitions
+from router.presence import DeskReaper
 from router.settings import Settings
 from router.waiting import Waiting, move_old_queues
 
@@ -73,6 +74,22 @@ async def setup(svc: Service[Settings]) -> None:
                 pass
 
     svc.spawn(sweep(), "sweep")
+    reaper = DeskReaper(svc.js, engine)
+
+    async def reap_desks() -> None:
+        # A desk replica killed -9 never says its pages closed: its heartbeat runs out instead.
+        while True:
+            try:
+                await reaper.sweep()
+            except Exception as exc:
+                log.warning("desk presence sweep failed", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(stop_consuming.wait(), timeout=svc.settings.desk_sweep_seconds)
+                return
+            except TimeoutError:
+                pass
+
+    svc.spawn(reap_desks(), "desk-presence")
     timer_loop = svc.spawn(timers.consume(svc.js, engine.fire, svc.settings.timer_consumer, stop_consuming), "timers")
 
     async def ready() -> str | None:

@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import msgspec
@@ -51,6 +52,7 @@ SETTLE_AFTER = 10.0  # seconds after which the "settle" timer completes a change
 TIMER_SLACK = 0.05  # seconds a timer may fire early (clock granularity, the stream's delay rounding)
 REANNOUNCE_WITHIN = 600.0  # seconds after an offer its announcement may be repeated safely (streams dedupe 15 min)
 CLEAN_RECHECK_SECONDS = 10.0  # an operator found with no stale claim is not looked at again sooner, unless changed
+WAITING_NOTE = "Waiting for an operator"
 
 
 class Refused(Exception):
@@ -221,8 +223,7 @@ class Engine:
                 "(stored; the operator is not notified of each one until it stops)"
             )
             window = int(counted.window_start)
-            await self.fx.event(f"flagged:{session.id}:{window}", "session_flagged", session, reason=text)
-            await self._note(session, f"flood:{session.id}:{window}", text)
+            await self._trail(session, f"flagged:{session.id}:{window}", "session_flagged", text, reason=text)
             log.warning("chat flooding: held for a supervisor", extra={"session": session.id, "channel": session.channel})
         return counted.held(self.flood)
 
@@ -293,9 +294,9 @@ class Engine:
         line = self.lines.lines.get(session.line_id)
         if line is None:
             return
-        await self.fx.event(f"opened:{session.id}", "session_opened", session)
-        if session.line_id != session.entry_line_id:
-            await self._note(session, f"redirect:{session.id}", f"Outside business hours: redirected to {line.name}")
+        redirected = session.line_id != session.entry_line_id
+        opened = f"Outside business hours: redirected to {line.name}" if redirected else f"Opened on {line.name}"
+        await self._trail(session, f"opened:{session.id}", "session_opened", opened)
         closed = line.hours.enabled and not hours.is_open(line.hours, now)
         entry = self.lines.lines.get(session.entry_line_id, line)
         if closed and line.auto_replies.outside_hours:
@@ -311,7 +312,7 @@ class Engine:
             await self.drain(line, after_queueing=True)
             after, _ = await kv_get(self.b.sessions, session.id, Session)
             if after is not None and after.status == "waiting":
-                await self.fx.event(f"waiting:{session.id}:{after.assignments}", "session_waiting", after)
+                await self._trail(after, f"waiting:{session.id}:{after.assignments}", "session_waiting", WAITING_NOTE)
                 await self._tell_position(line, after, now)
 
     async def _hold(self, line: LineConfig, session: Session, now: datetime) -> Session:
@@ -320,8 +321,7 @@ class Engine:
             self.b.sessions, session.id, Session, lambda s: msgspec.structs.replace(s, held=True) if s and not s.held else None
         )
         session = held or session
-        await self.fx.event(f"held:{session.id}", "session_held", session)
-        await self._note(session, f"held:{session.id}", "Outside business hours: held until the line opens")
+        await self._trail(session, f"held:{session.id}", "session_held", "Outside business hours: held until the line opens")
         if opening is not None:
             await schedule(
                 self.js, Timer(kind="opening", target=line.id, due=opening.timestamp(), token=opening.strftime("%Y%m%dT%H%M%S"))
@@ -358,6 +358,16 @@ class Engine:
         await self.fx.history(
             HistoryEntry(id=f"note:{note_id}", session_id=session.id, direction="system", text=text, at=utcnow())
         )
+
+    async def _trail(self, session: Session, trail_id: str, kind: str, text: str, **fields: str) -> None:
+        """A state change of a session: its event and its transcript line, under one id.
+
+        Every change of a session goes through here, so the event stream (statistics, CRM,
+        live pages) and the transcript (what people read) tell the same story: the event
+        ``<id>`` has the transcript line ``note:<id>`` (docs/operations.md, "The trail").
+        """
+        await self.fx.event(trail_id, kind, session, **fields)
+        await self._note(session, trail_id, text)
 
     async def _arm_idle(self, session: Session) -> None:
         line = self.lines.lines.get(session.line_id)
@@ -625,11 +635,8 @@ class Engine:
         """The offer's event and transcript line (deterministic ids: announcing it again writes nothing twice)."""
         key = f"assigned:{session.id}:{session.assignments}"
         names = [await self._name(op) for op in ops]
-        if session.offered_to:
-            await self.fx.event(key, "session_assigned", session, reason="offered to all")
-        else:
-            await self.fx.event(key, "session_assigned", session)
-        await self._note(session, key, "Offered to " + ", ".join(names))
+        extra = {"reason": "offered to all"} if session.offered_to else {}
+        await self._trail(session, key, "session_assigned", "Offered to " + ", ".join(names), **extra)
 
     async def _offer_all(self, line: LineConfig, session: Session, ops: list[str], now: datetime) -> Session | None:
         """Mode "all": offer to every free operator at once; capacity is claimed by whoever accepts."""
@@ -683,8 +690,8 @@ class Engine:
             raise Refused("conflict", "another operator has taken this chat")
         for other in session.offered_to:
             await self._withdraw(other, session.id)
-        await self.fx.event(f"taken:{session.id}:{assignments}", "session_assigned", updated, reason="accepted first")
-        await self._note(updated, f"taken:{session.id}:{assignments}", f"Taken by {await self._name(op_id)}")
+        tid = f"taken:{session.id}:{assignments}"
+        await self._trail(updated, tid, "session_assigned", f"Taken by {await self._name(op_id)}", reason="accepted first")
         return updated
 
     async def _withdraw(self, op_id: str, sid: str) -> None:
@@ -716,8 +723,8 @@ class Engine:
             return
         for op in passing:
             await self._release(op, session.id)
-        await self.fx.event(f"declined:{session.id}:{assignments}", "offer_declined", session, reason=reason)
-        await self._note(session, f"declined:{session.id}:{assignments}", f"Passed on: {reason}")
+        did = f"declined:{session.id}:{assignments}"
+        await self._trail(session, did, "offer_declined", f"Passed on: {reason}", reason=reason)
         line = self.lines.lines.get(requeued.line_id)
         if line is None:
             return
@@ -725,7 +732,8 @@ class Engine:
         await self.drain(line)
         after, _ = await kv_get(self.b.sessions, session.id, Session)
         if after is not None and after.status == "waiting":
-            await self.fx.event(f"waiting:{session.id}:{after.assignments}:{op_id}", "session_waiting", after, reason=reason)
+            wid = f"waiting:{session.id}:{after.assignments}:{op_id}"
+            await self._trail(after, wid, "session_waiting", WAITING_NOTE, reason=reason)
 
     # -------------------------------------------------------------------- timers
 
@@ -871,7 +879,9 @@ class Engine:
         if requeued is None or requeued.status != "waiting":
             return
         await self._release(op_id, session.id)
-        await self._note(session, f"moved:{session.id}:{session.assignments}", f"Moved on: {reason}")
+        # The event names the operator it moved off (their pages drop it), like offer_declined.
+        mid = f"moved:{session.id}:{session.assignments}"
+        await self._trail(session, mid, "session_moved", f"Moved on: {reason}", reason=reason)
         line = self.lines.lines.get(requeued.line_id)
         if line is not None:
             await self._enqueue(line, requeued, requeued.opened_at.timestamp())
@@ -881,40 +891,74 @@ class Engine:
         """A desk replica says whether the operator has a page open on it; after the grace
         period with no page anywhere, the operator goes offline and their chats move on."""
         await self._account(operator_id)
-        now = time.time()
+        if not connected:
+            await self.desk_gone(operator_id, desk)
+            return
 
         def mark(st: OperatorState | None) -> OperatorState | None:
             cur = st or OperatorState(id=operator_id)
-            desks = sorted({*cur.desks, desk}) if connected else [d for d in cur.desks if d != desk]
-            if desks == cur.desks and st is not None:
+            if st is not None and desk in cur.desks:
                 return None
-            gone = bool(cur.desks) and not desks
-            return msgspec.structs.replace(cur, desks=desks, disconnected_at=now if gone else cur.disconnected_at)
+            return msgspec.structs.replace(cur, desks=sorted({*cur.desks, desk}))
 
-        state = await kv_update(self.b.operators, operator_id, OperatorState, mark)
-        if connected or state is None or state.desks or state.status == "offline" or state.disconnected_at != now:
-            return
+        await kv_update(self.b.operators, operator_id, OperatorState, mark)
+
+    async def desk_gone(self, operator_id: str, desk: str, *, still_there: Callable[[], Awaitable[bool]] | None = None) -> bool:
+        """The operator has no page on ``desk`` any more: it said so, or it stopped heartbeating.
+
+        ``still_there`` is asked right before the change is written (again on every retry): a
+        replica judged dead by a heartbeat read a moment ago may have renewed it and reported
+        the page since. With no page left anywhere the grace period starts; its timer is set
+        before the record, so a crash in between cannot leave the operator online for ever.
+        Returns whether this call removed the desk.
+        """
+        now = time.time()
+        armed = removed = False
+
+        async def drop(st: OperatorState | None) -> OperatorState | None:
+            nonlocal armed, removed
+            removed = False
+            if st is None or desk not in st.desks:
+                return None
+            if still_there is not None and await still_there():
+                return None
+            removed = True
+            desks = [d for d in st.desks if d != desk]
+            if desks:
+                return msgspec.structs.replace(st, desks=desks)
+            if st.status != "offline" and not armed:
+                grace = self.presence_grace(operator_id)
+                await schedule(self.js, Timer(kind="presence", target=operator_id, due=now + grace, token=str(now)))
+                armed = True
+            return msgspec.structs.replace(st, desks=[], disconnected_at=now)
+
+        await kv_update(self.b.operators, operator_id, OperatorState, drop)
+        return removed
+
+    def presence_grace(self, operator_id: str) -> float:
+        """Seconds an operator with no desk page may stay as they are: the shortest grace of their lines."""
         lines = self.lines.lines_of(operator_id)
-        grace = min((line.queue.presence_grace_seconds for line in lines), default=60)
-        await schedule(
-            self.js,
-            Timer(kind="presence", target=operator_id, due=now + grace, token=str(now)),
-        )
+        return min((line.queue.presence_grace_seconds for line in lines), default=QueueConfig().presence_grace_seconds)
 
     async def accept(self, operator_id: str, session_id: str) -> Session:
-        await self._account(operator_id)
+        acc = await self._account(operator_id)
         session = await self._own_session(operator_id, session_id, take=True)
-        return await self._answered(session)
+        return await self._answered(session, f"Accepted by {acc.name}")
 
-    async def _answered(self, session: Session) -> Session:
+    async def _answered(self, session: Session, note: str) -> Session:
         if session.status != "assigned":
             return session
         now = utcnow()
+        changed = False
 
         def mark(s: Session | None) -> Session | None:
-            if s is None or s.status != "assigned" or s.operator_id != session.operator_id:
+            nonlocal changed
+            changed = s is not None and s.status == "assigned" and s.operator_id == session.operator_id
+            if not changed or s is None:
                 return None
-            return msgspec.structs.replace(s, status="answered", answered_at=now, declined_by=[])
+            # answered_at stays the first answer (a chat moved on and accepted again was answered
+            # already): the sessions API and the statistics' first response agree.
+            return msgspec.structs.replace(s, status="answered", answered_at=s.answered_at or now, declined_by=[])
 
         updated = await kv_update(self.b.sessions, session.id, Session, mark)
         assert updated is not None
@@ -925,8 +969,8 @@ class Engine:
             return msgspec.structs.replace(st, answered=[*st.answered, session.id])
 
         await kv_update(self.b.operators, session.operator_id, OperatorState, count)
-        if updated.status == "answered" and updated.answered_at == now:
-            await self.fx.event(f"answered:{session.id}:{updated.assignments}", "session_answered", updated)
+        if changed:
+            await self._trail(updated, f"answered:{session.id}:{updated.assignments}", "session_answered", note)
             # Where only unanswered chats count, answering frees a place.
             for line in self.lines.lines_of(session.operator_id):
                 if line.queue.count == "unanswered":
@@ -958,7 +1002,7 @@ class Engine:
                 created_at=now,
             ),
         )
-        session = await self._answered(session)
+        session = await self._answered(session, f"Answered by {acc.name}")
         touched = await kv_update(self.b.sessions, session_id, Session, lambda s: _touch(s, now, inbound=False))
         if touched is not None:
             session = touched
@@ -1014,11 +1058,12 @@ class Engine:
         if moved is None or moved.line_id != to_line or moved.status != "waiting":
             raise Refused("conflict", "the chat changed meanwhile; reload it")
         await self._release(operator_id, session_id)
-        await self.fx.event(
-            f"transferred-line:{session_id}:{session.assignments}", "session_transferred", moved, reason=f"line {to_line}"
-        )
-        await self._note(
-            moved, f"transferred-line:{session_id}:{session.assignments}", f"{acc.name} transferred the chat to {target.name}"
+        await self._trail(
+            moved,
+            f"transferred-line:{session_id}:{session.assignments}",
+            "session_transferred",
+            f"{acc.name} transferred the chat to {target.name}",
+            reason=f"line {to_line}",
         )
         await self._enqueue(target, moved, moved.opened_at.timestamp())
         await self.drain(target)
@@ -1054,11 +1099,12 @@ class Engine:
         if given is None:
             await self._release(to_operator, session.id)
             raise Refused("conflict", "the chat changed meanwhile; reload it")
-        await self.fx.event(
-            f"transferred-op:{session.id}:{given.assignments}", "session_transferred", given, reason=f"operator {to_operator}"
-        )
-        await self._note(
-            given, f"transferred-op:{session.id}:{given.assignments}", f"{acc.name} transferred the chat to {target.name}"
+        await self._trail(
+            given,
+            f"transferred-op:{session.id}:{given.assignments}",
+            "session_transferred",
+            f"{acc.name} transferred the chat to {target.name}",
+            reason=f"operator {to_operator}",
         )
         return given
 
@@ -1107,12 +1153,15 @@ class Engine:
             await self._release(op, session_id)
         await self._dequeue(taken.line_id, session_id)
         tid = f"intercepted:{session_id}:{taken.assignments}"
-        await self.fx.event(tid, "session_transferred", taken, reason=f"intercepted by {operator_id}")
-        await self._note(taken, tid, f"Taken over by {acc.name}")
+        await self._trail(taken, tid, "session_transferred", f"Taken over by {acc.name}", reason=f"intercepted by {operator_id}")
+        if taken.answered_at == now:
+            # Nobody had answered it: the supervisor's take-over is its answer, counted as such everywhere.
+            aid = f"answered:{session_id}:{taken.assignments}"
+            await self._trail(taken, aid, "session_answered", f"Answered by {acc.name} (taken over)", reason="intercepted")
         return taken
 
     async def pin(self, operator_id: str, session_id: str, pinned: bool) -> Session:
-        await self._account(operator_id)
+        acc = await self._account(operator_id)
         session = await self._own_session(operator_id, session_id)
         updated = await kv_update(
             self.b.sessions,
@@ -1121,7 +1170,8 @@ class Engine:
             lambda s: msgspec.structs.replace(s, pinned=pinned) if s is not None and s.pinned != pinned else None,
         )
         if updated is not None and updated.pinned == pinned and session.pinned != pinned:
-            await self.fx.event(f"pinned:{session_id}:{time.time()}", "session_pinned", updated, reason=str(pinned).lower())
+            text = f"{'Pinned' if pinned else 'Unpinned'} by {acc.name}"
+            await self._trail(updated, f"pinned:{session_id}:{time.time()}", "session_pinned", text, reason=str(pinned).lower())
         return updated or session
 
     async def spam(self, operator_id: str, session_id: str) -> Session:
@@ -1175,8 +1225,8 @@ class Engine:
                 await self._await_rating(closed)
         what = {"operator": f"closed by {closed.closed_by}", "auto_close": "closed after no activity", "spam": "marked as spam"}
         reason = closed.close_reason
-        await self.fx.event(f"closed:{closed.id}", "session_closed", closed, reason=what.get(reason, reason))
-        await self._note(closed, f"closed:{closed.id}", what.get(reason, reason).capitalize())
+        told = what.get(reason, reason)
+        await self._trail(closed, f"closed:{closed.id}", "session_closed", told.capitalize(), reason=told)
         finished = await kv_update(
             self.b.sessions,
             closed.id,
@@ -1217,8 +1267,7 @@ class Engine:
                 at=msg.received_at,
             )
         )
-        await self._note(rated, f"rated:{session_id}", f"Rated {rating} of 5 by the client")
-        await self.fx.event(f"rated:{session_id}", "session_rated", rated, reason=str(rating))
+        await self._trail(rated, f"rated:{session_id}", "session_rated", f"Rated {rating} of 5 by the client", reason=str(rating))
 
     async def _forget_open(self, session: Session) -> None:
         entry = session.entry_line_id or session.line_id

@@ -32,6 +32,10 @@ class OperatorsCache:
         found = self._states.get(op_id)
         return found[0] if found is not None else None
 
+    def all(self) -> dict[str, OperatorState]:
+        """Every operator's state as the copy has it now."""
+        return {op_id: st for op_id, (st, _rev) in self._states.items()}
+
     def put(self, op_id: str, state: OperatorState | None, revision: int | None) -> None:
         """Keep what a live read or a write saw, unless the copy already has something newer."""
         if revision is None:

@@ -9,6 +9,9 @@ class Settings(BaseSettings, kw_only=True):
     partition_lease_seconds: float = 10.0  # a dead replica's inbound partitions move to the others after this
     timer_consumer: str = "router-timers"  # durable consumer name on OL_TIMER
     sweep_seconds: float = 30.0  # how often capacity claims left by a killed replica are looked for
+    # How often desk replicas that stopped heartbeating (killed -9, cut off) are looked for; their
+    # operators' pages count as closed from then on (router/presence.py).
+    desk_sweep_seconds: float = 5.0
     ack_wait: float = 10.0  # seconds before an unacknowledged inbound message is redelivered (after a crash)
     # The flood guard (docs/security.md): beyond flood_limit client messages per chat per flood_window
     # seconds the chat is flagged for a supervisor and its messages are stored but not pushed to the operator.
@@ -17,6 +20,8 @@ class Settings(BaseSettings, kw_only=True):
     flood_channels: str = "telegram,vk"  # comma-separated channels it guards (webchat has its own limit per visitor)
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.desk_sweep_seconds <= 300:
+            raise ValueError("OPENLINES_DESK_SWEEP_SECONDS must be between 0.1 and 300 (seconds)")
         if self.flood_limit < 0 or self.flood_window <= 0:
             raise ValueError("OPENLINES_FLOOD_LIMIT must be >= 0 and OPENLINES_FLOOD_WINDOW > 0 (seconds)")
 
