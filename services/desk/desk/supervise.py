@@ -36,6 +36,9 @@ def _session_row(s: Session, names: dict[str, str], now: float) -> dict[str, Any
         "client_name": s.client_name or "Client",
         "channel": s.channel,
         "status": s.status,
+        # Answered at least once (accepted, replied to, or intercepted), as the statistics and the
+        # sessions API (answered_at) count it: a chat moved back to the queue after an answer stays answered.
+        "answered": s.answered_at is not None,
         "operator_id": s.operator_id,
         "operator_name": names.get(s.operator_id, s.operator_id),
         "offered_to": list(s.offered_to),
@@ -90,6 +93,7 @@ async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
                     "client_name": (s.client_name if s else "") or "Client",
                     "channel": s.channel if s else "",
                     "held": bool(s and s.held),
+                    "answered": bool(s and s.answered_at is not None),
                     "since": chat.since,
                     "wait_seconds": max(0, int(now - chat.since)),
                 }
