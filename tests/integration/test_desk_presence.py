@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import aiohttp
 import msgspec
 from conftest import free_port, wait_for
 from desk_admin_support import DEMO_HASH
@@ -149,9 +148,7 @@ async def test_a_desk_cut_off_from_nats_past_its_heartbeat_reports_its_open_page
         await link.stop()
 
 
-async def test_pages_closed_and_opened_in_quick_succession_leave_the_last_word_with_the_router(
-    nc: Any, nats_server: Any
-) -> None:
+async def test_pages_closed_and_opened_in_quick_succession_leave_the_last_word_with_the_router(nc: Any, nats_server: Any) -> None:
     await apply_lines(nc, LINES)
     async with running_router(nats_server.url), running_desk(nats_server.url) as svc, http_session(svc) as h:
         hub = svc.app[DESK].hub
@@ -174,4 +171,3 @@ async def test_pages_closed_and_opened_in_quick_succession_leave_the_last_word_w
             return hub.reporter.idle.is_set() and "anna" not in hub.conns and await _desks(nc, "anna") == []
 
         await wait_for(closed, what="the last page's closing reported")
-        assert isinstance(last, aiohttp.ClientWebSocketResponse)

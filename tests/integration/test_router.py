@@ -58,7 +58,9 @@ async def test_first_message_opens_session_welcomes_and_records_transcript(nc, n
         out = await wait_for(lambda: outbound_for(nc, "vis"), what="welcome")
         assert out[0].auto and out[0].text.startswith("Hello Ilze! You have reached Customer support")
         hist = await wait_for(lambda: history(nc, s.id), what="transcript")
-        assert [h.direction for h in hist][:2] == ["out", "in"] or [h.direction for h in hist][:2] == ["in", "out"]
+        said = [h.direction for h in hist if h.direction != "system"][:2]  # system lines: the trail of transitions
+        assert said in (["out", "in"], ["in", "out"])
+        assert [h.text for h in hist if h.direction == "system"][:1] == ["Opened on Customer support"]
         assert any(h.text == "Do you ship to Riga?" and h.direction == "in" for h in hist)
         # a second message continues the same session
         await publish(nc, inbound("vis", "And to Tallinn?", "m2"))

@@ -143,9 +143,7 @@ async def _router_events(nc: Any) -> list[SessionEvent]:
     return [e for e in found if e.kind in ROUTER_KINDS]
 
 
-async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_views_count_alike(
-    nc: Any, desk: Any
-) -> None:
+async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_views_count_alike(nc: Any, desk: Any) -> None:
     async with http_session(desk) as h_anna, http_session(desk) as h_boris, http_session(desk) as h_root:
         anna = Op(h_anna, await sign_in(h_anna, "anna"))
         boris = Op(h_boris, await sign_in(h_boris, "boris"))

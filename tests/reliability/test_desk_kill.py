@@ -36,7 +36,8 @@ SWEEP = 0.5  # seconds between the router's looks for desks that stopped renewin
 
 
 def lines(grace: int) -> str:
-    ops = "\n".join(f'[operators.{op}]\nname = "{op.title()}"\npassword_hash = "{DEMO_HASH}"\n' for op in ("anna", "vera", "boris"))
+    names = ("anna", "vera", "boris")
+    ops = "\n".join(f'[operators.{op}]\nname = "{op.title()}"\npassword_hash = "{DEMO_HASH}"\n' for op in names)
     return f"""{ops}
 [[lines]]
 id = "support"
