@@ -42,7 +42,6 @@ from openlines.state import OperatorAccount
 log = logging.getLogger("desk.live")
 
 HOLDER_TTL = 2.0  # seconds a session -> operator lookup is trusted for transcript pushes
-REPORTS_FLUSH_SECONDS = 3.0  # a stopping replica waits this long for its last presence reports to be heard
 QUEUE_LIMIT = 1000  # frames waiting for one slow socket before we drop it (it reconnects and re-snapshots)
 
 SOCKETS = Gauge("openlines_desk_websockets", "Open operator WebSockets on this replica")
@@ -129,9 +128,8 @@ class Hub:
         for conn in [c for group in self.conns.values() for c in group]:
             with contextlib.suppress(Exception):
                 await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"desk restarting")
-        # The reports of the pages just closed, then the heartbeat: whichever reaches the router first counts.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.reporter.idle.wait(), timeout=REPORTS_FLUSH_SECONDS)
+        # No waiting for the reports of the pages just closed (a router may be stopping too): the key's
+        # removal tells the router that every page here is gone, at its next look.
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
