@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import NatsServer, free_port, time_scale, wait_for
+from conftest import NatsServer, free_port, scaled, wait_for
 from desk_admin_support import DEMO_HASH, SECRET
 from desk_support import visitor_writes
 from nats.js.errors import NotFoundError
@@ -90,7 +90,7 @@ class Operator:
         """A workspace page's live connection on ``desk``; returns its first frame (the snapshot)."""
         ws = await self.http.ws_connect(f"{desk.base}/ws", headers={"Origin": desk.base})
         self.pages[name] = ws
-        first = await ws.receive_json(timeout=10 * time_scale())
+        first = await ws.receive_json(timeout=scaled(10))
         assert first["type"] == "snapshot", first
         return dict(first)
 
@@ -102,7 +102,7 @@ class Operator:
     async def frame(self, name: str, want: Any, what: str) -> dict[str, Any]:
         """The next frame on page ``name`` for which ``want(frame)`` holds (others are skipped)."""
         ws = self.pages[name]
-        deadline = time.monotonic() + 15 * time_scale()
+        deadline = time.monotonic() + scaled(15)
         while time.monotonic() < deadline:
             msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
             assert msg.type == aiohttp.WSMsgType.TEXT, f"page {name} of {self.login} ended ({msg.type}) waiting for {what}"
@@ -153,7 +153,7 @@ async def _ready(url: str, proc: ServiceProcess) -> bool:
 
 @pytest.fixture
 async def running(nc: Any, stack: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    grace = round(4 * time_scale())  # time enough for a page to come back, on a loaded machine too
+    grace = round(scaled(4))  # time enough for a page to come back, on a loaded machine too
     await apply_lines(nc, lines(grace))
     router: ServiceProcess = stack["router"]
     router.start()
