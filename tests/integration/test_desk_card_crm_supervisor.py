@@ -75,6 +75,7 @@ async def test_client_card_shows_profile_crm_lead_and_the_earlier_conversation(
         assert lead["url"] == f"/crm?record=lead-{lead['id']}#lead-{lead['id']}"
         assert [p["id"] for p in card["previous"]] == [first.id]
         assert card["previous"][0]["status"] == "closed" and card["previous"][0]["line_name"] == "Customer support"
+        assert card["previous"][0]["outcome"] == "closed by Anna Petrova"  # a person's name, not "operator"
         assert card["previous_limit"] == {"events_scanned": 20_000, "shown": 10}
 
         # Holding the client's chat lets boris read the earlier conversation anna had.

@@ -5,15 +5,21 @@ client was possible while one box served every chat)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import wait_for
 from desk_support import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, sign_in_live
 from support import apply_lines, outbound_for, running_router
 
 from desk.settings import Settings
+from openlines import bus, subjects
+from openlines.apply import apply, live
+from openlines.commands import SetStatus, call
 from openlines.runner import Service
+from openlines.state import Session
 
 pytestmark = BROWSER_MARKS
 
@@ -69,3 +75,40 @@ async def test_a_reply_typed_for_one_chat_stays_with_it_and_never_goes_to_anothe
     sent_to_alice = [o.text for o in await outbound_for(nc, "v-alice") if o.operator_id == "boris"]
     assert sent_to_alice == [], sent_to_alice  # nothing of Bob's (or her own draft) went to Alice
     assert errors == []
+
+
+async def test_a_chat_passed_on_unanswered_shows_how_long_the_client_has_waited_not_since_the_last_offer(
+    nc: Any, desk: Service[Settings]
+) -> None:
+    b = await bus.Buckets(nc.jetstream()).open()
+    cfg = await live(b)
+    cfg.lines[0].queue.wait_seconds = 2  # anna lets the offer pass quickly
+    await apply(b, cfg)
+    js = nc.jetstream()
+    async with chromium() as browser:
+        boris = await new_page(browser, desk_url(desk))
+        await boris.clock.install()
+        await sign_in_live(boris, "boris")
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))  # online, but never answers
+        await client_writes(js, "w-1", "Hello?", "v-wait", name="Wanda")
+
+        async def offered_to_boris() -> Session | None:
+            for _key, (_rev, data) in (await bus.kv_entries(js, subjects.KV_SESSIONS)).items():
+                try:
+                    s = msgspec.json.decode(data, type=Session)
+                except msgspec.ValidationError:
+                    continue  # not a session record
+                if s.client_name == "Wanda" and s.operator_id == "boris" and s.status == "assigned":
+                    return s
+            return None
+
+        await go_online(boris)
+        session = await wait_for(offered_to_boris, what="the offer passed on to boris")
+        assert session.assigned_at is not None and session.assigned_at > session.opened_at
+        item = boris.get_by_test_id("chat-item").filter(has_text="Wanda")
+        await expect(item).to_be_visible()
+        # A minute after the chat opened, but less than that since it reached boris.
+        opened_age = (datetime.now(UTC) - session.opened_at).total_seconds()
+        await boris.clock.fast_forward(int((61 - opened_age) * 1000) + 500)
+        await boris.evaluate("() => document.dispatchEvent(new Event('visibilitychange'))")
+        await expect(item.locator(".age")).to_have_text("waiting 1 min", timeout=20_000)

@@ -208,7 +208,8 @@ async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_
         assert walk == {
             s1: ["opened", "waiting", "assigned", "answered", "pinned", "pinned", "pinned", "closed", "rated"],
             s2: [
-                "opened", "assigned", "offer_declined", "assigned", "answered", "assigned", "transferred", "answered",
+                # A transfer is told before the offer it makes ("Anna transferred the chat to Boris", then "Offered to Boris").
+                "opened", "assigned", "offer_declined", "assigned", "answered", "transferred", "assigned", "answered",
                 "moved", "assigned", "answered", "transferred", "assigned", "answered", "closed",
             ],
             s3: ["opened", "assigned", "transferred", "answered"],
@@ -228,6 +229,11 @@ async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_
         assert (moved.operator_id, moved.reason) == ("anna", "operator away")
         texts = [h.text for h in await history(nc, s3) if h.direction == "system"]
         assert texts == ["Opened on Support", "Offered to Anna", "Taken over by Root", "Answered by Root (taken over)"]
+        # People by their names, and a transfer told before the offer it makes.
+        s2_texts = [h.text for h in await history(nc, s2) if h.direction == "system"]
+        told = s2_texts.index("Boris transferred the chat to Anna")
+        assert s2_texts[told + 1] == "Offered to Anna", s2_texts
+        assert s2_texts[-1].startswith("Closed by ") and s2_texts[-1] != "Closed by boris", s2_texts
 
         # 3. The three views count alike.
         token = await make_token(nc, "supervisor")

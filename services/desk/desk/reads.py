@@ -44,6 +44,9 @@ def holders_of(session: Session | None) -> frozenset[str]:
     return frozenset(session.offered_to)
 
 
+CLOSE_REASONS = {"operator": "closed by its operator", "auto_close": "closed after no activity", "spam": "marked as spam"}
+
+
 class Reader:
     def __init__(self, js: JetStreamContext, buckets: Buckets) -> None:
         self.js = js
@@ -99,7 +102,16 @@ class Reader:
         out["line_name"] = (line.name if line is not None else "") or session.line_id
         # The no-answer timeout: the page counts an offer down from assigned_at.
         out["wait_seconds"] = line.queue.wait_seconds if line is not None else 0
+        if session.status == "closed":
+            out["outcome"] = await self.outcome(session)
         return out
+
+    async def outcome(self, session: Session) -> str:
+        """How a closed conversation ended, in words: "closed by Anna Petrova", "closed after no activity"."""
+        if session.close_reason == "operator" and session.closed_by:
+            acc = await self.account(session.closed_by)
+            return f"closed by {acc.name if acc is not None else session.closed_by}"
+        return CLOSE_REASONS.get(session.close_reason, session.close_reason or "closed")
 
     async def my_chats(self, operator_id: str, state: OperatorState | None = None) -> list[dict[str, Any]]:
         """The operator's open sessions and the offers made to them, oldest first."""

@@ -588,11 +588,20 @@ class Engine:
         return None
 
     async def _give(
-        self, sid: str, op_id: str, now: datetime, *, from_status: str, assignments: int, wait_seconds: float
+        self,
+        sid: str,
+        op_id: str,
+        now: datetime,
+        *,
+        from_status: str,
+        assignments: int,
+        wait_seconds: float,
+        cause: Callable[[Session], Awaitable[None]] | None = None,
     ) -> Session | None:
         """Record the offer on the session (its no-answer timer set first) and announce it.
 
         ``assignments``: the session's count as the caller read it; the offer makes it one more.
+        ``cause``: writes what led to the offer (a transfer) into the trail before the offer's line.
         """
         expected = assignments + 1
         for _ in range(10):
@@ -622,6 +631,8 @@ class Engine:
             if updated is None or updated.operator_id != op_id or updated.status != "assigned" or updated.assignments != expected:
                 return None
             crash_point("router.offer.recorded")
+            if cause is not None:
+                await cause(updated)
             await self._announce_offer(updated, [op_id])
             log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
             return updated
@@ -1093,19 +1104,28 @@ class Engine:
             await self._release(to_operator, session.id)
             raise Refused("conflict", "the chat changed meanwhile; reload it")
         await self._release(acc.id, session.id)
+
+        async def transferred(given: Session) -> None:  # in the transcript before "Offered to ..."
+            await self._trail(
+                given,
+                f"transferred-op:{session.id}:{given.assignments}",
+                "session_transferred",
+                f"{acc.name} transferred the chat to {target.name}",
+                reason=f"operator {to_operator}",
+            )
+
         given = await self._give(
-            session.id, to_operator, now, from_status="waiting", assignments=session.assignments, wait_seconds=queue.wait_seconds
+            session.id,
+            to_operator,
+            now,
+            from_status="waiting",
+            assignments=session.assignments,
+            wait_seconds=queue.wait_seconds,
+            cause=transferred,
         )
         if given is None:
             await self._release(to_operator, session.id)
             raise Refused("conflict", "the chat changed meanwhile; reload it")
-        await self._trail(
-            given,
-            f"transferred-op:{session.id}:{given.assignments}",
-            "session_transferred",
-            f"{acc.name} transferred the chat to {target.name}",
-            reason=f"operator {to_operator}",
-        )
         return given
 
     async def intercept(self, operator_id: str, session_id: str) -> Session:
@@ -1226,7 +1246,11 @@ class Engine:
         what = {"operator": f"closed by {closed.closed_by}", "auto_close": "closed after no activity", "spam": "marked as spam"}
         reason = closed.close_reason
         told = what.get(reason, reason)
-        await self._trail(closed, f"closed:{closed.id}", "session_closed", told.capitalize(), reason=told)
+        # The event keeps the login (machines read it); the transcript line names the person.
+        text = (
+            f"Closed by {await self._name(closed.closed_by)}" if reason == "operator" and closed.closed_by else told.capitalize()
+        )
+        await self._trail(closed, f"closed:{closed.id}", "session_closed", text, reason=told)
         finished = await kv_update(
             self.b.sessions,
             closed.id,

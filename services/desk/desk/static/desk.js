@@ -257,7 +257,9 @@
       const bottom = node("div", "row small");
       const st = node("span", `st st-${chat.status}`, STATUS_LABEL[chat.status] || chat.status);
       st.dataset.testid = "chat-status";
-      const since = chat.status === "assigned" ? chat.assigned_at || chat.opened_at : chat.opened_at;
+      // The client has waited since the chat opened while nobody answered it (offers passed on do not
+      // restart that); a chat answered before and offered again waits since that offer.
+      const since = chat.status === "assigned" && chat.answered_at ? chat.assigned_at || chat.opened_at : chat.opened_at;
       bottom.append(st, node("span", "age", (chat.status === "assigned" ? "waiting " : "open ") + ago(since)));
       if (offerLeft(chat) !== null) {
         const left = node("span", "countdown-small");
@@ -486,7 +488,7 @@
       const a = node("a", "", `${clock(p.opened_at)} ${new Date(p.opened_at).toLocaleDateString()} · ${p.line_name || p.line_id}`);
       a.href = `/transcript/${encodeURIComponent(p.id)}`;
       a.target = "_blank";
-      li.append(a, node("span", "muted", ` · ${p.close_reason || p.status}`));
+      li.append(a, node("span", "muted", ` · ${p.outcome || p.status}`));
       el.cardPrevious.append(li);
     }
     if (!data.previous.length) el.cardPrevious.append(node("li", "muted", "none found"));
