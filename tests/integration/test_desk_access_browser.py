@@ -17,7 +17,7 @@ from support import apply_lines, running_router
 from desk.settings import Settings
 from openlines import bus
 from openlines.runner import Service
-from openlines.state import OperatorAccount, Session
+from openlines.state import OperatorAccount, OperatorState, Session
 
 pytestmark = BROWSER_MARKS
 
@@ -140,3 +140,29 @@ async def test_after_sign_out_a_copied_cookie_no_longer_opens_the_workspace(desk
     await thief.wait_for_url(re.compile(r"/login$"))
     await thief.goto("/")
     await thief.wait_for_url(re.compile(r"/login$"))
+
+
+async def test_an_operator_starts_online_after_signing_in_and_a_reload_keeps_the_status_chosen(
+    nc: Any, desk: Service[Settings], browser: Any
+) -> None:
+    page = await page_of(browser, desk)
+    await submit_login(page, "boris")
+    await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
+    buckets = await bus.Buckets(nc.jetstream()).open()
+
+    async def status() -> str:
+        st, _ = await bus.kv_get(buckets.operators, "boris", OperatorState)
+        return st.status if st is not None else ""
+
+    await wait_for(lambda: _is(status, "online"), what="boris online at the router")
+    assert "signed_in" not in page.url  # only the sign-in does it
+    await page.get_by_test_id("status-away").click()
+    await expect(page.get_by_test_id("status-away")).to_have_attribute("aria-pressed", "true")
+    await page.reload()
+    await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+    await expect(page.get_by_test_id("status-away")).to_have_attribute("aria-pressed", "true")
+    assert await status() == "away"
+
+
+async def _is(probe: Any, wanted: str) -> bool:
+    return await probe() == wanted

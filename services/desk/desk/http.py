@@ -68,6 +68,7 @@ from openlines.runner import json_error
 from openlines.state import OperatorAccount, OperatorState, Session
 
 log = logging.getLogger("desk.http")
+SIGNED_IN_HOME = "/?signed_in=1"
 
 MAX_TEXT = 4000
 MAX_JSON_BODY = 64 * 1024
@@ -384,7 +385,8 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     value, _ = desk.signer.issue(account, time.time(), desk.settings.session_hours * 3600)
     LOGINS.labels("ok").inc()
     log.info("signed in", extra={"operator": account.id, "home": home})
-    response = redirect(home)
+    # The workspace just after signing in: an operator starts online (the page does it, once).
+    response = redirect(SIGNED_IN_HOME if home == "/" else home)
     desk.set_session_cookie(request, response, value)
     response.del_cookie(LOGIN_COOKIE_NAME, path="/login")
     return response
@@ -424,6 +426,7 @@ async def workspace(request: web.Request) -> web.StreamResponse:
             desk.signer.csrf_token(user.session.nonce),
             nav=nav_links(user.account),
             max_upload=desk.settings.max_upload_bytes,
+            start_online=request.query.get("signed_in") == "1" and "operator" in user.account.roles,
         )
     )
 

@@ -63,11 +63,12 @@ def denied_page(name: str, reason: str, what: str = "the workspace") -> str:
     )
 
 
-def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_upload: int = 0) -> str:
+def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_upload: int = 0, start_online: bool = False) -> str:
     extra = (
         f'<meta name="csrf-token" content="{escape(csrf)}">\n<meta name="max-upload" content="{max_upload}">\n'
         '<script src="/static/desk.js" defer></script>\n'
     )
+    online = "true" if start_online else "false"
     # The other pages open in new tabs: leaving this page would close its WebSocket, and the router
     # counts that as leaving the desk.
     links = "".join(
@@ -75,7 +76,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
     )
     return (
         _HEAD.format(title="openlines desk", extra=extra)
-        + f"""<body class="desk" data-operator-id="{escape(operator_id)}" data-operator-name="{escape(name)}">
+        + f"""<body class="desk" data-operator-id="{escape(operator_id)}" data-operator-name="{escape(name)}"
+  data-start-online="{online}">
 <header class="topbar">
   <div class="brand">openlines <span>desk</span></div>
   <nav class="nav" aria-label="Pages">

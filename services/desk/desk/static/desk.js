@@ -535,6 +535,12 @@
         for (const id of before) if (!fresh.has(id)) removeChat(id);
         for (const chat of frame.chats) upsertChat(chat, { notify: !first && !before.has(chat.id) });
         if (first) saveSeen();
+        if (first && document.body.dataset.startOnline === "true") {
+          // Just signed in as an operator: ready for chats, as in Bitrix24 and Chatwoot. Only this once:
+          // a reload keeps whatever status they chose since.
+          history.replaceState(null, "", location.pathname);
+          if (state.status === "offline") setStatus("online");
+        }
         render();
         // Re-read the open transcript: entries pushed while we were away are not lost.
         if (state.selected) loadHistory(state.selected);
@@ -799,23 +805,27 @@
     for (const f of picked) upload(f);
   });
 
+  async function setStatus(wanted) {
+    statusButtons.forEach((x) => { x.disabled = true; });
+    try {
+      const data = await api("POST", "/api/status", { status: wanted });
+      state.status = data.status;
+      renderStatus();
+      renderList();
+    } catch (err) {
+      showError(`Could not change your status: ${err.message}`);
+    } finally {
+      statusButtons.forEach((x) => { x.disabled = false; });
+    }
+  }
+
   for (const b of statusButtons) {
-    b.addEventListener("click", async () => {
+    b.addEventListener("click", () => {
       const wanted = b.dataset.status;
       if (wanted === "online" && window.Notification && Notification.permission === "default") {
         Notification.requestPermission().catch(() => {});
       }
-      statusButtons.forEach((x) => { x.disabled = true; });
-      try {
-        const data = await api("POST", "/api/status", { status: wanted });
-        state.status = data.status;
-        renderStatus();
-        renderList();
-      } catch (err) {
-        showError(`Could not change your status: ${err.message}`);
-      } finally {
-        statusButtons.forEach((x) => { x.disabled = false; });
-      }
+      setStatus(wanted);
     });
   }
 
