@@ -157,9 +157,13 @@ def image_matches(mime: str, head: bytes) -> bool:
 
 
 def shown_as(mime: str, head: bytes) -> Literal["image", "audio", "video"] | None:
-    """How a browser may show a file inline (a preview, a player); None: only as a download."""
+    """How a browser may show a file inline (a preview, a player); None: only as a download.
+
+    An image is shown when its bytes are a PNG, JPEG, GIF or WebP, whatever image type it was
+    said to be (a channel's "image/jpeg" may be a PNG); it is then served as what its bytes are.
+    """
     mime = mime.lower()
-    if image_matches(mime, head):
+    if mime.startswith("image/") and sniff_image(head) is not None:
         return "image"
     if mime in PLAYABLE_AUDIO:
         return "audio"
