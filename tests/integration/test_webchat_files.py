@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from webchat_support import bind_widget_accounts, open_visitor, recv
 from desk.files import FileStore
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT
+from gateway_webchat.token import VisitorToken, sign
 from openlines import bus, files, runner, subjects
 from openlines.envelopes import MSG_ID_HEADER, Inbound, Outbound, decoder, encode
 
@@ -131,8 +133,10 @@ async def test_an_operators_file_reaches_the_widget_as_a_link_this_gateway_signe
 async def test_uploads_are_refused_with_the_reason_and_nothing_is_stored(svc: Any, http: Any, nc: Any) -> None:
     ws, welcome = await open_visitor(http, base(svc))
     token = welcome["token"]
+    stale = sign(SECRET, VisitorToken(account="demo", visitor=welcome["visitor"], issued_at=int(time.time()) - 2 * 86400))
     cases = [
         (None, "a.pdf", "application/pdf", PDF, 401, "bad_token"),
+        (stale, "a.pdf", "application/pdf", PDF, 401, "token_expired"),  # the widget reconnects for a fresh one
         ("v1.demo.forged", "a.pdf", "application/pdf", PDF, 401, "bad_token"),
         (token, "page.html", "text/html", b"<script>alert(1)</script>", 415, "unsupported"),
         (token, "fake.png", "image/png", b"GIF89a not a png", 415, "unsupported"),

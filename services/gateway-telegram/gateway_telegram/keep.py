@@ -35,7 +35,6 @@ log = logging.getLogger("gateway_telegram.keep")
 
 # Kinds whose ref is a Telegram file id we can download.
 FETCHED = frozenset({"image", "file", "voice", "audio", "video", "sticker"})
-BOT_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # what the cloud Bot API lets bots download (getFile)
 _PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _DEFAULT_MIME = {"image": "image/jpeg", "voice": "audio/ogg", "video": "video/mp4", "sticker": "image/webp"}
 
@@ -103,7 +102,8 @@ class InboundFiles:
         )
 
     async def _fetch(self, bot: Bot, att: Attachment) -> tuple[bytes, str]:
-        limit = min(self.settings.telegram_file_max_bytes, BOT_DOWNLOAD_LIMIT)
+        # The cloud Bot API lets bots download 20 MB (the default); a local Bot API server allows more.
+        limit = self.settings.telegram_file_max_bytes
         if att.size > limit:
             raise NotKept(f"{att.size} bytes; bots may download files up to {limit} bytes")
         try:

@@ -21,7 +21,7 @@ class Settings(BaseSettings, kw_only=True):
     retry_after: int = admission.DEFAULT_RETRY_AFTER  # seconds, the Retry-After of a refusal
     telegram_timeout: float = 30.0  # seconds per Bot API request
     # Clients' files (docs/channels/telegram.md, "Files"): fetched before the message is published.
-    telegram_file_max_bytes: int = 20 * 1024 * 1024  # larger files stay at Telegram (bots may download up to 20 MB)
+    telegram_file_max_bytes: int = 20 * 1024 * 1024  # larger files stay at Telegram (the cloud Bot API: 20 MB at most)
     telegram_file_timeout: float = 20.0  # seconds to fetch one file (getFile + download); slower ones stay at Telegram
     files_max_age_days: float = 90  # how long clients' files are kept in ol-tg-files (0 = forever)
     # Outbound

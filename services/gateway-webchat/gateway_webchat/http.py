@@ -471,7 +471,7 @@ class WebchatHttp:
                 account,
                 now=time.time(),
                 ttl=self.settings.visitor_ttl,
-                grace=0,
+                grace=self.settings.visitor_grace,  # an expired token uploads nothing: it is told to reconnect
             )
         except token.TokenError as exc:
             code = "token_expired" if isinstance(exc, token.TokenExpired) else "bad_token"
