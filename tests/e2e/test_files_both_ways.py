@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from corpus import CORPUS
 from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config
@@ -59,7 +59,13 @@ channels = [
 operators = ["anna"]
 wait_seconds = 300
 """  # anna's password is "demo", as in deploy/lines.example.toml
-SLOW = 20_000  # ms: what a step through NATS, the router and a gateway may take on a loaded machine
+
+
+def slow() -> float:
+    """Milliseconds a step through NATS, the router and a gateway may take (20 s idle, stretched by the load)."""
+    return scaled(20) * 1000
+
+
 PDF = b"%PDF-1.4 the price list, 1 page"
 VOICE = b"OggS\x00\x02" + bytes(range(90))
 
@@ -99,7 +105,7 @@ async def desk_for(nc: Any, nats_server: Any, browser: Any) -> AsyncIterator[Any
 async def take_chat(page: Any) -> None:
     """Open the chat offered to Anna and accept it."""
     item = page.get_by_test_id("chat-item").first
-    await expect(item).to_be_visible(timeout=SLOW)
+    await expect(item).to_be_visible(timeout=slow())
     await item.click()
     await page.get_by_test_id("accept").click()
     await expect(page.get_by_test_id("accept")).to_be_hidden()
@@ -119,7 +125,7 @@ async def fetched(page: Any, locator: Any, attribute: str) -> tuple[int, int, st
 
 async def shows_preview(page: Any, size: int) -> None:
     image = page.get_by_test_id("attachment-image").first
-    await expect(image).to_be_visible(timeout=SLOW)
+    await expect(image).to_be_visible(timeout=slow())
     await expect(image).to_have_js_property("naturalWidth", 3)  # decoded: the desk served the real image
     assert await fetched(page, image, "src") == (200, size, "image/png")
 
@@ -131,12 +137,12 @@ async def operator_sends(page: Any, caption: str, *uploads: tuple[str, str, byte
     chips = page.get_by_test_id("attachment-chip")
     await expect(chips).to_have_count(len(uploads))
     for i in range(len(uploads)):
-        await expect(chips.nth(i)).to_have_attribute("data-ready", "true", timeout=SLOW)
+        await expect(chips.nth(i)).to_have_attribute("data-ready", "true", timeout=slow())
     await page.get_by_test_id("reply-input").fill(caption)
     await page.get_by_test_id("reply-input").press("Enter")
     await expect(chips).to_have_count(0)
     mine = page.get_by_test_id("transcript-entry").filter(has_text=caption)
-    await expect(mine.get_by_test_id("entry-attachment")).to_have_count(len(uploads), timeout=SLOW)
+    await expect(mine.get_by_test_id("entry-attachment")).to_have_count(len(uploads), timeout=slow())
 
 
 # -- Telegram -------------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ async def test_telegram_a_clients_document_voice_and_photo_open_in_the_desk(nc: 
             assert (await tg.deliver(SUPPORT["token"], update))[0] == 200
         await take_chat(page)
         entries = page.get_by_test_id("transcript-entry")
-        await expect(entries.filter(has=page.get_by_test_id("entry-attachment"))).to_have_count(3, timeout=SLOW)
+        await expect(entries.filter(has=page.get_by_test_id("entry-attachment"))).to_have_count(3, timeout=slow())
         link = page.get_by_test_id("attachment-download").filter(has_text="Testfile.pdf")
         assert await fetched(page, link, "href") == (200, len(PDF), "application/octet-stream")
         player = page.get_by_test_id("attachment-audio")
@@ -315,7 +321,7 @@ async def test_webchat_a_visitors_upload_opens_in_the_desk(nc: Any, nats_server:
     async with desk_for(nc, nats_server, browser) as page, widget(nats_server, browser) as visitor:
         await visitor.get_by_test_id("ol-file").set_input_files({"name": "box.png", "mimeType": "image/png", "buffer": IMAGE})
         mine = visitor.get_by_test_id("ol-msg-out").last
-        await expect(mine).to_have_attribute("data-status", "sent", timeout=SLOW)
+        await expect(mine).to_have_attribute("data-status", "sent", timeout=slow())
         await expect(mine.get_by_test_id("ol-attachment").locator("img")).to_have_js_property("naturalWidth", 3)
         await take_chat(page)
         await shows_preview(page, len(IMAGE))
@@ -328,7 +334,7 @@ async def test_webchat_an_operators_file_shows_in_the_widget(nc: Any, nats_serve
         await take_chat(page)
         await operator_sends(page, "The size chart", ("sizes.png", "image/png", IMAGE), ("sizes.pdf", "application/pdf", PDF))
         reply = visitor.get_by_test_id("ol-msg-in").filter(has_text="The size chart")
-        await expect(reply.get_by_test_id("ol-attachment")).to_have_count(2, timeout=SLOW)
+        await expect(reply.get_by_test_id("ol-attachment")).to_have_count(2, timeout=slow())
         await expect(reply.locator("img")).to_have_js_property("naturalWidth", 3)
         pdf_link = reply.get_by_test_id("ol-attachment").filter(has_text="sizes.pdf")
         assert await fetched(visitor, pdf_link, "href") == (200, len(PDF), "application/octet-stream")
