@@ -45,6 +45,7 @@ def settings(nats_url: str, api_url: str, **overrides: Any) -> Settings:
         "http_port": 0,
         "vk_groups": groups_json(),
         "vk_api_url": api_url,
+        "vk_file_hosts": api_url,  # the local peer serves the files and takes the uploads too
         "publish_timeout": 1.0,
         "profile_timeout": 0.5,
         "retry_base": 0.02,

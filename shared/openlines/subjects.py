@@ -47,6 +47,9 @@ OBJ_DESK_FILES = "ol-desk-files"  # desk: files operators attach to replies (obj
 # desk: one key per running replica (<desk id> -> DeskHeartbeat), renewed every few seconds and expiring
 # after a few missed renewals; the router reads it to find replicas that died without a word (kill -9)
 KV_DESK_PRESENCE = "ol-desk-presence"
+OBJ_TELEGRAM_FILES = "ol-tg-files"  # gateway-telegram: files clients send (object store)
+OBJ_VK_FILES = "ol-vk-files"  # gateway-vk: photos, documents and voice messages clients send (object store)
+OBJ_WEBCHAT_FILES = "ol-webchat-files"  # gateway-webchat: files visitors upload (object store)
 
 # Subject roots, with the wildcard each stream captures
 IN_ROOT = "ol.in"

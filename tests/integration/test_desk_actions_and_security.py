@@ -236,16 +236,22 @@ async def test_a_file_goes_to_the_channel_and_the_transcript_once(nc: Any, desks
         timer = await idle_timer_of(nc, sid)
         assert timer.token == str(touched.last_message_at.timestamp())
 
-        # The link needs no sign-in (the client's channel fetches it) and never runs as a page.
+        # The desk's link is for operators who may read the chat (the client's channel gets the file by reference),
+        # and never runs as a page.
         async with aiohttp.ClientSession() as anyone:
-            got = await anyone.get(f"http://127.0.0.1:{desk.port}/files/{sid}/{file['id']}/x")
-            assert got.status == 200 and await got.read() == b"%PDF-1.4 ..."
-            assert got.headers["Content-Type"] == "application/pdf"
-            assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''price%20list.pdf"
-            assert got.headers["Content-Security-Policy"].startswith("sandbox")
-            assert got.headers["X-Content-Type-Options"] == "nosniff"
-            assert (await anyone.get(f"http://127.0.0.1:{desk.port}/files/{sid}/AAAAAAAAAAAAAAAAAAAAAAAA/x")).status == 404
-            assert (await anyone.get(f"http://127.0.0.1:{desk.port}/files/other/{file['id']}/x")).status == 404
+            assert (await anyone.get(f"http://127.0.0.1:{desk.port}/files/{sid}/{file['id']}/x")).status == 401
+        got = await http.get(f"/files/{sid}/{file['id']}/x")
+        assert got.status == 200 and await got.read() == b"%PDF-1.4 ..."
+        assert got.headers["Content-Type"] == "application/pdf"
+        assert got.headers["Content-Disposition"] == "attachment; filename*=UTF-8''price%20list.pdf"
+        assert got.headers["Content-Security-Policy"].startswith("sandbox")
+        assert got.headers["X-Content-Type-Options"] == "nosniff"
+        assert (await http.get(f"/files/{sid}/AAAAAAAAAAAAAAAAAAAAAAAA/x")).status == 404
+        assert (await http.get(f"/files/other/{file['id']}/x")).status == 404
+        # The transcript's reference opens it too, for the same operators.
+        ref = f"ol-desk-files:{sid}/{file['id']}"
+        by_ref = await http.get(f"/api/sessions/{sid}/file", params={"ref": ref, "download": "1"})
+        assert by_ref.status == 200 and await by_ref.read() == b"%PDF-1.4 ..."
 
 
 async def test_files_are_kept_for_the_configured_age_then_nats_deletes_them(nc: Any, desks: Launch) -> None:
@@ -271,8 +277,7 @@ async def test_files_are_kept_for_the_configured_age_then_nats_deletes_them(nc: 
             return (await js.stream_info(stream)).state.messages == 0
 
         await wait_for(gone, timeout=60, what="NATS deleting the file past its age")
-        async with aiohttp.ClientSession() as anyone:
-            assert (await anyone.get(f"http://127.0.0.1:{desk.port}/files/{sid}/{file['id']}/old.pdf")).status == 404
+        assert (await http.get(f"/files/{sid}/{file['id']}/old.pdf")).status == 404
         body = {"text": "", "client_msg_id": "old-1", "files": [file["id"]]}
         r = await http.post(f"/api/sessions/{sid}/reply", json=body, headers=h)
         assert r.status == 400 and "upload it again" in (await r.json())["detail"]

@@ -159,10 +159,12 @@ async def test_offer_accept_quick_answer_file_transfer_and_close_across_two_oper
     await expect(anna.get_by_test_id("entry-attachment")).to_have_count(1)
     mine = anna.get_by_test_id("transcript-entry").filter(has_text="Here is your shipping label.")
     await expect(mine.get_by_test_id("entry-attachment")).to_have_count(1)
+    await expect(mine.get_by_test_id("attachment-image")).to_have_js_property("naturalWidth", 1)  # loaded through the desk
     shown = visitor.get_by_test_id("ol-attachment")
     await expect(shown).to_have_count(1)
     url = await shown.get_attribute("href")
-    assert url and url.startswith(stack.desk_url + f"/files/{sid}/")
+    # The widget's link is the webchat gateway's, signed for this visitor - never the desk's address.
+    assert url and url.startswith(f"http://127.0.0.1:{stack.webchat.port}/files/") and stack.desk_url not in url
     async with aiohttp.ClientSession() as http, http.get(url) as got:
         assert got.status == 200 and got.headers["Content-Type"] == "image/png"
         assert await got.read() == PNG

@@ -21,7 +21,7 @@ from conftest import wait_for
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config, running_gateway
 from support import apply_lines, events, history, running_router
 
-from openlines import bus, subjects
+from openlines import bus, files, subjects
 from openlines.commands import Reply, SetStatus, call
 from openlines.envelopes import Outbound
 from openlines.state import ClientRecord, Session, client_key
@@ -183,8 +183,9 @@ async def test_forwarded_mail_arrives_with_its_eml_attachment_and_readable_text(
         assert "Subject: Order 42 cancelled" in entry.text and "Your order 42 was cancelled." in entry.text
         [att] = entry.attachments
         assert (att.name, att.mime, att.kind) == ("Order 42 cancelled.eml", "message/rfc822", "file")
-        stored = await (await nc.jetstream().object_store("ol-email-files")).get(att.ref)
-        assert stored.data is not None and b"Your order 42 was cancelled." in stored.data and len(stored.data) == att.size
+        assert att.ref.startswith("ol-email-files:support/")
+        stored = await files.Reader(nc.jetstream()).get(att.ref)
+        assert b"Your order 42 was cancelled." in stored.data and len(stored.data) == att.size
 
 
 async def test_reply_from_a_colleague_in_copy_joins_the_clients_session_and_is_copied_on_the_answer(

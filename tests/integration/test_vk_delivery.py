@@ -92,14 +92,15 @@ async def test_a_peer_without_permission_gives_a_delivery_failed_event(nats_serv
 async def test_a_long_reply_is_split_and_each_part_has_its_own_random_id(nats_server: Any, nc: Any, vk: FakeVk) -> None:
     text = ("word " * 2500).strip()  # 12 499 characters
     async with running_gateway(nats_server.url, vk.url):
-        await put(
-            nc,
-            reply("out:s-1:long", 1001, text, attachments=[Attachment(kind="file", name="invoice.pdf", url="https://x/i.pdf")]),
-        )
+        # A file named only by a link is neither fetched nor pasted into the text: it is left out, and said so.
+        link_only = Attachment(kind="file", name="invoice.pdf", url="https://x/i.pdf")
+        await put(nc, reply("out:s-1:long", 1001, text, attachments=[link_only]))
         sent = await wait_for(lambda: len(vk.sent_to(1001)) == 2 and vk.sent_to(1001), what="two parts")
+        [event] = await wait_for(lambda: failures(nc), what="the file reported as left out")
     assert all(len(s.message) <= 9000 for s in sent)
-    assert " ".join(s.message for s in sent) == text + "\ninvoice.pdf: https://x/i.pdf"
+    assert " ".join(s.message for s in sent) == text
     assert [s.random_id for s in sent] == [random_id("out:s-1:long", 0), random_id("out:s-1:long", 1)]
+    assert "invoice.pdf" in event.reason and "not a file uploaded to the desk" in event.reason
 
 
 async def test_a_throttled_community_does_not_hold_up_another(nats_server: Any, nc: Any, vk: FakeVk) -> None:

@@ -5,8 +5,20 @@
   (files), like the real API; answers ``{"ok": true, "result": ...}`` or
   ``{"ok": false, "error_code": N, "description": "...", "parameters": {...}}``.
 - Methods: getMe, sendMessage, sendPhoto, sendDocument (and the other send*
-  methods the gateway uses), setWebhook, deleteWebhook, getWebhookInfo,
-  answerCallbackQuery. Unknown token -> 401, unknown method -> 404.
+  methods the gateway uses), getFile, setWebhook, deleteWebhook,
+  getWebhookInfo, answerCallbackQuery. Unknown token -> 401, unknown method -> 404.
+- Files clients sent (:meth:`FakeTelegram.add_file`): ``getFile`` answers a
+  ``File`` with ``file_path``, downloadable from ``/file/bot<token>/<file_path>``
+  as documented; bots may download up to 20 MB ("Bad Request: file is too
+  big"), an unknown id is "Bad Request: invalid file_id", and a link that
+  expired (:meth:`FakeTelegram.expire_links`; Telegram keeps one at least an
+  hour) answers 404.
+- Uploads as the Bot API takes them: a request over 50 MB is HTTP 413
+  "Request Entity Too Large"; ``sendPhoto`` takes photos up to 10 MB
+  ("PHOTO_SAVE_FILE_INVALID"), whose width + height is at most 10000 and
+  ratio at most 20 ("PHOTO_INVALID_DIMENSIONS"), and that are images
+  ("IMAGE_PROCESS_FAILED"). Every uploaded file gets a ``file_id`` the bot can
+  send again and download with ``getFile``.
 - Records every call (:attr:`FakeTelegram.calls`); can be told to answer 429
   with ``retry_after`` for a chat, 403 "bot was blocked by the user", 400
   "chat not found" or 500 for a chat.
@@ -17,8 +29,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +52,10 @@ SEND_METHODS = {
     "sendlocation": "location",
     "sendcontact": "contact",
 }
+MAX_UPLOAD = 50 * 1024 * 1024  # the Bot API's limit for files bots upload
+MAX_DOWNLOAD = 20 * 1024 * 1024  # ... and for files bots download (getFile)
+MAX_PHOTO = 10 * 1024 * 1024
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF")
 JSON_PARAMS = {"allowed_updates", "reply_markup", "entities", "caption_entities", "link_preview_options", "reply_parameters"}
 
 
@@ -46,6 +64,17 @@ class UploadedFile:
     filename: str
     content_type: str
     data: bytes
+
+
+@dataclass
+class TgFile:
+    file_id: str
+    data: bytes
+    path: str  # file_path as getFile answers it, e.g. "photos/file_3.jpg"
+
+    @property
+    def unique_id(self) -> str:
+        return "U" + hashlib.sha256(self.data).hexdigest()[:15]
 
 
 @dataclass
@@ -96,6 +125,7 @@ class FakeTelegram:
     def __init__(self) -> None:
         self.app = web.Application(client_max_size=60 * 1024 * 1024)
         self.app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        self.app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self.calls: list[Call] = []
         self.webhooks: dict[str, Webhook] = {}
         self._tokens: set[str] = set()
@@ -103,6 +133,11 @@ class FakeTelegram:
         self._message_ids = itertools.count(1000)
         self._file_ids = itertools.count(1)
         self._update_ids = itertools.count(500_000)
+        self.files: dict[str, TgFile] = {}  # file_id -> file
+        self._links = 0  # bumped by expire_links(): file paths carry it
+        self.downloads: list[str] = []  # file paths fetched
+        self.max_upload = MAX_UPLOAD  # tests lower it rather than upload 50 MB
+        self.stale_links = False  # getFile answers a link that has already expired (it lives "at least 1 hour")
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self.base = ""
@@ -142,6 +177,17 @@ class FakeTelegram:
 
     def fail(self, chat_id: int | str, times: int = 1, status: int = 500) -> None:
         self._rules[str(chat_id)] = ChatRule(status, "Internal Server Error", times)
+
+    def add_file(self, file_id: str, data: bytes, *, folder: str = "documents", ext: str = "") -> TgFile:
+        """A file a client sent (its ``file_id`` is what the update carries)."""
+        n = len(self.files) + 1
+        f = TgFile(file_id=file_id, data=data, path=f"{folder}/file_{n}{ext}")
+        self.files[file_id] = f
+        return f
+
+    def expire_links(self) -> None:
+        """Every file link given so far stops working (a new getFile gives a new one)."""
+        self._links += 1
 
     def clear(self, chat_id: int | str) -> None:
         self._rules.pop(str(chat_id), None)
@@ -221,10 +267,23 @@ class FakeTelegram:
         bot_id = int(token.split(":", 1)[0])
         return {"id": bot_id, "is_bot": True, "first_name": f"Bot {bot_id}", "username": f"bot{bot_id}_bot"}
 
+    async def _download(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        path = request.match_info["path"]
+        epoch, _, real = path.partition("/")
+        found = next((f for f in self.files.values() if f.path == real), None)
+        if token not in self._tokens or found is None or epoch != f"v{self._links}":
+            return _error(404, "Not Found")
+        self.downloads.append(real)
+        return web.Response(body=found.data, content_type="application/octet-stream")
+
     async def _handle(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
         method = request.match_info["method"]
         params, files = await self._params(request)
+        if max((request.content_length or 0), sum(len(f.data) for f in files.values())) > self.max_upload:
+            self.calls.append(Call(token=token, method=method, params=params, files={}, at=time.monotonic(), status=413))
+            return _error(413, "Request Entity Too Large")
         call = Call(token=token, method=method, params=params, files=files, at=time.monotonic())
         self.calls.append(call)
         response = self._answer(token, method, params, files)
@@ -266,6 +325,19 @@ class FakeTelegram:
                 info["last_error_date"] = hook.last_error_date
                 info["last_error_message"] = hook.last_error_message
             return web.json_response({"ok": True, "result": info})
+        if name == "getfile":
+            found = self.files.get(str(params.get("file_id", "")))
+            if found is None:
+                return _error(400, "Bad Request: invalid file_id")
+            if len(found.data) > MAX_DOWNLOAD:
+                return _error(400, "Bad Request: file is too big")
+            result = {
+                "file_id": found.file_id,
+                "file_unique_id": found.unique_id,
+                "file_size": len(found.data),
+                "file_path": f"v{self._links - 1 if self.stale_links else self._links}/{found.path}",
+            }
+            return web.json_response({"ok": True, "result": result})
         if name == "answercallbackquery":
             if not params.get("callback_query_id"):
                 return _error(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
@@ -311,10 +383,16 @@ class FakeTelegram:
             ref = params.get(field_name)
             if upload is None and not ref:
                 return _error(400, f"Bad Request: there is no {field_name} in the request")
+            if upload is not None and name == "sendphoto":
+                refused = _photo_problem(upload.data)
+                if refused:
+                    return _error(400, f"Bad Request: {refused}")
             file_id = str(ref) if ref else f"FILE{next(self._file_ids)}"
             meta = {"file_id": file_id, "file_unique_id": f"U{file_id}"}
             if upload is not None:
                 meta["file_size"] = len(upload.data)
+                folder = {"sendphoto": "photos", "sendvoice": "voice", "sendaudio": "music", "sendvideo": "videos"}
+                self.add_file(file_id, upload.data, folder=folder.get(name, "documents"))
             if name == "sendphoto":
                 message["photo"] = [{**meta, "width": 90, "height": 90}]
             elif name == "sendsticker":
@@ -335,6 +413,19 @@ class FakeTelegram:
                     meta["file_name"] = upload.filename
                 message["document"] = meta
         return web.json_response({"ok": True, "result": message})
+
+
+def _photo_problem(data: bytes) -> str:
+    """What the Bot API says of an upload it will not take as a photo ("" when it takes it)."""
+    if len(data) > MAX_PHOTO:
+        return "PHOTO_SAVE_FILE_INVALID"
+    if not data.startswith(IMAGE_MAGIC):
+        return "IMAGE_PROCESS_FAILED"
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        if width + height > 10000 or max(width, height) > 20 * max(1, min(width, height)):
+            return "PHOTO_INVALID_DIMENSIONS"
+    return ""
 
 
 # -- building updates ------------------------------------------------------

@@ -1,12 +1,12 @@
-"""Files operators attach to replies: checked, kept in a NATS object store, served by link.
+"""Files operators attach to replies: checked and kept in a NATS object store.
 
 A file is stored as ``<session>/<file id>`` in the ``ol-desk-files`` object
-store (file storage, so it survives restarts of NATS and the desk). Its link,
-``/files/<session>/<file id>/<name>``, is what goes into the Outbound
-``attachments``: the webchat widget shows it, Telegram's gateway downloads it
-to upload it again, VK and e-mail send it as a link. The random 144-bit file
-id makes the link unguessable; it needs no sign-in because the client's
-channel must fetch it.
+store (file storage, so it survives restarts of NATS and the desk). The reply
+names it by reference (``Attachment.ref`` = ``ol-desk-files:<session>/<file
+id>``): each gateway reads the bytes from the store and sends them as the
+channel's own attachment (Telegram and VK uploads, an e-mail MIME part, a link
+the widget's gateway signs for that visitor). The desk's own link,
+``/files/<session>/<file id>/<name>``, is for operators who may read the chat.
 
 Files are kept for ``files_max_age_days`` (90 by default): the store's stream
 has that ``max_age``, so NATS itself deletes a file's chunks and metadata when
@@ -19,58 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
-import unicodedata
 from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectDeletedError, ObjectNotFoundError
+from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from openlines import subjects
+from openlines import files, subjects
 from openlines.envelopes import Attachment
 
 log = logging.getLogger("desk.files")
 
-Kind = Literal["image", "file", "audio", "video"]
+Kind = files.Kind
 
-# What operators may send, and how channels should treat it.
-ALLOWED_TYPES: dict[str, Kind] = {
-    "image/png": "image",
-    "image/jpeg": "image",
-    "image/gif": "image",
-    "image/webp": "image",
-    "application/pdf": "file",
-    "text/plain": "file",
-    "text/csv": "file",
-    "application/zip": "file",
-    "application/msword": "file",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "file",
-    "application/vnd.ms-excel": "file",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "file",
-    "application/vnd.oasis.opendocument.text": "file",
-    "application/vnd.oasis.opendocument.spreadsheet": "file",
-    "audio/mpeg": "audio",
-    "audio/ogg": "audio",
-    "video/mp4": "video",
-}
+# What operators may send, and how channels should treat it (shared with the widget's uploads).
+ALLOWED_TYPES: dict[str, Kind] = files.SENDABLE
 
-# Images are shown inline by browsers, so their bytes must be what the type says.
-_MAGIC: dict[str, tuple[bytes, ...]] = {
-    "image/png": (b"\x89PNG\r\n\x1a\n",),
-    "image/jpeg": (b"\xff\xd8\xff",),
-    "image/gif": (b"GIF87a", b"GIF89a"),
-    "image/webp": (b"RIFF",),
-}
-
-MAX_NAME = 120
-_UNSAFE = re.compile(r"[^\w.\- ()+,]", re.UNICODE)
+MAX_NAME = files.MAX_NAME
+clean_name = files.clean_name
 
 
 class FileRefused(ValueError):
@@ -99,7 +70,7 @@ class StoredFile:
             name=self.name,
             mime=self.mime,
             size=self.size,
-            ref=f"{subjects.OBJ_DESK_FILES}:{self.session_id}/{self.file_id}",
+            ref=files.ref(subjects.OBJ_DESK_FILES, f"{self.session_id}/{self.file_id}"),
             url=base_url.rstrip("/") + self.path,
         )
 
@@ -115,26 +86,13 @@ def _url_name(name: str) -> str:
     return quote(name, safe="")
 
 
-def clean_name(raw: str | None) -> str:
-    """A file name safe to show and to put in a header: no path, no control characters."""
-    # Browsers send the name as is (a quote as %22); some clients percent-encode all of it.
-    name = unquote(raw or "")
-    name = unicodedata.normalize("NFC", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
-    name = _UNSAFE.sub("_", name).strip(". ")
-    if len(name) > MAX_NAME:
-        stem, dot, ext = name.rpartition(".")
-        name = (stem[: MAX_NAME - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else name[:MAX_NAME]
-    return name or "file"
-
-
 def check(mime: str, head: bytes) -> None:
     if not head:
         raise FileRefused("the file is empty", status=400)
     if mime not in ALLOWED_TYPES:
         allowed = ", ".join(sorted(ALLOWED_TYPES))
         raise FileRefused(f"files of type {mime or 'unknown'!r} cannot be sent; allowed: {allowed}")
-    magic = _MAGIC.get(mime)
-    if (magic and not head.startswith(magic)) or (mime == "image/webp" and head[8:12] != b"WEBP"):
+    if mime.startswith("image/") and not files.image_matches(mime, head):
         raise FileRefused(f"the file says it is {mime} but its content is not")
 
 
@@ -150,20 +108,9 @@ class FileStore:
     @classmethod
     async def open(cls, js: JetStreamContext, *, max_age: float = 0.0, replicas: int = 1) -> FileStore:
         """The store, created with ``max_age`` if missing, or brought to it if it has another one."""
-        try:
-            store = await js.object_store(subjects.OBJ_DESK_FILES)
-        except (BucketNotFoundError, NotFoundError, BadRequestError):
-            store = await js.create_object_store(
-                subjects.OBJ_DESK_FILES,
-                config=js_api.ObjectStoreConfig(
-                    storage=js_api.StorageType.FILE,
-                    description="files operators attach to replies",
-                    ttl=max_age or None,
-                    replicas=replicas,
-                ),
-            )
-        else:
-            await _keep_for(js, max_age)
+        store = await files.open_store(
+            js, subjects.OBJ_DESK_FILES, description="files operators attach to replies", max_age=max_age, replicas=replicas
+        )
         return cls(store, max_age)
 
     async def put(self, session_id: str, name: str, mime: str, data: bytes) -> StoredFile:
@@ -197,22 +144,6 @@ class FileStore:
     def _oldest(self) -> float:
         """Files uploaded before this epoch second are past their age (NATS deletes them about now)."""
         return time.time() - self.max_age if self.max_age else 0.0
-
-
-async def _keep_for(js: JetStreamContext, max_age: float) -> None:
-    """Sets the store's stream ``max_age`` to the configured one when it differs."""
-    config = (await js.stream_info(f"OBJ_{subjects.OBJ_DESK_FILES}")).config
-    if abs((config.max_age or 0.0) - max_age) < 1e-3:
-        return
-    config.max_age = max_age
-    if max_age and config.duplicate_window and config.duplicate_window > max_age:
-        config.duplicate_window = max_age  # NATS refuses a duplicate window longer than the age
-    try:
-        await js.update_stream(config)
-    except BadRequestError as exc:
-        log.warning("could not change how long files are kept", extra={"max_age": max_age, "error": str(exc)})
-    else:
-        log.info("files are now kept for a new age", extra={"max_age": max_age})
 
 
 def _stored(session_id: str, file_id: str, info: js_api.ObjectInfo, oldest: float = 0.0) -> StoredFile | None:

@@ -46,7 +46,7 @@ from desk.live import Connection, Hub
 from desk.reads import PREVIOUS_SCAN_EVENTS, PREVIOUS_SHOWN, Reader, client_record, holds_client, is_token, previous_sessions
 from desk.settings import Settings
 from desk.supervise import overview, supervisor_problem
-from openlines import commands, subjects
+from openlines import commands, files, subjects
 from openlines.apply import load_lines
 from openlines.bus import kv_entries
 from openlines.commands import (
@@ -118,6 +118,8 @@ class Desk:
         self._guards: tuple[LoginLimiter, Revocations] | None = None
         self._files: FileStore | None = None
         self._opening = asyncio.Lock()
+        # Every file a transcript names, read by reference (clients' files from the gateways' stores, operators' from ours).
+        self.file_reader = files.Reader(reader.js)
 
     async def guards(self) -> tuple[LoginLimiter, Revocations]:
         if self._guards is None:
@@ -878,22 +880,83 @@ async def _read_file_part(request: web.Request, limit: int) -> tuple[str, str, b
 
 
 async def file_download(request: web.Request) -> web.StreamResponse:
-    """A file an operator sent; the link is the capability (clients' channels fetch it unsigned)."""
+    """A file an operator sent, for operators who may read the chat (the client's channel gets it by reference)."""
     desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
     sid = request.match_info["session_id"]
     fid = request.match_info["file_id"]
     if not is_token(sid) or not is_token(fid):
         raise ApiError(404, "not_found", "no such file")
+    await _readable_session(desk, user, sid)
     got = await (await desk.files()).get(sid, fid)
     if got is None:
         raise ApiError(404, "not_found", "no such file")
     stored, data = got
-    inline = stored.mime.startswith("image/")
-    disposition = f"{'inline' if inline else 'attachment'}; filename*=UTF-8''{quote(stored.name, safe='')}"
+    return _file_response(data, stored.name, stored.mime, download=not stored.mime.startswith("image/"), declared=True)
+
+
+async def api_file(request: web.Request) -> web.StreamResponse:
+    """``GET /api/sessions/<sid>/file?ref=<ref>[&download=1]``: a file the chat's transcript names.
+
+    Clients' files (what the gateways stored) and operators' alike, for operators
+    who may read the session: the reference must be one of this session's
+    attachments, so a reference seen elsewhere opens nothing here. Images,
+    audio and video the browser can show are served inline (previews,
+    players); anything else, and any file with ``download=1``, as a download.
+    """
+    desk = request.app[DESK]
+    user = await desk.api_user(request, changes=False)
+    sid = _session_id(request)
+    value = request.query.get("ref", "")
+    if files.parse_ref(value) is None:
+        raise ApiError(404, "not_found", "no such file")
+    entries = await _readable_session(desk, user, sid)
+    att = next((a for e in entries for a in e.attachments if a.ref == value), None)
+    if att is None:
+        raise ApiError(404, "not_found", "no such file in this chat")
+    try:
+        stored = await desk.file_reader.get(value)
+    except files.FileGone:
+        raise ApiError(404, "not_found", "the file is no longer kept") from None
+    except files.StoreUnavailable:
+        raise ApiError(503, "unavailable", "the file could not be read; try again") from None
+    name = att.name or stored.meta.name or att.kind
+    return _file_response(stored.data, name, att.mime or stored.meta.mime, download=request.query.get("download") == "1")
+
+
+async def _readable_session(desk: Desk, user: Authed, sid: str) -> list[HistoryEntry]:
+    session = await desk.reader.session(sid)
+    if session is None:
+        raise ApiError(404, "not_found", "no such session")
+    entries = await desk.reader.history(sid)
+    if await desk.may_read(user, session, entries):
+        return entries
+    # As its transcript page: a conversation filed in the built-in CRM is readable by whoever may open the CRM page.
+    if desk.settings.crm_backend == "builtin" and await desk.crm.session_filed(sid):
+        return entries
+    raise ApiError(403, "forbidden", "this session is not yours")
+
+
+def _file_response(data: bytes, name: str, mime: str, *, download: bool, declared: bool = False) -> web.Response:
+    """The bytes, never able to run as a page of the desk.
+
+    Shown inline only when a browser shows it as an image (the bytes checked),
+    or plays it as audio or video; anything else is a download, typed
+    ``application/octet-stream`` unless ``declared`` (our own allow-listed uploads).
+    """
+    shown = files.shown_as(mime, data[:16])
+    inline = shown is not None and not download
+    if shown == "image":
+        content_type = files.sniff_image(data[:16]) or mime
+    elif shown is not None or declared:
+        content_type = mime
+    else:
+        content_type = "application/octet-stream"
+    disposition = f"{'inline' if inline else 'attachment'}; filename*=UTF-8''{quote(files.clean_name(name), safe='')}"
     return web.Response(
         body=data,
         headers={
-            "Content-Type": stored.mime,
+            "Content-Type": content_type,
             "Content-Disposition": disposition,
             "Cache-Control": "private, max-age=86400",
             # Never run as a page of the desk, whatever the bytes are.
@@ -931,5 +994,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/sessions/{session_id}/pin", api_pin)
     app.router.add_post("/api/sessions/{session_id}/spam", api_spam)
     app.router.add_post("/api/sessions/{session_id}/files", api_upload)
+    app.router.add_get("/api/sessions/{session_id}/file", api_file)
     app.router.add_get("/api/directory", api_directory)
     app.router.add_get("/files/{session_id}/{file_id}/{name}", file_download)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from desk.auth import CSRF_FIELD
+from openlines import files
 
 _HEAD = """<!doctype html>
 <html lang="en">
@@ -343,7 +345,7 @@ def transcript_page(name: str, csrf: str, *, nav: Nav, session: dict[str, Any], 
             f'<li class="entry {escape(direction)}" data-testid="transcript-entry" data-direction="{escape(direction)}">'
             f'<div class="entry-head"><span class="who">{escape(str(who))}</span>'
             f'<time class="at">{_when(e.get("at"))}</time></div>'
-            f'<div class="text">{escape(str(e.get("text", "")))}</div>{_attachment_links(e)}</li>'
+            f'<div class="text">{escape(str(e.get("text", "")))}</div>{_attachment_links(str(session.get("id", "")), e)}</li>'
         )
     meta = (
         f"{escape(str(session.get('channel', '')))} · {escape(str(session.get('line_name', '')))} · "
@@ -356,13 +358,15 @@ def transcript_page(name: str, csrf: str, *, nav: Nav, session: dict[str, Any], 
     return _page("Conversation", "subpage", top, main)
 
 
-def _attachment_links(entry: dict[str, Any]) -> str:
+def _attachment_links(session_id: str, entry: dict[str, Any]) -> str:
+    """Links to the files we keep (served to whoever may read the chat); other attachments by name only."""
     links = []
     for a in entry.get("attachments") or []:
         label = escape(str(a.get("name") or a.get("kind") or "file"))
-        url = str(a.get("url") or "")
-        if url.startswith(("http://", "https://", "/")):
-            links.append(f'<a class="attachment" href="{escape(url)}" target="_blank" rel="noopener">{label}</a>')
+        ref = str(a.get("ref") or "")
+        if files.parse_ref(ref) is not None and session_id:
+            url = f"/api/sessions/{quote(session_id, safe='')}/file?ref={quote(ref, safe='')}&download=1"
+            links.append(f'<a class="attachment" href="{escape(url)}" data-testid="attachment-download">{label}</a>')
         else:
             links.append(f'<span class="attachment">{label}</span>')
     return f'<div class="attachments">{"".join(links)}</div>' if links else ""

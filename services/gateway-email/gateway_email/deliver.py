@@ -13,6 +13,11 @@ that record is acked without sending. The remaining window is a crash (or
 NATS outage) between the server's "250 accepted" and that KV write: the mail
 is then sent a second time, with the same Message-ID, which mail clients show
 as one message.
+
+Operators' files go as MIME attachments, read from the desk's store by
+reference (never from a link). A file that is no longer kept is left out and
+reported (``delivery_failed`` naming it); files together larger than
+``OPENLINES_EMAIL_ATTACHMENTS_MAX_BYTES`` make the reply ``delivery_failed``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
@@ -37,7 +44,7 @@ from gateway_email.mailboxes import Mailbox
 from gateway_email.normalise import CHANNEL
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, MessageRef, SentRecord, Store
-from openlines import subjects
+from openlines import files, subjects
 from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
 
 log = logging.getLogger("gateway_email.deliver")
@@ -53,8 +60,15 @@ class Permanent(Exception):
     """The server refused the mail for good (5xx)."""
 
 
-def compose(mb: Mailbox, out: Outbound, chat: ChatState | None) -> EmailMessage:
-    """The mail for one outbound message, threaded onto the client's last mail. Pure."""
+@dataclass(frozen=True, slots=True)
+class FilePart:
+    name: str
+    mime: str
+    data: bytes
+
+
+def compose(mb: Mailbox, out: Outbound, chat: ChatState | None, parts: Sequence[FilePart] = ()) -> EmailMessage:
+    """The mail for one outbound message, threaded onto the client's last mail, its files attached. Pure."""
     msg = EmailMessage()
     msg["From"] = formataddr((mb.from_name, mb.from_address)) if mb.from_name else mb.from_address
     msg["To"] = out.chat_id
@@ -70,11 +84,10 @@ def compose(mb: Mailbox, out: Outbound, chat: ChatState | None) -> EmailMessage:
         # RFC 3834 §5: mark our automatic answers so other robots do not answer them.
         msg["Auto-Submitted"] = "auto-replied"
         msg["X-Auto-Response-Suppress"] = "All"
-    text = out.text
-    links = [f"{a.name or 'file'}: {a.url}" for a in out.attachments if a.url]
-    if links:
-        text = "\n\n".join([text, *links]) if text else "\n".join(links)
-    msg.set_content(text or " ")
+    msg.set_content(out.text or " ")
+    for part in parts:
+        maintype, _, subtype = (part.mime if "/" in part.mime else "application/octet-stream").partition("/")
+        msg.add_attachment(part.data, maintype=maintype, subtype=subtype or "octet-stream", filename=part.name)
     return msg
 
 
@@ -100,6 +113,7 @@ class Outgoing:
         self.mailboxes = mailboxes
         self.settings = settings
         self.running = False
+        self.desk_files = files.Reader(js, timeout=settings.smtp_timeout, allowed=frozenset({subjects.OBJ_DESK_FILES}))
 
     def ready(self) -> str | None:
         return None if self.running else "outbound consumer not running"
@@ -183,7 +197,24 @@ class Outgoing:
                 await m.ack_sync()
                 log.info("automatic reply not sent (RFC 3834)", extra={"account": mb.account, "msg_id": out.id, "reason": reason})
                 return "suppressed"
-        mail = compose(mb, out, chat)
+        try:
+            parts, left_out = await self._files(out)
+        except Permanent as exc:
+            await self._failed(out, str(exc))
+            await self.store.record_sent(
+                SentRecord(out_id=out.id, message_id=message_id, status="failed", detail=str(exc)[:500], at=utcnow())
+            )
+            await m.ack_sync()
+            return "failed"
+        except Temporary as exc:
+            log.warning("operator files not readable now, will retry", extra={"msg_id": out.id, "error": str(exc)})
+            await m.nak(delay=self.settings.smtp_backoff)
+            return "retry"
+        if left_out and not parts and not out.text.strip():
+            await self._failed(out, "; ".join(left_out))
+            await m.ack_sync()
+            return "failed"
+        mail = compose(mb, out, chat, parts)
         try:
             await self._send(mb, mail)
         except Temporary as exc:
@@ -221,9 +252,38 @@ class Outgoing:
                 out_id=out.id,
             )
         )
+        if left_out:  # sent without them: the operator is told which files did not go, and why
+            await self._failed(out, "sent without " + "; ".join(left_out))
         await m.ack_sync()
         log.info("mail sent", extra={"channel": CHANNEL, "account": mb.account, "msg_id": out.id, "session": out.session_id})
         return "sent"
+
+    async def _files(self, out: Outbound) -> tuple[list[FilePart], list[str]]:
+        """The operator's files as MIME parts, and what was left out (with the reason)."""
+        parts: list[FilePart] = []
+        left_out: list[str] = []
+        limit = self.settings.email_attachments_max_bytes
+        total = 0
+        for att in out.attachments:
+            name = files.clean_name(att.name or att.kind)
+            parsed = files.parse_ref(att.ref)
+            if parsed is None or parsed[0] != subjects.OBJ_DESK_FILES:
+                left_out.append(f"{name!r}: not a file uploaded to the desk (links are never fetched)")
+                continue
+            try:
+                stored = await self.desk_files.get(att.ref, max_bytes=limit)
+            except files.FileTooLarge as exc:
+                raise Permanent(f"{name!r} is {exc.size} bytes; a reply's files may be {limit} bytes together") from None
+            except files.FileGone:
+                left_out.append(f"{name!r}: no longer in the desk's file store")
+                continue
+            except files.StoreUnavailable as exc:
+                raise Temporary(f"{name!r}: {exc}") from None
+            total += stored.size
+            if total > limit:
+                raise Permanent(f"the files are more than {limit} bytes together; mail servers refuse such mails")
+            parts.append(FilePart(name=name, mime=att.mime or stored.meta.mime or "application/octet-stream", data=stored.data))
+        return parts, left_out
 
     async def _send(self, mb: Mailbox, mail: EmailMessage) -> None:
         login = mb.smtp_login

@@ -35,7 +35,7 @@ from gateway_email.normalise import (
 )
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, Cursor, Lease, MessageRef, Store
-from openlines import bus, subjects
+from openlines import bus, files, subjects
 from openlines.envelopes import MSG_ID_HEADER, Attachment, SessionEvent, encode, utcnow
 
 log = logging.getLogger("gateway_email.inbound")
@@ -286,11 +286,8 @@ class MailboxWorker:
         if att.data is None:
             return attachment_envelope(att, ref="")
         key = att.object_key(self.account)
-        try:
-            await self.store.files.get_info(key)
-        except Exception:  # not stored yet
-            await self.store.files.put(key, att.data)
-        return attachment_envelope(att, ref=key)
+        await files.put_once(self.store.files, key, att.data, files.Meta(name=att.name, mime=att.mime))
+        return attachment_envelope(att, ref=files.ref(subjects.OBJ_EMAIL_FILES, key))
 
     async def _report(self, mail: Mail) -> None:
         """A machine's mail (bounce, read receipt, complaint, vacation reply, bulk): never a chat.

@@ -34,7 +34,7 @@ EMAIL = web.AppKey("email", Email)
 async def setup(svc: Service[Settings]) -> None:
     s = svc.settings
     mailboxes = load_mailboxes(s.email_mailboxes)
-    store = await Store(svc.js).open(lease_ttl=s.lease_ttl, replicas=s.replicas)
+    store = await Store(svc.js).open(lease_ttl=s.lease_ttl, replicas=s.replicas, files_max_age=s.files_max_age_days * 86400)
     owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     stopping = asyncio.Event()
     workers = {acc: MailboxWorker(svc.js, store, mb, s, owner) for acc, mb in mailboxes.items()}

@@ -24,6 +24,9 @@ class Settings(BaseSettings, kw_only=True):
     smtp_attempts: int = 12  # temporary SMTP failures are retried this many times, then reported as failed
     smtp_backoff: float = 5.0  # first retry delay; doubles up to smtp_backoff_max
     smtp_backoff_max: float = 600.0
+    # Operators' files go as MIME parts; mail servers commonly take 25 MB a mail, and base64 adds a third.
+    email_attachments_max_bytes: int = 15 * MIB  # all files of one reply together; more -> delivery_failed
+    files_max_age_days: float = 90  # how long clients' attachments are kept in ol-email-files (0 = forever)
 
     def __post_init__(self) -> None:
         if not self.email_mailboxes.strip():
@@ -34,6 +37,8 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_IDLE_RENEW must be below 1740 s (29 minutes, RFC 2177)")
         if self.smtp_attempts < 1:
             raise ValueError("OPENLINES_SMTP_ATTEMPTS must be >= 1")
+        if self.email_attachments_max_bytes < 1 or self.files_max_age_days < 0:
+            raise ValueError("OPENLINES_EMAIL_ATTACHMENTS_MAX_BYTES must be >= 1 and OPENLINES_FILES_MAX_AGE_DAYS >= 0")
         from gateway_email.mailboxes import load_mailboxes
 
         load_mailboxes(self.email_mailboxes)  # fail at start-up, naming the mailbox and key at fault

@@ -6,7 +6,7 @@
   client's thread and loop-guard flag; ``sent.<digest>`` -> an outbound mail sent, refused or suppressed |
 | ``ol-email-messages`` | KV | ``m.<digest(account, Message-ID)>`` -> which chat/session a Message-ID belongs to |
 | ``ol-email-leases`` | KV, TTL = lease ttl | ``<account>`` -> the replica that owns the mailbox |
-| ``ol-email-files`` | object store | ``<account>/<sha256>`` -> attachment bytes (``Attachment.ref``) |
+| ``ol-email-files`` | object store | ``<account>/<sha256>`` -> attachment bytes (``Attachment.ref`` = ``ol-email-files:<key>``) |
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from gateway_email.core.replies import digest
-from openlines import subjects
+from openlines import files, subjects
 from openlines.bus import kv_get, kv_update
 
 log = logging.getLogger("gateway_email.store")
@@ -95,18 +95,15 @@ class Store:
         self.leases: KeyValue
         self.files: ObjectStore
 
-    async def open(self, *, lease_ttl: float, replicas: int = 1) -> Store:
+    async def open(self, *, lease_ttl: float, replicas: int = 1, files_max_age: float = 0.0) -> Store:
         self.state = await _kv(self.js, js_api.KeyValueConfig(bucket=KV_STATE, history=1, replicas=replicas))
         self.messages = await _kv(
             self.js, js_api.KeyValueConfig(bucket=KV_MESSAGES, history=1, replicas=replicas, ttl=400 * 86400.0)
         )
         self.leases = await _kv(self.js, js_api.KeyValueConfig(bucket=KV_LEASES, history=1, replicas=replicas, ttl=lease_ttl))
-        try:
-            self.files = await self.js.object_store(OBJ_FILES)
-        except (BucketNotFoundError, NotFoundError):
-            self.files = await self.js.create_object_store(
-                OBJ_FILES, config=js_api.ObjectStoreConfig(storage=js_api.StorageType.FILE, replicas=replicas)
-            )
+        self.files = await files.open_store(
+            self.js, OBJ_FILES, description="attachments of clients' mails", max_age=files_max_age, replicas=replicas
+        )
         return self
 
     # -- cursor ------------------------------------------------------------

@@ -7,14 +7,13 @@ records each delivered part so a redelivery resumes after it.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
-import nats.errors
 from aiogram import Bot
 from aiogram.exceptions import (
     ClientDecodeError,
     TelegramAPIError,
+    TelegramBadRequest,
     TelegramEntityTooLarge,
     TelegramNetworkError,
     TelegramRetryAfter,
@@ -22,11 +21,9 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile, InputFile, Message
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectDeletedError, ObjectNotFoundError
-from nats.js.object_store import ObjectStore
 
 from gateway_telegram.core.split import split_text
-from openlines import subjects
+from openlines import files, subjects
 from openlines.envelopes import Attachment, Outbound
 
 
@@ -65,6 +62,10 @@ class Part:
             return "sendMessage"
         return _METHODS.get(self.attachment.kind, "sendDocument")
 
+
+PHOTO_MAX_BYTES = 10 * 1024 * 1024  # sendPhoto: at most 10 MB, width + height <= 10000, ratio <= 20
+# Bot API answers to a photo it will not take as one (the file then goes as a document).
+PHOTO_REFUSALS = ("PHOTO_INVALID_DIMENSIONS", "PHOTO_SAVE_FILE_INVALID", "IMAGE_PROCESS_FAILED", "PHOTO_EXT_INVALID")
 
 _METHODS = {
     "image": "sendPhoto",
@@ -117,52 +118,40 @@ class Files:
     """
 
     def __init__(self, js: JetStreamContext, max_bytes: int, timeout: float) -> None:
-        self.js = js
         self.max_bytes = max_bytes
-        self.timeout = timeout
-        self._store: ObjectStore | None = None
+        self.reader = files.Reader(js, timeout=timeout, allowed=frozenset({subjects.OBJ_DESK_FILES}))
 
-    async def fetch(self, att: Attachment) -> InputFile:
-        key = desk_file_key(att.ref)
+    async def fetch(self, att: Attachment) -> BufferedInputFile:
         name = att.name or "file"
-        if key is None:
+        if desk_file_key(att.ref) is None:
             raise Permanent(f"attachment {name!r}: not a file uploaded to the desk")
         try:
-            async with asyncio.timeout(self.timeout):
-                if self._store is None:
-                    self._store = await self.js.object_store(subjects.OBJ_DESK_FILES)
-                info = await self._store.get_info(key)
-                if (info.size or 0) > self.max_bytes:
-                    raise Permanent(f"attachment {name!r} is larger than {self.max_bytes} bytes")
-                result = await self._store.get(key)
-        except (ObjectNotFoundError, ObjectDeletedError, BucketNotFoundError, NotFoundError):
+            stored = await self.reader.get(att.ref, max_bytes=self.max_bytes)
+        except files.FileTooLarge:
+            raise Permanent(f"attachment {name!r} is larger than {self.max_bytes} bytes") from None
+        except files.FileGone:
             raise Permanent(f"attachment {name!r}: no longer in the desk's file store") from None
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise Transient(f"attachment {name!r}: {type(exc).__name__}") from None
-        if result.data is None:
-            raise Permanent(f"attachment {name!r}: no longer in the desk's file store")
-        return BufferedInputFile(result.data, filename=name)
+        except files.StoreUnavailable as exc:
+            raise Transient(f"attachment {name!r}: {exc}") from None
+        return BufferedInputFile(stored.data, filename=name)
 
     async def close(self) -> None:
-        self._store = None
+        return None
 
 
 def desk_file_key(ref: str) -> str | None:
     """``<session>/<file id>`` of a file in the desk's store, from ``ol-desk-files:<session>/<file id>``; else None."""
-    store, sep, key = ref.partition(":")
-    if not sep or store != subjects.OBJ_DESK_FILES:
+    parsed = files.parse_ref(ref)
+    if parsed is None or parsed[0] != subjects.OBJ_DESK_FILES:
         return None
-    session, slash, file_id = key.partition("/")
-    if not slash or not session or not file_id or "/" in file_id or ".." in key:
-        return None
-    return key
+    return parsed[1]
 
 
-async def send_part(bot: Bot, chat_id: str, part: Part, files: Files) -> int:
+async def send_part(bot: Bot, chat_id: str, part: Part, store: Files) -> int:
     """Make one Bot API call; the Telegram message id. Raises Permanent | Transient | RetryAfter."""
     chat = chat_ref(chat_id)
     try:
-        msg = await _call(bot, chat, part, files)
+        msg = await _call(bot, chat, part, store)
     except (Permanent, Transient, RetryAfter):
         raise
     except Exception as exc:
@@ -170,7 +159,7 @@ async def send_part(bot: Bot, chat_id: str, part: Part, files: Files) -> int:
     return msg.message_id
 
 
-async def _call(bot: Bot, chat: int | str, part: Part, files: Files) -> Message:
+async def _call(bot: Bot, chat: int | str, part: Part, store: Files) -> Message:
     att = part.attachment
     if att is None:
         return await bot.send_message(chat_id=chat, text=part.text)
@@ -187,14 +176,22 @@ async def _call(bot: Bot, chat: int | str, part: Part, files: Files) -> Message:
             raise Permanent("contact attachment without phone and first_name")
         return await bot.send_contact(chat_id=chat, phone_number=phone, first_name=first, last_name=extra.get("last_name"))
     if desk_file_key(att.ref) is not None:
-        media: InputFile | str = await files.fetch(att)
-    elif att.ref:
+        media: InputFile | str = await store.fetch(att)
+    elif att.ref and files.parse_ref(att.ref) is None:
         media = att.ref  # a Telegram file id: Telegram reuses the stored file
     else:
         name = att.name or att.kind
         raise Permanent(f"attachment {name!r}: not a file uploaded to the desk nor a Telegram file id (links are never fetched)")
     if att.kind == "image":
-        return await bot.send_photo(chat_id=chat, photo=media)
+        if att.size > PHOTO_MAX_BYTES:
+            return await bot.send_document(chat_id=chat, document=media)  # Telegram takes photos up to 10 MB
+        try:
+            return await bot.send_photo(chat_id=chat, photo=media)
+        except TelegramBadRequest as exc:
+            if not any(code in exc.message for code in PHOTO_REFUSALS):
+                raise
+        # Too many pixels, too narrow, or not decodable as a photo: the same file as a document.
+        return await bot.send_document(chat_id=chat, document=media)
     if att.kind == "voice":
         return await bot.send_voice(chat_id=chat, voice=media)
     if att.kind == "audio":

@@ -2,7 +2,8 @@
 
 A request is handled top to bottom: find the bot -> check the secret header
 -> read at most ``max_body`` bytes -> parse (aiogram ``Update``) -> normalise
--> publish with ``Nats-Msg-Id`` -> answer 200 **only after the PubAck**.
+-> keep the client's files (``keep.py``) -> publish with ``Nats-Msg-Id`` ->
+answer 200 **only after the PubAck**.
 NATS unreachable -> 503, so Telegram keeps the update and retries.
 More requests than the replica takes at once (``OPENLINES_MAX_IN_FLIGHT``
 being handled, ``OPENLINES_MAX_WAITING`` waiting) -> 503 with ``Retry-After``
@@ -24,6 +25,7 @@ from nats.js import JetStreamContext
 
 from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
+from gateway_telegram.keep import InboundFiles
 from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
 from gateway_telegram.settings import Settings
 from openlines import admission, bus
@@ -56,6 +58,7 @@ class TelegramHttp:
         self._idle.set()
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self.admission = admission.Admission("telegram", settings.limits())
+        self.files = InboundFiles(settings, js, pool)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(WEBHOOK_PATH, self.webhook)
@@ -110,7 +113,12 @@ class TelegramHttp:
             self._in_flight += 1
             self._idle.clear()
             try:
-                duplicate = await self._publish(result.inbound)
+                inbound = result.inbound
+                bot = self.pool.bot(account)
+                if inbound.attachments and bot is not None:
+                    # The client's files are fetched and kept before the message is published (keep.py says why).
+                    inbound = await self.files.keep(account, bot, inbound)
+                duplicate = await self._publish(inbound)
             except Unavailable as exc:
                 retry_after = admission.retry_after_header(self.settings.retry_after)
                 return self._refuse(503, "unavailable", str(exc), account, retry_after)

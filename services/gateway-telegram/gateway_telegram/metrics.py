@@ -18,3 +18,8 @@ DELIVERED = Counter("openlines_telegram_delivered_total", "Outbound messages ful
 FAILED = Counter("openlines_telegram_delivery_failed_total", "Outbound messages given up (delivery_failed)", ["account"])
 RETRIES = Counter("openlines_telegram_retries_total", "Bot API sends retried", ["reason"])
 HELD = Gauge("openlines_telegram_outbound_held", "Outbound messages this replica holds (sending or waiting their turn)")
+FILES = Counter(
+    "openlines_telegram_client_files_total",
+    "Files clients sent: kept in ol-tg-files, or not kept (the operator is told why)",
+    ["account", "result"],
+)

@@ -20,6 +20,10 @@ class Settings(BaseSettings, kw_only=True):
     admission_wait: float = admission.DEFAULT_WAIT  # seconds one may wait
     retry_after: int = admission.DEFAULT_RETRY_AFTER  # seconds, the Retry-After of a refusal
     telegram_timeout: float = 30.0  # seconds per Bot API request
+    # Clients' files (docs/channels/telegram.md, "Files"): fetched before the message is published.
+    telegram_file_max_bytes: int = 20 * 1024 * 1024  # larger files stay at Telegram (the cloud Bot API: 20 MB at most)
+    telegram_file_timeout: float = 20.0  # seconds to fetch one file (getFile + download); slower ones stay at Telegram
+    files_max_age_days: float = 90  # how long clients' files are kept in ol-tg-files (0 = forever)
     # Outbound
     telegram_consumer: str = "gateway-telegram"  # durable consumer name, shared by all replicas
     telegram_in_flight: int = 256  # outbound messages held (being sent or waiting their turn) per replica
@@ -43,6 +47,11 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_TELEGRAM_*_RATE must be > 0 and OPENLINES_TELEGRAM_CHAT_BURST >= 1")
         if self.telegram_in_flight < 1 or self.telegram_max_attempts < 1:
             raise ValueError("OPENLINES_TELEGRAM_IN_FLIGHT and OPENLINES_TELEGRAM_MAX_ATTEMPTS must be >= 1")
+        if self.telegram_file_max_bytes < 0 or self.telegram_file_timeout <= 0 or self.files_max_age_days < 0:
+            raise ValueError(
+                "OPENLINES_TELEGRAM_FILE_MAX_BYTES and OPENLINES_FILES_MAX_AGE_DAYS must be >= 0, "
+                "OPENLINES_TELEGRAM_FILE_TIMEOUT > 0"
+            )
         self.limits()  # raises with the variables named
 
     def limits(self) -> admission.Limits:

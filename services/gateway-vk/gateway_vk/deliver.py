@@ -8,6 +8,10 @@ message: VK drops a send whose ``random_id`` it has already seen.
 
 Messages of one chat are sent in stream order within a replica (one lock per
 chat); different chats and communities go in parallel.
+
+Operators' files go as VK attachments (``media.py`` uploads them), on the
+last part of the text. A file VK takes in no form is left out, the rest is
+sent, and a ``delivery_failed`` event names the file and why.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from nats.js import api as js_api
 
 from gateway_vk import metrics
 from gateway_vk.core.outbound import backoff, random_id, split_text
+from gateway_vk.media import Media, Refused
+from gateway_vk.media import Unavailable as MediaUnavailable
 from gateway_vk.normalise import CHANNEL
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
@@ -45,20 +51,15 @@ class Transient(Exception):
     """VK did not take it now; it may later."""
 
 
-def message_text(out: Outbound) -> str:
-    """The text VK gets: attachments (which VK only takes as uploaded media) become links."""
-    lines = [out.text] if out.text.strip() else []
-    for a in out.attachments:
-        if a.url:
-            lines.append(f"{a.name}: {a.url}" if a.name else a.url)
-    return "\n".join(lines)
+MAX_ATTACHMENTS = 10  # messages.send takes at most 10 attachments
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, js: JetStreamContext, apis: dict[str, CommunityApi]) -> None:
+    def __init__(self, settings: Settings, js: JetStreamContext, apis: dict[str, CommunityApi], media: Media) -> None:
         self.settings = settings
         self.js = js
         self.apis = apis
+        self.media = media
         self.stopping = asyncio.Event()
         self._psub: JetStreamContext.PullSubscription | None = None
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -191,19 +192,63 @@ class Deliverer:
             peer_id = int(out.chat_id)
         except ValueError:
             raise Permanent(f"chat id {out.chat_id!r} is not a VK peer id") from None
-        text = message_text(out)
-        if not text.strip():
+        attachments, left_out = await self._upload_all(api, peer_id, out, msg)
+        if not out.text.strip() and not attachments:
+            if left_out:
+                raise Permanent("; ".join(left_out))
             log.warning("empty outbound message skipped", extra={"channel": CHANNEL, "account": account, "msg_id": out.id})
             return
-        parts = split_text(text, self.settings.vk_max_text)
+        parts = split_text(out.text, self.settings.vk_max_text) if out.text.strip() else [""]
         for index, part in enumerate(parts):
             values = {"peer_id": str(peer_id), "random_id": str(random_id(out.id, index)), "message": part}
+            if index == len(parts) - 1 and attachments:
+                values["attachment"] = ",".join(attachments)
             try:
                 await self._call_with_retries(api, values, msg)
             except Permanent as exc:
                 where = f" (part {index + 1} of {len(parts)})" if len(parts) > 1 else ""
                 raise Permanent(f"{exc}{where}") from None
             metrics.SENT.labels(account).inc()
+        if left_out:
+            # Sent without them: the operator is told which files did not go, and why.
+            await self._report(out, account, "sent without " + "; ".join(left_out), msg)
+
+    async def _upload_all(self, api: CommunityApi, peer_id: int, out: Outbound, msg: Msg) -> tuple[list[str], list[str]]:
+        """VK attachment strings for the operator's files, and what was left out (with the reason)."""
+        attachments: list[str] = []
+        left_out: list[str] = []
+        for att in out.attachments:
+            name = att.name or att.kind
+            if len(attachments) >= MAX_ATTACHMENTS:
+                left_out.append(f"{name!r}: VK takes at most {MAX_ATTACHMENTS} files per message")
+                continue
+            try:
+                upload = await self.media.read(att)
+                attachments.append(await self.media.upload(api, peer_id, upload))
+            except Refused as exc:
+                left_out.append(str(exc))
+            except MediaUnavailable as exc:
+                raise Transient(f"file {name!r}: {exc}") from None
+            with contextlib.suppress(Exception):
+                await msg.in_progress()  # uploads take a while: keep ack_wait from running out
+        return attachments, left_out
+
+    async def _report(self, out: Outbound, account: str, reason: str, msg: Msg) -> None:
+        event = SessionEvent(
+            id=f"delivery_failed:{out.id}",
+            kind="delivery_failed",
+            at=utcnow(),
+            session_id=out.session_id,
+            channel=CHANNEL,
+            account=account,
+            chat_id=out.chat_id,
+            operator_id=out.operator_id,
+            reason=reason[:1000],
+        )
+        metrics.DELIVERY_FAILED.labels(account, "file").inc()
+        log.warning("files left out", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "reason": reason})
+        with contextlib.suppress(Exception):  # the message itself is delivered; a lost report must not resend it
+            await self.js.publish(subjects.event("delivery_failed"), encode(event), headers={MSG_ID_HEADER: event.id})
 
     async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> None:
         last: Exception | None = None

@@ -2,7 +2,8 @@
 
 A request is handled top to bottom: read (1 MiB at most) -> parse the
 envelope -> verify group and secret -> confirmation or event -> normalise ->
-publish with ``Nats-Msg-Id`` -> answer ``ok`` only after the PubAck.
+keep the client's files (``media.py``) -> publish with ``Nats-Msg-Id`` ->
+answer ``ok`` only after the PubAck.
 
 Anything but ``ok`` makes VK send the event again (with ``X-Retry-Counter``),
 so a replica at capacity (``OPENLINES_MAX_IN_FLIGHT`` being handled,
@@ -21,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from gateway_vk import metrics
+from gateway_vk.media import Media
 from gateway_vk.normalise import (
     CHANNEL,
     Callback,
@@ -54,6 +56,7 @@ class CallbackHttp:
         communities: dict[str, Community],
         lookups: dict[str, CommunityApi],
         profiles: Profiles,
+        media: Media,
     ) -> None:
         self.settings = settings
         self.nc = nc
@@ -61,6 +64,7 @@ class CallbackHttp:
         self.communities = communities
         self.lookups = lookups
         self.profiles = profiles
+        self.media = media
         self.stopping = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -198,6 +202,9 @@ class CallbackHttp:
             return unavailable
         name = await self.profiles.name(self.lookups[account], message.from_id)
         inbound = to_inbound(account, key, message, name, utcnow())
+        if inbound.attachments:
+            # The client's photos, documents and voice messages are fetched and kept first (media.py says why).
+            inbound = await self.media.keep(account, inbound)
         try:
             ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
         except bus.BusUnavailable as exc:
@@ -230,6 +237,9 @@ class CallbackHttp:
         """Answer 503 to new events (VK retries them elsewhere or later) and let in-flight publishes finish."""
         self.stopping = True
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + self.settings.profile_timeout + 1)
+            await asyncio.wait_for(
+                self._idle.wait(),
+                timeout=self.settings.publish_timeout + self.settings.profile_timeout + self.settings.vk_file_timeout + 1,
+            )
         except TimeoutError:
             log.warning("stopping with callback requests still in flight")

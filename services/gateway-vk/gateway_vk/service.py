@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway_vk.deliver import Deliverer
 from gateway_vk.http import CallbackHttp
+from gateway_vk.media import Media
 from gateway_vk.profiles import Profiles
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi
@@ -40,9 +41,10 @@ async def setup(svc: Service[Settings]) -> None:
         lookups[account] = CommunityApi(community, settings, name="lookup", timeout=max(1.0, 2 * settings.profile_timeout))
         lookups[account].share_bucket(senders[account])
     profiles = Profiles(ttl=settings.profile_ttl, timeout=settings.profile_timeout)
-    edge = CallbackHttp(settings, svc.nc, svc.js, communities, lookups, profiles)
+    media = Media(settings, svc.js)
+    edge = CallbackHttp(settings, svc.nc, svc.js, communities, lookups, profiles, media)
     edge.routes(svc.app)
-    deliverer = Deliverer(settings, svc.js, senders)
+    deliverer = Deliverer(settings, svc.js, senders, media)
     svc.app[VK] = Vk(communities=communities, senders=senders, lookups=lookups, edge=edge, deliverer=deliverer)
     svc.spawn(deliverer.run(), name="vk-outbound")
 
@@ -56,5 +58,6 @@ async def setup(svc: Service[Settings]) -> None:
     svc.ready_check(ready)
     # on_stop runs in reverse order: refuse new callbacks, finish deliveries, then drop the threads.
     svc.on_stop(close_pools)
+    svc.on_stop(media.close)
     svc.on_stop(deliverer.stop)
     svc.on_stop(edge.shutdown)

@@ -17,6 +17,8 @@ from openlines import admission, secretcheck, subjects
 from openlines.settings import BaseSettings
 
 DEFAULT_API_URL = "https://api.vk.ru"
+# VK's own domains: the only hosts a file link in a callback is fetched from (and uploads go to).
+DEFAULT_FILE_HOSTS = "vk.com,vk.ru,userapi.com,vkuser.net,vk-cdn.net,vkuserphoto.ru,vkuseraudio.net,vkuservideo.net,mycdn.me"
 GROUPS_VAR = "OPENLINES_VK_GROUPS"
 
 
@@ -113,6 +115,12 @@ class Settings(BaseSettings, kw_only=True):
     retry_attempts: int = 5  # API tries inside one delivery before the message is handed back to JetStream
     redeliver_delay: float = 60.0  # ...which redelivers it after this many seconds
     max_deliveries: int = 10  # JetStream deliveries before a retryable failure counts as permanent
+    # Files (docs/channels/vk.md, "Files"). Clients' files are fetched before the message is published.
+    vk_file_hosts: str = DEFAULT_FILE_HOSTS  # hosts (and their subdomains, https) file links may point to
+    vk_file_max_bytes: int = 50 * 1024 * 1024  # larger client files stay on VK's servers
+    vk_file_timeout: float = 10.0  # seconds to fetch one client file (or upload one operator file)
+    vk_upload_max_bytes: int = 50 * 1024 * 1024  # operator files larger than this are not sent
+    files_max_age_days: float = 90  # how long clients' files are kept in ol-vk-files (0 = forever)
 
     def __post_init__(self) -> None:
         if self.vk_rate <= 0 or self.vk_concurrency < 1:
@@ -121,12 +129,25 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_VK_MAX_TEXT must be >= 100")
         if not self.vk_api_url.startswith(("http://", "https://")):
             raise ValueError("OPENLINES_VK_API_URL must be an http(s) URL")
+        if self.vk_file_max_bytes < 0 or self.vk_upload_max_bytes < 1 or self.vk_file_timeout <= 0:
+            raise ValueError(
+                "OPENLINES_VK_FILE_MAX_BYTES must be >= 0, OPENLINES_VK_UPLOAD_MAX_BYTES >= 1, OPENLINES_VK_FILE_TIMEOUT > 0"
+            )
+        if self.files_max_age_days < 0:
+            raise ValueError("OPENLINES_FILES_MAX_AGE_DAYS must be >= 0")
+        for entry in self.file_hosts():
+            if "://" in entry and not entry.startswith(("http://", "https://")):
+                raise ValueError(f"OPENLINES_VK_FILE_HOSTS: {entry!r} is neither a host name nor an http(s) origin")
         self.limits()  # raises with the variables named
         # Parsed here so a bad list stops the start with the variable named.
         parse_groups(self.vk_groups)
 
     def limits(self) -> admission.Limits:
         return admission.Limits(self.max_in_flight, self.max_waiting, self.admission_wait, self.retry_after)
+
+    def file_hosts(self) -> tuple[str, ...]:
+        """Host names (with their subdomains, https only) and exact origins (``http://127.0.0.1:8080``)."""
+        return tuple(h.strip().lower().rstrip("/") for h in self.vk_file_hosts.split(",") if h.strip())
 
     def communities(self) -> dict[str, Community]:
         return parse_groups(self.vk_groups)

@@ -1,4 +1,4 @@
-"""The edge: ``/ws/{account}`` (visitor protocol), ``/widget.js`` and ``/demo``.
+"""The edge: ``/ws/{account}`` (visitor protocol), ``/files/...`` (files.py), ``/widget.js`` and ``/demo``.
 
 A visitor frame is handled top to bottom: parse -> normalise -> publish with
 ``Nats-Msg-Id`` -> answer ``ack`` only after JetStream acknowledged it.
@@ -27,20 +27,24 @@ import logging
 import time
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import msgspec
-from aiohttp import WSMsgType, web
+import nats.errors
+from aiohttp import BodyPartReader, WSMsgType, web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from gateway_webchat import metrics, token
 from gateway_webchat.core import address, limits
+from gateway_webchat.files import BadLink, Links, VisitorFiles, owns
 from gateway_webchat.lines import BoundAccounts
 from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, parse_frame, to_inbound
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
-from openlines import admission, bus, subjects
-from openlines.envelopes import utcnow
+from openlines import admission, bus, files, subjects
+from openlines.envelopes import Attachment, utcnow
+from openlines.runner import json_error
 
 log = logging.getLogger("gateway_webchat.http")
 
@@ -62,12 +66,29 @@ _PUBLISHED_NEW = metrics.MESSAGES_PUBLISHED.labels("false")  # resolved once: th
 _PUBLISHED_DUPLICATE = metrics.MESSAGES_PUBLISHED.labels("true")
 
 
+# The upload answers: the widget calls from the customer's site, with its token (never cookies).
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+}
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+
+
 def _not_sent(client_id: str) -> str:
     return frame(type="error", id=client_id, code="unavailable", detail="message not sent, please retry")
 
 
 class WebchatHttp:
-    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, hub: Hub, bound: BoundAccounts) -> None:
+    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, hub: Hub, bound: BoundAccounts, links: Links) -> None:
         self.settings = settings
         self.nc = nc
         self.js = js
@@ -78,6 +99,10 @@ class WebchatHttp:
         # Per replica, in memory (docs/channels/webchat.md, "Abuse limits", says why).
         self.message_limit = limits.Buckets(settings.message_rate())
         self.new_visitor_limit = limits.Buckets(settings.new_visitor_rate())
+        self.upload_limit = limits.Buckets(settings.upload_rate())
+        self.links = links
+        self.files = VisitorFiles(js, max_age=settings.files_max_age_days * 86400, replicas=settings.replicas)
+        self.upload_types = settings.upload_types()
         self.stopping = False
         self.admission = admission.Admission("webchat", settings.limits())
         self._sockets = 0  # handshakes under way + open sockets
@@ -89,6 +114,9 @@ class WebchatHttp:
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/ws/{account}", self.websocket)
+        app.router.add_post("/files/{account}", self.upload)
+        app.router.add_route("OPTIONS", "/files/{account}", self.upload_preflight)
+        app.router.add_get("/files/{claim}/{signature}/{name}", self.download)
         app.router.add_get("/widget.js", self.widget)
         app.router.add_get("/demo", self.demo)
 
@@ -153,7 +181,7 @@ class WebchatHttp:
             self.hub.add(sock)
             await sock.write(welcome)
             try:
-                await replay(self.js, sock)
+                await replay(self.js, sock, self.links)
             except Exception as exc:  # NATS down or slow: the widget reconnects with backoff
                 log.warning("replay failed", extra={"channel": CHANNEL, "account": sock.account, "error": repr(exc)})
                 sock.send(frame(type="error", code="unavailable", detail="history not available, reconnecting"))
@@ -290,6 +318,7 @@ class WebchatHttp:
             visitor=visitor.visitor,
             new=new,
             max_text=self.settings.max_text,
+            max_upload=self.settings.webchat_upload_max_bytes,
             expires_at=visitor.issued_at + self.settings.visitor_ttl,
         )
         return sock, welcome
@@ -352,7 +381,18 @@ class WebchatHttp:
         if self.stopping:
             metrics.PUBLISH_FAILURES.labels("stopping").inc()
             return _not_sent(msg.id)
-        inbound = to_inbound(sock.account, sock.visitor, msg, utcnow())
+        attachments: list[Attachment] = []
+        for file_id in msg.files:
+            try:
+                att = await self.files.attachment(sock.account, sock.visitor, file_id)
+            except (files.StoreUnavailable, nats.errors.Error):
+                metrics.PUBLISH_FAILURES.labels("files").inc()
+                return _not_sent(msg.id)
+            if att is None:
+                detail = "a file of this message is not (or no longer) uploaded; attach it again"
+                return frame(type="error", id=msg.id, code="bad_file", detail=detail)
+            attachments.append(att)
+        inbound = to_inbound(sock.account, sock.visitor, msg, utcnow(), attachments)
         try:
             ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
         except bus.BusUnavailable as exc:  # the visitor sees "not sent" at once and may retry
@@ -370,6 +410,134 @@ class WebchatHttp:
             extra={"channel": CHANNEL, "account": sock.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},
         )
         return frame(type="ack", id=msg.id, status="sent", duplicate=duplicate)
+
+    # -- files ------------------------------------------------------------
+
+    async def upload_preflight(self, request: web.Request) -> web.StreamResponse:
+        """CORS: the widget runs on the customer's site and uploads to this gateway with its token (no cookies)."""
+        return web.Response(status=204, headers={**CORS, "Access-Control-Max-Age": "600"})
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        """One file from a visitor (multipart field ``file``); answers its id for the next message frame."""
+        account = request.match_info["account"]
+        try:
+            visitor = self._visitor(request, account)
+            limit = self.settings.webchat_upload_max_bytes
+            if request.content_length is not None and request.content_length > limit + 64 * 1024:
+                raise UploadError(413, "too_large", f"the file is larger than {limit} bytes")
+            verdict = self.upload_limit.take(f"{account}|{visitor}", time.monotonic())
+            if not verdict.allowed:
+                metrics.RATE_LIMITED.labels("uploads").inc()
+                raise UploadError(
+                    429, "rate_limited", "too many files; try again shortly", {"Retry-After": str(verdict.retry_after)}
+                )
+            try:
+                async with self.admission.slot():
+                    name, mime, data = await self._read_file(request, limit)
+                    self._check(mime, data)
+                    stored = await self.files.put(account, visitor, name, mime, data)
+            except admission.Overloaded as exc:
+                raise UploadError(503, "unavailable", "server busy; try again", {"Retry-After": str(exc.retry_after)}) from None
+            except (TimeoutError, nats.errors.Error):
+                raise UploadError(503, "unavailable", "the file could not be stored; try again") from None
+        except UploadError as exc:
+            metrics.UPLOADS.labels(exc.code).inc()
+            return json_error(exc.status, exc.code, exc.detail, {**CORS, **exc.headers})
+        metrics.UPLOADS.labels("stored").inc()
+        mine = Attachment(kind=stored.kind, name=stored.name, ref=self.files.reader_ref(account, visitor, stored.file_id))
+        body = {
+            "ok": True,
+            "file": {
+                "id": stored.file_id,
+                "name": stored.name,
+                "mime": stored.mime,
+                "size": stored.size,
+                "kind": stored.kind,
+                "url": self.links.path(account, visitor, mine, time.time()),
+            },
+        }
+        return web.json_response(body, headers=CORS)
+
+    def _visitor(self, request: web.Request, account: str) -> str:
+        if not self._account_ok(account) or account not in self.bound:
+            raise UploadError(404, "bad_account", "no line uses this widget account")
+        scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise UploadError(401, "bad_token", "send the visitor token as Authorization: Bearer <token>")
+        try:
+            visitor = token.verify(
+                self.settings.webchat_secret,
+                raw.strip(),
+                account,
+                now=time.time(),
+                ttl=self.settings.visitor_ttl,
+                grace=self.settings.visitor_grace,  # an expired token uploads nothing: it is told to reconnect
+            )
+        except token.TokenError as exc:
+            code = "token_expired" if isinstance(exc, token.TokenExpired) else "bad_token"
+            raise UploadError(401, code, f"{exc}; reconnect for a fresh token") from None
+        return visitor.visitor
+
+    async def _read_file(self, request: web.Request, limit: int) -> tuple[str, str, bytes]:
+        if not request.content_type.startswith("multipart/form-data"):
+            raise UploadError(400, "bad_request", "send the file as multipart/form-data in a field named file")
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader) or part.name != "file":
+                    continue
+                data = bytearray()
+                while chunk := await part.read_chunk(65536):
+                    data += chunk
+                    if len(data) > limit:
+                        raise UploadError(413, "too_large", f"the file is larger than {limit} bytes")
+                mime = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                return files.clean_name(part.filename), mime, bytes(data)
+        except (ValueError, AssertionError):
+            raise UploadError(400, "bad_request", "the upload is not valid multipart/form-data") from None
+        raise UploadError(400, "bad_request", "no multipart field named file")
+
+    def _check(self, mime: str, data: bytes) -> None:
+        if not data:
+            raise UploadError(400, "bad_request", "the file is empty")
+        if mime not in self.upload_types:
+            allowed = ", ".join(sorted(self.upload_types))
+            raise UploadError(415, "unsupported", f"files of type {mime or 'unknown'!r} cannot be sent; allowed: {allowed}")
+        if mime.startswith("image/") and not files.image_matches(mime, data[:16]):
+            raise UploadError(415, "unsupported", f"the file says it is {mime} but its content is not")
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        """A file at a link we signed for one visitor: theirs, or an operator's file sent to them."""
+        try:
+            claim = self.links.verify(request.match_info["claim"], request.match_info["signature"], time.time())
+        except BadLink as exc:
+            return json_error(403, "bad_link", str(exc))
+        if not owns(claim):
+            return json_error(403, "bad_link", "not a link of this server")
+        try:
+            stored = await self.files.reader.get(claim.ref)
+        except files.FileGone:
+            return json_error(404, "not_found", "the file is no longer kept")
+        except files.StoreUnavailable:
+            return json_error(503, "unavailable", "try again shortly", admission.retry_after_header(self.settings.retry_after))
+        mime = stored.meta.mime or "application/octet-stream"
+        shown = files.shown_as(mime, stored.data[:16])
+        content_type = (
+            (files.sniff_image(stored.data[:16]) or mime) if shown == "image" else mime if shown else "application/octet-stream"
+        )
+        name = quote(files.clean_name(stored.meta.name or request.match_info["name"]), safe="")
+        return web.Response(
+            body=stored.data,
+            headers={
+                "Content-Type": content_type,
+                "Content-Disposition": f"{'inline' if shown else 'attachment'}; filename*=UTF-8''{name}",
+                "Cache-Control": "private, max-age=3600",
+                "Content-Security-Policy": "sandbox; default-src 'none'",
+                "X-Content-Type-Options": "nosniff",
+                "Cross-Origin-Resource-Policy": "cross-origin",  # shown in the widget on the customer's site
+                "Referrer-Policy": "no-referrer",
+            },
+        )
 
     # -- stopping ---------------------------------------------------------
 

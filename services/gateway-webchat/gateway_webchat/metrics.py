@@ -23,3 +23,4 @@ RATE_LIMITED = Counter(
     "Refusals by the abuse limits (limit = messages: a visitor's messages a minute; new_visitor: new visits per address)",
     ["limit"],
 )
+UPLOADS = Counter("openlines_webchat_uploads_total", "Visitor file uploads: stored, or refused (by error code)", ["result"])

@@ -9,11 +9,13 @@ from typing import Any
 
 import msgspec
 
-from openlines.envelopes import ClientProfile, Inbound
+from openlines.envelopes import Attachment, ClientProfile, Inbound
 
 CHANNEL = "webchat"
 MAX_NAME = 100
+MAX_FILES = 10  # files one message may carry
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FILE_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 class FrameError(Exception):
@@ -31,6 +33,7 @@ class ClientMessage:
     id: str
     text: str
     name: str
+    files: tuple[str, ...] = ()  # ids of files this visitor uploaded (POST /files/<account>)
 
 
 def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
@@ -52,9 +55,18 @@ def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
         raise FrameError("bad_frame", 'unknown or missing "type" (expected "message")', client_id)
     if client_id is None:
         raise FrameError("bad_frame", '"id" must be 1-64 characters of A-Z a-z 0-9 _ -')
-    text = obj.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise FrameError("bad_frame", '"text" must be a non-empty string', client_id)
+    file_ids = obj.get("files", [])
+    if file_ids is None:
+        file_ids = []
+    if not isinstance(file_ids, list) or not all(isinstance(f, str) and _FILE_ID.match(f) for f in file_ids):
+        raise FrameError("bad_frame", '"files" must be a list of file ids the upload answered', client_id)
+    if len(file_ids) > MAX_FILES:
+        raise FrameError("too_large", f"{len(file_ids)} files; at most {MAX_FILES} per message", client_id)
+    text = obj.get("text", "")
+    if text is None:
+        text = ""
+    if not isinstance(text, str) or (not text.strip() and not file_ids):
+        raise FrameError("bad_frame", '"text" must be a non-empty string (or send "files")', client_id)
     if not _encodable(text):
         raise FrameError("bad_frame", '"text" is not valid Unicode', client_id)
     if len(text) > max_text:
@@ -64,7 +76,7 @@ def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
         name = ""
     if not isinstance(name, str) or not _encodable(name):
         raise FrameError("bad_frame", '"name" must be a string', client_id)
-    return ClientMessage(id=client_id, text=text, name=" ".join(name.split())[:MAX_NAME])
+    return ClientMessage(id=client_id, text=text, name=" ".join(name.split())[:MAX_NAME], files=tuple(dict.fromkeys(file_ids)))
 
 
 def _encodable(value: str) -> bool:
@@ -81,7 +93,9 @@ def inbound_id(account: str, visitor: str, client_id: str) -> str:
     return f"{CHANNEL}:{account}:{visitor}:{client_id}"
 
 
-def to_inbound(account: str, visitor: str, msg: ClientMessage, now: datetime) -> Inbound:
+def to_inbound(
+    account: str, visitor: str, msg: ClientMessage, now: datetime, attachments: list[Attachment] | None = None
+) -> Inbound:
     return Inbound(
         id=inbound_id(account, visitor, msg.id),
         channel=CHANNEL,
@@ -90,6 +104,7 @@ def to_inbound(account: str, visitor: str, msg: ClientMessage, now: datetime) ->
         user_id=visitor,
         profile=ClientProfile(name=msg.name),
         text=msg.text,
+        attachments=attachments or [],
         channel_msg_id=msg.id,
         received_at=now,
     )

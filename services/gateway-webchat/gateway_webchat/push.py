@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from gateway_webchat import metrics
+from gateway_webchat.files import Links
 from gateway_webchat.normalise import CHANNEL
 from openlines import bus, subjects
 from openlines.envelopes import Outbound, decoder
@@ -39,7 +41,8 @@ def frame(**fields: Any) -> str:
     return _encode(fields).decode()
 
 
-def reply_frame(seq: int, out: Outbound) -> str:
+def reply_frame(seq: int, out: Outbound, links: Links) -> str:
+    """The frame of one reply; its files as links this gateway signed for the visitor (never a desk link)."""
     fields: dict[str, Any] = {
         "type": "reply",
         "seq": seq,
@@ -50,7 +53,11 @@ def reply_frame(seq: int, out: Outbound) -> str:
         "at": out.created_at,
     }
     if out.attachments:
-        fields["attachments"] = [{"kind": a.kind, "name": a.name, "url": a.url, "mime": a.mime} for a in out.attachments]
+        now = time.time()
+        fields["attachments"] = [
+            {"kind": a.kind, "name": a.name, "mime": a.mime, "size": a.size, "url": links.path(out.account, out.chat_id, a, now)}
+            for a in out.attachments
+        ]
     return _encode(fields).decode()
 
 
@@ -239,13 +246,13 @@ class Hub:
         return sum(sock.push_reply(seq, data) for sock in list(self._by_chat.get(chat, ())))
 
 
-async def replay(js: JetStreamContext, sock: Socket) -> int:
+async def replay(js: JetStreamContext, sock: Socket, links: Links) -> int:
     """Send ``sock`` the visitor's replies after ``sock.last_seq``, then go live."""
     subject = subjects.outbound(CHANNEL, sock.account, sock.chat)
     replayed: list[tuple[int, str]] = []
     for seq, data in await bus.read_subject(js, subjects.STREAM_OUT, subject, start_seq=sock.last_seq + 1):
         try:
-            replayed.append((seq, reply_frame(seq, _outbound.decode(data))))
+            replayed.append((seq, reply_frame(seq, _outbound.decode(data), links)))
         except msgspec.DecodeError:
             log.warning("undecodable outbound message skipped", extra={"channel": CHANNEL, "seq": seq})
     sock.finish_replay(replayed)
@@ -255,9 +262,10 @@ async def replay(js: JetStreamContext, sock: Socket) -> int:
 class OutboundConsumer:
     """One ordered push consumer per replica on ``ol.out.webchat.>``."""
 
-    def __init__(self, js: JetStreamContext, hub: Hub) -> None:
+    def __init__(self, js: JetStreamContext, hub: Hub, links: Links) -> None:
         self.js = js
         self.hub = hub
+        self.links = links
         self._sub: JetStreamContext.PushSubscription | None = None
         self._floor = 0
 
@@ -311,7 +319,7 @@ class OutboundConsumer:
         except (subjects.BadToken, msgspec.DecodeError) as exc:
             log.warning("bad outbound message skipped", extra={"channel": CHANNEL, "seq": seq, "error": str(exc)})
             return
-        pushed = self.hub.push(chat, seq, reply_frame(seq, out))
+        pushed = self.hub.push(chat, seq, reply_frame(seq, out, self.links))
         log.debug("reply pushed", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "sockets": pushed})
 
     async def stop(self) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway_webchat.files import Links
 from gateway_webchat.http import WebchatHttp
 from gateway_webchat.lines import BoundAccounts
 from gateway_webchat.normalise import CHANNEL
@@ -32,9 +33,10 @@ LINES_WAIT = 10.0  # seconds start-up waits for the line configs before serving 
 
 async def setup(svc: Service[Settings]) -> None:
     hub = Hub()
-    consumer = OutboundConsumer(svc.js, hub)
+    links = Links(svc.settings.webchat_secret, svc.settings.webchat_file_link_ttl)
+    consumer = OutboundConsumer(svc.js, hub, links)
     bound = BoundAccounts(svc.js, CHANNEL)
-    edge = WebchatHttp(svc.settings, svc.nc, svc.js, hub, bound)
+    edge = WebchatHttp(svc.settings, svc.nc, svc.js, hub, bound, links)
     edge.routes(svc.app)
     svc.app[WEBCHAT] = Webchat(hub=hub, consumer=consumer, edge=edge, bound=bound)
     svc.spawn(consumer.run(svc.stopping), name="webchat-outbound")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway_webchat.core import address
 from gateway_webchat.core.limits import Rate
-from openlines import admission
+from openlines import admission, files
 from openlines.secretcheck import check_secret
 from openlines.settings import BaseSettings
 
@@ -36,6 +36,15 @@ class Settings(BaseSettings, kw_only=True):
     visitor_ttl: int = 24 * 3600  # seconds a visitor token is valid; every connection renews it
     visitor_grace: int = 30 * 24 * 3600  # seconds after expiry an expired token may still be renewed
     hello_timeout: float = 10.0  # seconds a new socket has to send its hello frame
+    # Files (docs/channels/webchat.md, "Files")
+    webchat_upload_max_bytes: int = 10 * 1024 * 1024  # the largest file a visitor may upload
+    webchat_upload_types: str = (
+        ""  # comma-separated MIME types visitors may upload; empty = images, PDF, office, text, audio, video
+    )
+    visitor_uploads_per_minute: float = 10.0  # uploads one visitor may make a minute (0 = no limit)
+    visitor_upload_burst: int = 3
+    webchat_file_link_ttl: int = 30 * 24 * 3600  # seconds a file link in the widget works
+    files_max_age_days: float = 90  # how long visitors' files are kept in ol-webchat-files (0 = forever)
 
     def __post_init__(self) -> None:
         check_secret("OPENLINES_WEBCHAT_SECRET", self.webchat_secret)
@@ -44,7 +53,15 @@ class Settings(BaseSettings, kw_only=True):
         if self.max_sockets < 1:
             raise ValueError("OPENLINES_MAX_SOCKETS must be >= 1")
         self.limits()  # raises with the variables named
-        for name in ("visitor_message", "new_visitor"):
+        if self.webchat_upload_max_bytes < 1 or self.webchat_file_link_ttl < 60 or self.files_max_age_days < 0:
+            raise ValueError(
+                "OPENLINES_WEBCHAT_UPLOAD_MAX_BYTES must be >= 1, OPENLINES_WEBCHAT_FILE_LINK_TTL >= 60, "
+                "OPENLINES_FILES_MAX_AGE_DAYS >= 0"
+            )
+        for mime in self.upload_types():
+            if "/" not in mime or mime.startswith("text/html") or mime in ("image/svg+xml", "application/xhtml+xml"):
+                raise ValueError(f"OPENLINES_WEBCHAT_UPLOAD_TYPES: {mime!r} is not a type visitors may upload")
+        for name in ("visitor_message", "new_visitor", "visitor_upload"):
             if getattr(self, f"{name}_burst") < 1:
                 raise ValueError(f"OPENLINES_{name.upper()}_BURST must be >= 1")
         if self.visitor_ttl < 60 or self.visitor_grace < 0:
@@ -64,6 +81,13 @@ class Settings(BaseSettings, kw_only=True):
 
     def new_visitor_rate(self) -> Rate:
         return Rate(self.new_visitors_per_minute, self.new_visitor_burst)
+
+    def upload_rate(self) -> Rate:
+        return Rate(self.visitor_uploads_per_minute, self.visitor_upload_burst)
+
+    def upload_types(self) -> frozenset[str]:
+        listed = frozenset(t.strip().lower() for t in self.webchat_upload_types.split(",") if t.strip())
+        return listed or frozenset(files.SENDABLE)
 
     def proxies(self) -> tuple[address.Network, ...]:
         return address.parse_networks(self.trusted_proxies)

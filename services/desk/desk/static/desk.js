@@ -373,38 +373,81 @@
       if (who) head.append(node("span", "who", who));
       head.append(node("time", "at", clock(e.at)));
       const files = e.attachments || [];
-      const text = node("div", "text", e.text || (files.length && !files.some((a) => a.url) ? `[${files.map((a) => a.kind).join(", ")}]` : ""));
+      const text = node("div", "text", e.text || "");
       text.dataset.testid = "entry-text";
       li.append(head, text);
-      for (const a of files) if (a.url) li.append(attachmentNode(a));
+      for (const a of files) li.append(attachmentNode(state.selected, a));
       el.transcript.append(li);
     }
     if (atBottom || entries.length < 30) el.transcript.scrollTop = el.transcript.scrollHeight;
   }
 
-  // The desk's own files are loaded from this origin whatever public address the link carries.
-  function localUrl(url) {
-    try {
-      const u = new URL(url, location.href);
-      return u.pathname.startsWith("/files/") ? u.pathname : u.href;
-    } catch { return ""; }
+  // Files stored on our side (what clients sent, what operators sent) are read through the desk, which checks
+  // that this operator may read the chat; a file a channel did not let us keep shows its kind, name and why.
+  const STORED = /^ol-[a-z]+-files:/;
+  const KIND_LABEL = { image: "image", file: "file", audio: "audio", voice: "voice message", video: "video",
+    sticker: "sticker", location: "location", contact: "contact" };
+  function fileUrl(session, a, download) {
+    return `/api/sessions/${encodeURIComponent(session)}/file?ref=${encodeURIComponent(a.ref)}${download ? "&download=1" : ""}`;
   }
-  function attachmentNode(a) {
-    const href = localUrl(a.url);
-    const link = node("a", "attachment", a.kind === "image" ? "" : a.name || a.kind);
-    link.href = href;
-    link.target = "_blank";
-    link.rel = "noopener";
-    link.dataset.testid = "entry-attachment";
-    if (a.kind === "image" && href.startsWith("/files/")) {
-      const img = node("img", "attachment-image");
-      img.src = href;
-      img.alt = a.name || "image";
-      link.append(img);
-    } else if (a.kind === "image") {
-      link.textContent = a.name || "image";
+  function sizeLabel(bytes) {
+    if (!bytes) return "";
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
+    return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+  }
+  function attachmentNode(session, a) {
+    const box = node("div", `attachment-box kind-${a.kind}`);
+    box.dataset.testid = "entry-attachment";
+    box.dataset.kind = a.kind;
+    const label = a.name || KIND_LABEL[a.kind] || a.kind;
+    const extra = a.extra || {};
+    if (!STORED.test(a.ref || "")) {
+      box.classList.add("not-stored");
+      let what = `${KIND_LABEL[a.kind] || a.kind}${a.name ? ": " + a.name : ""}`;
+      if (a.kind === "location" && extra.latitude) what = `📍 ${a.name ? a.name + " " : ""}${extra.latitude}, ${extra.longitude}`;
+      if (a.kind === "contact") what = `👤 ${a.name}${extra.phone ? " " + extra.phone : ""}`;
+      const why = extra.omitted || extra.not_stored || "";
+      box.append(node("span", "attachment-label", `[${what}]${why ? " — not kept: " + why : ""}`));
+      return box;
     }
-    return link;
+    const mime = (a.mime || "").toLowerCase();
+    if (a.kind === "image" || a.kind === "sticker" && mime.startsWith("image/")) {
+      const open = node("a", "attachment-preview");
+      open.href = fileUrl(session, a, false);
+      open.target = "_blank";
+      open.rel = "noopener";
+      const img = node("img", "attachment-image");
+      img.src = open.href;
+      img.alt = label;
+      img.loading = "lazy";
+      img.dataset.testid = "attachment-image";
+      open.append(img);
+      box.append(open);
+    } else if (a.kind === "voice" || a.kind === "audio") {
+      const player = node("audio", "attachment-audio");
+      player.controls = true;
+      player.preload = "metadata";
+      player.src = fileUrl(session, a, false);
+      player.dataset.testid = "attachment-audio";
+      box.append(player);
+    } else if (a.kind === "video") {
+      const player = node("video", "attachment-video");
+      player.controls = true;
+      player.preload = "metadata";
+      player.src = fileUrl(session, a, false);
+      player.dataset.testid = "attachment-video";
+      box.append(player);
+    }
+    const link = node("a", "attachment", `📎 ${label}`);
+    link.href = fileUrl(session, a, true);
+    link.download = a.name || "";
+    link.rel = "noopener";
+    link.dataset.testid = "attachment-download";
+    const size = sizeLabel(a.size);
+    box.append(link);
+    if (size) box.append(node("span", "attachment-size", size));
+    return box;
   }
 
   function render() { renderStatus(); renderList(); renderHead(); }

@@ -16,6 +16,7 @@
   var greeting = script.getAttribute("data-greeting") || "Hi! Send us a message — we usually reply within minutes.";
   var src = new URL(script.src, document.baseURI);
   var wsBase = (src.protocol === "https:" ? "wss:" : "ws:") + "//" + src.host + "/ws/" + encodeURIComponent(account);
+  var httpBase = src.protocol + "//" + src.host;  // files are uploaded to and served by this gateway
   var storeKey = "openlines:" + src.host + ":" + account;
   var MAX_TRANSCRIPT = 200;
 
@@ -81,6 +82,9 @@
     ".msg.in{align-self:flex-start}.msg.in .bubble{background:#fff;border:1px solid #e5e7eb;border-bottom-left-radius:4px}",
     ".files{display:flex;flex-direction:column;gap:4px;margin-top:4px}.files a{color:inherit;font-weight:600}",
     ".files img{display:block;max-width:220px;max-height:160px;border-radius:8px}",
+    ".files audio{max-width:220px;height:36px}",
+    ".attach{display:flex;align-items:center;justify-content:center;width:40px;height:40px;border:1px solid #d1d5db;",
+    "border-radius:10px;cursor:pointer;font-size:18px;background:#fff;flex:none}.attach:focus-within{outline:2px solid var(--ol-color)}",
     ".meta{font-size:11px;color:#6b7280;display:flex;gap:6px;align-items:center}",
     ".msg.failed .bubble{opacity:.7}.msg.failed .meta{color:#b91c1c}",
     ".retry{border:1px solid #b91c1c;background:#fff;color:#b91c1c;border-radius:6px;font-size:11px;padding:1px 8px;cursor:pointer}",
@@ -107,7 +111,10 @@
     '<div class="namebar"><label for="ol-name">Your name</label><input id="ol-name" data-testid="ol-name" type="text" maxlength="100" autocomplete="name" placeholder="optional"></div>' +
     '<div class="log" id="ol-log" data-testid="ol-log" role="log" aria-live="polite" aria-relevant="additions"><div class="greet" id="ol-greet"></div></div>' +
     '<div class="notice" id="ol-notice" data-testid="ol-notice" role="status"></div>' +
-    '<form id="ol-form" data-testid="ol-form"><label class="sr" for="ol-input">Message</label>' +
+    '<form id="ol-form" data-testid="ol-form">' +
+    '<label class="attach" title="Attach a file" data-testid="ol-attach"><span aria-hidden="true">\uD83D\uDCCE</span>' +
+    '<span class="sr">Attach a file</span><input id="ol-file" data-testid="ol-file" type="file" multiple hidden></label>' +
+    '<label class="sr" for="ol-input">Message</label>' +
     '<textarea id="ol-input" data-testid="ol-input" rows="1" placeholder="Type a message…" maxlength="4000"></textarea>' +
     '<button class="send" id="ol-send" data-testid="ol-send" type="submit">Send</button></form></section>';
   host.style.setProperty("--ol-color", color);
@@ -116,7 +123,7 @@
     launcher: $("ol-launcher"), badge: $("ol-badge"), panel: $("ol-panel"), title: $("ol-title"),
     dot: $("ol-dot"), connText: $("ol-conn-text"), close: $("ol-close"), name: $("ol-name"),
     log: $("ol-log"), greet: $("ol-greet"), notice: $("ol-notice"), form: $("ol-form"),
-    input: $("ol-input"), send: $("ol-send")
+    input: $("ol-input"), send: $("ol-send"), file: $("ol-file")
   };
   el.title.textContent = title;
   el.greet.textContent = greeting;
@@ -169,21 +176,43 @@
     }
     return node;
   }
-  // Files an operator sent: links (images shown small), only http(s) addresses.
+  // Files: links this gateway signed for this visitor (relative to it), images shown small, voice and audio playable.
+  function fileUrl(u) {
+    if (!u) return "";
+    try {
+      var x = new URL(u, httpBase);
+      return /^https?:$/.test(x.protocol) ? x.href : "";
+    } catch (e) { return ""; }
+  }
   function renderFiles(bubble, files) {
     if (!files || !files.length) return;
     var box = document.createElement("div");
     box.className = "files";
     files.forEach(function (a) {
-      if (!/^https?:\/\//i.test(a.url || "")) return;
+      var url = fileUrl(a.url);
+      if (!url) {
+        var label = document.createElement("span");
+        label.setAttribute("data-testid", "ol-attachment-pending");
+        label.textContent = "\uD83D\uDCCE " + (a.name || "file");
+        box.appendChild(label);
+        return;
+      }
+      if (a.kind === "voice" || a.kind === "audio") {
+        var player = document.createElement("audio");
+        player.controls = true;
+        player.preload = "none";
+        player.src = url;
+        player.setAttribute("data-testid", "ol-attachment-audio");
+        box.appendChild(player);
+      }
       var link = document.createElement("a");
-      link.href = a.url;
+      link.href = url;
       link.target = "_blank";
       link.rel = "noopener noreferrer";
       link.setAttribute("data-testid", "ol-attachment");
       if (a.kind === "image") {
         var img = document.createElement("img");
-        img.src = a.url;
+        img.src = url;
         img.alt = a.name || "image";
         link.appendChild(img);
       } else {
@@ -215,6 +244,7 @@
   var timer = null;
   var stopped = false;
   var maxText = 4000;
+  var maxUpload = 0;
   function setConnected(on, text) {
     connected = on;
     el.dot.className = "dot" + (on ? " on" : "");
@@ -286,6 +316,7 @@
       }
       state.token = f.token; state.visitor = f.visitor;  // a fresh token on every connection: it never runs out while used
       if (f.max_text) { maxText = f.max_text; el.input.maxLength = maxText; }
+      if (f.max_upload) maxUpload = f.max_upload;
       save();
       setConnected(true);
       setNotice("");
@@ -336,9 +367,52 @@
     return "m" + Date.now().toString(36) + Array.prototype.map.call(a, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
   }
   function transmit(item) {
+    if (item.uploading) return false;
     var frame = { type: "message", id: item.id, text: item.text };
+    if (item.files && item.files.length) frame.files = item.files;
     if (state.name) frame.name = state.name;
     return sendFrame(frame);
+  }
+  function kindOf(type) {
+    if (/^image\//.test(type)) return "image";
+    if (type === "audio/ogg") return "voice";
+    if (/^audio\//.test(type)) return "audio";
+    if (/^video\//.test(type)) return "video";
+    return "file";
+  }
+  // A file: uploaded with the visitor token, then sent as a message that names it (the same id on a resend).
+  function sendFile(file) {
+    if (maxUpload && file.size > maxUpload) {
+      setNotice(file.name + " is too large (max " + Math.floor(maxUpload / 1048576) + " MB).");
+      return null;
+    }
+    var item = { kind: "out", id: newId(), text: "", status: "sending", at: new Date().toISOString(), uploading: true,
+      attachments: [{ kind: kindOf(file.type), name: file.name, url: "" }] };
+    state.items.push(item);
+    save();
+    render(item);
+    scrollDown();
+    var failed = function (why) {
+      item.uploading = false; item.status = "failed"; item.error = why; item.retryable = false;
+      save(); render(item); setNotice(file.name + " was not sent: " + why);
+    };
+    if (!state.token) { failed("not connected yet"); return item.id; }
+    var form = new FormData();
+    form.append("file", file, file.name);
+    fetch(httpBase + "/files/" + encodeURIComponent(account), {
+      method: "POST", headers: { Authorization: "Bearer " + state.token }, body: form, credentials: "omit"
+    }).then(function (r) {
+      return r.json().then(function (body) { return { ok: r.ok, body: body }; }, function () { return { ok: false, body: {} }; });
+    }).then(function (res) {
+      if (!res.ok || !res.body.file) { failed((res.body && res.body.detail) || "upload refused"); return; }
+      var f = res.body.file;
+      item.uploading = false;
+      item.files = [f.id];
+      item.attachments = [{ kind: f.kind, name: f.name, mime: f.mime, size: f.size, url: f.url }];
+      save(); render(item);
+      transmit(item);  // if offline it stays "sending" and goes out on reconnect
+    }, function () { failed("the upload did not reach the server"); });
+    return item.id;
   }
   function send(text) {
     text = String(text || "");
@@ -385,9 +459,18 @@
   });
   function autosize() { el.input.style.height = "auto"; el.input.style.height = Math.min(120, el.input.scrollHeight) + "px"; }
   el.input.addEventListener("input", autosize);
+  el.file.addEventListener("change", function () {
+    var picked = Array.prototype.slice.call(el.file.files || []);
+    el.file.value = "";
+    picked.forEach(sendFile);
+  });
   el.name.addEventListener("input", function () { state.name = el.name.value.trim().slice(0, 100); save(); });
 
   function start() {
+    // An upload the page was closed during is gone: say so rather than wait for it.
+    state.items.forEach(function (it) {
+      if (it.uploading) { it.uploading = false; it.status = "failed"; it.error = "upload interrupted"; it.retryable = false; }
+    });
     document.body.appendChild(host);
     renderAll();
     if (state.open) setOpen(true);
@@ -408,6 +491,7 @@
     open: function () { setOpen(true); },
     close: function () { setOpen(false); },
     send: send,
+    sendFile: sendFile,
     retry: retry,
     setName: function (n) { state.name = String(n || "").trim().slice(0, 100); el.name.value = state.name; save(); },
     disconnect: function () { if (ws) ws.close(); }
