@@ -111,19 +111,21 @@ class BusUnavailable(Exception):
 
 
 async def dead_letter(
-    js: JetStreamContext, channel: str, account: str, key: str, reason: str, body: bytes, *, timeout: float
+    js: JetStreamContext, channel: str, account: str, key: str, reason: str, body: bytes = b"", *, timeout: float
 ) -> None:
-    """Keep an input a gateway could not read (a signed webhook body) as a ``dead_letter`` event: reason and body's start.
+    """Keep an input a gateway could not read or will not open as a chat as a ``dead_letter`` event:
+    the reason, and the start of the body when there is one (a signed webhook body).
 
     ``key`` tells one input from another (the platform's id, or a digest of the body), so a resend is kept once.
     """
+    told = f"{reason}; body: {body[:600].decode('utf-8', 'replace')}" if body else reason
     evt = SessionEvent(
         id=f"dead:{channel}:{account}:{key}",
         kind="dead_letter",
         at=utcnow(),
         channel=channel,
         account=account,
-        reason=f"{reason}; body: {body[:600].decode('utf-8', 'replace')}"[:1000],
+        reason=told[:1000],
     )
     await asyncio.wait_for(js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}), timeout=timeout)
 

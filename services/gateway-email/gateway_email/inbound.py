@@ -323,10 +323,14 @@ class MailboxWorker:
             log.info("report on our mail", extra={"account": self.account, "session": about.session_id, "kind": kind})
         else:
             what = {"failed": "bounce", "auto": "automatic mail"}.get(r.kind, kind.replace("_", " "))
-            await self._event_dead(
-                event_id,
+            await bus.dead_letter(
+                self.js,
+                CHANNEL,
+                self.account,
+                f"report:{replies.digest(mail.key)}",
                 f"{what} from {mail.sender or 'an unknown sender'} not opened as a chat"
                 f" (about {r.original_message_id or 'no mail of ours'}): {r.reason}",
+                timeout=PUBLISH_TIMEOUT,
             )
         ref = MessageRef(message_id=mail.key, account=self.account, chat_id=r.recipient, direction="in")
         await self.store.remember_message(ref)
@@ -334,10 +338,4 @@ class MailboxWorker:
     async def _dead_letter(self, uidvalidity: int, uid: int, reason: str) -> None:
         metrics.MAILS.labels(self.account, "dead_letter").inc()
         log.warning("mail dead-lettered", extra={"account": self.account, "uid": uid, "reason": reason[:300]})
-        await self._event_dead(f"dead:email:{self.account}:{uidvalidity}:{uid}", reason)
-
-    async def _event_dead(self, event_id: str, reason: str) -> None:
-        evt = SessionEvent(
-            id=event_id, kind="dead_letter", at=utcnow(), channel=CHANNEL, account=self.account, reason=reason[:1000]
-        )
-        await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+        await bus.dead_letter(self.js, CHANNEL, self.account, f"{uidvalidity}:{uid}", reason, timeout=PUBLISH_TIMEOUT)
