@@ -4,6 +4,7 @@ client was possible while one box served every chat)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -112,3 +113,38 @@ async def test_a_chat_passed_on_unanswered_shows_how_long_the_client_has_waited_
         await boris.clock.fast_forward(int((61 - opened_age) * 1000) + 500)
         await boris.evaluate("() => document.dispatchEvent(new Event('visibilitychange'))")
         await expect(item.locator(".age")).to_have_text("waiting 1 min", timeout=20_000)
+
+
+async def test_attach_file_is_reached_with_the_keyboard_and_an_old_upload_error_goes_when_the_next_file_is_attached(
+    nc: Any, desk: Service[Settings]
+) -> None:
+    js = nc.jetstream()
+    async with chromium() as browser:
+        boris = await new_page(browser, desk_url(desk))
+        await sign_in_live(boris, "boris")
+        await go_online(boris)
+        await client_writes(js, "f-1", "Can I send you the invoice?", "v-files", name="Fiona")
+        await boris.get_by_test_id("chat-item").filter(has_text="Fiona").click()
+        await boris.get_by_test_id("accept").click()
+        await expect(boris.get_by_test_id("reply-input")).to_be_enabled()
+        # Keyboard only: back from the reply box to "Attach file", and Enter opens the file picker.
+        await boris.get_by_test_id("reply-input").focus()
+        for _ in range(6):
+            if await boris.evaluate("document.activeElement && document.activeElement.dataset.testid") == "attach":
+                break
+            await boris.keyboard.press("Shift+Tab")
+        assert await boris.evaluate("document.activeElement.dataset.testid") == "attach"
+        async with boris.expect_file_chooser() as chooser_info:
+            await boris.keyboard.press("Enter")
+        chooser = await chooser_info.value
+        await chooser.set_files({"name": "empty.txt", "mimeType": "text/plain", "buffer": b""})  # refused: empty
+        await expect(boris.get_by_test_id("error")).to_contain_text("empty.txt was not attached")
+        await boris.get_by_test_id("attach-input").set_input_files(
+            {"name": "invoice.txt", "mimeType": "text/plain", "buffer": b"Invoice 42: 10 EUR"}
+        )
+        await expect(boris.get_by_test_id("attachment-chip")).to_contain_text("invoice.txt")
+        await expect(boris.get_by_test_id("error")).to_be_hidden()
+        # Pinned shows: the button looks pressed and the chat is marked in the list.
+        await boris.get_by_test_id("pin").click()
+        await expect(boris.get_by_test_id("pin")).to_have_attribute("aria-pressed", "true")
+        await expect(boris.get_by_test_id("chat-item").filter(has_text="Fiona")).to_have_class(re.compile(r"\bpinned\b"))

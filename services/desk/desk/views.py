@@ -153,7 +153,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <select id="quick-answers" data-testid="quick-answers" aria-label="Quick answers" hidden>
             <option value="">Quick answers…</option>
           </select>
-          <label class="button" for="attach-input" id="attach-label" data-testid="attach">Attach file</label>
+          <button type="button" class="button" id="attach-label" data-testid="attach"
+            aria-controls="attach-input">Attach file</button>
           <input type="file" id="attach-input" data-testid="attach-input" multiple hidden>
           <ul class="attachments" id="attachments" data-testid="attachments"></ul>
         </div>

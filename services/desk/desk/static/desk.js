@@ -116,11 +116,16 @@
     saveSeen();
   }
 
-  function showError(text) {
+  // ``topic`` ties an error to what failed (e.g. "upload"): when that works next, the error goes.
+  function showError(text, topic = "") {
     el.error.textContent = text;
+    el.error.dataset.topic = topic;
     el.error.hidden = false;
     clearTimeout(showError.timer);
     showError.timer = setTimeout(() => { el.error.hidden = true; }, 8000);
+  }
+  function clearError(topic) {
+    if (!el.error.hidden && el.error.dataset.topic === topic) el.error.hidden = true;
   }
 
   // -- new-offer notification: a short beep (Web Audio) and a flashing title --
@@ -238,6 +243,7 @@
       li.tabIndex = 0;
       li.setAttribute("role", "button");
       if (chat.id === state.selected) li.classList.add("selected");
+      if (chat.pinned) li.classList.add("pinned");
       if (state.newChats.has(chat.id)) li.classList.add("new");
       const top = node("div", "row");
       top.append(node("span", "name", clientName(chat)));
@@ -296,8 +302,7 @@
     const canReply = chat.status === "assigned" || chat.status === "answered";
     el.reply.disabled = el.send.disabled = !canReply;
     el.quick.disabled = !canReply;
-    el.attachLabel.classList.toggle("disabled", !canReply);
-    el.attachInput.disabled = !canReply;
+    el.attachLabel.disabled = el.attachInput.disabled = !canReply;
     renderQuick();
     renderFiles();
     tick();
@@ -824,7 +829,7 @@
     const id = state.selected;
     if (!id) return;
     if (maxUpload && file.size > maxUpload) {
-      showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; at most ${(maxUpload / 1048576).toFixed(1)} MB.`);
+      showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB; at most ${(maxUpload / 1048576).toFixed(1)} MB.`, "upload");
       return;
     }
     const item = { local: newId(), session: id, name: file.name, id: null };
@@ -836,12 +841,14 @@
       const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/files`, form);
       item.id = data.file.id;
       item.name = data.file.name;
+      clearError("upload");
     } catch (err) {
       state.files = state.files.filter((f) => f !== item);
-      showError(`${file.name} was not attached: ${err.message}`);
+      showError(`${file.name} was not attached: ${err.message}`, "upload");
     }
     renderFiles();
   }
+  el.attachLabel.addEventListener("click", () => el.attachInput.click()); // a button: reached with Tab
   el.attachInput.addEventListener("change", () => {
     const picked = Array.from(el.attachInput.files || []);
     el.attachInput.value = "";
