@@ -144,3 +144,69 @@ async def test_a_message_sent_while_nats_is_down_shows_not_sent_and_retry_delive
         assert len(await in_ol_in(checker.jetstream(), f"webchat:demo:{visitor}:{client_id}")) == 1
     finally:
         await checker.close()
+
+
+async def test_on_a_phone_the_open_widget_fits_the_screen_and_an_image_reply_stays_in_view(svc: Any, nc: Any, page: Any) -> None:
+    """390 px wide: the panel covers the screen without shifting, the text box and Send are on it;
+    an operator's image, which takes its height only once loaded, leaves the newest message in view."""
+    from desk.files import FileStore
+
+    await page.set_viewport_size({"width": 390, "height": 844})
+    js = nc.jetstream()
+    await wait_for(lambda: svc.app[WEBCHAT].consumer.ready() is None, what="outbound consumer")
+    await page.goto(f"http://127.0.0.1:{svc.port}/demo")
+    await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+    visitor = await page.evaluate("window.openlinesWidget.visitor")
+    await page.get_by_test_id("ol-launcher").click()
+    for testid in ("ol-panel", "ol-input", "ol-send"):
+        box = await page.get_by_test_id(testid).bounding_box()
+        assert box is not None, testid
+        assert box["x"] >= 0 and box["y"] >= 0, (testid, box)
+        assert box["x"] + box["width"] <= 390 + 0.5 and box["y"] + box["height"] <= 844 + 0.5, (testid, box)
+    send = await page.get_by_test_id("ol-send").bounding_box()
+    assert send is not None
+    # Nothing lies over Send (the launcher steps aside while the chat is open).
+    top = await page.evaluate(
+        "([x, y]) => { const h = document.elementFromPoint(x, y); return h && h.shadowRoot"
+        " ? h.shadowRoot.elementFromPoint(x, y)?.dataset.testid : h?.dataset?.testid; }",
+        [send["x"] + send["width"] / 2, send["y"] + send["height"] / 2],
+    )
+    assert top == "ol-send", top
+
+    chat = subjects.chat_key("webchat", "demo", visitor)
+    for i in range(12):  # enough to scroll
+        out = Outbound(
+            id=f"fill-{i}", session_id="s1", channel="webchat", account="demo", chat_id=visitor,
+            text=f"Line {i} of a long answer", operator_name="Olga", created_at=datetime.now(UTC),
+        )  # fmt: skip
+        await js.publish(subjects.outbound("webchat", "demo", chat), encode(out), headers={MSG_ID_HEADER: out.id})
+    await page.get_by_test_id("ol-msg-in").filter(has_text="Line 11 of a long answer").wait_for()
+    big = _png(200, 400)
+    label = await (await FileStore.open(js)).put("s1", "photo.png", "image/png", big)
+    out = Outbound(
+        id="photo-1", session_id="s1", channel="webchat", account="demo", chat_id=visitor,
+        text="Here is the photo", attachments=[label.attachment("https://desk.example.com")],
+        operator_name="Olga", created_at=datetime.now(UTC),
+    )  # fmt: skip
+    await js.publish(subjects.outbound("webchat", "demo", chat), encode(out), headers={MSG_ID_HEADER: out.id})
+    img = page.locator("img").last
+    await img.wait_for()
+    await page.wait_for_function(
+        "() => { for (const h of document.querySelectorAll('*')) { const r = h.shadowRoot; if (!r) continue;"
+        " const i = r.querySelector('.files img'); if (!i || !i.complete || !i.naturalHeight) return false;"
+        " const log = r.getElementById('ol-log'); return log.scrollHeight - log.scrollTop - log.clientHeight < 2; }"
+        " return false; }"
+    )
+
+
+def _png(width: int, height: int) -> bytes:
+    """A plain grey PNG of this size (zlib-compressed rows), to take real height when shown."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")

@@ -97,8 +97,10 @@
     "font-weight:600;cursor:pointer}.send:disabled{opacity:.5;cursor:default}",
     ".send:focus-visible{outline:3px solid #111;outline-offset:2px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
-    "@media (max-width:480px){.panel{right:0;bottom:0;width:100vw;max-width:100vw;height:100%;max-height:100%;border-radius:0}",
-    ".launcher{right:14px;bottom:14px}}"
+    // A phone: the open chat takes the whole screen (inset, not 100vw, which counts a scroll bar and
+    // shifts the panel), and the launcher steps aside so it covers neither the text box nor Send.
+    "@media (max-width:480px){.panel{left:0;right:0;top:0;bottom:0;width:auto;max-width:none;height:auto;",
+    "max-height:none;border-radius:0}.launcher{right:14px;bottom:14px}.launcher.open{display:none}}"
   ].join("");
   root.innerHTML =
     '<style>' + css + '</style>' +
@@ -212,6 +214,11 @@
       link.setAttribute("data-testid", "ol-attachment");
       if (a.kind === "image") {
         var img = document.createElement("img");
+        // An image takes its height only once loaded: keep the newest message in view if it was.
+        img.addEventListener("load", function () {
+          var gap = el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight;
+          if (gap <= img.offsetHeight + 80) scrollDown();
+        });
         img.src = url;
         img.alt = a.name || "image";
         link.appendChild(img);
@@ -443,6 +450,7 @@
     state.open = open;
     el.panel.hidden = !open;
     el.launcher.setAttribute("aria-expanded", open ? "true" : "false");
+    el.launcher.classList.toggle("open", open);
     if (open) { unread = 0; setBadge(); scrollDown(); el.input.focus(); }
     save();
   }
