@@ -148,3 +148,18 @@ async def test_attach_file_is_reached_with_the_keyboard_and_an_old_upload_error_
         await boris.get_by_test_id("pin").click()
         await expect(boris.get_by_test_id("pin")).to_have_attribute("aria-pressed", "true")
         await expect(boris.get_by_test_id("chat-item").filter(has_text="Fiona")).to_have_class(re.compile(r"\bpinned\b"))
+
+
+async def test_on_a_phone_the_workspace_fits_the_screen_and_the_status_switch_is_on_it(nc: Any, desk: Service[Settings]) -> None:
+    js = nc.jetstream()
+    async with chromium() as browser:
+        boris = await new_page(browser, desk_url(desk), width=390, height=844)
+        await sign_in_live(boris, "boris")
+        await client_writes(js, "p-1", "Hello from a phone", "v-phone", name="Pat")
+        await boris.get_by_test_id("chat-item").filter(has_text="Pat").click()
+        await expect(boris.get_by_test_id("accept")).to_be_visible()
+        width = await boris.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+        for testid in ("status-online", "status-away", "status-offline", "accept", "reply-input", "reply-send"):
+            box = await boris.get_by_test_id(testid).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 + 0.5, (testid, box)
