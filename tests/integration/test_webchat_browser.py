@@ -210,3 +210,13 @@ def _png(width: int, height: int) -> bytes:
     raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+async def test_the_widget_says_away_and_what_to_expect_while_nobody_can_answer(svc: Any, page: Any) -> None:
+    await page.goto(f"http://127.0.0.1:{svc.port}/demo")
+    await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+    await page.get_by_test_id("ol-launcher").click()
+    conn = page.get_by_test_id("ol-conn")
+    await conn.wait_for()
+    assert await conn.inner_text() == "Away"  # no operator of the line is online
+    assert "away right now" in await page.locator("#ol-greet").inner_text()

@@ -351,3 +351,33 @@ async def test_demo_page_uses_the_widget_public_url_when_set(nats_server: Any, h
             assert '<script src="https://chat.example.com/widget.js"' in await resp.text()
     finally:
         await service.stop()
+
+
+async def test_the_widget_is_told_whether_someone_can_answer_now_and_when_that_changes(
+    svc: runner.Service[Settings], http: aiohttp.ClientSession, nc: Any, nats_server: Any
+) -> None:
+    """Not "Online" while every operator of the line is away: the welcome says whether an operator
+    of the account's line is online, and a change is pushed to the open sockets."""
+    from support import running_router
+
+    from openlines.commands import SetStatus, call
+
+    async with running_router(nats_server.url):
+        ws, welcome = await open_visitor(http, base(svc))
+        assert welcome["available"] is False  # anna, the line's only operator, is offline
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        assert await _next_of(ws, "availability") == {"type": "availability", "available": True}
+        ws2, welcome2 = await open_visitor(http, base(svc), account="shop")  # the same line
+        assert welcome2["available"] is True
+        await call(nc, "status", SetStatus(operator_id="anna", status="away"))
+        assert (await _next_of(ws, "availability"))["available"] is False
+        assert (await _next_of(ws2, "availability"))["available"] is False
+        await ws.close()
+        await ws2.close()
+
+
+async def _next_of(ws: Any, kind: str) -> dict[str, Any]:
+    while True:
+        frame = await recv(ws, timeout=scaled(15))
+        if frame["type"] == kind:
+            return frame

@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from gateway_webchat import metrics, token
+from gateway_webchat.availability import Availability
 from gateway_webchat.core import address, limits
 from gateway_webchat.files import BadLink, Links, VisitorFiles, owns
 from gateway_webchat.lines import BoundAccounts
@@ -88,7 +89,17 @@ def _not_sent(client_id: str) -> str:
 
 
 class WebchatHttp:
-    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, hub: Hub, bound: BoundAccounts, links: Links) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        js: JetStreamContext,
+        hub: Hub,
+        bound: BoundAccounts,
+        links: Links,
+        availability: Availability,
+    ) -> None:
+        self.availability = availability
         self.settings = settings
         self.nc = nc
         self.js = js
@@ -320,6 +331,7 @@ class WebchatHttp:
             max_text=self.settings.max_text,
             max_upload=self.settings.webchat_upload_max_bytes,
             expires_at=visitor.issued_at + self.settings.visitor_ttl,
+            available=self.availability.available(account),
         )
         return sock, welcome
 

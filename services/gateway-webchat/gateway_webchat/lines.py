@@ -30,11 +30,16 @@ class BoundAccounts:
         self.js = js
         self.channel = channel
         self._by_line: dict[str, frozenset[str]] = {}
+        self._lines: dict[str, LineConfig] = {}
         self.accounts: frozenset[str] = frozenset()
         self.loaded = asyncio.Event()
 
     def __contains__(self, account: str) -> bool:
         return account in self.accounts
+
+    def lines_of(self, account: str) -> list[LineConfig]:
+        """The lines this widget account feeds (their queues and hours say who may answer it)."""
+        return [self._lines[line_id] for line_id, accounts in self._by_line.items() if account in accounts]
 
     def ready(self) -> str | None:
         return None if self.loaded.is_set() else "line configs not loaded yet"
@@ -86,6 +91,7 @@ class BoundAccounts:
         line_id = entry.key.removeprefix(LINE_PREFIX)
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self._by_line.pop(line_id, None)
+            self._lines.pop(line_id, None)
         else:
             try:
                 line = msgspec.json.decode(entry.value, type=LineConfig)
@@ -93,6 +99,7 @@ class BoundAccounts:
                 log.error("ignoring invalid line config in KV", extra={"line": line_id, "error": str(exc)})
                 return
             self._by_line[line_id] = frozenset(ch.account for ch in line.channels if ch.channel == self.channel)
+            self._lines[line_id] = line
         before = self.accounts
         self.accounts = frozenset().union(*self._by_line.values())
         if self.loaded.is_set() and self.accounts != before:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway_webchat.availability import Availability
 from gateway_webchat.files import Links
 from gateway_webchat.http import WebchatHttp
 from gateway_webchat.lines import BoundAccounts
 from gateway_webchat.normalise import CHANNEL
-from gateway_webchat.push import Hub, OutboundConsumer
+from gateway_webchat.push import Hub, OutboundConsumer, frame
 from gateway_webchat.settings import Settings
 from openlines.runner import Service
 
@@ -36,11 +37,19 @@ async def setup(svc: Service[Settings]) -> None:
     links = Links(svc.settings.webchat_secret, svc.settings.webchat_file_link_ttl)
     consumer = OutboundConsumer(svc.js, hub, links)
     bound = BoundAccounts(svc.js, CHANNEL)
-    edge = WebchatHttp(svc.settings, svc.nc, svc.js, hub, bound, links)
+
+    def tell(account: str, available: bool) -> None:
+        for sock in hub.sockets():
+            if sock.account == account:
+                sock.send(frame(type="availability", available=available))
+
+    availability = Availability(svc.js, bound, tell)
+    edge = WebchatHttp(svc.settings, svc.nc, svc.js, hub, bound, links, availability)
     edge.routes(svc.app)
     svc.app[WEBCHAT] = Webchat(hub=hub, consumer=consumer, edge=edge, bound=bound)
     svc.spawn(consumer.run(svc.stopping), name="webchat-outbound")
     svc.spawn(bound.run(svc.stopping), name="webchat-lines")
+    svc.spawn(availability.run(svc.stopping), name="webchat-availability")
     # Serve sockets only once the bound accounts are known; a slow start is
     # still served, with /readyz and a 1013 "reconnect shortly" until then.
     with contextlib.suppress(TimeoutError):

@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
-from openlines import subjects
+from openlines import hours, subjects
 from openlines.bus import Buckets, kv_entries, kv_get, kv_update
 from openlines.crashpoints import crash_point
 from openlines.envelopes import Attachment, ClientProfile, HistoryEntry, Inbound, Outbound, utcnow
@@ -37,7 +37,7 @@ from openlines.state import (
     Session,
     client_key,
 )
-from router.core import autoreply, distribution, flood, hours
+from router.core import autoreply, distribution, flood
 from router.effects import Effects
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from openlines.hours import is_open, next_closing, next_opening
 from openlines.lines import WEEKDAYS, HoursConfig, parse_span
-from router.core.hours import is_open, next_closing, next_opening
 
 RIGA = ZoneInfo("Europe/Riga")
 NEW_YORK = ZoneInfo("America/New_York")

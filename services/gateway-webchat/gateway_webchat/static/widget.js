@@ -1,7 +1,7 @@
 /*! openlines web chat widget — plain JS, no build step.
  * Embed with ONE tag:
  *   <script src="https://chat.example.com/widget.js" data-account="demo" async></script>
- * Optional attributes: data-title, data-color, data-greeting.
+ * Optional attributes: data-title, data-color, data-greeting, data-away-greeting (shown while nobody can answer).
  * Protocol: docs/channels/webchat.md
  */
 (function () {
@@ -14,6 +14,9 @@
   var title = script.getAttribute("data-title") || "Chat with us";
   var color = script.getAttribute("data-color") || "#2563eb";
   var greeting = script.getAttribute("data-greeting") || "Hi! Send us a message — we usually reply within minutes.";
+  var awayGreeting = script.getAttribute("data-away-greeting") ||
+    "Our team is away right now. Leave a message and we will answer as soon as we are back.";
+  var available = true;  // someone can answer now (the gateway says so at every connection and on change)
   var src = new URL(script.src, document.baseURI);
   var wsBase = (src.protocol === "https:" ? "wss:" : "ws:") + "//" + src.host + "/ws/" + encodeURIComponent(account);
   var httpBase = src.protocol + "//" + src.host;  // files are uploaded to and served by this gateway
@@ -254,8 +257,10 @@
   var maxUpload = 0;
   function setConnected(on, text) {
     connected = on;
-    el.dot.className = "dot" + (on ? " on" : "");
-    el.connText.textContent = text || (on ? "Online" : "Connecting…");
+    el.dot.className = "dot" + (on && available ? " on" : "");
+    el.connText.textContent = text || (on ? (available ? "Online" : "Away") : "Connecting…");
+    el.greet.textContent = available ? greeting : awayGreeting;
+    host.setAttribute("data-available", available ? "true" : "false");
     host.setAttribute("data-connected", on ? "true" : "false");
   }
   function schedule(delay) {
@@ -324,10 +329,14 @@
       state.token = f.token; state.visitor = f.visitor;  // a fresh token on every connection: it never runs out while used
       if (f.max_text) { maxText = f.max_text; el.input.maxLength = maxText; }
       if (f.max_upload) maxUpload = f.max_upload;
+      available = f.available !== false;
       save();
       setConnected(true);
       setNotice("");
       state.items.forEach(function (it) { if (it.kind === "out" && it.status === "sending") transmit(it); });
+    } else if (f.type === "availability") {
+      available = !!f.available;
+      setConnected(connected);
     } else if (f.type === "ack") {
       var it = find("out", f.id);
       if (it) { it.status = "sent"; it.error = ""; save(); render(it); }

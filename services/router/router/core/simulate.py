@@ -22,9 +22,10 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from openlines import hours
 from openlines.lines import LineConfig, LinesFile, binding_index
 from openlines.state import QueuedChat
-from router.core import autoreply, distribution, hours
+from router.core import autoreply, distribution
 from router.core.distribution import Context, OperatorView
 from router.core.queue import WaitingLine
 
