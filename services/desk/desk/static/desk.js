@@ -78,7 +78,9 @@
   function ago(iso) {
     if (!iso) return "";
     const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-    if (s < 60) return "just now";
+    // Seconds under a minute, as the supervisor view counts them ("42 s", not "just now").
+    if (s < 5) return "just now";
+    if (s < 60) return `${Math.floor(s)} s`;
     if (s < 3600) return `${Math.floor(s / 60)} min`;
     if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
     return `${Math.floor(s / 86400)} d`;
@@ -959,7 +961,7 @@
     if (el.toast.dataset.sessionId) select(el.toast.dataset.sessionId);
   });
 
-  setInterval(() => { renderList(); renderHead(); }, 15000);
+  setInterval(() => { renderList(); renderHead(); }, 5000);
   setInterval(tick, 1000);
   render();
   connect();
