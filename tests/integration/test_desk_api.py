@@ -79,7 +79,7 @@ async def put(kv: Any, key: str, obj: msgspec.Struct) -> None:
 
 async def test_sign_in_with_the_right_password_opens_the_workspace(http: aiohttp.ClientSession) -> None:
     done = await try_sign_in(http, "anna", "demo")
-    assert done.status == 303 and done.headers["Location"] == "/"
+    assert done.status == 303 and done.headers["Location"] == "/?signed_in=1"  # the workspace, told to start online
     cookie = done.headers.getall("Set-Cookie")
     session_cookie = next(c for c in cookie if c.startswith("ol_desk="))
     assert "HttpOnly" in session_cookie and "SameSite=Lax" in session_cookie and "Max-Age=43200" in session_cookie
