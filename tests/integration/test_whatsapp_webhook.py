@@ -270,7 +270,7 @@ async def test_a_file_whatsapp_cannot_give_now_is_503_and_one_it_will_never_give
     assert status == 200
     lost = await published(nc, gone["id"])
     assert lost.text.startswith("old photo\n(the file could not be kept: WhatsApp did not give the file")
-    assert lost.attachments[0].ref == "" and "error" in lost.attachments[0].extra
+    assert lost.attachments[0].ref == "" and "not_stored" in lost.attachments[0].extra
 
 
 async def test_a_media_url_on_a_foreign_host_is_never_fetched(nats_server: Any, nc: Any, peer: FakeWhatsApp) -> None:
@@ -282,7 +282,7 @@ async def test_a_media_url_on_a_foreign_host_is_never_fetched(nats_server: Any, 
         )
         assert status == 200
         (got,) = await inbound_of(nc)
-        assert got.attachments[0].ref == "" and "not on the Graph API" in got.attachments[0].extra["error"]
+        assert got.attachments[0].ref == "" and "not on the Graph API" in got.attachments[0].extra["not_stored"]
         assert not [c for c in peer.calls if c[1].startswith("/whatsapp_business/attachments/")]
 
 

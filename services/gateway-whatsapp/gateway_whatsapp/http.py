@@ -203,8 +203,8 @@ class WhatsAppHttp:
                         extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "error": str(exc)},
                     )
                     raise Unavailable("a client's file could not be fetched now; retry") from None
-                if atts[media.index].extra.get("error"):
-                    notes.append(f"(the file could not be kept: {atts[media.index].extra['error']})")
+                if atts[media.index].extra.get("not_stored"):
+                    notes.append(f"(the file could not be kept: {atts[media.index].extra['not_stored']})")
             text = "\n".join(t for t in (inbound.text, *notes) if t)
             inbound = msgspec.structs.replace(inbound, attachments=atts, text=text)
         if not self.nc.is_connected:

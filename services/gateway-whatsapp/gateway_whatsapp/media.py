@@ -103,7 +103,7 @@ class ClientFiles:
         return self._store
 
     async def keep(self, number: Number, media: Media, att: Attachment) -> Attachment:
-        """``att`` naming the kept file; or, when WhatsApp will never give it, ``att`` saying why in ``extra.error``.
+        """``att`` naming the kept file; or, when WhatsApp will never give it, ``att`` saying why in ``extra.not_stored``.
 
         Raises :class:`FetchLater` when trying again may work.
         """
@@ -150,7 +150,7 @@ class ClientFiles:
 
     def _not_kept(self, att: Attachment, why: str) -> Attachment:
         log.warning("client file not kept", extra={"channel": "whatsapp", "reason": why})
-        return msgspec.structs.replace(att, extra={**att.extra, "error": why[:300]})
+        return msgspec.structs.replace(att, extra={**att.extra, "not_stored": why[:300]})
 
 
 async def _put_once(store: ObjectStore, key: str, data: bytes, meta: FileMeta) -> None:
