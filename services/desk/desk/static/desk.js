@@ -734,7 +734,10 @@
           // The client wrote: WhatsApp's window opens again for 24 hours from now.
           if (chat.window) {
             const until = new Date(Date.parse(frame.at) + WINDOW_MS).toISOString();
-            if (!chat.window.closes_at || Date.parse(until) > Date.parse(chat.window.closes_at)) chat.window.closes_at = until;
+            if (!chat.window.closes_at || Date.parse(until) > Date.parse(chat.window.closes_at)) {
+              chat.window.closes_at = until;
+              if (id === state.selected) renderHead();
+            }
           }
         }
         if (id === state.selected && document.visibilityState === "visible") markSeen(id);
