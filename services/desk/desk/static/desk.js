@@ -406,7 +406,11 @@
       input.maxLength = 1000;
       input.dataset.testid = "template-variable";
       input.dataset.index = String(i);
-      if (i === 0 && /name/i.test(label) && chat.client_name) input.value = chat.client_name;
+      // The first variable about a name starts as the client's (the operator can change it).
+      if (chat.client_name && /name/i.test(label) && !el.templateFields.querySelector("input[data-named]")) {
+        input.value = chat.client_name;
+        input.dataset.named = "1";
+      }
       input.addEventListener("input", previewTemplate);
       wrap.append(input);
       el.templateFields.append(wrap);
