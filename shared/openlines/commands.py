@@ -41,7 +41,9 @@ class TemplateChoice(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     params: list[str] = []
 
 
-class Reply(_Cmd):
+class Reply(_Cmd, omit_defaults=True):
+    # omit_defaults: a reply without a template encodes as before, so a router not yet upgraded (which
+    # refuses unknown fields) still takes replies from an upgraded desk during a rolling update.
     session_id: str
     text: str
     client_msg_id: str  # makes a retried reply idempotent

@@ -152,6 +152,8 @@ async def test_outside_the_24_hours_free_text_is_refused_and_an_approved_templat
         bad = {"template": {"name": "follow_up", "params": ["Ann"]}}
         status, answer = await desk.reply(sid, bad)
         assert status == 400 and "2 variables" in answer["detail"]
+        status, answer = await desk.reply(sid, {"template": {"name": "spring_sale", "params": []}})
+        assert status == 400 and "no template 'spring_sale' is declared for whatsapp/shop_wa" in answer["detail"]
         status, answer = await desk.reply(sid, {"template": {"name": "follow_up", "params": ["Ann", "A-17"]}})
         assert status == 200, answer
         await wait_for(lambda: peer.sent_to(CLIENT), what="the template at WhatsApp")

@@ -78,3 +78,15 @@ def test_declared_templates_are_checked_when_the_lines_are_read() -> None:
     assert any("listed twice" in e for e in errors(good + good.replace('variables = ["name"]\n', 'variables = ["n"]\n')))
     telegram = head.replace('"whatsapp"', '"telegram"')
     assert any("for whatsapp accounts only" in e for e in errors(good, telegram))
+
+
+def test_a_reply_without_a_template_encodes_as_before_an_upgrade() -> None:
+    """A router not yet upgraded refuses unknown fields: a plain reply must not carry "template": null."""
+    import msgspec
+
+    from openlines.commands import Reply, TemplateChoice
+
+    plain = msgspec.json.decode(msgspec.json.encode(Reply(operator_id="a", session_id="s", text="hi", client_msg_id="c")))
+    assert plain == {"operator_id": "a", "session_id": "s", "text": "hi", "client_msg_id": "c"}
+    with_template = Reply(operator_id="a", session_id="s", text="", client_msg_id="c", template=TemplateChoice(name="t"))
+    assert msgspec.json.decode(msgspec.json.encode(with_template))["template"] == {"name": "t", "language": "", "params": []}
