@@ -106,6 +106,9 @@ async def test_a_whatsapp_client_and_the_desk_talk_both_ways_with_files_and_mark
         assert got[1]["text"] == "the receipt" and att["kind"] == "image" and att["ref"].startswith("ol-wa-files:shop_wa/")
         kept = await (await nc.jetstream().object_store(subjects.OBJ_WHATSAPP_FILES)).get(att["ref"].split(":", 1)[1])
         assert kept.data == JPEG
+        # The operator opens it through the desk (which checks she may read the chat).
+        async with http.get(f"/api/sessions/{sid}/file", params={"ref": att["ref"]}) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg" and await r.read() == JPEG
 
         # The operator answers with text and a file: WhatsApp gets the text once, and the file uploaded.
         file_id = await desk.upload(sid, "invoice.pdf", b"%PDF-1.4 invoice", "application/pdf")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
-from peers.whatsapp_api import contact, notification, text
+from peers.whatsapp_api import contact, message, notification, text
 from support import apply_lines, running_router
 from whatsapp_support import CLIENT, FOLLOW_UP, SHOP, fake_whatsapp, running_gateway, whatsapp_line
 
@@ -26,6 +26,12 @@ playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
 PHONE = SHOP["phone_number_id"]
+# A 1x1 PNG: the client's photo, previewed in the desk.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2b2f1"
+    "a30000000049454e44ae426082"
+)
 LINES = whatsapp_line(templates=FOLLOW_UP, extra="wait_seconds = 600").replace(
     '[operators.anna]\nname = "Anna"\n',
     '[operators.anna]\nname = "Anna Petrova"\npassword_hash = '
@@ -84,7 +90,16 @@ async def test_closed_window_template_then_free_text_marks_and_a_refused_reply(n
         assert at_whatsapp.type == "template"
         assert [p["text"] for p in at_whatsapp.payload["template"]["components"][0]["parameters"]] == ["Ann Lee", "A-17"]
 
-        # The client answers: the window opens for 24 hours and free text goes out.
+        # The client answers with a photo: the window opens for 24 hours, the photo is shown, free text goes out.
+        photo = peer.add_client_media(PHONE, PNG, "image/png")
+        with_photo = message(CLIENT, "image", image={"id": photo, "mime_type": "image/png", "caption": "my receipt"})
+        assert (await peer.client_says(PHONE, CLIENT, with_photo))[0] == 200
+        shown = anna.get_by_test_id("transcript-entry").filter(has_text="my receipt").get_by_test_id("attachment-image")
+        await expect(shown).to_be_visible()
+        await anna.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=attachment-image]')]"
+            ".some((i) => i.complete && i.naturalWidth === 1)"
+        )
         assert (await peer.client_says(PHONE, CLIENT, text(CLIENT, "Thank you!")))[0] == 200
         await expect(anna.get_by_test_id("transcript")).to_contain_text("Thank you!")
         await expect(banner).to_have_attribute("data-open", "true")

@@ -192,8 +192,9 @@ class WhatsAppHttp:
     async def _message(self, message: ClientMessage) -> int:
         inbound = message.inbound
         if message.media:
+            # The client's files are fetched and kept before the message is published; one WhatsApp will never
+            # give stays in the message with the reason (``extra.omitted``), which the desk shows.
             atts = list(inbound.attachments)
-            notes: list[str] = []
             for media in message.media:
                 try:
                     atts[media.index] = await self.files.keep(message.number, media, atts[media.index])
@@ -203,10 +204,7 @@ class WhatsAppHttp:
                         extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "error": str(exc)},
                     )
                     raise Unavailable("a client's file could not be fetched now; retry") from None
-                if atts[media.index].extra.get("not_stored"):
-                    notes.append(f"(the file could not be kept: {atts[media.index].extra['not_stored']})")
-            text = "\n".join(t for t in (inbound.text, *notes) if t)
-            inbound = msgspec.structs.replace(inbound, attachments=atts, text=text)
+            inbound = msgspec.structs.replace(inbound, attachments=atts)
         if not self.nc.is_connected:
             metrics.REJECTED.labels("nats_disconnected").inc()
             raise Unavailable("message bus unavailable; retry")

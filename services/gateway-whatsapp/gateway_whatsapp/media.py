@@ -25,8 +25,6 @@ import logging
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectDeletedError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from gateway_whatsapp import metrics
@@ -34,7 +32,7 @@ from gateway_whatsapp.accounts import Number
 from gateway_whatsapp.core.errors import classify
 from gateway_whatsapp.graph import Graph, GraphError, GraphUnavailable, MediaRefused
 from gateway_whatsapp.normalise import Media
-from openlines import subjects
+from openlines import files, subjects
 from openlines.envelopes import Attachment
 
 log = logging.getLogger("gateway_whatsapp.media")
@@ -44,13 +42,6 @@ STORE = subjects.OBJ_WHATSAPP_FILES
 
 class FetchLater(Exception):
     """The file could not be fetched or kept now (WhatsApp or NATS away): answer 503 so the webhook comes again."""
-
-
-class FileMeta(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What the store keeps about a file besides its bytes (the object's description)."""
-
-    name: str = ""
-    mime: str = ""
 
 
 def expected_digest(value: str) -> bytes | None:
@@ -68,10 +59,6 @@ def expected_digest(value: str) -> bytes | None:
     return raw if len(raw) == 32 else None
 
 
-def content_key(account: str, data: bytes) -> str:
-    return f"{account}/{hashlib.sha256(data).hexdigest()}"
-
-
 class ClientFiles:
     """Fetches clients' files by media id and keeps them in ``ol-wa-files``."""
 
@@ -85,25 +72,23 @@ class ClientFiles:
         self.replicas = replicas
         self._sem = asyncio.Semaphore(concurrency)
         self._store: ObjectStore | None = None
+        self._opening = asyncio.Lock()
 
     async def store(self) -> ObjectStore:
         if self._store is None:
-            try:
-                self._store = await self.js.object_store(STORE)
-            except (BucketNotFoundError, NotFoundError, BadRequestError):
-                self._store = await self.js.create_object_store(
-                    STORE,
-                    config=js_api.ObjectStoreConfig(
-                        storage=js_api.StorageType.FILE,
+            async with self._opening:
+                if self._store is None:
+                    self._store = await files.open_store(
+                        self.js,
+                        STORE,
                         description="gateway-whatsapp: files clients send",
-                        ttl=self.max_age or None,
+                        max_age=self.max_age,
                         replicas=self.replicas,
-                    ),
-                )
+                    )
         return self._store
 
     async def keep(self, number: Number, media: Media, att: Attachment) -> Attachment:
-        """``att`` naming the kept file; or, when WhatsApp will never give it, ``att`` saying why in ``extra.not_stored``.
+        """``att`` naming the kept file; or, when WhatsApp will never give it, ``att`` saying why in ``extra.omitted``.
 
         Raises :class:`FetchLater` when trying again may work.
         """
@@ -123,17 +108,16 @@ class ClientFiles:
         except GraphUnavailable as exc:
             metrics.MEDIA.labels("retry").inc()
             raise FetchLater(str(exc)) from None
-        key = content_key(number.account, data)
-        name = att.name or _default_name(att.kind, mime)
+        key = files.content_key(number.account, data)
+        name = files.clean_name(att.name) if att.name else _default_name(att.kind, mime)
         try:
-            store = await self.store()
-            await _put_once(store, key, data, FileMeta(name=name, mime=mime))
+            await files.put_once(await self.store(), key, data, files.Meta(name=name, mime=mime))
         except (TimeoutError, nats.errors.Error) as exc:
             metrics.MEDIA.labels("retry").inc()
             raise FetchLater(f"the file could not be stored: {type(exc).__name__}") from None
         metrics.MEDIA.labels("kept").inc()
         extra = {k: v for k, v in att.extra.items() if k != "sha256"}
-        return msgspec.structs.replace(att, ref=f"{STORE}:{key}", mime=mime, size=len(data), name=name, extra=extra)
+        return msgspec.structs.replace(att, ref=files.ref(STORE, key), mime=mime, size=len(data), name=name, extra=extra)
 
     async def _fetch(self, number: Number, media: Media) -> tuple[bytes, str]:
         info = await self.graph.media_info(number, media.media_id)
@@ -150,18 +134,7 @@ class ClientFiles:
 
     def _not_kept(self, att: Attachment, why: str) -> Attachment:
         log.warning("client file not kept", extra={"channel": "whatsapp", "reason": why})
-        return msgspec.structs.replace(att, extra={**att.extra, "not_stored": why[:300]})
-
-
-async def _put_once(store: ObjectStore, key: str, data: bytes, meta: FileMeta) -> None:
-    """Store ``data`` under ``key`` unless it is there already (content-addressed keys: the same bytes)."""
-    try:
-        info = await store.get_info(key)
-    except (ObjectNotFoundError, ObjectDeletedError, NotFoundError):
-        info = None
-    if info is not None and not info.deleted:
-        return
-    await store.put(key, data, meta=js_api.ObjectMeta(name=key, description=msgspec.json.encode(meta).decode()))
+        return msgspec.structs.replace(att, extra={**att.extra, "omitted": why[:300]})
 
 
 _EXT = {
@@ -195,43 +168,22 @@ class FileProblem(Exception):
         self.permanent = permanent
 
 
-def desk_file_key(ref: str) -> str | None:
-    """``<session>/<file id>`` of a file in the desk's store, from ``ol-desk-files:<session>/<file id>``; else None."""
-    store, sep, key = ref.partition(":")
-    if not sep or store != subjects.OBJ_DESK_FILES:
-        return None
-    session, slash, file_id = key.partition("/")
-    if not slash or not session or not file_id or "/" in file_id or ".." in key:
-        return None
-    return key
-
-
 class DeskFiles:
-    """Reads operators' files from ``ol-desk-files`` (never creates the store: the desk owns it)."""
+    """Reads operators' files from ``ol-desk-files`` by reference (never a link; never creates the store)."""
 
     def __init__(self, js: JetStreamContext, *, max_bytes: int, timeout: float) -> None:
-        self.js = js
         self.max_bytes = max_bytes
-        self.timeout = timeout
-        self._store: ObjectStore | None = None
+        self.reader = files.Reader(js, timeout=timeout, allowed=frozenset({subjects.OBJ_DESK_FILES}))
 
     async def read(self, att: Attachment) -> bytes:
-        key = desk_file_key(att.ref)
         name = att.name or att.kind
-        if key is None:
+        if files.parse_ref(att.ref) is None or not att.ref.startswith(subjects.OBJ_DESK_FILES + ":"):
             raise FileProblem(f"attachment {name!r}: not a file uploaded to the desk (links are never fetched)", permanent=True)
         try:
-            async with asyncio.timeout(self.timeout):
-                if self._store is None:
-                    self._store = await self.js.object_store(subjects.OBJ_DESK_FILES)
-                info = await self._store.get_info(key)
-                if (info.size or 0) > self.max_bytes:
-                    raise FileProblem(f"attachment {name!r} is larger than {self.max_bytes} bytes", permanent=True)
-                result = await self._store.get(key)
-        except (ObjectNotFoundError, ObjectDeletedError, BucketNotFoundError, NotFoundError):
+            return (await self.reader.get(att.ref, max_bytes=self.max_bytes)).data
+        except files.FileGone:
             raise FileProblem(f"attachment {name!r}: no longer in the desk's file store", permanent=True) from None
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise FileProblem(f"attachment {name!r}: {type(exc).__name__}", permanent=False) from None
-        if result.data is None:
-            raise FileProblem(f"attachment {name!r}: no longer in the desk's file store", permanent=True)
-        return result.data
+        except files.FileTooLarge:
+            raise FileProblem(f"attachment {name!r} is larger than {self.max_bytes} bytes", permanent=True) from None
+        except files.StoreUnavailable as exc:
+            raise FileProblem(f"attachment {name!r}: {exc}", permanent=False) from None
