@@ -37,6 +37,7 @@ PORTS = {
     "gateway-telegram": 8083,
     "gateway-vk": 8084,
     "gateway-email": 8085,
+    "gateway-whatsapp": 8086,
     "crm-sync": 8087,
 }
 # Always run: the core of the product and the built-in CRM.
@@ -51,6 +52,7 @@ CHANNELS = {
     "telegram": ("OPENLINES_TELEGRAM_BOTS", "python -m gateway_telegram"),
     "vk": ("OPENLINES_VK_GROUPS", "python -m gateway_vk"),
     "email": ("OPENLINES_EMAIL_MAILBOXES", "python -m gateway_email"),
+    "whatsapp": ("OPENLINES_WHATSAPP_ACCOUNTS", "python -m gateway_whatsapp"),
 }
 PORT_OF = {
     "router": "router",
@@ -60,6 +62,7 @@ PORT_OF = {
     "telegram": "gateway-telegram",
     "vk": "gateway-vk",
     "email": "gateway-email",
+    "whatsapp": "gateway-whatsapp",
 }
 
 

@@ -8,15 +8,17 @@ handled without an error.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+# OPENLINES_CORPUS_DIR: another copy of the corpus (one being collected, before it is added beside the repo).
+CORPUS = Path(os.environ.get("OPENLINES_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "corpus")
 
 
 def corpus_files(kind: str, suffix: str) -> list[Path]:
-    """The corpus files of one kind (``telegram``, ``vk``, ``email``, ``bitrix24``), or a skip when absent."""
+    """The corpus files of one kind (``telegram``, ``vk``, ``email``, ``bitrix24``, ``whatsapp``); empty when absent."""
     folder = CORPUS / kind
     files = sorted(folder.glob(f"*{suffix}")) if folder.is_dir() else []
     return files

@@ -34,6 +34,8 @@ STREAM_SETTINGS: dict[str, dict[str, Any]] = {
     subjects.STREAM_OUT: {"max_age": 30 * DAY, "duplicate_window": 15 * 60.0},
     subjects.STREAM_EVT: {"max_age": 30 * DAY, "duplicate_window": 15 * 60.0},
     subjects.STREAM_HIST: {"max_age": 0.0, "duplicate_window": 15 * 60.0},
+    # Delivery marks are read with their transcript, so they are kept as long.
+    subjects.STREAM_MARK: {"max_age": 0.0, "duplicate_window": 15 * 60.0},
     # Timers wait in a work queue: the router's consumer naks each with a
     # delay until it is due, then acks it (which removes it).
     subjects.STREAM_TIMER: {"max_age": 0.0, "duplicate_window": 15 * 60.0, "retention": js_api.RetentionPolicy.WORK_QUEUE},

@@ -33,11 +33,22 @@ class Accept(_Cmd):
     session_id: str
 
 
-class Reply(_Cmd):
+class TemplateChoice(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An approved message template of the chat's account, with the operator's values for its variables."""
+
+    name: str
+    language: str = ""  # empty: the only (or first) translation declared under that name
+    params: list[str] = []
+
+
+class Reply(_Cmd, omit_defaults=True):
+    # omit_defaults: a reply without a template encodes as before, so a router not yet upgraded (which
+    # refuses unknown fields) still takes replies from an upgraded desk during a rolling update.
     session_id: str
     text: str
     client_msg_id: str  # makes a retried reply idempotent
     attachments: list[Attachment] = []  # files already stored (the desk's file store); text may then be empty
+    template: TemplateChoice | None = None  # send this template (text is then ignored): outside the 24-hour window
 
 
 class Close(_Cmd):

@@ -140,6 +140,7 @@ ACCOUNT_SETTINGS = {
     "telegram": ("OPENLINES_TELEGRAM_BOTS", "bots"),
     "vk": ("OPENLINES_VK_GROUPS", "groups"),
     "email": ("OPENLINES_EMAIL_MAILBOXES", "mailboxes"),
+    "whatsapp": ("OPENLINES_WHATSAPP_ACCOUNTS", "numbers"),
 }
 
 
@@ -196,7 +197,7 @@ def _f(severity: Severity, code: str, line: str, key: str, problem: str, fix: st
 
 def _channels(at: str, line: LineConfig) -> list[Finding]:
     if line.channels:
-        return []
+        return _whatsapp_templates(at, line)
     return [
         _f(
             "warning",
@@ -207,6 +208,25 @@ def _channels(at: str, line: LineConfig) -> list[Finding]:
             'bind at least one channel account: channels = [{ channel = "webchat", account = "demo" }]',
         )
     ]
+
+
+def _whatsapp_templates(at: str, line: LineConfig) -> list[Finding]:
+    out: list[Finding] = []
+    for j, ch in enumerate(line.channels):
+        if ch.channel == "whatsapp" and not ch.templates:
+            out.append(
+                _f(
+                    "warning",
+                    "whatsapp-no-templates",
+                    line.id,
+                    f"{at}.channels[{j}].templates",
+                    f"the WhatsApp account {ch.account!r} has no message templates: once a client's 24-hour window"
+                    " closes (no message from them for a day), operators cannot write to them at all",
+                    "declare the account's approved templates: [[lines.channels.templates]] with name, language and"
+                    " the body text as approved in WhatsApp Manager (docs/channels/whatsapp.md)",
+                )
+            )
+    return out
 
 
 def _queue_members(cfg: LinesFile, at: str, line: LineConfig) -> list[Finding]:

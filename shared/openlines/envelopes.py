@@ -67,6 +67,23 @@ class Inbound(msgspec.Struct, kw_only=True, omit_defaults=True):
     no_auto_reply: bool = False
     no_auto_reply_reason: str = ""
     subject: str = ""  # e-mail subject, for threading and the operator's view
+    # When the client sent it by the channel's own clock, where the channel says (WhatsApp's timestamp);
+    # the customer-service window counts from it, not from a webhook retried hours later.
+    sent_at: datetime | None = None
+
+
+class TemplateMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A message template approved by the channel (WhatsApp), with its variables filled in.
+
+    Outside the customer-service window only such a message reaches the client. The
+    outbound ``text`` holds the template's body as the client reads it (for the
+    transcript); the gateway sends the template by ``name`` and ``language``.
+    """
+
+    name: str
+    language: str
+    params: list[str] = []  # the body's variables in order ({{1}}, {{2}}, ... or as named)
+    param_names: list[str] = []  # named variables ({{order_id}}): their names, in the order of params; empty = numbered
 
 
 class Outbound(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -83,6 +100,7 @@ class Outbound(msgspec.Struct, kw_only=True, omit_defaults=True):
     operator_name: str = ""
     auto: bool = False  # an auto-reply, not a person
     created_at: datetime
+    template: TemplateMessage | None = None  # send this approved template (text = its body as filled in)
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -119,6 +137,30 @@ EVENT_KINDS: tuple[str, ...] = (
     "delivery_failed",  # a gateway could not deliver an outbound message
     "crm_linked",  # crm-sync bound the session to CRM records (reason: ids, source)
 )
+
+
+# What a channel reports about a message it was given, worst last: a later mark never hides "failed".
+MarkStatus = Literal["sent", "delivered", "read", "failed"]
+MARK_STATUSES: tuple[str, ...] = ("sent", "delivered", "read", "failed")
+
+
+class DeliveryMark(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the channel said about one outbound message (or one part of it), on ``ol.mark.<session>``.
+
+    Marks can arrive out of order and some may never come (``delivered`` is skipped
+    when the client reads at once): whoever shows them keeps the highest status seen
+    per message, ``failed`` above all.
+    """
+
+    id: str  # <message_id>:<part>:<status>; also the Nats-Msg-Id
+    session_id: str
+    message_id: str  # the Outbound id (= the transcript entry id)
+    status: MarkStatus
+    at: datetime  # when the channel says it happened
+    part: int = 0  # which part of the message (text chunks, then files, each sent as its own message)
+    channel: str = ""
+    account: str = ""
+    reason: str = ""  # for "failed": the channel's reason, as the operator should read it
 
 
 class SessionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):

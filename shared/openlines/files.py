@@ -12,6 +12,7 @@ store by reference.
 | ``ol-email-files`` | gateway-email (MIME parts) | ``<account>/<sha256>`` |
 | ``ol-tg-files`` | gateway-telegram (``getFile``) | ``<account>/<sha256>`` |
 | ``ol-vk-files`` | gateway-vk (photo, doc, audio message) | ``<account>/<sha256>`` |
+| ``ol-wa-files`` | gateway-whatsapp (media by id) | ``<account>/<sha256>`` |
 | ``ol-webchat-files`` | gateway-webchat (visitor uploads) | ``<account>/<visitor>/<file id>`` |
 
 Each store keeps files ``OPENLINES_FILES_MAX_AGE_DAYS`` (90 by default; the
@@ -47,6 +48,7 @@ STORES: frozenset[str] = frozenset(
         subjects.OBJ_EMAIL_FILES,
         subjects.OBJ_TELEGRAM_FILES,
         subjects.OBJ_VK_FILES,
+        subjects.OBJ_WHATSAPP_FILES,
         subjects.OBJ_WEBCHAT_FILES,
     }
 )

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from openlines import templates
 from openlines.envelopes import CHANNELS
 
 PERMISSION_OPENLINES = "openlines"
@@ -36,9 +37,22 @@ class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_def
     pass
 
 
+class MessageTemplate(_Strict):
+    """A message template the channel approved for the account (WhatsApp), offered in the desk outside the
+    customer-service window. ``text`` is its body as approved, with ``{{1}}``, ``{{2}}``... (or named
+    ``{{order_id}}``) where the operator fills in the variables."""
+
+    name: str  # as approved in WhatsApp Manager: lower-case letters, digits and _
+    text: str  # the body, as the client reads it once the variables are filled in
+    language: str = "en_US"  # the approved translation's code: en_US, de, pt_BR ...
+    variables: list[str] = []  # what each variable is, in order, shown to the operator ("client name", "order number")
+    title: str = ""  # how the desk lists it; empty = the name
+
+
 class ChannelBinding(_Strict):
     channel: str
     account: str
+    templates: list[MessageTemplate] = []  # WhatsApp: approved templates offered outside the 24-hour window
 
 
 Mode = Literal["round_robin", "strict", "all", "crm_responsible"]
@@ -256,6 +270,7 @@ def check(cfg: LinesFile) -> list[str]:
                     " a channel account feeds one line"
                 )
             bound[(ch.channel, ch.account)] = line.id
+            errors += _check_templates(f"{where}.channels[{j}]", ch)
         q = line.queue
         if q.wait_seconds < 1 or q.wait_seconds > 3600:
             errors.append(f"{where}.queue.wait_seconds: {q.wait_seconds} is outside 1-3600")
@@ -291,6 +306,24 @@ def check(cfg: LinesFile) -> list[str]:
                 errors.append(f"lines[{i}] ({line.id}).hours.redirect_line: no line {h.redirect_line!r}")
             elif h.redirect_line == line.id:
                 errors.append(f"lines[{i}] ({line.id}).hours.redirect_line: a line cannot redirect to itself")
+    return errors
+
+
+def _check_templates(where: str, ch: ChannelBinding) -> list[str]:
+    if not ch.templates:
+        return []
+    if ch.channel not in templates.CHANNELS_WITH_TEMPLATES:
+        return [f"{where}.templates: message templates are for {', '.join(templates.CHANNELS_WITH_TEMPLATES)} accounts only"]
+    errors: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for k, tpl in enumerate(ch.templates):
+        at = f"{where}.templates[{k}]"
+        errors += [f"{at}: {problem}" for problem in templates.problems(tpl)]
+        if (tpl.name, tpl.language) in seen:
+            errors.append(f"{at}: template {tpl.name!r} ({tpl.language}) is listed twice")
+        seen.add((tpl.name, tpl.language))
+    if len(ch.templates) > templates.MAX_TEMPLATES:
+        errors.append(f"{where}.templates: {len(ch.templates)} templates; at most {templates.MAX_TEMPLATES}")
     return errors
 
 

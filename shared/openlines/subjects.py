@@ -15,7 +15,8 @@ STREAM_OUT = "OL_OUT"
 STREAM_EVT = "OL_EVT"
 STREAM_HIST = "OL_HIST"
 STREAM_TIMER = "OL_TIMER"
-STREAMS = (STREAM_IN, STREAM_OUT, STREAM_EVT, STREAM_HIST, STREAM_TIMER)
+STREAM_MARK = "OL_MARK"
+STREAMS = (STREAM_IN, STREAM_OUT, STREAM_EVT, STREAM_HIST, STREAM_TIMER, STREAM_MARK)
 
 # Key-value buckets
 KV_LINES = "ol-lines"
@@ -30,6 +31,8 @@ KV_ROUTER = "ol-router"  # router replicas: membership and partition leases (cre
 
 # Buckets a service owns and creates itself (with its own TTLs), not part of the bootstrap.
 KV_TELEGRAM_SENT = "ol-tg-sent"  # gateway-telegram: delivered outbound ids
+KV_WHATSAPP_SENT = "ol-wa-sent"  # gateway-whatsapp: what was sent of each outbound message (recorded before each send)
+OBJ_WHATSAPP_FILES = "ol-wa-files"  # gateway-whatsapp: media clients send, fetched from the Cloud API (object store)
 KV_EMAIL_STATE = "ol-email"  # gateway-email: IMAP cursors, chat threading, sent records
 KV_EMAIL_MESSAGES = "ol-email-messages"  # gateway-email: Message-ID -> chat and session
 KV_EMAIL_LEASES = "ol-email-leases"  # gateway-email: which replica owns a mailbox
@@ -57,6 +60,7 @@ OUT_ROOT = "ol.out"
 EVT_ROOT = "ol.evt"
 HIST_ROOT = "ol.hist"
 TIMER_ROOT = "ol.timer"
+MARK_ROOT = "ol.mark"
 CMD_ROOT = "ol.cmd"
 
 STREAM_SUBJECTS = {
@@ -65,6 +69,7 @@ STREAM_SUBJECTS = {
     STREAM_EVT: [f"{EVT_ROOT}.>"],
     STREAM_HIST: [f"{HIST_ROOT}.>"],
     STREAM_TIMER: [f"{TIMER_ROOT}.>"],
+    STREAM_MARK: [f"{MARK_ROOT}.>"],
 }
 
 # The router's request/reply service
@@ -177,6 +182,15 @@ def timer(kind: str, target: str) -> str:
 
 def timers_all() -> str:
     return f"{TIMER_ROOT}.>"
+
+
+def mark(session_id: str) -> str:
+    """Delivery marks (sent, delivered, read, failed) of a session's outbound messages, as the channel reports them."""
+    return f"{MARK_ROOT}.{token(session_id, 'session id')}"
+
+
+def marks_all() -> str:
+    return f"{MARK_ROOT}.>"
 
 
 def command(name: str) -> str:

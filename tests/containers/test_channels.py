@@ -1,9 +1,9 @@
 """Every channel through the containers, and a channel gateway scaled to two containers.
 
 One stack for the module: a 3-node NATS cluster, the router, the desk, two
-Telegram gateway containers, the VK gateway and the e-mail gateway, all on the
+Telegram gateway containers, the VK, WhatsApp and e-mail gateways, all on the
 host network. The messengers' side is played by the local protocol peers on
-127.0.0.1 (the Telegram Bot API and VK API peers, Dovecot for IMAP, aiosmtpd
+127.0.0.1 (the Telegram Bot API, VK API and WhatsApp Cloud API peers, Dovecot for IMAP, aiosmtpd
 for SMTP), which the containers reach exactly as a deployment reaches the real
 services: through the API base URL / mailbox settings. A client writes on each
 channel, the operator answers in the desk, and the answer reaches the client's
@@ -35,9 +35,11 @@ from peers import mailservers
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config
 from peers.telegram_api import SECRET_HEADER, FakeTelegram, message_update
 from peers.vk_api import CallbackSender, FakeVk
+from peers.whatsapp_api import FakeWhatsApp, contact, message, notification, text
 from telegram_support import BOTS, SALES, SUPPORT
 from vk_support import ACCOUNT as VK_ACCOUNT
 from vk_support import GROUP_ID, SECRET, fake_vk, groups_json
+from whatsapp_support import APP, APP_SECRET, CLIENT, SHOP, VERIFY_TOKEN, accounts_json
 
 from openlines import subjects
 
@@ -51,6 +53,7 @@ channels = [
   {{ channel = "telegram", account = "{SUPPORT["account"]}" }},
   {{ channel = "telegram", account = "{SALES["account"]}" }},
   {{ channel = "vk", account = "{VK_ACCOUNT}" }},
+  {{ channel = "whatsapp", account = "{SHOP["account"]}" }},
   {{ channel = "email", account = "support" }},
 ]
 [lines.queue]
@@ -65,6 +68,7 @@ class Channels:
     peers: BackgroundLoop
     telegram: FakeTelegram
     vk: FakeVk
+    whatsapp: FakeWhatsApp
     imap: Dovecot | None
     smtp: SmtpSink
     no_email: str = ""  # why the e-mail gateway is not running
@@ -94,6 +98,10 @@ def channels(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
         vk = fake_vk(users={2002: ("Olga", "Smirnova")})
         peers.call(vk.start())
         cleanup.callback(lambda: peers.call(vk.stop()))
+        whatsapp = FakeWhatsApp()
+        whatsapp.add_number(SHOP["phone_number_id"], SHOP["token"])
+        peers.call(whatsapp.start())
+        cleanup.callback(lambda: peers.call(whatsapp.stop()))
         smtp = SmtpSink()
         smtp.start()
         cleanup.callback(smtp.stop)
@@ -102,7 +110,7 @@ def channels(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 
         stack = Stack(env=images, tmp=tmp)
         cleanup.callback(stack.remove)
-        ch = Channels(stack, peers, telegram, vk, imap, smtp, no_email)
+        ch = Channels(stack, peers, telegram, vk, whatsapp, imap, smtp, no_email)
         try:
             asyncio.run(start(ch, tmp))
         except BaseException:
@@ -129,6 +137,9 @@ async def start(ch: Channels, tmp: Path) -> None:
     for name in ch.telegram_gateways:
         s.start_service(name, "gateway-telegram", telegram)
     s.start_service("vk", "gateway-vk", {"OPENLINES_VK_GROUPS": groups_json(), "OPENLINES_VK_API_URL": ch.vk.url})
+    wa = {"OPENLINES_WHATSAPP_ACCOUNTS": accounts_json(), "OPENLINES_WHATSAPP_API_BASE": ch.whatsapp.base}
+    s.start_service("whatsapp", "gateway-whatsapp", wa)
+    ch.whatsapp.configure(ch.url("whatsapp", f"/whatsapp/{APP}"), APP_SECRET, VERIFY_TOKEN)
     if ch.imap is not None:
         mailboxes = json.dumps([mailbox_config(ch.imap, ch.smtp)])
         s.start_service("email", "gateway-email", {"OPENLINES_EMAIL_MAILBOXES": mailboxes, "OPENLINES_SMTP_BACKOFF": "0.2"})
@@ -195,6 +206,53 @@ async def test_a_vk_client_is_answered_from_the_desk_through_the_containers(chan
         await wait_for(lambda: all_delivered(ch, "gateway-vk"), timeout=60, what="the VK gateway done delivering")
         assert [s.message for s in ch.vk.sent_to(2002)] == ["Yes, 10 to 16."]
         assert await anna.transcript(sid) == ["Is the shop open on Sunday? (vk)"]
+
+
+async def test_a_whatsapp_client_with_a_photo_is_answered_from_the_desk_through_the_container(channels: Channels) -> None:
+    ch = channels
+    wa = ch.whatsapp
+    phone = SHOP["phone_number_id"]
+    photo = wa.add_client_media(phone, b"\xff\xd8\xff\xe0" + b"\x00" * 64, "image/jpeg")
+    msgs = [
+        text(CLIENT, "Is my order ready? (whatsapp)"),
+        message(CLIENT, "image", image={"id": photo, "mime_type": "image/jpeg", "caption": "the receipt"}),
+    ]
+    body = json.dumps(notification(phone, msgs, contacts=[contact(CLIENT, "Sheena")])).encode()
+    wa.age_window(phone, CLIENT, hours=0)  # the client just wrote: the window is open
+    hook = ch.url("whatsapp", f"/whatsapp/{APP}")
+    async with desk_session(ch) as http, aiohttp.ClientSession() as meta:
+        # Meta's checks first: the handshake, a forged notification refused.
+        async with meta.get(hook, params={"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "42"}) as r:
+            assert (r.status, await r.text()) == (200, "42")
+        forged = {"Content-Type": "application/json", "X-Hub-Signature-256": wa.sign(body, secret="0" * 32)}
+        async with meta.post(hook, data=body, headers=forged) as r:
+            assert r.status == 401
+        signed = {"Content-Type": "application/json", "X-Hub-Signature-256": wa.sign(body)}
+        for _ in range(2):  # WhatsApp sends it again when unsure: stored once
+            async with meta.post(hook, data=body, headers=signed) as r:
+                assert r.status == 200, await r.text()
+        anna = await desk_operator(ch, http)
+        sid = await anna.chat_with("whatsapp", "Is my order ready? (whatsapp)")
+        await anna.accept(sid)
+        await anna.reply(sid, "Yes, it ships today.")
+        await wait_for(lambda: wa.sent_to(CLIENT), timeout=60, what="the reply at the Cloud API")
+        await wait_for(lambda: all_delivered(ch, "gateway-whatsapp"), timeout=60, what="the WhatsApp gateway done delivering")
+        assert [m.text for m in wa.sent_to(CLIENT)] == ["Yes, it ships today."]
+
+        async def both() -> list[str] | None:
+            got = await anna.transcript(sid)
+            return got if len(got) >= 2 else None
+
+        assert await wait_for(both, timeout=30, what="both messages") == ["Is my order ready? (whatsapp)", "the receipt"]
+        history = await (await http.get(f"/api/sessions/{sid}/history")).json()
+        (att,) = [a for e in history["entries"] for a in e.get("attachments", [])]
+        assert att["ref"].startswith("ol-wa-files:shop_wa/"), "the photo was fetched and kept by the container"
+
+        async def delivered() -> bool:
+            marks = (await (await http.get(f"/api/sessions/{sid}/history")).json())["marks"]
+            return any(m["status"] == "delivered" for m in marks.values())
+
+        await wait_for(delivered, timeout=60, what="the delivered mark from the status callbacks")
 
 
 async def test_an_email_client_is_answered_from_the_desk_through_the_containers(channels: Channels) -> None:

@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]  # the first te
 K8S = DEPLOY / "k8s"
 BIN = Path(sys.executable).parent
 DOCKERFILE = DEPLOY / "Dockerfile"
-SCALED = {"router", "gateway-webchat", "gateway-telegram", "gateway-vk"}  # HorizontalPodAutoscaler
+SCALED = {"router", "gateway-webchat", "gateway-telegram", "gateway-vk", "gateway-whatsapp"}  # HorizontalPodAutoscaler
 
 
 def tool(name: str) -> str:
@@ -138,7 +138,7 @@ def test_every_service_has_a_probed_deployment_a_pdb_and_the_scaled_ones_an_hpa(
         for rule in by_kind["Ingress"]["openlines"]["spec"]["rules"]
         for p in rule["http"]["paths"]
     }
-    assert backends == {"desk", "gateway-webchat", "gateway-telegram", "gateway-vk"}
+    assert backends == {"desk", "gateway-webchat", "gateway-telegram", "gateway-vk", "gateway-whatsapp"}
     config = by_kind["ConfigMap"]["openlines-config"]["data"]
     assert config["OPENLINES_REPLICAS"] == "3"
 

@@ -1,11 +1,11 @@
 """Fault injection: clients write over every channel while processes are killed with SIGKILL.
 
 Real processes (nats-server - one, or a 3-node cluster -, two router replicas,
-the webchat, Telegram and VK gateways, crm-sync with the built-in CRM) are
+the webchat, Telegram, VK and WhatsApp gateways, crm-sync with the built-in CRM) are
 killed at random moments while clients write: website visitors over the widget
 protocol (reconnecting and resending unacknowledged messages like the widget
-does), Telegram users and VK users through the local Bot API / Callback API
-peers (which resend an update until the webhook answers 200, like the real
+does), Telegram, VK and WhatsApp users through the local Bot API / Callback API /
+Cloud API peers (which resend an update until the webhook answers 200, like the real
 ones), and e-mail clients whose mails are delivered into a real Dovecot
 mailbox (replies go out through a real SMTP server). Scripted operators answer and close every chat. Afterwards it prints and
 checks: messages lost, messages delivered to an operator twice, replies lost or
@@ -37,6 +37,8 @@ from conftest import NatsCluster, NatsServer, free_port, scaled, wait_for
 from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender, FakeVk
+from peers.whatsapp_api import FakeWhatsApp, contact, notification
+from peers.whatsapp_api import text as wa_text
 from servers import ServiceProcess
 from support import apply_lines
 from telegram_support import SUPPORT as TG_BOT
@@ -45,6 +47,7 @@ from vk_support import GROUP_ID as VK_GROUP
 from vk_support import SECRET as VK_SECRET
 from vk_support import fake_vk, groups_json
 from webchat_support import NO_ABUSE_LIMITS, hello_frame
+from whatsapp_support import APP, APP_SECRET, SHOP, VERIFY_TOKEN, accounts_json
 
 from openlines import bus, subjects
 from openlines.commands import Close, CommandFailed, Reply, SetStatus, call
@@ -61,6 +64,7 @@ LINES = (
     + '[[lines]]\nid = "support"\nname = "Support"\n'
     + 'channels = [{ channel = "webchat", account = "demo" }, '
     + f'{{ channel = "telegram", account = "{TG_BOT["account"]}" }}, {{ channel = "vk", account = "{VK_ACCOUNT}" }}, '
+    + f'{{ channel = "whatsapp", account = "{SHOP["account"]}" }}, '
     + '{ channel = "email", account = "support" }]\n'
     + f"[lines.queue]\noperators = {json.dumps(OPERATORS)}\nmax_chats_per_operator = 50\nwait_seconds = 3600\n"
     + '[lines.auto_replies]\nwelcome = "Hello {client_name}"\n'
@@ -75,6 +79,7 @@ class Sent:
     texts: set[str] = field(default_factory=set)
     telegram_chats: list[int] = field(default_factory=list)
     vk_peers: list[int] = field(default_factory=list)
+    whatsapp_clients: list[str] = field(default_factory=list)
     mail_senders: list[str] = field(default_factory=list)
 
 
@@ -143,6 +148,26 @@ async def vk_user(cb: CallbackSender, n: int, sent: Sent) -> None:
     await retry(attempt)
     sent.texts.add(text)
     sent.vk_peers.append(peer)
+
+
+async def whatsapp_user(wa: FakeWhatsApp, n: int, sent: Sent) -> None:
+    """A WhatsApp user writes once; the Cloud API resends the signed notification until it is answered 200."""
+    client, words = f"3725{n:07d}", f"wa question {n}"
+    body = notification(
+        SHOP["phone_number_id"], [wa_text(client, words, wamid=f"wamid.chaos{n:08d}")], contacts=[contact(client)]
+    )
+    wa.last_client_message[(SHOP["phone_number_id"], client)] = time.time()  # the window opens
+
+    async def attempt() -> bool:
+        try:
+            status, _ = await wa.post(body)
+        except Exception:
+            return False
+        return status == 200
+
+    await retry(attempt)
+    sent.texts.add(words)
+    sent.whatsapp_clients.append(client)
 
 
 MTA_CONNECTIONS = 4  # Dovecot allows 10 connections per user and address; the gateway holds some
@@ -221,10 +246,10 @@ async def _bootstrap(nats: Nats) -> Any:
 
 
 def split(n: int) -> dict[str, int]:
-    """N clients over the channels: half on the website, the rest over Telegram, VK and e-mail."""
-    tg = vk = n // 5
+    """N clients over the channels: about half on the website, the rest over Telegram, VK, WhatsApp and e-mail."""
+    tg = vk = wa = n // 7
     mail = n // 10
-    return {"webchat": n - tg - vk - mail, "telegram": tg, "vk": vk, "email": mail}
+    return {"webchat": n - tg - vk - wa - mail, "telegram": tg, "vk": vk, "whatsapp": wa, "email": mail}
 
 
 async def run_chaos(
@@ -232,10 +257,12 @@ async def run_chaos(
 ) -> dict[str, Any]:
     nats = Nats(tmp_path, cluster)
     nats.start()
-    tg, vk = FakeTelegram(), fake_vk()
+    tg, vk, wa = FakeTelegram(), fake_vk(), FakeWhatsApp()
     tg.add_bot(TG_BOT["token"])
+    wa.add_number(SHOP["phone_number_id"], SHOP["token"])
     await tg.start()
     await vk.start()
+    await wa.start()
     base = {
         **os.environ,
         "OPENLINES_NATS_URL": nats.url,
@@ -243,7 +270,7 @@ async def run_chaos(
         "OPENLINES_LOG_LEVEL": os.environ.get("OPENLINES_CHAOS_LOG_LEVEL", "warning"),
         "OPENLINES_PARTITION_LEASE_SECONDS": "3",
     }
-    ports = {name: free_port() for name in ("webchat", "telegram", "vk", "email")}
+    ports = {name: free_port() for name in ("webchat", "telegram", "vk", "whatsapp", "email")}
     procs = {
         "router-a": ServiceProcess("router-a", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
         "router-b": ServiceProcess("router-b", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
@@ -279,6 +306,20 @@ async def run_chaos(
             },
             tmp_path,
         ),
+        "whatsapp": ServiceProcess(
+            "whatsapp",
+            "gateway_whatsapp",
+            {
+                **base,
+                "OPENLINES_HTTP_PORT": str(ports["whatsapp"]),
+                "OPENLINES_WHATSAPP_ACCOUNTS": accounts_json(),
+                "OPENLINES_WHATSAPP_API_BASE": wa.base,
+                "OPENLINES_WHATSAPP_BACKOFF": "0.05",
+                "OPENLINES_WHATSAPP_BACKOFF_MAX": "0.5",
+                "OPENLINES_WHATSAPP_ACK_WAIT": "5",
+            },
+            tmp_path,
+        ),
         "email": ServiceProcess(
             "email",
             "gateway_email",
@@ -289,6 +330,7 @@ async def run_chaos(
     }
     hook = tg.webhooks[TG_BOT["token"]]
     hook.url, hook.secret = f"http://127.0.0.1:{ports['telegram']}/telegram/{TG_BOT['account']}", TG_BOT["secret"]
+    wa.configure(f"http://127.0.0.1:{ports['whatsapp']}/whatsapp/{APP}", APP_SECRET, VERIFY_TOKEN)
     nc = await _bootstrap(nats)
     done = asyncio.Event()
     background: list[asyncio.Task[None]] = []
@@ -345,6 +387,7 @@ async def run_chaos(
                 [visitor(http, web_url, n, sent) for n in range(mix["webchat"])]
                 + [telegram_user(tg, n, sent) for n in range(mix["telegram"])]
                 + [vk_user(cb, n, sent) for n in range(mix["vk"])]
+                + [whatsapp_user(wa, n, sent) for n in range(mix["whatsapp"])]
                 + [mail_client(imap, n, sent, mta) for n in range(mix["email"])]
             )
             random.shuffle(clients)
@@ -364,10 +407,13 @@ async def run_chaos(
             await work
             await watchdog
         await wait_for(
-            lambda: _answered_at_peers(tg, vk, smtp, sent), timeout=120, interval=0.5, what="every answer at the messenger peers"
+            lambda: _answered_at_peers(tg, vk, wa, smtp, sent),
+            timeout=120,
+            interval=0.5,
+            what="every answer at the messenger peers",
         )
         await wait_for(lambda: _crm_caught_up(nc, total), timeout=300, interval=1.0, what="crm-sync done with every session")
-        report = await _settled(lambda: _check(nc, b, sent, tg, vk, smtp))
+        report = await _settled(lambda: _check(nc, b, sent, tg, vk, wa, smtp))
         report["kills"] = {name: p.kills for name, p in procs.items()} | {"nats": len(nats_killed)}
         report["nats_nodes"] = 3 if cluster else 1
         report["seconds"] = round(time.monotonic() - started, 1)
@@ -385,6 +431,7 @@ async def run_chaos(
         await nc.close()
         await tg.stop()
         await vk.stop()
+        await wa.stop()
         nats.stop()
 
 
@@ -412,17 +459,18 @@ def _assert_clean(report: dict[str, Any]) -> None:
     ):
         assert report[key] == 0, (key, report)
     assert report["telegram_doubled"] <= report["telegram_resends_after_a_kill_mid_send"], report
+    assert report["whatsapp_doubled"] <= report["whatsapp_resends_after_a_kill_mid_send"], report
 
 
 async def test_kill_9_everything_nothing_lost_nothing_doubled(tmp_path: Path, imap: Any, smtp: SmtpSink) -> None:
-    plan = ["router-a", "router-b"] * 3 + ["webchat", "telegram", "vk", "email", "crm"] * 2 + ["nats"]
+    plan = ["router-a", "router-b"] * 3 + ["webchat", "telegram", "vk", "whatsapp", "email", "crm"] * 2 + ["nats"]
     random.shuffle(plan)
     report = await run_chaos(tmp_path, imap, smtp, cluster=False, mix=split(CLIENTS), plan=plan)
     _assert_clean(report)
 
 
 async def test_kill_9_a_node_of_a_3_node_cluster_and_the_services(tmp_path: Path, imap: Any, smtp: SmtpSink) -> None:
-    plan = ["router-a", "router-b", "webchat", "telegram", "vk", "email", "crm", "nats"]
+    plan = ["router-a", "router-b", "webchat", "telegram", "vk", "whatsapp", "email", "crm", "nats"]
     random.shuffle(plan)
     report = await run_chaos(tmp_path, imap, smtp, cluster=True, mix=split(max(10, CLIENTS // 2)), plan=plan)
     _assert_clean(report)
@@ -458,9 +506,11 @@ def _first_line(mail: EmailMessage) -> str:
     return body.get_content().strip().splitlines()[0] if body is not None and body.get_content().strip() else ""
 
 
-def _peer_texts(tg: FakeTelegram, vk: FakeVk, smtp: SmtpSink, sent: Sent) -> dict[str, Counter[str]]:
+def _peer_texts(tg: FakeTelegram, vk: FakeVk, wa: FakeWhatsApp, smtp: SmtpSink, sent: Sent) -> dict[str, Counter[str]]:
     """What each messenger chat or mail address received, text -> times."""
     texts: dict[str, Counter[str]] = {}
+    for client in sent.whatsapp_clients:
+        texts[f"wa:{client}"] = Counter(m.text for m in wa.sent_to(client, "text"))
     for chat in sent.telegram_chats:
         texts[f"tg:{chat}"] = Counter(str(c.params.get("text", "")) for c in tg.sent(chat, "sendMessage"))
     for peer in sent.vk_peers:
@@ -470,16 +520,22 @@ def _peer_texts(tg: FakeTelegram, vk: FakeVk, smtp: SmtpSink, sent: Sent) -> dic
     return texts
 
 
-def _answered_at_peers(tg: FakeTelegram, vk: FakeVk, smtp: SmtpSink, sent: Sent) -> bool:
-    return all(got[ANSWER] >= 1 for got in _peer_texts(tg, vk, smtp, sent).values())
+def _answered_at_peers(tg: FakeTelegram, vk: FakeVk, wa: FakeWhatsApp, smtp: SmtpSink, sent: Sent) -> bool:
+    return all(got[ANSWER] >= 1 for got in _peer_texts(tg, vk, wa, smtp, sent).values())
 
 
-async def _telegram_uncertain(js: Any) -> int:
-    records = await bus.kv_entries(js, subjects.KV_TELEGRAM_SENT)
+async def _uncertain(js: Any, bucket: str) -> int:
+    """Parts a gateway sent again after a kill mid-send (its send records' ``uncertain``)."""
+    try:
+        records = await bus.kv_entries(js, bucket)
+    except Exception:  # the bucket is made on the gateway's first send
+        return 0
     return sum(int(json.loads(value).get("uncertain", 0)) for _, (_, value) in records.items())
 
 
-async def _check(nc: Any, b: bus.Buckets, sent: Sent, tg: FakeTelegram, vk: FakeVk, smtp: SmtpSink) -> dict[str, Any]:
+async def _check(
+    nc: Any, b: bus.Buckets, sent: Sent, tg: FakeTelegram, vk: FakeVk, wa: FakeWhatsApp, smtp: SmtpSink
+) -> dict[str, Any]:
     js = nc.jetstream()
     seen: Counter[str] = Counter()
     replies: Counter[str] = Counter()
@@ -488,10 +544,10 @@ async def _check(nc: Any, b: bus.Buckets, sent: Sent, tg: FakeTelegram, vk: Fake
         h = msgspec.json.decode(data, type=HistoryEntry)
         if h.direction == "in":
             seen[h.text.strip().splitlines()[-1] if h.text.strip() else ""] += 1  # a mail's text starts with its subject
-    for channel in ("webchat", "telegram", "vk", "email"):
+    for channel in ("webchat", "telegram", "vk", "whatsapp", "email"):
         for _, data in await bus.read_subject(js, subjects.STREAM_OUT, subjects.outbound_channel(channel), limit=10_000_000):
             replies[msgspec.json.decode(data, type=Outbound).id] += 1
-    at_peers = _peer_texts(tg, vk, smtp, sent)
+    at_peers = _peer_texts(tg, vk, wa, smtp, sent)
     leads = await bus.kv_entries(js, subjects.KV_CRM_LEADS)
     per_client: Counter[str] = Counter()
     for _, (_, value) in leads.items():
@@ -503,9 +559,14 @@ async def _check(nc: Any, b: bus.Buckets, sent: Sent, tg: FakeTelegram, vk: Fake
     return {
         "messages_sent": len(sent.texts),
         "by_channel": {
-            "webchat": len(sent.texts) - len(sent.telegram_chats) - len(sent.vk_peers) - len(sent.mail_senders),
+            "webchat": len(sent.texts)
+            - len(sent.telegram_chats)
+            - len(sent.vk_peers)
+            - len(sent.whatsapp_clients)
+            - len(sent.mail_senders),
             "telegram": len(sent.telegram_chats),
             "vk": len(sent.vk_peers),
+            "whatsapp": len(sent.whatsapp_clients),
             "email": len(sent.mail_senders),
         },
         "messages_lost": sum(1 for text in sent.texts if seen[text] == 0),
@@ -513,12 +574,15 @@ async def _check(nc: Any, b: bus.Buckets, sent: Sent, tg: FakeTelegram, vk: Fake
         "replies_doubled": sum(1 for n in replies.values() if n > 1),
         "replies_lost_at_peers": sum(1 for got in at_peers.values() if got[ANSWER] == 0),
         "replies_doubled_at_peers": sum(
-            1 for chat, got in at_peers.items() for n in got.values() if n > 1 and not chat.startswith("tg:")
+            1 for chat, got in at_peers.items() for n in got.values() if n > 1 and not chat.startswith(("tg:", "wa:"))
         ),
         # The Bot API has no idempotency key: a Telegram gateway killed between Telegram accepting a
         # message and recording it resends it and counts the resend. Every double must be such a one.
         "telegram_doubled": sum(1 for chat, got in at_peers.items() for n in got.values() if n > 1 and chat.startswith("tg:")),
-        "telegram_resends_after_a_kill_mid_send": await _telegram_uncertain(js),
+        "telegram_resends_after_a_kill_mid_send": await _uncertain(js, subjects.KV_TELEGRAM_SENT),
+        # Nor has the Cloud API: the same holds for WhatsApp.
+        "whatsapp_doubled": sum(1 for chat, got in at_peers.items() for n in got.values() if n > 1 and chat.startswith("wa:")),
+        "whatsapp_resends_after_a_kill_mid_send": await _uncertain(js, subjects.KV_WHATSAPP_SENT),
         "clients_with_more_than_one_open_session": open_twice,
         "crm_leads": len(leads),
         "duplicate_crm_leads": sum(n - 1 for n in per_client.values() if n > 1),

@@ -37,10 +37,13 @@ import pytest
 from conftest import ROOT, free_port, scaled, wait_for
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender
+from peers.whatsapp_api import FakeWhatsApp, notification
+from peers.whatsapp_api import text as wa_text
 from telegram_support import SUPPORT, bots_json
 from vk_support import ACCOUNT as VK_ACCOUNT
 from vk_support import GROUP_ID, SECRET, fake_vk, groups_json
 from webchat_support import NO_ABUSE_LIMITS, bind_widget_accounts, hello_frame
+from whatsapp_support import APP, APP_SECRET, SHOP, accounts_json
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound
@@ -310,6 +313,30 @@ async def test_vk_callback_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: P
             stored = partial(stored_texts, nc, "vk", VK_ACCOUNT)
             await overload_webhook(nats_server, gw, "vk", post, stored, lambda n: f"vk overload {n}")
             await assert_stored_once(nc, "vk", VK_ACCOUNT, [f"vk overload {n}" for n in range(SENDERS + FLOOD)])
+    finally:
+        await peer.stop()
+
+
+async def test_whatsapp_webhook_at_3x_capacity(nc: Any, nats_server: Any, tmp_path: Path) -> None:
+    from gateway_whatsapp.http import SIGNATURE_HEADER, signature
+
+    peer = FakeWhatsApp()
+    peer.add_number(SHOP["phone_number_id"], SHOP["token"])
+    await peer.start()
+    try:
+        env = {"OPENLINES_WHATSAPP_ACCOUNTS": accounts_json(), "OPENLINES_WHATSAPP_API_BASE": peer.base}
+        async with gateway("gateway_whatsapp", nats_server.url, tmp_path, **env) as gw:
+            url = f"{gw.url}/whatsapp/{APP}"
+
+            async def post(http: aiohttp.ClientSession, n: int) -> aiohttp.ClientResponse:
+                msg = wa_text(f"3725{n % 50:07d}", f"wa overload {n}", wamid=f"wamid.overload{n:06d}")
+                body = json.dumps(notification(SHOP["phone_number_id"], [msg])).encode()
+                headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(APP_SECRET, body)}
+                return await http.post(url, data=body, headers=headers)
+
+            stored = partial(stored_texts, nc, "whatsapp", SHOP["account"])
+            await overload_webhook(nats_server, gw, "whatsapp", post, stored, lambda n: f"wa overload {n}")
+            await assert_stored_once(nc, "whatsapp", SHOP["account"], [f"wa overload {n}" for n in range(SENDERS + FLOOD)])
     finally:
         await peer.stop()
 

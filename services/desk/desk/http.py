@@ -61,6 +61,7 @@ from openlines.commands import (
     SetStatus,
     Skip,
     Spam,
+    TemplateChoice,
     Transfer,
 )
 from openlines.envelopes import BAD_JSON, Attachment, HistoryEntry
@@ -78,7 +79,7 @@ LOGIN_FORM_TTL = 3600
 MAX_FILES_PER_REPLY = 10
 
 # The router's error codes and the HTTP status each one becomes.
-HTTP_STATUS_OF = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "unavailable": 503}
+HTTP_STATUS_OF = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "window_closed": 409, "unavailable": 503}
 
 LOGINS = Counter("openlines_desk_logins_total", "Desk sign-in attempts", ["result"])
 
@@ -639,7 +640,10 @@ async def api_history(request: web.Request) -> web.StreamResponse:
     entries = await desk.reader.history(sid)
     if not await desk.may_read(user, session, entries):
         raise ApiError(403, "forbidden", "this session is not yours")
-    return web.json_response({"session": await desk.reader.chat(session), "entries": msgspec.to_builtins(entries)})
+    marks = await desk.reader.marks(sid)
+    return web.json_response(
+        {"session": await desk.reader.chat(session), "entries": msgspec.to_builtins(entries), "marks": marks}
+    )
 
 
 async def api_client(request: web.Request) -> web.StreamResponse:
@@ -720,19 +724,44 @@ async def api_reply(request: web.Request) -> web.StreamResponse:
     text = body.get("text", "")
     client_msg_id = body.get("client_msg_id")
     file_ids = body.get("files", [])
+    template = _template_choice(body.get("template"))
+    if template is not None:
+        text, file_ids = "", []  # a template is sent as approved: no free text, no files with it
     if not isinstance(file_ids, list) or not all(isinstance(f, str) and is_token(f) for f in file_ids):
         raise ApiError(400, "invalid", "files must be a list of file ids returned by the upload")
     if len(file_ids) > MAX_FILES_PER_REPLY:
         raise ApiError(400, "invalid", f"{len(file_ids)} files; at most {MAX_FILES_PER_REPLY} per reply")
-    if not isinstance(text, str) or (not text.strip() and not file_ids):
-        raise ApiError(400, "invalid", "text must be a non-empty string (or attach a file)")
+    if not isinstance(text, str) or (not text.strip() and not file_ids and template is None):
+        raise ApiError(400, "invalid", "text must be a non-empty string (or attach a file, or choose a template)")
     if len(text) > MAX_TEXT:
         raise ApiError(413, "too_large", f"text is {len(text)} characters; at most {MAX_TEXT}")
     if not isinstance(client_msg_id, str) or not is_token(client_msg_id):
         raise ApiError(400, "invalid", "client_msg_id must be 1-64 characters of A-Z a-z 0-9 _ -")
     attachments = await _attachments(request, desk, sid, list(dict.fromkeys(file_ids)))
-    cmd = Reply(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id, attachments=attachments)
+    cmd = Reply(
+        operator_id=user.operator_id,
+        session_id=sid,
+        text=text,
+        client_msg_id=client_msg_id,
+        attachments=attachments,
+        template=template,
+    )
     return await _result(desk, await desk.command("reply", cmd))
+
+
+def _template_choice(raw: Any) -> TemplateChoice | None:
+    """``{"name", "language"?, "params": [...]}`` of a reply that sends an approved template (the router checks it)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise ApiError(400, "invalid", "template must be an object with the template's name and its params")
+    params = raw.get("params", [])
+    language = raw.get("language", "")
+    if not isinstance(params, list) or not all(isinstance(p, str) for p in params) or len(params) > 20:
+        raise ApiError(400, "invalid", "template params must be a list of strings, one per variable")
+    if not isinstance(language, str) or len(language) > 16 or len(raw["name"]) > 512:
+        raise ApiError(400, "invalid", "template name or language is not one of a template")
+    return TemplateChoice(name=raw["name"], language=language, params=params)
 
 
 async def _attachments(request: web.Request, desk: Desk, sid: str, file_ids: list[str]) -> list[Attachment]:

@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 from desk.presence import Heartbeat, Reporter
 from desk.reads import Reader, holders_of
 from openlines import subjects
-from openlines.envelopes import HistoryEntry, SessionEvent
+from openlines.envelopes import DeliveryMark, HistoryEntry, SessionEvent
 from openlines.state import OperatorAccount
 
 log = logging.getLogger("desk.live")
@@ -50,6 +50,7 @@ HELD = Counter("openlines_desk_held_messages_total", "Client messages beyond the
 
 _event_decoder = msgspec.json.Decoder(SessionEvent)
 _history_decoder = msgspec.json.Decoder(HistoryEntry)
+_mark_decoder = msgspec.json.Decoder(DeliveryMark)
 _account_decoder = msgspec.json.Decoder(OperatorAccount)
 
 Stamp = Callable[[OperatorAccount], str]
@@ -108,12 +109,13 @@ class Hub:
 
     @property
     def subscribed(self) -> bool:
-        return len(self._subs) == 3 and self.watching.is_set()
+        return len(self._subs) == 4 and self.watching.is_set()
 
     async def start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.events_all(), cb=self._on_event))
         self._subs.append(await self.nc.subscribe(subjects.history_all(), cb=self._on_history))
         self._subs.append(await self.nc.subscribe(subjects.DESK_SIGNED_OUT, cb=self._on_signed_out))
+        self._subs.append(await self.nc.subscribe(subjects.marks_all(), cb=self._on_mark))
         await self.heartbeat.open()  # before any page: the router never sees a page on a replica with no heartbeat
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.reporter.run(), name="desk-presence-reports"))
@@ -281,6 +283,31 @@ class Hub:
         if len(self._holders) > 10_000:
             self._holders = {k: v for k, v in self._holders.items() if v[1] > now}
         self._holders[session_id] = (holders, now + HOLDER_TTL)
+
+    async def _on_mark(self, msg: Msg) -> None:
+        """A channel's word on an operator's message (sent, delivered, read, failed): to whoever shows the chat."""
+        if not self.conns:
+            return
+        try:
+            mark = _mark_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable delivery mark", extra={"subject": msg.subject})
+            return
+        try:
+            holders = await self._holders_of(mark.session_id)
+        except Exception:
+            log.exception("could not look up the session of a delivery mark", extra={"session": mark.session_id})
+            return
+        frame = {
+            "type": "mark",
+            "session_id": mark.session_id,
+            "message_id": mark.message_id,
+            "status": mark.status,
+            "reason": mark.reason,
+            "at": mark.at.isoformat(),
+        }
+        for holder in holders:
+            self._send(holder, frame)
 
     async def _on_history(self, msg: Msg) -> None:
         if not self.conns:

@@ -13,16 +13,29 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from openlines import subjects
+from openlines import subjects, templates, window
 from openlines.apply import line_key
 from openlines.bus import Buckets, kv_get, read_subject
-from openlines.envelopes import HistoryEntry, SessionEvent
-from openlines.lines import LineConfig
+from openlines.envelopes import MARK_STATUSES, DeliveryMark, HistoryEntry, SessionEvent, utcnow
+from openlines.lines import LineConfig, MessageTemplate
 from openlines.state import ClientRecord, OperatorAccount, OperatorState, Session, client_key
 
 LINE_NAME_TTL = 30.0
 
 _history_decoder = msgspec.json.Decoder(HistoryEntry)
+_mark_decoder = msgspec.json.Decoder(DeliveryMark)
+# A later mark never hides an earlier, stronger one (callbacks arrive out of order); "failed" wins over all.
+_RANK = {status: i for i, status in enumerate(MARK_STATUSES)}
+
+
+def best_marks(marks: list[DeliveryMark]) -> dict[str, dict[str, Any]]:
+    """Outbound message id -> the strongest mark seen for it (of any of its parts): status, reason, at."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in marks:
+        have = out.get(m.message_id)
+        if have is None or _RANK[m.status] > _RANK[have["status"]]:
+            out[m.message_id] = {"status": m.status, "reason": m.reason, "at": m.at.isoformat()}
+    return out
 
 
 def is_token(value: str) -> bool:
@@ -79,6 +92,25 @@ class Reader:
                 continue  # one bad entry must not hide the rest of the transcript
         return out
 
+    async def marks(self, session_id: str) -> dict[str, dict[str, Any]]:
+        """What the channel said about each outbound message of the session (delivery marks), the strongest per message."""
+        raw = await read_subject(self.js, subjects.STREAM_MARK, subjects.mark(session_id))
+        found: list[DeliveryMark] = []
+        for _seq, data in raw:
+            try:
+                found.append(_mark_decoder.decode(data))
+            except msgspec.DecodeError:
+                continue
+        return best_marks(found)
+
+    async def templates(self, session: Session) -> list[MessageTemplate]:
+        """The approved message templates declared for the session's channel account (on the line it feeds)."""
+        line = await self.line(session.entry_line_id or session.line_id)
+        for ch in line.channels if line is not None else []:
+            if (ch.channel, ch.account) == (session.channel, session.account):
+                return list(ch.templates)
+        return []
+
     async def line(self, line_id: str) -> LineConfig | None:
         """A line's configuration, cached for LINE_NAME_TTL seconds."""
         cached = self._lines.get(line_id)
@@ -104,6 +136,23 @@ class Reader:
         out["wait_seconds"] = line.queue.wait_seconds if line is not None else 0
         if session.status == "closed":
             out["outcome"] = await self.outcome(session)
+        if window.has_window(session.channel):
+            # WhatsApp's 24 hours: outside them only an approved template reaches the client.
+            closes = window.closes_at(session.channel, session.client_last_at)
+            out["window"] = {
+                "open": window.is_open(session.channel, session.client_last_at, utcnow()),
+                "closes_at": closes.isoformat() if closes is not None and closes.year > 1970 else None,
+            }
+            out["templates"] = [
+                {
+                    "name": t.name,
+                    "language": t.language,
+                    "title": t.title or t.name,
+                    "text": t.text,
+                    "variables": t.variables or ["{{" + v + "}}" for v in templates.variables(t.text)],
+                }
+                for t in await self.templates(session)
+            ]
         return out
 
     async def outcome(self, session: Session) -> str:

@@ -148,8 +148,24 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
         <p id="card-previous-note" class="muted small" data-testid="card-previous-note"></p>
       </aside>
       </div>
+      <div class="window-banner" id="window-banner" data-testid="window-banner" hidden></div>
+      <form class="template-panel" id="template-panel" data-testid="template-panel" hidden>
+        <div class="template-head">
+          <strong id="template-title" data-testid="template-title"></strong>
+          <span class="muted small">an approved WhatsApp template: only its variables can be filled in</span>
+        </div>
+        <div class="template-fields" id="template-fields" data-testid="template-fields"></div>
+        <div class="template-preview" id="template-preview" data-testid="template-preview"></div>
+        <div class="template-actions">
+          <button type="submit" class="primary" id="template-send" data-testid="template-send">Send template</button>
+          <button type="button" id="template-cancel" data-testid="template-cancel">Cancel</button>
+        </div>
+      </form>
       <form class="composer" id="composer">
         <div class="composer-tools">
+          <select id="templates" data-testid="templates" aria-label="Message templates" hidden>
+            <option value="">Templates…</option>
+          </select>
           <select id="quick-answers" data-testid="quick-answers" aria-label="Quick answers" hidden>
             <option value="">Quick answers…</option>
           </select>

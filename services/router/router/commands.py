@@ -38,7 +38,7 @@ async def serve(nc: NATS, engine: Engine) -> Service:
         return Result(ok=True, session=await engine.accept(c.operator_id, c.session_id))
 
     async def reply(c: cmds.Reply) -> Result:
-        session, out_id = await engine.reply(c.operator_id, c.session_id, c.text, c.client_msg_id, c.attachments)
+        session, out_id = await engine.reply(c.operator_id, c.session_id, c.text, c.client_msg_id, c.attachments, c.template)
         return Result(ok=True, session=session, message_id=out_id)
 
     async def close(c: cmds.Close) -> Result:

@@ -23,10 +23,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
-from openlines import hours, subjects
+from openlines import hours, subjects, templates, window
 from openlines.bus import Buckets, kv_entries, kv_get, kv_update
+from openlines.commands import TemplateChoice
 from openlines.crashpoints import crash_point
-from openlines.envelopes import Attachment, ClientProfile, HistoryEntry, Inbound, Outbound, utcnow
+from openlines.envelopes import Attachment, ClientProfile, HistoryEntry, Inbound, Outbound, TemplateMessage, utcnow
 from openlines.lines import LineConfig, QueueConfig
 from openlines.state import (
     RECENT_IDS_KEPT,
@@ -189,8 +190,12 @@ class Engine:
         held = False
         if not counted:
             guarded = self.flood.guards(msg.channel)
+            client_at = _client_time(msg)
             touched = await kv_update(
-                self.b.sessions, session.id, Session, lambda s: _touch(s, now, inbound=True, rule=self.flood if guarded else None)
+                self.b.sessions,
+                session.id,
+                Session,
+                lambda s: _touch(s, now, inbound=True, rule=self.flood if guarded else None, client_at=client_at),
             )
             if touched is not None:
                 session = touched
@@ -265,6 +270,7 @@ class Engine:
             messages_in=1,
             flood_window=msg.received_at.timestamp(),
             flood_count=1,
+            client_last_at=_client_time(msg),
         )
         session = await kv_update(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None)
         assert session is not None
@@ -339,6 +345,10 @@ class Engine:
     async def _auto(self, session: Session, out_id: str, text: str, now: datetime) -> None:
         if not text or session.no_auto_reply:
             return  # nothing to say, or a robot / mailing list / loop that must get no automatic answer
+        if not window.is_open(session.channel, session.client_last_at, now):
+            # WhatsApp would refuse it (131047): a free-form message after the client's 24 hours.
+            await self._note(session, f"nowindow:{out_id}", "Auto-reply not sent: the client's 24-hour window is closed")
+            return
         await self.fx.send(
             session,
             Outbound(
@@ -989,15 +999,36 @@ class Engine:
         return updated
 
     async def reply(
-        self, operator_id: str, session_id: str, text: str, client_msg_id: str, attachments: list[Attachment] | None = None
+        self,
+        operator_id: str,
+        session_id: str,
+        text: str,
+        client_msg_id: str,
+        attachments: list[Attachment] | None = None,
+        template: TemplateChoice | None = None,
     ) -> tuple[Session, str]:
         acc = await self._account(operator_id)
         text = text.strip()
-        if not text and not attachments:
+        if not text and not attachments and template is None:
             raise Refused("invalid", "reply text is empty")
+        current, _ = await kv_get(self.b.sessions, session_id, Session)
+        if current is None or (current.operator_id != operator_id and operator_id not in current.offered_to):
+            current = None  # not theirs: _own_session says so
+        filled: TemplateMessage | None = None
+        if current is not None and template is not None:
+            text, filled = self._template(current, template)
+            attachments = []
+        now = utcnow()
+        if current is not None and filled is None and not window.is_open(current.channel, current.client_last_at, now):
+            closed_at = window.closes_at(current.channel, current.client_last_at)
+            since = f" at {closed_at:%Y-%m-%d %H:%M} UTC" if closed_at and closed_at.year > 1970 else ""
+            raise Refused(
+                "window_closed",
+                f"the client's 24-hour window closed{since}: WhatsApp delivers only an approved message template"
+                " until the client writes again",
+            )
         session = await self._own_session(operator_id, session_id, take=True)
         out_id = f"out:{session_id}:{subjects.token(client_msg_id, 'client_msg_id')}"
-        now = utcnow()
         await self.fx.send(
             session,
             Outbound(
@@ -1011,6 +1042,7 @@ class Engine:
                 operator_id=operator_id,
                 operator_name=acc.name,
                 created_at=now,
+                template=filled,
             ),
         )
         session = await self._answered(session, f"Answered by {acc.name}")
@@ -1019,6 +1051,21 @@ class Engine:
             session = touched
             await self._arm_idle(session)
         return session, out_id
+
+    def _template(self, session: Session, choice: TemplateChoice) -> tuple[str, TemplateMessage]:
+        """The body and the send of an approved template of the chat's account, or Refused saying what is wrong."""
+        entry = self.lines.line_for(session.channel, session.account)
+        here = (session.channel, session.account)
+        declared = next((ch.templates for ch in (entry.channels if entry else []) if (ch.channel, ch.account) == here), [])
+        if not declared:
+            raise Refused("invalid", f"no message templates are declared for {session.channel}/{session.account}")
+        tpl = templates.find(declared, choice.name, choice.language)
+        if tpl is None:
+            raise Refused("invalid", f"no template {choice.name!r} is declared for {session.channel}/{session.account}")
+        try:
+            return templates.fill(tpl, choice.params)
+        except templates.TemplateError as exc:
+            raise Refused("invalid", str(exc)) from None
 
     async def skip(self, operator_id: str, session_id: str) -> None:
         await self._account(operator_id)
@@ -1327,9 +1374,23 @@ def _rating_in(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _touch(s: Session | None, now: datetime, *, inbound: bool, rule: flood.FloodRule | None = None) -> Session | None:
+def _client_time(msg: Inbound) -> datetime:
+    """When the client wrote: the channel's own time when it says, never later than we got it."""
+    return min(msg.sent_at, msg.received_at) if msg.sent_at is not None else msg.received_at
+
+
+def _touch(
+    s: Session | None,
+    now: datetime,
+    *,
+    inbound: bool,
+    rule: flood.FloodRule | None = None,
+    client_at: datetime | None = None,
+) -> Session | None:
     if s is None:
         return None
+    if client_at is not None and (s.client_last_at is None or client_at > s.client_last_at):
+        s = msgspec.structs.replace(s, client_last_at=client_at)
     if rule is None or not inbound:
         return msgspec.structs.replace(s, last_message_at=now, messages_in=s.messages_in + (1 if inbound else 0))
     # A held message (beyond the flood limit) is not counted in messages_in: the operator's unread count stays put.

@@ -17,7 +17,7 @@ class Settings(BaseSettings, kw_only=True):
     # seconds the chat is flagged for a supervisor and its messages are stored but not pushed to the operator.
     flood_limit: int = 30  # 0 = off
     flood_window: float = 60.0
-    flood_channels: str = "telegram,vk"  # comma-separated channels it guards (webchat has its own limit per visitor)
+    flood_channels: str = "telegram,vk,whatsapp"  # comma-separated channels it guards (webchat has its own limit per visitor)
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.desk_sweep_seconds <= 300:

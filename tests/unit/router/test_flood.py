@@ -56,7 +56,7 @@ def test_the_router_settings_configure_the_guard_with_sane_defaults() -> None:
     from router.settings import Settings
 
     rule = load_settings(Settings, {}).flood_rule()
-    assert (rule.limit, rule.window, rule.channels) == (30, 60.0, frozenset({"telegram", "vk"}))
+    assert (rule.limit, rule.window, rule.channels) == (30, 60.0, frozenset({"telegram", "vk", "whatsapp"}))
     env = {"OPENLINES_FLOOD_LIMIT": "10", "OPENLINES_FLOOD_WINDOW": "30", "OPENLINES_FLOOD_CHANNELS": "telegram, email"}
     rule = load_settings(Settings, env).flood_rule()
     assert (rule.limit, rule.window, rule.channels) == (10, 30.0, frozenset({"telegram", "email"}))

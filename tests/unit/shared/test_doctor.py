@@ -453,3 +453,24 @@ def test_accounts_the_gateways_serve_are_read_from_their_settings(tmp_path: Path
     found = diagnose(parse(OPERATORS + line()), accounts=accounts_from_env(env))
     unbound = sorted(f.key for f in found if f.code == "channel-account-unbound")
     assert unbound == ["email/support", "telegram/shop", "webchat/site"]  # webchat/demo feeds the line
+
+
+def test_a_whatsapp_account_without_templates_is_a_warning_and_with_them_is_not() -> None:
+    bare = line(channels='[{ channel = "whatsapp", account = "shop_wa" }]')
+    f = only(doctor(bare), "whatsapp-no-templates")
+    assert (f.severity, f.line, f.key) == ("warning", "support", "lines[0].channels[0].templates")
+    assert "'shop_wa'" in f.problem and "24-hour window" in f.problem
+    templated = line(
+        channels='[{ channel = "whatsapp", account = "shop_wa", templates = [{ name = "follow_up", text = "Hi {{1}}" }] }]'
+    )
+    assert "whatsapp-no-templates" not in codes(doctor(templated))
+    assert "whatsapp-no-templates" not in codes(doctor())  # a webchat line needs none
+
+
+def test_whatsapp_accounts_are_read_from_the_gateway_settings(tmp_path: Path) -> None:
+    numbers = tmp_path / "whatsapp.toml"
+    numbers.write_text('[[apps]]\nid = "main"\n[[numbers]]\naccount = "shop_wa"\nphone_number_id = "1"\n')
+    assert accounts_from_env({"OPENLINES_WHATSAPP_ACCOUNTS": str(numbers)}) == {"whatsapp": {"shop_wa"}}
+    inline = '{"apps": [{"id": "main"}], "numbers": [{"account": "a"}, {"account": "b"}]}'
+    found = diagnose(parse(OPERATORS + line()), accounts=accounts_from_env({"OPENLINES_WHATSAPP_ACCOUNTS": inline}))
+    assert sorted(f.key for f in found if f.code == "channel-account-unbound") == ["whatsapp/a", "whatsapp/b"]

@@ -22,6 +22,9 @@
     conn: $("conn"), toast: $("toast"), error: $("error"),
     cardName: $("card-name"), cardChannel: $("card-channel"), cardPhone: $("card-phone"), cardEmail: $("card-email"),
     cardCrm: $("card-crm"), cardPrevious: $("card-previous"), cardPreviousNote: $("card-previous-note"),
+    windowBanner: $("window-banner"), templates: $("templates"), templatePanel: $("template-panel"),
+    templateTitle: $("template-title"), templateFields: $("template-fields"), templatePreview: $("template-preview"),
+    templateSend: $("template-send"), templateCancel: $("template-cancel"),
   };
   const statusButtons = Array.from(document.querySelectorAll(".status-switch button"));
 
@@ -41,7 +44,14 @@
     directory: { lines: new Map(), operators: [] }, // from /api/directory: lines (quick answers), operators
     files: [], // attachments of the reply being written: {local, session, name, id (once uploaded)}
     drafts: loadDrafts(), // session id -> the reply being written in that chat (never shared between chats)
+    marks: new Map(), // session id -> Map(outbound message id -> {status, reason}): what the channel said of it
+    template: null, // {session, tpl, id}: the template being filled in (id: a retried send is the same message)
   };
+  // A mark never hides a stronger one: callbacks arrive out of order, "failed" wins over all.
+  const MARK_RANK = { sent: 0, delivered: 1, read: 2, failed: 3 };
+  const MARK_SIGN = { sent: "✓", delivered: "✓✓", read: "✓✓", failed: "✗" };
+  const MARK_TITLE = { sent: "sent", delivered: "delivered", read: "read", failed: "not delivered" };
+  const WINDOW_MS = 24 * 3600 * 1000;
 
   // -- helpers ---------------------------------------------------------------
 
@@ -100,6 +110,18 @@
     return n;
   }
   function clientName(chat) { return chat.client_name || "Client"; }
+  // WhatsApp's 24-hour window: free text only while it is open; afterwards only an approved template.
+  function windowOpen(chat) {
+    if (!chat || !chat.window) return true;
+    const closes = chat.window.closes_at;
+    return Boolean(closes) && Date.now() < Date.parse(closes);
+  }
+  function setMark(id, messageId, mark) {
+    let m = state.marks.get(id);
+    if (!m) { m = new Map(); state.marks.set(id, m); }
+    const have = m.get(messageId);
+    if (!have || MARK_RANK[mark.status] > MARK_RANK[have.status]) m.set(messageId, { status: mark.status, reason: mark.reason || "" });
+  }
   // Seconds left to answer an offer before the line's no-answer timeout (wait_seconds) passes it on.
   function offerLeft(chat) {
     if (chat.status !== "assigned" || !chat.assigned_at || !chat.wait_seconds) return null;
@@ -302,9 +324,11 @@
     el.pin.setAttribute("aria-pressed", String(Boolean(chat.pinned)));
     el.pin.textContent = chat.pinned ? "Pinned" : "Pin";
     const canReply = chat.status === "assigned" || chat.status === "answered";
-    el.reply.disabled = el.send.disabled = !canReply;
-    el.quick.disabled = !canReply;
-    el.attachLabel.disabled = el.attachInput.disabled = !canReply;
+    const free = canReply && windowOpen(chat);
+    el.reply.disabled = el.send.disabled = !free;
+    el.quick.disabled = !free;
+    el.attachLabel.disabled = el.attachInput.disabled = !free;
+    renderWindow(chat, canReply);
     renderQuick();
     renderFiles();
     tick();
@@ -324,6 +348,89 @@
       const l = c ? offerLeft(c) : null;
       span.textContent = l === null ? "" : `${l} s`;
     }
+  }
+
+  function renderWindow(chat, canReply) {
+    const templates = (chat && chat.templates) || [];
+    el.windowBanner.hidden = !chat || !chat.window;
+    if (chat && chat.window) {
+      const open = windowOpen(chat);
+      el.windowBanner.classList.toggle("closed", !open);
+      el.windowBanner.dataset.open = String(open);
+      el.windowBanner.textContent = open
+        ? `WhatsApp: free replies until ${clock(chat.window.closes_at)} (24 hours after the client's last message)`
+        : templates.length
+          ? "The client's 24-hour WhatsApp window is closed: only an approved template reaches them until they write again."
+          : "The client's 24-hour WhatsApp window is closed and this number has no templates: you cannot write to them until they write again.";
+      el.reply.placeholder = open ? "Write a reply — Enter sends, Shift+Enter for a new line" : "Closed window: choose a template above";
+    }
+    if (el.templates.dataset.session !== (chat ? chat.id : "") || el.templates.options.length !== templates.length + 1) {
+      el.templates.dataset.session = chat ? chat.id : "";
+      const first = node("option", "", `Templates (${templates.length})…`);
+      first.value = "";
+      el.templates.replaceChildren(first);
+      templates.forEach((t, i) => {
+        const opt = node("option", "", `${t.title} (${t.language})`);
+        opt.value = String(i);
+        el.templates.append(opt);
+      });
+    }
+    el.templates.hidden = !templates.length;
+    el.templates.disabled = !canReply;
+    if (state.template && (!chat || state.template.session !== chat.id || !canReply)) closeTemplate();
+  }
+
+  function fillTemplate(t, values) {
+    let i = 0;
+    const names = [];
+    t.text.replace(/\{\{\s*([A-Za-z0-9_]+)\s*\}\}/g, (_, n) => { if (!names.includes(n)) names.push(n); return ""; });
+    if (names.length && names.every((n) => /^\d+$/.test(n))) names.sort((a, b) => Number(a) - Number(b));
+    return t.text.replace(/\{\{\s*([A-Za-z0-9_]+)\s*\}\}/g, (whole, n) => {
+      i = names.indexOf(n);
+      const v = i >= 0 ? values[i] : "";
+      return v ? v : whole;
+    });
+  }
+
+  function openTemplate(t) {
+    const chat = state.chats.get(state.selected);
+    if (!chat) return;
+    state.template = { session: chat.id, tpl: t, id: newId() };
+    el.templateTitle.textContent = `${t.title} · ${t.language}`;
+    el.templateFields.replaceChildren();
+    t.variables.forEach((label, i) => {
+      const wrap = node("label", "", label);
+      const input = node("input");
+      input.type = "text";
+      input.required = true;
+      input.maxLength = 1000;
+      input.dataset.testid = "template-variable";
+      input.dataset.index = String(i);
+      // The first variable about a name starts as the client's (the operator can change it).
+      if (chat.client_name && /name/i.test(label) && !el.templateFields.querySelector("input[data-named]")) {
+        input.value = chat.client_name;
+        input.dataset.named = "1";
+      }
+      input.addEventListener("input", previewTemplate);
+      wrap.append(input);
+      el.templateFields.append(wrap);
+    });
+    el.templatePanel.hidden = false;
+    previewTemplate();
+    const first = el.templateFields.querySelector("input");
+    if (first) first.focus();
+  }
+  function templateValues() {
+    return Array.from(el.templateFields.querySelectorAll("input")).map((x) => x.value.trim());
+  }
+  function previewTemplate() {
+    if (!state.template) return;
+    el.templatePreview.textContent = fillTemplate(state.template.tpl, templateValues());
+  }
+  function closeTemplate() {
+    state.template = null;
+    el.templatePanel.hidden = true;
+    el.templateFields.replaceChildren();
   }
 
   function renderQuick() {
@@ -382,7 +489,20 @@
       const files = e.attachments || [];
       const text = node("div", "text", e.text || "");
       text.dataset.testid = "entry-text";
+      const mark = e.direction === "out" ? ((state.marks.get(state.selected) || new Map()).get(e.id)) : null;
+      if (mark) {
+        const sign = node("span", `mark mark-${mark.status}`, MARK_SIGN[mark.status] || "");
+        sign.title = MARK_TITLE[mark.status] || mark.status;
+        sign.dataset.testid = "entry-mark";
+        sign.dataset.status = mark.status;
+        head.append(sign);
+      }
       li.append(head, text);
+      if (mark && mark.status === "failed") {
+        const why = node("div", "delivery-failed", mark.reason ? `Not delivered — ${mark.reason}` : "Not delivered");
+        why.dataset.testid = "entry-failed";
+        li.append(why);
+      }
       for (const a of files) li.append(attachmentNode(state.selected, a));
       el.transcript.append(li);
     }
@@ -495,6 +615,7 @@
     try {
       const data = await api("GET", `/api/sessions/${encodeURIComponent(id)}/history`);
       addEntries(id, data.entries);
+      for (const [messageId, mark] of Object.entries(data.marks || {})) setMark(id, messageId, mark);
       const counted = state.countedIn.get(id) || new Set();
       for (const e of data.entries) if (e.direction === "in") counted.add(e.id);
       state.countedIn.set(id, counted);
@@ -614,6 +735,14 @@
           }
           state.countedIn.set(id, counted);
           chat.last_message_at = frame.at;
+          // The client wrote: WhatsApp's window opens again for 24 hours from now.
+          if (chat.window) {
+            const until = new Date(Date.parse(frame.at) + WINDOW_MS).toISOString();
+            if (!chat.window.closes_at || Date.parse(until) > Date.parse(chat.window.closes_at)) {
+              chat.window.closes_at = until;
+              if (id === state.selected) renderHead();
+            }
+          }
         }
         if (id === state.selected && document.visibilityState === "visible") markSeen(id);
         renderList();
@@ -623,6 +752,10 @@
       case "closed":
         removeChat(frame.session_id);
         render();
+        break;
+      case "mark":
+        setMark(frame.session_id, frame.message_id, frame);
+        if (frame.session_id === state.selected) renderTranscript();
         break;
       case "status":
         state.status = frame.status;
@@ -950,6 +1083,34 @@
       renderHead();
     }
   }
+
+  el.templates.addEventListener("change", () => {
+    const chat = state.chats.get(state.selected);
+    const t = chat && el.templates.value !== "" ? (chat.templates || [])[Number(el.templates.value)] : null;
+    el.templates.value = "";
+    if (t) openTemplate(t);
+  });
+  el.templateCancel.addEventListener("click", closeTemplate);
+  el.templatePanel.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const pending = state.template;
+    if (!pending) return;
+    const values = templateValues();
+    if (values.some((v) => !v)) { showError("Fill in every variable of the template."); return; }
+    el.templateSend.disabled = true;
+    try {
+      const body = { template: { name: pending.tpl.name, language: pending.tpl.language, params: values }, client_msg_id: pending.id };
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(pending.session)}/reply`, body);
+      if (state.template === pending) closeTemplate();
+      if (data.session) upsertChat(data.session, { notify: false });
+      render();
+      loadHistory(pending.session);
+    } catch (err) {
+      showError(`Template not sent: ${err.message}`);
+    } finally {
+      el.templateSend.disabled = false;
+    }
+  });
 
   el.composer.addEventListener("submit", (e) => { e.preventDefault(); sendReply(); });
   el.reply.addEventListener("input", keepDraft);

@@ -1,0 +1,68 @@
+"""What the operator sees of a message's fate: delivery marks on ``ol.mark.<session>`` and ``delivery_failed`` events.
+
+Both come from the status callbacks (sent, delivered, read, failed) and from
+sends the gateway gave up. Ids are deterministic, so a callback WhatsApp sends
+again, or a send retried after a crash, stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from nats.js import JetStreamContext
+
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, SessionEvent, encode, utcnow
+
+CHANNEL = "whatsapp"
+
+
+async def publish_mark(
+    js: JetStreamContext,
+    *,
+    session_id: str,
+    message_id: str,
+    part: int,
+    status: MarkStatus,
+    at: datetime,
+    account: str,
+    reason: str = "",
+    timeout: float = 5.0,
+) -> None:
+    mark = DeliveryMark(
+        id=f"{message_id}:{part}:{status}",
+        session_id=session_id,
+        message_id=message_id,
+        part=part,
+        status=status,
+        at=at,
+        channel=CHANNEL,
+        account=account,
+        reason=reason[:1000],
+    )
+    await asyncio.wait_for(
+        js.publish(subjects.mark(session_id), encode(mark), stream=subjects.STREAM_MARK, headers={MSG_ID_HEADER: mark.id}),
+        timeout=timeout,
+    )
+
+
+async def publish_failed(
+    js: JetStreamContext, *, session_id: str, message_id: str, account: str, chat_id: str, reason: str, timeout: float = 5.0
+) -> None:
+    """``delivery_failed`` on ``ol.evt.delivery_failed`` (id ``delivery_failed:<outbound id>``)."""
+    event_id = f"delivery_failed:{message_id}"
+    evt = SessionEvent(
+        id=event_id,
+        kind="delivery_failed",
+        at=utcnow(),
+        session_id=session_id,
+        channel=CHANNEL,
+        account=account,
+        chat_id=chat_id,
+        reason=reason[:1000],
+    )
+    await asyncio.wait_for(
+        js.publish(subjects.event("delivery_failed"), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: event_id}),
+        timeout=timeout,
+    )

@@ -1,0 +1,444 @@
+"""Operator replies -> WhatsApp: a durable consumer on ``ol.out.whatsapp.>`` feeding one lane (queue + task) per chat.
+
+- **Order per chat, no head-of-line blocking between chats.** A chat waiting
+  out a pair-rate limit (131056) or a backoff holds only its own lane.
+  Replicas share the durable consumer (work-queue style).
+- **Pacing.** Per phone number at most ``OPENLINES_WHATSAPP_NUMBER_RATE``
+  (80/s, the Cloud API's default throughput) over all its chats; per client
+  ``OPENLINES_WHATSAPP_USER_RATE`` (one per 6 s, WhatsApp's pair rate) after a
+  burst. Error 130429 / 80007 / 4 (throughput) slows the whole number, 131056
+  (pair rate) the one chat; both back off and send again, counting no attempt.
+- **Recorded before attempted, acked after the effect.** Each part is written
+  to ``ol-wa-sent`` as *attempting* before its call and as *done* after
+  WhatsApp accepted it; the message is acked when every part is recorded, or
+  after it was given up and the ``delivery_failed`` event and the failed mark
+  were stored. A part found attempting but not done after a crash is sent again
+  and counted as an uncertain resend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from gateway_whatsapp import metrics
+from gateway_whatsapp.accounts import Accounts, Number
+from gateway_whatsapp.core.errors import Verdict, classify
+from gateway_whatsapp.core.pace import Pace, backoff
+from gateway_whatsapp.deliver import Part, plan, send_part
+from gateway_whatsapp.graph import Graph, GraphError, GraphUnavailable
+from gateway_whatsapp.marks import publish_failed, publish_mark
+from gateway_whatsapp.media import DeskFiles, FileProblem
+from gateway_whatsapp.normalise import CHANNEL
+from gateway_whatsapp.sent import Sent, SentRecord, open_bucket
+from gateway_whatsapp.settings import Settings
+from openlines import subjects
+from openlines.envelopes import Outbound, decoder, utcnow
+
+log = logging.getLogger("gateway_whatsapp.sender")
+
+_outbound = decoder(Outbound)
+
+
+class Stopping(Exception):
+    """The service is stopping: leave the message for redelivery."""
+
+
+class GiveUp(Exception):
+    """The part will not be delivered: report it and ack."""
+
+    def __init__(self, reason: str, code: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+@dataclass(slots=True)
+class Held:
+    msg: Msg
+    seq: int
+    account: str
+
+
+@dataclass(slots=True)
+class Lane:
+    key: str
+    queue: deque[Held] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    pace: Pace | None = None
+    throttled: int = 0  # pair-rate refusals in a row
+
+
+@dataclass(slots=True)
+class NumberPace:
+    pace: Pace
+    throttled: int = 0  # throughput refusals in a row
+
+
+class Sender:
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NATS,
+        js: JetStreamContext,
+        accounts: Accounts,
+        graph: Graph,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.accounts = accounts
+        self.graph = graph
+        self.clock = clock
+        self.files = DeskFiles(js, max_bytes=settings.whatsapp_max_upload, timeout=settings.whatsapp_media_timeout)
+        self.sent: Sent | None = None
+        self.lanes: dict[str, Lane] = {}
+        self.held: dict[int, Held] = {}
+        self.numbers: dict[str, NumberPace] = {}
+        self.stopping = asyncio.Event()
+        self._room = asyncio.Event()
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+
+    # -- consumer --------------------------------------------------------
+
+    def consumer_config(self) -> js_api.ConsumerConfig:
+        return js_api.ConsumerConfig(
+            durable_name=self.settings.whatsapp_consumer,
+            filter_subject=subjects.outbound_channel(CHANNEL),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_wait=self.settings.whatsapp_ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max(1000, self.settings.whatsapp_in_flight * 4),
+        )
+
+    async def _subscribe(self) -> None:
+        s = self.settings
+        self.sent = Sent(await open_bucket(self.js, ttl=s.whatsapp_sent_ttl, replicas=s.replicas))
+        self._psub = await self.js.pull_subscribe(
+            subjects.outbound_channel(CHANNEL),
+            durable=s.whatsapp_consumer,
+            stream=subjects.STREAM_OUT,
+            config=self.consumer_config(),
+        )
+
+    def ready(self) -> str | None:
+        return None if self._psub is not None else "outbound consumer not running"
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                await self._subscribe()
+                break
+            except Exception as exc:  # nats raises several unrelated types
+                attempt += 1
+                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                await self._pause(min(5.0, 0.2 * attempt))
+        if self._psub is None:
+            return
+        log.info("outbound consumer running", extra={"channel": CHANNEL, "consumer": self.settings.whatsapp_consumer})
+        self._keepalive = asyncio.create_task(self._keep_alive(), name="wa-keepalive")
+        failures = 0
+        while not self.stopping.is_set():
+            room = self.settings.whatsapp_in_flight - len(self.held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                msgs = await self._psub.fetch(batch=min(room, 64), timeout=2.0)
+                failures = 0
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # disconnected, consumer gone: retry
+                failures += 1
+                log.warning("outbound fetch failed", extra={"error": repr(exc), "attempt": failures})
+                await self._pause(min(5.0, 0.2 * failures))
+                continue
+            for m in msgs:
+                self._dispatch(m)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    def _dispatch(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq in self.held:  # a redelivery of what we still hold: ack the newest delivery
+            self.held[seq].msg = msg
+            return
+        try:
+            _channel, account, chat = subjects.parse_outbound(msg.subject)
+        except subjects.BadToken:
+            log.warning("outbound on an unexpected subject dropped", extra={"subject": msg.subject})
+            asyncio.create_task(msg.term())  # noqa: RUF006 - fire and forget; a lost term is a redelivery
+            return
+        held = Held(msg=msg, seq=seq, account=account)
+        self.held[seq] = held
+        metrics.HELD.set(len(self.held))
+        key = f"{account}.{chat}"
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = Lane(key=key)
+        lane.queue.append(held)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._work(lane), name=f"wa-lane-{key}")
+
+    def _release(self, held: Held) -> None:
+        self.held.pop(held.seq, None)
+        metrics.HELD.set(len(self.held))
+        self._room.set()
+
+    async def _keep_alive(self) -> None:
+        period = max(0.5, self.settings.whatsapp_ack_wait / 3)
+        while True:
+            await asyncio.sleep(period)
+            for held in list(self.held.values()):
+                with contextlib.suppress(Exception):
+                    await held.msg.in_progress()
+            now = self.clock()
+            for key, lane in list(self.lanes.items()):
+                if lane.task is None and not lane.queue and (lane.pace is None or lane.pace.idle(now)):
+                    del self.lanes[key]
+
+    # -- one chat ---------------------------------------------------------
+
+    async def _work(self, lane: Lane) -> None:
+        try:
+            while lane.queue and not self.stopping.is_set():
+                held = lane.queue[0]
+                try:
+                    await self._handle(lane, held)
+                except Stopping:
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # NATS trouble while recording or acking: let it come back later.
+                    log.warning("outbound left for redelivery", extra={"seq": held.seq, "error": repr(exc)})
+                    with contextlib.suppress(Exception):
+                        await held.msg.nak(delay=self.settings.whatsapp_backoff)
+                lane.queue.popleft()
+                self._release(held)
+        finally:
+            lane.task = None
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        if self.stopping.is_set():
+            raise Stopping
+
+    async def _handle(self, lane: Lane, held: Held) -> None:
+        try:
+            out = _outbound.decode(held.msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("undecodable outbound message dropped", extra={"seq": held.seq, "error": str(exc)})
+            await held.msg.term()
+            return
+        assert self.sent is not None
+        rec = await self.sent.get(out.id)
+        if rec.done:
+            log.info("outbound already handled; acking the redelivery", extra={"msg_id": out.id, "account": out.account})
+            await held.msg.ack_sync()
+            return
+        number = self.accounts.number(held.account)
+        if number is None:
+            reason = f"not sent: no WhatsApp number is configured for account {held.account!r} in this gateway"
+            await self._fail(held, out, rec, reason, 0, 0)
+            return
+        if lane.pace is None:
+            lane.pace = Pace(self.settings.whatsapp_user_rate, self.settings.whatsapp_user_burst)
+        parts = plan(out)
+        for index, part in enumerate(parts):
+            if index < rec.parts:
+                continue  # accepted before a crash or a lost ack
+            if rec.attempting > index:
+                # Sent before a crash, never recorded: WhatsApp may have it. Send again (never lose a reply) and count it.
+                rec = msgspec.structs.replace(rec, uncertain=rec.uncertain + 1)
+                metrics.UNCERTAIN_RESENDS.labels(held.account).inc()
+                log.warning(
+                    "resending a part whose delivery is unknown after a crash; the client may see it twice",
+                    extra={"account": held.account, "msg_id": out.id, "part": index + 1},
+                )
+            rec = msgspec.structs.replace(rec, attempting=index + 1)
+            await self._record(rec)
+            try:
+                wamid = await self._send(lane, number, out, part, index)
+            except GiveUp as exc:
+                await self._fail(held, out, rec, exc.reason, index, exc.code)
+                return
+            last = index == len(parts) - 1
+            rec = msgspec.structs.replace(rec, parts=index + 1, wamids=[*rec.wamids, wamid], done=last)
+            await self._record(rec)
+        if not rec.done:  # nothing was left to send (all parts recorded before a crash, or whitespace only)
+            rec = msgspec.structs.replace(rec, done=True)
+            await self._record(rec)
+        await held.msg.ack_sync()
+        metrics.DELIVERED.labels(held.account).inc()
+        log.info(
+            "outbound handed to WhatsApp",
+            extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "parts": len(parts)},
+        )
+
+    def _number_pace(self, account: str) -> NumberPace:
+        np = self.numbers.get(account)
+        if np is None:
+            rate = self.settings.whatsapp_number_rate
+            np = self.numbers[account] = NumberPace(Pace(rate, max(1, int(rate))))
+        return np
+
+    def _throttle_delay(self, times: int) -> float:
+        s = self.settings
+        return backoff(times, s.whatsapp_backoff, s.whatsapp_backoff_max, random.random())
+
+    async def _send(self, lane: Lane, number: Number, out: Outbound, part: Part, index: int) -> str:
+        assert lane.pace is not None
+        attempt = 0
+        while True:
+            if self.stopping.is_set():
+                raise Stopping
+            await self._sleep(lane.pace.reserve(self.clock()))
+            np = self._number_pace(number.account)
+            await self._sleep(np.pace.reserve(self.clock()))
+            try:
+                wamid, wa_type = await send_part(self.graph, number, self.files, out, part, index)
+            except FileProblem as exc:
+                if exc.permanent:
+                    raise GiveUp(f"not sent: {exc.reason}") from None
+                verdict = Verdict("transient", exc.reason)
+            except GraphError as exc:
+                verdict = classify(exc.failure)
+            except GraphUnavailable as exc:
+                verdict = Verdict("transient", str(exc))
+            else:
+                lane.throttled = np.throttled = 0
+                metrics.SENT.labels(number.account, wa_type).inc()
+                return wamid
+            if verdict.kind == "throttle_number":
+                np.throttled += 1
+                delay = self._throttle_delay(np.throttled)
+                metrics.RETRIES.labels("throughput").inc()
+                log.info("number throughput reached: its chats wait", extra={"account": number.account, "delay": round(delay, 2)})
+                np.pace.hold(self.clock() + delay)
+                continue
+            if verdict.kind == "throttle_user":
+                lane.throttled += 1
+                delay = max(6.0 * lane.throttled, self._throttle_delay(lane.throttled))
+                delay = min(delay, self.settings.whatsapp_backoff_max)
+                metrics.RETRIES.labels("pair_rate").inc()
+                log.info(
+                    "pair rate reached: this chat waits", extra={"account": number.account, "msg_id": out.id, "delay": delay}
+                )
+                lane.pace.hold(self.clock() + delay)
+                continue
+            if verdict.kind == "transient":
+                attempt += 1
+                metrics.RETRIES.labels("transient").inc()
+                if attempt >= self.settings.whatsapp_max_attempts:
+                    raise GiveUp(f"not delivered: gave up after {attempt} attempts: {verdict.reason}", verdict.code)
+                delay = self._throttle_delay(attempt)
+                log.info(
+                    "send failed, retrying",
+                    extra={
+                        "account": number.account,
+                        "msg_id": out.id,
+                        "attempt": attempt,
+                        "delay": round(delay, 2),
+                        "error": verdict.reason,
+                    },
+                )
+                await self._sleep(delay)
+                continue
+            raise GiveUp(verdict.reason, verdict.code)
+
+    async def _retrying(self, what: str, msg_id: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Store something we must not forget; keep trying while NATS is away."""
+        attempt = 0
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                log.warning(f"could not store {what}, retrying", extra={"msg_id": msg_id, "error": repr(exc)})
+                await self._sleep(min(5.0, 0.2 * attempt))
+
+    async def _record(self, rec: SentRecord) -> None:
+        assert self.sent is not None
+        sent = self.sent
+        await self._retrying("a send record", rec.id, lambda: sent.put(rec))
+
+    async def _fail(self, held: Held, out: Outbound, rec: SentRecord, reason: str, part: int, code: int) -> None:
+        account = out.account or held.account
+        if out.session_id:
+            await self._retrying(
+                "a failed mark",
+                out.id,
+                lambda: publish_mark(
+                    self.js,
+                    session_id=out.session_id,
+                    message_id=out.id,
+                    part=part,
+                    status="failed",
+                    at=utcnow(),
+                    account=account,
+                    reason=reason,
+                ),
+            )
+        await self._retrying(
+            "delivery_failed",
+            out.id,
+            lambda: publish_failed(
+                self.js, session_id=out.session_id, message_id=out.id, account=account, chat_id=out.chat_id, reason=reason
+            ),
+        )
+        await self._record(msgspec.structs.replace(rec, done=True, failed=reason))
+        await held.msg.ack_sync()
+        metrics.FAILED.labels(held.account, str(code)).inc()
+        log.warning(
+            "outbound delivery failed", extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "reason": reason}
+        )
+
+    # -- stopping ---------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop fetching; let sends in flight finish; hand back what is left (nak) for another replica."""
+        self.stopping.set()
+        self._room.set()
+        tasks = [lane.task for lane in self.lanes.values() if lane.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
+        for task in tasks:
+            task.cancel()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        for held in list(self.held.values()):
+            with contextlib.suppress(Exception):
+                await held.msg.nak()
+        self.held.clear()
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()

@@ -1,0 +1,59 @@
+"""What was sent of each outbound message: the ``ol-wa-sent`` KV bucket (this service's own).
+
+One key per outbound message (a digest of its id; ids contain ``:``, which KV
+keys do not allow), written *before* each part is sent (``attempting``) and
+after WhatsApp accepted it (``parts``, its wamid), before the JetStream ack. A
+redelivered outbound resumes after the last part WhatsApp accepted.
+
+The Cloud API has no idempotency key: a gateway killed after WhatsApp accepted a
+part but before recording it cannot know whether the client got it. It sends
+the part again (a reply is never lost) and counts the resend in ``uncertain``
+and in ``openlines_whatsapp_uncertain_resends_total``, so a double is never silent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from openlines import bus, subjects
+
+
+class SentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str  # the outbound id
+    parts: int = 0  # parts WhatsApp accepted so far (text chunks, then files; or the template)
+    wamids: list[str] = []  # WhatsApp's message ids of those parts
+    attempting: int = 0  # 1-based index of the part whose send has started
+    uncertain: int = 0  # parts sent again because a crash left their fate unknown
+    done: bool = False  # every part accepted, or given up
+    failed: str = ""  # the reason when given up
+
+
+def sent_key(outbound_id: str) -> str:
+    return "o" + hashlib.blake2b(outbound_id.encode(), digest_size=16).hexdigest()
+
+
+async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(subjects.KV_WHATSAPP_SENT)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(
+            bucket=subjects.KV_WHATSAPP_SENT, history=1, ttl=ttl, replicas=replicas, storage=js_api.StorageType.FILE
+        )
+
+
+class Sent:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, outbound_id: str) -> SentRecord:
+        rec, _ = await bus.kv_get(self.kv, sent_key(outbound_id), SentRecord)
+        return rec if rec is not None else SentRecord(id=outbound_id)
+
+    async def put(self, rec: SentRecord) -> None:
+        await self.kv.put(sent_key(rec.id), msgspec.json.encode(rec))
