@@ -129,7 +129,7 @@ async def test_attach_file_is_reached_with_the_keyboard_and_an_old_upload_error_
         await client_writes(js, "f-1", "Can I send you the invoice?", "v-files", name="Fiona")
         await boris.get_by_test_id("chat-item").filter(has_text="Fiona").click()
         await boris.get_by_test_id("accept").click()
-        await expect(boris.get_by_test_id("reply-input")).to_be_enabled()
+        await expect(boris.get_by_test_id("reply-input")).to_be_focused()  # accepted: the box is ready
         # Keyboard only: back from the reply box to "Attach file", and Enter opens the file picker.
         await boris.get_by_test_id("reply-input").focus()
         for _ in range(6):

@@ -1022,7 +1022,8 @@
       const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/accept`);
       if (data.session) upsertChat(data.session, { notify: false });
       render();
-      el.reply.focus();
+      // Into the reply box, unless the operator has already moved on to something else.
+      if (document.activeElement === el.accept || document.activeElement === document.body) el.reply.focus();
     } catch (err) {
       showError(`Could not accept the chat: ${err.message}`);
     } finally {
