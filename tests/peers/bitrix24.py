@@ -5,15 +5,27 @@ record of every call.
 - ``POST /rest/<user>/<code>/<method>`` (inbound webhook) or
   ``POST /rest/<method>`` with ``auth=<access token>`` (OAuth); a trailing
   ``.json`` is accepted. Bodies are JSON.
-- Success: ``{"result": ..., "time": {...}}``; lists add ``total``.
-- Errors: ``{"error": CODE, "error_description": text}`` - ``QUERY_LIMIT_EXCEEDED``
-  with HTTP 503, ``expired_token`` 401, ``NOT_FOUND`` 400, invalid fields 400.
+- Success: ``{"result": ..., "time": {...}}``; lists add ``total``. ``time``
+  carries ``operating`` (the seconds this call counted against its method)
+  and ``operating_reset_at`` (when part of that method's budget is freed).
+- Errors: ``{"error": CODE, "error_description": text}``, in the shapes the
+  documentation and ../shared/corpus/bitrix24 show: ``QUERY_LIMIT_EXCEEDED``
+  with HTTP 503 (the request-rate leaky bucket), ``OPERATION_TIME_LIMIT``
+  with HTTP 429 (a method whose summed operating time over the last 10
+  minutes passed 480 s is blocked - that method only, for every caller),
+  ``expired_token`` 401; a classic CRM method's own errors carry an *empty*
+  ``error`` code with the text in ``error_description`` ("Not found",
+  "Access denied."); ``crm.duplicate.findbycomm`` puts a sentence in
+  ``error`` ("Communication type is not defined").
 - ``GET /oauth/token/?grant_type=refresh_token&...`` rotates the tokens.
 
-Controls for tests: ``limited`` (answer every call QUERY_LIMIT_EXCEEDED),
-``rate`` (leaky bucket per second; over it = QUERY_LIMIT_EXCEEDED),
-``hold`` (a method name whose answer is held after it took effect, as when
-the caller dies before reading it), ``expire_token()``.
+Controls for tests: ``limited`` / ``limit_for(s)`` (answer every call
+QUERY_LIMIT_EXCEEDED), ``rate`` (leaky bucket per second; over it =
+QUERY_LIMIT_EXCEEDED), ``operating_cost`` / ``operating_limit`` /
+``operating_window`` (the operating-time budget per method), ``deny(method)``
+(access denied), ``hold`` (a method name whose answer is held after it took
+effect, as when the caller dies before reading it), ``expire_token()``.
+``answers`` records (method, HTTP status, error code) of every answer.
 """
 
 from __future__ import annotations
@@ -31,6 +43,10 @@ from aiohttp import web
 
 MULTI = ("PHONE", "EMAIL", "IM")
 OWNER_TYPES = {1: "lead", 2: "deal", 3: "contact"}
+# The cloud's budget per method: 480 s of operating time within the last 10 minutes.
+OPERATING_LIMIT = 480.0
+OPERATING_WINDOW = 600.0
+FINDBYCOMM_MAX_PER_TYPE = 20  # "if 20 or more duplicates are found for one object, the other types are not returned"
 
 
 def parse_php_query(query: str) -> dict[str, Any]:
@@ -75,10 +91,19 @@ class Bitrix24Peer:
         self.sources = ["CALL", "EMAIL", "WEB", "OPENLINE", "TELEGRAM", "VK", "WHATSAPP", "OTHER"]
         self.scopes = ["crm", "user", "imopenlines"]
         self.limited = False
+        self.limited_until = 0.0  # monotonic time until which every call is QUERY_LIMIT_EXCEEDED
         self.rate = 0.0  # requests per second allowed after the burst; 0 = no limit
         self.burst = 50
         self._level = 0.0
         self._at = time.monotonic()
+        # Operating time: seconds each call of a method costs (default none), summed per method over the window.
+        self.operating_cost: dict[str, float] = {}
+        self.operating_limit = OPERATING_LIMIT
+        self.operating_window = OPERATING_WINDOW
+        self._spent: dict[str, list[tuple[float, float]]] = {}  # method -> [(epoch seconds, operating seconds)]
+        self.denied: set[str] = set()
+        self.scripted: dict[str, tuple[int, Any]] = {}  # method -> (HTTP status, body) answered once, as given
+        self.answers: list[tuple[str, int, str]] = []  # (method, HTTP status, error code or "")
         self.hold: str = ""  # a method whose answer is held (after it took effect)
         self.held = asyncio.Event()  # set when a held call took effect
         self.release = asyncio.Event()
@@ -120,6 +145,39 @@ class Bitrix24Peer:
     def expire_token(self) -> None:
         self.access_token = self.access_token + "-expired"
 
+    def limit_for(self, seconds: float) -> None:
+        """Answer every call QUERY_LIMIT_EXCEEDED for ``seconds`` from now."""
+        self.limited_until = time.monotonic() + seconds
+
+    def script(self, method: str, status: int, body: Any) -> None:
+        """Answer the next call of ``method`` with exactly this (a recorded answer of the real API)."""
+        self.scripted[method] = (status, body)
+
+    def deny(self, method: str) -> None:
+        """The webhook's user loses the right behind ``method``: it answers "Access denied."."""
+        self.denied.add(method)
+
+    def use_up(self, method: str, for_seconds: float) -> None:
+        """Other applications of the portal used up ``method``'s operating time: it is blocked for ``for_seconds``."""
+        at = time.time() - self.operating_window + for_seconds
+        self._window(method).append((at, self.operating_limit + 1))
+
+    def refused(self, code: str) -> int:
+        """How many answers carried this error code."""
+        return sum(1 for _, _, c in self.answers if c == code)
+
+    def blocked_until(self, method: str) -> float:
+        """Epoch seconds at which ``method`` is no longer over its operating-time budget (0 = not blocked)."""
+        spent = self._window(method)
+        total = sum(cost for _, cost in spent)
+        if total <= self.operating_limit:
+            return 0.0
+        for at, cost in spent:  # the oldest costs leave the window first
+            total -= cost
+            if total <= self.operating_limit:
+                return at + self.operating_window
+        return 0.0
+
     # -- server --------------------------------------------------------------
 
     def app(self) -> web.Application:
@@ -145,25 +203,40 @@ class Bitrix24Peer:
 
     # -- transport -----------------------------------------------------------
 
-    @staticmethod
-    def _answer(result: Any, **extra: Any) -> web.Response:
-        now = time.time()
-        body = {
-            "result": result,
-            **extra,
-            "time": {
-                "start": now,
-                "finish": now,
-                "duration": 0.001,
-                "processing": 0.0005,
-                "date_start": datetime.now(UTC).isoformat(),
-                "date_finish": datetime.now(UTC).isoformat(),
-            },
-        }
-        return web.json_response(body)
+    def _window(self, method: str) -> list[tuple[float, float]]:
+        cutoff = time.time() - self.operating_window
+        spent = sorted((at, cost) for at, cost in self._spent.get(method, []) if at > cutoff)
+        self._spent[method] = spent
+        return spent
 
-    @staticmethod
-    def _error(exc: ApiError) -> web.Response:
+    def _operate(self, method: str) -> float:
+        """Count one call against its method's operating-time budget; returns what it cost."""
+        cost = self.operating_cost.get(method, 0.0)
+        if cost:
+            self._window(method).append((time.time(), cost))
+        return cost
+
+    def _time(self, method: str, operating: float) -> dict[str, Any]:
+        now = time.time()
+        spent = self._window(method)
+        reset_at = int((spent[0][0] if spent else now) + self.operating_window)
+        return {
+            "start": now,
+            "finish": now,
+            "duration": 0.001,
+            "processing": 0.0005,
+            "date_start": datetime.now(UTC).isoformat(),
+            "date_finish": datetime.now(UTC).isoformat(),
+            "operating_reset_at": reset_at,
+            "operating": operating,
+        }
+
+    def _answer(self, method: str, result: Any, operating: float, **extra: Any) -> web.Response:
+        self.answers.append((method, 200, ""))
+        return web.json_response({"result": result, **extra, "time": self._time(method, operating)})
+
+    def _error(self, exc: ApiError, method: str = "") -> web.Response:
+        self.answers.append((method, exc.status, exc.code))
         return web.json_response({"error": exc.code, "error_description": exc.description}, status=exc.status)
 
     async def _webhook(self, request: web.Request) -> web.Response:
@@ -215,16 +288,24 @@ class Bitrix24Peer:
                     return self._error(ApiError(401, "expired_token", "The access token provided has expired."))
                 return self._error(ApiError(401, "NO_AUTH_FOUND", "Wrong authorization data"))
         self.calls.append((method, params))
-        if self.limited or not self._take_token():
-            return self._error(ApiError(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"))
+        if method in self.scripted:
+            status, body = self.scripted.pop(method)
+            error = body.get("error", "") if isinstance(body, dict) and "error" in body else ""
+            self.answers.append((method, status, str(error)))
+            return web.json_response(body, status=status)
+        if self.limited or time.monotonic() < self.limited_until or not self._take_token():
+            return self._error(ApiError(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"), method)
+        if self.blocked_until(method):
+            return self._error(ApiError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit"), method)
         try:
             result, extra = self._call(method, params)
         except ApiError as exc:
-            return self._error(exc)
+            return self._error(exc, method)
+        operating = self._operate(method)
         if self.hold and method == self.hold:
             self.held.set()
             await self.release.wait()
-        return self._answer(result, **extra)
+        return self._answer(method, result, operating, **extra)
 
     # -- methods -------------------------------------------------------------
 
@@ -235,7 +316,10 @@ class Bitrix24Peer:
             for name, cmd in (params.get("cmd") or {}).items():
                 sub_method, _, query = str(cmd).partition("?")
                 try:
+                    if self.blocked_until(sub_method):
+                        raise ApiError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit")
                     results[name], _ = self._call(sub_method, parse_php_query(query))
+                    self._operate(sub_method)
                 except ApiError as exc:
                     errors[name] = {"error": exc.code, "error_description": exc.description}
             return {"result": results, "result_error": errors, "result_total": [], "result_next": [], "result_time": {}}, {}
@@ -251,7 +335,9 @@ class Bitrix24Peer:
             return self._findbycomm(params), {}
         m = re.fullmatch(r"crm\.(contact|lead|deal|activity)\.(add|update|get|list)", method)
         if m is None:
-            raise ApiError(400, "ERROR_METHOD_NOT_FOUND", f"Method not found: {method}")
+            raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
+        if method in self.denied:
+            raise ApiError(403, "", "Access denied.")
         kind, op = m.groups()
         if op == "add":
             fields = params.get("fields")
@@ -264,15 +350,17 @@ class Bitrix24Peer:
                 if not fields.get("COMMUNICATIONS"):
                     raise ApiError(400, "", "The field COMMUNICATIONS is not defined or invalid.")
             return self._add(kind, fields), {}
+        if op in ("get", "update") and _int(params.get("id")) <= 0:
+            raise ApiError(400, "", "ID is not defined or invalid.")
         if op == "get":
             rec = self.records[kind].get(_int(params.get("id")))
             if rec is None:
-                raise ApiError(400, "NOT_FOUND", "Not found")
+                raise ApiError(400, "", "Not found")
             return self._out(rec), {}
         if op == "update":
             rec = self.records[kind].get(_int(params.get("id")))
             if rec is None:
-                raise ApiError(400, "NOT_FOUND", "Not found")
+                raise ApiError(400, "", "Not found")
             self._merge(rec, params.get("fields") or {})
             return True, {}
         flt = params.get("filter") or {}
@@ -311,12 +399,18 @@ class Bitrix24Peer:
         return {k: (str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v) for k, v in rec.items()}
 
     def _findbycomm(self, params: dict[str, Any]) -> Any:
+        if "crm.duplicate.findbycomm" in self.denied:
+            raise ApiError(403, "Access denied", "Access denied.")
         typ = params.get("type")
+        if not typ:
+            raise ApiError(400, "Communication type is not defined", "Parameter 'type' is required.")
         if typ not in ("PHONE", "EMAIL"):
-            raise ApiError(400, "", "Parameter 'type' is not defined or invalid.")
+            raise ApiError(400, f"Communication type '{typ}' is not supported in current context", "")
         values = params.get("values") or []
-        if not isinstance(values, list) or len(values) > 20:
-            raise ApiError(400, "", "Parameter 'values' must be an array of at most 20 items.")
+        if not values or not isinstance(values, list):
+            raise ApiError(400, "Communication values is not defined", "Parameter 'values' is required.")
+        if len(values) > 20:
+            raise ApiError(400, "Too many communication values", "At most 20 values are accepted.")
 
         def norm(v: str) -> str:
             return re.sub(r"\D", "", v) if typ == "PHONE" else v.lower()
@@ -330,6 +424,8 @@ class Bitrix24Peer:
             for rec_id, rec in self.records[kind].items():
                 if any(norm(str(item.get("VALUE", ""))) in wanted for item in rec.get(typ, [])):
                     found.setdefault(label, []).append(rec_id)
+            if len(found.get(label, [])) >= FINDBYCOMM_MAX_PER_TYPE:
+                break  # the portal stops at the first type with 20 or more: the others are not returned
         return found or []
 
 
