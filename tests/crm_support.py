@@ -79,18 +79,127 @@ async def session_of(nc: Any, channel: str, account: str, chat: str, line: str =
     return s
 
 
-async def opened(nc: Any, channel: str, account: str, chat: str) -> Session:
+async def opened(nc: Any, channel: str, account: str, chat: str, line: str = "sales") -> Session:
     async def probe() -> Session | None:
-        return await session_of(nc, channel, account, chat)
+        return await session_of(nc, channel, account, chat, line)
 
     return await wait_for(probe, timeout=15, what=f"session of {channel}/{chat}")
 
 
-async def assigned(nc: Any, channel: str, account: str, chat: str, other_than: str = "") -> Session:
+async def assigned(nc: Any, channel: str, account: str, chat: str, other_than: str = "", line: str = "sales") -> Session:
     """The client's open session once it is offered to an operator."""
 
     async def probe() -> Session | None:
-        s = await session_of(nc, channel, account, chat)
+        s = await session_of(nc, channel, account, chat, line)
         return s if s is not None and s.operator_id and s.id != other_than else None
 
     return await wait_for(probe, timeout=15, what=f"session of {channel}/{chat} offered")
+
+
+# -- one CRM under test: the built-in CRM or the Bitrix24 peer, counted the same way -----------------
+
+BITRIX_USERS = '{"7": "anna", "8": "boris"}'  # the peer's CRM users as operators
+
+
+class CrmUnderTest:
+    """What a fault test needs of either backend: crm-sync settings for it, and its records counted."""
+
+    def __init__(self, backend: str, nc: Any, peer: Any = None) -> None:
+        self.backend = backend
+        self.nc = nc
+        self.peer = peer
+
+    def settings(self) -> dict[str, Any]:
+        """Overrides for running_crm_sync."""
+        if self.peer is None:
+            return {}
+        return {"crm_backend": "bitrix24", "bitrix24_webhook": self.peer.webhook, "crm_users": BITRIX_USERS}
+
+    def env(self) -> dict[str, str]:
+        """The same, as a crm-sync process's environment."""
+        if self.peer is None:
+            return {"OPENLINES_CRM_BACKEND": "builtin"}
+        return {
+            "OPENLINES_CRM_BACKEND": "bitrix24",
+            "OPENLINES_BITRIX24_WEBHOOK": self.peer.webhook,
+            "OPENLINES_CRM_USERS": BITRIX_USERS,
+        }
+
+    def user(self, operator_id: str) -> str:
+        """The CRM user id of an operator."""
+        return {"anna": "7", "boris": "8"}[operator_id] if self.peer is not None else operator_id
+
+    async def _builtin(self) -> Any:
+        from crm_sync.backends.builtin import BuiltinBackend
+
+        return await BuiltinBackend.open(self.nc.jetstream())
+
+    async def records(self, kind: str, origin: str) -> list[str]:
+        """Ids of the contacts / leads / deals made for one chat (origin = its channel identity)."""
+        if self.peer is not None:
+            rows = {"contact": self.peer.contacts, "lead": self.peer.leads, "deal": self.peer.deals}[kind]()
+            return [str(r["ID"]) for r in rows if r.get("ORIGIN_ID") == origin]
+        return [e.id for e in await (await self._builtin()).entities(kind) if e.origin == origin]
+
+    async def activities(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's activities: id, completed, responsible."""
+        if self.peer is not None:
+            return [
+                {"id": str(a["ID"]), "completed": a.get("COMPLETED") == "Y", "responsible": str(a.get("RESPONSIBLE_ID", ""))}
+                for a in self.peer.activities()
+                if a.get("ORIGIN_ID") == f"ol-session|{session_id}"
+            ]
+        return [
+            {"id": a.id, "completed": a.completed, "responsible": a.responsible}
+            for a in await (await self._builtin()).activities(session_id)
+        ]
+
+    async def add_contact(self, name: str, manager: str, phone: str = "", email: str = "") -> str:
+        """A customer the CRM knows already, with ``manager`` (an operator id) responsible."""
+        if self.peer is not None:
+            fields: dict[str, Any] = {"NAME": name, "ASSIGNED_BY_ID": self.user(manager)}
+            if phone:
+                fields["PHONE"] = [{"VALUE": phone, "VALUE_TYPE": "WORK"}]
+            if email:
+                fields["EMAIL"] = [{"VALUE": email, "VALUE_TYPE": "WORK"}]
+            return str(self.peer.add_contact(**fields))
+        from crm_sync.backends.base import Entity
+
+        builtin = await self._builtin()
+        return str(
+            await builtin.create(
+                Entity(
+                    kind="contact",
+                    name=name,
+                    phones=[phone] if phone else [],
+                    emails=[email] if email else [],
+                    assigned_by=manager,
+                )
+            )
+        )
+
+
+@asynccontextmanager
+async def crm_under_test(backend: str, nc: Any) -> AsyncIterator[CrmUnderTest]:
+    if backend == "builtin":
+        yield CrmUnderTest(backend, nc)
+        return
+    from peers.bitrix24 import running_bitrix24
+
+    async with running_bitrix24() as peer:
+        yield CrmUnderTest(backend, nc, peer)
+
+
+async def crm_linked_events(nc: Any, session_id: str) -> list[SessionEvent]:
+    return [e for e in await events(nc, "crm_linked") if e.session_id == session_id]
+
+
+async def crm_caught_up(nc: Any, durable: str = "crm-sync") -> bool:
+    """crm-sync's consumer has every event delivered and acknowledged."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        info = await nc.jetstream().consumer_info(subjects.STREAM_EVT, durable)
+    except NotFoundError:
+        return False  # crm-sync has not started yet
+    return info.num_pending == 0 and info.num_ack_pending == 0

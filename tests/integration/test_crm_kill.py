@@ -23,6 +23,7 @@ def crm_sync_process(nats_server: Any, tmp_path: Path) -> Iterator[ServiceProces
         "OPENLINES_CRM_BACKEND": "bitrix24",
         "OPENLINES_CRM_RATE": "200",
         "OPENLINES_ACK_WAIT": "2",
+        "OPENLINES_CRM_TIMEOUT": "1",  # shorter than ack_wait, as settings require
     }
     p = ServiceProcess("crm-sync", "crm_sync", env, tmp_path)
     yield p

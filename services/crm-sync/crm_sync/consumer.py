@@ -5,11 +5,19 @@ Like the router's inbound consumer: one unacknowledged event at a time, and
 an event that fails is retried *in place* - forever while the CRM or NATS is
 unreachable or rate-limiting us (the events wait, in order, nothing lost), a
 few times for a refusal before it is dead-lettered with the reason.
+
+An event stays ours for as long as we work on it, however long the CRM makes
+us wait: a heartbeat sends an in-progress ack every third of ``ack_wait`` and
+renews our claim on the client (crm_sync.claims). If the event reaches
+another replica all the same (this one was cut off from NATS), that replica
+waits for the claim; if it takes the claim over, this one stops before its
+next create (decision 013).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -22,8 +30,10 @@ from nats.js.errors import FetchTimeoutError, NoStreamResponseError, ServiceUnav
 from prometheus_client import Counter, Gauge
 
 from crm_sync.backends.base import CrmUnavailable
+from crm_sync.claims import Claim, ClaimLost, Claims
 from crm_sync.sync import HANDLED_KINDS, Syncer
 from openlines import subjects
+from openlines.crashpoints import crash_point
 from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode, utcnow
 
 log = logging.getLogger("crm_sync.consumer")
@@ -47,11 +57,12 @@ _decode = msgspec.json.Decoder(SessionEvent)
 
 
 class EventConsumer:
-    def __init__(self, js: JetStreamContext, syncer: Syncer, durable: str, ack_wait: float) -> None:
+    def __init__(self, js: JetStreamContext, syncer: Syncer, durable: str, ack_wait: float, claims: Claims) -> None:
         self.js = js
         self.syncer = syncer
         self.durable = durable
         self.ack_wait = ack_wait
+        self.claims = claims
         self.stop_event = asyncio.Event()
         self.waiting_reason = ""
 
@@ -93,21 +104,69 @@ class EventConsumer:
         except msgspec.ValidationError as exc:
             await self._dead_letter(m, f"malformed session event on {m.subject}: {exc}")
             return
+        held: list[Claim] = []  # the claim once we have it (the heartbeat renews it)
+        heartbeat = asyncio.create_task(self._heartbeat(m, held))
+        try:
+            await self._apply(m, evt, held)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            if held:
+                await held[0].release()
+
+    async def _heartbeat(self, m: Msg, held: list[Claim]) -> None:
+        """Keep the event (in-progress ack) and our claim on its client alive while we work on it."""
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            try:
+                await m.in_progress()
+            except Exception as exc:
+                log.info("in-progress ack not sent", extra={"error": repr(exc)[:200]})
+            if held:
+                try:
+                    await held[0].renew()
+                except ClaimLost:
+                    return  # the next fence stops the work
+                except Exception as exc:  # NATS away: try again at the next beat
+                    log.info("claim not renewed", extra={"error": repr(exc)[:200]})
+
+    async def _apply(self, m: Msg, evt: SessionEvent, held: list[Claim]) -> None:
         failures = 0
         delay = 0.2
         while True:
+            wait = delay
             try:
-                await self.syncer.handle(evt)
+                if not held:
+                    unit = await self.syncer.unit(evt)
+                    if unit is not None:
+                        claim = await self.claims.acquire(unit, str(m.metadata.sequence.stream), self.stop_event)
+                        if claim is None:
+                            return  # stopping: not acked, redelivered before anything newer
+                        held.append(claim)
+                await self.syncer.handle(evt, held[0].renew if held else None)
+                crash_point("crm.event.handled")
                 await m.ack_sync()
+                crash_point("crm.event.acked")
                 HANDLED.labels("ok").inc()
                 if self.waiting_reason:
                     log.info("crm reachable again", extra={"session": evt.session_id})
                 self.waiting_reason = ""
                 WAITING.set(0)
                 return
+            except ClaimLost:
+                # Another replica took the client over (we were cut off too long): it applies
+                # the event; we leave it unacknowledged and create nothing more.
+                log.warning("event left to the replica that took its client over", extra={"session": evt.session_id})
+                HANDLED.labels("handed_over").inc()
+                self.waiting_reason = ""
+                WAITING.set(0)
+                return
             except Exception as exc:
                 transient = isinstance(exc, TRANSIENT)
                 failures += 0 if transient else 1
+                if isinstance(exc, CrmUnavailable) and exc.retry_after:
+                    wait = min(max(delay, exc.retry_after), MAX_DELAY)
                 HANDLED.labels("retry").inc()
                 self.waiting_reason = str(exc)[:200]
                 WAITING.set(1)
@@ -118,7 +177,7 @@ class EventConsumer:
                         "kind": evt.kind,
                         "error": repr(exc)[:300],
                         "transient": transient,
-                        "retry_in_s": delay,
+                        "retry_in_s": wait,
                     },
                 )
                 if failures >= MAX_OTHER_FAILURES:
@@ -129,15 +188,11 @@ class EventConsumer:
             if self.stop_event.is_set():
                 return  # not acked: redelivered before anything newer
             try:  # back-off between attempts at the CRM, cut short by a stop
-                await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
+                await asyncio.wait_for(self.stop_event.wait(), timeout=wait)
                 return
             except TimeoutError:
                 pass
             delay = min(delay * 2, MAX_DELAY)
-            try:
-                await m.in_progress()
-            except Exception:
-                pass
 
     async def _dead_letter(self, m: Msg, reason: str) -> None:
         meta = m.metadata

@@ -5,11 +5,14 @@ session are bound to, and which intents are done or in flight.
 |---|---|
 | ``client.<client id>`` | :class:`ClientLink` - contact / lead / deal ids, identities pushed, responsible |
 | ``session.<session id>`` | :class:`SessionLink` - activity id, owner record, intents done |
+| ``claim.<client id>`` | :class:`crm_sync.claims.ClaimValue` - the replica applying an event of the client now |
 | ``oauth.bitrix24`` | the current Bitrix24 OAuth tokens (they rotate on refresh) |
 
-``pending`` holds the origins (idempotency keys) of creates that were sent
-but not yet recorded: after a crash, a create whose origin is pending is
-searched for in the CRM before it is sent again.
+Every create is an *intent* named by its origin (idempotency key):
+``pending`` holds the origins of creates that may have been sent but whose
+result is not recorded yet - such a create is searched for in the CRM before
+it is sent again; ``made`` maps the origins already created to their ids, so
+a retry never sends them again (decision 013).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class ClientLink(msgspec.Struct, kw_only=True, omit_defaults=True):
     assigned_by: str = ""  # the CRM user responsible for the client (ASSIGNED_BY_ID)
     created_in: str = ""  # the session whose conversation created the lead / deal
     pending: list[str] = []
+    made: dict[str, str] = {}  # origin -> id of what was created for it
 
 
 class SessionLink(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -49,6 +53,7 @@ class SessionLink(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str = ""
     done: list[str] = []  # intents applied: answered:<operator>, closed
     pending: list[str] = []
+    made: dict[str, str] = {}
 
 
 def client_key(client_id: str) -> str:

@@ -10,6 +10,7 @@ from aiohttp import web
 from crm_sync.backends.base import CrmBackend
 from crm_sync.backends.builtin import BuiltinBackend
 from crm_sync.backends.factory import build
+from crm_sync.claims import Claims
 from crm_sync.consumer import EventConsumer
 from crm_sync.http import ReadApi
 from crm_sync.links import open_links
@@ -37,7 +38,7 @@ async def setup(svc: Service[Settings]) -> None:
     backend = await build(s, svc.js, links)
     users = Users(s.users(), identity_when_unmapped=s.crm_backend == "builtin")
     syncer = Syncer(svc.js, buckets, links, backend, users, phone_region=s.phone_region)
-    consumer = EventConsumer(svc.js, syncer, s.consumer, s.ack_wait)
+    consumer = EventConsumer(svc.js, syncer, s.consumer, s.ack_wait, Claims(links, lease=s.ack_wait))
     responsible = Responsible(svc.nc, links, backend, users, s.responsible_timeout)
     await responsible.start()
     ReadApi(backend if isinstance(backend, BuiltinBackend) else None, links, svc.settings.crm_api_token).routes(svc.app)

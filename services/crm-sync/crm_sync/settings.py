@@ -35,7 +35,9 @@ class Settings(BaseSettings, kw_only=True):
     crm_users: str = ""  # JSON {"<crm user id>": "<operator id>"}; empty = the built-in CRM's users are operator ids
     phone_region: str = ""  # ISO country (e.g. "LV") for numbers written without a country code
     consumer: str = "crm-sync"  # durable consumer name on OL_EVT
-    ack_wait: float = 30.0  # seconds before an unacknowledged event is redelivered (after a crash)
+    # Seconds before an unacknowledged event is redelivered (after a crash), and the lease of a
+    # replica's claim on a client: heartbeats renew both every third of it. Longer than crm_timeout.
+    ack_wait: float = 30.0
     responsible_timeout: float = 0.3  # longest a responsible lookup may ask the CRM (the router waits 0.5 s)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,12 @@ class Settings(BaseSettings, kw_only=True):
             check_secret("OPENLINES_CRM_API_TOKEN", self.crm_api_token)
         if self.crm_rate <= 0 or self.crm_burst < 1:
             raise ValueError("OPENLINES_CRM_RATE must be > 0 and OPENLINES_CRM_BURST >= 1")
+        if self.ack_wait <= self.crm_timeout:
+            # A replica takes a client over when the holder's claim has stood still for ack_wait;
+            # the holder's last create, sent right after its last renewal, must have ended by then.
+            raise ValueError(
+                f"OPENLINES_ACK_WAIT ({self.ack_wait:g}) must be longer than OPENLINES_CRM_TIMEOUT ({self.crm_timeout:g})"
+            )
         self.users()  # fail at start-up, not at the first event
 
     def users(self) -> dict[str, str]:

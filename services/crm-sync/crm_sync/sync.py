@@ -2,9 +2,12 @@
 
 Load (line config, client record, transcript, links) → ask the core
 (``core.decide``) → apply through the backend → record in ``ol-crm-links``.
-Every create carries a deterministic origin and is marked pending in the
-links bucket before it is sent, so a redelivered event finds what a crashed
-attempt created instead of creating it again.
+Every create is an intent with a deterministic origin: recorded as pending
+in the links bucket before it is sent, searched for in the CRM before any
+retry, and recorded with its id once made - so a retry, a redelivered event
+or another replica finds what an earlier attempt created instead of creating
+it again. The caller holds the client's claim; ``guard`` checks it right
+before each create (decision 013).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
-from crm_sync.backends.base import Activity, CrmBackend, Entity, Kind
+from crm_sync.backends.base import Activity, CrmBackend, Entity, Guard, Kind
 from crm_sync.core import identity
 from crm_sync.core.decide import Known, decide, pick, source_id, worth_a_record
 from crm_sync.links import ClientLink, SessionLink, client_key, session_key
 from openlines import subjects
 from openlines.apply import line_key
 from openlines.bus import Buckets, kv_get, kv_update, read_subject
+from openlines.crashpoints import crash_point
 from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, SessionEvent, encode, utcnow
 from openlines.lines import CrmConfig, LineConfig
 from openlines.state import ClientRecord
@@ -149,28 +153,48 @@ class Syncer:
         key: str,
         typ: type[L],
         origin: str,
+        label: str,
         find: Callable[[], Awaitable[str | None]],
         make: Callable[[], Awaitable[str]],
+        record: Callable[[L, str], L],
     ) -> tuple[str, bool]:
         """Create something exactly once per origin: (id, created now).
 
-        The origin is marked pending before the call; if it is pending already,
-        an earlier attempt may have created it (and crashed before recording
-        the id), so the CRM is searched first.
+        Made before (the id is recorded) → that id. Pending (an attempt may have
+        created it and not lived to record the id, or its answer was lost) → the
+        CRM is searched first. Otherwise the intent is recorded before the create
+        is sent. ``label`` names the crash points (contact, lead, deal, activity).
         """
         cur, _ = await kv_get(self.links, key, typ)
+        if cur is not None and origin in cur.made:
+            return cur.made[origin], False
         if cur is not None and origin in cur.pending:
             found = await find()
             if found:
                 log.info("create found after a retry, not redone", extra={"origin": origin, "id": found})
+                await self._record(key, typ, origin, found, record)
                 return found, False
         else:
-            await self._save(key, typ, lambda link: msgspec.structs.replace(link, pending=[*link.pending, origin]))
-        return await make(), True
 
-    @staticmethod
-    def _done(link: L, origin: str) -> L:
-        return msgspec.structs.replace(link, pending=[p for p in link.pending if p != origin])
+            def intend(link: L) -> L:
+                return link if origin in link.pending else msgspec.structs.replace(link, pending=[*link.pending, origin])
+
+            await self._save(key, typ, intend)
+            crash_point(f"crm.{label}.intent")
+        new_id = await make()
+        crash_point(f"crm.{label}.created")
+        await self._record(key, typ, origin, new_id, record)
+        crash_point(f"crm.{label}.recorded")
+        return new_id, True
+
+    async def _record(self, key: str, typ: type[L], origin: str, new_id: str, record: Callable[[L, str], L]) -> None:
+        def done(cur: L) -> L:
+            made = msgspec.structs.replace(
+                cur, pending=[p for p in cur.pending if p != origin], made={**cur.made, origin: new_id}
+            )
+            return record(made, new_id)
+
+        await self._save(key, typ, done)
 
     async def _publish_linked(self, evt: SessionEvent, reason: str) -> None:
         out = SessionEvent(
@@ -190,7 +214,19 @@ class Syncer:
 
     # ------------------------------------------------------------ events
 
-    async def handle(self, evt: SessionEvent) -> None:
+    async def unit(self, evt: SessionEvent) -> str | None:
+        """The client whose CRM records this event may change (what must be claimed), or None: nothing to do."""
+        if evt.kind not in HANDLED_KINDS or not evt.session_id or not evt.client_id:
+            return None
+        if evt.kind == "session_assigned":
+            return None  # nothing for the CRM until someone answers
+        line = await self._line(evt.line_id)
+        if line is None or not line.crm.enabled:
+            return None
+        return evt.client_id
+
+    async def handle(self, evt: SessionEvent, guard: Guard | None = None) -> None:
+        """Apply one event; ``guard`` runs before every create (the caller's claim on the client)."""
         if evt.kind not in HANDLED_KINDS or not evt.session_id or not evt.client_id:
             return
         line = await self._line(evt.line_id)
@@ -198,7 +234,7 @@ class Syncer:
             return
         if evt.kind == "session_assigned":
             return  # nothing for the CRM until someone answers
-        sl = await self._link(evt, line)
+        sl = await self._link(evt, line, guard)
         if not sl.linked:
             return  # an anonymous visitor who has not written anything: nothing in the CRM (yet)
         if evt.kind in ("session_answered", "session_transferred") and evt.operator_id:
@@ -206,7 +242,7 @@ class Syncer:
         elif evt.kind == "session_closed":
             await self._closed(evt, line, sl)
 
-    async def _link(self, evt: SessionEvent, line: LineConfig) -> SessionLink:
+    async def _link(self, evt: SessionEvent, line: LineConfig, guard: Guard | None) -> SessionLink:
         """Bind the session's client to CRM records and open the activity (idempotent)."""
         skey = session_key(evt.session_id)
         sl = await kv_update(
@@ -239,14 +275,19 @@ class Syncer:
 
         known = Known(contact_id=cl.contact_id, lead_id=cl.lead_id, deal_id=cl.deal_id)
         assigned = cl.assigned_by
+        adopted: dict[str, str] = {}  # intents of ours found done in the CRM (an attempt died before recording them)
         if not (known.contact_id or known.lead_id or known.deal_id):
-            # 1. the channel identity: this very chat may be in the CRM already (links lost, or written by Bitrix24 itself)
+            # 1. the channel identity: this very chat may be in the CRM already (links lost, an
+            # earlier attempt that died before recording it, or written by Bitrix24 itself)
             contact = await self.crm.find_by_origin("contact", code)
             lead = None if contact else await self.crm.find_by_origin("lead", code)
             found = contact or lead
             if found is not None:
                 known = Known(contact_id=contact.id if contact else "", lead_id=lead.id if lead else "")
                 assigned = found.assigned_by
+                origin = f"{found.kind}|{code}"
+                if origin in cl.pending:
+                    adopted[origin] = found.id
             # 2. phone / e-mail: the same person from another channel
             elif crm.link_repeat_contacts and ids:
                 matches = await self.crm.find_by_comm(list(ids.phones), list(ids.emails))
@@ -277,7 +318,7 @@ class Syncer:
         created: list[str] = []
         if plan.create == "contact_deal":
             contact = msgspec.structs.replace(base, kind="contact", source_description="")
-            cid, new = await self._create(ckey, contact)
+            cid, new = await self._create(ckey, contact, guard)
             link = msgspec.structs.replace(link, contact_id=cid)
             created += ["contact"] if new else []
         if plan.create in ("deal", "contact_deal"):
@@ -293,12 +334,12 @@ class Syncer:
                 pipeline=crm.deal_pipeline,
                 contact_id=link.contact_id,
             )
-            did, new = await self._create(ckey, deal)
+            did, new = await self._create(ckey, deal, guard)
             link = msgspec.structs.replace(link, deal_id=did)
             created += ["deal"] if new else []
         elif plan.create == "lead":
             lead_e = msgspec.structs.replace(base, title=title, stage=crm.lead_stage, contact_id=link.contact_id)
-            lid, new = await self._create(ckey, lead_e)
+            lid, new = await self._create(ckey, lead_e, guard)
             link = msgspec.structs.replace(link, lead_id=lid)
             created += ["lead"] if new else []
         if created:
@@ -312,7 +353,9 @@ class Syncer:
                 lead_id=final_link.lead_id or cur.lead_id,
                 deal_id=final_link.deal_id or cur.deal_id,
                 assigned_by=assigned or cur.assigned_by,
-                created_in=evt.session_id if plan.create != "none" else cur.created_in,
+                created_in=evt.session_id if plan.create != "none" or adopted else cur.created_in,
+                pending=[p for p in cur.pending if p not in adopted],
+                made={**cur.made, **adopted},
             )
 
         cl = await self._save(ckey, ClientLink, record_client)
@@ -348,20 +391,22 @@ class Syncer:
                 skey,
                 SessionLink,
                 act.origin,
+                "activity",
                 lambda: self.crm.find_activity(act.origin),
-                lambda: self.crm.add_activity(act),
+                lambda: self.crm.add_activity(act, guard),
+                lambda cur, new_id: msgspec.structs.replace(cur, activity_id=new_id),
             )
         ids_text = ", ".join(f"{k} {v}" for k, v in (("contact", cl.contact_id), ("lead", cl.lead_id), ("deal", cl.deal_id)) if v)
         reason = plan.reason + (f" [{ids_text}]" if ids_text else "") + (f"; source {source}" if created else "")
-        origin = f"ol-session|{evt.session_id}"
         sl = await self._save(
             skey,
             SessionLink,
             lambda cur: msgspec.structs.replace(
-                self._done(cur, origin), owner_kind=owner_kind, owner_id=owner_id, activity_id=activity_id, reason=reason
+                cur, owner_kind=owner_kind, owner_id=owner_id, activity_id=activity_id or cur.activity_id, reason=reason
             ),
         )
         await self._publish_linked(evt, reason)
+        crash_point("crm.linked.published")
         sl = await self._save(skey, SessionLink, lambda cur: msgspec.structs.replace(cur, linked=True))
         LINKED.labels("created" if created else "linked" if owner_id else "none").inc()
         log.info(
@@ -370,17 +415,23 @@ class Syncer:
         )
         return sl
 
-    async def _create(self, ckey: str, entity: Entity) -> tuple[str, bool]:
+    async def _create(self, ckey: str, entity: Entity, guard: Guard | None) -> tuple[str, bool]:
         kind: Kind = entity.kind
 
         async def find() -> str | None:
             hit = await self.crm.find_by_origin(kind, entity.origin)
             return hit.id if hit else None
 
-        origin = f"{kind}|{entity.origin}"
-        new_id, created = await self._once(ckey, ClientLink, origin, find, lambda: self.crm.create(entity))
         field = {"contact": "contact_id", "lead": "lead_id", "deal": "deal_id"}[kind]
-        await self._save(ckey, ClientLink, lambda cur: msgspec.structs.replace(self._done(cur, origin), **{field: new_id}))
+        new_id, created = await self._once(
+            ckey,
+            ClientLink,
+            f"{kind}|{entity.origin}",
+            kind,
+            find,
+            lambda: self.crm.create(entity, guard),
+            lambda cur, made_id: msgspec.structs.replace(cur, **{field: made_id}),
+        )
         if created:
             CREATED.labels(kind).inc()
         return new_id, created
@@ -456,8 +507,11 @@ class Syncer:
                 await self._save(
                     client_key(evt.client_id), ClientLink, lambda cur: msgspec.structs.replace(cur, assigned_by=user)
                 )
+        crash_point("crm.answered.applied")
         await self._save(
-            session_key(evt.session_id), SessionLink, lambda cur: msgspec.structs.replace(cur, done=[*cur.done, intent])
+            session_key(evt.session_id),
+            SessionLink,
+            lambda cur: cur if intent in cur.done else msgspec.structs.replace(cur, done=[*cur.done, intent]),
         )
 
     async def _closed(self, evt: SessionEvent, line: LineConfig, sl: SessionLink) -> None:
@@ -487,6 +541,9 @@ class Syncer:
                     end=end,
                 )
             )
+        crash_point("crm.closed.applied")
         await self._save(
-            session_key(evt.session_id), SessionLink, lambda cur: msgspec.structs.replace(cur, done=[*cur.done, "closed"])
+            session_key(evt.session_id),
+            SessionLink,
+            lambda cur: cur if "closed" in cur.done else msgspec.structs.replace(cur, done=[*cur.done, "closed"]),
         )

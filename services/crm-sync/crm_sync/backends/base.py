@@ -9,6 +9,7 @@ after a crash finds the first one instead of making a second.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -19,7 +20,19 @@ KINDS: tuple[Kind, ...] = ("contact", "lead", "deal")
 
 
 class CrmUnavailable(Exception):
-    """The CRM cannot be reached or asks us to slow down: retry the same work later."""
+    """The CRM cannot be reached or asks us to slow down: retry the same work later.
+
+    ``retry_after``: seconds the CRM asked us to wait (0 = our own back-off decides).
+    """
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# Called right before a create is sent: raises if this replica may no longer create
+# (its claim on the event was lost to another replica). See crm_sync.claims.
+Guard = Callable[[], Awaitable[None]]
 
 
 class CrmRejected(Exception):
@@ -86,8 +99,9 @@ class CrmBackend(Protocol):
 
     async def get(self, kind: Kind, entity_id: str) -> Entity | None: ...
 
-    async def create(self, entity: Entity) -> str:
-        """Create the record; returns its id."""
+    async def create(self, entity: Entity, guard: Guard | None = None) -> str:
+        """Create the record; returns its id. Sent once: a create is never retried blindly
+        (the caller searches by origin before it tries again); ``guard`` runs just before it is sent."""
         ...
 
     async def update(self, entity: Entity) -> None:
@@ -96,7 +110,14 @@ class CrmBackend(Protocol):
 
     async def find_activity(self, origin: str) -> str | None: ...
 
-    async def add_activity(self, activity: Activity) -> str: ...
+    async def add_activity(self, activity: Activity, guard: Guard | None = None) -> str:
+        """As :meth:`create`, for the conversation's activity."""
+        ...
+
+    async def identify(self, code: str, phones: list[str], emails: list[str]) -> Entity | None:
+        """The client's record for a responsible look-up: by channel identity (the contact, else
+        the lead made for this chat), else by phone / e-mail (the oldest contact, else the oldest lead)."""
+        ...
 
     async def update_activity(self, activity: Activity) -> None: ...
 

@@ -5,13 +5,22 @@ Protocol facts used (Bitrix24 REST docs):
 - ``POST <base>/<method>`` with a JSON body. ``base`` is an inbound webhook
   ``https://<portal>/rest/<user>/<code>/``, or ``https://<portal>/rest/`` with
   ``auth=<access token>`` for OAuth.
-- Success ``{"result": ..., "time": {...}}`` (lists add ``total``/``next``).
+- Success ``{"result": ..., "time": {...}}`` (lists add ``total``/``next``);
+  ``time.operating_reset_at`` says when part of the method's operating-time
+  budget is freed.
   Errors ``{"error": CODE, "error_description": text}``: ``QUERY_LIMIT_EXCEEDED``
-  (HTTP 503) = too many requests, ``expired_token`` (401) = refresh the OAuth
-  token, ``NOT_FOUND`` (400).
+  (HTTP 503) = too many requests, ``OPERATION_TIME_LIMIT`` (HTTP 429) = this
+  method used up its 480 s of operating time in 10 minutes and is blocked
+  (only it), ``expired_token`` (401) = refresh the OAuth token. A method's own
+  refusals often carry an empty code with the text ("Not found", "Access
+  denied."), ``crm.duplicate.findbycomm`` a sentence as the code.
 - The portal allows a burst then about 2 requests/s per application (a leaky
   bucket); we keep under it ourselves and back off when told.
 - ``batch`` runs up to 50 calls given as ``method?query`` strings in one request.
+
+A create (``*.add``) is sent once per call: a refusal to slow down or a lost
+answer goes back to the caller, which searches by ``ORIGIN_ID`` before it
+tries again (decision 013); reads are retried here.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-from crm_sync.backends.base import Activity, CrmRejected, CrmUnavailable, Entity, Kind, Matches
+from crm_sync.backends.base import Activity, CrmRejected, CrmUnavailable, Entity, Guard, Kind, Matches
+from crm_sync.core.decide import pick
 
 log = logging.getLogger("crm_sync.bitrix24")
 
@@ -131,6 +141,8 @@ class Bitrix24Client:
         self.backoff = backoff
         self._session: aiohttp.ClientSession | None = None
         self._refresh_lock = asyncio.Lock()
+        self.reset_at: dict[str, float] = {}  # method -> epoch seconds: operating_reset_at of its last answer
+        self.blocked: dict[str, float] = {}  # method -> epoch seconds until which the portal blocks it
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -141,11 +153,13 @@ class Bitrix24Client:
         if self._session is not None:
             await self._session.close()
 
-    async def _post(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, method: str, params: dict[str, Any], guard: Guard | None = None) -> dict[str, Any]:
         body = dict(params)
         if self.tokens is not None:
             body["auth"] = self.tokens.access_token
         await self.bucket.acquire()
+        if guard is not None:
+            await guard()  # after the wait for our turn, right before the request leaves
         try:
             async with self._http().post(self.base + method, json=body) as resp:
                 status = resp.status
@@ -163,21 +177,59 @@ class Bitrix24Client:
             raise BitrixError(status, str(data.get("error") or f"HTTP_{status}"), str(data.get("error_description", "")))
         if status >= 400:
             raise BitrixError(status, f"HTTP_{status}", "error without a code")
+        timing = data.get("time")
+        if isinstance(timing, dict) and isinstance(timing.get("operating_reset_at"), int | float):
+            self.reset_at[method] = float(timing["operating_reset_at"])
         return data
 
-    async def raw(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One call with the retries every call needs; returns the whole answer."""
+    def _blocked_for(self, method: str) -> float:
+        """Seconds ``method`` stays blocked by the portal's operating-time limit (0 = not blocked)."""
+        until = self.blocked.get(method, 0.0)
+        left = until - time.time()
+        if left <= 0:
+            self.blocked.pop(method, None)
+            return 0.0
+        return left
+
+    def _block(self, method: str, fallback: float) -> float:
+        """Remember that the portal blocked ``method``; returns the seconds to wait.
+
+        Until ``operating_reset_at`` of the method's last answer, when the portal said
+        when; else our own back-off: asking again at once only spends more of the budget.
+        """
+        now = time.time()
+        reset = self.reset_at.get(method, 0.0)
+        until = reset if reset > now else now + fallback
+        self.blocked[method] = until
+        return until - now
+
+    async def raw(
+        self, method: str, params: dict[str, Any] | None = None, *, once: bool = False, guard: Guard | None = None
+    ) -> dict[str, Any]:
+        """One call with the retries every call needs; returns the whole answer.
+
+        ``once``: a create - not repeated here when the portal asks to slow down
+        (CrmUnavailable with the wait goes to the caller, who searches before it
+        sends it again). ``guard`` runs right before each request is sent.
+        """
         limited = 0
         refreshed = False
         delay = self.backoff
         while True:
+            blocked = self._blocked_for(method)
+            if blocked:
+                raise CrmUnavailable(f"Bitrix24 blocks {method} for {blocked:.0f} s (OPERATION_TIME_LIMIT)", blocked)
             try:
-                return await self._post(method, params or {})
+                return await self._post(method, params or {}, guard)
             except BitrixError as exc:
-                if exc.code in ("QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT") or exc.status in (429, 502, 503, 504):
+                if exc.code == "OPERATION_TIME_LIMIT":
+                    wait = self._block(method, max(delay, 1.0))
+                    log.info("bitrix24 blocks a method: operating time used up", extra={"method": method, "retry_in_s": wait})
+                    raise CrmUnavailable(f"Bitrix24 blocks {method}: OPERATION_TIME_LIMIT", wait) from None
+                if exc.code == "QUERY_LIMIT_EXCEEDED" or exc.status in (429, 502, 503, 504):
                     limited += 1
-                    if limited > self.limit_retries:
-                        raise CrmUnavailable(f"Bitrix24 keeps refusing {method}: {exc.code}") from None
+                    if once or limited > self.limit_retries:
+                        raise CrmUnavailable(f"Bitrix24 keeps refusing {method}: {exc.code}", delay) from None
                     log.info("bitrix24 asks to slow down", extra={"method": method, "code": exc.code, "retry_in_s": delay})
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
@@ -192,8 +244,10 @@ class Bitrix24Client:
                     raise CrmUnavailable(f"Bitrix24 error {exc.code} on {method}") from None
                 raise
 
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return (await self.raw(method, params)).get("result")
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, *, once: bool = False, guard: Guard | None = None
+    ) -> Any:
+        return (await self.raw(method, params, once=once, guard=guard)).get("result")
 
     async def batch(self, cmds: dict[str, tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Up to 50 calls in one request: (results by name, errors by name)."""
@@ -328,6 +382,36 @@ class Bitrix24Backend:
                 leads += [i for i in _ids(found.get("LEAD")) if i not in leads]
         return Matches(contacts=contacts, leads=leads)
 
+    async def identify(self, code: str, phones: list[str], emails: list[str]) -> Entity | None:
+        """One ``batch`` for every way of finding the client, then at most one ``get``: two round trips."""
+        cmds: dict[str, tuple[str, dict[str, Any]]] = {
+            f"{kind}_origin": (f"crm.{kind}.list", {"filter": {"ORIGIN_ID": code}, "select": ENTITY_SELECT})
+            for kind in ("contact", "lead")
+        }
+        if phones:
+            cmds["phone"] = ("crm.duplicate.findbycomm", {"type": "PHONE", "values": phones[:20]})
+        if emails:
+            cmds["email"] = ("crm.duplicate.findbycomm", {"type": "EMAIL", "values": emails[:20]})
+        results, errors = await self.client.batch(cmds)
+        if errors:
+            log.info("some look-ups of a client failed", extra={"errors": str(errors)[:300]})
+        for kind in ("contact", "lead"):
+            rows = results.get(f"{kind}_origin")
+            if isinstance(rows, list) and rows:
+                return self.entity(kind, min(rows, key=lambda r: int(r.get("ID", 0))))
+        contacts: list[str] = []
+        leads: list[str] = []
+        for name in ("phone", "email"):
+            found = results.get(name)
+            if isinstance(found, dict):
+                contacts += _ids(found.get("CONTACT"))
+                leads += _ids(found.get("LEAD"))
+        if contacts:
+            return await self.get("contact", pick(contacts))
+        if leads:
+            return await self.get("lead", pick(leads))
+        return None
+
     async def get(self, kind: Kind, entity_id: str) -> Entity | None:
         try:
             row = await self.client.call(f"crm.{kind}.get", {"id": entity_id})
@@ -337,10 +421,13 @@ class Bitrix24Backend:
             raise CrmRejected(str(exc)) from None
         return self.entity(kind, row) if isinstance(row, dict) else None
 
-    async def create(self, entity: Entity) -> str:
+    async def create(self, entity: Entity, guard: Guard | None = None) -> str:
         try:
             new_id = await self.client.call(
-                f"crm.{entity.kind}.add", {"fields": self.fields(entity), "params": {"REGISTER_SONET_EVENT": "Y"}}
+                f"crm.{entity.kind}.add",
+                {"fields": self.fields(entity), "params": {"REGISTER_SONET_EVENT": "Y"}},
+                once=True,
+                guard=guard,
             )
         except BitrixError as exc:
             raise CrmRejected(f"crm.{entity.kind}.add: {exc}") from None
@@ -409,9 +496,13 @@ class Bitrix24Backend:
         f["COMPLETED"] = "Y" if a.completed else "N"
         return f
 
-    async def add_activity(self, activity: Activity) -> str:
+    async def add_activity(self, activity: Activity, guard: Guard | None = None) -> str:
         try:
-            return str(await self.client.call("crm.activity.add", {"fields": self.activity_fields(activity, True)}))
+            return str(
+                await self.client.call(
+                    "crm.activity.add", {"fields": self.activity_fields(activity, True)}, once=True, guard=guard
+                )
+            )
         except BitrixError as exc:
             raise CrmRejected(f"crm.activity.add: {exc}") from None
 

@@ -15,12 +15,13 @@ import hashlib
 import msgspec
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from crm_sync.backends.base import KINDS, Activity, Entity, Kind, Matches
+from crm_sync.backends.base import KINDS, Activity, Entity, Guard, Kind, Matches
+from crm_sync.core.decide import pick
 from openlines import subjects
-from openlines.bus import kv_get, kv_update
+from openlines.bus import kv_entries, kv_get, kv_update
 from openlines.envelopes import utcnow
 
 KV_CONTACTS = subjects.KV_CRM_CONTACTS
@@ -53,32 +54,21 @@ async def open_buckets(js: JetStreamContext, replicas: int = 1) -> dict[str, Key
     return out
 
 
-async def _all(kv: KeyValue) -> list[bytes]:
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
-    out: list[bytes] = []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except Exception:
-            continue
-        if entry.value:
-            out.append(entry.value)
-    return out
-
-
 class BuiltinBackend:
     name = "builtin"
 
-    def __init__(self, buckets: dict[str, KeyValue]) -> None:
+    def __init__(self, js: JetStreamContext, buckets: dict[str, KeyValue]) -> None:
+        self.js = js
         self.kv = buckets
         self.index = buckets["index"]
 
     @classmethod
     async def open(cls, js: JetStreamContext, replicas: int = 1) -> BuiltinBackend:
-        return cls(await open_buckets(js, replicas))
+        return cls(js, await open_buckets(js, replicas))
+
+    async def _all(self, role: str) -> list[bytes]:
+        # Read from the stream, not KeyValue.keys(): that can answer empty for a full bucket under load.
+        return [value for _, value in (await kv_entries(self.js, BUCKETS[role])).values() if value]
 
     # -- ids and indexes ------------------------------------------------
 
@@ -138,7 +128,21 @@ class BuiltinBackend:
         entity, _ = await kv_get(self.kv[kind], entity_id, Entity)
         return entity
 
-    async def create(self, entity: Entity) -> str:
+    async def identify(self, code: str, phones: list[str], emails: list[str]) -> Entity | None:
+        for kind in ("contact", "lead"):
+            found = await self.find_by_origin(kind, code)
+            if found is not None:
+                return found
+        matches = await self.find_by_comm(phones, emails)
+        if matches.contacts:
+            return await self.get("contact", pick(matches.contacts))
+        if matches.leads:
+            return await self.get("lead", pick(matches.leads))
+        return None
+
+    async def create(self, entity: Entity, guard: Guard | None = None) -> str:
+        if guard is not None:
+            await guard()
         candidate = await self._next_id(entity.kind)
         entity_id = await self._claim_origin(entity.kind, entity.origin, candidate) if entity.origin else candidate
         stored = msgspec.structs.replace(entity, id=entity_id, created_at=entity.created_at or utcnow())
@@ -168,7 +172,7 @@ class BuiltinBackend:
         await self._index_comms(f"{entity.kind}:{entity.id}", [*entity.phones, *entity.emails])
 
     async def entities(self, kind: Kind) -> list[Entity]:
-        rows = [msgspec.json.decode(v, type=Entity) for v in await _all(self.kv[kind])]
+        rows = [msgspec.json.decode(v, type=Entity) for v in await self._all(kind)]
         return sorted(rows, key=lambda e: int(e.id) if e.id.isdigit() else 0)
 
     # -- activities -------------------------------------------------------
@@ -176,7 +180,9 @@ class BuiltinBackend:
     async def find_activity(self, origin: str) -> str | None:
         return await self._origin_id("activity", origin)
 
-    async def add_activity(self, activity: Activity) -> str:
+    async def add_activity(self, activity: Activity, guard: Guard | None = None) -> str:
+        if guard is not None:
+            await guard()
         candidate = await self._next_id("activity")
         act_id = await self._claim_origin("activity", activity.origin, candidate) if activity.origin else candidate
         stored = msgspec.structs.replace(activity, id=act_id)
@@ -199,7 +205,7 @@ class BuiltinBackend:
         await kv_update(self.kv["activity"], activity.id, Activity, merge)
 
     async def activities(self, session_id: str = "") -> list[Activity]:
-        rows = [msgspec.json.decode(v, type=Activity) for v in await _all(self.kv["activity"])]
+        rows = [msgspec.json.decode(v, type=Activity) for v in await self._all("activity")]
         return sorted(
             (a for a in rows if not session_id or a.session_id == session_id), key=lambda a: int(a.id) if a.id.isdigit() else 0
         )
