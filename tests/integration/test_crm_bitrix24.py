@@ -169,7 +169,8 @@ async def test_responsible_lookup_answers_fast_and_the_router_offers_the_chat_to
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, telegram("42", "hi", "1", name="Known", phone="+37126000001"))
         first = await assigned(nc, "telegram", "shopbot", "42")
-        assert first.operator_id == "boris"  # not linked yet: the fallback (strict) decides
+        # Not linked yet, but known by the phone she shared: her manager, not the fallback (strict: Boris).
+        assert first.operator_id == "anna"
         await linked(nc, first.id)
         ask = {"client_id": first.client_id, "channel": "telegram", "account": "shopbot", "chat_id": "42"}
         started = time.monotonic()
@@ -180,7 +181,7 @@ async def test_responsible_lookup_answers_fast_and_the_router_offers_the_chat_to
         reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(unknown), timeout=scaled(0.5))
         assert msgspec.json.decode(reply.data) == {"operator_id": ""}
 
-        await call(nc, "close", Close(operator_id="boris", session_id=first.id))
+        await call(nc, "close", Close(operator_id="anna", session_id=first.id))
         await publish(nc, telegram("42", "me again", "2", name="Known"))
         second = await assigned(nc, "telegram", "shopbot", "42", other_than=first.id)
         assert second.operator_id == "anna"

@@ -39,7 +39,17 @@ async def setup(svc: Service[Settings]) -> None:
     users = Users(s.users(), identity_when_unmapped=s.crm_backend == "builtin")
     syncer = Syncer(svc.js, buckets, links, backend, users, phone_region=s.phone_region)
     consumer = EventConsumer(svc.js, syncer, s.consumer, s.ack_wait, Claims(links, lease=s.ack_wait))
-    responsible = Responsible(svc.nc, links, backend, users, s.responsible_timeout)
+    responsible = Responsible(
+        svc.nc,
+        svc.js,
+        buckets,
+        links,
+        backend,
+        users,
+        s.responsible_timeout,
+        cache_seconds=s.responsible_cache_seconds,
+        phone_region=s.phone_region,
+    )
     await responsible.start()
     ReadApi(backend if isinstance(backend, BuiltinBackend) else None, links, svc.settings.crm_api_token).routes(svc.app)
     svc.app[CRM_SYNC] = CrmSync(backend=backend, consumer=consumer, responsible=responsible)

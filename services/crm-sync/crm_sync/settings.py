@@ -38,7 +38,8 @@ class Settings(BaseSettings, kw_only=True):
     # Seconds before an unacknowledged event is redelivered (after a crash), and the lease of a
     # replica's claim on a client: heartbeats renew both every third of it. Longer than crm_timeout.
     ack_wait: float = 30.0
-    responsible_timeout: float = 0.3  # longest a responsible lookup may ask the CRM (the router waits 0.5 s)
+    responsible_timeout: float = 0.3  # longest a responsible lookup may take (the router waits 0.5 s)
+    responsible_cache_seconds: float = 300.0  # how long a responsible found in the CRM is remembered
 
     def __post_init__(self) -> None:
         if (

@@ -548,7 +548,13 @@ class Engine:
     async def _responsible(self, session: Session) -> str | None:
         """The client's responsible manager from crm-sync, or None (quickly) when unknown or unreachable."""
         payload = msgspec.json.encode(
-            {"client_id": session.client_id, "channel": session.channel, "account": session.account, "chat_id": session.chat_id}
+            {
+                "client_id": session.client_id,
+                "channel": session.channel,
+                "account": session.account,
+                "chat_id": session.chat_id,
+                "session_id": session.id,  # what the client wrote in it (a phone, an e-mail) identifies them too
+            }
         )
         try:
             reply = await self.nc.request(subjects.CRM_RESPONSIBLE, payload, timeout=CRM_LOOKUP_TIMEOUT)
