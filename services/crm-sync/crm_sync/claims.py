@@ -121,12 +121,21 @@ class Claims:
         self.lease = lease
         self.holder = holder or replica_id()
 
-    async def acquire(self, unit: str, event: str, stop: asyncio.Event | None = None) -> Claim | None:
+    async def acquire(
+        self, unit: str, event: str, stop: asyncio.Event | None = None, *, redelivered: bool = False
+    ) -> Claim | None:
         """The claim on ``unit``, waiting while another replica holds it and keeps it alive.
 
+        How long a claim must stand still before it is taken over: a whole lease,
+        or half of one for a *redelivered* event - JetStream redelivers only after
+        the holder's in-progress acks, sent in the same heartbeat as its claim
+        renewals, stopped reaching the server for a whole ack_wait (= the lease),
+        so the holder's last renewal is already that old but for one heartbeat
+        (a third of the lease), which half a lease of stillness covers.
         Returns None if ``stop`` is set meanwhile. (The caller keeps its event
         alive meanwhile with in-progress acks.)
         """
+        patience = self.lease / 2 if redelivered else self.lease
         key = claim_key(unit)
         mine = ClaimValue(holder=self.holder, token=uuid.uuid4().hex, event=event)
         seen: tuple[str, int] | None = None  # (token, revision) of the other holder's claim last seen
@@ -151,7 +160,7 @@ class Claims:
                             extra={"claim": key, "holder": current.holder, "event": event},
                         )
                     seen, still_since = (current.token, revision), now
-                elif now - still_since >= self.lease:
+                elif now - still_since >= patience:
                     rev = await self.kv.update(key, msgspec.json.encode(mine), last=revision)
                     TAKEN_OVER.inc()
                     log.warning(

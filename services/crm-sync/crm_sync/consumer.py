@@ -116,7 +116,11 @@ class EventConsumer:
                 await held[0].release()
 
     async def _heartbeat(self, m: Msg, held: list[Claim]) -> None:
-        """Keep the event (in-progress ack) and our claim on its client alive while we work on it."""
+        """Keep the event (in-progress ack) and our claim on its client alive while we work on it.
+
+        Both in one beat, the in-progress ack first: a redelivery elsewhere then proves our
+        renewals stopped too (what lets a redelivered event's replica take over sooner).
+        """
         while True:
             await asyncio.sleep(self.ack_wait / 3)
             try:
@@ -140,7 +144,10 @@ class EventConsumer:
                 if not held:
                     unit = await self.syncer.unit(evt)
                     if unit is not None:
-                        claim = await self.claims.acquire(unit, str(m.metadata.sequence.stream), self.stop_event)
+                        meta = m.metadata
+                        claim = await self.claims.acquire(
+                            unit, str(meta.sequence.stream), self.stop_event, redelivered=meta.num_delivered > 1
+                        )
                         if claim is None:
                             return  # stopping: not acked, redelivered before anything newer
                         held.append(claim)
