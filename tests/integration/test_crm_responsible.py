@@ -12,6 +12,7 @@ the Bitrix24 peer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from conftest import wait_for
 from crm_support import OPS, assigned, crm_under_test, running_crm_sync
 from support import apply_lines, publish, running_router
 
+from crm_sync.responsible import MAX_ASKING
 from gateway_email.normalise import parse_mail
 from gateway_email.normalise import to_inbound as mail_inbound
 from gateway_telegram.normalise import normalise as telegram_normalise
@@ -153,3 +155,35 @@ async def test_the_responsible_lookup_answers_within_the_routers_budget_and_reme
         peer.hold = ""
         peer.release.set()
         assert await wait_for(lambda: responsible("cslow", "slow@example.com"), what="the late answer remembered") == "anna"
+
+
+async def test_a_burst_of_new_clients_while_the_crm_is_slow_never_queues_more_than_a_few_look_ups(
+    nc: Any, nats_server: Any
+) -> None:
+    await apply_lines(nc, LINE)
+    async with crm_under_test("bitrix24", nc) as crm, running_crm_sync(nats_server.url, **crm.settings()):
+        peer = crm.peer
+        assert peer is not None
+        peer.hold = "batch"  # every look-up hangs at the CRM
+
+        async def responsible(chat: str) -> str:
+            ask = {"client_id": f"c{chat}", "channel": "webchat", "account": "demo", "chat_id": chat}
+            reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=5)
+            return str(msgspec.json.decode(reply.data)["operator_id"])
+
+        answers = await asyncio.gather(*(responsible(f"v{i}") for i in range(MAX_ASKING + 10)))
+        assert answers == [""] * (MAX_ASKING + 10)  # every one in time, none known
+        await wait_for(lambda: peer.methods().count("batch") == MAX_ASKING, what="the look-ups that were let through")
+        assert await responsible("one-more") == ""
+        assert peer.methods().count("batch") == MAX_ASKING  # the rest were not queued behind them
+        # Once the CRM answers, look-ups are let through again.
+        peer.hold = ""
+        peer.release.set()
+        tries = iter(range(1000))
+
+        async def let_through() -> bool:
+            before = peer.methods().count("batch")
+            await responsible(f"later{next(tries)}")
+            return peer.methods().count("batch") > before
+
+        await wait_for(let_through, what="look-ups let through again once the CRM answers")

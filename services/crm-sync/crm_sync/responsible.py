@@ -45,6 +45,10 @@ LATENCY = Histogram("openlines_crm_responsible_seconds", "Time to answer a respo
 ANSWERS = Counter("openlines_crm_responsible_total", "Responsible look-ups by where the answer came from", ["source"])
 QUEUE_GROUP = "crm-sync"
 CACHE_SIZE = 10_000
+# CRM look-ups in flight at once: beyond it (a burst of new clients while the CRM is slow) a
+# look-up answers "unknown" at once rather than queue behind the CRM's rate limit, which the
+# event consumer needs too.
+MAX_ASKING = 32
 NEGATIVE_TTL = 30.0  # a client unknown to the CRM may be added there by hand: ask again sooner
 
 _hist = msgspec.json.Decoder(HistoryEntry)
@@ -129,6 +133,9 @@ class Responsible:
             return self.users.operator(cached[0])
         task = self._asking.get(key)
         if task is None:
+            if len(self._asking) >= MAX_ASKING:
+                ANSWERS.labels("busy").inc()
+                return ""
             task = asyncio.create_task(self._ask_crm(key))
             self._asking[key] = task
             task.add_done_callback(functools.partial(self._asked, key))
