@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
+from conftest import scaled, wait_for
 from crm_support import OPS, assigned, crm_under_test, running_crm_sync
 from support import apply_lines, publish, running_router
 
@@ -135,7 +135,8 @@ async def test_the_responsible_lookup_answers_within_the_routers_budget_and_reme
 
         async def responsible(client_id: str, address: str) -> str:
             ask = {"client_id": client_id, "channel": "email", "account": "support", "chat_id": address}
-            reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=2)
+            # The router waits 0.5 s: well within this, however slow the CRM (or the machine).
+            reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=scaled(2))
             return str(msgspec.json.decode(reply.data)["operator_id"])
 
         await _profile(nc, "cmail", EMAIL, EMAIL)
@@ -147,9 +148,7 @@ async def test_the_responsible_lookup_answers_within_the_routers_budget_and_reme
         # A CRM slower than the budget: the router gets an empty answer in time (it uses its fallback) ...
         peer.hold = "batch"
         await _profile(nc, "cslow", "slow@example.com", EMAIL.upper())  # another chat, the same person
-        started = time.monotonic()
         assert await responsible("cslow", "slow@example.com") == ""
-        assert time.monotonic() - started < 2
         await wait_for(peer.held.is_set, what="the CRM working on the look-up")
         # ... and the answer, when it comes, is kept for the next ask (a reassignment, the next message).
         peer.hold = ""
@@ -168,7 +167,7 @@ async def test_a_burst_of_new_clients_while_the_crm_is_slow_never_queues_more_th
 
         async def responsible(chat: str) -> str:
             ask = {"client_id": f"c{chat}", "channel": "webchat", "account": "demo", "chat_id": chat}
-            reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=5)
+            reply = await nc.request(subjects.CRM_RESPONSIBLE, msgspec.json.encode(ask), timeout=scaled(5))
             return str(msgspec.json.decode(reply.data)["operator_id"])
 
         answers = await asyncio.gather(*(responsible(f"v{i}") for i in range(MAX_ASKING + 10)))
