@@ -97,6 +97,7 @@ class Responsible:
 
     async def start(self) -> None:
         self.sub = await self.nc.subscribe(subjects.CRM_RESPONSIBLE, queue=QUEUE_GROUP, cb=self._dispatch)
+        await self.nc.flush()  # the server knows we answer before we say we are up
 
     async def _dispatch(self, msg: Msg) -> None:
         # One task per request: a lookup that has to ask the CRM must not hold up the next one.
