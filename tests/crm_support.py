@@ -129,7 +129,7 @@ class CrmUnderTest:
         """The CRM user id of an operator."""
         return {"anna": "7", "boris": "8"}[operator_id] if self.peer is not None else operator_id
 
-    async def _builtin(self) -> Any:
+    async def builtin(self) -> Any:
         from crm_sync.backends.builtin import BuiltinBackend
 
         return await BuiltinBackend.open(self.nc.jetstream())
@@ -139,7 +139,7 @@ class CrmUnderTest:
         if self.peer is not None:
             rows = {"contact": self.peer.contacts, "lead": self.peer.leads, "deal": self.peer.deals}[kind]()
             return [str(r["ID"]) for r in rows if r.get("ORIGIN_ID") == origin]
-        return [e.id for e in await (await self._builtin()).entities(kind) if e.origin == origin]
+        return [e.id for e in await (await self.builtin()).entities(kind) if e.origin == origin]
 
     async def activities(self, session_id: str) -> list[dict[str, Any]]:
         """The session's activities: id, completed, responsible."""
@@ -151,7 +151,7 @@ class CrmUnderTest:
             ]
         return [
             {"id": a.id, "completed": a.completed, "responsible": a.responsible}
-            for a in await (await self._builtin()).activities(session_id)
+            for a in await (await self.builtin()).activities(session_id)
         ]
 
     async def add_contact(self, name: str, manager: str, phone: str = "", email: str = "") -> str:
@@ -165,7 +165,7 @@ class CrmUnderTest:
             return str(self.peer.add_contact(**fields))
         from crm_sync.backends.base import Entity
 
-        builtin = await self._builtin()
+        builtin = await self.builtin()
         return str(
             await builtin.create(
                 Entity(

@@ -31,6 +31,7 @@ from crm_support import (
     linked,
     opened,
     running_crm_sync,
+    telegram,
 )
 from peers.bitrix24 import running_bitrix24
 from peers.natsproxy import NatsProxy, matches_any
@@ -105,6 +106,35 @@ async def test_a_nats_timeout_while_crm_linked_is_published_makes_no_second_acti
             await wait_for(rule.done.is_set, timeout=20, what="the stalled publish")
             await caught_up(nc)
             await one_of_each(nc, crm, s.id, code("t1"))
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.parametrize("write", ["$KV.ol-crm-index.origin.activity.>", "$KV.ol-crm-leads.>"])
+async def test_a_nats_timeout_between_the_builtin_crms_own_writes_leaves_a_whole_record(
+    nc: Any, nats_server: Any, write: str
+) -> None:
+    """The built-in CRM writes a record in steps (origin claim, phone index, the record): a retry
+    after a timeout at any of them completes it - the activity exists, the lead is found by phone."""
+    await apply_lines(nc, LINES)
+    proxy = NatsProxy(nats_server.port)
+    await proxy.start()
+    try:
+        async with (
+            crm_under_test("builtin", nc) as crm,
+            running_router(nats_server.url),
+            running_crm_sync(proxy.url, **crm.settings()),
+        ):
+            rule = proxy.stall_replies_after(write, STALL)
+            await publish(nc, telegram("808", "hello", "1", name="Ada", phone="+37126000008"))
+            s = await opened(nc, "telegram", "shopbot", "808")
+            await linked(nc, s.id, timeout=30)
+            await wait_for(rule.done.is_set, timeout=20, what="the stalled write")
+            await caught_up(nc)
+            await one_of_each(nc, crm, s.id, "imol|telegram|shopbot|808")
+            builtin = await crm.builtin()
+            [lead] = await crm.records("lead", "imol|telegram|shopbot|808")
+            assert (await builtin.find_by_comm(["+37126000008"], [])).leads == [lead]
     finally:
         await proxy.stop()
 

@@ -146,8 +146,10 @@ class BuiltinBackend:
         candidate = await self._next_id(entity.kind)
         entity_id = await self._claim_origin(entity.kind, entity.origin, candidate) if entity.origin else candidate
         stored = msgspec.structs.replace(entity, id=entity_id, created_at=entity.created_at or utcnow())
-        await kv_update(self.kv[entity.kind], entity_id, Entity, lambda cur: stored if cur is None else None)
+        # The phone / e-mail index before the record: the record's presence is what says the
+        # create is done (find_by_origin), so an attempt cut off in between is done again whole.
         await self._index_comms(f"{entity.kind}:{entity_id}", [*entity.phones, *entity.emails])
+        await kv_update(self.kv[entity.kind], entity_id, Entity, lambda cur: stored if cur is None else None)
         return entity_id
 
     async def update(self, entity: Entity) -> None:
@@ -178,7 +180,14 @@ class BuiltinBackend:
     # -- activities -------------------------------------------------------
 
     async def find_activity(self, origin: str) -> str | None:
-        return await self._origin_id("activity", origin)
+        act_id = await self._origin_id("activity", origin)
+        if not act_id:
+            return None
+        # The origin is claimed before the activity is written: an attempt that died (or timed
+        # out) between the two left a claim without an activity - not found, so it is made again
+        # (under the same id: the claim stands).
+        act, _ = await kv_get(self.kv["activity"], act_id, Activity)
+        return act_id if act is not None else None
 
     async def add_activity(self, activity: Activity, guard: Guard | None = None) -> str:
         if guard is not None:
