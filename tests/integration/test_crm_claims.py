@@ -1,4 +1,4 @@
-"""crm-sync's claims on a client (decision 014) against a real nats-server: a
+"""crm-sync's claims on a client (decision 015) against a real nats-server: a
 second replica waits while the holder renews its claim, takes it over only
 when it stood still for a whole lease, and the old holder learns it at its
 next renewal - the fence before every create."""

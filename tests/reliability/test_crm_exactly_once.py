@@ -1,4 +1,4 @@
-"""Exactly one CRM record of each kind per intent, whatever the timing (decision 014).
+"""Exactly one CRM record of each kind per intent, whatever the timing (decision 015).
 
 One suite, run against the built-in CRM and the Bitrix24 peer where the fault
 applies to both: a CRM that throttles longer than the consumer's ack_wait

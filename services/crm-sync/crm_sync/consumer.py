@@ -11,7 +11,7 @@ us wait: a heartbeat sends an in-progress ack every third of ``ack_wait`` and
 renews our claim on the client (crm_sync.claims). If the event reaches
 another replica all the same (this one was cut off from NATS), that replica
 waits for the claim; if it takes the claim over, this one stops before its
-next create (decision 014).
+next create (decision 015).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Every create is an *intent* named by its origin (idempotency key):
 ``pending`` holds the origins of creates that may have been sent but whose
 result is not recorded yet - such a create is searched for in the CRM before
 it is sent again; ``made`` maps the origins already created to their ids, so
-a retry never sends them again (decision 014).
+a retry never sends them again (decision 015).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ in the links bucket before it is sent, searched for in the CRM before any
 retry, and recorded with its id once made - so a retry, a redelivered event
 or another replica finds what an earlier attempt created instead of creating
 it again. The caller holds the client's claim; ``guard`` checks it right
-before each create (decision 014).
+before each create (decision 015).
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ async def test_a_create_refused_for_the_request_rate_is_not_repeated_by_the_clie
         with pytest.raises(CrmUnavailable, match="QUERY_LIMIT_EXCEEDED") as refused:
             await crm.create(Entity(kind="lead", title="T", origin="o-limited"))
         assert refused.value.retry_after > 0
-        # Sent once: whoever retries it searches by ORIGIN_ID first (decision 014). Reads are retried here.
+        # Sent once: whoever retries it searches by ORIGIN_ID first (decision 015). Reads are retried here.
         assert peer.methods() == ["crm.lead.add"]
         with pytest.raises(CrmUnavailable):
             await crm.find_by_origin("lead", "o-limited")

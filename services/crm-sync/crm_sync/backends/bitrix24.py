@@ -20,7 +20,7 @@ Protocol facts used (Bitrix24 REST docs):
 
 A create (``*.add``) is sent once per call: a refusal to slow down or a lost
 answer goes back to the caller, which searches by ``ORIGIN_ID`` before it
-tries again (decision 014); reads are retried here.
+tries again (decision 015); reads are retried here.
 """
 
 from __future__ import annotations
