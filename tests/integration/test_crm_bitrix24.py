@@ -193,3 +193,21 @@ async def _readyz(port: int) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as resp:
         data: dict[str, Any] = await resp.json()
         return data
+
+
+async def test_a_visitor_who_gave_no_name_gets_a_lead_titled_as_the_desk_calls_them_not_by_a_raw_id(
+    nc: Any, nats_server: Any
+) -> None:
+    await apply_lines(nc, OPS + crm_line(""))
+    async with (
+        running_bitrix24() as peer,
+        running_router(nats_server.url),
+        running_crm_sync(nats_server.url, crm_backend="bitrix24", bitrix24_webhook=peer.webhook, crm_users=USERS),
+    ):
+        await publish(nc, inbound("v-anon", "Hello?", "m1"))
+        await publish(nc, telegram("777", "Hi", "1", email="ilze@example.com"))
+        await linked(nc, (await opened(nc, "webchat", "demo", "v-anon")).id)
+        await linked(nc, (await opened(nc, "telegram", "shopbot", "777")).id)
+        titles = sorted(lead["TITLE"] for lead in peer.leads())
+        assert titles == ["Client (Sales, webchat)", "ilze@example.com (Sales, telegram)"], titles
+        assert not any("imol|" in t for t in titles)

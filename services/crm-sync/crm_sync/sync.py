@@ -302,7 +302,9 @@ class Syncer:
         # client's own manager, else the line's default.
         responsible = self.users.crm_user(evt.operator_id) or assigned or self.users.crm_user(crm.responsible)
         source = source_id(crm, evt.channel)
-        title = f"{name or code} ({line.name}, {evt.channel})"
+        # Who it is as the desk shows them: their name, else how to reach them, else "Client" (never the raw id).
+        who = name or next(iter(sorted(ids.emails)), "") or next(iter(sorted(ids.phones)), "") or "Client"
+        title = f"{who} ({line.name}, {evt.channel})"
         base = Entity(
             kind="lead",
             name=name,
