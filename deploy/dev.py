@@ -20,9 +20,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
+AUTH_CONF = ROOT / "deploy" / "nats" / "auth.conf"
 BIN = Path(sys.executable).parent
 NATS_PORT = int(os.environ.get("OPENLINES_DEV_NATS_PORT", "4222"))
 NATS_MONITOR = int(os.environ.get("OPENLINES_DEV_NATS_MONITOR_PORT", "8222"))
@@ -95,7 +97,21 @@ def dev_secrets() -> dict[str, str]:
     return values
 
 
-def start_nats() -> subprocess.Popen[bytes]:
+KEYS_DIR = DATA / "nats-keys"
+
+
+def dev_keys() -> dict[str, Any]:
+    """A fresh nkey per identity of deploy/nats/auth.conf for this run only (seeds in .data/nats-keys, mode 600)."""
+    from openlines import natsauth
+
+    keys = natsauth.new_keys()
+    natsauth.write_keys(KEYS_DIR, keys)
+    return keys
+
+
+def start_nats(keys: dict[str, Any]) -> subprocess.Popen[bytes]:
+    from openlines import natsauth
+
     binary = BIN / "nats-server"
     if not binary.exists():
         found = shutil.which("nats-server")
@@ -111,7 +127,22 @@ def start_nats() -> subprocess.Popen[bytes]:
     log = open(DATA / "nats.log", "ab")  # noqa: SIM115 - owned by the child
     say(f"starting nats-server (JetStream, data in {store.relative_to(ROOT)}, log in .data/nats.log)")
     proc = subprocess.Popen(
-        [str(binary), "-js", "-a", "127.0.0.1", "-p", str(NATS_PORT), "-m", str(NATS_MONITOR), "-sd", str(store)],
+        # The same permission file as every deployment, on loopback, with this run's keys.
+        [
+            str(binary),
+            "-c",
+            str(AUTH_CONF),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(NATS_PORT),
+            "-m",
+            str(NATS_MONITOR),
+            "-sd",
+            str(store),
+        ],
+        env={**os.environ, **natsauth.server_env(keys)},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -123,12 +154,13 @@ def start_nats() -> subprocess.Popen[bytes]:
     return proc
 
 
-async def prepare(url: str) -> None:
-    from openlines import apply, bus
+async def prepare(url: str, keys: dict[str, Any]) -> None:
+    from openlines import apply, bus, natsauth
     from openlines.lines import load
 
     cfg = load(LINES)
-    nc = await bus.connect(url, "openlines-dev", first_attempts=20)
+    admin = natsauth.NatsAuth.load(seed=keys[natsauth.ADMIN].seed)  # streams, buckets and lines: the bootstrap identity
+    nc = await bus.connect(url, "openlines-dev", first_attempts=20, auth=admin)
     try:
         js = nc.jetstream()
         await bus.bootstrap(js, report=lambda m: say(m))
@@ -157,7 +189,9 @@ def procfile() -> tuple[Path, list[str]]:
         else:
             skipped.append(f"{name} (set {var} to run it)")
     for name, cmd in entries.items():
-        lines.append(f"{name}: env OPENLINES_HTTP_PORT={PORTS[PORT_OF[name]]} {cmd}")
+        # Each service with its own identity: OPENLINES_NATS_NKEY_SEED_FILE is its seed only.
+        seed = KEYS_DIR / f"{PORT_OF[name]}.nk"
+        lines.append(f"{name}: env OPENLINES_HTTP_PORT={PORTS[PORT_OF[name]]} OPENLINES_NATS_NKEY_SEED_FILE={seed} {cmd}")
     path = DATA / "Procfile"
     path.write_text("\n".join(lines) + "\n")
     return path, skipped
@@ -177,6 +211,8 @@ def banner(skipped: list[str], crm_token: str) -> None:
    Admin pages (lines, operators): {desk}/admin   log in as  admin / demo
    Admin REST API:                {desk}/api/v1/openapi.json  (tokens: openlines desk token create)
    NATS monitoring:               http://127.0.0.1:{NATS_MONITOR}/jsz
+   NATS keys of this run:         .data/nats-keys/ (the `openlines` CLI as admin:
+     export OPENLINES_NATS_NKEY_SEED_FILE=$PWD/.data/nats-keys/admin.nk)
 
  Built-in CRM (leads, contacts):  {desk}/crm   (in the desk; as JSON:
    curl -H "Authorization: Bearer {crm_token}" http://{HOST}:{PORTS["crm-sync"]}/crm/leads)
@@ -192,13 +228,14 @@ def banner(skipped: list[str], crm_token: str) -> None:
 
 def main() -> int:
     DATA.mkdir(exist_ok=True)
-    nats = start_nats()
+    keys = dev_keys()
+    nats = start_nats(keys)
     url = f"nats://127.0.0.1:{NATS_PORT}"
     try:
-        asyncio.run(prepare(url))
+        asyncio.run(prepare(url, keys))
         dev = dev_secrets()
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("OPENLINES_NATS_NKEY")},
             **dev,
             "OPENLINES_NATS_URL": url,
             "OPENLINES_HTTP_HOST": HOST,

@@ -25,6 +25,9 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 from conftest import free_port, scaled, wait_for
+from servers import KEYS
+
+from openlines import natsauth
 
 T = TypeVar("T")
 
@@ -103,8 +106,43 @@ class Stack:
         return [f"nats://127.0.0.1:{p}" for p in self.nats_ports]
 
     @property
+    def certs(self) -> Path:
+        """The TLS material of deploy/nats/make-certs.sh for this stack, made once."""
+        out = self.tmp / "nats-tls"
+        if not (out / "server.pem").exists():
+            subprocess.run([str(ROOT / "deploy/nats/make-certs.sh"), str(out)], check=True, capture_output=True)
+            for key in out.glob("*-key.pem"):
+                key.chmod(0o644)  # read by uid 10001 in the containers; a test's own throwaway CA
+        return out
+
+    @property
     def base_env(self) -> dict[str, str]:
-        return {"OPENLINES_NATS_URL": self.nats_urls[0], "OPENLINES_REPLICAS": "3", "OPENLINES_HTTP_HOST": "127.0.0.1"}
+        return {
+            "OPENLINES_NATS_URL": self.nats_urls[0],
+            "OPENLINES_REPLICAS": "3",
+            "OPENLINES_HTTP_HOST": "127.0.0.1",
+            "OPENLINES_NATS_TLS_CA": "/etc/openlines/nats/ca.pem",
+            "OPENLINES_NATS_TLS_CERT": "/etc/openlines/nats/client.pem",
+            "OPENLINES_NATS_TLS_KEY": "/etc/openlines/nats/client-key.pem",
+        }
+
+    @property
+    def client_tls(self) -> tuple[str, ...]:
+        return ("-v", f"{self.certs}:/etc/openlines/nats:ro")
+
+    async def connect_admin(self, **options: Any) -> Any:
+        """The test's own connection: the admin identity, over TLS."""
+        import nats
+
+        from openlines.natsauth import NatsAuth
+
+        auth = NatsAuth.load(
+            seed=KEYS["admin"].seed,
+            tls_ca=str(self.certs / "ca.pem"),
+            tls_cert=str(self.certs / "client.pem"),
+            tls_key=str(self.certs / "client-key.pem"),
+        )
+        return await nats.connect(self.nats_urls, **{**auth.connect_options(), **options})
 
     def logs(self) -> str:
         """The end of every container's log (OPENLINES_TEST_LOG_TAIL lines, OPENLINES_TEST_LOG_CHARS characters)."""
@@ -142,8 +180,8 @@ class Stack:
                 f"--cluster=nats://127.0.0.1:{cluster[i]}",
                 f"--routes={routes}",
                 "--cluster_name=openlines",
-                env={"NATS_SERVER_NAME": f"n{i + 1}"},
-                opts=("-v", f"{data}:/data"),
+                env={"NATS_SERVER_NAME": f"n{i + 1}", **natsauth.server_env(KEYS)},
+                opts=("-v", f"{data}:/data", "-v", f"{self.certs}:/etc/nats/tls:ro"),
             )
         for i in range(3):
             await wait_for(
@@ -159,6 +197,7 @@ class Stack:
         def once() -> bool:
             done = self.podman(
                 "run", "--rm", "--no-healthcheck", "--network", "host", *[f"-e={k}={v}" for k, v in self.base_env.items()],
+                f"-e=OPENLINES_NATS_NKEY_SEED={KEYS['admin'].seed}", *self.client_tls,
                 "-v", f"{lines}:{target}:ro", image("router"), "sh", "-c",
                 f"openlines --attempts 30 bootstrap && openlines lines apply {target} && openlines bootstrap",
                 check=False, timeout=120,
@@ -174,9 +213,10 @@ class Stack:
         """One service container on a free port; returns the port (wait with :meth:`ready`)."""
         port = free_port()
         self.ports[name] = port
+        own = {"OPENLINES_NATS_NKEY_SEED": KEYS[service].seed}  # the service's own identity
         # Host network: the metrics port gets a free port too (port + 1000 could be another container's).
         ports = {"OPENLINES_HTTP_PORT": str(port), "OPENLINES_METRICS_PORT": str(free_port())}
-        self.start(name, service, env={**self.base_env, **SECRETS, **ports, **(env or {})})
+        self.start(name, service, env={**self.base_env, **SECRETS, **own, **ports, **(env or {})}, opts=self.client_tls)
         return port
 
     async def ready(self, *names: str) -> None:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from conftest import wait_for
+from servers import creds
 from support import events
 
 from openlines import bus, subjects
@@ -56,7 +57,9 @@ async def running_crm_sync(url: str, **overrides: Any) -> AsyncIterator[Service[
     from crm_sync.settings import Settings
 
     defaults: dict[str, Any] = {"crm_rate": 200.0, "crm_backoff": 0.05, "crm_limit_retries": 2, "crm_api_token": CRM_API_TOKEN}
-    svc = await launch("crm-sync", Settings(nats_url=url, http_port=0, **{**defaults, **overrides}), setup, first_attempts=5)
+    svc = await launch(
+        "crm-sync", Settings(nats_url=url, http_port=0, **{**creds("crm-sync"), **defaults, **overrides}), setup, first_attempts=5
+    )
     try:
         yield svc
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
+from servers import creds
 from support import apply_lines, running_router
 
 from desk.app import setup
@@ -32,7 +33,7 @@ BROWSER_MARKS = [
 
 @asynccontextmanager
 async def running_desk(url: str, cookie_secret: str = SECRET, **overrides: Any) -> AsyncIterator[Service[Settings]]:
-    settings = Settings(nats_url=url, http_port=0, cookie_secret=cookie_secret, **overrides)
+    settings = Settings(nats_url=url, http_port=0, cookie_secret=cookie_secret, **{**creds("desk"), **overrides})
     svc = await launch("desk", settings, setup, first_attempts=5)
     try:
         yield svc

@@ -1,6 +1,9 @@
 """Real servers for tests and benchmarks: nats-server (one, or a 3-node cluster) on free loopback ports.
 
-Used by tests/conftest.py and bench/common.py alike.
+Used by tests/conftest.py and bench/common.py alike. Every nats-server runs with
+the shipped permission file, deploy/nats/auth.conf, and one set of nkeys made
+for this test run; every service gets its own identity (:func:`creds`), the
+test's own connections the admin identity (:data:`ADMIN_ENV`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,26 @@ import time
 from pathlib import Path
 
 from timing import scaled
+
+from openlines import natsauth
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTH_CONF = ROOT / "deploy" / "nats" / "auth.conf"
+
+# One key per identity of auth.conf, made for this run only.
+KEYS = natsauth.new_keys()
+# The environment of a process that acts as admin (the CLI, the tests' own connections).
+ADMIN_ENV = {natsauth.SEED_VAR: KEYS[natsauth.ADMIN].seed}
+
+
+def creds(identity: str) -> dict[str, str]:
+    """Settings fields that make a service connect as ``identity`` (e.g. ``Settings(**creds("router"))``)."""
+    return {"nats_nkey_seed": KEYS[identity].seed}
+
+
+def creds_env(identity: str) -> dict[str, str]:
+    """The same as environment variables, for a service run as a process."""
+    return {natsauth.SEED_VAR: KEYS[identity].seed}
 
 
 class NatsNotInstalled(RuntimeError):
@@ -52,8 +75,12 @@ def nats_binary() -> str:
 class NatsServer:
     """A real ``nats-server -js`` on a free port; can be stopped and restarted on the same port and store."""
 
-    def __init__(self, store: Path, args: list[str] | None = None) -> None:
+    def __init__(
+        self, store: Path, args: list[str] | None = None, *, auth_conf: Path = AUTH_CONF, keys_env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
+        self.auth_conf = auth_conf
+        self.keys_env = natsauth.server_env(KEYS) if keys_env is None else keys_env
         self.store = store
         self.args = args or []  # more nats-server flags (a cluster node's name and routes)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -69,7 +96,21 @@ class NatsServer:
         # OPENLINES_TEST_NATS_DEBUG="-DV" logs the protocol of every test's server (in its tmp dir).
         debug = os.environ.get("OPENLINES_TEST_NATS_DEBUG", "").split()
         self.proc = subprocess.Popen(
-            [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store), *self.args, *debug],
+            [
+                nats_binary(),
+                "-c",
+                str(self.auth_conf),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.store),
+                *self.args,
+                *debug,
+            ],
+            env={**os.environ, **self.keys_env},
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
@@ -135,7 +176,10 @@ class ServiceProcess:
 
     def __init__(self, name: str, module: str, env: dict[str, str], log_dir: Path) -> None:
         self.name, self.module = name, module
-        self.env = {**os.environ, **env}
+        # Its own identity (the module of gateway-telegram is gateway_telegram), never the test's admin one.
+        identity = module.replace("_", "-")
+        own = creds_env(identity) if identity in KEYS else {natsauth.SEED_VAR: ""}
+        self.env = {**os.environ, **own, **env}
         self.log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
+from servers import creds
 
 from openlines import bus, subjects
 from openlines.apply import apply
@@ -30,7 +31,7 @@ async def running_router(url: str, **overrides: Any) -> AsyncIterator[Service[An
     from router.app import setup
     from router.settings import Settings
 
-    svc = await launch("router", Settings(nats_url=url, http_port=0, **overrides), setup, first_attempts=5)
+    svc = await launch("router", Settings(nats_url=url, http_port=0, **{**creds("router"), **overrides}), setup, first_attempts=5)
     try:
         yield svc
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.telegram_api import FakeTelegram
+from servers import creds
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound
@@ -52,6 +53,7 @@ def gateway_settings(nats_url: str, api_base: str, **overrides: Any) -> Any:
 
     values: dict[str, Any] = {
         "nats_url": nats_url,
+        **creds("gateway-telegram"),
         "http_port": 0,
         "telegram_bots": bots_json(),
         "telegram_api_base": api_base,

@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.vk_api import CallbackSender, FakeVk
+from servers import creds
 
 from gateway_vk import Settings, setup
 from openlines import bus, runner, subjects
@@ -42,6 +43,7 @@ def fake_vk(**kw: Any) -> FakeVk:
 def settings(nats_url: str, api_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "nats_url": nats_url,
+        **creds("gateway-vk"),
         "http_port": 0,
         "vk_groups": groups_json(),
         "vk_api_url": api_url,

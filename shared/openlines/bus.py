@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, Inbound, SessionEvent, encode, utcnow
+from openlines.natsauth import NatsAuth, NatsAuthError
 
 log = logging.getLogger("openlines.bus")
 
@@ -56,14 +58,29 @@ def stream_config(name: str, replicas: int = 1) -> js_api.StreamConfig:
     )
 
 
-async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
+async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAuth | None = None) -> NATS:
     """Connect, reconnecting forever once connected.
 
     ``first_attempts`` = 0 retries the first connection forever (services wait
     for NATS to come up); a positive number gives up after that many tries.
+    ``auth`` is who we are (a service's settings); without it the
+    ``OPENLINES_NATS_*`` variables of the environment say (the CLI, tools).
+    Credentials the server refuses raise :class:`NatsAuthError` at once, naming
+    the variable to fix: retrying cannot help.
     """
+    who = auth if auth is not None else NatsAuth.from_env()
+    options = who.connect_options()
+
+    connected = False
 
     async def on_error(exc: Exception) -> None:
+        if not connected:
+            # nats-py retries a first connection inside connect() and reports each failure here; credentials
+            # or certificates that are refused will not get better by retrying: end connect() with the reason.
+            if "authorization violation" in str(exc).lower():
+                raise who.refused(url, str(exc))
+            if isinstance(exc, ssl.SSLError):
+                raise NatsAuthError(f"TLS to NATS at {url} failed ({exc}); check OPENLINES_NATS_TLS_CA and the URL's host name")
         log.warning(f"nats error ({name})", extra={"connection": name, "error": repr(exc)})
 
     mine: list[NATS] = []
@@ -93,10 +110,20 @@ async def connect(url: str, name: str, *, first_attempts: int = 0) -> NATS:
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                **options,
             )
             mine.append(nc)
+            connected = True
             return nc
+        except NatsAuthError:
+            raise
         except Exception as exc:  # nats raises several unrelated types here
+            if "authorization violation" in str(exc).lower():
+                raise who.refused(url, str(exc)) from None
+            if isinstance(exc, ssl.SSLError):
+                raise NatsAuthError(
+                    f"TLS to NATS at {url} failed ({exc}); check OPENLINES_NATS_TLS_CA and the URL's host name"
+                ) from None
             if first_attempts and attempt >= first_attempts:
                 raise
             log.warning("nats not reachable, retrying", extra={"url": url, "attempt": attempt, "error": str(exc)})
@@ -173,8 +200,12 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[s
         current = info.config.num_replicas or 1
         if current > replicas:  # never shrink a cluster's replication by running a tool with the default
             cfg.num_replicas = current
+        if _same_stream(info.config, cfg):
+            # Nothing to write: a service whose identity may not change shared streams starts as well.
+            say(f"stream {name}: up to date")
+            continue
         await js.update_stream(cfg)
-        say(f"stream {name}: up to date")
+        say(f"stream {name}: updated")
     for bucket in subjects.KV_BUCKETS:
         try:
             await js.key_value(bucket)
@@ -183,6 +214,19 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[s
             history = subjects.KV_HISTORY.get(bucket, 5)
             await js.create_key_value(bucket=bucket, history=history, replicas=replicas, storage=js_api.StorageType.FILE)
             say(f"bucket {bucket}: created")
+
+
+def _same_stream(have: js_api.StreamConfig, want: js_api.StreamConfig) -> bool:
+    """Whether a stream already has every setting :func:`stream_config` gives it."""
+    return (
+        sorted(have.subjects or []) == sorted(want.subjects or [])
+        and have.retention == want.retention
+        and have.storage == want.storage
+        and (have.num_replicas or 1) == (want.num_replicas or 1)
+        and float(have.max_age or 0) == float(want.max_age or 0)
+        and float(have.duplicate_window or 0) == float(want.duplicate_window or 0)
+        and bool(have.allow_direct) == bool(want.allow_direct)
+    )
 
 
 async def missing_streams(js: JetStreamContext) -> list[str]:

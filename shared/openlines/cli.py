@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from openlines import apply as apply_mod
-from openlines import bus, doctor
+from openlines import bus, doctor, natsauth
 from openlines.lines import ConfigError, load, parse_all
 
 
@@ -151,6 +151,34 @@ def _hash_password(args: argparse.Namespace) -> int:
 MIN_PASSWORD = 10
 
 
+def _nats_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    wanted = args.identity or list(natsauth.IDENTITIES)
+    unknown = [i for i in wanted if i not in natsauth.IDENTITIES]
+    if unknown:
+        print(f"openlines: unknown identity {', '.join(unknown)}; known: {', '.join(natsauth.IDENTITIES)}", file=sys.stderr)
+        return 2
+    directory = Path(args.dir)
+    keys = {i: natsauth.new_key(i) for i in wanted}
+    if args.identity:  # rotating some: keep the others' public keys in nats-server.env
+        env = directory / "nats-server.env"
+        for i in natsauth.IDENTITIES:
+            seed_file = directory / f"{i}.nk"
+            if i not in keys and seed_file.exists():
+                seed = seed_file.read_text().strip()
+                keys[i] = natsauth.KeyPair(identity=i, seed=seed, public=natsauth.public_of(seed))
+        missing = [i for i in natsauth.IDENTITIES if i not in keys]
+        if missing:
+            print(f"openlines: {env} would lack {', '.join(missing)}: make every key first (no --identity)", file=sys.stderr)
+            return 2
+    for path in natsauth.write_keys(directory, keys):
+        print(f"wrote {path}")
+    print("give each service its own <identity>.nk (OPENLINES_NATS_NKEY_SEED_FILE or OPENLINES_NATS_NKEY_SEED),")
+    print("and the NATS servers nats-server.env (public keys only); see docs/operations.md")
+    return 0
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with ``only``, service plugins other than that command are not imported
     (some pull in heavy libraries, and `openlines lines validate` should start at once)."""
@@ -179,6 +207,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     d.set_defaults(run=_doctor, is_async=False)
 
+    nats_p = sub.add_parser("nats", help="NATS identities").add_subparsers(dest="nats_cmd", required=True)
+    k = nats_p.add_parser("keys", help="make an nkey per identity: <dir>/<identity>.nk seeds and <dir>/nats-server.env")
+    k.add_argument("dir")
+    k.add_argument("--identity", action="append", help="only this identity (rotation; repeatable)")
+    k.set_defaults(run=_nats_keys, is_async=False)
+
     h = sub.add_parser("hash-password", help="print an argon2 hash for an operator password")
     h.add_argument("--password", help="the password (prompted when omitted)")
     h.set_defaults(run=_hash_password, is_async=False)
@@ -202,7 +236,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-BUILTIN_COMMANDS = ("bootstrap", "lines", "hash-password")
+BUILTIN_COMMANDS = ("bootstrap", "lines", "nats", "hash-password")
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -229,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         for err in exc.errors:
             print(f"  - {err}", file=sys.stderr)
         return 2
+    except natsauth.NatsAuthError as exc:
+        print(f"openlines: {exc}", file=sys.stderr)
+        return 3
     except OSError as exc:
         print(f"openlines: cannot reach NATS at {_nats_url(args)}: {exc}", file=sys.stderr)
         return 3

@@ -29,6 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from openlines import bus, logs
+from openlines.natsauth import NatsAuth, NatsAuthError
 from openlines.settings import BaseSettings, SettingsError, load_settings
 
 S = TypeVar("S", bound=BaseSettings)
@@ -109,8 +110,19 @@ class Service(Generic[S]):
 
     # -- life cycle -----------------------------------------------------
 
+    def nats_auth(self) -> NatsAuth:
+        s = self.settings
+        return NatsAuth.load(
+            identity=self.name,
+            seed=s.nats_nkey_seed,
+            seed_file=s.nats_nkey_seed_file,
+            tls_ca=s.nats_tls_ca,
+            tls_cert=s.nats_tls_cert,
+            tls_key=s.nats_tls_key,
+        )
+
     async def connect(self, first_attempts: int = 0) -> None:
-        self.nc = await bus.connect(self.settings.nats_url, self.name, first_attempts=first_attempts)
+        self.nc = await bus.connect(self.settings.nats_url, self.name, first_attempts=first_attempts, auth=self.nats_auth())
         self.js = self.nc.jetstream(timeout=5.0)
         if self.settings.bootstrap:
             await self._bootstrap(first_attempts)
@@ -128,7 +140,8 @@ class Service(Generic[S]):
                 if first_attempts and attempt >= first_attempts:
                     raise
                 log.warning(
-                    "JetStream not ready for the streams yet, retrying",
+                    "JetStream not ready for the streams yet, or this service's NATS identity may not create them"
+                    " (run `openlines bootstrap` as admin); retrying",
                     extra={"attempt": attempt, "error": repr(exc), "replicas": self.settings.replicas},
                 )
                 await asyncio.sleep(min(5.0, 0.5 * attempt))
@@ -241,4 +254,7 @@ def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitab
         log.info("stopping: draining in-flight work")
         await svc.stop()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except NatsAuthError as exc:
+        raise SystemExit(f"{name}: {exc}") from None

@@ -21,6 +21,13 @@ class BaseSettings(msgspec.Struct, kw_only=True):
     """What every service reads. Subclass to add a service's own settings."""
 
     nats_url: str = "nats://127.0.0.1:4222"
+    # This service's identity towards NATS (deploy/nats/auth.conf): its nkey seed, or a file holding it.
+    nats_nkey_seed: str = ""
+    nats_nkey_seed_file: str = ""
+    # TLS to NATS: the CA that signed the servers' certificates; a client certificate when the servers ask for one.
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
     log_level: str = "info"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -49,7 +56,7 @@ class BaseSettings(msgspec.Struct, kw_only=True):
         out: dict[str, object] = {}
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            secret = any(word in name for word in ("secret", "password", "token", "key"))
+            secret = any(word in name for word in ("secret", "password", "token", "key")) and not name.endswith("_file")
             out[name] = "***" if secret and value else value
         return out
 

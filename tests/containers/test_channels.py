@@ -164,9 +164,8 @@ async def webhook(http: aiohttp.ClientSession, url: str, bot: dict[str, str], up
 
 async def all_delivered(ch: Channels, consumer: str) -> bool:
     """The gateway's outbound consumer has nothing pending or unacknowledged (nothing could still arrive twice)."""
-    import nats
 
-    nc = await nats.connect(ch.stack.nats_urls)
+    nc = await ch.stack.connect_admin()
     try:
         info = await nc.jetstream().consumer_info(subjects.STREAM_OUT, consumer)
         return not info.num_pending and not info.num_ack_pending
@@ -361,9 +360,7 @@ async def test_two_telegram_containers_share_the_webhooks_and_none_is_lost_when_
         await wait_for(lambda: all_delivered(ch, "gateway-telegram"), timeout=90, what="the Telegram gateway done delivering")
         assert [c.params["text"] for c in ch.telegram.sent(users[0], "sendMessage")] == ["Our sales team answers: yes."]
 
-    import nats
-
-    nc = await nats.connect(s.nats_urls)
+    nc = await s.connect_admin()
     try:
         info = await nc.jetstream().stream_info(
             subjects.STREAM_IN, subjects_filter=subjects.inbound_account("telegram", SALES["account"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -43,6 +44,16 @@ class Project:
     def __init__(self, images: dict[str, str], tmp: Path) -> None:
         self.name = f"oltest{uuid.uuid4().hex[:8]}"
         env_file = tmp / "openlines.env"
+        # The locked-down NATS of the file: this run's keys and certificates (docs/operations.md).
+        from servers import KEYS
+
+        from openlines import natsauth
+
+        keys, certs = tmp / "nats-keys", tmp / "nats-certs"
+        natsauth.write_keys(keys, KEYS)
+        subprocess.run([str(DEPLOY / "nats" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+        for private in [*keys.glob("*.nk"), *certs.glob("*-key.pem")]:
+            private.chmod(0o644)  # read by uid 10001 in the containers; this run's throwaway keys
         self.ports = {name: free_port() for name in ("NATS", "NATS_MONITOR", "DESK", "WEBCHAT", "CRM")}
         site = {**SECRETS, "OPENLINES_DESK_PUBLIC_URL": f"http://127.0.0.1:{self.ports['DESK']}"}
         env_file.write_text("".join(f"{k}={v}\n" for k, v in site.items()))
@@ -51,6 +62,8 @@ class Project:
             "OPENLINES_ENV_FILE": str(env_file),
             # compose deploys the starter file with no operator; the test signs in with the demo ones
             "OPENLINES_LINES": str(DEPLOY / "lines.example.toml"),
+            "OPENLINES_NATS_KEYS": str(keys),
+            "OPENLINES_NATS_CERTS": str(certs),
             **{f"OPENLINES_{name}_PORT": str(port) for name, port in self.ports.items()},
         }
         self.tool = podman_compose()

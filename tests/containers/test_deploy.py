@@ -154,7 +154,7 @@ def test_the_deployed_lines_carry_no_operator_and_the_demo_logins_stay_in_the_de
 
 def test_nats_helm_values_ask_for_three_nodes_with_file_storage() -> None:
     values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
-    assert values["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    assert values["config"]["cluster"]["enabled"] is True and values["config"]["cluster"]["replicas"] == 3
     assert values["config"]["jetstream"]["fileStore"]["enabled"] is True
     assert values["config"]["merge"]["jetstream"]["sync_interval"] == "10s"
 
@@ -178,9 +178,47 @@ def test_compose_runs_three_nats_nodes_every_service_and_the_lines_once() -> Non
     assert "OPENLINES_WEBCHAT_SECRET=" in env_example and "OPENLINES_COOKIE_SECRET=" in env_example
 
 
-def test_nats_conf_is_valid_for_nats_server() -> None:
-    env = {**os.environ, "NATS_SERVER_NAME": "n1"}
-    run(tool("nats-server"), "-c", str(DEPLOY / "nats" / "nats.conf"), "-t", env=env)
+def test_nats_conf_is_valid_for_nats_server(tmp_path: Path) -> None:
+    """The node configuration with its permission file, keys and the certificates of make-certs.sh (placed where
+    the image has them, /etc/nats/tls, here in a temporary directory)."""
+    import subprocess
+
+    from servers import KEYS
+
+    from openlines import natsauth
+
+    certs = tmp_path / "tls"
+    subprocess.run([str(DEPLOY / "nats" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+    conf = (DEPLOY / "nats" / "nats.conf").read_text().replace("/etc/nats/tls/", f"{certs}/")
+    (tmp_path / "nats.conf").write_text(conf)
+    shutil.copy(DEPLOY / "nats" / "auth.conf", tmp_path / "auth.conf")
+    env = {**os.environ, "NATS_SERVER_NAME": "n1", **natsauth.server_env(KEYS)}
+    run(tool("nats-server"), "-c", str(tmp_path / "nats.conf"), "-t", env=env)
+    # without the public keys the node refuses to start: there is no anonymous or default access
+    bare = {k: v for k, v in env.items() if not k.startswith("OPENLINES_NATS_NKEY_")}
+    refused = subprocess.run(
+        [tool("nats-server"), "-c", str(tmp_path / "nats.conf"), "-t"], env=bare, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "OPENLINES_NATS_NKEY_ADMIN" in refused.stdout + refused.stderr
+
+
+def test_nats_is_locked_down_in_compose_and_kubernetes() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    for name in (*SERVICES, "lines"):
+        identity = "admin" if name == "lines" else name
+        mounts = services[name]["volumes"]
+        seeds = [m for m in mounts if ".nk:" in m]
+        assert len(seeds) == 1 and f"/{identity}.nk:" in seeds[0], (name, mounts)
+        assert not any("server-key.pem" in m or "ca-key.pem" in m for m in mounts), name
+    assert compose["x-env"]["OPENLINES_NATS_URL"].startswith("tls://")
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    assert values["natsBox"]["enabled"] is False
+    assert values["config"]["nats"]["tls"]["enabled"] and values["config"]["cluster"]["tls"]["enabled"]
+    assert "auth.conf" in values["config"]["merge"]["$include"]
+    policy = yaml.safe_load((K8S / "nats-networkpolicy.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert "nats-networkpolicy.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
 
 
 def test_lines_example_is_valid() -> None:
@@ -230,11 +268,10 @@ async def stack(images: dict[str, str], tmp_path: Path) -> Any:
 async def test_webchat_conversation_through_containers_continues_with_nothing_lost_when_a_nats_node_is_killed_mid_stream(
     stack: Stack,
 ) -> None:
-    import nats
 
     desk = f"http://127.0.0.1:{stack.ports['desk']}"
     web = f"ws://127.0.0.1:{stack.ports['gateway-webchat']}/ws/demo"
-    nc = await nats.connect(stack.nats_urls, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    nc = await stack.connect_admin(max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     texts = [f"Message {i} from a container visitor" for i in range(12)]
     try:
         async with (

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from conftest import wait_for
 from peers.telegram_api import message_update
+from servers import creds
 from support import apply_lines, running_router
 from telegram_support import SUPPORT, fake_telegram
 from telegram_support import running_gateway as running_telegram
@@ -58,7 +59,12 @@ async def test_telegram_and_vk_clients_are_answered_from_the_desk_exactly_once(n
         ):
             desk = await launch(
                 "desk",
-                DeskSettings(nats_url=nats_server.url, http_port=0, cookie_secret="e2e-desk-cookie-0123-Kq7Zt9Wm3xRv"),
+                DeskSettings(
+                    nats_url=nats_server.url,
+                    http_port=0,
+                    cookie_secret="e2e-desk-cookie-0123-Kq7Zt9Wm3xRv",
+                    **creds("desk"),
+                ),
                 desk_setup,
             )
             try:

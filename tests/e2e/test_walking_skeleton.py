@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import webchat_support
 from conftest import scaled, wait_for
+from servers import creds
 from support import apply_lines, history
 
 from openlines import bus
@@ -58,18 +59,36 @@ async def stack(nc: Any, nats_server: Any) -> AsyncIterator[Stack]:
 
     await apply_lines(nc)
     url = nats_server.url
-    router = await launch("router", RouterSettings(nats_url=url, http_port=0), router_setup, first_attempts=5)
+    router = await launch(
+        "router",
+        RouterSettings(
+            nats_url=url,
+            http_port=0,
+            **creds("router"),
+        ),
+        router_setup,
+        first_attempts=5,
+    )
     webchat = await launch(
         "gateway-webchat",
         WebchatSettings(
-            nats_url=url, http_port=0, webchat_secret="e2e-webchat-secret-0123456789-Kq7Zt9Wm3xRv", shutdown_timeout=3.0
+            nats_url=url,
+            http_port=0,
+            webchat_secret="e2e-webchat-secret-0123456789-Kq7Zt9Wm3xRv",
+            shutdown_timeout=3.0,
+            **creds("gateway-webchat"),
         ),
         webchat_setup,
         first_attempts=5,
     )
     desk = await launch(
         "desk",
-        DeskSettings(nats_url=url, http_port=0, cookie_secret="e2e-cookie-secret-0123456789-Kq7Zt9Wm3xRv"),
+        DeskSettings(
+            nats_url=url,
+            http_port=0,
+            cookie_secret="e2e-cookie-secret-0123456789-Kq7Zt9Wm3xRv",
+            **creds("desk"),
+        ),
         desk_setup,
         first_attempts=5,
     )

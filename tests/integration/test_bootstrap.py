@@ -93,7 +93,7 @@ async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tm
     now waits and retries (it neither crashes nor gives up), and is up once the cluster is whole."""
     import asyncio
 
-    from conftest import NatsCluster, wait_for
+    from conftest import NatsCluster, creds, wait_for
 
     from openlines.runner import launch
     from openlines.settings import BaseSettings
@@ -101,7 +101,7 @@ async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tm
     cluster = NatsCluster(tmp_path)
     cluster.nodes[0].start()
     try:
-        settings = BaseSettings(nats_url=cluster.url, http_port=0, replicas=3)
+        settings = BaseSettings(nats_url=cluster.url, http_port=0, replicas=3, **creds("admin"))  # the bootstrap identity
 
         async def setup(svc: object) -> None:
             return None

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from desk_support import BROWSER_MARKS, chromium, client_writes, go_online, new_page, sign_in_live
+from servers import creds
 from support import apply_lines, running_router
 
 from desk.app import setup
@@ -35,7 +36,10 @@ class Desk:
 
     async def start(self) -> None:
         settings = Settings(
-            nats_url=self.nats_url, http_port=self.port, cookie_secret="browser-test-cookie-secret-01-Kq7Zt9Wm3xRv"
+            nats_url=self.nats_url,
+            http_port=self.port,
+            cookie_secret="browser-test-cookie-secret-01-Kq7Zt9Wm3xRv",
+            **creds("desk"),
         )
         self.svc = await launch("desk", settings, setup)
         self.port = self.svc.port

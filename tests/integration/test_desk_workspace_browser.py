@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from conftest import wait_for
 from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from servers import creds
 from support import running_router
 
 from desk.settings import Settings
@@ -77,6 +78,7 @@ async def stack(nc: Any, nats_server: Any) -> AsyncIterator[Stack]:
                 http_port=0,
                 webchat_secret="workspace-widget-secret-0123-Kq7Zt9Wm3xRv",
                 shutdown_timeout=3.0,
+                **creds("gateway-webchat"),
             ),
             webchat_setup,
             first_attempts=5,

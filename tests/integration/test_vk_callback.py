@@ -225,7 +225,10 @@ async def test_other_events_are_acknowledged_and_not_published(gw: Any, nc: Any,
     assert await in_count(nc) == 0
 
 
-async def test_nats_down_answers_503_and_the_retried_event_is_stored_once(nats_server: Any, vk: FakeVk, http: Any) -> None:
+async def test_nats_down_answers_503_and_the_retried_event_is_stored_once(
+    nats_server: Any, nc: Any, vk: FakeVk, http: Any
+) -> None:
+    # nc: the streams exist (made by the admin identity, as the bootstrap job does)
     async with running_gateway(nats_server.url, vk.url) as svc:
         cb = sender(http, svc)
         event = cb.message_new("are you there?", event_id="ev-down")

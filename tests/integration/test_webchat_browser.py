@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from webchat_support import bind_widget_accounts
+from servers import creds
 
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT
@@ -28,7 +29,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 async def svc(nats_server: Any, nc: Any) -> AsyncIterator[runner.Service[Settings]]:
     await bind_widget_accounts(nc)
     settings = Settings(
-        nats_url=nats_server.url, http_port=0, webchat_secret="browser-secret-0123456789-Kq7Zt9Wm3xRv", shutdown_timeout=3.0
+        nats_url=nats_server.url,
+        http_port=0,
+        webchat_secret="browser-secret-0123456789-Kq7Zt9Wm3xRv",
+        shutdown_timeout=3.0,
+        **creds("gateway-webchat"),
     )
     service = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
     yield service

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from conftest import scaled, wait_for
 from nats.js import JetStreamContext
+from servers import creds
 from webchat_support import bind_widget_accounts, hello_frame, open_visitor, recv
 
 from gateway_webchat import Settings, setup
@@ -35,7 +36,7 @@ async def start(url: str, **overrides: Any) -> runner.Service[Settings]:
         max_text=MAX_TEXT,
         max_frame=MAX_FRAME,
         shutdown_timeout=3.0,
-        **overrides,
+        **{**creds("gateway-webchat"), **overrides},
     )
     return await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import free_port, stop_process
+from servers import creds_env, free_port, stop_process
 from timing import scaled
 
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None)
@@ -290,6 +290,7 @@ def gateway_env(nats_url: str, mailboxes: list[dict[str, Any]], **settings: Any)
 
     env = {
         "OPENLINES_NATS_URL": nats_url,
+        **creds_env("gateway-email"),
         "OPENLINES_HTTP_PORT": "0",
         "OPENLINES_EMAIL_MAILBOXES": json.dumps(mailboxes),
         "OPENLINES_LEASE_TTL": "2",

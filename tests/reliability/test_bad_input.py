@@ -20,6 +20,7 @@ import pytest
 from conftest import scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import creds
 from support import apply_lines
 from webchat_support import bind_widget_accounts, hello_frame
 
@@ -54,7 +55,12 @@ async def widget(nc: Any, nats_server: Any) -> AsyncIterator[Any]:
     from gateway_webchat import Settings, setup
 
     await bind_widget_accounts(nc)
-    settings_ = Settings(nats_url=nats_server.url, http_port=0, webchat_secret="fuzz-secret-0123456789-Kq7Zt9Wm3xRv")
+    settings_ = Settings(
+        nats_url=nats_server.url,
+        http_port=0,
+        webchat_secret="fuzz-secret-0123456789-Kq7Zt9Wm3xRv",
+        **creds("gateway-webchat"),
+    )
     svc = await launch("gateway-webchat", settings_, setup)
     try:
         async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{svc.port}/ws/demo") as ws:
@@ -88,7 +94,12 @@ async def desk_client(nc: Any, nats_server: Any) -> AsyncIterator[tuple[aiohttp.
 
     await apply_lines(nc)
     async with running_router(nats_server.url):
-        settings_ = Settings(nats_url=nats_server.url, http_port=0, cookie_secret="fuzz-cookie-secret-0123-Kq7Zt9Wm3xRv")
+        settings_ = Settings(
+            nats_url=nats_server.url,
+            http_port=0,
+            cookie_secret="fuzz-cookie-secret-0123-Kq7Zt9Wm3xRv",
+            **creds("desk"),
+        )
         svc = await launch("desk", settings_, setup)
         base = f"http://127.0.0.1:{svc.port}"
         try:

@@ -39,6 +39,7 @@ from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender
 from peers.whatsapp_api import FakeWhatsApp, notification
 from peers.whatsapp_api import text as wa_text
+from servers import creds
 from telegram_support import SUPPORT, bots_json
 from vk_support import ACCOUNT as VK_ACCOUNT
 from vk_support import GROUP_ID, SECRET, fake_vk, groups_json
@@ -471,6 +472,7 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
         retry_after=1,
         publish_timeout=60.0,
         shutdown_timeout=3.0,
+        **creds("gateway-webchat"),
     )
     svc = await launch("gateway-webchat", settings, setup, first_attempts=5)
     try:
