@@ -59,10 +59,17 @@ async def smtp() -> AsyncIterator[Any]:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server under the shipped permission file; the test fails if it refused anyone anything.
+
+    Every service under test connects with its own identity, so a refusal here is a grant
+    auth.conf lacks (or a test doing what no service may: give it its own server).
+    """
     server = NatsServer(tmp_path / "nats")
     server.start()
     yield server
     server.stop()
+    refused = server.violations()
+    assert not refused, "NATS refused what a service did (deploy/nats/auth.conf lacks it):\n" + "\n".join(refused)
 
 
 PER_TEST_TIMEOUT = 180.0  # pyproject's pytest timeout, the hang guard on an idle machine

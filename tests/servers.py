@@ -132,6 +132,23 @@ class NatsServer:
         stop_process(self.proc, kill=kill)
         self.proc = None
 
+    def violations(self) -> list[str]:
+        """What the permission file refused so far, one line each, naming the identity (its public key mapped back).
+
+        nats-server logs every refused publish and subscription ("Publish Violation", "Subscription Violation");
+        a service under test that is refused something it needs is a missing grant in auth.conf.
+        """
+        if not self.log.exists():
+            return []
+        names = {k.public: k.identity for k in KEYS.values()}
+        found: list[str] = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if "Publish Violation" not in line and "Subscription Violation" not in line:
+                continue
+            who = next((name for key, name in names.items() if key in line), "?")
+            found.append(f"{who}: {line.split(' - ', 4)[-1]}")
+        return found
+
 
 class NatsCluster:
     """Three ``nats-server -js`` nodes routed into one JetStream cluster; any node can be killed and started again."""
@@ -166,6 +183,9 @@ class NatsCluster:
     def stop(self, kill: bool = False) -> None:
         for n in self.nodes:
             n.stop(kill=kill)
+
+    def violations(self) -> list[str]:
+        return [v for n in self.nodes for v in n.violations()]
 
 
 class ServiceProcess:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -369,10 +370,14 @@ async def read_subject(
 ) -> list[tuple[int, bytes]]:
     """All messages of one subject from ``start_seq`` on, as (stream seq, data).
 
-    Uses an ephemeral ordered consumer; stops when the stream has nothing
-    more for the subject at the time of the call.
+    Uses an ephemeral consumer named in its create request, so the request's
+    subject carries the filter (``$JS.API.CONSUMER.CREATE.<stream>.<name>.<subject>``)
+    and a NATS identity can be allowed to read only its own subjects of a stream
+    (deploy/nats/auth.conf). It reads what the subject held when the consumer was
+    made (its pending count) and stops there.
     """
     cfg = js_api.ConsumerConfig(
+        name=uuid.uuid4().hex,
         filter_subject=subject,
         deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE if start_seq > 0 else js_api.DeliverPolicy.ALL,
         opt_start_seq=start_seq if start_seq > 0 else None,
@@ -382,18 +387,18 @@ async def read_subject(
         num_replicas=1,
     )
     out: list[tuple[int, bytes]] = []
-    try:
-        last = await js.get_last_msg(stream, subject)
-    except NotFoundError:
+    info = await js.add_consumer(stream, cfg)
+    remaining = min(limit, info.num_pending or 0)
+    if remaining == 0:
+        with contextlib.suppress(Exception):  # gone already, or NATS away: the threshold removes it
+            await js.delete_consumer(stream, info.name)
         return out
-    if last.seq is None or last.seq < start_seq:
-        return out
-    psub = await js.pull_subscribe(subject, stream=stream, config=cfg)
+    psub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
     unavailable = 0
     try:
-        while len(out) < limit:
+        while remaining > 0:
             try:
-                msgs = await psub.fetch(batch=min(256, limit - len(out)), timeout=2.0)
+                msgs = await psub.fetch(batch=min(256, remaining), timeout=2.0)
             except (ServiceUnavailableError, NoRespondersError):
                 # On a cluster a just-created consumer may not answer for a moment (its
                 # placement is still being made known): ask again, briefly.
@@ -402,11 +407,9 @@ async def read_subject(
                     raise
                 await asyncio.sleep(0.05 * unavailable)
                 continue
-            for m in msgs:
-                seq = m.metadata.sequence.stream
-                out.append((seq, m.data))
-                if seq >= last.seq:
-                    return out
+            for m in msgs[:remaining]:
+                out.append((m.metadata.sequence.stream, m.data))
+            remaining -= len(msgs)
     finally:
         await close_reader(js, psub)
     return out

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from webchat_support import bind_widget_accounts
 from servers import creds
+from webchat_support import bind_widget_accounts
 
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT

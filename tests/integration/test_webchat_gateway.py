@@ -345,7 +345,7 @@ async def test_demo_widget_and_service_endpoints_are_served(svc: Any, http: Any)
     await ws.close()
 
 
-async def test_demo_page_uses_the_widget_public_url_when_set(nats_server: Any, http: Any) -> None:
+async def test_demo_page_uses_the_widget_public_url_when_set(nats_server: Any, nc: Any, http: Any) -> None:
     service = await start(nats_server.url, widget_public_url="https://chat.example.com/")
     try:
         async with http.get(f"{base(service)}/demo") as resp:

@@ -82,7 +82,7 @@ def test_the_metrics_port_defaults_to_the_http_port_plus_1000_and_must_differ_fr
 # -- crm-sync's read API ----------------------------------------------------------------------------
 
 
-async def test_the_crm_read_api_needs_its_token(nats_server: Any) -> None:
+async def test_the_crm_read_api_needs_its_token(nats_server: Any, nc: Any) -> None:
     async with running_crm_sync(nats_server.url) as crm:
         base = f"http://127.0.0.1:{crm.port}"
         for path in ("/crm/leads", "/crm/contacts", "/crm/deals", "/crm/activities", "/crm/links/webchat-demo-x"):
@@ -100,7 +100,7 @@ async def test_the_crm_read_api_needs_its_token(nats_server: Any) -> None:
         assert status == 200
 
 
-async def test_without_a_token_configured_the_crm_read_api_is_off(nats_server: Any) -> None:
+async def test_without_a_token_configured_the_crm_read_api_is_off(nats_server: Any, nc: Any) -> None:
     async with running_crm_sync(nats_server.url, crm_api_token="") as crm:
         status, text = await status_of(f"http://127.0.0.1:{crm.port}/crm/leads", {"Authorization": "Bearer anything-at-all-0123"})
         assert status == 401 and "set OPENLINES_CRM_API_TOKEN" in text

@@ -217,6 +217,24 @@ def _read_outbound_of(channel: str) -> Callable[[Conn], Awaitable[Any]]:
     return go
 
 
+async def _read_outbound_message(c: Conn) -> Any:
+    return await c.js.get_last_msg(subjects.STREAM_OUT, "ol.out.vk.club.chat1")
+
+
+async def _follow_outbound_unnamed(c: Conn) -> Any:
+    # an ordered consumer as nats-py makes it: no name, so its create subject cannot carry a filter
+    return await c.js.subscribe(subjects.outbound_channel("webchat"), stream=subjects.STREAM_OUT, ordered_consumer=True)
+
+
+async def _read_desk_file(c: Conn) -> Any:
+    return await c.js.get_last_msg(f"OBJ_{subjects.OBJ_DESK_FILES}", f"$O.{subjects.OBJ_DESK_FILES}.M.x")
+
+
+async def _watch_accounts(c: Conn) -> Any:
+    kv = await c.js.key_value(subjects.KV_ACCOUNTS)
+    return await kv.watchall()
+
+
 def _delete_consumer(consumer: str) -> Callable[[Conn], Awaitable[Any]]:
     async def go(c: Conn) -> Any:
         return await c.js.delete_consumer(subjects.STREAM_OUT, consumer)
@@ -256,6 +274,10 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "read_outbound_vk": (f"{J}.CONSUMER.CREATE.OL_OUT.", _read_outbound_of("vk")),
     "read_outbound_telegram": (f"{J}.CONSUMER.CREATE.OL_OUT.", _read_outbound_of("telegram")),
     "delete_telegram_consumer": (f"{J}.CONSUMER.DELETE.OL_OUT.gateway-telegram", _delete_consumer("gateway-telegram")),
+    "read_outbound_message": (f"{J}.STREAM.MSG.GET.OL_OUT", _read_outbound_message),
+    "follow_outbound_unnamed": (f'{J}.CONSUMER.CREATE.OL_OUT"', _follow_outbound_unnamed),
+    "read_desk_files": (f"{J}.STREAM.MSG.GET.OBJ_ol-desk-files", _read_desk_file),
+    "watch_accounts": (f'{J}.CONSUMER.CREATE.KV_ol-accounts"', _watch_accounts),
 }
 
 EVERYONE_REFUSED = [
@@ -265,6 +287,8 @@ EVERYONE_REFUSED = [
     "update_stream",
     "write_desk_tokens",
     "delete_telegram_consumer",
+    "read_outbound_message",
+    "follow_outbound_unnamed",
 ]
 FORBIDDEN: dict[str, list[str]] = {
     "router": [
@@ -278,6 +302,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "write_desk_files",
         "read_desk_replies",
         "listen_to_events",
+        "read_desk_files",
+        "watch_accounts",
     ],
     "desk": [
         *EVERYONE_REFUSED,
@@ -303,6 +329,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "write_lines",
         "listen_to_history",
         "read_desk_replies",
+        "read_desk_files",
+        "watch_accounts",
     ],
 }
 for _gateway, _channel in GATEWAYS.items():
@@ -326,6 +354,9 @@ for _gateway, _channel in GATEWAYS.items():
         "write_crm_links",
         "write_desk_files",
         *(["read_outbound_vk"] if _channel != "vk" else ["read_outbound_telegram"]),
+        "watch_accounts",
+        # only the Telegram gateway sends operators' files on (by object-store reference)
+        *(["read_desk_files"] if _channel != "telegram" else []),
     ]
 
 CASES = [(identity, op) for identity, ops in FORBIDDEN.items() for op in ops]
@@ -411,4 +442,81 @@ async def test_each_service_starts_its_own_buckets_and_reads_the_shared_ones(con
     for identity in SERVICES:
         conn = await connect(identity)
         await bus.bootstrap(conn.js)
+        assert conn.violations == [], identity
+
+
+async def test_the_webchat_gateway_reads_back_its_own_replies_and_follows_them_live_by_a_named_consumer(
+    connect: Any, nc: NATS
+) -> None:
+    from gateway_webchat.push import _live_name
+
+    js = nc.jetstream()
+    mine = subjects.outbound("webchat", "demo", "readback")
+    first = await js.publish(mine, b'{"n":1}')
+    await js.publish(subjects.outbound("vk", "club", "readback"), b'{"n":2}')
+    webchat = await connect("gateway-webchat")
+    assert [data for _seq, data in await bus.read_subject(webchat.js, subjects.STREAM_OUT, mine)] == [b'{"n":1}']
+    # the live reader, made as the gateway makes it: an ordered consumer with a name, filtered to its channel
+    got: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        got.append(msg.data)
+
+    cfg = js_api.ConsumerConfig(name=_live_name(), deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first.seq)
+    sub = await webchat.js.subscribe(
+        subjects.outbound_channel("webchat"), stream=subjects.STREAM_OUT, cb=on_msg, config=cfg, ordered_consumer=True
+    )
+    await wait_for(lambda: got, what="the webchat reply, live")
+    await sub.unsubscribe()
+    assert got[0] == b'{"n":1}' and b'{"n":2}' not in got
+    assert webchat.violations == []
+
+
+@pytest.mark.parametrize(
+    ("gateway", "kinds"),
+    [
+        ("gateway-telegram", ["dead_letter", "delivery_failed"]),
+        ("gateway-vk", ["dead_letter", "delivery_failed"]),
+        ("gateway-email", "email"),  # every kind the e-mail gateway reports, from its own table
+    ],
+)
+async def test_a_gateway_publishes_the_events_it_reports(connect: Any, gateway: str, kinds: list[str] | str) -> None:
+    if kinds == "email":
+        from gateway_email.inbound import REPORT_EVENTS
+
+        kinds = ["dead_letter", "delivery_failed", *REPORT_EVENTS.values()]
+    conn = await connect(gateway)
+    for kind in kinds:
+        ack = await conn.js.publish(subjects.event(kind), b"{}", headers={"Nats-Msg-Id": f"t-{gateway}-{kind}"})
+        assert ack.stream == subjects.STREAM_EVT
+    assert conn.violations == []
+
+
+async def test_the_telegram_gateway_reads_an_operators_file_by_reference(connect: Any, nc: NATS) -> None:
+    store = await nc.jetstream().create_object_store(subjects.OBJ_DESK_FILES)
+    await store.put("s1/f1", b"a photo")
+    telegram = await connect("gateway-telegram")
+    got = await (await telegram.js.object_store(subjects.OBJ_DESK_FILES)).get("s1/f1")
+    assert got.data == b"a photo"
+    assert telegram.violations == []
+
+
+async def test_the_desk_and_the_webchat_gateway_watch_what_they_follow(connect: Any, nc: NATS) -> None:
+    """The desk ends sessions when an account changes; the widget serves only accounts a line is bound to."""
+    js = nc.jetstream()
+    for identity, bucket in (("desk", subjects.KV_ACCOUNTS), ("gateway-webchat", subjects.KV_LINES)):
+        await (await js.key_value(bucket)).put("watched", b"1")
+        conn = await connect(identity)
+        watcher = await (await conn.js.key_value(bucket)).watchall()
+        seen: list[Any] = []
+
+        async def next_entry(w: Any = watcher, seen: list[Any] = seen) -> bool:
+            with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                entry = await w.updates(timeout=0.5)
+                if entry is not None and entry.key == "watched":
+                    seen.append(entry)
+            return bool(seen)
+
+        await wait_for(next_entry, what=f"{identity}'s watch of {bucket}")
+        await watcher.stop()
         assert conn.violations == [], identity

@@ -15,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,6 +246,26 @@ class Hub:
         return sum(sock.push_reply(seq, data) for sock in list(self._by_chat.get(chat, ())))
 
 
+def _live_name() -> str:
+    return f"webchat-live-{uuid.uuid4().hex}"
+
+
+def _rename_on_reset(jsi: Any) -> None:
+    """Give each consumer nats-py re-creates for the ordered subscription a new name.
+
+    nats-py re-creates an ordered consumer (after a gap or lost heartbeats) from
+    the same config; with a name in it, the create would clash with the old
+    consumer, which lingers until its inactivity threshold.
+    """
+    reset = jsi.reset_ordered_consumer
+
+    async def reset_renamed(sseq: int | None) -> bool:
+        jsi._ccreq.name = _live_name()
+        return bool(await reset(sseq))
+
+    jsi.reset_ordered_consumer = reset_renamed
+
+
 async def replay(js: JetStreamContext, sock: Socket, links: Links) -> int:
     """Send ``sock`` the visitor's replies after ``sock.last_seq``, then go live."""
     subject = subjects.outbound(CHANNEL, sock.account, sock.chat)
@@ -289,7 +309,15 @@ class OutboundConsumer:
         # the consumer would otherwise be missed by live pushes.
         info = await self.js.stream_info(subjects.STREAM_OUT)
         self._floor = info.state.last_seq
-        config = js_api.ConsumerConfig(deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._floor + 1)
+        # Named, so the create request's subject carries the filter
+        # ($JS.API.CONSUMER.CREATE.OL_OUT.<name>.ol.out.webchat.>): the webchat
+        # gateway's NATS identity may read its own channel's replies and no other's
+        # (deploy/nats/auth.conf; an unnamed create would have to be allowed on all of OL_OUT).
+        config = js_api.ConsumerConfig(
+            name=_live_name(),
+            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._floor + 1,
+        )
         self._sub = await self.js.subscribe(
             subjects.outbound_channel(CHANNEL),
             stream=subjects.STREAM_OUT,
@@ -305,6 +333,8 @@ class OutboundConsumer:
         jsi = getattr(self._sub._sub, "_jsi", None)
         if jsi is not None and getattr(jsi, "_sseq", None) == 0:
             jsi._sseq = self._floor
+        if jsi is not None:
+            _rename_on_reset(jsi)
 
     def ready(self) -> str | None:
         return None if self._sub is not None else "outbound consumer not running"
