@@ -17,6 +17,10 @@ import nats
 from aiohttp import WSMsgType, web
 
 from openlines import subjects
+from openlines.natsauth import NatsAuth
+
+# Which gateway each ceiling stands for: it connects as that gateway's NATS identity.
+IDENTITY = {"ws-publish": "gateway-webchat", "http-publish": "gateway-telegram", "ws-idle": "gateway-webchat"}
 
 _dec = msgspec.json.Decoder()
 _enc = msgspec.json.Encoder()
@@ -24,7 +28,8 @@ _enc = msgspec.json.Encoder()
 
 async def main_app(mode: str, nats_url: str) -> web.Application:
     app = web.Application()
-    nc = await nats.connect(nats_url, name=f"bare-{mode}")
+    auth = NatsAuth.from_env(identity=IDENTITY[mode])
+    nc = await nats.connect(nats_url, name=f"bare-{mode}", **auth.connect_options())
     js = nc.jetstream(timeout=5.0)
 
     async def readyz(request: web.Request) -> web.Response:

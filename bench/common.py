@@ -26,9 +26,15 @@ BENCH = ROOT / "bench"
 PY = sys.executable
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import NatsServer, free_port, nats_binary  # noqa: E402 - the same real nats-server the tests use
+from bare_server import IDENTITY as BARE_IDENTITY  # noqa: E402
+from servers import ADMIN_ENV, NatsServer, creds_env, free_port, nats_binary  # noqa: E402 - the same real nats-server the tests use
 
 __all__ = ["NatsServer", "free_port", "nats_binary"]
+
+# The servers run under the shipped permission file (deploy/nats/auth.conf), as in
+# production: the benchmark's own connections (streams, lines, counting) act as the
+# admin identity, every service measured has its own identity and its limits.
+os.environ.update(ADMIN_ENV)
 
 
 def nats_version() -> str:
@@ -49,14 +55,17 @@ def nats_server(workdir: Path, name: str) -> Iterator[NatsServer]:
 class Proc:
     """A service (or a bare server) in its own process, serving HTTP on ``port``."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], port: int, log: Path, *, identity: str | None = None
+    ) -> None:
         self.name = name
         self.port = port
         # /metrics is served on the internal port only: a free one, unless the caller chose it.
         self.metrics_port = int(env.get("OPENLINES_METRICS_PORT") or free_port())
         env = {**env, "OPENLINES_METRICS_PORT": str(self.metrics_port)}
         self.log = log
-        full = {**os.environ, **env}
+        # its own NATS identity, never the benchmark's admin one
+        full = {**os.environ, **(creds_env(identity) if identity else {"OPENLINES_NATS_NKEY_SEED": ""}), **env}
         full.setdefault("PYTHONPATH", "")
         full["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH), full["PYTHONPATH"]) if p)
         self._logf = open(log, "ab")  # noqa: SIM115 - owned by the process
@@ -102,7 +111,7 @@ def service(name: str, module: str, nats_url: str, workdir: Path, **settings: An
         # Thousands of visitors from 127.0.0.1, as fast as they can: the abuse limits would measure themselves.
         env.update(OPENLINES_VISITOR_MESSAGES_PER_MINUTE="0", OPENLINES_NEW_VISITORS_PER_MINUTE="0")
     env.update({f"OPENLINES_{k.upper()}": str(v) for k, v in settings.items()})
-    return Proc(name, [PY, "-m", module], env, port, workdir / f"{name}-{port}.log")
+    return Proc(name, [PY, "-m", module], env, port, workdir / f"{name}-{port}.log", identity=module.replace("_", "-"))
 
 
 def bare(mode: str, nats_url: str, workdir: Path) -> Proc:
@@ -114,6 +123,7 @@ def bare(mode: str, nats_url: str, workdir: Path) -> Proc:
         {},
         port,
         workdir / f"bare-{mode}-{port}.log",
+        identity=BARE_IDENTITY[mode],  # the gateway it stands for: the same permission checks on its publishes
     )
 
 

@@ -26,6 +26,7 @@ from openlines import bus
 from openlines.apply import apply
 from openlines.commands import SetStatus, call
 from openlines.lines import parse
+from openlines.natsauth import NatsAuth
 
 RATE = 50.0
 SECONDS = 8.0
@@ -65,8 +66,9 @@ async def paced(n: int, rate: float, fire: Any, progress: Progress, done: Any) -
 
 async def ceiling(url: str) -> dict[str, Any]:
     progress = Progress("P2 bare publish -> push consumer")
-    pub = await nats.connect(url, name="bench-p2-pub")
-    sub_nc = await nats.connect(url, name="bench-p2-sub")
+    admin = NatsAuth.from_env().connect_options()  # a stream of its own: the admin identity
+    pub = await nats.connect(url, name="bench-p2-pub", **admin)
+    sub_nc = await nats.connect(url, name="bench-p2-sub", **admin)
     js = pub.jetstream()
     await js.add_stream(name="BENCHP2", subjects=["bench.p2.>"])
     sent: dict[str, float] = {}

@@ -62,7 +62,9 @@ def router(url: str, workdir: Path, idx: int) -> Proc:
         "OPENLINES_HTTP_PORT": str(port),
         "BENCH_COUNT_FILE": str(workdir / f"router{idx}.counts"),
     }
-    return Proc(f"router{idx}", [PY, str(BENCH / "router_counted.py")], env, port, workdir / f"router{idx}-{port}.log")
+    return Proc(
+        f"router{idx}", [PY, str(BENCH / "router_counted.py")], env, port, workdir / f"router{idx}-{port}.log", identity="router"
+    )
 
 
 def kv_ops(counts: dict[str, int]) -> int:

@@ -113,7 +113,7 @@ async def run(workdir: Path) -> dict[str, Any]:
         await apply(await bus.Buckets(js).open(), parse(lines_toml()))
         port = free_port()
         env = {"OPENLINES_NATS_URL": ns.url, "OPENLINES_HTTP_PORT": str(port)}
-        router = Proc("router", [PY, "-m", "router"], env, port, workdir / "router.log")
+        router = Proc("router", [PY, "-m", "router"], env, port, workdir / "router.log", identity="router")
         try:
             await router.ready(timeout=60)
             ops = [f"{line}{i:04d}" for line, n in SIZES.items() for i in range(n)]

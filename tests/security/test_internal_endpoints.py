@@ -13,6 +13,7 @@ import pytest
 import yaml
 from crm_support import CRM_API_TOKEN, running_crm_sync
 from desk_admin_support import LINES, running_desk
+from servers import creds
 from support import apply_lines
 
 from crm_sync.settings import Settings as CrmSettings
@@ -38,7 +39,11 @@ async def running(name: str, nc: Any, url: str) -> AsyncIterator[Service[Any]]:
             yield desk
         return
     settings = WebchatSettings(
-        nats_url=url, http_port=0, webchat_secret="internal-endpoints-test-0123456789-Kq7Zt9Wm3xRv", shutdown_timeout=3.0
+        nats_url=url,
+        http_port=0,
+        webchat_secret="internal-endpoints-test-0123456789-Kq7Zt9Wm3xRv",
+        shutdown_timeout=3.0,
+        **creds("gateway-webchat"),
     )
     svc = await launch("gateway-webchat", settings, webchat_setup, first_attempts=5)
     try:
