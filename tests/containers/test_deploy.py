@@ -202,6 +202,57 @@ def test_nats_conf_is_valid_for_nats_server(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "OPENLINES_NATS_NKEY_ADMIN" in refused.stdout + refused.stderr
 
 
+def _chart_config(doc: dict[str, Any]) -> str:
+    """nats.conf as the official chart writes it (templates/_helpers.tpl, nats.formatConfig): JSON with sorted keys,
+    "<< x >>" unquoted, a key ending in $include turned into an include directive."""
+    text = json.dumps(doc, indent=2, sort_keys=True)
+    text = re.sub(r'".*\$include": "(.*)",?', r"include \1;", text)
+    return re.sub(r'"<<\s+(.*?)\s+>>"', r"\1", text)
+
+
+def test_nats_helm_values_make_a_config_nats_server_accepts(tmp_path: Path) -> None:
+    """What the chart makes of nats-values.yaml (its config.merge over the chart's TLS, cluster and JetStream blocks,
+    laid out as in the pod: the config in nats-config/, auth.conf in openlines-auth/), checked by nats-server."""
+    import subprocess
+
+    from servers import KEYS
+
+    from openlines import natsauth
+
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text())
+    certs = tmp_path / "tls"
+    subprocess.run([str(DEPLOY / "nats" / "make-certs.sh"), str(certs)], check=True, capture_output=True)
+    (tmp_path / "openlines-auth").mkdir()
+    shutil.copy(DEPLOY / "nats" / "auth.conf", tmp_path / "openlines-auth" / "auth.conf")
+    tls = {"cert_file": str(certs / "server.pem"), "key_file": str(certs / "server-key.pem"), "ca_file": str(certs / "ca.pem")}
+    cfg = values["config"]
+    doc: dict[str, Any] = {
+        "server_name": "<< $SERVER_NAME >>",
+        "port": 4222,
+        "tls": {**tls, **cfg["nats"]["tls"]["merge"]},
+        "cluster": {
+            "name": "nats",
+            "port": 6222,
+            "routes": ["tls://nats-1.nats-headless:6222"],
+            "tls": {**tls, **cfg["cluster"]["tls"]["merge"]},
+        },
+        "http_port": cfg["monitor"]["port"],
+        "jetstream": {
+            "store_dir": str(tmp_path / "data"),
+            "max_memory_store": f"<< {cfg['jetstream']['memoryStore']['maxSize']} >>",
+        },
+    }
+    for key, value in cfg["merge"].items():  # the chart deep-merges config.merge over its own blocks
+        doc[key] = {**doc[key], **value} if isinstance(value, dict) and isinstance(doc.get(key), dict) else value
+    (tmp_path / "nats-config").mkdir()
+    (tmp_path / "nats-config" / "nats.conf").write_text(_chart_config(doc))
+    env = {**os.environ, "SERVER_NAME": "nats-0", **natsauth.server_env(KEYS)}
+    done = subprocess.run(
+        [tool("nats-server"), "-c", str(tmp_path / "nats-config" / "nats.conf"), "-t"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + _chart_config(doc)
+
+
 def test_nats_is_locked_down_in_compose_and_kubernetes() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
