@@ -229,6 +229,10 @@ class Nats:
     def stop(self) -> None:
         (self.cluster or self.single).stop()  # type: ignore[union-attr]
 
+    def violations(self) -> list[str]:
+        """What the shipped permission file refused the services (a grant auth.conf lacks)."""
+        return (self.cluster or self.single).violations()  # type: ignore[union-attr]
+
 
 async def _bootstrap(nats: Nats) -> Any:
     """Connect and create the streams; a fresh cluster needs a moment to elect its JetStream leader."""
@@ -418,6 +422,7 @@ async def run_chaos(
         report["nats_nodes"] = 3 if cluster else 1
         report["seconds"] = round(time.monotonic() - started, 1)
         report["processes_that_ended_by_themselves"] = unexpected  # restarted, as an orchestrator would
+        report["nats_refusals"] = nats.violations()
         print("\nchaos report:", json.dumps(report, indent=2))
         assert len(sent.texts) == total
         return report
@@ -458,6 +463,7 @@ def _assert_clean(report: dict[str, Any]) -> None:
         "duplicate_crm_leads",
     ):
         assert report[key] == 0, (key, report)
+    assert report["nats_refusals"] == [], report
     assert report["telegram_doubled"] <= report["telegram_resends_after_a_kill_mid_send"], report
     assert report["whatsapp_doubled"] <= report["whatsapp_resends_after_a_kill_mid_send"], report
 
