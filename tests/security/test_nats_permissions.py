@@ -262,6 +262,7 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "read_accounts_by_consumer": (f"{J}.CONSUMER.CREATE.KV_ol-accounts.", _read_accounts_by_consumer),
     "write_accounts": ("$KV.ol-accounts.anna", _publish("$KV.ol-accounts.anna")),
     "write_desk_tokens": ("$KV.ol-desk-tokens.t1", _publish("$KV.ol-desk-tokens.t1")),
+    "write_desk_presence": ("$KV.ol-desk-presence.d1", _publish("$KV.ol-desk-presence.d1")),
     "write_lines": ("$KV.ol-lines.line.x", _publish("$KV.ol-lines.line.x")),
     "write_sessions": ("$KV.ol-sessions.s1", _publish("$KV.ol-sessions.s1")),
     "write_operators": ("$KV.ol-operators.anna", _publish("$KV.ol-operators.anna")),
@@ -285,7 +286,6 @@ EVERYONE_REFUSED = [
     "delete_stream",
     "purge_stream",
     "update_stream",
-    "write_desk_tokens",
     "delete_telegram_consumer",
     "read_outbound_message",
     "follow_outbound_unnamed",
@@ -293,6 +293,8 @@ EVERYONE_REFUSED = [
 FORBIDDEN: dict[str, list[str]] = {
     "router": [
         *EVERYONE_REFUSED,
+        "write_desk_tokens",
+        "write_desk_presence",  # it reads the desk replicas' heartbeats, never writes one
         "publish_in_telegram",
         "publish_in_webchat",
         "router_command",
@@ -319,6 +321,7 @@ FORBIDDEN: dict[str, list[str]] = {
     ],
     "crm-sync": [
         *EVERYONE_REFUSED,
+        "write_desk_tokens",
         "publish_in_email",
         "publish_out",
         "publish_session_event",
@@ -336,6 +339,7 @@ FORBIDDEN: dict[str, list[str]] = {
 for _gateway, _channel in GATEWAYS.items():
     FORBIDDEN[_gateway] = [
         *EVERYONE_REFUSED,
+        "write_desk_tokens",
         *(f"publish_in_{other}" for other in GATEWAYS.values() if other != _channel),
         "publish_out",
         "publish_history",
