@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import msgspec
+from servers import KEYS  # make dev prepares the store as the admin identity of its own keys
 
 from openlines import bus
 from openlines.apply import apply, live
@@ -46,12 +47,12 @@ async def admin_changes(nc: Any) -> None:
 
 async def test_make_dev_applies_the_example_only_to_a_new_store(nc: Any, nats_server: Any, capsys: Any) -> None:
     dev = dev_module()
-    await dev.prepare(nats_server.url)
+    await dev.prepare(nats_server.url, KEYS)
     first = capsys.readouterr().out
     assert "line support: created" in first
     await admin_changes(nc)
 
-    await dev.prepare(nats_server.url)  # the next `make dev`
+    await dev.prepare(nats_server.url, KEYS)  # the next `make dev`
     second = capsys.readouterr().out
     assert "keeping the configuration in .data/" in second and "removed" not in second
     kept = await live(await bus.Buckets(nc.jetstream()).open())
@@ -59,7 +60,7 @@ async def test_make_dev_applies_the_example_only_to_a_new_store(nc: Any, nats_se
     assert kept.lines[0].session.auto_close_minutes == 2880
 
     dev.REAPPLY = True  # OPENLINES_DEV_APPLY_LINES=1: the file again, on purpose
-    await dev.prepare(nats_server.url)
+    await dev.prepare(nats_server.url, KEYS)
     assert "operator vera: removed" in capsys.readouterr().out
     assert (await live(await bus.Buckets(nc.jetstream()).open())) == load(EXAMPLE)
 
