@@ -185,9 +185,10 @@ class NatsAuth(msgspec.Struct, frozen=True, kw_only=True):
     def refused(self, url: str, error: str) -> NatsAuthError:
         """The error for a server that said "Authorization Violation"."""
         if not self.seed:
+            whose = "this service's identity" if self.identity else "the admin identity (the openlines CLI, tools)"
             return NatsAuthError(
                 f"NATS at {url} requires credentials and none were given: set {SEED_VAR} (or {SEED_FILE_VAR}) "
-                f"to the nkey seed of this service's identity in deploy/nats/auth.conf ({error})"
+                f"to the nkey seed of {whose} in deploy/nats/auth.conf ({error})"
             )
         return NatsAuthError(
             f"NATS at {url} refused the nkey {self.public_key()} given in {SEED_VAR}/{SEED_FILE_VAR}: "

@@ -129,6 +129,24 @@ async def test_a_key_the_server_does_not_know_is_refused_naming_both_variables(n
     assert stranger.seed not in text  # the secret is never shown
 
 
+def test_the_cli_without_a_key_is_refused_and_told_to_use_the_admin_seed(nats_server: NatsServer) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENLINES_NATS_NKEY")}
+    done = subprocess.run(
+        [sys.executable, "-m", "openlines", "--nats", nats_server.url, "desk", "token", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "OPENLINES_NATS_NKEY_SEED" in done.stderr and "the admin identity" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_seed_that_is_not_a_seed_is_an_error_naming_the_variable(tmp_path: Path) -> None:
     with pytest.raises(NatsAuthError, match="OPENLINES_NATS_NKEY_SEED"):
         NatsAuth.load(identity="desk", seed="not-a-seed")
