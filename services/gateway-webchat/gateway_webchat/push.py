@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
