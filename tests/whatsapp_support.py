@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.whatsapp_api import FakeWhatsApp
+from servers import creds
 
 from openlines import bus, subjects
 from openlines.envelopes import DeliveryMark, Inbound, SessionEvent
@@ -58,6 +59,7 @@ def gateway_settings(nats_url: str, api_base: str, **overrides: Any) -> Any:
         "whatsapp_timeout": 5.0,
         "whatsapp_media_timeout": 5.0,
         "shutdown_timeout": 3.0,
+        **creds("gateway-whatsapp"),
     }
     values.update(overrides)
     return Settings(**values)

@@ -28,6 +28,7 @@ IDENTITIES = (
     "gateway-telegram",
     "gateway-vk",
     "gateway-email",
+    "gateway-whatsapp",
     "gateway-webchat",
 )
 

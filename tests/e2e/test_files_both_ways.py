@@ -24,6 +24,7 @@ from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page,
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config
 from peers.mailservers import running_gateway as running_email
 from peers.telegram_api import message_update
+from servers import creds
 from support import apply_lines, running_router
 from telegram_support import SUPPORT, fake_telegram
 from telegram_support import running_gateway as running_telegram
@@ -304,7 +305,13 @@ async def widget(nats_server: Any, browser: Any) -> AsyncIterator[Any]:
     async with AsyncExitStack() as stack:
         gw = await launch(
             "gateway-webchat",
-            WebchatSettings(nats_url=nats_server.url, http_port=0, webchat_secret=WIDGET_SECRET, shutdown_timeout=3.0),
+            WebchatSettings(
+                nats_url=nats_server.url,
+                http_port=0,
+                webchat_secret=WIDGET_SECRET,
+                shutdown_timeout=3.0,
+                **creds("gateway-webchat"),
+            ),
             webchat_setup,
             first_attempts=5,
         )

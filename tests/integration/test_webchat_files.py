@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import wait_for
+from servers import creds
 from webchat_support import bind_widget_accounts, open_visitor, recv
 
 from desk.files import FileStore
@@ -35,6 +36,7 @@ async def svc(nats_server: Any, nc: Any) -> AsyncIterator[runner.Service[Setting
         webchat_upload_max_bytes=4096,
         visitor_uploads_per_minute=1,
         visitor_upload_burst=5,
+        **creds("gateway-webchat"),
     )
     service = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
     await wait_for(lambda: service.app[WEBCHAT].consumer.ready() is None, what="outbound consumer")

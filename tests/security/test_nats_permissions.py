@@ -30,7 +30,13 @@ from openlines import bus, natsauth, subjects
 from openlines.natsauth import NatsAuth, NatsAuthError
 
 SERVICES = [i for i in natsauth.IDENTITIES if i != natsauth.ADMIN]
-GATEWAYS = {"gateway-telegram": "telegram", "gateway-vk": "vk", "gateway-email": "email", "gateway-webchat": "webchat"}
+GATEWAYS = {
+    "gateway-telegram": "telegram",
+    "gateway-vk": "vk",
+    "gateway-email": "email",
+    "gateway-whatsapp": "whatsapp",
+    "gateway-webchat": "webchat",
+}
 
 
 @dataclass
@@ -248,6 +254,13 @@ async def _read_desk_file(c: Conn) -> Any:
     return await c.js.get_last_msg(f"OBJ_{subjects.OBJ_DESK_FILES}", f"$O.{subjects.OBJ_DESK_FILES}.M.x")
 
 
+def _read_store(store: str) -> Callable[[Conn], Awaitable[Any]]:
+    async def go(c: Conn) -> Any:
+        return await c.js.get_last_msg(f"OBJ_{store}", f"$O.{store}.M.x")
+
+    return go
+
+
 async def _watch_accounts(c: Conn) -> Any:
     kv = await c.js.key_value(subjects.KV_ACCOUNTS)
     return await kv.watchall()
@@ -267,6 +280,8 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "publish_in_vk": ("ol.in.vk.club.0", _publish("ol.in.vk.club.0")),
     "publish_in_webchat": ("ol.in.webchat.demo.0", _publish("ol.in.webchat.demo.0")),
     "publish_in_email": ("ol.in.email.support.0", _publish("ol.in.email.support.0")),
+    "publish_in_whatsapp": ("ol.in.whatsapp.shop.0", _publish("ol.in.whatsapp.shop.0")),
+    "publish_mark": ("ol.mark.s1", _publish("ol.mark.s1")),
     "publish_out": ("ol.out.webchat.demo.x", _publish("ol.out.webchat.demo.x")),
     "publish_history": ("ol.hist.s1", _publish("ol.hist.s1")),
     "publish_session_event": ("ol.evt.session_closed", _publish("ol.evt.session_closed")),
@@ -296,6 +311,8 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "read_outbound_message": (f"{J}.STREAM.MSG.GET.OL_OUT", _read_outbound_message),
     "follow_outbound_unnamed": (f'{J}.CONSUMER.CREATE.OL_OUT"', _follow_outbound_unnamed),
     "read_desk_files": (f"{J}.STREAM.MSG.GET.OBJ_ol-desk-files", _read_desk_file),
+    "read_telegram_clients_files": (f"{J}.STREAM.MSG.GET.OBJ_ol-tg-files", _read_store("ol-tg-files")),
+    "read_webchat_visitors_files": (f"{J}.STREAM.MSG.GET.OBJ_ol-webchat-files", _read_store("ol-webchat-files")),
     "watch_accounts": (f'{J}.CONSUMER.CREATE.KV_ol-accounts"', _watch_accounts),
 }
 
@@ -323,6 +340,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "read_desk_replies",
         "listen_to_events",
         "read_desk_files",
+        "read_telegram_clients_files",
+        "publish_mark",
         "watch_accounts",
     ],
     "desk": [
@@ -336,6 +355,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "write_operators",
         "write_crm_links",
         "read_router_replies",
+        "publish_mark",
     ],
     "crm-sync": [
         *EVERYONE_REFUSED,
@@ -351,6 +371,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "listen_to_history",
         "read_desk_replies",
         "read_desk_files",
+        "read_telegram_clients_files",
+        "publish_mark",
         "watch_accounts",
     ],
 }
@@ -377,8 +399,10 @@ for _gateway, _channel in GATEWAYS.items():
         "write_desk_files",
         *(["read_outbound_vk"] if _channel != "vk" else ["read_outbound_telegram"]),
         "watch_accounts",
-        # only the Telegram gateway sends operators' files on (by object-store reference)
-        *(["read_desk_files"] if _channel != "telegram" else []),
+        # each gateway sends operators' files on (read by reference) but reads no other channel's clients' files
+        *(["read_telegram_clients_files"] if _channel != "telegram" else ["read_webchat_visitors_files"]),
+        # delivery marks come from the WhatsApp gateway only
+        *(["publish_mark"] if _channel != "whatsapp" else []),
     ]
 
 CASES = [(identity, op) for identity, ops in FORBIDDEN.items() for op in ops]
@@ -499,6 +523,7 @@ async def test_the_webchat_gateway_reads_back_its_own_replies_and_follows_them_l
     [
         ("gateway-telegram", ["dead_letter", "delivery_failed"]),
         ("gateway-vk", ["dead_letter", "delivery_failed"]),
+        ("gateway-whatsapp", ["dead_letter", "delivery_failed"]),
         ("gateway-email", "email"),  # every kind the e-mail gateway reports, from its own table
     ],
 )
