@@ -267,6 +267,18 @@ def test_nats_is_locked_down_in_compose_and_kubernetes() -> None:
     assert values["natsBox"]["enabled"] is False
     assert values["config"]["nats"]["tls"]["enabled"] and values["config"]["cluster"]["tls"]["enabled"]
     assert "auth.conf" in values["config"]["merge"]["$include"]
+    from openlines import natsauth
+
+    # every identity's public key reaches the NATS pods; each pod gets its own seed only (the Job: admin's)
+    assert set(values["container"]["env"]) == {natsauth.public_key_var(i) for i in natsauth.IDENTITIES}
+    seeds = {}
+    for doc in k8s_documents():
+        if doc["kind"] in ("Deployment", "Job"):
+            [container] = doc["spec"]["template"]["spec"]["containers"]
+            refs = [e["valueFrom"]["secretKeyRef"] for e in container.get("env", []) if e["name"] == "OPENLINES_NATS_NKEY_SEED"]
+            assert len(refs) == 1 and refs[0]["name"] == "openlines-nats-keys", doc["metadata"]["name"]
+            seeds[doc["metadata"]["name"]] = refs[0]["key"]
+    assert seeds == {**{name: name for name in SERVICES}, "openlines-lines": "admin"}
     policy = yaml.safe_load((K8S / "nats-networkpolicy.yaml").read_text())
     assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
     assert "nats-networkpolicy.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
