@@ -1,7 +1,7 @@
 """Who a process is towards NATS: its nkey, its reply inbox, TLS.
 
 Every service has its own identity in deploy/nats/auth.conf (the one permission
-file of every deployment; docs/decisions/015-nats-permissions.md). The server
+file of every deployment; docs/decisions/016-nats-permissions.md). The server
 holds public keys only; a service holds its seed. `openlines nats keys <dir>`
 makes a set.
 """
