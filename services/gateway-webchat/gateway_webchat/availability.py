@@ -19,7 +19,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from gateway_webchat.lines import BoundAccounts
+from gateway_webchat.lines import BoundAccounts, keep_watching
 from openlines import subjects
 from openlines.hours import is_open
 from openlines.state import OperatorState
@@ -55,16 +55,7 @@ class Availability:
                 self.notify(account, now)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        attempt = 0
-        while not stopping.is_set():
-            try:
-                await self._watch(stopping)
-                return
-            except Exception as exc:  # nats raises several unrelated types
-                attempt += 1
-                log.warning("operator statuses not readable, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
+        await keep_watching(self._watch, stopping, "operator statuses")
 
     async def _watch(self, stopping: asyncio.Event) -> None:
         kv: KeyValue = await self.js.key_value(subjects.KV_OPERATORS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.js import JetStreamContext
@@ -23,6 +24,20 @@ from openlines.apply import LINE_PREFIX
 from openlines.lines import LineConfig
 
 log = logging.getLogger("gateway_webchat.lines")
+
+
+async def keep_watching(watch: Callable[[asyncio.Event], Awaitable[None]], stopping: asyncio.Event, what: str) -> None:
+    """Run ``watch`` until ``stopping`` is set, again after each failure (a bucket not there yet, NATS away)."""
+    attempt = 0
+    while not stopping.is_set():
+        try:
+            await watch(stopping)
+            return
+        except Exception as exc:  # nats raises several unrelated types
+            attempt += 1
+            log.warning(f"{what} not readable, retrying", extra={"attempt": attempt, "error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
 
 
 class BoundAccounts:
@@ -46,16 +61,7 @@ class BoundAccounts:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Watch the bucket, retrying until it exists and NATS answers; returns when ``stopping`` is set."""
-        attempt = 0
-        while not stopping.is_set():
-            try:
-                await self._watch(stopping)
-                return
-            except Exception as exc:  # nats raises several unrelated types
-                attempt += 1
-                log.warning("line configs not readable, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
+        await keep_watching(self._watch, stopping, "line configs")
 
     async def _watch(self, stopping: asyncio.Event) -> None:
         kv: KeyValue = await self.js.key_value(subjects.KV_LINES)
