@@ -477,17 +477,17 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
     svc = await launch("gateway-webchat", settings, setup, first_attempts=5)
     try:
         edge = svc.app[WEBCHAT].edge
-        async with (
-            async_playwright() as p,
-            aiohttp.ClientSession() as http,
-            http.ws_connect(f"http://127.0.0.1:{svc.port}/ws/demo") as other,
-        ):
+        async with async_playwright() as p, aiohttp.ClientSession() as http:
             browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
             page = await browser.new_page()
             await page.goto(f"http://127.0.0.1:{svc.port}/demo")
             await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+            # Opened only now: a socket has hello_timeout (10 s) to say hello, and
+            # launching Chromium on a busy machine can take longer than that.
+            other = await http.ws_connect(f"http://127.0.0.1:{svc.port}/ws/demo")
             await other.send_json(hello_frame())
-            assert json.loads((await other.receive(timeout=scaled(30))).data)["type"] == "welcome"
+            welcome = json.loads((await other.receive(timeout=scaled(30))).data)
+            assert welcome["type"] == "welcome", welcome
             # Both sockets are past their replay (it reads NATS) before NATS is paused.
             await wait_for(lambda: edge.hub.count == 2 and not any(s.replaying for s in edge.hub.sockets()), what="both live")
             ops = f"http://127.0.0.1:{svc.metrics_port}"  # /metrics is on the internal port
@@ -512,6 +512,7 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
                 assert await page.get_by_test_id("ol-retry").count() == 0
             await mine.and_(page.locator('[data-status="sent"]')).wait_for(state="attached", timeout=30_000)
             visitor = await page.evaluate("window.openlinesWidget.visitor")
+            await other.close()
             await browser.close()
         stored = await stored_texts(nc, "webchat", "demo")
         assert stored["sent while the server is busy"] == 1 and stored["the slot holder"] == 1
