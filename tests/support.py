@@ -13,7 +13,17 @@ from servers import creds
 
 from openlines import bus, subjects
 from openlines.apply import apply
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, HistoryEntry, Inbound, Outbound, SessionEvent, encode, utcnow
+from openlines.envelopes import (
+    MSG_ID_HEADER,
+    ClientProfile,
+    DeliveryMark,
+    HistoryEntry,
+    Inbound,
+    Outbound,
+    SessionEvent,
+    encode,
+    utcnow,
+)
 from openlines.lines import load, parse
 from openlines.runner import Service, launch
 
@@ -69,6 +79,12 @@ async def outbound_for(nc: NATS, visitor: str, account: str = "demo") -> list[Ou
     subject = subjects.outbound("webchat", account, subjects.chat_key("webchat", account, visitor))
     rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_OUT, subject)
     return [msgspec.json.decode(data, type=Outbound) for _, data in rows]
+
+
+async def marks_of(nc: NATS, session_id: str) -> list[DeliveryMark]:
+    """The delivery marks a channel reported on the session's outbound messages, in order."""
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_MARK, subjects.mark(session_id))
+    return [msgspec.json.decode(data, type=DeliveryMark) for _, data in rows]
 
 
 async def events(nc: NATS, kind: str) -> list[SessionEvent]:

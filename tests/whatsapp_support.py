@@ -13,7 +13,7 @@ from peers.whatsapp_api import FakeWhatsApp
 from servers import creds
 
 from openlines import bus, subjects
-from openlines.envelopes import DeliveryMark, Inbound, SessionEvent
+from openlines.envelopes import Inbound, SessionEvent
 from openlines.runner import Service, launch
 
 APP = "main"
@@ -84,11 +84,6 @@ async def running_gateway(nats_url: str, peer: FakeWhatsApp, **overrides: Any) -
 async def inbound_of(nc: NATS, account: str = SHOP["account"]) -> list[Inbound]:
     rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("whatsapp", account))
     return [msgspec.json.decode(data, type=Inbound) for _, data in rows]
-
-
-async def marks_of(nc: NATS, session_id: str) -> list[DeliveryMark]:
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_MARK, subjects.mark(session_id))
-    return [msgspec.json.decode(data, type=DeliveryMark) for _, data in rows]
 
 
 async def events_of(nc: NATS, kind: str) -> list[SessionEvent]:

@@ -21,7 +21,7 @@ from peers.mailservers import (
     mailbox_config,
     running_gateway,
 )
-from support import apply_lines, events, history, running_router
+from support import apply_lines, events, history, marks_of, running_router
 
 from openlines import bus, subjects
 from openlines.commands import Reply, SetStatus, call
@@ -240,6 +240,15 @@ async def test_bounce_of_our_reply_becomes_delivery_failed_on_its_session(
         assert "550 5.1.1 user unknown" in failed[0].reason
         # The bounce is not a client message.
         assert all("could not be delivered" not in h.text for h in await history(nc, session.id))
+
+        # ... and the operator sees it under the message itself: failed, with the server's reason.
+        async def failed_mark() -> list[Any]:
+            return [m for m in await marks_of(nc, session.id) if m.status == "failed"]
+
+        [mark] = await wait_for(failed_mark, timeout=10, what="a failed mark on the operator's mail")
+        assert "550 5.1.1 user unknown" in mark.reason and mark.channel == "email"
+        [reply] = [o for o in await outbound_to(nc, "gone@client.example.test") if not o.auto]
+        assert mark.message_id == reply.id
 
 
 async def test_smtp_5xx_reports_delivery_failed_and_4xx_is_retried_then_sent_once(

@@ -18,8 +18,10 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
+from desk_admin_support import DEMO_HASH
+from desk_support import http_session, running_desk, sign_in
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config, running_gateway
-from support import apply_lines, events, history, running_router
+from support import apply_lines, events, history, marks_of, running_router
 
 from openlines import bus, files, subjects
 from openlines.commands import Reply, SetStatus, call
@@ -33,6 +35,7 @@ CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "ema
 LINES = """
 [operators.anna]
 name = "Anna"
+password_hash = "DEMO_HASH"
 
 [[lines]]
 id = "mail"
@@ -42,7 +45,7 @@ channels = [{ channel = "email", account = "support" }]
 operators = ["anna"]
 [lines.auto_replies]
 welcome = "Thank you for writing, we answer within a day."
-"""
+""".replace("DEMO_HASH", DEMO_HASH)
 
 
 async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
@@ -157,6 +160,16 @@ async def test_read_receipt_complaint_delay_and_vacation_reply_open_no_chat_get_
         assert await outbound_to(nc, "fbl@isp.example.test") == [] and smtp.to("fbl@isp.example.test") == []
         assert [o.auto for o in await outbound_to(nc, "ann@client.example.test")] == [True, False]
         assert all("Human readable part" not in h.text for h in await history(nc, session.id))
+        # Under the operator's message itself: sent (the mail server took it), then read (the receipt).
+        # The delay, the complaint and the vacation reply are events only: none is a status of the mail.
+        [answer] = [o for o in await outbound_to(nc, "ann@client.example.test") if not o.auto]
+
+        async def answer_marks() -> list[str]:
+            got = sorted(m.status for m in await marks_of(nc, session.id) if m.message_id == answer.id)
+            return got if got == ["read", "sent"] else []
+
+        await wait_for(answer_marks, timeout=20, what="sent and read marks on the operator's mail")
+        assert {m.channel for m in await marks_of(nc, session.id)} == {"email"}
 
 
 async def test_forwarded_mail_arrives_with_its_eml_attachment_and_readable_text(
@@ -223,6 +236,14 @@ async def test_reply_from_a_colleague_in_copy_joins_the_clients_session_and_is_c
         assert len(await events(nc, "session_opened")) == 1 and await session_of(nc, "bob@client.example.test") is None
         still = await session_of(nc, "ann@client.example.test")
         assert still is not None and still.id == session.id and still.client_name == "Ann"
+
+        # The client card lists both addresses of the conversation, the client's first.
+        async with running_desk(nats_server.url) as desk, http_session(desk) as http:
+            await sign_in(http, "anna")
+            async with http.get(f"/api/sessions/{session.id}/client") as r:
+                card = await r.json()
+            assert r.status == 200, card
+            assert card["client"]["emails"] == ["ann@client.example.test", "bob@client.example.test"]
 
         _, second = await _replied(nc, smtp, "ann@client.example.test", "Fixed, new invoice attached.")
         assert second["To"] == "ann@client.example.test" and second["Cc"] == "bob@client.example.test"

@@ -43,7 +43,16 @@ from desk.files import FileRefused, FileStore, clean_name
 from desk.guard import Limits, LoginLimiter, Revocations, open_guards
 from desk.hosts import UNCHECKED_PATHS, HostPolicy
 from desk.live import Connection, Hub
-from desk.reads import PREVIOUS_SCAN_EVENTS, PREVIOUS_SHOWN, Reader, client_record, holds_client, is_token, previous_sessions
+from desk.reads import (
+    PREVIOUS_SCAN_EVENTS,
+    PREVIOUS_SHOWN,
+    Reader,
+    client_addresses,
+    client_record,
+    holds_client,
+    is_token,
+    previous_sessions,
+)
 from desk.settings import Settings
 from desk.supervise import overview, supervisor_problem
 from openlines import commands, files, subjects
@@ -655,10 +664,12 @@ async def api_client(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", "no such session")
     if not await desk.may_read(user, session):
         raise ApiError(403, "forbidden", "this session is not yours")
-    record, link, earlier = await asyncio.gather(
+    record, link, earlier, entries = await asyncio.gather(
         client_record(desk.reader, session),
         desk.crm.client_link(session.client_id),
         previous_sessions(desk.reader, session.client_id, exclude=session.id),
+        # Only an e-mail conversation gathers other addresses (a colleague in copy who replied).
+        desk.reader.history(session.id) if session.channel == "email" else asyncio.sleep(0, []),
     )
     profile = record.profile if record is not None else None
     crm: dict[str, Any] = {"backend": desk.settings.crm_backend, "linked": False, "records": []}
@@ -672,6 +683,7 @@ async def api_client(request: web.Request) -> web.StreamResponse:
                 "username": profile.username if profile else "",
                 "phone": profile.phone if profile else "",
                 "email": profile.email if profile else "",
+                "emails": client_addresses(profile.email if profile else "", entries),
                 "channel": session.channel,
                 "account": session.account,
                 "sessions_total": record.sessions_total if record is not None else 0,

@@ -195,6 +195,15 @@ async def client_record(reader: Reader, session: Session) -> ClientRecord | None
     return record
 
 
+def client_addresses(profile_email: str, entries: list[HistoryEntry]) -> list[str]:
+    """Every e-mail address the client's side wrote from: the profile's first, then each colleague who joined by replying."""
+    seen: dict[str, str] = {}
+    for addr in [profile_email, *(e.author_id for e in entries if e.direction == "in")]:
+        if addr and "@" in addr:
+            seen.setdefault(addr.lower(), addr)
+    return list(seen.values())
+
+
 async def previous_sessions(reader: Reader, client_id: str, *, exclude: str = "") -> list[Session]:
     """The client's closed sessions, newest first, among the last PREVIOUS_SCAN_EVENTS events."""
     try:

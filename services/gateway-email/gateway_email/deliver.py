@@ -44,7 +44,7 @@ from gateway_email.mailboxes import Mailbox
 from gateway_email.normalise import CHANNEL
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, MessageRef, SentRecord, Store
-from openlines import files, subjects
+from openlines import files, marks, subjects
 from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
 
 log = logging.getLogger("gateway_email.deliver")
@@ -184,6 +184,8 @@ class Outgoing:
             return "failed"
         done = await self.store.sent(out.id)
         if done is not None:
+            if done.status == "sent":  # the mark may be what failed last time: stored once whatever happens
+                await self._sent_mark(out)
             await m.ack_sync()
             return "duplicate"
         chat = await self.store.chat(mb.account, out.chat_id)
@@ -252,6 +254,7 @@ class Outgoing:
                 out_id=out.id,
             )
         )
+        await self._sent_mark(out)
         if left_out:  # sent without them: the operator is told which files did not go, and why
             await self._failed(out, "sent without " + "; ".join(left_out))
         await m.ack_sync()
@@ -301,6 +304,20 @@ class Outgoing:
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise classify(exc) from None
+
+    async def _sent_mark(self, out: Outbound) -> None:
+        """The mail server took it: "sent" under the operator's message (delivered and read follow from reports)."""
+        if not out.session_id:
+            return
+        await marks.publish_mark(
+            self.js,
+            channel=CHANNEL,
+            session_id=out.session_id,
+            message_id=out.id,
+            status="sent",
+            at=utcnow(),
+            account=out.account,
+        )
 
     async def _failed(self, out: Outbound, reason: str) -> None:
         evt = SessionEvent(

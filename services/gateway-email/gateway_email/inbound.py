@@ -35,8 +35,8 @@ from gateway_email.normalise import (
 )
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, Cursor, Lease, MessageRef, Store
-from openlines import bus, files, subjects
-from openlines.envelopes import MSG_ID_HEADER, Attachment, SessionEvent, encode, utcnow
+from openlines import bus, files, marks, subjects
+from openlines.envelopes import MSG_ID_HEADER, Attachment, MarkStatus, SessionEvent, encode, utcnow
 
 log = logging.getLogger("gateway_email.inbound")
 
@@ -55,6 +55,9 @@ REPORT_EVENTS = {
     "auto": "auto_reply_received",
     "report": "report_received",
 }
+
+# ... and the reports that are also a status under the operator's message (a later mark never hides "failed").
+REPORT_MARKS: dict[str, MarkStatus] = {"failed": "failed", "delivered": "delivered", "read": "read"}
 
 
 async def _pause(stopping: asyncio.Event, seconds: float) -> None:
@@ -320,6 +323,20 @@ class MailboxWorker:
                 reason=(f"bounced{who}: {r.reason}" if r.kind == "failed" else f"{r.reason}{who}")[:1000],
             )
             await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+            status = REPORT_MARKS.get(r.kind)
+            if status is not None and about.out_id:
+                # ... and a status under the operator's message itself, as other channels report it.
+                await marks.publish_mark(
+                    self.js,
+                    channel=CHANNEL,
+                    session_id=about.session_id,
+                    message_id=about.out_id,
+                    status=status,
+                    at=evt.at,
+                    account=self.account,
+                    reason=evt.reason if status == "failed" else "",
+                    timeout=PUBLISH_TIMEOUT,
+                )
             log.info("report on our mail", extra={"account": self.account, "session": about.session_id, "kind": kind})
         else:
             what = {"failed": "bounce", "auto": "automatic mail"}.get(r.kind, kind.replace("_", " "))

@@ -12,8 +12,8 @@ from datetime import datetime
 
 from nats.js import JetStreamContext
 
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, SessionEvent, encode, utcnow
+from openlines import marks, subjects
+from openlines.envelopes import MSG_ID_HEADER, MarkStatus, SessionEvent, encode, utcnow
 
 CHANNEL = "whatsapp"
 
@@ -30,19 +30,16 @@ async def publish_mark(
     reason: str = "",
     timeout: float = 5.0,
 ) -> None:
-    mark = DeliveryMark(
-        id=f"{message_id}:{part}:{status}",
+    await marks.publish_mark(
+        js,
+        channel=CHANNEL,
         session_id=session_id,
         message_id=message_id,
         part=part,
         status=status,
         at=at,
-        channel=CHANNEL,
         account=account,
-        reason=reason[:1000],
-    )
-    await asyncio.wait_for(
-        js.publish(subjects.mark(session_id), encode(mark), stream=subjects.STREAM_MARK, headers={MSG_ID_HEADER: mark.id}),
+        reason=reason,
         timeout=timeout,
     )
 

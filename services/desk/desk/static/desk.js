@@ -635,7 +635,9 @@
     el.cardName.textContent = c.name || "Client";
     el.cardChannel.textContent = c.username ? `${c.channel} · @${c.username}` : c.channel;
     el.cardPhone.textContent = c.phone || "—";
-    el.cardEmail.textContent = c.email || "—";
+    // An e-mail conversation lists every address that wrote in it (a colleague in copy who replied).
+    const emails = c.emails && c.emails.length ? c.emails : c.email ? [c.email] : [];
+    el.cardEmail.textContent = emails.length ? emails.join(", ") : "—";
     el.cardCrm.replaceChildren();
     if (!data.crm.linked || !data.crm.records.length) {
       el.cardCrm.append(node("span", "muted", data.crm.linked ? "linked, no record created" : "not linked yet"));

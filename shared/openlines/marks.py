@@ -1,0 +1,48 @@
+"""Delivery marks: what a channel said about one outbound message, on ``ol.mark.<session>`` (stream ``OL_MARK``).
+
+A mark's id is ``<message id>:<part>:<status>`` and doubles as its Nats-Msg-Id,
+so a status the channel reports twice, or a send retried after a crash, is
+stored once. Whoever shows marks keeps the strongest per message
+(:data:`openlines.envelopes.MARK_STATUSES`), ``failed`` above all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from nats.js import JetStreamContext
+
+from openlines import subjects
+from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, encode
+
+
+async def publish_mark(
+    js: JetStreamContext,
+    *,
+    channel: str,
+    session_id: str,
+    message_id: str,
+    status: MarkStatus,
+    at: datetime,
+    account: str,
+    part: int = 0,
+    reason: str = "",
+    timeout: float = 5.0,
+) -> None:
+    """Stores one mark (acknowledged by the stream); raises when NATS does not confirm it in ``timeout``."""
+    mark = DeliveryMark(
+        id=f"{message_id}:{part}:{status}",
+        session_id=session_id,
+        message_id=message_id,
+        part=part,
+        status=status,
+        at=at,
+        channel=channel,
+        account=account,
+        reason=reason[:1000],
+    )
+    await asyncio.wait_for(
+        js.publish(subjects.mark(session_id), encode(mark), stream=subjects.STREAM_MARK, headers={MSG_ID_HEADER: mark.id}),
+        timeout=timeout,
+    )
