@@ -290,7 +290,7 @@ async def test_status_callbacks_become_delivery_marks_and_a_failure_a_delivery_f
     gateway: Any, peer: FakeWhatsApp, nc: Any
 ) -> None:
     from peers.whatsapp_api import SentMessage, status
-    from whatsapp_support import marks_of
+    from support import marks_of
 
     from gateway_whatsapp.normalise import Callback, encode_callback
 

@@ -479,7 +479,6 @@ class FakeWhatsApp:
     async def _statuses(self, msg: SentMessage, *, failed: int = 0) -> None:
         if not self.hook.url:
             return
-        await asyncio.sleep(0.01)
         if failed:
             await self.deliver(notification(msg.phone_number_id, statuses=[status(msg, "failed", code=failed)]))
             return
