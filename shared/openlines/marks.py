@@ -14,7 +14,7 @@ from datetime import datetime
 from nats.js import JetStreamContext
 
 from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, encode
+from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, SessionEvent, encode, utcnow
 
 
 async def publish_mark(
@@ -46,3 +46,51 @@ async def publish_mark(
         js.publish(subjects.mark(session_id), encode(mark), stream=subjects.STREAM_MARK, headers={MSG_ID_HEADER: mark.id}),
         timeout=timeout,
     )
+
+
+async def report_failed(
+    js: JetStreamContext,
+    *,
+    channel: str,
+    session_id: str,
+    message_id: str,
+    account: str,
+    chat_id: str,
+    reason: str,
+    operator_id: str = "",
+    event_id: str = "",
+    timeout: float = 5.0,
+) -> None:
+    """A message the channel will never deliver: the ``delivery_failed`` event, then a failed mark under the message.
+
+    The event is the fact for statistics and the CRM; the mark is what the
+    operator sees under their message ("Not delivered - <reason>"). Both ids are
+    deterministic, so a retry after a crash between the two stores neither twice.
+    """
+    evt = SessionEvent(
+        id=event_id or f"delivery_failed:{message_id}",
+        kind="delivery_failed",
+        at=utcnow(),
+        session_id=session_id,
+        channel=channel,
+        account=account,
+        chat_id=chat_id,
+        operator_id=operator_id,
+        reason=reason[:1000],
+    )
+    await asyncio.wait_for(
+        js.publish(subjects.event(evt.kind), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: evt.id}),
+        timeout=timeout,
+    )
+    if session_id:
+        await publish_mark(
+            js,
+            channel=channel,
+            session_id=session_id,
+            message_id=message_id,
+            status="failed",
+            at=evt.at,
+            account=account,
+            reason=reason,
+            timeout=timeout,
+        )

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from conftest import wait_for
 from peers.telegram_api import FakeTelegram, message_update
-from support import apply_lines, events, history, running_router
+from support import apply_lines, events, history, marks_of, running_router
 from telegram_support import SUPPORT, fake_telegram, running_gateway, telegram_line
 
 from desk.files import FileStore
@@ -149,6 +149,10 @@ async def test_a_user_who_blocked_the_bot_gives_delivery_failed_and_the_message_
         [evt] = await wait_for(lambda: events(nc, "delivery_failed"), what="delivery_failed")
         assert evt.session_id == session.id and (evt.channel, evt.account, evt.chat_id) == ("telegram", ACCOUNT, "999")
         assert "bot was blocked by the user" in evt.reason
+        # ... and the operator sees it under the message itself: "Not delivered", with Telegram's reason
+        [mark] = await wait_for(lambda: marks_of(nc, session.id), what="the failed mark")
+        assert (mark.status, mark.channel, mark.reason) == ("failed", "telegram", evt.reason)
+        assert evt.id == f"delivery_failed:{mark.message_id}"
         await wait_for(lambda: drained(nc), what="the failed outbound acked")
         assert len(peer.sent(999, ok_only=False)) == 1  # a permanent error is not retried
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from peers.vk_api import FakeVk
+from support import marks_of
 from vk_support import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, failures, fake_vk, running_gateway
 
 from gateway_vk.core.outbound import random_id
@@ -83,6 +84,9 @@ async def test_a_peer_without_permission_gives_a_delivery_failed_event(nats_serv
             "2002",
         )
         assert "901" in event.reason and "permission" in event.reason
+        # ... and the operator sees it under the message: "Not delivered", with VK's reason
+        [mark] = await wait_for(lambda: marks_of(nc, "s-1"), what="the failed mark")
+        assert (mark.status, mark.message_id, mark.channel, mark.reason) == ("failed", "out:s-1:r3", "vk", event.reason)
         # acked: a later reply to someone else is not stuck behind it
         await put(nc, reply("out:s-2:r1", 1001, "next"))
         await wait_for(lambda: vk.sent_to(1001), what="next reply")

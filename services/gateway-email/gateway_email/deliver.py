@@ -256,7 +256,7 @@ class Outgoing:
         )
         await self._sent_mark(out)
         if left_out:  # sent without them: the operator is told which files did not go, and why
-            await self._failed(out, "sent without " + "; ".join(left_out))
+            await self._failed(out, "sent without " + "; ".join(left_out), delivered=True)
         await m.ack_sync()
         log.info("mail sent", extra={"channel": CHANNEL, "account": mb.account, "msg_id": out.id, "session": out.session_id})
         return "sent"
@@ -319,16 +319,29 @@ class Outgoing:
             account=out.account,
         )
 
-    async def _failed(self, out: Outbound, reason: str) -> None:
-        evt = SessionEvent(
-            id=f"failed:{out.id}",
-            kind="delivery_failed",
-            at=utcnow(),
-            session_id=out.session_id,
-            channel=CHANNEL,
-            account=out.account,
-            chat_id=out.chat_id,
-            reason=reason[:1000],
-        )
-        await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+    async def _failed(self, out: Outbound, reason: str, *, delivered: bool = False) -> None:
+        """``delivery_failed``; unless the mail went out without some files, also a failed mark under the message."""
+        if delivered:
+            evt = SessionEvent(
+                id=f"failed:{out.id}",
+                kind="delivery_failed",
+                at=utcnow(),
+                session_id=out.session_id,
+                channel=CHANNEL,
+                account=out.account,
+                chat_id=out.chat_id,
+                reason=reason[:1000],
+            )
+            await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+        else:
+            await marks.report_failed(
+                self.js,
+                channel=CHANNEL,
+                session_id=out.session_id,
+                message_id=out.id,
+                account=out.account,
+                chat_id=out.chat_id,
+                reason=reason,
+                event_id=f"failed:{out.id}",
+            )
         log.warning("delivery failed", extra={"account": out.account, "msg_id": out.id, "reason": reason[:300]})

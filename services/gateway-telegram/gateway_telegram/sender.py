@@ -37,8 +37,8 @@ from gateway_telegram.deliver import Files, Part, Permanent, RetryAfter, Transie
 from gateway_telegram.normalise import CHANNEL
 from gateway_telegram.sent import UNCERTAIN_RESENDS, Sent, SentRecord, open_bucket
 from gateway_telegram.settings import Settings
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+from openlines import marks, subjects
+from openlines.envelopes import Outbound, decoder
 
 log = logging.getLogger("gateway_telegram.sender")
 
@@ -332,22 +332,17 @@ class Sender:
                 await self._sleep(min(5.0, 0.2 * attempt))
 
     async def _fail(self, held: Held, out: Outbound, rec: SentRecord, reason: str) -> None:
-        event_id = f"delivery_failed:{out.id}"
-        evt = SessionEvent(
-            id=event_id,
-            kind="delivery_failed",
-            at=utcnow(),
-            session_id=out.session_id,
-            channel=CHANNEL,
-            account=out.account or held.account,
-            chat_id=out.chat_id,
-            reason=reason,
-        )
         attempt = 0
         while True:
             try:
-                await self.js.publish(
-                    subjects.event("delivery_failed"), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: event_id}
+                await marks.report_failed(
+                    self.js,
+                    channel=CHANNEL,
+                    session_id=out.session_id,
+                    message_id=out.id,
+                    account=out.account or held.account,
+                    chat_id=out.chat_id,
+                    reason=reason,
                 )
                 break
             except asyncio.CancelledError:

@@ -33,7 +33,7 @@ from gateway_vk.media import Unavailable as MediaUnavailable
 from gateway_vk.normalise import CHANNEL
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import subjects
+from openlines import marks, subjects
 from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
 
 log = logging.getLogger("gateway_vk.deliver")
@@ -280,19 +280,17 @@ class Deliverer:
             "delivery failed",
             extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "session": out.session_id, "reason": reason},
         )
-        event = SessionEvent(
-            id=f"delivery_failed:{out.id}",
-            kind="delivery_failed",
-            at=utcnow(),
-            session_id=out.session_id,
-            channel=CHANNEL,
-            account=account,
-            chat_id=out.chat_id,
-            operator_id=out.operator_id,
-            reason=reason,
-        )
         try:
-            await self.js.publish(subjects.event("delivery_failed"), encode(event), headers={MSG_ID_HEADER: event.id})
+            await marks.report_failed(
+                self.js,
+                channel=CHANNEL,
+                session_id=out.session_id,
+                message_id=out.id,
+                account=account,
+                chat_id=out.chat_id,
+                operator_id=out.operator_id,
+                reason=reason,
+            )
         except Exception as exc:  # NATS trouble: keep the message, tell later
             log.warning("delivery_failed event not published; will retry", extra={"msg_id": out.id, "error": repr(exc)})
             await msg.nak(delay=self.settings.redeliver_delay)
