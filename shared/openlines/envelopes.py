@@ -117,7 +117,7 @@ class HistoryEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     held: bool = False  # a client message beyond the flood limit: stored, not pushed to the operator
 
 
-# The kinds of SessionEvent the router publishes. Consumers must accept
+# The kinds of SessionEvent the router and the gateways publish. Consumers must accept
 # kinds they do not know (new ones get added), so the field is a plain str.
 EVENT_KINDS: tuple[str, ...] = (
     "session_opened",  # a client's first message opened a session
@@ -136,6 +136,14 @@ EVENT_KINDS: tuple[str, ...] = (
     "dead_letter",  # an inbound message that could not be handled, with the reason
     "delivery_failed",  # a gateway could not deliver an outbound message
     "crm_linked",  # crm-sync bound the session to CRM records (reason: ids, source)
+    # reports about our mails, from the e-mail gateway (on the session of the mail they are about)
+    "delivery_delayed",  # a delayed-delivery notice (still trying)
+    "delivery_confirmed",  # a delivery confirmation (also a "delivered" mark under the message)
+    "message_read",  # a read receipt (also a "read" mark under the message)
+    "message_disposition",  # another disposition notification (deleted unread, ...)
+    "spam_complaint",  # a feedback report: the client marked our mail as spam
+    "auto_reply_received",  # a vacation responder or other robot answered our mail
+    "report_received",  # any other multipart/report
 )
 
 

@@ -300,3 +300,11 @@ def test_inline_mailbox_passwords_never_reach_the_start_up_log() -> None:
     inline = '[{"account": "support", "imap_host": "h", "username": "u", "password": "hunter2-pw", "from_address": "s@e.test"}]'
     s = load_settings(Settings, env={"OPENLINES_EMAIL_MAILBOXES": inline})
     assert "hunter2-pw" not in str(s.public()) and "support" in str(s.public()["email_mailboxes"])
+
+
+def test_every_report_event_the_gateway_publishes_is_a_known_event_kind() -> None:
+    from gateway_email.inbound import REPORT_EVENTS, REPORT_MARKS
+    from openlines.envelopes import EVENT_KINDS, MARK_STATUSES
+
+    assert set(REPORT_EVENTS.values()) <= set(EVENT_KINDS), set(REPORT_EVENTS.values()) - set(EVENT_KINDS)
+    assert set(REPORT_MARKS) <= set(REPORT_EVENTS) and set(REPORT_MARKS.values()) <= set(MARK_STATUSES)
