@@ -172,3 +172,37 @@ def test_fields_the_gateway_does_not_read_never_cost_the_client_the_message() ->
     for broken in ({"message_id": 1, "text": "no chat"}, {"message_id": 1, "chat": {"type": "private"}, "text": "no chat id"}):
         with pytest.raises(BadUpdate, match=r"message\.chat"):
             parse_update(json.dumps({"update_id": 41, "message": broken}).encode())
+
+
+# Every field of Update in the Bot API (9.x) besides the three the gateway subscribes to
+# (setWebhook allowed_updates): answered and logged, never a 400 that would make
+# Telegram retry it, whatever its content - the gateway does not validate them.
+OTHER_UPDATE_TYPES = [
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+]
+
+
+@pytest.mark.parametrize("kind", OTHER_UPDATE_TYPES)
+@pytest.mark.parametrize("content", [{}, {"chat": {"id": "not a number"}}, [1, 2], None, "text"])
+def test_every_other_update_type_of_the_bot_api_is_ignored_whatever_it_holds(kind: str, content: Any) -> None:
+    r = run({"update_id": 7, kind: content})
+    assert r.inbound is None and r.kind == f"ignored:{kind}"
