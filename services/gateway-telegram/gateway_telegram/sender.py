@@ -5,7 +5,7 @@ feeding one lane (queue + task) per chat.
   its own lane; a chat waiting out a 429 ``retry_after`` or a backoff holds
   only its own lane. Replicas share the durable consumer (work-queue style).
 - **Pacing.** Per chat ~1 msg/s (groups 20/min) with a small burst, per bot
-  ~30 msg/s over all chats (:class:`gateway_telegram.core.ratelimit.Pace`).
+  ~30 msg/s over all chats (:class:`openlines.pace.Pace`).
 - **Ack after the effect.** A message is acked only after every part was
   delivered (and recorded in ``ol-tg-sent``) or after it permanently failed
   and the ``delivery_failed`` event was stored. Messages held longer than
@@ -32,13 +32,13 @@ from nats.js import api as js_api
 
 from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
-from gateway_telegram.core.ratelimit import Pace, backoff
 from gateway_telegram.deliver import Files, Part, Permanent, RetryAfter, Transient, plan, send_part
 from gateway_telegram.normalise import CHANNEL
 from gateway_telegram.sent import UNCERTAIN_RESENDS, Sent, SentRecord, open_bucket
 from gateway_telegram.settings import Settings
 from openlines import marks, subjects
 from openlines.envelopes import Outbound, decoder
+from openlines.pace import Pace, backoff
 
 log = logging.getLogger("gateway_telegram.sender")
 

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from gateway_vk import metrics
-from gateway_vk.core.outbound import backoff, random_id, split_text
+from gateway_vk.core.outbound import random_id, split_text
 from gateway_vk.media import Media, Refused
 from gateway_vk.media import Unavailable as MediaUnavailable
 from gateway_vk.normalise import CHANNEL
@@ -35,6 +35,7 @@ from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 from openlines import marks, subjects
 from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+from openlines.pace import backoff
 
 log = logging.getLogger("gateway_vk.deliver")
 

@@ -27,8 +27,8 @@ from vk_api.exceptions import TOO_MANY_RPS_CODE, ApiError, ApiHttpError, Captcha
 
 from gateway_vk import metrics
 from gateway_vk.core.outbound import verdict
-from gateway_vk.core.ratelimit import TokenBucket
 from gateway_vk.settings import DEFAULT_API_URL, Community, Settings
+from openlines.pace import Pace
 
 log = logging.getLogger("gateway_vk.vkapi")
 
@@ -108,7 +108,8 @@ class CommunityApi:
     ) -> None:
         self.community = community
         self._clock = clock
-        self._bucket = TokenBucket(rate=settings.vk_rate, burst=max(1.0, settings.vk_rate))
+        # VK: about 20 requests a second per token - never more within any second.
+        self._bucket = Pace(settings.vk_rate, max(1, int(settings.vk_rate)))
         self._pool = ThreadPoolExecutor(max_workers=settings.vk_concurrency, thread_name_prefix=f"vk-{community.account}-{name}")
         self._clients: asyncio.Queue[Any] = asyncio.Queue()
         for _ in range(settings.vk_concurrency):

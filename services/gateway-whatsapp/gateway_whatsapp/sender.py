@@ -36,7 +36,6 @@ from nats.js import api as js_api
 from gateway_whatsapp import metrics
 from gateway_whatsapp.accounts import Accounts, Number
 from gateway_whatsapp.core.errors import Verdict, classify
-from gateway_whatsapp.core.pace import Pace, backoff
 from gateway_whatsapp.deliver import Part, plan, send_part
 from gateway_whatsapp.graph import Graph, GraphError, GraphUnavailable
 from gateway_whatsapp.marks import publish_failed, publish_mark
@@ -46,6 +45,7 @@ from gateway_whatsapp.sent import Sent, SentRecord, open_bucket
 from gateway_whatsapp.settings import Settings
 from openlines import subjects
 from openlines.envelopes import Outbound, decoder, utcnow
+from openlines.pace import Pace, backoff
 
 log = logging.getLogger("gateway_whatsapp.sender")
 

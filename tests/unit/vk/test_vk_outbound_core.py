@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway_vk.core.outbound import INT32_MAX, backoff, random_id, split_text, verdict
+from gateway_vk.core.outbound import INT32_MAX, random_id, split_text, verdict
 
 
 def test_random_id_is_stable_per_message_and_part_and_never_zero() -> None:
@@ -35,7 +35,3 @@ def test_split_prefers_paragraph_then_line_then_word_ends() -> None:
 def test_rate_and_server_errors_are_retried_permission_and_size_errors_are_not() -> None:
     assert [verdict(c) for c in (6, 9, 10, 29)] == ["retry"] * 4
     assert [verdict(c) for c in (5, 100, 901, 902, 914)] == ["permanent"] * 5
-
-
-def test_backoff_doubles_and_is_capped() -> None:
-    assert [backoff(n, 0.5, 3.0) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]

@@ -7,7 +7,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway_whatsapp.core.errors import GraphFailure, classify
-from gateway_whatsapp.core.pace import Pace, backoff
 from gateway_whatsapp.core.split import MAX_TEXT, split_text
 from gateway_whatsapp.deliver import media_type, plan, template_component
 from openlines.envelopes import Attachment, Outbound, TemplateMessage, utcnow
@@ -43,16 +42,6 @@ def test_the_reasons_an_operator_reads_say_what_happened_and_what_to_do() -> Non
     assert "renew it in OPENLINES_WHATSAPP_ACCOUNTS" in token.reason
     other = classify(GraphFailure(status=400, code=131009, message="(#131009) Parameter value is not valid", details="to: bad"))
     assert other.reason == "not delivered: (#131009) Parameter value is not valid: to: bad"
-
-
-def test_the_pace_lets_a_burst_through_then_spaces_sends_and_a_hold_delays_the_next() -> None:
-    pace = Pace(rate=1 / 6, burst=3)
-    assert [pace.reserve(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert pace.reserve(0.0) == pytest.approx(6.0)
-    pace = Pace(rate=80.0, burst=1)
-    pace.hold(10.0)
-    assert pace.reserve(0.0) == pytest.approx(10.0)
-    assert backoff(1, 1.0, 60.0) == 1.0 and backoff(4, 1.0, 60.0) == 8.0 and backoff(20, 1.0, 60.0) == 60.0
 
 
 @given(st.text(max_size=10_000))

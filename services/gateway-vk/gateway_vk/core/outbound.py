@@ -63,8 +63,3 @@ def _is_combining(ch: str) -> bool:
 def verdict(code: int) -> Verdict:
     """Retry: too many requests, flood control, VK internal errors, rate limit. Anything else will not change by retrying."""
     return "retry" if code in RETRYABLE_CODES else "permanent"
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds to wait before try ``attempt + 1`` (attempt counts from 1): base, 2·base, 4·base … capped."""
-    return float(min(cap, base * (2 ** max(0, attempt - 1))))
