@@ -103,6 +103,18 @@ class Outbound(msgspec.Struct, kw_only=True, omit_defaults=True):
     template: TemplateMessage | None = None  # send this approved template (text = its body as filled in)
 
 
+RATING_REQUEST = "rating:"  # the id of the auto-reply asking the client to rate a closed session: rating:<session id>
+
+
+def rating_request_id(session_id: str) -> str:
+    return f"{RATING_REQUEST}{session_id}"
+
+
+def is_rating_request(out: Outbound) -> bool:
+    """The router's request to rate the session (a channel may offer 1-5 as buttons; a typed digit works everywhere)."""
+    return out.auto and out.id.startswith(RATING_REQUEST)
+
+
 class HistoryEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One line of a session's transcript on ``ol.hist.<session>``."""
 

@@ -30,7 +30,7 @@ from gateway_webchat import metrics
 from gateway_webchat.files import Links
 from gateway_webchat.normalise import CHANNEL
 from openlines import bus, subjects
-from openlines.envelopes import Outbound, decoder
+from openlines.envelopes import Outbound, decoder, is_rating_request
 
 log = logging.getLogger("gateway_webchat.push")
 
@@ -53,6 +53,8 @@ def reply_frame(seq: int, out: Outbound, links: Links) -> str:
         "auto": out.auto,
         "at": out.created_at,
     }
+    if is_rating_request(out):
+        fields["rating"] = True  # the widget shows 1-5 as buttons under it
     if out.attachments:
         now = time.time()
         fields["attachments"] = [

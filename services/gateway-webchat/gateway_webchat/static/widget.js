@@ -1,7 +1,8 @@
 /*! openlines web chat widget — plain JS, no build step.
  * Embed with ONE tag:
  *   <script src="https://chat.example.com/widget.js" data-account="demo" async></script>
- * Optional attributes: data-title, data-color, data-greeting, data-away-greeting (shown while nobody can answer).
+ * Optional attributes: data-title, data-color, data-greeting, data-away-greeting (shown while nobody can answer),
+ * data-sound="off" (no chime on a reply while the chat is closed or the tab hidden).
  * Protocol: docs/channels/webchat.md
  */
 (function () {
@@ -16,6 +17,7 @@
   var greeting = script.getAttribute("data-greeting") || "Hi! Send us a message — we usually reply within minutes.";
   var awayGreeting = script.getAttribute("data-away-greeting") ||
     "Our team is away right now. Leave a message and we will answer as soon as we are back.";
+  var sound = script.getAttribute("data-sound") !== "off";
   var available = true;  // someone can answer now (the gateway says so at every connection and on change)
   var src = new URL(script.src, document.baseURI);
   var wsBase = (src.protocol === "https:" ? "wss:" : "ws:") + "//" + src.host + "/ws/" + encodeURIComponent(account);
@@ -37,6 +39,7 @@
     visitor: saved.visitor || "",
     lastSeq: saved.lastSeq || 0,
     name: saved.name || "",
+    operator: saved.operator || "",  // who answered last: shown in the header
     items: Array.isArray(saved.items) ? saved.items : [],
     open: !!saved.open
   };
@@ -45,7 +48,7 @@
     try {
       window.localStorage.setItem(storeKey, JSON.stringify({
         token: state.token, visitor: state.visitor, lastSeq: state.lastSeq,
-        name: state.name, items: state.items, open: state.open
+        name: state.name, operator: state.operator, items: state.items, open: state.open
       }));
     } catch (e) { /* storage full or blocked: the chat still works for this page */ }
   }
@@ -69,7 +72,7 @@
     "display:flex;flex-direction:column;overflow:hidden;z-index:2147483000;color:#111827;font-size:14px}",
     ".panel[hidden]{display:none}",
     "header{background:var(--ol-color);color:#fff;padding:14px 16px;display:flex;align-items:center;gap:10px}",
-    "header h2{font-size:16px;margin:0;font-weight:600;flex:1}",
+    "header h2{font-size:16px;margin:0;font-weight:600}",
     ".conn{font-size:12px;opacity:.9;display:flex;align-items:center;gap:6px}",
     ".dot{width:8px;height:8px;border-radius:50%;background:#fbbf24}.dot.on{background:#4ade80}",
     ".x{background:transparent;border:0;color:#fff;font-size:22px;cursor:pointer;line-height:1;padding:4px 8px;border-radius:6px}",
@@ -100,6 +103,18 @@
     "font-weight:600;cursor:pointer}.send:disabled{opacity:.5;cursor:default}",
     ".send:focus-visible{outline:3px solid #111;outline-offset:2px}",
     ".sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
+    ".agent{display:flex;align-items:center;gap:6px;font-size:12px;opacity:.95}.agent[hidden]{display:none}",
+    ".avatar{width:26px;height:26px;border-radius:50%;background:rgba(255,255,255,.25);display:flex;align-items:center;",
+    "justify-content:center;font-size:11px;font-weight:700;letter-spacing:.5px}",
+    ".titles{flex:1;min-width:0}.titles h2{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}",
+    ".rate{display:flex;gap:4px;margin-top:6px;flex-wrap:wrap}.rate button{border:1px solid #d1d5db;background:#fff;",
+    "border-radius:8px;min-width:34px;height:34px;font-size:14px;cursor:pointer}.rate button:hover{border-color:var(--ol-color)}",
+    ".rate button:focus-visible{outline:2px solid var(--ol-color)}.thanks{margin-top:6px;font-size:12px;color:#047857}",
+    ".emoji{display:flex;align-items:center;justify-content:center;width:40px;height:40px;border:1px solid #d1d5db;",
+    "border-radius:10px;cursor:pointer;font-size:18px;background:#fff;flex:none}.emoji:focus-visible{outline:2px solid var(--ol-color)}",
+    ".emojis{display:grid;grid-template-columns:repeat(8,1fr);gap:2px;padding:6px 10px;border-top:1px solid #e5e7eb;background:#fff}",
+    ".emojis[hidden]{display:none}.emojis button{border:0;background:transparent;font-size:20px;height:34px;cursor:pointer;border-radius:6px}",
+    ".emojis button:hover,.emojis button:focus-visible{background:#f3f4f6;outline:none}",
     // A phone: the open chat takes the whole screen (inset, not 100vw, which counts a scroll bar and
     // shifts the panel), and the launcher steps aside so it covers neither the text box nor Send.
     "@media (max-width:480px){.panel{left:0;right:0;top:0;bottom:0;width:auto;max-width:none;height:auto;",
@@ -111,14 +126,18 @@
     '<svg width="28" height="28" viewBox="0 0 24 24" fill="none" aria-hidden="true"><path d="M4 5.5A2.5 2.5 0 0 1 6.5 3h11A2.5 2.5 0 0 1 20 5.5v8a2.5 2.5 0 0 1-2.5 2.5H10l-4.2 3.6c-.5.4-1.3.1-1.3-.6V16A2.5 2.5 0 0 1 4 13.5v-8Z" fill="currentColor"/></svg>' +
     '<span class="badge" id="ol-badge" data-testid="ol-badge" hidden></span></button>' +
     '<section class="panel" id="ol-panel" data-testid="ol-panel" role="dialog" aria-modal="false" aria-labelledby="ol-title" hidden>' +
-    '<header><h2 id="ol-title"></h2><span class="conn" id="ol-conn" data-testid="ol-conn" aria-live="polite"><span class="dot" id="ol-dot"></span><span id="ol-conn-text">Connecting…</span></span>' +
+    '<header><div class="titles"><h2 id="ol-title"></h2>' +
+    '<div class="agent" id="ol-agent" data-testid="ol-agent" hidden><span class="avatar" id="ol-avatar" data-testid="ol-avatar" aria-hidden="true"></span><span id="ol-agent-name"></span></div></div>' +
+    '<span class="conn" id="ol-conn" data-testid="ol-conn" aria-live="polite"><span class="dot" id="ol-dot"></span><span id="ol-conn-text">Connecting…</span></span>' +
     '<button class="x" id="ol-close" data-testid="ol-close" type="button" aria-label="Close chat">×</button></header>' +
     '<div class="namebar"><label for="ol-name">Your name</label><input id="ol-name" data-testid="ol-name" type="text" maxlength="100" autocomplete="name" placeholder="optional"></div>' +
     '<div class="log" id="ol-log" data-testid="ol-log" role="log" aria-live="polite" aria-relevant="additions"><div class="greet" id="ol-greet"></div></div>' +
     '<div class="notice" id="ol-notice" data-testid="ol-notice" role="status"></div>' +
+    '<div class="emojis" id="ol-emojis" data-testid="ol-emojis" role="group" aria-label="Emoji" hidden></div>' +
     '<form id="ol-form" data-testid="ol-form">' +
     '<label class="attach" title="Attach a file" data-testid="ol-attach"><span aria-hidden="true">\uD83D\uDCCE</span>' +
     '<span class="sr">Attach a file</span><input id="ol-file" data-testid="ol-file" type="file" multiple hidden></label>' +
+    '<button class="emoji" id="ol-emoji" data-testid="ol-emoji" type="button" aria-label="Insert emoji" aria-expanded="false" aria-controls="ol-emojis"><span aria-hidden="true">\uD83D\uDE0A</span></button>' +
     '<label class="sr" for="ol-input">Message</label>' +
     '<textarea id="ol-input" data-testid="ol-input" rows="1" placeholder="Type a message…" maxlength="4000"></textarea>' +
     '<button class="send" id="ol-send" data-testid="ol-send" type="submit">Send</button></form></section>';
@@ -128,7 +147,8 @@
     launcher: $("ol-launcher"), badge: $("ol-badge"), panel: $("ol-panel"), title: $("ol-title"),
     dot: $("ol-dot"), connText: $("ol-conn-text"), close: $("ol-close"), name: $("ol-name"),
     log: $("ol-log"), greet: $("ol-greet"), notice: $("ol-notice"), form: $("ol-form"),
-    input: $("ol-input"), send: $("ol-send"), file: $("ol-file")
+    input: $("ol-input"), send: $("ol-send"), file: $("ol-file"),
+    agent: $("ol-agent"), avatar: $("ol-avatar"), agentName: $("ol-agent-name"), emoji: $("ol-emoji"), emojis: $("ol-emojis")
   };
   el.title.textContent = title;
   el.greet.textContent = greeting;
@@ -178,8 +198,63 @@
       var who = document.createElement("span");
       who.textContent = (item.operator || (item.auto ? "Auto-reply" : "Support")) + (item.at ? " · " + fmtTime(item.at) : "");
       meta.appendChild(who);
+      if (item.rating) renderRating(node, item);
     }
     return node;
+  }
+  // A request to rate the chat: 1-5 as buttons (typing the digit works too), then a thank-you.
+  function renderRating(node, item) {
+    var old = node.querySelector(".rate,.thanks");
+    if (old) old.remove();
+    if (item.rated) {
+      var thanks = document.createElement("div");
+      thanks.className = "thanks";
+      thanks.setAttribute("data-testid", "ol-rating-thanks");
+      thanks.setAttribute("role", "status");
+      thanks.textContent = "Thank you for your rating (" + item.rated + " of 5)!";
+      node.appendChild(thanks);
+      return;
+    }
+    if (item.passed || latestRating() !== item) return;  // only the newest request, until the visitor moves on
+    var box = document.createElement("div");
+    box.className = "rate";
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", "Rate this chat from 1 (bad) to 5 (excellent)");
+    box.setAttribute("data-testid", "ol-rating");
+    for (var n = 1; n <= 5; n++) {
+      (function (score) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.textContent = score + "\u2605";
+        b.setAttribute("aria-label", score + " of 5");
+        b.setAttribute("data-testid", "ol-rate-" + score);
+        b.addEventListener("click", function () { rate(item, score); });
+        box.appendChild(b);
+      })(n);
+    }
+    node.appendChild(box);
+  }
+  function latestRating() {
+    for (var i = state.items.length - 1; i >= 0; i--) {
+      if (state.items[i].kind === "in" && state.items[i].rating) return state.items[i];
+    }
+    return null;
+  }
+  function rate(item, score) {
+    if (!item.rated && send(String(score))) el.input.focus();
+  }
+  // Who answers: the last operator's name and initials in the header.
+  function initials(name) {
+    var words = String(name || "").trim().split(/\s+/).filter(Boolean);
+    if (!words.length) return "";
+    var first = Array.from(words[0])[0] || "";
+    var last = words.length > 1 ? (Array.from(words[words.length - 1])[0] || "") : "";
+    return (first + last).toUpperCase();
+  }
+  function renderAgent() {
+    el.agent.hidden = !state.operator;
+    el.agentName.textContent = state.operator;
+    el.avatar.textContent = initials(state.operator);
   }
   // Files: links this gateway signed for this visitor (relative to it), images shown small, voice and audio playable.
   function fileUrl(u) {
@@ -344,13 +419,17 @@
     } else if (f.type === "reply") {
       if (f.seq <= state.lastSeq || find("in", f.id)) { state.lastSeq = Math.max(state.lastSeq, f.seq); save(); return; }
       var item = { kind: "in", id: f.id, text: f.text, operator: f.operator, auto: !!f.auto, at: f.at, seq: f.seq,
-        attachments: f.attachments || [] };
+        attachments: f.attachments || [], rating: !!f.rating };
+      var previous = latestRating();
       state.items.push(item);
       state.lastSeq = f.seq;
+      if (f.operator && !f.auto) { state.operator = f.operator; renderAgent(); }
       save();
+      if (previous && item.rating) render(previous);  // an older request loses its buttons
       render(item);
       scrollDown();
       if (!state.open) { unread += 1; setBadge(); }
+      if (!state.open || document.hidden) chime();
     } else if (f.type === "error") {
       var failed = f.id ? find("out", f.id) : null;
       if (f.code === "token_expired" && f.renewable && ws) {
@@ -435,7 +514,15 @@
     if (!text.trim()) return null;
     if (text.length > maxText) { setNotice("Message is too long (max " + maxText + " characters)."); return null; }
     var item = { kind: "out", id: newId(), text: text, status: "sending", at: new Date().toISOString() };
+    var request = latestRating();
+    var score = /^\s*([1-5])\s*$/.exec(text);
     state.items.push(item);
+    // A digit right after a rating request answers it, typed or clicked: the buttons give way to a thank-you.
+    // Anything else moves on (the router closes the request too): the buttons go.
+    if (request && !request.rated && !request.passed) {
+      if (score) request.rated = Number(score[1]); else request.passed = true;
+      render(request);
+    }
     save();
     render(item);
     scrollDown();
@@ -453,6 +540,59 @@
     save(); render(it);
     transmit(it);  // the SAME id: the server and the router deduplicate
   }
+
+  // A short chime for a reply the visitor may not be looking at (browsers allow sound only after
+  // the visitor interacted with the page, which they did to write).
+  var chimes = 0;
+  var audio = null;
+  function chime() {
+    if (!sound) return;
+    chimes += 1;
+    try {
+      var Ctx = window.AudioContext || window.webkitAudioContext;
+      if (!Ctx) return;
+      audio = audio || new Ctx();
+      var osc = audio.createOscillator();
+      var gain = audio.createGain();
+      osc.frequency.value = 880;
+      gain.gain.setValueAtTime(0.08, audio.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.0001, audio.currentTime + 0.25);
+      osc.connect(gain); gain.connect(audio.destination);
+      osc.start(); osc.stop(audio.currentTime + 0.25);
+    } catch (e) { /* no sound: the badge still counts */ }
+  }
+
+  // ---- emoji: a small set, inserted where the cursor is ----
+  var EMOJI = ["\uD83D\uDE0A", "\uD83D\uDE42", "\uD83D\uDE00", "\uD83D\uDE02", "\uD83D\uDE09", "\uD83D\uDE0D", "\uD83D\uDE0E", "\uD83E\uDD14",
+    "\uD83D\uDE22", "\uD83D\uDE2E", "\uD83D\uDE21", "\uD83D\uDE4F", "\uD83D\uDC4D", "\uD83D\uDC4E", "\uD83D\uDC4B", "\uD83D\uDC4C",
+    "\uD83D\uDE4C", "\uD83D\uDC4F", "\u2764\uFE0F", "\uD83D\uDD25", "\u2705", "\u274C", "\u2B50", "\uD83C\uDF89"];
+  EMOJI.forEach(function (e) {
+    var b = document.createElement("button");
+    b.type = "button";
+    b.textContent = e;
+    b.setAttribute("aria-label", "Insert " + e);
+    b.setAttribute("data-testid", "ol-emoji-choice");
+    b.addEventListener("click", function () { insertText(e); showEmojis(false); el.input.focus(); });
+    el.emojis.appendChild(b);
+  });
+  function insertText(t) {
+    var i = el.input;
+    var start = i.selectionStart == null ? i.value.length : i.selectionStart;
+    var end = i.selectionEnd == null ? start : i.selectionEnd;
+    if (i.value.length - (end - start) + t.length > maxText) return;
+    i.value = i.value.slice(0, start) + t + i.value.slice(end);
+    i.selectionStart = i.selectionEnd = start + t.length;
+    autosize();
+  }
+  function showEmojis(on) {
+    el.emojis.hidden = !on;
+    el.emoji.setAttribute("aria-expanded", on ? "true" : "false");
+    if (on) { var first = el.emojis.querySelector("button"); if (first) first.focus(); }
+  }
+  el.emoji.addEventListener("click", function () { showEmojis(el.emojis.hidden); });
+  el.emojis.addEventListener("keydown", function (e) {
+    if (e.key === "Escape") { e.stopPropagation(); showEmojis(false); el.emoji.focus(); }
+  });
 
   // ---- UI events ----
   function setOpen(open) {
@@ -490,6 +630,7 @@
     });
     document.body.appendChild(host);
     renderAll();
+    renderAgent();
     if (state.open) setOpen(true);
     setConnected(false);
     connect();
@@ -505,6 +646,7 @@
     get token() { return state.token; },
     get lastSeq() { return state.lastSeq; },
     get transcript() { return state.items.slice(); },
+    get chimes() { return chimes; },
     open: function () { setOpen(true); },
     close: function () { setOpen(false); },
     send: send,

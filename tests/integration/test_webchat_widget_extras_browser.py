@@ -1,0 +1,160 @@
+"""The widget's extras in Chromium through the real gateway and router: who answers in the header,
+rating as buttons with a thank-you, emoji, the chime and badge for a reply the visitor is not looking at."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from servers import creds
+from support import apply_lines, events, running_router
+
+from gateway_webchat import Settings, setup
+from openlines import bus, runner, subjects
+from openlines.commands import Close, Reply, SetStatus, call
+from openlines.state import ClientRecord, Session, client_key
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium is not installed at {CHROMIUM}"),
+]
+
+LINES = """
+[operators.anna]
+name = "Anna Petrova"
+
+[[lines]]
+id = "site"
+name = "Website"
+channels = [{ channel = "webchat", account = "demo" }]
+[lines.queue]
+operators = ["anna"]
+[lines.auto_replies]
+closing = "Thank you, the conversation is closed."
+rating_request = "How did we do? Reply with 1 (bad) to 5 (excellent)."
+[lines.session]
+rating = true
+"""
+
+
+@pytest.fixture
+async def widget(nats_server: Any, nc: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """The router and the gateway running, the demo page open in Chromium: (page, gateway)."""
+    from playwright.async_api import async_playwright
+
+    await apply_lines(nc, LINES)
+    settings = Settings(
+        nats_url=nats_server.url,
+        http_port=0,
+        webchat_secret="extras-secret-0123456789-Kq7Zt9Wm3xRv",
+        shutdown_timeout=3.0,
+        **creds("gateway-webchat"),
+    )
+    async with running_router(nats_server.url), async_playwright() as p:
+        gateway = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1200, "height": 800})
+            await page.goto(f"http://127.0.0.1:{gateway.port}/demo")
+            await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+            await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+            yield page, gateway
+        finally:
+            await browser.close()
+            await gateway.stop()
+
+
+async def visitor_session(nc: Any, page: Any) -> Session | None:
+    """The visitor's open session once it is Anna's."""
+    visitor = await page.evaluate("window.openlinesWidget.visitor")
+    b = await bus.Buckets(nc.jetstream()).open()
+    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
+    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+    if rec is None or not rec.sessions_total:
+        return None
+    sid = rec.open_sessions.get("site")
+    if sid is None:
+        return None
+    s, _ = await bus.kv_get(b.sessions, sid, Session)
+    return s if s is not None and s.operator_id == "anna" else None  # offered to Anna: she may answer
+
+
+async def test_the_header_names_who_answers_and_a_closed_panel_gets_a_badge_and_a_chime(widget: Any, nc: Any) -> None:
+    from playwright.async_api import expect
+
+    page, _ = widget
+    w = page.get_by_test_id("ol-widget")
+    await page.evaluate("window.openlinesWidget.open(); window.openlinesWidget.send('Is my order on its way?')")
+    session = await wait_for(lambda: visitor_session(nc, page), what="the visitor's session")
+    assert await w.get_by_test_id("ol-agent").is_hidden()  # nobody has answered yet
+    await page.evaluate("window.openlinesWidget.close()")
+    await call(nc, "reply", Reply(operator_id="anna", session_id=session.id, text="Yes, it left today.", client_msg_id="r1"))
+    await expect(w.get_by_test_id("ol-badge")).to_have_text("1")
+    assert await page.evaluate("window.openlinesWidget.chimes") == 1
+    await page.evaluate("window.openlinesWidget.open()")
+    await expect(w.get_by_test_id("ol-agent")).to_contain_text("Anna Petrova")
+    await expect(w.get_by_test_id("ol-avatar")).to_have_text("AP")
+    await expect(w.get_by_test_id("ol-badge")).to_be_hidden()
+    # Kept across a reload, like the conversation.
+    await page.reload()
+    await expect(w.get_by_test_id("ol-avatar")).to_have_text("AP")
+
+
+async def test_the_rating_request_offers_five_buttons_and_a_click_rates_the_session_once(widget: Any, nc: Any) -> None:
+    from playwright.async_api import expect
+
+    page, _ = widget
+    w = page.get_by_test_id("ol-widget")
+    await page.evaluate("window.openlinesWidget.open(); window.openlinesWidget.send('Thanks for the help')")
+    session = await wait_for(lambda: visitor_session(nc, page), what="the visitor's session")
+    await call(nc, "reply", Reply(operator_id="anna", session_id=session.id, text="You are welcome!", client_msg_id="r1"))
+    await call(nc, "close", Close(operator_id="anna", session_id=session.id))
+    rating = w.get_by_test_id("ol-rating")
+    await expect(rating).to_be_visible()
+    assert await rating.get_attribute("aria-label") == "Rate this chat from 1 (bad) to 5 (excellent)"
+    await expect(rating.get_by_role("button")).to_have_count(5)
+    # Every action by keyboard: Tab reaches the buttons, Enter rates.
+    await rating.get_by_test_id("ol-rate-4").focus()
+    await page.keyboard.press("Enter")
+    await expect(w.get_by_test_id("ol-rating-thanks")).to_have_text("Thank you for your rating (4 of 5)!")
+    await expect(rating).to_have_count(0)
+
+    async def rated() -> list[Any]:
+        return [e for e in await events(nc, "session_rated") if e.session_id == session.id]
+
+    [event] = await wait_for(rated, what="the session rated")
+    assert event.reason == "4"
+    b = await bus.Buckets(nc.jetstream()).open()
+    stored, _ = await bus.kv_get(b.sessions, session.id, Session)
+    assert stored is not None and stored.rating == 4
+    # The thank-you stays after a reload; no buttons come back.
+    await page.reload()
+    await expect(w.get_by_test_id("ol-rating-thanks")).to_be_visible()
+    await expect(w.get_by_test_id("ol-rating")).to_have_count(0)
+
+
+async def test_emoji_go_in_where_the_cursor_is_and_escape_closes_the_picker(widget: Any) -> None:
+    from playwright.async_api import expect
+
+    page, _ = widget
+    w = page.get_by_test_id("ol-widget")
+    await page.evaluate("window.openlinesWidget.open()")
+    box = w.get_by_test_id("ol-input")
+    await box.fill("Thanks !")
+    await box.evaluate("b => { b.selectionStart = b.selectionEnd = 6; }")
+    await w.get_by_test_id("ol-emoji").click()
+    picker = w.get_by_test_id("ol-emojis")
+    await expect(picker).to_be_visible()
+    assert await w.get_by_test_id("ol-emoji").get_attribute("aria-expanded") == "true"
+    await picker.get_by_role("button", name="Insert \U0001f44d").click()
+    await expect(box).to_have_value("Thanks\U0001f44d !")
+    await expect(picker).to_be_hidden()
+    await w.get_by_test_id("ol-emoji").click()
+    await page.keyboard.press("Escape")
+    await expect(picker).to_be_hidden()
+    await expect(w.get_by_test_id("ol-panel")).to_be_visible()  # Escape closed the picker, not the chat
