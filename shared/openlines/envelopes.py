@@ -47,6 +47,7 @@ class ClientProfile(msgspec.Struct, kw_only=True, omit_defaults=True):
     language: str = ""
     phone: str = ""
     email: str = ""
+    consent: str = ""  # what the client agreed to and when (the widget's pre-chat form), as shown to them
 
 
 class Inbound(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -158,3 +158,88 @@ async def test_emoji_go_in_where_the_cursor_is_and_escape_closes_the_picker(widg
     await page.keyboard.press("Escape")
     await expect(picker).to_be_hidden()
     await expect(w.get_by_test_id("ol-panel")).to_be_visible()  # Escape closed the picker, not the chat
+
+
+@pytest.fixture
+async def shop_page(widget: Any) -> AsyncIterator[Any]:
+    """A customer's site (its own origin) embedding the widget with a pre-chat form."""
+    from aiohttp import web
+
+    page, gateway = widget
+    tag = (
+        f'<script src="http://127.0.0.1:{gateway.port}/widget.js" data-account="demo" data-prechat="name email phone"'
+        ' data-prechat-required="email" data-consent="I agree that Acme uses my data to answer me."'
+        ' data-consent-url="https://shop.example.test/privacy"></script>'
+    )
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=f"<!doctype html><html><body><h1>Acme</h1>{tag}</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    runner_ = web.AppRunner(app)
+    await runner_.setup()
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    await site.start()
+    port = runner_.addresses[0][1]
+    try:
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+        yield page
+    finally:
+        await runner_.cleanup()
+
+
+async def test_the_pre_chat_form_asks_first_checks_and_its_contact_reaches_the_client_record(shop_page: Any, nc: Any) -> None:
+    from playwright.async_api import expect
+
+    page = shop_page
+    w = page.get_by_test_id("ol-widget")
+    await w.get_by_test_id("ol-launcher").click()
+    form = w.get_by_test_id("ol-prechat")
+    await expect(form).to_be_visible()
+    await expect(w.get_by_test_id("ol-input")).to_be_hidden()  # no chat before the form
+    await expect(w.get_by_test_id("ol-prechat-name")).to_be_focused()
+    await expect(form.get_by_role("link", name="Privacy policy")).to_have_attribute("href", "https://shop.example.test/privacy")
+    # Required e-mail missing, then a phone without its country code, then no consent: each said, nothing sent.
+    await w.get_by_test_id("ol-prechat-name").fill("Ann Client")
+    await w.get_by_test_id("ol-prechat-start").click()
+    await expect(w.get_by_test_id("ol-prechat-error")).to_have_text("E-mail is required.")
+    await expect(w.get_by_test_id("ol-prechat-email")).to_be_focused()
+    await w.get_by_test_id("ol-prechat-email").fill("ann@client.example.com")
+    await w.get_by_test_id("ol-prechat-phone").fill("020 7946 0018")
+    await w.get_by_test_id("ol-prechat-start").click()
+    await expect(w.get_by_test_id("ol-prechat-error")).to_contain_text("country code")
+    await w.get_by_test_id("ol-prechat-phone").fill("+44 20 7946 0018")
+    await page.keyboard.press("Enter")  # submits the form from the keyboard
+    await expect(w.get_by_test_id("ol-prechat-error")).to_have_text("Please agree to continue.")
+    await w.get_by_test_id("ol-prechat-consent").check()
+    await w.get_by_test_id("ol-prechat-start").click()
+    await expect(form).to_be_hidden()
+    await expect(w.get_by_test_id("ol-input")).to_be_focused()
+    await expect(w.get_by_test_id("ol-name")).to_have_value("Ann Client")
+    assert await page.evaluate("window.openlinesWidget.contact") == {
+        "email": "ann@client.example.com",
+        "phone": "+44 20 7946 0018",
+        "consent": "I agree that Acme uses my data to answer me. (https://shop.example.test/privacy)",
+    }
+    await w.get_by_test_id("ol-input").fill("Where is my order?")
+    await page.keyboard.press("Enter")
+    await expect(w.get_by_test_id("ol-msg-out").get_by_test_id("ol-status")).to_have_text("sent")
+
+    visitor = await page.evaluate("window.openlinesWidget.visitor")
+    b = await bus.Buckets(nc.jetstream()).open()
+    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
+
+    async def profile() -> Any:
+        rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+        return rec.profile if rec is not None and rec.profile.email else None
+
+    got = await wait_for(profile, what="the contact in the client record")
+    assert (got.name, got.email, got.phone) == ("Ann Client", "ann@client.example.com", "+442079460018")
+    assert got.consent == "I agree that Acme uses my data to answer me. (https://shop.example.test/privacy)"
+    # Asked once: a reload opens the chat, not the form.
+    await page.reload()
+    await page.evaluate("window.openlinesWidget.open()")
+    await expect(w.get_by_test_id("ol-prechat")).to_be_hidden()
+    await expect(w.get_by_test_id("ol-input")).to_be_visible()

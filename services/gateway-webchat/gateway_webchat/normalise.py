@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import email_validator
 import msgspec
+import phonenumbers
 
 from openlines.envelopes import Attachment, ClientProfile, Inbound
 
@@ -28,12 +30,49 @@ class FrameError(Exception):
         self.client_id = client_id
 
 
+MAX_CONSENT = 500
+
+
 @dataclass(frozen=True, slots=True)
 class ClientMessage:
     id: str
     text: str
     name: str
     files: tuple[str, ...] = ()  # ids of files this visitor uploaded (POST /files/<account>)
+    email: str = ""  # from the pre-chat form: normalised, or refused with the reason
+    phone: str = ""  # E.164
+    consent: str = ""  # the consent text the visitor ticked
+
+
+def _contact(obj: dict[str, Any], client_id: str) -> tuple[str, str, str]:
+    """The pre-chat form's e-mail, phone and consent of a frame, checked; FrameError says which is wrong."""
+    values = []
+    for field in ("email", "phone", "consent"):
+        v = obj.get(field, "")
+        if v is None:
+            v = ""
+        if not isinstance(v, str) or not _encodable(v):
+            raise FrameError("bad_frame", f'"{field}" must be a string', client_id)
+        values.append(" ".join(v.split()))
+    email, phone, consent = values
+    if email:
+        try:
+            email = email_validator.validate_email(email, check_deliverability=False).normalized
+        except email_validator.EmailNotValidError as exc:
+            raise FrameError("bad_frame", f'"email" is not an e-mail address: {exc}', client_id) from None
+    if phone:
+        try:
+            number = phonenumbers.parse(phone, None)
+        except phonenumbers.NumberParseException:
+            number = None
+        if number is None or not phonenumbers.is_possible_number(number):
+            raise FrameError(
+                "bad_frame", '"phone" must be a phone number with its country code, like +44 20 7946 0018', client_id
+            )
+        phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if len(consent) > MAX_CONSENT:
+        raise FrameError("too_large", f'"consent" is longer than {MAX_CONSENT} characters', client_id)
+    return email, phone, consent
 
 
 def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
@@ -76,7 +115,16 @@ def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
         name = ""
     if not isinstance(name, str) or not _encodable(name):
         raise FrameError("bad_frame", '"name" must be a string', client_id)
-    return ClientMessage(id=client_id, text=text, name=" ".join(name.split())[:MAX_NAME], files=tuple(dict.fromkeys(file_ids)))
+    email, phone, consent = _contact(obj, client_id)
+    return ClientMessage(
+        id=client_id,
+        text=text,
+        name=" ".join(name.split())[:MAX_NAME],
+        files=tuple(dict.fromkeys(file_ids)),
+        email=email,
+        phone=phone,
+        consent=consent,
+    )
 
 
 def _encodable(value: str) -> bool:
@@ -102,7 +150,7 @@ def to_inbound(
         account=account,
         chat_id=visitor,
         user_id=visitor,
-        profile=ClientProfile(name=msg.name),
+        profile=ClientProfile(name=msg.name, email=msg.email, phone=msg.phone, consent=msg.consent),
         text=msg.text,
         attachments=attachments or [],
         channel_msg_id=msg.id,

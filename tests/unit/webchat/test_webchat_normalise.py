@@ -59,3 +59,44 @@ def test_inbound_envelope_is_deterministic_from_account_visitor_and_client_id() 
     assert env.id == inbound_id("demo", "V" * 22, "c1") == f"webchat:demo:{'V' * 22}:c1"
     assert (env.channel, env.account, env.chat_id, env.user_id) == ("webchat", "demo", "V" * 22, "V" * 22)
     assert (env.text, env.channel_msg_id, env.profile.name, env.received_at) == ("hello", "c1", "Ann", now)
+
+
+def test_the_pre_chat_contact_is_normalised_and_reaches_the_profile() -> None:
+    frame = {
+        "type": "message",
+        "id": "m1",
+        "text": "Hello",
+        "name": "Ann",
+        "email": "  Ann.Client@Example.COM ",
+        "phone": "+44 20 7946 0018",
+        "consent": "I agree that my data is used to answer me (https://shop.example/privacy)",
+    }
+    msg = parse_frame(json.dumps(frame), max_text=100, max_frame=4096)
+    assert (msg.email, msg.phone) == ("Ann.Client@example.com", "+442079460018")
+    env = to_inbound("demo", "v1", msg, datetime(2025, 1, 1, tzinfo=UTC))
+    assert (env.profile.name, env.profile.email, env.profile.phone) == ("Ann", "Ann.Client@example.com", "+442079460018")
+    assert env.profile.consent.startswith("I agree that my data")
+    # a message without the form's fields leaves the profile's contact empty (the router keeps what it knew)
+    plain = to_inbound(
+        "demo", "v1", parse_frame('{"type":"message","id":"m2","text":"Hi"}', max_text=100, max_frame=4096), env.received_at
+    )
+    assert (plain.profile.email, plain.profile.phone, plain.profile.consent) == ("", "", "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("email", "not-an-address", "not an e-mail address"),
+        ("email", "ann@", "not an e-mail address"),
+        ("email", 42, "must be a string"),
+        ("phone", "020 7946 0018", "country code"),
+        ("phone", "+1 2", "country code"),
+        ("phone", "call me", "country code"),
+        ("consent", ["yes"], "must be a string"),
+        ("consent", "x" * 501, "longer than 500"),
+    ],
+)
+def test_a_bad_pre_chat_field_refuses_the_message_and_says_which(field: str, value: object, reason: str) -> None:
+    with pytest.raises(FrameError) as err:
+        parse_frame(json.dumps({"type": "message", "id": "m1", "text": "Hello", field: value}), max_text=100, max_frame=4096)
+    assert err.value.client_id == "m1" and f'"{field}"' in err.value.detail and reason in err.value.detail

@@ -2,7 +2,9 @@
  * Embed with ONE tag:
  *   <script src="https://chat.example.com/widget.js" data-account="demo" async></script>
  * Optional attributes: data-title, data-color, data-greeting, data-away-greeting (shown while nobody can answer),
- * data-sound="off" (no chime on a reply while the chat is closed or the tab hidden).
+ * data-sound="off" (no chime on a reply while the chat is closed or the tab hidden),
+ * data-prechat="name email phone" (a form before the first message; any of the three), data-prechat-required="email",
+ * data-consent="I agree that…" and data-consent-url="https://…/privacy" (a box the visitor must tick first).
  * Protocol: docs/channels/webchat.md
  */
 (function () {
@@ -18,6 +20,12 @@
   var awayGreeting = script.getAttribute("data-away-greeting") ||
     "Our team is away right now. Leave a message and we will answer as soon as we are back.";
   var sound = script.getAttribute("data-sound") !== "off";
+  function words(attr) { return (script.getAttribute(attr) || "").toLowerCase().split(/[\s,]+/).filter(Boolean); }
+  var prechat = words("data-prechat").filter(function (f) { return f === "name" || f === "email" || f === "phone"; });
+  var prechatRequired = words("data-prechat-required");
+  var consentText = (script.getAttribute("data-consent") || "").trim().slice(0, 400);
+  var consentUrl = script.getAttribute("data-consent-url") || "";
+  if (consentUrl && !/^https?:\/\//i.test(consentUrl)) consentUrl = "";  // a link, never javascript:
   var available = true;  // someone can answer now (the gateway says so at every connection and on change)
   var src = new URL(script.src, document.baseURI);
   var wsBase = (src.protocol === "https:" ? "wss:" : "ws:") + "//" + src.host + "/ws/" + encodeURIComponent(account);
@@ -40,6 +48,7 @@
     lastSeq: saved.lastSeq || 0,
     name: saved.name || "",
     operator: saved.operator || "",  // who answered last: shown in the header
+    contact: saved.contact || null,  // the pre-chat form as sent: {email, phone, consent}
     items: Array.isArray(saved.items) ? saved.items : [],
     open: !!saved.open
   };
@@ -48,7 +57,7 @@
     try {
       window.localStorage.setItem(storeKey, JSON.stringify({
         token: state.token, visitor: state.visitor, lastSeq: state.lastSeq,
-        name: state.name, operator: state.operator, items: state.items, open: state.open
+        name: state.name, operator: state.operator, contact: state.contact, items: state.items, open: state.open
       }));
     } catch (e) { /* storage full or blocked: the chat still works for this page */ }
   }
@@ -115,6 +124,13 @@
     ".emojis{display:grid;grid-template-columns:repeat(8,1fr);gap:2px;padding:6px 10px;border-top:1px solid #e5e7eb;background:#fff}",
     ".emojis[hidden]{display:none}.emojis button{border:0;background:transparent;font-size:20px;height:34px;cursor:pointer;border-radius:6px}",
     ".emojis button:hover,.emojis button:focus-visible{background:#f3f4f6;outline:none}",
+    ".prechat{flex:1;overflow-y:auto;padding:16px;display:flex;flex-direction:column;gap:10px;background:#f9fafb}",
+    ".prechat[hidden]{display:none}.prechat p{margin:0;color:#374151}.prechat label{display:flex;flex-direction:column;gap:4px;font-size:13px;color:#374151}",
+    ".prechat input[type=text],.prechat input[type=email],.prechat input[type=tel]{border:1px solid #d1d5db;border-radius:8px;padding:8px;font-size:14px}",
+    ".prechat .consent{flex-direction:row;align-items:flex-start;gap:8px}.prechat .consent a{color:var(--ol-color)}",
+    ".prechat button{background:var(--ol-color);color:#fff;border:0;border-radius:10px;height:40px;font-size:14px;font-weight:600;cursor:pointer}",
+    ".prechat .err{color:#b91c1c;font-size:12px;min-height:1em}",
+    ".chat[hidden]{display:none}.chat{display:flex;flex-direction:column;flex:1;min-height:0}",
     // A phone: the open chat takes the whole screen (inset, not 100vw, which counts a scroll bar and
     // shifts the panel), and the launcher steps aside so it covers neither the text box nor Send.
     "@media (max-width:480px){.panel{left:0;right:0;top:0;bottom:0;width:auto;max-width:none;height:auto;",
@@ -130,6 +146,8 @@
     '<div class="agent" id="ol-agent" data-testid="ol-agent" hidden><span class="avatar" id="ol-avatar" data-testid="ol-avatar" aria-hidden="true"></span><span id="ol-agent-name"></span></div></div>' +
     '<span class="conn" id="ol-conn" data-testid="ol-conn" aria-live="polite"><span class="dot" id="ol-dot"></span><span id="ol-conn-text">Connecting…</span></span>' +
     '<button class="x" id="ol-close" data-testid="ol-close" type="button" aria-label="Close chat">×</button></header>' +
+    '<form class="prechat" id="ol-prechat" data-testid="ol-prechat" aria-label="Before we start" novalidate hidden></form>' +
+    '<div class="chat" id="ol-chat">' +
     '<div class="namebar"><label for="ol-name">Your name</label><input id="ol-name" data-testid="ol-name" type="text" maxlength="100" autocomplete="name" placeholder="optional"></div>' +
     '<div class="log" id="ol-log" data-testid="ol-log" role="log" aria-live="polite" aria-relevant="additions"><div class="greet" id="ol-greet"></div></div>' +
     '<div class="notice" id="ol-notice" data-testid="ol-notice" role="status"></div>' +
@@ -140,7 +158,7 @@
     '<button class="emoji" id="ol-emoji" data-testid="ol-emoji" type="button" aria-label="Insert emoji" aria-expanded="false" aria-controls="ol-emojis"><span aria-hidden="true">\uD83D\uDE0A</span></button>' +
     '<label class="sr" for="ol-input">Message</label>' +
     '<textarea id="ol-input" data-testid="ol-input" rows="1" placeholder="Type a message…" maxlength="4000"></textarea>' +
-    '<button class="send" id="ol-send" data-testid="ol-send" type="submit">Send</button></form></section>';
+    '<button class="send" id="ol-send" data-testid="ol-send" type="submit">Send</button></form></div></section>';
   host.style.setProperty("--ol-color", color);
   function $(id) { return root.getElementById ? root.getElementById(id) : root.querySelector("#" + id); }
   var el = {
@@ -148,7 +166,8 @@
     dot: $("ol-dot"), connText: $("ol-conn-text"), close: $("ol-close"), name: $("ol-name"),
     log: $("ol-log"), greet: $("ol-greet"), notice: $("ol-notice"), form: $("ol-form"),
     input: $("ol-input"), send: $("ol-send"), file: $("ol-file"),
-    agent: $("ol-agent"), avatar: $("ol-avatar"), agentName: $("ol-agent-name"), emoji: $("ol-emoji"), emojis: $("ol-emojis")
+    agent: $("ol-agent"), avatar: $("ol-avatar"), agentName: $("ol-agent-name"), emoji: $("ol-emoji"), emojis: $("ol-emojis"),
+    prechat: $("ol-prechat"), chat: $("ol-chat")
   };
   el.title.textContent = title;
   el.greet.textContent = greeting;
@@ -466,6 +485,11 @@
     var frame = { type: "message", id: item.id, text: item.text };
     if (item.files && item.files.length) frame.files = item.files;
     if (state.name) frame.name = state.name;
+    if (state.contact) {
+      if (state.contact.email) frame.email = state.contact.email;
+      if (state.contact.phone) frame.phone = state.contact.phone;
+      if (state.contact.consent) frame.consent = state.contact.consent;
+    }
     return sendFrame(frame);
   }
   function kindOf(type) {
@@ -594,13 +618,111 @@
     if (e.key === "Escape") { e.stopPropagation(); showEmojis(false); el.emoji.focus(); }
   });
 
+  // ---- the pre-chat form: asked once, before the first message, only when the site configured it ----
+  var FIELDS = {
+    name: { label: "Your name", type: "text", auto: "name", max: 100 },
+    email: { label: "E-mail", type: "email", auto: "email", max: 254 },
+    phone: { label: "Phone (with country code, e.g. +44 20 7946 0018)", type: "tel", auto: "tel", max: 32 }
+  };
+  function needsPrechat() {
+    return (prechat.length > 0 || !!consentText) && !state.contact && !state.items.length;
+  }
+  function buildPrechat() {
+    var f = el.prechat;
+    f.textContent = "";
+    var intro = document.createElement("p");
+    intro.textContent = "Before we start, please tell us how to reach you.";
+    f.appendChild(intro);
+    prechat.forEach(function (name) {
+      var d = FIELDS[name];
+      var label = document.createElement("label");
+      var required = prechatRequired.indexOf(name) >= 0;
+      label.appendChild(document.createTextNode(d.label + (required ? " *" : "")));
+      var input = document.createElement("input");
+      input.type = d.type; input.name = name; input.maxLength = d.max; input.autocomplete = d.auto;
+      input.required = required;
+      input.setAttribute("data-testid", "ol-prechat-" + name);
+      if (name === "name") input.value = state.name;
+      label.appendChild(input);
+      f.appendChild(label);
+    });
+    if (consentText) {
+      var c = document.createElement("label");
+      c.className = "consent";
+      var box = document.createElement("input");
+      box.type = "checkbox"; box.name = "consent"; box.required = true;
+      box.setAttribute("data-testid", "ol-prechat-consent");
+      c.appendChild(box);
+      var span = document.createElement("span");
+      span.textContent = consentText + " ";
+      if (consentUrl) {
+        var a = document.createElement("a");
+        a.href = consentUrl; a.target = "_blank"; a.rel = "noopener noreferrer"; a.textContent = "Privacy policy";
+        span.appendChild(a);
+      }
+      c.appendChild(span);
+      f.appendChild(c);
+    }
+    var err = document.createElement("div");
+    err.className = "err"; err.setAttribute("role", "alert"); err.setAttribute("data-testid", "ol-prechat-error");
+    f.appendChild(err);
+    var go = document.createElement("button");
+    go.type = "submit"; go.textContent = "Start the chat"; go.setAttribute("data-testid", "ol-prechat-start");
+    f.appendChild(go);
+  }
+  function prechatValue(name) {
+    var input = el.prechat.querySelector('[name="' + name + '"]');
+    return input ? String(input.value || "").trim() : "";
+  }
+  el.prechat.addEventListener("submit", function (e) {
+    e.preventDefault();
+    var err = el.prechat.querySelector(".err");
+    var bad = null;
+    var email = prechatValue("email");
+    var phone = prechatValue("phone");
+    prechat.forEach(function (name) {
+      if (!bad && prechatRequired.indexOf(name) >= 0 && !prechatValue(name)) bad = [name, FIELDS[name].label.split(" (")[0] + " is required."];
+    });
+    if (!bad && email && !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(email)) bad = ["email", "Please check the e-mail address."];
+    if (!bad && phone && !/^\+[0-9][0-9 ().-]{5,24}$/.test(phone)) bad = ["phone", "Please give the phone number with its country code, like +44 20 7946 0018."];
+    var box = el.prechat.querySelector('[name="consent"]');
+    if (!bad && box && !box.checked) bad = ["consent", "Please agree to continue."];
+    if (bad) {
+      err.textContent = bad[1];
+      var field = el.prechat.querySelector('[name="' + bad[0] + '"]');
+      if (field) { field.setAttribute("aria-invalid", "true"); field.focus(); }
+      return;
+    }
+    var name = prechatValue("name");
+    if (name) { state.name = name.slice(0, 100); el.name.value = state.name; }
+    state.contact = {
+      email: email, phone: phone,
+      consent: box ? (consentText + (consentUrl ? " (" + consentUrl + ")" : "")).slice(0, 500) : ""
+    };
+    save();
+    showPrechat(false);
+    el.input.focus();
+  });
+  function showPrechat(on) {
+    el.prechat.hidden = !on;
+    el.chat.hidden = on;
+    if (on) {
+      buildPrechat();
+      var first = el.prechat.querySelector("input");
+      if (first) first.focus();
+    }
+  }
+
   // ---- UI events ----
   function setOpen(open) {
     state.open = open;
     el.panel.hidden = !open;
     el.launcher.setAttribute("aria-expanded", open ? "true" : "false");
     el.launcher.classList.toggle("open", open);
-    if (open) { unread = 0; setBadge(); scrollDown(); el.input.focus(); }
+    if (open) {
+      unread = 0; setBadge();
+      if (needsPrechat()) { showPrechat(true); } else { showPrechat(false); scrollDown(); el.input.focus(); }
+    }
     save();
   }
   el.launcher.addEventListener("click", function () { setOpen(el.panel.hidden); });
@@ -648,6 +770,7 @@
     get transcript() { return state.items.slice(); },
     get chimes() { return chimes; },
     open: function () { setOpen(true); },
+    get contact() { return state.contact; },
     close: function () { setOpen(false); },
     send: send,
     sendFile: sendFile,
