@@ -457,12 +457,14 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} %"
 
 
-def _figure_cells(f: dict[str, Any]) -> str:
+def _figure_cells(f: dict[str, Any], *, operator: bool = False) -> str:
+    """One row of figures; an operator's has no missed or waiting chats (those belong to nobody)."""
     fr, res = f["first_response"], f["resolution"]
+    missed, waiting = ("—", "—") if operator else (f["missed"], f["open_unanswered"])
     rating = "—" if f["rating_avg"] is None else f"{f['rating_avg']:.1f}"
     return (
         f'<td data-testid="stat-sessions">{f["sessions"]}</td><td data-testid="stat-answered">{f["answered"]}</td>'
-        f'<td data-testid="stat-missed">{f["missed"]}</td><td data-testid="stat-open">{f["open_unanswered"]}</td>'
+        f'<td data-testid="stat-missed">{missed}</td><td data-testid="stat-open">{waiting}</td>'
         f'<td data-testid="stat-frt-p50">{_secs(fr["median_seconds"])}</td>'
         f'<td data-testid="stat-frt-p90">{_secs(fr["p90_seconds"])}</td>'
         f'<td data-testid="stat-res-p50">{_secs(res["median_seconds"])}</td>'
@@ -481,11 +483,14 @@ _FIGURE_HEADS = (
 )
 
 
+_NO_OPERATOR = '<tr><td colspan="14" class="muted">No operator answered a chat opened in this range.</td></tr>'
+
+
 def _line_section(f: dict[str, Any], q: str) -> str:
     lid = escape(f["line_id"])
     ops = "".join(
         f'<tr data-testid="stats-operator" data-operator="{escape(o["operator_id"])}"><td>{escape(o["name"])}</td>'
-        f"{_figure_cells(o)}</tr>"
+        f"{_figure_cells(o, operator=True)}</tr>"
         for o in f["operators"]
     )
     channels = "".join(
@@ -497,9 +502,9 @@ def _line_section(f: dict[str, Any], q: str) -> str:
     return f"""<section class="stats-line" data-testid="stats-line" data-line="{lid}">
 <h2>{escape(f["name"])} <a class="small" href="/stats/wallboard/{lid}" data-testid="wallboard-link">Wallboard</a>
  <a class="small" href="/stats.csv?{escape(q)}&amp;line={lid}" data-testid="csv-line">CSV</a></h2>
-<table class="grid figures" data-testid="stats-table">
+<div class="scroll"><table class="grid figures" data-testid="stats-table">
 <thead><tr><th>Line</th>{_FIGURE_HEADS}</tr></thead>
-<tbody><tr data-testid="stats-row" data-line="{lid}"><td>{escape(f["name"])}</td>{_figure_cells(f)}</tr></tbody></table>
+<tbody><tr data-testid="stats-row" data-line="{lid}"><td>{escape(f["name"])}</td>{_figure_cells(f)}</tr></tbody></table></div>
 <div class="charts">
   <figure><figcaption>Chats by hour of day (UTC)</figcaption>
   <div class="chart" data-testid="chart-hours" data-kind="hours" data-values="{hours}"></div></figure>
@@ -510,9 +515,9 @@ def _line_section(f: dict[str, Any], q: str) -> str:
 <table class="grid narrow" data-testid="stats-channels"><thead><tr><th>Channel</th><th>Chats</th></tr></thead>
 <tbody>{channels or '<tr><td colspan="2" class="muted">No chats in this range.</td></tr>'}</tbody></table>
 <h3>By operator</h3>
-<table class="grid figures" data-testid="stats-operators">
+<div class="scroll"><table class="grid figures" data-testid="stats-operators">
 <thead><tr><th>Operator</th>{_FIGURE_HEADS}</tr></thead>
-<tbody>{ops or '<tr><td colspan="14" class="muted">No operator answered a chat opened in this range.</td></tr>'}</tbody></table>
+<tbody>{ops or _NO_OPERATOR}</tbody></table></div>
 </section>"""
 
 
