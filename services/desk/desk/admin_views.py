@@ -477,8 +477,8 @@ def _figure_cells(f: dict[str, Any], *, operator: bool = False) -> str:
 
 
 _FIGURE_HEADS = (
-    "<th>Sessions</th><th>Answered</th><th>Missed</th><th>Open, unanswered</th><th>First response median</th>"
-    "<th>First response p90</th><th>Resolution median</th><th>Resolution p90</th><th>Rating (avg)</th><th>Rated</th>"
+    "<th>Sessions</th><th>Answered</th><th>Missed</th><th>Open, unanswered</th><th>First response, median</th>"
+    "<th>First response, p90</th><th>Resolution, median</th><th>Resolution, p90</th><th>Rating (avg)</th><th>Rated</th>"
     "<th>Offers missed</th><th>Offers passed on</th><th>SLA met</th>"
 )
 
