@@ -74,6 +74,14 @@ async def test_a_scripted_day_gives_the_known_figures_on_every_replica(nc: Any, 
             )
         ).json()
         assert morning["lines"][0]["sessions"] == 2 and morning["lines"][0]["by_channel"] == {"telegram": 1, "webchat": 1}
+        # The same day in Moscow (UTC+3) starts at 21:00 UTC the evening before: s8 is in, s7 (23:50 UTC) is not.
+        moscow = await _settled(http, token, line="support", tz="Europe/Moscow")
+        assert moscow["tz"] == "Europe/Moscow"
+        local = moscow["lines"][0]
+        assert (local["sessions"], local["answered"], local["by_day"]) == (7, 5, {DAY: 7})
+        assert {h: n for h, n in enumerate(local["by_hour"]) if n} == {2: 1, 12: 2, 13: 2, 17: 2}
+        bad = await http.get(f"{PREFIX}/stats", headers=bearer(token), params={"tz": "Mars/Olympus"})
+        assert bad.status == 400 and "IANA" in (await bad.json())["detail"]
 
         # The CSV a supervisor downloads: a row per line, a row per operator, the same figures.
         await sign_in(http, "anna")

@@ -17,8 +17,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from aiohttp import web
@@ -37,6 +38,7 @@ from desk.api import (
     add_api_routes,
     date_range,
     operator_problems,
+    time_zone,
 )
 from desk.config import (
     ConfigStore,
@@ -634,36 +636,48 @@ def _chosen_lines(p: _Page, snap: Snapshot, line_id: str) -> list[LineConfig]:
     return chosen
 
 
-async def _figures(p: _Page) -> tuple[datetime, datetime, list[figures.LineFigures], int]:
+def _zone_of(lines: list[LineConfig]) -> str:
+    """The time zone the lines share (their business hours'), or UTC when they differ."""
+    zones = {x.hours.timezone for x in lines}
+    return zones.pop() if len(zones) == 1 else "UTC"
+
+
+def _today(tz: tzinfo, now: datetime, days: int) -> tuple[datetime, datetime]:
+    """The last ``days`` whole days in ``tz``, today included, as UTC instants."""
+    today = now.astimezone(tz).date()
+    start = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), tzinfo=tz)
+    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+async def _figures(p: _Page) -> tuple[datetime, datetime, ZoneInfo, list[figures.LineFigures], int]:
     now = datetime.now(UTC)
     q = p.request.query
-    if q.get("from") or q.get("to"):
-        start, end = date_range(p.request, now, 7)
-    else:
-        start = datetime.combine((now - timedelta(days=6)).date(), datetime.min.time(), tzinfo=UTC)
-        end = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     snap = await p.staff.store.snapshot()
     lines = _chosen_lines(p, snap, q.get("line", ""))
+    tz = time_zone(p.request, _zone_of(lines))
+    start, end = date_range(p.request, now, 7, tz) if q.get("from") or q.get("to") else _today(tz, now, 7)
     names = {x.id: x.name for x in snap.cfg.lines}
     ops = {op_id: op.name for op_id, op in snap.cfg.operators.items()}
-    found, behind = await figures.report(p.staff.stats, [x.id for x in lines], start, end, names, ops)
-    return start, end, found, behind
+    found, behind = await figures.report(p.staff.stats, [x.id for x in lines], start, end, names, ops, tz)
+    return start, end, tz, found, behind
 
 
 @_staff_page(STATS_ROLES)
 async def stats_get(p: _Page) -> web.StreamResponse:
     try:
-        start, end, found, behind = await _figures(p)
+        start, end, tz, found, behind = await _figures(p)
     except Problem as exc:
         return html(views.denied(p.user.account, exc.detail), status=400)
     except _Refused as exc:
         return html(views.denied(p.user.account, exc.reason), status=exc.status)
-    last_day = (end - timedelta(microseconds=1)).date()
+    last_day = (end - timedelta(microseconds=1)).astimezone(tz).date()
     page = views.stats_page(
         p.user.account,
         p.csrf,
-        start=start.date().isoformat(),
+        start=start.astimezone(tz).date().isoformat(),
         end=last_day.isoformat(),
+        tz=tz.key,
         line=p.request.query.get("line", ""),
         lines=[msgspec.to_builtins(f) for f in found],
         behind=behind,
@@ -674,12 +688,13 @@ async def stats_get(p: _Page) -> web.StreamResponse:
 @_staff_page(STATS_ROLES)
 async def stats_csv(p: _Page) -> web.StreamResponse:
     try:
-        start, end, found, _behind = await _figures(p)
+        start, end, tz, found, _behind = await _figures(p)
     except Problem as exc:
         return web.Response(status=400, text=exc.detail)
     except _Refused as exc:
         return web.Response(status=exc.status, text=exc.reason)
-    name = f"openlines-stats-{start.date().isoformat()}-{(end - timedelta(microseconds=1)).date().isoformat()}.csv"
+    first, last = start.astimezone(tz).date(), (end - timedelta(microseconds=1)).astimezone(tz).date()
+    name = f"openlines-stats-{first.isoformat()}-{last.isoformat()}.csv"
     return web.Response(
         text=views.stats_csv(found),
         content_type="text/csv",
@@ -715,9 +730,12 @@ async def wallboard_live(p: _Page) -> web.StreamResponse:
     waiting = live["waiting"] if live else []
     operators = live["operators"] if live else []
     in_queue = [o for o in operators if o["in_queue"]]
-    day = datetime.fromtimestamp(now, UTC).date()
-    start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
-    today, behind = await figures.report(p.staff.stats, [line.id], start, start + timedelta(days=1))
+    try:
+        tz = ZoneInfo(line.hours.timezone)  # validated with the configuration
+    except (ValueError, ZoneInfoNotFoundError):
+        tz = ZoneInfo("UTC")
+    start, end = _today(tz, datetime.fromtimestamp(now, UTC), 1)
+    today, behind = await figures.report(p.staff.stats, [line.id], start, end, tz=tz)
     t = today[0]
     body = {
         "line_id": line.id,

@@ -486,7 +486,7 @@ _FIGURE_HEADS = (
 _NO_OPERATOR = '<tr><td colspan="14" class="muted">No operator answered a chat opened in this range.</td></tr>'
 
 
-def _line_section(f: dict[str, Any], q: str) -> str:
+def _line_section(f: dict[str, Any], q: str, tz: str) -> str:
     lid = escape(f["line_id"])
     ops = "".join(
         f'<tr data-testid="stats-operator" data-operator="{escape(o["operator_id"])}"><td>{escape(o["name"])}</td>'
@@ -506,7 +506,7 @@ def _line_section(f: dict[str, Any], q: str) -> str:
 <thead><tr><th>Line</th>{_FIGURE_HEADS}</tr></thead>
 <tbody><tr data-testid="stats-row" data-line="{lid}"><td>{escape(f["name"])}</td>{_figure_cells(f)}</tr></tbody></table></div>
 <div class="charts">
-  <figure><figcaption>Chats by hour of day (UTC)</figcaption>
+  <figure><figcaption>Chats by hour of day ({escape(tz)})</figcaption>
   <div class="chart" data-testid="chart-hours" data-kind="hours" data-values="{hours}"></div></figure>
   <figure><figcaption>Chats by day</figcaption>
   <div class="chart" data-testid="chart-days" data-kind="days" data-values="{days}"></div></figure>
@@ -522,23 +522,33 @@ def _line_section(f: dict[str, Any], q: str) -> str:
 
 
 def stats_page(
-    who: OperatorAccount, csrf: str, *, start: str, end: str, line: str, lines: list[dict[str, Any]], behind: int
+    who: OperatorAccount,
+    csrf: str,
+    *,
+    start: str,
+    end: str,
+    tz: str,
+    line: str,
+    lines: list[dict[str, Any]],
+    behind: int,
 ) -> str:
-    q = urlencode({"from": start, "to": end})
+    q = urlencode({"from": start, "to": end, "tz": tz})
     lag = _notice("warn", f"{behind} session events are not counted yet; reload in a moment.", "stats-behind") if behind else ""
     none = '<p class="muted" data-testid="stats-none">No line lists you in its queue.</p>'
-    sections = "".join(_line_section(f, q) for f in lines) or none
+    sections = "".join(_line_section(f, q, tz) for f in lines) or none
     main = f"""<h1>Statistics</h1>
 <form method="get" action="/stats" class="range" data-testid="stats-form">
   <label>From <input type="date" name="from" value="{escape(start)}" data-testid="stats-from"></label>
   <label>To (including) <input type="date" name="to" value="{escape(end)}" data-testid="stats-to"></label>
+  <label>Time zone <input type="text" name="tz" value="{escape(tz)}" maxlength="64" size="16" data-testid="stats-tz"></label>
   {f'<input type="hidden" name="line" value="{escape(line)}">' if line else ""}
   <button type="submit" data-testid="stats-show">Show</button>
   <a href="/stats.csv?{escape(q)}{"&amp;line=" + escape(line) if line else ""}" data-testid="stats-csv">Download CSV</a>
 </form>
 {lag}
 {sections}
-<p class="muted">Sessions opened in the range (whole UTC days), on the line they were opened on; an operator's figures are
+<p class="muted">Sessions opened in the range (whole days in the time zone shown; by default the lines' own), on the
+line they were opened on; an operator's figures are
 the sessions they answered first. First response: from the client's first message to the first acceptance or reply.
 Resolution: from the first message to the close, answered sessions. Missed: closed before any answer (spam excepted).
 Offers missed: an offer that ran out of time; passed on: skipped, or the operator went away. SLA met: answered sessions

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import statistics
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 import msgspec
@@ -206,8 +206,8 @@ class Figures(msgspec.Struct, kw_only=True):
     missed: int = 0
     open_unanswered: int = 0
     by_channel: dict[str, int] = {}
-    by_hour: list[int] = msgspec.field(default_factory=lambda: [0] * 24)  # UTC hour of day of the opening
-    by_day: dict[str, int] = {}  # UTC day -> sessions
+    by_hour: list[int] = msgspec.field(default_factory=lambda: [0] * 24)  # hour of day of the opening, in the asked zone
+    by_day: dict[str, int] = {}  # day (in the asked zone) -> sessions
     first_response: Spread = msgspec.field(default_factory=Spread)
     resolution: Spread = msgspec.field(default_factory=Spread)
     ratings: dict[str, int] = {}
@@ -254,9 +254,10 @@ class _Acc:
         self.by_hour = [0] * 24
         self.by_day: dict[str, int] = {}
 
-    def add(self, day: str, hour: int, c: Cell) -> None:
+    def add(self, local: datetime, c: Cell) -> None:
         n = sum(c.chats.values())
-        self.by_hour[hour] += n
+        self.by_hour[local.hour] += n
+        day = local.date().isoformat()
         self.by_day[day] = self.by_day.get(day, 0) + n
         for f in Cell.__struct_fields__:
             v = getattr(c, f)
@@ -300,8 +301,10 @@ def summarise(
     line_ids: Iterable[str],
     line_names: dict[str, str] | None = None,
     operator_names: dict[str, str] | None = None,
+    tz: tzinfo = UTC,
 ) -> list[LineFigures]:
-    """Per line, the figures of the sessions opened in the whole UTC hours of ``[start, end)``."""
+    """Per line, the figures of the sessions opened in the whole UTC hours of ``[start, end)``; by hour
+    and by day in ``tz`` (a zone whose offset is not whole hours puts each UTC hour at its local start)."""
     line_names, operator_names = line_names or {}, operator_names or {}
     lines = {line_id: _Acc() for line_id in line_ids}
     ops: dict[str, dict[str, _Acc]] = {line_id: {} for line_id in lines}
@@ -310,12 +313,14 @@ def summarise(
             continue
         base = datetime.combine(date.fromisoformat(d.day), datetime.min.time(), tzinfo=UTC)
         for hour, cell in d.hours.items():
-            if start <= base + timedelta(hours=int(hour)) < end:
-                lines[d.line_id].add(d.day, int(hour), cell)
+            at = base + timedelta(hours=int(hour))
+            if start <= at < end:
+                lines[d.line_id].add(at.astimezone(tz), cell)
         for op, hours in d.operators.items():
             for hour, cell in hours.items():
-                if start <= base + timedelta(hours=int(hour)) < end:
-                    ops[d.line_id].setdefault(op, _Acc()).add(d.day, int(hour), cell)
+                at = base + timedelta(hours=int(hour))
+                if start <= at < end:
+                    ops[d.line_id].setdefault(op, _Acc()).add(at.astimezone(tz), cell)
     out = []
     for line_id, acc in lines.items():
         operators = [
@@ -443,11 +448,12 @@ async def report(
     end: datetime,
     line_names: dict[str, str] | None = None,
     operator_names: dict[str, str] | None = None,
+    tz: tzinfo = UTC,
 ) -> tuple[list[LineFigures], int]:
     """The figures of these lines for ``[start, end)``, and how many events are not folded in yet."""
     assert agg.days is not None
     days = await read_days(agg.days, line_ids, start, end)
-    return summarise(days, start, end, line_ids, line_names, operator_names), await agg.behind()
+    return summarise(days, start, end, line_ids, line_names, operator_names, tz), await agg.behind()
 
 
 async def read_days(kv: KeyValue, line_ids: Iterable[str], start: datetime, end: datetime) -> list[Day]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -161,6 +162,21 @@ def test_median_and_p90_are_nearest_rank_of_whole_seconds() -> None:
     assert (ten.count, ten.median_seconds, ten.p90_seconds, ten.avg_seconds) == (10, 5.5, 9.0, 5.5)
     assert spread({"7": 3}).p90_seconds == 7.0
     assert spread({"1": 9, "100": 1}).p90_seconds == 1.0 and spread({"1": 8, "100": 2}).p90_seconds == 100.0
+
+
+def test_hours_and_days_are_told_in_the_zone_asked_for() -> None:
+    moscow = ZoneInfo("Europe/Moscow")  # UTC+3 all year
+    events = [
+        ev("session_opened", "late", 22 * 3600 - 9 * 3600),  # 22:00 UTC = 01:00 the next day in Moscow
+        ev("session_opened", "morning", 0),  # 09:00 UTC = 12:00 in Moscow
+    ]
+    days = fold_all(events)
+    local_day = datetime(2026, 11, 21, tzinfo=moscow)
+    (f,) = summarise(days.values(), local_day.astimezone(UTC), (local_day + DAY).astimezone(UTC), ["support"], tz=moscow)
+    assert f.sessions == 1 and f.by_hour[1] == 1 and f.by_day == {"2026-11-21": 1}
+    (f,) = summarise(days.values(), T0 - DAY, T0 + DAY, ["support"], tz=moscow)
+    assert {h: n for h, n in enumerate(f.by_hour) if n} == {1: 1, 12: 1}
+    assert f.by_day == {"2026-11-20": 1, "2026-11-21": 1}
 
 
 def test_a_range_touches_every_utc_day_it_covers() -> None:
