@@ -732,7 +732,7 @@ async def wallboard_live(p: _Page) -> web.StreamResponse:
     in_queue = [o for o in operators if o["in_queue"]]
     try:
         tz = ZoneInfo(line.hours.timezone)  # validated with the configuration
-    except (ValueError, ZoneInfoNotFoundError):
+    except (ValueError, OSError, ZoneInfoNotFoundError):
         tz = ZoneInfo("UTC")
     start, end = _today(tz, datetime.fromtimestamp(now, UTC), 1)
     today, behind = await figures.report(p.staff.stats, [line.id], start, end, tz=tz)

@@ -362,7 +362,7 @@ def time_zone(request: web.Request, default: str = "UTC") -> ZoneInfo:
         if len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
             raise ValueError(name)
         return ZoneInfo(name)
-    except (ValueError, ZoneInfoNotFoundError):
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # malformed, a directory of the database, unknown
         raise Problem(400, "invalid", "tz must be an IANA time zone name like Europe/Riga") from None
 
 
