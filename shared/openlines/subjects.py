@@ -50,6 +50,11 @@ OBJ_DESK_FILES = "ol-desk-files"  # desk: files operators attach to replies (obj
 # desk: one key per running replica (<desk id> -> DeskHeartbeat), renewed every few seconds and expiring
 # after a few missed renewals; the router reads it to find replicas that died without a word (kill -9)
 KV_DESK_PRESENCE = "ol-desk-presence"
+# desk statistics (ADR 019): per line and UTC day, the figures folded in from OL_EVT, and per session
+# what later events need; folded by one durable consumer on OL_EVT that every desk replica shares
+KV_DESK_STATS = "ol-desk-stats"
+KV_DESK_STATS_TRACE = "ol-desk-stats-trace"
+DESK_STATS_CONSUMER = "desk-stats"
 OBJ_TELEGRAM_FILES = "ol-tg-files"  # gateway-telegram: files clients send (object store)
 OBJ_VK_FILES = "ol-vk-files"  # gateway-vk: photos, documents and voice messages clients send (object store)
 OBJ_WEBCHAT_FILES = "ol-webchat-files"  # gateway-webchat: files visitors upload (object store)

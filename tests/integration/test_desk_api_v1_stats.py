@@ -67,8 +67,9 @@ async def test_stats_count_answers_misses_and_ratings_of_real_sessions(nc: Any, 
         async def settled() -> dict[str, Any] | None:
             r = await http.get(f"{PREFIX}/stats", headers=bearer(token), params=query)
             assert r.status == 200, await r.text()
-            rows = {row["line_id"]: row for row in (await r.json())["lines"]}
-            done = rows["support"]["rated"] == 2 and rows["sales"]["missed"] == 1
+            body = await r.json()
+            rows = {row["line_id"]: row for row in body["lines"]}
+            done = rows["support"]["rated"] == 2 and rows["sales"]["missed"] == 1 and body["behind"] == 0
             return rows if done else None
 
         rows = await wait_for(settled, timeout=30, what="two ratings on support and a missed chat on sales")
@@ -81,9 +82,10 @@ async def test_stats_count_answers_misses_and_ratings_of_real_sessions(nc: Any, 
         first: dict[str, datetime] = {}
         for e in await events(nc, "session_answered"):
             first.setdefault(e.session_id, e.at)
-        waits = [(first[sid] - opened[sid]).total_seconds() for sid in known]
+        waits = [int((first[sid] - opened[sid]).total_seconds()) for sid in known]  # whole seconds
         assert support["first_response_avg_seconds"] == round(statistics.fmean(waits), 3)
-        assert support["first_response_p50_seconds"] == round(statistics.median(waits), 3)
+        assert support["first_response_p50_seconds"] == statistics.median(waits)
+        assert [o["operator_id"] for o in support["operators"]] == ["anna"] and support["operators"][0]["sessions"] == 2
         assert (sales["sessions"], sales["answered"], sales["missed"], sales["rating_avg"]) == (1, 0, 1, None)
 
         # A range before these sessions counts none of them.
@@ -94,11 +96,16 @@ async def test_stats_count_answers_misses_and_ratings_of_real_sessions(nc: Any, 
         bad = await http.get(f"{PREFIX}/stats", headers=bearer(token), params={"from": today.isoformat(), "to": "2020-01-01"})
         assert bad.status == 400 and "before" in (await bad.json())["detail"]
 
-        # The same figures on the /stats page of a supervisor.
+        # The same figures on the /stats page of a supervisor, who sees only the lines whose queue lists them.
         await sign_in(http, "anna")
         page = await (await http.get("/stats", params=query)).text()
-        assert 'data-testid="stats-row" data-line="support"' in page
-        assert '<td data-testid="stat-rating">4.0</td>' in page and '<td data-testid="stat-missed">1</td>' in page
+        assert 'data-testid="stats-row" data-line="support"' in page and 'data-line="sales"' not in page
+        assert '<td data-testid="stat-rating">4.0</td>' in page and '<td data-testid="stat-missed">0</td>' in page
+        refused = await http.get("/stats", params={**query, "line": "sales"})
+        assert refused.status == 403 and "queue lists them" in await refused.text()
+        refused_csv = await http.get("/stats.csv", params={**query, "line": "sales"})
+        assert refused_csv.status == 403 and "queue lists them" in await refused_csv.text()
+        assert (await http.get("/stats/wallboard/sales/live")).status == 403
 
     async with http_session(desk) as boris:
         form = await (await boris.get("/login")).text()

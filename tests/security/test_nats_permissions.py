@@ -296,6 +296,8 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "write_accounts": ("$KV.ol-accounts.anna", _publish("$KV.ol-accounts.anna")),
     "write_desk_tokens": ("$KV.ol-desk-tokens.t1", _publish("$KV.ol-desk-tokens.t1")),
     "write_desk_presence": ("$KV.ol-desk-presence.d1", _publish("$KV.ol-desk-presence.d1")),
+    # the desk's statistics (ADR 019): a forged day would change every figure a supervisor reads
+    "write_desk_stats": ("$KV.ol-desk-stats.support.20260302", _publish("$KV.ol-desk-stats.support.20260302")),
     "write_lines": ("$KV.ol-lines.line.x", _publish("$KV.ol-lines.line.x")),
     "write_sessions": ("$KV.ol-sessions.s1", _publish("$KV.ol-sessions.s1")),
     "write_operators": ("$KV.ol-operators.anna", _publish("$KV.ol-operators.anna")),
@@ -330,6 +332,7 @@ FORBIDDEN: dict[str, list[str]] = {
         *EVERYONE_REFUSED,
         "write_desk_tokens",
         "write_desk_presence",  # it reads the desk replicas' heartbeats, never writes one
+        "write_desk_stats",
         "publish_in_telegram",
         "publish_in_webchat",
         "router_command",
@@ -360,6 +363,7 @@ FORBIDDEN: dict[str, list[str]] = {
     "crm-sync": [
         *EVERYONE_REFUSED,
         "write_desk_tokens",
+        "write_desk_stats",
         "publish_in_email",
         "publish_out",
         "publish_session_event",
@@ -380,6 +384,7 @@ for _gateway, _channel in GATEWAYS.items():
     FORBIDDEN[_gateway] = [
         *EVERYONE_REFUSED,
         "write_desk_tokens",
+        "write_desk_stats",
         *(f"publish_in_{other}" for other in GATEWAYS.values() if other != _channel),
         "publish_out",
         "publish_history",

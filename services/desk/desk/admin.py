@@ -17,8 +17,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from aiohttp import web
@@ -26,6 +27,7 @@ from argon2 import PasswordHasher
 
 from desk import admin_views as views
 from desk import lineform
+from desk import stats as figures
 from desk.api import (
     MAX_PASSWORD,
     MIN_PASSWORD,
@@ -36,6 +38,7 @@ from desk.api import (
     add_api_routes,
     date_range,
     operator_problems,
+    time_zone,
 )
 from desk.config import (
     ConfigStore,
@@ -48,7 +51,7 @@ from desk.config import (
     valid_version,
 )
 from desk.http import DESK, Authed, Desk, html, redirect
-from desk.stats import line_stats
+from desk.supervise import overview
 from desk.tokens import TokenStore, new_token, open_bucket, parse_duration
 from openlines.bus import Buckets
 from openlines.lines import ROLES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
@@ -607,39 +610,156 @@ async def password_post(request: web.Request) -> web.StreamResponse:
 # -- statistics -----------------------------------------------------------------------------------
 
 
+def visible_lines(snap: Snapshot, who: OperatorAccount) -> list[LineConfig]:
+    """The lines whose statistics and wallboard this account may see: every line for an admin; for a
+    supervisor, the lines whose queue lists them (as for quick answers)."""
+    return editable_lines(snap, who)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _chosen_lines(p: _Page, snap: Snapshot, line_id: str) -> list[LineConfig]:
+    """The lines asked for (one, or every visible one); refused when the line is not the user's to see."""
+    mine = visible_lines(snap, p.user.account)
+    if not line_id:
+        return mine
+    if snap.line(line_id) is None:
+        raise _Refused(404, f"There is no line {line_id!r}.")
+    chosen = [x for x in mine if x.id == line_id]
+    if not chosen:
+        raise _Refused(403, f"A supervisor sees the statistics of the lines whose queue lists them; {line_id!r} does not.")
+    return chosen
+
+
+def _zone_of(lines: list[LineConfig]) -> str:
+    """The time zone the lines share (their business hours'), or UTC when they differ."""
+    zones = {x.hours.timezone for x in lines}
+    return zones.pop() if len(zones) == 1 else "UTC"
+
+
+def _today(tz: tzinfo, now: datetime, days: int) -> tuple[datetime, datetime]:
+    """The last ``days`` whole days in ``tz``, today included, as UTC instants."""
+    today = now.astimezone(tz).date()
+    start = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), tzinfo=tz)
+    end = datetime.combine(today + timedelta(days=1), datetime.min.time(), tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+async def _figures(p: _Page) -> tuple[datetime, datetime, ZoneInfo, list[figures.LineFigures], int]:
+    now = datetime.now(UTC)
+    q = p.request.query
+    snap = await p.staff.store.snapshot()
+    lines = _chosen_lines(p, snap, q.get("line", ""))
+    tz = time_zone(p.request, _zone_of(lines))
+    start, end = date_range(p.request, now, 7, tz) if q.get("from") or q.get("to") else _today(tz, now, 7)
+    names = {x.id: x.name for x in snap.cfg.lines}
+    ops = {op_id: op.name for op_id, op in snap.cfg.operators.items()}
+    found, behind = await figures.report(p.staff.stats, [x.id for x in lines], start, end, names, ops, tz)
+    return start, end, tz, found, behind
+
+
 @_staff_page(STATS_ROLES)
 async def stats_get(p: _Page) -> web.StreamResponse:
-    now = datetime.now(UTC)
     try:
-        start, end = (
-            date_range(p.request, now, 7)
-            if p.request.query.get("from") or p.request.query.get("to")
-            else (
-                datetime.combine((now - timedelta(days=6)).date(), datetime.min.time(), tzinfo=UTC),
-                now,
-            )
-        )
+        start, end, tz, found, behind = await _figures(p)
     except Problem as exc:
         return html(views.denied(p.user.account, exc.detail), status=400)
-    snap = await p.staff.store.snapshot()
-    report = await line_stats(p.staff.reader.js, start, end, [line.id for line in snap.cfg.lines])
-    names = {line.id: line.name for line in snap.cfg.lines}
-    last_day = (end - timedelta(microseconds=1)).date()
+    except _Refused as exc:
+        return html(views.denied(p.user.account, exc.reason), status=exc.status)
+    last_day = (end - timedelta(microseconds=1)).astimezone(tz).date()
     page = views.stats_page(
         p.user.account,
         p.csrf,
-        start=start.date().isoformat(),
+        start=start.astimezone(tz).date().isoformat(),
         end=last_day.isoformat(),
-        rows=[{"line_id": s.line_id, **_row(s)} for s in report.lines.values()],
-        names=names,
-        complete=report.complete,
+        tz=tz.key,
+        line=p.request.query.get("line", ""),
+        lines=[msgspec.to_builtins(f) for f in found],
+        behind=behind,
     )
     return html(page)
 
 
-def _row(s: Any) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(s)
-    return out
+@_staff_page(STATS_ROLES)
+async def stats_csv(p: _Page) -> web.StreamResponse:
+    try:
+        start, end, tz, found, _behind = await _figures(p)
+    except Problem as exc:
+        return web.Response(status=400, text=exc.detail)
+    except _Refused as exc:
+        return web.Response(status=exc.status, text=exc.reason)
+    first, last = start.astimezone(tz).date(), (end - timedelta(microseconds=1)).astimezone(tz).date()
+    name = f"openlines-stats-{first.isoformat()}-{last.isoformat()}.csv"
+    return web.Response(
+        text=views.stats_csv(found),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
+    )
+
+
+async def _wallboard_line(p: _Page) -> LineConfig:
+    snap = await p.staff.store.snapshot()
+    return _chosen_lines(p, snap, p.request.match_info["line_id"])[0]
+
+
+@_staff_page(STATS_ROLES)
+async def wallboard_get(p: _Page) -> web.StreamResponse:
+    try:
+        line = await _wallboard_line(p)
+    except _Refused as exc:
+        return html(views.denied(p.user.account, exc.reason), status=exc.status)
+    return html(views.wallboard_page(p.user.account, p.csrf, line_id=line.id, name=line.name))
+
+
+@_staff_page(STATS_ROLES)
+async def wallboard_live(p: _Page) -> web.StreamResponse:
+    """What the wallboard shows now: the line's queue and operators (live KV) and today's figures (aggregates)."""
+    try:
+        line = await _wallboard_line(p)
+    except _Refused as exc:
+        code = "forbidden" if exc.status == 403 else "not_found"
+        return web.json_response({"error": code, "detail": exc.reason}, status=exc.status)
+    now = time.time()
+    live = next((x for x in (await overview(p.staff.reader, now))["lines"] if x["id"] == line.id), None)
+    waiting = live["waiting"] if live else []
+    operators = live["operators"] if live else []
+    in_queue = [o for o in operators if o["in_queue"]]
+    try:
+        tz = ZoneInfo(line.hours.timezone)  # validated with the configuration
+    except (ValueError, OSError, ZoneInfoNotFoundError):
+        tz = ZoneInfo("UTC")
+    start, end = _today(tz, datetime.fromtimestamp(now, UTC), 1)
+    today, behind = await figures.report(p.staff.stats, [line.id], start, end, tz=tz)
+    t = today[0]
+    body = {
+        "line_id": line.id,
+        "name": line.name,
+        "at": now,
+        "waiting": len(waiting),
+        "longest_wait_seconds": max((w["wait_seconds"] for w in waiting), default=0),
+        "online": len([o for o in in_queue if o["status"] == "online"]),
+        "busy": len([o for o in in_queue if o["status"] == "online" and o["load"] > 0]),
+        "away": len([o for o in in_queue if o["status"] == "away"]),
+        "offline": len([o for o in in_queue if o["status"] == "offline"]),
+        "operators": [
+            {"id": o["id"], "name": o["name"], "status": o["status"], "load": o["load"], "max_chats": o["max_chats"]}
+            for o in in_queue
+        ],
+        "today": {
+            "sessions": t.sessions,
+            "answered": t.answered,
+            "missed": t.missed,
+            "first_response_median_seconds": t.first_response.median_seconds,
+        },
+        "behind": behind,
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 # -- wiring ---------------------------------------------------------------------------------------
@@ -650,8 +770,13 @@ async def setup(svc: Service[Any]) -> None:
     desk = svc.app[DESK]
     buckets = await Buckets(svc.js).open()
     tokens = TokenStore(await open_bucket(svc.js, svc.settings.replicas))
+    # Statistics are folded in as events arrive; every replica helps, one event at a time (ADR 019).
+    aggregator = figures.Aggregator(svc.js, svc.settings.replicas)
+    await aggregator.open()
+    svc.spawn(aggregator.run(), "desk-stats")
+    svc.on_stop(aggregator.close)
     svc.app[STAFF_KEY] = Staff(
-        reader=desk.reader, store=ConfigStore(svc.js, buckets), tokens=tokens, hasher=PasswordHasher().hash
+        reader=desk.reader, store=ConfigStore(svc.js, buckets), tokens=tokens, hasher=PasswordHasher().hash, stats=aggregator
     )
     add_api_routes(svc.app)
     app = svc.app
@@ -674,5 +799,8 @@ async def setup(svc: Service[Any]) -> None:
     app.router.add_post("/admin/tokens", token_create)
     app.router.add_post("/admin/tokens/{token_id}/revoke", token_revoke)
     app.router.add_get("/stats", stats_get)
+    app.router.add_get("/stats.csv", stats_csv)
+    app.router.add_get("/stats/wallboard/{line_id}", wallboard_get)
+    app.router.add_get("/stats/wallboard/{line_id}/live", wallboard_live)
     app.router.add_get(PASSWORD_PAGE, password_get)
     app.router.add_post(PASSWORD_PAGE, password_post)

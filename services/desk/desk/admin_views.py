@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import secrets
 from datetime import datetime
 from html import escape
 from typing import Any
+from urllib.parse import urlencode
 
 from desk.auth import CSRF_FIELD, nav_links
 from desk.tokens import TOKEN_ROLES, ApiToken
@@ -20,7 +24,7 @@ ROLE_TEXT = {
 }
 
 
-def _shell(title: str, who: OperatorAccount, csrf: str, current: str, main: str) -> str:
+def _shell(title: str, who: OperatorAccount, csrf: str, current: str, main: str, head: str = "") -> str:
     links = nav_links(who)
     here = ' aria-current="page"'
     nav = "".join(
@@ -36,7 +40,7 @@ def _shell(title: str, who: OperatorAccount, csrf: str, current: str, main: str)
 <link rel="stylesheet" href="/static/desk.css">
 <link rel="stylesheet" href="/static/admin.css">
 <link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
-</head>
+{head}</head>
 <body class="subpage admin">
 <header class="topbar">
   <div class="brand">openlines <span>desk</span></div>
@@ -442,45 +446,172 @@ def tokens_page(
     return _shell("API tokens", who, csrf, "/admin/tokens", main)
 
 
-def _num(value: Any, unit: str = "") -> str:
+def _secs(value: float | None) -> str:
     if value is None:
         return "—"
-    return f"{value:.1f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+    v = int(value) if float(value).is_integer() else value
+    return f"{v} s"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} %"
+
+
+def _figure_cells(f: dict[str, Any], *, operator: bool = False) -> str:
+    """One row of figures; an operator's has no missed or waiting chats (those belong to nobody)."""
+    fr, res = f["first_response"], f["resolution"]
+    missed, waiting = ("—", "—") if operator else (f["missed"], f["open_unanswered"])
+    rating = "—" if f["rating_avg"] is None else f"{f['rating_avg']:.1f}"
+    return (
+        f'<td data-testid="stat-sessions">{f["sessions"]}</td><td data-testid="stat-answered">{f["answered"]}</td>'
+        f'<td data-testid="stat-missed">{missed}</td><td data-testid="stat-open">{waiting}</td>'
+        f'<td data-testid="stat-frt-p50">{_secs(fr["median_seconds"])}</td>'
+        f'<td data-testid="stat-frt-p90">{_secs(fr["p90_seconds"])}</td>'
+        f'<td data-testid="stat-res-p50">{_secs(res["median_seconds"])}</td>'
+        f'<td data-testid="stat-res-p90">{_secs(res["p90_seconds"])}</td>'
+        f'<td data-testid="stat-rating">{rating}</td><td data-testid="stat-rated">{f["rated"]}</td>'
+        f'<td data-testid="stat-offers-missed">{f["offers_missed"]}</td>'
+        f'<td data-testid="stat-offers-passed">{f["offers_passed"]}</td>'
+        f'<td data-testid="stat-sla">{_pct(f["sla_met_percent"])}</td>'
+    )
+
+
+_FIGURE_HEADS = (
+    "<th>Sessions</th><th>Answered</th><th>Missed</th><th>Open, unanswered</th><th>First response, median</th>"
+    "<th>First response, p90</th><th>Resolution, median</th><th>Resolution, p90</th><th>Rating (avg)</th><th>Rated</th>"
+    "<th>Offers missed</th><th>Offers passed on</th><th>SLA met</th>"
+)
+
+
+_NO_OPERATOR = '<tr><td colspan="14" class="muted">No operator answered a chat opened in this range.</td></tr>'
+
+
+def _line_section(f: dict[str, Any], q: str, tz: str) -> str:
+    lid = escape(f["line_id"])
+    ops = "".join(
+        f'<tr data-testid="stats-operator" data-operator="{escape(o["operator_id"])}"><td>{escape(o["name"])}</td>'
+        f"{_figure_cells(o, operator=True)}</tr>"
+        for o in f["operators"]
+    )
+    channels = "".join(
+        f'<tr data-testid="stats-channel" data-channel="{escape(ch)}"><td>{escape(ch)}</td><td>{n}</td></tr>'
+        for ch, n in f["by_channel"].items()
+    )
+    hours = escape(json.dumps(f["by_hour"]))
+    days = escape(json.dumps(f["by_day"]))
+    return f"""<section class="stats-line" data-testid="stats-line" data-line="{lid}">
+<h2>{escape(f["name"])} <a class="small" href="/stats/wallboard/{lid}" data-testid="wallboard-link">Wallboard</a>
+ <a class="small" href="/stats.csv?{escape(q)}&amp;line={lid}" data-testid="csv-line">CSV</a></h2>
+<div class="scroll"><table class="grid figures" data-testid="stats-table">
+<thead><tr><th>Line</th>{_FIGURE_HEADS}</tr></thead>
+<tbody><tr data-testid="stats-row" data-line="{lid}"><td>{escape(f["name"])}</td>{_figure_cells(f)}</tr></tbody></table></div>
+<div class="charts">
+  <figure><figcaption>Chats by hour of day ({escape(tz)})</figcaption>
+  <div class="chart" data-testid="chart-hours" data-kind="hours" data-values="{hours}"></div></figure>
+  <figure><figcaption>Chats by day</figcaption>
+  <div class="chart" data-testid="chart-days" data-kind="days" data-values="{days}"></div></figure>
+</div>
+<h3>By channel</h3>
+<table class="grid narrow" data-testid="stats-channels"><thead><tr><th>Channel</th><th>Chats</th></tr></thead>
+<tbody>{channels or '<tr><td colspan="2" class="muted">No chats in this range.</td></tr>'}</tbody></table>
+<h3>By operator</h3>
+<div class="scroll"><table class="grid figures" data-testid="stats-operators">
+<thead><tr><th>Operator</th>{_FIGURE_HEADS}</tr></thead>
+<tbody>{ops or _NO_OPERATOR}</tbody></table></div>
+</section>"""
 
 
 def stats_page(
-    who: OperatorAccount, csrf: str, *, start: str, end: str, rows: list[dict[str, Any]], names: dict[str, str], complete: bool
+    who: OperatorAccount,
+    csrf: str,
+    *,
+    start: str,
+    end: str,
+    tz: str,
+    line: str,
+    lines: list[dict[str, Any]],
+    behind: int,
 ) -> str:
-    body = "".join(
-        f'<tr data-testid="stats-row" data-line="{escape(r["line_id"])}">'
-        f"<td>{escape(names.get(r['line_id'], r['line_id']))}</td>"
-        f'<td data-testid="stat-sessions">{r["sessions"]}</td><td data-testid="stat-answered">{r["answered"]}</td>'
-        f'<td data-testid="stat-missed">{r["missed"]}</td><td>{r["open_unanswered"]}</td>'
-        f'<td data-testid="stat-frt-avg">{_num(r["first_response_avg_seconds"], " s")}</td>'
-        f'<td data-testid="stat-frt-p50">{_num(r["first_response_p50_seconds"], " s")}</td>'
-        f'<td data-testid="stat-rating">{_num(r["rating_avg"])}</td><td>{r["rated"]}</td></tr>'
-        for r in rows
-    )
-    partial = (
-        ""
-        if complete
-        else _notice("warn", "Too many events in this range: the figures cover its beginning only.", "stats-partial")
-    )
+    q = urlencode({"from": start, "to": end, "tz": tz})
+    lag = _notice("warn", f"{behind} session events are not counted yet; reload in a moment.", "stats-behind") if behind else ""
+    none = '<p class="muted" data-testid="stats-none">No line lists you in its queue.</p>'
+    sections = "".join(_line_section(f, q, tz) for f in lines) or none
     main = f"""<h1>Statistics</h1>
 <form method="get" action="/stats" class="range" data-testid="stats-form">
   <label>From <input type="date" name="from" value="{escape(start)}" data-testid="stats-from"></label>
   <label>To (including) <input type="date" name="to" value="{escape(end)}" data-testid="stats-to"></label>
+  <label>Time zone <input type="text" name="tz" value="{escape(tz)}" maxlength="64" size="16" data-testid="stats-tz"></label>
+  {f'<input type="hidden" name="line" value="{escape(line)}">' if line else ""}
   <button type="submit" data-testid="stats-show">Show</button>
+  <a href="/stats.csv?{escape(q)}{"&amp;line=" + escape(line) if line else ""}" data-testid="stats-csv">Download CSV</a>
 </form>
-{partial}
-<table class="grid" data-testid="stats-table">
-<thead><tr><th>Line</th><th>Sessions</th><th>Answered</th><th>Missed</th><th>Open, unanswered</th>
-<th>First response (avg)</th><th>First response (median)</th><th>Rating (avg)</th><th>Rated</th></tr></thead>
-<tbody>{body}</tbody></table>
-<p class="muted">Sessions opened in the range, on the line they were opened on. First response: from the client's first
-message to the operator's acceptance or first reply. Missed: closed (by anyone, or after no activity) before any operator
-answered; spam is not counted. Rating: the client's mark, 1-5. Events are kept 30 days. Definitions: docs/admin.md.</p>"""
-    return _shell("Statistics", who, csrf, "/stats", main)
+{lag}
+{sections}
+<p class="muted">Sessions opened in the range (whole days in the time zone shown; by default the lines' own), on the
+line they were opened on; an operator's figures are
+the sessions they answered first. First response: from the client's first message to the first acceptance or reply.
+Resolution: from the first message to the close, answered sessions. Missed: closed before any answer (spam excepted).
+Offers missed: an offer that ran out of time; passed on: skipped, or the operator went away. SLA met: answered sessions
+without a missed response target. Definitions: docs/admin.md, "Statistics".</p>
+<script src="/static/vendor/uplot/uPlot.iife.min.js"></script>
+<script src="/static/stats.js"></script>"""
+    head = '<link rel="stylesheet" href="/static/vendor/uplot/uPlot.min.css">\n'
+    return _shell("Statistics", who, csrf, "/stats", main, head)
+
+
+CSV_COLUMNS = (
+    "line_id", "line_name", "operator_id", "operator_name", "sessions", "answered", "missed", "open_unanswered",
+    "first_response_median_seconds", "first_response_p90_seconds", "resolution_median_seconds", "resolution_p90_seconds",
+    "rated", "rating_avg", "offers_missed", "offers_passed", "sla_breached", "sla_met_percent",
+)  # fmt: skip
+
+
+def _csv_safe(value: Any) -> Any:
+    """A spreadsheet must not run a name as a formula (=, +, -, @ first): such text gets a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def stats_csv(lines: list[Any]) -> str:
+    """One row per line, then one per operator of the line; a column per channel seen (chats_<channel>)."""
+    channels = sorted({ch for f in lines for ch in f.by_channel})
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\r\n")
+    w.writerow([*CSV_COLUMNS, *(f"chats_{ch}" for ch in channels)])
+
+    def row(line: Any, f: Any, op_id: str, op_name: str) -> list[Any]:
+        values = [
+            line.line_id, line.name, op_id, op_name, f.sessions, f.answered, f.missed, f.open_unanswered,
+            f.first_response.median_seconds, f.first_response.p90_seconds, f.resolution.median_seconds,
+            f.resolution.p90_seconds, f.rated, f.rating_avg, f.offers_missed, f.offers_passed, f.sla_breached,
+            f.sla_met_percent,
+        ]  # fmt: skip
+        values += [f.by_channel.get(ch, 0) for ch in channels]
+        return [_csv_safe("" if v is None else v) for v in values]
+
+    for line in lines:
+        w.writerow(row(line, line, "", ""))
+        for o in line.operators:
+            w.writerow(row(line, o, o.operator_id, o.name))
+    return out.getvalue()
+
+
+def wallboard_page(who: OperatorAccount, csrf: str, *, line_id: str, name: str) -> str:
+    main = f"""<h1>Wallboard: {escape(name)}</h1>
+<div class="wallboard" data-testid="wallboard" data-line="{escape(line_id)}">
+  <div class="tile"><span class="label">Waiting</span><span class="value" data-testid="wb-waiting">…</span></div>
+  <div class="tile"><span class="label">Longest wait</span><span class="value" data-testid="wb-longest">…</span></div>
+  <div class="tile"><span class="label">Operators online</span><span class="value" data-testid="wb-online">…</span></div>
+  <div class="tile"><span class="label">Busy (online, with chats)</span><span class="value" data-testid="wb-busy">…</span></div>
+  <div class="tile"><span class="label">Chats today</span><span class="value" data-testid="wb-today">…</span></div>
+  <div class="tile"><span class="label">Missed today</span><span class="value" data-testid="wb-missed">…</span></div>
+</div>
+<table class="grid narrow" data-testid="wb-operators"><thead><tr><th>Operator</th><th>Status</th><th>Chats</th></tr></thead>
+<tbody></tbody></table>
+<p class="muted" data-testid="wb-updated">Connecting…</p>
+<script src="/static/wallboard.js"></script>"""
+    return _shell(f"Wallboard: {name}", who, csrf, "/stats", main)
 
 
 def denied(who: OperatorAccount, reason: str) -> str:

@@ -19,8 +19,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import nats.errors
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from desk.config import ConfigStore, Conflict, Snapshot, diagnosed, operator_view, valid_version
 from desk.reads import Reader, is_token
-from desk.stats import line_stats
+from desk.stats import Aggregator, report
 from desk.tokens import ApiToken, TokenStore
 from openlines import subjects
 from openlines.bus import kv_entries
@@ -89,6 +90,7 @@ class Staff:
     store: ConfigStore
     tokens: TokenStore
     hasher: Callable[[str], str]
+    stats: Aggregator
 
     async def hash_password(self, password: str) -> str:
         # argon2 takes tens of milliseconds of CPU: keep the event loop free meanwhile.
@@ -326,30 +328,42 @@ def _choice(request: web.Request, name: str, allowed: tuple[str, ...] | None = N
     return value
 
 
-def parse_instant(value: str, name: str, *, end_of_day: bool = False) -> datetime:
-    """``2026-11-25`` (that UTC day; as an end: the day after) or an ISO 8601 time (no zone = UTC)."""
+def parse_instant(value: str, name: str, *, end_of_day: bool = False, tz: tzinfo = UTC) -> datetime:
+    """``2026-11-25`` (that day in ``tz``; as an end: the day after) or an ISO 8601 time (no zone = ``tz``), in UTC."""
     try:
         if len(value) == 10:
-            day = datetime.combine(datetime.strptime(value, "%Y-%m-%d").date(), time(), tzinfo=UTC)
-            return day + timedelta(days=1) if end_of_day else day
+            day = datetime.combine(datetime.strptime(value, "%Y-%m-%d").date(), time(), tzinfo=tz)
+            return (day + timedelta(days=1) if end_of_day else day).astimezone(UTC)
         at = datetime.fromisoformat(value)
     except (ValueError, OverflowError):
         raise Problem(400, "invalid", f"{name} must be a date (YYYY-MM-DD) or an ISO 8601 time") from None
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    at = at.replace(tzinfo=tz) if at.tzinfo is None else at
+    at = at.astimezone(UTC)
     if not 2000 <= at.year <= 9000:
         raise Problem(400, "invalid", f"{name} is outside the years 2000-9000")
     return at
 
 
-def date_range(request: web.Request, now: datetime, default_days: int) -> tuple[datetime, datetime]:
+def date_range(request: web.Request, now: datetime, default_days: int, tz: tzinfo = UTC) -> tuple[datetime, datetime]:
     raw_to, raw_from = request.query.get("to", ""), request.query.get("from", "")
-    end = parse_instant(raw_to, "to", end_of_day=True) if raw_to else now
-    start = parse_instant(raw_from, "from") if raw_from else end - timedelta(days=default_days)
+    end = parse_instant(raw_to, "to", end_of_day=True, tz=tz) if raw_to else now
+    start = parse_instant(raw_from, "from", tz=tz) if raw_from else end - timedelta(days=default_days)
     if start >= end:
         raise Problem(400, "invalid", "from must be before to")
     if end - start > timedelta(days=MAX_RANGE_DAYS):
         raise Problem(400, "invalid", f"the range is over {MAX_RANGE_DAYS} days")
     return start, end
+
+
+def time_zone(request: web.Request, default: str = "UTC") -> ZoneInfo:
+    """The ``tz`` query parameter (an IANA name), or ``default``."""
+    name = request.query.get("tz", "") or default
+    try:
+        if len(name) > 64 or name.startswith(("/", ".")) or ".." in name:
+            raise ValueError(name)
+        return ZoneInfo(name)
+    except (ValueError, OSError, ZoneInfoNotFoundError):  # malformed, a directory of the database, unknown
+        raise Problem(400, "invalid", "tz must be an IANA time zone name like Europe/Riga") from None
 
 
 def _limit(request: web.Request) -> int:
@@ -407,18 +421,22 @@ async def get_transcript(request: web.Request, staff: Staff, token: ApiToken) ->
 
 async def stats(request: web.Request, staff: Staff, token: ApiToken) -> web.StreamResponse:
     line = _choice(request, "line")
-    start, end = date_range(request, datetime.now(UTC), 7)
+    tz = time_zone(request)
+    start, end = date_range(request, datetime.now(UTC), 7, tz)
     snap = await staff.store.snapshot()
+    if line and snap.line(line) is None:
+        raise Problem(404, "not_found", f"no line {line!r}")
     ids = [line] if line else [x.id for x in snap.cfg.lines]
-    report = await line_stats(staff.reader.js, start, end, ids)
-    rows = [msgspec.to_builtins(s) for s in report.lines.values() if not line or s.line_id == line]
+    names = {x.id: x.name for x in snap.cfg.lines}
+    ops = {op_id: op.name for op_id, op in snap.cfg.operators.items()}
+    figures, behind = await report(staff.stats, ids, start, end, names, ops, tz)
     return web.json_response(
         {
             "from": start.isoformat(),
             "to": end.isoformat(),
-            "lines": rows,
-            "events_read": report.events,
-            "complete": report.complete,
+            "tz": tz.key,
+            "lines": msgspec.to_builtins(figures),
+            "behind": behind,
         }
     )
 
@@ -470,7 +488,13 @@ OPERATIONS: list[Operation] = [
     Operation("GET", "/sessions/{session_id}", get_session, STAFF, "One session", responses=(404, 503)),
     Operation("GET", "/sessions/{session_id}/transcript", get_transcript, STAFF, "A session's transcript", responses=(404, 503)),
     Operation(
-        "GET", "/stats", stats, STAFF, "Per-line statistics for a date range", query=("line", "from", "to"), responses=(400, 503)
+        "GET",
+        "/stats",
+        stats,
+        STAFF,
+        "Per-line and per-operator statistics for a range of whole UTC hours",
+        query=("line", "from", "to", "tz"),
+        responses=(400, 404, 503),
     ),
 ]
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from desk.api import MAX_LIMIT, OPERATIONS, PREFIX, SESSION_STATUSES, Operation, OperatorBody
-from desk.stats import LineStats
+from desk.stats import LineFigures
 from openlines.doctor import Finding
 from openlines.envelopes import HistoryEntry
 from openlines.lines import LineConfig
@@ -25,6 +25,11 @@ QUERY: dict[str, dict[str, Any]] = {
     "channel": {"description": "only sessions of this channel", "schema": _ID},
     "from": {"description": "start of the range (sessions opened at or after it)", "schema": _WHEN},
     "to": {"description": "end of the range (exclusive; a date includes that day); default now", "schema": _WHEN},
+    "tz": {
+        "description": "the time zone of dates, of times without a zone and of the figures by hour and day "
+        "(an IANA name; default UTC)",
+        "schema": {"type": "string", "maxLength": 64},
+    },
     "limit": {
         "description": f"at most this many (default 100, at most {MAX_LIMIT})",
         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
@@ -97,9 +102,9 @@ ANSWERS: dict[str, dict[str, Any]] = {
     "get_transcript": _obj(session_id=_STR, entries={"type": "array", "items": _ref("HistoryEntry")}),
     "stats": _obj(
         **{"from": {**_STR, "format": "date-time"}, "to": {**_STR, "format": "date-time"}},
-        lines={"type": "array", "items": _ref("LineStats")},
-        events_read={"type": "integer"},
-        complete={"type": "boolean", "description": "false when the read stopped at its limit of events"},
+        tz=_STR,
+        lines={"type": "array", "items": _ref("LineFigures")},
+        behind={"type": "integer", "description": "session events stored but not yet folded into the figures (0: up to date)"},
     ),
 }
 
@@ -160,7 +165,7 @@ def document() -> dict[str, Any]:
             "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}},
         }
     }
-    structs = [LineConfig, OperatorBody, Session, HistoryEntry, LineStats, Finding]
+    structs = [LineConfig, OperatorBody, Session, HistoryEntry, LineFigures, Finding]
     (_, schemas) = msgspec.json.schema_components(structs, ref_template="#/components/schemas/{name}")
     schemas["Error"] = _error()
     schemas["Operator"] = OPERATOR
