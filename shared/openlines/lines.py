@@ -366,7 +366,7 @@ def _check_hours(where: str, h: HoursConfig) -> list[str]:
     errors: list[str] = []
     try:
         ZoneInfo(h.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" names a directory of the zone database
         errors.append(f"{where}.hours.timezone: unknown time zone {h.timezone!r} (use an IANA name like Europe/Riga)")
     for day, spans in h.weekly.items():
         if day not in WEEKDAYS:

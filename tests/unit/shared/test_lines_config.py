@@ -90,3 +90,11 @@ def test_hours_are_checked_key_by_key() -> None:
     assert "unknown day 'sunday'" in msgs and "unknown day 'fun'" in msgs
     assert "ends before it starts" in msgs
     assert "redirect_line: required" in msgs
+
+
+@pytest.mark.parametrize("zone", ["Europe", "America/", "../etc/passwd", "", "UTC/../Europe"])
+def test_a_time_zone_that_names_no_zone_file_is_a_validation_error(zone: str) -> None:
+    text = BASE + f'[lines.hours]\nenabled = true\ntimezone = "{zone}"\n[lines.hours.weekly]\nmon = ["09:00-18:00"]\n'
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert f"unknown time zone {zone!r}" in "\n".join(err.value.errors)
