@@ -48,6 +48,11 @@ class ClientProfile(msgspec.Struct, kw_only=True, omit_defaults=True):
     phone: str = ""
     email: str = ""
     consent: str = ""  # what the client agreed to and when (the widget's pre-chat form), as shown to them
+    # a web visitor's visit, as the widget and its browser told: the page they wrote from (no query or
+    # fragment), the page that sent them there, their browser in short
+    page_url: str = ""
+    referrer: str = ""
+    browser: str = ""
 
 
 class Inbound(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
+from desk_admin_support import DEMO_HASH
+from desk_support import new_page, running_desk, sign_in_live
 from servers import creds
 from support import apply_lines, events, running_router
 
@@ -27,6 +29,7 @@ pytestmark = [
 LINES = """
 [operators.anna]
 name = "Anna Petrova"
+password_hash = "DEMO_HASH"
 
 [[lines]]
 id = "site"
@@ -39,7 +42,7 @@ closing = "Thank you, the conversation is closed."
 rating_request = "How did we do? Reply with 1 (bad) to 5 (excellent)."
 [lines.session]
 rating = true
-"""
+""".replace("DEMO_HASH", DEMO_HASH)
 
 
 @pytest.fixture
@@ -243,3 +246,58 @@ async def test_the_pre_chat_form_asks_first_checks_and_its_contact_reaches_the_c
     await page.evaluate("window.openlinesWidget.open()")
     await expect(w.get_by_test_id("ol-prechat")).to_be_hidden()
     await expect(w.get_by_test_id("ol-input")).to_be_visible()
+
+
+FIREFOX_DE = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
+
+
+async def test_the_operator_sees_the_page_the_visitor_came_from_their_browser_and_language(
+    widget: Any, nc: Any, nats_server: Any
+) -> None:
+    """A German Firefox visitor arrives from a search page by a link with a tracking query, and writes."""
+    from aiohttp import web
+    from playwright.async_api import expect
+
+    page, gateway = widget
+    tag = f'<script src="http://127.0.0.1:{gateway.port}/widget.js" data-account="demo"></script>'
+
+    async def search(_: web.Request) -> web.Response:
+        return web.Response(
+            text='<a id="go" href="/shoes/red?utm_source=ads&token=s3cret#size">Red shoes</a>', content_type="text/html"
+        )
+
+    async def shoes(_: web.Request) -> web.Response:
+        return web.Response(text=f"<!doctype html><h1>Red shoes</h1>{tag}", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/search", search)
+    app.router.add_get("/shoes/red", shoes)
+    site = web.AppRunner(app)
+    await site.setup()
+    await web.TCPSite(site, "127.0.0.1", 0).start()
+    shop = f"http://127.0.0.1:{site.addresses[0][1]}"
+    try:
+        context = await page.context.browser.new_context(user_agent=FIREFOX_DE, locale="de-DE")
+        visitor = await context.new_page()
+        await visitor.goto(f"{shop}/search?q=red+shoes")
+        await visitor.click("#go")
+        await visitor.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+        await visitor.evaluate("window.openlinesWidget.send('Do you have them in 38?')")
+        session = await wait_for(lambda: visitor_session(nc, visitor), what="the visitor's session")
+
+        async with running_desk(nats_server.url) as desk:
+            op = await new_page(page.context.browser, f"http://127.0.0.1:{desk.port}")
+            await sign_in_live(op, "anna")
+            await op.get_by_test_id("chat-item").first.click()  # her only chat
+            card = op.get_by_test_id("client-card")
+            # No query string or fragment: they can carry tokens (a reset link) or personal data.
+            await expect(card.get_by_test_id("card-page")).to_have_text(f"{shop}/shoes/red")
+            await expect(card.get_by_test_id("card-page").get_by_role("link")).to_have_attribute("href", f"{shop}/shoes/red")
+            await expect(card.get_by_test_id("card-referrer")).to_have_text(f"{shop}/search")
+            await expect(card.get_by_test_id("card-browser")).to_have_text("Firefox 133 on Windows")
+            await expect(card.get_by_test_id("card-language")).to_have_text("de-DE")
+            await expect(card.get_by_test_id("card-consent")).to_be_hidden()  # nothing asked, nothing shown
+            assert session.channel == "webchat"
+            await context.close()
+    finally:
+        await site.cleanup()

@@ -684,6 +684,12 @@ async def api_client(request: web.Request) -> web.StreamResponse:
                 "phone": profile.phone if profile else "",
                 "email": profile.email if profile else "",
                 "emails": client_addresses(profile.email if profile else "", entries),
+                # a web visitor's visit: the page they wrote from, where they came from, browser, language
+                "page_url": profile.page_url if profile else "",
+                "referrer": profile.referrer if profile else "",
+                "browser": profile.browser if profile else "",
+                "language": profile.language if profile else "",
+                "consent": profile.consent if profile else "",
                 "channel": session.channel,
                 "account": session.account,
                 "sessions_total": record.sessions_total if record is not None else 0,

@@ -140,6 +140,11 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <dt>Channel</dt><dd id="card-channel" data-testid="card-channel"></dd>
           <dt>Phone</dt><dd id="card-phone" data-testid="card-phone"></dd>
           <dt>E-mail</dt><dd id="card-email" data-testid="card-email"></dd>
+          <dt data-visit hidden>Page</dt><dd id="card-page" data-testid="card-page" data-visit hidden></dd>
+          <dt data-visit hidden>Came from</dt><dd id="card-referrer" data-testid="card-referrer" data-visit hidden></dd>
+          <dt data-visit hidden>Browser</dt><dd id="card-browser" data-testid="card-browser" data-visit hidden></dd>
+          <dt data-visit hidden>Language</dt><dd id="card-language" data-testid="card-language" data-visit hidden></dd>
+          <dt data-visit hidden>Consent</dt><dd id="card-consent" data-testid="card-consent" data-visit hidden></dd>
         </dl>
         <h4>CRM</h4>
         <div id="card-crm" data-testid="card-crm" class="card-crm"></div>

@@ -40,7 +40,7 @@ from gateway_webchat.availability import Availability
 from gateway_webchat.core import address, limits
 from gateway_webchat.files import BadLink, Links, VisitorFiles, owns
 from gateway_webchat.lines import BoundAccounts
-from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, parse_frame, to_inbound
+from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, browser_of, language_of, parse_frame, to_inbound
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
 from openlines import admission, bus, files, subjects
@@ -322,6 +322,8 @@ class WebchatHttp:
             visitor.visitor,
             since=since if isinstance(since, int) and not isinstance(since, bool) and 0 <= since < 2**63 else 0,
             max_queue=self.settings.send_queue,
+            browser=browser_of(request.headers.get("User-Agent", "")),
+            language=language_of(request.headers.get("Accept-Language", "")),
         )
         welcome = frame(
             type="welcome",
@@ -404,7 +406,7 @@ class WebchatHttp:
                 detail = "a file of this message is not (or no longer) uploaded; attach it again"
                 return frame(type="error", id=msg.id, code="bad_file", detail=detail)
             attachments.append(att)
-        inbound = to_inbound(sock.account, sock.visitor, msg, utcnow(), attachments)
+        inbound = to_inbound(sock.account, sock.visitor, msg, utcnow(), attachments, browser=sock.browser, language=sock.language)
         try:
             ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
         except bus.BusUnavailable as exc:  # the visitor sees "not sent" at once and may retry

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import email_validator
 import msgspec
@@ -42,6 +43,8 @@ class ClientMessage:
     email: str = ""  # from the pre-chat form: normalised, or refused with the reason
     phone: str = ""  # E.164
     consent: str = ""  # the consent text the visitor ticked
+    page_url: str = ""  # the page the visitor wrote from, without query and fragment
+    referrer: str = ""  # the page that sent them to it, likewise
 
 
 def _contact(obj: dict[str, Any], client_id: str) -> tuple[str, str, str]:
@@ -116,6 +119,7 @@ def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
     if not isinstance(name, str) or not _encodable(name):
         raise FrameError("bad_frame", '"name" must be a string', client_id)
     email, phone, consent = _contact(obj, client_id)
+    page_url, referrer = _page(obj.get("page")), _page(obj.get("referrer"))
     return ClientMessage(
         id=client_id,
         text=text,
@@ -124,7 +128,61 @@ def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
         email=email,
         phone=phone,
         consent=consent,
+        page_url=page_url,
+        referrer=referrer,
     )
+
+
+MAX_URL = 1000
+
+
+def _page(value: object) -> str:
+    """An http(s) page address without its query and fragment (they can hold tokens or personal data); "" otherwise.
+
+    Only shown to the operator, so a wrong one is dropped rather than refusing the visitor's message.
+    """
+    if not isinstance(value, str) or len(value) > 4 * MAX_URL or not _encodable(value):
+        return ""
+    try:
+        url = urlsplit(value.strip())
+    except ValueError:
+        return ""
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return ""
+    return urlunsplit((url.scheme, url.netloc.rpartition("@")[2], url.path, "", ""))[:MAX_URL]
+
+
+_BROWSERS = (
+    ("Edge", re.compile(r"\bEdg(?:e|A|iOS)?/(\d+)")),
+    ("Opera", re.compile(r"\bOPR/(\d+)")),
+    ("Samsung Internet", re.compile(r"\bSamsungBrowser/(\d+)")),
+    ("Firefox", re.compile(r"\b(?:Firefox|FxiOS)/(\d+)")),
+    ("Chrome", re.compile(r"\b(?:Chrome|CriOS)/(\d+)")),
+    ("Safari", re.compile(r"\bVersion/(\d+)(?:\.\d+)*.*\bSafari/")),
+)
+_SYSTEMS = (
+    ("Android", re.compile(r"\bAndroid\b")),
+    ("iOS", re.compile(r"\b(?:iPhone|iPad|iPod)\b")),
+    ("Windows", re.compile(r"\bWindows\b")),
+    ("macOS", re.compile(r"\bMac OS X\b")),
+    ("ChromeOS", re.compile(r"\bCrOS\b")),
+    ("Linux", re.compile(r"\bLinux\b")),
+)
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,2}$")
+
+
+def browser_of(user_agent: str) -> str:
+    """ "Chrome 131 on Windows" from a User-Agent header; "" when it names no browser we know."""
+    ua = user_agent[:512]
+    name = next((f"{b} {m.group(1)}" for b, rx in _BROWSERS if (m := rx.search(ua))), "")
+    system = next((s for s, rx in _SYSTEMS if rx.search(ua)), "")
+    return f"{name} on {system}" if name and system else name or system
+
+
+def language_of(accept_language: str) -> str:
+    """The visitor's first language from Accept-Language ("de-DE,de;q=0.9" -> "de-DE"); "" when none is readable."""
+    first = accept_language[:200].split(",")[0].split(";")[0].strip()
+    return first if _LANGUAGE.match(first) else ""
 
 
 def _encodable(value: str) -> bool:
@@ -142,7 +200,14 @@ def inbound_id(account: str, visitor: str, client_id: str) -> str:
 
 
 def to_inbound(
-    account: str, visitor: str, msg: ClientMessage, now: datetime, attachments: list[Attachment] | None = None
+    account: str,
+    visitor: str,
+    msg: ClientMessage,
+    now: datetime,
+    attachments: list[Attachment] | None = None,
+    *,
+    browser: str = "",
+    language: str = "",
 ) -> Inbound:
     return Inbound(
         id=inbound_id(account, visitor, msg.id),
@@ -150,7 +215,16 @@ def to_inbound(
         account=account,
         chat_id=visitor,
         user_id=visitor,
-        profile=ClientProfile(name=msg.name, email=msg.email, phone=msg.phone, consent=msg.consent),
+        profile=ClientProfile(
+            name=msg.name,
+            email=msg.email,
+            phone=msg.phone,
+            consent=msg.consent,
+            page_url=msg.page_url,
+            referrer=msg.referrer,
+            browser=browser,
+            language=language,
+        ),
         text=msg.text,
         attachments=attachments or [],
         channel_msg_id=msg.id,

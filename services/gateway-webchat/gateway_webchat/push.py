@@ -91,17 +91,31 @@ class Socket:
         "_stuck_close",
         "_writer",
         "account",
+        "browser",
         "chat",
+        "language",
         "last_seq",
         "replaying",
         "visitor",
         "ws",
     )
 
-    def __init__(self, ws: web.WebSocketResponse, account: str, visitor: str, *, since: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        account: str,
+        visitor: str,
+        *,
+        since: int,
+        max_queue: int,
+        browser: str = "",
+        language: str = "",
+    ) -> None:
         self.ws = ws
         self.account = account
         self.visitor = visitor
+        self.browser = browser  # from the socket's User-Agent and Accept-Language: told to the operator
+        self.language = language
         self.chat = subjects.chat_key(CHANNEL, account, visitor)
         self.last_seq = since  # highest reply seq sent (or known to the browser)
         self.replaying = True

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway_webchat.normalise import ClientMessage, FrameError, inbound_id, parse_frame, to_inbound
+from gateway_webchat.normalise import ClientMessage, FrameError, browser_of, inbound_id, language_of, parse_frame, to_inbound
 
 
 def parse(obj: object, *, max_text: int = 50, max_frame: int = 512) -> ClientMessage:
@@ -100,3 +100,62 @@ def test_a_bad_pre_chat_field_refuses_the_message_and_says_which(field: str, val
     with pytest.raises(FrameError) as err:
         parse_frame(json.dumps({"type": "message", "id": "m1", "text": "Hello", field: value}), max_text=100, max_frame=4096)
     assert err.value.client_id == "m1" and f'"{field}"' in err.value.detail and reason in err.value.detail
+
+
+@pytest.mark.parametrize(
+    ("page", "kept"),
+    [
+        ("https://shop.example/shoes/red?utm_source=ads&token=s3cret#size", "https://shop.example/shoes/red"),
+        ("http://user:pass@shop.example:8080/a", "http://shop.example:8080/a"),
+        ("javascript:alert(1)", ""),
+        ("data:text/html,hi", ""),
+        ("/relative/path", ""),
+        ("https://", ""),
+        (42, ""),
+        ("https://shop.example/" + "a" * 5000, ""),
+    ],
+)
+def test_the_page_keeps_only_scheme_host_and_path_and_a_bad_one_is_dropped_not_refused(page: object, kept: str) -> None:
+    msg = parse_frame(
+        json.dumps({"type": "message", "id": "m1", "text": "Hi", "page": page, "referrer": page}), max_text=10, max_frame=65536
+    )
+    assert (msg.page_url, msg.referrer) == (kept, kept)
+
+
+WIN_CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+
+
+@pytest.mark.parametrize(
+    ("ua", "browser"),
+    [
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            "Chrome 131 on Windows",
+        ),
+        (
+            WIN_CHROME + " Edg/131.0.0.0",
+            "Edge 131 on Windows",
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+            "Version/17.5 Mobile/15E148 Safari/604.1",
+            "Safari 17 on iOS",
+        ),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14.5; rv:133.0) Gecko/20100101 Firefox/133.0", "Firefox 133 on macOS"),
+        (
+            "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "SamsungBrowser/25.0 Chrome/121.0.0.0 Mobile Safari/537.36",
+            "Samsung Internet 25 on Android",
+        ),
+        ("curl/8.5.0", ""),
+        ("", ""),
+    ],
+)
+def test_the_browser_is_told_in_short(ua: str, browser: str) -> None:
+    assert browser_of(ua) == browser
+
+
+def test_the_language_is_the_first_of_accept_language_when_it_is_one() -> None:
+    assert language_of("de-DE,de;q=0.9,en;q=0.8") == "de-DE"
+    assert language_of("ru") == "ru"
+    assert language_of("*") == "" and language_of("<script>") == "" and language_of("") == ""

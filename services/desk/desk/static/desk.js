@@ -629,6 +629,26 @@
 
   const CRM_KIND = { contact: "Contact", lead: "Lead", deal: "Deal" };
 
+  // A web visitor's visit (page, where they came from, browser, language) and consent: rows shown only when known.
+  function showVisit(c) {
+    const rows = { page: c.page_url, referrer: c.referrer, browser: c.browser, language: c.language, consent: c.consent };
+    for (const [name, value] of Object.entries(rows)) {
+      const dd = $(`card-${name}`);
+      dd.replaceChildren();
+      if (value && (name === "page" || name === "referrer") && /^https?:\/\//.test(value)) {
+        const a = node("a", "", value);
+        a.href = value;
+        a.target = "_blank"; // never leave the workspace: its WebSocket is the operator's presence
+        a.rel = "noopener noreferrer";
+        dd.append(a);
+      } else {
+        dd.textContent = value || "";
+      }
+      dd.hidden = !value;
+      dd.previousElementSibling.hidden = !value;
+    }
+  }
+
   function renderCard(id, data) {
     if (id !== state.selected) return;
     const c = data.client;
@@ -638,6 +658,7 @@
     // An e-mail conversation lists every address that wrote in it (a colleague in copy who replied).
     const emails = c.emails && c.emails.length ? c.emails : c.email ? [c.email] : [];
     el.cardEmail.textContent = emails.length ? emails.join(", ") : "—";
+    showVisit(c);
     el.cardCrm.replaceChildren();
     if (!data.crm.linked || !data.crm.records.length) {
       el.cardCrm.append(node("span", "muted", data.crm.linked ? "linked, no record created" : "not linked yet"));

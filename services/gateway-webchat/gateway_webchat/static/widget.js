@@ -485,6 +485,9 @@
     var frame = { type: "message", id: item.id, text: item.text };
     if (item.files && item.files.length) frame.files = item.files;
     if (state.name) frame.name = state.name;
+    // Where the visitor writes from, for the operator (the gateway keeps no query string or fragment).
+    frame.page = String(window.location.href || "");
+    if (document.referrer) frame.referrer = String(document.referrer);
     if (state.contact) {
       if (state.contact.email) frame.email = state.contact.email;
       if (state.contact.phone) frame.phone = state.contact.phone;
