@@ -166,8 +166,9 @@ EVENT_KINDS: tuple[str, ...] = (
 
 
 # What a channel reports about a message it was given, worst last: a later mark never hides "failed".
-MarkStatus = Literal["sent", "delivered", "read", "failed"]
-MARK_STATUSES: tuple[str, ...] = ("sent", "delivered", "read", "failed")
+# "delayed": the client's mail server is still trying (an e-mail delay notice); delivered or read supersede it.
+MarkStatus = Literal["sent", "delayed", "delivered", "read", "failed"]
+MARK_STATUSES: tuple[str, ...] = ("sent", "delayed", "delivered", "read", "failed")
 
 
 class DeliveryMark(msgspec.Struct, kw_only=True, omit_defaults=True):

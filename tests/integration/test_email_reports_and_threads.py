@@ -160,15 +160,16 @@ async def test_read_receipt_complaint_delay_and_vacation_reply_open_no_chat_get_
         assert await outbound_to(nc, "fbl@isp.example.test") == [] and smtp.to("fbl@isp.example.test") == []
         assert [o.auto for o in await outbound_to(nc, "ann@client.example.test")] == [True, False]
         assert all("Human readable part" not in h.text for h in await history(nc, session.id))
-        # Under the operator's message itself: sent (the mail server took it), then read (the receipt).
-        # The delay, the complaint and the vacation reply are events only: none is a status of the mail.
+        # Under the operator's message itself: sent (the mail server took it), delayed (the notice, with its
+        # reason) and read (the receipt). The complaint and the vacation reply are events only.
         [answer] = [o for o in await outbound_to(nc, "ann@client.example.test") if not o.auto]
 
-        async def answer_marks() -> list[str]:
-            got = sorted(m.status for m in await marks_of(nc, session.id) if m.message_id == answer.id)
-            return got if got == ["read", "sent"] else []
+        async def answer_marks() -> dict[str, str]:
+            got = {m.status: m.reason for m in await marks_of(nc, session.id) if m.message_id == answer.id}
+            return got if sorted(got) == ["delayed", "read", "sent"] else {}
 
-        await wait_for(answer_marks, timeout=20, what="sent and read marks on the operator's mail")
+        marks = await wait_for(answer_marks, timeout=20, what="sent, delayed and read marks on the operator's mail")
+        assert "452 4.2.2 Mailbox full" in marks["delayed"] and marks["read"] == ""
         assert {m.channel for m in await marks_of(nc, session.id)} == {"email"}
 
 

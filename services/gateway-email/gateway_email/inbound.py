@@ -57,7 +57,7 @@ REPORT_EVENTS = {
 }
 
 # ... and the reports that are also a status under the operator's message (a later mark never hides "failed").
-REPORT_MARKS: dict[str, MarkStatus] = {"failed": "failed", "delivered": "delivered", "read": "read"}
+REPORT_MARKS: dict[str, MarkStatus] = {"failed": "failed", "delayed": "delayed", "delivered": "delivered", "read": "read"}
 
 
 async def _pause(stopping: asyncio.Event, seconds: float) -> None:
@@ -334,7 +334,7 @@ class MailboxWorker:
                     status=status,
                     at=evt.at,
                     account=self.account,
-                    reason=evt.reason if status == "failed" else "",
+                    reason=evt.reason if status in ("failed", "delayed") else "",
                     timeout=PUBLISH_TIMEOUT,
                 )
             log.info("report on our mail", extra={"account": self.account, "session": about.session_id, "kind": kind})

@@ -48,9 +48,9 @@
     template: null, // {session, tpl, id}: the template being filled in (id: a retried send is the same message)
   };
   // A mark never hides a stronger one: callbacks arrive out of order, "failed" wins over all.
-  const MARK_RANK = { sent: 0, delivered: 1, read: 2, failed: 3 };
-  const MARK_SIGN = { sent: "✓", delivered: "✓✓", read: "✓✓", failed: "✗" };
-  const MARK_TITLE = { sent: "sent", delivered: "delivered", read: "read", failed: "not delivered" };
+  const MARK_RANK = { sent: 0, delayed: 1, delivered: 2, read: 3, failed: 4 };
+  const MARK_SIGN = { sent: "✓", delayed: "⏳", delivered: "✓✓", read: "✓✓", failed: "✗" };
+  const MARK_TITLE = { sent: "sent", delayed: "delayed: the client's mail server is still trying", delivered: "delivered", read: "read", failed: "not delivered" };
   const WINDOW_MS = 24 * 3600 * 1000;
 
   // -- helpers ---------------------------------------------------------------
@@ -492,7 +492,7 @@
       const mark = e.direction === "out" ? ((state.marks.get(state.selected) || new Map()).get(e.id)) : null;
       if (mark) {
         const sign = node("span", `mark mark-${mark.status}`, MARK_SIGN[mark.status] || "");
-        sign.title = MARK_TITLE[mark.status] || mark.status;
+        sign.title = (MARK_TITLE[mark.status] || mark.status) + (mark.reason ? ` — ${mark.reason}` : "");
         sign.dataset.testid = "entry-mark";
         sign.dataset.status = mark.status;
         head.append(sign);
