@@ -301,3 +301,40 @@ async def test_the_operator_sees_the_page_the_visitor_came_from_their_browser_an
             await context.close()
     finally:
         await site.cleanup()
+
+
+async def test_outside_business_hours_the_widget_says_closed_with_the_lines_own_words(nats_server: Any, nc: Any) -> None:
+    """Not "Away" (someone may come back any minute) but "Closed", and when the line opens: its outside_hours text."""
+    from datetime import UTC, datetime, timedelta
+
+    from playwright.async_api import async_playwright, expect
+
+    other_day = (datetime.now(UTC) + timedelta(days=2)).strftime("%a").lower()  # open only then: closed now
+    closed_lines = LINES.replace(
+        "[lines.session]",
+        f'outside_hours = "We are closed now and answer from 9:00 on weekdays."\n'
+        f'[lines.hours]\nenabled = true\ntimezone = "UTC"\n[lines.hours.weekly]\n{other_day} = ["09:00-18:00"]\n[lines.session]',
+    )
+    await apply_lines(nc, closed_lines)
+    settings = Settings(
+        nats_url=nats_server.url,
+        http_port=0,
+        webchat_secret="extras-secret-0123456789-Kq7Zt9Wm3xRv",
+        shutdown_timeout=3.0,
+        **creds("gateway-webchat"),
+    )
+    gateway = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{gateway.port}/demo")
+            await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+            await page.evaluate("window.openlinesWidget.open()")
+            w = page.get_by_test_id("ol-widget")
+            await expect(w.get_by_test_id("ol-conn")).to_have_text("Closed")
+            await expect(page.locator("#ol-greet")).to_have_text("We are closed now and answer from 9:00 on weekdays.")
+            await expect(w).to_have_attribute("data-closed", "true")
+            await browser.close()
+    finally:
+        await gateway.stop()

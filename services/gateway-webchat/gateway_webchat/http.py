@@ -333,7 +333,7 @@ class WebchatHttp:
             max_text=self.settings.max_text,
             max_upload=self.settings.webchat_upload_max_bytes,
             expires_at=visitor.issued_at + self.settings.visitor_ttl,
-            available=self.availability.available(account),
+            **self.availability.state(account).fields(),
         )
         return sock, welcome
 

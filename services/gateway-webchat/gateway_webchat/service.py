@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway_webchat.availability import Availability
+from gateway_webchat.availability import Availability, State
 from gateway_webchat.files import Links
 from gateway_webchat.http import WebchatHttp
 from gateway_webchat.lines import BoundAccounts
@@ -38,10 +38,11 @@ async def setup(svc: Service[Settings]) -> None:
     consumer = OutboundConsumer(svc.js, hub, links)
     bound = BoundAccounts(svc.js, CHANNEL)
 
-    def tell(account: str, available: bool) -> None:
+    def tell(account: str, state: State) -> None:
+        told = frame(type="availability", **state.fields())
         for sock in hub.sockets():
             if sock.account == account:
-                sock.send(frame(type="availability", available=available))
+                sock.send(told)
 
     availability = Availability(svc.js, bound, tell)
     edge = WebchatHttp(svc.settings, svc.nc, svc.js, hub, bound, links, availability)

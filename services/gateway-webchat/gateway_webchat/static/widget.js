@@ -27,6 +27,8 @@
   var consentUrl = script.getAttribute("data-consent-url") || "";
   if (consentUrl && !/^https?:\/\//i.test(consentUrl)) consentUrl = "";  // a link, never javascript:
   var available = true;  // someone can answer now (the gateway says so at every connection and on change)
+  var closed = false;  // ... and if not, because the line is outside its business hours (closedText: its own words)
+  var closedText = "";
   var src = new URL(script.src, document.baseURI);
   var wsBase = (src.protocol === "https:" ? "wss:" : "ws:") + "//" + src.host + "/ws/" + encodeURIComponent(account);
   var httpBase = src.protocol + "//" + src.host;  // files are uploaded to and served by this gateway
@@ -352,9 +354,10 @@
   function setConnected(on, text) {
     connected = on;
     el.dot.className = "dot" + (on && available ? " on" : "");
-    el.connText.textContent = text || (on ? (available ? "Online" : "Away") : "Connecting…");
-    el.greet.textContent = available ? greeting : awayGreeting;
+    el.connText.textContent = text || (on ? (available ? "Online" : closed ? "Closed" : "Away") : "Connecting…");
+    el.greet.textContent = available ? greeting : (closed && closedText) || awayGreeting;
     host.setAttribute("data-available", available ? "true" : "false");
+    host.setAttribute("data-closed", !available && closed ? "true" : "false");
     host.setAttribute("data-connected", on ? "true" : "false");
   }
   function schedule(delay) {
@@ -424,12 +427,14 @@
       if (f.max_text) { maxText = f.max_text; el.input.maxLength = maxText; }
       if (f.max_upload) maxUpload = f.max_upload;
       available = f.available !== false;
+      closed = !!f.closed; closedText = String(f.closed_text || "");
       save();
       setConnected(true);
       setNotice("");
       state.items.forEach(function (it) { if (it.kind === "out" && it.status === "sending") transmit(it); });
     } else if (f.type === "availability") {
       available = !!f.available;
+      closed = !!f.closed; closedText = String(f.closed_text || "");
       setConnected(connected);
     } else if (f.type === "ack") {
       var it = find("out", f.id);
