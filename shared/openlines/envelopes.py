@@ -190,6 +190,13 @@ class DeliveryMark(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str = ""  # for "failed": the channel's reason, as the operator should read it
 
 
+class Typing(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Someone is typing, on ``ol.typing.in|out.<channel>.<account>.<chat key>`` (core NATS, not stored)."""
+
+    chat_id: str = ""  # out: where the gateway shows it (the subject carries only the chat's key)
+    operator_name: str = ""  # out: who is typing, as the client may see it
+
+
 class SessionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Session lifecycle and other facts, on ``ol.evt.<kind>``."""
 

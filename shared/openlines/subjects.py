@@ -66,6 +66,7 @@ EVT_ROOT = "ol.evt"
 HIST_ROOT = "ol.hist"
 TIMER_ROOT = "ol.timer"
 MARK_ROOT = "ol.mark"
+TYPING_ROOT = "ol.typing"  # core NATS, never stored: "is typing" is worth nothing a few seconds later
 CMD_ROOT = "ol.cmd"
 
 STREAM_SUBJECTS = {
@@ -196,6 +197,24 @@ def mark(session_id: str) -> str:
 
 def marks_all() -> str:
     return f"{MARK_ROOT}.>"
+
+
+def typing_in(channel: str, account: str, chat: str) -> str:
+    """A client is typing in one chat (``chat`` is a :func:`chat_key`); gateways publish, the desk listens."""
+    return f"{TYPING_ROOT}.in.{token(channel, 'channel')}.{token(account, 'account')}.{token(chat, 'chat')}"
+
+
+def typing_in_all() -> str:
+    return f"{TYPING_ROOT}.in.>"
+
+
+def typing_out(channel: str, account: str, chat: str) -> str:
+    """An operator is typing to one chat; the desk publishes, the channel's gateway tells the client."""
+    return f"{TYPING_ROOT}.out.{token(channel, 'channel')}.{token(account, 'account')}.{token(chat, 'chat')}"
+
+
+def typing_out_channel(channel: str) -> str:
+    return f"{TYPING_ROOT}.out.{token(channel, 'channel')}.>"
 
 
 def command(name: str) -> str:

@@ -338,3 +338,51 @@ async def test_outside_business_hours_the_widget_says_closed_with_the_lines_own_
             await browser.close()
     finally:
         await gateway.stop()
+
+
+async def test_typing_shows_both_ways_between_the_widget_and_the_desk(widget: Any, nc: Any, nats_server: Any) -> None:
+    from playwright.async_api import expect
+
+    page, _ = widget
+    w = page.get_by_test_id("ol-widget")
+    await page.evaluate("window.openlinesWidget.setName('Maria'); window.openlinesWidget.open()")
+    await page.evaluate("window.openlinesWidget.send('Hello, a question about sizes')")
+    session = await wait_for(lambda: visitor_session(nc, page), what="the visitor's session")
+    said: list[Any] = []
+
+    async def heard(m: Any) -> None:
+        said.append(m)
+
+    sub = await nc.subscribe("ol.typing.out.>", cb=heard)  # what the desk tells the gateways
+    async with running_desk(nats_server.url) as desk:
+        op = await new_page(page.context.browser, f"http://127.0.0.1:{desk.port}")
+        await sign_in_live(op, "anna")
+        await op.get_by_test_id("chat-item").first.click()
+        typing_line = op.get_by_test_id("client-typing")
+        await expect(typing_line).to_be_hidden()
+        # The visitor types: the operator sees it, and it goes once the message arrives.
+        await w.get_by_test_id("ol-input").press_sequentially("Do you have 38", delay=20)
+        await expect(typing_line).to_have_text("Maria is typing…")
+        await w.get_by_test_id("ol-input").press("Enter")
+        await expect(typing_line).to_be_hidden()
+        # The operator types: the visitor sees who.
+        await op.get_by_test_id("reply-input").press_sequentially("Let me check", delay=20)
+        await expect(w.get_by_test_id("ol-typing")).to_have_text("Anna Petrova is typing…")
+        await wait_for(lambda: said, what="the operator's typing on NATS")
+        assert session.id not in said[0].data.decode() and said[0].subject.startswith("ol.typing.out.webchat.demo.")
+        # Typed at most every few seconds, not per key.
+        assert len(said) <= 2
+        # Only the operator answering the chat is shown typing to its client.
+        from desk.http import DESK
+        from desk.live import Connection
+
+        hub = desk.app[DESK].hub
+        boris = Connection(None, "boris")  # type: ignore[arg-type]  (typing writes to no socket)
+        boris.shown.add(session.id)
+        assert await hub.typing(boris, session.id, "Boris") is False
+        anna = Connection(None, "anna")  # type: ignore[arg-type]
+        assert await hub.typing(anna, session.id, "Anna") is False  # not a chat her page lists
+        anna.shown.add(session.id)
+        assert await hub.typing(anna, session.id, "Anna") is True
+        assert await hub.typing(anna, session.id, "Anna") is False  # at most every 2 s
+    await sub.unsubscribe()

@@ -282,6 +282,9 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "publish_in_email": ("ol.in.email.support.0", _publish("ol.in.email.support.0")),
     "publish_in_whatsapp": ("ol.in.whatsapp.shop.0", _publish("ol.in.whatsapp.shop.0")),
     "publish_mark": ("ol.mark.s1", _publish("ol.mark.s1")),
+    # "is typing" to a client, as if an operator wrote: only the desk says it
+    "publish_typing_out": ("ol.typing.out.webchat.demo.c1", _publish("ol.typing.out.webchat.demo.c1")),
+    "listen_typing_in": ("ol.typing.in.>", _subscribe("ol.typing.in.>")),
     "publish_out": ("ol.out.webchat.demo.x", _publish("ol.out.webchat.demo.x")),
     "publish_history": ("ol.hist.s1", _publish("ol.hist.s1")),
     "publish_session_event": ("ol.evt.session_closed", _publish("ol.evt.session_closed")),
@@ -330,6 +333,8 @@ EVERYONE_REFUSED = [
 FORBIDDEN: dict[str, list[str]] = {
     "router": [
         *EVERYONE_REFUSED,
+        "publish_typing_out",
+        "listen_typing_in",
         "write_desk_tokens",
         "write_desk_presence",  # it reads the desk replicas' heartbeats, never writes one
         "write_desk_stats",
@@ -362,6 +367,8 @@ FORBIDDEN: dict[str, list[str]] = {
     ],
     "crm-sync": [
         *EVERYONE_REFUSED,
+        "publish_typing_out",
+        "listen_typing_in",
         "write_desk_tokens",
         "write_desk_stats",
         "publish_in_email",
@@ -383,6 +390,8 @@ FORBIDDEN: dict[str, list[str]] = {
 for _gateway, _channel in GATEWAYS.items():
     FORBIDDEN[_gateway] = [
         *EVERYONE_REFUSED,
+        "publish_typing_out",  # a gateway tells of its clients typing, never of an operator
+        "listen_typing_in",
         "write_desk_tokens",
         "write_desk_stats",
         *(f"publish_in_{other}" for other in GATEWAYS.values() if other != _channel),

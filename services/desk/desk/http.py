@@ -561,7 +561,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 break
-            # The page only listens; whatever it sends is ignored.
+            # The page listens; all it says is that its operator is typing in a chat (anything else is ignored).
+            if msg.type == WSMsgType.TEXT and len(msg.data) <= 200:
+                await _operator_typing(desk, conn, msg.data, account.name or user.operator_id)
     finally:
         desk.hub.remove(conn)
         if writer is not None:
@@ -571,6 +573,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def _operator_typing(desk: Desk, conn: Connection, data: str, name: str) -> None:
+    try:
+        frame = msgspec.json.decode(data)
+    except BAD_JSON:
+        return
+    sid = frame.get("session_id") if isinstance(frame, dict) and frame.get("type") == "typing" else None
+    if isinstance(sid, str) and is_token(sid):
+        with contextlib.suppress(Exception):  # a lost "typing" costs nothing: never the page's socket
+            await desk.hub.typing(conn, sid, name)
 
 
 # -- JSON API ---------------------------------------------------------------

@@ -36,12 +36,14 @@ from prometheus_client import Counter, Gauge
 from desk.presence import Heartbeat, Reporter
 from desk.reads import Reader, holders_of
 from openlines import subjects
-from openlines.envelopes import DeliveryMark, HistoryEntry, SessionEvent
-from openlines.state import OperatorAccount
+from openlines.bus import kv_get
+from openlines.envelopes import DeliveryMark, HistoryEntry, SessionEvent, Typing
+from openlines.state import ClientRecord, OperatorAccount, client_key
 
 log = logging.getLogger("desk.live")
 
 HOLDER_TTL = 2.0  # seconds a session -> operator lookup is trusted for transcript pushes
+TYPING_EVERY = 2.0  # seconds: an operator's typing is passed to the client at most this often per chat
 QUEUE_LIMIT = 1000  # frames waiting for one slow socket before we drop it (it reconnects and re-snapshots)
 
 SOCKETS = Gauge("openlines_desk_websockets", "Open operator WebSockets on this replica")
@@ -66,6 +68,7 @@ class Connection:
         self.stamp = stamp  # the account's credential stamp at that sign-in: a change of it closes the page
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self.shown: set[str] = set()  # sessions this page lists
+        self.typed: dict[str, float] = {}  # session -> when this operator's typing was last passed on
         self.overflowed = False
 
     def push(self, frame: dict[str, Any]) -> None:
@@ -109,13 +112,14 @@ class Hub:
 
     @property
     def subscribed(self) -> bool:
-        return len(self._subs) == 4 and self.watching.is_set()
+        return len(self._subs) == 5 and self.watching.is_set()
 
     async def start(self) -> None:
         self._subs.append(await self.nc.subscribe(subjects.events_all(), cb=self._on_event))
         self._subs.append(await self.nc.subscribe(subjects.history_all(), cb=self._on_history))
         self._subs.append(await self.nc.subscribe(subjects.DESK_SIGNED_OUT, cb=self._on_signed_out))
         self._subs.append(await self.nc.subscribe(subjects.marks_all(), cb=self._on_mark))
+        self._subs.append(await self.nc.subscribe(subjects.typing_in_all(), cb=self._on_typing))
         await self.heartbeat.open()  # before any page: the router never sees a page on a replica with no heartbeat
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.reporter.run(), name="desk-presence-reports"))
@@ -308,6 +312,41 @@ class Hub:
         }
         for holder in holders:
             self._send(holder, frame)
+
+    async def _on_typing(self, msg: Msg) -> None:
+        """ol.typing.in.<channel>.<account>.<chat key>: the client is typing; to whoever shows their open chats."""
+        if not self.conns:
+            return
+        parts = msg.subject.split(".")
+        if len(parts) != 6:
+            return
+        channel, account, chat = parts[3:]
+        try:
+            record, _ = await kv_get(self.reader.b.clients, client_key(channel, account, chat), ClientRecord)
+            if record is None:
+                return
+            for session_id in record.open_sessions.values():
+                for holder in await self._holders_of(session_id):
+                    self._send(holder, {"type": "typing", "session_id": session_id})
+        except Exception:
+            log.warning("could not pass on a client's typing", extra={"subject": msg.subject}, exc_info=True)
+
+    async def typing(self, conn: Connection, session_id: str, name: str) -> bool:
+        """The operator of ``conn`` types in ``session_id``: tell the client, if the chat is theirs (at most every 2 s)."""
+        now = time.monotonic()
+        if session_id not in conn.shown or now - conn.typed.get(session_id, 0.0) < TYPING_EVERY:
+            return False
+        session = await self.reader.session(session_id)
+        if session is None or session.operator_id != conn.operator_id or session.status == "closed":
+            return False  # only the operator answering the chat is shown typing to the client
+        conn.typed[session_id] = now
+        if len(conn.typed) > 100:
+            conn.typed = {k: v for k, v in conn.typed.items() if now - v < TYPING_EVERY}
+        typing = Typing(chat_id=session.chat_id, operator_name=name)
+        await self.nc.publish(
+            subjects.typing_out(session.channel, session.account, session.chat_key), msgspec.json.encode(typing)
+        )
+        return True
 
     async def _on_history(self, msg: Msg) -> None:
         if not self.conns:

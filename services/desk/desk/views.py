@@ -134,6 +134,7 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
       </form>
       <div class="chat-body">
       <ol class="transcript" id="transcript" data-testid="transcript" aria-live="polite"></ol>
+      <p class="typing muted small" id="client-typing" data-testid="client-typing" hidden></p>
       <aside class="client-card" id="client-card" data-testid="client-card" aria-label="Client">
         <h3 id="card-name" data-testid="card-name"></h3>
         <dl class="card-fields">

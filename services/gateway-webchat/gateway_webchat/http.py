@@ -47,6 +47,8 @@ from openlines import admission, bus, files, subjects
 from openlines.envelopes import Attachment, utcnow
 from openlines.runner import json_error
 
+TYPING_EVERY = 2.0  # seconds: a typing visitor is passed on at most this often
+
 log = logging.getLogger("gateway_webchat.http")
 
 WS_MAX_MSG = 1024 * 1024  # aiohttp's own limit; max_frame is enforced per frame with a clear error
@@ -349,6 +351,8 @@ class WebchatHttp:
                 return
 
     async def _on_text(self, sock: Socket, data: str) -> None:
+        if len(data) <= 64 and '"typing"' in data and await self._typing(sock, data):
+            return
         try:
             msg = parse_frame(data, max_text=self.settings.max_text, max_frame=self.settings.max_frame)
         except FrameError as exc:
@@ -389,6 +393,25 @@ class WebchatHttp:
             if not self._publishing:
                 self._idle.set()
         await sock.write(answer)
+
+    async def _typing(self, sock: Socket, data: str) -> bool:
+        """``{"type":"typing"}``: the visitor is typing; passed to the desk at most every TYPING_EVERY seconds.
+
+        Core NATS, fire and forget: nothing is stored and nothing is answered; a
+        lost one only means the operator does not see "typing..." this time.
+        """
+        try:
+            obj = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return False
+        if not isinstance(obj, dict) or obj.get("type") != "typing":
+            return False
+        now = time.monotonic()
+        if now - sock.typing_at >= TYPING_EVERY and sock.account in self.bound and self.nc.is_connected:
+            sock.typing_at = now
+            with contextlib.suppress(Exception):
+                await self.nc.publish(subjects.typing_in(CHANNEL, sock.account, sock.chat), b"{}")
+        return True
 
     async def _publish(self, sock: Socket, msg: ClientMessage) -> str:
         """The frame answering ``msg``: ``ack`` only once JetStream holds it."""

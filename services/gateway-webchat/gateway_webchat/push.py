@@ -96,6 +96,7 @@ class Socket:
         "language",
         "last_seq",
         "replaying",
+        "typing_at",
         "visitor",
         "ws",
     )
@@ -116,6 +117,7 @@ class Socket:
         self.visitor = visitor
         self.browser = browser  # from the socket's User-Agent and Accept-Language: told to the operator
         self.language = language
+        self.typing_at = 0.0  # when this visitor's "typing" was last passed on (monotonic)
         self.chat = subjects.chat_key(CHANNEL, account, visitor)
         self.last_seq = since  # highest reply seq sent (or known to the browser)
         self.replaying = True
@@ -261,6 +263,13 @@ class Hub:
 
     def push(self, chat: str, seq: int, data: str) -> int:
         return sum(sock.push_reply(seq, data) for sock in list(self._by_chat.get(chat, ())))
+
+    def tell(self, chat: str, data: str) -> int:
+        """A frame for every socket of one visitor chat (not a reply: no seq); how many got it."""
+        group = list(self._by_chat.get(chat, ()))
+        for sock in group:
+            sock.send(data)
+        return len(group)
 
 
 def _live_name() -> str:

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+import msgspec
 from aiohttp import web
+from nats.aio.msg import Msg
 
 from gateway_webchat.availability import Availability, State
 from gateway_webchat.files import Links
@@ -15,7 +17,11 @@ from gateway_webchat.lines import BoundAccounts
 from gateway_webchat.normalise import CHANNEL
 from gateway_webchat.push import Hub, OutboundConsumer, frame
 from gateway_webchat.settings import Settings
+from openlines import subjects
+from openlines.envelopes import Typing
 from openlines.runner import Service
+
+_typing = msgspec.json.Decoder(Typing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,16 @@ async def setup(svc: Service[Settings]) -> None:
     svc.spawn(consumer.run(svc.stopping), name="webchat-outbound")
     svc.spawn(bound.run(svc.stopping), name="webchat-lines")
     svc.spawn(availability.run(svc.stopping), name="webchat-availability")
+
+    async def operator_typing(msg: Msg) -> None:
+        # ol.typing.out.webchat.<account>.<chat key>: tell that visitor's sockets on this replica
+        try:
+            typing = _typing.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        hub.tell(msg.subject.rsplit(".", 1)[-1], frame(type="typing", operator=typing.operator_name[:100]))
+
+    await svc.nc.subscribe(subjects.typing_out_channel(CHANNEL), cb=operator_typing)
     # Serve sockets only once the bound accounts are known; a slow start is
     # still served, with /readyz and a 1013 "reconnect shortly" until then.
     with contextlib.suppress(TimeoutError):

@@ -706,6 +706,7 @@
       el.reply.value = state.drafts.get(id) || "";
     }
     state.selected = id;
+    showTyping();
     markSeen(id);
     cancelClose();
     cancelSpam();
@@ -751,6 +752,7 @@
         const chat = state.chats.get(id);
         if (state.transcripts.has(id)) addEntries(id, [frame]);
         if (chat && frame.direction === "in") {
+          if (typingUntil.delete(id) && id === state.selected) showTyping(); // the message is here
           const counted = state.countedIn.get(id) || new Set();
           if (!counted.has(frame.id)) {
             counted.add(frame.id);
@@ -776,6 +778,9 @@
         removeChat(frame.session_id);
         render();
         break;
+      case "typing":
+        clientTyping(frame.session_id);
+        break;
       case "mark":
         setMark(frame.session_id, frame.message_id, frame);
         if (frame.session_id === state.selected) renderTranscript();
@@ -789,6 +794,38 @@
         break;
     }
   }
+
+  // -- typing: the client's shown for a few seconds; ours told at most every 3 s ---------------
+
+  const typingUntil = new Map(); // session -> when its "typing…" goes
+  let typingTimer = null;
+  function clientTyping(id) {
+    typingUntil.set(id, Date.now() + 6000);
+    showTyping();
+  }
+  function showTyping() {
+    clearTimeout(typingTimer);
+    const until = typingUntil.get(state.selected) || 0;
+    const line = document.getElementById("client-typing");
+    if (!line) return;
+    const on = until > Date.now();
+    line.hidden = !on;
+    if (on) {
+      const chat = state.chats.get(state.selected);
+      line.textContent = `${chat ? clientName(chat) : "The client"} is typing…`;
+      typingTimer = setTimeout(showTyping, until - Date.now());
+    }
+  }
+  let typedAt = 0;
+  let typedIn = "";
+  el.reply.addEventListener("input", () => {
+    const now = Date.now();
+    if (!state.selected || !el.reply.value.trim() || !socket || socket.readyState !== WebSocket.OPEN) return;
+    if (typedIn === state.selected && now - typedAt < 3000) return;
+    typedAt = now;
+    typedIn = state.selected;
+    socket.send(JSON.stringify({ type: "typing", session_id: state.selected }));
+  });
 
   // -- live connection -------------------------------------------------------
 

@@ -106,6 +106,7 @@
     ".msg.failed .bubble{opacity:.7}.msg.failed .meta{color:#b91c1c}",
     ".retry{border:1px solid #b91c1c;background:#fff;color:#b91c1c;border-radius:6px;font-size:11px;padding:1px 8px;cursor:pointer}",
     ".notice{font-size:12px;color:#b91c1c;padding:4px 12px;background:#fef2f2}.notice:empty{display:none}",
+    ".typing{font-size:12px;color:#6b7280;padding:2px 14px;background:#f3f4f6;font-style:italic}.typing[hidden]{display:none}",
     "form{display:flex;gap:8px;padding:10px 12px;border-top:1px solid #e5e7eb;background:#fff;align-items:flex-end}",
     "textarea{flex:1;resize:none;border:1px solid #d1d5db;border-radius:10px;padding:9px 10px;font-size:14px;",
     "max-height:120px;min-height:40px;line-height:1.35}",
@@ -152,6 +153,7 @@
     '<div class="chat" id="ol-chat">' +
     '<div class="namebar"><label for="ol-name">Your name</label><input id="ol-name" data-testid="ol-name" type="text" maxlength="100" autocomplete="name" placeholder="optional"></div>' +
     '<div class="log" id="ol-log" data-testid="ol-log" role="log" aria-live="polite" aria-relevant="additions"><div class="greet" id="ol-greet"></div></div>' +
+    '<div class="typing" id="ol-typing" data-testid="ol-typing" hidden></div>' +
     '<div class="notice" id="ol-notice" data-testid="ol-notice" role="status"></div>' +
     '<div class="emojis" id="ol-emojis" data-testid="ol-emojis" role="group" aria-label="Emoji" hidden></div>' +
     '<form id="ol-form" data-testid="ol-form">' +
@@ -169,7 +171,7 @@
     log: $("ol-log"), greet: $("ol-greet"), notice: $("ol-notice"), form: $("ol-form"),
     input: $("ol-input"), send: $("ol-send"), file: $("ol-file"),
     agent: $("ol-agent"), avatar: $("ol-avatar"), agentName: $("ol-agent-name"), emoji: $("ol-emoji"), emojis: $("ol-emojis"),
-    prechat: $("ol-prechat"), chat: $("ol-chat")
+    prechat: $("ol-prechat"), chat: $("ol-chat"), typing: $("ol-typing")
   };
   el.title.textContent = title;
   el.greet.textContent = greeting;
@@ -448,12 +450,15 @@
       state.items.push(item);
       state.lastSeq = f.seq;
       if (f.operator && !f.auto) { state.operator = f.operator; renderAgent(); }
+      showTyping(null);  // the reply is here
       save();
       if (previous && item.rating) render(previous);  // an older request loses its buttons
       render(item);
       scrollDown();
       if (!state.open) { unread += 1; setBadge(); }
       if (!state.open || document.hidden) chime();
+    } else if (f.type === "typing") {
+      showTyping(f.operator);
     } else if (f.type === "error") {
       var failed = f.id ? find("out", f.id) : null;
       if (f.code === "token_expired" && f.renewable && ws) {
@@ -720,6 +725,21 @@
       if (first) first.focus();
     }
   }
+
+  // ---- typing: "Anna is typing…" for a few seconds after the desk says so; ours at most every 3 s ----
+  var typingTimer = null;
+  function showTyping(operator) {
+    if (typingTimer) { clearTimeout(typingTimer); typingTimer = null; }
+    el.typing.hidden = operator === null;
+    if (operator === null) return;
+    el.typing.textContent = (operator || "Support") + " is typing…";
+    typingTimer = setTimeout(function () { el.typing.hidden = true; typingTimer = null; }, 6000);
+  }
+  var typingSent = 0;
+  el.input.addEventListener("input", function () {
+    var now = Date.now();
+    if (el.input.value.trim() && now - typingSent >= 3000 && sendFrame({ type: "typing" })) typingSent = now;
+  });
 
   // ---- UI events ----
   function setOpen(open) {
