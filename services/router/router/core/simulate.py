@@ -168,8 +168,8 @@ def simulate(
         # Held: until the opening it waits behind every chat ahead of it.
         out.position = (_waiting_queue(waiting) if held else result.queue).position(THIS_CHAT)
         msg = f"the chat waits in the queue at position {out.position}"
-        if line.queue.tell_position and line.auto_replies.queue_position:
-            told = autoreply.queue_position(line, client_name, out.position)
+        told = autoreply.position_reply(line, client_name, out.position)
+        if told:
             out.auto_replies.append(told)
             msg += f'; the client is told: "{told}"'
         elif line.queue.tell_position:

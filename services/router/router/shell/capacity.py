@@ -51,14 +51,27 @@ class Capacity(Part):
         ]
 
     async def claim(self, op_id: str, sid: str, queue: QueueConfig, now: datetime, *, any_status: bool = False) -> bool:
-        """Reserve capacity on an operator by compare-and-set; False if they can no longer take it."""
+        """Reserve capacity on an operator by compare-and-set; False if they can no longer take it.
+
+        The first try writes on the watch-fed copy's value and revision (no read): the write
+        fails if the copy was behind, and anything but "take" is decided again on the live value.
+        """
+        cached = self.operators.entry(op_id) if self.operators is not None else None
+        st: OperatorState | None
+        rev: int | None
         for _ in range(CLAIM_ATTEMPTS):
-            st, rev = await kv_get(self.b.operators, op_id, OperatorState)
-            if self.operators is not None:
-                self.operators.put(op_id, st, rev)  # the next decision sees what this claim saw
+            if cached is not None:
+                (st, rev), from_copy, cached = cached, True, None
+            else:
+                st, rev = await kv_get(self.b.operators, op_id, OperatorState)
+                from_copy = False
+                if self.operators is not None:
+                    self.operators.put(op_id, st, rev)  # the next decision sees what this claim saw
             if st is None or rev is None:
                 return False
             decided = capacity.claim(st, sid, queue, now.timestamp(), any_status=any_status)
+            if from_copy and decided.verdict != "take":
+                continue  # the copy may be a moment behind: decide on the live value
             if decided.verdict == "full":
                 stale = await self._stale_claims(op_id, st, now.timestamp())
                 if not stale:

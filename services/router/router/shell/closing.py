@@ -41,10 +41,11 @@ class Closing(Part):
         await self._forget_open(closed)
         await self._dequeue(closed.line_id, closed.id)
         line = self.lines.lines.get(closed.line_id)
-        if line is not None and closed.close_reason != "spam":  # a spammer gets no goodbye
-            await self._auto(closed, f"closing:{closed.id}", autoreply.closing(line, closed.client_name), closed_at)
-            if line.session.rating and not closed.no_auto_reply:
-                await self._auto(closed, f"rating:{closed.id}", autoreply.rating_request(line, closed.client_name), closed_at)
+        if line is not None:
+            goodbye, rating, awaited = autoreply.on_close(line, closed)
+            await self._auto(closed, f"closing:{closed.id}", goodbye, closed_at)
+            if awaited:
+                await self._auto(closed, f"rating:{closed.id}", rating, closed_at)
                 await self._await_rating(closed, now)
         told = transition.close_told(closed)
         # The event keeps the login (machines read it); the transcript line names the person.

@@ -18,6 +18,7 @@ from openlines.state import ClientRecord, Session, client_key
 from router.core import autoreply, client, flood, opening, timing
 from router.core import session as transition
 from router.shell.base import WAITING_NOTE, Part, Shared, client_id_for, session_id_for
+from router.shell.kv import Known, cas
 from router.shell.offering import Offering
 from router.timers import Timer, schedule
 
@@ -44,11 +45,12 @@ class InboundFlow(Part):
             return
         ck = subjects.chat_key(msg.channel, msg.account, msg.chat_id)
         ckey = client_key(msg.channel, msg.account, ck)
-        rec, _ = await kv_get(self.b.clients, ckey, ClientRecord)
+        rec, rev = await kv_get(self.b.clients, ckey, ClientRecord)
         if rec is not None and msg.id in rec.recent_msg_ids:
             log.info("duplicate inbound ignored", extra={"msg_id": msg.id})
             return
         now = utcnow()
+        seen: Known[ClientRecord] = (rec, rev)  # the client record as this trigger last read or wrote it
         rating = client.rating_of(rec, msg.text, now.timestamp()) if rec is not None else None
         if rec is not None and rating is not None:
             await self._rate(rec.rating_for, rating, msg)
@@ -62,7 +64,7 @@ class InboundFlow(Part):
                 reason="the client is marked as spam",
             )
         else:
-            await self._take_message(msg, entry_line, rec, ck, now)
+            seen = await self._take_message(msg, entry_line, seen, ck, now)
 
         def remember(cur: ClientRecord | None) -> ClientRecord:
             fresh = ClientRecord(
@@ -73,9 +75,13 @@ class InboundFlow(Part):
             )
             return client.remembered(cur or fresh, msg)
 
-        await kv_update(self.b.clients, ckey, ClientRecord, remember)
+        await cas(self.b.clients, ckey, ClientRecord, remember, known=seen)
 
-    async def _take_message(self, msg: Inbound, entry_line: LineConfig, rec: ClientRecord | None, ck: str, now: datetime) -> None:
+    async def _take_message(
+        self, msg: Inbound, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
+    ) -> Known[ClientRecord]:
+        """Put the message in its session (opened if new); returns the client record as it was left."""
+        rec = seen[0]
         own_sid = session_id_for(msg.id, entry_line.id)
         session = await self._open_session_of(rec, entry_line)
         # A session this very message opened is "new" even when found again
@@ -84,14 +90,17 @@ class InboundFlow(Part):
         first_contact = rec is None or opening.first_contact(
             rec.sessions_total, rec.open_sessions.get(entry_line.id, ""), own_sid
         )
+        created: Known[Session] | None = None
         if session is None:
             line = opening.route(entry_line, self.lines.lines, now)
-            session = await self._create_session(msg, line, entry_line, rec, ck, now)
+            created, seen = await self._create_session(msg, line, entry_line, seen, ck, now)
+            session = created[0]
+            assert session is not None
             if not session.is_open:
                 # This message opened a chat that has been answered and closed since;
                 # it comes again because a crash kept it from being acknowledged.
                 log.info("inbound already handled: its chat is closed", extra={"msg_id": msg.id, "session": session.id})
-                return
+                return seen
         counted = session.id == own_sid and session.messages_in >= 1  # opened by this message, counted on creation
         held = False
         if not counted:
@@ -106,6 +115,7 @@ class InboundFlow(Part):
             )
             if touched is not None:
                 session = touched
+                created = None
             if guarded:
                 held = await self._flood_check(session)
         await self.fx.history(
@@ -123,7 +133,8 @@ class InboundFlow(Part):
         )
         await self._arm_idle(session)
         if is_new:
-            await self._start(session, first_contact, now)
+            await self._start(session, first_contact, now, known=created)
+        return seen
 
     async def _flood_check(self, session: Session) -> bool:
         """Whether this message (already counted on ``session``) is held; flags the chat at the first one held."""
@@ -149,8 +160,10 @@ class InboundFlow(Part):
         return current if current is not None and current.is_open else None
 
     async def _create_session(
-        self, msg: Inbound, line: LineConfig, entry_line: LineConfig, rec: ClientRecord | None, ck: str, now: datetime
-    ) -> Session:
+        self, msg: Inbound, line: LineConfig, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
+    ) -> tuple[Known[Session], Known[ClientRecord]]:
+        """The session this message opens (or found again, after a crash) and the client record linked to it."""
+        rec = seen[0]
         sid = session_id_for(msg.id, entry_line.id)
         fresh = Session(
             id=sid,
@@ -170,10 +183,11 @@ class InboundFlow(Part):
             flood_count=1,
             client_last_at=client.client_time(msg),
         )
-        session = await kv_update(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None)
+        created = await cas(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None, known=(None, None))
+        session = created[0]
         assert session is not None
         if not session.is_open:
-            return session  # opened by this very message and closed since: nothing to link
+            return created, seen  # opened by this very message and closed since: nothing to link
 
         # The client points at its open session before anything is offered, so a message
         # that follows finds it even if this one is still in hand. The profile is stored
@@ -183,11 +197,14 @@ class InboundFlow(Part):
             rec = cur or ClientRecord(client_id=session.client_id, channel=msg.channel, account=msg.account, chat_id=msg.chat_id)
             return client.linked(rec, msg, entry_line.id, sid)
 
-        await kv_update(self.b.clients, client_key(msg.channel, msg.account, ck), ClientRecord, link)
-        return session
+        linked = await cas(self.b.clients, client_key(msg.channel, msg.account, ck), ClientRecord, link, known=seen)
+        return created, linked
 
-    async def _start(self, session: Session, first_contact: bool, now: datetime) -> None:
-        """What a new session gets: the opening event, the right auto-reply, a place in the queue."""
+    async def _start(self, session: Session, first_contact: bool, now: datetime, *, known: Known[Session] | None) -> None:
+        """What a new session gets: the opening event, the right auto-reply, a place in the queue.
+
+        ``known``: the session's record and revision if this trigger just wrote it (saves reading it again).
+        """
         line = self.lines.lines.get(session.line_id)
         if line is None:
             return
@@ -198,9 +215,13 @@ class InboundFlow(Part):
             await self._auto(session, f"{decided.reply.kind}:{session.id}", decided.reply.text, now)
         if decided.held:
             session = await self._hold(line, session, now)
+            known = None
         if session.status == "waiting":
             await self._enqueue(line.id, session)
-            await self.offering.drain(line, now, after_queueing=True)
+            hint = {session.id: known} if known is not None else {}
+            offered = await self.offering.drain(line, now, after_queueing=True, known=hint)
+            if session.id in offered:
+                return  # offered at once: no longer waiting
             after, _ = await kv_get(self.b.sessions, session.id, Session)
             if after is not None and after.status == "waiting":
                 await self._trail(after, f"waiting:{session.id}:{after.assignments}", "session_waiting", WAITING_NOTE)
@@ -216,12 +237,10 @@ class InboundFlow(Part):
         return session
 
     async def _tell_position(self, line: LineConfig, session: Session, now: datetime) -> None:
-        if not (line.queue.tell_position and line.auto_replies.queue_position):
+        if not line.queue.tell_position:
             return
-        pos = self.waiting.position(line.id, session.id)
-        if pos:
-            text = autoreply.queue_position(line, session.client_name, pos)
-            await self._auto(session, f"position:{session.id}:{session.assignments}", text, now)
+        text = autoreply.position_reply(line, session.client_name, self.waiting.position(line.id, session.id))
+        await self._auto(session, f"position:{session.id}:{session.assignments}", text, now)
 
     async def _rate(self, session_id: str, rating: int, msg: Inbound) -> None:
         """Record the client's mark on the closed session; it opens no new conversation."""

@@ -25,6 +25,7 @@ from router.core import capacity, offer, opening
 from router.core import session as transition
 from router.shell.base import WAITING_NOTE, Part, Refused, Shared
 from router.shell.capacity import Capacity
+from router.shell.kv import Known, cas
 
 log = logging.getLogger("router.engine")
 
@@ -37,33 +38,45 @@ class Offering(Part):
         super().__init__(shared)
         self.cap = cap
 
-    async def drain(self, line: LineConfig, now: datetime | None = None, *, after_queueing: bool = False) -> None:
-        """Offer waiting chats of a line, oldest first, while operators have room.
+    async def drain(
+        self,
+        line: LineConfig,
+        now: datetime | None = None,
+        *,
+        after_queueing: bool = False,
+        known: dict[str, Known[Session]] | None = None,
+    ) -> dict[str, Session]:
+        """Offer waiting chats of a line, oldest first, while operators have room; returns the chats offered.
 
         ``after_queueing``: the drain follows this replica queueing a new chat, and no
         operator freed room meanwhile, so a chat another replica queued a moment ago
         is that replica's to offer (it drained after queueing it); no need to catch up.
+        ``known``: sessions this trigger just wrote, with their revisions (not read again).
         """
         now = now or utcnow()
+        known = dict(known or {})
+        offered: dict[str, Session] = {}
         if opening.holds(line, now):
-            return  # held chats wait for the opening timer
+            return offered  # held chats wait for the opening timer
         while True:
             head = self.waiting.head(line.id)
             if head is None:
                 if after_queueing:
-                    return
+                    return offered
                 # Before saying nobody waits: a chat another replica queued a moment ago must be seen.
                 await self.waiting.sync()
                 head = self.waiting.head(line.id)
                 if head is None:
-                    return
-            session, _ = await kv_get(self.b.sessions, head.session_id, Session)
+                    return offered
+            hint = known.pop(head.session_id, None)
+            session, rev = hint if hint is not None else await kv_get(self.b.sessions, head.session_id, Session)
             if session is None or session.status != "waiting" or session.line_id != line.id:
                 await self._dequeue(line.id, head.session_id)
                 continue
-            assigned = await self._assign(line, session, now)
+            assigned = await self._assign(line, session, rev, now)
             if assigned is None:
-                return
+                return offered
+            offered[assigned.id] = assigned
             await self._dequeue(line.id, head.session_id)
 
     async def _responsible(self, session: Session) -> str | None:
@@ -85,7 +98,7 @@ class Offering(Part):
         op = answer.get("operator_id") if isinstance(answer, dict) else None
         return op if isinstance(op, str) and op else None
 
-    async def _assign(self, line: LineConfig, session: Session, now: datetime) -> Session | None:
+    async def _assign(self, line: LineConfig, session: Session, rev: int | None, now: datetime) -> Session | None:
         """Offer a waiting chat to whom the line's mode picks, or None if nobody can take it now."""
         preferred = await self._responsible(session) if line.queue.mode == "crm_responsible" else None
         live = False
@@ -100,7 +113,7 @@ class Offering(Part):
                     continue  # someone only looked full: decide again
                 return None
             if choice.to_all:
-                return await self._offer_all(line, session, choice.operators, now)
+                return await self._offer_all(line, session, choice.operators, now, known=(session, rev))
             op_id = choice.operators[0]
             if not await self.cap.claim(op_id, session.id, line.queue, now):
                 continue  # their state changed under us: decide again on fresh state
@@ -111,6 +124,7 @@ class Offering(Part):
                 from_status="waiting",
                 assignments=session.assignments,
                 wait_seconds=line.queue.wait_seconds,
+                known=(session, rev),
             )
             if updated is None:
                 await self._release(op_id, session.id)  # closed or taken meanwhile
@@ -128,11 +142,13 @@ class Offering(Part):
         assignments: int,
         wait_seconds: float,
         cause: Callable[[Session], Awaitable[None]] | None = None,
+        known: Known[Session] | None = None,
     ) -> Session | None:
         """Record the offer on the session (its no-answer timer set first) and announce it.
 
         ``assignments``: the session's count as the caller read it; the offer makes it one more.
         ``cause``: writes what led to the offer (a transfer) into the trail before the offer's line.
+        ``known``: the session as the caller read it, with its revision (the first try writes on it).
         """
         expected = assignments + 1
         for _ in range(DECIDE_ATTEMPTS):
@@ -140,12 +156,14 @@ class Offering(Part):
             # chat offered for ever to an operator who never answers (nothing else would
             # notice: the message that opened it, redelivered, finds it no longer waiting).
             await self._arm_offer(sid, expected, now, wait_seconds)
-            updated = await kv_update(
+            updated, _ = await cas(
                 self.b.sessions,
                 sid,
                 Session,
                 lambda s, exp=expected: transition.given(s, op_id, now, from_status=from_status, expected=exp),
+                known=known,
             )
+            known = None
             if updated is not None and updated.status == from_status and updated.assignments + 1 != expected:
                 expected = updated.assignments + 1  # offered and passed on meanwhile elsewhere: arm for the count now
                 continue
@@ -166,12 +184,14 @@ class Offering(Part):
         extra = {"reason": "offered to all"} if session.offered_to else {}
         await self._trail(session, key, "session_assigned", "Offered to " + ", ".join(names), **extra)
 
-    async def _offer_all(self, line: LineConfig, session: Session, ops: list[str], now: datetime) -> Session | None:
+    async def _offer_all(
+        self, line: LineConfig, session: Session, ops: list[str], now: datetime, *, known: Known[Session] | None = None
+    ) -> Session | None:
         """Offer to every free operator at once; capacity is claimed by whoever accepts."""
         expected = session.assignments + 1
         await self._arm_offer(session.id, expected, now, line.queue.wait_seconds)  # first, as in give
-        updated = await kv_update(
-            self.b.sessions, session.id, Session, lambda s: transition.offered_to_all(s, ops, now, expected=expected)
+        updated, _ = await cas(
+            self.b.sessions, session.id, Session, lambda s: transition.offered_to_all(s, ops, now, expected=expected), known=known
         )
         if updated is None or updated.status != "assigned" or updated.offered_to != ops or updated.assignments != expected:
             return None
