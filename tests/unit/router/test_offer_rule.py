@@ -122,3 +122,16 @@ def test_an_offer_never_goes_to_an_absent_full_or_foreign_operator(
         assert choice.to_all
     if mode in ("round_robin", "strict"):
         assert not choice.to_all and len(choice.operators) <= 1
+
+
+def test_only_the_crm_responsible_mode_asks_the_crm_who_the_manager_is() -> None:
+    from router.core.distribution import asks_responsible
+
+    queues = [
+        QueueConfig(mode="round_robin"),
+        QueueConfig(mode="strict"),
+        QueueConfig(mode="all"),
+        QueueConfig(mode="crm_responsible"),
+    ]
+    asking = {q.mode for q in queues if asks_responsible(q)}
+    assert asking == {"crm_responsible"}

@@ -16,6 +16,8 @@ from router.core.distribution import Choice, Context, OperatorView, available
 
 
 class CrmResponsible:
+    asks_responsible = True
+
     def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         if ctx.preferred and any(op.id == ctx.preferred for op in available(queue, operators, ctx.exclude)):
             return Choice(operators=[ctx.preferred])

@@ -14,7 +14,7 @@ import msgspec
 from openlines.lines import QueueConfig
 from router.core.capacity import OperatorView, may_be_offered
 
-__all__ = ["Choice", "Context", "OperatorView", "Strategy", "available", "choose", "pick", "pick_many"]
+__all__ = ["Choice", "Context", "OperatorView", "Strategy", "asks_responsible", "available", "choose", "pick", "pick_many"]
 
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,6 +41,9 @@ NOBODY = Choice()
 
 
 class Strategy(Protocol):
+    # The strategy decides on the client's responsible manager from the CRM: the shell asks crm-sync for it.
+    asks_responsible: bool
+
     def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         """The operators to offer the chat to (one, or several for "all"); empty when nobody can take it now."""
         ...
@@ -70,6 +73,11 @@ def strategies() -> dict[str, Strategy]:
 
 
 STRATEGIES: dict[str, Strategy] = strategies()
+
+
+def asks_responsible(queue: QueueConfig) -> bool:
+    """Whether the line's mode wants the client's responsible manager (``Context.preferred``) to decide."""
+    return STRATEGIES[queue.mode].asks_responsible
 
 
 def choose(queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context = Context()) -> Choice:

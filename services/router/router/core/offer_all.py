@@ -9,5 +9,7 @@ from router.core.distribution import Choice, Context, OperatorView, available
 
 
 class OfferAll:
+    asks_responsible = False
+
     def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         return Choice(operators=[op.id for op in available(queue, operators, ctx.exclude)], to_all=True)

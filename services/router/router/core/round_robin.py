@@ -9,6 +9,8 @@ from router.core.distribution import NOBODY, Choice, Context, OperatorView, avai
 
 
 class RoundRobin:
+    asks_responsible = False
+
     def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         free = available(queue, operators, ctx.exclude)
         if not free:

@@ -152,7 +152,7 @@ def simulate(
     tz = _zone(line)
     views = _views(line, operators)
     queue = _waiting_queue(waiting)
-    preferred = responsible if line.queue.mode == "crm_responsible" else None
+    preferred = responsible if distribution.asks_responsible(line.queue) else None
     when = opening if held else at
     if held and opening is None:
         result = _Drain(queue=queue, views=views, offers={}, turn_views=views)

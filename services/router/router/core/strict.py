@@ -9,6 +9,8 @@ from router.core.distribution import NOBODY, Choice, Context, OperatorView, avai
 
 
 class Strict:
+    asks_responsible = False
+
     def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         free = available(queue, operators, ctx.exclude)
         return Choice(operators=[free[0].id]) if free else NOBODY

@@ -21,7 +21,7 @@ from openlines.crashpoints import crash_point
 from openlines.envelopes import utcnow
 from openlines.lines import LineConfig, QueueConfig
 from openlines.state import OperatorState, Session
-from router.core import capacity, offer, opening
+from router.core import capacity, distribution, offer, opening
 from router.core import session as transition
 from router.shell.base import WAITING_NOTE, Part, Refused, Shared
 from router.shell.capacity import Capacity
@@ -100,7 +100,7 @@ class Offering(Part):
 
     async def _assign(self, line: LineConfig, session: Session, rev: int | None, now: datetime) -> Session | None:
         """Offer a waiting chat to whom the line's mode picks, or None if nobody can take it now."""
-        preferred = await self._responsible(session) if line.queue.mode == "crm_responsible" else None
+        preferred = await self._responsible(session) if distribution.asks_responsible(line.queue) else None
         live = False
         for _ in range(DECIDE_ATTEMPTS):
             views = await self.cap.views(line, live=live)
