@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from openlines.bus import kv_update
+from openlines.envelopes import rating_request_id
 from openlines.state import ClientRecord, Session, client_key
 from router.core import autoreply, client
 from router.core import session as transition
@@ -45,7 +46,7 @@ class Closing(Part):
             goodbye, rating, awaited = autoreply.on_close(line, closed)
             await self._auto(closed, f"closing:{closed.id}", goodbye, closed_at)
             if awaited:
-                await self._auto(closed, f"rating:{closed.id}", rating, closed_at)
+                await self._auto(closed, rating_request_id(closed.id), rating, closed_at)
                 await self._await_rating(closed, now)
         told = transition.close_told(closed)
         # The event keeps the login (machines read it); the transcript line names the person.
