@@ -338,6 +338,27 @@ async def test_a_desk_page_back_within_the_grace_keeps_the_operator_online(nc: A
         assert (await operator(nc, "anna")).status == "online"
 
 
+async def test_fallback_mode_all_offers_to_all_even_when_one_operator_is_free(nc: Any, nats_server: Any) -> None:
+    # It used to go to the one free operator as a plain offer (capacity taken at once), while
+    # mode = "all" and `lines simulate` offered it to all: the strategy now says which, for both.
+    queue = 'mode = "crm_responsible"\nfallback_mode = "all"\nwait_seconds = 600'
+    await apply_lines(nc, OPS + line(queue, ops='"anna", "boris"'))
+    async with running_router(nats_server.url):
+        await online(nc, "anna")
+        await publish(nc, inbound("v", "hi", "m1"))
+
+        async def offered() -> Session | None:
+            s = await session_of(nc, "v")
+            return s if s is not None and s.status == "assigned" else None
+
+        s = await wait_for(offered, what="the offer")
+        assert (s.operator_id, s.offered_to) == ("", ["anna"])
+        anna = await operator(nc, "anna")
+        assert s.id in anna.offers and s.id not in anna.sessions
+        res = await call(nc, "accept", Accept(operator_id="anna", session_id=s.id))
+        assert res.session is not None and (res.session.operator_id, res.session.status) == ("anna", "answered")
+
+
 async def test_mode_all_offers_to_every_free_operator_and_the_first_to_accept_takes_it(nc: Any, nats_server: Any) -> None:
     await apply_lines(nc, OPS + line('mode = "all"\nwait_seconds = 600', ops='"anna", "boris", "vera"'))
     async with running_router(nats_server.url):

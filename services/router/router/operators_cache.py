@@ -32,6 +32,10 @@ class OperatorsCache:
         found = self._states.get(op_id)
         return found[0] if found is not None else None
 
+    def entry(self, op_id: str) -> tuple[OperatorState, int] | None:
+        """The operator's state with its revision, once the copy is loaded (else None: read KV)."""
+        return self._states.get(op_id) if self.loaded.is_set() else None
+
     def all(self) -> dict[str, OperatorState]:
         """Every operator's state as the copy has it now."""
         return {op_id: st for op_id, (st, _rev) in self._states.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 
 from openlines.lines import LineConfig
+from openlines.state import Session
 
 
 class _Keep(dict[str, str]):
@@ -47,3 +48,22 @@ def queue_position(line: LineConfig, client_name: str, position: int) -> str:
 def rating_request(line: LineConfig, client_name: str) -> str:
     t = line.auto_replies.rating_request
     return render(t, client_name=client_name, line_name=line.name) if t else ""
+
+
+def position_reply(line: LineConfig, client_name: str, position: int) -> str:
+    """What a waiting client is told of their place, when the line tells it (``queue.tell_position``)."""
+    if not line.queue.tell_position or position <= 0:
+        return ""
+    return queue_position(line, client_name, position)
+
+
+def on_close(line: LineConfig, session: Session) -> tuple[str, str, bool]:
+    """The closing text, the rating request, and whether a rating is awaited, for a session just closed.
+
+    A chat closed as spam gets no goodbye; a chat opened by a message that must get no
+    automatic answer (a robot, a mailing list) is not asked for a rating.
+    """
+    if session.close_reason == "spam":
+        return "", "", False
+    ask = line.session.rating and not session.no_auto_reply
+    return closing(line, session.client_name), rating_request(line, session.client_name) if ask else "", ask

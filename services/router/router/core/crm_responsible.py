@@ -12,12 +12,14 @@ import msgspec
 
 from openlines.lines import QueueConfig
 from router.core import distribution
-from router.core.distribution import Context, OperatorView, available
+from router.core.distribution import Choice, Context, OperatorView, available
 
 
 class CrmResponsible:
-    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> list[str]:
+    asks_responsible = True
+
+    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         if ctx.preferred and any(op.id == ctx.preferred for op in available(queue, operators, ctx.exclude)):
-            return [ctx.preferred]
+            return Choice(operators=[ctx.preferred])
         fallback = msgspec.structs.replace(queue, mode=queue.fallback_mode)
         return distribution.STRATEGIES[queue.fallback_mode].pick(fallback, operators, ctx)

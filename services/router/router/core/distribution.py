@@ -12,15 +12,9 @@ from typing import Protocol
 import msgspec
 
 from openlines.lines import QueueConfig
+from router.core.capacity import OperatorView, may_be_offered
 
-
-class OperatorView(msgspec.Struct, frozen=True, kw_only=True):
-    """What distribution needs to know of one operator, read at decision time."""
-
-    id: str
-    status: str  # online | away | offline
-    open_chats: int  # the chats that count toward capacity (open or unanswered, per the line)
-    last_assigned_at: float
+__all__ = ["Choice", "Context", "OperatorView", "Strategy", "asks_responsible", "available", "choose", "pick", "pick_many"]
 
 
 class Context(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,8 +24,27 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     preferred: str | None = None  # the client's responsible manager from the CRM, if known
 
 
+class Choice(msgspec.Struct, frozen=True, kw_only=True):
+    """Whom a strategy offers the chat to, and how.
+
+    ``to_all``: the chat is offered to every one of ``operators`` at once and the
+    first to accept takes it (capacity is claimed on accepting); otherwise it is
+    given to the one operator, whose capacity is claimed at once. The strategy
+    says which, so no caller needs to know the modes.
+    """
+
+    operators: list[str] = []
+    to_all: bool = False
+
+
+NOBODY = Choice()
+
+
 class Strategy(Protocol):
-    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> list[str]:
+    # The strategy decides on the client's responsible manager from the CRM: the shell asks crm-sync for it.
+    asks_responsible: bool
+
+    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         """The operators to offer the chat to (one, or several for "all"); empty when nobody can take it now."""
         ...
 
@@ -44,9 +57,7 @@ def available(queue: QueueConfig, operators: Sequence[OperatorView], exclude: fr
         op = by_id.get(op_id)
         if op is None or op.id in exclude:
             continue
-        if queue.skip_offline and op.status != "online":
-            continue
-        if op.open_chats >= queue.max_chats_per_operator:
+        if not may_be_offered(op.status, op.open_chats, queue):
             continue
         out.append(op)
     return out
@@ -64,9 +75,19 @@ def strategies() -> dict[str, Strategy]:
 STRATEGIES: dict[str, Strategy] = strategies()
 
 
+def asks_responsible(queue: QueueConfig) -> bool:
+    """Whether the line's mode wants the client's responsible manager (``Context.preferred``) to decide."""
+    return STRATEGIES[queue.mode].asks_responsible
+
+
+def choose(queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context = Context()) -> Choice:
+    """Whom the chat is offered to, per the line's mode, and whether to all of them at once."""
+    return STRATEGIES[queue.mode].pick(queue, operators, ctx)
+
+
 def pick_many(queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context = Context()) -> list[str]:
     """Everyone the chat is offered to, per the line's mode."""
-    return STRATEGIES[queue.mode].pick(queue, operators, ctx)
+    return choose(queue, operators, ctx).operators
 
 
 def pick(queue: QueueConfig, operators: Sequence[OperatorView], exclude: frozenset[str] = frozenset()) -> str | None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from openlines.lines import QueueConfig
-from router.core.distribution import Context, OperatorView, available
+from router.core.distribution import Choice, Context, OperatorView, available
 
 
 class OfferAll:
-    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> list[str]:
-        return [op.id for op in available(queue, operators, ctx.exclude)]
+    asks_responsible = False
+
+    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
+        return Choice(operators=[op.id for op in available(queue, operators, ctx.exclude)], to_all=True)

@@ -2,11 +2,12 @@
 
 Pure: (lines file, instant, channel, operators) -> :class:`Outcome`, a
 step-by-step explanation. Every decision is taken by the same core functions
-the router calls (``hours.is_open`` / ``next_opening``, ``distribution.pick_many``
-and ``available``, ``autoreply.*``, the waiting ``queue``); only the glue the
-engine does around them (which line, which auto-reply, the drain loop) is
-mirrored here, and the consistency test in tests/integration/test_simulate_cli.py
-runs the real router against it.
+the router's shell calls: ``opening`` (which line, which auto-reply, held or
+not), ``capacity`` (what counts toward an operator's load), ``offer`` (who
+now, who next; the strategy says whether to all at once), the waiting
+``queue``. Only the drain loop is walked here on the given states instead of
+KV; the consistency test in tests/integration/test_simulate_cli.py runs the
+real router against it.
 
 Assumptions: the message opens a new session (the client has no open one on
 the line), the client is not marked as spam, the channel does not flag the
@@ -25,8 +26,9 @@ import msgspec
 from openlines import hours
 from openlines.lines import LineConfig, LinesFile, binding_index
 from openlines.state import QueuedChat
-from router.core import autoreply, distribution
-from router.core.distribution import Context, OperatorView
+from router.core import autoreply, capacity, distribution, offer
+from router.core import opening as opening_rule
+from router.core.distribution import NOBODY, Choice, OperatorView
 from router.core.queue import WaitingLine
 
 OperatorStatus = Literal["online", "away", "offline"]
@@ -113,14 +115,13 @@ def simulate(
     out.open = hours.is_open(entry.hours, at)
     steps.append(Step(kind="hours", text=_hours_text(entry, at, out.open)))
 
-    # Engine._route_line: one hop to the redirect target when the entry line is closed.
-    line = entry
+    # One hop to the redirect target when the entry line is closed.
+    line = opening_rule.route(entry, {ln.id: ln for ln in cfg.lines}, at)
     h = entry.hours
     if h.enabled and h.outside == "redirect" and not out.open:
-        target = {ln.id: ln for ln in cfg.lines}.get(h.redirect_line)
         out.outside = "redirect"
-        if target is not None:
-            line = target
+        if line.id != entry.id:
+            target = line
             out.redirected = True
             out.line = target.id
             steps.append(Step(kind="redirect", text=f"outside = redirect: the chat goes to line {target.id} ({target.name})"))
@@ -129,9 +130,9 @@ def simulate(
         else:
             steps.append(Step(kind="redirect", text=f"outside = redirect, but line {h.redirect_line!r} does not exist: it stays"))
 
-    # Engine._start: what the session gets on the line that takes it.
-    closed = line.hours.enabled and not hours.is_open(line.hours, at)
-    held = closed and line.hours.outside == "hold_until_open"
+    # What the session gets on the line that takes it.
+    started = opening_rule.open_session(line, entry, at, first_contact=first_contact, client_name=client_name)
+    closed, held = started.closed, started.held
     opening = hours.next_opening(line.hours, at) if closed else None
     out.next_opening = opening
     if not out.open:
@@ -140,35 +141,35 @@ def simulate(
         steps.append(Step(kind="outside", text=_outside_text(line, out.redirected, opening)))
     out.held = held
 
-    text, why = _opening_reply(line, entry, closed=closed, first_contact=first_contact, client_name=client_name)
+    text, why = started.reply.text, started.reply.why
     if text:
         out.auto_replies.append(text)
         steps.append(Step(kind="auto_reply", text=f'auto-reply ({why}): "{text}"'))
     else:
         steps.append(Step(kind="auto_reply", text=f"no auto-reply: {why}"))
 
-    # Engine._start -> _enqueue + drain (+ _tell_position), Engine._assign for each chat.
+    # Queued, then the drain offers the waiting chats oldest first (and the client may be told their place).
     tz = _zone(line)
     views = _views(line, operators)
     queue = _waiting_queue(waiting)
-    preferred = responsible if line.queue.mode == "crm_responsible" else None
+    preferred = responsible if distribution.asks_responsible(line.queue) else None
     when = opening if held else at
     if held and opening is None:
         result = _Drain(queue=queue, views=views, offers={}, turn_views=views)
     else:
         result = _drain(line, views, queue, preferred, (when or at).timestamp())
-    mine = result.offers.get(THIS_CHAT, [])
-    out.offered_to = list(mine)
+    mine = result.offers.get(THIS_CHAT, NOBODY)
+    out.offered_to = list(mine.operators)
     explained, out.skipped = _explain(line, operators, result.turn_views, mine, responsible)
     ahead = [Step(kind="ahead", text=_ahead_text(waiting, result, held))] if waiting else []
     queued: list[Step] = []
-    if held or not mine:
+    if held or not mine.operators:
         out.waits = True
         # Held: until the opening it waits behind every chat ahead of it.
         out.position = (_waiting_queue(waiting) if held else result.queue).position(THIS_CHAT)
         msg = f"the chat waits in the queue at position {out.position}"
-        if line.queue.tell_position and line.auto_replies.queue_position:
-            told = autoreply.queue_position(line, client_name, out.position)
+        told = autoreply.position_reply(line, client_name, out.position)
+        if told:
             out.auto_replies.append(told)
             msg += f'; the client is told: "{told}"'
         elif line.queue.tell_position:
@@ -182,9 +183,11 @@ def simulate(
     else:
         steps += [*ahead, Step(kind="distribution", text=explained), *queued]
 
-    if mine:
+    if mine.operators:
         out.wait_seconds = line.queue.wait_seconds
-        out.next_on_no_answer = _next_on_no_answer(line, result.turn_views, mine, preferred, (when or at).timestamp())
+        then = (when or at).timestamp()
+        following = offer.next_on_no_answer(line.queue, result.turn_views, mine, preferred=preferred, now=then)
+        out.next_on_no_answer = following.operators
         steps.append(Step(kind="no_answer", text=_no_answer_text(line, mine, out.next_on_no_answer)))
 
     out.auto_close_minutes = line.session.auto_close_minutes
@@ -193,26 +196,6 @@ def simulate(
 
 
 # ----------------------------------------------------------------- the steps
-
-
-def _opening_reply(
-    line: LineConfig, entry: LineConfig, *, closed: bool, first_contact: bool, client_name: str
-) -> tuple[str, str]:
-    """The auto-reply a new session gets (mirrors Engine._start), and why."""
-    redirected = line.id != entry.id
-    if closed and line.auto_replies.outside_hours:
-        return autoreply.outside_hours(line, client_name), f"outside_hours of line {line.id}"
-    if redirected and entry.auto_replies.outside_hours:
-        return autoreply.outside_hours(entry, client_name), f"outside_hours of line {entry.id}"
-    ar = line.auto_replies
-    if ar.welcome and (first_contact or ar.welcome_each_session):
-        why = "welcome, first contact" if first_contact else "welcome, welcome_each_session = true"
-        return autoreply.welcome(line, client_name), why
-    if closed:
-        return "", f"line {line.id} has no outside_hours text" + ("" if ar.welcome else " and no welcome text")
-    if not ar.welcome:
-        return "", f"line {line.id} has no welcome text"
-    return "", "a returning client gets the welcome only with welcome_each_session = true"
 
 
 def _hours_text(line: LineConfig, at: datetime, is_open: bool) -> str:
@@ -252,7 +235,7 @@ def _ahead_text(waiting: int, result: _Drain, held: bool) -> str:
         head = f"{waiting} older {chats} in the queue, held like this one; at the opening {they} offered first"
     else:
         head = f"{waiting} older {chats} in the queue; {they} offered first"
-    placed = [", ".join(result.offers[f"ahead{i}"]) for i in range(1, waiting + 1) if f"ahead{i}" in result.offers]
+    placed = [", ".join(result.offers[f"ahead{i}"].operators) for i in range(1, waiting + 1) if f"ahead{i}" in result.offers]
     if placed:
         head += ": " + "; ".join(f"#{i} -> {ops}" for i, ops in enumerate(placed, 1))
     left = waiting - len(placed)
@@ -262,9 +245,10 @@ def _ahead_text(waiting: int, result: _Drain, held: bool) -> str:
 
 
 def _explain(
-    line: LineConfig, operators: list[OperatorSim], views: list[OperatorView], chosen: list[str], responsible: str | None
+    line: LineConfig, operators: list[OperatorSim], views: list[OperatorView], choice: Choice, responsible: str | None
 ) -> tuple[str, list[Skip]]:
     """The mode's choice in words, and why every other operator was skipped."""
+    chosen = choice.operators
     q = line.queue
     mode = q.mode
     free = {v.id for v in distribution.available(q, views, frozenset())}
@@ -302,7 +286,7 @@ def _explain(
     head = f"{mode}" + (f" ({fallback})" if fallback else "")
     if not chosen:
         tail = "the line's queue has no operators: nobody gets the offer" if not q.operators else "nobody can take the chat now"
-    elif effective == "all" or len(chosen) > 1:
+    elif choice.to_all:
         tail = f"offered to {', '.join(chosen)} at once; the first to accept takes it"
     elif effective == "crm_responsible":
         tail = f"{chosen[0]} gets the offer (the client's responsible manager)"
@@ -330,15 +314,16 @@ def _unavailable(line: LineConfig, op_id: str, by_id: dict[str, OperatorView]) -
         return "no state: not among the given operators, like one who never signed in"
     if q.skip_offline and v.status != "online":
         return v.status
-    if v.open_chats >= q.max_chats_per_operator:
+    if not capacity.has_room(v.open_chats, q):
         what = "unanswered" if q.count == "unanswered" else "open"
         return f"full: {v.open_chats} {what} chat(s), max_chats_per_operator = {q.max_chats_per_operator}, count = {q.count}"
     return "not available"
 
 
-def _no_answer_text(line: LineConfig, chosen: list[str], following: list[str]) -> str:
+def _no_answer_text(line: LineConfig, offered: Choice, following: list[str]) -> str:
+    chosen = offered.operators
     secs = line.queue.wait_seconds
-    head = f"nobody accepts in {secs} s" if len(chosen) > 1 or line.queue.mode == "all" else f"no answer in {secs} s"
+    head = f"nobody accepts in {secs} s" if offered.to_all else f"no answer in {secs} s"
     if not following:
         return f"{head} → passed on; nobody else is free, the chat waits in the queue"
     if sorted(following) == sorted(chosen):
@@ -364,19 +349,19 @@ def _auto_close_text(line: LineConfig, client_name: str) -> str:
 class _Drain(msgspec.Struct, kw_only=True):
     queue: WaitingLine  # what is still waiting
     views: list[OperatorView]  # operator loads after the offers
-    offers: dict[str, list[str]]  # queued chat -> who it was offered to
+    offers: dict[str, Choice]  # queued chat -> whom it was offered to
     turn_views: list[OperatorView]  # the operators as the simulated chat's turn found them
 
 
 def _views(line: LineConfig, operators: list[OperatorSim]) -> list[OperatorView]:
-    """Engine._views: the queue's operators with state, their load counted per ``queue.count``."""
+    """The queue's operators with state, their load counted per ``queue.count``."""
     by_id = {op.id: op for op in operators}
     views: list[OperatorView] = []
     for op_id in line.queue.operators:
         op = by_id.get(op_id)
         if op is None:
             continue
-        load = op.unanswered_chats if line.queue.count == "unanswered" else op.open_chats
+        load = capacity.counted(op.open_chats, op.unanswered_chats, line.queue)
         views.append(OperatorView(id=op.id, status=op.status, open_chats=load, last_assigned_at=op.last_assigned_at))
     return views
 
@@ -387,40 +372,20 @@ def _waiting_queue(waiting: int) -> WaitingLine:
 
 
 def _drain(line: LineConfig, views: list[OperatorView], queue: WaitingLine, preferred: str | None, now: float) -> _Drain:
-    """Engine.drain: offer the waiting chats oldest first while somebody can take one (takes them out of ``queue``)."""
-    offers: dict[str, list[str]] = {}
+    """The router's drain: offer the waiting chats oldest first while somebody can take one (takes them out of ``queue``)."""
+    offers: dict[str, Choice] = {}
     turn_views = views
     while (first := queue.head()) is not None:
         head = first.session_id
         turn_views = views
         # Only the simulated chat's responsible manager is known; the others' fall back.
-        ctx = Context(preferred=preferred if head == THIS_CHAT else None)
-        chosen = distribution.pick_many(line.queue, views, ctx)
-        if not chosen:
+        choice = offer.decide(line.queue, views, preferred=preferred if head == THIS_CHAT else None)
+        if not choice.operators:
             break
-        if not (line.queue.mode == "all" or len(chosen) > 1):
-            views = _claimed(views, chosen[0], now)  # Engine._claim; "all" claims on accept
-        offers[head] = chosen
+        views = offer.after_offer(views, choice, now)
+        offers[head] = choice
         queue.remove(head)
     return _Drain(queue=queue, views=views, offers=offers, turn_views=turn_views)
-
-
-def _claimed(views: list[OperatorView], op_id: str, now: float) -> list[OperatorView]:
-    return [msgspec.structs.replace(v, open_chats=v.open_chats + 1, last_assigned_at=now) if v.id == op_id else v for v in views]
-
-
-def _next_on_no_answer(
-    line: LineConfig, views: list[OperatorView], chosen: list[str], preferred: str | None, now: float
-) -> list[str]:
-    """Engine._pass_on -> _assign: the chat goes to someone who has not let it pass, else a new round."""
-    if not (line.queue.mode == "all" or len(chosen) > 1):
-        # Claimed at the offer (last_assigned_at = now), released when passed on.
-        views = [msgspec.structs.replace(v, last_assigned_at=now) if v.id == chosen[0] else v for v in views]
-    declined = frozenset(chosen)
-    following = distribution.pick_many(line.queue, views, Context(exclude=declined, preferred=preferred))
-    if not following:
-        following = distribution.pick_many(line.queue, views, Context(preferred=preferred))
-    return following
 
 
 # ------------------------------------------------------------------- time

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from openlines.lines import QueueConfig
-from router.core.distribution import Context, OperatorView, available
+from router.core.distribution import NOBODY, Choice, Context, OperatorView, available
 
 
 class Strict:
-    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> list[str]:
+    asks_responsible = False
+
+    def pick(self, queue: QueueConfig, operators: Sequence[OperatorView], ctx: Context) -> Choice:
         free = available(queue, operators, ctx.exclude)
-        return [free[0].id] if free else []
+        return Choice(operators=[free[0].id]) if free else NOBODY

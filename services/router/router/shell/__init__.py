@@ -1,0 +1,1 @@
+"""The router's imperative shell: read state, ask ``router.core``, apply what it decides."""

@@ -1,0 +1,261 @@
+"""A client's message: found a duplicate, a rating, spam, or taken into a session (opened if new).
+
+Which line takes a new chat, which auto-reply it gets and whether it is held
+are decided by ``router.core.opening``; this part writes the records and the
+trail around those decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from openlines import subjects
+from openlines.bus import kv_get, kv_update
+from openlines.envelopes import HistoryEntry, Inbound, utcnow
+from openlines.lines import LineConfig
+from openlines.state import ClientRecord, Session, client_key
+from router.core import autoreply, client, flood, opening, timing
+from router.core import session as transition
+from router.shell.base import WAITING_NOTE, Part, Shared, client_id_for, session_id_for
+from router.shell.kv import Known, cas
+from router.shell.offering import Offering
+from router.timers import Timer, schedule
+
+log = logging.getLogger("router.engine")
+
+
+class InboundFlow(Part):
+    def __init__(self, shared: Shared, offering: Offering) -> None:
+        super().__init__(shared)
+        self.offering = offering
+
+    async def handle(self, msg: Inbound) -> None:
+        entry_line = self.lines.line_for(msg.channel, msg.account)
+        if entry_line is None:
+            await self.fx.event(
+                f"dead:{msg.id}",
+                "dead_letter",
+                channel=msg.channel,
+                account=msg.account,
+                chat_id=msg.chat_id,
+                reason=f"no line is bound to {msg.channel}/{msg.account}",
+            )
+            log.warning("inbound for an unbound channel account", extra={"channel": msg.channel, "account": msg.account})
+            return
+        ck = subjects.chat_key(msg.channel, msg.account, msg.chat_id)
+        ckey = client_key(msg.channel, msg.account, ck)
+        rec, rev = await kv_get(self.b.clients, ckey, ClientRecord)
+        if rec is not None and msg.id in rec.recent_msg_ids:
+            log.info("duplicate inbound ignored", extra={"msg_id": msg.id})
+            return
+        now = utcnow()
+        seen: Known[ClientRecord] = (rec, rev)  # the client record as this trigger last read or wrote it
+        rating = client.rating_of(rec, msg.text, now.timestamp()) if rec is not None else None
+        if rec is not None and rating is not None:
+            await self._rate(rec.rating_for, rating, msg)
+        elif rec is not None and rec.spam:
+            await self.fx.event(
+                f"dead:{msg.id}",
+                "dead_letter",
+                channel=msg.channel,
+                account=msg.account,
+                chat_id=msg.chat_id,
+                reason="the client is marked as spam",
+            )
+        else:
+            seen = await self._take_message(msg, entry_line, seen, ck, now)
+
+        def remember(cur: ClientRecord | None) -> ClientRecord:
+            fresh = ClientRecord(
+                client_id=client_id_for(msg.channel, msg.account, msg.chat_id),
+                channel=msg.channel,
+                account=msg.account,
+                chat_id=msg.chat_id,
+            )
+            return client.remembered(cur or fresh, msg)
+
+        await cas(self.b.clients, ckey, ClientRecord, remember, known=seen)
+
+    async def _take_message(
+        self, msg: Inbound, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
+    ) -> Known[ClientRecord]:
+        """Put the message in its session (opened if new); returns the client record as it was left."""
+        rec = seen[0]
+        own_sid = session_id_for(msg.id, entry_line.id)
+        session = await self._open_session_of(rec, entry_line)
+        # A session this very message opened is "new" even when found again
+        # after a crash, so whatever its start did not finish is done now.
+        is_new = session is None or session.id == own_sid
+        first_contact = rec is None or opening.first_contact(
+            rec.sessions_total, rec.open_sessions.get(entry_line.id, ""), own_sid
+        )
+        created: Known[Session] | None = None
+        if session is None:
+            line = opening.route(entry_line, self.lines.lines, now)
+            created, seen = await self._create_session(msg, line, entry_line, seen, ck, now)
+            session = created[0]
+            assert session is not None
+            if not session.is_open:
+                # This message opened a chat that has been answered and closed since;
+                # it comes again because a crash kept it from being acknowledged.
+                log.info("inbound already handled: its chat is closed", extra={"msg_id": msg.id, "session": session.id})
+                return seen
+        counted = session.id == own_sid and session.messages_in >= 1  # opened by this message, counted on creation
+        held = False
+        if not counted:
+            guarded = self.flood.guards(msg.channel)
+            rule = self.flood if guarded else None
+            client_at = client.client_time(msg)
+            touched = await kv_update(
+                self.b.sessions,
+                session.id,
+                Session,
+                lambda s: transition.touched(s, now, inbound=True, rule=rule, client_at=client_at),
+            )
+            if touched is not None:
+                session = touched
+                created = None
+            if guarded:
+                held = await self._flood_check(session)
+        await self.fx.history(
+            HistoryEntry(
+                id=msg.id,
+                session_id=session.id,
+                direction="in",
+                text=msg.text,
+                attachments=msg.attachments,
+                author_id=msg.user_id,
+                author_name=msg.profile.name,
+                at=msg.received_at,
+                held=held,
+            )
+        )
+        await self._arm_idle(session)
+        if is_new:
+            await self._start(session, first_contact, now, known=created)
+        return seen
+
+    async def _flood_check(self, session: Session) -> bool:
+        """Whether this message (already counted on ``session``) is held; flags the chat at the first one held."""
+        counted = flood.Count(window_start=session.flood_window, count=session.flood_count)
+        if counted.first_held(self.flood):
+            span = "a minute" if self.flood.window == 60 else f"{self.flood.window:g} seconds"
+            text = (
+                f"Flood: more than {self.flood.limit} messages in {span}, held for a supervisor "
+                "(stored; the operator is not notified of each one until it stops)"
+            )
+            window = int(counted.window_start)
+            await self._trail(session, f"flagged:{session.id}:{window}", "session_flagged", text, reason=text)
+            log.warning("chat flooding: held for a supervisor", extra={"session": session.id, "channel": session.channel})
+        return counted.held(self.flood)
+
+    async def _open_session_of(self, rec: ClientRecord | None, entry_line: LineConfig) -> Session | None:
+        if rec is None:
+            return None
+        sid = rec.open_sessions.get(entry_line.id)
+        if not sid:
+            return None
+        current, _ = await kv_get(self.b.sessions, sid, Session)
+        return current if current is not None and current.is_open else None
+
+    async def _create_session(
+        self, msg: Inbound, line: LineConfig, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
+    ) -> tuple[Known[Session], Known[ClientRecord]]:
+        """The session this message opens (or found again, after a crash) and the client record linked to it."""
+        rec = seen[0]
+        sid = session_id_for(msg.id, entry_line.id)
+        fresh = Session(
+            id=sid,
+            line_id=line.id,
+            entry_line_id=entry_line.id,
+            client_id=rec.client_id if rec else client_id_for(msg.channel, msg.account, msg.chat_id),
+            channel=msg.channel,
+            account=msg.account,
+            chat_id=msg.chat_id,
+            chat_key=ck,
+            client_name=msg.profile.name or (rec.profile.name if rec else ""),
+            opened_at=msg.received_at,
+            no_auto_reply=msg.no_auto_reply,
+            last_message_at=now,  # this first message is counted here: no separate touch for a new session
+            messages_in=1,
+            flood_window=msg.received_at.timestamp(),
+            flood_count=1,
+            client_last_at=client.client_time(msg),
+        )
+        created = await cas(self.b.sessions, sid, Session, lambda cur: fresh if cur is None else None, known=(None, None))
+        session = created[0]
+        assert session is not None
+        if not session.is_open:
+            return created, seen  # opened by this very message and closed since: nothing to link
+
+        # The client points at its open session before anything is offered, so a message
+        # that follows finds it even if this one is still in hand. The profile is stored
+        # before the session is announced, so whoever reacts to session_opened (crm-sync)
+        # reads the phone/e-mail of this message.
+        def link(cur: ClientRecord | None) -> ClientRecord:
+            rec = cur or ClientRecord(client_id=session.client_id, channel=msg.channel, account=msg.account, chat_id=msg.chat_id)
+            return client.linked(rec, msg, entry_line.id, sid)
+
+        linked = await cas(self.b.clients, client_key(msg.channel, msg.account, ck), ClientRecord, link, known=seen)
+        return created, linked
+
+    async def _start(self, session: Session, first_contact: bool, now: datetime, *, known: Known[Session] | None) -> None:
+        """What a new session gets: the opening event, the right auto-reply, a place in the queue.
+
+        ``known``: the session's record and revision if this trigger just wrote it (saves reading it again).
+        """
+        line = self.lines.lines.get(session.line_id)
+        if line is None:
+            return
+        entry = self.lines.lines.get(session.entry_line_id, line)
+        decided = opening.open_session(line, entry, now, first_contact=first_contact, client_name=session.client_name)
+        await self._trail(session, f"opened:{session.id}", "session_opened", decided.note)
+        if decided.reply.kind:
+            await self._auto(session, f"{decided.reply.kind}:{session.id}", decided.reply.text, now)
+        if decided.held:
+            session = await self._hold(line, session, now)
+            known = None
+        if session.status == "waiting":
+            await self._enqueue(line.id, session)
+            hint = {session.id: known} if known is not None else {}
+            offered = await self.offering.drain(line, now, after_queueing=True, known=hint)
+            if session.id in offered:
+                return  # offered at once: no longer waiting
+            after, _ = await kv_get(self.b.sessions, session.id, Session)
+            if after is not None and after.status == "waiting":
+                await self._trail(after, f"waiting:{session.id}:{after.assignments}", "session_waiting", WAITING_NOTE)
+                await self._tell_position(line, after, now)
+
+    async def _hold(self, line: LineConfig, session: Session, now: datetime) -> Session:
+        held = await kv_update(self.b.sessions, session.id, Session, transition.held)
+        session = held or session
+        await self._trail(session, f"held:{session.id}", "session_held", "Outside business hours: held until the line opens")
+        due = timing.opening_due(line, now)
+        if due is not None:
+            await schedule(self.js, Timer(kind="opening", target=line.id, due=due.due, token=due.token))
+        return session
+
+    async def _tell_position(self, line: LineConfig, session: Session, now: datetime) -> None:
+        if not line.queue.tell_position:
+            return
+        text = autoreply.position_reply(line, session.client_name, self.waiting.position(line.id, session.id))
+        await self._auto(session, f"position:{session.id}:{session.assignments}", text, now)
+
+    async def _rate(self, session_id: str, rating: int, msg: Inbound) -> None:
+        """Record the client's mark on the closed session; it opens no new conversation."""
+        rated = await kv_update(self.b.sessions, session_id, Session, lambda s: transition.rated(s, rating))
+        if rated is None:
+            return
+        await self.fx.history(
+            HistoryEntry(
+                id=msg.id,
+                session_id=session_id,
+                direction="in",
+                text=msg.text,
+                author_id=msg.user_id,
+                author_name=msg.profile.name,
+                at=msg.received_at,
+            )
+        )
+        await self._trail(rated, f"rated:{session_id}", "session_rated", f"Rated {rating} of 5 by the client", reason=str(rating))

@@ -1,0 +1,271 @@
+"""Offering waiting chats: the drain loop, an offer recorded and announced, an offer let pass.
+
+Whom a chat goes to is decided by ``router.core.offer`` (with the line's
+strategy); this part reads the state it needs, claims capacity by
+compare-and-set and writes the session's transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from openlines import subjects
+from openlines.bus import kv_get, kv_update
+from openlines.crashpoints import crash_point
+from openlines.envelopes import utcnow
+from openlines.lines import LineConfig, QueueConfig
+from openlines.state import OperatorState, Session
+from router.core import capacity, distribution, offer, opening
+from router.core import session as transition
+from router.shell.base import WAITING_NOTE, Part, Refused, Shared
+from router.shell.capacity import Capacity
+from router.shell.kv import Known, cas
+
+log = logging.getLogger("router.engine")
+
+CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
+DECIDE_ATTEMPTS = 10
+
+
+class Offering(Part):
+    def __init__(self, shared: Shared, cap: Capacity) -> None:
+        super().__init__(shared)
+        self.cap = cap
+
+    async def drain(
+        self,
+        line: LineConfig,
+        now: datetime | None = None,
+        *,
+        after_queueing: bool = False,
+        known: dict[str, Known[Session]] | None = None,
+    ) -> dict[str, Session]:
+        """Offer waiting chats of a line, oldest first, while operators have room; returns the chats offered.
+
+        ``after_queueing``: the drain follows this replica queueing a new chat, and no
+        operator freed room meanwhile, so a chat another replica queued a moment ago
+        is that replica's to offer (it drained after queueing it); no need to catch up.
+        ``known``: sessions this trigger just wrote, with their revisions (not read again).
+        """
+        now = now or utcnow()
+        known = dict(known or {})
+        offered: dict[str, Session] = {}
+        if opening.holds(line, now):
+            return offered  # held chats wait for the opening timer
+        while True:
+            head = self.waiting.head(line.id)
+            if head is None:
+                if after_queueing:
+                    return offered
+                # Before saying nobody waits: a chat another replica queued a moment ago must be seen.
+                await self.waiting.sync()
+                head = self.waiting.head(line.id)
+                if head is None:
+                    return offered
+            hint = known.pop(head.session_id, None)
+            session, rev = hint if hint is not None else await kv_get(self.b.sessions, head.session_id, Session)
+            if session is None or session.status != "waiting" or session.line_id != line.id:
+                await self._dequeue(line.id, head.session_id)
+                continue
+            assigned = await self._assign(line, session, rev, now)
+            if assigned is None:
+                return offered
+            offered[assigned.id] = assigned
+            await self._dequeue(line.id, head.session_id)
+
+    async def _responsible(self, session: Session) -> str | None:
+        """The client's responsible manager from crm-sync, or None (quickly) when unknown or unreachable."""
+        payload = msgspec.json.encode(
+            {
+                "client_id": session.client_id,
+                "channel": session.channel,
+                "account": session.account,
+                "chat_id": session.chat_id,
+                "session_id": session.id,  # what the client wrote in it (a phone, an e-mail) identifies them too
+            }
+        )
+        try:
+            reply = await self.nc.request(subjects.CRM_RESPONSIBLE, payload, timeout=CRM_LOOKUP_TIMEOUT)
+            answer = msgspec.json.decode(reply.data)
+        except (NoRespondersError, NatsTimeout, msgspec.DecodeError):
+            return None
+        op = answer.get("operator_id") if isinstance(answer, dict) else None
+        return op if isinstance(op, str) and op else None
+
+    async def _assign(self, line: LineConfig, session: Session, rev: int | None, now: datetime) -> Session | None:
+        """Offer a waiting chat to whom the line's mode picks, or None if nobody can take it now."""
+        preferred = await self._responsible(session) if distribution.asks_responsible(line.queue) else None
+        live = False
+        for _ in range(DECIDE_ATTEMPTS):
+            views = await self.cap.views(line, live=live)
+            choice = offer.decide(line.queue, views, declined_by=session.declined_by, preferred=preferred)
+            if not choice.operators:
+                if not live:
+                    live = True  # the copy may be a moment behind: decide once more on the live values
+                    continue
+                if await self.cap.prune_full(line, now):
+                    continue  # someone only looked full: decide again
+                return None
+            if choice.to_all:
+                return await self._offer_all(line, session, choice.operators, now, known=(session, rev))
+            op_id = choice.operators[0]
+            if not await self.cap.claim(op_id, session.id, line.queue, now):
+                continue  # their state changed under us: decide again on fresh state
+            updated = await self.give(
+                session.id,
+                op_id,
+                now,
+                from_status="waiting",
+                assignments=session.assignments,
+                wait_seconds=line.queue.wait_seconds,
+                known=(session, rev),
+            )
+            if updated is None:
+                await self._release(op_id, session.id)  # closed or taken meanwhile
+                return None
+            return updated
+        return None
+
+    async def give(
+        self,
+        sid: str,
+        op_id: str,
+        now: datetime,
+        *,
+        from_status: str,
+        assignments: int,
+        wait_seconds: float,
+        cause: Callable[[Session], Awaitable[None]] | None = None,
+        known: Known[Session] | None = None,
+    ) -> Session | None:
+        """Record the offer on the session (its no-answer timer set first) and announce it.
+
+        ``assignments``: the session's count as the caller read it; the offer makes it one more.
+        ``cause``: writes what led to the offer (a transfer) into the trail before the offer's line.
+        ``known``: the session as the caller read it, with its revision (the first try writes on it).
+        """
+        expected = assignments + 1
+        for _ in range(DECIDE_ATTEMPTS):
+            # The timer before the record: a crash right after the record must not leave the
+            # chat offered for ever to an operator who never answers (nothing else would
+            # notice: the message that opened it, redelivered, finds it no longer waiting).
+            await self._arm_offer(sid, expected, now, wait_seconds)
+            updated, _ = await cas(
+                self.b.sessions,
+                sid,
+                Session,
+                lambda s, exp=expected: transition.given(s, op_id, now, from_status=from_status, expected=exp),
+                known=known,
+            )
+            known = None
+            if updated is not None and updated.status == from_status and updated.assignments + 1 != expected:
+                expected = updated.assignments + 1  # offered and passed on meanwhile elsewhere: arm for the count now
+                continue
+            if updated is None or updated.operator_id != op_id or updated.status != "assigned" or updated.assignments != expected:
+                return None
+            crash_point("router.offer.recorded")
+            if cause is not None:
+                await cause(updated)
+            await self.announce(updated, [op_id])
+            log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
+            return updated
+        return None
+
+    async def announce(self, session: Session, ops: list[str]) -> None:
+        """The offer's event and transcript line (deterministic ids: announcing it again writes nothing twice)."""
+        key = f"assigned:{session.id}:{session.assignments}"
+        names = [await self._name(op) for op in ops]
+        extra = {"reason": "offered to all"} if session.offered_to else {}
+        await self._trail(session, key, "session_assigned", "Offered to " + ", ".join(names), **extra)
+
+    async def _offer_all(
+        self, line: LineConfig, session: Session, ops: list[str], now: datetime, *, known: Known[Session] | None = None
+    ) -> Session | None:
+        """Offer to every free operator at once; capacity is claimed by whoever accepts."""
+        expected = session.assignments + 1
+        await self._arm_offer(session.id, expected, now, line.queue.wait_seconds)  # first, as in give
+        updated, _ = await cas(
+            self.b.sessions, session.id, Session, lambda s: transition.offered_to_all(s, ops, now, expected=expected), known=known
+        )
+        if updated is None or updated.status != "assigned" or updated.offered_to != ops or updated.assignments != expected:
+            return None
+        crash_point("router.offer.recorded")
+        for op_id in ops:
+            await kv_update(
+                self.b.operators, op_id, OperatorState, lambda st: capacity.with_offer(st, session.id) if st else None
+            )
+        await self.announce(updated, ops)
+        return updated
+
+    async def own_session(self, operator_id: str, session_id: str, now: datetime, *, take: bool = False) -> Session:
+        """The operator's open chat (``take``: or one offered to all that they accept now), else Refused."""
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None:
+            raise Refused("not_found", f"session {session_id!r} does not exist")
+        if take and session.status == "assigned" and not session.operator_id and operator_id in session.offered_to:
+            return await self._take(operator_id, session, now)
+        if session.operator_id != operator_id:
+            raise Refused("forbidden", f"session {session_id!r} is not assigned to {operator_id!r}")
+        if not session.is_open:
+            raise Refused("conflict", f"session {session_id!r} is closed")
+        return session
+
+    async def _take(self, op_id: str, session: Session, now: datetime) -> Session:
+        """The first operator to accept an offer made to all takes the chat; the others' offers are withdrawn."""
+        line = self.lines.lines.get(session.line_id)
+        queue = line.queue if line else QueueConfig()
+        if not await self.cap.claim(op_id, session.id, queue, now, any_status=True):
+            raise Refused("conflict", "you have no room for another chat; close one first")
+        assignments = session.assignments
+        updated = await kv_update(
+            self.b.sessions, session.id, Session, lambda s: transition.taken(s, op_id, assignments=assignments)
+        )
+        if updated is None or updated.operator_id != op_id:
+            await self._release(op_id, session.id)
+            raise Refused("conflict", "another operator has taken this chat")
+        for other in session.offered_to:
+            await self._withdraw(other, session.id)
+        tid = f"taken:{session.id}:{assignments}"
+        await self._trail(updated, tid, "session_assigned", f"Taken by {await self._name(op_id)}", reason="accepted first")
+        return updated
+
+    async def pass_on(self, session: Session, reason: str, now: datetime) -> None:
+        """The operator let an offer pass: give it to the next one (never straight back while others are free)."""
+        op_id = session.operator_id
+        passing = [op_id] if op_id else list(session.offered_to)
+        assignments = session.assignments
+        await self._settle_later(session.id, now)
+        requeued = await kv_update(
+            self.b.sessions, session.id, Session, lambda s: transition.passed_back(s, passing, assignments=assignments)
+        )
+        if requeued is None or requeued.status != "waiting" or requeued.assignments != assignments:
+            return
+        for op in passing:
+            await self._release(op, session.id)
+        did = f"declined:{session.id}:{assignments}"
+        await self._trail(session, did, "offer_declined", f"Passed on: {reason}", reason=reason)
+        line = self.lines.lines.get(requeued.line_id)
+        if line is None:
+            return
+        await self._enqueue(line.id, requeued)
+        await self.drain(line, now)
+        after, _ = await kv_get(self.b.sessions, session.id, Session)
+        if after is not None and after.status == "waiting":
+            wid = f"waiting:{session.id}:{after.assignments}:{op_id}"
+            await self._trail(after, wid, "session_waiting", WAITING_NOTE, reason=reason)
+
+    async def decline_offer(self, operator_id: str, session: Session, reason: str, now: datetime) -> None:
+        """One of several operators declines an offer made to all; when nobody is left, it passes on."""
+        assignments = session.assignments
+        updated = await kv_update(
+            self.b.sessions, session.id, Session, lambda s: transition.declined(s, operator_id, assignments=assignments)
+        )
+        await self._withdraw(operator_id, session.id)
+        if updated is not None and transition.nobody_left(updated):
+            await self.pass_on(updated, reason, now)
