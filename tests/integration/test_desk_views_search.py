@@ -1,7 +1,7 @@
 """Views (queue, all my lines, closed), search and tags through the desk's API, with the real router and NATS.
 
 Two lines: "support" (webchat account demo; boris and carol) and "vip" (webchat
-account vip; carol only). Anna is a supervisor. Everyone starts offline, so
+account vip; carol and anna). Anna is a supervisor. Everyone starts offline, so
 clients wait in the queues.
 """
 
@@ -15,6 +15,7 @@ import pytest
 from conftest import wait_for
 from desk_support import http_session, running_desk, sign_in, visitor_writes
 from support import apply_lines, running_router
+from views_support import LINES
 
 from desk.settings import Settings
 from openlines import subjects
@@ -22,38 +23,6 @@ from openlines.bus import read_subject
 from openlines.commands import SetStatus, call
 from openlines.envelopes import HistoryEntry, SessionEvent
 from openlines.runner import Service
-
-HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"  # "demo"
-
-LINES = f"""
-[operators.anna]
-name = "Anna Petrova"
-password_hash = "{HASH}"
-roles = ["operator", "supervisor"]
-
-[operators.boris]
-name = "Boris Ivanov"
-password_hash = "{HASH}"
-
-[operators.carol]
-name = "Carol Smith"
-password_hash = "{HASH}"
-
-[[lines]]
-id = "support"
-name = "Customer support"
-channels = [{{ channel = "webchat", account = "demo" }}]
-[lines.queue]
-operators = ["boris", "carol"]
-max_chats_per_operator = 2
-
-[[lines]]
-id = "vip"
-name = "VIP desk"
-channels = [{{ channel = "webchat", account = "vip" }}]
-[lines.queue]
-operators = ["carol", "anna"]
-"""
 
 
 @pytest.fixture

@@ -760,7 +760,8 @@
         break;
       }
       case "chat":
-        upsertChat(frame.chat, { notify: true });
+        // A chat that reaches me answered is one I took (from the queue, or over): no "new chat" alarm.
+        upsertChat(frame.chat, { notify: frame.chat.status !== "answered" });
         state.others.delete(frame.chat.id);
         render();
         refreshViewSoon();
