@@ -23,7 +23,7 @@ def normalise(raw: str) -> str:
         raise BadTag("a tag cannot be empty")
     if len(tag) > MAX_TAG_LENGTH:
         raise BadTag(f"tag {tag[:40]!r} is longer than {MAX_TAG_LENGTH} characters")
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise BadTag(f"tag {tag!r} may hold letters, digits, '-', '_' and '.', starting with a letter or digit")
     return tag
 

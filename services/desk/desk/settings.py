@@ -52,8 +52,8 @@ class Settings(BaseSettings, kw_only=True):
     desk_heartbeat_seconds: float = 5.0
     # The conversation index behind views and search (kept in memory by every replica, rebuilt from
     # the streams on start): how many messages (the newest) and conversations it holds at most.
-    search_max_messages: int = 500_000
-    search_max_sessions: int = 200_000
+    search_max_messages: int = 300_000
+    search_max_sessions: int = 100_000
 
     @property
     def allowed_hosts(self) -> list[str]:
