@@ -10,6 +10,7 @@ Boris in the desk) and saves PNGs next to this file.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import sys
 import tempfile
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import NatsServer, wait_for  # noqa: E402
 from desk_support import CHROMIUM, sign_in_live  # noqa: E402
+from servers import ADMIN_ENV, creds  # noqa: E402
 
 from desk.app import setup as desk_setup  # noqa: E402
 from desk.settings import Settings as DeskSettings  # noqa: E402
@@ -156,6 +158,7 @@ async def main() -> None:
         server = NatsServer(Path(tmp) / "nats")
         server.start()
         try:
+            os.environ.update(ADMIN_ENV)  # this script's own connection is the admin; every service has its own key
             nc = await bus.connect(server.url, "screenshots", first_attempts=5)
             js = nc.jetstream()
             await bus.bootstrap(js)
@@ -163,15 +166,22 @@ async def main() -> None:
             support = msgspec.structs.replace(cfg.lines[0], quick_answers=QUICK)
             sales = LineConfig(id="sales", name="Sales", queue=QueueConfig(operators=["anna", "boris"]))
             await apply(await bus.Buckets(js).open(), msgspec.structs.replace(cfg, lines=[support, sales]))
-            router = await launch("router", RouterSettings(nats_url=server.url, http_port=0), router_setup)
+            router = await launch("router", RouterSettings(nats_url=server.url, http_port=0, **creds("router")), router_setup)
             desk = await launch(
                 "desk",
-                DeskSettings(nats_url=server.url, http_port=0, cookie_secret="screenshots-secret-0123-Kq7Zt9Wm3xRv"),
+                DeskSettings(
+                    nats_url=server.url, http_port=0, cookie_secret="screenshots-secret-0123-Kq7Zt9Wm3xRv", **creds("desk")
+                ),
                 desk_setup,
             )
             webchat = await launch(
                 "gateway-webchat",
-                WebchatSettings(nats_url=server.url, http_port=0, webchat_secret="screenshots-widget-0123-Kq7Zt9Wm3xRv"),
+                WebchatSettings(
+                    nats_url=server.url,
+                    http_port=0,
+                    webchat_secret="screenshots-widget-0123-Kq7Zt9Wm3xRv",
+                    **creds("gateway-webchat"),
+                ),
                 webchat_setup,
             )
             await wait_for(lambda: webchat.app[WEBCHAT].consumer.ready() is None, what="webchat outbound consumer")
