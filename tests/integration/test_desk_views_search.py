@@ -193,3 +193,23 @@ async def history(nc: Any, session_id: str) -> list[HistoryEntry]:
 async def tag_events(nc: Any) -> list[SessionEvent]:
     raw = await read_subject(nc.jetstream(), subjects.STREAM_EVT, subjects.event("session_tagged"))
     return [msgspec.json.decode(d, type=SessionEvent) for _, d in raw]
+
+
+async def test_every_desk_replica_answers_the_same_and_a_replica_started_later_rebuilds_its_index(
+    nc: Any, nats_server: Any, desk: Service[Settings]
+) -> None:
+    await clients(nc)
+    async with http_session(desk) as first:
+        await sign_in(first, "carol")
+        await until_listed(first, ["Sam Secret"], q="merger")
+    # A second replica, started after the messages: it reads them from the streams.
+    async with running_desk(nats_server.url) as second, http_session(second) as other, http_session(desk) as first:
+        await sign_in(other, "carol")
+        await sign_in(first, "carol")
+        await until_listed(other, ["Sam Secret"], q="merger")
+        await until_listed(other, ["Alice Parker"], q="20000001")
+        assert (await conversations(other, q="merger"))["ready"] is True
+        # What arrives now reaches both.
+        await visitor_writes(nc, "Alice Parker", "2", "The courier never came")
+        for http in (first, other):
+            await until_listed(http, ["Alice Parker"], q="courier")
