@@ -138,7 +138,7 @@ class ConversationIndex:
         self._pending: list[tuple[str, int, bytes, str]] = []
         self._wake = asyncio.Event()
         self._subs: list[Any] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.started_at = 0.0
 
     @property
@@ -148,21 +148,46 @@ class ConversationIndex:
     # -- feeding -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Begins following the sources; never fails the desk's start (a source NATS cannot give yet is retried)."""
         self.started_at = time.monotonic()
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever(), name="desk-index-flush")
-        await self._follow("sessions", f"KV_{subjects.KV_SESSIONS}", f"$KV.{subjects.KV_SESSIONS}.>", last_per_key=True)
-        await self._follow("clients", f"KV_{subjects.KV_CLIENTS}", f"$KV.{subjects.KV_CLIENTS}.>", last_per_key=True)
-        await self._follow("history", subjects.STREAM_HIST, subjects.history_all(), last_per_key=False)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._flush_forever(), name="desk-index-flush"))
+        feeds = (
+            ("sessions", f"KV_{subjects.KV_SESSIONS}", f"$KV.{subjects.KV_SESSIONS}.>", True),
+            ("clients", f"KV_{subjects.KV_CLIENTS}", f"$KV.{subjects.KV_CLIENTS}.>", True),
+            ("history", subjects.STREAM_HIST, subjects.history_all(), False),
+        )
+        for name, stream, subject, last_per_key in feeds:
+            self._tasks.append(
+                loop.create_task(self._keep_following(name, stream, subject, last_per_key), name=f"desk-index-{name}")
+            )
+
+    async def _keep_following(self, name: str, stream: str, subject: str, last_per_key: bool) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._follow(name, stream, subject, last_per_key=last_per_key)
+                return  # the ordered consumer follows from here on (nats-py restarts it after a gap)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "could not follow a source of the search index; trying again", extra={"source": name, "error": repr(exc)}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def stop(self) -> None:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._flusher
+                await task
+        self._tasks.clear()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _follow(self, name: str, stream: str, subject: str, *, last_per_key: bool) -> None:
