@@ -52,6 +52,7 @@ INDEXED_MESSAGES = Gauge("openlines_desk_index_messages", "Messages in this repl
 
 MAX_TEXT_INDEXED = 4000  # characters of one message that are searchable
 MAX_TERMS = 8
+MIN_TERM = 2  # characters of a search word
 MAX_RESULTS = 200
 FLUSH_BATCH = 2000
 
@@ -392,7 +393,8 @@ class ConversationIndex:
         if q.tag:
             clauses.append("instr(c.tags, ?) > 0")
             args.append(f" {q.tag} ")
-        terms = [t for t in q.text.split() if any(ch.isalnum() for ch in t)][:MAX_TERMS]
+        # Words of one character are left out: they would match nearly everything, at the cost of a full scan.
+        terms = [t for t in q.text.split() if len(t) >= MIN_TERM and any(ch.isalnum() for ch in t)][:MAX_TERMS]
         match_msg = ""
         client_set: set[str] = set()
         if terms:
