@@ -118,4 +118,13 @@ async def test_an_operator_takes_from_the_queue_tags_searches_and_filters_and_se
         await expect(items).to_have_count(1)
         await expect(items.first).to_contain_text("Alice Parker")
         await expect(items.first).to_contain_text("#delivery")
+        # A closed conversation can still be read and tagged; it stays open while that happens.
+        await items.first.click()
+        await expect(page.get_by_test_id("reply-input")).to_be_disabled()
+        await page.get_by_test_id("tag-input").fill("resolved")
+        await page.get_by_test_id("tag-input").press("Enter")
+        await expect(page.get_by_test_id("transcript")).to_contain_text("Boris Ivanov added the tag resolved")
+        await expect(items.first).to_contain_text("#resolved")
+        await expect(page.get_by_test_id("chat-title")).to_have_text("Alice Parker")
+        await expect(page.get_by_test_id("tag")).to_have_count(2)
     assert errors == []

@@ -795,8 +795,11 @@
         break;
       }
       case "closed":
-        removeChat(frame.session_id);
-        render();
+        // Only my chats leave: a conversation opened from a view (another's, a closed one being tagged) stays open.
+        if (state.chats.has(frame.session_id)) {
+          removeChat(frame.session_id);
+          render();
+        }
         refreshViewSoon();
         break;
       case "mark":
@@ -935,6 +938,11 @@
     el.tagSuggestions.replaceChildren(...f.tags.map((t) => { const o = node("option"); o.value = t; return o; }));
     for (const chat of data.chats) if (!state.chats.has(chat.id)) state.others.set(chat.id, chat);
     renderViewList(data.chats);
+    // A conversation opened from a view is not pushed live to me: re-read it with the list.
+    if (state.selected && state.others.has(state.selected) && !state.chats.has(state.selected)) {
+      renderHead();
+      loadHistory(state.selected);
+    }
     el.viewEmpty.textContent = data.ready ? (q ? "Nothing found." : VIEW_EMPTY[view] || "Nothing here.")
       : "The search index is still loading; try again in a moment.";
     renderViews();
@@ -1020,7 +1028,10 @@
       clearError("tags");
       const chat = state.chats.get(id) || state.others.get(id);
       if (chat && data.session) chat.tags = data.session.tags || [];
-      if (id === state.selected) renderHead();
+      if (id === state.selected) {
+        renderHead();
+        if (!state.chats.has(id)) loadHistory(id); // not pushed live to me: read the new transcript line
+      }
       renderList();
       refreshViewSoon();
     } catch (err) {
