@@ -7,6 +7,7 @@ clients wait in the queues.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -213,3 +214,34 @@ async def test_every_desk_replica_answers_the_same_and_a_replica_started_later_r
         await visitor_writes(nc, "Alice Parker", "2", "The courier never came")
         for http in (first, other):
             await until_listed(http, ["Alice Parker"], q="courier")
+
+
+async def test_two_operators_taking_the_same_chat_at_once_one_gets_it_and_the_other_keeps_no_claim(
+    nc: Any, desk: Service[Settings]
+) -> None:
+    from openlines import bus
+    from openlines.commands import CommandFailed, Take
+    from openlines.state import OperatorState, Session
+
+    await visitor_writes(nc, "Alice Parker", "1", "Anyone there?")
+    for op in ("boris", "carol"):
+        await call(nc, "status", SetStatus(operator_id=op, status="away"))
+    async with http_session(desk) as boris:
+        await sign_in(boris, "boris")
+        await until_listed(boris, ["Alice Parker"], view="queue")
+        sid = (await conversations(boris, view="queue"))["chats"][0]["id"]
+    results = await asyncio.gather(
+        *(call(nc, "take", Take(operator_id=op, session_id=sid)) for op in ("boris", "carol")), return_exceptions=True
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, CommandFailed)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert lost[0].result.error == "conflict"
+    winner = won[0].session
+    assert winner is not None
+    b = await bus.Buckets(nc.jetstream()).open()
+    stored, _ = await bus.kv_get(b.sessions, sid, Session)
+    assert stored is not None and stored.operator_id == winner.operator_id and stored.status == "answered"
+    loser = "carol" if winner.operator_id == "boris" else "boris"
+    state, _ = await bus.kv_get(b.operators, loser, OperatorState)
+    assert state is not None and sid not in state.sessions  # its claim on the loser was given back
