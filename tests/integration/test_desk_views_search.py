@@ -95,7 +95,7 @@ async def test_the_queue_lists_waiting_chats_of_my_lines_only_and_take_makes_one
             assert r.status == 409 and "no longer waiting" in (await r.json())["detail"]
         # The trail says who took it.
         notes = [e.text for e in await history(nc, alice)]
-        assert "Taken from the queue by Boris Ivanov" in notes, notes
+        assert "Taken from the queue by Boris Ivanov" in notes and "Answered by Boris Ivanov" in notes, notes
         # All my lines: carol sees boris's chat with its operator; closed after boris closes it.
         lines = (await conversations(carol, view="lines"))["chats"]
         assert {c["client_name"]: c["operator_name"] for c in lines}["Alice Parker"] == "Boris Ivanov"

@@ -1289,8 +1289,9 @@ class Engine:
         n = taken.assignments
         text = f"Taken from the queue by {acc.name}"
         await self._trail(taken, f"taken:{session_id}:{n}", "session_assigned", text, reason="taken")
-        if taken.answered_at == now:
-            await self._trail(taken, f"answered:{session_id}:{n}", "session_answered", f"Answered by {acc.name}", reason="taken")
+        # As when an offer is accepted: every assignment answered has its session_answered (the CRM's responsible
+        # follows it; the statistics count the first), also for a chat answered before and moved back to the queue.
+        await self._trail(taken, f"answered:{session_id}:{n}", "session_answered", f"Answered by {acc.name}", reason="taken")
         return taken
 
     async def tag(self, operator_id: str, session_id: str, add: list[str], remove: list[str]) -> Session:
