@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from servers import creds
 
 from openlines import bus, subjects
-from openlines.apply import apply
+from openlines.apply import apply, live
 from openlines.envelopes import (
     MSG_ID_HEADER,
     ClientProfile,
@@ -34,6 +34,16 @@ EXAMPLE_LINES = ROOT / "deploy" / "lines.example.toml"
 async def apply_lines(nc: NATS, text: str | None = None) -> None:
     cfg = parse(text) if text is not None else load(EXAMPLE_LINES)
     await apply(await bus.Buckets(nc.jetstream()).open(), cfg)
+
+
+async def leave_line(nc: NATS, operator_id: str, line_id: str) -> None:
+    """Takes the operator out of the line's queue (as an admin would): they no longer see its conversations."""
+    b = await bus.Buckets(nc.jetstream()).open()
+    cfg = await live(b)
+    for line in cfg.lines:
+        if line.id == line_id:
+            line.queue.operators = [op for op in line.queue.operators if op != operator_id]
+    await apply(b, cfg)
 
 
 @asynccontextmanager

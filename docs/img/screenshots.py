@@ -10,6 +10,7 @@ Boris in the desk) and saves PNGs next to this file.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import sys
 import tempfile
@@ -26,14 +27,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import NatsServer, wait_for  # noqa: E402
 from desk_support import CHROMIUM, sign_in_live  # noqa: E402
+from servers import ADMIN_ENV, creds  # noqa: E402
 
 from desk.app import setup as desk_setup  # noqa: E402
 from desk.settings import Settings as DeskSettings  # noqa: E402
 from gateway_webchat import Settings as WebchatSettings  # noqa: E402
 from gateway_webchat import setup as webchat_setup  # noqa: E402
 from gateway_webchat.service import WEBCHAT  # noqa: E402
-from openlines import bus  # noqa: E402
+from openlines import bus, subjects  # noqa: E402
 from openlines.apply import apply  # noqa: E402
+from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow  # noqa: E402
 from openlines.lines import LineConfig, QueueConfig, load  # noqa: E402
 from openlines.runner import launch  # noqa: E402
 from router.app import setup as router_setup  # noqa: E402
@@ -64,7 +67,7 @@ async def shot(page: Any, name: str, clip: dict[str, float] | None = None) -> No
     print(f"docs/img/{name}: {(HERE / name).stat().st_size // 1024} KiB")
 
 
-async def play(desk_url: str, webchat_url: str) -> None:
+async def play(desk_url: str, webchat_url: str, js: Any) -> None:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         visitor = await (await browser.new_context(base_url=webchat_url, viewport=VIEWPORT)).new_page()
@@ -118,7 +121,36 @@ async def play(desk_url: str, webchat_url: str) -> None:
         await supervisor.get_by_test_id("sup-read").first.click()
         await expect(supervisor.get_by_test_id("sup-watch-transcript")).to_contain_text("4711")
         await shot(supervisor, "desk-supervisor-read.png")
+
+        # The queue: everyone away, a client waits; boris opens the Queue view and the chat, tags it.
+        for page in (anna, boris):
+            await page.get_by_test_id("status-away").click()
+            await expect(page.get_by_test_id("status-away")).to_have_attribute("aria-pressed", "true")
+        await client_writes(js, "pavel", "Pavel", "Do you deliver on Sundays? My address is Brivibas iela 12.")
+        await boris.get_by_test_id("view-queue").click()
+        await boris.get_by_test_id("view-item").filter(has_text="Pavel").click()
+        await expect(boris.get_by_test_id("transcript")).to_contain_text("Sundays")
+        await boris.get_by_test_id("tag-input").fill("delivery")
+        await boris.get_by_test_id("tag-input").press("Enter")
+        await expect(boris.get_by_test_id("tag")).to_have_count(1)
+        await expect(boris.get_by_test_id("take")).to_be_visible()
+        await shot(boris, "desk-views.png")
         await browser.close()
+
+
+async def client_writes(js: Any, visitor: str, name: str, text: str) -> None:
+    """A website visitor's message, published as the webchat gateway does."""
+    env = Inbound(
+        id=f"webchat:demo:{visitor}:1",
+        channel="webchat",
+        account="demo",
+        chat_id=visitor,
+        user_id=visitor,
+        profile=ClientProfile(name=name),
+        text=text,
+        received_at=utcnow(),
+    )
+    await js.publish(subjects.inbound("webchat", "demo", visitor), encode(env), headers={MSG_ID_HEADER: env.id})
 
 
 async def main() -> None:
@@ -126,6 +158,7 @@ async def main() -> None:
         server = NatsServer(Path(tmp) / "nats")
         server.start()
         try:
+            os.environ.update(ADMIN_ENV)  # this script's own connection is the admin; every service has its own key
             nc = await bus.connect(server.url, "screenshots", first_attempts=5)
             js = nc.jetstream()
             await bus.bootstrap(js)
@@ -133,20 +166,27 @@ async def main() -> None:
             support = msgspec.structs.replace(cfg.lines[0], quick_answers=QUICK)
             sales = LineConfig(id="sales", name="Sales", queue=QueueConfig(operators=["anna", "boris"]))
             await apply(await bus.Buckets(js).open(), msgspec.structs.replace(cfg, lines=[support, sales]))
-            router = await launch("router", RouterSettings(nats_url=server.url, http_port=0), router_setup)
+            router = await launch("router", RouterSettings(nats_url=server.url, http_port=0, **creds("router")), router_setup)
             desk = await launch(
                 "desk",
-                DeskSettings(nats_url=server.url, http_port=0, cookie_secret="screenshots-secret-0123-Kq7Zt9Wm3xRv"),
+                DeskSettings(
+                    nats_url=server.url, http_port=0, cookie_secret="screenshots-secret-0123-Kq7Zt9Wm3xRv", **creds("desk")
+                ),
                 desk_setup,
             )
             webchat = await launch(
                 "gateway-webchat",
-                WebchatSettings(nats_url=server.url, http_port=0, webchat_secret="screenshots-widget-0123-Kq7Zt9Wm3xRv"),
+                WebchatSettings(
+                    nats_url=server.url,
+                    http_port=0,
+                    webchat_secret="screenshots-widget-0123-Kq7Zt9Wm3xRv",
+                    **creds("gateway-webchat"),
+                ),
                 webchat_setup,
             )
             await wait_for(lambda: webchat.app[WEBCHAT].consumer.ready() is None, what="webchat outbound consumer")
             try:
-                await play(f"http://127.0.0.1:{desk.port}", f"http://127.0.0.1:{webchat.port}")
+                await play(f"http://127.0.0.1:{desk.port}", f"http://127.0.0.1:{webchat.port}", js)
             finally:
                 await webchat.stop()
                 await desk.stop()

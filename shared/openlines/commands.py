@@ -88,6 +88,20 @@ class Intercept(_Cmd):
     session_id: str
 
 
+class Take(_Cmd):
+    """An operator of the chat's line takes a waiting chat from the queue (it becomes theirs, answered)."""
+
+    session_id: str
+
+
+class Tag(_Cmd):
+    """Put tags on a conversation and take others off (open or closed); see openlines.tags."""
+
+    session_id: str
+    add: list[str] = []
+    remove: list[str] = []
+
+
 class Presence(_Cmd):
     """A desk replica reports whether the operator has a page open on it (grace handling is the router's)."""
 
@@ -95,7 +109,9 @@ class Presence(_Cmd):
     desk: str  # the reporting desk replica
 
 
-CommandName = Literal["status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence", "intercept"]
+CommandName = Literal[
+    "status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence", "intercept", "take", "tag"
+]
 COMMANDS: dict[str, type[_Cmd]] = {
     "status": SetStatus,
     "accept": Accept,
@@ -107,6 +123,8 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "spam": Spam,
     "presence": Presence,
     "intercept": Intercept,
+    "take": Take,
+    "tag": Tag,
 }
 
 

@@ -149,6 +149,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "session_moved",  # an answered chat moved off its absent operator back to the queue (reassign_on_status = "all")
     "session_pinned",  # pinned / unpinned by its operator
     "session_closed",  # by the operator, auto-close, or spam
+    "session_tagged",  # tags put on or taken off (reason: "+vip -new"; the transcript line names who)
     "session_rated",  # the client answered the rating request (reason: "1".."5")
     "operator_status",  # online / away / offline
     "dead_letter",  # an inbound message that could not be handled, with the reason

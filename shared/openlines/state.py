@@ -49,6 +49,7 @@ class Session(msgspec.Struct, kw_only=True, omit_defaults=True):
     flood_count: int = 0  # client messages in that window
     flagged: str = ""  # marked for a supervisor, and why (e.g. "flood")
     client_last_at: datetime | None = None  # the client's latest message (by the channel's clock): opens the window
+    tags: list[str] = []  # labels operators put on the conversation (openlines.tags), kept after the close
 
     @property
     def is_open(self) -> bool:

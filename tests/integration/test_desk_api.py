@@ -257,11 +257,16 @@ async def test_history_of_my_session_and_not_of_someone_elses(
     # Anna is a supervisor: she may read Boris's live chat (before intercepting it).
     assert (await http.get("/api/sessions/s-boris/history")).status == 200
     assert (await http.get("/api/sessions/s-boris/client")).status == 200
-    # Boris is not: Anna's chat stays hers.
+    # Boris is in the queue of the chat's line: he may read it (his "All my lines" view lists it),
+    # but not a chat of a line he is not on.
+    elsewhere = msgspec.structs.replace(session_record("s-sales", "anna", "answered", "Sven"), line_id="sales")
+    await put((await bus.Buckets(js).open()).sessions, "s-sales", elsewhere)
     async with http_session(desk) as boris:
         await try_sign_in(boris, "boris", "demo")
-        others = await boris.get("/api/sessions/s-mine/history")
+        assert (await boris.get("/api/sessions/s-mine/history")).status == 200
+        others = await boris.get("/api/sessions/s-sales/history")
         assert others.status == 403 and (await others.json())["error"] == "forbidden"
+        assert (await boris.get("/api/sessions/s-sales/client")).status == 403
     assert (await http.get("/api/sessions/nope/history")).status == 404
     assert (await http.get("/api/sessions/bad.id/history")).status == 404
 

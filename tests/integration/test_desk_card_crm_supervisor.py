@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for
 from crm_support import linked, running_crm_sync
 from desk_support import desk_with_router, http_session, running_desk, sign_in, visitor_writes
-from support import apply_lines
+from support import apply_lines, leave_line
 
 from desk.settings import Settings
 from openlines import bus, subjects
@@ -103,15 +103,21 @@ async def test_client_card_shows_profile_crm_lead_and_the_earlier_conversation(
         assert (await boris.get("/api/crm", params={"q": "x" * 101})).status == 400
 
 
-async def test_a_plain_operator_gets_no_card_of_a_chat_that_is_not_theirs(nc: Any, desk: Service[Settings]) -> None:
+async def test_a_plain_operator_gets_no_card_of_a_chat_of_a_line_they_are_not_on(nc: Any, desk: Service[Settings]) -> None:
     async with http_session(desk) as boris:
         await sign_in(boris, "boris")
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await visitor_writes(nc, "v-other", "1", "hi", name="Ivo")
         s = await open_session(nc, "v-other")
         assert s.operator_id == "anna"
-        r = await boris.get(f"/api/sessions/{s.id}/client")
-        assert r.status == 403 and (await r.json())["error"] == "forbidden"
+        assert (await boris.get(f"/api/sessions/{s.id}/client")).status == 200  # a chat of his line
+        await leave_line(nc, "boris", "support")
+
+        async def refused() -> Any:
+            r = await boris.get(f"/api/sessions/{s.id}/client")
+            return r.status == 403 and (await r.json())["error"] == "forbidden"
+
+        await wait_for(refused, what="the card refused to an operator off the line")
         assert (await boris.get(f"/transcript/{s.id}")).status == 403
         assert (await boris.get("/api/sessions/bad.id/client")).status == 404
 

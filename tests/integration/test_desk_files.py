@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from conftest import wait_for
 from desk_support import http_session, running_desk, sign_in
-from support import apply_lines, running_router
+from support import apply_lines, leave_line, running_router
 
 from openlines import files, subjects
 from openlines.envelopes import MSG_ID_HEADER, Attachment, ClientProfile, Inbound, encode, utcnow
@@ -108,8 +108,14 @@ async def test_a_clients_files_are_served_to_operators_who_may_read_the_chat_and
         assert (
             await anyone.get(f"http://127.0.0.1:{desk.port}/api/sessions/{sid}/file", params={"ref": photo.ref})
         ).status == 401
-        await sign_in(boris, "boris")  # an operator of the line, but not of this chat
-        assert (await boris.get(url(photo))).status == 403
+        await sign_in(boris, "boris")  # an operator of the line reads its chats (the views list them), files too
+        assert (await boris.get(url(photo))).status == 200
+        await leave_line(nc, "boris", "support")  # off the line: nothing of it any more
+
+        async def refused() -> bool:
+            return (await boris.get(url(photo))).status == 403
+
+        await wait_for(refused, what="the file refused to an operator off the line")
 
         # A file past its age (deleted by NATS) is said to be gone.
         await (await nc.jetstream().object_store(subjects.OBJ_WEBCHAT_FILES)).delete(files.parse_ref(voice.ref)[1])  # type: ignore[index]

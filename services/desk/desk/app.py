@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from desk import admin
+from desk import admin, conversations
 from desk.auth import Signer
 from desk.http import DESK, Desk, add_routes, api_errors, known_hosts, security_headers
+from desk.index import ConversationIndex
 from desk.live import Hub
 from desk.reads import Reader
 from desk.settings import Settings
@@ -34,11 +35,17 @@ async def setup(svc: Service[Settings]) -> None:
         return None if hub.subscribed else "not subscribed to session events or account changes"
 
     svc.ready_check(live_subscribed)
-    desk = svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub)
+    index = ConversationIndex(
+        svc.js, max_messages=svc.settings.search_max_messages, max_sessions=svc.settings.search_max_sessions
+    )
+    await index.start()
+    svc.on_stop(index.stop)
+    desk = svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub, index)
     await desk.files()  # creates the file store, or brings it to the configured age
     svc.app.middlewares.append(known_hosts)
     svc.app.middlewares.append(api_errors)
     svc.app.on_response_prepare.append(security_headers)
     add_routes(svc.app)
+    conversations.add_routes(svc.app)
     await admin.setup(svc)  # admin pages, /api/v1 and /stats
     svc.app.router.add_static("/static", STATIC, append_version=False)

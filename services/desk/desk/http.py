@@ -42,6 +42,8 @@ from desk.crm import MAX_QUERY, CrmReader, parse_ref, record_ref
 from desk.files import FileRefused, FileStore, clean_name
 from desk.guard import Limits, LoginLimiter, Revocations, open_guards
 from desk.hosts import UNCHECKED_PATHS, HostPolicy
+from desk.index import ConversationIndex
+from desk.linelist import LineList
 from desk.live import Connection, Hub
 from desk.reads import (
     PREVIOUS_SCAN_EVENTS,
@@ -115,11 +117,13 @@ class Authed:
 class Desk:
     """Everything the handlers share, built once per service."""
 
-    def __init__(self, settings: Settings, nc: NATS, reader: Reader, hub: Hub) -> None:
+    def __init__(self, settings: Settings, nc: NATS, reader: Reader, hub: Hub, index: ConversationIndex) -> None:
         self.settings = settings
         self.nc = nc
         self.reader = reader
         self.hub = hub
+        self.index = index  # views and search (desk.index)
+        self.lines = LineList(reader.b.lines)
         self.crm = CrmReader(reader.js)
         self.signer = Signer(settings.cookie_secret)
         self.hosts = HostPolicy(settings.desk_public_url, settings.allowed_hosts)
@@ -195,14 +199,18 @@ class Desk:
     async def may_read(self, user: Authed, session: Session, entries: list[HistoryEntry] | None = None) -> bool:
         """Whether this user may read the session's transcript and client card.
 
-        Its operators (now or before) may; so may whoever holds an open chat of
-        the same client (the earlier conversations are that chat's context);
-        so may supervisors (they read a live chat before intercepting it).
+        Its operators (now or before) may; so may the operators of its line (they
+        find it in the views and the search: the queue, all chats of their lines,
+        closed ones); so may whoever holds an open chat of the same client (the
+        earlier conversations are that chat's context); so may supervisors (they
+        read a live chat before intercepting it).
         """
         me = user.operator_id
         if supervisor_problem(user.account.roles) is None:
             return True
         if session.operator_id == me or me in session.offered_to or session.closed_by == me:
+            return True
+        if any(line.id == session.line_id for line in await self.lines.of(me)):
             return True
         if entries is not None and any(e.author_id == me for e in entries):
             return True

@@ -50,6 +50,10 @@ class Settings(BaseSettings, kw_only=True):
     # How often this replica renews its key in ol-desk-presence. Three renewals missed (killed -9, cut off
     # from NATS) and the router counts its operators' pages closed; every replica should use the same value.
     desk_heartbeat_seconds: float = 5.0
+    # The conversation index behind views and search (kept in memory by every replica, rebuilt from
+    # the streams on start): how many messages (the newest) and conversations it holds at most.
+    search_max_messages: int = 300_000
+    search_max_sessions: int = 100_000
 
     @property
     def allowed_hosts(self) -> list[str]:
@@ -76,6 +80,8 @@ class Settings(BaseSettings, kw_only=True):
                 f"OPENLINES_DESK_PUBLIC_URL must be set when the desk listens on {self.http_host!r} (not loopback): "
                 "the address operators and clients reach it at, e.g. https://desk.example.com"
             )
+        if self.search_max_messages < 1 or self.search_max_sessions < 1:
+            raise ValueError("OPENLINES_SEARCH_MAX_MESSAGES and OPENLINES_SEARCH_MAX_SESSIONS must be positive")
         if self.max_upload_bytes < 1:
             raise ValueError("OPENLINES_MAX_UPLOAD_BYTES must be positive")
         if self.files_max_age_days < 0:

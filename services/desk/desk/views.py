@@ -98,9 +98,28 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
 <div class="error-bar" id="error" data-testid="error" role="alert" hidden></div>
 <main class="layout">
   <aside class="sidebar">
-    <h2>My chats <span class="count" id="chat-count" data-testid="chat-count">0</span></h2>
+    <div class="views" role="tablist" aria-label="Views" data-testid="views">
+      <button type="button" role="tab" data-view="mine" data-testid="view-mine" aria-selected="true">My chats
+        <span class="count" id="chat-count" data-testid="chat-count">0</span></button>
+      <button type="button" role="tab" data-view="queue" data-testid="view-queue" aria-selected="false">Queue</button>
+      <button type="button" role="tab" data-view="lines" data-testid="view-lines" aria-selected="false">All my lines</button>
+      <button type="button" role="tab" data-view="closed" data-testid="view-closed" aria-selected="false">Closed</button>
+    </div>
+    <form class="finder" id="finder" role="search" data-testid="finder">
+      <input type="search" id="search" data-testid="search" maxlength="200" aria-label="Search"
+        placeholder="Search: name, phone, e-mail, words">
+      <div class="filters">
+        <select id="filter-line" data-testid="filter-line" aria-label="Line"><option value="">All lines</option></select>
+        <select id="filter-channel" data-testid="filter-channel" aria-label="Channel">
+          <option value="">All channels</option></select>
+        <select id="filter-status" data-testid="filter-status" aria-label="Status"><option value="">Any status</option></select>
+        <select id="filter-tag" data-testid="filter-tag" aria-label="Tag"><option value="">Any tag</option></select>
+      </div>
+    </form>
     <ul class="chat-list" id="chat-list" data-testid="chat-list"></ul>
     <p class="empty" id="list-empty" data-testid="list-empty">No open chats.</p>
+    <ul class="chat-list" id="view-list" data-testid="view-list" hidden></ul>
+    <p class="empty" id="view-empty" data-testid="view-empty" hidden></p>
   </aside>
   <section class="chat" id="chat" data-testid="chat-pane">
     <div class="placeholder" id="placeholder" data-testid="placeholder">Select a chat on the left.</div>
@@ -112,6 +131,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
         </div>
         <div class="chat-actions">
           <span class="offer-countdown" id="offer-countdown" data-testid="offer-countdown" hidden></span>
+          <button type="button" class="primary" id="take" data-testid="take" hidden
+            title="Take this waiting chat: it becomes yours">Take</button>
           <button type="button" class="primary" id="accept" data-testid="accept" hidden>Accept</button>
           <button type="button" id="skip" data-testid="skip" hidden title="Let the chat pass to the next operator">Skip</button>
           <button type="button" id="transfer" data-testid="transfer"
@@ -124,6 +145,14 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <button type="button" class="danger-outline" id="close" data-testid="close">Close chat</button>
           <button type="button" class="danger" id="close-confirm" data-testid="close-confirm" hidden>Confirm close</button>
         </div>
+      </div>
+      <div class="tags-row" data-testid="tags-row">
+        <ul class="tags" id="tags" data-testid="tags" aria-label="Tags"></ul>
+        <form class="tag-add" id="tag-add" data-testid="tag-add">
+          <input id="tag-input" data-testid="tag-input" maxlength="32" list="tag-suggestions" aria-label="Add a tag"
+            placeholder="+ tag">
+          <datalist id="tag-suggestions"></datalist>
+        </form>
       </div>
       <form class="transfer-panel" id="transfer-panel" data-testid="transfer-panel" hidden>
         <label for="transfer-target">Transfer to</label>

@@ -64,7 +64,15 @@ async def serve(nc: NATS, engine: Engine) -> Service:
     async def intercept(c: cmds.Intercept) -> Result:
         return Result(ok=True, session=await engine.intercept(c.operator_id, c.session_id))
 
+    async def take(c: cmds.Take) -> Result:
+        return Result(ok=True, session=await engine.take(c.operator_id, c.session_id))
+
+    async def tag(c: cmds.Tag) -> Result:
+        return Result(ok=True, session=await engine.tag(c.operator_id, c.session_id, c.add, c.remove))
+
     handlers: dict[str, Callable[..., Awaitable[Result]]] = {
+        "take": take,
+        "tag": tag,
         "intercept": intercept,
         "status": status,
         "accept": accept,

@@ -28,6 +28,7 @@ from router.shell.firing import Firing
 from router.shell.inbound_flow import InboundFlow
 from router.shell.offering import Offering
 from router.shell.operators import Operators
+from router.shell.picking import Picking
 from router.shell.transfer import Transfers
 from router.timers import Timer
 from router.waiting import Waiting
@@ -57,6 +58,7 @@ class Engine:
         self.status = Operators(shared, self.offering)
         self.chats = Chats(shared, self.offering, self.closing)
         self.transfers = Transfers(shared, self.capacity, self.offering)
+        self.picking = Picking(shared, self.capacity)
         self.timers = Firing(shared, self.offering, self.closing, self.status)
 
     # a client's message
@@ -121,6 +123,12 @@ class Engine:
 
     async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str) -> Session:
         return await self.transfers.transfer(operator_id, session_id, to_operator, to_line)
+
+    async def take(self, operator_id: str, session_id: str) -> Session:
+        return await self.picking.take(operator_id, session_id)
+
+    async def tag(self, operator_id: str, session_id: str, add: list[str], remove: list[str]) -> Session:
+        return await self.picking.tag(operator_id, session_id, add, remove)
 
     async def intercept(self, operator_id: str, session_id: str) -> Session:
         return await self.transfers.intercept(operator_id, session_id)

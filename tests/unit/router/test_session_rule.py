@@ -125,3 +125,23 @@ def test_a_client_message_counts_and_a_flooding_one_is_held_from_the_unread_coun
     assert two is not None and (two.messages_in, two.flood_count, two.flagged) == (1, 2, "flood")
     reply = transition.touched(two, LATER, inbound=False)
     assert reply is not None and reply.messages_in == 1 and reply.last_message_at == LATER
+
+
+def test_a_chat_taken_from_the_queue_is_answered_by_the_taker_only_while_it_waits_on_that_line() -> None:
+    waiting = chat(status="waiting", line_id="support", offered_to=["boris"], declined_by=["carl"], assignments=1)
+    taken = transition.taken_from_queue(waiting, "anna", "support", NOW)
+    assert taken is not None
+    assert (taken.status, taken.operator_id, taken.offered_to, taken.declined_by) == ("answered", "anna", [], [])
+    assert (taken.assigned_at, taken.answered_at, taken.assignments) == (NOW, NOW, 2)
+    assert transition.taken_from_queue(waiting, "anna", "sales", NOW) is None  # moved to another line meanwhile
+    for status in ("assigned", "answered", "closed"):
+        assert transition.taken_from_queue(chat(status=status, line_id="support"), "anna", "support", NOW) is None
+
+
+def test_who_may_tag_a_conversation() -> None:
+    conv = chat(status="closed", line_id="support", entry_line_id="front", operator_id="anna", closed_by="boris")
+    assert transition.may_tag(conv, "anna", ["operator"], set())  # its operator
+    assert transition.may_tag(conv, "boris", ["operator"], set())  # who closed it
+    assert transition.may_tag(conv, "carl", ["operator"], {"front"})  # an operator of the line it came in on
+    assert transition.may_tag(conv, "sue", ["supervisor"], set())
+    assert not transition.may_tag(conv, "carl", ["operator"], {"sales"})

@@ -25,7 +25,11 @@
     windowBanner: $("window-banner"), templates: $("templates"), templatePanel: $("template-panel"),
     templateTitle: $("template-title"), templateFields: $("template-fields"), templatePreview: $("template-preview"),
     templateSend: $("template-send"), templateCancel: $("template-cancel"),
+    take: $("take"), tags: $("tags"), tagAdd: $("tag-add"), tagInput: $("tag-input"), tagSuggestions: $("tag-suggestions"),
+    viewList: $("view-list"), viewEmpty: $("view-empty"), finder: $("finder"), search: $("search"),
+    filterLine: $("filter-line"), filterChannel: $("filter-channel"), filterStatus: $("filter-status"), filterTag: $("filter-tag"),
   };
+  const viewButtons = Array.from(document.querySelectorAll(".views button"));
   const statusButtons = Array.from(document.querySelectorAll(".status-switch button"));
 
   const STATUS_LABEL = { waiting: "waiting", assigned: "new — accept?", answered: "in progress", closed: "closed" };
@@ -46,6 +50,9 @@
     drafts: loadDrafts(), // session id -> the reply being written in that chat (never shared between chats)
     marks: new Map(), // session id -> Map(outbound message id -> {status, reason}): what the channel said of it
     template: null, // {session, tpl, id}: the template being filled in (id: a retried send is the same message)
+    view: "mine", // mine | queue | lines | closed: the list on the left
+    others: new Map(), // session id -> chat of the view list that is not one of mine (read, take, tag)
+    viewSeq: 0, // answers to older view requests are dropped
   };
   // A mark never hides a stronger one: callbacks arrive out of order, "failed" wins over all.
   const MARK_RANK = { sent: 0, delayed: 1, delivered: 2, read: 3, failed: 4 };
@@ -110,6 +117,8 @@
     return n;
   }
   function clientName(chat) { return chat.client_name || "Client"; }
+  // The chat shown in the middle: one of mine, or one opened from a view (another's, waiting, closed).
+  function current() { return state.chats.get(state.selected) || state.others.get(state.selected); }
   // WhatsApp's 24-hour window: free text only while it is open; afterwards only an approved template.
   function windowOpen(chat) {
     if (!chat || !chat.window) return true;
@@ -297,33 +306,43 @@
         bottom.append(left);
       }
       li.append(top, mid, bottom);
+      if ((chat.tags || []).length) {
+        const tags = node("div", "item-tags");
+        for (const t of chat.tags) tags.append(node("span", "tag-chip", `#${t}`));
+        li.append(tags);
+      }
       li.addEventListener("click", () => select(chat.id));
       li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(chat.id); } });
       el.list.append(li);
     }
     el.count.textContent = String(chats.length);
-    el.listEmpty.hidden = chats.length > 0;
+    el.listEmpty.hidden = chats.length > 0 || el.list.hidden;
     el.listEmpty.textContent = state.status === "online" ? "No open chats. New ones appear here." : "No open chats. Go online to receive chats.";
     renderTitle();
   }
 
   function renderHead() {
-    const chat = state.chats.get(state.selected);
+    const chat = current();
     el.placeholder.hidden = Boolean(chat);
     el.main.hidden = !chat;
     if (!chat) return;
     el.main.dataset.sessionId = chat.id;
     el.title.textContent = clientName(chat);
     el.meta.textContent = `${chat.channel} · ${chat.line_name || chat.line_id} · ${STATUS_LABEL[chat.status] || chat.status} · opened ${agoText(chat.opened_at)}`;
-    const offered = chat.status === "assigned";
-    const mine = chat.operator_id === me && (chat.status === "assigned" || chat.status === "answered");
+    const held = state.chats.has(chat.id); // in My chats: mine, or offered to me
+    const offered = held && chat.status === "assigned";
+    const mine = held && chat.operator_id === me && (chat.status === "assigned" || chat.status === "answered");
+    el.take.hidden = held || !chat.can_take || chat.status !== "waiting";
+    if (!held) el.close.hidden = el.closeConfirm.hidden = true;
+    else if (el.closeConfirm.hidden) el.close.hidden = false;
+    renderTags(chat);
     el.accept.hidden = el.skip.hidden = !offered;
     el.transfer.hidden = el.pin.hidden = !mine;
     el.spam.hidden = !mine || !el.spamConfirm.hidden;
     if (!mine) el.transferPanel.hidden = true;
     el.pin.setAttribute("aria-pressed", String(Boolean(chat.pinned)));
     el.pin.textContent = chat.pinned ? "Pinned" : "Pin";
-    const canReply = chat.status === "assigned" || chat.status === "answered";
+    const canReply = held && (chat.status === "assigned" || chat.status === "answered");
     const free = canReply && windowOpen(chat);
     el.reply.disabled = el.send.disabled = !free;
     el.quick.disabled = !free;
@@ -481,7 +500,7 @@
       li.dataset.testid = "transcript-entry";
       li.dataset.entryId = e.id;
       li.dataset.direction = e.direction;
-      const who = e.direction === "in" ? clientName(state.chats.get(state.selected) || {}) :
+      const who = e.direction === "in" ? clientName(current() || {}) :
         e.direction === "system" ? "" : e.author_name || (e.author_id === "auto" ? "Auto-reply" : "Operator");
       const head = node("div", "entry-head");
       if (who) head.append(node("span", "who", who));
@@ -699,7 +718,7 @@
   }
 
   function select(id) {
-    if (!state.chats.has(id)) return;
+    if (!state.chats.has(id) && !state.others.has(id)) return;
     const changed = state.selected !== id;
     if (changed) {
       keepDraft(); // what was typed stays with the chat it was typed for
@@ -742,8 +761,11 @@
         break;
       }
       case "chat":
-        upsertChat(frame.chat, { notify: true });
+        // A chat that reaches me answered is one I took (from the queue, or over): no "new chat" alarm.
+        upsertChat(frame.chat, { notify: frame.chat.status !== "answered" });
+        state.others.delete(frame.chat.id);
         render();
+        refreshViewSoon();
         // crm_linked and other events re-push the chat: the card may have news.
         if (frame.chat.id === state.selected) loadCard(frame.chat.id);
         break;
@@ -775,8 +797,12 @@
         break;
       }
       case "closed":
-        removeChat(frame.session_id);
-        render();
+        // Only my chats leave: a conversation opened from a view (another's, a closed one being tagged) stays open.
+        if (state.chats.has(frame.session_id)) {
+          removeChat(frame.session_id);
+          render();
+        }
+        refreshViewSoon();
         break;
       case "typing":
         clientTyping(frame.session_id);
@@ -880,6 +906,204 @@
       showError(`Could not load the lines and operators: ${err.message}`);
     }
   }
+
+  // -- views, search, filters, tags -----------------------------------------------------
+
+  // My chats is the live list; the other views (and any search or filter) come from the desk's index.
+  function listingView() {
+    const filtered = el.search.value.trim() || el.filterLine.value || el.filterChannel.value || el.filterStatus.value ||
+      el.filterTag.value;
+    if (state.view !== "mine") return state.view;
+    return filtered ? "all" : null; // a search from My chats looks through everything I may see
+  }
+
+  function renderViews() {
+    for (const b of viewButtons) b.setAttribute("aria-selected", String(b.dataset.view === state.view));
+    const view = listingView();
+    el.list.hidden = Boolean(view);
+    el.listEmpty.hidden = Boolean(view) || state.chats.size > 0;
+    el.viewList.hidden = !view;
+    el.viewEmpty.hidden = !view || el.viewList.children.length > 0;
+  }
+
+  function fillSelect(select, items, label) {
+    const keep = select.value;
+    const options = [node("option", "", label)];
+    options[0].value = "";
+    for (const it of items) {
+      const o = node("option", "", it.name);
+      o.value = it.id;
+      options.push(o);
+    }
+    if (keep && !items.some((it) => it.id === keep)) {
+      const o = node("option", "", keep);
+      o.value = keep;
+      options.push(o);
+    }
+    select.replaceChildren(...options);
+    select.value = keep;
+  }
+
+  const VIEW_EMPTY = { queue: "Nobody is waiting on your lines.", lines: "No open chats on your lines.",
+    closed: "No closed conversations.", all: "Nothing found." };
+
+  async function loadView() {
+    const view = listingView();
+    renderViews();
+    if (!view) return;
+    const seq = ++state.viewSeq;
+    const params = new URLSearchParams({ view });
+    const q = el.search.value.trim();
+    if (q) params.set("q", q);
+    for (const [key, input] of [["line", el.filterLine], ["channel", el.filterChannel], ["status", el.filterStatus], ["tag", el.filterTag]]) {
+      if (input.value) params.set(key, input.value);
+    }
+    let data;
+    try {
+      data = await api("GET", `/api/conversations?${params}`);
+    } catch (err) {
+      showError(`Could not load the list: ${err.message}`, "view");
+      return;
+    }
+    if (seq !== state.viewSeq) return;
+    clearError("view");
+    const f = data.filters;
+    fillSelect(el.filterLine, f.lines, "All lines");
+    fillSelect(el.filterChannel, f.channels.map((c) => ({ id: c, name: c })), "All channels");
+    fillSelect(el.filterStatus, f.statuses.map((c) => ({ id: c, name: STATUS_LABEL[c] || c })), "Any status");
+    fillSelect(el.filterTag, f.tags.map((t) => ({ id: t, name: `#${t}` })), "Any tag");
+    el.tagSuggestions.replaceChildren(...f.tags.map((t) => { const o = node("option"); o.value = t; return o; }));
+    for (const chat of data.chats) if (!state.chats.has(chat.id)) state.others.set(chat.id, chat);
+    renderViewList(data.chats);
+    // A conversation opened from a view is not pushed live to me: re-read it with the list.
+    if (state.selected && state.others.has(state.selected) && !state.chats.has(state.selected)) {
+      renderHead();
+      loadHistory(state.selected);
+    }
+    el.viewEmpty.textContent = data.ready ? (q ? "Nothing found." : VIEW_EMPTY[view] || "Nothing here.")
+      : "The search index is still loading; try again in a moment.";
+    renderViews();
+  }
+
+  function renderViewList(chats) {
+    el.viewList.replaceChildren();
+    for (const chat of chats) {
+      const li = node("li", "chat-item");
+      li.dataset.testid = "view-item";
+      li.dataset.sessionId = chat.id;
+      li.dataset.status = chat.status;
+      li.tabIndex = 0;
+      li.setAttribute("role", "button");
+      if (chat.id === state.selected) li.classList.add("selected");
+      const top = node("div", "row");
+      top.append(node("span", "name", clientName(chat)));
+      const mid = node("div", "row small");
+      mid.append(node("span", `badge ch-${chat.channel}`, chat.channel), node("span", "line", chat.line_name || chat.line_id));
+      const bottom = node("div", "row small");
+      const st = node("span", `st st-${chat.status}`, STATUS_LABEL[chat.status] || chat.status);
+      st.dataset.testid = "view-status";
+      const who = chat.operator_name ? node("span", "who-has", chat.operator_id === me ? "you" : chat.operator_name) : null;
+      const when = chat.status === "closed" ? `closed ${agoText(chat.closed_at || chat.opened_at)}`
+        : chat.status === "waiting" ? `waiting ${ago(chat.opened_at)}` : `open ${ago(chat.opened_at)}`;
+      bottom.append(st, ...(who ? [who] : []), node("span", "age", when));
+      li.append(top, mid, bottom);
+      if (chat.snippet) {
+        const snip = node("div", "snippet", chat.snippet);
+        snip.dataset.testid = "view-snippet";
+        li.append(snip);
+      }
+      if ((chat.tags || []).length) {
+        const tags = node("div", "item-tags");
+        for (const t of chat.tags) tags.append(node("span", "tag-chip", `#${t}`));
+        li.append(tags);
+      }
+      li.addEventListener("click", () => select(chat.id));
+      li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(chat.id); } });
+      el.viewList.append(li);
+    }
+  }
+
+  let viewTimer = null;
+  function refreshViewSoon(delay = 300) {
+    clearTimeout(viewTimer);
+    viewTimer = setTimeout(loadView, delay);
+  }
+  // The queue and the other lists change with everyone's work: re-read them while they are shown.
+  setInterval(() => { if (listingView() && document.visibilityState === "visible") loadView(); }, 5000);
+
+  for (const b of viewButtons) {
+    b.addEventListener("click", () => {
+      state.view = b.dataset.view;
+      renderViews();
+      loadView();
+    });
+  }
+  el.search.addEventListener("input", () => refreshViewSoon(250));
+  el.finder.addEventListener("submit", (e) => { e.preventDefault(); loadView(); });
+  for (const f of [el.filterLine, el.filterChannel, el.filterStatus, el.filterTag]) f.addEventListener("change", () => loadView());
+
+  function renderTags(chat) {
+    el.tags.replaceChildren();
+    for (const t of chat.tags || []) {
+      const li = node("li", "tag-chip", `#${t}`);
+      li.dataset.testid = "tag";
+      li.dataset.tag = t;
+      const x = node("button", "", "×");
+      x.type = "button";
+      x.title = `Remove the tag ${t}`;
+      x.setAttribute("aria-label", `Remove the tag ${t}`);
+      x.dataset.testid = "tag-remove";
+      x.addEventListener("click", () => changeTags(chat.id, [], [t]));
+      li.append(x);
+      el.tags.append(li);
+    }
+  }
+
+  async function changeTags(id, add, remove) {
+    try {
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/tags`, { add, remove });
+      clearError("tags");
+      const chat = state.chats.get(id) || state.others.get(id);
+      if (chat && data.session) chat.tags = data.session.tags || [];
+      if (id === state.selected) {
+        renderHead();
+        if (!state.chats.has(id)) loadHistory(id); // not pushed live to me: read the new transcript line
+      }
+      renderList();
+      refreshViewSoon();
+    } catch (err) {
+      showError(`Could not change the tags: ${err.message}`, "tags");
+    }
+  }
+
+  el.tagAdd.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const tag = el.tagInput.value.trim();
+    if (!tag || !state.selected) return;
+    el.tagInput.value = "";
+    changeTags(state.selected, [tag], []);
+  });
+
+  el.take.addEventListener("click", async () => {
+    const id = state.selected;
+    if (!id) return;
+    el.take.disabled = true;
+    try {
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/take`);
+      clearError("take");
+      state.others.delete(id);
+      if (data.session) upsertChat(data.session, { notify: false });
+      render();
+      loadHistory(id);
+      refreshViewSoon(0);
+      if (!el.reply.disabled) el.reply.focus();
+    } catch (err) {
+      showError(`Could not take the chat: ${err.message}`, "take");
+      refreshViewSoon(0);
+    } finally {
+      el.take.disabled = false;
+    }
+  });
 
   // -- actions ---------------------------------------------------------------
 

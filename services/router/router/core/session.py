@@ -154,6 +154,33 @@ def intercepted(s: Session | None, op_id: str, now: datetime) -> Session | None:
     )
 
 
+def taken_from_queue(s: Session | None, op_id: str, line_id: str, now: datetime) -> Session | None:
+    """An operator of the line takes a chat waiting in its queue: answered, theirs; None when it no longer waits there."""
+    if s is None or s.status != "waiting" or s.line_id != line_id:
+        return None
+    return msgspec.structs.replace(
+        s,
+        status="answered",
+        operator_id=op_id,
+        offered_to=[],
+        declined_by=[],
+        assigned_at=now,
+        answered_at=s.answered_at or now,
+        assignments=s.assignments + 1,
+        held=False,
+    )
+
+
+def may_tag(s: Session, op_id: str, roles: list[str], my_lines: set[str]) -> bool:
+    """Who may tag a conversation: its operators, the operators of its line, supervisors."""
+    return (
+        bool({"supervisor", "admin"} & set(roles))
+        or op_id in (s.operator_id, s.closed_by)
+        or op_id in s.offered_to
+        or bool({s.line_id, s.entry_line_id} & my_lines)
+    )
+
+
 def pinned(s: Session | None, pin: bool) -> Session | None:
     return msgspec.structs.replace(s, pinned=pin) if s is not None and s.pinned != pin else None
 

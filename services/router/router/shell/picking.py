@@ -1,0 +1,120 @@
+"""An operator picking a chat from the queue (take) and tagging conversations."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import msgspec
+
+from openlines import tags
+from openlines.bus import kv_get, kv_update
+from openlines.envelopes import utcnow
+from openlines.state import OperatorState, Session
+from router.core import session as transition
+from router.shell.base import Part, Refused, Shared
+from router.shell.capacity import Capacity
+
+
+class Picking(Part):
+    def __init__(self, shared: Shared, cap: Capacity) -> None:
+        super().__init__(shared)
+        self.cap = cap
+
+    async def take(self, operator_id: str, session_id: str) -> Session:
+        """An operator of the chat's line takes a waiting chat from the queue: it becomes theirs, answered.
+
+        Only an operator in the line's queue, online or away, with room for one more chat
+        (``max_chats_per_operator``) may; the room is claimed by compare-and-set
+        first, so a take and the distribution never overfill an operator.
+        """
+        acc = await self._account(operator_id)
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None:
+            raise Refused("not_found", f"session {session_id!r} does not exist")
+        if session.operator_id == operator_id and session.is_open:
+            return session
+        line = self.lines.lines.get(session.line_id)
+        if line is None or operator_id not in line.queue.operators:
+            raise Refused("forbidden", f"{acc.name} is not in the queue of the chat's line: only its operators may take it")
+        if session.status != "waiting":
+            raise Refused("conflict", "the chat is no longer waiting: someone else has it, or it was closed")
+        st, _ = await kv_get(self.b.operators, operator_id, OperatorState)
+        if st is None or st.status == "offline":
+            raise Refused("conflict", "you are offline: go online (or away) to take chats from the queue")
+        now = utcnow()
+        # Away counts: someone away picks the one chat they mean to answer, and gets no offers meanwhile.
+        if not await self.cap.claim(operator_id, session_id, line.queue, now, any_status=True):
+            raise Refused("conflict", f"you have no room for another chat (at most {line.queue.max_chats_per_operator})")
+        line_id = line.id
+        taken = await kv_update(
+            self.b.sessions, session_id, Session, lambda s: transition.taken_from_queue(s, operator_id, line_id, now)
+        )
+        if taken is None or taken.operator_id != operator_id or taken.status != "answered":
+            await self._release(operator_id, session_id)
+            raise Refused("conflict", "the chat is no longer waiting: someone else has it, or it was closed")
+
+        def answered(cur: OperatorState | None) -> OperatorState | None:
+            if cur is None or session_id in cur.answered:
+                return None
+            return msgspec.structs.replace(cur, answered=[*cur.answered, session_id])
+
+        await kv_update(self.b.operators, operator_id, OperatorState, answered)
+        await self._dequeue(line.id, session_id)
+        n = taken.assignments
+        text = f"Taken from the queue by {acc.name}"
+        await self._trail(taken, f"taken:{session_id}:{n}", "session_assigned", text, reason="taken")
+        # As when an offer is accepted: every assignment answered has its session_answered (the CRM's responsible
+        # follows it; the statistics count the first), also for a chat answered before and moved back to the queue.
+        await self._trail(taken, f"answered:{session_id}:{n}", "session_answered", f"Answered by {acc.name}", reason="taken")
+        return taken
+
+    async def tag(self, operator_id: str, session_id: str, add: list[str], remove: list[str]) -> Session:
+        """Put tags on a conversation and take others off: its operators, the operators of its line, supervisors."""
+        acc = await self._account(operator_id)
+        try:
+            plus = list(dict.fromkeys(tags.normalise(t) for t in add))
+            minus = list(dict.fromkeys(tags.normalise(t) for t in remove))
+        except tags.BadTag as exc:
+            raise Refused("invalid", str(exc)) from None
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None:
+            raise Refused("not_found", f"session {session_id!r} does not exist")
+        my_lines = {line.id for line in self.lines.lines_of(operator_id)}
+        if not transition.may_tag(session, operator_id, list(acc.roles), my_lines):
+            raise Refused("forbidden", f"{acc.name} may not tag this conversation: it is not on one of their lines")
+        try:
+            tags.applied(session.tags, plus, minus)
+        except tags.BadTag as exc:
+            raise Refused("invalid", str(exc)) from None
+        before: list[str] = []
+        too_many = False
+
+        def change(s: Session | None) -> Session | None:
+            nonlocal before, too_many
+            too_many = False
+            if s is None:
+                return None
+            before = list(s.tags)
+            try:
+                after = tags.applied(s.tags, plus, minus)
+            except tags.BadTag:
+                too_many = True
+                return None
+            return msgspec.structs.replace(s, tags=after) if after != s.tags else None
+
+        updated = await kv_update(self.b.sessions, session_id, Session, change)
+        if updated is None:
+            raise Refused("not_found", f"session {session_id!r} does not exist")
+        if too_many:
+            raise Refused("invalid", f"a conversation has at most {tags.MAX_TAGS} tags")
+        added = [t for t in updated.tags if t not in before]
+        removed = [t for t in before if t not in updated.tags]
+        if added or removed:
+            parts = [f"added the tag {t}" for t in added] + [f"removed the tag {t}" for t in removed]
+            reason = " ".join([*(f"+{t}" for t in added), *(f"-{t}" for t in removed)])
+            stamp = hashlib.blake2b(f"{before}|{updated.tags}|{time.time()}".encode(), digest_size=6).hexdigest()
+            await self._trail(
+                updated, f"tagged:{session_id}:{stamp}", "session_tagged", f"{acc.name} {', '.join(parts)}", reason=reason
+            )
+        return updated
