@@ -265,3 +265,29 @@ async def test_a_stopping_gateway_hands_back_what_it_holds_and_the_next_one_deli
         # nak'ed on stop: not left to ack_wait (30 s) or retry_after (60 s), either of which would take 30 s or more
         assert time.monotonic() - started < 25
         assert texts(peer, 777) == ["survives a restart"]
+
+
+async def test_an_operator_typing_shows_typing_in_the_clients_chat_and_a_forged_chat_gets_nothing(
+    nc: Any, nats_server: Any
+) -> None:
+    from openlines.envelopes import Typing
+
+    async with fake_telegram() as peer, running_gateway(nats_server.url, peer):
+
+        async def operator_types(key_of: str, chat_id: str) -> None:
+            typing = Typing(chat_id=chat_id, operator_name="Anna")
+            await nc.publish(
+                subjects.typing_out("telegram", ACCOUNT, subjects.chat_key("telegram", ACCOUNT, key_of)), encode(typing)
+            )
+
+        # The subject names chat 777 by its key; a body naming another chat is not believed.
+        await operator_types("777", "888")
+        await operator_types("777", "777")
+        await wait_for(lambda: peer.chat_actions, what="sendChatAction")
+        assert peer.chat_actions == [("777", "typing")]
+        # A chat that blocked the bot: Telegram refuses the action, the gateway shrugs (nothing to retry).
+        peer.block(999)
+        await operator_types("999", "999")
+        await operator_types("555", "555")
+        await wait_for(lambda: ("555", "typing") in peer.chat_actions, what="the next chat's action")
+        assert ("999", "typing") not in peer.chat_actions

@@ -127,3 +127,21 @@ async def test_the_rate_per_token_is_honoured(nats_server: Any, nc: Any, vk: Fak
     stamps = sorted(c.at for c in vk.calls_of("messages.send"))
     # a burst of 10, then 10 per second: 15 calls take at least 0.5 s
     assert stamps[-1] - stamps[0] >= 0.45
+
+
+async def test_an_operator_typing_sets_typing_in_the_clients_dialog_and_a_forged_chat_gets_nothing(
+    nats_server: Any, nc: Any, vk: FakeVk
+) -> None:
+    from openlines.envelopes import Typing
+
+    async def operator_types(key_of: str, chat_id: str) -> None:
+        typing = Typing(chat_id=chat_id, operator_name="Anna")
+        await nc.publish(subjects.typing_out("vk", ACCOUNT, subjects.chat_key("vk", ACCOUNT, key_of)), encode(typing))
+
+    vk.deny_peer(2002, 901)
+    async with running_gateway(nats_server.url, vk.url):
+        await operator_types("1001", "3003")  # the body names another dialog than the subject: not believed
+        await operator_types("2002", "2002")  # VK refuses it (no permission): nothing to retry
+        await operator_types("1001", "1001")
+        await wait_for(lambda: vk.activities, what="messages.setActivity")
+        assert vk.activities == [(GROUP_ID, 1001, "typing")]

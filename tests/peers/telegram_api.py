@@ -6,7 +6,8 @@
   ``{"ok": false, "error_code": N, "description": "...", "parameters": {...}}``.
 - Methods: getMe, sendMessage, sendPhoto, sendDocument (and the other send*
   methods the gateway uses), getFile, setWebhook, deleteWebhook,
-  getWebhookInfo, answerCallbackQuery. Unknown token -> 401, unknown method -> 404.
+  getWebhookInfo, answerCallbackQuery, sendChatAction (recorded in
+  :attr:`FakeTelegram.chat_actions`). Unknown token -> 401, unknown method -> 404.
 - Files clients sent (:meth:`FakeTelegram.add_file`): ``getFile`` answers a
   ``File`` with ``file_path``, downloadable from ``/file/bot<token>/<file_path>``
   as documented; bots may download up to 20 MB ("Bad Request: file is too
@@ -51,6 +52,19 @@ SEND_METHODS = {
     "sendsticker": "sticker",
     "sendlocation": "location",
     "sendcontact": "contact",
+}
+CHAT_ACTIONS = {
+    "typing",
+    "upload_photo",
+    "record_video",
+    "upload_video",
+    "record_voice",
+    "upload_voice",
+    "upload_document",
+    "choose_sticker",
+    "find_location",
+    "record_video_note",
+    "upload_video_note",
 }
 MAX_UPLOAD = 50 * 1024 * 1024  # the Bot API's limit for files bots upload
 MAX_DOWNLOAD = 20 * 1024 * 1024  # ... and for files bots download (getFile)
@@ -127,6 +141,7 @@ class FakeTelegram:
         self.app.router.add_route("*", "/bot{token}/{method}", self._handle)
         self.app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self.calls: list[Call] = []
+        self.chat_actions: list[tuple[str, str]] = []  # (chat_id, action) of each sendChatAction taken
         self.webhooks: dict[str, Webhook] = {}
         self._tokens: set[str] = set()
         self._rules: dict[str, ChatRule] = {}
@@ -342,9 +357,24 @@ class FakeTelegram:
             if not params.get("callback_query_id"):
                 return _error(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
             return web.json_response({"ok": True, "result": True})
+        if name == "sendchataction":
+            return self._chat_action(params)
         if name in SEND_METHODS:
             return self._send(token, name, params, files)
         return _error(404, "Not Found: method not found")
+
+    def _chat_action(self, params: dict[str, Any]) -> web.Response:
+        """``sendChatAction``: True, or the errors a send to that chat would get (blocked, not found)."""
+        chat_id = str(params.get("chat_id", ""))
+        if not chat_id:
+            return _error(400, "Bad Request: chat_id is empty")
+        if str(params.get("action", "")) not in CHAT_ACTIONS:
+            return _error(400, "Bad Request: wrong parameter action in request")
+        rule = self._rules.get(chat_id)
+        if rule is not None and rule.status in (400, 403):
+            return _error(rule.status, rule.description)
+        self.chat_actions.append((chat_id, str(params["action"])))
+        return web.json_response({"ok": True, "result": True})
 
     def _send(self, token: str, name: str, params: dict[str, Any], files: dict[str, UploadedFile]) -> web.Response:
         chat_id = str(params.get("chat_id", ""))

@@ -7,6 +7,7 @@ and ``v``; success is ``{"response": ...}``, failure is HTTP 200 with
 ``messages.send`` is deduplicated by ``random_id`` per community and peer as
 VK does. Tests can make it answer error 6 for the next N calls, refuse a peer
 with 901, or hold ``users.get`` until released; every call is recorded.
+``messages.setActivity`` ("typing...") is kept in :attr:`FakeVk.activities`.
 
 Files, as dev.vk.com "Uploading files" documents them (VK API schema 5.199 for
 the error codes):
@@ -118,6 +119,7 @@ class FakeVk:
     calls: list[Call] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
     denied_peers: dict[int, int] = field(default_factory=dict)  # peer id -> error code (901, 902...)
+    activities: list[tuple[int, int, str]] = field(default_factory=list)  # (group, peer, type) of messages.setActivity
     users_gate: asyncio.Event | None = None  # when set to an unset Event, users.get waits for it
     failing_groups: dict[int, int] = field(default_factory=dict)  # community id -> error code for all its calls
     media: dict[str, Media] = field(default_factory=dict)  # attachment string -> saved file
@@ -213,6 +215,7 @@ class FakeVk:
             return self._error(queued.pop(0), name, params)
         handler = {
             "messages.send": self._send,
+            "messages.setActivity": self._set_activity,
             "users.get": self._users_get,
             "groups.getCallbackConfirmationCode": self._confirmation_code,
             "photos.getMessagesUploadServer": self._upload_server,
@@ -223,6 +226,19 @@ class FakeVk:
         if handler is None:
             return self._error(3, name, params, "Unknown method passed")
         return await handler(group_id, name, params)
+
+    async def _set_activity(self, group_id: int, name: str, params: dict[str, str]) -> web.Response:
+        """``messages.setActivity``: 1; ``type`` is ``typing`` or ``audiomessage``; a refused peer gets its error."""
+        try:
+            peer_id = int(params["peer_id"])
+        except (KeyError, ValueError):
+            return self._error(100, name, params, "One of the parameters specified was missing or invalid: peer_id")
+        if params.get("type") not in ("typing", "audiomessage"):
+            return self._error(100, name, params, "One of the parameters specified was missing or invalid: type")
+        if peer_id in self.denied_peers:
+            return self._error(self.denied_peers[peer_id], name, params)
+        self.activities.append((group_id, peer_id, params["type"]))
+        return web.json_response({"response": 1})
 
     async def _send(self, group_id: int, name: str, params: dict[str, str]) -> web.Response:
         try:

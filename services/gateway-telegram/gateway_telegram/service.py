@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aiogram.types import Update
@@ -9,10 +10,12 @@ from aiohttp import web
 
 from gateway_telegram.api import BotPool
 from gateway_telegram.bots import parse_bots
+from gateway_telegram.deliver import chat_ref
 from gateway_telegram.http import TelegramHttp
 from gateway_telegram.sender import Sender
 from gateway_telegram.settings import Settings
 from openlines.runner import Service
+from openlines.typing_relay import TypingRelay
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,15 @@ async def setup(svc: Service[Settings]) -> None:
     sender = Sender(svc.settings, svc.nc, svc.js, pool)
     svc.app[TELEGRAM] = Telegram(pool=pool, edge=edge, sender=sender)
     svc.spawn(sender.run(), name="telegram-outbound")
+
+    def typing(account: str, chat_id: str) -> Awaitable[object] | None:
+        # An operator typing: "typing..." in the client's chat for up to 5 s (or until the reply arrives).
+        bot = pool.bot(account)
+        return bot.send_chat_action(chat_id=chat_ref(chat_id), action="typing") if bot is not None else None
+
+    relay = TypingRelay(svc.nc, "telegram", typing)
+    await relay.start()
+    svc.on_stop(relay.stop)
 
     async def ready() -> str | None:
         return sender.ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from gateway_vk.profiles import Profiles
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi
 from openlines.runner import Service
+from openlines.typing_relay import TypingRelay
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,16 @@ async def setup(svc: Service[Settings]) -> None:
     svc.app[VK] = Vk(communities=communities, senders=senders, lookups=lookups, edge=edge, deliverer=deliverer)
     svc.spawn(deliverer.run(), name="vk-outbound")
 
+    def typing(account: str, chat_id: str) -> Awaitable[object] | None:
+        # An operator typing: "typing..." in the client's dialog with the community (VK shows it ~10 s).
+        api = senders.get(account)
+        if api is None or not chat_id.lstrip("-").isdigit():
+            return None
+        return api.call("messages.setActivity", {"peer_id": chat_id, "type": "typing"})
+
+    relay = TypingRelay(svc.nc, "vk", typing)
+    await relay.start()
+
     async def ready() -> str | None:
         return deliverer.ready()
 
@@ -58,6 +70,7 @@ async def setup(svc: Service[Settings]) -> None:
     svc.ready_check(ready)
     # on_stop runs in reverse order: refuse new callbacks, finish deliveries, then drop the threads.
     svc.on_stop(close_pools)
+    svc.on_stop(relay.stop)
     svc.on_stop(media.close)
     svc.on_stop(deliverer.stop)
     svc.on_stop(edge.shutdown)
