@@ -67,6 +67,7 @@ class Transfer(_Cmd):
     session_id: str
     to_operator: str = ""
     to_line: str = ""
+    comment: str = ""  # for whoever gets it: in the transcript, never sent to the client (<= 1000 characters)
 
 
 class Pin(_Cmd):
@@ -102,6 +103,14 @@ class Tag(_Cmd):
     remove: list[str] = []
 
 
+class Note(_Cmd):
+    """A private note in the conversation: colleagues see it, the client never does; @login mentions notify."""
+
+    session_id: str
+    text: str
+    client_msg_id: str  # makes a retried note idempotent
+
+
 class Presence(_Cmd):
     """A desk replica reports whether the operator has a page open on it (grace handling is the router's)."""
 
@@ -110,7 +119,7 @@ class Presence(_Cmd):
 
 
 CommandName = Literal[
-    "status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence", "intercept", "take", "tag"
+    "status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence", "intercept", "take", "tag", "note"
 ]
 COMMANDS: dict[str, type[_Cmd]] = {
     "status": SetStatus,
@@ -125,6 +134,7 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "intercept": Intercept,
     "take": Take,
     "tag": Tag,
+    "note": Note,
 }
 
 

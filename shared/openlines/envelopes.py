@@ -133,6 +133,8 @@ class HistoryEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
     author_name: str = ""
     at: datetime
     held: bool = False  # a client message beyond the flood limit: stored, not pushed to the operator
+    note: bool = False  # an operator's private note (direction "system"): never sent to the client
+    mentions: list[str] = []  # operators a note names with @login: the desk tells them
 
 
 # The kinds of SessionEvent the router and the gateways publish. Consumers must accept

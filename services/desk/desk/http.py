@@ -66,6 +66,7 @@ from openlines.commands import (
     CommandFailed,
     CommandName,
     Intercept,
+    Note,
     Pin,
     Reply,
     Result,
@@ -840,8 +841,24 @@ async def api_transfer(request: web.Request) -> web.StreamResponse:
     target = to_operator or to_line
     if not is_token(target):
         raise ApiError(400, "invalid", "the operator or line id must be 1-64 characters of A-Z a-z 0-9 _ -")
-    cmd = Transfer(operator_id=user.operator_id, session_id=sid, to_operator=to_operator, to_line=to_line)
+    comment = body.get("comment", "")
+    if not isinstance(comment, str) or len(comment) > 1000:
+        raise ApiError(400, "invalid", "comment must be text of at most 1000 characters")
+    cmd = Transfer(operator_id=user.operator_id, session_id=sid, to_operator=to_operator, to_line=to_line, comment=comment)
     return await _result(desk, await desk.command("transfer", cmd))
+
+
+async def api_note(request: web.Request) -> web.StreamResponse:
+    """A private note in the conversation (never sent to the client); ``@login`` tells that colleague."""
+    desk, user, sid = await _chat_action(request)
+    body = await _body(request)
+    text, client_msg_id = body.get("text", ""), body.get("client_msg_id", "")
+    if not isinstance(text, str) or not text.strip() or len(text) > 4000:
+        raise ApiError(400, "invalid", "text must be 1-4000 characters")
+    if not isinstance(client_msg_id, str) or not is_token(client_msg_id):
+        raise ApiError(400, "invalid", "client_msg_id must be 1-64 characters of A-Z a-z 0-9 _ -")
+    cmd = Note(operator_id=user.operator_id, session_id=sid, text=text, client_msg_id=client_msg_id)
+    return await _result(desk, await desk.command("note", cmd))
 
 
 async def api_pin(request: web.Request) -> web.StreamResponse:
@@ -1059,6 +1076,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/sessions/{session_id}/intercept", api_intercept)
     app.router.add_post("/api/sessions/{session_id}/skip", api_skip)
     app.router.add_post("/api/sessions/{session_id}/transfer", api_transfer)
+    app.router.add_post("/api/sessions/{session_id}/note", api_note)
     app.router.add_post("/api/sessions/{session_id}/pin", api_pin)
     app.router.add_post("/api/sessions/{session_id}/spam", api_spam)
     app.router.add_post("/api/sessions/{session_id}/files", api_upload)

@@ -365,6 +365,15 @@ class Hub:
         except Exception:
             log.exception("could not look up the session of a transcript entry", extra={"session": entry.session_id})
             return
+        for named in entry.mentions if entry.note else []:
+            # @login in a colleague's note: told wherever they are, whether or not the chat is theirs.
+            mention = {
+                "type": "mention",
+                "session_id": entry.session_id,
+                "author_name": entry.author_name,
+                "text": entry.text[:300],
+            }
+            self._send(named, mention)
         if holders:
             frame: dict[str, Any] = {"type": "message", **msgspec.to_builtins(entry)}
             for holder in holders:

@@ -157,6 +157,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
       <form class="transfer-panel" id="transfer-panel" data-testid="transfer-panel" hidden>
         <label for="transfer-target">Transfer to</label>
         <select id="transfer-target" data-testid="transfer-target" required></select>
+        <input id="transfer-comment" data-testid="transfer-comment" maxlength="1000" aria-label="Comment for whoever gets it"
+          placeholder="Comment for whoever gets it (optional)">
         <button type="submit" class="primary" id="transfer-go" data-testid="transfer-go">Transfer</button>
         <button type="button" id="transfer-cancel" data-testid="transfer-cancel">Cancel</button>
         <span class="muted small">An operator must be online and accept it; a line puts it in that line's queue.</span>
@@ -164,6 +166,7 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
       <div class="chat-body">
       <ol class="transcript" id="transcript" data-testid="transcript" aria-live="polite"></ol>
       <p class="typing muted small" id="client-typing" data-testid="client-typing" hidden></p>
+      <div class="toasts" id="toasts" data-testid="toasts" aria-live="polite"></div>
       <aside class="client-card" id="client-card" data-testid="client-card" aria-label="Client">
         <h3 id="card-name" data-testid="card-name"></h3>
         <dl class="card-fields">
@@ -204,6 +207,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <select id="quick-answers" data-testid="quick-answers" aria-label="Quick answers" hidden>
             <option value="">Quick answers…</option>
           </select>
+          <button type="button" class="button" id="note-toggle" data-testid="note-toggle" aria-pressed="false"
+            title="A private note: colleagues see it, the client never does; @login tells a colleague">Private note</button>
           <button type="button" class="button" id="attach-label" data-testid="attach"
             aria-controls="attach-input">Attach file</button>
           <input type="file" id="attach-input" data-testid="attach-input" multiple hidden>

@@ -49,7 +49,7 @@ async def serve(nc: NATS, engine: Engine) -> Service:
         return Result(ok=True)
 
     async def transfer(c: cmds.Transfer) -> Result:
-        return Result(ok=True, session=await engine.transfer(c.operator_id, c.session_id, c.to_operator, c.to_line))
+        return Result(ok=True, session=await engine.transfer(c.operator_id, c.session_id, c.to_operator, c.to_line, c.comment))
 
     async def pin(c: cmds.Pin) -> Result:
         return Result(ok=True, session=await engine.pin(c.operator_id, c.session_id, c.pinned))
@@ -67,12 +67,16 @@ async def serve(nc: NATS, engine: Engine) -> Service:
     async def take(c: cmds.Take) -> Result:
         return Result(ok=True, session=await engine.take(c.operator_id, c.session_id))
 
+    async def note(c: cmds.Note) -> Result:
+        return Result(ok=True, session=await engine.note(c.operator_id, c.session_id, c.text, c.client_msg_id))
+
     async def tag(c: cmds.Tag) -> Result:
         return Result(ok=True, session=await engine.tag(c.operator_id, c.session_id, c.add, c.remove))
 
     handlers: dict[str, Callable[..., Awaitable[Result]]] = {
         "take": take,
         "tag": tag,
+        "note": note,
         "intercept": intercept,
         "status": status,
         "accept": accept,

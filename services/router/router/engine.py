@@ -121,14 +121,17 @@ class Engine:
     async def close(self, operator_id: str, session_id: str) -> Session:
         return await self.chats.close(operator_id, session_id)
 
-    async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str) -> Session:
-        return await self.transfers.transfer(operator_id, session_id, to_operator, to_line)
+    async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str, comment: str = "") -> Session:
+        return await self.transfers.transfer(operator_id, session_id, to_operator, to_line, comment)
 
     async def take(self, operator_id: str, session_id: str) -> Session:
         return await self.picking.take(operator_id, session_id)
 
     async def tag(self, operator_id: str, session_id: str, add: list[str], remove: list[str]) -> Session:
         return await self.picking.tag(operator_id, session_id, add, remove)
+
+    async def note(self, operator_id: str, session_id: str, text: str, client_msg_id: str) -> Session:
+        return await self.picking.note(operator_id, session_id, text, client_msg_id)
 
     async def intercept(self, operator_id: str, session_id: str) -> Session:
         return await self.transfers.intercept(operator_id, session_id)

@@ -138,10 +138,10 @@ def test_a_chat_taken_from_the_queue_is_answered_by_the_taker_only_while_it_wait
         assert transition.taken_from_queue(chat(status=status, line_id="support"), "anna", "support", NOW) is None
 
 
-def test_who_may_tag_a_conversation() -> None:
+def test_who_may_annotate_a_conversation() -> None:
     conv = chat(status="closed", line_id="support", entry_line_id="front", operator_id="anna", closed_by="boris")
-    assert transition.may_tag(conv, "anna", ["operator"], set())  # its operator
-    assert transition.may_tag(conv, "boris", ["operator"], set())  # who closed it
-    assert transition.may_tag(conv, "carl", ["operator"], {"front"})  # an operator of the line it came in on
-    assert transition.may_tag(conv, "sue", ["supervisor"], set())
-    assert not transition.may_tag(conv, "carl", ["operator"], {"sales"})
+    assert transition.may_annotate(conv, "anna", ["operator"], set())  # its operator
+    assert transition.may_annotate(conv, "boris", ["operator"], set())  # who closed it
+    assert transition.may_annotate(conv, "carl", ["operator"], {"front"})  # an operator of the line it came in on
+    assert transition.may_annotate(conv, "sue", ["supervisor"], set())
+    assert not transition.may_annotate(conv, "carl", ["operator"], {"sales"})

@@ -500,7 +500,9 @@
       li.dataset.testid = "transcript-entry";
       li.dataset.entryId = e.id;
       li.dataset.direction = e.direction;
+      if (e.note) { li.classList.add("note"); li.dataset.testid = "transcript-note"; }
       const who = e.direction === "in" ? clientName(current() || {}) :
+        e.note ? `Note · ${e.author_name || e.author_id}` :
         e.direction === "system" ? "" : e.author_name || (e.author_id === "auto" ? "Auto-reply" : "Operator");
       const head = node("div", "entry-head");
       if (who) head.append(node("span", "who", who));
@@ -806,6 +808,9 @@
         break;
       case "typing":
         clientTyping(frame.session_id);
+        break;
+      case "mention":
+        mentioned(frame);
         break;
       case "mark":
         setMark(frame.session_id, frame.message_id, frame);
@@ -1220,7 +1225,8 @@
     el.transferGo.disabled = true;
     try {
       const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/transfer`,
-        kind === "op" ? { to_operator: target } : { to_line: target });
+        { ...(kind === "op" ? { to_operator: target } : { to_line: target }), comment: transferComment.value.trim() });
+      transferComment.value = "";
       el.transferPanel.hidden = true;
       leave(id, data.session);
       el.placeholder.textContent = `Transferred to ${label}.`;
@@ -1335,6 +1341,34 @@
     }
   });
 
+  // A private note instead of a reply: colleagues see it in the transcript, the client never gets it.
+  let noteMode = false;
+  const noteToggle = document.getElementById("note-toggle");
+  const transferComment = document.getElementById("transfer-comment");
+  const REPLY_HINT = el.reply.placeholder;
+  function setNoteMode(on) {
+    noteMode = on;
+    noteToggle.setAttribute("aria-pressed", String(on));
+    el.composer.classList.toggle("note-mode", on);
+    el.reply.placeholder = on ? "Private note — only colleagues see it; @login tells a colleague" : REPLY_HINT;
+  }
+  noteToggle.addEventListener("click", () => { setNoteMode(!noteMode); el.reply.focus(); });
+
+  // @login in a colleague's note: a toast that opens the conversation.
+  function mentioned(frame) {
+    const box = document.getElementById("toasts");
+    const toast = node("a", "toast", `${frame.author_name} mentioned you: ${frame.text}`);
+    toast.dataset.testid = "mention";
+    toast.href = state.chats.has(frame.session_id) ? "#" : `/transcript/${encodeURIComponent(frame.session_id)}`;
+    if (!state.chats.has(frame.session_id)) toast.target = "_blank"; // never leave the workspace
+    toast.addEventListener("click", (e) => {
+      if (state.chats.has(frame.session_id)) { e.preventDefault(); select(frame.session_id); }
+      toast.remove();
+    });
+    box.append(toast);
+    setTimeout(() => toast.remove(), 30000);
+  }
+
   async function sendReply() {
     const id = state.selected;
     const text = el.reply.value.trim();
@@ -1348,10 +1382,12 @@
       state.pendingReply = { key, session: id, id: newId() };
     }
     el.send.disabled = true;
+    const asNote = noteMode && !ids.length;
     try {
       const body = { text, client_msg_id: state.pendingReply.id };
       if (ids.length) body.files = ids;
-      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/reply`, body);
+      const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/${asNote ? "note" : "reply"}`, body);
+      if (asNote) setNoteMode(false);
       state.pendingReply = null;
       state.files = state.files.filter((f) => !files.includes(f));
       // Only the box of the chat it was sent to, and only if it still holds what was sent.

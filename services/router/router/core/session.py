@@ -171,8 +171,8 @@ def taken_from_queue(s: Session | None, op_id: str, line_id: str, now: datetime)
     )
 
 
-def may_tag(s: Session, op_id: str, roles: list[str], my_lines: set[str]) -> bool:
-    """Who may tag a conversation: its operators, the operators of its line, supervisors."""
+def may_annotate(s: Session, op_id: str, roles: list[str], my_lines: set[str]) -> bool:
+    """Who may tag a conversation or write a note in it: its operators, the operators of its line, supervisors."""
     return (
         bool({"supervisor", "admin"} & set(roles))
         or op_id in (s.operator_id, s.closed_by)

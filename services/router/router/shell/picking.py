@@ -1,19 +1,23 @@
-"""An operator picking a chat from the queue (take) and tagging conversations."""
+"""An operator picking a chat from the queue (take), tagging conversations and writing private notes in them."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 
 import msgspec
 
 from openlines import tags
 from openlines.bus import kv_get, kv_update
-from openlines.envelopes import utcnow
+from openlines.envelopes import HistoryEntry, utcnow
 from openlines.state import OperatorState, Session
 from router.core import session as transition
 from router.shell.base import Part, Refused, Shared
 from router.shell.capacity import Capacity
+
+MAX_NOTE = 4000
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_.-]{1,64})")
 
 
 class Picking(Part):
@@ -81,7 +85,7 @@ class Picking(Part):
         if session is None:
             raise Refused("not_found", f"session {session_id!r} does not exist")
         my_lines = {line.id for line in self.lines.lines_of(operator_id)}
-        if not transition.may_tag(session, operator_id, list(acc.roles), my_lines):
+        if not transition.may_annotate(session, operator_id, list(acc.roles), my_lines):
             raise Refused("forbidden", f"{acc.name} may not tag this conversation: it is not on one of their lines")
         try:
             tags.applied(session.tags, plus, minus)
@@ -118,3 +122,49 @@ class Picking(Part):
                 updated, f"tagged:{session_id}:{stamp}", "session_tagged", f"{acc.name} {', '.join(parts)}", reason=reason
             )
         return updated
+
+    async def note(self, operator_id: str, session_id: str, text: str, client_msg_id: str) -> Session:
+        """A private note in the conversation's transcript: colleagues read it, the client never gets it.
+
+        ``@login`` names colleagues: the note carries them (``mentions``) and the desk tells them.
+        """
+        acc = await self._account(operator_id)
+        text = text.strip()
+        if not text:
+            raise Refused("invalid", "a note needs text")
+        if len(text) > MAX_NOTE:
+            raise Refused("invalid", f"a note is at most {MAX_NOTE} characters")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", client_msg_id):
+            raise Refused("invalid", "client_msg_id must be 1-64 of A-Z a-z 0-9 _ -")
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None:
+            raise Refused("not_found", f"session {session_id!r} does not exist")
+        my_lines = {line.id for line in self.lines.lines_of(operator_id)}
+        if not transition.may_annotate(session, operator_id, list(acc.roles), my_lines):
+            raise Refused("forbidden", f"{acc.name} may not write in this conversation: it is not on one of their lines")
+        mentions: list[str] = []
+        for login in dict.fromkeys(MENTION.findall(text)):
+            if login == operator_id or len(mentions) >= 10:
+                continue
+            try:
+                colleague = await self._account(login)
+            except Refused:
+                continue  # "@home" or a typo: no one to tell
+            # Only someone who may open the conversation is told of it.
+            their_lines = {line.id for line in self.lines.lines_of(login)}
+            if transition.may_annotate(session, login, list(colleague.roles), their_lines):
+                mentions.append(login)
+        await self.fx.history(
+            HistoryEntry(
+                id=f"note:{session_id}:{operator_id}:{client_msg_id}",
+                session_id=session_id,
+                direction="system",
+                note=True,
+                text=text,
+                author_id=operator_id,
+                author_name=acc.name,
+                mentions=mentions,
+                at=utcnow(),
+            )
+        )
+        return session

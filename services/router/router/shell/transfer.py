@@ -14,6 +14,8 @@ from router.shell.base import Part, Refused, Shared
 from router.shell.capacity import Capacity
 from router.shell.offering import Offering
 
+MAX_COMMENT = 1000
+
 
 class Transfers(Part):
     def __init__(self, shared: Shared, cap: Capacity, offering: Offering) -> None:
@@ -21,14 +23,18 @@ class Transfers(Part):
         self.cap = cap
         self.offering = offering
 
-    async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str) -> Session:
+    async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str, comment: str = "") -> Session:
         acc = await self._account(operator_id)
+        comment = " ".join(comment.split())
+        if len(comment) > MAX_COMMENT:
+            raise Refused("invalid", f"a transfer comment is at most {MAX_COMMENT} characters")
+        said = f": “{comment}”" if comment else ""  # for whoever gets the chat; the client never sees it
         now = utcnow()
         session = await self.offering.own_session(operator_id, session_id, now)
         if bool(to_operator) == bool(to_line):
             raise Refused("invalid", "give exactly one of to_operator or to_line")
         if to_operator:
-            return await self._to_operator(acc, session, to_operator, now)
+            return await self._to_operator(acc, session, to_operator, now, said)
         target = self.lines.lines.get(to_line)
         if target is None:
             raise Refused("not_found", f"line {to_line!r} does not exist")
@@ -41,7 +47,7 @@ class Transfers(Part):
             moved,
             f"transferred-line:{session_id}:{session.assignments}",
             "session_transferred",
-            f"{acc.name} transferred the chat to {target.name}",
+            f"{acc.name} transferred the chat to {target.name}{said}",
             reason=f"line {to_line}",
         )
         await self._enqueue(target.id, moved)
@@ -49,7 +55,7 @@ class Transfers(Part):
         final, _ = await kv_get(self.b.sessions, session_id, Session)
         return final or moved
 
-    async def _to_operator(self, acc: OperatorAccount, session: Session, to_operator: str, now: datetime) -> Session:
+    async def _to_operator(self, acc: OperatorAccount, session: Session, to_operator: str, now: datetime, said: str) -> Session:
         if to_operator == acc.id:
             raise Refused("invalid", "the chat is already yours")
         target = await self._account(to_operator)
@@ -72,7 +78,7 @@ class Transfers(Part):
                 given,
                 f"transferred-op:{session.id}:{given.assignments}",
                 "session_transferred",
-                f"{acc.name} transferred the chat to {target.name}",
+                f"{acc.name} transferred the chat to {target.name}{said}",
                 reason=f"operator {to_operator}",
             )
 

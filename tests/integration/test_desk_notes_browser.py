@@ -1,0 +1,77 @@
+"""Working a chat together, in Chromium through the real desk and router: private notes with @mentions
+and a transfer with a comment - colleagues read them, the client never gets them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from desk_support import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, sign_in_live
+from support import apply_lines, history, outbound_for, running_router
+
+from desk.settings import Settings
+from openlines.runner import Service
+
+pytestmark = BROWSER_MARKS
+playwright_api = pytest.importorskip("playwright.async_api")
+expect = playwright_api.expect
+
+
+@pytest.fixture
+async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
+    await apply_lines(nc)  # deploy/lines.example.toml: anna and boris on the webchat line
+    async with running_router(nats_server.url), running_desk(nats_server.url, "notes-browser-secret-01-Kq7Zt9Wm3xRv") as svc:
+        yield svc
+
+
+async def test_a_private_note_mentions_a_colleague_and_a_transfer_comment_reaches_them_not_the_client(
+    nc: Any, desk: Service[Settings]
+) -> None:
+    errors: list[str] = []
+    async with chromium() as browser:
+        anna = await new_page(browser, desk_url(desk), errors)
+        await sign_in_live(anna, "anna")
+        await go_online(anna)
+        await client_writes(nc.jetstream(), "n-1", "My order 42 arrived broken.", "v-carol", name="Carol")
+        chat = anna.get_by_test_id("chat-item").filter(has_text="Carol")
+        await chat.click()
+        await anna.get_by_test_id("accept").click()
+        session_id = await chat.get_attribute("data-session-id")
+        assert session_id
+        box = anna.get_by_test_id("reply-input")
+        await expect(box).to_be_enabled()
+        boris = await new_page(browser, desk_url(desk), errors)  # signed in after Anna took the chat
+        await sign_in_live(boris, "boris")
+
+        # A private note that names Boris.
+        await anna.get_by_test_id("note-toggle").click()
+        await expect(anna.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "true")
+        await box.fill("Second broken order this month, @boris can you check the courier?")
+        await box.press("Enter")
+        note = anna.get_by_test_id("transcript-note")
+        await expect(note).to_contain_text("Second broken order this month")
+        await expect(note).to_contain_text("Note · Anna")
+        await expect(anna.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "false")  # back to replies
+        # Boris is told, though the chat is not his.
+        await expect(boris.get_by_test_id("mention")).to_contain_text("mentioned you: Second broken order")
+
+        # Then she hands the chat to the line's queue with a word for whoever takes it.
+        await anna.get_by_test_id("transfer").click()
+        await anna.get_by_test_id("transfer-target").select_option(label="Customer support (this line)")
+        await anna.get_by_test_id("transfer-comment").fill("Wants a refund, photos are in the chat")
+        await anna.get_by_test_id("transfer-go").click()
+
+
+        async def trail() -> list[Any]:
+            return [e for e in await history(nc, session_id) if "Wants a refund, photos are in the chat" in e.text]
+
+        [line] = await wait_for(trail, what="the transfer comment in the transcript")
+        assert line.direction == "system" and "Anna Petrova transferred the chat to Customer support" in line.text
+    # The client got neither.
+    sent = " ".join(o.text for o in await outbound_for(nc, "v-carol"))
+    assert "Second broken order" not in sent and "Wants a refund" not in sent
+    notes = [e for e in await history(nc, session_id) if e.note]
+    assert [(n.author_id, n.mentions, n.direction) for n in notes] == [("anna", ["boris"], "system")]
+    assert errors == []
