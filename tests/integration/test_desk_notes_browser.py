@@ -63,7 +63,6 @@ async def test_a_private_note_mentions_a_colleague_and_a_transfer_comment_reache
         await anna.get_by_test_id("transfer-comment").fill("Wants a refund, photos are in the chat")
         await anna.get_by_test_id("transfer-go").click()
 
-
         async def trail() -> list[Any]:
             return [e for e in await history(nc, session_id) if "Wants a refund, photos are in the chat" in e.text]
 
