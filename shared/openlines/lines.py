@@ -97,6 +97,16 @@ class SessionConfig(_Strict):
     rating: bool = False  # ask the client to rate the conversation on close
 
 
+class SlaConfig(_Strict):
+    """Response-time targets (Bitrix24's KPI): a chat past one alerts the line's supervisors."""
+
+    first_response_seconds: int = 0  # client's first message -> first operator message; 0 = no target
+    next_response_seconds: int = 0  # a client message after an operator message -> the next one; 0 = no target
+
+
+MAX_SLA_SECONDS = 7 * 24 * 3600
+
+
 class CrmConfig(_Strict):
     enabled: bool = False
     create: Literal["lead", "deal", "none"] = "lead"
@@ -117,6 +127,7 @@ class LineConfig(_Strict):
     hours: HoursConfig = msgspec.field(default_factory=HoursConfig)
     auto_replies: AutoReplies = msgspec.field(default_factory=AutoReplies)
     session: SessionConfig = msgspec.field(default_factory=SessionConfig)
+    sla: SlaConfig = msgspec.field(default_factory=SlaConfig)
     crm: CrmConfig = msgspec.field(default_factory=CrmConfig)
     quick_answers: list[str] = []  # canned replies operators pick in the desk's reply box
 
@@ -281,6 +292,10 @@ def check(cfg: LinesFile) -> list[str]:
         errors += _check_hours(where, line.hours)
         if line.session.auto_close_minutes < 0:
             errors.append(f"{where}.session.auto_close_minutes: must not be negative (0 = never)")
+        for key in ("first_response_seconds", "next_response_seconds"):
+            value = getattr(line.sla, key)
+            if value < 0 or value > MAX_SLA_SECONDS:
+                errors.append(f"{where}.sla.{key}: {value} is outside 0-{MAX_SLA_SECONDS} (0 = no target)")
         errors += _check_quick_answers(where, line.quick_answers)
         for ch_name in line.crm.source_ids:
             if ch_name not in CHANNELS:

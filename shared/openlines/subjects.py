@@ -27,6 +27,7 @@ KV_CLIENTS = "ol-clients"
 KV_WAITING = "ol-waiting"  # one key per chat waiting for an operator: <line>.<session> -> QueuedChat
 KV_BUCKETS = (KV_LINES, KV_ACCOUNTS, KV_OPERATORS, KV_SESSIONS, KV_CLIENTS, KV_WAITING)
 KV_HISTORY = {KV_WAITING: 1}  # revisions kept per key (default 5): a waiting chat's older places are of no use
+KV_SLA = "ol-sla"  # router: each open session's SLA clock (router.core.sla.Clock), created by the router
 KV_ROUTER = "ol-router"  # router replicas: membership and partition leases (created by the router, with a TTL)
 
 # Buckets a service owns and creates itself (with its own TTLs), not part of the bootstrap.
