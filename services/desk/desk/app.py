@@ -29,6 +29,7 @@ async def setup(svc: Service[Settings]) -> None:
     )
     await hub.start()
     svc.spawn(hub.watch_accounts(), "desk-account-watch")
+    svc.spawn(hub.watch_sla(), "desk-sla-watch")
     svc.on_stop(hub.stop)
 
     async def live_subscribed() -> str | None:
