@@ -17,6 +17,7 @@ playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
 ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
 TARGET = 10  # seconds: the page shows the clock running before it passes
 WAIT = 30_000  # ms: from the target passing to the alert, on a loaded machine
 
@@ -56,6 +57,9 @@ async def test_operator_sees_the_clock_and_the_supervisor_gets_the_alert(nc: Any
         await expect(alert).to_contain_text("SLA: Maria Client on Customer support · Boris Ivanov")
         await expect(alert).to_contain_text(f"first response target {TARGET} s passed by")
         await expect(boris.get_by_test_id("sla-alert")).to_have_count(0)  # an operator, not a supervisor of the line
+        ARTIFACTS.mkdir(exist_ok=True)
+        await boris.screenshot(path=str(ARTIFACTS / "desk-sla-clock.png"))
+        await anna.screenshot(path=str(ARTIFACTS / "desk-sla-alert.png"))
 
         # boris answers: the clock stops and leaves his list
         await item.click()

@@ -305,12 +305,16 @@
         left.dataset.countdown = chat.id;
         bottom.append(left);
       }
-      if (chat.sla) bottom.append(slaClock(chat));
       li.append(top, mid, bottom);
       if ((chat.tags || []).length) {
         const tags = node("div", "item-tags");
         for (const t of chat.tags) tags.append(node("span", "tag-chip", `#${t}`));
         li.append(tags);
+      }
+      if (chat.sla) {
+        const sla = node("div", "row small");
+        sla.append(slaClock(chat));
+        li.append(sla);
       }
       li.addEventListener("click", () => select(chat.id));
       li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(chat.id); } });
@@ -803,7 +807,7 @@
       }
       case "sla": {
         const chat = state.chats.get(frame.session_id);
-        if (chat) { chat.sla = frame.sla; renderList(); }
+        if (chat) { chat.sla = frame.sla; renderList(); tick(); }
         break;
       }
       case "sla_breached":
