@@ -31,11 +31,12 @@ from nats import nuid
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
 from desk.presence import Heartbeat, Reporter
-from desk.supervise import SUPERVISOR_ROLES
 from desk.reads import Reader, holders_of, sla_clock
+from desk.supervise import SUPERVISOR_ROLES
 from openlines import subjects
 from openlines.bus import kv_get
 from openlines.envelopes import DeliveryMark, HistoryEntry, SessionEvent, Typing
@@ -314,7 +315,7 @@ class Hub:
                 log.warning("sla watch failed; starting it again", extra={"error": repr(exc)})
             await asyncio.sleep(1.0)  # no bucket yet (no router ran), or the watch ended: look again
 
-    async def _watch_sla_once(self, kv: Any) -> None:
+    async def _watch_sla_once(self, kv: KeyValue) -> None:
         watcher = await kv.watchall()
         try:
             async for entry in watcher:

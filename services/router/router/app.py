@@ -110,7 +110,9 @@ async def setup(svc: Service[Settings]) -> None:
         stop_consuming.set()
         partitions.stop()
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(consumer, timer_loop, sla_loop)), timeout=svc.settings.shutdown_timeout)
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(consumer, timer_loop, sla_loop)), timeout=svc.settings.shutdown_timeout
+            )
         except (TimeoutError, asyncio.CancelledError):
             pass
         await micro.stop()

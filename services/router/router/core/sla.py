@@ -100,7 +100,7 @@ def check(clock: Clock | None, token: str, now: float) -> Breach | float | None:
 
 
 def _span(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     if s < 60:
         return f"{s} s"
     if s < 3600:
