@@ -102,9 +102,14 @@ class SlaConfig(_Strict):
 
     first_response_seconds: int = 0  # client's first message -> first operator message; 0 = no target
     next_response_seconds: int = 0  # a client message after an operator message -> the next one; 0 = no target
+    notify_emails: list[str] = []  # also alert these addresses by e-mail (the desk's OPENLINES_SLA_SMTP_* settings)
 
 
 MAX_SLA_SECONDS = 7 * 24 * 3600
+MAX_SLA_EMAILS = 20
+# An address the alert mails go to: local@domain, nothing else (no display name, no line break).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@{_LABEL}(?:\.{_LABEL})+")
 
 
 class CrmConfig(_Strict):
@@ -296,6 +301,11 @@ def check(cfg: LinesFile) -> list[str]:
             value = getattr(line.sla, key)
             if value < 0 or value > MAX_SLA_SECONDS:
                 errors.append(f"{where}.sla.{key}: {value} is outside 0-{MAX_SLA_SECONDS} (0 = no target)")
+        for address in line.sla.notify_emails:
+            if not _EMAIL.fullmatch(address):
+                errors.append(f"{where}.sla.notify_emails: {address!r} is not an e-mail address (name@example.com)")
+        if len(line.sla.notify_emails) > MAX_SLA_EMAILS:
+            errors.append(f"{where}.sla.notify_emails: {len(line.sla.notify_emails)} addresses; at most {MAX_SLA_EMAILS}")
         errors += _check_quick_answers(where, line.quick_answers)
         for ch_name in line.crm.source_ids:
             if ch_name not in CHANNELS:

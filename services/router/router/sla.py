@@ -39,7 +39,7 @@ from router.timers import NotDue, Timer, schedule
 log = logging.getLogger("router.sla")
 
 BREACHES = Counter("openlines_router_sla_breaches_total", "SLA targets passed", ["target"])
-DURABLE = "router-sla"
+DURABLE = subjects.ROUTER_SLA_CONSUMER
 SLA_HISTORY = 1  # revisions kept per clock: only the current one matters
 
 _entry = msgspec.json.Decoder(HistoryEntry)
