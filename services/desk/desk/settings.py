@@ -103,7 +103,9 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_LOGIN_WINDOW_SECONDS and OPENLINES_LOGIN_FAILURES_PER_* must be positive")
         if self.sla_smtp_host:
             if not self.sla_mail_from or "@" not in self.sla_mail_from or any(c in self.sla_mail_from for c in "\r\n<>"):
-                raise ValueError("OPENLINES_SLA_MAIL_FROM must be the sender address of SLA alerts when OPENLINES_SLA_SMTP_HOST is set")
+                raise ValueError(
+                    "OPENLINES_SLA_MAIL_FROM must be the sender address of SLA alerts when OPENLINES_SLA_SMTP_HOST is set"
+                )
             if not 0.1 <= self.sla_mail_retry_seconds <= 3600:
                 raise ValueError("OPENLINES_SLA_MAIL_RETRY_SECONDS must be between 0.1 and 3600")
             if self.sla_smtp_tls == "none" and not is_loopback(self.sla_smtp_host):

@@ -44,7 +44,9 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
 
 
-def message(event: SessionEvent, *, sender: str, to: list[str], line_name: str, client: str, operator: str, link: str) -> EmailMessage:
+def message(
+    event: SessionEvent, *, sender: str, to: list[str], line_name: str, client: str, operator: str, link: str
+) -> EmailMessage:
     """The alert as a plain-text mail. Every value from a chat is put in by the email package, never spliced
     into a header by hand (a client's name holding a line break cannot add a header)."""
     msg = EmailMessage()

@@ -111,3 +111,13 @@ def test_sla_targets_are_off_by_default_and_out_of_range_ones_name_their_key() -
     assert any("sla.first_response_seconds: -5 is outside 0-604800" in p for p in problems), problems
     assert any("sla.next_response_seconds: 99999999 is outside" in p for p in problems), problems
     assert any("sla.first_reply: unknown key" in p for p in problems), problems
+
+
+def test_sla_alert_addresses_must_be_plain_addresses() -> None:
+    ok = parse(BASE + '[lines.sla]\nnotify_emails = ["lead@example.com", "a.b+sla@mail.example.co"]\n')
+    assert ok.lines[0].sla.notify_emails == ["lead@example.com", "a.b+sla@mail.example.co"]
+    bad = ["lead@example.com\\r\\nBcc: x@evil.test", "Lead <lead@example.com>", "nobody", "x@localhost"]
+    with pytest.raises(ConfigError) as err:
+        parse(BASE + "[lines.sla]\nnotify_emails = [" + ", ".join(f'"{a}"' for a in bad) + "]\n")
+    problems = [p for p in err.value.errors if "sla.notify_emails" in p]
+    assert len(problems) == len(bad), err.value.errors
