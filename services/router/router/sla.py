@@ -30,6 +30,7 @@ from prometheus_client import Counter
 from openlines import subjects
 from openlines.bus import Buckets, kv_get, kv_update
 from openlines.envelopes import HistoryEntry
+from openlines.lines import SlaConfig
 from openlines.state import Session
 from router.core import sla as rule
 from router.effects import Effects
@@ -43,6 +44,10 @@ DURABLE = subjects.ROUTER_SLA_CONSUMER
 SLA_HISTORY = 1  # revisions kept per clock: only the current one matters
 
 _entry = msgspec.json.Decoder(HistoryEntry)
+
+
+def _has_targets(sla: SlaConfig) -> bool:
+    return bool(sla.first_response_seconds or sla.next_response_seconds)
 
 
 class SlaWatch:
@@ -116,6 +121,8 @@ class SlaWatch:
             entry = _entry.decode(data)
         except msgspec.DecodeError:
             return  # not ours to judge: the desk shows what it can of it
+        if not any(_has_targets(line.sla) for line in self.lines.lines.values()):
+            return  # no line has targets: no read per transcript entry
         session, _ = await kv_get(self.b.sessions, entry.session_id, Session)
         if session is None:
             return
@@ -131,7 +138,7 @@ class SlaWatch:
         if kind == "other":
             return
         targets = line.sla
-        if not targets.first_response_seconds and not targets.next_response_seconds:
+        if not _has_targets(targets):
             return  # no targets on this line: nothing to watch (and no write per message)
         at = entry.at.timestamp()
         clock = await kv_update(
