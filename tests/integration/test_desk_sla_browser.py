@@ -61,6 +61,13 @@ async def test_operator_sees_the_clock_and_the_supervisor_gets_the_alert(nc: Any
         await boris.screenshot(path=str(ARTIFACTS / "desk-sla-clock.png"))
         await anna.screenshot(path=str(ARTIFACTS / "desk-sla-alert.png"))
 
+        # the supervisor view marks the chat too
+        supervisor = await new_page(browser, base, errors)
+        await supervisor.context.add_cookies(await anna.context.cookies())
+        await supervisor.goto("/supervisor")
+        await expect(supervisor.get_by_test_id("sup-sla")).to_have_text("SLA: first response overdue", timeout=WAIT)
+        await supervisor.close()
+
         # boris answers: the clock stops and leaves his list
         await item.click()
         await boris.get_by_test_id("accept").click()
