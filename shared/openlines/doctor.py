@@ -75,6 +75,7 @@ def diagnose(cfg: LinesFile, accounts: dict[str, set[str]] | None = None) -> lis
         findings += _hours(at, line, by_id)
         findings += _auto_replies(at, line)
         findings += _session(at, line)
+        findings += _sla(at, line)
         findings += _crm(cfg, at, line)
     findings += _operators(cfg)
     findings += _unbound_accounts(cfg, accounts or {})
@@ -699,6 +700,24 @@ def _session(at: str, line: LineConfig) -> list[Finding]:
                 f"auto_close_minutes = {minutes}: a session closes while the client is still typing or the operator"
                 " is looking something up, and the next message opens a new session",
                 f"set auto_close_minutes to {MIN_AUTO_CLOSE_MINUTES} or more",
+            )
+        ]
+    return []
+
+
+def _sla(at: str, line: LineConfig) -> list[Finding]:
+    first = line.sla.first_response_seconds
+    wait = line.queue.wait_seconds
+    if 0 < first <= wait:
+        return [
+            _f(
+                "warning",
+                "sla-first-response-short",
+                line.id,
+                f"{at}.sla.first_response_seconds",
+                f"first_response_seconds = {first} is not longer than queue.wait_seconds = {wait}: every chat the first"
+                " operator lets pass breaches the target before the next operator is even offered it",
+                f"set first_response_seconds above {wait} (e.g. {max(2 * wait, 60)}), or shorten queue.wait_seconds",
             )
         ]
     return []

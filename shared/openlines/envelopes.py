@@ -153,6 +153,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "session_closed",  # by the operator, auto-close, or spam
     "session_tagged",  # tags put on or taken off (reason: "+vip -new"; the transcript line names who)
     "session_rated",  # the client answered the rating request (reason: "1".."5")
+    "sla_breached",  # a chat passed its line's first- or next-response target (reason: which, and by how much)
     "operator_status",  # online / away / offline
     "dead_letter",  # an inbound message that could not be handled, with the reason
     "delivery_failed",  # a gateway could not deliver an outbound message

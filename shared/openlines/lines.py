@@ -97,6 +97,21 @@ class SessionConfig(_Strict):
     rating: bool = False  # ask the client to rate the conversation on close
 
 
+class SlaConfig(_Strict):
+    """Response-time targets (Bitrix24's KPI): a chat past one alerts the line's supervisors."""
+
+    first_response_seconds: int = 0  # client's first message -> first operator message; 0 = no target
+    next_response_seconds: int = 0  # a client message after an operator message -> the next one; 0 = no target
+    notify_emails: list[str] = []  # also alert these addresses by e-mail (the desk's OPENLINES_SLA_SMTP_* settings)
+
+
+MAX_SLA_SECONDS = 7 * 24 * 3600
+MAX_SLA_EMAILS = 20
+# An address the alert mails go to: local@domain, nothing else (no display name, no line break).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@{_LABEL}(?:\.{_LABEL})+")
+
+
 class CrmConfig(_Strict):
     enabled: bool = False
     create: Literal["lead", "deal", "none"] = "lead"
@@ -117,6 +132,7 @@ class LineConfig(_Strict):
     hours: HoursConfig = msgspec.field(default_factory=HoursConfig)
     auto_replies: AutoReplies = msgspec.field(default_factory=AutoReplies)
     session: SessionConfig = msgspec.field(default_factory=SessionConfig)
+    sla: SlaConfig = msgspec.field(default_factory=SlaConfig)
     crm: CrmConfig = msgspec.field(default_factory=CrmConfig)
     quick_answers: list[str] = []  # canned replies operators pick in the desk's reply box
 
@@ -281,6 +297,15 @@ def check(cfg: LinesFile) -> list[str]:
         errors += _check_hours(where, line.hours)
         if line.session.auto_close_minutes < 0:
             errors.append(f"{where}.session.auto_close_minutes: must not be negative (0 = never)")
+        for key in ("first_response_seconds", "next_response_seconds"):
+            value = getattr(line.sla, key)
+            if value < 0 or value > MAX_SLA_SECONDS:
+                errors.append(f"{where}.sla.{key}: {value} is outside 0-{MAX_SLA_SECONDS} (0 = no target)")
+        for address in line.sla.notify_emails:
+            if not _EMAIL.fullmatch(address):
+                errors.append(f"{where}.sla.notify_emails: {address!r} is not an e-mail address (name@example.com)")
+        if len(line.sla.notify_emails) > MAX_SLA_EMAILS:
+            errors.append(f"{where}.sla.notify_emails: {len(line.sla.notify_emails)} addresses; at most {MAX_SLA_EMAILS}")
         errors += _check_quick_answers(where, line.quick_answers)
         for ch_name in line.crm.source_ids:
             if ch_name not in CHANNELS:

@@ -27,6 +27,7 @@ KV_CLIENTS = "ol-clients"
 KV_WAITING = "ol-waiting"  # one key per chat waiting for an operator: <line>.<session> -> QueuedChat
 KV_BUCKETS = (KV_LINES, KV_ACCOUNTS, KV_OPERATORS, KV_SESSIONS, KV_CLIENTS, KV_WAITING)
 KV_HISTORY = {KV_WAITING: 1}  # revisions kept per key (default 5): a waiting chat's older places are of no use
+KV_SLA = "ol-sla"  # router: each open session's SLA clock (router.core.sla.Clock), created by the router
 KV_ROUTER = "ol-router"  # router replicas: membership and partition leases (created by the router, with a TTL)
 
 # Buckets a service owns and creates itself (with its own TTLs), not part of the bootstrap.
@@ -55,6 +56,8 @@ KV_DESK_PRESENCE = "ol-desk-presence"
 KV_DESK_STATS = "ol-desk-stats"
 KV_DESK_STATS_TRACE = "ol-desk-stats-trace"
 DESK_STATS_CONSUMER = "desk-stats"
+DESK_SLA_MAIL_CONSUMER = "desk-sla-mail"  # OL_EVT, sla_breached only: the SLA alert e-mails, shared by the desk replicas
+ROUTER_SLA_CONSUMER = "router-sla"  # OL_HIST: the router's SLA clocks (router/sla.py)
 OBJ_TELEGRAM_FILES = "ol-tg-files"  # gateway-telegram: files clients send (object store)
 OBJ_VK_FILES = "ol-vk-files"  # gateway-vk: photos, documents and voice messages clients send (object store)
 OBJ_WEBCHAT_FILES = "ol-webchat-files"  # gateway-webchat: files visitors upload (object store)

@@ -266,6 +266,12 @@ async def _watch_accounts(c: Conn) -> Any:
     return await kv.watchall()
 
 
+async def _read_history_as_another_consumer(c: Conn) -> Any:
+    # the router reads the transcripts only through its SLA consumer, router-sla
+    config = js_api.ConsumerConfig(name="evil", filter_subject=subjects.history_all())
+    return await c.js.add_consumer(subjects.STREAM_HIST, config)
+
+
 def _delete_consumer(consumer: str) -> Callable[[Conn], Awaitable[Any]]:
     async def go(c: Conn) -> Any:
         return await c.js.delete_consumer(subjects.STREAM_OUT, consumer)
@@ -305,6 +311,8 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "write_sessions": ("$KV.ol-sessions.s1", _publish("$KV.ol-sessions.s1")),
     "write_operators": ("$KV.ol-operators.anna", _publish("$KV.ol-operators.anna")),
     "write_crm_links": ("$KV.ol-crm-links.c1", _publish("$KV.ol-crm-links.c1")),
+    "write_sla": ("$KV.ol-sla.s1", _publish("$KV.ol-sla.s1")),
+    "read_history_by_consumer": (f"{J}.CONSUMER.CREATE.OL_HIST.evil", _read_history_as_another_consumer),
     "write_desk_files": ("$O.ol-desk-files.C.x", _publish("$O.ol-desk-files.C.x")),
     "create_stream": (f"{J}.STREAM.CREATE.EVIL", _create_stream),
     "delete_stream": (f"{J}.STREAM.DELETE.OL_HIST", _delete_stream),
@@ -351,6 +359,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "read_telegram_clients_files",
         "publish_mark",
         "watch_accounts",
+        "read_history_by_consumer",
     ],
     "desk": [
         *EVERYONE_REFUSED,
@@ -364,6 +373,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "write_crm_links",
         "read_router_replies",
         "publish_mark",
+        "write_sla",  # it shows the SLA clocks; only the router keeps them
     ],
     "crm-sync": [
         *EVERYONE_REFUSED,
@@ -411,6 +421,7 @@ for _gateway, _channel in GATEWAYS.items():
         "write_operators",
         "write_crm_links",
         "write_desk_files",
+        "write_sla",
         *(["read_outbound_vk"] if _channel != "vk" else ["read_outbound_telegram"]),
         "watch_accounts",
         # each gateway sends operators' files on (read by reference) but reads no other channel's clients' files

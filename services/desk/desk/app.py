@@ -11,6 +11,7 @@ from desk.index import ConversationIndex
 from desk.live import Hub
 from desk.reads import Reader
 from desk.settings import Settings
+from desk.slamail import SlaMailer
 from openlines.bus import Buckets
 from openlines.runner import Service
 
@@ -29,6 +30,9 @@ async def setup(svc: Service[Settings]) -> None:
     )
     await hub.start()
     svc.spawn(hub.watch_accounts(), "desk-account-watch")
+    svc.spawn(hub.watch_sla(), "desk-sla-watch")
+    if svc.settings.sla_smtp_host:
+        svc.spawn(SlaMailer(svc.js, reader, svc.settings).run(), "desk-sla-mail")
     svc.on_stop(hub.stop)
 
     async def live_subscribed() -> str | None:

@@ -31,10 +31,12 @@ from nats import nuid
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
 from desk.presence import Heartbeat, Reporter
-from desk.reads import Reader, holders_of
+from desk.reads import Reader, holders_of, sla_clock
+from desk.supervise import SUPERVISOR_ROLES
 from openlines import subjects
 from openlines.bus import kv_get
 from openlines.envelopes import DeliveryMark, HistoryEntry, SessionEvent, Typing
@@ -244,6 +246,8 @@ class Hub:
                     self._send(event.operator_id, {"type": "status", "status": state.status})
             elif event.session_id:  # any session event: re-read the session from KV
                 await self._session_changed(event)
+                if event.kind == "sla_breached":
+                    await self._alert_supervisors(event)
         except Exception:
             # A failed push is repaired by the next snapshot; never kill the subscription.
             log.exception("could not push event", extra={"session": event.session_id, "kind": event.kind})
@@ -271,6 +275,68 @@ class Hub:
             for conn in list(group):
                 if sid in conn.shown or operator_id in concerned:
                     conn.push({"type": "closed", "session_id": sid, "reason": reason})
+
+    async def _alert_supervisors(self, event: SessionEvent) -> None:
+        """A chat passed an SLA target: tell the supervisors of its line (its queue lists them) who have a page here."""
+        line = await self.reader.line(event.line_id)
+        if line is None:
+            return
+        present = [op for op in dict.fromkeys(line.queue.operators) if op in self.conns]
+        if not present:
+            return
+        session = await self.reader.session(event.session_id)
+        operator = await self.reader.account(event.operator_id) if event.operator_id else None
+        frame = {
+            "type": "sla_breached",
+            "session_id": event.session_id,
+            "line_id": event.line_id,
+            "line_name": line.name or line.id,
+            "operator_id": event.operator_id,
+            "operator_name": operator.name if operator is not None else event.operator_id,
+            "client_name": (session.client_name if session is not None else "") or "Client",
+            "reason": event.reason,
+            "at": event.at.isoformat(),
+        }
+        for op_id in present:
+            account = await self.reader.account(op_id)
+            if account is not None and any(role in SUPERVISOR_ROLES for role in account.roles):
+                self._send(op_id, frame)
+
+    async def watch_sla(self) -> None:
+        """Push each change of an SLA clock (``ol-sla``, written by the router) to the pages listing that chat."""
+        while True:
+            try:
+                kv = await self.reader.sla_bucket()
+                if kv is not None:
+                    await self._watch_sla_once(kv)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sla watch failed; starting it again", extra={"error": repr(exc)})
+            await asyncio.sleep(1.0)  # no bucket yet (no router ran), or the watch ended: look again
+
+    async def _watch_sla_once(self, kv: KeyValue) -> None:
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue
+                clock = None
+                if entry.operation not in ("DEL", "PURGE") and entry.value:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        clock = msgspec.json.decode(entry.value)
+                if not self.conns:
+                    continue
+                frame = {"type": "sla", "session_id": entry.key, "sla": sla_clock(clock if isinstance(clock, dict) else None)}
+                # Its holders too: a chat pushed to a page just now may not be marked shown there yet.
+                holders = await self._holders_of(entry.key)
+                for operator_id, group in list(self.conns.items()):
+                    for conn in group:
+                        if entry.key in conn.shown or operator_id in holders:
+                            conn.push(frame)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def _holders_of(self, session_id: str) -> frozenset[str]:
         cached = self._holders.get(session_id)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from openlines import subjects, templates, window
 from openlines.apply import line_key
@@ -57,6 +59,19 @@ def holders_of(session: Session | None) -> frozenset[str]:
     return frozenset(session.offered_to)
 
 
+def sla_clock(clock: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored SLA clock (router.core.sla.Clock) as the page counts it down: which target, its
+    length, until when, and whether the supervisors were alerted; None when no clock runs."""
+    if not clock or not clock.get("target"):
+        return None
+    return {
+        "target": clock["target"],
+        "limit": int(clock.get("limit", 0)),
+        "due": datetime.fromtimestamp(float(clock.get("due", 0)), UTC).isoformat(),
+        "breached": bool(clock.get("breached", False)),
+    }
+
+
 CLOSE_REASONS = {"operator": "closed by its operator", "auto_close": "closed after no activity", "spam": "marked as spam"}
 
 
@@ -65,6 +80,24 @@ class Reader:
         self.js = js
         self.b = buckets
         self._lines: dict[str, tuple[LineConfig | None, float]] = {}
+        self._sla: KeyValue | None = None
+
+    async def sla_bucket(self) -> KeyValue | None:
+        """The router's SLA clocks (``ol-sla``), or None before a router made the bucket."""
+        if self._sla is None:
+            try:
+                self._sla = await self.js.key_value(subjects.KV_SLA)
+            except (NotFoundError, BadRequestError):
+                return None
+        return self._sla
+
+    async def sla(self, session_id: str) -> dict[str, Any] | None:
+        """The session's running SLA clock as the page shows it (see ``sla_clock``), or None."""
+        kv = await self.sla_bucket()
+        if kv is None or not is_token(session_id):
+            return None
+        clock, _ = await kv_get(kv, session_id, dict)
+        return sla_clock(clock)
 
     async def account(self, operator_id: str) -> OperatorAccount | None:
         if not is_token(operator_id):
@@ -136,6 +169,8 @@ class Reader:
         out["wait_seconds"] = line.queue.wait_seconds if line is not None else 0
         if session.status == "closed":
             out["outcome"] = await self.outcome(session)
+        else:
+            out["sla"] = await self.sla(session.id)
         if window.has_window(session.channel):
             # WhatsApp's 24 hours: outside them only an approved template reaches the client.
             closes = window.closes_at(session.channel, session.client_last_at)

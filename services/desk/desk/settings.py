@@ -55,6 +55,16 @@ class Settings(BaseSettings, kw_only=True):
     search_max_messages: int = 300_000
     search_max_sessions: int = 100_000
 
+    # SLA alert e-mails (a line's sla.notify_emails): the SMTP server they go through. Empty host = no
+    # e-mail. "starttls" (submission, 587) or "tls" (implicit, 465); "none" only to a server on this machine.
+    sla_smtp_host: str = ""
+    sla_smtp_port: int = 587
+    sla_smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    sla_smtp_username: str = ""
+    sla_smtp_password: str = ""
+    sla_mail_from: str = ""  # the sender address of the alerts, e.g. openlines@example.com
+    sla_mail_retry_seconds: float = 30.0  # a refused or failed alert mail is tried again after this long
+
     @property
     def allowed_hosts(self) -> list[str]:
         return [h.strip() for h in self.desk_allowed_hosts.split(",") if h.strip()]
@@ -91,6 +101,18 @@ class Settings(BaseSettings, kw_only=True):
             or min(self.login_failures_per_login, self.login_failures_per_address, self.login_failures_per_source) < 1
         ):
             raise ValueError("OPENLINES_LOGIN_WINDOW_SECONDS and OPENLINES_LOGIN_FAILURES_PER_* must be positive")
+        if self.sla_smtp_host:
+            if not self.sla_mail_from or "@" not in self.sla_mail_from or any(c in self.sla_mail_from for c in "\r\n<>"):
+                raise ValueError(
+                    "OPENLINES_SLA_MAIL_FROM must be the sender address of SLA alerts when OPENLINES_SLA_SMTP_HOST is set"
+                )
+            if not 0.1 <= self.sla_mail_retry_seconds <= 3600:
+                raise ValueError("OPENLINES_SLA_MAIL_RETRY_SECONDS must be between 0.1 and 3600")
+            if self.sla_smtp_tls == "none" and not is_loopback(self.sla_smtp_host):
+                raise ValueError(
+                    f"OPENLINES_SLA_SMTP_TLS=none with OPENLINES_SLA_SMTP_HOST={self.sla_smtp_host}: alerts (and the password) "
+                    "would cross the network unencrypted; use starttls or tls, or a relay on this machine"
+                )
         if not 0.1 <= self.desk_heartbeat_seconds <= 60:
             raise ValueError("OPENLINES_DESK_HEARTBEAT_SECONDS must be between 0.1 and 60 (seconds)")
         if not 0 <= self.login_slow_seconds <= 60:

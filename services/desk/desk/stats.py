@@ -45,9 +45,9 @@ log = logging.getLogger("desk.stats")
 SPAM_REASON = "marked as spam"
 NO_ANSWER = "no answer"  # offer_declined's reason when the operator let the offer time out
 TRACE_DAYS = 90  # a session's trace is kept this long: events of a session open longer are not counted
-# SLA (issue #20, part 4, built elsewhere): a session with an ``sla_breached`` event missed a
-# first- or next-response target. Until lines have targets, nothing breaches and the
-# "SLA met" column reads 100 %.
+# SLA: a session with an ``sla_breached`` event (the router's SLA clocks, docs/lines.md
+# "[lines.sla]") missed a first- or next-response target; counted once per session. A line
+# without targets never breaches and its "SLA met" column reads 100 %.
 SLA_BREACHED = "sla_breached"
 KINDS = ("session_opened", "session_answered", "offer_declined", "session_closed", "session_rated", SLA_BREACHED)
 

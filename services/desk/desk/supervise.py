@@ -8,12 +8,13 @@ Everything comes from KV: line configs (``ol-lines``), the waiting chats
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import msgspec
 
-from desk.reads import Reader
+from desk.reads import Reader, sla_clock
 from openlines import subjects
 from openlines.apply import load_lines
 from openlines.bus import kv_entries
@@ -30,7 +31,7 @@ def supervisor_problem(roles: list[str]) -> str | None:
     return f"the supervisor view needs the supervisor or admin role (your roles: {have}): ask an administrator"
 
 
-def _session_row(s: Session, names: dict[str, str], now: float) -> dict[str, Any]:
+def _session_row(s: Session, names: dict[str, str], now: float, clocks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": s.id,
         "client_name": s.client_name or "Client",
@@ -47,6 +48,7 @@ def _session_row(s: Session, names: dict[str, str], now: float) -> dict[str, Any
         "messages_in": s.messages_in,
         "held": s.held,
         "flagged": s.flagged,  # marked for a supervisor (e.g. "flood")
+        "sla": sla_clock(clocks.get(s.id)),  # its running response-time clock, breached or not (docs/lines.md)
     }
 
 
@@ -81,6 +83,11 @@ async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
     wanted |= {c.session_id for chats in queues.values() for c in chats}
     loaded = await asyncio.gather(*(reader.session(sid) for sid in sorted(wanted)))
     sessions = {s.id: s for s in loaded if s is not None and s.is_open}
+    clocks: dict[str, dict[str, Any]] = {}
+    if await reader.sla_bucket() is not None:  # none before a router made it
+        for key, (_rev, data) in (await kv_entries(reader.js, subjects.KV_SLA)).items():
+            with contextlib.suppress(msgspec.DecodeError):
+                clocks[key] = msgspec.json.decode(data)
 
     out_lines: list[dict[str, Any]] = []
     for line in lines:
@@ -121,7 +128,7 @@ async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
                     "connected": bool(st.desks),
                 }
             )
-        live = [_session_row(s, names, now) for s in sessions.values() if s.line_id == line.id]
+        live = [_session_row(s, names, now, clocks) for s in sessions.values() if s.line_id == line.id]
         live.sort(key=lambda r: r["opened_at"])
         out_lines.append(
             {

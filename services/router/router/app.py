@@ -14,6 +14,8 @@ from router.operators_cache import OperatorsCache
 from router.partitions import Partitions
 from router.presence import DeskReaper
 from router.settings import Settings
+from router.sla import SlaWatch
+from router.timers import Timer
 from router.waiting import Waiting, move_old_queues
 
 log = logging.getLogger("router.app")
@@ -90,7 +92,13 @@ async def setup(svc: Service[Settings]) -> None:
                 pass
 
     svc.spawn(reap_desks(), "desk-presence")
-    timer_loop = svc.spawn(timers.consume(svc.js, engine.fire, svc.settings.timer_consumer, stop_consuming), "timers")
+    sla = await SlaWatch(svc.js, buckets, lines, engine.fx, replicas=svc.settings.replicas).open()
+    sla_loop = svc.spawn(sla.run(stop_consuming), "sla-clocks")
+
+    async def fire(timer: Timer) -> None:
+        await (sla.fire(timer) if timer.kind == "sla" else engine.fire(timer))
+
+    timer_loop = svc.spawn(timers.consume(svc.js, fire, svc.settings.timer_consumer, stop_consuming), "timers")
 
     async def ready() -> str | None:
         if not lines.loaded.is_set():
@@ -102,7 +110,9 @@ async def setup(svc: Service[Settings]) -> None:
         stop_consuming.set()
         partitions.stop()
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(consumer, timer_loop)), timeout=svc.settings.shutdown_timeout)
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(consumer, timer_loop, sla_loop)), timeout=svc.settings.shutdown_timeout
+            )
         except (TimeoutError, asyncio.CancelledError):
             pass
         await micro.stop()

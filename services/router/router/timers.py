@@ -1,4 +1,4 @@
-"""Durable timers: no-answer reassignment, auto-close, line openings.
+"""Durable timers: no-answer reassignment, auto-close, line openings, SLA targets.
 
 A timer is a message on ``ol.timer.<kind>.<target>`` in the work-queue
 stream OL_TIMER. The router's consumer naks it with a delay until it is due,
@@ -32,12 +32,12 @@ log = logging.getLogger("router.timers")
 
 FIRED = Counter("openlines_router_timers_fired_total", "Timers fired", ["kind"])
 
-TimerKind = Literal["offer", "idle", "opening", "presence", "settle"]
+TimerKind = Literal["offer", "idle", "opening", "presence", "settle", "sla"]
 
 
 class Timer(msgspec.Struct, kw_only=True, frozen=True):
     kind: TimerKind
-    target: str  # session id (offer, idle, settle), line id (opening) or operator id (presence)
+    target: str  # session id (offer, idle, settle, sla), line id (opening) or operator id (presence)
     due: float  # epoch seconds
     token: str  # the state the timer was set for
 

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from desk import lineform
-from openlines.lines import LineConfig, LinesFile, load
+from openlines.lines import LineConfig, LinesFile, SlaConfig, load
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -97,6 +97,7 @@ def test_what_the_form_shows_reads_back_as_the_same_line() -> None:
             holidays=["12-31", "2027-01-01"],
         ),
         crm=msgspec.structs.replace(cfg.lines[0].crm, enabled=True, source_ids={"telegram": "TG"}, responsible="anna"),
+        sla=SlaConfig(first_response_seconds=120, next_response_seconds=300),
     )
     form = _submitted(line, cfg)
     doc, errors = lineform.read(lineform.FormValues(lambda name, default: form.values.get(name, default)), line)
@@ -113,3 +114,15 @@ def test_numbers_that_are_not_numbers_name_their_key() -> None:
     _, errors = lineform.read(lineform.FormValues(lambda name, default: form.values.get(name, default)), cfg.lines[0])
     assert errors == ["queue.wait_seconds: 'soon' is not a whole number"]
     assert {"queue.wait_seconds", "queue"} <= lineform.invalid_paths(errors)
+
+
+def test_a_negative_sla_target_is_refused_naming_its_key() -> None:
+    cfg = load(ROOT / "deploy/lines.example.toml")
+    form = _submitted(cfg.lines[0], cfg)
+    assert form.values["f.sla.first_response_seconds"] == ["0"]  # the form shows the targets
+    form.values["f.sla.first_response_seconds"] = ["-1"]
+    doc, errors = lineform.read(lineform.FormValues(lambda name, default: form.values.get(name, default)), cfg.lines[0])
+    assert errors == []
+    _, problems = lineform.validate(doc, cfg, cfg.lines[0].id)
+    assert any("sla.first_response_seconds: -1 is outside" in p for p in problems), problems
+    assert "sla.first_response_seconds" in lineform.invalid_paths(problems)

@@ -474,3 +474,15 @@ def test_whatsapp_accounts_are_read_from_the_gateway_settings(tmp_path: Path) ->
     inline = '{"apps": [{"id": "main"}], "numbers": [{"account": "a"}, {"account": "b"}]}'
     found = diagnose(parse(OPERATORS + line()), accounts=accounts_from_env({"OPENLINES_WHATSAPP_ACCOUNTS": inline}))
     assert sorted(f.key for f in found if f.code == "channel-account-unbound") == ["whatsapp/a", "whatsapp/b"]
+
+
+# SLA
+
+
+def test_a_first_response_target_within_the_no_answer_wait_is_a_warning() -> None:
+    findings = doctor(line() + "[lines.sla]\nfirst_response_seconds = 40\n")
+    f = only(findings, "sla-first-response-short")
+    assert (f.severity, f.key) == ("warning", "lines[0].sla.first_response_seconds")
+    assert "wait_seconds = 45" in f.problem
+    assert "sla-first-response-short" not in codes(doctor(line() + "[lines.sla]\nfirst_response_seconds = 120\n"))
+    assert "sla-first-response-short" not in codes(doctor(line()))  # no target: nothing to say

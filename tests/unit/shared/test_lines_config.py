@@ -98,3 +98,26 @@ def test_a_time_zone_that_names_no_zone_file_is_a_validation_error(zone: str) ->
     with pytest.raises(ConfigError) as err:
         parse(text)
     assert f"unknown time zone {zone!r}" in "\n".join(err.value.errors)
+
+
+def test_sla_targets_are_off_by_default_and_out_of_range_ones_name_their_key() -> None:
+    sla = parse(BASE).lines[0].sla
+    assert (sla.first_response_seconds, sla.next_response_seconds) == (0, 0)
+    sla = parse(BASE + "[lines.sla]\nfirst_response_seconds = 120\nnext_response_seconds = 300\n").lines[0].sla
+    assert (sla.first_response_seconds, sla.next_response_seconds) == (120, 300)
+    with pytest.raises(ConfigError) as err:
+        parse(BASE + "[lines.sla]\nfirst_response_seconds = -5\nnext_response_seconds = 99999999\nfirst_reply = 3\n")
+    problems = err.value.errors
+    assert any("sla.first_response_seconds: -5 is outside 0-604800" in p for p in problems), problems
+    assert any("sla.next_response_seconds: 99999999 is outside" in p for p in problems), problems
+    assert any("sla.first_reply: unknown key" in p for p in problems), problems
+
+
+def test_sla_alert_addresses_must_be_plain_addresses() -> None:
+    ok = parse(BASE + '[lines.sla]\nnotify_emails = ["lead@example.com", "a.b+sla@mail.example.co"]\n')
+    assert ok.lines[0].sla.notify_emails == ["lead@example.com", "a.b+sla@mail.example.co"]
+    bad = ["lead@example.com\\r\\nBcc: x@evil.test", "Lead <lead@example.com>", "nobody", "x@localhost"]
+    with pytest.raises(ConfigError) as err:
+        parse(BASE + "[lines.sla]\nnotify_emails = [" + ", ".join(f'"{a}"' for a in bad) + "]\n")
+    problems = [p for p in err.value.errors if "sla.notify_emails" in p]
+    assert len(problems) == len(bad), err.value.errors

@@ -311,6 +311,11 @@
         for (const t of chat.tags) tags.append(node("span", "tag-chip", `#${t}`));
         li.append(tags);
       }
+      if (chat.sla) {
+        const sla = node("div", "row small");
+        sla.append(slaClock(chat));
+        li.append(sla);
+      }
       li.addEventListener("click", () => select(chat.id));
       li.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(chat.id); } });
       el.list.append(li);
@@ -366,6 +371,10 @@
       const c = state.chats.get(span.dataset.countdown);
       const l = c ? offerLeft(c) : null;
       span.textContent = l === null ? "" : `${l} s`;
+    }
+    for (const span of el.list.querySelectorAll("[data-sla]")) {
+      const c = state.chats.get(span.dataset.sla);
+      if (c && c.sla) showSlaClock(span, c.sla);
     }
   }
 
@@ -798,6 +807,14 @@
         if (id === state.selected) renderTranscript();
         break;
       }
+      case "sla": {
+        const chat = state.chats.get(frame.session_id);
+        if (chat) { chat.sla = frame.sla; renderList(); tick(); }
+        break;
+      }
+      case "sla_breached":
+        slaAlert(frame);
+        break;
       case "closed":
         // Only my chats leave: a conversation opened from a view (another's, a closed one being tagged) stays open.
         if (state.chats.has(frame.session_id)) {
@@ -857,6 +874,62 @@
     typedIn = state.selected;
     socket.send(JSON.stringify({ type: "typing", session_id: state.selected }));
   });
+
+  // -- SLA: each chat's response clock, and the alerts a supervisor of the line gets ----------
+
+  const SLA_WORDS = { first_response: "first response", next_response: "next response" };
+
+  function mmss(seconds) {
+    const s = Math.abs(Math.round(seconds));
+    const h = Math.floor(s / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    const rest = String(s % 60).padStart(2, "0");
+    return h ? `${h}:${String(m).padStart(2, "0")}:${rest}` : `${m}:${rest}`;
+  }
+
+  function slaClock(chat) {
+    const span = node("span", "sla-clock");
+    span.dataset.sla = chat.id;
+    span.dataset.testid = "sla-clock";
+    showSlaClock(span, chat.sla);
+    return span;
+  }
+
+  // Time left to the line's target while it runs, then how long past it.
+  function showSlaClock(span, sla) {
+    const left = (Date.parse(sla.due) - Date.now()) / 1000;
+    const words = SLA_WORDS[sla.target] || sla.target;
+    span.textContent = left > 0 ? `${words} in ${mmss(left)}` : `${words} overdue ${mmss(left)}`;
+    span.classList.toggle("overdue", left <= 0);
+    span.title = `SLA target: ${words} within ${mmss(sla.limit)}`;
+  }
+
+  function slaAlert(frame) {
+    let box = $("sla-alerts");
+    if (!box) {
+      box = node("div", "sla-alerts");
+      box.id = "sla-alerts";
+      box.setAttribute("role", "alert");
+      document.body.append(box);
+    }
+    for (const old of box.querySelectorAll("[data-session-id]")) {
+      if (old.dataset.sessionId === frame.session_id) old.remove(); // the newest word on a chat replaces the older
+    }
+    const item = node("div", "sla-alert");
+    item.dataset.testid = "sla-alert";
+    item.dataset.sessionId = frame.session_id;
+    const who = frame.operator_id ? ` · ${frame.operator_name || frame.operator_id}` : " · nobody assigned";
+    item.append(
+      node("strong", "", `SLA: ${frame.client_name} on ${frame.line_name}${who}`),
+      node("div", "small", frame.reason),
+    );
+    const dismiss = node("button", "link", "Dismiss");
+    dismiss.type = "button";
+    dismiss.addEventListener("click", () => item.remove());
+    item.append(dismiss);
+    box.prepend(item);
+    beep();
+  }
 
   // -- live connection -------------------------------------------------------
 

@@ -111,6 +111,14 @@
             flag.title = "Marked for a supervisor: messages beyond the flood limit are stored but not pushed to the operator";
             name.append(" ", flag);
           }
+          if (s.sla && s.sla.breached) {
+            // Past the line's response-time target, and nobody has answered since.
+            const words = s.sla.target === "next_response" ? "next response" : "first response";
+            const late = node("span", "badge danger", `SLA: ${words} overdue`);
+            late.dataset.testid = "sup-sla";
+            late.title = `Target ${dur(s.sla.limit)}, passed at ${new Date(s.sla.due).toLocaleTimeString()}`;
+            name.append(" ", late);
+          }
           return row("sup-session", [name, s.channel, STATUS[s.status] || s.status, who, dur(s.open_seconds), String(s.messages_in), acts],
             { sessionId: s.id });
         })));

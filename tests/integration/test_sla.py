@@ -1,0 +1,153 @@
+"""SLA targets with the real router on a real nats-server: a chat past its first-response or
+next-response target raises one ``sla_breached`` event; an answer in time, or a close, raises none."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conftest import wait_for
+from support import apply_lines, events, history, inbound, publish, running_router
+
+from openlines import bus, subjects
+from openlines.commands import Close, Reply, SetStatus, call
+from openlines.envelopes import SessionEvent
+from openlines.state import ClientRecord, Session, client_key
+
+TARGET = 2  # seconds
+
+LINES = f"""
+[operators.anna]
+name = "Anna"
+[[lines]]
+id = "support"
+name = "Support"
+channels = [{{ channel = "webchat", account = "demo" }}]
+[lines.queue]
+operators = ["anna"]
+wait_seconds = 60
+[lines.auto_replies]
+welcome = "Welcome!"
+[lines.sla]
+first_response_seconds = {TARGET}
+next_response_seconds = {TARGET}
+"""
+
+
+async def session_of(nc: Any, visitor: str) -> Session | None:
+    b = await bus.Buckets(nc.jetstream()).open()
+    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
+    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+    if rec is None or "support" not in rec.open_sessions:
+        return None
+    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["support"], Session)
+    return s
+
+
+async def assigned(nc: Any, visitor: str) -> Session:
+    async def probe() -> Session | None:
+        s = await session_of(nc, visitor)
+        return s if s is not None and s.operator_id else None
+
+    return await wait_for(probe, what=f"the chat of {visitor} offered")
+
+
+async def sla_timers(nc: Any, session_id: str) -> int:
+    """SLA timers of the session still pending in OL_TIMER (a fired one is acked, so removed)."""
+    subject = subjects.timer("sla", session_id)
+    info = await nc.jetstream().stream_info(subjects.STREAM_TIMER, subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))
+
+
+async def caught_up(nc: Any) -> bool:
+    """The router's SLA reader has handled every transcript entry so far."""
+    info = await nc.jetstream().consumer_info(subjects.STREAM_HIST, "router-sla")
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def _in_transcript(nc: Any, session_id: str, text: str) -> bool:
+    return any(h.text == text for h in await history(nc, session_id))
+
+
+async def breaches(nc: Any, session_id: str) -> list[SessionEvent]:
+    return [e for e in await events(nc, "sla_breached") if e.session_id == session_id]
+
+
+async def timer_set(nc: Any, session_id: str) -> bool:
+    return await sla_timers(nc, session_id) > 0
+
+
+async def timer_gone(nc: Any, session_id: str) -> bool:
+    return await sla_timers(nc, session_id) == 0
+
+
+async def test_unanswered_first_message_raises_one_sla_breached_for_the_line(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, inbound("v1", "hello?", "m1"))
+        s = await assigned(nc, "v1")
+        found = await wait_for(lambda: breaches(nc, s.id), timeout=30, what="sla_breached")
+        await wait_for(lambda: timer_gone(nc, s.id), what="the SLA timer done")
+        await publish(nc, inbound("v1", "still there?", "m2"))  # more waiting raises no second alert for the same clock
+        await wait_for(lambda: _in_transcript(nc, s.id, "still there?"), what="the second message recorded")
+        await wait_for(lambda: caught_up(nc), what="the SLA clocks up to date")
+        assert await sla_timers(nc, s.id) == 0
+        found = await breaches(nc, s.id)
+    assert len(found) == 1
+    e = found[0]
+    assert (e.kind, e.line_id, e.session_id, e.operator_id) == ("sla_breached", "support", s.id, "anna")
+    assert e.reason.startswith(f"first response target {TARGET} s passed by ")
+
+
+async def test_operator_reply_in_time_raises_nothing(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, inbound("v2", "hello?", "m1"))
+        s = await assigned(nc, "v2")
+        await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
+        await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi!", client_msg_id="r1"))
+        # The timer comes due after the answer, finds its clock stopped and is removed, raising nothing.
+        await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the timer fired as stale")
+        assert await breaches(nc, s.id) == []
+
+
+async def test_client_writing_after_an_operator_starts_the_next_response_clock(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, inbound("v3", "hello?", "m1"))
+        s = await assigned(nc, "v3")
+        await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi! How can I help?", client_msg_id="r1"))
+        await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the first-response timer fired as stale")
+        await publish(nc, inbound("v3", "my order is late", "m2"))
+        found = await wait_for(lambda: breaches(nc, s.id), timeout=30, what="sla_breached for the next response")
+    assert len(found) == 1
+    assert found[0].reason.startswith(f"next response target {TARGET} s passed by ")
+    assert found[0].operator_id == "anna"
+
+
+async def test_closed_session_stops_its_clock(nc: Any, nats_server: Any) -> None:
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, inbound("v4", "hello?", "m1"))
+        s = await assigned(nc, "v4")
+        await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
+        await call(nc, "accept", _accept(s.id))
+        await call(nc, "close", Close(operator_id="anna", session_id=s.id))
+        await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the timer fired on a closed session")
+        assert await breaches(nc, s.id) == []
+        kv = await nc.jetstream().key_value(subjects.KV_SLA)
+
+        async def clock_dropped() -> bool:
+            clock, _ = await bus.kv_get(kv, s.id, dict)
+            return clock is None
+
+        await wait_for(clock_dropped, what="the closed session's clock removed")
+
+
+def _accept(session_id: str) -> Any:
+    from openlines.commands import Accept
+
+    return Accept(operator_id="anna", session_id=session_id)
