@@ -80,7 +80,7 @@ EXPECTED_SUPPORT: dict[str, Any] = {
     "offers_missed": 1,
     "offers_passed": 1,
     "sla_breached": 1,
-    "sla_met_percent": 75.0,  # 3 of 4 answered
+    "sla_met_percent": 83.3,  # 5 of the 6 chats (s6 is spam) passed no target: s5 did
 }
 EXPECTED_OPERATORS: dict[str, dict[str, Any]] = {
     # anna: s1 (webchat, 40 s, 600 s, 5) and s2 (telegram, 10 s, 300 s, 4); skipped s3

@@ -80,7 +80,7 @@ async def test_a_supervisor_sees_figures_and_charts_of_their_line_only(nc: Any, 
         ("stat-rated", "3"),
         ("stat-offers-missed", "1"),
         ("stat-offers-passed", "1"),
-        ("stat-sla", "75.0 %"),
+        ("stat-sla", "83.3 %"),
     ):
         await expect(row.get_by_test_id(testid)).to_have_text(text)
     boris = support.locator('[data-testid="stats-operator"][data-operator="boris"]')
@@ -102,7 +102,7 @@ async def test_a_supervisor_sees_figures_and_charts_of_their_line_only(nc: Any, 
         await page.get_by_test_id("stats-csv").click()
     download = await info.value
     text = await asyncio.to_thread(Path(await download.path()).read_text)
-    assert text.splitlines()[1].startswith("support,Customer support,,,7,4,1,1,30.0,90.0,645.0,1800.0,3,3.667,1,1,1,75.0")
+    assert text.splitlines()[1].startswith("support,Customer support,,,7,4,1,1,30.0,90.0,645.0,1800.0,3,3.667,1,1,1,83.3")
 
     assert errors == []
     # Another supervisor's line: refused, with the reason, on the page and the wallboard (the browser logs the 403s).

@@ -157,6 +157,10 @@ def fold(trace: Trace | None, e: SessionEvent, seq: int) -> tuple[Trace | None, 
     return t, incs
 
 
+def _met(chats: int, breached: int) -> float | None:
+    return round(100 * max(0, chats - breached) / chats, 1) if chats > 0 else None
+
+
 def _seconds(start: datetime, end: datetime) -> str:
     return str(max(0, int((end - start).total_seconds())))
 
@@ -216,7 +220,7 @@ class Figures(msgspec.Struct, kw_only=True):
     offers_missed: int = 0
     offers_passed: int = 0
     sla_breached: int = 0
-    sla_met_percent: float | None = None  # SLA placeholder: answered sessions without an sla_breached event
+    sla_met_percent: float | None = None  # chats (spam aside) without an sla_breached event, of all chats
 
 
 class OperatorFigures(Figures, kw_only=True):
@@ -288,7 +292,9 @@ class _Acc:
             offers_missed=c.offers_missed,
             offers_passed=c.offers_passed,
             sla_breached=c.sla_breached,
-            sla_met_percent=round(100 * (c.answered - c.sla_breached) / c.answered, 1) if c.answered else None,
+            # Of the chats (spam aside), the share that never passed a target: a chat left unanswered past
+            # its target failed it too, so the breached ones are counted against all, not only the answered.
+            sla_met_percent=_met(sessions - c.spam, c.sla_breached),
             **extra,
         )
         return out
