@@ -74,3 +74,47 @@ async def test_a_private_note_mentions_a_colleague_and_a_transfer_comment_reache
     notes = [e for e in await history(nc, session_id) if e.note]
     assert [(n.author_id, n.mentions, n.direction) for n in notes] == [("anna", ["boris"], "system")]
     assert errors == []
+
+
+async def test_the_keyboard_moves_between_chats_and_accepts_and_the_transcript_is_split_by_day(
+    nc: Any, desk: Service[Settings]
+) -> None:
+    from datetime import timedelta
+
+    from openlines import subjects
+    from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, encode, utcnow
+
+    async with chromium() as browser:
+        anna = await new_page(browser, desk_url(desk))
+        await sign_in_live(anna, "anna")
+        await go_online(anna)
+        await client_writes(nc.jetstream(), "k-1", "First question", "v-dora", name="Dora Smith")
+        await client_writes(nc.jetstream(), "k-2", "Second question", "v-emil", name="Emil")
+        items = anna.get_by_test_id("chat-item")
+        await expect(items).to_have_count(2)
+        await expect(items.filter(has_text="Dora Smith").get_by_test_id("chat-avatar")).to_have_text("DS")
+        await expect(items.filter(has_text="Emil").get_by_test_id("chat-avatar")).to_have_text("E")
+        # Alt+Down opens the first chat, again the next; Alt+Up back; Alt+A accepts the one open.
+        await anna.keyboard.press("Alt+ArrowDown")
+        first = await anna.locator('[data-testid="chat-item"].selected').get_attribute("data-session-id")
+        await anna.keyboard.press("Alt+ArrowDown")
+        second = await anna.locator('[data-testid="chat-item"].selected').get_attribute("data-session-id")
+        assert first and second and first != second
+        await anna.keyboard.press("Alt+ArrowUp")
+        await expect(anna.locator('[data-testid="chat-item"].selected')).to_have_attribute("data-session-id", first)
+        await expect(anna.get_by_test_id("accept")).to_be_visible()
+        await anna.keyboard.press("Alt+A")
+        await expect(anna.get_by_test_id("accept")).to_be_hidden()
+        await expect(anna.get_by_test_id("reply-input")).to_be_enabled()
+        # Alt+N: a private note instead of a reply.
+        await anna.keyboard.press("Alt+N")
+        await expect(anna.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "true")
+        # An entry written yesterday (e.g. the chat came back): the transcript says which day is which.
+        yesterday = utcnow() - timedelta(days=1)
+        old = HistoryEntry(id=f"old:{first}", session_id=first, direction="system", text="Left a voicemail", at=yesterday)
+        await nc.jetstream().publish(subjects.history(first), encode(old), headers={MSG_ID_HEADER: old.id})
+        await anna.reload()
+        await expect(anna.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+        await anna.locator(f'[data-testid="chat-item"][data-session-id="{first}"]').click()
+        days = anna.get_by_test_id("day-separator")
+        await expect(days).to_have_text(["Yesterday", "Today"])

@@ -133,7 +133,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <span class="offer-countdown" id="offer-countdown" data-testid="offer-countdown" hidden></span>
           <button type="button" class="primary" id="take" data-testid="take" hidden
             title="Take this waiting chat: it becomes yours">Take</button>
-          <button type="button" class="primary" id="accept" data-testid="accept" hidden>Accept</button>
+          <button type="button" class="primary" id="accept" data-testid="accept" aria-keyshortcuts="Alt+A" title="Alt+A"
+            hidden>Accept</button>
           <button type="button" id="skip" data-testid="skip" hidden title="Let the chat pass to the next operator">Skip</button>
           <button type="button" id="transfer" data-testid="transfer"
             title="Give the chat to another operator or line">Transfer…</button>
@@ -142,7 +143,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <button type="button" class="danger-outline" id="spam" data-testid="spam"
             title="Close the chat and ignore this client's further messages">Spam</button>
           <button type="button" class="danger" id="spam-confirm" data-testid="spam-confirm" hidden>Confirm spam</button>
-          <button type="button" class="danger-outline" id="close" data-testid="close">Close chat</button>
+          <button type="button" class="danger-outline" id="close" data-testid="close" aria-keyshortcuts="Alt+C"
+            title="Alt+C">Close chat</button>
           <button type="button" class="danger" id="close-confirm" data-testid="close-confirm" hidden>Confirm close</button>
         </div>
       </div>

@@ -106,6 +106,23 @@
     const a = ago(iso);
     return a === "just now" || !a ? a : `${a} ago`;
   }
+  function initials(name) {
+    const words = String(name || "").trim().split(/\s+/).filter(Boolean);
+    if (!words.length) return "?";
+    const first = Array.from(words[0])[0] || "";
+    const last = words.length > 1 ? Array.from(words[words.length - 1])[0] || "" : "";
+    return (first + last).toUpperCase();
+  }
+  // The day an entry was written, in the operator's own time zone (the browser's): "Today", "Yesterday" or the date.
+  function dayLabel(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return "";
+    const day = (x) => new Date(x.getFullYear(), x.getMonth(), x.getDate()).getTime();
+    const diff = Math.round((day(new Date()) - day(d)) / 86400000);
+    if (diff === 0) return "Today";
+    if (diff === 1) return "Yesterday";
+    return d.toLocaleDateString([], { weekday: "short", day: "numeric", month: "long", year: "numeric" });
+  }
   function clock(iso) {
     const d = new Date(iso);
     return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -279,7 +296,10 @@
       if (chat.pinned) li.classList.add("pinned");
       if (state.newChats.has(chat.id)) li.classList.add("new");
       const top = node("div", "row");
-      top.append(node("span", "name", clientName(chat)));
+      const face = node("span", "avatar", initials(clientName(chat)));
+      face.setAttribute("aria-hidden", "true");
+      face.dataset.testid = "chat-avatar";
+      top.append(face, node("span", "name", clientName(chat)));
       if (chat.pinned) {
         const pin = node("span", "pin-mark", "pinned");
         pin.dataset.testid = "chat-pinned";
@@ -504,7 +524,16 @@
       .sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
     const atBottom = el.transcript.scrollHeight - el.transcript.scrollTop - el.transcript.clientHeight < 40;
     el.transcript.replaceChildren();
+    let shownDay = "";
     for (const e of entries) {
+      const dayOf = dayLabel(e.at);
+      if (dayOf && dayOf !== shownDay) {
+        shownDay = dayOf;
+        const sep = node("li", "day-sep", dayOf);
+        sep.dataset.testid = "day-separator";
+        sep.setAttribute("role", "separator");
+        el.transcript.append(sep);
+      }
       const li = node("li", `entry ${e.direction}`);
       li.dataset.testid = "transcript-entry";
       li.dataset.entryId = e.id;
@@ -843,6 +872,36 @@
     }
   }
 
+  // -- keyboard: Alt+↓/↑ next/previous chat, Alt+A accept, Alt+C close, Alt+Q quick answers, Alt+N note --------
+
+  document.addEventListener("keydown", (e) => {
+    if (!e.altKey || e.ctrlKey || e.metaKey || e.isComposing) return;
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    const visible = (b) => b && !b.hidden && !b.disabled && b.offsetParent !== null;
+    let done = true;
+    if (key === "ArrowDown" || key === "ArrowUp") {
+      const items = Array.from(document.querySelectorAll('[data-testid="chat-item"]')).filter((li) => li.offsetParent !== null);
+      if (!items.length) return;
+      const at = items.findIndex((li) => li.dataset.sessionId === state.selected);
+      const next = at < 0 ? 0 : (at + (key === "ArrowDown" ? 1 : items.length - 1)) % items.length;
+      items[next].click();
+      items[next].focus();
+    } else if (key === "a" && visible(el.accept)) {
+      el.accept.click();
+    } else if (key === "c" && visible(document.getElementById("close-confirm"))) {
+      document.getElementById("close-confirm").click(); // Alt+C twice: close, then confirm
+    } else if (key === "c" && visible(document.getElementById("close"))) {
+      document.getElementById("close").click();
+    } else if (key === "q" && visible(el.quick)) {
+      el.quick.focus();
+    } else if (key === "n" && visible(noteToggle)) {
+      noteToggle.click();
+    } else {
+      done = false;
+    }
+    if (done) e.preventDefault();
+  });
+
   // -- typing: the client's shown for a few seconds; ours told at most every 3 s ---------------
 
   const typingUntil = new Map(); // session -> when its "typing…" goes
@@ -1074,7 +1133,10 @@
       li.setAttribute("role", "button");
       if (chat.id === state.selected) li.classList.add("selected");
       const top = node("div", "row");
-      top.append(node("span", "name", clientName(chat)));
+      const face = node("span", "avatar", initials(clientName(chat)));
+      face.setAttribute("aria-hidden", "true");
+      face.dataset.testid = "chat-avatar";
+      top.append(face, node("span", "name", clientName(chat)));
       const mid = node("div", "row small");
       mid.append(node("span", `badge ch-${chat.channel}`, chat.channel), node("span", "line", chat.line_name || chat.line_id));
       const bottom = node("div", "row small");
