@@ -26,7 +26,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import NatsServer, wait_for  # noqa: E402
-from desk_support import CHROMIUM, sign_in_live  # noqa: E402
+from desk_support import CHROMIUM, sign_in_live, submit_login  # noqa: E402
 from servers import ADMIN_ENV, creds  # noqa: E402
 
 from desk.app import setup as desk_setup  # noqa: E402
@@ -135,6 +135,17 @@ async def play(desk_url: str, webchat_url: str, js: Any) -> None:
         await expect(boris.get_by_test_id("tag")).to_have_count(1)
         await expect(boris.get_by_test_id("take")).to_be_visible()
         await shot(boris, "desk-views.png")
+
+        # The admin pages: a line as a form (every key of docs/lines.md) and the operators with their queues.
+        admin = await (await browser.new_context(base_url=desk_url, viewport={"width": 1280, "height": 1000})).new_page()
+        await submit_login(admin, "admin")
+        await admin.wait_for_url("**/admin**")
+        await admin.goto("/admin/lines/form/support")
+        await admin.wait_for_load_state("networkidle")
+        await shot(admin, "admin-line-form.png")
+        await admin.goto("/admin/operators")
+        await admin.wait_for_load_state("networkidle")
+        await shot(admin, "admin-operators.png")
         await browser.close()
 
 
