@@ -386,3 +386,49 @@ async def test_typing_shows_both_ways_between_the_widget_and_the_desk(widget: An
         assert await hub.typing(anna, session.id, "Anna") is True
         assert await hub.typing(anna, session.id, "Anna") is False  # at most every 2 s
     await sub.unsubscribe()
+
+
+async def test_the_operator_sees_when_the_visitor_has_read_a_reply_and_a_visitor_cannot_mark_anothers(
+    widget: Any, nc: Any, nats_server: Any
+) -> None:
+    from playwright.async_api import expect
+    from support import marks_of
+
+    page, gateway = widget
+    await page.evaluate("window.openlinesWidget.close(); window.openlinesWidget.send('Is the blue one in stock?')")
+    session = await wait_for(lambda: visitor_session(nc, page), what="the visitor's session")
+    async with running_desk(nats_server.url) as desk:
+        op = await new_page(page.context.browser, f"http://127.0.0.1:{desk.port}")
+        await sign_in_live(op, "anna")
+        await op.get_by_test_id("chat-item").first.click()
+        await op.get_by_test_id("reply-input").fill("Yes, two left.")
+        await op.get_by_test_id("reply-input").press("Enter")
+        # The widget is closed: the reply waits unread (a badge), no read mark.
+        await expect(page.get_by_test_id("ol-widget").get_by_test_id("ol-badge")).to_have_text("1")
+        assert [m for m in await marks_of(nc, session.id) if m.status == "read"] == []
+        # Another visitor names Anna's reply as read: it is not theirs, nothing is marked.
+        replies = [m for m in await page.evaluate("window.openlinesWidget.transcript") if m["kind"] == "in" and not m["auto"]]
+        [reply] = replies
+        import aiohttp
+        from webchat_support import connect, recv
+
+        async with aiohttp.ClientSession() as http:
+            other, welcome = await connect(http, f"http://127.0.0.1:{gateway.port}")
+            assert welcome["type"] == "welcome"
+            await other.send_json({"type": "read", "ids": [reply["id"]]})
+            # A socket's frames are handled in order: once its next message is acked, the read was handled.
+            await other.send_json({"type": "message", "id": "after-read", "text": "hello"})
+            while (await recv(other)).get("type") != "ack":
+                pass
+            await other.close()
+        assert [m for m in await marks_of(nc, session.id) if m.status == "read"] == []
+        # The visitor opens the chat: read, and the operator sees it under her message.
+        await page.evaluate("window.openlinesWidget.open()")
+
+        async def read() -> list[Any]:
+            return [m for m in await marks_of(nc, session.id) if m.status == "read"]
+
+        [mark] = await wait_for(read, what="the read mark")
+        assert (mark.message_id, mark.channel) == (reply["id"], "webchat")
+        mine = op.get_by_test_id("transcript-entry").filter(has_text="Yes, two left.").get_by_test_id("entry-mark")
+        await expect(mine).to_have_attribute("data-status", "read")

@@ -426,8 +426,7 @@ for _gateway, _channel in GATEWAYS.items():
         "watch_accounts",
         # each gateway sends operators' files on (read by reference) but reads no other channel's clients' files
         *(["read_telegram_clients_files"] if _channel != "telegram" else ["read_webchat_visitors_files"]),
-        # delivery marks come from the gateways that deliver through a platform (the widget's come with its socket)
-        *(["publish_mark"] if _channel == "webchat" else []),
+        # every gateway reports marks of what it delivers (the widget: the replies its visitor has seen)
     ]
 
 CASES = [(identity, op) for identity, ops in FORBIDDEN.items() for op in ops]

@@ -43,10 +43,11 @@ from gateway_webchat.lines import BoundAccounts
 from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, browser_of, language_of, parse_frame, to_inbound
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
-from openlines import admission, bus, files, subjects
+from openlines import admission, bus, files, marks, subjects
 from openlines.envelopes import Attachment, utcnow
 from openlines.runner import json_error
 
+MAX_READ_IDS = 50  # reply ids one read frame may name
 TYPING_EVERY = 2.0  # seconds: a typing visitor is passed on at most this often
 
 log = logging.getLogger("gateway_webchat.http")
@@ -194,7 +195,7 @@ class WebchatHttp:
             self.hub.add(sock)
             await sock.write(welcome)
             try:
-                await replay(self.js, sock, self.links)
+                await replay(self.js, sock, self.links, self.hub)
             except Exception as exc:  # NATS down or slow: the widget reconnects with backoff
                 log.warning("replay failed", extra={"channel": CHANNEL, "account": sock.account, "error": repr(exc)})
                 sock.send(frame(type="error", code="unavailable", detail="history not available, reconnecting"))
@@ -353,6 +354,8 @@ class WebchatHttp:
     async def _on_text(self, sock: Socket, data: str) -> None:
         if len(data) <= 64 and '"typing"' in data and await self._typing(sock, data):
             return
+        if len(data) <= 4096 and '"read"' in data and await self._read_mark(sock, data):
+            return
         try:
             msg = parse_frame(data, max_text=self.settings.max_text, max_frame=self.settings.max_frame)
         except FrameError as exc:
@@ -411,6 +414,38 @@ class WebchatHttp:
             sock.typing_at = now
             with contextlib.suppress(Exception):
                 await self.nc.publish(subjects.typing_in(CHANNEL, sock.account, sock.chat), b"{}")
+        return True
+
+    async def _read_mark(self, sock: Socket, data: str) -> bool:
+        """``{"type":"read","ids":[...]}``: the visitor saw these replies; a read mark under each, for the operator.
+
+        Only replies this replica showed to this very chat count; anything else is ignored.
+        """
+        try:
+            obj = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return False
+        if not isinstance(obj, dict) or obj.get("type") != "read":
+            return False
+        ids = obj.get("ids")
+        if not isinstance(ids, list):
+            return True
+        now = utcnow()
+        for out_id in ids[:MAX_READ_IDS]:
+            session_id = self.hub.reply_session(sock.chat, out_id) if isinstance(out_id, str) else ""
+            if not session_id:
+                continue
+            with contextlib.suppress(Exception):  # a lost read mark is only a mark: never the socket
+                await marks.publish_mark(
+                    self.js,
+                    channel=CHANNEL,
+                    session_id=session_id,
+                    message_id=out_id,
+                    status="read",
+                    at=now,
+                    account=sock.account,
+                    timeout=self.settings.publish_timeout,
+                )
         return True
 
     async def _publish(self, sock: Socket, msg: ClientMessage) -> str:

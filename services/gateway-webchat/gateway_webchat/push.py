@@ -230,12 +230,17 @@ class Socket:
             self.push_reply(seq, data)
 
 
+REMEMBERED_REPLIES = 50_000  # replies whose session a replica keeps for read marks (~8 MB)
+
 class Hub:
     """The sockets of this replica, by visitor chat key."""
 
     def __init__(self) -> None:
         self._by_chat: dict[str, list[Socket]] = {}
         self.count = 0
+        # (chat, reply id) -> its session, for the replies this replica showed: a visitor's "read" names
+        # reply ids, and only those of its own chat can become a read mark. Oldest forgotten first.
+        self._replies: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
 
     def add(self, sock: Socket) -> None:
         group = self._by_chat.get(sock.chat)
@@ -263,6 +268,18 @@ class Hub:
 
     def push(self, chat: str, seq: int, data: str) -> int:
         return sum(sock.push_reply(seq, data) for sock in list(self._by_chat.get(chat, ())))
+
+    def remember_reply(self, chat: str, out_id: str, session_id: str) -> None:
+        if not session_id:
+            return
+        self._replies[(chat, out_id)] = session_id
+        self._replies.move_to_end((chat, out_id))
+        while len(self._replies) > REMEMBERED_REPLIES:
+            self._replies.popitem(last=False)
+
+    def reply_session(self, chat: str, out_id: str) -> str:
+        """The session of a reply shown to this chat, "" when it is none of its replies (or long forgotten)."""
+        return self._replies.get((chat, out_id), "")
 
     def tell(self, chat: str, data: str) -> int:
         """A frame for every socket of one visitor chat (not a reply: no seq); how many got it."""
@@ -292,13 +309,16 @@ def _rename_on_reset(jsi: Any) -> None:
     jsi.reset_ordered_consumer = reset_renamed
 
 
-async def replay(js: JetStreamContext, sock: Socket, links: Links) -> int:
+async def replay(js: JetStreamContext, sock: Socket, links: Links, hub: Hub | None = None) -> int:
     """Send ``sock`` the visitor's replies after ``sock.last_seq``, then go live."""
     subject = subjects.outbound(CHANNEL, sock.account, sock.chat)
     replayed: list[tuple[int, str]] = []
     for seq, data in await bus.read_subject(js, subjects.STREAM_OUT, subject, start_seq=sock.last_seq + 1):
         try:
-            replayed.append((seq, reply_frame(seq, _outbound.decode(data), links)))
+            out = _outbound.decode(data)
+            replayed.append((seq, reply_frame(seq, out, links)))
+            if hub is not None:
+                hub.remember_reply(sock.chat, out.id, out.session_id)
         except msgspec.DecodeError:
             log.warning("undecodable outbound message skipped", extra={"channel": CHANNEL, "seq": seq})
     sock.finish_replay(replayed)
@@ -375,6 +395,7 @@ class OutboundConsumer:
         except (subjects.BadToken, msgspec.DecodeError) as exc:
             log.warning("bad outbound message skipped", extra={"channel": CHANNEL, "seq": seq, "error": str(exc)})
             return
+        self.hub.remember_reply(chat, out.id, out.session_id)
         pushed = self.hub.push(chat, seq, reply_frame(seq, out, self.links))
         log.debug("reply pushed", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "sockets": pushed})
 

@@ -433,6 +433,7 @@
       save();
       setConnected(true);
       setNotice("");
+      reportRead();
       state.items.forEach(function (it) { if (it.kind === "out" && it.status === "sending") transmit(it); });
     } else if (f.type === "availability") {
       available = !!f.available;
@@ -457,6 +458,7 @@
       scrollDown();
       if (!state.open) { unread += 1; setBadge(); }
       if (!state.open || document.hidden) chime();
+      reportRead();
     } else if (f.type === "typing") {
       showTyping(f.operator);
     } else if (f.type === "error") {
@@ -741,6 +743,19 @@
     if (el.input.value.trim() && now - typingSent >= 3000 && sendFrame({ type: "typing" })) typingSent = now;
   });
 
+  // ---- read marks: the operator sees that the visitor has seen their replies (✓✓) ----
+  function reportRead() {
+    if (!state.open || document.hidden || !connected) return;
+    var ids = [];
+    state.items.forEach(function (it) { if (it.kind === "in" && !it.auto && !it.readSent) ids.push(it); });
+    if (!ids.length) return;
+    if (sendFrame({ type: "read", ids: ids.slice(-50).map(function (it) { return it.id; }) })) {
+      ids.forEach(function (it) { it.readSent = true; });
+      save();
+    }
+  }
+  document.addEventListener("visibilitychange", reportRead);
+
   // ---- UI events ----
   function setOpen(open) {
     state.open = open;
@@ -749,6 +764,7 @@
     el.launcher.classList.toggle("open", open);
     if (open) {
       unread = 0; setBadge();
+      setTimeout(reportRead, 0);
       if (needsPrechat()) { showPrechat(true); } else { showPrechat(false); scrollDown(); el.input.focus(); }
     }
     save();
