@@ -232,6 +232,7 @@ class Socket:
 
 REMEMBERED_REPLIES = 50_000  # replies whose session a replica keeps for read marks (~8 MB)
 
+
 class Hub:
     """The sockets of this replica, by visitor chat key."""
 
