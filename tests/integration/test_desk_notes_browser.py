@@ -94,6 +94,10 @@ async def test_the_keyboard_moves_between_chats_and_accepts_and_the_transcript_i
         await expect(items).to_have_count(2)
         await expect(items.filter(has_text="Dora Smith").get_by_test_id("chat-avatar")).to_have_text("DS")
         await expect(items.filter(has_text="Emil").get_by_test_id("chat-avatar")).to_have_text("E")
+        # Each chat shows its last message under it.
+        await expect(items.filter(has_text="Dora Smith").get_by_test_id("chat-preview")).to_contain_text("First question")
+        await client_writes(nc.jetstream(), "k-3", "Any news?", "v-emil", name="Emil")
+        await expect(items.filter(has_text="Emil").get_by_test_id("chat-preview")).to_contain_text("Any news?")
         # Alt+Down opens the first chat, again the next; Alt+Up back; Alt+A accepts the one open.
         await anna.keyboard.press("Alt+ArrowDown")
         first = await anna.locator('[data-testid="chat-item"].selected').get_attribute("data-session-id")
@@ -115,6 +119,10 @@ async def test_the_keyboard_moves_between_chats_and_accepts_and_the_transcript_i
         await nc.jetstream().publish(subjects.history(first), encode(old), headers={MSG_ID_HEADER: old.id})
         await anna.reload()
         await expect(anna.get_by_test_id("connection")).to_have_attribute("data-state", "live")
+        # After a reload the previews come from the desk's index.
+        await expect(anna.get_by_test_id("chat-item").filter(has_text="Emil").get_by_test_id("chat-preview")).to_contain_text(
+            "Any news?"
+        )
         await anna.locator(f'[data-testid="chat-item"][data-session-id="{first}"]').click()
         days = anna.get_by_test_id("day-separator")
         await expect(days).to_have_text(["Yesterday", "Today"])

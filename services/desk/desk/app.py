@@ -43,6 +43,7 @@ async def setup(svc: Service[Settings]) -> None:
         svc.js, max_messages=svc.settings.search_max_messages, max_sessions=svc.settings.search_max_sessions
     )
     await index.start()
+    reader.preview = index.preview
     svc.on_stop(index.stop)
     desk = svc.app[DESK] = Desk(svc.settings, svc.nc, reader, hub, index)
     await desk.files()  # creates the file store, or brings it to the configured age

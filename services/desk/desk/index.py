@@ -23,6 +23,7 @@ All SQLite work runs on one thread of its own: the event loop never waits on it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -58,6 +59,7 @@ FLUSH_BATCH = 2000
 
 VIEWS = ("mine", "queue", "lines", "closed", "all")
 
+PREVIEW_CHARS = 120  # of a chat's last message, under it in the chat list
 _session_decoder = msgspec.json.Decoder(Session)
 _client_decoder = msgspec.json.Decoder(ClientRecord)
 _entry_decoder = msgspec.json.Decoder(HistoryEntry)
@@ -129,6 +131,7 @@ class Source:
 
 class ConversationIndex:
     def __init__(self, js: JetStreamContext, *, max_messages: int, max_sessions: int) -> None:
+        self._previews: collections.OrderedDict[str, dict[str, str]] = collections.OrderedDict()
         self.js = js
         self.max_messages = max_messages
         self.max_sessions = max_sessions
@@ -320,9 +323,26 @@ class ConversationIndex:
         e = _entry_decoder.decode(data)
         if e.direction == "system":
             return  # the trail's notes ("Offered to ...") are not what people search for
+        if e.author_id != "auto":  # the welcome is not news: the chat list shows what people wrote
+            self._remember_preview(e)
         words = " ".join([e.text, *(a.name for a in e.attachments if a.name)]).strip()
         if words:
             self.db.execute("INSERT INTO msg(text, session_id) VALUES (?, ?)", (words[:MAX_TEXT_INDEXED], e.session_id))
+
+    def _remember_preview(self, e: HistoryEntry) -> None:
+        """The chat list's line under a chat: its last message (a plain dict: read from the event loop, lock-free)."""
+        files = ", ".join(a.name or a.kind for a in e.attachments)
+        text = " ".join(e.text.split()) or (f"📎 {files}" if files else "")
+        have = self._previews.get(e.session_id)
+        if have is not None and have["at"] > e.at.isoformat():
+            return  # an older entry replayed after a newer one
+        self._previews[e.session_id] = {"text": text[:PREVIEW_CHARS], "at": e.at.isoformat(), "direction": e.direction}
+        self._previews.move_to_end(e.session_id)
+        while len(self._previews) > self.max_sessions:
+            self._previews.popitem(last=False)
+
+    def preview(self, session_id: str) -> dict[str, str] | None:
+        return self._previews.get(session_id)
 
     def _bound(self) -> int:
         db = self.db

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,6 +82,7 @@ class Reader:
         self.b = buckets
         self._lines: dict[str, tuple[LineConfig | None, float]] = {}
         self._sla: KeyValue | None = None
+        self.preview: Callable[[str], dict[str, str] | None] | None = None  # a chat's last message (desk.index)
 
     async def sla_bucket(self) -> KeyValue | None:
         """The router's SLA clocks (``ol-sla``), or None before a router made the bucket."""
@@ -167,6 +169,9 @@ class Reader:
         out["line_name"] = (line.name if line is not None else "") or session.line_id
         # The no-answer timeout: the page counts an offer down from assigned_at.
         out["wait_seconds"] = line.queue.wait_seconds if line is not None else 0
+        preview = self.preview(session.id) if self.preview is not None else None
+        if preview is not None:
+            out["preview"] = preview
         if session.status == "closed":
             out["outcome"] = await self.outcome(session)
         else:

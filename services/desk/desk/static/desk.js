@@ -326,6 +326,14 @@
         bottom.append(left);
       }
       li.append(top, mid, bottom);
+      if (chat.preview && chat.preview.text) {
+        // The last message and when: who wrote it ("You:" for an answer), cut to one line.
+        const pv = node("div", "row small preview");
+        pv.dataset.testid = "chat-preview";
+        const said = node("span", "preview-text", (chat.preview.direction === "out" ? "↩ " : "") + chat.preview.text);
+        pv.append(said, node("time", "at", clock(chat.preview.at)));
+        li.append(pv);
+      }
       if ((chat.tags || []).length) {
         const tags = node("div", "item-tags");
         for (const t of chat.tags) tags.append(node("span", "tag-chip", `#${t}`));
@@ -813,6 +821,11 @@
         const id = frame.session_id;
         const chat = state.chats.get(id);
         if (state.transcripts.has(id)) addEntries(id, [frame]);
+        if (chat && (frame.direction === "in" || frame.direction === "out") && !frame.held && frame.author_id !== "auto") {
+          const files = (frame.attachments || []).map((f) => f.name || f.kind).join(", ");
+          const text = (frame.text || "").replace(/\s+/g, " ").trim() || (files ? `📎 ${files}` : "");
+          if (text) chat.preview = { text: text.slice(0, 120), at: frame.at, direction: frame.direction };
+        }
         if (chat && frame.direction === "in") {
           if (typingUntil.delete(id) && id === state.selected) showTyping(); // the message is here
           const counted = state.countedIn.get(id) || new Set();
