@@ -300,3 +300,26 @@ async def test_fuzzed_messages_with_the_right_secret_never_get_a_500(
     assert "Traceback" not in text
     after = await in_count(nc)
     assert after - before <= 1 and (status == 200 or after == before)
+
+
+async def test_a_client_typing_is_told_to_the_desk_and_nothing_is_stored(gw: Any, nc: Any, http: Any) -> None:
+    from openlines import subjects
+
+    heard: list[str] = []
+
+    async def typing(msg: Any) -> None:
+        heard.append(msg.subject)
+
+    sub = await nc.subscribe("ol.typing.in.>", cb=typing)
+    cb = sender(http, gw)
+    # VK's shape: {"state": "typing", "from_id": <user>, "to_id": -<community>}; odd ones are answered "ok", told nobody.
+    for obj in ({"state": "typing", "from_id": "x"}, {"state": "audiomessage", "from_id": 1001}, {"state": "typing"}):
+        assert await cb.post(cb.event("message_typing_state", obj)) == (200, "ok")
+    assert await cb.post(cb.event("message_typing_state", {"state": "typing", "from_id": 1001, "to_id": -GROUP_ID})) == (
+        200,
+        "ok",
+    )
+    await wait_for(lambda: heard, what="the typing signal")
+    assert heard == [subjects.typing_in("vk", ACCOUNT, subjects.chat_key("vk", ACCOUNT, "1001"))]
+    assert await in_count(nc) == 0
+    await sub.unsubscribe()

@@ -14,6 +14,7 @@ reads the body: nothing is stored and VK retries later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 
@@ -36,7 +37,7 @@ from gateway_vk.normalise import (
 from gateway_vk.profiles import Profiles
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import admission, bus
+from openlines import admission, bus, subjects
 from openlines.envelopes import utcnow
 from openlines.runner import json_error
 
@@ -104,8 +105,12 @@ class CallbackHttp:
             metrics.RETRIED_EVENTS.inc()
         if event.type == "confirmation":
             return await self._confirm(community)
+        if event.type == "message_typing_state":
+            await self._typing(account, event.object)
+            metrics.EVENTS.labels(account, "typing").inc()
+            return web.Response(text=OK)
         if event.type != "message_new":
-            # message_reply / message_edit echo our own sends; typing, read, allow/deny... are not messages.
+            # message_reply / message_edit echo our own sends; read, allow/deny... are not messages.
             metrics.EVENTS.labels(account, "ignored").inc()
             log.debug("event ignored", extra={"channel": CHANNEL, "account": account, "type": event.type})
             return web.Response(text=OK)
@@ -128,6 +133,17 @@ class CallbackHttp:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    async def _typing(self, account: str, obj: object) -> None:
+        """The client is typing in the community's dialog: the operator sees "typing..." (core NATS, never stored)."""
+        if not isinstance(obj, dict) or obj.get("state") != "typing":
+            return
+        user = obj.get("from_id")
+        if not isinstance(user, int) or isinstance(user, bool) or user <= 0 or not self.nc.is_connected:
+            return
+        chat = subjects.chat_key(CHANNEL, account, str(user))
+        with contextlib.suppress(Exception):  # a lost "typing" costs nothing; VK gets its "ok" regardless
+            await self.nc.publish(subjects.typing_in(CHANNEL, account, chat), b"{}")
 
     # -- steps ----------------------------------------------------------------
 
