@@ -689,7 +689,10 @@ async def api_client(request: web.Request) -> web.StreamResponse:
     record, link, earlier, entries = await asyncio.gather(
         client_record(desk.reader, session),
         desk.crm.client_link(session.client_id),
-        previous_sessions(desk.reader, session.client_id, exclude=session.id),
+        # From the desk's index once it has caught up (no stream read); until then the last events.
+        desk.index.previous(session.client_id, session.id, PREVIOUS_SHOWN)
+        if desk.index.ready
+        else previous_sessions(desk.reader, session.client_id, exclude=session.id),
         # Only an e-mail conversation gathers other addresses (a colleague in copy who replied).
         desk.reader.history(session.id) if session.channel == "email" else asyncio.sleep(0, []),
     )
@@ -718,7 +721,11 @@ async def api_client(request: web.Request) -> web.StreamResponse:
             },
             "crm": crm,
             "previous": [await desk.reader.chat(s) for s in earlier],
-            "previous_limit": {"events_scanned": PREVIOUS_SCAN_EVENTS, "shown": PREVIOUS_SHOWN},
+            "previous_limit": {
+                "from": "index" if desk.index.ready else "events",
+                "events_scanned": PREVIOUS_SCAN_EVENTS,
+                "shown": PREVIOUS_SHOWN,
+            },
         }
     )
 

@@ -364,6 +364,23 @@ class ConversationIndex:
     async def find(self, viewer: Viewer, q: Query) -> list[Found]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._find, viewer, q)
 
+    async def previous(self, client_id: str, exclude: str, limit: int) -> list[Session]:
+        """The client's closed conversations, newest first (the client card), from the index: no stream is read."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._previous, client_id, exclude, limit)
+
+    def _previous(self, client_id: str, exclude: str, limit: int) -> list[Session]:
+        rows = self.db.execute(
+            "SELECT data FROM conv WHERE client_id = ? AND status = 'closed' AND session_id != ? ORDER BY closed_at DESC LIMIT ?",
+            (client_id, exclude, limit),
+        ).fetchall()
+        out: list[Session] = []
+        for (data,) in rows:
+            try:
+                out.append(_session_decoder.decode(data))
+            except msgspec.DecodeError:
+                continue
+        return out
+
     async def tags(self, viewer: Viewer) -> list[str]:
         """The tags in use on the conversations this viewer may see, most used first."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._tags, viewer)

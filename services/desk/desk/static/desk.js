@@ -754,7 +754,9 @@
     }
     if (!data.previous.length) el.cardPrevious.append(node("li", "muted", "none found"));
     el.cardPreviousNote.textContent =
-      `Closed conversations among the last ${data.previous_limit.events_scanned.toLocaleString()} events; at most ${data.previous_limit.shown} shown.`;
+      data.previous_limit.from === "index"
+        ? `Closed conversations of this client, from the desk's index; at most ${data.previous_limit.shown} shown.`
+        : `Closed conversations among the last ${data.previous_limit.events_scanned.toLocaleString()} events; at most ${data.previous_limit.shown} shown.`;
   }
 
   async function loadCard(id) {
