@@ -153,7 +153,8 @@ class NatsServer:
 class NatsCluster:
     """Three ``nats-server -js`` nodes routed into one JetStream cluster; any node can be killed and started again."""
 
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, args: list[str] | None = None) -> None:
+        """``args``: more nats-server flags for every node (e.g. ``--no_advertise``)."""
         routes = [free_port() for _ in range(size)]
         self.nodes = [
             NatsServer(
@@ -167,6 +168,7 @@ class NatsCluster:
                     f"nats://127.0.0.1:{routes[i]}",
                     "--routes",
                     ",".join(f"nats://127.0.0.1:{p}" for j, p in enumerate(routes) if j != i),
+                    *(args or []),
                 ],
             )
             for i in range(size)

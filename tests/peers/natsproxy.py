@@ -8,7 +8,9 @@ deployments have, at the exact publish a test names:
 - ``drop(subject)``: the publish never reaches the server (a lost packet
   the client learns of only by its timeout);
 - ``cut_after(subject, seconds)`` / ``cut(seconds)``: both directions held
-  for ``seconds`` - a partition that heals (nothing is lost, everything late).
+  for ``seconds`` - a partition that heals (nothing is lost, everything late);
+- ``drop_connections()``: every connection through the relay reset at once,
+  both ends (a load balancer or NAT table dropping them); clients reconnect.
 
 Subjects use NATS wildcards (``*`` one token, ``>`` the rest), one pattern
 or a tuple of them (any matches; the nth counts over all); ``payloads``
@@ -124,6 +126,13 @@ class NatsProxy:
     def cut(self, seconds: float) -> None:
         self._hold(self._to_client, seconds)
         self._hold(self._to_server, seconds)
+
+    def drop_connections(self) -> int:
+        """Reset every relayed connection (both ends, no goodbye); returns how many client connections it cut."""
+        writers = list(self._writers)
+        for w in writers:
+            w.transport.abort()
+        return len(writers) // 2
 
     def _add(self, rule: Rule) -> Rule:
         self.rules.append(rule)

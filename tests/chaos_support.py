@@ -1,0 +1,392 @@
+"""What the fault suite (tests/reliability/test_chaos.py) needs beside its clients: operators who work
+through the real desk, webchat visitors who wait for their answer on their own socket, the CRM
+records counted for doubles, the recovery gaps after each kind of kill, and the saved report."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import re
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from conftest import scaled
+from servers import ServiceProcess
+from webchat_support import hello_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# -- operators at the desk -------------------------------------------------------------------------
+
+
+@dataclass
+class DeskReplica:
+    name: str
+    proc: ServiceProcess
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class DeskError(Exception):
+    """The desk answered 5xx or could not be reached: the operator tries again (on another replica)."""
+
+
+@dataclass
+class OperatorLog:
+    """What one scripted operator did, for the report and the recovery gaps."""
+
+    closed: int = 0
+    page_opens: int = 0
+    reloads_that_found_chats: int = 0  # an idle page reloaded and its snapshot showed chats no push had shown
+    actions: list[float] = field(default_factory=list)  # wall-clock times of its replies and closes
+    desk_at: list[tuple[float, str]] = field(default_factory=list)  # (since, replica) where its page was
+
+
+class DeskOperator:
+    """An operator who works like the desk page: signs in, keeps the live page (WebSocket) open, answers
+    every chat it shows (accept, reply, close over the page's HTTP API) and, when the page drops, opens it
+    again with a short back-off on whichever replica the load balancer gives (the other one first).
+
+    An idle page is reloaded now and then (a new snapshot), as a person would; the report counts the
+    reloads that showed a chat no push had shown, so a lost push is visible, not hidden.
+    """
+
+    RELOAD_AFTER = 5.0  # seconds with nothing shown before the operator reloads the page
+
+    def __init__(self, login: str, password: str, desks: list[DeskReplica], answer: str) -> None:
+        self.login, self.password = login, password
+        self.desks = desks
+        self.answer = answer
+        self.at = random.randrange(len(desks))
+        self.log = OperatorLog()
+        self.chats: dict[str, dict[str, Any]] = {}
+        self.csrf = ""
+        self.status_lost = False  # the page said the operator is no longer online: set it again
+
+    @property
+    def desk(self) -> DeskReplica:
+        return self.desks[self.at]
+
+    async def run(self, done: asyncio.Event) -> None:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            while not done.is_set():
+                try:
+                    await self._shift(http, done)
+                except (aiohttp.ClientError, DeskError, TimeoutError, ConnectionError, AssertionError):
+                    pass  # the replica died or answered 5xx: the page reconnects, to the other replica first
+                if not done.is_set():
+                    self.at = (self.at + 1) % len(self.desks)
+                    await asyncio.sleep(0.3 + random.random() * 0.4)  # the page's reconnect back-off
+
+    async def _sign_in(self, http: aiohttp.ClientSession) -> None:
+        base = self.desk.base
+        form = await (await http.get(f"{base}/login")).text()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        if token is None:
+            raise DeskError("no login form")
+        r = await http.post(
+            f"{base}/login",
+            data={"login": self.login, "password": self.password, "csrf_token": token.group(1)},
+            allow_redirects=False,
+        )
+        if r.status != 303:
+            raise DeskError(f"sign-in answered {r.status}")
+        page = await (await http.get(f"{base}/")).text()
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
+        if csrf is None:
+            raise DeskError("no CSRF token on the workspace")
+        self.csrf = csrf.group(1)
+
+    async def _post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any] | None = None) -> int:
+        base = self.desk.base
+        async with http.post(
+            f"{base}{path}",
+            json=body or {},
+            headers={"X-CSRF-Token": self.csrf, "Origin": base},
+            timeout=aiohttp.ClientTimeout(total=scaled(15)),
+        ) as r:
+            await r.read()
+            if r.status >= 500 or r.status == 401:
+                raise DeskError(f"{path}: {r.status}")
+            return r.status
+
+    async def _shift(self, http: aiohttp.ClientSession, done: asyncio.Event) -> None:
+        if not self.csrf:
+            await self._sign_in(http)
+        base = self.desk.base
+        async with http.ws_connect(f"{base}/ws", headers={"Origin": base}, heartbeat=5.0) as ws:
+            first = await ws.receive_json(timeout=scaled(15))
+            if first.get("type") != "snapshot":
+                raise DeskError(f"first frame {first.get('type')}")
+            self.log.page_opens += 1
+            self.log.desk_at.append((time.time(), self.desk.name))
+            self.chats = {str(c["id"]): c for c in first["chats"]}
+            if first["operator"]["status"] != "online":
+                await self._post(http, "/api/status", {"status": "online"})
+            changed = asyncio.Event()
+            changed.set()
+            reader = asyncio.create_task(self._read(ws, changed))
+            try:
+                idle_since = time.monotonic()
+                while not done.is_set() and not reader.done():
+                    try:
+                        await asyncio.wait_for(changed.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
+                    changed.clear()
+                    if await self._work(http):
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > self.RELOAD_AFTER:
+                        await self._reload(http)
+                        idle_since = time.monotonic()
+                if reader.done() and reader.exception() is not None:
+                    raise DeskError(f"page ended: {reader.exception()!r}")
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+
+    async def _reload(self, http: aiohttp.ClientSession) -> None:
+        async with http.get(f"{self.desk.base}/api/chats", timeout=aiohttp.ClientTimeout(total=scaled(15))) as r:
+            if r.status != 200:
+                raise DeskError(f"/api/chats: {r.status}")
+            chats = (await r.json())["chats"]
+        mine = {str(c["id"]): c for c in chats if self._open_for_me(c)}
+        if mine:
+            self.log.reloads_that_found_chats += 1
+            self.chats.update(mine)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, changed: asyncio.Event) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = json.loads(msg.data)
+            kind = frame.get("type")
+            if kind == "chat":
+                self.chats[str(frame["chat"]["id"])] = frame["chat"]
+            elif kind == "closed":
+                self.chats.pop(str(frame["session_id"]), None)
+            elif kind == "status" and frame.get("status") != "online":
+                self.status_lost = True
+            changed.set()
+
+    def _open_for_me(self, chat: dict[str, Any]) -> bool:
+        return chat.get("operator_id") == self.login and chat.get("status") in ("assigned", "answered")
+
+    async def _work(self, http: aiohttp.ClientSession) -> bool:
+        """Answer and close every chat the page shows; True if there was any."""
+        if self.status_lost:
+            self.status_lost = False
+            await self._post(http, "/api/status", {"status": "online"})
+        todo = [(sid, c) for sid, c in self.chats.items() if self._open_for_me(c)]
+        for sid, chat in todo:
+            if chat.get("status") == "assigned":
+                await self._post(http, f"/api/sessions/{sid}/accept")  # 409 if already answered: reply anyway
+            status = await self._post(http, f"/api/sessions/{sid}/reply", {"text": self.answer, "client_msg_id": "a1"})
+            if status == 200:
+                self.log.actions.append(time.time())
+                status = await self._post(http, f"/api/sessions/{sid}/close")
+            if status == 200:
+                self.log.actions.append(time.time())
+                self.log.closed += 1
+            self.chats.pop(sid, None)  # done, or no longer this operator's (4xx with the reason)
+        for sid in [sid for sid, c in self.chats.items() if not self._open_for_me(c)]:
+            self.chats.pop(sid, None)
+        return bool(todo)
+
+
+# -- webchat visitors waiting for their answer ---------------------------------------------------------
+
+
+@dataclass
+class VisitorInbox:
+    """What one visitor's sockets received: reply id -> times, and the texts."""
+
+    token: str = ""
+    last_seq: int = 0
+    reply_ids: Counter[str] = field(default_factory=Counter)
+    texts: Counter[str] = field(default_factory=Counter)
+    reconnects: int = 0
+
+
+async def wait_for_answer(http: aiohttp.ClientSession, url: str, inbox: VisitorInbox, answer: str, done: asyncio.Event) -> None:
+    """The widget after its message was acknowledged: it keeps its socket open until the operator's answer
+    arrives, and when the socket drops it reconnects with its token and ``since`` = the last reply it
+    got, so the gateway replays what it missed - the answer must arrive exactly once."""
+    while not inbox.texts[answer] and not done.is_set():
+        try:
+            async with http.ws_connect(
+                f"{url}/ws/demo", heartbeat=5.0, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5)
+            ) as ws:
+                await ws.send_json(hello_frame(inbox.token, since=inbox.last_seq))
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    frame = json.loads(msg.data)
+                    if frame.get("type") == "welcome":
+                        inbox.token = frame["token"]
+                    elif frame.get("type") == "reply":
+                        inbox.reply_ids[str(frame["id"])] += 1
+                        inbox.texts[str(frame.get("text", ""))] += 1
+                        inbox.last_seq = max(inbox.last_seq, int(frame.get("seq", 0)))
+                        if frame.get("text") == answer:
+                            return
+        except (aiohttp.ClientError, TimeoutError, ConnectionError):
+            pass
+        inbox.reconnects += 1
+        await asyncio.sleep(0.3 + random.random() * 0.5)  # the widget's reconnect back-off
+
+
+def visitor_figures(inboxes: Iterable[VisitorInbox], answer: str) -> dict[str, int]:
+    boxes = list(inboxes)
+    return {
+        "webchat_visitors": len(boxes),
+        "webchat_answers_lost_at_visitor": sum(1 for b in boxes if b.texts[answer] == 0),
+        "webchat_replies_doubled_at_visitor": sum(1 for b in boxes for n in b.reply_ids.values() if n > 1)
+        + sum(1 for b in boxes if b.texts[answer] > 1),
+        "webchat_visitor_reconnects": sum(b.reconnects for b in boxes),
+    }
+
+
+# -- CRM records counted for doubles --------------------------------------------------------------------
+
+
+def doubles(origins: Iterable[str]) -> int:
+    """Records beyond the first for one origin (a chat, a session)."""
+    return sum(n - 1 for n in Counter(origins).values() if n > 1)
+
+
+def bitrix24_figures(peer: Any) -> dict[str, Any]:
+    """Every kind of record the peer holds, and how many are second records for the same origin."""
+    figures: dict[str, Any] = {}
+    for kind, rows in (
+        ("leads", peer.leads()),
+        ("contacts", peer.contacts()),
+        ("deals", peer.deals()),
+        ("activities", peer.activities()),
+    ):
+        figures[f"crm_{kind}"] = len(rows)
+        figures[f"duplicate_crm_{kind}"] = doubles(str(r.get("ORIGIN_ID", "")) for r in rows if r.get("ORIGIN_ID"))
+    figures["bitrix24_throttled"] = {code: peer.refused(code) for code in ("QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT")}
+    figures["bitrix24_calls"] = len(peer.calls)
+    return figures
+
+
+async def builtin_figures(js: Any) -> dict[str, Any]:
+    from crm_sync.backends.builtin import BuiltinBackend
+
+    crm = await BuiltinBackend.open(js)
+    figures: dict[str, Any] = {}
+    for kind in ("lead", "contact", "deal"):
+        rows = await crm.entities(kind)  # type: ignore[arg-type]
+        figures[f"crm_{kind}s"] = len(rows)
+        figures[f"duplicate_crm_{kind}s"] = doubles(e.origin for e in rows if e.origin)
+    acts = await crm.activities()
+    figures["crm_activities"] = len(acts)
+    figures["duplicate_crm_activities"] = doubles(a.session_id for a in acts)
+    return figures
+
+
+CRM_DOUBLES = ("duplicate_crm_leads", "duplicate_crm_contacts", "duplicate_crm_deals", "duplicate_crm_activities")
+
+
+# -- recovery: the longest gap in routing after each kind of kill ------------------------------------
+
+
+@dataclass
+class Kill:
+    kind: str  # router | desk | nats | gateway | crm | nats-drop | nats-cut
+    target: str
+    at: float  # wall clock
+    in_flight: int  # client messages written but not yet acknowledged at that moment
+    operators_on_it: list[str] = field(default_factory=list)  # desk: whose page was on the killed replica
+
+
+WINDOW = 15.0  # seconds after a kill in which its gap is looked for
+
+
+def longest_gap(times: list[float], at: float, window: float = WINDOW) -> float | None:
+    """The longest pause between consecutive events from the last one before ``at`` through ``window``
+    seconds after it (the pause that spans the kill included). None: no event after it at all."""
+    before = [t for t in times if t <= at]
+    after = [t for t in times if t > at]
+    if not after:
+        return None
+    seq = ([before[-1]] if before else [at]) + [t for t in after if t <= at + window]
+    if len(seq) == 1:  # nothing within the window: the pause runs to the first event after it
+        seq.append(after[0])
+    return max(b - a for a, b in itertools.pairwise(seq))
+
+
+def recovery(kills: list[Kill], routed: list[float], actions: dict[str, list[float]]) -> dict[str, Any]:
+    """Per kind of kill: the longest gap in routing (transcript lines written by the router) after a kill
+    of that kind; for a desk replica, in the work of the operators whose page was on it."""
+    routed = sorted(routed)
+    out: dict[str, Any] = {}
+    for kind in ("router", "desk", "nats", "nats-drop", "nats-cut"):
+        gaps: list[float] = []
+        for k in (k for k in kills if k.kind == kind):
+            if kind == "desk":
+                per_op = [longest_gap(sorted(actions.get(op, [])), k.at) for op in k.operators_on_it]
+                gap = max((g for g in per_op if g is not None), default=None)
+            else:
+                gap = longest_gap(routed, k.at)
+            if gap is not None:
+                gaps.append(gap)
+        if gaps:
+            out[kind] = {"kills": len(gaps), "longest_gap_seconds": round(max(gaps), 2), "gaps": [round(g, 2) for g in gaps]}
+    return out
+
+
+RECOVERY_TARGETS = {"router": 2.0, "desk": 2.0, "nats": 5.0}  # seconds; nats: a node of a 3-node cluster
+
+
+# -- the saved report --------------------------------------------------------------------------------------
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("-dirty" if dirty.strip() else "")
+
+
+def save_report(directory: str, run: str, report: dict[str, Any]) -> Path:
+    """``<directory>/chaos-<run>.json``: the report with its date, commit and machine; the previous one is
+    in git history."""
+    import os
+
+    out = Path(directory) / f"chaos-{run}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "machine": {"cores": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()]},
+        **report,
+    }
+    out.write_text(json.dumps(saved, indent=2, sort_keys=False) + "\n")
+    return out
+
+
+def by_kind(kills: list[Kill]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for k in kills:
+        counts[k.target] += 1
+    return dict(counts)
