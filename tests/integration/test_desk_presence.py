@@ -172,3 +172,21 @@ async def test_pages_closed_and_opened_in_quick_succession_leave_the_last_word_w
             return hub.reporter.idle.is_set() and "anna" not in hub.conns and await _desks(nc, "anna") == []
 
         await wait_for(closed, what="the last page's closing reported")
+
+
+async def test_a_desk_whose_first_heartbeat_gets_no_answer_waits_and_starts(nc: Any, nats_server: Any) -> None:
+    """A replica started with a cluster that is still electing the bucket's leader (or whose first write is
+    lost) keeps trying: before, it exited at start-up and stayed down (found by the fault suite)."""
+    from peers.natsproxy import NatsProxy
+
+    await apply_lines(nc, LINES)
+    proxy = NatsProxy(nats_server.port)
+    await proxy.start()
+    try:
+        first = proxy.drop("$KV.ol-desk-presence.>")  # never reaches the server: the write times out
+        async with running_desk(proxy.url, desk_heartbeat_seconds=0.2) as svc:
+            assert first.fired == 1
+            desk_id = svc.app[DESK].hub.desk_id
+            assert desk_id in await bus.kv_entries(nc.jetstream(), subjects.KV_DESK_PRESENCE)
+    finally:
+        await proxy.stop()

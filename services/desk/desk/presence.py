@@ -100,7 +100,23 @@ class Heartbeat:
         self._revision: int | None = None
 
     async def open(self) -> None:
-        """Open (or create) the bucket and write the first heartbeat: before any page can connect."""
+        """Open (or create) the bucket and write the first heartbeat: before any page can connect.
+
+        While JetStream cannot answer yet - a cluster still electing the bucket's leader ("no responders"),
+        a node restarting, a request lost - wait and try again: a replica that gave up here would stay
+        down until something restarted it, and one started with the cluster would never serve.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._open()
+                return
+            except (NatsError, TimeoutError) as exc:
+                log.warning("desk heartbeat not written yet; retrying", extra={"error": repr(exc), "attempt": attempt})
+                await asyncio.sleep(min(5.0, 0.5 * attempt))
+
+    async def _open(self) -> None:
         self.kv = await open_kv(self.js, subjects.KV_DESK_PRESENCE, self.every * HEARTBEAT_MISSES, self.replicas)
         ttl = (await self.kv.status()).ttl
         if ttl and ttl < self.every * HEARTBEAT_MISSES:
