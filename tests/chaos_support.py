@@ -5,7 +5,7 @@ records counted for doubles, the recovery gaps after each kind of kill, and the 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import bisect
 import json
 import random
 import re
@@ -50,7 +50,6 @@ class OperatorLog:
     closed: int = 0
     page_opens: int = 0
     reloads_that_found_chats: int = 0  # an idle page reloaded and its snapshot showed chats no push had shown
-    actions: list[float] = field(default_factory=list)  # wall-clock times of its replies and closes
     desk_at: list[tuple[float, str]] = field(default_factory=list)  # (since, replica) where its page was
 
 
@@ -195,10 +194,8 @@ class DeskOperator:
                 await self._post(http, f"/api/sessions/{sid}/accept")  # 409 if already answered: reply anyway
             status = await self._post(http, f"/api/sessions/{sid}/reply", {"text": self.answer, "client_msg_id": "a1"})
             if status == 200:
-                self.log.actions.append(time.time())
                 status = await self._post(http, f"/api/sessions/{sid}/close")
             if status == 200:
-                self.log.actions.append(time.time())
                 self.log.closed += 1
             self.chats.pop(sid, None)  # done, or no longer this operator's (4xx with the reason)
         for sid in [sid for sid, c in self.chats.items() if not self._open_for_me(c)]:
@@ -309,43 +306,103 @@ class Kill:
     kind: str  # router | desk | nats | gateway | crm | nats-drop | nats-cut
     target: str
     at: float  # wall clock
-    in_flight: int  # client messages written but not yet acknowledged at that moment
+    in_flight: int  # clients whose message was not yet acknowledged at that moment (being written, or next)
     operators_on_it: list[str] = field(default_factory=list)  # desk: whose page was on the killed replica
 
 
-WINDOW = 15.0  # seconds after a kill in which its gap is looked for
+WINDOW = 10.0  # seconds after a kill in which a client message's wait for routing counts towards its gap
 
 
-def longest_gap(times: list[float], at: float, window: float = WINDOW) -> float | None:
-    """The longest pause between consecutive events from the last one before ``at`` through ``window``
-    seconds after it (the pause that spans the kill included). None: no event after it at all."""
-    before = [t for t in times if t <= at]
-    after = [t for t in times if t > at]
-    if not after:
+@dataclass
+class Routed:
+    """When the router wrote each transcript line (the time JetStream stored it), and for each client
+    message when its gateway received it."""
+
+    lines: list[float] = field(default_factory=list)
+    messages: list[tuple[float, float]] = field(default_factory=list)  # (received, routed)
+
+
+async def read_routed(js: Any, stream: str, subject: str) -> tuple[Routed, list[bytes]]:
+    """Every message of ``subject`` with the time it was stored (one ephemeral consumer, deleted after)."""
+    import uuid
+
+    from nats.js import api as js_api
+
+    from openlines.envelopes import HistoryEntry, decoder
+
+    decode = decoder(HistoryEntry)
+    cfg = js_api.ConsumerConfig(
+        name=uuid.uuid4().hex,
+        filter_subject=subject,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    info = await js.add_consumer(stream, cfg)
+    remaining = info.num_pending or 0
+    routed, datas = Routed(), []
+    try:
+        psub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
+        while remaining > 0:
+            for msg in await psub.fetch(batch=min(256, remaining), timeout=5.0):
+                remaining -= 1
+                stored = msg.metadata.timestamp.timestamp()
+                entry = decode.decode(msg.data)
+                routed.lines.append(stored)
+                if entry.direction == "in":
+                    routed.messages.append((entry.at.timestamp(), stored))
+                datas.append(msg.data)
+        await psub.unsubscribe()
+    finally:
+        await js.delete_consumer(stream, info.name)
+    routed.lines.sort()
+    return routed, datas
+
+
+def pause_across(times: list[float], at: float) -> float | None:
+    """The pause in ``times`` that spans ``at``: from the last one before it to the first one after it.
+    (When nothing was waiting to be routed it counts idle time too: an upper bound.)"""
+    i = bisect.bisect_right(times, at)
+    if i == len(times):
         return None
-    seq = ([before[-1]] if before else [at]) + [t for t in after if t <= at + window]
-    if len(seq) == 1:  # nothing within the window: the pause runs to the first event after it
-        seq.append(after[0])
-    return max(b - a for a, b in itertools.pairwise(seq))
+    return times[i] - (times[i - 1] if i else at)
 
 
-def recovery(kills: list[Kill], routed: list[float], actions: dict[str, list[float]]) -> dict[str, Any]:
-    """Per kind of kill: the longest gap in routing (transcript lines written by the router) after a kill
-    of that kind; for a desk replica, in the work of the operators whose page was on it."""
-    routed = sorted(routed)
+def longest_wait(messages: list[tuple[float, float]], at: float, window: float = WINDOW) -> float:
+    """The longest a client message received from a second before ``at`` to ``window`` after it waited
+    between its gateway storing it and the router writing it into the transcript."""
+    return max((routed - received for received, routed in messages if at - 1 <= received <= at + window), default=0.0)
+
+
+def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog]) -> dict[str, Any]:
+    """Per kind of kill, the longest gap in routing after one: the longer of the pause in transcript
+    lines across the kill and the longest wait of a client message around it. For a desk replica: until
+    the page of every operator it served was open again (on the other replica)."""
     out: dict[str, Any] = {}
     for kind in ("router", "desk", "nats", "nats-drop", "nats-cut"):
         gaps: list[float] = []
+        detail: list[dict[str, float]] = []
         for k in (k for k in kills if k.kind == kind):
             if kind == "desk":
-                per_op = [longest_gap(sorted(actions.get(op, [])), k.at) for op in k.operators_on_it]
-                gap = max((g for g in per_op if g is not None), default=None)
-            else:
-                gap = longest_gap(routed, k.at)
-            if gap is not None:
-                gaps.append(gap)
+                back = [min((t for t, _ in operators[op].desk_at if t > k.at), default=None) for op in k.operators_on_it]
+                if not back:
+                    continue  # no page was on it
+                if any(t is None for t in back):
+                    gaps.append(float("inf"))
+                    continue
+                gaps.append(max(t - k.at for t in back if t is not None))
+                continue
+            pause = pause_across(routed.lines, k.at)
+            wait = longest_wait(routed.messages, k.at)
+            gap = max(pause or 0.0, wait)
+            gaps.append(gap)
+            detail.append({"pause": round(pause or 0.0, 2), "message_wait": round(wait, 2)})
         if gaps:
             out[kind] = {"kills": len(gaps), "longest_gap_seconds": round(max(gaps), 2), "gaps": [round(g, 2) for g in gaps]}
+            if detail:
+                out[kind]["detail"] = detail
     return out
 
 
