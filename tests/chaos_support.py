@@ -381,9 +381,10 @@ def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog
     lines across the kill and the longest wait of a client message around it. For a desk replica: until
     the page of every operator it served was open again (on the other replica)."""
     out: dict[str, Any] = {}
+    starts = sorted(k.at for k in kills)
     for kind in ("router", "desk", "nats", "nats-drop", "nats-cut"):
         gaps: list[float] = []
-        detail: list[dict[str, float]] = []
+        detail: list[dict[str, float]] = []  # per kill: what the gap is made of
         for k in (k for k in kills if k.kind == kind):
             if kind == "desk":
                 back = [min((t for t, _ in operators[op].desk_at if t > k.at), default=None) for op in k.operators_on_it]
@@ -393,9 +394,12 @@ def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog
                     gaps.append(float("inf"))
                     continue
                 gaps.append(max(t - k.at for t in back if t is not None))
+                detail.append({"pages": len(back)})
                 continue
             pause = pause_across(routed.lines, k.at)
-            wait = longest_wait(routed.messages, k.at)
+            later = [t for t in starts if t > k.at]
+            # Up to the next fault at most: a wait it caused is not this one's.
+            wait = longest_wait(routed.messages, k.at, min(WINDOW, later[0] - k.at) if later else WINDOW)
             gap = max(pause or 0.0, wait)
             gaps.append(gap)
             detail.append({"pause": round(pause or 0.0, 2), "message_wait": round(wait, 2)})
