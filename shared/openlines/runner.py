@@ -225,12 +225,28 @@ async def _serve(runner: web.AppRunner, host: str, port: int) -> int:
 async def launch(
     name: str, settings: S, setup: Callable[[Service[S]], Awaitable[None]], *, first_attempts: int = 0
 ) -> Service[S]:
-    """Connect, set the service up and start serving HTTP. Returns the running service."""
-    svc = Service(name, settings)
-    await svc.connect(first_attempts=first_attempts)
-    await setup(svc)
-    await svc.start_http()
-    return svc
+    """Connect, set the service up and start serving HTTP. Returns the running service.
+
+    A set-up that NATS does not answer - a node restarting, a cluster electing a bucket's leader, a
+    request lost - is undone and started over on a new connection (forever, unless ``first_attempts``
+    says otherwise): a service restarted into such a moment used to exit and wait for its
+    orchestrator's back-off.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        svc = Service(name, settings)
+        await svc.connect(first_attempts=first_attempts)
+        try:
+            await setup(svc)
+            await svc.start_http()
+            return svc
+        except (nats.errors.Error, TimeoutError) as exc:
+            if first_attempts and attempt >= first_attempts:
+                raise
+            log.warning("set-up got no answer from NATS; starting over", extra={"error": repr(exc), "attempt": attempt})
+            await svc.stop()
+            await asyncio.sleep(min(5.0, 0.5 * attempt))
 
 
 def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitable[None]]) -> None:

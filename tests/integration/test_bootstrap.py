@@ -3,8 +3,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import msgspec
+import pytest
 from conftest import scaled
 
 from openlines import bus, subjects
@@ -119,3 +122,27 @@ async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tm
             await svc.stop()
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("service", ["router", "crm-sync"])
+async def test_a_service_whose_set_up_gets_no_answer_from_nats_starts_over(nc: Any, nats_server: Any, service: str) -> None:
+    """A service restarted while NATS cannot answer (a node restarting, a leader being elected) used to
+    exit in its set-up (found by the fault suite: router and crm-sync, after a kill next to a NATS fault)."""
+    from crm_support import running_crm_sync
+    from peers.natsproxy import NatsProxy
+    from support import running_router
+
+    from crm_sync.backends.builtin import BUCKETS
+
+    bucket = subjects.KV_ROUTER if service == "router" else BUCKETS["lead"]
+    proxy = NatsProxy(nats_server.port)
+    await proxy.start()
+    try:
+        lost = proxy.drop(f"$JS.API.STREAM.INFO.KV_{bucket}")  # the look-up of a bucket its set-up opens
+        running = running_router(proxy.url) if service == "router" else running_crm_sync(proxy.url)
+        async with running as svc:
+            assert lost.fired == 1
+            async with aiohttp.ClientSession() as h, h.get(f"http://127.0.0.1:{svc.port}/healthz") as r:
+                assert r.status == 200
+    finally:
+        await proxy.stop()
