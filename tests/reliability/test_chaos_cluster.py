@@ -1,0 +1,597 @@
+"""The 3-node cluster under kill -9, as `make test` runs it (the extended cluster run is in test_chaos.py).
+
+The extended fault suite's cluster run (operators through two desk replicas,
+connection drops and holds through relays) once stalled for 14 minutes on a
+loaded CI machine - every service quiet - and is being investigated (#18); it
+runs with `make chaos`. Meanwhile this earlier cluster run, which kills nodes
+and services with SIGKILL while clients write, keeps the cluster covered in CI.
+
+Fault injection: clients write over every channel while processes are killed with SIGKILL.
+
+Real processes (nats-server - one, or a 3-node cluster -, two router replicas,
+the webchat, Telegram, VK and WhatsApp gateways, crm-sync with the built-in CRM) are
+killed at random moments while clients write: website visitors over the widget
+protocol (reconnecting and resending unacknowledged messages like the widget
+does), Telegram, VK and WhatsApp users through the local Bot API / Callback API /
+Cloud API peers (which resend an update until the webhook answers 200, like the real
+ones), and e-mail clients whose mails are delivered into a real Dovecot
+mailbox (replies go out through a real SMTP server). Scripted operators answer and close every chat. Afterwards it prints and
+checks: messages lost, messages delivered to an operator twice, replies lost or
+doubled (in the outbound stream and at the messenger peers), clients with more
+than one open session, duplicate CRM leads - all must be 0.
+
+N (all channels together) is small in CI; `make chaos` runs it with
+OPENLINES_CHAOS_CLIENTS=20000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from conftest import NatsCluster, NatsServer, free_port, scaled, wait_for
+from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
+from peers.telegram_api import FakeTelegram, message_update
+from peers.vk_api import CallbackSender, FakeVk
+from peers.whatsapp_api import FakeWhatsApp, contact, notification
+from peers.whatsapp_api import text as wa_text
+from servers import ServiceProcess
+from support import apply_lines
+from telegram_support import SUPPORT as TG_BOT
+from vk_support import ACCOUNT as VK_ACCOUNT
+from vk_support import GROUP_ID as VK_GROUP
+from vk_support import SECRET as VK_SECRET
+from vk_support import fake_vk, groups_json
+from webchat_support import NO_ABUSE_LIMITS, hello_frame
+from whatsapp_support import APP, APP_SECRET, SHOP, VERIFY_TOKEN, accounts_json
+
+from openlines import bus, subjects
+from openlines.commands import Close, CommandFailed, Reply, SetStatus, call
+from openlines.envelopes import HistoryEntry, Outbound
+from openlines.state import ClientRecord, OperatorState
+
+CLIENTS = int(os.environ.get("OPENLINES_CHAOS_CLIENTS", "200"))  # over all channels
+pytestmark = [pytest.mark.slow, pytest.mark.mail, pytest.mark.timeout(max(1800, int(CLIENTS * 0.3)))]
+OPERATORS = [f"op{i}" for i in range(1, 6)]
+SECRET = "chaos-webchat-secret-0123456789-Kq7Zt9Wm3xRv"
+ANSWER = "Answer"
+LINES = (
+    "".join(f'[operators.{op}]\nname = "Operator {op}"\n' for op in OPERATORS)
+    + '[[lines]]\nid = "support"\nname = "Support"\n'
+    + 'channels = [{ channel = "webchat", account = "demo" }, '
+    + f'{{ channel = "telegram", account = "{TG_BOT["account"]}" }}, {{ channel = "vk", account = "{VK_ACCOUNT}" }}, '
+    + f'{{ channel = "whatsapp", account = "{SHOP["account"]}" }}, '
+    + '{ channel = "email", account = "support" }]\n'
+    + f"[lines.queue]\noperators = {json.dumps(OPERATORS)}\nmax_chats_per_operator = 50\nwait_seconds = 3600\n"
+    + '[lines.auto_replies]\nwelcome = "Hello {client_name}"\n'
+    + '[lines.crm]\nenabled = true\ncreate = "lead"\n'
+)
+
+
+@dataclass
+class Sent:
+    """What the clients got stored (acknowledged by a gateway), keyed by the message text."""
+
+    texts: set[str] = field(default_factory=set)
+    telegram_chats: list[int] = field(default_factory=list)
+    vk_peers: list[int] = field(default_factory=list)
+    whatsapp_clients: list[str] = field(default_factory=list)
+    mail_senders: list[str] = field(default_factory=list)
+
+
+async def retry(attempt: Callable[[], Awaitable[bool]]) -> None:
+    """Call ``attempt`` until it says the message was stored, pausing like a client's backoff."""
+    while not await attempt():  # noqa: ASYNC110 - a client's resend backoff, not a wait for our own state
+        await asyncio.sleep(0.3 + random.random() * 0.5)
+
+
+async def visitor(http: aiohttp.ClientSession, url: str, n: int, sent: Sent) -> None:
+    """A website visitor writes one message and resends it (same id) until acknowledged, like the widget."""
+    token = ""
+    msg_id, text = f"c{n}", f"web question {n}"
+
+    async def attempt() -> bool:
+        nonlocal token
+        try:
+            ws_url = f"{url}/ws/demo"
+            async with http.ws_connect(ws_url, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5)) as ws:
+                await ws.send_json(hello_frame(token))
+                welcome = json.loads((await ws.receive(timeout=scaled(10))).data)
+                token = welcome["token"]
+                await ws.send_json({"type": "message", "id": msg_id, "text": text, "name": f"Visitor {n}"})
+                while True:
+                    frame = json.loads((await ws.receive(timeout=scaled(15))).data)
+                    if frame.get("id") == msg_id and frame["type"] == "ack":
+                        sent.texts.add(text)
+                        return True
+                    if frame.get("id") == msg_id and frame["type"] == "error":
+                        return False
+        except Exception:  # the gateway or NATS is down: try again shortly
+            return False
+
+    await retry(attempt)
+
+
+async def telegram_user(tg: FakeTelegram, n: int, sent: Sent) -> None:
+    """A Telegram user writes once; the Bot API resends the update until the webhook answers 200."""
+    chat, text = 100_000 + n, f"tg question {n}"
+    update = message_update(1_000 + n, chat, text, message_id=n + 1)
+
+    async def attempt() -> bool:
+        try:
+            status, _ = await tg.deliver(TG_BOT["token"], update)
+        except Exception:
+            return False
+        return status == 200
+
+    await retry(attempt)
+    sent.texts.add(text)
+    sent.telegram_chats.append(chat)
+
+
+async def vk_user(cb: CallbackSender, n: int, sent: Sent) -> None:
+    """A VK user writes once; VK resends the event (same event_id) until the server answers "ok"."""
+    peer, text = 200_000 + n, f"vk question {n}"
+    event = cb.message_new(text, from_id=peer, event_id=f"chaos-{n:040d}"[-40:])
+
+    async def attempt() -> bool:
+        try:
+            status, body = await cb.post(event)
+        except Exception:
+            return False
+        return status == 200 and body == "ok"
+
+    await retry(attempt)
+    sent.texts.add(text)
+    sent.vk_peers.append(peer)
+
+
+async def whatsapp_user(wa: FakeWhatsApp, n: int, sent: Sent) -> None:
+    """A WhatsApp user writes once; the Cloud API resends the signed notification until it is answered 200."""
+    client, words = f"3725{n:07d}", f"wa question {n}"
+    body = notification(
+        SHOP["phone_number_id"], [wa_text(client, words, wamid=f"wamid.chaos{n:08d}")], contacts=[contact(client)]
+    )
+    wa.last_client_message[(SHOP["phone_number_id"], client)] = time.time()  # the window opens
+
+    async def attempt() -> bool:
+        try:
+            status, _ = await wa.post(body)
+        except Exception:
+            return False
+        return status == 200
+
+    await retry(attempt)
+    sent.texts.add(words)
+    sent.whatsapp_clients.append(client)
+
+
+MTA_CONNECTIONS = 4  # Dovecot allows 10 connections per user and address; the gateway holds some
+
+
+async def mail_client(imap: Any, n: int, sent: Sent, mta: asyncio.Semaphore) -> None:
+    """An e-mail client's mail is delivered into the mailbox (an MTA's delivery agent: IMAP APPEND)."""
+    sender, text = f"client{n}@mail.example.test", f"mail question {n}"
+    async with mta:  # a delivery agent keeps few connections open, whatever the traffic
+        await append(imap, client_mail(sender, text, subject=f"Question {n}"))
+    sent.texts.add(text)
+    sent.mail_senders.append(sender)
+
+
+async def operators_work(nc: Any, b: bus.Buckets, done: asyncio.Event) -> None:
+    """Each operator stays online, answers every chat it holds once and closes it."""
+
+    async def one(op: str) -> None:
+        while not done.is_set():
+            try:
+                await call(nc, "status", SetStatus(operator_id=op, status="online"), timeout=2)
+                st, _ = await bus.kv_get(b.operators, op, OperatorState)
+            except Exception:
+                st = None  # router restarting, NATS down: look again
+            for sid in list(st.sessions) if st else []:
+                try:
+                    await call(nc, "reply", Reply(operator_id=op, session_id=sid, text=ANSWER, client_msg_id="a1"), timeout=3)
+                    await call(nc, "close", Close(operator_id=op, session_id=sid), timeout=3)
+                except (CommandFailed, Exception):
+                    pass  # not theirs any more, router restarting, NATS down: the next round sees
+            await asyncio.sleep(0.2)  # an operator's pace between looks at their chats
+
+    await asyncio.gather(*(one(op) for op in OPERATORS))
+
+
+class Nats:
+    """A single server or a 3-node cluster; ``kill_one`` kills (SIGKILL) one server and starts it again."""
+
+    def __init__(self, root: Path, cluster: bool) -> None:
+        self.cluster = NatsCluster(root / "cluster") if cluster else None
+        self.single = None if cluster else NatsServer(root / "nats")
+        self.replicas = 3 if cluster else 1
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url if self.cluster else self.single.url  # type: ignore[union-attr]
+
+    def start(self) -> None:
+        (self.cluster or self.single).start()  # type: ignore[union-attr]
+
+    async def kill_one(self) -> str:
+        node = random.choice(self.cluster.nodes) if self.cluster else self.single
+        assert node is not None
+        node.stop(kill=True)
+        await asyncio.sleep(random.uniform(0.5, 1.5))  # down for a moment
+        node.start()
+        return node.url
+
+    def stop(self) -> None:
+        (self.cluster or self.single).stop()  # type: ignore[union-attr]
+
+    def violations(self) -> list[str]:
+        """What the shipped permission file refused the services (a grant auth.conf lacks)."""
+        return (self.cluster or self.single).violations()  # type: ignore[union-attr]
+
+
+async def _bootstrap(nats: Nats) -> Any:
+    """Connect and create the streams; a fresh cluster needs a moment to elect its JetStream leader."""
+    nc = await bus.connect(nats.url, "chaos", first_attempts=5)
+
+    async def ready() -> bool:
+        try:
+            await bus.bootstrap(nc.jetstream(), replicas=nats.replicas)
+        except Exception:
+            return False
+        return True
+
+    await wait_for(ready, timeout=60, interval=0.5, what="JetStream ready for the streams")
+    return nc
+
+
+def split(n: int) -> dict[str, int]:
+    """N clients over the channels: about half on the website, the rest over Telegram, VK, WhatsApp and e-mail."""
+    tg = vk = wa = n // 7
+    mail = n // 10
+    return {"webchat": n - tg - vk - wa - mail, "telegram": tg, "vk": vk, "whatsapp": wa, "email": mail}
+
+
+async def run_chaos(
+    tmp_path: Path, imap: Any, smtp: SmtpSink, *, cluster: bool, mix: dict[str, int], plan: list[str]
+) -> dict[str, Any]:
+    nats = Nats(tmp_path, cluster)
+    nats.start()
+    tg, vk, wa = FakeTelegram(), fake_vk(), FakeWhatsApp()
+    tg.add_bot(TG_BOT["token"])
+    wa.add_number(SHOP["phone_number_id"], SHOP["token"])
+    await tg.start()
+    await vk.start()
+    await wa.start()
+    base = {
+        **os.environ,
+        "OPENLINES_NATS_URL": nats.url,
+        "OPENLINES_REPLICAS": str(nats.replicas),
+        "OPENLINES_LOG_LEVEL": os.environ.get("OPENLINES_CHAOS_LOG_LEVEL", "warning"),
+        "OPENLINES_PARTITION_LEASE_SECONDS": "3",
+    }
+    ports = {name: free_port() for name in ("webchat", "telegram", "vk", "whatsapp", "email")}
+    procs = {
+        "router-a": ServiceProcess("router-a", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
+        "router-b": ServiceProcess("router-b", "router", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
+        "webchat": ServiceProcess(
+            "webchat",
+            "gateway_webchat",
+            # Hundreds of visitors from one address: the abuse limits are not what this measures.
+            {**base, "OPENLINES_HTTP_PORT": str(ports["webchat"]), "OPENLINES_WEBCHAT_SECRET": SECRET, **NO_ABUSE_LIMITS},
+            tmp_path,
+        ),
+        "telegram": ServiceProcess(
+            "telegram",
+            "gateway_telegram",
+            {
+                **base,
+                "OPENLINES_HTTP_PORT": str(ports["telegram"]),
+                "OPENLINES_TELEGRAM_BOTS": json.dumps([TG_BOT]),
+                "OPENLINES_TELEGRAM_API_BASE": tg.base,
+                "OPENLINES_TELEGRAM_BACKOFF": "0.05",
+                "OPENLINES_TELEGRAM_BACKOFF_MAX": "0.5",
+                "OPENLINES_TELEGRAM_ACK_WAIT": "5",
+            },
+            tmp_path,
+        ),
+        "vk": ServiceProcess(
+            "vk",
+            "gateway_vk",
+            {
+                **base,
+                "OPENLINES_HTTP_PORT": str(ports["vk"]),
+                "OPENLINES_VK_GROUPS": groups_json(),
+                "OPENLINES_VK_API_URL": vk.url,
+            },
+            tmp_path,
+        ),
+        "whatsapp": ServiceProcess(
+            "whatsapp",
+            "gateway_whatsapp",
+            {
+                **base,
+                "OPENLINES_HTTP_PORT": str(ports["whatsapp"]),
+                "OPENLINES_WHATSAPP_ACCOUNTS": accounts_json(),
+                "OPENLINES_WHATSAPP_API_BASE": wa.base,
+                "OPENLINES_WHATSAPP_BACKOFF": "0.05",
+                "OPENLINES_WHATSAPP_BACKOFF_MAX": "0.5",
+                "OPENLINES_WHATSAPP_ACK_WAIT": "5",
+            },
+            tmp_path,
+        ),
+        "email": ServiceProcess(
+            "email",
+            "gateway_email",
+            {**base, **gateway_env(nats.url, [mailbox_config(imap, smtp)]), "OPENLINES_HTTP_PORT": str(ports["email"])},
+            tmp_path,
+        ),
+        "crm": ServiceProcess("crm", "crm_sync", {**base, "OPENLINES_HTTP_PORT": str(free_port())}, tmp_path),
+    }
+    hook = tg.webhooks[TG_BOT["token"]]
+    hook.url, hook.secret = f"http://127.0.0.1:{ports['telegram']}/telegram/{TG_BOT['account']}", TG_BOT["secret"]
+    wa.configure(f"http://127.0.0.1:{ports['whatsapp']}/whatsapp/{APP}", APP_SECRET, VERIFY_TOKEN)
+    nc = await _bootstrap(nats)
+    done = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
+    try:
+        await apply_lines(nc, LINES)
+        b = await bus.Buckets(nc.jetstream()).open()
+        for p in procs.values():
+            p.start()
+        for name in ports:
+            await wait_for(lambda n=name: _ready(ports[n]), timeout=60, interval=0.2, what=f"{name} gateway ready")
+        sent = Sent()
+        unexpected: list[str] = []
+        nats_killed: list[str] = []
+        started = time.monotonic()
+
+        async def orchestrator() -> None:
+            # Like a container runtime with restart=always: a process that ends by itself is started again.
+            while not done.is_set():
+                for name, p in procs.items():
+                    code = p.exited()
+                    if code is not None:
+                        unexpected.append(f"{name} exited with {code}")
+                        p.start()
+                try:
+                    await asyncio.wait_for(done.wait(), timeout=0.5)
+                except TimeoutError:
+                    pass
+
+        async def chaos() -> None:
+            for target in plan:
+                await asyncio.sleep(random.uniform(0.5, 2.0))  # a random moment under load
+                if target == "nats":
+                    nats_killed.append(await nats.kill_one())
+                else:
+                    procs[target].kill()
+                    await asyncio.sleep(random.uniform(0.2, 1.0))  # down for a moment
+                    procs[target].start()
+
+        total = sum(mix.values())
+        async with aiohttp.ClientSession() as http:
+            work = asyncio.create_task(operators_work(nc, b, done))
+            watchdog = asyncio.create_task(orchestrator())
+            background += [work, watchdog]
+            sem = asyncio.Semaphore(50)
+            mta = asyncio.Semaphore(MTA_CONNECTIONS)
+            cb = CallbackSender(http, f"http://127.0.0.1:{ports['vk']}/vk/{VK_ACCOUNT}", VK_GROUP, VK_SECRET)
+            web_url = f"http://127.0.0.1:{ports['webchat']}"
+
+            async def limited(client: Awaitable[None]) -> None:
+                async with sem:
+                    await client
+
+            clients = (
+                [visitor(http, web_url, n, sent) for n in range(mix["webchat"])]
+                + [telegram_user(tg, n, sent) for n in range(mix["telegram"])]
+                + [vk_user(cb, n, sent) for n in range(mix["vk"])]
+                + [whatsapp_user(wa, n, sent) for n in range(mix["whatsapp"])]
+                + [mail_client(imap, n, sent, mta) for n in range(mix["email"])]
+            )
+            random.shuffle(clients)
+            await asyncio.gather(chaos(), *(limited(c) for c in clients))
+
+            async def all_closed() -> bool:
+                try:
+                    records = await _client_records(nc)
+                except Exception:  # a cluster node just restarted: ask again
+                    return False
+                return sum(1 for rec in records if not rec.open_sessions and rec.sessions_total >= 1) >= total
+
+            # Five operators close a few hundred chats a minute: the deadline grows with the number of clients.
+            deadline = max(600.0, total * 0.15)
+            await wait_for(all_closed, timeout=deadline, interval=2.0, what="every client's chat answered and closed")
+            done.set()
+            await work
+            await watchdog
+        await wait_for(
+            lambda: _answered_at_peers(tg, vk, wa, smtp, sent),
+            timeout=120,
+            interval=0.5,
+            what="every answer at the messenger peers",
+        )
+        await wait_for(lambda: _crm_caught_up(nc, total), timeout=300, interval=1.0, what="crm-sync done with every session")
+        report = await _settled(lambda: _check(nc, b, sent, tg, vk, wa, smtp))
+        report["kills"] = {name: p.kills for name, p in procs.items()} | {"nats": len(nats_killed)}
+        report["nats_nodes"] = 3 if cluster else 1
+        report["seconds"] = round(time.monotonic() - started, 1)
+        report["processes_that_ended_by_themselves"] = unexpected  # restarted, as an orchestrator would
+        report["nats_refusals"] = nats.violations()
+        print("\nchaos report:", json.dumps(report, indent=2))
+        assert len(sent.texts) == total
+        return report
+    finally:
+        done.set()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        for p in procs.values():
+            p.stop()
+        await nc.close()
+        await tg.stop()
+        await vk.stop()
+        await wa.stop()
+        nats.stop()
+
+
+async def _settled(read: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """``read()``, asked again while a restarted cluster node still answers "unavailable"."""
+
+    async def attempt() -> dict[str, Any] | None:
+        try:
+            return await read()
+        except Exception:
+            return None
+
+    return await wait_for(attempt, timeout=60, interval=1.0, what="the streams readable after the kills")
+
+
+def _assert_clean(report: dict[str, Any]) -> None:
+    for key in (
+        "messages_lost",
+        "delivered_to_operator_twice",
+        "replies_doubled",
+        "replies_lost_at_peers",
+        "replies_doubled_at_peers",
+        "clients_with_more_than_one_open_session",
+        "duplicate_crm_leads",
+    ):
+        assert report[key] == 0, (key, report)
+    assert report["nats_refusals"] == [], report
+    assert report["telegram_doubled"] <= report["telegram_resends_after_a_kill_mid_send"], report
+    assert report["whatsapp_doubled"] <= report["whatsapp_resends_after_a_kill_mid_send"], report
+
+
+async def test_kill_9_a_node_of_a_3_node_cluster_and_the_services(tmp_path: Path, imap: Any, smtp: SmtpSink) -> None:
+    plan = ["router-a", "router-b", "webchat", "telegram", "vk", "whatsapp", "email", "crm", "nats"]
+    random.shuffle(plan)
+    report = await run_chaos(tmp_path, imap, smtp, cluster=True, mix=split(max(10, CLIENTS // 2)), plan=plan)
+    _assert_clean(report)
+
+
+async def _ready(port: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as h, h.get(f"http://127.0.0.1:{port}/readyz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def _crm_caught_up(nc: Any, clients: int) -> bool:
+    """crm-sync has handled every session event and (all clients being new) made a lead per client."""
+    try:
+        info = await nc.jetstream().consumer_info(subjects.STREAM_EVT, "crm-sync")
+        if info.num_pending or info.num_ack_pending:
+            return False
+        return len(await bus.kv_entries(nc.jetstream(), subjects.KV_CRM_LEADS)) >= clients
+    except Exception:  # a cluster node just restarted: the consumer's leader is being elected
+        return False
+
+
+async def _client_records(nc: Any) -> list[ClientRecord]:
+    """Every client record, read in one pass over the bucket."""
+    entries = await bus.kv_entries(nc.jetstream(), subjects.KV_CLIENTS)
+    return [msgspec.json.decode(value, type=ClientRecord) for _, (_, value) in entries.items()]
+
+
+def _first_line(mail: EmailMessage) -> str:
+    body = mail.get_body(("plain",))
+    return body.get_content().strip().splitlines()[0] if body is not None and body.get_content().strip() else ""
+
+
+def _peer_texts(tg: FakeTelegram, vk: FakeVk, wa: FakeWhatsApp, smtp: SmtpSink, sent: Sent) -> dict[str, Counter[str]]:
+    """What each messenger chat or mail address received, text -> times."""
+    texts: dict[str, Counter[str]] = {}
+    for client in sent.whatsapp_clients:
+        texts[f"wa:{client}"] = Counter(m.text for m in wa.sent_to(client, "text"))
+    for chat in sent.telegram_chats:
+        texts[f"tg:{chat}"] = Counter(str(c.params.get("text", "")) for c in tg.sent(chat, "sendMessage"))
+    for peer in sent.vk_peers:
+        texts[f"vk:{peer}"] = Counter(s.message for s in vk.sent_to(peer))
+    for address in sent.mail_senders:
+        texts[f"mail:{address}"] = Counter(_first_line(r.message) for r in smtp.to(address))
+    return texts
+
+
+def _answered_at_peers(tg: FakeTelegram, vk: FakeVk, wa: FakeWhatsApp, smtp: SmtpSink, sent: Sent) -> bool:
+    return all(got[ANSWER] >= 1 for got in _peer_texts(tg, vk, wa, smtp, sent).values())
+
+
+async def _uncertain(js: Any, bucket: str) -> int:
+    """Parts a gateway sent again after a kill mid-send (its send records' ``uncertain``)."""
+    try:
+        records = await bus.kv_entries(js, bucket)
+    except Exception:  # the bucket is made on the gateway's first send
+        return 0
+    return sum(int(json.loads(value).get("uncertain", 0)) for _, (_, value) in records.items())
+
+
+async def _check(
+    nc: Any, b: bus.Buckets, sent: Sent, tg: FakeTelegram, vk: FakeVk, wa: FakeWhatsApp, smtp: SmtpSink
+) -> dict[str, Any]:
+    js = nc.jetstream()
+    seen: Counter[str] = Counter()
+    replies: Counter[str] = Counter()
+    open_twice = sum(1 for rec in await _client_records(nc) if len(rec.open_sessions) > 1)
+    for _, data in await bus.read_subject(js, subjects.STREAM_HIST, subjects.history_all(), limit=10_000_000):
+        h = msgspec.json.decode(data, type=HistoryEntry)
+        if h.direction == "in":
+            seen[h.text.strip().splitlines()[-1] if h.text.strip() else ""] += 1  # a mail's text starts with its subject
+    for channel in ("webchat", "telegram", "vk", "whatsapp", "email"):
+        for _, data in await bus.read_subject(js, subjects.STREAM_OUT, subjects.outbound_channel(channel), limit=10_000_000):
+            replies[msgspec.json.decode(data, type=Outbound).id] += 1
+    at_peers = _peer_texts(tg, vk, wa, smtp, sent)
+    leads = await bus.kv_entries(js, subjects.KV_CRM_LEADS)
+    per_client: Counter[str] = Counter()
+    for _, (_, value) in leads.items():
+        lead = json.loads(value)
+        if isinstance(lead, dict):
+            per_client["|".join(lead.get("im") or [lead.get("name", "")])] += 1  # the client's channel identity
+    sessions = await bus.kv_entries(js, subjects.KV_SESSIONS)
+    closed = sum(1 for k, (_, v) in sessions.items() if b'"status":"closed"' in v)
+    return {
+        "messages_sent": len(sent.texts),
+        "by_channel": {
+            "webchat": len(sent.texts)
+            - len(sent.telegram_chats)
+            - len(sent.vk_peers)
+            - len(sent.whatsapp_clients)
+            - len(sent.mail_senders),
+            "telegram": len(sent.telegram_chats),
+            "vk": len(sent.vk_peers),
+            "whatsapp": len(sent.whatsapp_clients),
+            "email": len(sent.mail_senders),
+        },
+        "messages_lost": sum(1 for text in sent.texts if seen[text] == 0),
+        "delivered_to_operator_twice": sum(1 for text in sent.texts if seen[text] > 1),
+        "replies_doubled": sum(1 for n in replies.values() if n > 1),
+        "replies_lost_at_peers": sum(1 for got in at_peers.values() if got[ANSWER] == 0),
+        "replies_doubled_at_peers": sum(
+            1 for chat, got in at_peers.items() for n in got.values() if n > 1 and not chat.startswith(("tg:", "wa:"))
+        ),
+        # The Bot API has no idempotency key: a Telegram gateway killed between Telegram accepting a
+        # message and recording it resends it and counts the resend. Every double must be such a one.
+        "telegram_doubled": sum(1 for chat, got in at_peers.items() for n in got.values() if n > 1 and chat.startswith("tg:")),
+        "telegram_resends_after_a_kill_mid_send": await _uncertain(js, subjects.KV_TELEGRAM_SENT),
+        # Nor has the Cloud API: the same holds for WhatsApp.
+        "whatsapp_doubled": sum(1 for chat, got in at_peers.items() for n in got.values() if n > 1 and chat.startswith("wa:")),
+        "whatsapp_resends_after_a_kill_mid_send": await _uncertain(js, subjects.KV_WHATSAPP_SENT),
+        "clients_with_more_than_one_open_session": open_twice,
+        "crm_leads": len(leads),
+        "duplicate_crm_leads": sum(n - 1 for n in per_client.values() if n > 1),
+        "sessions_closed": closed,
+    }
