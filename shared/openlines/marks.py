@@ -48,6 +48,38 @@ async def publish_mark(
     )
 
 
+async def publish_delivery_failed(
+    js: JetStreamContext,
+    *,
+    channel: str,
+    session_id: str,
+    message_id: str,
+    account: str,
+    chat_id: str,
+    reason: str,
+    operator_id: str = "",
+    event_id: str = "",
+    timeout: float = 5.0,
+) -> datetime:
+    """The ``delivery_failed`` event alone (id ``delivery_failed:<message id>`` unless given); when it happened."""
+    evt = SessionEvent(
+        id=event_id or f"delivery_failed:{message_id}",
+        kind="delivery_failed",
+        at=utcnow(),
+        session_id=session_id,
+        channel=channel,
+        account=account,
+        chat_id=chat_id,
+        operator_id=operator_id,
+        reason=reason[:1000],
+    )
+    await asyncio.wait_for(
+        js.publish(subjects.event(evt.kind), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: evt.id}),
+        timeout=timeout,
+    )
+    return evt.at
+
+
 async def report_failed(
     js: JetStreamContext,
     *,
@@ -67,19 +99,16 @@ async def report_failed(
     operator sees under their message ("Not delivered - <reason>"). Both ids are
     deterministic, so a retry after a crash between the two stores neither twice.
     """
-    evt = SessionEvent(
-        id=event_id or f"delivery_failed:{message_id}",
-        kind="delivery_failed",
-        at=utcnow(),
-        session_id=session_id,
+    at = await publish_delivery_failed(
+        js,
         channel=channel,
+        session_id=session_id,
+        message_id=message_id,
         account=account,
         chat_id=chat_id,
+        reason=reason,
         operator_id=operator_id,
-        reason=reason[:1000],
-    )
-    await asyncio.wait_for(
-        js.publish(subjects.event(evt.kind), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: evt.id}),
+        event_id=event_id,
         timeout=timeout,
     )
     if session_id:
@@ -89,7 +118,7 @@ async def report_failed(
             session_id=session_id,
             message_id=message_id,
             status="failed",
-            at=evt.at,
+            at=at,
             account=account,
             reason=reason,
             timeout=timeout,

@@ -7,13 +7,12 @@ again, or a send retried after a crash, stores nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 
 from nats.js import JetStreamContext
 
-from openlines import marks, subjects
-from openlines.envelopes import MSG_ID_HEADER, MarkStatus, SessionEvent, encode, utcnow
+from openlines import marks
+from openlines.envelopes import MarkStatus
 
 CHANNEL = "whatsapp"
 
@@ -48,18 +47,13 @@ async def publish_failed(
     js: JetStreamContext, *, session_id: str, message_id: str, account: str, chat_id: str, reason: str, timeout: float = 5.0
 ) -> None:
     """``delivery_failed`` on ``ol.evt.delivery_failed`` (id ``delivery_failed:<outbound id>``)."""
-    event_id = f"delivery_failed:{message_id}"
-    evt = SessionEvent(
-        id=event_id,
-        kind="delivery_failed",
-        at=utcnow(),
-        session_id=session_id,
+    await marks.publish_delivery_failed(
+        js,
         channel=CHANNEL,
+        session_id=session_id,
+        message_id=message_id,
         account=account,
         chat_id=chat_id,
-        reason=reason[:1000],
-    )
-    await asyncio.wait_for(
-        js.publish(subjects.event("delivery_failed"), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: event_id}),
+        reason=reason,
         timeout=timeout,
     )
