@@ -282,24 +282,32 @@
     document.title = flash.on ? flash.text : state.title;
   }
 
+  // A chat in a list (My chats or a view): its item, the name row with the client's initials, and channel and line.
+  function chatItem(chat, testid) {
+    const li = node("li", "chat-item");
+    li.dataset.testid = testid;
+    li.dataset.sessionId = chat.id;
+    li.dataset.status = chat.status;
+    li.tabIndex = 0;
+    li.setAttribute("role", "button");
+    if (chat.id === state.selected) li.classList.add("selected");
+    const top = node("div", "row");
+    const face = node("span", "avatar", initials(clientName(chat)));
+    face.setAttribute("aria-hidden", "true");
+    face.dataset.testid = "chat-avatar";
+    top.append(face, node("span", "name", clientName(chat)));
+    const mid = node("div", "row small");
+    mid.append(node("span", `badge ch-${chat.channel}`, chat.channel), node("span", "line", chat.line_name || chat.line_id));
+    return { li, top, mid };
+  }
+
   function renderList() {
     const chats = Array.from(state.chats.values()).sort((a, b) => Date.parse(a.opened_at) - Date.parse(b.opened_at));
     el.list.replaceChildren();
     for (const chat of chats) {
-      const li = node("li", "chat-item");
-      li.dataset.testid = "chat-item";
-      li.dataset.sessionId = chat.id;
-      li.dataset.status = chat.status;
-      li.tabIndex = 0;
-      li.setAttribute("role", "button");
-      if (chat.id === state.selected) li.classList.add("selected");
+      const { li, top, mid } = chatItem(chat, "chat-item");
       if (chat.pinned) li.classList.add("pinned");
       if (state.newChats.has(chat.id)) li.classList.add("new");
-      const top = node("div", "row");
-      const face = node("span", "avatar", initials(clientName(chat)));
-      face.setAttribute("aria-hidden", "true");
-      face.dataset.testid = "chat-avatar";
-      top.append(face, node("span", "name", clientName(chat)));
       if (chat.pinned) {
         const pin = node("span", "pin-mark", "pinned");
         pin.dataset.testid = "chat-pinned";
@@ -311,8 +319,6 @@
         badge.dataset.testid = "unread";
         top.append(badge);
       }
-      const mid = node("div", "row small");
-      mid.append(node("span", `badge ch-${chat.channel}`, chat.channel), node("span", "line", chat.line_name || chat.line_id));
       const bottom = node("div", "row small");
       const st = node("span", `st st-${chat.status}`, STATUS_LABEL[chat.status] || chat.status);
       st.dataset.testid = "chat-status";
@@ -1140,20 +1146,7 @@
   function renderViewList(chats) {
     el.viewList.replaceChildren();
     for (const chat of chats) {
-      const li = node("li", "chat-item");
-      li.dataset.testid = "view-item";
-      li.dataset.sessionId = chat.id;
-      li.dataset.status = chat.status;
-      li.tabIndex = 0;
-      li.setAttribute("role", "button");
-      if (chat.id === state.selected) li.classList.add("selected");
-      const top = node("div", "row");
-      const face = node("span", "avatar", initials(clientName(chat)));
-      face.setAttribute("aria-hidden", "true");
-      face.dataset.testid = "chat-avatar";
-      top.append(face, node("span", "name", clientName(chat)));
-      const mid = node("div", "row small");
-      mid.append(node("span", `badge ch-${chat.channel}`, chat.channel), node("span", "line", chat.line_name || chat.line_id));
+      const { li, top, mid } = chatItem(chat, "view-item");
       const bottom = node("div", "row small");
       const st = node("span", `st st-${chat.status}`, STATUS_LABEL[chat.status] || chat.status);
       st.dataset.testid = "view-status";
