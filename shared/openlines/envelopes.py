@@ -201,6 +201,13 @@ class Typing(msgspec.Struct, kw_only=True, omit_defaults=True):
     operator_name: str = ""  # out: who is typing, as the client may see it
 
 
+class QueuePlace(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A waiting client's place in the queue, on ``ol.queue.<channel>.<account>.<chat key>`` (core NATS, not stored)."""
+
+    chat_id: str  # whose place (the subject carries only the chat's key)
+    place: int = 0  # 1 = next to be answered; 0 = no longer waiting
+
+
 class SessionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Session lifecycle and other facts, on ``ol.evt.<kind>``."""
 

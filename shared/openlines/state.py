@@ -115,6 +115,10 @@ class QueuedChat(msgspec.Struct, kw_only=True, frozen=True):
     session_id: str
     since: float  # epoch seconds the chat started waiting; the line's queue is ordered by it
     line_id: str = ""
+    # where the client writes from: a channel that shows the queue live (the widget) is told its place
+    channel: str = ""
+    account: str = ""
+    chat_id: str = ""
 
 
 def waiting_key(line_id: str, session_id: str) -> str:

@@ -69,6 +69,7 @@ EVT_ROOT = "ol.evt"
 HIST_ROOT = "ol.hist"
 TIMER_ROOT = "ol.timer"
 MARK_ROOT = "ol.mark"
+QUEUE_ROOT = "ol.queue"  # core NATS, never stored: a waiting client's place in the queue, told as it changes
 TYPING_ROOT = "ol.typing"  # core NATS, never stored: "is typing" is worth nothing a few seconds later
 CMD_ROOT = "ol.cmd"
 
@@ -218,6 +219,15 @@ def typing_out(channel: str, account: str, chat: str) -> str:
 
 def typing_out_channel(channel: str) -> str:
     return f"{TYPING_ROOT}.out.{token(channel, 'channel')}.>"
+
+
+def queue_place(channel: str, account: str, chat: str) -> str:
+    """A waiting client's place in its line's queue (``chat`` is a :func:`chat_key`); the router tells, the gateway shows it."""
+    return f"{QUEUE_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}.{token(chat, 'chat')}"
+
+
+def queue_place_channel(channel: str) -> str:
+    return f"{QUEUE_ROOT}.{token(channel, 'channel')}.>"
 
 
 def command(name: str) -> str:

@@ -291,6 +291,9 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     # "is typing" to a client, as if an operator wrote: only the desk says it
     "publish_typing_out": ("ol.typing.out.webchat.demo.c1", _publish("ol.typing.out.webchat.demo.c1")),
     "listen_typing_in": ("ol.typing.in.>", _subscribe("ol.typing.in.>")),
+    # a visitor's place in the queue: only the router tells it, and a gateway hears only its own channel's
+    "publish_queue_place": ("ol.queue.webchat.demo.c1", _publish("ol.queue.webchat.demo.c1")),
+    "listen_queue_places": ("ol.queue.>", _subscribe("ol.queue.>")),
     "publish_out": ("ol.out.webchat.demo.x", _publish("ol.out.webchat.demo.x")),
     "publish_history": ("ol.hist.s1", _publish("ol.hist.s1")),
     "publish_session_event": ("ol.evt.session_closed", _publish("ol.evt.session_closed")),
@@ -343,6 +346,7 @@ FORBIDDEN: dict[str, list[str]] = {
         *EVERYONE_REFUSED,
         "publish_typing_out",
         "listen_typing_in",
+        "listen_queue_places",
         "write_desk_tokens",
         "write_desk_presence",  # it reads the desk replicas' heartbeats, never writes one
         "write_desk_stats",
@@ -364,6 +368,8 @@ FORBIDDEN: dict[str, list[str]] = {
     "desk": [
         *EVERYONE_REFUSED,
         "publish_in_webchat",
+        "publish_queue_place",
+        "listen_queue_places",
         "publish_out",
         "publish_history",
         "publish_session_event",
@@ -379,6 +385,8 @@ FORBIDDEN: dict[str, list[str]] = {
         *EVERYONE_REFUSED,
         "publish_typing_out",
         "listen_typing_in",
+        "publish_queue_place",
+        "listen_queue_places",
         "write_desk_tokens",
         "write_desk_stats",
         "publish_in_email",
@@ -402,6 +410,8 @@ for _gateway, _channel in GATEWAYS.items():
         *EVERYONE_REFUSED,
         "publish_typing_out",  # a gateway tells of its clients typing, never of an operator
         "listen_typing_in",
+        "publish_queue_place",  # only the router knows the queue
+        "listen_queue_places",  # the webchat gateway hears only ol.queue.webchat.>
         "write_desk_tokens",
         "write_desk_stats",
         *(f"publish_in_{other}" for other in GATEWAYS.values() if other != _channel),

@@ -201,6 +201,8 @@ class WebchatHttp:
                 sock.send(frame(type="error", code="unavailable", detail="history not available, reconnecting"))
                 sock.close(CLOSE_TRY_LATER, "try again later")
                 return ws
+            if place := self.hub.place(sock.chat):
+                sock.send(frame(type="queue", place=place))  # still waiting: where, as last told
             await self._read(sock)
             return ws
         finally:

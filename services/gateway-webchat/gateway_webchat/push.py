@@ -242,6 +242,8 @@ class Hub:
         # (chat, reply id) -> its session, for the replies this replica showed: a visitor's "read" names
         # reply ids, and only those of its own chat can become a read mark. Oldest forgotten first.
         self._replies: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+        # chat -> its place in the queue as last told, shown again to a socket that (re)connects
+        self._places: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     def add(self, sock: Socket) -> None:
         group = self._by_chat.get(sock.chat)
@@ -281,6 +283,18 @@ class Hub:
     def reply_session(self, chat: str, out_id: str) -> str:
         """The session of a reply shown to this chat, "" when it is none of its replies (or long forgotten)."""
         return self._replies.get((chat, out_id), "")
+
+    def tell_place(self, chat: str, place: int) -> int:
+        """A waiting visitor's place in the queue (0: no longer waiting), kept for sockets that connect later."""
+        self._places.pop(chat, None)
+        if place > 0:
+            self._places[chat] = place
+            while len(self._places) > REMEMBERED_REPLIES:
+                self._places.popitem(last=False)
+        return self.tell(chat, frame(type="queue", place=place))
+
+    def place(self, chat: str) -> int:
+        return self._places.get(chat, 0)
 
     def tell(self, chat: str, data: str) -> int:
         """A frame for every socket of one visitor chat (not a reply: no seq); how many got it."""

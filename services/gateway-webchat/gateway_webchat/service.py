@@ -18,10 +18,11 @@ from gateway_webchat.normalise import CHANNEL
 from gateway_webchat.push import Hub, OutboundConsumer, frame
 from gateway_webchat.settings import Settings
 from openlines import subjects
-from openlines.envelopes import Typing
+from openlines.envelopes import QueuePlace, Typing
 from openlines.runner import Service
 
 _typing = msgspec.json.Decoder(Typing)
+_place = msgspec.json.Decoder(QueuePlace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,19 @@ async def setup(svc: Service[Settings]) -> None:
         hub.tell(msg.subject.rsplit(".", 1)[-1], frame(type="typing", operator=typing.operator_name[:100]))
 
     await svc.nc.subscribe(subjects.typing_out_channel(CHANNEL), cb=operator_typing)
+
+    async def queue_place(msg: Msg) -> None:
+        # ol.queue.webchat.<account>.<chat key>: a waiting visitor's place, from the router
+        try:
+            told = _place.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        key = msg.subject.rsplit(".", 1)[-1]
+        account = msg.subject.split(".")[-2]
+        if subjects.chat_key(CHANNEL, account, told.chat_id) == key and 0 <= told.place < 2**31:
+            hub.tell_place(key, told.place)
+
+    await svc.nc.subscribe(subjects.queue_place_channel(CHANNEL), cb=queue_place)
     # Serve sockets only once the bound accounts are known; a slow start is
     # still served, with /readyz and a 1013 "reconnect shortly" until then.
     with contextlib.suppress(TimeoutError):

@@ -12,6 +12,7 @@ from router.engine import Engine
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
 from router.partitions import Partitions
+from router.places import QueuePlaces
 from router.presence import DeskReaper
 from router.settings import Settings
 from router.sla import SlaWatch
@@ -30,6 +31,12 @@ async def setup(svc: Service[Settings]) -> None:
     svc.spawn(operators.run(), "operators-watch")
     waiting = Waiting(svc.js)
     svc.spawn(waiting.run(), "waiting-watch")
+
+    def tells_places(line_id: str) -> bool:
+        line = lines.lines.get(line_id)
+        return line is not None and line.queue.tell_position
+
+    waiting.on_change = QueuePlaces(svc.nc, waiting, tells_places).changed
     await asyncio.wait_for(waiting.loaded.wait(), timeout=60)
     moved = await move_old_queues(buckets.sessions, waiting, list(lines.lines))
     if moved:

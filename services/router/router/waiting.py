@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.msg import Msg
@@ -57,6 +58,8 @@ class Waiting:
         self._seen = 0  # highest stream sequence the watch delivered
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (sequence, woken when the watch reaches it)
         self.loaded = asyncio.Event()
+        # told after each write of ours: (line, the chat that left or None); see router.places
+        self.on_change: Callable[[str, QueuedChat | None], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------ reading
 
@@ -67,6 +70,10 @@ class Waiting:
     def position(self, line_id: str, session_id: str) -> int:
         line = self._lines.get(line_id)
         return line.position(session_id) if line is not None else 0
+
+    def first(self, line_id: str, n: int) -> list[QueuedChat]:
+        line = self._lines.get(line_id)
+        return list(line.first(n)) if line is not None else []
 
     def count(self, line_id: str) -> int:
         line = self._lines.get(line_id)
@@ -93,16 +100,22 @@ class Waiting:
 
     # ------------------------------------------------------------ writing
 
-    async def add(self, line_id: str, session_id: str, since: float) -> None:
+    async def add(
+        self, line_id: str, session_id: str, since: float, *, channel: str = "", account: str = "", chat_id: str = ""
+    ) -> None:
         """Put a chat in its line's queue (again: it keeps its place, ``since`` being when it first waited)."""
-        chat = QueuedChat(session_id=session_id, since=since, line_id=line_id)
+        chat = QueuedChat(session_id=session_id, since=since, line_id=line_id, channel=channel, account=account, chat_id=chat_id)
         key = waiting_key(line_id, session_id)
         ack = await self.js.publish(self._prefix + key, msgspec.json.encode(chat), stream=self._stream)
         self._put(key, chat, ack.seq)
+        if self.on_change is not None:
+            await self.on_change(line_id, None)
 
     async def remove(self, line_id: str, session_id: str) -> None:
         """Take a chat out of its line's queue (nothing happens when it was not there)."""
         key = waiting_key(line_id, session_id)
+        line = self._lines.get(line_id)
+        left = line.get(session_id) if line is not None else None
         ack = await self.js.publish(
             self._prefix + key,
             b"",
@@ -111,6 +124,8 @@ class Waiting:
             msg_ttl=MARKER_TTL,
         )
         self._drop(key, line_id, session_id, ack.seq)
+        if self.on_change is not None and left is not None:
+            await self.on_change(line_id, left)
 
     # ------------------------------------------------------------ the watch
 

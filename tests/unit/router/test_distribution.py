@@ -90,6 +90,7 @@ def test_waiting_queue_is_fifo_by_since_and_holds_each_chat_once(ops: list[tuple
     expected = sorted(model, key=lambda s: (model[s], s))
     assert [c.session_id for c in q] == expected
     assert len(q) == len(expected)
+    assert [c.session_id for c in q.first(3)] == expected[:3]  # the front, told their places live
     head = q.head()
     assert (head.session_id if head else None) == (expected[0] if expected else None)
     for i, sid in enumerate(expected, 1):

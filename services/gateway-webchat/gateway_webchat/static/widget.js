@@ -20,6 +20,8 @@
   var awayGreeting = script.getAttribute("data-away-greeting") ||
     "Our team is away right now. Leave a message and we will answer as soon as we are back.";
   var sound = script.getAttribute("data-sound") !== "off";
+  // "{place}" is replaced by the visitor's place in the queue (told only when the line tells places)
+  var queueText = script.getAttribute("data-queue-text") || "You are number {place} in the queue. Thank you for waiting.";
   function words(attr) { return (script.getAttribute(attr) || "").toLowerCase().split(/[\s,]+/).filter(Boolean); }
   var prechat = words("data-prechat").filter(function (f) { return f === "name" || f === "email" || f === "phone"; });
   var prechatRequired = words("data-prechat-required");
@@ -107,6 +109,7 @@
     ".retry{border:1px solid #b91c1c;background:#fff;color:#b91c1c;border-radius:6px;font-size:11px;padding:1px 8px;cursor:pointer}",
     ".notice{font-size:12px;color:#b91c1c;padding:4px 12px;background:#fef2f2}.notice:empty{display:none}",
     ".typing{font-size:12px;color:#6b7280;padding:2px 14px;background:#f3f4f6;font-style:italic}.typing[hidden]{display:none}",
+    ".queue{font-size:12px;color:#374151;padding:4px 14px;background:#fef3c7;border-top:1px solid #fde68a}.queue[hidden]{display:none}",
     "form{display:flex;gap:8px;padding:10px 12px;border-top:1px solid #e5e7eb;background:#fff;align-items:flex-end}",
     "textarea{flex:1;resize:none;border:1px solid #d1d5db;border-radius:10px;padding:9px 10px;font-size:14px;",
     "max-height:120px;min-height:40px;line-height:1.35}",
@@ -153,6 +156,7 @@
     '<div class="chat" id="ol-chat">' +
     '<div class="namebar"><label for="ol-name">Your name</label><input id="ol-name" data-testid="ol-name" type="text" maxlength="100" autocomplete="name" placeholder="optional"></div>' +
     '<div class="log" id="ol-log" data-testid="ol-log" role="log" aria-live="polite" aria-relevant="additions"><div class="greet" id="ol-greet"></div></div>' +
+    '<div class="queue" id="ol-queue" data-testid="ol-queue" role="status" aria-live="polite" hidden></div>' +
     '<div class="typing" id="ol-typing" data-testid="ol-typing" hidden></div>' +
     '<div class="notice" id="ol-notice" data-testid="ol-notice" role="status"></div>' +
     '<div class="emojis" id="ol-emojis" data-testid="ol-emojis" role="group" aria-label="Emoji" hidden></div>' +
@@ -171,7 +175,7 @@
     log: $("ol-log"), greet: $("ol-greet"), notice: $("ol-notice"), form: $("ol-form"),
     input: $("ol-input"), send: $("ol-send"), file: $("ol-file"),
     agent: $("ol-agent"), avatar: $("ol-avatar"), agentName: $("ol-agent-name"), emoji: $("ol-emoji"), emojis: $("ol-emojis"),
-    prechat: $("ol-prechat"), chat: $("ol-chat"), typing: $("ol-typing")
+    prechat: $("ol-prechat"), chat: $("ol-chat"), typing: $("ol-typing"), queue: $("ol-queue")
   };
   el.title.textContent = title;
   el.greet.textContent = greeting;
@@ -450,7 +454,7 @@
       var previous = latestRating();
       state.items.push(item);
       state.lastSeq = f.seq;
-      if (f.operator && !f.auto) { state.operator = f.operator; renderAgent(); }
+      if (f.operator && !f.auto) { state.operator = f.operator; renderAgent(); showPlace(0); }
       showTyping(null);  // the reply is here
       save();
       if (previous && item.rating) render(previous);  // an older request loses its buttons
@@ -461,6 +465,8 @@
       reportRead();
     } else if (f.type === "typing") {
       showTyping(f.operator);
+    } else if (f.type === "queue") {
+      showPlace(f.place);
     } else if (f.type === "error") {
       var failed = f.id ? find("out", f.id) : null;
       if (f.code === "token_expired" && f.renewable && ws) {
@@ -726,6 +732,14 @@
       var first = el.prechat.querySelector("input");
       if (first) first.focus();
     }
+  }
+
+  // ---- the queue: "You are number 3 in the queue" while waiting, as the router tells it ----
+  function showPlace(place) {
+    var n = Math.floor(Number(place) || 0);
+    el.queue.hidden = n < 1;
+    el.queue.textContent = n < 1 ? "" : queueText.split("{place}").join(String(n));
+    host.setAttribute("data-queue-place", String(Math.max(0, n)));
   }
 
   // ---- typing: "Anna is typing…" for a few seconds after the desk says so; ours at most every 3 s ----

@@ -49,6 +49,13 @@ class WaitingLine:
         self._order.remove(chat)
         return True
 
+    def get(self, session_id: str) -> QueuedChat | None:
+        return self._chats.get(session_id)
+
+    def first(self, n: int) -> Iterator[QueuedChat]:
+        """The ``n`` chats waiting longest, oldest first (O(n), whatever the queue's length)."""
+        return iter(list(self._order.islice(0, n)))
+
     def head(self) -> QueuedChat | None:
         """The chat waiting longest, or None."""
         return self._order[0] if self._order else None

@@ -176,7 +176,14 @@ class Part:
 
     async def _enqueue(self, line_id: str, session: Session) -> None:
         """Into the line's queue, at the place it first started waiting."""
-        await self.waiting.add(line_id, session.id, session.opened_at.timestamp())
+        await self.waiting.add(
+            line_id,
+            session.id,
+            session.opened_at.timestamp(),
+            channel=session.channel,
+            account=session.account,
+            chat_id=session.chat_id,
+        )
 
     async def _dequeue(self, line_id: str, sid: str) -> None:
         await self.waiting.remove(line_id, sid)
