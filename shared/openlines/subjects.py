@@ -32,6 +32,7 @@ KV_ROUTER = "ol-router"  # router replicas: membership and partition leases (cre
 
 # Buckets a service owns and creates itself (with its own TTLs), not part of the bootstrap.
 KV_TELEGRAM_SENT = "ol-tg-sent"  # gateway-telegram: delivered outbound ids
+KV_VK_SENT = "ol-vk-sent"  # gateway-vk: replies sent and not yet read, per dialog (read marks)
 KV_WHATSAPP_SENT = "ol-wa-sent"  # gateway-whatsapp: what was sent of each outbound message (recorded before each send)
 OBJ_WHATSAPP_FILES = "ol-wa-files"  # gateway-whatsapp: media clients send, fetched from the Cloud API (object store)
 KV_EMAIL_STATE = "ol-email"  # gateway-email: IMAP cursors, chat threading, sent records

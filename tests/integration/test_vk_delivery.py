@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import wait_for
 from peers.vk_api import FakeVk
 from support import marks_of
-from vk_support import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, failures, fake_vk, running_gateway
+from vk_support import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, failures, fake_vk, running_gateway, sender
 
 from gateway_vk.core.outbound import random_id
 from gateway_vk.service import VK
@@ -145,3 +146,58 @@ async def test_an_operator_typing_sets_typing_in_the_clients_dialog_and_a_forged
         await operator_types("1001", "1001")
         await wait_for(lambda: vk.activities, what="messages.setActivity")
         assert vk.activities == [(GROUP_ID, 1001, "typing")]
+
+
+async def test_a_client_reading_the_dialog_marks_our_replies_up_to_that_message_read(
+    nats_server: Any, nc: Any, vk: FakeVk
+) -> None:
+    import aiohttp
+
+    from gateway_vk.reads import Unread, dialog_key
+
+    async with running_gateway(nats_server.url, vk.url) as gw, aiohttp.ClientSession() as http:
+        await put(nc, reply("out:s-1:r1", 1001, "Your order is packed"))
+        await put(nc, reply("out:s-1:r2", 1001, "It ships today"))
+        kv = await nc.jetstream().key_value(subjects.KV_VK_SENT)
+
+        async def remembered() -> Unread | None:
+            try:
+                got = msgspec.json.decode((await kv.get(dialog_key(ACCOUNT, 1001))).value or b"{}", type=Unread)
+            except Exception:
+                return None
+            return got if len(got.replies) == 2 else None
+
+        await wait_for(remembered, what="both replies remembered as unread")
+        first, second = sorted(vk.sent_to(1001), key=lambda s: s.message_id)
+        assert (first.message, second.message) == ("Your order is packed", "It ships today")
+        cb = sender(http, gw)
+
+        async def read_marks() -> list[tuple[str, str]]:
+            return [(m.message_id, m.status) for m in await marks_of(nc, "s-1") if m.status == "read"]
+
+        # The client reads the first reply only: only it is marked read.
+        assert await cb.post(cb.message_read(1001, first.message_id)) == (200, "ok")
+        assert await wait_for(read_marks, what="first reply read") == [("out:s-1:r1", "read")]
+        # A forged callback (wrong secret) marks nothing.
+        forged = cb.message_read(1001, second.message_id)
+        forged["secret"] = "not-the-secret"
+        status, _ = await cb.post(forged)
+        assert status in (401, 403)
+        # Then the whole dialog, twice (VK retried the callback): the second reply once, nothing twice.
+        again = cb.message_read(1001, second.message_id + 5, event_id="e-read-2")
+        assert await cb.post(again) == (200, "ok")
+        assert await cb.post(again, retry=1) == (200, "ok")
+        assert await wait_for(lambda: _two(read_marks()), what="second reply read") == [
+            ("out:s-1:r1", "read"),
+            ("out:s-1:r2", "read"),
+        ]
+        # Another dialog's reading marks nothing of this one; a malformed object is answered "ok" and ignored.
+        assert await cb.post(cb.message_read(2002, second.message_id)) == (200, "ok")
+        assert await cb.post(cb.event("message_read", {"peer_id": "1001", "read_message_id": None})) == (200, "ok")
+        assert await read_marks() == [("out:s-1:r1", "read"), ("out:s-1:r2", "read")]
+        assert (await remembered()) is None  # nothing left to mark in this dialog
+
+
+async def _two(coro: Any) -> Any:
+    got = await coro
+    return got if len(got) >= 2 else None

@@ -448,6 +448,12 @@ class CallbackSender:
         client_info = {"button_actions": ["text"], "keyboard": True, "inline_keyboard": True, "carousel": True, "lang_id": 0}
         return self.event("message_new", {"message": message, "client_info": client_info}, event_id=event_id)
 
+    def message_read(self, peer_id: int, read_message_id: int, *, event_id: str | None = None) -> dict[str, Any]:
+        """The client read the community's dialog up to a message (VK: ``from_id``, ``peer_id``,
+        ``read_message_id``, ``conversation_message_id``)."""
+        obj = {"from_id": peer_id, "peer_id": peer_id, "read_message_id": read_message_id, "conversation_message_id": 0}
+        return self.event("message_read", obj, event_id=event_id)
+
     def confirmation(self, *, with_secret: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {"type": "confirmation", "group_id": self.group_id}
         if with_secret:

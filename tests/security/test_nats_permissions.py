@@ -314,6 +314,8 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "write_sessions": ("$KV.ol-sessions.s1", _publish("$KV.ol-sessions.s1")),
     "write_operators": ("$KV.ol-operators.anna", _publish("$KV.ol-operators.anna")),
     "write_crm_links": ("$KV.ol-crm-links.c1", _publish("$KV.ol-crm-links.c1")),
+    # VK's sent-and-unread replies: a forged entry would mark another operator's reply read
+    "write_vk_sent": ("$KV.ol-vk-sent.shop.1001", _publish("$KV.ol-vk-sent.shop.1001")),
     "write_sla": ("$KV.ol-sla.s1", _publish("$KV.ol-sla.s1")),
     "read_history_by_consumer": (f"{J}.CONSUMER.CREATE.OL_HIST.evil", _read_history_as_another_consumer),
     "write_desk_files": ("$O.ol-desk-files.C.x", _publish("$O.ol-desk-files.C.x")),
@@ -347,6 +349,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "publish_typing_out",
         "listen_typing_in",
         "listen_queue_places",
+        "write_vk_sent",
         "write_desk_tokens",
         "write_desk_presence",  # it reads the desk replicas' heartbeats, never writes one
         "write_desk_stats",
@@ -370,6 +373,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "publish_in_webchat",
         "publish_queue_place",
         "listen_queue_places",
+        "write_vk_sent",
         "publish_out",
         "publish_history",
         "publish_session_event",
@@ -387,6 +391,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "listen_typing_in",
         "publish_queue_place",
         "listen_queue_places",
+        "write_vk_sent",
         "write_desk_tokens",
         "write_desk_stats",
         "publish_in_email",
@@ -412,6 +417,7 @@ for _gateway, _channel in GATEWAYS.items():
         "listen_typing_in",
         "publish_queue_place",  # only the router knows the queue
         "listen_queue_places",  # the webchat gateway hears only ol.queue.webchat.>
+        *(["write_vk_sent"] if _channel != "vk" else []),
         "write_desk_tokens",
         "write_desk_stats",
         *(f"publish_in_{other}" for other in GATEWAYS.values() if other != _channel),

@@ -31,6 +31,7 @@ from gateway_vk.core.outbound import random_id, split_text
 from gateway_vk.media import Media, Refused
 from gateway_vk.media import Unavailable as MediaUnavailable
 from gateway_vk.normalise import CHANNEL
+from gateway_vk.reads import Reads, SentReply
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 from openlines import marks, subjects
@@ -56,11 +57,14 @@ MAX_ATTACHMENTS = 10  # messages.send takes at most 10 attachments
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, js: JetStreamContext, apis: dict[str, CommunityApi], media: Media) -> None:
+    def __init__(
+        self, settings: Settings, js: JetStreamContext, apis: dict[str, CommunityApi], media: Media, reads: Reads | None = None
+    ) -> None:
         self.settings = settings
         self.js = js
         self.apis = apis
         self.media = media
+        self.reads = reads  # remembers what VK accepted, to mark it read when the client reads it
         self.stopping = asyncio.Event()
         self._psub: JetStreamContext.PullSubscription | None = None
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -205,11 +209,13 @@ class Deliverer:
             if index == len(parts) - 1 and attachments:
                 values["attachment"] = ",".join(attachments)
             try:
-                await self._call_with_retries(api, values, msg)
+                vk_id = await self._call_with_retries(api, values, msg)
             except Permanent as exc:
                 where = f" (part {index + 1} of {len(parts)})" if len(parts) > 1 else ""
                 raise Permanent(f"{exc}{where}") from None
             metrics.SENT.labels(account).inc()
+            if self.reads is not None and isinstance(vk_id, int) and not isinstance(vk_id, bool) and vk_id > 0:
+                await self.reads.remember(account, peer_id, SentReply(vk_id, out.id, out.session_id, index))
         if left_out:
             # Sent without them: the operator is told which files did not go, and why.
             await self._report(out, account, "sent without " + "; ".join(left_out), msg)
@@ -251,12 +257,12 @@ class Deliverer:
         with contextlib.suppress(Exception):  # the message itself is delivered; a lost report must not resend it
             await self.js.publish(subjects.event("delivery_failed"), encode(event), headers={MSG_ID_HEADER: event.id})
 
-    async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> None:
+    async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> object:
+        """messages.send with retries: what VK answered (the new message's id)."""
         last: Exception | None = None
         for attempt in range(1, self.settings.retry_attempts + 1):
             try:
-                await api.call("messages.send", values)
-                return
+                return await api.call("messages.send", values)
             except VkError as exc:
                 if not exc.retryable:
                     raise Permanent(str(exc)) from None

@@ -35,6 +35,7 @@ from gateway_vk.normalise import (
     to_inbound,
 )
 from gateway_vk.profiles import Profiles
+from gateway_vk.reads import Reads
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 from openlines import admission, bus, subjects
@@ -58,7 +59,9 @@ class CallbackHttp:
         lookups: dict[str, CommunityApi],
         profiles: Profiles,
         media: Media,
+        reads: Reads | None = None,
     ) -> None:
+        self.reads = reads  # message_read -> read marks on the replies it covers
         self.settings = settings
         self.nc = nc
         self.js = js
@@ -109,6 +112,8 @@ class CallbackHttp:
             await self._typing(account, event.object)
             metrics.EVENTS.labels(account, "typing").inc()
             return web.Response(text=OK)
+        if event.type == "message_read":
+            return await self._read_up_to(account, event.object)
         if event.type != "message_new":
             # message_reply / message_edit echo our own sends; read, allow/deny... are not messages.
             metrics.EVENTS.labels(account, "ignored").inc()
@@ -144,6 +149,25 @@ class CallbackHttp:
         chat = subjects.chat_key(CHANNEL, account, str(user))
         with contextlib.suppress(Exception):  # a lost "typing" costs nothing; VK gets its "ok" regardless
             await self.nc.publish(subjects.typing_in(CHANNEL, account, chat), b"{}")
+
+    async def _read_up_to(self, account: str, obj: object) -> web.Response:
+        """The client read the dialog up to a message: our replies up to it get a read mark (reads.py)."""
+        peer = obj.get("peer_id") if isinstance(obj, dict) else None
+        upto = obj.get("read_message_id") if isinstance(obj, dict) else None
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**53 for v in (peer, upto)) or self.reads is None:
+            metrics.EVENTS.labels(account, "ignored").inc()
+            return web.Response(text=OK)
+        assert isinstance(peer, int) and isinstance(upto, int)
+        try:
+            marked = await self.reads.read(account, peer, upto)
+        except Exception as exc:  # marks not stored: VK retries the callback (10 s, 3 min, ...)
+            metrics.EVENTS.labels(account, "unavailable").inc()
+            log.warning("read marks not stored; answering 503", extra={"account": account, "error": repr(exc)[:200]})
+            retry_after = admission.retry_after_header(self.settings.retry_after)
+            return json_error(503, "unavailable", "read marks not stored; retry later", retry_after)
+        metrics.EVENTS.labels(account, "read").inc()
+        log.debug("read marks stored", extra={"channel": CHANNEL, "account": account, "marked": marked})
+        return web.Response(text=OK)
 
     # -- steps ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from gateway_vk.deliver import Deliverer
 from gateway_vk.http import CallbackHttp
 from gateway_vk.media import Media
 from gateway_vk.profiles import Profiles
+from gateway_vk.reads import Reads, open_bucket
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi
 from openlines.runner import Service
@@ -44,9 +45,10 @@ async def setup(svc: Service[Settings]) -> None:
         lookups[account].share_bucket(senders[account])
     profiles = Profiles(ttl=settings.profile_ttl, timeout=settings.profile_timeout)
     media = Media(settings, svc.js)
-    edge = CallbackHttp(settings, svc.nc, svc.js, communities, lookups, profiles, media)
+    reads = Reads(svc.js, await open_bucket(svc.js, ttl=settings.vk_sent_ttl, replicas=settings.replicas))
+    edge = CallbackHttp(settings, svc.nc, svc.js, communities, lookups, profiles, media, reads)
     edge.routes(svc.app)
-    deliverer = Deliverer(settings, svc.js, senders, media)
+    deliverer = Deliverer(settings, svc.js, senders, media, reads)
     svc.app[VK] = Vk(communities=communities, senders=senders, lookups=lookups, edge=edge, deliverer=deliverer)
     svc.spawn(deliverer.run(), name="vk-outbound")
 

@@ -121,6 +121,7 @@ class Settings(BaseSettings, kw_only=True):
     vk_file_timeout: float = 10.0  # seconds to fetch one client file (or upload one operator file)
     vk_upload_max_bytes: int = 50 * 1024 * 1024  # operator files larger than this are not sent
     files_max_age_days: float = 90  # how long clients' files are kept in ol-vk-files (0 = forever)
+    vk_sent_ttl: float = 30 * 24 * 3600.0  # how long a sent reply waits in ol-vk-sent to be marked read
 
     def __post_init__(self) -> None:
         if self.vk_rate <= 0 or self.vk_concurrency < 1:
