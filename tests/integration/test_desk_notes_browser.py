@@ -56,6 +56,15 @@ async def test_a_private_note_mentions_a_colleague_and_a_transfer_comment_reache
         await expect(anna.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "false")  # back to replies
         # Boris is told, though the chat is not his.
         await expect(boris.get_by_test_id("mention")).to_contain_text("mentioned you: Second broken order")
+        # He answers in the chat, which is Anna's, from "All my lines": a note is all he may write there.
+        await boris.get_by_test_id("view-lines").click()
+        await boris.get_by_test_id("view-item").filter(has_text="Carol").click()
+        await expect(boris.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "true")
+        await expect(boris.get_by_test_id("note-toggle")).to_be_disabled()  # no reply to another's client
+        await boris.get_by_test_id("reply-input").fill("Courier checked: the parcel was dropped, @anna")
+        await boris.get_by_test_id("reply-input").press("Enter")
+        await expect(anna.get_by_test_id("transcript-note").filter(has_text="Courier checked")).to_contain_text("Note · Boris")
+        await expect(anna.get_by_test_id("mention")).to_contain_text("mentioned you: Courier checked")
 
         # Then she hands the chat to the line's queue with a word for whoever takes it.
         await anna.get_by_test_id("transfer").click()
@@ -70,9 +79,12 @@ async def test_a_private_note_mentions_a_colleague_and_a_transfer_comment_reache
         assert line.direction == "system" and "Anna Petrova transferred the chat to Customer support" in line.text
     # The client got neither.
     sent = " ".join(o.text for o in await outbound_for(nc, "v-carol"))
-    assert "Second broken order" not in sent and "Wants a refund" not in sent
+    assert "Second broken order" not in sent and "Wants a refund" not in sent and "Courier" not in sent
     notes = [e for e in await history(nc, session_id) if e.note]
-    assert [(n.author_id, n.mentions, n.direction) for n in notes] == [("anna", ["boris"], "system")]
+    assert [(n.author_id, n.mentions, n.direction) for n in notes] == [
+        ("anna", ["boris"], "system"),
+        ("boris", ["anna"], "system"),
+    ]
     assert errors == []
 
 

@@ -48,14 +48,17 @@ async def test_an_operator_takes_from_the_queue_tags_searches_and_filters_and_se
         await expect(items.filter(has_text="Bob Stone")).to_be_visible()
         await expect(page.get_by_test_id("chat-list")).to_be_hidden()
 
-        # Open one: read it, no reply box until it is taken; Take makes it mine.
+        # Open one: read it, only a private note until it is taken; Take makes it mine to answer.
         await items.filter(has_text="Alice Parker").click()
         await expect(page.get_by_test_id("transcript")).to_contain_text("Where is my parcel?")
-        await expect(page.get_by_test_id("reply-input")).to_be_disabled()
+        await expect(page.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "true")
+        await expect(page.get_by_test_id("note-toggle")).to_be_disabled()
         await expect(page.get_by_test_id("close")).to_be_hidden()
         await page.get_by_test_id("take").click()
         await expect(page.get_by_test_id("take")).to_be_hidden()
         await expect(page.get_by_test_id("reply-input")).to_be_enabled()
+        await expect(page.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "false")  # a reply now
+        await expect(page.get_by_test_id("note-toggle")).to_be_enabled()
         await expect(page.get_by_test_id("transcript")).to_contain_text("Taken from the queue by Boris Ivanov")
         await expect(items).to_have_count(1)  # the queue now holds Bob only
         await expect(page.get_by_test_id("new-chat-toast")).to_be_hidden()  # taken, not offered: no alarm
@@ -118,9 +121,10 @@ async def test_an_operator_takes_from_the_queue_tags_searches_and_filters_and_se
         await expect(items).to_have_count(1)
         await expect(items.first).to_contain_text("Alice Parker")
         await expect(items.first).to_contain_text("#delivery")
-        # A closed conversation can still be read and tagged; it stays open while that happens.
+        # A closed conversation can still be read, tagged and annotated (a note, never a reply); it stays open meanwhile.
         await items.first.click()
-        await expect(page.get_by_test_id("reply-input")).to_be_disabled()
+        await expect(page.get_by_test_id("note-toggle")).to_be_disabled()
+        await expect(page.get_by_test_id("note-toggle")).to_have_attribute("aria-pressed", "true")
         await page.get_by_test_id("tag-input").fill("resolved")
         await page.get_by_test_id("tag-input").press("Enter")
         await expect(page.get_by_test_id("transcript")).to_contain_text("Boris Ivanov added the tag resolved")

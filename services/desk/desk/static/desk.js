@@ -383,7 +383,11 @@
     el.pin.textContent = chat.pinned ? "Pinned" : "Pin";
     const canReply = held && (chat.status === "assigned" || chat.status === "answered");
     const free = canReply && windowOpen(chat);
-    el.reply.disabled = el.send.disabled = !free;
+    // A colleague's chat, a waiting or a closed one (opened from a view or a mention): not ours to answer,
+    // but a private note is, as for anyone of its line (the router checks who may).
+    const noteOnly = !canReply;
+    el.reply.disabled = el.send.disabled = !free && !noteOnly;
+    forceNote(noteOnly);
     el.quick.disabled = !free;
     el.attachLabel.disabled = el.attachInput.disabled = !free;
     renderWindow(chat, canReply);
@@ -1496,6 +1500,13 @@
     el.reply.placeholder = on ? "Private note — only colleagues see it; @login tells a colleague" : REPLY_HINT;
   }
   noteToggle.addEventListener("click", () => { setNoteMode(!noteMode); el.reply.focus(); });
+  let noteForced = false;
+  function forceNote(on) {
+    noteToggle.disabled = on;
+    if (on === noteForced) return;
+    noteForced = on;
+    setNoteMode(on);
+  }
 
   // @login in a colleague's note: a toast that opens the conversation.
   function mentioned(frame) {
@@ -1530,7 +1541,7 @@
       const body = { text, client_msg_id: state.pendingReply.id };
       if (ids.length) body.files = ids;
       const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/${asNote ? "note" : "reply"}`, body);
-      if (asNote) setNoteMode(false);
+      if (asNote && !noteForced) setNoteMode(false);
       state.pendingReply = null;
       state.files = state.files.filter((f) => !files.includes(f));
       // Only the box of the chat it was sent to, and only if it still holds what was sent.
