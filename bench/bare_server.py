@@ -1,7 +1,8 @@
 """The bare ceilings: the least an aiohttp server can do for the same job.
 
     python bench/bare_server.py ws-publish PORT NATS_URL   # per WebSocket text frame: one acked publish, then an ack
-    python bench/bare_server.py http-publish PORT NATS_URL # per POST: one acked JetStream publish, then 200
+    python bench/bare_server.py http-publish PORT NATS_URL # per POST (a Telegram update): one acked JetStream publish, then 200
+    python bench/bare_server.py vk-publish PORT NATS_URL   # per POST (a VK Callback API event): one acked publish, then "ok"
     python bench/bare_server.py ws-idle PORT NATS_URL      # accept WebSockets, send a welcome, hold them open
 
 Same wire protocol as the webchat gateway (welcome frame, ``{"type":"ack","id":...,"status":"sent"}``)
@@ -20,7 +21,12 @@ from openlines import subjects
 from openlines.natsauth import NatsAuth
 
 # Which gateway each ceiling stands for: it connects as that gateway's NATS identity.
-IDENTITY = {"ws-publish": "gateway-webchat", "http-publish": "gateway-telegram", "ws-idle": "gateway-webchat"}
+IDENTITY = {
+    "ws-publish": "gateway-webchat",
+    "http-publish": "gateway-telegram",
+    "vk-publish": "gateway-vk",
+    "ws-idle": "gateway-webchat",
+}
 
 _dec = msgspec.json.Decoder()
 _enc = msgspec.json.Encoder()
@@ -69,6 +75,18 @@ async def main_app(mode: str, nats_url: str) -> web.Application:
         )
         return web.json_response({"ok": True})
 
+    async def vk_publish(request: web.Request) -> web.Response:
+        body = await request.read()
+        account = request.match_info["account"]
+        event = _dec.decode(body)
+        await js.publish(
+            subjects.inbound("vk", account, "bare"),
+            body,
+            stream=subjects.STREAM_IN,
+            headers={"Nats-Msg-Id": f"bare:{account}:{event.get('event_id')}"},
+        )
+        return web.Response(text="ok")
+
     async def ws_idle(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -83,6 +101,8 @@ async def main_app(mode: str, nats_url: str) -> web.Application:
         app.router.add_get("/ws/{account}", ws_publish)
     elif mode == "http-publish":
         app.router.add_post("/telegram/{account}", http_publish)
+    elif mode == "vk-publish":
+        app.router.add_post("/vk/{account}", vk_publish)
     elif mode == "ws-idle":
         app.router.add_get("/ws/{account}", ws_idle)
     else:

@@ -27,6 +27,7 @@ from common import machine  # noqa: E402
 
 BENCHES = {
     "p1": "p1_ingest",
+    "p1w": "p1_webhooks",  # the Telegram and VK webhooks
     "p2": "p2_latency",
     "p3": "p3_routing",
     "p4": "p4_sockets",
