@@ -233,13 +233,16 @@ class CallbackHttp:
 
     async def _publish(self, community: Community, key: str, message: VkMessage, retry: str) -> web.StreamResponse:
         account = community.account
-        retry_after = admission.retry_after_header(self.settings.retry_after)
-        unavailable = json_error(503, "unavailable", "message not stored; retry later", retry_after)
+
+        def unavailable() -> web.Response:  # built only when needed: it is on the path of every event
+            retry_after = admission.retry_after_header(self.settings.retry_after)
+            return json_error(503, "unavailable", "message not stored; retry later", retry_after)
+
         # A disconnected client would buffer the publish and we would wait for
         # nothing: fail fast so VK retries (10 s, 3 min, 10 min, ...).
         if self.stopping or not self.nc.is_connected:
             metrics.EVENTS.labels(account, "unavailable").inc()
-            return unavailable
+            return unavailable()
         name = await self.profiles.name(self.lookups[account], message.from_id)
         inbound = to_inbound(account, key, message, name, utcnow())
         if inbound.attachments:
@@ -253,7 +256,7 @@ class CallbackHttp:
                 "publish failed; answering 503 so VK retries",
                 extra={"channel": CHANNEL, "account": account, "msg_id": inbound.id, "error": repr(exc.error or exc.reason)},
             )
-            return unavailable
+            return unavailable()
         duplicate = bool(ack.duplicate)
         metrics.EVENTS.labels(account, "duplicate" if duplicate else "published").inc()
         log.debug(  # hot path: the published counter counts these
