@@ -364,14 +364,20 @@ class ConversationIndex:
     async def find(self, viewer: Viewer, q: Query) -> list[Found]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._find, viewer, q)
 
-    async def previous(self, client_id: str, exclude: str, limit: int) -> list[Session]:
-        """The client's closed conversations, newest first (the client card), from the index: no stream is read."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._previous, client_id, exclude, limit)
+    async def previous(self, client_ids: list[str], exclude: str, limit: int) -> list[Session]:
+        """The client's closed conversations, newest first (the client card), from the index: no stream is read.
 
-    def _previous(self, client_id: str, exclude: str, limit: int) -> list[Session]:
+        ``client_ids``: the client and every client merged into it (decision 024).
+        """
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._previous, client_ids, exclude, limit)
+
+    def _previous(self, client_ids: list[str], exclude: str, limit: int) -> list[Session]:
+        ids = list(dict.fromkeys(client_ids))[:100]
+        marks = ",".join("?" for _ in ids)
         rows = self.db.execute(
-            "SELECT data FROM conv WHERE client_id = ? AND status = 'closed' AND session_id != ? ORDER BY closed_at DESC LIMIT ?",
-            (client_id, exclude, limit),
+            f"SELECT data FROM conv WHERE client_id IN ({marks}) AND status = 'closed' AND session_id != ? "
+            "ORDER BY closed_at DESC LIMIT ?",
+            (*ids, exclude, limit),
         ).fetchall()
         out: list[Session] = []
         for (data,) in rows:
