@@ -25,13 +25,13 @@ HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6Pir
 
 # The demo (anna: operator + supervisor, boris: operator, on "support"), the support line fed by
 # a Telegram bot too, and carl, an operator of another line only.
+WEB = '  { channel = "webchat", account = "demo" },\n]'
+WEB_AND_TG = '  { channel = "webchat", account = "demo" },\n  { channel = "telegram", account = "shopbot" },\n]'
+SOURCES = 'source_ids = { webchat = "OPENLINE" }'
 LINES = (
     EXAMPLE_LINES.read_text()
-    .replace(
-        '  { channel = "webchat", account = "demo" },\n]',
-        '  { channel = "webchat", account = "demo" },\n  { channel = "telegram", account = "shopbot" },\n]',
-    )
-    .replace('source_ids = { webchat = "OPENLINE" }', 'source_ids = { webchat = "OPENLINE", telegram = "TELEGRAM" }')
+    .replace(WEB, WEB_AND_TG)
+    .replace(SOURCES, 'source_ids = { webchat = "OPENLINE", telegram = "TELEGRAM" }')
     + f"""
 [operators.carl]
 name = "Carl Other"
