@@ -250,6 +250,10 @@ async def test_merging_two_clients_keeps_one_with_both_histories_and_one_crm_lin
 
         got = await wait_for(merged_card, what="the card with the Telegram conversation and the CRM note")
         assert got["client"]["id"] == web.client_id and got["client"]["chats"] == 2
+        assert got["client"]["merged_ids"] == [tg.client_id]
+        # The search finds the merged client's conversation under the name the client has now.
+        found = await (await anna.get("/api/conversations", params={"view": "all", "q": "Ozola"})).json()
+        assert {c["id"] for c in found["chats"]} == {tg.id, web.id}
         assert (got["client"]["name"], got["client"]["phone"], got["client"]["email"]) == (
             "M. Ozola",
             "+37126123456",

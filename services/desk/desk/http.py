@@ -215,7 +215,13 @@ class Desk:
             return True
         if entries is not None and any(e.author_id == me for e in entries):
             return True
-        return await holds_client(self.reader, me, session.client_id)
+        if await holds_client(self.reader, me, session.client_id):
+            return True
+        # A conversation of a client merged since into another (decision 024): that client's chat is its context too.
+        record = await client_record(self.reader, session)
+        return (
+            record is not None and record.client_id != session.client_id and await holds_client(self.reader, me, record.client_id)
+        )
 
     def crm_refs(self, link: dict[str, Any]) -> list[dict[str, str]]:
         """The CRM records a client is linked to, each with where to open it."""
@@ -725,6 +731,7 @@ async def api_client(request: web.Request) -> web.StreamResponse:
                 "sessions_total": record.sessions_total if record is not None else 0,
                 "edited": record.edited if record is not None else [],  # fields an operator set (decision 024)
                 "chats": len(record.identities) + 1 if record is not None else 1,  # after merges: the client's chats
+                "merged_ids": record.merged_ids if record is not None else [],  # clients merged into this one
             },
             "crm": crm,
             "previous": [await desk.reader.chat(s) for s in earlier],

@@ -858,11 +858,11 @@
     }
     if (seq !== mergeSeq) return;
     cardEl.mergeError.hidden = true;
-    const mine = state.card.client.id;
+    const mine = new Set([state.card.client.id, ...(state.card.client.merged_ids || [])]);
     const seen = new Set();
     cardEl.results.replaceChildren();
     for (const chat of data.chats) {
-      if (!chat.client_id || chat.client_id === mine || seen.has(chat.client_id)) continue;
+      if (!chat.client_id || mine.has(chat.client_id) || seen.has(chat.client_id)) continue;
       seen.add(chat.client_id);
       const li = node("li");
       const label = `${chat.client_name || "Client"} · ${chat.channel} · ${chat.line_name || chat.line_id} · ${new Date(chat.opened_at).toLocaleDateString()}`;
