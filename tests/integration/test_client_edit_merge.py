@@ -47,7 +47,7 @@ channels = [{{ channel = "webchat", account = "vip" }}]
 operators = ["carl"]
 [lines.crm]
 enabled = true
-create = "lead"
+create = "none"
 """
 )
 
@@ -292,3 +292,37 @@ async def test_merging_two_clients_keeps_one_with_both_histories_and_one_crm_lin
 
         got = await wait_for(both_earlier, what="both earlier conversations in the new chat's card")
         assert got["client"]["id"] == web.client_id and got["crm"]["linked"] is True
+
+
+async def test_a_merge_takes_over_the_other_clients_crm_records_when_this_client_has_none(nc: Any, nats_server: Any) -> None:
+    async with crm_under_test("builtin", nc) as crm, system(nc, nats_server.url, crm) as desk, http_session(desk) as anna:
+        csrf = await sign_in(anna, "anna")  # a supervisor: every line
+        for op in ("anna", "carl"):
+            await call(nc, "status", SetStatus(operator_id=op, status="online"))
+        await publish(nc, telegram("902", "Hi", "1", name="Janis", phone="+37126123458"))
+        tg = await held(nc, "telegram", "shopbot", "902")
+        assert "lead" in (await linked(nc, tg.id)).reason
+        # the VIP line creates nothing in the CRM: this client has no record
+        await visitor_writes(nc, "v-janis", "1", "Hello", account="vip", name="Janis B.", email="janis@example.com")
+        vip = await held(nc, "webchat", "vip", "v-janis", line="vip")
+        await linked(nc, vip.id)
+        assert (await card(anna, vip.id))["crm"]["records"] == []
+
+        r = await anna.post(f"/api/sessions/{vip.id}/merge", json={"other_session_id": tg.id}, headers=csrf)
+        assert r.status == 200, await r.text()
+
+        async def taken_over() -> dict[str, Any] | None:
+            got = await card(anna, vip.id)
+            return got if got["crm"]["records"] else None
+
+        got = await wait_for(taken_over, what="the Telegram client's lead linked to the VIP client")
+        [lead] = got["crm"]["records"]
+        assert lead["kind"] == "lead"
+        assert got["crm"]["merged"] == [f"merged: took over lead {lead['id']} of the merged client"]
+
+        async def emailed() -> dict[str, Any] | None:
+            found = await lead_of(crm, lead["id"])
+            return found if "janis@example.com" in found["emails"] else None
+
+        found = await wait_for(emailed, what="this client's e-mail in the lead taken over")
+        assert found["phones"] == ["+37126123458"]
