@@ -260,7 +260,7 @@ async def test_merging_two_clients_keeps_one_with_both_histories_and_one_crm_lin
             "marta@example.com",
         )
         [note] = got["crm"]["merged"]
-        assert note.startswith("merged: kept this client's lead") and "of the merged client stay in the CRM" in note
+        assert note.startswith("merged: kept this client's lead") and "of the merged client: left in the CRM, not linked" in note
         kept = {r["id"] for r in got["crm"]["records"] if r["kind"] == "lead"}
         assert len(kept) == 1 and next(iter(kept)) in note
         # no CRM record was deleted

@@ -556,7 +556,7 @@ class Syncer:
         if not mine and not theirs:
             return
         if mine and theirs:
-            note = f"merged: kept this client's {mine}; {theirs} of the merged client stay in the CRM, no longer linked"
+            note = f"merged: kept this client's {mine}; {theirs} of the merged client: left in the CRM, not linked"
         elif mine:
             note = f"merged: kept this client's {mine}"
         else:
