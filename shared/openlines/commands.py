@@ -111,6 +111,25 @@ class Note(_Cmd):
     client_msg_id: str  # makes a retried note idempotent
 
 
+class EditClient(_Cmd, omit_defaults=True):
+    """Change the name, phone or e-mail of the client of a conversation (None: leave as it is; "": clear it).
+
+    The desk checks and normalises them first (phone E.164, e-mail lower-case); the router checks again.
+    """
+
+    session_id: str
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+
+
+class MergeClients(_Cmd):
+    """Merge the client of ``other_session_id`` into the client of ``session_id`` (which remains)."""
+
+    session_id: str
+    other_session_id: str
+
+
 class Presence(_Cmd):
     """A desk replica reports whether the operator has a page open on it (grace handling is the router's)."""
 
@@ -119,7 +138,21 @@ class Presence(_Cmd):
 
 
 CommandName = Literal[
-    "status", "accept", "reply", "close", "skip", "transfer", "pin", "spam", "presence", "intercept", "take", "tag", "note"
+    "status",
+    "accept",
+    "reply",
+    "close",
+    "skip",
+    "transfer",
+    "pin",
+    "spam",
+    "presence",
+    "intercept",
+    "take",
+    "tag",
+    "note",
+    "client",
+    "merge",
 ]
 COMMANDS: dict[str, type[_Cmd]] = {
     "status": SetStatus,
@@ -135,6 +168,8 @@ COMMANDS: dict[str, type[_Cmd]] = {
     "take": Take,
     "tag": Tag,
     "note": Note,
+    "client": EditClient,
+    "merge": MergeClients,
 }
 
 

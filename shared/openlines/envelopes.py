@@ -152,6 +152,8 @@ EVENT_KINDS: tuple[str, ...] = (
     "session_pinned",  # pinned / unpinned by its operator
     "session_closed",  # by the operator, auto-close, or spam
     "session_tagged",  # tags put on or taken off (reason: "+vip -new"; the transcript line names who)
+    "client_edited",  # an operator changed the client's name / phone / e-mail (reason: the fields, "name,phone")
+    "client_merged",  # an operator merged another client into this one (reason: the merged client's id)
     "session_rated",  # the client answered the rating request (reason: "1".."5")
     "sla_breached",  # a chat passed its line's first- or next-response target (reason: which, and by how much)
     "operator_status",  # online / away / offline

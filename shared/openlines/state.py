@@ -70,6 +70,10 @@ class ClientRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     spam: bool = False  # marked as spam by an operator: further messages are dead-lettered
     rating_for: str = ""  # a closed session whose rating request is open: a reply "1".."5" rates it
     rating_until: float = 0.0  # epoch seconds the rating request stays open
+    # What operators changed and merged (decision 024):
+    edited: list[str] = []  # profile fields an operator set (name, phone, email): a channel's profile no longer overwrites them
+    identities: list[str] = []  # client keys of the client's other chats (after a merge): an edit reaches each of them
+    merged_ids: list[str] = []  # client ids merged into this one: their earlier conversations are this client's too
 
 
 class OperatorState(msgspec.Struct, kw_only=True, omit_defaults=True):

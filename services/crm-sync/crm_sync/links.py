@@ -41,6 +41,7 @@ class ClientLink(msgspec.Struct, kw_only=True, omit_defaults=True):
     created_in: str = ""  # the session whose conversation created the lead / deal
     pending: list[str] = []
     made: dict[str, str] = {}  # origin -> id of what was created for it
+    merged: list[str] = []  # what each merge of another client into this one kept and left (decision 024)
 
 
 class SessionLink(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -38,7 +38,16 @@ from openlines.state import client_key as router_client_key
 
 log = logging.getLogger("crm_sync.sync")
 
-HANDLED_KINDS = ("session_opened", "session_assigned", "session_answered", "session_transferred", "session_closed")
+HANDLED_KINDS = (
+    "session_opened",
+    "session_assigned",
+    "session_answered",
+    "session_transferred",
+    "session_closed",
+    "client_edited",  # an operator changed name / phone / e-mail: the linked records get them (decision 024)
+    "client_merged",  # an operator merged two clients: one CRM link is kept (decision 024)
+)
+CLIENT_KINDS = ("client_edited", "client_merged")
 LINKED_KIND = "crm_linked"
 SETTLE_SECONDS = 3.0  # longest wait for the router to store the opening message's profile
 CREATED = Counter("openlines_crm_created_total", "CRM records created", ["kind"])
@@ -234,6 +243,12 @@ class Syncer:
             return
         if evt.kind == "session_assigned":
             return  # nothing for the CRM until someone answers
+        if evt.kind == "client_edited":
+            await self._edited(evt)
+            return
+        if evt.kind == "client_merged":
+            await self._merged(evt)
+            return
         sl = await self._link(evt, line, guard)
         if not sl.linked:
             return  # an anonymous visitor who has not written anything: nothing in the CRM (yet)
@@ -488,6 +503,89 @@ class Syncer:
                 emails=sorted({*cur.emails, *new.emails}),
             ),
         )
+
+    # ------------------------------------------------- operators' changes to clients (decision 024)
+
+    async def _push_profile(self, evt: SessionEvent, cl: ClientLink, with_name: bool) -> ClientLink:
+        """The client's name, phone and e-mail as operators left them, into the linked contact and lead.
+
+        Phones and e-mails are added to the records' multi-fields, never twice (the
+        backends send only values a record lacks); nothing is removed from the CRM.
+        """
+        record = await self._client_record(evt)
+        if record is None:
+            return cl
+        p = record.profile
+        ids = identity.of_profile(p.phone, p.email, self.region)
+        name = p.name if with_name else ""
+        targets: tuple[tuple[Kind, str], ...] = (("contact", cl.contact_id), ("lead", cl.lead_id))
+        for kind, entity_id in targets:
+            if entity_id:
+                entity = Entity(kind=kind, id=entity_id, name=name, phones=list(ids.phones), emails=list(ids.emails))
+                await self.crm.update(entity)
+        return await self._save(
+            client_key(cl.client_id),
+            ClientLink,
+            lambda cur: msgspec.structs.replace(
+                cur, phones=sorted({*cur.phones, *ids.phones}), emails=sorted({*cur.emails, *ids.emails})
+            ),
+        )
+
+    async def _edited(self, evt: SessionEvent) -> None:
+        cl, _ = await kv_get(self.links, client_key(evt.client_id), ClientLink)
+        if cl is None or not (cl.contact_id or cl.lead_id or cl.deal_id):
+            return  # not in the CRM yet: the first link reads the profile as edited
+        await self._push_profile(evt, cl, with_name="name" in evt.reason.split(","))
+        log.info("client edit written to the CRM", extra={"session": evt.session_id, "fields": evt.reason})
+
+    async def _merged(self, evt: SessionEvent) -> None:
+        """One client remains; its CRM link is kept, else the merged client's is taken over. Nothing is deleted."""
+        gone = evt.reason
+        if not gone or gone == evt.client_id:
+            return
+        kept, _ = await kv_get(self.links, client_key(evt.client_id), ClientLink)
+        other, _ = await kv_get(self.links, client_key(gone), ClientLink)
+
+        def ids_of(link: ClientLink | None) -> str:
+            if link is None:
+                return ""
+            pairs = (("contact", link.contact_id), ("lead", link.lead_id), ("deal", link.deal_id))
+            return ", ".join(f"{k} {v}" for k, v in pairs if v)
+
+        mine, theirs = ids_of(kept), ids_of(other)
+        if not mine and not theirs:
+            return
+        if mine and theirs:
+            note = f"merged: kept this client's {mine}; {theirs} of the merged client: left in the CRM, not linked"
+        elif mine:
+            note = f"merged: kept this client's {mine}"
+        else:
+            note = f"merged: took over {theirs} of the merged client"
+        assert other is not None or mine
+        taken = other if not mine else None
+
+        def merge_link(cur: ClientLink | None) -> ClientLink | None:
+            base = cur or ClientLink(client_id=evt.client_id, code=taken.code if taken else "")
+            if note in base.merged:
+                return None
+            if taken is not None and not (base.contact_id or base.lead_id or base.deal_id):
+                base = msgspec.structs.replace(
+                    base,
+                    contact_id=taken.contact_id,
+                    lead_id=taken.lead_id,
+                    deal_id=taken.deal_id,
+                    assigned_by=base.assigned_by or taken.assigned_by,
+                    phones=sorted({*base.phones, *taken.phones}),  # what those records have already
+                    emails=sorted({*base.emails, *taken.emails}),
+                )
+            return msgspec.structs.replace(base, merged=[*base.merged, note])
+
+        cl = await kv_update(self.links, client_key(evt.client_id), ClientLink, merge_link)
+        assert cl is not None
+        await self._push_profile(evt, cl, with_name=False)
+        out = msgspec.structs.replace(evt, id=f"crm_merged:{evt.client_id}:{gone}", kind=LINKED_KIND, at=utcnow(), reason=note)
+        await self.js.publish(subjects.event(LINKED_KIND), encode(out), headers={MSG_ID_HEADER: out.id})
+        log.info("merged clients' CRM link kept", extra={"session": evt.session_id, "reason": note})
 
     async def _answered(self, evt: SessionEvent, sl: SessionLink) -> None:
         intent = f"answered:{evt.operator_id}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from desk import admin, conversations
+from desk import admin, clients, conversations
 from desk.auth import Signer
 from desk.http import DESK, Desk, add_routes, api_errors, known_hosts, security_headers
 from desk.index import ConversationIndex
@@ -52,5 +52,6 @@ async def setup(svc: Service[Settings]) -> None:
     svc.app.on_response_prepare.append(security_headers)
     add_routes(svc.app)
     conversations.add_routes(svc.app)
+    clients.add_routes(svc.app)
     await admin.setup(svc)  # admin pages, /api/v1 and /stats
     svc.app.router.add_static("/static", STATIC, append_version=False)

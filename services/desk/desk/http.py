@@ -215,7 +215,13 @@ class Desk:
             return True
         if entries is not None and any(e.author_id == me for e in entries):
             return True
-        return await holds_client(self.reader, me, session.client_id)
+        if await holds_client(self.reader, me, session.client_id):
+            return True
+        # A conversation of a client merged since into another (decision 024): that client's chat is its context too.
+        record = await client_record(self.reader, session)
+        return (
+            record is not None and record.client_id != session.client_id and await holds_client(self.reader, me, record.client_id)
+        )
 
     def crm_refs(self, link: dict[str, Any]) -> list[dict[str, str]]:
         """The CRM records a client is linked to, each with where to open it."""
@@ -686,13 +692,16 @@ async def api_client(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", "no such session")
     if not await desk.may_read(user, session):
         raise ApiError(403, "forbidden", "this session is not yours")
-    record, link, earlier, entries = await asyncio.gather(
-        client_record(desk.reader, session),
-        desk.crm.client_link(session.client_id),
+    record = await client_record(desk.reader, session)
+    # The client as it is now (merged into another, its record says which) and every client merged into it.
+    client_id = record.client_id if record is not None else session.client_id
+    client_ids = [client_id, session.client_id, *(record.merged_ids if record is not None else [])]
+    link, earlier, entries = await asyncio.gather(
+        desk.crm.client_link(client_id),
         # From the desk's index once it has caught up (no stream read); until then the last events.
-        desk.index.previous(session.client_id, session.id, PREVIOUS_SHOWN)
+        desk.index.previous(client_ids, session.id, PREVIOUS_SHOWN)
         if desk.index.ready
-        else previous_sessions(desk.reader, session.client_id, exclude=session.id),
+        else previous_sessions(desk.reader, client_ids, exclude=session.id),
         # Only an e-mail conversation gathers other addresses (a colleague in copy who replied).
         desk.reader.history(session.id) if session.channel == "email" else asyncio.sleep(0, []),
     )
@@ -700,10 +709,12 @@ async def api_client(request: web.Request) -> web.StreamResponse:
     crm: dict[str, Any] = {"backend": desk.settings.crm_backend, "linked": False, "records": []}
     if link is not None:
         crm.update(linked=True, records=desk.crm_refs(link), responsible=str(link.get("assigned_by", "")))
+        if link.get("merged"):
+            crm["merged"] = [str(x) for x in link["merged"]]  # what a merge kept and left (decision 024)
     return web.json_response(
         {
             "client": {
-                "id": session.client_id,
+                "id": client_id,
                 "name": (profile.name if profile else "") or session.client_name,
                 "username": profile.username if profile else "",
                 "phone": profile.phone if profile else "",
@@ -718,6 +729,9 @@ async def api_client(request: web.Request) -> web.StreamResponse:
                 "channel": session.channel,
                 "account": session.account,
                 "sessions_total": record.sessions_total if record is not None else 0,
+                "edited": record.edited if record is not None else [],  # fields an operator set (decision 024)
+                "chats": len(record.identities) + 1 if record is not None else 1,  # after merges: the client's chats
+                "merged_ids": record.merged_ids if record is not None else [],  # clients merged into this one
             },
             "crm": crm,
             "previous": [await desk.reader.chat(s) for s in earlier],

@@ -71,7 +71,7 @@ CREATE TABLE conv(
 CREATE INDEX conv_line ON conv(line_id, status);
 CREATE INDEX conv_client ON conv(client_id);
 CREATE INDEX conv_closed ON conv(status, closed_at);
-CREATE TABLE client(id INTEGER PRIMARY KEY, ckey TEXT UNIQUE, client_id TEXT, name TEXT, phone TEXT, email TEXT);
+CREATE TABLE client(id INTEGER PRIMARY KEY, ckey TEXT UNIQUE, client_id TEXT, name TEXT, phone TEXT, email TEXT, merged TEXT);
 CREATE INDEX client_id ON client(client_id);
 CREATE VIRTUAL TABLE client_fts USING fts5(hay, tokenize='trigram');
 CREATE VIRTUAL TABLE msg USING fts5(text, session_id UNINDEXED, tokenize='unicode61 remove_diacritics 2');
@@ -310,12 +310,15 @@ class ConversationIndex:
             return
         c = _client_decoder.decode(data)
         p = c.profile
-        values = (ckey, c.client_id, p.name, p.phone, p.email)
+        # the clients merged into this one (decision 024): their conversations are found under this client's name too
+        values = (ckey, c.client_id, p.name, p.phone, p.email, " ".join(c.merged_ids))
         if row is None:
-            rowid = db.execute("INSERT INTO client(ckey, client_id, name, phone, email) VALUES (?,?,?,?,?)", values).lastrowid
+            sql = "INSERT INTO client(ckey, client_id, name, phone, email, merged) VALUES (?,?,?,?,?,?)"
+            rowid = db.execute(sql, values).lastrowid
         else:
             rowid = row[0]
-            db.execute("UPDATE client SET ckey=?, client_id=?, name=?, phone=?, email=? WHERE id=?", (*values, rowid))
+            sql = "UPDATE client SET ckey=?, client_id=?, name=?, phone=?, email=?, merged=? WHERE id=?"
+            db.execute(sql, (*values, rowid))
         hay = " ".join(x for x in (p.name, p.username, p.email, _digits(p.phone), p.phone) if x).lower()
         db.execute("INSERT INTO client_fts(rowid, hay) VALUES (?, ?)", (rowid, hay))
 
@@ -364,14 +367,20 @@ class ConversationIndex:
     async def find(self, viewer: Viewer, q: Query) -> list[Found]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._find, viewer, q)
 
-    async def previous(self, client_id: str, exclude: str, limit: int) -> list[Session]:
-        """The client's closed conversations, newest first (the client card), from the index: no stream is read."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._previous, client_id, exclude, limit)
+    async def previous(self, client_ids: list[str], exclude: str, limit: int) -> list[Session]:
+        """The client's closed conversations, newest first (the client card), from the index: no stream is read.
 
-    def _previous(self, client_id: str, exclude: str, limit: int) -> list[Session]:
+        ``client_ids``: the client and every client merged into it (decision 024).
+        """
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._previous, client_ids, exclude, limit)
+
+    def _previous(self, client_ids: list[str], exclude: str, limit: int) -> list[Session]:
+        ids = list(dict.fromkeys(client_ids))[:100]
+        marks = ",".join("?" for _ in ids)
         rows = self.db.execute(
-            "SELECT data FROM conv WHERE client_id = ? AND status = 'closed' AND session_id != ? ORDER BY closed_at DESC LIMIT ?",
-            (client_id, exclude, limit),
+            f"SELECT data FROM conv WHERE client_id IN ({marks}) AND status = 'closed' AND session_id != ? "
+            "ORDER BY closed_at DESC LIMIT ?",
+            (*ids, exclude, limit),
         ).fetchall()
         out: list[Session] = []
         for (data,) in rows:
@@ -473,10 +482,14 @@ class ConversationIndex:
                 clauses.append("hay LIKE ? ESCAPE '\\'")
                 args.append("%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         sql = (
-            "SELECT DISTINCT client.client_id FROM client WHERE client.id IN "
+            "SELECT DISTINCT client.client_id, client.merged FROM client WHERE client.id IN "
             f"(SELECT rowid FROM client_fts WHERE {' AND '.join(clauses)}) LIMIT 1000"
         )
-        return [r[0] for r in self.db.execute(sql, args)]
+        found: dict[str, None] = {}
+        for client_id, merged in self.db.execute(sql, args):
+            found[client_id] = None
+            found.update(dict.fromkeys((merged or "").split()))
+        return list(found)
 
     def _snippets(self, match: str, session_ids: Iterable[str]) -> list[tuple[str, str]]:
         ids = list(session_ids)

@@ -244,7 +244,7 @@ def client_addresses(profile_email: str, entries: list[HistoryEntry]) -> list[st
     return list(seen.values())
 
 
-async def previous_sessions(reader: Reader, client_id: str, *, exclude: str = "") -> list[Session]:
+async def previous_sessions(reader: Reader, client_ids: list[str], *, exclude: str = "") -> list[Session]:
     """The client's closed sessions, newest first, among the last PREVIOUS_SCAN_EVENTS events."""
     try:
         info = await reader.js.stream_info(subjects.STREAM_EVT)
@@ -261,7 +261,7 @@ async def previous_sessions(reader: Reader, client_id: str, *, exclude: str = ""
             event = _event_decoder.decode(data)
         except msgspec.DecodeError:
             continue
-        if event.client_id == client_id and event.session_id != exclude and event.session_id not in found:
+        if event.client_id in client_ids and event.session_id != exclude and event.session_id not in found:
             found.append(event.session_id)
         if len(found) >= PREVIOUS_SHOWN:
             break

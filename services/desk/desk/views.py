@@ -181,6 +181,37 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <dt data-visit hidden>Language</dt><dd id="card-language" data-testid="card-language" data-visit hidden></dd>
           <dt data-visit hidden>Consent</dt><dd id="card-consent" data-testid="card-consent" data-visit hidden></dd>
         </dl>
+        <div class="card-actions">
+          <button type="button" id="card-edit" data-testid="card-edit">Edit</button>
+          <button type="button" id="card-merge" data-testid="card-merge">Merge with…</button>
+        </div>
+        <form class="card-form" id="card-edit-form" data-testid="card-edit-form" hidden>
+          <label>Name <input id="card-edit-name" data-testid="card-edit-name" maxlength="200" autocomplete="off"></label>
+          <label>Phone <input id="card-edit-phone" data-testid="card-edit-phone" type="tel" maxlength="40"
+            placeholder="+371 2612 3456" autocomplete="off"></label>
+          <label>E-mail <input id="card-edit-email" data-testid="card-edit-email" type="email" maxlength="254"
+            autocomplete="off"></label>
+          <p class="form-error small" id="card-edit-error" data-testid="card-edit-error" role="alert" hidden></p>
+          <div class="card-actions">
+            <button type="submit" id="card-edit-save" data-testid="card-edit-save">Save</button>
+            <button type="button" id="card-edit-cancel" data-testid="card-edit-cancel">Cancel</button>
+          </div>
+          <p class="muted small">Saved on the client and sent to the linked CRM record.</p>
+        </form>
+        <div class="card-form" id="card-merge-panel" data-testid="card-merge-panel" hidden>
+          <label>Find the other client
+            <input id="card-merge-search" data-testid="card-merge-search" type="search" maxlength="200"
+              placeholder="name, phone, e-mail" autocomplete="off"></label>
+          <ul class="card-merge-results" id="card-merge-results" data-testid="card-merge-results"></ul>
+          <p class="small" id="card-merge-confirm-text" data-testid="card-merge-confirm-text" hidden></p>
+          <p class="form-error small" id="card-merge-error" data-testid="card-merge-error" role="alert" hidden></p>
+          <div class="card-actions">
+            <button type="button" id="card-merge-go" data-testid="card-merge-go" hidden>Merge</button>
+            <button type="button" id="card-merge-cancel" data-testid="card-merge-cancel">Cancel</button>
+          </div>
+          <p class="muted small">This client remains; the other one's chats and conversations become this client's.
+            No CRM record is deleted.</p>
+        </div>
         <h4>CRM</h4>
         <div id="card-crm" data-testid="card-crm" class="card-crm"></div>
         <h4>Previous conversations</h4>

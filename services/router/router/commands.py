@@ -73,7 +73,15 @@ async def serve(nc: NATS, engine: Engine) -> Service:
     async def tag(c: cmds.Tag) -> Result:
         return Result(ok=True, session=await engine.tag(c.operator_id, c.session_id, c.add, c.remove))
 
+    async def edit_client(c: cmds.EditClient) -> Result:
+        return Result(ok=True, session=await engine.edit_client(c.operator_id, c.session_id, c.name, c.phone, c.email))
+
+    async def merge(c: cmds.MergeClients) -> Result:
+        return Result(ok=True, session=await engine.merge_clients(c.operator_id, c.session_id, c.other_session_id))
+
     handlers: dict[str, Callable[..., Awaitable[Result]]] = {
+        "client": edit_client,
+        "merge": merge,
         "take": take,
         "tag": tag,
         "note": note,

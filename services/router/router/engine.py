@@ -23,6 +23,7 @@ from router.operators_cache import OperatorsCache
 from router.shell.base import Refused, Shared, client_id_for, session_id_for
 from router.shell.capacity import Capacity
 from router.shell.chats import Chats
+from router.shell.clients import Clients
 from router.shell.closing import Closing
 from router.shell.firing import Firing
 from router.shell.inbound_flow import InboundFlow
@@ -59,6 +60,7 @@ class Engine:
         self.chats = Chats(shared, self.offering, self.closing)
         self.transfers = Transfers(shared, self.capacity, self.offering)
         self.picking = Picking(shared, self.capacity)
+        self.clients = Clients(shared)
         self.timers = Firing(shared, self.offering, self.closing, self.status)
 
     # a client's message
@@ -135,3 +137,12 @@ class Engine:
 
     async def intercept(self, operator_id: str, session_id: str) -> Session:
         return await self.transfers.intercept(operator_id, session_id)
+
+    # operators' changes to clients (decision 024)
+    async def edit_client(
+        self, operator_id: str, session_id: str, name: str | None, phone: str | None, email: str | None
+    ) -> Session:
+        return await self.clients.edit(operator_id, session_id, name, phone, email)
+
+    async def merge_clients(self, operator_id: str, session_id: str, other_session_id: str) -> Session:
+        return await self.clients.merge(operator_id, session_id, other_session_id)

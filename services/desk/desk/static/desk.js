@@ -729,6 +729,7 @@
   function renderCard(id, data) {
     if (id !== state.selected) return;
     const c = data.client;
+    state.card = { session: id, client: c };
     el.cardName.textContent = c.name || "Client";
     el.cardChannel.textContent = c.username ? `${c.channel} · @${c.username}` : c.channel;
     el.cardPhone.textContent = c.phone || "—";
@@ -751,6 +752,11 @@
       item.dataset.testid = "card-crm-record";
       item.dataset.kind = r.kind;
       el.cardCrm.append(item);
+    }
+    for (const text of data.crm.merged || []) {
+      const note = node("span", "muted small crm-merged", text);
+      note.dataset.testid = "card-crm-merged";
+      el.cardCrm.append(note);
     }
     el.cardPrevious.replaceChildren();
     for (const p of data.previous) {
@@ -777,6 +783,129 @@
     }
   }
 
+  // -- editing the client and merging two clients (the router owns clients; decision 024) ----------
+
+  const cardEl = {
+    edit: $("card-edit"), form: $("card-edit-form"), name: $("card-edit-name"), phone: $("card-edit-phone"),
+    email: $("card-edit-email"), error: $("card-edit-error"), cancel: $("card-edit-cancel"),
+    merge: $("card-merge"), panel: $("card-merge-panel"), search: $("card-merge-search"), results: $("card-merge-results"),
+    confirm: $("card-merge-confirm-text"), mergeError: $("card-merge-error"), go: $("card-merge-go"), mergeCancel: $("card-merge-cancel"),
+  };
+  let mergePick = null; // {session, name}: the other client's conversation chosen in the search
+  let mergeSeq = 0;
+
+  function closeCardForms() {
+    cardEl.form.hidden = true;
+    cardEl.panel.hidden = true;
+    cardEl.error.hidden = true;
+    cardEl.mergeError.hidden = true;
+    mergePick = null;
+  }
+
+  cardEl.edit.addEventListener("click", () => {
+    if (!state.card || state.card.session !== state.selected) return;
+    const c = state.card.client;
+    closeCardForms();
+    cardEl.name.value = c.name || "";
+    cardEl.phone.value = c.phone || "";
+    cardEl.email.value = c.email || "";
+    cardEl.form.hidden = false;
+    cardEl.name.focus();
+  });
+  cardEl.cancel.addEventListener("click", () => { closeCardForms(); cardEl.edit.focus(); });
+  cardEl.form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const id = state.selected;
+    if (!state.card || state.card.session !== id) return;
+    const c = state.card.client;
+    const body = {};
+    const fields = { name: cardEl.name.value.trim(), phone: cardEl.phone.value.trim(), email: cardEl.email.value.trim() };
+    for (const [k, v] of Object.entries(fields)) if (v !== (c[k] || "")) body[k] = v;
+    if (!Object.keys(body).length) { closeCardForms(); return; }
+    try {
+      await api("POST", `/api/sessions/${encodeURIComponent(id)}/client`, body);
+      closeCardForms();
+      loadCard(id);
+    } catch (err) {
+      cardEl.error.textContent = err.message; // the reason: nothing was changed
+      cardEl.error.hidden = false;
+    }
+  });
+
+  cardEl.merge.addEventListener("click", () => {
+    if (!state.card || state.card.session !== state.selected) return;
+    closeCardForms();
+    cardEl.search.value = "";
+    cardEl.results.replaceChildren();
+    cardEl.confirm.hidden = true;
+    cardEl.go.hidden = true;
+    cardEl.panel.hidden = false;
+    cardEl.search.focus();
+  });
+  cardEl.mergeCancel.addEventListener("click", () => { closeCardForms(); cardEl.merge.focus(); });
+
+  // Other clients from the desk's index (only conversations this operator may see), one row per client.
+  async function findClients() {
+    const q = cardEl.search.value.trim();
+    const seq = ++mergeSeq;
+    mergePick = null;
+    cardEl.go.hidden = true;
+    cardEl.confirm.hidden = true;
+    if (q.length < 2 || !state.card) { cardEl.results.replaceChildren(); return; }
+    let data;
+    try {
+      data = await api("GET", `/api/conversations?view=all&limit=50&q=${encodeURIComponent(q)}`);
+    } catch (err) {
+      cardEl.mergeError.textContent = err.message;
+      cardEl.mergeError.hidden = false;
+      return;
+    }
+    if (seq !== mergeSeq) return;
+    cardEl.mergeError.hidden = true;
+    const mine = new Set([state.card.client.id, ...(state.card.client.merged_ids || [])]);
+    const seen = new Set();
+    cardEl.results.replaceChildren();
+    for (const chat of data.chats) {
+      if (!chat.client_id || mine.has(chat.client_id) || seen.has(chat.client_id)) continue;
+      seen.add(chat.client_id);
+      const li = node("li");
+      const label = `${chat.client_name || "Client"} · ${chat.channel} · ${chat.line_name || chat.line_id} · ${new Date(chat.opened_at).toLocaleDateString()}`;
+      const b = node("button", "", label);
+      b.type = "button";
+      b.dataset.testid = "card-merge-pick";
+      b.setAttribute("aria-pressed", "false");
+      b.addEventListener("click", () => {
+        for (const other of cardEl.results.querySelectorAll("button")) other.setAttribute("aria-pressed", "false");
+        b.setAttribute("aria-pressed", "true");
+        mergePick = { session: chat.id, name: chat.client_name || "this client" };
+        cardEl.confirm.textContent = `Merge ${mergePick.name} (${chat.channel}) into ${state.card.client.name || "this client"}? Their chats and conversations become this client's.`;
+        cardEl.confirm.hidden = false;
+        cardEl.go.hidden = false;
+        cardEl.go.focus();
+      });
+      li.append(b);
+      cardEl.results.append(li);
+    }
+    if (!seen.size) cardEl.results.append(node("li", "muted small", "no other client found"));
+  }
+  let mergeTimer = null;
+  cardEl.search.addEventListener("input", () => {
+    clearTimeout(mergeTimer);
+    mergeTimer = setTimeout(findClients, 250);
+  });
+  cardEl.go.addEventListener("click", async () => {
+    const id = state.selected;
+    if (!mergePick || !state.card || state.card.session !== id) return;
+    try {
+      await api("POST", `/api/sessions/${encodeURIComponent(id)}/merge`, { other_session_id: mergePick.session });
+      closeCardForms();
+      loadCard(id);
+    } catch (err) {
+      cardEl.mergeError.textContent = err.message;
+      cardEl.mergeError.hidden = false;
+    }
+  });
+
   function select(id) {
     if (!state.chats.has(id) && !state.others.has(id)) return;
     const changed = state.selected !== id;
@@ -789,7 +918,10 @@
     markSeen(id);
     cancelClose();
     cancelSpam();
-    if (changed) el.transferPanel.hidden = true;
+    if (changed) {
+      el.transferPanel.hidden = true;
+      closeCardForms();
+    }
     render();
     if (changed) {
       renderTranscript();

@@ -38,17 +38,99 @@ def client_time(msg: Inbound) -> datetime:
     return min(msg.sent_at, msg.received_at) if msg.sent_at is not None else msg.received_at
 
 
-def merge_profile(old: ClientProfile, new: ClientProfile) -> ClientProfile:
-    """Newer non-empty profile fields win; nothing known is forgotten."""
-    merged = {f: getattr(new, f) or getattr(old, f) for f in old.__struct_fields__}
+def merge_profile(old: ClientProfile, new: ClientProfile, keep: list[str] | tuple[str, ...] = ()) -> ClientProfile:
+    """Newer non-empty profile fields win; nothing known is forgotten; what an operator set (``keep``) stays."""
+    merged = {f: getattr(old, f) if f in keep else getattr(new, f) or getattr(old, f) for f in old.__struct_fields__}
     return msgspec.structs.replace(old, **merged)
+
+
+# -- what operators change: the person's name, phone and e-mail (decision 024) ------------------
+
+PERSON_FIELDS = ("name", "phone", "email")
+MAX_NAME = 200
+_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,252}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class BadEdit(ValueError):
+    """An edit the router will not store, with the reason an operator can act on."""
+
+
+def checked_edit(name: str | None, phone: str | None, email: str | None) -> dict[str, str]:
+    """The fields an edit sets (None = left as is). The desk normalises; this is the router's own check."""
+    out: dict[str, str] = {}
+    if name is not None:
+        name = " ".join(name.split())
+        if len(name) > MAX_NAME or _CONTROL.search(name):
+            raise BadEdit(f"the name must be at most {MAX_NAME} characters of text")
+        out["name"] = name
+    if phone is not None:
+        if phone and not _PHONE.fullmatch(phone):
+            raise BadEdit("the phone must be in E.164 form: + and the country code, 7-15 digits")
+        out["phone"] = phone
+    if email is not None:
+        if email and (len(email) > 254 or not _EMAIL.fullmatch(email) or email != email.lower()):
+            raise BadEdit("the e-mail must be one lower-case address, name@domain")
+        out["email"] = email
+    if not out:
+        raise BadEdit("nothing to change: give name, phone or email")
+    return out
+
+
+def edited(rec: ClientRecord | None, changes: dict[str, str]) -> ClientRecord | None:
+    """The record with an operator's values; None if it has them already."""
+    if rec is None:
+        return None
+    if all(getattr(rec.profile, f) == v for f, v in changes.items()) and set(changes) <= set(rec.edited):
+        return None
+    return msgspec.structs.replace(
+        rec,
+        profile=msgspec.structs.replace(rec.profile, **changes),
+        edited=sorted({*rec.edited, *changes}),
+    )
+
+
+def person_of(survivor: ClientProfile, other: ClientProfile) -> dict[str, str]:
+    """Name, phone and e-mail of two merged clients: the surviving client's where it has one, else the other's."""
+    return {f: getattr(survivor, f) or getattr(other, f) for f in PERSON_FIELDS}
+
+
+def merged(
+    rec: ClientRecord | None,
+    *,
+    own_key: str,
+    client_id: str,
+    keys: set[str],
+    merged_ids: set[str],
+    person: dict[str, str],
+    edited_fields: set[str],
+) -> ClientRecord | None:
+    """One chat of a merged client: it belongs to ``client_id``, knows the others, and carries the person's fields."""
+    if rec is None:
+        return None
+    return msgspec.structs.replace(
+        rec,
+        client_id=client_id,
+        identities=sorted(keys - {own_key}),
+        merged_ids=sorted(merged_ids - {client_id}),
+        profile=msgspec.structs.replace(rec.profile, **person),
+        edited=sorted({*rec.edited, *edited_fields}),
+    )
+
+
+def name_of(rec: ClientRecord | None, msg: Inbound) -> str:
+    """The client's name on a new conversation: an operator's (decision 024), else the channel's, else the one known."""
+    if rec is not None and "name" in rec.edited:
+        return rec.profile.name or msg.profile.name
+    return msg.profile.name or (rec.profile.name if rec else "")
 
 
 def remembered(rec: ClientRecord, msg: Inbound) -> ClientRecord:
     """The message was applied: its id is kept (a redelivery is ignored) and any rating request is over."""
     return msgspec.structs.replace(
         rec,
-        profile=merge_profile(rec.profile, msg.profile),
+        profile=merge_profile(rec.profile, msg.profile, rec.edited),
         recent_msg_ids=[*rec.recent_msg_ids, msg.id][-RECENT_IDS_KEPT:],
         rating_for="",  # answered (a rating) or moved on (anything else): the request is over
         rating_until=0.0,
@@ -61,7 +143,7 @@ def linked(rec: ClientRecord, msg: Inbound, entry_line: str, sid: str) -> Client
         return rec
     return msgspec.structs.replace(
         rec,
-        profile=merge_profile(rec.profile, msg.profile),
+        profile=merge_profile(rec.profile, msg.profile, rec.edited),
         open_sessions={**rec.open_sessions, entry_line: sid},
         sessions_total=rec.sessions_total + 1,
     )

@@ -174,7 +174,7 @@ class InboundFlow(Part):
             account=msg.account,
             chat_id=msg.chat_id,
             chat_key=ck,
-            client_name=msg.profile.name or (rec.profile.name if rec else ""),
+            client_name=client.name_of(rec, msg),
             opened_at=msg.received_at,
             no_auto_reply=msg.no_auto_reply,
             last_message_at=now,  # this first message is counted here: no separate touch for a new session
