@@ -83,6 +83,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(guard)
 
 
+EXPECT_TIMEOUT = 5.0  # Playwright's own default for expect(...), on an idle machine
+
+
+@pytest.fixture(autouse=True)
+def _browser_expect_scales_with_load(request: pytest.FixtureRequest) -> None:
+    """Playwright's ``expect`` waits 5 s by default, whatever the load: stretch it like every other deadline."""
+    if request.node.get_closest_marker("browser") is None:
+        return
+    from playwright.async_api import expect
+
+    expect.set_options(timeout=scaled(EXPECT_TIMEOUT) * 1000)
+
+
 async def wait_for(
     probe: Callable[[], Awaitable[T | None] | T | None], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
 ) -> T:
