@@ -169,6 +169,18 @@ async def test_on_a_phone_the_workspace_fits_the_screen_and_the_status_switch_is
         await expect(boris.get_by_test_id("accept")).to_be_visible()
         width = await boris.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page is {width} px wide on a 390 px screen"
-        for testid in ("status-online", "status-away", "status-offline", "accept", "reply-input", "reply-send"):
+        for testid in ("status-online", "status-away", "status-offline", "accept", "reply-input", "reply-send", "card-toggle"):
             box = await boris.get_by_test_id(testid).bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 + 0.5, (testid, box)
+        # The client card has no room beside the chat: "Client" opens it over the transcript, Escape closes it.
+        card = boris.get_by_test_id("client-card")
+        await expect(card).to_be_hidden()
+        await boris.get_by_test_id("card-toggle").click()
+        await expect(card).to_be_visible()
+        await expect(boris.get_by_test_id("card-name")).to_have_text("Pat")
+        await expect(boris.get_by_test_id("card-toggle")).to_have_attribute("aria-expanded", "true")
+        box = await card.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 + 0.5, box
+        await boris.keyboard.press("Escape")
+        await expect(card).to_be_hidden()
+        await expect(boris.get_by_test_id("card-toggle")).to_be_focused()

@@ -130,6 +130,8 @@ def workspace_page(operator_id: str, name: str, csrf: str, *, nav: Nav, max_uplo
           <div class="chat-meta" id="chat-meta" data-testid="chat-meta"></div>
         </div>
         <div class="chat-actions">
+          <button type="button" class="card-toggle" id="card-toggle" data-testid="card-toggle" aria-expanded="false"
+            aria-controls="client-card" title="Who the client is (the card beside the chat on a wider screen)">Client</button>
           <span class="offer-countdown" id="offer-countdown" data-testid="offer-countdown" hidden></span>
           <button type="button" class="primary" id="take" data-testid="take" hidden
             title="Take this waiting chat: it becomes yours">Take</button>

@@ -1632,6 +1632,20 @@
     el.reply.placeholder = on ? "Private note — only colleagues see it; @login tells a colleague" : REPLY_HINT;
   }
   noteToggle.addEventListener("click", () => { setNoteMode(!noteMode); el.reply.focus(); });
+
+  // On a narrow screen (a phone) the client card opens over the transcript; Escape or "Client" again closes it.
+  const cardToggle = document.getElementById("card-toggle");
+  const clientCard = document.getElementById("client-card");
+  function showCard(on) {
+    clientCard.classList.toggle("open", on);
+    cardToggle.setAttribute("aria-expanded", String(on));
+    if (on) clientCard.focus();
+  }
+  clientCard.tabIndex = -1;
+  cardToggle.addEventListener("click", () => showCard(!clientCard.classList.contains("open")));
+  clientCard.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && clientCard.classList.contains("open")) { showCard(false); cardToggle.focus(); }
+  });
   let noteForced = false;
   function forceNote(on) {
     noteToggle.disabled = on;
