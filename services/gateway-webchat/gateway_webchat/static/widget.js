@@ -161,7 +161,7 @@
     '<div class="notice" id="ol-notice" data-testid="ol-notice" role="status"></div>' +
     '<div class="emojis" id="ol-emojis" data-testid="ol-emojis" role="group" aria-label="Emoji" hidden></div>' +
     '<form id="ol-form" data-testid="ol-form">' +
-    '<label class="attach" title="Attach a file" data-testid="ol-attach"><span aria-hidden="true">\uD83D\uDCCE</span>' +
+    '<label class="attach" title="Attach a file" data-testid="ol-attach"><svg aria-hidden="true" width="20" height="20" viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round"><path d="M21.4 11.1l-9.2 9.2a6 6 0 0 1-8.5-8.5l9.2-9.2a4 4 0 0 1 5.7 5.7l-9.2 9.2a2 2 0 0 1-2.8-2.8l8.5-8.5"/></svg>' +
     '<span class="sr">Attach a file</span><input id="ol-file" data-testid="ol-file" type="file" multiple hidden></label>' +
     '<button class="emoji" id="ol-emoji" data-testid="ol-emoji" type="button" aria-label="Insert emoji" aria-expanded="false" aria-controls="ol-emojis"><span aria-hidden="true">\uD83D\uDE0A</span></button>' +
     '<label class="sr" for="ol-input">Message</label>' +
