@@ -225,3 +225,43 @@ async def test_the_widget_says_away_and_what_to_expect_while_nobody_can_answer(s
     await conn.wait_for()
     assert await conn.inner_text() == "Away"  # no operator of the line is online
     assert "away right now" in await page.locator("#ol-greet").inner_text()
+
+
+async def test_on_a_320_px_phone_a_themed_widget_fits_and_takes_the_sites_title_and_colour(svc: Any, page: Any) -> None:
+    """A customer's site themes the widget through its script tag; on the narrowest phones every control is on screen."""
+    from aiohttp import web
+
+    tag = (
+        f'<script src="http://127.0.0.1:{svc.port}/widget.js" data-account="demo" data-title="Acme Support"'
+        ' data-color="#0f766e" data-away-greeting="Nobody is here now: leave a message."></script>'
+    )
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=f"<!doctype html><html><body><h1>Acme</h1>{tag}</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    site_runner = web.AppRunner(app)
+    await site_runner.setup()
+    site = web.TCPSite(site_runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        await page.set_viewport_size({"width": 320, "height": 568})
+        await page.goto(f"http://127.0.0.1:{site_runner.addresses[0][1]}/")
+        await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+        launcher = page.get_by_test_id("ol-launcher")
+        assert await launcher.evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(15, 118, 110)"
+        await launcher.click()
+        panel = page.get_by_test_id("ol-panel")
+        await panel.get_by_text("Acme Support").wait_for()
+        await panel.get_by_text("Nobody is here now: leave a message.").wait_for()  # no operator is online
+        for testid in ("ol-panel", "ol-input", "ol-send", "ol-attach", "ol-emoji", "ol-close"):
+            box = await page.get_by_test_id(testid).bounding_box()
+            assert box is not None, testid
+            assert box["x"] >= 0 and box["y"] >= 0, (testid, box)
+            assert box["x"] + box["width"] <= 320 + 0.5 and box["y"] + box["height"] <= 568 + 0.5, (testid, box)
+        send = page.get_by_test_id("ol-send")
+        assert await send.evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(15, 118, 110)"
+        await page.get_by_role("textbox", name="Message").wait_for()  # the text box is named for screen readers
+    finally:
+        await site_runner.cleanup()
