@@ -203,6 +203,14 @@ class Typing(msgspec.Struct, kw_only=True, omit_defaults=True):
     operator_name: str = ""  # out: who is typing, as the client may see it
 
 
+class Seen(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The operator has seen the client's messages up to ``upto`` (a transcript entry id), on
+    ``ol.seen.<channel>.<account>.<chat key>`` (core NATS, not stored); the client's gateway shows it."""
+
+    chat_id: str
+    upto: str
+
+
 class QueuePlace(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A waiting client's place in the queue, on ``ol.queue.<channel>.<account>.<chat key>`` (core NATS, not stored)."""
 

@@ -70,6 +70,7 @@ EVT_ROOT = "ol.evt"
 HIST_ROOT = "ol.hist"
 TIMER_ROOT = "ol.timer"
 MARK_ROOT = "ol.mark"
+SEEN_ROOT = "ol.seen"  # core NATS, never stored: the operator has seen the client's messages up to one
 QUEUE_ROOT = "ol.queue"  # core NATS, never stored: a waiting client's place in the queue, told as it changes
 TYPING_ROOT = "ol.typing"  # core NATS, never stored: "is typing" is worth nothing a few seconds later
 CMD_ROOT = "ol.cmd"
@@ -220,6 +221,15 @@ def typing_out(channel: str, account: str, chat: str) -> str:
 
 def typing_out_channel(channel: str) -> str:
     return f"{TYPING_ROOT}.out.{token(channel, 'channel')}.>"
+
+
+def seen(channel: str, account: str, chat: str) -> str:
+    """The operator answering a chat has seen the client's messages up to one (``chat`` is a :func:`chat_key`)."""
+    return f"{SEEN_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}.{token(chat, 'chat')}"
+
+
+def seen_channel(channel: str) -> str:
+    return f"{SEEN_ROOT}.{token(channel, 'channel')}.>"
 
 
 def queue_place(channel: str, account: str, chat: str) -> str:

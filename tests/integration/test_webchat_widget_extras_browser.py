@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import wait_for
 from desk_admin_support import DEMO_HASH
@@ -31,12 +32,16 @@ LINES = """
 name = "Anna Petrova"
 password_hash = "DEMO_HASH"
 
+[operators.boris]
+name = "Boris Ivanov"
+password_hash = "DEMO_HASH"
+
 [[lines]]
 id = "site"
 name = "Website"
 channels = [{ channel = "webchat", account = "demo" }]
 [lines.queue]
-operators = ["anna"]
+operators = ["anna", "boris"]
 [lines.auto_replies]
 closing = "Thank you, the conversation is closed."
 rating_request = "How did we do? Reply with 1 (bad) to 5 (excellent)."
@@ -432,3 +437,61 @@ async def test_the_operator_sees_when_the_visitor_has_read_a_reply_and_a_visitor
         assert (mark.message_id, mark.channel) == (reply["id"], "webchat")
         mine = op.get_by_test_id("transcript-entry").filter(has_text="Yes, two left.").get_by_test_id("entry-mark")
         await expect(mine).to_have_attribute("data-status", "read")
+
+
+async def test_the_visitor_sees_read_once_the_operator_answering_has_the_messages_on_screen(
+    widget: Any, nc: Any, nats_server: Any
+) -> None:
+    from playwright.async_api import expect
+
+    page, _ = widget
+    w = page.get_by_test_id("ol-widget")
+    await page.evaluate("window.openlinesWidget.open(); window.openlinesWidget.send('Is the blue one in stock?')")
+    await page.evaluate("window.openlinesWidget.send('Size 38, please')")
+    statuses = w.get_by_test_id("ol-status")
+    await expect(statuses).to_have_text(["sent", "sent"])
+    session = await wait_for(lambda: visitor_session(nc, page), what="the visitor's session")
+    said: list[Any] = []
+
+    async def heard(m: Any) -> None:
+        said.append(m)
+
+    sub = await nc.subscribe("ol.seen.>", cb=heard)  # what the desk tells the gateways
+    # A "seen" naming another visitor's message marks nothing here: the gateway checks whose it is.
+    from openlines.envelopes import Seen
+
+    visitor = await page.evaluate("window.openlinesWidget.visitor")
+    key = subjects.chat_key("webchat", "demo", visitor)
+    forged = Seen(chat_id=visitor, upto="webchat:demo:someone-else:m1")
+    await nc.publish(subjects.seen("webchat", "demo", key), msgspec.json.encode(forged))
+    async with running_desk(nats_server.url) as desk:
+        # A colleague looking at the chat (from a view) is not the answer being read.
+        boris = await new_page(page.context.browser, f"http://127.0.0.1:{desk.port}")
+        await sign_in_live(boris, "boris")
+        await boris.get_by_test_id("view-lines").click()
+        await boris.get_by_test_id("view-item").first.click()
+        await expect(boris.get_by_test_id("transcript")).to_contain_text("Size 38, please")
+        await expect(statuses).to_have_text(["sent", "sent"])
+        # Anna, whose chat it is, opens it: both messages say "read" in the widget.
+        anna = await new_page(page.context.browser, f"http://127.0.0.1:{desk.port}")
+        await sign_in_live(anna, "anna")
+        await anna.get_by_test_id("chat-item").first.click()
+        await expect(statuses).to_have_text(["read", "read"])
+        told = [m for m in said if b"someone-else" not in m.data]
+        assert [m.subject.split(".")[:4] for m in told] == [["ol", "seen", "webchat", "demo"]]  # once, and only Anna's
+        assert session.id not in told[0].data.decode()
+        # A later message is "sent" until she has it on screen too; kept "read" after a reload.
+        await page.evaluate("window.openlinesWidget.send('And in red?')")
+        await expect(statuses).to_have_text(["read", "read", "read"])  # her chat is open: it is read at once
+        await page.reload()
+        await page.evaluate("window.openlinesWidget.open()")
+        await expect(w.get_by_test_id("ol-status")).to_have_text(["read", "read", "read"])
+        # The desk tells only what the chat's own operator has seen, and only of its own client's messages.
+        from desk.http import DESK
+        from desk.live import Connection
+
+        hub = desk.app[DESK].hub
+        other = Connection(None, "boris")  # type: ignore[arg-type]
+        other.shown.add(session.id)
+        assert await hub.seen(other, session.id, "webchat:demo:x:y") is False
+    await sub.unsubscribe()

@@ -294,6 +294,9 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     # a visitor's place in the queue: only the router tells it, and a gateway hears only its own channel's
     "publish_queue_place": ("ol.queue.webchat.demo.c1", _publish("ol.queue.webchat.demo.c1")),
     "listen_queue_places": ("ol.queue.>", _subscribe("ol.queue.>")),
+    # "the operator read your messages", to a visitor: only the desk says it
+    "publish_seen": ("ol.seen.webchat.demo.c1", _publish("ol.seen.webchat.demo.c1")),
+    "listen_seen": ("ol.seen.>", _subscribe("ol.seen.>")),
     "publish_out": ("ol.out.webchat.demo.x", _publish("ol.out.webchat.demo.x")),
     "publish_history": ("ol.hist.s1", _publish("ol.hist.s1")),
     "publish_session_event": ("ol.evt.session_closed", _publish("ol.evt.session_closed")),
@@ -350,6 +353,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "listen_typing_in",
         "listen_queue_places",
         "write_vk_sent",
+        "publish_seen",
+        "listen_seen",
         "write_desk_tokens",
         "write_desk_presence",  # it reads the desk replicas' heartbeats, never writes one
         "write_desk_stats",
@@ -374,6 +379,7 @@ FORBIDDEN: dict[str, list[str]] = {
         "publish_queue_place",
         "listen_queue_places",
         "write_vk_sent",
+        "listen_seen",
         "publish_out",
         "publish_history",
         "publish_session_event",
@@ -392,6 +398,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "publish_queue_place",
         "listen_queue_places",
         "write_vk_sent",
+        "publish_seen",
+        "listen_seen",
         "write_desk_tokens",
         "write_desk_stats",
         "publish_in_email",
@@ -417,6 +425,8 @@ for _gateway, _channel in GATEWAYS.items():
         "listen_typing_in",
         "publish_queue_place",  # only the router knows the queue
         "listen_queue_places",  # the webchat gateway hears only ol.queue.webchat.>
+        "publish_seen",  # only an operator's page (through the desk) says a client's messages were read
+        "listen_seen",
         *(["write_vk_sent"] if _channel != "vk" else []),
         "write_desk_tokens",
         "write_desk_stats",

@@ -576,9 +576,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 break
-            # The page listens; all it says is that its operator is typing in a chat (anything else is ignored).
-            if msg.type == WSMsgType.TEXT and len(msg.data) <= 200:
-                await _operator_typing(desk, conn, msg.data, account.name or user.operator_id)
+            # The page listens; all it says is that its operator is typing in a chat, or has seen the client's
+            # messages in it (anything else is ignored).
+            if msg.type == WSMsgType.TEXT and len(msg.data) <= 400:
+                await _operator_frame(desk, conn, msg.data, account.name or user.operator_id)
     finally:
         desk.hub.remove(conn)
         if writer is not None:
@@ -590,15 +591,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _operator_typing(desk: Desk, conn: Connection, data: str, name: str) -> None:
+async def _operator_frame(desk: Desk, conn: Connection, data: str, name: str) -> None:
     try:
         frame = msgspec.json.decode(data)
     except BAD_JSON:
         return
-    sid = frame.get("session_id") if isinstance(frame, dict) and frame.get("type") == "typing" else None
-    if isinstance(sid, str) and is_token(sid):
-        with contextlib.suppress(Exception):  # a lost "typing" costs nothing: never the page's socket
+    if not isinstance(frame, dict):
+        return
+    sid = frame.get("session_id")
+    if not (isinstance(sid, str) and is_token(sid)):
+        return
+    with contextlib.suppress(Exception):  # a lost "typing" or "seen" costs nothing: never the page's socket
+        if frame.get("type") == "typing":
             await desk.hub.typing(conn, sid, name)
+        elif frame.get("type") == "seen" and isinstance(upto := frame.get("upto"), str) and 0 < len(upto) <= 300:
+            await desk.hub.seen(conn, sid, upto)
 
 
 # -- JSON API ---------------------------------------------------------------

@@ -39,7 +39,7 @@ from desk.reads import Reader, holders_of, sla_clock
 from desk.supervise import SUPERVISOR_ROLES
 from openlines import subjects
 from openlines.bus import kv_get
-from openlines.envelopes import DeliveryMark, HistoryEntry, SessionEvent, Typing
+from openlines.envelopes import DeliveryMark, HistoryEntry, Seen, SessionEvent, Typing
 from openlines.state import ClientRecord, OperatorAccount, client_key
 
 log = logging.getLogger("desk.live")
@@ -71,6 +71,7 @@ class Connection:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self.shown: set[str] = set()  # sessions this page lists
         self.typed: dict[str, float] = {}  # session -> when this operator's typing was last passed on
+        self.seen: dict[str, str] = {}  # session -> the client's newest message this operator was last said to have seen
         self.overflowed = False
 
     def push(self, frame: dict[str, Any]) -> None:
@@ -412,6 +413,21 @@ class Hub:
         await self.nc.publish(
             subjects.typing_out(session.channel, session.account, session.chat_key), msgspec.json.encode(typing)
         )
+        return True
+
+    async def seen(self, conn: Connection, session_id: str, upto: str) -> bool:
+        """The operator of ``conn`` has the chat open with the client's messages up to ``upto`` on screen:
+        tell the client's gateway (the widget shows "read"), if the chat is theirs, once per message."""
+        if session_id not in conn.shown or conn.seen.get(session_id) == upto:
+            return False
+        session = await self.reader.session(session_id)
+        if session is None or session.operator_id != conn.operator_id or session.status == "closed":
+            return False  # a colleague or a supervisor looking in does not count as the answer being read
+        conn.seen[session_id] = upto
+        if len(conn.seen) > 200:
+            conn.seen = {session_id: upto}
+        body = msgspec.json.encode(Seen(chat_id=session.chat_id, upto=upto))
+        await self.nc.publish(subjects.seen(session.channel, session.account, session.chat_key), body)
         return True
 
     async def _on_history(self, msg: Msg) -> None:

@@ -14,15 +14,16 @@ from gateway_webchat.availability import Availability, State
 from gateway_webchat.files import Links
 from gateway_webchat.http import WebchatHttp
 from gateway_webchat.lines import BoundAccounts
-from gateway_webchat.normalise import CHANNEL
+from gateway_webchat.normalise import CHANNEL, inbound_id
 from gateway_webchat.push import Hub, OutboundConsumer, frame
 from gateway_webchat.settings import Settings
 from openlines import subjects
-from openlines.envelopes import QueuePlace, Typing
+from openlines.envelopes import QueuePlace, Seen, Typing
 from openlines.runner import Service
 
 _typing = msgspec.json.Decoder(Typing)
 _place = msgspec.json.Decoder(QueuePlace)
+_seen = msgspec.json.Decoder(Seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,20 @@ async def setup(svc: Service[Settings]) -> None:
             hub.tell_place(key, told.place)
 
     await svc.nc.subscribe(subjects.queue_place_channel(CHANNEL), cb=queue_place)
+
+    async def operator_saw(msg: Msg) -> None:
+        # ol.seen.webchat.<account>.<chat key>: the operator answering has the visitor's messages up to one on screen
+        try:
+            seen = _seen.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        key = msg.subject.rsplit(".", 1)[-1]
+        account = msg.subject.split(".")[-2]
+        mine = f"{inbound_id(account, seen.chat_id, '')}"  # the transcript ids of this visitor's messages start so
+        if subjects.chat_key(CHANNEL, account, seen.chat_id) == key and seen.upto.startswith(mine) and len(seen.upto) > len(mine):
+            hub.tell(key, frame(type="read", id=seen.upto[len(mine) :]))
+
+    await svc.nc.subscribe(subjects.seen_channel(CHANNEL), cb=operator_saw)
     # Serve sockets only once the bound accounts are known; a slow start is
     # still served, with /readyz and a 1013 "reconnect shortly" until then.
     with contextlib.suppress(TimeoutError):

@@ -584,6 +584,19 @@
       el.transcript.append(li);
     }
     if (atBottom || entries.length < 30) el.transcript.scrollTop = el.transcript.scrollHeight;
+    const newestIn = entries.filter((e) => e.direction === "in").pop();
+    if (newestIn) tellSeen(state.selected, newestIn.id);
+  }
+
+  // The client's messages are on the screen of the operator answering them: their widget says "read".
+  // Said once per message, only while this page is looked at; the desk checks the chat is ours.
+  const seenSaid = new Map();
+  function tellSeen(id, upto) {
+    const chat = state.chats.get(id);
+    if (!chat || chat.operator_id !== me || chat.status === "closed" || seenSaid.get(id) === upto) return;
+    if (document.visibilityState !== "visible" || !socket || socket.readyState !== WebSocket.OPEN) return;
+    seenSaid.set(id, upto);
+    socket.send(JSON.stringify({ type: "seen", session_id: id, upto }));
   }
 
   // Files stored on our side (what clients sent, what operators sent) are read through the desk, which checks
@@ -1185,7 +1198,7 @@
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") {
       if (!socket) connect();
-      if (state.selected) markSeen(state.selected);
+      if (state.selected) { markSeen(state.selected); renderTranscript(); }
       renderList();
     }
   });

@@ -182,7 +182,7 @@
   el.name.value = state.name;
 
   // ---- rendering ----
-  var STATUS_TEXT = { sending: "sending…", sent: "sent", failed: "not sent – retry" };
+  var STATUS_TEXT = { sending: "sending…", sent: "sent", read: "read", failed: "not sent – retry" };
   var unread = 0;
   function fmtTime(at) {
     var d = new Date(at);
@@ -467,6 +467,15 @@
       showTyping(f.operator);
     } else if (f.type === "queue") {
       showPlace(f.place);
+    } else if (f.type === "read") {
+      // The operator has read our messages up to this one: it and every earlier one sent say "read".
+      var upto = -1;
+      for (var r = 0; r < state.items.length; r++) if (state.items[r].kind === "out" && state.items[r].id === f.id) upto = r;
+      for (var q = 0; q <= upto; q++) {
+        var sent = state.items[q];
+        if (sent.kind === "out" && sent.status === "sent") { sent.status = "read"; render(sent); }
+      }
+      if (upto >= 0) save();
     } else if (f.type === "error") {
       var failed = f.id ? find("out", f.id) : null;
       if (f.code === "token_expired" && f.renewable && ws) {
