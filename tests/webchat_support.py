@@ -125,3 +125,58 @@ async def metric(base: str, name: str, **labels: str) -> float:
             if line.startswith(want + " "):
                 return float(line.split()[-1])
     return 0.0
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
+
+
+@asynccontextmanager
+async def widget_in_chromium(nats_url: str, *, width: int = 1200, height: int = 800) -> AsyncIterator[tuple[Any, Any]]:
+    """The router and the webchat gateway running, its demo page open in Chromium: (page, gateway).
+    The lines must be applied first (the gateway serves only accounts a line is bound to)."""
+    from playwright.async_api import async_playwright
+    from servers import creds
+    from support import running_router
+
+    from gateway_webchat import Settings, setup
+    from openlines import runner
+
+    settings = Settings(
+        nats_url=nats_url,
+        http_port=0,
+        webchat_secret="widget-in-chromium-secret-0123456789-Kq7Zt9",
+        shutdown_timeout=3.0,
+        **creds("gateway-webchat"),
+    )
+    async with running_router(nats_url), async_playwright() as p:
+        gateway = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": width, "height": height})
+            await page.goto(f"http://127.0.0.1:{gateway.port}/demo")
+            await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
+            yield page, gateway
+        finally:
+            await browser.close()
+            await gateway.stop()
+
+
+@asynccontextmanager
+async def customer_site(script_tag: str) -> AsyncIterator[str]:
+    """A customer's web site (its own origin) whose page embeds the widget with ``script_tag``: its URL."""
+    from aiohttp import web
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=f"<!doctype html><html><body><h1>Acme</h1>{script_tag}</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    site_runner = web.AppRunner(app)
+    await site_runner.setup()
+    site = web.TCPSite(site_runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site_runner.addresses[0][1]}/"
+    finally:
+        await site_runner.cleanup()

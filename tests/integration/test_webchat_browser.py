@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from servers import creds
-from webchat_support import bind_widget_accounts
+from webchat_support import bind_widget_accounts, customer_site
 
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT
@@ -229,25 +229,13 @@ async def test_the_widget_says_away_and_what_to_expect_while_nobody_can_answer(s
 
 async def test_on_a_320_px_phone_a_themed_widget_fits_and_takes_the_sites_title_and_colour(svc: Any, page: Any) -> None:
     """A customer's site themes the widget through its script tag; on the narrowest phones every control is on screen."""
-    from aiohttp import web
-
     tag = (
         f'<script src="http://127.0.0.1:{svc.port}/widget.js" data-account="demo" data-title="Acme Support"'
         ' data-color="#0f766e" data-away-greeting="Nobody is here now: leave a message."></script>'
     )
-
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=f"<!doctype html><html><body><h1>Acme</h1>{tag}</body></html>", content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/", index)
-    site_runner = web.AppRunner(app)
-    await site_runner.setup()
-    site = web.TCPSite(site_runner, "127.0.0.1", 0)
-    await site.start()
-    try:
+    async with customer_site(tag) as url:
         await page.set_viewport_size({"width": 320, "height": 568})
-        await page.goto(f"http://127.0.0.1:{site_runner.addresses[0][1]}/")
+        await page.goto(url)
         await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
         launcher = page.get_by_test_id("ol-launcher")
         assert await launcher.evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(15, 118, 110)"
@@ -263,5 +251,3 @@ async def test_on_a_320_px_phone_a_themed_widget_fits_and_takes_the_sites_title_
         send = page.get_by_test_id("ol-send")
         assert await send.evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(15, 118, 110)"
         await page.get_by_role("textbox", name="Message").wait_for()  # the text box is named for screen readers
-    finally:
-        await site_runner.cleanup()

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from servers import creds
-from support import apply_lines, inbound, publish, running_router
+from support import apply_lines, inbound, publish
+from webchat_support import widget_in_chromium
 
-from gateway_webchat import Settings, setup
-from openlines import bus, runner, subjects
+from openlines import bus, subjects
 from openlines.commands import Close, SetStatus, call
 from openlines.state import ClientRecord, Session, client_key
 
@@ -67,27 +66,9 @@ async def with_status(nc: Any, visitor: str, status: str) -> Session:
 async def page(nats_server: Any, nc: Any, request: Any) -> AsyncIterator[Any]:
     """The lines (telling places or not: the parameter), the router and the webchat gateway running,
     the demo page open in Chromium at a phone's width."""
-    from playwright.async_api import async_playwright
-
     await apply_lines(nc, lines(tell=request.param))
-    settings = Settings(
-        nats_url=nats_server.url,
-        http_port=0,
-        webchat_secret="queue-place-secret-0123456789-Kq7Zt9Wm",
-        shutdown_timeout=3.0,
-        **creds("gateway-webchat"),
-    )
-    async with running_router(nats_server.url), async_playwright() as p:
-        gateway = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
-        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            pg = await browser.new_page(viewport={"width": 390, "height": 780})
-            await pg.goto(f"http://127.0.0.1:{gateway.port}/demo")
-            await pg.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
-            yield pg
-        finally:
-            await browser.close()
-            await gateway.stop()
+    async with widget_in_chromium(nats_server.url, width=390, height=780) as (pg, _):
+        yield pg
 
 
 async def queue_behind_two(nc: Any, page: Any) -> tuple[Session, Session, Session]:

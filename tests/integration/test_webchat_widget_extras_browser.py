@@ -13,7 +13,8 @@ from conftest import wait_for
 from desk_admin_support import DEMO_HASH
 from desk_support import new_page, running_desk, sign_in_live
 from servers import creds
-from support import apply_lines, events, running_router
+from support import apply_lines, events
+from webchat_support import customer_site, widget_in_chromium
 
 from gateway_webchat import Settings, setup
 from openlines import bus, runner, subjects
@@ -52,29 +53,11 @@ rating = true
 
 @pytest.fixture
 async def widget(nats_server: Any, nc: Any) -> AsyncIterator[tuple[Any, Any]]:
-    """The router and the gateway running, the demo page open in Chromium: (page, gateway)."""
-    from playwright.async_api import async_playwright
-
+    """The router and the gateway running, the demo page open in Chromium, Anna online: (page, gateway)."""
     await apply_lines(nc, LINES)
-    settings = Settings(
-        nats_url=nats_server.url,
-        http_port=0,
-        webchat_secret="extras-secret-0123456789-Kq7Zt9Wm3xRv",
-        shutdown_timeout=3.0,
-        **creds("gateway-webchat"),
-    )
-    async with running_router(nats_server.url), async_playwright() as p:
-        gateway = await runner.launch("gateway-webchat", settings, setup, first_attempts=5)
-        browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1200, "height": 800})
-            await page.goto(f"http://127.0.0.1:{gateway.port}/demo")
-            await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
-            await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-            yield page, gateway
-        finally:
-            await browser.close()
-            await gateway.stop()
+    async with widget_in_chromium(nats_server.url) as (page, gateway):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        yield page, gateway
 
 
 async def visitor_session(nc: Any, page: Any) -> Session | None:
@@ -171,31 +154,16 @@ async def test_emoji_go_in_where_the_cursor_is_and_escape_closes_the_picker(widg
 @pytest.fixture
 async def shop_page(widget: Any) -> AsyncIterator[Any]:
     """A customer's site (its own origin) embedding the widget with a pre-chat form."""
-    from aiohttp import web
-
     page, gateway = widget
     tag = (
         f'<script src="http://127.0.0.1:{gateway.port}/widget.js" data-account="demo" data-prechat="name email phone"'
         ' data-prechat-required="email" data-consent="I agree that Acme uses my data to answer me."'
         ' data-consent-url="https://shop.example.test/privacy"></script>'
     )
-
-    async def index(_: web.Request) -> web.Response:
-        return web.Response(text=f"<!doctype html><html><body><h1>Acme</h1>{tag}</body></html>", content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/", index)
-    runner_ = web.AppRunner(app)
-    await runner_.setup()
-    site = web.TCPSite(runner_, "127.0.0.1", 0)
-    await site.start()
-    port = runner_.addresses[0][1]
-    try:
-        await page.goto(f"http://127.0.0.1:{port}/")
+    async with customer_site(tag) as url:
+        await page.goto(url)
         await page.wait_for_function("window.openlinesWidget && window.openlinesWidget.connected === true")
         yield page
-    finally:
-        await runner_.cleanup()
 
 
 async def test_the_pre_chat_form_asks_first_checks_and_its_contact_reaches_the_client_record(shop_page: Any, nc: Any) -> None:
