@@ -186,6 +186,54 @@ async def ticker(progress: Progress, render: Callable[[], str], stop: asyncio.Ev
             pass
 
 
+class Window:
+    """A closed-loop load's measured window: WARMUP seconds not counted, then SECONDS counted.
+
+    Each client records ``(t0, t1, ok)`` per request; only requests that started
+    and ended inside the window count. :meth:`run` shows the rate as it goes
+    and returns the rate, percentiles and errors under ``unit``.
+    """
+
+    def __init__(self, label: str, warmup: float, seconds: float, unit: str) -> None:
+        self.progress = Progress(label)
+        self.seconds = seconds
+        self.unit = unit
+        self.done = 0
+        self.errors = 0
+        self.latencies: list[float] = []
+        self.start = time.monotonic() + warmup
+        self.end = self.start + seconds
+
+    def open(self) -> bool:
+        return time.monotonic() < self.end
+
+    def record(self, t0: float, t1: float, ok: bool) -> None:
+        if t0 >= self.start and t1 <= self.end:
+            if ok:
+                self.done += 1
+                self.latencies.append(t1 - t0)
+            else:
+                self.errors += 1
+
+    async def run(self, clients: Awaitable[Any]) -> dict[str, Any]:
+        stop = asyncio.Event()
+
+        def render() -> str:
+            el = time.monotonic() - self.start
+            return f"{self.done} done, {self.done / el:,.0f} {self.unit}" if el > 0 else "warming up"
+
+        tick = asyncio.create_task(ticker(self.progress, render, stop))
+        try:
+            await clients
+        finally:
+            stop.set()
+            await tick
+        rate = self.done / self.seconds
+        p50, p99 = pct(self.latencies, 50) * 1e3, pct(self.latencies, 99) * 1e3
+        self.progress.done(f"{rate:,.0f} {self.unit} (p50 {p50:.1f} ms, p99 {p99:.1f} ms, errors {self.errors})")
+        return {"rate": rate, "done": self.done, "errors": self.errors, "p50_ms": p50, "p99_ms": p99}
+
+
 async def wait_until(probe: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while True:

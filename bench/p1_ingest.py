@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import HELLO, WEBCHAT_SECRET, Proc, Progress, bare, bind_bench_account, nats_server, pct, service, ticker
+from common import HELLO, WEBCHAT_SECRET, Proc, Window, bare, bind_bench_account, nats_server, service
 
 from openlines import bus
 
@@ -28,22 +28,15 @@ ROUNDS = 2
 
 async def load(url: str, label: str, tag: str) -> dict[str, Any]:
     """Drive ``url`` with CONNS sockets for WARMUP + SECONDS; count acks in the measured window."""
-    progress = Progress(label)
-    acked = 0
-    errors = 0
-    lat: list[float] = []
-    t_start = time.monotonic()
-    t_measure = t_start + WARMUP
-    t_end = t_measure + SECONDS
+    window = Window(label, WARMUP, SECONDS, "msg/s")
 
     async def one(i: int, http: aiohttp.ClientSession) -> None:
-        nonlocal acked, errors
         async with http.ws_connect(f"{url}?v=v{tag}{i}") as ws:
             await ws.send_str(HELLO)
             first = json.loads((await ws.receive()).data)
             assert first["type"] == "welcome", first
             n = 0
-            while time.monotonic() < t_end:
+            while window.open():
                 n += 1
                 mid = f"{tag}-{i}-{n}"
                 t0 = time.monotonic()
@@ -52,29 +45,20 @@ async def load(url: str, label: str, tag: str) -> dict[str, Any]:
                     frame = json.loads((await ws.receive(timeout=10)).data)
                     if frame.get("id") == mid:
                         break
-                t1 = time.monotonic()
-                if t0 >= t_measure and t1 <= t_end:
-                    if frame.get("status") == "sent":
-                        acked += 1
-                        lat.append(t1 - t0)
-                    else:
-                        errors += 1
+                window.record(t0, time.monotonic(), frame.get("status") == "sent")
 
-    stop = asyncio.Event()
+    async def clients() -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            await asyncio.gather(*(one(i, http) for i in range(CONNS)))
 
-    def render() -> str:
-        el = time.monotonic() - t_measure
-        return f"{acked} acked, {acked / el:,.0f} msg/s" if el > 0 else "warming up"
-
-    tick = asyncio.create_task(ticker(progress, render, stop))
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as http:
-        await asyncio.gather(*(one(i, http) for i in range(CONNS)))
-    stop.set()
-    await tick
-    rate = acked / SECONDS
-    progress.done(f"{rate:,.0f} msg/s (p50 {pct(lat, 50) * 1e3:.1f} ms, p99 {pct(lat, 99) * 1e3:.1f} ms, errors {errors})")
-    return {"msgs_per_s": rate, "acked": acked, "errors": errors, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
+    got = await window.run(clients())
+    return {
+        "msgs_per_s": got["rate"],
+        "acked": got["done"],
+        "errors": got["errors"],
+        "p50_ms": got["p50_ms"],
+        "p99_ms": got["p99_ms"],
+    }
 
 
 async def run(workdir: Path) -> dict[str, Any]:

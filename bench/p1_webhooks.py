@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from common import Proc, Progress, bare, nats_server, pct, service, ticker
+from common import Proc, Window, bare, nats_server, service
 from peers.vk_api import CallbackSender, FakeVk  # the local VK peer of the tests (common puts tests/ on the path)
 
 from openlines import bus
@@ -52,45 +52,30 @@ def telegram_update(update_id: int, user: int, text: str) -> bytes:
 
 async def load(url: str, label: str, bodies: Any, headers: dict[str, str], expect: str) -> dict[str, Any]:
     """POST ``bodies(i, n)`` from CONNS clients for WARMUP + SECONDS; count answers ``expect`` in the measured window."""
-    progress = Progress(label)
-    done = 0
-    errors = 0
-    lat: list[float] = []
-    t_start = time.monotonic()
-    t_measure = t_start + WARMUP
-    t_end = t_measure + SECONDS
+    window = Window(label, WARMUP, SECONDS, "req/s")
 
     async def one(i: int, http: aiohttp.ClientSession) -> None:
-        nonlocal done, errors
         for n in itertools.count(1):
-            if time.monotonic() >= t_end:
+            if not window.open():
                 return
             t0 = time.monotonic()
             async with http.post(url, data=bodies(i, n), headers=headers) as resp:
                 text = await resp.text()
-            t1 = time.monotonic()
-            if t0 >= t_measure and t1 <= t_end:
-                if resp.status == 200 and expect in text:
-                    done += 1
-                    lat.append(t1 - t0)
-                else:
-                    errors += 1
+            window.record(t0, time.monotonic(), resp.status == 200 and expect in text)
 
-    stop = asyncio.Event()
+    async def clients() -> None:
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as http:
+            await asyncio.gather(*(one(i, http) for i in range(CONNS)))
 
-    def render() -> str:
-        el = time.monotonic() - t_measure
-        return f"{done} answered, {done / el:,.0f} req/s" if el > 0 else "warming up"
-
-    tick = asyncio.create_task(ticker(progress, render, stop))
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as http:
-        await asyncio.gather(*(one(i, http) for i in range(CONNS)))
-    stop.set()
-    await tick
-    rate = done / SECONDS
-    progress.done(f"{rate:,.0f} req/s (p50 {pct(lat, 50) * 1e3:.1f} ms, p99 {pct(lat, 99) * 1e3:.1f} ms, errors {errors})")
-    return {"req_per_s": rate, "answered": done, "errors": errors, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
+    got = await window.run(clients())
+    return {
+        "req_per_s": got["rate"],
+        "answered": got["done"],
+        "errors": got["errors"],
+        "p50_ms": got["p50_ms"],
+        "p99_ms": got["p99_ms"],
+    }
 
 
 def _row(what: str, ours: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
