@@ -21,6 +21,7 @@ from openlines.bus import Buckets, kv_get, kv_update
 from openlines.envelopes import HistoryEntry, Outbound, utcnow
 from openlines.state import OperatorAccount, OperatorState, Session
 from router.core import capacity, flood, timing
+from router.core import session as transition
 from router.effects import Effects
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
@@ -164,6 +165,19 @@ class Part:
         """
         due = now.timestamp() + SETTLE_AFTER
         await schedule(self.js, Timer(kind="settle", target=session_id, due=due, token=secrets.token_hex(6)))
+
+    async def _writable(self, operator_id: str, acc: OperatorAccount, session_id: str, doing: str) -> Session:
+        """The conversation, when this operator may write in it (a tag, a note, its client's details); else Refused.
+
+        ``doing`` ends the refusal: "<name> may not <doing>: it is not on one of their lines".
+        """
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None:
+            raise Refused("not_found", f"session {session_id!r} does not exist")
+        my_lines = {line.id for line in self.lines.lines_of(operator_id)}
+        if not transition.may_annotate(session, operator_id, list(acc.roles), my_lines):
+            raise Refused("forbidden", f"{acc.name} may not {doing}: it is not on one of their lines")
+        return session
 
     # ------------------------------------------------------------ operators and queues
 

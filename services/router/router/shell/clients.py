@@ -18,7 +18,6 @@ import msgspec
 from openlines.bus import kv_get, kv_update
 from openlines.state import ClientRecord, OperatorAccount, Session, client_key
 from router.core import client
-from router.core import session as transition
 from router.shell.base import Part, Refused
 
 log = logging.getLogger("router.clients")
@@ -32,13 +31,7 @@ def record_key(s: Session) -> str:
 
 class Clients(Part):
     async def _conversation(self, operator_id: str, acc: OperatorAccount, session_id: str) -> Session:
-        session, _ = await kv_get(self.b.sessions, session_id, Session)
-        if session is None:
-            raise Refused("not_found", f"session {session_id!r} does not exist")
-        my_lines = {line.id for line in self.lines.lines_of(operator_id)}
-        if not transition.may_annotate(session, operator_id, list(acc.roles), my_lines):
-            raise Refused("forbidden", f"{acc.name} may not change this client: the conversation is not on one of their lines")
-        return session
+        return await self._writable(operator_id, acc, session_id, "change this client: the conversation")
 
     async def _record(self, s: Session) -> ClientRecord:
         rec, _ = await kv_get(self.b.clients, record_key(s), ClientRecord)

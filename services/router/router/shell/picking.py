@@ -81,12 +81,7 @@ class Picking(Part):
             minus = list(dict.fromkeys(tags.normalise(t) for t in remove))
         except tags.BadTag as exc:
             raise Refused("invalid", str(exc)) from None
-        session, _ = await kv_get(self.b.sessions, session_id, Session)
-        if session is None:
-            raise Refused("not_found", f"session {session_id!r} does not exist")
-        my_lines = {line.id for line in self.lines.lines_of(operator_id)}
-        if not transition.may_annotate(session, operator_id, list(acc.roles), my_lines):
-            raise Refused("forbidden", f"{acc.name} may not tag this conversation: it is not on one of their lines")
+        session = await self._writable(operator_id, acc, session_id, "tag this conversation")
         try:
             tags.applied(session.tags, plus, minus)
         except tags.BadTag as exc:
@@ -136,12 +131,7 @@ class Picking(Part):
             raise Refused("invalid", f"a note is at most {MAX_NOTE} characters")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", client_msg_id):
             raise Refused("invalid", "client_msg_id must be 1-64 of A-Z a-z 0-9 _ -")
-        session, _ = await kv_get(self.b.sessions, session_id, Session)
-        if session is None:
-            raise Refused("not_found", f"session {session_id!r} does not exist")
-        my_lines = {line.id for line in self.lines.lines_of(operator_id)}
-        if not transition.may_annotate(session, operator_id, list(acc.roles), my_lines):
-            raise Refused("forbidden", f"{acc.name} may not write in this conversation: it is not on one of their lines")
+        session = await self._writable(operator_id, acc, session_id, "write in this conversation")
         mentions: list[str] = []
         for login in dict.fromkeys(MENTION.findall(text)):
             if login == operator_id or len(mentions) >= 10:
