@@ -46,7 +46,7 @@ class InboundFlow(Part):
         ck = subjects.chat_key(msg.channel, msg.account, msg.chat_id)
         ckey = client_key(msg.channel, msg.account, ck)
         rec, rev = await kv_get(self.b.clients, ckey, ClientRecord)
-        if rec is not None and msg.id in rec.recent_msg_ids:
+        if rec is not None and msg.id in rec.recent_msg_ids and not await self._resumes(rec, msg, entry_line):
             log.info("duplicate inbound ignored", extra={"msg_id": msg.id})
             return
         now = utcnow()
@@ -65,6 +65,8 @@ class InboundFlow(Part):
             )
         else:
             seen = await self._take_message(msg, entry_line, seen, ck, now)
+        if seen[0] is not None and msg.id in seen[0].recent_msg_ids:
+            return  # remembered with the link to the session it opened (or before: a start finished now)
 
         def remember(cur: ClientRecord | None) -> ClientRecord:
             fresh = ClientRecord(
@@ -76,6 +78,15 @@ class InboundFlow(Part):
             return client.remembered(cur or fresh, msg)
 
         await cas(self.b.clients, ckey, ClientRecord, remember, known=seen)
+
+    async def _resumes(self, rec: ClientRecord, msg: Inbound, entry_line: LineConfig) -> bool:
+        """A remembered message that opened a session whose start a crash cut short: handle it again to finish it."""
+        own_sid = session_id_for(msg.id, entry_line.id)
+        if not client.opened_by(rec, entry_line.id, own_sid):
+            return False  # the common duplicate: no read
+        session, _ = await kv_get(self.b.sessions, own_sid, Session)
+        queued = session is not None and (session.line_id, session.id) in self.waiting
+        return client.resumes(rec, msg.id, entry_line.id, own_sid, session, queued)
 
     async def _take_message(
         self, msg: Inbound, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
@@ -217,6 +228,14 @@ class InboundFlow(Part):
             session = await self._hold(line, session, now)
             known = None
         if session.status == "waiting":
+            if self.offering.may_offer_at_once(line, now):
+                current, rev = known if known is not None else await kv_get(self.b.sessions, session.id, Session)
+                if current is None or current.status != "waiting":
+                    return  # closed or taken meanwhile
+                offered_now, wrote = await self.offering.offer_at_once(line, current, rev, now)
+                if offered_now is not None:
+                    return  # offered at once: it never waited
+                known = None if wrote else (current, rev)
             await self._enqueue(line.id, session)
             hint = {session.id: known} if known is not None else {}
             offered = await self.offering.drain(line, now, after_queueing=True, known=hint)

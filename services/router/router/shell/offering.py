@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
@@ -31,6 +32,13 @@ log = logging.getLogger("router.engine")
 
 CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
 DECIDE_ATTEMPTS = 10
+
+
+@dataclass(slots=True)
+class AtOnce:
+    """An offer tried on the watch-fed copy alone; ``wrote``: an operator or the session was written to."""
+
+    wrote: bool = False
 
 
 class Offering(Part):
@@ -98,14 +106,48 @@ class Offering(Part):
         op = answer.get("operator_id") if isinstance(answer, dict) else None
         return op if isinstance(op, str) and op else None
 
-    async def _assign(self, line: LineConfig, session: Session, rev: int | None, now: datetime) -> Session | None:
-        """Offer a waiting chat to whom the line's mode picks, or None if nobody can take it now."""
+    def may_offer_at_once(self, line: LineConfig, now: datetime) -> bool:
+        """Whether a new chat of the line may skip the queue: the line takes chats now and nobody waits (FIFO)."""
+        return not opening.holds(line, now) and not self.waiting.count(line.id)
+
+    async def offer_at_once(
+        self, line: LineConfig, session: Session, rev: int | None, now: datetime
+    ) -> tuple[Session | None, bool]:
+        """A new chat nobody waits before: offered without passing through the queue, when someone is free.
+
+        Queueing it only to take it out again is two writes (the put and the purge) for
+        nothing. The decision is made on the watch-fed copy of the operators alone: if it
+        shows nobody free, the chat is queued as usual, and the drain that follows looks
+        at the live values (an operator freed a moment ago then sees the chat queued, or
+        the drain sees them free). Returns the session offered (None: queue it) and
+        whether anything was written (then the caller's copy of the session is old).
+        A crash before the offer is recorded leaves the chat waiting in no queue; the
+        message that opened it is redelivered and finishes the start
+        (``router.core.client.resumes``).
+        """
+        if not self.may_offer_at_once(line, now):
+            return None, False
+        attempt = AtOnce()
+        offered = await self._assign(line, session, rev, now, at_once=attempt)
+        return offered, attempt.wrote
+
+    async def _assign(
+        self, line: LineConfig, session: Session, rev: int | None, now: datetime, *, at_once: AtOnce | None = None
+    ) -> Session | None:
+        """Offer a waiting chat to whom the line's mode picks, or None if nobody can take it now.
+
+        ``at_once``: decide on the watch-fed copy only (None when it shows nobody free).
+        """
         preferred = await self._responsible(session) if distribution.asks_responsible(line.queue) else None
         live = False
         for _ in range(DECIDE_ATTEMPTS):
             views = await self.cap.views(line, live=live)
             choice = offer.decide(line.queue, views, declined_by=session.declined_by, preferred=preferred)
+            if at_once is not None and choice.operators:
+                at_once.wrote = True
             if not choice.operators:
+                if at_once is not None:
+                    return None
                 if not live:
                     live = True  # the copy may be a moment behind: decide once more on the live values
                     continue
