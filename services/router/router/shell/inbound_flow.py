@@ -12,6 +12,7 @@ from datetime import datetime
 
 from openlines import subjects
 from openlines.bus import kv_get, kv_update
+from openlines.crashpoints import crash_point
 from openlines.envelopes import HistoryEntry, Inbound, utcnow
 from openlines.lines import LineConfig
 from openlines.state import ClientRecord, Session, client_key
@@ -209,6 +210,7 @@ class InboundFlow(Part):
             return client.linked(rec, msg, entry_line.id, sid)
 
         linked = await cas(self.b.clients, client_key(msg.channel, msg.account, ck), ClientRecord, link, known=seen)
+        crash_point("router.inbound.linked")
         return created, linked
 
     async def _start(self, session: Session, first_contact: bool, now: datetime, *, known: Known[Session] | None) -> None:

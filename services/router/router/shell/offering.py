@@ -159,6 +159,7 @@ class Offering(Part):
             op_id = choice.operators[0]
             if not await self.cap.claim(op_id, session.id, line.queue, now):
                 continue  # their state changed under us: decide again on fresh state
+            crash_point("router.offer.claimed")
             updated = await self.give(
                 session.id,
                 op_id,
