@@ -130,22 +130,28 @@ class InboundFlow(Part):
                 created = None
             if guarded:
                 held = await self._flood_check(session)
-        await self.fx.history(
-            HistoryEntry(
-                id=msg.id,
-                session_id=session.id,
-                direction="in",
-                text=msg.text,
-                attachments=msg.attachments,
-                author_id=msg.user_id,
-                author_name=msg.profile.name,
-                at=msg.received_at,
-                held=held,
+        # The message, and a new session's opening and auto-reply, in one round trip; all
+        # stored before the chat is offered or queued (which a redelivery would not redo).
+        started: tuple[LineConfig, opening.Opening] | None = None
+        async with self.fx.together():
+            await self.fx.history(
+                HistoryEntry(
+                    id=msg.id,
+                    session_id=session.id,
+                    direction="in",
+                    text=msg.text,
+                    attachments=msg.attachments,
+                    author_id=msg.user_id,
+                    author_name=msg.profile.name,
+                    at=msg.received_at,
+                    held=held,
+                )
             )
-        )
-        await self._arm_idle(session)
-        if is_new:
-            await self._start(session, first_contact, now, known=created)
+            await self._arm_idle(session)
+            if is_new:
+                started = await self._start(session, first_contact, now)
+        if started is not None:
+            await self._place(started[0], session, started[1], now, known=created)
         return seen
 
     async def _flood_check(self, session: Session) -> bool:
@@ -213,19 +219,25 @@ class InboundFlow(Part):
         crash_point("router.inbound.linked")
         return created, linked
 
-    async def _start(self, session: Session, first_contact: bool, now: datetime, *, known: Known[Session] | None) -> None:
-        """What a new session gets: the opening event, the right auto-reply, a place in the queue.
-
-        ``known``: the session's record and revision if this trigger just wrote it (saves reading it again).
-        """
+    async def _start(self, session: Session, first_contact: bool, now: datetime) -> tuple[LineConfig, opening.Opening] | None:
+        """What a new session gets first: the opening event and the right auto-reply (then ``_place``)."""
         line = self.lines.lines.get(session.line_id)
         if line is None:
-            return
+            return None
         entry = self.lines.lines.get(session.entry_line_id, line)
         decided = opening.open_session(line, entry, now, first_contact=first_contact, client_name=session.client_name)
         await self._trail(session, f"opened:{session.id}", "session_opened", decided.note)
         if decided.reply.kind:
             await self._auto(session, f"{decided.reply.kind}:{session.id}", decided.reply.text, now)
+        return line, decided
+
+    async def _place(
+        self, line: LineConfig, session: Session, decided: opening.Opening, now: datetime, *, known: Known[Session] | None
+    ) -> None:
+        """A new session is held, offered at once, or queued and offered when its turn comes.
+
+        ``known``: the session's record and revision if this trigger just wrote it (saves reading it again).
+        """
         if decided.held:
             session = await self._hold(line, session, now)
             known = None

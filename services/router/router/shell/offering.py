@@ -7,6 +7,7 @@ compare-and-set and writes the session's transition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ class Offering(Part):
         """
         preferred = await self._responsible(session) if distribution.asks_responsible(line.queue) else None
         live = False
+        armed = False  # the no-answer timer of this offer (the same id each time: armed once)
         for _ in range(DECIDE_ATTEMPTS):
             views = await self.cap.views(line, live=live)
             choice = offer.decide(line.queue, views, declined_by=session.declined_by, preferred=preferred)
@@ -157,7 +159,15 @@ class Offering(Part):
             if choice.to_all:
                 return await self._offer_all(line, session, choice.operators, now, known=(session, rev))
             op_id = choice.operators[0]
-            if not await self.cap.claim(op_id, session.id, line.queue, now):
+            # The offer's no-answer timer goes with the claim (one round trip): armed for an
+            # offer that is then not made, it is stale and does nothing when it fires.
+            arm = not armed
+            claimed, *_ = await asyncio.gather(
+                self.cap.claim(op_id, session.id, line.queue, now),
+                *([self._arm_offer(session.id, session.assignments + 1, now, line.queue.wait_seconds)] if arm else []),
+            )
+            armed = True
+            if not claimed:
                 continue  # their state changed under us: decide again on fresh state
             crash_point("router.offer.claimed")
             updated = await self.give(
@@ -168,6 +178,7 @@ class Offering(Part):
                 assignments=session.assignments,
                 wait_seconds=line.queue.wait_seconds,
                 known=(session, rev),
+                armed=True,
             )
             if updated is None:
                 await self._release(op_id, session.id)  # closed or taken meanwhile
@@ -186,19 +197,23 @@ class Offering(Part):
         wait_seconds: float,
         cause: Callable[[Session], Awaitable[None]] | None = None,
         known: Known[Session] | None = None,
+        armed: bool = False,
     ) -> Session | None:
         """Record the offer on the session (its no-answer timer set first) and announce it.
 
         ``assignments``: the session's count as the caller read it; the offer makes it one more.
         ``cause``: writes what led to the offer (a transfer) into the trail before the offer's line.
         ``known``: the session as the caller read it, with its revision (the first try writes on it).
+        ``armed``: the caller has armed the timer of offer ``assignments + 1`` at ``now``.
         """
         expected = assignments + 1
         for _ in range(DECIDE_ATTEMPTS):
             # The timer before the record: a crash right after the record must not leave the
             # chat offered for ever to an operator who never answers (nothing else would
             # notice: the message that opened it, redelivered, finds it no longer waiting).
-            await self._arm_offer(sid, expected, now, wait_seconds)
+            if not armed:
+                await self._arm_offer(sid, expected, now, wait_seconds)
+            armed = False
             updated, _ = await cas(
                 self.b.sessions,
                 sid,
@@ -213,9 +228,10 @@ class Offering(Part):
             if updated is None or updated.operator_id != op_id or updated.status != "assigned" or updated.assignments != expected:
                 return None
             crash_point("router.offer.recorded")
-            if cause is not None:
-                await cause(updated)
-            await self.announce(updated, [op_id])
+            async with self.fx.together():
+                if cause is not None:
+                    await cause(updated)
+                await self.announce(updated, [op_id])
             log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
             return updated
         return None
