@@ -139,7 +139,10 @@ class Offering(Part):
 
         ``at_once``: decide on the watch-fed copy only (None when it shows nobody free).
         """
-        preferred = await self._responsible(session) if distribution.asks_responsible(line.queue) else None
+        asks = distribution.asks_responsible(line.queue)
+        if asks and at_once is not None and not offer.decide(line.queue, await self.cap.views(line)).operators:
+            return None  # nobody free on the copy: queued without asking the CRM (the drain asks)
+        preferred = await self._responsible(session) if asks else None
         live = False
         armed = False  # the no-answer timer of this offer (the same id each time: armed once)
         for _ in range(DECIDE_ATTEMPTS):
