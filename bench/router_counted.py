@@ -1,8 +1,9 @@
-"""``python -m router`` with a count of its KV operations and JetStream publishes.
+"""``python -m router`` with a count of its KV operations, compare-and-set conflicts and JetStream publishes.
 
 The counts (no change to what the router does) are written to
-``$BENCH_COUNT_FILE`` when the process exits, so P3 can give its KV-CAS
-ceiling the same number of KV operations per routing decision.
+``$BENCH_COUNT_FILE`` on SIGUSR1 (numbered snapshots) and when the process
+exits: P3 reports KV operations per routing decision and the share of
+compare-and-set writes that lost to another writer (``conflict:<bucket>``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 COUNTS: Counter[str] = Counter()
@@ -22,11 +24,18 @@ COUNTS: Counter[str] = Counter()
 
 def _counted(cls: Any, name: str) -> None:
     orig = getattr(cls, name)
+    writes = name in ("update", "create")
 
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         bucket = getattr(self, "_name", "?")
         COUNTS[f"{name}:{bucket}"] += 1
-        return await orig(self, *args, **kwargs)
+        try:
+            return await orig(self, *args, **kwargs)
+        except (KeyWrongLastSequenceError, BadRequestError) as exc:
+            # a compare-and-set that lost: the key changed since it was read (create: it exists)
+            if writes and (isinstance(exc, KeyWrongLastSequenceError) or "wrong last sequence" in str(exc).lower()):
+                COUNTS[f"conflict:{bucket}"] += 1
+            raise
 
     setattr(cls, name, wrapper)
 

@@ -77,6 +77,9 @@ def write_report(facts: dict[str, Any], results: dict[str, dict[str, Any]]) -> N
                 f"{row.get('ceiling_text', '')} | {fmt(row['ratio']) if row.get('ratio') is not None else ''} | "
                 f"{row.get('target', res.get('target', ''))} |"
             )
+    details = [line for res in results.values() for line in [*res.get("details", []), ""] if res.get("details")]
+    if details:
+        lines += ["", "## Details", "", *details]
     lines += ["", "## Notes", ""]
     for key, res in results.items():
         for note in res.get("notes", []):

@@ -14,7 +14,7 @@ from support import apply_lines, history, inbound, outbound_for, publish
 from openlines import bus, subjects
 from openlines.commands import SetStatus, call
 from openlines.crashpoints import ENV as CRASH_ENV
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import ClientRecord, OperatorState, Session, client_key
 
 LINES = """
 [operators.anna]
@@ -173,3 +173,45 @@ async def test_a_crash_right_after_an_offer_is_recorded_still_passes_it_on(nc: A
     notes = await wait_for(trail, timeout=30, what="the pass-on in the transcript")
     assert notes.count("Offered to Anna") >= 1, notes
     assert [o.text for o in await outbound_for(nc, "c0")] == ["Welcome!"]
+
+
+@pytest.mark.parametrize("point", ["router.inbound.linked", "router.offer.claimed"])
+async def test_a_crash_while_a_new_chat_starts_is_finished_by_the_redelivery_once(
+    nc: Any, router_process: ServiceProcess, point: str
+) -> None:
+    """The router dies after the client record remembers the opening message (linked), or after
+    Anna's capacity was claimed for it (claimed), before the offer is recorded.
+
+    The chat waits in no queue then (a new chat with an operator free skips it): the
+    redelivered message, already remembered, must still finish the start - one offer,
+    one transcript line, one welcome, Anna's capacity taken once.
+    """
+    await apply_lines(nc, LINES)
+    router_process.start(**{CRASH_ENV: point})
+    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+    await publish(nc, inbound("c1", "hello", "m1"))
+    await wait_for(lambda: router_process.exited() is not None, timeout=60, what="the router dying at the crash point")
+    crashed = await session_of(nc, "c1")
+    assert crashed is not None and crashed.status == "waiting", crashed
+
+    router_process.start(**{CRASH_ENV: ""})
+
+    async def offered() -> Session | None:
+        s = await session_of(nc, "c1")
+        return s if s is not None and s.status == "assigned" else None
+
+    after = await wait_for(offered, timeout=60, what="the chat offered after the restart")
+    assert after.operator_id == "anna" and after.assignments == 1, after
+
+    async def trail() -> list[Any] | None:
+        hist = await history(nc, after.id)
+        return hist if any(h.text == "Offered to Anna" for h in hist) else None
+
+    hist = await wait_for(trail, timeout=30, what="the offer in the transcript")
+    assert [h.text for h in hist if h.direction == "in"] == ["hello"]
+    assert [h.text for h in hist if h.direction == "system"].count("Offered to Anna") == 1
+    assert [o.text for o in await outbound_for(nc, "c1")] == ["Welcome!"]
+    b = await bus.Buckets(nc.jetstream()).open()
+    anna, _ = await bus.kv_get(b.operators, "anna", OperatorState)
+    assert anna is not None and anna.sessions == [after.id], anna

@@ -6,6 +6,12 @@ a crash publishes nothing twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from typing import Any
+
 import msgspec
 from nats.js import JetStreamContext
 from prometheus_client import Counter
@@ -17,13 +23,45 @@ from openlines.state import Session
 EVENTS = Counter("openlines_router_events_total", "Session events published", ["kind"])
 OUTBOUND = Counter("openlines_router_outbound_total", "Outbound messages published", ["channel", "auto"])
 
+# The publishes of the block ``Effects.together`` runs in this task (each asyncio task has its own context).
+_TOGETHER: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("router_effects_together", default=None)
+
 
 class Effects:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
 
     async def _publish(self, subject: str, msg_id: str, obj: msgspec.Struct) -> None:
-        await self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id})
+        sent = self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id})
+        pending = _TOGETHER.get()
+        if pending is None:
+            await sent
+        else:
+            pending.append(asyncio.ensure_future(sent))
+
+    @contextlib.asynccontextmanager
+    async def together(self) -> AsyncIterator[None]:
+        """Publishes made in the block go out at once and are all acknowledged when it ends.
+
+        One round trip for the trail of a step (its event, its transcript lines, an
+        auto-reply) instead of one each. The order is kept: they are written to the
+        one connection in the order they were made, and the server stores them so.
+        The block ends only when every one is acknowledged (it raises the first
+        failure), so what follows it - the write that commits the step - never
+        comes before them; a failure is retried, and the ids make a redo harmless.
+        """
+        pending: list[asyncio.Future[Any]] = []
+        token = _TOGETHER.set(pending)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            _TOGETHER.reset(token)
+            results = await asyncio.gather(*pending, return_exceptions=True) if pending else []
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors and not failed:
+                raise errors[0]
 
     async def event(self, event_id: str, kind: str, session: Session | None = None, **fields: str) -> None:
         base: dict[str, str] = {}

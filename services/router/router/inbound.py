@@ -109,7 +109,9 @@ async def _handle(engine: Engine, m: Msg, stop: asyncio.Event) -> None:
         try:
             with LATENCY.time():
                 await engine.handle_inbound(envelope)
-            await m.ack_sync()
+            # Not waited for: the effects are stored, the next fetch follows the ack on the same
+            # connection, and an ack that is lost only brings the message again (a duplicate).
+            await m.ack()
             HANDLED.labels("ok").inc()
             return
         except Exception as exc:

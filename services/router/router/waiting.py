@@ -16,6 +16,9 @@ The copy may be a moment behind another replica's writes. That is safe:
   (``sync``): a chat queued by another replica just before an operator became
   free is never left waiting for the next event.
 
+A new chat that nobody waits before, with an operator free, never enters the
+queue: it is offered at once (decision 026).
+
 A chat leaves the queue by a purge whose marker expires after
 ``MARKER_TTL`` (per-message TTL), so the bucket holds only the chats that wait.
 """

@@ -13,7 +13,7 @@ from datetime import datetime
 import msgspec
 
 from openlines.envelopes import ClientProfile, Inbound
-from openlines.state import RECENT_IDS_KEPT, ClientRecord
+from openlines.state import RECENT_IDS_KEPT, ClientRecord, Session
 
 RATING_WINDOW = 24 * 3600.0  # seconds a rating request stays open after the close
 
@@ -138,15 +138,37 @@ def remembered(rec: ClientRecord, msg: Inbound) -> ClientRecord:
 
 
 def linked(rec: ClientRecord, msg: Inbound, entry_line: str, sid: str) -> ClientRecord:
-    """The client points at the session just opened on ``entry_line``, with this message's profile."""
+    """The client points at the session just opened on ``entry_line``, with this message's profile.
+
+    The message that opened it is remembered in the same write (one round trip, not two): a
+    redelivery of it is told apart by ``resumes`` - the start of its session is finished
+    then, or it is not, and the redelivery finishes it.
+    """
+    if rec.open_sessions.get(entry_line) == sid and msg.id in rec.recent_msg_ids:
+        return rec
+    rec = remembered(rec, msg)
     if rec.open_sessions.get(entry_line) == sid:
         return rec
     return msgspec.structs.replace(
-        rec,
-        profile=merge_profile(rec.profile, msg.profile, rec.edited),
-        open_sessions={**rec.open_sessions, entry_line: sid},
-        sessions_total=rec.sessions_total + 1,
+        rec, open_sessions={**rec.open_sessions, entry_line: sid}, sessions_total=rec.sessions_total + 1
     )
+
+
+def opened_by(rec: ClientRecord, entry_line: str, own_sid: str) -> bool:
+    """Whether the client's open session on ``entry_line`` is ``own_sid``, the one a message opened."""
+    return rec.open_sessions.get(entry_line) == own_sid
+
+
+def resumes(rec: ClientRecord, msg_id: str, entry_line: str, own_sid: str, session: Session | None, queued: bool) -> bool:
+    """A message already remembered is handled again only to finish the start of the session it opened.
+
+    That start was cut short (a crash) when the session still waits but is in no queue: a
+    started session is offered, or queued, or held in the queue. ``queued``: it is in its
+    line's queue. Any other message already remembered is a duplicate.
+    """
+    if msg_id not in rec.recent_msg_ids or not opened_by(rec, entry_line, own_sid):
+        return False
+    return session is not None and session.id == own_sid and session.status == "waiting" and not queued
 
 
 def forgotten(c: ClientRecord | None, entry_line: str, sid: str) -> ClientRecord | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from datetime import datetime
 
 from nats.aio.client import Client as NATS
@@ -30,6 +31,7 @@ from router.waiting import Waiting
 
 SETTLE_AFTER = 10.0  # seconds after which the "settle" timer completes a change cut short by a crash
 WAITING_NOTE = "Waiting for an operator"
+NAME_FRESH = 60.0  # seconds an operator's name read for a transcript line is used before it is read again
 
 
 class Refused(Exception):
@@ -74,6 +76,7 @@ class Shared:
         self.waiting = waiting  # every line's waiting queue (ol-waiting, one key per chat)
         self.flood = flood_rule or flood.FloodRule(limit=0, window=60.0, channels=frozenset())
         self.fx = Effects(js)
+        self.names: dict[str, tuple[str, float]] = {}  # operator -> (name, monotonic time read), see Part._name
 
 
 class Part:
@@ -132,11 +135,24 @@ class Part:
     # ------------------------------------------------------------ accounts
 
     async def _name(self, op_id: str) -> str:
+        """The operator's name for a transcript line ("Offered to Anna"), read at most every NAME_FRESH seconds.
+
+        Every offer names its operator: reading the account each time was one round trip in
+        six on the common path. Only the text uses it; whether someone may act is decided
+        on the account read fresh (``_account``), which also refreshes the name.
+        """
+        known = self.shared.names.get(op_id)
+        if known is not None and time.monotonic() - known[1] < NAME_FRESH:
+            return known[0]
         acc, _ = await kv_get(self.b.accounts, op_id, OperatorAccount)
-        return acc.name if acc else op_id
+        name = acc.name if acc else op_id
+        self.shared.names[op_id] = (name, time.monotonic())
+        return name
 
     async def _account(self, operator_id: str) -> OperatorAccount:
         acc, _ = await kv_get(self.b.accounts, operator_id, OperatorAccount)
+        if acc is not None:
+            self.shared.names[operator_id] = (acc.name, time.monotonic())
         if acc is None:
             raise Refused("not_found", f"operator {operator_id!r} does not exist")
         if "openlines" not in acc.permissions:

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from openlines import subjects
 from openlines.bus import kv_get, kv_update
+from openlines.crashpoints import crash_point
 from openlines.envelopes import HistoryEntry, Inbound, utcnow
 from openlines.lines import LineConfig
 from openlines.state import ClientRecord, Session, client_key
@@ -46,7 +47,7 @@ class InboundFlow(Part):
         ck = subjects.chat_key(msg.channel, msg.account, msg.chat_id)
         ckey = client_key(msg.channel, msg.account, ck)
         rec, rev = await kv_get(self.b.clients, ckey, ClientRecord)
-        if rec is not None and msg.id in rec.recent_msg_ids:
+        if rec is not None and msg.id in rec.recent_msg_ids and not await self._resumes(rec, msg, entry_line):
             log.info("duplicate inbound ignored", extra={"msg_id": msg.id})
             return
         now = utcnow()
@@ -65,6 +66,8 @@ class InboundFlow(Part):
             )
         else:
             seen = await self._take_message(msg, entry_line, seen, ck, now)
+        if seen[0] is not None and msg.id in seen[0].recent_msg_ids:
+            return  # remembered with the link to the session it opened (or before: a start finished now)
 
         def remember(cur: ClientRecord | None) -> ClientRecord:
             fresh = ClientRecord(
@@ -76,6 +79,15 @@ class InboundFlow(Part):
             return client.remembered(cur or fresh, msg)
 
         await cas(self.b.clients, ckey, ClientRecord, remember, known=seen)
+
+    async def _resumes(self, rec: ClientRecord, msg: Inbound, entry_line: LineConfig) -> bool:
+        """A remembered message that opened a session whose start a crash cut short: handle it again to finish it."""
+        own_sid = session_id_for(msg.id, entry_line.id)
+        if not client.opened_by(rec, entry_line.id, own_sid):
+            return False  # the common duplicate: no read
+        session, _ = await kv_get(self.b.sessions, own_sid, Session)
+        queued = session is not None and (session.line_id, session.id) in self.waiting
+        return client.resumes(rec, msg.id, entry_line.id, own_sid, session, queued)
 
     async def _take_message(
         self, msg: Inbound, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
@@ -118,22 +130,28 @@ class InboundFlow(Part):
                 created = None
             if guarded:
                 held = await self._flood_check(session)
-        await self.fx.history(
-            HistoryEntry(
-                id=msg.id,
-                session_id=session.id,
-                direction="in",
-                text=msg.text,
-                attachments=msg.attachments,
-                author_id=msg.user_id,
-                author_name=msg.profile.name,
-                at=msg.received_at,
-                held=held,
+        # The message, and a new session's opening and auto-reply, in one round trip; all
+        # stored before the chat is offered or queued (which a redelivery would not redo).
+        started: tuple[LineConfig, opening.Opening] | None = None
+        async with self.fx.together():
+            await self.fx.history(
+                HistoryEntry(
+                    id=msg.id,
+                    session_id=session.id,
+                    direction="in",
+                    text=msg.text,
+                    attachments=msg.attachments,
+                    author_id=msg.user_id,
+                    author_name=msg.profile.name,
+                    at=msg.received_at,
+                    held=held,
+                )
             )
-        )
-        await self._arm_idle(session)
-        if is_new:
-            await self._start(session, first_contact, now, known=created)
+            await self._arm_idle(session)
+            if is_new:
+                started = await self._start(session, first_contact, now)
+        if started is not None:
+            await self._place(started[0], session, started[1], now, known=created)
         return seen
 
     async def _flood_check(self, session: Session) -> bool:
@@ -198,25 +216,40 @@ class InboundFlow(Part):
             return client.linked(rec, msg, entry_line.id, sid)
 
         linked = await cas(self.b.clients, client_key(msg.channel, msg.account, ck), ClientRecord, link, known=seen)
+        crash_point("router.inbound.linked")
         return created, linked
 
-    async def _start(self, session: Session, first_contact: bool, now: datetime, *, known: Known[Session] | None) -> None:
-        """What a new session gets: the opening event, the right auto-reply, a place in the queue.
-
-        ``known``: the session's record and revision if this trigger just wrote it (saves reading it again).
-        """
+    async def _start(self, session: Session, first_contact: bool, now: datetime) -> tuple[LineConfig, opening.Opening] | None:
+        """What a new session gets first: the opening event and the right auto-reply (then ``_place``)."""
         line = self.lines.lines.get(session.line_id)
         if line is None:
-            return
+            return None
         entry = self.lines.lines.get(session.entry_line_id, line)
         decided = opening.open_session(line, entry, now, first_contact=first_contact, client_name=session.client_name)
         await self._trail(session, f"opened:{session.id}", "session_opened", decided.note)
         if decided.reply.kind:
             await self._auto(session, f"{decided.reply.kind}:{session.id}", decided.reply.text, now)
+        return line, decided
+
+    async def _place(
+        self, line: LineConfig, session: Session, decided: opening.Opening, now: datetime, *, known: Known[Session] | None
+    ) -> None:
+        """A new session is held, offered at once, or queued and offered when its turn comes.
+
+        ``known``: the session's record and revision if this trigger just wrote it (saves reading it again).
+        """
         if decided.held:
             session = await self._hold(line, session, now)
             known = None
         if session.status == "waiting":
+            if self.offering.may_offer_at_once(line, now):
+                current, rev = known if known is not None else await kv_get(self.b.sessions, session.id, Session)
+                if current is None or current.status != "waiting":
+                    return  # closed or taken meanwhile
+                offered_now, wrote = await self.offering.offer_at_once(line, current, rev, now)
+                if offered_now is not None:
+                    return  # offered at once: it never waited
+                known = None if wrote else (current, rev)
             await self._enqueue(line.id, session)
             hint = {session.id: known} if known is not None else {}
             offered = await self.offering.drain(line, now, after_queueing=True, known=hint)

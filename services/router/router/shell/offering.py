@@ -7,8 +7,10 @@ compare-and-set and writes the session's transition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
@@ -31,6 +33,13 @@ log = logging.getLogger("router.engine")
 
 CRM_LOOKUP_TIMEOUT = 0.5  # routing never waits longer than this on the CRM
 DECIDE_ATTEMPTS = 10
+
+
+@dataclass(slots=True)
+class AtOnce:
+    """An offer tried on the watch-fed copy alone; ``wrote``: an operator or the session was written to."""
+
+    wrote: bool = False
 
 
 class Offering(Part):
@@ -98,14 +107,52 @@ class Offering(Part):
         op = answer.get("operator_id") if isinstance(answer, dict) else None
         return op if isinstance(op, str) and op else None
 
-    async def _assign(self, line: LineConfig, session: Session, rev: int | None, now: datetime) -> Session | None:
-        """Offer a waiting chat to whom the line's mode picks, or None if nobody can take it now."""
-        preferred = await self._responsible(session) if distribution.asks_responsible(line.queue) else None
+    def may_offer_at_once(self, line: LineConfig, now: datetime) -> bool:
+        """Whether a new chat of the line may skip the queue: the line takes chats now and nobody waits (FIFO)."""
+        return not opening.holds(line, now) and not self.waiting.count(line.id)
+
+    async def offer_at_once(
+        self, line: LineConfig, session: Session, rev: int | None, now: datetime
+    ) -> tuple[Session | None, bool]:
+        """A new chat nobody waits before: offered without passing through the queue, when someone is free.
+
+        Queueing it only to take it out again is two writes (the put and the purge) for
+        nothing. The decision is made on the watch-fed copy of the operators alone: if it
+        shows nobody free, the chat is queued as usual, and the drain that follows looks
+        at the live values (an operator freed a moment ago then sees the chat queued, or
+        the drain sees them free). Returns the session offered (None: queue it) and
+        whether anything was written (then the caller's copy of the session is old).
+        A crash before the offer is recorded leaves the chat waiting in no queue; the
+        message that opened it is redelivered and finishes the start
+        (``router.core.client.resumes``).
+        """
+        if not self.may_offer_at_once(line, now):
+            return None, False
+        attempt = AtOnce()
+        offered = await self._assign(line, session, rev, now, at_once=attempt)
+        return offered, attempt.wrote
+
+    async def _assign(
+        self, line: LineConfig, session: Session, rev: int | None, now: datetime, *, at_once: AtOnce | None = None
+    ) -> Session | None:
+        """Offer a waiting chat to whom the line's mode picks, or None if nobody can take it now.
+
+        ``at_once``: decide on the watch-fed copy only (None when it shows nobody free).
+        """
+        asks = distribution.asks_responsible(line.queue)
+        if asks and at_once is not None and not offer.decide(line.queue, await self.cap.views(line)).operators:
+            return None  # nobody free on the copy: queued without asking the CRM (the drain asks)
+        preferred = await self._responsible(session) if asks else None
         live = False
+        armed = False  # the no-answer timer of this offer (the same id each time: armed once)
         for _ in range(DECIDE_ATTEMPTS):
             views = await self.cap.views(line, live=live)
             choice = offer.decide(line.queue, views, declined_by=session.declined_by, preferred=preferred)
+            if at_once is not None and choice.operators:
+                at_once.wrote = True
             if not choice.operators:
+                if at_once is not None:
+                    return None
                 if not live:
                     live = True  # the copy may be a moment behind: decide once more on the live values
                     continue
@@ -115,8 +162,17 @@ class Offering(Part):
             if choice.to_all:
                 return await self._offer_all(line, session, choice.operators, now, known=(session, rev))
             op_id = choice.operators[0]
-            if not await self.cap.claim(op_id, session.id, line.queue, now):
+            # The offer's no-answer timer goes with the claim (one round trip): armed for an
+            # offer that is then not made, it is stale and does nothing when it fires.
+            arm = not armed
+            claimed, *_ = await asyncio.gather(
+                self.cap.claim(op_id, session.id, line.queue, now),
+                *([self._arm_offer(session.id, session.assignments + 1, now, line.queue.wait_seconds)] if arm else []),
+            )
+            armed = True
+            if not claimed:
                 continue  # their state changed under us: decide again on fresh state
+            crash_point("router.offer.claimed")
             updated = await self.give(
                 session.id,
                 op_id,
@@ -125,6 +181,7 @@ class Offering(Part):
                 assignments=session.assignments,
                 wait_seconds=line.queue.wait_seconds,
                 known=(session, rev),
+                armed=True,
             )
             if updated is None:
                 await self._release(op_id, session.id)  # closed or taken meanwhile
@@ -143,19 +200,23 @@ class Offering(Part):
         wait_seconds: float,
         cause: Callable[[Session], Awaitable[None]] | None = None,
         known: Known[Session] | None = None,
+        armed: bool = False,
     ) -> Session | None:
         """Record the offer on the session (its no-answer timer set first) and announce it.
 
         ``assignments``: the session's count as the caller read it; the offer makes it one more.
         ``cause``: writes what led to the offer (a transfer) into the trail before the offer's line.
         ``known``: the session as the caller read it, with its revision (the first try writes on it).
+        ``armed``: the caller has armed the timer of offer ``assignments + 1`` at ``now``.
         """
         expected = assignments + 1
         for _ in range(DECIDE_ATTEMPTS):
             # The timer before the record: a crash right after the record must not leave the
             # chat offered for ever to an operator who never answers (nothing else would
             # notice: the message that opened it, redelivered, finds it no longer waiting).
-            await self._arm_offer(sid, expected, now, wait_seconds)
+            if not armed:
+                await self._arm_offer(sid, expected, now, wait_seconds)
+            armed = False
             updated, _ = await cas(
                 self.b.sessions,
                 sid,
@@ -170,9 +231,10 @@ class Offering(Part):
             if updated is None or updated.operator_id != op_id or updated.status != "assigned" or updated.assignments != expected:
                 return None
             crash_point("router.offer.recorded")
-            if cause is not None:
-                await cause(updated)
-            await self.announce(updated, [op_id])
+            async with self.fx.together():
+                if cause is not None:
+                    await cause(updated)
+                await self.announce(updated, [op_id])
             log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
             return updated
         return None
