@@ -9,12 +9,12 @@ from typing import Any
 
 from conftest import wait_for
 from servers import creds
-from support import events
+from support import events, open_session
 
-from openlines import bus, subjects
+from openlines import subjects
 from openlines.envelopes import ClientProfile, Inbound, SessionEvent, utcnow
 from openlines.runner import Service, launch
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 CRM_API_TOKEN = "crm-read-api-test-token-0123-Kq7Zt9Wm3xRv"  # what a caller of crm-sync's read API sends as Bearer
 
@@ -74,12 +74,7 @@ async def linked(nc: Any, session_id: str, timeout: float = 15) -> SessionEvent:
 
 
 async def session_of(nc: Any, channel: str, account: str, chat: str, line: str = "sales") -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    rec, _ = await bus.kv_get(b.clients, client_key(channel, account, subjects.chat_key(channel, account, chat)), ClientRecord)
-    if rec is None or line not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
-    return s
+    return await open_session(nc, channel, account, chat, line)
 
 
 async def opened(nc: Any, channel: str, account: str, chat: str, line: str = "sales") -> Session:

@@ -26,9 +26,21 @@ from openlines.envelopes import (
 )
 from openlines.lines import load, parse
 from openlines.runner import Service, launch
+from openlines.state import ClientRecord, Session, client_key
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_LINES = ROOT / "deploy" / "lines.example.toml"
+
+
+async def open_session(nc: NATS, channel: str, account: str, chat_id: str, line: str) -> Session | None:
+    """The client's open session on ``line`` (the line their channel feeds), as the router stored it; None before."""
+    b = await bus.Buckets(nc.jetstream()).open()
+    key = client_key(channel, account, subjects.chat_key(channel, account, chat_id))
+    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+    if rec is None or line not in rec.open_sessions:
+        return None
+    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
+    return s
 
 
 async def apply_lines(nc: NATS, text: str | None = None) -> None:

@@ -21,12 +21,12 @@ from peers.mailservers import (
     mailbox_config,
     running_gateway,
 )
-from support import apply_lines, events, history, marks_of, running_router
+from support import apply_lines, events, history, marks_of, open_session, running_router
 
 from openlines import bus, subjects
 from openlines.commands import Reply, SetStatus, call
 from openlines.envelopes import Inbound, Outbound
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 pytestmark = pytest.mark.mail
 
@@ -46,12 +46,7 @@ welcome = "Thank you for writing, we answer within a day."
 
 
 async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    rec, _ = await bus.kv_get(b.clients, client_key("email", account, subjects.chat_key("email", account, address)), ClientRecord)
-    if rec is None or line not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
-    return s
+    return await open_session(nc, "email", account, address, line)
 
 
 async def assigned_session(nc: Any, address: str) -> Session | None:

@@ -21,12 +21,12 @@ from conftest import wait_for
 from desk_admin_support import DEMO_HASH
 from desk_support import http_session, running_desk, sign_in
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config, running_gateway
-from support import apply_lines, events, history, marks_of, running_router
+from support import apply_lines, events, history, marks_of, open_session, running_router
 
 from openlines import bus, files, subjects
 from openlines.commands import Reply, SetStatus, call
 from openlines.envelopes import Outbound
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 pytestmark = pytest.mark.mail
 
@@ -49,13 +49,7 @@ welcome = "Thank you for writing, we answer within a day."
 
 
 async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("email", account, subjects.chat_key("email", account, address))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or line not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
-    return s
+    return await open_session(nc, "email", account, address, line)
 
 
 async def assigned_session(nc: Any, address: str) -> Session | None:

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
-from support import apply_lines, events, history, inbound, outbound_for, publish, running_router
+from support import apply_lines, events, history, inbound, open_session, outbound_for, publish, running_router
 
 from openlines import bus, subjects
 from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
@@ -46,14 +46,7 @@ async def online(nc: Any, *ops: str) -> None:
 
 
 async def session_of(nc: Any, visitor: str, account: str = "demo", entry: str = "support") -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    rec, _ = await bus.kv_get(
-        b.clients, client_key("webchat", account, subjects.chat_key("webchat", account, visitor)), ClientRecord
-    )
-    if rec is None or entry not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[entry], Session)
-    return s
+    return await open_session(nc, "webchat", account, visitor, entry)
 
 
 async def held_by(nc: Any, visitor: str, *, status: str = "assigned", **kw: Any) -> Session:

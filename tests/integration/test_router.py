@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from conftest import scaled, wait_for
-from support import apply_lines, events, history, inbound, outbound_for, publish, running_router
+from support import apply_lines, events, history, inbound, open_session, outbound_for, publish, running_router
 
 from openlines import bus, subjects
 from openlines.commands import Accept, Close, CommandFailed, Reply, SetStatus, call
@@ -19,13 +19,7 @@ async def buckets(nc):  # type: ignore[no-untyped-def]
 
 
 async def session_of(nc, visitor: str) -> Session | None:  # type: ignore[no-untyped-def]
-    b = await buckets(nc)
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or "support" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["support"], Session)
-    return s
+    return await open_session(nc, "webchat", "demo", visitor, "support")
 
 
 async def assigned_session(nc, visitor: str) -> Session:  # type: ignore[no-untyped-def]

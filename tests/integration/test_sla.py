@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from conftest import wait_for
-from support import apply_lines, events, history, inbound, publish, running_router
+from support import apply_lines, events, history, inbound, open_session, publish, running_router
 
 from openlines import bus, subjects
 from openlines.commands import Close, Reply, SetStatus, call
 from openlines.envelopes import SessionEvent
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 TARGET = 2  # seconds
 
@@ -34,13 +34,7 @@ next_response_seconds = {TARGET}
 
 
 async def session_of(nc: Any, visitor: str) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or "support" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["support"], Session)
-    return s
+    return await open_session(nc, "webchat", "demo", visitor, "support")
 
 
 async def assigned(nc: Any, visitor: str) -> Session:

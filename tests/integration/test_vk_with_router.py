@@ -9,13 +9,12 @@ import aiohttp
 import pytest
 from conftest import wait_for
 from peers.vk_api import FakeVk
-from support import apply_lines, history, running_router
+from support import apply_lines, history, open_session, running_router
 from vk_support import ACCOUNT, fake_vk, running_gateway, sender
 
 from gateway_vk.core.outbound import random_id
-from openlines import bus, subjects
 from openlines.commands import Reply, SetStatus, call
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 LINES = f"""
 [operators.anna]
@@ -39,12 +38,7 @@ async def vk() -> AsyncIterator[FakeVk]:
 
 
 async def session_of(nc: Any, peer: int) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    ck = subjects.chat_key("vk", ACCOUNT, str(peer))
-    rec, _ = await bus.kv_get(b.clients, client_key("vk", ACCOUNT, ck), ClientRecord)
-    if rec is None or "vk-support" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["vk-support"], Session)
+    s = await open_session(nc, "vk", ACCOUNT, str(peer), "vk-support")
     return s if s is not None and s.status == "assigned" else None
 
 

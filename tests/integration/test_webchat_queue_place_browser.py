@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from support import apply_lines, inbound, publish
+from support import apply_lines, inbound, open_session, publish
 from webchat_support import widget_in_chromium
 
-from openlines import bus, subjects
 from openlines.commands import Close, SetStatus, call
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
@@ -43,20 +42,9 @@ queue_position = "You are number {{position}}."
 """
 
 
-async def open_session(nc: Any, visitor: str) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    sid = rec.open_sessions.get("site") if rec is not None else None
-    if sid is None:
-        return None
-    s, _ = await bus.kv_get(b.sessions, sid, Session)
-    return s
-
-
 async def with_status(nc: Any, visitor: str, status: str) -> Session:
     async def probe() -> Session | None:
-        s = await open_session(nc, visitor)
+        s = await open_session(nc, "webchat", "demo", visitor, "site")
         return s if s is not None and s.status == status else None
 
     return await wait_for(probe, what=f"{visitor}'s chat {status}")

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from conftest import free_port, scaled, wait_for
 from servers import ServiceProcess
-from support import apply_lines, history, inbound, outbound_for, publish
+from support import apply_lines, history, inbound, open_session, outbound_for, publish
 
 from openlines import bus, subjects
 from openlines.commands import SetStatus, call
 from openlines.crashpoints import ENV as CRASH_ENV
-from openlines.state import ClientRecord, OperatorState, Session, client_key
+from openlines.state import OperatorState, Session
 
 LINES = """
 [operators.anna]
@@ -48,13 +48,7 @@ def router_process(nats_server: Any, tmp_path: Any) -> Iterator[ServiceProcess]:
 
 
 async def session_of(nc: Any, visitor: str) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or "support" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["support"], Session)
-    return s
+    return await open_session(nc, "webchat", "demo", visitor, "support")
 
 
 async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any, router_process: ServiceProcess) -> None:

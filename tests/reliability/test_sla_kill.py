@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from conftest import free_port, wait_for
 from servers import ServiceProcess
-from support import apply_lines, events, inbound, publish
+from support import apply_lines, events, inbound, open_session, publish
 
-from openlines import bus, subjects
+from openlines import subjects
 from openlines.commands import SetStatus, call
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 TARGET = 8  # seconds: long enough that the kill comes before it
 
@@ -44,13 +44,7 @@ def router_process(nats_server: Any, tmp_path: Any) -> Iterator[ServiceProcess]:
 
 
 async def session_of(nc: Any, visitor: str) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or "support" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["support"], Session)
-    return s
+    return await open_session(nc, "webchat", "demo", visitor, "support")
 
 
 async def sla_timers(nc: Any, session_id: str) -> int:

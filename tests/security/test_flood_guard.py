@@ -17,16 +17,15 @@ import pytest
 from conftest import scaled, wait_for
 from desk_support import http_session, running_desk, sign_in
 from peers.telegram_api import FakeTelegram, message_update
-from support import EXAMPLE_LINES, apply_lines, events, history, running_router
+from support import EXAMPLE_LINES, apply_lines, events, history, open_session, running_router
 from telegram_support import SUPPORT, fake_telegram
 from telegram_support import running_gateway as telegram_gateway
 from vk_support import ACCOUNT as VK_ACCOUNT
 from vk_support import fake_vk, sender
 from vk_support import running_gateway as vk_gateway
 
-from openlines import bus, subjects
 from openlines.envelopes import HistoryEntry
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 LIMIT = 5
 # A window far longer than the test: the count never resets while it runs.
@@ -53,12 +52,7 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
 
 
 async def session_of(nc: Any, channel: str, account: str, chat: str) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    rec, _ = await bus.kv_get(b.clients, client_key(channel, account, subjects.chat_key(channel, account, chat)), ClientRecord)
-    if rec is None or "social" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["social"], Session)
-    return s
+    return await open_session(nc, channel, account, chat, "social")
 
 
 async def transcript_with(nc: Any, session_id: str, n_in: int) -> list[HistoryEntry] | None:
