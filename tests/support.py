@@ -43,6 +43,32 @@ async def open_session(nc: NATS, channel: str, account: str, chat_id: str, line:
     return s
 
 
+def line_block(
+    line_id: str = "support",
+    *,
+    account: str = "demo",
+    channels: str = "",
+    operators: str = '"anna", "boris"',
+    queue: str = "",
+    hours: str = "",
+    replies: str = "",
+    session: str = "",
+    crm: str = "",
+    extra: str = "",
+) -> str:
+    """One ``[[lines]]`` block of a lines file: the line on the webchat ``account`` (or ``channels``, a TOML list)
+    with ``operators`` (TOML list items) in its queue; each other section is written only when given a body."""
+    channels = channels or f'[{{ channel = "webchat", account = "{account}" }}]'
+    text = (
+        f'\n[[lines]]\nid = "{line_id}"\nname = "Line {line_id}"\nchannels = {channels}\n'
+        f"[lines.queue]\noperators = [{operators}]\n{queue}\n"
+    )
+    for section, body in (("hours", hours), ("auto_replies", replies), ("session", session), ("crm", crm)):
+        if body:
+            text += f"[lines.{section}]\n{body}\n"
+    return text + (f"{extra}\n" if extra else "")
+
+
 async def apply_lines(nc: NATS, text: str | None = None) -> None:
     cfg = parse(text) if text is not None else load(EXAMPLE_LINES)
     await apply(await bus.Buckets(nc.jetstream()).open(), cfg)

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
-from support import apply_lines, events, history, inbound, open_session, outbound_for, publish, running_router
+from support import apply_lines, events, history, inbound, line_block, open_session, outbound_for, publish, running_router
 
 from openlines import bus, subjects
 from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
@@ -33,11 +33,7 @@ name = "Vera"
 def line(
     queue: str = "", extra: str = "", *, line_id: str = "support", account: str = "demo", ops: str = '"anna", "boris"'
 ) -> str:
-    return (
-        f'[[lines]]\nid = "{line_id}"\nname = "Line {line_id}"\n'
-        f'channels = [{{ channel = "webchat", account = "{account}" }}]\n'
-        f"[lines.queue]\noperators = [{ops}]\n{queue}\n{extra}\n"
-    )
+    return line_block(line_id, account=account, operators=ops, queue=queue, extra=extra)
 
 
 async def online(nc: Any, *ops: str) -> None:

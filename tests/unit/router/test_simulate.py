@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from support import line_block
 
 from openlines.lines import LinesFile, parse
 from router.core.simulate import OperatorSim, Outcome, simulate
@@ -37,18 +38,8 @@ def line(
     replies: str = "",
     session: str = "",
 ) -> str:
-    text = (
-        f'[[lines]]\nid = "{line_id}"\nname = "Line {line_id}"\n'
-        f'channels = [{{ channel = "webchat", account = "{account}" }}]\n'
-        f"[lines.queue]\noperators = [{ops}]\n{queue}\n"
-    )
-    if hours:
-        text += f'[lines.hours]\nenabled = true\ntimezone = "Europe/Riga"\n{WEEKDAYS_9_18}\n{hours}\n'
-    if replies:
-        text += f"[lines.auto_replies]\n{replies}\n"
-    if session:
-        text += f"[lines.session]\n{session}\n"
-    return text
+    riga_hours = f'enabled = true\ntimezone = "Europe/Riga"\n{WEEKDAYS_9_18}\n{hours}' if hours else ""
+    return line_block(line_id, account=account, operators=ops, queue=queue, hours=riga_hours, replies=replies, session=session)
 
 
 def cfg(*lines: str) -> LinesFile:

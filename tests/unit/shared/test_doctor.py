@@ -6,6 +6,7 @@ from typing import Any
 import msgspec
 import pytest
 from argon2 import PasswordHasher
+from support import line_block
 
 from openlines.doctor import Finding, accounts_from_env, diagnose
 from openlines.lines import LinesFile, load, parse
@@ -39,25 +40,16 @@ def line(
     operators: str = '["anna", "boris"]',
 ) -> str:
     """One [[lines]] block that is clean unless a section is overridden."""
-    return f"""
-[[lines]]
-id = "{id}"
-name = "Line {id}"
-channels = {channels}
-[lines.queue]
-operators = {operators}
-{queue}
-[lines.hours]
-{hours}
-[lines.auto_replies]
-welcome = "{welcome}"
-{replies}
-[lines.session]
-auto_close_minutes = {auto_close}
-{session}
-[lines.crm]
-{crm}
-"""
+    return line_block(
+        id,
+        channels=channels,
+        operators=operators.strip("[]"),
+        queue=queue,
+        hours=hours,
+        replies=f'welcome = "{welcome}"\n{replies}',
+        session=f"auto_close_minutes = {auto_close}\n{session}",
+        crm=crm,
+    )
 
 
 def doctor(*lines: str, operators: str = OPERATORS) -> list[Finding]:
