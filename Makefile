@@ -42,7 +42,7 @@ test: lint typecheck pytest
 # The fault suite at full size: 20,000 clients over every channel while every process is killed.
 chaos: $(STAMP)
 	OPENLINES_CHAOS_CLIENTS=20000 OPENLINES_CHAOS_REPORT_DIR=tests/reliability/reports OPENLINES_BURST_CLIENTS=1000 OPENLINES_FUZZ_EXAMPLES=10000 OPENLINES_OVERLOAD_MESSAGES=5000 $(BIN)/pytest -s -m slow tests/reliability
-	OPENLINES_FUZZ_EXAMPLES=10000 $(BIN)/pytest -k fuzz tests/integration/test_telegram_fuzz.py tests/integration/test_vk_callback.py
+	OPENLINES_FUZZ_EXAMPLES=10000 $(BIN)/pytest -k fuzz tests/integration/telegram/test_telegram_fuzz.py tests/integration/vk/test_vk_callback.py
 
 # Benchmarks against their bare ceilings; writes bench/results/*.json and bench/RESULTS.md.
 bench: $(STAMP)

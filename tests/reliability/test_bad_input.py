@@ -3,7 +3,7 @@ never leak a traceback, and change nothing when they refuse.
 
 Examples per target: 60 in `make test`, OPENLINES_FUZZ_EXAMPLES=10000 in
 `make chaos`. (The Telegram and VK webhook bodies are fuzzed in their own
-suites, tests/integration/test_telegram_fuzz.py and test_vk_callback.py.)
+suites, tests/integration/telegram/test_telegram_fuzz.py and test_vk_callback.py.)
 """
 
 from __future__ import annotations

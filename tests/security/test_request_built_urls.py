@@ -5,7 +5,7 @@ operators' files from the request's ``Host`` header, and the Telegram gateway
 downloaded whatever URL an attachment named and uploaded it into the client's
 chat. An operator sending a file with ``Host: 127.0.0.1:<crm-sync port>/crm/leads#``
 delivered crm-sync's lead list to a Telegram chat (the Telegram side - links are
-never fetched - is in tests/integration/test_telegram_delivery.py).
+never fetched - is in tests/integration/telegram/test_telegram_delivery.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the router's shell calls: ``opening`` (which line, which auto-reply, held or
 not), ``capacity`` (what counts toward an operator's load), ``offer`` (who
 now, who next; the strategy says whether to all at once), the waiting
 ``queue``. Only the drain loop is walked here on the given states instead of
-KV; the consistency test in tests/integration/test_simulate_cli.py runs the
+KV; the consistency test in tests/integration/router/test_simulate_cli.py runs the
 real router against it.
 
 Assumptions: the message opens a new session (the client has no open one on

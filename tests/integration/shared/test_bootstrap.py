@@ -15,7 +15,7 @@ from openlines.apply import apply, load_lines
 from openlines.lines import load
 from openlines.state import OperatorState
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,7 @@ pytestmark = BROWSER_MARKS
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "test-artifacts"
 
 

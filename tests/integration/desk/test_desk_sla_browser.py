@@ -16,7 +16,7 @@ pytestmark = BROWSER_MARKS
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "test-artifacts"
 TARGET = 10  # seconds: the page shows the clock running before it passes
 WAIT = 30_000  # ms: from the target passing to the alert, on a loaded machine

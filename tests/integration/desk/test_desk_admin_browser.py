@@ -23,7 +23,7 @@ pytestmark = BROWSER_MARKS
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "test-artifacts"
 
 # An admin-only account: no operator role, no open-lines permission. The desk sends it to the admin pages.

@@ -10,7 +10,7 @@ import pytest
 from argon2 import PasswordHasher
 from conftest import scaled
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "deploy" / "lines.example.toml"
 
 # Valid (validate accepts it) yet badly set up: an empty queue is an error, the rest warns.

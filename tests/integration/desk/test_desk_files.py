@@ -23,7 +23,7 @@ from support import apply_lines, leave_line, running_router
 from openlines import files, subjects
 from openlines.envelopes import MSG_ID_HEADER, Attachment, ClientProfile, Inbound, encode, utcnow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2b2f1"

@@ -36,7 +36,7 @@ pytestmark = BROWSER_MARKS
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 WAIT = 300
 QUICK = ["Thank you for waiting! Let me check that for you.", "Could you send me your order number, please?"]
 # A 1x1 PNG.

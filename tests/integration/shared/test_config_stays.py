@@ -19,7 +19,7 @@ from openlines import bus
 from openlines.apply import apply, live
 from openlines.lines import OperatorConfig, load, parse
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "deploy/lines.example.toml"
 
 

@@ -30,7 +30,7 @@ from openlines.state import Session
 
 pytestmark = pytest.mark.mail
 
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "email"
+CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpus" / "email"
 
 LINES = """
 [operators.anna]

@@ -25,7 +25,7 @@ from openlines.runner import Service
 from openlines.state import ClientRecord, Session, client_key
 from router.timers import Timer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SECRET = "actions-test-cookie-secret-0123-Kq7Zt9Wm3xRv"
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
