@@ -310,7 +310,7 @@ async def kv_update(
     raise RuntimeError(f"kv {key}: too much contention, gave up after {attempts} attempts")
 
 
-async def close_reader(js: JetStreamContext, psub: Any) -> None:
+async def close_reader(js: JetStreamContext, psub: Any, stream: str, consumer: str) -> None:
     """Unsubscribe a one-off pull reader and delete its ephemeral consumer at once.
 
     Left to its inactivity threshold, every read would keep a consumer alive for
@@ -320,10 +320,8 @@ async def close_reader(js: JetStreamContext, psub: Any) -> None:
     """
     with contextlib.suppress(Exception):
         await psub.unsubscribe()
-    stream, consumer = getattr(psub, "_stream", None), getattr(psub, "_consumer", None)
-    if stream and consumer:
-        with contextlib.suppress(Exception):  # gone already, or NATS away: the threshold removes it
-            await js.delete_consumer(stream, consumer)
+    with contextlib.suppress(Exception):  # gone already, or NATS away: the threshold removes it
+        await js.delete_consumer(stream, consumer)
 
 
 async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, bytes]]:
@@ -336,16 +334,22 @@ async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, 
     """
     prefix = f"$KV.{bucket}."
     cfg = js_api.ConsumerConfig(
+        name=uuid.uuid4().hex,
+        filter_subject=prefix + ">",
         deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
         ack_policy=js_api.AckPolicy.NONE,
         inactive_threshold=30.0,
         mem_storage=True,
         num_replicas=1,
     )
-    psub = await js.pull_subscribe(prefix + ">", stream=f"KV_{bucket}", config=cfg)
+    stream = f"KV_{bucket}"
+    # Created by name (the create request's subject carries the filter, as for a
+    # pull subscription), then bound: its pending count comes with the creation.
+    info = await js.add_consumer(stream, cfg)
+    psub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
     out: dict[str, tuple[int, bytes]] = {}
     try:
-        remaining = (await psub.consumer_info()).num_pending or 0
+        remaining = info.num_pending or 0
         while remaining > 0:
             for m in await psub.fetch(batch=min(256, remaining), timeout=5.0):
                 key = m.subject[len(prefix) :]
@@ -356,7 +360,7 @@ async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, 
                     out[key] = (m.metadata.sequence.stream, m.data)
                 remaining = m.metadata.num_pending or 0
     finally:
-        await close_reader(js, psub)
+        await close_reader(js, psub, stream, info.name)
     return out
 
 
@@ -411,5 +415,5 @@ async def read_subject(
                 out.append((m.metadata.sequence.stream, m.data))
             remaining -= len(msgs)
     finally:
-        await close_reader(js, psub)
+        await close_reader(js, psub, stream, info.name)
     return out

@@ -769,7 +769,7 @@ async def setup(svc: Service[Any]) -> None:
     """Build what the admin API and pages share and register their routes (after the desk's own)."""
     desk = svc.app[DESK]
     buckets = await Buckets(svc.js).open()
-    tokens = TokenStore(await open_bucket(svc.js, svc.settings.replicas))
+    tokens = TokenStore(svc.js, await open_bucket(svc.js, svc.settings.replicas))
     # Statistics are folded in as events arrive; every replica helps, one event at a time (ADR 019).
     aggregator = figures.Aggregator(svc.js, svc.settings.replicas)
     await aggregator.open()

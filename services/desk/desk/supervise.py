@@ -55,8 +55,7 @@ def _session_row(s: Session, names: dict[str, str], now: float, clocks: dict[str
 async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
     """Every line with its waiting queue, its operators (status, load) and its live sessions."""
     now = time.time() if now is None else now
-    b = reader.b
-    lines = await load_lines(b.lines)
+    lines = await load_lines(reader.js)
     states: dict[str, OperatorState] = {}
     for key, (_rev, data) in (await kv_entries(reader.js, subjects.KV_OPERATORS)).items():
         try:

@@ -95,7 +95,8 @@ async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
 
 
 class TokenStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self.js = js
         self.kv = kv
 
     async def add(self, record: ApiToken) -> None:
@@ -103,7 +104,7 @@ class TokenStore:
 
     async def all(self) -> list[ApiToken]:
         out = []
-        for _key, (_rev, data) in (await kv_entries(self.kv._js, self.kv._name)).items():
+        for _key, (_rev, data) in (await kv_entries(self.js, subjects.KV_DESK_TOKENS)).items():
             try:
                 out.append(msgspec.json.decode(data, type=ApiToken))
             except msgspec.DecodeError:
