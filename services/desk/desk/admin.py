@@ -54,14 +54,14 @@ from desk.http import DESK, Authed, Desk, html, redirect
 from desk.supervise import overview
 from desk.tokens import TokenStore, new_token, open_bucket, parse_duration
 from openlines.bus import Buckets
-from openlines.lines import ROLES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
+from openlines.lines import ConfigError, LineConfig, LinesFile, OperatorConfig, check
+from openlines.roles import ADMIN_ROLES, ROLES, SUPERVISOR_ROLES
 from openlines.runner import Service
 from openlines.state import OperatorAccount
 
 log = logging.getLogger("desk.admin")
 
-ADMIN_ROLES = ("admin",)
-STATS_ROLES = ("supervisor", "admin")
+STATS_ROLES = SUPERVISOR_ROLES
 
 
 async def staff_user(request: web.Request, roles: tuple[str, ...]) -> Authed | web.Response:

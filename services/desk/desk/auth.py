@@ -24,14 +24,14 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from openlines.lines import PERMISSION_OPENLINES
+from openlines.roles import ADMIN, DESK_ROLES
 from openlines.state import OperatorAccount
 
 COOKIE_NAME = "ol_desk"
 LOGIN_COOKIE_NAME = "ol_desk_login"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-DESK_ROLES = ("operator", "supervisor")
-ADMIN_ROLE = "admin"
+ADMIN_ROLE = ADMIN
 ADMIN_HOME = "/admin"
 
 # v2: the payload carries the credential stamp; v1 cookies (without it) are refused.

@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from openlines import subjects
 from openlines.bus import kv_entries
+from openlines.state import link_client_key, link_session_key
 
 KINDS = ("lead", "deal", "contact")
 BUCKET_OF = {
@@ -117,12 +118,12 @@ class CrmReader:
 
     async def client_link(self, client_id: str) -> dict[str, Any] | None:
         """crm-sync's ``client.<client id>`` record in ``ol-crm-links``, as JSON; None when not linked."""
-        value = await self._link(f"client.{client_id}")
+        value = await self._link(link_client_key(client_id))
         return value if isinstance(value, dict) else None
 
     async def session_filed(self, session_id: str) -> bool:
         """Whether crm-sync filed this session on a CRM record (``session.<id>`` with an owner)."""
-        value = await self._link(f"session.{session_id}")
+        value = await self._link(link_session_key(session_id))
         return isinstance(value, dict) and bool(value.get("owner_id"))
 
     async def _link(self, key: str) -> Any:

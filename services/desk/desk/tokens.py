@@ -26,8 +26,9 @@ from nats.js.kv import KeyValue
 from openlines import subjects
 from openlines.bus import kv_entries, kv_get
 from openlines.envelopes import utcnow
+from openlines.roles import SUPERVISOR_ROLES
 
-TOKEN_ROLES = ("admin", "supervisor")
+TOKEN_ROLES = SUPERVISOR_ROLES  # an API token acts as an administrator or a supervisor
 PREFIX = "olt_"
 _TOKEN = re.compile(r"^olt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
