@@ -140,6 +140,20 @@ class BusUnavailable(Exception):
         self.error = error
 
 
+async def publish_event(js: JetStreamContext, evt: SessionEvent, *, timeout: float | None = None) -> js_api.PubAck:
+    """Store one event in OL_EVT on ``ol.evt.<kind>``, deduplicated by its id (a redelivered cause publishes it once).
+
+    Every event is published here, so its subject, stream and dedup header are
+    spelled once. ``timeout`` bounds the whole publish (nats-py's own timeout
+    applies without it).
+    """
+    publish = js.publish(subjects.event(evt.kind), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: evt.id})
+    if timeout is None:
+        return await publish
+    async with asyncio.timeout(timeout):
+        return await publish
+
+
 async def dead_letter(
     js: JetStreamContext, channel: str, account: str, key: str, reason: str, body: bytes = b"", *, timeout: float
 ) -> None:
@@ -157,7 +171,7 @@ async def dead_letter(
         account=account,
         reason=told[:1000],
     )
-    await asyncio.wait_for(js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}), timeout=timeout)
+    await publish_event(js, evt, timeout=timeout)
 
 
 async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeout: float) -> js_api.PubAck:

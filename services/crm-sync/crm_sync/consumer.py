@@ -32,9 +32,9 @@ from prometheus_client import Counter, Gauge
 from crm_sync.backends.base import CrmUnavailable
 from crm_sync.claims import Claim, ClaimLost, Claims
 from crm_sync.sync import HANDLED_KINDS, Syncer
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.crashpoints import crash_point
-from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode, utcnow
+from openlines.envelopes import SessionEvent, utcnow
 
 log = logging.getLogger("crm_sync.consumer")
 
@@ -205,7 +205,7 @@ class EventConsumer:
         meta = m.metadata
         evt_id = f"crm-dead:{meta.stream}:{meta.sequence.stream}"
         dead = SessionEvent(id=evt_id, kind="dead_letter", at=utcnow(), reason=reason)
-        await self.js.publish(subjects.event("dead_letter"), encode(dead), headers={MSG_ID_HEADER: evt_id})
+        await bus.publish_event(self.js, dead)
         await m.term()
         HANDLED.labels("dead_letter").inc()
         log.error("session event dead-lettered", extra={"reason": reason[:300]})

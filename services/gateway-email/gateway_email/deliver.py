@@ -44,8 +44,8 @@ from gateway_email.mailboxes import Mailbox
 from gateway_email.normalise import CHANNEL
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, MessageRef, SentRecord, Store
-from openlines import files, marks, subjects
-from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+from openlines import bus, files, marks, subjects
+from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
 
 log = logging.getLogger("gateway_email.deliver")
 
@@ -332,7 +332,7 @@ class Outgoing:
                 chat_id=out.chat_id,
                 reason=reason[:1000],
             )
-            await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+            await bus.publish_event(self.js, evt)
         else:
             await marks.report_failed(
                 self.js,

@@ -37,7 +37,7 @@ from gateway_email.normalise import (
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, Cursor, Lease, MessageRef, Store
 from openlines import bus, files, marks, subjects
-from openlines.envelopes import MSG_ID_HEADER, Attachment, MarkStatus, SessionEvent, encode, utcnow
+from openlines.envelopes import Attachment, MarkStatus, SessionEvent, utcnow
 
 log = logging.getLogger("gateway_email.inbound")
 
@@ -324,7 +324,7 @@ class MailboxWorker:
                 chat_id=about.chat_id,
                 reason=(f"bounced{who}: {r.reason}" if r.kind == "failed" else f"{r.reason}{who}")[:1000],
             )
-            await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+            await bus.publish_event(self.js, evt)
             status = REPORT_MARKS.get(r.kind)
             if status is not None and about.out_id:
                 # ... and a status under the operator's message itself, as other channels report it.

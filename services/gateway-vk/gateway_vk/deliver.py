@@ -34,8 +34,8 @@ from gateway_vk.normalise import CHANNEL
 from gateway_vk.reads import Reads, SentReply
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import marks, subjects
-from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+from openlines import bus, marks, subjects
+from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
 from openlines.pace import backoff
 
 log = logging.getLogger("gateway_vk.deliver")
@@ -255,7 +255,7 @@ class Deliverer:
         metrics.DELIVERY_FAILED.labels(account, "file").inc()
         log.warning("files left out", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "reason": reason})
         with contextlib.suppress(Exception):  # the message itself is delivered; a lost report must not resend it
-            await self.js.publish(subjects.event("delivery_failed"), encode(event), headers={MSG_ID_HEADER: event.id})
+            await bus.publish_event(self.js, event)
 
     async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> object:
         """messages.send with retries: what VK answered (the new message's id)."""
