@@ -44,6 +44,7 @@ from gateway_whatsapp.normalise import CHANNEL
 from gateway_whatsapp.sent import Sent, SentRecord, open_bucket
 from gateway_whatsapp.settings import Settings
 from openlines import subjects
+from openlines.consume import Durable
 from openlines.envelopes import Outbound, decoder, utcnow
 from openlines.pace import Pace, backoff
 
@@ -110,14 +111,16 @@ class Sender:
         self.held: dict[int, Held] = {}
         self.numbers: dict[str, NumberPace] = {}
         self.stopping = asyncio.Event()
-        self._room = asyncio.Event()
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self.consumer = Durable(
+            js, subjects.STREAM_OUT, self.consumer_config(), batch=self._room_left, fetch_timeout=2.0, retry_delay=1.0
+        )
         self._keepalive: asyncio.Task[None] | None = None
 
     # -- consumer --------------------------------------------------------
 
     def consumer_config(self) -> js_api.ConsumerConfig:
         return js_api.ConsumerConfig(
+            name=self.settings.whatsapp_consumer,
             durable_name=self.settings.whatsapp_consumer,
             filter_subject=subjects.outbound_channel(CHANNEL),
             ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -127,54 +130,34 @@ class Sender:
             max_ack_pending=max(1000, self.settings.whatsapp_in_flight * 4),
         )
 
-    async def _subscribe(self) -> None:
+    async def _open_sent(self) -> None:
         s = self.settings
         self.sent = Sent(await open_bucket(self.js, ttl=s.whatsapp_sent_ttl, replicas=s.replicas))
-        self._psub = await self.js.pull_subscribe(
-            subjects.outbound_channel(CHANNEL),
-            durable=s.whatsapp_consumer,
-            stream=subjects.STREAM_OUT,
-            config=self.consumer_config(),
-        )
 
     def ready(self) -> str | None:
-        return None if self._psub is not None else "outbound consumer not running"
+        return None if self.consumer.running else "outbound consumer not running"
+
+    def _room_left(self) -> int:
+        """How many messages to fetch now: what the in-flight limit leaves, at most 64 at a time."""
+        return min(self.settings.whatsapp_in_flight - len(self.held), 64)
 
     async def run(self) -> None:
         attempt = 0
         while not self.stopping.is_set():
             try:
-                await self._subscribe()
+                await self._open_sent()
                 break
             except Exception as exc:  # nats raises several unrelated types
                 attempt += 1
-                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                log.warning("sent-messages bucket not opened, retrying", extra={"attempt": attempt, "error": repr(exc)})
                 await self._pause(min(5.0, 0.2 * attempt))
-        if self._psub is None:
+        else:
             return
-        log.info("outbound consumer running", extra={"channel": CHANNEL, "consumer": self.settings.whatsapp_consumer})
         self._keepalive = asyncio.create_task(self._keep_alive(), name="wa-keepalive")
-        failures = 0
-        while not self.stopping.is_set():
-            room = self.settings.whatsapp_in_flight - len(self.held)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                msgs = await self._psub.fetch(batch=min(room, 64), timeout=2.0)
-                failures = 0
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # disconnected, consumer gone: retry
-                failures += 1
-                log.warning("outbound fetch failed", extra={"error": repr(exc), "attempt": failures})
-                await self._pause(min(5.0, 0.2 * failures))
-                continue
-            for m in msgs:
-                self._dispatch(m)
+        await self.consumer.run(self._take, self.stopping)
+
+    async def _take(self, msg: Msg) -> None:
+        self._dispatch(msg)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -205,7 +188,7 @@ class Sender:
     def _release(self, held: Held) -> None:
         self.held.pop(held.seq, None)
         metrics.HELD.set(len(self.held))
-        self._room.set()
+        self.consumer.room_freed()
 
     async def _keep_alive(self) -> None:
         period = max(0.5, self.settings.whatsapp_ack_wait / 3)
@@ -427,7 +410,7 @@ class Sender:
     async def stop(self) -> None:
         """Stop fetching; let sends in flight finish; hand back what is left (nak) for another replica."""
         self.stopping.set()
-        self._room.set()
+        await self.consumer.close()  # no more fetching
         tasks = [lane.task for lane in self.lanes.values() if lane.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
@@ -439,6 +422,3 @@ class Sender:
             with contextlib.suppress(Exception):
                 await held.msg.nak()
         self.held.clear()
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
