@@ -15,18 +15,14 @@ feeding one lane (queue + task) per chat.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
@@ -37,8 +33,8 @@ from gateway_telegram.normalise import CHANNEL
 from gateway_telegram.sent import UNCERTAIN_RESENDS, Sent, SentRecord, open_bucket
 from gateway_telegram.settings import Settings
 from openlines import marks, subjects
-from openlines.consume import Durable
 from openlines.envelopes import Outbound, decoder
+from openlines.lanes import Held, Lane, LaneSender, Stopping
 from openlines.pace import Pace, backoff
 
 log = logging.getLogger("gateway_telegram.sender")
@@ -46,26 +42,9 @@ log = logging.getLogger("gateway_telegram.sender")
 _outbound = decoder(Outbound)
 
 
-class Stopping(Exception):
-    """The service is stopping: leave the message for redelivery."""
+class Sender(LaneSender):
+    name = "tg"
 
-
-@dataclass(slots=True)
-class Held:
-    msg: Msg
-    seq: int
-    account: str
-
-
-@dataclass(slots=True)
-class Lane:
-    key: str
-    queue: deque[Held] = field(default_factory=deque)
-    task: asyncio.Task[None] | None = None
-    pace: Pace | None = None
-
-
-class Sender:
     def __init__(
         self,
         settings: Settings,
@@ -76,20 +55,21 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        super().__init__(
+            js,
+            self.consumer_config(),
+            in_flight=settings.telegram_in_flight,
+            ack_wait=settings.telegram_ack_wait,
+            retry_delay=settings.telegram_backoff,
+            shutdown_timeout=settings.shutdown_timeout,
+            held_gauge=metrics.HELD,
+            clock=clock,
+        )
         self.nc = nc
-        self.js = js
         self.pool = pool
-        self.clock = clock
         self.files = Files(js, settings.telegram_max_download, settings.telegram_timeout)
         self.sent: Sent | None = None
-        self.lanes: dict[str, Lane] = {}
-        self.held: dict[int, Held] = {}
         self.bot_pace: dict[str, Pace] = {}
-        self.stopping = asyncio.Event()
-        self.consumer = Durable(
-            js, subjects.STREAM_OUT, self.consumer_config(), batch=self._room_left, fetch_timeout=2.0, retry_delay=1.0
-        )
-        self._keepalive: asyncio.Task[None] | None = None
 
     # -- consumer --------------------------------------------------------
 
@@ -105,108 +85,12 @@ class Sender:
             max_ack_pending=max(1000, self.settings.telegram_in_flight * 4),
         )
 
-    async def _open_sent(self) -> None:
+    async def prepare(self) -> None:
         s = self.settings
         kv = await open_bucket(self.js, ttl=s.telegram_sent_ttl, replicas=s.replicas)
         self.sent = Sent(kv)
 
-    def ready(self) -> str | None:
-        return None if self.consumer.running else "outbound consumer not running"
-
-    def _room_left(self) -> int:
-        """How many messages to fetch now: what the in-flight limit leaves, at most 64 at a time."""
-        return min(self.settings.telegram_in_flight - len(self.held), 64)
-
-    async def run(self) -> None:
-        attempt = 0
-        while not self.stopping.is_set():
-            try:
-                await self._open_sent()
-                break
-            except Exception as exc:  # nats raises several unrelated types
-                attempt += 1
-                log.warning("sent-messages bucket not opened, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                await self._pause(min(5.0, 0.2 * attempt))
-        else:
-            return
-        self._keepalive = asyncio.create_task(self._keep_alive(), name="tg-keepalive")
-        await self.consumer.run(self._take, self.stopping)
-
-    async def _take(self, msg: Msg) -> None:
-        self._dispatch(msg)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-
-    def _dispatch(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        if seq in self.held:  # a redelivery of what we still hold: ack the newest delivery
-            self.held[seq].msg = msg
-            return
-        try:
-            _channel, account, chat = subjects.parse_outbound(msg.subject)
-        except subjects.BadToken:
-            log.warning("outbound on an unexpected subject dropped", extra={"subject": msg.subject})
-            asyncio.create_task(msg.term())  # noqa: RUF006 - fire and forget; a lost term is a redelivery
-            return
-        held = Held(msg=msg, seq=seq, account=account)
-        self.held[seq] = held
-        metrics.HELD.set(len(self.held))
-        key = f"{account}.{chat}"
-        lane = self.lanes.get(key)
-        if lane is None:
-            lane = self.lanes[key] = Lane(key=key)
-        lane.queue.append(held)
-        if lane.task is None:
-            lane.task = asyncio.create_task(self._work(lane), name=f"tg-lane-{key}")
-
-    def _release(self, held: Held) -> None:
-        self.held.pop(held.seq, None)
-        metrics.HELD.set(len(self.held))
-        self.consumer.room_freed()
-
-    async def _keep_alive(self) -> None:
-        period = max(0.5, self.settings.telegram_ack_wait / 3)
-        while True:
-            await asyncio.sleep(period)
-            for held in list(self.held.values()):
-                with contextlib.suppress(Exception):
-                    await held.msg.in_progress()
-            now = self.clock()
-            for key, lane in list(self.lanes.items()):
-                if lane.task is None and not lane.queue and (lane.pace is None or lane.pace.idle(now)):
-                    del self.lanes[key]
-
     # -- one chat ---------------------------------------------------------
-
-    async def _work(self, lane: Lane) -> None:
-        try:
-            while lane.queue and not self.stopping.is_set():
-                held = lane.queue[0]
-                try:
-                    await self._handle(lane, held)
-                except Stopping:
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # NATS trouble while recording or acking: let it come back later.
-                    log.warning("outbound left for redelivery", extra={"seq": held.seq, "error": repr(exc)})
-                    with contextlib.suppress(Exception):
-                        await held.msg.nak(delay=self.settings.telegram_backoff)
-                lane.queue.popleft()
-                self._release(held)
-        finally:
-            lane.task = None
-
-    async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        if self.stopping.is_set():
-            raise Stopping
 
     async def _handle(self, lane: Lane, held: Held) -> None:
         try:
@@ -344,18 +228,5 @@ class Sender:
     # -- stopping ---------------------------------------------------------
 
     async def stop(self) -> None:
-        """Stop fetching; let sends in flight finish; hand back what is left (nak) for another replica."""
-        self.stopping.set()
-        await self.consumer.close()  # no more fetching
-        tasks = [lane.task for lane in self.lanes.values() if lane.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
-        for task in tasks:
-            task.cancel()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        for held in list(self.held.values()):
-            with contextlib.suppress(Exception):
-                await held.msg.nak()
-        self.held.clear()
+        await super().stop()
         await self.files.close()
