@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, FetchTimeoutError
 
-from openlines import bus
+from openlines import bus, subjects
 from openlines.envelopes import SessionEvent, utcnow
 from openlines.pace import backoff
 
@@ -178,6 +178,26 @@ class Durable:
                 with contextlib.suppress(Exception):  # NATS away: ack_wait redelivers it
                     await m.nak(delay=self.retry_delay)
                 failed = self.keep_order
+
+
+def outbound_consumer(channel: str, durable: str, *, ack_wait: float, max_ack_pending: int) -> js_api.ConsumerConfig:
+    """A channel gateway's durable consumer on ``ol.out.<channel>.>``, shared by its replicas.
+
+    Named, so the create request's subject carries the filter and a gateway's NATS
+    identity may create its own channel's consumer and no other (deploy/nats/auth.conf).
+    ALL: when the durable is first made, whatever waits for the channel was never
+    delivered by anyone; afterwards the durable's position rules.
+    """
+    return js_api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=subjects.outbound_channel(channel),
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+    )
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> bool:

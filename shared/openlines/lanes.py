@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 from prometheus_client import Gauge
 
 from openlines import subjects
-from openlines.consume import Durable
+from openlines.consume import Durable, outbound_consumer
 from openlines.pace import Pace
 
 log = logging.getLogger("openlines.lanes")
@@ -64,7 +63,8 @@ class LaneSender:
     def __init__(
         self,
         js: JetStreamContext,
-        config: js_api.ConsumerConfig,
+        channel: str,
+        durable: str,
         *,
         in_flight: int,
         ack_wait: float,
@@ -83,6 +83,7 @@ class LaneSender:
         self._retry_delay = retry_delay
         self._shutdown_timeout = shutdown_timeout
         self._held_gauge = held_gauge
+        config = outbound_consumer(channel, durable, ack_wait=ack_wait, max_ack_pending=max(1000, in_flight * 4))
         self.consumer = Durable(js, subjects.STREAM_OUT, config, batch=self._room_left, fetch_timeout=2.0, retry_delay=1.0)
         self._keepalive: asyncio.Task[None] | None = None
 

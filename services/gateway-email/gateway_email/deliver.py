@@ -33,7 +33,6 @@ import aiosmtplib
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from gateway_email import metrics
 from gateway_email.core import loopguard, replies
@@ -42,7 +41,7 @@ from gateway_email.normalise import CHANNEL
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, MessageRef, SentRecord, Store
 from openlines import bus, files, marks, subjects
-from openlines.consume import Durable
+from openlines.consume import Durable, outbound_consumer
 from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
 
 log = logging.getLogger("gateway_email.deliver")
@@ -118,16 +117,7 @@ class Outgoing:
 
     async def run(self, stopping: asyncio.Event) -> None:
         s = self.settings
-        config = js_api.ConsumerConfig(
-            name=s.outbound_consumer,
-            durable_name=s.outbound_consumer,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=s.smtp_timeout * 3 + 30,
-            max_deliver=-1,
-            max_ack_pending=256,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-        )
+        config = outbound_consumer(CHANNEL, s.outbound_consumer, ack_wait=s.smtp_timeout * 3 + 30, max_ack_pending=256)
         # A message whose recording failed (NATS trouble) comes again after ack_wait, as the SMTP side expects.
         self.consumer = Durable(self.js, subjects.STREAM_OUT, config, batch=16, retry_delay=config.ack_wait or 30.0)
         await self.consumer.run(self._one, stopping)

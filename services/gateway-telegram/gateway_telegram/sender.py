@@ -24,7 +24,6 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
@@ -32,7 +31,7 @@ from gateway_telegram.deliver import Files, Part, Permanent, RetryAfter, Transie
 from gateway_telegram.normalise import CHANNEL
 from gateway_telegram.sent import UNCERTAIN_RESENDS, Sent, SentRecord, open_bucket
 from gateway_telegram.settings import Settings
-from openlines import marks, subjects
+from openlines import marks
 from openlines.envelopes import Outbound, decoder
 from openlines.lanes import Held, Lane, LaneSender, Stopping
 from openlines.pace import Pace, backoff
@@ -57,7 +56,8 @@ class Sender(LaneSender):
         self.settings = settings
         super().__init__(
             js,
-            self.consumer_config(),
+            CHANNEL,
+            settings.telegram_consumer,
             in_flight=settings.telegram_in_flight,
             ack_wait=settings.telegram_ack_wait,
             retry_delay=settings.telegram_backoff,
@@ -70,20 +70,6 @@ class Sender(LaneSender):
         self.files = Files(js, settings.telegram_max_download, settings.telegram_timeout)
         self.sent: Sent | None = None
         self.bot_pace: dict[str, Pace] = {}
-
-    # -- consumer --------------------------------------------------------
-
-    def consumer_config(self) -> js_api.ConsumerConfig:
-        return js_api.ConsumerConfig(
-            name=self.settings.telegram_consumer,
-            durable_name=self.settings.telegram_consumer,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_wait=self.settings.telegram_ack_wait,
-            max_deliver=-1,
-            max_ack_pending=max(1000, self.settings.telegram_in_flight * 4),
-        )
 
     async def prepare(self) -> None:
         s = self.settings

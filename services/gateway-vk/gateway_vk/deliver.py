@@ -35,7 +35,7 @@ from gateway_vk.reads import Reads, SentReply
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 from openlines import bus, marks, subjects
-from openlines.consume import Durable
+from openlines.consume import Durable, outbound_consumer
 from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
 from openlines.pace import backoff
 
@@ -76,18 +76,7 @@ class Deliverer:
     # -- consumer -------------------------------------------------------------
 
     def consumer_config(self) -> js_api.ConsumerConfig:
-        return js_api.ConsumerConfig(
-            name=self.settings.consumer,
-            durable_name=self.settings.consumer,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-            # ALL: when the durable is first created, whatever waits for VK has
-            # never been delivered by anyone; afterwards the durable's position rules.
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait,
-            max_deliver=-1,
-            max_ack_pending=1000,
-        )
+        return outbound_consumer(CHANNEL, self.settings.consumer, ack_wait=self.settings.ack_wait, max_ack_pending=1000)
 
     async def run(self) -> None:
         await self.consumer.run(self._spawn, self.stopping)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from gateway_whatsapp import metrics
 from gateway_whatsapp.accounts import Accounts, Number
@@ -40,7 +39,6 @@ from gateway_whatsapp.media import DeskFiles, FileProblem
 from gateway_whatsapp.normalise import CHANNEL
 from gateway_whatsapp.sent import Sent, SentRecord, open_bucket
 from gateway_whatsapp.settings import Settings
-from openlines import subjects
 from openlines.envelopes import Outbound, decoder, utcnow
 from openlines.lanes import Held, Lane, LaneSender, Stopping
 from openlines.pace import Pace, backoff
@@ -81,7 +79,8 @@ class Sender(LaneSender):
         self.settings = settings
         super().__init__(
             js,
-            self.consumer_config(),
+            CHANNEL,
+            settings.whatsapp_consumer,
             in_flight=settings.whatsapp_in_flight,
             ack_wait=settings.whatsapp_ack_wait,
             retry_delay=settings.whatsapp_backoff,
@@ -95,20 +94,6 @@ class Sender(LaneSender):
         self.files = DeskFiles(js, max_bytes=settings.whatsapp_max_upload, timeout=settings.whatsapp_media_timeout)
         self.sent: Sent | None = None
         self.numbers: dict[str, NumberPace] = {}
-
-    # -- consumer --------------------------------------------------------
-
-    def consumer_config(self) -> js_api.ConsumerConfig:
-        return js_api.ConsumerConfig(
-            name=self.settings.whatsapp_consumer,
-            durable_name=self.settings.whatsapp_consumer,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_wait=self.settings.whatsapp_ack_wait,
-            max_deliver=-1,
-            max_ack_pending=max(1000, self.settings.whatsapp_in_flight * 4),
-        )
 
     async def prepare(self) -> None:
         s = self.settings
