@@ -23,12 +23,7 @@ from openlines.bus import kv_entries
 from openlines.state import link_client_key, link_session_key
 
 KINDS = ("lead", "deal", "contact")
-BUCKET_OF = {
-    "contact": subjects.KV_CRM_CONTACTS,
-    "lead": subjects.KV_CRM_LEADS,
-    "deal": subjects.KV_CRM_DEALS,
-    "activity": subjects.KV_CRM_ACTIVITIES,
-}
+BUCKET_OF = subjects.CRM_RECORD_BUCKETS
 SHOWN_PER_KIND = 200  # the page lists at most this many records of a kind (newest first)
 MAX_QUERY = 100
 _DIGITS = re.compile(r"\D+")
