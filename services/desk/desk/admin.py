@@ -55,7 +55,7 @@ from desk.supervise import overview
 from desk.tokens import TokenStore, new_token, open_bucket, parse_duration
 from openlines.bus import Buckets
 from openlines.lines import ConfigError, LineConfig, LinesFile, OperatorConfig, check
-from openlines.roles import ADMIN_ROLES, ROLES, SUPERVISOR_ROLES
+from openlines.roles import ADMIN, ADMIN_ROLES, ROLES, SUPERVISOR_ROLES
 from openlines.runner import Service
 from openlines.state import OperatorAccount
 
@@ -341,7 +341,7 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
         errors.append(f"operators.{op_id}: an operator with this login exists already")
     if not new and old is None:
         raise web.HTTPNotFound(text="no such operator")
-    if op_id == p.user.operator_id and "admin" not in body.roles:
+    if op_id == p.user.operator_id and ADMIN not in body.roles:
         errors.append("roles: you cannot take the admin role from yourself (ask another admin)")
     if new and not password:
         errors.append(f"password: a new operator needs a password of at least {MIN_PASSWORD} characters")
@@ -441,7 +441,7 @@ async def roles_get(p: _Page) -> web.StreamResponse:
 def editable_lines(snap: Snapshot, who: OperatorAccount) -> list[LineConfig]:
     """The lines whose quick answers this account may change: every line for an admin; for a
     supervisor, the lines whose queue lists them."""
-    if "admin" in who.roles:
+    if ADMIN in who.roles:
         return list(snap.cfg.lines)
     return [line for line in snap.cfg.lines if who.id in line.queue.operators]
 

@@ -24,7 +24,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from openlines.lines import PERMISSION_OPENLINES
-from openlines.roles import ADMIN, DESK_ROLES
+from openlines.roles import ADMIN, DESK_ROLES, SUPERVISOR, is_supervisor
 from openlines.state import OperatorAccount
 
 COOKIE_NAME = "ol_desk"
@@ -193,9 +193,9 @@ def nav_links(account: OperatorAccount) -> list[tuple[str, str, str]]:
         links.append(("/", "Chats", "nav-chats"))
     if desk or admin:
         links.append(("/crm", "CRM", "nav-crm"))
-    if admin or (desk and "supervisor" in account.roles):
+    if admin or (desk and SUPERVISOR in account.roles):
         links.append(("/supervisor", "Supervisor", "nav-supervisor"))
-    if admin or "supervisor" in account.roles:
+    if is_supervisor(account.roles):
         links.append(("/stats", "Statistics", "nav-stats"))
         links.append(("/quick-answers", "Quick answers", "nav-quick-answers"))
     if admin:
