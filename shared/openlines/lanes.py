@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -196,6 +196,20 @@ class LaneSender:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
         if self.stopping.is_set():
             raise Stopping
+
+    async def _retrying(self, what: str, msg_id: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Store something we must not forget; keep trying while NATS is away (:class:`Stopping` ends it)."""
+        attempt = 0
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                log.warning(f"could not store {what}, retrying", extra={"msg_id": msg_id, "error": repr(exc)})
+                await self._sleep(min(5.0, 0.2 * attempt))
 
     # -- stopping ----------------------------------------------------------
 

@@ -14,7 +14,6 @@ feeding one lane (queue + task) per chat.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -170,40 +169,24 @@ class Sender(LaneSender):
             return message_id
 
     async def _record(self, rec: SentRecord) -> None:
-        """Store progress before acking; keep trying while NATS is away (we must not forget a send)."""
         assert self.sent is not None
-        attempt = 0
-        while True:
-            try:
-                await self.sent.put(rec)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning("could not record a delivery, retrying", extra={"msg_id": rec.id, "error": repr(exc)})
-                await self._sleep(min(5.0, 0.2 * attempt))
+        sent = self.sent
+        await self._retrying("a delivery record", rec.id, lambda: sent.put(rec))
 
     async def _fail(self, held: Held, out: Outbound, rec: SentRecord, reason: str) -> None:
-        attempt = 0
-        while True:
-            try:
-                await marks.report_failed(
-                    self.js,
-                    channel=CHANNEL,
-                    session_id=out.session_id,
-                    message_id=out.id,
-                    account=out.account or held.account,
-                    chat_id=out.chat_id,
-                    reason=reason,
-                )
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning("could not publish delivery_failed, retrying", extra={"msg_id": out.id, "error": repr(exc)})
-                await self._sleep(min(5.0, 0.2 * attempt))
+        await self._retrying(
+            "delivery_failed",
+            out.id,
+            lambda: marks.report_failed(
+                self.js,
+                channel=CHANNEL,
+                session_id=out.session_id,
+                message_id=out.id,
+                account=out.account or held.account,
+                chat_id=out.chat_id,
+                reason=reason,
+            ),
+        )
         await self._record(msgspec.structs.replace(rec, done=True, failed=reason))
         await held.msg.ack_sync()
         metrics.FAILED.labels(held.account).inc()

@@ -18,11 +18,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -223,20 +222,6 @@ class Sender(LaneSender):
                 await self._sleep(delay)
                 continue
             raise GiveUp(verdict.reason, verdict.code)
-
-    async def _retrying(self, what: str, msg_id: str, fn: Callable[[], Awaitable[None]]) -> None:
-        """Store something we must not forget; keep trying while NATS is away."""
-        attempt = 0
-        while True:
-            try:
-                await fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning(f"could not store {what}, retrying", extra={"msg_id": msg_id, "error": repr(exc)})
-                await self._sleep(min(5.0, 0.2 * attempt))
 
     async def _record(self, rec: SentRecord) -> None:
         assert self.sent is not None
