@@ -584,7 +584,7 @@ class Syncer:
         assert cl is not None
         await self._push_profile(evt, cl, with_name=False)
         out = msgspec.structs.replace(evt, id=f"crm_merged:{evt.client_id}:{gone}", kind=LINKED_KIND, at=utcnow(), reason=note)
-        await self.js.publish(subjects.event(LINKED_KIND), encode(out), headers={MSG_ID_HEADER: out.id})
+        await bus.publish_event(self.js, out)
         log.info("merged clients' CRM link kept", extra={"session": evt.session_id, "reason": note})
 
     async def _answered(self, evt: SessionEvent, sl: SessionLink) -> None:
