@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from openlines import admission
 from openlines.runner import json_error
@@ -27,17 +27,23 @@ class TooLarge(Exception):
         self.limit = limit
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, read at most ``limit`` bytes far: a larger one raises :class:`TooLarge`
-    as soon as it is known (its Content-Length, or the first chunk past the limit), never buffered whole."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(limit)
+async def read_limited(content: StreamReader, limit: int) -> bytes:
+    """All of ``content`` (a request's or a download's body), read at most ``limit`` bytes far:
+    past it :class:`TooLarge` is raised at the first chunk over, never buffering the rest."""
     body = bytearray()
-    async for chunk in request.content.iter_chunked(65536):
+    async for chunk in content.iter_chunked(65536):
         body += chunk
         if len(body) > limit:
             raise TooLarge(limit)
     return bytes(body)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: a larger one raises :class:`TooLarge`
+    as soon as it is known (its Content-Length, or the first chunk past the limit)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(limit)
+    return await read_limited(request.content, limit)
 
 
 class Edge:
