@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 from aiohttp import StreamReader, web
 
@@ -17,6 +18,8 @@ from openlines import admission
 from openlines.runner import json_error
 
 log = logging.getLogger("openlines.edge")
+
+R = TypeVar("R", bound=web.StreamResponse)
 
 
 class TooLarge(Exception):
@@ -65,6 +68,14 @@ class Edge:
         if not quiet:
             log.info("request refused", extra={"channel": self.channel, "status": status, "code": code, **where})
         return json_error(status, code, detail, headers)
+
+    async def admitted(self, gate: admission.Admission, work: Callable[[], Awaitable[R]], **where: str) -> R | web.Response:
+        """``work``'s answer once ``gate`` admits the request; 503 with Retry-After (counted) when it will not."""
+        try:
+            async with gate.slot():
+                return await work()
+        except admission.Overloaded as exc:
+            return self.overloaded(exc, **where)
 
     def overloaded(self, exc: admission.Overloaded, detail: str = "server busy; retry later", **where: str) -> web.Response:
         """The answer when admission control turned the request away: 503 with Retry-After, counted."""

@@ -66,11 +66,7 @@ class TelegramHttp:
         got = request.headers.get(SECRET_HEADER, "")
         if not secrets.compare_digest(got.encode("utf-8", "surrogateescape"), bot.secret.encode()):
             return self._refuse(401, "bad_secret", f"missing or wrong {SECRET_HEADER} header", account)
-        try:
-            async with self.admission.slot():
-                return await self._handle(request, account, bot.bot_id)
-        except admission.Overloaded as exc:
-            return self.edge.overloaded(exc, account=account)
+        return await self.edge.admitted(self.admission, lambda: self._handle(request, account, bot.bot_id), account=account)
 
     async def _handle(self, request: web.Request, account: str, bot_id: int) -> web.Response:
         try:

@@ -82,11 +82,7 @@ class CallbackHttp:
         community = self.communities.get(account)
         if community is None:
             return self.edge.refuse(404, "unknown_account", "no VK community is configured for this URL", quiet=True)
-        try:
-            async with self.admission.slot():
-                return await self._handle(request, community)
-        except admission.Overloaded as exc:
-            return self.edge.overloaded(exc, account=account)
+        return await self.edge.admitted(self.admission, lambda: self._handle(request, community), account=account)
 
     async def _handle(self, request: web.Request, community: Community) -> web.StreamResponse:
         account = community.account

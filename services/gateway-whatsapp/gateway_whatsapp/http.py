@@ -106,11 +106,8 @@ class WhatsAppHttp:
         match = _SIGNATURE.match(request.headers.get(SIGNATURE_HEADER, ""))
         if match is None:
             return self._refuse(401, "bad_signature", f"missing or malformed {SIGNATURE_HEADER} header", name)
-        try:
-            async with self.admission.slot():
-                return await self._handle(request, app, bytes.fromhex(match.group(1)))
-        except admission.Overloaded as exc:
-            return self.edge.overloaded(exc, app=name)
+        given = bytes.fromhex(match.group(1))
+        return await self.edge.admitted(self.admission, lambda: self._handle(request, app, given), app=name)
 
     async def _handle(self, request: web.Request, app: App, given: bytes) -> web.Response:
         try:

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from openlines.admission import Admission, Limits
 from openlines.edge import Edge, TooLarge, read_body
 
 LIMIT = 1000
@@ -86,3 +87,20 @@ async def test_drain_gives_up_after_its_timeout_with_work_still_in_flight() -> N
     with edge.working():
         assert await edge.drain(timeout=0.01) is False
     assert edge.in_flight == 0
+
+
+async def test_a_request_the_gate_turns_away_is_answered_503_with_retry_after_and_counted() -> None:
+    counted: list[tuple[int, str]] = []
+    edge = Edge("test", lambda status, code: counted.append((status, code)))
+    gate = Admission("unit-edge", Limits(max_in_flight=1, max_waiting=0, wait=1.0, retry_after=4))
+
+    async def work() -> web.Response:
+        return web.json_response({"ok": True})
+
+    admitted = await edge.admitted(gate, work)
+    assert admitted.status == 200 and counted == []
+    await gate.acquire()  # the one slot is taken
+    refused = await edge.admitted(gate, work)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "4"
+    assert counted == [(503, "overloaded")]
+    gate.release()
