@@ -67,7 +67,7 @@ auto_close_minutes = 0.02
 
 async def make_token(nc: NATS, role: str, name: str = "test") -> str:
     token, record = new_token(name, role)
-    await TokenStore(await open_bucket(nc.jetstream())).add(record)
+    await TokenStore(nc.jetstream(), await open_bucket(nc.jetstream())).add(record)
     return token
 
 

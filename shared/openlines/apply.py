@@ -11,8 +11,10 @@ from typing import Any
 
 import msgspec
 import tomli_w
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from openlines import subjects
 from openlines.bus import Buckets, kv_entries
 from openlines.lines import LineConfig, LinesFile, OperatorConfig
 from openlines.state import OperatorAccount
@@ -24,13 +26,11 @@ def line_key(line_id: str) -> str:
     return LINE_PREFIX + line_id
 
 
-async def _keys(kv: KeyValue) -> list[str]:
-    return list(await kv_entries(kv._js, kv._name))  # the bucket's own context and name
-
-
-async def _sync(kv: KeyValue, wanted: dict[str, bytes], managed_prefix: str, kind: str) -> list[str]:
+async def _sync(
+    js: JetStreamContext, bucket: str, kv: KeyValue, wanted: dict[str, bytes], managed_prefix: str, kind: str
+) -> list[str]:
     changes: list[str] = []
-    existing = {k for k in await _keys(kv) if k.startswith(managed_prefix)}
+    existing = {k for k in await kv_entries(js, bucket) if k.startswith(managed_prefix)}
     for key, data in wanted.items():
         try:
             entry = await kv.get(key)
@@ -57,13 +57,14 @@ async def apply(buckets: Buckets, cfg: LinesFile) -> list[str]:
         for op_id, op in cfg.operators.items()
     }
     lines = {line_key(line.id): msgspec.json.encode(line) for line in cfg.lines}
-    changes = await _sync(buckets.accounts, accounts, "", "operator")
-    changes += await _sync(buckets.lines, lines, LINE_PREFIX, "line")
+    changes = await _sync(buckets.js, subjects.KV_ACCOUNTS, buckets.accounts, accounts, "", "operator")
+    changes += await _sync(buckets.js, subjects.KV_LINES, buckets.lines, lines, LINE_PREFIX, "line")
     return changes
 
 
-async def load_lines(kv: KeyValue) -> list[LineConfig]:
-    entries = await kv_entries(kv._js, kv._name)
+async def load_lines(js: JetStreamContext) -> list[LineConfig]:
+    """Every line config the ``ol-lines`` bucket holds, by id."""
+    entries = await kv_entries(js, subjects.KV_LINES)
     return [
         msgspec.json.decode(value, type=LineConfig) for key, (_, value) in sorted(entries.items()) if key.startswith(LINE_PREFIX)
     ]
@@ -71,14 +72,14 @@ async def load_lines(kv: KeyValue) -> list[LineConfig]:
 
 async def live(buckets: Buckets) -> LinesFile:
     """The configuration the buckets hold now (what :func:`apply` last wrote, or an admin saved)."""
-    accounts = await kv_entries(buckets.accounts._js, buckets.accounts._name)
+    accounts = await kv_entries(buckets.js, subjects.KV_ACCOUNTS)
     operators: dict[str, OperatorConfig] = {}
     for key, (_rev, data) in sorted(accounts.items()):
         acc = msgspec.json.decode(data, type=OperatorAccount)
         operators[key] = OperatorConfig(
             name=acc.name, password_hash=acc.password_hash, roles=list(acc.roles), permissions=list(acc.permissions)
         )
-    return LinesFile(operators=operators, lines=await load_lines(buckets.lines))
+    return LinesFile(operators=operators, lines=await load_lines(buckets.js))
 
 
 async def is_empty(buckets: Buckets) -> bool:

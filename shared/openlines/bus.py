@@ -140,6 +140,20 @@ class BusUnavailable(Exception):
         self.error = error
 
 
+async def publish_event(js: JetStreamContext, evt: SessionEvent, *, timeout: float | None = None) -> js_api.PubAck:
+    """Store one event in OL_EVT on ``ol.evt.<kind>``, deduplicated by its id (a redelivered cause publishes it once).
+
+    Every event is published here, so its subject, stream and dedup header are
+    spelled once. ``timeout`` bounds the whole publish (nats-py's own timeout
+    applies without it).
+    """
+    publish = js.publish(subjects.event(evt.kind), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: evt.id})
+    if timeout is None:
+        return await publish
+    async with asyncio.timeout(timeout):
+        return await publish
+
+
 async def dead_letter(
     js: JetStreamContext, channel: str, account: str, key: str, reason: str, body: bytes = b"", *, timeout: float
 ) -> None:
@@ -157,7 +171,7 @@ async def dead_letter(
         account=account,
         reason=told[:1000],
     )
-    await asyncio.wait_for(js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id}), timeout=timeout)
+    await publish_event(js, evt, timeout=timeout)
 
 
 async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeout: float) -> js_api.PubAck:
@@ -310,7 +324,7 @@ async def kv_update(
     raise RuntimeError(f"kv {key}: too much contention, gave up after {attempts} attempts")
 
 
-async def close_reader(js: JetStreamContext, psub: Any) -> None:
+async def close_reader(js: JetStreamContext, psub: Any, stream: str, consumer: str) -> None:
     """Unsubscribe a one-off pull reader and delete its ephemeral consumer at once.
 
     Left to its inactivity threshold, every read would keep a consumer alive for
@@ -320,10 +334,8 @@ async def close_reader(js: JetStreamContext, psub: Any) -> None:
     """
     with contextlib.suppress(Exception):
         await psub.unsubscribe()
-    stream, consumer = getattr(psub, "_stream", None), getattr(psub, "_consumer", None)
-    if stream and consumer:
-        with contextlib.suppress(Exception):  # gone already, or NATS away: the threshold removes it
-            await js.delete_consumer(stream, consumer)
+    with contextlib.suppress(Exception):  # gone already, or NATS away: the threshold removes it
+        await js.delete_consumer(stream, consumer)
 
 
 async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, bytes]]:
@@ -336,16 +348,22 @@ async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, 
     """
     prefix = f"$KV.{bucket}."
     cfg = js_api.ConsumerConfig(
+        name=uuid.uuid4().hex,
+        filter_subject=prefix + ">",
         deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
         ack_policy=js_api.AckPolicy.NONE,
         inactive_threshold=30.0,
         mem_storage=True,
         num_replicas=1,
     )
-    psub = await js.pull_subscribe(prefix + ">", stream=f"KV_{bucket}", config=cfg)
+    stream = f"KV_{bucket}"
+    # Created by name (the create request's subject carries the filter, as for a
+    # pull subscription), then bound: its pending count comes with the creation.
+    info = await js.add_consumer(stream, cfg)
+    psub = await js.pull_subscribe_bind(consumer=info.name, stream=stream)
     out: dict[str, tuple[int, bytes]] = {}
     try:
-        remaining = (await psub.consumer_info()).num_pending or 0
+        remaining = info.num_pending or 0
         while remaining > 0:
             for m in await psub.fetch(batch=min(256, remaining), timeout=5.0):
                 key = m.subject[len(prefix) :]
@@ -356,7 +374,7 @@ async def kv_entries(js: JetStreamContext, bucket: str) -> dict[str, tuple[int, 
                     out[key] = (m.metadata.sequence.stream, m.data)
                 remaining = m.metadata.num_pending or 0
     finally:
-        await close_reader(js, psub)
+        await close_reader(js, psub, stream, info.name)
     return out
 
 
@@ -411,5 +429,5 @@ async def read_subject(
                 out.append((m.metadata.sequence.stream, m.data))
             remaining -= len(msgs)
     finally:
-        await close_reader(js, psub)
+        await close_reader(js, psub, stream, info.name)
     return out

@@ -22,19 +22,11 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from openlines.lines import PERMISSION_OPENLINES, WEEKDAYS, LineConfig, LinesFile, OperatorConfig
+from openlines.lines import DEFAULT_SOURCE_IDS, PERMISSION_OPENLINES, WEEKDAYS, LineConfig, LinesFile, OperatorConfig
+from openlines.roles import DESK_ROLES
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
-
-# The SOURCE_ID a CRM lead or deal gets when crm.source_ids names none for its channel.
-DEFAULT_SOURCE_IDS: dict[str, str] = {
-    "telegram": "TELEGRAM",
-    "vk": "VK",
-    "webchat": "OPENLINE",
-    "email": "EMAIL",
-    "whatsapp": "WHATSAPP",
-}
 
 # Recommended ranges (Bitrix24's Open Lines guide); docs/lines.md shows the same table.
 WAIT_SECONDS = (30, 60)
@@ -42,8 +34,6 @@ MAX_CHATS = (3, 5)
 MAX_PRESENCE_GRACE_SECONDS = 300
 MIN_AUTO_CLOSE_MINUTES = 10
 
-# Roles the desk lets in (services/desk: desk.auth.DESK_ROLES); doctor must not import a service.
-DESK_ROLES = ("operator", "supervisor")
 
 TEMPLATE_FIELDS = frozenset({"client_name", "line_name"})
 QUEUE_POSITION_FIELDS = TEMPLATE_FIELDS | {"position"}

@@ -17,9 +17,9 @@ import msgspec
 
 from openlines import templates
 from openlines.envelopes import CHANNELS
+from openlines.roles import ROLES
 
 PERMISSION_OPENLINES = "openlines"
-ROLES = ("admin", "supervisor", "operator")
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HOLIDAY = re.compile(r"^(\d{4}-)?(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
@@ -122,6 +122,23 @@ class CrmConfig(_Strict):
     link_repeat_contacts: bool = True  # find existing contacts by phone / e-mail
     source_ids: dict[str, str] = {}  # channel -> SOURCE_ID; defaults per channel in docs/lines.md
     responsible: str = ""  # operator id when nobody answered
+
+
+# The SOURCE_ID a CRM lead or deal gets when crm.source_ids names none for its channel
+# (crm-sync writes it, `lines doctor` tells it; docs/lines.md lists the same).
+DEFAULT_SOURCE_IDS: dict[str, str] = {
+    "telegram": "TELEGRAM",
+    "vk": "VK",
+    "webchat": "OPENLINE",
+    "email": "EMAIL",
+    "whatsapp": "WHATSAPP",
+}
+FALLBACK_SOURCE_ID = "OTHER"  # a channel with no default of its own
+
+
+def source_id(crm: CrmConfig, channel: str) -> str:
+    """The SOURCE_ID written into leads and deals of this channel."""
+    return crm.source_ids.get(channel) or DEFAULT_SOURCE_IDS.get(channel, FALLBACK_SOURCE_ID)
 
 
 class LineConfig(_Strict):

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from nats.js import JetStreamContext
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, SessionEvent, encode, utcnow
 
 
@@ -73,10 +73,7 @@ async def publish_delivery_failed(
         operator_id=operator_id,
         reason=reason[:1000],
     )
-    await asyncio.wait_for(
-        js.publish(subjects.event(evt.kind), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: evt.id}),
-        timeout=timeout,
-    )
+    await bus.publish_event(js, evt, timeout=timeout)
     return evt.at
 
 

@@ -130,6 +130,22 @@ def waiting_key(line_id: str, session_id: str) -> str:
     return f"{line_id}.{session_id}"
 
 
+def parse_waiting_key(key: str) -> tuple[str, str]:
+    """(line id, session id) of an ``ol-waiting`` key made by :func:`waiting_key`."""
+    line_id, _, session_id = key.partition(".")
+    return line_id, session_id
+
+
+def link_client_key(client_id: str) -> str:
+    """Key of a client's CRM link in ``ol-crm-links`` (written by crm-sync, read by the desk)."""
+    return f"client.{client_id}"
+
+
+def link_session_key(session_id: str) -> str:
+    """Key of a session's CRM filing in ``ol-crm-links`` (written by crm-sync, read by the desk)."""
+    return f"session.{session_id}"
+
+
 class WaitingQueue(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The earlier layout: a line's whole queue as one ``ol-sessions`` value (read once, to move it to ``ol-waiting``)."""
 

@@ -45,6 +45,8 @@ KV_CRM_LEADS = "ol-crm-leads"
 KV_CRM_DEALS = "ol-crm-deals"
 KV_CRM_ACTIVITIES = "ol-crm-activities"
 KV_CRM_INDEX = "ol-crm-index"  # crm-sync built-in CRM: id counters, origin and phone/e-mail index
+# The built-in CRM's records by kind: crm-sync writes them, the desk's CRM page reads them.
+CRM_RECORD_BUCKETS = {"contact": KV_CRM_CONTACTS, "lead": KV_CRM_LEADS, "deal": KV_CRM_DEALS, "activity": KV_CRM_ACTIVITIES}
 KV_DESK_TOKENS = "ol-desk-tokens"  # desk: API tokens for scripts (hashed), written by `openlines desk token`
 KV_DESK_REVOKED = "ol-desk-revoked"  # desk: signed-out sessions (cookie nonce -> revoked), kept as long as a cookie lives
 KV_DESK_LOGINS = "ol-desk-logins"  # desk: failed sign-ins per login and per client address (rate limiting)

@@ -37,6 +37,9 @@ class TypingRelay:
 
     async def start(self) -> None:
         await self.nc.subscribe(subjects.typing_out_channel(self.channel), cb=self._on_typing)
+        # The server knows the subscription before the gateway says it is up: "typing" is never stored,
+        # so one sent meanwhile would be lost (seen in a loaded test run).
+        await self.nc.flush()
 
     async def _on_typing(self, msg: Msg) -> None:
         parts = msg.subject.split(".")

@@ -24,7 +24,7 @@ from servers import ServiceProcess
 from support import apply_lines, running_router
 
 from desk.openapi import document
-from openlines import bus
+from openlines import bus, subjects
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
@@ -48,10 +48,10 @@ async def _prepare(url: str) -> str:
         async with running_router(url):
             await visitor_writes(nc, "fuzz-visitor", "m1", "Hello")
             await visitor_writes(nc, "fuzz-buyer", "m1", "Prices?", account="shop")
-            buckets = await bus.Buckets(nc.jetstream()).open()
+            await bus.Buckets(nc.jetstream()).open()
 
             async def opened() -> bool:
-                keys = await bus.kv_entries(nc.jetstream(), buckets.sessions._name)
+                keys = await bus.kv_entries(nc.jetstream(), subjects.KV_SESSIONS)
                 return len(keys) == 2
 
             await wait_for(opened, timeout=30, what="two sessions opened by the router")

@@ -35,7 +35,7 @@ def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_an_expired_token_is_refused_with_the_reason_and_listed_as_expired(
     http: aiohttp.ClientSession, nc: Any, nats_server: Any
 ) -> None:
-    store = TokenStore(await open_bucket(nc.jetstream()))
+    store = TokenStore(nc.jetstream(), await open_bucket(nc.jetstream()))
     token, record = new_token("short job", "supervisor", timedelta(minutes=5))
     await store.add(msgspec.structs.replace(record, expires_at=utcnow() - timedelta(seconds=1)))
     live, live_record = new_token("still good", "supervisor", timedelta(days=1))

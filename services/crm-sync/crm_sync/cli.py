@@ -96,7 +96,7 @@ async def _check(args: argparse.Namespace) -> int:
                 lines = load(args.file).lines
             else:
                 await bus.bootstrap(js)
-                lines = await load_lines((await bus.Buckets(js).open()).lines)
+                lines = await load_lines(js)
             users = Users(settings.users(), identity_when_unmapped=settings.crm_backend == "builtin")
             print()
             for line in sorted(lines, key=lambda x: x.id):

@@ -17,7 +17,6 @@ next create (decision 015).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -26,15 +25,16 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import FetchTimeoutError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from prometheus_client import Counter, Gauge
 
 from crm_sync.backends.base import CrmUnavailable
 from crm_sync.claims import Claim, ClaimLost, Claims
 from crm_sync.sync import HANDLED_KINDS, Syncer
 from openlines import subjects
+from openlines.consume import Durable, dead_letter, keep_alive
 from openlines.crashpoints import crash_point
-from openlines.envelopes import MSG_ID_HEADER, SessionEvent, encode, utcnow
+from openlines.envelopes import SessionEvent
 
 log = logging.getLogger("crm_sync.consumer")
 
@@ -77,23 +77,7 @@ class EventConsumer:
             deliver_policy=js_api.DeliverPolicy.ALL,
             filter_subjects=[subjects.event(k) for k in HANDLED_KINDS],
         )
-        await self.js.add_consumer(subjects.STREAM_EVT, config)
-        psub = await self.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVT)
-        log.info("consuming session events", extra={"consumer": self.durable})
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    msgs = await psub.fetch(batch=1, timeout=1.0)
-                except (FetchTimeoutError, NatsTimeout):
-                    continue
-                except Exception as exc:
-                    log.warning("fetch failed", extra={"error": repr(exc)})
-                    await asyncio.sleep(0.5)
-                    continue
-                for m in msgs:
-                    await self._handle(m)
-        finally:
-            await psub.unsubscribe()
+        await Durable(self.js, subjects.STREAM_EVT, config).run(self._handle, self.stop_event)
 
     async def stop(self) -> None:
         self.stop_event.set()
@@ -105,35 +89,25 @@ class EventConsumer:
             await self._dead_letter(m, f"malformed session event on {m.subject}: {exc}")
             return
         held: list[Claim] = []  # the claim once we have it (the heartbeat renews it)
-        heartbeat = asyncio.create_task(self._heartbeat(m, held))
         try:
-            await self._apply(m, evt, held)
+            # The in-progress ack and the claim renewal in one beat, the ack first: a redelivery
+            # elsewhere then proves our renewals stopped too (what lets that replica take over sooner).
+            async with keep_alive(m, self.ack_wait / 3, also=lambda: self._renew(held)):
+                await self._apply(m, evt, held)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
             if held:
                 await held[0].release()
 
-    async def _heartbeat(self, m: Msg, held: list[Claim]) -> None:
-        """Keep the event (in-progress ack) and our claim on its client alive while we work on it.
-
-        Both in one beat, the in-progress ack first: a redelivery elsewhere then proves our
-        renewals stopped too (what lets a redelivered event's replica take over sooner).
-        """
-        while True:
-            await asyncio.sleep(self.ack_wait / 3)
+    async def _renew(self, held: list[Claim]) -> bool:
+        """Renew our claim on the event's client, if we hold one; False once it is lost (the beats stop)."""
+        if held:
             try:
-                await m.in_progress()
-            except Exception as exc:
-                log.info("in-progress ack not sent", extra={"error": repr(exc)[:200]})
-            if held:
-                try:
-                    await held[0].renew()
-                except ClaimLost:
-                    return  # the next fence stops the work
-                except Exception as exc:  # NATS away: try again at the next beat
-                    log.info("claim not renewed", extra={"error": repr(exc)[:200]})
+                await held[0].renew()
+            except ClaimLost:
+                return False  # the next fence stops the work
+            except Exception as exc:  # NATS away: try again at the next beat
+                log.info("claim not renewed", extra={"error": repr(exc)[:200]})
+        return True
 
     async def _apply(self, m: Msg, evt: SessionEvent, held: list[Claim]) -> None:
         failures = 0
@@ -202,10 +176,6 @@ class EventConsumer:
             delay = min(delay * 2, MAX_DELAY)
 
     async def _dead_letter(self, m: Msg, reason: str) -> None:
-        meta = m.metadata
-        evt_id = f"crm-dead:{meta.stream}:{meta.sequence.stream}"
-        dead = SessionEvent(id=evt_id, kind="dead_letter", at=utcnow(), reason=reason)
-        await self.js.publish(subjects.event("dead_letter"), encode(dead), headers={MSG_ID_HEADER: evt_id})
-        await m.term()
+        await dead_letter(self.js, m, reason, prefix="crm-dead")
         HANDLED.labels("dead_letter").inc()
         log.error("session event dead-lettered", extra={"reason": reason[:300]})

@@ -24,8 +24,12 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from openlines import subjects
+from openlines.state import link_client_key, link_session_key
 
 KV_LINKS = subjects.KV_CRM_LINKS
+# The keys are spelled in openlines.state: the desk reads them too.
+client_key = link_client_key
+session_key = link_session_key
 OAUTH_KEY = "oauth.bitrix24"
 
 
@@ -55,14 +59,6 @@ class SessionLink(msgspec.Struct, kw_only=True, omit_defaults=True):
     done: list[str] = []  # intents applied: answered:<operator>, closed
     pending: list[str] = []
     made: dict[str, str] = {}
-
-
-def client_key(client_id: str) -> str:
-    return f"client.{client_id}"
-
-
-def session_key(session_id: str) -> str:
-    return f"session.{session_id}"
 
 
 async def open_links(js: JetStreamContext, replicas: int = 1) -> KeyValue:

@@ -27,11 +27,11 @@ from crm_sync.backends.base import Activity, CrmBackend, Entity, Guard, Kind
 from crm_sync.core import identity
 from crm_sync.core.decide import Known, decide, pick, source_id, worth_a_record
 from crm_sync.links import ClientLink, SessionLink, client_key, session_key
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.apply import line_key
 from openlines.bus import Buckets, kv_get, kv_update, read_subject
 from openlines.crashpoints import crash_point
-from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, SessionEvent, encode, utcnow
+from openlines.envelopes import HistoryEntry, SessionEvent, utcnow
 from openlines.lines import CrmConfig, LineConfig
 from openlines.state import ClientRecord
 from openlines.state import client_key as router_client_key
@@ -219,7 +219,7 @@ class Syncer:
             chat_id=evt.chat_id,
             reason=reason,
         )
-        await self.js.publish(subjects.event(LINKED_KIND), encode(out), headers={MSG_ID_HEADER: out.id})
+        await bus.publish_event(self.js, out)
 
     # ------------------------------------------------------------ events
 
@@ -584,7 +584,7 @@ class Syncer:
         assert cl is not None
         await self._push_profile(evt, cl, with_name=False)
         out = msgspec.structs.replace(evt, id=f"crm_merged:{evt.client_id}:{gone}", kind=LINKED_KIND, at=utcnow(), reason=note)
-        await self.js.publish(subjects.event(LINKED_KIND), encode(out), headers={MSG_ID_HEADER: out.id})
+        await bus.publish_event(self.js, out)
         log.info("merged clients' CRM link kept", extra={"session": evt.session_id, "reason": note})
 
     async def _answered(self, evt: SessionEvent, sl: SessionLink) -> None:

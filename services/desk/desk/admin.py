@@ -54,14 +54,14 @@ from desk.http import DESK, Authed, Desk, html, redirect
 from desk.supervise import overview
 from desk.tokens import TokenStore, new_token, open_bucket, parse_duration
 from openlines.bus import Buckets
-from openlines.lines import ROLES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
+from openlines.lines import ConfigError, LineConfig, LinesFile, OperatorConfig, check
+from openlines.roles import ADMIN, ADMIN_ROLES, ROLES, SUPERVISOR_ROLES
 from openlines.runner import Service
 from openlines.state import OperatorAccount
 
 log = logging.getLogger("desk.admin")
 
-ADMIN_ROLES = ("admin",)
-STATS_ROLES = ("supervisor", "admin")
+STATS_ROLES = SUPERVISOR_ROLES
 
 
 async def staff_user(request: web.Request, roles: tuple[str, ...]) -> Authed | web.Response:
@@ -341,7 +341,7 @@ async def _save_operator(p: _Page, op_id: str | None) -> web.StreamResponse:
         errors.append(f"operators.{op_id}: an operator with this login exists already")
     if not new and old is None:
         raise web.HTTPNotFound(text="no such operator")
-    if op_id == p.user.operator_id and "admin" not in body.roles:
+    if op_id == p.user.operator_id and ADMIN not in body.roles:
         errors.append("roles: you cannot take the admin role from yourself (ask another admin)")
     if new and not password:
         errors.append(f"password: a new operator needs a password of at least {MIN_PASSWORD} characters")
@@ -441,7 +441,7 @@ async def roles_get(p: _Page) -> web.StreamResponse:
 def editable_lines(snap: Snapshot, who: OperatorAccount) -> list[LineConfig]:
     """The lines whose quick answers this account may change: every line for an admin; for a
     supervisor, the lines whose queue lists them."""
-    if "admin" in who.roles:
+    if ADMIN in who.roles:
         return list(snap.cfg.lines)
     return [line for line in snap.cfg.lines if who.id in line.queue.operators]
 
@@ -769,7 +769,7 @@ async def setup(svc: Service[Any]) -> None:
     """Build what the admin API and pages share and register their routes (after the desk's own)."""
     desk = svc.app[DESK]
     buckets = await Buckets(svc.js).open()
-    tokens = TokenStore(await open_bucket(svc.js, svc.settings.replicas))
+    tokens = TokenStore(svc.js, await open_bucket(svc.js, svc.settings.replicas))
     # Statistics are folded in as events arrive; every replica helps, one event at a time (ADR 019).
     aggregator = figures.Aggregator(svc.js, svc.settings.replicas)
     await aggregator.open()

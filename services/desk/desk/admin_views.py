@@ -14,7 +14,8 @@ from urllib.parse import urlencode
 from desk.auth import CSRF_FIELD, nav_links
 from desk.tokens import TOKEN_ROLES, ApiToken
 from openlines.doctor import Finding
-from openlines.lines import PERMISSION_OPENLINES, ROLES, LineConfig
+from openlines.lines import PERMISSION_OPENLINES, LineConfig
+from openlines.roles import ROLES
 from openlines.state import OperatorAccount
 
 ROLE_TEXT = {

@@ -35,6 +35,7 @@ from openlines import subjects
 from openlines.bus import kv_entries
 from openlines.envelopes import BAD_JSON
 from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check
+from openlines.roles import ADMIN_ROLES, SUPERVISOR_ROLES
 from openlines.state import Session
 
 log = logging.getLogger("desk.api")
@@ -49,8 +50,8 @@ SESSION_STATUSES = ("waiting", "assigned", "answered", "closed")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_RANGE_DAYS = 366
-ADMIN = ("admin",)
-STAFF = ("admin", "supervisor")
+ADMIN = ADMIN_ROLES
+STAFF = SUPERVISOR_ROLES
 
 
 class Problem(Exception):

@@ -24,14 +24,14 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from openlines.lines import PERMISSION_OPENLINES
+from openlines.roles import ADMIN, DESK_ROLES, SUPERVISOR, is_supervisor
 from openlines.state import OperatorAccount
 
 COOKIE_NAME = "ol_desk"
 LOGIN_COOKIE_NAME = "ol_desk_login"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-DESK_ROLES = ("operator", "supervisor")
-ADMIN_ROLE = "admin"
+ADMIN_ROLE = ADMIN
 ADMIN_HOME = "/admin"
 
 # v2: the payload carries the credential stamp; v1 cookies (without it) are refused.
@@ -193,9 +193,9 @@ def nav_links(account: OperatorAccount) -> list[tuple[str, str, str]]:
         links.append(("/", "Chats", "nav-chats"))
     if desk or admin:
         links.append(("/crm", "CRM", "nav-crm"))
-    if admin or (desk and "supervisor" in account.roles):
+    if admin or (desk and SUPERVISOR in account.roles):
         links.append(("/supervisor", "Supervisor", "nav-supervisor"))
-    if admin or "supervisor" in account.roles:
+    if is_supervisor(account.roles):
         links.append(("/stats", "Statistics", "nav-stats"))
         links.append(("/quick-answers", "Quick answers", "nav-quick-answers"))
     if admin:

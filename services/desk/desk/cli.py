@@ -15,7 +15,7 @@ async def _store(args: argparse.Namespace) -> tuple[Any, TokenStore]:
     url = str(args.nats or os.environ.get("OPENLINES_NATS_URL", "nats://127.0.0.1:4222"))
     nc = await bus.connect(url, "openlines-cli", first_attempts=args.attempts)
     replicas = int(os.environ.get("OPENLINES_REPLICAS", "1"))
-    return nc, TokenStore(await open_bucket(nc.jetstream(), replicas))
+    return nc, TokenStore(nc.jetstream(), await open_bucket(nc.jetstream(), replicas))
 
 
 async def _create(args: argparse.Namespace) -> int:

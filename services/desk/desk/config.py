@@ -32,10 +32,10 @@ from openlines.apply import LINE_PREFIX, apply, to_toml
 from openlines.bus import Buckets, kv_entries
 from openlines.doctor import Finding, diagnose
 from openlines.lines import PERMISSION_OPENLINES, ConfigError, LineConfig, LinesFile, OperatorConfig, check, convert_all
+from openlines.roles import DESK_ROLES
 from openlines.state import OperatorAccount
 
 GUARD_KEY = "admin.version"
-DESK_ROLES = ("operator", "supervisor")
 _VERSION = re.compile(r"^(\d{1,20})-([0-9a-f]{16})$")
 
 

@@ -20,14 +20,10 @@ from nats.js.kv import KeyValue
 
 from openlines import subjects
 from openlines.bus import kv_entries
+from openlines.state import link_client_key, link_session_key
 
 KINDS = ("lead", "deal", "contact")
-BUCKET_OF = {
-    "contact": subjects.KV_CRM_CONTACTS,
-    "lead": subjects.KV_CRM_LEADS,
-    "deal": subjects.KV_CRM_DEALS,
-    "activity": subjects.KV_CRM_ACTIVITIES,
-}
+BUCKET_OF = subjects.CRM_RECORD_BUCKETS
 SHOWN_PER_KIND = 200  # the page lists at most this many records of a kind (newest first)
 MAX_QUERY = 100
 _DIGITS = re.compile(r"\D+")
@@ -117,12 +113,12 @@ class CrmReader:
 
     async def client_link(self, client_id: str) -> dict[str, Any] | None:
         """crm-sync's ``client.<client id>`` record in ``ol-crm-links``, as JSON; None when not linked."""
-        value = await self._link(f"client.{client_id}")
+        value = await self._link(link_client_key(client_id))
         return value if isinstance(value, dict) else None
 
     async def session_filed(self, session_id: str) -> bool:
         """Whether crm-sync filed this session on a CRM record (``session.<id>`` with an owner)."""
-        value = await self._link(f"session.{session_id}")
+        value = await self._link(link_session_key(session_id))
         return isinstance(value, dict) and bool(value.get("owner_id"))
 
     async def _link(self, key: str) -> Any:

@@ -124,7 +124,7 @@ class Desk:
         self.reader = reader
         self.hub = hub
         self.index = index  # views and search (desk.index)
-        self.lines = LineList(reader.b.lines)
+        self.lines = LineList(reader.js)
         self.crm = CrmReader(reader.js)
         self.signer = Signer(settings.cookie_secret)
         self.hosts = HostPolicy(settings.desk_public_url, settings.allowed_hosts)
@@ -907,9 +907,8 @@ async def api_directory(request: web.Request) -> web.StreamResponse:
     """What the workspace's pickers offer: lines (with quick answers) and operators to transfer to."""
     desk = request.app[DESK]
     user = await desk.api_user(request, changes=False)
-    b = desk.reader.b
     lines, accounts, states = await asyncio.gather(
-        load_lines(b.lines),
+        load_lines(desk.reader.js),
         kv_entries(desk.reader.js, subjects.KV_ACCOUNTS),
         kv_entries(desk.reader.js, subjects.KV_OPERATORS),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nats.js.kv import KeyValue
+from nats.js import JetStreamContext
 
 from openlines.apply import load_lines
 from openlines.lines import LineConfig
@@ -14,8 +14,8 @@ LINES_TTL = 2.0  # seconds the list is trusted: a change of a line's queue reach
 
 
 class LineList:
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
         self._at = -LINES_TTL
         self._lines: list[LineConfig] = []
         self._lock = asyncio.Lock()
@@ -23,7 +23,7 @@ class LineList:
     async def all(self) -> list[LineConfig]:
         async with self._lock:
             if time.monotonic() - self._at > LINES_TTL:
-                self._lines = await load_lines(self.kv)
+                self._lines = await load_lines(self.js)
                 self._at = time.monotonic()
             return self._lines
 

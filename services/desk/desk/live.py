@@ -36,10 +36,10 @@ from prometheus_client import Counter, Gauge
 
 from desk.presence import Heartbeat, Reporter
 from desk.reads import Reader, holders_of, sla_clock
-from desk.supervise import SUPERVISOR_ROLES
 from openlines import subjects
 from openlines.bus import kv_get
 from openlines.envelopes import DeliveryMark, HistoryEntry, Seen, SessionEvent, Typing
+from openlines.roles import is_supervisor
 from openlines.state import ClientRecord, OperatorAccount, client_key
 
 log = logging.getLogger("desk.live")
@@ -300,7 +300,7 @@ class Hub:
         }
         for op_id in present:
             account = await self.reader.account(op_id)
-            if account is not None and any(role in SUPERVISOR_ROLES for role in account.roles):
+            if account is not None and is_supervisor(account.roles):
                 self._send(op_id, frame)
 
     async def watch_sla(self) -> None:

@@ -11,7 +11,6 @@ Message-ID (derived from the event id), which mail clients show once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from email.message import EmailMessage
@@ -19,15 +18,15 @@ from email.utils import formatdate
 
 import aiosmtplib
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, FetchTimeoutError
 from prometheus_client import Counter
 
 from desk.reads import Reader
 from desk.settings import Settings
 from openlines import subjects
+from openlines.consume import Durable
 from openlines.envelopes import SessionEvent
 
 log = logging.getLogger("desk.slamail")
@@ -84,16 +83,6 @@ class SlaMailer:
         self._done: dict[str, set[str]] = {}  # event id -> addresses that took its mail (while others are retried)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("sla mail consumer failed; opening it again", extra={"error": repr(exc)})
-            await asyncio.sleep(2.0)
-
-    async def _run_once(self) -> None:
         cfg = js_api.ConsumerConfig(
             durable_name=subjects.DESK_SLA_MAIL_CONSUMER,
             filter_subject=subjects.event("sla_breached"),
@@ -103,40 +92,31 @@ class SlaMailer:
             max_deliver=MAX_DELIVER,
             num_replicas=self.s.replicas,
         )
-        with contextlib.suppress(BadRequestError):  # it exists already (another replica, an earlier start)
-            await self.js.add_consumer(subjects.STREAM_EVT, cfg)
-        psub = await self.js.pull_subscribe_bind(subjects.DESK_SLA_MAIL_CONSUMER, stream=subjects.STREAM_EVT)
+        consumer = Durable(self.js, subjects.STREAM_EVT, cfg, fetch_timeout=5.0, retry_delay=self.s.sla_mail_retry_seconds)
+        await consumer.run(self._one, asyncio.Event())  # runs until the desk cancels it
+
+    async def _one(self, m: Msg) -> None:
         try:
-            while True:
-                try:
-                    msgs = await psub.fetch(batch=1, timeout=5.0)
-                except (FetchTimeoutError, NatsTimeout, TimeoutError):
-                    continue
-                for m in msgs:
-                    try:
-                        event = _decoder.decode(m.data)
-                    except msgspec.DecodeError:
-                        await m.term()
-                        continue
-                    try:
-                        await self.mail(event)
-                    except Exception as exc:
-                        attempt = m.metadata.num_delivered or 1
-                        gave_up = attempt >= MAX_DELIVER
-                        MAILED.labels("given_up" if gave_up else "retry").inc()
-                        log.warning(
-                            "sla alert mail not sent" + ("; giving up" if gave_up else "; trying again"),
-                            extra={"session": event.session_id, "attempt": attempt, "error": repr(exc)},
-                        )
-                        if gave_up:
-                            self._done.pop(event.id, None)
-                        else:
-                            await m.nak(delay=self.s.sla_mail_retry_seconds)
-                        continue
-                    await m.ack_sync()
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+            event = _decoder.decode(m.data)
+        except msgspec.DecodeError:
+            await m.term()
+            return
+        try:
+            await self.mail(event)
+        except Exception as exc:
+            attempt = m.metadata.num_delivered or 1
+            gave_up = attempt >= MAX_DELIVER
+            MAILED.labels("given_up" if gave_up else "retry").inc()
+            log.warning(
+                "sla alert mail not sent" + ("; giving up" if gave_up else "; trying again"),
+                extra={"session": event.session_id, "attempt": attempt, "error": repr(exc)},
+            )
+            if gave_up:
+                self._done.pop(event.id, None)
+            else:
+                await m.nak(delay=self.s.sla_mail_retry_seconds)
+            return
+        await m.ack_sync()
 
     async def mail(self, event: SessionEvent) -> None:
         line = await self.reader.line(event.line_id)

@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
@@ -38,6 +38,7 @@ from prometheus_client import Counter
 
 from openlines import subjects
 from openlines.bus import kv_get, kv_update
+from openlines.consume import Durable
 from openlines.envelopes import SessionEvent
 
 log = logging.getLogger("desk.stats")
@@ -367,7 +368,8 @@ class Aggregator:
         self.replicas = replicas
         self.days: KeyValue | None = None
         self.traces: KeyValue | None = None
-        self._psub: Any = None
+        self.consumer: Durable | None = None
+        self._stop = asyncio.Event()
 
     async def open(self) -> None:
         self.days = await _bucket(self.js, subjects.KV_DESK_STATS, self.replicas)
@@ -383,32 +385,19 @@ class Aggregator:
             max_deliver=-1,
             num_replicas=self.replicas,
         )
-        with contextlib.suppress(BadRequestError):  # it exists already (another replica, an earlier start)
-            await self.js.add_consumer(subjects.STREAM_EVT, cfg)
-        self._psub = await self.js.pull_subscribe_bind(subjects.DESK_STATS_CONSUMER, stream=subjects.STREAM_EVT)
+        self.consumer = Durable(self.js, subjects.STREAM_EVT, cfg, fetch_timeout=5.0, retry_delay=2.0)
+        await self.consumer.create()
 
     async def run(self) -> None:
-        if self._psub is None:
+        if self.consumer is None:
             await self.open()
-        while True:
-            try:
-                msgs = await self._psub.fetch(batch=1, timeout=5.0)
-            except NatsTimeout:
-                continue
-            except Exception:
-                log.exception("statistics: fetching the next session event failed; trying again")
-                await asyncio.sleep(2.0)
-                continue
-            for m in msgs:
-                try:
-                    await self.fold_one(m.data, m.metadata.sequence.stream)
-                except Exception:
-                    # Not acked: the event comes again (folding it twice counts it once).
-                    log.exception("statistics: folding a session event failed; it will be retried")
-                    with contextlib.suppress(Exception):
-                        await m.nak(delay=2.0)
-                    continue
-                await m.ack()
+        assert self.consumer is not None
+        # A fold that fails is not acked: the event comes again (folding it twice counts it once).
+        await self.consumer.run(self._fold_and_ack, self._stop)
+
+    async def _fold_and_ack(self, m: Msg) -> None:
+        await self.fold_one(m.data, m.metadata.sequence.stream)
+        await m.ack()
 
     async def fold_one(self, data: bytes, seq: int) -> None:
         assert self.days is not None and self.traces is not None
@@ -442,9 +431,7 @@ class Aggregator:
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
     async def close(self) -> None:
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
+        self._stop.set()
 
 
 async def report(

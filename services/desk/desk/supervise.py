@@ -18,14 +18,13 @@ from desk.reads import Reader, sla_clock
 from openlines import subjects
 from openlines.apply import load_lines
 from openlines.bus import kv_entries
-from openlines.state import OperatorAccount, OperatorState, QueuedChat, Session
-
-SUPERVISOR_ROLES = ("supervisor", "admin")
+from openlines.roles import is_supervisor
+from openlines.state import OperatorAccount, OperatorState, QueuedChat, Session, parse_waiting_key
 
 
 def supervisor_problem(roles: list[str]) -> str | None:
     """Why this account may not open the supervisor view, or None when it may."""
-    if any(role in SUPERVISOR_ROLES for role in roles):
+    if is_supervisor(roles):
         return None
     have = ", ".join(roles) or "none"
     return f"the supervisor view needs the supervisor or admin role (your roles: {have}): ask an administrator"
@@ -55,8 +54,7 @@ def _session_row(s: Session, names: dict[str, str], now: float, clocks: dict[str
 async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
     """Every line with its waiting queue, its operators (status, load) and its live sessions."""
     now = time.time() if now is None else now
-    b = reader.b
-    lines = await load_lines(b.lines)
+    lines = await load_lines(reader.js)
     states: dict[str, OperatorState] = {}
     for key, (_rev, data) in (await kv_entries(reader.js, subjects.KV_OPERATORS)).items():
         try:
@@ -75,7 +73,7 @@ async def overview(reader: Reader, now: float | None = None) -> dict[str, Any]:
             chat = msgspec.json.decode(data, type=QueuedChat)
         except msgspec.DecodeError:
             continue
-        queues.setdefault(chat.line_id or key.partition(".")[0], []).append(chat)
+        queues.setdefault(chat.line_id or parse_waiting_key(key)[0], []).append(chat)
     for chats in queues.values():
         chats.sort(key=lambda c: (c.since, c.session_id))
     # Every open session someone holds or is offered, plus every waiting one: the live set.

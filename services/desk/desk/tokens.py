@@ -26,8 +26,9 @@ from nats.js.kv import KeyValue
 from openlines import subjects
 from openlines.bus import kv_entries, kv_get
 from openlines.envelopes import utcnow
+from openlines.roles import SUPERVISOR_ROLES
 
-TOKEN_ROLES = ("admin", "supervisor")
+TOKEN_ROLES = SUPERVISOR_ROLES  # an API token acts as an administrator or a supervisor
 PREFIX = "olt_"
 _TOKEN = re.compile(r"^olt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[A-Za-z0-9 ._-]{1,64}$")
@@ -95,7 +96,8 @@ async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
 
 
 class TokenStore:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self.js = js
         self.kv = kv
 
     async def add(self, record: ApiToken) -> None:
@@ -103,7 +105,7 @@ class TokenStore:
 
     async def all(self) -> list[ApiToken]:
         out = []
-        for _key, (_rev, data) in (await kv_entries(self.kv._js, self.kv._name)).items():
+        for _key, (_rev, data) in (await kv_entries(self.js, subjects.KV_DESK_TOKENS)).items():
             try:
                 out.append(msgspec.json.decode(data, type=ApiToken))
             except msgspec.DecodeError:

@@ -23,7 +23,6 @@ reported (``delivery_failed`` naming it); files together larger than
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,10 +32,7 @@ from email.utils import format_datetime, formataddr
 import aiosmtplib
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import FetchTimeoutError
 
 from gateway_email import metrics
 from gateway_email.core import loopguard, replies
@@ -44,8 +40,9 @@ from gateway_email.mailboxes import Mailbox
 from gateway_email.normalise import CHANNEL
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, MessageRef, SentRecord, Store
-from openlines import files, marks, subjects
-from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+from openlines import bus, files, marks, subjects
+from openlines.consume import Durable, outbound_consumer
+from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
 
 log = logging.getLogger("gateway_email.deliver")
 
@@ -112,58 +109,21 @@ class Outgoing:
         self.store = store
         self.mailboxes = mailboxes
         self.settings = settings
-        self.running = False
+        self.consumer: Durable | None = None
         self.desk_files = files.Reader(js, timeout=settings.smtp_timeout, allowed=frozenset({subjects.OBJ_DESK_FILES}))
 
     def ready(self) -> str | None:
-        return None if self.running else "outbound consumer not running"
+        return None if self.consumer is not None and self.consumer.running else "outbound consumer not running"
 
     async def run(self, stopping: asyncio.Event) -> None:
         s = self.settings
-        config = js_api.ConsumerConfig(
-            name=s.outbound_consumer,
-            durable_name=s.outbound_consumer,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=s.smtp_timeout * 3 + 30,
-            max_deliver=-1,
-            max_ack_pending=256,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-        )
-        attempt = 0
-        while not stopping.is_set():
-            try:
-                await self.js.add_consumer(subjects.STREAM_OUT, config)
-                psub = await self.js.pull_subscribe_bind(durable=s.outbound_consumer, stream=subjects.STREAM_OUT)
-                break
-            except Exception as exc:
-                attempt += 1
-                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
-        else:
-            return
-        self.running = True
-        log.info("consuming outbound", extra={"consumer": s.outbound_consumer})
-        try:
-            while not stopping.is_set():
-                try:
-                    msgs = await psub.fetch(batch=16, timeout=1.0)
-                except (FetchTimeoutError, NatsTimeout):
-                    continue
-                except Exception as exc:  # disconnected: the client reconnects by itself
-                    log.warning("outbound fetch failed", extra={"error": repr(exc)})
-                    await asyncio.sleep(0.5)
-                    continue
-                for m in msgs:
-                    try:
-                        await self.handle(m)
-                    except Exception as exc:  # NATS trouble while recording: redelivered after ack_wait
-                        log.warning("outbound message left for redelivery", extra={"error": repr(exc)})
-        finally:
-            self.running = False
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        config = outbound_consumer(CHANNEL, s.outbound_consumer, ack_wait=s.smtp_timeout * 3 + 30, max_ack_pending=256)
+        # A message whose recording failed (NATS trouble) comes again after ack_wait, as the SMTP side expects.
+        self.consumer = Durable(self.js, subjects.STREAM_OUT, config, batch=16, retry_delay=config.ack_wait or 30.0)
+        await self.consumer.run(self._one, stopping)
+
+    async def _one(self, m: Msg) -> None:
+        await self.handle(m)
 
     async def handle(self, m: Msg) -> str:
         try:
@@ -332,7 +292,7 @@ class Outgoing:
                 chat_id=out.chat_id,
                 reason=reason[:1000],
             )
-            await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+            await bus.publish_event(self.js, evt)
         else:
             await marks.report_failed(
                 self.js,

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from gateway_email import metrics
@@ -36,7 +37,7 @@ from gateway_email.normalise import (
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, Cursor, Lease, MessageRef, Store
 from openlines import bus, files, marks, subjects
-from openlines.envelopes import MSG_ID_HEADER, Attachment, MarkStatus, SessionEvent, encode, utcnow
+from openlines.envelopes import Attachment, MarkStatus, SessionEvent, utcnow
 
 log = logging.getLogger("gateway_email.inbound")
 
@@ -66,7 +67,8 @@ async def _pause(stopping: asyncio.Event, seconds: float) -> None:
 
 
 class MailboxWorker:
-    def __init__(self, js: JetStreamContext, store: Store, mailbox: Mailbox, settings: Settings, owner: str) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, store: Store, mailbox: Mailbox, settings: Settings, owner: str) -> None:
+        self.nc = nc
         self.js = js
         self.store = store
         self.mb = mailbox
@@ -261,7 +263,7 @@ class MailboxWorker:
         env = to_inbound(self.account, mail, attachments, now, chat_id=chat_id)
         # The gateways' one way in: fails at once when NATS is away (the mailbox
         # loop retries the mail from its cursor), deduplicated by the mail's id.
-        ack = await bus.publish_inbound(self.js._nc, self.js, env, timeout=PUBLISH_TIMEOUT)
+        ack = await bus.publish_inbound(self.nc, self.js, env, timeout=PUBLISH_TIMEOUT)
         await self.store.remember_message(MessageRef(message_id=mail.key, account=self.account, chat_id=chat_id, direction="in"))
         log.info(
             "mail published",
@@ -322,7 +324,7 @@ class MailboxWorker:
                 chat_id=about.chat_id,
                 reason=(f"bounced{who}: {r.reason}" if r.kind == "failed" else f"{r.reason}{who}")[:1000],
             )
-            await self.js.publish(subjects.event(evt.kind), encode(evt), headers={MSG_ID_HEADER: evt.id})
+            await bus.publish_event(self.js, evt)
             status = REPORT_MARKS.get(r.kind)
             if status is not None and about.out_id:
                 # ... and a status under the operator's message itself, as other channels report it.

@@ -37,7 +37,7 @@ async def setup(svc: Service[Settings]) -> None:
     store = await Store(svc.js).open(lease_ttl=s.lease_ttl, replicas=s.replicas, files_max_age=s.files_max_age_days * 86400)
     owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     stopping = asyncio.Event()
-    workers = {acc: MailboxWorker(svc.js, store, mb, s, owner) for acc, mb in mailboxes.items()}
+    workers = {acc: MailboxWorker(svc.nc, svc.js, store, mb, s, owner) for acc, mb in mailboxes.items()}
     outgoing = Outgoing(svc.js, store, mailboxes, s)
     tasks = [svc.spawn(w.run(stopping), name=f"mailbox-{acc}") for acc, w in workers.items()]
     tasks.append(svc.spawn(outgoing.run(stopping), name="email-outbound"))

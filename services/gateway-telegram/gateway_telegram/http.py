@@ -13,7 +13,6 @@ before the body is read: nothing is stored and Telegram delivers it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
@@ -29,8 +28,8 @@ from gateway_telegram.keep import InboundFiles
 from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
 from gateway_telegram.settings import Settings
 from openlines import admission, bus
+from openlines.edge import Edge, TooLarge, read_body
 from openlines.envelopes import Inbound, utcnow
-from openlines.runner import json_error
 
 log = logging.getLogger("gateway_telegram.http")
 
@@ -42,20 +41,13 @@ def webhook_path(account: str) -> str:
     return WEBHOOK_PATH.format(account=account)
 
 
-class TooLarge(Exception):
-    pass
-
-
 class TelegramHttp:
     def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, pool: BotPool) -> None:
         self.settings = settings
         self.nc = nc
         self.js = js
         self.pool = pool
-        self.stopping = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.edge = Edge(CHANNEL, lambda _status, code: metrics.REJECTED.labels(code).inc())
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self.admission = admission.Admission("telegram", settings.limits())
         self.files = InboundFiles(settings, js, pool)
@@ -64,20 +56,7 @@ class TelegramHttp:
         app.router.add_post(WEBHOOK_PATH, self.webhook)
 
     def _refuse(self, status: int, code: str, detail: str, account: str, headers: dict[str, str] | None = None) -> web.Response:
-        metrics.REJECTED.labels(code).inc()
-        log.info("webhook refused", extra={"channel": CHANNEL, "account": account, "status": status, "code": code})
-        return json_error(status, code, detail, headers)
-
-    async def _body(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body
-        if request.content_length is not None and request.content_length > limit:
-            raise TooLarge
-        body = bytearray()
-        async for chunk in request.content.iter_chunked(65536):
-            body += chunk
-            if len(body) > limit:
-                raise TooLarge
-        return bytes(body)
+        return self.edge.refuse(status, code, detail, headers, account=account)
 
     async def webhook(self, request: web.Request) -> web.Response:
         account = request.match_info["account"]
@@ -87,19 +66,13 @@ class TelegramHttp:
         got = request.headers.get(SECRET_HEADER, "")
         if not secrets.compare_digest(got.encode("utf-8", "surrogateescape"), bot.secret.encode()):
             return self._refuse(401, "bad_secret", f"missing or wrong {SECRET_HEADER} header", account)
-        try:
-            async with self.admission.slot():
-                return await self._handle(request, account, bot.bot_id)
-        except admission.Overloaded as exc:
-            metrics.REJECTED.labels("overloaded").inc()
-            log.debug("webhook refused: at capacity", extra={"channel": CHANNEL, "account": account, "reason": exc.reason})
-            return admission.overloaded_response(exc)
+        return await self.edge.admitted(self.admission, lambda: self._handle(request, account, bot.bot_id), account=account)
 
     async def _handle(self, request: web.Request, account: str, bot_id: int) -> web.Response:
         try:
-            body = await self._body(request)
-        except TooLarge:
-            return self._refuse(413, "too_large", f"body is larger than {self.settings.max_body} bytes", account)
+            body = await read_body(request, self.settings.max_body)
+        except TooLarge as exc:
+            return self._refuse(413, "too_large", str(exc), account)
         try:
             update = parse_update(body)
             result = normalise(account, bot_id, update, utcnow())
@@ -110,22 +83,17 @@ class TelegramHttp:
             return await self._dead_letter(account, body, "the update could not be read")
         duplicate = False
         if result.inbound is not None:
-            self._in_flight += 1
-            self._idle.clear()
             try:
-                inbound = result.inbound
-                bot = self.pool.bot(account)
-                if inbound.attachments and bot is not None:
-                    # The client's files are fetched and kept before the message is published (keep.py says why).
-                    inbound = await self.files.keep(account, bot, inbound)
-                duplicate = await self._publish(inbound)
+                with self.edge.working():
+                    inbound = result.inbound
+                    bot = self.pool.bot(account)
+                    if inbound.attachments and bot is not None:
+                        # The client's files are fetched and kept before the message is published (keep.py says why).
+                        inbound = await self.files.keep(account, bot, inbound)
+                    duplicate = await self._publish(inbound)
             except Unavailable as exc:
                 retry_after = admission.retry_after_header(self.settings.retry_after)
                 return self._refuse(503, "unavailable", str(exc), account, retry_after)
-            finally:
-                self._in_flight -= 1
-                if not self._in_flight:
-                    self._idle.set()
         else:
             # Membership changes, reactions, join requests, polls, service messages: not a client's words.
             log.info("update ignored", extra={"channel": CHANNEL, "account": account, "kind": result.kind})
@@ -153,7 +121,7 @@ class TelegramHttp:
 
     async def _publish(self, inbound: Inbound) -> bool:
         """Store the update in OL_IN; True when JetStream already had it."""
-        if self.stopping:
+        if self.edge.stopping:
             raise Unavailable("gateway is stopping; retry")
         try:
             ack = await bus.publish_inbound(self.nc, self.js, inbound, timeout=self.settings.publish_timeout)
@@ -192,9 +160,7 @@ class TelegramHttp:
 
     async def shutdown(self) -> None:
         """Refuse new updates (503: Telegram retries them elsewhere), let the in-flight ones answer."""
-        self.stopping = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + 1)
+        await self.edge.drain(self.settings.publish_timeout + 1)
         if self._side_tasks:
             await asyncio.wait(self._side_tasks, timeout=5)
 

@@ -29,6 +29,7 @@ from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
 from gateway_telegram.settings import Settings
 from openlines import files, subjects
+from openlines.edge import TooLarge, read_limited
 from openlines.envelopes import Attachment, Inbound
 
 log = logging.getLogger("gateway_telegram.keep")
@@ -119,21 +120,20 @@ class InboundFiles:
             raise NotKept(f"{tg_file.file_size} bytes; bots may download files up to {limit} bytes")
         url = self.pool.session.api.file_url(bot.token, path)
         http = await self.pool.session.create_session()
-        data = bytearray()
         try:
             async with http.get(url, timeout=aiohttp.ClientTimeout(total=self.settings.telegram_file_timeout)) as resp:
                 if resp.status != 200:
                     # 404 when the link expired (it lives at least an hour) or the file is gone.
                     raise NotKept(f"the file link answered HTTP {resp.status}")
-                async for chunk in resp.content.iter_chunked(65536):
-                    data += chunk
-                    if len(data) > limit:
-                        raise NotKept(f"larger than {limit} bytes")
+                try:
+                    data = await read_limited(resp.content, limit)
+                except TooLarge:
+                    raise NotKept(f"larger than {limit} bytes") from None
         except aiohttp.ClientError as exc:
             raise NotKept(f"download failed: {type(exc).__name__}") from None
         if not data:
             raise NotKept("the file is empty")
-        return bytes(data), path
+        return data, path
 
 
 def _mime_of(path: str, kind: str) -> str:

@@ -14,21 +14,15 @@ feeding one lane (queue + task) per chat.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
@@ -36,8 +30,9 @@ from gateway_telegram.deliver import Files, Part, Permanent, RetryAfter, Transie
 from gateway_telegram.normalise import CHANNEL
 from gateway_telegram.sent import UNCERTAIN_RESENDS, Sent, SentRecord, open_bucket
 from gateway_telegram.settings import Settings
-from openlines import marks, subjects
+from openlines import marks
 from openlines.envelopes import Outbound, decoder
+from openlines.lanes import Held, Lane, LaneSender, Stopping
 from openlines.pace import Pace, backoff
 
 log = logging.getLogger("gateway_telegram.sender")
@@ -45,26 +40,9 @@ log = logging.getLogger("gateway_telegram.sender")
 _outbound = decoder(Outbound)
 
 
-class Stopping(Exception):
-    """The service is stopping: leave the message for redelivery."""
+class Sender(LaneSender):
+    name = "tg"
 
-
-@dataclass(slots=True)
-class Held:
-    msg: Msg
-    seq: int
-    account: str
-
-
-@dataclass(slots=True)
-class Lane:
-    key: str
-    queue: deque[Held] = field(default_factory=deque)
-    task: asyncio.Task[None] | None = None
-    pace: Pace | None = None
-
-
-class Sender:
     def __init__(
         self,
         settings: Settings,
@@ -75,155 +53,29 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        super().__init__(
+            js,
+            CHANNEL,
+            settings.telegram_consumer,
+            in_flight=settings.telegram_in_flight,
+            ack_wait=settings.telegram_ack_wait,
+            retry_delay=settings.telegram_backoff,
+            shutdown_timeout=settings.shutdown_timeout,
+            held_gauge=metrics.HELD,
+            clock=clock,
+        )
         self.nc = nc
-        self.js = js
         self.pool = pool
-        self.clock = clock
         self.files = Files(js, settings.telegram_max_download, settings.telegram_timeout)
         self.sent: Sent | None = None
-        self.lanes: dict[str, Lane] = {}
-        self.held: dict[int, Held] = {}
         self.bot_pace: dict[str, Pace] = {}
-        self.stopping = asyncio.Event()
-        self._room = asyncio.Event()
-        self._psub: JetStreamContext.PullSubscription | None = None
-        self._keepalive: asyncio.Task[None] | None = None
 
-    # -- consumer --------------------------------------------------------
-
-    def consumer_config(self) -> js_api.ConsumerConfig:
-        return js_api.ConsumerConfig(
-            durable_name=self.settings.telegram_consumer,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_wait=self.settings.telegram_ack_wait,
-            max_deliver=-1,
-            max_ack_pending=max(1000, self.settings.telegram_in_flight * 4),
-        )
-
-    async def _subscribe(self) -> None:
+    async def prepare(self) -> None:
         s = self.settings
         kv = await open_bucket(self.js, ttl=s.telegram_sent_ttl, replicas=s.replicas)
         self.sent = Sent(kv)
-        self._psub = await self.js.pull_subscribe(
-            subjects.outbound_channel(CHANNEL),
-            durable=s.telegram_consumer,
-            stream=subjects.STREAM_OUT,
-            config=self.consumer_config(),
-        )
-
-    def ready(self) -> str | None:
-        return None if self._psub is not None else "outbound consumer not running"
-
-    async def run(self) -> None:
-        attempt = 0
-        while not self.stopping.is_set():
-            try:
-                await self._subscribe()
-                break
-            except Exception as exc:  # nats raises several unrelated types
-                attempt += 1
-                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                await self._pause(min(5.0, 0.2 * attempt))
-        if self._psub is None:
-            return
-        log.info("outbound consumer running", extra={"channel": CHANNEL, "consumer": self.settings.telegram_consumer})
-        self._keepalive = asyncio.create_task(self._keep_alive(), name="tg-keepalive")
-        failures = 0
-        while not self.stopping.is_set():
-            room = self.settings.telegram_in_flight - len(self.held)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                msgs = await self._psub.fetch(batch=min(room, 64), timeout=2.0)
-                failures = 0
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # disconnected, consumer gone: retry
-                failures += 1
-                log.warning("outbound fetch failed", extra={"error": repr(exc), "attempt": failures})
-                await self._pause(min(5.0, 0.2 * failures))
-                continue
-            for m in msgs:
-                self._dispatch(m)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-
-    def _dispatch(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        if seq in self.held:  # a redelivery of what we still hold: ack the newest delivery
-            self.held[seq].msg = msg
-            return
-        try:
-            _channel, account, chat = subjects.parse_outbound(msg.subject)
-        except subjects.BadToken:
-            log.warning("outbound on an unexpected subject dropped", extra={"subject": msg.subject})
-            asyncio.create_task(msg.term())  # noqa: RUF006 - fire and forget; a lost term is a redelivery
-            return
-        held = Held(msg=msg, seq=seq, account=account)
-        self.held[seq] = held
-        metrics.HELD.set(len(self.held))
-        key = f"{account}.{chat}"
-        lane = self.lanes.get(key)
-        if lane is None:
-            lane = self.lanes[key] = Lane(key=key)
-        lane.queue.append(held)
-        if lane.task is None:
-            lane.task = asyncio.create_task(self._work(lane), name=f"tg-lane-{key}")
-
-    def _release(self, held: Held) -> None:
-        self.held.pop(held.seq, None)
-        metrics.HELD.set(len(self.held))
-        self._room.set()
-
-    async def _keep_alive(self) -> None:
-        period = max(0.5, self.settings.telegram_ack_wait / 3)
-        while True:
-            await asyncio.sleep(period)
-            for held in list(self.held.values()):
-                with contextlib.suppress(Exception):
-                    await held.msg.in_progress()
-            now = self.clock()
-            for key, lane in list(self.lanes.items()):
-                if lane.task is None and not lane.queue and (lane.pace is None or lane.pace.idle(now)):
-                    del self.lanes[key]
 
     # -- one chat ---------------------------------------------------------
-
-    async def _work(self, lane: Lane) -> None:
-        try:
-            while lane.queue and not self.stopping.is_set():
-                held = lane.queue[0]
-                try:
-                    await self._handle(lane, held)
-                except Stopping:
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # NATS trouble while recording or acking: let it come back later.
-                    log.warning("outbound left for redelivery", extra={"seq": held.seq, "error": repr(exc)})
-                    with contextlib.suppress(Exception):
-                        await held.msg.nak(delay=self.settings.telegram_backoff)
-                lane.queue.popleft()
-                self._release(held)
-        finally:
-            lane.task = None
-
-    async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        if self.stopping.is_set():
-            raise Stopping
 
     async def _handle(self, lane: Lane, held: Held) -> None:
         try:
@@ -317,40 +169,24 @@ class Sender:
             return message_id
 
     async def _record(self, rec: SentRecord) -> None:
-        """Store progress before acking; keep trying while NATS is away (we must not forget a send)."""
         assert self.sent is not None
-        attempt = 0
-        while True:
-            try:
-                await self.sent.put(rec)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning("could not record a delivery, retrying", extra={"msg_id": rec.id, "error": repr(exc)})
-                await self._sleep(min(5.0, 0.2 * attempt))
+        sent = self.sent
+        await self._retrying("a delivery record", rec.id, lambda: sent.put(rec))
 
     async def _fail(self, held: Held, out: Outbound, rec: SentRecord, reason: str) -> None:
-        attempt = 0
-        while True:
-            try:
-                await marks.report_failed(
-                    self.js,
-                    channel=CHANNEL,
-                    session_id=out.session_id,
-                    message_id=out.id,
-                    account=out.account or held.account,
-                    chat_id=out.chat_id,
-                    reason=reason,
-                )
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning("could not publish delivery_failed, retrying", extra={"msg_id": out.id, "error": repr(exc)})
-                await self._sleep(min(5.0, 0.2 * attempt))
+        await self._retrying(
+            "delivery_failed",
+            out.id,
+            lambda: marks.report_failed(
+                self.js,
+                channel=CHANNEL,
+                session_id=out.session_id,
+                message_id=out.id,
+                account=out.account or held.account,
+                chat_id=out.chat_id,
+                reason=reason,
+            ),
+        )
         await self._record(msgspec.structs.replace(rec, done=True, failed=reason))
         await held.msg.ack_sync()
         metrics.FAILED.labels(held.account).inc()
@@ -361,21 +197,5 @@ class Sender:
     # -- stopping ---------------------------------------------------------
 
     async def stop(self) -> None:
-        """Stop fetching; let sends in flight finish; hand back what is left (nak) for another replica."""
-        self.stopping.set()
-        self._room.set()
-        tasks = [lane.task for lane in self.lanes.values() if lane.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
-        for task in tasks:
-            task.cancel()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        for held in list(self.held.values()):
-            with contextlib.suppress(Exception):
-                await held.msg.nak()
-        self.held.clear()
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
+        await super().stop()
         await self.files.close()

@@ -34,8 +34,9 @@ from gateway_vk.normalise import CHANNEL
 from gateway_vk.reads import Reads, SentReply
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import marks, subjects
-from openlines.envelopes import MSG_ID_HEADER, Outbound, SessionEvent, decoder, encode, utcnow
+from openlines import bus, marks, subjects
+from openlines.consume import Durable, outbound_consumer
+from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
 from openlines.pace import backoff
 
 log = logging.getLogger("gateway_vk.deliver")
@@ -66,7 +67,7 @@ class Deliverer:
         self.media = media
         self.reads = reads  # remembers what VK accepted, to mark it read when the client reads it
         self.stopping = asyncio.Event()
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self.consumer = Durable(js, subjects.STREAM_OUT, self.consumer_config(), batch=FETCH_BATCH)
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._chat_locks: dict[str, asyncio.Lock] = {}
@@ -75,51 +76,17 @@ class Deliverer:
     # -- consumer -------------------------------------------------------------
 
     def consumer_config(self) -> js_api.ConsumerConfig:
-        return js_api.ConsumerConfig(
-            durable_name=self.settings.consumer,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-            # ALL: when the durable is first created, whatever waits for VK has
-            # never been delivered by anyone; afterwards the durable's position rules.
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait,
-            max_deliver=-1,
-            max_ack_pending=1000,
-        )
+        return outbound_consumer(CHANNEL, self.settings.consumer, ack_wait=self.settings.ack_wait, max_ack_pending=1000)
 
     async def run(self) -> None:
-        attempt = 0
-        while not self.stopping.is_set() and self._psub is None:
-            try:
-                self._psub = await self.js.pull_subscribe(
-                    subjects.outbound_channel(CHANNEL),
-                    durable=self.settings.consumer,
-                    stream=subjects.STREAM_OUT,
-                    config=self.consumer_config(),
-                )
-            except Exception as exc:  # nats raises several unrelated types
-                attempt += 1
-                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                await self._pause(min(5.0, 0.2 * attempt))
-        log.info("outbound consumer running", extra={"channel": CHANNEL, "consumer": self.settings.consumer})
-        failures = 0
-        while not self.stopping.is_set() and self._psub is not None:
-            try:
-                msgs = await self._psub.fetch(batch=FETCH_BATCH, timeout=1.0)
-                failures = 0
-            except TimeoutError:
-                continue
-            except Exception as exc:  # NATS down or restarting: keep trying
-                failures += 1
-                if failures in (1, 10) or failures % 100 == 0:
-                    log.warning("fetching outbound failed, retrying", extra={"error": repr(exc), "failures": failures})
-                await self._pause(min(2.0, 0.1 * failures))
-                continue
-            for msg in msgs:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._handle(msg), name="vk-deliver")
-                self._tasks.add(task)
-                task.add_done_callback(self._task_done)
+        await self.consumer.run(self._spawn, self.stopping)
+
+    async def _spawn(self, msg: Msg) -> None:
+        """Deliver ``msg`` in a task of its own once one of the MAX_IN_FLIGHT slots is free."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(msg), name="vk-deliver")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -132,7 +99,7 @@ class Deliverer:
             await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
     def ready(self) -> str | None:
-        return None if self._psub is not None else "outbound consumer not running"
+        return None if self.consumer.running else "outbound consumer not running"
 
     async def stop(self) -> None:
         """Stop fetching; let deliveries in hand finish (a backoff wait hands its message back at once)."""
@@ -141,10 +108,7 @@ class Deliverer:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_timeout)
             for task in pending:
                 task.cancel()  # unacked: JetStream redelivers it after ack_wait; random_id stops doubles
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
-            self._psub = None
+        await self.consumer.close()
 
     # -- one message ------------------------------------------------------------
 
@@ -255,7 +219,7 @@ class Deliverer:
         metrics.DELIVERY_FAILED.labels(account, "file").inc()
         log.warning("files left out", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "reason": reason})
         with contextlib.suppress(Exception):  # the message itself is delivered; a lost report must not resend it
-            await self.js.publish(subjects.event("delivery_failed"), encode(event), headers={MSG_ID_HEADER: event.id})
+            await bus.publish_event(self.js, event)
 
     async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> object:
         """messages.send with retries: what VK answered (the new message's id)."""

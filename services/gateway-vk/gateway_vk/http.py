@@ -39,6 +39,7 @@ from gateway_vk.reads import Reads
 from gateway_vk.settings import Community, Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 from openlines import admission, bus, subjects
+from openlines.edge import Edge, TooLarge, read_body
 from openlines.envelopes import utcnow
 from openlines.runner import json_error
 
@@ -69,10 +70,7 @@ class CallbackHttp:
         self.lookups = lookups
         self.profiles = profiles
         self.media = media
-        self.stopping = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.edge = Edge(CHANNEL, lambda status, code: metrics.REFUSED.labels(str(status), code).inc())
         self._confirmations: dict[str, str] = {}
         self.admission = admission.Admission("vk", settings.limits())
 
@@ -83,26 +81,19 @@ class CallbackHttp:
         account = request.match_info["account"]
         community = self.communities.get(account)
         if community is None:
-            return self._refuse(404, "unknown_account", "no VK community is configured for this URL")
-        try:
-            async with self.admission.slot():
-                return await self._handle(request, community)
-        except admission.Overloaded as exc:
-            metrics.REFUSED.labels("503", "overloaded").inc()
-            log.debug("callback refused: at capacity", extra={"channel": CHANNEL, "account": account, "reason": exc.reason})
-            return admission.overloaded_response(exc)
+            return self.edge.refuse(404, "unknown_account", "no VK community is configured for this URL", quiet=True)
+        return await self.edge.admitted(self.admission, lambda: self._handle(request, community), account=account)
 
     async def _handle(self, request: web.Request, community: Community) -> web.StreamResponse:
         account = community.account
         try:
-            body = await self._read(request)
+            body = await read_body(request, self.settings.max_body)
             event = parse_callback(body)
             self._verify(community, event)
+        except TooLarge as exc:
+            return self.edge.refuse(413, "too_large", str(exc), account=account, reason=str(exc))
         except CallbackError as exc:
-            log.info(
-                "callback refused", extra={"channel": CHANNEL, "account": account, "status": exc.status, "reason": exc.detail}
-            )
-            return self._refuse(exc.status, exc.code, exc.detail)
+            return self.edge.refuse(exc.status, exc.code, exc.detail, account=account, reason=exc.detail)
         retry = request.headers.get(RETRY_HEADER, "")
         if retry:
             metrics.RETRIED_EVENTS.inc()
@@ -130,14 +121,8 @@ class CallbackHttp:
         if message is None:
             metrics.EVENTS.labels(account, "ignored").inc()
             return web.Response(text=OK)
-        self._in_flight += 1
-        self._idle.clear()
-        try:
+        with self.edge.working():
             return await self._publish(community, key, message, retry)
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
 
     async def _typing(self, account: str, obj: object) -> None:
         """The client is typing in the community's dialog: the operator sees "typing..." (core NATS, never stored)."""
@@ -170,20 +155,6 @@ class CallbackHttp:
         return web.Response(text=OK)
 
     # -- steps ----------------------------------------------------------------
-
-    async def _read(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body
-        too_large = CallbackError(413, "too_large", f"body is larger than {limit} bytes")
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _verify(self, community: Community, event: Callback) -> None:
         if event.group_id != community.group_id:
@@ -240,7 +211,7 @@ class CallbackHttp:
 
         # A disconnected client would buffer the publish and we would wait for
         # nothing: fail fast so VK retries (10 s, 3 min, 10 min, ...).
-        if self.stopping or not self.nc.is_connected:
+        if self.edge.stopping or not self.nc.is_connected:
             metrics.EVENTS.labels(account, "unavailable").inc()
             return unavailable()
         name = await self.profiles.name(self.lookups[account], message.from_id)
@@ -272,17 +243,6 @@ class CallbackHttp:
         )
         return web.Response(text=OK)
 
-    def _refuse(self, status: int, code: str, detail: str) -> web.Response:
-        metrics.REFUSED.labels(str(status), code).inc()
-        return json_error(status, code, detail)
-
     async def shutdown(self) -> None:
         """Answer 503 to new events (VK retries them elsewhere or later) and let in-flight publishes finish."""
-        self.stopping = True
-        try:
-            await asyncio.wait_for(
-                self._idle.wait(),
-                timeout=self.settings.publish_timeout + self.settings.profile_timeout + self.settings.vk_file_timeout + 1,
-            )
-        except TimeoutError:
-            log.warning("stopping with callback requests still in flight")
+        await self.edge.drain(self.settings.publish_timeout + self.settings.profile_timeout + self.settings.vk_file_timeout + 1)

@@ -40,6 +40,7 @@ from nats.js.object_store import ObjectStore
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 from openlines import files, subjects
+from openlines.edge import TooLarge, read_limited
 from openlines.envelopes import Attachment, Inbound
 
 log = logging.getLogger("gateway_vk.media")
@@ -175,11 +176,10 @@ class Media:
                         continue
                     if resp.status != 200:
                         raise NotKept(f"the link answered HTTP {resp.status}")
-                    data = bytearray()
-                    async for chunk in resp.content.iter_chunked(65536):
-                        data += chunk
-                        if len(data) > limit:
-                            raise NotKept(f"larger than {limit} bytes")
+                    try:
+                        data = await read_limited(resp.content, limit)
+                    except TooLarge:
+                        raise NotKept(f"larger than {limit} bytes") from None
                     if not data:
                         raise NotKept("the file is empty")
                     return bytes(data)

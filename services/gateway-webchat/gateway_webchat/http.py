@@ -44,6 +44,7 @@ from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, browse
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
 from openlines import admission, bus, files, marks, subjects
+from openlines.edge import Edge
 from openlines.envelopes import Attachment, utcnow
 from openlines.runner import json_error
 
@@ -117,13 +118,11 @@ class WebchatHttp:
         self.links = links
         self.files = VisitorFiles(js, max_age=settings.files_max_age_days * 86400, replicas=settings.replicas)
         self.upload_types = settings.upload_types()
-        self.stopping = False
+        # Refused handshakes count by code; publishes in flight are let finish on a stop.
+        self.edge = Edge(CHANNEL, lambda _status, code: metrics.REFUSED_SOCKETS.labels(code).inc())
         self.admission = admission.Admission("webchat", settings.limits())
         self._sockets = 0  # handshakes under way + open sockets
         self._unauthenticated: set[web.WebSocketResponse] = set()  # sockets waiting for their hello
-        self._publishing = 0
-        self._idle = asyncio.Event()  # set while no publish is in flight
-        self._idle.set()
         self._demo = (STATIC / "demo.html").read_text(encoding="utf-8")
 
     def routes(self, app: web.Application) -> None:
@@ -180,8 +179,7 @@ class WebchatHttp:
         if self._sockets >= self.settings.max_sockets:
             # Refused before the upgrade: nothing is allocated for it. A browser
             # sees a failed connection and the widget reconnects with backoff.
-            metrics.REFUSED_SOCKETS.labels("overloaded").inc()
-            return admission.overloaded_response(self.admission.refuse("sockets"), "too many open chats on this server")
+            return self.edge.overloaded(self.admission.refuse("sockets"), "too many open chats on this server")
         # One coroutine frame per open socket (this one): it is what an idle socket costs.
         self._sockets += 1
         sock: Socket | None = None
@@ -215,7 +213,7 @@ class WebchatHttp:
     async def _admit(self, ws: web.WebSocketResponse, request: web.Request) -> tuple[Socket, str] | None:
         """Check the account and the hello frame: the visitor's socket and its welcome frame, or None when refused."""
         account = request.match_info["account"]
-        if self.stopping:
+        if self.edge.stopping:
             await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
             return None
         if "token" in request.query:
@@ -239,7 +237,7 @@ class WebchatHttp:
                 hello = await self._auth_frame(ws, deadline)
                 if hello is None:
                     return None
-                if self.stopping:
+                if self.edge.stopping:
                     await self._refuse(ws, "going_away", "server restarting, reconnect", CLOSE_GOING_AWAY)
                     return None
                 admitted = await self._authenticate(ws, request, account, hello, last=attempt == MAX_AUTH_FRAMES)
@@ -388,15 +386,11 @@ class WebchatHttp:
             detail = "server busy, sending again shortly"
             await sock.write(frame(type="error", id=msg.id, code="unavailable", detail=detail, retry_after=exc.retry_after))
             return
-        self._publishing += 1
-        self._idle.clear()
         try:
-            answer = await self._publish(sock, msg)
+            with self.edge.working():
+                answer = await self._publish(sock, msg)
         finally:
             self.admission.release()
-            self._publishing -= 1
-            if not self._publishing:
-                self._idle.set()
         await sock.write(answer)
 
     async def _typing(self, sock: Socket, data: str) -> bool:
@@ -452,7 +446,7 @@ class WebchatHttp:
 
     async def _publish(self, sock: Socket, msg: ClientMessage) -> str:
         """The frame answering ``msg``: ``ack`` only once JetStream holds it."""
-        if self.stopping:
+        if self.edge.stopping:
             metrics.PUBLISH_FAILURES.labels("stopping").inc()
             return _not_sent(msg.id)
         attachments: list[Attachment] = []
@@ -617,9 +611,7 @@ class WebchatHttp:
 
     async def shutdown(self) -> None:
         """Let in-flight publishes answer, then close every socket with 1001 so widgets reconnect elsewhere."""
-        self.stopping = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.publish_timeout + 1)
+        await self.edge.drain(self.settings.publish_timeout + 1)
         for waiting in list(self._unauthenticated):  # still before their hello: nothing to finish
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await waiting.close(code=CLOSE_GOING_AWAY, message=b"going away")

@@ -26,6 +26,7 @@ import msgspec
 
 from gateway_whatsapp.accounts import Number
 from gateway_whatsapp.core.errors import GraphFailure
+from openlines.edge import TooLarge, read_limited
 from openlines.envelopes import BAD_JSON
 
 
@@ -198,12 +199,10 @@ class Graph:
                     raise MediaRefused(f"the media URL answered {resp.status} (redirects are not followed)")
                 if resp.content_length is not None and resp.content_length > max_bytes:
                     raise MediaRefused(f"the file is {resp.content_length} bytes; at most {max_bytes} are kept")
-                data = bytearray()
-                async for chunk in resp.content.iter_chunked(65536):
-                    data += chunk
-                    if len(data) > max_bytes:
-                        raise MediaRefused(f"the file is larger than {max_bytes} bytes, the most kept")
-                return bytes(data)
+                try:
+                    return await read_limited(resp.content, max_bytes)
+                except TooLarge:
+                    raise MediaRefused(f"the file is larger than {max_bytes} bytes, the most kept") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise GraphUnavailable(f"{type(exc).__name__}: {exc}".strip(": ")) from None
 

@@ -16,8 +16,6 @@ whole notification again (for up to 7 days); what was stored is deduplicated.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -37,8 +35,8 @@ from gateway_whatsapp.media import ClientFiles, FetchLater
 from gateway_whatsapp.normalise import CHANNEL, BadWebhook, ClientMessage, StatusUpdate, parse_webhook
 from gateway_whatsapp.settings import Settings
 from openlines import admission, bus
+from openlines.edge import Edge, TooLarge, read_body
 from openlines.envelopes import utcnow
-from openlines.runner import json_error
 
 log = logging.getLogger("gateway_whatsapp.http")
 
@@ -57,10 +55,6 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class TooLarge(Exception):
-    pass
-
-
 class Unavailable(Exception):
     """Something was not stored: answer 503 so WhatsApp sends the notification again."""
 
@@ -72,10 +66,7 @@ class WhatsAppHttp:
         self.js = js
         self.accounts = accounts
         self.files = files
-        self.stopping = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.edge = Edge(CHANNEL, lambda _status, code: metrics.REJECTED.labels(code).inc())
         self.admission = admission.Admission("whatsapp", settings.limits())
 
     def routes(self, app: web.Application) -> None:
@@ -83,9 +74,7 @@ class WhatsAppHttp:
         app.router.add_post(WEBHOOK_PATH, self.webhook)
 
     def _refuse(self, status: int, code: str, detail: str, app: str, headers: dict[str, str] | None = None) -> web.Response:
-        metrics.REJECTED.labels(code).inc()
-        log.info("webhook refused", extra={"channel": CHANNEL, "app": app, "status": status, "code": code})
-        return json_error(status, code, detail, headers)
+        return self.edge.refuse(status, code, detail, headers, app=app)
 
     # -- the verification handshake ------------------------------------------------
 
@@ -117,47 +106,26 @@ class WhatsAppHttp:
         match = _SIGNATURE.match(request.headers.get(SIGNATURE_HEADER, ""))
         if match is None:
             return self._refuse(401, "bad_signature", f"missing or malformed {SIGNATURE_HEADER} header", name)
-        try:
-            async with self.admission.slot():
-                return await self._handle(request, app, bytes.fromhex(match.group(1)))
-        except admission.Overloaded as exc:
-            metrics.REJECTED.labels("overloaded").inc()
-            log.debug("webhook refused: at capacity", extra={"channel": CHANNEL, "app": name, "reason": exc.reason})
-            return admission.overloaded_response(exc)
-
-    async def _body(self, request: web.Request) -> bytes:
-        limit = self.settings.max_body
-        if request.content_length is not None and request.content_length > limit:
-            raise TooLarge
-        body = bytearray()
-        async for chunk in request.content.iter_chunked(65536):
-            body += chunk
-            if len(body) > limit:
-                raise TooLarge
-        return bytes(body)
+        given = bytes.fromhex(match.group(1))
+        return await self.edge.admitted(self.admission, lambda: self._handle(request, app, given), app=name)
 
     async def _handle(self, request: web.Request, app: App, given: bytes) -> web.Response:
         try:
-            body = await self._body(request)
-        except TooLarge:
-            return self._refuse(413, "too_large", f"body is larger than {self.settings.max_body} bytes", app.id)
+            body = await read_body(request, self.settings.max_body)
+        except TooLarge as exc:
+            return self._refuse(413, "too_large", str(exc), app.id)
         expected = hmac.new(app.app_secret.encode(), body, hashlib.sha256).digest()
         if not hmac.compare_digest(expected, given):
             return self._refuse(401, "bad_signature", f"{SIGNATURE_HEADER} does not match the body and the app secret", app.id)
-        if self.stopping:
+        if self.edge.stopping:
             retry_after = admission.retry_after_header(self.settings.retry_after)
             return self._refuse(503, "unavailable", "gateway is stopping; retry", app.id, retry_after)
-        self._in_flight += 1
-        self._idle.clear()
         try:
-            return await self._store(app, body)
+            with self.edge.working():
+                return await self._store(app, body)
         except Unavailable as exc:
             retry_after = admission.retry_after_header(self.settings.retry_after)
             return self._refuse(503, "unavailable", str(exc), app.id, retry_after)
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
 
     async def _store(self, app: App, body: bytes) -> web.Response:
         try:
@@ -279,8 +247,4 @@ class WhatsAppHttp:
 
     async def shutdown(self) -> None:
         """Refuse new notifications (503: WhatsApp retries them), let the in-flight ones answer."""
-        self.stopping = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self._idle.wait(), timeout=self.settings.publish_timeout + self.settings.whatsapp_media_timeout
-            )
+        await self.edge.drain(self.settings.publish_timeout + self.settings.whatsapp_media_timeout)

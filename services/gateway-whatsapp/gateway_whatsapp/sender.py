@@ -18,20 +18,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from gateway_whatsapp import metrics
 from gateway_whatsapp.accounts import Accounts, Number
@@ -43,17 +38,13 @@ from gateway_whatsapp.media import DeskFiles, FileProblem
 from gateway_whatsapp.normalise import CHANNEL
 from gateway_whatsapp.sent import Sent, SentRecord, open_bucket
 from gateway_whatsapp.settings import Settings
-from openlines import subjects
 from openlines.envelopes import Outbound, decoder, utcnow
+from openlines.lanes import Held, Lane, LaneSender, Stopping
 from openlines.pace import Pace, backoff
 
 log = logging.getLogger("gateway_whatsapp.sender")
 
 _outbound = decoder(Outbound)
-
-
-class Stopping(Exception):
-    """The service is stopping: leave the message for redelivery."""
 
 
 class GiveUp(Exception):
@@ -66,28 +57,14 @@ class GiveUp(Exception):
 
 
 @dataclass(slots=True)
-class Held:
-    msg: Msg
-    seq: int
-    account: str
-
-
-@dataclass(slots=True)
-class Lane:
-    key: str
-    queue: deque[Held] = field(default_factory=deque)
-    task: asyncio.Task[None] | None = None
-    pace: Pace | None = None
-    throttled: int = 0  # pair-rate refusals in a row
-
-
-@dataclass(slots=True)
 class NumberPace:
     pace: Pace
     throttled: int = 0  # throughput refusals in a row
 
 
-class Sender:
+class Sender(LaneSender):
+    name = "wa"
+
     def __init__(
         self,
         settings: Settings,
@@ -99,155 +76,29 @@ class Sender:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        super().__init__(
+            js,
+            CHANNEL,
+            settings.whatsapp_consumer,
+            in_flight=settings.whatsapp_in_flight,
+            ack_wait=settings.whatsapp_ack_wait,
+            retry_delay=settings.whatsapp_backoff,
+            shutdown_timeout=settings.shutdown_timeout,
+            held_gauge=metrics.HELD,
+            clock=clock,
+        )
         self.nc = nc
-        self.js = js
         self.accounts = accounts
         self.graph = graph
-        self.clock = clock
         self.files = DeskFiles(js, max_bytes=settings.whatsapp_max_upload, timeout=settings.whatsapp_media_timeout)
         self.sent: Sent | None = None
-        self.lanes: dict[str, Lane] = {}
-        self.held: dict[int, Held] = {}
         self.numbers: dict[str, NumberPace] = {}
-        self.stopping = asyncio.Event()
-        self._room = asyncio.Event()
-        self._psub: JetStreamContext.PullSubscription | None = None
-        self._keepalive: asyncio.Task[None] | None = None
 
-    # -- consumer --------------------------------------------------------
-
-    def consumer_config(self) -> js_api.ConsumerConfig:
-        return js_api.ConsumerConfig(
-            durable_name=self.settings.whatsapp_consumer,
-            filter_subject=subjects.outbound_channel(CHANNEL),
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            ack_wait=self.settings.whatsapp_ack_wait,
-            max_deliver=-1,
-            max_ack_pending=max(1000, self.settings.whatsapp_in_flight * 4),
-        )
-
-    async def _subscribe(self) -> None:
+    async def prepare(self) -> None:
         s = self.settings
         self.sent = Sent(await open_bucket(self.js, ttl=s.whatsapp_sent_ttl, replicas=s.replicas))
-        self._psub = await self.js.pull_subscribe(
-            subjects.outbound_channel(CHANNEL),
-            durable=s.whatsapp_consumer,
-            stream=subjects.STREAM_OUT,
-            config=self.consumer_config(),
-        )
-
-    def ready(self) -> str | None:
-        return None if self._psub is not None else "outbound consumer not running"
-
-    async def run(self) -> None:
-        attempt = 0
-        while not self.stopping.is_set():
-            try:
-                await self._subscribe()
-                break
-            except Exception as exc:  # nats raises several unrelated types
-                attempt += 1
-                log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                await self._pause(min(5.0, 0.2 * attempt))
-        if self._psub is None:
-            return
-        log.info("outbound consumer running", extra={"channel": CHANNEL, "consumer": self.settings.whatsapp_consumer})
-        self._keepalive = asyncio.create_task(self._keep_alive(), name="wa-keepalive")
-        failures = 0
-        while not self.stopping.is_set():
-            room = self.settings.whatsapp_in_flight - len(self.held)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                msgs = await self._psub.fetch(batch=min(room, 64), timeout=2.0)
-                failures = 0
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # disconnected, consumer gone: retry
-                failures += 1
-                log.warning("outbound fetch failed", extra={"error": repr(exc), "attempt": failures})
-                await self._pause(min(5.0, 0.2 * failures))
-                continue
-            for m in msgs:
-                self._dispatch(m)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-
-    def _dispatch(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        if seq in self.held:  # a redelivery of what we still hold: ack the newest delivery
-            self.held[seq].msg = msg
-            return
-        try:
-            _channel, account, chat = subjects.parse_outbound(msg.subject)
-        except subjects.BadToken:
-            log.warning("outbound on an unexpected subject dropped", extra={"subject": msg.subject})
-            asyncio.create_task(msg.term())  # noqa: RUF006 - fire and forget; a lost term is a redelivery
-            return
-        held = Held(msg=msg, seq=seq, account=account)
-        self.held[seq] = held
-        metrics.HELD.set(len(self.held))
-        key = f"{account}.{chat}"
-        lane = self.lanes.get(key)
-        if lane is None:
-            lane = self.lanes[key] = Lane(key=key)
-        lane.queue.append(held)
-        if lane.task is None:
-            lane.task = asyncio.create_task(self._work(lane), name=f"wa-lane-{key}")
-
-    def _release(self, held: Held) -> None:
-        self.held.pop(held.seq, None)
-        metrics.HELD.set(len(self.held))
-        self._room.set()
-
-    async def _keep_alive(self) -> None:
-        period = max(0.5, self.settings.whatsapp_ack_wait / 3)
-        while True:
-            await asyncio.sleep(period)
-            for held in list(self.held.values()):
-                with contextlib.suppress(Exception):
-                    await held.msg.in_progress()
-            now = self.clock()
-            for key, lane in list(self.lanes.items()):
-                if lane.task is None and not lane.queue and (lane.pace is None or lane.pace.idle(now)):
-                    del self.lanes[key]
 
     # -- one chat ---------------------------------------------------------
-
-    async def _work(self, lane: Lane) -> None:
-        try:
-            while lane.queue and not self.stopping.is_set():
-                held = lane.queue[0]
-                try:
-                    await self._handle(lane, held)
-                except Stopping:
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # NATS trouble while recording or acking: let it come back later.
-                    log.warning("outbound left for redelivery", extra={"seq": held.seq, "error": repr(exc)})
-                    with contextlib.suppress(Exception):
-                        await held.msg.nak(delay=self.settings.whatsapp_backoff)
-                lane.queue.popleft()
-                self._release(held)
-        finally:
-            lane.task = None
-
-    async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
-        if self.stopping.is_set():
-            raise Stopping
 
     async def _handle(self, lane: Lane, held: Held) -> None:
         try:
@@ -372,20 +223,6 @@ class Sender:
                 continue
             raise GiveUp(verdict.reason, verdict.code)
 
-    async def _retrying(self, what: str, msg_id: str, fn: Callable[[], Awaitable[None]]) -> None:
-        """Store something we must not forget; keep trying while NATS is away."""
-        attempt = 0
-        while True:
-            try:
-                await fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempt += 1
-                log.warning(f"could not store {what}, retrying", extra={"msg_id": msg_id, "error": repr(exc)})
-                await self._sleep(min(5.0, 0.2 * attempt))
-
     async def _record(self, rec: SentRecord) -> None:
         assert self.sent is not None
         sent = self.sent
@@ -421,24 +258,3 @@ class Sender:
         log.warning(
             "outbound delivery failed", extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "reason": reason}
         )
-
-    # -- stopping ---------------------------------------------------------
-
-    async def stop(self) -> None:
-        """Stop fetching; let sends in flight finish; hand back what is left (nak) for another replica."""
-        self.stopping.set()
-        self._room.set()
-        tasks = [lane.task for lane in self.lanes.values() if lane.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
-        for task in tasks:
-            task.cancel()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-        for held in list(self.held.values()):
-            with contextlib.suppress(Exception):
-                await held.msg.nak()
-        self.held.clear()
-        if self._psub is not None:
-            with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()

@@ -41,7 +41,7 @@ async def setup(svc: Service[Settings]) -> None:
     moved = await move_old_queues(buckets.sessions, waiting, list(lines.lines))
     if moved:
         log.info("waiting chats moved to ol-waiting", extra={"chats": moved})
-    engine = Engine(svc.js, buckets, lines, operators, waiting, svc.settings.flood_rule())
+    engine = Engine(svc.nc, svc.js, buckets, lines, operators, waiting, svc.settings.flood_rule())
     micro = await commands.serve(svc.nc, engine)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()

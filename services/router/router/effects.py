@@ -16,7 +16,7 @@ import msgspec
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, Outbound, SessionEvent, encode, utcnow
 from openlines.state import Session
 
@@ -77,7 +77,7 @@ class Effects:
             }
         base.update(fields)
         evt = msgspec.convert({"id": event_id, "kind": kind, "at": utcnow(), **base}, SessionEvent)
-        await self._publish(subjects.event(kind), event_id, evt)
+        await bus.publish_event(self.js, evt)
         EVENTS.labels(kind).inc()
 
     async def history(self, entry: HistoryEntry) -> None:

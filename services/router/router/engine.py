@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from openlines.bus import Buckets
@@ -40,6 +41,7 @@ __all__ = ["Engine", "Refused", "client_id_for", "session_id_for"]
 class Engine:
     def __init__(
         self,
+        nc: NATS,
         js: JetStreamContext,
         buckets: Buckets,
         lines: LinesCache,
@@ -47,7 +49,7 @@ class Engine:
         waiting: Waiting,
         flood_rule: flood.FloodRule | None = None,
     ) -> None:
-        shared = Shared(js, buckets, lines, operators, waiting, flood_rule)
+        shared = Shared(nc, js, buckets, lines, operators, waiting, flood_rule)
         self.js = js
         self.lines = lines
         self.operators = operators

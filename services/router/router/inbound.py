@@ -13,7 +13,6 @@ before anything newer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -22,11 +21,13 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import FetchTimeoutError, NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from prometheus_client import Counter, Histogram
 
 from openlines import subjects
+from openlines.consume import Durable, dead_letter
 from openlines.envelopes import Inbound
+from router.effects import EVENTS
 from router.engine import Engine
 
 log = logging.getLogger("router.inbound")
@@ -54,47 +55,11 @@ async def consume(
         deliver_policy=js_api.DeliverPolicy.ALL,
         filter_subject=filter_subject,
     )
-    while not stop.is_set():
-        psub = await _open(js, config, stop)
-        if psub is None:
-            return
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await psub.fetch(batch=1, timeout=1.0)
-                except (FetchTimeoutError, NatsTimeout, TimeoutError):
-                    continue
-                except Exception as exc:  # disconnected, or the consumer is gone: open it again
-                    log.warning("fetch failed; opening the consumer again", extra={"consumer": durable, "error": repr(exc)})
-                    await asyncio.sleep(0.5)
-                    break
-                for m in msgs:
-                    await _handle(engine, m, stop)
-        finally:
-            # unsubscribe, not drain: a late fetch answer would hold a drain forever
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
 
+    async def handle(m: Msg) -> None:
+        await _handle(engine, m, stop)
 
-async def _open(
-    js: JetStreamContext, config: js_api.ConsumerConfig, stop: asyncio.Event
-) -> JetStreamContext.PullSubscription | None:
-    """Create (or update) the partition's durable consumer and bind to it, retrying until it works or we stop."""
-    delay = 0.2
-    while not stop.is_set():
-        try:
-            await js.add_consumer(subjects.STREAM_IN, config)  # creates it, or updates an older config
-            psub = await js.pull_subscribe_bind(durable=config.durable_name or "", stream=subjects.STREAM_IN)
-            log.debug("consuming inbound", extra={"consumer": config.durable_name})
-            return psub
-        except Exception as exc:  # NATS away, or a cluster electing the stream's leader: try again
-            log.warning(
-                "cannot open the inbound consumer yet, retrying", extra={"consumer": config.durable_name, "error": repr(exc)}
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            delay = min(delay * 2, 5.0)
-    return None
+    await Durable(js, subjects.STREAM_IN, config).run(handle, stop)
 
 
 async def _handle(engine: Engine, m: Msg, stop: asyncio.Event) -> None:
@@ -136,8 +101,7 @@ async def _handle(engine: Engine, m: Msg, stop: asyncio.Event) -> None:
 
 
 async def _dead_letter(engine: Engine, m: Msg, reason: str) -> None:
-    meta = m.metadata
-    await engine.fx.event(f"dead:{meta.stream}:{meta.sequence.stream}", "dead_letter", reason=reason[:1000])
-    await m.term()
+    await dead_letter(engine.js, m, reason)
+    EVENTS.labels("dead_letter").inc()
     HANDLED.labels("dead_letter").inc()
     log.error("inbound dead-lettered", extra={"reason": reason[:300]})

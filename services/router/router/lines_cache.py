@@ -39,8 +39,7 @@ class LinesCache:
         # seen. The watcher's own end-of-initial-values marker can come before
         # values already on their way, and a router that believes a line does
         # not exist dead-letters its messages - so count by revision instead.
-        info = await self.kv._js.stream_info(f"KV_{self.kv._name}")
-        target = info.state.last_seq or 0
+        target = (await self.kv.status()).stream_info.state.last_seq or 0
         if target == 0:
             self._mark_loaded()
         watcher = await self.kv.watchall()

@@ -55,8 +55,7 @@ class OperatorsCache:
     async def run(self) -> None:
         # Loaded = every entry written before the watch began was seen (counted
         # by revision: the watcher's own end-of-initial-values marker can come early).
-        info = await self.kv._js.stream_info(f"KV_{self.kv._name}")
-        target = info.state.last_seq or 0
+        target = (await self.kv.status()).stream_info.state.last_seq or 0
         if target == 0:
             self.loaded.set()
         watcher = await self.kv.watchall()

@@ -20,15 +20,16 @@ import logging
 import time
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from openlines import subjects
 from openlines.bus import Buckets, kv_get, kv_update
+from openlines.consume import Durable
 from openlines.envelopes import HistoryEntry
 from openlines.lines import SlaConfig
 from openlines.state import Session
@@ -72,49 +73,23 @@ class SlaWatch:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold transcript entries into clocks until ``stop``; a NATS outage only pauses it."""
-        while not stop.is_set():
-            try:
-                await self._consume(stop)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("sla consumer failed, opening it again", extra={"error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-
-    async def _consume(self, stop: asyncio.Event) -> None:
         config = js_api.ConsumerConfig(
+            name=DURABLE,
             durable_name=DURABLE,
+            filter_subject=subjects.history_all(),
             # From its creation on: a router upgraded to SLA clocks does not replay every old transcript.
             deliver_policy=js_api.DeliverPolicy.NEW,
             ack_policy=js_api.AckPolicy.EXPLICIT,
             ack_wait=30.0,
             max_deliver=-1,
         )
-        psub = await self.js.pull_subscribe(subjects.history_all(), durable=DURABLE, stream=subjects.STREAM_HIST, config=config)
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await psub.fetch(batch=64, timeout=1.0)
-                except (FetchTimeoutError, NatsTimeout, TimeoutError):
-                    continue
-                failed = False
-                for m in msgs:
-                    if failed:
-                        # Keep a chat's entries in order: the rest of the batch comes back after the failed one.
-                        await m.nak(delay=1.0)
-                        continue
-                    try:
-                        await self.entry(m.data, m.metadata.sequence.stream)
-                    except Exception as exc:
-                        log.warning("sla: transcript entry not handled, retrying", extra={"error": repr(exc)})
-                        await m.nak(delay=1.0)
-                        failed = True
-                        continue
-                    await m.ack_sync()
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        # keep_order: a chat's entries stay in order - the rest of a batch comes back after a failed one.
+        consumer = Durable(self.js, subjects.STREAM_HIST, config, batch=64, retry_delay=1.0, keep_order=True)
+        await consumer.run(self._one, stop)
+
+    async def _one(self, m: Msg) -> None:
+        await self.entry(m.data, m.metadata.sequence.stream)
+        await m.ack_sync()
 
     async def entry(self, data: bytes, seq: int) -> None:
         try:

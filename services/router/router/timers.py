@@ -11,7 +11,6 @@ the client wrote again) does nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,13 +18,12 @@ from typing import Literal
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import FetchTimeoutError
 from prometheus_client import Counter
 
 from openlines import subjects
+from openlines.consume import Durable
 from openlines.envelopes import MSG_ID_HEADER
 
 log = logging.getLogger("router.timers")
@@ -67,45 +65,20 @@ async def schedule(js: JetStreamContext, timer: Timer) -> None:
 
 async def consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]], durable: str, stop: asyncio.Event) -> None:
     """Fire timers as they fall due until ``stop``; a NATS outage only pauses it."""
-    while not stop.is_set():
-        try:
-            await _consume(js, fire, durable, stop)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # NATS went away mid-ack, the consumer is being re-elected...: the timers are
-            # still in the stream (an unacked one comes back after ack_wait), open it again.
-            log.warning("timer consumer failed, opening it again", extra={"error": repr(exc)})
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
-
-
-async def _consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]], durable: str, stop: asyncio.Event) -> None:
     config = js_api.ConsumerConfig(
+        name=durable,
         durable_name=durable,
+        filter_subject=subjects.timers_all(),
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=30.0,
         max_deliver=-1,
         max_ack_pending=-1,  # every pending timer is "in flight" between its naks
     )
-    psub = await js.pull_subscribe(subjects.timers_all(), durable=durable, stream=subjects.STREAM_TIMER, config=config)
-    try:
-        while not stop.is_set():
-            try:
-                msgs = await psub.fetch(batch=256, timeout=1.0)
-            except (FetchTimeoutError, NatsTimeout, TimeoutError):
-                continue
-            except Exception as exc:
-                log.warning("timer fetch failed", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            for m in msgs:
-                await _handle(m, fire)
-    finally:
-        with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+
+    async def handle(m: Msg) -> None:
+        await _handle(m, fire)
+
+    await Durable(js, subjects.STREAM_TIMER, config, batch=256).run(handle, stop)
 
 
 async def _handle(m: Msg, fire: Callable[[Timer], Awaitable[None]]) -> None:

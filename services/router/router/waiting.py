@@ -40,7 +40,7 @@ from nats.js.kv import KeyValue
 
 from openlines import subjects
 from openlines.envelopes import BAD_JSON
-from openlines.state import QueuedChat, WaitingQueue, queue_key, waiting_key
+from openlines.state import QueuedChat, WaitingQueue, parse_waiting_key, queue_key, waiting_key
 from router.core.queue import WaitingLine
 
 log = logging.getLogger("router.waiting")
@@ -172,7 +172,7 @@ class Waiting:
 
     def _apply(self, key: str, revision: int, value: bytes | None) -> None:
         """A change the watch delivered: ``value`` None = the chat left the queue."""
-        line_id, _, session_id = key.partition(".")
+        line_id, session_id = parse_waiting_key(key)
         if not value:
             self._drop(key, line_id, session_id, revision, from_watch=True)
             return
@@ -189,7 +189,7 @@ class Waiting:
         if self._revisions.get(key, 0) >= revision:
             return  # the copy already has something newer for this chat
         self._revisions[key] = revision
-        line_id = chat.line_id or key.partition(".")[0]
+        line_id = chat.line_id or parse_waiting_key(key)[0]
         self._lines.setdefault(line_id, WaitingLine()).add(chat)
 
     def _drop(self, key: str, line_id: str, session_id: str, revision: int, *, from_watch: bool = False) -> None:

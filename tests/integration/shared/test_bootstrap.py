@@ -50,7 +50,7 @@ async def test_cli_apply_reports_changes_and_prunes(nats_server, tmp_path) -> No
     assert "line support: removed" in pruned.stdout and "line sales: created" in pruned.stdout
     nc = await bus.connect(nats_server.url, "t", first_attempts=3)
     b = await bus.Buckets(nc.jetstream()).open()
-    assert [line.id for line in await load_lines(b.lines)] == ["sales"]
+    assert [line.id for line in await load_lines(b.js)] == ["sales"]
     await nc.close()
 
 
@@ -64,7 +64,7 @@ async def test_cli_rejects_invalid_file_and_changes_nothing(nats_server, tmp_pat
     js = nc.jetstream()
     await bus.bootstrap(js)
     b = await bus.Buckets(js).open()
-    assert await load_lines(b.lines) == []
+    assert await load_lines(b.js) == []
     await nc.close()
 
 
@@ -87,7 +87,7 @@ async def test_apply_in_process_matches_file(nc) -> None:  # type: ignore[no-unt
     cfg = load(ROOT / "deploy/lines.example.toml")
     changes = await apply(b, cfg)
     assert "operator anna: created" in changes
-    lines = await load_lines(b.lines)
+    lines = await load_lines(b.js)
     assert lines == cfg.lines
 
 

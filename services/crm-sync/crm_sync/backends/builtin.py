@@ -29,7 +29,7 @@ KV_LEADS = subjects.KV_CRM_LEADS
 KV_DEALS = subjects.KV_CRM_DEALS
 KV_ACTIVITIES = subjects.KV_CRM_ACTIVITIES
 KV_INDEX = subjects.KV_CRM_INDEX  # id counters, origin -> id, phone/e-mail -> records
-BUCKETS = {"contact": KV_CONTACTS, "lead": KV_LEADS, "deal": KV_DEALS, "activity": KV_ACTIVITIES, "index": KV_INDEX}
+BUCKETS = {**subjects.CRM_RECORD_BUCKETS, "index": KV_INDEX}
 
 
 def _h(value: str) -> str:

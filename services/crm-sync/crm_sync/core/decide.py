@@ -7,16 +7,11 @@ from typing import Literal
 
 import msgspec
 
+from openlines.lines import DEFAULT_SOURCE_IDS as DEFAULT_SOURCE_IDS
+from openlines.lines import FALLBACK_SOURCE_ID as FALLBACK_SOURCE_ID
 from openlines.lines import CrmConfig
+from openlines.lines import source_id as source_id
 
-DEFAULT_SOURCE_IDS: dict[str, str] = {
-    "telegram": "TELEGRAM",
-    "vk": "VK",
-    "webchat": "OPENLINE",
-    "email": "EMAIL",
-    "whatsapp": "WHATSAPP",
-}
-FALLBACK_SOURCE_ID = "OTHER"
 # Channels where anybody can start a conversation without any account: a record
 # is made only once the client has written something (docs/crm.md). Otherwise a
 # script opening widgets could fill the CRM with empty leads.
@@ -40,11 +35,6 @@ class Plan(msgspec.Struct, kw_only=True, frozen=True):
     create: Create  # lead; deal (for a known contact); contact_deal (a new contact and its deal); none
     link: Known  # what the client ends up linked to before anything is created
     reason: str  # one line for the crm_linked event and the log
-
-
-def source_id(crm: CrmConfig, channel: str) -> str:
-    """The SOURCE_ID written into leads and deals of this channel."""
-    return crm.source_ids.get(channel) or DEFAULT_SOURCE_IDS.get(channel, FALLBACK_SOURCE_ID)
 
 
 def decide(crm: CrmConfig, known: Known) -> Plan:

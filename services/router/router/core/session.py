@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from openlines.roles import is_supervisor
 from openlines.state import Session
 from router.core import flood
 
@@ -174,7 +175,7 @@ def taken_from_queue(s: Session | None, op_id: str, line_id: str, now: datetime)
 def may_annotate(s: Session, op_id: str, roles: list[str], my_lines: set[str]) -> bool:
     """Who may tag a conversation or write a note in it: its operators, the operators of its line, supervisors."""
     return (
-        bool({"supervisor", "admin"} & set(roles))
+        is_supervisor(roles)
         or op_id in (s.operator_id, s.closed_by)
         or op_id in s.offered_to
         or bool({s.line_id, s.entry_line_id} & my_lines)

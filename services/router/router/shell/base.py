@@ -61,6 +61,7 @@ class Shared:
 
     def __init__(
         self,
+        nc: NATS,
         js: JetStreamContext,
         buckets: Buckets,
         lines: LinesCache,
@@ -69,7 +70,7 @@ class Shared:
         flood_rule: flood.FloodRule | None = None,
     ) -> None:
         self.js = js
-        self.nc: NATS = js._nc
+        self.nc: NATS = nc
         self.b = buckets
         self.lines = lines
         self.operators = operators  # a watch-fed copy of ol-operators; None = read KV for every decision

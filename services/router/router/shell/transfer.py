@@ -7,6 +7,7 @@ from datetime import datetime
 from openlines.bus import kv_get, kv_update
 from openlines.envelopes import utcnow
 from openlines.lines import QueueConfig
+from openlines.roles import is_supervisor
 from openlines.state import OperatorAccount, OperatorState, Session
 from router.core import capacity
 from router.core import session as transition
@@ -99,7 +100,7 @@ class Transfers(Part):
     async def intercept(self, operator_id: str, session_id: str) -> Session:
         """A supervisor takes a chat over, whoever holds it or is offered it; capacity limits do not apply."""
         acc = await self._account(operator_id)
-        if not {"supervisor", "admin"} & set(acc.roles):
+        if not is_supervisor(acc.roles):
             raise Refused("forbidden", f"{acc.name} is not a supervisor: only supervisors may intercept chats")
         session, _ = await kv_get(self.b.sessions, session_id, Session)
         if session is None:

@@ -1,0 +1,246 @@
+"""The durable pull-consumer loop every service runs, written once.
+
+A :class:`Durable` opens its consumer (creating it, or binding the one another
+replica or an earlier start made), fetches until asked to stop, and opens it
+again after NATS went away or the consumer was lost. What a message means is
+the handler's: it acks, naks with a delay, or terms it (:func:`dead_letter`
+keeps the reason as a ``dead_letter`` event first). A handler that raises has
+its message nak'd with ``retry_delay``: it comes back, nothing is lost.
+:func:`keep_alive` sends in-progress acks while a long handler works, so
+``ack_wait`` does not hand the message to another replica meanwhile.
+
+A stop is clean: the loop ends between messages (a handler in progress
+finishes), the subscription is closed, and what was not acked is redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, FetchTimeoutError
+
+from openlines import bus, subjects
+from openlines.envelopes import SessionEvent, utcnow
+from openlines.pace import backoff
+
+log = logging.getLogger("openlines.consume")
+
+_QUIET = (FetchTimeoutError, NatsTimeout, TimeoutError)  # nothing to fetch within the timeout: ask again
+
+
+class Durable:
+    """One durable pull consumer on ``stream`` with ``config`` (its ``durable_name`` names it).
+
+    ``batch`` is how many messages one fetch asks for, or a callable saying how
+    many there is room for now (0: wait for :meth:`room_freed`). ``keep_order``
+    naks the rest of a batch after a handler failed, so they come back after it.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        config: js_api.ConsumerConfig,
+        *,
+        batch: int | Callable[[], int] = 1,
+        fetch_timeout: float = 1.0,
+        retry_delay: float = 1.0,
+        keep_order: bool = False,
+    ) -> None:
+        if not config.durable_name:
+            raise ValueError("a durable consumer needs a durable_name")
+        self.js = js
+        self.stream = stream
+        self.config = config
+        self.name: str = config.durable_name
+        self._batch = batch
+        self.fetch_timeout = fetch_timeout
+        self.retry_delay = retry_delay
+        self.keep_order = keep_order
+        self.running = False  # bound and fetching (readiness)
+        self._room = asyncio.Event()
+        self._psub: JetStreamContext.PullSubscription | None = None
+
+    def ready(self) -> str | None:
+        return None if self.running else f"consumer {self.name} not running"
+
+    def room_freed(self) -> None:
+        """Wake a loop that waits for room (``batch`` said 0)."""
+        self._room.set()
+
+    async def close(self) -> None:
+        """Close the subscription now (a fetch waiting for messages ends); call after setting the stop event."""
+        self._room.set()
+        psub, self._psub = self._psub, None
+        if psub is not None:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def create(self) -> None:
+        """Create the consumer, or update it to ``config``; one that exists with settings that cannot change is kept."""
+        with contextlib.suppress(BadRequestError):  # it exists already (another replica, an earlier start)
+            await self.js.add_consumer(self.stream, self.config)
+
+    async def open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
+        """Create the consumer (:meth:`create`) and bind to it; retried until it works or ``stop``."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self.create()
+                psub = await self.js.pull_subscribe_bind(durable=self.name, stream=self.stream)
+                log.info("consuming", extra={"consumer": self.name, "stream": self.stream})
+                return psub
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away, or a cluster electing the stream's leader: try again
+                attempt += 1
+                log.warning(
+                    "consumer not opened yet, retrying", extra={"consumer": self.name, "attempt": attempt, "error": repr(exc)}
+                )
+                await pause(stop, backoff(attempt, 0.2, 5.0))
+        return None
+
+    async def run(self, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
+        """Fetch and hand each message to ``handle`` until ``stop``; a NATS outage only pauses it."""
+        while not stop.is_set():
+            psub = await self.open(stop)
+            if psub is None:
+                return
+            self.running = True
+            self._psub = psub
+            try:
+                await self._fetch_until_failure(psub, handle, stop)
+            finally:
+                self.running = False
+                self._psub = None
+                # unsubscribe, not drain: a late fetch answer would hold a drain forever
+                with contextlib.suppress(Exception):
+                    await psub.unsubscribe()
+
+    async def _fetch_until_failure(
+        self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        failures = 0
+        while not stop.is_set():
+            want = self._batch() if callable(self._batch) else self._batch
+            if want <= 0:
+                self._room.clear()
+                waiter = asyncio.ensure_future(self._room.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+                continue
+            try:
+                msgs = await psub.fetch(batch=want, timeout=self.fetch_timeout)
+                failures = 0
+            except _QUIET:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # disconnected, or the consumer is gone
+                if stop.is_set():
+                    return  # closed by a stop
+                failures += 1
+                log.warning("fetch failed", extra={"consumer": self.name, "error": repr(exc), "attempt": failures})
+                await pause(stop, backoff(failures, 0.5, 5.0))
+                if failures >= 3:
+                    return  # open it again: it may have been deleted or moved
+                continue
+            await self._hand_over(msgs, handle, stop)
+
+    async def _hand_over(self, msgs: list[Msg], handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
+        failed = False
+        for m in msgs:
+            if stop.is_set():
+                with contextlib.suppress(Exception):  # fetched while stopping: back at once, for another replica
+                    await m.nak()
+                continue
+            if failed:
+                with contextlib.suppress(Exception):
+                    await m.nak(delay=self.retry_delay)
+                continue
+            try:
+                await handle(m)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("message not handled, it comes again", extra={"consumer": self.name, "error": repr(exc)[:300]})
+                with contextlib.suppress(Exception):  # NATS away: ack_wait redelivers it
+                    await m.nak(delay=self.retry_delay)
+                failed = self.keep_order
+
+
+def outbound_consumer(channel: str, durable: str, *, ack_wait: float, max_ack_pending: int) -> js_api.ConsumerConfig:
+    """A channel gateway's durable consumer on ``ol.out.<channel>.>``, shared by its replicas.
+
+    Named, so the create request's subject carries the filter and a gateway's NATS
+    identity may create its own channel's consumer and no other (deploy/nats/auth.conf).
+    ALL: when the durable is first made, whatever waits for the channel was never
+    delivered by anyone; afterwards the durable's position rules.
+    """
+    return js_api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        filter_subject=subjects.outbound_channel(channel),
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+    )
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop``; whether stop was asked."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
+
+
+@contextlib.asynccontextmanager
+async def keep_alive(m: Msg, every: float, also: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[None]:
+    """Send an in-progress ack for ``m`` every ``every`` seconds while the block runs.
+
+    ``also`` runs after each beat (e.g. renewing a claim on what the message is
+    about); when it answers False the beats stop.
+    """
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await m.in_progress()
+            except Exception as exc:
+                log.info("in-progress ack not sent", extra={"error": repr(exc)[:200]})
+            if also is not None and not await also():
+                return
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def dead_letter(js: JetStreamContext, m: Msg, reason: str, *, prefix: str = "dead") -> SessionEvent:
+    """Keep why ``m`` cannot be handled as a ``dead_letter`` event, then term it (it is never delivered again).
+
+    The event's id is ``<prefix>:<stream>:<sequence>``: a redelivered message is dead-lettered once.
+    """
+    meta = m.metadata
+    evt = SessionEvent(id=f"{prefix}:{meta.stream}:{meta.sequence.stream}", kind="dead_letter", at=utcnow(), reason=reason[:1000])
+    await bus.publish_event(js, evt)
+    await m.term()
+    return evt

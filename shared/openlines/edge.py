@@ -1,0 +1,110 @@
+"""What every gateway's public edge needs, written once: a size-limited body read,
+refusals that answer the house error shape and count themselves, and in-flight
+tracking so a stopping gateway answers new requests 503 and lets the ones in
+hand finish their publish before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from aiohttp import StreamReader, web
+
+from openlines import admission
+from openlines.runner import json_error
+
+log = logging.getLogger("openlines.edge")
+
+R = TypeVar("R", bound=web.StreamResponse)
+
+
+class TooLarge(Exception):
+    """The body is larger than the edge takes (answer 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body is larger than {limit} bytes")
+        self.limit = limit
+
+
+async def read_limited(content: StreamReader, limit: int) -> bytes:
+    """All of ``content`` (a request's or a download's body), read at most ``limit`` bytes far:
+    past it :class:`TooLarge` is raised at the first chunk over, never buffering the rest."""
+    body = bytearray()
+    async for chunk in content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(limit)
+    return bytes(body)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: a larger one raises :class:`TooLarge`
+    as soon as it is known (its Content-Length, or the first chunk past the limit)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(limit)
+    return await read_limited(request.content, limit)
+
+
+class Edge:
+    """One gateway's HTTP edge: its refusals (counted by ``count(status, code)``) and its work in flight."""
+
+    def __init__(self, channel: str, count: Callable[[int, str], None]) -> None:
+        self.channel = channel
+        self._count = count
+        self.stopping = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()  # set while nothing is in flight
+        self._idle.set()
+
+    def refuse(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None, *, quiet: bool = False, **where: str
+    ) -> web.Response:
+        """Answer ``{"error": code, "detail": detail}`` with ``status``, counted; logged at info unless ``quiet``."""
+        self._count(status, code)
+        if not quiet:
+            log.info("request refused", extra={"channel": self.channel, "status": status, "code": code, **where})
+        return json_error(status, code, detail, headers)
+
+    async def admitted(self, gate: admission.Admission, work: Callable[[], Awaitable[R]], **where: str) -> R | web.Response:
+        """``work``'s answer once ``gate`` admits the request; 503 with Retry-After (counted) when it will not."""
+        try:
+            async with gate.slot():
+                return await work()
+        except admission.Overloaded as exc:
+            return self.overloaded(exc, **where)
+
+    def overloaded(self, exc: admission.Overloaded, detail: str = "server busy; retry later", **where: str) -> web.Response:
+        """The answer when admission control turned the request away: 503 with Retry-After, counted."""
+        self._count(503, "overloaded")
+        log.debug("request refused: at capacity", extra={"channel": self.channel, "reason": exc.reason, **where})
+        return admission.overloaded_response(exc, detail)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Count the block as work in flight: :meth:`drain` waits for it."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking work (``stopping``) and wait up to ``timeout`` seconds for the work in flight; whether it all ended."""
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
+        except TimeoutError:
+            log.warning("stopping with requests still in flight", extra={"channel": self.channel, "in_flight": self._in_flight})
+            return False
+        return True

@@ -1,0 +1,230 @@
+"""Operator replies to a messenger, one lane per chat: the part of a channel's sender
+that is the same for every channel (Telegram, WhatsApp).
+
+- **Order per chat, no head-of-line blocking between chats.** Each chat has its
+  own lane (a queue and the task working it); a chat waiting out a rate limit or
+  a backoff holds only its own lane. Replicas share the durable consumer.
+- **Bounded.** At most ``in_flight`` messages are held; the consumer fetches
+  only what that leaves room for.
+- **Ack after the effect** is the channel's :meth:`LaneSender._handle`; messages
+  held longer than ``ack_wait`` are kept alive with in-progress acks.
+- **Clean stop.** Fetching stops, sends in flight get ``shutdown_timeout`` to
+  finish, and what is still held is handed back (nak) for another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from prometheus_client import Gauge
+
+from openlines import subjects
+from openlines.consume import Durable, outbound_consumer
+from openlines.pace import Pace
+
+log = logging.getLogger("openlines.lanes")
+
+FETCH_AT_MOST = 64
+
+
+class Stopping(Exception):
+    """The service is stopping: leave the message for redelivery."""
+
+
+@dataclass(slots=True)
+class Held:
+    msg: Msg
+    seq: int
+    account: str
+
+
+@dataclass(slots=True)
+class Lane:
+    key: str
+    queue: deque[Held] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    pace: Pace | None = None
+    throttled: int = 0  # the chat's rate-limit refusals in a row (a channel that backs off per chat counts them)
+
+
+class LaneSender:
+    """The lanes and the consumer feeding them; a channel's sender says how one message is delivered (:meth:`_handle`)."""
+
+    name = "lane"  # task names: <name>-lane-<account>.<chat>
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        channel: str,
+        durable: str,
+        *,
+        in_flight: int,
+        ack_wait: float,
+        retry_delay: float,
+        shutdown_timeout: float,
+        held_gauge: Gauge,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.js = js
+        self.clock = clock
+        self.lanes: dict[str, Lane] = {}
+        self.held: dict[int, Held] = {}
+        self.stopping = asyncio.Event()
+        self._in_flight = in_flight
+        self._ack_wait = ack_wait
+        self._retry_delay = retry_delay
+        self._shutdown_timeout = shutdown_timeout
+        self._held_gauge = held_gauge
+        config = outbound_consumer(channel, durable, ack_wait=ack_wait, max_ack_pending=max(1000, in_flight * 4))
+        self.consumer = Durable(js, subjects.STREAM_OUT, config, batch=self._room_left, fetch_timeout=2.0, retry_delay=1.0)
+        self._keepalive: asyncio.Task[None] | None = None
+
+    # -- what a channel provides -------------------------------------------
+
+    async def prepare(self) -> None:
+        """Open what delivering needs before the first message (retried until it works)."""
+
+    async def _handle(self, lane: Lane, held: Held) -> None:
+        """Deliver one message and ack (or term) it; raise :class:`Stopping` to leave it for redelivery."""
+        raise NotImplementedError
+
+    # -- the consumer ------------------------------------------------------
+
+    def ready(self) -> str | None:
+        return None if self.consumer.running else "outbound consumer not running"
+
+    def _room_left(self) -> int:
+        """How many messages to fetch now: what the in-flight limit leaves, a bounded batch at a time."""
+        return min(self._in_flight - len(self.held), FETCH_AT_MOST)
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self.stopping.is_set():
+            try:
+                await self.prepare()
+                break
+            except Exception as exc:  # nats raises several unrelated types
+                attempt += 1
+                log.warning("sender not ready, retrying", extra={"attempt": attempt, "error": repr(exc)})
+                await self._pause(min(5.0, 0.2 * attempt))
+        else:
+            return
+        self._keepalive = asyncio.create_task(self._keep_alive(), name=f"{self.name}-keepalive")
+        await self.consumer.run(self._take, self.stopping)
+
+    async def _take(self, msg: Msg) -> None:
+        self._dispatch(msg)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+
+    def _dispatch(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq in self.held:  # a redelivery of what we still hold: ack the newest delivery
+            self.held[seq].msg = msg
+            return
+        try:
+            _channel, account, chat = subjects.parse_outbound(msg.subject)
+        except subjects.BadToken:
+            log.warning("outbound on an unexpected subject dropped", extra={"subject": msg.subject})
+            asyncio.create_task(msg.term())  # noqa: RUF006 - fire and forget; a lost term is a redelivery
+            return
+        held = Held(msg=msg, seq=seq, account=account)
+        self.held[seq] = held
+        self._held_gauge.set(len(self.held))
+        key = f"{account}.{chat}"
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = Lane(key=key)
+        lane.queue.append(held)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._work(lane), name=f"{self.name}-lane-{key}")
+
+    def _release(self, held: Held) -> None:
+        self.held.pop(held.seq, None)
+        self._held_gauge.set(len(self.held))
+        self.consumer.room_freed()
+
+    async def _keep_alive(self) -> None:
+        period = max(0.5, self._ack_wait / 3)
+        while True:
+            await asyncio.sleep(period)
+            for held in list(self.held.values()):
+                with contextlib.suppress(Exception):
+                    await held.msg.in_progress()
+            now = self.clock()
+            for key, lane in list(self.lanes.items()):
+                if lane.task is None and not lane.queue and (lane.pace is None or lane.pace.idle(now)):
+                    del self.lanes[key]
+
+    # -- one chat ----------------------------------------------------------
+
+    async def _work(self, lane: Lane) -> None:
+        try:
+            while lane.queue and not self.stopping.is_set():
+                held = lane.queue[0]
+                try:
+                    await self._handle(lane, held)
+                except Stopping:
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # NATS trouble while recording or acking: let it come back later.
+                    log.warning("outbound left for redelivery", extra={"seq": held.seq, "error": repr(exc)})
+                    with contextlib.suppress(Exception):
+                        await held.msg.nak(delay=self._retry_delay)
+                lane.queue.popleft()
+                self._release(held)
+        finally:
+            lane.task = None
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; raise :class:`Stopping` when the service stops meanwhile."""
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        if self.stopping.is_set():
+            raise Stopping
+
+    async def _retrying(self, what: str, msg_id: str, fn: Callable[[], Awaitable[None]]) -> None:
+        """Store something we must not forget; keep trying while NATS is away (:class:`Stopping` ends it)."""
+        attempt = 0
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                log.warning(f"could not store {what}, retrying", extra={"msg_id": msg_id, "error": repr(exc)})
+                await self._sleep(min(5.0, 0.2 * attempt))
+
+    # -- stopping ----------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop fetching; let sends in flight finish; hand back what is left (nak) for another replica."""
+        self.stopping.set()
+        await self.consumer.close()  # no more fetching
+        tasks = [lane.task for lane in self.lanes.values() if lane.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._shutdown_timeout)
+        for task in tasks:
+            task.cancel()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        for held in list(self.held.values()):
+            with contextlib.suppress(Exception):
+                await held.msg.nak()
+        self.held.clear()
