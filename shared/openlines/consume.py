@@ -141,7 +141,7 @@ class Durable:
                     stopper.cancel()
                 continue
             try:
-                msgs = await psub.fetch(batch=want, timeout=self.fetch_timeout)
+                msgs = await self._fetch(psub, want, stop)
                 failures = 0
             except _QUIET:
                 continue
@@ -157,6 +157,22 @@ class Durable:
                     return  # open it again: it may have been deleted or moved
                 continue
             await self._hand_over(msgs, handle, stop)
+
+    async def _fetch(self, psub: JetStreamContext.PullSubscription, want: int, stop: asyncio.Event) -> list[Msg]:
+        """One fetch, ended by a stop: a stop that comes while the pull request is being sent, before nats-py
+        waits for the answer, would otherwise leave it waiting out the whole fetch timeout."""
+        fetch = asyncio.ensure_future(psub.fetch(batch=want, timeout=self.fetch_timeout))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(BaseException):
+                await fetch
+            return []  # stopping: what the cancelled fetch might have had comes again after ack_wait
+        return fetch.result()
 
     async def _hand_over(self, msgs: list[Msg], handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         failed = False
