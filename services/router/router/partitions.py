@@ -135,7 +135,12 @@ class Partitions:
     async def _round(self) -> None:
         self._revive()
         # First and at once: the heartbeat and every lease (a late renewal is a lost partition).
-        await asyncio.gather(self.kv.put(f"{MEMBER}{self.me}", b"1"), *(self._renew(p) for p in list(self.held)))
+        done = await asyncio.gather(
+            self.kv.put(f"{MEMBER}{self.me}", b"1"), *(self._renew(p) for p in list(self.held)), return_exceptions=True
+        )
+        failed = next((r for r in done if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed  # NATS not answering: this round ends here, what we hold stays until the leases say otherwise
         members = await self._members()
         share = math.ceil(subjects.PARTITIONS / max(1, len(members)))
         staying = sorted(p for p, h in self.held.items() if h.leaving is None)
