@@ -81,6 +81,7 @@ from whatsapp_support import APP, APP_SECRET, SHOP, VERIFY_TOKEN, accounts_json
 from openlines import bus, subjects
 from openlines.envelopes import HistoryEntry, Outbound
 from openlines.state import ClientRecord
+from router.settings import Settings as RouterSettings
 
 CLIENTS = int(os.environ.get("OPENLINES_CHAOS_CLIENTS", "200"))  # over all channels
 # The size at which the recovery targets are asserted (below it they are only reported: a handful
@@ -331,7 +332,6 @@ async def run_chaos(
         "OPENLINES_NATS_URL": nats.service_url,
         "OPENLINES_REPLICAS": str(nats.replicas),
         "OPENLINES_LOG_LEVEL": os.environ.get("OPENLINES_CHAOS_LOG_LEVEL", "warning"),
-        "OPENLINES_PARTITION_LEASE_SECONDS": "3",
     }
     ports = {name: free_port() for name in ("webchat", "telegram", "vk", "whatsapp", "email")}
     crm_env = {
@@ -575,7 +575,8 @@ async def run_chaos(
         report["kills_with_messages_in_flight"] = sum(1 for k in kills if k.in_flight)
         report["recovery"] = recovery(kills, routed, {op.login: op.log for op in operators})
         report["nats_nodes"] = 3 if cluster else 1
-        report["partition_lease_seconds"] = float(base["OPENLINES_PARTITION_LEASE_SECONDS"])
+        report["partition_lease_seconds"] = RouterSettings().partition_lease_seconds  # the shipped one
+        report["router_ack_wait_seconds"] = RouterSettings().ack_wait
         report["presence_grace_seconds"] = PRESENCE_GRACE
         report["seconds"] = round(time.monotonic() - started, 1)
         report["processes_that_ended_by_themselves"] = unexpected  # restarted, as an orchestrator would

@@ -234,6 +234,11 @@ async def _update_stream(c: Conn) -> Any:
     return await c.js.update_stream(js_api.StreamConfig(name=subjects.STREAM_EVT, subjects=["ol.evt.>", "evil.>"]))
 
 
+async def _update_sessions_bucket(c: Conn) -> Any:
+    # The router may give its own lease bucket a new lease time, and no other bucket anything.
+    return await c.js.update_stream(js_api.StreamConfig(name=f"KV_{subjects.KV_SESSIONS}", max_age=1.0))
+
+
 def _read_outbound_of(channel: str) -> Callable[[Conn], Awaitable[Any]]:
     async def go(c: Conn) -> Any:
         return await c.js.pull_subscribe(subjects.outbound_channel(channel), stream=subjects.STREAM_OUT)
@@ -326,6 +331,7 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "delete_stream": (f"{J}.STREAM.DELETE.OL_HIST", _delete_stream),
     "purge_stream": (f"{J}.STREAM.PURGE.OL_IN", _purge_stream),
     "update_stream": (f"{J}.STREAM.UPDATE.OL_EVT", _update_stream),
+    "update_sessions_bucket": (f"{J}.STREAM.UPDATE.KV_ol-sessions", _update_sessions_bucket),
     "read_outbound_vk": (f"{J}.CONSUMER.CREATE.OL_OUT.", _read_outbound_of("vk")),
     "read_outbound_telegram": (f"{J}.CONSUMER.CREATE.OL_OUT.", _read_outbound_of("telegram")),
     "delete_telegram_consumer": (f"{J}.CONSUMER.DELETE.OL_OUT.gateway-telegram", _delete_consumer("gateway-telegram")),
@@ -342,6 +348,7 @@ EVERYONE_REFUSED = [
     "delete_stream",
     "purge_stream",
     "update_stream",
+    "update_sessions_bucket",
     "delete_telegram_consumer",
     "read_outbound_message",
     "follow_outbound_unnamed",
@@ -521,8 +528,11 @@ async def test_the_desk_calls_router_commands_and_reads_accounts_and_the_router_
 
 async def test_each_service_starts_its_own_buckets_and_reads_the_shared_ones(connect: Any) -> None:
     router = await connect("router")
-    kv = await router.js.create_key_value(bucket=subjects.KV_ROUTER, history=1)
+    kv = await router.js.create_key_value(bucket=subjects.KV_ROUTER, history=1, ttl=10)
     await kv.put("member.x", b"1")
+    leases = (await router.js.stream_info(f"KV_{subjects.KV_ROUTER}")).config
+    leases.max_age = leases.duplicate_window = 1.5  # a bucket made with another lease time gets ours (router/partitions.py)
+    assert (await router.js.update_stream(leases)).config.max_age == 1.5
     await router.js.key_value(subjects.KV_SESSIONS)
     sessions = await router.js.key_value(subjects.KV_SESSIONS)
     await sessions.put("s1", b"{}")

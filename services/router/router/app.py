@@ -51,6 +51,7 @@ async def setup(svc: Service[Settings]) -> None:
         lease_seconds=svc.settings.partition_lease_seconds,
         ack_wait=svc.settings.ack_wait,
         replicas=svc.settings.replicas,
+        finish_timeout=svc.settings.shutdown_timeout,
     )
     await partitions.open()
     consumer = svc.spawn(partitions.run(), "partitions")

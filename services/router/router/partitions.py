@@ -12,6 +12,15 @@ entries expire after ``lease_seconds`` unless renewed: each replica keeps a
 taking at most its fair share (partitions / live members, rounded up). A
 replica that dies stops renewing; its leases expire and the others take the
 partitions over. A new replica makes the others give up their surplus.
+
+The lease is short (1.5 s by default, renewed every third of it) so that a
+replica killed -9 holds up its clients for about that long (decision 023).
+So a round must never wait behind anything slow: every lease is renewed at
+once (one round trip, not one per partition), before anything else, and a
+partition given up or lost finishes its message in hand in the background,
+its lease renewed until then. Nothing in a round creates a consumer (the
+member list is the bucket stream's subject list), so a NATS cluster electing
+its meta leader does not stop the renewals.
 """
 
 from __future__ import annotations
@@ -25,18 +34,20 @@ from dataclasses import dataclass, field
 from nats import nuid
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from openlines import subjects
-from openlines.bus import kv_entries
 from router import inbound
 from router.engine import Engine
 
 log = logging.getLogger("router.partitions")
 
 OWNED = Gauge("openlines_router_partitions_owned", "Inbound partitions this router replica consumes")
+LOST = Counter("openlines_router_partition_leases_lost_total", "Partition leases this replica lost to another one")
+BUCKET_STREAM = f"KV_{subjects.KV_ROUTER}"
+MEMBER = "member."
 
 
 @dataclass
@@ -44,20 +55,32 @@ class _Held:
     revision: int
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    leaving: asyncio.Task[None] | None = None  # given up: finishing its message in hand, then the lease goes
 
 
 class Partitions:
-    def __init__(self, js: JetStreamContext, engine: Engine, *, lease_seconds: float, ack_wait: float, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        engine: Engine,
+        *,
+        lease_seconds: float,
+        ack_wait: float,
+        replicas: int = 1,
+        finish_timeout: float = 10.0,
+    ) -> None:
         self.js = js
         self.replicas = replicas
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.ack_wait = ack_wait
+        self.finish_timeout = finish_timeout  # the longest a partition given up may take over its message in hand
         self.me = nuid.NUID().next().decode()
         self.held: dict[int, _Held] = {}
         self.kv: KeyValue
         self.stopping = asyncio.Event()
         self.balanced = asyncio.Event()  # set once this replica has taken its share
+        self._background: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         try:
@@ -70,9 +93,34 @@ class Partitions:
                 replicas=self.replicas,  # a lost node must not stop the leases (and so all routing)
                 storage=js_api.StorageType.FILE,
             )
+            return
+        await self._match_ttl()
+
+    async def _match_ttl(self) -> None:
+        """A bucket made with another lease time (an older release: 10 s) gets ours; renewing at a third of a
+        lease the bucket does not have would lose every lease, so if it cannot be changed we follow it."""
+        info = await self.js.stream_info(BUCKET_STREAM)
+        ttl = info.config.max_age or 0.0
+        if ttl and abs(ttl - self.lease_seconds) < 0.01:
+            return
+        try:
+            info.config.max_age = self.lease_seconds
+            info.config.duplicate_window = min(info.config.duplicate_window or self.lease_seconds, self.lease_seconds)
+            await self.js.update_stream(info.config)
+            log.info("partition lease time changed", extra={"from_s": ttl, "to_s": self.lease_seconds})
+        except Exception as exc:
+            log.warning(
+                "cannot change the partition lease time of the bucket; following the bucket's",
+                extra={"bucket_s": ttl, "wanted_s": self.lease_seconds, "error": repr(exc)},
+            )
+            if ttl:
+                self.lease_seconds = ttl
+
+    @property
+    def interval(self) -> float:
+        return self.lease_seconds / 3
 
     async def run(self) -> None:
-        interval = self.lease_seconds / 3
         try:
             while not self.stopping.is_set():
                 try:
@@ -80,48 +128,61 @@ class Partitions:
                 except Exception as exc:  # NATS away: keep what we hold until the leases say otherwise
                     log.warning("partition round failed", extra={"error": repr(exc)})
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=interval)
+                    await asyncio.wait_for(self.stopping.wait(), timeout=self.interval)
         finally:
             await self._release_all()
 
     async def _round(self) -> None:
         self._revive()
-        await self.kv.put(f"member.{self.me}", b"1")
+        # First and at once: the heartbeat and every lease (a late renewal is a lost partition).
+        done = await asyncio.gather(
+            self.kv.put(f"{MEMBER}{self.me}", b"1"), *(self._renew(p) for p in list(self.held)), return_exceptions=True
+        )
+        failed = next((r for r in done if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed  # NATS not answering: this round ends here, what we hold stays until the leases say otherwise
         members = await self._members()
         share = math.ceil(subjects.PARTITIONS / max(1, len(members)))
-        for p in list(self.held):
-            await self._renew(p)
-        surplus = sorted(self.held, reverse=True)[: max(0, len(self.held) - share)]
-        if surplus:  # a new replica came: give up the surplus, all at once (each finishes its message in hand)
-            for p in surplus:
-                self.held[p].stop.set()
-            await asyncio.gather(*(self._release(p) for p in surplus))
-            for p in list(self.held):
-                await self._renew(p)  # releasing took a while: keep the others fresh
+        staying = sorted(p for p, h in self.held.items() if h.leaving is None)
+        for p in staying[share:]:  # a new replica came: give up the surplus (each finishes its message in hand)
+            self._give_up(p)
+        staying = staying[:share]
         for p in range(subjects.PARTITIONS):
-            if len(self.held) >= share:
+            if len(staying) >= share:
                 break
-            if p not in self.held:
-                await self._claim(p)
-        OWNED.set(len(self.held))
-        if len(self.held) >= min(share, subjects.PARTITIONS):
+            if p not in self.held and await self._claim(p):
+                staying.append(p)
+        OWNED.set(len(staying))
+        if len(staying) >= min(share, subjects.PARTITIONS):
             self.balanced.set()
 
     async def _members(self) -> list[str]:
-        # A one-off read that removes its consumer (keys() would leave one per round for 5 minutes).
-        keys = await kv_entries(self.js, subjects.KV_ROUTER)
-        found = [k.removeprefix("member.") for k in keys if k.startswith("member.")]
-        return found or [self.me]
+        """The live members: the bucket stream's member subjects (no consumer made), less those whose last
+        word was a delete (a replica that stopped)."""
+        prefix = f"$KV.{subjects.KV_ROUTER}.{MEMBER}"
+        info = await self.js.stream_info(BUCKET_STREAM, subjects_filter=prefix + ">")
+        others = [s.removeprefix(prefix) for s in (info.state.subjects or {}) if s.removeprefix(prefix) != self.me]
 
-    async def _claim(self, p: int) -> None:
+        async def live(member: str) -> bool:
+            try:
+                await self.kv.get(f"{MEMBER}{member}")
+            except (KeyNotFoundError, KeyDeletedError):
+                return False
+            return True
+
+        found = await asyncio.gather(*(live(m) for m in others))
+        return [self.me] + [m for m, ok in zip(others, found, strict=True) if ok]
+
+    async def _claim(self, p: int) -> bool:
         try:
             revision = await self.kv.create(f"lease.{p}", self.me.encode())
         except (KeyWrongLastSequenceError, BadRequestError):
-            return  # someone else holds it
+            return False  # someone else holds it
         held = _Held(revision=revision)
         self._consume(p, held)
         self.held[p] = held
         log.info("partition taken", extra={"partition": p, "replica": self.me})
+        return True
 
     def _consume(self, p: int, held: _Held) -> None:
         held.task = asyncio.create_task(
@@ -147,39 +208,60 @@ class Partitions:
             self._consume(p, held)
 
     async def _renew(self, p: int) -> None:
-        held = self.held[p]
+        held = self.held.get(p)
+        if held is None:
+            return
         try:
             held.revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=held.revision)
         except (KeyWrongLastSequenceError, BadRequestError):
-            # Expired and taken by another replica: stop at once (max_ack_pending=1
-            # keeps the order even while both of us still hold a message).
+            # Expired and perhaps taken by another replica: stop taking messages at once (max_ack_pending=1
+            # keeps the order even while both of us still hold one), without holding up this round.
+            LOST.inc()
             log.warning("partition lease lost", extra={"partition": p, "replica": self.me})
-            await self._stop_consumer(p)
+            self.held.pop(p, None)
+            held.stop.set()
+            if held.task is not None:
+                self._in_background(self._finish(held))
 
-    async def _release(self, p: int) -> None:
-        held = self.held.get(p)
-        await self._stop_consumer(p)
-        if held is not None:
+    def _give_up(self, p: int) -> None:
+        held = self.held[p]
+        held.stop.set()
+        held.leaving = self._in_background(self._leave(p, held))
+
+    async def _leave(self, p: int, held: _Held) -> None:
+        """Finish the message in hand (the lease still renewed by the rounds), then free the partition."""
+        await self._finish(held)
+        if self.held.get(p) is held:
+            del self.held[p]
             with contextlib.suppress(Exception):
                 await self.kv.delete(f"lease.{p}", last=held.revision)
         log.info("partition released", extra={"partition": p, "replica": self.me})
 
-    async def _stop_consumer(self, p: int) -> None:
-        held = self.held.pop(p, None)
-        if held is None or held.task is None:
+    async def _finish(self, held: _Held) -> None:
+        if held.task is None:
             return
-        held.stop.set()  # finish the message in hand, take no other
         try:
-            await asyncio.wait_for(asyncio.shield(held.task), timeout=self.ack_wait)
+            await asyncio.wait_for(asyncio.shield(held.task), timeout=self.finish_timeout)
         except (TimeoutError, asyncio.CancelledError):
             held.task.cancel()
+        except Exception:
+            pass  # it ended with an error: nothing in hand any more
+
+    def _in_background(self, coro: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _release_all(self) -> None:
-        for held in self.held.values():
-            held.stop.set()  # every partition finishes its message in hand at the same time
-        await asyncio.gather(*(self._release(p) for p in list(self.held)))
+        """A graceful stop: every partition finishes its message in hand at the same time, then its lease is
+        deleted, so the other replicas take it on their next round instead of after the lease."""
+        for p, held in list(self.held.items()):
+            if held.leaving is None:
+                self._give_up(p)
+        await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.kv.delete(f"member.{self.me}")
+            await self.kv.delete(f"{MEMBER}{self.me}")
         OWNED.set(0)
 
     def stop(self) -> None:

@@ -6,13 +6,16 @@ from router.core.flood import FloodRule
 
 class Settings(BaseSettings, kw_only=True):
     http_port: int = 8082  # health and metrics only
-    partition_lease_seconds: float = 10.0  # a dead replica's inbound partitions move to the others after this
+    # A dead replica's inbound partitions move to the others after this (renewed every third of it; decision 023).
+    partition_lease_seconds: float = 1.5
     timer_consumer: str = "router-timers"  # durable consumer name on OL_TIMER
     sweep_seconds: float = 30.0  # how often capacity claims left by a killed replica are looked for
     # How often desk replicas that stopped heartbeating (killed -9, cut off) are looked for; their
     # operators' pages count as closed from then on (router/presence.py).
     desk_sweep_seconds: float = 5.0
-    ack_wait: float = 10.0  # seconds before an unacknowledged inbound message is redelivered (after a crash)
+    # Seconds before an unacknowledged inbound message is redelivered (after a crash); a message worked on
+    # longer stays its replica's by in-progress heartbeats every third of it.
+    ack_wait: float = 1.5
     # The flood guard (docs/security.md): beyond flood_limit client messages per chat per flood_window
     # seconds the chat is flagged for a supervisor and its messages are stored but not pushed to the operator.
     flood_limit: int = 30  # 0 = off
@@ -20,6 +23,10 @@ class Settings(BaseSettings, kw_only=True):
     flood_channels: str = "telegram,vk,whatsapp"  # comma-separated channels it guards (webchat has its own limit per visitor)
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.partition_lease_seconds <= 300:
+            raise ValueError("OPENLINES_PARTITION_LEASE_SECONDS must be between 0.5 and 300 (seconds)")
+        if not 0.5 <= self.ack_wait <= 300:
+            raise ValueError("OPENLINES_ACK_WAIT must be between 0.5 and 300 (seconds)")
         if not 0.1 <= self.desk_sweep_seconds <= 300:
             raise ValueError("OPENLINES_DESK_SWEEP_SECONDS must be between 0.1 and 300 (seconds)")
         if self.flood_limit < 0 or self.flood_window <= 0:

@@ -1,0 +1,278 @@
+"""A router replica killed -9: how long its clients wait before the other replica carries on, and that
+the leases short enough for that do not flap on a busy machine.
+
+Two router processes share the inbound partitions; clients write steadily (a new chat every 50 ms,
+spread over every partition). The gap is the recovery figure of the fault suite (tests/chaos_support.py):
+the longer of the pause in transcript lines across the kill and the longest wait of a client message
+received around it between being stored and the router writing it into the transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from chaos_support import RECOVERY_TARGETS, WINDOW, longest_wait, pause_across, read_routed
+from conftest import free_port, scaled, wait_for
+from peers.natsproxy import NatsProxy
+from servers import NatsCluster, ServiceProcess
+from support import apply_lines, inbound, publish, running_router
+
+from openlines import bus, subjects
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+LINES = """
+[operators.anna]
+name = "Anna"
+[[lines]]
+id = "support"
+name = "Support"
+channels = [{ channel = "webchat", account = "demo" }]
+[lines.queue]
+operators = ["anna"]
+wait_seconds = 60
+"""
+
+
+@pytest.fixture
+def routers(nats_server: Any, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    procs = []
+    for name in ("router-a", "router-b"):
+        env = {
+            "OPENLINES_NATS_URL": nats_server.url,
+            "OPENLINES_HTTP_PORT": str(free_port()),
+            "OPENLINES_METRICS_PORT": str(free_port()),
+        }
+        procs.append(ServiceProcess(name, "router", env, tmp_path))  # the shipped lease and ack_wait
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+class Writer:
+    """Clients writing steadily: a new chat every ``every`` seconds (each its first message)."""
+
+    def __init__(self, nc: Any, prefix: str, every: float = 0.05) -> None:
+        self.nc, self.prefix, self.every = nc, prefix, every
+        self.sent = 0
+
+    async def run(self, until: asyncio.Event) -> None:
+        while not until.is_set():
+            with contextlib.suppress(Exception):  # a publish that fails is tried again as a new client
+                await publish(self.nc, inbound(f"{self.prefix}{self.sent}", "hello", "m1"))
+                self.sent += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), timeout=self.every)  # the clients' pace, not a wait
+
+
+@contextlib.asynccontextmanager
+async def writing(writer: Writer) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def split_evenly(nc: Any) -> bool:
+    return await split_evenly_over(nc, 2)
+
+
+async def split_evenly_over(nc: Any, replicas: int) -> bool:
+    owners = []
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_ROUTER)  # made by the first replica
+        for p in range(subjects.PARTITIONS):
+            owners.append((await kv.get(f"lease.{p}")).value)
+    except Exception:
+        return False
+    return len(set(owners)) == replicas and all(owners.count(o) == subjects.PARTITIONS // replicas for o in set(owners))
+
+
+async def all_routed(nc: Any, writer: Writer) -> Any:
+    """Every client's message in a transcript; then the transcripts with the time each line was stored."""
+
+    async def everyone() -> Any:
+        try:
+            routed, _ = await read_routed(nc.jetstream(), subjects.STREAM_HIST, subjects.history_all())
+        except Exception:  # a cluster node just back: the stream's leader may be moving, read again
+            return None
+        return routed if len(routed.messages) >= writer.sent else None
+
+    return await wait_for(everyone, timeout=60, interval=0.5, what=f"all {writer.sent} messages routed")
+
+
+async def test_a_router_replica_killed_9_holds_its_clients_up_for_about_a_lease(nc: Any, routers: list[ServiceProcess]) -> None:
+    await apply_lines(nc, LINES)
+    for r in routers:
+        r.start()
+    await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+    writer = Writer(nc, "k")
+    async with writing(writer):
+        await wait_for(lambda: writer.sent >= 40, timeout=30, what="clients writing")
+        killed_at = time.time()
+        routers[0].kill()  # with messages in hand, on half of the partitions
+        await asyncio.sleep(0.5)  # down for a moment, then started again as an orchestrator would
+        routers[0].start()
+        await wait_for(lambda: writer.sent >= 40 + 200, timeout=60, what="clients writing after the kill")
+    routed = await all_routed(nc, writer)
+    pause = pause_across(routed.lines, killed_at) or 0.0
+    wait = longest_wait(routed.messages, killed_at, WINDOW)
+    gap = max(pause, wait)
+    print(f"\nrouter replica kill -9: gap {gap:.2f} s (pause {pause:.2f} s, longest message wait {wait:.2f} s)")
+    # The issue's target, stretched by the machine's load like every deadline in the suite. Before the
+    # short lease and ack_wait (10 s each), the messages in the killed replica's hands waited ~10 s or more.
+    target = RECOVERY_TARGETS["router"]
+    limit = scaled(target)
+    assert gap < limit, f"gap {gap:.2f} s after a router replica kill -9 (target {target} s, scaled {limit:.1f} s)"
+    assert all(r.exited() is None for r in routers)
+
+
+async def test_a_nats_node_of_three_killed_9_routing_carries_on_after_the_election(tmp_path: Path) -> None:
+    """The node leading the inbound stream dies (and comes back a moment later): the routers, connected
+    through relays to every node, carry on once the cluster has elected new leaders."""
+    cluster = NatsCluster(tmp_path / "cluster", args=["--no_advertise"])  # the routers only know the relays
+    cluster.start()
+    relays = [NatsProxy(n.port) for n in cluster.nodes]
+    routers: list[ServiceProcess] = []
+    nc = await bus.connect(cluster.url, "test", first_attempts=5)
+    try:
+        for r in relays:
+            await r.start()
+
+        async def bootstrapped() -> bool:
+            try:
+                await bus.bootstrap(nc.jetstream(), replicas=3)
+            except Exception:  # the cluster still electing its leaders
+                return False
+            return True
+
+        await wait_for(bootstrapped, timeout=60, interval=0.5, what="JetStream ready for the streams")
+        await apply_lines(nc, LINES)
+        for name in ("router-a", "router-b"):
+            env = {
+                "OPENLINES_NATS_URL": ",".join(r.url for r in relays),
+                "OPENLINES_REPLICAS": "3",
+                "OPENLINES_HTTP_PORT": str(free_port()),
+                "OPENLINES_LOG_LEVEL": "info",
+            }
+            routers.append(ServiceProcess(name, "router", env, tmp_path))
+        for r in routers:
+            r.start()
+        await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+        leader = (await nc.jetstream().stream_info(subjects.STREAM_IN)).cluster.leader
+        node = next(n for n in cluster.nodes if f"-n {leader} " in " ".join(n.args) + " ")
+        writer = Writer(nc, "n")
+        async with writing(writer):
+            await wait_for(lambda: writer.sent >= 40, timeout=30, what="clients writing")
+            killed_at = time.time()
+            node.stop(kill=True)
+            await asyncio.sleep(1.0)  # down for a moment
+            node.start()
+            await wait_for(lambda: writer.sent >= 40 + 300, timeout=120, what="clients writing after the kill")
+        routed = await all_routed(nc, writer)
+        pause = pause_across(routed.lines, killed_at) or 0.0
+        wait = longest_wait(routed.messages, killed_at, WINDOW)
+        gap = max(pause, wait)
+        election = elections_after(cluster, killed_at) - killed_at
+        print(
+            f"\nNATS node kill -9: gap {gap:.2f} s (pause {pause:.2f} s, longest message wait {wait:.2f} s);"
+            f" the cluster's new leaders {election:.2f} s after the kill"
+        )
+        # Reported, not asserted: the server's raft elects new leaders 4-9 s after a leader stops (fixed in
+        # nats-server), and a JetStream request sent to a stream without a leader may still wait out its
+        # 5 s timeout after that - neither is the routers' to shorten. What is asserted: every message
+        # was routed, once the cluster was whole again, and no router gave up.
+        assert all(r.exited() is None for r in routers)
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(r.stop) for r in routers))  # they drain through the relays
+        await nc.close()
+        for r in relays:
+            await r.stop()
+        cluster.stop()
+        refused = cluster.violations()
+        assert not refused, "NATS refused what a service did:\n" + "\n".join(refused)
+
+
+LEADER = re.compile(r"^\[\d+\] (\S+ \S+) \[INF\] JetStream cluster new (?:stream|consumer) leader for '(.+)'$")
+
+
+# What routing a client message needs: its partition's consumer, and the streams and buckets it writes.
+ROUTING_PATH = re.compile(
+    r"\$G > (OL_IN|OL_HIST|OL_EVT|OL_OUT|KV_ol-sessions|KV_ol-clients|KV_ol-waiting|KV_ol-operators|KV_ol-router)"
+    r"( > router-p\d+)?$"
+)
+
+
+def elections_after(cluster: NatsCluster, killed_at: float) -> float:
+    """When the last stream or consumer on the routing path that lost its leader in the kill had a new one
+    (the servers' logs, local time): the first new leader of each after the kill, the latest of those."""
+    first: dict[str, float] = {}
+    for node in cluster.nodes:
+        for line in node.log.read_text(errors="replace").splitlines():
+            m = LEADER.match(line)
+            if m is None or not ROUTING_PATH.match(m.group(2)):
+                continue
+            whole, fraction = m.group(1).split(".")
+            at = time.mktime(time.strptime(whole, "%Y/%m/%d %H:%M:%S")) + float("0." + fraction)
+            if killed_at < at < killed_at + 30:
+                first[m.group(2)] = min(first.get(m.group(2), at), at)
+    return max(first.values(), default=killed_at)
+
+
+async def leases_lost(port: int) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith("openlines_router_partition_leases_lost_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_short_leases_do_not_flap_on_a_busy_machine(nc: Any, routers: list[ServiceProcess]) -> None:
+    """Two busy loops take both cores while the replicas route: no healthy replica loses a lease."""
+    await apply_lines(nc, LINES)
+    for r in routers:
+        r.start()
+    await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+    kv = await nc.jetstream().key_value(subjects.KV_ROUTER)
+    owners = {p: (await kv.get(f"lease.{p}")).value for p in range(subjects.PARTITIONS)}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # noqa: ASYNC220 - returns at once
+    try:
+        writer = Writer(nc, "b")
+        async with writing(writer):
+            # 20 s of routing under the busy loops: some 13 lease times, 40 renewal rounds per replica.
+            await wait_for(lambda: writer.sent >= 400, timeout=120, what="clients writing under the busy loops")
+        await all_routed(nc, writer)
+        lost = [await leases_lost(int(r.env["OPENLINES_METRICS_PORT"])) for r in routers]
+        now = {p: (await kv.get(f"lease.{p}")).value for p in range(subjects.PARTITIONS)}
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()
+    assert lost == [0.0, 0.0], f"leases lost under load: {lost}"
+    assert now == owners, "partitions changed hands between two healthy replicas"
+    assert all(r.exited() is None for r in routers)
+
+
+async def test_a_lease_bucket_made_by_an_older_release_gets_the_short_lease(nc: Any, nats_server: Any) -> None:
+    """Renewing every half second leases a bucket keeps for 10 s would work, but a dead replica would hold
+    its partitions for 10 s: the router gives the bucket its own lease time."""
+    await apply_lines(nc, LINES)
+    await nc.jetstream().create_key_value(bucket=subjects.KV_ROUTER, history=1, ttl=10)
+    async with running_router(nats_server.url) as router:
+        info = await nc.jetstream().stream_info(f"KV_{subjects.KV_ROUTER}")
+        assert info.config.max_age == router.settings.partition_lease_seconds == 1.5
+        await wait_for(lambda: split_evenly_over(nc, 1), timeout=30, what="the one replica holding every partition")
