@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
 from gateway_telegram.keep import InboundFiles
-from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update
+from gateway_telegram.normalise import CHANNEL, BadUpdate, normalise, parse_update, plain_text
 from gateway_telegram.settings import Settings
 from openlines import admission, bus
 from openlines.edge import Edge, TooLarge, read_body
@@ -74,8 +74,7 @@ class TelegramHttp:
         except TooLarge as exc:
             return self._refuse(413, "too_large", str(exc), account)
         try:
-            update = parse_update(body)
-            result = normalise(account, bot_id, update, utcnow())
+            result = plain_text(account, bot_id, body, utcnow()) or normalise(account, bot_id, parse_update(body), utcnow())
         except BadUpdate as exc:
             return await self._dead_letter(account, body, exc.detail)
         except Exception:  # a body aiogram's types or our mapping choke on: kept, never a 500

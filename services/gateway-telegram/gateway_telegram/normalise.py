@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from aiogram.types import CallbackQuery, Message, Update, User
@@ -403,6 +403,75 @@ def _from_callback(account: str, bot_id: int, update: Update, cq: CallbackQuery,
             profile=_profile(cq.from_user, None),
             text=cq.data,
             channel_msg_id=cq.id,
+            received_at=now,
+        ),
+    )
+
+
+# -- the common shape, without aiogram ----------------------------------------------------
+# Most updates are a client's plain text in the private chat with the bot. Validating those with
+# aiogram's models costs about a quarter of the webhook's time (bench/FINDINGS.md, P1 webhooks), so
+# exactly that shape - nothing more, every field of the right type - is read with msgspec and
+# turned into the same Inbound as the full path would give (a property test holds the two equal).
+# Anything else (entities, a reply, a forward, a group, a file, a field added by a newer Bot API)
+# does not fit and takes the full path.
+
+
+class _PlainUser(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    is_bot: bool
+    first_name: str
+    last_name: str = ""
+    username: str = ""
+    language_code: str = ""
+    is_premium: bool = False
+
+
+class _PlainChat(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    type: Literal["private"]
+    first_name: str = ""
+    last_name: str = ""
+    username: str = ""
+
+
+class _PlainMessage(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
+    message_id: int
+    date: int
+    chat: _PlainChat
+    sender: _PlainUser
+    text: str
+
+
+class _PlainUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    update_id: int
+    message: _PlainMessage
+
+
+_plain = msgspec.json.Decoder(_PlainUpdate)
+
+
+def plain_text(account: str, bot_id: int, body: bytes, now: datetime) -> Normalised | None:
+    """The update when it is a client's plain text in the private chat with the bot; None for any other."""
+    try:
+        update = _plain.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    msg, user = update.message, update.message.sender
+    if update.update_id < 0 or not msg.text or msg.chat.id != user.id:
+        return None
+    name = " ".join(p for p in (user.first_name, user.last_name) if p).strip()
+    return Normalised(
+        kind="message",
+        inbound=Inbound(
+            id=message_id(account, bot_id, update.update_id),
+            channel=CHANNEL,
+            account=account,
+            chat_id=str(msg.chat.id),
+            user_id=str(user.id),
+            profile=ClientProfile(name=name, username=user.username, language=user.language_code),
+            text=msg.text,
+            channel_msg_id=str(msg.message_id),
             received_at=now,
         ),
     )
