@@ -113,4 +113,4 @@ async def test_stats_count_answers_misses_and_ratings_of_real_sessions(nc: Any, 
         assert csrf
         await boris.post("/login", data={"login": "boris", "password": "demo", "csrf_token": csrf.group(1)})
         denied = await boris.get("/stats")
-        assert denied.status == 403 and "supervisor or admin" in await denied.text()
+        assert denied.status == 403 and "admin or supervisor role" in await denied.text()
