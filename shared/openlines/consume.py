@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -162,17 +163,17 @@ class Durable:
         """One fetch, ended by a stop: a stop that comes while the pull request is being sent, before nats-py
         waits for the answer, would otherwise leave it waiting out the whole fetch timeout."""
         fetch = asyncio.ensure_future(psub.fetch(batch=want, timeout=self.fetch_timeout))
+        fetch.add_done_callback(_retrieve)  # however it ends (cancelled below, or the connection closed), never "unretrieved"
         stopper = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-        if not fetch.done():
-            fetch.cancel()
-            with contextlib.suppress(BaseException):
-                await fetch
-            return []  # stopping: what the cancelled fetch might have had comes again after ack_wait
-        return fetch.result()
+            pending = not fetch.done()
+            if pending:  # a stop, or this task cancelled (the service stopping): the fetch goes with it
+                fetch.cancel()
+        # stopping: what the cancelled fetch might have had comes again after ack_wait
+        return [] if pending else fetch.result()
 
     async def _hand_over(self, msgs: list[Msg], handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         failed = False
@@ -194,6 +195,11 @@ class Durable:
                 with contextlib.suppress(Exception):  # NATS away: ack_wait redelivers it
                     await m.nak(delay=self.retry_delay)
                 failed = self.keep_order
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def outbound_consumer(channel: str, durable: str, *, ack_wait: float, max_ack_pending: int) -> js_api.ConsumerConfig:
