@@ -533,12 +533,13 @@ async def run_chaos(
             await asyncio.gather(*writing)
             background += waiting
 
-            async def all_closed() -> bool:
+            async def all_closed() -> bool | NotYet:
                 try:
                     records = await _client_records(nc)
                 except Exception:  # a cluster node just restarted: ask again
                     return False
-                return sum(1 for rec in records if not rec.open_sessions and rec.sessions_total >= 1) >= total
+                closed = sum(1 for rec in records if not rec.open_sessions and rec.sessions_total >= 1)
+                return True if closed >= total else NotYet(f"{closed} of {total} clients answered and closed")
 
             # Five operators close a few hundred chats a minute: the deadline grows with the number of clients.
             deadline = max(600.0, total * 0.15)
@@ -671,17 +672,32 @@ async def _ready(port: int, check: str = "readyz") -> bool:
         return False
 
 
-async def _crm_caught_up(nc: Any, clients: int, bitrix: Bitrix24Peer | None) -> bool:
+class NotYet:
+    """A wait's "not yet" that says what it still waits for (a timed-out wait_for shows it as its last value)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return self.why
+
+
+async def _crm_caught_up(nc: Any, clients: int, bitrix: Bitrix24Peer | None) -> bool | NotYet:
     """crm-sync has handled every session event and (all clients being new) made a lead per client."""
     try:
         info = await nc.jetstream().consumer_info(subjects.STREAM_EVT, "crm-sync")
         if info.num_pending or info.num_ack_pending:
-            return False
+            return NotYet(f"crm-sync: {info.num_pending} events pending, {info.num_ack_pending} in hand")
         if bitrix is not None:
-            return len({lead.get("ORIGIN_ID") for lead in bitrix.leads()}) >= clients
-        return len(await bus.kv_entries(nc.jetstream(), subjects.KV_CRM_LEADS)) >= clients
-    except Exception:  # a cluster node just restarted: the consumer's leader is being elected
-        return False
+            leads = len({lead.get("ORIGIN_ID") for lead in bitrix.leads()})
+        else:
+            leads = len(await bus.kv_entries(nc.jetstream(), subjects.KV_CRM_LEADS))
+        return True if leads >= clients else NotYet(f"every event handled, {leads} leads of {clients}")
+    except Exception as exc:  # a cluster node just restarted: the consumer's leader is being elected
+        return NotYet(f"crm-sync's consumer not readable: {exc!r}")
 
 
 async def _client_records(nc: Any) -> list[ClientRecord]:
