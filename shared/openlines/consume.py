@@ -68,6 +68,7 @@ class Durable:
         self.running = False  # bound and fetching (readiness)
         self._room = asyncio.Event()
         self._psub: JetStreamContext.PullSubscription | None = None
+        self._fetching: asyncio.Future[list[Msg]] | None = None  # the one fetch in flight, ended by a stop
 
     def ready(self) -> str | None:
         return None if self.running else f"consumer {self.name} not running"
@@ -78,11 +79,26 @@ class Durable:
 
     async def close(self) -> None:
         """Close the subscription now (a fetch waiting for messages ends); call after setting the stop event."""
-        self._room.set()
+        fetching = self._end_fetch()
         psub, self._psub = self._psub, None
         if psub is not None:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
+        if fetching is not None:
+            with contextlib.suppress(BaseException):  # its end is retrieved here, whatever it was
+                await fetching
+
+    def _end_fetch(self) -> asyncio.Future[list[Msg]] | None:
+        """Wake a loop waiting for room and cancel the fetch in flight (a stop); the fetch, if there was one."""
+        self._room.set()
+        fetching = self._fetching
+        if fetching is not None and not fetching.done():
+            fetching.cancel()
+        return fetching
+
+    async def _end_fetch_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._end_fetch()
 
     async def create(self) -> None:
         """Create the consumer, or update it to ``config``; one that exists with settings that cannot change is kept."""
@@ -110,20 +126,26 @@ class Durable:
 
     async def run(self, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         """Fetch and hand each message to ``handle`` until ``stop``; a NATS outage only pauses it."""
-        while not stop.is_set():
-            psub = await self.open(stop)
-            if psub is None:
-                return
-            self.running = True
-            self._psub = psub
-            try:
-                await self._fetch_until_failure(psub, handle, stop)
-            finally:
-                self.running = False
-                self._psub = None
-                # unsubscribe, not drain: a late fetch answer would hold a drain forever
-                with contextlib.suppress(Exception):
-                    await psub.unsubscribe()
+        # one watcher for the whole run (not one per fetch): a stop cancels the fetch in flight
+        watcher = asyncio.create_task(self._end_fetch_on(stop), name=f"stop-{self.name}")
+        try:
+            while not stop.is_set():
+                psub = await self.open(stop)
+                if psub is None:
+                    return
+                self.running = True
+                self._psub = psub
+                try:
+                    await self._fetch_until_failure(psub, handle, stop)
+                finally:
+                    self.running = False
+                    self._psub = None
+                    # unsubscribe, not drain: a late fetch answer would hold a drain forever
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
+        finally:
+            watcher.cancel()
+            watcher.add_done_callback(_retrieve)
 
     async def _fetch_until_failure(
         self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
@@ -132,14 +154,8 @@ class Durable:
         while not stop.is_set():
             want = self._batch() if callable(self._batch) else self._batch
             if want <= 0:
-                self._room.clear()
-                waiter = asyncio.ensure_future(self._room.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    stopper.cancel()
+                self._room.clear()  # stop is not set (checked just above): the stop watcher sets room when it is
+                await self._room.wait()
                 continue
             try:
                 msgs = await self._fetch(psub, want, stop)
@@ -160,20 +176,23 @@ class Durable:
             await self._hand_over(msgs, handle, stop)
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription, want: int, stop: asyncio.Event) -> list[Msg]:
-        """One fetch, ended by a stop: a stop that comes while the pull request is being sent, before nats-py
-        waits for the answer, would otherwise leave it waiting out the whole fetch timeout."""
+        """One fetch, the only task it makes, ended by a stop (the run's watcher or :meth:`close` cancels it): a stop
+        that comes while the pull request is being sent, before nats-py waits for the answer, would otherwise leave
+        it waiting out the whole fetch timeout. This task cancelled (the service stopping) cancels it too."""
         fetch = asyncio.ensure_future(psub.fetch(batch=want, timeout=self.fetch_timeout))
-        fetch.add_done_callback(_retrieve)  # however it ends (cancelled below, or the connection closed), never "unretrieved"
-        stopper = asyncio.ensure_future(stop.wait())
+        fetch.add_done_callback(_retrieve)  # however it ends (cancelled, or the connection closed), never "unretrieved"
+        self._fetching = fetch
         try:
-            await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            return await fetch
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if fetch.cancelled() and (task is None or not task.cancelling()):
+                return []  # a stop or close(): what the cancelled fetch might have had comes again after ack_wait
+            raise
         finally:
-            stopper.cancel()
-            pending = not fetch.done()
-            if pending:  # a stop, or this task cancelled (the service stopping): the fetch goes with it
+            self._fetching = None
+            if not fetch.done():
                 fetch.cancel()
-        # stopping: what the cancelled fetch might have had comes again after ack_wait
-        return [] if pending else fetch.result()
 
     async def _hand_over(self, msgs: list[Msg], handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         failed = False
