@@ -40,7 +40,7 @@ from openlines import subjects
 from openlines.bus import kv_get
 from openlines.envelopes import DeliveryMark, HistoryEntry, Seen, SessionEvent, Typing
 from openlines.roles import is_supervisor
-from openlines.state import ClientRecord, OperatorAccount, client_key
+from openlines.state import ClientRecord, OperatorAccount, Session, client_key
 
 log = logging.getLogger("desk.live")
 
@@ -398,13 +398,20 @@ class Hub:
         except Exception:
             log.warning("could not pass on a client's typing", extra={"subject": msg.subject}, exc_info=True)
 
+    async def _answering(self, conn: Connection, session_id: str) -> Session | None:
+        """The session, if the operator of ``conn`` is the one answering it (and it is open); else None."""
+        session = await self.reader.session(session_id)
+        if session is None or session.operator_id != conn.operator_id or session.status == "closed":
+            return None
+        return session
+
     async def typing(self, conn: Connection, session_id: str, name: str) -> bool:
         """The operator of ``conn`` types in ``session_id``: tell the client, if the chat is theirs (at most every 2 s)."""
         now = time.monotonic()
         if session_id not in conn.shown or now - conn.typed.get(session_id, 0.0) < TYPING_EVERY:
             return False
-        session = await self.reader.session(session_id)
-        if session is None or session.operator_id != conn.operator_id or session.status == "closed":
+        session = await self._answering(conn, session_id)
+        if session is None:
             return False  # only the operator answering the chat is shown typing to the client
         conn.typed[session_id] = now
         if len(conn.typed) > 100:
@@ -420,8 +427,8 @@ class Hub:
         tell the client's gateway (the widget shows "read"), if the chat is theirs, once per message."""
         if session_id not in conn.shown or conn.seen.get(session_id) == upto:
             return False
-        session = await self.reader.session(session_id)
-        if session is None or session.operator_id != conn.operator_id or session.status == "closed":
+        session = await self._answering(conn, session_id)
+        if session is None:
             return False  # a colleague or a supervisor looking in does not count as the answer being read
         conn.seen[session_id] = upto
         if len(conn.seen) > 200:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
@@ -24,6 +25,22 @@ from openlines.runner import Service
 _typing = msgspec.json.Decoder(Typing)
 _place = msgspec.json.Decoder(QueuePlace)
 _seen = msgspec.json.Decoder(Seen)
+
+
+_Told = TypeVar("_Told", QueuePlace, Seen)
+
+
+def addressed(msg: Msg, decoder: msgspec.json.Decoder[_Told]) -> tuple[str, str, _Told] | None:
+    """``ol.<kind>.webchat.<account>.<chat key>``: (account, chat key, body) when the body names the visitor the
+    subject does; None for a body that does not decode or names another chat (dropped: nothing to tell)."""
+    try:
+        body = decoder.decode(msg.data)
+    except msgspec.DecodeError:
+        return None
+    account, key = msg.subject.split(".")[-2:]
+    if subjects.chat_key(CHANNEL, account, body.chat_id) != key:
+        return None
+    return account, key, body
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,27 +89,20 @@ async def setup(svc: Service[Settings]) -> None:
 
     async def queue_place(msg: Msg) -> None:
         # ol.queue.webchat.<account>.<chat key>: a waiting visitor's place, from the router
-        try:
-            told = _place.decode(msg.data)
-        except msgspec.DecodeError:
-            return
-        key = msg.subject.rsplit(".", 1)[-1]
-        account = msg.subject.split(".")[-2]
-        if subjects.chat_key(CHANNEL, account, told.chat_id) == key and 0 <= told.place < 2**31:
-            hub.tell_place(key, told.place)
+        told = addressed(msg, _place)
+        if told is not None and 0 <= told[2].place < 2**31:
+            hub.tell_place(told[1], told[2].place)
 
     await svc.nc.subscribe(subjects.queue_place_channel(CHANNEL), cb=queue_place)
 
     async def operator_saw(msg: Msg) -> None:
         # ol.seen.webchat.<account>.<chat key>: the operator answering has the visitor's messages up to one on screen
-        try:
-            seen = _seen.decode(msg.data)
-        except msgspec.DecodeError:
+        told = addressed(msg, _seen)
+        if told is None:
             return
-        key = msg.subject.rsplit(".", 1)[-1]
-        account = msg.subject.split(".")[-2]
-        mine = f"{inbound_id(account, seen.chat_id, '')}"  # the transcript ids of this visitor's messages start so
-        if subjects.chat_key(CHANNEL, account, seen.chat_id) == key and seen.upto.startswith(mine) and len(seen.upto) > len(mine):
+        account, key, seen = told
+        mine = inbound_id(account, seen.chat_id, "")  # the transcript ids of this visitor's messages start so
+        if seen.upto.startswith(mine) and len(seen.upto) > len(mine):
             hub.tell(key, frame(type="read", id=seen.upto[len(mine) :]))
 
     await svc.nc.subscribe(subjects.seen_channel(CHANNEL), cb=operator_saw)
