@@ -277,6 +277,28 @@ class Buckets:
         return self
 
 
+async def own_bucket(
+    js: JetStreamContext, bucket: str, *, history: int = 1, ttl: float | None = None, replicas: int = 1
+) -> KeyValue:
+    """A service's own KV bucket: opened, or created on first use (file storage) with these settings.
+
+    An existing bucket is taken as it is (its settings are the operator's once made); two replicas
+    starting together both try to create it, and the one that loses opens the winner's.
+    """
+    try:
+        return await js.key_value(bucket)
+    except (NotFoundError, BadRequestError):  # BucketNotFoundError is a NotFoundError
+        pass
+    try:
+        return await js.create_key_value(
+            js_api.KeyValueConfig(
+                bucket=bucket, history=history, ttl=ttl or None, replicas=replicas, storage=js_api.StorageType.FILE
+            )
+        )
+    except BadRequestError:  # made meanwhile with other settings (another replica, another release)
+        return await js.key_value(bucket)
+
+
 async def kv_get(kv: KeyValue, key: str, typ: type[T]) -> tuple[T | None, int | None]:
     """(value, revision), or (None, None) when the key is absent or deleted."""
     try:

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.state import link_client_key, link_session_key
 
 KV_LINKS = subjects.KV_CRM_LINKS
@@ -62,7 +60,4 @@ class SessionLink(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 async def open_links(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(KV_LINKS)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(bucket=KV_LINKS, history=5, replicas=replicas, storage=js_api.StorageType.FILE)
+    return await bus.own_bucket(js, KV_LINKS, history=5, replicas=replicas)

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.bus import kv_get, kv_update
 
 # Longer than the longest session a cookie can carry (Settings.session_hours is at most 744).
@@ -37,12 +35,7 @@ def _key(kind: str, value: str) -> str:
 
 
 async def open_kv(js: JetStreamContext, bucket: str, ttl: float, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(bucket)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(
-            js_api.KeyValueConfig(bucket=bucket, history=1, ttl=ttl, replicas=replicas, storage=js_api.StorageType.FILE)
-        )
+    return await bus.own_bucket(js, bucket, ttl=ttl, replicas=replicas)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ the I/O around them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import statistics
 from collections.abc import Iterable
@@ -32,11 +31,11 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.bus import kv_get, kv_update
 from openlines.consume import Durable
 from openlines.envelopes import SessionEvent
@@ -350,14 +349,7 @@ def days_between(start: datetime, end: datetime) -> list[str]:
 
 
 async def _bucket(js: JetStreamContext, name: str, replicas: int, max_age: float | None = None) -> KeyValue:
-    try:
-        return await js.key_value(name)
-    except (NotFoundError, BadRequestError):
-        with contextlib.suppress(BadRequestError):  # another replica made it meanwhile
-            return await js.create_key_value(
-                bucket=name, history=1, replicas=replicas, ttl=max_age, storage=js_api.StorageType.FILE
-            )
-        return await js.key_value(name)
+    return await bus.own_bucket(js, name, replicas=replicas, ttl=max_age)
 
 
 class Aggregator:

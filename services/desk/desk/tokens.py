@@ -19,11 +19,9 @@ from datetime import datetime, timedelta
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.bus import kv_entries, kv_get
 from openlines.envelopes import utcnow
 from openlines.roles import SUPERVISOR_ROLES
@@ -87,12 +85,7 @@ def split(token: str) -> tuple[str, str] | None:
 
 async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """The tokens bucket; created on first use (the desk owns it)."""
-    try:
-        return await js.key_value(subjects.KV_DESK_TOKENS)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(
-            bucket=subjects.KV_DESK_TOKENS, history=1, replicas=replicas, storage=js_api.StorageType.FILE
-        )
+    return await bus.own_bucket(js, subjects.KV_DESK_TOKENS, replicas=replicas)
 
 
 class TokenStore:

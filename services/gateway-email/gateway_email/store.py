@@ -18,14 +18,13 @@ from typing import Literal
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from gateway_email.core.replies import digest
 from openlines import files, subjects
-from openlines.bus import kv_get, kv_update
+from openlines.bus import kv_get, kv_update, own_bucket
 
 log = logging.getLogger("gateway_email.store")
 
@@ -96,11 +95,9 @@ class Store:
         self.files: ObjectStore
 
     async def open(self, *, lease_ttl: float, replicas: int = 1, files_max_age: float = 0.0) -> Store:
-        self.state = await _kv(self.js, js_api.KeyValueConfig(bucket=KV_STATE, history=1, replicas=replicas))
-        self.messages = await _kv(
-            self.js, js_api.KeyValueConfig(bucket=KV_MESSAGES, history=1, replicas=replicas, ttl=400 * 86400.0)
-        )
-        self.leases = await _kv(self.js, js_api.KeyValueConfig(bucket=KV_LEASES, history=1, replicas=replicas, ttl=lease_ttl))
+        self.state = await own_bucket(self.js, KV_STATE, replicas=replicas)
+        self.messages = await own_bucket(self.js, KV_MESSAGES, replicas=replicas, ttl=400 * 86400.0)
+        self.leases = await own_bucket(self.js, KV_LEASES, replicas=replicas, ttl=lease_ttl)
         self.files = await files.open_store(
             self.js, OBJ_FILES, description="attachments of clients' mails", max_age=files_max_age, replicas=replicas
         )
@@ -138,16 +135,6 @@ class Store:
 
     async def record_sent(self, rec: SentRecord) -> None:
         await self.state.put(sent_key(rec.out_id), msgspec.json.encode(rec))
-
-
-async def _kv(js: JetStreamContext, config: js_api.KeyValueConfig) -> KeyValue:
-    try:
-        return await js.key_value(config.bucket)
-    except (BucketNotFoundError, NotFoundError):
-        try:
-            return await js.create_key_value(config)
-        except BadRequestError:  # another replica created it meanwhile
-            return await js.key_value(config.bucket)
 
 
 class Lease:

@@ -18,8 +18,6 @@ import hashlib
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
@@ -50,12 +48,7 @@ def sent_key(outbound_id: str) -> str:
 
 
 async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(KV_TELEGRAM_SENT)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(
-            bucket=KV_TELEGRAM_SENT, history=1, ttl=ttl, replicas=replicas, storage=js_api.StorageType.FILE
-        )
+    return await bus.own_bucket(js, KV_TELEGRAM_SENT, ttl=ttl, replicas=replicas)
 
 
 class Sent:

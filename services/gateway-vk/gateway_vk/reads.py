@@ -22,12 +22,10 @@ import logging
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from openlines import marks, subjects
-from openlines.bus import kv_get, kv_update
+from openlines.bus import kv_get, kv_update, own_bucket
 from openlines.envelopes import utcnow
 
 log = logging.getLogger("gateway_vk.reads")
@@ -52,12 +50,7 @@ def dialog_key(account: str, peer_id: int) -> str:
 
 
 async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(subjects.KV_VK_SENT)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(
-            bucket=subjects.KV_VK_SENT, history=1, ttl=ttl, replicas=replicas, storage=js_api.StorageType.FILE
-        )
+    return await own_bucket(js, subjects.KV_VK_SENT, ttl=ttl, replicas=replicas)
 
 
 class Reads:

@@ -17,8 +17,6 @@ import hashlib
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from openlines import bus, subjects
@@ -39,12 +37,7 @@ def sent_key(outbound_id: str) -> str:
 
 
 async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(subjects.KV_WHATSAPP_SENT)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(
-            bucket=subjects.KV_WHATSAPP_SENT, history=1, ttl=ttl, replicas=replicas, storage=js_api.StorageType.FILE
-        )
+    return await bus.own_bucket(js, subjects.KV_WHATSAPP_SENT, ttl=ttl, replicas=replicas)
 
 
 class Sent:

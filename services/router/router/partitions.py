@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 
 from nats import nuid
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
-from openlines import subjects
+from openlines import bus, subjects
 from router import inbound
 from router.engine import Engine
 
@@ -83,17 +82,8 @@ class Partitions:
         self._background: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        try:
-            self.kv = await self.js.key_value(subjects.KV_ROUTER)
-        except (NotFoundError, BadRequestError):
-            self.kv = await self.js.create_key_value(
-                bucket=subjects.KV_ROUTER,
-                history=1,
-                ttl=self.lease_seconds,
-                replicas=self.replicas,  # a lost node must not stop the leases (and so all routing)
-                storage=js_api.StorageType.FILE,
-            )
-            return
+        # replicated: a lost node must not stop the leases (and so all routing)
+        self.kv = await bus.own_bucket(self.js, subjects.KV_ROUTER, ttl=self.lease_seconds, replicas=self.replicas)
         await self._match_ttl()
 
     async def _match_ttl(self) -> None:

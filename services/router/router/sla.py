@@ -23,11 +23,10 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.bus import Buckets, kv_get, kv_update
 from openlines.consume import Durable
 from openlines.envelopes import HistoryEntry
@@ -61,12 +60,7 @@ class SlaWatch:
         self.kv: KeyValue
 
     async def open(self) -> SlaWatch:
-        try:
-            self.kv = await self.js.key_value(subjects.KV_SLA)
-        except (NotFoundError, BadRequestError):
-            self.kv = await self.js.create_key_value(
-                bucket=subjects.KV_SLA, history=SLA_HISTORY, replicas=self.replicas, storage=js_api.StorageType.FILE
-            )
+        self.kv = await bus.own_bucket(self.js, subjects.KV_SLA, history=SLA_HISTORY, replicas=self.replicas)
         return self
 
     # -- the transcript side ----------------------------------------------------------------------

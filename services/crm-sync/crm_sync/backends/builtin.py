@@ -14,13 +14,12 @@ import hashlib
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from crm_sync.backends.base import KINDS, Activity, Entity, Guard, Kind, Matches
 from crm_sync.core.decide import pick
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.bus import kv_entries, kv_get, kv_update
 from openlines.envelopes import utcnow
 
@@ -47,10 +46,7 @@ class CommRefs(msgspec.Struct):
 async def open_buckets(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyValue]:
     out: dict[str, KeyValue] = {}
     for role, name in BUCKETS.items():
-        try:
-            out[role] = await js.key_value(name)
-        except (NotFoundError, BadRequestError):
-            out[role] = await js.create_key_value(bucket=name, history=1, replicas=replicas, storage=js_api.StorageType.FILE)
+        out[role] = await bus.own_bucket(js, name, replicas=replicas)
     return out
 
 
