@@ -33,7 +33,7 @@ from openlines.pace import backoff
 
 log = logging.getLogger("openlines.consume")
 
-_QUIET = (FetchTimeoutError, NatsTimeout, TimeoutError)  # nothing to fetch within the timeout: ask again
+QUIET = (FetchTimeoutError, NatsTimeout, TimeoutError)  # nothing to fetch within the timeout: ask again
 
 
 class Durable:
@@ -68,7 +68,7 @@ class Durable:
         self.running = False  # bound and fetching (readiness)
         self._room = asyncio.Event()
         self._psub: JetStreamContext.PullSubscription | None = None
-        self._fetching: asyncio.Future[list[Msg]] | None = None  # the one fetch in flight, ended by a stop
+        self._fetching = Fetching(self._room)
 
     def ready(self) -> str | None:
         return None if self.running else f"consumer {self.name} not running"
@@ -79,26 +79,12 @@ class Durable:
 
     async def close(self) -> None:
         """Close the subscription now (a fetch waiting for messages ends); call after setting the stop event."""
-        fetching = self._end_fetch()
+        fetching = self._fetching.end()
         psub, self._psub = self._psub, None
         if psub is not None:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
-        if fetching is not None:
-            with contextlib.suppress(BaseException):  # its end is retrieved here, whatever it was
-                await fetching
-
-    def _end_fetch(self) -> asyncio.Future[list[Msg]] | None:
-        """Wake a loop waiting for room and cancel the fetch in flight (a stop); the fetch, if there was one."""
-        self._room.set()
-        fetching = self._fetching
-        if fetching is not None and not fetching.done():
-            fetching.cancel()
-        return fetching
-
-    async def _end_fetch_on(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        self._end_fetch()
+        await retrieved(fetching)
 
     async def create(self) -> None:
         """Create the consumer, or update it to ``config``; one that exists with settings that cannot change is kept."""
@@ -127,7 +113,7 @@ class Durable:
     async def run(self, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         """Fetch and hand each message to ``handle`` until ``stop``; a NATS outage only pauses it."""
         # one watcher for the whole run (not one per fetch): a stop cancels the fetch in flight
-        watcher = asyncio.create_task(self._end_fetch_on(stop), name=f"stop-{self.name}")
+        watcher = asyncio.create_task(self._fetching.end_on(stop), name=f"stop-{self.name}")
         try:
             while not stop.is_set():
                 psub = await self.open(stop)
@@ -158,9 +144,9 @@ class Durable:
                 await self._room.wait()
                 continue
             try:
-                msgs = await self._fetch(psub, want, stop)
+                msgs = await self._fetching.fetch(psub, want, self.fetch_timeout)
                 failures = 0
-            except _QUIET:
+            except QUIET:
                 continue
             except asyncio.CancelledError:
                 raise
@@ -174,25 +160,6 @@ class Durable:
                     return  # open it again: it may have been deleted or moved
                 continue
             await self._hand_over(msgs, handle, stop)
-
-    async def _fetch(self, psub: JetStreamContext.PullSubscription, want: int, stop: asyncio.Event) -> list[Msg]:
-        """One fetch, the only task it makes, ended by a stop (the run's watcher or :meth:`close` cancels it): a stop
-        that comes while the pull request is being sent, before nats-py waits for the answer, would otherwise leave
-        it waiting out the whole fetch timeout. This task cancelled (the service stopping) cancels it too."""
-        fetch = asyncio.ensure_future(psub.fetch(batch=want, timeout=self.fetch_timeout))
-        fetch.add_done_callback(_retrieve)  # however it ends (cancelled, or the connection closed), never "unretrieved"
-        self._fetching = fetch
-        try:
-            return await fetch
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if fetch.cancelled() and (task is None or not task.cancelling()):
-                return []  # a stop or close(): what the cancelled fetch might have had comes again after ack_wait
-            raise
-        finally:
-            self._fetching = None
-            if not fetch.done():
-                fetch.cancel()
 
     async def _hand_over(self, msgs: list[Msg], handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         failed = False
@@ -214,6 +181,57 @@ class Durable:
                 with contextlib.suppress(Exception):  # NATS away: ack_wait redelivers it
                     await m.nak(delay=self.retry_delay)
                 failed = self.keep_order
+
+
+class Fetching:
+    """The one fetch a consumer loop has in flight - the only task a fetch makes - and what ends it.
+
+    A stop (:meth:`end_on`, one watcher per run, or :meth:`end`) cancels it: a stop that comes while the pull
+    request is being sent, before nats-py waits for the answer, would otherwise leave it waiting out the whole
+    fetch timeout. The loop's own task cancelled (the service stopping) cancels it too. However it ends, its
+    end is retrieved (never "exception was never retrieved" at shutdown). ``wake`` is set by a stop as well,
+    for a loop that waits on it.
+    """
+
+    def __init__(self, wake: asyncio.Event | None = None) -> None:
+        self._task: asyncio.Future[list[Msg]] | None = None
+        self._wake = wake
+
+    async def fetch(self, psub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+        """``psub.fetch``; [] when a stop ended it (what it might have had comes again: ack_wait, or a re-read)."""
+        fetch = asyncio.ensure_future(psub.fetch(batch=batch, timeout=timeout))
+        fetch.add_done_callback(_retrieve)
+        self._task = fetch
+        try:
+            return await fetch
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if fetch.cancelled() and (task is None or not task.cancelling()):
+                return []  # ended by a stop, not this task cancelled
+            raise
+        finally:
+            self._task = None
+            if not fetch.done():
+                fetch.cancel()
+
+    def end(self) -> asyncio.Future[list[Msg]] | None:
+        """Cancel the fetch in flight (and set ``wake``); that fetch, for :func:`retrieved`, if there was one."""
+        if self._wake is not None:
+            self._wake.set()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        return task
+
+    async def end_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.end()
+
+
+async def retrieved(fetch: asyncio.Future[Any] | None) -> None:
+    """Wait for an ended fetch to finish, whatever its end."""
+    if fetch is not None:
+        await asyncio.wait({fetch})  # its result or error is retrieved by its done callback; a cancel of ours still raises
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -554,7 +554,7 @@ async def test_each_service_starts_its_own_buckets_and_reads_the_shared_ones(con
 async def test_the_webchat_gateway_reads_back_its_own_replies_and_follows_them_live_by_a_named_consumer(
     connect: Any, nc: NATS
 ) -> None:
-    from gateway_webchat.push import _live_name
+    from openlines.follow import Follow
 
     js = nc.jetstream()
     mine = subjects.outbound("webchat", "demo", "readback")
@@ -562,18 +562,25 @@ async def test_the_webchat_gateway_reads_back_its_own_replies_and_follows_them_l
     await js.publish(subjects.outbound("vk", "club", "readback"), b'{"n":2}')
     webchat = await connect("gateway-webchat")
     assert [data for _seq, data in await bus.read_subject(webchat.js, subjects.STREAM_OUT, mine)] == [b'{"n":1}']
-    # the live reader, made as the gateway makes it: an ordered consumer with a name, filtered to its channel
+    # the live reader, made as the gateway makes it: a follower whose consumers are named, filtered to its channel
     got: list[bytes] = []
 
     async def on_msg(msg: Any) -> None:
         got.append(msg.data)
 
-    cfg = js_api.ConsumerConfig(name=_live_name(), deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first.seq)
-    sub = await webchat.js.subscribe(
-        subjects.outbound_channel("webchat"), stream=subjects.STREAM_OUT, cb=on_msg, config=cfg, ordered_consumer=True
-    )
+    live = Follow(webchat.js, subjects.STREAM_OUT, subjects.outbound_channel("webchat"), on_msg, name_prefix="webchat-live")
+    live.last = first.seq - 1
+    stop = asyncio.Event()
+    task = asyncio.create_task(live.run(stop))
     await wait_for(lambda: got, what="the webchat reply, live")
-    await sub.unsubscribe()
+    # a lost consumer is made again (and the old one deleted) by the same identity
+    await js.delete_consumer(subjects.STREAM_OUT, live.consumer)
+    again = await js.publish(mine, b'{"n":3}')
+    await wait_for(lambda: len(got) == 2, timeout=20, what="the reply after the consumer was lost")
+    assert live.last == again.seq
+    stop.set()
+    await live.close()
+    await task
     assert got[0] == b'{"n":1}' and b'{"n":2}' not in got
     assert webchat.violations == []
 

@@ -16,7 +16,6 @@ import collections
 import contextlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +23,15 @@ import msgspec
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from gateway_webchat import metrics
 from gateway_webchat.files import Links
 from gateway_webchat.normalise import CHANNEL
 from openlines import bus, subjects
+from openlines.consume import pause
 from openlines.envelopes import Outbound, decoder, is_rating_request
+from openlines.follow import Follow
+from openlines.pace import backoff
 
 log = logging.getLogger("gateway_webchat.push")
 
@@ -304,26 +305,6 @@ class Hub:
         return len(group)
 
 
-def _live_name() -> str:
-    return f"webchat-live-{uuid.uuid4().hex}"
-
-
-def _rename_on_reset(jsi: Any) -> None:
-    """Give each consumer nats-py re-creates for the ordered subscription a new name.
-
-    nats-py re-creates an ordered consumer (after a gap or lost heartbeats) from
-    the same config; with a name in it, the create would clash with the old
-    consumer, which lingers until its inactivity threshold.
-    """
-    reset = jsi.reset_ordered_consumer
-
-    async def reset_renamed(sseq: int | None) -> bool:
-        jsi._ccreq.name = _live_name()
-        return bool(await reset(sseq))
-
-    jsi.reset_ordered_consumer = reset_renamed
-
-
 async def replay(js: JetStreamContext, sock: Socket, links: Links, hub: Hub | None = None) -> int:
     """Send ``sock`` the visitor's replies after ``sock.last_seq``, then go live."""
     subject = subjects.outbound(CHANNEL, sock.account, sock.chat)
@@ -341,69 +322,46 @@ async def replay(js: JetStreamContext, sock: Socket, links: Links, hub: Hub | No
 
 
 class OutboundConsumer:
-    """One ordered push consumer per replica on ``ol.out.webchat.>``."""
+    """One live follower per replica on ``ol.out.webchat.>`` (:class:`openlines.follow.Follow`).
+
+    It starts right after the stream's end at start-up rather than with deliver
+    policy NEW (a message published between reading the end and making the
+    consumer would otherwise be missed by live pushes), and after a NATS restart
+    or a lost message goes on after the last reply it saw: never from the start
+    of 30 days of replies. Each consumer it makes is named (``webchat-live-<random>``),
+    so the create request's subject carries the filter: the webchat gateway's
+    NATS identity may read its own channel's replies and no other's
+    (deploy/nats/auth.conf).
+    """
 
     def __init__(self, js: JetStreamContext, hub: Hub, links: Links) -> None:
         self.js = js
         self.hub = hub
         self.links = links
-        self._sub: JetStreamContext.PushSubscription | None = None
-        self._floor = 0
+        self.follow = Follow(
+            js, subjects.STREAM_OUT, subjects.outbound_channel(CHANNEL), self._on_msg, name_prefix="webchat-live"
+        )
+        self._started = False
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Subscribe, retrying until the stream exists and NATS answers."""
+        """Find the stream's end (retrying until the stream exists and NATS answers), then follow until stopping."""
         attempt = 0
-        while not stopping.is_set():
+        while not stopping.is_set() and not self._started:
             try:
-                await self._subscribe()
-                log.info("outbound consumer running", extra={"channel": CHANNEL})
-                return
+                await self.follow.start_at_end()
+                self._started = True
             except Exception as exc:  # nats raises several unrelated types
                 attempt += 1
                 log.warning("outbound consumer not started, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
-
-    async def _subscribe(self) -> None:
-        # Start right after the stream's current end rather than with deliver
-        # policy NEW: a message published between reading the end and creating
-        # the consumer would otherwise be missed by live pushes.
-        info = await self.js.stream_info(subjects.STREAM_OUT)
-        self._floor = info.state.last_seq
-        # Named, so the create request's subject carries the filter
-        # ($JS.API.CONSUMER.CREATE.OL_OUT.<name>.ol.out.webchat.>): the webchat
-        # gateway's NATS identity may read its own channel's replies and no other's
-        # (deploy/nats/auth.conf; an unnamed create would have to be allowed on all of OL_OUT).
-        config = js_api.ConsumerConfig(
-            name=_live_name(),
-            deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self._floor + 1,
-        )
-        self._sub = await self.js.subscribe(
-            subjects.outbound_channel(CHANNEL),
-            stream=subjects.STREAM_OUT,
-            cb=self._on_msg,
-            config=config,
-            ordered_consumer=True,
-            idle_heartbeat=2.0,
-        )
-        # nats-py restarts an ordered consumer that lost its heartbeats (e.g.
-        # after a NATS restart) at "last seen + 1", which is seq 1 before the
-        # first message arrives: start its bookkeeping at our floor instead of
-        # replaying 30 days of replies.
-        jsi = getattr(self._sub._sub, "_jsi", None)
-        if jsi is not None and getattr(jsi, "_sseq", None) == 0:
-            jsi._sseq = self._floor
-        if jsi is not None:
-            _rename_on_reset(jsi)
+                await pause(stopping, backoff(attempt, 0.2, 5.0))
+        log.info("outbound consumer running", extra={"channel": CHANNEL})
+        await self.follow.run(stopping)
 
     def ready(self) -> str | None:
-        return None if self._sub is not None else "outbound consumer not running"
+        return "outbound consumer not running" if not self._started else self.follow.ready()
 
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        if seq <= self._floor:
-            return
         try:
             _channel, account, chat = subjects.parse_outbound(msg.subject)
             out = _outbound.decode(msg.data)
@@ -415,7 +373,4 @@ class OutboundConsumer:
         log.debug("reply pushed", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "sockets": pushed})
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        await self.follow.close()
