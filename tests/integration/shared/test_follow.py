@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
 from conftest import wait_for
+
 from openlines import bus, subjects
 from openlines.follow import Follow
 
