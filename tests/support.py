@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from servers import creds
+from timing import scaled
 
 from openlines import bus, subjects
 from openlines.apply import apply, live
@@ -41,6 +42,40 @@ async def open_session(nc: NATS, channel: str, account: str, chat_id: str, line:
         return None
     s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
     return s
+
+
+async def session_of(
+    nc: NATS, chat_id: str, *, line: str = "support", channel: str = "webchat", account: str = "demo"
+) -> Session | None:
+    """:func:`open_session`, by default of a webchat visitor of account ``demo`` on line ``support``."""
+    return await open_session(nc, channel, account, chat_id, line)
+
+
+async def sla_timers(nc: NATS, session_id: str) -> int:
+    """SLA timers of the session still pending in OL_TIMER (a fired one is acked, so removed)."""
+    subject = subjects.timer("sla", session_id)
+    info = await nc.jetstream().stream_info(subjects.STREAM_TIMER, subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))
+
+
+def sla_lines(first: int, *, next_response: int = 0, welcome: str = "") -> str:
+    """Anna alone on line ``support`` (webchat ``demo``, chats wait 60 s) with SLA targets in seconds."""
+    sla = f"[lines.sla]\nfirst_response_seconds = {first}" + (
+        f"\nnext_response_seconds = {next_response}" if next_response else ""
+    )
+    replies = f'welcome = "{welcome}"' if welcome else ""
+    return '[operators.anna]\nname = "Anna"\n' + line_block(
+        operators='"anna"', queue="wait_seconds = 60", replies=replies, extra=sla
+    )
+
+
+async def router_answers(nc: NATS) -> bool:
+    """The router answers commands (a status request; an empty one is refused, which is an answer too)."""
+    try:
+        await nc.request(subjects.command("status"), b"{}", timeout=scaled(0.5))
+    except Exception:
+        return False
+    return True
 
 
 def line_block(

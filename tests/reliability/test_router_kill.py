@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import free_port, scaled, wait_for
+from conftest import wait_for
 from servers import ServiceProcess
-from support import apply_lines, history, inbound, open_session, outbound_for, publish
+from support import apply_lines, history, inbound, outbound_for, publish, router_answers, session_of
 
-from openlines import bus, subjects
+from openlines import bus
 from openlines.commands import SetStatus, call
 from openlines.crashpoints import ENV as CRASH_ENV
 from openlines.state import OperatorState, Session
@@ -32,23 +31,6 @@ wait_seconds = 3
 [lines.auto_replies]
 welcome = "Welcome!"
 """
-
-
-@pytest.fixture
-def router_process(nats_server: Any, tmp_path: Any) -> Iterator[ServiceProcess]:
-    # a killed replica's inbound partitions are taken over after the lease
-    env = {
-        "OPENLINES_NATS_URL": nats_server.url,
-        "OPENLINES_HTTP_PORT": str(free_port()),
-        "OPENLINES_PARTITION_LEASE_SECONDS": "3",
-    }
-    r = ServiceProcess("router", "router", env, tmp_path)
-    yield r
-    r.stop()
-
-
-async def session_of(nc: Any, visitor: str) -> Session | None:
-    return await open_session(nc, "webchat", "demo", visitor, "support")
 
 
 async def test_no_answer_timer_fires_after_a_kill_9_and_nothing_doubles(nc: Any, router_process: ServiceProcess) -> None:
@@ -101,7 +83,7 @@ async def test_a_nats_restart_with_timers_firing_does_not_stop_the_router(
         nats_server.stop(kill=True)
         await asyncio.sleep(0.5)  # down for a moment
         nats_server.start()
-        await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands again")
+        await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands again")
     assert router_process.exited() is None, "the router stopped when NATS went away"
     readable = [await wait_for(lambda v=v: session_of(nc, v), timeout=30, what="session readable") for v in visitors]
     before = {s.client_id: s.assignments for s in readable}
@@ -118,21 +100,13 @@ async def _five_chats_offered_to_two_operators(nc: Any, router: ServiceProcess, 
     """Start the router with ``lines``, put anna and boris online, and have five visitors write."""
     await apply_lines(nc, lines)
     router.start()
-    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
     await call(nc, "status", SetStatus(operator_id="anna", status="online"))
     await call(nc, "status", SetStatus(operator_id="boris", status="online"))
     visitors = [f"{prefix}{i}" for i in range(5)]
     for v in visitors:
         await publish(nc, inbound(v, "hello", "m1"))
     return visitors
-
-
-async def _router_up(nc: Any) -> bool:
-    try:
-        await nc.request(subjects.command("status"), b"{}", timeout=scaled(0.5))
-    except Exception:
-        return False
-    return True
 
 
 async def test_a_crash_right_after_an_offer_is_recorded_still_passes_it_on(nc: Any, router_process: ServiceProcess) -> None:
@@ -144,7 +118,7 @@ async def test_a_crash_right_after_an_offer_is_recorded_still_passes_it_on(nc: A
     """
     await apply_lines(nc, LINES)
     router_process.start(**{CRASH_ENV: "router.offer.recorded"})
-    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
     await call(nc, "status", SetStatus(operator_id="anna", status="online"))
     await publish(nc, inbound("c0", "hello", "m1"))
     await wait_for(lambda: router_process.exited() is not None, timeout=60, what="the router dying at the crash point")
@@ -182,7 +156,7 @@ async def test_a_crash_while_a_new_chat_starts_is_finished_by_the_redelivery_onc
     """
     await apply_lines(nc, LINES)
     router_process.start(**{CRASH_ENV: point})
-    await wait_for(lambda: _router_up(nc), timeout=30, what="router answering commands")
+    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
     await call(nc, "status", SetStatus(operator_id="anna", status="online"))
     await publish(nc, inbound("c1", "hello", "m1"))
     await wait_for(lambda: router_process.exited() is not None, timeout=60, what="the router dying at the crash point")

@@ -2,61 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from conftest import free_port, wait_for
+from conftest import wait_for
 from servers import ServiceProcess
-from support import apply_lines, events, inbound, open_session, publish
+from support import apply_lines, events, inbound, publish, router_answers, session_of, sla_lines, sla_timers
 
-from openlines import subjects
 from openlines.commands import SetStatus, call
 from openlines.state import Session
 
 TARGET = 8  # seconds: long enough that the kill comes before it
 
-LINES = f"""
-[operators.anna]
-name = "Anna"
-[[lines]]
-id = "support"
-name = "Support"
-channels = [{{ channel = "webchat", account = "demo" }}]
-[lines.queue]
-operators = ["anna"]
-wait_seconds = 60
-[lines.sla]
-first_response_seconds = {TARGET}
-"""
-
-
-@pytest.fixture
-def router_process(nats_server: Any, tmp_path: Any) -> Iterator[ServiceProcess]:
-    env = {
-        "OPENLINES_NATS_URL": nats_server.url,
-        "OPENLINES_HTTP_PORT": str(free_port()),
-        "OPENLINES_PARTITION_LEASE_SECONDS": "3",
-    }
-    r = ServiceProcess("router", "router", env, tmp_path)
-    yield r
-    r.stop()
-
-
-async def session_of(nc: Any, visitor: str) -> Session | None:
-    return await open_session(nc, "webchat", "demo", visitor, "support")
-
-
-async def sla_timers(nc: Any, session_id: str) -> int:
-    subject = subjects.timer("sla", session_id)
-    info = await nc.jetstream().stream_info(subjects.STREAM_TIMER, subjects_filter=subject)
-    return int((info.state.subjects or {}).get(subject, 0))
+LINES = sla_lines(TARGET)
 
 
 async def test_sla_timer_fires_after_a_kill_9_and_the_breach_is_raised_once(nc: Any, router_process: ServiceProcess) -> None:
     await apply_lines(nc, LINES)
     router_process.start()
-    await wait_for(lambda: _online(nc), timeout=30, what="the router answering commands")
+    await wait_for(lambda: router_answers(nc), timeout=30, what="the router answering commands")
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
     await publish(nc, inbound("before", "hello?", "m1"))
 
     async def timer_pending() -> Session | None:
@@ -78,11 +42,3 @@ async def test_sla_timer_fires_after_a_kill_9_and_the_breach_is_raised_once(nc: 
 
     counts = await wait_for(raised, timeout=60, what="both breaches raised after the restart")
     assert set(counts.values()) == {1}
-
-
-async def _online(nc: Any) -> bool:
-    try:
-        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-    except Exception:
-        return False
-    return True

@@ -11,24 +11,12 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
-from peers.mailservers import Dovecot, SmtpSink, append, mailbox_config, running_gateway
-from support import apply_lines, running_router
+from email_support import mail_flow, mail_lines
+from peers.mailservers import Dovecot, SmtpSink, append
 
 from openlines import bus, subjects
 
 pytestmark = pytest.mark.mail
-
-LINES = """
-[operators.anna]
-name = "Anna"
-
-[[lines]]
-id = "mail"
-name = "Support by mail"
-channels = [{ channel = "email", account = "support" }]
-[lines.queue]
-operators = ["anna"]
-"""
 
 
 def mail(sender: str, msg_id: str) -> bytes:
@@ -41,8 +29,7 @@ def mail(sender: str, msg_id: str) -> bytes:
 async def test_an_encoded_cr_lf_in_the_display_name_is_cleaned_not_dead_lettered(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp, mail_lines(welcome="")):
         await append(imap, mail("=?utf-8?q?Evil=0D=0ABcc=3A_victim=40example=2Etest?= <a@client.example.test>", "q1"))
         await append(imap, mail("=?utf-8?b?TWFyw61hDQpYLUluamVjdGVkOiAx?= <b@client.example.test>", "b1"))
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config, running_gateway
-from support import apply_lines, events, history, running_router
+from email_support import mail_flow, mail_lines
+from peers.mailservers import Dovecot, SmtpSink, append, client_mail
+from support import events, history
 
 from desk.files import FileStore
 from openlines import bus, files, subjects
@@ -24,17 +25,6 @@ from openlines.state import ClientRecord, Session, client_key
 
 pytestmark = pytest.mark.mail
 
-LINES = """
-[operators.anna]
-name = "Anna"
-
-[[lines]]
-id = "mail"
-name = "Support by mail"
-channels = [{ channel = "email", account = "support" }]
-[lines.queue]
-operators = ["anna"]
-"""
 PDF = b"%PDF-1.4 the invoice"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(40)
 
@@ -63,9 +53,8 @@ def attachments_of(mail: EmailMessage) -> list[tuple[str | None, str, bytes]]:
 async def test_a_clients_attachments_are_kept_and_the_operators_files_leave_as_mime_parts(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
     store = await FileStore.open(nc.jetstream())
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp, mail_lines(welcome="")):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await append(imap, with_files("ann@client.example.test", "The invoice and a photo of the box."))
         session = await wait_for(lambda: assigned(nc, "ann@client.example.test"), timeout=20, what="the chat")
@@ -102,10 +91,8 @@ async def test_a_clients_attachments_are_kept_and_the_operators_files_leave_as_m
 async def test_a_file_no_longer_kept_is_left_out_and_files_too_large_for_a_mail_fail_the_reply(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
     store = await FileStore.open(nc.jetstream())
-    mailboxes = [mailbox_config(imap, smtp)]
-    async with running_router(nats_server.url), running_gateway(nats_server.url, mailboxes, email_attachments_max_bytes=1000):
+    async with mail_flow(nc, nats_server.url, imap, smtp, mail_lines(welcome=""), email_attachments_max_bytes=1000):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         for who in ("gone", "big"):
             await append(imap, client_mail(f"{who}@client.example.test", "Hi"))

@@ -13,71 +13,26 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
+from email_support import assigned_session, consumer_done, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
 from peers.mailservers import (
     Dovecot,
     SmtpSink,
     append,
     client_mail,
-    mailbox_config,
-    running_gateway,
 )
-from support import apply_lines, events, history, marks_of, open_session, running_router
+from support import events, history, marks_of
 
-from openlines import bus, subjects
+from openlines import subjects
 from openlines.commands import Reply, SetStatus, call
-from openlines.envelopes import Inbound, Outbound
-from openlines.state import Session
+from openlines.envelopes import Inbound
 
 pytestmark = pytest.mark.mail
-
-LINES = """
-[operators.anna]
-name = "Anna"
-
-[[lines]]
-id = "mail"
-name = "Support by mail"
-channels = [{ channel = "email", account = "support" }]
-[lines.queue]
-operators = ["anna"]
-[lines.auto_replies]
-welcome = "Thank you for writing, we answer within a day."
-"""
-
-
-async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
-    return await open_session(nc, "email", account, address, line)
-
-
-async def assigned_session(nc: Any, address: str) -> Session | None:
-    """The client's session once it is offered to an operator (only then may they reply)."""
-    s = await session_of(nc, address)
-    return s if s is not None and s.status in ("assigned", "answered") and s.operator_id else None
-
-
-async def inbound_mails(nc: Any, account: str = "support") -> list[dict[str, Any]]:
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("email", account))
-    return [msgspec.json.decode(data) for _, data in rows]
-
-
-async def outbound_to(nc: Any, address: str, account: str = "support") -> list[Outbound]:
-    subject = subjects.outbound("email", account, subjects.chat_key("email", account, address))
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_OUT, subject)
-    return [msgspec.json.decode(data, type=Outbound) for _, data in rows]
-
-
-async def consumer_done(nc: Any, name: str = "gateway-email") -> bool:
-    """The gateway's outbound consumer has handled everything in OL_OUT for e-mail."""
-    info = await nc.jetstream().consumer_info(subjects.STREAM_OUT, name)
-    return info.num_pending == 0 and info.num_ack_pending == 0
 
 
 async def test_client_mail_reaches_operator_clean_and_reply_is_threaded_and_answer_continues_session(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
-    mbox = mailbox_config(imap, smtp)
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mbox]):
+    async with mail_flow(nc, nats_server.url, imap, smtp):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         first = client_mail(
             "Ann Client <Ann@Client.Example.TEST>",
@@ -141,7 +96,7 @@ async def test_client_mail_reaches_operator_clean_and_reply_is_threaded_and_answ
 
         entry = (await wait_for(answered, timeout=20, what="client answer in the same session"))[0]
         assert "It ships today" not in entry.text and "Re:" not in entry.text
-        still = await session_of(nc, "ann@client.example.test")
+        still = await mail_session(nc, "ann@client.example.test")
         assert still is not None and still.id == session.id
         assert len(await events(nc, "session_opened")) == 1
 
@@ -153,8 +108,7 @@ async def _with_direction(entries: Any, direction: str) -> list[Any]:
 async def test_auto_submitted_and_bulk_mail_open_no_chat_list_mail_gets_no_auto_reply_while_a_person_does(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp):
         await append(imap, client_mail("vacation@client.example.test", "I am away.", headers={"Auto-Submitted": "auto-replied"}))
         await append(
             imap,
@@ -196,7 +150,7 @@ async def test_auto_submitted_and_bulk_mail_open_no_chat_list_mail_gets_no_auto_
         assert "vacation@client.example.test not opened as a chat" in noted and "Auto-Submitted: auto-replied" in noted
         assert "bulk@promo.example.test not opened as a chat" in noted and "Precedence: bulk" in noted
         for robot in ("vacation@client.example.test", "bulk@promo.example.test"):
-            assert await session_of(nc, robot) is None
+            assert await mail_session(nc, robot) is None
         # The router still sees them as plain Inbound (the marker is an extra field).
         for e in await inbound_mails(nc):
             msgspec.convert(e, Inbound)
@@ -205,8 +159,7 @@ async def test_auto_submitted_and_bulk_mail_open_no_chat_list_mail_gets_no_auto_
 async def test_bounce_of_our_reply_becomes_delivery_failed_on_its_session(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES.replace('welcome = "Thank you for writing, we answer within a day."', ""))
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp, mail_lines(welcome="")):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await append(imap, client_mail("gone@client.example.test", "Please call me."))
         session = await wait_for(lambda: assigned_session(nc, "gone@client.example.test"), timeout=20, what="session")
@@ -249,10 +202,9 @@ async def test_bounce_of_our_reply_becomes_delivery_failed_on_its_session(
 async def test_smtp_5xx_reports_delivery_failed_and_4xx_is_retried_then_sent_once(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES.replace('welcome = "Thank you for writing, we answer within a day."', ""))
     smtp.answers["nobody@client.example.test"] = ["550 5.1.1 no such user"]
     smtp.answers["busy@client.example.test"] = ["451 4.3.0 try again later", "421 4.7.0 busy"]
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp, mail_lines(welcome="")):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         for who in ("nobody", "busy"):
             await append(imap, client_mail(f"{who}@client.example.test", "Hi"))

@@ -15,57 +15,21 @@ import re
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from conftest import wait_for
 from desk_admin_support import DEMO_HASH
 from desk_support import http_session, running_desk, sign_in
-from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config, running_gateway
-from support import apply_lines, events, history, marks_of, open_session, running_router
+from email_support import assigned_session, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
+from peers.mailservers import Dovecot, SmtpSink, append, client_mail
+from support import events, history, marks_of
 
-from openlines import bus, files, subjects
+from openlines import files
 from openlines.commands import Reply, SetStatus, call
-from openlines.envelopes import Outbound
-from openlines.state import Session
 
 pytestmark = pytest.mark.mail
 
+LINES = mail_lines(password_hash=DEMO_HASH)
 CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpus" / "email"
-
-LINES = """
-[operators.anna]
-name = "Anna"
-password_hash = "DEMO_HASH"
-
-[[lines]]
-id = "mail"
-name = "Support by mail"
-channels = [{ channel = "email", account = "support" }]
-[lines.queue]
-operators = ["anna"]
-[lines.auto_replies]
-welcome = "Thank you for writing, we answer within a day."
-""".replace("DEMO_HASH", DEMO_HASH)
-
-
-async def session_of(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
-    return await open_session(nc, "email", account, address, line)
-
-
-async def assigned_session(nc: Any, address: str) -> Session | None:
-    s = await session_of(nc, address)
-    return s if s is not None and s.status in ("assigned", "answered") and s.operator_id else None
-
-
-async def inbound_mails(nc: Any, account: str = "support") -> list[dict[str, Any]]:
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_IN, subjects.inbound_account("email", account))
-    return [msgspec.json.decode(data) for _, data in rows]
-
-
-async def outbound_to(nc: Any, address: str, account: str = "support") -> list[Outbound]:
-    subject = subjects.outbound("email", account, subjects.chat_key("email", account, address))
-    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_OUT, subject)
-    return [msgspec.json.decode(data, type=Outbound) for _, data in rows]
 
 
 async def _replied(nc: Any, smtp: SmtpSink, address: str, text: str) -> tuple[Any, Any]:
@@ -94,8 +58,7 @@ def _report(sender: str, report_type: str, part: str, about: str, mid: str) -> b
 async def test_read_receipt_complaint_delay_and_vacation_reply_open_no_chat_get_no_auto_reply_and_mark_our_mail(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp, LINES):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await append(imap, client_mail("ann@client.example.test", "Where is my parcel?"))
         session, reply = await _replied(nc, smtp, "ann@client.example.test", "It left today.")
@@ -150,7 +113,7 @@ async def test_read_receipt_complaint_delay_and_vacation_reply_open_no_chat_get_
         # Nothing of it reached the router as a message: one client mail, one session, one welcome.
         assert [e["chat_id"] for e in await inbound_mails(nc)] == ["ann@client.example.test"]
         assert len(await events(nc, "session_opened")) == 1
-        assert await session_of(nc, "fbl@isp.example.test") is None
+        assert await mail_session(nc, "fbl@isp.example.test") is None
         assert await outbound_to(nc, "fbl@isp.example.test") == [] and smtp.to("fbl@isp.example.test") == []
         assert [o.auto for o in await outbound_to(nc, "ann@client.example.test")] == [True, False]
         assert all("Human readable part" not in h.text for h in await history(nc, session.id))
@@ -170,8 +133,7 @@ async def test_read_receipt_complaint_delay_and_vacation_reply_open_no_chat_get_
 async def test_forwarded_mail_arrives_with_its_eml_attachment_and_readable_text(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp, LINES):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         forwarded = client_mail(
             "Shop <orders@shop.example.test>", "Your order 42 was cancelled.", subject="Order 42 cancelled", to="ann@x.test"
@@ -199,8 +161,7 @@ async def test_forwarded_mail_arrives_with_its_eml_attachment_and_readable_text(
 async def test_reply_from_a_colleague_in_copy_joins_the_clients_session_and_is_copied_on_the_answer(
     nc: Any, nats_server: Any, imap: Dovecot, smtp: SmtpSink
 ) -> None:
-    await apply_lines(nc, LINES)
-    async with running_router(nats_server.url), running_gateway(nats_server.url, [mailbox_config(imap, smtp)]):
+    async with mail_flow(nc, nats_server.url, imap, smtp, LINES):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         first = client_mail(
             "Ann <ann@client.example.test>",
@@ -228,8 +189,8 @@ async def test_reply_from_a_colleague_in_copy_joins_the_clients_session_and_is_c
         entry = (await wait_for(bobs_answer, timeout=20, what="the colleague's answer in the client's session"))[0]
         assert entry.text.startswith("[From Bob Colleague <bob@client.example.test>, in this conversation]")
         assert "Which line is wrong" not in entry.text and entry.author_id == "bob@client.example.test"
-        assert len(await events(nc, "session_opened")) == 1 and await session_of(nc, "bob@client.example.test") is None
-        still = await session_of(nc, "ann@client.example.test")
+        assert len(await events(nc, "session_opened")) == 1 and await mail_session(nc, "bob@client.example.test") is None
+        still = await mail_session(nc, "ann@client.example.test")
         assert still is not None and still.id == session.id and still.client_name == "Ann"
 
         # The client card lists both addresses of the conversation, the client's first.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from conftest import wait_for
-from support import apply_lines, events, history, inbound, open_session, publish, running_router
+from support import apply_lines, events, history, inbound, publish, running_router, session_of, sla_lines, sla_timers
 
 from openlines import bus, subjects
 from openlines.commands import Close, Reply, SetStatus, call
@@ -15,26 +15,7 @@ from openlines.state import Session
 
 TARGET = 2  # seconds
 
-LINES = f"""
-[operators.anna]
-name = "Anna"
-[[lines]]
-id = "support"
-name = "Support"
-channels = [{{ channel = "webchat", account = "demo" }}]
-[lines.queue]
-operators = ["anna"]
-wait_seconds = 60
-[lines.auto_replies]
-welcome = "Welcome!"
-[lines.sla]
-first_response_seconds = {TARGET}
-next_response_seconds = {TARGET}
-"""
-
-
-async def session_of(nc: Any, visitor: str) -> Session | None:
-    return await open_session(nc, "webchat", "demo", visitor, "support")
+LINES = sla_lines(TARGET, next_response=TARGET, welcome="Welcome!")
 
 
 async def assigned(nc: Any, visitor: str) -> Session:
@@ -43,13 +24,6 @@ async def assigned(nc: Any, visitor: str) -> Session:
         return s if s is not None and s.operator_id else None
 
     return await wait_for(probe, what=f"the chat of {visitor} offered")
-
-
-async def sla_timers(nc: Any, session_id: str) -> int:
-    """SLA timers of the session still pending in OL_TIMER (a fired one is acked, so removed)."""
-    subject = subjects.timer("sla", session_id)
-    info = await nc.jetstream().stream_info(subjects.STREAM_TIMER, subjects_filter=subject)
-    return int((info.state.subjects or {}).get(subject, 0))
 
 
 async def caught_up(nc: Any) -> bool:
