@@ -12,9 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
-from aiohttp import StreamReader, web
+from aiohttp import BodyPartReader, StreamReader, web
 
-from openlines import admission
+from openlines import admission, files
 from openlines.runner import json_error
 
 log = logging.getLogger("openlines.edge")
@@ -47,6 +47,31 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(limit)
     return await read_limited(request.content, limit)
+
+
+class BadUpload(Exception):
+    """The upload is not multipart/form-data with the file field (answer 400 with this text)."""
+
+
+async def read_file_part(request: web.Request, limit: int, field: str = "file") -> tuple[str, str, bytes]:
+    """The first ``field`` part of a multipart/form-data upload: (its cleaned file name, its MIME type, its bytes),
+    read at most ``limit`` bytes far (:class:`TooLarge` past it). :class:`BadUpload` when there is no such part or
+    the body is not valid multipart."""
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name != field:
+                continue
+            data = bytearray()
+            while chunk := await part.read_chunk(65536):
+                data += chunk
+                if len(data) > limit:
+                    raise TooLarge(limit)
+            mime = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            return files.clean_name(part.filename), mime, bytes(data)
+    except (ValueError, AssertionError):
+        raise BadUpload("the upload is not valid multipart/form-data") from None
+    raise BadUpload(f"no multipart field named {field}")
 
 
 class Edge:

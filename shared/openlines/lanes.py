@@ -16,23 +16,58 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.consume import Durable, outbound_consumer
 from openlines.pace import Pace
 
 log = logging.getLogger("openlines.lanes")
 
 FETCH_AT_MOST = 64
+
+
+class _Record(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Record)
+
+
+def sent_key(outbound_id: str) -> str:
+    """The key of an outbound message's record: a digest of its id (ids contain ``:``, which KV keys do not allow)."""
+    return "o" + hashlib.blake2b(outbound_id.encode(), digest_size=16).hexdigest()
+
+
+class SentLog(Generic[R]):
+    """What was sent of each outbound message, one record (``typ``, with the outbound ``id``) per message in the
+    channel's own bucket: written before each part is sent and after it was accepted, so a redelivered message
+    resumes after the last part the channel accepted."""
+
+    def __init__(self, kv: KeyValue, typ: type[R]) -> None:
+        self.kv = kv
+        self.typ = typ
+
+    async def get(self, outbound_id: str) -> R:
+        """The message's record; a fresh one (nothing sent) when there is none."""
+        rec, _ = await bus.kv_get(self.kv, sent_key(outbound_id), self.typ)
+        return rec if rec is not None else msgspec.convert({"id": outbound_id}, self.typ)
+
+    async def put(self, rec: R) -> None:
+        await self.kv.put(sent_key(rec.id), msgspec.json.encode(rec))
 
 
 class Stopping(Exception):

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import msgspec
 import nats.errors
-from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from nats.aio.client import Client as NATS
 from prometheus_client import Counter
 
@@ -39,7 +39,7 @@ from desk.auth import (
     same_origin,
 )
 from desk.crm import MAX_QUERY, CrmReader, parse_ref, record_ref
-from desk.files import FileRefused, FileStore, clean_name
+from desk.files import FileRefused, FileStore
 from desk.guard import Limits, LoginLimiter, Revocations, open_guards
 from desk.hosts import UNCHECKED_PATHS, HostPolicy
 from desk.index import ConversationIndex
@@ -57,7 +57,7 @@ from desk.reads import (
 )
 from desk.settings import Settings
 from desk.supervise import overview, supervisor_problem
-from openlines import commands, files, subjects
+from openlines import commands, edge, files, subjects
 from openlines.apply import load_lines
 from openlines.bus import kv_entries
 from openlines.commands import (
@@ -975,20 +975,11 @@ async def api_upload(request: web.Request) -> web.StreamResponse:
 
 async def _read_file_part(request: web.Request, limit: int) -> tuple[str, str, bytes]:
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader) or part.name != "file":
-                continue
-            data = bytearray()
-            while chunk := await part.read_chunk(65536):
-                data += chunk
-                if len(data) > limit:
-                    raise ApiError(413, "too_large", f"the file is over {limit} bytes")
-            mime = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-            return clean_name(part.filename), mime, bytes(data)
-    except (ValueError, AssertionError):
-        raise ApiError(400, "invalid", "the upload is not valid multipart/form-data") from None
-    raise ApiError(400, "invalid", "no multipart field named file")
+        return await edge.read_file_part(request, limit)
+    except edge.TooLarge:
+        raise ApiError(413, "too_large", f"the file is over {limit} bytes") from None
+    except edge.BadUpload as exc:
+        raise ApiError(400, "invalid", str(exc)) from None
 
 
 async def file_download(request: web.Request) -> web.StreamResponse:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import msgspec
 import nats.errors
-from aiohttp import BodyPartReader, WSMsgType, web
+from aiohttp import WSMsgType, web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -44,7 +44,7 @@ from gateway_webchat.normalise import CHANNEL, ClientMessage, FrameError, browse
 from gateway_webchat.push import Hub, Socket, frame, replay
 from gateway_webchat.settings import Settings
 from openlines import admission, bus, files, marks, subjects
-from openlines.edge import Edge
+from openlines.edge import BadUpload, Edge, TooLarge, read_file_part
 from openlines.envelopes import Attachment, utcnow
 from openlines.runner import json_error
 
@@ -550,20 +550,11 @@ class WebchatHttp:
         if not request.content_type.startswith("multipart/form-data"):
             raise UploadError(400, "bad_request", "send the file as multipart/form-data in a field named file")
         try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader) or part.name != "file":
-                    continue
-                data = bytearray()
-                while chunk := await part.read_chunk(65536):
-                    data += chunk
-                    if len(data) > limit:
-                        raise UploadError(413, "too_large", f"the file is larger than {limit} bytes")
-                mime = (part.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-                return files.clean_name(part.filename), mime, bytes(data)
-        except (ValueError, AssertionError):
-            raise UploadError(400, "bad_request", "the upload is not valid multipart/form-data") from None
-        raise UploadError(400, "bad_request", "no multipart field named file")
+            return await read_file_part(request, limit)
+        except TooLarge:
+            raise UploadError(413, "too_large", f"the file is larger than {limit} bytes") from None
+        except BadUpload as exc:
+            raise UploadError(400, "bad_request", str(exc)) from None
 
     def _check(self, mime: str, data: bytes) -> None:
         if not data:

@@ -13,13 +13,12 @@ and in ``openlines_whatsapp_uncertain_resends_total``, so a double is never sile
 
 from __future__ import annotations
 
-import hashlib
-
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from openlines import bus, subjects
+from openlines.lanes import SentLog
 
 
 class SentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -32,21 +31,10 @@ class SentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     failed: str = ""  # the reason when given up
 
 
-def sent_key(outbound_id: str) -> str:
-    return "o" + hashlib.blake2b(outbound_id.encode(), digest_size=16).hexdigest()
-
-
 async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:
     return await bus.own_bucket(js, subjects.KV_WHATSAPP_SENT, ttl=ttl, replicas=replicas)
 
 
-class Sent:
+class Sent(SentLog[SentRecord]):
     def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
-
-    async def get(self, outbound_id: str) -> SentRecord:
-        rec, _ = await bus.kv_get(self.kv, sent_key(outbound_id), SentRecord)
-        return rec if rec is not None else SentRecord(id=outbound_id)
-
-    async def put(self, rec: SentRecord) -> None:
-        await self.kv.put(sent_key(rec.id), msgspec.json.encode(rec))
+        super().__init__(kv, SentRecord)

@@ -15,9 +15,10 @@ import msgspec
 from conftest import wait_for
 from telegram_support import fake_telegram, running_gateway
 
-from gateway_telegram.sent import SentRecord, open_bucket, sent_key
+from gateway_telegram.sent import SentRecord, open_bucket
 from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, Outbound, encode, utcnow
+from openlines.lanes import sent_key
 
 ACCOUNT = "support_bot"
 

@@ -16,9 +16,10 @@ from whatsapp_support import CLIENT, SALES, SHOP, events_of, fake_whatsapp, runn
 
 from desk.files import FileStore
 from gateway_whatsapp.normalise import decode_callback
-from gateway_whatsapp.sent import SentRecord, open_bucket, sent_key
+from gateway_whatsapp.sent import SentRecord, open_bucket
 from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, Attachment, Outbound, TemplateMessage, encode, utcnow
+from openlines.lanes import sent_key
 
 PHONE = SHOP["phone_number_id"]
 OTHER = "16505550000"

@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
+from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from openlines.admission import Admission, Limits
-from openlines.edge import Edge, TooLarge, read_body
+from openlines.edge import BadUpload, Edge, TooLarge, read_body, read_file_part
 
 LIMIT = 1000
 
@@ -104,3 +104,48 @@ async def test_a_request_the_gate_turns_away_is_answered_503_with_retry_after_an
     assert refused.status == 503 and refused.headers["Retry-After"] == "4"
     assert counted == [(503, "overloaded")]
     gate.release()
+
+
+@pytest.fixture
+async def uploads() -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async def take(request: web.Request) -> web.Response:
+        try:
+            name, mime, data = await read_file_part(request, LIMIT)
+        except TooLarge as exc:
+            return web.json_response({"refused": 413, "detail": str(exc)})
+        except BadUpload as exc:
+            return web.json_response({"refused": 400, "detail": str(exc)})
+        return web.json_response({"name": name, "mime": mime, "size": len(data)})
+
+    app = web.Application()
+    app.router.add_post("/", take)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+def _form(size: int, field: str = "file", name: str = "../../etc/in voice.pdf") -> FormData:
+    form = FormData()
+    form.add_field("note", "the file is below")
+    form.add_field(field, b"z" * size, filename=name, content_type="Application/PDF; charset=x")
+    return form
+
+
+async def test_a_file_part_of_exactly_the_limit_is_read_with_a_clean_name_and_one_byte_more_is_too_large(
+    uploads: TestClient[web.Request, web.Application],
+) -> None:
+    ok = await (await uploads.post("/", data=_form(LIMIT))).json()
+    assert ok["size"] == LIMIT and ok["mime"] == "application/pdf"
+    assert "/" not in ok["name"] and ok["name"].endswith(".pdf")
+    assert await (await uploads.post("/", data=_form(LIMIT + 1))).json() == {
+        "refused": 413,
+        "detail": f"body is larger than {LIMIT} bytes",
+    }
+
+
+async def test_an_upload_without_the_file_field_or_not_multipart_is_a_bad_upload(
+    uploads: TestClient[web.Request, web.Application],
+) -> None:
+    other = await (await uploads.post("/", data=_form(10, field="attachment"))).json()
+    assert other == {"refused": 400, "detail": "no multipart field named file"}
+    plain = await (await uploads.post("/", data=b"just bytes", headers={"Content-Type": "multipart/form-data"})).json()
+    assert plain == {"refused": 400, "detail": "the upload is not valid multipart/form-data"}
