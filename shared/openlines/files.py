@@ -216,6 +216,29 @@ async def open_store(
     return store
 
 
+class OwnStore:
+    """A service's own object store, opened (or created, see :func:`open_store`) on first use, once however many
+    ask at the same time; call it for the store."""
+
+    def __init__(self, js: JetStreamContext, name: str, *, description: str, max_age: float = 0.0, replicas: int = 1) -> None:
+        self.js = js
+        self.name = name
+        self.description = description
+        self.max_age = max_age
+        self.replicas = replicas
+        self._store: ObjectStore | None = None
+        self._opening = asyncio.Lock()
+
+    async def __call__(self) -> ObjectStore:
+        if self._store is None:
+            async with self._opening:
+                if self._store is None:
+                    self._store = await open_store(
+                        self.js, self.name, description=self.description, max_age=self.max_age, replicas=self.replicas
+                    )
+        return self._store
+
+
 async def keep_for(js: JetStreamContext, name: str, max_age: float) -> None:
     """Sets the store's stream ``max_age`` to ``max_age`` when it differs."""
     config = (await js.stream_info(f"OBJ_{name}")).config

@@ -23,7 +23,6 @@ import nats.errors
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 from nats.js import JetStreamContext
-from nats.js.object_store import ObjectStore
 
 from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
@@ -49,22 +48,13 @@ class InboundFiles:
         self.settings = settings
         self.js = js
         self.pool = pool
-        self._store: ObjectStore | None = None
-        self._opening = asyncio.Lock()
-
-    async def store(self) -> ObjectStore:
-        if self._store is None:
-            async with self._opening:
-                if self._store is None:
-                    s = self.settings
-                    self._store = await files.open_store(
-                        self.js,
-                        subjects.OBJ_TELEGRAM_FILES,
-                        description="files clients send to the Telegram bots",
-                        max_age=s.files_max_age_days * 86400,
-                        replicas=s.replicas,
-                    )
-        return self._store
+        self.store = files.OwnStore(
+            js,
+            subjects.OBJ_TELEGRAM_FILES,
+            description="files clients send to the Telegram bots",
+            max_age=settings.files_max_age_days * 86400,
+            replicas=settings.replicas,
+        )
 
     async def keep(self, account: str, bot: Bot, inbound: Inbound) -> Inbound:
         """The inbound message with its files stored (refs into ``ol-tg-files``) or marked as not kept."""

@@ -35,7 +35,6 @@ import aiohttp
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.object_store import ObjectStore
 
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
@@ -102,9 +101,14 @@ class Media:
         self.js = js
         self.hosts = settings.file_hosts()
         self.desk_files = files.Reader(js, timeout=settings.vk_timeout, allowed=frozenset({subjects.OBJ_DESK_FILES}))
-        self._store: ObjectStore | None = None
+        self.store = files.OwnStore(
+            js,
+            subjects.OBJ_VK_FILES,
+            description="photos, documents and voice messages clients send to the VK communities",
+            max_age=settings.files_max_age_days * 86400,
+            replicas=settings.replicas,
+        )
         self._http: aiohttp.ClientSession | None = None
-        self._opening = asyncio.Lock()
 
     async def http(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
@@ -114,20 +118,6 @@ class Media:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
-
-    async def store(self) -> ObjectStore:
-        if self._store is None:
-            async with self._opening:
-                if self._store is None:
-                    s = self.settings
-                    self._store = await files.open_store(
-                        self.js,
-                        subjects.OBJ_VK_FILES,
-                        description="photos, documents and voice messages clients send to the VK communities",
-                        max_age=s.files_max_age_days * 86400,
-                        replicas=s.replicas,
-                    )
-        return self._store
 
     # -- in -------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ link points at the desk.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from nats.js import JetStreamContext
-from nats.js.object_store import ObjectStore
 
 from openlines import files, subjects
 from openlines.envelopes import Attachment
@@ -108,21 +106,13 @@ class VisitorFiles:
         self.max_age = max_age
         self.replicas = replicas
         self.reader = files.Reader(js, allowed=READABLE)
-        self._store: ObjectStore | None = None
-        self._opening = asyncio.Lock()
-
-    async def store(self) -> ObjectStore:
-        if self._store is None:
-            async with self._opening:
-                if self._store is None:
-                    self._store = await files.open_store(
-                        self.js,
-                        subjects.OBJ_WEBCHAT_FILES,
-                        description="files visitors send through the website widget",
-                        max_age=self.max_age,
-                        replicas=self.replicas,
-                    )
-        return self._store
+        self.store = files.OwnStore(
+            js,
+            subjects.OBJ_WEBCHAT_FILES,
+            description="files visitors send through the website widget",
+            max_age=max_age,
+            replicas=replicas,
+        )
 
     @staticmethod
     def key(account: str, visitor: str, file_id: str) -> str:

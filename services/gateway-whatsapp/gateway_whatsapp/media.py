@@ -25,7 +25,6 @@ import logging
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.object_store import ObjectStore
 
 from gateway_whatsapp import metrics
 from gateway_whatsapp.accounts import Number
@@ -71,21 +70,9 @@ class ClientFiles:
         self.max_age = max_age
         self.replicas = replicas
         self._sem = asyncio.Semaphore(concurrency)
-        self._store: ObjectStore | None = None
-        self._opening = asyncio.Lock()
-
-    async def store(self) -> ObjectStore:
-        if self._store is None:
-            async with self._opening:
-                if self._store is None:
-                    self._store = await files.open_store(
-                        self.js,
-                        STORE,
-                        description="gateway-whatsapp: files clients send",
-                        max_age=self.max_age,
-                        replicas=self.replicas,
-                    )
-        return self._store
+        self.store = files.OwnStore(
+            js, STORE, description="gateway-whatsapp: files clients send", max_age=max_age, replicas=replicas
+        )
 
     async def keep(self, number: Number, media: Media, att: Attachment) -> Attachment:
         """``att`` naming the kept file; or, when WhatsApp will never give it, ``att`` saying why in ``extra.omitted``.
