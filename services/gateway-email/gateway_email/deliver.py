@@ -40,9 +40,9 @@ from gateway_email.mailboxes import Mailbox
 from gateway_email.normalise import CHANNEL
 from gateway_email.settings import Settings
 from gateway_email.store import ChatState, MessageRef, SentRecord, Store
-from openlines import bus, files, marks, subjects
+from openlines import files, marks, subjects
 from openlines.consume import Durable, outbound_consumer
-from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
+from openlines.envelopes import Outbound, decoder, utcnow
 
 log = logging.getLogger("gateway_email.deliver")
 
@@ -282,17 +282,16 @@ class Outgoing:
     async def _failed(self, out: Outbound, reason: str, *, delivered: bool = False) -> None:
         """``delivery_failed``; unless the mail went out without some files, also a failed mark under the message."""
         if delivered:
-            evt = SessionEvent(
-                id=f"failed:{out.id}",
-                kind="delivery_failed",
-                at=utcnow(),
-                session_id=out.session_id,
+            await marks.publish_delivery_failed(
+                self.js,
                 channel=CHANNEL,
+                session_id=out.session_id,
+                message_id=out.id,
                 account=out.account,
                 chat_id=out.chat_id,
-                reason=reason[:1000],
+                reason=reason,
+                event_id=f"failed:{out.id}",
             )
-            await bus.publish_event(self.js, evt)
         else:
             await marks.report_failed(
                 self.js,

@@ -34,9 +34,9 @@ from gateway_vk.normalise import CHANNEL
 from gateway_vk.reads import Reads, SentReply
 from gateway_vk.settings import Settings
 from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
-from openlines import bus, marks, subjects
+from openlines import marks, subjects
 from openlines.consume import Durable, outbound_consumer
-from openlines.envelopes import Outbound, SessionEvent, decoder, utcnow
+from openlines.envelopes import Outbound, decoder
 from openlines.pace import backoff
 
 log = logging.getLogger("gateway_vk.deliver")
@@ -205,21 +205,19 @@ class Deliverer:
         return attachments, left_out
 
     async def _report(self, out: Outbound, account: str, reason: str, msg: Msg) -> None:
-        event = SessionEvent(
-            id=f"delivery_failed:{out.id}",
-            kind="delivery_failed",
-            at=utcnow(),
-            session_id=out.session_id,
-            channel=CHANNEL,
-            account=account,
-            chat_id=out.chat_id,
-            operator_id=out.operator_id,
-            reason=reason[:1000],
-        )
         metrics.DELIVERY_FAILED.labels(account, "file").inc()
         log.warning("files left out", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "reason": reason})
         with contextlib.suppress(Exception):  # the message itself is delivered; a lost report must not resend it
-            await bus.publish_event(self.js, event)
+            await marks.publish_delivery_failed(
+                self.js,
+                channel=CHANNEL,
+                session_id=out.session_id,
+                message_id=out.id,
+                account=account,
+                chat_id=out.chat_id,
+                reason=reason,
+                operator_id=out.operator_id,
+            )
 
     async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> object:
         """messages.send with retries: what VK answered (the new message's id)."""
