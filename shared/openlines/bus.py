@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, Inbound, SessionEvent, encode, utcnow
 from openlines.natsauth import NatsAuth, NatsAuthError
+from openlines.pace import backoff
 
 log = logging.getLogger("openlines.bus")
 
@@ -128,7 +129,7 @@ async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAut
             if first_attempts and attempt >= first_attempts:
                 raise
             log.warning("nats not reachable, retrying", extra={"url": url, "attempt": attempt, "error": str(exc)})
-            await asyncio.sleep(min(5.0, 0.2 * attempt))
+            await asyncio.sleep(backoff(attempt, 0.2, 5.0))
 
 
 class BusUnavailable(Exception):

@@ -32,7 +32,7 @@ from prometheus_client import Gauge
 
 from openlines import bus, subjects
 from openlines.consume import Durable, outbound_consumer
-from openlines.pace import Pace
+from openlines.pace import Pace, backoff
 
 log = logging.getLogger("openlines.lanes")
 
@@ -149,7 +149,7 @@ class LaneSender:
             except Exception as exc:  # nats raises several unrelated types
                 attempt += 1
                 log.warning("sender not ready, retrying", extra={"attempt": attempt, "error": repr(exc)})
-                await self._pause(min(5.0, 0.2 * attempt))
+                await self._pause(backoff(attempt, 0.2, 5.0))
         else:
             return
         self._keepalive = asyncio.create_task(self._keep_alive(), name=f"{self.name}-keepalive")
@@ -244,7 +244,7 @@ class LaneSender:
             except Exception as exc:
                 attempt += 1
                 log.warning(f"could not store {what}, retrying", extra={"msg_id": msg_id, "error": repr(exc)})
-                await self._sleep(min(5.0, 0.2 * attempt))
+                await self._sleep(backoff(attempt, 0.2, 5.0))
 
     # -- stopping ----------------------------------------------------------
 

@@ -30,6 +30,7 @@ from nats.js import JetStreamContext
 
 from openlines import bus, logs
 from openlines.natsauth import NatsAuth, NatsAuthError
+from openlines.pace import backoff
 from openlines.settings import BaseSettings, SettingsError, load_settings
 
 S = TypeVar("S", bound=BaseSettings)
@@ -144,7 +145,7 @@ class Service(Generic[S]):
                     " (run `openlines bootstrap` as admin); retrying",
                     extra={"attempt": attempt, "error": repr(exc), "replicas": self.settings.replicas},
                 )
-                await asyncio.sleep(min(5.0, 0.5 * attempt))
+                await asyncio.sleep(backoff(attempt, 0.5, 5.0))
 
     async def start_http(self) -> None:
         self._runner = web.AppRunner(
@@ -246,7 +247,7 @@ async def launch(
                 raise
             log.warning("set-up got no answer from NATS; starting over", extra={"error": repr(exc), "attempt": attempt})
             await svc.stop()
-            await asyncio.sleep(min(5.0, 0.5 * attempt))
+            await asyncio.sleep(backoff(attempt, 0.5, 5.0))
 
 
 def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitable[None]]) -> None:

@@ -35,6 +35,7 @@ from nats.js.kv import KeyValue
 from desk.guard import open_kv
 from openlines import subjects
 from openlines.commands import CommandFailed, Presence, call
+from openlines.pace import backoff
 from openlines.state import DeskHeartbeat
 
 log = logging.getLogger("desk.presence")
@@ -114,7 +115,7 @@ class Heartbeat:
                 return
             except (NatsError, TimeoutError) as exc:
                 log.warning("desk heartbeat not written yet; retrying", extra={"error": repr(exc), "attempt": attempt})
-                await asyncio.sleep(min(5.0, 0.5 * attempt))
+                await asyncio.sleep(backoff(attempt, 0.5, 5.0))
 
     async def _open(self) -> None:
         self.kv = await open_kv(self.js, subjects.KV_DESK_PRESENCE, self.every * HEARTBEAT_MISSES, self.replicas)

@@ -43,6 +43,7 @@ from gateway_email.store import ChatState, MessageRef, SentRecord, Store
 from openlines import files, marks, subjects
 from openlines.consume import Durable, outbound_consumer
 from openlines.envelopes import Outbound, decoder, utcnow
+from openlines.pace import backoff
 
 log = logging.getLogger("gateway_email.deliver")
 
@@ -188,7 +189,7 @@ class Outgoing:
                 )
                 await m.ack_sync()
                 return "failed"
-            delay = min(self.settings.smtp_backoff * 2 ** (tries - 1), self.settings.smtp_backoff_max)
+            delay = backoff(tries, self.settings.smtp_backoff, self.settings.smtp_backoff_max)
             log.warning(
                 "smtp temporary failure, will retry",
                 extra={"account": mb.account, "msg_id": out.id, "retry_in_s": delay, "error": str(exc)[:300]},

@@ -38,6 +38,7 @@ from gateway_email.settings import Settings
 from gateway_email.store import ChatState, Cursor, Lease, MessageRef, Store
 from openlines import bus, files, marks, subjects
 from openlines.envelopes import Attachment, MarkStatus, SessionEvent, utcnow
+from openlines.pace import backoff
 
 log = logging.getLogger("gateway_email.inbound")
 
@@ -156,7 +157,7 @@ class MailboxWorker:
                 log.warning("mailbox session ended, reconnecting", extra={"account": self.account, "error": repr(exc)[:300]})
             finally:
                 await conn.close()
-            await asyncio.sleep(min(60.0, 0.25 * 2**attempt))
+            await asyncio.sleep(backoff(attempt + 1, 0.25, 60.0))
 
     async def _cursor_for(self, conn: ImapConnection, selected: Selected) -> Cursor:
         cursor = await self.store.cursor(self.account)

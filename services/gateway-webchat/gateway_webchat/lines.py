@@ -21,7 +21,9 @@ from nats.js.kv import KeyValue
 
 from openlines import subjects
 from openlines.apply import LINE_PREFIX
+from openlines.consume import pause
 from openlines.lines import LineConfig
+from openlines.pace import backoff
 
 log = logging.getLogger("gateway_webchat.lines")
 
@@ -36,8 +38,7 @@ async def keep_watching(watch: Callable[[asyncio.Event], Awaitable[None]], stopp
         except Exception as exc:  # nats raises several unrelated types
             attempt += 1
             log.warning(f"{what} not readable, retrying", extra={"attempt": attempt, "error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=min(5.0, 0.2 * attempt))
+            await pause(stopping, backoff(attempt, 0.2, 5.0))
 
 
 class BoundAccounts:
