@@ -112,9 +112,7 @@ class Durable:
 
     async def run(self, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         """Fetch and hand each message to ``handle`` until ``stop``; a NATS outage only pauses it."""
-        # one watcher for the whole run (not one per fetch): a stop cancels the fetch in flight
-        watcher = asyncio.create_task(self._fetching.end_on(stop), name=f"stop-{self.name}")
-        try:
+        async with self._fetching.ended_by(stop, name=f"stop-{self.name}"):
             while not stop.is_set():
                 psub = await self.open(stop)
                 if psub is None:
@@ -129,9 +127,6 @@ class Durable:
                     # unsubscribe, not drain: a late fetch answer would hold a drain forever
                     with contextlib.suppress(Exception):
                         await psub.unsubscribe()
-        finally:
-            watcher.cancel()
-            watcher.add_done_callback(_retrieve)
 
     async def _fetch_until_failure(
         self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
@@ -186,7 +181,7 @@ class Durable:
 class Fetching:
     """The one fetch a consumer loop has in flight - the only task a fetch makes - and what ends it.
 
-    A stop (:meth:`end_on`, one watcher per run, or :meth:`end`) cancels it: a stop that comes while the pull
+    A stop (:meth:`ended_by`, one watcher per run, or :meth:`end`) cancels it: a stop that comes while the pull
     request is being sent, before nats-py waits for the answer, would otherwise leave it waiting out the whole
     fetch timeout. The loop's own task cancelled (the service stopping) cancels it too. However it ends, its
     end is retrieved (never "exception was never retrieved" at shutdown). ``wake`` is set by a stop as well,
@@ -223,9 +218,20 @@ class Fetching:
             task.cancel()
         return task
 
-    async def end_on(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        self.end()
+    @contextlib.asynccontextmanager
+    async def ended_by(self, stop: asyncio.Event, name: str) -> AsyncIterator[None]:
+        """While the block runs (a consumer's whole run, not one fetch), ``stop`` ends the fetch in flight."""
+
+        async def watch() -> None:
+            await stop.wait()
+            self.end()
+
+        watcher = asyncio.create_task(watch(), name=name)
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            watcher.add_done_callback(_retrieve)
 
 
 async def retrieved(fetch: asyncio.Future[Any] | None) -> None:

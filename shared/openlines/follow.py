@@ -77,8 +77,7 @@ class Follow:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow until ``stop``; NATS away or the consumer lost only pauses it."""
-        watcher = asyncio.create_task(self._fetching.end_on(stop), name=f"stop-{self.name_prefix}")
-        try:
+        async with self._fetching.ended_by(stop, name=f"stop-{self.name_prefix}"):
             while not stop.is_set():
                 psub = await self._open(stop)
                 if psub is None:
@@ -93,8 +92,6 @@ class Follow:
                         await self.js.delete_consumer(self.stream, self.consumer)
                 if not stop.is_set():
                     self.renewed += 1
-        finally:
-            watcher.cancel()
 
     async def close(self) -> None:
         """End the fetch in flight now; call after setting the stop event."""
