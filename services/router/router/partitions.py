@@ -250,6 +250,7 @@ class Partitions:
 
     async def _claim(self, p: int, *, revision: int | None = None) -> bool:
         """Take a free partition, or (``revision``) one leased by a replica that is gone."""
+        from_gone = revision is not None
         try:
             if revision is None:
                 revision = await self.kv.create(f"lease.{p}", self.me.encode())
@@ -260,7 +261,7 @@ class Partitions:
         held = _Held(revision=revision)
         self._consume(p, held)
         self.held[p] = held
-        log.info("partition taken", extra={"partition": p, "replica": self.me, "from_gone": revision is not None})
+        log.info("partition taken", extra={"partition": p, "replica": self.me, "from_gone": from_gone})
         return True
 
     def _consume(self, p: int, held: _Held) -> None:
