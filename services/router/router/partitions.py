@@ -24,7 +24,8 @@ waiting out ``ack_wait``. A probe that times out (a busy replica, NATS slow)
 says nothing: that replica's leases decide, as before.
 
 The lease is short (1.5 s by default, renewed every third of it) so that a
-replica killed -9 holds up its clients for about that long (decision 023).
+replica whose death is not seen that way (its host gone without closing the
+connection) holds up its clients for about that long (decision 023).
 So a round must never wait behind anything slow: every lease is renewed at
 once (one round trip, not one per partition), before anything else, and a
 partition given up or lost finishes its message in hand in the background,
@@ -39,6 +40,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,7 +260,9 @@ class Partitions:
 
         free = [p for p in range(subjects.PARTITIONS) if p not in self.held]
         revisions = await asyncio.gather(*(held_by_gone(p) for p in free))
-        found = [(p, r) for p, r in zip(free, revisions, strict=True) if r is not None][:wanted]
+        found = [(p, r) for p, r in zip(free, revisions, strict=True) if r is not None]
+        random.shuffle(found)  # several survivors: each tries others first, fewer lose the compare-and-set
+        found = found[:wanted]
         taken = await asyncio.gather(*(self._claim(p, revision=r) for p, r in found))
         GONE.inc(sum(taken))
         return [p for (p, _), ok in zip(found, taken, strict=True) if ok]
