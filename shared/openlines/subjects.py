@@ -90,6 +90,9 @@ STREAM_SUBJECTS = {
 ROUTER_SERVICE = "openlines-router"
 # crm-sync answers "who is this client's responsible manager" here
 CRM_RESPONSIBLE = "ol.crm.responsible"
+# Each router replica answers on ROUTER_ALIVE.<member> while its NATS connection is up (core NATS): a replica
+# killed -9 has its subscription dropped by the server at once, so "no responders" there says it is gone.
+ROUTER_ALIVE = "ol.router.alive"
 # A desk replica announces a sign-out here (core NATS) so every replica closes that login's live pages
 DESK_SIGNED_OUT = "ol.desk.signed_out"
 
@@ -232,6 +235,11 @@ def seen(channel: str, account: str, chat: str) -> str:
 
 def seen_channel(channel: str) -> str:
     return f"{SEEN_ROOT}.{token(channel, 'channel')}.>"
+
+
+def router_alive(member: str) -> str:
+    """Where the router replica ``member`` answers while it is connected (decision 027)."""
+    return f"{ROUTER_ALIVE}.{token(member, 'router member')}"
 
 
 def queue_place(channel: str, account: str, chat: str) -> str:

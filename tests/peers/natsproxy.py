@@ -78,6 +78,7 @@ class NatsProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._refusing_until = 0.0  # loop time until which new connections are closed at once
 
     @property
     def url(self) -> str:
@@ -134,6 +135,10 @@ class NatsProxy:
             w.transport.abort()
         return len(writers) // 2
 
+    def refuse(self, seconds: float) -> None:
+        """Close every new connection at once for ``seconds`` (the server unreachable for a moment)."""
+        self._refusing_until = asyncio.get_running_loop().time() + seconds
+
     def _add(self, rule: Rule) -> Rule:
         self.rules.append(rule)
         return rule
@@ -151,6 +156,9 @@ class NatsProxy:
     # -- relay -----------------------------------------------------------------
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if asyncio.get_running_loop().time() < self._refusing_until:
+            client_w.transport.abort()
+            return
         try:
             server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:

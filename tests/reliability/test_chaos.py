@@ -651,11 +651,6 @@ async def test_kill_9_everything_nothing_lost_nothing_doubled(tmp_path: Path, im
     _assert_clean(report, nats_target=False)
 
 
-@pytest.mark.skipif(
-    CLIENTS < FULL_SIZE and not os.environ.get("OPENLINES_CHAOS_CLUSTER"),
-    reason="the extended 3-node run stalled once under CI load (#18): make chaos runs it (or OPENLINES_CHAOS_CLUSTER=1); "
-    "make test runs tests/reliability/test_chaos_cluster.py instead",
-)
 async def test_kill_9_a_node_of_a_3_node_cluster_and_the_services(tmp_path: Path, imap: Any, smtp: SmtpSink) -> None:
     plan = ["router-a", "router-b", "webchat", "telegram", "vk", "whatsapp", "email", "crm-a", "crm-b"]
     plan += ["desk-a", "desk-b", "nats", "nats", "drop", "cut"]

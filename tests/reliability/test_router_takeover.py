@@ -23,11 +23,14 @@ import aiohttp
 import pytest
 from chaos_support import RECOVERY_TARGETS, WINDOW, longest_wait, pause_across, read_routed
 from conftest import free_port, scaled, wait_for
+from nats.js import api as js_api
 from peers.natsproxy import NatsProxy
+from prometheus_client import REGISTRY
 from servers import NatsCluster, ServiceProcess
 from support import apply_lines, inbound, publish, running_router
 
 from openlines import bus, subjects
+from openlines.envelopes import HistoryEntry, decoder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -114,7 +117,7 @@ async def all_routed(nc: Any, writer: Writer) -> Any:
     return await wait_for(everyone, timeout=60, interval=0.5, what=f"all {writer.sent} messages routed")
 
 
-async def test_a_router_replica_killed_9_holds_its_clients_up_for_about_a_lease(nc: Any, routers: list[ServiceProcess]) -> None:
+async def test_a_router_replica_killed_9_holds_its_clients_up_less_than_2_s(nc: Any, routers: list[ServiceProcess]) -> None:
     await apply_lines(nc, LINES)
     for r in routers:
         r.start()
@@ -126,20 +129,26 @@ async def test_a_router_replica_killed_9_holds_its_clients_up_for_about_a_lease(
         routers[0].kill()  # with messages in hand, on half of the partitions
         await asyncio.sleep(0.5)  # down for a moment, then started again as an orchestrator would
         routers[0].start()
+        restarted_at = time.time()
         await wait_for(lambda: writer.sent >= 40 + 200, timeout=60, what="clients writing after the kill")
     routed = await all_routed(nc, writer)
     pause = pause_across(routed.lines, killed_at) or 0.0
     wait = longest_wait(routed.messages, killed_at, WINDOW)
     gap = max(pause, wait)
-    print(f"\nrouter replica kill -9: gap {gap:.2f} s (pause {pause:.2f} s, longest message wait {wait:.2f} s)")
-    # The issue's target, stretched by the machine's load like every deadline in the suite. Before the
-    # short lease and ack_wait (10 s each), the messages in the killed replica's hands waited ~10 s or more.
-    # The take-over is bounded by the lease (1.5 s) plus the in-hand message's ack_wait (1.5 s); before the fix it
-    # was 11 s. The 2 s target is reported (1.35-2.29 s measured), not asserted: a 2.25 s run on an idle CI machine
-    # showed that it is not met every time.
+    worst = max(
+        ((r - t, t - killed_at) for t, r in routed.messages if killed_at - 1 <= t <= killed_at + WINDOW), default=(0.0, 0.0)
+    )
+    print(
+        f"\nrouter replica kill -9: gap {gap:.2f} s (pause {pause:.2f} s, longest message wait {wait:.2f} s,"
+        f" of a message received {worst[1]:+.2f} s after the kill; restarted {restarted_at - killed_at:.2f} s after it)"
+    )
+    # The issue's target, stretched by the machine's load like every deadline in the suite. With leases and
+    # ack_wait of 10 s it was 11 s; waiting for the lease (1.5 s) and the in-hand message's ack_wait (1.5 s),
+    # 1.35-2.29 s. Now the survivor sees the killed replica's connection gone at its next round (every 0.5 s),
+    # takes its leases at once and hands its message in hand back (decision 027).
     target = RECOVERY_TARGETS["router"]
-    limit = scaled(3.0)
-    assert gap < limit, f"gap {gap:.2f} s after a router replica kill -9 (bound {limit:.1f} s; target {target} s)"
+    limit = scaled(target)
+    assert gap < limit, f"gap {gap:.2f} s after a router replica kill -9 (target {target} s, stretched to {limit:.1f} s)"
     assert all(r.exited() is None for r in routers)
 
 
@@ -235,13 +244,17 @@ def elections_after(cluster: NatsCluster, killed_at: float) -> float:
     return max(first.values(), default=killed_at)
 
 
-async def leases_lost(port: int) -> float:
+async def metric(port: int, name: str) -> float:
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
         text = await r.text()
     for line in text.splitlines():
-        if line.startswith("openlines_router_partition_leases_lost_total "):
+        if line.startswith(f"{name} "):
             return float(line.split()[1])
     return 0.0
+
+
+async def leases_lost(port: int) -> float:
+    return await metric(port, "openlines_router_partition_leases_lost_total")
 
 
 async def test_short_leases_do_not_flap_on_a_busy_machine(nc: Any, routers: list[ServiceProcess]) -> None:
@@ -279,3 +292,99 @@ async def test_a_lease_bucket_made_by_an_older_release_gets_the_short_lease(nc: 
         info = await nc.jetstream().stream_info(f"KV_{subjects.KV_ROUTER}")
         assert info.config.max_age == router.settings.partition_lease_seconds == 1.5
         await wait_for(lambda: split_evenly_over(nc, 1), timeout=30, what="the one replica holding every partition")
+
+
+def _count(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def test_a_killed_holders_message_in_hand_is_handed_back_at_once(nc: Any, nats_server: Any) -> None:
+    """A replica killed -9 with a message in hand and its lease still good: a replica that starts sees its
+    connection gone, takes the lease at once (not after the lease, 30 s here) and has the message delivered
+    again (not after ack_wait, 60 s here). Both paths are told apart by the router's counters."""
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    p = subjects.partition_of("webchat", "demo", "h1")
+    durable = f"router-p{p}"
+    await js.add_consumer(
+        subjects.STREAM_IN,
+        js_api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=60,
+            max_deliver=-1,
+            max_ack_pending=1,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            filter_subject=subjects.inbound_partition(p),
+        ),
+    )
+    kv = await js.create_key_value(bucket=subjects.KV_ROUTER, history=1, ttl=30)
+    await kv.put("member.killedreplica", b"1")
+    await kv.put(f"lease.{p}", b"killedreplica")
+    await publish(nc, inbound("h1", "hello", "m1"))
+    holder = await bus.connect(nats_server.url, "holder", first_attempts=5)
+    psub = await holder.jetstream().pull_subscribe_bind(durable=durable, stream=subjects.STREAM_IN)
+    [in_hand] = await psub.fetch(1, timeout=30)
+    assert in_hand.metadata.num_delivered == 1
+    await holder.close()  # its connection gone, the message never acknowledged
+    taken = _count("openlines_router_partitions_taken_from_gone_total")
+    handed = _count("openlines_router_inbound_handed_back_total")
+
+    async def routed() -> list[HistoryEntry] | None:
+        _, datas = await read_routed(js, subjects.STREAM_HIST, subjects.history_all())
+        ins = [e for e in map(decoder(HistoryEntry).decode, datas) if e.direction == "in"]
+        return ins or None
+
+    async with running_router(nats_server.url, partition_lease_seconds=30, ack_wait=60):
+        ins = await wait_for(routed, timeout=20, what="the message the killed replica had in hand routed")
+        lease = await kv.get(f"lease.{p}")
+    assert [e.text for e in ins] == ["hello"]
+    assert lease.value != b"killedreplica"
+    assert _count("openlines_router_partitions_taken_from_gone_total") - taken == 1, "taken only when its lease ran out"
+    assert _count("openlines_router_inbound_handed_back_total") - handed == 1, "redelivered only after ack_wait"
+
+
+async def test_a_replica_whose_nats_connection_drops_keeps_or_regains_its_partitions(
+    nc: Any, nats_server: Any, tmp_path: Path
+) -> None:
+    """One replica reaches NATS through a relay that drops its connection: once while the server stays
+    reachable (it is back within a moment), once with new connections refused for a while (the other replica
+    takes its partitions, it gets its share back when it returns). Every client's message is routed once."""
+    await apply_lines(nc, LINES)
+    relay = NatsProxy(nats_server.port)
+    await relay.start()
+    procs = []
+    for name, url in (("router-a", relay.url), ("router-b", nats_server.url)):
+        env = {"OPENLINES_NATS_URL": url, "OPENLINES_HTTP_PORT": str(free_port()), "OPENLINES_METRICS_PORT": str(free_port())}
+        procs.append(ServiceProcess(name, "router", env, tmp_path))
+    try:
+        for r in procs:
+            r.start()
+        await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+        writer = Writer(nc, "d")
+        async with writing(writer):
+            await wait_for(lambda: writer.sent >= 40, timeout=30, what="clients writing")
+            assert relay.drop_connections() >= 1  # a blip: it reconnects at once
+            await wait_for(lambda: writer.sent >= 120, timeout=60, what="clients writing after the blip")
+            await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly after the blip")
+            relay.refuse(2.0)
+            assert relay.drop_connections() >= 1  # away for longer: its partitions move to router-b
+            await wait_for(lambda: writer.sent >= 200, timeout=60, what="clients writing while it is away")
+            await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly after it came back")
+            await wait_for(lambda: writer.sent >= 260, timeout=60, what="clients writing after it came back")
+        await all_routed(nc, writer)
+        _, datas = await read_routed(nc.jetstream(), subjects.STREAM_HIST, subjects.history_all())
+        ins = [e.id for e in map(decoder(HistoryEntry).decode, datas) if e.direction == "in"]
+        taken_from_a = await metric(
+            int(procs[1].env["OPENLINES_METRICS_PORT"]), "openlines_router_partitions_taken_from_gone_total"
+        )
+        print(f"\npartitions router-b took from router-a while its connection was gone: {taken_from_a:.0f}")
+        assert len(ins) == writer.sent, f"{len(ins)} client messages in the transcripts, {writer.sent} written"
+        assert len(set(ins)) == len(ins), "a client message routed twice"
+        assert taken_from_a >= 1, "router-a's partitions were not taken while it was unreachable"
+        assert all(r.exited() is None for r in procs)
+    finally:
+        for r in procs:
+            r.stop()
+        await relay.stop()

@@ -21,6 +21,7 @@ import nats
 import pytest
 from conftest import NatsServer, wait_for
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
@@ -311,6 +312,10 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "listen_to_history": ("ol.hist.>", _subscribe("ol.hist.>")),
     "read_desk_replies": ("_INBOX.desk.>", _subscribe("_INBOX.desk.>")),
     "read_router_replies": ("_INBOX.router.>", _subscribe("_INBOX.router.>")),
+    # a router replica's liveness (decision 027): answered by another would keep a dead replica's partitions
+    # held until its leases run out; asked by another it says nothing worth knowing
+    "answer_router_alive": ("ol.router.alive.r1", _subscribe("ol.router.alive.r1")),
+    "probe_router_alive": ("ol.router.alive.r1", _publish("ol.router.alive.r1")),
     "read_accounts": (f"{J}.STREAM.MSG.GET.KV_ol-accounts", _read_account),
     "read_accounts_by_consumer": (f"{J}.CONSUMER.CREATE.KV_ol-accounts.", _read_accounts_by_consumer),
     "write_accounts": ("$KV.ol-accounts.anna", _publish("$KV.ol-accounts.anna")),
@@ -397,6 +402,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "read_router_replies",
         "publish_mark",
         "write_sla",  # it shows the SLA clocks; only the router keeps them
+        "answer_router_alive",
+        "probe_router_alive",
     ],
     "crm-sync": [
         *EVERYONE_REFUSED,
@@ -423,6 +430,8 @@ FORBIDDEN: dict[str, list[str]] = {
         "read_telegram_clients_files",
         "publish_mark",
         "watch_accounts",
+        "answer_router_alive",
+        "probe_router_alive",
     ],
 }
 for _gateway, _channel in GATEWAYS.items():
@@ -457,6 +466,8 @@ for _gateway, _channel in GATEWAYS.items():
         "write_sla",
         *(["read_outbound_vk"] if _channel != "vk" else ["read_outbound_telegram"]),
         "watch_accounts",
+        "answer_router_alive",
+        "probe_router_alive",
         # each gateway sends operators' files on (read by reference) but reads no other channel's clients' files
         *(["read_telegram_clients_files"] if _channel != "telegram" else ["read_webchat_visitors_files"]),
         # every gateway reports marks of what it delivers (the widget: the replies its visitor has seen)
@@ -524,6 +535,22 @@ async def test_the_desk_calls_router_commands_and_reads_accounts_and_the_router_
     assert json.loads(account.data or b"") == {"name": "Anna"}
     await served.unsubscribe()
     assert desk.violations == [] and router.violations == []
+
+
+async def test_router_replicas_probe_each_other(connect: Any) -> None:
+    """One replica answers on its liveness subject, another asks it (decision 027); an unknown one has no responders."""
+    a, b = await connect("router"), await connect("router")
+
+    async def alive(msg: Any) -> None:
+        await msg.respond(b"")
+
+    sub = await a.nc.subscribe(subjects.router_alive("ra"), cb=alive)
+    await a.nc.flush()
+    assert (await b.nc.request(subjects.router_alive("ra"), b"", timeout=30)).data == b""
+    with pytest.raises(NoRespondersError):
+        await b.nc.request(subjects.router_alive("rb"), b"", timeout=30)
+    await sub.unsubscribe()
+    assert a.violations == b.violations == []
 
 
 async def test_each_service_starts_its_own_buckets_and_reads_the_shared_ones(connect: Any) -> None:

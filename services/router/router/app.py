@@ -48,6 +48,7 @@ async def setup(svc: Service[Settings]) -> None:
     partitions = Partitions(
         svc.js,
         engine,
+        nc=svc.nc,
         lease_seconds=svc.settings.partition_lease_seconds,
         ack_wait=svc.settings.ack_wait,
         replicas=svc.settings.replicas,

@@ -20,6 +20,7 @@ import contextlib
 import logging
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -37,6 +38,9 @@ from router.engine import Engine
 log = logging.getLogger("router.inbound")
 
 HANDLED = Counter("openlines_router_inbound_total", "Inbound messages handled", ["result"])
+HANDED_BACK = Counter(
+    "openlines_router_inbound_handed_back_total", "Messages a partition's previous holder had in hand, delivered again at once"
+)
 LATENCY = Histogram("openlines_router_inbound_seconds", "Time to handle one inbound message")
 
 # Failures that say "the bus is not there right now", not "this message is bad".
@@ -51,8 +55,22 @@ _decode = msgspec.json.Decoder(Inbound)
 
 
 async def consume(
-    js: JetStreamContext, engine: Engine, *, durable: str, filter_subject: str, ack_wait: float, stop: asyncio.Event
+    js: JetStreamContext,
+    engine: Engine,
+    *,
+    durable: str,
+    filter_subject: str,
+    ack_wait: float,
+    stop: asyncio.Event,
+    nc: NATS | None = None,
 ) -> None:
+    """Consume one partition. With ``nc``, the partition was just taken: the message its previous holder had in
+    hand (if any) is delivered again at once instead of after ``ack_wait`` (:func:`hand_back`)."""
+    if nc is not None:
+        try:
+            await hand_back(nc, js, durable)
+        except Exception as exc:  # no consumer yet, NATS away: it comes again after ack_wait instead
+            log.info("message in hand not handed back", extra={"consumer": durable, "error": repr(exc)})
     config = js_api.ConsumerConfig(
         name=durable,
         durable_name=durable,
@@ -68,6 +86,25 @@ async def consume(
         await _handle_kept(engine, m, stop, ack_wait)
 
     await Durable(js, subjects.STREAM_IN, config).run(handle, stop)
+
+
+async def hand_back(nc: NATS, js: JetStreamContext, durable: str) -> bool:
+    """Have the message a partition consumer's previous holder left unacknowledged delivered again now.
+
+    A holder killed -9 leaves it pending until ``ack_wait`` runs out after its last in-progress heartbeat; the
+    replica that took the partition over naks it instead, on the acknowledgement subject JetStream gave it
+    (``$JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer seq>.<time>.<pending>``). With
+    ``max_ack_pending = 1`` the one pending message is the last delivered. A nak for a message acked meanwhile
+    is ignored by the server; one the previous holder still works on (it lost its lease, it is not dead) is
+    handled twice - harmless (decision 023) - and its ack removes the redelivery."""
+    info = await js.consumer_info(subjects.STREAM_IN, durable)
+    if not info.num_ack_pending or info.delivered is None:
+        return False
+    sseq, dseq = info.delivered.stream_seq, info.delivered.consumer_seq
+    await nc.publish(f"$JS.ACK.{subjects.STREAM_IN}.{durable}.1.{sseq}.{dseq}.0.0", b"-NAK")
+    HANDED_BACK.inc()
+    log.info("message in hand of the previous holder handed back", extra={"consumer": durable, "stream_seq": sseq})
+    return True
 
 
 async def _handle_kept(engine: Engine, m: Msg, stop: asyncio.Event, ack_wait: float) -> None:

@@ -13,8 +13,19 @@ taking at most its fair share (partitions / live members, rounded up). A
 replica that dies stops renewing; its leases expire and the others take the
 partitions over. A new replica makes the others give up their surplus.
 
+A replica killed -9 is not waited for (decision 027): each replica answers on
+its own ``ol.router.alive.<member>`` subject, and the server drops that
+subscription the moment the replica's connection closes. A round asks every
+other member; "no responders" twice (a moment apart, so a reconnect is not
+mistaken for a death) marks it gone: it no longer counts for the fair share,
+and its leases are taken at once with compare-and-set on their revision. The
+message it had in hand is handed back (nak'd) by the new holder instead of
+waiting out ``ack_wait``. A probe that times out (a busy replica, NATS slow)
+says nothing: that replica's leases decide, as before.
+
 The lease is short (1.5 s by default, renewed every third of it) so that a
-replica killed -9 holds up its clients for about that long (decision 023).
+replica whose death is not seen that way (its host gone without closing the
+connection) holds up its clients for about that long (decision 023).
 So a round must never wait behind anything slow: every lease is renewed at
 once (one round trip, not one per partition), before anything else, and a
 partition given up or lost finishes its message in hand in the background,
@@ -29,9 +40,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats import nuid
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -45,6 +60,10 @@ log = logging.getLogger("router.partitions")
 
 OWNED = Gauge("openlines_router_partitions_owned", "Inbound partitions this router replica consumes")
 LOST = Counter("openlines_router_partition_leases_lost_total", "Partition leases this replica lost to another one")
+GONE = Counter(
+    "openlines_router_partitions_taken_from_gone_total",
+    "Partition leases taken at once from a replica whose connection was gone (no responders)",
+)
 BUCKET_STREAM = f"KV_{subjects.KV_ROUTER}"
 MEMBER = "member."
 
@@ -63,12 +82,14 @@ class Partitions:
         js: JetStreamContext,
         engine: Engine,
         *,
+        nc: NATS,
         lease_seconds: float,
         ack_wait: float,
         replicas: int = 1,
         finish_timeout: float = 10.0,
     ) -> None:
         self.js = js
+        self.nc = nc
         self.replicas = replicas
         self.engine = engine
         self.lease_seconds = lease_seconds
@@ -80,8 +101,15 @@ class Partitions:
         self.stopping = asyncio.Event()
         self.balanced = asyncio.Event()  # set once this replica has taken its share
         self._background: set[asyncio.Task[None]] = set()
+        self._alive: Any = None
+        self._last_members: set[str] = set()
+        self._eager_until = 0.0  # until when (loop time) rounds come sooner while short of our share
+        self._short = False
 
     async def open(self) -> None:
+        # Answer the other replicas' probes before the first heartbeat makes us a member.
+        self._alive = await self.nc.subscribe(subjects.router_alive(self.me), cb=self._answer)
+        await self.nc.flush()
         # replicated: a lost node must not stop the leases (and so all routing)
         self.kv = await bus.own_bucket(self.js, subjects.KV_ROUTER, ttl=self.lease_seconds, replicas=self.replicas)
         await self._match_ttl()
@@ -110,6 +138,17 @@ class Partitions:
     def interval(self) -> float:
         return self.lease_seconds / 3
 
+    @property
+    def confirm(self) -> float:
+        """The pause between the two probes that say a member is gone: longer than a dropped connection
+        takes to come back when its NATS server is there (a few milliseconds)."""
+        return self.interval / 2
+
+    async def _answer(self, msg: Any) -> None:
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(b"")
+
     async def run(self) -> None:
         try:
             while not self.stopping.is_set():
@@ -118,9 +157,17 @@ class Partitions:
                 except Exception as exc:  # NATS away: keep what we hold until the leases say otherwise
                     log.warning("partition round failed", extra={"error": repr(exc)})
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=self.interval)
+                    await asyncio.wait_for(self.stopping.wait(), timeout=self._pause())
         finally:
             await self._release_all()
+
+    def _pause(self) -> float:
+        """The wait before the next round: a fifth of the usual while this replica is short of its share
+        soon after the members changed (it joined; the others give up their surplus one by one, each
+        free as soon as its message in hand is done), so it does not leave a freed partition waiting for
+        a whole round. Bounded in time: a replica may stay below its share (16 over 3 is 6, 6 and 4)."""
+        loop = asyncio.get_running_loop()
+        return self.interval / 5 if self._short and loop.time() < self._eager_until else self.interval
 
     async def _round(self) -> None:
         self._revive()
@@ -131,47 +178,99 @@ class Partitions:
         failed = next((r for r in done if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed  # NATS not answering: this round ends here, what we hold stays until the leases say otherwise
-        members = await self._members()
+        members, gone = await self._members()
+        if set(members) != self._last_members:
+            self._last_members = set(members)
+            self._eager_until = asyncio.get_running_loop().time() + self.lease_seconds
         share = math.ceil(subjects.PARTITIONS / max(1, len(members)))
         staying = sorted(p for p, h in self.held.items() if h.leaving is None)
         for p in staying[share:]:  # a new replica came: give up the surplus (each finishes its message in hand)
             self._give_up(p)
         staying = staying[:share]
+        if gone and len(staying) < share:  # first what a replica that is gone held: its clients wait
+            staying += await self._take_from(gone, share - len(staying))
         for p in range(subjects.PARTITIONS):
             if len(staying) >= share:
                 break
             if p not in self.held and await self._claim(p):
                 staying.append(p)
         OWNED.set(len(staying))
+        self._short = len(staying) < share
         if len(staying) >= min(share, subjects.PARTITIONS):
             self.balanced.set()
 
-    async def _members(self) -> list[str]:
+    async def _members(self) -> tuple[list[str], set[str]]:
         """The live members: the bucket stream's member subjects (no consumer made), less those whose last
-        word was a delete (a replica that stopped)."""
+        word was a delete (a replica that stopped) and those whose connection is gone (killed); and the
+        latter apart, whose leases are taken at once."""
         prefix = f"$KV.{subjects.KV_ROUTER}.{MEMBER}"
         info = await self.js.stream_info(BUCKET_STREAM, subjects_filter=prefix + ">")
         others = [s.removeprefix(prefix) for s in (info.state.subjects or {}) if s.removeprefix(prefix) != self.me]
 
-        async def live(member: str) -> bool:
+        async def state(member: str) -> str:
             try:
                 await self.kv.get(f"{MEMBER}{member}")
             except (KeyNotFoundError, KeyDeletedError):
-                return False
-            return True
+                return "stopped"
+            return "gone" if await self._gone(member) else "live"
 
-        found = await asyncio.gather(*(live(m) for m in others))
-        return [self.me] + [m for m, ok in zip(others, found, strict=True) if ok]
+        found = await asyncio.gather(*(state(m) for m in others))
+        members = [self.me] + [m for m, st in zip(others, found, strict=True) if st == "live"]
+        return members, {m for m, st in zip(others, found, strict=True) if st == "gone"}
 
-    async def _claim(self, p: int) -> bool:
+    async def _gone(self, member: str) -> bool:
+        """Whether ``member``'s NATS connection is gone: its probe answered "no responders" twice, ``confirm``
+        apart. An answer, a timeout or any other failure (ours: NATS away) says it may be alive."""
         try:
-            revision = await self.kv.create(f"lease.{p}", self.me.encode())
-        except (KeyWrongLastSequenceError, BadRequestError):
-            return False  # someone else holds it
+            subject = subjects.router_alive(member)
+        except subjects.BadToken:
+            return False  # not a member id of ours: its leases decide
+        for attempt in range(2):
+            if attempt:
+                await asyncio.sleep(self.confirm)
+            try:
+                await self.nc.request(subject, b"", timeout=self.interval)
+            except NoRespondersError:
+                continue
+            except Exception:
+                return False
+            return False
+        return True
+
+    async def _take_from(self, gone: set[str], wanted: int) -> list[int]:
+        """Take up to ``wanted`` partitions leased by replicas that are gone, all at once: compare-and-set on
+        the revision read, so a lease renewed or taken by someone else meanwhile is left alone."""
+
+        async def held_by_gone(p: int) -> int | None:
+            try:
+                entry = await self.kv.get(f"lease.{p}")
+            except (KeyNotFoundError, KeyDeletedError):
+                return None
+            return entry.revision if (entry.value or b"").decode() in gone else None
+
+        free = [p for p in range(subjects.PARTITIONS) if p not in self.held]
+        revisions = await asyncio.gather(*(held_by_gone(p) for p in free))
+        found = [(p, r) for p, r in zip(free, revisions, strict=True) if r is not None]
+        random.shuffle(found)  # several survivors: each tries others first, fewer lose the compare-and-set
+        found = found[:wanted]
+        taken = await asyncio.gather(*(self._claim(p, revision=r) for p, r in found))
+        GONE.inc(sum(taken))
+        return [p for (p, _), ok in zip(found, taken, strict=True) if ok]
+
+    async def _claim(self, p: int, *, revision: int | None = None) -> bool:
+        """Take a free partition, or (``revision``) one leased by a replica that is gone."""
+        from_gone = revision is not None
+        try:
+            if revision is None:
+                revision = await self.kv.create(f"lease.{p}", self.me.encode())
+            else:
+                revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=revision)
+        except (KeyWrongLastSequenceError, BadRequestError, KeyNotFoundError, KeyDeletedError):
+            return False  # someone else holds it (or a lease of a gone replica ran out meanwhile: free next round)
         held = _Held(revision=revision)
         self._consume(p, held)
         self.held[p] = held
-        log.info("partition taken", extra={"partition": p, "replica": self.me})
+        log.info("partition taken", extra={"partition": p, "replica": self.me, "from_gone": from_gone})
         return True
 
     def _consume(self, p: int, held: _Held) -> None:
@@ -183,6 +282,7 @@ class Partitions:
                 filter_subject=subjects.inbound_partition(p),
                 ack_wait=self.ack_wait,
                 stop=held.stop,
+                nc=self.nc,  # the message its previous holder left in hand comes again at once
             ),
             name=f"inbound-p{p}",
         )
@@ -252,6 +352,9 @@ class Partitions:
         await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.kv.delete(f"{MEMBER}{self.me}")
+        if self._alive is not None:
+            with contextlib.suppress(Exception):
+                await self._alive.unsubscribe()
         OWNED.set(0)
 
     def stop(self) -> None:
