@@ -276,7 +276,8 @@ class Operator:
         csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
         assert csrf
         self.h = {"X-CSRF-Token": csrf.group(1)}
-        assert (await self.http.post("/api/status", json={"status": "online"}, headers=self.h)).status == 200
+        done = await self.http.post("/api/status", json={"status": "online"}, headers=self.h)
+        assert done.status == 200, f"POST /api/status answered {done.status}: {await done.text()}"
 
     async def chats(self, channel: str | None = None) -> list[dict[str, Any]]:
         chats: list[dict[str, Any]] = (await (await self.http.get("/api/chats")).json())["chats"]

@@ -85,6 +85,12 @@ class Project:
         out = self.podman("inspect", f"{self.name}_lines_1", "--format", "{{.State.Status}} {{.State.ExitCode}}", check=False)
         return out.strip() == "exited 0"
 
+    def router_ready(self) -> bool:
+        probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2)"
+        router = f"{self.name}_router_1"
+        done = run("podman", "--runtime", "runc", "exec", router, "python", "-c", probe, env=self.env, check=False)
+        return done.returncode == 0
+
     def logs(self) -> str:
         parts = []
         for name in self.containers():
@@ -119,6 +125,9 @@ async def test_compose_up_passes_a_webchat_message_to_the_desk_and_back_and_down
         await wait_for(lambda url=url: http_ok(f"{url}/healthz"), timeout=120, interval=0.5, what=f"{url} healthy")
     for url in (desk, webchat):
         await wait_for(lambda url=url: http_ok(f"{url}/readyz"), timeout=120, interval=0.5, what=f"{url} ready")
+    # The router publishes no port: its /readyz (lines loaded, partitions taken) is asked inside its container.
+    # Without this wait an operator's first command could reach a router still starting on a loaded machine.
+    await wait_for(project.router_ready, timeout=120, interval=0.5, what="the router ready (lines loaded, partitions taken)")
 
     async with (
         aiohttp.ClientSession(base_url=desk, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
