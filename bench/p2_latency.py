@@ -227,7 +227,7 @@ async def run(workdir: Path) -> dict[str, Any]:
                 "ours_text": f"{mine['p99_ms']:.2f} ms",
                 "ceiling_text": f"{base['p99_ms']:.2f} ms",
                 "ratio": mine["p99_ms"] / base["p99_ms"],
-                "target": "p99 <= 5x ceiling",
+                "target": "p99 <= 3x ceiling",
             },
         ],
     }

@@ -14,9 +14,17 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from openlines import subjects
@@ -175,31 +183,57 @@ async def dead_letter(
     await publish_event(js, evt, timeout=timeout)
 
 
+# A stream whose leader just died answers "no responders" at once until the
+# cluster has elected a new one (4-9 s in nats-server's raft). Within its
+# deadline a client message is then tried again every quarter second with the
+# same message id, so it is stored right after the new leader instead of the
+# gateway answering 503 and the sender coming back at its own pace; JetStream's
+# duplicate window keeps one copy. A try that gets no answer at all (a server
+# too busy to answer in time) is repeated too, each time waiting twice as long,
+# so a slow server is not sent the same message over and over.
+PUBLISH_ATTEMPT = 1.0  # the first try's wait for an answer
+REFUSED_PACE = 0.25  # between tries refused at once
+_REFUSED = (NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+
+
 async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeout: float) -> js_api.PubAck:
     """Store one client message in OL_IN, deduplicated by its id (``ack.duplicate``: it was already there).
 
     The gateways' one way in. A disconnected client would buffer the publish
     and send it later, so a failure is reported at once instead: the sender
-    retries with the same id, and JetStream keeps one copy.
+    retries with the same id, and JetStream keeps one copy. Within ``timeout``,
+    a stream between two leaders is tried again (see ``REFUSED_PACE``).
     """
-    if not nc.is_connected:
-        raise BusUnavailable("disconnected")
-    try:
-        # asyncio.timeout, not wait_for: wait_for wraps the coroutine in one more
-        # task per message, which the ingest benchmark (P1) showed in its profile.
-        async with asyncio.timeout(timeout + 0.5):
-            ack = await js.publish(
-                subjects.inbound(env.channel, env.account, env.chat_id),
-                encode(env),
-                timeout=timeout,
-                stream=subjects.STREAM_IN,
-                headers={MSG_ID_HEADER: env.id},
-            )
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # timeout, no responders, connection lost, stream errors
-        raise BusUnavailable(type(exc).__name__, exc) from None
-    return ack
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    wait = PUBLISH_ATTEMPT
+    while True:
+        if not nc.is_connected:
+            raise BusUnavailable("disconnected")
+        attempt = max(0.05, min(wait, deadline - loop.time()))
+        try:
+            # asyncio.timeout, not wait_for: wait_for wraps the coroutine in one more
+            # task per message, which the ingest benchmark (P1) showed in its profile.
+            async with asyncio.timeout(attempt + 0.5):
+                return await js.publish(
+                    subjects.inbound(env.channel, env.account, env.chat_id),
+                    encode(env),
+                    timeout=attempt,
+                    stream=subjects.STREAM_IN,
+                    headers={MSG_ID_HEADER: env.id},
+                )
+        except asyncio.CancelledError:
+            raise
+        except (*_REFUSED, TimeoutError, NatsTimeoutError) as exc:
+            left = deadline - loop.time()
+            if left <= 0.05:
+                raise BusUnavailable(type(exc).__name__, exc) from None
+            if isinstance(exc, _REFUSED):
+                await asyncio.sleep(min(left, REFUSED_PACE))
+            else:
+                wait *= 2
+        except Exception as exc:  # connection lost, stream errors
+            raise BusUnavailable(type(exc).__name__, exc) from None
 
 
 async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[str], None] | None = None) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from chaos_support import RECOVERY_TARGETS, WINDOW, longest_wait, pause_across, read_routed
+from chaos_support import RECOVERY_TARGETS, WINDOW, elections_after, longest_wait, pause_across, read_routed
 from conftest import free_port, scaled, wait_for
 from nats.js import api as js_api
 from peers.natsproxy import NatsProxy
@@ -203,7 +202,7 @@ async def test_a_nats_node_of_three_killed_9_routing_carries_on_after_the_electi
         pause = pause_across(routed.lines, killed_at) or 0.0
         wait = longest_wait(routed.messages, killed_at, WINDOW)
         gap = max(pause, wait)
-        election = elections_after(cluster, killed_at) - killed_at
+        election = elections_after(cluster.nodes, killed_at) - killed_at
         print(
             f"\nNATS node kill -9: gap {gap:.2f} s (pause {pause:.2f} s, longest message wait {wait:.2f} s);"
             f" the cluster's new leaders {election:.2f} s after the kill"
@@ -221,32 +220,6 @@ async def test_a_nats_node_of_three_killed_9_routing_carries_on_after_the_electi
         cluster.stop()
         refused = cluster.violations()
         assert not refused, "NATS refused what a service did:\n" + "\n".join(refused)
-
-
-LEADER = re.compile(r"^\[\d+\] (\S+ \S+) \[INF\] JetStream cluster new (?:stream|consumer) leader for '(.+)'$")
-
-
-# What routing a client message needs: its partition's consumer, and the streams and buckets it writes.
-ROUTING_PATH = re.compile(
-    r"\$G > (OL_IN|OL_HIST|OL_EVT|OL_OUT|KV_ol-sessions|KV_ol-clients|KV_ol-waiting|KV_ol-operators|KV_ol-router)"
-    r"( > router-p\d+)?$"
-)
-
-
-def elections_after(cluster: NatsCluster, killed_at: float) -> float:
-    """When the last stream or consumer on the routing path that lost its leader in the kill had a new one
-    (the servers' logs, local time): the first new leader of each after the kill, the latest of those."""
-    first: dict[str, float] = {}
-    for node in cluster.nodes:
-        for line in node.log.read_text(errors="replace").splitlines():
-            m = LEADER.match(line)
-            if m is None or not ROUTING_PATH.match(m.group(2)):
-                continue
-            whole, fraction = m.group(1).split(".")
-            at = time.mktime(time.strptime(whole, "%Y/%m/%d %H:%M:%S")) + float("0." + fraction)
-            if killed_at < at < killed_at + 30:
-                first[m.group(2)] = min(first.get(m.group(2), at), at)
-    return max(first.values(), default=killed_at)
 
 
 async def metric(port: int, name: str) -> float:

@@ -1,0 +1,65 @@
+"""A client message that comes while the inbound stream has no leader (the node leading it was killed -9
+and the cluster is electing another) is held by its gateway and stored once the new leader is there:
+the sender gets 200, not 503, and JetStream keeps one copy (decision 028)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from chaos_support import elections_after
+from conftest import NatsCluster, scaled, wait_for
+from peers.telegram_api import message_update
+from telegram_support import SUPPORT, fake_telegram, inbound_of, running_gateway
+
+from openlines import bus, subjects
+
+
+async def test_a_webhook_during_an_election_is_held_and_stored_once_after_it(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "cluster")
+    cluster.start()
+    nc = await bus.connect(cluster.url, "test", first_attempts=5)
+    try:
+
+        async def bootstrapped() -> bool:
+            try:
+                await bus.bootstrap(nc.jetstream(), replicas=3)
+            except Exception:  # the cluster still electing its first leaders
+                return False
+            return True
+
+        await wait_for(bootstrapped, timeout=60, interval=0.5, what="JetStream ready for the streams")
+        leader = (await nc.jetstream().stream_info(subjects.STREAM_IN)).cluster.leader
+        doomed = next(n for n in cluster.nodes if f"-n {leader} " in " ".join(n.args) + " ")
+        others = ",".join(n.url for n in cluster.nodes if n is not doomed)  # the gateway stays connected
+        # Longer than any election (4-9 s in nats-server's raft): the gateway holds the webhook meanwhile.
+        hold = scaled(30)
+        async with fake_telegram() as peer, running_gateway(others, peer, replicas=3, publish_timeout=hold):
+            update = message_update(5150, 777, "written during the election")
+            killed_at = time.time()
+            doomed.stop(kill=True)
+            status, body = await peer.deliver(SUPPORT["token"], update)
+            answered_at = time.time()
+            assert (status, body) == (200, {"ok": True, "duplicate": False}), (status, body)
+            elected_at = elections_after(cluster.nodes, killed_at)
+            # It really came while there was no leader: it was answered only after the election.
+            assert elected_at > killed_at and answered_at >= elected_at - 0.5, (killed_at, elected_at, answered_at)
+            doomed.start()
+            assert await peer.deliver(SUPPORT["token"], update) == (200, {"ok": True, "duplicate": True})
+            stored = await wait_for(lambda: _inbound(nc), timeout=30, what="OL_IN readable with the cluster whole")
+            assert [e.text for e in stored] == ["written during the election"]
+    finally:
+        await nc.close()
+        cluster.stop()
+        refused = cluster.violations()
+        assert not refused, "NATS refused what a service did:\n" + "\n".join(refused)
+
+
+async def _inbound(nc: Any) -> list[Any] | None:
+    try:
+        return await inbound_of(nc)
+    except Exception:  # a node just back: the stream's leader may be moving
+        await asyncio.sleep(0.2)
+        return None
