@@ -14,7 +14,7 @@ from datetime import datetime
 from nats.js import JetStreamContext
 
 from openlines import bus, subjects
-from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, SessionEvent, encode, utcnow
+from openlines.envelopes import MSG_ID_HEADER, DeliveryMark, MarkStatus, Outbound, SessionEvent, encode, utcnow
 
 
 async def publish_mark(
@@ -120,3 +120,36 @@ async def report_failed(
             reason=reason,
             timeout=timeout,
         )
+
+
+async def outbound_failed(
+    js: JetStreamContext,
+    out: Outbound,
+    *,
+    channel: str,
+    reason: str,
+    account: str = "",
+    delivered: bool = False,
+    event_id: str = "",
+    timeout: float = 5.0,
+) -> None:
+    """An operator's message the channel did not deliver whole, told from the message itself.
+
+    ``delivered``: it went out, but without some of its files - the
+    ``delivery_failed`` event alone; otherwise also the failed mark under it
+    (:func:`report_failed`). ``account`` when the gateway knows it better than
+    the message does.
+    """
+    report = publish_delivery_failed if delivered else report_failed
+    await report(
+        js,
+        channel=channel,
+        session_id=out.session_id,
+        message_id=out.id,
+        account=account or out.account,
+        chat_id=out.chat_id,
+        reason=reason,
+        operator_id=out.operator_id,
+        event_id=event_id,
+        timeout=timeout,
+    )

@@ -282,15 +282,7 @@ class Outgoing:
 
     async def _failed(self, out: Outbound, reason: str, *, delivered: bool = False) -> None:
         """``delivery_failed``; unless the mail went out without some files, also a failed mark under the message."""
-        report = marks.publish_delivery_failed if delivered else marks.report_failed
-        await report(
-            self.js,
-            channel=CHANNEL,
-            session_id=out.session_id,
-            message_id=out.id,
-            account=out.account,
-            chat_id=out.chat_id,
-            reason=reason,
-            event_id=f"failed:{out.id}",
+        await marks.outbound_failed(
+            self.js, out, channel=CHANNEL, reason=reason, delivered=delivered, event_id=f"failed:{out.id}"
         )
         log.warning("delivery failed", extra={"account": out.account, "msg_id": out.id, "reason": reason[:300]})

@@ -177,15 +177,7 @@ class Sender(LaneSender):
         await self._retrying(
             "delivery_failed",
             out.id,
-            lambda: marks.report_failed(
-                self.js,
-                channel=CHANNEL,
-                session_id=out.session_id,
-                message_id=out.id,
-                account=out.account or held.account,
-                chat_id=out.chat_id,
-                reason=reason,
-            ),
+            lambda: marks.outbound_failed(self.js, out, channel=CHANNEL, account=out.account or held.account, reason=reason),
         )
         await self._record(msgspec.structs.replace(rec, done=True, failed=reason))
         await held.msg.ack_sync()

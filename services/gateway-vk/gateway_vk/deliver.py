@@ -208,16 +208,7 @@ class Deliverer:
         metrics.DELIVERY_FAILED.labels(account, "file").inc()
         log.warning("files left out", extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "reason": reason})
         with contextlib.suppress(Exception):  # the message itself is delivered; a lost report must not resend it
-            await marks.publish_delivery_failed(
-                self.js,
-                channel=CHANNEL,
-                session_id=out.session_id,
-                message_id=out.id,
-                account=account,
-                chat_id=out.chat_id,
-                reason=reason,
-                operator_id=out.operator_id,
-            )
+            await marks.outbound_failed(self.js, out, channel=CHANNEL, account=account, reason=reason, delivered=True)
 
     async def _call_with_retries(self, api: CommunityApi, values: dict[str, str], msg: Msg) -> object:
         """messages.send with retries: what VK answered (the new message's id)."""
@@ -250,16 +241,7 @@ class Deliverer:
             extra={"channel": CHANNEL, "account": account, "msg_id": out.id, "session": out.session_id, "reason": reason},
         )
         try:
-            await marks.report_failed(
-                self.js,
-                channel=CHANNEL,
-                session_id=out.session_id,
-                message_id=out.id,
-                account=account,
-                chat_id=out.chat_id,
-                operator_id=out.operator_id,
-                reason=reason,
-            )
+            await marks.outbound_failed(self.js, out, channel=CHANNEL, account=account, reason=reason)
         except Exception as exc:  # NATS trouble: keep the message, tell later
             log.warning("delivery_failed event not published; will retry", extra={"msg_id": out.id, "error": repr(exc)})
             await msg.nak(delay=self.settings.redeliver_delay)
