@@ -215,12 +215,11 @@ class Service(Generic[S]):
 
 async def _serve(runner: web.AppRunner, host: str, port: int) -> int:
     """Start serving ``runner`` on ``host:port``; the port bound (``port`` 0 = a free one)."""
+    before = {tuple(a) for a in runner.addresses}
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        return int(server.sockets[0].getsockname()[1])
-    return port
+    added = [a for a in runner.addresses if tuple(a) not in before]  # this site's socket(s)
+    return int(added[0][1]) if added else port
 
 
 async def launch(

@@ -93,6 +93,15 @@ async def writing(writer: Writer) -> AsyncIterator[None]:
         await task
 
 
+async def routing(nc: Any, routers: list[ServiceProcess], *, lines: bool = True) -> None:
+    """The lines applied (unless done already), every replica started, the partitions split between them."""
+    if lines:
+        await apply_lines(nc, LINES)
+    for r in routers:
+        r.start()
+    await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+
+
 async def split_evenly(nc: Any) -> bool:
     return await split_evenly_over(nc, 2)
 
@@ -122,10 +131,7 @@ async def all_routed(nc: Any, writer: Writer) -> Any:
 
 
 async def test_a_router_replica_killed_9_holds_its_clients_up_less_than_2_s(nc: Any, routers: list[ServiceProcess]) -> None:
-    await apply_lines(nc, LINES)
-    for r in routers:
-        r.start()
-    await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+    await routing(nc, routers)
     writer = Writer(nc, "k")
     async with writing(writer):
         await wait_for(lambda: writer.sent >= 40, timeout=30, what="clients writing")
@@ -185,9 +191,7 @@ async def test_a_nats_node_of_three_killed_9_routing_carries_on_after_the_electi
                 "OPENLINES_LOG_LEVEL": "info",
             }
             routers.append(ServiceProcess(name, "router", env, tmp_path))
-        for r in routers:
-            r.start()
-        await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+        await routing(nc, routers, lines=False)
         leader = (await nc.jetstream().stream_info(subjects.STREAM_IN)).cluster.leader
         node = next(n for n in cluster.nodes if f"-n {leader} " in " ".join(n.args) + " ")
         writer = Writer(nc, "n")
@@ -237,10 +241,7 @@ async def leases_lost(port: int) -> float:
 
 async def test_short_leases_do_not_flap_on_a_busy_machine(nc: Any, routers: list[ServiceProcess]) -> None:
     """Two busy loops take both cores while the replicas route: no healthy replica loses a lease."""
-    await apply_lines(nc, LINES)
-    for r in routers:
-        r.start()
-    await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+    await routing(nc, routers)
     kv = await nc.jetstream().key_value(subjects.KV_ROUTER)
     owners = {p: (await kv.get(f"lease.{p}")).value for p in range(subjects.PARTITIONS)}
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # noqa: ASYNC220 - returns at once
@@ -337,9 +338,7 @@ async def test_a_replica_whose_nats_connection_drops_keeps_or_regains_its_partit
         env = {"OPENLINES_NATS_URL": url, "OPENLINES_HTTP_PORT": str(free_port()), "OPENLINES_METRICS_PORT": str(free_port())}
         procs.append(ServiceProcess(name, "router", env, tmp_path))
     try:
-        for r in procs:
-            r.start()
-        await wait_for(lambda: split_evenly(nc), timeout=60, what="the partitions split evenly between the two replicas")
+        await routing(nc, procs, lines=False)
         writer = Writer(nc, "d")
         async with writing(writer):
             await wait_for(lambda: writer.sent >= 40, timeout=30, what="clients writing")
