@@ -26,6 +26,7 @@ import hashlib
 import logging
 import re
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote
@@ -38,6 +39,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, 
 from nats.js.object_store import ObjectStore
 
 from openlines import subjects
+from openlines.envelopes import Attachment, Inbound
 
 log = logging.getLogger("openlines.files")
 
@@ -253,6 +255,57 @@ async def keep_for(js: JetStreamContext, name: str, max_age: float) -> None:
         log.warning("could not change how long files are kept", extra={"store": name, "max_age": max_age, "error": str(exc)})
     else:
         log.info("files are now kept for a new age", extra={"store": name, "max_age": max_age})
+
+
+class NotKept(Exception):
+    """Why a client's file is not kept (shown to the operator under the message)."""
+
+
+def omitted(att: Attachment, why: str) -> Attachment:
+    """``att`` as it came, saying in ``extra.omitted`` why its file was not kept."""
+    log.info("client file not kept", extra={"kind": att.kind, "reason": why})
+    return msgspec.structs.replace(att, extra={**att.extra, "omitted": why[:300]})
+
+
+async def keep_each(
+    inbound: Inbound, wanted: Callable[[Attachment], bool], keep: Callable[[Attachment], Awaitable[Attachment]]
+) -> Inbound:
+    """``inbound`` with every attachment ``wanted`` picks replaced by what ``keep`` made of it (all at once)."""
+    todo = [i for i, a in enumerate(inbound.attachments) if wanted(a)]
+    if not todo:
+        return inbound
+    atts = list(inbound.attachments)
+    kept = await asyncio.gather(*(keep(atts[i]) for i in todo))
+    for i, att in zip(todo, kept, strict=True):
+        atts[i] = att
+    return msgspec.structs.replace(inbound, attachments=atts)
+
+
+async def fetch_and_keep(
+    store: OwnStore,
+    account: str,
+    att: Attachment,
+    *,
+    timeout: float,
+    fetch: Callable[[], Awaitable[tuple[bytes, str, str]]],
+    made: Callable[[str, bytes, str, str], Attachment],
+) -> Attachment:
+    """A client's file fetched (``fetch`` -> data, mime, name; within ``timeout``) and kept under its content key;
+    ``made(key, data, mime, name)`` is the attachment naming it. A file that cannot be had (:class:`NotKept`,
+    too slow, the store failing) never costs the message: ``att`` comes back saying why (:func:`omitted`)."""
+    try:
+        async with asyncio.timeout(timeout):
+            data, mime, name = await fetch()
+        key = content_key(account, data)
+        await put_once(await store(), key, data, Meta(name=name, mime=mime))
+    except NotKept as exc:
+        return omitted(att, str(exc))
+    except TimeoutError:
+        return omitted(att, f"not downloaded within {timeout:g} s")
+    except (nats.errors.Error, OSError) as exc:
+        log.warning("client file not stored", extra={"account": account, "error": repr(exc)})
+        return omitted(att, "could not be stored")
+    return made(key, data, mime, name)
 
 
 async def put_once(store: ObjectStore, key: str, data: bytes, meta: Meta) -> None:

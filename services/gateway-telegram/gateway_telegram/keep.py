@@ -12,14 +12,11 @@ The download link is built from our Bot API base, the bot's token and the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import mimetypes
 import re
 
 import aiohttp
-import msgspec
-import nats.errors
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 from nats.js import JetStreamContext
@@ -30,6 +27,7 @@ from gateway_telegram.settings import Settings
 from openlines import files, subjects
 from openlines.edge import TooLarge, read_limited
 from openlines.envelopes import Attachment, Inbound
+from openlines.files import NotKept
 
 log = logging.getLogger("gateway_telegram.keep")
 
@@ -37,10 +35,6 @@ log = logging.getLogger("gateway_telegram.keep")
 FETCHED = frozenset({"image", "file", "voice", "audio", "video", "sticker"})
 _PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _DEFAULT_MIME = {"image": "image/jpeg", "voice": "audio/ogg", "video": "video/mp4", "sticker": "image/webp"}
-
-
-class NotKept(Exception):
-    """Why a file stays at Telegram (shown to the operator)."""
 
 
 class InboundFiles:
@@ -58,39 +52,29 @@ class InboundFiles:
 
     async def keep(self, account: str, bot: Bot, inbound: Inbound) -> Inbound:
         """The inbound message with its files stored (refs into ``ol-tg-files``) or marked as not kept."""
-        todo = [i for i, a in enumerate(inbound.attachments) if a.kind in FETCHED and a.ref and files.parse_ref(a.ref) is None]
-        if not todo:
-            return inbound
-        atts = list(inbound.attachments)
-        kept = await asyncio.gather(*(self._one(account, bot, atts[i]) for i in todo))
-        for i, att in zip(todo, kept, strict=True):
-            atts[i] = att
-        return msgspec.structs.replace(inbound, attachments=atts)
+        return await files.keep_each(
+            inbound,
+            lambda a: a.kind in FETCHED and bool(a.ref) and files.parse_ref(a.ref) is None,
+            lambda a: self._one(account, bot, a),
+        )
 
     async def _one(self, account: str, bot: Bot, att: Attachment) -> Attachment:
-        try:
-            async with asyncio.timeout(self.settings.telegram_file_timeout):
-                data, path = await self._fetch(bot, att)
-            mime = att.mime or _mime_of(path, att.kind)
-            name = att.name or path.rsplit("/", 1)[-1]
-            key = files.content_key(account, data)
-            await files.put_once(await self.store(), key, data, files.Meta(name=name, mime=mime))
-        except NotKept as exc:
-            return _not_kept(att, str(exc))
-        except TimeoutError:
-            return _not_kept(att, f"not downloaded within {self.settings.telegram_file_timeout:g} s")
-        except (nats.errors.Error, OSError) as exc:
-            log.warning("client file not stored", extra={"account": account, "error": repr(exc)})
-            return _not_kept(att, "could not be stored")
-        metrics.FILES.labels(account, "kept").inc()
-        return Attachment(
-            kind=att.kind,
-            name=name,
-            mime=mime,
-            size=len(data),
-            ref=files.ref(subjects.OBJ_TELEGRAM_FILES, key),
-            extra={**att.extra, "file_id": att.ref},
+        async def fetch() -> tuple[bytes, str, str]:
+            data, path = await self._fetch(bot, att)
+            return data, att.mime or _mime_of(path, att.kind), att.name or path.rsplit("/", 1)[-1]
+
+        def made(key: str, data: bytes, mime: str, name: str) -> Attachment:
+            metrics.FILES.labels(account, "kept").inc()
+            extra = {**att.extra, "file_id": att.ref}
+            ref = files.ref(subjects.OBJ_TELEGRAM_FILES, key)
+            return Attachment(kind=att.kind, name=name, mime=mime, size=len(data), ref=ref, extra=extra)
+
+        kept = await files.fetch_and_keep(
+            self.store, account, att, timeout=self.settings.telegram_file_timeout, fetch=fetch, made=made
         )
+        if "omitted" in kept.extra:
+            metrics.FILES.labels("-", "not_kept").inc()
+        return kept
 
     async def _fetch(self, bot: Bot, att: Attachment) -> tuple[bytes, str]:
         # The cloud Bot API lets bots download 20 MB (the default); a local Bot API server allows more.
@@ -131,9 +115,3 @@ def _mime_of(path: str, kind: str) -> str:
     if path.endswith(".oga"):
         guessed = "audio/ogg"
     return guessed or _DEFAULT_MIME.get(kind, "application/octet-stream")
-
-
-def _not_kept(att: Attachment, why: str) -> Attachment:
-    metrics.FILES.labels("-", "not_kept").inc()
-    log.info("client file not kept", extra={"kind": att.kind, "reason": why})
-    return msgspec.structs.replace(att, extra={**att.extra, "omitted": why})

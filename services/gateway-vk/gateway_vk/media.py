@@ -24,7 +24,6 @@ is reported, the rest of the message is sent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import mimetypes
 from dataclasses import dataclass
@@ -32,8 +31,6 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-import msgspec
-import nats.errors
 from nats.js import JetStreamContext
 
 from gateway_vk.settings import Settings
@@ -41,6 +38,7 @@ from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 from openlines import files, subjects
 from openlines.edge import TooLarge, read_limited
 from openlines.envelopes import Attachment, Inbound
+from openlines.files import NotKept
 
 log = logging.getLogger("gateway_vk.media")
 
@@ -50,10 +48,6 @@ PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})  # what VK tak
 INVALID_HASH = 121  # photos.saveMessagesPhoto: the upload URL was stale or used
 SAVE_FAILED = 105  # docs.save: "Couldn't save file"
 PARAM_INVALID = 100  # photos.saveMessagesPhoto with an empty photo list: VK did not take the image
-
-
-class NotKept(Exception):
-    """Why a client's file stays on VK's servers (shown to the operator)."""
 
 
 class Refused(Exception):
@@ -123,36 +117,25 @@ class Media:
 
     async def keep(self, account: str, inbound: Inbound) -> Inbound:
         """The message with its files stored in ``ol-vk-files`` (or marked as not kept, with the reason)."""
-        todo = [i for i, a in enumerate(inbound.attachments) if a.extra.get("vk_type") in FETCHED and a.url]
-        if not todo:
-            return inbound
-        atts = list(inbound.attachments)
-        kept = await asyncio.gather(*(self._keep_one(account, atts[i]) for i in todo))
-        for i, att in zip(todo, kept, strict=True):
-            atts[i] = att
-        return msgspec.structs.replace(inbound, attachments=atts)
+        return await files.keep_each(
+            inbound, lambda a: a.extra.get("vk_type") in FETCHED and bool(a.url), lambda a: self._keep_one(account, a)
+        )
 
     async def _keep_one(self, account: str, att: Attachment) -> Attachment:
         limit = self.settings.vk_file_max_bytes
-        try:
+
+        async def fetch() -> tuple[bytes, str, str]:
             if att.size > limit:
                 raise NotKept(f"{att.size} bytes; files are kept up to {limit} bytes")
-            async with asyncio.timeout(self.settings.vk_file_timeout):
-                data = await self._download(att.url, limit)
-            mime, name = _type_and_name(att, data)
-            key = files.content_key(account, data)
-            await files.put_once(await self.store(), key, data, files.Meta(name=name, mime=mime))
-        except NotKept as exc:
-            return _not_kept(att, str(exc))
-        except TimeoutError:
-            return _not_kept(att, f"not downloaded within {self.settings.vk_file_timeout:g} s")
-        except (nats.errors.Error, OSError) as exc:
-            log.warning("client file not stored", extra={"account": account, "error": repr(exc)})
-            return _not_kept(att, "could not be stored")
-        extra = {**att.extra, "vk_ref": att.ref} if att.ref else dict(att.extra)
-        return Attachment(
-            kind=att.kind, name=name, mime=mime, size=len(data), ref=files.ref(subjects.OBJ_VK_FILES, key), extra=extra
-        )
+            data = await self._download(att.url, limit)
+            return data, *_type_and_name(att, data)
+
+        def made(key: str, data: bytes, mime: str, name: str) -> Attachment:
+            extra = {**att.extra, "vk_ref": att.ref} if att.ref else dict(att.extra)
+            ref = files.ref(subjects.OBJ_VK_FILES, key)
+            return Attachment(kind=att.kind, name=name, mime=mime, size=len(data), ref=ref, extra=extra)
+
+        return await files.fetch_and_keep(self.store, account, att, timeout=self.settings.vk_file_timeout, fetch=fetch, made=made)
 
     async def _download(self, url: str, limit: int) -> bytes:
         http = await self.http()
@@ -312,8 +295,3 @@ def _type_and_name(att: Attachment, data: bytes) -> tuple[str, str]:
         name = f"{name}.{ext}"
     guessed, _ = mimetypes.guess_type(name)
     return att.mime or guessed or files.sniff_image(data[:16]) or "application/octet-stream", name
-
-
-def _not_kept(att: Attachment, why: str) -> Attachment:
-    log.info("client file not kept", extra={"kind": att.kind, "reason": why})
-    return msgspec.structs.replace(att, extra={**att.extra, "omitted": why})

@@ -121,7 +121,7 @@ class ClientFiles:
 
     def _not_kept(self, att: Attachment, why: str) -> Attachment:
         log.warning("client file not kept", extra={"channel": "whatsapp", "reason": why})
-        return msgspec.structs.replace(att, extra={**att.extra, "omitted": why[:300]})
+        return files.omitted(att, why)
 
 
 _EXT = {
