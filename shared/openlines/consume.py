@@ -42,6 +42,8 @@ class Durable:
     ``batch`` is how many messages one fetch asks for, or a callable saying how
     many there is room for now (0: wait for :meth:`room_freed`). ``keep_order``
     naks the rest of a batch after a handler failed, so they come back after it.
+    ``back_on_stop`` naks what a fetch brings while stopping (back at once for
+    another replica); without it they stay unacknowledged until ``ack_wait``.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class Durable:
         fetch_timeout: float = 1.0,
         retry_delay: float = 1.0,
         keep_order: bool = False,
+        back_on_stop: bool = True,
     ) -> None:
         if not config.durable_name:
             raise ValueError("a durable consumer needs a durable_name")
@@ -65,6 +68,7 @@ class Durable:
         self.fetch_timeout = fetch_timeout
         self.retry_delay = retry_delay
         self.keep_order = keep_order
+        self.back_on_stop = back_on_stop
         self.running = False  # bound and fetching (readiness)
         self._room = asyncio.Event()
         self._psub: JetStreamContext.PullSubscription | None = None
@@ -160,8 +164,9 @@ class Durable:
         failed = False
         for m in msgs:
             if stop.is_set():
-                with contextlib.suppress(Exception):  # fetched while stopping: back at once, for another replica
-                    await m.nak()
+                if self.back_on_stop:
+                    with contextlib.suppress(Exception):  # fetched while stopping: back at once, for another replica
+                        await m.nak()
                 continue
             if failed:
                 with contextlib.suppress(Exception):

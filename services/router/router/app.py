@@ -51,6 +51,7 @@ async def setup(svc: Service[Settings]) -> None:
         nc=svc.nc,
         lease_seconds=svc.settings.partition_lease_seconds,
         ack_wait=svc.settings.ack_wait,
+        in_hand=svc.settings.in_hand,
         replicas=svc.settings.replicas,
         finish_timeout=svc.settings.shutdown_timeout,
     )

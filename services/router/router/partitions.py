@@ -2,9 +2,12 @@
 
 Gateways publish each client's messages to one of ``subjects.PARTITIONS``
 partitions (``ol.in.<channel>.<account>.<p>``). Every partition has one
-durable consumer (``router-p<p>``) that allows one unacknowledged message at
-a time, so a client's messages are handled in order whichever replica holds
-the partition — even for the moment two replicas both think they do.
+durable consumer (``router-p<p>``); a replica holds up to ``in_hand`` of its
+messages at once, one client's in order (``router.inbound``, decision 029), and
+a partition's new holder starts nothing newer until all its previous holder
+had in hand is acknowledged, so a client's messages are handled in order
+whichever replica holds the partition — even for the moment two replicas both
+think they do.
 
 Replicas share the partitions through the ``ol-router`` KV bucket, whose
 entries expire after ``lease_seconds`` unless renewed: each replica keeps a
@@ -85,6 +88,7 @@ class Partitions:
         nc: NATS,
         lease_seconds: float,
         ack_wait: float,
+        in_hand: int = 1,
         replicas: int = 1,
         finish_timeout: float = 10.0,
     ) -> None:
@@ -94,6 +98,7 @@ class Partitions:
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.ack_wait = ack_wait
+        self.in_hand = in_hand
         self.finish_timeout = finish_timeout  # the longest a partition given up may take over its message in hand
         self.me = nuid.NUID().next().decode()
         self.held: dict[int, _Held] = {}
@@ -281,6 +286,7 @@ class Partitions:
                 durable=f"router-p{p}",
                 filter_subject=subjects.inbound_partition(p),
                 ack_wait=self.ack_wait,
+                in_hand=self.in_hand,
                 stop=held.stop,
                 nc=self.nc,  # the message its previous holder left in hand comes again at once
             ),
@@ -304,8 +310,8 @@ class Partitions:
         try:
             held.revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=held.revision)
         except (KeyWrongLastSequenceError, BadRequestError):
-            # Expired and perhaps taken by another replica: stop taking messages at once (max_ack_pending=1
-            # keeps the order even while both of us still hold one), without holding up this round.
+            # Expired and perhaps taken by another replica: stop taking messages at once (the next
+            # holder starts nothing newer until what we hold is acked: decision 029), without holding up this round.
             LOST.inc()
             log.warning("partition lease lost", extra={"partition": p, "replica": self.me})
             self.held.pop(p, None)

@@ -16,6 +16,9 @@ class Settings(BaseSettings, kw_only=True):
     # Seconds before an unacknowledged inbound message is redelivered (after a crash); a message worked on
     # longer stays its replica's by in-progress heartbeats every third of it.
     ack_wait: float = 1.5
+    # Inbound messages of one partition in hand at once (decision 029): different clients' are handled side by
+    # side, one client's strictly in order. 1 handles a partition one message at a time.
+    in_hand: int = 8
     # The flood guard (docs/security.md): beyond flood_limit client messages per chat per flood_window
     # seconds the chat is flagged for a supervisor and its messages are stored but not pushed to the operator.
     flood_limit: int = 30  # 0 = off
@@ -29,6 +32,8 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_ACK_WAIT must be between 0.5 and 300 (seconds)")
         if not 0.1 <= self.desk_sweep_seconds <= 300:
             raise ValueError("OPENLINES_DESK_SWEEP_SECONDS must be between 0.1 and 300 (seconds)")
+        if not 1 <= self.in_hand <= 256:
+            raise ValueError("OPENLINES_IN_HAND must be between 1 and 256")
         if self.flood_limit < 0 or self.flood_window <= 0:
             raise ValueError("OPENLINES_FLOOD_LIMIT must be >= 0 and OPENLINES_FLOOD_WINDOW > 0 (seconds)")
 

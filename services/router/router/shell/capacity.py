@@ -32,6 +32,7 @@ class Capacity(Part):
     def __init__(self, shared: Shared) -> None:
         super().__init__(shared)
         self._found_clean: dict[str, tuple[int, float]] = {}  # operator -> (revision, when) with no stale claim
+        self._claiming: dict[str, asyncio.Lock] = {}  # one claim per operator at a time in this replica
 
     async def views(self, line: LineConfig, *, live: bool = False) -> list[OperatorView]:
         """The line's operators as routing sees them: from the watch-fed copy, or ``live`` from KV."""
@@ -50,13 +51,37 @@ class Capacity(Part):
             if st is not None
         ]
 
-    async def claim(self, op_id: str, sid: str, queue: QueueConfig, now: datetime, *, any_status: bool = False) -> bool:
+    async def claim(
+        self,
+        op_id: str,
+        sid: str,
+        queue: QueueConfig,
+        now: datetime,
+        *,
+        any_status: bool = False,
+        decided_on: int | None = None,
+    ) -> bool:
         """Reserve capacity on an operator by compare-and-set; False if they can no longer take it.
 
         The first try writes on the watch-fed copy's value and revision (no read): the write
         fails if the copy was behind, and anything but "take" is decided again on the live value.
+        Claims on one operator are made one at a time in this replica (decisions of several chats
+        run side by side, decision 029): ``decided_on``, the revision of the copy the choice of this
+        operator was made on - a claim of this replica that changed it meanwhile answers False at
+        once, without a round trip, and the caller decides again on the copy as it is now.
         """
+        lock = self._claiming.get(op_id)
+        if lock is None:
+            lock = self._claiming[op_id] = asyncio.Lock()
+        async with lock:
+            return await self._claim(op_id, sid, queue, now, any_status=any_status, decided_on=decided_on)
+
+    async def _claim(
+        self, op_id: str, sid: str, queue: QueueConfig, now: datetime, *, any_status: bool, decided_on: int | None
+    ) -> bool:
         cached = self.operators.entry(op_id) if self.operators is not None else None
+        if decided_on is not None and cached is not None and cached[1] != decided_on:
+            return False  # changed since the choice (another chat's claim here): choose again
         st: OperatorState | None
         rev: int | None
         for _ in range(CLAIM_ATTEMPTS):

@@ -162,11 +162,12 @@ class Offering(Part):
             if choice.to_all:
                 return await self._offer_all(line, session, choice.operators, now, known=(session, rev))
             op_id = choice.operators[0]
+            seen = self.operators.entry(op_id) if self.operators is not None and not live else None
             # The offer's no-answer timer goes with the claim (one round trip): armed for an
             # offer that is then not made, it is stale and does nothing when it fires.
             arm = not armed
             claimed, *_ = await asyncio.gather(
-                self.cap.claim(op_id, session.id, line.queue, now),
+                self.cap.claim(op_id, session.id, line.queue, now, decided_on=seen[1] if seen is not None else None),
                 *([self._arm_offer(session.id, session.assignments + 1, now, line.queue.wait_seconds)] if arm else []),
             )
             armed = True
@@ -235,7 +236,7 @@ class Offering(Part):
                 if cause is not None:
                     await cause(updated)
                 await self.announce(updated, [op_id])
-            log.info("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
+            log.debug("chat offered", extra={"session": sid, "line": updated.line_id, "operator": op_id})
             return updated
         return None
 
