@@ -30,6 +30,7 @@ from support import apply_lines, inbound, publish, running_router
 
 from openlines import bus, subjects
 from openlines.envelopes import HistoryEntry, decoder
+from router import inbound as router_inbound
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -277,13 +278,10 @@ def _count(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-async def test_a_killed_holders_message_in_hand_is_handed_back_at_once(nc: Any, nats_server: Any) -> None:
-    """A replica killed -9 with a message in hand and its lease still good: a replica that starts sees its
-    connection gone, takes the lease at once (not after the lease, 30 s here) and has the message delivered
-    again (not after ack_wait, 60 s here). Both paths are told apart by the router's counters."""
-    await apply_lines(nc, LINES)
+async def _killed_holder(nc: Any, nats_server: Any, p: int, *, in_hand: int, first: list[Any], then: list[Any]) -> Any:
+    """Partition ``p`` as a replica killed -9 leaves it: its lease still good, ``first`` published and delivered to
+    it (in hand, never acknowledged), ``then`` published after (never delivered). Returns the lease bucket."""
     js = nc.jetstream()
-    p = subjects.partition_of("webchat", "demo", "h1")
     durable = f"router-p{p}"
     await js.add_consumer(
         subjects.STREAM_IN,
@@ -293,7 +291,7 @@ async def test_a_killed_holders_message_in_hand_is_handed_back_at_once(nc: Any, 
             ack_policy=js_api.AckPolicy.EXPLICIT,
             ack_wait=60,
             max_deliver=-1,
-            max_ack_pending=1,
+            max_ack_pending=in_hand,
             deliver_policy=js_api.DeliverPolicy.ALL,
             filter_subject=subjects.inbound_partition(p),
         ),
@@ -301,19 +299,43 @@ async def test_a_killed_holders_message_in_hand_is_handed_back_at_once(nc: Any, 
     kv = await js.create_key_value(bucket=subjects.KV_ROUTER, history=1, ttl=30)
     await kv.put("member.killedreplica", b"1")
     await kv.put(f"lease.{p}", b"killedreplica")
-    await publish(nc, inbound("h1", "hello", "m1"))
+    for env in first:
+        await publish(nc, env)
     holder = await bus.connect(nats_server.url, "holder", first_attempts=5)
     psub = await holder.jetstream().pull_subscribe_bind(durable=durable, stream=subjects.STREAM_IN)
-    [in_hand] = await psub.fetch(1, timeout=30)
-    assert in_hand.metadata.num_delivered == 1
-    await holder.close()  # its connection gone, the message never acknowledged
+    got: list[Any] = []
+    while len(got) < len(first):
+        got += await psub.fetch(len(first) - len(got), timeout=30)
+    assert all(m.metadata.num_delivered == 1 for m in got)
+    for env in then:
+        await publish(nc, env)
+    await holder.close()  # its connection gone, the messages never acknowledged
+    return kv
+
+
+def _chats_in_partition(p: int, n: int) -> list[str]:
+    chats = [f"c{i}" for i in range(10_000) if subjects.partition_of("webchat", "demo", f"c{i}") == p]
+    return chats[:n]
+
+
+async def _routed_in(js: Any) -> list[HistoryEntry]:
+    _, datas = await read_routed(js, subjects.STREAM_HIST, subjects.history_all())
+    return [e for e in map(decoder(HistoryEntry).decode, datas) if e.direction == "in"]
+
+
+async def test_a_killed_holders_message_in_hand_is_handed_back_at_once(nc: Any, nats_server: Any) -> None:
+    """A replica killed -9 with a message in hand and its lease still good: a replica that starts sees its
+    connection gone, takes the lease at once (not after the lease, 30 s here) and has the message delivered
+    again (not after ack_wait, 60 s here). Both paths are told apart by the router's counters."""
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    p = subjects.partition_of("webchat", "demo", "h1")
+    kv = await _killed_holder(nc, nats_server, p, in_hand=1, first=[inbound("h1", "hello", "m1")], then=[])
     taken = _count("openlines_router_partitions_taken_from_gone_total")
     handed = _count("openlines_router_inbound_handed_back_total")
 
     async def routed() -> list[HistoryEntry] | None:
-        _, datas = await read_routed(js, subjects.STREAM_HIST, subjects.history_all())
-        ins = [e for e in map(decoder(HistoryEntry).decode, datas) if e.direction == "in"]
-        return ins or None
+        return await _routed_in(js) or None
 
     async with running_router(nats_server.url, partition_lease_seconds=30, ack_wait=60):
         ins = await wait_for(routed, timeout=20, what="the message the killed replica had in hand routed")
@@ -322,6 +344,54 @@ async def test_a_killed_holders_message_in_hand_is_handed_back_at_once(nc: Any, 
     assert lease.value != b"killedreplica"
     assert _count("openlines_router_partitions_taken_from_gone_total") - taken == 1, "taken only when its lease ran out"
     assert _count("openlines_router_inbound_handed_back_total") - handed == 1, "redelivered only after ack_wait"
+
+
+async def test_every_message_a_killed_holder_had_in_hand_is_handed_back_at_once(nc: Any, nats_server: Any) -> None:
+    """Decision 029: a partition's holder has several clients' messages in hand. Killed -9, all of them are
+    delivered again at once to the replica that takes the partition (not after ack_wait, 60 s here), and each
+    client's messages are routed in the order they were sent."""
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    a, b, c = _chats_in_partition(p := subjects.partition_of("webchat", "demo", "c0"), 3)
+    first = [inbound(a, "a-1", "1"), inbound(b, "b-1", "1"), inbound(c, "c-1", "1")]
+    then = [inbound(a, "a-2", "2"), inbound(c, "c-2", "2")]
+    await _killed_holder(nc, nats_server, p, in_hand=8, first=first, then=then)
+    handed = _count("openlines_router_inbound_handed_back_total")
+
+    async def routed() -> list[HistoryEntry] | None:
+        ins = await _routed_in(js)
+        return ins if len(ins) == 5 else None
+
+    async with running_router(nats_server.url, partition_lease_seconds=30, ack_wait=60, in_hand=8):
+        ins = await wait_for(routed, timeout=20, what="every message of the partition routed")
+    order = [e.text for e in ins]
+    assert sorted(order) == ["a-1", "a-2", "b-1", "c-1", "c-2"]
+    assert order.index("a-1") < order.index("a-2") and order.index("c-1") < order.index("c-2"), order
+    assert _count("openlines_router_inbound_handed_back_total") - handed == 3
+
+
+async def test_nothing_newer_of_a_partition_starts_before_what_a_killed_holder_had_in_hand(
+    nc: Any, nats_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 029: a message of the killed holder's that is not handed back (here only the last one is) comes
+    again after ack_wait; the client's next message, delivered at once, waits for it - it never overtakes."""
+    monkeypatch.setattr(router_inbound, "HAND_BACK_AT_MOST", 1)
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    a, b = _chats_in_partition(p := subjects.partition_of("webchat", "demo", "c0"), 2)
+    await _killed_holder(
+        nc, nats_server, p, in_hand=8, first=[inbound(a, "a-1", "1"), inbound(b, "b-1", "1")], then=[inbound(a, "a-2", "2")]
+    )
+
+    async def routed() -> list[HistoryEntry] | None:
+        ins = await _routed_in(js)
+        return ins if len(ins) == 3 else None
+
+    # the router's ack_wait (2 s) replaces the consumer's 60 s: a-1 comes again 2 s after its delivery
+    async with running_router(nats_server.url, partition_lease_seconds=30, ack_wait=2, in_hand=8):
+        ins = await wait_for(routed, timeout=20, what="every message of the partition routed")
+    order = [e.text for e in ins]
+    assert order.index("a-1") < order.index("a-2"), order
 
 
 async def test_a_replica_whose_nats_connection_drops_keeps_or_regains_its_partitions(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
@@ -32,7 +32,10 @@ class Effects:
         self.js = js
 
     async def _publish(self, subject: str, msg_id: str, obj: msgspec.Struct) -> None:
-        sent = self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id})
+        await self._send(self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id}))
+
+    async def _send(self, sent: Coroutine[Any, Any, Any]) -> None:
+        """Await a publish, or in a ``together`` block start it (in order) and leave it to the block's end."""
         pending = _TOGETHER.get()
         if pending is None:
             await sent
@@ -77,7 +80,7 @@ class Effects:
             }
         base.update(fields)
         evt = msgspec.convert({"id": event_id, "kind": kind, "at": utcnow(), **base}, SessionEvent)
-        await bus.publish_event(self.js, evt)
+        await self._send(bus.publish_event(self.js, evt))
         EVENTS.labels(kind).inc()
 
     async def history(self, entry: HistoryEntry) -> None:
