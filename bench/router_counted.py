@@ -54,6 +54,15 @@ async def _publish_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -
 
 
 JetStreamContext.publish = _publish_counted  # type: ignore[method-assign]
+_publish_async = JetStreamContext.publish_async
+
+
+async def _publish_async_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
+    COUNTS[f"publish:{subject.split('.')[1] if '.' in subject else subject}"] += 1  # the router's together blocks
+    return await _publish_async(self, subject, *args, **kwargs)
+
+
+JetStreamContext.publish_async = _publish_async_counted  # type: ignore[method-assign]
 
 
 _snap = 0

@@ -156,11 +156,24 @@ async def publish_event(js: JetStreamContext, evt: SessionEvent, *, timeout: flo
     spelled once. ``timeout`` bounds the whole publish (nats-py's own timeout
     applies without it).
     """
-    publish = js.publish(subjects.event(evt.kind), encode(evt), stream=subjects.STREAM_EVT, headers={MSG_ID_HEADER: evt.id})
+    subject, payload, headers = _event_message(evt)
+    publish = js.publish(subject, payload, stream=subjects.STREAM_EVT, headers=headers)
     if timeout is None:
         return await publish
     async with asyncio.timeout(timeout):
         return await publish
+
+
+def _event_message(evt: SessionEvent) -> tuple[str, bytes, dict[str, str]]:
+    return subjects.event(evt.kind), encode(evt), {MSG_ID_HEADER: evt.id}
+
+
+async def publish_event_async(js: JetStreamContext, evt: SessionEvent) -> asyncio.Future[js_api.PubAck]:
+    """:func:`publish_event` without waiting for the acknowledgement: the message is written now, in call order;
+    the future has the acknowledgement (or the failure), and never ends if the answer is lost - wait for it with
+    a timeout."""
+    subject, payload, headers = _event_message(evt)
+    return await js.publish_async(subject, payload, stream=subjects.STREAM_EVT, headers=headers)
 
 
 async def dead_letter(

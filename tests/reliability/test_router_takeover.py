@@ -373,14 +373,14 @@ async def test_every_message_a_killed_holder_had_in_hand_is_handed_back_at_once(
 async def test_nothing_newer_of_a_partition_starts_before_what_a_killed_holder_had_in_hand(
     nc: Any, nats_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Decision 029: a message of the killed holder's that is not handed back (here only the last one is) comes
+    """Decision 029: a message of the killed holder's that is not handed back (here only the oldest one is) comes
     again after ack_wait; the client's next message, delivered at once, waits for it - it never overtakes."""
     monkeypatch.setattr(router_inbound, "HAND_BACK_AT_MOST", 1)
     await apply_lines(nc, LINES)
     js = nc.jetstream()
     a, b = _chats_in_partition(p := subjects.partition_of("webchat", "demo", "c0"), 2)
     await _killed_holder(
-        nc, nats_server, p, in_hand=8, first=[inbound(a, "a-1", "1"), inbound(b, "b-1", "1")], then=[inbound(a, "a-2", "2")]
+        nc, nats_server, p, in_hand=8, first=[inbound(b, "b-1", "1"), inbound(a, "a-1", "1")], then=[inbound(a, "a-2", "2")]
     )
 
     async def routed() -> list[HistoryEntry] | None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import Any
 
 import msgspec
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 
@@ -23,6 +24,8 @@ from openlines.state import Session
 EVENTS = Counter("openlines_router_events_total", "Session events published", ["kind"])
 OUTBOUND = Counter("openlines_router_outbound_total", "Outbound messages published", ["channel", "auto"])
 
+TOGETHER_TIMEOUT = 5.0  # the longest a block waits for its acknowledgements (nats-py's own publish timeout)
+
 # The publishes of the block ``Effects.together`` runs in this task (each asyncio task has its own context).
 _TOGETHER: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("router_effects_together", default=None)
 
@@ -32,15 +35,13 @@ class Effects:
         self.js = js
 
     async def _publish(self, subject: str, msg_id: str, obj: msgspec.Struct) -> None:
-        await self._send(self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id}))
-
-    async def _send(self, sent: Coroutine[Any, Any, Any]) -> None:
-        """Await a publish, or in a ``together`` block start it (in order) and leave it to the block's end."""
+        """Publish and wait for the acknowledgement, or in a ``together`` block write it now and leave the
+        acknowledgement to the block's end (no task and no timer per publish)."""
         pending = _TOGETHER.get()
         if pending is None:
-            await sent
+            await self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id})
         else:
-            pending.append(asyncio.ensure_future(sent))
+            pending.append(await self.js.publish_async(subject, encode(obj), headers={MSG_ID_HEADER: msg_id}))
 
     @contextlib.asynccontextmanager
     async def together(self) -> AsyncIterator[None]:
@@ -61,8 +62,15 @@ class Effects:
             failed = False
         finally:
             _TOGETHER.reset(token)
-            results = await asyncio.gather(*pending, return_exceptions=True) if pending else []
-            errors = [r for r in results if isinstance(r, BaseException)]
+            errors: list[BaseException] = []
+            if pending:
+                # One timer for the block: an answer lost with the connection never ends its future.
+                done, lost = await asyncio.wait(pending, timeout=TOGETHER_TIMEOUT)
+                for fut in lost:
+                    fut.cancel()
+                errors = [e for fut in pending if fut in done and (e := fut.exception()) is not None]
+                if lost:
+                    errors.append(NatsTimeout())
             if errors and not failed:
                 raise errors[0]
 
@@ -80,7 +88,11 @@ class Effects:
             }
         base.update(fields)
         evt = msgspec.convert({"id": event_id, "kind": kind, "at": utcnow(), **base}, SessionEvent)
-        await self._send(bus.publish_event(self.js, evt))
+        pending = _TOGETHER.get()
+        if pending is None:
+            await bus.publish_event(self.js, evt)
+        else:
+            pending.append(await bus.publish_event_async(self.js, evt))
         EVENTS.labels(kind).inc()
 
     async def history(self, entry: HistoryEntry) -> None:

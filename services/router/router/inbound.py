@@ -66,6 +66,7 @@ TRANSIENT_RETRY_MAX = 0.5
 # The most stream sequences a partition's new holder naks to have its previous holder's messages in hand back at
 # once (they lie between the consumer's acknowledgement floor and its last delivery, other partitions' between).
 HAND_BACK_AT_MOST = 4096
+GATE_POLL = 0.05  # seconds between looks at the consumer while a take-over's gate is closed
 
 _decode = msgspec.json.Decoder(Inbound)
 
@@ -130,18 +131,14 @@ class _Gate:
     def holds(self, seq: int) -> bool:
         return self.upto != 0 and seq > self.upto
 
-    async def passed(self) -> None:
-        """Wait until the gate is open (or the stop)."""
+    async def wait(self) -> None:
+        """Wait a moment for the gate to open: the caller looks again at what its lane starts with (an older
+        message of its client may have come meanwhile and must go first)."""
         if self._open is None:
             self._open = asyncio.Event()
             self._watch = asyncio.create_task(self._watch_floor(), name=f"gate-{self.durable}")
-        waiter = asyncio.ensure_future(self._open.wait())
-        stopped = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopped.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._open.wait(), timeout=GATE_POLL)
 
     async def _watch_floor(self) -> None:
         assert self._open is not None
@@ -153,7 +150,7 @@ class _Gate:
                 if not self.upto or (floor or 0) >= self.upto:
                     break
                 attempt = 0
-                await pause(self.stop, 0.05)
+                await pause(self.stop, GATE_POLL)
             except Exception as exc:
                 attempt += 1
                 log.info("partition gate: consumer not read", extra={"consumer": self.durable, "error": repr(exc)})
@@ -168,8 +165,17 @@ class _Gate:
 
 @dataclass(slots=True)
 class _Lane:
-    queue: deque[tuple[int, Inbound]] = field(default_factory=deque)  # (stream sequence, envelope)
+    queue: deque[tuple[int, Inbound]] = field(default_factory=deque)  # (stream sequence, envelope), in stream order
     task: asyncio.Task[None] | None = None
+    started: bool = False  # the first of the queue is being handled
+
+    def add(self, seq: int, envelope: Inbound) -> None:
+        """In stream order: a message of the partition's previous holder, handed back or redelivered after
+        ``ack_wait``, may come after a newer one of its client (held back by the gate, not started)."""
+        i = len(self.queue)
+        while i > (1 if self.started else 0) and self.queue[i - 1][0] > seq:
+            i -= 1
+        self.queue.insert(i, (seq, envelope))
 
 
 class _Lanes:
@@ -222,7 +228,7 @@ class _Lanes:
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = _Lane()
-        lane.queue.append((seq, envelope))
+        lane.add(seq, envelope)
         if lane.task is None:
             lane.task = asyncio.create_task(self._work(key, lane))
 
@@ -231,9 +237,11 @@ class _Lanes:
             while lane.queue and not self.stop.is_set():
                 seq, envelope = lane.queue[0]
                 if self.gate.holds(seq):
-                    await self.gate.passed()
+                    await self.gate.wait()
                     continue
+                lane.started = True
                 await _handle(self.engine, self.held[seq], envelope, self.stop)
+                lane.started = False
                 lane.queue.popleft()
                 self.held.pop(seq, None)
                 self.since.pop(seq, None)
@@ -266,7 +274,7 @@ async def hand_back(nc: NATS, js: JetStreamContext, durable: str) -> int:
     replica that took the partition over naks them instead, on the acknowledgement subjects JetStream gave it
     (``$JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer seq>.<time>.<pending>``). The pending ones
     lie between the consumer's acknowledgement floor and its last delivery; every stream sequence between is
-    nak'd in order (at most ``HAND_BACK_AT_MOST`` of them; any further come after ``ack_wait``), and the server
+    nak'd in order, oldest first (at most ``HAND_BACK_AT_MOST`` of them; any further come after ``ack_wait``), and the server
     ignores a nak for one that is not pending on this consumer (acked, or another partition's). One the previous
     holder still works on (it lost its lease, it is not dead) is handled twice - harmless (decision 023) - and
     its ack removes the redelivery."""
@@ -275,7 +283,7 @@ async def hand_back(nc: NATS, js: JetStreamContext, durable: str) -> int:
         return 0
     last, dseq = info.delivered.stream_seq, info.delivered.consumer_seq
     floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-    for sseq in range(max(floor + 1, last - HAND_BACK_AT_MOST + 1), last + 1):
+    for sseq in range(floor + 1, min(last, floor + HAND_BACK_AT_MOST) + 1):
         await nc.publish(f"$JS.ACK.{subjects.STREAM_IN}.{durable}.1.{sseq}.{dseq}.0.0", b"-NAK")
     HANDED_BACK.inc(info.num_ack_pending)
     log.info(
