@@ -51,6 +51,11 @@ class Capacity(Part):
             if st is not None
         ]
 
+    def claiming(self, op_id: str) -> bool:
+        """Whether a claim on the operator is being made in this replica now."""
+        lock = self._claiming.get(op_id)
+        return lock is not None and lock.locked()
+
     async def claim(
         self,
         op_id: str,
