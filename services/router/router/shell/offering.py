@@ -151,8 +151,8 @@ class Offering(Part):
             if choice.operators and not choice.to_all and preferred is None and self.cap.claiming(choice.operators[0]):
                 # Another chat of this replica is claiming them right now (chats are decided side by side,
                 # decision 029): the next one in line, if anyone else is free, rather than wait to lose.
-                claimed = frozenset(o for o in line.queue.operators if self.cap.claiming(o))
-                other = offer.decide(line.queue, views, declined_by=session.declined_by, exclude=claimed)
+                busy = frozenset(o for o in line.queue.operators if self.cap.claiming(o))
+                other = offer.decide(line.queue, views, declined_by=session.declined_by, exclude=busy)
                 choice = other if other.operators else choice
             if at_once is not None and choice.operators:
                 at_once.wrote = True
