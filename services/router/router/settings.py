@@ -18,7 +18,7 @@ class Settings(BaseSettings, kw_only=True):
     ack_wait: float = 1.5
     # Inbound messages of one partition in hand at once (decision 029): different clients' are handled side by
     # side, one client's strictly in order. 1 handles a partition one message at a time.
-    in_hand: int = 16
+    in_hand: int = 32
     # The flood guard (docs/security.md): beyond flood_limit client messages per chat per flood_window
     # seconds the chat is flagged for a supervisor and its messages are stored but not pushed to the operator.
     flood_limit: int = 30  # 0 = off
