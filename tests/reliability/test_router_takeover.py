@@ -374,23 +374,25 @@ async def test_nothing_newer_of_a_partition_starts_before_what_a_killed_holder_h
     nc: Any, nats_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Decision 029: a message of the killed holder's that is not handed back (here only the oldest one is) comes
-    again after ack_wait; the client's next message, delivered at once, waits for it - it never overtakes."""
+    again after ack_wait; the client's next message, delivered at once, waits for it - it never overtakes. The
+    newer messages held back fill most of what may be in hand (3 of 4)."""
     monkeypatch.setattr(router_inbound, "HAND_BACK_AT_MOST", 1)
     await apply_lines(nc, LINES)
     js = nc.jetstream()
-    a, b = _chats_in_partition(p := subjects.partition_of("webchat", "demo", "c0"), 2)
-    await _killed_holder(
-        nc, nats_server, p, in_hand=8, first=[inbound(b, "b-1", "1"), inbound(a, "a-1", "1")], then=[inbound(a, "a-2", "2")]
-    )
+    a, b, c, d = _chats_in_partition(p := subjects.partition_of("webchat", "demo", "c0"), 4)
+    first = [inbound(b, "b-1", "1"), inbound(a, "a-1", "1")]
+    then = [inbound(a, "a-2", "2"), inbound(c, "c-1", "1"), inbound(d, "d-1", "1")]
+    await _killed_holder(nc, nats_server, p, in_hand=8, first=first, then=then)
 
     async def routed() -> list[HistoryEntry] | None:
         ins = await _routed_in(js)
-        return ins if len(ins) == 3 else None
+        return ins if len(ins) == 5 else None
 
     # the router's ack_wait (2 s) replaces the consumer's 60 s: a-1 comes again 2 s after its delivery
-    async with running_router(nats_server.url, partition_lease_seconds=30, ack_wait=2, in_hand=8):
+    async with running_router(nats_server.url, partition_lease_seconds=30, ack_wait=2, in_hand=4):
         ins = await wait_for(routed, timeout=20, what="every message of the partition routed")
     order = [e.text for e in ins]
+    assert sorted(order) == ["a-1", "a-2", "b-1", "c-1", "d-1"]
     assert order.index("a-1") < order.index("a-2"), order
 
 

@@ -61,7 +61,7 @@ TRANSIENT = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnava
 MAX_OTHER_FAILURES = 5
 # A cluster node killed -9 leaves its streams without a leader for the server's election timeout
 # (4-9 s in nats-server); retried at this pace, routing carries on within half a second of the new
-# leader, instead of after a back-off grown to seconds meanwhile. One message per partition: cheap.
+# leader, instead of after a back-off grown to seconds meanwhile. A few messages per partition: cheap.
 TRANSIENT_RETRY_MAX = 0.5
 # The most stream sequences a partition's new holder naks to have its previous holder's messages in hand back at
 # once (they lie between the consumer's acknowledgement floor and its last delivery, other partitions' between).
@@ -193,9 +193,10 @@ class _Lanes:
         self.consumer: Durable
 
     def room(self) -> int:
-        """How many to fetch: none while more than half the limit is in hand (one fetch for several, not one each)."""
+        """How many to fetch: none while more than half the limit is in hand (one fetch for several, not one each),
+        except while a take-over's gate is closed - what it waits for comes only by a fetch."""
         room = self.limit - len(self.held)
-        return room if room * 2 >= self.limit or not self.held else 0
+        return room if room * 2 >= self.limit or not self.held or self.gate.upto else 0
 
     async def run(self) -> None:
         beat = asyncio.create_task(self._keep_alive(), name=f"inbound-in-progress-{self.consumer.name}")
