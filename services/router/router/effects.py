@@ -65,12 +65,13 @@ class Effects:
             errors: list[BaseException] = []
             if pending:
                 # One timer for the block: an answer lost with the connection never ends its future.
-                done, lost = await asyncio.wait(pending, timeout=TOGETHER_TIMEOUT)
-                for fut in lost:
-                    fut.cancel()
-                errors = [e for fut in pending if fut in done and (e := fut.exception()) is not None]
-                if lost:
-                    errors.append(NatsTimeout())
+                done, _ = await asyncio.wait(pending, timeout=TOGETHER_TIMEOUT)
+                for fut in pending:
+                    if fut not in done or fut.cancelled():  # no answer in time, or dropped with the connection
+                        fut.cancel()
+                        errors.append(NatsTimeout())
+                    elif (error := fut.exception()) is not None:
+                        errors.append(error)
             if errors and not failed:
                 raise errors[0]
 
