@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import os
 import random
 import re
 import subprocess
@@ -51,6 +52,8 @@ class OperatorLog:
     page_opens: int = 0
     reloads_that_found_chats: int = 0  # an idle page reloaded and its snapshot showed chats no push had shown
     desk_at: list[tuple[float, str]] = field(default_factory=list)  # (since, replica) where its page was
+    posts: int = 0  # HTTP calls to the page's API (accept, reply, close, status)
+    post_seconds: float = 0.0  # the time they took, together
 
 
 class DeskOperator:
@@ -113,6 +116,14 @@ class DeskOperator:
 
     async def _post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any] | None = None) -> int:
         base = self.desk.base
+        began = time.monotonic()
+        try:
+            return await self._call(http, base, path, body)
+        finally:
+            self.log.posts += 1
+            self.log.post_seconds += time.monotonic() - began
+
+    async def _call(self, http: aiohttp.ClientSession, base: str, path: str, body: dict[str, Any] | None) -> int:
         async with http.post(
             f"{base}{path}",
             json=body or {},
@@ -204,6 +215,77 @@ class DeskOperator:
         for sid in [sid for sid, c in self.chats.items() if not self._open_for_me(c)]:
             self.chats.pop(sid, None)
         return bool(todo)
+
+
+# -- where the time goes -----------------------------------------------------------------------------
+
+
+class Phases:
+    """Where a run's time goes: each phase's seconds (summed when a phase comes again, e.g. one per fault
+    kind), printed as it ends so a long run shows its progress."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.longest: dict[str, float] = defaultdict(float)
+
+    def say(self, what: str) -> None:
+        print(f"[chaos {time.monotonic() - self.began:8.1f}s] {what}", flush=True)
+
+    def add(self, phase: str, seconds: float, note: str = "") -> None:
+        self.seconds[phase] += seconds
+        self.counts[phase] += 1
+        self.longest[phase] = max(self.longest[phase], seconds)
+        self.say(f"{phase}: {seconds:.1f}s{' - ' + note if note else ''}")
+
+    def timed(self, phase: str, note: str = "") -> _Span:
+        return _Span(self, phase, note)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            phase: {"seconds": round(s, 1), "times": self.counts[phase], "longest": round(self.longest[phase], 1)}
+            for phase, s in self.seconds.items()
+        }
+
+
+class CpuMeter:
+    """CPU seconds each process of the run used, read from /proc just before it is killed or stopped (a
+    killed process's time is gone once it is reaped), by service name; the test process's own too (it runs
+    the clients, the operators, the messenger and CRM peers and the NATS relays). Their sum over the cores
+    is what the run needs at the least on a quiet machine."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._own = time.process_time()
+        self._tick = float(os.sysconf("SC_CLK_TCK"))
+
+    def charge(self, name: str, proc: Any) -> None:
+        """Count ``proc`` (a Popen or None) under ``name``: call it right before the process ends."""
+        if proc is None:
+            return
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        self.seconds[name] += (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+
+    def report(self) -> dict[str, float]:
+        out = {name: round(s, 1) for name, s in sorted(self.seconds.items())}
+        out["test process"] = round(time.process_time() - self._own, 1)
+        out["total"] = round(sum(out.values()), 1)
+        return out
+
+
+class _Span:
+    def __init__(self, phases: Phases, phase: str, note: str) -> None:
+        self.phases, self.phase, self.note = phases, phase, note
+
+    def __enter__(self) -> None:
+        self.began = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.phases.add(self.phase, time.monotonic() - self.began, self.note)
 
 
 # -- webchat visitors waiting for their answer ---------------------------------------------------------
