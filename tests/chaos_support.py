@@ -58,14 +58,18 @@ class OperatorLog:
 
 class DeskOperator:
     """An operator who works like the desk page: signs in, keeps the live page (WebSocket) open, answers
-    every chat it shows (accept, reply, close over the page's HTTP API) and, when the page drops, opens it
-    again with a short back-off on whichever replica the load balancer gives (the other one first).
+    every chat it shows (accept, reply, close over the page's HTTP API; ``AT_ONCE`` chats at a time) and,
+    when the page drops, opens it again with a short back-off on whichever replica the load balancer gives
+    (the other one first).
 
     An idle page is reloaded now and then (a new snapshot), as a person would; the report counts the
     reloads that showed a chat no push had shown, so a lost push is visible, not hidden.
     """
 
     RELOAD_AFTER = 5.0  # seconds with nothing shown before the operator reloads the page
+    # Chats answered at once, each accept -> reply -> close in order, as a person with several chats open
+    # does (the line's max_chats_per_operator still decides how many are theirs).
+    AT_ONCE = 4
 
     def __init__(self, login: str, password: str, desks: list[DeskReplica], answer: str) -> None:
         self.login, self.password = login, password
@@ -203,15 +207,23 @@ class DeskOperator:
             self.status_lost = False
             await self._post(http, "/api/status", {"status": "online"})
         todo = [(sid, c) for sid, c in self.chats.items() if self._open_for_me(c)]
-        for sid, chat in todo:
-            if chat.get("status") == "assigned":
-                await self._post(http, f"/api/sessions/{sid}/accept")  # 409 if already answered: reply anyway
-            status = await self._post(http, f"/api/sessions/{sid}/reply", {"text": self.answer, "client_msg_id": "a1"})
-            if status == 200:
-                status = await self._post(http, f"/api/sessions/{sid}/close")
-            if status == 200:
-                self.log.closed += 1
-            self.chats.pop(sid, None)  # done, or no longer this operator's (4xx with the reason)
+        at_once = asyncio.Semaphore(self.AT_ONCE)
+
+        async def answer(sid: str, chat: dict[str, Any]) -> None:
+            async with at_once:
+                if chat.get("status") == "assigned":
+                    await self._post(http, f"/api/sessions/{sid}/accept")  # 409 if already answered: reply anyway
+                status = await self._post(http, f"/api/sessions/{sid}/reply", {"text": self.answer, "client_msg_id": "a1"})
+                if status == 200:
+                    status = await self._post(http, f"/api/sessions/{sid}/close")
+                if status == 200:
+                    self.log.closed += 1
+                self.chats.pop(sid, None)  # done, or no longer this operator's (4xx with the reason)
+
+        # A failure (the replica died) ends the others too and reopens the page: what was not done comes again.
+        async with asyncio.TaskGroup() as group:
+            for sid, chat in todo:
+                group.create_task(answer(sid, chat))
         for sid in [sid for sid, c in self.chats.items() if not self._open_for_me(c)]:
             self.chats.pop(sid, None)
         return bool(todo)

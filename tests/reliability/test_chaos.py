@@ -255,7 +255,7 @@ class Nats:
     async def start(self) -> None:
         (self.cluster or self.single).start()  # type: ignore[union-attr]
         for node in self.nodes:
-            proxy = NatsProxy(node.port)
+            proxy = NatsProxy(node.port, inspect=False)  # drops and cuts only: no need to read every publish
             await proxy.start()
             self.proxies.append(proxy)
 
@@ -541,10 +541,15 @@ async def run_chaos(
                     await asyncio.sleep(20)
                     posts = sum(op.log.posts for op in operators)
                     post_s = sum(op.log.post_seconds for op in operators)
+                    try:
+                        info = await nc.jetstream().consumer_info(subjects.STREAM_EVT, "crm-sync")
+                        crm = f"crm-sync {info.num_pending} events pending, {info.num_ack_pending} in hand"
+                    except Exception as exc:  # a node restarting
+                        crm = f"crm-sync not readable ({type(exc).__name__})"
                     phases.say(
                         f"progress: {len(sent.texts)}/{total} stored, {sum(op.log.closed for op in operators)} closed "
                         f"by operators, {sum(1 for t in waiting if t.done())}/{len(waiting)} visitors answered, "
-                        f"desk calls {posts} avg {post_s / max(1, posts) * 1000:.0f} ms, load {os.getloadavg()[0]:.1f}"
+                        f"desk calls {posts} avg {post_s / max(1, posts) * 1000:.0f} ms, {crm}, load {os.getloadavg()[0]:.1f}"
                     )
 
             background.append(asyncio.create_task(progress()))
