@@ -320,9 +320,10 @@ async def wait_for_answer(http: aiohttp.ClientSession, url: str, inbox: VisitorI
     got, so the gateway replays what it missed - the answer must arrive exactly once."""
     while not inbox.texts[answer] and not done.is_set():
         try:
-            async with http.ws_connect(
-                f"{url}/ws/demo", heartbeat=5.0, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5)
-            ) as ws:
+            # No pings of its own, as a browser's widget (the gateway pings every 25 s; a killed gateway's
+            # socket closes at once): thousands of waiting visitors pinging every few seconds cost the
+            # gateway and this process CPU that the run needs.
+            async with http.ws_connect(f"{url}/ws/demo", timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5)) as ws:
                 await ws.send_json(hello_frame(inbox.token, since=inbox.last_seq))
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:
