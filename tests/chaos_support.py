@@ -220,10 +220,12 @@ class DeskOperator:
                     self.log.closed += 1
                 self.chats.pop(sid, None)  # done, or no longer this operator's (4xx with the reason)
 
-        # A failure (the replica died) ends the others too and reopens the page: what was not done comes again.
-        async with asyncio.TaskGroup() as group:
-            for sid, chat in todo:
-                group.create_task(answer(sid, chat))
+        # A failure (the replica died) reopens the page once the chats in hand are through (or failed too):
+        # what was not done comes again in its snapshot.
+        results = await asyncio.gather(*(answer(sid, chat) for sid, chat in todo), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
         for sid in [sid for sid, c in self.chats.items() if not self._open_for_me(c)]:
             self.chats.pop(sid, None)
         return bool(todo)
