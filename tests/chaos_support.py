@@ -53,6 +53,7 @@ class OperatorLog:
     reloads_that_found_chats: int = 0  # an idle page reloaded and its snapshot showed chats no push had shown
     desk_at: list[tuple[float, str]] = field(default_factory=list)  # (since, replica) where its page was
     posts: int = 0  # HTTP calls to the page's API (accept, reply, close, status)
+    reopened_after: Counter[str] = field(default_factory=Counter)  # why the page was opened again
     post_seconds: float = 0.0  # the time they took, together
 
 
@@ -90,11 +91,12 @@ class DeskOperator:
             while not done.is_set():
                 try:
                     await self._shift(http, done)
-                except Exception:
+                except Exception as exc:
                     # The replica died or answered 5xx - or its socket closed before the snapshot, which
                     # receive_json raises as TypeError: an operator who stopped here would leave every
                     # later chat of theirs unanswered. The page reconnects, to the other replica first.
-                    pass
+                    why = re.sub(r"/api/sessions/[^/]+/", "/api/sessions/*/", str(exc))[:80]
+                    self.log.reopened_after[f"{type(exc).__name__}: {why}"] += 1
                 if not done.is_set():
                     self.at = (self.at + 1) % len(self.desks)
                     await asyncio.sleep(0.3 + random.random() * 0.4)  # the page's reconnect back-off

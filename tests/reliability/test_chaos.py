@@ -623,6 +623,7 @@ async def run_chaos(
                 "closed": op.log.closed,
                 "page_opens": op.log.page_opens,
                 "reloads_that_found_chats": op.log.reloads_that_found_chats,
+                "page_reopened_after": dict(op.log.reopened_after.most_common(5)),
             }
             for op in operators
         }
