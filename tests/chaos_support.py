@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import os
 import random
 import re
 import subprocess
@@ -51,18 +52,25 @@ class OperatorLog:
     page_opens: int = 0
     reloads_that_found_chats: int = 0  # an idle page reloaded and its snapshot showed chats no push had shown
     desk_at: list[tuple[float, str]] = field(default_factory=list)  # (since, replica) where its page was
+    posts: int = 0  # HTTP calls to the page's API (accept, reply, close, status)
+    reopened_after: Counter[str] = field(default_factory=Counter)  # why the page was opened again
+    post_seconds: float = 0.0  # the time they took, together
 
 
 class DeskOperator:
     """An operator who works like the desk page: signs in, keeps the live page (WebSocket) open, answers
-    every chat it shows (accept, reply, close over the page's HTTP API) and, when the page drops, opens it
-    again with a short back-off on whichever replica the load balancer gives (the other one first).
+    every chat it shows (accept, reply, close over the page's HTTP API; ``AT_ONCE`` chats at a time) and,
+    when the page drops, opens it again with a short back-off on whichever replica the load balancer gives
+    (the other one first).
 
     An idle page is reloaded now and then (a new snapshot), as a person would; the report counts the
     reloads that showed a chat no push had shown, so a lost push is visible, not hidden.
     """
 
     RELOAD_AFTER = 5.0  # seconds with nothing shown before the operator reloads the page
+    # Chats answered at once, each accept -> reply -> close in order, as a person with several chats open
+    # does (the line's max_chats_per_operator still decides how many are theirs).
+    AT_ONCE = 4
 
     def __init__(self, login: str, password: str, desks: list[DeskReplica], answer: str) -> None:
         self.login, self.password = login, password
@@ -83,11 +91,12 @@ class DeskOperator:
             while not done.is_set():
                 try:
                     await self._shift(http, done)
-                except Exception:
+                except Exception as exc:
                     # The replica died or answered 5xx - or its socket closed before the snapshot, which
                     # receive_json raises as TypeError: an operator who stopped here would leave every
                     # later chat of theirs unanswered. The page reconnects, to the other replica first.
-                    pass
+                    why = re.sub(r"/api/sessions/[^/]+/", "/api/sessions/*/", str(exc))[:80]
+                    self.log.reopened_after[f"{type(exc).__name__}: {why}"] += 1
                 if not done.is_set():
                     self.at = (self.at + 1) % len(self.desks)
                     await asyncio.sleep(0.3 + random.random() * 0.4)  # the page's reconnect back-off
@@ -113,6 +122,14 @@ class DeskOperator:
 
     async def _post(self, http: aiohttp.ClientSession, path: str, body: dict[str, Any] | None = None) -> int:
         base = self.desk.base
+        began = time.monotonic()
+        try:
+            return await self._call(http, base, path, body)
+        finally:
+            self.log.posts += 1
+            self.log.post_seconds += time.monotonic() - began
+
+    async def _call(self, http: aiohttp.ClientSession, base: str, path: str, body: dict[str, Any] | None) -> int:
         async with http.post(
             f"{base}{path}",
             json=body or {},
@@ -192,18 +209,99 @@ class DeskOperator:
             self.status_lost = False
             await self._post(http, "/api/status", {"status": "online"})
         todo = [(sid, c) for sid, c in self.chats.items() if self._open_for_me(c)]
-        for sid, chat in todo:
-            if chat.get("status") == "assigned":
-                await self._post(http, f"/api/sessions/{sid}/accept")  # 409 if already answered: reply anyway
-            status = await self._post(http, f"/api/sessions/{sid}/reply", {"text": self.answer, "client_msg_id": "a1"})
-            if status == 200:
-                status = await self._post(http, f"/api/sessions/{sid}/close")
-            if status == 200:
-                self.log.closed += 1
-            self.chats.pop(sid, None)  # done, or no longer this operator's (4xx with the reason)
+        at_once = asyncio.Semaphore(self.AT_ONCE)
+
+        async def answer(sid: str, chat: dict[str, Any]) -> None:
+            async with at_once:
+                if chat.get("status") == "assigned":
+                    await self._post(http, f"/api/sessions/{sid}/accept")  # 409 if already answered: reply anyway
+                status = await self._post(http, f"/api/sessions/{sid}/reply", {"text": self.answer, "client_msg_id": "a1"})
+                if status == 200:
+                    status = await self._post(http, f"/api/sessions/{sid}/close")
+                if status == 200:
+                    self.log.closed += 1
+                self.chats.pop(sid, None)  # done, or no longer this operator's (4xx with the reason)
+
+        # A failure (the replica died) reopens the page once the chats in hand are through (or failed too):
+        # what was not done comes again in its snapshot.
+        results = await asyncio.gather(*(answer(sid, chat) for sid, chat in todo), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
         for sid in [sid for sid, c in self.chats.items() if not self._open_for_me(c)]:
             self.chats.pop(sid, None)
         return bool(todo)
+
+
+# -- where the time goes -----------------------------------------------------------------------------
+
+
+class Phases:
+    """Where a run's time goes: each phase's seconds (summed when a phase comes again, e.g. one per fault
+    kind), printed as it ends so a long run shows its progress."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.longest: dict[str, float] = defaultdict(float)
+
+    def say(self, what: str) -> None:
+        print(f"[chaos {time.monotonic() - self.began:8.1f}s] {what}", flush=True)
+
+    def add(self, phase: str, seconds: float, note: str = "") -> None:
+        self.seconds[phase] += seconds
+        self.counts[phase] += 1
+        self.longest[phase] = max(self.longest[phase], seconds)
+        self.say(f"{phase}: {seconds:.1f}s{' - ' + note if note else ''}")
+
+    def timed(self, phase: str, note: str = "") -> _Span:
+        return _Span(self, phase, note)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            phase: {"seconds": round(s, 1), "times": self.counts[phase], "longest": round(self.longest[phase], 1)}
+            for phase, s in self.seconds.items()
+        }
+
+
+class CpuMeter:
+    """CPU seconds each process of the run used, read from /proc just before it is killed or stopped (a
+    killed process's time is gone once it is reaped), by service name; the test process's own too (it runs
+    the clients, the operators, the messenger and CRM peers and the NATS relays). Their sum over the cores
+    is what the run needs at the least on a quiet machine."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._own = time.process_time()
+        self._tick = float(os.sysconf("SC_CLK_TCK"))
+
+    def charge(self, name: str, proc: Any) -> None:
+        """Count ``proc`` (a Popen or None) under ``name``: call it right before the process ends."""
+        if proc is None:
+            return
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        self.seconds[name] += (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+
+    def report(self) -> dict[str, float]:
+        out = {name: round(s, 1) for name, s in sorted(self.seconds.items())}
+        out["test process"] = round(time.process_time() - self._own, 1)
+        out["total"] = round(sum(out.values()), 1)
+        return out
+
+
+class _Span:
+    def __init__(self, phases: Phases, phase: str, note: str) -> None:
+        self.phases, self.phase, self.note = phases, phase, note
+
+    def __enter__(self) -> None:
+        self.began = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.phases.add(self.phase, time.monotonic() - self.began, self.note)
 
 
 # -- webchat visitors waiting for their answer ---------------------------------------------------------
@@ -226,9 +324,10 @@ async def wait_for_answer(http: aiohttp.ClientSession, url: str, inbox: VisitorI
     got, so the gateway replays what it missed - the answer must arrive exactly once."""
     while not inbox.texts[answer] and not done.is_set():
         try:
-            async with http.ws_connect(
-                f"{url}/ws/demo", heartbeat=5.0, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5)
-            ) as ws:
+            # No pings of its own, as a browser's widget (the gateway pings every 25 s; a killed gateway's
+            # socket closes at once): thousands of waiting visitors pinging every few seconds cost the
+            # gateway and this process CPU that the run needs.
+            async with http.ws_connect(f"{url}/ws/demo", timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5)) as ws:
                 await ws.send_json(hello_frame(inbox.token, since=inbox.last_seq))
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:

@@ -65,8 +65,12 @@ class Rule:
 
 
 class NatsProxy:
-    def __init__(self, upstream_port: int, host: str = "127.0.0.1") -> None:
+    """``inspect=False``: the relay does not read the protocol (no rules, nothing in ``published``); what
+    the clients send is passed on as it comes - the cheap relay for load that only drops or cuts."""
+
+    def __init__(self, upstream_port: int, host: str = "127.0.0.1", *, inspect: bool = True) -> None:
         self.upstream = (host, upstream_port)
+        self.inspect = inspect
         self.host = host
         self.port = 0
         self.rules: list[Rule] = []
@@ -140,6 +144,7 @@ class NatsProxy:
         self._refusing_until = asyncio.get_running_loop().time() + seconds
 
     def _add(self, rule: Rule) -> Rule:
+        assert self.inspect, "a rule needs a relay that reads the protocol (inspect=True)"
         self.rules.append(rule)
         return rule
 
@@ -188,6 +193,12 @@ class NatsProxy:
             await writer.drain()
 
     async def _client_to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.inspect:
+            while data := await reader.read(65536):
+                await self._to_server.wait()
+                writer.write(data)
+                await writer.drain()
+            return
         buf = b""
         while True:
             data = await reader.read(65536)

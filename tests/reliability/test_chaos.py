@@ -46,9 +46,11 @@ from chaos_support import (
     AFTER_NEW_LEADERS_TARGET,
     CRM_DOUBLES,
     RECOVERY_TARGETS,
+    CpuMeter,
     DeskOperator,
     DeskReplica,
     Kill,
+    Phases,
     VisitorInbox,
     bitrix24_figures,
     builtin_figures,
@@ -253,12 +255,13 @@ class Nats:
     async def start(self) -> None:
         (self.cluster or self.single).start()  # type: ignore[union-attr]
         for node in self.nodes:
-            proxy = NatsProxy(node.port)
+            proxy = NatsProxy(node.port, inspect=False)  # drops and cuts only: no need to read every publish
             await proxy.start()
             self.proxies.append(proxy)
 
-    async def kill_one(self) -> str:
+    async def kill_one(self, cpu: CpuMeter) -> str:
         node = random.choice(self.nodes)
+        cpu.charge("nats-server", node.proc)
         node.stop(kill=True)
         await asyncio.sleep(random.uniform(0.5, 1.5))  # down for a moment
         node.start()
@@ -271,9 +274,11 @@ class Nats:
         for p in self.proxies:
             p.cut(seconds)
 
-    async def stop(self) -> None:
+    async def stop(self, cpu: CpuMeter) -> None:
         for p in self.proxies:
             await p.stop()
+        for node in self.nodes:
+            cpu.charge("nats-server", node.proc)
         (self.cluster or self.single).stop()  # type: ignore[union-attr]
 
     def violations(self) -> list[str]:
@@ -314,6 +319,8 @@ def kind_of(target: str) -> str:
 async def run_chaos(
     tmp_path: Path, imap: Any, smtp: SmtpSink, *, cluster: bool, mix: dict[str, int], plan: list[str], crm: str
 ) -> dict[str, Any]:
+    phases = Phases()
+    cpu = CpuMeter()
     nats = Nats(tmp_path, cluster)
     await nats.start()
     tg, vk, wa = FakeTelegram(), fake_vk(), FakeWhatsApp()
@@ -457,6 +464,7 @@ async def run_chaos(
             await wait_for(lambda n=name: _ready(ports[n]), timeout=60, interval=0.2, what=f"{name} gateway ready")
         for d in desks:
             await wait_for(lambda d=d: _ready(d.port), timeout=60, interval=0.2, what=f"{d.name} ready")
+        phases.add("start", time.monotonic() - phases.began)
         sent = Sent()
         kills: list[Kill] = []
         started = time.monotonic()
@@ -476,7 +484,7 @@ async def run_chaos(
                 kill.operators_on_it = [op.login for op in operators if op.desk.name == target]
             kills.append(kill)
             if target == "nats":
-                await nats.kill_one()
+                await nats.kill_one(cpu)
             elif target == "drop":
                 nats.drop()
             elif target == "cut":
@@ -485,6 +493,7 @@ async def run_chaos(
                 assert bitrix is not None
                 bitrix.limit_for(ACK_WAIT + 3)  # every call QUERY_LIMIT_EXCEEDED for longer than ack_wait
             else:
+                cpu.charge(target, procs[target].proc)
                 procs[target].kill()
                 await asyncio.sleep(random.uniform(0.2, 1.0))  # down for a moment
                 procs[target].start()
@@ -492,7 +501,8 @@ async def run_chaos(
             # in routing belongs to one fault.
             if target == "cut":
                 await asyncio.sleep(3.0)
-            await wait_for(all_serving, timeout=120, interval=0.2, what=f"every service serving again after {target}")
+            with phases.timed(f"serving again after {kind_of(target)}", target):
+                await wait_for(all_serving, timeout=120, interval=0.2, what=f"every service serving again after {target}")
 
         async with aiohttp.ClientSession() as http:
             background += [asyncio.create_task(op.run(done)) for op in operators]
@@ -525,45 +535,87 @@ async def run_chaos(
             # batch is being written (after a random part of it was stored), never after the writing ended.
             batches = [clients[i :: len(plan) + 1] for i in range(len(plan) + 1)]
             writing: list[asyncio.Task[None]] = []
+
+            async def progress() -> None:
+                while not done.is_set():
+                    await asyncio.sleep(20)
+                    posts = sum(op.log.posts for op in operators)
+                    post_s = sum(op.log.post_seconds for op in operators)
+                    try:
+                        info = await nc.jetstream().consumer_info(subjects.STREAM_EVT, "crm-sync")
+                        crm = f"crm-sync {info.num_pending} events pending, {info.num_ack_pending} in hand"
+                    except Exception as exc:  # a node restarting
+                        crm = f"crm-sync not readable ({type(exc).__name__})"
+                    phases.say(
+                        f"progress: {len(sent.texts)}/{total} stored, {sum(op.log.closed for op in operators)} closed "
+                        f"by operators, {sum(1 for t in waiting if t.done())}/{len(waiting)} visitors answered, "
+                        f"desk calls {posts} avg {post_s / max(1, posts) * 1000:.0f} ms, {crm}, load {os.getloadavg()[0]:.1f}"
+                    )
+
+            background.append(asyncio.create_task(progress()))
             for target, batch in zip(plan, batches, strict=False):
                 before = len(sent.texts)
+                began = time.monotonic()
                 writing += [asyncio.create_task(limited(c)) for c in batch]
                 want = before + max(0, int(len(batch) * random.uniform(0.2, 0.7)) - 1)
                 await wait_for(lambda w=want: len(sent.texts) >= w, timeout=120, interval=0.01, what="a part of the batch stored")
+                phases.add("sending", time.monotonic() - began, f"{len(sent.texts) - before} stored")
                 await fault(target, sum(1 for t in writing if not t.done()))
+            began = time.monotonic()
             writing += [asyncio.create_task(limited(c)) for c in batches[-1]]
             await asyncio.gather(*writing)
+            phases.add("sending", time.monotonic() - began, "the last batch and the rest")
+            sending_ended = time.monotonic()
+            closed_then = sum(op.log.closed for op in operators)
             background += waiting
 
+            polled = {"at": 0.0, "cost": 0.0}
+            last: list[bool | NotYet] = [NotYet("not read yet")]
+
             async def all_closed() -> bool | NotYet:
+                # Every client record, read in one pass: at full size a read costs seconds of CPU that the
+                # services need, so it is read again only after four times what the last read took.
+                if time.monotonic() - polled["at"] < 4 * polled["cost"]:
+                    return last[0]
+                began = time.monotonic()
                 try:
                     records = await _client_records(nc)
                 except Exception:  # a cluster node just restarted: ask again
                     return False
+                finally:
+                    polled["at"], polled["cost"] = time.monotonic(), time.monotonic() - began
                 closed = sum(1 for rec in records if not rec.open_sessions and rec.sessions_total >= 1)
-                return True if closed >= total else NotYet(f"{closed} of {total} clients answered and closed")
+                last[0] = True if closed >= total else NotYet(f"{closed} of {total} clients answered and closed")
+                return last[0]
 
             # Five operators close a few hundred chats a minute: the deadline grows with the number of clients.
             deadline = max(600.0, total * 0.15)
-            await wait_for(all_closed, timeout=deadline, interval=2.0, what="every client's chat answered and closed")
-            await wait_for(
-                lambda: all(t.done() for t in waiting), timeout=120, interval=0.5, what="every visitor's answer at its socket"
-            )
+            with phases.timed("drain: every chat closed", f"{closed_then} closed when the sending ended"):
+                await wait_for(all_closed, timeout=deadline, interval=2.0, what="every client's chat answered and closed")
+            closing = time.monotonic() - started
+            with phases.timed("drain: every visitor's answer at its socket"):
+                await wait_for(
+                    lambda: all(t.done() for t in waiting), timeout=120, interval=0.5, what="every visitor's answer at its socket"
+                )
             done.set()
             await asyncio.gather(*background, return_exceptions=True)
-        await wait_for(
-            lambda: _answered_at_peers(tg, vk, wa, smtp, sent),
-            timeout=120,
-            interval=0.5,
-            what="every answer at the messenger peers",
-        )
-        await wait_for(
-            lambda: _crm_caught_up(nc, total, bitrix), timeout=300, interval=1.0, what="crm-sync done with every session"
-        )
-        report = await _settled(lambda: _check(nc, b, sent, tg, vk, wa, smtp))
+        with phases.timed("drain: every answer at the messenger peers"):
+            await wait_for(
+                lambda: _answered_at_peers(tg, vk, wa, smtp, sent),
+                timeout=120,
+                interval=0.5,
+                what="every answer at the messenger peers",
+            )
+        with phases.timed("drain: crm-sync caught up"):
+            await wait_for(
+                lambda: _crm_caught_up(nc, total, bitrix), timeout=300, interval=1.0, what="crm-sync done with every session"
+            )
+        with phases.timed("checks: transcripts, outbound, peers, sessions"):
+            report = await _settled(lambda: _check(nc, b, sent, tg, vk, wa, smtp))
         routed = report.pop("_routed")
         report |= visitor_figures(sent.visitors, ANSWER)
-        report |= bitrix24_figures(bitrix) if bitrix is not None else await _settled(lambda: builtin_figures(nc.jetstream()))
+        with phases.timed("checks: CRM records"):
+            report |= bitrix24_figures(bitrix) if bitrix is not None else await _settled(lambda: builtin_figures(nc.jetstream()))
         report["crm"] = crm
         report["crm_sync_replicas"] = 2
         report["operators"] = {
@@ -571,6 +623,7 @@ async def run_chaos(
                 "closed": op.log.closed,
                 "page_opens": op.log.page_opens,
                 "reloads_that_found_chats": op.log.reloads_that_found_chats,
+                "page_reopened_after": dict(op.log.reopened_after.most_common(5)),
             }
             for op in operators
         }
@@ -588,6 +641,15 @@ async def run_chaos(
         report["router_ack_wait_seconds"] = RouterSettings().ack_wait
         report["presence_grace_seconds"] = PRESENCE_GRACE
         report["seconds"] = round(time.monotonic() - started, 1)
+        posts = sum(op.log.posts for op in operators)
+        report["timings"] = {
+            "phases": phases.report(),
+            "sending_seconds": round(sending_ended - started, 1),
+            "closed_while_sending": closed_then,
+            "all_closed_after_seconds": round(closing, 1),
+            "desk_calls": posts,
+            "desk_call_mean_ms": round(sum(op.log.post_seconds for op in operators) / max(1, posts) * 1000, 1),
+        }
         report["processes_that_ended_by_themselves"] = unexpected  # restarted, as an orchestrator would
         report["nats_refusals"] = nats.violations()
         print("\nchaos report:", json.dumps(report, indent=2))
@@ -601,6 +663,8 @@ async def run_chaos(
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         # In threads: the relays run on this loop, and a service draining on SIGTERM still needs NATS.
+        for name, p in procs.items():
+            cpu.charge(name, p.proc)
         await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs.values()))
         await nc.close()
         await tg.stop()
@@ -608,7 +672,8 @@ async def run_chaos(
         await wa.stop()
         if bitrix is not None:
             await bitrix.stop()
-        await nats.stop()
+        await nats.stop(cpu)
+        phases.say(f"CPU seconds by process: {json.dumps(cpu.report())}")
 
 
 async def _settled(read: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
@@ -718,16 +783,27 @@ def _first_line(mail: EmailMessage) -> str:
 
 
 def _peer_texts(tg: FakeTelegram, vk: FakeVk, wa: FakeWhatsApp, smtp: SmtpSink, sent: Sent) -> dict[str, Counter[str]]:
-    """What each messenger chat or mail address received, text -> times."""
-    texts: dict[str, Counter[str]] = {}
-    for client in sent.whatsapp_clients:
-        texts[f"wa:{client}"] = Counter(m.text for m in wa.sent_to(client, "text"))
-    for chat in sent.telegram_chats:
-        texts[f"tg:{chat}"] = Counter(str(c.params.get("text", "")) for c in tg.sent(chat, "sendMessage"))
-    for peer in sent.vk_peers:
-        texts[f"vk:{peer}"] = Counter(s.message for s in vk.sent_to(peer))
-    for address in sent.mail_senders:
-        texts[f"mail:{address}"] = Counter(_first_line(r.message) for r in smtp.to(address))
+    """What each messenger chat or mail address received, text -> times (each peer's log read once: one
+    pass over it, not one per client)."""
+    texts: dict[str, Counter[str]] = {f"wa:{c}": Counter() for c in sent.whatsapp_clients}
+    texts |= {f"tg:{c}": Counter() for c in sent.telegram_chats}
+    texts |= {f"vk:{p}": Counter() for p in sent.vk_peers}
+    texts |= {f"mail:{a}": Counter() for a in sent.mail_senders}
+    for m in wa.sent:
+        if m.type == "text" and f"wa:{m.to}" in texts:
+            texts[f"wa:{m.to}"][m.text] += 1
+    for c in tg.sent(method="sendMessage"):
+        if f"tg:{c.chat_id}" in texts:
+            texts[f"tg:{c.chat_id}"][str(c.params.get("text", ""))] += 1
+    for v in vk.sent:
+        if f"vk:{v.peer_id}" in texts:
+            texts[f"vk:{v.peer_id}"][v.message] += 1
+    for r in smtp.received:
+        line = None
+        for address in set(r.rcpt_tos):
+            if f"mail:{address}" in texts:
+                line = _first_line(r.message) if line is None else line
+                texts[f"mail:{address}"][line] += 1
     return texts
 
 

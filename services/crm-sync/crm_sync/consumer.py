@@ -1,10 +1,13 @@
-"""The event consumer: OL_EVT session events applied one at a time, in stream
-order, acked only after the CRM and the links bucket reflect them.
+"""The event consumer: OL_EVT session events, each client's in stream order,
+acked only after the CRM and the links bucket reflect them.
 
-Like the router's inbound consumer: one unacknowledged event at a time, and
-an event that fails is retried *in place* - forever while the CRM or NATS is
-unreachable or rate-limiting us (the events wait, in order, nothing lost), a
-few times for a refusal before it is dead-lettered with the reason.
+Up to ``concurrency`` events are in hand at once over all replicas (the
+consumer's ``max_ack_pending``); an event starts only when every earlier event
+of its client is acknowledged (crm_sync.order, decision 030), so one client's
+close never overtakes its opening while other clients move on. An event that
+fails is retried *in place* - forever while the CRM or NATS is unreachable or
+rate-limiting us (that client's later events wait, nothing lost), a few times
+for a refusal before it is dead-lettered with the reason.
 
 An event stays ours for as long as we work on it, however long the CRM makes
 us wait: a heartbeat sends an in-progress ack every third of ``ack_wait`` and
@@ -17,6 +20,7 @@ next create (decision 015).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -30,6 +34,7 @@ from prometheus_client import Counter, Gauge
 
 from crm_sync.backends.base import CrmUnavailable
 from crm_sync.claims import Claim, ClaimLost, Claims
+from crm_sync.order import ClientOrder
 from crm_sync.sync import HANDLED_KINDS, Syncer
 from openlines import subjects
 from openlines.consume import Durable, dead_letter, keep_alive
@@ -57,14 +62,22 @@ _decode = msgspec.json.Decoder(SessionEvent)
 
 
 class EventConsumer:
-    def __init__(self, js: JetStreamContext, syncer: Syncer, durable: str, ack_wait: float, claims: Claims) -> None:
+    def __init__(
+        self, js: JetStreamContext, syncer: Syncer, durable: str, ack_wait: float, claims: Claims, concurrency: int = 1
+    ) -> None:
         self.js = js
         self.syncer = syncer
         self.durable = durable
         self.ack_wait = ack_wait
         self.claims = claims
+        self.concurrency = concurrency
         self.stop_event = asyncio.Event()
-        self.waiting_reason = ""
+        self._waiting: dict[int, str] = {}  # stream sequence -> why that event waits for the CRM
+        kinds = [subjects.event(k) for k in HANDLED_KINDS]
+        self.order = ClientOrder(js, subjects.STREAM_EVT, durable, set(kinds))
+        self._kinds = kinds
+        self._in_hand: set[asyncio.Task[None]] = set()
+        self._durable: Durable | None = None
 
     async def run(self) -> None:
         config = js_api.ConsumerConfig(
@@ -73,14 +86,58 @@ class EventConsumer:
             ack_policy=js_api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
             max_deliver=-1,
-            max_ack_pending=1,  # strict order: a client's close never overtakes its opening
+            # Events in hand at once, all replicas together; each client's stay in order (crm_sync.order).
+            max_ack_pending=self.concurrency,
             deliver_policy=js_api.DeliverPolicy.ALL,
-            filter_subjects=[subjects.event(k) for k in HANDLED_KINDS],
+            filter_subjects=self._kinds,
         )
-        await Durable(self.js, subjects.STREAM_EVT, config).run(self._handle, self.stop_event)
+        self._durable = Durable(self.js, subjects.STREAM_EVT, config, batch=self._room)
+        try:
+            await self._durable.run(self._start, self.stop_event)
+        finally:
+            # Stopping: what is in hand ends unacknowledged (redelivered, in order) or finishes its step.
+            await asyncio.gather(*self._in_hand, return_exceptions=True)
+
+    def _room(self) -> int:
+        return self.concurrency - len(self._in_hand)
+
+    async def _start(self, m: Msg) -> None:
+        """Take the event on in its own task: the next one is fetched while it is applied."""
+        task = asyncio.create_task(self._handle_or_nak(m))
+        self._in_hand.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_hand.discard(task)
+        if self._durable is not None:
+            self._durable.room_freed()
+
+    async def _handle_or_nak(self, m: Msg) -> None:
+        try:
+            await self._handle(m)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("event not handled, it comes again", extra={"error": repr(exc)[:300]})
+            with contextlib.suppress(Exception):  # NATS away: ack_wait redelivers it
+                await m.nak(delay=1.0)
+        finally:
+            self._wait_reason(m.metadata.sequence.stream, "")  # no longer in hand here
 
     async def stop(self) -> None:
         self.stop_event.set()
+
+    @property
+    def waiting_reason(self) -> str:
+        """Why an event in hand waits for the CRM ("" when none does): readiness says it."""
+        return next(iter(self._waiting.values()), "")
+
+    def _wait_reason(self, seq: int, reason: str) -> None:
+        if reason:
+            self._waiting[seq] = reason
+        else:
+            self._waiting.pop(seq, None)
+        WAITING.set(1 if self._waiting else 0)
 
     async def _handle(self, m: Msg) -> None:
         try:
@@ -88,6 +145,22 @@ class EventConsumer:
         except msgspec.ValidationError as exc:
             await self._dead_letter(m, f"malformed session event on {m.subject}: {exc}")
             return
+        seq = m.metadata.sequence.stream
+        self.order.saw(seq, evt.client_id)
+        # Keep alive while waiting too: an earlier event of the client may take long (the CRM throttling).
+        async with keep_alive(m, self.ack_wait / 3):
+            while evt.client_id:
+                try:
+                    if not await self.order.wait_turn(evt.client_id, seq, self.stop_event):
+                        return  # stopping: not acked, redelivered in order
+                    break
+                except Exception as exc:  # NATS away: look again shortly
+                    log.info("event order not read", extra={"error": repr(exc)[:200]})
+                    try:
+                        await asyncio.wait_for(self.stop_event.wait(), timeout=0.5)
+                        return
+                    except TimeoutError:
+                        pass
         held: list[Claim] = []  # the claim once we have it (the heartbeat renews it)
         try:
             # The in-progress ack and the claim renewal in one beat, the ack first: a redelivery
@@ -110,6 +183,7 @@ class EventConsumer:
         return True
 
     async def _apply(self, m: Msg, evt: SessionEvent, held: list[Claim]) -> None:
+        seq = m.metadata.sequence.stream
         failures = 0
         delay = 0.2
         while True:
@@ -130,18 +204,16 @@ class EventConsumer:
                 await m.ack_sync()
                 crash_point("crm.event.acked")
                 HANDLED.labels("ok").inc()
-                if self.waiting_reason:
+                if seq in self._waiting:
                     log.info("crm reachable again", extra={"session": evt.session_id})
-                self.waiting_reason = ""
-                WAITING.set(0)
+                self._wait_reason(seq, "")
                 return
             except ClaimLost:
                 # Another replica took the client over (we were cut off too long): it applies
                 # the event; we leave it unacknowledged and create nothing more.
                 log.warning("event left to the replica that took its client over", extra={"session": evt.session_id})
                 HANDLED.labels("handed_over").inc()
-                self.waiting_reason = ""
-                WAITING.set(0)
+                self._wait_reason(seq, "")
                 return
             except Exception as exc:
                 transient = isinstance(exc, TRANSIENT)
@@ -149,8 +221,7 @@ class EventConsumer:
                 if isinstance(exc, CrmUnavailable) and exc.retry_after:
                     wait = min(max(delay, exc.retry_after), MAX_DELAY)
                 HANDLED.labels("retry").inc()
-                self.waiting_reason = str(exc)[:200]
-                WAITING.set(1)
+                self._wait_reason(seq, str(exc)[:200])
                 log.warning(
                     "crm sync failed, retrying in place",
                     extra={
@@ -163,13 +234,14 @@ class EventConsumer:
                 )
                 if failures >= MAX_OTHER_FAILURES:
                     await self._dead_letter(m, f"crm-sync could not apply {evt.kind} of {evt.session_id}: {exc!r}"[:1000])
-                    self.waiting_reason = ""
-                    WAITING.set(0)
+                    self._wait_reason(seq, "")
                     return
             if self.stop_event.is_set():
+                self._wait_reason(seq, "")
                 return  # not acked: redelivered before anything newer
             try:  # back-off between attempts at the CRM, cut short by a stop
                 await asyncio.wait_for(self.stop_event.wait(), timeout=wait)
+                self._wait_reason(seq, "")
                 return
             except TimeoutError:
                 pass

@@ -38,7 +38,9 @@ async def setup(svc: Service[Settings]) -> None:
     backend = await build(s, svc.js, links)
     users = Users(s.users(), identity_when_unmapped=s.crm_backend == "builtin")
     syncer = Syncer(svc.js, buckets, links, backend, users, phone_region=s.phone_region)
-    consumer = EventConsumer(svc.js, syncer, s.consumer, s.ack_wait, Claims(links, lease=s.ack_wait))
+    consumer = EventConsumer(
+        svc.js, syncer, s.consumer, s.ack_wait, Claims(links, lease=s.ack_wait), concurrency=s.crm_concurrency
+    )
     responsible = Responsible(
         svc.nc,
         svc.js,

@@ -35,6 +35,8 @@ class Settings(BaseSettings, kw_only=True):
     crm_users: str = ""  # JSON {"<crm user id>": "<operator id>"}; empty = the built-in CRM's users are operator ids
     phone_region: str = ""  # ISO country (e.g. "LV") for numbers written without a country code
     consumer: str = "crm-sync"  # durable consumer name on OL_EVT
+    # Events in hand at once, all replicas together (each client's in order: decision 030); 1 = one at a time.
+    crm_concurrency: int = 16
     # Seconds before an unacknowledged event is redelivered (after a crash), and the lease of a
     # replica's claim on a client: heartbeats renew both every third of it. Longer than crm_timeout.
     ack_wait: float = 30.0
@@ -55,6 +57,8 @@ class Settings(BaseSettings, kw_only=True):
             check_secret("OPENLINES_CRM_API_TOKEN", self.crm_api_token)
         if self.crm_rate <= 0 or self.crm_burst < 1:
             raise ValueError("OPENLINES_CRM_RATE must be > 0 and OPENLINES_CRM_BURST >= 1")
+        if not 1 <= self.crm_concurrency <= 1000:
+            raise ValueError(f"OPENLINES_CRM_CONCURRENCY must be 1-1000 (events in hand at once), not {self.crm_concurrency}")
         if self.ack_wait <= self.crm_timeout:
             # A replica takes a client over when the holder's claim has stood still for ack_wait;
             # the holder's last create, sent right after its last renewal, must have ended by then.

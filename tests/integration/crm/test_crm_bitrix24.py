@@ -131,9 +131,7 @@ async def test_deal_mode_gives_a_known_contact_a_deal_in_the_configured_pipeline
         assert len(peer.contacts()) == 2 and len(peer.deals()) == 2 and peer.leads() == []
 
 
-async def test_events_wait_while_the_crm_refuses_or_is_down_and_are_applied_in_order_afterwards(
-    nc: Any, nats_server: Any
-) -> None:
+async def test_events_wait_while_the_crm_refuses_or_is_down_and_are_applied_afterwards(nc: Any, nats_server: Any) -> None:
     await apply_lines(nc, OPS + crm_line())
     async with (
         running_bitrix24() as peer,
@@ -145,9 +143,13 @@ async def test_events_wait_while_the_crm_refuses_or_is_down_and_are_applied_in_o
             await publish(nc, inbound(f"w{i}", "hello", "m1", name=f"Client {i}"))
             await opened(nc, "webchat", "demo", f"w{i}")
         await wait_for(lambda: len(peer.calls) >= 6, what="crm-sync retrying against the rate limit")
+
+        async def refused() -> bool:  # once an event's own retries of the call ran out
+            ready = await _readyz(svc.port)
+            return ready["status"] == "not ready" and "QUERY_LIMIT_EXCEEDED" in " ".join(ready["reasons"])
+
+        await wait_for(refused, timeout=30, what="readiness saying the events wait for the CRM")
         assert peer.leads() == []
-        ready = await _readyz(svc.port)
-        assert ready["status"] == "not ready" and "QUERY_LIMIT_EXCEEDED" in " ".join(ready["reasons"])
         # Then the CRM goes away altogether for a while.
         port = peer.port
         await peer.stop()
@@ -156,7 +158,8 @@ async def test_events_wait_while_the_crm_refuses_or_is_down_and_are_applied_in_o
         await opened(nc, "webchat", "demo", "w3")
         await peer.start(port)
         await wait_for(lambda: len(peer.leads()) == 4, timeout=30, what="every lead created after the CRM came back")
-        assert [lead["NAME"] for lead in peer.leads()] == ["Client 0", "Client 1", "Client 2", "Client 3"]
+        # Each client's events in order; different clients' may be applied side by side (decision 030).
+        assert sorted(lead["NAME"] for lead in peer.leads()) == ["Client 0", "Client 1", "Client 2", "Client 3"]
 
 
 async def test_responsible_lookup_answers_fast_and_the_router_offers_the_chat_to_the_responsible(
