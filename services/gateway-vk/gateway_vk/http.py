@@ -21,6 +21,7 @@ import logging
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from gateway_vk import metrics
 from gateway_vk.media import Media
@@ -72,6 +73,7 @@ class CallbackHttp:
         self.media = media
         self.edge = Edge(CHANNEL, lambda status, code: metrics.REFUSED.labels(str(status), code).inc())
         self._confirmations: dict[str, str] = {}
+        self._events: dict[tuple[str, str], Counter] = {}  # (account, outcome) -> its EVENTS child
         self.admission = admission.Admission("vk", settings.limits())
 
     def routes(self, app: web.Application) -> None:
@@ -229,7 +231,7 @@ class CallbackHttp:
             )
             return unavailable()
         duplicate = bool(ack.duplicate)
-        metrics.EVENTS.labels(account, "duplicate" if duplicate else "published").inc()
+        self._counted(account, "duplicate" if duplicate else "published").inc()
         log.debug(  # hot path: the published counter counts these
             "message published",
             extra={
@@ -242,6 +244,13 @@ class CallbackHttp:
             },
         )
         return web.Response(text=OK)
+
+    def _counted(self, account: str, outcome: str) -> Counter:
+        """The EVENTS counter of (account, outcome), looked up once per pair (the hot path counts every event)."""
+        child = self._events.get((account, outcome))
+        if child is None:
+            child = self._events[(account, outcome)] = metrics.EVENTS.labels(account, outcome)
+        return child
 
     async def shutdown(self) -> None:
         """Answer 503 to new events (VK retries them elsewhere or later) and let in-flight publishes finish."""
