@@ -435,12 +435,24 @@ class _PlainChat(msgspec.Struct, forbid_unknown_fields=True):
     username: str = ""
 
 
+class _PlainLinkPreview(msgspec.Struct, forbid_unknown_fields=True):
+    """Bot API 7.0's ``link_preview_options``: how the client's app shows a link (the operator does not need it).
+    Real private texts carry it (the teloxide capture in the corpus does), so the fast path takes it."""
+
+    is_disabled: bool = False
+    url: str = ""
+    prefer_small_media: bool = False
+    prefer_large_media: bool = False
+    show_above_text: bool = False
+
+
 class _PlainMessage(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
     message_id: int
     date: int
     chat: _PlainChat
     sender: _PlainUser
     text: str
+    link_preview_options: _PlainLinkPreview | None = None
 
 
 class _PlainUpdate(msgspec.Struct, forbid_unknown_fields=True):
