@@ -467,7 +467,7 @@ def plain_text(account: str, bot_id: int, body: bytes, now: datetime) -> Normali
     """The update when it is a client's plain text in the private chat with the bot; None for any other."""
     try:
         update = _plain.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, *BAD_JSON):  # BAD_JSON: invalid UTF-8 inside a string too
         return None
     msg, user = update.message, update.message.sender
     if update.update_id < 0 or not msg.text or msg.chat.id != user.id:

@@ -97,6 +97,7 @@ def _with(path: str, value: Any) -> bytes:
         _with("message.link_preview_options", {"url": 5}),
         b'{"update_id": 11, "edited_message": {}}',
         b"not json",
+        b'{"update_id": 1, "message": {"text": "\x8f"}}',  # not UTF-8 inside a string: the full path says so
     ],
 )
 def test_anything_else_takes_the_full_path(body: bytes) -> None:
