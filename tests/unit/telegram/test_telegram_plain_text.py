@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from corpus import corpus_files, params
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from corpus import corpus_files, params
 
 from gateway_telegram.normalise import normalise, parse_update, plain_text
 
@@ -138,6 +137,6 @@ def test_the_corpus_has_plain_texts_for_the_fast_path() -> None:
     names = {p.name for p in corpus_files("telegram", ".json")}
     if not names:
         pytest.skip("no corpus")
-    assert FAST_IN_CORPUS <= names
+    assert names >= FAST_IN_CORPUS
     taken = {p.name for p in corpus_files("telegram", ".json") if plain_text("shop", 42, p.read_bytes(), NOW) is not None}
     assert taken == FAST_IN_CORPUS
