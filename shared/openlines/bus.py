@@ -7,6 +7,7 @@ import contextlib
 import logging
 import ssl
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -220,21 +222,26 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     wait = PUBLISH_ATTEMPT
+    task = asyncio.current_task()
+    deadlines = _deadlines_of(loop)
     while True:
         if not nc.is_connected:
             raise BusUnavailable("disconnected")
         attempt = max(0.05, min(wait, deadline - loop.time()))
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the coroutine in one more
-            # task per message, which the ingest benchmark (P1) showed in its profile.
-            async with asyncio.timeout(attempt + 0.5):
-                return await js.publish(
-                    subjects.inbound(env.channel, env.account, env.chat_id),
-                    encode(env),
-                    timeout=attempt,
-                    stream=subjects.STREAM_IN,
-                    headers={MSG_ID_HEADER: env.id},
-                )
+            publish = acked_publish(
+                nc,
+                subjects.inbound(env.channel, env.account, env.chat_id),
+                encode(env),
+                timeout=attempt,
+                headers={MSG_ID_HEADER: env.id, _EXPECTED_STREAM: subjects.STREAM_IN},
+            )
+            # nats-py's own timeout answers first; this backstop covers a publish stuck before its request
+            # is out (nats-py waits for a full pending buffer to flush without a deadline).
+            if task is None:
+                async with asyncio.timeout(attempt + 0.5):
+                    return await publish
+            return await deadlines.within(task, loop.time() + attempt + 0.5, publish)
         except asyncio.CancelledError:
             raise
         except (*_REFUSED, TimeoutError, NatsTimeoutError) as exc:
@@ -247,6 +254,98 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
                 wait *= 2
         except Exception as exc:  # connection lost, stream errors
             raise BusUnavailable(type(exc).__name__, exc) from None
+
+
+_EXPECTED_STREAM = js_api.Header.EXPECTED_STREAM
+
+
+class _PubAckAnswer(msgspec.Struct):
+    """What JetStream answers a publish: the PubAck's fields a caller reads, or the API's error."""
+
+    stream: str = ""
+    seq: int = 0
+    domain: str | None = None
+    duplicate: bool | None = None
+    error: dict[str, Any] | None = None
+
+
+_pub_ack = msgspec.json.Decoder(_PubAckAnswer)
+
+
+async def acked_publish(nc: NATS, subject: str, payload: bytes, *, timeout: float, headers: dict[str, str]) -> js_api.PubAck:
+    """``js.publish``'s exchange (one request, JetStream's PubAck or API error in reply) with the answer read by msgspec.
+
+    nats-py reads the PubAck with ``json.loads`` and a dataclass-field walk (``PubAck.from_response``):
+    about a tenth of a gateway's own Python per webhook (bench/FINDINGS.md, "P1W at speed"). The errors
+    are nats-py's own: no stream answering -> ``NoStreamResponseError``, an API error -> its ``APIError``.
+    """
+    try:
+        msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+    except NoRespondersError:
+        raise NoStreamResponseError from None
+    answer = _pub_ack.decode(msg.data)
+    if answer.error is not None:
+        raise APIError.from_error(answer.error)
+    return js_api.PubAck(stream=answer.stream, seq=answer.seq, domain=answer.domain, duplicate=answer.duplicate)
+
+
+class _Deadline:
+    __slots__ = ("at", "expired")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.expired = False
+
+
+class Deadlines:
+    """The deadlines of the client-message publishes in flight on one event loop, watched by one timer.
+
+    ``asyncio.timeout`` per message put a timer handle into the loop's heap, cancelled it again and
+    looked the loop and the task up several times: measurable at webhook rates (bench/FINDINGS.md,
+    "P1W at speed"). These deadlines are a backstop behind nats-py's own request timeout, so one
+    check every ``tick`` seconds over the publishes in flight is enough: a stuck publish is cut off
+    at most ``tick`` after its deadline, raising ``TimeoutError`` as ``asyncio.timeout`` would.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.25) -> None:
+        self._loop = loop
+        self._tick = tick
+        self._due: dict[asyncio.Task[Any], _Deadline] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def within(self, task: asyncio.Task[Any], at: float, work: Awaitable[T]) -> T:
+        """``await work`` in ``task`` (the current one), cut off with ``TimeoutError`` once the loop's clock passes ``at``."""
+        entry = self._due[task] = _Deadline(at)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._check)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if entry.expired and task.uncancel() == 0:  # our cancellation, and nobody else's
+                raise TimeoutError from None
+            raise
+        finally:
+            del self._due[task]
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for task, entry in list(self._due.items()):
+            if entry.at <= now and not entry.expired:
+                entry.expired = True
+                task.cancel()
+        if self._due:
+            self._timer = self._loop.call_later(self._tick, self._check)
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
+
+
+def _deadlines_of(loop: asyncio.AbstractEventLoop) -> Deadlines:
+    found = _DEADLINES.get(loop)
+    if found is None:
+        found = _DEADLINES[loop] = Deadlines(loop)
+    return found
 
 
 async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[str], None] | None = None) -> None:

@@ -7,9 +7,8 @@ hand finish their publish before it exits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import BodyPartReader, StreamReader, web
@@ -33,11 +32,23 @@ class TooLarge(Exception):
 async def read_limited(content: StreamReader, limit: int) -> bytes:
     """All of ``content`` (a request's or a download's body), read at most ``limit`` bytes far:
     past it :class:`TooLarge` is raised at the first chunk over, never buffering the rest."""
-    body = bytearray()
-    async for chunk in content.iter_chunked(65536):
+    # readany, not iter_chunked: this runs for every webhook, and iter_chunked costs an
+    # iterator, a lambda, a coroutine and a StopAsyncIteration per body (bench/FINDINGS.md).
+    # A body that came in one piece (a webhook's usually does) is returned as it came.
+    first = await content.readany()
+    if len(first) > limit:
+        raise TooLarge(limit)
+    if not first:
+        return b""
+    chunk = await content.readany()
+    if not chunk:
+        return first
+    body = bytearray(first)
+    while chunk:
         body += chunk
         if len(body) > limit:
             raise TooLarge(limit)
+        chunk = await content.readany()
     return bytes(body)
 
 
@@ -84,6 +95,7 @@ class Edge:
         self._in_flight = 0
         self._idle = asyncio.Event()  # set while nothing is in flight
         self._idle.set()
+        self._working = _Working(self)
 
     def refuse(
         self, status: int, code: str, detail: str, headers: dict[str, str] | None = None, *, quiet: bool = False, **where: str
@@ -96,11 +108,15 @@ class Edge:
 
     async def admitted(self, gate: admission.Admission, work: Callable[[], Awaitable[R]], **where: str) -> R | web.Response:
         """``work``'s answer once ``gate`` admits the request; 503 with Retry-After (counted) when it will not."""
+        # acquire/release, not ``async with gate.slot()``: an async generator per request is measurable here.
         try:
-            async with gate.slot():
-                return await work()
+            await gate.acquire()
         except admission.Overloaded as exc:
             return self.overloaded(exc, **where)
+        try:
+            return await work()
+        finally:
+            gate.release()
 
     def overloaded(self, exc: admission.Overloaded, detail: str = "server busy; retry later", **where: str) -> web.Response:
         """The answer when admission control turned the request away: 503 with Retry-After, counted."""
@@ -112,17 +128,19 @@ class Edge:
     def in_flight(self) -> int:
         return self._in_flight
 
-    @contextlib.contextmanager
-    def working(self) -> Iterator[None]:
-        """Count the block as work in flight: :meth:`drain` waits for it."""
+    def working(self) -> _Working:
+        """Count the block (``with edge.working():``) as work in flight: :meth:`drain` waits for it."""
+        return self._working
+
+    def _begin(self) -> None:
         self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
+        if self._in_flight == 1:
+            self._idle.clear()
+
+    def _end(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking work (``stopping``) and wait up to ``timeout`` seconds for the work in flight; whether it all ended."""
@@ -133,3 +151,19 @@ class Edge:
             log.warning("stopping with requests still in flight", extra={"channel": self.channel, "in_flight": self._in_flight})
             return False
         return True
+
+
+class _Working:
+    """What :meth:`Edge.working` returns: one object per edge, reused by every request (a plain class,
+    not ``@contextmanager``, whose generator per request showed in the webhook profile)."""
+
+    __slots__ = ("_edge",)
+
+    def __init__(self, edge: Edge) -> None:
+        self._edge = edge
+
+    def __enter__(self) -> None:
+        self._edge._begin()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._edge._end()

@@ -6,6 +6,7 @@ that a rename is one change here (and one in docs/architecture.md).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -134,7 +135,13 @@ def partition_of(channel: str, account: str, chat_id: str) -> int:
 
 def inbound(channel: str, account: str, chat_id: str) -> str:
     """Where a gateway publishes a client's message: ``ol.in.<channel>.<account>.<partition>``."""
-    return f"{IN_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}.{partition_of(channel, account, chat_id)}"
+    return f"{_inbound_prefix(channel, account)}.{partition_of(channel, account, chat_id)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _inbound_prefix(channel: str, account: str) -> str:
+    # Checked once per (channel, account), not once per message; a bad token raises and is not cached.
+    return f"{IN_ROOT}.{token(channel, 'channel')}.{token(account, 'account')}"
 
 
 def inbound_account(channel: str, account: str) -> str:

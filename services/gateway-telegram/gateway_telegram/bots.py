@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,10 @@ class BotAccount:
     account: str  # the channel account: ol.in.telegram.<account>, [[lines.channels]] account
     token: str
     secret: str  # sent by Telegram in X-Telegram-Bot-Api-Secret-Token
+    bot_id: int = field(init=False, compare=False)  # the token's number: part of every envelope id, so read once
 
-    @property
-    def bot_id(self) -> int:
-        return int(self.token.split(":", 1)[0])
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bot_id", int(self.token.split(":", 1)[0]))
 
     def __repr__(self) -> str:  # never print the token or the secret
         return f"BotAccount(account={self.account!r}, bot_id={self.bot_id})"

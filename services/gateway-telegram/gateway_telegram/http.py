@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from gateway_telegram import metrics
 from gateway_telegram.api import BotPool
@@ -37,6 +39,16 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 WEBHOOK_PATH = "/telegram/{account}"
 
 
+# The answers of the hot path, encoded once: each is what web.json_response would have made of it.
+_ANSWER = {duplicate: json.dumps({"ok": True, "duplicate": duplicate}).encode() for duplicate in (False, True)}
+# Counters' label children resolved once (prometheus' labels() is a lock and a tuple per call).
+_PUBLISHED = {duplicate: metrics.PUBLISHED.labels(str(duplicate).lower()) for duplicate in (False, True)}
+
+
+def _answer(duplicate: bool) -> web.Response:
+    return web.Response(body=_ANSWER[duplicate], content_type="application/json")
+
+
 def webhook_path(account: str) -> str:
     return WEBHOOK_PATH.format(account=account)
 
@@ -49,6 +61,7 @@ class TelegramHttp:
         self.pool = pool
         self.edge = Edge(CHANNEL, lambda _status, code: metrics.REJECTED.labels(code).inc())
         self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._updates: dict[tuple[str, str], Counter] = {}  # (account, kind label) -> its UPDATES child
         self.admission = admission.Admission("telegram", settings.limits())
         self.files = InboundFiles(settings, js, pool)
 
@@ -98,8 +111,15 @@ class TelegramHttp:
             log.info("update ignored", extra={"channel": CHANNEL, "account": account, "kind": result.kind})
         if result.callback_query_id:
             self._answer_callback(account, result.callback_query_id)
-        metrics.UPDATES.labels(account, result.kind.split(":")[0]).inc()
-        return web.json_response({"ok": True, "duplicate": duplicate})
+        self._counted(account, result.kind.partition(":")[0]).inc()
+        return _answer(duplicate)
+
+    def _counted(self, account: str, kind: str) -> Counter:
+        """The UPDATES counter of (account, kind), looked up once per pair (configured accounts, four kinds)."""
+        child = self._updates.get((account, kind))
+        if child is None:
+            child = self._updates[(account, kind)] = metrics.UPDATES.labels(account, kind)
+        return child
 
     async def _dead_letter(self, account: str, body: bytes, reason: str) -> web.Response:
         """An update Telegram sent (the secret matched) that cannot be read: kept as a dead letter, answered 200.
@@ -134,7 +154,7 @@ class TelegramHttp:
             )
             raise Unavailable("message not stored; retry") from None
         duplicate = bool(ack.duplicate)
-        metrics.PUBLISHED.labels(str(duplicate).lower()).inc()
+        _PUBLISHED[duplicate].inc()
         log.debug(  # hot path: the published counter counts these
             "update published",
             extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},

@@ -435,12 +435,24 @@ class _PlainChat(msgspec.Struct, forbid_unknown_fields=True):
     username: str = ""
 
 
+class _PlainLinkPreview(msgspec.Struct, forbid_unknown_fields=True):
+    """Bot API 7.0's ``link_preview_options``: how the client's app shows a link (the operator does not need it).
+    Real private texts carry it (the teloxide capture in the corpus does), so the fast path takes it."""
+
+    is_disabled: bool = False
+    url: str = ""
+    prefer_small_media: bool = False
+    prefer_large_media: bool = False
+    show_above_text: bool = False
+
+
 class _PlainMessage(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
     message_id: int
     date: int
     chat: _PlainChat
     sender: _PlainUser
     text: str
+    link_preview_options: _PlainLinkPreview | None = None
 
 
 class _PlainUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -455,7 +467,7 @@ def plain_text(account: str, bot_id: int, body: bytes, now: datetime) -> Normali
     """The update when it is a client's plain text in the private chat with the bot; None for any other."""
     try:
         update = _plain.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, *BAD_JSON):  # BAD_JSON: invalid UTF-8 inside a string too
         return None
     msg, user = update.message, update.message.sender
     if update.update_id < 0 or not msg.text or msg.chat.id != user.id:

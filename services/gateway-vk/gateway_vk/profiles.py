@@ -15,6 +15,7 @@ from gateway_vk.vkapi import CommunityApi, VkError, VkUnreachable
 log = logging.getLogger("gateway_vk.profiles")
 
 MAX_ENTRIES = 100_000
+_HITS = metrics.PROFILE_LOOKUPS.labels("hit")  # resolved once: every event of a known author counts one
 FAILURE_TTL = 60.0  # after a failed lookup, do not ask again for this long (VK down: no 1.5 s wait per message)
 
 
@@ -33,7 +34,7 @@ class Profiles:
         now = self._clock()
         hit = self._cache.get(key)
         if hit is not None and hit[1] > now:
-            metrics.PROFILE_LOOKUPS.labels("hit").inc()
+            _HITS.inc()
             return hit[0]
         try:
             answer = await asyncio.wait_for(api.call("users.get", {"user_ids": str(user_id)}), timeout=self.timeout)

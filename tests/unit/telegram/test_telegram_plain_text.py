@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from corpus import corpus_files, params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +38,12 @@ def private_texts(draw: Any) -> dict[str, Any]:
     if draw(st.booleans()):
         user["is_premium"] = draw(st.booleans())
     message = {"message_id": draw(ids), "from": user, "chat": chat, "date": draw(ids), "text": draw(st.text(min_size=1))}
+    if draw(st.booleans()):  # how the client's app shows a link (Bot API 7.0)
+        preview = {"url": draw(words)} if draw(st.booleans()) else {}
+        for key in ("is_disabled", "prefer_small_media", "prefer_large_media", "show_above_text"):
+            if draw(st.booleans()):
+                preview[key] = draw(st.booleans())
+        message["link_preview_options"] = preview
     return {"update_id": draw(st.integers(min_value=0, max_value=2**52)), "message": message}
 
 
@@ -84,8 +92,11 @@ def _with(path: str, value: Any) -> bytes:
         _with("message.from.is_bot", "no"),
         _with("update_id", -1),
         _with("message.newer_bot_api_field", True),  # something this version does not know
+        _with("message.link_preview_options", {"is_disabled": True, "newer": 1}),
+        _with("message.link_preview_options", {"url": 5}),
         b'{"update_id": 11, "edited_message": {}}',
         b"not json",
+        b'{"update_id": 1, "message": {"text": "\x8f"}}',  # not UTF-8 inside a string: the full path says so
     ],
 )
 def test_anything_else_takes_the_full_path(body: bytes) -> None:
@@ -102,3 +113,30 @@ def test_the_shape_the_full_path_reads_the_same() -> None:
         "vo",
     )
     assert fast == full(body)
+
+
+# Updates Telegram really sent (../shared/corpus/telegram) that are a client's plain text in the private chat.
+FAST_IN_CORPUS = {"teloxide__update_message_private_text.json"}
+
+
+@pytest.mark.parametrize("path", params("telegram", ".json"))
+def test_every_corpus_update_the_fast_path_takes_gives_what_the_full_path_gives(path: Path) -> None:
+    body = path.read_bytes()
+    fast = plain_text("shop", 42, body, NOW)
+    if fast is None:  # not its shape: the full path reads it, as before
+        assert path.name not in FAST_IN_CORPUS
+        return
+    assert fast == full(body), path.name
+    # One more key anywhere in the update and it is no longer the fast path's shape.
+    update = json.loads(body)
+    update["message"]["newer_bot_api_field"] = 1
+    assert plain_text("shop", 42, json.dumps(update).encode(), NOW) is None
+
+
+def test_the_corpus_has_plain_texts_for_the_fast_path() -> None:
+    names = {p.name for p in corpus_files("telegram", ".json")}
+    if not names:
+        pytest.skip("no corpus")
+    assert names >= FAST_IN_CORPUS
+    taken = {p.name for p in corpus_files("telegram", ".json") if plain_text("shop", 42, p.read_bytes(), NOW) is not None}
+    assert taken == FAST_IN_CORPUS
