@@ -22,13 +22,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from openlines import bus, subjects
 from openlines.consume import Durable, outbound_consumer
@@ -68,6 +68,26 @@ class SentLog(Generic[R]):
 
     async def put(self, rec: R) -> None:
         await self.kv.put(sent_key(rec.id), msgspec.json.encode(rec))
+
+
+class PartsSent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What was sent of one outbound message, part by part (text chunks, then files): the fields every channel's
+    record has. A channel's record adds the ids its API gave the parts (:meth:`accepted`)."""
+
+    id: str  # the outbound id
+    parts: int = 0  # parts the channel accepted so far
+    attempting: int = 0  # 1-based index of the part whose send has started
+    uncertain: int = 0  # parts sent again because a crash left their delivery unknown
+    done: bool = False  # every part accepted, or given up (failed)
+    failed: str = ""  # the reason when given up
+
+    def accepted(self, ident: Any, last: bool) -> Any:
+        """The record after the channel accepted the next part under ``ident`` (the record's own type)."""
+        raise NotImplementedError
+
+
+P = TypeVar("P", bound=PartsSent)
+E = TypeVar("E", bound=Exception)
 
 
 class Stopping(Exception):
@@ -130,6 +150,46 @@ class LaneSender:
     async def _handle(self, lane: Lane, held: Held) -> None:
         """Deliver one message and ack (or term) it; raise :class:`Stopping` to leave it for redelivery."""
         raise NotImplementedError
+
+    # -- a message of several parts ------------------------------------------
+
+    async def _send_parts(
+        self,
+        held: Held,
+        rec: P,
+        count: int,
+        send: Callable[[int], Awaitable[Any]],
+        record: Callable[[P], Awaitable[None]],
+        resends: Counter,
+        give_up: type[E],
+        fail: Callable[[P, int, E], Awaitable[None]],
+    ) -> P | None:
+        """Send the parts ``rec`` does not have yet, in order: each recorded as attempting before ``send(index)`` and
+        as accepted (with the id ``send`` returns) after it. A part found attempting but not accepted - a crash
+        between the send and its record - is sent again (a reply is never lost) and counted in ``uncertain`` and
+        ``resends``, so a double is never silent. ``give_up`` from ``send`` ends the message: ``fail(record, index,
+        exc)`` and None. Returns the record, done."""
+        for index in range(rec.parts, count):
+            if rec.attempting > index:
+                rec = msgspec.structs.replace(rec, uncertain=rec.uncertain + 1)
+                resends.labels(held.account).inc()
+                log.warning(
+                    "resending a part whose delivery is unknown after a crash; the client may see it twice",
+                    extra={"account": held.account, "msg_id": rec.id, "part": index + 1},
+                )
+            rec = msgspec.structs.replace(rec, attempting=index + 1)
+            await record(rec)
+            try:
+                ident = await send(index)
+            except give_up as exc:
+                await fail(rec, index, exc)
+                return None
+            rec = rec.accepted(ident, last=index == count - 1)
+            await record(rec)
+        if not rec.done:  # nothing was left to send (every part recorded before a crash, or none to send)
+            rec = msgspec.structs.replace(rec, done=True)
+            await record(rec)
+        return rec
 
     # -- the consumer ------------------------------------------------------
 

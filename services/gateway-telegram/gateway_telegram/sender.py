@@ -99,30 +99,22 @@ class Sender(LaneSender):
             rate = self.settings.telegram_group_rate if group else self.settings.telegram_chat_rate
             lane.pace = Pace(rate, self.settings.telegram_chat_burst)
         parts = plan(out)
-        for index, part in enumerate(parts):
-            if index < rec.parts:
-                continue  # delivered before a crash or a lost ack
-            if rec.attempting > index:
-                # Sent before a crash, never recorded: Telegram may have it. Resend (never lose a reply) and count it.
-                rec = msgspec.structs.replace(rec, uncertain=rec.uncertain + 1)
-                UNCERTAIN_RESENDS.labels(held.account).inc()
-                log.warning(
-                    "resending a part whose delivery is unknown after a crash; the client may see it twice",
-                    extra={"account": held.account, "msg_id": out.id, "part": index + 1},
-                )
-            rec = msgspec.structs.replace(rec, attempting=index + 1)
-            await self._record(rec)
-            try:
-                message_id = await self._send(lane, held.account, bot, out, part)
-            except Permanent as exc:
-                await self._fail(held, out, rec, exc.reason)
-                return
-            last = index == len(parts) - 1
-            rec = msgspec.structs.replace(rec, parts=index + 1, message_ids=[*rec.message_ids, message_id], done=last)
-            await self._record(rec)
-        if not rec.done:  # nothing was left to send (all parts recorded before a crash)
-            rec = msgspec.structs.replace(rec, done=True)
-            await self._record(rec)
+
+        async def fail(rec: SentRecord, _index: int, exc: Permanent) -> None:
+            await self._fail(held, out, rec, exc.reason)
+
+        done = await self._send_parts(
+            held,
+            rec,
+            len(parts),
+            lambda index: self._send(lane, held.account, bot, out, parts[index]),
+            self._record,
+            UNCERTAIN_RESENDS,
+            Permanent,
+            fail,
+        )
+        if done is None:
+            return
         await held.msg.ack_sync()
         metrics.DELIVERED.labels(held.account).inc()
         log.info("outbound delivered", extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "parts": len(parts)})

@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from openlines import bus, subjects
-from openlines.lanes import SentLog
+from openlines.lanes import PartsSent, SentLog
 
 UNCERTAIN_RESENDS = Counter(
     "openlines_telegram_uncertain_resends_total",
@@ -32,14 +32,11 @@ UNCERTAIN_RESENDS = Counter(
 KV_TELEGRAM_SENT = subjects.KV_TELEGRAM_SENT
 
 
-class SentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    id: str  # the outbound id
-    parts: int = 0  # parts delivered so far (text chunks, then attachments)
-    message_ids: list[int] = []  # Telegram message ids of the delivered parts
-    attempting: int = 0  # 1-based index of the part whose send has started
-    uncertain: int = 0  # parts sent again because a crash left their delivery unknown
-    done: bool = False  # every part delivered, or given up (failed)
-    failed: str = ""  # the reason when given up
+class SentRecord(PartsSent, kw_only=True, omit_defaults=True):
+    message_ids: list[int] = msgspec.field(default_factory=list)  # Telegram message ids of the delivered parts
+
+    def accepted(self, ident: int, last: bool) -> SentRecord:
+        return msgspec.structs.replace(self, parts=self.parts + 1, message_ids=[*self.message_ids, ident], done=last)
 
 
 async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:

@@ -121,30 +121,22 @@ class Sender(LaneSender):
         if lane.pace is None:
             lane.pace = Pace(self.settings.whatsapp_user_rate, self.settings.whatsapp_user_burst)
         parts = plan(out)
-        for index, part in enumerate(parts):
-            if index < rec.parts:
-                continue  # accepted before a crash or a lost ack
-            if rec.attempting > index:
-                # Sent before a crash, never recorded: WhatsApp may have it. Send again (never lose a reply) and count it.
-                rec = msgspec.structs.replace(rec, uncertain=rec.uncertain + 1)
-                metrics.UNCERTAIN_RESENDS.labels(held.account).inc()
-                log.warning(
-                    "resending a part whose delivery is unknown after a crash; the client may see it twice",
-                    extra={"account": held.account, "msg_id": out.id, "part": index + 1},
-                )
-            rec = msgspec.structs.replace(rec, attempting=index + 1)
-            await self._record(rec)
-            try:
-                wamid = await self._send(lane, number, out, part, index)
-            except GiveUp as exc:
-                await self._fail(held, out, rec, exc.reason, index, exc.code)
-                return
-            last = index == len(parts) - 1
-            rec = msgspec.structs.replace(rec, parts=index + 1, wamids=[*rec.wamids, wamid], done=last)
-            await self._record(rec)
-        if not rec.done:  # nothing was left to send (all parts recorded before a crash, or whitespace only)
-            rec = msgspec.structs.replace(rec, done=True)
-            await self._record(rec)
+
+        async def fail(rec: SentRecord, index: int, exc: GiveUp) -> None:
+            await self._fail(held, out, rec, exc.reason, index, exc.code)
+
+        done = await self._send_parts(
+            held,
+            rec,
+            len(parts),
+            lambda index: self._send(lane, number, out, parts[index], index),
+            self._record,
+            metrics.UNCERTAIN_RESENDS,
+            GiveUp,
+            fail,
+        )
+        if done is None:
+            return
         await held.msg.ack_sync()
         metrics.DELIVERED.labels(held.account).inc()
         log.info(

@@ -18,17 +18,14 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from openlines import bus, subjects
-from openlines.lanes import SentLog
+from openlines.lanes import PartsSent, SentLog
 
 
-class SentRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    id: str  # the outbound id
-    parts: int = 0  # parts WhatsApp accepted so far (text chunks, then files; or the template)
-    wamids: list[str] = []  # WhatsApp's message ids of those parts
-    attempting: int = 0  # 1-based index of the part whose send has started
-    uncertain: int = 0  # parts sent again because a crash left their fate unknown
-    done: bool = False  # every part accepted, or given up
-    failed: str = ""  # the reason when given up
+class SentRecord(PartsSent, kw_only=True, omit_defaults=True):
+    wamids: list[str] = msgspec.field(default_factory=list)  # WhatsApp's message ids of the parts it accepted
+
+    def accepted(self, ident: str, last: bool) -> SentRecord:
+        return msgspec.structs.replace(self, parts=self.parts + 1, wamids=[*self.wamids, ident], done=last)
 
 
 async def open_bucket(js: JetStreamContext, *, ttl: float, replicas: int) -> KeyValue:
