@@ -250,6 +250,29 @@ async def test_bitrix24_throttling_longer_than_ack_wait_with_replicas_makes_one_
             assert peer.methods().count("crm.lead.add") >= 2  # refused first, then made once
 
 
+async def test_an_attempt_cut_off_at_its_deadline_is_retried_and_makes_one_lead_and_one_activity(
+    nc: Any, nats_server: Any
+) -> None:
+    """An attempt at an event is bounded (OPENLINES_CRM_ATTEMPT_TIMEOUT): cut off anywhere - here in the
+    client's own retries of a throttled portal - it is retried in place and creates nothing twice. (An
+    await that never ended after a NATS fault held an event and its client's claim for ever before.)"""
+    await apply_lines(nc, LINES)
+    async with running_bitrix24() as peer, running_router(nats_server.url):
+        crm = CrmUnderTest("bitrix24", nc, peer)
+        # In-call retries (0.25 s doubling, 6 times) take far longer than the 1.5 s an attempt may.
+        settings = {**crm.settings(), **FAST, "crm_limit_retries": 6, "crm_backoff": 0.25, "crm_attempt_timeout": 1.5}
+        before = metric("openlines_crm_attempts_cut_off_total")
+        async with running_crm_sync(nats_server.url, **settings):
+            peer.limit_for(4.0)
+            await publish(nc, inbound("q2", "hello", "m1", name="Quinn"))
+            s = await opened(nc, "webchat", "demo", "q2")
+            await linked(nc, s.id, timeout=60)
+            await caught_up(nc)
+        assert metric("openlines_crm_attempts_cut_off_total") > before
+        assert peer.refused("QUERY_LIMIT_EXCEEDED") >= 1
+        await one_of_each(nc, crm, s.id, code("q2"))
+
+
 # -- a replica cut off from NATS ------------------------------------------------------------------------
 
 

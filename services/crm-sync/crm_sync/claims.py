@@ -22,6 +22,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
@@ -122,7 +123,13 @@ class Claims:
         self.holder = holder or replica_id()
 
     async def acquire(
-        self, unit: str, event: str, stop: asyncio.Event | None = None, *, redelivered: bool = False
+        self,
+        unit: str,
+        event: str,
+        stop: asyncio.Event | None = None,
+        *,
+        redelivered: bool = False,
+        acked: Callable[[int], Awaitable[bool]] | None = None,
     ) -> Claim | None:
         """The claim on ``unit``, waiting while another replica holds it and keeps it alive.
 
@@ -134,6 +141,13 @@ class Claims:
         (a third of the lease), which half a lease of stillness covers.
         Returns None if ``stop`` is set meanwhile. (The caller keeps its event
         alive meanwhile with in-progress acks.)
+
+        A claim held for an event already acknowledged (``acked(stream seq)``) is
+        taken over at once, renewed or not: that event's work is done, and a
+        holder still renewing it is stuck (it learns at its next fence that the
+        claim is gone). Without this, one stuck holder held up its client for as
+        long as it lived - and, each client's events in order, every event behind
+        that client's next one.
         """
         patience = self.lease / 2 if redelivered else self.lease
         key = claim_key(unit)
@@ -153,11 +167,19 @@ class Claims:
                     # Ours from an earlier event this process gave up on (a stop): take it back at once.
                     rev = await self.kv.update(key, msgspec.json.encode(mine), last=revision)
                     return Claim(self.kv, key, mine, rev)
+                if acked is not None and await _done_with(acked, current.event):
+                    rev = await self.kv.update(key, msgspec.json.encode(mine), last=revision)
+                    TAKEN_OVER.inc()
+                    log.warning(
+                        "claim taken over: the event it was held for is acknowledged already",
+                        extra={"claim": key, "holder": current.holder, "held_for": current.event, "seq": event},
+                    )
+                    return Claim(self.kv, key, mine, rev)
                 if seen != (current.token, revision):
                     if seen is None:
                         log.info(
                             "event waits for the replica holding its client",
-                            extra={"claim": key, "holder": current.holder, "event": event},
+                            extra={"claim": key, "holder": current.holder, "seq": event},
                         )
                     seen, still_since = (current.token, revision), now
                 elif now - still_since >= patience:
@@ -165,7 +187,7 @@ class Claims:
                     TAKEN_OVER.inc()
                     log.warning(
                         "claim taken over: its holder stopped renewing it",
-                        extra={"claim": key, "holder": current.holder, "event": event},
+                        extra={"claim": key, "holder": current.holder, "seq": event},
                     )
                     return Claim(self.kv, key, mine, rev)
             except Exception as exc:
@@ -174,3 +196,14 @@ class Claims:
                 continue  # someone else moved first: look again
             await asyncio.sleep(poll)
         return None
+
+
+async def _done_with(acked: Callable[[int], Awaitable[bool]], event: str) -> bool:
+    """Whether the event a claim was held for is acknowledged (False when that cannot be told now)."""
+    if not event.isdigit():
+        return False
+    try:
+        return await acked(int(event))
+    except Exception as exc:  # NATS away: wait as for a live holder
+        log.info("acknowledgement floor not read", extra={"error": repr(exc)[:200]})
+        return False

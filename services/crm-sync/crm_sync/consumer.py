@@ -44,6 +44,9 @@ from openlines.envelopes import SessionEvent
 log = logging.getLogger("crm_sync.consumer")
 
 HANDLED = Counter("openlines_crm_events_total", "Session events handled by crm-sync", ["result"])
+CUT_OFF = Counter(
+    "openlines_crm_attempts_cut_off_total", "Attempts at an event cut off after OPENLINES_CRM_ATTEMPT_TIMEOUT (retried)"
+)
 WAITING = Gauge("openlines_crm_waiting", "1 while an event waits for the CRM to come back")
 
 TRANSIENT = (
@@ -63,7 +66,14 @@ _decode = msgspec.json.Decoder(SessionEvent)
 
 class EventConsumer:
     def __init__(
-        self, js: JetStreamContext, syncer: Syncer, durable: str, ack_wait: float, claims: Claims, concurrency: int = 1
+        self,
+        js: JetStreamContext,
+        syncer: Syncer,
+        durable: str,
+        ack_wait: float,
+        claims: Claims,
+        concurrency: int = 1,
+        attempt_timeout: float = 300.0,
     ) -> None:
         self.js = js
         self.syncer = syncer
@@ -71,6 +81,7 @@ class EventConsumer:
         self.ack_wait = ack_wait
         self.claims = claims
         self.concurrency = concurrency
+        self.attempt_timeout = attempt_timeout
         self.stop_event = asyncio.Event()
         self._waiting: dict[int, str] = {}  # stream sequence -> why that event waits for the CRM
         kinds = [subjects.event(k) for k in HANDLED_KINDS]
@@ -194,14 +205,27 @@ class EventConsumer:
                     if unit is not None:
                         meta = m.metadata
                         claim = await self.claims.acquire(
-                            unit, str(meta.sequence.stream), self.stop_event, redelivered=meta.num_delivered > 1
+                            unit,
+                            str(meta.sequence.stream),
+                            self.stop_event,
+                            redelivered=meta.num_delivered > 1,
+                            acked=self.order.acked,
                         )
                         if claim is None:
                             return  # stopping: not acked, redelivered before anything newer
                         held.append(claim)
-                await self.syncer.handle(evt, held[0].renew if held else None)
-                crash_point("crm.event.handled")
-                await m.ack_sync()
+                # One attempt is bounded: an await that never ends (a reply lost in a NATS fault) would
+                # otherwise hold the event, its client's claim and a place in hand for ever.
+                deadline = asyncio.timeout(self.attempt_timeout)
+                try:
+                    async with deadline:
+                        await self.syncer.handle(evt, held[0].renew if held else None)
+                        crash_point("crm.event.handled")
+                        await m.ack_sync()
+                except TimeoutError:
+                    if deadline.expired():
+                        CUT_OFF.inc()
+                    raise
                 crash_point("crm.event.acked")
                 HANDLED.labels("ok").inc()
                 if seq in self._waiting:
@@ -239,6 +263,13 @@ class EventConsumer:
             if self.stop_event.is_set():
                 self._wait_reason(seq, "")
                 return  # not acked: redelivered before anything newer
+            if await self._acked_already(seq):
+                # Our ack reached the server and its answer did not, or another replica applied the
+                # event after taking its client over: done, nothing to retry.
+                log.info("event acknowledged already", extra={"session": evt.session_id, "seq": seq})
+                HANDLED.labels("ok").inc()
+                self._wait_reason(seq, "")
+                return
             try:  # back-off between attempts at the CRM, cut short by a stop
                 await asyncio.wait_for(self.stop_event.wait(), timeout=wait)
                 self._wait_reason(seq, "")
@@ -246,6 +277,12 @@ class EventConsumer:
             except TimeoutError:
                 pass
             delay = min(delay * 2, MAX_DELAY)
+
+    async def _acked_already(self, seq: int) -> bool:
+        try:
+            return await self.order.acked(seq)
+        except Exception:  # NATS away: not known, retry
+            return False
 
     async def _dead_letter(self, m: Msg, reason: str) -> None:
         await dead_letter(self.js, m, reason, prefix="crm-dead")

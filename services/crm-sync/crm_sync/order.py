@@ -65,6 +65,10 @@ class ClientOrder:
                         del self._client_at[seq]
             return self._floor
 
+    async def acked(self, seq: int) -> bool:
+        """Whether the event at stream sequence ``seq`` is acknowledged (at or below the ack floor)."""
+        return seq <= await self.floor()
+
     async def _client(self, seq: int) -> str:
         got = self._client_at.get(seq)
         if got is not None:

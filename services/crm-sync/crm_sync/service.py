@@ -39,7 +39,13 @@ async def setup(svc: Service[Settings]) -> None:
     users = Users(s.users(), identity_when_unmapped=s.crm_backend == "builtin")
     syncer = Syncer(svc.js, buckets, links, backend, users, phone_region=s.phone_region)
     consumer = EventConsumer(
-        svc.js, syncer, s.consumer, s.ack_wait, Claims(links, lease=s.ack_wait), concurrency=s.crm_concurrency
+        svc.js,
+        syncer,
+        s.consumer,
+        s.ack_wait,
+        Claims(links, lease=s.ack_wait),
+        concurrency=s.crm_concurrency,
+        attempt_timeout=s.crm_attempt_timeout,
     )
     responsible = Responsible(
         svc.nc,

@@ -40,6 +40,9 @@ class Settings(BaseSettings, kw_only=True):
     # Seconds before an unacknowledged event is redelivered (after a crash), and the lease of a
     # replica's claim on a client: heartbeats renew both every third of it. Longer than crm_timeout.
     ack_wait: float = 30.0
+    # Longest one attempt at an event may take (its CRM calls, waits for the rate limit and the ack); cut
+    # off, it is retried in place like a failure - what it created is found again, not made twice.
+    crm_attempt_timeout: float = 300.0
     responsible_timeout: float = 0.3  # longest a responsible lookup may take (the router waits 0.5 s)
     responsible_cache_seconds: float = 300.0  # how long a responsible found in the CRM is remembered
 
@@ -64,6 +67,11 @@ class Settings(BaseSettings, kw_only=True):
             # the holder's last create, sent right after its last renewal, must have ended by then.
             raise ValueError(
                 f"OPENLINES_ACK_WAIT ({self.ack_wait:g}) must be longer than OPENLINES_CRM_TIMEOUT ({self.crm_timeout:g})"
+            )
+        if self.crm_attempt_timeout <= self.crm_timeout:
+            raise ValueError(
+                f"OPENLINES_CRM_ATTEMPT_TIMEOUT ({self.crm_attempt_timeout:g}) must be longer than"
+                f" OPENLINES_CRM_TIMEOUT ({self.crm_timeout:g})"
             )
         self.users()  # fail at start-up, not at the first event
 

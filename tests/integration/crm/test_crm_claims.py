@@ -66,3 +66,29 @@ async def test_a_waiting_replica_gives_up_when_it_is_stopped(nc: Any) -> None:
     stop.set()
     await wait_for(waiting.done, what="the waiting replica giving up")
     assert waiting.result() is None
+
+
+async def test_a_claim_held_for_an_acknowledged_event_is_taken_over_at_once_though_renewed(nc: Any) -> None:
+    """A holder stuck after its event was acknowledged (its heartbeat still renewing) held up its client's
+    next event - and every event behind it - for as long as it lived (found at the make chaos size)."""
+    links = await open_links(nc.jetstream())
+    a, b = Claims(links, lease=600.0, holder="a"), Claims(links, lease=600.0, holder="b")
+    held = await a.acquire("c5", "7")
+    assert held is not None
+    floor = 6
+
+    async def acked(seq: int) -> bool:
+        return seq <= floor
+
+    waiting = asyncio.create_task(b.acquire("c5", "9", acked=acked))
+    for _ in range(5):  # event 7 not acknowledged yet: b waits while a renews
+        await held.renew()
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+    floor = 8  # event 7 acknowledged; a still renews
+    await held.renew()
+    taken = await wait_for(lambda: waiting.done() and waiting.result(), timeout=10, what="b taking the claim over")
+    assert (taken.value.holder, taken.value.event) == ("b", "9")
+    with pytest.raises(ClaimLost):
+        await held.renew()  # the stuck holder's heartbeat stops at its next beat
+    await taken.release()
