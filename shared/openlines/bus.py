@@ -211,6 +211,17 @@ REFUSED_PACE = 0.25  # between tries refused at once
 _REFUSED = (NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 
 
+# A clustered stream answers a publish whose Nats-Msg-Id another publish is being stored under at that
+# moment (a retry overlapping its first try, two replicas doing the same step) with this error instead of
+# "duplicate". A moment later the same publish is a duplicate: it is tried again, never treated as a failure.
+STORING_ALREADY = 10158  # "duplicate message id is in process"
+
+
+def storing_already(exc: BaseException) -> bool:
+    """JetStream is storing a message under the same Nats-Msg-Id right now: try again in a moment."""
+    return isinstance(exc, APIError) and exc.err_code == STORING_ALREADY
+
+
 async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeout: float) -> js_api.PubAck:
     """Store one client message in OL_IN, deduplicated by its id (``ack.duplicate``: it was already there).
 
@@ -253,6 +264,10 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
             else:
                 wait *= 2
         except Exception as exc:  # connection lost, stream errors
+            left = deadline - loop.time()
+            if storing_already(exc) and left > 0.05:
+                await asyncio.sleep(min(left, REFUSED_PACE))
+                continue
             raise BusUnavailable(type(exc).__name__, exc) from None
 
 

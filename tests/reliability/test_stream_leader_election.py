@@ -12,6 +12,7 @@ from typing import Any
 from chaos_support import elections_after
 from conftest import NatsCluster, scaled, wait_for
 from peers.telegram_api import message_update
+from support import inbound
 from telegram_support import SUPPORT, fake_telegram, inbound_of, running_gateway
 
 from openlines import bus, subjects
@@ -55,6 +56,39 @@ async def test_a_webhook_during_an_election_is_held_and_stored_once_after_it(tmp
         cluster.stop()
         refused = cluster.violations()
         assert not refused, "NATS refused what a service did:\n" + "\n".join(refused)
+
+
+async def test_the_same_client_message_stored_at_once_from_several_tries_is_stored_once_and_each_try_succeeds(
+    tmp_path: Path,
+) -> None:
+    """On a cluster, JetStream answers a publish whose Nats-Msg-Id another publish is being stored under at
+    that moment with "duplicate message id is in process" (10158), not "duplicate": a gateway's retry that
+    overlaps its first try, or two gateway replicas given the same webhook. Each try must end as stored or
+    duplicate - it used to end in BusUnavailable, a 503 to the sender."""
+    cluster = NatsCluster(tmp_path / "cluster")
+    cluster.start()
+    nc = await bus.connect(cluster.url, "test", first_attempts=5)
+    try:
+
+        async def bootstrapped() -> bool:
+            try:
+                await bus.bootstrap(nc.jetstream(), replicas=3)
+            except Exception:  # the cluster still electing its first leaders
+                return False
+            return True
+
+        await wait_for(bootstrapped, timeout=60, interval=0.5, what="JetStream ready for the streams")
+        js = nc.jetstream()
+        for i in range(20):
+            env = inbound(f"same{i}", "written once", "m1")
+            acks = await asyncio.gather(*(bus.publish_inbound(nc, js, env, timeout=scaled(10)) for _ in range(4)))
+            assert sum(not a.duplicate for a in acks) <= 1, acks
+            assert len({a.seq for a in acks}) == 1, acks  # every try names the one stored copy
+        info = await js.stream_info(subjects.STREAM_IN)
+        assert info.state.messages == 20
+    finally:
+        await nc.close()
+        cluster.stop()
 
 
 async def _inbound(nc: Any) -> list[Any] | None:

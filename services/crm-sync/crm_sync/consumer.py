@@ -36,7 +36,7 @@ from crm_sync.backends.base import CrmUnavailable
 from crm_sync.claims import Claim, ClaimLost, Claims
 from crm_sync.order import ClientOrder
 from crm_sync.sync import HANDLED_KINDS, Syncer
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.consume import Durable, dead_letter, keep_alive
 from openlines.crashpoints import crash_point
 from openlines.envelopes import SessionEvent
@@ -240,7 +240,7 @@ class EventConsumer:
                 self._wait_reason(seq, "")
                 return
             except Exception as exc:
-                transient = isinstance(exc, TRANSIENT)
+                transient = isinstance(exc, TRANSIENT) or bus.storing_already(exc)
                 failures += 0 if transient else 1
                 if isinstance(exc, CrmUnavailable) and exc.retry_after:
                     wait = min(max(delay, exc.retry_after), MAX_DELAY)

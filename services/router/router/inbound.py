@@ -41,7 +41,7 @@ from nats.js import api as js_api
 from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from prometheus_client import Counter, Histogram
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.consume import Durable, dead_letter, pause
 from openlines.envelopes import Inbound
 from openlines.pace import backoff
@@ -314,7 +314,7 @@ async def _handle(engine: Engine, m: Msg, envelope: Inbound | None, stop: asynci
             HANDLED.labels("ok").inc()
             return
         except Exception as exc:
-            transient = isinstance(exc, TRANSIENT)
+            transient = isinstance(exc, TRANSIENT) or bus.storing_already(exc)
             failures += 0 if transient else 1
             HANDLED.labels("retry").inc()
             log.warning(
