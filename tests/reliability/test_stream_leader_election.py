@@ -5,7 +5,9 @@ the sender gets 200, not 503, and JetStream keeps one copy (decision 028)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +21,7 @@ from openlines import bus, subjects
 
 
 async def test_a_webhook_during_an_election_is_held_and_stored_once_after_it(tmp_path: Path) -> None:
-    cluster = NatsCluster(tmp_path / "cluster")
-    cluster.start()
-    nc = await bus.connect(cluster.url, "test", first_attempts=5)
-    try:
-
-        async def bootstrapped() -> bool:
-            try:
-                await bus.bootstrap(nc.jetstream(), replicas=3)
-            except Exception:  # the cluster still electing its first leaders
-                return False
-            return True
-
-        await wait_for(bootstrapped, timeout=60, interval=0.5, what="JetStream ready for the streams")
+    async with _cluster(tmp_path) as (cluster, nc):
         leader = (await nc.jetstream().stream_info(subjects.STREAM_IN)).cluster.leader
         doomed = next(n for n in cluster.nodes if f"-n {leader} " in " ".join(n.args) + " ")
         others = ",".join(n.url for n in cluster.nodes if n is not doomed)  # the gateway stays connected
@@ -51,11 +41,6 @@ async def test_a_webhook_during_an_election_is_held_and_stored_once_after_it(tmp
             assert await peer.deliver(SUPPORT["token"], update) == (200, {"ok": True, "duplicate": True})
             stored = await wait_for(lambda: _inbound(nc), timeout=30, what="OL_IN readable with the cluster whole")
             assert [e.text for e in stored] == ["written during the election"]
-    finally:
-        await nc.close()
-        cluster.stop()
-        refused = cluster.violations()
-        assert not refused, "NATS refused what a service did:\n" + "\n".join(refused)
 
 
 async def test_the_same_client_message_stored_at_once_from_several_tries_is_stored_once_and_each_try_succeeds(
@@ -65,6 +50,20 @@ async def test_the_same_client_message_stored_at_once_from_several_tries_is_stor
     that moment with "duplicate message id is in process" (10158), not "duplicate": a gateway's retry that
     overlaps its first try, or two gateway replicas given the same webhook. Each try must end as stored or
     duplicate - it used to end in BusUnavailable, a 503 to the sender."""
+    async with _cluster(tmp_path) as (_, nc):
+        js = nc.jetstream()
+        for i in range(20):
+            env = inbound(f"same{i}", "written once", "m1")
+            acks = await asyncio.gather(*(bus.publish_inbound(nc, js, env, timeout=scaled(10)) for _ in range(4)))
+            assert sum(not a.duplicate for a in acks) <= 1, acks
+            assert len({a.seq for a in acks}) == 1, acks  # every try names the one stored copy
+        info = await js.stream_info(subjects.STREAM_IN)
+        assert info.state.messages == 20
+
+
+@contextlib.asynccontextmanager
+async def _cluster(tmp_path: Path) -> AsyncIterator[tuple[NatsCluster, Any]]:
+    """A 3-node cluster with the streams made (R3) and a connection to it; at the end, nothing NATS refused."""
     cluster = NatsCluster(tmp_path / "cluster")
     cluster.start()
     nc = await bus.connect(cluster.url, "test", first_attempts=5)
@@ -78,17 +77,12 @@ async def test_the_same_client_message_stored_at_once_from_several_tries_is_stor
             return True
 
         await wait_for(bootstrapped, timeout=60, interval=0.5, what="JetStream ready for the streams")
-        js = nc.jetstream()
-        for i in range(20):
-            env = inbound(f"same{i}", "written once", "m1")
-            acks = await asyncio.gather(*(bus.publish_inbound(nc, js, env, timeout=scaled(10)) for _ in range(4)))
-            assert sum(not a.duplicate for a in acks) <= 1, acks
-            assert len({a.seq for a in acks}) == 1, acks  # every try names the one stored copy
-        info = await js.stream_info(subjects.STREAM_IN)
-        assert info.state.messages == 20
+        yield cluster, nc
     finally:
         await nc.close()
         cluster.stop()
+        refused = cluster.violations()
+        assert not refused, "NATS refused what a service did:\n" + "\n".join(refused)
 
 
 async def _inbound(nc: Any) -> list[Any] | None:
