@@ -263,7 +263,7 @@ class EventConsumer:
             if self.stop_event.is_set():
                 self._wait_reason(seq, "")
                 return  # not acked: redelivered before anything newer
-            if await self._acked_already(seq):
+            if await self.order.acked(seq):
                 # Our ack reached the server and its answer did not, or another replica applied the
                 # event after taking its client over: done, nothing to retry.
                 log.info("event acknowledged already", extra={"session": evt.session_id, "seq": seq})
@@ -277,12 +277,6 @@ class EventConsumer:
             except TimeoutError:
                 pass
             delay = min(delay * 2, MAX_DELAY)
-
-    async def _acked_already(self, seq: int) -> bool:
-        try:
-            return await self.order.acked(seq)
-        except Exception:  # NATS away: not known, retry
-            return False
 
     async def _dead_letter(self, m: Msg, reason: str) -> None:
         await dead_letter(self.js, m, reason, prefix="crm-dead")

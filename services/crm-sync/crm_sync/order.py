@@ -66,8 +66,12 @@ class ClientOrder:
             return self._floor
 
     async def acked(self, seq: int) -> bool:
-        """Whether the event at stream sequence ``seq`` is acknowledged (at or below the ack floor)."""
-        return seq <= await self.floor()
+        """Whether the event at stream sequence ``seq`` is known to be acknowledged (at or below the ack floor);
+        False when the floor cannot be read now (NATS away)."""
+        try:
+            return seq <= await self.floor()
+        except Exception:  # nats raises several unrelated types
+            return False
 
     async def _client(self, seq: int) -> str:
         got = self._client_at.get(seq)
