@@ -265,7 +265,7 @@ class ConversationIndex:
                 except (msgspec.DecodeError, UnicodeDecodeError):
                     continue  # not ours to judge: a record the desk cannot read is left out of the index
             sessions = self._bound()
-            messages = db.execute("SELECT count(*) FROM msg").fetchone()[0]
+            messages = self._messages()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -346,6 +346,20 @@ class ConversationIndex:
 
     def preview(self, session_id: str) -> dict[str, str] | None:
         return self._previews.get(session_id)
+
+    def _messages(self) -> int:
+        """How many messages the index holds, without counting them.
+
+        ``count(*)`` on an FTS5 table reads every row (tens of milliseconds at
+        the default bound, on every batch: the desk's CPU grew with the number
+        of conversations it had seen). Rows are only ever added at the top
+        (rowid = the highest + 1) and removed from the bottom (``_bound``), so
+        the rowids held are one unbroken range.
+        """
+        # Two statements: SQLite answers a lone min() or max() of the rowid from the index's ends, not both at once.
+        high = self.db.execute("SELECT max(rowid) FROM msg").fetchone()[0]
+        low = self.db.execute("SELECT min(rowid) FROM msg").fetchone()[0]
+        return 0 if high is None or low is None else high - low + 1
 
     def _bound(self) -> int:
         db = self.db

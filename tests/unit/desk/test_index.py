@@ -62,6 +62,15 @@ def test_only_the_newest_messages_are_kept_and_searchable() -> None:
     assert ids(idx, EVERYONE, text="word5") == ["s1"]
 
 
+def test_the_messages_reported_held_are_the_messages_held_before_and_after_the_bound() -> None:
+    idx = index(messages=4)
+    assert idx._apply([("sessions", 1, session("s1", "support"), "s1")]) == (1, 0)
+    for n, batch in ((2, 2), (4, 2), (4, 3), (4, 1)):  # filling up, at the bound, past it in a batch and one at a time
+        start = idx.db.execute("SELECT coalesce(max(rowid), 0) FROM msg").fetchone()[0] + 1
+        _, held = idx._apply([("history", i, message("s1", i, f"w{i}"), "") for i in range(start, start + batch)])
+        assert held == n == idx.db.execute("SELECT count(*) FROM msg").fetchone()[0]
+
+
 def test_beyond_the_bound_the_conversations_closed_longest_ago_leave_and_open_ones_stay() -> None:
     idx = index(sessions=3)
     idx._apply(
