@@ -12,8 +12,8 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,24 @@ from openlines.commands import SetStatus, call
 from openlines.crashpoints import ENV as CRASH_ENV
 from openlines.runner import Service
 from openlines.state import Session
+
+
+async def _router_up(nc: Any, router: ServiceProcess, **env: str) -> None:
+    """The demo lines applied and the router process started (with ``env``) and answering commands."""
+    await apply_lines(nc)
+    router.start(**env)
+    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
+
+
+@contextmanager
+def _frozen(router: ServiceProcess) -> Iterator[None]:
+    """The router process stopped (SIGSTOP) in the block: alive, connected, answering nothing - as when overloaded."""
+    assert router.proc is not None
+    os.kill(router.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(router.proc.pid, signal.SIGCONT)
 
 
 @asynccontextmanager
@@ -74,9 +92,7 @@ async def _closes(nc: Any, sid: str) -> tuple[list[str], int]:
 async def test_a_close_the_router_dies_in_is_asked_again_of_the_restarted_router_and_done_once(
     nc: Any, nats_server: Any, router_process: ServiceProcess
 ) -> None:
-    await apply_lines(nc)
-    router_process.start(**{CRASH_ENV: "router.close.recorded"})  # dies after writing "closed", before the rest
-    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
+    await _router_up(nc, router_process, **{CRASH_ENV: "router.close.recorded"})  # dies after writing "closed"
     # Long enough for the first try's wait (5 s) and a restart on a loaded machine.
     async with _desk(nats_server.url, min(60.0, scaled(30))) as (desk, http, h):
         sid = await _anna_answers_a_chat(nc, http, h, "v-crash")
@@ -97,20 +113,14 @@ async def test_a_close_a_frozen_router_is_slow_to_answer_is_asked_again_and_done
     nc: Any, nats_server: Any, router_process: ServiceProcess
 ) -> None:
     """The repeat reaches the router while the first ask is still waiting there: both are answered as closed."""
-    await apply_lines(nc)
-    router_process.start()
-    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
+    await _router_up(nc, router_process)
     asked = await nc.subscribe(subjects.command("close"))  # sees every ask (the router's is a queue group)
     async with _desk(nats_server.url, min(60.0, scaled(30))) as (_, http, h):
         sid = await _anna_answers_a_chat(nc, http, h, "v-frozen")
-        assert router_process.proc is not None
-        os.kill(router_process.proc.pid, signal.SIGSTOP)
-        try:
+        with _frozen(router_process):
             close = asyncio.create_task(http.post(f"/api/sessions/{sid}/close", headers=h))
             await asked.next_msg(timeout=scaled(10))
             await asked.next_msg(timeout=scaled(20))  # the first ask got no answer in time: asked again
-        finally:
-            os.kill(router_process.proc.pid, signal.SIGCONT)
         answer = await close
         assert answer.status == 200, await answer.text()
     assert await _closes(nc, sid) == (["Closed by Anna Petrova"], 1)
@@ -119,9 +129,7 @@ async def test_a_close_a_frozen_router_is_slow_to_answer_is_asked_again_and_done
 async def test_a_close_without_a_router_for_longer_than_the_retries_answers_503_with_the_reason_and_changes_nothing(
     nc: Any, nats_server: Any, router_process: ServiceProcess
 ) -> None:
-    await apply_lines(nc)
-    router_process.start()
-    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
+    await _router_up(nc, router_process)
     async with _desk(nats_server.url, 3.0) as (desk, http, h):
         sid = await _anna_answers_a_chat(nc, http, h, "v-gone")
         before = await _metric(desk, "close", "unavailable")
@@ -144,19 +152,13 @@ async def test_a_transfer_the_router_does_not_answer_is_asked_once_and_the_opera
     nc: Any, nats_server: Any, router_process: ServiceProcess
 ) -> None:
     """A transfer asked again could move a chat that came back meanwhile a second time: it is never repeated."""
-    await apply_lines(nc)
-    router_process.start()
-    await wait_for(lambda: router_answers(nc), timeout=30, what="router answering commands")
+    await _router_up(nc, router_process)
     await call(nc, "status", SetStatus(operator_id="boris", status="online"))
     asked = await nc.subscribe(subjects.command("transfer"))
     async with _desk(nats_server.url, min(60.0, scaled(30))) as (_, http, h):
         sid = await _anna_answers_a_chat(nc, http, h, "v-transfer")
-        assert router_process.proc is not None
-        os.kill(router_process.proc.pid, signal.SIGSTOP)
-        try:
+        with _frozen(router_process):
             answer = await http.post(f"/api/sessions/{sid}/transfer", json={"to_operator": "boris"}, headers=h)
-        finally:
-            os.kill(router_process.proc.pid, signal.SIGCONT)
         assert answer.status == 503, await answer.text()
         body = await answer.json()
         assert body == {
