@@ -8,7 +8,8 @@ import logging
 import ssl
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import msgspec
@@ -156,26 +157,20 @@ async def publish_event(js: JetStreamContext, evt: SessionEvent, *, timeout: flo
 
     Every event is published here, so its subject, stream and dedup header are
     spelled once. ``timeout`` bounds the whole publish (nats-py's own timeout
-    applies without it).
+    applies without it); within it, a publish another one is storing under the
+    same id is tried again (:func:`publish_stored`).
     """
-    subject, payload, headers = _event_message(evt)
-    publish = js.publish(subject, payload, stream=subjects.STREAM_EVT, headers=headers)
+    subject, payload, headers = event_message(evt)
+    publish = publish_stored(js, subject, payload, headers=headers, stream=subjects.STREAM_EVT, timeout=timeout)
     if timeout is None:
         return await publish
     async with asyncio.timeout(timeout):
         return await publish
 
 
-def _event_message(evt: SessionEvent) -> tuple[str, bytes, dict[str, str]]:
+def event_message(evt: SessionEvent) -> tuple[str, bytes, dict[str, str]]:
+    """The subject, body and headers (its id as Nats-Msg-Id) an event is stored with, on stream OL_EVT."""
     return subjects.event(evt.kind), encode(evt), {MSG_ID_HEADER: evt.id}
-
-
-async def publish_event_async(js: JetStreamContext, evt: SessionEvent) -> asyncio.Future[js_api.PubAck]:
-    """:func:`publish_event` without waiting for the acknowledgement: the message is written now, in call order;
-    the future has the acknowledgement (or the failure), and never ends if the answer is lost - wait for it with
-    a timeout."""
-    subject, payload, headers = _event_message(evt)
-    return await js.publish_async(subject, payload, stream=subjects.STREAM_EVT, headers=headers)
 
 
 async def dead_letter(
@@ -222,6 +217,75 @@ def storing_already(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.err_code == STORING_ALREADY
 
 
+async def _storing_pause(exc: BaseException, deadline: float) -> bool:
+    """True, after a pause of ``REFUSED_PACE``, when ``exc`` is 10158 and ``deadline`` (loop time) leaves room for another try."""
+    if not storing_already(exc):
+        return False
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0.05:
+        return False
+    await asyncio.sleep(min(left, REFUSED_PACE))
+    return True
+
+
+# How long a publish keeps trying while JetStream answers 10158, unless the work in hand says (``deadline_in``):
+# nats-py's own publish timeout, the longest the caller would have waited for one answer anyway.
+STORING_PATIENCE = 5.0
+
+# The loop time by which the work in hand must be answered (an operator command: its caller stops waiting then).
+_DEADLINE: ContextVar[float | None] = ContextVar("openlines_bus_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline_in(seconds: float) -> Iterator[None]:
+    """Publishes made in the block (this task's, and tasks it starts) give up trying again ``seconds`` from now.
+
+    The router runs each operator command in one: a command is answered within the time its caller waits
+    (``openlines.commands.COMMAND_TIMEOUT``), not after it, when nobody reads the answer. An enclosing
+    block's earlier deadline stays in force.
+    """
+    at = asyncio.get_running_loop().time() + seconds
+    outer = _DEADLINE.get()
+    token = _DEADLINE.set(at if outer is None else min(outer, at))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _deadline(timeout: float | None) -> float:
+    now = asyncio.get_running_loop().time()
+    at = now + (STORING_PATIENCE if timeout is None else timeout)
+    given = _DEADLINE.get()
+    return at if given is None else min(at, given)
+
+
+async def publish_stored(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    headers: dict[str, str],
+    stream: str | None = None,
+    timeout: float | None = None,
+) -> js_api.PubAck:
+    """``js.publish`` of a message with a Nats-Msg-Id, tried again while JetStream answers that it is storing
+    another publish of that id (10158), at the pace of :func:`publish_inbound`.
+
+    A moment later the same publish is a plain duplicate (or, if the other publish failed, stored): a repeat
+    of the same step - a command the desk asked again, a redelivered message - ends as the first does instead
+    of failing. Tries end at the deadline of the work in hand (:func:`deadline_in`), else after ``timeout``
+    (``STORING_PATIENCE`` without one); every other failure is raised as it comes.
+    """
+    deadline = _deadline(timeout)
+    while True:
+        try:
+            return await js.publish(subject, payload, stream=stream, headers=dict(headers))
+        except APIError as exc:
+            if not await _storing_pause(exc, deadline):
+                raise
+
+
 async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeout: float) -> js_api.PubAck:
     """Store one client message in OL_IN, deduplicated by its id (``ack.duplicate``: it was already there).
 
@@ -264,9 +328,7 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
             else:
                 wait *= 2
         except Exception as exc:  # connection lost, stream errors
-            left = deadline - loop.time()
-            if storing_already(exc) and left > 0.05:
-                await asyncio.sleep(min(left, REFUSED_PACE))
+            if await _storing_pause(exc, deadline):
                 continue
             raise BusUnavailable(type(exc).__name__, exc) from None
 
@@ -298,10 +360,68 @@ async def acked_publish(nc: NATS, subject: str, payload: bytes, *, timeout: floa
         msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
     except NoRespondersError:
         raise NoStreamResponseError from None
-    answer = _pub_ack.decode(msg.data)
+    return _pub_ack_of(msg.data)
+
+
+def _pub_ack_of(data: bytes) -> js_api.PubAck:
+    """JetStream's answer to a publish, or its API error raised (as nats-py's own type)."""
+    answer = _pub_ack.decode(data)
     if answer.error is not None:
-        raise APIError.from_error(answer.error)
+        raise APIError.from_error(answer.error)  # from_error raises the error of its code
     return js_api.PubAck(stream=answer.stream, seq=answer.seq, domain=answer.domain, duplicate=answer.duplicate)
+
+
+class AckInbox:
+    """Publishes whose acknowledgements are awaited later, together (the router's ``Effects.together``).
+
+    nats-py's ``js.publish_async`` does this, but leaves a publish that JetStream answers with an error
+    pending for ever: its reply handler calls ``APIError.from_error``, which raises instead of returning,
+    so the error escapes into the subscription task ("nats error ... APIError()") and never reaches the
+    future (nats-io/nats.py#985). A refused publish - 10158 among them - then looked like a lost answer
+    and held its block for the block's whole timeout. Here the answer, error or not, always ends the future.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._prefix = ""
+        self._waiting: dict[str, asyncio.Future[js_api.PubAck]] = {}
+        self._next = 0
+
+    async def publish(
+        self, subject: str, payload: bytes, *, headers: dict[str, str], stream: str | None = None
+    ) -> asyncio.Future[js_api.PubAck]:
+        """Write the publish now (in call order on the connection); the future ends with its acknowledgement or
+        failure - and never if the answer is lost with the connection: wait for it with a timeout.
+        ``stream``: the stream that must store it (else JetStream refuses it)."""
+        if stream is not None:
+            headers = {**headers, _EXPECTED_STREAM: stream}
+        if not self._prefix:
+            inbox = self.nc.new_inbox()
+            await self.nc.subscribe(inbox + ".*", cb=self._answer)
+            self._prefix = inbox + "."
+        self._next += 1
+        token = str(self._next)
+        ack: asyncio.Future[js_api.PubAck] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = ack
+        ack.add_done_callback(lambda _: self._waiting.pop(token, None))
+        try:
+            await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            ack.cancel()
+            raise
+        return ack
+
+    async def _answer(self, msg: Any) -> None:
+        ack = self._waiting.get(msg.subject[len(self._prefix) :])
+        if ack is None or ack.done():
+            return
+        if msg.headers and msg.headers.get(js_api.Header.STATUS) == "503":  # no stream took the subject
+            ack.set_exception(NoStreamResponseError())
+            return
+        try:
+            ack.set_result(_pub_ack_of(msg.data))
+        except Exception as exc:  # the API's error, or an answer that is not a PubAck
+            ack.set_exception(exc)
 
 
 class _Deadline:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 
 from openlines import subjects
 from openlines.envelopes import Attachment
+from openlines.pace import backoff
 from openlines.state import OperatorStatus, Session
 
 COMMAND_TIMEOUT = 5.0
@@ -189,6 +192,20 @@ class CommandFailed(Exception):
 
 NO_RESPONDERS_PATIENCE = 2.0  # seconds a command waits for a router that is (re)starting
 
+# The commands whose repeat changes nothing the first ask did not (decision 032): a caller that got no answer -
+# the router replica killed while at it, every replica restarting, "unavailable" - may ask again.
+#   accept, take, intercept   the chat is the asker's already: answered as it is
+#   reply, note               the client_msg_id is the message's id (and Nats-Msg-Id): sent and written once
+#   close, spam               a chat the asker closed for that reason already: answered as closed
+#   pin, tag, client          they set values: set again, nothing changes and the trail gets no second line
+# Not: status (every ask is an event of its own, and a late repeat could undo a newer status), skip (a repeat
+# could pass on a new offer of the same chat unseen), transfer (the chat may come back and be moved again),
+# merge (a repeat is refused as "one client already"), presence (the desk's own, with its own retries).
+REPEATABLE: frozenset[CommandName] = frozenset(
+    {"accept", "take", "intercept", "reply", "note", "close", "spam", "pin", "tag", "client"}
+)
+MIN_TRY = 0.5  # seconds: a try with less time left than this is not made
+
 
 async def call(nc: NATS, name: CommandName, cmd: _Cmd, timeout: float = COMMAND_TIMEOUT) -> Result:
     """Send a command and decode the router's answer; raises CommandFailed when not ok.
@@ -198,7 +215,7 @@ async def call(nc: NATS, name: CommandName, cmd: _Cmd, timeout: float = COMMAND_
     server has been seen to answer so even right after a router subscribed.
     """
     payload = msgspec.json.encode(cmd)
-    deadline = time.monotonic() + NO_RESPONDERS_PATIENCE
+    deadline = time.monotonic() + min(NO_RESPONDERS_PATIENCE, timeout)
     delay = 0.02
     while True:
         try:
@@ -213,3 +230,50 @@ async def call(nc: NATS, name: CommandName, cmd: _Cmd, timeout: float = COMMAND_
     if not result.ok:
         raise CommandFailed(result)
     return result
+
+
+class NoAnswer(Exception):
+    """The router did not answer a repeatable command in time, asked ``tries`` times; ``reason`` is the last failure."""
+
+    def __init__(self, reason: str, tries: int, waited: float) -> None:
+        super().__init__(f"no answer from the router in {waited:.1f} s ({tries} tries): {reason}")
+        self.reason = reason
+        self.tries = tries
+        self.waited = waited
+
+
+async def call_repeating(
+    nc: NATS, name: CommandName, cmd: _Cmd, *, budget: float, asked_again: Callable[[str], None] | None = None
+) -> Result:
+    """:func:`call` a :data:`REPEATABLE` command, asked again while the router does not answer it - no answer in
+    time, no router there, or its own "unavailable" - for at most ``budget`` seconds in all.
+
+    Tries are paced by :func:`openlines.pace.backoff` (a quarter second, doubling, at most 2 s) and each waits
+    at most ``COMMAND_TIMEOUT``. ``asked_again(reason)`` is called before every repeat. Any other answer -
+    done, or refused (not_found, forbidden, conflict ...) - is the result, as with :func:`call`; when the
+    budget runs out, :class:`NoAnswer`.
+    """
+    if name not in REPEATABLE:
+        raise ValueError(f"command {name!r} is not safe to repeat")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + budget
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await call(nc, name, cmd, timeout=max(MIN_TRY, min(COMMAND_TIMEOUT, deadline - loop.time())))
+        except CommandFailed as exc:
+            if exc.result.error != "unavailable":
+                raise
+            reason = "the router could not complete it"
+        except NoRespondersError:
+            reason = "no router is running"
+        except (TimeoutError, nats.errors.Error) as exc:  # no answer in time; the connection to NATS down
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else f"NATS: {exc}"
+        pause = backoff(tries, 0.25, 2.0)
+        if loop.time() + pause + MIN_TRY > deadline:
+            raise NoAnswer(reason, tries, loop.time() - started)
+        await asyncio.sleep(pause)
+        if asked_again is not None:
+            asked_again(reason)

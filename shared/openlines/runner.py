@@ -1,5 +1,6 @@
 """What every service shares: NATS connection, HTTP with /healthz /readyz
-/metrics, background tasks, and a graceful stop on SIGTERM.
+/metrics, background tasks, a graceful stop on SIGTERM, and on SIGUSR1 a log of
+what every asyncio task is waiting on (:mod:`openlines.taskdump`).
 
 Two HTTP ports: the service's own (``OPENLINES_HTTP_PORT``: its routes plus
 /healthz and /readyz for load balancers) and an internal one
@@ -29,7 +30,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from openlines import bus, logs
+from openlines import bus, logs, taskdump
 from openlines.natsauth import NatsAuth, NatsAuthError
 from openlines.pace import backoff
 from openlines.settings import BaseSettings, SettingsError, load_settings
@@ -277,6 +278,8 @@ def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitab
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
+        # SIGUSR1 logs what every task awaits; set before the set-up, so a start-up that hangs can be looked at too.
+        taskdump.dump_on_signal(loop)
         svc = await launch(name, settings, setup)
         settle_heap()
         for sig in (signal.SIGTERM, signal.SIGINT):

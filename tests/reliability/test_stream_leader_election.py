@@ -18,6 +18,9 @@ from support import inbound
 from telegram_support import SUPPORT, fake_telegram, inbound_of, running_gateway
 
 from openlines import bus, subjects
+from openlines.envelopes import HistoryEntry, utcnow
+from router.effects import Effects
+from router.timers import Timer, schedule
 
 
 async def test_a_webhook_during_an_election_is_held_and_stored_once_after_it(tmp_path: Path) -> None:
@@ -59,6 +62,43 @@ async def test_the_same_client_message_stored_at_once_from_several_tries_is_stor
             assert len({a.seq for a in acks}) == 1, acks  # every try names the one stored copy
         info = await js.stream_info(subjects.STREAM_IN)
         assert info.state.messages == 20
+
+
+async def test_one_router_step_published_from_several_tries_at_once_is_stored_once_and_each_try_succeeds(
+    tmp_path: Path,
+) -> None:
+    """An operator command asked again while its first try is still at work (the desk retries a command the
+    router did not answer in time), or two router replicas redoing one step, publish the same transcript line,
+    event and timer at the same moment. On a cluster JetStream answers the later ones with 10158; the router's
+    publishes (``Effects`` alone and in a ``together`` block, ``timers.schedule``) used to raise it, and the
+    command answered "unavailable" - a 503 to the operator."""
+    async with _cluster(tmp_path) as (_, nc):
+        js = nc.jetstream()
+        fx = Effects(js, nc)
+        rounds = 10
+
+        due = time.time() + 3600  # a timer's id carries its due time: every try sets the same timer
+
+        async def close_trail(i: int) -> None:  # the tail of a close: the transcript line, its event, a timer
+            await fx.history(HistoryEntry(id=f"note:closed:s{i}", session_id=f"s{i}", direction="system", text="x", at=utcnow()))
+            await fx.event(f"closed:s{i}", "session_closed")
+            await schedule(js, Timer(kind="settle", target=f"s{i}", due=due, token="t"))
+
+        async def offer_trail(i: int) -> None:  # an offer's trail, written as one block
+            async with fx.together():
+                await fx.event(f"offered:s{i}:1", "session_offered")
+                await fx.history(HistoryEntry(id=f"note:offered:s{i}:1", session_id=f"s{i}", direction="system", at=utcnow()))
+
+        for i in range(rounds):
+            await asyncio.gather(*(close_trail(i) for _ in range(4)))
+            await asyncio.gather(*(offer_trail(i) for _ in range(4)))
+        stored = {
+            name: (await js.stream_info(name)).state.messages
+            for name in (subjects.STREAM_HIST, subjects.STREAM_EVT, subjects.STREAM_TIMER)
+        }
+        assert stored == {subjects.STREAM_HIST: 2 * rounds, subjects.STREAM_EVT: 2 * rounds, subjects.STREAM_TIMER: rounds}, (
+            stored
+        )
 
 
 @contextlib.asynccontextmanager

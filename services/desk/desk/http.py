@@ -94,6 +94,14 @@ MAX_FILES_PER_REPLY = 10
 HTTP_STATUS_OF = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "window_closed": 409, "unavailable": 503}
 
 LOGINS = Counter("openlines_desk_logins_total", "Desk sign-in attempts", ["result"])
+COMMAND_REPEATS = Counter(
+    "openlines_desk_command_repeats_total", "Operator commands asked of the router again after it did not answer", ["command"]
+)
+REPEATED_COMMANDS = Counter(
+    "openlines_desk_repeated_commands_total",
+    "Operator commands asked of the router more than once, by how they ended (ok, unavailable = 503, a refusal's code)",
+    ["command", "result"],
+)
 
 
 class ApiError(Exception):
@@ -296,13 +304,44 @@ class Desk:
     # -- commands -----------------------------------------------------------
 
     async def command(self, name: CommandName, cmd: Any) -> Result:
+        """Ask the router; a command safe to repeat is asked again while the router does not answer, for up to
+        ``command_retry_seconds`` (decision 032). Its refusals and the lack of an answer become ApiErrors."""
+        budget = self.settings.command_retry_seconds
+        repeats = 0
+
+        def asked_again(reason: str) -> None:
+            nonlocal repeats
+            repeats += 1
+            COMMAND_REPEATS.labels(name).inc()
+            log.info("command asked again", extra={"command": name, "repeat": repeats, "reason": reason})
+
+        outcome = "failed"
         try:
-            return await commands.call(self.nc, name, cmd)
+            if name in commands.REPEATABLE and budget > 0:
+                result = await commands.call_repeating(self.nc, name, cmd, budget=budget, asked_again=asked_again)
+            else:
+                result = await commands.call(self.nc, name, cmd)
+            outcome = "ok"
+            return result
         except CommandFailed as exc:
-            code = exc.result.error or "failed"
+            outcome = code = exc.result.error or "failed"
             raise ApiError(HTTP_STATUS_OF.get(code, 502), code, exc.result.detail or code) from None
+        except commands.NoAnswer as exc:
+            outcome = "unavailable"
+            log.warning("router did not answer a command", extra={"command": name, "tries": exc.tries, "reason": exc.reason})
+            detail = f"router unavailable: {exc.reason}; asked {exc.tries} times in {exc.waited:.0f} s. Asking again is safe"
+            raise ApiError(503, "unavailable", detail) from None
+        except nats.errors.NoRespondersError:
+            outcome = "unavailable"
+            raise ApiError(503, "unavailable", "router unavailable: no router is running; nothing was done") from None
         except (TimeoutError, nats.errors.Error):
-            raise ApiError(503, "unavailable", "router unavailable") from None
+            # Not asked again: the router may have done it, and this command is not safe to repeat.
+            outcome = "unavailable"
+            detail = f"router unavailable: no answer in time; the {name} may have been done - reload the chat before asking again"
+            raise ApiError(503, "unavailable", detail) from None
+        finally:
+            if repeats:
+                REPEATED_COMMANDS.labels(name, outcome).inc()
 
 
 DESK = web.AppKey("desk", Desk)

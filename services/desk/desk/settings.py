@@ -50,6 +50,10 @@ class Settings(BaseSettings, kw_only=True):
     # How often this replica renews its key in ol-desk-presence. Three renewals missed (killed -9, cut off
     # from NATS) and the router counts its operators' pages closed; every replica should use the same value.
     desk_heartbeat_seconds: float = 5.0
+    # How long an operator's command that is safe to repeat (openlines.commands.REPEATABLE: close, accept,
+    # reply ...) is asked of the router again while it does not answer - a router replica killed while at it,
+    # restarting, "unavailable" - before the operator gets 503; retries included. 0 = ask once.
+    command_retry_seconds: float = 10.0
     # The conversation index behind views and search (kept in memory by every replica, rebuilt from
     # the streams on start): how many messages (the newest) and conversations it holds at most.
     search_max_messages: int = 300_000
@@ -113,6 +117,8 @@ class Settings(BaseSettings, kw_only=True):
                     f"OPENLINES_SLA_SMTP_TLS=none with OPENLINES_SLA_SMTP_HOST={self.sla_smtp_host}: alerts (and the password) "
                     "would cross the network unencrypted; use starttls or tls, or a relay on this machine"
                 )
+        if not 0 <= self.command_retry_seconds <= 60:
+            raise ValueError("OPENLINES_COMMAND_RETRY_SECONDS must be between 0 (ask once) and 60 (seconds)")
         if not 0.1 <= self.desk_heartbeat_seconds <= 60:
             raise ValueError("OPENLINES_DESK_HEARTBEAT_SECONDS must be between 0.1 and 60 (seconds)")
         if not 0 <= self.login_slow_seconds <= 60:

@@ -12,8 +12,8 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from prometheus_client import Counter
 
+from openlines import bus, subjects
 from openlines import commands as cmds
-from openlines import subjects
 from openlines.commands import Result
 from openlines.envelopes import BAD_JSON
 from router.engine import Engine, Refused
@@ -112,7 +112,9 @@ def _endpoint(name: str, typ: type[msgspec.Struct], fn: Callable[..., Awaitable[
             await req.respond(_answer(Result(ok=False, error="invalid", detail=str(exc))))
             return
         try:
-            result = await fn(cmd)
+            # Its caller waits COMMAND_TIMEOUT for the answer: past that, nobody reads it (see bus.deadline_in).
+            with bus.deadline_in(cmds.COMMAND_TIMEOUT):
+                result = await fn(cmd)
         except Refused as exc:
             COMMANDS.labels(name, exc.code).inc()
             await req.respond(_answer(Result(ok=False, error=exc.code, detail=exc.detail)))

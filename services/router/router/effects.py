@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from prometheus_client import Counter
@@ -26,22 +27,43 @@ OUTBOUND = Counter("openlines_router_outbound_total", "Outbound messages publish
 
 TOGETHER_TIMEOUT = 5.0  # the longest a block waits for its acknowledgements (nats-py's own publish timeout)
 
+
+class _Sent(NamedTuple):
+    """A publish of a ``together`` block: its acknowledgement to come, and the message, to try it again."""
+
+    ack: asyncio.Future[Any]
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    stream: str | None
+
+
 # The publishes of the block ``Effects.together`` runs in this task (each asyncio task has its own context).
-_TOGETHER: ContextVar[list[asyncio.Future[Any]] | None] = ContextVar("router_effects_together", default=None)
+_TOGETHER: ContextVar[list[_Sent] | None] = ContextVar("router_effects_together", default=None)
 
 
 class Effects:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, nc: NATS) -> None:
         self.js = js
+        self.acks = bus.AckInbox(nc)  # the acknowledgements of ``together`` blocks
 
     async def _publish(self, subject: str, msg_id: str, obj: msgspec.Struct) -> None:
+        await self._send(subject, encode(obj), {MSG_ID_HEADER: msg_id})
+
+    async def _send(self, subject: str, payload: bytes, headers: dict[str, str], stream: str | None = None) -> None:
         """Publish and wait for the acknowledgement, or in a ``together`` block write it now and leave the
-        acknowledgement to the block's end (no task and no timer per publish)."""
+        acknowledgement to the block's end (no task and no timer per publish).
+
+        A publish JetStream answers with 10158 (the same id being stored by another publish at that moment:
+        a command asked again while its first try is still at work, two replicas redoing one step) is tried
+        again within the command's time (``bus.publish_stored``), never failed.
+        """
         pending = _TOGETHER.get()
         if pending is None:
-            await self.js.publish(subject, encode(obj), headers={MSG_ID_HEADER: msg_id})
+            await bus.publish_stored(self.js, subject, payload, headers=headers, stream=stream)
         else:
-            pending.append(await self.js.publish_async(subject, encode(obj), headers={MSG_ID_HEADER: msg_id}))
+            ack = await self.acks.publish(subject, payload, headers=headers, stream=stream)
+            pending.append(_Sent(ack, subject, payload, headers, stream))
 
     @contextlib.asynccontextmanager
     async def together(self) -> AsyncIterator[None]:
@@ -53,8 +75,9 @@ class Effects:
         The block ends only when every one is acknowledged (it raises the first
         failure), so what follows it - the write that commits the step - never
         comes before them; a failure is retried, and the ids make a redo harmless.
+        One answered with 10158 is published again (and waited for) at the end.
         """
-        pending: list[asyncio.Future[Any]] = []
+        pending: list[_Sent] = []
         token = _TOGETHER.set(pending)
         failed = True
         try:
@@ -63,17 +86,25 @@ class Effects:
         finally:
             _TOGETHER.reset(token)
             errors: list[BaseException] = []
+            again: list[_Sent] = []
             if pending:
                 # One timer for the block: an answer lost with the connection never ends its future.
-                done, _ = await asyncio.wait(pending, timeout=TOGETHER_TIMEOUT)
-                for fut in pending:
+                done, _ = await asyncio.wait([p.ack for p in pending], timeout=TOGETHER_TIMEOUT)
+                for sent in pending:
+                    fut = sent.ack
                     if fut not in done or fut.cancelled():  # no answer in time, or dropped with the connection
                         fut.cancel()
                         errors.append(NatsTimeout())
                     elif (error := fut.exception()) is not None:
-                        errors.append(error)
+                        if bus.storing_already(error):
+                            again.append(sent)
+                        else:
+                            errors.append(error)
             if errors and not failed:
                 raise errors[0]
+            if not failed:
+                for sent in again:
+                    await bus.publish_stored(self.js, sent.subject, sent.payload, headers=sent.headers, stream=sent.stream)
 
     async def event(self, event_id: str, kind: str, session: Session | None = None, **fields: str) -> None:
         base: dict[str, str] = {}
@@ -89,11 +120,8 @@ class Effects:
             }
         base.update(fields)
         evt = msgspec.convert({"id": event_id, "kind": kind, "at": utcnow(), **base}, SessionEvent)
-        pending = _TOGETHER.get()
-        if pending is None:
-            await bus.publish_event(self.js, evt)
-        else:
-            pending.append(await bus.publish_event_async(self.js, evt))
+        subject, payload, headers = bus.event_message(evt)
+        await self._send(subject, payload, headers, subjects.STREAM_EVT)
         EVENTS.labels(kind).inc()
 
     async def history(self, entry: HistoryEntry) -> None:

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from prometheus_client import Counter
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.consume import Durable
 from openlines.envelopes import MSG_ID_HEADER
 
@@ -60,7 +60,10 @@ _decode = msgspec.json.Decoder(Timer)
 
 
 async def schedule(js: JetStreamContext, timer: Timer) -> None:
-    await js.publish(subjects.timer(timer.kind, timer.target), msgspec.json.encode(timer), headers={MSG_ID_HEADER: timer.id})
+    """Set a timer; one being set under the same id at that moment (10158) is waited for, not failed."""
+    await bus.publish_stored(
+        js, subjects.timer(timer.kind, timer.target), msgspec.json.encode(timer), headers={MSG_ID_HEADER: timer.id}
+    )
 
 
 async def consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]], durable: str, stop: asyncio.Event) -> None:

@@ -207,7 +207,7 @@ async def test_commands_answer_503_when_no_router_listens(http: aiohttp.ClientSe
     h = {"X-CSRF-Token": await csrf_of_workspace(http)}
     r = await http.post("/api/status", json={"status": "online"}, headers=h)
     assert r.status == 503
-    assert await r.json() == {"error": "unavailable", "detail": "router unavailable"}
+    assert await r.json() == {"error": "unavailable", "detail": "router unavailable: no router is running; nothing was done"}
 
 
 async def test_websocket_from_another_origin_is_refused(http: aiohttp.ClientSession) -> None:

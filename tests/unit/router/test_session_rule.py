@@ -74,6 +74,15 @@ def test_a_close_is_final() -> None:
     assert transition.close_told(chat(close_reason="spam")) == "marked as spam"
 
 
+def test_a_close_asked_again_by_whoever_closed_it_for_that_reason_is_a_repeat_and_any_other_is_not() -> None:
+    closed = transition.closed(chat(status="answered", operator_id="anna"), NOW, closed_by="anna", reason="operator")
+    assert closed is not None
+    assert transition.closed_already(closed, "anna", "operator")
+    assert not transition.closed_already(closed, "boris", "operator")  # someone else's close: still a conflict
+    assert not transition.closed_already(closed, "anna", "spam")  # marking it spam after is not a repeat
+    assert not transition.closed_already(chat(status="answered", operator_id="anna"), "anna", "operator")  # still open
+
+
 def test_a_supervisor_takes_any_open_chat_over_as_answered() -> None:
     taken = transition.intercepted(chat(status="assigned", offered_to=["anna", "boris"], assignments=2), "sup", NOW)
     assert taken is not None

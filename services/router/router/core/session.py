@@ -192,6 +192,12 @@ def closed(s: Session | None, now: datetime, *, closed_by: str, reason: str) -> 
     return msgspec.structs.replace(s, status="closed", closed_at=now, closed_by=closed_by, close_reason=reason)
 
 
+def closed_already(s: Session, closed_by: str, reason: str) -> bool:
+    """The chat is closed, by ``closed_by`` for ``reason``: a close asked again (the desk repeats one it got no
+    answer to) is answered as done, not refused as a conflict."""
+    return not s.is_open and s.closed_by == closed_by and s.close_reason == reason
+
+
 def close_finished(s: Session | None) -> Session | None:
     return msgspec.structs.replace(s, close_finished=True) if s is not None and not s.close_finished else None
 

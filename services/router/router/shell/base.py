@@ -76,7 +76,7 @@ class Shared:
         self.operators = operators  # a watch-fed copy of ol-operators; None = read KV for every decision
         self.waiting = waiting  # every line's waiting queue (ol-waiting, one key per chat)
         self.flood = flood_rule or flood.FloodRule(limit=0, window=60.0, channels=frozenset())
-        self.fx = Effects(js)
+        self.fx = Effects(js, nc)
         self.names: dict[str, tuple[str, float]] = {}  # operator -> (name, monotonic time read), see Part._name
 
 

@@ -146,6 +146,9 @@ class Chats(Part):
     async def spam(self, operator_id: str, session_id: str) -> Session:
         await self._account(operator_id)
         now = utcnow()
+        done = await self.closing.repeated(operator_id, session_id, "spam", now)
+        if done is not None:
+            return done
         session = await self.offering.own_session(operator_id, session_id, now)
         key = client_key(session.channel, session.account, session.chat_key)
         await kv_update(self.b.clients, key, ClientRecord, client.marked_spam)
@@ -154,5 +157,8 @@ class Chats(Part):
     async def close(self, operator_id: str, session_id: str) -> Session:
         await self._account(operator_id)
         now = utcnow()
+        done = await self.closing.repeated(operator_id, session_id, "operator", now)
+        if done is not None:
+            return done
         session = await self.offering.own_session(operator_id, session_id, now)
         return await self.closing.close(session, now, closed_by=operator_id, reason="operator")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from openlines.bus import kv_update
+from openlines.bus import kv_get, kv_update
+from openlines.crashpoints import crash_point
 from openlines.envelopes import rating_request_id
 from openlines.state import ClientRecord, Session, client_key
 from router.core import autoreply, client
@@ -31,7 +32,16 @@ class Closing(Part):
         )
         if closed is None or closed.close_finished:
             return closed or session
+        crash_point("router.close.recorded")
         return await self.finish(closed, now)
+
+    async def repeated(self, operator_id: str, session_id: str, reason: str, now: datetime) -> Session | None:
+        """The chat when this operator already closed it for ``reason`` - a close asked again, answered as done
+        (and finished, if the first ask was cut short: every step of ``finish`` is idempotent) - else None."""
+        session, _ = await kv_get(self.b.sessions, session_id, Session)
+        if session is None or not transition.closed_already(session, operator_id, reason):
+            return None
+        return session if session.close_finished else await self.finish(session, now)
 
     async def finish(self, closed: Session, now: datetime) -> Session:
         """Everything that follows a close; each step is idempotent, so a retry completes a close cut short."""
