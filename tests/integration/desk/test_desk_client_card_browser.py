@@ -122,3 +122,38 @@ async def test_an_operator_edits_the_client_in_the_card_and_merges_another_clien
         [merged] = await events(nc, "client_merged")
         assert merged.session_id == new_id and merged.client_id == new_rec.client_id
     assert errors == []
+
+
+async def test_the_answer_to_an_accept_that_comes_after_the_chat_was_closed_does_not_bring_it_back(
+    nc: Any, desk: Service[Settings]
+) -> None:
+    """The page hears of a close over its socket and of its own accept over HTTP: two connections, either
+    may come first. Found on a loaded machine, where the accept's answer came second and the closed chat
+    stayed in the operator's list for good. Here the browser holds the accept's answer back until the
+    close has been pushed."""
+    errors: list[str] = []
+    async with chromium() as browser:
+        anna = await new_page(browser, desk_url(desk), errors)
+        await sign_in_live(anna, "anna")
+        await go_online(anna)
+        await visitor_writes(nc, "v-late", "1", "Is the shop open on Sunday?", name="Late Answer")
+        chat = anna.get_by_test_id("chat-item").filter(has_text="Late Answer")
+        await chat.click()
+        sid = await chat.get_attribute("data-session-id")
+        assert sid
+        held: list[Any] = []
+
+        async def hold_accept(route: Any) -> None:
+            held.append((route, await route.fetch()))  # the router has accepted; the page does not know yet
+
+        await anna.route(f"**/api/sessions/{sid}/accept", hold_accept)
+        await anna.get_by_test_id("accept").click()
+        await wait_for(lambda: bool(held), what="the accept done at the router, its answer held")
+        await call(nc, "close", Close(operator_id="anna", session_id=sid))
+        await expect(chat).to_have_count(0)  # the socket's word
+        route, answer = held[0]
+        assert (await answer.json())["session"]["status"] == "answered"
+        await route.fulfill(response=answer)
+        await expect(anna.get_by_test_id("accept")).to_be_enabled()  # the click's handler has run to its end
+        await expect(chat).to_have_count(0)
+        assert errors == [], errors

@@ -681,6 +681,12 @@
     if (chat.id === state.selected) markSeen(chat.id);
   }
 
+  // The answer to an operator's action on a chat (accept, pin, reply): it may come after the live push
+  // that the chat was closed (another connection); it must not bring a closed chat back into the list.
+  function refreshChat(chat) {
+    if (chat && state.chats.has(chat.id)) upsertChat(chat, { notify: false });
+  }
+
   function removeChat(id) {
     state.chats.delete(id);
     state.newChats.delete(id);
@@ -1438,7 +1444,7 @@
     el.pin.disabled = true;
     try {
       const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/pin`, { pinned: !chat.pinned });
-      if (data.session) upsertChat(data.session, { notify: false });
+      refreshChat(data.session);
       render();
     } catch (err) {
       showError(`Could not pin the chat: ${err.message}`);
@@ -1602,7 +1608,7 @@
     el.accept.disabled = true;
     try {
       const data = await api("POST", `/api/sessions/${encodeURIComponent(id)}/accept`);
-      if (data.session) upsertChat(data.session, { notify: false });
+      refreshChat(data.session);
       render();
       // Into the reply box, unless the operator has already moved on to something else.
       if (document.activeElement === el.accept || document.activeElement === document.body) el.reply.focus();
@@ -1708,7 +1714,7 @@
       else if ((state.drafts.get(id) || "").trim() === text) state.drafts.delete(id);
       if (state.selected === id) keepDraft();
       else saveDrafts();
-      if (data.session) upsertChat(data.session, { notify: false });
+      refreshChat(data.session);
       render();
       loadHistory(id);
     } catch (err) {
@@ -1736,7 +1742,7 @@
       const body = { template: { name: pending.tpl.name, language: pending.tpl.language, params: values }, client_msg_id: pending.id };
       const data = await api("POST", `/api/sessions/${encodeURIComponent(pending.session)}/reply`, body);
       if (state.template === pending) closeTemplate();
-      if (data.session) upsertChat(data.session, { notify: false });
+      refreshChat(data.session);
       render();
       loadHistory(pending.session);
     } catch (err) {
