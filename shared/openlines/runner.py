@@ -161,28 +161,48 @@ class Service(Generic[S]):
         log.info("listening", extra={"host": self.settings.http_host, "port": self.port, "metrics_port": self.metrics_port})
 
     async def stop(self) -> None:
-        """Stop accepting work, finish what is in flight, then disconnect."""
+        """Stop accepting work, finish what is in flight, then disconnect.
+
+        Every step gets ``shutdown_timeout``: a step that has not ended by then (a page that stopped
+        reading its socket, an await that never returns) is logged with every task's stack and left
+        behind, so a stop always ends and says where it was stuck.
+        """
         self.stopping.set()
         for fn in reversed(self._on_stop):
-            try:
-                await fn()
-            except Exception:
-                log.exception("error while stopping")
+            await self._stop_step(getattr(fn, "__qualname__", repr(fn)), fn())
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._stop_step("http server", self._runner.cleanup())
         if self._ops_runner is not None:
-            await self._ops_runner.cleanup()
+            await self._stop_step("ops http server", self._ops_runner.cleanup())
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_timeout)
+            if pending:
+                self._stuck("background tasks", sorted(t.get_name() for t in pending))
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), timeout=self.settings.shutdown_timeout)
             with contextlib.suppress(Exception):
                 await self.nc.close()
         log.info("stopped")
+
+    async def _stop_step(self, name: str, step: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=self.settings.shutdown_timeout)
+        if not done:
+            self._stuck(name, [task.get_name()])
+            task.cancel()  # not awaited: it may not end, and the stop goes on
+            return
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("error while stopping", extra={"step": name, "error": repr(exc)}, exc_info=exc)
+
+    def _stuck(self, step: str, tasks: list[str]) -> None:
+        log.error(
+            "a stop step did not end in time; stopping the rest anyway",
+            extra={"step": step, "tasks": tasks, "seconds": self.settings.shutdown_timeout},
+        )
+        taskdump.dump(asyncio.get_running_loop(), reason="stop step did not end")
 
     # -- health ---------------------------------------------------------
 

@@ -71,14 +71,14 @@ def stacks(tasks: set[asyncio.Task[Any]]) -> list[Stack]:
     return sorted(found.values(), key=lambda s: -s.count)
 
 
-def dump(loop: asyncio.AbstractEventLoop) -> None:
+def dump(loop: asyncio.AbstractEventLoop, reason: str = SIGNAL.name) -> None:
     """Log every task of ``loop`` with its stack: one line for the dump, one per distinct stack.
 
     Logged as warnings, so a service logging at ``warning`` shows them too.
     """
     tasks = asyncio.all_tasks(loop)
     grouped = stacks(tasks)
-    log.warning("asyncio tasks", extra={"tasks": len(tasks), "stacks": len(grouped), "signal": SIGNAL.name})
+    log.warning("asyncio tasks", extra={"tasks": len(tasks), "stacks": len(grouped), "reason": reason})
     for entry in grouped:
         log.warning(
             "asyncio task stack",

@@ -47,6 +47,7 @@ log = logging.getLogger("desk.live")
 HOLDER_TTL = 2.0  # seconds a session -> operator lookup is trusted for transcript pushes
 TYPING_EVERY = 2.0  # seconds: an operator's typing is passed to the client at most this often per chat
 QUEUE_LIMIT = 1000  # frames waiting for one slow socket before we drop it (it reconnects and re-snapshots)
+CLOSE_SECONDS = 2.0  # a page given this long to answer our close when the desk stops; then it is dropped
 
 SOCKETS = Gauge("openlines_desk_websockets", "Open operator WebSockets on this replica")
 PUSHED = Counter("openlines_desk_frames_pushed_total", "Frames pushed to operator WebSockets", ["type"])
@@ -133,11 +134,7 @@ class Hub:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self._subs.clear()
-        # Pages reconnect (to another replica, or to us after the restart).
-        for conn in [c for group in self.conns.values() for c in group]:
-            with contextlib.suppress(Exception):
-                await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"desk restarting")
-        # No waiting for the reports of the pages just closed (a router may be stopping too): the key's
+        # No waiting for the reports of the pages closed below (a router may be stopping too): the key's
         # removal tells the router that every page here is gone, at its next look.
         for task in self._tasks:
             task.cancel()
@@ -145,7 +142,15 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        # Pages reconnect (to another replica, or to us after the restart). All at once, each given
+        # CLOSE_SECONDS: a page that stopped reading would otherwise hold the close (and the stop) for good.
+        await asyncio.gather(*(self._close(c) for group in self.conns.values() for c in group))
         await self.heartbeat.remove()
+
+    @staticmethod
+    async def _close(conn: Connection) -> None:
+        with contextlib.suppress(Exception):  # a timeout included: aiohttp then drops the connection
+            await asyncio.wait_for(conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"desk restarting"), CLOSE_SECONDS)
 
     # -- sockets ----------------------------------------------------------
 

@@ -50,7 +50,7 @@ async def test_sigusr1_logs_every_task_with_what_it_awaits_and_the_service_goes_
             os.kill(router.proc.pid, signal.SIGUSR1)
             dumps = await wait_for(lambda n=n: [d for d in _dumps(log) if len(d) > 1][n - 1 :], what=f"dump {n} in the log")
         header, *stacks = dumps[-1]
-        assert header["service"] == "router" and header["signal"] == "SIGUSR1"
+        assert header["service"] == "router" and header["reason"] == "SIGUSR1"
         assert header["tasks"] == sum(s["tasks"] for s in stacks) and header["stacks"] == len(stacks)
         # The service's main task waits for its stop: where, through which awaits, and on what.
         main = [s for s in stacks if "await svc.stopping.wait()" in s["stack"]]
