@@ -183,6 +183,10 @@ class _Order:
                 raw: Any = await self.js.get_msg(subjects.STREAM_IN, seq=seq, subject=self.filter_subject, next=True)
             except NotFoundError:
                 break  # no message of the partition from here on
+            except Exception as exc:  # NATS slow or away, the grant missing: the rest counts as not read
+                log.info("partition messages not read", extra={"consumer": self.durable, "error": repr(exc)})
+                read_to = seq - 1
+                break
             reads += 1
             if not raw.seq or raw.seq > read.last:
                 break
