@@ -83,7 +83,8 @@ HAND_BACK_AT_MOST = 4096
 # The most partition messages one look reads from the stream to learn their clients; a client's message after
 # the unread ones waits for the acknowledgement floor to pass them (one at a time, as with one message in hand).
 READ_AT_MOST = 512
-ORDER_POLL = 0.05  # seconds between looks at the consumer while a message waits for another holder's
+ORDER_POLL = 0.05  # seconds between looks at the ack floor while a message waits for another holder's
+ORDER_RECHECK = 1.0  # a waiting message looks again at least this often, woken or not
 
 _decode = msgspec.json.Decoder(Inbound)
 
@@ -124,8 +125,7 @@ async def consume(
         filter_subject=filter_subject,
     )
     lanes = _Lanes(engine, stop, order, in_hand, ack_wait)
-    # Fetched while stopping: left in hand, not nak'd - a nak could put a client's later message before an
-    # earlier one still worked on here; the next holder hands them all back in stream order.
+    # Fetched while stopping: left in hand, not nak'd; the next holder hands them all back in stream order.
     lanes.consumer = Durable(js, subjects.STREAM_IN, config, batch=lanes.room, back_on_stop=False)
     await lanes.run()
 
@@ -140,16 +140,17 @@ class _Order:
         self.filter_subject = filter_subject
         self.stop = stop
         self.core = PartitionOrder()
-        self.waiting = 0  # lanes waiting for their first message to be allowed to start
+        # lanes whose first message waits, by what for: a look (a delivery went elsewhere), the ack floor
+        self.waiting: dict[str, int] = {"look": 0, "floor": 0}
         self._wake = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
 
     def holding(self) -> bool:
-        return self.waiting > 0 or self.core.needs_read()
+        return self.waiting["look"] + self.waiting["floor"] > 0 or self.core.needs_read()
 
     def received(self, seq: int, delivery: int) -> None:
         if self.core.received(seq, delivery):
-            self._changed()
+            self.changed()
 
     async def read(self) -> Read | None:
         """Look at the consumer; when the rule needs it (first, or a delivery went elsewhere), also read the
@@ -167,7 +168,7 @@ class _Order:
                 delivery=(info.delivered.consumer_seq or 0) if info.delivered else 0,
             )
         if self.core.floor_read(read.floor):
-            self._changed()
+            self.changed()
         if not self.core.needs_read():
             return read
         READS.inc()
@@ -194,27 +195,31 @@ class _Order:
             seq = raw.seq + 1
         READ_BY_SEQUENCE.inc(reads)
         self.core.read_done(read, read_to)
-        self._changed()
+        self.changed()
         return None if info is None else read
 
-    async def wait(self) -> None:
-        """Wait a moment for a change (a read, a message given here): the caller looks again at what its lane
-        starts with - an older message of its client may have come meanwhile and must go first."""
+    async def wait(self, reason: str) -> None:
+        """Wait for a change that may let a message waiting for ``reason`` start (a look, the floor moving, a
+        message given here): the caller looks again at what its lane starts with - an older message of its
+        client may have come meanwhile and must go first."""
         if self._watch is None:
             self._watch = asyncio.create_task(self._watch_consumer(), name=f"order-{self.durable}")
         wake = self._wake
-        self.waiting += 1
+        self.waiting[reason] += 1
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=ORDER_POLL)
+                await asyncio.wait_for(wake.wait(), timeout=ORDER_RECHECK)
         finally:
-            self.waiting -= 1
+            self.waiting[reason] -= 1
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """Wake every waiting lane to look again."""
         self._wake.set()
         self._wake = asyncio.Event()
 
     async def _watch_consumer(self) -> None:
+        """Looks at the consumer while a message waits: at once while a delivery is not accounted for, every
+        ``ORDER_POLL`` while one waits for the floor; ends when nothing waits."""
         attempt = 0
         try:
             while not self.stop.is_set():
@@ -226,8 +231,10 @@ class _Order:
                     log.info("partition consumer not read", extra={"consumer": self.durable, "error": repr(exc)})
                     await pause(self.stop, backoff(attempt, 0.1, 2.0))
                     continue
-                if not self.holding():
-                    break
+                if self.core.needs_read():
+                    continue  # another delivery went elsewhere meanwhile
+                if not self.waiting["floor"]:
+                    break  # what waited for the look was woken by it
                 await pause(self.stop, ORDER_POLL)
         finally:
             self._watch = None
@@ -317,17 +324,20 @@ class _Lanes:
         lane.add(seq, delivery, envelope)
         if lane.task is None:
             lane.task = asyncio.create_task(self._work(key, lane))
+        elif lane.queue[0][0] == seq and not lane.started:
+            self.order.changed()  # a waiting lane has an older message first now
 
     async def _work(self, key: Client, lane: _Lane) -> None:
         counted = 0  # the last message of this lane counted as held back
         try:
             while lane.queue and not self.stop.is_set():
                 seq, delivery, envelope = lane.queue[0]
-                if not self.order.core.may_start(seq, delivery, key):
+                reason = self.order.core.waits_for(seq, delivery, key)
+                if reason is not None:
                     if counted != seq:
                         counted = seq
                         HELD_BACK.inc()
-                    await self.order.wait()
+                    await self.order.wait(reason)
                     continue
                 lane.started = True
                 await _handle(self.engine, self.held[seq], envelope, self.stop)

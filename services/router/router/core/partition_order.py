@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 Client = tuple[str, str, str]  # channel, account, chat id
 
@@ -61,14 +62,15 @@ class PartitionOrder:
 
     def received(self, seq: int, delivery: int) -> bool:
         """Stream sequence ``seq`` was delivered here as delivery number ``delivery``; whether a message that
-        waits for it may now go on (it was unknown)."""
+        waits may now go on (this one was unknown, or it was the number missing before others that came)."""
+        moved = False
         if delivery == self.counted + 1:
             self.counted = delivery
-            self._advance()
+            moved = self._advance()
         elif delivery > self.counted:
             self.ahead.add(delivery)
         self.mine.add(seq)
-        return self._forget(seq)
+        return self._forget(seq) or moved
 
     def finished(self, seq: int) -> None:
         """Acknowledged (or terminated) here."""
@@ -130,17 +132,25 @@ class PartitionOrder:
     def may_start(self, seq: int, delivery: int, client: Client) -> bool:
         """Whether the message at ``seq``, delivered here as ``delivery``, of ``client`` may start now (the shell
         starts only the first message of a client's lane)."""
-        if not self.synced or delivery > self.counted:
-            return False
-        if max(self.known_to, self.floor) < min(seq - 1, self.unread_to):
-            return False
-        earlier = self._unknown_of.get(client)
-        return not earlier or min(earlier) > seq
+        return self.waits_for(seq, delivery, client) is None
 
-    def _advance(self) -> None:
+    def waits_for(self, seq: int, delivery: int, client: Client) -> Literal["look", "floor"] | None:
+        """What the message waits for: a look at the consumer and the stream (a delivery before it is not
+        accounted for), the floor to pass (or an earlier message of its client to be given here), or nothing."""
+        if not self.synced or delivery > self.counted:
+            return "look"
+        if max(self.known_to, self.floor) < min(seq - 1, self.unread_to):
+            return "floor"
+        earlier = self._unknown_of.get(client)
+        return "floor" if earlier and min(earlier) < seq else None
+
+    def _advance(self) -> bool:
+        moved = False
         while self.counted + 1 in self.ahead:
             self.counted += 1
             self.ahead.discard(self.counted)
+            moved = True
+        return moved
 
     def _forget(self, seq: int) -> bool:
         if seq not in self.unknown:
