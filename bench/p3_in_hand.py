@@ -37,6 +37,7 @@ def export_router(commit: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", commit, "services/router/router"], check=True, capture_output=True
     ).stdout
+    into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "services" / "router"
 
