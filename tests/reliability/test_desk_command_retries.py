@@ -136,6 +136,7 @@ async def test_a_close_without_a_router_for_longer_than_the_retries_answers_503_
         router_process.kill()
         answer = await http.post(f"/api/sessions/{sid}/close", headers=h)
         assert answer.status == 503, await answer.text()
+        assert answer.headers["Retry-After"] == "2"
         body = await answer.json()
         assert body["error"] == "unavailable"
         tries = re.search(

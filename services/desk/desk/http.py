@@ -91,6 +91,7 @@ LOGIN_FORM_TTL = 3600
 MAX_FILES_PER_REPLY = 10
 
 # The router's error codes and the HTTP status each one becomes.
+RETRY_AFTER_SECONDS = 2  # a 503's Retry-After: the longest pause between the desk's own repeats of a command
 HTTP_STATUS_OF = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "window_closed": 409, "unavailable": 503}
 
 LOGINS = Counter("openlines_desk_logins_total", "Desk sign-in attempts", ["result"])
@@ -372,7 +373,9 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
         return response
     except ApiError as exc:
-        return json_error(exc.status, exc.code, exc.detail)
+        # Unavailable (no router answering, the file store away): when a client such as a script may ask again.
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else None
+        return json_error(exc.status, exc.code, exc.detail, headers=retry)
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -42,7 +42,8 @@ async def setup(svc: Service[Settings]) -> None:
     if moved:
         log.info("waiting chats moved to ol-waiting", extra={"chats": moved})
     engine = Engine(svc.nc, svc.js, buckets, lines, operators, waiting, svc.settings.flood_rule())
-    micro = await commands.serve(svc.nc, engine)
+    running = commands.AtOnce(svc.settings.commands_at_once)
+    micro = await commands.serve(svc.nc, engine, running)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()
     partitions = Partitions(
@@ -126,6 +127,7 @@ async def setup(svc: Service[Settings]) -> None:
         except (TimeoutError, asyncio.CancelledError):
             pass
         await micro.stop()
+        await running.finish(svc.settings.shutdown_timeout)
 
     svc.ready_check(ready)
     svc.on_stop(drain)

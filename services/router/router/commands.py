@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -10,7 +11,7 @@ from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from openlines import bus, subjects
 from openlines import commands as cmds
@@ -21,13 +22,53 @@ from router.engine import Engine, Refused
 log = logging.getLogger("router.commands")
 
 COMMANDS = Counter("openlines_router_commands_total", "Operator commands", ["command", "result"])
+IN_PROGRESS = Gauge("openlines_router_commands_in_progress", "Operator commands being handled by this replica now")
+
+
+class AtOnce:
+    """Up to ``limit`` commands handled side by side on this replica.
+
+    nats-py hands a subscription's messages to its callback one after another, so a command that waits
+    (a write retried through a NATS fault, a slow bucket) held every later command of its kind on the
+    replica: one operator's stuck close delayed every other operator's close, one slow reply every reply.
+    Commands on the same chat need no order from here: each page waits for one answer before it asks
+    again, and every change is a compare-and-set, as between two replicas.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wrap(self, handle: Callable[[Request], Awaitable[None]]) -> Callable[[Request], Awaitable[None]]:
+        async def start(req: Request) -> None:
+            await self._slots.acquire()  # all busy: the next request waits in the subscription
+            task = asyncio.get_running_loop().create_task(self._run(handle, req), name="router-command")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return start
+
+    async def _run(self, handle: Callable[[Request], Awaitable[None]], req: Request) -> None:
+        IN_PROGRESS.inc()
+        try:
+            await handle(req)
+        except Exception:  # the answer could not be sent (NATS away): the caller's request times out
+            log.exception("command answer not sent", extra={"subject": req.subject})
+        finally:
+            IN_PROGRESS.dec()
+            self._slots.release()
+
+    async def finish(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the commands being handled: their callers are waiting for the answer."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
 
 
 def _answer(result: Result) -> bytes:
     return msgspec.json.encode(result)
 
 
-async def serve(nc: NATS, engine: Engine) -> Service:
+async def serve(nc: NATS, engine: Engine, running: AtOnce) -> Service:
     svc = await add_service(nc, name=subjects.ROUTER_SERVICE, version="0.1.0", description="openlines line rules")
 
     async def status(c: cmds.SetStatus) -> Result:
@@ -97,7 +138,8 @@ async def serve(nc: NATS, engine: Engine) -> Service:
         "presence": presence,
     }
     for name, fn in handlers.items():
-        await svc.add_endpoint(name=name, subject=subjects.command(name), handler=_endpoint(name, cmds.COMMANDS[name], fn))
+        handler = running.wrap(_endpoint(name, cmds.COMMANDS[name], fn))
+        await svc.add_endpoint(name=name, subject=subjects.command(name), handler=handler)
     return svc
 
 

@@ -20,6 +20,8 @@ class Settings(BaseSettings, kw_only=True):
     # side, one client's in order - also while two replicas both pull on the partition for a moment, which
     # decision 033 closed (decision 029, "Amended"). 1 (the default) handles a partition one message at a time.
     in_hand: int = 1
+    # Operator commands one replica handles side by side (router/commands.py AtOnce); beyond it, the next waits.
+    commands_at_once: int = 64
     # The flood guard (docs/security.md): beyond flood_limit client messages per chat per flood_window
     # seconds the chat is flagged for a supervisor and its messages are stored but not pushed to the operator.
     flood_limit: int = 30  # 0 = off
@@ -35,6 +37,8 @@ class Settings(BaseSettings, kw_only=True):
             raise ValueError("OPENLINES_DESK_SWEEP_SECONDS must be between 0.1 and 300 (seconds)")
         if not 1 <= self.in_hand <= 256:
             raise ValueError("OPENLINES_IN_HAND must be between 1 and 256")
+        if not 1 <= self.commands_at_once <= 10_000:
+            raise ValueError("OPENLINES_COMMANDS_AT_ONCE must be between 1 and 10000")
         if self.flood_limit < 0 or self.flood_window <= 0:
             raise ValueError("OPENLINES_FLOOD_LIMIT must be >= 0 and OPENLINES_FLOOD_WINDOW > 0 (seconds)")
 
