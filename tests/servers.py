@@ -8,7 +8,9 @@ test's own connections the admin identity (:data:`ADMIN_ENV`).
 
 from __future__ import annotations
 
+import collections
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -56,10 +58,46 @@ def stop_process(proc: subprocess.Popen[bytes], *, kill: bool = False, timeout: 
         proc.wait()
 
 
+_PICK = random.SystemRandom()  # not the seeded ``random``: two test runs side by side must not pick alike
+_HANDED: collections.deque[int] = collections.deque(maxlen=2000)  # not handed out again while this recent
+_LOWEST = 10_000
+
+
+def _ephemeral_start() -> int:
+    """Where the kernel's ephemeral ports begin (bind to port 0, the local end of outgoing connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
+    """A free loopback port for a server a test starts - and may kill -9 and start again on the same port.
+
+    Taken below the kernel's ephemeral range where there is room: a port from that range, once its server is
+    killed, can be given by the kernel to any socket bound to port 0 or any outgoing connection before the
+    restart, which then fails with "address already in use" (a fault run hung so: an e-mail gateway
+    restarted meanwhile got a killed VK gateway's port for its metrics). Not the same port twice in a row of
+    2,000 in one test process.
+    """
+    top = _ephemeral_start()
+    if top - _LOWEST >= 5_000:
+        for _ in range(100):
+            port = _PICK.randrange(_LOWEST, top)
+            if port in _HANDED:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED.append(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _HANDED.append(port)
+    return port
 
 
 def nats_binary() -> str:

@@ -546,7 +546,16 @@ async def test_router_replicas_probe_each_other(connect: Any) -> None:
 
     sub = await a.nc.subscribe(subjects.router_alive("ra"), cb=alive)
     await a.nc.flush()
-    assert (await b.nc.request(subjects.router_alive("ra"), b"", timeout=30)).data == b""
+    try:
+        answer = await b.nc.request(subjects.router_alive("ra"), b"", timeout=30)
+    except NoRespondersError:
+        # The server has answered "no responders" for a moment right after the subscription was flushed (on
+        # a loaded machine, once in four full runs); the router therefore counts a replica gone only after
+        # two of them, a pause apart (router.partitions._gone), and so does this probe. A refusal by
+        # permissions is not this: it is a violation below, or no answer at all.
+        await asyncio.sleep(0.5)
+        answer = await b.nc.request(subjects.router_alive("ra"), b"", timeout=30)
+    assert answer.data == b""
     with pytest.raises(NoRespondersError):
         await b.nc.request(subjects.router_alive("rb"), b"", timeout=30)
     await sub.unsubscribe()
