@@ -17,8 +17,8 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import ADMIN_ENV, NatsCluster, NatsServer, creds, creds_env, free_port, nats_binary  # noqa: E402
-from timing import MAX_TIME_SCALE, scaled, time_scale  # noqa: E402
+from support.servers import ADMIN_ENV, NatsCluster, NatsServer, creds, creds_env, free_port, nats_binary  # noqa: E402
+from support.timing import MAX_TIME_SCALE, scaled, time_scale  # noqa: E402
 
 __all__ = [
     "MAX_TIME_SCALE",
@@ -35,7 +35,7 @@ __all__ = [
 
 # The tests' own connections (bus.connect without a service's settings, the
 # `openlines` CLI run as a process) act as the admin identity of auth.conf;
-# every service under test gets its own identity (servers.creds / ServiceProcess).
+# every service under test gets its own identity (support.servers.creds / ServiceProcess).
 os.environ.update(ADMIN_ENV)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port
-from servers import ServiceProcess
+from support.servers import ServiceProcess
 
 
 @pytest.fixture

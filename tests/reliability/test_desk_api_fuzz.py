@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import NatsServer, free_port, wait_for
-from desk_admin_support import LINES, SECRET, make_token, visitor_writes
 from hypothesis import HealthCheck, settings
-from servers import ServiceProcess
 from support import apply_lines, running_router
+from support.desk_admin import LINES, SECRET, make_token, visitor_writes
+from support.servers import ServiceProcess
 
 from desk.openapi import document
 from openlines import bus, subjects

@@ -18,9 +18,9 @@ from typing import Any
 
 import aiohttp
 from conftest import scaled, wait_for
-from desk_support import client_writes, http_session, running_desk, sign_in
-from servers import ServiceProcess
 from support import apply_lines, events, history, router_answers
+from support.desk import client_writes, http_session, running_desk, sign_in
+from support.servers import ServiceProcess
 
 from openlines import bus, subjects
 from openlines.commands import SetStatus, call

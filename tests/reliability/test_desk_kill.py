@@ -20,11 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import NatsServer, free_port, scaled, wait_for
-from desk_admin_support import DEMO_HASH, SECRET
-from desk_support import visitor_writes
 from nats.js.errors import NotFoundError
-from servers import ServiceProcess
 from support import apply_lines, events, history
+from support.desk import visitor_writes
+from support.desk_admin import DEMO_HASH, SECRET
+from support.servers import ServiceProcess
 
 from openlines import bus, subjects
 from openlines.state import ClientRecord, OperatorState, Session, client_key

@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
-from email_support import mail_flow, mail_lines
 from peers.mailservers import Dovecot, SmtpSink, append
+from support.email import mail_flow, mail_lines
 
 from openlines import bus, subjects
 

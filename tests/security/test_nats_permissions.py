@@ -25,7 +25,7 @@ from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
-from servers import KEYS
+from support.servers import KEYS
 
 from openlines import bus, natsauth, subjects
 from openlines.natsauth import NatsAuth, NatsAuthError

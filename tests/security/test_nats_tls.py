@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import NatsServer
-from servers import KEYS, ROOT
+from support.servers import KEYS, ROOT
 
 from openlines import bus, subjects
 from openlines.natsauth import NatsAuth, NatsAuthError

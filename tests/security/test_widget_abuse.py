@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import scaled, wait_for
-from webchat_support import (
+from support.webchat import (
     SECRET,
     WIDGET_LINES,
     bind_widget_accounts,

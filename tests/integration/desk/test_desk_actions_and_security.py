@@ -13,8 +13,8 @@ import aiohttp
 import msgspec
 import pytest
 from conftest import scaled, wait_for
-from desk_support import client_writes, http_session, running_desk, sign_in, try_sign_in
 from support import running_router
+from support.desk import client_writes, http_session, running_desk, sign_in, try_sign_in
 
 from desk.settings import Settings
 from openlines import bus, subjects

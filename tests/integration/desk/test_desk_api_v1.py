@@ -14,9 +14,9 @@ import msgspec
 import pytest
 from argon2 import PasswordHasher
 from conftest import wait_for
-from desk_admin_support import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
-from desk_support import desk_with_router
 from support import outbound_for
+from support.desk import desk_with_router
+from support.desk_admin import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
 
 from desk.api import PREFIX
 from openlines import bus

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from desk_support import BROWSER_MARKS, chromium, client_writes, go_online, new_page, sign_in_live
-from servers import creds
 from support import apply_lines, running_router
+from support.desk import BROWSER_MARKS, chromium, client_writes, go_online, new_page, sign_in_live
+from support.servers import creds
 
 from desk.app import setup
 from desk.settings import Settings

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from crm_support import linked, running_crm_sync
-from desk_support import desk_with_router, http_session, running_desk, sign_in, visitor_writes
 from support import apply_lines, leave_line
+from support.crm import linked, running_crm_sync
+from support.desk import desk_with_router, http_session, running_desk, sign_in, visitor_writes
 
 from desk.settings import Settings
 from openlines import bus, subjects

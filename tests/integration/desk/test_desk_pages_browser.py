@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crm_support import linked, running_crm_sync
-from desk_support import (
+from support import apply_lines, running_router
+from support.crm import linked, running_crm_sync
+from support.desk import (
     BROWSER_MARKS,
     chromium,
     desk_url,
@@ -18,8 +19,7 @@ from desk_support import (
     submit_login,
     visitor_writes,
 )
-from desk_support import new_page as blank_page
-from support import apply_lines, running_router
+from support.desk import new_page as blank_page
 
 from desk.settings import Settings
 from openlines.runner import Service

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from desk_support import BROWSER_MARKS, chromium, desk_with_router, go_online, new_page, sign_in_live, visitor_writes
+from support.desk import BROWSER_MARKS, chromium, desk_with_router, go_online, new_page, sign_in_live, visitor_writes
 
 pytestmark = BROWSER_MARKS
 

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from desk_support import BROWSER_MARKS, chromium, desk_url, new_page, running_desk, sign_in_live, visitor_writes
 from support import apply_lines, running_router
-from views_support import LINES
+from support.desk import BROWSER_MARKS, chromium, desk_url, new_page, running_desk, sign_in_live, visitor_writes
+from support.views import LINES
 
 from desk.settings import Settings
 from openlines.runner import Service

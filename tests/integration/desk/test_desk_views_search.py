@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
-from desk_support import http_session, running_desk, sign_in, visitor_writes
 from support import apply_lines, running_router
-from views_support import LINES
+from support.desk import http_session, running_desk, sign_in, visitor_writes
+from support.views import LINES
 
 from desk.settings import Settings
 from openlines import subjects

@@ -9,7 +9,7 @@ import aiohttp
 import msgspec
 import pytest
 from conftest import scaled, wait_for
-from desk_support import client_writes, desk_with_router, http_session, sign_in
+from support.desk import client_writes, desk_with_router, http_session, sign_in
 
 from desk.settings import Settings
 from openlines import bus, subjects

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from desk_support import running_desk, visitor_writes
 from support import apply_lines, events, running_router
+from support.desk import running_desk, visitor_writes
 
 from desk.settings import Settings
 from openlines.commands import SetStatus, call

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from email_support import mail_flow, mail_lines
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail
 from support import events, history
+from support.email import mail_flow, mail_lines
 
 from desk.files import FileStore
 from openlines import bus, files, subjects

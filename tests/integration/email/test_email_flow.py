@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
-from email_support import assigned_session, consumer_done, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
 from peers.mailservers import (
     Dovecot,
     SmtpSink,
@@ -21,6 +20,7 @@ from peers.mailservers import (
     client_mail,
 )
 from support import events, history, marks_of
+from support.email import assigned_session, consumer_done, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
 
 from openlines import subjects
 from openlines.commands import Reply, SetStatus, call

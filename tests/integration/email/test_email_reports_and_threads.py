@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from desk_admin_support import DEMO_HASH
-from desk_support import http_session, running_desk, sign_in
-from email_support import assigned_session, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail
 from support import events, history, marks_of
+from support.desk import http_session, running_desk, sign_in
+from support.desk_admin import DEMO_HASH
+from support.email import assigned_session, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
 
 from openlines import files
 from openlines.commands import Reply, SetStatus, call

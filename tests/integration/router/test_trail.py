@@ -22,9 +22,9 @@ import aiohttp
 import msgspec
 import pytest
 from conftest import wait_for
-from desk_admin_support import DEMO_HASH, bearer, make_token
-from desk_support import desk_with_router, http_session, sign_in, visitor_writes
 from support import history
+from support.desk import desk_with_router, http_session, sign_in, visitor_writes
+from support.desk_admin import DEMO_HASH, bearer, make_token
 
 from desk.api import PREFIX
 from openlines import bus, subjects

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 from conftest import free_port, wait_for
-from servers import ServiceProcess
+from support.servers import ServiceProcess
 
 
 async def _answers(port: int) -> bool:

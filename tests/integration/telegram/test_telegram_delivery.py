@@ -12,7 +12,7 @@ from aiohttp import web
 from conftest import wait_for
 from peers.telegram_api import FakeTelegram, message_update
 from support import apply_lines, events, history, marks_of, running_router
-from telegram_support import SUPPORT, fake_telegram, running_gateway, telegram_line
+from support.telegram import SUPPORT, fake_telegram, running_gateway, telegram_line
 
 from desk.files import FileStore
 from openlines import bus, subjects

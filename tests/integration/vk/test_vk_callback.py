@@ -15,7 +15,7 @@ from conftest import wait_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from peers.vk_api import FakeVk
-from vk_support import (
+from support.vk import (
     ACCOUNT,
     CONFIRMATION,
     GROUP_ID,

@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_for
 from peers.vk_api import FakeVk
 from support import apply_lines, history, open_session, running_router
-from vk_support import ACCOUNT, fake_vk, running_gateway, sender
+from support.vk import ACCOUNT, fake_vk, running_gateway, sender
 
 from gateway_vk.core.outbound import random_id
 from openlines.commands import Reply, SetStatus, call

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from support import apply_lines, inbound, open_session, publish
-from webchat_support import widget_in_chromium
+from support.webchat import widget_in_chromium
 
 from openlines.commands import Close, SetStatus, call
 from openlines.state import Session

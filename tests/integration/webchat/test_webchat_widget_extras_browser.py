@@ -10,11 +10,11 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import wait_for
-from desk_admin_support import DEMO_HASH
-from desk_support import new_page, running_desk, sign_in_live
-from servers import creds
 from support import apply_lines, events
-from webchat_support import customer_site, widget_in_chromium
+from support.desk import new_page, running_desk, sign_in_live
+from support.desk_admin import DEMO_HASH
+from support.servers import creds
+from support.webchat import customer_site, widget_in_chromium
 
 from gateway_webchat import Settings, setup
 from openlines import bus, runner, subjects
@@ -384,7 +384,7 @@ async def test_the_operator_sees_when_the_visitor_has_read_a_reply_and_a_visitor
         replies = [m for m in await page.evaluate("window.openlinesWidget.transcript") if m["kind"] == "in" and not m["auto"]]
         [reply] = replies
         import aiohttp
-        from webchat_support import connect, recv
+        from support.webchat import connect, recv
 
         async with aiohttp.ClientSession() as http:
             other, welcome = await connect(http, f"http://127.0.0.1:{gateway.port}")

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from conftest import wait_for
 from peers.whatsapp_api import FakeWhatsApp, contact, message, new_wamid, notification, text
-from whatsapp_support import (
+from support.whatsapp import (
     APP,
     CLIENT,
     SALES,

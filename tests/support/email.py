@@ -8,11 +8,11 @@ from typing import Any
 
 import msgspec
 from peers.mailservers import Dovecot, SmtpSink, mailbox_config, running_gateway
-from support import apply_lines, line_block, open_session, running_router
 
 from openlines import bus, subjects
 from openlines.envelopes import Outbound
 from openlines.state import Session
+from support import apply_lines, line_block, open_session, running_router
 
 WELCOME = "Thank you for writing, we answer within a day."
 

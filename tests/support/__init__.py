@@ -9,8 +9,6 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from servers import creds
-from timing import scaled
 
 from openlines import bus, subjects
 from openlines.apply import apply, live
@@ -28,8 +26,10 @@ from openlines.envelopes import (
 from openlines.lines import load, parse
 from openlines.runner import Service, launch
 from openlines.state import ClientRecord, Session, client_key
+from support.servers import creds
+from support.timing import scaled
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_LINES = ROOT / "deploy" / "lines.example.toml"
 
 

@@ -10,11 +10,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.whatsapp_api import FakeWhatsApp
-from servers import creds
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound, SessionEvent
 from openlines.runner import Service, launch
+from support.servers import creds
 
 APP = "main"
 APP_SECRET = "5f3c9a1d7e2b4c6a8f0e1d3c5b7a9e2f"  # the shape of a Meta app secret: 32 hex characters

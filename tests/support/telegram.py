@@ -10,11 +10,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.telegram_api import FakeTelegram
-from servers import creds
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound
 from openlines.runner import Service, launch
+from support.servers import creds
 
 BOTS = [
     {

@@ -12,14 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
-from servers import creds
-from support import apply_lines, running_router
 
 from desk.app import setup
 from desk.settings import Settings
 from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
 from openlines.runner import Service, launch
+from support import apply_lines, running_router
+from support.servers import creds
 
 SECRET = "desk-test-cookie-secret-0123456-Kq7Zt9Wm3xRv"
 CHROMIUM = "/usr/bin/chromium"
