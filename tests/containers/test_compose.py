@@ -26,8 +26,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import free_port, scaled, wait_for
 from support.containers import DEPLOY, SECRETS, Operator, http_ok, run, visitor_gets_reply, visitor_says
+from support.servers import free_port
+from support.timing import scaled, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test may build the images
 

@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import scaled, wait_for
 from support.containers import (
     DEPLOY,
     ROOT,
@@ -37,6 +36,7 @@ from support.containers import (
     visitor_gets_reply,
     visitor_says,
 )
+from support.timing import scaled, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]  # the first test builds the images
 

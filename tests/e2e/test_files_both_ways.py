@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config
 from peers.mailservers import running_gateway as running_email
 from peers.telegram_api import message_update
@@ -28,6 +27,7 @@ from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page,
 from support.servers import creds
 from support.telegram import SUPPORT, fake_telegram
 from support.telegram import running_gateway as running_telegram
+from support.timing import scaled, wait_for
 from support.vk import ACCOUNT as VK_ACCOUNT
 from support.vk import fake_vk, sender
 from support.vk import running_gateway as running_vk

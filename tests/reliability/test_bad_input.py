@@ -17,11 +17,11 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from conftest import scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import apply_lines
 from support.servers import creds
+from support.timing import scaled
 from support.webchat import bind_widget_accounts, hello_frame
 
 from openlines import subjects

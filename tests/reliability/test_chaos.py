@@ -42,7 +42,6 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import NatsCluster, NatsServer, free_port, scaled, wait_for
 from peers.bitrix24 import Bitrix24Peer
 from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
 from peers.natsproxy import NatsProxy
@@ -73,8 +72,9 @@ from support.chaos import (
 )
 from support.desk_admin import DEMO_HASH
 from support.desk_admin import SECRET as DESK_SECRET
-from support.servers import ServiceProcess
+from support.servers import NatsCluster, NatsServer, ServiceProcess, free_port
 from support.telegram import SUPPORT as TG_BOT
+from support.timing import scaled, wait_for
 from support.vk import ACCOUNT as VK_ACCOUNT
 from support.vk import GROUP_ID as VK_GROUP
 from support.vk import SECRET as VK_SECRET

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, wait_for
 from peers.bitrix24 import running_bitrix24
 from peers.natsproxy import NatsProxy, matches_any
 from prometheus_client import REGISTRY
@@ -37,7 +36,8 @@ from support.crm import (
     running_crm_sync,
     telegram,
 )
-from support.servers import ServiceProcess
+from support.servers import ServiceProcess, free_port
+from support.timing import wait_for
 
 from crm_sync.links import ClientLink
 from openlines import bus, subjects

@@ -17,11 +17,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import NatsServer, free_port, wait_for
 from hypothesis import HealthCheck, settings
 from support import apply_lines, running_router
 from support.desk_admin import LINES, SECRET, make_token, visitor_writes
-from support.servers import ServiceProcess
+from support.servers import NatsServer, ServiceProcess, free_port
+from support.timing import wait_for
 
 from desk.openapi import document
 from openlines import bus, subjects

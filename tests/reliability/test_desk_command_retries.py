@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aiohttp
-from conftest import scaled, wait_for
 from support import apply_lines, events, history, router_answers
 from support.desk import client_writes, http_session, running_desk, sign_in
 from support.servers import ServiceProcess
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.commands import SetStatus, call

@@ -19,12 +19,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import NatsServer, free_port, scaled, wait_for
 from nats.js.errors import NotFoundError
 from support import apply_lines, events, history
 from support.desk import visitor_writes
 from support.desk_admin import DEMO_HASH, SECRET
-from support.servers import ServiceProcess
+from support.servers import NatsServer, ServiceProcess, free_port
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.state import ClientRecord, OperatorState, Session, client_key

@@ -34,13 +34,14 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import ROOT, free_port, scaled, wait_for
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender
 from peers.whatsapp_api import FakeWhatsApp, notification
 from peers.whatsapp_api import text as wa_text
-from support.servers import creds
+from support import ROOT
+from support.servers import creds, free_port
 from support.telegram import SUPPORT, bots_json
+from support.timing import scaled, wait_for
 from support.vk import ACCOUNT as VK_ACCOUNT
 from support.vk import GROUP_ID, SECRET, fake_vk, groups_json
 from support.webchat import NO_ABUSE_LIMITS, bind_widget_accounts, hello_frame

@@ -20,13 +20,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import free_port, scaled, wait_for
 from nats.js import api as js_api
 from peers.natsproxy import NatsProxy
 from prometheus_client import REGISTRY
 from support import apply_lines, inbound, publish, running_router
 from support.chaos import RECOVERY_TARGETS, WINDOW, elections_after, longest_wait, pause_across, read_routed
-from support.servers import NatsCluster, ServiceProcess
+from support.servers import NatsCluster, ServiceProcess, free_port
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.envelopes import HistoryEntry, decoder

@@ -14,12 +14,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
 from peers.telegram_api import FakeTelegram, message_update
 from support import EXAMPLE_LINES, apply_lines, events, history, open_session, running_router
 from support.desk import http_session, running_desk, sign_in
 from support.telegram import SUPPORT, fake_telegram
 from support.telegram import running_gateway as telegram_gateway
+from support.timing import scaled, wait_for
 from support.vk import ACCOUNT as VK_ACCOUNT
 from support.vk import fake_vk, sender
 from support.vk import running_gateway as vk_gateway

@@ -15,9 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from support import apply_lines, outbound_for, running_router
 from support.desk import client_writes, desk_url, http_session, running_desk, sign_in
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines.settings import SettingsError, load_settings

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
+from support.timing import scaled, wait_for
 from support.webchat import (
     SECRET,
     WIDGET_LINES,

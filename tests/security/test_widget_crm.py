@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import wait_for
 from peers.bitrix24 import running_bitrix24
 from support import apply_lines, events, publish, running_router
 from support.crm import CRM_API_TOKEN, OPS, crm_line, linked, opened, running_crm_sync, telegram
+from support.timing import wait_for
 from support.webchat import connect, recv, webchat_process
 
 from openlines import subjects

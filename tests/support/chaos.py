@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import scaled
 
 from support.servers import ServiceProcess
+from support.timing import scaled
 from support.webchat import hello_frame
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from conftest import free_port, scaled, wait_for
 
 from openlines import natsauth
-from support.servers import KEYS
+from support.servers import KEYS, free_port
+from support.timing import scaled, wait_for
 
 T = TypeVar("T")
 

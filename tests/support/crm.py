@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from conftest import wait_for
-
 from openlines import subjects
 from openlines.envelopes import ClientProfile, Inbound, SessionEvent, utcnow
 from openlines.runner import Service, launch
 from openlines.state import Session
 from support import events, open_session
 from support.servers import creds
+from support.timing import wait_for
 
 CRM_API_TOKEN = "crm-read-api-test-token-0123-Kq7Zt9Wm3xRv"  # what a caller of crm-sync's read API sends as Bearer
 

@@ -72,9 +72,8 @@ async def running_gateway(
     nats_url: str, peer: FakeTelegram, *, set_webhooks: bool = True, **overrides: Any
 ) -> AsyncIterator[Service[Any]]:
     """The gateway in-process on a free port; each bot's webhook points at it (as set-webhook does)."""
-    from conftest import wait_for
-
     from gateway_telegram.service import TELEGRAM, setup
+    from support.timing import wait_for
 
     svc = await launch("gateway-telegram", gateway_settings(nats_url, peer.base, **overrides), setup, first_attempts=5)
     try:

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import wait_for
 from nats.aio.client import Client as NATS
 
 from support import apply_lines
 from support.servers import ServiceProcess, free_port
+from support.timing import wait_for
 
 SECRET = "widget-secret-0123456789abcdef-Kq7Zt9Wm3xRv"
 

@@ -68,9 +68,8 @@ def gateway_settings(nats_url: str, api_base: str, **overrides: Any) -> Any:
 @asynccontextmanager
 async def running_gateway(nats_url: str, peer: FakeWhatsApp, **overrides: Any) -> AsyncIterator[Service[Any]]:
     """The gateway in-process on a free port; the peer's webhook points at it (as the Meta app's callback URL)."""
-    from conftest import wait_for
-
     from gateway_whatsapp.service import WHATSAPP, setup
+    from support.timing import wait_for
 
     svc = await launch("gateway-whatsapp", gateway_settings(nats_url, peer.base, **overrides), setup, first_attempts=5)
     try:

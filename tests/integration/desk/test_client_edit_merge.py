@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support import EXAMPLE_LINES, apply_lines, events, history, publish, running_router
 from support.crm import CrmUnderTest, crm_under_test, linked, running_crm_sync, telegram
 from support.desk import http_session, running_desk, sign_in, visitor_writes
+from support.timing import wait_for
 
 from desk.http import DESK
 from desk.settings import Settings

@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from support import apply_lines, running_router
 from support.desk import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, submit_login
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines import bus

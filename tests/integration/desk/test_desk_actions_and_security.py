@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import scaled, wait_for
 from support import running_router
 from support.desk import client_writes, http_session, running_desk, sign_in, try_sign_in
+from support.timing import scaled, wait_for
 
 from desk.settings import Settings
 from openlines import bus, subjects

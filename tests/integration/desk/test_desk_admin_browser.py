@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from support import outbound_for
 from support.desk import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login
 from support.desk_admin import DEMO_HASH, LINES, in_line, visitor_writes
+from support.timing import wait_for
 
 from openlines import bus
 from openlines.apply import apply, live

@@ -13,10 +13,10 @@ import aiohttp
 import msgspec
 import pytest
 from argon2 import PasswordHasher
-from conftest import wait_for
 from support import outbound_for
 from support.desk import desk_with_router
 from support.desk_admin import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
+from support.timing import wait_for
 
 from desk.api import PREFIX
 from openlines import bus

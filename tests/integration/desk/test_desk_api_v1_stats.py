@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from support import events
 from support.desk import desk_with_router
 from support.desk_admin import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
+from support.timing import wait_for
 
 from desk.api import PREFIX
 from openlines import commands

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support import apply_lines, running_router
 from support.desk import BROWSER_MARKS, chromium, client_writes, go_online, new_page, sign_in_live
 from support.servers import creds
+from support.timing import wait_for
 
 from desk.app import setup
 from desk.settings import Settings

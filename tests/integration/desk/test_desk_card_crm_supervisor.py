@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support import apply_lines, leave_line
 from support.crm import linked, running_crm_sync
 from support.desk import desk_with_router, http_session, running_desk, sign_in, visitor_writes
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines import bus, subjects

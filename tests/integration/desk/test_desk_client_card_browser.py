@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support import apply_lines, events, running_router
 from support.crm import linked, running_crm_sync
 from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live, visitor_writes
+from support.timing import wait_for
 
 from desk.http import DESK
 from desk.settings import Settings

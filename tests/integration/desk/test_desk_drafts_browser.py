@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from support import apply_lines, outbound_for, running_router
 from support.desk import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines import bus, subjects

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support import apply_lines, history, outbound_for, running_router
 from support.desk import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines.runner import Service

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support.desk import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login, visitor_writes
 from support.desk_admin import LINES
 from support.stats_day import DAY, publish_day
-from support.timing import scaled
+from support.timing import scaled, wait_for
 
 from openlines import commands
 from openlines.commands import SetStatus

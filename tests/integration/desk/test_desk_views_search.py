@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from support import apply_lines, running_router
 from support.desk import http_session, running_desk, sign_in, visitor_writes
+from support.timing import wait_for
 from support.views import LINES
 
 from desk.settings import Settings

@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import scaled, wait_for
 from support.desk import client_writes, desk_with_router, http_session, sign_in
+from support.timing import scaled, wait_for
 
 from desk.settings import Settings
 from openlines import bus, subjects

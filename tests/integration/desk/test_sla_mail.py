@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support import apply_lines, events, running_router
 from support.desk import running_desk, visitor_writes
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines.commands import SetStatus, call

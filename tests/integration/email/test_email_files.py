@@ -12,10 +12,10 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail
 from support import events, history
 from support.email import mail_flow, mail_lines
+from support.timing import wait_for
 
 from desk.files import FileStore
 from openlines import bus, files, subjects

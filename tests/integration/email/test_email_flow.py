@@ -12,7 +12,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from peers.mailservers import (
     Dovecot,
     SmtpSink,
@@ -21,6 +20,7 @@ from peers.mailservers import (
 )
 from support import events, history, marks_of
 from support.email import assigned_session, consumer_done, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
+from support.timing import wait_for
 
 from openlines import subjects
 from openlines.commands import Reply, SetStatus, call

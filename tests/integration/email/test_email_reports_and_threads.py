@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail
 from support import events, history, marks_of
 from support.desk import http_session, running_desk, sign_in
 from support.desk_admin import DEMO_HASH
 from support.email import assigned_session, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
+from support.timing import wait_for
 
 from openlines import files
 from openlines.commands import Reply, SetStatus, call

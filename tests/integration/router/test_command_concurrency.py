@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from conftest import wait_for
 from peers.natsproxy import NatsProxy
 from support import apply_lines, inbound, line_block, open_session, publish, running_router
+from support.timing import wait_for
 
 from openlines.commands import Close, CommandFailed, Result, SetStatus, call
 from openlines.state import Session

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from support import apply_lines, events, history, inbound, line_block, open_session, outbound_for, publish, running_router
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import scaled, wait_for
 from support import apply_lines, events, history, inbound, open_session, outbound_for, publish, running_router
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.commands import Accept, Close, CommandFailed, Reply, SetStatus, call

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_for
 from support import apply_lines, inbound, outbound_for, publish, running_router
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.commands import SetStatus, call

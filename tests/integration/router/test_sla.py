@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import wait_for
 from support import apply_lines, events, history, inbound, publish, running_router, session_of, sla_lines, sla_timers
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.commands import Close, Reply, SetStatus, call

@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import wait_for
 from support import history
 from support.desk import desk_with_router, http_session, sign_in, visitor_writes
 from support.desk_admin import DEMO_HASH, bearer, make_token
+from support.timing import wait_for
 
 from desk.api import PREFIX
 from openlines import bus, subjects

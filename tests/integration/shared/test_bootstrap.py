@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import scaled
+from support.timing import scaled
 
 from openlines import bus, subjects
 from openlines.apply import apply, load_lines
@@ -96,7 +96,8 @@ async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tm
     now waits and retries (it neither crashes nor gives up), and is up once the cluster is whole."""
     import asyncio
 
-    from conftest import NatsCluster, creds, wait_for
+    from support.servers import NatsCluster, creds
+    from support.timing import wait_for
 
     from openlines.runner import launch
     from openlines.settings import BaseSettings

@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 from aiohttp import web
-from conftest import wait_for
 from peers.telegram_api import FakeTelegram, message_update
 from support import apply_lines, events, history, marks_of, running_router
 from support.telegram import SUPPORT, fake_telegram, running_gateway, telegram_line
+from support.timing import wait_for
 
 from desk.files import FileStore
 from openlines import bus, subjects

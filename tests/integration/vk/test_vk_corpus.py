@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from peers.vk_api import FakeVk
 from support.corpus import params
+from support.timing import wait_for
 from support.vk import CONFIRMATION, GROUP_ID, SECRET, fake_vk, in_count, published, running_gateway
 
 from openlines import runner

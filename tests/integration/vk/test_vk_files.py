@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from conftest import wait_for
+from support.timing import wait_for
 from support.vk import ACCOUNT, GROUP_ID, failures, fake_vk, published, running_gateway, sender
 
 from desk.files import FileStore

@@ -7,9 +7,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from peers.vk_api import FakeVk
 from support import apply_lines, history, open_session, running_router
+from support.timing import wait_for
 from support.vk import ACCOUNT, fake_vk, running_gateway, sender
 
 from gateway_vk.core.outbound import random_id

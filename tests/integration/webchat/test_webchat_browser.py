@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support.servers import creds
+from support.timing import wait_for
 from support.webchat import bind_widget_accounts, customer_site
 
 from gateway_webchat import Settings, setup

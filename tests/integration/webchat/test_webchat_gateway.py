@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
 from nats.js import JetStreamContext
 from support.servers import creds
+from support.timing import scaled, wait_for
 from support.webchat import bind_widget_accounts, hello_frame, open_visitor, recv
 
 from gateway_webchat import Settings, setup

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from support import apply_lines, inbound, open_session, publish
+from support.timing import wait_for
 from support.webchat import widget_in_chromium
 
 from openlines.commands import Close, SetStatus, call

@@ -9,11 +9,11 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from support import apply_lines, events
 from support.desk import new_page, running_desk, sign_in_live
 from support.desk_admin import DEMO_HASH
 from support.servers import creds
+from support.timing import wait_for
 from support.webchat import customer_site, widget_in_chromium
 
 from gateway_webchat import Settings, setup

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from peers.whatsapp_api import FakeWhatsApp
 from support.corpus import params
+from support.timing import wait_for
 from support.whatsapp import SHOP, events_of, fake_whatsapp, inbound_of, running_gateway
 
 # (file, case) -> a piece of the text the operator reads (files are named by their case)
