@@ -14,7 +14,6 @@ from support.desk import SECRET as SECRET  # re-exported for the admin, API and 
 from support.desk import http_session as http_session
 from support.desk import running_desk as running_desk
 from support.desk import try_sign_in
-from support.desk import visitor_writes as visitor_writes
 
 # argon2 hash of "demo" (as in deploy/lines.example.toml)
 DEMO_HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"

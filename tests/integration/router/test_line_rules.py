@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from support import apply_lines, events, history, inbound, line_block, open_session, outbound_for, publish, running_router
+from support import apply_lines, events, history, inbound, line_block, outbound_for, publish, running_router, session_of
 from support.timing import wait_for
 
 from openlines import bus, subjects
@@ -39,10 +39,6 @@ def line(
 async def online(nc: Any, *ops: str) -> None:
     for op in ops:
         await call(nc, "status", SetStatus(operator_id=op, status="online"))
-
-
-async def session_of(nc: Any, visitor: str, account: str = "demo", entry: str = "support") -> Session | None:
-    return await open_session(nc, "webchat", account, visitor, entry)
 
 
 async def held_by(nc: Any, visitor: str, *, status: str = "assigned", **kw: Any) -> Session:

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from support import apply_lines, inbound, outbound_for, publish, running_router
+from support import apply_lines, inbound, outbound_for, publish, running_router, session_of
 from support.timing import wait_for
 
-from openlines import bus, subjects
+from openlines import bus
 from openlines.commands import SetStatus, call
 from openlines.envelopes import utcnow
 from openlines.lines import parse
-from openlines.state import ClientRecord, OperatorState, Session, client_key
+from openlines.state import OperatorState, Session
 from router.core.simulate import OperatorSim, simulate
 
 LINES = """
@@ -164,14 +164,8 @@ async def _operators(nc: Any, ids: list[str]) -> list[OperatorSim]:
 
 
 async def _settled(nc: Any, visitor: str, *, waits: bool, entry: str = "support") -> Session:
-    b = await bus.Buckets(nc.jetstream()).open()
-
     async def probe() -> Session | None:
-        key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-        rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-        if rec is None or entry not in rec.open_sessions:
-            return None
-        s, _ = await bus.kv_get(b.sessions, rec.open_sessions[entry], Session)
+        s = await session_of(nc, visitor, line=entry)
         if s is None:
             return None
         return s if (s.status == "waiting" if waits else bool(s.operator_id or s.offered_to)) else None

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from support import apply_lines, events
+from support import apply_lines, events, session_of
 from support.desk import new_page, running_desk, sign_in_live
 from support.desk_admin import DEMO_HASH
 from support.servers import creds
@@ -63,15 +63,7 @@ async def widget(nats_server: Any, nc: Any) -> AsyncIterator[tuple[Any, Any]]:
 async def visitor_session(nc: Any, page: Any) -> Session | None:
     """The visitor's open session once it is Anna's."""
     visitor = await page.evaluate("window.openlinesWidget.visitor")
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or not rec.sessions_total:
-        return None
-    sid = rec.open_sessions.get("site")
-    if sid is None:
-        return None
-    s, _ = await bus.kv_get(b.sessions, sid, Session)
+    s = await session_of(nc, visitor, line="site")
     return s if s is not None and s.operator_id == "anna" else None  # offered to Anna: she may answer
 
 
