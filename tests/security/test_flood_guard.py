@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from peers.telegram_api import FakeTelegram, message_update
-from support import EXAMPLE_LINES, apply_lines, events, history, running_router, session_of
+from support import EXAMPLE_LINES, apply_lines, events, history, line_block, running_router, session_of
 from support.desk import http_session, running_desk, sign_in
 from support.telegram import SUPPORT, fake_telegram
 from support.telegram import running_gateway as telegram_gateway
@@ -40,12 +40,8 @@ def lines() -> str:
     """The example operators (anna signs in with "demo") and a line fed by a Telegram bot and a VK community."""
     example = EXAMPLE_LINES.read_text()
     operators = example[: example.index("[[lines]]")]
-    return operators + (
-        '[[lines]]\nid = "social"\nname = "Social"\n'
-        f'channels = [{{ channel = "telegram", account = "{SUPPORT["account"]}" }}, '
-        f'{{ channel = "vk", account = "{VK_ACCOUNT}" }}]\n'
-        '[lines.queue]\noperators = ["anna"]\n'
-    )
+    channels = f'[{{ channel = "telegram", account = "{SUPPORT["account"]}" }}, {{ channel = "vk", account = "{VK_ACCOUNT}" }}]'
+    return operators + line_block("social", name="Social", channels=channels, operators='"anna"')
 
 
 @pytest.fixture

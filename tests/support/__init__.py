@@ -93,9 +93,7 @@ def sla_lines(first: int, *, next_response: int = 0, welcome: str = "") -> str:
         f"\nnext_response_seconds = {next_response}" if next_response else ""
     )
     replies = f'welcome = "{welcome}"' if welcome else ""
-    return '[operators.anna]\nname = "Anna"\n' + line_block(
-        operators='"anna"', queue="wait_seconds = 60", replies=replies, extra=sla
-    )
+    return operators_block("anna") + line_block(operators='"anna"', queue="wait_seconds = 60", replies=replies, extra=sla)
 
 
 async def router_answers(nc: NATS) -> bool:
@@ -107,9 +105,15 @@ async def router_answers(nc: NATS) -> bool:
     return True
 
 
+def operators_block(*ids: str) -> str:
+    """The ``[operators.<id>]`` tables of a lines file, each named after its id (``anna`` is "Anna")."""
+    return "".join(f'[operators.{op}]\nname = "{op.capitalize()}"\n' for op in ids)
+
+
 def line_block(
     line_id: str = "support",
     *,
+    name: str = "",
     account: str = "demo",
     channels: str = "",
     operators: str = '"anna", "boris"',
@@ -120,11 +124,12 @@ def line_block(
     crm: str = "",
     extra: str = "",
 ) -> str:
-    """One ``[[lines]]`` block of a lines file: the line on the webchat ``account`` (or ``channels``, a TOML list)
-    with ``operators`` (TOML list items) in its queue; each other section is written only when given a body."""
+    """One ``[[lines]]`` block of a lines file: the line (``name``: "Line <id>" unless given) on the webchat
+    ``account`` (or ``channels``, a TOML list) with ``operators`` (TOML list items) in its queue; each other
+    section is written only when given a body."""
     channels = channels or f'[{{ channel = "webchat", account = "{account}" }}]'
     text = (
-        f'\n[[lines]]\nid = "{line_id}"\nname = "Line {line_id}"\nchannels = {channels}\n'
+        f'\n[[lines]]\nid = "{line_id}"\nname = "{name or f"Line {line_id}"}"\nchannels = {channels}\n'
         f"[lines.queue]\noperators = [{operators}]\n{queue}\n"
     )
     for section, body in (("hours", hours), ("auto_replies", replies), ("session", session), ("crm", crm)):

@@ -11,28 +11,19 @@ from openlines import subjects
 from openlines.envelopes import ClientProfile, Inbound, SessionEvent, utcnow
 from openlines.runner import Service, launch
 from openlines.state import Session
-from support import events, held_session, session_of
+from support import events, held_session, line_block, operators_block, session_of
 from support.servers import creds
 from support.timing import wait_for
 
 CRM_API_TOKEN = "crm-read-api-test-token-0123-Kq7Zt9Wm3xRv"  # what a caller of crm-sync's read API sends as Bearer
 
-OPS = """
-[operators.anna]
-name = "Anna"
-[operators.boris]
-name = "Boris"
-"""
+OPS = operators_block("anna", "boris")
 
 
 def crm_line(crm: str = "", *, line_id: str = "sales", queue: str = "", ops: str = '"anna", "boris"') -> str:
     """A line fed by the demo widget and a Telegram bot, with the CRM binding on."""
-    return (
-        f'[[lines]]\nid = "{line_id}"\nname = "Sales"\n'
-        'channels = [{ channel = "webchat", account = "demo" }, { channel = "telegram", account = "shopbot" }]\n'
-        f"[lines.queue]\noperators = [{ops}]\n{queue}\n"
-        f"[lines.crm]\nenabled = true\n{crm}\n"
-    )
+    channels = '[{ channel = "webchat", account = "demo" }, { channel = "telegram", account = "shopbot" }]'
+    return line_block(line_id, name="Sales", channels=channels, operators=ops, queue=queue, crm=f"enabled = true\n{crm}")
 
 
 def telegram(user: str, text: str, msg: str, *, name: str = "", phone: str = "", email: str = "") -> Inbound:

@@ -14,6 +14,7 @@ from peers.telegram_api import FakeTelegram
 from openlines import bus, subjects
 from openlines.envelopes import Inbound
 from openlines.runner import Service, launch
+from support import line_block, operators_block
 from support.servers import creds
 
 BOTS = [
@@ -99,9 +100,6 @@ async def stream_size(nc: NATS, stream: str = subjects.STREAM_IN) -> int:
 
 
 def telegram_line(account: str = "support_bot", ops: str = '"anna"', line_id: str = "tg", extra: str = "") -> str:
-    return (
-        '[operators.anna]\nname = "Anna"\n'
-        f'[[lines]]\nid = "{line_id}"\nname = "Telegram support"\n'
-        f'channels = [{{ channel = "telegram", account = "{account}" }}]\n'
-        f"[lines.queue]\noperators = [{ops}]\nmax_chats_per_operator = 5\n{extra}\n"
-    )
+    channels = f'[{{ channel = "telegram", account = "{account}" }}]'
+    queue = f"max_chats_per_operator = 5\n{extra}"  # extra: more keys of the queue
+    return operators_block("anna") + line_block(line_id, name="Telegram support", channels=channels, operators=ops, queue=queue)

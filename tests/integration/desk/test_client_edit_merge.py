@@ -21,6 +21,7 @@ from support import (
 )
 from support.crm import CrmUnderTest, crm_under_test, linked, running_crm_sync, telegram
 from support.desk import http_session, running_desk, sign_in
+from support.desk_admin import DEMO_HASH  # of the password "demo"
 from support.timing import wait_for
 
 from desk.http import DESK
@@ -29,8 +30,6 @@ from openlines import bus
 from openlines.commands import Close, SetStatus, call
 from openlines.runner import Service
 from openlines.state import ClientRecord, Session, client_key
-
-HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"  # "demo"
 
 # The demo (anna: operator + supervisor, boris: operator, on "support"), the support line fed by
 # a Telegram bot too, and carl, an operator of another line only.
@@ -44,7 +43,7 @@ LINES = (
     + f"""
 [operators.carl]
 name = "Carl Other"
-password_hash = "{HASH}"
+password_hash = "{DEMO_HASH}"
 roles = ["operator"]
 permissions = ["openlines"]
 

@@ -11,7 +11,18 @@ from typing import Any
 
 import msgspec
 import pytest
-from support import apply_lines, events, history, inbound, line_block, outbound_for, publish, running_router, session_of
+from support import (
+    apply_lines,
+    events,
+    history,
+    inbound,
+    line_block,
+    operators_block,
+    outbound_for,
+    publish,
+    running_router,
+    session_of,
+)
 from support.timing import wait_for
 
 from openlines import bus, subjects
@@ -20,14 +31,7 @@ from openlines.envelopes import MSG_ID_HEADER, Attachment, utcnow
 from openlines.state import ClientRecord, OperatorState, Session, client_key
 from router.timers import Timer, schedule
 
-OPS = """
-[operators.anna]
-name = "Anna"
-[operators.boris]
-name = "Boris"
-[operators.vera]
-name = "Vera"
-"""
+OPS = operators_block("anna", "boris", "vera")
 
 
 def line(

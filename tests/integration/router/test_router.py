@@ -12,6 +12,8 @@ from support import (
     held_session,
     history,
     inbound,
+    line_block,
+    operators_block,
     outbound_for,
     publish,
     running_router,
@@ -174,10 +176,7 @@ async def test_line_config_hot_reloads(nc, nats_server) -> None:  # type: ignore
     await apply_lines(nc)
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        text = (
-            '[operators.anna]\nname = "Anna"\n[[lines]]\nid = "support"\nname = "Support"\n'
-            'channels = [{ channel = "webchat", account = "other" }]\n[lines.queue]\noperators = ["anna"]\n'
-        )
+        text = operators_block("anna") + line_block(account="other", operators='"anna"')
         await apply_lines(nc, text)
         await publish(nc, inbound("v2", "hi", "m1", account="other"))
 
