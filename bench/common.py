@@ -27,7 +27,7 @@ PY = sys.executable
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bare_server import IDENTITY as BARE_IDENTITY  # noqa: E402
-from servers import ADMIN_ENV, NatsServer, creds_env, free_port, nats_binary  # noqa: E402 - the same real nats-server the tests use
+from support.servers import ADMIN_ENV, NatsServer, creds_env, free_port, nats_binary  # noqa: E402 - the same real nats-server the tests use
 
 __all__ = ["NatsServer", "free_port", "nats_binary"]
 

@@ -1,41 +1,28 @@
-"""Shared fixtures: a real nats-server per test, free ports, polling helpers."""
+"""Shared fixtures: a real nats-server per test, mail servers, the per-test hang guard.
+
+The helpers tests import are the package ``tests/support/`` (this file puts ``tests/`` on the path);
+a test imports them from there, never from this file.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-
-T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import ADMIN_ENV, NatsCluster, NatsServer, creds, creds_env, free_port, nats_binary  # noqa: E402
-from timing import MAX_TIME_SCALE, scaled, time_scale  # noqa: E402
-
-__all__ = [
-    "MAX_TIME_SCALE",
-    "NatsCluster",
-    "NatsServer",
-    "creds",
-    "creds_env",
-    "free_port",
-    "nats_binary",
-    "scaled",
-    "time_scale",
-    "wait_for",
-]
+from support.servers import ADMIN_ENV, NatsServer  # noqa: E402
+from support.timing import scaled  # noqa: E402
 
 # The tests' own connections (bus.connect without a service's settings, the
 # `openlines` CLI run as a process) act as the admin identity of auth.conf;
-# every service under test gets its own identity (servers.creds / ServiceProcess).
+# every service under test gets its own identity (support.servers.creds / ServiceProcess).
 os.environ.update(ADMIN_ENV)
 
 
@@ -94,32 +81,6 @@ def _browser_expect_scales_with_load(request: pytest.FixtureRequest) -> None:
     from playwright.async_api import expect
 
     expect.set_options(timeout=scaled(EXPECT_TIMEOUT) * 1000)
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T | None] | T | None], *, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``.
-
-    ``timeout`` is what it may take on an idle machine: it is stretched by :func:`time_scale`
-    (checked as it waits, so load that comes meanwhile counts too).
-    """
-    start = time.monotonic()
-    last: Any = None
-    while True:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result  # type: ignore[return-value]
-        last = result
-        waited = time.monotonic() - start
-        if waited > timeout * time_scale():
-            raise AssertionError(
-                f"timed out after {waited:.0f}s ({timeout}s on an idle machine, x{time_scale():.1f} for its load) "
-                f"waiting for {what} (last: {last!r})"
-            )
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture

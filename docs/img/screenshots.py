@@ -25,9 +25,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import NatsServer, wait_for  # noqa: E402
-from desk_support import CHROMIUM, sign_in_live, submit_login  # noqa: E402
-from servers import ADMIN_ENV, creds  # noqa: E402
+from support.desk import CHROMIUM, sign_in_live, submit_login  # noqa: E402
+from support.servers import (  # noqa: E402
+    ADMIN_ENV,
+    NatsServer,
+    creds,
+)
+from support.timing import wait_for  # noqa: E402
 
 from desk.app import setup as desk_setup  # noqa: E402
 from desk.settings import Settings as DeskSettings  # noqa: E402

@@ -7,7 +7,7 @@ import subprocess
 from typing import Any
 
 import pytest
-from container_support import DEPLOY, IMAGES, ROOT, podman_missing
+from support.containers import DEPLOY, IMAGES, ROOT, podman_missing
 
 
 @pytest.fixture(scope="session")

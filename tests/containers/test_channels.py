@@ -29,17 +29,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from container_support import DEPLOY, BackgroundLoop, Operator, Stack
 from peers import mailservers
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config
 from peers.telegram_api import SECRET_HEADER, FakeTelegram, message_update
 from peers.vk_api import CallbackSender, FakeVk
 from peers.whatsapp_api import FakeWhatsApp, contact, message, notification, text
-from telegram_support import BOTS, SALES, SUPPORT
-from vk_support import ACCOUNT as VK_ACCOUNT
-from vk_support import GROUP_ID, SECRET, fake_vk, groups_json
-from whatsapp_support import APP, APP_SECRET, CLIENT, SHOP, VERIFY_TOKEN, accounts_json
+from support.containers import DEPLOY, BackgroundLoop, Operator, Stack
+from support.telegram import BOTS, SALES, SUPPORT
+from support.timing import wait_for
+from support.vk import ACCOUNT as VK_ACCOUNT
+from support.vk import GROUP_ID, SECRET, fake_vk, groups_json
+from support.whatsapp import APP, APP_SECRET, CLIENT, SHOP, VERIFY_TOKEN, accounts_json
 
 from openlines import subjects
 

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import free_port, scaled, wait_for
-from container_support import DEPLOY, SECRETS, Operator, http_ok, run, visitor_gets_reply, visitor_says
+from support.containers import DEPLOY, SECRETS, Operator, http_ok, run, visitor_gets_reply, visitor_says
+from support.servers import free_port
+from support.timing import scaled, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1200)]  # the first test may build the images
 
@@ -45,7 +46,7 @@ class Project:
         self.name = f"oltest{uuid.uuid4().hex[:8]}"
         env_file = tmp / "openlines.env"
         # The locked-down NATS of the file: this run's keys and certificates (docs/operations.md).
-        from servers import KEYS
+        from support.servers import KEYS
 
         from openlines import natsauth
 

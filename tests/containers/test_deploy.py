@@ -25,8 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import scaled, wait_for
-from container_support import (
+from support.containers import (
     DEPLOY,
     ROOT,
     SERVICES,
@@ -37,6 +36,7 @@ from container_support import (
     visitor_gets_reply,
     visitor_says,
 )
+from support.timing import scaled, wait_for
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]  # the first test builds the images
 
@@ -183,7 +183,7 @@ def test_nats_conf_is_valid_for_nats_server(tmp_path: Path) -> None:
     the image has them, /etc/nats/tls, here in a temporary directory)."""
     import subprocess
 
-    from servers import KEYS
+    from support.servers import KEYS
 
     from openlines import natsauth
 
@@ -215,7 +215,7 @@ def test_nats_helm_values_make_a_config_nats_server_accepts(tmp_path: Path) -> N
     laid out as in the pod: the config in nats-config/, auth.conf in openlines-auth/), checked by nats-server."""
     import subprocess
 
-    from servers import KEYS
+    from support.servers import KEYS
 
     from openlines import natsauth
 

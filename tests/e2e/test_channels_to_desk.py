@@ -13,15 +13,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from peers.telegram_api import message_update
-from servers import creds
 from support import apply_lines, running_router
-from telegram_support import SUPPORT, fake_telegram
-from telegram_support import running_gateway as running_telegram
-from vk_support import ACCOUNT as VK_ACCOUNT
-from vk_support import fake_vk, sender
-from vk_support import running_gateway as running_vk
+from support.servers import creds
+from support.telegram import SUPPORT, fake_telegram
+from support.telegram import running_gateway as running_telegram
+from support.timing import wait_for
+from support.vk import ACCOUNT as VK_ACCOUNT
+from support.vk import fake_vk, sender
+from support.vk import running_gateway as running_vk
 
 from openlines import subjects
 from openlines.runner import launch

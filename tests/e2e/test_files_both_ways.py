@@ -18,20 +18,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
-from corpus import CORPUS
-from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail, mailbox_config
 from peers.mailservers import running_gateway as running_email
 from peers.telegram_api import message_update
-from servers import creds
 from support import apply_lines, running_router
-from telegram_support import SUPPORT, fake_telegram
-from telegram_support import running_gateway as running_telegram
-from vk_support import ACCOUNT as VK_ACCOUNT
-from vk_support import fake_vk, sender
-from vk_support import running_gateway as running_vk
-from webchat_support import SECRET as WIDGET_SECRET
+from support.corpus import CORPUS
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.servers import creds
+from support.telegram import SUPPORT, fake_telegram
+from support.telegram import running_gateway as running_telegram
+from support.timing import scaled, wait_for
+from support.vk import ACCOUNT as VK_ACCOUNT
+from support.vk import fake_vk, sender
+from support.vk import running_gateway as running_vk
+from support.webchat import SECRET as WIDGET_SECRET
 
 from gateway_webchat import Settings as WebchatSettings
 from gateway_webchat import setup as webchat_setup

@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-import webchat_support
-from conftest import scaled, wait_for
-from servers import creds
 from support import apply_lines, history
+from support import webchat as webchat_support
+from support.servers import creds
+from support.timing import scaled, wait_for
 
 from openlines import bus
 from openlines.commands import SetStatus, call

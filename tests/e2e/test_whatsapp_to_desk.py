@@ -11,11 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from desk_support import http_session, running_desk, sign_in
 from peers.whatsapp_api import contact, message, notification, text
 from support import apply_lines, history, running_router
-from whatsapp_support import CLIENT, FOLLOW_UP, SHOP, fake_whatsapp, running_gateway, whatsapp_line
+from support.desk import http_session, running_desk, sign_in
+from support.timing import wait_for
+from support.whatsapp import CLIENT, FOLLOW_UP, SHOP, fake_whatsapp, running_gateway, whatsapp_line
 
 from openlines import subjects
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import creds_env, free_port, stop_process
-from timing import scaled
+from support.servers import creds_env, free_port, stop_process
+from support.timing import scaled
 
 DOVECOT = shutil.which("dovecot") or ("/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None)
 DOVEADM = shutil.which("doveadm") or ("/usr/bin/doveadm" if Path("/usr/bin/doveadm").exists() else None)

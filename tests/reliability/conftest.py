@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import free_port
-from servers import ServiceProcess
+from support.servers import ServiceProcess, free_port
 
 
 @pytest.fixture

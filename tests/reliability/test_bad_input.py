@@ -17,12 +17,12 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from conftest import scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import creds
 from support import apply_lines
-from webchat_support import bind_widget_accounts, hello_frame
+from support.servers import creds
+from support.timing import scaled
+from support.webchat import bind_widget_accounts, hello_frame
 
 from openlines import subjects
 from openlines.runner import launch

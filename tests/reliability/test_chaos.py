@@ -42,7 +42,15 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from chaos_support import (
+from peers.bitrix24 import Bitrix24Peer
+from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
+from peers.natsproxy import NatsProxy
+from peers.telegram_api import FakeTelegram, message_update
+from peers.vk_api import CallbackSender, FakeVk
+from peers.whatsapp_api import FakeWhatsApp, contact, notification
+from peers.whatsapp_api import text as wa_text
+from support import apply_lines
+from support.chaos import (
     AFTER_NEW_LEADERS_TARGET,
     CRM_DOUBLES,
     RECOVERY_TARGETS,
@@ -62,25 +70,17 @@ from chaos_support import (
     visitor_figures,
     wait_for_answer,
 )
-from conftest import NatsCluster, NatsServer, free_port, scaled, wait_for
-from desk_admin_support import DEMO_HASH
-from desk_admin_support import SECRET as DESK_SECRET
-from peers.bitrix24 import Bitrix24Peer
-from peers.mailservers import SmtpSink, append, client_mail, gateway_env, mailbox_config
-from peers.natsproxy import NatsProxy
-from peers.telegram_api import FakeTelegram, message_update
-from peers.vk_api import CallbackSender, FakeVk
-from peers.whatsapp_api import FakeWhatsApp, contact, notification
-from peers.whatsapp_api import text as wa_text
-from servers import ServiceProcess
-from support import apply_lines
-from telegram_support import SUPPORT as TG_BOT
-from vk_support import ACCOUNT as VK_ACCOUNT
-from vk_support import GROUP_ID as VK_GROUP
-from vk_support import SECRET as VK_SECRET
-from vk_support import fake_vk, groups_json
-from webchat_support import NO_ABUSE_LIMITS, hello_frame
-from whatsapp_support import APP, APP_SECRET, SHOP, VERIFY_TOKEN, accounts_json
+from support.desk_admin import DEMO_HASH
+from support.desk_admin import SECRET as DESK_SECRET
+from support.servers import NatsCluster, NatsServer, ServiceProcess, free_port
+from support.telegram import SUPPORT as TG_BOT
+from support.timing import scaled, wait_for
+from support.vk import ACCOUNT as VK_ACCOUNT
+from support.vk import GROUP_ID as VK_GROUP
+from support.vk import SECRET as VK_SECRET
+from support.vk import fake_vk, groups_json
+from support.webchat import NO_ABUSE_LIMITS, hello_frame
+from support.whatsapp import APP, APP_SECRET, SHOP, VERIFY_TOKEN, accounts_json
 
 from openlines import bus, subjects
 from openlines.envelopes import HistoryEntry, Outbound

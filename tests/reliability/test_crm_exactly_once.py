@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, wait_for
-from crm_support import (
+from peers.bitrix24 import running_bitrix24
+from peers.natsproxy import NatsProxy, matches_any
+from prometheus_client import REGISTRY
+from support import apply_lines, inbound, publish, running_router
+from support.crm import (
     OPS,
     CrmUnderTest,
     assigned,
@@ -33,11 +36,8 @@ from crm_support import (
     running_crm_sync,
     telegram,
 )
-from peers.bitrix24 import running_bitrix24
-from peers.natsproxy import NatsProxy, matches_any
-from prometheus_client import REGISTRY
-from servers import ServiceProcess
-from support import apply_lines, inbound, publish, running_router
+from support.servers import ServiceProcess, free_port
+from support.timing import wait_for
 
 from crm_sync.links import ClientLink
 from openlines import bus, subjects

@@ -17,11 +17,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import NatsServer, free_port, wait_for
-from desk_admin_support import LINES, SECRET, make_token, visitor_writes
 from hypothesis import HealthCheck, settings
-from servers import ServiceProcess
-from support import apply_lines, running_router
+from support import apply_lines, client_writes, running_router
+from support.desk_admin import LINES, SECRET, make_token
+from support.servers import NatsServer, ServiceProcess, free_port
+from support.timing import wait_for
 
 from desk.openapi import document
 from openlines import bus, subjects
@@ -46,8 +46,8 @@ async def _prepare(url: str) -> str:
         await apply_lines(nc, LINES)
         # Real sessions for the session endpoints to return: one per line, opened by the router.
         async with running_router(url):
-            await visitor_writes(nc, "fuzz-visitor", "m1", "Hello")
-            await visitor_writes(nc, "fuzz-buyer", "m1", "Prices?", account="shop")
+            await client_writes(nc, "fuzz-visitor", "m1", "Hello")
+            await client_writes(nc, "fuzz-buyer", "m1", "Prices?", account="shop")
             await bus.Buckets(nc.jetstream()).open()
 
             async def opened() -> bool:

@@ -17,16 +17,15 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import aiohttp
-from conftest import scaled, wait_for
-from desk_support import client_writes, http_session, running_desk, sign_in
-from servers import ServiceProcess
-from support import apply_lines, events, history, router_answers
+from support import apply_lines, client_writes, events, history, router_answers, session_by_id
+from support.desk import http_session, running_desk, sign_in
+from support.servers import ServiceProcess
+from support.timing import scaled, wait_for
 
-from openlines import bus, subjects
+from openlines import subjects
 from openlines.commands import SetStatus, call
 from openlines.crashpoints import ENV as CRASH_ENV
 from openlines.runner import Service
-from openlines.state import Session
 
 
 async def _router_up(nc: Any, router: ServiceProcess, **env: str) -> None:
@@ -57,7 +56,7 @@ async def _desk(url: str, retry_seconds: float) -> AsyncIterator[tuple[Service[A
 async def _anna_answers_a_chat(nc: Any, http: aiohttp.ClientSession, h: dict[str, str], visitor: str) -> str:
     """Anna goes online, a client writes, the chat is offered to her and she accepts it; its id."""
     assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
-    await client_writes(nc.jetstream(), f"{visitor}-1", "Hello", visitor=visitor)
+    await client_writes(nc, visitor, f"{visitor}-1", "Hello")
 
     async def offered() -> str | None:
         chats = (await (await http.get("/api/chats")).json())["chats"]
@@ -67,12 +66,6 @@ async def _anna_answers_a_chat(nc: Any, http: aiohttp.ClientSession, h: dict[str
     accepted = await http.post(f"/api/sessions/{sid}/accept", headers=h)
     assert accepted.status == 200, await accepted.text()
     return sid
-
-
-async def _session(nc: Any, sid: str) -> Session:
-    found, _ = await bus.kv_get((await bus.Buckets(nc.jetstream()).open()).sessions, sid, Session)
-    assert found is not None
-    return found
 
 
 async def _metric(desk: Service[Any], command: str, result: str) -> float:
@@ -104,7 +97,7 @@ async def test_a_close_the_router_dies_in_is_asked_again_of_the_restarted_router
         assert answer.status == 200, await answer.text()
         assert (await answer.json())["session"]["status"] == "closed"
         assert await _metric(desk, "close", "ok") == before + 1
-    closed = await _session(nc, sid)
+    closed = await session_by_id(nc, sid)
     assert closed.status == "closed" and closed.closed_by == "anna" and closed.close_finished
     assert await _closes(nc, sid) == (["Closed by Anna Petrova"], 1)
 
@@ -144,7 +137,7 @@ async def test_a_close_without_a_router_for_longer_than_the_retries_answers_503_
         )
         assert tries and int(tries.group(1)) >= 2, body
         assert await _metric(desk, "close", "unavailable") == before + 1
-    still = await _session(nc, sid)
+    still = await session_by_id(nc, sid)
     assert still.status == "answered" and still.operator_id == "anna"
     assert await _closes(nc, sid) == ([], 0)
 
@@ -175,5 +168,5 @@ async def test_a_transfer_the_router_does_not_answer_is_asked_once_and_the_opera
 
 
 async def _offered_to_boris(nc: Any, sid: str) -> bool:
-    s = await _session(nc, sid)
+    s = await session_by_id(nc, sid)
     return "boris" in s.offered_to or s.operator_id == "boris"

@@ -19,15 +19,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import NatsServer, free_port, scaled, wait_for
-from desk_admin_support import DEMO_HASH, SECRET
-from desk_support import visitor_writes
 from nats.js.errors import NotFoundError
-from servers import ServiceProcess
-from support import apply_lines, events, history
+from support import apply_lines, client_writes, events, history, session_of
+from support.desk_admin import DEMO_HASH, SECRET
+from support.servers import NatsServer, ServiceProcess, free_port
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
-from openlines.state import ClientRecord, OperatorState, Session, client_key
+from openlines.state import OperatorState, Session
 
 pytestmark = [pytest.mark.slow]
 
@@ -176,19 +175,9 @@ async def _operator(nc: Any, op_id: str) -> OperatorState:
     return st or OperatorState(id=op_id)
 
 
-async def _session_of(nc: Any, visitor: str) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or "support" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["support"], Session)
-    return s
-
-
 async def _offered(nc: Any, visitor: str, operator: str) -> Session:
     async def probe() -> Session | None:
-        s = await _session_of(nc, visitor)
+        s = await session_of(nc, visitor)
         return s if s is not None and s.status == "assigned" and s.operator_id == operator else None
 
     return await wait_for(probe, timeout=15, what=f"{visitor}'s chat offered to {operator}")
@@ -230,15 +219,15 @@ async def test_kill_9_of_a_desk_replica_whose_operators_come_back_on_the_other_o
     await vera.post(a, "/api/status", {"status": "online"})
     # Strict order, two chats each: Anna gets v1 and v2, Vera v3 and v4; each answers one of them.
     for i in range(1, 5):
-        await visitor_writes(nc, f"v{i}", "m1", f"hello from v{i}")
+        await client_writes(nc, f"v{i}", "m1", f"hello from v{i}")
         await _offered(nc, f"v{i}", "anna" if i <= 2 else "vera")
-    await anna.post(a, f"/api/sessions/{(await _session_of(nc, 'v1')).id}/accept")  # type: ignore[union-attr]
-    await vera.post(a, f"/api/sessions/{(await _session_of(nc, 'v3')).id}/accept")  # type: ignore[union-attr]
+    await anna.post(a, f"/api/sessions/{(await session_of(nc, 'v1')).id}/accept")  # type: ignore[union-attr]
+    await vera.post(a, f"/api/sessions/{(await session_of(nc, 'v3')).id}/accept")  # type: ignore[union-attr]
     await boris.post(b, "/api/status", {"status": "online"})  # free, so anything that moved would go to him
     on_a = await _desks_of(nc, "vera", lambda d: len(d) == 1, "vera's page on desk A")
     desk_a = on_a.desks[0]
     await _desks_of(nc, "anna", lambda d: len(d) == 2 and desk_a in d, "anna's pages on both replicas")
-    before = {v: await _session_of(nc, v) for v in ("v1", "v2", "v3", "v4")}
+    before = {v: await session_of(nc, v) for v in ("v1", "v2", "v3", "v4")}
     assert desk_a in await _heartbeats(nc)
 
     a.proc.kill()  # no goodbye: the router is told nothing
@@ -256,7 +245,7 @@ async def test_kill_9_of_a_desk_replica_whose_operators_come_back_on_the_other_o
 
     for op in ("anna", "vera"):
         assert (await _operator(nc, op)).status == "online", op
-    after = {v: await _session_of(nc, v) for v in before}
+    after = {v: await session_of(nc, v) for v in before}
     for v, s in before.items():
         assert s is not None and after[v] is not None
         assert (after[v].operator_id, after[v].status, after[v].assignments) == (s.operator_id, s.status, s.assignments), v  # type: ignore[union-attr]
@@ -265,7 +254,7 @@ async def test_kill_9_of_a_desk_replica_whose_operators_come_back_on_the_other_o
     assert len(await events(nc, "session_assigned")) == 4
     assert [e.reason for e in await events(nc, "operator_status") if e.operator_id in ("anna", "vera")] == ["online"] * 2
     # They work on from desk B: a client's next message reaches Anna's page there.
-    await visitor_writes(nc, "v1", "m2", "still there?")
+    await client_writes(nc, "v1", "m2", "still there?")
     got = await anna.frame("b", lambda f: f.get("type") == "message" and f.get("text") == "still there?", "v1's message")
     assert got["session_id"] == before["v1"].id  # type: ignore[union-attr]
 
@@ -281,8 +270,8 @@ async def test_kill_9_of_a_desk_replica_sets_its_operator_offline_after_the_grac
     await anna.open_page(a, "a")
     await boris.open_page(b, "b")
     await anna.post(a, "/api/status", {"status": "online"})
-    await visitor_writes(nc, "v1", "m1", "first client")
-    await visitor_writes(nc, "v2", "m1", "second client")
+    await client_writes(nc, "v1", "m1", "first client")
+    await client_writes(nc, "v2", "m1", "second client")
     answered = await _offered(nc, "v1", "anna")
     unanswered = await _offered(nc, "v2", "anna")
     await anna.post(a, f"/api/sessions/{answered.id}/accept")
@@ -307,7 +296,7 @@ async def test_kill_9_of_a_desk_replica_sets_its_operator_offline_after_the_grac
     assert moved.id == unanswered.id and moved.assignments == unanswered.assignments + 1
     frame = await boris.frame("b", lambda f: f.get("type") == "chat" and f["chat"]["id"] == unanswered.id, "v2 offered")
     assert frame["chat"]["status"] == "assigned"
-    kept = await _session_of(nc, "v1")
+    kept = await session_of(nc, "v1")
     assert kept is not None and (kept.operator_id, kept.status) == ("anna", "answered")
     state = await _operator(nc, "anna")
     assert unanswered.id not in state.sessions and answered.id in state.sessions
@@ -323,5 +312,5 @@ async def test_kill_9_of_a_desk_replica_sets_its_operator_offline_after_the_grac
     declined = [e for e in await events(nc, "offer_declined") if e.session_id == unanswered.id]
     assert [(e.operator_id, e.reason) for e in declined] == [("anna", "operator away")]
     # A new client now goes straight to Boris.
-    await visitor_writes(nc, "v3", "m1", "third client")
+    await client_writes(nc, "v3", "m1", "third client")
     await _offered(nc, "v3", "boris")

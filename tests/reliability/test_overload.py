@@ -34,17 +34,18 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import ROOT, free_port, scaled, wait_for
 from peers.telegram_api import FakeTelegram, message_update
 from peers.vk_api import CallbackSender
 from peers.whatsapp_api import FakeWhatsApp, notification
 from peers.whatsapp_api import text as wa_text
-from servers import creds
-from telegram_support import SUPPORT, bots_json
-from vk_support import ACCOUNT as VK_ACCOUNT
-from vk_support import GROUP_ID, SECRET, fake_vk, groups_json
-from webchat_support import NO_ABUSE_LIMITS, bind_widget_accounts, hello_frame
-from whatsapp_support import APP, APP_SECRET, SHOP, accounts_json
+from support import ROOT
+from support.servers import creds, free_port
+from support.telegram import SUPPORT, bots_json
+from support.timing import scaled, wait_for
+from support.vk import ACCOUNT as VK_ACCOUNT
+from support.vk import GROUP_ID, SECRET, fake_vk, groups_json
+from support.webchat import NO_ABUSE_LIMITS, bind_widget_accounts, hello_frame
+from support.whatsapp import APP, APP_SECRET, SHOP, accounts_json
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound
@@ -525,9 +526,9 @@ async def test_the_widget_resends_a_refused_message_after_retry_after(nc: Any, n
 
 
 async def test_the_nats_down_503_of_both_webhooks_carries_retry_after(nc: Any, nats_server: Any) -> None:
-    from telegram_support import fake_telegram
-    from telegram_support import running_gateway as telegram_gateway
-    from vk_support import running_gateway as vk_gateway
+    from support.telegram import fake_telegram
+    from support.telegram import running_gateway as telegram_gateway
+    from support.vk import running_gateway as vk_gateway
 
     vk_peer = fake_vk()
     await vk_peer.start()

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from servers import ServiceProcess
 from support import apply_lines, history, inbound, outbound_for, publish, router_answers, session_of
+from support.servers import ServiceProcess
+from support.timing import wait_for
 
 from openlines import bus
 from openlines.commands import SetStatus, call

@@ -15,10 +15,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from nats.errors import TimeoutError as NatsTimeout
 from prometheus_client import REGISTRY
 from support import apply_lines, history, inbound, publish, running_router
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.commands import Close, CommandFailed, Reply, SetStatus, call

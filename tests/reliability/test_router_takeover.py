@@ -2,7 +2,7 @@
 the leases short enough for that do not flap on a busy machine.
 
 Two router processes share the inbound partitions; clients write steadily (a new chat every 50 ms,
-spread over every partition). The gap is the recovery figure of the fault suite (tests/chaos_support.py):
+spread over every partition). The gap is the recovery figure of the fault suite (tests/support/chaos.py):
 the longer of the pause in transcript lines across the kill and the longest wait of a client message
 received around it between being stored and the router writing it into the transcript.
 """
@@ -20,13 +20,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from chaos_support import RECOVERY_TARGETS, WINDOW, elections_after, longest_wait, pause_across, read_routed
-from conftest import free_port, scaled, wait_for
 from nats.js import api as js_api
 from peers.natsproxy import NatsProxy
 from prometheus_client import REGISTRY
-from servers import NatsCluster, ServiceProcess
 from support import apply_lines, inbound, publish, running_router
+from support.chaos import RECOVERY_TARGETS, WINDOW, elections_after, longest_wait, pause_across, read_routed
+from support.servers import NatsCluster, ServiceProcess, free_port
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.envelopes import HistoryEntry, decoder

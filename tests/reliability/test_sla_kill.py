@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import wait_for
-from servers import ServiceProcess
 from support import apply_lines, events, inbound, publish, router_answers, session_of, sla_lines, sla_timers
+from support.servers import ServiceProcess
+from support.timing import wait_for
 
 from openlines.commands import SetStatus, call
 from openlines.state import Session

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from chaos_support import elections_after
-from conftest import NatsCluster, scaled, wait_for
 from peers.telegram_api import message_update
 from support import inbound
-from telegram_support import SUPPORT, fake_telegram, inbound_of, running_gateway
+from support.chaos import elections_after
+from support.servers import NatsCluster
+from support.telegram import SUPPORT, fake_telegram, inbound_of, running_gateway
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.envelopes import HistoryEntry, utcnow

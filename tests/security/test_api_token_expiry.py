@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from desk_admin_support import LINES, bearer, http_session, running_desk
 from support import apply_lines
+from support.desk_admin import LINES, bearer, http_session, running_desk
 
 from desk.tokens import TokenStore, new_token, open_bucket, parse_duration
 from openlines.envelopes import utcnow

@@ -14,15 +14,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
-from desk_support import http_session, running_desk, sign_in
 from peers.telegram_api import FakeTelegram, message_update
-from support import EXAMPLE_LINES, apply_lines, events, history, open_session, running_router
-from telegram_support import SUPPORT, fake_telegram
-from telegram_support import running_gateway as telegram_gateway
-from vk_support import ACCOUNT as VK_ACCOUNT
-from vk_support import fake_vk, sender
-from vk_support import running_gateway as vk_gateway
+from support import EXAMPLE_LINES, apply_lines, events, history, line_block, running_router, session_of
+from support.desk import http_session, running_desk, sign_in
+from support.telegram import SUPPORT, fake_telegram
+from support.telegram import running_gateway as telegram_gateway
+from support.timing import scaled, wait_for
+from support.vk import ACCOUNT as VK_ACCOUNT
+from support.vk import fake_vk, sender
+from support.vk import running_gateway as vk_gateway
 
 from openlines.envelopes import HistoryEntry
 from openlines.state import Session
@@ -31,28 +31,23 @@ LIMIT = 5
 # A window far longer than the test: the count never resets while it runs.
 ROUTER = {"flood_limit": LIMIT, "flood_window": 3600.0}
 FLOOD = 3 * LIMIT
+# Where session_of finds a Telegram and a VK client: both channels feed line "social".
+TG = {"channel": "telegram", "account": SUPPORT["account"], "line": "social"}
+VK = {"channel": "vk", "account": VK_ACCOUNT, "line": "social"}
 
 
 def lines() -> str:
     """The example operators (anna signs in with "demo") and a line fed by a Telegram bot and a VK community."""
     example = EXAMPLE_LINES.read_text()
     operators = example[: example.index("[[lines]]")]
-    return operators + (
-        '[[lines]]\nid = "social"\nname = "Social"\n'
-        f'channels = [{{ channel = "telegram", account = "{SUPPORT["account"]}" }}, '
-        f'{{ channel = "vk", account = "{VK_ACCOUNT}" }}]\n'
-        '[lines.queue]\noperators = ["anna"]\n'
-    )
+    channels = f'[{{ channel = "telegram", account = "{SUPPORT["account"]}" }}, {{ channel = "vk", account = "{VK_ACCOUNT}" }}]'
+    return operators + line_block("social", name="Social", channels=channels, operators='"anna"')
 
 
 @pytest.fixture
 async def telegram() -> AsyncIterator[FakeTelegram]:
     async with fake_telegram() as peer:
         yield peer
-
-
-async def session_of(nc: Any, channel: str, account: str, chat: str) -> Session | None:
-    return await open_session(nc, channel, account, chat, "social")
 
 
 async def transcript_with(nc: Any, session_id: str, n_in: int) -> list[HistoryEntry] | None:
@@ -84,9 +79,9 @@ async def test_a_telegram_flood_is_stored_answered_200_and_held_for_a_supervisor
         for i, text in enumerate(texts):
             status, body = await telegram.deliver(SUPPORT["token"], message_update(900_000 + i, 4242, text, message_id=i + 1))
             assert status == 200, body  # answered as Telegram expects: it never retries, nothing is lost
-        session = await wait_for(lambda: session_of(nc, "telegram", SUPPORT["account"], "4242"), what="the session")
+        session = await wait_for(lambda: session_of(nc, "4242", **TG), what="the session")
         entries = await wait_for(lambda: transcript_with(nc, session.id, FLOOD), timeout=30, what="every message stored")
-        session = await session_of(nc, "telegram", SUPPORT["account"], "4242")
+        session = await session_of(nc, "4242", **TG)
         assert session is not None
         check_flagged(entries, texts, session)
         flagged = [e for e in await events(nc, "session_flagged") if e.session_id == session.id]
@@ -94,7 +89,7 @@ async def test_a_telegram_flood_is_stored_answered_200_and_held_for_a_supervisor
         assert (flagged[0].channel, flagged[0].chat_id) == ("telegram", "4242")
         # Another chat of the same bot is not affected.
         assert (await telegram.deliver(SUPPORT["token"], message_update(990_000, 5151, "calm question")))[0] == 200
-        calm = await wait_for(lambda: session_of(nc, "telegram", SUPPORT["account"], "5151"), what="the calm chat")
+        calm = await wait_for(lambda: session_of(nc, "5151", **TG), what="the calm chat")
         assert not calm.flagged and calm.messages_in == 1
 
 
@@ -112,9 +107,9 @@ async def test_a_vk_flood_is_stored_answered_ok_and_held_for_a_supervisor(nats_s
             cb = sender(http, gw)
             for i, text in enumerate(texts):
                 assert await cb.post(cb.message_new(text, from_id=2002, event_id=f"ev-flood-{i}")) == (200, "ok")
-            session = await wait_for(lambda: session_of(nc, "vk", VK_ACCOUNT, "2002"), what="the session")
+            session = await wait_for(lambda: session_of(nc, "2002", **VK), what="the session")
             entries = await wait_for(lambda: transcript_with(nc, session.id, FLOOD), timeout=30, what="every message stored")
-            session = await session_of(nc, "vk", VK_ACCOUNT, "2002")
+            session = await session_of(nc, "2002", **VK)
             assert session is not None
             check_flagged(entries, texts, session)
             assert len([e for e in await events(nc, "session_flagged") if e.session_id == session.id]) == 1
@@ -151,7 +146,7 @@ async def test_the_operator_is_not_pushed_the_held_messages_and_the_supervisor_s
             for i in range(1, FLOOD):
                 await deliver(i, f"m{i}")
             await deliver(FLOOD, "marker")  # held too: it must not arrive either
-            session = await wait_for(lambda: session_of(nc, "telegram", SUPPORT["account"], "7777"), what="the session")
+            session = await wait_for(lambda: session_of(nc, "7777", **TG), what="the session")
             await wait_for(lambda: transcript_with(nc, session.id, FLOOD + 1), timeout=30, what="every message stored")
             # The operator answers; that reply is pushed after everything the desk had to push before it.
             assert (await http.post(f"/api/sessions/{session.id}/accept", headers=h)).status == 200

@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
-from email_support import mail_flow, mail_lines
 from peers.mailservers import Dovecot, SmtpSink, append
+from support.email import mail_flow, mail_lines
+from support.timing import wait_for
 
 from openlines import bus, subjects
 

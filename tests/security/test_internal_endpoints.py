@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from crm_support import CRM_API_TOKEN, running_crm_sync
-from desk_admin_support import LINES, running_desk
-from servers import creds
 from support import apply_lines
+from support.crm import CRM_API_TOKEN, running_crm_sync
+from support.desk_admin import LINES, running_desk
+from support.servers import creds
 
 from crm_sync.settings import Settings as CrmSettings
 from gateway_webchat import Settings as WebchatSettings

@@ -19,13 +19,13 @@ from typing import Any
 
 import nats
 import pytest
-from conftest import NatsServer, wait_for
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
-from servers import KEYS
+from support.servers import KEYS, NatsServer
+from support.timing import wait_for
 
 from openlines import bus, natsauth, subjects
 from openlines.natsauth import NatsAuth, NatsAuthError

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import NatsServer
-from servers import KEYS, ROOT
+from support.servers import KEYS, ROOT, NatsServer
 
 from openlines import bus, subjects
 from openlines.natsauth import NatsAuth, NatsAuthError

@@ -15,9 +15,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from desk_support import client_writes, desk_url, http_session, running_desk, sign_in
-from support import apply_lines, outbound_for, running_router
+from support import apply_lines, client_writes, outbound_for, running_router
+from support.desk import desk_url, http_session, running_desk, sign_in
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines.settings import SettingsError, load_settings
@@ -33,7 +33,7 @@ async def router(nc: Any, nats_server: Any) -> AsyncIterator[None]:
 async def a_file_ready_to_send(http: aiohttp.ClientSession, h: dict[str, str], nc: Any, visitor: str) -> tuple[str, str]:
     """Anna online, a client writes, Anna accepts and uploads a PDF: (session id, file id)."""
     assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
-    await client_writes(nc.jetstream(), f"in-{visitor}", "Hello", visitor)
+    await client_writes(nc, visitor, f"in-{visitor}", "Hello")
 
     async def offered() -> str | None:
         chats = (await (await http.get("/api/chats")).json())["chats"]

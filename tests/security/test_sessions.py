@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 from argon2 import PasswordHasher
-from conftest import scaled
-from desk_admin_support import LINES, bearer, make_token, running_desk, sign_in
-from desk_support import http_session, try_sign_in
-from desk_support import sign_in as sign_in_operator
 from support import apply_lines
+from support.desk import http_session, try_sign_in
+from support.desk import sign_in as sign_in_operator
+from support.desk_admin import LINES, bearer, make_token, running_desk, sign_in
+from support.timing import scaled
 
 from desk.settings import Settings
 from openlines import bus

@@ -11,11 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from desk_admin_support import LINES, SECRET, bearer, running_desk
-from desk_support import http_session
-from servers import NatsServer, ServiceProcess, free_port
 from support import apply_lines
+from support.desk import http_session
+from support.desk_admin import LINES, SECRET, bearer, running_desk
+from support.servers import NatsServer, ServiceProcess, free_port
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines.runner import Service

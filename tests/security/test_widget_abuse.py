@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
-from webchat_support import (
+from support.timing import scaled, wait_for
+from support.webchat import (
     SECRET,
     WIDGET_LINES,
     bind_widget_accounts,

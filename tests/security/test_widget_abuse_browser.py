@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from webchat_support import SECRET, bind_widget_accounts, metric, webchat_process
+from support.timing import wait_for
+from support.webchat import SECRET, bind_widget_accounts, metric, webchat_process
 
 from gateway_webchat.token import VisitorToken, sign
 from openlines import bus, subjects

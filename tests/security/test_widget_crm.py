@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import wait_for
-from crm_support import CRM_API_TOKEN, OPS, crm_line, linked, opened, running_crm_sync, telegram
 from peers.bitrix24 import running_bitrix24
 from support import apply_lines, events, publish, running_router
-from webchat_support import connect, recv, webchat_process
+from support.crm import CRM_API_TOKEN, OPS, crm_line, linked, opened, running_crm_sync, telegram
+from support.timing import wait_for
+from support.webchat import connect, recv, webchat_process
 
 from openlines import subjects
 from openlines.envelopes import MSG_ID_HEADER, HistoryEntry, SessionEvent, encode, utcnow

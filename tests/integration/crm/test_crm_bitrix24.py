@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import msgspec
-from conftest import scaled, wait_for
-from crm_support import OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
 from peers.bitrix24 import running_bitrix24
 from support import apply_lines, history, inbound, publish, running_router
+from support.crm import OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
+from support.timing import scaled, wait_for
 
 from openlines import subjects
 from openlines.commands import Accept, Close, SetStatus, call

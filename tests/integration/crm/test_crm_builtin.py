@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from conftest import scaled, wait_for
-from crm_support import CRM_API_TOKEN, OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
 from support import apply_lines, history, inbound, publish, running_router
+from support.crm import CRM_API_TOKEN, OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
+from support.timing import scaled, wait_for
 
 from crm_sync.backends.base import Entity
 from crm_sync.backends.builtin import BuiltinBackend

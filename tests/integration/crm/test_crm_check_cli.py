@@ -7,10 +7,10 @@ import os
 import sys
 from typing import Any
 
-from conftest import scaled
-from crm_support import OPS, crm_line
 from peers.bitrix24 import running_bitrix24
 from support import apply_lines
+from support.crm import OPS, crm_line
+from support.timing import scaled
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
+from support.timing import wait_for
 
 from crm_sync.claims import ClaimLost, Claims, ClaimValue, claim_key
 from crm_sync.links import open_links

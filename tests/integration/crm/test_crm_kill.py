@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, wait_for
-from crm_support import OPS, crm_line, linked, opened
 from peers.bitrix24 import running_bitrix24
-from servers import ServiceProcess
 from support import apply_lines, inbound, publish, running_router
+from support.crm import OPS, crm_line, linked, opened
+from support.servers import ServiceProcess, free_port
+from support.timing import wait_for
 
 
 @pytest.fixture

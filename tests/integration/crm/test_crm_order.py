@@ -8,8 +8,8 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from conftest import scaled, wait_for
 from nats.js import api as js_api
+from support.timing import scaled, wait_for
 
 from crm_sync.order import ClientOrder
 from crm_sync.sync import HANDLED_KINDS

@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import scaled, wait_for
-from crm_support import OPS, assigned, crm_under_test, running_crm_sync
 from support import apply_lines, publish, running_router
+from support.crm import OPS, assigned, crm_under_test, running_crm_sync
+from support.timing import scaled, wait_for
 
 from crm_sync.responsible import MAX_ASKING
 from gateway_email.normalise import parse_mail

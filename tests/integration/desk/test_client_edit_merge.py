@@ -9,19 +9,27 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from crm_support import CrmUnderTest, crm_under_test, linked, running_crm_sync, telegram
-from desk_support import http_session, running_desk, sign_in, visitor_writes
-from support import EXAMPLE_LINES, apply_lines, events, history, publish, running_router
+from support import (
+    EXAMPLE_LINES,
+    apply_lines,
+    client_writes,
+    events,
+    held_session,
+    history,
+    publish,
+    running_router,
+)
+from support.crm import CrmUnderTest, crm_under_test, linked, running_crm_sync, telegram
+from support.desk import http_session, running_desk, sign_in
+from support.desk_admin import DEMO_HASH  # of the password "demo"
+from support.timing import wait_for
 
 from desk.http import DESK
 from desk.settings import Settings
-from openlines import bus, subjects
+from openlines import bus
 from openlines.commands import Close, SetStatus, call
 from openlines.runner import Service
 from openlines.state import ClientRecord, Session, client_key
-
-HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"  # "demo"
 
 # The demo (anna: operator + supervisor, boris: operator, on "support"), the support line fed by
 # a Telegram bot too, and carl, an operator of another line only.
@@ -35,7 +43,7 @@ LINES = (
     + f"""
 [operators.carl]
 name = "Carl Other"
-password_hash = "{HASH}"
+password_hash = "{DEMO_HASH}"
 roles = ["operator"]
 permissions = ["openlines"]
 
@@ -61,21 +69,6 @@ async def system(nc: Any, url: str, crm: CrmUnderTest | None = None) -> AsyncIte
             return
         async with running_crm_sync(url, **crm.settings()):
             yield desk
-
-
-async def held(nc: Any, channel: str, account: str, chat: str, line: str = "support", other_than: str = "") -> Session:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key(channel, account, subjects.chat_key(channel, account, chat))
-
-    async def probe() -> Session | None:
-        rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-        sid = rec.open_sessions.get(line) if rec else None
-        if not sid or sid == other_than:
-            return None
-        s, _ = await bus.kv_get(b.sessions, sid, Session)
-        return s if s is not None and s.operator_id else None
-
-    return await wait_for(probe, timeout=15, what=f"an operator holding {channel}/{chat}")
 
 
 async def record_of(nc: Any, s: Session) -> ClientRecord:
@@ -112,8 +105,8 @@ async def test_an_operator_edits_name_phone_and_email_and_the_crm_lead_gets_them
     async with crm_under_test(backend, nc) as crm, system(nc, nats_server.url, crm) as desk, http_session(desk) as boris:
         csrf = await sign_in(boris, "boris")
         await call(nc, "status", SetStatus(operator_id="boris", status="online"))
-        await visitor_writes(nc, "v-edit", "1", "Hello, about my order", name="v-edit", email="old@example.com")
-        s = await held(nc, "webchat", "demo", "v-edit")
+        await client_writes(nc, "v-edit", "1", "Hello, about my order", name="v-edit", email="old@example.com")
+        s = await held_session(nc, "v-edit")
         evt = await linked(nc, s.id)
         found = re.search(r"lead (\d+)", evt.reason)
         assert found, evt.reason
@@ -162,7 +155,7 @@ async def test_an_operator_edits_name_phone_and_email_and_the_crm_lead_gets_them
         assert sorted(lead["emails"]) == ["marta@example.com", "old@example.com"], lead
 
         # The visitor writes again under the widget's name: the operator's name stays.
-        await visitor_writes(nc, "v-edit", "2", "Still there?", name="v-edit")
+        await client_writes(nc, "v-edit", "2", "Still there?", name="v-edit")
         await wait_for(lambda: _has_msg(nc, s, "webchat:demo:v-edit:2"), what="the second message applied")
         rec = await record_of(nc, s)
         assert (rec.profile.name, rec.profile.phone) == ("Marta Ozola", "+37126123457")
@@ -178,10 +171,10 @@ async def test_bad_input_and_operators_off_the_line_are_refused_and_nothing_chan
         carl_csrf = await sign_in(carl, "carl")
         await call(nc, "status", SetStatus(operator_id="boris", status="online"))
         await call(nc, "status", SetStatus(operator_id="carl", status="online"))
-        await visitor_writes(nc, "v-keep", "1", "hi", name="Ieva", email="ieva@example.com")
-        await visitor_writes(nc, "v-vip", "1", "hi", account="vip", name="Vip Client")
-        s = await held(nc, "webchat", "demo", "v-keep")
-        vip = await held(nc, "webchat", "vip", "v-vip", line="vip")
+        await client_writes(nc, "v-keep", "1", "hi", name="Ieva", email="ieva@example.com")
+        await client_writes(nc, "v-vip", "1", "hi", account="vip", name="Vip Client")
+        s = await held_session(nc, "v-keep")
+        vip = await held_session(nc, "v-vip", account="vip", line="vip")
         before, vip_before = await record_of(nc, s), await record_of(nc, vip)
         url = f"/api/sessions/{s.id}/client"
 
@@ -231,11 +224,11 @@ async def test_merging_two_clients_keeps_one_with_both_histories_and_one_crm_lin
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         # The same person: first on Telegram (phone shared), later on the website (e-mail only).
         await publish(nc, telegram("901", "Hi, Telegram here", "1", name="Marta", phone="+37126123456"))
-        tg = await held(nc, "telegram", "shopbot", "901")
+        tg = await held_session(nc, "901", channel="telegram", account="shopbot")
         tg_lead = (await linked(nc, tg.id)).reason
         await call(nc, "close", Close(operator_id="anna", session_id=tg.id))
-        await visitor_writes(nc, "v-marta", "1", "Hello from the website", name="M. Ozola", email="marta@example.com")
-        web = await held(nc, "webchat", "demo", "v-marta")
+        await client_writes(nc, "v-marta", "1", "Hello from the website", name="M. Ozola", email="marta@example.com")
+        web = await held_session(nc, "v-marta")
         web_lead = (await linked(nc, web.id)).reason
         assert tg.client_id != web.client_id and tg_lead != web_lead
 
@@ -283,7 +276,7 @@ async def test_merging_two_clients_keeps_one_with_both_histories_and_one_crm_lin
         # The Telegram chat writes again: its new conversation is the surviving client's.
         await call(nc, "close", Close(operator_id="anna", session_id=web.id))
         await publish(nc, telegram("901", "Me again", "2", name="Marta"))
-        tg2 = await held(nc, "telegram", "shopbot", "901", other_than=tg.id)
+        tg2 = await held_session(nc, "901", channel="telegram", account="shopbot", other_than=tg.id)
         assert tg2.client_id == web.client_id
 
         async def both_earlier() -> dict[str, Any] | None:
@@ -300,11 +293,11 @@ async def test_a_merge_takes_over_the_other_clients_crm_records_when_this_client
         for op in ("anna", "carl"):
             await call(nc, "status", SetStatus(operator_id=op, status="online"))
         await publish(nc, telegram("902", "Hi", "1", name="Janis", phone="+37126123458"))
-        tg = await held(nc, "telegram", "shopbot", "902")
+        tg = await held_session(nc, "902", channel="telegram", account="shopbot")
         assert "lead" in (await linked(nc, tg.id)).reason
         # the VIP line creates nothing in the CRM: this client has no record
-        await visitor_writes(nc, "v-janis", "1", "Hello", account="vip", name="Janis B.", email="janis@example.com")
-        vip = await held(nc, "webchat", "vip", "v-janis", line="vip")
+        await client_writes(nc, "v-janis", "1", "Hello", account="vip", name="Janis B.", email="janis@example.com")
+        vip = await held_session(nc, "v-janis", account="vip", line="vip")
         await linked(nc, vip.id)
         assert (await card(anna, vip.id))["crm"]["records"] == []
 

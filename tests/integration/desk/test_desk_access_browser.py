@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
-from desk_support import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, submit_login
-from support import apply_lines, running_router
+from support import apply_lines, client_writes, running_router
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, submit_login
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines import bus
@@ -87,7 +87,7 @@ async def test_a_supervisor_reads_a_live_chat_and_then_intercepts_it(nc: Any, de
     boris = await page_of(browser, desk)
     await submit_login(boris, "boris")
     await go_online(boris)
-    await client_writes(js, "sup-1", "My order never came", "v-sup")
+    await client_writes(nc, "v-sup", "sup-1", "My order never came", name="Maria Client")
     item = boris.get_by_test_id("chat-item").filter(has_text="Maria Client")
     sid = await item.get_attribute("data-session-id")
     assert sid
@@ -106,7 +106,7 @@ async def test_a_supervisor_reads_a_live_chat_and_then_intercepts_it(nc: Any, de
     await expect(watch).to_contain_text("My order never came")
     await expect(watch).to_contain_text("Let me look into it.")
     # Live: what the client writes next shows while she reads.
-    await client_writes(js, "sup-2", "It has been two weeks!", "v-sup")
+    await client_writes(nc, "v-sup", "sup-2", "It has been two weeks!", name="Maria Client")
     await expect(watch).to_contain_text("It has been two weeks!")
 
     await anna.get_by_test_id("sup-watch-intercept").click()

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import scaled, wait_for
-from desk_support import client_writes, http_session, running_desk, sign_in, try_sign_in
-from support import running_router
+from support import client_writes, running_router, session_by_id
+from support.desk import http_session, running_desk, sign_in, try_sign_in
+from support.timing import scaled, wait_for
 
 from desk.settings import Settings
 from openlines import bus, subjects
@@ -22,7 +22,7 @@ from openlines.apply import apply
 from openlines.envelopes import HistoryEntry, Outbound
 from openlines.lines import LineConfig, QueueConfig, load
 from openlines.runner import Service
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import ClientRecord, client_key
 from router.timers import Timer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -65,7 +65,7 @@ async def desk(desks: Launch) -> Service[Settings]:
 async def a_chat_of(http: aiohttp.ClientSession, h: dict[str, str], nc: Any, visitor: str) -> str:
     """The operator goes online, a client writes, the operator accepts: the session id."""
     assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
-    await client_writes(nc.jetstream(), f"in-{visitor}", "Hello", visitor)
+    await client_writes(nc, visitor, f"in-{visitor}", "Hello")
 
     async def offered() -> str | None:
         chats = (await (await http.get("/api/chats")).json())["chats"]
@@ -77,12 +77,6 @@ async def a_chat_of(http: aiohttp.ClientSession, h: dict[str, str], nc: Any, vis
     sid: str = chat["id"]
     assert (await http.post(f"/api/sessions/{sid}/accept", headers=h)).status == 200
     return sid
-
-
-async def session_of(nc: Any, sid: str) -> Session:
-    s, _ = await bus.kv_get((await bus.Buckets(nc.jetstream()).open()).sessions, sid, Session)
-    assert s is not None
-    return s
 
 
 async def outbound_of(nc: Any, visitor: str) -> list[Outbound]:
@@ -129,11 +123,11 @@ async def test_transfer_to_a_line_and_the_bad_requests(nc: Any, desk: Service[Se
             r = await http.post(f"/api/sessions/{sid}/transfer", json=body, headers=h)
             assert r.status == status, (body, await r.text())
             assert set(await r.json()) == {"error", "detail"}
-        assert (await session_of(nc, sid)).operator_id == "anna"  # nothing changed
+        assert (await session_by_id(nc, sid)).operator_id == "anna"  # nothing changed
 
         r = await http.post(f"/api/sessions/{sid}/transfer", json={"to_line": "sales"}, headers=h)
         assert r.status == 200, await r.text()
-        moved = await session_of(nc, sid)
+        moved = await session_by_id(nc, sid)
         assert moved.line_id == "sales" and moved.operator_id != "anna"
         assert sid not in [c["id"] for c in (await (await http.get("/api/chats")).json())["chats"]]
 
@@ -145,9 +139,9 @@ async def test_pin_and_unpin(nc: Any, desk: Service[Settings]) -> None:
         assert (await http.post(f"/api/sessions/{sid}/pin", json={"pinned": "yes"}, headers=h)).status == 400
         r = await http.post(f"/api/sessions/{sid}/pin", json={"pinned": True}, headers=h)
         assert r.status == 200 and (await r.json())["session"]["pinned"] is True
-        assert (await session_of(nc, sid)).pinned
+        assert (await session_by_id(nc, sid)).pinned
         r = await http.post(f"/api/sessions/{sid}/pin", json={"pinned": False}, headers=h)
-        assert r.status == 200 and not (await session_of(nc, sid)).pinned
+        assert r.status == 200 and not (await session_by_id(nc, sid)).pinned
         assert (await http.post(f"/api/sessions/{sid}/pin", json={"pinned": True})).status == 403  # no CSRF header
 
 
@@ -157,7 +151,7 @@ async def test_spam_closes_the_chat_and_marks_the_client(nc: Any, desk: Service[
         sid = await a_chat_of(http, h, nc, "v-spam")
         r = await http.post(f"/api/sessions/{sid}/spam", headers=h)
         assert r.status == 200, await r.text()
-        closed = await session_of(nc, sid)
+        closed = await session_by_id(nc, sid)
         assert closed.status == "closed" and closed.close_reason == "spam"
         buckets = await bus.Buckets(nc.jetstream()).open()
         record, _ = await bus.kv_get(buckets.clients, client_key("webchat", "demo", closed.chat_key), ClientRecord)
@@ -219,7 +213,7 @@ async def test_a_file_goes_to_the_channel_and_the_transcript_once(nc: Any, desks
         assert [(e.text, [a.name for a in e.attachments]) for e in entries if e.direction == "out" and e.author_id == "anna"] == [
             ("Here is the price list", ["price list.pdf"])
         ]
-        after_text = await session_of(nc, sid)
+        after_text = await session_by_id(nc, sid)
 
         # Files alone are a reply too: the chat's last message moves, so the auto-close timer starts again.
         up = await http.post(f"/api/sessions/{sid}/files", data=file_form("label.png", PNG, "image/png"), headers=h)
@@ -230,7 +224,7 @@ async def test_a_file_goes_to_the_channel_and_the_transcript_once(nc: Any, desks
         assert r.status == 200, await r.text()
         alone = await wait_for(lambda: sent(nc, "v-file", f"out:{sid}:files-2"), what="the file alone on ol.out")
         assert [(a.kind, a.name) for a in alone.attachments] == [("image", "label.png")] and alone.text == ""
-        touched = await session_of(nc, sid)
+        touched = await session_by_id(nc, sid)
         assert touched.last_message_at is not None and after_text.last_message_at is not None
         assert touched.last_message_at > after_text.last_message_at
         timer = await idle_timer_of(nc, sid)

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 from argon2 import PasswordHasher
-from desk_admin_support import LINES, http_session, in_line, running_desk, sign_in
 from support import apply_lines
+from support.desk_admin import LINES, http_session, in_line, running_desk, sign_in
 
 from openlines import bus
 from openlines.apply import line_key

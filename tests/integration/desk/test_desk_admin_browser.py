@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from desk_admin_support import DEMO_HASH, LINES, in_line, visitor_writes
-from desk_support import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login
-from support import outbound_for
+from support import client_writes, outbound_for
+from support.desk import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login
+from support.desk_admin import DEMO_HASH, LINES, in_line
+from support.timing import wait_for
 
 from openlines import bus
 from openlines.apply import apply, live
@@ -85,7 +85,7 @@ async def test_an_admin_edits_a_line_sees_the_doctor_saves_and_the_router_uses_i
     await expect(page.get_by_test_id("lines-toml")).to_contain_text("Good day {client_name}, support here.")
 
     # The running router reloaded the line: a new client gets the new welcome.
-    await visitor_writes(nc, "browser-visitor", "m1", "Hello?", name="Ilze")
+    await client_writes(nc, "browser-visitor", "m1", "Hello?", name="Ilze")
 
     async def welcomed() -> bool:
         return any(o.text == "Good day Ilze, support here." for o in await outbound_for(nc, "browser-visitor"))

@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import scaled
-from desk_support import http_session, running_desk, try_sign_in
 from support import apply_lines
+from support.desk import http_session, running_desk, try_sign_in
+from support.timing import scaled
 
 from desk.settings import Settings
 from openlines import bus, subjects

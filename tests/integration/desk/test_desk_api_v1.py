@@ -13,10 +13,10 @@ import aiohttp
 import msgspec
 import pytest
 from argon2 import PasswordHasher
-from conftest import wait_for
-from desk_admin_support import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
-from desk_support import desk_with_router
-from support import outbound_for
+from support import client_writes, outbound_for
+from support.desk import desk_with_router
+from support.desk_admin import LINES, bearer, conforms, http_session, make_token, sign_in
+from support.timing import wait_for
 
 from desk.api import PREFIX
 from openlines import bus
@@ -167,7 +167,7 @@ async def test_a_line_changed_through_the_api_is_used_by_the_running_router(
     conforms(doc, "list_lines", await (await http.get(f"{PREFIX}/lines", headers=admin)).json())
     conforms(doc, "doctor", await (await http.get(f"{PREFIX}/doctor", headers=admin)).json())
 
-    await visitor_writes(nc, "new-visitor", "m1", "Hi there", name="Olga")
+    await client_writes(nc, "new-visitor", "m1", "Hi there", name="Olga")
 
     async def welcomed() -> bool:
         return any(o.text == "Welcome to the new support desk, Olga." for o in await outbound_for(nc, "new-visitor"))
@@ -292,8 +292,8 @@ async def test_sessions_are_listed_filtered_and_read_with_their_transcript(
     http: aiohttp.ClientSession, tokens: dict[str, str], nc: Any
 ) -> None:
     sup = bearer(tokens["supervisor"])
-    await visitor_writes(nc, "v-support", "m1", "Where is my parcel?")
-    await visitor_writes(nc, "v-sales", "m1", "Price list please", account="shop")
+    await client_writes(nc, "v-support", "m1", "Where is my parcel?")
+    await client_writes(nc, "v-sales", "m1", "Price list please", account="shop")
     buckets = await bus.Buckets(nc.jetstream()).open()
 
     async def both() -> list[dict[str, Any]] | None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from desk_admin_support import LINES, bearer, conforms, http_session, make_token, sign_in, visitor_writes
-from desk_support import desk_with_router
-from support import events
+from support import client_writes, events
+from support.desk import desk_with_router
+from support.desk_admin import LINES, bearer, conforms, http_session, make_token, sign_in
+from support.timing import wait_for
 
 from desk.api import PREFIX
 from openlines import commands
@@ -41,14 +41,14 @@ async def _served(
     nc: Any, http: aiohttp.ClientSession, token: str, visitor: str, known: set[str], *, by_reply: bool, mark: str
 ) -> None:
     """A client writes, anna answers (accepts, or replies), closes, and the client rates the conversation."""
-    await visitor_writes(nc, visitor, "m1", "Hello, I need help")
+    await client_writes(nc, visitor, "m1", "Hello, I need help")
     sid = await _open_session(http, token, "support", known)
     if by_reply:
         await commands.call(nc, "reply", Reply(operator_id="anna", session_id=sid, text="Happy to help", client_msg_id="r1"))
     else:
         await commands.call(nc, "accept", Accept(operator_id="anna", session_id=sid))
     await commands.call(nc, "close", Close(operator_id="anna", session_id=sid))
-    await visitor_writes(nc, visitor, "m2", mark)
+    await client_writes(nc, visitor, "m2", mark)
 
 
 async def test_stats_count_answers_misses_and_ratings_of_real_sessions(nc: Any, desk: Any) -> None:
@@ -59,7 +59,7 @@ async def test_stats_count_answers_misses_and_ratings_of_real_sessions(nc: Any, 
         await _served(nc, http, token, "client-a", known, by_reply=False, mark="5")
         await _served(nc, http, token, "client-b", known, by_reply=True, mark="3")
         # Nobody serves the sales line (boris is offline): the chat waits and is closed after no activity.
-        await visitor_writes(nc, "client-c", "m1", "Is anyone there?", account="shop")
+        await client_writes(nc, "client-c", "m1", "Is anyone there?", account="shop")
 
         today = datetime.now(UTC).date()
         query = {"from": (today - timedelta(days=1)).isoformat(), "to": today.isoformat()}

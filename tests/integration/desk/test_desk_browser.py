@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from desk_support import BROWSER_MARKS, chromium, client_writes, go_online, new_page, sign_in_live
-from servers import creds
-from support import apply_lines, running_router
+from support import apply_lines, client_writes, running_router
+from support.desk import BROWSER_MARKS, chromium, go_online, new_page, sign_in_live
+from support.servers import creds
+from support.timing import wait_for
 
 from desk.app import setup
 from desk.settings import Settings
@@ -78,7 +78,6 @@ async def page(desk: Desk, console_errors: list[str]) -> AsyncIterator[Any]:
 
 async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, nc: Any, console_errors: list[str]) -> None:
     expect = playwright_api.expect
-    js = nc.jetstream()
 
     await page.goto("/login")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -88,7 +87,7 @@ async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, n
 
     await go_online(page)
 
-    await client_writes(js, "b-1", "Hello! My parcel has not arrived.", "visitor-b1", name="Maria Client")
+    await client_writes(nc, "visitor-b1", "b-1", "Hello! My parcel has not arrived.", name="Maria Client")
     item = page.locator('[data-testid="chat-item"]').filter(has_text="Maria Client")
     await expect(item).to_be_visible()
     await expect(page.get_by_test_id("new-chat-toast")).to_contain_text("New chat: Maria Client")
@@ -115,9 +114,9 @@ async def test_operator_signs_in_takes_a_chat_replies_and_closes_it(page: Any, n
     await expect(page.get_by_test_id("reply-input")).to_have_value("")
 
     # A second client shows up while the first chat is open: a live push to the list.
-    await client_writes(js, "b-2", "Hi, a question about prices", "visitor-b2", name="Oleg Buyer")
+    await client_writes(nc, "visitor-b2", "b-2", "Hi, a question about prices", name="Oleg Buyer")
     await expect(page.locator('[data-testid="chat-item"]').filter(has_text="Oleg Buyer")).to_be_visible()
-    await client_writes(js, "b-3", "The tracking number is 42", "visitor-b1", name="Maria Client")
+    await client_writes(nc, "visitor-b1", "b-3", "The tracking number is 42", name="Maria Client")
     await expect(transcript).to_contain_text("The tracking number is 42")
 
     await page.screenshot(path=str(ARTIFACTS / "desk-workspace.png"))
@@ -138,7 +137,7 @@ async def test_a_chat_that_arrives_while_the_desk_is_down_shows_after_the_reconn
 
     await desk.stop()
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "down")
-    await client_writes(js, "r-1", "Anyone there?", "visitor-r1", name="Vera Late")
+    await client_writes(nc, "visitor-r1", "r-1", "Anyone there?", name="Vera Late")
     buckets = await bus.Buckets(js).open()
 
     async def assigned_to_anna() -> bool:
@@ -159,7 +158,7 @@ async def test_spam_needs_a_second_click_and_then_closes_the_chat(page: Any, nc:
     expect = playwright_api.expect
     await sign_in_live(page, "anna")
     await go_online(page)
-    await client_writes(nc.jetstream(), "s-1", "Buy cheap watches!", "visitor-s1", name="Spam Sender")
+    await client_writes(nc, "visitor-s1", "s-1", "Buy cheap watches!", name="Spam Sender")
     item = page.locator('[data-testid="chat-item"]').filter(has_text="Spam Sender")
     await item.click()
     await page.get_by_test_id("accept").click()

@@ -7,16 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from crm_support import linked, running_crm_sync
-from desk_support import desk_with_router, http_session, running_desk, sign_in, visitor_writes
-from support import apply_lines, leave_line
+from support import apply_lines, client_writes, held_session, leave_line
+from support.crm import linked, running_crm_sync
+from support.desk import desk_with_router, http_session, running_desk, sign_in
+from support.timing import wait_for
 
 from desk.settings import Settings
-from openlines import bus, subjects
+from openlines import bus
 from openlines.commands import Accept, Close, SetStatus, call
 from openlines.runner import Service
-from openlines.state import ClientRecord, QueuedChat, Session, client_key, waiting_key
+from openlines.state import QueuedChat, waiting_key
 
 
 @pytest.fixture
@@ -26,22 +26,6 @@ async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
         yield svc
 
 
-async def open_session(nc: Any, visitor: str, other_than: str = "") -> Session:
-    """The visitor's open session on line "support" once an operator holds it."""
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-
-    async def probe() -> Session | None:
-        rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-        sid = rec.open_sessions.get("support") if rec else None
-        if not sid or sid == other_than:
-            return None
-        s, _ = await bus.kv_get(b.sessions, sid, Session)
-        return s if s is not None and s.operator_id else None
-
-    return await wait_for(probe, timeout=15, what=f"an operator holding {visitor}'s session")
-
-
 async def test_client_card_shows_profile_crm_lead_and_the_earlier_conversation(
     nc: Any, nats_server: Any, desk: Service[Settings]
 ) -> None:
@@ -49,8 +33,8 @@ async def test_client_card_shows_profile_crm_lead_and_the_earlier_conversation(
         await sign_in(anna, "anna")
         await sign_in(boris, "boris")
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        await visitor_writes(nc, "v-card", "1", "Hello, where is my order?", name="Marta Ozola", email="Marta@Example.com")
-        first = await open_session(nc, "v-card")
+        await client_writes(nc, "v-card", "1", "Hello, where is my order?", name="Marta Ozola", email="Marta@Example.com")
+        first = await held_session(nc, "v-card")
         assert first.operator_id == "anna"
         await linked(nc, first.id)
         await call(nc, "accept", Accept(operator_id="anna", session_id=first.id))
@@ -59,8 +43,8 @@ async def test_client_card_shows_profile_crm_lead_and_the_earlier_conversation(
         # The same client comes back while only boris, a plain operator, is online.
         await call(nc, "status", SetStatus(operator_id="anna", status="offline"))
         await call(nc, "status", SetStatus(operator_id="boris", status="online"))
-        await visitor_writes(nc, "v-card", "2", "Me again, my phone is +371 2000 0001", name="Marta Ozola", phone="+37120000001")
-        second = await open_session(nc, "v-card", other_than=first.id)
+        await client_writes(nc, "v-card", "2", "Me again, my phone is +371 2000 0001", name="Marta Ozola", phone="+37120000001")
+        second = await held_session(nc, "v-card", other_than=first.id)
         assert second.operator_id == "boris"
         await linked(nc, second.id)
 
@@ -115,8 +99,8 @@ async def test_a_plain_operator_gets_no_card_of_a_chat_of_a_line_they_are_not_on
     async with http_session(desk) as boris:
         await sign_in(boris, "boris")
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        await visitor_writes(nc, "v-other", "1", "hi", name="Ivo")
-        s = await open_session(nc, "v-other")
+        await client_writes(nc, "v-other", "1", "hi", name="Ivo")
+        s = await held_session(nc, "v-other")
         assert s.operator_id == "anna"
         assert (await boris.get(f"/api/sessions/{s.id}/client")).status == 200  # a chat of his line
         await leave_line(nc, "boris", "support")
@@ -154,7 +138,7 @@ async def test_supervisor_sees_the_queue_grow_then_the_operator_take_the_chat(nc
     b = await bus.Buckets(nc.jetstream()).open()
     async with http_session(desk) as anna:
         await sign_in(anna, "anna")
-        await visitor_writes(nc, "v-wait", "1", "Is anyone there?", name="Liga Waiting")
+        await client_writes(nc, "v-wait", "1", "Is anyone there?", name="Liga Waiting")
 
         async def waiting() -> list[dict[str, Any]] | None:
             data = await (await anna.get("/api/supervisor")).json()

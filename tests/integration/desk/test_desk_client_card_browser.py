@@ -8,17 +8,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from crm_support import linked, running_crm_sync
-from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live, visitor_writes
-from support import apply_lines, events, running_router
+from support import apply_lines, client_record, client_writes, events, running_router
+from support.crm import linked, running_crm_sync
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.timing import wait_for
 
 from desk.http import DESK
 from desk.settings import Settings
-from openlines import bus, subjects
 from openlines.commands import Close, call
 from openlines.runner import Service
-from openlines.state import ClientRecord, client_key
 
 pytestmark = BROWSER_MARKS
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -36,13 +34,6 @@ async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
         yield svc
 
 
-async def record(nc: Any, visitor: str) -> ClientRecord | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    return rec
-
-
 async def test_an_operator_edits_the_client_in_the_card_and_merges_another_client_into_it(
     nc: Any, desk: Service[Settings]
 ) -> None:
@@ -52,7 +43,7 @@ async def test_an_operator_edits_the_client_in_the_card_and_merges_another_clien
         await sign_in_live(anna, "anna")
         await go_online(anna)
         # An earlier visitor, the same person under another name: talked to and closed.
-        await visitor_writes(nc, "v-old", "1", "Do you ship to Riga?", name="Marta from Riga", email="marta.o@example.com")
+        await client_writes(nc, "v-old", "1", "Do you ship to Riga?", name="Marta from Riga", email="marta.o@example.com")
         old_chat = anna.get_by_test_id("chat-item").filter(has_text="Marta from Riga")
         await old_chat.click()
         await anna.get_by_test_id("accept").click()
@@ -62,7 +53,7 @@ async def test_an_operator_edits_the_client_in_the_card_and_merges_another_clien
         await call(nc, "close", Close(operator_id="anna", session_id=old_id))
         await expect(old_chat).to_have_count(0)
 
-        await visitor_writes(nc, "v-new", "1", "Hello again, it is about my order", name="Visitor 4821")
+        await client_writes(nc, "v-new", "1", "Hello again, it is about my order", name="Visitor 4821")
         chat = anna.get_by_test_id("chat-item").filter(has_text="Visitor 4821")
         await chat.click()
         await anna.get_by_test_id("accept").click()
@@ -78,7 +69,7 @@ async def test_an_operator_edits_the_client_in_the_card_and_merges_another_clien
         await anna.get_by_test_id("card-edit-phone").fill("2612")
         await anna.get_by_test_id("card-edit-save").click()
         await expect(anna.get_by_test_id("card-edit-error")).to_contain_text("not a phone number")
-        rec = await record(nc, "v-new")
+        rec = await client_record(nc, "v-new")
         assert rec is not None and rec.profile.name == "Visitor 4821" and rec.edited == []
         await anna.get_by_test_id("card-edit-phone").fill("+371 2612 3456")
         await anna.get_by_test_id("card-edit-email").fill("Marta@Example.com")
@@ -116,7 +107,7 @@ async def test_an_operator_edits_the_client_in_the_card_and_merges_another_clien
         await expect(anna.get_by_test_id("card-crm-record")).to_have_count(1)
         # the person's e-mail stays the one Anna set; both chats point at one client
         await expect(anna.get_by_test_id("card-email")).to_have_text("marta@example.com")
-        old_rec, new_rec = await record(nc, "v-old"), await record(nc, "v-new")
+        old_rec, new_rec = await client_record(nc, "v-old"), await client_record(nc, "v-new")
         assert old_rec is not None and new_rec is not None
         assert old_rec.client_id == new_rec.client_id and old_rec.merged_ids == new_rec.merged_ids != []
         [merged] = await events(nc, "client_merged")
@@ -136,7 +127,7 @@ async def test_the_answer_to_an_accept_that_comes_after_the_chat_was_closed_does
         anna = await new_page(browser, desk_url(desk), errors)
         await sign_in_live(anna, "anna")
         await go_online(anna)
-        await visitor_writes(nc, "v-late", "1", "Is the shop open on Sunday?", name="Late Answer")
+        await client_writes(nc, "v-late", "1", "Is the shop open on Sunday?", name="Late Answer")
         chat = anna.get_by_test_id("chat-item").filter(has_text="Late Answer")
         await chat.click()
         sid = await chat.get_attribute("data-session-id")

@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
-from desk_support import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, sign_in_live
-from support import apply_lines, outbound_for, running_router
+from support import apply_lines, client_writes, outbound_for, running_router
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines import bus, subjects
@@ -36,14 +36,13 @@ async def desk(nc: Any, nats_server: Any) -> AsyncIterator[Service[Settings]]:
 
 
 async def test_a_reply_typed_for_one_chat_stays_with_it_and_never_goes_to_another(nc: Any, desk: Service[Settings]) -> None:
-    js = nc.jetstream()
     errors: list[str] = []
     async with chromium() as browser:
         boris = await new_page(browser, desk_url(desk), errors)
         await sign_in_live(boris, "boris")
         await go_online(boris)
-        await client_writes(js, "d-a1", "Where is my parcel?", "v-alice", name="Alice")
-        await client_writes(js, "d-b1", "I want a refund.", "v-bob", name="Bob")
+        await client_writes(nc, "v-alice", "d-a1", "Where is my parcel?", name="Alice")
+        await client_writes(nc, "v-bob", "d-b1", "I want a refund.", name="Bob")
         alice = boris.get_by_test_id("chat-item").filter(has_text="Alice")
         bob = boris.get_by_test_id("chat-item").filter(has_text="Bob")
         box = boris.get_by_test_id("reply-input")
@@ -91,7 +90,7 @@ async def test_a_chat_passed_on_unanswered_shows_how_long_the_client_has_waited_
         await boris.clock.install()
         await sign_in_live(boris, "boris")
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))  # online, but never answers
-        await client_writes(js, "w-1", "Hello?", "v-wait", name="Wanda")
+        await client_writes(nc, "v-wait", "w-1", "Hello?", name="Wanda")
 
         async def offered_to_boris() -> Session | None:
             for _key, (_rev, data) in (await bus.kv_entries(js, subjects.KV_SESSIONS)).items():
@@ -121,12 +120,11 @@ async def test_a_chat_passed_on_unanswered_shows_how_long_the_client_has_waited_
 async def test_attach_file_is_reached_with_the_keyboard_and_an_old_upload_error_goes_when_the_next_file_is_attached(
     nc: Any, desk: Service[Settings]
 ) -> None:
-    js = nc.jetstream()
     async with chromium() as browser:
         boris = await new_page(browser, desk_url(desk))
         await sign_in_live(boris, "boris")
         await go_online(boris)
-        await client_writes(js, "f-1", "Can I send you the invoice?", "v-files", name="Fiona")
+        await client_writes(nc, "v-files", "f-1", "Can I send you the invoice?", name="Fiona")
         await boris.get_by_test_id("chat-item").filter(has_text="Fiona").click()
         await boris.get_by_test_id("accept").click()
         await expect(boris.get_by_test_id("reply-input")).to_be_focused()  # accepted: the box is ready
@@ -160,11 +158,10 @@ async def test_attach_file_is_reached_with_the_keyboard_and_an_old_upload_error_
 
 
 async def test_on_a_phone_the_workspace_fits_the_screen_and_the_status_switch_is_on_it(nc: Any, desk: Service[Settings]) -> None:
-    js = nc.jetstream()
     async with chromium() as browser:
         boris = await new_page(browser, desk_url(desk), width=390, height=844)
         await sign_in_live(boris, "boris")
-        await client_writes(js, "p-1", "Hello from a phone", "v-phone", name="Pat")
+        await client_writes(nc, "v-phone", "p-1", "Hello from a phone", name="Pat")
         await boris.get_by_test_id("chat-item").filter(has_text="Pat").click()
         await expect(boris.get_by_test_id("accept")).to_be_visible()
         width = await boris.evaluate("document.documentElement.scrollWidth")

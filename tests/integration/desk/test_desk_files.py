@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from desk_support import http_session, running_desk, sign_in
 from support import apply_lines, leave_line, running_router
+from support.desk import http_session, running_desk, sign_in
+from support.timing import wait_for
 
 from openlines import files, subjects
 from openlines.envelopes import MSG_ID_HEADER, Attachment, ClientProfile, Inbound, encode, utcnow

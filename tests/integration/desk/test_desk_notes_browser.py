@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from desk_support import BROWSER_MARKS, chromium, client_writes, desk_url, go_online, new_page, running_desk, sign_in_live
-from support import apply_lines, history, outbound_for, running_router
+from support import apply_lines, client_writes, history, outbound_for, running_router
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines.runner import Service
@@ -34,7 +34,7 @@ async def test_a_private_note_mentions_a_colleague_and_a_transfer_comment_reache
         anna = await new_page(browser, desk_url(desk), errors)
         await sign_in_live(anna, "anna")
         await go_online(anna)
-        await client_writes(nc.jetstream(), "n-1", "My order 42 arrived broken.", "v-carol", name="Carol")
+        await client_writes(nc, "v-carol", "n-1", "My order 42 arrived broken.", name="Carol")
         chat = anna.get_by_test_id("chat-item").filter(has_text="Carol")
         await chat.click()
         await anna.get_by_test_id("accept").click()
@@ -100,15 +100,15 @@ async def test_the_keyboard_moves_between_chats_and_accepts_and_the_transcript_i
         anna = await new_page(browser, desk_url(desk))
         await sign_in_live(anna, "anna")
         await go_online(anna)
-        await client_writes(nc.jetstream(), "k-1", "First question", "v-dora", name="Dora Smith")
-        await client_writes(nc.jetstream(), "k-2", "Second question", "v-emil", name="Emil")
+        await client_writes(nc, "v-dora", "k-1", "First question", name="Dora Smith")
+        await client_writes(nc, "v-emil", "k-2", "Second question", name="Emil")
         items = anna.get_by_test_id("chat-item")
         await expect(items).to_have_count(2)
         await expect(items.filter(has_text="Dora Smith").get_by_test_id("chat-avatar")).to_have_text("DS")
         await expect(items.filter(has_text="Emil").get_by_test_id("chat-avatar")).to_have_text("E")
         # Each chat shows its last message under it.
         await expect(items.filter(has_text="Dora Smith").get_by_test_id("chat-preview")).to_contain_text("First question")
-        await client_writes(nc.jetstream(), "k-3", "Any news?", "v-emil", name="Emil")
+        await client_writes(nc, "v-emil", "k-3", "Any news?", name="Emil")
         await expect(items.filter(has_text="Emil").get_by_test_id("chat-preview")).to_contain_text("Any news?")
         # Alt+Down opens the first chat, again the next; Alt+Up back; Alt+A accepts the one open.
         await anna.keyboard.press("Alt+ArrowDown")

@@ -8,18 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crm_support import linked, running_crm_sync
-from desk_support import (
-    BROWSER_MARKS,
-    chromium,
-    desk_url,
-    go_online,
-    running_desk,
-    submit_login,
-    visitor_writes,
-)
-from desk_support import new_page as blank_page
-from support import apply_lines, running_router
+from support import apply_lines, client_writes, running_router
+from support.crm import linked, running_crm_sync
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, running_desk, submit_login
+from support.desk import new_page as blank_page
 
 from desk.settings import Settings
 from openlines.runner import Service
@@ -66,7 +58,7 @@ async def test_client_card_crm_page_and_supervisor_view_in_a_browser(nc: Any, br
     await expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
     await go_online(page)
 
-    await visitor_writes(nc, "v-br1", "1", "Hello, I want to order 3 chairs", name="Marta Ozola", email="marta@example.com")
+    await client_writes(nc, "v-br1", "1", "Hello, I want to order 3 chairs", name="Marta Ozola", email="marta@example.com")
     item = page.locator('[data-testid="chat-item"]').filter(has_text="Marta Ozola")
     await expect(item).to_be_visible()
     sid = await item.get_attribute("data-session-id")
@@ -115,7 +107,7 @@ async def test_client_card_crm_page_and_supervisor_view_in_a_browser(nc: Any, br
     line = page.locator('[data-testid="sup-line"][data-line-id="support"]')
     await expect(line.get_by_test_id("sup-waiting-count")).to_have_text("0")
     await expect(line.locator('[data-testid="sup-session"]')).to_have_count(1)
-    await visitor_writes(nc, "v-br2", "1", "Hi, are you open today?", name="Liga Waiting")
+    await client_writes(nc, "v-br2", "1", "Hi, are you open today?", name="Liga Waiting")
     await expect(line.get_by_test_id("sup-waiting-count")).to_have_text("1", timeout=10_000)
     await expect(line.locator('[data-testid="sup-waiting-item"]')).to_contain_text("Liga Waiting")
     anna_row = line.locator('[data-testid="sup-operator"][data-operator-id="anna"]')

@@ -10,10 +10,11 @@ import contextlib
 from typing import Any
 
 import msgspec
-from conftest import free_port, wait_for
-from desk_admin_support import DEMO_HASH
-from desk_support import http_session, running_desk, sign_in
 from support import apply_lines, running_router
+from support.desk import http_session, running_desk, sign_in
+from support.desk_admin import DEMO_HASH
+from support.servers import free_port
+from support.timing import wait_for
 
 from desk.http import DESK
 from openlines import bus, subjects

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from desk_support import BROWSER_MARKS, chromium, desk_with_router, go_online, new_page, sign_in_live, visitor_writes
+from support import client_writes
+from support.desk import BROWSER_MARKS, chromium, desk_with_router, go_online, new_page, sign_in_live
 
 pytestmark = BROWSER_MARKS
 
@@ -44,7 +45,7 @@ async def test_operator_sees_the_clock_and_the_supervisor_gets_the_alert(nc: Any
         await sign_in_live(anna, "anna")
         await go_online(anna)
 
-        await visitor_writes(nc, "maria", "m1", "Where is my order?", name="Maria Client")
+        await client_writes(nc, "maria", "m1", "Where is my order?", name="Maria Client")
         item = boris.get_by_test_id("chat-item")
         await expect(item).to_have_count(1)
         clock = item.get_by_test_id("sla-clock")
@@ -76,7 +77,7 @@ async def test_operator_sees_the_clock_and_the_supervisor_gets_the_alert(nc: Any
         await expect(item.get_by_test_id("sla-clock")).to_have_count(0, timeout=WAIT)
 
         # the client writes again: the next-response clock runs, and survives a reload
-        await visitor_writes(nc, "maria", "m2", "Any news?", name="Maria Client")
+        await client_writes(nc, "maria", "m2", "Any news?", name="Maria Client")
         await expect(item.get_by_test_id("sla-clock")).to_have_text(re.compile(r"^next response in \d+:\d\d$"), timeout=WAIT)
         await boris.reload()
         await expect(boris.get_by_test_id("chat-item").get_by_test_id("sla-clock")).to_have_text(

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from desk_admin_support import LINES
-from desk_support import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login, visitor_writes
-from stats_day import DAY, publish_day
-from timing import scaled
+from support import client_writes
+from support.desk import BROWSER_MARKS, chromium, desk_url, desk_with_router, new_page, submit_login
+from support.desk_admin import LINES
+from support.stats_day import DAY, publish_day
+from support.timing import scaled, wait_for
 
 from openlines import commands
 from openlines.commands import SetStatus
@@ -126,7 +126,7 @@ async def test_the_wallboard_follows_a_waiting_chat_until_it_is_offered(nc: Any,
     await expect(page.get_by_test_id("wb-online")).to_have_text("0")
 
     # boris, the only operator of sales, is offline: the chat waits, and the wallboard shows it.
-    await visitor_writes(nc, "client-w", "m1", "Anyone?", account="shop")
+    await client_writes(nc, "client-w", "m1", "Anyone?", account="shop")
     await expect(page.get_by_test_id("wb-waiting")).to_have_text("1", timeout=_long())
     await expect(page.get_by_test_id("wb-longest")).to_contain_text(" s")
     await expect(page.get_by_test_id("wb-today")).to_have_text("1", timeout=_long())

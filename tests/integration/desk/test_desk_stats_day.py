@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import wait_for
-from desk_admin_support import LINES, bearer, conforms, http_session, make_token, sign_in
-from desk_support import desk_with_router, running_desk
-from stats_day import DAY, EXPECTED_OPERATORS, EXPECTED_SALES, EXPECTED_SUPPORT, check_figures, events, publish_day
+from support.desk import desk_with_router, running_desk
+from support.desk_admin import LINES, bearer, conforms, http_session, make_token, sign_in
+from support.stats_day import DAY, EXPECTED_OPERATORS, EXPECTED_SALES, EXPECTED_SUPPORT, check_figures, events, publish_day
+from support.timing import wait_for
 
 from desk.api import PREFIX
 from desk.stats import Aggregator, Trace, read_days, summarise

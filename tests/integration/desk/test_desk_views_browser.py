@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from desk_support import BROWSER_MARKS, chromium, desk_url, new_page, running_desk, sign_in_live, visitor_writes
-from support import apply_lines, running_router
-from views_support import LINES
+from support import apply_lines, client_writes, running_router
+from support.desk import BROWSER_MARKS, chromium, desk_url, new_page, running_desk, sign_in_live
+from support.views import LINES
 
 from desk.settings import Settings
 from openlines.runner import Service
@@ -36,9 +36,9 @@ async def test_an_operator_takes_from_the_queue_tags_searches_and_filters_and_se
         await expect(page.get_by_test_id("status-online")).to_have_attribute("aria-pressed", "true")
         await page.get_by_test_id("status-away").click()  # no offers: the chats stay in the queue
         await expect(page.get_by_test_id("status-away")).to_have_attribute("aria-pressed", "true")
-        await visitor_writes(nc, "Alice Parker", "1", "Where is my parcel?", phone="+371 2000 0001")
-        await visitor_writes(nc, "Bob Stone", "1", "I want a refund", email="bob@example.com")
-        await visitor_writes(nc, "Sam Secret", "1", "About the confidential merger", account="vip")
+        await client_writes(nc, "Alice Parker", "1", "Where is my parcel?", phone="+371 2000 0001")
+        await client_writes(nc, "Bob Stone", "1", "I want a refund", email="bob@example.com")
+        await client_writes(nc, "Sam Secret", "1", "About the confidential merger", account="vip")
 
         # The queue: the waiting chats of boris's line, not the vip line's.
         await page.get_by_test_id("view-queue").click()

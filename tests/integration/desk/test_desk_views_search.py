@@ -13,10 +13,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
-from desk_support import http_session, running_desk, sign_in, visitor_writes
-from support import apply_lines, running_router
-from views_support import LINES
+from support import apply_lines, client_writes, running_router
+from support.desk import http_session, running_desk, sign_in
+from support.timing import wait_for
+from support.views import LINES
 
 from desk.settings import Settings
 from openlines import subjects
@@ -54,9 +54,9 @@ async def until_listed(http: Any, expected: list[str], **params: str) -> list[st
 
 async def clients(nc: Any) -> None:
     """Two clients on support, one on vip, all waiting (nobody is online)."""
-    await visitor_writes(nc, "Alice Parker", "1", "Where is my parcel? Order 5521", phone="+371 2000 0001")
-    await visitor_writes(nc, "Bob Stone", "1", "I want a refund", email="Bob.Stone@Example.com")
-    await visitor_writes(nc, "Sam Secret", "1", "About the confidential merger", account="vip", phone="+44 7700 900123")
+    await client_writes(nc, "Alice Parker", "1", "Where is my parcel? Order 5521", phone="+371 2000 0001")
+    await client_writes(nc, "Bob Stone", "1", "I want a refund", email="Bob.Stone@Example.com")
+    await client_writes(nc, "Sam Secret", "1", "About the confidential merger", account="vip", phone="+44 7700 900123")
 
 
 async def test_the_queue_lists_waiting_chats_of_my_lines_only_and_take_makes_one_mine(nc: Any, desk: Service[Settings]) -> None:
@@ -211,7 +211,7 @@ async def test_every_desk_replica_answers_the_same_and_a_replica_started_later_r
         await until_listed(other, ["Alice Parker"], q="20000001")
         assert (await conversations(other, q="merger"))["ready"] is True
         # What arrives now reaches both.
-        await visitor_writes(nc, "Alice Parker", "2", "The courier never came")
+        await client_writes(nc, "Alice Parker", "2", "The courier never came")
         for http in (first, other):
             await until_listed(http, ["Alice Parker"], q="courier")
 
@@ -223,7 +223,7 @@ async def test_two_operators_taking_the_same_chat_at_once_one_gets_it_and_the_ot
     from openlines.commands import CommandFailed, Take
     from openlines.state import OperatorState, Session
 
-    await visitor_writes(nc, "Alice Parker", "1", "Anyone there?")
+    await client_writes(nc, "Alice Parker", "1", "Anyone there?")
     for op in ("boris", "carol"):
         await call(nc, "status", SetStatus(operator_id=op, status="away"))
     async with http_session(desk) as boris:

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
 from peers.whatsapp_api import contact, message, notification, text
 from support import apply_lines, running_router
-from whatsapp_support import CLIENT, FOLLOW_UP, SHOP, fake_whatsapp, running_gateway, whatsapp_line
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.timing import wait_for
+from support.whatsapp import CLIENT, FOLLOW_UP, SHOP, fake_whatsapp, running_gateway, whatsapp_line
 
 pytestmark = BROWSER_MARKS
 

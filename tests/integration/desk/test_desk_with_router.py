@@ -8,8 +8,9 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import scaled, wait_for
-from desk_support import client_writes, desk_with_router, http_session, sign_in
+from support import client_writes
+from support.desk import desk_with_router, http_session, sign_in
+from support.timing import scaled, wait_for
 
 from desk.settings import Settings
 from openlines import bus, subjects
@@ -69,7 +70,7 @@ async def test_a_client_message_arrives_live_and_the_operator_answers_and_closes
         assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
         await frame_where(ws, lambda f: f == {"type": "status", "status": "online"})
 
-        await client_writes(js, "wc-1", "Hello, my order is late")
+        await client_writes(nc, "visitor-1", "wc-1", "Hello, my order is late", name="Maria Client")
         chat = (await frame_where(ws, lambda f: f["type"] == "chat"))["chat"]
         sid = chat["id"]
         assert chat["client_name"] == "Maria Client" and chat["status"] == "assigned" and chat["line_name"] == "Customer support"
@@ -79,7 +80,7 @@ async def test_a_client_message_arrives_live_and_the_operator_answers_and_closes
         assert "Hello, my order is late" in [e["text"] for e in history["entries"] if e["direction"] == "in"]
 
         # A second message of the client is pushed to the operator holding the chat.
-        await client_writes(js, "wc-2", "Order 1234")
+        await client_writes(nc, "visitor-1", "wc-2", "Order 1234", name="Maria Client")
         msg = await frame_where(ws, lambda f: f["type"] == "message" and f.get("text") == "Order 1234")
         assert msg["session_id"] == sid and msg["direction"] == "in"
 
@@ -122,12 +123,11 @@ async def _with_text(outs: Any, text: str) -> Outbound | None:
 
 
 async def test_someone_elses_chat_cannot_be_touched(nc: Any, http: aiohttp.ClientSession, services: Service[Settings]) -> None:
-    js = nc.jetstream()
     h = await sign_in(http, "anna")
     assert (await http.post("/api/status", json={"status": "online"}, headers=h)).status == 200
     async with http.ws_connect("/ws") as ws:
         await ws.receive_json(timeout=scaled(5))
-        await client_writes(js, "wc-9", "Hi")
+        await client_writes(nc, "visitor-1", "wc-9", "Hi", name="Maria Client")
         sid = (await frame_where(ws, lambda f: f["type"] == "chat"))["chat"]["id"]
     async with http_session(services) as boris:
         hb = await sign_in(boris, "boris")

@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import wait_for
-from desk_support import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
-from servers import creds
 from support import running_router
+from support.desk import BROWSER_MARKS, chromium, desk_url, go_online, new_page, running_desk, sign_in_live
+from support.servers import creds
+from support.timing import wait_for
 
 from desk.settings import Settings
 from gateway_webchat import Settings as WebchatSettings

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from desk_support import running_desk, visitor_writes
-from support import apply_lines, events, running_router
+from support import apply_lines, client_writes, events, running_router
+from support.desk import running_desk
+from support.timing import wait_for
 
 from desk.settings import Settings
 from openlines.commands import SetStatus, call
@@ -43,7 +43,7 @@ async def test_a_breach_is_mailed_once_to_each_address_and_a_refusing_one_gets_i
     }
     async with running_router(nats_server.url), running_desk(nats_server.url, **mail):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        await visitor_writes(nc, "maria", "m1", "hello?", name="Maria\r\nBcc: evil@example.test")
+        await client_writes(nc, "maria", "m1", "hello?", name="Maria\r\nBcc: evil@example.test")
         await wait_for(lambda: events(nc, "sla_breached"), timeout=30, what="the breach")
         await wait_for(lambda: smtp.to("lead@example.test"), timeout=30, what="the alert mailed on retry to lead@")
         await wait_for(lambda: smtp.to("ops@example.test"), what="the alert mailed to ops@")

@@ -12,16 +12,16 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from email_support import mail_flow, mail_lines
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail
-from support import events, history
+from support import events, history, session_of
+from support.email import MAIL, mail_flow, mail_lines
+from support.timing import wait_for
 
 from desk.files import FileStore
-from openlines import bus, files, subjects
+from openlines import files, subjects
 from openlines.commands import Reply, SetStatus, call
 from openlines.envelopes import Attachment
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 pytestmark = pytest.mark.mail
 
@@ -30,12 +30,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(40)
 
 
 async def assigned(nc: Any, address: str) -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("email", "support", subjects.chat_key("email", "support", address))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or "mail" not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions["mail"], Session)
+    s = await session_of(nc, address, **MAIL)
     return s if s is not None and s.operator_id == "anna" else None
 
 

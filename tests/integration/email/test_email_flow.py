@@ -12,15 +12,15 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
-from email_support import assigned_session, consumer_done, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
 from peers.mailservers import (
     Dovecot,
     SmtpSink,
     append,
     client_mail,
 )
-from support import events, history, marks_of
+from support import events, history, marks_of, session_of
+from support.email import MAIL, assigned_session, consumer_done, inbound_mails, mail_flow, mail_lines, outbound_to
+from support.timing import wait_for
 
 from openlines import subjects
 from openlines.commands import Reply, SetStatus, call
@@ -96,7 +96,7 @@ async def test_client_mail_reaches_operator_clean_and_reply_is_threaded_and_answ
 
         entry = (await wait_for(answered, timeout=20, what="client answer in the same session"))[0]
         assert "It ships today" not in entry.text and "Re:" not in entry.text
-        still = await mail_session(nc, "ann@client.example.test")
+        still = await session_of(nc, "ann@client.example.test", **MAIL)
         assert still is not None and still.id == session.id
         assert len(await events(nc, "session_opened")) == 1
 
@@ -150,7 +150,7 @@ async def test_auto_submitted_and_bulk_mail_open_no_chat_list_mail_gets_no_auto_
         assert "vacation@client.example.test not opened as a chat" in noted and "Auto-Submitted: auto-replied" in noted
         assert "bulk@promo.example.test not opened as a chat" in noted and "Precedence: bulk" in noted
         for robot in ("vacation@client.example.test", "bulk@promo.example.test"):
-            assert await mail_session(nc, robot) is None
+            assert await session_of(nc, robot, **MAIL) is None
         # The router still sees them as plain Inbound (the marker is an extra field).
         for e in await inbound_mails(nc):
             msgspec.convert(e, Inbound)

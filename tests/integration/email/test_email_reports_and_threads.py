@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from desk_admin_support import DEMO_HASH
-from desk_support import http_session, running_desk, sign_in
-from email_support import assigned_session, inbound_mails, mail_flow, mail_lines, mail_session, outbound_to
 from peers.mailservers import Dovecot, SmtpSink, append, client_mail
-from support import events, history, marks_of
+from support import events, history, marks_of, session_of
+from support.desk import http_session, running_desk, sign_in
+from support.desk_admin import DEMO_HASH
+from support.email import MAIL, assigned_session, inbound_mails, mail_flow, mail_lines, outbound_to
+from support.timing import wait_for
 
 from openlines import files
 from openlines.commands import Reply, SetStatus, call
@@ -113,7 +113,7 @@ async def test_read_receipt_complaint_delay_and_vacation_reply_open_no_chat_get_
         # Nothing of it reached the router as a message: one client mail, one session, one welcome.
         assert [e["chat_id"] for e in await inbound_mails(nc)] == ["ann@client.example.test"]
         assert len(await events(nc, "session_opened")) == 1
-        assert await mail_session(nc, "fbl@isp.example.test") is None
+        assert await session_of(nc, "fbl@isp.example.test", **MAIL) is None
         assert await outbound_to(nc, "fbl@isp.example.test") == [] and smtp.to("fbl@isp.example.test") == []
         assert [o.auto for o in await outbound_to(nc, "ann@client.example.test")] == [True, False]
         assert all("Human readable part" not in h.text for h in await history(nc, session.id))
@@ -189,8 +189,8 @@ async def test_reply_from_a_colleague_in_copy_joins_the_clients_session_and_is_c
         entry = (await wait_for(bobs_answer, timeout=20, what="the colleague's answer in the client's session"))[0]
         assert entry.text.startswith("[From Bob Colleague <bob@client.example.test>, in this conversation]")
         assert "Which line is wrong" not in entry.text and entry.author_id == "bob@client.example.test"
-        assert len(await events(nc, "session_opened")) == 1 and await mail_session(nc, "bob@client.example.test") is None
-        still = await mail_session(nc, "ann@client.example.test")
+        assert len(await events(nc, "session_opened")) == 1 and await session_of(nc, "bob@client.example.test", **MAIL) is None
+        still = await session_of(nc, "ann@client.example.test", **MAIL)
         assert still is not None and still.id == session.id and still.client_name == "Ann"
 
         # The client card lists both addresses of the conversation, the client's first.

@@ -16,7 +16,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from peers.mailservers import (
     Dovecot,
     SmtpSink,
@@ -29,6 +28,7 @@ from peers.mailservers import (
     running_gateway,
 )
 from support import events
+from support.timing import wait_for
 
 from openlines import bus, subjects
 

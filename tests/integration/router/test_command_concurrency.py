@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from conftest import wait_for
 from peers.natsproxy import NatsProxy
-from support import apply_lines, inbound, line_block, open_session, publish, running_router
+from support import apply_lines, inbound, line_block, publish, running_router, session_of
+from support.timing import wait_for
 
 from openlines.commands import Close, CommandFailed, Result, SetStatus, call
 from openlines.state import Session
@@ -24,7 +24,7 @@ name = "Boris"
 
 async def _assigned(nc: Any, visitor: str) -> Session:
     async def probe() -> Session | None:
-        s = await open_session(nc, "webchat", "demo", visitor, "support")
+        s = await session_of(nc, visitor)
         return s if s is not None and s.status == "assigned" and s.operator_id else None
 
     return await wait_for(probe, timeout=15, what=f"{visitor}'s chat offered")

@@ -11,8 +11,19 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
-from support import apply_lines, events, history, inbound, line_block, open_session, outbound_for, publish, running_router
+from support import (
+    apply_lines,
+    events,
+    history,
+    inbound,
+    line_block,
+    operators_block,
+    outbound_for,
+    publish,
+    running_router,
+    session_of,
+)
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.commands import Accept, CommandFailed, Intercept, Pin, Presence, Reply, SetStatus, Skip, Spam, Transfer, call
@@ -20,14 +31,7 @@ from openlines.envelopes import MSG_ID_HEADER, Attachment, utcnow
 from openlines.state import ClientRecord, OperatorState, Session, client_key
 from router.timers import Timer, schedule
 
-OPS = """
-[operators.anna]
-name = "Anna"
-[operators.boris]
-name = "Boris"
-[operators.vera]
-name = "Vera"
-"""
+OPS = operators_block("anna", "boris", "vera")
 
 
 def line(
@@ -39,10 +43,6 @@ def line(
 async def online(nc: Any, *ops: str) -> None:
     for op in ops:
         await call(nc, "status", SetStatus(operator_id=op, status="online"))
-
-
-async def session_of(nc: Any, visitor: str, account: str = "demo", entry: str = "support") -> Session | None:
-    return await open_session(nc, "webchat", account, visitor, entry)
 
 
 async def held_by(nc: Any, visitor: str, *, status: str = "assigned", **kw: Any) -> Session:

@@ -5,29 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import scaled, wait_for
-from support import apply_lines, events, history, inbound, open_session, outbound_for, publish, running_router
+from support import (
+    apply_lines,
+    client_record,
+    events,
+    held_session,
+    history,
+    inbound,
+    line_block,
+    operators_block,
+    outbound_for,
+    publish,
+    running_router,
+    session_of,
+)
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.commands import Accept, Close, CommandFailed, Reply, SetStatus, call
 from openlines.envelopes import encode
-from openlines.state import ClientRecord, OperatorState, Session, client_key
+from openlines.state import OperatorState
 
 
 async def buckets(nc):  # type: ignore[no-untyped-def]
     return await bus.Buckets(nc.jetstream()).open()
-
-
-async def session_of(nc, visitor: str) -> Session | None:  # type: ignore[no-untyped-def]
-    return await open_session(nc, "webchat", "demo", visitor, "support")
-
-
-async def assigned_session(nc, visitor: str) -> Session:  # type: ignore[no-untyped-def]
-    async def probe() -> Session | None:
-        s = await session_of(nc, visitor)
-        return s if s is not None and s.operator_id else None
-
-    return await wait_for(probe, what=f"session of {visitor} assigned")
 
 
 async def test_two_online_operators_alternate_on_new_visitors(nc, nats_server) -> None:  # type: ignore[no-untyped-def]
@@ -38,7 +39,7 @@ async def test_two_online_operators_alternate_on_new_visitors(nc, nats_server) -
         owners = []
         for i in range(4):
             await publish(nc, inbound(f"v{i}", "hello", "m1"))
-            owners.append((await assigned_session(nc, f"v{i}")).operator_id)
+            owners.append((await held_session(nc, f"v{i}")).operator_id)
         assert owners in (["anna", "boris", "anna", "boris"], ["boris", "anna", "boris", "anna"])
 
 
@@ -47,7 +48,7 @@ async def test_first_message_opens_session_welcomes_and_records_transcript(nc, n
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("vis", "Do you ship to Riga?", "m1", name="Ilze"))
-        s = await assigned_session(nc, "vis")
+        s = await held_session(nc, "vis")
         assert (s.operator_id, s.status, s.client_name) == ("anna", "assigned", "Ilze")
         out = await wait_for(lambda: outbound_for(nc, "vis"), what="welcome")
         assert out[0].auto and out[0].text.startswith("Hello Ilze! You have reached Customer support")
@@ -71,7 +72,7 @@ async def test_same_message_id_after_dedup_window_reaches_transcript_once(nc, na
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("dup", "once", "m1"))
-        s = await assigned_session(nc, "dup")
+        s = await held_session(nc, "dup")
         # Past JetStream's dedup window the stream stores a resend again: play that
         # by publishing the same envelope without its Nats-Msg-Id.
         again = inbound("dup", "once", "m1")
@@ -87,7 +88,7 @@ async def test_reply_accept_and_close(nc, nats_server) -> None:  # type: ignore[
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("v", "hi", "m1"))
-        s = await assigned_session(nc, "v")
+        s = await held_session(nc, "v")
         res = await call(nc, "accept", Accept(operator_id="anna", session_id=s.id))
         assert res.session is not None and res.session.status == "answered"
         r1 = await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Yes we do", client_msg_id="r1"))
@@ -105,7 +106,7 @@ async def test_reply_accept_and_close(nc, nats_server) -> None:  # type: ignore[
         assert [e.session_id for e in await events(nc, "session_closed")] == [s.id]
         # writing again opens a new session
         await publish(nc, inbound("v", "one more thing", "m2"))
-        s2 = await assigned_session(nc, "v")
+        s2 = await held_session(nc, "v")
         assert s2.id != s.id
 
 
@@ -114,7 +115,7 @@ async def test_commands_are_validated(nc, nats_server) -> None:  # type: ignore[
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("v", "hi", "m1"))
-        s = await assigned_session(nc, "v")
+        s = await held_session(nc, "v")
         with pytest.raises(CommandFailed) as err:
             await call(nc, "reply", Reply(operator_id="boris", session_id=s.id, text="mine now", client_msg_id="x"))
         assert err.value.result.error == "forbidden"
@@ -143,8 +144,8 @@ async def test_chats_wait_fifo_until_an_operator_comes_online(nc, nats_server) -
         assert (await session_of(nc, "first")).status == "waiting"  # type: ignore[union-attr]
         assert len(await wait_for(lambda: events(nc, "session_waiting"), what="waiting events")) >= 1
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        first = await assigned_session(nc, "first")
-        second = await assigned_session(nc, "second")
+        first = await held_session(nc, "first")
+        second = await held_session(nc, "second")
         assert first.operator_id == second.operator_id == "anna"
         assert first.assigned_at is not None and second.assigned_at is not None
         assert first.assigned_at <= second.assigned_at
@@ -155,7 +156,7 @@ async def test_operator_going_away_hands_unanswered_chats_to_the_next(nc, nats_s
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("v", "hi", "m1"))
-        s = await assigned_session(nc, "v")
+        s = await held_session(nc, "v")
         assert s.operator_id == "anna"
         await call(nc, "status", SetStatus(operator_id="boris", status="online"))
         await call(nc, "status", SetStatus(operator_id="anna", status="away"))
@@ -175,18 +176,12 @@ async def test_line_config_hot_reloads(nc, nats_server) -> None:  # type: ignore
     await apply_lines(nc)
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        text = (
-            '[operators.anna]\nname = "Anna"\n[[lines]]\nid = "support"\nname = "Support"\n'
-            'channels = [{ channel = "webchat", account = "other" }]\n[lines.queue]\noperators = ["anna"]\n'
-        )
+        text = operators_block("anna") + line_block(account="other", operators='"anna"')
         await apply_lines(nc, text)
         await publish(nc, inbound("v2", "hi", "m1", account="other"))
 
         async def probe() -> bool:
-            b = await buckets(nc)
-            key = client_key("webchat", "other", subjects.chat_key("webchat", "other", "v2"))
-            rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-            return rec is not None
+            return await client_record(nc, "v2", account="other") is not None
 
         await wait_for(probe, what="message on the newly bound account handled")
 

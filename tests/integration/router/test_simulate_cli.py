@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_for
-from support import apply_lines, inbound, outbound_for, publish, running_router
+from support import apply_lines, inbound, line_block, operators_block, outbound_for, publish, running_router, session_of
+from support.timing import wait_for
 
-from openlines import bus, subjects
+from openlines import bus
 from openlines.commands import SetStatus, call
 from openlines.envelopes import utcnow
 from openlines.lines import parse
-from openlines.state import ClientRecord, OperatorState, Session, client_key
+from openlines.state import OperatorState, Session
 from router.core.simulate import OperatorSim, simulate
 
 LINES = """
@@ -133,14 +133,7 @@ def test_malformed_arguments_are_usage_errors(tmp_path: Path) -> None:
 
 # ---------------------------------------------- the simulation = the real router
 
-OPS = """
-[operators.anna]
-name = "Anna"
-[operators.boris]
-name = "Boris"
-[operators.vera]
-name = "Vera"
-"""
+OPS = operators_block("anna", "boris", "vera")
 
 
 async def _operators(nc: Any, ids: list[str]) -> list[OperatorSim]:
@@ -164,14 +157,8 @@ async def _operators(nc: Any, ids: list[str]) -> list[OperatorSim]:
 
 
 async def _settled(nc: Any, visitor: str, *, waits: bool, entry: str = "support") -> Session:
-    b = await bus.Buckets(nc.jetstream()).open()
-
     async def probe() -> Session | None:
-        key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-        rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-        if rec is None or entry not in rec.open_sessions:
-            return None
-        s, _ = await bus.kv_get(b.sessions, rec.open_sessions[entry], Session)
+        s = await session_of(nc, visitor, line=entry)
         if s is None:
             return None
         return s if (s.status == "waiting" if waits else bool(s.operator_id or s.offered_to)) else None
@@ -207,11 +194,7 @@ async def _check(nc: Any, text: str, visitor: str, name: str, ops: list[str]) ->
 
 
 async def test_simulation_matches_the_router_for_round_robin_with_a_welcome(nc: Any, nats_server: Any) -> None:
-    text = OPS + (
-        '[[lines]]\nid = "support"\nname = "Support"\nchannels = [{ channel = "webchat", account = "demo" }]\n'
-        '[lines.queue]\noperators = ["anna", "boris", "vera"]\n'
-        '[lines.auto_replies]\nwelcome = "Hello {client_name}, this is {line_name}."\n'
-    )
+    text = OPS + line_block(operators='"anna", "boris", "vera"', replies='welcome = "Hello {client_name}, this is {line_name}."')
     await apply_lines(nc, text)
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
@@ -224,13 +207,14 @@ async def test_simulation_matches_the_router_for_round_robin_with_a_welcome(nc: 
 
 async def test_simulation_matches_the_router_for_an_out_of_hours_redirect(nc: Any, nats_server: Any) -> None:
     never = 'days_off = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]'
-    text = OPS + (
-        '[[lines]]\nid = "support"\nname = "Support"\nchannels = [{ channel = "webchat", account = "demo" }]\n'
-        '[lines.queue]\noperators = ["anna"]\n'
-        f'[lines.hours]\nenabled = true\n{never}\noutside = "redirect"\nredirect_line = "night"\n'
-        '[lines.auto_replies]\noutside_hours = "Closed, {client_name}: the night shift answers."\n'
-        '[[lines]]\nid = "night"\nname = "Night"\nchannels = [{ channel = "webchat", account = "night" }]\n'
-        '[lines.queue]\noperators = ["vera", "boris"]\nmode = "all"\n'
+    text = (
+        OPS
+        + line_block(
+            operators='"anna"',
+            hours=f'enabled = true\n{never}\noutside = "redirect"\nredirect_line = "night"',
+            replies='outside_hours = "Closed, {client_name}: the night shift answers."',
+        )
+        + line_block("night", account="night", operators='"vera", "boris"', queue='mode = "all"')
     )
     await apply_lines(nc, text)
     async with running_router(nats_server.url):
@@ -240,10 +224,9 @@ async def test_simulation_matches_the_router_for_an_out_of_hours_redirect(nc: An
 
 
 async def test_simulation_matches_the_router_for_a_full_queue_telling_the_position(nc: Any, nats_server: Any) -> None:
-    text = OPS + (
-        '[[lines]]\nid = "support"\nname = "Support"\nchannels = [{ channel = "webchat", account = "demo" }]\n'
-        '[lines.queue]\noperators = ["anna", "boris"]\nmax_chats_per_operator = 1\ntell_position = true\n'
-        '[lines.auto_replies]\nwelcome = "Hi {client_name}"\nqueue_position = "You are number {position}."\n'
+    text = OPS + line_block(
+        queue="max_chats_per_operator = 1\ntell_position = true",
+        replies='welcome = "Hi {client_name}"\nqueue_position = "You are number {position}."',
     )
     await apply_lines(nc, text)
     async with running_router(nats_server.url):

@@ -5,25 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import wait_for
-from support import apply_lines, events, history, inbound, publish, running_router, session_of, sla_lines, sla_timers
+from support import (
+    apply_lines,
+    events,
+    held_session,
+    history,
+    inbound,
+    publish,
+    running_router,
+    sla_lines,
+    sla_timers,
+)
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.commands import Close, Reply, SetStatus, call
 from openlines.envelopes import SessionEvent
-from openlines.state import Session
 
 TARGET = 2  # seconds
 
 LINES = sla_lines(TARGET, next_response=TARGET, welcome="Welcome!")
-
-
-async def assigned(nc: Any, visitor: str) -> Session:
-    async def probe() -> Session | None:
-        s = await session_of(nc, visitor)
-        return s if s is not None and s.operator_id else None
-
-    return await wait_for(probe, what=f"the chat of {visitor} offered")
 
 
 async def caught_up(nc: Any) -> bool:
@@ -53,7 +54,7 @@ async def test_unanswered_first_message_raises_one_sla_breached_for_the_line(nc:
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("v1", "hello?", "m1"))
-        s = await assigned(nc, "v1")
+        s = await held_session(nc, "v1")
         found = await wait_for(lambda: breaches(nc, s.id), timeout=30, what="sla_breached")
         await wait_for(lambda: timer_gone(nc, s.id), what="the SLA timer done")
         await publish(nc, inbound("v1", "still there?", "m2"))  # more waiting raises no second alert for the same clock
@@ -72,7 +73,7 @@ async def test_operator_reply_in_time_raises_nothing(nc: Any, nats_server: Any) 
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("v2", "hello?", "m1"))
-        s = await assigned(nc, "v2")
+        s = await held_session(nc, "v2")
         await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
         await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi!", client_msg_id="r1"))
         # The timer comes due after the answer, finds its clock stopped and is removed, raising nothing.
@@ -85,7 +86,7 @@ async def test_client_writing_after_an_operator_starts_the_next_response_clock(n
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("v3", "hello?", "m1"))
-        s = await assigned(nc, "v3")
+        s = await held_session(nc, "v3")
         await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi! How can I help?", client_msg_id="r1"))
         await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the first-response timer fired as stale")
         await publish(nc, inbound("v3", "my order is late", "m2"))
@@ -100,7 +101,7 @@ async def test_closed_session_stops_its_clock(nc: Any, nats_server: Any) -> None
     async with running_router(nats_server.url):
         await call(nc, "status", SetStatus(operator_id="anna", status="online"))
         await publish(nc, inbound("v4", "hello?", "m1"))
-        s = await assigned(nc, "v4")
+        s = await held_session(nc, "v4")
         await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
         await call(nc, "accept", _accept(s.id))
         await call(nc, "close", Close(operator_id="anna", session_id=s.id))

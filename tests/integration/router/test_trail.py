@@ -21,15 +21,14 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import wait_for
-from desk_admin_support import DEMO_HASH, bearer, make_token
-from desk_support import desk_with_router, http_session, sign_in, visitor_writes
-from support import history
+from support import client_writes, history, session_by_id, session_of
+from support.desk import desk_with_router, http_session, sign_in
+from support.desk_admin import DEMO_HASH, bearer, make_token
+from support.timing import wait_for
 
 from desk.api import PREFIX
 from openlines import bus, subjects
 from openlines.envelopes import SessionEvent
-from openlines.state import ClientRecord, Session, client_key
 
 LINES = f"""
 [operators.anna]
@@ -106,32 +105,19 @@ class Op:
         return await self.do(f"/api/sessions/{sid}/{action}", body)
 
 
-async def _session(nc: Any, sid: str) -> Session:
-    b = await bus.Buckets(nc.jetstream()).open()
-    s, _ = await bus.kv_get(b.sessions, sid, Session)
-    assert s is not None, sid
-    return s
-
-
 async def _opened(nc: Any, visitor: str, status: str, operator: str = "") -> str:
     """The id of the session ``visitor`` opened, once it is ``status`` (with ``operator``)."""
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
 
     async def probe() -> str | None:
-        rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-        sid = rec.open_sessions.get("support") if rec else None
-        if not sid:
-            return None
-        s = await _session(nc, sid)
-        return sid if s.status == status and s.operator_id == operator else None
+        s = await session_of(nc, visitor)
+        return s.id if s is not None and s.status == status and s.operator_id == operator else None
 
     return await wait_for(probe, timeout=15, what=f"{visitor}'s chat {status} {operator}")
 
 
 async def _status_is(nc: Any, sid: str, status: str, operator: str) -> None:
     async def probe() -> bool:
-        s = await _session(nc, sid)
+        s = await session_by_id(nc, sid)
         return s.status == status and s.operator_id == operator
 
     await wait_for(probe, timeout=15, what=f"{sid} {status} with {operator}")
@@ -150,7 +136,7 @@ async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_
         root = Op(h_root, await sign_in(h_root, "root"))
 
         # Queued: nobody is online. Then offered to Anna as she comes online; accepted; pinned, unpinned, pinned.
-        await visitor_writes(nc, "v1", "m1", "Hello")
+        await client_writes(nc, "v1", "m1", "Hello")
         s1 = await _opened(nc, "v1", "waiting")
         await anna.status("online")
         await _status_is(nc, s1, "assigned", "anna")
@@ -160,7 +146,7 @@ async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_
 
         # Skipped by Anna, offered to Boris, accepted, transferred to Anna, accepted by her.
         await boris.status("online")
-        await visitor_writes(nc, "v2", "m1", "Question")
+        await client_writes(nc, "v2", "m1", "Question")
         s2 = await _opened(nc, "v2", "assigned", "anna")
         await anna.on(s2, "skip")
         await _status_is(nc, s2, "assigned", "boris")
@@ -169,14 +155,14 @@ async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_
         await anna.on(s2, "accept")
 
         # Offered to Anna, intercepted by a supervisor before anyone answered: answered, and counted so.
-        await visitor_writes(nc, "v3", "m1", "Urgent")
+        await client_writes(nc, "v3", "m1", "Urgent")
         s3 = await _opened(nc, "v3", "assigned", "anna")
         await root.on(s3, "intercept")
 
         # Anna goes away: her pinned chat stays, the other answered one moves on (reassign_on_status = "all").
         await anna.status("away")
         await _status_is(nc, s2, "assigned", "boris")
-        assert (await _session(nc, s1)).operator_id == "anna"
+        assert (await session_by_id(nc, s1)).operator_id == "anna"
         # Boris accepts it, transfers it to the sales line - where he takes it again - and closes it.
         await boris.on(s2, "accept")
         await boris.on(s2, "transfer", {"to_line": "sales"})
@@ -185,20 +171,20 @@ async def test_every_transition_is_an_event_and_a_transcript_line_and_the_three_
         await boris.on(s2, "close")
         # Anna closes her pinned chat from away; the client rates the conversation.
         await anna.on(s1, "close")
-        await visitor_writes(nc, "v1", "m2", "5")
+        await client_writes(nc, "v1", "m2", "5")
 
         # Closed without an answer (missed); answered by a reply and left open; offered and left unanswered.
-        await visitor_writes(nc, "v4", "m1", "Anyone?")
+        await client_writes(nc, "v4", "m1", "Anyone?")
         s4 = await _opened(nc, "v4", "assigned", "boris")
         await boris.on(s4, "close")
-        await visitor_writes(nc, "v5", "m1", "Price?")
+        await client_writes(nc, "v5", "m1", "Price?")
         s5 = await _opened(nc, "v5", "assigned", "boris")
         await boris.on(s5, "reply", {"text": "10 euros", "client_msg_id": "r1"})
-        await visitor_writes(nc, "v6", "m1", "Hi")
+        await client_writes(nc, "v6", "m1", "Hi")
         s6 = await _opened(nc, "v6", "assigned", "boris")
 
         async def rated() -> bool:
-            return (await _session(nc, s1)).rating == 5
+            return (await session_by_id(nc, s1)).rating == 5
 
         await wait_for(rated, timeout=15, what="v1's rating")
 

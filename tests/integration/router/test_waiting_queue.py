@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from conftest import scaled, wait_for
+from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
 from openlines.state import QueuedChat, WaitingQueue, queue_key, waiting_key

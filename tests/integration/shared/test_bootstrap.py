@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import scaled
+from support.timing import scaled
 
 from openlines import bus, subjects
 from openlines.apply import apply, load_lines
@@ -96,7 +96,8 @@ async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tm
     now waits and retries (it neither crashes nor gives up), and is up once the cluster is whole."""
     import asyncio
 
-    from conftest import NatsCluster, creds, wait_for
+    from support.servers import NatsCluster, creds
+    from support.timing import wait_for
 
     from openlines.runner import launch
     from openlines.settings import BaseSettings
@@ -128,9 +129,9 @@ async def test_a_service_waits_for_a_cluster_that_cannot_hold_its_streams_yet(tm
 async def test_a_service_whose_set_up_gets_no_answer_from_nats_starts_over(nc: Any, nats_server: Any, service: str) -> None:
     """A service restarted while NATS cannot answer (a node restarting, a leader being elected) used to
     exit in its set-up (found by the fault suite: router and crm-sync, after a kill next to a NATS fault)."""
-    from crm_support import running_crm_sync
     from peers.natsproxy import NatsProxy
     from support import running_router
+    from support.crm import running_crm_sync
 
     from crm_sync.backends.builtin import BUCKETS
 

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import msgspec
-from servers import KEYS  # make dev prepares the store as the admin identity of its own keys
+from support.servers import KEYS  # make dev prepares the store as the admin identity of its own keys
 
 from openlines import bus
 from openlines.apply import apply, live

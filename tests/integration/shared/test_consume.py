@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import msgspec
-from conftest import wait_for
 from nats.aio.msg import Msg
 from nats.js import api as js_api
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.consume import Durable, dead_letter, keep_alive

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.follow import Follow

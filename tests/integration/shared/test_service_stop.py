@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import creds
+from support.servers import creds
 
 from openlines.runner import Service, launch
 from openlines.settings import BaseSettings

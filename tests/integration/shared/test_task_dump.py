@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import free_port, wait_for
-from servers import ServiceProcess
+from support.servers import ServiceProcess, free_port
+from support.timing import wait_for
 
 
 async def _answers(port: int) -> bool:

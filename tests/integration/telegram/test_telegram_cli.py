@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from telegram_support import SALES, SUPPORT, bots_json, fake_telegram
+from support.telegram import SALES, SUPPORT, bots_json, fake_telegram
 
 from openlines.cli import main
 

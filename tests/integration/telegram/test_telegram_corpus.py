@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from corpus import params
-from telegram_support import SUPPORT, fake_telegram, inbound_of, running_gateway, stream_size
+from support.corpus import params
+from support.telegram import SUPPORT, fake_telegram, inbound_of, running_gateway, stream_size
+from support.timing import wait_for
 
 TOKEN = SUPPORT["token"]
 

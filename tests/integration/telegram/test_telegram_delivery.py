@@ -9,28 +9,23 @@ import time
 from typing import Any
 
 from aiohttp import web
-from conftest import wait_for
 from peers.telegram_api import FakeTelegram, message_update
-from support import apply_lines, events, history, marks_of, running_router
-from telegram_support import SUPPORT, fake_telegram, running_gateway, telegram_line
+from support import apply_lines, events, history, marks_of, running_router, session_of
+from support.telegram import SUPPORT, fake_telegram, running_gateway, telegram_line
+from support.timing import wait_for
 
 from desk.files import FileStore
-from openlines import bus, subjects
+from openlines import subjects
 from openlines.commands import Reply, SetStatus, call
 from openlines.envelopes import MSG_ID_HEADER, Attachment, Outbound, encode, utcnow
-from openlines.state import ClientRecord, Session, client_key
+from openlines.state import Session
 
 TOKEN = SUPPORT["token"]
 ACCOUNT = "support_bot"
 
 
 async def session_for(nc: Any, chat: int, line: str = "tg") -> Session | None:
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("telegram", ACCOUNT, subjects.chat_key("telegram", ACCOUNT, str(chat)))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or line not in rec.open_sessions:
-        return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
+    s = await session_of(nc, str(chat), channel="telegram", account=ACCOUNT, line=line)
     return s if s is not None and s.operator_id == "anna" else None
 
 

@@ -15,11 +15,11 @@ import struct
 import zlib
 from typing import Any
 
-from conftest import wait_for
-from corpus import CORPUS
 from peers.telegram_api import message_update, user
 from support import events
-from telegram_support import SUPPORT, fake_telegram, inbound_of, running_gateway
+from support.corpus import CORPUS
+from support.telegram import SUPPORT, fake_telegram, inbound_of, running_gateway
+from support.timing import wait_for
 
 from desk.files import FileStore
 from openlines import files, subjects

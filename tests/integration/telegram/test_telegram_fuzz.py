@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from telegram_support import SUPPORT, fake_telegram, running_gateway, stream_size
+from support.telegram import SUPPORT, fake_telegram, running_gateway, stream_size
 
 # OPENLINES_FUZZ_EXAMPLES: make chaos runs 10,000 per test.
 FUZZ = settings(

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from conftest import wait_for
-from telegram_support import fake_telegram, running_gateway
+from support.telegram import fake_telegram, running_gateway
+from support.timing import wait_for
 
 from gateway_telegram.sent import SentRecord, open_bucket
 from openlines import subjects

@@ -7,9 +7,9 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from conftest import wait_for
 from peers.telegram_api import message_update, user
-from telegram_support import SALES, SUPPORT, fake_telegram, inbound_of, running_gateway, stream_size
+from support.telegram import SALES, SUPPORT, fake_telegram, inbound_of, running_gateway, stream_size
+from support.timing import wait_for
 
 from openlines import bus, subjects
 from openlines.envelopes import SessionEvent

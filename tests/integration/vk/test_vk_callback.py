@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from conftest import wait_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from peers.vk_api import FakeVk
-from vk_support import (
+from support.timing import wait_for
+from support.vk import (
     ACCOUNT,
     CONFIRMATION,
     GROUP_ID,

@@ -13,10 +13,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from corpus import params
 from peers.vk_api import FakeVk
-from vk_support import CONFIRMATION, GROUP_ID, SECRET, fake_vk, in_count, published, running_gateway
+from support.corpus import params
+from support.timing import wait_for
+from support.vk import CONFIRMATION, GROUP_ID, SECRET, fake_vk, in_count, published, running_gateway
 
 from openlines import runner
 

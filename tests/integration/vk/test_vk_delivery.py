@@ -7,10 +7,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
 from peers.vk_api import FakeVk
 from support import marks_of
-from vk_support import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, failures, fake_vk, running_gateway, sender
+from support.timing import wait_for
+from support.vk import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, failures, fake_vk, running_gateway, sender
 
 from gateway_vk.core.outbound import random_id
 from gateway_vk.service import VK

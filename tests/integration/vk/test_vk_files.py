@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from conftest import wait_for
-from vk_support import ACCOUNT, GROUP_ID, failures, fake_vk, published, running_gateway, sender
+from support.timing import wait_for
+from support.vk import ACCOUNT, GROUP_ID, failures, fake_vk, published, running_gateway, sender
 
 from desk.files import FileStore
 from openlines import files, subjects

@@ -7,10 +7,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from peers.vk_api import FakeVk
-from support import apply_lines, history, open_session, running_router
-from vk_support import ACCOUNT, fake_vk, running_gateway, sender
+from support import apply_lines, history, running_router, session_of
+from support.timing import wait_for
+from support.vk import ACCOUNT, fake_vk, running_gateway, sender
 
 from gateway_vk.core.outbound import random_id
 from openlines.commands import Reply, SetStatus, call
@@ -37,8 +37,8 @@ async def vk() -> AsyncIterator[FakeVk]:
     await fake.stop()
 
 
-async def session_of(nc: Any, peer: int) -> Session | None:
-    s = await open_session(nc, "vk", ACCOUNT, str(peer), "vk-support")
+async def assigned(nc: Any, peer: int) -> Session | None:
+    s = await session_of(nc, str(peer), channel="vk", account=ACCOUNT, line="vk-support")
     return s if s is not None and s.status == "assigned" else None
 
 
@@ -50,7 +50,7 @@ async def test_a_vk_client_and_an_operator_talk_and_resends_never_double(nats_se
             cb = sender(http, gw)
             first = cb.message_new("Hello, is my order ready?", from_id=1001, event_id="ev-a")
             assert await cb.post(first) == (200, "ok")
-            session = await wait_for(lambda: session_of(nc, 1001), timeout=15, what="session assigned")
+            session = await wait_for(lambda: assigned(nc, 1001), timeout=15, what="session assigned")
             assert (session.operator_id, session.client_name, session.chat_id) == ("anna", "Ivan Petrov", "1001")
             assert await cb.post(first, retry=1) == (200, "ok")  # VK resends: no answer reached it
 

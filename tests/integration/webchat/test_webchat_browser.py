@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from servers import creds
-from webchat_support import bind_widget_accounts, customer_site
+from support.servers import creds
+from support.timing import wait_for
+from support.webchat import bind_widget_accounts, customer_site
 
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT

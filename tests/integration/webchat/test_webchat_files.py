@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
-from servers import creds
-from webchat_support import bind_widget_accounts, open_visitor, recv
+from support.servers import creds
+from support.timing import wait_for
+from support.webchat import bind_widget_accounts, open_visitor, recv
 
 from desk.files import FileStore
 from gateway_webchat import Settings, setup

@@ -9,10 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import scaled, wait_for
 from nats.js import JetStreamContext
-from servers import creds
-from webchat_support import bind_widget_accounts, hello_frame, open_visitor, recv
+from support.servers import creds
+from support.timing import scaled, wait_for
+from support.webchat import bind_widget_accounts, hello_frame, open_visitor, recv
 
 from gateway_webchat import Settings, setup
 from gateway_webchat.service import WEBCHAT

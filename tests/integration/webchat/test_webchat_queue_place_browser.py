@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from support import apply_lines, inbound, open_session, publish
-from webchat_support import widget_in_chromium
+from support import apply_lines, inbound, publish, session_of
+from support.timing import wait_for
+from support.webchat import widget_in_chromium
 
 from openlines.commands import Close, SetStatus, call
 from openlines.state import Session
@@ -44,7 +44,7 @@ queue_position = "You are number {{position}}."
 
 async def with_status(nc: Any, visitor: str, status: str) -> Session:
     async def probe() -> Session | None:
-        s = await open_session(nc, "webchat", "demo", visitor, "site")
+        s = await session_of(nc, visitor, line="site")
         return s if s is not None and s.status == status else None
 
     return await wait_for(probe, what=f"{visitor}'s chat {status}")

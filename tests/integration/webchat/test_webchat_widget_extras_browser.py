@@ -9,12 +9,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import wait_for
-from desk_admin_support import DEMO_HASH
-from desk_support import new_page, running_desk, sign_in_live
-from servers import creds
-from support import apply_lines, events
-from webchat_support import customer_site, widget_in_chromium
+from support import apply_lines, events, session_of
+from support.desk import new_page, running_desk, sign_in_live
+from support.desk_admin import DEMO_HASH
+from support.servers import creds
+from support.timing import wait_for
+from support.webchat import customer_site, widget_in_chromium
 
 from gateway_webchat import Settings, setup
 from openlines import bus, runner, subjects
@@ -63,15 +63,7 @@ async def widget(nats_server: Any, nc: Any) -> AsyncIterator[tuple[Any, Any]]:
 async def visitor_session(nc: Any, page: Any) -> Session | None:
     """The visitor's open session once it is Anna's."""
     visitor = await page.evaluate("window.openlinesWidget.visitor")
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key("webchat", "demo", subjects.chat_key("webchat", "demo", visitor))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
-    if rec is None or not rec.sessions_total:
-        return None
-    sid = rec.open_sessions.get("site")
-    if sid is None:
-        return None
-    s, _ = await bus.kv_get(b.sessions, sid, Session)
+    s = await session_of(nc, visitor, line="site")
     return s if s is not None and s.operator_id == "anna" else None  # offered to Anna: she may answer
 
 
@@ -384,7 +376,7 @@ async def test_the_operator_sees_when_the_visitor_has_read_a_reply_and_a_visitor
         replies = [m for m in await page.evaluate("window.openlinesWidget.transcript") if m["kind"] == "in" and not m["auto"]]
         [reply] = replies
         import aiohttp
-        from webchat_support import connect, recv
+        from support.webchat import connect, recv
 
         async with aiohttp.ClientSession() as http:
             other, welcome = await connect(http, f"http://127.0.0.1:{gateway.port}")

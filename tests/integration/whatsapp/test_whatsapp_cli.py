@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from whatsapp_support import APP_SECRET, SHOP, VERIFY_TOKEN, accounts_json, fake_whatsapp, running_gateway
+from support.whatsapp import APP_SECRET, SHOP, VERIFY_TOKEN, accounts_json, fake_whatsapp, running_gateway
 
 from openlines.cli import main
 

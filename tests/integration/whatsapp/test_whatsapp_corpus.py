@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
-from corpus import params
 from peers.whatsapp_api import FakeWhatsApp
-from whatsapp_support import SHOP, events_of, fake_whatsapp, inbound_of, running_gateway
+from support.corpus import params
+from support.timing import wait_for
+from support.whatsapp import SHOP, events_of, fake_whatsapp, inbound_of, running_gateway
 
 # (file, case) -> a piece of the text the operator reads (files are named by their case)
 EXPECTED_TEXT: dict[tuple[str, str], str] = {

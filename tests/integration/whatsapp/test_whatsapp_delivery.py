@@ -9,10 +9,10 @@ from typing import Any
 
 import aiohttp
 import msgspec
-from conftest import wait_for
 from peers.whatsapp_api import FakeWhatsApp
 from support import marks_of
-from whatsapp_support import CLIENT, SALES, SHOP, events_of, fake_whatsapp, running_gateway
+from support.timing import wait_for
+from support.whatsapp import CLIENT, SALES, SHOP, events_of, fake_whatsapp, running_gateway
 
 from desk.files import FileStore
 from gateway_whatsapp.normalise import decode_callback

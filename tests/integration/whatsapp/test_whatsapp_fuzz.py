@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from whatsapp_support import APP_SECRET, SHOP, fake_whatsapp, running_gateway
+from support.whatsapp import APP_SECRET, SHOP, fake_whatsapp, running_gateway
 
 from gateway_whatsapp.http import SIGNATURE_HEADER, signature
 from openlines import subjects

@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import wait_for
 from peers.whatsapp_api import FakeWhatsApp, contact, message, new_wamid, notification, text
-from whatsapp_support import (
+from support.timing import wait_for
+from support.whatsapp import (
     APP,
     CLIENT,
     SALES,

@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from corpus import CORPUS
 from peers.bitrix24 import parse_php_query, running_bitrix24
+from support.corpus import CORPUS
 
 from crm_sync.backends.base import Activity, CrmRejected, CrmUnavailable, Entity, Matches
 from crm_sync.backends.bitrix24 import Bitrix24Backend, Bitrix24Client, LeakyBucket, Tokens, query_string

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rules_support import chat, line
+from support.rules import chat, line
 
 from router.core import autoreply
 

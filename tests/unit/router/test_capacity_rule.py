@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
-from rules_support import NOW, chat, operator
+from support.rules import NOW, chat, operator
 
 from openlines.lines import QueueConfig
 from router.core import capacity

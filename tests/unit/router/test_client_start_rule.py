@@ -3,7 +3,7 @@ in the write that links the session, and a redelivery of it only finishes a star
 
 from __future__ import annotations
 
-from rules_support import NOW, chat
+from support.rules import NOW, chat
 
 from openlines.envelopes import ClientProfile, Inbound
 from openlines.state import ClientRecord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from rules_support import line, office_hours
+from support.rules import line, office_hours
 
 from router.core import opening
 

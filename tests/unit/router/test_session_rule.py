@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from rules_support import NOW, chat
+from support.rules import NOW, chat
 
 from router.core import flood
 from router.core import session as transition

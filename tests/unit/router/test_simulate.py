@@ -5,19 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from support import line_block
+from support import line_block, operators_block
 
 from openlines.lines import LinesFile, parse
 from router.core.simulate import OperatorSim, Outcome, simulate
 
-OPS = """
-[operators.anna]
-name = "Anna"
-[operators.boris]
-name = "Boris"
-[operators.vera]
-name = "Vera"
-"""
+OPS = operators_block("anna", "boris", "vera")
 
 WEEKDAYS_9_18 = (
     'weekly = { mon = ["09:00-18:00"], tue = ["09:00-18:00"], wed = ["09:00-18:00"], '

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from rules_support import NOW, chat, line, office_hours, operator
+from support.rules import NOW, chat, line, office_hours, operator
 
 from openlines.envelopes import ClientProfile, Inbound
 from openlines.state import ClientRecord

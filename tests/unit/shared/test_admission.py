@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import wait_for
+from support.timing import wait_for
 
 from openlines.admission import Admission, Limits, Overloaded, overloaded_response
 

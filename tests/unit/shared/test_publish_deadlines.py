@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from support.timing import wait_for
 
 from openlines.bus import Deadlines
 

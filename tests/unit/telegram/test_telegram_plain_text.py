@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corpus import corpus_files, params
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.corpus import corpus_files, params
 
 from gateway_telegram.normalise import normalise, parse_update, plain_text
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from corpus import corpus_files, params
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.corpus import corpus_files, params
 
 from gateway_vk.normalise import CallbackError, parse_callback, parse_message_new, plain_message
 

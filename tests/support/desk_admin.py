@@ -7,14 +7,13 @@ from typing import Any
 
 import aiohttp
 import jsonschema
-from desk_support import SECRET as SECRET  # re-exported for the admin, API and fuzz tests
-from desk_support import http_session as http_session
-from desk_support import running_desk as running_desk
-from desk_support import try_sign_in
-from desk_support import visitor_writes as visitor_writes
 from nats.aio.client import Client as NATS
 
 from desk.tokens import TokenStore, new_token, open_bucket
+from support.desk import SECRET as SECRET  # re-exported for the admin, API and fuzz tests
+from support.desk import http_session as http_session
+from support.desk import running_desk as running_desk
+from support.desk import try_sign_in
 
 # argon2 hash of "demo" (as in deploy/lines.example.toml)
 DEMO_HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"

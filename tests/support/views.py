@@ -6,21 +6,21 @@ vip; carol and anna). Anna is a supervisor.
 
 from __future__ import annotations
 
-HASH = "$argon2id$v=19$m=65536,t=3,p=4$lnVxAV5jr5Rkxs+g7cYYUA$RpI/HRgy0qV+aC6PirWrn3wZwtzmyU/zjbOpAstaqWg"  # "demo"
+from support.desk_admin import DEMO_HASH  # of the password "demo"
 
 LINES = f"""
 [operators.anna]
 name = "Anna Petrova"
-password_hash = "{HASH}"
+password_hash = "{DEMO_HASH}"
 roles = ["operator", "supervisor"]
 
 [operators.boris]
 name = "Boris Ivanov"
-password_hash = "{HASH}"
+password_hash = "{DEMO_HASH}"
 
 [operators.carol]
 name = "Carol Smith"
-password_hash = "{HASH}"
+password_hash = "{DEMO_HASH}"
 
 [[lines]]
 id = "support"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 # OPENLINES_CORPUS_DIR: another copy of the corpus (one being collected, before it is added beside the repo).
-CORPUS = Path(os.environ.get("OPENLINES_CORPUS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "corpus")
+CORPUS = Path(os.environ.get("OPENLINES_CORPUS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "corpus")
 
 
 def corpus_files(kind: str, suffix: str) -> list[Path]:

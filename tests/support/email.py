@@ -8,13 +8,15 @@ from typing import Any
 
 import msgspec
 from peers.mailservers import Dovecot, SmtpSink, mailbox_config, running_gateway
-from support import apply_lines, line_block, open_session, running_router
 
 from openlines import bus, subjects
 from openlines.envelopes import Outbound
 from openlines.state import Session
+from support import apply_lines, line_block, running_router, session_of
 
 WELCOME = "Thank you for writing, we answer within a day."
+# A mail client's chat as session_of finds it: the "support" mailbox feeds line "mail".
+MAIL = {"channel": "email", "account": "support", "line": "mail"}
 
 
 def mail_lines(*, welcome: str = WELCOME, password_hash: str = "") -> str:
@@ -41,13 +43,9 @@ async def mail_flow(
         yield gw
 
 
-async def mail_session(nc: Any, address: str, account: str = "support", line: str = "mail") -> Session | None:
-    return await open_session(nc, "email", account, address, line)
-
-
 async def assigned_session(nc: Any, address: str) -> Session | None:
     """The client's session once it is offered to an operator (only then may they reply)."""
-    s = await mail_session(nc, address)
+    s = await session_of(nc, address, **MAIL)
     return s if s is not None and s.status in ("assigned", "answered") and s.operator_id else None
 
 

@@ -10,11 +10,12 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.telegram_api import FakeTelegram
-from servers import creds
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound
 from openlines.runner import Service, launch
+from support import line_block, operators_block
+from support.servers import creds
 
 BOTS = [
     {
@@ -72,9 +73,8 @@ async def running_gateway(
     nats_url: str, peer: FakeTelegram, *, set_webhooks: bool = True, **overrides: Any
 ) -> AsyncIterator[Service[Any]]:
     """The gateway in-process on a free port; each bot's webhook points at it (as set-webhook does)."""
-    from conftest import wait_for
-
     from gateway_telegram.service import TELEGRAM, setup
+    from support.timing import wait_for
 
     svc = await launch("gateway-telegram", gateway_settings(nats_url, peer.base, **overrides), setup, first_attempts=5)
     try:
@@ -100,9 +100,6 @@ async def stream_size(nc: NATS, stream: str = subjects.STREAM_IN) -> int:
 
 
 def telegram_line(account: str = "support_bot", ops: str = '"anna"', line_id: str = "tg", extra: str = "") -> str:
-    return (
-        '[operators.anna]\nname = "Anna"\n'
-        f'[[lines]]\nid = "{line_id}"\nname = "Telegram support"\n'
-        f'channels = [{{ channel = "telegram", account = "{account}" }}]\n'
-        f"[lines.queue]\noperators = [{ops}]\nmax_chats_per_operator = 5\n{extra}\n"
-    )
+    channels = f'[{{ channel = "telegram", account = "{account}" }}]'
+    queue = f"max_chats_per_operator = 5\n{extra}"  # extra: more keys of the queue
+    return operators_block("anna") + line_block(line_id, name="Telegram support", channels=channels, operators=ops, queue=queue)

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import scaled
-from servers import ServiceProcess
-from webchat_support import hello_frame
 
-ROOT = Path(__file__).resolve().parent.parent
+from support.servers import ServiceProcess
+from support.timing import scaled
+from support.webchat import hello_frame
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # -- operators at the desk -------------------------------------------------------------------------
 

@@ -11,11 +11,11 @@ import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.vk_api import CallbackSender, FakeVk
-from servers import creds
 
 from gateway_vk import Settings, setup
 from openlines import bus, runner, subjects
 from openlines.envelopes import Inbound, SessionEvent
+from support.servers import creds
 
 ACCOUNT = "shop"
 GROUP_ID = 555

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import wait_for
 from nats.aio.client import Client as NATS
-from servers import ServiceProcess, free_port
+
 from support import apply_lines
+from support.servers import ServiceProcess, free_port
+from support.timing import wait_for
 
 SECRET = "widget-secret-0123456789abcdef-Kq7Zt9Wm3xRv"
 
@@ -136,11 +137,11 @@ async def widget_in_chromium(nats_url: str, *, width: int = 1200, height: int = 
     """The router and the webchat gateway running, its demo page open in Chromium: (page, gateway).
     The lines must be applied first (the gateway serves only accounts a line is bound to)."""
     from playwright.async_api import async_playwright
-    from servers import creds
-    from support import running_router
 
     from gateway_webchat import Settings, setup
     from openlines import runner
+    from support import running_router
+    from support.servers import creds
 
     settings = Settings(
         nats_url=nats_url,

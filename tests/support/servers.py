@@ -18,11 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from timing import scaled
-
 from openlines import natsauth
+from support.timing import scaled
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AUTH_CONF = ROOT / "deploy" / "nats" / "auth.conf"
 
 # One key per identity of auth.conf, made for this run only.

@@ -9,8 +9,6 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
-from servers import creds
-from timing import scaled
 
 from openlines import bus, subjects
 from openlines.apply import apply, live
@@ -28,27 +26,58 @@ from openlines.envelopes import (
 from openlines.lines import load, parse
 from openlines.runner import Service, launch
 from openlines.state import ClientRecord, Session, client_key
+from support.servers import creds
+from support.timing import scaled, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_LINES = ROOT / "deploy" / "lines.example.toml"
 
 
-async def open_session(nc: NATS, channel: str, account: str, chat_id: str, line: str) -> Session | None:
-    """The client's open session on ``line`` (the line their channel feeds), as the router stored it; None before."""
-    b = await bus.Buckets(nc.jetstream()).open()
-    key = client_key(channel, account, subjects.chat_key(channel, account, chat_id))
-    rec, _ = await bus.kv_get(b.clients, key, ClientRecord)
+async def session_of(
+    nc: NATS, chat_id: str, *, channel: str = "webchat", account: str = "demo", line: str = "support"
+) -> Session | None:
+    """The open session of a client's chat on ``line`` (the line their channel feeds), as the router stored it:
+    None before the chat's first message and once the session is closed. By default a webchat visitor of
+    account ``demo`` on line ``support``."""
+    rec = await client_record(nc, chat_id, channel=channel, account=account)
     if rec is None or line not in rec.open_sessions:
         return None
-    s, _ = await bus.kv_get(b.sessions, rec.open_sessions[line], Session)
+    s, _ = await bus.kv_get((await bus.Buckets(nc.jetstream()).open()).sessions, rec.open_sessions[line], Session)
     return s
 
 
-async def session_of(
-    nc: NATS, chat_id: str, *, line: str = "support", channel: str = "webchat", account: str = "demo"
-) -> Session | None:
-    """:func:`open_session`, by default of a webchat visitor of account ``demo`` on line ``support``."""
-    return await open_session(nc, channel, account, chat_id, line)
+async def client_record(nc: NATS, chat_id: str, *, channel: str = "webchat", account: str = "demo") -> ClientRecord | None:
+    """The router's record of the client of a chat (profile, open sessions); None before their first message."""
+    b = await bus.Buckets(nc.jetstream()).open()
+    rec, _ = await bus.kv_get(b.clients, client_key(channel, account, subjects.chat_key(channel, account, chat_id)), ClientRecord)
+    return rec
+
+
+async def session_by_id(nc: NATS, session_id: str) -> Session:
+    """The session as the router stored it; the test fails when there is none."""
+    s, _ = await bus.kv_get((await bus.Buckets(nc.jetstream()).open()).sessions, session_id, Session)
+    assert s is not None, f"no session {session_id}"
+    return s
+
+
+async def held_session(
+    nc: NATS,
+    chat_id: str,
+    *,
+    channel: str = "webchat",
+    account: str = "demo",
+    line: str = "support",
+    other_than: str = "",
+    timeout: float = 15,
+) -> Session:
+    """The chat's open session (as :func:`session_of`) once an operator holds it, offered or accepted;
+    ``other_than`` passes over an earlier session of the chat."""
+
+    async def probe() -> Session | None:
+        s = await session_of(nc, chat_id, channel=channel, account=account, line=line)
+        return s if s is not None and s.operator_id and s.id != other_than else None
+
+    return await wait_for(probe, timeout=timeout, what=f"an operator holding {channel}/{chat_id}'s session on {line}")
 
 
 async def sla_timers(nc: NATS, session_id: str) -> int:
@@ -64,9 +93,7 @@ def sla_lines(first: int, *, next_response: int = 0, welcome: str = "") -> str:
         f"\nnext_response_seconds = {next_response}" if next_response else ""
     )
     replies = f'welcome = "{welcome}"' if welcome else ""
-    return '[operators.anna]\nname = "Anna"\n' + line_block(
-        operators='"anna"', queue="wait_seconds = 60", replies=replies, extra=sla
-    )
+    return operators_block("anna") + line_block(operators='"anna"', queue="wait_seconds = 60", replies=replies, extra=sla)
 
 
 async def router_answers(nc: NATS) -> bool:
@@ -78,9 +105,15 @@ async def router_answers(nc: NATS) -> bool:
     return True
 
 
+def operators_block(*ids: str) -> str:
+    """The ``[operators.<id>]`` tables of a lines file, each named after its id (``anna`` is "Anna")."""
+    return "".join(f'[operators.{op}]\nname = "{op.capitalize()}"\n' for op in ids)
+
+
 def line_block(
     line_id: str = "support",
     *,
+    name: str = "",
     account: str = "demo",
     channels: str = "",
     operators: str = '"anna", "boris"',
@@ -91,11 +124,12 @@ def line_block(
     crm: str = "",
     extra: str = "",
 ) -> str:
-    """One ``[[lines]]`` block of a lines file: the line on the webchat ``account`` (or ``channels``, a TOML list)
-    with ``operators`` (TOML list items) in its queue; each other section is written only when given a body."""
+    """One ``[[lines]]`` block of a lines file: the line (``name``: "Line <id>" unless given) on the webchat
+    ``account`` (or ``channels``, a TOML list) with ``operators`` (TOML list items) in its queue; each other
+    section is written only when given a body."""
     channels = channels or f'[{{ channel = "webchat", account = "{account}" }}]'
     text = (
-        f'\n[[lines]]\nid = "{line_id}"\nname = "Line {line_id}"\nchannels = {channels}\n'
+        f'\n[[lines]]\nid = "{line_id}"\nname = "{name or f"Line {line_id}"}"\nchannels = {channels}\n'
         f"[lines.queue]\noperators = [{operators}]\n{queue}\n"
     )
     for section, body in (("hours", hours), ("auto_replies", replies), ("session", session), ("crm", crm)):
@@ -131,14 +165,15 @@ async def running_router(url: str, **overrides: Any) -> AsyncIterator[Service[An
         await svc.stop()
 
 
-def inbound(visitor: str, text: str, msg: str, account: str = "demo", name: str = "") -> Inbound:
+def inbound(visitor: str, text: str, msg: str, account: str = "demo", name: str = "", **profile: str) -> Inbound:
+    """Message ``msg`` of a webchat visitor as the gateway makes it (``profile``: the client's phone, email)."""
     return Inbound(
         id=f"webchat:{account}:{visitor}:{msg}",
         channel="webchat",
         account=account,
         chat_id=visitor,
         user_id=visitor,
-        profile=ClientProfile(name=name),
+        profile=ClientProfile(name=name, **profile),
         text=text,
         channel_msg_id=msg,
         received_at=utcnow(),
@@ -151,6 +186,12 @@ async def publish(nc: NATS, env: Inbound) -> bool:
         subjects.inbound(env.channel, env.account, env.chat_id), encode(env), headers={MSG_ID_HEADER: env.id}
     )
     return bool(ack.duplicate)
+
+
+async def client_writes(nc: NATS, visitor: str, msg: str, text: str, account: str = "demo", **profile: str) -> None:
+    """Message ``msg`` of a webchat visitor, published like the gateway does; the client's name is ``visitor``
+    unless ``profile`` gives one."""
+    await publish(nc, inbound(visitor, text, msg, account, **{"name": visitor, **profile}))
 
 
 async def history(nc: NATS, session_id: str) -> list[HistoryEntry]:

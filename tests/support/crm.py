@@ -7,33 +7,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from conftest import wait_for
-from servers import creds
-from support import events, open_session
-
 from openlines import subjects
 from openlines.envelopes import ClientProfile, Inbound, SessionEvent, utcnow
 from openlines.runner import Service, launch
 from openlines.state import Session
+from support import events, held_session, line_block, operators_block, session_of
+from support.servers import creds
+from support.timing import wait_for
 
 CRM_API_TOKEN = "crm-read-api-test-token-0123-Kq7Zt9Wm3xRv"  # what a caller of crm-sync's read API sends as Bearer
 
-OPS = """
-[operators.anna]
-name = "Anna"
-[operators.boris]
-name = "Boris"
-"""
+OPS = operators_block("anna", "boris")
 
 
 def crm_line(crm: str = "", *, line_id: str = "sales", queue: str = "", ops: str = '"anna", "boris"') -> str:
     """A line fed by the demo widget and a Telegram bot, with the CRM binding on."""
-    return (
-        f'[[lines]]\nid = "{line_id}"\nname = "Sales"\n'
-        'channels = [{ channel = "webchat", account = "demo" }, { channel = "telegram", account = "shopbot" }]\n'
-        f"[lines.queue]\noperators = [{ops}]\n{queue}\n"
-        f"[lines.crm]\nenabled = true\n{crm}\n"
-    )
+    channels = '[{ channel = "webchat", account = "demo" }, { channel = "telegram", account = "shopbot" }]'
+    return line_block(line_id, name="Sales", channels=channels, operators=ops, queue=queue, crm=f"enabled = true\n{crm}")
 
 
 def telegram(user: str, text: str, msg: str, *, name: str = "", phone: str = "", email: str = "") -> Inbound:
@@ -73,25 +63,16 @@ async def linked(nc: Any, session_id: str, timeout: float = 15) -> SessionEvent:
     return await wait_for(probe, timeout=timeout, what=f"crm_linked for {session_id}")
 
 
-async def session_of(nc: Any, channel: str, account: str, chat: str, line: str = "sales") -> Session | None:
-    return await open_session(nc, channel, account, chat, line)
-
-
 async def opened(nc: Any, channel: str, account: str, chat: str, line: str = "sales") -> Session:
     async def probe() -> Session | None:
-        return await session_of(nc, channel, account, chat, line)
+        return await session_of(nc, chat, channel=channel, account=account, line=line)
 
     return await wait_for(probe, timeout=15, what=f"session of {channel}/{chat}")
 
 
 async def assigned(nc: Any, channel: str, account: str, chat: str, other_than: str = "", line: str = "sales") -> Session:
     """The client's open session once it is offered to an operator."""
-
-    async def probe() -> Session | None:
-        s = await session_of(nc, channel, account, chat, line)
-        return s if s is not None and s.operator_id and s.id != other_than else None
-
-    return await wait_for(probe, timeout=15, what=f"session of {channel}/{chat} offered")
+    return await held_session(nc, chat, channel=channel, account=account, line=line, other_than=other_than)
 
 
 # -- one CRM under test: the built-in CRM or the Bitrix24 peer, counted the same way -----------------

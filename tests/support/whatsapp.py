@@ -10,11 +10,11 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from peers.whatsapp_api import FakeWhatsApp
-from servers import creds
 
 from openlines import bus, subjects
 from openlines.envelopes import Inbound, SessionEvent
 from openlines.runner import Service, launch
+from support.servers import creds
 
 APP = "main"
 APP_SECRET = "5f3c9a1d7e2b4c6a8f0e1d3c5b7a9e2f"  # the shape of a Meta app secret: 32 hex characters
@@ -68,9 +68,8 @@ def gateway_settings(nats_url: str, api_base: str, **overrides: Any) -> Any:
 @asynccontextmanager
 async def running_gateway(nats_url: str, peer: FakeWhatsApp, **overrides: Any) -> AsyncIterator[Service[Any]]:
     """The gateway in-process on a free port; the peer's webhook points at it (as the Meta app's callback URL)."""
-    from conftest import wait_for
-
     from gateway_whatsapp.service import WHATSAPP, setup
+    from support.timing import wait_for
 
     svc = await launch("gateway-whatsapp", gateway_settings(nats_url, peer.base, **overrides), setup, first_attempts=5)
     try:

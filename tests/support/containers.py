@@ -24,14 +24,14 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from conftest import free_port, scaled, wait_for
-from servers import KEYS
 
 from openlines import natsauth
+from support.servers import KEYS, free_port
+from support.timing import scaled, wait_for
 
 T = TypeVar("T")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PREFIX = os.environ.get("OPENLINES_IMAGE_PREFIX", "localhost/openlines-")
 TAG = os.environ.get("OPENLINES_IMAGE_TAG", "latest")

@@ -1,5 +1,5 @@
 """Helpers shared by the desk tests: the desk (and router) on a real nats-server, sign-in over HTTP and in
-headless Chromium, a client writing on the webchat."""
+headless Chromium (a client writing is support.client_writes)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 from nats.aio.client import Client as NATS
-from servers import creds
-from support import apply_lines, running_router
 
 from desk.app import setup
 from desk.settings import Settings
-from openlines import subjects
-from openlines.envelopes import MSG_ID_HEADER, ClientProfile, Inbound, encode, utcnow
 from openlines.runner import Service, launch
+from support import apply_lines, running_router
+from support.servers import creds
 
 SECRET = "desk-test-cookie-secret-0123456-Kq7Zt9Wm3xRv"
 CHROMIUM = "/usr/bin/chromium"
@@ -77,40 +75,6 @@ async def sign_in(http: aiohttp.ClientSession, login: str) -> dict[str, str]:
     csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
     assert csrf
     return {"X-CSRF-Token": csrf.group(1)}
-
-
-async def client_writes(js: Any, msg_id: str, text: str, visitor: str = "visitor-1", name: str = "Maria Client") -> None:
-    """A client's message on the webchat account "demo", published like the gateway does."""
-    inbound = Inbound(
-        id=msg_id,
-        channel="webchat",
-        account="demo",
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(name=name),
-        text=text,
-        received_at=utcnow(),
-    )
-    ack = await js.publish(subjects.inbound("webchat", "demo", visitor), encode(inbound), headers={MSG_ID_HEADER: msg_id})
-    assert ack.seq
-
-
-async def visitor_writes(nc: NATS, visitor: str, msg: str, text: str, account: str = "demo", **profile: str) -> None:
-    """Message ``msg`` of a webchat visitor, published like the gateway does; the client's name is ``visitor``
-    unless ``profile`` gives one."""
-    env = Inbound(
-        id=f"webchat:{account}:{visitor}:{msg}",
-        channel="webchat",
-        account=account,
-        chat_id=visitor,
-        user_id=visitor,
-        profile=ClientProfile(**{"name": visitor, **profile}),
-        text=text,
-        received_at=utcnow(),
-    )
-    subject = subjects.inbound("webchat", account, visitor)
-    ack = await nc.jetstream().publish(subject, encode(env), headers={MSG_ID_HEADER: env.id})
-    assert ack.seq
 
 
 @asynccontextmanager
