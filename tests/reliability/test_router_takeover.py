@@ -396,6 +396,37 @@ async def test_nothing_newer_of_a_partition_starts_before_what_a_killed_holder_h
     assert order.index("a-1") < order.index("a-2"), order
 
 
+async def test_a_message_handed_back_after_a_read_by_sequence_failed_is_routed_when_the_read_works_again(
+    nc: Any, nats_server: Any
+) -> None:
+    """Decision 033: a replica takes a partition whose killed holder had a message in hand, and its read of the
+    partition's messages by sequence times out (NATS slow: the request lost, as when a node of three is killed).
+    The message is handed back; nats-server keeps the consumer's acknowledgement floor below it (another
+    partition's message lies between) until it is acknowledged - so waiting for the floor would wait for ever.
+    The router reads again and routes it. (Found by a loaded CI run: 340 messages never routed after a node kill.)"""
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    p = subjects.partition_of("webchat", "demo", "h1")
+    other = next(c for c in (f"o{i}" for i in range(1000)) if subjects.partition_of("webchat", "demo", c) != p)
+    await publish(nc, inbound(other, "another partition's", "1"))  # stream seq 1, before the partition's message
+    await _killed_holder(nc, nats_server, p, in_hand=1, first=[inbound("h1", "hello", "m1")], then=[])
+    proxy = NatsProxy(nats_server.port)
+    await proxy.start()
+    try:
+        lost = proxy.drop(f"$JS.API.STREAM.MSG.GET.{subjects.STREAM_IN}", times=2)
+
+        async def routed() -> list[str] | None:
+            texts = [e.text for e in await _routed_in(js)]
+            return texts if "hello" in texts else None
+
+        async with running_router(proxy.url, partition_lease_seconds=30, ack_wait=60):
+            texts = await wait_for(routed, timeout=60, what="the handed-back message routed")
+    finally:
+        await proxy.stop()
+    assert lost.fired == 2, "the read by sequence never failed: the test did not test"
+    assert texts.count("hello") == 1, texts
+
+
 async def test_a_replica_whose_nats_connection_drops_keeps_or_regains_its_partitions(
     nc: Any, nats_server: Any, tmp_path: Path
 ) -> None:

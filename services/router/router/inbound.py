@@ -85,6 +85,7 @@ HAND_BACK_AT_MOST = 4096
 READ_AT_MOST = 512
 ORDER_POLL = 0.05  # seconds between looks at the ack floor while a message waits for another holder's
 ORDER_RECHECK = 1.0  # a waiting message looks again at least this often, woken or not
+UNREAD_WARN = 6  # failed reads by sequence in a row (paced 0.05 s doubling to 2 s) before a warning
 
 _decode = msgspec.json.Decoder(Inbound)
 
@@ -218,11 +219,13 @@ class _Order:
         self._wake = asyncio.Event()
 
     async def _watch_consumer(self) -> None:
-        """Looks at the consumer while a message waits: at once while a delivery is not accounted for, every
-        ``ORDER_POLL`` while one waits for the floor; ends when nothing waits."""
-        attempt = 0
+        """Looks at the consumer while a message waits: at once while a delivery is not accounted for, again and
+        again (paced) while partition messages are left unread, every ``ORDER_POLL`` while one waits for the
+        floor; ends when nothing waits."""
+        attempt = unread = 0
         try:
             while not self.stop.is_set():
+                known = self.core.known_to
                 try:
                     await self.read()
                     attempt = 0
@@ -231,6 +234,17 @@ class _Order:
                     log.info("partition consumer not read", extra={"consumer": self.durable, "error": repr(exc)})
                     await pause(self.stop, backoff(attempt, 0.1, 2.0))
                     continue
+                if self.core.unread():  # more than one read takes (it got on: at once), or a read failed (paced)
+                    unread = 0 if self.core.known_to > known else unread + 1
+                    if unread == UNREAD_WARN:  # ~3 s: the grant missing (docs/operations.md), or NATS away
+                        log.warning(
+                            "partition messages still not read: messages of the partition wait for them",
+                            extra={"consumer": self.durable, "known_to": self.core.known_to},
+                        )
+                    if unread:
+                        await pause(self.stop, backoff(unread, ORDER_POLL, 2.0))
+                    continue
+                unread = 0
                 if self.core.needs_read():
                     continue  # another delivery went elsewhere meanwhile
                 if not self.waiting["floor"]:

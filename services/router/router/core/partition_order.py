@@ -16,7 +16,10 @@ The rule: a message *s* of client *c* starts only when
    messages between the consumer's acknowledgement floor and its last delivery at the last read that were not
    given here, read from the stream with their client (``unknown``), until the floor passes them or they are
    given here (a message given here is worked in its client's lane, in stream order, by the shell);
-3. none of them is unread (more than a read may take): then *s* waits until the floor is past all before it.
+3. none of them is unread (a read by sequence that failed, or more than a read may take): then *s* waits until
+   the floor is past all before it, or a later read gets to them. The shell reads again while anything is
+   unread - the floor alone is not enough: nats-server keeps it below a pending message that follows other
+   partitions' messages until that message is acknowledged (:meth:`PartitionOrder.unread`).
 
 On the common path - one holder - every delivery comes here in order, nothing is read and (1)-(3) are a few
 comparisons. A delivery missing (a number skipped) means another holder: the consumer and the new part of the
@@ -95,8 +98,17 @@ class PartitionOrder:
         return True
 
     def needs_read(self) -> bool:
-        """Whether the consumer and the stream must be read: never yet, or a delivery went elsewhere."""
-        return not self.synced or bool(self.ahead)
+        """Whether the consumer and the stream must be read: never yet, a delivery went elsewhere, or the last read
+        left messages unread (:meth:`unread`)."""
+        return not self.synced or bool(self.ahead) or self.unread()
+
+    def unread(self) -> bool:
+        """Whether partition messages the last read should have learned were not read (a read by sequence that
+        failed, or more than one read takes). Waiting for the floor alone is not enough then: nats-server moves
+        the floor only when its oldest delivery is acknowledged, and with nothing pending it jumps to the last
+        delivery - so while a message in this holder's hand is pending after other partitions' messages, the
+        floor may stay below it until it is acknowledged, which it is not before it starts. Read again."""
+        return max(self.known_to, self.floor) < self.unread_to
 
     def scan_from(self) -> int:
         """The first stream sequence the next read of the stream starts at."""
