@@ -37,11 +37,9 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Histogram
 
 from openlines import bus, subjects
@@ -71,8 +69,6 @@ READ_BY_SEQUENCE = Counter(
     "openlines_router_inbound_read_by_sequence_total", "Partition messages read from OL_IN to learn their client"
 )
 
-# Failures that say "the bus is not there right now", not "this message is bad".
-TRANSIENT = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError, ConnectionClosedError, TimeoutError)
 MAX_OTHER_FAILURES = 5
 # A cluster node killed -9 leaves its streams without a leader for the server's election timeout
 # (4-9 s in nats-server); retried at this pace, routing carries on within half a second of the new
@@ -425,7 +421,7 @@ async def _handle(engine: Engine, m: Msg, envelope: Inbound | None, stop: asynci
             HANDLED.labels("ok").inc()
             return
         except Exception as exc:
-            transient = isinstance(exc, TRANSIENT) or bus.storing_already(exc)
+            transient = isinstance(exc, bus.UNAVAILABLE) or bus.storing_already(exc)
             failures += 0 if transient else 1
             HANDLED.labels("retry").inc()
             log.warning(
