@@ -113,6 +113,25 @@ async def owned(procs: list[Proc]) -> list[int]:
     return out
 
 
+async def order_counts(procs: list[Proc]) -> dict[str, float]:
+    """What keeping each client's messages in order cost (decision 033), summed over the replicas' /metrics:
+    looks at a partition consumer beyond the first of each partition mean a delivery went to another holder."""
+    names = {
+        "partition_reads": "openlines_router_inbound_partition_reads_total",
+        "read_by_sequence": "openlines_router_inbound_read_by_sequence_total",
+        "held_back": "openlines_router_inbound_held_back_total",
+    }
+    out = dict.fromkeys(names, 0.0)
+    async with aiohttp.ClientSession() as http:
+        for p in procs:
+            async with http.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as r:
+                text = await r.text()
+            for key, name in names.items():
+                m = re.search(rf"^{name} (\S+)$", text, re.M)
+                out[key] += float(m.group(1)) if m else 0.0
+    return out
+
+
 async def settled(procs: list[Proc], progress: Progress, stable_for: float = 5.0, timeout: float = 45.0) -> float:
     """Wait until the partitions are split evenly and stay so for ``stable_for`` s (see the P3 note on
     partitions.py: a joining replica makes the first lose its leases ~14 s later). Returns seconds waited."""
@@ -192,6 +211,7 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
             cpu = {k: round(v / elapsed, 2) for k, v in used.items()}
             got = len(assigned)
             after = await snapshot(procs, workdir, 2)
+            order = await order_counts(procs)
         finally:
             for p in procs:
                 p.stop()
@@ -222,6 +242,7 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
         "cas_conflict_rate": conflict_rate,
         "cpu_ms_per_decision": {"routers": router_ms, "nats-server": nats_ms},
         "ops_per_decision": {k: round(v / max(got, 1), 2) for k, v in sorted(counts.items())},
+        "order": order,
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -40,6 +40,17 @@ log = logging.getLogger("openlines.bus")
 T = TypeVar("T")
 
 DAY = 24 * 3600.0
+
+# Failures that say "the bus is not there right now" - a time-out, no responders, a stream leader being elected,
+# the connection closed - not "this is wrong": what met one is tried again.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    NatsTimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ConnectionClosedError,
+    TimeoutError,
+)
 
 # Per stream: how long messages live and the dedup window. The dedup window
 # covers messenger retries and widget reconnects; after it, consumers dedup

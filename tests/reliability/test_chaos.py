@@ -97,6 +97,7 @@ OPERATORS = [f"op{i}" for i in range(1, 6)]
 SECRET = "chaos-webchat-secret-0123456789-Kq7Zt9Wm3xRv"
 ANSWER = "Answer"
 PRESENCE_GRACE = 10  # seconds a page may be gone before its operator counts as offline
+RESTARTS_BEFORE_FAILING = 3  # a process that ends by itself this often fails the run (with its log)
 ACK_WAIT = 5.0  # crm-sync's ack_wait here: the throttling window below outlasts it
 VISITOR_SOCKETS = int(os.environ.get("OPENLINES_CHAOS_VISITOR_SOCKETS", "2000"))  # visitors waiting on an open socket at once
 LINES = (
@@ -440,13 +441,19 @@ async def run_chaos(
     background: list[asyncio.Task[None]] = []
     unexpected: list[str] = []
 
+    broken: list[str] = []  # a process that keeps ending by itself: the run fails at once, with its log
+
     async def orchestrator() -> None:
         # Like a container runtime with restart=always: a process that ends by itself is started again.
+        ended: dict[str, int] = {}
         while not done.is_set():
             for name, p in procs.items():
                 code = p.exited()
                 if code is not None:
                     unexpected.append(f"{name} exited with {code}")
+                    ended[name] = ended.get(name, 0) + 1
+                    if ended[name] == RESTARTS_BEFORE_FAILING:  # e.g. its port taken: it will never come back
+                        broken.append(f"{name} ended by itself {ended[name]} times, last with {code}:\n{p.tail()}")
                     p.start()
             try:
                 await asyncio.wait_for(done.wait(), timeout=0.5)
@@ -471,6 +478,7 @@ async def run_chaos(
         operators = [DeskOperator(op, "demo", desks, ANSWER) for op in OPERATORS]
 
         async def all_serving() -> bool:
+            assert not broken, "\n\n".join(broken)  # fail now, not after the wait's time-out
             # crm-sync says "not ready" while the CRM throttles it: alive is enough here.
             checks = [
                 _ready(int(p.env["OPENLINES_HTTP_PORT"]), "healthz" if name.startswith("crm") else "readyz")

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
+from prometheus_client import REGISTRY
 from support import apply_lines, history, inbound, publish, running_router
 from support.timing import wait_for
 
@@ -26,6 +27,8 @@ from openlines.state import ClientRecord, OperatorState, Session, client_key
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLIENTS = int(os.environ.get("OPENLINES_BURST_CLIENTS", "1000"))
+# Messages of a partition in hand at once (decision 029): the shipped default unless the environment says.
+IN_HAND = {"in_hand": int(os.environ["OPENLINES_IN_HAND"])} if os.environ.get("OPENLINES_IN_HAND") else {}
 OPERATORS = [f"op{i}" for i in range(1, 6)]
 MAX_CHATS = 3
 
@@ -90,7 +93,7 @@ async def test_two_replicas_burst_of_new_clients_capacity_order_and_exactly_once
 
     async with AsyncExitStack() as stack:
         for _ in range(2):
-            await stack.enter_async_context(running_router(nats_server.url))
+            await stack.enter_async_context(running_router(nats_server.url, **IN_HAND))
         leases = await nc.jetstream().key_value(subjects.KV_ROUTER)
 
         async def split() -> bool:
@@ -135,6 +138,18 @@ async def test_two_replicas_burst_of_new_clients_capacity_order_and_exactly_once
             t.cancel()
         await watcher.stop()
 
+    print(  # how often two replicas held a partition at once, and what that cost (decisions 029, 033)
+        "\nleases lost: {:.0f}, partition consumers read again: {:.0f}, messages held back: {:.0f}".format(
+            *(
+                REGISTRY.get_sample_value(name) or 0.0
+                for name in (
+                    "openlines_router_partition_leases_lost_total",
+                    "openlines_router_inbound_partition_reads_total",
+                    "openlines_router_inbound_held_back_total",
+                )
+            )
+        )
+    )
     assert max(most.values()) <= MAX_CHATS, most
     assert all(most[op] > 0 for op in OPERATORS), most  # everyone took part
     for v in visitors:

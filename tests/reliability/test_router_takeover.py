@@ -396,6 +396,37 @@ async def test_nothing_newer_of_a_partition_starts_before_what_a_killed_holder_h
     assert order.index("a-1") < order.index("a-2"), order
 
 
+async def test_a_message_handed_back_after_a_read_by_sequence_failed_is_routed_when_the_read_works_again(
+    nc: Any, nats_server: Any
+) -> None:
+    """Decision 033: a replica takes a partition whose killed holder had a message in hand, and its read of the
+    partition's messages by sequence times out (NATS slow: the request lost, as when a node of three is killed).
+    The message is handed back; nats-server keeps the consumer's acknowledgement floor below it (another
+    partition's message lies between) until it is acknowledged - so waiting for the floor would wait for ever.
+    The router reads again and routes it. (Found by a loaded CI run: 340 messages never routed after a node kill.)"""
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    p = subjects.partition_of("webchat", "demo", "h1")
+    other = next(c for c in (f"o{i}" for i in range(1000)) if subjects.partition_of("webchat", "demo", c) != p)
+    await publish(nc, inbound(other, "another partition's", "1"))  # stream seq 1, before the partition's message
+    await _killed_holder(nc, nats_server, p, in_hand=1, first=[inbound("h1", "hello", "m1")], then=[])
+    proxy = NatsProxy(nats_server.port)
+    await proxy.start()
+    try:
+        lost = proxy.drop(f"$JS.API.STREAM.MSG.GET.{subjects.STREAM_IN}", times=2)
+
+        async def routed() -> list[str] | None:
+            texts = [e.text for e in await _routed_in(js)]
+            return texts if "hello" in texts else None
+
+        async with running_router(proxy.url, partition_lease_seconds=30, ack_wait=60):
+            texts = await wait_for(routed, timeout=60, what="the handed-back message routed")
+    finally:
+        await proxy.stop()
+    assert lost.fired == 2, "the read by sequence never failed: the test did not test"
+    assert texts.count("hello") == 1, texts
+
+
 async def test_a_replica_whose_nats_connection_drops_keeps_or_regains_its_partitions(
     nc: Any, nats_server: Any, tmp_path: Path
 ) -> None:
@@ -437,3 +468,76 @@ async def test_a_replica_whose_nats_connection_drops_keeps_or_regains_its_partit
         for r in procs:
             r.stop()
         await relay.stop()
+
+
+async def _waiting_pulls(js: Any, durable: str) -> int:
+    try:
+        return int((await js.consumer_info(subjects.STREAM_IN, durable)).num_waiting or 0)
+    except Exception:
+        return 0
+
+
+async def test_a_clients_later_message_waits_for_the_earlier_one_an_old_holders_pull_request_got(
+    nc: Any, nats_server: Any
+) -> None:
+    """Decision 029, amended: a replica that lost partition p's lease (its renewal came late, or a probe took it)
+    still has a pull request outstanding on the partition consumer - it has not noticed yet. The replica that took
+    p read the consumer before the client wrote: nothing was in hand. The client's first message goes to the old
+    holder's pull request, its second to the new holder, which must not route the second before the first (the
+    old holder, stopping, gives the first back). Another client's message of the partition is not held up."""
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    x, y = _chats_in_partition(p := subjects.partition_of("webchat", "demo", "c0"), 2)
+    durable = f"router-p{p}"
+    await js.add_consumer(
+        subjects.STREAM_IN,
+        js_api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=60,
+            max_deliver=-1,
+            max_ack_pending=8,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            filter_subject=subjects.inbound_partition(p),
+        ),
+    )
+    old = await bus.connect(nats_server.url, "old-holder", first_attempts=5)
+    try:
+        inbox = old.new_inbox()
+        delivered = await old.subscribe(inbox)
+        # The old holder's pull request, outstanding for longer than this test (a fetch it sent before it lost p).
+        pull = f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_IN}.{durable}"
+        await old.publish(pull, b'{"batch": 1, "expires": 120000000000}', reply=inbox)
+        await old.flush()
+        await wait_for(lambda: _waiting_pulls(js, durable), what="the old holder's pull request waiting")
+        async with running_router(nats_server.url, partition_lease_seconds=30, ack_wait=60, in_hand=8):
+            await wait_for(lambda: split_evenly_over(nc, 1), timeout=30, what="the router holding every partition")
+
+            async def both_pull() -> bool:
+                return await _waiting_pulls(js, durable) >= 2
+
+            await wait_for(both_pull, timeout=30, what="the router pulling on the partition beside the old holder")
+            await publish(nc, inbound(x, "first", "1"))
+            first = await delivered.next_msg(timeout=scaled(10))  # the old holder's pull request was served first
+            assert first.headers is None or "Status" not in first.headers, first.headers
+            await publish(nc, inbound(x, "second", "2"))
+            await publish(nc, inbound(y, "other", "1"))
+
+            async def other_routed() -> list[str] | None:
+                texts = [e.text for e in await _routed_in(js)]
+                return texts if "other" in texts else None
+
+            texts = await wait_for(other_routed, timeout=20, what="the other client's message routed")
+            assert "second" not in texts, f"routed before the client's earlier message: {texts}"
+            await first.nak()  # the old holder stops: what it had in hand goes to the partition's holder
+
+            async def routed() -> list[str] | None:
+                texts = [e.text for e in await _routed_in(js)]
+                return texts if len(texts) == 3 else None
+
+            order = await wait_for(routed, timeout=20, what="every message of the partition routed")
+    finally:
+        await old.close()
+    assert sorted(order) == ["first", "other", "second"]
+    assert order.index("first") < order.index("second"), order

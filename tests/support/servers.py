@@ -259,6 +259,12 @@ class ServiceProcess:
         """The exit code if the process ended by itself (not by our kill), else None."""
         return None if self.proc is None else self.proc.poll()
 
+    def tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of its log (what a failure report shows)."""
+        self.log.flush()
+        text = Path(self.log.name).read_bytes()[-20_000:].decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             stop_process(self.proc, timeout=15)

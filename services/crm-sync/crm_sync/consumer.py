@@ -25,11 +25,8 @@ import logging
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from prometheus_client import Counter, Gauge
 
 from crm_sync.backends.base import CrmUnavailable
@@ -49,15 +46,7 @@ CUT_OFF = Counter(
 )
 WAITING = Gauge("openlines_crm_waiting", "1 while an event waits for the CRM to come back")
 
-TRANSIENT = (
-    CrmUnavailable,
-    NatsTimeout,
-    NoRespondersError,
-    NoStreamResponseError,
-    ServiceUnavailableError,
-    ConnectionClosedError,
-    TimeoutError,
-)
+TRANSIENT: tuple[type[Exception], ...] = (CrmUnavailable, *bus.UNAVAILABLE)
 MAX_OTHER_FAILURES = 5
 MAX_DELAY = 10.0
 

@@ -165,8 +165,11 @@ def _endpoint(name: str, typ: type[msgspec.Struct], fn: Callable[..., Awaitable[
             COMMANDS.labels(name, "invalid").inc()
             await req.respond(_answer(Result(ok=False, error="invalid", detail=str(exc))))
             return
-        except Exception:
-            log.exception("command failed", extra={"command": name})
+        except Exception as exc:
+            if isinstance(exc, bus.UNAVAILABLE) or bus.storing_already(exc):  # NATS away: one line, no stack
+                log.warning("command failed: NATS unavailable", extra={"command": name, "error": repr(exc)})
+            else:
+                log.exception("command failed", extra={"command": name})
             COMMANDS.labels(name, "unavailable").inc()
             await req.respond(
                 _answer(Result(ok=False, error="unavailable", detail="the router could not complete the command; retry"))

@@ -13,14 +13,16 @@ before it is dead-lettered with the reason.
 
 After a crash the unacknowledged messages are redelivered after ``ack_wait``
 (in stream order), or at once when the partition's next holder hands them
-back (:func:`hand_back`). Until every message the previous holder had in hand
-is acknowledged, the next holder starts nothing newer than the last one it
-delivered (:class:`_Gate`), so a client's later message never overtakes an
-earlier one that is still out there. ``ack_wait`` is short (about the
-partition lease, so a replica killed -9 holds up its partitions no longer
-than that); messages in hand longer - a loaded machine, NATS away and the
-message retried in place, a client's earlier message still worked on - stay
-ours by in-progress heartbeats every third of it.
+back (:func:`_hand_back`). Whoever else is handed messages of the partition
+- the previous holder's, still out there, or its pull request still
+outstanding while two replicas hold the partition for a moment - a client's
+message starts only when no earlier message of the client may be in another
+holder's hand (:mod:`router.core.partition_order`, decision 033): on the
+common path, one holder, that is known without a round trip. ``ack_wait`` is
+short (about the partition lease, so a replica killed -9 holds up its
+partitions no longer than that); messages in hand longer - a loaded machine,
+NATS away and the message retried in place, a client's earlier message still
+worked on - stay ours by in-progress heartbeats every third of it.
 """
 
 from __future__ import annotations
@@ -30,21 +32,21 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Histogram
 
 from openlines import bus, subjects
 from openlines.consume import Durable, dead_letter, pause
 from openlines.envelopes import Inbound
 from openlines.pace import backoff
+from router.core.partition_order import Client, PartitionOrder, Read
 from router.effects import EVENTS
 from router.engine import Engine
 
@@ -55,18 +57,31 @@ HANDED_BACK = Counter(
     "openlines_router_inbound_handed_back_total", "Messages a partition's previous holder had in hand, delivered again at once"
 )
 LATENCY = Histogram("openlines_router_inbound_seconds", "Time to handle one inbound message")
+HELD_BACK = Counter(
+    "openlines_router_inbound_held_back_total",
+    "Inbound messages that waited before starting: an earlier message of their client might be in another holder's hand",
+)
+READS = Counter(
+    "openlines_router_inbound_partition_reads_total",
+    "Looks at a partition consumer and its new messages because a delivery went to another holder (or a take-over)",
+)
+READ_BY_SEQUENCE = Counter(
+    "openlines_router_inbound_read_by_sequence_total", "Partition messages read from OL_IN to learn their client"
+)
 
-# Failures that say "the bus is not there right now", not "this message is bad".
-TRANSIENT = (NatsTimeout, NoRespondersError, NoStreamResponseError, ServiceUnavailableError, ConnectionClosedError, TimeoutError)
 MAX_OTHER_FAILURES = 5
 # A cluster node killed -9 leaves its streams without a leader for the server's election timeout
 # (4-9 s in nats-server); retried at this pace, routing carries on within half a second of the new
 # leader, instead of after a back-off grown to seconds meanwhile. A few messages per partition: cheap.
 TRANSIENT_RETRY_MAX = 0.5
-# The most stream sequences a partition's new holder naks to have its previous holder's messages in hand back at
-# once (they lie between the consumer's acknowledgement floor and its last delivery, other partitions' between).
+# The most messages a partition's new holder naks to have its previous holder's messages in hand back at once.
 HAND_BACK_AT_MOST = 4096
-GATE_POLL = 0.05  # seconds between looks at the consumer while a take-over's gate is closed
+# The most partition messages one look reads from the stream to learn their clients; a client's message after
+# the unread ones waits for the acknowledgement floor to pass them (one at a time, as with one message in hand).
+READ_AT_MOST = 512
+ORDER_POLL = 0.05  # seconds between looks at the ack floor while a message waits for another holder's
+ORDER_RECHECK = 1.0  # a waiting message looks again at least this often, woken or not
+UNREAD_WARN = 6  # failed reads by sequence in a row (paced 0.05 s doubling to 2 s) before a warning
 
 _decode = msgspec.json.Decoder(Inbound)
 
@@ -83,20 +98,19 @@ async def consume(
     in_hand: int = 1,
 ) -> None:
     """Consume one partition, up to ``in_hand`` messages at once (one client's in order). With ``nc``, the partition
-    was just taken: the messages its previous holder had in hand are delivered again at once (:func:`hand_back`)."""
-    gate = _Gate(js, durable, stop)
-    if nc is not None:
-        attempt = 0
-        while not stop.is_set():  # before anything is fetched: what the previous holder had in hand must be known
-            try:
-                gate.upto = await hand_back(nc, js, durable)
-                break
-            except NotFoundError:
-                break  # no consumer yet: nothing was in hand
-            except Exception as exc:  # NATS away, a stream leader being elected
-                attempt += 1
-                log.info("messages in hand not handed back yet", extra={"consumer": durable, "error": repr(exc)})
-                await pause(stop, backoff(attempt, 0.1, 2.0))
+    was just taken: the messages its previous holder had in hand are delivered again at once (:func:`_hand_back`)."""
+    order = _Order(js, durable, filter_subject, stop)
+    attempt = 0
+    while not stop.is_set():  # before anything is fetched: what others may have in hand must be known
+        try:
+            read = await order.read()
+            if nc is not None and read is not None:
+                await _hand_back(nc, durable, read, order.core)
+            break
+        except Exception as exc:  # NATS away, a stream leader being elected
+            attempt += 1
+            log.info("partition consumer not read yet", extra={"consumer": durable, "error": repr(exc)})
+            await pause(stop, backoff(attempt, 0.1, 2.0))
     config = js_api.ConsumerConfig(
         name=durable,
         durable_name=durable,
@@ -107,96 +121,182 @@ async def consume(
         deliver_policy=js_api.DeliverPolicy.ALL,
         filter_subject=filter_subject,
     )
-    lanes = _Lanes(engine, stop, gate, in_hand, ack_wait)
-    # Fetched while stopping: left in hand, not nak'd - a nak could put a client's later message before an
-    # earlier one still worked on here; the next holder hands them all back in stream order.
+    lanes = _Lanes(engine, stop, order, in_hand, ack_wait)
+    # Fetched while stopping: left in hand, not nak'd; the next holder hands them all back in stream order.
     lanes.consumer = Durable(js, subjects.STREAM_IN, config, batch=lanes.room, back_on_stop=False)
     await lanes.run()
 
 
-class _Gate:
-    """Holds back messages newer than the last one the partition's previous holder was delivered (``upto``) until
-    all it had in hand is acknowledged: with more than one message in hand, the server delivers newer messages
-    beside the ones it redelivers, and a client's newer message must not overtake an older one.
-    ``upto`` 0: nothing was in hand."""
+class _Order:
+    """The shell of :class:`PartitionOrder` for one partition consumer: reads the consumer (and the partition's
+    new messages) when the rule needs it, and wakes the lanes that wait."""
 
-    def __init__(self, js: JetStreamContext, durable: str, stop: asyncio.Event) -> None:
+    def __init__(self, js: JetStreamContext, durable: str, filter_subject: str, stop: asyncio.Event) -> None:
         self.js = js
         self.durable = durable
+        self.filter_subject = filter_subject
         self.stop = stop
-        self.upto = 0
-        self._open: asyncio.Event | None = None
+        self.core = PartitionOrder()
+        # lanes whose first message waits, by what for: a look (a delivery went elsewhere), the ack floor
+        self.waiting: dict[str, int] = {"look": 0, "floor": 0}
+        self._wake = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
 
-    def holds(self, seq: int) -> bool:
-        return self.upto != 0 and seq > self.upto
+    def holding(self) -> bool:
+        return self.waiting["look"] + self.waiting["floor"] > 0 or self.core.needs_read()
 
-    async def wait(self) -> None:
-        """Wait a moment for the gate to open: the caller looks again at what its lane starts with (an older
-        message of its client may have come meanwhile and must go first)."""
-        if self._open is None:
-            self._open = asyncio.Event()
-            self._watch = asyncio.create_task(self._watch_floor(), name=f"gate-{self.durable}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._open.wait(), timeout=GATE_POLL)
+    def received(self, seq: int, delivery: int) -> None:
+        if self.core.received(seq, delivery):
+            self.changed()
 
-    async def _watch_floor(self) -> None:
-        assert self._open is not None
-        attempt = 0
-        while not self.stop.is_set():
-            try:
-                info = await self.js.consumer_info(subjects.STREAM_IN, self.durable)
-                floor = info.ack_floor.stream_seq if info.ack_floor else 0
-                if not self.upto or (floor or 0) >= self.upto:
-                    break
-                attempt = 0
-                await pause(self.stop, GATE_POLL)
-            except Exception as exc:
-                attempt += 1
-                log.info("partition gate: consumer not read", extra={"consumer": self.durable, "error": repr(exc)})
-                await pause(self.stop, backoff(attempt, 0.1, 2.0))
-        self.upto = 0
-        self._open.set()
+    async def read(self) -> Read | None:
+        """Look at the consumer; when the rule needs it (first, or a delivery went elsewhere), also read the
+        partition's messages between what is known and its last delivery. None: no consumer yet."""
+        try:
+            info = await self.js.consumer_info(subjects.STREAM_IN, self.durable)
+        except NotFoundError:
+            info = None
+        if info is None:
+            read = Read(floor=0, last=0, delivery=0)
+        else:
+            read = Read(
+                floor=(info.ack_floor.stream_seq or 0) if info.ack_floor else 0,
+                last=(info.delivered.stream_seq or 0) if info.delivered else 0,
+                delivery=(info.delivered.consumer_seq or 0) if info.delivered else 0,
+            )
+        if self.core.floor_read(read.floor):
+            self.changed()
+        if not self.core.needs_read():
+            return read
+        READS.inc()
+        seq, read_to, reads = self.core.scan_from(), read.last, 0
+        while seq <= read.last:
+            if self.core.is_ours(seq):
+                seq += 1
+                continue
+            if reads >= READ_AT_MOST:
+                read_to = seq - 1
+                break
+            try:  # the stream leader's copy (a direct get may answer from a replica that lags)
+                raw: Any = await self.js.get_msg(subjects.STREAM_IN, seq=seq, subject=self.filter_subject, next=True)
+            except NotFoundError:
+                break  # no message of the partition from here on
+            except Exception as exc:  # NATS slow or away, the grant missing: the rest counts as not read
+                log.info("partition messages not read", extra={"consumer": self.durable, "error": repr(exc)})
+                read_to = seq - 1
+                break
+            reads += 1
+            if not raw.seq or raw.seq > read.last:
+                break
+            self.core.learned(raw.seq, _client_of(raw.data))
+            seq = raw.seq + 1
+        READ_BY_SEQUENCE.inc(reads)
+        self.core.read_done(read, read_to)
+        self.changed()
+        return None if info is None else read
+
+    async def wait(self, reason: str) -> None:
+        """Wait for a change that may let a message waiting for ``reason`` start (a look, the floor moving, a
+        message given here): the caller looks again at what its lane starts with - an older message of its
+        client may have come meanwhile and must go first."""
+        if self._watch is None:
+            self._watch = asyncio.create_task(self._watch_consumer(), name=f"order-{self.durable}")
+        wake = self._wake
+        self.waiting[reason] += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=ORDER_RECHECK)
+        finally:
+            self.waiting[reason] -= 1
+
+    def changed(self) -> None:
+        """Wake every waiting lane to look again."""
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def _watch_consumer(self) -> None:
+        """Looks at the consumer while a message waits: at once while a delivery is not accounted for, again and
+        again (paced) while partition messages are left unread, every ``ORDER_POLL`` while one waits for the
+        floor; ends when nothing waits."""
+        attempt = unread = 0
+        try:
+            while not self.stop.is_set():
+                known = self.core.known_to
+                try:
+                    await self.read()
+                    attempt = 0
+                except Exception as exc:
+                    attempt += 1
+                    log.info("partition consumer not read", extra={"consumer": self.durable, "error": repr(exc)})
+                    await pause(self.stop, backoff(attempt, 0.1, 2.0))
+                    continue
+                if self.core.unread():  # more than one read takes (it got on: at once), or a read failed (paced)
+                    unread = 0 if self.core.known_to > known else unread + 1
+                    if unread == UNREAD_WARN:  # ~3 s: the grant missing (docs/operations.md), or NATS away
+                        log.warning(
+                            "partition messages still not read: messages of the partition wait for them",
+                            extra={"consumer": self.durable, "known_to": self.core.known_to},
+                        )
+                    if unread:
+                        await pause(self.stop, backoff(unread, ORDER_POLL, 2.0))
+                    continue
+                unread = 0
+                if self.core.needs_read():
+                    continue  # another delivery went elsewhere meanwhile
+                if not self.waiting["floor"]:
+                    break  # what waited for the look was woken by it
+                await pause(self.stop, ORDER_POLL)
+        finally:
+            self._watch = None
 
     def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
 
 
+def _client_of(data: bytes | None) -> Client | None:
+    try:
+        envelope = _decode.decode(data or b"")
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None  # not a client message: dead-lettered when delivered, nobody waits for it
+    return (envelope.channel, envelope.account, envelope.chat_id)
+
+
 @dataclass(slots=True)
 class _Lane:
-    queue: deque[tuple[int, Inbound]] = field(default_factory=deque)  # (stream sequence, envelope), in stream order
+    # (stream sequence, delivery number, envelope), in stream order
+    queue: deque[tuple[int, int, Inbound]] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
     started: bool = False  # the first of the queue is being handled
 
-    def add(self, seq: int, envelope: Inbound) -> None:
-        """In stream order: a message of the partition's previous holder, handed back or redelivered after
-        ``ack_wait``, may come after a newer one of its client (held back by the gate, not started)."""
+    def add(self, seq: int, delivery: int, envelope: Inbound) -> None:
+        """In stream order: a message of another holder, handed back or redelivered after ``ack_wait``, may come
+        after a newer one of its client (held back, not started)."""
         i = len(self.queue)
         while i > (1 if self.started else 0) and self.queue[i - 1][0] > seq:
             i -= 1
-        self.queue.insert(i, (seq, envelope))
+        self.queue.insert(i, (seq, delivery, envelope))
 
 
 class _Lanes:
     """A partition's messages in hand, one lane (a queue and the task working it) per client."""
 
-    def __init__(self, engine: Engine, stop: asyncio.Event, gate: _Gate, limit: int, ack_wait: float) -> None:
+    def __init__(self, engine: Engine, stop: asyncio.Event, order: _Order, limit: int, ack_wait: float) -> None:
         self.engine = engine
         self.stop = stop
-        self.gate = gate
+        self.order = order
         self.limit = limit
         self.ack_wait = ack_wait
-        self.lanes: dict[tuple[str, str, str], _Lane] = {}
+        self.lanes: dict[Client, _Lane] = {}
         self.held: dict[int, Msg] = {}  # stream sequence -> its latest delivery
         self.since: dict[int, float] = {}  # stream sequence -> when it was taken (loop time)
         self.consumer: Durable
 
     def room(self) -> int:
         """How many to fetch: none while more than half the limit is in hand (one fetch for several, not one each),
-        except while a take-over's gate is closed - what it waits for comes only by a fetch."""
+        except while a message waits for another holder's - what it waits for may come only by a fetch."""
         room = self.limit - len(self.held)
-        return room if room * 2 >= self.limit or not self.held or self.gate.upto else 0
+        return room if room * 2 >= self.limit or not self.held or self.order.holding() else 0
 
     async def run(self) -> None:
         beat = asyncio.create_task(self._keep_alive(), name=f"inbound-in-progress-{self.consumer.name}")
@@ -211,10 +311,11 @@ class _Lanes:
                 if lane.task is not None:
                     lane.task.cancel()
             beat.cancel()
-            self.gate.close()
+            self.order.close()
 
     async def _take(self, m: Msg) -> None:
-        seq = m.metadata.sequence.stream
+        seq, delivery = m.metadata.sequence.stream, m.metadata.sequence.consumer
+        self.order.received(seq, delivery)
         if seq in self.held:  # redelivered while still in hand (a heartbeat was late): ack the newest delivery
             self.held[seq] = m
             return
@@ -222,6 +323,7 @@ class _Lanes:
             envelope = _decode.decode(m.data)
         except msgspec.ValidationError as exc:
             await _dead_letter(self.engine, m, f"malformed inbound envelope on {m.subject}: {exc}")
+            self.order.core.finished(seq)
             return
         self.held[seq] = m
         self.since[seq] = asyncio.get_running_loop().time()
@@ -229,16 +331,23 @@ class _Lanes:
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = _Lane()
-        lane.add(seq, envelope)
+        lane.add(seq, delivery, envelope)
         if lane.task is None:
             lane.task = asyncio.create_task(self._work(key, lane))
+        elif lane.queue[0][0] == seq and not lane.started:
+            self.order.changed()  # a waiting lane has an older message first now
 
-    async def _work(self, key: tuple[str, str, str], lane: _Lane) -> None:
+    async def _work(self, key: Client, lane: _Lane) -> None:
+        counted = 0  # the last message of this lane counted as held back
         try:
             while lane.queue and not self.stop.is_set():
-                seq, envelope = lane.queue[0]
-                if self.gate.holds(seq):
-                    await self.gate.wait()
+                seq, delivery, envelope = lane.queue[0]
+                reason = self.order.core.waits_for(seq, delivery, key)
+                if reason is not None:
+                    if counted != seq:
+                        counted = seq
+                        HELD_BACK.inc()
+                    await self.order.wait(reason)
                     continue
                 lane.started = True
                 await _handle(self.engine, self.held[seq], envelope, self.stop)
@@ -246,6 +355,7 @@ class _Lanes:
                 lane.queue.popleft()
                 self.held.pop(seq, None)
                 self.since.pop(seq, None)
+                self.order.core.finished(seq)
                 self.consumer.room_freed()
         finally:
             lane.task = None
@@ -267,31 +377,28 @@ class _Lanes:
                     await m.in_progress()
 
 
-async def hand_back(nc: NATS, js: JetStreamContext, durable: str) -> int:
-    """Have the messages a partition consumer's previous holder left unacknowledged delivered again now; returns
-    the stream sequence of the last message it was delivered (0: nothing was in hand).
+async def _hand_back(nc: NATS, durable: str, read: Read, order: PartitionOrder) -> None:
+    """Have the messages a partition consumer's previous holder left unacknowledged delivered again now.
 
     A holder killed -9 leaves them pending until ``ack_wait`` runs out after its last in-progress heartbeat; the
     replica that took the partition over naks them instead, on the acknowledgement subjects JetStream gave it
-    (``$JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer seq>.<time>.<pending>``). The pending ones
-    lie between the consumer's acknowledgement floor and its last delivery; every stream sequence between is
-    nak'd in order, oldest first (at most ``HAND_BACK_AT_MOST`` of them; any further come after ``ack_wait``), and the server
-    ignores a nak for one that is not pending on this consumer (acked, or another partition's). One the previous
-    holder still works on (it lost its lease, it is not dead) is handled twice - harmless (decision 023) - and
-    its ack removes the redelivery."""
-    info = await js.consumer_info(subjects.STREAM_IN, durable)
-    if not info.num_ack_pending or info.delivered is None or info.delivered.stream_seq is None:
-        return 0
-    last, dseq = info.delivered.stream_seq, info.delivered.consumer_seq
-    floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-    for sseq in range(floor + 1, min(last, floor + HAND_BACK_AT_MOST) + 1):
-        await nc.publish(f"$JS.ACK.{subjects.STREAM_IN}.{durable}.1.{sseq}.{dseq}.0.0", b"-NAK")
-    HANDED_BACK.inc(info.num_ack_pending)
+    (``$JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer seq>.<time>.<pending>``). They are the
+    partition's messages between the consumer's acknowledgement floor and its last delivery that the read found
+    (``order.unknown``), and any the read did not get to; nak'd in order, oldest first (at most
+    ``HAND_BACK_AT_MOST``; any further come after ``ack_wait``). The server ignores a nak for one that is not
+    pending (acked meanwhile). One the previous holder still works on (it lost its lease, it is not dead) is
+    handled twice - harmless (decision 023) - and its ack removes the redelivery."""
+    if read.last <= read.floor:
+        return
+    unread = range(max(order.known_to, order.floor) + 1, read.last + 1)
+    back = [*sorted(order.unknown), *unread][:HAND_BACK_AT_MOST]
+    for sseq in back:
+        await nc.publish(f"$JS.ACK.{subjects.STREAM_IN}.{durable}.1.{sseq}.{read.delivery}.0.0", b"-NAK")
+    HANDED_BACK.inc(len(order.unknown))
     log.info(
         "messages in hand of the previous holder handed back",
-        extra={"consumer": durable, "stream_seq": last, "pending": info.num_ack_pending},
+        extra={"consumer": durable, "stream_seq": read.last, "pending": len(order.unknown)},
     )
-    return int(last)
 
 
 async def _handle(engine: Engine, m: Msg, envelope: Inbound | None, stop: asyncio.Event) -> None:
@@ -314,7 +421,7 @@ async def _handle(engine: Engine, m: Msg, envelope: Inbound | None, stop: asynci
             HANDLED.labels("ok").inc()
             return
         except Exception as exc:
-            transient = isinstance(exc, TRANSIENT) or bus.storing_already(exc)
+            transient = isinstance(exc, bus.UNAVAILABLE) or bus.storing_already(exc)
             failures += 0 if transient else 1
             HANDLED.labels("retry").inc()
             log.warning(

@@ -17,9 +17,8 @@ class Settings(BaseSettings, kw_only=True):
     # longer stays its replica's by in-progress heartbeats every third of it.
     ack_wait: float = 1.5
     # Inbound messages of one partition in hand at once (decision 029): different clients' are handled side by
-    # side, one client's in order. 1 (the default) handles a partition one message at a time: with more, a
-    # client's two messages can be handled out of order while two replicas both hold the partition for a
-    # moment (decision 029, "Amended"), so more is not safe yet.
+    # side, one client's in order - also while two replicas both pull on the partition for a moment, which
+    # decision 033 closed (decision 029, "Amended"). 1 (the default) handles a partition one message at a time.
     in_hand: int = 1
     # Operator commands one replica handles side by side (router/commands.py AtOnce); beyond it, the next waits.
     commands_at_once: int = 64
