@@ -32,11 +32,14 @@ from prometheus_client import Counter, Gauge
 
 from openlines import bus, subjects
 from openlines.consume import Durable, outbound_consumer
+from openlines.envelopes import Outbound, decoder
 from openlines.pace import Pace, backoff
 
 log = logging.getLogger("openlines.lanes")
 
 FETCH_AT_MOST = 64
+
+_outbound = decoder(Outbound)
 
 
 class _Record(Protocol):
@@ -129,6 +132,7 @@ class LaneSender:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.js = js
+        self.channel = channel
         self.clock = clock
         self.lanes: dict[str, Lane] = {}
         self.held: dict[int, Held] = {}
@@ -151,6 +155,51 @@ class LaneSender:
         """Deliver one message and ack (or term) it; raise :class:`Stopping` to leave it for redelivery."""
         raise NotImplementedError
 
+    # -- what every channel does with a message ------------------------------
+
+    async def _open(self, held: Held, sent: SentLog[P]) -> tuple[Outbound, P] | None:
+        """The held message and what was sent of it so far; None when it needs no more: an undecodable message is
+        dropped (term), one already delivered or given up is a redelivery (ack)."""
+        try:
+            out = _outbound.decode(held.msg.data)
+        except msgspec.DecodeError as exc:
+            log.warning("undecodable outbound message dropped", extra={"seq": held.seq, "error": str(exc)})
+            await held.msg.term()
+            return None
+        rec = await sent.get(out.id)
+        if rec.done:
+            log.info("outbound already handled; acking the redelivery", extra={"msg_id": out.id, "account": out.account})
+            await held.msg.ack_sync()
+            return None
+        return out, rec
+
+    async def _take_turn(self, *paces: Pace) -> None:
+        """Wait for a send slot of each pace in turn (the chat's, then its bot's or number's), each booked when the
+        wait for the one before is over; :class:`Stopping` when the service stops first."""
+        if self.stopping.is_set():
+            raise Stopping
+        for pace in paces:
+            await self._sleep(pace.reserve(self.clock()))
+
+    async def _retry_later(self, account: str, msg_id: str, attempt: int, delay: float, error: str) -> None:
+        """Wait ``delay`` after a send's transient failure before trying it again."""
+        log.info(
+            "send failed, retrying",
+            extra={"account": account, "msg_id": msg_id, "attempt": attempt, "delay": round(delay, 2), "error": error},
+        )
+        await self._sleep(delay)
+
+    async def _given_up(self, held: Held, rec: P, reason: str, record: Callable[[P], Awaitable[None]], failed: Counter) -> None:
+        """End a message that will not be delivered, once its failure was reported: record it done with ``reason``
+        (a redelivery is then acked without a send), ack it, count it in ``failed``."""
+        await record(msgspec.structs.replace(rec, done=True, failed=reason))
+        await held.msg.ack_sync()
+        failed.inc()
+        log.warning(
+            "outbound delivery failed",
+            extra={"channel": self.channel, "account": held.account, "msg_id": rec.id, "reason": reason},
+        )
+
     # -- a message of several parts ------------------------------------------
 
     async def _send_parts(
@@ -163,12 +212,14 @@ class LaneSender:
         resends: Counter,
         give_up: type[E],
         fail: Callable[[P, int, E], Awaitable[None]],
+        delivered: Counter,
     ) -> P | None:
         """Send the parts ``rec`` does not have yet, in order: each recorded as attempting before ``send(index)`` and
         as accepted (with the id ``send`` returns) after it. A part found attempting but not accepted - a crash
         between the send and its record - is sent again (a reply is never lost) and counted in ``uncertain`` and
         ``resends``, so a double is never silent. ``give_up`` from ``send`` ends the message: ``fail(record, index,
-        exc)`` and None. Returns the record, done."""
+        exc)`` and None. Otherwise the message is acked once every part is recorded, counted in ``delivered``, and
+        the record, done, returned."""
         for index in range(rec.parts, count):
             if rec.attempting > index:
                 rec = msgspec.structs.replace(rec, uncertain=rec.uncertain + 1)
@@ -189,6 +240,8 @@ class LaneSender:
         if not rec.done:  # nothing was left to send (every part recorded before a crash, or none to send)
             rec = msgspec.structs.replace(rec, done=True)
             await record(rec)
+        await held.msg.ack_sync()
+        delivered.labels(held.account).inc()
         return rec
 
     # -- the consumer ------------------------------------------------------

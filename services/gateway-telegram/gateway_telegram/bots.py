@@ -16,14 +16,10 @@ Errors name the entry and the field, never the token or the secret.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from openlines import secretcheck
+from openlines.listsetting import read_list_setting
 
 ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOKEN = re.compile(r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,}$")
@@ -50,34 +46,9 @@ class BotAccount:
         return f"BotAccount(account={self.account!r}, bot_id={self.bot_id})"
 
 
-def _read(value: str) -> Any:
-    text = value.strip()
-    if not text:
-        raise BotsError("OPENLINES_TELEGRAM_BOTS is empty: give inline JSON or the path of a .json/.toml file")
-    if text[0] in "[{":
-        try:
-            return msgspec.json.decode(text)
-        except msgspec.DecodeError as exc:
-            raise BotsError(f"OPENLINES_TELEGRAM_BOTS is not valid JSON: {exc}") from None
-    path = Path(text)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BotsError(f"OPENLINES_TELEGRAM_BOTS: cannot read {path}: {exc.strerror or exc}") from None
-    if path.suffix.lower() == ".toml":
-        try:
-            return tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise BotsError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BotsError(f"{path}: not valid JSON: {exc}") from None
-
-
 def parse_bots(value: str) -> list[BotAccount]:
     """Parse and validate the bot list (inline JSON or a file path)."""
-    data = _read(value)
+    data = read_list_setting(value, "OPENLINES_TELEGRAM_BOTS", BotsError)
     entries = data.get("bots") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise BotsError("OPENLINES_TELEGRAM_BOTS must list at least one bot: [{account, token, secret}, ...]")

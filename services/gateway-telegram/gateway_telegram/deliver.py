@@ -22,9 +22,12 @@ from aiogram.exceptions import (
 from aiogram.types import BufferedInputFile, InputFile, Message
 from nats.js import JetStreamContext
 
-from gateway_telegram.core.split import split_text
 from openlines import files, subjects
 from openlines.envelopes import Attachment, Outbound
+from openlines.split import split_text
+
+# sendMessage refuses text over 4096 characters, counted in UTF-16 code units (an emoji outside the BMP counts two).
+MAX_TEXT = 4096
 
 
 class Permanent(Exception):
@@ -81,7 +84,7 @@ _METHODS = {
 
 def plan(out: Outbound) -> list[Part]:
     """The Bot API calls for one outbound message, in order: text parts, then attachments."""
-    parts = [Part(text=t) for t in split_text(out.text)]
+    parts = [Part(text=t) for t in split_text(out.text, MAX_TEXT, units="utf16")]
     parts.extend(Part(attachment=a) for a in out.attachments)
     return parts
 

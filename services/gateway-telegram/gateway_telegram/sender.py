@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -31,13 +30,11 @@ from gateway_telegram.normalise import CHANNEL
 from gateway_telegram.sent import UNCERTAIN_RESENDS, Sent, SentRecord, open_bucket
 from gateway_telegram.settings import Settings
 from openlines import marks
-from openlines.envelopes import Outbound, decoder
-from openlines.lanes import Held, Lane, LaneSender, Stopping
+from openlines.envelopes import Outbound
+from openlines.lanes import Held, Lane, LaneSender
 from openlines.pace import Pace, backoff
 
 log = logging.getLogger("gateway_telegram.sender")
-
-_outbound = decoder(Outbound)
 
 
 class Sender(LaneSender):
@@ -78,18 +75,11 @@ class Sender(LaneSender):
     # -- one chat ---------------------------------------------------------
 
     async def _handle(self, lane: Lane, held: Held) -> None:
-        try:
-            out = _outbound.decode(held.msg.data)
-        except msgspec.DecodeError as exc:
-            log.warning("undecodable outbound message dropped", extra={"seq": held.seq, "error": str(exc)})
-            await held.msg.term()
-            return
         assert self.sent is not None
-        rec = await self.sent.get(out.id)
-        if rec.done:
-            log.info("outbound already handled; acking the redelivery", extra={"msg_id": out.id, "account": out.account})
-            await held.msg.ack_sync()
+        opened = await self._open(held, self.sent)
+        if opened is None:
             return
+        out, rec = opened
         bot = self.pool.bot(held.account)
         if bot is None:
             await self._fail(held, out, rec, f"no bot is configured for telegram account {held.account!r} in this gateway")
@@ -112,26 +102,24 @@ class Sender(LaneSender):
             UNCERTAIN_RESENDS,
             Permanent,
             fail,
+            metrics.DELIVERED,
         )
         if done is None:
             return
-        await held.msg.ack_sync()
-        metrics.DELIVERED.labels(held.account).inc()
         log.info("outbound delivered", extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "parts": len(parts)})
+
+    def _bot_pace(self, account: str) -> Pace:
+        pace = self.bot_pace.get(account)
+        if pace is None:
+            rate = self.settings.telegram_bot_rate
+            pace = self.bot_pace[account] = Pace(rate, max(1, int(rate)))
+        return pace
 
     async def _send(self, lane: Lane, account: str, bot: Any, out: Outbound, part: Part) -> int:
         assert lane.pace is not None
         attempt = 0
         while True:
-            if self.stopping.is_set():
-                raise Stopping
-            await self._sleep(lane.pace.reserve(self.clock()))
-            pace = self.bot_pace.get(account)
-            if pace is None:
-                pace = self.bot_pace[account] = Pace(
-                    self.settings.telegram_bot_rate, max(1, int(self.settings.telegram_bot_rate))
-                )
-            await self._sleep(pace.reserve(self.clock()))
+            await self._take_turn(lane.pace, self._bot_pace(account))
             try:
                 message_id = await send_part(bot, out.chat_id, part, self.files)
             except RetryAfter as exc:
@@ -145,17 +133,7 @@ class Sender(LaneSender):
                 if attempt >= self.settings.telegram_max_attempts:
                     raise Permanent(f"gave up after {attempt} attempts: {exc.reason}") from None
                 delay = backoff(attempt, self.settings.telegram_backoff, self.settings.telegram_backoff_max, random.random())
-                log.info(
-                    "send failed, retrying",
-                    extra={
-                        "account": account,
-                        "msg_id": out.id,
-                        "attempt": attempt,
-                        "delay": round(delay, 2),
-                        "error": exc.reason,
-                    },
-                )
-                await self._sleep(delay)
+                await self._retry_later(account, out.id, attempt, delay, exc.reason)
                 continue
             metrics.SENT.labels(account, part.method).inc()
             return message_id
@@ -171,12 +149,7 @@ class Sender(LaneSender):
             out.id,
             lambda: marks.outbound_failed(self.js, out, channel=CHANNEL, account=out.account or held.account, reason=reason),
         )
-        await self._record(msgspec.structs.replace(rec, done=True, failed=reason))
-        await held.msg.ack_sync()
-        metrics.FAILED.labels(held.account).inc()
-        log.warning(
-            "outbound delivery failed", extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "reason": reason}
-        )
+        await self._given_up(held, rec, reason, self._record, metrics.FAILED.labels(held.account))
 
     # -- stopping ---------------------------------------------------------
 

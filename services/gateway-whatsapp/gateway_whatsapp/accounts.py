@@ -23,14 +23,11 @@ field, never a token or a secret.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from openlines import secretcheck
+from openlines.listsetting import read_list_setting
 
 VARIABLE = "OPENLINES_WHATSAPP_ACCOUNTS"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -73,31 +70,6 @@ class Accounts:
         return self.numbers.get(account)
 
 
-def _read(value: str) -> Any:
-    text = value.strip()
-    if not text:
-        raise AccountsError(f"{VARIABLE} is empty: give inline JSON or the path of a .json/.toml file")
-    if text[0] in "[{":
-        try:
-            return msgspec.json.decode(text)
-        except msgspec.DecodeError as exc:
-            raise AccountsError(f"{VARIABLE} is not valid JSON: {exc}") from None
-    path = Path(text)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise AccountsError(f"{VARIABLE}: cannot read {path}: {exc.strerror or exc}") from None
-    if path.suffix.lower() == ".toml":
-        try:
-            return tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise AccountsError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise AccountsError(f"{path}: not valid JSON: {exc}") from None
-
-
 def _fields(where: str, entry: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise AccountsError(f"{where}: must be a table/object with {', '.join(sorted(allowed))}")
@@ -118,7 +90,7 @@ def _secret(where: str, value: Any, what: str) -> str:
 
 def parse_accounts(value: str) -> Accounts:
     """Parse and check ``OPENLINES_WHATSAPP_ACCOUNTS`` (inline JSON or a file path)."""
-    data = _read(value)
+    data = read_list_setting(value, VARIABLE, AccountsError)
     if not isinstance(data, dict):
         raise AccountsError(f'{VARIABLE} must be an object with apps and numbers: {{"apps": [...], "numbers": [...]}}')
     _fields(VARIABLE, data, {"apps", "numbers"})

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway_whatsapp.accounts import Number
-from gateway_whatsapp.core.split import split_text
 from gateway_whatsapp.graph import Graph
 from gateway_whatsapp.media import DeskFiles, FileProblem
 from gateway_whatsapp.normalise import Callback, encode_callback
 from openlines.envelopes import Attachment, Outbound, TemplateMessage
+from openlines.split import split_text
 
+MAX_TEXT = 4096  # characters of a text body the Cloud API takes
 PartKind = Literal["text", "template", "file", "location", "contact"]
 KB, MB = 1024, 1024 * 1024
 # What WhatsApp takes as each media type (Cloud API "Supported media types"), and its size limit.
@@ -42,7 +43,7 @@ class Part:
 def plan(out: Outbound) -> list[Part]:
     if out.template is not None:
         return [Part(kind="template", template=out.template)]
-    parts = [Part(kind="text", text=chunk) for chunk in split_text(out.text)]
+    parts = [Part(kind="text", text=chunk) for chunk in split_text(out.text, MAX_TEXT)]
     for att in out.attachments:
         kind: PartKind = "location" if att.kind == "location" else "contact" if att.kind == "contact" else "file"
         parts.append(Part(kind=kind, attachment=att))

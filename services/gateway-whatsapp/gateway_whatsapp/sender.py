@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -38,13 +37,11 @@ from gateway_whatsapp.media import DeskFiles, FileProblem
 from gateway_whatsapp.normalise import CHANNEL
 from gateway_whatsapp.sent import Sent, SentRecord, open_bucket
 from gateway_whatsapp.settings import Settings
-from openlines.envelopes import Outbound, decoder, utcnow
-from openlines.lanes import Held, Lane, LaneSender, Stopping
+from openlines.envelopes import Outbound, utcnow
+from openlines.lanes import Held, Lane, LaneSender
 from openlines.pace import Pace, backoff
 
 log = logging.getLogger("gateway_whatsapp.sender")
-
-_outbound = decoder(Outbound)
 
 
 class GiveUp(Exception):
@@ -101,18 +98,11 @@ class Sender(LaneSender):
     # -- one chat ---------------------------------------------------------
 
     async def _handle(self, lane: Lane, held: Held) -> None:
-        try:
-            out = _outbound.decode(held.msg.data)
-        except msgspec.DecodeError as exc:
-            log.warning("undecodable outbound message dropped", extra={"seq": held.seq, "error": str(exc)})
-            await held.msg.term()
-            return
         assert self.sent is not None
-        rec = await self.sent.get(out.id)
-        if rec.done:
-            log.info("outbound already handled; acking the redelivery", extra={"msg_id": out.id, "account": out.account})
-            await held.msg.ack_sync()
+        opened = await self._open(held, self.sent)
+        if opened is None:
             return
+        out, rec = opened
         number = self.accounts.number(held.account)
         if number is None:
             reason = f"not sent: no WhatsApp number is configured for account {held.account!r} in this gateway"
@@ -134,11 +124,10 @@ class Sender(LaneSender):
             metrics.UNCERTAIN_RESENDS,
             GiveUp,
             fail,
+            metrics.DELIVERED,
         )
         if done is None:
             return
-        await held.msg.ack_sync()
-        metrics.DELIVERED.labels(held.account).inc()
         log.info(
             "outbound handed to WhatsApp",
             extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "parts": len(parts)},
@@ -159,11 +148,8 @@ class Sender(LaneSender):
         assert lane.pace is not None
         attempt = 0
         while True:
-            if self.stopping.is_set():
-                raise Stopping
-            await self._sleep(lane.pace.reserve(self.clock()))
             np = self._number_pace(number.account)
-            await self._sleep(np.pace.reserve(self.clock()))
+            await self._take_turn(lane.pace, np.pace)
             try:
                 wamid, wa_type = await send_part(self.graph, number, self.files, out, part, index)
             except FileProblem as exc:
@@ -200,18 +186,7 @@ class Sender(LaneSender):
                 metrics.RETRIES.labels("transient").inc()
                 if attempt >= self.settings.whatsapp_max_attempts:
                     raise GiveUp(f"not delivered: gave up after {attempt} attempts: {verdict.reason}", verdict.code)
-                delay = self._throttle_delay(attempt)
-                log.info(
-                    "send failed, retrying",
-                    extra={
-                        "account": number.account,
-                        "msg_id": out.id,
-                        "attempt": attempt,
-                        "delay": round(delay, 2),
-                        "error": verdict.reason,
-                    },
-                )
-                await self._sleep(delay)
+                await self._retry_later(number.account, out.id, attempt, self._throttle_delay(attempt), verdict.reason)
                 continue
             raise GiveUp(verdict.reason, verdict.code)
 
@@ -244,9 +219,4 @@ class Sender(LaneSender):
                 self.js, session_id=out.session_id, message_id=out.id, account=account, chat_id=out.chat_id, reason=reason
             ),
         )
-        await self._record(msgspec.structs.replace(rec, done=True, failed=reason))
-        await held.msg.ack_sync()
-        metrics.FAILED.labels(held.account, str(code)).inc()
-        log.warning(
-            "outbound delivery failed", extra={"channel": CHANNEL, "account": held.account, "msg_id": out.id, "reason": reason}
-        )
+        await self._given_up(held, rec, reason, self._record, metrics.FAILED.labels(held.account, str(code)))

@@ -1,14 +1,11 @@
-"""The pure parts of the WhatsApp gateway: what an error means, pacing, text cuts, the plan of a send."""
+"""The pure parts of the WhatsApp gateway: what an error means, pacing, the plan of a send."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from gateway_whatsapp.core.errors import GraphFailure, classify
-from gateway_whatsapp.core.split import MAX_TEXT, split_text
-from gateway_whatsapp.deliver import media_type, plan, template_component
+from gateway_whatsapp.deliver import MAX_TEXT, media_type, plan, template_component
 from openlines.envelopes import Attachment, Outbound, TemplateMessage, utcnow
 
 
@@ -42,18 +39,6 @@ def test_the_reasons_an_operator_reads_say_what_happened_and_what_to_do() -> Non
     assert "renew it in OPENLINES_WHATSAPP_ACCOUNTS" in token.reason
     other = classify(GraphFailure(status=400, code=131009, message="(#131009) Parameter value is not valid", details="to: bad"))
     assert other.reason == "not delivered: (#131009) Parameter value is not valid: to: bad"
-
-
-@given(st.text(max_size=10_000))
-def test_cut_text_keeps_every_word_in_order_and_no_part_is_over_the_limit(text: str) -> None:
-    parts = split_text(text, 100)
-    assert all(0 < len(p) <= 100 and p.strip() for p in parts)
-    assert "".join(parts).split() == text.split() or "".join(" ".join(parts).split()) == "".join(text.split())
-
-
-def test_a_long_reply_is_cut_at_a_line_break() -> None:
-    text = "a" * 4000 + "\n" + "b" * 200
-    assert split_text(text) == ["a" * 4000, "b" * 200] and MAX_TEXT == 4096
 
 
 def out(**kw: object) -> Outbound:
@@ -98,3 +83,9 @@ def test_a_reply_is_its_text_then_one_message_per_file_and_a_template_is_one_mes
 def test_an_operators_file_goes_as_the_type_whatsapp_takes_it(kind: str, mime: str, size: int, expected: str) -> None:
     wa_type, problem = media_type(Attachment(kind=kind, mime=mime, name="f"), size)  # type: ignore[arg-type]
     assert wa_type == expected and bool(problem) == (expected == "")
+
+
+def test_text_is_cut_at_4096_characters_an_emoji_counting_one() -> None:
+    assert MAX_TEXT == 4096
+    assert [p.text for p in plan(out(text="a" * 4000 + "\n" + "b" * 200))] == ["a" * 4000, "b" * 200]
+    assert [len(p.text) for p in plan(out(text="😀" * 4097))] == [4096, 1]
