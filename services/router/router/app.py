@@ -15,6 +15,7 @@ from router.partitions import Partitions
 from router.places import QueuePlaces
 from router.presence import DeskReaper
 from router.settings import Settings
+from router.shell.base import Shared
 from router.sla import SlaWatch
 from router.timers import Timer
 from router.waiting import Waiting, move_old_queues
@@ -41,7 +42,7 @@ async def setup(svc: Service[Settings]) -> None:
     moved = await move_old_queues(buckets.sessions, waiting, list(lines.lines))
     if moved:
         log.info("waiting chats moved to ol-waiting", extra={"chats": moved})
-    engine = Engine(svc.nc, svc.js, buckets, lines, operators, waiting, svc.settings.flood_rule())
+    engine = Engine(Shared(svc.nc, svc.js, buckets, lines, operators, waiting, svc.settings.flood_rule()))
     running = commands.AtOnce(svc.settings.commands_at_once)
     micro = await commands.serve(svc.nc, engine, running)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up

@@ -10,17 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-
-from openlines.bus import Buckets
 from openlines.commands import TemplateChoice
 from openlines.envelopes import Attachment, Inbound, utcnow
 from openlines.lines import LineConfig
 from openlines.state import OperatorState, OperatorStatus, Session
-from router.core import flood
-from router.lines_cache import LinesCache
-from router.operators_cache import OperatorsCache
 from router.shell.base import Refused, Shared, client_id_for, session_id_for
 from router.shell.capacity import Capacity
 from router.shell.chats import Chats
@@ -33,26 +26,15 @@ from router.shell.operators import Operators
 from router.shell.picking import Picking
 from router.shell.transfer import Transfers
 from router.timers import Timer
-from router.waiting import Waiting
 
 __all__ = ["Engine", "Refused", "client_id_for", "session_id_for"]
 
 
 class Engine:
-    def __init__(
-        self,
-        nc: NATS,
-        js: JetStreamContext,
-        buckets: Buckets,
-        lines: LinesCache,
-        operators: OperatorsCache | None,
-        waiting: Waiting,
-        flood_rule: flood.FloodRule | None = None,
-    ) -> None:
-        shared = Shared(nc, js, buckets, lines, operators, waiting, flood_rule)
-        self.js = js
-        self.lines = lines
-        self.operators = operators
+    def __init__(self, shared: Shared) -> None:
+        self.js = shared.js
+        self.lines = shared.lines
+        self.operators = shared.operators
         self.fx = shared.fx
         self.capacity = Capacity(shared)
         self.offering = Offering(shared, self.capacity)
