@@ -57,7 +57,7 @@ from desk.reads import (
 )
 from desk.settings import Settings
 from desk.supervise import overview, supervisor_problem
-from openlines import commands, edge, files, subjects
+from openlines import bus, commands, edge, files, subjects
 from openlines.apply import load_lines
 from openlines.bus import kv_entries
 from openlines.commands import (
@@ -376,6 +376,14 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         # Unavailable (no router answering, the file store away): when a client such as a script may ask again.
         retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else None
         return json_error(exc.status, exc.code, exc.detail, headers=retry)
+    except bus.UNAVAILABLE as exc:
+        if request.path == "/ws":  # a page's socket ends it its own way; it has answered already
+            raise
+        # A read the request needed met NATS away for a moment (a node lost, a connection being re-made): that is
+        # "try again", not an error of the desk. A change the router made before it is stored; a reload shows it.
+        log.warning("request met NATS unavailable", extra={"path": request.path, "error": repr(exc)})
+        detail = "the message bus did not answer in time; asking again is safe (a change already made shows on reload)"
+        return json_error(503, "unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
