@@ -25,7 +25,7 @@ On the common path - one holder - every delivery comes here in order, nothing is
 comparisons. A delivery missing (a number skipped) means another holder: the consumer and the new part of the
 stream are read again before anything delivered after the skip starts.
 
-Pure: the shell (``router.inbound``) says what was delivered and finished here and what it read; no I/O.
+Pure: the shell (``router.order`` and ``router.inbound``) says what was delivered and finished here and what it read; no I/O.
 """
 
 from __future__ import annotations
