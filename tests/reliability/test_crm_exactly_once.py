@@ -139,6 +139,37 @@ async def test_a_nats_timeout_between_the_builtin_crms_own_writes_leaves_a_whole
         await proxy.stop()
 
 
+async def test_a_lead_write_that_never_arrives_is_made_again_not_linked_as_a_lead_that_does_not_exist(
+    nc: Any, nats_server: Any
+) -> None:
+    """The built-in CRM indexes a lead's phone before it writes the lead; the write is lost (a kill -9 or a
+    dropped connection right there). The retry found the lead by that phone and linked the client to it -
+    a lead that did not exist: the client had no CRM record (found by the fault suite on a 3-node cluster,
+    9,999 leads for 10,000 clients). Now the lead is written, once, and the client linked to it."""
+    await apply_lines(nc, LINES)
+    proxy = NatsProxy(nats_server.port)
+    await proxy.start()
+    try:
+        async with (
+            crm_under_test("builtin", nc) as crm,
+            running_router(nats_server.url),
+            running_crm_sync(proxy.url, **crm.settings()),
+        ):
+            lost = proxy.drop("$KV.ol-crm-leads.>")  # the first write of a lead never reaches the server
+            await publish(nc, telegram("809", "hello", "1", name="Ada", phone="+37126000009"))
+            s = await opened(nc, "telegram", "shopbot", "809")
+            await linked(nc, s.id, timeout=30)
+            assert lost.fired == 1, "no lead write was lost: the test did not test"
+            await caught_up(nc)
+            await one_of_each(nc, crm, s.id, "imol|telegram|shopbot|809")
+            [lead] = await crm.records("lead", "imol|telegram|shopbot|809")
+            builtin = await crm.builtin()
+            assert await builtin.get("lead", lead) is not None
+            assert (await builtin.find_by_comm(["+37126000009"], [])).leads == [lead]
+    finally:
+        await proxy.stop()
+
+
 # The publishes crm-sync makes while it links a new client, by kind. The first of each kind is
 # stalled in turn (stored, answered late: the request times out). OPENLINES_CRM_FAULTS=all
 # stalls every single publish of the sequence instead, and also drops each (never stored).

@@ -308,10 +308,14 @@ class Syncer:
                 matches = await self.crm.find_by_comm(list(ids.phones), list(ids.emails))
                 contact_id = pick(matches.contacts)
                 lead_id = "" if contact_id else pick(matches.leads)
-                if contact_id or lead_id:
+                existing = (
+                    await self.crm.get("contact" if contact_id else "lead", contact_id or lead_id)
+                    if contact_id or lead_id
+                    else None
+                )
+                if existing is not None:  # a match whose record cannot be read is never linked to
                     known = Known(contact_id=contact_id, lead_id=lead_id)
-                    existing = await self.crm.get("contact" if contact_id else "lead", contact_id or lead_id)
-                    assigned = existing.assigned_by if existing else ""
+                    assigned = existing.assigned_by
         plan = decide(crm, known)
         # Who owns what is created: the operator already on the chat, else the known
         # client's own manager, else the line's default.
