@@ -208,7 +208,9 @@ class Reader:
         found = await asyncio.gather(*(self.session(sid) for sid in dict.fromkeys([*state.sessions, *state.offers])))
         mine = [s for s in found if s is not None and operator_id in holders_of(s)]
         mine.sort(key=lambda s: s.opened_at)
-        return [await self.chat(s) for s in mine]
+        # Side by side: each chat reads its SLA clock (and more); one after the other, a page opened on a busy
+        # desk - after a desk replica was killed, every page of it at once - waited for the sum.
+        return list(await asyncio.gather(*(self.chat(s) for s in mine)))
 
     async def snapshot(self, operator_id: str) -> dict[str, Any]:
         state = await self.operator(operator_id)
