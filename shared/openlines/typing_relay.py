@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -24,6 +25,7 @@ TIMEOUT = 5.0  # seconds one platform call may take
 MAX_AT_ONCE = 64  # calls in flight; beyond that new ones are dropped (they are only a courtesy)
 
 _decode = msgspec.json.Decoder(Typing)
+log = logging.getLogger("openlines.typing_relay")
 
 
 class TypingRelay:
@@ -44,6 +46,7 @@ class TypingRelay:
     async def _on_typing(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
         if len(parts) != 6 or len(self._tasks) >= MAX_AT_ONCE:
+            log.debug("operator typing dropped", extra={"channel": self.channel, "in_flight": len(self._tasks)})
             return
         account, chat = parts[4], parts[5]
         try:
@@ -60,10 +63,11 @@ class TypingRelay:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _run(call: Awaitable[object]) -> None:
-        with contextlib.suppress(Exception):
+    async def _run(self, call: Awaitable[object]) -> None:
+        try:
             await asyncio.wait_for(call, timeout=TIMEOUT)
+        except Exception as exc:  # refused or slow: only no "typing..." this time
+            log.debug("operator typing not shown", extra={"channel": self.channel, "error": repr(exc)[:200]})
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -87,3 +87,9 @@ async def in_count(nc: NATS) -> int:
 async def failures(nc: NATS) -> list[SessionEvent]:
     rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_EVT, subjects.event("delivery_failed"))
     return [msgspec.json.decode(data, type=SessionEvent) for _, data in rows]
+
+
+def connections(svc: runner.Service[Settings], nc: NATS, server: Any) -> str:
+    """For a failed wait on a core-NATS signal: was each end connected, and what did the server log last."""
+    tail = server.log.read_text(errors="replace")[-1500:] if server.log.exists() else "(no log)"
+    return f"gateway connected: {svc.nc.is_connected}, test's connection: {nc.is_connected}; nats-server log ends: {tail}"

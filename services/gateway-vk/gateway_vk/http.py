@@ -14,7 +14,6 @@ reads the body: nothing is stored and VK retries later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 
@@ -143,11 +142,16 @@ class CallbackHttp:
         if not isinstance(obj, dict) or obj.get("state") != "typing":
             return
         user = obj.get("from_id")
-        if not isinstance(user, int) or isinstance(user, bool) or user <= 0 or not self.nc.is_connected:
+        if not isinstance(user, int) or isinstance(user, bool) or user <= 0:
+            return
+        if not self.nc.is_connected:  # not buffered for a reconnect: it would be stale by then
+            log.debug("client typing not told: NATS not connected", extra={"channel": CHANNEL, "account": account})
             return
         chat = subjects.chat_key(CHANNEL, account, str(user))
-        with contextlib.suppress(Exception):  # a lost "typing" costs nothing; VK gets its "ok" regardless
+        try:
             await self.nc.publish(subjects.typing_in(CHANNEL, account, chat), b"{}")
+        except Exception as exc:  # a lost "typing" costs nothing; VK gets its "ok" regardless
+            log.debug("client typing not told", extra={"channel": CHANNEL, "account": account, "error": repr(exc)[:200]})
 
     async def _read_up_to(self, account: str, obj: object) -> web.Response:
         """The client read the dialog up to a message: our replies up to it get a read mark (reads.py)."""

@@ -20,6 +20,7 @@ from support.vk import (
     CONFIRMATION,
     GROUP_ID,
     SECRET,
+    connections,
     fake_vk,
     groups_json,
     in_count,
@@ -302,7 +303,7 @@ async def test_fuzzed_messages_with_the_right_secret_never_get_a_500(
     assert after - before <= 1 and (status == 200 or after == before)
 
 
-async def test_a_client_typing_is_told_to_the_desk_and_nothing_is_stored(gw: Any, nc: Any, http: Any) -> None:
+async def test_a_client_typing_is_told_to_the_desk_and_nothing_is_stored(gw: Any, nc: Any, http: Any, nats_server: Any) -> None:
     from openlines import subjects
 
     heard: list[str] = []
@@ -320,7 +321,10 @@ async def test_a_client_typing_is_told_to_the_desk_and_nothing_is_stored(gw: Any
         200,
         "ok",
     )
-    await wait_for(lambda: heard, what="the typing signal")
+    try:
+        await wait_for(lambda: heard, what="the typing signal")
+    except AssertionError as failed:  # core NATS, never stored: say which end was away
+        raise AssertionError(f"{failed}; {connections(gw, nc, nats_server)}") from failed
     assert heard == [subjects.typing_in("vk", ACCOUNT, subjects.chat_key("vk", ACCOUNT, "1001"))]
     assert await in_count(nc) == 0
     await sub.unsubscribe()

@@ -10,7 +10,7 @@ import pytest
 from peers.vk_api import FakeVk
 from support import marks_of
 from support.timing import wait_for
-from support.vk import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, failures, fake_vk, running_gateway, sender
+from support.vk import ACCOUNT, GROUP_ID, OTHER_ACCOUNT, OTHER_GROUP, connections, failures, fake_vk, running_gateway, sender
 
 from gateway_vk.core.outbound import random_id
 from gateway_vk.service import VK
@@ -140,11 +140,14 @@ async def test_an_operator_typing_sets_typing_in_the_clients_dialog_and_a_forged
         await nc.publish(subjects.typing_out("vk", ACCOUNT, subjects.chat_key("vk", ACCOUNT, key_of)), encode(typing))
 
     vk.deny_peer(2002, 901)
-    async with running_gateway(nats_server.url, vk.url):
+    async with running_gateway(nats_server.url, vk.url) as gw:
         await operator_types("1001", "3003")  # the body names another dialog than the subject: not believed
         await operator_types("2002", "2002")  # VK refuses it (no permission): nothing to retry
         await operator_types("1001", "1001")
-        await wait_for(lambda: vk.activities, what="messages.setActivity")
+        try:
+            await wait_for(lambda: vk.activities, what="messages.setActivity")
+        except AssertionError as failed:  # core NATS, never stored: say which end was away
+            raise AssertionError(f"{failed}; calls at VK: {vk.calls[-5:]}; {connections(gw, nc, nats_server)}") from failed
         assert vk.activities == [(GROUP_ID, 1001, "typing")]
 
 
