@@ -18,7 +18,7 @@ from openlines import subjects
 from openlines.consume import pause
 from openlines.envelopes import Inbound
 from openlines.pace import backoff
-from router.core.partition_order import Client, PartitionOrder, Read
+from router.core.partition_order import Client, PartitionOrder, Read, Scan
 
 log = logging.getLogger("router.inbound")
 
@@ -86,29 +86,20 @@ class Order:
         if not self.core.needs_read():
             return read
         READS.inc()
-        seq, read_to, reads = self.core.scan_from(), read.last, 0
-        while seq <= read.last:
-            if self.core.is_ours(seq):
-                seq += 1
-                continue
-            if reads >= READ_AT_MOST:
-                read_to = seq - 1
-                break
+        scan = Scan(self.core, read, READ_AT_MOST)
+        while (seq := scan.next()) is not None:
             try:  # the stream leader's copy (a direct get may answer from a replica that lags)
                 raw: Any = await self.js.get_msg(subjects.STREAM_IN, seq=seq, subject=self.filter_subject, next=True)
             except NotFoundError:
-                break  # no message of the partition from here on
+                scan.found(None, None)  # no message of the partition from here on
+                continue
             except Exception as exc:  # NATS slow or away, the grant missing: the rest counts as not read
                 log.info("partition messages not read", extra={"consumer": self.durable, "error": repr(exc)})
-                read_to = seq - 1
-                break
-            reads += 1
-            if not raw.seq or raw.seq > read.last:
-                break
-            self.core.learned(raw.seq, client_of(raw.data))
-            seq = raw.seq + 1
-        READ_BY_SEQUENCE.inc(reads)
-        self.core.read_done(read, read_to)
+                scan.failed()
+                continue
+            scan.found(raw.seq, client_of(raw.data) if raw.seq else None)
+        READ_BY_SEQUENCE.inc(scan.reads)
+        scan.done()
         self.changed()
         return None if info is None else read
 

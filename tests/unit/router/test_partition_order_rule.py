@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.core.partition_order import Client, PartitionOrder, Read
+from router.core.partition_order import Client, PartitionOrder, Read, Scan
 
 CLIENTS: list[Client] = [("webchat", "demo", c) for c in ("a", "b")]
 
@@ -70,6 +70,44 @@ def test_messages_not_read_are_read_again_the_floor_may_never_pass_one_in_hand()
     assert order.scan_from() == 11
     order.read_done(Read(floor=10, last=20, delivery=9), 20)  # the read again: 11-19 not the partition's, 20 here
     assert not order.needs_read() and order.may_start(20, 9, CLIENTS[0])
+
+
+def test_a_scan_reads_past_what_is_given_here_and_a_failed_read_leaves_the_rest_unread() -> None:
+    # Delivered: 12 here (client a); the stream's 11 and 14 are the partition's too (b, a), 13 another's.
+    partition = {11: CLIENTS[1], 12: CLIENTS[0], 14: CLIENTS[0]}
+    order = PartitionOrder()
+    order.received(12, 2)
+    order.floor_read(10)  # the look at the consumer, as the shell does before a scan
+    scan = Scan(order, Read(floor=10, last=14, delivery=3), at_most=5)
+    asked = []
+    while (seq := scan.next()) is not None:
+        asked.append(seq)
+        found = next((s for s in sorted(partition) if s >= seq), None)
+        scan.found(found, None if found is None else partition[found])
+    scan.done()
+    assert asked == [11, 13]  # 12 is given here: not read
+    assert order.unknown == {11: CLIENTS[1], 14: CLIENTS[0]} and not order.unread()
+    assert order.waits_for(12, 2, CLIENTS[0]) is None  # b's 11 is not a's; a's 14 is after 12
+
+    order = PartitionOrder()
+    order.floor_read(10)
+    scan = Scan(order, Read(floor=10, last=14, delivery=3), at_most=5)
+    assert scan.next() == 11
+    scan.found(11, CLIENTS[1])
+    assert scan.next() == 12
+    scan.failed()  # NATS away: 12-14 not read
+    assert scan.next() is None and scan.reads == 2
+    scan.done()
+    assert order.unread() and order.scan_from() == 12 and order.unknown == {11: CLIENTS[1]}
+
+    order = PartitionOrder()
+    order.floor_read(10)
+    scan = Scan(order, Read(floor=10, last=14, delivery=3), at_most=1)  # one read only
+    assert scan.next() == 11
+    scan.found(11, CLIENTS[1])
+    assert scan.next() is None
+    scan.done()
+    assert order.unread() and order.scan_from() == 12
 
 
 @dataclass
@@ -139,21 +177,11 @@ def _read_stream(c: _Consumer, h: _Holder, at_most: int) -> None:
     read, h.read = h.read, None
     if not h.order.needs_read():
         return
-    seq, read_to, reads = h.order.scan_from(), read.last, 0
-    while seq <= read.last:
-        if h.order.is_ours(seq):
-            seq += 1
-            continue
-        if reads >= at_most:
-            read_to = seq - 1
-            break
+    scan = Scan(h.order, read, at_most)
+    while (seq := scan.next()) is not None:
         found = next((s for s in c.ours() if s >= seq), None)  # next_by_subj
-        reads += 1
-        if found is None or found > read.last:
-            break
-        h.order.learned(found, c.stream[found - 1][1])
-        seq = found + 1
-    h.order.read_done(read, read_to)
+        scan.found(found, None if found is None else c.stream[found - 1][1])
+    scan.done()
 
 
 def _take_over(c: _Consumer) -> _Holder:

@@ -173,3 +173,50 @@ class PartitionOrder:
         if not same:
             del self._unknown_of[client]
         return True
+
+
+class Scan:
+    """One read of a partition's messages by sequence after a look at the consumer, without the I/O: the shell
+    (and the rule's property test, against its model of nats-server) asks :meth:`next` where to read from,
+    reads the first partition message at or after it and says what it found with :meth:`found` (or
+    :meth:`failed`), until :meth:`next` answers None; then :meth:`done`.
+
+    Reads at most ``at_most`` messages; what it did not read is left for the next read (:meth:`PartitionOrder.unread`).
+    """
+
+    def __init__(self, order: PartitionOrder, read: Read, at_most: int) -> None:
+        self.order = order
+        self.read = read
+        self.at_most = at_most
+        self.seq = order.scan_from()
+        self.read_to = read.last  # every partition message up to here is read, unless a read fails or there are too many
+        self.reads = 0
+
+    def next(self) -> int | None:
+        """The stream sequence to read the partition's next message from, or None: the scan is over."""
+        while self.seq <= self.read.last and self.order.is_ours(self.seq):
+            self.seq += 1  # given here: its client is known
+        if self.seq > self.read.last:
+            return None
+        if self.reads >= self.at_most:
+            self.read_to = self.seq - 1
+            self.seq = self.read.last + 1
+            return None
+        self.reads += 1
+        return self.seq
+
+    def found(self, seq: int | None, client: Client | None) -> None:
+        """The partition's first message at or after :meth:`next`'s answer: at ``seq`` (None: none up to the end)."""
+        if seq is None or seq <= 0 or seq > self.read.last:
+            self.seq = self.read.last + 1  # nothing more of the partition up to the look's last delivery
+            return
+        self.order.learned(seq, client)
+        self.seq = seq + 1
+
+    def failed(self) -> None:
+        """The read failed (NATS slow or away): the rest counts as not read."""
+        self.read_to = self.seq - 1
+        self.seq = self.read.last + 1
+
+    def done(self) -> None:
+        self.order.read_done(self.read, self.read_to)
