@@ -14,6 +14,7 @@ from openlines.commands import TemplateChoice
 from openlines.envelopes import Attachment, Inbound, utcnow
 from openlines.lines import LineConfig
 from openlines.state import OperatorState, OperatorStatus, Session
+from router.shell.answers import Answers
 from router.shell.base import Refused, Shared, client_id_for, session_id_for
 from router.shell.capacity import Capacity
 from router.shell.chats import Chats
@@ -38,14 +39,15 @@ class Engine:
         self.fx = shared.fx
         self.capacity = Capacity(shared)
         self.offering = Offering(shared, self.capacity)
+        self.answers = Answers(shared, self.offering, self.capacity)
         self.closing = Closing(shared, self.offering)
         self.inbound = InboundFlow(shared, self.offering)
-        self.status = Operators(shared, self.offering)
-        self.chats = Chats(shared, self.offering, self.closing)
-        self.transfers = Transfers(shared, self.capacity, self.offering)
+        self.status = Operators(shared, self.offering, self.answers)
+        self.chats = Chats(shared, self.offering, self.closing, self.answers)
+        self.transfers = Transfers(shared, self.capacity, self.offering, self.answers)
         self.picking = Picking(shared, self.capacity)
         self.clients = Clients(shared)
-        self.timers = Firing(shared, self.offering, self.closing, self.status)
+        self.timers = Firing(shared, self.offering, self.answers, self.closing, self.status)
 
     # a client's message
     async def handle_inbound(self, msg: Inbound) -> None:

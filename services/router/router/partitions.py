@@ -16,15 +16,10 @@ taking at most its fair share (partitions / live members, rounded up). A
 replica that dies stops renewing; its leases expire and the others take the
 partitions over. A new replica makes the others give up their surplus.
 
-A replica killed -9 is not waited for (decision 027): each replica answers on
-its own ``ol.router.alive.<member>`` subject, and the server drops that
-subscription the moment the replica's connection closes. A round asks every
-other member; "no responders" twice (a moment apart, so a reconnect is not
-mistaken for a death) marks it gone: it no longer counts for the fair share,
-and its leases are taken at once with compare-and-set on their revision. The
-message it had in hand is handed back (nak'd) by the new holder instead of
-waiting out ``ack_wait``. A probe that times out (a busy replica, NATS slow)
-says nothing: that replica's leases decide, as before.
+A replica killed -9 is not waited for (decision 027): ``router.members`` sees its
+connection gone; it no longer counts for the fair share, and its leases are taken
+at once with compare-and-set on their revision. The message it had in hand is
+handed back (nak'd) by the new holder instead of waiting out ``ack_wait``.
 
 The lease is short (1.5 s by default, renewed every third of it) so that a
 replica whose death is not seen that way (its host gone without closing the
@@ -45,11 +40,9 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
 from nats import nuid
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -58,6 +51,7 @@ from prometheus_client import Counter, Gauge
 from openlines import bus, subjects
 from router import inbound
 from router.engine import Engine
+from router.members import BUCKET_STREAM, MEMBER, Members
 
 log = logging.getLogger("router.partitions")
 
@@ -67,8 +61,6 @@ GONE = Counter(
     "openlines_router_partitions_taken_from_gone_total",
     "Partition leases taken at once from a replica whose connection was gone (no responders)",
 )
-BUCKET_STREAM = f"KV_{subjects.KV_ROUTER}"
-MEMBER = "member."
 
 
 @dataclass
@@ -101,20 +93,19 @@ class Partitions:
         self.in_hand = in_hand
         self.finish_timeout = finish_timeout  # the longest a partition given up may take over its message in hand
         self.me = nuid.NUID().next().decode()
+        self.members = Members(nc, js, self.me)
         self.held: dict[int, _Held] = {}
         self.kv: KeyValue
         self.stopping = asyncio.Event()
         self.balanced = asyncio.Event()  # set once this replica has taken its share
         self._background: set[asyncio.Task[None]] = set()
-        self._alive: Any = None
         self._last_members: set[str] = set()
         self._eager_until = 0.0  # until when (loop time) rounds come sooner while short of our share
         self._short = False
 
     async def open(self) -> None:
         # Answer the other replicas' probes before the first heartbeat makes us a member.
-        self._alive = await self.nc.subscribe(subjects.router_alive(self.me), cb=self._answer)
-        await self.nc.flush()
+        await self.members.answer_probes()
         # replicated: a lost node must not stop the leases (and so all routing)
         self.kv = await bus.own_bucket(self.js, subjects.KV_ROUTER, ttl=self.lease_seconds, replicas=self.replicas)
         await self._match_ttl()
@@ -142,17 +133,6 @@ class Partitions:
     @property
     def interval(self) -> float:
         return self.lease_seconds / 3
-
-    @property
-    def confirm(self) -> float:
-        """The pause between the two probes that say a member is gone: longer than a dropped connection
-        takes to come back when its NATS server is there (a few milliseconds)."""
-        return self.interval / 2
-
-    async def _answer(self, msg: Any) -> None:
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(b"")
 
     async def run(self) -> None:
         try:
@@ -183,7 +163,7 @@ class Partitions:
         failed = next((r for r in done if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed  # NATS not answering: this round ends here, what we hold stays until the leases say otherwise
-        members, gone = await self._members()
+        members, gone = await self.members.look(self.kv, self.interval)
         if set(members) != self._last_members:
             self._last_members = set(members)
             self._eager_until = asyncio.get_running_loop().time() + self.lease_seconds
@@ -203,44 +183,6 @@ class Partitions:
         self._short = len(staying) < share
         if len(staying) >= min(share, subjects.PARTITIONS):
             self.balanced.set()
-
-    async def _members(self) -> tuple[list[str], set[str]]:
-        """The live members: the bucket stream's member subjects (no consumer made), less those whose last
-        word was a delete (a replica that stopped) and those whose connection is gone (killed); and the
-        latter apart, whose leases are taken at once."""
-        prefix = f"$KV.{subjects.KV_ROUTER}.{MEMBER}"
-        info = await self.js.stream_info(BUCKET_STREAM, subjects_filter=prefix + ">")
-        others = [s.removeprefix(prefix) for s in (info.state.subjects or {}) if s.removeprefix(prefix) != self.me]
-
-        async def state(member: str) -> str:
-            try:
-                await self.kv.get(f"{MEMBER}{member}")
-            except (KeyNotFoundError, KeyDeletedError):
-                return "stopped"
-            return "gone" if await self._gone(member) else "live"
-
-        found = await asyncio.gather(*(state(m) for m in others))
-        members = [self.me] + [m for m, st in zip(others, found, strict=True) if st == "live"]
-        return members, {m for m, st in zip(others, found, strict=True) if st == "gone"}
-
-    async def _gone(self, member: str) -> bool:
-        """Whether ``member``'s NATS connection is gone: its probe answered "no responders" twice, ``confirm``
-        apart. An answer, a timeout or any other failure (ours: NATS away) says it may be alive."""
-        try:
-            subject = subjects.router_alive(member)
-        except subjects.BadToken:
-            return False  # not a member id of ours: its leases decide
-        for attempt in range(2):
-            if attempt:
-                await asyncio.sleep(self.confirm)
-            try:
-                await self.nc.request(subject, b"", timeout=self.interval)
-            except NoRespondersError:
-                continue
-            except Exception:
-                return False
-            return False
-        return True
 
     async def _take_from(self, gone: set[str], wanted: int) -> list[int]:
         """Take up to ``wanted`` partitions leased by replicas that are gone, all at once: compare-and-set on
@@ -358,9 +300,7 @@ class Partitions:
         await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.kv.delete(f"{MEMBER}{self.me}")
-        if self._alive is not None:
-            with contextlib.suppress(Exception):
-                await self._alive.unsubscribe()
+        await self.members.close()
         OWNED.set(0)
 
     def stop(self) -> None:

@@ -11,21 +11,23 @@ from openlines.envelopes import Attachment, Outbound, TemplateMessage, utcnow
 from openlines.state import ClientRecord, OperatorState, Session, client_key
 from router.core import capacity, client
 from router.core import session as transition
+from router.shell.answers import Answers
 from router.shell.base import Part, Refused, Shared
 from router.shell.closing import Closing
 from router.shell.offering import Offering
 
 
 class Chats(Part):
-    def __init__(self, shared: Shared, offering: Offering, closing: Closing) -> None:
+    def __init__(self, shared: Shared, offering: Offering, closing: Closing, answers: Answers) -> None:
         super().__init__(shared)
         self.offering = offering
+        self.answers = answers
         self.closing = closing
 
     async def accept(self, operator_id: str, session_id: str) -> Session:
         acc = await self._account(operator_id)
         now = utcnow()
-        session = await self.offering.own_session(operator_id, session_id, now, take=True)
+        session = await self.answers.own_session(operator_id, session_id, now, take=True)
         return await self._answered(session, f"Accepted by {acc.name}", now)
 
     async def _answered(self, session: Session, note: str, now: datetime) -> Session:
@@ -80,7 +82,7 @@ class Chats(Part):
                 f"the client's 24-hour window closed{since}: WhatsApp delivers only an approved message template"
                 " until the client writes again",
             )
-        session = await self.offering.own_session(operator_id, session_id, now, take=True)
+        session = await self.answers.own_session(operator_id, session_id, now, take=True)
         out_id = f"out:{session_id}:{subjects.token(client_msg_id, 'client_msg_id')}"
         await self.fx.send(
             session,
@@ -125,17 +127,17 @@ class Chats(Part):
         now = utcnow()
         offered, _ = await kv_get(self.b.sessions, session_id, Session)
         if offered is not None and offered.status == "assigned" and not offered.operator_id and operator_id in offered.offered_to:
-            await self.offering.decline_offer(operator_id, offered, "skipped", now)
+            await self.answers.decline_offer(operator_id, offered, "skipped", now)
             return
-        session = await self.offering.own_session(operator_id, session_id, now)
+        session = await self.answers.own_session(operator_id, session_id, now)
         if session.status != "assigned":
             raise Refused("conflict", "only an offered chat can be skipped; transfer an answered one")
-        await self.offering.pass_on(session, "skipped", now)
+        await self.answers.pass_on(session, "skipped", now)
 
     async def pin(self, operator_id: str, session_id: str, pinned: bool) -> Session:
         acc = await self._account(operator_id)
         now = utcnow()
-        session = await self.offering.own_session(operator_id, session_id, now)
+        session = await self.answers.own_session(operator_id, session_id, now)
         updated = await kv_update(self.b.sessions, session_id, Session, lambda s: transition.pinned(s, pinned))
         if updated is not None and updated.pinned == pinned and session.pinned != pinned:
             text = f"{'Pinned' if pinned else 'Unpinned'} by {acc.name}"
@@ -149,7 +151,7 @@ class Chats(Part):
         done = await self.closing.repeated(operator_id, session_id, "spam", now)
         if done is not None:
             return done
-        session = await self.offering.own_session(operator_id, session_id, now)
+        session = await self.answers.own_session(operator_id, session_id, now)
         key = client_key(session.channel, session.account, session.chat_key)
         await kv_update(self.b.clients, key, ClientRecord, client.marked_spam)
         return await self.closing.close(session, now, closed_by=operator_id, reason="spam")
@@ -160,5 +162,5 @@ class Chats(Part):
         done = await self.closing.repeated(operator_id, session_id, "operator", now)
         if done is not None:
             return done
-        session = await self.offering.own_session(operator_id, session_id, now)
+        session = await self.answers.own_session(operator_id, session_id, now)
         return await self.closing.close(session, now, closed_by=operator_id, reason="operator")

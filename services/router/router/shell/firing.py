@@ -12,6 +12,7 @@ from openlines.bus import kv_get
 from openlines.envelopes import utcnow
 from openlines.state import OperatorState, Session
 from router.core import timing
+from router.shell.answers import Answers
 from router.shell.base import Part, Shared
 from router.shell.closing import Closing
 from router.shell.offering import Offering
@@ -22,9 +23,10 @@ log = logging.getLogger("router.engine")
 
 
 class Firing(Part):
-    def __init__(self, shared: Shared, offering: Offering, closing: Closing, operators: Operators) -> None:
+    def __init__(self, shared: Shared, offering: Offering, answers: Answers, closing: Closing, operators: Operators) -> None:
         super().__init__(shared)
         self.offering = offering
+        self.answers = answers
         self.closing = closing
         self.ops = operators
 
@@ -39,7 +41,7 @@ class Firing(Part):
             if verdict.action == "pass_on" and session is not None:
                 if verdict.reannounce:
                     await self.offering.announce(session, [session.operator_id] if session.operator_id else session.offered_to)
-                await self.offering.pass_on(session, "no answer", now)
+                await self.answers.pass_on(session, "no answer", now)
         elif timer.kind == "idle":
             session, _ = await kv_get(self.b.sessions, timer.target, Session)
             if session is not None and timing.idle_fired(session, timer.token):

@@ -13,6 +13,7 @@ from openlines.envelopes import utcnow
 from openlines.state import OperatorState, OperatorStatus, Session
 from router.core import session as transition
 from router.core import timing
+from router.shell.answers import Answers
 from router.shell.base import Part, Shared
 from router.shell.offering import Offering
 from router.timers import Timer, schedule
@@ -21,9 +22,10 @@ log = logging.getLogger("router.engine")
 
 
 class Operators(Part):
-    def __init__(self, shared: Shared, offering: Offering) -> None:
+    def __init__(self, shared: Shared, offering: Offering, answers: Answers) -> None:
         super().__init__(shared)
         self.offering = offering
+        self.answers = answers
 
     async def set_status(self, operator_id: str, status: OperatorStatus, now: datetime | None = None) -> OperatorState:
         await self._account(operator_id)
@@ -51,7 +53,7 @@ class Operators(Part):
         for sid in list(state.offers):
             offered, _ = await kv_get(self.b.sessions, sid, Session)
             if offered is not None and offered.status == "assigned" and operator_id in offered.offered_to:
-                await self.offering.decline_offer(operator_id, offered, "operator away", now)
+                await self.answers.decline_offer(operator_id, offered, "operator away", now)
             else:
                 await self._withdraw(operator_id, sid)
         for sid in list(state.sessions):
@@ -62,7 +64,7 @@ class Operators(Part):
             if session is None or action == "keep":
                 continue
             if action == "pass_on":
-                await self.offering.pass_on(session, "operator away", now)
+                await self.answers.pass_on(session, "operator away", now)
             else:
                 await self._move_answered(session, "operator away", now)
 

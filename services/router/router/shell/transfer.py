@@ -11,6 +11,7 @@ from openlines.roles import is_supervisor
 from openlines.state import OperatorAccount, OperatorState, Session
 from router.core import capacity
 from router.core import session as transition
+from router.shell.answers import Answers
 from router.shell.base import Part, Refused, Shared
 from router.shell.capacity import Capacity
 from router.shell.offering import Offering
@@ -19,10 +20,11 @@ MAX_COMMENT = 1000
 
 
 class Transfers(Part):
-    def __init__(self, shared: Shared, cap: Capacity, offering: Offering) -> None:
+    def __init__(self, shared: Shared, cap: Capacity, offering: Offering, answers: Answers) -> None:
         super().__init__(shared)
         self.cap = cap
         self.offering = offering
+        self.answers = answers
 
     async def transfer(self, operator_id: str, session_id: str, to_operator: str, to_line: str, comment: str = "") -> Session:
         acc = await self._account(operator_id)
@@ -31,7 +33,7 @@ class Transfers(Part):
             raise Refused("invalid", f"a transfer comment is at most {MAX_COMMENT} characters")
         said = f": “{comment}”" if comment else ""  # for whoever gets the chat; the client never sees it
         now = utcnow()
-        session = await self.offering.own_session(operator_id, session_id, now)
+        session = await self.answers.own_session(operator_id, session_id, now)
         if bool(to_operator) == bool(to_line):
             raise Refused("invalid", "give exactly one of to_operator or to_line")
         if to_operator:
