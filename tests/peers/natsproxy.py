@@ -128,9 +128,12 @@ class NatsProxy:
     ) -> Rule:
         return self._add(Rule(pattern, "cut", seconds, nth, payloads))
 
-    def cut(self, seconds: float) -> None:
+    def cut(self, seconds: float) -> asyncio.Event:
+        """Hold every byte both ways for ``seconds`` (a partition that heals); the event is set when it has healed."""
+        healed = asyncio.Event()
         self._hold(self._to_client, seconds)
-        self._hold(self._to_server, seconds)
+        self._hold(self._to_server, seconds, healed)
+        return healed
 
     def drop_connections(self) -> int:
         """Reset every relayed connection (both ends, no goodbye); returns how many client connections it cut."""

@@ -271,9 +271,10 @@ class Nats:
     def drop(self) -> int:
         return sum(p.drop_connections() for p in self.proxies)
 
-    def cut(self, seconds: float) -> None:
-        for p in self.proxies:
-            p.cut(seconds)
+    async def cut(self, seconds: float) -> None:
+        """Every relayed connection held for ``seconds``; returns once they all flow again."""
+        healed = [p.cut(seconds) for p in self.proxies]
+        await asyncio.gather(*(h.wait() for h in healed))
 
     async def stop(self, cpu: CpuMeter) -> None:
         for p in self.proxies:
@@ -496,7 +497,7 @@ async def run_chaos(
             elif target == "drop":
                 nats.drop()
             elif target == "cut":
-                nats.cut(random.uniform(1.0, 3.0))  # a partition that heals
+                await nats.cut(random.uniform(1.0, 3.0))  # a partition that heals
             elif target == "throttle":
                 assert bitrix is not None
                 bitrix.limit_for(ACK_WAIT + 3)  # every call QUERY_LIMIT_EXCEEDED for longer than ack_wait
@@ -507,8 +508,6 @@ async def run_chaos(
                 procs[target].start()
             # One fault at a time: the next one comes when every service serves again, so that each gap
             # in routing belongs to one fault.
-            if target == "cut":
-                await asyncio.sleep(3.0)
             with phases.timed(f"serving again after {kind_of(target)}", target):
                 await wait_for(all_serving, timeout=120, interval=0.2, what=f"every service serving again after {target}")
 
