@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +82,12 @@ def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-# -- NATS timeouts ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_nats_timeout_while_crm_linked_is_published_makes_no_second_activity(
-    nc: Any, nats_server: Any, backend: str
-) -> None:
+@asynccontextmanager
+async def crm_sync_through_a_relay(
+    nc: Any, nats_server: Any, backend: str, **sync: Any
+) -> AsyncIterator[tuple[CrmUnderTest, NatsProxy]]:
+    """The lines, the router, the CRM under test and one crm-sync that reaches NATS through a relay the test
+    can stall or drop publishes at."""
     await apply_lines(nc, LINES)
     proxy = NatsProxy(nats_server.port)
     await proxy.start()
@@ -96,18 +95,29 @@ async def test_a_nats_timeout_while_crm_linked_is_published_makes_no_second_acti
         async with (
             crm_under_test(backend, nc) as crm,
             running_router(nats_server.url),
-            running_crm_sync(proxy.url, **crm.settings()),
+            running_crm_sync(proxy.url, **sync, **crm.settings()),
         ):
-            # The event is stored, but its acknowledgement reaches crm-sync too late: it times out and retries.
-            rule = proxy.stall_replies_after(subjects.event("crm_linked"), STALL)
-            await publish(nc, inbound("t1", "hello", "m1", name="Tina"))
-            s = await opened(nc, "webchat", "demo", "t1")
-            await linked(nc, s.id, timeout=30)
-            await wait_for(rule.done.is_set, timeout=20, what="the stalled publish")
-            await caught_up(nc)
-            await one_of_each(nc, crm, s.id, code("t1"))
+            yield crm, proxy
     finally:
         await proxy.stop()
+
+
+# -- NATS timeouts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_nats_timeout_while_crm_linked_is_published_makes_no_second_activity(
+    nc: Any, nats_server: Any, backend: str
+) -> None:
+    async with crm_sync_through_a_relay(nc, nats_server, backend) as (crm, proxy):
+        # The event is stored, but its acknowledgement reaches crm-sync too late: it times out and retries.
+        rule = proxy.stall_replies_after(subjects.event("crm_linked"), STALL)
+        await publish(nc, inbound("t1", "hello", "m1", name="Tina"))
+        s = await opened(nc, "webchat", "demo", "t1")
+        await linked(nc, s.id, timeout=30)
+        await wait_for(rule.done.is_set, timeout=20, what="the stalled publish")
+        await caught_up(nc)
+        await one_of_each(nc, crm, s.id, code("t1"))
 
 
 @pytest.mark.parametrize("write", ["$KV.ol-crm-index.origin.activity.>", "$KV.ol-crm-leads.>"])
@@ -116,27 +126,17 @@ async def test_a_nats_timeout_between_the_builtin_crms_own_writes_leaves_a_whole
 ) -> None:
     """The built-in CRM writes a record in steps (origin claim, phone index, the record): a retry
     after a timeout at any of them completes it - the activity exists, the lead is found by phone."""
-    await apply_lines(nc, LINES)
-    proxy = NatsProxy(nats_server.port)
-    await proxy.start()
-    try:
-        async with (
-            crm_under_test("builtin", nc) as crm,
-            running_router(nats_server.url),
-            running_crm_sync(proxy.url, **crm.settings()),
-        ):
-            rule = proxy.stall_replies_after(write, STALL)
-            await publish(nc, telegram("808", "hello", "1", name="Ada", phone="+37126000008"))
-            s = await opened(nc, "telegram", "shopbot", "808")
-            await linked(nc, s.id, timeout=30)
-            await wait_for(rule.done.is_set, timeout=20, what="the stalled write")
-            await caught_up(nc)
-            await one_of_each(nc, crm, s.id, "imol|telegram|shopbot|808")
-            builtin = await crm.builtin()
-            [lead] = await crm.records("lead", "imol|telegram|shopbot|808")
-            assert (await builtin.find_by_comm(["+37126000008"], [])).leads == [lead]
-    finally:
-        await proxy.stop()
+    async with crm_sync_through_a_relay(nc, nats_server, "builtin") as (crm, proxy):
+        rule = proxy.stall_replies_after(write, STALL)
+        await publish(nc, telegram("808", "hello", "1", name="Ada", phone="+37126000008"))
+        s = await opened(nc, "telegram", "shopbot", "808")
+        await linked(nc, s.id, timeout=30)
+        await wait_for(rule.done.is_set, timeout=20, what="the stalled write")
+        await caught_up(nc)
+        await one_of_each(nc, crm, s.id, "imol|telegram|shopbot|808")
+        builtin = await crm.builtin()
+        [lead] = await crm.records("lead", "imol|telegram|shopbot|808")
+        assert (await builtin.find_by_comm(["+37126000008"], [])).leads == [lead]
 
 
 async def test_a_lead_write_that_never_arrives_is_made_again_not_linked_as_a_lead_that_does_not_exist(
@@ -146,28 +146,18 @@ async def test_a_lead_write_that_never_arrives_is_made_again_not_linked_as_a_lea
     dropped connection right there). The retry found the lead by that phone and linked the client to it -
     a lead that did not exist: the client had no CRM record (found by the fault suite on a 3-node cluster,
     9,999 leads for 10,000 clients). Now the lead is written, once, and the client linked to it."""
-    await apply_lines(nc, LINES)
-    proxy = NatsProxy(nats_server.port)
-    await proxy.start()
-    try:
-        async with (
-            crm_under_test("builtin", nc) as crm,
-            running_router(nats_server.url),
-            running_crm_sync(proxy.url, **crm.settings()),
-        ):
-            lost = proxy.drop("$KV.ol-crm-leads.>")  # the first write of a lead never reaches the server
-            await publish(nc, telegram("809", "hello", "1", name="Ada", phone="+37126000009"))
-            s = await opened(nc, "telegram", "shopbot", "809")
-            await linked(nc, s.id, timeout=30)
-            assert lost.fired == 1, "no lead write was lost: the test did not test"
-            await caught_up(nc)
-            await one_of_each(nc, crm, s.id, "imol|telegram|shopbot|809")
-            [lead] = await crm.records("lead", "imol|telegram|shopbot|809")
-            builtin = await crm.builtin()
-            assert await builtin.get("lead", lead) is not None
-            assert (await builtin.find_by_comm(["+37126000009"], [])).leads == [lead]
-    finally:
-        await proxy.stop()
+    async with crm_sync_through_a_relay(nc, nats_server, "builtin") as (crm, proxy):
+        lost = proxy.drop("$KV.ol-crm-leads.>")  # the first write of a lead never reaches the server
+        await publish(nc, telegram("809", "hello", "1", name="Ada", phone="+37126000009"))
+        s = await opened(nc, "telegram", "shopbot", "809")
+        await linked(nc, s.id, timeout=30)
+        assert lost.fired == 1, "no lead write was lost: the test did not test"
+        await caught_up(nc)
+        await one_of_each(nc, crm, s.id, "imol|telegram|shopbot|809")
+        [lead] = await crm.records("lead", "imol|telegram|shopbot|809")
+        builtin = await crm.builtin()
+        assert await builtin.get("lead", lead) is not None
+        assert (await builtin.find_by_comm(["+37126000009"], [])).leads == [lead]
 
 
 # The publishes crm-sync makes while it links a new client, by kind. The first of each kind is
@@ -194,60 +184,50 @@ def _kind(subject: str) -> str | None:
 async def test_a_nats_timeout_at_any_publish_while_linking_never_doubles_a_record(
     nc: Any, nats_server: Any, backend: str
 ) -> None:
-    await apply_lines(nc, LINES)
-    proxy = NatsProxy(nats_server.port)
-    await proxy.start()
-    try:
-        async with (
-            crm_under_test(backend, nc) as crm,
-            running_router(nats_server.url),
-            # A long ack_wait: no heartbeat falls between the publishes counted below.
-            running_crm_sync(proxy.url, ack_wait=20.0, **crm.settings()),
-        ):
-            # A first client without faults shows the sequence of publishes of one linking.
-            start = len(proxy.published)
-            await publish(nc, inbound("dry", "hello", "m1"))
-            await linked(nc, (await opened(nc, "webchat", "demo", "dry")).id, timeout=30)
+    # A long ack_wait: no heartbeat falls between the publishes counted below.
+    async with crm_sync_through_a_relay(nc, nats_server, backend, ack_wait=20.0) as (crm, proxy):
+        # A first client without faults shows the sequence of publishes of one linking.
+        start = len(proxy.published)
+        await publish(nc, inbound("dry", "hello", "m1"))
+        await linked(nc, (await opened(nc, "webchat", "demo", "dry")).id, timeout=30)
+        await caught_up(nc)
+        sequence = [
+            (subj, head)
+            for subj, head in proxy.published[start:]
+            if _kind(subj) and (_kind(subj) != "ack" or head in ACK_PAYLOADS)
+        ]
+        expected = set(PUBLISH_KINDS) - ({"built-in CRM"} if crm.peer is not None else set())
+        assert {_kind(subj) for subj, _ in sequence} == expected, sequence
+        every = os.environ.get("OPENLINES_CRM_FAULTS") == "all"
+        cases: list[tuple[int, str]] = []
+        seen: set[str | None] = set()
+        for i, (subj, _) in enumerate(sequence):
+            if every or _kind(subj) not in seen:
+                cases += [(i, "stall"), (i, "drop")] if every else [(i, "stall")]
+            seen.add(_kind(subj))
+        for n, (index, action) in enumerate(cases):
+            subj, _ = sequence[index]
+            kind = _kind(subj)
+            assert kind is not None
+            # The same place in the next client's linking: the nth publish of that kind from now.
+            nth = sum(1 for s, _ in sequence[: index + 1] if _kind(s) == kind)
+            payloads = ACK_PAYLOADS if kind == "ack" else None
+            rule = (
+                proxy.drop(PUBLISH_KINDS[kind], nth=nth, payloads=payloads)
+                if action == "drop"
+                else proxy.stall_replies_after(PUBLISH_KINDS[kind], STALL, nth=nth, payloads=payloads)
+            )
+            visitor = f"f{n}"
+            await publish(nc, inbound(visitor, "hello", "m1", name=f"Faulty {n}"))
+            s = await opened(nc, "webchat", "demo", visitor)
+            await wait_for(lambda r=rule: r.fired, timeout=30, what=f"{action} of publish {index} ({subj})")
+            await linked(nc, s.id, timeout=40)
             await caught_up(nc)
-            sequence = [
-                (subj, head)
-                for subj, head in proxy.published[start:]
-                if _kind(subj) and (_kind(subj) != "ack" or head in ACK_PAYLOADS)
-            ]
-            expected = set(PUBLISH_KINDS) - ({"built-in CRM"} if crm.peer is not None else set())
-            assert {_kind(subj) for subj, _ in sequence} == expected, sequence
-            every = os.environ.get("OPENLINES_CRM_FAULTS") == "all"
-            cases: list[tuple[int, str]] = []
-            seen: set[str | None] = set()
-            for i, (subj, _) in enumerate(sequence):
-                if every or _kind(subj) not in seen:
-                    cases += [(i, "stall"), (i, "drop")] if every else [(i, "stall")]
-                seen.add(_kind(subj))
-            for n, (index, action) in enumerate(cases):
-                subj, _ = sequence[index]
-                kind = _kind(subj)
-                assert kind is not None
-                # The same place in the next client's linking: the nth publish of that kind from now.
-                nth = sum(1 for s, _ in sequence[: index + 1] if _kind(s) == kind)
-                payloads = ACK_PAYLOADS if kind == "ack" else None
-                rule = (
-                    proxy.drop(PUBLISH_KINDS[kind], nth=nth, payloads=payloads)
-                    if action == "drop"
-                    else proxy.stall_replies_after(PUBLISH_KINDS[kind], STALL, nth=nth, payloads=payloads)
-                )
-                visitor = f"f{n}"
-                await publish(nc, inbound(visitor, "hello", "m1", name=f"Faulty {n}"))
-                s = await opened(nc, "webchat", "demo", visitor)
-                await wait_for(lambda r=rule: r.fired, timeout=30, what=f"{action} of publish {index} ({subj})")
-                await linked(nc, s.id, timeout=40)
-                await caught_up(nc)
-                proxy.rules.clear()
-                try:
-                    await one_of_each(nc, crm, s.id, code(visitor))
-                except AssertionError as exc:
-                    raise AssertionError(f"{action} of publish {index} ({subj}, #{nth} of its kind): {exc}") from None
-    finally:
-        await proxy.stop()
+            proxy.rules.clear()
+            try:
+                await one_of_each(nc, crm, s.id, code(visitor))
+            except AssertionError as exc:
+                raise AssertionError(f"{action} of publish {index} ({subj}, #{nth} of its kind): {exc}") from None
 
 
 # -- throttling longer than ack_wait, several replicas ------------------------------------------------
