@@ -44,6 +44,7 @@ def split_text(text: str, limit: int, *, units: Units = "chars") -> list[str]:
     parts: list[str] = []
     rest = text
     while rest.strip():
+        rest = rest.lstrip("\n")  # a part's leading line breaks are dropped: they must not take its room
         if size(rest) <= limit:
             parts.append(rest.strip("\n"))
             break

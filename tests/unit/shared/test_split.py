@@ -66,6 +66,11 @@ def test_a_break_that_is_the_last_character_within_the_limit_is_used_and_dropped
     assert split_text("abc efgh", 4, units="utf16") == ["abc", "efgh"]
 
 
+def test_a_hard_cut_just_before_a_line_break_does_not_spend_the_next_parts_room_on_it() -> None:
+    assert split_text("abcd\nefgh", 4) == ["abcd", "efgh"]  # not "abcd", "efg", "h"
+    assert split_text("abcd\n\n\nefgh", 4, units="utf16") == ["abcd", "efgh"]
+
+
 def test_a_leading_space_is_no_place_to_cut() -> None:
     assert split_text(" abcdefg", 4) == [" abc", "defg"]
 
