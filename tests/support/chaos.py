@@ -480,6 +480,20 @@ def longest_wait(messages: list[tuple[float, float]], at: float, window: float =
     return max((routed - received for received, routed in messages if at - 1 <= received <= at + window), default=0.0)
 
 
+def lag_after(routed: Routed, at: float, leaders: float, window: float = WINDOW) -> float:
+    """How long after ``leaders`` (a cluster's new leaders, a node killed at ``at``) routing still lagged: the
+    first transcript line after the kill, and each client message received from a second before the kill to
+    ``window`` after it routed - each counted from the new leaders, or from when the message came if later.
+
+    Not ``at`` + the gap: the gap's pause starts at the last line *before* the kill and a message's wait
+    when it came (up to a second before the kill); added to the kill's time they would count that second
+    again as lag after the leaders."""
+    i = bisect.bisect_right(routed.lines, at)
+    first = routed.lines[i] - leaders if i < len(routed.lines) else 0.0
+    waits = [done - max(came, leaders) for came, done in routed.messages if at - 1 <= came <= at + window]
+    return max(0.0, first, *waits)
+
+
 def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog]) -> dict[str, Any]:
     """Per kind of kill, the longest gap in routing after one: the longer of the pause in transcript
     lines across the kill and the longest wait of a client message around it. For a desk replica: until
@@ -503,13 +517,14 @@ def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog
             pause = pause_across(routed.lines, k.at)
             later = [t for t in starts if t > k.at]
             # Up to the next fault at most: a wait it caused is not this one's.
-            wait = longest_wait(routed.messages, k.at, min(WINDOW, later[0] - k.at) if later else WINDOW)
+            window = min(WINDOW, later[0] - k.at) if later else WINDOW
+            wait = longest_wait(routed.messages, k.at, window)
             gap = max(pause or 0.0, wait)
             gaps.append(gap)
             parts = {"pause": round(pause or 0.0, 2), "message_wait": round(wait, 2)}
             if k.new_leaders_at is not None:
                 parts["new_leaders_after"] = round(k.new_leaders_at - k.at, 2)
-                parts["gap_after_new_leaders"] = round(max(0.0, k.at + gap - k.new_leaders_at), 2)
+                parts["gap_after_new_leaders"] = round(lag_after(routed, k.at, k.new_leaders_at, window), 2)
             detail.append(parts)
         if gaps:
             out[kind] = {"kills": len(gaps), "longest_gap_seconds": round(max(gaps), 2), "gaps": [round(g, 2) for g in gaps]}
