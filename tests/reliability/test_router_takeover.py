@@ -541,3 +541,63 @@ async def test_a_clients_later_message_waits_for_the_earlier_one_an_old_holders_
         await old.close()
     assert sorted(order) == ["first", "other", "second"]
     assert order.index("first") < order.index("second"), order
+
+
+async def test_a_partition_given_up_to_a_replica_that_joins_is_freed_at_once_not_after_its_slow_message(
+    nc: Any, nats_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica that joins (a restart, a scale-up) gets half the partitions; the replica that held them gives
+    them up. Decision 023 had it finish its message in hand first, with the lease kept: while that message was
+    slow (one write whose answer never came) the whole partition waited - up to ``finish_timeout``, 10 s, seen in
+    the fault suite on the 3-node cluster (a 10.36 s wait after a router kill, the killed replica coming back).
+    Now the lease goes at once: another client of that partition is routed by the new holder while the old
+    holder's slow write has not even timed out."""
+    from router import effects
+    from router.shell.base import session_id_for
+
+    monkeypatch.setattr(effects, "TOGETHER_TIMEOUT", 20.0)  # the old holder's slow write: 20 s, not 5 s
+    await apply_lines(nc, LINES)
+    js = nc.jetstream()
+    p = subjects.PARTITIONS - 1  # the first holder keeps the lowest half and gives up this one
+    x, y = _chats_in_partition(p, 2)
+    proxy = NatsProxy(nats_server.port)
+    await proxy.start()
+    try:
+        async with running_router(proxy.url, shutdown_timeout=20.0):
+            await wait_for(lambda: split_evenly_over(nc, 1), timeout=30, what="the first replica holding every partition")
+            # Its transcript line never reaches the server: the old holder waits for the answer (a lost packet).
+            slow = proxy.drop(subjects.history(session_id_for(f"webchat:demo:{x}:1", "support")))
+            await publish(nc, inbound(x, "slow", "1"))
+            await wait_for(lambda: slow.fired, what="the old holder writing the slow message")
+            retries = _retries()
+            leases = await js.key_value(subjects.KV_ROUTER)
+            first = (await leases.get(f"lease.{p}")).value
+
+            async def moved() -> bool:
+                with contextlib.suppress(Exception):
+                    return (await leases.get(f"lease.{p}")).value not in (None, b"", first)
+                return False
+
+            async with running_router(nats_server.url):
+                await wait_for(moved, timeout=15, what="the partition's lease taken by the replica that joined")
+                await publish(nc, inbound(y, "other", "1"))  # after the old holder stopped fetching it
+
+                async def other_routed() -> bool:
+                    return "other" in [e.text for e in await _routed_in(js)]
+
+                await wait_for(other_routed, timeout=40, what="the other client of the partition routed by the new holder")
+                assert _retries() == retries, (
+                    "routed only once the old holder's slow write had failed: the partition waited for it"
+                )
+                # The slow message itself is handed back to the new holder and routed there once.
+                await wait_for(lambda: _routed_texts(js, "slow"), timeout=40, what="the slow message routed by the new holder")
+    finally:
+        await proxy.stop()
+
+
+async def _routed_texts(js: Any, text: str) -> bool:
+    return [e.text for e in await _routed_in(js)].count(text) == 1
+
+
+def _retries() -> float:
+    return REGISTRY.get_sample_value("openlines_router_inbound_total", {"result": "retry"}) or 0.0

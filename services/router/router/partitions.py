@@ -26,8 +26,9 @@ replica whose death is not seen that way (its host gone without closing the
 connection) holds up its clients for about that long (decision 023).
 So a round must never wait behind anything slow: every lease is renewed at
 once (one round trip, not one per partition), before anything else, and a
-partition given up or lost finishes its message in hand in the background,
-its lease renewed until then. Nothing in a round creates a consumer (the
+partition given up or lost finishes its message in hand in the background;
+one given up is freed first (its next holder keeps a client's order, decision
+033). Nothing in a round creates a consumer (the
 member list is the bucket stream's subject list), so a NATS cluster electing
 its meta leader does not stop the renewals.
 """
@@ -68,7 +69,6 @@ class _Held:
     revision: int
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    leaving: asyncio.Task[None] | None = None  # given up: finishing its message in hand, then the lease goes
 
 
 class Partitions:
@@ -168,8 +168,8 @@ class Partitions:
             self._last_members = set(members)
             self._eager_until = asyncio.get_running_loop().time() + self.lease_seconds
         share = math.ceil(subjects.PARTITIONS / max(1, len(members)))
-        staying = sorted(p for p, h in self.held.items() if h.leaving is None)
-        for p in staying[share:]:  # a new replica came: give up the surplus (each finishes its message in hand)
+        staying = sorted(self.held)
+        for p in staying[share:]:  # a new replica came: give up the surplus (freed at once)
             self._give_up(p)
         staying = staying[:share]
         if gone and len(staying) < share:  # first what a replica that is gone held: its clients wait
@@ -262,18 +262,21 @@ class Partitions:
                 self._in_background(self._finish(held))
 
     def _give_up(self, p: int) -> None:
-        held = self.held[p]
+        held = self.held.pop(p)
         held.stop.set()
-        held.leaving = self._in_background(self._leave(p, held))
+        self._in_background(self._leave(p, held))
 
     async def _leave(self, p: int, held: _Held) -> None:
-        """Finish the message in hand (the lease still renewed by the rounds), then free the partition."""
-        await self._finish(held)
-        if self.held.get(p) is held:
-            del self.held[p]
-            with contextlib.suppress(Exception):
-                await self.kv.delete(f"lease.{p}", last=held.revision)
+        """Free the partition at once, then finish what this replica has in hand of it, in the background.
+
+        The next holder starts every other client's messages at once, and nothing of a client whose message
+        is still being handled here before that one is acknowledged (the partition order, decision 033); what
+        was fetched here and not started it hands back. Finishing first, with the lease kept, held the whole
+        partition up to ``finish_timeout`` whenever a message in hand was slow (decision 023, amended)."""
+        with contextlib.suppress(Exception):
+            await self.kv.delete(f"lease.{p}", last=held.revision)
         log.info("partition released", extra={"partition": p, "replica": self.me})
+        await self._finish(held)
 
     async def _finish(self, held: _Held) -> None:
         if held.task is None:
@@ -292,11 +295,10 @@ class Partitions:
         return task
 
     async def _release_all(self) -> None:
-        """A graceful stop: every partition finishes its message in hand at the same time, then its lease is
-        deleted, so the other replicas take it on their next round instead of after the lease."""
-        for p, held in list(self.held.items()):
-            if held.leaving is None:
-                self._give_up(p)
+        """A graceful stop: every lease is deleted at once, so the other replicas take the partitions on their
+        next round instead of after the lease, and what is in hand finishes here meanwhile."""
+        for p in list(self.held):
+            self._give_up(p)
         await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.kv.delete(f"{MEMBER}{self.me}")
