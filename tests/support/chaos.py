@@ -424,6 +424,7 @@ class Routed:
 
     lines: list[float] = field(default_factory=list)
     messages: list[tuple[float, float]] = field(default_factory=list)  # (received, routed)
+    ids: list[str] = field(default_factory=list)  # each message's id, as ``messages``
 
 
 async def read_routed(js: Any, stream: str, subject: str) -> tuple[Routed, list[bytes]]:
@@ -457,6 +458,7 @@ async def read_routed(js: Any, stream: str, subject: str) -> tuple[Routed, list[
                 routed.lines.append(stored)
                 if entry.direction == "in":
                     routed.messages.append((entry.at.timestamp(), stored))
+                    routed.ids.append(entry.id)
                 datas.append(msg.data)
         await psub.unsubscribe()
     finally:
@@ -478,6 +480,20 @@ def longest_wait(messages: list[tuple[float, float]], at: float, window: float =
     """The longest a client message received from a second before ``at`` to ``window`` after it waited
     between its gateway storing it and the router writing it into the transcript."""
     return max((routed - received for received, routed in messages if at - 1 <= received <= at + window), default=0.0)
+
+
+def slowest(routed: Routed, at: float, window: float = WINDOW) -> str:
+    """The message whose wait :func:`longest_wait` counts around ``at``: its id, when it came relative to
+    ``at`` and how long it waited - to find in the services' logs what held it."""
+    found = [
+        (done - came, came, ident)
+        for (came, done), ident in zip(routed.messages, routed.ids, strict=False)
+        if at - 1 <= came <= at + window
+    ]
+    if not found:
+        return ""
+    wait, came, ident = max(found)
+    return f"{ident} came {came - at:+.2f} s from the fault, waited {wait:.2f} s"
 
 
 def lag_after(routed: Routed, at: float, leaders: float, window: float = WINDOW) -> float:
@@ -502,7 +518,7 @@ def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog
     starts = sorted(k.at for k in kills)
     for kind in ("router", "desk", "nats", "nats-drop", "nats-cut"):
         gaps: list[float] = []
-        detail: list[dict[str, float]] = []  # per kill: what the gap is made of
+        detail: list[dict[str, Any]] = []  # per kill: what the gap is made of
         for k in (k for k in kills if k.kind == kind):
             if kind == "desk":
                 back = [min((t for t, _ in operators[op].desk_at if t > k.at), default=None) for op in k.operators_on_it]
@@ -521,7 +537,9 @@ def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog
             wait = longest_wait(routed.messages, k.at, window)
             gap = max(pause or 0.0, wait)
             gaps.append(gap)
-            parts = {"pause": round(pause or 0.0, 2), "message_wait": round(wait, 2)}
+            parts: dict[str, Any] = {"pause": round(pause or 0.0, 2), "message_wait": round(wait, 2)}
+            if routed.ids:
+                parts["slowest"] = slowest(routed, k.at, window)
             if k.new_leaders_at is not None:
                 parts["new_leaders_after"] = round(k.new_leaders_at - k.at, 2)
                 parts["gap_after_new_leaders"] = round(lag_after(routed, k.at, k.new_leaders_at, window), 2)

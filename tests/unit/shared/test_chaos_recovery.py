@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from support.chaos import Kill, Routed, lag_after, recovery
+from support.chaos import Kill, Routed, lag_after, recovery, slowest
 
 
 def test_lag_after_the_new_leaders_counts_from_them_not_from_the_kill_plus_the_gap() -> None:
@@ -25,3 +25,10 @@ def test_the_report_gives_the_gap_from_the_kill_and_the_lag_after_the_new_leader
     assert got["gaps"] == [9.8]  # the message's wait, from when it came
     assert got["detail"][0]["gap_after_new_leaders"] == 1.0
     assert got["longest_gap_after_new_leaders_seconds"] == 1.0
+
+
+def test_the_report_names_the_slowest_message_around_a_fault() -> None:
+    routed = Routed(lines=[99.5, 101.0, 104.0], messages=[(99.6, 101.0), (100.5, 104.0)], ids=["a", "b"])
+    assert slowest(routed, 100.0) == "b came +0.50 s from the fault, waited 3.50 s"
+    got = recovery([Kill("router", "router-a", 100.0, in_flight=1)], routed, {})["router"]
+    assert got["detail"][0]["slowest"].startswith("b came")
