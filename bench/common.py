@@ -102,8 +102,9 @@ class Proc:
         self._logf.close()
 
 
-def service(name: str, module: str, nats_url: str, workdir: Path, **settings: Any) -> Proc:
-    """``python -m <module>`` with ``OPENLINES_*`` settings, on a free port."""
+def service(name: str, module: str, nats_url: str, workdir: Path, *, python: str = PY, **settings: Any) -> Proc:
+    """``python -m <module>`` with ``OPENLINES_*`` settings, on a free port (``python``: another checkout's venv
+    interpreter runs that checkout's code)."""
     port = free_port()
     env = {"OPENLINES_NATS_URL": nats_url, "OPENLINES_HTTP_PORT": str(port), "OPENLINES_HTTP_HOST": "127.0.0.1"}
     env["OPENLINES_LOG_LEVEL"] = "info"  # what production runs with, whatever the caller's environment says
@@ -111,7 +112,7 @@ def service(name: str, module: str, nats_url: str, workdir: Path, **settings: An
         # Thousands of visitors from 127.0.0.1, as fast as they can: the abuse limits would measure themselves.
         env.update(OPENLINES_VISITOR_MESSAGES_PER_MINUTE="0", OPENLINES_NEW_VISITORS_PER_MINUTE="0")
     env.update({f"OPENLINES_{k.upper()}": str(v) for k, v in settings.items()})
-    return Proc(name, [PY, "-m", module], env, port, workdir / f"{name}-{port}.log", identity=module.replace("_", "-"))
+    return Proc(name, [python, "-m", module], env, port, workdir / f"{name}-{port}.log", identity=module.replace("_", "-"))
 
 
 def bare(mode: str, nats_url: str, workdir: Path) -> Proc:
