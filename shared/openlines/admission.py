@@ -104,10 +104,16 @@ class Admission:
         counter.inc()
         return Overloaded(reason, self.limits.retry_after)
 
+    def try_take(self) -> bool:
+        """Take a slot if one is free and nobody waits for it (no await: the common case of :meth:`acquire`)."""
+        if self.in_flight < self.limits.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Take a slot, waiting in line if allowed; raise :class:`Overloaded` otherwise."""
-        if self.in_flight < self.limits.max_in_flight and not self._waiters:
-            self._take()
+        if self.try_take():
             return
         if len(self._waiters) >= self.limits.max_waiting or self.limits.wait <= 0:
             raise self.refuse("full")
@@ -136,9 +142,6 @@ class Admission:
                 waiter.set_result(None)  # the slot passes on; in_flight stays the same
                 return
         self.in_flight -= 1
-
-    def _take(self) -> None:
-        self.in_flight += 1
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

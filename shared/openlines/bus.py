@@ -308,26 +308,36 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     wait = PUBLISH_ATTEMPT
-    task = asyncio.current_task()
+    task = asyncio.current_task(loop)  # with the loop: on 3.11 each look-up of the running loop is a getpid()
     deadlines = _deadlines_of(loop)
     while True:
         if not nc.is_connected:
             raise BusUnavailable("disconnected")
-        attempt = max(0.05, min(wait, deadline - loop.time()))
+        now = loop.time()
+        attempt = max(0.05, min(wait, deadline - now))
         try:
-            publish = acked_publish(
-                nc,
-                subjects.inbound(env.channel, env.account, env.chat_id),
-                encode(env),
-                timeout=attempt,
-                headers={MSG_ID_HEADER: env.id, _EXPECTED_STREAM: subjects.STREAM_IN},
-            )
-            # nats-py's own timeout answers first; this backstop covers a publish stuck before its request
-            # is out (nats-py waits for a full pending buffer to flush without a deadline).
+            subject = subjects.inbound(env.channel, env.account, env.chat_id)
+            payload = encode(env)
+            headers = {MSG_ID_HEADER: env.id, _EXPECTED_STREAM: subjects.STREAM_IN}
+            # nats-py's own timeout answers first; the backstop deadline covers a publish stuck before its
+            # request is out (nats-py waits for a full pending buffer to flush without a deadline).
             if task is None:
                 async with asyncio.timeout(attempt + 0.5):
-                    return await publish
-            return await deadlines.within(task, loop.time() + attempt + 0.5, publish)
+                    return await acked_publish(nc, subject, payload, timeout=attempt, headers=headers)
+            # acked_publish and Deadlines.within written out here: two coroutine layers fewer on the
+            # path of every client message (bench/FINDINGS.md, "P1W, third round").
+            entry = deadlines.watch(task, now + attempt + 0.5)
+            try:
+                msg = await nc.request(subject, payload, timeout=attempt, headers=headers)
+            except NoRespondersError:
+                raise NoStreamResponseError from None
+            except asyncio.CancelledError:
+                if entry.expired and task.uncancel() == 0:  # our cancellation, and nobody else's
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadlines.unwatch(task)
+            return _pub_ack_of(msg.data)
         except asyncio.CancelledError:
             raise
         except (*_REFUSED, TimeoutError, NatsTimeoutError) as exc:
@@ -461,9 +471,7 @@ class Deadlines:
 
     async def within(self, task: asyncio.Task[Any], at: float, work: Awaitable[T]) -> T:
         """``await work`` in ``task`` (the current one), cut off with ``TimeoutError`` once the loop's clock passes ``at``."""
-        entry = self._due[task] = _Deadline(at)
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._tick, self._check)
+        entry = self.watch(task, at)
         try:
             return await work
         except asyncio.CancelledError:
@@ -471,7 +479,18 @@ class Deadlines:
                 raise TimeoutError from None
             raise
         finally:
-            del self._due[task]
+            self.unwatch(task)
+
+    def watch(self, task: asyncio.Task[Any], at: float) -> _Deadline:
+        """:meth:`within` taken apart, for a caller that awaits in its own frame: from now ``task`` is cancelled once
+        the clock passes ``at`` (the entry's ``expired`` then says so). Always :meth:`unwatch` it after the await."""
+        entry = self._due[task] = _Deadline(at)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._check)
+        return entry
+
+    def unwatch(self, task: asyncio.Task[Any]) -> None:
+        del self._due[task]
 
     def _check(self) -> None:
         self._timer = None
@@ -487,10 +506,18 @@ class Deadlines:
 _DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
 
 
+_LAST: Deadlines | None = None  # the last loop's, found without the weak dictionary (one loop per service)
+
+
 def _deadlines_of(loop: asyncio.AbstractEventLoop) -> Deadlines:
+    global _LAST
+    last = _LAST
+    if last is not None and last._loop is loop:
+        return last
     found = _DEADLINES.get(loop)
     if found is None:
         found = _DEADLINES[loop] = Deadlines(loop)
+    _LAST = found
     return found
 
 

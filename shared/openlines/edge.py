@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, StreamReader, web
 
@@ -106,15 +106,19 @@ class Edge:
             log.info("request refused", extra={"channel": self.channel, "status": status, "code": code, **where})
         return json_error(status, code, detail, headers)
 
-    async def admitted(self, gate: admission.Admission, work: Callable[[], Awaitable[R]], **where: str) -> R | web.Response:
-        """``work``'s answer once ``gate`` admits the request; 503 with Retry-After (counted) when it will not."""
-        # acquire/release, not ``async with gate.slot()``: an async generator per request is measurable here.
+    async def admitted(
+        self, gate: admission.Admission, work: Callable[..., Awaitable[R]], *args: Any, **where: str
+    ) -> R | web.Response:
+        """``work(*args)``'s answer once ``gate`` admits the request; 503 with Retry-After (counted) when it will not."""
+        # try_take, acquire/release and ``work, *args``, not ``async with gate.slot()`` and a lambda: on the
+        # path of every webhook an async generator, a closure or a coroutine more is measurable (bench/FINDINGS.md).
+        if not gate.try_take():
+            try:
+                await gate.acquire()
+            except admission.Overloaded as exc:
+                return self.overloaded(exc, **where)
         try:
-            await gate.acquire()
-        except admission.Overloaded as exc:
-            return self.overloaded(exc, **where)
-        try:
-            return await work()
+            return await work(*args)
         finally:
             gate.release()
 

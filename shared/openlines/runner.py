@@ -271,6 +271,9 @@ async def launch(
             await asyncio.sleep(backoff(attempt, 0.5, 5.0))
 
 
+YOUNG_THRESHOLD = 10_000  # the collector's generation-0 threshold once a service is up (CPython's default: 700)
+
+
 def settle_heap() -> None:
     """Move everything the start-up made (imported modules, aiogram's and pydantic's validators, settings)
     out of the garbage collector's sight.
@@ -282,6 +285,14 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+    # The young generation is collected when the tracked objects made minus those freed pass the threshold.
+    # Objects freed by reference counting never need the collector, but the ones alive across an await (a
+    # request's task, coroutines, futures, response) count: at 700, a few dozen requests in flight crossed the
+    # line every ~50 webhooks, and each young collection walked every live young object (3-7 us per webhook;
+    # bench/FINDINGS.md, "P1W, third round"). 10,000 is crossed by objects that are really left over (cycles),
+    # not by the work in hand; what it can delay is the freeing of cyclic garbage, by at most that many objects.
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
 
 
 def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitable[None]]) -> None:

@@ -107,7 +107,7 @@ class WhatsAppHttp:
         if match is None:
             return self._refuse(401, "bad_signature", f"missing or malformed {SIGNATURE_HEADER} header", name)
         given = bytes.fromhex(match.group(1))
-        return await self.edge.admitted(self.admission, lambda: self._handle(request, app, given), app=name)
+        return await self.edge.admitted(self.admission, self._handle, request, app, given, app=name)
 
     async def _handle(self, request: web.Request, app: App, given: bytes) -> web.Response:
         try:

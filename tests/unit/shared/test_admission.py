@@ -74,3 +74,16 @@ def test_the_http_refusal_is_a_503_with_retry_after() -> None:
 def test_nonsense_limits_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="OPENLINES_MAX_IN_FLIGHT"):
         Limits(**bad)  # type: ignore[arg-type]
+
+
+async def test_try_take_takes_a_free_slot_without_waiting_and_never_jumps_the_queue() -> None:
+    adm = Admission("unit-try", Limits(max_in_flight=1, max_waiting=2, wait=30.0))
+    assert adm.try_take() and adm.in_flight == 1
+    assert not adm.try_take() and adm.in_flight == 1  # full: no slot, and nothing counted
+    waiter = asyncio.create_task(adm.acquire())
+    await wait_for(lambda: adm.waiting == 1, what="one waiter")
+    adm.release()  # handed to the waiter, not back to the pool
+    await waiter
+    assert not adm.try_take() and adm.in_flight == 1
+    adm.release()
+    assert adm.in_flight == 0 and adm.try_take()

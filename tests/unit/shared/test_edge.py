@@ -106,6 +106,23 @@ async def test_a_request_the_gate_turns_away_is_answered_503_with_retry_after_an
     gate.release()
 
 
+async def test_admitted_work_gets_its_arguments_and_gives_its_slot_back_whatever_it_ends_with() -> None:
+    edge = Edge("test", lambda _status, _code: None)
+    gate = Admission("unit-edge-args", Limits(max_in_flight=1, max_waiting=0))
+
+    async def work(text: str, status: int) -> web.Response:
+        assert gate.in_flight == 1
+        if status >= 500:
+            raise RuntimeError(text)
+        return web.Response(text=text, status=status)
+
+    answer = await edge.admitted(gate, work, "fine", 202, account="a")
+    assert answer.status == 202 and answer.text == "fine" and gate.in_flight == 0
+    with pytest.raises(RuntimeError):
+        await edge.admitted(gate, work, "broken", 500, account="a")
+    assert gate.in_flight == 0
+
+
 @pytest.fixture
 async def uploads() -> AsyncIterator[TestClient[web.Request, web.Application]]:
     async def take(request: web.Request) -> web.Response:
