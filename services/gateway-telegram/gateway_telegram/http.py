@@ -79,7 +79,7 @@ class TelegramHttp:
         got = request.headers.get(SECRET_HEADER, "")
         if not secrets.compare_digest(got.encode("utf-8", "surrogateescape"), bot.secret.encode()):
             return self._refuse(401, "bad_secret", f"missing or wrong {SECRET_HEADER} header", account)
-        return await self.edge.admitted(self.admission, lambda: self._handle(request, account, bot.bot_id), account=account)
+        return await self.edge.admitted(self.admission, self._handle, request, account, bot.bot_id, account=account)
 
     async def _handle(self, request: web.Request, account: str, bot_id: int) -> web.Response:
         try:
@@ -155,10 +155,17 @@ class TelegramHttp:
             raise Unavailable("message not stored; retry") from None
         duplicate = bool(ack.duplicate)
         _PUBLISHED[duplicate].inc()
-        log.debug(  # hot path: the published counter counts these
-            "update published",
-            extra={"channel": CHANNEL, "account": inbound.account, "msg_id": inbound.id, "seq": ack.seq, "duplicate": duplicate},
-        )
+        if log.isEnabledFor(logging.DEBUG):  # hot path: the published counter counts these
+            log.debug(
+                "update published",
+                extra={
+                    "channel": CHANNEL,
+                    "account": inbound.account,
+                    "msg_id": inbound.id,
+                    "seq": ack.seq,
+                    "duplicate": duplicate,
+                },
+            )
         return duplicate
 
     def _answer_callback(self, account: str, query_id: str) -> None:

@@ -31,8 +31,7 @@ class BadUpdate(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Normalised:
+class Normalised(msgspec.Struct, frozen=True):  # a Struct: a frozen dataclass sets each field via object.__setattr__
     kind: str  # message | edited_message | callback_query | ignored:<what>
     inbound: Inbound | None = None  # None: nothing to publish
     callback_query_id: str = ""  # answer it (answerCallbackQuery) once published

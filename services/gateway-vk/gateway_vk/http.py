@@ -90,7 +90,7 @@ class CallbackHttp:
         community = self.communities.get(account)
         if community is None:
             return self.edge.refuse(404, "unknown_account", "no VK community is configured for this URL", quiet=True)
-        return await self.edge.admitted(self.admission, lambda: self._handle(request, community), account=account)
+        return await self.edge.admitted(self.admission, self._handle, request, community, account=account)
 
     async def _handle(self, request: web.Request, community: Community) -> web.StreamResponse:
         account = community.account
@@ -232,7 +232,10 @@ class CallbackHttp:
         if self.edge.stopping or not self.nc.is_connected:
             metrics.EVENTS.labels(account, "unavailable").inc()
             return unavailable()
-        name = await self.profiles.name(self.lookups[account], message.from_id)
+        api = self.lookups[account]
+        name = self.profiles.known(api, message.from_id)
+        if name is None:
+            name = await self.profiles.name(api, message.from_id)
         inbound = to_inbound(account, key, message, name, utcnow())
         if inbound.attachments:
             # The client's photos, documents and voice messages are fetched and kept first (media.py says why).

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -37,19 +36,19 @@ def _bad(detail: str) -> CallbackError:
     return CallbackError(400, "bad_request", detail)
 
 
-@dataclass(frozen=True, slots=True)
-class Callback:
+# Frozen msgspec Structs rather than frozen dataclasses: a frozen dataclass sets each field through
+# object.__setattr__, which showed in the webhook's profile (bench/FINDINGS.md, "P1W, third round").
+class Callback(msgspec.Struct, frozen=True):
     """The envelope every Callback API request shares."""
 
     type: str
     group_id: int
     event_id: str  # "" only for type=confirmation
     secret: str | None
-    object: dict[str, Any] = field(default_factory=dict)
+    object: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class VkMessage:
+class VkMessage(msgspec.Struct, frozen=True):
     """The parts of ``message_new.object.message`` we use."""
 
     id: int
