@@ -236,6 +236,7 @@ class MailboxWorker:
             await self._report(mail)
             return "bounce" if mail.report.kind == "failed" else "report"
         now = utcnow()
+        started = time.monotonic()
         attachments = [await self._keep(att) for att in mail.attachments]
         # A reply to a conversation we know (by In-Reply-To / References) from
         # another address (an alias, a colleague in copy) joins that conversation.
@@ -262,6 +263,7 @@ class MailboxWorker:
             ),
         )
         env = to_inbound(self.account, mail, attachments, now, chat_id=chat_id)
+        state_written = time.monotonic()
         # The gateways' one way in: fails at once when NATS is away (the mailbox
         # loop retries the mail from its cursor), deduplicated by the mail's id.
         ack = await bus.publish_inbound(self.nc, self.js, env, timeout=PUBLISH_TIMEOUT)
@@ -275,6 +277,9 @@ class MailboxWorker:
                 "duplicate": ack.duplicate,
                 "no_auto_reply": env.no_auto_reply,
                 "joined_thread": joined,
+                # where a slow mail spent its time: reading and writing the chat state, then the publish
+                "state_seconds": round(state_written - started, 3),
+                "publish_seconds": round(time.monotonic() - state_written, 3),
             },
         )
         return "published"
