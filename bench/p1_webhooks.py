@@ -88,6 +88,15 @@ def _row(what: str, ours: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, 
     }
 
 
+def gateway_settings(vk_url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The Telegram and the VK gateway's settings for this bench: one bot, one group, VK's API at ``vk_url``."""
+    bots = json.dumps([{"account": TG_ACCOUNT, "token": TG_TOKEN, "secret": TG_SECRET}])
+    groups = json.dumps(
+        [{"account": VK_ACCOUNT, "group_id": VK_GROUP, "token": VK_TOKEN, "secret": VK_SECRET, "confirmation": "x1"}]
+    )
+    return {"telegram_bots": bots}, {"vk_groups": groups, "vk_api_url": vk_url, "vk_file_hosts": vk_url}
+
+
 async def run(workdir: Path) -> dict[str, Any]:
     vk = FakeVk(tokens={VK_TOKEN: VK_GROUP}, users={1000 + i: ("Vera", f"Bench{i}") for i in range(CONNS)})
     vk_url = await vk.start()
@@ -97,12 +106,9 @@ async def run(workdir: Path) -> dict[str, Any]:
             nc = await bus.connect(ns.url, "bench-p1w", first_attempts=5)
             await bus.bootstrap(nc.jetstream())
             await nc.close()
-            bots = json.dumps([{"account": TG_ACCOUNT, "token": TG_TOKEN, "secret": TG_SECRET}])
-            groups = json.dumps(
-                [{"account": VK_ACCOUNT, "group_id": VK_GROUP, "token": VK_TOKEN, "secret": VK_SECRET, "confirmation": "x1"}]
-            )
-            tg = service("gateway-telegram", "gateway_telegram", ns.url, workdir, telegram_bots=bots)
-            vkg = service("gateway-vk", "gateway_vk", ns.url, workdir, vk_groups=groups, vk_api_url=vk_url, vk_file_hosts=vk_url)
+            tg_env, vk_env = gateway_settings(vk_url)
+            tg = service("gateway-telegram", "gateway_telegram", ns.url, workdir, **tg_env)
+            vkg = service("gateway-vk", "gateway_vk", ns.url, workdir, **vk_env)
             tg_bare = bare("http-publish", ns.url, workdir)
             vk_bare = bare("vk-publish", ns.url, workdir)
             procs: list[Proc] = [tg, vkg, tg_bare, vk_bare]

@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 from common import PY, Proc, bare, nats_server, service
-from p1_webhooks import CONNS, TG_ACCOUNT, TG_SECRET, TG_TOKEN, VK_ACCOUNT, VK_GROUP, VK_SECRET, VK_TOKEN, telegram_update
+from p1_webhooks import CONNS, TG_ACCOUNT, TG_SECRET, VK_ACCOUNT, VK_GROUP, VK_SECRET, VK_TOKEN, gateway_settings, telegram_update
 from peers.vk_api import CallbackSender, FakeVk
 
 from openlines import bus
@@ -86,12 +86,7 @@ async def main(rounds: int, requests: int, before: str | None) -> dict[str, Any]
             nc = await bus.connect(ns.url, "bench-p1w", first_attempts=5)
             await bus.bootstrap(nc.jetstream())
             await nc.close()
-            bots = json.dumps([{"account": TG_ACCOUNT, "token": TG_TOKEN, "secret": TG_SECRET}])
-            groups = json.dumps(
-                [{"account": VK_ACCOUNT, "group_id": VK_GROUP, "token": VK_TOKEN, "secret": VK_SECRET, "confirmation": "x1"}]
-            )
-            tg_env = {"telegram_bots": bots}
-            vk_env = {"vk_groups": groups, "vk_api_url": vk_url, "vk_file_hosts": vk_url}
+            tg_env, vk_env = gateway_settings(vk_url)
 
             def gateways(python: str, tag: str) -> dict[str, Proc]:
                 return {

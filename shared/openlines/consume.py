@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, FetchTimeoutError
+from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 
 from openlines import bus, subjects
 from openlines.envelopes import SessionEvent, utcnow
@@ -34,6 +34,11 @@ from openlines.pace import backoff
 log = logging.getLogger("openlines.consume")
 
 QUIET = (FetchTimeoutError, NatsTimeout, TimeoutError)  # nothing to fetch within the timeout: ask again
+# A fetch refused (the consumer between two leaders, NATS away) is asked again at this pace, so that it resumes
+# within a fraction of a second of its new leader (decision 035); the first open of a consumer uses it too.
+REFUSED_PACE = bus.REFUSED_PACE
+LOOK_AFTER = 3.0  # refused this long: look whether the consumer still exists (deleted: it is made again)
+OPEN_TIMEOUT = 2.0  # the wait for a consumer's create; one sent during an election is sent again, not waited 5 s for
 
 
 class Durable:
@@ -93,7 +98,7 @@ class Durable:
     async def create(self) -> None:
         """Create the consumer, or update it to ``config``; one that exists with settings that cannot change is kept."""
         with contextlib.suppress(BadRequestError):  # it exists already (another replica, an earlier start)
-            await self.js.add_consumer(self.stream, self.config)
+            await self.js.add_consumer(self.stream, self.config, timeout=OPEN_TIMEOUT)
 
     async def open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """Create the consumer (:meth:`create`) and bind to it; retried until it works or ``stop``."""
@@ -111,7 +116,7 @@ class Durable:
                 log.warning(
                     "consumer not opened yet, retrying", extra={"consumer": self.name, "attempt": attempt, "error": repr(exc)}
                 )
-                await pause(stop, backoff(attempt, 0.2, 5.0))
+                await pause(stop, backoff(attempt, REFUSED_PACE, 1.0))
         return None
 
     async def run(self, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
@@ -135,7 +140,9 @@ class Durable:
     async def _fetch_until_failure(
         self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
     ) -> None:
-        failures = 0
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None  # when fetches began to fail (loop time)
+        looked = 0.0
         while not stop.is_set():
             want = self._batch() if callable(self._batch) else self._batch
             if want <= 0:
@@ -144,21 +151,44 @@ class Durable:
                 continue
             try:
                 msgs = await self._fetching.fetch(psub, want, self.fetch_timeout)
-                failures = 0
             except QUIET:
+                failing_since = self._fetching_again(failing_since, loop.time())
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # disconnected, or the consumer is gone
+            except Exception as exc:  # no leader (an election), disconnected, or the consumer is gone
                 if stop.is_set():
                     return  # closed by a stop
-                failures += 1
-                log.warning("fetch failed", extra={"consumer": self.name, "error": repr(exc), "attempt": failures})
-                await pause(stop, backoff(failures, 0.5, 5.0))
-                if failures >= 3:
-                    return  # open it again: it may have been deleted or moved
+                now = loop.time()
+                if failing_since is None:
+                    failing_since = looked = now
+                    log.warning("fetch failed, asking again", extra={"consumer": self.name, "error": repr(exc)})
+                # Not a growing back-off: the consumer's new leader answers the next fetch (decision 035).
+                await pause(stop, REFUSED_PACE)
+                if now - looked >= LOOK_AFTER:
+                    looked = now
+                    if await self._gone():
+                        log.warning("consumer gone, making it again", extra={"consumer": self.name})
+                        return
                 continue
+            failing_since = self._fetching_again(failing_since, loop.time())
             await self._hand_over(msgs, handle, stop)
+
+    def _fetching_again(self, failing_since: float | None, now: float) -> float | None:
+        """A fetch went through: None (nothing failing), after saying how long fetches failed, if they did."""
+        if failing_since is not None:
+            log.info("fetching again", extra={"consumer": self.name, "after_seconds": round(now - failing_since, 2)})
+        return None
+
+    async def _gone(self) -> bool:
+        """Whether the consumer no longer exists (deleted, its stream made again); any other answer or none: no."""
+        try:
+            await self.js.consumer_info(self.stream, self.name, timeout=OPEN_TIMEOUT)
+        except NotFoundError:
+            return True
+        except Exception:  # no leader yet, NATS away, slow: fetching goes on
+            return False
+        return False
 
     async def _hand_over(self, msgs: list[Msg], handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         failed = False

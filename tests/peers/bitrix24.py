@@ -333,7 +333,7 @@ class Bitrix24Peer:
             return rows, {"total": len(rows)}
         if method == "crm.duplicate.findbycomm":
             return self._findbycomm(params), {}
-        m = re.fullmatch(r"crm\.(contact|lead|deal|activity)\.(add|update|get|list)", method)
+        m = re.fullmatch(r"crm\.(contact|lead|deal|activity)\.(add|update|get|list|delete)", method)
         if m is None:
             raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
         if method in self.denied:
@@ -350,13 +350,17 @@ class Bitrix24Peer:
                 if not fields.get("COMMUNICATIONS"):
                     raise ApiError(400, "", "The field COMMUNICATIONS is not defined or invalid.")
             return self._add(kind, fields), {}
-        if op in ("get", "update") and _int(params.get("id")) <= 0:
+        if op in ("get", "update", "delete") and _int(params.get("id")) <= 0:
             raise ApiError(400, "", "ID is not defined or invalid.")
         if op == "get":
             rec = self.records[kind].get(_int(params.get("id")))
             if rec is None:
                 raise ApiError(400, "", "Not found")
             return self._out(rec), {}
+        if op == "delete":  # a manager removing a record in the portal
+            if self.records[kind].pop(_int(params.get("id")), None) is None:
+                raise ApiError(400, "", "Not found")
+            return True, {}
         if op == "update":
             rec = self.records[kind].get(_int(params.get("id")))
             if rec is None:

@@ -28,6 +28,7 @@ OPENLINES_CHAOS_CLIENTS=20000 and saves the report (OPENLINES_CHAOS_REPORT_DIR).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -545,7 +546,10 @@ async def run_chaos(
 
             async def progress() -> None:
                 while not done.is_set():
-                    await asyncio.sleep(20)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), 20)  # ends with the run, not up to 20 s after it
+                    if done.is_set():
+                        return
                     posts = sum(op.log.posts for op in operators)
                     post_s = sum(op.log.post_seconds for op in operators)
                     try:

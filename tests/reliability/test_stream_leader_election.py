@@ -129,6 +129,5 @@ async def _cluster(tmp_path: Path) -> AsyncIterator[tuple[NatsCluster, Any]]:
 async def _inbound(nc: Any) -> list[Any] | None:
     try:
         return await inbound_of(nc)
-    except Exception:  # a node just back: the stream's leader may be moving
-        await asyncio.sleep(0.2)
+    except Exception:  # a node just back: the stream's leader may be moving (wait_for asks again)
         return None

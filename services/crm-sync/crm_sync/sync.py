@@ -282,6 +282,7 @@ class Syncer:
             self.links, ckey, ClientLink, lambda cur: ClientLink(client_id=evt.client_id, code=code) if cur is None else None
         )
         assert cl is not None
+        cl = await self._forget_deleted(ckey, cl)
         record = await self._settled_client_record(evt, history)
         profile = record.profile if record else None
         ids = identity.of_profile(profile.phone, profile.email, self.region) if profile else identity.Identities()
@@ -435,6 +436,42 @@ class Syncer:
             extra={"session": evt.session_id, "line": line.id, "channel": evt.channel, "reason": reason},
         )
         return sl
+
+    async def _forget_deleted(self, ckey: str, cl: ClientLink) -> ClientLink:
+        """The client's link without the records the CRM no longer has (a manager deleted them).
+
+        Bitrix24 Open Lines does the same: a client whose lead was deleted is found or
+        created anew by the next conversation, instead of every later activity being
+        refused for an owner that is gone. What was created for the deleted records is
+        forgotten too (their origins in ``made``), so they can be created again.
+        """
+        linked: list[tuple[Kind, str]] = [("contact", cl.contact_id), ("lead", cl.lead_id), ("deal", cl.deal_id)]
+        gone = {(kind, rid) for kind, rid in linked if rid and await self.crm.get(kind, rid) is None}
+        if not gone:
+            return cl
+        log.info(
+            "linked CRM records no longer exist: the client is linked anew",
+            extra={"client": cl.client_id, "gone": ", ".join(f"{k} {i}" for k, i in sorted(gone))},
+        )
+
+        def forget(cur: ClientLink) -> ClientLink:
+            ids = {
+                k: "" if (k, rid) in gone else rid
+                for k, rid in (("contact", cur.contact_id), ("lead", cur.lead_id), ("deal", cur.deal_id))
+            }
+            left = any(ids.values())
+            return msgspec.structs.replace(
+                cur,
+                contact_id=ids["contact"],
+                lead_id=ids["lead"],
+                deal_id=ids["deal"],
+                made={o: i for o, i in cur.made.items() if (o.partition("|")[0], i) not in gone},
+                # identities written only into deleted records are written again
+                phones=cur.phones if left else [],
+                emails=cur.emails if left else [],
+            )
+
+        return await self._save(ckey, ClientLink, forget)
 
     async def _create(self, ckey: str, entity: Entity, guard: Guard | None) -> tuple[str, bool]:
         kind: Kind = entity.kind

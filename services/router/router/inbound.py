@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ MAX_OTHER_FAILURES = 5
 TRANSIENT_RETRY_MAX = 0.5
 # The most messages a partition's new holder naks to have its previous holder's messages in hand back at once.
 HAND_BACK_AT_MOST = 4096
+SLOW = 2.0  # a message in hand this long is logged with where its time went (held back for order, handled)
 
 _decode = msgspec.json.Decoder(Inbound)
 
@@ -185,6 +187,8 @@ class _Lanes:
 
     async def _work(self, key: Client, lane: _Lane) -> None:
         counted = 0  # the last message of this lane counted as held back
+        loop = asyncio.get_running_loop()
+        held_back: dict[str, float] = {}  # seconds the lane's first message waited, per reason
         try:
             while lane.queue and not self.stop.is_set():
                 seq, delivery, envelope = lane.queue[0]
@@ -192,12 +196,34 @@ class _Lanes:
                 if reason is not None:
                     if counted != seq:
                         counted = seq
+                        held_back = {}
                         HELD_BACK.inc()
+                    began = loop.time()
                     await self.order.wait(reason)
+                    held_back[reason] = held_back.get(reason, 0.0) + loop.time() - began
                     continue
                 lane.started = True
+                began = loop.time()
                 await _handle(self.engine, self.held[seq], envelope, self.stop)
                 lane.started = False
+                now = loop.time()
+                if now - self.since.get(seq, now) >= SLOW:
+                    # Where a slow message's time went: in the lane behind its client's earlier ones, held back
+                    # for order (another holder's messages), or handled (retried in place).
+                    log.info(
+                        "inbound slow",
+                        extra={
+                            "consumer": self.consumer.name,
+                            "msg_id": envelope.id,
+                            "stream_seq": seq,
+                            "delivery": delivery,
+                            "in_hand_seconds": round(now - self.since[seq], 2),
+                            "held_back_seconds": {k: round(v, 2) for k, v in held_back.items()} if counted == seq else {},
+                            "handled_seconds": round(now - began, 2),
+                            "deliveries": self.held[seq].metadata.num_delivered,
+                            "stored_seconds_ago": round(time.time() - self.held[seq].metadata.timestamp.timestamp(), 2),
+                        },
+                    )
                 lane.queue.popleft()
                 self.held.pop(seq, None)
                 self.since.pop(seq, None)

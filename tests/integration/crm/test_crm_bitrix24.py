@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from peers.bitrix24 import running_bitrix24
-from support import apply_lines, history, inbound, publish, running_router
+from support import apply_lines, events, history, inbound, publish, running_router
 from support.crm import OPS, assigned, crm_line, linked, opened, running_crm_sync, telegram
 from support.timing import scaled, wait_for
 
@@ -193,6 +193,48 @@ async def test_responsible_lookup_answers_fast_and_the_router_offers_the_chat_to
         await publish(nc, telegram("42", "me again", "2", name="Known"))
         second = await assigned(nc, "telegram", "shopbot", "42", other_than=first.id)
         assert second.operator_id == "anna"
+
+
+async def test_a_client_whose_lead_a_manager_deleted_gets_a_new_lead_and_activity_on_the_next_conversation(
+    nc: Any, nats_server: Any
+) -> None:
+    import aiohttp
+
+    await apply_lines(nc, OPS + crm_line())
+    async with (
+        running_bitrix24() as peer,
+        running_router(nats_server.url),
+        running_crm_sync(nats_server.url, crm_backend="bitrix24", bitrix24_webhook=peer.webhook, crm_users=USERS),
+    ):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, telegram("901", "first question", "1", name="Rita", phone="+37126000901"))
+        first = await assigned(nc, "telegram", "shopbot", "901")
+        await linked(nc, first.id)
+        [old] = peer.leads()
+        # A manager deletes the lead in the portal (the REST method the portal's own pages use).
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{peer.webhook}crm.lead.delete.json", json={"id": old["ID"]}) as resp:
+                assert resp.status == 200 and (await resp.json())["result"] is True
+            async with http.post(f"{peer.webhook}crm.lead.get.json", json={"id": old["ID"]}) as resp:
+                assert resp.status == 400 and (await resp.json())["error_description"] == "Not found"
+        assert peer.leads() == []
+        await call(nc, "close", Close(operator_id=first.operator_id or "anna", session_id=first.id))
+
+        await publish(nc, telegram("901", "me again", "2", name="Rita"))
+        second = await assigned(nc, "telegram", "shopbot", "901", other_than=first.id)
+        evt = await linked(nc, second.id)
+        [new] = peer.leads()
+        assert new["ID"] != old["ID"] and new["ORIGIN_ID"] == "imol|telegram|shopbot|901"
+        assert [p["VALUE"] for p in new.get("PHONE", [])] == ["+37126000901"]  # written again: the old lead had it
+        assert f"lead {new['ID']}" in evt.reason
+        act = next(a for a in peer.activities() if a["ORIGIN_ID"] == f"ol-session|{second.id}")
+        assert (act["OWNER_TYPE_ID"], str(act["OWNER_ID"])) == ("1", new["ID"])
+        await call(nc, "close", Close(operator_id=second.operator_id or "anna", session_id=second.id))
+        await wait_for(
+            lambda: any(a["ORIGIN_ID"] == act["ORIGIN_ID"] and a["COMPLETED"] == "Y" for a in peer.activities()),
+            what="the new activity completed on close",
+        )
+        assert not await events(nc, "dead_letter")
 
 
 async def _readyz(port: int) -> dict[str, Any]:

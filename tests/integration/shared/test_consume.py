@@ -174,3 +174,29 @@ async def test_a_stop_ends_the_loop_and_says_not_ready(nc: Any) -> None:
     await wait_for(task.done, what="the loop ended")
     assert task.exception() is None
     assert consumer.ready() is not None
+
+
+async def test_a_consumer_deleted_under_a_running_loop_is_made_again_and_its_messages_handled(nc: Any) -> None:
+    js = nc.jetstream()
+    done: list[str] = []
+
+    async def handle(m: Msg) -> None:
+        await m.ack_sync()
+        done.append(m.data.decode())
+
+    stop = asyncio.Event()
+    consumer = Durable(js, subjects.STREAM_HIST, config(), fetch_timeout=0.2)
+    task = asyncio.create_task(consumer.run(handle, stop))
+    try:
+        await publish(js, 1)
+        await wait_for(lambda: done == ["1"], what="the first message handled")
+        # An operator's `nats consumer rm`, or a stream made again: every fetch is refused from now on.
+        await js.delete_consumer(subjects.STREAM_HIST, DURABLE)
+        await js.publish(subjects.history("s2"), b"2")
+        await wait_for(lambda: "2" in done, timeout=15, what="the consumer made again and the new message handled")
+        info = await js.consumer_info(subjects.STREAM_HIST, DURABLE)
+        assert info.num_ack_pending == 0
+    finally:
+        stop.set()
+        await consumer.close()
+        await task
