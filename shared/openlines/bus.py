@@ -113,7 +113,8 @@ async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAut
         if mine and mine[0].is_closed:  # our own close (a CLI command ending, a service stopping): not news
             log.debug(f"nats connection closed ({name})", extra={"connection": name})
             return
-        log.warning(f"nats disconnected ({name})", extra={"connection": name})
+        dropped = drop_answers(mine[0]) if mine else 0
+        log.warning(f"nats disconnected ({name})", extra={"connection": name, "requests_failed_at_once": dropped})
 
     async def on_reconnect() -> None:
         log.info(f"nats reconnected ({name})", extra={"connection": name})
@@ -152,6 +153,35 @@ async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAut
                 raise
             log.warning("nats not reachable, retrying", extra={"url": url, "attempt": attempt, "error": str(exc)})
             await asyncio.sleep(backoff(attempt, 0.2, 5.0))
+
+
+_ACK_INBOXES: weakref.WeakSet[AckInbox] = weakref.WeakSet()
+
+
+def drop_answers(nc: NATS) -> int:
+    """Fail now, as timed out, every request of ``nc`` still waiting for its answer; how many.
+
+    Called when the connection is lost (decision 035). A request written to a server that then died is never
+    answered, and nats-py would have its caller wait out the request's whole timeout (5 s for the JetStream
+    API) - after the client had reconnected to another node in milliseconds. Every caller already treats a
+    timed-out request as "not known to be done, try again", and every write is safe to redo (ids, compare-and-
+    set), so the same answer is given at once. One that was still in nats-py's buffer is sent after the
+    reconnect as well; its late answer is ignored, and the redo is deduplicated like any other.
+
+    nats-py keeps the futures of its requests in ``Client._resp_map``, which has no public accessor: if a
+    release renames it, nothing is failed early here and requests time out as before.
+    """
+    waiting = getattr(nc, "_resp_map", None)
+    futures: list[asyncio.Future[Any]] = list(waiting.values()) if isinstance(waiting, dict) else []
+    for inbox in list(_ACK_INBOXES):
+        if inbox.nc is nc:
+            futures += inbox._waiting.values()
+    dropped = 0
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(NatsTimeoutError())
+            dropped += 1
+    return dropped
 
 
 class BusUnavailable(Exception):
@@ -407,12 +437,14 @@ class AckInbox:
         self._prefix = ""
         self._waiting: dict[str, asyncio.Future[js_api.PubAck]] = {}
         self._next = 0
+        _ACK_INBOXES.add(self)  # its answers lost with a connection fail at once (drop_answers)
 
     async def publish(
         self, subject: str, payload: bytes, *, headers: dict[str, str], stream: str | None = None
     ) -> asyncio.Future[js_api.PubAck]:
         """Write the publish now (in call order on the connection); the future ends with its acknowledgement or
-        failure - and never if the answer is lost with the connection: wait for it with a timeout.
+        failure - as timed out at once when the connection is lost (:func:`drop_answers`), never if the answer
+        alone is lost: wait for it with a timeout.
         ``stream``: the stream that must store it (else JetStream refuses it)."""
         if stream is not None:
             headers = {**headers, _EXPECTED_STREAM: stream}
