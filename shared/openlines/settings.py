@@ -37,6 +37,11 @@ class BaseSettings(msgspec.Struct, kw_only=True):
     replicas: int = 1  # JetStream replicas for streams and buckets a service creates
     bootstrap: bool = True  # create missing streams/buckets at start-up
     shutdown_timeout: float = 10.0
+    # The longest a JetStream request (KV read or write, stream or consumer info, a publish's acknowledgement)
+    # waits for its answer. One sent to a stream or consumer between two leaders, or to a NATS node that died,
+    # is never answered: every caller tries again, so this is how long such a moment holds a message up
+    # (decision 035). Answers normally take milliseconds; raise it only for a NATS that answers slowly.
+    nats_request_timeout: float = 2.0
 
     def ports_problem(self) -> str | None:
         """Why the two ports cannot both be served, or None (checked at start-up by ``openlines.runner.main``)."""

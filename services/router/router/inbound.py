@@ -48,7 +48,7 @@ from openlines.pace import backoff
 from router.core.partition_order import Client, PartitionOrder, Read
 from router.effects import EVENTS
 from router.engine import Engine
-from router.order import HELD_BACK, Order
+from router.order import HELD_BACK, READ_TIMEOUT, Order
 
 log = logging.getLogger("router.inbound")
 
@@ -93,7 +93,7 @@ async def consume(
         except Exception as exc:  # NATS away, a stream leader being elected
             attempt += 1
             log.info("partition consumer not read yet", extra={"consumer": durable, "error": repr(exc)})
-            await pause(stop, backoff(attempt, 0.1, 2.0))
+            await pause(stop, backoff(attempt, 0.1, READ_TIMEOUT))
     config = js_api.ConsumerConfig(
         name=durable,
         durable_name=durable,

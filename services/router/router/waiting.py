@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import KeyNotFoundError
@@ -87,8 +88,16 @@ class Waiting:
         return line is not None and item[1] in line
 
     async def sync(self) -> None:
-        """Wait until the copy has seen every write made to the bucket before this call."""
-        info = await self.js.stream_info(self._stream)
+        """Wait until the copy has seen every write made to the bucket before this call (at most ``SYNC_TIMEOUT``).
+
+        A bucket that does not answer in that time (its stream electing a leader: such a request is never
+        answered, and nats-py would wait 5 s) is not waited for either: the decision is made on the copy, as
+        when the copy lags (decision 035)."""
+        try:
+            info = await asyncio.wait_for(self.js.stream_info(self._stream), SYNC_TIMEOUT)
+        except (TimeoutError, NatsError) as exc:
+            log.info("waiting queues not checked against the bucket", extra={"error": repr(exc)})
+            return
         target = info.state.last_seq or 0
         if self._seen >= target:
             return
