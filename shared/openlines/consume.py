@@ -152,8 +152,7 @@ class Durable:
             try:
                 msgs = await self._fetching.fetch(psub, want, self.fetch_timeout)
             except QUIET:
-                failing_since = self._fetching_again(failing_since, loop.time())
-                continue
+                msgs = []  # answered with nothing, or not at all: not refused
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # no leader (an election), disconnected, or the consumer is gone
@@ -171,14 +170,11 @@ class Durable:
                         log.warning("consumer gone, making it again", extra={"consumer": self.name})
                         return
                 continue
-            failing_since = self._fetching_again(failing_since, loop.time())
-            await self._hand_over(msgs, handle, stop)
-
-    def _fetching_again(self, failing_since: float | None, now: float) -> float | None:
-        """A fetch went through: None (nothing failing), after saying how long fetches failed, if they did."""
-        if failing_since is not None:
-            log.info("fetching again", extra={"consumer": self.name, "after_seconds": round(now - failing_since, 2)})
-        return None
+            if failing_since is not None:
+                log.info("fetching again", extra={"consumer": self.name, "after_seconds": round(loop.time() - failing_since, 2)})
+                failing_since = None
+            if msgs:
+                await self._hand_over(msgs, handle, stop)
 
     async def _gone(self) -> bool:
         """Whether the consumer no longer exists (deleted, its stream made again); any other answer or none: no."""
