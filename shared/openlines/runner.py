@@ -301,7 +301,7 @@ def main(name: str, settings_cls: type[S], setup: Callable[[Service[S]], Awaitab
         settings = load_settings(settings_cls)
     except SettingsError as exc:
         raise SystemExit(f"{name}: configuration error: {exc}") from None
-    problem = settings.ports_problem()
+    problem = settings.problem()
     if problem:
         raise SystemExit(f"{name}: configuration error: {problem}")
     logs.setup(name, settings.log_level)

@@ -43,6 +43,12 @@ class BaseSettings(msgspec.Struct, kw_only=True):
     # (decision 035). Answers normally take milliseconds; raise it only for a NATS that answers slowly.
     nats_request_timeout: float = 2.0
 
+    def problem(self) -> str | None:
+        """Why these settings cannot work, or None (checked at start-up by ``openlines.runner.main``)."""
+        if not self.nats_request_timeout > 0:
+            return f"{env_name('nats_request_timeout')}={self.nats_request_timeout}: must be a number of seconds above 0"
+        return self.ports_problem()
+
     def ports_problem(self) -> str | None:
         """Why the two ports cannot both be served, or None (checked at start-up by ``openlines.runner.main``)."""
         port = self.ops_port()
