@@ -54,7 +54,11 @@ async def test_a_connection_closed_on_purpose_fails_nothing(nc: Any, nats_server
     await nc.flush()
     try:
         asked = asyncio.create_task(client.request("test.silent", b"?", timeout=1.0))
-        await wait_for(lambda: silent.pending_msgs >= 1, what="the request at the silent responder")
+        await wait_for(lambda: client.stats["out_msgs"] >= 1 or asked.done(), what="the request written")
+        assert not asked.done(), f"the request ended before it was waited on: {asked!r}"
+        await client.flush()  # the server has routed it to the silent responder,
+        await nc.flush()  # and the responder's connection has read it
+        assert silent.pending_msgs >= 1
         assert bus.drop_answers(nc) == 0  # another connection's requests are not touched
         with pytest.raises(NatsTimeoutError):
             await asyncio.wait_for(asked, 30)  # its own timeout, as before
