@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ async def snapshot(procs: list[Proc], workdir: Path, n: int) -> dict[str, int]:
     total: dict[str, int] = {}
     for i, p in enumerate(procs):
         path = workdir / f"router{i}.counts.{n}"
-        p.proc.send_signal(10)  # SIGUSR1
+        p.proc.send_signal(signal.SIGUSR2)  # SIGUSR1 is the services' task dump
         await wait_until(path.exists, 10, f"counts of router{i}")
         await asyncio.sleep(0.05)  # the file is written in one go; give it a moment to be closed
         for k, v in json.loads(path.read_text()).items():

@@ -1,7 +1,7 @@
 """``python -m router`` with a count of its KV operations, compare-and-set conflicts and JetStream publishes.
 
 The counts (no change to what the router does) are written to
-``$BENCH_COUNT_FILE`` on SIGUSR1 (numbered snapshots) and when the process
+``$BENCH_COUNT_FILE`` on SIGUSR2 (numbered snapshots; SIGUSR1 is every service's task dump) and when the process
 exits: P3 reports KV operations per routing decision and the share of
 compare-and-set writes that lost to another writer (``conflict:<bucket>``).
 """
@@ -9,6 +9,7 @@ compare-and-set writes that lost to another writer (``conflict:<bucket>``).
 from __future__ import annotations
 
 import atexit
+import cProfile
 import json
 import os
 import signal
@@ -66,24 +67,34 @@ JetStreamContext.publish_async = _publish_async_counted  # type: ignore[method-a
 
 
 _snap = 0
+# BENCH_PROFILE=<file>: cProfile the process from its start, statistics written with each snapshot
+# (``<file>.<n>``, each since the one before) and at exit; read with ``python -m pstats``. Off unless asked: it slows the router.
+_profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
 
 
 def _dump(*_: Any) -> None:
-    """On SIGUSR1: write a numbered snapshot; at exit: the final counts."""
-    global _snap
+    """On SIGUSR2: write a numbered snapshot; at exit: the final counts."""
+    global _snap, _profile
     path = os.environ.get("BENCH_COUNT_FILE")
     if path:
         _snap += 1
         with open(f"{path}.{_snap}" if _ else path, "w") as f:
             json.dump(dict(COUNTS), f)
+    if _profile is not None:  # each file covers the time since the one before (dumping ends a profile)
+        _profile.dump_stats(f"{os.environ['BENCH_PROFILE']}.{_snap}" if _ else os.environ["BENCH_PROFILE"])
+        _profile = cProfile.Profile()
+        _profile.enable()
 
 
 atexit.register(_dump)
-signal.signal(signal.SIGUSR1, _dump)
+signal.signal(signal.SIGUSR2, _dump)
 
 
 from openlines.runner import main  # noqa: E402
 from router.app import setup  # noqa: E402
 from router.settings import Settings  # noqa: E402
+
+if _profile is not None:
+    _profile.enable()
 
 main("router", Settings, setup)
