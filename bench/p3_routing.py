@@ -224,9 +224,10 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
     conflict_rate = conflicts(counts) / writes if writes else 0.0
     router_ms = 1000 * sum(v for k, v in used.items() if k.startswith("router")) / max(got, 1)
     nats_ms = 1000 * used["nats-server"] / max(got, 1)
+    wire = counts.get("wire:publish", 0) / max(got, 1)
     progress.done(
         f"{rate:,.0f} decisions/s ({got}/{N} in {elapsed:.1f} s; publish took {published:.1f} s; "
-        f"{per:.1f} KV ops/decision; {conflict_rate:.1%} CAS conflicts; CPU {cpu})"
+        f"{per:.1f} KV ops/decision; {wire:.1f} NATS messages sent/decision; {conflict_rate:.1%} CAS conflicts; CPU {cpu})"
     )
     return {
         "replicas": replicas,
@@ -238,6 +239,7 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
         "settle_seconds": settle,
         "cpu_cores_used": cpu,
         "kv_ops_per_decision": per,
+        "messages_sent_per_decision": wire,  # every message written to NATS; the ceiling writes 3 per turn
         "cas_writes": writes,
         "cas_conflicts": conflicts(counts),
         "cas_conflict_rate": conflict_rate,

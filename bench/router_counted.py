@@ -16,9 +16,12 @@ import signal
 from collections import Counter
 from typing import Any
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from openlines import bus
 
 COUNTS: Counter[str] = Counter()
 
@@ -64,6 +67,27 @@ async def _publish_async_counted(self: Any, subject: str, *args: Any, **kwargs: 
 
 
 JetStreamContext.publish_async = _publish_async_counted  # type: ignore[method-assign]
+
+# Every message the router writes to NATS (requests, KV writes, acks, fetches, the trail): "wire:publish";
+# the trail's stored writes (events, transcript lines, outbound), one round trip per step: "trail:<kind>".
+_wire_publish = NATS.publish
+
+
+async def _wire_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
+    COUNTS["wire:publish"] += 1
+    return await _wire_publish(self, subject, *args, **kwargs)
+
+
+NATS.publish = _wire_counted  # type: ignore[method-assign]
+_trail_publish = bus.AckInbox.publish
+
+
+async def _trail_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
+    COUNTS[f"trail:{subject.split('.')[1] if '.' in subject else subject}"] += 1
+    return await _trail_publish(self, subject, *args, **kwargs)
+
+
+bus.AckInbox.publish = _trail_counted  # type: ignore[method-assign]
 
 
 _snap = 0

@@ -14,7 +14,8 @@ entries expire after ``lease_seconds`` unless renewed: each replica keeps a
 ``member.<id>`` heartbeat and holds ``lease.<p>`` keys for its partitions,
 taking at most its fair share (partitions / live members, rounded up). A
 replica that dies stops renewing; its leases expire and the others take the
-partitions over. A new replica makes the others give up their surplus.
+partitions over. A new replica makes the others give up their surplus; one that
+starts while the others hold every partition waits ``JOIN_AFTER`` first (decision 036).
 
 A replica killed -9 is not waited for (decision 027): ``router.members`` sees its
 connection gone; it no longer counts for the fair share, and its leases are taken
@@ -56,6 +57,13 @@ from router.members import BUCKET_STREAM, MEMBER, Members
 
 log = logging.getLogger("router.partitions")
 
+# A replica that starts while the others hold every partition waits this long before it becomes a member
+# and they give it its share (decision 036). After a replica is killed and started again, the survivor has
+# just taken the killed one's partitions and works off what it had in hand; giving half of them away again
+# at that moment stacks a second hand-over on the first. The wait ends at once if a partition is free or
+# held by a replica that is not live (then every replica is needed now).
+JOIN_AFTER = 5.0
+
 OWNED = Gauge("openlines_router_partitions_owned", "Inbound partitions this router replica consumes")
 LOST = Counter("openlines_router_partition_leases_lost_total", "Partition leases this replica lost to another one")
 GONE = Counter(
@@ -83,6 +91,7 @@ class Partitions:
         in_hand: int = 1,
         replicas: int = 1,
         finish_timeout: float = 10.0,
+        join_after: float = JOIN_AFTER,
     ) -> None:
         self.js = js
         self.nc = nc
@@ -102,6 +111,10 @@ class Partitions:
         self._last_members: set[str] = set()
         self._eager_until = 0.0  # until when (loop time) rounds come sooner while short of our share
         self._short = False
+        self.join_after = join_after
+        self._join_by: float | None = None  # (loop time) when this replica joins even if the others hold everything
+        self._joined = False
+        self._waited_logged = False
 
     async def open(self) -> None:
         # Answer the other replicas' probes before the first heartbeat makes us a member.
@@ -156,6 +169,10 @@ class Partitions:
 
     async def _round(self) -> None:
         self._revive()
+        if not self._joined:
+            if await self._wait_to_join():
+                return
+            self._joined = True
         # First and at once: the heartbeat and every lease (a late renewal is a lost partition).
         done = await asyncio.gather(
             self.kv.put(f"{MEMBER}{self.me}", b"1"), *(self._renew(p) for p in list(self.held)), return_exceptions=True
@@ -183,6 +200,36 @@ class Partitions:
         self._short = len(staying) < share
         if len(staying) >= min(share, subjects.PARTITIONS):
             self.balanced.set()
+
+    async def _wait_to_join(self) -> bool:
+        """Whether to stay out a little longer: other replicas are live and hold every partition (see JOIN_AFTER)."""
+        loop = asyncio.get_running_loop()
+        if self._join_by is None:
+            self._join_by = loop.time() + self.join_after
+        if loop.time() >= self._join_by:
+            return False
+        members, _ = await self.members.look(self.kv, self.interval)  # not a member yet: the others
+        live = set(members) - {self.me}
+        if not live:
+            return False
+
+        async def holder(p: int) -> str:
+            try:
+                entry = await self.kv.get(f"lease.{p}")
+            except (KeyNotFoundError, KeyDeletedError):
+                return ""
+            return (entry.value or b"").decode()
+
+        holders = await asyncio.gather(*(holder(p) for p in range(subjects.PARTITIONS)))
+        if not all(h in live for h in holders):
+            return False
+        if not self._waited_logged:
+            self._waited_logged = True
+            log.info(
+                "joining the other replicas shortly: they hold every partition",
+                extra={"replica": self.me, "join_in_s": round(self._join_by - loop.time(), 1), "live": len(live)},
+            )
+        return True
 
     async def _take_from(self, gone: set[str], wanted: int) -> list[int]:
         """Take up to ``wanted`` partitions leased by replicas that are gone, all at once: compare-and-set on
