@@ -17,6 +17,8 @@ record of every call.
   ``error`` code with the text in ``error_description`` ("Not found",
   "Access denied."); ``crm.duplicate.findbycomm`` puts a sentence in
   ``error`` ("Communication type is not defined").
+- ``crm.<lead|deal|contact>.delete`` deletes the activities filed on the record too,
+  as the portal does.
 - ``GET /oauth/token/?grant_type=refresh_token&...`` rotates the tokens.
 
 Controls for tests: ``limited`` / ``limit_for(s)`` (answer every call
@@ -358,8 +360,14 @@ class Bitrix24Peer:
                 raise ApiError(400, "", "Not found")
             return self._out(rec), {}
         if op == "delete":  # a manager removing a record in the portal
-            if self.records[kind].pop(_int(params.get("id")), None) is None:
+            gone = _int(params.get("id"))
+            if self.records[kind].pop(gone, None) is None:
                 raise ApiError(400, "", "Not found")
+            if kind != "activity":  # the portal deletes the activities filed on it with it (DeleteByOwner)
+                owner_type = next(str(t) for t, name in OWNER_TYPES.items() if name == kind)
+                for act_id, act in list(self.records["activity"].items()):
+                    if str(act.get("OWNER_TYPE_ID")) == owner_type and _int(act.get("OWNER_ID")) == gone:
+                        del self.records["activity"][act_id]
             return True, {}
         if op == "update":
             rec = self.records[kind].get(_int(params.get("id")))

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
-from crm_sync.backends.base import Activity, CrmBackend, Entity, Guard, Kind
+from crm_sync.backends.base import Activity, CrmBackend, CrmGone, Entity, Guard, Kind
 from crm_sync.core import identity
 from crm_sync.core.decide import Known, decide, pick, source_id, worth_a_record
 from crm_sync.links import ClientLink, SessionLink, client_key, session_key
@@ -52,11 +52,21 @@ LINKED_KIND = "crm_linked"
 SETTLE_SECONDS = 3.0  # longest wait for the router to store the opening message's profile
 CREATED = Counter("openlines_crm_created_total", "CRM records created", ["kind"])
 LINKED = Counter("openlines_crm_linked_total", "Sessions linked to the CRM", ["outcome"])
+RELINKED = Counter(
+    "openlines_crm_relinked_total", "Conversations linked anew because a manager deleted their CRM record meanwhile"
+)
 SILENT = Counter(
     "openlines_crm_silent_sessions_total", "Events of anonymous (webchat) conversations left out of the CRM: nothing written yet"
 )
 
 L = TypeVar("L", ClientLink, SessionLink)
+
+
+def activity_origin(session_id: str) -> str:
+    """The ORIGIN_ID of a conversation's activity: how it is found again after a create whose answer was lost."""
+    return f"ol-session|{session_id}"
+
+
 _hist = msgspec.json.Decoder(HistoryEntry)
 
 
@@ -205,9 +215,10 @@ class Syncer:
 
         await self._save(key, typ, done)
 
-    async def _publish_linked(self, evt: SessionEvent, reason: str) -> None:
+    async def _publish_linked(self, evt: SessionEvent, reason: str, activity_id: str) -> None:
         out = SessionEvent(
-            id=f"crm_linked:{evt.session_id}",
+            # One per activity: a conversation linked anew (its record deleted) is told again.
+            id=f"crm_linked:{evt.session_id}" + (f":{activity_id}" if activity_id else ""),
             kind=LINKED_KIND,
             at=utcnow(),
             session_id=evt.session_id,
@@ -252,10 +263,46 @@ class Syncer:
         sl = await self._link(evt, line, guard)
         if not sl.linked:
             return  # an anonymous visitor who has not written anything: nothing in the CRM (yet)
+        try:
+            await self._apply(evt, line, sl)
+        except CrmGone as gone:
+            # A manager deleted the record this conversation is filed on, and with it its activity, while the
+            # conversation went on. As on a new conversation (_forget_deleted), the client is found or created
+            # anew; the conversation gets a new activity with its whole transcript, then this event applies.
+            await self._apply(evt, line, await self._relink(evt, line, guard, gone))
+
+    async def _apply(self, evt: SessionEvent, line: LineConfig, sl: SessionLink) -> None:
         if evt.kind in ("session_answered", "session_transferred") and evt.operator_id:
             await self._answered(evt, sl)
         elif evt.kind == "session_closed":
             await self._closed(evt, line, sl)
+
+    async def _relink(self, evt: SessionEvent, line: LineConfig, guard: Guard | None, gone: CrmGone) -> SessionLink:
+        """The session linked again after its CRM record was deleted (see ``handle``)."""
+        origin = activity_origin(evt.session_id)
+        before, _ = await kv_get(self.links, session_key(evt.session_id), SessionLink)
+        await self._save(
+            session_key(evt.session_id),
+            SessionLink,
+            lambda cur: msgspec.structs.replace(
+                cur,
+                linked=False,
+                owner_kind="",
+                owner_id="",
+                activity_id="",
+                pending=[p for p in cur.pending if p != origin],
+                made={o: i for o, i in cur.made.items() if o != origin},
+            ),
+        )
+        log.info(
+            "the conversation's CRM record was deleted: linked anew",
+            extra={"session": evt.session_id, "event": evt.kind, "error": str(gone)},
+        )
+        RELINKED.inc()
+        after = await self._link(evt, line, guard)
+        if before is None or (after.linked and after.activity_id == before.activity_id):
+            raise gone  # linked to the same activity again: the CRM still refuses it, nothing else to try
+        return after
 
     async def _link(self, evt: SessionEvent, line: LineConfig, guard: Guard | None) -> SessionLink:
         """Bind the session's client to CRM records and open the activity (idempotent)."""
@@ -406,7 +453,7 @@ class Syncer:
                 channel=evt.channel,
                 client_code=code,
                 client_name=name,
-                origin=f"ol-session|{evt.session_id}",
+                origin=activity_origin(evt.session_id),
                 start=history[0].at if history else evt.at,
             )
             activity_id, _ = await self._once(
@@ -427,7 +474,7 @@ class Syncer:
                 cur, owner_kind=owner_kind, owner_id=owner_id, activity_id=activity_id or cur.activity_id, reason=reason
             ),
         )
-        await self._publish_linked(evt, reason)
+        await self._publish_linked(evt, reason, sl.activity_id)
         crash_point("crm.linked.published")
         sl = await self._save(skey, SessionLink, lambda cur: msgspec.structs.replace(cur, linked=True))
         LINKED.labels("created" if created else "linked" if owner_id else "none").inc()

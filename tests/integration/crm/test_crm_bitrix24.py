@@ -195,10 +195,9 @@ async def test_responsible_lookup_answers_fast_and_the_router_offers_the_chat_to
         assert second.operator_id == "anna"
 
 
-async def test_a_client_whose_lead_a_manager_deleted_gets_a_new_lead_and_activity_on_the_next_conversation(
+async def test_a_conversation_whose_lead_a_manager_deleted_is_filed_anew_and_the_next_one_on_the_new_lead(
     nc: Any, nats_server: Any
 ) -> None:
-    import aiohttp
 
     await apply_lines(nc, OPS + crm_line())
     async with (
@@ -211,21 +210,30 @@ async def test_a_client_whose_lead_a_manager_deleted_gets_a_new_lead_and_activit
         first = await assigned(nc, "telegram", "shopbot", "901")
         await linked(nc, first.id)
         [old] = peer.leads()
-        # A manager deletes the lead in the portal (the REST method the portal's own pages use).
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{peer.webhook}crm.lead.delete.json", json={"id": old["ID"]}) as resp:
-                assert resp.status == 200 and (await resp.json())["result"] is True
-            async with http.post(f"{peer.webhook}crm.lead.get.json", json={"id": old["ID"]}) as resp:
-                assert resp.status == 400 and (await resp.json())["error_description"] == "Not found"
+        await delete_in_portal(peer, old["ID"])
         assert peer.leads() == []
+        assert not [a for a in peer.activities() if a["ORIGIN_ID"] == f"ol-session|{first.id}"]  # deleted with it
+        # The conversation goes on and is closed: it is filed anew, its whole transcript on a new activity.
         await call(nc, "close", Close(operator_id=first.operator_id or "anna", session_id=first.id))
+        again = await wait_for(
+            lambda: [a for a in peer.activities() if a["ORIGIN_ID"] == f"ol-session|{first.id}" and a["COMPLETED"] == "Y"],
+            what="the closed conversation on a new, completed activity",
+        )
+        [new] = peer.leads()
+        assert new["ID"] != old["ID"] and new["ORIGIN_ID"] == "imol|telegram|shopbot|901"
+        assert [p["VALUE"] for p in new.get("PHONE", [])] == ["+37126000901"]  # written again: the old lead had it
+        assert (again[0]["OWNER_TYPE_ID"], str(again[0]["OWNER_ID"])) == ("1", new["ID"])
+        assert "first question" in again[0]["DESCRIPTION"]
+
+        async def told() -> list[Any]:
+            return [e for e in await events(nc, "crm_linked") if e.session_id == first.id and f"lead {new['ID']}" in e.reason]
+
+        assert len(await wait_for(told, what="the conversation's new link told")) == 1
 
         await publish(nc, telegram("901", "me again", "2", name="Rita"))
         second = await assigned(nc, "telegram", "shopbot", "901", other_than=first.id)
         evt = await linked(nc, second.id)
-        [new] = peer.leads()
-        assert new["ID"] != old["ID"] and new["ORIGIN_ID"] == "imol|telegram|shopbot|901"
-        assert [p["VALUE"] for p in new.get("PHONE", [])] == ["+37126000901"]  # written again: the old lead had it
+        assert peer.leads() == [new]  # the client's new lead: a repeat contact now
         assert f"lead {new['ID']}" in evt.reason
         act = next(a for a in peer.activities() if a["ORIGIN_ID"] == f"ol-session|{second.id}")
         assert (act["OWNER_TYPE_ID"], str(act["OWNER_ID"])) == ("1", new["ID"])
@@ -235,6 +243,45 @@ async def test_a_client_whose_lead_a_manager_deleted_gets_a_new_lead_and_activit
             what="the new activity completed on close",
         )
         assert not await events(nc, "dead_letter")
+
+
+async def test_a_conversation_whose_lead_was_deleted_before_the_operator_answered_is_filed_anew_for_them(
+    nc: Any, nats_server: Any
+) -> None:
+    await apply_lines(nc, OPS + crm_line())
+    async with (
+        running_bitrix24() as peer,
+        running_router(nats_server.url),
+        running_crm_sync(nats_server.url, crm_backend="bitrix24", bitrix24_webhook=peer.webhook, crm_users=USERS),
+    ):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, telegram("902", "where is my order?", "1", name="Sam"))
+        chat = await assigned(nc, "telegram", "shopbot", "902")
+        await linked(nc, chat.id)
+        [old] = peer.leads()
+        await delete_in_portal(peer, old["ID"])
+        await call(nc, "accept", Accept(operator_id="anna", session_id=chat.id))
+
+        def filed() -> list[dict[str, Any]]:
+            return [a for a in peer.activities() if a["ORIGIN_ID"] == f"ol-session|{chat.id}" and a.get("RESPONSIBLE_ID") == "7"]
+
+        [act] = await wait_for(filed, what="the conversation on a new activity, given to anna who answered")
+        [new] = peer.leads()
+        assert new["ID"] != old["ID"] and (act["OWNER_TYPE_ID"], str(act["OWNER_ID"])) == ("1", new["ID"])
+        assert new["ASSIGNED_BY_ID"] == "7"  # created by this conversation: the operator who answered owns it
+        assert "where is my order?" in act["DESCRIPTION"]
+        assert not await events(nc, "dead_letter")
+
+
+async def delete_in_portal(peer: Any, lead_id: str) -> None:
+    """A manager deletes a lead in the portal (the REST method the portal's own pages use)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{peer.webhook}crm.lead.delete.json", json={"id": lead_id}) as resp:
+            assert resp.status == 200 and (await resp.json())["result"] is True
+        async with http.post(f"{peer.webhook}crm.lead.get.json", json={"id": lead_id}) as resp:
+            assert resp.status == 400 and (await resp.json())["error_description"] == "Not found"
 
 
 async def _readyz(port: int) -> dict[str, Any]:

@@ -39,6 +39,11 @@ class CrmRejected(Exception):
     """The CRM refused the request itself (bad field, no permission): retrying will not help."""
 
 
+class CrmGone(CrmRejected):
+    """The record written to is no longer in the CRM: a manager deleted it (and, with a lead,
+    contact or deal, the activities filed on it)."""
+
+
 class Entity(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A contact, lead or deal. Empty fields are left as they are on update."""
 
@@ -105,7 +110,8 @@ class CrmBackend(Protocol):
         ...
 
     async def update(self, entity: Entity) -> None:
-        """Set the non-empty fields of ``entity`` (phones/e-mails/im are added, not replaced)."""
+        """Set the non-empty fields of ``entity`` (phones/e-mails/im are added, not replaced);
+        :class:`CrmGone` when the CRM no longer has the record."""
         ...
 
     async def find_activity(self, origin: str) -> str | None: ...
@@ -119,7 +125,9 @@ class CrmBackend(Protocol):
         the lead made for this chat), else by phone / e-mail (the oldest contact, else the oldest lead)."""
         ...
 
-    async def update_activity(self, activity: Activity) -> None: ...
+    async def update_activity(self, activity: Activity) -> None:
+        """Set the activity's fields; :class:`CrmGone` when the CRM no longer has it."""
+        ...
 
     async def check(self) -> list[str]:
         """Verify the connection and permissions; one line per check, raise on failure."""

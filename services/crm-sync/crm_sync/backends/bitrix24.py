@@ -36,7 +36,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-from crm_sync.backends.base import Activity, CrmRejected, CrmUnavailable, Entity, Guard, Kind, Matches
+from crm_sync.backends.base import Activity, CrmGone, CrmRejected, CrmUnavailable, Entity, Guard, Kind, Matches
 from crm_sync.core.decide import pick
 
 log = logging.getLogger("crm_sync.bitrix24")
@@ -108,6 +108,16 @@ class BitrixError(Exception):
         self.status = status
         self.code = code
         self.description = description
+
+
+def _not_found(exc: BitrixError) -> bool:
+    """The portal has no such record: a classic CRM method answers an empty code with "Not found", the
+    newer ones ERROR_CORE "Element not found", some NOT_FOUND."""
+    return exc.code == "NOT_FOUND" or "not found" in exc.description.lower()
+
+
+def _refused(method: str, exc: BitrixError) -> CrmRejected:
+    return CrmGone(f"{method}: {exc}") if _not_found(exc) else CrmRejected(f"{method}: {exc}")
 
 
 class Bitrix24Client:
@@ -416,7 +426,7 @@ class Bitrix24Backend:
         try:
             row = await self.client.call(f"crm.{kind}.get", {"id": entity_id})
         except BitrixError as exc:
-            if exc.code == "NOT_FOUND" or "not found" in exc.description.lower():
+            if _not_found(exc):
                 return None
             raise CrmRejected(str(exc)) from None
         return self.entity(kind, row) if isinstance(row, dict) else None
@@ -439,7 +449,7 @@ class Bitrix24Backend:
             try:
                 row = await self.client.call(f"crm.{entity.kind}.get", {"id": entity.id})
             except BitrixError as exc:
-                raise CrmRejected(f"crm.{entity.kind}.get: {exc}") from None
+                raise _refused(f"crm.{entity.kind}.get", exc) from None
             row = row if isinstance(row, dict) else {}
 
             def have(field: str) -> set[str]:
@@ -460,7 +470,7 @@ class Bitrix24Backend:
         try:
             await self.client.call(f"crm.{entity.kind}.update", {"id": entity.id, "fields": fields})
         except BitrixError as exc:
-            raise CrmRejected(f"crm.{entity.kind}.update: {exc}") from None
+            raise _refused(f"crm.{entity.kind}.update", exc) from None
 
     async def find_activity(self, origin: str) -> str | None:
         rows = await self.client.call("crm.activity.list", {"filter": {"ORIGIN_ID": origin}, "select": ["ID"]})
@@ -510,7 +520,7 @@ class Bitrix24Backend:
         try:
             await self.client.call("crm.activity.update", {"id": activity.id, "fields": self.activity_fields(activity, False)})
         except BitrixError as exc:
-            raise CrmRejected(f"crm.activity.update: {exc}") from None
+            raise _refused("crm.activity.update", exc) from None
 
     async def check(self) -> list[str]:
         out: list[str] = []
