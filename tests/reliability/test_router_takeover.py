@@ -544,7 +544,7 @@ async def test_a_clients_later_message_waits_for_the_earlier_one_an_old_holders_
 
 
 async def test_a_partition_given_up_to_a_replica_that_joins_is_freed_at_once_not_after_its_slow_message(
-    nc: Any, nats_server: Any, monkeypatch: pytest.MonkeyPatch
+    nc: Any, nats_server: Any
 ) -> None:
     """A replica that joins (a restart, a scale-up) gets half the partitions; the replica that held them gives
     them up. Decision 023 had it finish its message in hand first, with the lease kept: while that message was
@@ -552,10 +552,8 @@ async def test_a_partition_given_up_to_a_replica_that_joins_is_freed_at_once_not
     the fault suite on the 3-node cluster (a 10.36 s wait after a router kill, the killed replica coming back).
     Now the lease goes at once: another client of that partition is routed by the new holder while the old
     holder's slow write has not even timed out."""
-    from router import effects
     from router.shell.base import session_id_for
 
-    monkeypatch.setattr(effects, "TOGETHER_TIMEOUT", 20.0)  # the old holder's slow write: 20 s, not 5 s
     await apply_lines(nc, LINES)
     js = nc.jetstream()
     p = subjects.PARTITIONS - 1  # the first holder keeps the lowest half and gives up this one
@@ -563,7 +561,8 @@ async def test_a_partition_given_up_to_a_replica_that_joins_is_freed_at_once_not
     proxy = NatsProxy(nats_server.port)
     await proxy.start()
     try:
-        async with running_router(proxy.url, shutdown_timeout=20.0):
+        # The old holder's slow write waits 20 s for its answer, not the shipped 2 s.
+        async with running_router(proxy.url, shutdown_timeout=20.0, nats_request_timeout=20.0):
             await wait_for(lambda: split_evenly_over(nc, 1), timeout=30, what="the first replica holding every partition")
             # Its transcript line never reaches the server: the old holder waits for the answer (a lost packet).
             slow = proxy.drop(subjects.history(session_id_for(f"webchat:demo:{x}:1", "support")))

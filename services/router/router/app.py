@@ -42,7 +42,17 @@ async def setup(svc: Service[Settings]) -> None:
     moved = await move_old_queues(buckets.sessions, waiting, list(lines.lines))
     if moved:
         log.info("waiting chats moved to ol-waiting", extra={"chats": moved})
-    engine = Engine(Shared(svc.nc, svc.js, buckets, lines, operators, waiting, svc.settings.flood_rule()))
+    shared = Shared(
+        svc.nc,
+        svc.js,
+        buckets,
+        lines,
+        operators,
+        waiting,
+        svc.settings.flood_rule(),
+        request_timeout=svc.settings.nats_request_timeout,
+    )
+    engine = Engine(shared)
     running = commands.AtOnce(svc.settings.commands_at_once)
     micro = await commands.serve(svc.nc, engine, running)
     await svc.nc.flush()  # the server knows our command subscriptions before we say we are up

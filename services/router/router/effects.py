@@ -25,7 +25,10 @@ from openlines.state import Session
 EVENTS = Counter("openlines_router_events_total", "Session events published", ["kind"])
 OUTBOUND = Counter("openlines_router_outbound_total", "Outbound messages published", ["channel", "auto"])
 
-TOGETHER_TIMEOUT = 5.0  # the longest a block waits for its acknowledgements (nats-py's own publish timeout)
+# The longest a block waits for its acknowledgements, unless the router's OPENLINES_NATS_REQUEST_TIMEOUT says:
+# what any JetStream request waits (decision 035). A publish written to a stream's leader that just died
+# is never answered; waiting longer only holds the message in hand up.
+TOGETHER_TIMEOUT = 2.0
 
 
 class _Sent(NamedTuple):
@@ -43,9 +46,10 @@ _TOGETHER: ContextVar[list[_Sent] | None] = ContextVar("router_effects_together"
 
 
 class Effects:
-    def __init__(self, js: JetStreamContext, nc: NATS) -> None:
+    def __init__(self, js: JetStreamContext, nc: NATS, ack_timeout: float = TOGETHER_TIMEOUT) -> None:
         self.js = js
         self.acks = bus.AckInbox(nc)  # the acknowledgements of ``together`` blocks
+        self.ack_timeout = ack_timeout
 
     async def _publish(self, subject: str, msg_id: str, obj: msgspec.Struct) -> None:
         await self._send(subject, encode(obj), {MSG_ID_HEADER: msg_id})
@@ -89,7 +93,7 @@ class Effects:
             again: list[_Sent] = []
             if pending:
                 # One timer for the block: an answer lost with the connection never ends its future.
-                done, _ = await asyncio.wait([p.ack for p in pending], timeout=TOGETHER_TIMEOUT)
+                done, _ = await asyncio.wait([p.ack for p in pending], timeout=self.ack_timeout)
                 for sent in pending:
                     fut = sent.ack
                     if fut not in done or fut.cancelled():  # no answer in time, or dropped with the connection

@@ -23,7 +23,7 @@ from openlines.envelopes import HistoryEntry, Outbound, utcnow
 from openlines.state import OperatorAccount, OperatorState, Session
 from router.core import capacity, flood, timing
 from router.core import session as transition
-from router.effects import Effects
+from router.effects import TOGETHER_TIMEOUT, Effects
 from router.lines_cache import LinesCache
 from router.operators_cache import OperatorsCache
 from router.timers import Timer, schedule
@@ -68,6 +68,7 @@ class Shared:
         operators: OperatorsCache | None,
         waiting: Waiting,
         flood_rule: flood.FloodRule | None = None,
+        request_timeout: float = TOGETHER_TIMEOUT,
     ) -> None:
         self.js = js
         self.nc: NATS = nc
@@ -76,7 +77,7 @@ class Shared:
         self.operators = operators  # a watch-fed copy of ol-operators; None = read KV for every decision
         self.waiting = waiting  # every line's waiting queue (ol-waiting, one key per chat)
         self.flood = flood_rule or flood.FloodRule(limit=0, window=60.0, channels=frozenset())
-        self.fx = Effects(js, nc)
+        self.fx = Effects(js, nc, request_timeout)
         self.names: dict[str, tuple[str, float]] = {}  # operator -> (name, monotonic time read), see Part._name
 
 
