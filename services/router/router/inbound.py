@@ -45,6 +45,7 @@ from openlines import bus, subjects
 from openlines.consume import Durable, dead_letter, pause
 from openlines.envelopes import Inbound
 from openlines.pace import backoff
+from openlines.taskdump import await_frames
 from router.core.partition_order import Client, PartitionOrder, Read
 from router.effects import EVENTS
 from router.engine import Engine
@@ -65,6 +66,7 @@ TRANSIENT_RETRY_MAX = 0.5
 # The most messages a partition's new holder naks to have its previous holder's messages in hand back at once.
 HAND_BACK_AT_MOST = 4096
 SLOW = 2.0  # a message in hand this long is logged with where its time went (held back for order, handled)
+STUCK = 5.0  # a message still in hand this long is logged once, with the await it is at (known before it ends)
 
 _decode = msgspec.json.Decoder(Inbound)
 
@@ -138,6 +140,7 @@ class _Lanes:
         self.lanes: dict[Client, _Lane] = {}
         self.held: dict[int, Msg] = {}  # stream sequence -> its latest delivery
         self.since: dict[int, float] = {}  # stream sequence -> when it was taken (loop time)
+        self.told_stuck: set[int] = set()  # stream sequences logged as still in hand
         self.consumer: Durable
 
     def room(self) -> int:
@@ -227,6 +230,7 @@ class _Lanes:
                 lane.queue.popleft()
                 self.held.pop(seq, None)
                 self.since.pop(seq, None)
+                self.told_stuck.discard(seq)
                 self.order.core.finished(seq)
                 self.consumer.room_freed()
         finally:
@@ -241,12 +245,38 @@ class _Lanes:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
-            old = loop.time() - period
+            now = loop.time()
+            old = now - period
             for seq, m in list(self.held.items()):
                 if self.since.get(seq, 0.0) > old:
                     continue  # taken since the last beat: its ack_wait has two thirds left at least
+                if now - self.since.get(seq, now) >= STUCK and seq not in self.told_stuck:
+                    self.told_stuck.add(seq)
+                    self._tell_stuck(seq, now - self.since[seq])
                 with contextlib.suppress(Exception):  # NATS away: the retry in place goes on; redelivery is harmless
                     await m.in_progress()
+
+    def _tell_stuck(self, seq: int, seconds: float) -> None:
+        """A message in hand for STUCK seconds and more: where it is (behind its client's earlier ones, or the
+        innermost await of its handling) - "inbound slow" comes only when it ends, and a stop may end it first."""
+        where = "not started (behind its client's earlier messages, or held back for order)"
+        for lane in self.lanes.values():
+            if lane.queue and lane.queue[0][0] == seq and lane.started and lane.task is not None:
+                # The innermost await of ours (what step), and the innermost of all (waiting on what).
+                frames = await_frames(lane.task)
+                ours = [f for f in frames if "/router/" in f.f_code.co_filename or "/openlines/" in f.f_code.co_filename]
+                where = (
+                    " / ".join(
+                        f"{f.f_code.co_filename.rsplit('/', 2)[-2]}/{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}"
+                        f" {f.f_code.co_name}"
+                        for f in dict.fromkeys(frames[-1:] if not ours else [ours[-1], frames[-1]])
+                    )
+                    or "handled"
+                )
+        log.info(
+            "inbound still in hand",
+            extra={"consumer": self.consumer.name, "stream_seq": seq, "in_hand_seconds": round(seconds, 2), "at": where},
+        )
 
 
 async def _hand_back(nc: NATS, durable: str, read: Read, order: PartitionOrder) -> None:
