@@ -198,19 +198,13 @@ async def test_responsible_lookup_answers_fast_and_the_router_offers_the_chat_to
 async def test_a_conversation_whose_lead_a_manager_deleted_is_filed_anew_and_the_next_one_on_the_new_lead(
     nc: Any, nats_server: Any
 ) -> None:
-
     await apply_lines(nc, OPS + crm_line())
     async with (
         running_bitrix24() as peer,
         running_router(nats_server.url),
         running_crm_sync(nats_server.url, crm_backend="bitrix24", bitrix24_webhook=peer.webhook, crm_users=USERS),
     ):
-        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        await publish(nc, telegram("901", "first question", "1", name="Rita", phone="+37126000901"))
-        first = await assigned(nc, "telegram", "shopbot", "901")
-        await linked(nc, first.id)
-        [old] = peer.leads()
-        await delete_in_portal(peer, old["ID"])
+        first, old = await lead_deleted_after_linking(nc, peer, "901", "first question", name="Rita", phone="+37126000901")
         assert peer.leads() == []
         assert not [a for a in peer.activities() if a["ORIGIN_ID"] == f"ol-session|{first.id}"]  # deleted with it
         # The conversation goes on and is closed: it is filed anew, its whole transcript on a new activity.
@@ -254,12 +248,7 @@ async def test_a_conversation_whose_lead_was_deleted_before_the_operator_answere
         running_router(nats_server.url),
         running_crm_sync(nats_server.url, crm_backend="bitrix24", bitrix24_webhook=peer.webhook, crm_users=USERS),
     ):
-        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        await publish(nc, telegram("902", "where is my order?", "1", name="Sam"))
-        chat = await assigned(nc, "telegram", "shopbot", "902")
-        await linked(nc, chat.id)
-        [old] = peer.leads()
-        await delete_in_portal(peer, old["ID"])
+        chat, old = await lead_deleted_after_linking(nc, peer, "902", "where is my order?", name="Sam")
         await call(nc, "accept", Accept(operator_id="anna", session_id=chat.id))
 
         def filed() -> list[dict[str, Any]]:
@@ -271,6 +260,18 @@ async def test_a_conversation_whose_lead_was_deleted_before_the_operator_answere
         assert new["ASSIGNED_BY_ID"] == "7"  # created by this conversation: the operator who answered owns it
         assert "where is my order?" in act["DESCRIPTION"]
         assert not await events(nc, "dead_letter")
+
+
+async def lead_deleted_after_linking(nc: Any, peer: Any, chat: str, text: str, **profile: str) -> tuple[Any, dict[str, Any]]:
+    """A Telegram client's first message offered to anna (online) and linked to a new lead, which a manager then
+    deletes in the portal; returns the session and the deleted lead."""
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+    await publish(nc, telegram(chat, text, "1", **profile))
+    session = await assigned(nc, "telegram", "shopbot", chat)
+    await linked(nc, session.id)
+    [old] = peer.leads()
+    await delete_in_portal(peer, old["ID"])
+    return session, old
 
 
 async def delete_in_portal(peer: Any, lead_id: str) -> None:
