@@ -269,7 +269,7 @@ class Syncer:
             # A manager deleted the record this conversation is filed on, and with it its activity, while the
             # conversation went on. As on a new conversation (_forget_deleted), the client is found or created
             # anew; the conversation gets a new activity with its whole transcript, then this event applies.
-            await self._apply(evt, line, await self._relink(evt, line, guard, gone))
+            await self._apply(evt, line, await self._relink(evt, line, guard, sl, gone))
 
     async def _apply(self, evt: SessionEvent, line: LineConfig, sl: SessionLink) -> None:
         if evt.kind in ("session_answered", "session_transferred") and evt.operator_id:
@@ -277,10 +277,11 @@ class Syncer:
         elif evt.kind == "session_closed":
             await self._closed(evt, line, sl)
 
-    async def _relink(self, evt: SessionEvent, line: LineConfig, guard: Guard | None, gone: CrmGone) -> SessionLink:
-        """The session linked again after its CRM record was deleted (see ``handle``)."""
+    async def _relink(
+        self, evt: SessionEvent, line: LineConfig, guard: Guard | None, before: SessionLink, gone: CrmGone
+    ) -> SessionLink:
+        """The session (linked as ``before``) linked again after its CRM record was deleted (see ``handle``)."""
         origin = activity_origin(evt.session_id)
-        before, _ = await kv_get(self.links, session_key(evt.session_id), SessionLink)
         await self._save(
             session_key(evt.session_id),
             SessionLink,
@@ -300,7 +301,7 @@ class Syncer:
         )
         RELINKED.inc()
         after = await self._link(evt, line, guard)
-        if before is None or (after.linked and after.activity_id == before.activity_id):
+        if after.linked and after.activity_id == before.activity_id:
             raise gone  # linked to the same activity again: the CRM still refuses it, nothing else to try
         return after
 
