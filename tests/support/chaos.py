@@ -510,6 +510,22 @@ def lag_after(routed: Routed, at: float, leaders: float, window: float = WINDOW)
     return max(0.0, first, *waits)
 
 
+def lag_after_slowest(routed: Routed, at: float, leaders: float, window: float = WINDOW) -> str:
+    """The message whose lag :func:`lag_after` counts (or the first transcript line after the kill): to
+    find in the services' logs what held routing after the new leaders."""
+    i = bisect.bisect_right(routed.lines, at)
+    first = routed.lines[i] - leaders if i < len(routed.lines) else 0.0
+    found = [
+        (done - max(came, leaders), came, done, ident)
+        for (came, done), ident in zip(routed.messages, routed.ids, strict=False)
+        if at - 1 <= came <= at + window
+    ]
+    if not found or max(found)[0] <= first:
+        return f"the first transcript line after the kill, {first:.2f} s after the new leaders"
+    lag, came, done, ident = max(found)
+    return f"{ident} came {came - at:+.2f} s from the fault, routed {done - at:+.2f} s, {lag:.2f} s after the new leaders"
+
+
 def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog]) -> dict[str, Any]:
     """Per kind of kill, the longest gap in routing after one: the longer of the pause in transcript
     lines across the kill and the longest wait of a client message around it. For a desk replica: until
@@ -543,6 +559,8 @@ def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog
             if k.new_leaders_at is not None:
                 parts["new_leaders_after"] = round(k.new_leaders_at - k.at, 2)
                 parts["gap_after_new_leaders"] = round(lag_after(routed, k.at, k.new_leaders_at, window), 2)
+                if routed.ids:
+                    parts["slowest_after_new_leaders"] = lag_after_slowest(routed, k.at, k.new_leaders_at, window)
             detail.append(parts)
         if gaps:
             out[kind] = {"kills": len(gaps), "longest_gap_seconds": round(max(gaps), 2), "gaps": [round(g, 2) for g in gaps]}
@@ -552,6 +570,8 @@ def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog
             if detail:
                 out[kind]["detail"] = detail
     out["quiet"] = quiet_waits(routed.messages, starts)
+    if routed.ids:
+        out["quiet"]["slowest"] = quiet_slowest(routed, starts)
     return out
 
 
@@ -569,6 +589,25 @@ def quiet_waits(messages: list[tuple[float, float]], faults: list[float], window
         "p90_wait_seconds": round(waits[int(len(waits) * 0.9)], 2),
         "longest_wait_seconds": round(waits[-1], 2),
     }
+
+
+def quiet_slowest(routed: Routed, faults: list[float], window: float = WINDOW, count: int = 5) -> list[str]:
+    """The ``count`` client messages that waited longest with no fault near: each id, when it came from the
+    fault before it and its wait - a long wait with no fault is routing's own, to find in the logs."""
+    found = sorted(
+        (
+            (done - came, came, ident)
+            for (came, done), ident in zip(routed.messages, routed.ids, strict=False)
+            if not any(at - 1 <= came <= at + window for at in faults)
+        ),
+        reverse=True,
+    )[:count]
+    out = []
+    for wait, came, ident in found:
+        before = [at for at in faults if at < came]
+        since = f"{came - max(before):.1f} s after a fault" if before else "before the first fault"
+        out.append(f"{ident} came {since}, waited {wait:.2f} s")
+    return out
 
 
 RECOVERY_TARGETS = {"router": 2.0, "desk": 2.0, "nats": 5.0}  # seconds; nats: a node of a 3-node cluster

@@ -32,3 +32,23 @@ def test_the_report_names_the_slowest_message_around_a_fault() -> None:
     assert slowest(routed, 100.0) == "b came +0.50 s from the fault, waited 3.50 s"
     got = recovery([Kill("router", "router-a", 100.0, in_flight=1)], routed, {})["router"]
     assert got["detail"][0]["slowest"].startswith("b came")
+
+
+def test_the_report_names_what_lagged_after_the_new_leaders_and_the_slowest_quiet_messages() -> None:
+    # Killed at 100, new leaders at 108: "b" came at 108.2 and was routed at 110.7 (2.5 s after them);
+    # "a" came before the kill and was routed 1 s after them. "q" came long after, with no fault near.
+    routed = Routed(
+        lines=[99.5, 108.5, 109.0, 110.7, 150.5],
+        messages=[(99.2, 109.0), (108.2, 110.7), (150.0, 153.0), (160.0, 160.1)],
+        ids=["a", "b", "q", "r"],
+    )
+    got = recovery([Kill("nats", "nats", 100.0, in_flight=1, new_leaders_at=108.0)], routed, {})
+    assert got["nats"]["detail"][0]["slowest_after_new_leaders"] == (
+        "b came +8.20 s from the fault, routed +10.70 s, 2.50 s after the new leaders"
+    )
+    assert got["quiet"]["slowest"] == ["q came 50.0 s after a fault, waited 3.00 s", "r came 60.0 s after a fault, waited 0.10 s"]
+    # When nothing waited, the first line after the kill sets the lag.
+    late = Routed(lines=[99.5, 109.5], messages=[(150.0, 150.1)], ids=["x"])
+    got = recovery([Kill("nats", "nats", 100.0, in_flight=0, new_leaders_at=108.0)], late, {})
+    first = "the first transcript line after the kill, 1.50 s after the new leaders"
+    assert got["nats"]["detail"][0]["slowest_after_new_leaders"] == first
