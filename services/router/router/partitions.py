@@ -17,6 +17,15 @@ replica that dies stops renewing; its leases expire and the others take the
 partitions over. A new replica makes the others give up their surplus; one that
 starts while the others hold every partition waits ``JOIN_AFTER`` first (decision 036).
 
+NATS away for longer than a lease (a restart, or the election after a node of a
+cluster died) lets every lease and heartbeat of the bucket expire at once, with
+nobody to take them meanwhile. A replica then renews each of its leases that
+nobody wrote since (compare-and-set on "no entry"), keeping its consumers as
+they were, and takes no partition for a lease's time after a failed round, so
+the others renew theirs first (decision 037). Otherwise the first replica back
+took every partition, alone among the heartbeats, and gave half back a round
+later: two hand-overs in the middle of the catch-up.
+
 A replica killed -9 is not waited for (decision 027): ``router.members`` sees its
 connection gone; it no longer counts for the fair share, and its leases are taken
 at once with compare-and-set on their revision. The message it had in hand is
@@ -66,6 +75,10 @@ JOIN_AFTER = 5.0
 
 OWNED = Gauge("openlines_router_partitions_owned", "Inbound partitions this router replica consumes")
 LOST = Counter("openlines_router_partition_leases_lost_total", "Partition leases this replica lost to another one")
+KEPT = Counter(
+    "openlines_router_partition_leases_kept_total",
+    "Partition leases that expired with nobody taking them (NATS away longer than a lease) and were renewed",
+)
 GONE = Counter(
     "openlines_router_partitions_taken_from_gone_total",
     "Partition leases taken at once from a replica whose connection was gone (no responders)",
@@ -115,6 +128,7 @@ class Partitions:
         self._join_by: float | None = None  # (loop time) when this replica joins even if the others hold everything
         self._joined = False
         self._waited_logged = False
+        self._claim_after = 0.0  # (loop time) no partition is claimed before: a round failed not long ago
 
     async def open(self) -> None:
         # Answer the other replicas' probes before the first heartbeat makes us a member.
@@ -154,6 +168,9 @@ class Partitions:
                     await self._round()
                 except Exception as exc:  # NATS away: keep what we hold until the leases say otherwise
                     log.warning("partition round failed", extra={"error": repr(exc)})
+                    # The others' leases may run out meanwhile as ours do: give them a lease's time to renew
+                    # theirs once NATS answers again before taking any (see ``_round``).
+                    self._claim_after = asyncio.get_running_loop().time() + self.lease_seconds
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), timeout=self._pause())
         finally:
@@ -189,6 +206,13 @@ class Partitions:
         for p in staying[share:]:  # a new replica came: give up the surplus (freed at once)
             self._give_up(p)
         staying = staying[:share]
+        if asyncio.get_running_loop().time() < self._claim_after:
+            # Just back from NATS being away: every lease may have expired with nobody to blame, the members'
+            # heartbeats too (so every replica counts itself alone). Taking what looks free now would take the
+            # others' partitions before they renew them, and give them back a round later: two hand-overs
+            # of half the partitions for nothing. A partition that is still free after this is taken then.
+            OWNED.set(len(staying))
+            return
         if gone and len(staying) < share:  # first what a replica that is gone held: its clients wait
             staying += await self._take_from(gone, share - len(staying))
         for p in range(subjects.PARTITIONS):
@@ -298,9 +322,20 @@ class Partitions:
             return
         try:
             held.revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=held.revision)
+            return
         except (KeyWrongLastSequenceError, BadRequestError):
-            # Expired and perhaps taken by another replica: stop taking messages at once (the next
-            # holder starts nothing newer until what we hold is acked: decision 029), without holding up this round.
+            pass
+        try:
+            # Expired with nothing written since (the bucket was away longer than a lease - a NATS restart or
+            # an election - or this round came late): nobody took it, so it is still ours, consumer and all.
+            # Any other holder's claim or release is a later entry for the key, and this fails.
+            held.revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=0)
+            KEPT.inc()
+            log.info("partition lease renewed after it expired untaken", extra={"partition": p, "replica": self.me})
+            return
+        except (KeyWrongLastSequenceError, BadRequestError):
+            # Taken by another replica (or freed): stop taking messages at once (the next holder starts
+            # nothing newer until what we hold is acked: decision 029), without holding up this round.
             LOST.inc()
             log.warning("partition lease lost", extra={"partition": p, "replica": self.me})
             self.held.pop(p, None)
