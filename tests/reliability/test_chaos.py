@@ -656,6 +656,8 @@ async def run_chaos(
         report["nats_nodes"] = 3 if cluster else 1
         report["partition_lease_seconds"] = RouterSettings().partition_lease_seconds  # the shipped one
         report["router_ack_wait_seconds"] = RouterSettings().ack_wait
+        # What the routers ran with: the shipped default unless the run's environment set it.
+        report["router_in_hand"] = int(os.environ.get("OPENLINES_IN_HAND") or RouterSettings().in_hand)
         report["presence_grace_seconds"] = PRESENCE_GRACE
         report["seconds"] = round(time.monotonic() - started, 1)
         posts = sum(op.log.posts for op in operators)

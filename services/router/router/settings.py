@@ -17,9 +17,9 @@ class Settings(BaseSettings, kw_only=True):
     # longer stays its replica's by in-progress heartbeats every third of it.
     ack_wait: float = 1.5
     # Inbound messages of one partition in hand at once (decision 029): different clients' are handled side by
-    # side, one client's in order - also while two replicas both pull on the partition for a moment, which
-    # decision 033 closed (decision 029, "Amended"). 1 (the default) handles a partition one message at a time.
-    in_hand: int = 1
+    # side, one client's in order - also while two replicas both pull on the partition for a moment (decision
+    # 033). 32 by default (decision 038); 1 handles a partition one message at a time.
+    in_hand: int = 32
     # Operator commands one replica handles side by side (router/commands.py AtOnce); beyond it, the next waits.
     commands_at_once: int = 64
     # The flood guard (docs/security.md): beyond flood_limit client messages per chat per flood_window
