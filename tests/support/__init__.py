@@ -153,6 +153,18 @@ async def leave_line(nc: NATS, operator_id: str, line_id: str) -> None:
     await apply(b, cfg)
 
 
+async def partition_owners(nc: NATS) -> list[str]:
+    """Which router replica leases each inbound partition ("" for a free one)."""
+    kv = await nc.jetstream().key_value(subjects.KV_ROUTER)
+    found = []
+    for p in range(subjects.PARTITIONS):
+        try:
+            found.append(((await kv.get(f"lease.{p}")).value or b"").decode())
+        except Exception:
+            found.append("")
+    return found
+
+
 @asynccontextmanager
 async def running_router(url: str, **overrides: Any) -> AsyncIterator[Service[Any]]:
     from router.app import setup

@@ -8,24 +8,12 @@ import logging
 from typing import Any
 
 import pytest
-from support import apply_lines, running_router
+from support import apply_lines, partition_owners, running_router
 from support.timing import wait_for
 
 from openlines import subjects
 
 JOINING = "joining the other replicas shortly: they hold every partition"
-
-
-async def owners(nc: Any) -> list[str]:
-    """Who leases each partition ("" for a free one)."""
-    kv = await nc.jetstream().key_value(subjects.KV_ROUTER)
-    found = []
-    for p in range(subjects.PARTITIONS):
-        try:
-            found.append(((await kv.get(f"lease.{p}")).value or b"").decode())
-        except Exception:
-            found.append("")
-    return found
 
 
 async def test_a_replica_joining_a_replica_that_holds_everything_waits_then_takes_its_share(
@@ -36,7 +24,7 @@ async def test_a_replica_joining_a_replica_that_holds_everything_waits_then_take
     async with running_router(nats_server.url):
 
         async def one_holds_all() -> str | None:
-            held = await owners(nc)
+            held = await partition_owners(nc)
             return held[0] if held[0] and len(set(held)) == 1 else None
 
         first = await wait_for(one_holds_all, what="the only replica holding every partition")
@@ -46,10 +34,10 @@ async def test_a_replica_joining_a_replica_that_holds_everything_waits_then_take
             )
             assert waiting[0].__dict__["live"] == 1
             # While it waits, nothing moves: the first replica keeps every partition.
-            assert set(await owners(nc)) == {first}
+            assert set(await partition_owners(nc)) == {first}
 
             async def split() -> bool:
-                held = await owners(nc)
+                held = await partition_owners(nc)
                 return len(set(held)) == 2 and held.count(first) == subjects.PARTITIONS // 2
 
             await wait_for(split, timeout=30, what="the partitions split evenly once the new replica joined")

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 import pytest
-from support import apply_lines, running_router
+from support import apply_lines, partition_owners, running_router
 from support.timing import wait_for
 
 from openlines import subjects
@@ -18,16 +18,6 @@ from router.members import MEMBER
 KEPT = "partition lease renewed after it expired untaken"
 MOVED = ("partition lease lost", "partition taken", "partition released")
 LEASE = 1.5  # the routers' partition lease (their default)
-
-
-async def owners(kv: Any) -> list[str]:
-    found = []
-    for p in range(subjects.PARTITIONS):
-        try:
-            found.append(((await kv.get(f"lease.{p}")).value or b"").decode())
-        except Exception:
-            found.append("")
-    return found
 
 
 async def test_two_replicas_keep_their_partitions_through_a_nats_restart_longer_than_a_lease(
@@ -42,7 +32,7 @@ async def test_two_replicas_keep_their_partitions_through_a_nats_restart_longer_
         kv = await nc.jetstream().key_value(subjects.KV_ROUTER)
 
         async def split() -> list[str] | None:
-            held = await owners(kv)
+            held = await partition_owners(nc)
             return held if "" not in held and len(set(held)) == 2 and held.count(held[0]) == 8 else None
 
         before = await wait_for(split, timeout=30, what="the partitions split evenly between the two replicas")
@@ -70,7 +60,7 @@ async def test_two_replicas_keep_their_partitions_through_a_nats_restart_longer_
             return bool(now) and all(now[m] >= start[m] + 2 * 3 for m in start)
 
         await wait_for(rounds_later, timeout=30, what="six more rounds of each replica")
-        assert await owners(kv) == before
+        assert await partition_owners(nc) == before
         kept = [r for r in caplog.records if r.getMessage() == KEPT]
         assert {(r.__dict__["partition"], r.__dict__["replica"]) for r in kept} == set(enumerate(before))
         moved = [(r.getMessage(), r.__dict__.get("partition")) for r in caplog.records if r.getMessage() in MOVED]
