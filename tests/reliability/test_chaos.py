@@ -473,17 +473,6 @@ async def run_chaos(
             await wait_for(lambda n=name: _ready(ports[n]), timeout=60, interval=0.2, what=f"{name} gateway ready")
         for d in desks:
             await wait_for(lambda d=d: _ready(d.port), timeout=60, interval=0.2, what=f"{d.name} ready")
-        # The routers and crm-sync too: a router replica whose set-up started over joins the other a moment
-        # later (decision 036), and that hand-over is not a fault's (it showed as 8-10 s waits in "quiet").
-        for name, p in procs.items():
-            check = "healthz" if name.startswith("crm") else "readyz"
-            port = int(p.env["OPENLINES_HTTP_PORT"])
-            await wait_for(lambda port=port, check=check: _ready(port, check), timeout=60, interval=0.2, what=f"{name} ready")
-        phases.add("start", time.monotonic() - phases.began)
-        sent = Sent()
-        kills: list[Kill] = []
-        started = time.monotonic()
-        operators = [DeskOperator(op, "demo", desks, ANSWER) for op in OPERATORS]
 
         async def all_serving() -> bool:
             assert not broken, "\n\n".join(broken)  # fail now, not after the wait's time-out
@@ -493,6 +482,15 @@ async def run_chaos(
                 for name, p in procs.items()
             ]
             return all(await asyncio.gather(*checks))
+
+        # The routers and crm-sync too: a router replica whose set-up started over joins the other a moment
+        # later (decision 036), and that hand-over is not a fault's (it showed as 8-10 s waits in "quiet").
+        await wait_for(all_serving, timeout=60, interval=0.2, what="every service ready")
+        phases.add("start", time.monotonic() - phases.began)
+        sent = Sent()
+        kills: list[Kill] = []
+        started = time.monotonic()
+        operators = [DeskOperator(op, "demo", desks, ANSWER) for op in OPERATORS]
 
         async def fault(target: str, in_flight: int) -> None:
             kill = Kill(kind_of(target), target, time.time(), in_flight)

@@ -504,26 +504,29 @@ def lag_after(routed: Routed, at: float, leaders: float, window: float = WINDOW)
     Not ``at`` + the gap: the gap's pause starts at the last line *before* the kill and a message's wait
     when it came (up to a second before the kill); added to the kill's time they would count that second
     again as lag after the leaders."""
-    i = bisect.bisect_right(routed.lines, at)
-    first = routed.lines[i] - leaders if i < len(routed.lines) else 0.0
-    waits = [done - max(came, leaders) for came, done in routed.messages if at - 1 <= came <= at + window]
-    return max(0.0, first, *waits)
+    return _lag_after(routed, at, leaders, window)[0]
 
 
 def lag_after_slowest(routed: Routed, at: float, leaders: float, window: float = WINDOW) -> str:
     """The message whose lag :func:`lag_after` counts (or the first transcript line after the kill): to
     find in the services' logs what held routing after the new leaders."""
+    return _lag_after(routed, at, leaders, window)[1]
+
+
+def _lag_after(routed: Routed, at: float, leaders: float, window: float) -> tuple[float, str]:
     i = bisect.bisect_right(routed.lines, at)
     first = routed.lines[i] - leaders if i < len(routed.lines) else 0.0
+    ids = routed.ids or [""] * len(routed.messages)
     found = [
         (done - max(came, leaders), came, done, ident)
-        for (came, done), ident in zip(routed.messages, routed.ids, strict=False)
+        for (came, done), ident in zip(routed.messages, ids, strict=True)
         if at - 1 <= came <= at + window
     ]
     if not found or max(found)[0] <= first:
-        return f"the first transcript line after the kill, {first:.2f} s after the new leaders"
+        return max(0.0, first), f"the first transcript line after the kill, {first:.2f} s after the new leaders"
     lag, came, done, ident = max(found)
-    return f"{ident} came {came - at:+.2f} s from the fault, routed {done - at:+.2f} s, {lag:.2f} s after the new leaders"
+    routed_at = f"routed {done - at:+.2f} s, {lag:.2f} s after the new leaders"
+    return max(0.0, lag), f"{ident} came {came - at:+.2f} s from the fault, {routed_at}"
 
 
 def recovery(kills: list[Kill], routed: Routed, operators: dict[str, OperatorLog]) -> dict[str, Any]:
