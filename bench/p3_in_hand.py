@@ -7,8 +7,9 @@
 Each round runs the ceiling (``p3_routing.cas_loop``) and then one replica per setting
 (``p3_routing.routing(1)``, N new chats), so every setting meets the same moment of a shared machine's
 load; the ratio of a setting is its decisions/s over the ceiling of its round, reported per round and as
-the median. ``--before`` runs the router package of an earlier commit (exported to a temporary directory,
-first on the router's ``PYTHONPATH``) beside the current one. Writes ``bench/results/p3_in_hand.json``.
+the median. ``--before`` runs the router and ``openlines`` packages of an earlier commit (exported to a
+temporary directory, first on the router's ``PYTHONPATH``) beside the current ones; the streams are the
+current commit's. Writes ``bench/results/p3_in_hand.json``.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ import p3_routing  # noqa: E402
 from common import ROOT  # noqa: E402
 
 
-def export_router(commit: str, into: Path) -> Path:
-    """The router package as it was at ``commit``, for a PYTHONPATH."""
+def export_router(commit: str, into: Path) -> str:
+    """The router package and the shared ``openlines`` package as they were at ``commit``, for a PYTHONPATH."""
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", commit, "services/router/router"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", commit, "services/router/router", "shared/openlines"],
+        check=True,
+        capture_output=True,
     ).stdout
     into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "services" / "router"
+    return os.pathsep.join((str(into / "services" / "router"), str(into / "shared")))
 
 
 async def one(label: str, in_hand: int, pythonpath: str | None, workdir: Path) -> dict[str, Any]:
@@ -62,7 +65,7 @@ async def main(in_hands: list[int], rounds: int, before: str | None) -> int:
         work = Path(tmp)
         configs: list[tuple[str, int, str | None]] = [(f"{n} in hand", n, None) for n in in_hands]
         if before:
-            configs.append((f"{before[:8]}, 32 in hand", 32, str(export_router(before, work / "before"))))
+            configs.append((f"{before[:8]}, 32 in hand", 32, export_router(before, work / "before")))
         out: list[dict[str, Any]] = []
         for r in range(rounds):
             cas = await p3_routing.cas_loop(work / f"cas{r}")

@@ -62,9 +62,15 @@ STREAM_SETTINGS: dict[str, dict[str, Any]] = {
     subjects.STREAM_HIST: {"max_age": 0.0, "duplicate_window": 15 * 60.0},
     # Delivery marks are read with their transcript, so they are kept as long.
     subjects.STREAM_MARK: {"max_age": 0.0, "duplicate_window": 15 * 60.0},
-    # Timers wait in a work queue: the router's consumer naks each with a
-    # delay until it is due, then acks it (which removes it).
-    subjects.STREAM_TIMER: {"max_age": 0.0, "duplicate_window": 15 * 60.0, "retention": js_api.RetentionPolicy.WORK_QUEUE},
+    # Timers wait in the server as scheduled messages (decision 039) and arrive
+    # in a work queue when due: the router's consumer fires each and acks it
+    # (which removes it).
+    subjects.STREAM_TIMER: {
+        "max_age": 0.0,
+        "duplicate_window": 15 * 60.0,
+        "retention": js_api.RetentionPolicy.WORK_QUEUE,
+        "allow_msg_schedules": True,
+    },
 }
 
 
@@ -79,6 +85,7 @@ def stream_config(name: str, replicas: int = 1) -> js_api.StreamConfig:
         max_age=s["max_age"],
         duplicate_window=s["duplicate_window"],
         allow_direct=True,
+        allow_msg_schedules=s.get("allow_msg_schedules"),
     )
 
 
@@ -561,7 +568,8 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[s
         try:
             info = await js.stream_info(name)
         except NotFoundError:
-            await js.add_stream(cfg)
+            made = await js.add_stream(cfg)
+            check_stream_kept(made.config, cfg)
             say(f"stream {name}: created")
             continue
         current = info.config.num_replicas or 1
@@ -571,7 +579,8 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[s
             # Nothing to write: a service whose identity may not change shared streams starts as well.
             say(f"stream {name}: up to date")
             continue
-        await js.update_stream(cfg)
+        changed = await js.update_stream(cfg)
+        check_stream_kept(changed.config, cfg)
         say(f"stream {name}: updated")
     for bucket in subjects.KV_BUCKETS:
         try:
@@ -581,6 +590,23 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1, report: Callable[[s
             history = subjects.KV_HISTORY.get(bucket, 5)
             await js.create_key_value(bucket=bucket, history=history, replicas=replicas, storage=js_api.StorageType.FILE)
             say(f"bucket {bucket}: created")
+
+
+class StreamSettingIgnored(RuntimeError):
+    """nats-server stored a stream without a setting the product needs: it is too old to know it."""
+
+
+def check_stream_kept(got: js_api.StreamConfig, want: js_api.StreamConfig) -> None:
+    """Raise :class:`StreamSettingIgnored` if the server dropped a setting it does not know.
+
+    A server older than 2.12 takes ``allow_msg_schedules`` without a word and then stores a timer as a plain
+    message that never falls due (decision 039): better no start at all than chats never passed on.
+    """
+    if want.allow_msg_schedules and not got.allow_msg_schedules:
+        raise StreamSettingIgnored(
+            f"stream {want.name}: nats-server did not keep allow_msg_schedules; the router's timers need"
+            " nats-server 2.12 or later (scheduled messages)"
+        )
 
 
 def _same_stream(have: js_api.StreamConfig, want: js_api.StreamConfig) -> bool:
@@ -593,6 +619,7 @@ def _same_stream(have: js_api.StreamConfig, want: js_api.StreamConfig) -> bool:
         and float(have.max_age or 0) == float(want.max_age or 0)
         and float(have.duplicate_window or 0) == float(want.duplicate_window or 0)
         and bool(have.allow_direct) == bool(want.allow_direct)
+        and bool(have.allow_msg_schedules) == bool(want.allow_msg_schedules)
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Iterable
 
 # Streams
 STREAM_IN = "OL_IN"
@@ -199,13 +200,29 @@ def history_all() -> str:
     return f"{HIST_ROOT}.>"
 
 
+TIMER_SET = "set"  # ol.timer.set.<kind>.<target>.<key>: a timer waiting in the server (decision 039); never a kind
+
+
 def timer(kind: str, target: str) -> str:
-    """A durable timer of the router (no-answer, auto-close, opening hours)."""
+    """Where a durable timer of the router (no-answer, auto-close, opening hours) arrives when it falls due."""
+    if kind == TIMER_SET:
+        raise BadToken(f"timer kind {kind!r} is reserved")
     return f"{TIMER_ROOT}.{token(kind, 'timer kind')}.{token(target, 'timer target')}"
 
 
-def timers_all() -> str:
-    return f"{TIMER_ROOT}.>"
+def timer_set(kind: str, target: str, key: str) -> str:
+    """Where a timer waits until it falls due: a message scheduled to :func:`timer` (decision 039), one per ``key``."""
+    return f"{TIMER_ROOT}.{TIMER_SET}.{token(kind, 'timer kind')}.{token(target, 'timer target')}.{token(key, 'timer key')}"
+
+
+def timers_set(kind: str, target: str) -> str:
+    """Every timer of ``kind`` waiting for ``target`` (a filter)."""
+    return f"{TIMER_ROOT}.{TIMER_SET}.{token(kind, 'timer kind')}.{token(target, 'timer target')}.*"
+
+
+def timers_due(kinds: Iterable[str]) -> list[str]:
+    """The subjects timers of ``kinds`` arrive on when they fall due (not the waiting ones)."""
+    return [f"{TIMER_ROOT}.{token(kind, 'timer kind')}.*" for kind in kinds if kind != TIMER_SET]
 
 
 def mark(session_id: str) -> str:

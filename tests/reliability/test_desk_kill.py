@@ -19,8 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from nats.js.errors import NotFoundError
-from support import apply_lines, client_writes, events, history, session_of
+from support import apply_lines, client_writes, events, history, pending_timers, session_of
 from support.desk_admin import DEMO_HASH, SECRET
 from support.servers import NatsServer, ServiceProcess, free_port
 from support.timing import scaled, wait_for
@@ -192,11 +191,7 @@ async def _desks_of(nc: Any, op_id: str, want: Any, what: str) -> OperatorState:
 
 
 async def _no_presence_timer(nc: Any, op_id: str) -> bool:
-    try:
-        await nc.jetstream().get_last_msg(subjects.STREAM_TIMER, subjects.timer("presence", op_id))
-    except NotFoundError:
-        return True
-    return False
+    return await pending_timers(nc, "presence", op_id) == 0
 
 
 async def _heartbeats(nc: Any) -> set[str]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from openlines import bus, subjects
 from openlines.apply import apply, live
@@ -80,11 +81,29 @@ async def held_session(
     return await wait_for(probe, timeout=timeout, what=f"an operator holding {channel}/{chat_id}'s session on {line}")
 
 
+async def pending_timers(nc: NATS, kind: str, target: str) -> int:
+    """Timers of ``kind`` for ``target`` still in OL_TIMER: waiting in the server, or due and not yet fired
+    (a fired one is acked, so removed)."""
+    js = nc.jetstream()
+    total = 0
+    for subject in (subjects.timers_set(kind, target), subjects.timer(kind, target)):
+        info = await js.stream_info(subjects.STREAM_TIMER, subjects_filter=subject)
+        total += sum((info.state.subjects or {}).values())
+    return total
+
+
+async def last_timer_set(nc: NATS, kind: str, target: str) -> bytes | None:
+    """The body of the newest timer of ``kind`` for ``target`` waiting in the server, None if none waits."""
+    try:
+        msg = await nc.jetstream().get_last_msg(subjects.STREAM_TIMER, subjects.timers_set(kind, target))
+    except NotFoundError:
+        return None
+    return msg.data
+
+
 async def sla_timers(nc: NATS, session_id: str) -> int:
-    """SLA timers of the session still pending in OL_TIMER (a fired one is acked, so removed)."""
-    subject = subjects.timer("sla", session_id)
-    info = await nc.jetstream().stream_info(subjects.STREAM_TIMER, subjects_filter=subject)
-    return int((info.state.subjects or {}).get(subject, 0))
+    """SLA timers of the session still pending in OL_TIMER."""
+    return await pending_timers(nc, "sla", session_id)
 
 
 def sla_lines(first: int, *, next_response: int = 0, welcome: str = "") -> str:

@@ -1,20 +1,25 @@
 """Durable timers: no-answer reassignment, auto-close, line openings, SLA targets.
 
-A timer is a message on ``ol.timer.<kind>.<target>`` in the work-queue
-stream OL_TIMER. The router's consumer naks it with a delay until it is due,
-then fires it and acks (which removes it). Because the timer lives in
-JetStream, it fires after a router restart; because it carries a ``token`` of
-the state it was set for, a timer that became stale (the chat was accepted,
-the client wrote again) does nothing.
+A timer is a message scheduled in the server (decision 039): it waits on
+``ol.timer.set.<kind>.<target>.<key>`` in the work-queue stream OL_TIMER, and
+when it falls due nats-server publishes it to ``ol.timer.<kind>.<target>`` in
+the same stream, where the router's consumer fires it and acks it (which
+removes it). Because the timer lives in JetStream, it fires after a router
+restart; because it carries a ``token`` of the state it was set for, a timer
+that became stale (the chat was accepted, the client wrote again) does
+nothing. One that arrives early (clocks apart, a handler's ``NotDue``) is
+nak'd with the delay it still has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 from nats.aio.msg import Msg
@@ -31,6 +36,11 @@ log = logging.getLogger("router.timers")
 FIRED = Counter("openlines_router_timers_fired_total", "Timers fired", ["kind"])
 
 TimerKind = Literal["offer", "idle", "opening", "presence", "settle", "sla"]
+KINDS: tuple[str, ...] = get_args(TimerKind)
+
+# The headers of a scheduled message (ADR-51, nats-server 2.12+)
+SCHEDULE_HEADER = "Nats-Schedule"
+SCHEDULE_TARGET_HEADER = "Nats-Schedule-Target"
 
 
 class Timer(msgspec.Struct, kw_only=True, frozen=True):
@@ -59,10 +69,32 @@ class NotDue(Exception):
 _decode = msgspec.json.Decoder(Timer)
 
 
+def at(due: float) -> str:
+    """``due`` (epoch seconds) as a schedule's one-shot time: ``@at`` and RFC 3339 in UTC to the millisecond."""
+    when = datetime.datetime.fromtimestamp(due, datetime.UTC)
+    return "@at " + when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def key(timer: Timer) -> str:
+    """The timer's own subject token: every timer set waits on its own subject, none replaces another."""
+    return hashlib.blake2s(timer.id.encode(), digest_size=10).hexdigest()
+
+
 async def schedule(js: JetStreamContext, timer: Timer) -> None:
-    """Set a timer; one being set under the same id at that moment (10158) is waited for, not failed."""
+    """Set a timer; one being set under the same id at that moment (10158) is waited for, not failed.
+
+    One message: the server keeps it and publishes it to the consumer's subject when due (one in the past
+    at once). Set again under the same id within the stream's duplicate window, it is stored once.
+    """
     await bus.publish_stored(
-        js, subjects.timer(timer.kind, timer.target), msgspec.json.encode(timer), headers={MSG_ID_HEADER: timer.id}
+        js,
+        subjects.timer_set(timer.kind, timer.target, key(timer)),
+        msgspec.json.encode(timer),
+        headers={
+            MSG_ID_HEADER: timer.id,
+            SCHEDULE_HEADER: at(timer.due),
+            SCHEDULE_TARGET_HEADER: subjects.timer(timer.kind, timer.target),
+        },
     )
 
 
@@ -71,11 +103,11 @@ async def consume(js: JetStreamContext, fire: Callable[[Timer], Awaitable[None]]
     config = js_api.ConsumerConfig(
         name=durable,
         durable_name=durable,
-        filter_subject=subjects.timers_all(),
+        filter_subjects=subjects.timers_due(KINDS),  # the timers that fell due, not the ones waiting
         ack_policy=js_api.AckPolicy.EXPLICIT,
         ack_wait=30.0,
         max_deliver=-1,
-        max_ack_pending=-1,  # every pending timer is "in flight" between its naks
+        max_ack_pending=-1,  # a timer nak'd until it is due (early, NotDue) stays "in flight" between its naks
     )
 
     async def handle(m: Msg) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
-from support import client_writes, running_router, session_by_id
+from support import client_writes, last_timer_set, running_router, session_by_id
 from support.desk import http_session, running_desk, sign_in, try_sign_in
 from support.timing import scaled, wait_for
 
@@ -96,8 +96,9 @@ async def transcript_of(nc: Any, sid: str) -> list[HistoryEntry]:
 
 async def idle_timer_of(nc: Any, sid: str) -> Timer:
     """The newest auto-close timer the router set for the session (its token is the last message's time)."""
-    msg = await nc.jetstream().get_last_msg(subjects.STREAM_TIMER, subjects.timer("idle", sid))
-    return msgspec.json.decode(msg.data, type=Timer)
+    data = await last_timer_set(nc, "idle", sid)
+    assert data is not None, f"no auto-close timer waits for {sid}"
+    return msgspec.json.decode(data, type=Timer)
 
 
 def file_form(name: str, data: bytes, mime: str) -> aiohttp.FormData:
