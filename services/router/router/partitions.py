@@ -15,26 +15,22 @@ entries expire after ``lease_seconds`` unless renewed: each replica keeps a
 taking at most its fair share (partitions / live members, rounded up). A
 replica that dies stops renewing; its leases expire and the others take the
 partitions over. A new replica makes the others give up their surplus; one that
-starts while the others hold every partition waits ``JOIN_AFTER`` first (decision 036).
+starts while the others hold every partition waits a moment first (``router.joining``).
 
 NATS away for longer than a lease (a restart, or the election after a node of a
-cluster died) lets every lease and heartbeat of the bucket expire at once, with
-nobody to take them meanwhile. A replica then renews each of its leases that
-nobody wrote since (compare-and-set on "no entry"), keeping its consumers as
-they were, and takes no partition for a lease's time after a failed round, so
-the others renew theirs first (decision 037). Otherwise the first replica back
-took every partition, alone among the heartbeats, and gave half back a round
-later: two hand-overs in the middle of the catch-up.
+cluster died) lets every lease and heartbeat of the bucket expire at once. A
+replica keeps each of its leases that nobody wrote since (``router.leases``)
+and takes no partition for a lease's time after a failed round, so the others
+renew theirs first (decision 037). Otherwise the first replica back took every
+partition, alone among the heartbeats, and gave half back a round later.
 
 A replica killed -9 is not waited for (decision 027): ``router.members`` sees its
 connection gone; it no longer counts for the fair share, and its leases are taken
 at once with compare-and-set on their revision. The message it had in hand is
 handed back (nak'd) by the new holder instead of waiting out ``ack_wait``.
 
-The lease is short (1.5 s by default, renewed every third of it) so that a
-replica whose death is not seen that way (its host gone without closing the
-connection) holds up its clients for about that long (decision 023).
-So a round must never wait behind anything slow: every lease is renewed at
+The lease is short (``router.leases``, decision 023), so a round must never
+wait behind anything slow: every lease is renewed at
 once (one round trip, not one per partition), before anything else, and a
 partition given up or lost finishes its message in hand in the background;
 one given up is freed first (its next holder keeps a client's order, decision
@@ -55,30 +51,20 @@ from dataclasses import dataclass, field
 from nats import nuid
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
-from openlines import bus, subjects
+from openlines import subjects
 from router import inbound
 from router.engine import Engine
-from router.members import BUCKET_STREAM, MEMBER, Members
+from router.joining import JOIN_AFTER, Joining
+from router.leases import LeaseLost, Leases
+from router.members import MEMBER, Members
 
 log = logging.getLogger("router.partitions")
 
-# A replica that starts while the others hold every partition waits this long before it becomes a member
-# and they give it its share (decision 036). After a replica is killed and started again, the survivor has
-# just taken the killed one's partitions and works off what it had in hand; giving half of them away again
-# at that moment stacks a second hand-over on the first. The wait ends at once if a partition is free or
-# held by a replica that is not live (then every replica is needed now).
-JOIN_AFTER = 5.0
-
 OWNED = Gauge("openlines_router_partitions_owned", "Inbound partitions this router replica consumes")
 LOST = Counter("openlines_router_partition_leases_lost_total", "Partition leases this replica lost to another one")
-KEPT = Counter(
-    "openlines_router_partition_leases_kept_total",
-    "Partition leases that expired with nobody taking them (NATS away longer than a lease) and were renewed",
-)
 GONE = Counter(
     "openlines_router_partitions_taken_from_gone_total",
     "Partition leases taken at once from a replica whose connection was gone (no responders)",
@@ -116,6 +102,7 @@ class Partitions:
         self.finish_timeout = finish_timeout  # the longest a partition given up may take over its message in hand
         self.me = nuid.NUID().next().decode()
         self.members = Members(nc, js, self.me)
+        self.leases = Leases(js, self.me, lease_seconds)
         self.held: dict[int, _Held] = {}
         self.kv: KeyValue
         self.stopping = asyncio.Event()
@@ -124,38 +111,14 @@ class Partitions:
         self._last_members: set[str] = set()
         self._eager_until = 0.0  # until when (loop time) rounds come sooner while short of our share
         self._short = False
-        self.join_after = join_after
-        self._join_by: float | None = None  # (loop time) when this replica joins even if the others hold everything
-        self._joined = False
-        self._waited_logged = False
+        self.joining = Joining(self.members, self.leases, join_after)
         self._claim_after = 0.0  # (loop time) no partition is claimed before: a round failed not long ago
 
     async def open(self) -> None:
         # Answer the other replicas' probes before the first heartbeat makes us a member.
         await self.members.answer_probes()
-        # replicated: a lost node must not stop the leases (and so all routing)
-        self.kv = await bus.own_bucket(self.js, subjects.KV_ROUTER, ttl=self.lease_seconds, replicas=self.replicas)
-        await self._match_ttl()
-
-    async def _match_ttl(self) -> None:
-        """A bucket made with another lease time (an older release: 10 s) gets ours; renewing at a third of a
-        lease the bucket does not have would lose every lease, so if it cannot be changed we follow it."""
-        info = await self.js.stream_info(BUCKET_STREAM)
-        ttl = info.config.max_age or 0.0
-        if ttl and abs(ttl - self.lease_seconds) < 0.01:
-            return
-        try:
-            info.config.max_age = self.lease_seconds
-            info.config.duplicate_window = min(info.config.duplicate_window or self.lease_seconds, self.lease_seconds)
-            await self.js.update_stream(info.config)
-            log.info("partition lease time changed", extra={"from_s": ttl, "to_s": self.lease_seconds})
-        except Exception as exc:
-            log.warning(
-                "cannot change the partition lease time of the bucket; following the bucket's",
-                extra={"bucket_s": ttl, "wanted_s": self.lease_seconds, "error": repr(exc)},
-            )
-            if ttl:
-                self.lease_seconds = ttl
+        self.kv = await self.leases.open(self.replicas)
+        self.lease_seconds = self.leases.lease_seconds  # the bucket's, if it could not be given ours
 
     @property
     def interval(self) -> float:
@@ -186,10 +149,8 @@ class Partitions:
 
     async def _round(self) -> None:
         self._revive()
-        if not self._joined:
-            if await self._wait_to_join():
-                return
-            self._joined = True
+        if await self.joining.stay_out(self.kv, self.interval):
+            return
         # First and at once: the heartbeat and every lease (a late renewal is a lost partition).
         done = await asyncio.gather(
             self.kv.put(f"{MEMBER}{self.me}", b"1"), *(self._renew(p) for p in list(self.held)), return_exceptions=True
@@ -225,50 +186,13 @@ class Partitions:
         if len(staying) >= min(share, subjects.PARTITIONS):
             self.balanced.set()
 
-    async def _wait_to_join(self) -> bool:
-        """Whether to stay out a little longer: other replicas are live and hold every partition (see JOIN_AFTER)."""
-        loop = asyncio.get_running_loop()
-        if self._join_by is None:
-            self._join_by = loop.time() + self.join_after
-        if loop.time() >= self._join_by:
-            return False
-        members, _ = await self.members.look(self.kv, self.interval)  # not a member yet: the others
-        live = set(members) - {self.me}
-        if not live:
-            return False
-
-        async def holder(p: int) -> str:
-            try:
-                entry = await self.kv.get(f"lease.{p}")
-            except (KeyNotFoundError, KeyDeletedError):
-                return ""
-            return (entry.value or b"").decode()
-
-        holders = await asyncio.gather(*(holder(p) for p in range(subjects.PARTITIONS)))
-        if not all(h in live for h in holders):
-            return False
-        if not self._waited_logged:
-            self._waited_logged = True
-            log.info(
-                "joining the other replicas shortly: they hold every partition",
-                extra={"replica": self.me, "join_in_s": round(self._join_by - loop.time(), 1), "live": len(live)},
-            )
-        return True
-
     async def _take_from(self, gone: set[str], wanted: int) -> list[int]:
         """Take up to ``wanted`` partitions leased by replicas that are gone, all at once: compare-and-set on
         the revision read, so a lease renewed or taken by someone else meanwhile is left alone."""
 
-        async def held_by_gone(p: int) -> int | None:
-            try:
-                entry = await self.kv.get(f"lease.{p}")
-            except (KeyNotFoundError, KeyDeletedError):
-                return None
-            return entry.revision if (entry.value or b"").decode() in gone else None
-
         free = [p for p in range(subjects.PARTITIONS) if p not in self.held]
-        revisions = await asyncio.gather(*(held_by_gone(p) for p in free))
-        found = [(p, r) for p, r in zip(free, revisions, strict=True) if r is not None]
+        holders = await asyncio.gather(*(self.leases.holder(p) for p in free))
+        found = [(p, h[1]) for p, h in zip(free, holders, strict=True) if h is not None and h[0] in gone]
         random.shuffle(found)  # several survivors: each tries others first, fewer lose the compare-and-set
         found = found[:wanted]
         taken = await asyncio.gather(*(self._claim(p, revision=r) for p, r in found))
@@ -278,14 +202,10 @@ class Partitions:
     async def _claim(self, p: int, *, revision: int | None = None) -> bool:
         """Take a free partition, or (``revision``) one leased by a replica that is gone."""
         from_gone = revision is not None
-        try:
-            if revision is None:
-                revision = await self.kv.create(f"lease.{p}", self.me.encode())
-            else:
-                revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=revision)
-        except (KeyWrongLastSequenceError, BadRequestError, KeyNotFoundError, KeyDeletedError):
-            return False  # someone else holds it (or a lease of a gone replica ran out meanwhile: free next round)
-        held = _Held(revision=revision)
+        taken = await self.leases.claim(p, revision=revision)
+        if taken is None:
+            return False
+        held = _Held(revision=taken)
         self._consume(p, held)
         self.held[p] = held
         log.info("partition taken", extra={"partition": p, "replica": self.me, "from_gone": from_gone})
@@ -321,19 +241,8 @@ class Partitions:
         if held is None:
             return
         try:
-            held.revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=held.revision)
-            return
-        except (KeyWrongLastSequenceError, BadRequestError):
-            pass
-        try:
-            # Expired with nothing written since (the bucket was away longer than a lease - a NATS restart or
-            # an election - or this round came late): nobody took it, so it is still ours, consumer and all.
-            # Any other holder's claim or release is a later entry for the key, and this fails.
-            held.revision = await self.kv.update(f"lease.{p}", self.me.encode(), last=0)
-            KEPT.inc()
-            log.info("partition lease renewed after it expired untaken", extra={"partition": p, "replica": self.me})
-            return
-        except (KeyWrongLastSequenceError, BadRequestError):
+            held.revision = await self.leases.renew(p, held.revision)
+        except LeaseLost:
             # Taken by another replica (or freed): stop taking messages at once (the next holder starts
             # nothing newer until what we hold is acked: decision 029), without holding up this round.
             LOST.inc()
@@ -356,7 +265,7 @@ class Partitions:
         was fetched here and not started it hands back. Finishing first, with the lease kept, held the whole
         partition up to ``finish_timeout`` whenever a message in hand was slow (decision 023, amended)."""
         with contextlib.suppress(Exception):
-            await self.kv.delete(f"lease.{p}", last=held.revision)
+            await self.leases.release(p, held.revision)
         log.info("partition released", extra={"partition": p, "replica": self.me})
         await self._finish(held)
 

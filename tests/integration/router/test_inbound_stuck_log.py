@@ -12,7 +12,7 @@ from support import apply_lines, inbound, publish, running_router
 from support.timing import wait_for
 
 from openlines import subjects
-from router.inbound import STUCK
+from router.lanes import STUCK
 from router.shell.base import session_id_for
 
 
