@@ -16,12 +16,13 @@ from openlines.crashpoints import crash_point
 from openlines.envelopes import HistoryEntry, Inbound, utcnow
 from openlines.lines import LineConfig
 from openlines.state import ClientRecord, Session, client_key
-from router.core import autoreply, client, flood, opening, timing
+from router.core import client, flood, opening
 from router.core import session as transition
-from router.shell.base import WAITING_NOTE, Part, Shared, client_id_for, session_id_for
+from router.shell.base import Part, Shared, client_id_for, session_id_for
+from router.shell.hints import OpenSessions
 from router.shell.kv import Known, cas
 from router.shell.offering import Offering
-from router.timers import Timer, schedule
+from router.shell.starting import Starting
 
 log = logging.getLogger("router.engine")
 
@@ -29,7 +30,8 @@ log = logging.getLogger("router.engine")
 class InboundFlow(Part):
     def __init__(self, shared: Shared, offering: Offering) -> None:
         super().__init__(shared)
-        self.offering = offering
+        self.starting = Starting(shared, offering)
+        self.hints = OpenSessions()
 
     async def handle(self, msg: Inbound) -> None:
         entry_line = self.lines.line_for(msg.channel, msg.account)
@@ -46,7 +48,7 @@ class InboundFlow(Part):
             return
         ck = subjects.chat_key(msg.channel, msg.account, msg.chat_id)
         ckey = client_key(msg.channel, msg.account, ck)
-        rec, rev = await kv_get(self.b.clients, ckey, ClientRecord)
+        (rec, rev), early = await self.hints.read(self.b, ckey, entry_line.id)
         if rec is not None and msg.id in rec.recent_msg_ids and not await self._resumes(rec, msg, entry_line):
             log.info("duplicate inbound ignored", extra={"msg_id": msg.id})
             return
@@ -65,7 +67,7 @@ class InboundFlow(Part):
                 reason="the client is marked as spam",
             )
         else:
-            seen = await self._take_message(msg, entry_line, seen, ck, now)
+            seen = await self._take_message(msg, entry_line, seen, ck, now, early)
         if seen[0] is not None and msg.id in seen[0].recent_msg_ids:
             return  # remembered with the link to the session it opened (or before: a start finished now)
 
@@ -90,12 +92,22 @@ class InboundFlow(Part):
         return client.resumes(rec, msg.id, entry_line.id, own_sid, session, queued)
 
     async def _take_message(
-        self, msg: Inbound, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
+        self,
+        msg: Inbound,
+        entry_line: LineConfig,
+        seen: Known[ClientRecord],
+        ck: str,
+        now: datetime,
+        early: tuple[str, Known[Session]] | None,
     ) -> Known[ClientRecord]:
-        """Put the message in its session (opened if new); returns the client record as it was left."""
+        """Put the message in its session (opened if new); returns the client record as it was left.
+
+        ``early``: a session read beside the client record on a hint (``router.shell.hints``)."""
         rec = seen[0]
         own_sid = session_id_for(msg.id, entry_line.id)
-        session = await self._open_session_of(rec, entry_line)
+        ckey = client_key(msg.channel, msg.account, ck)
+        opened = await self._open_session_of(rec, ckey, entry_line, early)
+        session = opened[0] if opened is not None else None
         # A session this very message opened is "new" even when found again
         # after a crash, so whatever its start did not finish is done now.
         is_new = session is None or session.id == own_sid
@@ -108,6 +120,7 @@ class InboundFlow(Part):
             created, seen = await self._create_session(msg, line, entry_line, seen, ck, now)
             session = created[0]
             assert session is not None
+            self.hints.saw(ckey, entry_line.id, session.id if session.is_open else None)
             if not session.is_open:
                 # This message opened a chat that has been answered and closed since;
                 # it comes again because a crash kept it from being acknowledged.
@@ -115,44 +128,41 @@ class InboundFlow(Part):
                 return seen
         counted = session.id == own_sid and session.messages_in >= 1  # opened by this message, counted on creation
         held = False
-        if not counted:
-            guarded = self.flood.guards(msg.channel)
-            rule = self.flood if guarded else None
-            client_at = client.client_time(msg)
-            touched = await kv_update(
-                self.b.sessions,
-                session.id,
-                Session,
-                lambda s: transition.touched(s, now, inbound=True, rule=rule, client_at=client_at),
-            )
-            if touched is not None:
-                session = touched
-                created = None
-            if guarded:
-                held = await self._flood_check(session)
+        guarded = not counted and self.flood.guards(msg.channel)
+        if guarded:
+            # Counted by the flood guard first: whether this message is held is part of its transcript line.
+            if touched := await self._touch(msg, session, opened, now, self.flood):
+                session, created = touched, None
+            held = await self._flood_check(session)
         # The message, and a new session's opening and auto-reply, in one round trip; all
         # stored before the chat is offered or queued (which a redelivery would not redo).
         started: tuple[LineConfig, opening.Opening] | None = None
         async with self.fx.together():
-            await self.fx.history(
-                HistoryEntry(
-                    id=msg.id,
-                    session_id=session.id,
-                    direction="in",
-                    text=msg.text,
-                    attachments=msg.attachments,
-                    author_id=msg.user_id,
-                    author_name=msg.profile.name,
-                    at=msg.received_at,
-                    held=held,
-                )
-            )
+            await self.fx.history(_line_of(msg, session.id, held=held))
+            # The transcript line is on its way meanwhile: the operator sees the message without waiting for this
+            # write (redone with the message if it fails; the line's id makes that harmless).
+            if not counted and not guarded and (touched := await self._touch(msg, session, opened, now, None)):
+                session, created = touched, None
             await self._arm_idle(session)
             if is_new:
-                started = await self._start(session, first_contact, now)
+                started = await self.starting.start(session, first_contact, now)
         if started is not None:
-            await self._place(started[0], session, started[1], now, known=created)
+            await self.starting.place(started[0], session, started[1], now, known=created)
         return seen
+
+    async def _touch(
+        self, msg: Inbound, session: Session, known: Known[Session] | None, now: datetime, rule: flood.FloodRule | None
+    ) -> Session | None:
+        """The message counted on its session (and by the flood guard ``rule``), written on the revision read."""
+        client_at = client.client_time(msg)
+        touched, _ = await cas(
+            self.b.sessions,
+            session.id,
+            Session,
+            lambda s: transition.touched(s, now, inbound=True, rule=rule, client_at=client_at),
+            known=known,
+        )
+        return touched
 
     async def _flood_check(self, session: Session) -> bool:
         """Whether this message (already counted on ``session``) is held; flags the chat at the first one held."""
@@ -168,14 +178,17 @@ class InboundFlow(Part):
             log.warning("chat flooding: held for a supervisor", extra={"session": session.id, "channel": session.channel})
         return counted.held(self.flood)
 
-    async def _open_session_of(self, rec: ClientRecord | None, entry_line: LineConfig) -> Session | None:
-        if rec is None:
-            return None
-        sid = rec.open_sessions.get(entry_line.id)
-        if not sid:
-            return None
-        current, _ = await kv_get(self.b.sessions, sid, Session)
-        return current if current is not None and current.is_open else None
+    async def _open_session_of(
+        self, rec: ClientRecord | None, ckey: str, entry_line: LineConfig, early: tuple[str, Known[Session]] | None
+    ) -> Known[Session] | None:
+        """The client's open session on the line and its revision, or None (read already if ``early`` is it)."""
+        sid = rec.open_sessions.get(entry_line.id, "") if rec is not None else ""
+        current, rev = (None, None)
+        if sid:
+            current, rev = early[1] if early is not None and early[0] == sid else await kv_get(self.b.sessions, sid, Session)
+        open_now = current is not None and current.is_open
+        self.hints.saw(ckey, entry_line.id, sid if open_now else None)
+        return (current, rev) if open_now else None
 
     async def _create_session(
         self, msg: Inbound, line: LineConfig, entry_line: LineConfig, seen: Known[ClientRecord], ck: str, now: datetime
@@ -219,76 +232,25 @@ class InboundFlow(Part):
         crash_point("router.inbound.linked")
         return created, linked
 
-    async def _start(self, session: Session, first_contact: bool, now: datetime) -> tuple[LineConfig, opening.Opening] | None:
-        """What a new session gets first: the opening event and the right auto-reply (then ``_place``)."""
-        line = self.lines.lines.get(session.line_id)
-        if line is None:
-            return None
-        entry = self.lines.lines.get(session.entry_line_id, line)
-        decided = opening.open_session(line, entry, now, first_contact=first_contact, client_name=session.client_name)
-        await self._trail(session, f"opened:{session.id}", "session_opened", decided.note)
-        if decided.reply.kind:
-            await self._auto(session, f"{decided.reply.kind}:{session.id}", decided.reply.text, now)
-        return line, decided
-
-    async def _place(
-        self, line: LineConfig, session: Session, decided: opening.Opening, now: datetime, *, known: Known[Session] | None
-    ) -> None:
-        """A new session is held, offered at once, or queued and offered when its turn comes.
-
-        ``known``: the session's record and revision if this trigger just wrote it (saves reading it again).
-        """
-        if decided.held:
-            session = await self._hold(line, session, now)
-            known = None
-        if session.status == "waiting":
-            if self.offering.may_offer_at_once(line, now):
-                current, rev = known if known is not None else await kv_get(self.b.sessions, session.id, Session)
-                if current is None or current.status != "waiting":
-                    return  # closed or taken meanwhile
-                offered_now, wrote = await self.offering.offer_at_once(line, current, rev, now)
-                if offered_now is not None:
-                    return  # offered at once: it never waited
-                known = None if wrote else (current, rev)
-            await self._enqueue(line.id, session)
-            hint = {session.id: known} if known is not None else {}
-            offered = await self.offering.drain(line, now, after_queueing=True, known=hint)
-            if session.id in offered:
-                return  # offered at once: no longer waiting
-            after, _ = await kv_get(self.b.sessions, session.id, Session)
-            if after is not None and after.status == "waiting":
-                await self._trail(after, f"waiting:{session.id}:{after.assignments}", "session_waiting", WAITING_NOTE)
-                await self._tell_position(line, after, now)
-
-    async def _hold(self, line: LineConfig, session: Session, now: datetime) -> Session:
-        held = await kv_update(self.b.sessions, session.id, Session, transition.held)
-        session = held or session
-        await self._trail(session, f"held:{session.id}", "session_held", "Outside business hours: held until the line opens")
-        due = timing.opening_due(line, now)
-        if due is not None:
-            await schedule(self.js, Timer(kind="opening", target=line.id, due=due.due, token=due.token))
-        return session
-
-    async def _tell_position(self, line: LineConfig, session: Session, now: datetime) -> None:
-        if not line.queue.tell_position:
-            return
-        text = autoreply.position_reply(line, session.client_name, self.waiting.position(line.id, session.id))
-        await self._auto(session, f"position:{session.id}:{session.assignments}", text, now)
-
     async def _rate(self, session_id: str, rating: int, msg: Inbound) -> None:
         """Record the client's mark on the closed session; it opens no new conversation."""
         rated = await kv_update(self.b.sessions, session_id, Session, lambda s: transition.rated(s, rating))
         if rated is None:
             return
-        await self.fx.history(
-            HistoryEntry(
-                id=msg.id,
-                session_id=session_id,
-                direction="in",
-                text=msg.text,
-                author_id=msg.user_id,
-                author_name=msg.profile.name,
-                at=msg.received_at,
-            )
-        )
+        await self.fx.history(_line_of(msg, session_id))
         await self._trail(rated, f"rated:{session_id}", "session_rated", f"Rated {rating} of 5 by the client", reason=str(rating))
+
+
+def _line_of(msg: Inbound, session_id: str, *, held: bool = False) -> HistoryEntry:
+    """The client's message as a transcript line of the session."""
+    return HistoryEntry(
+        id=msg.id,
+        session_id=session_id,
+        direction="in",
+        text=msg.text,
+        attachments=msg.attachments,
+        author_id=msg.user_id,
+        author_name=msg.profile.name,
+        at=msg.received_at,
+        held=held,
+    )
