@@ -89,6 +89,21 @@ def stream_config(name: str, replicas: int = 1) -> js_api.StreamConfig:
     )
 
 
+async def flush_all(nc: NATS) -> None:
+    """Return once the server has read everything this connection sent before the call: a subscription made
+    just now is in place, so a message another connection publishes from now on reaches it.
+
+    ``nc.flush()`` alone does not say so. nats-py writes its PING straight to the socket, ahead of what still
+    waits in the client's buffer for its flusher task - a SUB made a moment ago, typically - so the PONG may
+    come back before the server has read the SUB, and on a busy server a message published meanwhile on
+    another connection finds no subscriber (seen: an operator's "typing" lost by a gateway that had just
+    said it was up, once in about thirty runs). The flusher runs while the first PING is answered, so the
+    second PING is written after everything before the call, and its PONG comes only once all of it was read.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAuth | None = None) -> NATS:
     """Connect, reconnecting forever once connected.
 

@@ -18,7 +18,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.envelopes import Typing
 
 TIMEOUT = 5.0  # seconds one platform call may take
@@ -41,7 +41,7 @@ class TypingRelay:
         await self.nc.subscribe(subjects.typing_out_channel(self.channel), cb=self._on_typing)
         # The server knows the subscription before the gateway says it is up: "typing" is never stored,
         # so one sent meanwhile would be lost (seen in a loaded test run).
-        await self.nc.flush()
+        await bus.flush_all(self.nc)
 
     async def _on_typing(self, msg: Msg) -> None:
         parts = msg.subject.split(".")

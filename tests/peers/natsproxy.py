@@ -16,7 +16,8 @@ Subjects use NATS wildcards (``*`` one token, ``>`` the rest), one pattern
 or a tuple of them (any matches; the nth counts over all); ``payloads``
 narrows a rule to publishes whose payload is one of them (an acknowledgement
 is empty or ``+ACK``, an in-progress heartbeat on the same subject ``+WPI``).
-``published`` lists (subject, first bytes of the payload) of every client publish.
+``published`` lists (subject, first bytes of the payload) of every client publish, ``commands`` every
+other protocol line the clients sent (``SUB <subject> <sid>``, ``PING``...), each in the order written.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class NatsProxy:
         self.port = 0
         self.rules: list[Rule] = []
         self.published: list[tuple[str, bytes]] = []
+        self.commands: list[str] = []
         self._to_client = asyncio.Event()  # cleared = what the server sends is held
         self._to_server = asyncio.Event()  # cleared = what the clients send is held
         self._to_client.set()
@@ -228,6 +230,7 @@ class NatsProxy:
                     rule = next((r for r in self.rules if r.hit(subject, payload)), None)
                 else:
                     end = nl + 2
+                    self.commands.append(line[:200].decode(errors="replace"))
                 chunk, buf = buf[:end], buf[end:]
                 await self._to_server.wait()
                 if rule is not None and rule.action == "drop":

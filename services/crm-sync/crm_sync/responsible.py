@@ -33,7 +33,7 @@ from crm_sync.backends.base import CrmBackend
 from crm_sync.core import identity
 from crm_sync.links import ClientLink, client_key
 from crm_sync.sync import Users
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.bus import Buckets, kv_get, read_subject
 from openlines.envelopes import BAD_JSON, HistoryEntry
 from openlines.state import ClientRecord
@@ -97,7 +97,7 @@ class Responsible:
 
     async def start(self) -> None:
         self.sub = await self.nc.subscribe(subjects.CRM_RESPONSIBLE, queue=QUEUE_GROUP, cb=self._dispatch)
-        await self.nc.flush()  # the server knows we answer before we say we are up
+        await bus.flush_all(self.nc)  # the server knows we answer before we say we are up
 
     async def _dispatch(self, msg: Msg) -> None:
         # One task per request: a lookup that has to ask the CRM must not hold up the next one.

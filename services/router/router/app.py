@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from openlines.bus import Buckets
+from openlines.bus import Buckets, flush_all
 from openlines.runner import Service
 from router import commands, timers
 from router.engine import Engine
@@ -55,7 +55,7 @@ async def setup(svc: Service[Settings]) -> None:
     engine = Engine(shared)
     running = commands.AtOnce(svc.settings.commands_at_once)
     micro = await commands.serve(svc.nc, engine, running)
-    await svc.nc.flush()  # the server knows our command subscriptions before we say we are up
+    await flush_all(svc.nc)  # the server knows our command subscriptions before we say we are up
     stop_consuming = asyncio.Event()
     partitions = Partitions(
         svc.js,

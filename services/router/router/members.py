@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from openlines import subjects
+from openlines import bus, subjects
 
 BUCKET_STREAM = f"KV_{subjects.KV_ROUTER}"
 MEMBER = "member."
@@ -36,7 +36,7 @@ class Members:
     async def answer_probes(self) -> None:
         """Answer the other replicas' probes (before the first heartbeat makes this replica a member)."""
         self._alive = await self.nc.subscribe(subjects.router_alive(self.me), cb=self._answer)
-        await self.nc.flush()
+        await bus.flush_all(self.nc)
 
     async def close(self) -> None:
         if self._alive is not None:

@@ -119,7 +119,7 @@ async def test_crm_responsible_gets_the_chat_else_the_fallback_mode(nc: Any, nat
         await publish(nc, inbound("early", "hi", "m1"))
         assert (await held_by(nc, "early")).operator_id == "anna"
         sub = await nc.subscribe(subjects.CRM_RESPONSIBLE, cb=responsible)
-        await nc.flush()  # the server has the subscription before anything is said
+        await bus.flush_all(nc)  # the server has the subscription before anything is said
         await publish(nc, inbound("known", "hi", "m1"))
         assert (await held_by(nc, "known")).operator_id == "boris"
         await publish(nc, inbound("stranger", "hi", "m1"))

@@ -312,7 +312,7 @@ async def test_a_client_typing_is_told_to_the_desk_and_nothing_is_stored(gw: Any
         heard.append(msg.subject)
 
     sub = await nc.subscribe("ol.typing.in.>", cb=typing)
-    await nc.flush()  # the server has the subscription before anything is said
+    await bus.flush_all(nc)  # the server has the subscription before anything is said
     cb = sender(http, gw)
     # VK's shape: {"state": "typing", "from_id": <user>, "to_id": -<community>}; odd ones are answered "ok", told nobody.
     for obj in ({"state": "typing", "from_id": "x"}, {"state": "audiomessage", "from_id": 1001}, {"state": "typing"}):

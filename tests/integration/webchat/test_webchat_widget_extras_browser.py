@@ -319,7 +319,7 @@ async def test_typing_shows_both_ways_between_the_widget_and_the_desk(widget: An
         said.append(m)
 
     sub = await nc.subscribe("ol.typing.out.>", cb=heard)  # what the desk tells the gateways
-    await nc.flush()  # the server has the subscription before anything is said
+    await bus.flush_all(nc)  # the server has the subscription before anything is said
     async with running_desk(nats_server.url) as desk:
         op = await new_page(page.context.browser, f"http://127.0.0.1:{desk.port}")
         await sign_in_live(op, "anna")
@@ -418,7 +418,7 @@ async def test_the_visitor_sees_read_once_the_operator_answering_has_the_message
         said.append(m)
 
     sub = await nc.subscribe("ol.seen.>", cb=heard)  # what the desk tells the gateways
-    await nc.flush()  # the server has the subscription before anything is said
+    await bus.flush_all(nc)  # the server has the subscription before anything is said
     # A "seen" naming another visitor's message marks nothing here: the gateway checks whose it is.
     from openlines.envelopes import Seen
 
