@@ -13,7 +13,6 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -104,6 +103,29 @@ async def flush_all(nc: NATS) -> None:
     await nc.flush()
 
 
+class JetStream(JetStreamContext):
+    """nats-py's JetStream context that names its connection (``client``): pull requests are core
+    publishes of their own (:class:`openlines.pull.Pull`), and nats-py keeps its connection private."""
+
+    def __init__(self, conn: NATS, **opts: Any) -> None:
+        super().__init__(conn, **opts)
+        self.client = conn
+
+
+class Client(NATS):
+    """The nats-py client of :func:`connect`: its ``jetstream()`` is a :class:`JetStream`."""
+
+    def jetstream(self, **opts: Any) -> JetStream:
+        return JetStream(self, **opts)
+
+
+def client_of(js: JetStreamContext) -> NATS:
+    """The connection of a JetStream context made by ``jetstream()`` of a :func:`connect` client."""
+    if isinstance(js, JetStream):
+        return js.client
+    raise TypeError("a JetStream context of an openlines.bus.connect() client is needed (its nc.jetstream())")
+
+
 async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAuth | None = None) -> NATS:
     """Connect, reconnecting forever once connected.
 
@@ -145,7 +167,8 @@ async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAut
     while True:
         attempt += 1
         try:
-            nc = await nats.connect(
+            nc = Client()
+            await nc.connect(
                 [u.strip() for u in url.split(",")] if "," in url else url,  # "nats://a:4222,nats://b:4222"
                 name=name,
                 max_reconnect_attempts=-1,

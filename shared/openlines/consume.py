@@ -30,6 +30,7 @@ from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
 from openlines import bus, subjects
 from openlines.envelopes import SessionEvent, utcnow
 from openlines.pace import backoff
+from openlines.pull import Pull
 
 log = logging.getLogger("openlines.consume")
 
@@ -76,7 +77,7 @@ class Durable:
         self.back_on_stop = back_on_stop
         self.running = False  # bound and fetching (readiness)
         self._room = asyncio.Event()
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self._pull: Pull | None = None
         self._fetching = Fetching(self._room)
 
     def ready(self) -> str | None:
@@ -89,10 +90,9 @@ class Durable:
     async def close(self) -> None:
         """Close the subscription now (a fetch waiting for messages ends); call after setting the stop event."""
         fetching = self._fetching.end()
-        psub, self._psub = self._psub, None
-        if psub is not None:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+        pull, self._pull = self._pull, None
+        if pull is not None:
+            await self._let_go(pull)
         await retrieved(fetching)
 
     async def create(self) -> None:
@@ -100,15 +100,16 @@ class Durable:
         with contextlib.suppress(BadRequestError):  # it exists already (another replica, an earlier start)
             await self.js.add_consumer(self.stream, self.config, timeout=OPEN_TIMEOUT)
 
-    async def open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
+    async def open(self, stop: asyncio.Event) -> Pull | None:
         """Create the consumer (:meth:`create`) and bind to it; retried until it works or ``stop``."""
+        nc = bus.client_of(self.js)  # pull requests are core publishes (openlines.pull); refused at once if not
         attempt = 0
         while not stop.is_set():
             try:
                 await self.create()
-                psub = await self.js.pull_subscribe_bind(durable=self.name, stream=self.stream)
+                pull = await Pull.open(nc, self.stream, self.name)
                 log.info("consuming", extra={"consumer": self.name, "stream": self.stream})
-                return psub
+                return pull
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS away, or a cluster electing the stream's leader: try again
@@ -123,23 +124,27 @@ class Durable:
         """Fetch and hand each message to ``handle`` until ``stop``; a NATS outage only pauses it."""
         async with self._fetching.ended_by(stop, name=f"stop-{self.name}"):
             while not stop.is_set():
-                psub = await self.open(stop)
-                if psub is None:
+                pull = await self.open(stop)
+                if pull is None:
                     return
                 self.running = True
-                self._psub = psub
+                self._pull = pull
                 try:
-                    await self._fetch_until_failure(psub, handle, stop)
+                    await self._fetch_until_failure(pull, handle, stop)
                 finally:
                     self.running = False
-                    self._psub = None
-                    # unsubscribe, not drain: a late fetch answer would hold a drain forever
-                    with contextlib.suppress(Exception):
-                        await psub.unsubscribe()
+                    self._pull = None
+                    await self._let_go(pull)
 
-    async def _fetch_until_failure(
-        self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event
-    ) -> None:
+    async def _let_go(self, pull: Pull) -> None:
+        """Stop receiving; what came and was not handed over goes back at once (``back_on_stop``), or waits
+        for ``ack_wait``."""
+        for m in await pull.close():
+            if self.back_on_stop:
+                with contextlib.suppress(Exception):
+                    await m.nak()
+
+    async def _fetch_until_failure(self, pull: Pull, handle: Callable[[Msg], Awaitable[None]], stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         failing_since: float | None = None  # when fetches began to fail (loop time)
         looked = 0.0
@@ -150,7 +155,7 @@ class Durable:
                 await self._room.wait()
                 continue
             try:
-                msgs = await self._fetching.fetch(psub, want, self.fetch_timeout)
+                msgs = await self._fetching.fetch(pull, want, self.fetch_timeout)
             except QUIET:
                 msgs = []  # answered with nothing, or not at all: not refused
             except asyncio.CancelledError:
@@ -223,9 +228,9 @@ class Fetching:
         self._task: asyncio.Future[list[Msg]] | None = None
         self._wake = wake
 
-    async def fetch(self, psub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
-        """``psub.fetch``; [] when a stop ended it (what it might have had comes again: ack_wait, or a re-read)."""
-        fetch = asyncio.ensure_future(psub.fetch(batch=batch, timeout=timeout))
+    async def fetch(self, source: Pull | JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+        """``source.fetch``; [] when a stop ended it (what it might have had comes again: ack_wait, or a re-read)."""
+        fetch = asyncio.ensure_future(source.fetch(batch=batch, timeout=timeout))
         fetch.add_done_callback(_retrieve)
         self._task = fetch
         try:
