@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from desk.presence import Heartbeat, Reporter
 from desk.reads import Reader, holders_of, sla_clock
-from openlines import subjects
+from openlines import bus, subjects
 from openlines.bus import kv_get
 from openlines.envelopes import DeliveryMark, HistoryEntry, Seen, SessionEvent, Typing
 from openlines.roles import is_supervisor
@@ -124,6 +124,7 @@ class Hub:
         self._subs.append(await self.nc.subscribe(subjects.DESK_SIGNED_OUT, cb=self._on_signed_out))
         self._subs.append(await self.nc.subscribe(subjects.marks_all(), cb=self._on_mark))
         self._subs.append(await self.nc.subscribe(subjects.typing_in_all(), cb=self._on_typing))
+        await bus.flush_all(self.nc)  # the server has every subscription before the desk says it is up
         await self.heartbeat.open()  # before any page: the router never sees a page on a replica with no heartbeat
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.reporter.run(), name="desk-presence-reports"))
