@@ -15,6 +15,10 @@ class RoundRobin:
         free = available(queue, operators, ctx.exclude)
         if not free:
             return NOBODY
-        order = {op_id: i for i, op_id in enumerate(queue.operators)}
-        best = min(free, key=lambda op: (op.last_assigned_at, order[op.id]))
+        # ``free`` is in queue order and min keeps the first of equals: a tie goes to the first in the queue.
+        best = min(free, key=_assigned_at)
         return Choice(operators=[best.id])
+
+
+def _assigned_at(op: OperatorView) -> float:
+    return op.last_assigned_at

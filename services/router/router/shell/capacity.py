@@ -33,6 +33,9 @@ class Capacity(Part):
         super().__init__(shared)
         self._found_clean: dict[str, tuple[int, float]] = {}  # operator -> (revision, when) with no stale claim
         self._claiming: dict[str, asyncio.Lock] = {}  # one claim per operator at a time in this replica
+        # (line, operator) -> (their state, the line's queue, the view made of them): a line of 1,000 operators
+        # makes a view only of those whose state changed since its last decision, not of all 1,000 each time.
+        self._views: dict[tuple[str, str], tuple[OperatorState, QueueConfig, OperatorView]] = {}
 
     async def views(self, line: LineConfig, *, live: bool = False) -> list[OperatorView]:
         """The line's operators as routing sees them: from the watch-fed copy, or ``live`` from KV."""
@@ -45,11 +48,21 @@ class Capacity(Part):
             states = [st for st, _ in found]
         else:
             states = [self.operators.get(op_id) for op_id in line.queue.operators]
-        return [
-            capacity.view_of(op_id, st, line.queue)
-            for op_id, st in zip(line.queue.operators, states, strict=True)
-            if st is not None
-        ]
+        queue = line.queue
+        made = self._views
+        out: list[OperatorView] = []
+        for op_id, st in zip(queue.operators, states, strict=True):
+            if st is None:
+                continue
+            key = (line.id, op_id)
+            known = made.get(key)
+            if known is not None and known[0] is st and known[1] is queue:
+                out.append(known[2])
+                continue
+            view = capacity.view_of(op_id, st, queue)
+            made[key] = (st, queue, view)
+            out.append(view)
+        return out
 
     def claiming(self, op_id: str) -> bool:
         """Whether a claim on the operator is being made in this replica now."""
