@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 import msgspec  # noqa: E402
 from common import Proc, cpu_seconds, free_port, nats_server  # noqa: E402
 from p3_in_hand import export_router  # noqa: E402
+from support import pending_timers  # noqa: E402 - the count the timer tests wait on
 
 from openlines import bus, subjects  # noqa: E402
 from openlines.envelopes import MSG_ID_HEADER  # noqa: E402
@@ -60,14 +61,6 @@ async def set_timer(js: Any, timer: Timer, scheduled: bool) -> None:
         await js.publish(subjects.timer(timer.kind, timer.target), msgspec.json.encode(timer), headers={MSG_ID_HEADER: timer.id})
 
 
-async def pending(js: Any, kind: str, target: str) -> int:
-    total = 0
-    for subject in (subjects.timers_set(kind, target), subjects.timer(kind, target)):
-        info = await js.stream_info(subjects.STREAM_TIMER, subjects_filter=subject)
-        total += sum((info.state.subjects or {}).values())
-    return total
-
-
 async def one(label: str, pythonpath: str | None, workdir: Path, n: int) -> dict[str, Any]:
     scheduled = pythonpath is None
     workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any work
@@ -90,7 +83,7 @@ async def one(label: str, pythonpath: str | None, workdir: Path, n: int) -> dict
             await proc.ready(timeout=60)
             due = time.time() + SOON
             await set_timer(js, Timer(kind="settle", target="soon", due=due, token="t"), scheduled)
-            while await pending(js, "settle", "soon"):  # noqa: ASYNC110 - polling the stream is the measurement
+            while await pending_timers(nc, "settle", "soon"):  # noqa: ASYNC110 - polling the stream is the measurement
                 await asyncio.sleep(0.01)
             late = time.time() - due
             cpu = {k: round(cpu_seconds(v) - cpu0[k], 2) for k, v in pids.items()}

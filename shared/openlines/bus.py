@@ -29,7 +29,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from openlines import subjects
+from openlines import pull, subjects
 from openlines.envelopes import MSG_ID_HEADER, Inbound, SessionEvent, encode, utcnow
 from openlines.natsauth import NatsAuth, NatsAuthError
 from openlines.pace import backoff
@@ -158,7 +158,11 @@ async def connect(url: str, name: str, *, first_attempts: int = 0, auth: NatsAut
             log.debug(f"nats connection closed ({name})", extra={"connection": name})
             return
         dropped = drop_answers(mine[0]) if mine else 0
-        log.warning(f"nats disconnected ({name})", extra={"connection": name, "requests_failed_at_once": dropped})
+        forgot = pull.forget_requests(mine[0]) if mine else 0
+        log.warning(
+            f"nats disconnected ({name})",
+            extra={"connection": name, "requests_failed_at_once": dropped, "pull_requests_asked_again": forgot},
+        )
 
     async def on_reconnect() -> None:
         log.info(f"nats reconnected ({name})", extra={"connection": name})

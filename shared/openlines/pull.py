@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import weakref
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -34,7 +35,24 @@ from nats.js import api as js_api
 
 ENDED = ("404", "408")  # no messages, the request expired: over, and nothing wrong
 HEARTBEAT = "100"
-FORGET_AFTER = 1.0  # seconds after its expiry a request the server never ended is taken as over (NATS away)
+# Seconds after its expiry a request with no word from the server is taken as over: its 408 was lost with
+# the server that had it (a NATS node killed, a consumer's leader gone). The server expires it a moment after
+# the client's own count (it got the request later), so this is only the way there.
+FORGET_AFTER = 0.1
+
+_PULLS: weakref.WeakSet[Pull] = weakref.WeakSet()
+
+
+def forget_requests(nc: NATS) -> int:
+    """The connection was lost: every open request of ``nc``'s pulls is over (the server that had it may be
+    gone, and a reconnect finds another); their fetches ask again at once. How many there were."""
+    forgot = 0
+    for pull in list(_PULLS):
+        if pull.nc is nc and pull._reply:
+            pull._reply = ""
+            pull._arrived.set()
+            forgot += 1
+    return forgot
 
 
 class PullRefused(Exception):
@@ -80,6 +98,7 @@ class Pull:
     async def open(cls, nc: NATS, stream: str, consumer: str) -> Pull:
         pull = cls(nc, stream, consumer)
         pull._sub = await nc.subscribe(f"{pull.inbox}.*", cb=pull._on_msg)
+        _PULLS.add(pull)
         return pull
 
     async def _on_msg(self, msg: Msg) -> None:

@@ -104,18 +104,22 @@ class DeskOperator:
 
     async def _sign_in(self, http: aiohttp.ClientSession) -> None:
         base = self.desk.base
-        form = await (await http.get(f"{base}/login")).text()
-        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-        if token is None:
-            raise DeskError("no login form")
-        r = await http.post(
-            f"{base}/login",
-            data={"login": self.login, "password": self.password, "csrf_token": token.group(1)},
-            allow_redirects=False,
-        )
-        if r.status != 303:
-            raise DeskError(f"sign-in answered {r.status}")
-        page = await (await http.get(f"{base}/")).text()
+        login = await http.get(f"{base}/login")
+        page = await login.text()
+        if login.url.path == "/login":
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+            if token is None:
+                raise DeskError("no login form")
+            r = await http.post(
+                f"{base}/login",
+                data={"login": self.login, "password": self.password, "csrf_token": token.group(1)},
+                allow_redirects=False,
+            )
+            if r.status != 303:
+                raise DeskError(f"sign-in answered {r.status}")
+            page = await (await http.get(f"{base}/")).text()
+        # else signed in already (the workspace failed to load after an earlier sign-in, NATS away): /login
+        # shows the workspace, as it would in a browser - its form's token is not a sign-in form's
         csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
         if csrf is None:
             raise DeskError("no CSRF token on the workspace")

@@ -11,7 +11,7 @@ from nats.js import api as js_api
 from support.timing import scaled, wait_for
 
 from openlines import bus, subjects
-from openlines.pull import Pull, PullRefused
+from openlines.pull import Pull, PullRefused, forget_requests
 
 DURABLE = "test-pull"
 LONG = 60.0  # a pull request's expiry no test waits for: a message handed over is handed over well before it
@@ -30,10 +30,17 @@ async def waiting_requests(js: Any) -> int:
     return int((await js.consumer_info(subjects.STREAM_HIST, DURABLE)).num_waiting or 0)
 
 
-async def test_a_message_brought_by_the_request_of_a_fetch_that_ended_early_is_handed_over_at_once(nc: Any) -> None:
+async def opened(nc: Any, messages: int = 0) -> tuple[Any, Pull]:
+    """The test's consumer with ``messages`` stored for it ("0", "1", ...), and a Pull on it."""
     js = nc.jetstream()
     await consumer(js)
-    pull = await Pull.open(nc, subjects.STREAM_HIST, DURABLE)
+    for i in range(messages):
+        await js.publish(subjects.history(f"s{i}"), str(i).encode())
+    return js, await Pull.open(nc, subjects.STREAM_HIST, DURABLE)
+
+
+async def test_a_message_brought_by_the_request_of_a_fetch_that_ended_early_is_handed_over_at_once(nc: Any) -> None:
+    js, pull = await opened(nc)
     first = asyncio.ensure_future(pull.fetch(32, LONG))
     await wait_for(lambda: waiting_requests(js), what="the first fetch's request waiting at the server")
     first.cancel()  # a fetch ended by a stop: its request stays open at the server
@@ -50,9 +57,7 @@ async def test_a_message_brought_by_the_request_of_a_fetch_that_ended_early_is_h
 
 
 async def test_a_request_ended_by_its_expiry_is_asked_again_within_the_same_fetch(nc: Any) -> None:
-    js = nc.jetstream()
-    await consumer(js)
-    pull = await Pull.open(nc, subjects.STREAM_HIST, DURABLE)
+    js, pull = await opened(nc)
     short = asyncio.ensure_future(pull.fetch(8, 0.3))  # its request expires in 0.3 s
     await wait_for(lambda: waiting_requests(js), what="the short request waiting at the server")
     short.cancel()
@@ -69,11 +74,7 @@ async def test_a_request_ended_by_its_expiry_is_asked_again_within_the_same_fetc
 
 
 async def test_what_is_asked_for_stays_within_the_batch(nc: Any) -> None:
-    js = nc.jetstream()
-    await consumer(js)
-    for i in range(10):
-        await js.publish(subjects.history(f"s{i}"), str(i).encode())
-    pull = await Pull.open(nc, subjects.STREAM_HIST, DURABLE)
+    js, pull = await opened(nc, 10)
     got = await pull.fetch(3, LONG)
     assert [m.data for m in got] == [b"0", b"1", b"2"]
     assert pull.asked() == 0  # the request brought all it asked for
@@ -87,9 +88,7 @@ async def test_what_is_asked_for_stays_within_the_batch(nc: Any) -> None:
 
 
 async def test_a_deleted_consumer_refuses_the_fetch_with_the_servers_reason(nc: Any) -> None:
-    js = nc.jetstream()
-    await consumer(js)
-    pull = await Pull.open(nc, subjects.STREAM_HIST, DURABLE)
+    js, pull = await opened(nc)
     fetch = asyncio.ensure_future(pull.fetch(4, LONG))
     await wait_for(lambda: waiting_requests(js), what="the request waiting at the server")
     await js.delete_consumer(subjects.STREAM_HIST, DURABLE)
@@ -100,11 +99,7 @@ async def test_a_deleted_consumer_refuses_the_fetch_with_the_servers_reason(nc: 
 
 
 async def test_what_came_and_was_not_handed_over_is_returned_on_close(nc: Any) -> None:
-    js = nc.jetstream()
-    await consumer(js)
-    for i in range(4):
-        await js.publish(subjects.history(f"s{i}"), str(i).encode())
-    pull = await Pull.open(nc, subjects.STREAM_HIST, DURABLE)
+    _, pull = await opened(nc, 4)
     [first] = await pull.fetch(1, LONG)
     assert first.data == b"0"
     got = await pull.fetch(4, LONG)  # as soon as the first of the three comes
@@ -122,3 +117,19 @@ async def test_a_context_of_a_plain_nats_py_client_is_refused_with_the_reason(na
             bus.client_of(plain.jetstream())
     finally:
         await plain.close()
+
+
+async def test_a_lost_connection_forgets_the_open_request_and_the_fetch_asks_again(nc: Any) -> None:
+    js, pull = await opened(nc)
+    fetch = asyncio.ensure_future(pull.fetch(4, LONG))
+    await wait_for(lambda: waiting_requests(js), what="the request waiting at the server")
+    # What bus.connect's disconnect handler does: the server that had the request may be gone (a NATS node
+    # killed); without this the fetch would wait for its expiry (LONG) before asking anyone else.
+    assert forget_requests(nc) == 1
+    await wait_for(lambda: pull.requests_sent == 2, what="the fetch asking again")
+    assert forget_requests(nc) == 1 and pull.asked() == 0
+    await wait_for(lambda: pull.requests_sent == 3, what="and again")
+    fetch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await fetch
+    await pull.close()
