@@ -77,8 +77,8 @@ class Pull:
 
     A delivered message names the stream's subject, not the request it answers, so there is one request
     at a time: every message is the open request's, and a new one is sent only when it is over (all of
-    its batch came, the server ended it, or its expiry is long past). Anything from an earlier request
-    (none is expected) is handed over all the same.
+    its batch came, the server ended it, its expiry passed with no word, or the connection was lost).
+    Anything from an earlier request (none is expected) is handed over all the same.
     """
 
     def __init__(self, nc: NATS, stream: str, consumer: str) -> None:
@@ -124,7 +124,7 @@ class Pull:
     def asked(self) -> int:
         """Messages the open request may still bring (0: none is open)."""
         if self._reply and self._over_by < asyncio.get_running_loop().time():
-            self._reply = ""  # the server ended it while NATS was away: its answer never came
+            self._reply = ""  # its end never came: lost with the server that had it
         return self._left if self._reply else 0
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
