@@ -28,6 +28,7 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
 
 from openlines import pull, subjects
 from openlines.envelopes import MSG_ID_HEADER, Inbound, SessionEvent, encode, utcnow
@@ -220,17 +221,76 @@ def drop_answers(nc: NATS) -> int:
     nats-py keeps the futures of its requests in ``Client._resp_map``, which has no public accessor: if a
     release renames it, nothing is failed early here and requests time out as before.
     """
+    return _fail(_waiting_answers(nc))
+
+
+def _waiting_answers(nc: NATS) -> list[asyncio.Future[Any]]:
+    """The futures of every request of ``nc`` still waiting for its answer (nats-py's and the AckInboxes')."""
     waiting = getattr(nc, "_resp_map", None)
-    futures: list[asyncio.Future[Any]] = list(waiting.values()) if isinstance(waiting, dict) else []
+    futures: list[asyncio.Future[Any]] = [f for f in waiting.values() if not f.done()] if isinstance(waiting, dict) else []
     for inbox in list(_ACK_INBOXES):
         if inbox.nc is nc:
-            futures += inbox._waiting.values()
+            futures += (f for f in inbox._waiting.values() if not f.done())
+    return futures
+
+
+def _fail(futures: list[asyncio.Future[Any]]) -> int:
+    """End each future not done yet as timed out; how many."""
     dropped = 0
     for fut in futures:
         if not fut.done():
             fut.set_exception(NatsTimeoutError())
             dropped += 1
     return dropped
+
+
+# A request still unanswered this long after a stream's new leader was elected, that was already waiting at
+# the election, is taken as lost with the old leader (decision 041). Answers take milliseconds; this is the
+# margin for a loaded machine.
+ELECTION_GRACE = 0.5
+LEADER_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.>"
+ELECTION_FAILED = Counter(
+    "openlines_nats_requests_failed_after_election_total",
+    "Requests ended as lost because a stream's new leader was elected after they were sent and did not answer them",
+)
+
+
+async def follow_elections(nc: NATS, name: str) -> Any:
+    """Fail the requests a stream's leader election has left unanswered, soon after the new leader is there
+    (decision 041); returns the subscription.
+
+    A request written through a live node to a stream whose leader then died, or to a stream between leaders,
+    is never answered: its caller waited out the whole request timeout (2 s, decision 035) even when the new
+    leader was elected just after it was sent, and retried only then. On each "stream leader elected"
+    advisory, the requests of ``nc`` waiting at that moment are looked at again ``ELECTION_GRACE`` later;
+    those still unanswered end as timed out, as :func:`drop_answers` ends them when the connection is lost,
+    and are tried again at the new leader. A request to another stream, answered meanwhile, is untouched; one
+    answered later than the grace is redone, which every write allows (ids, compare-and-set)."""
+    loop = asyncio.get_running_loop()
+
+    async def elected(msg: Any) -> None:
+        stream = msg.subject.rsplit(".", 1)[-1]
+        waiting = _waiting_answers(nc)
+        if not waiting:
+            log.info("stream leader elected", extra={"connection": name, "stream": stream, "requests_waiting": 0})
+            return
+
+        def late() -> None:
+            failed = _fail(waiting)
+            ELECTION_FAILED.inc(failed)
+            log.info(
+                "stream leader elected",
+                extra={
+                    "connection": name,
+                    "stream": stream,
+                    "requests_waiting": len(waiting),
+                    "requests_failed_as_lost": failed,
+                },
+            )
+
+        loop.call_later(ELECTION_GRACE, late)
+
+    return await nc.subscribe(LEADER_ELECTED, cb=elected)
 
 
 class BusUnavailable(Exception):

@@ -127,6 +127,7 @@ class Service(Generic[S]):
     async def connect(self, first_attempts: int = 0) -> None:
         self.nc = await bus.connect(self.settings.nats_url, self.name, first_attempts=first_attempts, auth=self.nats_auth())
         self.js = self.nc.jetstream(timeout=self.settings.nats_request_timeout)
+        await bus.follow_elections(self.nc, self.name)
         if self.settings.bootstrap:
             await self._bootstrap(first_attempts)
 

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from peers.telegram_api import message_update
+from prometheus_client import REGISTRY
 from support import inbound
 from support.chaos import elections_after
 from support.servers import NatsCluster
@@ -102,6 +104,54 @@ async def test_one_router_step_published_from_several_tries_at_once_is_stored_on
         )
 
 
+async def test_a_request_the_election_left_unanswered_ends_soon_after_the_new_leader(tmp_path: Path) -> None:
+    """A JetStream request about a stream with no leader (its leader's node killed -9) is never answered: the
+    router's look at its waiting queues (stream info) sent during the election waited out its whole timeout
+    even when the new leader came just after (decision 028's lag: one message 2.29 s after the new leaders).
+    A service follows the elections (decision 041): a request waiting when the stream's new leader is elected
+    and still unanswered ``ELECTION_GRACE`` later ends as timed out, and is asked again at once."""
+    async with _cluster(tmp_path) as (cluster, nc):
+        leader = (await nc.jetstream().stream_info(subjects.STREAM_HIST)).cluster.leader
+        doomed = next(n for n in cluster.nodes if f"-n {leader} " in " ".join(n.args) + " ")
+        others = ",".join(n.url for n in cluster.nodes if n is not doomed)
+        svc = await bus.connect(others, "test-elections", first_attempts=5)
+        try:
+            await bus.follow_elections(svc, "test-elections")
+            patient = scaled(30.0)  # longer than any election: only the election can end a request early
+            js = svc.jetstream(timeout=patient)
+            failed_before = _failed_after_elections()
+            killed_at = time.time()
+            doomed.stop(kill=True)
+            tries: list[tuple[str, float, float]] = []  # (how it ended, sent, ended)
+            while time.time() < killed_at + patient:
+                sent = time.time()
+                try:
+                    info = await js.stream_info(subjects.STREAM_HIST)
+                except NatsTimeoutError:
+                    tries.append(("timed out", sent, time.time()))
+                    continue
+                except Exception as exc:  # refused at once: asked again
+                    tries.append((type(exc).__name__, sent, time.time()))
+                    await asyncio.sleep(0.05)
+                    continue
+                tries.append((f"answered, leader {info.cluster.leader}", sent, time.time()))
+                if info.cluster.leader and info.cluster.leader != leader:
+                    break
+            elected_at = elections_after(cluster.nodes, killed_at)
+            assert elected_at > killed_at, "no stream lost its leader"
+            shown = [(how, round(sent - elected_at, 2), round(ended - elected_at, 2)) for how, sent, ended in tries]
+            assert tries[-1][0].startswith("answered"), shown
+            waiting = [t for t in tries if t[1] < elected_at < t[2]]  # in flight when the new leader came
+            assert waiting, ("no request was waiting when the new leader came", shown)
+            for _, _, ended in waiting:
+                assert ended < elected_at + bus.ELECTION_GRACE + scaled(1.0), shown
+            assert tries[-1][2] < elected_at + bus.ELECTION_GRACE + scaled(1.5), shown
+            assert _failed_after_elections() > failed_before
+        finally:
+            await svc.close()
+            doomed.start()
+
+
 @contextlib.asynccontextmanager
 async def _cluster(tmp_path: Path) -> AsyncIterator[tuple[NatsCluster, Any]]:
     """A 3-node cluster with the streams made (R3) and a connection to it; at the end, nothing NATS refused."""
@@ -124,6 +174,10 @@ async def _cluster(tmp_path: Path) -> AsyncIterator[tuple[NatsCluster, Any]]:
         cluster.stop()
         refused = cluster.violations()
         assert not refused, "NATS refused what a service did:\n" + "\n".join(refused)
+
+
+def _failed_after_elections() -> float:
+    return REGISTRY.get_sample_value("openlines_nats_requests_failed_after_election_total") or 0.0
 
 
 async def _inbound(nc: Any) -> list[Any] | None:

@@ -346,9 +346,16 @@ OPS: dict[str, tuple[str, Callable[[Conn], Awaitable[Any]]]] = {
     "read_telegram_clients_files": (f"{J}.STREAM.MSG.GET.OBJ_ol-tg-files", _read_store("ol-tg-files")),
     "read_webchat_visitors_files": (f"{J}.STREAM.MSG.GET.OBJ_ol-webchat-files", _read_store("ol-webchat-files")),
     "watch_accounts": (f'{J}.CONSUMER.CREATE.KV_ol-accounts"', _watch_accounts),
+    # "a stream has a new leader" (decision 041): said only by the server; a forged one would have every
+    # service end its waiting requests as lost
+    "say_leader_elected": (
+        "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.OL_IN",
+        _publish("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.OL_IN"),
+    ),
 }
 
 EVERYONE_REFUSED = [
+    "say_leader_elected",
     "create_stream",
     "delete_stream",
     "purge_stream",
@@ -535,6 +542,17 @@ async def test_the_desk_calls_router_commands_and_reads_accounts_and_the_router_
     assert json.loads(account.data or b"") == {"name": "Anna"}
     await served.unsubscribe()
     assert desk.violations == [] and router.violations == []
+
+
+@pytest.mark.parametrize("identity", SERVICES)
+async def test_every_service_hears_that_a_stream_has_a_new_leader(connect: Any, nc: NATS, identity: str) -> None:
+    """Decision 041: each service ends the requests an election left unanswered when it hears of the new leader."""
+    conn = await connect(identity)
+    sub = await conn.nc.subscribe(bus.LEADER_ELECTED)
+    await bus.flush_all(conn.nc)
+    await nc.publish("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.OL_IN", b"{}")  # as the server would say it
+    assert (await sub.next_msg(timeout=30)).subject.endswith(".OL_IN")
+    assert conn.violations == []
 
 
 async def test_router_replicas_probe_each_other(connect: Any) -> None:
