@@ -116,3 +116,16 @@ def test_round_robin_is_fair_within_one_over_many_chats(n_ops: int, chats: int) 
         last[chosen] = float(t)
         got[chosen] += 1
     assert max(got.values()) - min(got.values()) <= 1
+
+
+@given(st.permutations(IDS), st.permutations(IDS), st.lists(st.sampled_from([0.0, 1.0, 2.0]), min_size=8, max_size=8))
+def test_round_robin_gives_a_tie_to_the_first_in_queue_order_whatever_order_the_states_come_in(
+    queue_order: list[str], given_order: list[str], assigned: list[float]
+) -> None:
+    """Equal "assigned at" (a new line, or times restored from a copy): the operator first in the line's queue
+    wins, not the first whose state was read (the router keeps the states per operator, in no set order)."""
+    queue = QueueConfig(operators=queue_order, mode="round_robin", max_chats_per_operator=5)
+    at = dict(zip(IDS, assigned, strict=True))
+    views = [OperatorView(id=k, status="online", open_chats=0, last_assigned_at=at[k]) for k in given_order]
+    oldest = min(assigned)
+    assert pick(queue, views) == next(k for k in queue_order if at[k] == oldest)
