@@ -22,10 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, FetchTimeoutError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from openlines import bus, subjects
 from openlines.envelopes import SessionEvent, utcnow
@@ -34,7 +33,6 @@ from openlines.pull import Pull
 
 log = logging.getLogger("openlines.consume")
 
-QUIET = (FetchTimeoutError, NatsTimeout, TimeoutError)  # nothing to fetch within the timeout: ask again
 # A fetch refused (the consumer between two leaders, NATS away) is asked again at this pace, so that it resumes
 # within a fraction of a second of its new leader (decision 035); the first open of a consumer uses it too.
 REFUSED_PACE = bus.REFUSED_PACE
@@ -155,9 +153,7 @@ class Durable:
                 await self._room.wait()
                 continue
             try:
-                msgs = await self._fetching.fetch(pull, want, self.fetch_timeout)
-            except QUIET:
-                msgs = []  # answered with nothing, or not at all: not refused
+                msgs = await self._fetching.fetch(pull, want, self.fetch_timeout)  # [] when nothing came in time
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # no leader (an election), disconnected, or the consumer is gone
@@ -228,7 +224,7 @@ class Fetching:
         self._task: asyncio.Future[list[Msg]] | None = None
         self._wake = wake
 
-    async def fetch(self, source: Pull | JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    async def fetch(self, source: Pull, batch: int, timeout: float) -> list[Msg]:
         """``source.fetch``; [] when a stop ended it (what it might have had comes again: ack_wait, or a re-read)."""
         fetch = asyncio.ensure_future(source.fetch(batch=batch, timeout=timeout))
         fetch.add_done_callback(_retrieve)

@@ -26,8 +26,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
-from openlines.consume import QUIET, Fetching, pause, retrieved
+from openlines import bus
+from openlines.consume import Fetching, pause, retrieved
 from openlines.pace import backoff
+from openlines.pull import Pull
 
 log = logging.getLogger("openlines.follow")
 
@@ -42,7 +44,8 @@ class Follow:
     end. ``handle`` is awaited in order, one message at a time, and should be quick: it is on the path of
     every later message; one that raises is logged and the message is not handed over again.
     ``fetch_timeout`` is how long one pull waits for a message: an idle follower asks again that often,
-    and a consumer lost while waiting is noticed after it.
+    and a consumer lost while waiting is noticed after it. The pull requests are :class:`openlines.pull.Pull`'s
+    (decision 040): a message is handed over as it comes, whatever batch was asked for.
     """
 
     def __init__(
@@ -79,15 +82,14 @@ class Follow:
         """Follow until ``stop``; NATS away or the consumer lost only pauses it."""
         async with self._fetching.ended_by(stop, name=f"stop-{self.name_prefix}"):
             while not stop.is_set():
-                psub = await self._open(stop)
-                if psub is None:
+                pull = await self._open(stop)
+                if pull is None:
                     return
                 try:
-                    await self._follow(psub, stop)
+                    await self._follow(pull, stop)
                 finally:
                     self.running = False
-                    with contextlib.suppress(Exception):
-                        await psub.unsubscribe()
+                    await pull.close()  # no acks: what came and was not handed over comes to the next consumer
                     with contextlib.suppress(Exception):  # NATS away: its inactivity threshold removes it
                         await self.js.delete_consumer(self.stream, self.consumer)
                 if not stop.is_set():
@@ -100,7 +102,7 @@ class Follow:
     def ready(self) -> str | None:
         return None if self.running else f"follower of {self.subject} not running"
 
-    async def _open(self, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
+    async def _open(self, stop: asyncio.Event) -> Pull | None:
         attempt = 0
         while not stop.is_set():
             config = js_api.ConsumerConfig(
@@ -116,7 +118,7 @@ class Follow:
             try:
                 info = await self.js.add_consumer(self.stream, config)
                 self.consumer = info.name
-                return await self.js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+                return await Pull.open(bus.client_of(self.js), self.stream, info.name)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS away, the stream not there yet
@@ -127,20 +129,14 @@ class Follow:
                 await pause(stop, backoff(attempt, 0.2, 5.0))
         return None
 
-    async def _follow(self, psub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    async def _follow(self, pull: Pull, stop: asyncio.Event) -> None:
         """Fetch from one consumer until it is lost (return) or ``stop``."""
         delivered = 0  # the consumer's delivery sequence of the last message
-        pending = 0  # what the server said is left after it
         failures = 0
         while not stop.is_set():
             self.running = True
             try:
-                # one at a time while idle: a pull for more would wait out its timeout for the rest of the batch
-                msgs = await self._fetching.fetch(psub, min(MAX_BATCH, pending) or 1, self.fetch_timeout)
-                failures = 0
-            except QUIET:
-                pending = 0
-                continue
+                msgs = await self._fetching.fetch(pull, MAX_BATCH, self.fetch_timeout)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the consumer is gone (NATS restarted), or NATS away
@@ -149,13 +145,13 @@ class Follow:
                 if failures >= 3 or await pause(stop, backoff(failures, 0.2, 2.0)):
                     return  # made again, after the last sequence handed over
                 continue
+            failures = 0
             for m in msgs:
                 meta = m.metadata
                 if meta.sequence.consumer != delivered + 1:
                     log.warning("follower missed a message; starting again after the last one", extra={"subject": self.subject})
                     return
                 delivered = meta.sequence.consumer
-                pending = meta.num_pending or 0
                 if meta.sequence.stream <= self.last:
                     continue
                 self.last = meta.sequence.stream

@@ -101,7 +101,8 @@ async def connect(nats_server: NatsServer, nc: NATS) -> AsyncIterator[Callable[[
             conn.violations.append(str(exc))
 
         auth = NatsAuth.load(identity=identity, seed=KEYS[identity].seed)
-        client = await nats.connect(nats_server.url, error_cb=on_error, allow_reconnect=False, **auth.connect_options())
+        client = bus.Client()  # as a service's: its JetStream context names its connection (pull requests)
+        await client.connect(nats_server.url, error_cb=on_error, allow_reconnect=False, **auth.connect_options())
         opened.append(client)
         conn = Conn(identity, client, client.jetstream(timeout=30))
         return conn

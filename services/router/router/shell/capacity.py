@@ -36,6 +36,7 @@ class Capacity(Part):
         # (line, operator) -> (their state, the line's queue, the view made of them): a line of 1,000 operators
         # makes a view only of those whose state changed since its last decision, not of all 1,000 each time.
         self._views: dict[tuple[str, str], tuple[OperatorState, QueueConfig, OperatorView]] = {}
+        self._queues: dict[str, QueueConfig] = {}  # line -> the queue its views were last made for
 
     async def views(self, line: LineConfig, *, live: bool = False) -> list[OperatorView]:
         """The line's operators as routing sees them: from the watch-fed copy, or ``live`` from KV."""
@@ -49,6 +50,8 @@ class Capacity(Part):
         else:
             states = [self.operators.get(op_id) for op_id in line.queue.operators]
         queue = line.queue
+        if self._queues.get(line.id) is not queue:
+            self._forget_unconfigured(line.id, queue)
         made = self._views
         out: list[OperatorView] = []
         for op_id, st in zip(queue.operators, states, strict=True):
@@ -63,6 +66,17 @@ class Capacity(Part):
             made[key] = (st, queue, view)
             out.append(view)
         return out
+
+    def _forget_unconfigured(self, line_id: str, queue: QueueConfig) -> None:
+        """The line's queue is new (the router started, or an apply changed it): the views kept of pairs no
+        longer configured - this line's operators removed from it, lines removed - are forgotten."""
+        self._queues[line_id] = queue
+        configured = {(lid, op) for lid, cfg in self.lines.lines.items() for op in cfg.queue.operators}
+        configured.update((line_id, op) for op in queue.operators)
+        for key in [k for k in self._views if k not in configured]:
+            del self._views[key]
+        for lid in [lid for lid in self._queues if lid not in self.lines.lines and lid != line_id]:
+            del self._queues[lid]
 
     def claiming(self, op_id: str) -> bool:
         """Whether a claim on the operator is being made in this replica now."""
