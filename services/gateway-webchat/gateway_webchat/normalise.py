@@ -47,14 +47,17 @@ class ClientMessage:
     referrer: str = ""  # the page that sent them to it, likewise
 
 
-def _contact(obj: dict[str, Any], client_id: str) -> tuple[str, str, str]:
-    """The pre-chat form's e-mail, phone and consent of a frame, checked; FrameError says which is wrong."""
+def _contact(obj: dict[str, Any], client_id: str, plain: bool) -> tuple[str, str, str]:
+    """The pre-chat form's e-mail, phone and consent of a frame, checked; FrameError says which is wrong.
+    ``plain``: the frame has no JSON escape, so no string of it can hold a lone surrogate."""
+    if "email" not in obj and "phone" not in obj and "consent" not in obj:
+        return "", "", ""  # every message after the first: no form
     values = []
     for field in ("email", "phone", "consent"):
         v = obj.get(field, "")
         if v is None:
             v = ""
-        if not isinstance(v, str) or not _encodable(v):
+        if not isinstance(v, str) or not (plain or _encodable(v)):
             raise FrameError("bad_frame", f'"{field}" must be a string', client_id)
         values.append(" ".join(v.split()))
     email, phone, consent = values
@@ -81,6 +84,9 @@ def _contact(obj: dict[str, Any], client_id: str) -> tuple[str, str, str]:
 def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
     """Validate one text frame of the visitor protocol."""
     too_big = len(data.encode("utf-8")) > max_frame
+    # Only a JSON escape (\ud800) can put a lone surrogate, which no UTF-8 consumer accepts, into a decoded string:
+    # the frame itself encoded just now. Without one, the strings need no such check (most frames).
+    plain = "\\u" not in data
     try:
         obj: Any = msgspec.json.decode(data)
     except msgspec.DecodeError:
@@ -109,17 +115,17 @@ def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
         text = ""
     if not isinstance(text, str) or (not text.strip() and not file_ids):
         raise FrameError("bad_frame", '"text" must be a non-empty string (or send "files")', client_id)
-    if not _encodable(text):
+    if not (plain or _encodable(text)):
         raise FrameError("bad_frame", '"text" is not valid Unicode', client_id)
     if len(text) > max_text:
         raise FrameError("too_large", f"text is longer than {max_text} characters", client_id)
     name = obj.get("name", "")
     if name is None:
         name = ""
-    if not isinstance(name, str) or not _encodable(name):
+    if not isinstance(name, str) or not (plain or _encodable(name)):
         raise FrameError("bad_frame", '"name" must be a string', client_id)
-    email, phone, consent = _contact(obj, client_id)
-    page_url, referrer = _page(obj.get("page")), _page(obj.get("referrer"))
+    email, phone, consent = _contact(obj, client_id, plain)
+    page_url, referrer = _page(obj.get("page"), plain), _page(obj.get("referrer"), plain)
     return ClientMessage(
         id=client_id,
         text=text,
@@ -136,12 +142,12 @@ def parse_frame(data: str, *, max_text: int, max_frame: int) -> ClientMessage:
 MAX_URL = 1000
 
 
-def _page(value: object) -> str:
+def _page(value: object, plain: bool = False) -> str:
     """An http(s) page address without its query and fragment (they can hold tokens or personal data); "" otherwise.
 
     Only shown to the operator, so a wrong one is dropped rather than refusing the visitor's message.
     """
-    if not isinstance(value, str) or len(value) > 4 * MAX_URL or not _encodable(value):
+    if not value or not isinstance(value, str) or len(value) > 4 * MAX_URL or not (plain or _encodable(value)):
         return ""
     try:
         url = urlsplit(value.strip())

@@ -34,6 +34,8 @@ def test_a_valid_message_is_parsed_and_the_name_is_tidied() -> None:
         ({"type": "message", "id": "a", "text": ["t"]}, "bad_frame", "a"),
         ({"type": "message", "id": "a", "text": "t", "name": 3}, "bad_frame", "a"),
         ('{"type":"message","id":"a","text":"\\ud800"}', "bad_frame", None),  # lone surrogate
+        ('{"type":"message","id":"a","text":"t","name":"\\udc00x"}', "bad_frame", None),  # in any field
+        ('{"type":"message","id":"a","text":"t","email":"a\\ud800@b.example"}', "bad_frame", None),
         ({"type": "message", "id": "a", "text": "x" * 51}, "too_large", "a"),
         ({"type": "message", "id": "a", "text": "x" * 49, "pad": "y" * 600}, "too_large", "a"),
         ("z" * 600, "too_large", None),
@@ -44,6 +46,14 @@ def test_bad_frames_are_refused_with_a_code_and_the_id_when_known(obj: object, c
         parse(obj)
     assert (err.value.code, err.value.client_id) == (code, client_id)
     assert err.value.detail
+
+
+def test_a_frame_without_the_pre_chat_form_or_escapes_is_read_as_one_with_them() -> None:
+    """Most frames carry neither the form's fields nor a JSON escape; they are read the same as those that do."""
+    plain = parse({"type": "message", "id": "a", "text": "Hello  there", "name": " Ann  Lee "})
+    escaped = parse('{"type":"message","id":"a","text":"Hello \\u0020there","name":" Ann  Lee ","email":"","phone":null}')
+    assert plain == escaped
+    assert (plain.text, plain.name, plain.email, plain.phone, plain.consent) == ("Hello  there", "Ann Lee", "", "", "")
 
 
 def test_max_text_counts_characters_and_max_frame_counts_bytes() -> None:
