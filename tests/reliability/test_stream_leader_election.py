@@ -120,6 +120,13 @@ async def test_a_request_the_election_left_unanswered_ends_soon_after_the_new_le
             patient = scaled(30.0)  # longer than any election: only the election can end a request early
             js = svc.jetstream(timeout=patient)
             failed_before = _failed_after_elections()
+            elected = asyncio.Event()  # a stream's new leader was announced
+
+            async def on_elected(_: Any) -> None:
+                elected.set()
+
+            await svc.subscribe(bus.LEADER_ELECTED, cb=on_elected)
+            await bus.flush_all(svc)
             killed_at = time.time()
             doomed.stop(kill=True)
             tries: list[tuple[str, float, float]] = []  # (how it ended, sent, ended)
@@ -130,9 +137,11 @@ async def test_a_request_the_election_left_unanswered_ends_soon_after_the_new_le
                 except NatsTimeoutError:
                     tries.append(("timed out", sent, time.time()))
                     continue
-                except Exception as exc:  # refused at once: asked again
+                except Exception as exc:  # refused at once: asked again when the next new leader is announced
                     tries.append((type(exc).__name__, sent, time.time()))
-                    await asyncio.sleep(0.05)
+                    elected.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(elected.wait(), killed_at + patient - time.time())
                     continue
                 tries.append((f"answered, leader {info.cluster.leader}", sent, time.time()))
                 if info.cluster.leader and info.cluster.leader != leader:
