@@ -19,9 +19,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
-from openlines import bus
+from openlines import bus, kv
 
 COUNTS: Counter[str] = Counter()
 
@@ -31,7 +30,7 @@ def _counted(cls: Any, name: str) -> None:
     writes = name in ("update", "create")
 
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        bucket = getattr(self, "_name", "?")
+        bucket = getattr(self, "bucket", "?")
         COUNTS[f"{name}:{bucket}"] += 1
         try:
             return await orig(self, *args, **kwargs)
@@ -45,8 +44,8 @@ def _counted(cls: Any, name: str) -> None:
 
 
 for _m in ("get", "put", "update", "create", "delete"):
-    _counted(KeyValue, _m)
-_publish = JetStreamContext.publish
+    _counted(kv.KeyValue, _m)  # every bucket the router opens (decision 042)
+_publish = bus.JetStream.publish
 
 
 async def _publish_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -> Any:
@@ -57,7 +56,7 @@ async def _publish_counted(self: Any, subject: str, *args: Any, **kwargs: Any) -
     return await _publish(self, subject, *args, **kwargs)
 
 
-JetStreamContext.publish = _publish_counted  # type: ignore[method-assign]
+bus.JetStream.publish = _publish_counted  # type: ignore[method-assign]
 _publish_async = JetStreamContext.publish_async
 
 
