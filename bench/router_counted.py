@@ -13,6 +13,7 @@ import cProfile
 import json
 import os
 import signal
+import time
 from collections import Counter
 from typing import Any
 
@@ -92,7 +93,7 @@ bus.AckInbox.publish = _trail_counted  # type: ignore[method-assign]
 _snap = 0
 # BENCH_PROFILE=<file>: cProfile the process from its start, statistics written with each snapshot
 # (``<file>.<n>``, each since the one before) and at exit; read with ``python -m pstats``. Off unless asked: it slows the router.
-_profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
+_profile = cProfile.Profile(time.thread_time) if os.environ.get("BENCH_PROFILE") else None
 
 
 def _dump(*_: Any) -> None:
@@ -105,7 +106,7 @@ def _dump(*_: Any) -> None:
             json.dump(dict(COUNTS), f)
     if _profile is not None:  # each file covers the time since the one before (dumping ends a profile)
         _profile.dump_stats(f"{os.environ['BENCH_PROFILE']}.{_snap}" if _ else os.environ["BENCH_PROFILE"])
-        _profile = cProfile.Profile()
+        _profile = cProfile.Profile(time.thread_time)
         _profile.enable()
 
 

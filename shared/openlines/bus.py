@@ -489,6 +489,7 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
     wait = PUBLISH_ATTEMPT
     task = asyncio.current_task(loop)  # with the loop: on 3.11 each look-up of the running loop is a getpid()
     deadlines = _deadlines_of(loop)
+    answers = js.answers if isinstance(js, JetStream) and js.lean and js.client is nc else None
     while True:
         if not nc.is_connected:
             raise BusUnavailable("disconnected")
@@ -507,6 +508,8 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
             # path of every client message (bench/FINDINGS.md, "P1W, third round").
             entry = deadlines.watch(task, now + attempt + 0.5)
             try:
+                if answers is not None:  # through the context's inbox (decision 042)
+                    return await answers.acked(subject, payload, headers=headers, timeout=attempt)
                 msg = await nc.request(subject, payload, timeout=attempt, headers=headers)
             except NoRespondersError:
                 raise NoStreamResponseError from None
