@@ -14,6 +14,7 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js import api as js_api
 from nats.js.errors import (
     BadRequestError,
     InvalidKeyError,
@@ -187,3 +188,24 @@ async def test_a_lost_connection_fails_the_lean_requests_at_once(nc: Any, nats_s
         await silent.unsubscribe()
         await client.close()
         await proxy.stop()
+
+
+async def test_buckets_the_services_context_makes_or_opens_are_lean_and_one_with_its_own_prefix_keeps_nats_py(
+    nc: Any,
+) -> None:
+    js = nc.jetstream(timeout=5.0)
+    made = await js.create_key_value(bucket="leanmade", history=1)
+    by_config = await js.create_key_value(js_api.KeyValueConfig(bucket="leanmade2", history=1))
+    opened = await js.key_value("leanmade")
+    for bucket in (made, by_config, opened):
+        assert isinstance(bucket, kv.KeyValue)
+    revision = await made.put("k", b"v")
+    assert (await opened.get("k")).revision == revision
+    assert (await by_config.create("k", b"w")) == 1  # its own bucket (its own stream): the key is new there
+
+    own_prefix = nc.jetstream(timeout=5.0, prefix="$JS.API")  # the lean path speaks to the default prefix only
+    kept = await own_prefix.key_value("leanmade")
+    assert not isinstance(kept, kv.KeyValue)
+    assert (await kept.get("k")).value == b"v"
+    ack = await own_prefix.publish(subjects.inbound("webchat", "acc", "v"), b"{}", stream=subjects.STREAM_IN)
+    assert ack.stream == subjects.STREAM_IN
