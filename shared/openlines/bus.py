@@ -144,13 +144,18 @@ class JetStream(JetStreamContext):
         return await self.answers.acked(subject, payload, headers=headers, stream=stream, timeout=timeout or self.timeout)
 
     async def key_value(self, bucket: str) -> KeyValue:
-        found = await super().key_value(bucket)
-        return kv.lean(found, bucket, self) if self.lean else found
+        found = await super().key_value(bucket)  # the bucket checked as nats-py checks it
+        return kv.KeyValue(bucket, self) if self.lean else found
 
     async def create_key_value(self, config: js_api.KeyValueConfig | None = None, **params: Any) -> KeyValue:
         made = await super().create_key_value(config, **params)
         bucket = params["bucket"] if config is None or "bucket" in params else config.bucket
-        return kv.lean(made, bucket, self) if self.lean else made
+        return kv.KeyValue(bucket, self) if self.lean else made
+
+
+def answers_of(js: JetStreamContext, nc: NATS) -> AckInbox | None:
+    """The inbox of ``js`` if it is a lean :class:`JetStream` of ``nc`` (decision 042), else None."""
+    return js.answers if isinstance(js, JetStream) and js.lean and js.client is nc else None
 
 
 class Client(NATS):
@@ -489,7 +494,7 @@ async def publish_inbound(nc: NATS, js: JetStreamContext, env: Inbound, *, timeo
     wait = PUBLISH_ATTEMPT
     task = asyncio.current_task(loop)  # with the loop: on 3.11 each look-up of the running loop is a getpid()
     deadlines = _deadlines_of(loop)
-    answers = js.answers if isinstance(js, JetStream) and js.lean and js.client is nc else None
+    answers = answers_of(js, nc)
     while True:
         if not nc.is_connected:
             raise BusUnavailable("disconnected")
@@ -610,9 +615,7 @@ class AckInbox:
         failure - as timed out at once when the connection is lost (:func:`drop_answers`), never if the answer
         alone is lost: wait for it with a timeout.
         ``stream``: the stream that must store it (else JetStream refuses it)."""
-        if stream is not None:
-            headers = {**headers, _EXPECTED_STREAM: stream}
-        return (await self._write(subject, payload, headers, raw=False))[1]
+        return (await self._write(subject, payload, headers, stream=stream, raw=False))[1]
 
     async def acked(
         self, subject: str, payload: bytes, *, headers: dict[str, str] | None, timeout: float, stream: str | None = None
@@ -620,22 +623,22 @@ class AckInbox:
         """``js.publish``: publish and wait for JetStream's acknowledgement, at most ``timeout`` seconds (then
         nats-py's ``TimeoutError``). No stream taking the subject: ``NoStreamResponseError``; refused: the
         API's error (``APIError`` and its kinds, as nats-py raises them)."""
-        if stream is not None:
-            headers = {**(headers or {}), _EXPECTED_STREAM: stream}
-        token, ack = await self._write(subject, payload, headers, raw=False)
+        token, ack = await self._write(subject, payload, headers, stream=stream, raw=False)
         self._expire(token, timeout)
         return await ack  # type: ignore[no-any-return]
 
     async def ask(self, subject: str, payload: bytes, *, timeout: float) -> Any:
         """A request answered with a message (``nc.request``): the answer, or nats-py's ``TimeoutError`` after
         ``timeout`` seconds, ``NoRespondersError`` when nobody listens on ``subject``."""
-        token, answer = await self._write(subject, payload, None, raw=True)
+        token, answer = await self._write(subject, payload, None, stream=None, raw=True)
         self._expire(token, timeout)
         return await answer
 
     async def _write(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None, *, raw: bool
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, *, stream: str | None, raw: bool
     ) -> tuple[str, asyncio.Future[Any]]:
+        if stream is not None:
+            headers = {**(headers or {}), _EXPECTED_STREAM: stream}
         if not self._prefix:
             inbox = self.nc.new_inbox()
             await self.nc.subscribe(inbox + ".*", cb=self._answer)

@@ -145,10 +145,3 @@ class KeyValue(NatsKeyValue):
                 raise KeyWrongLastSequenceError(description=err.description) from None
             raise
         return ack.seq  # type: ignore[no-any-return]
-
-
-def lean(found: NatsKeyValue, bucket: str, js: Any) -> NatsKeyValue:
-    """The bucket ``found`` (as nats-py opened or made it) as one of these."""
-    if isinstance(found, KeyValue):
-        return found
-    return KeyValue(bucket, js)

@@ -48,7 +48,9 @@ _TOGETHER: ContextVar[list[_Sent] | None] = ContextVar("router_effects_together"
 class Effects:
     def __init__(self, js: JetStreamContext, nc: NATS, ack_timeout: float = TOGETHER_TIMEOUT) -> None:
         self.js = js
-        self.acks = bus.AckInbox(nc)  # the acknowledgements of ``together`` blocks
+        # The acknowledgements of ``together`` blocks: the context's own inbox (decision 042), one of its own
+        # only for a context that has none.
+        self.acks = bus.answers_of(js, nc) or bus.AckInbox(nc)
         self.ack_timeout = ack_timeout
 
     async def _publish(self, subject: str, msg_id: str, obj: msgspec.Struct) -> None:
