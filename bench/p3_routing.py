@@ -134,6 +134,23 @@ async def order_counts(procs: list[Proc]) -> dict[str, float]:
     return out
 
 
+async def sla_behind(js: JetStreamContext, progress: Progress, timeout: float = 60.0) -> dict[str, float]:
+    """The transcript entries the routers' SLA watch (``router-sla`` on OL_HIST) had not yet taken when the last
+    chat was assigned, and the seconds it then took to take them all: its work is part of a router's, but not
+    on the decision's path (no line here has SLA targets)."""
+    t0 = time.monotonic()
+    behind = -1
+    while time.monotonic() - t0 < timeout:
+        info = await js.consumer_info(subjects.STREAM_HIST, subjects.ROUTER_SLA_CONSUMER)
+        left = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        behind = left if behind < 0 else behind
+        if not left:
+            break
+        progress.show(f"SLA watch: {left:,} transcript entries to go", force=True)
+        await asyncio.sleep(0.1)
+    return {"entries_behind": behind, "catch_up_seconds": round(time.monotonic() - t0, 2)}
+
+
 async def settled(procs: list[Proc], progress: Progress, stable_for: float = 5.0, timeout: float = 45.0) -> float:
     """Wait until the partitions are split evenly and stay so for ``stable_for`` s (see the P3 note on
     partitions.py: a joining replica makes the first lose its leases ~14 s later). Returns seconds waited."""
@@ -214,6 +231,7 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
             got = len(assigned)
             after = await snapshot(procs, workdir, 2)
             order = await order_counts(procs)
+            sla = await sla_behind(js, progress)
         finally:
             for p in procs:
                 p.stop()
@@ -228,7 +246,8 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
     wire = counts.get("wire:publish", 0) / max(got, 1)
     progress.done(
         f"{rate:,.0f} decisions/s ({got}/{N} in {elapsed:.1f} s; publish took {published:.1f} s; "
-        f"{per:.1f} KV ops/decision; {wire:.1f} NATS messages sent/decision; {conflict_rate:.1%} CAS conflicts; CPU {cpu})"
+        f"{per:.1f} KV ops/decision; {wire:.1f} NATS messages sent/decision; {conflict_rate:.1%} CAS conflicts; CPU {cpu}; "
+        f"SLA watch {sla['entries_behind']:,} entries behind, {sla['catch_up_seconds']:.1f} s to catch up)"
     )
     return {
         "replicas": replicas,
@@ -247,6 +266,7 @@ async def routing(replicas: int, workdir: Path) -> dict[str, Any]:
         "cpu_ms_per_decision": {"routers": router_ms, "nats-server": nats_ms},
         "ops_per_decision": {k: round(v / max(got, 1), 2) for k, v in sorted(counts.items())},
         "order": order,
+        "sla_watch": sla,
     }
 
 

@@ -83,15 +83,18 @@ class SlaWatch:
 
     async def _one(self, m: Msg) -> None:
         await self.entry(m.data, m.metadata.sequence.stream)
-        await m.ack_sync()
+        # Not waited for: an entry taken twice changes nothing (a clock keeps the sequence of the last entry it took,
+        # an older one is ignored; a timer is set again under the same id), so an ack lost on the way only brings
+        # its entry back after ack_wait. Waiting for each answer made the watch fall behind busy transcripts.
+        await m.ack()
 
     async def entry(self, data: bytes, seq: int) -> None:
+        if not any(_has_targets(line.sla) for line in self.lines.lines.values()):
+            return  # no line has targets: no read per transcript entry
         try:
             entry = _entry.decode(data)
         except msgspec.DecodeError:
             return  # not ours to judge: the desk shows what it can of it
-        if not any(_has_targets(line.sla) for line in self.lines.lines.values()):
-            return  # no line has targets: no read per transcript entry
         session, _ = await kv_get(self.b.sessions, entry.session_id, Session)
         if session is None:
             return

@@ -3,8 +3,10 @@ next-response target raises one ``sla_breached`` event; an answer in time, or a 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import msgspec
 from support import (
     apply_lines,
     events,
@@ -21,6 +23,10 @@ from support.timing import wait_for
 from openlines import bus, subjects
 from openlines.commands import Close, Reply, SetStatus, call
 from openlines.envelopes import SessionEvent
+from router.core.sla import Clock
+from router.effects import Effects
+from router.lines_cache import LinesCache
+from router.sla import SlaWatch
 
 TARGET = 2  # seconds
 
@@ -114,6 +120,39 @@ async def test_closed_session_stops_its_clock(nc: Any, nats_server: Any) -> None
             return clock is None
 
         await wait_for(clock_dropped, what="the closed session's clock removed")
+
+
+async def test_a_transcript_entry_taken_again_after_a_lost_ack_changes_nothing(nc: Any, nats_server: Any) -> None:
+    """The watch does not wait for its acks: one lost on the way brings its entry back after ack_wait, behind
+    newer ones. A client message taken again after the operator's answer must not start its clock again."""
+    await apply_lines(nc, LINES)
+    async with running_router(nats_server.url):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, inbound("v5", "hello?", "m1"))
+        s = await held_session(nc, "v5")
+        await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
+        await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi!", client_msg_id="r1"))
+        await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the timer fired as stale")
+        await wait_for(lambda: caught_up(nc), what="the SLA clocks up to date")
+    js = nc.jetstream()
+    rows = await bus.read_subject(js, subjects.STREAM_HIST, subjects.history(s.id))
+    seq, data = next((seq, data) for seq, data in rows if b'"hello?"' in data)
+    sla_kv = await js.key_value(subjects.KV_SLA)
+    before = await sla_kv.get(s.id)
+    buckets = await bus.Buckets(js).open()
+    lines = LinesCache(buckets.lines)
+    loading = asyncio.create_task(lines.run())
+    try:
+        await asyncio.wait_for(lines.loaded.wait(), timeout=10)
+        watch = await SlaWatch(js, buckets, lines, Effects(js, nc)).open()
+        await watch.entry(data, seq)  # as a redelivery brings it: same data, same stream sequence
+    finally:
+        loading.cancel()
+    after = await sla_kv.get(s.id)
+    assert (after.revision, after.value) == (before.revision, before.value)
+    assert msgspec.json.decode(after.value, type=Clock).answered
+    assert await sla_timers(nc, s.id) == 0
+    assert await breaches(nc, s.id) == []
 
 
 def _accept(session_id: str) -> Any:
