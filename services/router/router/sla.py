@@ -58,6 +58,14 @@ class SlaWatch:
         self.fx = fx
         self.replicas = replicas
         self.kv: KeyValue
+        self._targets_of = (-1, False)  # (lines version, whether any line has targets)
+
+    def _any_targets(self) -> bool:
+        version, any_targets = self._targets_of
+        if version != self.lines.version:
+            any_targets = any(_has_targets(line.sla) for line in self.lines.lines.values())
+            self._targets_of = (self.lines.version, any_targets)
+        return any_targets
 
     async def open(self) -> SlaWatch:
         self.kv = await bus.own_bucket(self.js, subjects.KV_SLA, history=SLA_HISTORY, replicas=self.replicas)
@@ -89,7 +97,7 @@ class SlaWatch:
         await m.ack()
 
     async def entry(self, data: bytes, seq: int) -> None:
-        if not any(_has_targets(line.sla) for line in self.lines.lines.values()):
+        if not self._any_targets():
             return  # no line has targets: no read per transcript entry
         try:
             entry = _entry.decode(data)

@@ -4,15 +4,21 @@ next-response target raises one ``sla_breached`` event; an answer in time, or a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import pytest
+from nats.js.errors import KeyNotFoundError
 from support import (
     apply_lines,
     events,
     held_session,
     history,
     inbound,
+    line_block,
+    operators_block,
     publish,
     running_router,
     sla_lines,
@@ -135,24 +141,62 @@ async def test_a_transcript_entry_taken_again_after_a_lost_ack_changes_nothing(n
         await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the timer fired as stale")
         await wait_for(lambda: caught_up(nc), what="the SLA clocks up to date")
     js = nc.jetstream()
-    rows = await bus.read_subject(js, subjects.STREAM_HIST, subjects.history(s.id))
-    seq, data = next((seq, data) for seq, data in rows if b'"hello?"' in data)
+    seq, data = await _client_entry(nc, s.id, b'"hello?"')
     sla_kv = await js.key_value(subjects.KV_SLA)
     before = await sla_kv.get(s.id)
-    buckets = await bus.Buckets(js).open()
-    lines = LinesCache(buckets.lines)
-    loading = asyncio.create_task(lines.run())
-    try:
-        await asyncio.wait_for(lines.loaded.wait(), timeout=10)
-        watch = await SlaWatch(js, buckets, lines, Effects(js, nc)).open()
+    async with _watch(nc) as (watch, _):
         await watch.entry(data, seq)  # as a redelivery brings it: same data, same stream sequence
-    finally:
-        loading.cancel()
     after = await sla_kv.get(s.id)
     assert (after.revision, after.value) == (before.revision, before.value)
     assert msgspec.json.decode(after.value, type=Clock).answered
     assert await sla_timers(nc, s.id) == 0
     assert await breaches(nc, s.id) == []
+
+
+async def test_targets_applied_while_the_router_runs_start_clocks(nc: Any, nats_server: Any) -> None:
+    """While no line has targets the watch skips entries unread; targets applied later count from the next entry."""
+    await apply_lines(nc, operators_block("anna") + line_block(operators='"anna"', queue="wait_seconds = 60"))
+    async with running_router(nats_server.url):
+        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+        await publish(nc, inbound("v6", "hello?", "m1"))
+        s = await held_session(nc, "v6")
+        await wait_for(lambda: caught_up(nc), what="the SLA watch past the entry")
+    seq, data = await _client_entry(nc, s.id, b'"hello?"')
+    sla_kv = await nc.jetstream().key_value(subjects.KV_SLA)
+    async with _watch(nc) as (watch, lines):
+        await watch.entry(data, seq)
+        with pytest.raises(KeyNotFoundError):
+            await sla_kv.get(s.id)
+        await apply_lines(nc, LINES)
+
+        async def targets_loaded() -> bool:
+            return lines.lines["support"].sla.first_response_seconds == TARGET
+
+        await wait_for(targets_loaded, what="the targets in the watch's lines")
+        await watch.entry(data, seq)
+    clock = msgspec.json.decode((await sla_kv.get(s.id)).value, type=Clock)
+    assert (clock.target, clock.answered, clock.seq) == ("first_response", False, seq)
+    assert await sla_timers(nc, s.id) == 1
+
+
+async def _client_entry(nc: Any, session_id: str, text: bytes) -> tuple[int, bytes]:
+    """The stream sequence and data of the session's transcript entry holding ``text``."""
+    rows = await bus.read_subject(nc.jetstream(), subjects.STREAM_HIST, subjects.history(session_id))
+    return next((seq, data) for seq, data in rows if text in data)
+
+
+@contextlib.asynccontextmanager
+async def _watch(nc: Any) -> AsyncIterator[tuple[SlaWatch, LinesCache]]:
+    """The router's SLA watch on its own, on the lines as they are in KV, to hand it entries directly."""
+    js = nc.jetstream()
+    buckets = await bus.Buckets(js).open()
+    lines = LinesCache(buckets.lines)
+    loading = asyncio.create_task(lines.run())
+    try:
+        await asyncio.wait_for(lines.loaded.wait(), timeout=10)
+        yield await SlaWatch(js, buckets, lines, Effects(js, nc)).open(), lines
+    finally:
+        loading.cancel()
 
 
 def _accept(session_id: str) -> Any:
