@@ -80,16 +80,22 @@ async def test_unanswered_first_message_raises_one_sla_breached_for_the_line(nc:
     assert e.reason.startswith(f"first response target {TARGET} s passed by ")
 
 
+async def answered_in_time(nc: Any, visitor: str) -> Any:
+    """A client's first message answered by Anna before its target; returns the session once its timer is gone."""
+    await call(nc, "status", SetStatus(operator_id="anna", status="online"))
+    await publish(nc, inbound(visitor, "hello?", "m1"))
+    s = await held_session(nc, visitor)
+    await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
+    await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi!", client_msg_id="r1"))
+    # The timer comes due after the answer, finds its clock stopped and is removed, raising nothing.
+    await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the timer fired as stale")
+    return s
+
+
 async def test_operator_reply_in_time_raises_nothing(nc: Any, nats_server: Any) -> None:
     await apply_lines(nc, LINES)
     async with running_router(nats_server.url):
-        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        await publish(nc, inbound("v2", "hello?", "m1"))
-        s = await held_session(nc, "v2")
-        await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
-        await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi!", client_msg_id="r1"))
-        # The timer comes due after the answer, finds its clock stopped and is removed, raising nothing.
-        await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the timer fired as stale")
+        s = await answered_in_time(nc, "v2")
         assert await breaches(nc, s.id) == []
 
 
@@ -133,12 +139,7 @@ async def test_a_transcript_entry_taken_again_after_a_lost_ack_changes_nothing(n
     newer ones. A client message taken again after the operator's answer must not start its clock again."""
     await apply_lines(nc, LINES)
     async with running_router(nats_server.url):
-        await call(nc, "status", SetStatus(operator_id="anna", status="online"))
-        await publish(nc, inbound("v5", "hello?", "m1"))
-        s = await held_session(nc, "v5")
-        await wait_for(lambda: timer_set(nc, s.id), what="the first-response timer set")
-        await call(nc, "reply", Reply(operator_id="anna", session_id=s.id, text="Hi!", client_msg_id="r1"))
-        await wait_for(lambda: timer_gone(nc, s.id), timeout=30, what="the timer fired as stale")
+        s = await answered_in_time(nc, "v5")
         await wait_for(lambda: caught_up(nc), what="the SLA clocks up to date")
     js = nc.jetstream()
     seq, data = await _client_entry(nc, s.id, b'"hello?"')
