@@ -76,7 +76,7 @@ class CpuBudget:
         else:
             return None, "no cgroup cpu controller (v1 cpu, or v2 with cpu delegated) on this machine"
         try:
-            budget.close(budget.group("probe"))
+            budget.remove(budget.group("probe"))
         except OSError as exc:
             return None, f"cannot make a cgroup here: {exc}"
         return budget, ""
@@ -97,16 +97,19 @@ class CpuBudget:
         self.made.append(path)
         (path / "cgroup.procs").write_text(str(pid))
 
-    def close(self, path: Path | None = None) -> None:
-        """Remove the groups made (their processes have ended, or are moved back to the root first)."""
-        for group in [path] if path is not None else self.made:
-            for pid in _read(group / "cgroup.procs").split():
-                with contextlib.suppress(OSError):
-                    (self.root / "cgroup.procs").write_text(pid)
+    def remove(self, group: Path) -> None:
+        """Remove a group (a process still in it is moved back to the root first)."""
+        for pid in _read(group / "cgroup.procs").split():
             with contextlib.suppress(OSError):
-                group.rmdir()
-        if path is None:
-            self.made.clear()
+                (self.root / "cgroup.procs").write_text(pid)
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+    def close(self) -> None:
+        """Remove every group ``hold`` made."""
+        for group in self.made:
+            self.remove(group)
+        self.made.clear()
 
 
 def _read(path: Path) -> str:
